@@ -1,0 +1,111 @@
+"""One error hierarchy, rendered everywhere as OpenAI's body {"error": {message, type, param, code}}."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import orjson
+
+
+class ApiError(Exception):
+    """An error a client sees. Subclasses fix the status and OpenAI `type`."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+        if status is not None:
+            self.status_code = status
+        else:
+            self.status_code = self.status
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, param=self.param, code=self.code)
+
+    def json(self) -> bytes:
+        return orjson.dumps(self.body())
+
+
+class InvalidRequest(ApiError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class Unauthorized(ApiError):
+    status = 401
+    type = "authentication_error"
+
+
+class Forbidden(ApiError):
+    status = 403
+    type = "permission_error"
+
+
+class NotFound(ApiError):
+    status = 404
+    type = "not_found_error"
+
+
+class ModelNotFound(NotFound):
+    type = "invalid_request_error"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"The model '{model}' does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+    type = "invalid_request_error"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    type = "invalid_request_error"
+
+
+class RateLimited(ApiError):
+    status = 429
+    type = "rate_limit_error"
+
+
+class InternalError(ApiError):
+    status = 500
+    type = "server_error"
+
+
+class BadGateway(ApiError):
+    status = 502
+    type = "upstream_error"
+
+
+class ServiceUnavailable(ApiError):
+    status = 503
+    type = "service_unavailable"
+
+
+class GatewayTimeout(ApiError):
+    status = 504
+    type = "timeout"
+
+
+def error_body(
+    message: str, type_: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}

@@ -1,0 +1,34 @@
+"""Small network helpers shared by the launcher, the simulator and the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import aiohttp
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now on `host` (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def wait_http_ok(url: str, *, timeout_s: float, interval_s: float = 0.2) -> None:
+    """Poll `url` until it answers 200; raise TimeoutError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    client_timeout = aiohttp.ClientTimeout(total=2)
+    async with aiohttp.ClientSession(timeout=client_timeout) as session:
+        while True:
+            try:
+                async with session.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} did not answer 200 within {timeout_s:.0f}s")
+            await asyncio.sleep(interval_s)

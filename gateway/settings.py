@@ -1,0 +1,96 @@
+"""The gateway's one Settings object: YAML file, then LLMAAS_* environment variables on top."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class ModelRoute(BaseModel):
+    """A model name clients send, and the vLLM engines (base URLs without /v1) that serve it."""
+
+    name: str = Field(min_length=1)
+    engines: list[str] = Field(min_length=1)
+
+    @field_validator("engines")
+    @classmethod
+    def _strip_slash(cls, engines: list[str]) -> list[str]:
+        for url in engines:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"engine URL must start with http:// or https://, got {url!r}")
+        return [url.rstrip("/") for url in engines]
+
+
+class RoutingSettings(BaseModel):
+    strategy: Literal["round_robin", "least_loaded", "prefix_affinity"] = "round_robin"
+
+
+class LimitsSettings(BaseModel):
+    failure_mode: Literal["open", "closed"] = "closed"
+
+
+class UpstreamSettings(BaseModel):
+    """Timeouts for talking to engines, in seconds."""
+
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    # Time until the engine sends response headers (for a stream: until it starts streaming).
+    response_timeout_s: float = Field(default=600.0, gt=0)
+    # Longest silence between two chunks of a stream before it is cut with an error frame.
+    stream_idle_timeout_s: float = Field(default=600.0, gt=0)
+    max_connections: int = Field(default=1000, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LLMAAS_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    redis_url: str | None = None
+    admin_token: str | None = None
+    dev_mode: bool = False
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = False
+    models: list[ModelRoute] = Field(default_factory=list)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+
+    @model_validator(mode="after")
+    def _unique_model_names(self) -> Settings:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"models: duplicate model names {dupes}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment wins over values passed in (which come from the YAML file).
+        return env_settings, init_settings
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from an optional YAML file; LLMAAS_* variables override it."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+        data.update(loaded)
+    data.update(overrides)
+    return Settings(**data)

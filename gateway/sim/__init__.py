@@ -1,0 +1,1 @@
+"""A vLLM-compatible engine simulator for tests, benchmarks and clusters without GPUs."""
