@@ -1,4 +1,4 @@
-"""One error hierarchy, rendered everywhere as OpenAI's body {"error": {message, type, param, code}}."""
+"""One error hierarchy, rendered as OpenAI's body {"error": {message, type, param, code}}."""
 
 from __future__ import annotations
 

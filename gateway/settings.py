@@ -26,7 +26,8 @@ class ModelRoute(BaseModel):
 
 
 class RoutingSettings(BaseModel):
-    strategy: Literal["round_robin", "least_loaded", "prefix_affinity"] = "round_robin"
+    # prefix_affinity arrives with the routing work; until then it is refused, not ignored.
+    strategy: Literal["round_robin", "least_loaded"] = "least_loaded"
 
 
 class LimitsSettings(BaseModel):

@@ -1,1 +1,1 @@
-"""routing."""
+"""Routing: engine registry and balancing strategies."""

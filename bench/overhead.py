@@ -1,0 +1,85 @@
+"""Gateway overhead: the same load straight to a zero-delay simulator and through the gateway.
+
+Prints requests/s and the latency the gateway adds (p50, p99) for non-streaming and streaming
+chat completions at concurrency 1, 16 and 64. Figures are ratios and differences measured in
+the same run, on the same machine, so a noisy machine shifts both sides alike.
+
+    .venv/bin/python bench/overhead.py [--requests 2000] [--access-log]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+from bench.harness import Call, Result, drive, gateway, simulator
+
+MODEL = "bench-model"
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 16}
+
+
+def chat_call(base: str, stream: bool) -> Call:
+    url = f"{base}/v1/chat/completions"
+    payload = orjson.dumps({**BODY, "stream": stream})
+    headers = {"content-type": "application/json"}
+
+    async def call(session: aiohttp.ClientSession) -> None:
+        async with session.post(url, data=payload, headers=headers) as resp:
+            body = await resp.read()
+            if resp.status != 200 or (stream and not body.endswith(b"data: [DONE]\n\n")):
+                raise RuntimeError(f"bad answer {resp.status}: {body[:200]!r}")
+
+    return call
+
+
+async def measure(
+    direct: str, via: str, stream: bool, concurrency: int, total: int
+) -> tuple[Result, Result]:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for base in (direct, via):  # warm both paths (connections, caches)
+            await drive(session, chat_call(base, stream), min(total, 200), concurrency)
+        direct_result = await drive(session, chat_call(direct, stream), total, concurrency)
+        via_result = await drive(session, chat_call(via, stream), total, concurrency)
+    return direct_result, via_result
+
+
+def config_for(sim_url: str, access_log: bool) -> str:
+    return (
+        f"access_log: {str(access_log).lower()}\nlog_level: warning\n"
+        f"models:\n  - name: {MODEL}\n    engines: [{sim_url}]\n"
+    )
+
+
+async def main(total: int, access_log: bool, levels: list[int]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        async with simulator(MODEL) as sim, gateway(config_for(sim, access_log), Path(tmp)) as gw:
+            print(
+                f"{'mode':<10} {'conc':>4} {'direct rps':>10} {'gw rps':>8} {'ratio':>6} "
+                f"{'direct p50':>10} {'gw p50':>8} {'added p50':>9} {'added p99':>9}  (ms)"
+            )
+            for stream in (False, True):
+                for conc in levels:
+                    d, g = await measure(sim, gw, stream, conc, total)
+                    print(
+                        f"{'stream' if stream else 'non-stream':<10} {conc:>4} {d.rps:>10.0f} "
+                        f"{g.rps:>8.0f} {g.rps / d.rps:>6.2f} {d.p50:>10.3f} {g.p50:>8.3f} "
+                        f"{g.p50 - d.p50:>9.3f} {g.pct(0.99) - d.pct(0.99):>9.3f}",
+                        flush=True,
+                    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=2000, help="requests per measurement")
+    parser.add_argument("--access-log", action="store_true", help="gateway writes access logs")
+    parser.add_argument("--concurrency", default="1,16,64")
+    args = parser.parse_args()
+    asyncio.run(main(args.requests, args.access_log, [int(c) for c in args.concurrency.split(",")]))

@@ -1,0 +1,120 @@
+"""Reading request bodies: size limit, JSON parse, and checks of the few fields the gateway needs.
+
+The gateway forwards the body bytes untouched, so engine-specific fields pass through; it only
+checks what it must understand itself, and names the field when it refuses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+
+from gateway.errors import InvalidRequest, PayloadTooLarge
+
+_TYPE_NAMES = {
+    str: "a string",
+    list: "an array",
+    dict: "an object",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    type(None): "null",
+}
+
+
+async def read_json(request: Request, max_bytes: int) -> tuple[dict[str, Any], bytes]:
+    """The parsed body and its raw bytes; 413 past `max_bytes`, 400 when it is not a JSON object."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"We could not parse the JSON body of your request: {exc}.", code="invalid_json"
+        ) from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest(
+            f"The request body must be a JSON object, not {_describe(body)}.", code="invalid_json"
+        )
+    return body, raw
+
+
+def _too_large(max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The request body is larger than the limit of {max_bytes} bytes.",
+        code="request_too_large",
+    )
+
+
+def _describe(value: Any) -> str:
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def require(body: dict[str, Any], field: str, *types: type) -> Any:
+    """The value of a required field, checked against the accepted JSON types."""
+    if field not in body or body[field] is None:
+        raise InvalidRequest(
+            f"Missing required parameter: '{field}'.",
+            param=field,
+            code="missing_required_parameter",
+        )
+    return check_type(body, field, *types)
+
+
+def optional(body: dict[str, Any], field: str, *types: type) -> Any:
+    if body.get(field) is None:
+        return None
+    return check_type(body, field, *types)
+
+
+def check_type(body: dict[str, Any], field: str, *types: type) -> Any:
+    value = body[field]
+    # bool is an int in Python but not in JSON.
+    is_json_bool = isinstance(value, bool)
+    if (is_json_bool and bool not in types) or not isinstance(value, types):
+        expected = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+        raise InvalidRequest(
+            f"Invalid type for '{field}': expected {expected}, but got {_describe(value)} instead.",
+            param=field,
+            code="invalid_type",
+        )
+    return value
+
+
+def require_model(body: dict[str, Any]) -> str:
+    model: str = require(body, "model", str)
+    if not model:
+        raise InvalidRequest(
+            "You must provide a model parameter.", param="model", code="missing_required_parameter"
+        )
+    return model
+
+
+def require_nonempty_list(body: dict[str, Any], field: str) -> list[Any]:
+    value: list[Any] = require(body, field, list)
+    if not value:
+        raise InvalidRequest(
+            f"Invalid '{field}': empty array. Expected an array with minimum length 1.",
+            param=field,
+            code="empty_array",
+        )
+    return value
+
+
+def stream_flag(body: dict[str, Any]) -> bool:
+    stream = optional(body, "stream", bool)
+    optional(body, "stream_options", dict)
+    return bool(stream)

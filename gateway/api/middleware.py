@@ -1,0 +1,65 @@
+"""The outermost layer of every HTTP request: its id, the access log, and the last-resort 500."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import InternalError
+from gateway.logs import ACCESS_LOGGER
+from gateway.proxy.asgi_send import send_error
+from gateway.request_context import RequestInfo, attach, request_id_from
+
+_REQUEST_ID = b"x-request-id"
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, access_log: bool) -> None:
+        self.app = app
+        self.access_log = access_log
+        self.log = logging.getLogger(ACCESS_LOGGER)
+        self.errors = logging.getLogger("llmaas.errors")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = next((v for k, v in scope["headers"] if k == _REQUEST_ID), None)
+        info = RequestInfo(request_id_from(header))
+        attach(scope, info)
+        rid_header = (_REQUEST_ID, info.request_id.encode())
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                info.status = message["status"]
+                message["headers"] = [*message.get("headers", ()), rid_header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            self.errors.exception(
+                "unhandled error", extra={"fields": {"request_id": info.request_id}}
+            )
+            if info.status == 0:
+                await send_error(send_with_id, InternalError("The gateway failed unexpectedly."))
+        finally:
+            if self.access_log:
+                self._log(scope, info, time.perf_counter() - started)
+
+    def _log(self, scope: Scope, info: RequestInfo, elapsed: float) -> None:
+        fields = {
+            "request_id": info.request_id,
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": info.status,
+            "duration_ms": round(elapsed * 1000, 3),
+            "model": info.model,
+            "engine": info.engine,
+            "outcome": info.outcome,
+            "ttft_ms": None if info.ttft_ms is None else round(info.ttft_ms, 3),
+        }
+        self.log.info("request", extra={"fields": fields})

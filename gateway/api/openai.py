@@ -1,0 +1,73 @@
+"""The OpenAI-compatible surface under /v1: thin handlers that check, resolve and proxy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.api.body import read_json, require, require_model, require_nonempty_list, stream_flag
+from gateway.deps import Gateway
+from gateway.errors import ModelNotFound
+from gateway.proxy.asgi_send import JSON
+from gateway.proxy.relay import ProxyCall, ProxyResponse
+from gateway.state import GatewayState
+
+router = APIRouter(prefix="/v1")
+
+
+def _proxy(gw: GatewayState, route: str, body: dict[str, Any], raw: bytes) -> ProxyResponse:
+    model = require_model(body)
+    pool = gw.registry.pool(model)
+    if pool is None:
+        raise ModelNotFound(model)
+    return ProxyResponse(gw.proxy, ProxyCall(route, pool, raw, stream_flag(body)))
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(request: Request, gw: Gateway) -> Response:
+    body, raw = await read_json(request, gw.settings.max_body_bytes)
+    require_model(body)
+    require_nonempty_list(body, "messages")
+    return _proxy(gw, "chat/completions", body, raw)
+
+
+@router.post("/completions", response_model=None)
+async def completions(request: Request, gw: Gateway) -> Response:
+    body, raw = await read_json(request, gw.settings.max_body_bytes)
+    require_model(body)
+    require(body, "prompt", str, list)
+    return _proxy(gw, "completions", body, raw)
+
+
+@router.post("/embeddings", response_model=None)
+async def embeddings(request: Request, gw: Gateway) -> Response:
+    body, raw = await read_json(request, gw.settings.max_body_bytes)
+    require_model(body)
+    require(body, "input", str, list)
+    return _proxy(gw, "embeddings", body, raw)
+
+
+def _model_card(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "llmaas"}
+
+
+@router.get("/models", response_model=None)
+async def list_models(gw: Gateway) -> Response:
+    data = [_model_card(p.name, p.created) for p in gw.registry.pools()]
+    return _json({"object": "list", "data": data})
+
+
+@router.get("/models/{model_id:path}", response_model=None)
+async def get_model(model_id: str, gw: Gateway) -> Response:
+    pool = gw.registry.pool(model_id)
+    if pool is None:
+        raise ModelNotFound(model_id)
+    return _json(_model_card(pool.name, pool.created))
+
+
+def _json(content: Any) -> Response:
+    return Response(orjson.dumps(content), media_type=JSON.decode())

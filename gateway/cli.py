@@ -1,0 +1,78 @@
+"""The `llmaas` command: serve the gateway, run the simulator, or bring up the embedded default."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from gateway.embedded.up import run_up
+from gateway.server import run_server
+from gateway.settings import load_settings
+from gateway.sim.server import main as sim_main
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {
+        k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v
+    }
+    try:
+        settings = load_settings(args.config, **overrides)
+    except (ValidationError, ValueError, OSError) as exc:
+        print(f"llmaas serve: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    run_server(settings, args.config)
+    return 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    sim_main(args.sim_args, prog="llmaas sim")
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    return run_up(gateway_port=args.port, engine_port=args.engine_port, home=args.home)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmaas", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway (what the Helm chart runs)")
+    serve.add_argument("--config", type=Path, help="YAML file, e.g. configs/gateway.yaml")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, help="worker processes (default 1)")
+    serve.set_defaults(func=_serve)
+
+    sim = sub.add_parser(
+        "sim",
+        help="run the vLLM-compatible engine simulator (llmaas sim --help for its options)",
+        add_help=False,
+    )
+    sim.add_argument("sim_args", nargs=argparse.REMAINDER)
+    sim.set_defaults(func=_sim)
+
+    up = sub.add_parser("up", help="Redis + one local vLLM engine + the gateway (make run)")
+    up.add_argument("--port", type=int, default=8080, help="gateway port")
+    up.add_argument("--engine-port", type=int, default=0, help="engine port (default: free)")
+    up.add_argument("--home", type=Path, help="cache directory (default ~/.cache/llmaas)")
+    up.set_defaults(func=_up)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code = int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,18 @@
+"""FastAPI dependencies, as Annotated aliases so route signatures read like prose."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends
+from starlette.requests import Request
+
+from gateway.state import GatewayState
+
+
+def get_state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gateway
+    return state
+
+
+Gateway = Annotated[GatewayState, Depends(get_state)]

@@ -1,0 +1,63 @@
+"""Prometheus metrics, one registry per app (no module globals), multiprocess-aware.
+
+With `--workers N` the CLI sets PROMETHEUS_MULTIPROC_DIR before the workers start; each
+worker then writes its values to files there and /metrics aggregates all of them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.requests = Counter(
+            "llmaas_requests", "Requests answered", ["model", "route", "status"], registry=reg
+        )
+        self.duration = Histogram(
+            "llmaas_request_duration_seconds",
+            "Time from request to the end of the response",
+            ["model", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.ttft = Histogram(
+            "llmaas_time_to_first_token_seconds",
+            "Time from request to the first streamed frame",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.upstream_errors = Counter(
+            "llmaas_upstream_errors",
+            "Failures talking to engines",
+            ["engine", "kind"],
+            registry=reg,
+        )
+        self.inflight = Gauge(
+            "llmaas_inflight_requests",
+            "Requests in flight per engine",
+            ["engine"],
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+
+    def render(self) -> bytes:
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            collecting = CollectorRegistry()
+            multiprocess.MultiProcessCollector(collecting)  # type: ignore[no-untyped-call]
+            return generate_latest(collecting)
+        return generate_latest(self.registry)

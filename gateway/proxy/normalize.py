@@ -1,0 +1,118 @@
+"""Bring engine bodies in line with OpenAI's published schema, which strict clients are built from.
+
+vLLM deviates in three ways that break generated clients: error `code` is an integer, some
+fields the spec types as a non-nullable object, array or string are sent as `null`, and routes a
+model does not serve answer FastAPI's `{"detail": ...}`. Success bodies are otherwise passed on
+byte for byte: a body is only re-serialised when a forbidden `null` was actually removed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.errors import error_body
+
+# Keys whose value may not be null per openai/openai-openapi (CreateChatCompletionResponse,
+# CreateChatCompletionStreamResponse, CreateCompletionResponse, CompletionUsage). A nested
+# mapping is walked; a one-element list means "each item of this array, with this plan".
+_Plan = dict[str, Any]
+_USAGE: _Plan = {"completion_tokens_details": {}, "prompt_tokens_details": {}}
+_CHOICE: _Plan = {
+    "message": {"tool_calls": {}, "function_call": {}, "annotations": {}},
+    "delta": {"tool_calls": {}, "function_call": {}, "role": {}},
+}
+_BODY_PLAN: _Plan = {
+    "system_fingerprint": {},
+    "obfuscation": {},
+    "usage": _USAGE,
+    "choices": [_CHOICE],
+}
+
+_NOT_SERVED = "The engine serving this model does not support this endpoint."
+
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def _strip(node: dict[str, Any], plan: _Plan) -> bool:
+    changed = False
+    for key, sub in plan.items():
+        if key not in node:
+            continue
+        value = node[key]
+        if value is None:
+            del node[key]
+            changed = True
+        elif isinstance(sub, list) and isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict):
+                    changed |= _strip(item, sub[0])
+        elif sub and isinstance(value, dict):
+            changed |= _strip(value, sub)
+    return changed
+
+
+def normalize_success(body: bytes) -> bytes:
+    """A 2xx JSON body (or one SSE payload) with forbidden nulls removed; else unchanged."""
+    if b"null" not in body:
+        return body
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    if isinstance(data, dict) and _strip(data, _BODY_PLAN):
+        return orjson.dumps(data)
+    return body
+
+
+def normalize_error(status: int, body: bytes, route: str | None = None) -> bytes:
+    """Any engine error body as OpenAI's error shape, keeping the engine's message."""
+    message, param, code = _parse_error(body, status)
+    if status == 404 and route is not None and message == _NOT_SERVED:
+        message = f"The model's engine does not serve /v1/{route}."
+    type_ = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    if code is None and status == 404 and param == "model":
+        code = "model_not_found"
+    return orjson.dumps(error_body(message, type_, param=param, code=code))
+
+
+def _parse_error(body: bytes, status: int) -> tuple[str, str | None, str | None]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body.decode("utf-8", "replace").strip()
+        return (text or f"The engine answered HTTP {status}."), None, None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        err = data["error"]
+        param = err.get("param")
+        code = err.get("code")
+        return (
+            str(err.get("message") or f"The engine answered HTTP {status}."),
+            param if isinstance(param, str) else None,
+            code if isinstance(code, str) else None,
+        )
+    if isinstance(data, dict) and "detail" in data:
+        return _detail_message(data["detail"], status), None, None
+    return f"The engine answered HTTP {status}.", None, None
+
+
+def _detail_message(detail: Any, status: int) -> str:
+    if isinstance(detail, str):
+        if status == 404 and detail == "Not Found":
+            return _NOT_SERVED
+        return detail
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        first = detail[0]
+        loc = ".".join(str(p) for p in first.get("loc", []) if p != "body")
+        return f"{loc}: {first.get('msg', 'invalid value')}" if loc else str(first.get("msg"))
+    return f"The engine answered HTTP {status}."

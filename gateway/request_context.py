@@ -1,0 +1,40 @@
+"""What one request carries through the layers: its id, and what the access log reports."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+from starlette.types import Scope
+
+_SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_STATE_KEY = "llmaas"
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    request_id: str
+    status: int = 0
+    model: str | None = None
+    engine: str | None = None
+    outcome: str = "ok"
+    ttft_ms: float | None = None
+
+
+def request_id_from(header: bytes | None) -> str:
+    """Keep a client's id when it is short and plain (it ends up in logs); else make one."""
+    if header is not None:
+        text = header.decode("latin-1")
+        if _SANE_ID.fullmatch(text):
+            return text
+    return uuid.uuid4().hex
+
+
+def attach(scope: Scope, info: RequestInfo) -> None:
+    scope.setdefault("state", {})[_STATE_KEY] = info
+
+
+def info_of(scope: Scope) -> RequestInfo:
+    info: RequestInfo = scope["state"][_STATE_KEY]
+    return info

@@ -1,0 +1,21 @@
+"""Everything a request handler needs, built once in the app's lifespan and kept on app.state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from gateway.metrics import Metrics
+from gateway.proxy.relay import ProxyDeps
+from gateway.routing.engines import EngineRegistry
+from gateway.settings import Settings
+
+
+@dataclass(slots=True)
+class GatewayState:
+    settings: Settings
+    registry: EngineRegistry
+    metrics: Metrics
+    proxy: ProxyDeps
+    redis: Redis | None

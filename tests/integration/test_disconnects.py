@@ -1,0 +1,83 @@
+"""A client that goes away at any stage makes the engine drop the request (running back to 0)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.integration.conftest import DEAD_MODEL, MODEL, Stack
+from tests.integration.sim_fixture import wait_running
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def abandon(stack: Stack, body: dict[str, Any], read_chunks: int | None) -> None:
+    """Send a request, read `read_chunks` body chunks (None: not even the headers), keep the
+    connection open until the engine is seen generating, then hang up."""
+    reached = asyncio.Event()
+
+    async def client() -> None:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{stack.gateway}/v1/chat/completions", json=body) as resp,
+        ):
+            assert resp.status == 200
+            for _ in range(read_chunks or 0):
+                assert await resp.content.readany()
+            reached.set()
+            await asyncio.Event().wait()  # until cancelled
+
+    task = asyncio.create_task(client())
+    await wait_running(stack.http, stack.sim, 1)
+    if read_chunks is not None:
+        await asyncio.wait_for(reached.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_disconnect_while_waiting_for_a_non_stream_answer(stack: Stack) -> None:
+    await abandon(stack, {**CHAT, "sim": {"ttft_ms": 1000, "itl_ms": 50}}, read_chunks=None)
+    await wait_running(stack.http, stack.sim, 0)
+
+
+async def test_disconnect_while_waiting_for_the_first_token(stack: Stack) -> None:
+    # The stream's headers are out; the first token is 1.2 s away when the client leaves.
+    await abandon(stack, {**CHAT, "stream": True, "sim": {"ttft_ms": 1200}}, read_chunks=0)
+    await wait_running(stack.http, stack.sim, 0)
+
+
+async def test_disconnect_mid_stream_stops_generation(stack: Stack) -> None:
+    before = (await stack.sim_state())["generation_tokens_total"]
+    assert isinstance(before, int)
+    body = {**CHAT, "stream": True, "max_tokens": 50, "sim": {"itl_ms": 100}}
+    await abandon(stack, body, read_chunks=2)
+    await wait_running(stack.http, stack.sim, 0)
+    await asyncio.sleep(0.3)  # a generation that went on would keep counting tokens
+    after = (await stack.sim_state())["generation_tokens_total"]
+    assert isinstance(after, int)
+    assert 0 < after - before < 50
+
+
+async def test_gateway_metrics_count_requests_and_upstream_errors(stack: Stack) -> None:
+    async with stack.http.post(f"{stack.gateway}/v1/chat/completions", json=CHAT) as resp:
+        assert resp.status == 200
+    dead = {**CHAT, "model": DEAD_MODEL}
+    async with stack.http.post(f"{stack.gateway}/v1/chat/completions", json=dead) as resp:
+        assert resp.status == 503
+    async with stack.http.get(f"{stack.gateway}/metrics") as resp:
+        text = await resp.text()
+    assert f'llmaas_requests_total{{model="{MODEL}",route="chat/completions",status="200"}}' in text
+    assert (
+        f'llmaas_requests_total{{model="{DEAD_MODEL}",route="chat/completions",status="503"}}'
+        in text
+    )
+    assert "llmaas_request_duration_seconds_bucket" in text
+    assert 'llmaas_upstream_errors_total{engine="http://127.0.0.1:' in text
+    assert 'kind="connect"' in text
+    assert "llmaas_inflight_requests" in text

@@ -1,0 +1,153 @@
+"""Every error, from every layer, in OpenAI's shape with the status OpenAI uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from tests.integration.conftest import DEAD_MODEL, MODEL, Stack
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def post(stack: Stack, path: str, body: bytes | dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    async with stack.http.post(
+        f"{stack.gateway}{path}", data=data, headers={"content-type": "application/json"}
+    ) as resp:
+        payload: dict[str, Any] = orjson.loads(await resp.read())
+        assert resp.headers["x-request-id"]
+        return resp.status, payload
+
+
+def assert_openai_error(payload: dict[str, Any]) -> dict[str, Any]:
+    assert set(payload) == {"error"}
+    error: dict[str, Any] = payload["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str)
+    assert error["message"]
+    assert isinstance(error["type"], str)
+    assert error["code"] is None or isinstance(error["code"], str)
+    return error
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param", "needle"),
+    [
+        ("/v1/chat/completions", b'{"model": "x", "messages": [', None, "parse the JSON"),
+        ("/v1/chat/completions", b"[1, 2]", None, "JSON object"),
+        ("/v1/chat/completions", b"", None, "empty"),
+        ("/v1/chat/completions", {"messages": []}, "model", "'model'"),
+        ("/v1/chat/completions", {"model": MODEL}, "messages", "'messages'"),
+        ("/v1/chat/completions", {"model": MODEL, "messages": "hi"}, "messages", "an array"),
+        ("/v1/chat/completions", {"model": 7, "messages": []}, "model", "a string"),
+        ("/v1/chat/completions", {**CHAT, "stream": "yes"}, "stream", "a boolean"),
+        ("/v1/completions", {"model": MODEL}, "prompt", "'prompt'"),
+        ("/v1/embeddings", {"model": MODEL, "input": 3}, "input", "string or an array"),
+    ],
+)
+async def test_bad_input_is_400_naming_the_field(
+    stack: Stack, path: str, body: bytes | dict[str, Any], param: str | None, needle: str
+) -> None:
+    status, payload = await post(stack, path, body)
+    assert status == 400
+    error = assert_openai_error(payload)
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert needle in error["message"]
+
+
+async def test_body_over_the_limit_is_413(stack: Stack) -> None:
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * 70_000}]}
+    status, payload = await post(stack, "/v1/chat/completions", big)
+    assert status == 413
+    assert "65536 bytes" in assert_openai_error(payload)["message"]
+
+
+async def test_unknown_model_is_404_model_not_found(stack: Stack) -> None:
+    async with openai.AsyncOpenAI(base_url=f"{stack.gateway}/v1", api_key="x") as oai:
+        with pytest.raises(openai.NotFoundError) as info:
+            await oai.chat.completions.create(
+                model="gpt-9", messages=[{"role": "user", "content": "x"}]
+            )
+    assert info.value.code == "model_not_found"
+    assert info.value.param == "model"
+
+
+async def test_unknown_route_and_wrong_method_are_openai_shaped(stack: Stack) -> None:
+    async with stack.http.get(f"{stack.gateway}/v1/nothing-here") as resp:
+        assert resp.status == 404
+        assert assert_openai_error(await resp.json())["code"] == "unknown_url"
+    async with stack.http.get(f"{stack.gateway}/v1/chat/completions") as resp:
+        assert resp.status == 405
+        assert assert_openai_error(await resp.json())["code"] == "method_not_allowed"
+
+
+async def test_no_reachable_engine_is_503(stack: Stack) -> None:
+    status, payload = await post(stack, "/v1/chat/completions", {**CHAT, "model": DEAD_MODEL})
+    assert status == 503
+    assert assert_openai_error(payload)["code"] == "engine_unavailable"
+
+
+async def test_engine_that_does_not_answer_in_time_is_504(stack: Stack) -> None:
+    status, payload = await post(stack, "/v1/chat/completions", {**CHAT, "sim": {"hang": True}})
+    assert status == 504
+    assert assert_openai_error(payload)["code"] == "engine_timeout"
+
+
+@pytest.mark.parametrize("status", [400, 422, 500, 503])
+async def test_engine_errors_keep_status_and_message(stack: Stack, status: int) -> None:
+    body = {**CHAT, "sim": {"fail_status": status, "fail_message": f"engine said {status}"}}
+    got, payload = await post(stack, "/v1/chat/completions", body)
+    assert got == status
+    error = assert_openai_error(payload)
+    assert error["message"] == f"engine said {status}"
+
+
+async def test_engine_detail_body_is_normalised(stack: Stack) -> None:
+    body = {**CHAT, "sim": {"fail_status": 404, "fail_body": "detail"}}
+    status, payload = await post(stack, "/v1/chat/completions", body)
+    assert status == 404
+    assert_openai_error(payload)
+
+
+async def test_engine_dropping_the_connection_is_502(stack: Stack) -> None:
+    status, payload = await post(
+        stack, "/v1/chat/completions", {**CHAT, "sim": {"drop": "before_headers"}}
+    )
+    assert status == 502
+    assert assert_openai_error(payload)["code"] == "engine_disconnected"
+
+
+async def test_stream_cut_midway_ends_with_one_error_frame_then_done(stack: Stack) -> None:
+    body = {**CHAT, "stream": True, "max_tokens": 20, "sim": {"cut_after": 3}}
+    async with stack.http.post(f"{stack.gateway}/v1/chat/completions", json=body) as resp:
+        assert resp.status == 200
+        raw = await resp.read()
+    frames = [f for f in raw.split(b"\n\n") if f]
+    assert frames[-1] == b"data: [DONE]"
+    error = orjson.loads(frames[-2].removeprefix(b"data: "))
+    assert assert_openai_error(error)["code"] == "engine_disconnected"
+    assert sum(b'"error"' in f for f in frames) == 1
+    assert len(frames) >= 5  # the content that did arrive was relayed first
+
+
+async def test_stream_engine_silent_too_long_ends_with_timeout_frame(stack: Stack) -> None:
+    body = {**CHAT, "stream": True, "max_tokens": 3, "sim": {"itl_ms": 4000}}
+    async with stack.http.post(f"{stack.gateway}/v1/chat/completions", json=body) as resp:
+        raw = await resp.read()
+    frames = [f for f in raw.split(b"\n\n") if f]
+    assert frames[-1] == b"data: [DONE]"
+    assert assert_openai_error(orjson.loads(frames[-2][6:]))["code"] == "engine_timeout"
+
+
+async def test_streaming_request_refused_by_engine_is_a_plain_http_error(stack: Stack) -> None:
+    body = {**CHAT, "stream": True, "sim": {"fail_status": 400, "fail_message": "bad"}}
+    status, payload = await post(stack, "/v1/chat/completions", body)
+    assert status == 400
+    assert assert_openai_error(payload)["message"] == "bad"

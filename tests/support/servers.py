@@ -1,0 +1,44 @@
+"""Run ASGI apps on real sockets inside the test's event loop, so disconnects are real."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from gateway.netutil import free_port
+
+
+@asynccontextmanager
+async def serve_uvicorn(config: uvicorn.Config) -> AsyncIterator[str]:
+    """Run a uvicorn server in this event loop; yield its base URL; shut it down on exit."""
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("the server stopped before it started")
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://{config.host}:{config.port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+def serve_asgi(app: ASGIApp, port: int | None = None) -> AbstractAsyncContextManager[str]:
+    """Serve an app with a lifespan (the gateway) on 127.0.0.1."""
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port or free_port(),
+        loop="none",
+        http="httptools",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+    )
+    return serve_uvicorn(config)

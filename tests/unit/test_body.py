@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.api.body import check_type, require, require_model, require_nonempty_list, stream_flag
+from gateway.errors import InvalidRequest
+
+
+def _error(fn: Any, *args: Any) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as info:
+        fn(*args)
+    return info.value
+
+
+def test_missing_field_names_the_field() -> None:
+    err = _error(require, {}, "messages", list)
+    assert err.param == "messages"
+    assert err.code == "missing_required_parameter"
+    assert "'messages'" in err.message
+    assert err.status_code == 400
+
+
+def test_wrong_type_names_expected_and_actual() -> None:
+    err = _error(require, {"messages": "hi"}, "messages", list)
+    assert err.message == (
+        "Invalid type for 'messages': expected an array, but got a string instead."
+    )
+    assert err.code == "invalid_type"
+
+
+def test_json_true_is_not_an_integer() -> None:
+    err = _error(check_type, {"n": True}, "n", int)
+    assert "got a boolean" in err.message
+
+
+def test_model_must_be_a_non_empty_string() -> None:
+    assert require_model({"model": "m"}) == "m"
+    assert _error(require_model, {"model": ""}).param == "model"
+    assert _error(require_model, {"model": 3}).code == "invalid_type"
+
+
+def test_empty_messages_are_refused() -> None:
+    assert _error(require_nonempty_list, {"messages": []}, "messages").code == "empty_array"
+
+
+def test_stream_flag_checks_types() -> None:
+    assert stream_flag({"stream": True}) is True
+    assert stream_flag({}) is False
+    assert _error(stream_flag, {"stream": "yes"}).param == "stream"
+    assert _error(stream_flag, {"stream_options": 1}).param == "stream_options"
