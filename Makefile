@@ -21,8 +21,8 @@ engine: $(STAMP)  ## the CPU vLLM venv and the bundled models, prepared once in 
 	$(BIN)/python -m gateway.embedded prepare
 
 bench: $(STAMP)  ## gateway overhead against a zero-delay simulator
-	$(BIN)/python bench/overhead.py
-	$(BIN)/python bench/upstream_clients.py
+	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench.upstream_clients
 
 install: $(STAMP)
 

@@ -56,7 +56,8 @@ async def process(
         await wait_http_ok(health_url, timeout_s=30)
         yield
     finally:
-        proc.terminate()
+        if proc.returncode is None:
+            proc.terminate()
         try:
             await asyncio.wait_for(proc.wait(), 15)
         except TimeoutError:
@@ -67,7 +68,7 @@ async def process(
 @asynccontextmanager
 async def simulator(model: str) -> AsyncIterator[str]:
     port = free_port()
-    args = ["gateway", "sim", "--model", model, "--port", str(port)]
+    args = ["gateway.sim.server", "--model", model, "--port", str(port)]
     async with process(args, f"http://127.0.0.1:{port}/health"):
         yield f"http://127.0.0.1:{port}"
 

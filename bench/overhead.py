@@ -4,7 +4,7 @@ Prints requests/s and the latency the gateway adds (p50, p99) for non-streaming 
 chat completions at concurrency 1, 16 and 64. Figures are ratios and differences measured in
 the same run, on the same machine, so a noisy machine shifts both sides alike.
 
-    .venv/bin/python bench/overhead.py [--requests 2000] [--access-log]
+    .venv/bin/python -m bench.overhead [--requests 2000] [--access-log]
 """
 
 from __future__ import annotations

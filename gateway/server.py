@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import uvicorn
@@ -44,3 +47,19 @@ def run_server(settings: Settings, config_path: Path | None) -> None:
         access_log=False,
         timeout_graceful_shutdown=30,
     )
+
+
+@asynccontextmanager
+async def started(server: uvicorn.Server) -> AsyncIterator[asyncio.Task[None]]:
+    """Run `server` in this event loop; enter once it listens; on exit ask it to stop."""
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # uvicorn offers no startup event to await
+        if task.done():
+            task.result()
+            raise RuntimeError("the server stopped before it started")
+        await asyncio.sleep(0.01)
+    try:
+        yield task
+    finally:
+        server.should_exit = True
+        await task

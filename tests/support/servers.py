@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -10,23 +9,14 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from gateway.netutil import free_port
+from gateway.server import started
 
 
 @asynccontextmanager
 async def serve_uvicorn(config: uvicorn.Config) -> AsyncIterator[str]:
     """Run a uvicorn server in this event loop; yield its base URL; shut it down on exit."""
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("the server stopped before it started")
-        await asyncio.sleep(0.01)
-    try:
+    async with started(uvicorn.Server(config)):
         yield f"http://{config.host}:{config.port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 def serve_asgi(app: ASGIApp, port: int | None = None) -> AbstractAsyncContextManager[str]:
