@@ -81,11 +81,13 @@ llmaas is up.
     "model": "{CHAT_MODEL_NAME}",
     "messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}'
 
-  python -c 'from openai import OpenAI
-  c = OpenAI(base_url="{base}/v1", api_key="dev")
-  q = [{{"role": "user", "content": "What is the capital of France?"}}]
-  r = c.chat.completions.create(model="{CHAT_MODEL_NAME}", messages=q)
-  print(r.choices[0].message.content)'
+  python - <<'PY'
+from openai import OpenAI
+client = OpenAI(base_url="{base}/v1", api_key="dev")
+question = [{{"role": "user", "content": "What is the capital of France?"}}]
+reply = client.chat.completions.create(model="{CHAT_MODEL_NAME}", messages=question)
+print(reply.choices[0].message.content)
+PY
 
 Ctrl-C stops everything.
 """

@@ -1,0 +1,76 @@
+"""Real vLLM CPU engines with the bundled models, started once per session, one after the other,
+and a gateway in front of them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import pytest_asyncio
+
+from gateway.app import create_app
+from gateway.embedded.engine import EngineSpec, running_engine
+from gateway.embedded.paths import CHAT_MODEL_NAME, EMBEDDING_MODEL_NAME, EmbeddedPaths
+from gateway.embedded.prepare import prepare
+from gateway.netutil import free_port
+from gateway.settings import Settings
+from tests.support.servers import serve_asgi
+
+CHAT = CHAT_MODEL_NAME
+EMBED = EMBEDDING_MODEL_NAME
+
+
+@dataclass(frozen=True, slots=True)
+class Engines:
+    chat: str
+    embed: str
+
+
+@dataclass(frozen=True, slots=True)
+class E2E:
+    gateway: str
+    engines: Engines
+    http: aiohttp.ClientSession
+
+    async def running(self) -> float:
+        """vLLM's own gauge of requests running on the chat engine."""
+        async with self.http.get(f"{self.engines.chat}/metrics") as resp:
+            text = await resp.text()
+        match = re.search(r"^vllm:num_requests_running\{[^}]*\} ([0-9.e+-]+)$", text, re.M)
+        assert match, "vllm:num_requests_running missing from the engine's /metrics"
+        return float(match.group(1))
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def engines() -> AsyncIterator[Engines]:
+    paths = EmbeddedPaths.resolve()
+    ready = await prepare(paths)
+    chat = EngineSpec(
+        ready.engine_python, ready.chat_model, CHAT, free_port(), paths.logs / "e2e-chat.log"
+    )
+    embed = EngineSpec(
+        ready.engine_python,
+        ready.embedding_model,
+        EMBED,
+        free_port(),
+        paths.logs / "e2e-embed.log",
+        pooling=True,
+    )
+    async with running_engine(chat) as chat_url, running_engine(embed) as embed_url:
+        yield Engines(chat_url, embed_url)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def e2e(engines: Engines) -> AsyncIterator[E2E]:
+    settings = Settings.model_validate(
+        {
+            "models": [
+                {"name": CHAT, "engines": [engines.chat]},
+                {"name": EMBED, "engines": [engines.embed]},
+            ]
+        }
+    )
+    async with serve_asgi(create_app(settings)) as gateway, aiohttp.ClientSession() as http:
+        yield E2E(gateway, engines, http)

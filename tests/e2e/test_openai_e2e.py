@@ -1,0 +1,150 @@
+"""The official openai client against the gateway in front of real vLLM engines."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from tests.e2e.conftest import CHAT, E2E, EMBED
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+
+FRANCE: Any = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture
+async def oai(e2e: E2E) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=f"{e2e.gateway}/v1", api_key="unused") as client:
+        yield client
+
+
+async def test_models_list(oai: openai.AsyncOpenAI) -> None:
+    models = await oai.models.list()
+    assert {m.id for m in models.data} == {CHAT, EMBED}
+
+
+async def test_greedy_answer_names_paris(oai: openai.AsyncOpenAI) -> None:
+    reply = await oai.chat.completions.create(model=CHAT, messages=FRANCE, temperature=0)
+    assert "Paris" in (reply.choices[0].message.content or "")
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage is not None
+    assert reply.usage.prompt_tokens > 0
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+async def test_stream_without_usage(oai: openai.AsyncOpenAI) -> None:
+    stream = await oai.chat.completions.create(
+        model=CHAT, messages=FRANCE, temperature=0, stream=True
+    )
+    chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "Paris" in text
+    assert all(c.usage is None for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+async def test_stream_with_include_usage(oai: openai.AsyncOpenAI) -> None:
+    stream = await oai.chat.completions.create(
+        model=CHAT,
+        messages=FRANCE,
+        temperature=0,
+        max_tokens=6,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == []
+    assert usage is not None
+    assert usage.completion_tokens == 6
+    assert chunks[-2].choices[0].finish_reason == "length"
+
+
+async def test_legacy_completions_with_max_tokens_stop_at_length(oai: openai.AsyncOpenAI) -> None:
+    reply = await oai.completions.create(
+        model=CHAT, prompt="The capital of France is", max_tokens=4, temperature=0
+    )
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens == 4
+
+
+async def test_chat_max_tokens_gives_length(oai: openai.AsyncOpenAI) -> None:
+    reply = await oai.chat.completions.create(model=CHAT, messages=FRANCE, max_tokens=2)
+    assert reply.choices[0].finish_reason == "length"
+
+
+async def test_unknown_model_raises_not_found(oai: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        await oai.chat.completions.create(model="gpt-nope", messages=FRANCE)
+    assert info.value.code == "model_not_found"
+
+
+async def test_embeddings_are_384_dimensional(oai: openai.AsyncOpenAI) -> None:
+    result = await oai.embeddings.create(model=EMBED, input=["hello world", "bonjour"])
+    assert [len(d.embedding) for d in result.data] == [384, 384]
+    assert result.usage.prompt_tokens > 0
+
+
+async def test_engine_validation_error_passes_through_in_openai_shape(
+    oai: openai.AsyncOpenAI,
+) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        await oai.chat.completions.create(model=CHAT, messages=FRANCE, max_tokens=10**6)
+    assert info.value.status_code == 400
+    assert "max_tokens" in info.value.message
+    assert info.value.code is None or isinstance(info.value.code, str)
+
+
+async def test_vllm_nulls_that_break_strict_clients_are_removed(e2e: E2E) -> None:
+    body = {"model": CHAT, "messages": FRANCE, "max_tokens": 3, "top_k": 1, "min_p": 0.0}
+    async with e2e.http.post(f"{e2e.gateway}/v1/chat/completions", json=body) as resp:
+        assert resp.status == 200
+        reply = orjson.loads(await resp.read())
+    message = reply["choices"][0]["message"]
+    assert message["content"]
+    for forbidden in ("function_call", "annotations", "tool_calls"):
+        assert message.get(forbidden, "absent") is not None
+    assert reply["usage"].get("prompt_tokens_details", "absent") is not None
+    assert reply["usage"].get("completion_tokens_details", "absent") is not None
+
+
+async def _wait_running(e2e: E2E, expected: float, deadline_s: float = 20.0) -> None:
+    for _ in range(int(deadline_s / 0.1)):
+        if await e2e.running() == expected:
+            return
+        await asyncio.sleep(0.1)
+    assert await e2e.running() == expected
+
+
+async def test_cancelled_stream_frees_the_engine(oai: openai.AsyncOpenAI, e2e: E2E) -> None:
+    stream = await oai.chat.completions.create(
+        model=CHAT,
+        messages=[{"role": "user", "content": "Write a very long story about a dragon."}],
+        max_tokens=2000,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    received = 0
+    async for _ in stream:
+        received += 1
+        if received == 5:
+            break
+    await _wait_running(e2e, 1)
+    await stream.close()
+    await _wait_running(e2e, 0)
+
+
+async def test_abandoned_non_stream_request_frees_the_engine(e2e: E2E) -> None:
+    body = {"model": CHAT, "messages": FRANCE, "max_tokens": 2000, "ignore_eos": True}
+    request = asyncio.create_task(e2e.http.post(f"{e2e.gateway}/v1/chat/completions", json=body))
+    await _wait_running(e2e, 1)
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    await _wait_running(e2e, 0)
