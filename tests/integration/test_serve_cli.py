@@ -1,0 +1,80 @@
+"""`llmaas serve` as a real process: several workers, aggregated metrics, clear config errors."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.netutil import free_port, wait_http_ok
+from gateway.sim.config import SimConfig
+from tests.integration.sim_fixture import running_sim_process
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def test_two_workers_serve_and_metrics_add_up(tmp_path: Path) -> None:
+    async with running_sim_process(SimConfig(models=["m"])) as sim:
+        config = tmp_path / "gw.yaml"
+        config.write_text(f"access_log: false\nmodels:\n  - name: m\n    engines: [{sim}]\n")
+        port = free_port()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            await wait_http_ok(f"{base}/healthz", timeout_s=30)
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            async with aiohttp.ClientSession() as http:
+                for _ in range(3):  # new connections, so both workers are likely to answer
+                    async with aiohttp.ClientSession() as fresh:
+                        replies = [
+                            fresh.post(f"{base}/v1/chat/completions", json=body) for _ in range(10)
+                        ]
+                        for reply in await asyncio.gather(*replies):
+                            assert reply.status == 200
+                            reply.release()
+                async with http.get(f"{base}/metrics") as resp:
+                    text = await resp.text()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+    line = re.search(
+        r'^llmaas_requests_total\{model="m",route="chat/completions",status="200"\} (\S+)$',
+        text,
+        re.M,
+    )
+    assert line is not None
+    assert float(line.group(1)) == 30.0
+
+
+async def test_invalid_config_exits_2_naming_the_field(tmp_path: Path) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text("models:\n  - name: m\n    engines: [localhost:8000]\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--config",
+        str(config),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert b"models.0.engines" in err
+    assert b"http://" in err
