@@ -10,7 +10,8 @@ from starlette.requests import Request
 from gateway.state import GatewayState
 
 
-def get_state(request: Request) -> GatewayState:
+async def get_state(request: Request) -> GatewayState:
+    # async: a plain def would be run in a thread pool on every request.
     state: GatewayState = request.app.state.gateway
     return state
 

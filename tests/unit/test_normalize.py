@@ -108,3 +108,16 @@ def test_mid_stream_vllm_error_frame_is_normalised() -> None:
     assert err["code"] is None
     assert err["type"] == "server_error"
     assert err["message"] == "boom"
+
+
+def test_spaced_json_nulls_are_found_too() -> None:
+    body = b'{"id": "x", "usage": null, "choices": []}'
+    assert orjson.loads(normalize_success(body)) == {"id": "x", "choices": []}
+
+
+def test_token_frames_with_only_allowed_nulls_pass_as_the_same_object() -> None:
+    frame = (
+        b'data: {"id":"c","choices":[{"index":0,"delta":{"content":" Paris"},'
+        b'"logprobs":null,"finish_reason":null,"token_ids":null}]}\n\n'
+    )
+    assert transform_frame(frame) is frame
