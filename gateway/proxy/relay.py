@@ -67,9 +67,14 @@ class ProxyResponse(Response):
                 work.cancel()
                 info.outcome = "client_disconnected"
                 self.status_code = CLIENT_CLOSED
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
-            self._observe(time.perf_counter() - started)
+            try:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+            except Exception:
+                self.status_code = 500  # the middleware answers it and logs the traceback
+                raise
+            finally:
+                self._observe(time.perf_counter() - started)
 
     def _observe(self, elapsed: float) -> None:
         metrics, model, route = self.deps.metrics, self.call.pool.name, self.call.route
