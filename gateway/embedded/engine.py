@@ -56,7 +56,7 @@ class EngineSpec:
 async def running_engine(spec: EngineSpec, *, timeout_s: float = 600) -> AsyncIterator[str]:
     """Start the engine, wait until /health answers, yield its base URL, stop it on exit."""
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-    with spec.log_path.open("ab") as log:
+    with spec.log_path.open("wb") as log:
         proc = await asyncio.create_subprocess_exec(
             *spec.command(),
             stdout=log,

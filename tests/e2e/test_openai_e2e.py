@@ -148,3 +148,15 @@ async def test_abandoned_non_stream_request_frees_the_engine(e2e: E2E) -> None:
     with pytest.raises(asyncio.CancelledError):
         await request
     await _wait_running(e2e, 0)
+
+
+async def test_endpoint_a_model_does_not_serve_is_openai_shaped(oai: openai.AsyncOpenAI) -> None:
+    # vLLM answers FastAPI's {"detail": "Not Found"} here; clients get OpenAI's error shape.
+    with pytest.raises(openai.NotFoundError) as info:
+        await oai.embeddings.create(model=CHAT, input="hello")
+    assert info.value.body == {
+        "message": "The model's engine does not serve /v1/embeddings.",
+        "type": "not_found_error",
+        "param": None,
+        "code": None,
+    }

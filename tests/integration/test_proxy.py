@@ -124,3 +124,23 @@ async def test_generated_request_id_when_client_sends_none(stack: Stack) -> None
         second = resp.headers["x-request-id"]
     assert first != second
     assert len(first) == 32
+
+
+async def test_stream_frames_reach_the_client_while_the_engine_still_generates(
+    stack: Stack,
+) -> None:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "slowly"}],
+        "stream": True,
+        "max_tokens": 10,
+        "sim": {"itl_ms": 150},
+    }
+    async with stack.http.post(f"{stack.gateway}/v1/chat/completions", json=body) as resp:
+        seen = b""
+        while b'"content":" ' not in seen:  # the first generated token (after the role chunk)
+            seen += await resp.content.readany()
+        # Not buffered: the engine is still generating the other nine tokens.
+        assert (await stack.sim_state())["running"] == 1
+        rest = await resp.read()
+    assert rest.endswith(b"data: [DONE]\n\n")
