@@ -4,7 +4,7 @@ Prints requests/s and the latency the gateway adds (p50, p99) for non-streaming 
 chat completions at concurrency 1, 16 and 64. Figures are ratios and differences measured in
 the same run, on the same machine, so a noisy machine shifts both sides alike.
 
-    .venv/bin/python -m bench.overhead [--requests 2000] [--access-log]
+    .venv/bin/python -m bench.overhead [--requests 2000] [--access-log] [--auth none|key|jwt]
 """
 
 from __future__ import annotations
@@ -17,16 +17,17 @@ from pathlib import Path
 import aiohttp
 import orjson
 
+from bench.auth_modes import AuthMode, auth_mode
 from bench.harness import Call, Result, drive, gateway, simulator
 
 MODEL = "bench-model"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 16}
 
 
-def chat_call(base: str, stream: bool) -> Call:
+def chat_call(base: str, stream: bool, auth: dict[str, str] | None = None) -> Call:
     url = f"{base}/v1/chat/completions"
     payload = orjson.dumps({**BODY, "stream": stream})
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": "application/json", **(auth or {})}
 
     async def call(session: aiohttp.ClientSession) -> None:
         async with session.post(url, data=payload, headers=headers) as resp:
@@ -38,34 +39,41 @@ def chat_call(base: str, stream: bool) -> Call:
 
 
 async def measure(
-    direct: str, via: str, stream: bool, concurrency: int, total: int
+    direct: str, via: str, stream: bool, concurrency: int, total: int, *, auth: dict[str, str]
 ) -> tuple[Result, Result]:
     connector = aiohttp.TCPConnector(limit=concurrency)
+    direct_call, via_call = chat_call(direct, stream), chat_call(via, stream, auth)
     async with aiohttp.ClientSession(connector=connector) as session:
-        for base in (direct, via):  # warm both paths (connections, caches)
-            await drive(session, chat_call(base, stream), min(total, 200), concurrency)
-        direct_result = await drive(session, chat_call(direct, stream), total, concurrency)
-        via_result = await drive(session, chat_call(via, stream), total, concurrency)
+        for call in (direct_call, via_call):  # warm both paths (connections, caches)
+            await drive(session, call, min(total, 200), concurrency)
+        direct_result = await drive(session, direct_call, total, concurrency)
+        via_result = await drive(session, via_call, total, concurrency)
     return direct_result, via_result
 
 
-def config_for(sim_url: str, access_log: bool) -> str:
+def config_for(sim_url: str, access_log: bool, auth: AuthMode) -> str:
     return (
-        f"access_log: {str(access_log).lower()}\nlog_level: warning\n"
+        f"access_log: {str(access_log).lower()}\nlog_level: warning\n{auth.config}"
         f"models:\n  - name: {MODEL}\n    engines: [{sim_url}]\n"
     )
 
 
-async def main(total: int, access_log: bool, levels: list[int]) -> None:
+async def main(total: int, access_log: bool, levels: list[int], auth_name: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        async with simulator(MODEL) as sim, gateway(config_for(sim, access_log), Path(tmp)) as gw:
+        async with (
+            auth_mode(auth_name, Path(tmp)) as auth,
+            simulator(MODEL) as sim,
+            gateway(config_for(sim, access_log, auth), Path(tmp)) as gw,
+        ):
+            credentials = await auth.headers(gw)
+            print(f"auth: {auth_name}")
             print(
                 f"{'mode':<10} {'conc':>4} {'direct rps':>10} {'gw rps':>8} {'ratio':>6} "
                 f"{'direct p50':>10} {'gw p50':>8} {'added p50':>9} {'added p99':>9}  (ms)"
             )
             for stream in (False, True):
                 for conc in levels:
-                    d, g = await measure(sim, gw, stream, conc, total)
+                    d, g = await measure(sim, gw, stream, conc, total, auth=credentials)
                     print(
                         f"{'stream' if stream else 'non-stream':<10} {conc:>4} {d.rps:>10.0f} "
                         f"{g.rps:>8.0f} {g.rps / d.rps:>6.2f} {d.p50:>10.3f} {g.p50:>8.3f} "
@@ -81,5 +89,7 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=2000, help="requests per measurement")
     parser.add_argument("--access-log", action="store_true", help="gateway writes access logs")
     parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--auth", choices=["none", "key", "jwt"], default="none")
     args = parser.parse_args()
-    asyncio.run(main(args.requests, args.access_log, [int(c) for c in args.concurrency.split(",")]))
+    levels = [int(c) for c in args.concurrency.split(",")]
+    asyncio.run(main(args.requests, args.access_log, levels, args.auth))

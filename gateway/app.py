@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,8 +13,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api import health, openai
+from gateway.api import admin, health, openai
 from gateway.api.middleware import RequestContextMiddleware
+from gateway.auth.authenticate import Authenticator
+from gateway.auth.cache import AuthCache
+from gateway.auth.invalidation import InvalidationListener
+from gateway.auth.jwt import JwtVerifier
+from gateway.auth.store import AuthStore
 from gateway.errors import ApiError, InvalidRequest, MethodNotAllowed, NotFound
 from gateway.logs import configure_logging
 from gateway.metrics import Metrics
@@ -28,25 +34,31 @@ from gateway.state import GatewayState
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        listener = configure_logging(settings.log_level)
+        log_listener = configure_logging(settings.log_level)
         metrics = Metrics()
         upstream = Upstream(settings.upstream, metrics)
         await upstream.start()
-        redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        redis = _redis(settings)
+        auth, listener = _auth(settings, redis, upstream)
         app.state.gateway = GatewayState(
             settings=settings,
             registry=EngineRegistry(settings.models),
             metrics=metrics,
             proxy=ProxyDeps(upstream, make_balancer(settings.routing), metrics),
             redis=redis,
+            auth=auth,
         )
+        listening = asyncio.create_task(listener.run()) if listener else None
         try:
             yield
         finally:
+            if listening is not None:
+                listening.cancel()
+                await asyncio.gather(listening, return_exceptions=True)
             await upstream.close()
             if redis is not None:
                 await redis.aclose()
-            listener.stop()
+            log_listener.stop()
 
     app = FastAPI(
         title="llmaas",
@@ -57,9 +69,36 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.include_router(openai.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
     _install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
     return app
+
+
+def _redis(settings: Settings) -> Redis | None:
+    if not settings.redis_url:
+        return None
+    return Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+    )
+
+
+def _auth(
+    settings: Settings, redis: Redis | None, upstream: Upstream
+) -> tuple[Authenticator, InvalidationListener | None]:
+    cache = AuthCache(settings.auth.cache_ttl_s)
+    jwt = JwtVerifier(settings.auth.jwt, upstream.session) if settings.auth.jwt.enabled else None
+    auth = Authenticator(
+        required=settings.auth.required,
+        pepper=settings.key_pepper,
+        store=None if redis is None else AuthStore(redis),
+        cache=cache,
+        jwt=jwt,
+    )
+    listener = InvalidationListener(redis, cache) if redis is not None else None
+    return auth, listener
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -69,11 +108,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-        param = ".".join(loc) or None
-        message = f"Invalid '{param}': {first.get('msg', 'invalid value')}." if param else str(exc)
-        return await api_error(request, InvalidRequest(message, param=param, code="invalid_value"))
+        return await api_error(request, _first_validation_error(exc))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -92,3 +127,24 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
+
+
+def _first_validation_error(exc: RequestValidationError) -> InvalidRequest:
+    """FastAPI's validation errors, as OpenAI-shaped 400s that name the field."""
+    first = exc.errors()[0] if exc.errors() else {}
+    if first.get("type") == "json_invalid":
+        return InvalidRequest(
+            f"We could not parse the JSON body of your request: {first.get('msg')}.",
+            code="invalid_json",
+        )
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    param = ".".join(loc) or None
+    if param is None:
+        return InvalidRequest(
+            "The request body is missing or not a JSON object.", code="invalid_json"
+        )
+    return InvalidRequest(
+        f"Invalid '{param}': {first.get('msg', 'invalid value')}.",
+        param=param,
+        code="invalid_value",
+    )

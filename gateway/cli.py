@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from gateway.admin_cli import add_admin_commands, run_admin
 from gateway.embedded.up import run_up
 from gateway.server import run_server
 from gateway.settings import load_settings
@@ -57,11 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("sim_args", nargs=argparse.REMAINDER)
     sim.set_defaults(func=_sim)
 
+    add_admin_commands(sub)
+
     up = sub.add_parser("up", help="Redis + one local vLLM engine + the gateway (make run)")
     up.add_argument("--port", type=int, default=8080, help="gateway port")
     up.add_argument("--engine-port", type=int, default=0, help="engine port (default: free)")
     up.add_argument("--home", type=Path, help="cache directory (default ~/.cache/llmaas)")
     up.set_defaults(func=_up)
+    for name in ("keys", "tenants"):
+        sub.choices[name].set_defaults(func=run_admin)
     return parser
 
 

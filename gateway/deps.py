@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.requests import Request
 
+from gateway.auth.principal import Principal
 from gateway.state import GatewayState
 
 
@@ -17,3 +18,11 @@ async def get_state(request: Request) -> GatewayState:
 
 
 Gateway = Annotated[GatewayState, Depends(get_state)]
+
+
+async def authenticate(request: Request) -> Principal:
+    state: GatewayState = request.app.state.gateway
+    return await state.auth.principal(request.headers)
+
+
+Caller = Annotated[Principal, Depends(authenticate)]

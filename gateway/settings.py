@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +46,45 @@ class UpstreamSettings(BaseModel):
     max_connections: int = Field(default=1000, ge=1)
 
 
+class JwtClaims(BaseModel):
+    """Which claim carries what. Limits and models are optional claims."""
+
+    tenant: str = "tenant"
+    subject: str = "sub"
+    models: str = "models"
+    rpm: str = "rpm"
+    tpm: str = "tpm"
+    max_concurrency: str = "max_concurrency"
+
+
+class JwtSettings(BaseModel):
+    """Bearer JWTs, verified with pyjwt. Off unless at least one key source is configured."""
+
+    issuer: str | None = None
+    audience: str | None = None
+    # Explicit allow-list; "none" is never accepted whatever this says.
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+    public_key_file: Path | None = None  # one PEM public key (RSA or EC)
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    hmac_secret: str | None = None  # only for HS* algorithms; never an asymmetric key
+    leeway_s: float = Field(default=30.0, ge=0)
+    jwks_cache_s: float = Field(default=300.0, gt=0)
+    claims: JwtClaims = Field(default_factory=JwtClaims)
+
+    @property
+    def enabled(self) -> bool:
+        sources = (self.public_key_file, self.jwks_file, self.jwks_url, self.hmac_secret)
+        return any(s is not None for s in sources)
+
+
+class AuthSettings(BaseModel):
+    # false: every request acts as the tenant "anonymous" (a closed network, tests); say so loudly.
+    required: bool = True
+    cache_ttl_s: float = Field(default=30.0, gt=0)  # upper bound on staleness if pub/sub breaks
+    jwt: JwtSettings = Field(default_factory=JwtSettings)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LLMAAS_", env_nested_delimiter="__", extra="forbid"
@@ -54,7 +94,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
     redis_url: str | None = None
+    redis_timeout_s: float = Field(default=0.5, gt=0)  # every Redis call; the gateway never hangs
     admin_token: str | None = None
+    key_pepper: str | None = None  # LLMAAS_KEY_PEPPER: HMAC key under which key secrets are hashed
     dev_mode: bool = False
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -63,6 +105,25 @@ class Settings(BaseSettings):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+
+    @model_validator(mode="after")
+    def _secrets_outside_dev_mode(self) -> Settings:
+        if self.dev_mode:
+            if self.admin_token is None:  # `llmaas up` prints it
+                self.admin_token = secrets.token_urlsafe(24)
+            return self
+        missing = [] if self.admin_token else ["admin_token (LLMAAS_ADMIN_TOKEN)"]
+        if self.auth.required:
+            missing += [] if self.key_pepper else ["key_pepper (LLMAAS_KEY_PEPPER)"]
+            missing += [] if self.redis_url else ["redis_url (LLMAAS_REDIS_URL)"]
+        if missing:
+            raise ValueError("required outside dev mode: " + ", ".join(missing))
+        for name in ("admin_token", "key_pepper"):
+            value = getattr(self, name)
+            if value is not None and len(value) < 16:
+                raise ValueError(f"{name} must be at least 16 characters outside dev mode")
+        return self
 
     @model_validator(mode="after")
     def _unique_model_names(self) -> Settings:

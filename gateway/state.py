@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from gateway.auth.authenticate import Authenticator
 from gateway.metrics import Metrics
 from gateway.proxy.relay import ProxyDeps
 from gateway.routing.engines import EngineRegistry
@@ -19,3 +20,4 @@ class GatewayState:
     metrics: Metrics
     proxy: ProxyDeps
     redis: Redis | None
+    auth: Authenticator

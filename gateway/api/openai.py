@@ -4,51 +4,53 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.body import read_json, require, require_model, require_nonempty_list, stream_flag
-from gateway.deps import Gateway
+from gateway.api.responses import json_response
+from gateway.auth.principal import Principal
+from gateway.deps import Caller, Gateway
 from gateway.errors import ModelNotFound
-from gateway.proxy.asgi_send import JSON
 from gateway.proxy.relay import ProxyCall, ProxyResponse
 from gateway.state import GatewayState
 
 router = APIRouter(prefix="/v1")
 
 
-def _proxy(gw: GatewayState, route: str, body: dict[str, Any], raw: bytes) -> ProxyResponse:
+def _proxy(
+    gw: GatewayState, caller: Principal, route: str, body: dict[str, Any], raw: bytes
+) -> ProxyResponse:
     model = require_model(body)
     pool = gw.registry.pool(model)
-    if pool is None:
+    if pool is None or not caller.may_use(model):
         raise ModelNotFound(model)
     return ProxyResponse(gw.proxy, ProxyCall(route, pool, raw, stream_flag(body)))
 
 
 @router.post("/chat/completions", response_model=None)
-async def chat_completions(request: Request, gw: Gateway) -> Response:
+async def chat_completions(request: Request, gw: Gateway, caller: Caller) -> Response:
     body, raw = await read_json(request, gw.settings.max_body_bytes)
     require_model(body)
     require_nonempty_list(body, "messages")
-    return _proxy(gw, "chat/completions", body, raw)
+    return _proxy(gw, caller, "chat/completions", body, raw)
 
 
 @router.post("/completions", response_model=None)
-async def completions(request: Request, gw: Gateway) -> Response:
+async def completions(request: Request, gw: Gateway, caller: Caller) -> Response:
     body, raw = await read_json(request, gw.settings.max_body_bytes)
     require_model(body)
     require(body, "prompt", str, list)
-    return _proxy(gw, "completions", body, raw)
+    return _proxy(gw, caller, "completions", body, raw)
 
 
 @router.post("/embeddings", response_model=None)
-async def embeddings(request: Request, gw: Gateway) -> Response:
+async def embeddings(request: Request, gw: Gateway, caller: Caller) -> Response:
     body, raw = await read_json(request, gw.settings.max_body_bytes)
     require_model(body)
     require(body, "input", str, list)
-    return _proxy(gw, "embeddings", body, raw)
+    return _proxy(gw, caller, "embeddings", body, raw)
 
 
 def _model_card(name: str, created: int) -> dict[str, Any]:
@@ -56,18 +58,15 @@ def _model_card(name: str, created: int) -> dict[str, Any]:
 
 
 @router.get("/models", response_model=None)
-async def list_models(gw: Gateway) -> Response:
-    data = [_model_card(p.name, p.created) for p in gw.registry.pools()]
-    return _json({"object": "list", "data": data})
+async def list_models(gw: Gateway, caller: Caller) -> Response:
+    pools = [p for p in gw.registry.pools() if caller.may_use(p.name)]
+    data = [_model_card(p.name, p.created) for p in pools]
+    return json_response({"object": "list", "data": data})
 
 
 @router.get("/models/{model_id:path}", response_model=None)
-async def get_model(model_id: str, gw: Gateway) -> Response:
+async def get_model(model_id: str, gw: Gateway, caller: Caller) -> Response:
     pool = gw.registry.pool(model_id)
-    if pool is None:
+    if pool is None or not caller.may_use(model_id):
         raise ModelNotFound(model_id)
-    return _json(_model_card(pool.name, pool.created))
-
-
-def _json(content: Any) -> Response:
-    return Response(orjson.dumps(content), media_type=JSON.decode())
+    return json_response(_model_card(pool.name, pool.created))

@@ -13,8 +13,12 @@ from pathlib import Path
 
 import uvicorn
 import uvloop
+from redis.asyncio import Redis
 
 from gateway.app import create_app
+from gateway.auth.authenticate import DEV_PEPPER
+from gateway.auth.issue import issue_key
+from gateway.auth.store import AuthStore
 from gateway.embedded.engine import EngineSpec, running_engine
 from gateway.embedded.paths import CHAT_MODEL_NAME, EmbeddedPaths
 from gateway.embedded.prepare import prepare
@@ -53,6 +57,7 @@ async def _up(paths: EmbeddedPaths, gateway_port: int, engine_port: int) -> None
             dev_mode=True,
             models=[ModelRoute(name=CHAT_MODEL_NAME, engines=[engine_url])],
         )
+        dev_key = await _dev_key(redis_url, (settings.key_pepper or DEV_PEPPER).encode())
         server = uvicorn.Server(
             uvicorn.Config(
                 create_app(settings),
@@ -65,25 +70,38 @@ async def _up(paths: EmbeddedPaths, gateway_port: int, engine_port: int) -> None
             )
         )
         async with started(server) as serving:
-            print(banner(f"http://{settings.host}:{gateway_port}", redis_url, spec), flush=True)
+            base = f"http://{settings.host}:{gateway_port}"
+            print(banner(base, redis_url, spec, dev_key, settings.admin_token or ""), flush=True)
             await serving
 
 
-def banner(base: str, redis_url: str, spec: EngineSpec) -> str:
+async def _dev_key(redis_url: str, pepper: bytes) -> str:
+    """A key for the tenant `dev`, shown once in the banner."""
+    redis = Redis.from_url(redis_url)
+    try:
+        _, key = await issue_key(AuthStore(redis), pepper, tenant="dev", name="llmaas up")
+    finally:
+        await redis.aclose()
+    return key
+
+
+def banner(base: str, redis_url: str, spec: EngineSpec, key: str, admin_token: str) -> str:
     return f"""
 llmaas is up.
   base URL   {base}/v1
   model      {CHAT_MODEL_NAME}  (vLLM on {spec.url}, log {spec.log_path})
   redis      {redis_url}
-  api key    not needed yet (API keys arrive with multi-tenant access); any value works
+  api key    {key}   (tenant "dev")
+  admin      LLMAAS_ADMIN_TOKEN={admin_token}   (llmaas keys create --tenant NAME)
 
-  curl -s {base}/v1/chat/completions -H 'content-type: application/json' -d '{{
+  curl -s {base}/v1/chat/completions -H 'authorization: Bearer {key}' \\
+    -H 'content-type: application/json' -d '{{
     "model": "{CHAT_MODEL_NAME}",
     "messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}'
 
   python - <<'PY'
 from openai import OpenAI
-client = OpenAI(base_url="{base}/v1", api_key="dev")
+client = OpenAI(base_url="{base}/v1", api_key="{key}")
 question = [{{"role": "user", "content": "What is the capital of France?"}}]
 reply = client.chat.completions.create(model="{CHAT_MODEL_NAME}", messages=question)
 print(reply.choices[0].message.content)

@@ -46,7 +46,9 @@ async def test_up_prints_a_base_url_that_answers_and_stops_cleanly() -> None:
                 printed += line.decode()
         match = re.search(r"base URL\s+(\S+)", printed)
         assert match is not None
-        async with openai.AsyncOpenAI(base_url=match.group(1), api_key="dev") as client:
+        key = re.search(r"api key\s+(sk-llmaas-\S+)", printed)
+        assert key is not None
+        async with openai.AsyncOpenAI(base_url=match.group(1), api_key=key.group(1)) as client:
             reply = await client.chat.completions.create(
                 model="smollm2-135m-instruct",
                 messages=[{"role": "user", "content": "What is the capital of France?"}],

@@ -7,9 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import openai
 import pytest_asyncio
+from redis.asyncio import Redis
 
 from gateway.app import create_app
+from gateway.embedded.redis_server import running_redis
 from gateway.netutil import free_port
 from gateway.settings import Settings
 from gateway.sim.config import SimConfig
@@ -18,6 +21,7 @@ from tests.support.servers import serve_asgi
 
 MODEL = "sim-model"
 DEAD_MODEL = "dead-model"
+ADMIN_TOKEN = "test-admin-token-0123456789"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +43,64 @@ def gateway_settings(sim_url: str, **overrides: object) -> Settings:
         "max_body_bytes": 64 * 1024,
         "upstream": {"response_timeout_s": 1.5, "stream_idle_timeout_s": 1.5},
         "access_log": True,
+        "admin_token": ADMIN_TOKEN,
+        "auth": {"required": False},
     }
     values.update(overrides)
     return Settings.model_validate(values)
+
+
+PEPPER = "test-pepper-0123456789abcdef"
+OTHER = "other-model"
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@dataclass(frozen=True, slots=True)
+class AuthStack:
+    gateway: str
+    redis: Redis
+    http: aiohttp.ClientSession
+
+    async def admin(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        url = f"{self.gateway}/admin/v1{path}"
+        async with self.http.request(method, url, json=body, headers=ADMIN) as resp:
+            return resp.status, await resp.json()
+
+    async def new_key(self, **fields: Any) -> str:
+        status, body = await self.admin("POST", "/keys", {"tenant": "acme", **fields})
+        assert status == 201, body
+        key: str = body["key"]
+        return key
+
+    def client(self, key: str) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{self.gateway}/v1", api_key=key, max_retries=0)
+
+
+def auth_settings(sim: str, redis_url: str) -> Settings:
+    return Settings.model_validate(
+        {
+            "models": [{"name": MODEL, "engines": [sim]}, {"name": OTHER, "engines": [sim]}],
+            "redis_url": redis_url,
+            "admin_token": ADMIN_TOKEN,
+            "key_pepper": PEPPER,
+            "access_log": True,
+        }
+    )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def auth() -> AsyncIterator[AuthStack]:
+    async with (
+        running_redis(None) as redis_url,
+        running_sim(SimConfig(models=[MODEL, OTHER])) as sim,
+        serve_asgi(create_app(auth_settings(sim, redis_url))) as gateway,
+        aiohttp.ClientSession() as http,
+    ):
+        redis = Redis.from_url(redis_url)
+        try:
+            yield AuthStack(gateway, redis, http)
+        finally:
+            await redis.aclose()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
 from gateway.logs import ACCESS_LOGGER, JsonFormatter
 from tests.integration.conftest import DEAD_MODEL, MODEL, Stack
+from tests.support.logs import collected
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -27,29 +26,15 @@ async def test_readyz_names_what_is_not_ready(stack: Stack) -> None:
     assert body["redis"] == "not_configured"
 
 
-class Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 async def test_access_log_is_json_with_request_id_and_no_prompt(stack: Stack) -> None:
     secret_prompt = "my-very-private-prompt-text"
     body = {"model": MODEL, "messages": [{"role": "user", "content": secret_prompt}]}
-    collect = Collect()
-    logger = logging.getLogger(ACCESS_LOGGER)
-    logger.addHandler(collect)
-    try:
+    with collected(ACCESS_LOGGER) as collect:
         async with stack.http.post(
             f"{stack.gateway}/v1/chat/completions", json=body, headers={"x-request-id": "log-1"}
         ) as resp:
             assert resp.status == 200
             await resp.read()
-    finally:
-        logger.removeHandler(collect)
     records = [r for r in collect.records if getattr(r, "fields", {}).get("request_id") == "log-1"]
     assert len(records) == 1
     line = JsonFormatter().format(records[0])

@@ -21,7 +21,10 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 async def test_two_workers_serve_and_metrics_add_up(tmp_path: Path) -> None:
     async with running_sim_process(SimConfig(models=["m"])) as sim:
         config = tmp_path / "gw.yaml"
-        config.write_text(f"access_log: false\nmodels:\n  - name: m\n    engines: [{sim}]\n")
+        config.write_text(
+            "access_log: false\nadmin_token: serve-cli-admin-token\nauth: {required: false}\n"
+            f"models:\n  - name: m\n    engines: [{sim}]\n"
+        )
         port = free_port()
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -64,7 +67,7 @@ async def test_two_workers_serve_and_metrics_add_up(tmp_path: Path) -> None:
 
 async def test_invalid_config_exits_2_naming_the_field(tmp_path: Path) -> None:
     config = tmp_path / "gw.yaml"
-    config.write_text("models:\n  - name: m\n    engines: [localhost:8000]\n")
+    config.write_text("dev_mode: true\nmodels:\n  - name: m\n    engines: [localhost:8000]\n")
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -78,3 +81,22 @@ async def test_invalid_config_exits_2_naming_the_field(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert b"models.0.engines" in err
     assert b"http://" in err
+
+
+async def test_refuses_to_start_without_secrets_outside_dev_mode(tmp_path: Path) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text("models: []\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--config",
+        str(config),
+        stderr=asyncio.subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 2
+    for name in (b"LLMAAS_ADMIN_TOKEN", b"LLMAAS_KEY_PEPPER", b"LLMAAS_REDIS_URL"):
+        assert name in err

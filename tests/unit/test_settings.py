@@ -11,7 +11,7 @@ from gateway.settings import load_settings
 def test_yaml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "gw.yaml"
     path.write_text(
-        "port: 9000\nmodels:\n  - name: m\n    engines: [http://127.0.0.1:8001/]\n"
+        "dev_mode: true\nport: 9000\nmodels:\n  - name: m\n    engines: [http://127.0.0.1:8001/]\n"
         "upstream:\n  connect_timeout_s: 2\n"
     )
     monkeypatch.setenv("LLMAAS_PORT", "9100")
@@ -25,15 +25,34 @@ def test_yaml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 def test_typos_and_bad_values_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "gw.yaml"
-    path.write_text("prot: 9000\n")
+    path.write_text("dev_mode: true\nprot: 9000\n")
     with pytest.raises(ValidationError, match="prot"):
         load_settings(path)
     with pytest.raises(ValidationError, match="http://"):
-        load_settings(None, models=[{"name": "m", "engines": ["127.0.0.1:8001"]}])
+        load_settings(None, dev_mode=True, models=[{"name": "m", "engines": ["127.0.0.1:8001"]}])
     with pytest.raises(ValidationError, match="duplicate"):
-        load_settings(None, models=[{"name": "m", "engines": ["http://a"]}] * 2)
+        load_settings(None, dev_mode=True, models=[{"name": "m", "engines": ["http://a"]}] * 2)
 
 
-def test_shipped_configs_load() -> None:
-    for path in Path("configs").glob("*.yaml"):
+def test_shipped_configs_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMAAS_ADMIN_TOKEN", "a" * 32)
+    monkeypatch.setenv("LLMAAS_KEY_PEPPER", "p" * 32)
+    paths = list(Path("configs").glob("*.yaml"))
+    assert paths
+    for path in paths:
         load_settings(path)
+
+
+def test_secrets_are_required_and_strong_outside_dev_mode() -> None:
+    with pytest.raises(ValidationError, match=r"admin_token.*key_pepper.*redis_url"):
+        load_settings(None)
+    with pytest.raises(ValidationError, match="at least 16 characters"):
+        load_settings(None, admin_token="short", key_pepper="p" * 20, redis_url="redis://x")
+    anonymous = load_settings(None, admin_token="a" * 16, auth={"required": False})
+    assert anonymous.redis_url is None
+
+
+def test_dev_mode_generates_an_admin_token() -> None:
+    token = load_settings(None, dev_mode=True).admin_token
+    assert token is not None
+    assert len(token) >= 16

@@ -1,0 +1,62 @@
+"""Gateway configurations for the overhead benchmark: no auth, a cached API key, or a JWT."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from gateway.embedded.redis_server import running_redis
+
+ADMIN_TOKEN = "bench-admin-token-0123"
+PEPPER = "bench-pepper-0123456789"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthMode:
+    config: str  # YAML lines added to the gateway's config
+    token: str | None  # a JWT known before the gateway starts
+
+    async def headers(self, gateway: str) -> dict[str, str]:
+        if self.token is not None:
+            return {"authorization": f"Bearer {self.token}"}
+        if "redis_url" not in self.config:
+            return {}
+        admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{gateway}/admin/v1/keys", json={"tenant": "bench"}, headers=admin) as resp,
+        ):
+            key: str = (await resp.json())["key"]
+        return {"authorization": f"Bearer {key}"}
+
+
+@asynccontextmanager
+async def auth_mode(name: str, tmp: Path) -> AsyncIterator[AuthMode]:
+    common = f"admin_token: {ADMIN_TOKEN}\n"
+    if name == "none":
+        yield AuthMode(common + "auth: {required: false}\n", None)
+        return
+    async with running_redis(None) as redis_url:
+        common += f"redis_url: {redis_url}\nkey_pepper: {PEPPER}\n"
+        if name == "key":
+            yield AuthMode(common, None)
+            return
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = tmp / "jwt-public.pem"
+        pem.write_bytes(
+            private.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        claims = {"tenant": "bench", "sub": "bench-user", "exp": int(time.time()) + 3600}
+        token = jwt.encode(claims, private, algorithm="RS256")
+        jwt_config = f"auth:\n  jwt:\n    public_key_file: {pem}\n    algorithms: [RS256]\n"
+        yield AuthMode(common + jwt_config, token)

@@ -1,0 +1,117 @@
+"""`llmaas keys create|list|revoke|rotate` and `llmaas tenants set|list`: tables, or --json."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+from gateway.admin_client import AdminClient, AdminError
+
+KEY_COLUMNS = (
+    "id",
+    "tenant",
+    "name",
+    "models",
+    "rpm",
+    "tpm",
+    "max_concurrency",
+    "expires_at",
+    "revoked",
+)
+TENANT_COLUMNS = ("id", "models", "rpm", "tpm", "max_concurrency", "created_at")
+
+
+def add_admin_commands(sub: Any) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=os.environ.get("LLMAAS_URL", "http://127.0.0.1:8080"))
+    common.add_argument("--admin-token", default=os.environ.get("LLMAAS_ADMIN_TOKEN"))
+    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    limits = argparse.ArgumentParser(add_help=False)
+    for flag in ("--rpm", "--tpm", "--max-concurrency"):
+        limits.add_argument(flag, type=int)
+    limits.add_argument("--models", help="comma-separated allow-list (default: every model)")
+
+    keys = sub.add_parser("keys", help="API keys (admin API)").add_subparsers(
+        dest="action", required=True
+    )
+    create = keys.add_parser("create", parents=[common, limits], help="create a key; shows it once")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--name")
+    create.add_argument("--expires-at", help="RFC 3339, e.g. 2027-01-01T00:00:00Z")
+    keys.add_parser("list", parents=[common]).add_argument("--tenant")
+    for action in ("revoke", "rotate"):
+        keys.add_parser(action, parents=[common]).add_argument("key_id")
+
+    tenants = sub.add_parser("tenants", help="tenants (admin API)").add_subparsers(
+        dest="action", required=True
+    )
+    tenants.add_parser(
+        "set", parents=[common, limits], help="replace a tenant's limits"
+    ).add_argument("tenant_id")
+    tenants.add_parser("list", parents=[common])
+
+
+def run_admin(args: argparse.Namespace) -> int:
+    try:
+        client = AdminClient(args.url, args.admin_token)
+        result = asyncio.run(_call(client, args))
+    except AdminError as exc:
+        print(f"llmaas {args.command} {args.action}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    rows = result.get("data", [result])
+    print(table(rows, KEY_COLUMNS if args.command == "keys" else TENANT_COLUMNS))
+    if "key" in result:
+        print(f"\nkey (shown once): {result['key']}")
+    return 0
+
+
+async def _call(client: AdminClient, args: argparse.Namespace) -> Any:
+    if args.command == "tenants":
+        if args.action == "list":
+            return await client.call("GET", "/tenants")
+        return await client.call("PUT", f"/tenants/{args.tenant_id}", _limits(args))
+    if args.action == "create":
+        body = {
+            "tenant": args.tenant,
+            "name": args.name,
+            "expires_at": args.expires_at,
+            **_limits(args),
+        }
+        return await client.call("POST", "/keys", {k: v for k, v in body.items() if v is not None})
+    if args.action == "list":
+        return await client.call("GET", "/keys" + (f"?tenant={args.tenant}" if args.tenant else ""))
+    if args.action == "revoke":
+        return await client.call("DELETE", f"/keys/{args.key_id}")
+    return await client.call("POST", f"/keys/{args.key_id}/rotate")
+
+
+def _limits(args: argparse.Namespace) -> dict[str, Any]:
+    models = (
+        None if args.models is None else [m.strip() for m in args.models.split(",") if m.strip()]
+    )
+    return {
+        "rpm": args.rpm,
+        "tpm": args.tpm,
+        "max_concurrency": args.max_concurrency,
+        "models": models,
+    }
+
+
+def table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        return ",".join(value) if isinstance(value, list) else str(value)
+
+    grid = [list(columns)] + [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(r[i]) for r in grid) for i in range(len(columns))]
+    return "\n".join(
+        "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in grid
+    )

@@ -1,0 +1,35 @@
+"""A small client for the admin API, used by the `llmaas keys` and `llmaas tenants` commands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+
+class AdminError(Exception):
+    """The admin API refused, or could not be reached; the message says which and why."""
+
+
+class AdminClient:
+    def __init__(self, base_url: str, token: str | None) -> None:
+        if not token:
+            raise AdminError("no admin token: pass --admin-token or set LLMAAS_ADMIN_TOKEN")
+        self.base = base_url.rstrip("/") + "/admin/v1"
+        self.headers = {"authorization": f"Bearer {token}"}
+
+    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        timeout = aiohttp.ClientTimeout(total=30)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout, headers=self.headers) as http,
+                http.request(method, self.base + path, json=body) as resp,
+            ):
+                payload = await resp.json(content_type=None)
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AdminError(f"cannot reach the gateway at {self.base}: {exc}") from exc
+        if status >= 400:
+            error = payload.get("error", {}) if isinstance(payload, dict) else {}
+            raise AdminError(f"HTTP {status}: {error.get('message', payload)}")
+        return payload

@@ -1,0 +1,140 @@
+"""The admin API under /admin/v1: keys and tenants. Authorised by the admin token only."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi import Path as PathParam
+from pydantic import ConfigDict, Field, field_validator
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.api.responses import json_response
+from gateway.auth.api_keys import format_key, hash_secret, new_secret
+from gateway.auth.issue import issue_key
+from gateway.auth.records import ID_PATTERN, KeyRecord, LimitFields, TenantRecord, rfc3339
+from gateway.auth.store import AuthStore
+from gateway.deps import Gateway
+from gateway.errors import NotFound, ServiceUnavailable, Unauthorized
+from gateway.state import GatewayState
+
+
+async def require_admin(request: Request) -> None:
+    expected: str | None = request.app.state.gateway.settings.admin_token
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if (
+        expected is None
+        or scheme.lower() != "bearer"
+        or not hmac.compare_digest(token.strip().encode(), expected.encode())
+    ):
+        raise Unauthorized("The admin API needs 'Authorization: Bearer <admin token>'.")
+
+
+router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)])
+TenantId = Annotated[str, PathParam(pattern=ID_PATTERN)]
+
+
+class KeyCreate(LimitFields):
+    model_config = ConfigDict(extra="forbid")
+    tenant: str = Field(pattern=ID_PATTERN)
+    name: str | None = Field(default=None, max_length=200)
+    expires_at: datetime | None = None
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware_future(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("must be RFC 3339 with a time zone, e.g. 2027-01-01T00:00:00Z")
+        if value is not None and value.timestamp() <= time.time():
+            raise ValueError("must be in the future")
+        return value
+
+
+class TenantPut(LimitFields):
+    model_config = ConfigDict(extra="forbid")
+
+
+def store_of(gw: GatewayState) -> AuthStore:
+    if gw.auth.store is None:
+        raise ServiceUnavailable("The admin API needs Redis (redis_url), and none is configured.")
+    return gw.auth.store
+
+
+async def key_or_404(store: AuthStore, key_id: str) -> KeyRecord:
+    record = await store.get_key(key_id)
+    if record is None:
+        raise NotFound(f"No API key with id '{key_id}'.", param="id", code="key_not_found")
+    return record
+
+
+@router.post("/keys", response_model=None, status_code=201)
+async def create_key(body: KeyCreate, gw: Gateway) -> Response:
+    expires = None if body.expires_at is None else body.expires_at.timestamp()
+    fields = body.model_dump(exclude={"expires_at"})
+    record, key = await issue_key(store_of(gw), gw.auth.pepper, expires_at=expires, **fields)
+    return json_response({**record.view(), "key": key}, status=201)
+
+
+@router.get("/keys", response_model=None)
+async def list_keys(gw: Gateway, tenant: Annotated[str | None, Query()] = None) -> Response:
+    records = await store_of(gw).list_keys(tenant)
+    return json_response({"object": "list", "data": [r.view() for r in records]})
+
+
+@router.get("/keys/{key_id}", response_model=None)
+async def get_key(key_id: str, gw: Gateway) -> Response:
+    return json_response((await key_or_404(store_of(gw), key_id)).view())
+
+
+@router.delete("/keys/{key_id}", response_model=None)
+async def revoke_key(key_id: str, gw: Gateway) -> Response:
+    store = store_of(gw)
+    record = (await key_or_404(store, key_id)).model_copy(update={"revoked": True})
+    await store.put_key(record)
+    return json_response(record.view())
+
+
+@router.post("/keys/{key_id}/rotate", response_model=None)
+async def rotate_key(key_id: str, gw: Gateway) -> Response:
+    """A new secret for the same key id; the old secret stops working on every replica."""
+    store = store_of(gw)
+    secret = new_secret()
+    old = await key_or_404(store, key_id)
+    record = old.model_copy(update={"secret_hash": hash_secret(gw.auth.pepper, secret)})
+    await store.put_key(record)
+    return json_response({**record.view(), "key": format_key(record.id, secret)})
+
+
+def _tenant_view(record: TenantRecord) -> dict[str, Any]:
+    return {**record.model_dump(), "created_at": rfc3339(record.created_at)}
+
+
+@router.put("/tenants/{tenant_id}", response_model=None)
+async def put_tenant(tenant_id: TenantId, body: TenantPut, gw: Gateway) -> Response:
+    """Replace the tenant's limits and models (omitted: no limit at this scope)."""
+    store = store_of(gw)
+    existing = await store.get_tenant(tenant_id)
+    created = existing.created_at if existing else time.time()
+    record = TenantRecord.model_validate(
+        {"id": tenant_id, "created_at": created, **body.model_dump()}
+    )
+    await store.put_tenant(record)
+    return json_response(_tenant_view(record))
+
+
+@router.get("/tenants/{tenant_id}", response_model=None)
+async def get_tenant(tenant_id: TenantId, gw: Gateway) -> Response:
+    record = await store_of(gw).get_tenant(tenant_id)
+    if record is None:
+        raise NotFound(f"No tenant '{tenant_id}'.", param="id", code="tenant_not_found")
+    return json_response(_tenant_view(record))
+
+
+@router.get("/tenants", response_model=None)
+async def list_tenants(gw: Gateway) -> Response:
+    records = await store_of(gw).list_tenants()
+    return json_response({"object": "list", "data": [_tenant_view(r) for r in records]})

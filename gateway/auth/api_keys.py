@@ -1,0 +1,48 @@
+"""API key format and hashing: `sk-llmaas-<id>-<secret>`, only HMAC-SHA256(pepper, secret) stored.
+
+The public id makes lookup a single read and a leaked key easy to spot (and to grep for); the
+secret is 192 random bits; comparisons are constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+
+PREFIX = "sk-llmaas-"
+_ID_BYTES = 6  # 12 hex characters
+_SECRET_BYTES = 24  # 48 hex characters
+_KEY = re.compile(rf"{PREFIX}([0-9a-f]{{{2 * _ID_BYTES}}})-([0-9a-f]{{{2 * _SECRET_BYTES}}})")
+
+
+def new_key_id() -> str:
+    return secrets.token_hex(_ID_BYTES)
+
+
+def new_secret() -> str:
+    return secrets.token_hex(_SECRET_BYTES)
+
+
+def format_key(key_id: str, secret: str) -> str:
+    return f"{PREFIX}{key_id}-{secret}"
+
+
+def parse_key(text: str) -> tuple[str, str] | None:
+    """(key id, secret) of a well-formed key, else None."""
+    match = _KEY.fullmatch(text)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def hash_secret(pepper: bytes, secret: str) -> str:
+    return hmac.new(pepper, secret.encode(), hashlib.sha256).hexdigest()
+
+
+def secret_matches(pepper: bytes, secret: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(hash_secret(pepper, secret), stored_hash)
+
+
+def redact(text: str) -> str:
+    """What may appear in a message about a presented key: its prefix and last four characters."""
+    return f"{text[:14]}***{text[-4:]}" if len(text) > 20 else "***"

@@ -1,0 +1,135 @@
+"""Turn a request's credentials into a Principal, or refuse with 401 in OpenAI's shape.
+
+`Authorization: Bearer <key or JWT>`, or `api-key: <key>` for Azure-style clients. A rejected
+key never tells whether its id exists: unknown ids and wrong secrets get the same answer; only
+the holder of the real secret learns that the key was revoked or has expired.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from redis.exceptions import RedisError
+from starlette.datastructures import Headers
+
+from gateway.auth.api_keys import PREFIX, parse_key, redact, secret_matches
+from gateway.auth.cache import AuthCache
+from gateway.auth.jwt import JwtVerifier
+from gateway.auth.principal import ANONYMOUS, Limits, Principal
+from gateway.auth.records import KeyRecord, TenantRecord
+from gateway.auth.store import AuthStore
+from gateway.errors import ServiceUnavailable, Unauthorized
+
+# Used only in dev mode when no pepper is configured (the settings refuse that elsewhere).
+DEV_PEPPER = "llmaas-development-only-pepper"
+T = TypeVar("T")
+
+
+def _invalid(token: str) -> Unauthorized:
+    return Unauthorized(
+        f"Incorrect API key provided: {redact(token)}. Check the key you are using.",
+        code="invalid_api_key",
+    )
+
+
+def credentials(headers: Headers) -> str:
+    auth = headers.get("authorization")
+    if auth is not None:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    api_key = headers.get("api-key")
+    if api_key and api_key.strip():
+        return api_key.strip()
+    raise Unauthorized(
+        "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+        code="missing_api_key",
+    )
+
+
+class Authenticator:
+    def __init__(
+        self,
+        *,
+        required: bool,
+        pepper: str | None,
+        store: AuthStore | None,
+        cache: AuthCache,
+        jwt: JwtVerifier | None,
+    ) -> None:
+        self.required = required
+        self.pepper = (pepper or DEV_PEPPER).encode()
+        self.store = store
+        self.cache = cache
+        self.jwt = jwt
+
+    async def principal(self, headers: Headers) -> Principal:
+        if not self.required:
+            return ANONYMOUS
+        token = credentials(headers)
+        if token.startswith(PREFIX):
+            return await self._api_key(token)
+        if self.jwt is not None and token.count(".") == 2:
+            principal = await self.jwt.verify(token)
+            tenant = await self._tenant(principal.tenant)
+            return dataclasses.replace(
+                principal,
+                tenant_models=None if tenant is None else tenant.model_set(),
+                tenant_limits=Limits() if tenant is None else tenant.limits(),
+            )
+        raise _invalid(token)
+
+    async def _api_key(self, token: str) -> Principal:
+        parsed = parse_key(token)
+        if parsed is None:
+            raise _invalid(token)
+        key_id, secret = parsed
+        record = await self._key(key_id)
+        if record is None or not secret_matches(self.pepper, secret, record.secret_hash):
+            raise _invalid(token)
+        if record.revoked:
+            raise Unauthorized("This API key has been revoked.", code="invalid_api_key")
+        if record.expired(time.time()):
+            raise Unauthorized("This API key has expired.", code="invalid_api_key")
+        tenant = await self._tenant(record.tenant)
+        return Principal(
+            tenant=record.tenant,
+            key_id=record.id,
+            source="api_key",
+            key_models=record.model_set(),
+            tenant_models=None if tenant is None else tenant.model_set(),
+            key_limits=record.limits(),
+            tenant_limits=Limits() if tenant is None else tenant.limits(),
+        )
+
+    async def _key(self, key_id: str) -> KeyRecord | None:
+        found, record = self.cache.keys.get(key_id)
+        if not found:
+            record = await self._read(self._store().get_key(key_id))
+            self.cache.keys.put(key_id, record)
+        return record
+
+    async def _tenant(self, tenant: str) -> TenantRecord | None:
+        found, record = self.cache.tenants.get(tenant)
+        if not found:
+            record = await self._read(self._store().get_tenant(tenant))
+            self.cache.tenants.put(tenant, record)
+        return record
+
+    def _store(self) -> AuthStore:
+        if self.store is None:
+            raise ServiceUnavailable("Authentication needs Redis, and none is configured.")
+        return self.store
+
+    @staticmethod
+    async def _read(pending: Awaitable[T]) -> T:
+        try:
+            return await pending
+        except (RedisError, OSError) as exc:
+            raise ServiceUnavailable(
+                "The key store is unreachable right now; try again shortly.",
+                code="auth_store_unavailable",
+            ) from exc

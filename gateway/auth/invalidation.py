@@ -1,0 +1,48 @@
+"""Listen on the invalidation channel and drop cached records; resubscribe after failures."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway.auth.cache import AuthCache
+from gateway.auth.store import CHANNEL
+
+RETRY_S = 0.5
+
+
+class InvalidationListener:
+    def __init__(self, redis: Redis, cache: AuthCache) -> None:
+        self.redis = redis
+        self.cache = cache
+        self.subscribed = asyncio.Event()
+        self.log = logging.getLogger("llmaas.auth")
+
+    async def run(self) -> None:
+        """Runs until cancelled (the app's lifespan owns the task)."""
+        while True:
+            try:
+                await self._listen()
+            except (RedisError, OSError) as exc:
+                self.subscribed.clear()
+                self.log.warning(
+                    "auth invalidation feed lost", extra={"fields": {"error": type(exc).__name__}}
+                )
+                await asyncio.sleep(RETRY_S)
+
+    async def _listen(self) -> None:
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(CHANNEL)
+            # Whatever changed while nobody listened is unknown: start from nothing.
+            self.cache.clear()
+            self.subscribed.set()
+            async for message in pubsub.listen():
+                data = message.get("data")
+                if isinstance(data, bytes):
+                    self.cache.invalidate(data.decode())
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -1,0 +1,35 @@
+"""Who a request acts for: a tenant, a key id (or JWT subject), model allow-lists and limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Limits at one scope; None means "no limit at this scope"."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrency: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    tenant: str
+    key_id: str  # an API key's public id, or a JWT's subject
+    source: Literal["api_key", "jwt", "anonymous"]
+    key_models: frozenset[str] | None = None  # None: every model
+    tenant_models: frozenset[str] | None = None
+    key_limits: Limits = field(default_factory=Limits)
+    tenant_limits: Limits = field(default_factory=Limits)
+
+    def may_use(self, model: str) -> bool:
+        """Both allow-lists apply: the key's and its tenant's."""
+        return (self.key_models is None or model in self.key_models) and (
+            self.tenant_models is None or model in self.tenant_models
+        )
+
+
+ANONYMOUS = Principal(tenant="anonymous", key_id="anonymous", source="anonymous")

@@ -1,0 +1,54 @@
+"""Tenants and API keys as stored in Redis (JSON), and their admin views."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, Field
+
+from gateway.auth.principal import Limits
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class LimitFields(BaseModel):
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    models: list[str] | None = None  # None: every model
+
+    def limits(self) -> Limits:
+        return Limits(self.rpm, self.tpm, self.max_concurrency)
+
+    def model_set(self) -> frozenset[str] | None:
+        return None if self.models is None else frozenset(self.models)
+
+
+class TenantRecord(LimitFields):
+    id: str = Field(pattern=ID_PATTERN)
+    created_at: float = Field(default_factory=time.time)
+
+
+class KeyRecord(LimitFields):
+    id: str
+    tenant: str = Field(pattern=ID_PATTERN)
+    name: str | None = None
+    secret_hash: str
+    created_at: float = Field(default_factory=time.time)
+    expires_at: float | None = None
+    revoked: bool = False
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+    def view(self) -> dict[str, object]:
+        """What the admin API shows: never the hash."""
+        data = self.model_dump(exclude={"secret_hash"})
+        data["created_at"] = rfc3339(self.created_at)
+        data["expires_at"] = None if self.expires_at is None else rfc3339(self.expires_at)
+        return data
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")

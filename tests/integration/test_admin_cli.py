@@ -1,0 +1,91 @@
+"""`llmaas keys` and `llmaas tenants` as a user runs them, against a real gateway and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import ADMIN_TOKEN, AuthStack
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def llmaas(auth: AuthStack, *args: str, token: str = ADMIN_TOKEN) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        *args,
+        "--url",
+        auth.gateway,
+        "--admin-token",
+        token,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def llmaas_json(auth: AuthStack, *args: str) -> Any:
+    code, out, err = await llmaas(auth, *args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+async def test_key_lifecycle_through_the_cli(auth: AuthStack) -> None:
+    created = await llmaas_json(
+        auth,
+        "keys",
+        "create",
+        "--tenant",
+        "cli",
+        "--name",
+        "laptop",
+        "--rpm",
+        "5",
+        "--models",
+        "a,b",
+    )
+    assert created["key"].startswith("sk-llmaas-")
+    assert created["rpm"] == 5
+    assert created["models"] == ["a", "b"]
+
+    code, table, _ = await llmaas(auth, "keys", "list", "--tenant", "cli")
+    assert code == 0
+    assert table.splitlines()[0].split()[:3] == ["id", "tenant", "name"]
+    assert created["id"] in table
+    assert "laptop" in table
+    assert "a,b" in table
+
+    rotated = await llmaas_json(auth, "keys", "rotate", created["id"])
+    assert rotated["key"] != created["key"]
+    revoked = await llmaas_json(auth, "keys", "revoke", created["id"])
+    assert revoked["revoked"] is True
+
+
+async def test_tenants_through_the_cli(auth: AuthStack) -> None:
+    tenant = await llmaas_json(
+        auth, "tenants", "set", "cli-t", "--tpm", "1000", "--max-concurrency", "3"
+    )
+    assert tenant["tpm"] == 1000
+    assert tenant["max_concurrency"] == 3
+    assert tenant["rpm"] is None
+    code, table, _ = await llmaas(auth, "tenants", "list")
+    assert code == 0
+    assert "cli-t" in table
+    assert "1000" in table
+
+
+async def test_cli_errors_are_clear(auth: AuthStack) -> None:
+    code, _, err = await llmaas(auth, "keys", "list", token="wrong-token")
+    assert code == 1
+    assert "HTTP 401" in err
+    code, _, err = await llmaas(auth, "keys", "create", "--tenant", "cli", "--rpm", "0")
+    assert code == 1
+    assert "rpm" in err

@@ -1,0 +1,218 @@
+"""Keys and tenants through the admin API, used through the openai client, against real Redis."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import openai
+import pytest
+
+from gateway.auth.api_keys import hash_secret, parse_key
+from gateway.auth.records import KeyRecord
+from gateway.auth.store import AuthStore
+from gateway.logs import JsonFormatter
+from tests.integration.conftest import ADMIN, MODEL, OTHER, PEPPER, AuthStack
+from tests.support.logs import collected
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+HELLO: Any = [{"role": "user", "content": "hi"}]
+
+
+async def test_key_lifecycle_create_use_rotate_revoke(auth: AuthStack) -> None:
+    key = await auth.new_key(name="ci")
+    key_id = key.split("-")[2]
+    async with auth.client(key) as oai:
+        reply = await oai.chat.completions.create(model=MODEL, messages=HELLO)
+    assert reply.choices[0].message.content
+
+    status, shown = await auth.admin("GET", f"/keys/{key_id}")
+    assert status == 200
+    assert shown["tenant"] == "acme"
+    assert shown["name"] == "ci"
+    assert shown["revoked"] is False
+    assert "key" not in shown
+    assert "secret_hash" not in shown
+
+    status, rotated = await auth.admin("POST", f"/keys/{key_id}/rotate")
+    assert status == 200
+    assert rotated["id"] == key_id
+    assert rotated["key"] != key
+    async with auth.client(key) as old, auth.client(rotated["key"]) as new:
+        with pytest.raises(openai.AuthenticationError):
+            await old.chat.completions.create(model=MODEL, messages=HELLO)
+        await new.chat.completions.create(model=MODEL, messages=HELLO)
+
+        status, revoked = await auth.admin("DELETE", f"/keys/{key_id}")
+        assert status == 200
+        assert revoked["revoked"] is True
+        with pytest.raises(openai.AuthenticationError) as info:
+            await new.chat.completions.create(model=MODEL, messages=HELLO)
+    assert info.value.code == "invalid_api_key"
+    assert "revoked" in info.value.message
+
+
+async def test_redis_holds_only_the_hmac_of_the_secret(auth: AuthStack) -> None:
+    key = await auth.new_key()
+    parsed = parse_key(key)
+    assert parsed is not None
+    _key_id, secret = parsed
+    stored: list[bytes] = []
+    async for name in auth.redis.scan_iter():
+        if await auth.redis.type(name) == b"string":
+            value = await auth.redis.get(name)
+            stored.append(value if isinstance(value, bytes) else b"")
+    assert stored
+    assert not any(secret.encode() in value for value in stored)
+    assert any(hash_secret(PEPPER.encode(), secret).encode() in value for value in stored)
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({}, "missing_api_key"),
+        ({"authorization": "Basic abc"}, "missing_api_key"),
+        ({"authorization": "Bearer not-a-key"}, "invalid_api_key"),
+        ({"authorization": "Bearer sk-llmaas-000000000000-" + "0" * 48}, "invalid_api_key"),
+        ({"api-key": "sk-llmaas-short"}, "invalid_api_key"),
+    ],
+)
+async def test_bad_credentials_are_401(auth: AuthStack, headers: dict[str, str], code: str) -> None:
+    async with auth.http.get(f"{auth.gateway}/v1/models", headers=headers) as resp:
+        assert resp.status == 401
+        error = (await resp.json())["error"]
+    assert error["code"] == code
+    assert error["type"] == "authentication_error"
+
+
+async def test_wrong_secret_and_unknown_id_look_the_same(auth: AuthStack) -> None:
+    key = await auth.new_key()
+    wrong_secret = key[:-4] + ("0000" if not key.endswith("0000") else "1111")
+    unknown_id = "sk-llmaas-ffffffffffff-" + key.split("-")[3]
+    messages = []
+    for candidate in (wrong_secret, unknown_id):
+        async with auth.http.get(
+            f"{auth.gateway}/v1/models", headers={"authorization": f"Bearer {candidate}"}
+        ) as resp:
+            assert resp.status == 401
+            messages.append((await resp.json())["error"]["message"].split(":")[0])
+    assert messages[0] == messages[1]
+
+
+async def test_azure_style_api_key_header(auth: AuthStack) -> None:
+    key = await auth.new_key()
+    async with auth.http.get(f"{auth.gateway}/v1/models", headers={"api-key": key}) as resp:
+        assert resp.status == 200
+
+
+async def test_expired_key_is_refused(auth: AuthStack) -> None:
+    key = await auth.new_key()
+    key_id = key.split("-")[2]
+    store = AuthStore(auth.redis)
+    record = await store.get_key(key_id)
+    assert isinstance(record, KeyRecord)
+    await store.put_key(record.model_copy(update={"expires_at": time.time() - 1}))
+    async with auth.client(key) as oai:
+        with pytest.raises(openai.AuthenticationError) as info:
+            await oai.models.list()
+    assert "expired" in info.value.message
+
+
+async def test_model_allow_lists_of_key_and_tenant(auth: AuthStack) -> None:
+    key = await auth.new_key(models=[MODEL])
+    async with auth.client(key) as oai:
+        assert [m.id for m in (await oai.models.list()).data] == [MODEL]
+        with pytest.raises(openai.NotFoundError) as info:
+            await oai.chat.completions.create(model=OTHER, messages=HELLO)
+        assert info.value.code == "model_not_found"
+
+    status, tenant = await auth.admin("PUT", "/tenants/narrow", {"models": [OTHER], "rpm": 10})
+    assert status == 200
+    assert tenant["models"] == [OTHER]
+    assert tenant["tpm"] is None
+    status, body = await auth.admin("POST", "/keys", {"tenant": "narrow"})
+    async with auth.client(body["key"]) as oai:
+        assert [m.id for m in (await oai.models.list()).data] == [OTHER]
+        with pytest.raises(openai.NotFoundError):
+            await oai.chat.completions.create(model=MODEL, messages=HELLO)
+
+
+async def test_admin_api_refuses_everyone_but_the_admin(auth: AuthStack) -> None:
+    tenant_key = await auth.new_key()
+    for headers in (
+        {},
+        {"authorization": "Bearer wrong"},
+        {"authorization": f"Bearer {tenant_key}"},
+    ):
+        async with auth.http.get(f"{auth.gateway}/admin/v1/keys", headers=headers) as resp:
+            assert resp.status == 401
+            assert set((await resp.json())["error"]) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"tenant": "acme", "rpm": 0}, "rpm"),
+        ({"tenant": "acme", "rpmm": 5}, "rpmm"),
+        ({"tenant": "bad tenant!"}, "tenant"),
+        ({}, "tenant"),
+        ({"tenant": "acme", "models": "all"}, "models"),
+        ({"tenant": "acme", "expires_at": "2020-01-01T00:00:00Z"}, "expires_at"),
+        ({"tenant": "acme", "expires_at": "2099-01-01T00:00:00"}, "expires_at"),
+    ],
+)
+async def test_bad_admin_bodies_are_400_naming_the_field(
+    auth: AuthStack, body: dict[str, Any], param: str
+) -> None:
+    status, payload = await auth.admin("POST", "/keys", body)
+    assert status == 400
+    assert payload["error"]["param"] == param
+    assert param in payload["error"]["message"]
+
+
+async def test_malformed_admin_json_and_unknown_ids(auth: AuthStack) -> None:
+    async with auth.http.post(
+        f"{auth.gateway}/admin/v1/keys",
+        data=b"{",
+        headers={**ADMIN, "content-type": "application/json"},
+    ) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["code"] == "invalid_json"
+    for method, path in (
+        ("GET", "/keys/nope"),
+        ("DELETE", "/keys/nope"),
+        ("POST", "/keys/nope/rotate"),
+        ("GET", "/tenants/nope"),
+    ):
+        status, payload = await auth.admin(method, path)
+        assert status == 404, path
+        assert payload["error"]["param"] == "id"
+
+
+async def test_lists_of_keys_and_tenants(auth: AuthStack) -> None:
+    await auth.new_key(name="listed")
+    status, keys = await auth.admin("GET", "/keys?tenant=acme")
+    assert status == 200
+    assert {k["tenant"] for k in keys["data"]} == {"acme"}
+    assert any(k["name"] == "listed" for k in keys["data"])
+    assert all("secret_hash" not in k and "key" not in k for k in keys["data"])
+    status, tenants = await auth.admin("GET", "/tenants")
+    assert "acme" in {t["id"] for t in tenants["data"]}
+
+
+async def test_no_key_or_prompt_reaches_the_logs(auth: AuthStack) -> None:
+    with collected() as logs:
+        key = await auth.new_key(name="secret-check")
+        async with auth.client(key) as oai:
+            await oai.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "private-prompt-42"}]
+            )
+        async with auth.client(key[:-2] + "00") as oai:
+            with pytest.raises(openai.AuthenticationError):
+                await oai.models.list()
+    lines = [JsonFormatter().format(r) for r in logs.records]
+    assert len(lines) >= 3  # the access log saw these requests
+    secret = key.split("-")[3]
+    assert not any(secret[:16] in line for line in lines)
+    assert not any("private-prompt-42" in line for line in lines)

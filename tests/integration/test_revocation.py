@@ -1,0 +1,81 @@
+"""Two gateway processes sharing one Redis: a revocation on one holds on the other within 1 s."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.embedded.redis_server import running_redis
+from gateway.netutil import free_port, wait_http_ok
+from gateway.sim.config import SimConfig
+from tests.integration.conftest import ADMIN, ADMIN_TOKEN, MODEL, PEPPER
+from tests.integration.sim_fixture import running_sim_process
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+@asynccontextmanager
+async def gateway_process(config: Path) -> AsyncIterator[str]:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)
+    )
+    try:
+        await wait_http_ok(f"http://127.0.0.1:{port}/healthz", timeout_s=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def status(http: aiohttp.ClientSession, base: str, key: str) -> int:
+    async with http.get(f"{base}/v1/models", headers={"authorization": f"Bearer {key}"}) as resp:
+        return resp.status
+
+
+async def refused_within_one_second(http: aiohttp.ClientSession, base: str, key: str) -> bool:
+    """Whether `key` is refused on `base` before one second has passed."""
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        if await status(http, base, key) == 401:
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def test_revocation_and_rotation_reach_the_other_process(tmp_path: Path) -> None:
+    async with (
+        running_redis(None) as redis_url,
+        running_sim_process(SimConfig(models=[MODEL])) as sim,
+    ):
+        config = tmp_path / "gw.yaml"
+        config.write_text(
+            f"redis_url: {redis_url}\nadmin_token: {ADMIN_TOKEN}\nkey_pepper: {PEPPER}\n"
+            f"access_log: false\nmodels:\n  - name: {MODEL}\n    engines: [{sim}]\n"
+        )
+        async with (
+            gateway_process(config) as a,
+            gateway_process(config) as b,
+            aiohttp.ClientSession() as http,
+        ):
+            async with http.post(f"{a}/admin/v1/keys", json={"tenant": "t"}, headers=ADMIN) as resp:
+                created = await resp.json()
+            key, key_id = created["key"], created["id"]
+            assert await status(http, a, key) == 200
+            assert await status(http, b, key) == 200  # now cached in b
+
+            async with http.post(f"{a}/admin/v1/keys/{key_id}/rotate", headers=ADMIN) as resp:
+                new_key = (await resp.json())["key"]
+            assert await refused_within_one_second(http, b, key)
+            assert await status(http, b, new_key) == 200
+
+            async with http.delete(f"{a}/admin/v1/keys/{key_id}", headers=ADMIN) as resp:
+                assert resp.status == 200
+            assert await refused_within_one_second(http, b, new_key)
