@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
+import jwt
 import openai
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from gateway.app import create_app
 from gateway.auth.api_keys import hash_secret, parse_key
 from gateway.auth.records import KeyRecord
 from gateway.auth.store import AuthStore
+from gateway.embedded.redis_server import running_redis
 from gateway.logs import JsonFormatter
-from tests.integration.conftest import ADMIN, MODEL, OTHER, PEPPER, AuthStack
+from gateway.settings import AuthSettings, JwtSettings
+from gateway.sim.config import SimConfig
+from tests.integration.conftest import ADMIN, MODEL, OTHER, PEPPER, AuthStack, auth_settings
+from tests.integration.sim_fixture import running_sim
 from tests.support.logs import collected
+from tests.support.servers import serve_asgi
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -216,3 +226,38 @@ async def test_no_key_or_prompt_reaches_the_logs(auth: AuthStack) -> None:
     secret = key.split("-")[3]
     assert not any(secret[:16] in line for line in lines)
     assert not any("private-prompt-42" in line for line in lines)
+
+
+async def test_jwt_bearer_through_the_gateway(tmp_path: Path) -> None:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "idp.pem"
+    pem.write_bytes(
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    async with (
+        running_redis(None) as redis_url,
+        running_sim(SimConfig(models=[MODEL, OTHER])) as sim,
+    ):
+        settings = auth_settings(sim, redis_url).model_copy(
+            update={
+                "auth": AuthSettings(jwt=JwtSettings(public_key_file=pem, algorithms=["RS256"]))
+            }
+        )
+        async with serve_asgi(create_app(settings)) as gateway:
+            exp = int(time.time()) + 600
+            token = jwt.encode(
+                {"tenant": "jwt-t", "sub": "bob", "exp": exp, "models": [MODEL]},
+                private,
+                algorithm="RS256",
+            )
+            async with openai.AsyncOpenAI(base_url=f"{gateway}/v1", api_key=token) as oai:
+                assert [m.id for m in (await oai.models.list()).data] == [MODEL]
+                with pytest.raises(openai.NotFoundError):
+                    await oai.chat.completions.create(model=OTHER, messages=HELLO)
+            expired = jwt.encode({"tenant": "t", "exp": exp - 1200}, private, algorithm="RS256")
+            async with openai.AsyncOpenAI(base_url=f"{gateway}/v1", api_key=expired) as oai:
+                with pytest.raises(openai.AuthenticationError) as info:
+                    await oai.models.list()
+            assert info.value.code == "token_expired"
