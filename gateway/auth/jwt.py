@@ -21,6 +21,7 @@ from gateway.errors import Unauthorized
 from gateway.settings import JwtSettings
 
 REFRESH_MIN_S = 10.0  # an unknown kid refetches the JWKS at most this often
+VERIFIED_MAX = 10_000  # tokens remembered as verified (until their exp), oldest dropped first
 
 
 def _invalid(message: str, code: str = "invalid_token") -> Unauthorized:
@@ -40,8 +41,20 @@ class JwtVerifier:
         self.jwks_tried_at = 0.0
         if settings.jwks_file is not None:
             self.jwks = _parse_jwks(json.loads(settings.jwks_file.read_text()))
+        # Clients resend the same token until it expires; a signature is checked once.
+        self.verified: dict[str, tuple[Principal, float]] = {}
 
     async def verify(self, token: str) -> Principal:
+        hit = self.verified.get(token)
+        if hit is not None and time.time() < hit[1]:
+            return hit[0]
+        principal, exp = await self._verify(token)
+        if len(self.verified) >= VERIFIED_MAX:
+            del self.verified[next(iter(self.verified))]
+        self.verified[token] = (principal, exp)
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -51,7 +64,7 @@ class JwtVerifier:
             raise _invalid(f"algorithm {alg!r} is not accepted (allowed: {self.algorithms}).")
         key = await self._key(alg, header.get("kid"))
         claims = self._decode(token, key, alg)
-        return self._principal(claims)
+        return self._principal(claims), float(claims["exp"])
 
     async def _key(self, alg: str, kid: Any) -> Any:
         if alg.startswith("HS"):

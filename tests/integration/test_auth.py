@@ -18,6 +18,7 @@ from gateway.auth.records import KeyRecord
 from gateway.auth.store import AuthStore
 from gateway.embedded.redis_server import running_redis
 from gateway.logs import JsonFormatter
+from gateway.netutil import free_port
 from gateway.settings import AuthSettings, JwtSettings
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import ADMIN, MODEL, OTHER, PEPPER, AuthStack, auth_settings
@@ -261,3 +262,18 @@ async def test_jwt_bearer_through_the_gateway(tmp_path: Path) -> None:
                 with pytest.raises(openai.AuthenticationError) as info:
                     await oai.models.list()
             assert info.value.code == "token_expired"
+
+
+async def test_unreachable_key_store_is_503_not_500() -> None:
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    async with running_sim(SimConfig(models=[MODEL])) as sim:
+        settings = auth_settings(sim, dead_redis)
+        async with serve_asgi(create_app(settings)) as gateway:
+            key = "sk-llmaas-0123456789ab-" + "0" * 48
+            async with openai.AsyncOpenAI(
+                base_url=f"{gateway}/v1", api_key=key, max_retries=0
+            ) as oai:
+                with pytest.raises(openai.InternalServerError) as info:
+                    await oai.models.list()
+    assert info.value.status_code == 503
+    assert info.value.code == "auth_store_unavailable"

@@ -214,3 +214,14 @@ async def test_unknown_kid_floods_do_not_hammer_the_idp(idp: tuple[Idp, str]) ->
             bad = jwt.encode(claims(), RSA, algorithm="RS256", headers={"kid": f"x{i}"})
             await rejected(verifier, bad)
     assert state.requests == 1
+
+
+async def test_a_verified_token_is_remembered_only_until_it_expires(
+    rsa_pem_verifier: JwtVerifier,
+) -> None:
+    token = jwt.encode(claims(exp=int(time.time()) + 600), RSA, algorithm="RS256")
+    first = await rsa_pem_verifier.verify(token)
+    assert await rsa_pem_verifier.verify(token) is first
+    principal, _ = rsa_pem_verifier.verified[token]
+    rsa_pem_verifier.verified[token] = (principal, time.time() - 1)  # as if exp had passed
+    assert await rsa_pem_verifier.verify(token) is not first
