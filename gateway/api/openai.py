@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter
@@ -17,12 +18,16 @@ from gateway.proxy.relay import ProxyCall, ProxyResponse
 from gateway.state import GatewayState
 
 router = APIRouter(prefix="/v1")
+Check = Callable[[dict[str, Any]], object]
 
 
-def _proxy(
-    gw: GatewayState, caller: Principal, route: str, body: dict[str, Any], raw: bytes
+async def _forward(
+    request: Request, gw: GatewayState, caller: Principal, route: str, check: Check
 ) -> ProxyResponse:
+    """Read and check the body (model first, then the route's own field), then proxy it."""
+    body, raw = await read_json(request, gw.settings.max_body_bytes)
     model = require_model(body)
+    check(body)
     pool = gw.registry.pool(model)
     if pool is None or not caller.may_use(model):
         raise ModelNotFound(model)
@@ -31,26 +36,23 @@ def _proxy(
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(request: Request, gw: Gateway, caller: Caller) -> Response:
-    body, raw = await read_json(request, gw.settings.max_body_bytes)
-    require_model(body)
-    require_nonempty_list(body, "messages")
-    return _proxy(gw, caller, "chat/completions", body, raw)
+    return await _forward(
+        request, gw, caller, "chat/completions", lambda b: require_nonempty_list(b, "messages")
+    )
 
 
 @router.post("/completions", response_model=None)
 async def completions(request: Request, gw: Gateway, caller: Caller) -> Response:
-    body, raw = await read_json(request, gw.settings.max_body_bytes)
-    require_model(body)
-    require(body, "prompt", str, list)
-    return _proxy(gw, caller, "completions", body, raw)
+    return await _forward(
+        request, gw, caller, "completions", lambda b: require(b, "prompt", str, list)
+    )
 
 
 @router.post("/embeddings", response_model=None)
 async def embeddings(request: Request, gw: Gateway, caller: Caller) -> Response:
-    body, raw = await read_json(request, gw.settings.max_body_bytes)
-    require_model(body)
-    require(body, "input", str, list)
-    return _proxy(gw, caller, "embeddings", body, raw)
+    return await _forward(
+        request, gw, caller, "embeddings", lambda b: require(b, "input", str, list)
+    )
 
 
 def _model_card(name: str, created: int) -> dict[str, Any]:

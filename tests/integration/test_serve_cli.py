@@ -65,9 +65,8 @@ async def test_two_workers_serve_and_metrics_add_up(tmp_path: Path) -> None:
     assert float(line.group(1)) == 30.0
 
 
-async def test_invalid_config_exits_2_naming_the_field(tmp_path: Path) -> None:
-    config = tmp_path / "gw.yaml"
-    config.write_text("dev_mode: true\nmodels:\n  - name: m\n    engines: [localhost:8000]\n")
+async def serve_fails(config: Path, env: dict[str, str] | None = None) -> tuple[int | None, bytes]:
+    """Run `llmaas serve --config` expecting it to refuse; its exit code and stderr."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -76,9 +75,17 @@ async def test_invalid_config_exits_2_naming_the_field(tmp_path: Path) -> None:
         "--config",
         str(config),
         stderr=asyncio.subprocess.PIPE,
+        env=env,
     )
     _, err = await proc.communicate()
-    assert proc.returncode == 2
+    return proc.returncode, err
+
+
+async def test_invalid_config_exits_2_naming_the_field(tmp_path: Path) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text("dev_mode: true\nmodels:\n  - name: m\n    engines: [localhost:8000]\n")
+    code, err = await serve_fails(config)
+    assert code == 2
     assert b"models.0.engines" in err
     assert b"http://" in err
 
@@ -86,17 +93,7 @@ async def test_invalid_config_exits_2_naming_the_field(tmp_path: Path) -> None:
 async def test_refuses_to_start_without_secrets_outside_dev_mode(tmp_path: Path) -> None:
     config = tmp_path / "gw.yaml"
     config.write_text("models: []\n")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "serve",
-        "--config",
-        str(config),
-        stderr=asyncio.subprocess.PIPE,
-        env={"PATH": "/usr/bin:/bin"},
-    )
-    _, err = await proc.communicate()
-    assert proc.returncode == 2
+    code, err = await serve_fails(config, env={"PATH": "/usr/bin:/bin"})
+    assert code == 2
     for name in (b"LLMAAS_ADMIN_TOKEN", b"LLMAAS_KEY_PEPPER", b"LLMAAS_REDIS_URL"):
         assert name in err
