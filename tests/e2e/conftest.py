@@ -9,17 +9,22 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest_asyncio
+from redis.asyncio import Redis
 
 from gateway.app import create_app
+from gateway.auth.issue import issue_key
+from gateway.auth.store import AuthStore
 from gateway.embedded.engine import EngineSpec, running_engine
 from gateway.embedded.paths import CHAT_MODEL_NAME, EMBEDDING_MODEL_NAME, EmbeddedPaths
 from gateway.embedded.prepare import prepare
+from gateway.embedded.redis_server import running_redis
 from gateway.netutil import free_port
 from gateway.settings import Settings
 from tests.support.servers import serve_asgi
 
 CHAT = CHAT_MODEL_NAME
 EMBED = EMBEDDING_MODEL_NAME
+PEPPER = "e2e-pepper-0123456789abcdef"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +38,11 @@ class E2E:
     gateway: str
     engines: Engines
     http: aiohttp.ClientSession
+    key: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.key}"}
 
     async def running(self) -> float:
         """vLLM's own gauge of requests running on the chat engine."""
@@ -64,13 +74,23 @@ async def engines() -> AsyncIterator[Engines]:
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def e2e(engines: Engines) -> AsyncIterator[E2E]:
-    settings = Settings.model_validate(
-        {
-            "models": [
-                {"name": CHAT, "engines": [engines.chat]},
-                {"name": EMBED, "engines": [engines.embed]},
-            ]
-        }
-    )
-    async with serve_asgi(create_app(settings)) as gateway, aiohttp.ClientSession() as http:
-        yield E2E(gateway, engines, http)
+    """The gateway with authentication on (real Redis); requests carry a key of tenant e2e."""
+    async with running_redis(None) as redis_url:
+        settings = Settings.model_validate(
+            {
+                "models": [
+                    {"name": CHAT, "engines": [engines.chat]},
+                    {"name": EMBED, "engines": [engines.embed]},
+                ],
+                "redis_url": redis_url,
+                "admin_token": "e2e-admin-token-0123456789",
+                "key_pepper": PEPPER,
+            }
+        )
+        redis = Redis.from_url(redis_url)
+        try:
+            _, key = await issue_key(AuthStore(redis), PEPPER.encode(), tenant="e2e")
+        finally:
+            await redis.aclose()
+        async with serve_asgi(create_app(settings)) as gateway, aiohttp.ClientSession() as http:
+            yield E2E(gateway, engines, http, key)

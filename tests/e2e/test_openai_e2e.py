@@ -19,7 +19,7 @@ FRANCE: Any = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture
 async def oai(e2e: E2E) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(base_url=f"{e2e.gateway}/v1", api_key="unused") as client:
+    async with openai.AsyncOpenAI(base_url=f"{e2e.gateway}/v1", api_key=e2e.key) as client:
         yield client
 
 
@@ -103,7 +103,9 @@ async def test_engine_validation_error_passes_through_in_openai_shape(
 
 async def test_vllm_nulls_that_break_strict_clients_are_removed(e2e: E2E) -> None:
     body = {"model": CHAT, "messages": FRANCE, "max_tokens": 3, "top_k": 1, "min_p": 0.0}
-    async with e2e.http.post(f"{e2e.gateway}/v1/chat/completions", json=body) as resp:
+    async with e2e.http.post(
+        f"{e2e.gateway}/v1/chat/completions", json=body, headers=e2e.auth
+    ) as resp:
         assert resp.status == 200
         reply = orjson.loads(await resp.read())
     message = reply["choices"][0]["message"]
@@ -142,7 +144,9 @@ async def test_cancelled_stream_frees_the_engine(oai: openai.AsyncOpenAI, e2e: E
 
 async def test_abandoned_non_stream_request_frees_the_engine(e2e: E2E) -> None:
     body = {"model": CHAT, "messages": FRANCE, "max_tokens": 2000, "ignore_eos": True}
-    request = asyncio.create_task(e2e.http.post(f"{e2e.gateway}/v1/chat/completions", json=body))
+    request = asyncio.create_task(
+        e2e.http.post(f"{e2e.gateway}/v1/chat/completions", json=body, headers=e2e.auth)
+    )
     await _wait_running(e2e, 1)
     request.cancel()
     with pytest.raises(asyncio.CancelledError):
