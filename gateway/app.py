@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -78,11 +78,21 @@ def create_app(settings: Settings) -> FastAPI:
 def _redis(settings: Settings) -> Redis | None:
     if not settings.redis_url:
         return None
-    return Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
+    return redis_client(
+        settings.redis_url, settings.redis_timeout_s, settings.redis_max_connections
     )
+
+
+def redis_client(url: str, timeout_s: float, max_connections: int) -> Redis:
+    """A bounded pool: beyond `max_connections` callers wait (up to the timeout) for a free one."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+    )
+    return Redis.from_pool(pool)  # the client owns the pool: closing it closes every connection
 
 
 def _auth(

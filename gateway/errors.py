@@ -81,8 +81,17 @@ class PayloadTooLarge(ApiError):
 
 
 class RateLimited(ApiError):
+    """OpenAI's 429: its `type` says which limit refused ("requests" or "tokens")."""
+
     status = 429
-    type = "rate_limit_error"
+    type = "requests"
+
+    def __init__(self, message: str, *, kind: str, **rest: Any) -> None:
+        super().__init__(message, **rest)
+        self.kind = kind
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.kind, param=self.param, code=self.code)
 
 
 class InternalError(ApiError):

@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1)
     redis_url: str | None = None
     redis_timeout_s: float = Field(default=0.5, gt=0)  # every Redis call; the gateway never hangs
+    redis_max_connections: int = Field(default=128, ge=1)  # per process; more callers wait
     admin_token: str | None = None
     key_pepper: str | None = None  # LLMAAS_KEY_PEPPER: HMAC key under which key secrets are hashed
     dev_mode: bool = False

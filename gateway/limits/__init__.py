@@ -1,0 +1,1 @@
+"""Admission control in Redis: rate and concurrency limits at key and tenant scope."""

@@ -1,0 +1,154 @@
+"""admission.lua and settle.lua against a real Redis, through the typed Limiter."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from itertools import count
+
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+
+from gateway.app import redis_client
+from gateway.auth.principal import Limits, Principal
+from gateway.embedded.redis_server import running_redis
+from gateway.errors import RateLimited
+from gateway.limits.limiter import Admission, Limiter, duration
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+_tenants = count()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def redis() -> AsyncIterator[Redis]:
+    async with running_redis(None) as url:
+        client = redis_client(url, timeout_s=5.0, max_connections=64)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+
+
+def who(key: Limits | None = None, tenant: Limits | None = None) -> Principal:
+    """A principal of a fresh tenant, so tests never share counters."""
+    return Principal(
+        tenant=f"t{next(_tenants)}",
+        key_id="k",
+        source="api_key",
+        key_limits=key or Limits(),
+        tenant_limits=tenant or Limits(),
+    )
+
+
+async def admit_all(
+    limiter: Limiter, principal: Principal, n: int, tokens: int = 1
+) -> tuple[list[Admission], list[RateLimited]]:
+    results = await asyncio.gather(
+        *(limiter.admit(principal, tokens) for _ in range(n)), return_exceptions=True
+    )
+    admitted = [r for r in results if isinstance(r, Admission)]
+    refused = [r for r in results if isinstance(r, RateLimited)]
+    assert len(admitted) + len(refused) == n
+    return admitted, refused
+
+
+async def test_rpm_is_exact_under_concurrency(redis: Redis) -> None:
+    admitted, refused = await admit_all(Limiter(redis), who(Limits(rpm=100)), 1000)
+    assert len(admitted) == 100
+    assert len(refused) == 900
+    error = refused[0]
+    assert error.status_code == 429
+    assert error.body()["error"]["type"] == "requests"
+    assert error.code == "rate_limit_exceeded"
+    assert "key scope" in error.message
+    assert "limit 100" in error.message
+    assert int(error.headers["retry-after"]) >= 1
+
+
+async def test_headers_describe_the_tightest_scope(redis: Redis) -> None:
+    principal = who(Limits(rpm=100, tpm=10_000), Limits(rpm=50))
+    admission = await Limiter(redis).admit(principal, 250)
+    headers = admission.headers()
+    assert headers["x-ratelimit-limit-requests"] == "50"
+    assert headers["x-ratelimit-remaining-requests"] == "49"
+    assert headers["x-ratelimit-reset-requests"] == "2s"  # 60 s / 50 = 1.2 s, rounded up
+    assert headers["x-ratelimit-limit-tokens"] == "10000"
+    assert headers["x-ratelimit-remaining-tokens"] == "9750"
+
+
+async def test_no_headers_without_limits(redis: Redis) -> None:
+    assert (await Limiter(redis).admit(who(), 10)).headers() == {}
+
+
+async def test_token_reservations_never_exceed_tpm_and_settle_to_real_usage(redis: Redis) -> None:
+    limiter, principal = Limiter(redis), who(Limits(tpm=1000))
+    admitted, refused = await admit_all(limiter, principal, 10, tokens=300)
+    assert len(admitted) == 3
+    assert refused[0].body()["error"]["type"] == "tokens"
+    for admission in admitted:  # each really used 100 of its 300
+        await limiter.settle(principal, admission, 100)
+    assert (await limiter.admit(principal, 650)).tokens is not None  # 300 used + 650 <= 1000
+    with pytest.raises(RateLimited):
+        await limiter.admit(principal, 100)
+
+
+async def test_a_request_larger_than_the_limit_says_so(redis: Redis) -> None:
+    with pytest.raises(RateLimited) as info:
+        await Limiter(redis).admit(who(Limits(tpm=100)), 500)
+    assert "Request too large" in info.value.message
+
+
+async def test_refusal_at_one_scope_charges_no_scope(redis: Redis) -> None:
+    limiter = Limiter(redis)
+    principal = who(Limits(rpm=100), Limits(rpm=2))
+    await admit_all(limiter, principal, 3)  # the third is refused by the tenant
+    unlimited_tenant = Principal(
+        tenant=principal.tenant, key_id="k", source="api_key", key_limits=Limits(rpm=100)
+    )
+    admission = await limiter.admit(unlimited_tenant, 1)
+    assert admission.requests is not None
+    assert admission.requests[1] == 97  # 100 - 2 earlier - this one: the refusal charged nothing
+
+
+async def test_concurrency_leases_are_released_and_expire(redis: Redis) -> None:
+    limiter, principal = Limiter(redis), who(Limits(max_concurrency=3))
+    admitted, refused = await admit_all(limiter, principal, 50)
+    assert len(admitted) == 3
+    assert "in flight" in refused[0].message
+    await limiter.settle(principal, admitted[0], 1)
+    await limiter.admit(principal, 1)  # the released slot is free again
+
+    crashing = Limiter(redis, lease_ttl_s=0.3)
+    other = who(Limits(max_concurrency=2))
+    await admit_all(crashing, other, 2)  # never settled: the gateway "died"
+    with pytest.raises(RateLimited):
+        await crashing.admit(other, 1)
+    await asyncio.sleep(0.4)
+    await crashing.admit(other, 1)  # the leases expired
+
+
+async def test_capacity_returns_at_the_advertised_time_without_a_burst(redis: Redis) -> None:
+    limiter, principal = Limiter(redis), who(Limits(rpm=60))  # one request per second
+    await admit_all(limiter, principal, 60)
+    with pytest.raises(RateLimited) as info:
+        await limiter.admit(principal, 1)
+    advertised = re.search(r"try again in (\d+)ms", info.value.message)
+    assert advertised is not None
+    await asyncio.sleep(int(advertised.group(1)) / 1000 + 0.05)  # the next slot is ~1 s later
+    admitted, refused = await admit_all(limiter, principal, 5)
+    assert len(admitted) == 1  # one slot came back, not a window's worth
+    assert len(refused) == 4
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_duration_format() -> None:
+    assert [duration(ms) for ms in (17.2, 999, 1000, 1200, 59_500, 360_000)] == [
+        "18ms",
+        "999ms",
+        "1s",
+        "2s",
+        "1m0s",
+        "6m0s",
+    ]
