@@ -21,6 +21,8 @@ from gateway.auth.invalidation import InvalidationListener
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.store import AuthStore
 from gateway.errors import ApiError, InvalidRequest, MethodNotAllowed, NotFound
+from gateway.limits.control import AdmissionControl
+from gateway.limits.limiter import Limiter
 from gateway.logs import configure_logging
 from gateway.metrics import Metrics
 from gateway.proxy.relay import ProxyDeps
@@ -40,13 +42,16 @@ def create_app(settings: Settings) -> FastAPI:
         await upstream.start()
         redis = _redis(settings)
         auth, listener = _auth(settings, redis, upstream)
+        limiter = Limiter(redis, settings.limits.lease_ttl_s) if redis is not None else None
+        admission = AdmissionControl(limiter, settings.limits, metrics, settings.redis_timeout_s)
         app.state.gateway = GatewayState(
             settings=settings,
             registry=EngineRegistry(settings.models),
             metrics=metrics,
-            proxy=ProxyDeps(upstream, make_balancer(settings.routing), metrics),
+            proxy=ProxyDeps(upstream, make_balancer(settings.routing), metrics, admission),
             redis=redis,
             auth=auth,
+            admission=admission,
         )
         listening = asyncio.create_task(listener.run()) if listener else None
         try:

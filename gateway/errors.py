@@ -86,9 +86,13 @@ class RateLimited(ApiError):
     status = 429
     type = "requests"
 
-    def __init__(self, message: str, *, kind: str, **rest: Any) -> None:
+    def __init__(
+        self, message: str, *, kind: str, scope: str, limit_kind: str, **rest: Any
+    ) -> None:
         super().__init__(message, **rest)
-        self.kind = kind
+        self.kind = kind  # the OpenAI type: requests | tokens
+        self.scope = scope  # key | tenant
+        self.limit_kind = limit_kind  # requests | tokens | concurrency
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.kind, param=self.param, code=self.code)

@@ -47,6 +47,18 @@ class Metrics:
             ["engine", "kind"],
             registry=reg,
         )
+        self.ratelimit_rejections = Counter(
+            "llmaas_ratelimit_rejections",
+            "Requests refused by a rate or concurrency limit",
+            ["tenant", "scope", "kind"],
+            registry=reg,
+        )
+        self.ratelimit_unavailable = Counter(
+            "llmaas_ratelimit_unavailable",
+            "Admissions decided without Redis (failure_mode open admits, closed refuses)",
+            ["failure_mode"],
+            registry=reg,
+        )
         self.inflight = Gauge(
             "llmaas_inflight_requests",
             "Requests in flight per engine",

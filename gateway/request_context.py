@@ -20,6 +20,7 @@ class RequestInfo:
     engine: str | None = None
     outcome: str = "ok"
     ttft_ms: float | None = None
+    usage_tokens: int | None = None  # total tokens the engine reported, when it did
 
 
 def request_id_from(header: bytes | None) -> str:

@@ -32,7 +32,12 @@ class RoutingSettings(BaseModel):
 
 
 class LimitsSettings(BaseModel):
+    # Redis unreachable at admission: closed answers 503, open admits (and counts it).
     failure_mode: Literal["open", "closed"] = "closed"
+    # Tokens reserved for the completion when a request sets no max_tokens; settled later.
+    default_max_tokens: int = Field(default=1024, ge=1)
+    # A concurrency slot is a lease: it frees itself this long after a gateway died holding it.
+    lease_ttl_s: float = Field(default=600.0, gt=0)
 
 
 class UpstreamSettings(BaseModel):

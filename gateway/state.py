@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from gateway.auth.authenticate import Authenticator
+from gateway.limits.control import AdmissionControl
 from gateway.metrics import Metrics
 from gateway.proxy.relay import ProxyDeps
 from gateway.routing.engines import EngineRegistry
@@ -21,3 +22,4 @@ class GatewayState:
     proxy: ProxyDeps
     redis: Redis | None
     auth: Authenticator
+    admission: AdmissionControl

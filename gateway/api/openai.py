@@ -31,7 +31,9 @@ async def _forward(
     pool = gw.registry.pool(model)
     if pool is None or not caller.may_use(model):
         raise ModelNotFound(model)
-    return ProxyResponse(gw.proxy, ProxyCall(route, pool, raw, stream_flag(body)))
+    stream = stream_flag(body)
+    admission = await gw.admission.admit(caller, body)
+    return ProxyResponse(gw.proxy, ProxyCall(route, pool, raw, stream, caller, admission))
 
 
 @router.post("/chat/completions", response_model=None)

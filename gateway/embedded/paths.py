@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,18 +11,23 @@ CHAT_MODEL_NAME = "smollm2-135m-instruct"
 EMBEDDING_MODEL_NAME = "all-minilm-l6-v2"
 
 
+def default_home(env: Mapping[str, str]) -> Path:
+    """$LLMAAS_HOME when set and not empty, else ~/.cache/llmaas."""
+    configured = env.get("LLMAAS_HOME")
+    return Path(configured) if configured else Path.home() / ".cache" / "llmaas"
+
+
 @dataclass(frozen=True, slots=True)
 class EmbeddedPaths:
     home: Path
 
     @classmethod
-    def resolve(cls, home: Path | None = None, env: dict[str, str] | None = None) -> EmbeddedPaths:
-        """`home`, else $LLMAAS_HOME, else ~/.cache/llmaas."""
-        environ = os.environ if env is None else env
-        if home is None:
-            configured = environ.get("LLMAAS_HOME")
-            home = Path(configured) if configured else Path.home() / ".cache" / "llmaas"
-        return cls(home.expanduser().resolve())
+    def resolve(
+        cls, home: Path | None = None, env: Mapping[str, str] | None = None
+    ) -> EmbeddedPaths:
+        """`home`, else $LLMAAS_HOME, else ~/.cache/llmaas (as an absolute path)."""
+        chosen = home if home is not None else default_home(os.environ if env is None else env)
+        return cls(chosen.expanduser().resolve())
 
     @property
     def engine_venv(self) -> Path:
@@ -32,9 +38,16 @@ class EmbeddedPaths:
         return self.engine_venv / "bin" / "python"
 
     @property
+    def models(self) -> Path:
+        return self.home / "models"
+
+    @property
     def chat_model(self) -> Path:
-        return self.home / "models" / CHAT_MODEL_NAME
+        return self.models / CHAT_MODEL_NAME
 
     @property
     def logs(self) -> Path:
         return self.home / "logs"
+
+    def engine_log(self, name: str) -> Path:
+        return self.logs / f"engine-{name}.log"

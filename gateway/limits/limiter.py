@@ -120,6 +120,8 @@ def _refusal(reply: list[bytes], tokens: int) -> RateLimited:
     return RateLimited(
         message,
         kind="tokens" if kind == "tokens" else "requests",
+        scope=scope,
+        limit_kind=kind,
         code="rate_limit_exceeded",
         headers={"retry-after": str(retry_s)},
     )

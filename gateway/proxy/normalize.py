@@ -124,3 +124,15 @@ def _detail_message(detail: Any, status: int) -> str:
         loc = ".".join(str(p) for p in first.get("loc", []) if p != "body")
         return f"{loc}: {first.get('msg', 'invalid value')}" if loc else str(first.get("msg"))
     return f"The engine answered HTTP {status}."
+
+
+def usage_tokens(body: bytes) -> int | None:
+    """`usage.total_tokens` of a body or stream payload, if it carries one."""
+    if b'"usage"' not in body:
+        return None
+    try:
+        usage = orjson.loads(body).get("usage")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    total = usage.get("total_tokens") if isinstance(usage, dict) else None
+    return total if isinstance(total, int) else None

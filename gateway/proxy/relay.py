@@ -15,12 +15,15 @@ from dataclasses import dataclass
 
 import aiohttp
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from gateway.auth.principal import ANONYMOUS, Principal
 from gateway.errors import ApiError
+from gateway.limits.control import AdmissionControl
+from gateway.limits.limiter import Admission
 from gateway.metrics import Metrics
 from gateway.proxy.asgi_send import send_bytes, send_error
-from gateway.proxy.normalize import normalize_error, normalize_success
+from gateway.proxy.normalize import normalize_error, normalize_success, usage_tokens
 from gateway.proxy.stream import relay_stream
 from gateway.proxy.upstream import Upstream
 from gateway.request_context import RequestInfo, info_of
@@ -36,6 +39,8 @@ class ProxyCall:
     pool: ModelPool
     body: bytes
     stream: bool
+    caller: Principal = ANONYMOUS
+    admission: Admission | None = None  # charged limits, settled when the answer is done
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +48,7 @@ class ProxyDeps:
     upstream: Upstream
     balancer: Balancer
     metrics: Metrics
+    admission: AdmissionControl
 
 
 class ProxyResponse(Response):
@@ -57,6 +63,9 @@ class ProxyResponse(Response):
         info = info_of(scope)
         info.model = self.call.pool.name
         started = time.perf_counter()
+        admission = self.call.admission
+        if admission is not None:
+            send = _with_headers(send, admission.headers())
         work = asyncio.ensure_future(self._forward(info, send))
         watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
         try:
@@ -75,6 +84,19 @@ class ProxyResponse(Response):
                 raise
             finally:
                 self._observe(time.perf_counter() - started)
+                if admission is not None:
+                    used = self._used_tokens(info)
+                    settle = self.deps.admission.settle(self.call.caller, admission, used)
+                    await asyncio.shield(settle)
+
+    def _used_tokens(self, info: RequestInfo) -> int | None:
+        """What to charge: the engine's report; nothing if no engine ever answered; else keep
+        the reservation (a disconnect or a stream without usage)."""
+        if info.usage_tokens is not None:
+            return info.usage_tokens
+        if info.engine is None or info.outcome in ("engine_error", "engine_unavailable"):
+            return 0
+        return None
 
     def _observe(self, elapsed: float) -> None:
         metrics, model, route = self.deps.metrics, self.call.pool.name, self.call.route
@@ -113,7 +135,9 @@ class ProxyResponse(Response):
     ) -> None:
         if resp.status == 200 and self.call.stream and resp.content_type == "text/event-stream":
             self.status_code = 200
-            outcome = await relay_stream(resp, send, self.deps, engine, info)
+            outcome = await relay_stream(
+                resp, send, self.deps, engine, info, track_usage=self.call.admission is not None
+            )
             info.outcome = outcome
             return
         try:
@@ -125,6 +149,8 @@ class ProxyResponse(Response):
             return
         self.status_code = resp.status
         if resp.status == 200:
+            if self.call.admission is not None:
+                info.usage_tokens = usage_tokens(body)
             await send_bytes(send, 200, normalize_success(body))
             return
         info.outcome = "engine_error"
@@ -134,6 +160,17 @@ class ProxyResponse(Response):
     async def _send_error(self, send: Send, err: ApiError) -> None:
         self.status_code = err.status_code
         await send_error(send, err)
+
+
+def _with_headers(send: Send, headers: dict[str, str]) -> Send:
+    extra = [(k.encode(), v.encode()) for k, v in headers.items()]
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), *extra]
+        await send(message)
+
+    return sending
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

@@ -10,7 +10,7 @@ import orjson
 from starlette.types import Send
 
 from gateway.errors import ApiError, BadGateway
-from gateway.proxy.normalize import normalize_error, normalize_success
+from gateway.proxy.normalize import normalize_error, normalize_success, usage_tokens
 from gateway.proxy.sse import DONE_FRAME, FrameSplitter, error_frame, frame_data, is_done
 from gateway.request_context import RequestInfo
 from gateway.routing.engines import Engine
@@ -44,8 +44,22 @@ def _error_status(data: bytes) -> int:
     return code if isinstance(code, int) and 400 <= code <= 599 else 500
 
 
+def _note_usage(frames: list[bytes], info: RequestInfo) -> None:
+    for frame in frames:
+        data = frame_data(frame)
+        used = None if data is None else usage_tokens(data)
+        if used is not None:
+            info.usage_tokens = used  # cumulative: the last report wins
+
+
 async def relay_stream(
-    resp: aiohttp.ClientResponse, send: Send, deps: ProxyDeps, engine: Engine, info: RequestInfo
+    resp: aiohttp.ClientResponse,
+    send: Send,
+    deps: ProxyDeps,
+    engine: Engine,
+    info: RequestInfo,
+    *,
+    track_usage: bool = False,
 ) -> str:
     """Send the stream; return the outcome for the access log."""
     await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
@@ -62,6 +76,8 @@ async def relay_stream(
                 info.ttft_ms = (time.perf_counter() - started) * 1000
                 deps.metrics.ttft.labels(info.model or "").observe(info.ttft_ms / 1000)
             saw_done = saw_done or is_done(frames[-1])
+            if track_usage and any(b'"usage":{' in f for f in frames):
+                _note_usage(frames, info)
             out = b"".join(transform_frame(f) for f in frames)
             await send({"type": "http.response.body", "body": out, "more_body": True})
     except TimeoutError as exc:

@@ -1,0 +1,71 @@
+"""Child processes started in their own process group and stopped as a whole group.
+
+vLLM's API server forks an EngineCore and a resource tracker; stopping only the leader would
+orphan them. Every member of the group gets SIGTERM, then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+STOP_GRACE_S = 15.0
+KILL_WAIT_S = 5.0
+
+
+def live_members(pgid: int) -> list[int]:
+    """Pids of the group's processes that still run (zombies excluded: they hold no resources)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return [pgid] if _signal_group(pgid, 0) else []
+    members = []
+    for stat in proc.glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # "pid (comm) state ppid pgrp ..." — comm may hold spaces, so split after ")".
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                members.append(int(stat.parent.name))
+    return members
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send `sig` to the group; False when no process of it exists any more."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # only zombies left (macOS answers EPERM for those)
+        return False
+    return True
+
+
+async def _group_gone(pgid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while await asyncio.to_thread(live_members, pgid):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
+async def stop_process_group(
+    proc: asyncio.subprocess.Process, grace_s: float = STOP_GRACE_S
+) -> None:
+    """SIGTERM the child's whole group, wait up to `grace_s`, then SIGKILL what is left.
+
+    The child must have been started with `start_new_session=True` (its pid is the group id).
+    """
+    pgid = proc.pid
+    if _signal_group(pgid, signal.SIGTERM):
+        deadline = time.monotonic() + grace_s
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), grace_s)
+        remaining = max(0.0, deadline - time.monotonic())
+        if not await _group_gone(pgid, remaining):
+            _signal_group(pgid, signal.SIGKILL)
+            await _group_gone(pgid, KILL_WAIT_S)
+    await proc.wait()

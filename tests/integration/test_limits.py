@@ -1,0 +1,147 @@
+"""Admission on the request path: headers, 429s, settlement to real usage, failure modes."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from gateway.app import create_app
+from gateway.embedded.redis_server import running_redis
+from gateway.limits.estimate import reserved_tokens
+from gateway.sim.config import SimConfig
+from tests.integration.conftest import ADMIN, MODEL, OTHER, AuthStack, auth_settings
+from tests.integration.sim_fixture import running_sim
+from tests.support.servers import serve_asgi
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+HELLO: Any = [{"role": "user", "content": "hello there"}]
+
+
+async def test_rpm_headers_count_down_then_429(auth: AuthStack) -> None:
+    key = await auth.new_key(rpm=3)
+    async with auth.client(key) as oai:
+        remaining = []
+        for _ in range(3):
+            raw = await oai.chat.completions.with_raw_response.create(model=MODEL, messages=HELLO)
+            assert raw.headers["x-ratelimit-limit-requests"] == "3"
+            remaining.append(raw.headers["x-ratelimit-remaining-requests"])
+        with pytest.raises(openai.RateLimitError) as info:
+            await oai.chat.completions.create(model=MODEL, messages=HELLO)
+    assert remaining == ["2", "1", "0"]
+    error = info.value
+    assert error.code == "rate_limit_exceeded"
+    assert error.type == "requests"
+    assert int(error.response.headers["retry-after"]) >= 1
+    assert "key scope" in error.message
+
+
+TPM = 1000  # one token comes back every 60 ms
+
+
+def assert_remaining(header: str, expected: int, started: float) -> None:
+    """GCRA refills continuously: allow what the elapsed time gave back, nothing more."""
+    refill = math.ceil((time.monotonic() - started) * TPM / 60)
+    assert expected <= int(header) <= expected + refill
+
+
+async def test_tokens_settle_to_what_the_engine_reported(auth: AuthStack) -> None:
+    key = await auth.new_key(tpm=TPM)
+    body: dict[str, Any] = {"model": MODEL, "messages": HELLO, "max_tokens": 8}
+    started = time.monotonic()
+    async with auth.client(key) as oai:
+        first = await oai.chat.completions.create(**body)
+        second = await oai.chat.completions.with_raw_response.create(**body)
+    assert first.usage is not None
+    expected = TPM - first.usage.total_tokens - reserved_tokens(body, 1024)
+    assert_remaining(second.headers["x-ratelimit-remaining-tokens"], expected, started)
+
+
+async def test_stream_usage_settles_too_and_engine_refusals_are_refunded(auth: AuthStack) -> None:
+    key = await auth.new_key(tpm=TPM)
+    stream_body: dict[str, Any] = {"model": MODEL, "messages": HELLO, "max_tokens": 5}
+    started = time.monotonic()
+    async with auth.client(key) as oai:
+        stream = await oai.chat.completions.create(
+            **stream_body, stream=True, stream_options={"include_usage": True}
+        )
+        usage = [c.usage async for c in stream if c.usage is not None][-1]
+        with pytest.raises(openai.BadRequestError):  # refused by the engine: costs nothing
+            await oai.chat.completions.create(
+                **stream_body, extra_body={"sim": {"fail_status": 400}}
+            )
+        probe = await oai.chat.completions.with_raw_response.create(**stream_body)
+    expected = TPM - usage.total_tokens - reserved_tokens(stream_body, 1024)
+    assert_remaining(probe.headers["x-ratelimit-remaining-tokens"], expected, started)
+
+
+async def test_concurrency_limit_holds_and_frees(auth: AuthStack) -> None:
+    key = await auth.new_key(max_concurrency=2)
+    slow: Any = {"sim": {"ttft_ms": 400}}
+    async with auth.client(key) as oai:
+        results = await asyncio.gather(
+            *(
+                oai.chat.completions.create(model=MODEL, messages=HELLO, extra_body=slow)
+                for _ in range(6)
+            ),
+            return_exceptions=True,
+        )
+        refused = [r for r in results if isinstance(r, openai.RateLimitError)]
+        assert len(refused) == 4
+        assert "in flight" in refused[0].message
+        await oai.chat.completions.create(model=MODEL, messages=HELLO)  # slots are free again
+
+
+async def test_tenant_limit_applies_to_all_its_keys(auth: AuthStack) -> None:
+    status, _ = await auth.admin("PUT", "/tenants/shared", {"rpm": 2})
+    assert status == 200
+    keys = []
+    for _ in range(2):
+        status, body = await auth.admin("POST", "/keys", {"tenant": "shared", "rpm": 100})
+        keys.append(body["key"])
+    async with auth.client(keys[0]) as a, auth.client(keys[1]) as b:
+        await a.models.list()  # /v1/models is not rate limited
+        await a.chat.completions.create(model=OTHER, messages=HELLO)
+        await b.chat.completions.create(model=OTHER, messages=HELLO)
+        with pytest.raises(openai.RateLimitError) as info:
+            await a.chat.completions.create(model=OTHER, messages=HELLO)
+    assert "tenant scope" in info.value.message
+
+
+@pytest.mark.parametrize(("mode", "status"), [("closed", 503), ("open", 200)])
+async def test_redis_down_follows_the_failure_mode(mode: str, status: int) -> None:
+    async with running_sim(SimConfig(models=[MODEL])) as sim:
+        redis_cm = running_redis(None)
+        redis_url = await redis_cm.__aenter__()
+        settings = auth_settings(sim, redis_url).model_copy(deep=True)
+        settings.limits.failure_mode = mode  # type: ignore[assignment]
+        settings.redis_timeout_s = 0.2
+        try:
+            async with serve_asgi(create_app(settings)) as gw, aiohttp.ClientSession() as http:
+                async with http.post(
+                    f"{gw}/admin/v1/keys", json={"tenant": "f", "rpm": 100}, headers=ADMIN
+                ) as resp:
+                    key = (await resp.json())["key"]
+                headers = {"authorization": f"Bearer {key}"}
+                body = {"model": MODEL, "messages": HELLO}
+                url = f"{gw}/v1/chat/completions"
+                async with http.post(url, json=body, headers=headers) as resp:
+                    assert resp.status == 200  # the key is now cached
+                await redis_cm.__aexit__(None, None, None)
+                async with asyncio.timeout(5), http.post(url, json=body, headers=headers) as resp:
+                    assert resp.status == status
+                    if status == 503:
+                        assert (await resp.json())["error"]["code"] == "rate_limiter_unavailable"
+                async with http.get(f"{gw}/metrics") as resp:
+                    assert (
+                        f'llmaas_ratelimit_unavailable_total{{failure_mode="{mode}"}} 1.0'
+                        in await resp.text()
+                    )
+        finally:
+            await redis_cm.__aexit__(None, None, None)
