@@ -42,7 +42,8 @@ def create_app(settings: Settings) -> FastAPI:
         await upstream.start()
         redis = _redis(settings)
         auth, listener = _auth(settings, redis, upstream)
-        limiter = Limiter(redis, settings.limits.lease_ttl_s) if redis is not None else None
+        limits = settings.limits
+        limiter = Limiter(redis, limits.lease_ttl_s, limits.window_s) if redis is not None else None
         admission = AdmissionControl(limiter, settings.limits, metrics, settings.redis_timeout_s)
         app.state.gateway = GatewayState(
             settings=settings,

@@ -38,6 +38,8 @@ class LimitsSettings(BaseModel):
     default_max_tokens: int = Field(default=1024, ge=1)
     # A concurrency slot is a lease: it frees itself this long after a gateway died holding it.
     lease_ttl_s: float = Field(default=600.0, gt=0)
+    # The "minute" of rpm and tpm. Keep 60; tests shorten it to check window behaviour quickly.
+    window_s: float = Field(default=60.0, gt=0)
 
 
 class UpstreamSettings(BaseModel):

@@ -1,21 +1,22 @@
 """A vLLM engine as a child process: started in its own process group, waited for with visible
-progress, and stopped as a whole (vLLM forks an EngineCore and a resource tracker)."""
+progress, and stopped as a whole group (vLLM forks an EngineCore and a resource tracker)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
+import shutil
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import aiohttp
+from typing import BinaryIO
 
 from gateway.embedded.model import OFFLINE
+from gateway.embedded.process_group import stop_process_group
+from gateway.netutil import wait_http_ok
 
 ENGINE_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache on CPU (~23k tokens for SmolLM2)
@@ -24,7 +25,8 @@ ENGINE_ENV = {
     "VLLM_NO_USAGE_STATS": "1",
     **OFFLINE,
 }
-STOP_GRACE_S = 15.0
+READY_TIMEOUT_S = 600.0
+REPORT_EVERY_S = 5.0  # when stderr is not a terminal; a terminal gets one refreshing line
 
 
 class EngineStartError(RuntimeError):
@@ -38,7 +40,7 @@ class EngineSpec:
     served_name: str
     port: int
     log_path: Path
-    pooling: bool = False  # embeddings models
+    pooling: bool = False  # embedding models
 
     @property
     def url(self) -> str:
@@ -52,67 +54,132 @@ class EngineSpec:
         return [*argv, "--runner", "pooling"] if self.pooling else argv
 
 
+def engine_env(parent: Mapping[str, str]) -> dict[str, str]:
+    """The parent's environment without the gateway's own settings (secrets among them)."""
+    kept = {name: value for name, value in parent.items() if not name.startswith("LLMAAS_")}
+    return {**kept, **ENGINE_ENV}
+
+
+@dataclass(frozen=True, slots=True)
+class EngineProcess:
+    """A running engine; its pid is also its process group id."""
+
+    spec: EngineSpec
+    pid: int
+
+    @property
+    def url(self) -> str:
+        return self.spec.url
+
+    @property
+    def pgid(self) -> int:
+        return self.pid
+
+
+def start_engine(
+    engine_python: Path,
+    model_dir: Path,
+    served_name: str,
+    port: int,
+    *,
+    pooling: bool = False,
+    log_path: Path,
+    timeout_s: float = READY_TIMEOUT_S,
+) -> AbstractAsyncContextManager[EngineProcess]:
+    """Start an engine, wait until /health answers, and stop its whole group on exit."""
+    spec = EngineSpec(engine_python, model_dir, served_name, port, log_path, pooling)
+    return launched(spec, timeout_s=timeout_s)
+
+
 @asynccontextmanager
-async def running_engine(spec: EngineSpec, *, timeout_s: float = 600) -> AsyncIterator[str]:
-    """Start the engine, wait until /health answers, yield its base URL, stop it on exit."""
-    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-    with spec.log_path.open("wb") as log:
+async def running_engine(
+    spec: EngineSpec, *, timeout_s: float = READY_TIMEOUT_S
+) -> AsyncIterator[str]:
+    """Like `start_engine`, yielding only the base URL (what the gateway's routes need)."""
+    async with launched(spec, timeout_s=timeout_s) as engine:
+        yield engine.url
+
+
+@asynccontextmanager
+async def launched(spec: EngineSpec, *, timeout_s: float) -> AsyncIterator[EngineProcess]:
+    log = await asyncio.to_thread(_open_log, spec.log_path)
+    with log:
         proc = await asyncio.create_subprocess_exec(
             *spec.command(),
+            stdin=asyncio.subprocess.DEVNULL,
             stdout=log,
             stderr=log,
-            env={**os.environ, **ENGINE_ENV},
+            env=engine_env(os.environ),
             start_new_session=True,
         )
     try:
         await _wait_ready(spec, proc, timeout_s)
-        yield spec.url
+        yield EngineProcess(spec, proc.pid)
     finally:
         await stop_process_group(proc)
 
 
+def _open_log(path: Path) -> BinaryIO:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("wb")
+
+
 async def _wait_ready(spec: EngineSpec, proc: asyncio.subprocess.Process, timeout_s: float) -> None:
+    """Return once /health answers 200; fail fast, with the log's tail, if the engine exits."""
     started = time.monotonic()
-    last_report = 0.0
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-        while True:
-            elapsed = time.monotonic() - started
-            if proc.returncode is not None:
-                raise EngineStartError(
-                    f"engine {spec.served_name} exited with {proc.returncode} while starting; "
-                    f"last lines of {spec.log_path}:\n{log_tail(spec.log_path, 25)}"
-                )
-            if await _healthy(http, spec.url):
-                print(
-                    f"[engine] {spec.served_name} ready on {spec.url} after {elapsed:.0f}s",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                return
-            if elapsed > timeout_s:
-                raise EngineStartError(
-                    f"engine {spec.served_name} not ready after {timeout_s:.0f}s"
-                )
-            if elapsed - last_report >= 5:
-                last_report = elapsed
-                line = log_tail(spec.log_path, 1)[-110:]
-                print(
-                    f"[engine] waiting for {spec.served_name} ({elapsed:.0f}s): {line}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            await asyncio.sleep(0.5)
-
-
-async def _healthy(http: aiohttp.ClientSession, url: str) -> bool:
+    _say(f"[engine] starting {spec.served_name} on {spec.url} (log: {spec.log_path})")
+    health_url = f"{spec.url}/health"
+    health = asyncio.create_task(wait_http_ok(health_url, timeout_s=timeout_s, interval_s=0.5))
+    exited = asyncio.create_task(proc.wait())
+    progress = asyncio.create_task(_show_progress(spec, started))
     try:
-        async with http.get(f"{url}/health") as resp:
-            return resp.status == 200
-    except (aiohttp.ClientError, TimeoutError):
-        return False
+        await asyncio.wait((health, exited), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (health, exited, progress):
+            task.cancel()
+        await asyncio.gather(health, exited, progress, return_exceptions=True)
+    elapsed = time.monotonic() - started
+    if health.done() and not health.cancelled() and health.exception() is None:
+        _say(f"[engine] {spec.served_name} ready on {spec.url} after {elapsed:.0f}s")
+        return
+    tail = await asyncio.to_thread(log_tail, spec.log_path, 25)
+    if exited.done() and not exited.cancelled():
+        why = f"exited with status {exited.result()} after {elapsed:.0f}s"
+    else:
+        why = f"did not answer {health_url} within {timeout_s:.0f}s"
+    raise EngineStartError(
+        f"engine {spec.served_name} {why}; last lines of {spec.log_path}:\n{tail}"
+    )
+
+
+async def _show_progress(spec: EngineSpec, started: float) -> None:
+    """What the engine is doing while we wait: one refreshing line on a terminal, else a line
+    every few seconds (CI logs)."""
+    tty = sys.stderr.isatty()
+    try:
+        while True:
+            await asyncio.sleep(0.5 if tty else REPORT_EVERY_S)
+            last = await asyncio.to_thread(log_tail, spec.log_path, 1)
+            elapsed = time.monotonic() - started
+            line = f"[engine] waiting for {spec.served_name} ({elapsed:.0f}s): {last}"
+            if tty:
+                width = shutil.get_terminal_size().columns - 1
+                sys.stderr.write(f"\r\x1b[K{line[:width]}")
+                sys.stderr.flush()
+            else:
+                _say(line[:200])
+    finally:
+        if tty:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def log_tail(path: Path, lines: int) -> str:
+    """The last `lines` lines of a log file (read from its last 16 KiB), or "" if unreadable."""
     try:
         with path.open("rb") as f:
             f.seek(0, os.SEEK_END)
@@ -121,33 +188,3 @@ def log_tail(path: Path, lines: int) -> str:
     except OSError:
         return ""
     return "\n".join(text.strip().splitlines()[-lines:])
-
-
-async def stop_process_group(proc: asyncio.subprocess.Process) -> None:
-    """SIGTERM the child's whole process group, then SIGKILL whatever is left after a grace."""
-    for sig, wait in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            await asyncio.wait_for(proc.wait(), wait)
-        except TimeoutError:
-            continue
-        await _reap_group(proc.pid, wait)
-        return
-
-
-async def _reap_group(pgid: int, wait: float) -> None:
-    """The leader exited; make sure no member of its group (EngineCore) outlives it."""
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        await asyncio.sleep(0.1)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        return

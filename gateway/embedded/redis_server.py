@@ -1,10 +1,15 @@
-"""Redis for the embedded default: the one in LLMAAS_REDIS_URL, else a private redis-server."""
+"""Redis for the embedded default: the one in LLMAAS_REDIS_URL, else a private redis-server.
+
+The private server listens on 127.0.0.1 on a free port, keeps nothing on disk (no RDB, no AOF)
+and runs in a temporary directory of its own that is removed once the server has stopped.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,8 +17,10 @@ from pathlib import Path
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.embedded.engine import stop_process_group
+from gateway.embedded.process_group import stop_process_group
 from gateway.netutil import free_port
+
+START_TIMEOUT_S = 10.0
 
 
 class RedisStartError(RuntimeError):
@@ -33,6 +40,23 @@ def redis_server_binary() -> Path:
     return bundled
 
 
+def redis_config(port: int, workdir: Path) -> str:
+    return "\n".join(
+        [
+            "bind 127.0.0.1",
+            f"port {port}",
+            "protected-mode yes",
+            'save ""',
+            "appendonly no",
+            f'dir "{workdir}"',
+            "daemonize no",
+            "loglevel warning",
+            'logfile ""',
+            "",
+        ]
+    )
+
+
 async def ping(url: str, timeout_s: float = 2.0) -> bool:
     client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     try:
@@ -44,32 +68,52 @@ async def ping(url: str, timeout_s: float = 2.0) -> bool:
 
 
 @asynccontextmanager
-async def running_redis(url: str | None = None) -> AsyncIterator[str]:
-    """Yield a Redis URL: `url` after checking it answers, else a private server's."""
-    if url:
-        if not await ping(url):
-            raise RedisStartError(f"Redis at {url} does not answer PING")
-        yield url
+async def start_redis(url_from_env: str | None) -> AsyncIterator[str]:
+    """Yield a Redis URL: `url_from_env` once it answers PING, else a private server's."""
+    if url_from_env:
+        if not await ping(url_from_env):
+            # The URL may carry a password: name only where it points.
+            where = url_from_env.rsplit("@", 1)[-1]
+            raise RedisStartError(f"Redis at {where} does not answer PING")
+        yield url_from_env
         return
-    port = free_port()
     with tempfile.TemporaryDirectory(prefix="llmaas-redis-") as workdir:
+        async with _private_redis(Path(workdir)) as url:
+            yield url
+
+
+running_redis = start_redis  # the name the tests, the bench and `llmaas up` use
+
+
+@asynccontextmanager
+async def _private_redis(workdir: Path) -> AsyncIterator[str]:
+    port = free_port()
+    config = workdir / "redis.conf"
+    await asyncio.to_thread(config.write_text, redis_config(port, workdir))
+    log_path = workdir / "redis.log"
+    with await asyncio.to_thread(log_path.open, "wb") as log:
         proc = await asyncio.create_subprocess_exec(
             str(redis_server_binary()),
-            *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
-            *("--dir", workdir, "--daemonize", "no", "--loglevel", "warning"),
-            stdout=asyncio.subprocess.DEVNULL,
+            str(config),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
             start_new_session=True,
         )
-        private = f"redis://127.0.0.1:{port}/0"
-        try:
-            for _ in range(100):
-                if await ping(private, 0.5):
-                    break
-                if proc.returncode is not None:
-                    raise RedisStartError(f"redis-server exited with {proc.returncode}")
-                await asyncio.sleep(0.05)
-            else:
-                raise RedisStartError("redis-server did not answer PING within 5s")
-            yield private
-        finally:
-            await stop_process_group(proc)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        await _wait_answers(url, proc, log_path)
+        yield url
+    finally:
+        await stop_process_group(proc, grace_s=5.0)
+
+
+async def _wait_answers(url: str, proc: asyncio.subprocess.Process, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not await ping(url, 0.5):
+        if proc.returncode is not None:
+            output = (await asyncio.to_thread(log.read_text, errors="replace")).strip()[-1000:]
+            raise RedisStartError(f"redis-server exited with {proc.returncode}: {output}")
+        if time.monotonic() > deadline:
+            raise RedisStartError(f"redis-server did not answer PING within {START_TIMEOUT_S}s")
+        await asyncio.sleep(0.05)

@@ -69,8 +69,10 @@ def _triple(limit: bytes, remaining: bytes, reset: bytes) -> tuple[int, int, flo
 
 
 class Limiter:
-    def __init__(self, redis: Redis, lease_ttl_s: float = 120.0) -> None:
+    def __init__(self, redis: Redis, lease_ttl_s: float = 120.0, window_s: float = 60.0) -> None:
+        """`window_s` is the "minute" of rpm and tpm; tests shorten it, production keeps 60."""
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
+        self.window_ms = int(window_s * 1000)
         self._admit = redis.register_script((_SCRIPTS / "admission.lua").read_text())
         self._settle = redis.register_script((_SCRIPTS / "settle.lua").read_text())
 
@@ -78,7 +80,7 @@ class Limiter:
         """Charge every limit of both scopes, or none; RateLimited names the one that refused."""
         key_keys, tenant_keys = scope_keys(principal)
         lease = secrets.token_hex(8)
-        args: list[str | int] = [tokens, lease, self.lease_ttl_ms]
+        args: list[str | int] = [tokens, lease, self.lease_ttl_ms, self.window_ms]
         args += _limit_args(principal.key_limits) + _limit_args(principal.tenant_limits)
         reply = await self._admit(keys=key_keys + tenant_keys, args=args)
         if int(reply[0]) == 1:
@@ -96,6 +98,7 @@ class Limiter:
                 admission.lease,
                 principal.key_limits.tpm or 0,
                 principal.tenant_limits.tpm or 0,
+                self.window_ms,
             ],
         )
 

