@@ -23,6 +23,7 @@ PEPPER = "bench-pepper-0123456789"
 class AuthMode:
     config: str  # YAML lines added to the gateway's config
     token: str | None  # a JWT known before the gateway starts
+    limited: bool = False  # the key carries rpm, tpm and concurrency limits
 
     async def headers(self, gateway: str) -> dict[str, str]:
         if self.token is not None:
@@ -30,9 +31,12 @@ class AuthMode:
         if "redis_url" not in self.config:
             return {}
         admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+        body: dict[str, object] = {"tenant": "bench"}
+        if self.limited:  # limits high enough never to refuse: the cost of checking them
+            body.update(rpm=10**9, tpm=10**12, max_concurrency=10**6)
         async with (
             aiohttp.ClientSession() as http,
-            http.post(f"{gateway}/admin/v1/keys", json={"tenant": "bench"}, headers=admin) as resp,
+            http.post(f"{gateway}/admin/v1/keys", json=body, headers=admin) as resp,
         ):
             key: str = (await resp.json())["key"]
         return {"authorization": f"Bearer {key}"}
@@ -46,8 +50,8 @@ async def auth_mode(name: str, tmp: Path) -> AsyncIterator[AuthMode]:
         return
     async with running_redis(None) as redis_url:
         common += f"redis_url: {redis_url}\nkey_pepper: {PEPPER}\n"
-        if name == "key":
-            yield AuthMode(common, None)
+        if name in ("key", "limits"):
+            yield AuthMode(common, None, limited=name == "limits")
             return
         private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pem = tmp / "jwt-public.pem"

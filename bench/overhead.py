@@ -4,7 +4,7 @@ Prints requests/s and the latency the gateway adds (p50, p99) for non-streaming 
 chat completions at concurrency 1, 16 and 64. Figures are ratios and differences measured in
 the same run, on the same machine, so a noisy machine shifts both sides alike.
 
-    .venv/bin/python -m bench.overhead [--requests 2000] [--access-log] [--auth none|key|jwt]
+    .venv/bin/python -m bench.overhead [--requests 2000] [--access-log] [--auth none|key|jwt|limits]
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=2000, help="requests per measurement")
     parser.add_argument("--access-log", action="store_true", help="gateway writes access logs")
     parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument("--auth", choices=["none", "key", "jwt"], default="none")
+    parser.add_argument("--auth", choices=["none", "key", "jwt", "limits"], default="none")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     asyncio.run(main(args.requests, args.access_log, levels, args.auth))

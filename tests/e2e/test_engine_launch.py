@@ -1,0 +1,109 @@
+"""Launching engines: ready when /health answers, a fast and readable failure when the engine
+dies while starting, and no process of its group left once it is stopped.
+
+The first tests use a stand-in for the engine's python (a shell script that serves /health and
+forks a child, as vLLM forks its EngineCore) and run in seconds; the last one launches the real
+vLLM engine with the bundled chat model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.embedded.engine import EngineStartError, start_engine
+from gateway.embedded.paths import CHAT_MODEL_NAME, EmbeddedPaths
+from gateway.embedded.prepare import prepare
+from gateway.netutil import free_port
+
+
+async def group_processes(pgid: int) -> list[str]:
+    """Live (non-zombie) processes of the group, as `ps` lists them."""
+    ps = await asyncio.create_subprocess_exec(
+        "ps", "-ww", "-eo", "pgid=,stat=,args=", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await ps.communicate()
+    rows = (line.split(None, 2) for line in out.decode().splitlines())
+    return [" ".join(row) for row in rows if int(row[0]) == pgid and not row[1].startswith("Z")]
+
+
+def fake_engine(tmp_path: Path, body: str) -> Path:
+    """An executable that stands in for the engine venv's python; `$port` is the --port given."""
+    script = tmp_path / "fake-python"
+    script.write_text(
+        '#!/bin/sh\nwhile [ $# -gt 0 ]; do [ "$1" = --port ] && port=$2; shift; done\n' + body
+    )
+    script.chmod(0o755)
+    return script
+
+
+async def test_engine_is_ready_when_health_answers_and_its_whole_group_stops(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "health").write_text("ok")
+    python = fake_engine(
+        tmp_path,
+        "echo fake engine loading\n"
+        "sleep 600 &\n"  # a child that must not outlive the engine, like vLLM's EngineCore
+        f"exec {sys.executable} -m http.server --bind 127.0.0.1"
+        f' --directory {tmp_path / "www"} "$port"\n',
+    )
+    log = tmp_path / "engine.log"
+    async with start_engine(python, tmp_path, "fake", free_port(), log_path=log) as engine:
+        async with aiohttp.ClientSession() as http, http.get(f"{engine.url}/health") as resp:
+            assert resp.status == 200
+        assert len(await group_processes(engine.pgid)) == 2
+    assert await group_processes(engine.pgid) == []
+    assert "fake engine loading" in log.read_text()
+
+
+async def test_engine_that_exits_while_starting_fails_fast_with_its_log(tmp_path: Path) -> None:
+    python = fake_engine(tmp_path, "echo 'ValueError: no config.json in /nowhere' >&2\nexit 3\n")
+    started = time.monotonic()
+    with pytest.raises(EngineStartError, match="exited with status 3") as raised:
+        async with start_engine(python, tmp_path, "x", free_port(), log_path=tmp_path / "l"):
+            pytest.fail("the engine cannot be ready")
+    assert "no config.json in /nowhere" in str(raised.value)
+    assert time.monotonic() - started < 5
+
+
+async def test_engine_that_never_answers_times_out_and_is_stopped(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    python = fake_engine(tmp_path, f"echo $$ > {pid_file}\necho still loading\nexec sleep 600\n")
+    log = tmp_path / "engine.log"
+    with pytest.raises(EngineStartError, match="did not answer") as raised:
+        async with start_engine(python, tmp_path, "x", free_port(), log_path=log, timeout_s=1):
+            pytest.fail("the engine cannot be ready")
+    assert "still loading" in str(raised.value)
+    assert await group_processes(int(pid_file.read_text())) == []
+
+
+@pytest.mark.e2e
+async def test_real_chat_engine_answers_paris_and_leaves_no_process() -> None:
+    paths = EmbeddedPaths.resolve()
+    ready = await prepare(paths)
+    log = paths.engine_log("e2e-launch")
+    question = {
+        "model": CHAT_MODEL_NAME,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "temperature": 0,
+        "max_tokens": 32,
+    }
+    async with start_engine(
+        ready.engine_python, ready.chat_model, CHAT_MODEL_NAME, free_port(), log_path=log
+    ) as engine:
+        assert await group_processes(engine.pgid)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{engine.url}/v1/chat/completions", json=question) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+            answer = (await resp.json())["choices"][0]["message"]["content"]
+    assert "Paris" in answer
+    assert await group_processes(engine.pgid) == []
