@@ -164,3 +164,23 @@ async def test_endpoint_a_model_does_not_serve_is_openai_shaped(oai: openai.Asyn
         "param": None,
         "code": None,
     }
+
+
+async def test_rate_limit_error_with_readable_headers(e2e: E2E) -> None:
+    admin = {"authorization": "Bearer e2e-admin-token-0123456789"}
+    async with e2e.http.post(
+        f"{e2e.gateway}/admin/v1/keys", json={"tenant": "e2e", "rpm": 1}, headers=admin
+    ) as resp:
+        key = (await resp.json())["key"]
+    async with openai.AsyncOpenAI(
+        base_url=f"{e2e.gateway}/v1", api_key=key, max_retries=0
+    ) as client:
+        raw = await client.chat.completions.with_raw_response.create(
+            model=CHAT, messages=FRANCE, max_tokens=2
+        )
+        assert raw.headers["x-ratelimit-limit-requests"] == "1"
+        assert raw.headers["x-ratelimit-remaining-requests"] == "0"
+        with pytest.raises(openai.RateLimitError) as info:
+            await client.chat.completions.create(model=CHAT, messages=FRANCE, max_tokens=2)
+    assert info.value.type == "requests"
+    assert int(info.value.response.headers["retry-after"]) >= 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 from collections import Counter
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -11,6 +13,7 @@ import aiohttp
 import pytest
 
 from gateway.embedded.redis_server import running_redis
+from gateway.netutil import free_port, wait_http_ok
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import ADMIN, ADMIN_TOKEN, MODEL, PEPPER
 from tests.integration.sim_fixture import running_sim_process
@@ -28,7 +31,8 @@ async def test_rpm_is_exact_across_four_gateway_processes(tmp_path: Path) -> Non
         config = tmp_path / "gw.yaml"
         config.write_text(
             f"redis_url: {redis_url}\nadmin_token: {ADMIN_TOKEN}\nkey_pepper: {PEPPER}\n"
-            f"access_log: false\nmodels:\n  - name: {MODEL}\n    engines: [{sim}]\n"
+            "access_log: false\nredis_timeout_s: 5\n"
+            f"models:\n  - name: {MODEL}\n    engines: [{sim}]\n"
         )
         gateways = [await stack.enter_async_context(gateway_process(config)) for _ in range(4)]
         connector = aiohttp.TCPConnector(limit=400)
@@ -50,3 +54,65 @@ async def test_rpm_is_exact_across_four_gateway_processes(tmp_path: Path) -> Non
     statuses = Counter(status for status, _ in results)
     assert statuses == {200: 100, 429: 900}
     assert all(retry is not None and int(retry) >= 1 for status, retry in results if status == 429)
+
+
+async def test_concurrency_holds_at_the_engine_and_a_killed_gateway_frees_its_slots(
+    tmp_path: Path,
+) -> None:
+    async with (
+        running_redis(None) as redis_url,
+        running_sim_process(SimConfig(models=[MODEL])) as sim,
+        AsyncExitStack() as stack,
+    ):
+        config = tmp_path / "gw.yaml"
+        config.write_text(
+            f"redis_url: {redis_url}\nadmin_token: {ADMIN_TOKEN}\nkey_pepper: {PEPPER}\n"
+            f"access_log: false\nlimits: {{lease_ttl_s: 2}}\n"
+            f"models:\n  - name: {MODEL}\n    engines: [{sim}]\n"
+        )
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        doomed = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port := free_port()),
+        )
+        victim = f"http://127.0.0.1:{port}"
+        await wait_http_ok(f"{victim}/healthz", timeout_s=30)
+        survivor = await stack.enter_async_context(gateway_process(config))
+        async with http.post(
+            f"{survivor}/admin/v1/keys", json={"tenant": "c", "max_concurrency": 3}, headers=ADMIN
+        ) as resp:
+            key = (await resp.json())["key"]
+        headers = {"authorization": f"Bearer {key}"}
+        slow = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "sim": {"ttft_ms": 300},
+        }
+
+        async def one(base: str) -> int:
+            async with http.post(f"{base}/v1/chat/completions", json=slow, headers=headers) as resp:
+                await resp.read()
+                return resp.status
+
+        await http.post(f"{sim}/sim/reset")
+        statuses = Counter(await asyncio.gather(*(one(survivor) for _ in range(50))))
+        state = await (await http.get(f"{sim}/sim/state")).json()
+        assert statuses[200] >= 3
+        assert statuses[200] + statuses[429] == 50
+        assert state["max_running_seen"] <= 3  # the engine never saw more than the limit
+
+        # A gateway dies holding all three slots: they return once their leases expire.
+        held = [asyncio.create_task(one(victim)) for _ in range(3)]
+        await asyncio.sleep(0.15)
+        doomed.send_signal(signal.SIGKILL)
+        await doomed.wait()
+        await asyncio.gather(*held, return_exceptions=True)
+        assert await one(survivor) == 429
+        await asyncio.sleep(2.2)
+        assert await one(survivor) == 200
