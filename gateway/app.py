@@ -44,7 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
         auth, listener = _auth(settings, redis, upstream)
         limits = settings.limits
         limiter = Limiter(redis, limits.lease_ttl_s, limits.window_s) if redis is not None else None
-        admission = AdmissionControl(limiter, settings.limits, metrics, settings.redis_timeout_s)
+        admission = AdmissionControl(limiter, settings.limits, metrics)
         app.state.gateway = GatewayState(
             settings=settings,
             registry=EngineRegistry(settings.models),

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -16,6 +16,8 @@ class ModelRoute(BaseModel):
 
     name: str = Field(min_length=1)
     engines: list[str] = Field(min_length=1)
+    # The engines' max_model_len; caps the tokens reserved for a request without max_tokens.
+    context_length: int | None = Field(default=None, ge=1)
 
     @field_validator("engines")
     @classmethod
@@ -31,6 +33,15 @@ class RoutingSettings(BaseModel):
     strategy: Literal["round_robin", "least_loaded"] = "least_loaded"
 
 
+class ScopeLimits(BaseModel):
+    """Default limits of one scope, used where a key's or tenant's record sets none."""
+
+    model_config = ConfigDict(extra="forbid")
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    max_concurrency: int | None = Field(default=None, ge=1)
+
+
 class LimitsSettings(BaseModel):
     # Redis unreachable at admission: closed answers 503, open admits (and counts it).
     failure_mode: Literal["open", "closed"] = "closed"
@@ -40,6 +51,11 @@ class LimitsSettings(BaseModel):
     lease_ttl_s: float = Field(default=600.0, gt=0)
     # The "minute" of rpm and tpm. Keep 60; tests shorten it to check window behaviour quickly.
     window_s: float = Field(default=60.0, gt=0)
+    # Longest wait for Redis at admission before failure_mode decides; the gateway never hangs.
+    timeout_s: float = Field(default=0.05, gt=0)
+    # Applied where a key's (or tenant's) record has no value; unset here means no limit.
+    key_defaults: ScopeLimits = Field(default_factory=ScopeLimits)
+    tenant_defaults: ScopeLimits = Field(default_factory=ScopeLimits)
 
 
 class UpstreamSettings(BaseModel):

@@ -32,7 +32,8 @@ async def _forward(
     if pool is None or not caller.may_use(model):
         raise ModelNotFound(model)
     stream = stream_flag(body)
-    admission = await gw.admission.admit(caller, body)
+    caller = gw.admission.with_defaults(caller)
+    admission = await gw.admission.admit(caller, body, pool.context_length)
     return ProxyResponse(gw.proxy, ProxyCall(route, pool, raw, stream, caller, admission))
 
 

@@ -28,16 +28,21 @@ def prompt_tokens(body: dict[str, Any]) -> int:
     return 1
 
 
-def reserved_tokens(body: dict[str, Any], default_max_tokens: int) -> int:
-    """Prompt estimate plus the most the engine may generate, times `n`."""
+def reserved_tokens(
+    body: dict[str, Any], default_max_tokens: int, context_length: int | None = None
+) -> int:
+    """Prompt estimate plus the most the engine may generate, times `n`. Without max_tokens the
+    default applies, capped by what the model's context leaves after the prompt."""
+    prompt = prompt_tokens(body)
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
-    completion = (
-        limit
-        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0
-        else default_max_tokens
-    )
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+        completion = limit
+    elif context_length is not None:
+        completion = min(default_max_tokens, max(1, context_length - prompt))
+    else:
+        completion = default_max_tokens
     if "input" in body and "messages" not in body:  # embeddings generate nothing
         completion = 0
     n = body.get("n")
     choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
-    return prompt_tokens(body) + completion * choices
+    return prompt + completion * choices

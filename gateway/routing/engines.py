@@ -32,6 +32,7 @@ class ModelPool:
     name: str
     engines: list[Engine] = field(default_factory=list)
     created: int = 0
+    context_length: int | None = None
 
 
 class EngineRegistry:
@@ -43,7 +44,7 @@ class EngineRegistry:
         self._pools: dict[str, ModelPool] = {}
         for route in routes:
             engines = [by_url.setdefault(url, Engine(url)) for url in route.engines]
-            self._pools[route.name] = ModelPool(route.name, engines, created)
+            self._pools[route.name] = ModelPool(route.name, engines, created, route.context_length)
         self._engines = list(by_url.values())
 
     def pool(self, model: str) -> ModelPool | None:

@@ -19,6 +19,7 @@ import pytest
 from gateway.embedded.engine import EngineStartError, start_engine
 from gateway.embedded.paths import CHAT_MODEL_NAME, EmbeddedPaths
 from gateway.embedded.prepare import prepare
+from gateway.embedded.process_group import stop_process_group
 from gateway.netutil import free_port
 
 
@@ -82,6 +83,17 @@ async def test_engine_that_never_answers_times_out_and_is_stopped(tmp_path: Path
             pytest.fail("the engine cannot be ready")
     assert "still loading" in str(raised.value)
     assert await group_processes(int(pid_file.read_text())) == []
+
+
+async def test_a_group_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: Path) -> None:
+    stubborn = "trap '' TERM; sleep 600 & sleep 600; wait"  # a child too, as TERM-deaf
+    proc = await asyncio.create_subprocess_exec("sh", "-c", stubborn, start_new_session=True)
+    await asyncio.sleep(0.3)
+    assert len(await group_processes(proc.pid)) == 3
+    started = time.monotonic()
+    await stop_process_group(proc, grace_s=0.5)
+    assert await group_processes(proc.pid) == []
+    assert 0.5 <= time.monotonic() - started < 5
 
 
 @pytest.mark.e2e

@@ -2,8 +2,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from gateway.embedded.engine import EngineSpec, engine_env
-from gateway.embedded.engine_venv import wanted
+from gateway.embedded.engine_venv import (
+    STAMP,
+    EngineInstallError,
+    ensure_engine_venv,
+    has_cuda,
+    wanted,
+)
 from gateway.embedded.paths import EmbeddedPaths, default_home
 from gateway.embedded.redis_server import redis_config
 
@@ -68,3 +76,25 @@ def test_private_redis_keeps_nothing_and_listens_locally(tmp_path: Path) -> None
     assert 'save ""' in lines
     assert "appendonly no" in lines
     assert f'dir "{tmp_path}"' in lines
+
+
+def fake_venv_python(paths: EmbeddedPaths, body: str) -> None:
+    paths.engine_python.parent.mkdir(parents=True)
+    paths.engine_python.write_text(f"#!/bin/sh\n{body}\n")
+    paths.engine_python.chmod(0o755)
+
+
+async def test_a_stamped_venv_is_returned_without_running_anything(tmp_path: Path) -> None:
+    paths = EmbeddedPaths.resolve(tmp_path, env={})
+    fake_venv_python(paths, "exit 1")  # any install attempt would fail
+    (paths.engine_venv / STAMP).write_text(wanted(has_cuda()))
+    assert await ensure_engine_venv(paths) == paths.engine_python
+
+
+async def test_a_failing_install_step_is_named_with_pips_last_words(tmp_path: Path) -> None:
+    paths = EmbeddedPaths.resolve(tmp_path, env={})
+    fake_venv_python(paths, "echo 'ERROR: No matching distribution found'; exit 1")
+    with pytest.raises(EngineInstallError, match=r"'install .*' failed \(exit 1\)") as raised:
+        await ensure_engine_venv(paths)
+    assert "No matching distribution found" in str(raised.value)
+    assert not (paths.engine_venv / STAMP).exists()

@@ -22,3 +22,10 @@ def test_reservation_is_prompt_plus_max_tokens_times_n() -> None:
     assert reserved_tokens({"prompt": "abcd"}, 50) == 2 + 50
     assert reserved_tokens({"prompt": "abcd", "max_tokens": True}, 50) == 2 + 50
     assert reserved_tokens({"input": "abcd"}, 50) == 2  # embeddings generate nothing
+
+
+def test_default_completion_is_capped_by_the_context_left() -> None:
+    body = {"prompt": "x" * 396}  # 100 tokens estimated
+    assert reserved_tokens(body, 1024, context_length=612) == 100 + 512
+    assert reserved_tokens(body, 256, context_length=8192) == 100 + 256
+    assert reserved_tokens({**body, "max_tokens": 2000}, 256, context_length=612) == 2100
