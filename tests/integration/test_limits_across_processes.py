@@ -68,7 +68,7 @@ async def test_concurrency_holds_at_the_engine_and_a_killed_gateway_frees_its_sl
         config = tmp_path / "gw.yaml"
         config.write_text(
             f"redis_url: {redis_url}\nadmin_token: {ADMIN_TOKEN}\nkey_pepper: {PEPPER}\n"
-            f"access_log: false\nlimits: {{lease_ttl_s: 2}}\n"
+            "access_log: false\nredis_timeout_s: 5\nlimits: {lease_ttl_s: 2, timeout_s: 5}\n"
             f"models:\n  - name: {MODEL}\n    engines: [{sim}]\n"
         )
         http = await stack.enter_async_context(aiohttp.ClientSession())
@@ -82,6 +82,7 @@ async def test_concurrency_holds_at_the_engine_and_a_killed_gateway_frees_its_sl
             "--port",
             str(port := free_port()),
         )
+        stack.push_async_callback(_kill, doomed)  # whatever happens below, it does not outlive us
         victim = f"http://127.0.0.1:{port}"
         await wait_http_ok(f"{victim}/healthz", timeout_s=30)
         survivor = await stack.enter_async_context(gateway_process(config))
@@ -117,3 +118,9 @@ async def test_concurrency_holds_at_the_engine_and_a_killed_gateway_frees_its_sl
         assert await one(survivor) == 429
         await asyncio.sleep(2.2)
         assert await one(survivor) == 200
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.kill()
+    await proc.wait()
