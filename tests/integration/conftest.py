@@ -17,11 +17,11 @@ from gateway.netutil import free_port
 from gateway.settings import Settings
 from gateway.sim.config import SimConfig
 from tests.integration.sim_fixture import running_sim, sim_state
+from tests.support.gateways import ADMIN_TOKEN, PEPPER
 from tests.support.servers import serve_asgi
 
 MODEL = "sim-model"
 DEAD_MODEL = "dead-model"
-ADMIN_TOKEN = "test-admin-token-0123456789"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,6 @@ def gateway_settings(sim_url: str, **overrides: object) -> Settings:
     return Settings.model_validate(values)
 
 
-PEPPER = "test-pepper-0123456789abcdef"
 OTHER = "other-model"
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 

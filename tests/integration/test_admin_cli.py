@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import ADMIN_TOKEN, AuthStack
+from tests.integration.conftest import AuthStack
+from tests.support.gateways import ADMIN_TOKEN
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

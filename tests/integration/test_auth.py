@@ -21,8 +21,9 @@ from gateway.logs import JsonFormatter
 from gateway.netutil import free_port
 from gateway.settings import AuthSettings, JwtSettings
 from gateway.sim.config import SimConfig
-from tests.integration.conftest import ADMIN, MODEL, OTHER, PEPPER, AuthStack, auth_settings
+from tests.integration.conftest import ADMIN, MODEL, OTHER, AuthStack, auth_settings
 from tests.integration.sim_fixture import running_sim
+from tests.support.gateways import PEPPER
 from tests.support.logs import collected
 from tests.support.servers import serve_asgi
 

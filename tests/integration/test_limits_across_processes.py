@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections import Counter
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -13,13 +12,15 @@ import aiohttp
 import pytest
 
 from gateway.embedded.redis_server import running_redis
-from gateway.netutil import free_port, wait_http_ok
 from gateway.sim.config import SimConfig
-from tests.integration.conftest import ADMIN, ADMIN_TOKEN, MODEL, PEPPER
+from tests.integration.conftest import ADMIN, MODEL
 from tests.integration.sim_fixture import running_sim_process
-from tests.integration.test_revocation import gateway_process
+from tests.support.gateways import gateway_process, shared_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+# Exactness is the point here, not latency: let Redis be slow on this crowded 2-core box.
+PATIENT = "redis_timeout_s: 5\nlimits: {timeout_s: 5}\n"
 
 
 async def test_rpm_is_exact_across_four_gateway_processes(tmp_path: Path) -> None:
@@ -28,14 +29,12 @@ async def test_rpm_is_exact_across_four_gateway_processes(tmp_path: Path) -> Non
         running_sim_process(SimConfig(models=[MODEL])) as sim,
         AsyncExitStack() as stack,
     ):
-        config = tmp_path / "gw.yaml"
-        config.write_text(
-            f"redis_url: {redis_url}\nadmin_token: {ADMIN_TOKEN}\nkey_pepper: {PEPPER}\n"
-            # Exactness is the point here, not latency: let Redis be slow on this crowded box.
-            "access_log: false\nredis_timeout_s: 5\nlimits: {timeout_s: 5}\n"
-            f"models:\n  - name: {MODEL}\n    engines: [{sim}]\n"
+        config = shared_config(
+            tmp_path / "gw.yaml", redis_url=redis_url, model=MODEL, sim=sim, extra=PATIENT
         )
-        gateways = [await stack.enter_async_context(gateway_process(config)) for _ in range(4)]
+        gateways = [
+            (await stack.enter_async_context(gateway_process(config))).url for _ in range(4)
+        ]
         connector = aiohttp.TCPConnector(limit=400)
         http = await stack.enter_async_context(aiohttp.ClientSession(connector=connector))
         async with http.post(
@@ -65,27 +64,14 @@ async def test_concurrency_holds_at_the_engine_and_a_killed_gateway_frees_its_sl
         running_sim_process(SimConfig(models=[MODEL])) as sim,
         AsyncExitStack() as stack,
     ):
-        config = tmp_path / "gw.yaml"
-        config.write_text(
-            f"redis_url: {redis_url}\nadmin_token: {ADMIN_TOKEN}\nkey_pepper: {PEPPER}\n"
-            "access_log: false\nredis_timeout_s: 5\nlimits: {lease_ttl_s: 2, timeout_s: 5}\n"
-            f"models:\n  - name: {MODEL}\n    engines: [{sim}]\n"
+        extra = "redis_timeout_s: 5\nlimits: {lease_ttl_s: 2, timeout_s: 5}\n"
+        config = shared_config(
+            tmp_path / "gw.yaml", redis_url=redis_url, model=MODEL, sim=sim, extra=extra
         )
         http = await stack.enter_async_context(aiohttp.ClientSession())
-        doomed = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            "--config",
-            str(config),
-            "--port",
-            str(port := free_port()),
-        )
-        stack.push_async_callback(_kill, doomed)  # whatever happens below, it does not outlive us
-        victim = f"http://127.0.0.1:{port}"
-        await wait_http_ok(f"{victim}/healthz", timeout_s=30)
-        survivor = await stack.enter_async_context(gateway_process(config))
+        doomed = await stack.enter_async_context(gateway_process(config))
+        victim = doomed.url
+        survivor = (await stack.enter_async_context(gateway_process(config))).url
         async with http.post(
             f"{survivor}/admin/v1/keys", json={"tenant": "c", "max_concurrency": 3}, headers=ADMIN
         ) as resp:
@@ -112,15 +98,9 @@ async def test_concurrency_holds_at_the_engine_and_a_killed_gateway_frees_its_sl
         # A gateway dies holding all three slots: they return once their leases expire.
         held = [asyncio.create_task(one(victim)) for _ in range(3)]
         await asyncio.sleep(0.15)
-        doomed.send_signal(signal.SIGKILL)
-        await doomed.wait()
+        doomed.process.send_signal(signal.SIGKILL)
+        await doomed.process.wait()
         await asyncio.gather(*held, return_exceptions=True)
         assert await one(survivor) == 429
         await asyncio.sleep(2.2)
         assert await one(survivor) == 200
-
-
-async def _kill(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.kill()
-    await proc.wait()

@@ -3,36 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from gateway.embedded.redis_server import running_redis
-from gateway.netutil import free_port, wait_http_ok
 from gateway.sim.config import SimConfig
-from tests.integration.conftest import ADMIN, ADMIN_TOKEN, MODEL, PEPPER
+from tests.integration.conftest import ADMIN, MODEL
 from tests.integration.sim_fixture import running_sim_process
+from tests.support.gateways import gateway_process, shared_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@asynccontextmanager
-async def gateway_process(config: Path) -> AsyncIterator[str]:
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)
-    )
-    try:
-        await wait_http_ok(f"http://127.0.0.1:{port}/healthz", timeout_s=30)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        await proc.wait()
 
 
 async def status(http: aiohttp.ClientSession, base: str, key: str) -> int:
@@ -55,16 +38,13 @@ async def test_revocation_and_rotation_reach_the_other_process(tmp_path: Path) -
         running_redis(None) as redis_url,
         running_sim_process(SimConfig(models=[MODEL])) as sim,
     ):
-        config = tmp_path / "gw.yaml"
-        config.write_text(
-            f"redis_url: {redis_url}\nadmin_token: {ADMIN_TOKEN}\nkey_pepper: {PEPPER}\n"
-            f"access_log: false\nmodels:\n  - name: {MODEL}\n    engines: [{sim}]\n"
-        )
+        config = shared_config(tmp_path / "gw.yaml", redis_url=redis_url, model=MODEL, sim=sim)
         async with (
-            gateway_process(config) as a,
-            gateway_process(config) as b,
+            gateway_process(config) as gw_a,
+            gateway_process(config) as gw_b,
             aiohttp.ClientSession() as http,
         ):
+            a, b = gw_a.url, gw_b.url
             async with http.post(f"{a}/admin/v1/keys", json={"tenant": "t"}, headers=ADMIN) as resp:
                 created = await resp.json()
             key, key_id = created["key"], created["id"]

@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from gateway.netutil import free_port, wait_http_ok
 from gateway.sim.config import SimConfig
 from tests.integration.sim_fixture import running_sim_process
+from tests.support.gateways import gateway_process, serve_command
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -25,22 +24,8 @@ async def test_two_workers_serve_and_metrics_add_up(tmp_path: Path) -> None:
             "access_log: false\nadmin_token: serve-cli-admin-token\nauth: {required: false}\n"
             f"models:\n  - name: m\n    engines: [{sim}]\n"
         )
-        port = free_port()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            "--config",
-            str(config),
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            await wait_http_ok(f"{base}/healthz", timeout_s=30)
+        async with gateway_process(config, "--workers", "2") as served:
+            base = served.url
             body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
             async with aiohttp.ClientSession() as http:
                 for _ in range(3):  # new connections, so both workers are likely to answer
@@ -53,9 +38,8 @@ async def test_two_workers_serve_and_metrics_add_up(tmp_path: Path) -> None:
                             reply.release()
                 async with http.get(f"{base}/metrics") as resp:
                     text = await resp.text()
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(proc.wait(), 30) == 0
+            served.process.send_signal(signal.SIGTERM)  # a clean stop of every worker
+            assert await asyncio.wait_for(served.process.wait(), 30) == 0
     line = re.search(
         r'^llmaas_requests_total\{model="m",route="chat/completions",status="200"\} (\S+)$',
         text,
@@ -68,12 +52,7 @@ async def test_two_workers_serve_and_metrics_add_up(tmp_path: Path) -> None:
 async def serve_fails(config: Path, env: dict[str, str] | None = None) -> tuple[int | None, bytes]:
     """Run `llmaas serve --config` expecting it to refuse; its exit code and stderr."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "serve",
-        "--config",
-        str(config),
+        *serve_command(config),
         stderr=asyncio.subprocess.PIPE,
         env=env,
     )
