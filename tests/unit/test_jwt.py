@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -57,6 +58,13 @@ def claims(**overrides: Any) -> dict[str, Any]:
     return {k: v for k, v in base.items() if v is not None}
 
 
+def hmac_token(secret: bytes, payload: dict[str, Any]) -> str:
+    header = jwt.utils.base64url_encode(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = jwt.utils.base64url_encode(json.dumps(payload).encode())
+    signature = hmac.new(secret, header + b"." + body, hashlib.sha256).digest()
+    return (header + b"." + body + b"." + jwt.utils.base64url_encode(signature)).decode()
+
+
 def settings(**fields: Any) -> JwtSettings:
     values = {"issuer": "https://idp.test", "audience": "llmaas", "leeway_s": 5, **fields}
     return JwtSettings.model_validate(values)
@@ -95,7 +103,44 @@ async def test_es256_from_a_jwks_file(tmp_path: Path) -> None:
     token = jwt.encode(claims(), EC, algorithm="ES256", headers={"kid": "ec-1"})
     assert (await verifier.verify(token)).tenant == "acme"
     unknown = jwt.encode(claims(), EC, algorithm="ES256", headers={"kid": "ec-9"})
-    assert (await rejected(verifier, unknown)).code == "unknown_kid"
+    assert "unknown kid 'ec-9'" in (await rejected(verifier, unknown)).message
+
+
+async def test_es256_from_a_pem_file_even_when_the_token_names_a_kid(tmp_path: Path) -> None:
+    path = tmp_path / "ec.pem"
+    path.write_bytes(pem(EC))
+    verifier = JwtVerifier(settings(public_key_file=path, algorithms=["ES256"]))
+    token = jwt.encode(claims(), EC, algorithm="ES256", headers={"kid": "whatever"})
+    assert (await verifier.verify(token)).key_id == "alice"
+    rs = jwt.encode(claims(), RSA, algorithm="RS256")
+    assert "not accepted" in (await rejected(verifier, rs)).message
+
+
+async def test_rs256_from_a_jwks_file_by_kid_or_as_the_only_rsa_key(tmp_path: Path) -> None:
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [jwk(EC, "ec-1", "ES256"), jwk(RSA, "rsa-1", "RS256")]}))
+    verifier = JwtVerifier(settings(jwks_file=path, algorithms=["RS256", "ES256", "PS256"]))
+    by_kid = jwt.encode(claims(sub="bob"), RSA, algorithm="RS256", headers={"kid": "rsa-1"})
+    assert (await verifier.verify(by_kid)).key_id == "bob"
+    no_kid = jwt.encode(claims(sub="carol"), RSA, algorithm="RS256")
+    assert (await verifier.verify(no_kid)).key_id == "carol"
+    # The JWK says RS256, so it must not verify PS256 with the same RSA key.
+    ps = jwt.encode(claims(), RSA, algorithm="PS256", headers={"kid": "rsa-1"})
+    assert "does not verify PS256" in (await rejected(verifier, ps)).message
+    # An EC kid on an RS256 token: the family is wrong, whatever the signature.
+    wrong = jwt.encode(claims(), RSA, algorithm="RS256", headers={"kid": "ec-1"})
+    assert "does not verify RS256" in (await rejected(verifier, wrong)).message
+
+
+async def test_a_kidless_token_is_refused_when_several_keys_could_verify_it(
+    tmp_path: Path,
+) -> None:
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [jwk(RSA, "a", "RS256"), jwk(other, "b", "RS256")]}))
+    verifier = JwtVerifier(settings(jwks_file=path))
+    token = jwt.encode(claims(), RSA, algorithm="RS256")
+    assert "no 'kid'" in (await rejected(verifier, token)).message
 
 
 async def test_hs256_with_the_configured_secret() -> None:
@@ -115,12 +160,28 @@ async def test_alg_none_is_refused_even_when_listed(tmp_path: Path) -> None:
 async def test_algorithm_confusion_hmac_signed_with_the_public_key(
     rsa_pem_verifier: JwtVerifier,
 ) -> None:
-    header = jwt.utils.base64url_encode(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    payload = jwt.utils.base64url_encode(json.dumps(claims()).encode())
-    signing_input = header + b"." + payload
-    signature = hmac.new(pem(RSA), signing_input, hashlib.sha256).digest()
-    token = (signing_input + b"." + jwt.utils.base64url_encode(signature)).decode()
+    # pyjwt refuses to sign with a PEM as an HMAC secret, so the attacker's token is built by hand.
+    token = hmac_token(pem(RSA), claims())
     assert "does not verify" in (await rejected(rsa_pem_verifier, token)).message
+
+
+async def test_hmac_tokens_need_the_hmac_secret(tmp_path: Path) -> None:
+    path = tmp_path / "rsa.pem"
+    path.write_bytes(pem(RSA))
+    verifier = JwtVerifier(settings(public_key_file=path, algorithms=["RS256", "HS256"]))
+    confused = hmac_token(pem(RSA), claims())
+    assert "no HMAC secret" in (await rejected(verifier, confused)).message
+
+
+async def test_a_too_short_hmac_secret_is_a_401_not_a_warning() -> None:
+    verifier = JwtVerifier(settings(algorithms=["HS256"], hmac_secret="short"))
+    token = hmac_token(b"short", claims())
+    assert "cannot verify HS256" in (await rejected(verifier, token)).message
+
+
+async def test_nbf_within_the_leeway_is_accepted(rsa_pem_verifier: JwtVerifier) -> None:
+    token = jwt.encode(claims(nbf=int(time.time()) + 2), RSA, algorithm="RS256")
+    assert (await rsa_pem_verifier.verify(token)).tenant == "acme"
 
 
 @pytest.mark.parametrize(
@@ -150,7 +211,8 @@ async def test_tampered_and_garbage_tokens(rsa_pem_verifier: JwtVerifier) -> Non
     head, body, sig = token.split(".")
     forged = jwt.utils.base64url_encode(json.dumps(claims(tenant="other")).encode()).decode()
     assert "does not verify" in (await rejected(rsa_pem_verifier, f"{head}.{forged}.{sig}")).message
-    assert "well-formed" in (await rejected(rsa_pem_verifier, "a.b.c")).message
+    for garbage in ("a.b.c", "not-a-jwt", f"{head}.!!!.{sig}", f"{head}.{body}"):
+        assert "well-formed" in (await rejected(rsa_pem_verifier, garbage)).message
     assert body
 
 
@@ -182,13 +244,11 @@ async def idp() -> AsyncIterator[tuple[Idp, str]]:
         await runner.cleanup()
 
 
-async def test_jwks_url_is_fetched_cached_and_refreshed_on_a_new_kid(
-    idp: tuple[Idp, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_jwks_url_is_fetched_cached_and_refreshed_on_a_new_kid(idp: tuple[Idp, str]) -> None:
     state, url = idp
-    monkeypatch.setattr("gateway.auth.jwt.REFRESH_MIN_S", 0.0)
     async with aiohttp.ClientSession() as http:
-        verifier = JwtVerifier(settings(jwks_url=url), http)
+        both = settings(jwks_url=url, algorithms=["RS256", "ES256"])
+        verifier = JwtVerifier(both, http, refresh_min_s=0.0)
         first = jwt.encode(claims(), RSA, algorithm="RS256", headers={"kid": "k1"})
         await verifier.verify(first)
         await verifier.verify(first)
@@ -196,13 +256,30 @@ async def test_jwks_url_is_fetched_cached_and_refreshed_on_a_new_kid(
 
         rotated = ec.generate_private_key(ec.SECP256R1())
         state.keys = [jwk(RSA, "k1", "RS256"), jwk(rotated, "k2", "ES256")]
-        verifier.algorithms.append("ES256")
         second = jwt.encode(claims(), rotated, algorithm="ES256", headers={"kid": "k2"})
         assert (await verifier.verify(second)).tenant == "acme"
         assert state.requests == 2  # refreshed once for the unknown kid
 
         bogus = jwt.encode(claims(), rotated, algorithm="ES256", headers={"kid": "k3"})
-        assert (await rejected(verifier, bogus)).code == "unknown_kid"
+        assert "unknown kid 'k3'" in (await rejected(verifier, bogus)).message
+        assert state.requests == 3  # one more try for k3, then the answer
+
+
+async def test_a_stale_jwks_is_refetched_and_concurrent_misses_share_one_fetch(
+    idp: tuple[Idp, str],
+) -> None:
+    state, url = idp
+    async with aiohttp.ClientSession() as http:
+        verifier = JwtVerifier(settings(jwks_url=url, jwks_cache_s=0.05), http, refresh_min_s=0)
+        tokens = [
+            jwt.encode(claims(sub=f"u{i}"), RSA, algorithm="RS256", headers={"kid": "k1"})
+            for i in range(10)
+        ]
+        await asyncio.gather(*(verifier.verify(t) for t in tokens))
+        assert state.requests == 1
+        await asyncio.sleep(0.1)
+        await verifier.verify(jwt.encode(claims(sub="late"), RSA, algorithm="RS256"))
+        assert state.requests == 2
 
 
 async def test_unknown_kid_floods_do_not_hammer_the_idp(idp: tuple[Idp, str]) -> None:
@@ -214,6 +291,16 @@ async def test_unknown_kid_floods_do_not_hammer_the_idp(idp: tuple[Idp, str]) ->
             bad = jwt.encode(claims(), RSA, algorithm="RS256", headers={"kid": f"x{i}"})
             await rejected(verifier, bad)
     assert state.requests == 1
+
+
+async def test_an_unreachable_idp_is_401_and_retried_at_most_every_10s() -> None:
+    async with aiohttp.ClientSession() as http:
+        verifier = JwtVerifier(settings(jwks_url=f"http://127.0.0.1:{free_port()}/jwks"), http)
+        token = jwt.encode(claims(), RSA, algorithm="RS256", headers={"kid": "k1"})
+        assert "could not be fetched" in (await rejected(verifier, token)).message
+        tried = verifier.tried_at
+        assert "could not be fetched" in (await rejected(verifier, token)).message
+        assert verifier.tried_at == tried  # no second attempt within the interval
 
 
 async def test_a_verified_token_is_remembered_only_until_it_expires(
