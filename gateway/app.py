@@ -24,6 +24,8 @@ from gateway.errors import ApiError, InvalidRequest, MethodNotAllowed, NotFound
 from gateway.limits.control import AdmissionControl
 from gateway.limits.limiter import Limiter
 from gateway.logs import configure_logging
+from gateway.metering.ledger import Ledger
+from gateway.metering.settler import Settler
 from gateway.metrics import Metrics
 from gateway.proxy.relay import ProxyDeps
 from gateway.proxy.upstream import Upstream
@@ -45,14 +47,18 @@ def create_app(settings: Settings) -> FastAPI:
         limits = settings.limits
         limiter = Limiter(redis, limits.lease_ttl_s, limits.window_s) if redis is not None else None
         admission = AdmissionControl(limiter, settings.limits, metrics)
+        ledger = Ledger(redis, settings.metering, limits.window_s) if redis is not None else None
+        settler = Settler(ledger, settings.metering, metrics)
+        await settler.start()
         app.state.gateway = GatewayState(
             settings=settings,
             registry=EngineRegistry(settings.models),
             metrics=metrics,
-            proxy=ProxyDeps(upstream, make_balancer(settings.routing), metrics, admission),
+            proxy=ProxyDeps(upstream, make_balancer(settings.routing), metrics, settler),
             redis=redis,
             auth=auth,
             admission=admission,
+            ledger=ledger,
         )
         listening = asyncio.create_task(listener.run()) if listener else None
         try:
@@ -61,6 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
             if listening is not None:
                 listening.cancel()
                 await asyncio.gather(listening, return_exceptions=True)
+            await settler.close()  # requests are done: flush what waits for Redis, spill the rest
             await upstream.close()
             if redis is not None:
                 await redis.aclose()

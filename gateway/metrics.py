@@ -67,6 +67,29 @@ class Metrics:
             multiprocess_mode="livesum",
         )
 
+        self.tokens = Counter(
+            "llmaas_tokens",
+            "Tokens metered, as engines reported them (kind: prompt or completion)",
+            ["tenant", "model", "kind"],
+            registry=reg,
+        )
+        self.usage_pending = Gauge(
+            "llmaas_usage_pending_records",
+            "Usage settlements not yet in Redis (retry queue and this process's spill files)",
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.usage_spilled = Counter(
+            "llmaas_usage_spilled_records",
+            "Usage settlements written to a spill file (queue full or shutdown without Redis)",
+            registry=reg,
+        )
+        self.usage_write_failures = Counter(
+            "llmaas_usage_write_failures",
+            "Attempts to write usage settlements that Redis did not take",
+            registry=reg,
+        )
+
     def render(self) -> bytes:
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             collecting = CollectorRegistry()

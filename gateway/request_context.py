@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from starlette.types import Scope
 
+from gateway.metering.usage import Usage
+
 _SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _STATE_KEY = "llmaas"
 
@@ -20,7 +22,7 @@ class RequestInfo:
     engine: str | None = None
     outcome: str = "ok"
     ttft_ms: float | None = None
-    usage_tokens: int | None = None  # total tokens the engine reported, when it did
+    usage: Usage | None = None  # what the engine reported (so far, for a stream), if it did
 
 
 def request_id_from(header: bytes | None) -> str:

@@ -45,7 +45,7 @@ def run_server(settings: Settings, config_path: Path | None) -> None:
         http="httptools",
         log_level="warning",
         access_log=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
     )
 
 

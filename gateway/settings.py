@@ -69,6 +69,30 @@ class UpstreamSettings(BaseModel):
     max_connections: int = Field(default=1000, ge=1)
 
 
+def _default_spill_dir() -> Path:
+    return Path.home() / ".local" / "state" / "llmaas" / "usage-spill"
+
+
+class MeteringSettings(BaseModel):
+    """The usage ledger (on whenever Redis is configured)."""
+
+    # Records and daily totals are kept this long (a billing month with margin), then dropped.
+    retention_days: float = Field(default=35.0, gt=0)
+    # A settlement retried within this window (lost reply, Redis restart, spill replay) is
+    # applied once. Later than that it would count twice, so keep it above any outage.
+    dedupe_window_s: float = Field(default=7 * 86400.0, gt=0)
+    # Longest wait for Redis when settling in the request's task; after it, the retry queue.
+    write_timeout_s: float = Field(default=0.5, gt=0)
+    # Settlements held in memory while Redis is unreachable; beyond it they go to spill files.
+    queue_max: int = Field(default=10_000, ge=1)
+    # Where settlements that Redis could not take are kept across restarts (replayed on start).
+    # In Kubernetes, mount a volume here that outlives the pod.
+    spill_dir: Path = Field(default_factory=_default_spill_dir)
+    # On shutdown, how long to keep trying Redis before spilling what is left.
+    flush_timeout_s: float = Field(default=10.0, ge=0)
+    retry_max_interval_s: float = Field(default=5.0, gt=0)
+
+
 class JwtClaims(BaseModel):
     """Which claim carries what. Limits and models are optional claims."""
 
@@ -125,11 +149,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False
+    # On SIGTERM: stop accepting, let requests in flight finish this long, then cancel them.
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
     models: list[ModelRoute] = Field(default_factory=list)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    metering: MeteringSettings = Field(default_factory=MeteringSettings)
 
     @model_validator(mode="after")
     def _secrets_outside_dev_mode(self) -> Settings:

@@ -8,6 +8,7 @@ from redis.asyncio import Redis
 
 from gateway.auth.authenticate import Authenticator
 from gateway.limits.control import AdmissionControl
+from gateway.metering.ledger import Ledger
 from gateway.metrics import Metrics
 from gateway.proxy.relay import ProxyDeps
 from gateway.routing.engines import EngineRegistry
@@ -23,3 +24,4 @@ class GatewayState:
     redis: Redis | None
     auth: Authenticator
     admission: AdmissionControl
+    ledger: Ledger | None  # the usage ledger, when Redis is configured

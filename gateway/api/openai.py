@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ from gateway.api.responses import json_response
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
 from gateway.errors import ModelNotFound
+from gateway.metering.stream_options import force_usage, wanted
 from gateway.proxy.relay import ProxyCall, ProxyResponse
 from gateway.state import GatewayState
 
@@ -25,6 +27,7 @@ async def _forward(
     request: Request, gw: GatewayState, caller: Principal, route: str, check: Check
 ) -> ProxyResponse:
     """Read and check the body (model first, then the route's own field), then proxy it."""
+    received_ms = int(time.time() * 1000)
     body, raw = await read_json(request, gw.settings.max_body_bytes)
     model = require_model(body)
     check(body)
@@ -34,7 +37,23 @@ async def _forward(
     stream = stream_flag(body)
     caller = gw.admission.with_defaults(caller)
     admission = await gw.admission.admit(caller, body, pool.context_length)
-    return ProxyResponse(gw.proxy, ProxyCall(route, pool, raw, stream, caller, admission))
+    want = None
+    if stream:  # the engine always reports usage; the client sees only what it asked for
+        want = wanted(body)
+        raw = force_usage(raw, body)
+    n = body.get("n")
+    call = ProxyCall(
+        route,
+        pool,
+        raw,
+        stream,
+        caller,
+        admission,
+        received_ms=received_ms,
+        n=n if isinstance(n, int) and n > 0 else 1,
+        usage_wanted=want,
+    )
+    return ProxyResponse(gw.proxy, call)
 
 
 @router.post("/chat/completions", response_model=None)

@@ -1,4 +1,4 @@
-"""Admission on the request path: reserve before proxying, settle when the answer is done."""
+"""Admission on the request path: reserve before proxying (gateway/metering settles after)."""
 
 from __future__ import annotations
 
@@ -63,19 +63,6 @@ class AdmissionControl:
                 "Rate limits cannot be checked right now; try again shortly.",
                 code="rate_limiter_unavailable",
             ) from exc
-
-    async def settle(self, caller: Principal, admission: Admission, used: int | None) -> None:
-        """Charge real usage (None: keep the reservation) and free the slot; never raises."""
-        if self.limiter is None:
-            return
-        real = admission.reserved_tokens if used is None else used
-        try:
-            async with asyncio.timeout(self.timeout_s * 4):
-                await self.limiter.settle(caller, admission, real)
-        except (RedisError, OSError, TimeoutError) as exc:
-            # The lease expires by itself; the token difference is lost (metering's retry queue
-            # will carry settlements through Redis outages).
-            self.log.warning("settlement failed", extra={"fields": {"error": type(exc).__name__}})
 
 
 def _merge(own: Limits, defaults: Limits) -> Limits:

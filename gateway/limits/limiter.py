@@ -1,8 +1,8 @@
-"""The typed wrapper around admission.lua and settle.lua.
+"""The typed wrapper around admission.lua.
 
-One EVALSHA admits a request against every limit of the key and its tenant; one settles it
-(token refund or charge, lease release). Results render OpenAI's x-ratelimit-* headers, and a
-refusal is OpenAI's 429 with Retry-After.
+One EVALSHA admits a request against every limit of the key and its tenant; settling it (token
+refund or charge, lease release) is part of writing its usage (gateway/metering/settle.lua).
+Results render OpenAI's x-ratelimit-* headers, and a refusal is OpenAI's 429 with Retry-After.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ _SCRIPTS = Path(__file__).parent
 SCOPES = ("key", "tenant")
 
 
-def scope_keys(principal: Principal) -> tuple[list[str], list[str]]:
+def scope_keys(tenant: str, key_id: str) -> tuple[list[str], list[str]]:
     """Redis keys (rpm, tpm, leases) of the key scope and of the tenant scope."""
-    tag = f"llmaas:{{t:{principal.tenant}}}"
-    key_scope = f"{tag}:k:{principal.key_id}"
+    tag = f"llmaas:{{t:{tenant}}}"
+    key_scope = f"{tag}:k:{key_id}"
     return (
         [f"{key_scope}:rpm", f"{key_scope}:tpm", f"{key_scope}:leases"],
         [f"{tag}:rpm", f"{tag}:tpm", f"{tag}:leases"],
@@ -74,11 +74,10 @@ class Limiter:
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
         self.window_ms = int(window_s * 1000)
         self._admit = redis.register_script((_SCRIPTS / "admission.lua").read_text())
-        self._settle = redis.register_script((_SCRIPTS / "settle.lua").read_text())
 
     async def admit(self, principal: Principal, tokens: int) -> Admission:
         """Charge every limit of both scopes, or none; RateLimited names the one that refused."""
-        key_keys, tenant_keys = scope_keys(principal)
+        key_keys, tenant_keys = scope_keys(principal.tenant, principal.key_id)
         lease = secrets.token_hex(8)
         args: list[str | int] = [tokens, lease, self.lease_ttl_ms, self.window_ms]
         args += _limit_args(principal.key_limits) + _limit_args(principal.tenant_limits)
@@ -86,21 +85,6 @@ class Limiter:
         if int(reply[0]) == 1:
             return Admission(lease, tokens, _triple(*reply[1:4]), _triple(*reply[4:7]))
         raise _refusal(reply, tokens)
-
-    async def settle(self, principal: Principal, admission: Admission, real_tokens: int) -> None:
-        """Refund or charge the difference to the reservation and release the leases."""
-        (_, key_tpm, key_leases), (_, tenant_tpm, tenant_leases) = scope_keys(principal)
-        delta = real_tokens - admission.reserved_tokens
-        await self._settle(
-            keys=[key_tpm, key_leases, tenant_tpm, tenant_leases],
-            args=[
-                delta,
-                admission.lease,
-                principal.key_limits.tpm or 0,
-                principal.tenant_limits.tpm or 0,
-                self.window_ms,
-            ],
-        )
 
 
 def _refusal(reply: list[bytes], tokens: int) -> RateLimited:

@@ -19,11 +19,15 @@ from starlette.types import Message, Receive, Scope, Send
 
 from gateway.auth.principal import ANONYMOUS, Principal
 from gateway.errors import ApiError
-from gateway.limits.control import AdmissionControl
 from gateway.limits.limiter import Admission
+from gateway.metering.record import UsageRecord, new_record_id
+from gateway.metering.settlement import LimitSettlement, Settlement
+from gateway.metering.settler import Settler
+from gateway.metering.stream_options import UsageWanted
+from gateway.metering.usage import Usage, usage_of
 from gateway.metrics import Metrics
 from gateway.proxy.asgi_send import send_bytes, send_error
-from gateway.proxy.normalize import normalize_error, normalize_success, usage_tokens
+from gateway.proxy.normalize import normalize_error, normalize_success
 from gateway.proxy.stream import relay_stream
 from gateway.proxy.upstream import Upstream
 from gateway.request_context import RequestInfo, info_of
@@ -41,6 +45,10 @@ class ProxyCall:
     stream: bool
     caller: Principal = ANONYMOUS
     admission: Admission | None = None  # charged limits, settled when the answer is done
+    received_ms: int = 0  # when the request arrived, Unix ms (the usage record's time)
+    n: int = 1  # choices per prompt (to add up a cut stream's usage)
+    # For streams: the usage the client asked for (the engine is always asked for all of it).
+    usage_wanted: UsageWanted | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +56,7 @@ class ProxyDeps:
     upstream: Upstream
     balancer: Balancer
     metrics: Metrics
-    admission: AdmissionControl
+    settler: Settler
 
 
 class ProxyResponse(Response):
@@ -70,11 +78,15 @@ class ProxyResponse(Response):
         watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
         try:
             await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            info.outcome = "gateway_shutdown"  # uvicorn cancels what outlives its grace period
+            raise
         finally:
             watcher.cancel()
             if not work.done():
                 work.cancel()
-                info.outcome = "client_disconnected"
+                if info.outcome != "gateway_shutdown":
+                    info.outcome = "client_disconnected"
                 self.status_code = CLIENT_CLOSED
             try:
                 with contextlib.suppress(asyncio.CancelledError):
@@ -83,20 +95,59 @@ class ProxyResponse(Response):
                 self.status_code = 500  # the middleware answers it and logs the traceback
                 raise
             finally:
-                self._observe(time.perf_counter() - started)
-                if admission is not None:
-                    used = self._used_tokens(info)
-                    settle = self.deps.admission.settle(self.call.caller, admission, used)
-                    await asyncio.shield(settle)
+                elapsed = time.perf_counter() - started
+                self._observe(elapsed)
+                settlement = self._settlement(info, elapsed)
+                if settlement is not None:
+                    await asyncio.shield(self.deps.settler.settle(settlement))
 
-    def _used_tokens(self, info: RequestInfo) -> int | None:
-        """What to charge: the engine's report; nothing if no engine ever answered; else keep
-        the reservation (a disconnect or a stream without usage)."""
-        if info.usage_tokens is not None:
-            return info.usage_tokens
-        if info.engine is None or info.outcome in ("engine_error", "engine_unavailable"):
+    def _settlement(self, info: RequestInfo, elapsed: float) -> Settlement | None:
+        """The usage record (if an engine was reached) and the limits to reconcile (if any)."""
+        call, admission = self.call, self.call.admission
+        reached = info.engine is not None
+        if not reached and admission is None:
+            return None
+        usage = info.usage or Usage()
+        record_id = new_record_id()
+        record = None
+        if reached:
+            record = UsageRecord(
+                id=record_id,
+                request_id=info.request_id,
+                time_ms=call.received_ms,
+                tenant=call.caller.tenant,
+                key_id=call.caller.key_id,
+                model=call.pool.name,
+                route=call.route,
+                engine=info.engine or "",
+                stream=call.stream,
+                outcome=info.outcome,
+                status=self.status_code,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cached_tokens=usage.cached_tokens,
+                latency_ms=round(elapsed * 1000, 3),
+                ttft_ms=None if info.ttft_ms is None else round(info.ttft_ms, 3),
+            )
+        limits = None
+        if admission is not None:
+            used = self._used_tokens(info, admission)
+            limits = LimitSettlement(
+                lease=admission.lease,
+                delta=used - admission.reserved_tokens,
+                key_tpm=call.caller.key_limits.tpm or 0,
+                tenant_tpm=call.caller.tenant_limits.tpm or 0,
+            )
+        return Settlement(record_id, call.caller.tenant, call.caller.key_id, record, limits)
+
+    def _used_tokens(self, info: RequestInfo, admission: Admission) -> int:
+        """What to charge the token limits: the engine's report; nothing if no engine answered
+        or it refused; else (cut short before any report) the reservation."""
+        if info.usage is not None:
+            return info.usage.total_tokens
+        if info.engine is None or info.outcome in ("engine_error", "rejected", "timeout"):
             return 0
-        return None
+        return admission.reserved_tokens
 
     def _observe(self, elapsed: float) -> None:
         metrics, model, route = self.deps.metrics, self.call.pool.name, self.call.route
@@ -106,6 +157,10 @@ class ProxyResponse(Response):
     async def _forward(self, info: RequestInfo, send: Send) -> None:
         call, deps = self.call, self.deps
         headers = {"content-type": "application/json", "x-request-id": info.request_id}
+
+        def trying(engine: Engine | None) -> None:
+            info.engine = None if engine is None else engine.url
+
         try:
             engine, resp = await deps.upstream.open(
                 deps.balancer.candidates(call.pool),
@@ -113,12 +168,15 @@ class ProxyResponse(Response):
                 call.body,
                 headers,
                 call.stream,
+                trying=trying,
             )
         except ApiError as err:
-            info.outcome = "engine_unavailable" if err.status_code == 503 else "engine_error"
+            if info.engine is None:
+                info.outcome = "engine_unavailable"
+            else:
+                info.outcome = "timeout" if err.status_code == 504 else "engine_error"
             await self._send_error(send, err)
             return
-        info.engine = engine.url
         engine.inflight += 1
         gauge = deps.metrics.inflight.labels(engine.url)
         gauge.inc()
@@ -136,7 +194,7 @@ class ProxyResponse(Response):
         if resp.status == 200 and self.call.stream and resp.content_type == "text/event-stream":
             self.status_code = 200
             outcome = await relay_stream(
-                resp, send, self.deps, engine, info, track_usage=self.call.admission is not None
+                resp, send, self.deps, engine, info, want=self.call.usage_wanted, n=self.call.n
             )
             info.outcome = outcome
             return
@@ -149,11 +207,10 @@ class ProxyResponse(Response):
             return
         self.status_code = resp.status
         if resp.status == 200:
-            if self.call.admission is not None:
-                info.usage_tokens = usage_tokens(body)
+            info.usage = usage_of(body)
             await send_bytes(send, 200, normalize_success(body))
             return
-        info.outcome = "engine_error"
+        info.outcome = "rejected" if resp.status < 500 else "engine_error"
         self.deps.metrics.upstream_errors.labels(engine.url, f"http_{resp.status}").inc()
         await send_bytes(send, resp.status, normalize_error(resp.status, body, self.call.route))
 

@@ -10,7 +10,16 @@ import orjson
 from starlette.types import Send
 
 from gateway.errors import ApiError, BadGateway
-from gateway.proxy.normalize import normalize_error, normalize_success, usage_tokens
+from gateway.metering.stream_options import (
+    UsageWanted,
+    fingerprint_of,
+    for_client,
+    is_final_usage,
+    is_finish,
+    with_fingerprint,
+)
+from gateway.metering.usage import StreamUsage
+from gateway.proxy.normalize import normalize_error, normalize_success
 from gateway.proxy.sse import DONE_FRAME, FrameSplitter, error_frame, frame_data, is_done
 from gateway.request_context import RequestInfo
 from gateway.routing.engines import Engine
@@ -44,12 +53,59 @@ def _error_status(data: bytes) -> int:
     return code if isinstance(code, int) and 400 <= code <= 599 else 500
 
 
-def _note_usage(frames: list[bytes], info: RequestInfo) -> None:
-    for frame in frames:
+class FrameFilter:
+    """Each frame as the client should see it, noting the engine's usage on the way.
+
+    The engine is asked for usage in every frame; the client gets only what it asked for. For
+    a client that asked for none, finish frames get back the system_fingerprint vLLM moves to
+    the usage frame: from the engine's cache when known, else held until that frame says it.
+    """
+
+    __slots__ = ("engine", "held", "tap", "want")
+
+    def __init__(self, want: UsageWanted | None, n: int, engine: Engine) -> None:
+        self.tap = StreamUsage(n)
+        self.want = want
+        self.engine = engine
+        self.held: list[bytes] = []
+
+    def __call__(self, frame: bytes) -> bytes:
         data = frame_data(frame)
-        used = None if data is None else usage_tokens(data)
-        if used is not None:
-            info.usage_tokens = used  # cumulative: the last report wins
+        if data is None or b'"usage"' not in data:
+            return self.release() + transform_frame(frame)
+        self.tap.feed(data)
+        want = self.want
+        if want is None or want.everything:
+            return transform_frame(frame)
+        if want.include_usage:
+            return _shown(for_client(data, want) or data)
+        if is_final_usage(data):
+            found = fingerprint_of(data)
+            if found is not None:
+                self.engine.fingerprint = found.decode()
+            return self.release(found)
+        payload = for_client(data, want) or data
+        out = self.release()
+        if is_finish(payload):
+            known = self.engine.fingerprint
+            if known is None:
+                self.held.append(payload)
+                return out
+            payload = with_fingerprint(payload, known.encode())
+        return out + _shown(payload)
+
+    def release(self, fingerprint: bytes | None = None) -> bytes:
+        """Frames held for the fingerprint, with it if it is known now."""
+        if not self.held:
+            return b""
+        held, self.held = self.held, []
+        if fingerprint is not None:
+            held = [with_fingerprint(payload, fingerprint) for payload in held]
+        return b"".join(_shown(payload) for payload in held)
+
+
+def _shown(payload: bytes) -> bytes:
+    return transform_frame(b"data: " + payload + b"\n\n")
 
 
 async def relay_stream(
@@ -59,12 +115,15 @@ async def relay_stream(
     engine: Engine,
     info: RequestInfo,
     *,
-    track_usage: bool = False,
+    want: UsageWanted | None = None,
+    n: int = 1,
 ) -> str:
-    """Send the stream; return the outcome for the access log."""
+    """Send the stream; return the outcome. `want`: the usage the client asked for (None: pass
+    usage on as the engine sent it); the engine's usage is noted in `info.usage` as it comes."""
     await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
     started = time.perf_counter()
     splitter = FrameSplitter()
+    shown = FrameFilter(want, n, engine)
     saw_done = False
     error: ApiError | None = None
     try:
@@ -76,14 +135,18 @@ async def relay_stream(
                 info.ttft_ms = (time.perf_counter() - started) * 1000
                 deps.metrics.ttft.labels(info.model or "").observe(info.ttft_ms / 1000)
             saw_done = saw_done or is_done(frames[-1])
-            if track_usage and any(b'"usage":{' in f for f in frames):
-                _note_usage(frames, info)
-            out = b"".join(transform_frame(f) for f in frames)
-            await send({"type": "http.response.body", "body": out, "more_body": True})
+            out = b"".join([shown(f) for f in frames])
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
     except TimeoutError as exc:
         error = deps.upstream.failure(engine, "timeout", exc, stream=True)
     except aiohttp.ClientError as exc:
         error = deps.upstream.failure(engine, "stream_cut", exc)
+    finally:  # also when cancelled: bill what the engine generated until then
+        info.usage = shown.tap.usage
+    held = shown.release()
+    if held:
+        await send({"type": "http.response.body", "body": held, "more_body": True})
     if error is None and not saw_done:
         deps.metrics.upstream_errors.labels(engine.url, "stream_cut").inc()
         error = BadGateway(

@@ -5,6 +5,8 @@ aiohttp was chosen over httpx by measurement on the proxy path (see bench/README
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import aiohttp
 
 from gateway.errors import ApiError, BadGateway, GatewayTimeout, ServiceUnavailable
@@ -46,15 +48,25 @@ class Upstream:
         return self._session
 
     async def open(
-        self, engines: list[Engine], path: str, body: bytes, headers: dict[str, str], stream: bool
+        self,
+        engines: list[Engine],
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        stream: bool,
+        *,
+        trying: Callable[[Engine | None], None] = lambda _: None,
     ) -> tuple[Engine, aiohttp.ClientResponse]:
         """POST to the first engine that accepts the connection; the caller closes the response.
 
         Only connection failures move on to the next engine: once a request reached an engine it
-        is never sent again, because generation is not idempotent.
+        is never sent again, because generation is not idempotent. `trying` hears each engine
+        as it is tried (and None when none could be reached), so a caller cancelled meanwhile
+        knows where its request may have gone.
         """
         timeout = self._stream_timeout if stream else self._body_timeout
         for engine in engines:
+            trying(engine)
             try:
                 resp = await self.session.post(
                     engine.url + path, data=body, headers=headers, timeout=timeout
@@ -69,6 +81,7 @@ class Upstream:
                 raise self.failure(engine, "disconnect", exc) from exc
             engine.mark_up()
             return engine, resp
+        trying(None)
         raise ServiceUnavailable(
             "No engine serving this model is reachable right now; try again shortly.",
             code="engine_unavailable",

@@ -16,6 +16,9 @@ class Engine:
     url: str
     inflight: int = 0
     down_until: float = 0.0
+    # vLLM's system_fingerprint, learnt from its usage frames (metering asks for them, which
+    # moves the fingerprint off the finish frames; it is put back for clients who did not).
+    fingerprint: str | None = None
 
     def is_up(self, now: float) -> bool:
         return now >= self.down_until

@@ -35,7 +35,9 @@ async def test_access_log_is_json_with_request_id_and_no_prompt(stack: Stack) ->
         ) as resp:
             assert resp.status == 200
             await resp.read()
-    records = [r for r in collect.records if getattr(r, "fields", {}).get("request_id") == "log-1"]
+        records = await collect.wait_for(
+            lambda r: getattr(r, "fields", {}).get("request_id") == "log-1"
+        )
     assert len(records) == 1
     line = JsonFormatter().format(records[0])
     assert '"request_id":"log-1"' in line

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -14,6 +15,16 @@ class Collect(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
+
+    async def wait_for(
+        self, match: Callable[[logging.LogRecord], bool], timeout_s: float = 5.0
+    ) -> list[logging.LogRecord]:
+        """The records that match, once there is one: the access log line is written after the
+        response (and its settlement), so a client can read the answer before the line exists."""
+        async with asyncio.timeout(timeout_s):
+            while not (found := [r for r in self.records if match(r)]):
+                await asyncio.sleep(0.01)
+        return found
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""admission.lua and settle.lua against a real Redis, through the typed Limiter."""
+"""admission.lua and the limits half of metering/settle.lua against a real Redis."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ from gateway.auth.principal import Limits, Principal
 from gateway.embedded.redis_server import running_redis
 from gateway.errors import RateLimited
 from gateway.limits.limiter import Admission, Limiter, duration
+from gateway.metering.ledger import Ledger
+from gateway.metering.record import new_record_id
+from gateway.metering.settlement import LimitSettlement, Settlement
+from gateway.settings import MeteringSettings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 _tenants = count()
@@ -29,6 +33,18 @@ async def redis() -> AsyncIterator[Redis]:
             yield client
         finally:
             await client.aclose()
+
+
+async def settle(redis: Redis, principal: Principal, admission: Admission, used: int) -> None:
+    """Settle as the gateway does after an answer: charge real usage, release the lease."""
+    limits = LimitSettlement(
+        admission.lease,
+        used - admission.reserved_tokens,
+        principal.key_limits.tpm or 0,
+        principal.tenant_limits.tpm or 0,
+    )
+    settlement = Settlement(new_record_id(), principal.tenant, principal.key_id, None, limits)
+    await Ledger(redis, MeteringSettings(), window_s=60).write([settlement])
 
 
 def who(key: Limits | None = None, tenant: Limits | None = None) -> Principal:
@@ -88,7 +104,7 @@ async def test_token_reservations_never_exceed_tpm_and_settle_to_real_usage(redi
     assert len(admitted) == 3
     assert refused[0].body()["error"]["type"] == "tokens"
     for admission in admitted:  # each really used 100 of its 300
-        await limiter.settle(principal, admission, 100)
+        await settle(redis, principal, admission, 100)
     assert (await limiter.admit(principal, 650)).tokens is not None  # 300 used + 650 <= 1000
     with pytest.raises(RateLimited):
         await limiter.admit(principal, 100)
@@ -117,7 +133,7 @@ async def test_concurrency_leases_are_released_and_expire(redis: Redis) -> None:
     admitted, refused = await admit_all(limiter, principal, 50)
     assert len(admitted) == 3
     assert "in flight" in refused[0].message
-    await limiter.settle(principal, admitted[0], 1)
+    await settle(redis, principal, admitted[0], 1)
     await limiter.admit(principal, 1)  # the released slot is free again
 
     crashing = Limiter(redis, lease_ttl_s=0.3)

@@ -1,0 +1,109 @@
+"""The usage ledger in Redis: settlements written in one pipelined round trip, idempotently.
+
+Layout (every key of a tenant under its hash tag, so one script touches them together):
+  llmaas:{t:<tenant>}:usage:log            stream of records, trimmed to the retention
+  llmaas:{t:<tenant>}:usage:day:<date>     hash of daily totals; field JSON [key_id, model, metric]
+  llmaas:{t:<tenant>}:usage:seen:<id>      marks a settled record id for `dedupe_window_s`
+  llmaas:usage:tenants                     set of tenants that have usage (for admin queries)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from gateway.limits.limiter import scope_keys
+from gateway.metering.record import UsageRecord
+from gateway.metering.settlement import Settlement
+from gateway.settings import MeteringSettings
+
+TENANTS = "llmaas:usage:tenants"
+METRICS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens")
+_SCRIPT = (Path(__file__).parent / "settle.lua").read_text()
+_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
+DAY_MS = 86_400_000
+
+
+def usage_prefix(tenant: str) -> str:
+    return f"llmaas:{{t:{tenant}}}:usage"
+
+
+def log_key(tenant: str) -> str:
+    return f"{usage_prefix(tenant)}:log"
+
+
+def day_key(tenant: str, day: str) -> str:
+    return f"{usage_prefix(tenant)}:day:{day}"
+
+
+def day_field(key_id: str, model: str, metric: str) -> str:
+    return orjson.dumps([key_id, model, metric]).decode()
+
+
+class Ledger:
+    def __init__(self, redis: Redis, settings: MeteringSettings, window_s: float) -> None:
+        self.redis = redis
+        self.retention_ms = int(settings.retention_days * DAY_MS)
+        self.seen_ttl_ms = int(settings.dedupe_window_s * 1000)
+        self.window_ms = int(window_s * 1000)
+
+    async def write(self, batch: Sequence[Settlement]) -> None:
+        """Apply every settlement of `batch` (each at most once, ever) in one round trip.
+
+        Raises what Redis raised; the whole batch may then be retried safely.
+        """
+        if not batch:
+            return
+        try:
+            await self._send(batch)
+        except NoScriptError:  # Redis restarted (or flushed its scripts) since the last call
+            await self.redis.script_load(_SCRIPT)
+            await self._send(batch)
+
+    async def _send(self, batch: Sequence[Settlement]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for settlement in batch:
+                keys, args = self._call(settlement)
+                pipe.evalsha(_SHA, len(keys), *keys, *args)
+            tenants = {s.tenant for s in batch if s.record is not None}
+            if tenants:
+                pipe.sadd(TENANTS, *tenants)
+            await pipe.execute()
+
+    def _call(self, s: Settlement) -> tuple[list[str], list[str | int]]:
+        (_, key_tpm, key_leases), (_, tenant_tpm, tenant_leases) = scope_keys(s.tenant, s.key_id)
+        record = s.record
+        day = record.day if record is not None else "-"
+        keys = [
+            f"{usage_prefix(s.tenant)}:seen:{s.id}",
+            log_key(s.tenant),
+            day_key(s.tenant, day),
+            key_tpm,
+            key_leases,
+            tenant_tpm,
+            tenant_leases,
+        ]
+        args: list[str | int] = [self.seen_ttl_ms]
+        limits = s.limits
+        if limits is None:
+            args += [0, 0, "", 0, 0, self.window_ms]
+        else:
+            args += [1, limits.delta, limits.lease, limits.key_tpm, limits.tenant_tpm]
+            args.append(self.window_ms)
+        args += self._record_args(record)
+        return keys, args
+
+    def _record_args(self, record: UsageRecord | None) -> list[str | int]:
+        if record is None:
+            return [0]
+        day_end = datetime.strptime(record.day, "%Y-%m-%d").replace(tzinfo=UTC) + timedelta(1)
+        expires_at = int(day_end.timestamp() * 1000) + self.retention_ms
+        fields = [day_field(record.key_id, record.model, m) for m in METRICS]
+        tokens = [record.prompt_tokens, record.completion_tokens, record.cached_tokens]
+        return [1, self.retention_ms, expires_at, *fields, *tokens, *record.fields()]

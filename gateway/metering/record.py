@@ -1,0 +1,122 @@
+"""One usage record: what a request that reached an engine consumed, and how it ended."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+# Outcomes a record can carry (the access log uses the same words).
+OUTCOMES = (
+    "ok",  # the engine answered and the answer reached the client
+    "client_disconnected",  # the client left first; billed for what was generated until then
+    "engine_error",  # the engine answered 5xx, or cut the stream
+    "rejected",  # the engine refused the request (4xx); nothing generated
+    "timeout",  # the engine went silent past upstream.*_timeout_s
+    "gateway_shutdown",  # cancelled after the shutdown grace period
+)
+CSV_COLUMNS = (
+    "id",
+    "request_id",
+    "time",
+    "tenant",
+    "key_id",
+    "model",
+    "route",
+    "engine",
+    "stream",
+    "outcome",
+    "status",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "total_tokens",
+    "latency_ms",
+    "ttft_ms",
+)
+
+
+def new_record_id() -> str:
+    """Minted by the gateway for each request: the key that makes writing it idempotent (a
+    client's x-request-id may repeat, so it is kept as a field but never deduplicated on)."""
+    return os.urandom(12).hex()
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    id: str
+    request_id: str
+    time_ms: int  # when the request arrived, Unix milliseconds (UTC)
+    tenant: str
+    key_id: str
+    model: str
+    route: str  # "chat/completions", as under /v1/
+    engine: str
+    stream: bool
+    outcome: str
+    status: int  # what the client was answered (499: it left first)
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    latency_ms: float
+    ttft_ms: float | None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def day(self) -> str:
+        return day_of(self.time_ms)
+
+    def fields(self) -> list[str]:
+        """Field/value pairs for XADD, every value a string."""
+        out: list[str] = []
+        for name, value in self.as_dict().items():
+            text = str(int(value)) if isinstance(value, bool) else str(value)
+            out += [name, "" if value is None else text]
+        return out
+
+    @classmethod
+    def from_fields(cls, raw: dict[bytes, bytes]) -> UsageRecord:
+        values = {k.decode(): v.decode() for k, v in raw.items()}
+        ttft = values.get("ttft_ms", "")
+        return cls(
+            id=values["id"],
+            request_id=values["request_id"],
+            time_ms=int(values["time_ms"]),
+            tenant=values["tenant"],
+            key_id=values["key_id"],
+            model=values["model"],
+            route=values["route"],
+            engine=values["engine"],
+            stream=values["stream"] == "1",
+            outcome=values["outcome"],
+            status=int(values["status"]),
+            prompt_tokens=int(values["prompt_tokens"]),
+            completion_tokens=int(values["completion_tokens"]),
+            cached_tokens=int(values["cached_tokens"]),
+            latency_ms=float(values["latency_ms"]),
+            ttft_ms=float(ttft) if ttft else None,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def view(self) -> dict[str, Any]:
+        """The record as the export API shows it: RFC 3339 time and the total."""
+        data = self.as_dict()
+        data["time"] = rfc3339_ms(data.pop("time_ms"))
+        data["total_tokens"] = self.total_tokens
+        return {column: data[column] for column in CSV_COLUMNS}
+
+
+def day_of(time_ms: int) -> str:
+    return datetime.fromtimestamp(time_ms / 1000, UTC).strftime("%Y-%m-%d")
+
+
+def rfc3339_ms(time_ms: int) -> str:
+    stamp = datetime.fromtimestamp(time_ms / 1000, UTC)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,177 @@
+"""Settling requests so that none is lost: now if Redis answers, else later.
+
+A settlement is written in the request's own task when Redis answers within
+`write_timeout_s`. Otherwise it waits in a bounded in-memory queue that a background task
+retries with backoff (oldest first, in batches). What does not fit the queue goes to this
+process's spill file, and so does whatever is still queued when shutdown's flush gives up; spill
+files are replayed when Redis is back, by this process or any later one. Requests are never
+refused for metering's sake: a full queue costs disk, not availability. Every write is
+idempotent, so a retry or a replay never counts twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from itertools import islice
+from pathlib import Path
+
+from redis.exceptions import RedisError
+
+from gateway.metering.ledger import Ledger
+from gateway.metering.settlement import Settlement
+from gateway.metering.spill import SpillDir, count_lines, read_spill
+from gateway.metrics import Metrics
+from gateway.settings import MeteringSettings
+
+BATCH = 200
+FIRST_RETRY_S = 0.05
+SPILL_LOOK_S = 30.0  # how often an idle settler looks for spill files of processes now gone
+_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+
+
+class Settler:
+    def __init__(self, ledger: Ledger | None, settings: MeteringSettings, metrics: Metrics) -> None:
+        self.ledger = ledger
+        self.settings = settings
+        self.metrics = metrics
+        self.queue: deque[Settlement] = deque()
+        self.spill = SpillDir(settings.spill_dir)
+        self.spill_lock = asyncio.Lock()  # appends and claims never overlap
+        self.replaying: dict[Path, int] = {}  # claimed spill files → their settlements
+        self.spilled = 0  # settlements in spill files this process wrote or claimed
+        self.wakeup = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.closed = False
+        self.log = logging.getLogger("llmaas.metering")
+
+    async def start(self) -> None:
+        """Start retrying in the background; spill files left by earlier processes replay now."""
+        if self.ledger is not None:
+            self.task = asyncio.create_task(self._run(), name="usage-settler")
+
+    async def settle(self, settlement: Settlement) -> None:
+        """Count the tokens and write the settlement, now or later; never raises."""
+        record = settlement.record
+        if record is not None:
+            tokens = self.metrics.tokens
+            tokens.labels(record.tenant, record.model, "prompt").inc(record.prompt_tokens)
+            tokens.labels(record.tenant, record.model, "completion").inc(record.completion_tokens)
+        if self.ledger is None:
+            return
+        if self.closed:
+            await self._spill([settlement])
+            return
+        if not self.queue:
+            try:
+                async with asyncio.timeout(self.settings.write_timeout_s):
+                    await self.ledger.write([settlement])
+                return
+            except _REDIS_ERRORS as exc:
+                self._failed(exc)
+        await self._enqueue([settlement])
+
+    @property
+    def pending(self) -> int:
+        """Settlements not yet in Redis: queued in memory, or in spill files this process owns."""
+        return len(self.queue) + self.spilled
+
+    async def close(self) -> None:
+        """Flush the queue within `flush_timeout_s`; spill what is left. Call after the last
+        request finished (uvicorn runs the lifespan's shutdown after its graceful period)."""
+        self.closed = True
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        deadline = time.monotonic() + self.settings.flush_timeout_s
+        while self.queue and self.ledger is not None and time.monotonic() < deadline:
+            try:
+                async with asyncio.timeout(max(0.01, deadline - time.monotonic())):
+                    await self._write_queue()
+            except _REDIS_ERRORS as exc:
+                self._failed(exc)
+                await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        if self.queue:
+            left = list(self.queue)
+            self.queue.clear()
+            await self._spill(left)
+            self.log.warning(
+                "usage records spilled at shutdown",
+                extra={"fields": {"count": len(left), "dir": str(self.spill.path)}},
+            )
+        self._gauge()
+
+    async def _enqueue(self, settlements: list[Settlement]) -> None:
+        room = max(0, self.settings.queue_max - len(self.queue))
+        self.queue.extend(settlements[:room])
+        if len(settlements) > room:
+            await self._spill(settlements[room:])
+        self.wakeup.set()
+        self._gauge()
+
+    async def _spill(self, settlements: list[Settlement]) -> None:
+        async with self.spill_lock:
+            await asyncio.to_thread(self.spill.append, settlements)
+        self.spilled += len(settlements)
+        self.metrics.usage_spilled.inc(len(settlements))
+        self._gauge()
+
+    async def _run(self) -> None:
+        delay = FIRST_RETRY_S
+        while True:
+            try:
+                await self._write_queue()
+                await self._replay()
+            except _REDIS_ERRORS as exc:
+                self._failed(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.retry_max_interval_s)
+                continue
+            delay = FIRST_RETRY_S
+            self.wakeup.clear()
+            if not self.queue:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(SPILL_LOOK_S):
+                        await self.wakeup.wait()
+
+    async def _write_queue(self) -> None:
+        """Write the queue oldest first; a batch leaves the queue only once Redis took it."""
+        assert self.ledger is not None
+        while self.queue:
+            batch = list(islice(self.queue, BATCH))
+            async with asyncio.timeout(self.settings.write_timeout_s * 4):
+                await self.ledger.write(batch)
+            for _ in batch:
+                self.queue.popleft()
+            self._gauge()
+
+    async def _replay(self) -> None:
+        """Write claimed spill files to Redis; a file is deleted once all of it is written."""
+        assert self.ledger is not None
+        async with self.spill_lock:
+            for file, own in await asyncio.to_thread(self.spill.claim):
+                count = await asyncio.to_thread(count_lines, file)
+                self.replaying[file] = count
+                if not own:  # our own spills were counted when written
+                    self.spilled += count
+        for file in list(self.replaying):
+            for batch in read_spill(file, BATCH):
+                async with asyncio.timeout(self.settings.write_timeout_s * 4):
+                    await self.ledger.write(batch)
+            file.unlink(missing_ok=True)
+            self.spilled -= self.replaying.pop(file)
+            self.log.info("spill file replayed", extra={"fields": {"file": file.name}})
+            self._gauge()
+
+    def _failed(self, exc: BaseException) -> None:
+        self.metrics.usage_write_failures.inc()
+        self.log.warning(
+            "usage ledger unreachable; settlement queued",
+            extra={"fields": {"error": type(exc).__name__, "pending": self.pending}},
+        )
+
+    def _gauge(self) -> None:
+        self.metrics.usage_pending.set(self.pending)
