@@ -9,11 +9,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api import admin, health, openai
+from gateway.api import admin, health, openai, usage
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.auth.authenticate import Authenticator
 from gateway.auth.cache import AuthCache
@@ -83,6 +86,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(openai.router)
     app.include_router(health.router)
     app.include_router(admin.router)
+    app.include_router(usage.admin_router)
+    app.include_router(usage.tenant_router)
     _install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
     return app
@@ -97,13 +102,19 @@ def _redis(settings: Settings) -> Redis | None:
 
 
 def redis_client(url: str, timeout_s: float, max_connections: int) -> Redis:
-    """A bounded pool: beyond `max_connections` callers wait (up to the timeout) for a free one."""
+    """A bounded pool: beyond `max_connections` callers wait (up to the timeout) for a free one.
+
+    A command that meets a broken connection (every pooled one is, after Redis restarts) is
+    sent once more on a fresh one; timeouts are not retried (Redis is there, but slow).
+    """
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=timeout_s,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        retry_on_error=[RedisConnectionError],
     )
     return Redis.from_pool(pool)  # the client owns the pool: closing it closes every connection
 

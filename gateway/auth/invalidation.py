@@ -34,15 +34,18 @@ class InvalidationListener:
                 await asyncio.sleep(RETRY_S)
 
     async def _listen(self) -> None:
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.redis.pubsub()
         try:
-            await pubsub.subscribe(CHANNEL)
-            # Whatever changed while nobody listened is unknown: start from nothing.
-            self.cache.clear()
-            self.subscribed.set()
+            await pubsub.subscribe(CHANNEL)  # sends only: Redis confirms with a message
             async for message in pubsub.listen():
+                if message.get("type") == "subscribe":
+                    # Whatever changed while nobody listened is unknown: start from nothing.
+                    # Only now, confirmed: a Redis that is down must not empty the cache.
+                    self.cache.clear()
+                    self.subscribed.set()
+                    continue
                 data = message.get("data")
-                if isinstance(data, bytes):
+                if message.get("type") == "message" and isinstance(data, bytes):
                     self.cache.invalidate(data.decode())
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]

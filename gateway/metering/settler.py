@@ -46,6 +46,7 @@ class Settler:
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.closed = False
+        self.unreachable = False  # logged once per outage, not once per attempt
         self.log = logging.getLogger("llmaas.metering")
 
     async def start(self) -> None:
@@ -69,6 +70,7 @@ class Settler:
             try:
                 async with asyncio.timeout(self.settings.write_timeout_s):
                     await self.ledger.write([settlement])
+                self._reached()
                 return
             except _REDIS_ERRORS as exc:
                 self._failed(exc)
@@ -131,6 +133,7 @@ class Settler:
                 delay = min(delay * 2, self.settings.retry_max_interval_s)
                 continue
             delay = FIRST_RETRY_S
+            self._reached()
             self.wakeup.clear()
             if not self.queue:
                 with contextlib.suppress(TimeoutError):
@@ -168,10 +171,19 @@ class Settler:
 
     def _failed(self, exc: BaseException) -> None:
         self.metrics.usage_write_failures.inc()
-        self.log.warning(
-            "usage ledger unreachable; settlement queued",
-            extra={"fields": {"error": type(exc).__name__, "pending": self.pending}},
-        )
+        if not self.unreachable:
+            self.unreachable = True
+            self.log.warning(
+                "usage ledger unreachable; settlements wait in the retry queue",
+                extra={"fields": {"error": type(exc).__name__, "pending": self.pending}},
+            )
+
+    def _reached(self) -> None:
+        if self.unreachable:
+            self.unreachable = False
+            self.log.info(
+                "usage ledger reachable again", extra={"fields": {"pending": self.pending}}
+            )
 
     def _gauge(self) -> None:
         self.metrics.usage_pending.set(self.pending)

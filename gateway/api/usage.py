@@ -1,0 +1,222 @@
+"""Usage queries: the admin's view of every tenant, and each tenant's view of its own usage.
+
+GET /admin/v1/usage             totals grouped by tenant / key_id / model / day
+GET /admin/v1/usage/records     raw records, a page at a time (JSON lines or CSV)
+GET /v1/usage, /v1/usage/records  the same, with the caller's own key, for its tenant only
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, Query
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from starlette.responses import Response
+
+from gateway.api.admin import require_admin
+from gateway.api.responses import json_response
+from gateway.deps import Caller, Gateway
+from gateway.errors import InvalidRequest, ServiceUnavailable
+from gateway.metering.query import (
+    DEFAULT_GROUP_BY,
+    GROUPS,
+    Cursor,
+    UsageFilter,
+    records_page,
+    usage_totals,
+)
+from gateway.metering.record import CSV_COLUMNS, UsageRecord
+from gateway.state import GatewayState
+
+admin_router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)])
+tenant_router = APIRouter(prefix="/v1")
+MAX_DAYS = 400
+DEFAULT_DAYS = 30
+
+Text = Annotated[str | None, Query()]
+Format = Annotated[Literal["jsonl", "csv"], Query()]
+Limit = Annotated[int, Query(ge=1, le=10_000)]
+
+
+def _parse_time(value: str, param: str) -> datetime:
+    """YYYY-MM-DD, RFC 3339 (with a zone), or Unix seconds."""
+    try:
+        if value.replace(".", "", 1).isdigit():
+            return datetime.fromtimestamp(float(value), UTC)
+        if len(value) == 10:
+            return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise InvalidRequest(
+            f"Invalid '{param}': expected YYYY-MM-DD, RFC 3339 with a time zone "
+            f"(2026-11-01T00:00:00Z) or Unix seconds; got {value!r}.",
+            param=param,
+            code="invalid_value",
+        )
+    return parsed.astimezone(UTC)
+
+
+def _days(start: str | None, end: str | None) -> tuple[date, date]:
+    last = _parse_time(end, "end").date() if end else datetime.now(UTC).date()
+    first = _parse_time(start, "start").date() if start else last - timedelta(DEFAULT_DAYS - 1)
+    if first > last:
+        raise InvalidRequest("'start' is after 'end'.", param="start", code="invalid_value")
+    if (last - first).days >= MAX_DAYS:
+        raise InvalidRequest(
+            f"The range covers more than {MAX_DAYS} days; narrow 'start' and 'end'.",
+            param="start",
+            code="invalid_value",
+        )
+    return first, last
+
+
+def _group_by(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return DEFAULT_GROUP_BY
+    groups = tuple(g.strip() for g in value.split(",") if g.strip())
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown or len(set(groups)) != len(groups) or not groups:
+        raise InvalidRequest(
+            f"Invalid 'group_by': {value!r}; use a comma-separated list of {', '.join(GROUPS)}.",
+            param="group_by",
+            code="invalid_value",
+        )
+    return groups
+
+
+def _ms(value: str | None, param: str, *, end: bool) -> int | None:
+    if not value:
+        return None
+    moment = _parse_time(value, param)
+    if end and len(value) == 10:  # a whole day: up to its last millisecond
+        moment += timedelta(days=1, milliseconds=-1)
+    return int(moment.timestamp() * 1000)
+
+
+def _redis(gw: GatewayState) -> Redis:
+    if gw.redis is None:
+        raise ServiceUnavailable(
+            "Usage is kept in Redis (redis_url), and none is configured.", code="no_ledger"
+        )
+    return gw.redis
+
+
+@dataclass(slots=True)
+class Selection:
+    """Which usage: one key, one model, a time range (all optional)."""
+
+    key_id: Text = None
+    model: Text = None
+    start: Text = None
+    end: Text = None
+
+    def where(self, tenant: str | None) -> UsageFilter:
+        return UsageFilter(tenant, self.key_id, self.model)
+
+
+@dataclass(slots=True)
+class Page:
+    """A page of raw records: after the previous page's x-next-cursor, at most `limit`."""
+
+    after: Text = None
+    limit: Limit = 1000
+    format: Format = "jsonl"
+
+
+Selected = Annotated[Selection, Depends()]
+Paged = Annotated[Page, Depends()]
+
+
+async def _totals(
+    gw: GatewayState, selection: Selection, tenant: str | None, group: str | None
+) -> Response:
+    first, last = _days(selection.start, selection.end)
+    groups = _group_by(group)
+    redis = _redis(gw)
+    try:
+        rows = await usage_totals(redis, selection.where(tenant), first, last, groups)
+    except RedisError as exc:
+        raise ServiceUnavailable("The usage ledger is unreachable right now.") from exc
+    return json_response(
+        {
+            "object": "list",
+            "start": first.isoformat(),
+            "end": last.isoformat(),
+            "group_by": list(groups),
+            "data": rows,
+        }
+    )
+
+
+async def _records(
+    gw: GatewayState, selection: Selection, tenant: str | None, page: Page
+) -> Response:
+    try:
+        cursor = Cursor.parse(page.after) if page.after else None
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"Invalid 'after': {exc}.", param="after", code="invalid_value"
+        ) from exc
+    redis = _redis(gw)
+    try:
+        records, following = await records_page(
+            redis,
+            selection.where(tenant),
+            start_ms=_ms(selection.start, "start", end=False),
+            end_ms=_ms(selection.end, "end", end=True),
+            after=cursor,
+            limit=page.limit,
+        )
+    except RedisError as exc:
+        raise ServiceUnavailable("The usage ledger is unreachable right now.") from exc
+    headers = {} if following is None else {"x-next-cursor": str(following)}
+    if page.format == "csv":
+        return Response(_csv(records), headers=headers, media_type="text/csv")
+    body = b"".join(orjson.dumps(r.view()) + b"\n" for r in records)
+    return Response(body, headers=headers, media_type="application/x-ndjson")
+
+
+def _csv(records: list[UsageRecord]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        writer.writerow(record.view())
+    return out.getvalue()
+
+
+@admin_router.get("/usage", response_model=None)
+async def admin_usage(
+    gw: Gateway, selection: Selected, tenant: Text = None, group_by: Text = None
+) -> Response:
+    return await _totals(gw, selection, tenant, group_by)
+
+
+@admin_router.get("/usage/records", response_model=None)
+async def admin_usage_records(
+    gw: Gateway, selection: Selected, page: Paged, tenant: Text = None
+) -> Response:
+    return await _records(gw, selection, tenant, page)
+
+
+@tenant_router.get("/usage", response_model=None)
+async def tenant_usage(
+    gw: Gateway, caller: Caller, selection: Selected, group_by: Text = None
+) -> Response:
+    """The caller's tenant's usage (every key of it), never another tenant's."""
+    return await _totals(gw, selection, caller.tenant, group_by)
+
+
+@tenant_router.get("/usage/records", response_model=None)
+async def tenant_usage_records(
+    gw: Gateway, caller: Caller, selection: Selected, page: Paged
+) -> Response:
+    return await _records(gw, selection, caller.tenant, page)

@@ -1,0 +1,407 @@
+"""Usage metering against a real Redis and the simulator: one correct record per request that
+reached an engine, whatever its outcome; retries that never count twice; the usage queries."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import re
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
+import openai
+import orjson
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+
+from gateway.app import create_app
+from gateway.metering.ledger import log_key
+from gateway.metering.record import UsageRecord
+from gateway.settings import Settings
+from gateway.sim.config import SimConfig
+from tests.integration.conftest import ADMIN, DEAD_MODEL, MODEL
+from tests.integration.sim_fixture import running_sim
+from tests.support.gateways import ADMIN_TOKEN, PEPPER
+from tests.support.redis_control import RedisProxy, RestartableRedis, redis_proxy
+from tests.support.servers import serve_asgi
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+HELLO: Any = [{"role": "user", "content": "hello there"}]
+TOKENS = 8  # the simulator's completion length
+
+
+@dataclass(frozen=True, slots=True)
+class Meter:
+    gateway: str
+    redis_server: RestartableRedis
+    proxy: RedisProxy  # the gateway reaches Redis through it
+    http: aiohttp.ClientSession
+
+    async def new_key(self, tenant: str, **fields: Any) -> str:
+        body = {"tenant": tenant, **fields}
+        async with self.http.post(f"{self.gateway}/admin/v1/keys", json=body, headers=ADMIN) as r:
+            assert r.status == 201, await r.text()
+            key: str = (await r.json())["key"]
+            return key
+
+    def client(self, key: str) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{self.gateway}/v1", api_key=key, max_retries=0)
+
+    async def records(self, tenant: str) -> list[UsageRecord]:
+        """Straight from Redis (not through the proxy, not through the API)."""
+        redis = Redis.from_url(self.redis_server.url)
+        try:
+            entries = await redis.xrange(log_key(tenant))
+        finally:
+            await redis.aclose()
+        return [UsageRecord.from_fields(cast("dict[bytes, bytes]", f)) for _, f in entries]
+
+    async def wait_records(
+        self, tenant: str, count: int, timeout_s: float = 15.0
+    ) -> list[UsageRecord]:
+        """Once `count` records are there, a moment more to catch any extra (duplicate) one."""
+        async with asyncio.timeout(timeout_s):
+            while len(await self.records(tenant)) < count:  # noqa: ASYNC110 (polling Redis)
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        return await self.records(tenant)
+
+    async def pending(self) -> float:
+        async with self.http.get(f"{self.gateway}/metrics") as resp:
+            text = await resp.text()
+        found = re.search(r"^llmaas_usage_pending_records (\S+)$", text, re.M)
+        assert found, "llmaas_usage_pending_records missing from /metrics"
+        return float(found.group(1))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def meter() -> AsyncIterator[Meter]:
+    with tempfile.TemporaryDirectory(prefix="llmaas-meter-") as tmp:
+        (Path(tmp) / "redis").mkdir()
+        redis_server = RestartableRedis(Path(tmp) / "redis")
+        await redis_server.start()
+        try:
+            async with (
+                redis_proxy(redis_server.port) as proxy,
+                running_sim(SimConfig(models=[MODEL], max_tokens=TOKENS, itl_ms=5)) as sim,
+            ):
+                settings = Settings.model_validate(
+                    {
+                        "models": [
+                            {"name": MODEL, "engines": [sim]},
+                            {"name": DEAD_MODEL, "engines": ["http://127.0.0.1:9"]},
+                        ],
+                        "redis_url": proxy.url,
+                        "admin_token": ADMIN_TOKEN,
+                        "key_pepper": PEPPER,
+                        "upstream": {"response_timeout_s": 1.0, "stream_idle_timeout_s": 1.0},
+                        "metering": {
+                            "spill_dir": f"{tmp}/spill",
+                            "write_timeout_s": 0.3,
+                            "retry_max_interval_s": 0.5,
+                        },
+                    }
+                )
+                async with (
+                    serve_asgi(create_app(settings)) as gateway,
+                    aiohttp.ClientSession() as http,
+                ):
+                    yield Meter(gateway, redis_server, proxy, http)
+        finally:
+            await redis_server.stop()
+
+
+def rid(request_id: str) -> dict[str, str]:
+    return {"x-request-id": request_id}
+
+
+async def _abandon_stream(meter: Meter, key: str, request_id: str, frames: int) -> None:
+    """Read `frames` content frames of a slow stream, then hang up."""
+    body = {
+        "model": MODEL,
+        "messages": HELLO,
+        "stream": True,
+        "max_tokens": 200,
+        "sim": {"itl_ms": 40},
+    }
+    headers = {"authorization": f"Bearer {key}", **rid(request_id)}
+    url = f"{meter.gateway}/v1/chat/completions"
+    async with meter.http.post(url, json=body, headers=headers) as resp:
+        seen = 0
+        async for line in resp.content:
+            if (
+                line.startswith(b"data: {")
+                and b'"content":"' in line
+                and b'"content":""' not in line
+            ):
+                seen += 1
+                if seen == frames:
+                    break
+
+
+async def test_every_outcome_is_one_record_with_the_tokens_it_used(meter: Meter) -> None:
+    key = await meter.new_key("outcomes")
+    async with meter.client(key) as oai:
+        plain = await oai.chat.completions.create(
+            model=MODEL, messages=HELLO, extra_headers=rid("ok-plain")
+        )
+        quiet = [
+            c
+            async for c in await oai.chat.completions.create(
+                model=MODEL, messages=HELLO, stream=True, extra_headers=rid("ok-stream")
+            )
+        ]
+        told = [
+            c
+            async for c in await oai.chat.completions.create(
+                model=MODEL,
+                messages=HELLO,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_headers=rid("ok-stream-usage"),
+            )
+        ]
+        embedded = await oai.embeddings.create(
+            model=MODEL, input="some text", extra_headers=rid("ok-embed")
+        )
+        with pytest.raises(openai.BadRequestError):
+            await oai.chat.completions.create(
+                model=MODEL,
+                messages=HELLO,
+                extra_body={"sim": {"fail_status": 400}},
+                extra_headers=rid("rejected"),
+            )
+        with pytest.raises(openai.InternalServerError):
+            await oai.chat.completions.create(
+                model=MODEL,
+                messages=HELLO,
+                extra_body={"sim": {"fail_status": 500}},
+                extra_headers=rid("engine-500"),
+            )
+        with pytest.raises(openai.APIError):
+            async for _ in await oai.chat.completions.create(
+                model=MODEL,
+                messages=HELLO,
+                stream=True,
+                extra_body={"sim": {"cut_after": 3}},
+                extra_headers=rid("engine-cut"),
+            ):
+                pass
+        with pytest.raises(openai.APIStatusError) as timed_out:
+            await oai.chat.completions.create(
+                model=MODEL,
+                messages=HELLO,
+                extra_body={"sim": {"hang": True}},
+                extra_headers=rid("timeout"),
+            )
+        assert timed_out.value.status_code == 504
+        with pytest.raises(openai.APIStatusError) as unreachable:
+            await oai.chat.completions.create(
+                model=DEAD_MODEL, messages=HELLO, extra_headers=rid("no-engine")
+            )
+        assert unreachable.value.status_code == 503
+    await _abandon_stream(meter, key, "left", frames=3)
+
+    records = {r.request_id: r for r in await meter.wait_records("outcomes", 9)}
+    assert len(records) == 9  # one each; none for the request no engine received
+    assert "no-engine" not in records
+
+    assert plain.usage is not None
+    ok = records["ok-plain"]
+    assert (ok.outcome, ok.status, ok.stream) == ("ok", 200, False)
+    assert (ok.prompt_tokens, ok.completion_tokens) == (
+        plain.usage.prompt_tokens,
+        plain.usage.completion_tokens,
+    )
+    assert (ok.tenant, ok.model, ok.route) == ("outcomes", MODEL, "chat/completions")
+    assert key.split("-")[2] == ok.key_id
+
+    # A stream whose client asked for no usage is billed all the same, and saw none.
+    assert all(c.usage is None for c in quiet)
+    stream = records["ok-stream"]
+    assert (stream.outcome, stream.stream) == ("ok", True)
+    assert (stream.prompt_tokens, stream.completion_tokens) == (ok.prompt_tokens, TOKENS)
+    assert stream.ttft_ms is not None
+
+    final = told[-1].usage
+    assert final is not None
+    assert all(c.usage is None for c in told[:-1])
+    billed = records["ok-stream-usage"]
+    assert (billed.prompt_tokens, billed.completion_tokens) == (
+        final.prompt_tokens,
+        final.completion_tokens,
+    )
+
+    embed = records["ok-embed"]
+    assert (embed.route, embed.prompt_tokens) == ("embeddings", embedded.usage.prompt_tokens)
+    assert embed.completion_tokens == 0
+
+    for request_id, outcome, status in (
+        ("rejected", "rejected", 400),
+        ("engine-500", "engine_error", 500),
+        ("timeout", "timeout", 504),
+    ):
+        failed = records[request_id]
+        assert (failed.outcome, failed.status, failed.total_tokens) == (outcome, status, 0)
+
+    cut = records["engine-cut"]  # billed for the three tokens it was sent
+    assert (cut.outcome, cut.completion_tokens, cut.prompt_tokens) == (
+        "engine_error",
+        3,
+        ok.prompt_tokens,
+    )
+
+    left = records["left"]
+    assert (left.outcome, left.status) == ("client_disconnected", 499)
+    # Billed what the engine generated until the gateway saw the hang-up: what the client
+    # read, plus at most the frames in flight (40 ms apart).
+    assert 3 <= left.completion_tokens <= 6, left
+
+
+async def test_a_rate_limited_request_leaves_no_record(meter: Meter) -> None:
+    key = await meter.new_key("limited", rpm=1)
+    async with meter.client(key) as oai:
+        await oai.chat.completions.create(model=MODEL, messages=HELLO)
+        with pytest.raises(openai.RateLimitError):
+            await oai.chat.completions.create(model=MODEL, messages=HELLO)
+    assert len(await meter.wait_records("limited", 1)) == 1
+
+
+async def test_lost_replies_and_a_redis_restart_never_count_twice(meter: Meter) -> None:
+    url = f"{meter.gateway}/admin/v1/tenants/retry"
+    async with meter.http.put(url, json={}, headers=ADMIN) as resp:
+        assert resp.status == 200  # a tenant record: cached like the key while Redis is away
+    key = await meter.new_key("retry")
+    async with meter.client(key) as oai:
+        await oai.chat.completions.create(model=MODEL, messages=HELLO)  # caches the key
+        await meter.wait_records("retry", 1)
+
+        # Redis runs every settlement but the gateway never hears back: it retries, and the
+        # retries find the record already written.
+        meter.proxy.set_mode("swallow")
+        await asyncio.sleep(1)  # the auth listener resubscribes (and empties its cache) first
+        for _ in range(5):
+            await oai.chat.completions.create(model=MODEL, messages=HELLO)
+        await meter.wait_records("retry", 6)  # every script ran...
+        assert await meter.pending() >= 1  # ...but the gateway does not know it
+        retried = meter.proxy.swallowed + 2
+        async with asyncio.timeout(10):
+            while meter.proxy.swallowed < retried:  # noqa: ASYNC110 (two more full retries)
+                await asyncio.sleep(0.05)
+        assert len(await meter.records("retry")) == 6
+
+        # Redis restarts (its data kept): settlements made meanwhile wait, then go in once.
+        await meter.redis_server.stop()
+        meter.proxy.set_mode("pass")
+        for _ in range(3):
+            await oai.chat.completions.create(model=MODEL, messages=HELLO)
+        assert await meter.pending() >= 3
+        await meter.redis_server.start()
+        async with asyncio.timeout(20):
+            while await meter.pending() > 0:  # noqa: ASYNC110 (polling the gauge)
+                await asyncio.sleep(0.1)
+    records = await meter.wait_records("retry", 9)
+    assert len(records) == 9
+    assert len({r.id for r in records}) == 9
+
+
+async def _get(meter: Meter, path: str, headers: dict[str, str]) -> tuple[int, bytes, Any]:
+    async with meter.http.get(f"{meter.gateway}{path}", headers=headers) as resp:
+        return resp.status, await resp.read(), resp.headers
+
+
+async def test_usage_totals_records_and_each_tenant_sees_only_its_own(meter: Meter) -> None:
+    alpha1, alpha2 = await meter.new_key("alpha"), await meter.new_key("alpha")
+    beta = await meter.new_key("beta")
+    for key, times in ((alpha1, 3), (alpha2, 2), (beta, 1)):
+        async with meter.client(key) as oai:
+            for _ in range(times):
+                await oai.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4)
+    alpha = await meter.wait_records("alpha", 5)
+    await meter.wait_records("beta", 1)
+
+    status, body, _ = await _get(meter, "/admin/v1/usage?tenant=alpha&group_by=key_id", ADMIN)
+    assert status == 200
+    rows = {row["key_id"]: row for row in orjson.loads(body)["data"]}
+    assert {k: r["requests"] for k, r in rows.items()} == {
+        alpha1.split("-")[2]: 3,
+        alpha2.split("-")[2]: 2,
+    }
+    for row in rows.values():
+        assert row["completion_tokens"] == 4 * row["requests"]
+        assert row["total_tokens"] == row["prompt_tokens"] + row["completion_tokens"]
+    assert sum(r["prompt_tokens"] for r in rows.values()) == sum(r.prompt_tokens for r in alpha)
+
+    status, body, _ = await _get(meter, "/admin/v1/usage?group_by=tenant,day", ADMIN)
+    by_tenant = {row["tenant"]: row for row in orjson.loads(body)["data"]}
+    assert by_tenant["alpha"]["requests"] == 5
+    assert by_tenant["beta"]["requests"] == 1
+    assert by_tenant["alpha"]["day"] == alpha[0].day
+
+    # A tenant's key sees its tenant's usage, never another's, whatever it asks for.
+    own = {"authorization": f"Bearer {beta}"}
+    status, body, _ = await _get(meter, "/v1/usage?group_by=tenant", own)
+    assert status == 200
+    assert orjson.loads(body)["data"] == [
+        {
+            "tenant": "beta",
+            "requests": 1,
+            "prompt_tokens": alpha[0].prompt_tokens,
+            "completion_tokens": 4,
+            "cached_tokens": 0,
+            "total_tokens": alpha[0].prompt_tokens + 4,
+        }
+    ]
+    status, body, _ = await _get(meter, "/v1/usage?tenant=alpha", own)
+    assert status == 200
+    assert all(r["key_id"] == beta.split("-")[2] for r in orjson.loads(body)["data"])
+    status, body, _ = await _get(meter, "/v1/usage/records?tenant=alpha", own)
+    lines = [orjson.loads(line) for line in body.splitlines()]
+    assert [line["tenant"] for line in lines] == ["beta"]
+    status, _, _ = await _get(meter, "/v1/usage", {"authorization": "Bearer sk-nope"})
+    assert status == 401
+
+    # Raw records page by page: each exactly once, in ledger order.
+    seen: list[str] = []
+    cursor = ""
+    for _ in range(10):
+        path = f"/admin/v1/usage/records?tenant=alpha&limit=2{cursor}"
+        status, body, headers = await _get(meter, path, ADMIN)
+        assert status == 200
+        seen += [orjson.loads(line)["id"] for line in body.splitlines()]
+        if "x-next-cursor" not in headers:
+            break
+        cursor = f"&after={headers['x-next-cursor']}"
+    assert seen == [r.id for r in alpha]
+
+    status, body, headers = await _get(
+        meter, "/admin/v1/usage/records?tenant=beta&format=csv", ADMIN
+    )
+    assert headers["content-type"].startswith("text/csv")
+    rows_csv = list(csv.DictReader(io.StringIO(body.decode())))
+    assert [(r["tenant"], r["completion_tokens"], r["outcome"]) for r in rows_csv] == [
+        ("beta", "4", "ok")
+    ]
+
+
+async def test_usage_queries_name_the_bad_parameter(meter: Meter) -> None:
+    for query, param in (
+        ("group_by=tenant,colour", "group_by"),
+        ("start=yesterday", "start"),
+        ("start=2026-02-01&end=2026-01-01", "start"),
+        ("start=2020-01-01&end=2026-01-01", "start"),
+    ):
+        status, body, _ = await _get(meter, f"/admin/v1/usage?{query}", ADMIN)
+        assert status == 400, query
+        assert orjson.loads(body)["error"]["param"] == param, query
+    status, body, _ = await _get(meter, "/admin/v1/usage/records?after=nonsense", ADMIN)
+    assert (status, orjson.loads(body)["error"]["param"]) == (400, "after")
+    status, _, _ = await _get(meter, "/admin/v1/usage", {})
+    assert status == 401

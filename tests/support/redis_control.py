@@ -1,0 +1,138 @@
+"""A Redis that tests can stop and start again on the same port (with its data, kept in an
+append-only file), and a TCP proxy in front of Redis that can refuse connections or swallow
+replies (the command runs, the caller never hears back: a "lost reply")."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Literal
+
+from gateway.embedded.process_group import stop_process_group
+from gateway.embedded.redis_server import ping, redis_config, redis_server_binary
+from gateway.netutil import free_port
+
+Mode = Literal["pass", "refuse", "swallow"]  # swallow: the replies to script calls (EVALSHA)
+
+
+class RestartableRedis:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        config = redis_config(self.port, self.workdir).replace(
+            "appendonly no", "appendonly yes\nappendfsync always"
+        )
+        (self.workdir / "redis.conf").write_text(config)
+        self.process = await asyncio.create_subprocess_exec(
+            str(redis_server_binary()),
+            str(self.workdir / "redis.conf"),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for _ in range(400):
+            if await ping(self.url, 0.5):
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"redis-server on port {self.port} did not answer within 20 s")
+
+    async def stop(self) -> None:
+        if self.process is not None:
+            await stop_process_group(self.process, grace_s=5.0)
+            self.process = None
+
+
+@asynccontextmanager
+async def restartable_redis(workdir: Path) -> AsyncIterator[RestartableRedis]:
+    redis = RestartableRedis(workdir)
+    await redis.start()
+    try:
+        yield redis
+    finally:
+        await redis.stop()
+
+
+class RedisProxy:
+    """127.0.0.1:<port> → the Redis at `target_port`, in one of three modes."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.mode: Mode = "pass"
+        self.swallowed = 0  # replies thrown away in "swallow" mode
+        self.links: set[asyncio.Task[None]] = set()
+
+    def set_mode(self, mode: Mode) -> None:
+        """Change the mode; open connections are cut so every client reconnects into it."""
+        self.mode = mode
+        for link in list(self.links):
+            link.cancel()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.mode == "refuse":
+            writer.close()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self.links.add(task)
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+            link = _Link(self.mode)
+            try:
+                await asyncio.gather(
+                    link.requests(reader, up_writer), self._replies(up_reader, writer, link)
+                )
+            finally:
+                up_writer.close()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            self.links.discard(task)
+            writer.close()
+
+    async def _replies(
+        self, up: asyncio.StreamReader, client: asyncio.StreamWriter, link: _Link
+    ) -> None:
+        while data := await up.read(65536):
+            if link.script_sent:
+                self.swallowed += 1
+                client.close()  # the script ran; its caller sees a dropped connection
+                return
+            client.write(data)
+            await client.drain()
+
+
+class _Link:
+    """One client connection; in swallow mode it notes when a script call went through."""
+
+    def __init__(self, mode: Mode) -> None:
+        self.mode = mode
+        self.script_sent = False
+
+    async def requests(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        while data := await source.read(65536):
+            sink.write(data)
+            await sink.drain()
+            if self.mode == "swallow" and b"EVALSHA" in data.upper():
+                self.script_sent = True
+
+
+@asynccontextmanager
+async def redis_proxy(target_port: int) -> AsyncIterator[RedisProxy]:
+    proxy = RedisProxy(target_port)
+    server = await asyncio.start_server(proxy._serve, "127.0.0.1", proxy.port)
+    try:
+        yield proxy
+    finally:
+        server.close()
+        proxy.set_mode("refuse")
+        with contextlib.suppress(Exception):
+            await server.wait_closed()
