@@ -58,10 +58,12 @@ class Meter:
         """Straight from Redis (not through the proxy, not through the API)."""
         redis = Redis.from_url(self.redis_server.url)
         try:
-            entries = await redis.xrange(log_key(tenant))
+            entries = cast(
+                "list[tuple[bytes, dict[bytes, bytes]]]", await redis.xrange(log_key(tenant))
+            )
         finally:
             await redis.aclose()
-        return [UsageRecord.from_fields(cast("dict[bytes, bytes]", f)) for _, f in entries]
+        return [UsageRecord.from_fields(fields) for _, fields in entries]
 
     async def wait_records(
         self, tenant: str, count: int, timeout_s: float = 15.0
