@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+import orjson
 
 
 class AdminError(Exception):
@@ -17,6 +18,21 @@ class AdminClient:
             raise AdminError("no admin token: pass --admin-token or set LLMAAS_ADMIN_TOKEN")
         self.base = base_url.rstrip("/") + "/admin/v1"
         self.headers = {"authorization": f"Bearer {token}"}
+
+    async def text(self, path: str) -> tuple[str, dict[str, str]]:
+        """GET a non-JSON answer (JSON lines, CSV): its text and headers."""
+        timeout = aiohttp.ClientTimeout(total=300)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout, headers=self.headers) as http,
+                http.get(self.base + path) as resp,
+            ):
+                text, status, headers = await resp.text(), resp.status, dict(resp.headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AdminError(f"cannot reach the gateway at {self.base}: {exc}") from exc
+        if status >= 400:
+            raise AdminError(f"HTTP {status}: {_message(text)}")
+        return text, headers
 
     async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         timeout = aiohttp.ClientTimeout(total=30)
@@ -33,3 +49,10 @@ class AdminClient:
             error = payload.get("error", {}) if isinstance(payload, dict) else {}
             raise AdminError(f"HTTP {status}: {error.get('message', payload)}")
         return payload
+
+
+def _message(text: str) -> str:
+    try:
+        return str(orjson.loads(text)["error"]["message"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return text.strip()[:500]

@@ -15,6 +15,7 @@ from gateway.embedded.up import run_up
 from gateway.server import run_server
 from gateway.settings import load_settings
 from gateway.sim.server import main as sim_main
+from gateway.usage_cli import add_usage_command
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_sim)
 
     add_admin_commands(sub)
+    add_usage_command(sub)
 
     up = sub.add_parser("up", help="Redis + one local vLLM engine + the gateway (make run)")
     up.add_argument("--port", type=int, default=8080, help="gateway port")

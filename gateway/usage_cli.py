@@ -1,0 +1,114 @@
+"""`llmaas usage`: totals as a table (or --json, --csv); `--records` pages through raw records."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import json
+import os
+import sys
+from typing import Any
+from urllib.parse import urlencode
+
+from gateway.admin_cli import table
+from gateway.admin_client import AdminClient, AdminError
+
+NUMBERS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens")
+RECORD_COLUMNS = (
+    "time",
+    "tenant",
+    "key_id",
+    "model",
+    "outcome",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "request_id",
+)
+
+
+def add_usage_command(sub: Any) -> None:
+    usage = sub.add_parser("usage", help="token usage from the ledger (admin API)")
+    usage.add_argument("--url", default=os.environ.get("LLMAAS_URL", "http://127.0.0.1:8080"))
+    usage.add_argument("--admin-token", default=os.environ.get("LLMAAS_ADMIN_TOKEN"))
+    usage.add_argument("--tenant")
+    usage.add_argument("--key-id")
+    usage.add_argument("--model")
+    usage.add_argument("--start", help="YYYY-MM-DD, RFC 3339 or Unix seconds (default: 30 days)")
+    usage.add_argument("--end", help="as --start (default: today)")
+    usage.add_argument(
+        "--group-by", help="comma-separated: tenant,key_id,model,day (default tenant,key_id,model)"
+    )
+    usage.add_argument("--records", action="store_true", help="every raw record, not totals")
+    out = usage.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="JSON (records: one per line)")
+    out.add_argument("--csv", action="store_true", help="CSV with a header row")
+    usage.set_defaults(func=run_usage)
+
+
+def run_usage(args: argparse.Namespace) -> int:
+    try:
+        client = AdminClient(args.url, args.admin_token)
+        if args.records:
+            asyncio.run(_records(client, args))
+        else:
+            print(_totals_text(asyncio.run(client.call("GET", _path("/usage", args))), args))
+    except AdminError as exc:
+        print(f"llmaas usage: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _path(route: str, args: argparse.Namespace, **extra: str) -> str:
+    query = {
+        "tenant": args.tenant,
+        "key_id": args.key_id,
+        "model": args.model,
+        "start": args.start,
+        "end": args.end,
+        **extra,
+    }
+    if route == "/usage":
+        query["group_by"] = args.group_by
+    pairs = {k: v for k, v in query.items() if v}
+    return route + ("?" + urlencode(pairs) if pairs else "")
+
+
+def _totals_text(result: dict[str, Any], args: argparse.Namespace) -> str:
+    rows: list[dict[str, Any]] = result["data"]
+    columns = (*result["group_by"], *NUMBERS)
+    if args.json:
+        return json.dumps(result, indent=2)
+    if args.csv:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return out.getvalue().rstrip("\n")
+    total = {result["group_by"][0]: "TOTAL"} | {n: sum(r[n] for r in rows) for n in NUMBERS}
+    span = f"usage from {result['start']} to {result['end']} (UTC days)"
+    return span + "\n" + table([*rows, total] if rows else [], columns)
+
+
+async def _records(client: AdminClient, args: argparse.Namespace) -> None:
+    """Follow x-next-cursor until the last page; print as the pages come."""
+    fmt = "csv" if args.csv else "jsonl"
+    after = ""
+    first = True
+    while True:
+        extra = {"format": fmt, "limit": "5000", **({"after": after} if after else {})}
+        text, headers = await client.text(_path("/usage/records", args, **extra))
+        if args.csv:
+            lines = text.splitlines()
+            print("\n".join(lines if first else lines[1:]))
+        elif args.json:
+            print(text, end="")
+        else:
+            rendered = table([json.loads(line) for line in text.splitlines()], RECORD_COLUMNS)
+            print(rendered if first else rendered.split("\n", 1)[-1])
+        first = False
+        after = headers.get("x-next-cursor", "")
+        if not after:
+            return

@@ -1,0 +1,78 @@
+"""`llmaas usage` as an admin runs it: totals as a table, JSON and CSV; raw records, all pages."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import sys
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import MODEL
+from tests.integration.metering_fixture import Meter, meter_fixture  # noqa: F401 (the fixture)
+from tests.support.gateways import ADMIN_TOKEN
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+HELLO: Any = [{"role": "user", "content": "hi"}]
+
+
+async def usage(meter: Meter, *args: str, token: str = ADMIN_TOKEN) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "usage",
+        *args,
+        "--url",
+        meter.gateway,
+        "--admin-token",
+        token,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_usage_totals_and_records_through_the_cli(meter: Meter) -> None:
+    key = await meter.new_key("cli-usage")
+    async with meter.client(key) as oai:
+        for tokens in (2, 3, 4):
+            await oai.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=tokens)
+    records = await meter.wait_records("cli-usage", 3)
+
+    code, out, err = await usage(meter, "--tenant", "cli-usage", "--json")
+    assert code == 0, err
+    [row] = json.loads(out)["data"]
+    assert (row["requests"], row["completion_tokens"]) == (3, 9)
+    assert row["prompt_tokens"] == sum(r.prompt_tokens for r in records)
+
+    code, out, _ = await usage(meter, "--tenant", "cli-usage", "--group-by", "model,day", "--csv")
+    [row_csv] = list(csv.DictReader(io.StringIO(out)))
+    assert (row_csv["model"], row_csv["requests"], row_csv["day"]) == (MODEL, "3", records[0].day)
+
+    code, out, _ = await usage(meter, "--tenant", "cli-usage")
+    lines = out.splitlines()
+    assert lines[0].startswith("usage from ")
+    assert lines[1].split()[:3] == ["tenant", "key_id", "model"]
+    assert lines[-1].split()[0] == "TOTAL"
+    assert lines[-1].split()[-1] == str(row["total_tokens"])
+
+    code, out, _ = await usage(meter, "--tenant", "cli-usage", "--records", "--json")
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [r.id for r in records]
+    code, out, _ = await usage(meter, "--tenant", "cli-usage", "--records", "--csv")
+    assert [r["completion_tokens"] for r in csv.DictReader(io.StringIO(out))] == ["2", "3", "4"]
+
+
+async def test_usage_cli_says_what_went_wrong(meter: Meter) -> None:
+    code, _, err = await usage(meter, "--group-by", "colour")
+    assert code == 1
+    assert "group_by" in err
+    code, _, err = await usage(meter, token="wrong-token-0123456789")
+    assert code == 1
+    assert "HTTP 401" in err
