@@ -84,6 +84,16 @@ class Metrics:
             "Usage settlements written to a spill file (queue full or shutdown without Redis)",
             registry=reg,
         )
+        self.usage_spill_failures = Counter(
+            "llmaas_usage_spill_failures",
+            "Spill file writes that failed (the settlements stay queued in memory)",
+            registry=reg,
+        )
+        self.usage_lost = Counter(
+            "llmaas_usage_lost_records",
+            "Settlements neither Redis nor the spill file took at shutdown (logged in full)",
+            registry=reg,
+        )
         self.usage_write_failures = Counter(
             "llmaas_usage_write_failures",
             "Attempts to write usage settlements that Redis did not take",

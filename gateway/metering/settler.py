@@ -64,7 +64,8 @@ class Settler:
         if self.ledger is None:
             return
         if self.closed:
-            await self._spill([settlement])
+            if not await self._spill([settlement]):
+                self._lost([settlement])
             return
         if not self.queue:
             try:
@@ -99,27 +100,50 @@ class Settler:
         if self.queue:
             left = list(self.queue)
             self.queue.clear()
-            await self._spill(left)
-            self.log.warning(
-                "usage records spilled at shutdown",
-                extra={"fields": {"count": len(left), "dir": str(self.spill.path)}},
-            )
+            if await self._spill(left):
+                self.log.warning(
+                    "usage records spilled at shutdown",
+                    extra={"fields": {"count": len(left), "dir": str(self.spill.path)}},
+                )
+            else:
+                self._lost(left)
         self._gauge()
+
+    def _lost(self, settlements: list[Settlement]) -> None:
+        """Neither Redis nor the disk took them: the last place they can be recovered from is
+        the log, one ERROR line each with the whole settlement (ids and counts, no content)."""
+        self.metrics.usage_lost.inc(len(settlements))
+        for settlement in settlements:
+            self.log.error(
+                "usage settlement lost",
+                extra={"fields": {"settlement": settlement.to_json().decode()}},
+            )
 
     async def _enqueue(self, settlements: list[Settlement]) -> None:
         room = max(0, self.settings.queue_max - len(self.queue))
         self.queue.extend(settlements[:room])
-        if len(settlements) > room:
-            await self._spill(settlements[room:])
+        overflow = settlements[room:]
+        if overflow and not await self._spill(overflow):
+            self.queue.extend(overflow)  # no disk to spill to: memory beyond the bound, not loss
         self.wakeup.set()
         self._gauge()
 
-    async def _spill(self, settlements: list[Settlement]) -> None:
-        async with self.spill_lock:
-            await asyncio.to_thread(self.spill.append, settlements)
+    async def _spill(self, settlements: list[Settlement]) -> bool:
+        """Append to this process's spill file; False (and an error logged) if the disk fails."""
+        try:
+            async with self.spill_lock:
+                await asyncio.to_thread(self.spill.append, settlements)
+        except OSError as exc:
+            self.metrics.usage_spill_failures.inc()
+            self.log.error(
+                "usage spill file unwritable",
+                extra={"fields": {"error": str(exc), "dir": str(self.spill.path)}},
+            )
+            return False
         self.spilled += len(settlements)
         self.metrics.usage_spilled.inc(len(settlements))
         self._gauge()
+        return True
 
     async def _run(self) -> None:
         delay = FIRST_RETRY_S

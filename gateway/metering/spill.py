@@ -89,7 +89,7 @@ def read_spill(file: Path, batch: int) -> Iterator[list[Settlement]]:
                 continue
             try:
                 chunk.append(Settlement.from_json(line))
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError):
                 _LOG.error(
                     "unreadable spill line skipped",
                     extra={"fields": {"file": str(file), "line": number}},

@@ -15,11 +15,10 @@ from typing import Any
 
 import orjson
 
-from gateway.metering.usage import USAGE_OBJECT
+from gateway.metering.usage import find_usage, is_final_usage
 
 _FORCED = {"include_usage": True, "continuous_usage_stats": True}
 _SPLICE = b'"stream_options":' + orjson.dumps(_FORCED) + b","
-_EMPTY_CHOICES = (b'"choices":[]', b'"choices": []')
 _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
 _FINGERPRINT = re.compile(rb'"system_fingerprint"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
@@ -55,11 +54,6 @@ def force_usage(raw: bytes, body: dict[str, Any]) -> bytes:
     return orjson.dumps({**body, "stream_options": {**(options or {}), **_FORCED}})
 
 
-def is_final_usage(payload: bytes) -> bool:
-    """The usage-only frame that ends a stream with include_usage (no choices, usage)."""
-    return any(marker in payload for marker in _EMPTY_CHOICES) and b'"usage"' in payload
-
-
 def is_finish(payload: bytes) -> bool:
     """A choice's last frame (finish_reason set)."""
     return _FINISHED.search(payload) is not None
@@ -78,18 +72,21 @@ def with_fingerprint(payload: bytes, fingerprint: bytes) -> bytes:
     return payload[:-1] + b',"system_fingerprint":"' + fingerprint + b'"}'
 
 
-def for_client(payload: bytes, want: UsageWanted) -> bytes | None:
-    """One SSE payload as the client asked for it; None drops the frame."""
+def for_client(
+    payload: bytes, want: UsageWanted, span: tuple[int, int, int] | None = None
+) -> bytes | None:
+    """One SSE payload as the client asked for it; None drops the frame. `span`: the payload's
+    find_usage(), if the caller has it."""
     if want.everything:
         return payload
-    found = USAGE_OBJECT.search(payload)
-    if found is None:
+    span = span or find_usage(payload)
+    if span is None:
         return payload
     if is_final_usage(payload):
         return payload if want.include_usage else None
     if want.continuous:
         return payload
-    return _cut(payload, *found.span())
+    return _cut(payload, span[0], span[2])
 
 
 def _cut(payload: bytes, start: int, end: int) -> bytes:

@@ -12,11 +12,10 @@ import re
 from dataclasses import dataclass
 
 USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*(\{(?:[^{}]|\{[^{}]*\})*\})')
-_PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
-_COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
-_CACHED = re.compile(rb'"cached_tokens"\s*:\s*(\d+)')
+_COUNTS = re.compile(rb'"(prompt_tokens|completion_tokens|cached_tokens)"\s*:\s*(\d+)')
 _CHOICE_INDEX = re.compile(rb'"choices"\s*:\s*\[\s*\{\s*"index"\s*:\s*(\d+)')
 _NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+_COMPACT = b'"usage":{'
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,20 +29,41 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
-def _int(pattern: re.Pattern[bytes], text: bytes) -> int:
-    found = pattern.search(text)
-    return int(found.group(1)) if found else 0
-
-
 def parse_usage(obj: bytes) -> Usage:
     """A usage object's bytes (`{"prompt_tokens": …}`) as Usage; absent counts are 0."""
-    return Usage(_int(_PROMPT, obj), _int(_COMPLETION, obj), _int(_CACHED, obj))
+    counts = {name: int(value) for name, value in _COUNTS.findall(obj)}
+    return Usage(
+        counts.get(b"prompt_tokens", 0),
+        counts.get(b"completion_tokens", 0),
+        counts.get(b"cached_tokens", 0),
+    )
+
+
+def find_usage(payload: bytes) -> tuple[int, int, int] | None:
+    """Where the member `"usage":{…}` is: (member start, object start, end), or None.
+
+    Compact JSON (what vLLM sends) is found with plain byte searches, from the end where vLLM
+    puts usage; anything else falls back to a regex.
+    """
+    start = payload.rfind(_COMPACT)
+    if start < 0:
+        if b'"usage"' not in payload:
+            return None
+        found = USAGE_OBJECT.search(payload)
+        return None if found is None else (found.start(), found.start(1), found.end())
+    obj = start + len(_COMPACT) - 1
+    end = payload.find(b"}", obj)
+    nested = payload.find(b"{", obj + 1, end)
+    while nested >= 0 and end >= 0:  # a nested *_tokens_details object: skip past its brace
+        end = payload.find(b"}", end + 1)
+        nested = payload.find(b"{", nested + 1, end)
+    return None if end < 0 else (start, obj, end + 1)
 
 
 def usage_of(body: bytes) -> Usage | None:
     """The top-level usage of a response body or stream payload, if it carries one."""
-    found = USAGE_OBJECT.search(body)
-    return None if found is None else parse_usage(found.group(1))
+    span = find_usage(body)
+    return None if span is None else parse_usage(body[span[1] : span[2]])
 
 
 class StreamUsage:
@@ -58,31 +78,55 @@ class StreamUsage:
 
     def __init__(self, n: int = 1) -> None:
         self.n = max(1, n)
-        self.final: Usage | None = None
-        self.choices: dict[int, Usage] = {}
+        # Raw usage objects, parsed only when asked: a frame costs a slice, not a parse.
+        self.final: bytes | None = None
+        self.choices: dict[int, bytes] = {}
 
-    def feed(self, payload: bytes) -> None:
-        found = USAGE_OBJECT.search(payload)
-        if found is None:
+    def feed(self, payload: bytes, span: tuple[int, int, int] | None = None) -> None:
+        """Note one payload's usage; `span` is its find_usage() if the caller has it."""
+        span = span or find_usage(payload)
+        if span is None:
             return
-        usage = parse_usage(found.group(1))
-        if _NO_CHOICES.search(payload) is not None:
+        usage = payload[span[1] : span[2]]
+        if is_final_usage(payload):
             self.final = usage
-            return
-        index = _CHOICE_INDEX.search(payload)
-        self.choices[int(index.group(1)) if index else 0] = usage
+        else:
+            self.choices[_choice_index(payload)] = usage
 
     @property
     def usage(self) -> Usage | None:
         if self.final is not None:
-            return self.final
+            return parse_usage(self.final)
         if not self.choices:
             return None
+        parsed = {index: parse_usage(raw) for index, raw in self.choices.items()}
         prompts: dict[int, Usage] = {}
-        for index, usage in self.choices.items():
+        for index, usage in parsed.items():
             prompts.setdefault(index // self.n, usage)
         return Usage(
             prompt_tokens=sum(u.prompt_tokens for u in prompts.values()),
-            completion_tokens=sum(u.completion_tokens for u in self.choices.values()),
+            completion_tokens=sum(u.completion_tokens for u in parsed.values()),
             cached_tokens=sum(u.cached_tokens for u in prompts.values()),
         )
+
+
+def is_final_usage(payload: bytes) -> bool:
+    """The usage-only frame that ends a stream with include_usage (no choices, usage)."""
+    if b'"usage"' not in payload:
+        return False
+    if b'"choices":[' in payload:  # compact JSON, as vLLM sends it
+        return b'"choices":[]' in payload
+    return _NO_CHOICES.search(payload) is not None
+
+
+def _choice_index(payload: bytes) -> int:
+    at = payload.find(b'"choices":[{"index":')
+    if at >= 0:
+        digits = payload[at + 20 : at + 32]
+        end = 0
+        while end < len(digits) and 48 <= digits[end] <= 57:
+            end += 1
+        if end:
+            return int(digits[:end])
+    found = _CHOICE_INDEX.search(payload)
+    return int(found.group(1)) if found else 0

@@ -14,11 +14,10 @@ from gateway.metering.stream_options import (
     UsageWanted,
     fingerprint_of,
     for_client,
-    is_final_usage,
     is_finish,
     with_fingerprint,
 )
-from gateway.metering.usage import StreamUsage
+from gateway.metering.usage import StreamUsage, find_usage, is_final_usage
 from gateway.proxy.normalize import normalize_error, normalize_success
 from gateway.proxy.sse import DONE_FRAME, FrameSplitter, error_frame, frame_data, is_done
 from gateway.request_context import RequestInfo
@@ -58,7 +57,8 @@ class FrameFilter:
 
     The engine is asked for usage in every frame; the client gets only what it asked for. For
     a client that asked for none, finish frames get back the system_fingerprint vLLM moves to
-    the usage frame: from the engine's cache when known, else held until that frame says it.
+    the usage frame: from the engine's cache when known; else (an engine's first stream) the
+    stream is held from the first finish frame until the usage frame says it, order kept.
     """
 
     __slots__ = ("engine", "held", "tap", "want")
@@ -67,40 +67,47 @@ class FrameFilter:
         self.tap = StreamUsage(n)
         self.want = want
         self.engine = engine
-        self.held: list[bytes] = []
+        self.held: list[bytes] = []  # payloads waiting for the fingerprint, in order
 
     def __call__(self, frame: bytes) -> bytes:
         data = frame_data(frame)
-        if data is None or b'"usage"' not in data:
+        span = None if data is None else find_usage(data)
+        if data is None or span is None:
             return self.release() + transform_frame(frame)
-        self.tap.feed(data)
+        self.tap.feed(data, span)
         want = self.want
         if want is None or want.everything:
             return transform_frame(frame)
         if want.include_usage:
-            return _shown(for_client(data, want) or data)
+            return _shown(for_client(data, want, span) or data)
+        return self._without_usage(data, span)
+
+    def _without_usage(self, data: bytes, span: tuple[int, int, int]) -> bytes:
+        """A frame for a client that asked for no usage (see the class docstring)."""
         if is_final_usage(data):
             found = fingerprint_of(data)
             if found is not None:
                 self.engine.fingerprint = found.decode()
             return self.release(found)
-        payload = for_client(data, want) or data
-        out = self.release()
+        payload = for_client(data, UsageWanted(False, False), span) or data
         if is_finish(payload):
             known = self.engine.fingerprint
             if known is None:
                 self.held.append(payload)
-                return out
+                return b""
             payload = with_fingerprint(payload, known.encode())
-        return out + _shown(payload)
+        if self.held:
+            self.held.append(payload)
+            return b""
+        return _shown(payload)
 
     def release(self, fingerprint: bytes | None = None) -> bytes:
-        """Frames held for the fingerprint, with it if it is known now."""
+        """The held frames, their finish frames with the fingerprint if it is known now."""
         if not self.held:
             return b""
         held, self.held = self.held, []
         if fingerprint is not None:
-            held = [with_fingerprint(payload, fingerprint) for payload in held]
+            held = [with_fingerprint(p, fingerprint) if is_finish(p) else p for p in held]
         return b"".join(_shown(payload) for payload in held)
 
 
