@@ -92,6 +92,11 @@ class MeteringSettings(BaseModel):
     flush_timeout_s: float = Field(default=10.0, ge=0)
     retry_max_interval_s: float = Field(default=5.0, gt=0)
 
+    @field_validator("spill_dir")
+    @classmethod
+    def _expand_home(cls, path: Path) -> Path:
+        return path.expanduser()
+
 
 class JwtClaims(BaseModel):
     """Which claim carries what. Limits and models are optional claims."""
