@@ -35,7 +35,9 @@ class SpillDir:
         data = b"".join(s.to_json() + b"\n" for s in settlements)
         fd = os.open(self.own, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:  # os.write may write less than asked (a full disk raises instead)
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)

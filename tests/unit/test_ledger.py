@@ -1,0 +1,284 @@
+"""gateway/metering/ledger.py and settle.lua against a real Redis: records, daily totals, limit
+settlement, idempotency."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from itertools import count
+from typing import cast
+
+import orjson
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+
+from gateway.app import redis_client
+from gateway.auth.principal import Limits, Principal
+from gateway.embedded.redis_server import running_redis
+from gateway.errors import RateLimited
+from gateway.limits.limiter import Limiter, scope_keys
+from gateway.metering.ledger import (
+    _SHA,
+    METRICS,
+    TENANTS,
+    Ledger,
+    day_field,
+    day_key,
+    log_key,
+    usage_prefix,
+)
+from gateway.metering.record import UsageRecord, new_record_id
+from gateway.metering.settlement import LimitSettlement, Settlement
+from gateway.settings import MeteringSettings
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+_tenants = count()
+WINDOW_S = 3600.0  # a long "minute": buckets barely refill while a test runs
+DAY_MS = 86_400_000
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def redis() -> AsyncIterator[Redis]:
+    async with running_redis(None) as url:
+        client = redis_client(url, timeout_s=5.0, max_connections=16)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+
+
+def tenant() -> str:
+    return f"lt{next(_tenants)}"
+
+
+def record(
+    tenant: str,
+    *,
+    key_id: str = "k1",
+    model: str = "m",
+    prompt: int = 10,
+    completion: int = 5,
+    cached: int = 3,
+    time_ms: int | None = None,
+    ttft_ms: float | None = 12.5,
+) -> UsageRecord:
+    return UsageRecord(
+        id=new_record_id(),
+        request_id="req-1",
+        time_ms=int(time.time() * 1000) if time_ms is None else time_ms,
+        tenant=tenant,
+        key_id=key_id,
+        model=model,
+        route="chat/completions",
+        engine="http://e:8000",
+        stream=True,
+        outcome="ok",
+        status=200,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cached_tokens=cached,
+        latency_ms=123.25,
+        ttft_ms=ttft_ms,
+    )
+
+
+def settlement(rec: UsageRecord, limits: LimitSettlement | None = None) -> Settlement:
+    return Settlement(rec.id, rec.tenant, rec.key_id, rec, limits)
+
+
+def ledger(redis: Redis) -> Ledger:
+    return Ledger(redis, MeteringSettings(), window_s=WINDOW_S)
+
+
+async def log_of(redis: Redis, tenant: str) -> list[UsageRecord]:
+    entries = cast("list[tuple[bytes, dict[bytes, bytes]]]", await redis.xrange(log_key(tenant)))
+    return [UsageRecord.from_fields(fields) for _, fields in entries]
+
+
+async def day_of(redis: Redis, tenant: str, day: str) -> dict[tuple[str, str, str], int]:
+    raw = cast("dict[bytes, bytes]", await redis.hgetall(day_key(tenant, day)))
+    return {tuple(orjson.loads(k)): int(v) for k, v in raw.items()}
+
+
+def totals(key_id: str, model: str, *counts: int) -> dict[tuple[str, str, str], int]:
+    """Daily hash fields of one key and model: requests, prompt, completion, cached tokens."""
+    return {(key_id, model, metric): n for metric, n in zip(METRICS, counts, strict=True)}
+
+
+async def test_a_settlement_writes_one_record_and_the_daily_totals(redis: Redis) -> None:
+    t = tenant()
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    midnight_ms = int(today.timestamp() * 1000)
+    yesterday = (today - timedelta(days=1)).strftime("%Y-%m-%d")
+    rec = record(t, time_ms=midnight_ms - 1)  # the last millisecond of yesterday (UTC)
+    await ledger(redis).write([settlement(rec)])
+
+    assert await log_of(redis, t) == [rec]
+    assert await day_of(redis, t, yesterday) == totals("k1", "m", 1, 10, 5, 3)
+    assert await redis.sismember(TENANTS, t)
+    assert await redis.exists(day_key(t, today.strftime("%Y-%m-%d"))) == 0
+    retention_ms = int(MeteringSettings().retention_days * DAY_MS)
+    # The day hash lives until the end of its day plus the retention, the log for the retention.
+    ttl = await redis.pttl(day_key(t, yesterday))
+    expected = midnight_ms + retention_ms - int(time.time() * 1000)
+    assert abs(ttl - expected) < 5_000
+    assert retention_ms - 5_000 < await redis.pttl(log_key(t)) <= retention_ms
+
+
+async def test_records_round_trip_through_from_fields(redis: Redis) -> None:
+    t = tenant()
+    records = [
+        record(t),
+        record(t, key_id="k:2", model="org/model-7b", ttft_ms=None, cached=0),
+        record(t, prompt=0, completion=0, cached=0, ttft_ms=0.0),
+    ]
+    records[1] = UsageRecord(**{**records[1].as_dict(), "stream": False, "outcome": "rejected"})
+    await ledger(redis).write([settlement(r) for r in records])
+    got = await log_of(redis, t)
+    assert got == records
+    assert got[1].ttft_ms is None
+    assert got[1].stream is False
+    assert got[2].ttft_ms == 0.0
+    assert got[0].view()["total_tokens"] == 15
+
+
+async def test_totals_add_up_per_key_and_model(redis: Redis) -> None:
+    t = tenant()
+    now = int(time.time() * 1000)
+    day = datetime.fromtimestamp(now / 1000, UTC).strftime("%Y-%m-%d")
+    batch = [
+        settlement(record(t, time_ms=now, prompt=10, completion=1, cached=0)),
+        settlement(record(t, time_ms=now, prompt=20, completion=2, cached=4)),
+        settlement(record(t, time_ms=now, key_id="k2", prompt=7, completion=0, cached=0)),
+        settlement(record(t, time_ms=now, model="m2", prompt=1, completion=1, cached=1)),
+    ]
+    await ledger(redis).write(batch)
+    assert await day_of(redis, t, day) == {
+        **totals("k1", "m", 2, 30, 3, 4),
+        **totals("k2", "m", 1, 7, 0, 0),
+        **totals("k1", "m2", 1, 1, 1, 1),
+    }
+    assert (await redis.hgetall(day_key(t, day)))[day_field("k1", "m", "requests").encode()] == b"2"
+    assert len(await log_of(redis, t)) == 4
+
+
+async def test_writing_again_changes_nothing(redis: Redis) -> None:
+    t = tenant()
+    one, two = record(t), record(t, prompt=100)
+    first, second = settlement(one), settlement(two)
+    book = ledger(redis)
+    await book.write([first])
+    await book.write([first])
+    await book.write([first, second])
+    await book.write([first, second])
+    await ledger(redis).write([second, first])  # another ledger (another gateway) too
+    assert [r.id for r in await log_of(redis, t)] == [first.id, second.id]
+    assert await day_of(redis, t, one.day) == totals("k1", "m", 2, 110, 10, 6)
+    seen = await redis.pttl(f"{usage_prefix(t)}:seen:{first.id}")
+    window_ms = MeteringSettings().dedupe_window_s * 1000
+    assert window_ms - 60_000 < seen <= window_ms
+
+
+async def test_an_empty_batch_writes_nothing(redis: Redis) -> None:
+    before = await redis.dbsize()
+    await ledger(redis).write([])
+    assert await redis.dbsize() == before
+
+
+def who(key: Limits, tenant_limits: Limits | None = None) -> Principal:
+    return Principal(
+        tenant=tenant(),
+        key_id="k",
+        source="api_key",
+        key_limits=key,
+        tenant_limits=tenant_limits or Limits(),
+    )
+
+
+def limit_settlement(principal: Principal, lease: str, delta: int) -> Settlement:
+    limits = LimitSettlement(
+        lease, delta, principal.key_limits.tpm or 0, principal.tenant_limits.tpm or 0
+    )
+    return Settlement(new_record_id(), principal.tenant, principal.key_id, None, limits)
+
+
+async def remaining_tokens(limiter: Limiter, principal: Principal) -> tuple[int | None, ...]:
+    """Tokens left at the key and the tenant scope (None: no tpm there), as a 0-token admission
+    reports them."""
+    key, tenant = principal.key_limits, principal.tenant_limits
+    out: list[int | None] = []
+    for only in (  # tokens only: no lease taken, no request counted
+        Principal(principal.tenant, principal.key_id, "api_key", key_limits=Limits(tpm=key.tpm)),
+        Principal(
+            principal.tenant, principal.key_id, "api_key", tenant_limits=Limits(tpm=tenant.tpm)
+        ),
+    ):
+        admission = await limiter.admit(only, 0)
+        out.append(None if admission.tokens is None else admission.tokens[1])
+    return tuple(out)
+
+
+async def test_limits_only_settlement_moves_the_buckets_and_releases_the_lease(
+    redis: Redis,
+) -> None:
+    limiter = Limiter(redis, window_s=WINDOW_S)
+    principal = who(Limits(tpm=1000, max_concurrency=1), Limits(tpm=2000))
+    admission = await limiter.admit(principal, 300)
+    assert await remaining_tokens(limiter, principal) == (700, 1700)
+    with pytest.raises(RateLimited, match="in flight"):
+        await limiter.admit(principal, 1)
+    (_, _, key_leases), _ = scope_keys(principal.tenant, principal.key_id)
+    assert await redis.zscore(key_leases, admission.lease) is not None
+
+    refund = limit_settlement(principal, admission.lease, 100 - 300)  # used 100 of 300
+    await ledger(redis).write([refund])
+    assert await redis.zscore(key_leases, admission.lease) is None
+    assert await remaining_tokens(limiter, principal) == (900, 1900)
+    assert await redis.exists(log_key(principal.tenant)) == 0  # no record, no log
+    assert not await redis.sismember(TENANTS, principal.tenant)
+
+    await ledger(redis).write([refund])  # idempotent: not refunded twice
+    assert await remaining_tokens(limiter, principal) == (900, 1900)
+
+    second = await limiter.admit(principal, 100)  # the released slot is free again
+    await ledger(redis).write([limit_settlement(principal, second.lease, 400)])  # used 500
+    assert await remaining_tokens(limiter, principal) == (400, 1400)
+    await limiter.admit(principal, 0)  # and released once more
+
+
+async def test_a_refund_larger_than_the_charge_empties_the_bucket(redis: Redis) -> None:
+    limiter = Limiter(redis, window_s=WINDOW_S)
+    principal = who(Limits(tpm=1000))
+    admission = await limiter.admit(principal, 300)
+    await ledger(redis).write([limit_settlement(principal, admission.lease, -10_000)])
+    (_, key_tpm, _), _ = scope_keys(principal.tenant, principal.key_id)
+    assert await redis.exists(key_tpm) == 0
+    assert await remaining_tokens(limiter, principal) == (1000, None)
+
+
+async def test_record_and_limits_in_one_settlement(redis: Redis) -> None:
+    limiter = Limiter(redis, window_s=WINDOW_S)
+    principal = who(Limits(tpm=1000, max_concurrency=1))
+    admission = await limiter.admit(principal, 50)
+    rec = record(principal.tenant, key_id=principal.key_id, prompt=40, completion=30)
+    limits = LimitSettlement(admission.lease, rec.total_tokens - 50, 1000, 0)
+    await ledger(redis).write([settlement(rec, limits)])
+    assert await log_of(redis, principal.tenant) == [rec]
+    assert await remaining_tokens(limiter, principal) == (1000 - 70, None)
+    await limiter.admit(principal, 0)  # the lease was released
+
+
+async def test_a_flushed_script_cache_is_reloaded(redis: Redis) -> None:
+    t = tenant()
+    book = ledger(redis)
+    await book.write([settlement(record(t))])
+    await redis.script_flush()
+    assert await redis.script_exists(_SHA) == [False]
+    later = settlement(record(t))
+    await book.write([later, settlement(record(t))])
+    assert len(await log_of(redis, t)) == 3
+    assert await redis.script_exists(_SHA) == [True]
+    await book.write([later])  # and still idempotent after the reload
+    assert len(await log_of(redis, t)) == 3

@@ -1,0 +1,329 @@
+"""gateway/metering/settler.py against real Redis servers that answer, are gone, or come back:
+no settlement is lost and none counts twice."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from itertools import count
+from pathlib import Path
+from typing import cast
+
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+
+from gateway.app import redis_client
+from gateway.embedded.process_group import stop_process_group
+from gateway.embedded.redis_server import ping, redis_config, redis_server_binary, running_redis
+from gateway.metering.ledger import Ledger, log_key
+from gateway.metering.record import UsageRecord, new_record_id
+from gateway.metering.settlement import Settlement
+from gateway.metering.settler import Settler
+from gateway.metering.spill import count_lines
+from gateway.metrics import Metrics
+from gateway.netutil import free_port
+from gateway.settings import MeteringSettings
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+_tenants = count()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def redis() -> AsyncIterator[Redis]:
+    async with running_redis(None) as url:
+        client = redis_client(url, timeout_s=5.0, max_connections=16)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+
+
+@asynccontextmanager
+async def redis_on(port: int, workdir: Path) -> AsyncIterator[None]:
+    """A redis-server on a given port (to bring one up where a settler already points)."""
+    await asyncio.to_thread(_write_config, port, workdir)
+    proc = await asyncio.create_subprocess_exec(
+        str(redis_server_binary()),
+        str(workdir / "redis.conf"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        await until(lambda: ping(f"redis://127.0.0.1:{port}/0", 0.5), "redis-server started")
+        yield
+    finally:
+        await stop_process_group(proc, grace_s=5.0)
+
+
+def _write_config(port: int, workdir: Path) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "redis.conf").write_text(redis_config(port, workdir))
+
+
+async def until(
+    check: Callable[[], bool | Awaitable[bool]], what: str, timeout_s: float = 10.0
+) -> None:
+    """Poll `check` until it holds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result if isinstance(result, bool) else await result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s}s: {what}")
+        await asyncio.sleep(0.02)
+
+
+def settings(spill_dir: Path, queue_max: int = 10_000) -> MeteringSettings:
+    return MeteringSettings(
+        spill_dir=spill_dir,
+        write_timeout_s=0.2,
+        flush_timeout_s=0.5,
+        queue_max=queue_max,
+        retry_max_interval_s=0.2,
+    )
+
+
+def settler_on(client: Redis, spill_dir: Path, queue_max: int = 10_000) -> Settler:
+    config = settings(spill_dir, queue_max)
+    return Settler(Ledger(client, config, window_s=60), config, Metrics())
+
+
+def settlements(tenant: str, n: int) -> list[Settlement]:
+    out = []
+    for i in range(n):
+        rid = new_record_id()
+        record = UsageRecord(
+            id=rid,
+            request_id=f"req-{i}",
+            time_ms=int(time.time() * 1000),
+            tenant=tenant,
+            key_id="k",
+            model="m",
+            route="chat/completions",
+            engine="http://e",
+            stream=True,
+            outcome="ok",
+            status=200,
+            prompt_tokens=10 + i,
+            completion_tokens=1,
+            cached_tokens=0,
+            latency_ms=5.0,
+            ttft_ms=1.0,
+        )
+        out.append(Settlement(rid, tenant, "k", record, None))
+    return out
+
+
+def tenant() -> str:
+    return f"st{next(_tenants)}"
+
+
+def gauge(settler: Settler, name: str = "llmaas_usage_pending_records") -> float:
+    value = settler.metrics.registry.get_sample_value(name)
+    assert value is not None
+    return value
+
+
+def spilled_lines(spill_dir: Path) -> int:
+    """Settlements in the spill files of a directory (0 if it was never created)."""
+    return sum(count_lines(f) for f in spill_dir.glob("*.jsonl"))
+
+
+async def logged_ids(client: Redis, tenant: str) -> list[str]:
+    entries = cast("list[tuple[bytes, dict[bytes, bytes]]]", await client.xrange(log_key(tenant)))
+    return [UsageRecord.from_fields(fields).id for _, fields in entries]
+
+
+async def test_settle_writes_at_once_when_redis_answers(redis: Redis, tmp_path: Path) -> None:
+    t = tenant()
+    settler = settler_on(redis, tmp_path)
+    batch = settlements(t, 3)
+    for s in batch:
+        await settler.settle(s)
+        assert await logged_ids(redis, t) == [x.id for x in batch[: batch.index(s) + 1]]
+    assert settler.pending == 0
+    assert gauge(settler) == 0
+    tokens = settler.metrics.registry.get_sample_value(
+        "llmaas_tokens_total", {"tenant": t, "model": "m", "kind": "prompt"}
+    )
+    assert tokens == 10 + 11 + 12
+    assert spilled_lines(tmp_path) == 0
+    await settler.close()
+    assert settler.pending == 0
+    assert spilled_lines(tmp_path) == 0
+
+
+async def test_settler_without_ledger_only_counts_tokens(tmp_path: Path) -> None:
+    config = settings(tmp_path)
+    settler = Settler(None, config, Metrics())
+    await settler.start()
+    assert settler.task is None
+    (s,) = settlements(tenant(), 1)
+    await settler.settle(s)
+    await settler.close()
+    assert settler.pending == 0
+    assert spilled_lines(tmp_path) == 0
+    assert s.record is not None
+    tokens = settler.metrics.registry.get_sample_value(
+        "llmaas_tokens_total", {"tenant": s.tenant, "model": "m", "kind": "completion"}
+    )
+    assert tokens == 1
+
+
+async def test_redis_gone_queue_then_spill_then_replay_on_start(
+    redis: Redis, tmp_path: Path
+) -> None:
+    spill_dir = tmp_path / "spill"
+    t = tenant()
+    batch = settlements(t, 8)
+    async with running_redis(None) as url:
+        doomed = redis_client(url, timeout_s=0.2, max_connections=4)
+        first = settler_on(doomed, spill_dir, queue_max=3)
+        await first.settle(batch[0])  # Redis answers: written there (and lost with it)
+        assert first.pending == 0
+    # That Redis is stopped now.
+    try:
+        started = time.monotonic()
+        await first.settle(batch[1])  # waits write_timeout_s, then queues
+        assert time.monotonic() - started < 1.0
+        assert len(first.queue) == 1
+        for s in batch[2:6]:  # two more fit the queue; the rest go to disk
+            await first.settle(s)
+        assert list(first.queue) == batch[1:4]
+        assert spilled_lines(spill_dir) == 2
+        assert first.pending == 5
+        assert gauge(first) == 5
+        assert gauge(first, "llmaas_usage_spilled_records_total") == 2
+        assert gauge(first, "llmaas_usage_write_failures_total") >= 1
+
+        started = time.monotonic()
+        await first.close()  # Redis stays down: the queue goes to disk after flush_timeout_s
+        assert 0.4 < time.monotonic() - started < 3.0
+        assert not first.queue
+        assert spilled_lines(spill_dir) == 5
+        assert first.pending == 5
+        assert gauge(first) == 5
+        await first.settle(batch[6])  # settled after close: straight to disk
+        assert spilled_lines(spill_dir) == 6
+        assert first.pending == gauge(first) == 6
+    finally:
+        await doomed.aclose()
+
+    # A later life (the next gateway) with a reachable Redis and the same spill_dir. One of the
+    # spilled settlements already reached this Redis once (a lost reply, say).
+    second = settler_on(redis, spill_dir)
+    await Ledger(redis, settings(spill_dir), window_s=60).write([batch[3]])
+    await second.settle(batch[7])
+    await second.start()
+    try:
+        expected = {s.id for s in batch[1:8]}
+        await until(
+            lambda: _has(redis, t, len(expected)), "the spill files were replayed", timeout_s=10
+        )
+        await until(lambda: second.pending == 0, "nothing left pending")
+        ids = await logged_ids(redis, t)
+        assert sorted(ids) == sorted(expected)  # exactly once each: batch[3] not twice
+        assert list(spill_dir.glob("*.jsonl")) == []
+        assert gauge(second) == 0
+    finally:
+        await second.close()
+    assert second.pending == 0
+    assert list(spill_dir.glob("*.jsonl")) == []
+
+
+async def _has(client: Redis, tenant: str, n: int) -> bool:
+    return len(await logged_ids(client, tenant)) >= n
+
+
+async def test_a_running_settler_catches_up_when_redis_comes_back(tmp_path: Path) -> None:
+    port = free_port()
+    client = redis_client(f"redis://127.0.0.1:{port}/0", timeout_s=0.2, max_connections=4)
+    settler = settler_on(client, tmp_path / "spill", queue_max=4)
+    await settler.start()
+    t = tenant()
+    batch = settlements(t, 10)
+    try:
+        for s in batch:
+            await settler.settle(s)
+        assert len(settler.queue) == 4
+        assert spilled_lines(tmp_path / "spill") == 6
+        assert settler.pending == gauge(settler) == 10
+        failures = gauge(settler, "llmaas_usage_write_failures_total")
+        await until(  # the background task retries meanwhile, without losing any
+            lambda: gauge(settler, "llmaas_usage_write_failures_total") >= failures + 2,
+            "the background task retried",
+        )
+        assert settler.pending == gauge(settler) == 10
+        assert len(settler.queue) + spilled_lines(tmp_path / "spill") == 10
+        async with redis_on(port, tmp_path / "redis"):
+            # Backoff is capped at retry_max_interval_s; the own spill file replays too.
+            await until(lambda: settler.pending == 0, "queue and spill file written")
+            assert sorted(await logged_ids(client, t)) == sorted(s.id for s in batch)
+            assert list((tmp_path / "spill").glob("*.jsonl")) == []
+            assert gauge(settler) == 0
+            extra = settlements(t, 1)[0]
+            await settler.settle(extra)  # the queue is empty again: written at once
+            assert (await logged_ids(client, t))[-1] == extra.id
+            await settler.close()
+            assert settler.pending == 0
+    finally:
+        await client.aclose()
+
+
+async def test_close_flushes_the_queue_when_redis_is_back(tmp_path: Path) -> None:
+    port = free_port()
+    client = redis_client(f"redis://127.0.0.1:{port}/0", timeout_s=0.2, max_connections=4)
+    settler = settler_on(client, tmp_path / "spill")  # not started: only close() writes
+    t = tenant()
+    batch = settlements(t, 5)
+    try:
+        for s in batch:
+            await settler.settle(s)
+        assert settler.pending == gauge(settler) == 5
+        async with redis_on(port, tmp_path / "redis"):
+            await settler.close()
+            assert settler.pending == gauge(settler) == 0
+            assert await logged_ids(client, t) == [s.id for s in batch]  # oldest first
+        assert spilled_lines(tmp_path / "spill") == 0
+    finally:
+        await client.aclose()
+
+
+async def test_settle_never_raises_even_when_the_spill_dir_is_unusable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """settle() promises never to raise (the relay awaits it after the answer was sent). With
+    Redis down, a full queue and a spill_dir that cannot be created (a read-only volume, a
+    missing home), settlements stay in memory beyond the bound; at shutdown they are logged in
+    full and counted as lost."""
+    blocker = tmp_path / "not-a-dir"
+    await asyncio.to_thread(blocker.write_bytes, b"")
+    client = redis_client(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2, max_connections=4)
+    settler = settler_on(client, blocker / "spill", queue_max=1)
+    batch = settlements(tenant(), 4)
+    try:
+        for s in batch[:3]:
+            await settler.settle(s)  # the second and third do not fit the queue
+        assert list(settler.queue) == batch[:3]
+        assert settler.pending == gauge(settler) == 3
+        assert gauge(settler, "llmaas_usage_spill_failures_total") >= 1
+        assert gauge(settler, "llmaas_usage_write_failures_total") >= 1
+
+        caplog.clear()
+        await settler.close()
+        await settler.settle(batch[3])  # after close: no Redis, no disk either
+        assert settler.pending == gauge(settler) == 0
+        assert gauge(settler, "llmaas_usage_lost_records_total") == 4
+        logged = [
+            Settlement.from_json(vars(r)["fields"]["settlement"])
+            for r in caplog.records
+            if r.getMessage() == "usage settlement lost"
+        ]
+        assert logged == batch
+    finally:
+        await client.aclose()
