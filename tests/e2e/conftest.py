@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
+import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
@@ -39,6 +40,7 @@ class E2E:
     engines: Engines
     http: aiohttp.ClientSession
     key: str
+    redis_url: str
 
     @property
     def auth(self) -> dict[str, str]:
@@ -73,8 +75,9 @@ async def engines() -> AsyncIterator[Engines]:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def e2e(engines: Engines) -> AsyncIterator[E2E]:
+async def e2e(engines: Engines, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E2E]:
     """The gateway with authentication on (real Redis); requests carry a key of tenant e2e."""
+    spill_dir = tmp_path_factory.mktemp("usage-spill")
     async with running_redis(None) as redis_url:
         settings = Settings.model_validate(
             {
@@ -85,6 +88,7 @@ async def e2e(engines: Engines) -> AsyncIterator[E2E]:
                 "redis_url": redis_url,
                 "admin_token": "e2e-admin-token-0123456789",
                 "key_pepper": PEPPER,
+                "metering": {"spill_dir": str(spill_dir)},
             }
         )
         redis = Redis.from_url(redis_url)
@@ -93,4 +97,4 @@ async def e2e(engines: Engines) -> AsyncIterator[E2E]:
         finally:
             await redis.aclose()
         async with serve_asgi(create_app(settings)) as gateway, aiohttp.ClientSession() as http:
-            yield E2E(gateway, engines, http, key)
+            yield E2E(gateway, engines, http, key, redis_url)

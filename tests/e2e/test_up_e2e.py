@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import openai
 import pytest
@@ -23,8 +25,9 @@ def processes_mentioning(text: str) -> list[str]:
     return [line for line in listing.stdout.splitlines() if text in line and "ps -ww" not in line]
 
 
-async def test_up_prints_a_base_url_that_answers_and_stops_cleanly() -> None:
+async def test_up_prints_a_base_url_that_answers_and_stops_cleanly(tmp_path: Path) -> None:
     engine_port = free_port()
+    env = {**os.environ, "LLMAAS_METERING__SPILL_DIR": str(tmp_path / "usage-spill")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -35,6 +38,7 @@ async def test_up_prints_a_base_url_that_answers_and_stops_cleanly() -> None:
         "--engine-port",
         str(engine_port),
         stdout=asyncio.subprocess.PIPE,
+        env=env,
     )
     assert proc.stdout is not None
     try:
