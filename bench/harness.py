@@ -38,11 +38,24 @@ class Result:
         return statistics.median(self.latencies_ms)
 
 
+@dataclass(frozen=True, slots=True)
+class Server:
+    url: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the process has used so far (Linux /proc): unlike latency, barely
+        moved by other processes competing for the same cores."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @asynccontextmanager
 async def process(
     args: list[str], health_url: str, env: dict[str, str] | None = None
-) -> AsyncIterator[None]:
-    """Run `python -m <args>` until the block ends; wait until `health_url` answers 200."""
+) -> AsyncIterator[int]:
+    """Run `python -m <args>` until the block ends; wait until `health_url` answers 200.
+    Yields the process id."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -54,7 +67,7 @@ async def process(
     )
     try:
         await wait_http_ok(health_url, timeout_s=30)
-        yield
+        yield proc.pid
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -74,13 +87,13 @@ async def simulator(model: str) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def gateway(config_text: str, tmp: Path) -> AsyncIterator[str]:
+async def gateway(config_text: str, tmp: Path) -> AsyncIterator[Server]:
     port = free_port()
     config = tmp / f"gateway-{port}.yaml"
     config.write_text(config_text)
     args = ["gateway", "serve", "--config", str(config), "--port", str(port)]
-    async with process(args, f"http://127.0.0.1:{port}/healthz"):
-        yield f"http://127.0.0.1:{port}"
+    async with process(args, f"http://127.0.0.1:{port}/healthz") as pid:
+        yield Server(f"http://127.0.0.1:{port}", pid)
 
 
 Call = Callable[[aiohttp.ClientSession], Awaitable[None]]

@@ -1,8 +1,9 @@
 """Gateway overhead: the same load straight to a zero-delay simulator and through the gateway.
 
 Prints requests/s and the latency the gateway adds (p50, p99) for non-streaming and streaming
-chat completions at concurrency 1, 16 and 64. Figures are ratios and differences measured in
-the same run, on the same machine, so a noisy machine shifts both sides alike.
+chat completions at concurrency 1, 16 and 64, and the gateway process's CPU time per request.
+Figures are ratios and differences measured in the same run, on the same machine, so a noisy
+machine shifts both sides alike; CPU per request is the steadiest figure of all.
 
     .venv/bin/python -m bench.overhead [--requests 2000] [--access-log] [--auth none|key|jwt|limits]
 """
@@ -18,7 +19,7 @@ import aiohttp
 import orjson
 
 from bench.auth_modes import AuthMode, auth_mode
-from bench.harness import Call, Result, drive, gateway, simulator
+from bench.harness import Call, Result, Server, drive, gateway, simulator
 
 MODEL = "bench-model"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 16}
@@ -39,16 +40,19 @@ def chat_call(base: str, stream: bool, auth: dict[str, str] | None = None) -> Ca
 
 
 async def measure(
-    direct: str, via: str, stream: bool, concurrency: int, total: int, *, auth: dict[str, str]
-) -> tuple[Result, Result]:
+    direct: str, via: Server, stream: bool, concurrency: int, total: int, *, auth: dict[str, str]
+) -> tuple[Result, Result, float]:
+    """Direct and gateway results, and the gateway's CPU microseconds per request."""
     connector = aiohttp.TCPConnector(limit=concurrency)
-    direct_call, via_call = chat_call(direct, stream), chat_call(via, stream, auth)
+    direct_call, via_call = chat_call(direct, stream), chat_call(via.url, stream, auth)
     async with aiohttp.ClientSession(connector=connector) as session:
         for call in (direct_call, via_call):  # warm both paths (connections, caches)
             await drive(session, call, min(total, 200), concurrency)
         direct_result = await drive(session, direct_call, total, concurrency)
+        cpu_before = via.cpu_seconds()
         via_result = await drive(session, via_call, total, concurrency)
-    return direct_result, via_result
+        cpu_us = (via.cpu_seconds() - cpu_before) / total * 1e6
+    return direct_result, via_result, cpu_us
 
 
 def config_for(sim_url: str, access_log: bool, auth: AuthMode) -> str:
@@ -65,19 +69,21 @@ async def main(total: int, access_log: bool, levels: list[int], auth_name: str) 
             simulator(MODEL) as sim,
             gateway(config_for(sim, access_log, auth), Path(tmp)) as gw,
         ):
-            credentials = await auth.headers(gw)
+            credentials = await auth.headers(gw.url)
             print(f"auth: {auth_name}")
             print(
                 f"{'mode':<10} {'conc':>4} {'direct rps':>10} {'gw rps':>8} {'ratio':>6} "
-                f"{'direct p50':>10} {'gw p50':>8} {'added p50':>9} {'added p99':>9}  (ms)"
+                f"{'direct p50':>10} {'gw p50':>8} {'added p50':>9} {'added p99':>9}  (ms) "
+                f"{'gw CPU/req':>10} (µs)"
             )
             for stream in (False, True):
                 for conc in levels:
-                    d, g = await measure(sim, gw, stream, conc, total, auth=credentials)
+                    d, g, cpu_us = await measure(sim, gw, stream, conc, total, auth=credentials)
                     print(
                         f"{'stream' if stream else 'non-stream':<10} {conc:>4} {d.rps:>10.0f} "
                         f"{g.rps:>8.0f} {g.rps / d.rps:>6.2f} {d.p50:>10.3f} {g.p50:>8.3f} "
-                        f"{g.p50 - d.p50:>9.3f} {g.pct(0.99) - d.pct(0.99):>9.3f}",
+                        f"{g.p50 - d.p50:>9.3f} {g.pct(0.99) - d.pct(0.99):>9.3f}       "
+                        f"{cpu_us:>10.0f}",
                         flush=True,
                     )
 

@@ -8,10 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.asyncio import Redis
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -32,6 +29,7 @@ from gateway.metering.settler import Settler
 from gateway.metrics import Metrics
 from gateway.proxy.relay import ProxyDeps
 from gateway.proxy.upstream import Upstream
+from gateway.redis_client import redis_client
 from gateway.routing.balancer import make_balancer
 from gateway.routing.engines import EngineRegistry
 from gateway.settings import Settings
@@ -99,24 +97,6 @@ def _redis(settings: Settings) -> Redis | None:
     return redis_client(
         settings.redis_url, settings.redis_timeout_s, settings.redis_max_connections
     )
-
-
-def redis_client(url: str, timeout_s: float, max_connections: int) -> Redis:
-    """A bounded pool: beyond `max_connections` callers wait (up to the timeout) for a free one.
-
-    A command that meets a broken connection (every pooled one is, after Redis restarts) is
-    sent once more on a fresh one; timeouts are not retried (Redis is there, but slow).
-    """
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=timeout_s,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        retry_on_error=[RedisConnectionError],
-    )
-    return Redis.from_pool(pool)  # the client owns the pool: closing it closes every connection
 
 
 def _auth(

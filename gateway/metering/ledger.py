@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -102,8 +101,9 @@ class Ledger:
     def _record_args(self, record: UsageRecord | None) -> list[str | int]:
         if record is None:
             return [0]
-        day_end = datetime.strptime(record.day, "%Y-%m-%d").replace(tzinfo=UTC) + timedelta(1)
-        expires_at = int(day_end.timestamp() * 1000) + self.retention_ms
+        day_end_ms = (record.time_ms // DAY_MS + 1) * DAY_MS  # UTC days: epoch ms align to them
+        expires_at = day_end_ms + self.retention_ms
         fields = [day_field(record.key_id, record.model, m) for m in METRICS]
         tokens = [record.prompt_tokens, record.completion_tokens, record.cached_tokens]
-        return [1, self.retention_ms, expires_at, *fields, *tokens, *record.fields()]
+        pairs = orjson.dumps(record.fields())  # one argument, not 32: redis-py packs each in Python
+        return [1, self.retention_ms, expires_at, *fields, *tokens, pairs.decode()]

@@ -72,11 +72,17 @@ class UsageRecord:
         return day_of(self.time_ms)
 
     def fields(self) -> list[str]:
-        """Field/value pairs for XADD, every value a string."""
+        """Field/value pairs for XADD, every value a string (None: empty, bools: 0/1)."""
         out: list[str] = []
-        for name, value in self.as_dict().items():
-            text = str(int(value)) if isinstance(value, bool) else str(value)
-            out += [name, "" if value is None else text]
+        for name in FIELD_NAMES:
+            value = getattr(self, name)
+            if value is None:
+                text = ""
+            elif isinstance(value, bool):
+                text = "1" if value else "0"
+            else:
+                text = str(value)
+            out += (name, text)
         return out
 
     @classmethod
@@ -103,7 +109,7 @@ class UsageRecord:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {name: getattr(self, name) for name in FIELD_NAMES}
 
     def view(self) -> dict[str, Any]:
         """The record as the export API shows it: RFC 3339 time and the total."""
@@ -111,6 +117,9 @@ class UsageRecord:
         data["time"] = rfc3339_ms(data.pop("time_ms"))
         data["total_tokens"] = self.total_tokens
         return {column: data[column] for column in CSV_COLUMNS}
+
+
+FIELD_NAMES = tuple(f.name for f in dataclasses.fields(UsageRecord))
 
 
 def day_of(time_ms: int) -> str:

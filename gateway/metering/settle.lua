@@ -10,7 +10,8 @@
 --       6 tenant tpm limit (0 = none), 7 window ms,
 --       8 has record (0/1), 9 retention ms, 10 day hash expires at (Unix ms),
 --       11..14 day hash fields (requests, prompt, completion, cached),
---       15..17 prompt, completion, cached tokens, 18.. record field/value pairs
+--       15..17 prompt, completion, cached tokens,
+--       18 the record's field/value pairs, a JSON array of strings
 
 if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
   return 0
@@ -45,8 +46,8 @@ end
 if ARGV[8] == '1' then
   local retention = tonumber(ARGV[9])
   local entry = {KEYS[2], 'MINID', '~', tostring(now - retention), '*'}
-  for i = 18, #ARGV do
-    entry[#entry + 1] = ARGV[i]
+  for _, text in ipairs(cjson.decode(ARGV[18])) do
+    entry[#entry + 1] = text
   end
   redis.call('XADD', unpack(entry))
   redis.call('PEXPIRE', KEYS[2], retention)

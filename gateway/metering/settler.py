@@ -1,7 +1,9 @@
 """Settling requests so that none is lost: now if Redis answers, else later.
 
-A settlement is written in the request's own task when Redis answers within
-`write_timeout_s`. Otherwise it waits in a bounded in-memory queue that a background task
+Settlements are group-committed: while one pipeline is on its way to Redis, those that arrive
+gather into the next, so concurrent requests share round trips. Each request waits for its own
+batch (at most `write_timeout_s`), so when `settle` returns its record is in Redis or queued.
+Otherwise it waits in a bounded in-memory queue that a background task
 retries with backoff (oldest first, in batches). What does not fit the queue goes to this
 process's spill file, and so does whatever is still queued when shutdown's flush gives up; spill
 files are replayed when Redis is back, by this process or any later one. Requests are never
@@ -16,6 +18,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
@@ -33,6 +36,16 @@ SPILL_LOOK_S = 30.0  # how often an idle settler looks for spill files of proces
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 
+@dataclass(slots=True)
+class _Batch:
+    """Settlements that go to Redis in one pipeline; `done` tells whether Redis took them."""
+
+    settlements: list[Settlement] = field(default_factory=list)
+    done: asyncio.Future[bool] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
 class Settler:
     def __init__(self, ledger: Ledger | None, settings: MeteringSettings, metrics: Metrics) -> None:
         self.ledger = ledger
@@ -45,6 +58,11 @@ class Settler:
         self.spilled = 0  # settlements in spill files this process wrote or claimed
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.gathering: _Batch | None = None  # the batch that goes once the one in flight is done
+        self.writer: asyncio.Task[None] | None = None  # the group committer, while it has work
+        self.settling = 0  # settle() calls under way; close() waits for them
+        self.settled = asyncio.Event()
+        self.settled.set()
         self.closed = False
         self.unreachable = False  # logged once per outage, not once per attempt
         self.log = logging.getLogger("llmaas.metering")
@@ -67,15 +85,49 @@ class Settler:
             if not await self._spill([settlement]):
                 self._lost([settlement])
             return
-        if not self.queue:
-            try:
-                async with asyncio.timeout(self.settings.write_timeout_s):
-                    await self.ledger.write([settlement])
-                self._reached()
+        self.settling += 1
+        self.settled.clear()
+        try:
+            if not self.queue and await self._commit(settlement):
                 return
-            except _REDIS_ERRORS as exc:
-                self._failed(exc)
-        await self._enqueue([settlement])
+            await self._enqueue([settlement])
+        finally:
+            self.settling -= 1
+            if self.settling == 0:
+                self.settled.set()
+
+    async def _commit(self, settlement: Settlement) -> bool:
+        """Join the gathering batch and wait for it; False if Redis did not take it in time
+        (if it takes it later anyway, the retry is a no-op: writes are idempotent)."""
+        if self.gathering is None:
+            self.gathering = _Batch()
+        batch = self.gathering
+        batch.settlements.append(settlement)
+        if self.writer is None:
+            self.writer = asyncio.create_task(self._write_batches(), name="usage-group-commit")
+        try:
+            async with asyncio.timeout(self.settings.write_timeout_s):
+                return await asyncio.shield(batch.done)
+        except TimeoutError:
+            return False
+
+    async def _write_batches(self) -> None:
+        """Write gathered batches one after the other until none is waiting."""
+        assert self.ledger is not None
+        try:
+            while self.gathering is not None:
+                batch, self.gathering = self.gathering, None
+                try:
+                    async with asyncio.timeout(self.settings.write_timeout_s):
+                        await self.ledger.write(batch.settlements)
+                except _REDIS_ERRORS as exc:
+                    self._failed(exc)
+                    batch.done.set_result(False)
+                else:
+                    self._reached()
+                    batch.done.set_result(True)
+        finally:
+            self.writer = None
 
     @property
     def pending(self) -> int:
@@ -86,10 +138,13 @@ class Settler:
         """Flush the queue within `flush_timeout_s`; spill what is left. Call after the last
         request finished (uvicorn runs the lifespan's shutdown after its graceful period)."""
         self.closed = True
+        deadline = time.monotonic() + self.settings.flush_timeout_s
+        with contextlib.suppress(TimeoutError):  # settlements under way end in Redis or the queue
+            async with asyncio.timeout(self.settings.flush_timeout_s):
+                await self.settled.wait()
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
-        deadline = time.monotonic() + self.settings.flush_timeout_s
         while self.queue and self.ledger is not None and time.monotonic() < deadline:
             try:
                 async with asyncio.timeout(max(0.01, deadline - time.monotonic())):

@@ -14,7 +14,6 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from gateway.app import redis_client
 from gateway.auth.principal import Limits, Principal
 from gateway.embedded.redis_server import running_redis
 from gateway.errors import RateLimited
@@ -31,6 +30,7 @@ from gateway.metering.ledger import (
 )
 from gateway.metering.record import UsageRecord, new_record_id
 from gateway.metering.settlement import LimitSettlement, Settlement
+from gateway.redis_client import redis_client
 from gateway.settings import MeteringSettings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -11,7 +11,6 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from gateway.app import redis_client
 from gateway.auth.principal import Limits, Principal
 from gateway.embedded.redis_server import running_redis
 from gateway.errors import RateLimited
@@ -19,6 +18,7 @@ from gateway.limits.limiter import Admission, Limiter, duration
 from gateway.metering.ledger import Ledger
 from gateway.metering.record import new_record_id
 from gateway.metering.settlement import LimitSettlement, Settlement
+from gateway.redis_client import redis_client
 from gateway.settings import MeteringSettings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from itertools import count
 from pathlib import Path
@@ -15,7 +15,6 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from gateway.app import redis_client
 from gateway.embedded.process_group import stop_process_group
 from gateway.embedded.redis_server import ping, redis_config, redis_server_binary, running_redis
 from gateway.metering.ledger import Ledger, log_key
@@ -25,6 +24,7 @@ from gateway.metering.settler import Settler
 from gateway.metering.spill import count_lines
 from gateway.metrics import Metrics
 from gateway.netutil import free_port
+from gateway.redis_client import redis_client
 from gateway.settings import MeteringSettings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -155,6 +155,34 @@ async def test_settle_writes_at_once_when_redis_answers(redis: Redis, tmp_path: 
     assert spilled_lines(tmp_path) == 0
     await settler.close()
     assert settler.pending == 0
+    assert spilled_lines(tmp_path) == 0
+
+
+class CountingLedger(Ledger):
+    """A real ledger that remembers the size of every batch it was asked to write."""
+
+    def __init__(self, client: Redis, config: MeteringSettings) -> None:
+        super().__init__(client, config, window_s=60)
+        self.batches: list[int] = []
+
+    async def write(self, batch: Sequence[Settlement]) -> None:
+        self.batches.append(len(batch))
+        await super().write(batch)
+
+
+async def test_concurrent_settlements_share_round_trips(redis: Redis, tmp_path: Path) -> None:
+    t = tenant()
+    config = settings(tmp_path)
+    ledger = CountingLedger(redis, config)
+    settler = Settler(ledger, config, Metrics())
+    batch = settlements(t, 50)
+    await asyncio.gather(*(settler.settle(s) for s in batch))
+    # every settle() returned with its record in Redis, each once
+    assert sorted(await logged_ids(redis, t)) == sorted(s.id for s in batch)
+    assert sum(ledger.batches) == 50
+    assert len(ledger.batches) < 50 / 4, ledger.batches  # the first alone, then the rest together
+    assert settler.pending == 0
+    await settler.close()
     assert spilled_lines(tmp_path) == 0
 
 
@@ -292,6 +320,43 @@ async def test_close_flushes_the_queue_when_redis_is_back(tmp_path: Path) -> Non
         assert spilled_lines(tmp_path / "spill") == 0
     finally:
         await client.aclose()
+
+
+@asynccontextmanager
+async def silent_server() -> AsyncIterator[str]:
+    """A Redis URL whose server accepts connections and never answers."""
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.close()
+
+
+async def test_close_waits_for_settlements_under_way(tmp_path: Path) -> None:
+    """Shutdown may begin while a settlement still waits for Redis (uvicorn cancels requests
+    after its grace period; the relay shields their settlements). close() lets it end in the
+    queue first, so it is spilled with the rest, not left behind."""
+    async with silent_server() as url:
+        client = redis_client(url, timeout_s=5.0, max_connections=4)
+        settler = settler_on(client, tmp_path)
+        (s,) = settlements(tenant(), 1)
+        try:
+            settling = asyncio.create_task(settler.settle(s))
+            await asyncio.sleep(0.05)  # its write is on the wire, unanswered
+            assert not settling.done()
+            await settler.close()
+            assert settling.done()
+            assert spilled_lines(tmp_path) == 1
+            assert gauge(settler, "llmaas_usage_lost_records_total") == 0
+        finally:
+            await client.aclose()
 
 
 async def test_settle_never_raises_even_when_the_spill_dir_is_unusable(

@@ -1,0 +1,59 @@
+"""The gateway's Redis connections pack commands with hiredis: the same bytes redis-py would
+send, and the same error for what cannot be sent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.connection import Connection, UnixDomainSocketConnection
+from redis.exceptions import DataError
+
+from gateway.embedded.redis_server import running_redis
+from gateway.redis_client import PackedConnection, PackedUnixConnection, redis_client
+
+COMMANDS: list[tuple[Any, ...]] = [
+    ("GET", "k"),
+    ("CONFIG GET", "maxmemory"),  # a two-word command is split, as redis-py does
+    (b"CLIENT LIST",),
+    ("EVALSHA", "0" * 40, 2, "llmaas:{t:a}:x", b"raw\x00bytes", 0, -17, 1.5, 1e-7, 12345678901234),
+    ("SET", "clé", "värde ✓", "PX", 1000),
+    ("XADD", "s", "*", "field", ""),
+]
+
+
+@pytest.mark.parametrize("args", COMMANDS)
+def test_packed_bytes_are_redis_pys(args: tuple[Any, ...]) -> None:
+    ours = b"".join(PackedConnection().pack_command(*args))
+    theirs = b"".join(Connection().pack_command(*args))
+    assert ours == theirs
+
+
+def test_an_argument_redis_cannot_take_is_a_data_error() -> None:
+    with pytest.raises(DataError):
+        PackedConnection().pack_command("SET", "k", {"not": "encodable"})
+
+
+def test_every_url_scheme_gets_a_packing_connection() -> None:
+    tcp = redis_client("redis://127.0.0.1:1/0", 1.0, 1)
+    unix = redis_client("unix:///tmp/no-such.sock", 1.0, 1)
+    assert tcp.connection_pool.connection_class is PackedConnection
+    assert unix.connection_pool.connection_class is PackedUnixConnection
+    assert issubclass(PackedUnixConnection, UnixDomainSocketConnection)
+
+
+async def test_a_real_redis_understands_them() -> None:
+    async with running_redis(None) as url:
+        client: Redis = redis_client(url, 5.0, 4)
+        try:
+            await client.set("clé", "värde ✓")
+            assert await client.get("clé") == "värde ✓".encode()
+            await client.hset("h", mapping={"a": 1, "b": 2.5})
+            assert await client.hgetall("h") == {b"a": b"1", b"b": b"2.5"}
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.incrby("n", 3)
+                pipe.incrby("n", 4)
+                assert await pipe.execute() == [3, 7]
+        finally:
+            await client.aclose()
