@@ -2,35 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from typing import Any
 
 import pytest
 
 from tests.integration.conftest import AuthStack
+from tests.support.cli import run_llmaas
 from tests.support.gateways import ADMIN_TOKEN
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def llmaas(auth: AuthStack, *args: str, token: str = ADMIN_TOKEN) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        *args,
-        "--url",
-        auth.gateway,
-        "--admin-token",
-        token,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_llmaas(auth.gateway, *args, token=token)
 
 
 async def llmaas_json(auth: AuthStack, *args: str) -> Any:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
-import sys
 from typing import Any
 
 import pytest
 
 from tests.integration.conftest import MODEL
 from tests.integration.metering_fixture import Meter, meter_fixture  # noqa: F401 (the fixture)
+from tests.support.cli import run_llmaas
 from tests.support.gateways import ADMIN_TOKEN
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -21,22 +20,7 @@ HELLO: Any = [{"role": "user", "content": "hi"}]
 
 
 async def usage(meter: Meter, *args: str, token: str = ADMIN_TOKEN) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "usage",
-        *args,
-        "--url",
-        meter.gateway,
-        "--admin-token",
-        token,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_llmaas(meter.gateway, "usage", *args, token=token)
 
 
 async def test_usage_totals_and_records_through_the_cli(meter: Meter) -> None:

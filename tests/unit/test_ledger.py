@@ -4,18 +4,15 @@ settlement, idempotency."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from itertools import count
-from typing import cast
+from typing import Any, cast
 
 import orjson
 import pytest
-import pytest_asyncio
 from redis.asyncio import Redis
 
 from gateway.auth.principal import Limits, Principal
-from gateway.embedded.redis_server import running_redis
 from gateway.errors import RateLimited
 from gateway.limits.limiter import Limiter, scope_keys
 from gateway.metering.ledger import (
@@ -30,8 +27,9 @@ from gateway.metering.ledger import (
 )
 from gateway.metering.record import UsageRecord, new_record_id
 from gateway.metering.settlement import LimitSettlement, Settlement
-from gateway.redis_client import redis_client
 from gateway.settings import MeteringSettings
+from tests.support.usage_records import settlement_of as settlement
+from tests.support.usage_records import usage_record
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 _tenants = count()
@@ -39,53 +37,20 @@ WINDOW_S = 3600.0  # a long "minute": buckets barely refill while a test runs
 DAY_MS = 86_400_000
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def redis() -> AsyncIterator[Redis]:
-    async with running_redis(None) as url:
-        client = redis_client(url, timeout_s=5.0, max_connections=16)
-        try:
-            yield client
-        finally:
-            await client.aclose()
-
-
 def tenant() -> str:
     return f"lt{next(_tenants)}"
 
 
 def record(
-    tenant: str,
-    *,
-    key_id: str = "k1",
-    model: str = "m",
-    prompt: int = 10,
-    completion: int = 5,
-    cached: int = 3,
-    time_ms: int | None = None,
-    ttft_ms: float | None = 12.5,
+    tenant: str, *, prompt: int = 10, completion: int = 5, cached: int = 3, **fields: Any
 ) -> UsageRecord:
-    return UsageRecord(
-        id=new_record_id(),
-        request_id="req-1",
-        time_ms=int(time.time() * 1000) if time_ms is None else time_ms,
+    return usage_record(
         tenant=tenant,
-        key_id=key_id,
-        model=model,
-        route="chat/completions",
-        engine="http://e:8000",
-        stream=True,
-        outcome="ok",
-        status=200,
         prompt_tokens=prompt,
         completion_tokens=completion,
         cached_tokens=cached,
-        latency_ms=123.25,
-        ttft_ms=ttft_ms,
+        **fields,
     )
-
-
-def settlement(rec: UsageRecord, limits: LimitSettlement | None = None) -> Settlement:
-    return Settlement(rec.id, rec.tenant, rec.key_id, rec, limits)
 
 
 def ledger(redis: Redis) -> Ledger:

@@ -4,35 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from itertools import count
 
 import pytest
-import pytest_asyncio
 from redis.asyncio import Redis
 
 from gateway.auth.principal import Limits, Principal
-from gateway.embedded.redis_server import running_redis
 from gateway.errors import RateLimited
 from gateway.limits.limiter import Admission, Limiter, duration
 from gateway.metering.ledger import Ledger
 from gateway.metering.record import new_record_id
 from gateway.metering.settlement import LimitSettlement, Settlement
-from gateway.redis_client import redis_client
 from gateway.settings import MeteringSettings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 _tenants = count()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def redis() -> AsyncIterator[Redis]:
-    async with running_redis(None) as url:
-        client = redis_client(url, timeout_s=5.0, max_connections=64)
-        try:
-            yield client
-        finally:
-            await client.aclose()
 
 
 async def settle(redis: Redis, principal: Principal, admission: Admission, used: int) -> None:

@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-import pytest_asyncio
 from redis.asyncio import Redis
 
 from gateway.embedded.process_group import stop_process_group
 from gateway.embedded.redis_server import ping, redis_config, redis_server_binary, running_redis
 from gateway.metering.ledger import Ledger, log_key
-from gateway.metering.record import UsageRecord, new_record_id
+from gateway.metering.record import UsageRecord
 from gateway.metering.settlement import Settlement
 from gateway.metering.settler import Settler
 from gateway.metering.spill import count_lines
@@ -26,19 +25,10 @@ from gateway.metrics import Metrics
 from gateway.netutil import free_port
 from gateway.redis_client import redis_client
 from gateway.settings import MeteringSettings
+from tests.support.usage_records import settlement_of, usage_record
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 _tenants = count()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def redis() -> AsyncIterator[Redis]:
-    async with running_redis(None) as url:
-        client = redis_client(url, timeout_s=5.0, max_connections=16)
-        try:
-            yield client
-        finally:
-            await client.aclose()
 
 
 @asynccontextmanager
@@ -94,29 +84,19 @@ def settler_on(client: Redis, spill_dir: Path, queue_max: int = 10_000) -> Settl
 
 
 def settlements(tenant: str, n: int) -> list[Settlement]:
-    out = []
-    for i in range(n):
-        rid = new_record_id()
-        record = UsageRecord(
-            id=rid,
-            request_id=f"req-{i}",
-            time_ms=int(time.time() * 1000),
-            tenant=tenant,
-            key_id="k",
-            model="m",
-            route="chat/completions",
-            engine="http://e",
-            stream=True,
-            outcome="ok",
-            status=200,
-            prompt_tokens=10 + i,
-            completion_tokens=1,
-            cached_tokens=0,
-            latency_ms=5.0,
-            ttft_ms=1.0,
+    return [
+        settlement_of(
+            usage_record(
+                request_id=f"req-{i}",
+                tenant=tenant,
+                key_id="k",
+                prompt_tokens=10 + i,
+                completion_tokens=1,
+                cached_tokens=0,
+            )
         )
-        out.append(Settlement(rid, tenant, "k", record, None))
-    return out
+        for i in range(n)
+    ]
 
 
 def tenant() -> str:

@@ -10,33 +10,25 @@ from pathlib import Path
 
 import pytest
 
-from gateway.metering.record import UsageRecord, new_record_id
 from gateway.metering.settlement import LimitSettlement, Settlement
 from gateway.metering.spill import SpillDir, count_lines, read_spill
+from tests.support.usage_records import usage_record
 
 
 def settlement(i: int, *, with_record: bool = True) -> Settlement:
-    rid = new_record_id()
-    record = UsageRecord(
-        id=rid,
+    record = usage_record(
         request_id=f"req-{i}",
         time_ms=1_700_000_000_000 + i,
-        tenant="t",
         key_id="k",
-        model="m",
         route="completions",
-        engine="http://e",
         stream=False,
-        outcome="ok",
-        status=200,
         prompt_tokens=i,
         completion_tokens=2 * i,
         cached_tokens=0,
-        latency_ms=1.5,
         ttft_ms=None,
     )
     limits = LimitSettlement(lease=f"lease-{i}", delta=-i, key_tpm=1000, tenant_tpm=0)
-    return Settlement(rid, "t", "k", record if with_record else None, limits)
+    return Settlement(record.id, "t", "k", record if with_record else None, limits)
 
 
 def read_all(file: Path, batch: int = 1000) -> list[Settlement]:

@@ -1,0 +1,25 @@
+"""Run the `llmaas` admin commands as a user would: a separate process against a gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+
+async def run_llmaas(gateway: str, *args: str, token: str) -> tuple[int, str, str]:
+    """`llmaas <args> --url <gateway> --admin-token <token>`: exit status, stdout, stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        *args,
+        "--url",
+        gateway,
+        "--admin-token",
+        token,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
