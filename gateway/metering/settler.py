@@ -3,7 +3,7 @@
 Settlements are group-committed: while one pipeline is on its way to Redis, those that arrive
 gather into the next, so concurrent requests share round trips. Each request waits for its own
 batch (at most `write_timeout_s`), so when `settle` returns its record is in Redis or queued.
-Otherwise it waits in a bounded in-memory queue that a background task
+One Redis did not take in time waits in a bounded in-memory queue that a background task
 retries with backoff (oldest first, in batches). What does not fit the queue goes to this
 process's spill file, and so does whatever is still queued when shutdown's flush gives up; spill
 files are replayed when Redis is back, by this process or any later one. Requests are never
