@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gateway.embedded.model import OFFLINE
-from gateway.embedded.process_group import stop_process_group
+from gateway.embedded.process_group import stop_process_group, terminated_with_parent
 from gateway.netutil import wait_http_ok
 
 ENGINE_ENV = {
@@ -111,6 +111,7 @@ async def launched(spec: EngineSpec, *, timeout_s: float) -> AsyncIterator[Engin
             stderr=log,
             env=engine_env(os.environ),
             start_new_session=True,
+            preexec_fn=terminated_with_parent(),
         )
     try:
         await _wait_ready(spec, proc, timeout_s)

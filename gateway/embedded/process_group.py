@@ -2,19 +2,48 @@
 
 vLLM's API server forks an EngineCore and a resource tracker; stopping only the leader would
 orphan them. Every member of the group gets SIGTERM, then SIGKILL after a grace period.
+
+A parent that is SIGKILLed runs none of that, so children are also started with a
+parent-death signal (Linux): the kernel sends them SIGTERM when their parent dies, and they
+shut down as if it had stopped them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 STOP_GRACE_S = 15.0
 KILL_WAIT_S = 5.0
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def terminated_with_parent() -> Callable[[], None]:
+    """A `preexec_fn` for child processes: SIGTERM them when this process dies, however it dies.
+
+    Does nothing where `prctl` is missing (not Linux). If this process died between the fork
+    and the call, the child terminates itself at once.
+    """
+    parent = os.getpid()
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name, use_errno=True) if name else None
+    prctl = getattr(libc, "prctl", None)
+
+    def in_child() -> None:
+        if prctl is None:
+            return
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return in_child
 
 
 def live_members(pgid: int) -> list[int]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.embedded.process_group import stop_process_group
+from gateway.embedded.process_group import stop_process_group, terminated_with_parent
 from gateway.netutil import free_port
 
 START_TIMEOUT_S = 10.0
@@ -99,6 +99,7 @@ async def _private_redis(workdir: Path) -> AsyncIterator[str]:
             stdout=log,
             stderr=log,
             start_new_session=True,
+            preexec_fn=terminated_with_parent(),
         )
     url = f"redis://127.0.0.1:{port}/0"
     try:

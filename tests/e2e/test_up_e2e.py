@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+from asyncio.subprocess import Process
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import openai
 import pytest
 
+from gateway.embedded.process_group import live_members
 from gateway.netutil import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
@@ -25,8 +30,9 @@ def processes_mentioning(text: str) -> list[str]:
     return [line for line in listing.stdout.splitlines() if text in line and "ps -ww" not in line]
 
 
-async def test_up_prints_a_base_url_that_answers_and_stops_cleanly(tmp_path: Path) -> None:
-    engine_port = free_port()
+@asynccontextmanager
+async def llmaas_up(tmp_path: Path, engine_port: int) -> AsyncIterator[tuple[Process, str]]:
+    """`llmaas up` until its banner is printed: the process and what it printed."""
     env = {**os.environ, "LLMAAS_METERING__SPILL_DIR": str(tmp_path / "usage-spill")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -48,6 +54,16 @@ async def test_up_prints_a_base_url_that_answers_and_stops_cleanly(tmp_path: Pat
                 line = await proc.stdout.readline()
                 assert line, f"llmaas up ended early:\n{printed}"
                 printed += line.decode()
+        yield proc, printed
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+            await asyncio.wait_for(proc.wait(), 60)
+
+
+async def test_up_prints_a_base_url_that_answers_and_stops_cleanly(tmp_path: Path) -> None:
+    engine_port = free_port()
+    async with llmaas_up(tmp_path, engine_port) as (proc, printed):
         match = re.search(r"base URL\s+(\S+)", printed)
         assert match is not None
         key = re.search(r"api key\s+(sk-llmaas-\S+)", printed)
@@ -60,8 +76,31 @@ async def test_up_prints_a_base_url_that_answers_and_stops_cleanly(tmp_path: Pat
             )
         assert "Paris" in (reply.choices[0].message.content or "")
         assert processes_mentioning(f"--port {engine_port}")
-    finally:
         proc.send_signal(signal.SIGINT)
         await asyncio.wait_for(proc.wait(), 60)
     assert proc.returncode == 0
     assert processes_mentioning(f"--port {engine_port}") == []
+
+
+async def test_a_sigkilled_up_leaves_no_engine_or_redis_behind(tmp_path: Path) -> None:
+    """SIGKILL runs no cleanup: the children's parent-death signal stops them instead."""
+    engine_port = free_port()
+    async with llmaas_up(tmp_path, engine_port) as (proc, printed):
+        redis = re.search(r"redis\s+redis://127\.0\.0\.1:(\d+)", printed)
+        assert redis is not None, printed
+        (engine,) = processes_mentioning(f"--port {engine_port}")
+        engine_group = int(engine.split()[0])  # the engine leads its own process group
+        assert len(live_members(engine_group)) >= 2  # the API server and its EngineCore
+        redis_server = processes_mentioning(f"redis-server 127.0.0.1:{redis.group(1)}")
+        assert redis_server
+        proc.kill()
+        await proc.wait()
+        try:
+            async with asyncio.timeout(60):
+                while live_members(engine_group) or processes_mentioning(  # noqa: ASYNC110
+                    f"redis-server 127.0.0.1:{redis.group(1)}"
+                ):
+                    await asyncio.sleep(0.5)
+        finally:  # a failure must not leave a 4 GiB engine behind for the rest of the run
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(engine_group, signal.SIGKILL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 from redis.asyncio import Redis
@@ -55,3 +56,32 @@ async def test_unreachable_url_is_a_clear_error_without_the_password() -> None:
         async with start_redis(dead):
             pass
     assert "hunter2" not in str(raised.value)
+
+
+async def test_private_redis_dies_with_a_parent_killed_by_sigkill() -> None:
+    """A SIGKILLed parent runs no cleanup: the kernel's parent-death signal stops the server."""
+    script = (
+        "import asyncio\n"
+        "from gateway.embedded.redis_server import start_redis\n"
+        "async def main():\n"
+        "    async with start_redis(None) as url:\n"
+        "        print(url, flush=True)\n"
+        "        await asyncio.sleep(3600)\n"
+        "asyncio.run(main())\n"
+    )
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE
+    )
+    assert parent.stdout is not None
+    async with asyncio.timeout(30):
+        url = (await parent.stdout.readline()).decode().strip()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    assert await redis_servers_on(port)
+    assert await ping(url, 0.5)
+
+    parent.kill()
+    await parent.wait()
+    async with asyncio.timeout(10):
+        while await redis_servers_on(port):  # noqa: ASYNC110 (polling ps)
+            await asyncio.sleep(0.1)
+    assert not await ping(url, 0.5)
