@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import signal
 import time
@@ -32,9 +31,7 @@ def terminated_with_parent() -> Callable[[], None]:
     and the call, the child terminates itself at once.
     """
     parent = os.getpid()
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name, use_errno=True) if name else None
-    prctl = getattr(libc, "prctl", None)
+    prctl = getattr(ctypes.CDLL(None), "prctl", None)  # this process's symbols: libc's, if Linux
 
     def in_child() -> None:
         if prctl is None:

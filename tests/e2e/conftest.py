@@ -3,6 +3,7 @@ and a gateway in front of them."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -53,6 +54,14 @@ class E2E:
         match = re.search(r"^vllm:num_requests_running\{[^}]*\} ([0-9.e+-]+)$", text, re.M)
         assert match, "vllm:num_requests_running missing from the engine's /metrics"
         return float(match.group(1))
+
+    async def wait_running(self, expected: float, deadline_s: float = 20.0) -> None:
+        """Until vLLM's running gauge reads `expected` (asserted at the deadline)."""
+        for _ in range(int(deadline_s / 0.1)):
+            if await self.running() == expected:
+                return
+            await asyncio.sleep(0.1)
+        assert await self.running() == expected
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -69,14 +69,6 @@ async def _settled_vllm_tokens(e2e: E2E) -> Tokens:
     raise AssertionError("vLLM's token counters did not settle")
 
 
-async def _wait_idle(e2e: E2E, deadline_s: float = 20.0) -> None:
-    for _ in range(int(deadline_s / 0.1)):
-        if await e2e.running() == 0:
-            return
-        await asyncio.sleep(0.1)
-    assert await e2e.running() == 0
-
-
 class LedgerView:
     """The tenant's usage stream, read as an auditor would."""
 
@@ -423,7 +415,7 @@ async def test_abandoned_streams_are_billed_close_to_what_vllm_generated(
         count_before = await ledger.count()
         rid = _rid(label)
         await abandon(e2e, oai, rid)
-        await _wait_idle(e2e)
+        await e2e.wait_running(0)
         records = await ledger.new_since(count_before, 1)
         vllm_delta = await _settled_vllm_tokens(e2e) - vllm_before
 

@@ -116,14 +116,6 @@ async def test_vllm_nulls_that_break_strict_clients_are_removed(e2e: E2E) -> Non
     assert reply["usage"].get("completion_tokens_details", "absent") is not None
 
 
-async def _wait_running(e2e: E2E, expected: float, deadline_s: float = 20.0) -> None:
-    for _ in range(int(deadline_s / 0.1)):
-        if await e2e.running() == expected:
-            return
-        await asyncio.sleep(0.1)
-    assert await e2e.running() == expected
-
-
 async def test_cancelled_stream_frees_the_engine(oai: openai.AsyncOpenAI, e2e: E2E) -> None:
     stream = await oai.chat.completions.create(
         model=CHAT,
@@ -137,9 +129,9 @@ async def test_cancelled_stream_frees_the_engine(oai: openai.AsyncOpenAI, e2e: E
         received += 1
         if received == 5:
             break
-    await _wait_running(e2e, 1)
+    await e2e.wait_running(1)
     await stream.close()
-    await _wait_running(e2e, 0)
+    await e2e.wait_running(0)
 
 
 async def test_abandoned_non_stream_request_frees_the_engine(e2e: E2E) -> None:
@@ -147,11 +139,11 @@ async def test_abandoned_non_stream_request_frees_the_engine(e2e: E2E) -> None:
     request = asyncio.create_task(
         e2e.http.post(f"{e2e.gateway}/v1/chat/completions", json=body, headers=e2e.auth)
     )
-    await _wait_running(e2e, 1)
+    await e2e.wait_running(1)
     request.cancel()
     with pytest.raises(asyncio.CancelledError):
         await request
-    await _wait_running(e2e, 0)
+    await e2e.wait_running(0)
 
 
 async def test_endpoint_a_model_does_not_serve_is_openai_shaped(oai: openai.AsyncOpenAI) -> None:
