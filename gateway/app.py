@@ -68,6 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
             if listening is not None:
                 listening.cancel()
                 await asyncio.gather(listening, return_exceptions=True)
+            await admission.close()  # admissions given up on: a last try at releasing them
             await settler.close()  # requests are done: flush what waits for Redis, spill the rest
             await upstream.close()
             if redis is not None:

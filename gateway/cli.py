@@ -14,7 +14,7 @@ from gateway.admin_cli import add_admin_commands, run_admin
 from gateway.embedded.up import run_up
 from gateway.server import run_server
 from gateway.settings import load_settings
-from gateway.sim.server import main as sim_main
+from gateway.sim.server import add_sim_arguments, from_args, run
 from gateway.usage_cli import add_usage_command
 
 
@@ -32,7 +32,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _sim(args: argparse.Namespace) -> int:
-    sim_main(args.sim_args, prog="llmaas sim")
+    try:
+        config, host, port = from_args(args)
+    except ValueError as exc:
+        print(f"llmaas sim: error: {exc}", file=sys.stderr)
+        return 2
+    run(config, host, port)
     return 0
 
 
@@ -53,10 +58,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser(
         "sim",
-        help="run the vLLM-compatible engine simulator (llmaas sim --help for its options)",
-        add_help=False,
+        help="run the vLLM-compatible engine simulator (for tests and benchmarks)",
+        description="A vLLM-compatible engine simulator: OpenAI routes with timed fake tokens.",
     )
-    sim.add_argument("sim_args", nargs=argparse.REMAINDER)
+    add_sim_arguments(sim)
     sim.set_defaults(func=_sim)
 
     add_admin_commands(sub)

@@ -59,6 +59,14 @@ class Metrics:
             ["failure_mode"],
             registry=reg,
         )
+        self.ratelimit_releases = Counter(
+            "llmaas_ratelimit_releases",
+            "Admissions given up on (answered by failure_mode), released in Redis by outcome: "
+            "refunded (it had run), cancelled (it had not), released (already), "
+            "expired (retried until its lease expired), dropped (release queue full)",
+            ["outcome"],
+            registry=reg,
+        )
         self.inflight = Gauge(
             "llmaas_inflight_requests",
             "Requests in flight per engine",
@@ -83,6 +91,12 @@ class Metrics:
             "llmaas_usage_spilled_records",
             "Usage settlements written to a spill file (queue full or shutdown without Redis)",
             registry=reg,
+        )
+        self.usage_foreign_spill = Gauge(
+            "llmaas_usage_foreign_spill_records",
+            "Usage settlements in spill files of another or an unknown ledger (kept, not replayed)",
+            registry=reg,
+            multiprocess_mode="livemax",  # every worker sees the same directory
         )
         self.usage_spill_failures = Counter(
             "llmaas_usage_spill_failures",

@@ -43,16 +43,22 @@ class ScopeLimits(BaseModel):
 
 
 class LimitsSettings(BaseModel):
-    # Redis unreachable at admission: closed answers 503, open admits (and counts it).
+    # Redis unreachable (or slower than timeout_s) at admission: closed answers 503, open
+    # admits (and counts it). Either way an admission given up on is released in the background.
     failure_mode: Literal["open", "closed"] = "closed"
     # Tokens reserved for the completion when a request sets no max_tokens; settled later.
     default_max_tokens: int = Field(default=1024, ge=1)
+    # Most prompts in one completions `prompt` / embeddings `input` batch; more is a 400.
+    # 2048 is OpenAI's own cap on embeddings input, so clients already split batches to fit.
+    max_prompts_per_request: int = Field(default=2048, ge=1)
     # A concurrency slot is a lease: it frees itself this long after a gateway died holding it.
     lease_ttl_s: float = Field(default=600.0, gt=0)
     # The "minute" of rpm and tpm. Keep 60; tests shorten it to check window behaviour quickly.
     window_s: float = Field(default=60.0, gt=0)
-    # Longest wait for Redis at admission before failure_mode decides; the gateway never hangs.
-    timeout_s: float = Field(default=0.05, gt=0)
+    # Longest wait for Redis at admission (a late reply, a free pooled connection) before
+    # failure_mode decides. Time this process is too busy to read a reply does not count, up
+    # to 10 x timeout_s in all. An unreachable Redis (refused, reset) decides at once.
+    timeout_s: float = Field(default=1.0, gt=0)
     # Applied where a key's (or tenant's) record has no value; unset here means no limit.
     key_defaults: ScopeLimits = Field(default_factory=ScopeLimits)
     tenant_defaults: ScopeLimits = Field(default_factory=ScopeLimits)
@@ -86,7 +92,8 @@ class MeteringSettings(BaseModel):
     # Settlements held in memory while Redis is unreachable; beyond it they go to spill files.
     queue_max: int = Field(default=10_000, ge=1)
     # Where settlements that Redis could not take are kept across restarts (replayed on start).
-    # In Kubernetes, mount a volume here that outlives the pod.
+    # In Kubernetes, mount a volume here that outlives the pod. Files name their ledger (the id
+    # in Redis at llmaas:ledger:id); a gateway replays only its own ledger's and reports others.
     spill_dir: Path = Field(default_factory=_default_spill_dir)
     # On shutdown, how long to keep trying Redis before spilling what is left.
     flush_timeout_s: float = Field(default=10.0, ge=0)

@@ -118,3 +118,45 @@ def stream_flag(body: dict[str, Any]) -> bool:
     stream = optional(body, "stream", bool)
     optional(body, "stream_options", dict)
     return bool(stream)
+
+
+_PROMPT_SHAPES = (
+    "a string, an array of strings, an array of integer token ids, "
+    "or an array of non-empty token-id arrays"
+)
+
+
+def require_prompts(body: dict[str, Any], field: str, max_prompts: int) -> None:
+    """Completions' `prompt` or embeddings' `input`: one prompt (a string or token ids), or a
+    batch of at most `max_prompts` (strings, or token-id arrays). The engine would refuse any
+    other shape less clearly, and the token estimate relies on it."""
+    value = require(body, field, str, list)
+    if isinstance(value, str):
+        return
+    kinds = set(map(type, value))  # C speed: a 4 MiB body of token ids checks in ~20 ms
+    if kinds == {int}:
+        return
+    if not value:
+        raise InvalidRequest(
+            f"Invalid '{field}': empty array. Expected {_PROMPT_SHAPES}.",
+            param=field,
+            code="empty_array",
+        )
+    if len(value) > max_prompts:
+        raise InvalidRequest(
+            f"Too many prompts in '{field}': {len(value)}, more than the {max_prompts} allowed "
+            "in one request. Split the batch over several requests.",
+            param=field,
+            code="too_many_prompts",
+        )
+    if kinds == {str} or (kinds == {list} and all(_token_ids(item) for item in value)):
+        return
+    raise InvalidRequest(
+        f"Invalid '{field}': expected {_PROMPT_SHAPES}, without mixing them.",
+        param=field,
+        code="invalid_type",
+    )
+
+
+def _token_ids(item: list[Any]) -> bool:
+    return bool(item) and set(map(type, item)) == {int}

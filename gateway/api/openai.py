@@ -10,12 +10,19 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api.body import read_json, require, require_model, require_nonempty_list, stream_flag
+from gateway.api.body import (
+    read_json,
+    require_model,
+    require_nonempty_list,
+    require_prompts,
+    stream_flag,
+)
 from gateway.api.responses import json_response
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
 from gateway.errors import ModelNotFound
 from gateway.metering.stream_options import force_usage, wanted
+from gateway.proxy.collect import stream_request
 from gateway.proxy.relay import ProxyCall, ProxyResponse
 from gateway.state import GatewayState
 
@@ -37,21 +44,24 @@ async def _forward(
     stream = stream_flag(body)
     caller = gw.admission.with_defaults(caller)
     admission = await gw.admission.admit(caller, body, pool.context_length)
-    want = None
+    want, collected = None, None
     if stream:  # the engine always reports usage; the client sees only what it asked for
         want = wanted(body)
         raw = force_usage(raw, body)
+    else:  # streamed from the engine too, so that an abandoned request is billed exactly
+        collected = stream_request(route, raw, body)
     n = body.get("n")
     call = ProxyCall(
         route,
         pool,
-        raw,
+        raw if collected is None else collected,
         stream,
         caller,
         admission,
         received_ms=received_ms,
         n=n if isinstance(n, int) and n > 0 else 1,
         usage_wanted=want,
+        collect=body if collected is not None else None,
     )
     return ProxyResponse(gw.proxy, call)
 
@@ -65,15 +75,17 @@ async def chat_completions(request: Request, gw: Gateway, caller: Caller) -> Res
 
 @router.post("/completions", response_model=None)
 async def completions(request: Request, gw: Gateway, caller: Caller) -> Response:
+    batch = gw.settings.limits.max_prompts_per_request
     return await _forward(
-        request, gw, caller, "completions", lambda b: require(b, "prompt", str, list)
+        request, gw, caller, "completions", lambda b: require_prompts(b, "prompt", batch)
     )
 
 
 @router.post("/embeddings", response_model=None)
 async def embeddings(request: Request, gw: Gateway, caller: Caller) -> Response:
+    batch = gw.settings.limits.max_prompts_per_request
     return await _forward(
-        request, gw, caller, "embeddings", lambda b: require(b, "input", str, list)
+        request, gw, caller, "embeddings", lambda b: require_prompts(b, "input", batch)
     )
 
 

@@ -41,6 +41,8 @@ class EngineSpec:
     port: int
     log_path: Path
     pooling: bool = False  # embedding models
+    # vLLM's tool-call parser: `tools` with tool_choice "auto", "required" or a named function
+    tool_parser: str | None = None
 
     @property
     def url(self) -> str:
@@ -51,6 +53,8 @@ class EngineSpec:
         argv += ["--model", str(self.model_dir), "--served-model-name", self.served_name]
         argv += ["--dtype", "float32", "--enforce-eager", "--host", "127.0.0.1"]
         argv += ["--port", str(self.port)]
+        if self.tool_parser is not None:
+            argv += ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_parser]
         return [*argv, "--runner", "pooling"] if self.pooling else argv
 
 

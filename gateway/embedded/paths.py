@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHAT_MODEL_NAME = "smollm2-135m-instruct"
+# SmolLM2's chat template has no tool section; named and "required" tool choices work through
+# structured outputs, and hermes parses them (the e2e tests compare them with vLLM's bodies).
+CHAT_TOOL_PARSER = "hermes"
 EMBEDDING_MODEL_NAME = "all-minilm-l6-v2"
 
 

@@ -20,7 +20,7 @@ from gateway.auth.authenticate import DEV_PEPPER
 from gateway.auth.issue import issue_key
 from gateway.auth.store import AuthStore
 from gateway.embedded.engine import EngineSpec, running_engine
-from gateway.embedded.paths import CHAT_MODEL_NAME, EmbeddedPaths
+from gateway.embedded.paths import CHAT_MODEL_NAME, CHAT_TOOL_PARSER, EmbeddedPaths
 from gateway.embedded.prepare import prepare
 from gateway.embedded.redis_server import running_redis
 from gateway.netutil import free_port
@@ -49,6 +49,7 @@ async def _up(paths: EmbeddedPaths, gateway_port: int, engine_port: int) -> None
             served_name=CHAT_MODEL_NAME,
             port=engine_port,
             log_path=paths.logs / f"engine-{engine_port}.log",
+            tool_parser=CHAT_TOOL_PARSER,
         )
         engine_url = await stack.enter_async_context(running_engine(spec))
         settings = Settings(

@@ -9,18 +9,29 @@
 -- Concurrency is a sorted set of leases scored by their expiry, so a dead gateway's slots
 -- come back by themselves. Time comes from Redis (TIME), never from a gateway's clock.
 --
--- KEYS: key rpm, key tpm, key leases, tenant rpm, tenant tpm, tenant leases
+-- The lease id names the admission: an admitted one leaves a marker holding its tokens for a
+-- window, so the same call sent again (a retry after a timeout) charges nothing twice, and
+-- release.lua can undo it once. A marker release.lua left ("x") cancels an admission that
+-- arrives after the gateway gave up on it.
+--
+-- KEYS: key rpm, key tpm, key leases, tenant rpm, tenant tpm, tenant leases, marker
 -- ARGV: tokens, lease id, lease ttl ms, window ms (60000 in production), then per scope
 --       (key, tenant): rpm, tpm, max concurrency (0 = no limit at that scope)
 -- Reply: {1, req_limit, req_remaining, req_reset_ms, tok_limit, tok_remaining, tok_reset_ms}
 --     or {0, scope (1 key, 2 tenant), kind ("requests"|"tokens"|"concurrency"), retry_ms, limit}
 --        (numbers as strings: Redis would truncate fractions)
+--     or {2, marker}: this lease was seen before (tokens: admitted then; "x": released)
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local tokens = tonumber(ARGV[1])
 local lease, lease_ttl = ARGV[2], tonumber(ARGV[3])
 local PERIOD = tonumber(ARGV[4])
+
+local seen = redis.call('GET', KEYS[7])
+if seen then
+  return {2, seen}
+end
 
 local function sliding(key, limit)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - PERIOD)
@@ -93,6 +104,8 @@ for _, c in ipairs(checks) do
     redis.call('PEXPIRE', c[1], lease_ttl + 1000)
   end
 end
+
+redis.call('SET', KEYS[7], ARGV[1], 'PX', PERIOD)
 
 local r, k = best.req, best.tok
 return {1, tostring(r[1] or ''), tostring(r[2] or ''), tostring(r[3]),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from typing import Any
@@ -12,11 +11,16 @@ from redis.exceptions import RedisError
 from gateway.auth.principal import Limits, Principal
 from gateway.errors import RateLimited, ServiceUnavailable
 from gateway.limits.estimate import reserved_tokens
-from gateway.limits.limiter import Admission, Limiter
+from gateway.limits.failures import Failure, classify
+from gateway.limits.limiter import Admission, Limiter, new_lease
+from gateway.limits.patience import Patience
+from gateway.limits.releases import Releases
 from gateway.metrics import Metrics
 from gateway.settings import LimitsSettings
 
 _NONE = Limits()
+_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+BUSY_FACTOR = 10  # a busy process waits for Redis up to this many timeouts in all
 
 
 class AdmissionControl:
@@ -27,6 +31,8 @@ class AdmissionControl:
         self.timeout_s = settings.timeout_s
         self.key_defaults = Limits(**settings.key_defaults.model_dump())
         self.tenant_defaults = Limits(**settings.tenant_defaults.model_dump())
+        horizon_s = max(settings.lease_ttl_s, settings.window_s)  # then nothing is left to undo
+        self.releases = None if limiter is None else Releases(limiter, metrics, horizon_s)
         self.log = logging.getLogger("llmaas.limits")
 
     def with_defaults(self, caller: Principal) -> Principal:
@@ -40,29 +46,56 @@ class AdmissionControl:
     async def admit(
         self, caller: Principal, body: dict[str, Any], context_length: int | None = None
     ) -> Admission | None:
-        """None when nothing limits this caller (no Redis round trip) or when failing open."""
+        """None when nothing limits this caller (no Redis round trip) or when failing open.
+
+        A late reply or a busy pool is waited for, up to `timeout_s` not counting the time
+        this process was too busy to read it (sending the same lease again charges once); an
+        unreachable Redis decides at once. An admission given up on is released in the
+        background, so its client is charged nothing.
+        """
         if self.limiter is None or (caller.key_limits == _NONE and caller.tenant_limits == _NONE):
             return None
         tokens = reserved_tokens(body, self.settings.default_max_tokens, context_length)
+        lease, sent = new_lease(), False
         try:
-            async with asyncio.timeout(self.timeout_s):
-                return await self.limiter.admit(caller, tokens)
+            async with Patience(self.timeout_s, self.timeout_s * BUSY_FACTOR):
+                while True:
+                    try:
+                        return await self.limiter.admit(caller, tokens, lease)
+                    except _REDIS_ERRORS as exc:
+                        failure = classify(exc)
+                        sent = sent or failure.may_have_run
+                        if not failure.waits:
+                            raise
         except RateLimited as refusal:
             self.metrics.ratelimit_rejections.labels(
                 caller.tenant, refusal.scope, refusal.limit_kind
             ).inc()
             raise
-        except (RedisError, OSError, TimeoutError) as exc:
-            self.metrics.ratelimit_unavailable.labels(self.settings.failure_mode).inc()
-            self.log.warning(
-                "rate limiter unreachable", extra={"fields": {"error": type(exc).__name__}}
-            )
-            if self.settings.failure_mode == "open":
-                return None
+        except _REDIS_ERRORS as exc:
+            failure = classify(exc)  # TimeoutError from the deadline: slow, maybe sent
+            if (sent or failure.may_have_run) and self.releases is not None:
+                self.releases.add(caller, lease)
+            self._unavailable(failure, exc)
+            return None
+
+    def _unavailable(self, failure: Failure, exc: BaseException) -> None:
+        """failure_mode's answer: returns to admit without limits (open), else raises 503."""
+        self.metrics.ratelimit_unavailable.labels(self.settings.failure_mode).inc()
+        self.log.warning(
+            "rate limiter unavailable",
+            extra={"fields": {"reason": failure.kind, "error": type(exc).__name__}},
+        )
+        if self.settings.failure_mode == "closed":
             raise ServiceUnavailable(
                 "Rate limits cannot be checked right now; try again shortly.",
                 code="rate_limiter_unavailable",
             ) from exc
+
+    async def close(self) -> None:
+        """Let admissions given up on be released (briefly), then stop trying."""
+        if self.releases is not None:
+            await self.releases.close()
 
 
 def _merge(own: Limits, defaults: Limits) -> Limits:

@@ -1,4 +1,10 @@
-"""What a request may cost in tokens, reserved at admission and settled against real usage."""
+"""What a request may cost in tokens, reserved at admission and settled against real usage.
+
+A batch costs what all its prompts cost: completions' `prompt` and embeddings' `input` may carry
+many prompts (a list of strings, or a list of token-id lists), and on /v1/completions each prompt
+gets its own completion allowance, `n` times. The body's shape is checked before admission
+(gateway/api/body.py); what is counted here assumes it.
+"""
 
 from __future__ import annotations
 
@@ -7,42 +13,79 @@ from typing import Any
 CHARS_PER_TOKEN = 4  # a generous average for English with BPE tokenizers; settlement corrects it
 
 
-def _text_chars(value: Any) -> int:
+def text_tokens(text: str) -> int:
+    return len(text) // CHARS_PER_TOKEN + 1
+
+
+def prompt_sizes(value: Any) -> list[int]:
+    """Estimated tokens of each prompt in a completions `prompt` or an embeddings `input`: a
+    string, a list of strings, a list of token ids (one prompt) or a list of token-id lists."""
     if isinstance(value, str):
-        return len(value)
-    if isinstance(value, list):
-        return sum(_text_chars(v) for v in value)
-    if isinstance(value, dict):
-        return sum(_text_chars(v) for k, v in value.items() if k in ("content", "text"))
-    return 0
+        return [text_tokens(value)]
+    if not isinstance(value, list) or not value:
+        return [1]
+    if isinstance(value[0], int):  # token ids
+        return [len(value)]
+    return [_one_prompt(item) for item in value]
+
+
+def _one_prompt(item: Any) -> int:
+    if isinstance(item, str):
+        return text_tokens(item)
+    return max(1, len(item)) if isinstance(item, list) else 1
+
+
+def _content_chars(content: Any) -> int:
+    """A message's text: a string, or the `text` of its parts."""
+    if isinstance(content, str):
+        return len(content)
+    if not isinstance(content, list):
+        return 0
+    texts = (part.get("text") for part in content if isinstance(part, dict))
+    return sum(len(text) for text in texts if isinstance(text, str))
+
+
+def chat_tokens(messages: Any) -> int:
+    """An estimate of the tokens of a chat request's `messages` (their text content)."""
+    if not isinstance(messages, list):
+        return 1
+    chars = sum(_content_chars(m.get("content")) for m in messages if isinstance(m, dict))
+    return chars // CHARS_PER_TOKEN + 1
+
+
+def _prompts(body: dict[str, Any]) -> list[int]:
+    if "messages" in body:
+        return [chat_tokens(body["messages"])]
+    for field in ("prompt", "input"):
+        if field in body:
+            return prompt_sizes(body[field])
+    return [1]
 
 
 def prompt_tokens(body: dict[str, Any]) -> int:
-    """An estimate of the prompt's tokens (messages, prompt or input)."""
-    for field in ("messages", "prompt", "input"):
-        if field in body:
-            value = body[field]
-            if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
-                return len(value)  # already token ids
-            return max(1, _text_chars(value) // CHARS_PER_TOKEN + 1)
-    return 1
+    """An estimate of the prompt's tokens (messages, or every prompt of a prompt/input batch)."""
+    return sum(_prompts(body))
+
+
+def _positive_int(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
 
 
 def reserved_tokens(
     body: dict[str, Any], default_max_tokens: int, context_length: int | None = None
 ) -> int:
-    """Prompt estimate plus the most the engine may generate, times `n`. Without max_tokens the
-    default applies, capped by what the model's context leaves after the prompt."""
-    prompt = prompt_tokens(body)
-    limit = body.get("max_completion_tokens") or body.get("max_tokens")
-    if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
-        completion = limit
+    """Every prompt's estimate plus the most the engine may generate for it, times `n`. Without
+    max_tokens the default applies, capped by what the model's context leaves after the prompt."""
+    prompts = _prompts(body)
+    if "input" in body and "messages" not in body and "prompt" not in body:
+        return sum(prompts)  # embeddings generate nothing
+    limit = _positive_int(body.get("max_completion_tokens") or body.get("max_tokens"))
+    if limit is not None:
+        completion = limit * len(prompts)
     elif context_length is not None:
-        completion = min(default_max_tokens, max(1, context_length - prompt))
+        completion = sum(min(default_max_tokens, max(1, context_length - p)) for p in prompts)
     else:
-        completion = default_max_tokens
-    if "input" in body and "messages" not in body:  # embeddings generate nothing
-        completion = 0
-    n = body.get("n")
-    choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
-    return prompt + completion * choices
+        completion = default_max_tokens * len(prompts)
+    return sum(prompts) + completion * (_positive_int(body.get("n")) or 1)

@@ -1,8 +1,10 @@
-"""The typed wrapper around admission.lua.
+"""The typed wrapper around admission.lua and release.lua.
 
 One EVALSHA admits a request against every limit of the key and its tenant; settling it (token
 refund or charge, lease release) is part of writing its usage (gateway/metering/settle.lua).
 Results render OpenAI's x-ratelimit-* headers, and a refusal is OpenAI's 429 with Retry-After.
+An admission is named by its lease id: sent twice it charges once, and one the gateway gave up
+on is released by that id (release.lua), which also cancels it if it has not run yet.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import math
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from redis.asyncio import Redis
 
@@ -19,6 +22,15 @@ from gateway.errors import RateLimited
 
 _SCRIPTS = Path(__file__).parent
 SCOPES = ("key", "tenant")
+ReleaseOutcome = Literal["refunded", "cancelled", "released"]
+
+
+class AdmissionCancelled(Exception):
+    """The admission's lease was released before it reached Redis: it charged nothing."""
+
+
+def new_lease() -> str:
+    return secrets.token_hex(8)
 
 
 def scope_keys(tenant: str, key_id: str) -> tuple[list[str], list[str]]:
@@ -29,6 +41,11 @@ def scope_keys(tenant: str, key_id: str) -> tuple[list[str], list[str]]:
         [f"{key_scope}:rpm", f"{key_scope}:tpm", f"{key_scope}:leases"],
         [f"{tag}:rpm", f"{tag}:tpm", f"{tag}:leases"],
     )
+
+
+def marker_key(tenant: str, lease: str) -> str:
+    """Where admission.lua notes an admission (its tokens) and release.lua its release ("x")."""
+    return f"llmaas:{{t:{tenant}}}:adm:{lease}"
 
 
 def _limit_args(limits: Limits) -> list[int]:
@@ -74,17 +91,43 @@ class Limiter:
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
         self.window_ms = int(window_s * 1000)
         self._admit = redis.register_script((_SCRIPTS / "admission.lua").read_text())
+        self._release = redis.register_script((_SCRIPTS / "release.lua").read_text())
 
-    async def admit(self, principal: Principal, tokens: int) -> Admission:
-        """Charge every limit of both scopes, or none; RateLimited names the one that refused."""
+    async def admit(self, principal: Principal, tokens: int, lease: str | None = None) -> Admission:
+        """Charge every limit of both scopes, or none; RateLimited names the one that refused.
+
+        Admitting a lease again charges nothing: it answers admitted (without header figures)
+        if the first call admitted it, and raises AdmissionCancelled once it was released.
+        """
         key_keys, tenant_keys = scope_keys(principal.tenant, principal.key_id)
-        lease = secrets.token_hex(8)
+        lease = lease or new_lease()
         args: list[str | int] = [tokens, lease, self.lease_ttl_ms, self.window_ms]
         args += _limit_args(principal.key_limits) + _limit_args(principal.tenant_limits)
-        reply = await self._admit(keys=key_keys + tenant_keys, args=args)
-        if int(reply[0]) == 1:
+        keys = [*key_keys, *tenant_keys, marker_key(principal.tenant, lease)]
+        reply = await self._admit(keys=keys, args=args)
+        status = int(reply[0])
+        if status == 1:
             return Admission(lease, tokens, _triple(*reply[1:4]), _triple(*reply[4:7]))
+        if status == 2:
+            if reply[1] == b"x":
+                raise AdmissionCancelled(lease)
+            return Admission(lease, int(reply[1]), None, None)
         raise _refusal(reply, tokens)
+
+    async def release(self, principal: Principal, lease: str) -> ReleaseOutcome:
+        """Give back what admitting `lease` charged, once, and cancel it if it has not run."""
+        key_keys, tenant_keys = scope_keys(principal.tenant, principal.key_id)
+        keys = [marker_key(principal.tenant, lease), *key_keys, *tenant_keys]
+        tpm = [principal.key_limits.tpm or 0, principal.tenant_limits.tpm or 0]
+        outcome = await self._release(keys=keys, args=[lease, self.window_ms, *tpm])
+        return _OUTCOMES[outcome]
+
+
+_OUTCOMES: dict[bytes, ReleaseOutcome] = {
+    b"refunded": "refunded",
+    b"cancelled": "cancelled",
+    b"released": "released",
+}
 
 
 def _refusal(reply: list[bytes], tokens: int) -> RateLimited:

@@ -5,11 +5,14 @@ Layout (every key of a tenant under its hash tag, so one script touches them tog
   llmaas:{t:<tenant>}:usage:day:<date>     hash of daily totals; field JSON [key_id, model, metric]
   llmaas:{t:<tenant>}:usage:seen:<id>      marks a settled record id for `dedupe_window_s`
   llmaas:usage:tenants                     set of tenants that have usage (for admin queries)
+  llmaas:ledger:id                         this ledger's id (random, set once): spill files
+                                           carry it so they replay into their own ledger only
 """
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from gateway.metering.settlement import Settlement
 from gateway.settings import MeteringSettings
 
 TENANTS = "llmaas:usage:tenants"
+LEDGER_ID = "llmaas:ledger:id"
 METRICS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens")
 _SCRIPT = (Path(__file__).parent / "settle.lua").read_text()
 _SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
@@ -51,6 +55,21 @@ class Ledger:
         self.retention_ms = int(settings.retention_days * DAY_MS)
         self.seen_ttl_ms = int(settings.dedupe_window_s * 1000)
         self.window_ms = int(window_s * 1000)
+
+    @property
+    def location(self) -> str:
+        """Where this ledger's Redis is: host:port/db (or socket path/db), never a password."""
+        kwargs = self.redis.connection_pool.connection_kwargs
+        host, port = kwargs.get("host", "localhost"), kwargs.get("port", 6379)
+        return f"{kwargs.get('path') or f'{host}:{port}'}/{kwargs.get('db', 0)}"
+
+    async def identity(self) -> str:
+        """The ledger's id: created by the first gateway that asks, the same for all after it."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(LEDGER_ID, secrets.token_hex(8), nx=True)
+            pipe.get(LEDGER_ID)
+            _, found = await pipe.execute()
+        return found.decode() if isinstance(found, bytes) else str(found)
 
     async def write(self, batch: Sequence[Settlement]) -> None:
         """Apply every settlement of `batch` (each at most once, ever) in one round trip.

@@ -8,7 +8,8 @@ retries with backoff (oldest first, in batches). What does not fit the queue goe
 process's spill file, and so does whatever is still queued when shutdown's flush gives up; spill
 files are replayed when Redis is back, by this process or any later one. Requests are never
 refused for metering's sake: a full queue costs disk, not availability. Every write is
-idempotent, so a retry or a replay never counts twice.
+idempotent, so a retry or a replay never counts twice. Spill files name their ledger (its id,
+read once from Redis); files of another ledger are reported, never replayed into this one.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class Settler:
         self.settings = settings
         self.metrics = metrics
         self.queue: deque[Settlement] = deque()
-        self.spill = SpillDir(settings.spill_dir)
+        self.spill = SpillDir(settings.spill_dir, ledger.location if ledger is not None else "")
+        self.reported: set[str] = set()  # foreign spill files already logged
         self.spill_lock = asyncio.Lock()  # appends and claims never overlap
         self.replaying: dict[Path, int] = {}  # claimed spill files → their settlements
         self.spilled = 0  # settlements in spill files this process wrote or claimed
@@ -204,6 +206,7 @@ class Settler:
         delay = FIRST_RETRY_S
         while True:
             try:
+                await self._identify()
                 await self._write_queue()
                 await self._replay()
             except _REDIS_ERRORS as exc:
@@ -218,6 +221,17 @@ class Settler:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(SPILL_LOOK_S):
                         await self.wakeup.wait()
+
+    async def _identify(self) -> None:
+        """Learn the ledger's id once; until then spills are tagged with the Redis location."""
+        assert self.ledger is not None
+        if self.spill.ledger is None:
+            async with asyncio.timeout(self.settings.write_timeout_s * 4):
+                self.spill.ledger = await self.ledger.identity()
+            self.log.info(
+                "usage ledger identified",
+                extra={"fields": {"ledger": self.spill.ledger, "redis": self.spill.redis}},
+            )
 
     async def _write_queue(self) -> None:
         """Write the queue oldest first; a batch leaves the queue only once Redis took it."""
@@ -247,6 +261,28 @@ class Settler:
             self.spilled -= self.replaying.pop(file)
             self.log.info("spill file replayed", extra={"fields": {"file": file.name}})
             self._gauge()
+        await self._report_foreign()
+
+    async def _report_foreign(self) -> None:
+        """Count the settlements in spill files that are not this ledger's (each file logged
+        once): they stay where they are, for the gateway of their ledger or an operator."""
+        found = await asyncio.to_thread(self.spill.foreign)
+        for foreign in found:
+            if foreign.path.name not in self.reported:
+                self.reported.add(foreign.path.name)
+                self.log.warning(
+                    "spill file of another ledger left in place",
+                    extra={
+                        "fields": {
+                            "file": str(foreign.path),
+                            "ledger": foreign.name.ledger or "unknown",
+                            "redis": foreign.name.redis,
+                            "records": foreign.records,
+                            "this_ledger": self.spill.ledger,
+                        }
+                    },
+                )
+        self.metrics.usage_foreign_spill.set(sum(f.records for f in found))
 
     def _failed(self, exc: BaseException) -> None:
         self.metrics.usage_write_failures.inc()

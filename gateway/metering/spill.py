@@ -1,10 +1,18 @@
 """Spill files: settlements Redis could not take, kept on disk until a gateway replays them.
 
-Each process appends to its own file (`spill-<pid>-<token>.jsonl`), opening it per write so a
-file is never held open. A process claims another's file, by renaming it, only when that
-process is gone (or is a previous life of its own pid), so nothing is read while still being
-written. Replay deletes a file only after all of it reached Redis; writing is idempotent, so a
-file replayed twice counts once.
+Each process appends to its own file, opening it per write so a file is never held open. A
+file's name says which ledger its settlements belong to, and who wrote it:
+
+  spill-<ledger>-<pid>-<life>.jsonl           written by a process (life: one run of a pid)
+  replay-<ledger>-<pid>-<life>-<rand>.jsonl   claimed by a process, being replayed
+
+<ledger> is the ledger's id (`llmaas:ledger:id` in Redis), or `unknown@<host:port/db>` when the
+writer had not reached its Redis yet. A process replays its own spill file whatever it says (the
+settlements in it would have gone where its queue goes), and otherwise only files of its own
+ledger whose writer is gone, claimed by renaming so nothing is read while still being written.
+Files of another ledger, of an unknown one and of older versions (no ledger in the name) are
+never replayed nor deleted here: they are reported. Replay deletes a file only after all of it
+reached Redis; writing is idempotent, so a file replayed twice counts once.
 """
 
 from __future__ import annotations
@@ -13,21 +21,75 @@ import logging
 import os
 import secrets
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 from gateway.metering.settlement import Settlement
 
 _LOG = logging.getLogger("llmaas.metering")
+UNKNOWN = "unknown@"  # the ledger tag's prefix when the writer knew only where its Redis was
+_PARTS = {"spill": 4, "replay": 5}  # fields of a name, split on "-" (tags escape theirs)
+
+
+def _escape(text: str) -> str:
+    return quote(text, safe="").replace("-", "%2D")
+
+
+@dataclass(frozen=True, slots=True)
+class SpillName:
+    """What a file's name says; `ledger` is None when unknown (or an old-format name)."""
+
+    kind: str  # "spill", "replay", or "" for a name this version did not write
+    ledger: str | None
+    redis: str | None = None  # where the writer's Redis was, when it did not know the ledger
+    pid: int = -1
+    life: str = ""
+
+
+def spill_tag(ledger: str | None, redis: str) -> str:
+    return _escape(ledger) if ledger is not None else UNKNOWN + _escape(redis)
+
+
+def parse_name(name: str) -> SpillName:
+    parts = name.removesuffix(".jsonl").split("-")
+    if _PARTS.get(parts[0]) != len(parts) or not name.endswith(".jsonl"):
+        return SpillName("", None)
+    kind, tag, pid, life = parts[:4]
+    try:
+        number = int(pid)
+    except ValueError:
+        return SpillName("", None)
+    if tag.startswith(UNKNOWN):
+        return SpillName(kind, None, unquote(tag.removeprefix(UNKNOWN)), number, life)
+    return SpillName(kind, unquote(tag), None, number, life)
+
+
+@dataclass(frozen=True, slots=True)
+class ForeignFile:
+    """A spill file this process will not replay, and how many settlements it holds."""
+
+    path: Path
+    name: SpillName
+    records: int
 
 
 class SpillDir:
     """Callers serialise `append` and `claim` (the settler holds a lock around both)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, redis: str) -> None:
         self.path = path
+        self.redis = redis  # host:port/db of this process's ledger, no password
+        self.ledger: str | None = None  # its id, once Redis told it
         self.pid = os.getpid()
         self.life = secrets.token_hex(4)  # tells this process from an earlier one with its pid
-        self.own = path / f"spill-{self.pid}-{self.life}.jsonl"
+
+    @property
+    def own(self) -> Path:
+        """The file `append` writes to now (its name changes once the ledger is known)."""
+        return (
+            self.path / f"spill-{spill_tag(self.ledger, self.redis)}-{self.pid}-{self.life}.jsonl"
+        )
 
     def append(self, settlements: Sequence[Settlement]) -> None:
         """Write settlements to this process's spill file and make them durable (fsync)."""
@@ -43,17 +105,22 @@ class SpillDir:
             os.close(fd)
 
     def claim(self) -> list[tuple[Path, bool]]:
-        """Take over our own spill file and those of processes that are gone, by renaming them
-        to replay files; also replay files whose claimer died before finishing them. Each comes
-        with whether it was this process's own spill file."""
-        if not self.path.is_dir():
+        """Take over our own spill files and those of gone processes of our ledger, by renaming
+        them to replay files (which carry our ledger); also replay files whose claimer died
+        before finishing them. Each comes with whether it was this process's own spill file.
+        Nothing is claimed before the ledger is known."""
+        if self.ledger is None or not self.path.is_dir():
             return []
         claimed: list[tuple[Path, bool]] = []
         for file in sorted(self.path.glob("*.jsonl")):
-            own = file == self.own
-            if not own and not self._orphaned(file):
+            name = parse_name(file.name)
+            own = self._ours(name)
+            if own and name.kind != "spill":
+                continue  # one of our replay files: being replayed already
+            if not own and (name.ledger != self.ledger or not self._gone(name)):
                 continue
-            target = self.path / f"replay-{self.pid}-{self.life}-{secrets.token_hex(4)}.jsonl"
+            tag = spill_tag(self.ledger, self.redis)
+            target = self.path / f"replay-{tag}-{self.pid}-{self.life}-{secrets.token_hex(4)}.jsonl"
             try:
                 file.rename(target)
             except FileNotFoundError:  # another process claimed it first
@@ -61,20 +128,39 @@ class SpillDir:
             claimed.append((target, own))
         return claimed
 
+    def foreign(self) -> list[ForeignFile]:
+        """Files this process will never replay: another ledger's, an unknown ledger's whose
+        writer is gone (a live one may still learn its ledger), and old-format ones. Empty until
+        this process knows its own ledger."""
+        if self.ledger is None:
+            return []
+        found: list[ForeignFile] = []
+        for file in self.pending_files():
+            name = parse_name(file.name)
+            if self._ours(name) or name.ledger == self.ledger:
+                continue
+            if name.ledger is None and name.kind and not self._gone(name):
+                continue
+            try:
+                found.append(ForeignFile(file, name, count_lines(file)))
+            except FileNotFoundError:  # claimed or removed meanwhile
+                continue
+        return found
+
     def pending_files(self) -> list[Path]:
         return sorted(self.path.glob("*.jsonl")) if self.path.is_dir() else []
 
-    def _orphaned(self, file: Path) -> bool:
-        """Whether the process that wrote or claimed `file` is gone."""
-        parts = file.name.split("-")
-        try:
-            pid, life = int(parts[1]), parts[2].removesuffix(".jsonl")
-        except (IndexError, ValueError):
+    def _ours(self, name: SpillName) -> bool:
+        return name.pid == self.pid and name.life == self.life
+
+    def _gone(self, name: SpillName) -> bool:
+        """Whether the process that wrote or claimed the file is gone (pid 0: no process)."""
+        if name.pid <= 0:
             return True
-        if pid == self.pid:
-            return life != self.life
+        if name.pid == self.pid:
+            return name.life != self.life
         try:
-            os.kill(pid, 0)
+            os.kill(name.pid, 0)
         except ProcessLookupError:
             return True
         except PermissionError:

@@ -17,8 +17,8 @@ import orjson
 
 from gateway.metering.usage import find_usage, is_final_usage
 
-_FORCED = {"include_usage": True, "continuous_usage_stats": True}
-_SPLICE = b'"stream_options":' + orjson.dumps(_FORCED) + b","
+FORCED_USAGE = {"include_usage": True, "continuous_usage_stats": True}
+_SPLICE = b'"stream_options":' + orjson.dumps(FORCED_USAGE) + b","
 _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
 _FINGERPRINT = re.compile(rb'"system_fingerprint"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
@@ -51,7 +51,7 @@ def force_usage(raw: bytes, body: dict[str, Any]) -> bytes:
         return raw[: start + 1] + _SPLICE + raw[start + 1 :]
     if options is not None and not isinstance(options, dict):
         return raw  # invalid: the engine's 400 names the field
-    return orjson.dumps({**body, "stream_options": {**(options or {}), **_FORCED}})
+    return orjson.dumps({**body, "stream_options": {**(options or {}), **FORCED_USAGE}})
 
 
 def is_finish(payload: bytes) -> bool:

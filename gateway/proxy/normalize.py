@@ -136,3 +136,12 @@ def usage_tokens(body: bytes) -> int | None:
         return None
     total = usage.get("total_tokens") if isinstance(usage, dict) else None
     return total if isinstance(total, int) else None
+
+
+def stream_error_status(data: bytes) -> int:
+    """The status an engine's in-stream error frame stands for (its integer `code`), else 500."""
+    try:
+        code = orjson.loads(data)["error"].get("code")
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return 500
+    return code if isinstance(code, int) and 400 <= code <= 599 else 500

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from starlette.responses import Response
@@ -27,6 +28,7 @@ from gateway.metering.stream_options import UsageWanted
 from gateway.metering.usage import Usage, usage_of
 from gateway.metrics import Metrics
 from gateway.proxy.asgi_send import send_bytes, send_error
+from gateway.proxy.collect import collect_stream
 from gateway.proxy.normalize import normalize_error, normalize_success
 from gateway.proxy.stream import relay_stream
 from gateway.proxy.upstream import Upstream
@@ -49,6 +51,9 @@ class ProxyCall:
     n: int = 1  # choices per prompt (to add up a cut stream's usage)
     # For streams: the usage the client asked for (the engine is always asked for all of it).
     usage_wanted: UsageWanted | None = None
+    # For a non-streaming request asked of the engine as a stream: the parsed request body
+    # (what the assembled answer depends on). None: the engine answers with one body.
+    collect: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,12 +196,15 @@ class ProxyResponse(Response):
     async def _answer(
         self, info: RequestInfo, engine: Engine, resp: aiohttp.ClientResponse, send: Send
     ) -> None:
-        if resp.status == 200 and self.call.stream and resp.content_type == "text/event-stream":
+        if resp.status == 200 and self.call.stream and _is_sse(resp):
             self.status_code = 200
             outcome = await relay_stream(
                 resp, send, self.deps, engine, info, want=self.call.usage_wanted, n=self.call.n
             )
             info.outcome = outcome
+            return
+        if resp.status == 200 and self.call.collect is not None and _is_sse(resp):
+            await self._collected(info, engine, resp, send)
             return
         try:
             body = await resp.read()
@@ -214,9 +222,32 @@ class ProxyResponse(Response):
         self.deps.metrics.upstream_errors.labels(engine.url, f"http_{resp.status}").inc()
         await send_bytes(send, resp.status, normalize_error(resp.status, body, self.call.route))
 
+    async def _collected(
+        self, info: RequestInfo, engine: Engine, resp: aiohttp.ClientResponse, send: Send
+    ) -> None:
+        call = self.call
+        assert call.collect is not None
+        try:
+            status, body = await collect_stream(
+                resp, self.deps, engine, info, route=call.route, request=call.collect, n=call.n
+            )
+        except ApiError as err:
+            info.outcome = "timeout" if err.status_code == 504 else "engine_error"
+            await self._send_error(send, err)
+            return
+        self.status_code = status
+        if status != 200:
+            info.outcome = "rejected" if status < 500 else "engine_error"
+            self.deps.metrics.upstream_errors.labels(engine.url, f"http_{status}").inc()
+        await send_bytes(send, status, body)
+
     async def _send_error(self, send: Send, err: ApiError) -> None:
         self.status_code = err.status_code
         await send_error(send, err)
+
+
+def _is_sse(resp: aiohttp.ClientResponse) -> bool:
+    return resp.content_type == "text/event-stream"
 
 
 def _with_headers(send: Send, headers: dict[str, str]) -> Send:

@@ -6,7 +6,6 @@ import time
 from typing import TYPE_CHECKING
 
 import aiohttp
-import orjson
 from starlette.types import Send
 
 from gateway.errors import ApiError, BadGateway
@@ -18,7 +17,7 @@ from gateway.metering.stream_options import (
     with_fingerprint,
 )
 from gateway.metering.usage import StreamUsage, find_usage, is_final_usage
-from gateway.proxy.normalize import normalize_error, normalize_success
+from gateway.proxy.normalize import normalize_error, normalize_success, stream_error_status
 from gateway.proxy.sse import DONE_FRAME, FrameSplitter, error_frame, frame_data, is_done
 from gateway.request_context import RequestInfo
 from gateway.routing.engines import Engine
@@ -39,17 +38,9 @@ def transform_frame(frame: bytes) -> bytes:
     if data is None or (b"null" not in data and not data.startswith(b'{"error"')):
         return frame
     if data.startswith(b'{"error"'):
-        return b"data: " + normalize_error(_error_status(data), data) + b"\n\n"
+        return b"data: " + normalize_error(stream_error_status(data), data) + b"\n\n"
     fixed = normalize_success(data)
     return frame if fixed is data else b"data: " + fixed + b"\n\n"
-
-
-def _error_status(data: bytes) -> int:
-    try:
-        code = orjson.loads(data)["error"].get("code")
-    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-        return 500
-    return code if isinstance(code, int) and 400 <= code <= 599 else 500
 
 
 class FrameFilter:

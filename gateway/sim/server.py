@@ -62,41 +62,53 @@ def server_args(config: SimConfig, host: str, port: int) -> list[str]:
     return [*args, f"--fail-status={config.fail_status}"]
 
 
-def parse_args(
-    argv: Sequence[str] | None = None, prog: str = "python -m gateway.sim.server"
-) -> tuple[SimConfig, str, int]:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
-    parser.add_argument("--model", action="append", help="served model name (repeatable)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8001)
+def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
+    """The simulator's options, shared by `python -m gateway.sim.server` and `llmaas sim`."""
+    parser.add_argument(
+        "--model", action="append", help="served model name (repeatable; default sim-model)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address (default %(default)s)")
+    parser.add_argument("--port", type=int, default=8001, help="port (default %(default)s)")
     parser.add_argument("--ttft-ms", type=float, default=0.0, help="time to first token")
     parser.add_argument("--itl-ms", type=float, default=0.0, help="inter-token latency")
-    parser.add_argument("--max-tokens", type=int, default=16, help="default completion length")
-    parser.add_argument("--embedding-dim", type=int, default=8)
-    parser.add_argument("--max-model-len", type=int, default=2048)
-    parser.add_argument("--kv-cache-tokens", type=int, default=65536)
+    parser.add_argument(
+        "--max-tokens", type=int, default=16, help="completion length without max_tokens"
+    )
+    parser.add_argument("--embedding-dim", type=int, default=8, help="embedding vector length")
+    parser.add_argument(
+        "--max-model-len", type=int, default=2048, help="context: prompt + completion tokens"
+    )
+    parser.add_argument(
+        "--kv-cache-tokens", type=int, default=65536, help="capacity behind kv_cache_usage_perc"
+    )
     parser.add_argument("--fail-rate", type=float, default=0.0, help="fraction of requests to fail")
     parser.add_argument("--fail-status", type=int, default=500, help="status of those failures")
-    args = parser.parse_args(argv)
-    try:
-        config = SimConfig(
-            models=args.model or ["sim-model"],
-            ttft_ms=args.ttft_ms,
-            itl_ms=args.itl_ms,
-            max_tokens=args.max_tokens,
-            embedding_dim=args.embedding_dim,
-            max_model_len=args.max_model_len,
-            kv_cache_tokens=args.kv_cache_tokens,
-            fail_rate=args.fail_rate,
-            fail_status=args.fail_status,
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
+
+
+def from_args(args: argparse.Namespace) -> tuple[SimConfig, str, int]:
+    """What the parsed options describe: config, host, port. ValueError names a bad value."""
+    config = SimConfig(
+        models=args.model or ["sim-model"],
+        ttft_ms=args.ttft_ms,
+        itl_ms=args.itl_ms,
+        max_tokens=args.max_tokens,
+        embedding_dim=args.embedding_dim,
+        max_model_len=args.max_model_len,
+        kv_cache_tokens=args.kv_cache_tokens,
+        fail_rate=args.fail_rate,
+        fail_status=args.fail_status,
+    )
     return config, args.host, args.port
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m gateway.sim.server") -> None:
-    run(*parse_args(argv, prog))
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gateway.sim.server", description=__doc__)
+    add_sim_arguments(parser)
+    try:
+        served = from_args(parser.parse_args(argv))
+    except ValueError as exc:
+        parser.error(str(exc))
+    run(*served)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,17 @@ from gateway.app import create_app
 from gateway.auth.issue import issue_key
 from gateway.auth.store import AuthStore
 from gateway.embedded.engine import EngineSpec, running_engine
-from gateway.embedded.paths import CHAT_MODEL_NAME, EMBEDDING_MODEL_NAME, EmbeddedPaths
+from gateway.embedded.paths import (
+    CHAT_MODEL_NAME,
+    CHAT_TOOL_PARSER,
+    EMBEDDING_MODEL_NAME,
+    EmbeddedPaths,
+)
 from gateway.embedded.prepare import prepare
 from gateway.embedded.redis_server import running_redis
 from gateway.netutil import free_port
 from gateway.settings import Settings
+from tests.e2e.metering import LedgerView
 from tests.support.servers import serve_asgi
 
 CHAT = CHAT_MODEL_NAME
@@ -69,7 +75,12 @@ async def engines() -> AsyncIterator[Engines]:
     paths = EmbeddedPaths.resolve()
     ready = await prepare(paths)
     chat = EngineSpec(
-        ready.engine_python, ready.chat_model, CHAT, free_port(), paths.logs / "e2e-chat.log"
+        ready.engine_python,
+        ready.chat_model,
+        CHAT,
+        free_port(),
+        paths.logs / "e2e-chat.log",
+        tool_parser=CHAT_TOOL_PARSER,
     )
     embed = EngineSpec(
         ready.engine_python,
@@ -107,3 +118,12 @@ async def e2e(engines: Engines, tmp_path_factory: pytest.TempPathFactory) -> Asy
             await redis.aclose()
         async with serve_asgi(create_app(settings)) as gateway, aiohttp.ClientSession() as http:
             yield E2E(gateway, engines, http, key, redis_url)
+
+
+@pytest.fixture
+async def ledger(e2e: E2E) -> AsyncIterator[LedgerView]:
+    redis = Redis.from_url(e2e.redis_url)
+    try:
+        yield LedgerView(redis)
+    finally:
+        await redis.aclose()

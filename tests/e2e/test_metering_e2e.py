@@ -5,102 +5,32 @@ the usage the gateway asks vLLM for behind the client's back never shows in the 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import openai
 import orjson
 import pytest
-from redis.asyncio import Redis
 
-from gateway.metering.ledger import log_key
 from gateway.metering.record import UsageRecord
 from gateway.proxy.normalize import normalize_success
 from tests.e2e.conftest import CHAT, E2E
+from tests.e2e.metering import (
+    MAX_ABANDON_GAP,
+    STORY,
+    TENANT,
+    LedgerView,
+    Tokens,
+    new_rid,
+    settled_vllm_tokens,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
-TENANT = "e2e"  # the tenant of e2e.key
 DONE = "[DONE]"
-MAX_ABANDON_GAP = 8  # tokens vLLM may generate after the gateway's last report, per stream
-STORY: Any = [{"role": "user", "content": "Write a very long story about a dragon."}]
 FRANCE: Any = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-def _counter(text: str, name: str) -> float:
-    """A counter of a Prometheus text page, summed over its label sets."""
-    pattern = rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$"
-    values = [float(v) for v in re.findall(pattern, text, re.M)]
-    assert values, f"{name} missing from the engine's /metrics"
-    return sum(values)
-
-
-@dataclass(frozen=True, slots=True)
-class Tokens:
-    prompt: int
-    generation: int
-
-    def __sub__(self, other: Tokens) -> Tokens:
-        return Tokens(self.prompt - other.prompt, self.generation - other.generation)
-
-
-async def _vllm_tokens(e2e: E2E) -> Tokens:
-    async with e2e.http.get(f"{e2e.engines.chat}/metrics") as resp:
-        text = await resp.text()
-    return Tokens(
-        int(_counter(text, "vllm:prompt_tokens_total")),
-        int(_counter(text, "vllm:generation_tokens_total")),
-    )
-
-
-async def _settled_vllm_tokens(e2e: E2E) -> Tokens:
-    """vLLM's counters once nothing runs and two reads a moment apart agree."""
-    for _ in range(200):
-        if await e2e.running() == 0:
-            first = await _vllm_tokens(e2e)
-            await asyncio.sleep(0.2)
-            if await e2e.running() == 0 and await _vllm_tokens(e2e) == first:
-                return first
-        await asyncio.sleep(0.1)
-    raise AssertionError("vLLM's token counters did not settle")
-
-
-class LedgerView:
-    """The tenant's usage stream, read as an auditor would."""
-
-    def __init__(self, redis: Redis) -> None:
-        self.redis = redis
-        self.key = log_key(TENANT)
-
-    async def count(self) -> int:
-        return int(await self.redis.xlen(self.key))
-
-    async def records(self) -> list[UsageRecord]:
-        entries = cast("list[tuple[bytes, dict[bytes, bytes]]]", await self.redis.xrange(self.key))
-        return [UsageRecord.from_fields(fields) for _, fields in entries]
-
-    async def new_since(self, before: int, expected: int) -> list[UsageRecord]:
-        """The records written after the first `before`, once there are `expected` of them
-        (and no more turn up shortly after)."""
-        for _ in range(100):
-            if await self.count() >= before + expected:
-                break
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.3)
-        return (await self.records())[before:]
-
-
-@pytest.fixture
-async def ledger(e2e: E2E) -> AsyncIterator[LedgerView]:
-    redis = Redis.from_url(e2e.redis_url)
-    try:
-        yield LedgerView(redis)
-    finally:
-        await redis.aclose()
 
 
 @pytest.fixture
@@ -109,10 +39,6 @@ async def oai(e2e: E2E) -> AsyncIterator[openai.AsyncOpenAI]:
         base_url=f"{e2e.gateway}/v1", api_key=e2e.key, max_retries=0
     ) as client:
         yield client
-
-
-def _rid(label: str) -> str:
-    return f"meter-{label}-{os.urandom(4).hex()}"
 
 
 def _rid_header(rid: str) -> dict[str, str]:
@@ -222,7 +148,7 @@ class Sent:
 
 
 async def _chat(oai: openai.AsyncOpenAI, label: str, max_tokens: int) -> Sent:
-    rid = _rid(label)
+    rid = new_rid(label)
     reply = await oai.chat.completions.create(
         model=CHAT,
         messages=FRANCE,
@@ -238,7 +164,7 @@ async def _chat(oai: openai.AsyncOpenAI, label: str, max_tokens: int) -> Sent:
 async def _chat_stream(
     oai: openai.AsyncOpenAI, label: str, max_tokens: int, options: Any = None
 ) -> Sent:
-    rid = _rid(label)
+    rid = new_rid(label)
     extra: dict[str, Any] = {} if options is None else {"stream_options": options}
     stream = await oai.chat.completions.create(
         model=CHAT,
@@ -261,7 +187,7 @@ async def _chat_stream(
 
 
 async def _completion(oai: openai.AsyncOpenAI, label: str) -> Sent:
-    rid = _rid(label)
+    rid = new_rid(label)
     reply = await oai.completions.create(
         model=CHAT,
         prompt="The capital of France is",
@@ -275,7 +201,7 @@ async def _completion(oai: openai.AsyncOpenAI, label: str) -> Sent:
 
 
 async def _completion_stream(oai: openai.AsyncOpenAI, label: str) -> Sent:
-    rid = _rid(label)
+    rid = new_rid(label)
     stream = await oai.completions.create(
         model=CHAT,
         prompt="Once upon a time",
@@ -289,7 +215,7 @@ async def _completion_stream(oai: openai.AsyncOpenAI, label: str) -> Sent:
     return Sent(rid, "completions", True)
 
 
-def _by_rid(records: list[UsageRecord]) -> dict[str, UsageRecord]:
+def _byrid(records: list[UsageRecord]) -> dict[str, UsageRecord]:
     by_rid = {r.request_id: r for r in records}
     assert len(by_rid) == len(records), "two records carry the same request id"
     return by_rid
@@ -302,7 +228,7 @@ def _ledger_tokens(records: list[UsageRecord]) -> Tokens:
 async def test_ledger_of_completed_requests_equals_vllm_counters(
     e2e: E2E, oai: openai.AsyncOpenAI, ledger: LedgerView
 ) -> None:
-    vllm_before = await _settled_vllm_tokens(e2e)
+    vllm_before = await settled_vllm_tokens(e2e)
     count_before = await ledger.count()
 
     calls: list[Awaitable[Sent]] = [
@@ -319,10 +245,10 @@ async def test_ledger_of_completed_requests_equals_vllm_counters(
     sent = list(await asyncio.gather(*calls))
 
     records = await ledger.new_since(count_before, len(sent))
-    vllm_delta = await _settled_vllm_tokens(e2e) - vllm_before
+    vllm_delta = await settled_vllm_tokens(e2e) - vllm_before
 
     assert len(records) == len(sent)
-    by_rid = _by_rid(records)
+    by_rid = _byrid(records)
     assert set(by_rid) == {s.rid for s in sent}
     for s in sent:
         record = by_rid[s.rid]
@@ -411,13 +337,13 @@ async def test_abandoned_streams_are_billed_close_to_what_vllm_generated(
 ) -> None:
     gaps: dict[str, int] = {}
     for label, route, abandon in ABANDONS:
-        vllm_before = await _settled_vllm_tokens(e2e)
+        vllm_before = await settled_vllm_tokens(e2e)
         count_before = await ledger.count()
-        rid = _rid(label)
+        rid = new_rid(label)
         await abandon(e2e, oai, rid)
         await e2e.wait_running(0)
         records = await ledger.new_since(count_before, 1)
-        vllm_delta = await _settled_vllm_tokens(e2e) - vllm_before
+        vllm_delta = await settled_vllm_tokens(e2e) - vllm_before
 
         assert [r.request_id for r in records] == [rid]
         record = records[0]

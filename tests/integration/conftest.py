@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import openai
+import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
@@ -34,7 +36,7 @@ class Stack:
         return await sim_state(self.http, self.sim)
 
 
-def gateway_settings(sim_url: str, **overrides: object) -> Settings:
+def gateway_settings(sim_url: str, spill_dir: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "models": [
             {"name": MODEL, "engines": [sim_url]},
@@ -45,6 +47,7 @@ def gateway_settings(sim_url: str, **overrides: object) -> Settings:
         "access_log": True,
         "admin_token": ADMIN_TOKEN,
         "auth": {"required": False},
+        "metering": {"spill_dir": str(spill_dir)},  # never the default under the user's home
     }
     values.update(overrides)
     return Settings.model_validate(values)
@@ -75,7 +78,7 @@ class AuthStack:
         return openai.AsyncOpenAI(base_url=f"{self.gateway}/v1", api_key=key, max_retries=0)
 
 
-def auth_settings(sim: str, redis_url: str) -> Settings:
+def auth_settings(sim: str, redis_url: str, spill_dir: Path) -> Settings:
     return Settings.model_validate(
         {
             "models": [{"name": MODEL, "engines": [sim]}, {"name": OTHER, "engines": [sim]}],
@@ -83,16 +86,18 @@ def auth_settings(sim: str, redis_url: str) -> Settings:
             "admin_token": ADMIN_TOKEN,
             "key_pepper": PEPPER,
             "access_log": True,
+            "metering": {"spill_dir": str(spill_dir)},  # never the default under the user's home
         }
     )
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def auth() -> AsyncIterator[AuthStack]:
+async def auth(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[AuthStack]:
+    spill_dir = tmp_path_factory.mktemp("auth-spill")
     async with (
         running_redis(None) as redis_url,
         running_sim(SimConfig(models=[MODEL, OTHER])) as sim,
-        serve_asgi(create_app(auth_settings(sim, redis_url))) as gateway,
+        serve_asgi(create_app(auth_settings(sim, redis_url, spill_dir))) as gateway,
         aiohttp.ClientSession() as http,
     ):
         redis = Redis.from_url(redis_url)
@@ -103,10 +108,11 @@ async def auth() -> AsyncIterator[AuthStack]:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def stack() -> AsyncIterator[Stack]:
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    spill_dir = tmp_path_factory.mktemp("stack-spill")
     async with (
         running_sim(SimConfig(models=[MODEL], max_tokens=8)) as sim,
-        serve_asgi(create_app(gateway_settings(sim))) as gw,
+        serve_asgi(create_app(gateway_settings(sim, spill_dir))) as gw,
         aiohttp.ClientSession() as http,
     ):
         yield Stack(gw, sim, http)

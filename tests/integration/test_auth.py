@@ -242,7 +242,7 @@ async def test_jwt_bearer_through_the_gateway(tmp_path: Path) -> None:
         running_redis(None) as redis_url,
         running_sim(SimConfig(models=[MODEL, OTHER])) as sim,
     ):
-        settings = auth_settings(sim, redis_url).model_copy(
+        settings = auth_settings(sim, redis_url, tmp_path / "spill").model_copy(
             update={
                 "auth": AuthSettings(jwt=JwtSettings(public_key_file=pem, algorithms=["RS256"]))
             }
@@ -265,10 +265,10 @@ async def test_jwt_bearer_through_the_gateway(tmp_path: Path) -> None:
             assert info.value.code == "token_expired"
 
 
-async def test_unreachable_key_store_is_503_not_500() -> None:
+async def test_unreachable_key_store_is_503_not_500(tmp_path: Path) -> None:
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     async with running_sim(SimConfig(models=[MODEL])) as sim:
-        settings = auth_settings(sim, dead_redis)
+        settings = auth_settings(sim, dead_redis, tmp_path / "spill")
         async with serve_asgi(create_app(settings)) as gateway:
             key = "sk-llmaas-0123456789ab-" + "0" * 48
             async with openai.AsyncOpenAI(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -115,11 +116,11 @@ async def test_tenant_limit_applies_to_all_its_keys(auth: AuthStack) -> None:
 
 
 @pytest.mark.parametrize(("mode", "status"), [("closed", 503), ("open", 200)])
-async def test_redis_down_follows_the_failure_mode(mode: str, status: int) -> None:
+async def test_redis_down_follows_the_failure_mode(mode: str, status: int, tmp_path: Path) -> None:
     async with running_sim(SimConfig(models=[MODEL])) as sim:
         redis_cm = running_redis(None)
         redis_url = await redis_cm.__aenter__()
-        settings = auth_settings(sim, redis_url).model_copy(deep=True)
+        settings = auth_settings(sim, redis_url, tmp_path / "spill").model_copy(deep=True)
         settings.limits.failure_mode = mode  # type: ignore[assignment]
         settings.redis_timeout_s = 0.2
         try:

@@ -167,6 +167,35 @@ async def test_every_outcome_is_one_record_with_the_tokens_it_used(meter: Meter)
     assert 3 <= left.completion_tokens <= 6, left
 
 
+async def test_non_streaming_requests_cut_short_are_billed_what_the_engine_generated(
+    meter: Meter,
+) -> None:
+    # The engine is asked for a stream behind the client's back, so a hang-up or a cut in the
+    # middle of a plain JSON request still leaves the tokens generated until then.
+    key = await meter.new_key("plain-cut")
+    headers = {"authorization": f"Bearer {key}"}
+    url = f"{meter.gateway}/v1/chat/completions"
+    slow = {"model": MODEL, "messages": HELLO, "max_tokens": 200, "sim": {"itl_ms": 20}}
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.6):
+            await meter.http.post(url, json=slow, headers={**headers, **rid("plain-left")})
+    cut = {"model": MODEL, "messages": HELLO, "sim": {"cut_after": 3}}
+    async with meter.http.post(url, json=cut, headers={**headers, **rid("plain-cut")}) as resp:
+        assert resp.status == 502
+        assert resp.content_type == "application/json"
+        error = (await resp.json())["error"]
+        assert error["code"] == "engine_disconnected"
+
+    records = {r.request_id: r for r in await meter.wait_records("plain-cut", 2)}
+    left = records["plain-left"]
+    assert (left.outcome, left.status, left.stream) == ("client_disconnected", 499, False)
+    assert left.prompt_tokens > 0
+    assert 5 <= left.completion_tokens < 200, left  # ~30 at 20 ms a token in 0.6 s
+    broken = records["plain-cut"]
+    assert (broken.outcome, broken.status, broken.stream) == ("engine_error", 502, False)
+    assert broken.completion_tokens == 3
+
+
 async def test_a_rate_limited_request_leaves_no_record(meter: Meter) -> None:
     key = await meter.new_key("limited", rpm=1)
     async with meter.client(key) as oai:

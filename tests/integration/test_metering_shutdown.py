@@ -15,9 +15,9 @@ from redis.asyncio import Redis
 from gateway.embedded.redis_server import running_redis
 from gateway.metering.ledger import log_key
 from gateway.sim.config import SimConfig
-from tests.integration.conftest import ADMIN, MODEL
+from tests.integration.conftest import MODEL
 from tests.integration.sim_fixture import running_sim, sim_state
-from tests.support.gateways import gateway_process, shared_config
+from tests.support.gateways import gateway_process, shared_config, tenant_key
 from tests.support.redis_control import redis_proxy
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -25,14 +25,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 HELLO: Any = [{"role": "user", "content": "hello"}]
 # uvicorn drains, runs the lifespan's shutdown, then re-raises the signal it caught.
 STOPPED_BY_SIGTERM = -signal.SIGTERM
-
-
-async def _key(http: aiohttp.ClientSession, gateway: str, tenant: str) -> dict[str, str]:
-    async with http.put(f"{gateway}/admin/v1/tenants/{tenant}", json={}, headers=ADMIN) as r:
-        assert r.status == 200
-    async with http.post(f"{gateway}/admin/v1/keys", json={"tenant": tenant}, headers=ADMIN) as r:
-        assert r.status == 201
-        return {"authorization": f"Bearer {(await r.json())['key']}"}
 
 
 async def _ledger_size(redis_url: str, tenant: str) -> int:
@@ -57,7 +49,7 @@ async def test_sigterm_under_load_writes_a_record_for_every_request_an_engine_sa
             tmp_path / "gw.yaml", redis_url=redis_url, model=MODEL, sim=sim, extra=extra
         )
         async with gateway_process(config) as gw:
-            headers = await _key(http, gw.url, "load")
+            headers = await tenant_key(http, gw.url, "load")
             body = {"model": MODEL, "messages": HELLO, "stream": True}
             stop = asyncio.Event()
             finished: list[str] = []
@@ -105,7 +97,7 @@ async def test_a_ledger_unreachable_at_shutdown_is_spilled_then_replayed(tmp_pat
             url = "/v1/chat/completions"
             body = {"model": MODEL, "messages": HELLO}
             async with gateway_process(config) as gw:
-                headers = await _key(http, gw.url, "spill")
+                headers = await tenant_key(http, gw.url, "spill")
                 async with http.post(gw.url + url, json=body, headers=headers) as resp:
                     assert resp.status == 200  # caches the key and its tenant
                 async with asyncio.timeout(5):

@@ -23,6 +23,7 @@ async def test_two_workers_serve_and_metrics_add_up(tmp_path: Path) -> None:
         config.write_text(
             "access_log: false\nadmin_token: serve-cli-admin-token\nauth: {required: false}\n"
             f"models:\n  - name: m\n    engines: [{sim}]\n"
+            f"metering: {{spill_dir: {tmp_path / 'spill'}}}\n"  # never the one under the home
         )
         async with gateway_process(config, "--workers", "2") as served:
             base = served.url

@@ -8,6 +8,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
 
 from gateway.netutil import free_port, wait_http_ok
 
@@ -20,11 +24,22 @@ def serve_command(config: Path, *args: str) -> list[str]:
 
 
 def shared_config(path: Path, *, redis_url: str, model: str, sim: str, extra: str = "") -> Path:
-    """A config several gateways can share: one Redis, keys on, one model on the simulator."""
-    path.write_text(
-        f"redis_url: {redis_url}\nadmin_token: {ADMIN_TOKEN}\nkey_pepper: {PEPPER}\n"
-        f"access_log: false\n{extra}models:\n  - name: {model}\n    engines: [{sim}]\n"
-    )
+    """A config several gateways can share: one Redis, keys on, one model on the simulator.
+
+    `extra` is more YAML on top. Unless it sets one, the spill directory is `<name>-spill` next
+    to the file: a test's gateway never spills into the default under the user's home.
+    """
+    config: dict[str, Any] = {
+        "redis_url": redis_url,
+        "admin_token": ADMIN_TOKEN,
+        "key_pepper": PEPPER,
+        "access_log": False,
+        "models": [{"name": model, "engines": [sim]}],
+    }
+    config.update(yaml.safe_load(extra) or {})
+    metering = config.setdefault("metering", {})
+    metering.setdefault("spill_dir", str(path.with_name(f"{path.stem}-spill")))
+    path.write_text(yaml.safe_dump(config))
     return path
 
 
@@ -35,10 +50,19 @@ class GatewayProcess:
 
 
 @asynccontextmanager
-async def gateway_process(config: Path, *args: str) -> AsyncIterator[GatewayProcess]:
-    """A gateway on a free port, healthy on entry, stopped (if still running) on exit."""
+async def gateway_process(
+    config: Path, *args: str, log: Path | None = None
+) -> AsyncIterator[GatewayProcess]:
+    """A gateway on a free port, healthy on entry, stopped (if still running) on exit; its
+    stderr (the JSON log lines) goes to `log` when given."""
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(*serve_command(config, "--port", str(port), *args))
+    command = serve_command(config, "--port", str(port), *args)
+    stderr = await asyncio.to_thread(log.open, "ab") if log is not None else None
+    try:
+        proc = await asyncio.create_subprocess_exec(*command, stderr=stderr)
+    finally:
+        if stderr is not None:
+            stderr.close()
     try:
         await wait_http_ok(f"http://127.0.0.1:{port}/healthz", timeout_s=30)
         yield GatewayProcess(f"http://127.0.0.1:{port}", proc)
@@ -46,3 +70,13 @@ async def gateway_process(config: Path, *args: str) -> AsyncIterator[GatewayProc
         if proc.returncode is None:
             proc.terminate()
         await proc.wait()
+
+
+async def tenant_key(http: aiohttp.ClientSession, gateway: str, tenant: str) -> dict[str, str]:
+    """Create `tenant` and a key of it through the admin API: the key's Authorization header."""
+    admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with http.put(f"{gateway}/admin/v1/tenants/{tenant}", json={}, headers=admin) as r:
+        assert r.status == 200
+    async with http.post(f"{gateway}/admin/v1/keys", json={"tenant": tenant}, headers=admin) as r:
+        assert r.status == 201
+        return {"authorization": f"Bearer {(await r.json())['key']}"}

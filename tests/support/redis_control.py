@@ -1,6 +1,7 @@
 """A Redis that tests can stop and start again on the same port (with its data, kept in an
-append-only file), and a TCP proxy in front of Redis that can refuse connections or swallow
-replies (the command runs, the caller never hears back: a "lost reply")."""
+append-only file), and a TCP proxy in front of Redis that can refuse connections, swallow
+replies (the command runs, the caller never hears back: a "lost reply") or delay them (the
+command runs at once, its caller hears back late: a slow Redis)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from gateway.embedded.process_group import stop_process_group
 from gateway.embedded.redis_server import ping, redis_config, redis_server_binary
 from gateway.netutil import free_port
 
-Mode = Literal["pass", "refuse", "swallow"]  # swallow: the replies to script calls (EVALSHA)
+# swallow and delay: the replies to script calls (EVALSHA); delay holds them `delay_s`.
+Mode = Literal["pass", "refuse", "swallow", "delay"]
 
 
 class RestartableRedis:
@@ -60,7 +62,7 @@ async def restartable_redis(workdir: Path) -> AsyncIterator[RestartableRedis]:
 
 
 class RedisProxy:
-    """127.0.0.1:<port> → the Redis at `target_port`, in one of three modes."""
+    """127.0.0.1:<port> → the Redis at `target_port`, in one of four modes."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -68,11 +70,14 @@ class RedisProxy:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.mode: Mode = "pass"
         self.swallowed = 0  # replies thrown away in "swallow" mode
+        self.delay_s = 0.0  # how late replies come in "delay" mode
+        self.delayed = 0  # replies held back in "delay" mode
         self.links: set[asyncio.Task[None]] = set()
 
-    def set_mode(self, mode: Mode) -> None:
+    def set_mode(self, mode: Mode, delay_s: float = 0.0) -> None:
         """Change the mode; open connections are cut so every client reconnects into it."""
         self.mode = mode
+        self.delay_s = delay_s
         for link in list(self.links):
             link.cancel()
 
@@ -102,7 +107,11 @@ class RedisProxy:
         self, up: asyncio.StreamReader, client: asyncio.StreamWriter, link: _Link
     ) -> None:
         while data := await up.read(65536):
-            if link.script_sent:
+            if link.script_sent and link.mode == "delay":
+                link.script_sent = False
+                self.delayed += 1
+                await asyncio.sleep(self.delay_s)  # the script ran; its caller hears back late
+            elif link.script_sent:
                 self.swallowed += 1
                 client.close()  # the script ran; its caller sees a dropped connection
                 return
@@ -111,7 +120,7 @@ class RedisProxy:
 
 
 class _Link:
-    """One client connection; in swallow mode it notes when a script call went through."""
+    """One client connection; in swallow or delay mode it notes when a script call goes by."""
 
     def __init__(self, mode: Mode) -> None:
         self.mode = mode
@@ -119,10 +128,10 @@ class _Link:
 
     async def requests(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         while data := await source.read(65536):
+            if self.mode in ("swallow", "delay") and b"EVALSHA" in data.upper():
+                self.script_sent = True  # before the script can answer
             sink.write(data)
             await sink.drain()
-            if self.mode == "swallow" and b"EVALSHA" in data.upper():
-                self.script_sent = True
 
 
 @asynccontextmanager

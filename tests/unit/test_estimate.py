@@ -29,3 +29,40 @@ def test_default_completion_is_capped_by_the_context_left() -> None:
     assert reserved_tokens(body, 1024, context_length=612) == 100 + 512
     assert reserved_tokens(body, 256, context_length=8192) == 100 + 256
     assert reserved_tokens({**body, "max_tokens": 2000}, 256, context_length=612) == 2100
+
+
+TOKEN_BATCH = [list(range(20)) for _ in range(200)]  # 200 prompts of 20 token ids
+
+
+def test_every_prompt_of_a_batch_counts() -> None:
+    assert prompt_tokens({"prompt": TOKEN_BATCH}) == 4000
+    assert prompt_tokens({"prompt": ["x" * 40, "y" * 8, ""]}) == 11 + 3 + 1
+    assert prompt_tokens({"prompt": [[1, 2], [3]]}) == 3
+    assert prompt_tokens({"input": ["x" * 40] * 100}) == 1100
+    assert prompt_tokens({"input": [[7] * 5] * 10}) == 50
+
+
+def test_chat_counts_text_parts_of_every_message() -> None:
+    parts = [{"type": "text", "text": "y" * 8}, {"type": "image_url", "image_url": {"url": "u"}}]
+    body = {"messages": [{"role": "user", "content": "x" * 40}, {"role": "user", "content": parts}]}
+    assert prompt_tokens(body) == 48 // 4 + 1
+    assert prompt_tokens({"messages": [{"role": "assistant", "content": None}]}) == 1
+
+
+def test_a_batch_reserves_a_completion_per_prompt_and_choice() -> None:
+    assert reserved_tokens({"prompt": TOKEN_BATCH, "max_tokens": 1}, 1024) == 4000 + 200
+    body = {"prompt": ["a", "b", "c"], "max_tokens": 10, "n": 2}
+    assert reserved_tokens(body, 1024) == 3 + 10 * 3 * 2
+    assert reserved_tokens({"prompt": ["a", "b"]}, 50) == 2 + 50 * 2
+    single = {"prompt": list(range(20)), "max_tokens": 1}  # a flat id list is one prompt
+    assert reserved_tokens(single, 1024) == 20 + 1
+
+
+def test_the_default_completion_is_capped_per_prompt() -> None:
+    body = {"prompt": ["x" * 396, "y" * 4]}  # 100 and 2 tokens estimated
+    assert reserved_tokens(body, 1024, context_length=612) == 102 + 512 + 610
+
+
+def test_embedding_batches_reserve_their_inputs_only() -> None:
+    assert reserved_tokens({"input": TOKEN_BATCH, "n": 3}, 1024) == 4000
+    assert reserved_tokens({"input": ["abcd"] * 3}, 1024) == 6

@@ -1,4 +1,4 @@
-"""admission.lua and the limits half of metering/settle.lua against a real Redis."""
+"""admission.lua, release.lua and the limits half of metering/settle.lua against a real Redis."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ from redis.asyncio import Redis
 
 from gateway.auth.principal import Limits, Principal
 from gateway.errors import RateLimited
-from gateway.limits.limiter import Admission, Limiter, duration
+from gateway.limits.limiter import (
+    Admission,
+    AdmissionCancelled,
+    Limiter,
+    duration,
+    new_lease,
+    scope_keys,
+)
 from gateway.metering.ledger import Ledger
 from gateway.metering.record import new_record_id
 from gateway.metering.settlement import LimitSettlement, Settlement
@@ -167,3 +174,72 @@ async def test_duration_format() -> None:
         "1m0s",
         "6m0s",
     ]
+
+
+BOTH = {"key": Limits(rpm=5, tpm=10_000, max_concurrency=2), "tenant": Limits(rpm=5, tpm=20_000)}
+
+
+async def charges(redis: Redis, principal: Principal) -> dict[str, object]:
+    """What the limits of both scopes hold: request logs, leases, token buckets' TATs."""
+    (key_rpm, key_tpm, key_leases), (tenant_rpm, tenant_tpm, tenant_leases) = scope_keys(
+        principal.tenant, principal.key_id
+    )
+    return {
+        "requests": [await redis.zcard(key_rpm), await redis.zcard(tenant_rpm)],
+        "leases": [await redis.zcard(key_leases), await redis.zcard(tenant_leases)],
+        "tat": [await redis.get(key_tpm), await redis.get(tenant_tpm)],
+    }
+
+
+def tats(state: dict[str, object]) -> list[float]:
+    values = state["tat"]
+    assert isinstance(values, list)
+    return [float(v) for v in values]
+
+
+async def test_release_after_admit_gives_everything_back_once(redis: Redis) -> None:
+    limiter, principal = Limiter(redis), who(BOTH["key"], BOTH["tenant"])
+    await limiter.admit(principal, 3000)  # stays: the bucket is ahead of the clock
+    before = await charges(redis, principal)
+    admission = await limiter.admit(principal, 500)
+    charged = await charges(redis, principal)
+    assert charged["requests"] == [2, 2]
+    assert charged["leases"] == [2, 0]  # no concurrency limit at the tenant scope
+    moved = [b + 500 * 60_000 / tpm for b, tpm in zip(tats(before), (10_000, 20_000), strict=True)]
+    assert tats(charged) == pytest.approx(moved, abs=1e-6)
+    assert await limiter.release(principal, admission.lease) == "refunded"
+    after = await charges(redis, principal)
+    assert after["requests"] == [1, 1]
+    assert after["leases"] == [1, 0]
+    assert tats(after) == pytest.approx(tats(before), abs=1e-6)
+
+    assert await limiter.release(principal, admission.lease) == "released"
+    assert await charges(redis, principal) == after  # the second release gave nothing back
+
+
+async def test_release_before_admit_cancels_the_admission(redis: Redis) -> None:
+    limiter, principal = Limiter(redis), who(BOTH["key"], BOTH["tenant"])
+    lease = new_lease()
+    assert await limiter.release(principal, lease) == "cancelled"
+    with pytest.raises(AdmissionCancelled):
+        await limiter.admit(principal, 500, lease)  # it reached Redis after it was given up on
+    assert await charges(redis, principal) == {
+        "requests": [0, 0],
+        "leases": [0, 0],
+        "tat": [None, None],
+    }
+    assert await limiter.release(principal, lease) == "released"
+
+
+async def test_the_same_lease_admitted_twice_charges_once(redis: Redis) -> None:
+    limiter, principal = Limiter(redis), who(Limits(rpm=1, tpm=1000, max_concurrency=1))
+    lease = new_lease()
+    first = await limiter.admit(principal, 100, lease)
+    again = await limiter.admit(principal, 100, lease)  # a retry after a lost reply
+    assert again == Admission(lease, 100, None, None)  # admitted, no fresher figures to show
+    assert first.requests == (1, 0, 60_000)
+    state = await charges(redis, principal)
+    assert state["requests"] == [1, 0]
+    assert state["leases"] == [1, 0]
+    with pytest.raises(RateLimited):  # a new lease is a new request
+        await limiter.admit(principal, 100)

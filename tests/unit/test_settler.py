@@ -4,6 +4,7 @@ no settlement is lost and none counts twice."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -15,8 +16,8 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.embedded.process_group import stop_process_group
-from gateway.embedded.redis_server import ping, redis_config, redis_server_binary, running_redis
-from gateway.metering.ledger import Ledger, log_key
+from gateway.embedded.redis_server import ping, redis_config, redis_server_binary
+from gateway.metering.ledger import LEDGER_ID, Ledger, log_key
 from gateway.metering.record import UsageRecord
 from gateway.metering.settlement import Settlement
 from gateway.metering.settler import Settler
@@ -25,6 +26,7 @@ from gateway.metrics import Metrics
 from gateway.netutil import free_port
 from gateway.redis_client import redis_client
 from gateway.settings import MeteringSettings
+from tests.support.redis_control import restartable_redis
 from tests.support.usage_records import settlement_of, usage_record
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -109,6 +111,10 @@ def gauge(settler: Settler, name: str = "llmaas_usage_pending_records") -> float
     return value
 
 
+def spill_files(spill_dir: Path) -> list[Path]:
+    return sorted(spill_dir.glob("*.jsonl"))
+
+
 def spilled_lines(spill_dir: Path) -> int:
     """Settlements in the spill files of a directory (0 if it was never created)."""
     return sum(count_lines(f) for f in spill_dir.glob("*.jsonl"))
@@ -183,65 +189,160 @@ async def test_settler_without_ledger_only_counts_tokens(tmp_path: Path) -> None
     assert tokens == 1
 
 
-async def test_redis_gone_queue_then_spill_then_replay_on_start(
-    redis: Redis, tmp_path: Path
-) -> None:
+async def test_redis_gone_queue_then_spill_then_replay_on_start(tmp_path: Path) -> None:
     spill_dir = tmp_path / "spill"
+    (tmp_path / "redis").mkdir()
     t = tenant()
     batch = settlements(t, 8)
-    async with running_redis(None) as url:
-        doomed = redis_client(url, timeout_s=0.2, max_connections=4)
+    async with restartable_redis(tmp_path / "redis") as server:  # its data outlives a restart
+        doomed = redis_client(server.url, timeout_s=0.2, max_connections=4)
         first = settler_on(doomed, spill_dir, queue_max=3)
-        await first.settle(batch[0])  # Redis answers: written there (and lost with it)
+        await first.start()
+        await until(lambda: first.spill.ledger is not None, "the settler knows its ledger")
+        await first.settle(batch[0])  # Redis answers: written there
         assert first.pending == 0
-    # That Redis is stopped now.
-    try:
-        started = time.monotonic()
-        await first.settle(batch[1])  # waits write_timeout_s, then queues
-        assert time.monotonic() - started < 1.0
-        assert len(first.queue) == 1
-        for s in batch[2:6]:  # two more fit the queue; the rest go to disk
-            await first.settle(s)
-        assert list(first.queue) == batch[1:4]
-        assert spilled_lines(spill_dir) == 2
-        assert first.pending == 5
-        assert gauge(first) == 5
-        assert gauge(first, "llmaas_usage_spilled_records_total") == 2
-        assert gauge(first, "llmaas_usage_write_failures_total") >= 1
+        await server.stop()
+        try:
+            started = time.monotonic()
+            await first.settle(batch[1])  # waits write_timeout_s, then queues
+            assert time.monotonic() - started < 1.0
+            assert len(first.queue) == 1
+            for s in batch[2:6]:  # two more fit the queue; the rest go to disk
+                await first.settle(s)
+            assert list(first.queue) == batch[1:4]
+            assert spilled_lines(spill_dir) == 2
+            assert first.pending == 5
+            assert gauge(first) == 5
+            assert gauge(first, "llmaas_usage_spilled_records_total") == 2
+            assert gauge(first, "llmaas_usage_write_failures_total") >= 1
 
-        started = time.monotonic()
-        await first.close()  # Redis stays down: the queue goes to disk after flush_timeout_s
-        assert 0.4 < time.monotonic() - started < 3.0
-        assert not first.queue
-        assert spilled_lines(spill_dir) == 5
-        assert first.pending == 5
-        assert gauge(first) == 5
-        await first.settle(batch[6])  # settled after close: straight to disk
-        assert spilled_lines(spill_dir) == 6
-        assert first.pending == gauge(first) == 6
-    finally:
-        await doomed.aclose()
+            started = time.monotonic()
+            await first.close()  # Redis stays down: the queue goes to disk after flush_timeout_s
+            assert 0.4 < time.monotonic() - started < 3.0
+            assert not first.queue
+            assert spilled_lines(spill_dir) == 5
+            assert first.pending == 5
+            assert gauge(first) == 5
+            await first.settle(batch[6])  # settled after close: straight to disk
+            assert spilled_lines(spill_dir) == 6
+            assert first.pending == gauge(first) == 6
+            assert [f.name.split("-")[1] for f in spill_dir.glob("*.jsonl")] == [first.spill.ledger]
+        finally:
+            await doomed.aclose()
 
-    # A later life (the next gateway) with a reachable Redis and the same spill_dir. One of the
-    # spilled settlements already reached this Redis once (a lost reply, say).
+        # A later life (the next gateway) once the same ledger is back, with the same spill_dir.
+        await server.start()
+        await next_life_replays(server.url, spill_dir, batch)
+
+
+async def next_life_replays(url: str, spill_dir: Path, batch: list[Settlement]) -> None:
+    """A settler replays the spill files of its ledger on start, each settlement once; one of
+    them already reached Redis (a lost reply, say)."""
+    redis = redis_client(url, timeout_s=5.0, max_connections=4)
+    t = batch[0].tenant
     second = settler_on(redis, spill_dir)
     await Ledger(redis, settings(spill_dir), window_s=60).write([batch[3]])
     await second.settle(batch[7])
     await second.start()
     try:
-        expected = {s.id for s in batch[1:8]}
+        expected = {s.id for s in batch}
         await until(
             lambda: _has(redis, t, len(expected)), "the spill files were replayed", timeout_s=10
         )
         await until(lambda: second.pending == 0, "nothing left pending")
         ids = await logged_ids(redis, t)
         assert sorted(ids) == sorted(expected)  # exactly once each: batch[3] not twice
-        assert list(spill_dir.glob("*.jsonl")) == []
+        assert spill_files(spill_dir) == []
         assert gauge(second) == 0
+        assert gauge(second, "llmaas_usage_foreign_spill_records") == 0
     finally:
         await second.close()
+        await redis.aclose()
     assert second.pending == 0
-    assert list(spill_dir.glob("*.jsonl")) == []
+    assert spill_files(spill_dir) == []
+
+
+async def test_the_ledger_id_is_created_once_and_shared(redis: Redis, tmp_path: Path) -> None:
+    ledgers = [Ledger(redis, settings(tmp_path), window_s=60) for _ in range(2)]
+    ids = await asyncio.gather(*(ledger.identity() for ledger in ledgers * 2))
+    assert len(set(ids)) == 1
+    assert await redis.get(LEDGER_ID) == ids[0].encode()
+    assert ledgers[0].location == f"127.0.0.1:{redis.connection_pool.connection_kwargs['port']}/0"
+
+
+async def test_another_ledgers_spill_files_are_reported_and_left_alone(
+    redis: Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spill_dir = tmp_path / "spill"
+    t = tenant()
+    other = write_spill(spill_dir / "spill-feedfacefeedface-0-x.jsonl", settlements(t, 3))
+    unknown = write_spill(spill_dir / "spill-unknown@10.0.0.9%3A6379%2F0-0-x.jsonl", [])
+    old = write_spill(spill_dir / f"spill-{os.getpid()}-x.jsonl", settlements(t, 2))
+    content = [f.read_bytes() for f in (other, unknown, old)]
+
+    settler = settler_on(redis, spill_dir)
+    await settler.start()
+    try:
+        await until(lambda: gauge(settler, "llmaas_usage_foreign_spill_records") == 5, "reported")
+        write_spill(spill_dir / "spill-feedfacefeedface-0-y.jsonl", settlements(t, 1))
+        settler.wakeup.set()  # another look: the new file counts, the others are not warned again
+        await until(lambda: gauge(settler, "llmaas_usage_foreign_spill_records") == 6, "looked")
+        assert await logged_ids(redis, t) == []
+        assert [f.read_bytes() for f in (other, unknown, old)] == content
+        warned = {
+            vars(r)["fields"]["file"]: vars(r)["fields"]
+            for r in caplog.records
+            if r.getMessage() == "spill file of another ledger left in place"
+        }
+        assert len([r for r in caplog.records if "another ledger" in r.getMessage()]) == 4
+        assert warned[str(other)]["ledger"] == "feedfacefeedface"
+        assert warned[str(other)]["records"] == 3
+        assert warned[str(unknown)]["ledger"] == "unknown"
+        assert warned[str(unknown)]["redis"] == "10.0.0.9:6379/0"
+        assert warned[str(old)]["ledger"] == "unknown"
+        assert warned[str(old)]["records"] == 2
+        assert {w["this_ledger"] for w in warned.values()} == {settler.spill.ledger}
+        assert settler.pending == 0
+    finally:
+        await settler.close()
+
+
+async def test_a_spill_from_before_redis_ever_answered_is_not_replayed_by_another_gateway(
+    tmp_path: Path,
+) -> None:
+    """A gateway that never reached its Redis knows only where the ledger was meant to be; a
+    Redis found there later is not proof of the same ledger, so the file is kept and reported."""
+    port = free_port()
+    spill_dir = tmp_path / "spill"
+    client = redis_client(f"redis://127.0.0.1:{port}/0", timeout_s=0.2, max_connections=4)
+    t = tenant()
+    try:
+        never = settler_on(client, spill_dir)
+        await never.start()
+        for s in settlements(t, 2):
+            await never.settle(s)
+        await never.close()
+        (file,) = spill_dir.glob("*.jsonl")
+        assert file.name.startswith(f"spill-unknown@127.0.0.1%3A{port}%2F0-{os.getpid()}-")
+        async with redis_on(port, tmp_path / "redis"):
+            later = settler_on(client, spill_dir)
+            await later.start()
+            try:
+                await until(
+                    lambda: gauge(later, "llmaas_usage_foreign_spill_records") == 2, "reported"
+                )
+                assert await logged_ids(client, t) == []
+                assert list(spill_dir.glob("*.jsonl")) == [file]
+            finally:
+                await later.close()
+    finally:
+        await client.aclose()
+
+
+def write_spill(file: Path, batch: list[Settlement]) -> Path:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_bytes(b"".join(s.to_json() + b"\n" for s in batch))
+    return file
 
 
 async def _has(client: Redis, tenant: str, n: int) -> bool:
@@ -260,6 +361,8 @@ async def test_a_running_settler_catches_up_when_redis_comes_back(tmp_path: Path
             await settler.settle(s)
         assert len(settler.queue) == 4
         assert spilled_lines(tmp_path / "spill") == 6
+        (unknown,) = (tmp_path / "spill").glob("*.jsonl")  # Redis never answered yet
+        assert unknown.name.startswith(f"spill-unknown@127.0.0.1%3A{port}%2F0-")
         assert settler.pending == gauge(settler) == 10
         failures = gauge(settler, "llmaas_usage_write_failures_total")
         await until(  # the background task retries meanwhile, without losing any
@@ -269,7 +372,8 @@ async def test_a_running_settler_catches_up_when_redis_comes_back(tmp_path: Path
         assert settler.pending == gauge(settler) == 10
         assert len(settler.queue) + spilled_lines(tmp_path / "spill") == 10
         async with redis_on(port, tmp_path / "redis"):
-            # Backoff is capped at retry_max_interval_s; the own spill file replays too.
+            # Backoff is capped at retry_max_interval_s; the own spill file replays too: once
+            # this process knows its ledger, it replays what it spilled before, as its queue.
             await until(lambda: settler.pending == 0, "queue and spill file written")
             assert sorted(await logged_ids(client, t)) == sorted(s.id for s in batch)
             assert list((tmp_path / "spill").glob("*.jsonl")) == []

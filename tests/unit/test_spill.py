@@ -1,4 +1,5 @@
-"""gateway/metering/spill.py: per-process spill files, claimed only from processes that are gone."""
+"""gateway/metering/spill.py: per-process spill files that name their ledger, claimed only from
+processes of the same ledger that are gone; the others are reported, never claimed."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from gateway.metering.settlement import LimitSettlement, Settlement
-from gateway.metering.spill import SpillDir, count_lines, read_spill
+from gateway.metering.spill import (
+    SpillDir,
+    SpillName,
+    count_lines,
+    parse_name,
+    read_spill,
+    spill_tag,
+)
 from tests.support.usage_records import usage_record
 
 
@@ -65,13 +73,44 @@ def test_settlements_round_trip_through_json() -> None:
     assert Settlement.from_json(bare.to_json()) == bare
 
 
+LEDGER = "0123456789abcdef"
+REDIS = "127.0.0.1:6379/0"
+
+
+def spill_dir(path: Path, ledger: str | None = LEDGER) -> SpillDir:
+    spill = SpillDir(path, REDIS)
+    spill.ledger = ledger
+    return spill
+
+
+def write(file: Path, *settlements: Settlement) -> Path:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_bytes(b"".join(s.to_json() + b"\n" for s in settlements))
+    return file
+
+
+def test_names_carry_the_ledger_or_where_redis_was() -> None:
+    for ledger, redis in [(LEDGER, ""), ("a-b@c%d/e", ""), (None, REDIS), (None, "redis-0.r:1/2")]:
+        tag = spill_tag(ledger, redis)
+        assert parse_name(f"spill-{tag}-42-beef.jsonl") == SpillName(
+            "spill", ledger, None if ledger else redis, 42, "beef"
+        )
+        assert parse_name(f"replay-{tag}-7-beef-0001.jsonl") == SpillName(
+            "replay", ledger, None if ledger else redis, 7, "beef"
+        )
+    assert spill_tag(None, REDIS) == "unknown@127.0.0.1%3A6379%2F0"
+    for old in ("spill-42-beef.jsonl", "replay-42-beef-0001.jsonl", "spill.jsonl", "x-1-2-3.jsonl"):
+        assert parse_name(old).ledger is None
+        assert parse_name(old).kind == ""
+
+
 def test_own_file_is_appended_claimed_and_renamed(tmp_path: Path) -> None:
-    spill = SpillDir(tmp_path / "spill")  # created on the first append
+    spill = spill_dir(tmp_path / "spill")  # created on the first append
     assert spill.claim() == []
     first, more = [settlement(1)], [settlement(2), settlement(3)]
     spill.append(first)
     spill.append(more)
-    assert spill.own.name == f"spill-{os.getpid()}-{spill.life}.jsonl"
+    assert spill.own.name == f"spill-{LEDGER}-{os.getpid()}-{spill.life}.jsonl"
     assert spill.pending_files() == [spill.own]
     assert (spill.own.stat().st_mode & 0o777) == 0o600
 
@@ -79,11 +118,12 @@ def test_own_file_is_appended_claimed_and_renamed(tmp_path: Path) -> None:
     assert len(claimed) == 1
     file, own = claimed[0]
     assert own is True
-    assert file.name.startswith(f"replay-{os.getpid()}-{spill.life}-")
+    assert file.name.startswith(f"replay-{LEDGER}-{os.getpid()}-{spill.life}-")
     assert not spill.own.exists()
     assert read_all(file) == first + more
     assert count_lines(file) == 3
     assert spill.claim() == []  # our own replay file is not claimed again
+    assert spill.foreign() == []
 
     spill.append([settlement(4)])  # a new own file; the replay file is untouched
     assert spill.own.exists()
@@ -91,10 +131,34 @@ def test_own_file_is_appended_claimed_and_renamed(tmp_path: Path) -> None:
     assert sorted(spill.pending_files()) == sorted([file, spill.own])
 
 
+def test_before_the_ledger_is_known_a_file_names_its_redis_and_nothing_is_claimed(
+    tmp_path: Path,
+) -> None:
+    orphan = write(tmp_path / f"spill-{LEDGER}-{dead_pid()}-abcd.jsonl", settlement(1))
+    spill = spill_dir(tmp_path, ledger=None)
+    spill.append([settlement(2)])
+    unknown = spill.own
+    assert unknown.name == f"spill-unknown@127.0.0.1%3A6379%2F0-{os.getpid()}-{spill.life}.jsonl"
+    assert spill.claim() == []  # not even our own: there is no ledger to replay into yet
+    assert spill.foreign() == []  # nor can it tell which files are foreign
+
+    spill.ledger = LEDGER  # Redis answered: our own file goes where our queue goes
+    spill.append([settlement(3)])
+    assert spill.own.name == f"spill-{LEDGER}-{os.getpid()}-{spill.life}.jsonl"
+    claimed = spill.claim()
+    assert len(claimed) == 3
+    assert all(f.name.startswith(f"replay-{LEDGER}-{os.getpid()}-") for f, _ in claimed)
+    assert sorted(own for _, own in claimed) == [False, True, True]
+    assert not unknown.exists()
+    assert not orphan.exists()
+    replayed = sorted(s.record.prompt_tokens for f, _ in claimed for s in read_all(f) if s.record)
+    assert replayed == [1, 2, 3]
+
+
 def test_read_spill_yields_batches_and_skips_a_torn_last_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    spill = SpillDir(tmp_path)
+    spill = spill_dir(tmp_path)
     written = [settlement(i) for i in range(5)]
     spill.append(written)
     torn = settlement(9).to_json()[:40]
@@ -115,26 +179,81 @@ def test_a_torn_line_in_the_middle_loses_only_itself(tmp_path: Path) -> None:
     assert count_lines(file) == 3
 
 
-def test_a_dead_processes_file_is_claimed_as_not_own(tmp_path: Path) -> None:
-    pid = dead_pid()
-    orphan = tmp_path / f"spill-{pid}-abcd.jsonl"
-    orphan.write_bytes(settlement(1).to_json() + b"\n")
-    spill = SpillDir(tmp_path)
+def test_a_dead_processes_file_of_our_ledger_is_claimed_as_not_own(tmp_path: Path) -> None:
+    orphan = write(tmp_path / f"spill-{LEDGER}-{dead_pid()}-abcd.jsonl", settlement(1))
+    spill = spill_dir(tmp_path)
     spill.append([settlement(2)])
     claimed = dict(spill.claim())
     assert sorted(claimed.values()) == [False, True]
     assert not orphan.exists()
     (not_own,) = [f for f, own in claimed.items() if not own]
-    assert read_all(not_own)[0].record is not None
     assert [s.record.prompt_tokens for s in read_all(not_own) if s.record] == [1]
 
 
+def test_files_of_another_ledger_are_left_in_place_and_reported(tmp_path: Path) -> None:
+    pid = dead_pid()
+    other = [
+        write(tmp_path / f"spill-feedfacefeedface-{pid}-abcd.jsonl", settlement(1), settlement(2)),
+        write(tmp_path / f"replay-feedfacefeedface-{pid}-abcd-0001.jsonl", settlement(3)),
+    ]
+    before = [f.read_bytes() for f in other]
+    spill = spill_dir(tmp_path)
+    assert spill.claim() == []
+    assert [f.read_bytes() for f in other] == before
+    found = {f.path: (f.name.ledger, f.records) for f in spill.foreign()}
+    assert found == {other[0]: ("feedfacefeedface", 2), other[1]: ("feedfacefeedface", 1)}
+    assert spill_dir(tmp_path, ledger="feedfacefeedface").claim() != []  # their ledger's gateway
+
+
+def test_an_unknown_ledgers_file_is_reported_once_its_writer_is_gone(
+    tmp_path: Path, other_process: int
+) -> None:
+    tag = spill_tag(None, REDIS)
+    gone = write(tmp_path / f"spill-{tag}-{dead_pid()}-abcd.jsonl", settlement(1))
+    live = write(tmp_path / f"spill-{tag}-{other_process}-abcd.jsonl", settlement(2))
+    spill = spill_dir(tmp_path)
+    assert spill.claim() == []  # the same Redis location is no proof of the same ledger
+    (found,) = spill.foreign()  # the live writer may still learn its ledger and replay it
+    assert (found.path, found.name.ledger, found.name.redis, found.records) == (
+        gone,
+        None,
+        REDIS,
+        1,
+    )
+    assert gone.exists()
+    assert live.exists()
+
+
+def test_old_format_and_unparseable_names_are_reported_not_claimed(tmp_path: Path) -> None:
+    pid = dead_pid()
+    old = [
+        write(tmp_path / f"spill-{pid}-abcd.jsonl", settlement(1)),
+        write(tmp_path / f"replay-{pid}-abcd-0001.jsonl", settlement(2), settlement(3)),
+        write(tmp_path / "spill.jsonl", settlement(4)),
+    ]
+    spill = spill_dir(tmp_path)
+    assert spill.claim() == []
+    assert all(f.exists() for f in old)
+    assert sorted((f.path.name, f.name.ledger, f.records) for f in spill.foreign()) == sorted(
+        [(old[0].name, None, 1), (old[1].name, None, 2), (old[2].name, None, 1)]
+    )
+
+
+def test_a_file_renamed_to_our_ledger_with_pid_0_is_adopted(tmp_path: Path) -> None:
+    """What an operator does with a file they know is this ledger's (see the report)."""
+    adopted = write(tmp_path / f"spill-{LEDGER}-0-adopted.jsonl", settlement(1))
+    claimed = spill_dir(tmp_path).claim()
+    assert [own for _, own in claimed] == [False]
+    assert not adopted.exists()
+    assert len(read_all(claimed[0][0])) == 1
+
+
 def test_an_earlier_life_of_our_own_pid_is_claimed(tmp_path: Path) -> None:
-    before = SpillDir(tmp_path)
+    before = spill_dir(tmp_path)
     before.append([settlement(1)])
-    half_done = tmp_path / f"replay-{os.getpid()}-{before.life}-0000.jsonl"
-    half_done.write_bytes(settlement(2).to_json() + b"\n")  # claimed, then the process died
-    after = SpillDir(tmp_path)
+    half_done = tmp_path / f"replay-{LEDGER}-{os.getpid()}-{before.life}-0000.jsonl"
+    write(half_done, settlement(2))  # claimed, then the process died
+    after = spill_dir(tmp_path)
     assert after.life != before.life
     claimed = after.claim()
     assert [own for _, own in claimed] == [False, False]
@@ -142,33 +261,24 @@ def test_an_earlier_life_of_our_own_pid_is_claimed(tmp_path: Path) -> None:
         1,
         2,
     ]
-    assert all(f.name.startswith(f"replay-{os.getpid()}-{after.life}-") for f, _ in claimed)
+    assert all(
+        f.name.startswith(f"replay-{LEDGER}-{os.getpid()}-{after.life}-") for f, _ in claimed
+    )
 
 
 def test_a_live_processes_files_are_left_alone(tmp_path: Path, other_process: int) -> None:
-    live = tmp_path / f"spill-{other_process}-abcd.jsonl"
-    replaying = tmp_path / f"replay-{other_process}-abcd-0001.jsonl"
-    for file in (live, replaying):
-        file.write_bytes(settlement(1).to_json() + b"\n")
-    spill = SpillDir(tmp_path)
+    live = write(tmp_path / f"spill-{LEDGER}-{other_process}-abcd.jsonl", settlement(1))
+    replaying = write(tmp_path / f"replay-{LEDGER}-{other_process}-abcd-0001.jsonl", settlement(1))
+    spill = spill_dir(tmp_path)
     assert spill.claim() == []
+    assert spill.foreign() == []
     assert live.exists()
     assert replaying.exists()
     assert os.getppid() != os.getpid()
-    parent = tmp_path / f"spill-{os.getppid()}-ef01.jsonl"
+    parent = tmp_path / f"spill-{LEDGER}-{os.getppid()}-ef01.jsonl"
     parent.write_bytes(b"")
     assert spill.claim() == []
     assert parent.exists()
-
-
-def test_files_with_unparseable_names_are_claimed(tmp_path: Path) -> None:
-    odd = tmp_path / "spill.jsonl"
-    odd.write_bytes(settlement(1).to_json() + b"\n")
-    claimed = SpillDir(tmp_path).claim()
-    assert len(claimed) == 1
-    assert claimed[0][1] is False
-    assert len(read_all(claimed[0][0])) == 1
-    assert not odd.exists()
 
 
 def test_lines_that_are_json_but_not_settlements_are_skipped(tmp_path: Path) -> None:

@@ -1,0 +1,39 @@
+-- Release one admission the gateway gave up on (its client was told the limiter was
+-- unavailable), once: whatever admission.lua charged for it is given back, and if it has not
+-- run yet it never will.
+--
+-- The marker admission.lua left holds the tokens it reserved; this script replaces it with "x"
+-- for a window, which tells a later release that there is nothing left to do and a late
+-- admission that it was cancelled. The lease leaves the request logs and the lease sets
+-- whatever the marker said (ZREM changes nothing twice), so a slot is freed even after the
+-- marker has expired. Tokens go back as in settle.lua, with delta = -reserved.
+--
+-- KEYS: marker, key rpm, key tpm, key leases, tenant rpm, tenant tpm, tenant leases
+-- ARGV: lease id, window ms, key tpm limit, tenant tpm limit (0 = none)
+-- Reply: "refunded" (the admission had run), "cancelled" (it had not), "released" (done before)
+
+local lease, period = ARGV[1], tonumber(ARGV[2])
+local marker = redis.call('SET', KEYS[1], 'x', 'GET', 'PX', period)
+if marker == 'x' then
+  return 'released'
+end
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local tokens = tonumber(marker)
+for scope = 1, 2 do
+  local log, bucket, leases = KEYS[scope * 3 - 1], KEYS[scope * 3], KEYS[scope * 3 + 1]
+  redis.call('ZREM', log, lease)
+  redis.call('ZREM', leases, lease)
+  local limit = tonumber(ARGV[2 + scope])
+  local tat = tokens and limit > 0 and tonumber(redis.call('GET', bucket))
+  if tat then
+    local new_tat = tat - tokens * period / limit
+    if new_tat > now then
+      redis.call('SET', bucket, tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+    else
+      redis.call('DEL', bucket)
+    end
+  end
+end
+return tokens and 'refunded' or 'cancelled'

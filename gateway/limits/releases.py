@@ -1,0 +1,115 @@
+"""Releasing admissions the gateway gave up on, off the request path.
+
+A client told that the limiter is unavailable must not be charged for its request, but its
+admission may have run in Redis all the same (the reply came too late, or the connection broke
+after the script was sent). So its lease is released (release.lua: once, and an admission that
+arrives later is cancelled). One background task sends the releases in order and retries with
+backoff while Redis does not take them, until nothing is left to give back anyway (the lease
+has expired). The queue is bounded: in a long outage, what does not fit waits for its TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+
+from gateway.auth.principal import Principal
+from gateway.limits.limiter import Limiter
+from gateway.metrics import Metrics
+
+FIRST_RETRY_S = 0.05
+MAX_RETRY_S = 2.0
+MAX_PENDING = 10_000
+_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    caller: Principal
+    lease: str
+    until: float  # time.monotonic() after which the lease has expired: nothing to give back
+
+
+class Releases:
+    def __init__(
+        self, limiter: Limiter, metrics: Metrics, horizon_s: float, max_pending: int = MAX_PENDING
+    ) -> None:
+        self.limiter = limiter
+        self.metrics = metrics
+        self.horizon_s = horizon_s
+        self.max_pending = max_pending
+        self.queue: deque[_Pending] = deque()
+        self.wakeup = asyncio.Event()
+        self.drained = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.log = logging.getLogger("llmaas.limits")
+
+    def add(self, caller: Principal, lease: str) -> None:
+        """Release `lease` soon; never waits and never raises."""
+        if len(self.queue) >= self.max_pending:
+            self._count("dropped")
+            return
+        self.queue.append(_Pending(caller, lease, time.monotonic() + self.horizon_s))
+        self.drained.clear()
+        self.wakeup.set()
+        if self.task is None:
+            self.task = asyncio.create_task(self._run(), name="limit-releases")
+            self.task.add_done_callback(self._stopped)
+
+    async def close(self, grace_s: float = 2.0) -> None:
+        """Give what is queued `grace_s` to go through, then stop (the TTLs do the rest)."""
+        if self.task is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_s):
+                await self.drained.wait()
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        self.task = None
+
+    async def _run(self) -> None:
+        delay = FIRST_RETRY_S
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            while self.queue:
+                if await self._release_oldest():
+                    delay = FIRST_RETRY_S
+                else:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, MAX_RETRY_S)
+            self.drained.set()
+
+    async def _release_oldest(self) -> bool:
+        """False when Redis did not take it (it stays first in line)."""
+        pending = self.queue[0]
+        if time.monotonic() > pending.until:
+            self.queue.popleft()
+            self._count("expired")
+            return True
+        try:
+            outcome = await self.limiter.release(pending.caller, pending.lease)
+        except _REDIS_ERRORS as exc:
+            self.log.warning(
+                "lease release failed, will retry",
+                extra={"fields": {"error": type(exc).__name__, "pending": len(self.queue)}},
+            )
+            return False
+        self.queue.popleft()
+        self._count(outcome)
+        return True
+
+    def _stopped(self, task: asyncio.Task[None]) -> None:
+        """A worker that died of a bug: log it; the next release starts a new one."""
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("lease releases stopped", exc_info=task.exception())
+            self.task = None
+
+    def _count(self, outcome: str) -> None:
+        self.metrics.ratelimit_releases.labels(outcome).inc()

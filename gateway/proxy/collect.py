@@ -1,0 +1,111 @@
+"""Non-streaming generations, streamed from the engine and collected into one JSON body.
+
+A request is asked of the engine as a stream (with usage in every chunk) unless it uses
+something only vLLM's non-streaming path returns: prompt logprobs (also implied by `echo` on
+/v1/chat/completions, and by `echo` with `logprobs` on /v1/completions), beam search,
+KV-transfer parameters, or its own `stream_options` (vLLM refuses those on a non-streaming
+request, and its 400 should reach the client). Those pass through unchanged, and a client
+that abandons one is billed 0 tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import orjson
+
+from gateway.errors import ApiError, BadGateway
+from gateway.metering.stream_options import FORCED_USAGE
+from gateway.metering.usage import StreamUsage, find_usage
+from gateway.proxy.assemble import assembler_for
+from gateway.proxy.normalize import normalize_error, normalize_success, stream_error_status
+from gateway.proxy.sse import FrameSplitter, frame_data
+from gateway.request_context import RequestInfo
+from gateway.routing.engines import Engine
+
+if TYPE_CHECKING:
+    from gateway.proxy.relay import ProxyDeps
+
+COLLECTED_ROUTES = ("chat/completions", "completions")
+_SPLICE = b'"stream":true,"stream_options":' + orjson.dumps(FORCED_USAGE) + b","
+
+
+def _passes_through(route: str, body: dict[str, Any]) -> bool:
+    if route not in COLLECTED_ROUTES or "stream_options" in body:
+        return True
+    if body.get("prompt_logprobs") is not None or body.get("use_beam_search"):
+        return True
+    if body.get("kv_transfer_params") is not None:
+        return True
+    if route == "chat/completions":  # vLLM's chat echo asks for prompt logprobs as well
+        return bool(body.get("echo"))
+    return bool(body.get("echo")) and body.get("logprobs") is not None
+
+
+def stream_request(route: str, raw: bytes, body: dict[str, Any]) -> bytes | None:
+    """The body that asks the engine for a stream with usage in every chunk, or None when this
+    request must go as it is. Without a `stream` member the two fields are spliced in after the
+    opening brace (the rest stays byte for byte); with one, the body is re-serialised."""
+    if _passes_through(route, body):
+        return None
+    if "stream" not in body:
+        start = raw.find(b"{")
+        return raw[: start + 1] + _SPLICE + raw[start + 1 :]
+    return orjson.dumps({**body, "stream": True, "stream_options": FORCED_USAGE})
+
+
+async def collect_stream(
+    resp: aiohttp.ClientResponse,
+    deps: ProxyDeps,
+    engine: Engine,
+    info: RequestInfo,
+    *,
+    route: str,
+    request: dict[str, Any],
+    n: int,
+) -> tuple[int, bytes]:
+    """Read the engine's stream to its end: (status, body) as vLLM would have answered.
+
+    The usage seen so far is kept in `info.usage` however this ends (cancelled included), so
+    an abandoned request is billed for what the engine generated. Raises ApiError when the
+    engine goes silent or away.
+    """
+    started = time.perf_counter()
+    splitter = FrameSplitter()
+    tap = StreamUsage(n)
+    assembler = assembler_for(route, request)
+    try:
+        async for chunk in resp.content.iter_any():
+            for frame in splitter.feed(chunk):
+                data = frame_data(frame)
+                if not data or data == b"[DONE]":
+                    continue
+                if info.ttft_ms is None:
+                    info.ttft_ms = (time.perf_counter() - started) * 1000
+                if data.startswith(b'{"error"'):
+                    return _engine_error(data)
+                span = find_usage(data)
+                if span is not None:
+                    tap.feed(data, span)
+                assembler.feed(orjson.loads(data))
+    except TimeoutError as exc:
+        raise deps.upstream.failure(engine, "timeout", exc) from exc
+    except aiohttp.ClientError as exc:
+        raise deps.upstream.failure(engine, "stream_cut", exc) from exc
+    finally:
+        info.usage = tap.usage
+    if tap.final is None:  # vLLM's last frame before [DONE] carries the total usage
+        deps.metrics.upstream_errors.labels(engine.url, "stream_cut").inc()
+        raise _cut()
+    return 200, normalize_success(orjson.dumps(assembler.body()))
+
+
+def _engine_error(data: bytes) -> tuple[int, bytes]:
+    status = stream_error_status(data)
+    return status, normalize_error(status, data)
+
+
+def _cut() -> ApiError:
+    return BadGateway("The engine ended the answer before it finished.", code="engine_disconnected")

@@ -1,0 +1,147 @@
+"""The installed `llmaas` script as a user runs it: every documented command, sim and serve live."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.netutil import free_port, wait_http_ok
+from gateway.sim.config import SimConfig
+from tests.integration.sim_fixture import running_sim
+from tests.support.gateways import ADMIN_TOKEN
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+LLMAAS = Path(sys.executable).with_name("llmaas")
+STOPPED = (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after a clean shutdown
+ADMIN_OPTIONS = ("--url", "--admin-token", "--json")
+LIMIT_OPTIONS = ("--rpm", "--tpm", "--max-concurrency", "--models")
+
+
+def llmaas() -> str:
+    if not LLMAAS.is_file():
+        pytest.fail(f"{LLMAAS} is missing: install the project (pip install -e .) into this venv")
+    return str(LLMAAS)
+
+
+async def run(*args: str) -> tuple[int, str, str]:
+    """`llmaas <args>` to completion: exit status, stdout, stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        llmaas(), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def _ready(proc: asyncio.subprocess.Process, url: str) -> None:
+    """Wait for `url` to answer 200; fail at once if the process exits first."""
+    ready = asyncio.ensure_future(wait_http_ok(url, timeout_s=30, interval_s=0.05))
+    exited = asyncio.ensure_future(proc.wait())
+    await asyncio.wait((ready, exited), return_when=asyncio.FIRST_COMPLETED)
+    if not ready.done():
+        ready.cancel()
+        pytest.fail(f"llmaas exited with {proc.returncode} before {url} answered")
+    exited.cancel()
+    ready.result()
+
+
+@asynccontextmanager
+async def running(*args: str, ready: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`llmaas <args>` in the background, once `ready` answers 200; stopped on exit."""
+    proc = await asyncio.create_subprocess_exec(llmaas(), *args)
+    try:
+        await _ready(proc, ready)
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
+
+
+# Every documented command and what its --help must name.
+HELP: dict[str, tuple[str, ...]] = {
+    "": ("serve", "sim", "up", "keys", "tenants", "usage"),
+    "serve": ("--config", "--host", "--port", "--workers"),
+    "sim": ("--model", "--host", "--port", "--ttft-ms", "--itl-ms", "--max-tokens"),
+    "up": ("--port", "--engine-port", "--home"),
+    "keys": ("create", "list", "revoke", "rotate"),
+    "keys create": ("--tenant", "--name", "--expires-at", *LIMIT_OPTIONS, *ADMIN_OPTIONS),
+    "keys list": ("--tenant", *ADMIN_OPTIONS),
+    "keys revoke": ("key_id", *ADMIN_OPTIONS),
+    "keys rotate": ("key_id", *ADMIN_OPTIONS),
+    "tenants": ("set", "list"),
+    "tenants set": ("tenant_id", *LIMIT_OPTIONS, *ADMIN_OPTIONS),
+    "tenants list": ADMIN_OPTIONS,
+    "usage": ("--tenant", "--key-id", "--model", "--start", "--end", "--group-by", "--records"),
+}
+
+
+@pytest.mark.parametrize("command", list(HELP))
+async def test_help_of_every_command_names_its_options(command: str) -> None:
+    code, out, err = await run(*command.split(), "--help")
+    assert code == 0, err
+    assert out.startswith(" ".join(["usage:", "llmaas", *command.split()]) + " ")
+    missing = [name for name in HELP[command] if name not in out]
+    assert not missing, out
+
+
+async def test_sim_serves_the_model_and_options_it_was_given() -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = ("--model", "sim-x", "--port", str(port), "--ttft-ms", "1", "--itl-ms", "1")
+    async with (
+        running("sim", *args, "--max-tokens", "5", ready=f"{base}/health") as proc,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.get(f"{base}/v1/models") as resp:
+            assert resp.status == 200
+            assert [card["id"] for card in (await resp.json())["data"]] == ["sim-x"]
+        body = {"model": "sim-x", "prompt": "hello"}
+        async with http.post(f"{base}/v1/completions", json=body) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["usage"]["completion_tokens"] == 5
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) in STOPPED
+
+
+async def test_sim_refuses_an_unknown_option_by_name() -> None:
+    code, _, err = await run("sim", "--nope")
+    assert code == 2
+    assert "--nope" in err
+
+
+async def test_sim_refuses_a_bad_value_by_name() -> None:
+    code, _, err = await run("sim", "--ttft-ms", "-1")
+    assert code == 2
+    assert "ttft_ms" in err
+
+
+async def test_serve_runs_a_gateway_in_front_of_an_engine(tmp_path: Path) -> None:
+    async with running_sim(SimConfig(models=["m"], max_tokens=3)) as sim:
+        config = tmp_path / "gateway.yaml"
+        config.write_text(
+            f"admin_token: {ADMIN_TOKEN}\nauth: {{required: false}}\n"
+            f"metering: {{spill_dir: {tmp_path / 'spill'}}}\n"
+            f"models:\n  - name: m\n    engines: [{sim}]\n"
+        )
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        serve = ("serve", "--config", str(config), "--port", str(port))
+        async with (
+            running(*serve, ready=f"{base}/healthz") as proc,
+            aiohttp.ClientSession() as http,
+        ):
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            async with http.post(f"{base}/v1/chat/completions", json=body) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["usage"]["completion_tokens"] == 3
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 30) in STOPPED

@@ -1,0 +1,144 @@
+"""Admission when Redis is slow or gone: failure_mode answers, and nothing stays charged."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+
+from gateway.app import create_app
+from gateway.limits.limiter import scope_keys
+from gateway.sim.config import SimConfig
+from tests.integration.conftest import ADMIN, MODEL, auth_settings
+from tests.integration.sim_fixture import running_sim
+from tests.support.redis_control import RedisProxy, RestartableRedis, redis_proxy
+from tests.support.servers import serve_asgi
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+TENANT = "faults"
+
+
+@dataclass(frozen=True, slots=True)
+class Faulty:
+    gateway: str
+    proxy: RedisProxy
+    redis_server: RestartableRedis
+    redis: Redis  # straight to Redis, past the proxy
+    http: aiohttp.ClientSession
+    headers: dict[str, str]
+    key_id: str
+
+    async def complete(self) -> tuple[int, Any, float]:
+        started = time.monotonic()
+        url = f"{self.gateway}/v1/chat/completions"
+        async with self.http.post(url, json=BODY, headers=self.headers) as resp:
+            return resp.status, await resp.json(), time.monotonic() - started
+
+    async def metric(self, line: str) -> float:
+        async with self.http.get(f"{self.gateway}/metrics") as resp:
+            found = re.search(rf"^{re.escape(line)} (\S+)$", await resp.text(), re.M)
+        return float(found.group(1)) if found else 0.0
+
+    async def limits(self) -> dict[str, Any]:
+        """Both scopes' request logs (members), leases (count) and token buckets (TAT ms)."""
+        (key_rpm, key_tpm, key_leases), (rpm, tpm, leases) = scope_keys(TENANT, self.key_id)
+        return {
+            "requests": [set(await self.redis.zrange(k, 0, -1)) for k in (key_rpm, rpm)],
+            "leases": [await self.redis.zcard(k) for k in (key_leases, leases)],
+            "tat": [float(await self.redis.get(k) or 0) for k in (key_tpm, tpm)],
+        }
+
+
+@asynccontextmanager
+async def faulty_stack(
+    tmp_path: Path, failure_mode: str, *, proxied: bool = True
+) -> AsyncIterator[Faulty]:
+    """A gateway whose Redis sits behind a proxy (or not), and a key limited at both scopes."""
+    redis_server = RestartableRedis(tmp_path)
+    await redis_server.start()
+    try:
+        async with (
+            redis_proxy(redis_server.port) as proxy,
+            running_sim(SimConfig(models=[MODEL])) as sim,
+        ):
+            redis_url = proxy.url if proxied else redis_server.url
+            settings = auth_settings(sim, redis_url, tmp_path / "spill").model_copy(deep=True)
+            settings.limits.failure_mode = failure_mode  # type: ignore[assignment]
+            async with (
+                serve_asgi(create_app(settings)) as gateway,
+                aiohttp.ClientSession() as http,
+                Redis.from_url(redis_server.url) as redis,
+            ):
+                admin = f"{gateway}/admin/v1"
+                tenant = {"rpm": 20, "tpm": 60, "max_concurrency": 10}
+                await http.put(f"{admin}/tenants/{TENANT}", json=tenant, headers=ADMIN)
+                key = {"tenant": TENANT, "rpm": 10, "tpm": 50, "max_concurrency": 5}
+                async with http.post(f"{admin}/keys", json=key, headers=ADMIN) as resp:
+                    created = await resp.json()
+                headers = {"authorization": f"Bearer {created['key']}"}
+                yield Faulty(gateway, proxy, redis_server, redis, http, headers, created["id"])
+    finally:
+        await redis_server.stop()
+
+
+async def settled(stack: Faulty, requests: int, timeout_s: float = 10.0) -> dict[str, Any]:
+    """The limits once no lease is held and each log holds `requests` requests."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            state = await stack.limits()
+            if state["leases"] == [0, 0] and [len(r) for r in state["requests"]] == [requests] * 2:
+                return state
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(("failure_mode", "status"), [("closed", 503), ("open", 200)])
+async def test_a_slow_redis_gets_the_failure_mode_and_charges_nothing(
+    tmp_path: Path, failure_mode: str, status: int
+) -> None:
+    async with faulty_stack(tmp_path, failure_mode) as stack:
+        assert (await stack.complete())[0] == 200  # the key is known (cached) from now on
+        before = await settled(stack, requests=1)
+        assert all(tat > time.time() * 1000 + 5000 for tat in before["tat"])  # well ahead
+
+        stack.proxy.set_mode("delay", delay_s=1.5)  # every script runs, its caller hears late
+        answers = await asyncio.gather(*(stack.complete() for _ in range(3)))
+        stack.proxy.set_mode("pass")
+
+        for answered, body, elapsed in answers:
+            assert answered == status
+            assert 1.0 <= elapsed < 2.5  # limits.timeout_s (1 s), not the 1.5 s reply
+            if status == 503:
+                assert body["error"]["code"] == "rate_limiter_unavailable"
+        assert stack.proxy.delayed >= 3  # the admissions reached Redis
+        after = await settled(stack, requests=1)  # their releases ran
+        assert after["requests"] == before["requests"]  # only the admitted request is counted
+        assert after["tat"] == pytest.approx(before["tat"], abs=1.0)  # tokens back, to 1 ms
+        refunded = 'llmaas_ratelimit_releases_total{outcome="refunded"}'
+        assert await stack.metric(refunded) == 3
+        unavailable = f'llmaas_ratelimit_unavailable_total{{failure_mode="{failure_mode}"}}'
+        assert await stack.metric(unavailable) == 3
+
+
+@pytest.mark.parametrize("fault", ["refused", "closed"])
+async def test_an_unreachable_redis_answers_at_once(tmp_path: Path, fault: str) -> None:
+    async with faulty_stack(tmp_path, "closed", proxied=fault == "closed") as stack:
+        assert (await stack.complete())[0] == 200
+        if fault == "refused":
+            await stack.redis_server.stop()  # nothing listens on Redis's port any more
+        else:
+            stack.proxy.set_mode("refuse")  # connections are taken, then closed at once
+        status, body, elapsed = await stack.complete()
+    assert status == 503
+    assert body["error"]["code"] == "rate_limiter_unavailable"
+    assert elapsed < 0.5  # no waiting for the 1 s bound of a slow Redis
