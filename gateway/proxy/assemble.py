@@ -26,6 +26,15 @@ class _Common:
         self.fingerprint: str | None = None
         self.metrics: Any = None
 
+    def top(self, kind: str) -> Json:
+        """The body's first members, in vLLM's order."""
+        head = self.head
+        return {
+            "id": head.get("id"),
+            "object": kind,
+            **{k: head.get(k) for k in ("created", "model")},
+        }
+
     def feed_common(self, chunk: Json) -> None:
         if not self.head:
             self.head = {k: chunk.get(k) for k in ("id", "created", "model")}
@@ -143,8 +152,7 @@ class ChatAssembler(_Common):
             for i, c in sorted(self.choices.items())
         ]
         return {
-            **self.head,
-            "object": "chat.completion",
+            **self.top("chat.completion"),
             "choices": choices,
             "service_tier": None,
             "system_fingerprint": self.fingerprint,
@@ -218,8 +226,7 @@ class CompletionAssembler(_Common):
             for i, c in sorted(self.choices.items())
         ]
         return {
-            **self.head,
-            "object": "text_completion",
+            **self.top("text_completion"),
             "choices": choices,
             "service_tier": None,
             "system_fingerprint": self.fingerprint,
