@@ -18,7 +18,6 @@ import orjson
 from gateway.metering.stream_options import UsageWanted, force_usage
 from gateway.metering.usage import usage_of
 from gateway.proxy.stream import FrameFilter, transform_frame
-from gateway.routing.engines import Engine
 
 HEAD = (
     b'data: {"id":"chatcmpl-ad66c813e730ffd4","object":"chat.completion.chunk",'
@@ -43,9 +42,9 @@ def per_call_us(fn: Callable[[], object], number: int = 20000) -> float:
 
 
 def main() -> None:
-    engine = Engine("http://engine")
-    quiet = FrameFilter(UsageWanted(False, False), 1, engine)
-    everything = FrameFilter(UsageWanted(True, True), 1, engine)
+    known: dict[str, str] = {}
+    quiet = FrameFilter(UsageWanted(False, False), 1, "http://engine", known)
+    everything = FrameFilter(UsageWanted(True, True), 1, "http://engine", known)
     body = orjson.loads(REQUEST)
     rows = [
         ("frame without usage: transform (before metering)", lambda: transform_frame(PLAIN_FRAME)),

@@ -1,4 +1,5 @@
-"""`llmaas keys create|list|revoke|rotate` and `llmaas tenants set|list`: tables, or --json."""
+"""`llmaas keys create|list|revoke|rotate`, `llmaas tenants set|list`, `llmaas engines`: tables,
+or --json."""
 
 from __future__ import annotations
 
@@ -22,7 +23,20 @@ KEY_COLUMNS = (
     "expires_at",
     "revoked",
 )
-TENANT_COLUMNS = ("id", "models", "rpm", "tpm", "max_concurrency", "created_at")
+TENANT_COLUMNS = ("id", "models", "rpm", "tpm", "max_concurrency", "priority", "created_at")
+ENGINE_COLUMNS = (
+    "url",
+    "state",
+    "failures",
+    "ejected_until",
+    "inflight",
+    "running",
+    "waiting",
+    "kv_usage",
+    "models",
+    "adapters",
+    "last_error",
+)
 
 
 def add_admin_commands(sub: Any) -> None:
@@ -49,10 +63,22 @@ def add_admin_commands(sub: Any) -> None:
     tenants = sub.add_parser("tenants", help="tenants (admin API)").add_subparsers(
         dest="action", required=True
     )
-    tenants.add_parser(
-        "set", parents=[common, limits], help="replace a tenant's limits"
-    ).add_argument("tenant_id")
+    tenant_set = tenants.add_parser(
+        "set", parents=[common, limits], help="replace a tenant's limits and priority"
+    )
+    tenant_set.add_argument("tenant_id")
+    tenant_set.add_argument(
+        "--priority", type=int, help="vLLM request priority of all its requests (lower first)"
+    )
     tenants.add_parser("list", parents=[common])
+
+    engines = sub.add_parser(
+        "engines",
+        parents=[common],
+        help="engines: models, adapters, health, load (admin API)",
+        description="Every engine the gateway routes to, as this gateway replica sees it.",
+    )
+    engines.set_defaults(func=run_engines, action="list")
 
 
 def run_admin(args: argparse.Namespace) -> int:
@@ -76,7 +102,8 @@ async def _call(client: AdminClient, args: argparse.Namespace) -> Any:
     if args.command == "tenants":
         if args.action == "list":
             return await client.call("GET", "/tenants")
-        return await client.call("PUT", f"/tenants/{args.tenant_id}", _limits(args))
+        body = {**_limits(args), "priority": args.priority}
+        return await client.call("PUT", f"/tenants/{args.tenant_id}", body)
     if args.action == "create":
         body = {
             "tenant": args.tenant,
@@ -101,6 +128,34 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
         "tpm": args.tpm,
         "max_concurrency": args.max_concurrency,
         "models": models,
+    }
+
+
+def run_engines(args: argparse.Namespace) -> int:
+    try:
+        client = AdminClient(args.url, args.admin_token)
+        result = asyncio.run(client.call("GET", "/engines"))
+    except AdminError as exc:
+        print(f"llmaas engines: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(table([_engine_row(e) for e in result["data"]], ENGINE_COLUMNS))
+    return 0
+
+
+def _engine_row(engine: dict[str, Any]) -> dict[str, Any]:
+    load, errors = engine["load"], engine["recent_errors"]
+    last = errors[-1] if errors else None
+    return {
+        **engine,
+        "failures": engine["consecutive_failures"],
+        "running": f"{load['running']:g}",
+        "waiting": f"{load['waiting']:g}",
+        "kv_usage": f"{load['kv_usage']:.0%}",
+        "adapters": [a["id"] for a in engine["adapters"]],
+        "last_error": None if last is None else f"{last['at']} {last['kind']}",
     }
 
 

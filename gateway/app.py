@@ -13,8 +13,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api import admin, health, openai, usage
+from gateway.api import admin, health, openai, openai_responses, usage
 from gateway.api.middleware import RequestContextMiddleware
+from gateway.api.response_homes import MemoryHomes, RedisHomes, ResponseHomes
 from gateway.auth.authenticate import Authenticator
 from gateway.auth.cache import AuthCache
 from gateway.auth.invalidation import InvalidationListener
@@ -24,19 +25,24 @@ from gateway.errors import ApiError, InvalidRequest, MethodNotAllowed, NotFound
 from gateway.limits.control import AdmissionControl
 from gateway.limits.limiter import Limiter
 from gateway.logs import configure_logging
+from gateway.metering.accounting import Accounting
 from gateway.metering.ledger import Ledger
 from gateway.metering.settler import Settler
 from gateway.metrics import Metrics
-from gateway.proxy.relay import ProxyDeps
+from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.upstream import Upstream
 from gateway.redis_client import redis_client
 from gateway.routing.balancer import make_balancer
-from gateway.routing.engines import EngineRegistry
+from gateway.routing.discovery import Resolver
+from gateway.routing.load import LoadScraper
+from gateway.routing.monitor import EngineMonitor, build_registry
 from gateway.settings import Settings
 from gateway.state import GatewayState
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastAPI:
+    """`resolver` answers for dns:// engine entries (default: the system resolver; tests)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log_listener = configure_logging(settings.log_level)
@@ -51,15 +57,23 @@ def create_app(settings: Settings) -> FastAPI:
         ledger = Ledger(redis, settings.metering, limits.window_s) if redis is not None else None
         settler = Settler(ledger, settings.metering, metrics)
         await settler.start()
+        registry = build_registry(settings.models, settings.routing, metrics)
+        monitor = EngineMonitor(registry, settings.routing, metrics, resolver)
+        await monitor.start()  # a first DNS resolution, models poll and health check
+        scraper = LoadScraper(registry, settings.routing.scrape_interval_s)
+        await scraper.start()
         app.state.gateway = GatewayState(
             settings=settings,
-            registry=EngineRegistry(settings.models),
+            registry=registry,
             metrics=metrics,
-            proxy=ProxyDeps(upstream, make_balancer(settings.routing), metrics, settler),
+            proxy=ProxyDeps(upstream, make_balancer(settings.routing), metrics),
+            accounting=Accounting(settler),
+            http=upstream.session,
             redis=redis,
             auth=auth,
             admission=admission,
             ledger=ledger,
+            homes=_homes(settings, redis),
         )
         listening = asyncio.create_task(listener.run()) if listener else None
         try:
@@ -68,6 +82,8 @@ def create_app(settings: Settings) -> FastAPI:
             if listening is not None:
                 listening.cancel()
                 await asyncio.gather(listening, return_exceptions=True)
+            await scraper.close()
+            await monitor.close()
             await admission.close()  # admissions given up on: a last try at releasing them
             await settler.close()  # requests are done: flush what waits for Redis, spill the rest
             await upstream.close()
@@ -83,6 +99,7 @@ def create_app(settings: Settings) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.include_router(openai.router)
+    app.include_router(openai_responses.router)
     app.include_router(health.router)
     app.include_router(admin.router)
     app.include_router(usage.admin_router)
@@ -97,6 +114,13 @@ def _redis(settings: Settings) -> Redis | None:
         return None
     return redis_client(
         settings.redis_url, settings.redis_timeout_s, settings.redis_max_connections
+    )
+
+
+def _homes(settings: Settings, redis: Redis | None) -> ResponseHomes:
+    s = settings.responses
+    return (
+        MemoryHomes(s.ttl_s, s.local_max_entries) if redis is None else RedisHomes(redis, s.ttl_s)
     )
 
 

@@ -74,6 +74,25 @@ class Metrics:
             registry=reg,
             multiprocess_mode="livesum",
         )
+        self.engine_up = Gauge(
+            "llmaas_engine_up",
+            "1 while the engine takes requests, 0 while ejected (failures; back until /health)",
+            ["engine"],
+            registry=reg,
+            multiprocess_mode="livemin",  # down if any worker has ejected it
+        )
+        self.engine_ejections = Counter(
+            "llmaas_engine_ejections",
+            "Times the engine was ejected after failures (connect errors, 5xx, failed /health)",
+            ["engine"],
+            registry=reg,
+        )
+        self.engine_check_failures = Counter(
+            "llmaas_engine_check_failures",
+            "Background checks that failed (check: health, models, dns; engine: URL or dns entry)",
+            ["engine", "check"],
+            registry=reg,
+        )
 
         self.tokens = Counter(
             "llmaas_tokens",

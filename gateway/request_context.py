@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from starlette.types import Scope
 
 from gateway.metering.usage import Usage
+from gateway.proxy.outcome import Outcome
 
 _SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _STATE_KEY = "llmaas"
@@ -20,9 +21,10 @@ class RequestInfo:
     status: int = 0
     model: str | None = None
     engine: str | None = None
-    outcome: str = "ok"
+    outcome: Outcome = Outcome.OK
     ttft_ms: float | None = None
     usage: Usage | None = None  # what the engine reported (so far, for a stream), if it did
+    response_id: str | None = None  # the id the engine gave a Responses API answer
 
 
 def request_id_from(header: bytes | None) -> str:

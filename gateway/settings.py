@@ -10,27 +10,53 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gateway.routing.entries import StaticEntry, parse_entry
+
 
 class ModelRoute(BaseModel):
-    """A model name clients send, and the vLLM engines (base URLs without /v1) that serve it."""
+    """A model name clients send, and the vLLM engines that serve it: base URLs without /v1, or
+    `dns://name:port` for every A/AAAA record of name (e.g. a Kubernetes headless Service)."""
 
     name: str = Field(min_length=1)
     engines: list[str] = Field(min_length=1)
     # The engines' max_model_len; caps the tokens reserved for a request without max_tokens.
+    # Unset: learned from the engines' /v1/models (vLLM's max_model_len).
     context_length: int | None = Field(default=None, ge=1)
 
     @field_validator("engines")
     @classmethod
-    def _strip_slash(cls, engines: list[str]) -> list[str]:
-        for url in engines:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"engine URL must start with http:// or https://, got {url!r}")
-        return [url.rstrip("/") for url in engines]
+    def _entries(cls, engines: list[str]) -> list[str]:
+        parsed = [parse_entry(entry) for entry in engines]  # ValueError names the bad entry
+        return [e.url if isinstance(e, StaticEntry) else e.text for e in parsed]
 
 
 class RoutingSettings(BaseModel):
-    # prefix_affinity arrives with the routing work; until then it is refused, not ignored.
-    strategy: Literal["round_robin", "least_loaded"] = "least_loaded"
+    # prefix_affinity: the engine whose prefix cache likely holds the prompt's start, within
+    # the load bound (bench/README.md, "Routing", measures the three).
+    strategy: Literal["round_robin", "least_loaded", "prefix_affinity"] = "prefix_affinity"
+    # How often every engine's /metrics is read (its queue and KV-cache usage).
+    scrape_interval_s: float = Field(default=1.0, gt=0)
+    # prefix_affinity sends a request to an engine only while that engine's load (requests in
+    # flight or queued) stays within this factor of the pool's mean load.
+    load_bound: float = Field(default=1.25, ge=1.0)
+    # How often dns:// engine entries are resolved again (engines join and leave the pools).
+    dns_refresh_s: float = Field(default=10.0, gt=0)
+    # How often every engine's /v1/models is read (served models, LoRA adapters, max_model_len).
+    models_refresh_s: float = Field(default=10.0, gt=0)
+    # A model an engine lists that the config does not name is routed to the engines listing it
+    # (LoRA adapters loaded at run time). Keys without a models allow-list may use it too.
+    learn_models: bool = True
+    # Active checks: GET /health on every engine this often; each check (and each background
+    # request: DNS, /v1/models) gives up after health_timeout_s.
+    health_interval_s: float = Field(default=2.0, gt=0)
+    health_timeout_s: float = Field(default=2.0, gt=0)
+    # Passive ejection: a refused connection ejects an engine at once, failures_to_eject
+    # consecutive other failures (5xx, timeouts, failed /health) too. It is ejected for
+    # eject_base_s, doubling with each ejection up to eject_max_s, and comes back only once
+    # /health answers 200 after that.
+    failures_to_eject: int = Field(default=3, ge=1)
+    eject_base_s: float = Field(default=1.0, gt=0)
+    eject_max_s: float = Field(default=60.0, gt=0)
 
 
 class ScopeLimits(BaseModel):
@@ -72,7 +98,14 @@ class UpstreamSettings(BaseModel):
     response_timeout_s: float = Field(default=600.0, gt=0)
     # Longest silence between two chunks of a stream before it is cut with an error frame.
     stream_idle_timeout_s: float = Field(default=600.0, gt=0)
+    # Requests this replica has open to engines at once, in all and per engine. Past either the
+    # gateway answers 503 gateway_busy with Retry-After: its own saturation, not the engines'
+    # (no engine is marked down for it, and nothing waits for a pooled connection).
     max_connections: int = Field(default=1000, ge=1)
+    max_connections_per_engine: int = Field(default=256, ge=1)
+    # Engines one request may be sent to: a refused connection or a 5xx answer before any byte
+    # reached the client tries the next healthy engine of the model, up to this many in all.
+    max_attempts: int = Field(default=3, ge=1)
 
 
 def _default_spill_dir() -> Path:
@@ -144,6 +177,16 @@ class AuthSettings(BaseModel):
     jwt: JwtSettings = Field(default_factory=JwtSettings)
 
 
+class ResponsesSettings(BaseModel):
+    """The Responses API's stored responses (each lives in the memory of the engine that made
+    it; the gateway remembers which engine, per tenant: gateway/api/response_homes.py)."""
+
+    # How long a response id stays routable (to its engine) after it was made.
+    ttl_s: float = Field(default=7 * 86400.0, gt=0)
+    # Without Redis: ids remembered in this process at most (the oldest are forgotten first).
+    local_max_entries: int = Field(default=100_000, ge=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LLMAAS_", env_nested_delimiter="__", extra="forbid"
@@ -169,6 +212,7 @@ class Settings(BaseSettings):
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     metering: MeteringSettings = Field(default_factory=MeteringSettings)
+    responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
 
     @model_validator(mode="after")
     def _secrets_outside_dev_mode(self) -> Settings:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import aiohttp
 from redis.asyncio import Redis
 
+from gateway.api.response_homes import ResponseHomes
 from gateway.auth.authenticate import Authenticator
 from gateway.limits.control import AdmissionControl
+from gateway.metering.accounting import Accounting
 from gateway.metering.ledger import Ledger
 from gateway.metrics import Metrics
-from gateway.proxy.relay import ProxyDeps
+from gateway.proxy.deps import ProxyDeps
 from gateway.routing.engines import EngineRegistry
 from gateway.settings import Settings
 
@@ -21,7 +24,10 @@ class GatewayState:
     registry: EngineRegistry
     metrics: Metrics
     proxy: ProxyDeps
+    accounting: Accounting  # proxy results → usage records and limit settlements
+    http: aiohttp.ClientSession  # the gateway's own calls to engines (probes), shared pool
     redis: Redis | None
     auth: Authenticator
     admission: AdmissionControl
     ledger: Ledger | None  # the usage ledger, when Redis is configured
+    homes: ResponseHomes  # stored Responses: which engine holds each (per tenant)

@@ -1,4 +1,4 @@
-"""The admin API under /admin/v1: keys and tenants. Authorised by the admin token only."""
+"""The admin API under /admin/v1: keys, tenants, engines. Authorised by the admin token only."""
 
 from __future__ import annotations
 
@@ -16,10 +16,18 @@ from starlette.responses import Response
 from gateway.api.responses import json_response
 from gateway.auth.api_keys import format_key, hash_secret, new_secret
 from gateway.auth.issue import issue_key
-from gateway.auth.records import ID_PATTERN, KeyRecord, LimitFields, TenantRecord, rfc3339
+from gateway.auth.records import (
+    ID_PATTERN,
+    KeyRecord,
+    LimitFields,
+    TenantFields,
+    TenantRecord,
+    rfc3339,
+)
 from gateway.auth.store import AuthStore
 from gateway.deps import Gateway
 from gateway.errors import NotFound, ServiceUnavailable, Unauthorized
+from gateway.routing.status import engines_status
 from gateway.state import GatewayState
 
 
@@ -54,7 +62,7 @@ class KeyCreate(LimitFields):
         return value
 
 
-class TenantPut(LimitFields):
+class TenantPut(TenantFields):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -138,3 +146,9 @@ async def get_tenant(tenant_id: TenantId, gw: Gateway) -> Response:
 async def list_tenants(gw: Gateway) -> Response:
     records = await store_of(gw).list_tenants()
     return json_response({"object": "list", "data": [_tenant_view(r) for r in records]})
+
+
+@router.get("/engines", response_model=None)
+async def list_engines(gw: Gateway) -> Response:
+    """Every engine this replica knows: models, adapters, health, load, in-flight, errors."""
+    return json_response({"object": "list", "data": engines_status(gw.registry)})

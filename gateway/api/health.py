@@ -45,9 +45,7 @@ async def readyz(gw: Gateway) -> Response:
 
 async def _engine_ok(gw: GatewayState, engine: Engine) -> bool:
     try:
-        async with gw.proxy.upstream.session.get(
-            engine.url + "/health", timeout=_PROBE_TIMEOUT
-        ) as resp:
+        async with gw.http.get(engine.url + "/health", timeout=_PROBE_TIMEOUT) as resp:
             return resp.status == 200
     except (aiohttp.ClientError, TimeoutError):
         return False

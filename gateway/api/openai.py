@@ -17,13 +17,18 @@ from gateway.api.body import (
     require_prompts,
     stream_flag,
 )
+from gateway.api.policy import with_priority
 from gateway.api.responses import json_response
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
 from gateway.errors import ModelNotFound
+from gateway.metering.accounting import Charge
 from gateway.metering.stream_options import force_usage, wanted
 from gateway.proxy.collect import stream_request
 from gateway.proxy.relay import ProxyCall, ProxyResponse
+from gateway.request_context import info_of
+from gateway.routing.balancer import affinity_key
+from gateway.routing.engines import ModelPool
 from gateway.state import GatewayState
 
 router = APIRouter(prefix="/v1")
@@ -42,6 +47,7 @@ async def _forward(
     if pool is None or not caller.may_use(model):
         raise ModelNotFound(model)
     stream = stream_flag(body)
+    raw, body = with_priority(raw, body, caller.priority)
     caller = gw.admission.with_defaults(caller)
     admission = await gw.admission.admit(caller, body, pool.context_length)
     want, collected = None, None
@@ -56,14 +62,22 @@ async def _forward(
         pool,
         raw if collected is None else collected,
         stream,
-        caller,
-        admission,
-        received_ms=received_ms,
         n=n if isinstance(n, int) and n > 0 else 1,
         usage_wanted=want,
         collect=body if collected is not None else None,
+        headers={} if admission is None else admission.headers(),
+        affinity=_affinity(gw, route, body),
     )
-    return ProxyResponse(gw.proxy, call)
+    request_id = info_of(request.scope).request_id
+    charge = Charge(request_id, route, model, stream, caller, admission, received_ms)
+    return ProxyResponse(gw.proxy, call, gw.accounting.reporter(charge))
+
+
+def _affinity(gw: GatewayState, route: str, body: dict[str, Any]) -> bytes:
+    """The prompt's leading content, for the strategy that routes on it (costs nothing else)."""
+    if gw.settings.routing.strategy != "prefix_affinity":
+        return b""
+    return affinity_key(route, body)
 
 
 @router.post("/chat/completions", response_model=None)
@@ -89,15 +103,26 @@ async def embeddings(request: Request, gw: Gateway, caller: Caller) -> Response:
     )
 
 
-def _model_card(name: str, created: int) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": created, "owned_by": "llmaas"}
+def _model_card(pool: ModelPool) -> dict[str, Any]:
+    """OpenAI's model object, plus vLLM's max_model_len and (for a LoRA adapter) parent."""
+    card: dict[str, Any] = {
+        "id": pool.name,
+        "object": "model",
+        "created": pool.created,
+        "owned_by": "llmaas",
+    }
+    if pool.context_length is not None:
+        card["max_model_len"] = pool.context_length
+    if pool.parent is not None:
+        card["parent"] = pool.parent
+    return card
 
 
 @router.get("/models", response_model=None)
 async def list_models(gw: Gateway, caller: Caller) -> Response:
+    """Configured models and, with routing.learn_models, those the engines list."""
     pools = [p for p in gw.registry.pools() if caller.may_use(p.name)]
-    data = [_model_card(p.name, p.created) for p in pools]
-    return json_response({"object": "list", "data": data})
+    return json_response({"object": "list", "data": [_model_card(p) for p in pools]})
 
 
 @router.get("/models/{model_id:path}", response_model=None)
@@ -105,4 +130,4 @@ async def get_model(model_id: str, gw: Gateway, caller: Caller) -> Response:
     pool = gw.registry.pool(model_id)
     if pool is None or not caller.may_use(model_id):
         raise ModelNotFound(model_id)
-    return json_response(_model_card(pool.name, pool.created))
+    return json_response(_model_card(pool))

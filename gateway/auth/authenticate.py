@@ -79,6 +79,7 @@ class Authenticator:
                 principal,
                 tenant_models=None if tenant is None else tenant.model_set(),
                 tenant_limits=Limits() if tenant is None else tenant.limits(),
+                priority=None if tenant is None else tenant.priority,
             )
         raise _invalid(token)
 
@@ -103,6 +104,7 @@ class Authenticator:
             tenant_models=None if tenant is None else tenant.model_set(),
             key_limits=record.limits(),
             tenant_limits=Limits() if tenant is None else tenant.limits(),
+            priority=None if tenant is None else tenant.priority,
         )
 
     async def _key(self, key_id: str) -> KeyRecord | None:

@@ -24,6 +24,7 @@ class Principal:
     tenant_models: frozenset[str] | None = None
     key_limits: Limits = field(default_factory=Limits)
     tenant_limits: Limits = field(default_factory=Limits)
+    priority: int | None = None  # the tenant's vLLM request priority; None: the engines' default
 
     def may_use(self, model: str) -> bool:
         """Both allow-lists apply: the key's and its tenant's."""

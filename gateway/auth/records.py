@@ -25,7 +25,13 @@ class LimitFields(BaseModel):
         return None if self.models is None else frozenset(self.models)
 
 
-class TenantRecord(LimitFields):
+class TenantFields(LimitFields):
+    # vLLM's request priority for every request of the tenant (lower runs first; engines need
+    # --scheduling-policy priority). None: the engines' default (0). Clients cannot set it.
+    priority: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
+
+
+class TenantRecord(TenantFields):
     id: str = Field(pattern=ID_PATTERN)
     created_at: float = Field(default_factory=time.time)
 

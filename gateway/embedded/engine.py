@@ -23,6 +23,9 @@ ENGINE_ENV = {
     "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
     "VLLM_HOST_IP": "127.0.0.1",
     "VLLM_NO_USAGE_STATS": "1",
+    # The Responses API's `store` (its default) and `previous_response_id` need it; stored
+    # responses stay in the engine's memory (the gateway routes their follow-ups back to it).
+    "VLLM_ENABLE_RESPONSES_API_STORE": "1",
     **OFFLINE,
 }
 READY_TIMEOUT_S = 600.0
@@ -53,6 +56,7 @@ class EngineSpec:
         argv += ["--model", str(self.model_dir), "--served-model-name", self.served_name]
         argv += ["--dtype", "float32", "--enforce-eager", "--host", "127.0.0.1"]
         argv += ["--port", str(self.port)]
+        argv += ["--scheduling-policy", "priority"]  # tenants' priorities (gateway/api/policy.py)
         if self.tool_parser is not None:
             argv += ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_parser]
         return [*argv, "--runner", "pooling"] if self.pooling else argv

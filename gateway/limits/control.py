@@ -44,18 +44,25 @@ class AdmissionControl:
         return dataclasses.replace(caller, key_limits=key, tenant_limits=tenant)
 
     async def admit(
-        self, caller: Principal, body: dict[str, Any], context_length: int | None = None
+        self,
+        caller: Principal,
+        body: dict[str, Any],
+        context_length: int | None = None,
+        *,
+        tokens: int | None = None,
     ) -> Admission | None:
         """None when nothing limits this caller (no Redis round trip) or when failing open.
 
         A late reply or a busy pool is waited for, up to `timeout_s` not counting the time
         this process was too busy to read it (sending the same lease again charges once); an
         unreachable Redis decides at once. An admission given up on is released in the
-        background, so its client is charged nothing.
+        background, so its client is charged nothing. `tokens`: what to reserve, when the
+        caller knows better than the chat / completions / embeddings estimate.
         """
         if self.limiter is None or (caller.key_limits == _NONE and caller.tenant_limits == _NONE):
             return None
-        tokens = reserved_tokens(body, self.settings.default_max_tokens, context_length)
+        if tokens is None:
+            tokens = reserved_tokens(body, self.settings.default_max_tokens, context_length)
         lease, sent = new_lease(), False
         try:
             async with Patience(self.timeout_s, self.timeout_s * BUSY_FACTOR):

@@ -89,3 +89,34 @@ def reserved_tokens(
     else:
         completion = default_max_tokens * len(prompts)
     return sum(prompts) + completion * (_positive_int(body.get("n")) or 1)
+
+
+def _item_chars(item: Any) -> int:
+    """One item of a Responses `input`: a message's content, or a tool call's output / args."""
+    if not isinstance(item, dict):
+        return 0
+    chars = _content_chars(item.get("content"))
+    for field in ("output", "arguments"):
+        value = item.get(field)
+        chars += len(value) if isinstance(value, str) else 0
+    return chars
+
+
+def response_tokens(
+    body: dict[str, Any], default_max_tokens: int, context_length: int | None = None
+) -> int:
+    """A Responses API request: its `input` (a string, or items) and `instructions`, plus
+    `max_output_tokens` (else the default, capped by the context left). A conversation continued
+    with `previous_response_id` also re-reads earlier turns, which only settlement can know."""
+    value = body.get("input")
+    items = value if isinstance(value, list) else [{"content": value}]
+    instructions = body.get("instructions")
+    chars = sum(map(_item_chars, items))
+    chars += len(instructions) if isinstance(instructions, str) else 0
+    prompt = chars // CHARS_PER_TOKEN + 1
+    limit = _positive_int(body.get("max_output_tokens"))
+    if limit is None:
+        limit = default_max_tokens
+        if context_length is not None:
+            limit = min(limit, max(1, context_length - prompt))
+    return prompt + limit

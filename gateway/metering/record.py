@@ -8,15 +8,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-# Outcomes a record can carry (the access log uses the same words).
-OUTCOMES = (
-    "ok",  # the engine answered and the answer reached the client
-    "client_disconnected",  # the client left first; billed for what was generated until then
-    "engine_error",  # the engine answered 5xx, or cut the stream
-    "rejected",  # the engine refused the request (4xx); nothing generated
-    "timeout",  # the engine went silent past upstream.*_timeout_s
-    "gateway_shutdown",  # cancelled after the shutdown grace period
-)
 CSV_COLUMNS = (
     "id",
     "request_id",
@@ -55,7 +46,7 @@ class UsageRecord:
     route: str  # "chat/completions", as under /v1/
     engine: str
     stream: bool
-    outcome: str
+    outcome: str  # an Outcome (gateway/proxy/outcome.py), as stored
     status: int  # what the client was answered (499: it left first)
     prompt_tokens: int
     completion_tokens: int

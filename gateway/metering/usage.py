@@ -1,5 +1,9 @@
 """Token usage as engines report it: in a non-streaming body, or in a stream's frames.
 
+Chat and completions count `prompt_tokens` / `completion_tokens`; the Responses API counts
+`input_tokens` / `output_tokens` (in its body, and in the `response` of its terminal stream
+events); both put cached prompt tokens in a details object as `cached_tokens`.
+
 Parsing is by regex on the bytes, never a JSON load: with `continuous_usage_stats` every frame
 of a stream carries usage, and a frame costs microseconds only if nothing is deserialised. The
 pattern `"usage":{` cannot occur inside a JSON string (its quotes would be escaped), so a match
@@ -12,7 +16,9 @@ import re
 from dataclasses import dataclass
 
 USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*(\{(?:[^{}]|\{[^{}]*\})*\})')
-_COUNTS = re.compile(rb'"(prompt_tokens|completion_tokens|cached_tokens)"\s*:\s*(\d+)')
+_COUNTS = re.compile(
+    rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens|cached_tokens)"\s*:\s*(\d+)'
+)
 _CHOICE_INDEX = re.compile(rb'"choices"\s*:\s*\[\s*\{\s*"index"\s*:\s*(\d+)')
 _NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _COMPACT = b'"usage":{'
@@ -30,11 +36,12 @@ class Usage:
 
 
 def parse_usage(obj: bytes) -> Usage:
-    """A usage object's bytes (`{"prompt_tokens": …}`) as Usage; absent counts are 0."""
+    """A usage object's bytes (`{"prompt_tokens": …}` or the Responses API's
+    `{"input_tokens": …}`) as Usage; absent counts are 0."""
     counts = {name: int(value) for name, value in _COUNTS.findall(obj)}
     return Usage(
-        counts.get(b"prompt_tokens", 0),
-        counts.get(b"completion_tokens", 0),
+        counts.get(b"prompt_tokens", counts.get(b"input_tokens", 0)),
+        counts.get(b"completion_tokens", counts.get(b"output_tokens", 0)),
         counts.get(b"cached_tokens", 0),
     )
 

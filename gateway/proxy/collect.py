@@ -11,22 +11,20 @@ that abandons one is billed 0 tokens.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import aiohttp
 import orjson
 
 from gateway.errors import ApiError, BadGateway
 from gateway.metering.stream_options import FORCED_USAGE
 from gateway.metering.usage import StreamUsage, find_usage
 from gateway.proxy.assemble import assembler_for
+from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.normalize import normalize_error, normalize_success, stream_error_status
 from gateway.proxy.sse import FrameSplitter, frame_data
+from gateway.proxy.upstream import UpstreamBroken, UpstreamResponse
 from gateway.request_context import RequestInfo
 from gateway.routing.engines import Engine
-
-if TYPE_CHECKING:
-    from gateway.proxy.relay import ProxyDeps
 
 COLLECTED_ROUTES = ("chat/completions", "completions")
 _SPLICE = b'"stream":true,"stream_options":' + orjson.dumps(FORCED_USAGE) + b","
@@ -57,7 +55,7 @@ def stream_request(route: str, raw: bytes, body: dict[str, Any]) -> bytes | None
 
 
 async def collect_stream(
-    resp: aiohttp.ClientResponse,
+    resp: UpstreamResponse,
     deps: ProxyDeps,
     engine: Engine,
     info: RequestInfo,
@@ -77,7 +75,7 @@ async def collect_stream(
     tap = StreamUsage(n)
     assembler = assembler_for(route, request)
     try:
-        async for chunk in resp.content.iter_any():
+        async for chunk in resp.chunks():
             for frame in splitter.feed(chunk):
                 data = frame_data(frame)
                 if not data or data == b"[DONE]":
@@ -90,10 +88,8 @@ async def collect_stream(
                 if span is not None:
                     tap.feed(data, span)
                 assembler.feed(orjson.loads(data))
-    except TimeoutError as exc:
-        raise deps.upstream.failure(engine, "timeout", exc) from exc
-    except aiohttp.ClientError as exc:
-        raise deps.upstream.failure(engine, "stream_cut", exc) from exc
+    except UpstreamBroken as broken:
+        raise deps.upstream.failure(engine, broken.kind, broken.cause) from broken
     finally:
         info.usage = tap.usage
     if tap.final is None:  # vLLM's last frame before [DONE] carries the total usage

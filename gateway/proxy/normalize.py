@@ -91,6 +91,8 @@ def normalize_error(status: int, body: bytes, route: str | None = None) -> bytes
     type_ = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     if code is None and status == 404 and param == "model":
         code = "model_not_found"
+    if code is None and status == 404 and param == "response_id":  # the Responses API's
+        code = "response_not_found"
     return orjson.dumps(error_body(message, type_, param=param, code=code))
 
 

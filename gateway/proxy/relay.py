@@ -3,7 +3,9 @@
 It is an ASGI response so that it can watch the client's connection while it works: a
 disconnect at any stage (waiting for headers, for the first token, mid-stream, or for a
 non-streaming body) cancels the work, which closes the upstream connection, which makes vLLM
-abort the request and free its slot.
+abort the request and free its slot. When it is done it reports a neutral `ProxyResult`
+(engine, status, outcome, usage, timings) to whoever the API layer wired in; what that costs
+is metering's business, not the proxy's.
 """
 
 from __future__ import annotations
@@ -11,29 +13,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.auth.principal import ANONYMOUS, Principal
 from gateway.errors import ApiError
-from gateway.limits.limiter import Admission
-from gateway.metering.record import UsageRecord, new_record_id
-from gateway.metering.settlement import LimitSettlement, Settlement
-from gateway.metering.settler import Settler
 from gateway.metering.stream_options import UsageWanted
-from gateway.metering.usage import Usage, usage_of
-from gateway.metrics import Metrics
+from gateway.metering.usage import usage_of
 from gateway.proxy.asgi_send import send_bytes, send_error
 from gateway.proxy.collect import collect_stream
+from gateway.proxy.deps import ProxyDeps
+from gateway.proxy.events import ResponseEvents, response_id_of
 from gateway.proxy.normalize import normalize_error, normalize_success
+from gateway.proxy.outcome import Outcome, ProxyResult, Reporter, outcome_of_status
 from gateway.proxy.stream import relay_stream
-from gateway.proxy.upstream import Upstream
+from gateway.proxy.upstream import UpstreamBroken, UpstreamResponse
 from gateway.request_context import RequestInfo, info_of
-from gateway.routing.balancer import Balancer
 from gateway.routing.engines import Engine, ModelPool
 
 CLIENT_CLOSED = 499  # nginx's status for "client closed request"; only in metrics and logs
@@ -45,30 +42,34 @@ class ProxyCall:
     pool: ModelPool
     body: bytes
     stream: bool
-    caller: Principal = ANONYMOUS
-    admission: Admission | None = None  # charged limits, settled when the answer is done
-    received_ms: int = 0  # when the request arrived, Unix ms (the usage record's time)
     n: int = 1  # choices per prompt (to add up a cut stream's usage)
     # For streams: the usage the client asked for (the engine is always asked for all of it).
     usage_wanted: UsageWanted | None = None
     # For a non-streaming request asked of the engine as a stream: the parsed request body
     # (what the assembled answer depends on). None: the engine answers with one body.
     collect: dict[str, Any] | None = None
+    affinity: bytes = b""  # what the balancer may route on (the prompt's leading content)
+    headers: dict[str, str] = field(default_factory=dict)  # added to the response's headers
+    # The Responses API: streams are event frames relayed unchanged, bodies are passed on as
+    # they are, and the id the engine gave the response is reported (ProxyResult.response_id).
+    responses: bool = False
+    method: str = "POST"
+    path: str = ""  # the engine's path when it is not "/v1/" + route (ids in it)
+    # Only these engines, in this order, instead of the balancer's choice: the engine that
+    # holds a stored response.
+    engines: list[Engine] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ProxyDeps:
-    upstream: Upstream
-    balancer: Balancer
-    metrics: Metrics
-    settler: Settler
+async def _nobody(result: ProxyResult) -> None:
+    pass
 
 
 class ProxyResponse(Response):
-    def __init__(self, deps: ProxyDeps, call: ProxyCall) -> None:
+    def __init__(self, deps: ProxyDeps, call: ProxyCall, report: Reporter = _nobody) -> None:
         # Response.__init__ would render a body; this response writes its own.
         self.deps = deps
         self.call = call
+        self.report = report
         self.background = None
         self.status_code = 0
 
@@ -76,22 +77,21 @@ class ProxyResponse(Response):
         info = info_of(scope)
         info.model = self.call.pool.name
         started = time.perf_counter()
-        admission = self.call.admission
-        if admission is not None:
-            send = _with_headers(send, admission.headers())
+        if self.call.headers:
+            send = _with_headers(send, self.call.headers)
         work = asyncio.ensure_future(self._forward(info, send))
         watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
         try:
             await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            info.outcome = "gateway_shutdown"  # uvicorn cancels what outlives its grace period
+            info.outcome = Outcome.GATEWAY_SHUTDOWN  # uvicorn cancels what outlives its grace
             raise
         finally:
             watcher.cancel()
             if not work.done():
                 work.cancel()
-                if info.outcome != "gateway_shutdown":
-                    info.outcome = "client_disconnected"
+                if info.outcome != Outcome.GATEWAY_SHUTDOWN:
+                    info.outcome = Outcome.CLIENT_DISCONNECTED
                 self.status_code = CLIENT_CLOSED
             try:
                 with contextlib.suppress(asyncio.CancelledError):
@@ -100,64 +100,22 @@ class ProxyResponse(Response):
                 self.status_code = 500  # the middleware answers it and logs the traceback
                 raise
             finally:
-                elapsed = time.perf_counter() - started
-                self._observe(elapsed)
-                settlement = self._settlement(info, elapsed)
-                if settlement is not None:
-                    await asyncio.shield(self.deps.settler.settle(settlement))
+                await asyncio.shield(self._done(info, time.perf_counter() - started))
 
-    def _settlement(self, info: RequestInfo, elapsed: float) -> Settlement | None:
-        """The usage record (if an engine was reached) and the limits to reconcile (if any)."""
-        call, admission = self.call, self.call.admission
-        reached = info.engine is not None
-        if not reached and admission is None:
-            return None
-        usage = info.usage or Usage()
-        record_id = new_record_id()
-        record = None
-        if reached:
-            record = UsageRecord(
-                id=record_id,
-                request_id=info.request_id,
-                time_ms=call.received_ms,
-                tenant=call.caller.tenant,
-                key_id=call.caller.key_id,
-                model=call.pool.name,
-                route=call.route,
-                engine=info.engine or "",
-                stream=call.stream,
-                outcome=info.outcome,
-                status=self.status_code,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cached_tokens=usage.cached_tokens,
-                latency_ms=round(elapsed * 1000, 3),
-                ttft_ms=None if info.ttft_ms is None else round(info.ttft_ms, 3),
-            )
-        limits = None
-        if admission is not None:
-            used = self._used_tokens(info, admission)
-            limits = LimitSettlement(
-                lease=admission.lease,
-                delta=used - admission.reserved_tokens,
-                key_tpm=call.caller.key_limits.tpm or 0,
-                tenant_tpm=call.caller.tenant_limits.tpm or 0,
-            )
-        return Settlement(record_id, call.caller.tenant, call.caller.key_id, record, limits)
-
-    def _used_tokens(self, info: RequestInfo, admission: Admission) -> int:
-        """What to charge the token limits: the engine's report; nothing if no engine answered
-        or it refused; else (cut short before any report) the reservation."""
-        if info.usage is not None:
-            return info.usage.total_tokens
-        if info.engine is None or info.outcome in ("engine_error", "rejected", "timeout"):
-            return 0
-        return admission.reserved_tokens
-
-    def _observe(self, elapsed: float) -> None:
+    async def _done(self, info: RequestInfo, elapsed: float) -> None:
         metrics, model, route = self.deps.metrics, self.call.pool.name, self.call.route
         metrics.requests.labels(model, route, str(self.status_code)).inc()
         metrics.duration.labels(model, route).observe(elapsed)
+        result = ProxyResult(
+            info.engine,
+            self.status_code,
+            info.outcome,
+            info.usage,
+            info.ttft_ms,
+            elapsed,
+            info.response_id,
+        )
+        await self.report(result)
 
     async def _forward(self, info: RequestInfo, send: Send) -> None:
         call, deps = self.call, self.deps
@@ -166,23 +124,26 @@ class ProxyResponse(Response):
         def trying(engine: Engine | None) -> None:
             info.engine = None if engine is None else engine.url
 
+        engines = call.engines
+        if engines is None:
+            engines = deps.balancer.candidates(call.pool, call.affinity)
         try:
             engine, resp = await deps.upstream.open(
-                deps.balancer.candidates(call.pool),
-                "/v1/" + call.route,
+                engines,
+                call.path or "/v1/" + call.route,
                 call.body,
                 headers,
                 call.stream,
                 trying=trying,
+                method=call.method,
             )
         except ApiError as err:
             if info.engine is None:
-                info.outcome = "engine_unavailable"
+                info.outcome = Outcome.ENGINE_UNAVAILABLE
             else:
-                info.outcome = "timeout" if err.status_code == 504 else "engine_error"
+                info.outcome = Outcome.TIMEOUT if err.status_code == 504 else Outcome.ENGINE_ERROR
             await self._send_error(send, err)
             return
-        engine.inflight += 1
         gauge = deps.metrics.inflight.labels(engine.url)
         gauge.inc()
         try:
@@ -190,40 +151,55 @@ class ProxyResponse(Response):
             resp.release()
         finally:
             resp.close()
-            engine.inflight -= 1
+            engine.inflight -= 1  # counted by Upstream.open when it chose the engine
             gauge.dec()
 
     async def _answer(
-        self, info: RequestInfo, engine: Engine, resp: aiohttp.ClientResponse, send: Send
+        self, info: RequestInfo, engine: Engine, resp: UpstreamResponse, send: Send
     ) -> None:
-        if resp.status == 200 and self.call.stream and _is_sse(resp):
+        sse = resp.content_type == "text/event-stream"
+        if resp.status == 200 and sse and self.call.stream:
             self.status_code = 200
-            outcome = await relay_stream(
-                resp, send, self.deps, engine, info, want=self.call.usage_wanted, n=self.call.n
+            events = ResponseEvents() if self.call.responses else None
+            info.outcome = await relay_stream(
+                resp,
+                send,
+                self.deps,
+                engine,
+                info,
+                want=self.call.usage_wanted,
+                n=self.call.n,
+                frames_filter=events,
             )
-            info.outcome = outcome
+            info.response_id = None if events is None else events.response_id
             return
-        if resp.status == 200 and self.call.collect is not None and _is_sse(resp):
+        if resp.status == 200 and sse and self.call.collect is not None:
             await self._collected(info, engine, resp, send)
             return
         try:
             body = await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            kind = "timeout" if isinstance(exc, TimeoutError) else "disconnect"
-            info.outcome = "timeout" if kind == "timeout" else "engine_error"
-            await self._send_error(send, self.deps.upstream.failure(engine, kind, exc))
+        except UpstreamBroken as broken:
+            info.outcome = Outcome.TIMEOUT if broken.kind == "timeout" else Outcome.ENGINE_ERROR
+            err = self.deps.upstream.failure(engine, broken.kind, broken.cause)
+            await self._send_error(send, err)
             return
         self.status_code = resp.status
+        info.outcome = outcome_of_status(resp.status)
         if resp.status == 200:
             info.usage = usage_of(body)
+            if self.call.responses:  # passed on as it is
+                info.response_id = response_id_of(body)
+                await send_bytes(send, 200, body)
+                return
             await send_bytes(send, 200, normalize_success(body))
             return
-        info.outcome = "rejected" if resp.status < 500 else "engine_error"
         self.deps.metrics.upstream_errors.labels(engine.url, f"http_{resp.status}").inc()
+        if resp.status >= 500:
+            engine.record_failure("http_5xx", f"status {resp.status}")
         await send_bytes(send, resp.status, normalize_error(resp.status, body, self.call.route))
 
     async def _collected(
-        self, info: RequestInfo, engine: Engine, resp: aiohttp.ClientResponse, send: Send
+        self, info: RequestInfo, engine: Engine, resp: UpstreamResponse, send: Send
     ) -> None:
         call = self.call
         assert call.collect is not None
@@ -232,22 +208,18 @@ class ProxyResponse(Response):
                 resp, self.deps, engine, info, route=call.route, request=call.collect, n=call.n
             )
         except ApiError as err:
-            info.outcome = "timeout" if err.status_code == 504 else "engine_error"
+            info.outcome = Outcome.TIMEOUT if err.status_code == 504 else Outcome.ENGINE_ERROR
             await self._send_error(send, err)
             return
         self.status_code = status
+        info.outcome = outcome_of_status(status)
         if status != 200:
-            info.outcome = "rejected" if status < 500 else "engine_error"
             self.deps.metrics.upstream_errors.labels(engine.url, f"http_{status}").inc()
         await send_bytes(send, status, body)
 
     async def _send_error(self, send: Send, err: ApiError) -> None:
         self.status_code = err.status_code
         await send_error(send, err)
-
-
-def _is_sse(resp: aiohttp.ClientResponse) -> bool:
-    return resp.content_type == "text/event-stream"
 
 
 def _with_headers(send: Send, headers: dict[str, str]) -> Send:

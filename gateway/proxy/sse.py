@@ -1,4 +1,5 @@
-"""Server-sent-event framing: split an upstream byte stream into whole `data:` frames."""
+"""Server-sent-event framing: split an upstream byte stream into whole frames (`data:` lines,
+after an `event:` line in the Responses API)."""
 
 from __future__ import annotations
 
@@ -40,11 +41,39 @@ class FrameSplitter:
         return self._pending
 
 
+def _data_span(frame: bytes) -> tuple[int, int] | None:
+    """Where the `data:` line's value is: after an `event:` line too (the Responses API)."""
+    if frame.startswith(b"data:"):
+        start = 5
+    else:
+        at = frame.find(b"\ndata:")
+        if at < 0:
+            return None
+        start = at + 6
+    end = frame.find(b"\n", start)
+    return start, len(frame) if end < 0 else end
+
+
 def frame_data(frame: bytes) -> bytes | None:
-    """The payload of a single-line `data:` frame, or None for comments and other fields."""
-    if not frame.startswith(b"data:"):
+    """The payload of a frame's (first) `data:` line, or None for comments and other fields."""
+    span = _data_span(frame)
+    return None if span is None else frame[span[0] : span[1]].strip()
+
+
+def frame_event(frame: bytes) -> bytes | None:
+    """The `event:` field of a frame (the Responses API names every event), if it has one."""
+    if not frame.startswith(b"event:"):
         return None
-    return frame[5:].strip()
+    end = frame.find(b"\n")
+    return frame[6 : len(frame) if end < 0 else end].strip()
+
+
+def with_data(frame: bytes, payload: bytes) -> bytes:
+    """The frame with its data line's payload replaced, its other lines (`event:`) kept."""
+    span = _data_span(frame)
+    if span is None:
+        return b"data: " + payload + _SEPARATOR
+    return frame[: span[0] - 5] + b"data: " + payload + (frame[span[1] :] or _SEPARATOR)
 
 
 def is_done(frame: bytes) -> bool:

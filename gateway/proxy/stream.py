@@ -1,11 +1,16 @@
-"""Relay an engine's SSE stream frame by frame, as it arrives, and end it cleanly on failure."""
+"""Relay an engine's SSE stream frame by frame, as it arrives, and end it cleanly on failure.
+
+What each frame becomes is a frame filter's job: `FrameFilter` for chat and completions
+(`data:` frames ending in `data: [DONE]`, usage cut to what the client asked for), and
+`proxy/events.py`'s `ResponseEvents` for the Responses API (`event:` + `data:` frames, relayed
+unchanged, ending in a terminal event).
+"""
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-import aiohttp
 from starlette.types import Send
 
 from gateway.errors import ApiError, BadGateway
@@ -16,14 +21,14 @@ from gateway.metering.stream_options import (
     is_finish,
     with_fingerprint,
 )
-from gateway.metering.usage import StreamUsage, find_usage, is_final_usage
+from gateway.metering.usage import StreamUsage, Usage, find_usage, is_final_usage
+from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.normalize import normalize_error, normalize_success, stream_error_status
-from gateway.proxy.sse import DONE_FRAME, FrameSplitter, error_frame, frame_data, is_done
+from gateway.proxy.outcome import Outcome
+from gateway.proxy.sse import DONE_FRAME, FrameSplitter, error_frame, frame_data, with_data
+from gateway.proxy.upstream import UpstreamBroken, UpstreamResponse
 from gateway.request_context import RequestInfo
 from gateway.routing.engines import Engine
-
-if TYPE_CHECKING:
-    from gateway.proxy.relay import ProxyDeps
 
 _STREAM_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -38,9 +43,32 @@ def transform_frame(frame: bytes) -> bytes:
     if data is None or (b"null" not in data and not data.startswith(b'{"error"')):
         return frame
     if data.startswith(b'{"error"'):
-        return b"data: " + normalize_error(stream_error_status(data), data) + b"\n\n"
+        return with_data(frame, normalize_error(stream_error_status(data), data))
     fixed = normalize_success(data)
-    return frame if fixed is data else b"data: " + fixed + b"\n\n"
+    return frame if fixed is data else with_data(frame, fixed)
+
+
+class Frames(Protocol):
+    """What relay_stream asks of a frame filter."""
+
+    finished: bool  # the engine ended the stream as its protocol says (not cut off)
+
+    def __call__(self, frame: bytes) -> bytes:
+        """The bytes to send the client for one engine frame (may be none, or held ones)."""
+        ...
+
+    def release(self) -> bytes:
+        """Frames still held back, once the engine's stream is over."""
+        ...
+
+    def failure(self, error: ApiError) -> bytes:
+        """What ends a stream the gateway has to cut short."""
+        ...
+
+    @property
+    def usage(self) -> Usage | None:
+        """What the engine reported using (so far)."""
+        ...
 
 
 class FrameFilter:
@@ -52,18 +80,31 @@ class FrameFilter:
     stream is held from the first finish frame until the usage frame says it, order kept.
     """
 
-    __slots__ = ("engine", "held", "tap", "want")
+    __slots__ = ("engine", "finished", "held", "known", "tap", "want")
 
-    def __init__(self, want: UsageWanted | None, n: int, engine: Engine) -> None:
+    def __init__(
+        self, want: UsageWanted | None, n: int, engine: str, known: dict[str, str]
+    ) -> None:
         self.tap = StreamUsage(n)
         self.want = want
-        self.engine = engine
+        self.engine = engine  # its URL
+        self.known = known  # engine URL → its system_fingerprint
         self.held: list[bytes] = []  # payloads waiting for the fingerprint, in order
+        self.finished = False
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.tap.usage
+
+    def failure(self, error: ApiError) -> bytes:
+        return error_frame(error) + DONE_FRAME
 
     def __call__(self, frame: bytes) -> bytes:
         data = frame_data(frame)
         span = None if data is None else find_usage(data)
         if data is None or span is None:
+            if data == b"[DONE]":
+                self.finished = True
             return self.release() + transform_frame(frame)
         self.tap.feed(data, span)
         want = self.want
@@ -78,11 +119,11 @@ class FrameFilter:
         if is_final_usage(data):
             found = fingerprint_of(data)
             if found is not None:
-                self.engine.fingerprint = found.decode()
+                self.known[self.engine] = found.decode()
             return self.release(found)
         payload = for_client(data, UsageWanted(False, False), span) or data
         if is_finish(payload):
-            known = self.engine.fingerprint
+            known = self.known.get(self.engine)
             if known is None:
                 self.held.append(payload)
                 return b""
@@ -107,7 +148,7 @@ def _shown(payload: bytes) -> bytes:
 
 
 async def relay_stream(
-    resp: aiohttp.ClientResponse,
+    resp: UpstreamResponse,
     send: Send,
     deps: ProxyDeps,
     engine: Engine,
@@ -115,48 +156,51 @@ async def relay_stream(
     *,
     want: UsageWanted | None = None,
     n: int = 1,
-) -> str:
+    frames_filter: Frames | None = None,
+) -> Outcome:
     """Send the stream; return the outcome. `want`: the usage the client asked for (None: pass
-    usage on as the engine sent it); the engine's usage is noted in `info.usage` as it comes."""
+    usage on as the engine sent it); the engine's usage is noted in `info.usage` as it comes.
+    `frames_filter`: another protocol's filter (the Responses API's); default `FrameFilter`."""
     await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
     started = time.perf_counter()
     splitter = FrameSplitter()
-    shown = FrameFilter(want, n, engine)
-    saw_done = False
+    shown = frames_filter
+    if shown is None:
+        shown = FrameFilter(want, n, engine.url, deps.fingerprints)
     error: ApiError | None = None
     try:
-        async for chunk in resp.content.iter_any():
+        async for chunk in resp.chunks():
             frames = splitter.feed(chunk)
             if not frames:
                 continue
             if info.ttft_ms is None:
                 info.ttft_ms = (time.perf_counter() - started) * 1000
                 deps.metrics.ttft.labels(info.model or "").observe(info.ttft_ms / 1000)
-            saw_done = saw_done or is_done(frames[-1])
             out = b"".join([shown(f) for f in frames])
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
-    except TimeoutError as exc:
-        error = deps.upstream.failure(engine, "timeout", exc, stream=True)
-    except aiohttp.ClientError as exc:
-        error = deps.upstream.failure(engine, "stream_cut", exc)
+    except UpstreamBroken as broken:
+        error = deps.upstream.failure(engine, broken.kind, broken.cause, stream=True)
     finally:  # also when cancelled: bill what the engine generated until then
-        info.usage = shown.tap.usage
+        info.usage = shown.usage
+    return await _end(send, shown, error, deps, engine)
+
+
+async def _end(
+    send: Send, shown: Frames, error: ApiError | None, deps: ProxyDeps, engine: Engine
+) -> Outcome:
+    """Send what was held back and, if the stream did not finish, its failure; then close."""
     held = shown.release()
     if held:
         await send({"type": "http.response.body", "body": held, "more_body": True})
-    if error is None and not saw_done:
+    if error is None and not shown.finished:
         deps.metrics.upstream_errors.labels(engine.url, "stream_cut").inc()
         error = BadGateway(
             "The engine ended the stream before it finished.", code="engine_disconnected"
         )
     if error is not None:
-        await send(
-            {
-                "type": "http.response.body",
-                "body": error_frame(error) + DONE_FRAME,
-                "more_body": True,
-            }
-        )
+        await send({"type": "http.response.body", "body": shown.failure(error), "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
-    return "ok" if error is None else ("timeout" if error.status_code == 504 else "engine_error")
+    if error is None:
+        return Outcome.OK
+    return Outcome.TIMEOUT if error.status_code == 504 else Outcome.ENGINE_ERROR

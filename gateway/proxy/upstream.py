@@ -1,11 +1,15 @@
-"""The HTTP client to the engines: one pooled aiohttp session, connection failover, error mapping.
+"""The HTTP client to the engines, behind a protocol: one pooled aiohttp session, failover
+before the first byte, and error mapping.
 
-aiohttp was chosen over httpx by measurement on the proxy path (see bench/README.md).
+The relay sees only `UpstreamClient` and `UpstreamResponse`, so it runs as well on an
+in-memory engine (tests/unit/fake_upstream.py) as on aiohttp. aiohttp was chosen over httpx
+by measurement on the proxy path (see bench/README.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Literal, Protocol
 
 import aiohttp
 
@@ -14,12 +18,106 @@ from gateway.metrics import Metrics
 from gateway.routing.engines import Engine
 from gateway.settings import UpstreamSettings
 
+Failure = Literal["timeout", "stream_cut", "disconnect"]
+
+
+class UpstreamBroken(Exception):
+    """The engine went silent (`timeout`) or away (`stream_cut`) while answering."""
+
+    def __init__(self, kind: Failure, cause: BaseException) -> None:
+        super().__init__(f"{kind}: {type(cause).__name__}")
+        self.kind: Failure = kind
+        self.cause = cause
+
+
+class UpstreamResponse(Protocol):
+    status: int
+    content_type: str
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; raises UpstreamBroken."""
+        ...
+
+    async def read(self) -> bytes:
+        """The whole body; raises UpstreamBroken."""
+        ...
+
+    def release(self) -> None:
+        """Done with it, read to the end: the connection may be reused."""
+        ...
+
+    def close(self) -> None:
+        """Done with it: the connection is closed (the engine aborts what it was doing)."""
+        ...
+
+
+class UpstreamClient(Protocol):
+    async def open(
+        self,
+        engines: list[Engine],
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        stream: bool,
+        *,
+        trying: Callable[[Engine | None], None] = ...,
+        method: str = ...,
+    ) -> tuple[Engine, UpstreamResponse]: ...
+
+    def failure(
+        self, engine: Engine, kind: Failure, exc: BaseException, *, stream: bool = False
+    ) -> ApiError: ...
+
+
+class AiohttpResponse:
+    """An aiohttp response as an UpstreamResponse: its errors become UpstreamBroken."""
+
+    __slots__ = ("_counted", "_resp", "content_type", "status")
+
+    def __init__(self, resp: aiohttp.ClientResponse, counted: Upstream) -> None:
+        self._resp = resp
+        self.status = resp.status
+        self.content_type = resp.content_type
+        self._counted: Upstream | None = counted
+        counted.open_requests += 1
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._resp.content.iter_any():
+                yield chunk
+        except TimeoutError as exc:
+            raise UpstreamBroken("timeout", exc) from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamBroken("stream_cut", exc) from exc
+
+    async def read(self) -> bytes:
+        try:
+            return await self._resp.read()
+        except TimeoutError as exc:
+            raise UpstreamBroken("timeout", exc) from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamBroken("disconnect", exc) from exc
+
+    def release(self) -> None:
+        self._resp.release()
+        self._uncount()
+
+    def close(self) -> None:
+        self._resp.close()
+        self._uncount()
+
+    def _uncount(self) -> None:
+        if self._counted is not None:
+            self._counted.open_requests -= 1
+            self._counted = None
+
 
 class Upstream:
     def __init__(self, settings: UpstreamSettings, metrics: Metrics) -> None:
         self._settings = settings
         self._metrics = metrics
         self._session: aiohttp.ClientSession | None = None
+        self.open_requests = 0  # answers handed out and not yet closed, over every engine
         connect = settings.connect_timeout_s
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, connect=connect, sock_read=settings.stream_idle_timeout_s
@@ -29,9 +127,9 @@ class Upstream:
         )
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self._settings.max_connections, ttl_dns_cache=60, enable_cleanup_closed=False
-        )
+        # No pool limit in aiohttp: a wait for a pooled connection would count as the engine's
+        # connect timeout. open() bounds the requests in flight itself.
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, enable_cleanup_closed=False)
         self._session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
         )
@@ -56,42 +154,79 @@ class Upstream:
         stream: bool,
         *,
         trying: Callable[[Engine | None], None] = lambda _: None,
-    ) -> tuple[Engine, aiohttp.ClientResponse]:
-        """POST to the first engine that accepts the connection; the caller closes the response.
+        method: str = "POST",
+    ) -> tuple[Engine, UpstreamResponse]:
+        """Send to the engines in order until one answers, and count the answer in its
+        `inflight` (the caller decrements it when done, and closes the response).
 
-        Only connection failures move on to the next engine: once a request reached an engine it
-        is never sent again, because generation is not idempotent. `trying` hears each engine
-        as it is tried (and None when none could be reached), so a caller cancelled meanwhile
-        knows where its request may have gone.
+        A refused connection, or a 5xx answer while another engine is left to try, moves on
+        (at most `max_attempts` engines): nothing reached the client yet, and the engine did
+        not generate. Once an engine answered otherwise, the request is never sent again.
+        `trying` hears each engine as it is tried (None when none could be reached), so a
+        caller cancelled meanwhile knows where its request may have gone.
         """
-        timeout = self._stream_timeout if stream else self._body_timeout
-        for engine in engines:
+        free = [e for e in engines if e.inflight < self._settings.max_connections_per_engine]
+        if not free or self.open_requests >= self._settings.max_connections:
+            raise _busy()
+        tried = free[: self._settings.max_attempts]
+        for i, engine in enumerate(tried):
             trying(engine)
+            engine.inflight += 1  # counted at decision time: a burst spreads at once
             try:
-                resp = await self.session.post(
-                    engine.url + path, data=body, headers=headers, timeout=timeout
-                )
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
-                self._metrics.upstream_errors.labels(engine.url, "connect").inc()
-                engine.mark_down()
+                resp = await self._send(engine, path, body, headers, stream, method=method)
+            except BaseException:
+                engine.inflight -= 1
+                raise
+            if resp is None:
+                engine.inflight -= 1
                 continue
-            except aiohttp.ServerTimeoutError as exc:
-                raise self.failure(engine, "timeout", exc, stream=stream) from exc
-            except (aiohttp.ClientError, OSError) as exc:
-                raise self.failure(engine, "disconnect", exc) from exc
-            engine.mark_up()
-            return engine, resp
+            if resp.status >= 500 and i + 1 < len(tried):
+                self._metrics.upstream_errors.labels(engine.url, f"http_{resp.status}").inc()
+                resp.close()
+                engine.inflight -= 1
+                engine.record_failure("http_5xx", f"status {resp.status}")
+                continue
+            return engine, AiohttpResponse(resp, self)
         trying(None)
         raise ServiceUnavailable(
             "No engine serving this model is reachable right now; try again shortly.",
             code="engine_unavailable",
         )
 
+    async def _send(
+        self,
+        engine: Engine,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        stream: bool,
+        *,
+        method: str,
+    ) -> aiohttp.ClientResponse | None:
+        """The engine's response; None when it could not be reached."""
+        timeout = self._stream_timeout if stream else self._body_timeout
+        try:
+            resp = await self.session.request(
+                method, engine.url + path, data=body, headers=headers, timeout=timeout
+            )
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+            self._metrics.upstream_errors.labels(engine.url, "connect").inc()
+            engine.mark_down()
+            return None
+        except aiohttp.ServerTimeoutError as exc:
+            raise self.failure(engine, "timeout", exc, stream=stream) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise self.failure(engine, "disconnect", exc) from exc
+        engine.mark_up()
+        return resp
+
     def failure(
-        self, engine: Engine, kind: str, exc: BaseException, *, stream: bool = False
+        self, engine: Engine, kind: Failure, exc: BaseException, *, stream: bool = False
     ) -> ApiError:
-        """Count an upstream failure and turn it into the error the client sees."""
+        """Count an upstream failure (towards the engine's ejection too) and turn it into the
+        error the client sees."""
         self._metrics.upstream_errors.labels(engine.url, kind).inc()
+        engine.record_failure("timeout" if kind == "timeout" else "disconnect", type(exc).__name__)
         if kind == "timeout":
             s = self._settings
             wait = s.stream_idle_timeout_s if stream else s.response_timeout_s
@@ -100,3 +235,12 @@ class Upstream:
             f"The engine closed the connection before answering ({type(exc).__name__}).",
             code="engine_disconnected",
         )
+
+
+def _busy() -> ApiError:
+    return ServiceUnavailable(
+        "The gateway is at its limit of requests in flight to this model's engines; try again "
+        "shortly.",
+        code="gateway_busy",
+        headers={"retry-after": "1"},
+    )

@@ -1,23 +1,125 @@
-"""Balancing strategies: the order in which a request tries the engines of its model's pool."""
+"""Balancing strategies: the order in which a request tries the engines of its model's pool.
+
+Every strategy puts healthy engines first (an engine marked down goes last, still tried if
+all else fails). The load of an engine is what the gateway knows now (its own requests in
+flight there) or what the engine said at the last scrape (running + waiting), whichever is
+larger: the scraped queue already holds this replica's requests, so adding the two would count
+them twice, while the larger one follows a burst at once and sees other replicas' requests.
+"""
 
 from __future__ import annotations
 
 import itertools
+import json
+import math
 import time
-from typing import Protocol
+from array import array
+from collections import OrderedDict
+from typing import Any, Protocol
 
-from gateway.routing.engines import Engine, ModelPool
+from gateway.routing.engines import Engine, EngineLoad, ModelPool
 from gateway.settings import RoutingSettings
+
+BLOCK_BYTES = 256  # affinity granularity: a prompt's key is hashed in blocks of this size
+MAX_BLOCKS = 256  # keys beyond 64 KiB are matched on their first 64 KiB only
+BLOCKS_PER_ENGINE = 50_000  # block hashes remembered per engine (~12 MiB of prompt), LRU
+# A scraped queue older than this is no longer believed (the engine stopped answering /metrics).
+STALE_AFTER_S = 10.0
+# Score of an engine that holds a request's whole prefix, in queued requests: a full match is
+# worth waiting behind up to this many more requests (within the load bound).
+PREFIX_WEIGHT = 4.0
 
 
 class Balancer(Protocol):
-    def candidates(self, pool: ModelPool) -> list[Engine]:
-        """Engines to try, best first; engines marked down go last."""
+    def candidates(self, pool: ModelPool, affinity: bytes = b"") -> list[Engine]:
+        """Engines to try, best first; engines marked down go last. `affinity` is the request's
+        `affinity_key` (empty: none); strategies that do not use it ignore it."""
         ...
 
 
-def _healthy_first(engines: list[Engine]) -> list[Engine]:
-    now = time.monotonic()
+def affinity_key(route: str, body: dict[str, Any]) -> bytes:
+    """The bytes a request's prompt starts with, in an order that keeps a conversation's next
+    turn an extension of this one. Empty for routes without a reusable prefix (embeddings)."""
+    if route == "chat/completions":
+        key = _chat_text(body.get("messages"))
+    elif route == "completions":
+        return _salt(body) + _prompt_bytes(body.get("prompt"))
+    else:
+        return b""
+    return _salt(body) + key.encode("utf-8", "surrogatepass")
+
+
+def _salt(body: dict[str, Any]) -> bytes:
+    """vLLM shares cached blocks only between requests with the same cache_salt."""
+    salt = body.get("cache_salt")
+    return salt.encode("utf-8", "surrogatepass") + b"\x1d" if isinstance(salt, str) else b""
+
+
+def _chat_text(messages: object) -> str:
+    if not isinstance(messages, list):
+        return ""
+    parts: list[str] = []
+    for message in messages:
+        if not isinstance(message, dict):
+            break
+        parts += (str(message.get("role")), "\x1f", _content_text(message.get("content")))
+        if "tool_calls" in message:
+            parts.append(json.dumps(message["tool_calls"], sort_keys=True))
+        parts.append("\x1e")
+    return "".join(parts)
+
+
+def _content_text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return "" if content is None else json.dumps(content, sort_keys=True)
+    texts = []
+    for part in content:
+        text = part.get("text") if isinstance(part, dict) else None
+        texts.append(text if isinstance(text, str) else json.dumps(part, sort_keys=True))
+    return "\x1f".join(texts)
+
+
+def _prompt_bytes(prompt: object) -> bytes:
+    """A completions prompt: text or token ids; of a batch, its first prompt."""
+    if isinstance(prompt, str):
+        return prompt.encode("utf-8", "surrogatepass")
+    if not isinstance(prompt, list) or not prompt:
+        return b""
+    if isinstance(prompt[0], str | list):
+        return _prompt_bytes(prompt[0])
+    try:
+        return array("I", prompt).tobytes()
+    except (TypeError, OverflowError):
+        return b""
+
+
+def block_hashes(key: bytes) -> list[int]:
+    """Chained hashes of the key's whole blocks: the i-th names the key's first i + 1 blocks,
+    so engines that were sent a hash were sent that whole prefix. A partial last block has
+    none (the next turn of a conversation changes it). In-process only (`hash` is salted)."""
+    end = min(len(key) // BLOCK_BYTES, MAX_BLOCKS) * BLOCK_BYTES
+    hashes: list[int] = []
+    chained = 0
+    for start in range(0, end, BLOCK_BYTES):
+        chained = hash((chained, key[start : start + BLOCK_BYTES]))
+        hashes.append(chained)
+    return hashes
+
+
+def _fresh(load: EngineLoad, now: float) -> bool:
+    return load.scraped_at > 0.0 and now - load.scraped_at < STALE_AFTER_S
+
+
+def engine_load(engine: Engine, now: float) -> float:
+    """Requests at the engine (see the module's docstring)."""
+    load = engine.load
+    queue = load.running + load.waiting if _fresh(load, now) else 0.0
+    return max(float(engine.inflight), queue)
+
+
+def _healthy_first(engines: list[Engine], now: float) -> list[Engine]:
     up = [e for e in engines if e.is_up(now)]
     if len(up) == len(engines):
         return engines
@@ -28,26 +130,108 @@ class RoundRobin:
     def __init__(self) -> None:
         self._counter = itertools.count()
 
-    def candidates(self, pool: ModelPool) -> list[Engine]:
+    def candidates(self, pool: ModelPool, affinity: bytes = b"") -> list[Engine]:
         engines = pool.engines
         if len(engines) == 1:
             return engines
+        return _healthy_first(self.rotated(engines), time.monotonic())
+
+    def rotated(self, engines: list[Engine]) -> list[Engine]:
         start = next(self._counter) % len(engines)
-        return _healthy_first(engines[start:] + engines[:start])
+        return engines[start:] + engines[:start]
 
 
 class LeastLoaded:
-    """Fewest requests in flight from this replica; ties broken by rotation."""
+    """Fewest requests at the engine; ties broken by rotation."""
 
     def __init__(self) -> None:
         self._rotate = RoundRobin()
 
-    def candidates(self, pool: ModelPool) -> list[Engine]:
-        rotated = self._rotate.candidates(pool)
-        return _healthy_first(sorted(rotated, key=lambda e: e.inflight))
+    def candidates(self, pool: ModelPool, affinity: bytes = b"") -> list[Engine]:
+        if len(pool.engines) == 1:
+            return pool.engines
+        return self.ordered(pool.engines, time.monotonic())
+
+    def ordered(self, engines: list[Engine], now: float) -> list[Engine]:
+        rotated = self._rotate.rotated(engines)
+        return _healthy_first(sorted(rotated, key=lambda e: engine_load(e, now)), now)
+
+
+class PrefixAffinity:
+    """The engine that was sent the longest prefix of this prompt (its cache likely holds it),
+    weighed against load, among engines within the load bound: an engine takes a request only
+    if its load + 1 stays within `load_bound` x the pool's mean load with this request
+    (rounded up), so one popular prefix cannot pile onto one engine while others have room
+    (consistent hashing with bounded loads). Without a key: least loaded."""
+
+    def __init__(
+        self, load_bound: float = 1.25, blocks_per_engine: int = BLOCKS_PER_ENGINE
+    ) -> None:
+        self.load_bound = load_bound
+        self.blocks_per_engine = blocks_per_engine
+        self._least_loaded = LeastLoaded()
+        self._sent: dict[str, OrderedDict[int, None]] = {}  # engine URL → block hashes (LRU)
+
+    def candidates(self, pool: ModelPool, affinity: bytes = b"") -> list[Engine]:
+        if len(pool.engines) == 1:
+            return pool.engines
+        now = time.monotonic()
+        ranked = self._least_loaded.ordered(pool.engines, now)
+        blocks = block_hashes(affinity)
+        if not blocks:
+            return ranked
+        up = [e for e in ranked if e.is_up(now)] or ranked
+        chosen = self.choose(up, blocks, now)
+        self.remember(chosen.url, blocks)
+        return [chosen, *(e for e in ranked if e is not chosen)]
+
+    def choose(self, engines: list[Engine], blocks: list[int], now: float) -> Engine:
+        """The best-scoring engine within the load bound (`engines` least loaded first, so
+        equal scores go to the less loaded, then in rotation)."""
+        loads = [engine_load(e, now) for e in engines]
+        cap = math.ceil(self.load_bound * (sum(loads) + 1) / len(engines))
+        best, best_score = engines[0], -math.inf
+        for engine, load in zip(engines, loads, strict=True):
+            if load + 1 > cap:
+                continue
+            matched = self.matched(engine.url, blocks) / len(blocks)
+            kv = engine.load.kv_usage if _fresh(engine.load, now) else 0.0
+            score = PREFIX_WEIGHT * matched - load - kv
+            if score > best_score:
+                best, best_score = engine, score
+        return best
+
+    def matched(self, url: str, blocks: list[int]) -> int:
+        """How many leading blocks of the prompt this engine was sent recently. What an engine
+        holds of one chain is always a run from its start (see `remember`): binary search."""
+        sent = self._sent.get(url)
+        if not sent:
+            return 0
+        low, high = 0, len(blocks)  # blocks[:low] were sent; blocks[high:] were not
+        while low < high:
+            mid = (low + high + 1) // 2
+            if blocks[mid - 1] in sent:
+                low = mid
+            else:
+                high = mid - 1
+        return low
+
+    def remember(self, url: str, blocks: list[int]) -> None:
+        """Refresh the prompt's blocks last first, so that a prefix is always newer than its
+        extensions and the LRU evicts a chain from its end."""
+        sent = self._sent.get(url)
+        if sent is None:
+            sent = self._sent[url] = OrderedDict()
+        for block in reversed(blocks):
+            sent[block] = None
+            sent.move_to_end(block)
+        while len(sent) > self.blocks_per_engine:
+            sent.popitem(last=False)
 
 
 def make_balancer(settings: RoutingSettings) -> Balancer:
+    if settings.strategy == "prefix_affinity":
+        return PrefixAffinity(settings.load_bound)
     if settings.strategy == "least_loaded":
         return LeastLoaded()
     return RoundRobin()

@@ -25,6 +25,7 @@ from gateway.sim.config import SimConfig
 from gateway.sim.engine import Engine
 from gateway.sim.protocol import detail_error, model_list
 from gateway.sim.request import RequestError
+from gateway.sim.responses import ResponsesApi
 from gateway.sim.state import SimState
 
 Handler = Callable[[dict[str, Any], Reply, Receive], Awaitable[None]]
@@ -68,10 +69,14 @@ class Inference:
 def create_sim_app(config: SimConfig) -> Starlette:
     state = SimState(config.model_name, config.kv_cache_tokens, config.fail_rate)
     engine = Engine(config, state)
+    responses = ResponsesApi(config, state)
     routes = [
         Route("/v1/chat/completions", Inference(state, engine.chat), methods=["POST"]),
         Route("/v1/completions", Inference(state, engine.completion), methods=["POST"]),
         Route("/v1/embeddings", Inference(state, engine.embeddings), methods=["POST"]),
+        Route("/v1/responses", Inference(state, responses.create), methods=["POST"]),
+        Route("/v1/responses/{response_id}", responses.retrieve, methods=["GET"]),
+        Route("/v1/responses/{response_id}/cancel", responses.cancel, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

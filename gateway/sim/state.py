@@ -99,13 +99,26 @@ class SimState:
             ("kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage."),
             ("prompt_tokens", "counter", "Number of prefill tokens processed."),
             ("generation_tokens", "counter", "Number of generation tokens processed."),
+            (
+                "prefix_cache_queries",
+                "counter",
+                "Prefix cache queries, in terms of number of queried tokens.",
+            ),
+            (
+                "prefix_cache_hits",
+                "counter",
+                "Prefix cache hits, in terms of number of cached tokens.",
+            ),
         )
+        # Every prompt token is looked up in the prefix cache; the simulator keeps none: no hits.
         values = (
             self.running,
             0,
             self.kv_cache_usage(),
             self.prompt_tokens_total,
             self.generation_tokens_total,
+            self.prompt_tokens_total,
+            0,
         )
         lines: list[str] = []
         for (name, kind, help_text), value in zip(families, values, strict=True):

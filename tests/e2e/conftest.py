@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
+import openai
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
@@ -23,7 +24,7 @@ from gateway.embedded.paths import (
     EMBEDDING_MODEL_NAME,
     EmbeddedPaths,
 )
-from gateway.embedded.prepare import prepare
+from gateway.embedded.prepare import Prepared, prepare
 from gateway.embedded.redis_server import running_redis
 from gateway.netutil import free_port
 from gateway.settings import Settings
@@ -70,18 +71,23 @@ class E2E:
         assert await self.running() == expected
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def engines() -> AsyncIterator[Engines]:
-    paths = EmbeddedPaths.resolve()
-    ready = await prepare(paths)
-    chat = EngineSpec(
+def chat_engine(ready: Prepared, paths: EmbeddedPaths, log_name: str) -> EngineSpec:
+    """The bundled chat model as the e2e tests run it, on a free port."""
+    return EngineSpec(
         ready.engine_python,
         ready.chat_model,
         CHAT,
         free_port(),
-        paths.logs / "e2e-chat.log",
+        paths.logs / log_name,
         tool_parser=CHAT_TOOL_PARSER,
     )
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def engines() -> AsyncIterator[Engines]:
+    paths = EmbeddedPaths.resolve()
+    ready = await prepare(paths)
+    chat = chat_engine(ready, paths, "e2e-chat.log")
     embed = EngineSpec(
         ready.engine_python,
         ready.embedding_model,
@@ -127,3 +133,12 @@ async def ledger(e2e: E2E) -> AsyncIterator[LedgerView]:
         yield LedgerView(redis)
     finally:
         await redis.aclose()
+
+
+@pytest.fixture
+async def oai(e2e: E2E) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The official client, with the e2e tenant's key, against the gateway."""
+    async with openai.AsyncOpenAI(
+        base_url=f"{e2e.gateway}/v1", api_key=e2e.key, max_retries=0
+    ) as client:
+        yield client

@@ -21,7 +21,7 @@ MAX_ABANDON_GAP = 8  # tokens vLLM may generate after the gateway's last report,
 STORY: Any = [{"role": "user", "content": "Write a very long story about a dragon."}]
 
 
-def _counter(text: str, name: str) -> float:
+def counter(text: str, name: str) -> float:
     """A counter of a Prometheus text page, summed over its label sets."""
     pattern = rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$"
     values = [float(v) for v in re.findall(pattern, text, re.M)]
@@ -42,8 +42,8 @@ async def vllm_tokens(e2e: E2E) -> Tokens:
     async with e2e.http.get(f"{e2e.engines.chat}/metrics") as resp:
         text = await resp.text()
     return Tokens(
-        int(_counter(text, "vllm:prompt_tokens_total")),
-        int(_counter(text, "vllm:generation_tokens_total")),
+        int(counter(text, "vllm:prompt_tokens_total")),
+        int(counter(text, "vllm:generation_tokens_total")),
     )
 
 

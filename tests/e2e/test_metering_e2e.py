@@ -5,7 +5,7 @@ the usage the gateway asks vLLM for behind the client's back never shows in the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,14 +31,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
 DONE = "[DONE]"
 FRANCE: Any = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture
-async def oai(e2e: E2E) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=f"{e2e.gateway}/v1", api_key=e2e.key, max_retries=0
-    ) as client:
-        yield client
 
 
 def _rid_header(rid: str) -> dict[str, str]:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
+
+# The installed entry point, as users run it (not `python -m gateway`).
+LLMAAS = Path(sys.executable).with_name("llmaas")
 
 
 async def run_llmaas(gateway: str, *args: str, token: str) -> tuple[int, str, str]:
     """`llmaas <args> --url <gateway> --admin-token <token>`: exit status, stdout, stderr."""
+    assert LLMAAS.is_file(), f"{LLMAAS} is missing: run `make install`"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
+        str(LLMAAS),
         *args,
         "--url",
         gateway,

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from gateway.routing.balancer import LeastLoaded, RoundRobin, make_balancer
+from gateway.routing.balancer import LeastLoaded, PrefixAffinity, RoundRobin, make_balancer
 from gateway.routing.engines import EngineRegistry
 from gateway.settings import ModelRoute, RoutingSettings
 
@@ -53,4 +53,7 @@ def test_least_loaded_prefers_fewest_in_flight() -> None:
 
 def test_make_balancer_follows_settings() -> None:
     assert isinstance(make_balancer(RoutingSettings(strategy="round_robin")), RoundRobin)
-    assert isinstance(make_balancer(RoutingSettings()), LeastLoaded)
+    assert isinstance(make_balancer(RoutingSettings(strategy="least_loaded")), LeastLoaded)
+    balancer = make_balancer(RoutingSettings(load_bound=1.5))
+    assert isinstance(balancer, PrefixAffinity)  # the default
+    assert balancer.load_bound == 1.5

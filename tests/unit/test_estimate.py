@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from gateway.limits.estimate import prompt_tokens, reserved_tokens
+from gateway.limits.estimate import prompt_tokens, reserved_tokens, response_tokens
 
 
 def test_prompt_estimate_reads_message_text_only() -> None:
@@ -66,3 +66,20 @@ def test_the_default_completion_is_capped_per_prompt() -> None:
 def test_embedding_batches_reserve_their_inputs_only() -> None:
     assert reserved_tokens({"input": TOKEN_BATCH, "n": 3}, 1024) == 4000
     assert reserved_tokens({"input": ["abcd"] * 3}, 1024) == 6
+
+
+def test_a_responses_request_reserves_its_input_and_max_output_tokens() -> None:
+    assert response_tokens({"input": "x" * 40, "max_output_tokens": 30}, 1024) == 11 + 30
+    items = [
+        {"role": "user", "content": "x" * 20},
+        {"role": "user", "content": [{"type": "input_text", "text": "y" * 16}]},
+        {"type": "function_call_output", "call_id": "c", "output": "z" * 4},
+    ]
+    body = {"input": items, "instructions": "w" * 8, "max_output_tokens": 5}
+    assert response_tokens(body, 1024) == (20 + 16 + 4 + 8) // 4 + 1 + 5
+
+
+def test_a_responses_request_without_max_output_tokens_reserves_the_capped_default() -> None:
+    body = {"input": "x" * 396}  # 100 tokens estimated
+    assert response_tokens(body, 1024, context_length=612) == 100 + 512
+    assert response_tokens(body, 256) == 100 + 256

@@ -215,3 +215,38 @@ def test_n_below_one_is_treated_as_one() -> None:
     tap.feed(text_chunk(0, 4, 1))
     tap.feed(text_chunk(1, 9, 2))
     assert tap.usage == Usage(prompt_tokens=13, completion_tokens=3)
+
+
+# --- the Responses API: input / output tokens, in a body and in the completed event ---
+
+RESPONSES_USAGE = (
+    b'"usage":{"input_tokens":31,"input_tokens_details":{"cached_tokens":16,'
+    b'"cache_write_tokens":0,"input_tokens_per_turn":[31],"cached_tokens_per_turn":[16]},'
+    b'"output_tokens":9,"output_tokens_details":{"reasoning_tokens":0,"tool_output_tokens":0,'
+    b'"output_tokens_per_turn":[9],"tool_output_tokens_per_turn":[0]},"total_tokens":40}'
+)
+
+
+def test_a_responses_body_reports_input_output_and_cached_tokens() -> None:
+    body = (
+        b'{"id":"resp_1","created_at":1,"model":"m","object":"response","output":[{"id":"msg_1",'
+        b'"content":[{"text":"\\"usage\\":{\\"input_tokens\\":999}","type":"output_text"}]}],'
+        b'"status":"completed",' + RESPONSES_USAGE + b',"user":null}'
+    )
+    assert usage_of(body) == Usage(prompt_tokens=31, completion_tokens=9, cached_tokens=16)
+
+
+def test_the_completed_event_reports_the_usage_of_its_response() -> None:
+    event = (
+        b'{"response":{"id":"resp_1","object":"response","status":"completed",'
+        + RESPONSES_USAGE
+        + b',"user":null},"sequence_number":12,"type":"response.completed"}'
+    )
+    assert usage_of(event) == Usage(31, 9, 16)
+
+
+def test_a_created_event_without_usage_reports_none() -> None:
+    event = (
+        b'{"response":{"id":"resp_1","usage":null},"sequence_number":0,"type":"response.created"}'
+    )
+    assert usage_of(event) is None

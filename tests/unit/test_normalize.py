@@ -121,3 +121,8 @@ def test_token_frames_with_only_allowed_nulls_pass_as_the_same_object() -> None:
         b'"logprobs":null,"finish_reason":null,"token_ids":null}]}\n\n'
     )
     assert transform_frame(frame) is frame
+
+
+def test_a_frame_after_an_event_line_is_normalised_with_its_event_line_kept() -> None:
+    frame = b'event: chunk\ndata: {"id":"x","system_fingerprint":null,"choices":[]}\n\n'
+    assert transform_frame(frame) == b'event: chunk\ndata: {"id":"x","choices":[]}\n\n'

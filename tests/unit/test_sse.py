@@ -3,7 +3,15 @@ from __future__ import annotations
 import orjson
 
 from gateway.errors import BadGateway
-from gateway.proxy.sse import DONE_FRAME, FrameSplitter, error_frame, frame_data, is_done
+from gateway.proxy.sse import (
+    DONE_FRAME,
+    FrameSplitter,
+    error_frame,
+    frame_data,
+    frame_event,
+    is_done,
+    with_data,
+)
 
 
 def test_frames_split_across_chunks_are_reassembled_byte_for_byte() -> None:
@@ -42,3 +50,17 @@ def test_error_frame_is_openai_shaped() -> None:
             "code": "engine_disconnected",
         }
     }
+
+
+def test_a_frame_data_line_may_follow_its_event_line() -> None:
+    frame = b'event: response.created\ndata: {"type":"response.created"}\n\n'
+    assert frame_event(frame) == b"response.created"
+    assert frame_data(frame) == b'{"type":"response.created"}'
+    assert frame_event(b"data: [DONE]\n\n") is None
+    assert frame_data(b"event: ping\n\n") is None
+
+
+def test_replacing_a_frames_data_keeps_its_event_line() -> None:
+    frame = b"event: response.created\ndata: {}\n\n"
+    assert with_data(frame, b'{"a":1}') == b'event: response.created\ndata: {"a":1}\n\n'
+    assert with_data(b"data: {}\n\n", b"[1]") == b"data: [1]\n\n"

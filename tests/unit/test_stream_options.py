@@ -20,7 +20,6 @@ from gateway.metering.stream_options import (
 from gateway.metering.usage import Usage, find_usage, is_final_usage
 from gateway.proxy.sse import DONE_FRAME, FrameSplitter, frame_data
 from gateway.proxy.stream import FrameFilter
-from gateway.routing.engines import Engine
 
 FORCED = {"include_usage": True, "continuous_usage_stats": True}
 FP = "vllm-0.32.0-abcd1234"
@@ -223,8 +222,8 @@ def run(filt: FrameFilter, payloads: list[bytes]) -> tuple[list[bytes], bytes]:
 
 
 def test_client_without_usage_first_request_holds_the_finish_frame_for_the_fingerprint() -> None:
-    engine = Engine("http://e")
-    filt = FrameFilter(UsageWanted(False, False), 1, engine)
+    known: dict[str, str] = {}
+    filt = FrameFilter(UsageWanted(False, False), 1, "http://e", known)
     outs, everything = run(filt, STREAM)
     assert b"usage" not in everything
     assert outs[4] == b""  # the finish frame waits for the fingerprint
@@ -247,14 +246,14 @@ def test_client_without_usage_first_request_holds_the_finish_frame_for_the_finge
     assert all(c["choices"] for c in chunks[:-1])
     assert "".join(c["choices"][0]["delta"]["content"] for c in chunks[:-1]) == "Hi there!"
     assert [c.get("system_fingerprint") for c in chunks[:-1]] == [None] * 4 + [FP]
-    assert engine.fingerprint == FP
+    assert known == {"http://e": FP}
     assert filt.tap.usage == Usage(prompt_tokens=5, completion_tokens=4, cached_tokens=2)
 
 
 def test_client_without_usage_second_request_gets_the_known_fingerprint_at_once() -> None:
-    engine = Engine("http://e")
-    run(FrameFilter(UsageWanted(False, False), 1, engine), STREAM)
-    filt = FrameFilter(UsageWanted(False, False), 1, engine)
+    known: dict[str, str] = {}
+    run(FrameFilter(UsageWanted(False, False), 1, "http://e", known), STREAM)
+    filt = FrameFilter(UsageWanted(False, False), 1, "http://e", known)
     outs, everything = run(filt, STREAM)
     assert b"usage" not in everything
     finish = parsed(outs[4])
@@ -267,7 +266,7 @@ def test_client_without_usage_second_request_gets_the_known_fingerprint_at_once(
 
 
 def test_held_finish_frame_is_released_when_the_stream_ends_without_usage_frame() -> None:
-    filt = FrameFilter(UsageWanted(False, False), 1, Engine("http://e"))
+    filt = FrameFilter(UsageWanted(False, False), 1, "http://e", {})
     assert filt(frame(FINISH)) == b""
     out = filt.release()
     (only,) = parsed(out)
@@ -277,7 +276,7 @@ def test_held_finish_frame_is_released_when_the_stream_ends_without_usage_frame(
 
 
 def test_client_with_include_usage_only_gets_the_final_chunk_like_vllm() -> None:
-    filt = FrameFilter(UsageWanted(True, False), 1, Engine("http://e"))
+    filt = FrameFilter(UsageWanted(True, False), 1, "http://e", {})
     outs, everything = run(filt, STREAM)
     chunks = parsed(everything)
     assert [("usage" in c) for c in chunks[:-1]] == [False] * 5 + [True]
@@ -289,7 +288,7 @@ def test_client_with_include_usage_only_gets_the_final_chunk_like_vllm() -> None
 
 def test_client_with_every_usage_gets_the_engines_frames_unchanged() -> None:
     for want in (UsageWanted(True, True), None):
-        filt = FrameFilter(want, 1, Engine("http://e"))
+        filt = FrameFilter(want, 1, "http://e", {})
         outs, _ = run(filt, STREAM)
         assert outs[:-1] == [frame(p) for p in STREAM] + [DONE_FRAME]
         assert filt.tap.usage == Usage(5, 4, 2)
@@ -315,8 +314,7 @@ def test_client_without_usage_n2_first_request_every_finish_frame_gets_the_finge
         choice(1, "", 3, finish="length"),
         FINAL,
     ]
-    engine = Engine("http://e")
-    filt = FrameFilter(UsageWanted(False, False), 2, engine)
+    filt = FrameFilter(UsageWanted(False, False), 2, "http://e", {})
     _, everything = run(filt, stream)
     assert b"usage" not in everything
     chunks = parsed(everything)

@@ -1,0 +1,408 @@
+"""Routing strategies on real engines: TTFT, vLLM's prefix-cache hit rate and the load spread.
+
+python -m bench.routing [--strategies round_robin,least_loaded,prefix_affinity] [--seed 7]
+python -m bench.routing --decision-only      # the cost of one routing decision, no engines
+
+Two vLLM CPU engines (the bundled SmolLM2-135M, prefix caching on: vLLM's default) are started
+one after the other; for each strategy a fresh gateway is started in front of them, and their
+prefix caches are emptied first (`POST /reset_prefix_cache`, a vLLM dev endpoint, hence
+VLLM_SERVER_DEV_MODE=1). The workload: conversations over a few long system prompts, several
+conversations per prompt, each a few turns in a row (earlier answers are fixed text, so every
+strategy gets the same prompts), `--concurrency` users taking conversations in a seeded random
+order. Streams; TTFT is the time to the first frame with content.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import random
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.app import create_app
+from gateway.embedded.engine import EngineSpec, running_engine
+from gateway.embedded.paths import CHAT_MODEL_NAME, EmbeddedPaths
+from gateway.embedded.prepare import prepare
+from gateway.netutil import free_port
+from gateway.routing.balancer import (
+    LeastLoaded,
+    PrefixAffinity,
+    RoundRobin,
+    affinity_key,
+    block_hashes,
+)
+from gateway.routing.engines import Engine, ModelPool
+from gateway.server import started
+from gateway.settings import Settings
+from gateway.state import GatewayState
+
+STRATEGIES = ("round_robin", "least_loaded", "prefix_affinity")
+WORDS = [
+    "cluster",
+    "engine",
+    "request",
+    "token",
+    "cache",
+    "prefix",
+    "tenant",
+    "quota",
+    "latency",
+    "budget",
+    "region",
+    "replica",
+    "policy",
+    "invoice",
+    "schedule",
+    "batch",
+    "window",
+    "stream",
+    "model",
+    "adapter",
+    "metric",
+    "alert",
+    "gateway",
+    "limit",
+    "account",
+    "record",
+    "export",
+    "import",
+    "driver",
+    "kernel",
+    "memory",
+    "storage",
+    "network",
+    "service",
+    "deploy",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    conversations: list[list[list[dict[str, str]]]]  # conversation → turn → messages
+
+    @property
+    def requests(self) -> int:
+        return sum(len(c) for c in self.conversations)
+
+
+def build_workload(seed: int, prompts: int, per_prompt: int, turns: int) -> Workload:
+    rng = random.Random(seed)
+
+    def text(words: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(words))
+
+    systems = [f"You are assistant {i} of the fleet team. {text(760)}" for i in range(prompts)]
+    conversations = []
+    for system in systems:
+        for _ in range(per_prompt):
+            history = [{"role": "system", "content": system}]
+            conversation = []
+            for _ in range(turns):
+                history = [*history, {"role": "user", "content": text(25)}]
+                conversation.append(history)
+                history = [*history, {"role": "assistant", "content": text(16)}]
+            conversations.append(conversation)
+    rng.shuffle(conversations)
+    return Workload(conversations)
+
+
+@dataclass(slots=True)
+class Counters:
+    requests: float
+    hits: float
+    queries: float
+
+
+async def engine_counters(http: aiohttp.ClientSession, url: str) -> Counters:
+    async with http.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    sums = {"vllm:request_success_total": 0.0, "vllm:prefix_cache_hits_total": 0.0}
+    sums["vllm:prefix_cache_queries_total"] = 0.0
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in sums:
+            sums[name] += float(line.rsplit("}", 1)[-1].split()[0])
+    return Counters(*sums.values())
+
+
+async def reset_prefix_cache(http: aiohttp.ClientSession, url: str) -> None:
+    for _ in range(50):
+        async with http.post(f"{url}/reset_prefix_cache") as resp:
+            if resp.status == 200 and (await resp.json()).get("success"):
+                return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"{url} did not reset its prefix cache (VLLM_SERVER_DEV_MODE=1?)")
+
+
+async def ttft_ms(
+    http: aiohttp.ClientSession, gateway: str, messages: list[Any], max_tokens: int
+) -> float:
+    body = {"model": CHAT_MODEL_NAME, "messages": messages, "max_tokens": max_tokens}
+    body |= {"stream": True, "temperature": 0}
+    started_at = time.perf_counter()
+    first: float | None = None
+    async with http.post(f"{gateway}/v1/chat/completions", json=body) as resp:
+        assert resp.status == 200, await resp.text()
+        async for line in resp.content:
+            if first is None and line.startswith(b"data: {"):
+                choices = json.loads(line[6:]).get("choices") or [{}]
+                if choices[0].get("delta", {}).get("content"):
+                    first = time.perf_counter()
+    assert first is not None, "no content frame"
+    return (first - started_at) * 1000
+
+
+async def drive(
+    http: aiohttp.ClientSession, gateway: str, work: Workload, args: argparse.Namespace
+) -> list[float]:
+    queue = list(work.conversations)
+    ttfts: list[float] = []
+
+    async def user() -> None:
+        while queue:
+            for messages in queue.pop():
+                ttfts.append(await ttft_ms(http, gateway, messages, args.max_tokens))
+
+    await asyncio.gather(*(user() for _ in range(args.concurrency)))
+    return ttfts
+
+
+_KEY: ContextVar[bytes] = ContextVar("bench_affinity_key", default=b"")
+
+
+class KeyedBalancer:
+    """Until the proxy passes each request's affinity key itself (ProxyCall.affinity is there,
+    the API layer does not fill it yet), the key of the request being served, from `keyed`."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.from_proxy = 0
+
+    def candidates(self, pool: ModelPool, affinity: bytes = b"") -> list[Engine]:
+        self.from_proxy += bool(affinity)
+        return self.inner.candidates(pool, affinity or _KEY.get())  # type: ignore[no-any-return]
+
+
+def keyed(app: ASGIApp) -> ASGIApp:
+    """Read the body, note its affinity key for this request's context, replay the body."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        while not messages or messages[-1].get("more_body"):
+            messages.append(await receive())
+        body = b"".join(m.get("body", b"") for m in messages)
+        _KEY.set(affinity_key(scope["path"].removeprefix("/v1/"), json.loads(body)))
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await app(scope, replay, send)
+
+    return wrapped
+
+
+@asynccontextmanager
+async def gateway(engines: list[str], strategy: str, tmp: Path) -> AsyncIterator[str]:
+    settings = Settings.model_validate(
+        {
+            "models": [{"name": CHAT_MODEL_NAME, "engines": engines}],
+            "routing": {"strategy": strategy},
+            "admin_token": "bench-admin-token-0123456789",
+            "auth": {"required": False},
+            "log_level": "warning",
+            "metering": {"spill_dir": str(tmp / "spill")},
+            "upstream": {"max_connections": 100},
+        }
+    )
+    app = create_app(settings)
+    port = free_port()
+    config = uvicorn.Config(
+        keyed(app),
+        host="127.0.0.1",
+        port=port,
+        loop="none",
+        http="httptools",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+    )
+    async with started(uvicorn.Server(config)):
+        state: GatewayState = app.state.gateway
+        balancer = KeyedBalancer(state.proxy.balancer)
+        state.proxy = dataclasses.replace(state.proxy, balancer=balancer)
+        yield f"http://127.0.0.1:{port}"
+    if strategy == "prefix_affinity":
+        print(f"  affinity keys passed by the proxy itself: {balancer.from_proxy}")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    strategy: str
+    ttfts: list[float]
+    per_engine: list[float]
+    hits: float
+    queries: float
+    seconds: float
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.ttfts)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    @property
+    def spread(self) -> float:
+        return max(self.per_engine) / statistics.mean(self.per_engine)
+
+
+async def run_strategy(
+    http: aiohttp.ClientSession,
+    engines: list[str],
+    strategy: str,
+    work: Workload,
+    *,
+    args: argparse.Namespace,
+    tmp: Path,
+) -> Row:
+    for url in engines:
+        await reset_prefix_cache(http, url)
+    before = [await engine_counters(http, url) for url in engines]
+    started_at = time.perf_counter()
+    async with gateway(engines, strategy, tmp) as url:
+        await asyncio.sleep(1.5)  # one scrape of the engines' load at least
+        ttfts = await drive(http, url, work, args)
+    seconds = time.perf_counter() - started_at
+    after = [await engine_counters(http, url) for url in engines]
+    per_engine = [a.requests - b.requests for a, b in zip(after, before, strict=True)]
+    hits = sum(a.hits - b.hits for a, b in zip(after, before, strict=True))
+    queries = sum(a.queries - b.queries for a, b in zip(after, before, strict=True))
+    return Row(strategy, ttfts, per_engine, hits, queries, seconds)
+
+
+def print_rows(rows: list[Row], base: Row) -> None:
+    """The table; `p90 gain` is the first strategy's p90 TTFT over each one's."""
+    print(
+        "| strategy | requests | TTFT p50 ms | TTFT p90 ms | p90 gain | prefix-cache hits "
+        "| requests per engine | max/mean | seconds |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
+    for r in rows:
+        print(
+            f"| {r.strategy} | {len(r.ttfts)} | {r.pct(0.5):.0f} | {r.pct(0.9):.0f} | "
+            f"{base.pct(0.9) / r.pct(0.9):.2f}x | {r.hits / max(r.queries, 1):.1%} | "
+            f"{' / '.join(f'{n:.0f}' for n in r.per_engine)} | {r.spread:.2f} | {r.seconds:.0f} |"
+        )
+
+
+def machine_note() -> str:
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    top = subprocess.run(
+        ["ps", "-eo", "pcpu,comm", "--sort=-pcpu", "--no-headers"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.splitlines()[:5]
+    busiest = "; ".join(t.strip() for t in top)
+    return f"load average {' '.join(load)}; busiest processes: {busiest}"
+
+
+@asynccontextmanager
+async def two_engines() -> AsyncIterator[list[str]]:
+    os.environ["VLLM_SERVER_DEV_MODE"] = "1"  # for /reset_prefix_cache; reaches the engines only
+    paths = EmbeddedPaths.resolve()
+    ready = await prepare(paths)
+    async with AsyncExitStack() as stack:
+        engines = []
+        for i in range(2):  # one after the other: two at once starve each other of CPU
+            # One core each (like two GPU servers): vLLM's default binds every engine's
+            # OpenMP threads to all cores, and two engines then spin against each other.
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(i % (os.cpu_count() or 1))
+            log = paths.logs / f"bench-routing-{i}.log"
+            spec = EngineSpec(
+                ready.engine_python, ready.chat_model, CHAT_MODEL_NAME, free_port(), log
+            )
+            engines.append(await stack.enter_async_context(running_engine(spec)))
+        yield engines
+
+
+async def bench(args: argparse.Namespace) -> None:
+    work = build_workload(args.seed, args.prompts, args.per_prompt, args.turns)
+    conversations = len(work.conversations)
+    print(f"workload: {work.requests} requests, {conversations} conversations, seed {args.seed}")
+    print(f"machine before the engines started: {machine_note()}", flush=True)
+    rows: list[Row] = []
+    timeout = aiohttp.ClientTimeout(total=300)
+    with tempfile.TemporaryDirectory() as tmp:
+        async with two_engines() as engines, aiohttp.ClientSession(timeout=timeout) as http:
+            for strategy in args.strategies.split(","):
+                rows.append(
+                    await run_strategy(http, engines, strategy, work, args=args, tmp=Path(tmp))
+                )
+                print_rows(rows[-1:], base=rows[0])
+            print(f"machine after the run: {machine_note()}")
+    print_rows(rows, base=rows[0])
+
+
+def decision_cost() -> None:
+    """µs per routing decision for a 1k-token system prompt plus a few turns (~6 KiB key)."""
+    work = build_workload(7, 24, 3, 4)
+    bodies = [{"messages": turn} for c in work.conversations for turn in c]
+    keys = [affinity_key("chat/completions", body) for body in bodies]
+    blocks = statistics.mean(len(block_hashes(k)) for k in keys)
+    print(f"key: {statistics.mean(map(len, keys)):.0f} bytes, {blocks:.0f} blocks on average")
+    t0 = time.perf_counter()
+    for body in bodies * 20:
+        affinity_key("chat/completions", body)
+    print(f"affinity_key: {(time.perf_counter() - t0) / (len(bodies) * 20) * 1e6:.1f} µs")
+    for n in (2, 8):
+        for balancer in (RoundRobin(), LeastLoaded(), PrefixAffinity()):
+            pool = ModelPool("m", [Engine(f"http://e{i}") for i in range(n)])
+            for key in keys:  # warm: every prefix remembered somewhere
+                balancer.candidates(pool, key)
+            t0 = time.perf_counter()
+            for key in keys * 20:
+                balancer.candidates(pool, key)
+            cost = (time.perf_counter() - t0) / (len(keys) * 20) * 1e6
+            print(f"{n} engines, {type(balancer).__name__}: {cost:.1f} µs per decision")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--prompts", type=int, default=24, help="distinct system prompts (~1k tokens)"
+    )
+    parser.add_argument("--per-prompt", type=int, default=3, help="conversations per system prompt")
+    parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--decision-only", action="store_true")
+    args = parser.parse_args()
+    if args.decision_only:
+        decision_cost()
+        return
+    asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""The Responses API under /v1/responses: create (plain and streamed), retrieve, cancel, delete.
+
+Requests go through the same authentication, limits and metering as chat. What differs is
+affinity: vLLM keeps a stored response in the memory of the engine that made it, so a request
+that names one (`previous_response_id`, or the id in the path) goes to that engine only, found
+in the tenant's own record of its responses (gateway/api/response_homes.py). An id the tenant
+did not make is answered exactly like an unknown one: 404 `response_not_found`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.api.body import optional, read_json, require, require_model
+from gateway.api.response_homes import Home
+from gateway.api.responses import json_response
+from gateway.auth.principal import Principal
+from gateway.deps import Caller, Gateway
+from gateway.errors import InvalidRequest, ModelNotFound, NotFound, ServiceUnavailable
+from gateway.limits.estimate import response_tokens
+from gateway.metering.accounting import Charge
+from gateway.metering.usage import Usage
+from gateway.proxy.outcome import Outcome, ProxyResult, Reporter
+from gateway.proxy.relay import ProxyCall, ProxyResponse
+from gateway.request_context import info_of
+from gateway.routing.engines import Engine, ModelPool
+from gateway.state import GatewayState
+
+router = APIRouter(prefix="/v1")
+log = logging.getLogger("llmaas.responses")
+_STORE_ERRORS = (RedisError, OSError, TimeoutError)
+
+
+class ResponseNotFound(NotFound):
+    type = "invalid_request_error"
+
+    def __init__(self, response_id: str, param: str, why: str = "") -> None:
+        super().__init__(
+            f"Response with id '{response_id}' not found{why}.",
+            param=param,
+            code="response_not_found",
+        )
+
+
+def check_create(body: dict[str, Any]) -> None:
+    """The fields the gateway relies on: `input` (to reserve tokens), `stream`, `store`,
+    `previous_response_id`, `max_output_tokens`; and two it refuses."""
+    require(body, "input", str, list)
+    for field, kind in (
+        ("stream", bool),
+        ("store", bool),
+        ("previous_response_id", str),
+        ("max_output_tokens", int),
+    ):
+        optional(body, field, kind)
+    if body.get("background") is True:
+        raise InvalidRequest(
+            "Background responses are not supported by this gateway: their usage could not be "
+            "metered. Send the request without 'background', streamed if it takes long.",
+            param="background",
+            code="unsupported_parameter",
+        )
+    if "request_id" in body:  # vLLM names the stored response by it: ids must be the engine's
+        raise InvalidRequest(
+            "'request_id' is not accepted: the engine names each response itself.",
+            param="request_id",
+            code="unsupported_parameter",
+        )
+
+
+@router.post("/responses", response_model=None)
+async def create_response(request: Request, gw: Gateway, caller: Caller) -> Response:
+    received_ms = int(time.time() * 1000)
+    body, raw = await read_json(request, gw.settings.max_body_bytes)
+    model = require_model(body)
+    check_create(body)
+    pool = gw.registry.pool(model)
+    if pool is None or not caller.may_use(model):
+        raise ModelNotFound(model)
+    previous = body.get("previous_response_id")
+    engines = None
+    if previous is not None:
+        home = await _find(gw, caller, previous, "previous_response_id")
+        engines = [_engine_of(pool, home, previous, "previous_response_id")]
+    caller = gw.admission.with_defaults(caller)
+    limits = gw.settings.limits
+    tokens = response_tokens(body, limits.default_max_tokens, pool.context_length)
+    admission = await gw.admission.admit(caller, body, pool.context_length, tokens=tokens)
+    stream = body.get("stream") is True
+    call = ProxyCall(
+        "responses",
+        pool,
+        raw,
+        stream,
+        headers={} if admission is None else admission.headers(),
+        responses=True,
+        engines=engines,
+    )
+    charge = Charge(
+        _request_id(request), "responses", model, stream, caller, admission, received_ms
+    )
+    report = gw.accounting.reporter(charge)
+    if body.get("store") is not False:
+        report = _remembering(gw, caller.tenant, model, report)
+    return ProxyResponse(gw.proxy, call, report)
+
+
+def _remembering(gw: GatewayState, tenant: str, model: str, report: Reporter) -> Reporter:
+    """The reporter, noting first which engine holds a response that finished (so stored)."""
+
+    async def remember(result: ProxyResult) -> None:
+        made = result.outcome == Outcome.OK and result.status == 200
+        if made and result.response_id is not None and result.engine is not None:
+            try:
+                await gw.homes.remember(tenant, result.response_id, Home(model, result.engine))
+            except _STORE_ERRORS as exc:
+                log.warning(
+                    "response home not stored",
+                    extra={"fields": {"engine": result.engine, "error": type(exc).__name__}},
+                )
+        await report(result)
+
+    return remember
+
+
+@router.get("/responses/{response_id}", response_model=None)
+async def retrieve_response(
+    response_id: str, request: Request, gw: Gateway, caller: Caller
+) -> Response:
+    return await _at_home(request, gw, caller, response_id, method="GET")
+
+
+@router.post("/responses/{response_id}/cancel", response_model=None)
+async def cancel_response(
+    response_id: str, request: Request, gw: Gateway, caller: Caller
+) -> Response:
+    return await _at_home(request, gw, caller, response_id, method="POST", tail="/cancel")
+
+
+@router.delete("/responses/{response_id}", response_model=None)
+async def delete_response(response_id: str, gw: Gateway, caller: Caller) -> Response:
+    """vLLM cannot delete a stored response; the gateway forgets where it is, which makes it
+    unreachable for good (the engine frees it only when it restarts)."""
+    try:
+        known = await gw.homes.forget(caller.tenant, response_id)
+    except _STORE_ERRORS as exc:
+        raise _store_unavailable() from exc
+    if not known:
+        raise ResponseNotFound(response_id, "response_id")
+    return json_response({"id": response_id, "object": "response", "deleted": True})
+
+
+async def _at_home(
+    request: Request,
+    gw: GatewayState,
+    caller: Principal,
+    response_id: str,
+    *,
+    method: str,
+    tail: str = "",
+) -> Response:
+    """Retrieve or cancel at the engine that holds the response: a request that generates
+    nothing, so it reserves no tokens and is recorded with none (the stored response's usage
+    was billed when it was made)."""
+    received_ms = int(time.time() * 1000)
+    home = await _find(gw, caller, response_id, "response_id")
+    pool = gw.registry.pool(home.model)
+    if pool is None or not caller.may_use(home.model):
+        raise ResponseNotFound(response_id, "response_id", _GONE)
+    engine = _engine_of(pool, home, response_id, "response_id")
+    caller = gw.admission.with_defaults(caller)
+    admission = await gw.admission.admit(caller, {}, tokens=0)
+    route = "responses/{id}" + tail  # the metrics label: no id in it
+    call = ProxyCall(
+        route,
+        pool,
+        b"",
+        False,
+        headers={} if admission is None else admission.headers(),
+        responses=True,
+        method=method,
+        path=f"/v1/responses/{quote(response_id, safe='')}{tail}",
+        engines=[engine],
+    )
+    charge = Charge(_request_id(request), route, home.model, False, caller, admission, received_ms)
+    account = gw.accounting.reporter(charge)
+
+    async def report(result: ProxyResult) -> None:
+        await account(dataclasses.replace(result, usage=Usage()))
+
+    return ProxyResponse(gw.proxy, call, report)
+
+
+_GONE = ": the engine that stored it no longer serves it"
+
+
+async def _find(gw: GatewayState, caller: Principal, response_id: str, param: str) -> Home:
+    try:
+        home = await gw.homes.find(caller.tenant, response_id)
+    except _STORE_ERRORS as exc:
+        raise _store_unavailable() from exc
+    if home is None:
+        raise ResponseNotFound(response_id, param)
+    return home
+
+
+def _engine_of(pool: ModelPool, home: Home, response_id: str, param: str) -> Engine:
+    """The engine that holds the response, if it still serves this model."""
+    for engine in pool.engines:
+        if engine.url == home.engine:
+            return engine
+    raise ResponseNotFound(response_id, param, _GONE)
+
+
+def _store_unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "Stored responses cannot be looked up right now; try again shortly.",
+        code="response_store_unavailable",
+    )
+
+
+def _request_id(request: Request) -> str:
+    return info_of(request.scope).request_id

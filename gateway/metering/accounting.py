@@ -1,0 +1,97 @@
+"""Accounting: the proxy's neutral result becomes the usage record and the limits' settlement.
+
+The API layer knows who asked and what was reserved (a `Charge`); the proxy knows what
+happened (a `ProxyResult`). Here the two meet, once per request, and go to the settler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.auth.principal import Principal
+from gateway.limits.limiter import Admission
+from gateway.metering.record import UsageRecord, new_record_id
+from gateway.metering.settlement import LimitSettlement, Settlement
+from gateway.metering.settler import Settler
+from gateway.metering.usage import Usage
+from gateway.proxy.outcome import Outcome, ProxyResult, Reporter
+
+_REFUNDED = (Outcome.ENGINE_ERROR, Outcome.REJECTED, Outcome.TIMEOUT)
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What the API layer knows of a request before it is proxied."""
+
+    request_id: str
+    route: str  # "chat/completions", as under /v1/
+    model: str
+    stream: bool
+    caller: Principal
+    admission: Admission | None  # charged limits, settled when the answer is done
+    received_ms: int  # when the request arrived, Unix ms (the record's time)
+
+
+def settlement_of(charge: Charge, result: ProxyResult) -> Settlement | None:
+    """The usage record (if an engine was reached) and the limits to reconcile (if any)."""
+    admission = charge.admission
+    if result.engine is None and admission is None:
+        return None
+    usage = result.usage or Usage()
+    record_id = new_record_id()
+    record = None if result.engine is None else _record(record_id, charge, result, usage)
+    limits = None
+    if admission is not None:
+        limits = LimitSettlement(
+            lease=admission.lease,
+            delta=used_tokens(result, admission) - admission.reserved_tokens,
+            key_tpm=charge.caller.key_limits.tpm or 0,
+            tenant_tpm=charge.caller.tenant_limits.tpm or 0,
+        )
+    return Settlement(record_id, charge.caller.tenant, charge.caller.key_id, record, limits)
+
+
+def used_tokens(result: ProxyResult, admission: Admission) -> int:
+    """What to charge the token limits: the engine's report; nothing if no engine answered or
+    it refused; else (cut short before any report) the reservation."""
+    if result.usage is not None:
+        return result.usage.total_tokens
+    if result.engine is None or result.outcome in _REFUNDED:
+        return 0
+    return admission.reserved_tokens
+
+
+def _record(record_id: str, charge: Charge, result: ProxyResult, usage: Usage) -> UsageRecord:
+    return UsageRecord(
+        id=record_id,
+        request_id=charge.request_id,
+        time_ms=charge.received_ms,
+        tenant=charge.caller.tenant,
+        key_id=charge.caller.key_id,
+        model=charge.model,
+        route=charge.route,
+        engine=result.engine or "",
+        stream=charge.stream,
+        outcome=str(result.outcome),
+        status=result.status,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        latency_ms=round(result.latency_s * 1000, 3),
+        ttft_ms=None if result.ttft_ms is None else round(result.ttft_ms, 3),
+    )
+
+
+class Accounting:
+    def __init__(self, settler: Settler) -> None:
+        self.settler = settler
+
+    def reporter(self, charge: Charge) -> Reporter:
+        """What the proxy calls with its result: settle it (never raises)."""
+
+        async def report(result: ProxyResult) -> None:
+            settlement = settlement_of(charge, result)
+            if settlement is not None:
+                await self.settler.settle(settlement)
+
+        return report

@@ -1,0 +1,20 @@
+"""What the proxy works with, built once per app: the engines' client, the balancer, metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.metrics import Metrics
+from gateway.proxy.upstream import UpstreamClient
+from gateway.routing.balancer import Balancer
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyDeps:
+    upstream: UpstreamClient
+    balancer: Balancer
+    metrics: Metrics
+    # Engine URL → vLLM's system_fingerprint, learnt from usage frames: metering asks every
+    # stream for usage, which moves the fingerprint off the finish frames; it is put back for
+    # clients who did not ask (gateway/proxy/stream.py).
+    fingerprints: dict[str, str] = field(default_factory=dict)

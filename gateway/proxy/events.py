@@ -1,0 +1,95 @@
+"""The Responses API's event streams, relayed as the engine sends them.
+
+vLLM frames every event as `event: <type>` + `data: <json>` and ends the stream with a terminal
+event instead of `data: [DONE]`. The relay passes each frame on byte for byte (the Responses
+API has no `stream_options`, so nothing is spliced in or cut out) and notes on the way:
+the response's id (in `response.created`, to route its follow-ups to this engine), its usage
+(in the terminal event's `response`: `input_tokens`, `output_tokens`, cached tokens), and
+whether the stream finished. A stream that breaks off gets one `error` event, the Responses
+API's own way of saying so, numbered after the last event the client saw.
+"""
+
+from __future__ import annotations
+
+import re
+
+import orjson
+
+from gateway.errors import ApiError
+from gateway.metering.usage import Usage, find_usage, parse_usage
+from gateway.proxy.sse import frame_data, frame_event
+
+# OpenAI's terminal events (vLLM 0.32 sends response.completed, also for an incomplete
+# response), and the error event vLLM sends when generation fails midway.
+TERMINAL = frozenset({b"response.completed", b"response.incomplete", b"response.failed"})
+ERROR = b"error"
+_SEQUENCE = re.compile(rb'"sequence_number"\s*:\s*(\d+)')
+
+
+class ResponseEvents:
+    """A frame filter for relay_stream (see gateway/proxy/stream.py) that changes nothing."""
+
+    __slots__ = ("finished", "last", "response_id", "usage")
+
+    def __init__(self) -> None:
+        self.finished = False
+        self.response_id: str | None = None
+        self.usage: Usage | None = None
+        self.last = b""  # the last event's payload (for the next sequence number)
+
+    def __call__(self, frame: bytes) -> bytes:
+        event = frame_event(frame)
+        data = frame_data(frame)
+        if data is None:
+            return frame
+        self.last = data
+        if event == b"response.created" and self.response_id is None:
+            self.response_id = created_id(data)
+        elif event in TERMINAL:
+            span = find_usage(data)
+            self.usage = None if span is None else parse_usage(data[span[1] : span[2]])
+            self.finished = True
+        elif event == ERROR:
+            self.finished = True
+        return frame
+
+    def release(self) -> bytes:
+        return b""  # nothing is ever held back
+
+    def failure(self, error: ApiError) -> bytes:
+        """The `error` event that ends a stream the engine broke off."""
+        found = _SEQUENCE.search(self.last)
+        event = {
+            "type": "error",
+            "code": error.code,
+            "message": error.message,
+            "param": None,
+            "sequence_number": int(found.group(1)) + 1 if found else 0,
+        }
+        return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+def created_id(data: bytes) -> str | None:
+    """The response id a `response.created` event (or a Responses body's `response`) names."""
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    response = event.get("response") if isinstance(event, dict) else None
+    return body_id(response)
+
+
+def body_id(body: object) -> str | None:
+    """The `id` of a parsed Responses object, if it is one."""
+    if not isinstance(body, dict) or body.get("object") != "response":
+        return None
+    found = body.get("id")
+    return found if isinstance(found, str) and found else None
+
+
+def response_id_of(body: bytes) -> str | None:
+    """The id of a non-streaming Responses body (parsed once, when the answer is complete)."""
+    try:
+        return body_id(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        return None

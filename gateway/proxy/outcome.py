@@ -1,0 +1,43 @@
+"""What the proxy reports when a request is done: a neutral result, no billing in it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from gateway.metering.usage import Usage
+
+
+class Outcome(StrEnum):
+    """How a request ended: in usage records and the access log, by these words."""
+
+    OK = "ok"  # the engine answered and the answer reached the client
+    CLIENT_DISCONNECTED = "client_disconnected"  # the client left first; billed until then
+    ENGINE_ERROR = "engine_error"  # the engine's 5xx, a cut stream, a dropped connection
+    REJECTED = "rejected"  # the engine refused the request (4xx); nothing generated
+    TIMEOUT = "timeout"  # the engine went silent past upstream.*_timeout_s
+    GATEWAY_SHUTDOWN = "gateway_shutdown"  # cancelled after the shutdown grace period
+    ENGINE_UNAVAILABLE = "engine_unavailable"  # no engine of the model could be reached
+
+
+def outcome_of_status(status: int) -> Outcome:
+    """An engine's answer, by its HTTP status."""
+    if status < 400:
+        return Outcome.OK
+    return Outcome.REJECTED if status < 500 else Outcome.ENGINE_ERROR
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyResult:
+    engine: str | None  # the engine that last received the request; None: none was reached
+    status: int  # what the client was answered (499: it left first)
+    outcome: Outcome
+    usage: Usage | None  # what the engine reported (so far), if it did
+    ttft_ms: float | None
+    latency_s: float
+    response_id: str | None = None  # a Responses API answer: the id the engine gave it
+
+
+# Who hears the result: the API layer wires metering's accounting here.
+Reporter = Callable[[ProxyResult], Awaitable[None]]

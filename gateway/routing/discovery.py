@@ -1,0 +1,77 @@
+"""DNS discovery: a `dns://name:port` entry is every A/AAAA record of name (a headless Service).
+
+The resolver is a protocol so tests can hand out the addresses they want; the real one asks
+the system resolver through the event loop (never blocking it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Protocol
+
+from gateway.routing.engine_metrics import EngineMetrics
+from gateway.routing.engines import EngineRegistry
+from gateway.routing.entries import DnsEntry, address_url
+
+
+class Resolver(Protocol):
+    async def resolve(self, host: str) -> list[str]:
+        """Every IPv4 and IPv6 address of `host`; an error (OSError) when it cannot say."""
+        ...
+
+
+class SystemResolver:
+    """loop.getaddrinfo: the system resolver (/etc/hosts, cluster DNS), off the event loop."""
+
+    async def resolve(self, host: str) -> list[str]:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, None, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM
+        )
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+class Discovery:
+    """Re-resolves every dns:// entry; engines that appear join their pools, those gone leave.
+
+    A failed resolution keeps the last known engines (a DNS hiccup must not empty a pool); an
+    answer with no addresses empties it. Health checks take care of engines that are gone.
+    """
+
+    def __init__(
+        self,
+        registry: EngineRegistry,
+        resolver: Resolver,
+        metrics: EngineMetrics,
+        timeout_s: float,
+    ) -> None:
+        self.registry = registry
+        self.resolver = resolver
+        self.metrics = metrics
+        self.timeout_s = timeout_s
+        self.log = logging.getLogger("llmaas.routing")
+        self._failing: set[DnsEntry] = set()
+
+    async def refresh(self) -> None:
+        entries = self.registry.dns_entries()
+        await asyncio.gather(*(self._refresh(entry) for entry in entries))
+
+    async def _refresh(self, entry: DnsEntry) -> None:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                addresses = await self.resolver.resolve(entry.host)
+            urls = sorted(address_url(address, entry.port) for address in addresses)
+        except (OSError, TimeoutError, ValueError) as exc:
+            self.metrics.check_failed(entry.text, "dns")
+            if entry not in self._failing:
+                self._failing.add(entry)
+                self.log.warning(
+                    "resolving %s failed (keeping its last engines): %s",
+                    entry.text,
+                    str(exc) or type(exc).__name__,
+                )
+            return
+        self._failing.discard(entry)
+        if self.registry.set_members(entry, urls):
+            self.log.info("engines of %s changed", entry.text, extra={"fields": {"engines": urls}})

@@ -1,0 +1,42 @@
+"""Per-engine health metrics: up, ejections, failed background checks (engine labels only)."""
+
+from __future__ import annotations
+
+import contextlib
+
+from gateway.metrics import Metrics
+from gateway.routing.engines import Engine
+
+
+class EngineMetrics:
+    """The registry's EngineObserver: keeps `llmaas_engine_*` in step with engine health.
+
+    Series of an engine that leaves the registry (DNS) are removed, so labels stay bounded by
+    the engines that exist now.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def ejected(self, engine: Engine) -> None:
+        self.metrics.engine_up.labels(engine.url).set(0)
+        self.metrics.engine_ejections.labels(engine.url).inc()
+
+    def returned(self, engine: Engine) -> None:
+        self.metrics.engine_up.labels(engine.url).set(1)
+
+    def removed(self, engine: Engine) -> None:
+        m = self.metrics
+        for metric in (m.engine_up, m.engine_ejections):
+            with contextlib.suppress(KeyError):  # never had a series
+                metric.remove(engine.url)
+        for check in ("health", "models"):
+            with contextlib.suppress(KeyError):
+                m.engine_check_failures.remove(engine.url, check)
+
+    def publish(self, engines: list[Engine]) -> None:
+        for engine in engines:
+            self.metrics.engine_up.labels(engine.url).set(1 if engine.health.is_up() else 0)
+
+    def check_failed(self, target: str, check: str) -> None:
+        self.metrics.engine_check_failures.labels(target, check).inc()

@@ -1,0 +1,107 @@
+"""The Responses API against a real vLLM engine through the gateway, with the unmodified
+`openai` client: plain and streamed answers, a conversation continued by previous_response_id
+over three turns, and usage records that match the usage vLLM reported to the client."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+import pytest
+from openai.types.responses import (
+    Response,
+    ResponseCompletedEvent,
+    ResponseCreatedEvent,
+    ResponseStreamEvent,
+    ResponseTextDeltaEvent,
+)
+
+from tests.e2e.conftest import CHAT
+from tests.e2e.metering import LedgerView
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+
+
+async def _events(stream: AsyncIterator[ResponseStreamEvent]) -> list[ResponseStreamEvent]:
+    return [event async for event in stream]
+
+
+def _completed(events: list[ResponseStreamEvent]) -> Response:
+    assert isinstance(events[0], ResponseCreatedEvent)
+    last = events[-1]
+    assert isinstance(last, ResponseCompletedEvent)
+    assert last.response.id == events[0].response.id
+    return last.response
+
+
+def _tokens(response: Any) -> tuple[int, int]:
+    assert response.usage is not None
+    return response.usage.input_tokens, response.usage.output_tokens
+
+
+async def test_plain_and_streamed_responses_are_metered_as_vllm_counted(
+    oai: openai.AsyncOpenAI, ledger: LedgerView
+) -> None:
+    before = await ledger.count()
+    plain = await oai.responses.create(
+        model=CHAT, input="What is the capital of France?", max_output_tokens=16
+    )
+    assert plain.status in ("completed", "incomplete")
+    assert plain.output_text
+    stream = await oai.responses.create(
+        model=CHAT, input="Name three colours.", max_output_tokens=16, stream=True
+    )
+    events = await _events(stream)
+    streamed = _completed(events)
+    text = "".join(e.delta for e in events if isinstance(e, ResponseTextDeltaEvent))
+    assert text == streamed.output_text
+    records = await ledger.new_since(before, 2)
+    assert [(r.route, r.stream, r.outcome) for r in records] == [
+        ("responses", False, "ok"),
+        ("responses", True, "ok"),
+    ]
+    assert [(r.prompt_tokens, r.completion_tokens) for r in records] == [
+        _tokens(plain),
+        _tokens(streamed),
+    ]
+
+
+async def test_a_conversation_continues_over_three_turns(
+    oai: openai.AsyncOpenAI, ledger: LedgerView
+) -> None:
+    before = await ledger.count()
+    first = await oai.responses.create(
+        model=CHAT, input="My name is Ada. Say hello.", max_output_tokens=12
+    )
+    second = await oai.responses.create(
+        model=CHAT,
+        input="What is my name?",
+        previous_response_id=first.id,
+        max_output_tokens=12,
+    )
+    stream = await oai.responses.create(
+        model=CHAT,
+        input="Say it once more.",
+        previous_response_id=second.id,
+        max_output_tokens=12,
+        stream=True,
+    )
+    third = _completed(await _events(stream))
+    turns = [first, second, third]
+    assert [t.previous_response_id for t in turns] == [None, first.id, second.id]
+    for earlier, later in itertools.pairwise(turns):
+        # vLLM re-reads the whole conversation: earlier input and output are input now
+        assert _tokens(later)[0] > sum(_tokens(earlier))
+    fetched = await oai.responses.retrieve(third.id)
+    assert (fetched.id, fetched.output_text) == (third.id, third.output_text)
+    records = await ledger.new_since(before, 4)
+    assert [(r.prompt_tokens, r.completion_tokens) for r in records[:3]] == [
+        _tokens(t) for t in turns
+    ]
+    assert (records[3].route, records[3].prompt_tokens, records[3].completion_tokens) == (
+        "responses/{id}",
+        0,
+        0,
+    )

@@ -1,0 +1,303 @@
+"""Engines as the gateway sees them: health and ejection, learned models, DNS discovery, and the
+operators' view (GET /admin/v1/engines, `llmaas engines`). Engines are `llmaas sim` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.app import create_app
+from gateway.netutil import free_port
+from gateway.routing.discovery import Resolver
+from gateway.settings import Settings
+from tests.integration.sim_fixture import sim_state, wait_running
+from tests.support.gateways import ADMIN_TOKEN
+from tests.support.servers import serve_asgi, serve_uvicorn
+from tests.support.sim_processes import SimProcess, llmaas, port_free_on, sim_processes
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+FAST_ROUTING = {
+    "strategy": "round_robin",
+    "health_interval_s": 0.1,
+    "health_timeout_s": 1.0,
+    "models_refresh_s": 0.2,
+    "dns_refresh_s": 0.1,
+    "eject_base_s": 0.3,
+    "eject_max_s": 1.0,
+}
+
+
+@asynccontextmanager
+async def gateway(
+    tmp_path: Path, models: list[dict[str, Any]], resolver: Resolver | None = None
+) -> AsyncIterator[str]:
+    settings = Settings.model_validate(
+        {
+            "models": models,
+            "routing": FAST_ROUTING,
+            "admin_token": ADMIN_TOKEN,
+            "auth": {"required": False},
+            "metering": {"spill_dir": str(tmp_path / "spill")},
+        }
+    )
+    async with serve_asgi(create_app(settings, resolver=resolver)) as url:
+        yield url
+
+
+async def engines(http: aiohttp.ClientSession, gw: str) -> dict[str, dict[str, Any]]:
+    async with http.get(f"{gw}/admin/v1/engines", headers=ADMIN) as resp:
+        assert resp.status == 200
+        return {e["url"]: e for e in (await resp.json())["data"]}
+
+
+async def until(
+    http: aiohttp.ClientSession,
+    gw: str,
+    done: Callable[[dict[str, dict[str, Any]]], bool],
+    deadline_s: float = 10.0,
+) -> dict[str, dict[str, Any]]:
+    """Poll /admin/v1/engines until `done` holds for it; fail after `deadline_s`."""
+    deadline = time.monotonic() + deadline_s
+    while not done(seen := await engines(http, gw)):
+        assert time.monotonic() < deadline, json.dumps(seen, indent=1)
+        await asyncio.sleep(0.05)
+    return seen
+
+
+async def complete(
+    http: aiohttp.ClientSession, gw: str, model: str, sim: dict[str, Any] | None = None
+) -> None:
+    body: dict[str, Any] = {"model": model, "prompt": "hello", "max_tokens": 2}
+    if sim is not None:
+        body["sim"] = sim
+    async with http.post(f"{gw}/v1/completions", json=body) as resp:
+        assert resp.status == 200, await resp.text()
+
+
+async def served(http: aiohttp.ClientSession, sim: SimProcess) -> int:
+    return int((await sim_state(http, sim.url))["total_requests"])
+
+
+async def connect_errors(http: aiohttp.ClientSession, gw: str, sim: SimProcess) -> float:
+    """The gateway's llmaas_upstream_errors_total for refused connections to `sim`."""
+    async with http.get(f"{gw}/metrics") as resp:
+        text = await resp.text()
+    sample = f'llmaas_upstream_errors_total{{engine="{sim.url}",kind="connect"}} '
+    lines = [line for line in text.splitlines() if line.startswith(sample)]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+async def test_a_killed_engine_is_ejected_and_used_again_once_it_answers_health(
+    tmp_path: Path,
+) -> None:
+    a, b = SimProcess(("m",)), SimProcess(("m",))
+    async with (
+        sim_processes(a, b),
+        gateway(tmp_path, [{"name": "m", "engines": [a.url, b.url]}]) as gw,
+        aiohttp.ClientSession() as http,
+    ):
+        await until(http, gw, lambda e: e[a.url]["state"] == e[b.url]["state"] == "up")
+        await a.kill()
+        seen = await until(http, gw, lambda e: e[a.url]["state"] != "up")
+        assert seen[a.url]["ejections"] == 1
+        assert seen[a.url]["recent_errors"][-1]["kind"] == "connect"
+        assert seen[b.url]["state"] == "up"
+        before, refused = await served(http, b), await connect_errors(http, gw, a)
+        for _ in range(6):
+            await complete(http, gw, "m")
+        assert await served(http, b) == before + 6
+        assert await connect_errors(http, gw, a) == refused  # the ejected one was not tried
+
+        async with http.get(f"{gw}/metrics") as resp:
+            text = await resp.text()
+        assert f'llmaas_engine_up{{engine="{a.url}"}} 0.0' in text
+        assert f'llmaas_engine_ejections_total{{engine="{a.url}"}} 1.0' in text
+
+        await a.start()  # the same port; a fresh process, so its counters start at 0
+        seen = await until(http, gw, lambda e: e[a.url]["state"] == "up")
+        assert seen[a.url]["consecutive_failures"] == 0
+        for _ in range(6):
+            await complete(http, gw, "m")
+        assert await served(http, a) == 3
+
+
+async def test_a_model_an_engine_lists_is_listed_and_routed_to_that_engine(
+    tmp_path: Path,
+) -> None:
+    a, b = SimProcess(("m",)), SimProcess(("m", "extra"))
+    async with (
+        sim_processes(a, b),
+        gateway(tmp_path, [{"name": "m", "engines": [a.url, b.url]}]) as gw,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.get(f"{gw}/v1/models") as resp:
+            listed = {card["id"]: card for card in (await resp.json())["data"]}
+        assert sorted(listed) == ["extra", "m"]
+        assert listed["extra"]["max_model_len"] == 2048  # the simulator's max_model_len
+        async with http.get(f"{gw}/v1/models/extra") as resp:
+            assert resp.status == 200
+        for _ in range(4):
+            await complete(http, gw, "extra")
+        assert await served(http, b) == 4
+        assert await served(http, a) == 0
+        assert (await sim_state(http, b.url))["last_request"]["body"]["model"] == "extra"
+        seen = await engines(http, gw)
+        assert seen[b.url]["models"] == ["m", "extra"]
+        assert seen[b.url]["served"] == ["m", "extra"]
+        assert seen[a.url]["models"] == ["m"]
+
+
+class Hosts:
+    """A test resolver: the addresses each name has right now."""
+
+    def __init__(self, **names: list[str]) -> None:
+        self.names = names
+
+    async def resolve(self, host: str) -> list[str]:
+        if host not in self.names:
+            raise OSError(f"{host}: no such host")
+        return list(self.names[host])
+
+
+async def test_dns_addresses_that_come_and_go_change_the_pool(tmp_path: Path) -> None:
+    port = port_free_on("127.0.0.2", "127.0.0.3")
+    two, three = (SimProcess(("m",), host, port) for host in ("127.0.0.2", "127.0.0.3"))
+    hosts = Hosts(**{"engines.test": ["127.0.0.2"]})
+    models = [{"name": "m", "engines": [f"dns://engines.test:{port}"]}]
+    async with (
+        sim_processes(two, three),
+        gateway(tmp_path, models, resolver=hosts) as gw,
+        aiohttp.ClientSession() as http,
+    ):
+        assert list(await engines(http, gw)) == [two.url]
+        slow = asyncio.create_task(complete(http, gw, "m", sim={"ttft_ms": 1000}))
+        await wait_running(http, two.url, 1)
+
+        hosts.names["engines.test"] = ["127.0.0.3"]  # .2 leaves while its request runs
+        await until(http, gw, lambda e: list(e) == [three.url])
+        await complete(http, gw, "m")
+        assert await served(http, three) == 1
+        await slow  # the request in flight on the engine that left finished normally
+        assert await served(http, two) == 1
+
+        hosts.names["engines.test"] = ["127.0.0.3", "127.0.0.2"]
+        seen = await until(http, gw, lambda e: len(e) == 2)
+        assert {e["source"] for e in seen.values()} == {f"dns://engines.test:{port}"}
+        for _ in range(4):
+            await complete(http, gw, "m")
+        assert (await served(http, two), await served(http, three)) == (3, 3)
+
+
+async def run(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        llmaas(), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_llmaas_engines_shows_every_engine(tmp_path: Path) -> None:
+    code, out, _ = await run("engines", "--help")
+    assert code == 0
+    assert out.startswith("usage: llmaas engines ")
+    assert all(option in out for option in ("--url", "--admin-token", "--json"))
+
+    a = SimProcess(("m", "extra"))
+    dead = SimProcess(("m",))  # never started: refused connections
+    async with (
+        sim_processes(a),
+        gateway(tmp_path, [{"name": "m", "engines": [a.url, dead.url]}]) as gw,
+        aiohttp.ClientSession() as http,
+    ):
+        await until(http, gw, lambda e: e[dead.url]["state"] != "up")
+        admin = ("--url", gw, "--admin-token", ADMIN_TOKEN)
+        code, out, err = await run("engines", *admin)
+        assert code == 0, err
+        header, *rows = out.splitlines()
+        assert header.split() == [
+            "url", "state", "failures", "ejected_until", "inflight", "running", "waiting",
+            "kv_usage", "models", "adapters", "last_error",
+        ]  # fmt: skip
+        by_url = {row.split()[0]: row.split() for row in rows}
+        assert by_url[a.url][1:3] == ["up", "0"]
+        assert by_url[a.url][8] == "m,extra"
+        assert by_url[dead.url][1] in ("ejected", "probing")
+        assert by_url[dead.url][-1] == "connect"
+
+        code, out, err = await run("engines", "--json", *admin)
+        assert code == 0, err
+        data = {e["url"]: e for e in json.loads(out)["data"]}
+        assert set(data[a.url]["load"]) == {
+            "running", "waiting", "kv_usage", "prefix_hits", "prefix_queries", "scraped_at",
+        }  # fmt: skip
+        assert data[dead.url]["consecutive_failures"] >= 1
+
+        code, _, err = await run("engines", "--url", gw, "--admin-token", "wrong-token-0123456789")
+        assert code == 1
+        assert "HTTP 401" in err
+
+
+async def test_the_engines_endpoint_needs_the_admin_token(tmp_path: Path) -> None:
+    async with (
+        gateway(tmp_path, [{"name": "m", "engines": ["http://127.0.0.1:9"]}]) as gw,
+        aiohttp.ClientSession() as http,
+    ):
+        for headers in ({}, {"authorization": "Bearer not-the-token"}):
+            async with http.get(f"{gw}/admin/v1/engines", headers=headers) as resp:
+                assert resp.status == 401
+                assert (await resp.json())["error"]["type"]
+
+
+def odd_engine() -> Starlette:
+    """An engine that answers nonsense: /health 503, /v1/models not JSON."""
+
+    async def health(_: Request) -> Response:
+        return Response(b"busy", status_code=503)
+
+    async def models(_: Request) -> Response:
+        return Response(b"<html>not json", media_type="application/json")
+
+    return Starlette(routes=[Route("/health", health), Route("/v1/models", models)])
+
+
+async def test_an_engine_answering_nonsense_is_counted_and_ejected_not_fatal(
+    tmp_path: Path,
+) -> None:
+    config = uvicorn.Config(odd_engine(), host="127.0.0.1", port=free_port(), loop="none",
+                            log_level="warning", lifespan="off")  # fmt: skip
+    a = SimProcess(("m",))
+    async with (
+        sim_processes(a),
+        serve_uvicorn(config) as odd,
+        gateway(tmp_path, [{"name": "m", "engines": [a.url, odd]}]) as gw,
+        aiohttp.ClientSession() as http,
+    ):
+        seen = await until(http, gw, lambda e: e[odd]["state"] != "up")
+        assert seen[odd]["recent_errors"][-1] == {
+            "at": seen[odd]["recent_errors"][-1]["at"],
+            "kind": "health",
+            "detail": "/health answered 503",
+        }
+        assert seen[odd]["served"] == []
+        async with http.get(f"{gw}/metrics") as resp:
+            text = await resp.text()
+        assert f'llmaas_engine_check_failures_total{{check="models",engine="{odd}"}}' in text
+        await complete(http, gw, "m")
+        async with http.get(f"{gw}/v1/models") as resp:
+            assert [card["id"] for card in (await resp.json())["data"]] == ["m"]

@@ -1,0 +1,92 @@
+"""Failover before the first byte: an engine that answers 5xx, or cannot be reached, is skipped
+for the model's next engine; a request is never sent again once the client got a byte."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from gateway.app import create_app
+from gateway.netutil import free_port
+from gateway.sim.config import SimConfig
+from tests.integration.conftest import MODEL, gateway_settings
+from tests.integration.sim_fixture import running_sim, sim_state
+from tests.support.servers import serve_asgi
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+HELLO: Any = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path) -> AsyncIterator[tuple[str, str, str]]:
+    """A gateway in front of [failing engine, dead port, healthy engine], in that order."""
+    failing = SimConfig(models=[MODEL], fail_rate=1.0, fail_status=503)
+    async with running_sim(failing) as bad, running_sim(SimConfig(models=[MODEL])) as good:
+        dead = f"http://127.0.0.1:{free_port()}"
+        settings = gateway_settings(
+            good,
+            tmp_path / "spill",
+            models=[{"name": MODEL, "engines": [bad, dead, good]}],
+            routing={"strategy": "round_robin"},
+        )
+        async with serve_asgi(create_app(settings)) as gateway:
+            yield gateway, bad, good
+
+
+async def test_every_request_lands_on_the_healthy_engine(fleet: tuple[str, str, str]) -> None:
+    gateway, bad, good = fleet
+    async with openai.AsyncOpenAI(base_url=f"{gateway}/v1", api_key="unused", max_retries=0) as oai:
+        for _ in range(6):
+            reply = await oai.chat.completions.create(model=MODEL, messages=HELLO)
+            assert reply.choices[0].message.content
+        for _ in range(3):
+            stream = await oai.chat.completions.create(model=MODEL, messages=HELLO, stream=True)
+            chunks = [c async for c in stream]
+            assert chunks[-1].choices[0].finish_reason is not None
+    async with aiohttp.ClientSession() as http:
+        served = (await sim_state(http, good))["total_requests"]
+        refused = (await sim_state(http, bad))["total_requests"]
+    assert served == 9  # each request once: nothing was sent twice to an engine that answered
+    assert refused >= 1  # tried while it was not yet marked down, then skipped
+
+
+async def test_a_5xx_from_the_last_engine_left_is_the_answer(tmp_path: Path) -> None:
+    failing = SimConfig(models=[MODEL], fail_rate=1.0, fail_status=500)
+    async with running_sim(failing) as bad:
+        settings = gateway_settings(bad, tmp_path / "spill")
+        async with serve_asgi(create_app(settings)) as gateway, aiohttp.ClientSession() as http:
+            body = {"model": MODEL, "messages": HELLO}
+            async with http.post(f"{gateway}/v1/chat/completions", json=body) as resp:
+                assert resp.status == 500
+                assert (await resp.json())["error"]["message"]
+
+
+async def test_a_saturated_gateway_answers_busy_and_marks_no_engine_down(tmp_path: Path) -> None:
+    async with running_sim(SimConfig(models=[MODEL], ttft_ms=600)) as slow:
+        settings = gateway_settings(
+            slow, tmp_path / "spill", upstream={"max_connections_per_engine": 2}
+        )
+        async with serve_asgi(create_app(settings)) as gateway, aiohttp.ClientSession() as http:
+            url = f"{gateway}/v1/chat/completions"
+
+            async def ask() -> tuple[int, str | None, Any]:
+                async with http.post(url, json={"model": MODEL, "messages": HELLO}) as resp:
+                    return resp.status, resp.headers.get("retry-after"), await resp.json()
+
+            answers = await asyncio.gather(*(ask() for _ in range(5)))
+            assert sorted(status for status, _, _ in answers) == [200, 200, 503, 503, 503]
+            for status, retry_after, body in answers:
+                if status == 503:
+                    assert body["error"]["code"] == "gateway_busy"
+                    assert retry_after == "1"
+            # The engine was never at fault: the next request goes straight to it.
+            status, _, body = await ask()
+            assert status == 200, body
+            assert (await sim_state(http, slow))["total_requests"] == 3

@@ -1,0 +1,220 @@
+"""The Responses API through the gateway, with keys on and two simulator engines serving one
+model: metering, tenant isolation of stored responses, and conversations kept on the engine
+that stored them (the simulator, like vLLM, knows only its own responses)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
+import openai
+import orjson
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+
+from gateway.api.response_homes import home_key
+from gateway.app import create_app
+from gateway.embedded.redis_server import running_redis
+from gateway.metering.ledger import log_key
+from gateway.metering.record import UsageRecord
+from gateway.settings import Settings
+from gateway.sim.config import SimConfig
+from tests.integration.conftest import ADMIN, MODEL
+from tests.integration.sim_fixture import running_sim, sim_state
+from tests.support.gateways import ADMIN_TOKEN, PEPPER
+from tests.support.servers import serve_asgi
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    gateway: str
+    sims: tuple[str, str]
+    redis: Redis
+    http: aiohttp.ClientSession
+    clients: list[openai.AsyncOpenAI]  # closed with the fleet
+
+    async def client(self, tenant: str) -> openai.AsyncOpenAI:
+        body = {"tenant": tenant}
+        async with self.http.post(f"{self.gateway}/admin/v1/keys", json=body, headers=ADMIN) as r:
+            assert r.status == 201, await r.text()
+            key = (await r.json())["key"]
+        client = openai.AsyncOpenAI(base_url=f"{self.gateway}/v1", api_key=key, max_retries=0)
+        self.clients.append(client)
+        return client
+
+    async def call(
+        self, client: openai.AsyncOpenAI, method: str, path: str
+    ) -> tuple[int, dict[str, Any]]:
+        headers = {"authorization": f"Bearer {client.api_key}"}
+        async with self.http.request(method, f"{self.gateway}/v1{path}", headers=headers) as r:
+            return r.status, await r.json()
+
+    async def records(self, tenant: str, count: int) -> list[UsageRecord]:
+        """Once `count` records are there, a moment more to catch any extra one."""
+        for _ in range(100):
+            if await self.redis.xlen(log_key(tenant)) >= count:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        raw = await self.redis.xrange(log_key(tenant))
+        entries = cast("list[tuple[bytes, dict[bytes, bytes]]]", raw)
+        return [UsageRecord.from_fields(fields) for _, fields in entries]
+
+    async def requests(self) -> list[int]:
+        return [(await sim_state(self.http, sim))["total_requests"] for sim in self.sims]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def fleet(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fleet]:
+    spill_dir: Path = tmp_path_factory.mktemp("responses-spill")
+    config = SimConfig(models=[MODEL], max_tokens=8)
+    async with (
+        running_redis(None) as redis_url,
+        running_sim(config) as one,
+        running_sim(config) as two,
+    ):
+        settings = Settings.model_validate(
+            {
+                "models": [{"name": MODEL, "engines": [one, two]}],
+                "routing": {"strategy": "round_robin"},
+                "redis_url": redis_url,
+                "admin_token": ADMIN_TOKEN,
+                "key_pepper": PEPPER,
+                "metering": {"spill_dir": str(spill_dir)},
+            }
+        )
+        redis = Redis.from_url(redis_url)
+        try:
+            async with serve_asgi(create_app(settings)) as gateway, aiohttp.ClientSession() as http:
+                fleet = Fleet(gateway, (one, two), redis, http, [])
+                try:
+                    yield fleet
+                finally:
+                    for client in fleet.clients:
+                        await client.close()
+        finally:
+            await redis.aclose()
+
+
+async def test_plain_and_streamed_responses_are_metered_with_their_tokens(fleet: Fleet) -> None:
+    client = await fleet.client("meter")
+    plain = await client.responses.create(model=MODEL, input="one two three")
+    assert plain.output_text
+    assert plain.usage is not None
+    stream = await client.responses.create(model=MODEL, input="four five", stream=True)
+    kinds = [event.type async for event in stream]
+    assert kinds[0] == "response.created"
+    assert kinds[-1] == "response.completed"
+    assert "response.output_text.delta" in kinds
+    records = await fleet.records("meter", 2)
+    assert [(r.route, r.stream, r.outcome) for r in records] == [
+        ("responses", False, "ok"),
+        ("responses", True, "ok"),
+    ]
+    assert (records[0].prompt_tokens, records[0].completion_tokens) == (
+        plain.usage.input_tokens,
+        plain.usage.output_tokens,
+    )
+    assert (records[1].prompt_tokens, records[1].completion_tokens) == (3, 8)  # 1 + 2 words
+
+
+async def test_a_conversation_stays_on_the_engine_that_stored_it(fleet: Fleet) -> None:
+    client = await fleet.client("talk")
+    first = await client.responses.create(model=MODEL, input="hello there")
+    before = await fleet.requests()
+    last = first
+    for i in range(4):  # round robin alone would send every other turn to the other engine
+        if i % 2:
+            last = await _streamed_turn(client, last.id, i)
+        else:
+            last = await client.responses.create(
+                model=MODEL, input=f"and then {i}", previous_response_id=last.id
+            )
+    after = await fleet.requests()
+    assert sorted(b - a for a, b in zip(before, after, strict=True)) == [0, 4]
+    assert first.usage is not None
+    assert last.usage is not None  # every turn re-reads the conversation before it
+    assert last.usage.input_tokens > 4 * (first.usage.input_tokens + first.usage.output_tokens)
+    status, body = await fleet.call(client, "GET", f"/responses/{last.id}")
+    assert (status, body["id"]) == (200, last.id)
+
+
+async def _streamed_turn(client: openai.AsyncOpenAI, previous: str, i: int) -> Any:
+    stream = await client.responses.create(
+        model=MODEL, input=f"and then {i}", previous_response_id=previous, stream=True
+    )
+    events = [event async for event in stream]
+    assert events[-1].type == "response.completed"
+    return events[-1].response
+
+
+async def test_another_tenants_response_is_not_found_like_an_unknown_one(fleet: Fleet) -> None:
+    owner, other = await fleet.client("owner"), await fleet.client("other")
+    made = await owner.responses.create(model=MODEL, input="a secret")
+    status, body = await fleet.call(owner, "GET", f"/responses/{made.id}")
+    assert (status, body["id"], body["usage"]["output_tokens"]) == (200, made.id, 8)
+    for path in (f"/responses/{made.id}", "/responses/resp_unknown"):
+        status, body = await fleet.call(other, "GET", path)
+        assert status == 404
+        assert (body["error"]["code"], body["error"]["type"]) == (
+            "response_not_found",
+            "invalid_request_error",
+        )
+    for method, path in (
+        ("DELETE", f"/responses/{made.id}"),
+        ("POST", f"/responses/{made.id}/cancel"),
+    ):
+        assert (await fleet.call(other, method, path))[0] == 404
+    with pytest.raises(openai.NotFoundError) as refused:
+        await other.responses.create(model=MODEL, input="more", previous_response_id=made.id)
+    assert refused.value.code == "response_not_found"
+    status, _ = await fleet.call(owner, "GET", f"/responses/{made.id}")
+    assert status == 200  # still the owner's
+
+
+async def test_retrieve_and_cancel_are_recorded_without_tokens(fleet: Fleet) -> None:
+    client = await fleet.client("fetch")
+    made = await client.responses.create(model=MODEL, input="keep this")
+    assert (await fleet.call(client, "GET", f"/responses/{made.id}"))[0] == 200
+    status, body = await fleet.call(client, "POST", f"/responses/{made.id}/cancel")
+    assert (status, body["error"]["message"]) == (400, "Cannot cancel a synchronous response.")
+    records = await fleet.records("fetch", 3)
+    assert [(r.route, r.prompt_tokens + r.completion_tokens) for r in records[1:]] == [
+        ("responses/{id}", 0),
+        ("responses/{id}/cancel", 0),
+    ]
+
+
+async def test_a_deleted_response_is_gone_for_good(fleet: Fleet) -> None:
+    client = await fleet.client("tidy")
+    made = await client.responses.create(model=MODEL, input="forget me")
+    status, body = await fleet.call(client, "DELETE", f"/responses/{made.id}")
+    assert (status, body) == (200, {"id": made.id, "object": "response", "deleted": True})
+    assert (await fleet.call(client, "GET", f"/responses/{made.id}"))[0] == 404
+    assert (await fleet.call(client, "DELETE", f"/responses/{made.id}"))[0] == 404
+
+
+async def test_a_response_whose_engine_left_is_not_found_and_says_why(fleet: Fleet) -> None:
+    client = await fleet.client("left")
+    await fleet.redis.set(home_key("left", "resp_old"), orjson.dumps([MODEL, "http://127.0.0.1:9"]))
+    status, body = await fleet.call(client, "GET", "/responses/resp_old")
+    assert (status, body["error"]["code"]) == (404, "response_not_found")
+    assert "no longer serves it" in body["error"]["message"]
+
+
+async def test_unsupported_fields_are_refused_by_name(fleet: Fleet) -> None:
+    client = await fleet.client("strict")
+    for extra in ({"background": True}, {"request_id": "resp_mine"}):
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.responses.create(model=MODEL, input="x", extra_body=extra)
+        assert refused.value.param == next(iter(extra))
+    with pytest.raises(openai.BadRequestError) as missing:
+        await client.responses.create(model=MODEL, extra_body={"input": None})
+    assert missing.value.param == "input"

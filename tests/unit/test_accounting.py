@@ -1,0 +1,79 @@
+"""Accounting: a proxy result and what the API layer knew become the record and the settlement."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from gateway.auth.principal import Limits, Principal
+from gateway.limits.limiter import Admission
+from gateway.metering.accounting import Charge, settlement_of
+from gateway.metering.usage import Usage
+from gateway.proxy.outcome import Outcome, ProxyResult
+
+CALLER = Principal(
+    tenant="acme",
+    key_id="k1",
+    source="api_key",
+    key_limits=Limits(tpm=1000),
+    tenant_limits=Limits(tpm=5000),
+)
+ADMISSION = Admission(lease="lease-1", reserved_tokens=300, requests=None, tokens=None)
+CHARGE = Charge("rid", "chat/completions", "m", False, CALLER, ADMISSION, received_ms=1_000)
+OK = ProxyResult("http://e", 200, Outcome.OK, Usage(10, 20, 4), ttft_ms=12.5, latency_s=0.25)
+
+
+def test_a_finished_request_is_one_record_and_settles_the_reservation_to_its_usage() -> None:
+    settlement = settlement_of(CHARGE, OK)
+    assert settlement is not None
+    record = settlement.record
+    assert record is not None
+    assert (record.tenant, record.key_id, record.model, record.route) == (
+        "acme",
+        "k1",
+        "m",
+        "chat/completions",
+    )
+    assert (record.request_id, record.time_ms, record.engine, record.stream) == (
+        "rid",
+        1_000,
+        "http://e",
+        False,
+    )
+    assert (record.outcome, record.status) == ("ok", 200)
+    assert (record.prompt_tokens, record.completion_tokens, record.cached_tokens) == (10, 20, 4)
+    assert (record.latency_ms, record.ttft_ms) == (250.0, 12.5)
+    assert settlement.id == record.id
+    limits = settlement.limits
+    assert limits is not None
+    assert (limits.lease, limits.delta, limits.key_tpm, limits.tenant_tpm) == (
+        "lease-1",
+        30 - 300,
+        1000,
+        5000,
+    )
+
+
+def test_a_request_no_engine_received_leaves_no_record_but_gives_its_reservation_back() -> None:
+    nowhere = ProxyResult(None, 503, Outcome.ENGINE_UNAVAILABLE, None, None, 0.01)
+    settlement = settlement_of(CHARGE, nowhere)
+    assert settlement is not None
+    assert settlement.record is None
+    assert settlement.limits is not None
+    assert settlement.limits.delta == -300
+    assert settlement_of(dataclasses.replace(CHARGE, admission=None), nowhere) is None
+
+
+def test_refusals_cost_nothing_and_a_cut_before_any_report_keeps_the_reservation() -> None:
+    for outcome in (Outcome.REJECTED, Outcome.ENGINE_ERROR, Outcome.TIMEOUT):
+        failed = dataclasses.replace(OK, outcome=outcome, usage=None)
+        refused = settlement_of(CHARGE, failed)
+        assert refused is not None
+        assert refused.limits is not None
+        assert refused.limits.delta == -300, outcome
+    left = dataclasses.replace(OK, outcome=Outcome.CLIENT_DISCONNECTED, usage=None, status=499)
+    settlement = settlement_of(CHARGE, left)
+    assert settlement is not None
+    assert settlement.limits is not None
+    assert settlement.limits.delta == 0
+    assert settlement.record is not None
+    assert (settlement.record.outcome, settlement.record.total_tokens) == ("client_disconnected", 0)

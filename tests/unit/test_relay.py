@@ -1,0 +1,104 @@
+"""The relay against an in-memory engine: what the client receives and the neutral result the
+proxy reports, for streams, collected answers, failures and a client that leaves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.errors import ServiceUnavailable
+from gateway.metering.stream_options import UsageWanted
+from gateway.metering.usage import Usage
+from gateway.proxy.outcome import Outcome
+from gateway.proxy.relay import ProxyCall
+from gateway.routing.engines import ModelPool
+from tests.support.fake_upstream import FakeResponse, FakeUpstream, broken, frame, run_proxy
+
+HEAD: Any = {"id": "cmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+DONE = b"data: [DONE]\n\n"
+
+
+def delta(text: str, tokens: int, finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": {"content": text}, "finish_reason": finish}
+    usage = {"prompt_tokens": 5, "completion_tokens": tokens, "total_tokens": 5 + tokens}
+    return frame({**HEAD, "choices": [choice], "usage": usage})
+
+
+FINAL = frame({**HEAD, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}})
+
+
+def stream_call(pool: ModelPool) -> ProxyCall:
+    return ProxyCall("chat/completions", pool, b"{}", True, usage_wanted=UsageWanted(True, False))
+
+
+def collected_call(pool: ModelPool) -> ProxyCall:
+    return ProxyCall("chat/completions", pool, b"{}", False, collect={"model": "m"})
+
+
+async def test_a_stream_is_relayed_and_reported_with_its_usage() -> None:
+    steps: list[Any] = [delta("Hel", 1), delta("lo", 2, "stop"), FINAL, DONE]
+    run = await run_proxy(FakeUpstream(FakeResponse(steps=steps)), stream_call)
+    assert run.status == 200
+    payloads = [p for p in run.body.split(b"\n\n") if p]
+    assert payloads[-1] == b"data: [DONE]"
+    assert b'"usage"' not in payloads[0]  # the client asked for the final usage only
+    assert (run.result.engine, run.result.status, run.result.outcome) == (
+        "http://engine",
+        200,
+        Outcome.OK,
+    )
+    assert run.result.usage == Usage(5, 2)
+    assert run.result.ttft_ms is not None
+    assert run.engine.inflight == 0
+
+
+async def test_a_stream_cut_midway_ends_with_one_error_frame_and_is_billed_what_it_sent() -> None:
+    steps: list[Any] = [delta("Hel", 1), delta("lo", 2), broken()]
+    run = await run_proxy(FakeUpstream(FakeResponse(steps=steps)), stream_call)
+    frames = [f for f in run.body.split(b"\n\n") if f]
+    assert frames[-1] == b"data: [DONE]"
+    error = orjson.loads(frames[-2].removeprefix(b"data: "))["error"]
+    assert error["code"] == "engine_disconnected"
+    assert run.result.outcome == Outcome.ENGINE_ERROR
+    assert run.result.usage == Usage(5, 2)
+
+
+async def test_a_collected_answer_is_one_json_body() -> None:
+    steps: list[Any] = [delta("Hel", 1), delta("lo", 2, "stop"), FINAL, DONE]
+    run = await run_proxy(FakeUpstream(FakeResponse(steps=steps)), collected_call)
+    assert run.status == 200
+    body = orjson.loads(run.body)
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["content"] == "Hello"
+    assert body["usage"]["completion_tokens"] == 2
+    assert run.result.usage == Usage(5, 2)
+
+
+async def test_a_client_that_leaves_closes_the_engine_request_and_is_billed_so_far() -> None:
+    steps: list[Any] = [delta("a", 1), delta("b", 2), 5.0, delta("c", 3), FINAL, DONE]
+    response = FakeResponse(steps=steps)
+    run = await run_proxy(FakeUpstream(response), collected_call, leave_after_s=0.05)
+    assert (run.result.status, run.result.outcome) == (499, Outcome.CLIENT_DISCONNECTED)
+    assert run.result.usage == Usage(5, 2)
+    assert response.closed  # the engine sees its connection go and aborts
+    assert run.engine.inflight == 0
+
+
+async def test_no_engine_reachable_is_a_503_and_reports_no_engine() -> None:
+    unavailable = ServiceUnavailable("none", code="engine_unavailable")
+    run = await run_proxy(FakeUpstream(unavailable), collected_call)
+    assert run.status == 503
+    assert orjson.loads(run.body)["error"]["code"] == "engine_unavailable"
+    assert (run.result.engine, run.result.outcome) == (None, Outcome.ENGINE_UNAVAILABLE)
+
+
+async def test_an_engine_error_body_is_normalised_and_reported_as_rejected() -> None:
+    body = orjson.dumps({"error": {"message": "bad", "type": "BadRequestError", "code": 400}})
+    answer = FakeResponse(400, "application/json", [body])
+    run = await run_proxy(FakeUpstream(answer), collected_call)
+    assert run.status == 400
+    error = orjson.loads(run.body)["error"]
+    assert (error["message"], error["code"]) == ("bad", None)
+    assert run.result.outcome == Outcome.REJECTED
+    assert run.result.usage is None
