@@ -3,20 +3,19 @@
 python -m bench.routing [--strategies round_robin,least_loaded,prefix_affinity] [--seed 7]
 python -m bench.routing --decision-only      # the cost of one routing decision, no engines
 
-Two vLLM CPU engines (the bundled SmolLM2-135M, prefix caching on: vLLM's default) are started
-one after the other; for each strategy a fresh gateway is started in front of them, and their
-prefix caches are emptied first (`POST /reset_prefix_cache`, a vLLM dev endpoint, hence
-VLLM_SERVER_DEV_MODE=1). The workload: conversations over a few long system prompts, several
-conversations per prompt, each a few turns in a row (earlier answers are fixed text, so every
-strategy gets the same prompts), `--concurrency` users taking conversations in a seeded random
-order. Streams; TTFT is the time to the first frame with content.
+Two vLLM CPU engines (the bundled SmolLM2-135M, prefix caching on: vLLM's default), one core
+each, are started one after the other; for each strategy a fresh gateway is started in front of
+them, and their prefix caches are emptied first (`POST /reset_prefix_cache`, a vLLM dev
+endpoint, hence VLLM_SERVER_DEV_MODE=1). The workload: 24 system prompts of ~1k tokens (more
+than one engine's KV cache holds), 3 conversations per prompt, 4 turns each in a row (earlier
+answers are fixed text, so every strategy gets the same prompts), `--concurrency` users taking
+conversations in a seeded random order. Streams; TTFT is the time to the first content frame.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import os
 import random
@@ -26,14 +25,12 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import uvicorn
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.app import create_app
 from gateway.embedded.engine import EngineSpec, running_engine
@@ -41,6 +38,7 @@ from gateway.embedded.paths import CHAT_MODEL_NAME, EmbeddedPaths
 from gateway.embedded.prepare import prepare
 from gateway.netutil import free_port
 from gateway.routing.balancer import (
+    Balancer,
     LeastLoaded,
     PrefixAffinity,
     RoundRobin,
@@ -107,7 +105,7 @@ def build_workload(seed: int, prompts: int, per_prompt: int, turns: int) -> Work
     def text(words: int) -> str:
         return " ".join(rng.choice(WORDS) for _ in range(words))
 
-    systems = [f"You are assistant {i} of the fleet team. {text(760)}" for i in range(prompts)]
+    systems = [f"You are assistant {i} of the fleet team. {text(1000)}" for i in range(prompts)]
     conversations = []
     for system in systems:
         for _ in range(per_prompt):
@@ -183,45 +181,10 @@ async def drive(
     return ttfts
 
 
-_KEY: ContextVar[bytes] = ContextVar("bench_affinity_key", default=b"")
-
-
-class KeyedBalancer:
-    """Until the proxy passes each request's affinity key itself (ProxyCall.affinity is there,
-    the API layer does not fill it yet), the key of the request being served, from `keyed`."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.from_proxy = 0
-
-    def candidates(self, pool: ModelPool, affinity: bytes = b"") -> list[Engine]:
-        self.from_proxy += bool(affinity)
-        return self.inner.candidates(pool, affinity or _KEY.get())  # type: ignore[no-any-return]
-
-
-def keyed(app: ASGIApp) -> ASGIApp:
-    """Read the body, note its affinity key for this request's context, replay the body."""
-
-    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await app(scope, receive, send)
-            return
-        messages: list[Message] = []
-        while not messages or messages[-1].get("more_body"):
-            messages.append(await receive())
-        body = b"".join(m.get("body", b"") for m in messages)
-        _KEY.set(affinity_key(scope["path"].removeprefix("/v1/"), json.loads(body)))
-
-        async def replay() -> Message:
-            return messages.pop(0) if messages else await receive()
-
-        await app(scope, replay, send)
-
-    return wrapped
-
-
 @asynccontextmanager
-async def gateway(engines: list[str], strategy: str, tmp: Path) -> AsyncIterator[str]:
+async def gateway(
+    engines: list[str], strategy: str, tmp: Path
+) -> AsyncIterator[tuple[str, Balancer]]:
     settings = Settings.model_validate(
         {
             "models": [{"name": CHAT_MODEL_NAME, "engines": engines}],
@@ -236,7 +199,7 @@ async def gateway(engines: list[str], strategy: str, tmp: Path) -> AsyncIterator
     app = create_app(settings)
     port = free_port()
     config = uvicorn.Config(
-        keyed(app),
+        app,
         host="127.0.0.1",
         port=port,
         loop="none",
@@ -247,11 +210,21 @@ async def gateway(engines: list[str], strategy: str, tmp: Path) -> AsyncIterator
     )
     async with started(uvicorn.Server(config)):
         state: GatewayState = app.state.gateway
-        balancer = KeyedBalancer(state.proxy.balancer)
-        state.proxy = dataclasses.replace(state.proxy, balancer=balancer)
-        yield f"http://127.0.0.1:{port}"
-    if strategy == "prefix_affinity":
-        print(f"  affinity keys passed by the proxy itself: {balancer.from_proxy}")
+        yield f"http://127.0.0.1:{port}", state.proxy.balancer
+
+
+def held_by_all(balancer: Balancer, engines: list[str], work: Workload) -> int:
+    """System prompts that prefix_affinity has sent to every engine (each once moved off its
+    first engine by the load bound)."""
+    if not isinstance(balancer, PrefixAffinity):
+        return 0
+    systems = {c[0][0]["content"] for c in work.conversations}
+    held = 0
+    for system in systems:
+        messages = [{"role": "system", "content": system}]
+        blocks = block_hashes(affinity_key("chat/completions", {"messages": messages}))
+        held += all(balancer.matched(url, blocks) == len(blocks) for url in engines)
+    return held
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +235,7 @@ class Row:
     hits: float
     queries: float
     seconds: float
+    moved: int  # prefix_affinity: system prompts sent to both engines
 
     def pct(self, q: float) -> float:
         ordered = sorted(self.ttfts)
@@ -285,29 +259,33 @@ async def run_strategy(
         await reset_prefix_cache(http, url)
     before = [await engine_counters(http, url) for url in engines]
     started_at = time.perf_counter()
-    async with gateway(engines, strategy, tmp) as url:
+    async with gateway(engines, strategy, tmp) as (url, balancer):
         await asyncio.sleep(1.5)  # one scrape of the engines' load at least
         ttfts = await drive(http, url, work, args)
+        moved = held_by_all(balancer, engines, work)
     seconds = time.perf_counter() - started_at
     after = [await engine_counters(http, url) for url in engines]
     per_engine = [a.requests - b.requests for a, b in zip(after, before, strict=True)]
     hits = sum(a.hits - b.hits for a, b in zip(after, before, strict=True))
     queries = sum(a.queries - b.queries for a, b in zip(after, before, strict=True))
-    return Row(strategy, ttfts, per_engine, hits, queries, seconds)
+    return Row(strategy, ttfts, per_engine, hits, queries, seconds, moved)
 
 
 def print_rows(rows: list[Row], base: Row) -> None:
     """The table; `p90 gain` is the first strategy's p90 TTFT over each one's."""
     print(
-        "| strategy | requests | TTFT p50 ms | TTFT p90 ms | p90 gain | prefix-cache hits "
-        "| requests per engine | max/mean | seconds |"
+        "| strategy | TTFT p50 ms | TTFT p90 ms | p90 gain | prefix-cache hits | prompt tokens "
+        "| requests per engine | max/mean | prompts on both | seconds |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |")
     for r in rows:
+        per_engine = " / ".join(f"{n:.0f}" for n in r.per_engine)
         print(
-            f"| {r.strategy} | {len(r.ttfts)} | {r.pct(0.5):.0f} | {r.pct(0.9):.0f} | "
+            f"| {r.strategy} | {r.pct(0.5):.0f} | {r.pct(0.9):.0f} | "
             f"{base.pct(0.9) / r.pct(0.9):.2f}x | {r.hits / max(r.queries, 1):.1%} | "
-            f"{' / '.join(f'{n:.0f}' for n in r.per_engine)} | {r.spread:.2f} | {r.seconds:.0f} |"
+            f"{r.queries / len(r.ttfts):.0f} | {per_engine} | {r.spread:.2f} | "
+            f"{r.moved if r.strategy == 'prefix_affinity' else '-'} | {r.seconds:.0f} |",
+            flush=True,
         )
 
 
@@ -361,7 +339,7 @@ async def bench(args: argparse.Namespace) -> None:
 
 
 def decision_cost() -> None:
-    """µs per routing decision for a 1k-token system prompt plus a few turns (~6 KiB key)."""
+    """µs per routing decision for a 1k-token system prompt plus a few turns (~8 KiB key)."""
     work = build_workload(7, 24, 3, 4)
     bodies = [{"messages": turn} for c in work.conversations for turn in c]
     keys = [affinity_key("chat/completions", body) for body in bodies]
