@@ -67,6 +67,12 @@ class Metrics:
             ["outcome"],
             registry=reg,
         )
+        self.engine_requests = Counter(
+            "llmaas_engine_requests",
+            "Requests answered, by the engine that answered them (its HTTP status)",
+            ["engine", "status"],
+            registry=reg,
+        )
         self.inflight = Gauge(
             "llmaas_inflight_requests",
             "Requests in flight per engine",

@@ -106,6 +106,8 @@ class ProxyResponse(Response):
         metrics, model, route = self.deps.metrics, self.call.pool.name, self.call.route
         metrics.requests.labels(model, route, str(self.status_code)).inc()
         metrics.duration.labels(model, route).observe(elapsed)
+        if info.engine is not None:
+            metrics.engine_requests.labels(info.engine, str(self.status_code)).inc()
         result = ProxyResult(
             info.engine,
             self.status_code,

@@ -127,6 +127,8 @@ async def test_a_killed_engine_is_ejected_and_used_again_once_it_answers_health(
             text = await resp.text()
         assert f'llmaas_engine_up{{engine="{a.url}"}} 0.0' in text
         assert f'llmaas_engine_ejections_total{{engine="{a.url}"}} 1.0' in text
+        answered = f'llmaas_engine_requests_total{{engine="{b.url}",status="200"}} '
+        assert any(line.startswith(answered) for line in text.splitlines())
 
         await a.start()  # the same port; a fresh process, so its counters start at 0
         seen = await until(http, gw, lambda e: e[a.url]["state"] == "up")
