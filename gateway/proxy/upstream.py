@@ -159,9 +159,10 @@ class Upstream:
         """Send to the engines in order until one answers, and count the answer in its
         `inflight` (the caller decrements it when done, and closes the response).
 
-        A refused connection, or a 5xx answer while another engine is left to try, moves on
-        (at most `max_attempts` engines): nothing reached the client yet, and the engine did
-        not generate. Once an engine answered otherwise, the request is never sent again.
+        A refused connection, a connection that broke before any answer (an engine that died
+        under a pooled keep-alive connection), or a 5xx answer while another engine is left to
+        try, moves on (at most `max_attempts` engines): nothing reached the client yet. Once an
+        engine answered otherwise, the request is never sent again.
         `trying` hears each engine as it is tried (None when none could be reached), so a
         caller cancelled meanwhile knows where its request may have gone.
         """
@@ -173,7 +174,9 @@ class Upstream:
             trying(engine)
             engine.inflight += 1  # counted at decision time: a burst spreads at once
             try:
-                resp = await self._send(engine, path, body, headers, stream, method=method)
+                resp = await self._send(
+                    engine, path, body, headers, stream, method=method, last=i + 1 == len(tried)
+                )
             except BaseException:
                 engine.inflight -= 1
                 raise
@@ -202,8 +205,10 @@ class Upstream:
         stream: bool,
         *,
         method: str,
+        last: bool,
     ) -> aiohttp.ClientResponse | None:
-        """The engine's response; None when it could not be reached."""
+        """The engine's response; None when it could not be reached, or (unless it is the
+        `last` to try) when the connection broke before it answered."""
         timeout = self._stream_timeout if stream else self._body_timeout
         try:
             resp = await self.session.request(
@@ -215,6 +220,11 @@ class Upstream:
             return None
         except aiohttp.ServerTimeoutError as exc:
             raise self.failure(engine, "timeout", exc, stream=stream) from exc
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+            if last:
+                raise self.failure(engine, "disconnect", exc) from exc
+            self.failure(engine, "disconnect", exc)  # counted; the next engine is tried
+            return None
         except (aiohttp.ClientError, OSError) as exc:
             raise self.failure(engine, "disconnect", exc) from exc
         engine.mark_up()

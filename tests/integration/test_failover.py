@@ -4,6 +4,7 @@ for the model's next engine; a request is never sent again once the client got a
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from gateway.sim.config import SimConfig
 from tests.integration.conftest import MODEL, gateway_settings
 from tests.integration.sim_fixture import running_sim, sim_state
 from tests.support.servers import serve_asgi
+from tests.support.sim_processes import SimProcess, sim_processes
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -90,3 +92,32 @@ async def test_a_saturated_gateway_answers_busy_and_marks_no_engine_down(tmp_pat
             status, _, body = await ask()
             assert status == 200, body
             assert (await sim_state(http, slow))["total_requests"] == 3
+
+
+async def test_an_engine_killed_under_kept_alive_connections_loses_no_request(
+    tmp_path: Path,
+) -> None:
+    # Engines started through the real CLI; the gateway holds pooled keep-alive connections to
+    # both when one is SIGKILLed. Requests sent at once must fail over, not answer 502.
+    a, b = SimProcess((MODEL,)), SimProcess((MODEL,))
+    async with sim_processes(a, b):
+        settings = gateway_settings(
+            a.url,
+            tmp_path / "spill",
+            models=[{"name": MODEL, "engines": [a.url, b.url]}],
+            routing={"strategy": "round_robin", "health_interval_s": 60},
+        )
+        async with serve_asgi(create_app(settings)) as gateway, aiohttp.ClientSession() as http:
+            url = f"{gateway}/v1/chat/completions"
+
+            async def ask() -> int:
+                async with http.post(url, json={"model": MODEL, "messages": HELLO}) as resp:
+                    await resp.read()
+                    return resp.status
+
+            assert await asyncio.gather(*(ask() for _ in range(8))) == [200] * 8
+            assert a.process is not None
+            a.process.send_signal(signal.SIGKILL)  # no await: the pool has not noticed yet
+            assert await asyncio.gather(*(ask() for _ in range(8))) == [200] * 8
+            await a.kill()
+            assert (await sim_state(http, b.url))["total_requests"] >= 8 + 4
