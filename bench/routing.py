@@ -214,8 +214,8 @@ async def gateway(
 
 
 def held_by_all(balancer: Balancer, engines: list[str], work: Workload) -> int:
-    """System prompts that prefix_affinity has sent to every engine (each once moved off its
-    first engine by the load bound)."""
+    """System prompts that prefix_affinity has sent to every engine (each moved at least once
+    off its first engine, by the load bound or by a queue that outweighed the match)."""
     if not isinstance(balancer, PrefixAffinity):
         return 0
     systems = {c[0][0]["content"] for c in work.conversations}

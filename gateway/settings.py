@@ -37,7 +37,7 @@ class RoutingSettings(BaseModel):
     # How often every engine's /metrics is read (its queue and KV-cache usage).
     scrape_interval_s: float = Field(default=1.0, gt=0)
     # prefix_affinity sends a request to an engine only while that engine's load (requests in
-    # flight or queued) stays within this factor of the pool's mean load.
+    # flight or queued) stays within this factor of the pool's mean load, plus one request.
     load_bound: float = Field(default=1.25, ge=1.0)
     # How often dns:// engine entries are resolved again (engines join and leave the pools).
     dns_refresh_s: float = Field(default=10.0, gt=0)

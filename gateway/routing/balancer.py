@@ -28,6 +28,11 @@ STALE_AFTER_S = 10.0
 # Score of an engine that holds a request's whole prefix, in queued requests: a full match is
 # worth waiting behind up to this many more requests (within the load bound).
 PREFIX_WEIGHT = 4.0
+# Requests an engine may hold beyond the load bound's share. Loads are small integers: without
+# it, two engines at 4 requests in flight move a third request off its engine whenever the other
+# is idle (⌈1.25 x 3 / 2⌉ = 2), paying a cold prefill there for a queue of one request. As loads
+# grow it weighs less: at a mean of 20 the cap is 26 rather than 25 (bench/README.md, "Routing").
+LOAD_SLACK = 1
 
 
 class Balancer(Protocol):
@@ -161,8 +166,9 @@ class PrefixAffinity:
     """The engine that was sent the longest prefix of this prompt (its cache likely holds it),
     weighed against load, among engines within the load bound: an engine takes a request only
     if its load + 1 stays within `load_bound` x the pool's mean load with this request
-    (rounded up), so one popular prefix cannot pile onto one engine while others have room
-    (consistent hashing with bounded loads). Without a key: least loaded."""
+    (rounded up) plus `LOAD_SLACK` requests, so one popular prefix cannot pile onto one engine
+    while others have room (consistent hashing with bounded loads). Without a key: least
+    loaded."""
 
     def __init__(
         self, load_bound: float = 1.25, blocks_per_engine: int = BLOCKS_PER_ENGINE
@@ -189,7 +195,7 @@ class PrefixAffinity:
         """The best-scoring engine within the load bound (`engines` least loaded first, so
         equal scores go to the less loaded, then in rotation)."""
         loads = [engine_load(e, now) for e in engines]
-        cap = math.ceil(self.load_bound * (sum(loads) + 1) / len(engines))
+        cap = self.load_cap(sum(loads), len(engines))
         best, best_score = engines[0], -math.inf
         for engine, load in zip(engines, loads, strict=True):
             if load + 1 > cap:
@@ -200,6 +206,11 @@ class PrefixAffinity:
             if score > best_score:
                 best, best_score = engine, score
         return best
+
+    def load_cap(self, total: float, engines: int) -> int:
+        """The most requests an engine may hold with this one, given `total` in the pool before
+        it: `load_bound` x the mean with this request, rounded up, plus `LOAD_SLACK`."""
+        return math.ceil(self.load_bound * (total + 1) / engines) + LOAD_SLACK
 
     def matched(self, url: str, blocks: list[int]) -> int:
         """How many leading blocks of the prompt this engine was sent recently. What an engine

@@ -119,23 +119,40 @@ def test_a_prefix_sticks_to_the_engine_it_was_sent_to() -> None:
     assert balancer.candidates(p, other)[0] not in (first, p.engines[2])  # least loaded
 
 
-def test_an_engine_past_the_load_bound_is_skipped_while_another_has_room() -> None:
+def test_the_load_bound_leaves_one_request_of_slack() -> None:
     p, balancer = pool(), PrefixAffinity(load_bound=1.25)
     home, other = p.engines
     key = affinity_key("chat/completions", chat("q"))
     balancer.remember(home.url, block_hashes(key))
-    home.inflight = 1  # loads 1 + 0: home may take a second (2 <= ceil(1.25 * 2 / 2))
+    home.inflight = 1
     assert balancer.candidates(p, key)[0] is home
-    home.inflight = 3  # 4 > ceil(1.25 * 4 / 2) = 3
-    assert urls(balancer.candidates(p, key)) == [other.url, home.url]
-    assert balancer.matched(other.url, block_hashes(key)) == len(block_hashes(key))
+    home.inflight = 3  # 4 with this one, the other idle: ⌈1.25 x 4 / 2⌉ + 1 = 4
+    assert balancer.candidates(p, key)[0] is home  # not a cold prefill for a queue of one
+    assert balancer.matched(other.url, block_hashes(key)) == 0
+    assert balancer.load_cap(3, 2) == 4
+    assert balancer.load_cap(39, 2) == 26  # a mean of 20 with this request: 1.3x
+    assert PrefixAffinity(load_bound=2.0).load_cap(3, 2) == 5
+
+
+def test_an_engine_past_the_load_bound_is_skipped_while_another_has_room() -> None:
+    p, balancer = pool(3), PrefixAffinity(load_bound=1.25)
+    home, other, third = p.engines
+    key = affinity_key("chat/completions", chat("q"))
+    balancer.remember(home.url, block_hashes(key))
+    home.inflight = 2  # 3 with this one: ⌈1.25 x 3 / 3⌉ + 1 = 3
+    assert balancer.candidates(p, key)[0] is home
+    home.inflight = 3  # 4 > ⌈1.25 x 4 / 3⌉ + 1 = 3, though its match outweighs its queue
+    moved = balancer.candidates(p, key)
+    assert moved[0] is not home
+    assert moved[-1] is home
+    assert balancer.matched(moved[0].url, block_hashes(key)) == len(block_hashes(key))
     key = affinity_key("chat/completions", chat("q", system="Another system prompt. " * 60))
     balancer.remember(home.url, block_hashes(key))
     home.inflight, home.load = 0, scraped(running=2, waiting=1)  # the engine's own queue
-    assert balancer.candidates(p, key)[0] is other
+    assert balancer.candidates(p, key)[0] is not home
     key = affinity_key("chat/completions", chat("q", system="A third system prompt. " * 60))
     balancer.remember(home.url, block_hashes(key))
-    other.load = scraped(running=3)  # both busy: home is within the bound again
+    other.load = third.load = scraped(running=3)  # all busy: home is within the bound again
     assert balancer.candidates(p, key)[0] is home
 
 
