@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,30 +14,14 @@ import pytest
 from gateway.netutil import free_port, wait_http_ok
 from gateway.sim.config import SimConfig
 from tests.integration.sim_fixture import running_sim
+from tests.support.cli import llmaas, run_cli
 from tests.support.gateways import ADMIN_TOKEN
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-LLMAAS = Path(sys.executable).with_name("llmaas")
 STOPPED = (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after a clean shutdown
 ADMIN_OPTIONS = ("--url", "--admin-token", "--json")
 LIMIT_OPTIONS = ("--rpm", "--tpm", "--max-concurrency", "--models")
-
-
-def llmaas() -> str:
-    if not LLMAAS.is_file():
-        pytest.fail(f"{LLMAAS} is missing: install the project (pip install -e .) into this venv")
-    return str(LLMAAS)
-
-
-async def run(*args: str) -> tuple[int, str, str]:
-    """`llmaas <args>` to completion: exit status, stdout, stderr."""
-    proc = await asyncio.create_subprocess_exec(
-        llmaas(), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def _ready(proc: asyncio.subprocess.Process, url: str) -> None:
@@ -86,7 +69,7 @@ HELP: dict[str, tuple[str, ...]] = {
 
 @pytest.mark.parametrize("command", list(HELP))
 async def test_help_of_every_command_names_its_options(command: str) -> None:
-    code, out, err = await run(*command.split(), "--help")
+    code, out, err = await run_cli(*command.split(), "--help")
     assert code == 0, err
     assert out.startswith(" ".join(["usage:", "llmaas", *command.split()]) + " ")
     missing = [name for name in HELP[command] if name not in out]
@@ -113,13 +96,13 @@ async def test_sim_serves_the_model_and_options_it_was_given() -> None:
 
 
 async def test_sim_refuses_an_unknown_option_by_name() -> None:
-    code, _, err = await run("sim", "--nope")
+    code, _, err = await run_cli("sim", "--nope")
     assert code == 2
     assert "--nope" in err
 
 
 async def test_sim_refuses_a_bad_value_by_name() -> None:
-    code, _, err = await run("sim", "--ttft-ms", "-1")
+    code, _, err = await run_cli("sim", "--ttft-ms", "-1")
     assert code == 2
     assert "ttft_ms" in err
 

@@ -24,9 +24,10 @@ from gateway.netutil import free_port
 from gateway.routing.discovery import Resolver
 from gateway.settings import Settings
 from tests.integration.sim_fixture import sim_state, wait_running
+from tests.support.cli import run_cli
 from tests.support.gateways import ADMIN_TOKEN
 from tests.support.servers import serve_asgi, serve_uvicorn
-from tests.support.sim_processes import SimProcess, llmaas, port_free_on, sim_processes
+from tests.support.sim_processes import SimProcess, port_free_on, sim_processes
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -205,17 +206,8 @@ async def test_dns_addresses_that_come_and_go_change_the_pool(tmp_path: Path) ->
         assert (await served(http, two), await served(http, three)) == (3, 3)
 
 
-async def run(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        llmaas(), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def test_llmaas_engines_shows_every_engine(tmp_path: Path) -> None:
-    code, out, _ = await run("engines", "--help")
+    code, out, _ = await run_cli("engines", "--help")
     assert code == 0
     assert out.startswith("usage: llmaas engines ")
     assert all(option in out for option in ("--url", "--admin-token", "--json"))
@@ -229,7 +221,7 @@ async def test_llmaas_engines_shows_every_engine(tmp_path: Path) -> None:
     ):
         await until(http, gw, lambda e: e[dead.url]["state"] != "up")
         admin = ("--url", gw, "--admin-token", ADMIN_TOKEN)
-        code, out, err = await run("engines", *admin)
+        code, out, err = await run_cli("engines", *admin)
         assert code == 0, err
         header, *rows = out.splitlines()
         assert header.split() == [
@@ -242,7 +234,7 @@ async def test_llmaas_engines_shows_every_engine(tmp_path: Path) -> None:
         assert by_url[dead.url][1] in ("ejected", "probing")
         assert by_url[dead.url][-1] == "connect"
 
-        code, out, err = await run("engines", "--json", *admin)
+        code, out, err = await run_cli("engines", "--json", *admin)
         assert code == 0, err
         data = {e["url"]: e for e in json.loads(out)["data"]}
         assert set(data[a.url]["load"]) == {
@@ -250,7 +242,9 @@ async def test_llmaas_engines_shows_every_engine(tmp_path: Path) -> None:
         }  # fmt: skip
         assert data[dead.url]["consecutive_failures"] >= 1
 
-        code, _, err = await run("engines", "--url", gw, "--admin-token", "wrong-token-0123456789")
+        code, _, err = await run_cli(
+            "engines", "--url", gw, "--admin-token", "wrong-token-0123456789"
+        )
         assert code == 1
         assert "HTTP 401" in err
 

@@ -6,15 +6,32 @@ import asyncio
 import sys
 from pathlib import Path
 
+import pytest
+
 # The installed entry point, as users run it (not `python -m gateway`).
 LLMAAS = Path(sys.executable).with_name("llmaas")
 
 
+def llmaas() -> str:
+    if not LLMAAS.is_file():
+        pytest.fail(f"{LLMAAS} is missing: install the project (pip install -e .) into this venv")
+    return str(LLMAAS)
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    """`llmaas <args>` to completion (at most 60 s): exit status, stdout, stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        llmaas(), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
 async def run_llmaas(gateway: str, *args: str, token: str) -> tuple[int, str, str]:
     """`llmaas <args> --url <gateway> --admin-token <token>`: exit status, stdout, stderr."""
-    assert LLMAAS.is_file(), f"{LLMAAS} is missing: run `make install`"
     proc = await asyncio.create_subprocess_exec(
-        str(LLMAAS),
+        llmaas(),
         *args,
         "--url",
         gateway,

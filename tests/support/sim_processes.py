@@ -5,23 +5,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import pytest
 
 from gateway.netutil import free_port, wait_http_ok
-
-LLMAAS = Path(sys.executable).with_name("llmaas")
-
-
-def llmaas() -> str:
-    if not LLMAAS.is_file():
-        pytest.fail(f"{LLMAAS} is missing: install the project (pip install -e .) into this venv")
-    return str(LLMAAS)
+from tests.support.cli import llmaas
 
 
 def port_free_on(*hosts: str) -> int:
