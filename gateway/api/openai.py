@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter
@@ -35,10 +36,22 @@ router = APIRouter(prefix="/v1")
 Check = Callable[[dict[str, Any]], object]
 
 
-async def _forward(
-    request: Request, gw: GatewayState, caller: Principal, route: str, check: Check
-) -> ProxyResponse:
-    """Read and check the body (model first, then the route's own field), then proxy it."""
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    """A request body read and checked, and the pool of the model it names."""
+
+    received_ms: int  # when it arrived, Unix ms (its usage record's time)
+    body: dict[str, Any]
+    raw: bytes
+    model: str
+    pool: ModelPool
+
+
+async def read_model_request(
+    request: Request, gw: GatewayState, caller: Principal, check: Check
+) -> ModelRequest:
+    """Read and check the body (model first, then the route's own fields); 404 for a model
+    the caller may not use or nobody serves."""
     received_ms = int(time.time() * 1000)
     body, raw = await read_json(request, gw.settings.max_body_bytes)
     model = require_model(body)
@@ -46,6 +59,21 @@ async def _forward(
     pool = gw.registry.pool(model)
     if pool is None or not caller.may_use(model):
         raise ModelNotFound(model)
+    return ModelRequest(received_ms, body, raw, model, pool)
+
+
+async def _forward(
+    request: Request, gw: GatewayState, caller: Principal, route: str, check: Check
+) -> ProxyResponse:
+    """Read and check the body, then proxy it."""
+    read = await read_model_request(request, gw, caller, check)
+    received_ms, body, raw, model, pool = (
+        read.received_ms,
+        read.body,
+        read.raw,
+        read.model,
+        read.pool,
+    )
     stream = stream_flag(body)
     raw, body = with_priority(raw, body, caller.priority)
     caller = gw.admission.with_defaults(caller)

@@ -20,12 +20,13 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api.body import optional, read_json, require, require_model
+from gateway.api.body import optional, require
+from gateway.api.openai import read_model_request
 from gateway.api.response_homes import Home
 from gateway.api.responses import json_response
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
-from gateway.errors import InvalidRequest, ModelNotFound, NotFound, ServiceUnavailable
+from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
 from gateway.limits.estimate import response_tokens
 from gateway.metering.accounting import Charge
 from gateway.metering.usage import Usage
@@ -79,13 +80,14 @@ def check_create(body: dict[str, Any]) -> None:
 
 @router.post("/responses", response_model=None)
 async def create_response(request: Request, gw: Gateway, caller: Caller) -> Response:
-    received_ms = int(time.time() * 1000)
-    body, raw = await read_json(request, gw.settings.max_body_bytes)
-    model = require_model(body)
-    check_create(body)
-    pool = gw.registry.pool(model)
-    if pool is None or not caller.may_use(model):
-        raise ModelNotFound(model)
+    read = await read_model_request(request, gw, caller, check_create)
+    received_ms, body, raw, model, pool = (
+        read.received_ms,
+        read.body,
+        read.raw,
+        read.model,
+        read.pool,
+    )
     previous = body.get("previous_response_id")
     engines = None
     if previous is not None:

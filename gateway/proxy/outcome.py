@@ -28,6 +28,11 @@ def outcome_of_status(status: int) -> Outcome:
     return Outcome.REJECTED if status < 500 else Outcome.ENGINE_ERROR
 
 
+def outcome_of_failure(status: int) -> Outcome:
+    """A failure talking to the engine, by the status the client is answered (504: timeout)."""
+    return Outcome.TIMEOUT if status == 504 else Outcome.ENGINE_ERROR
+
+
 @dataclass(frozen=True, slots=True)
 class ProxyResult:
     engine: str | None  # the engine that last received the request; None: none was reached

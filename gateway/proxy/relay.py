@@ -27,7 +27,13 @@ from gateway.proxy.collect import collect_stream
 from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.events import ResponseEvents, response_id_of
 from gateway.proxy.normalize import normalize_error, normalize_success
-from gateway.proxy.outcome import Outcome, ProxyResult, Reporter, outcome_of_status
+from gateway.proxy.outcome import (
+    Outcome,
+    ProxyResult,
+    Reporter,
+    outcome_of_failure,
+    outcome_of_status,
+)
 from gateway.proxy.stream import relay_stream
 from gateway.proxy.upstream import UpstreamBroken, UpstreamResponse
 from gateway.request_context import RequestInfo, info_of
@@ -143,7 +149,7 @@ class ProxyResponse(Response):
             if info.engine is None:
                 info.outcome = Outcome.ENGINE_UNAVAILABLE
             else:
-                info.outcome = Outcome.TIMEOUT if err.status_code == 504 else Outcome.ENGINE_ERROR
+                info.outcome = outcome_of_failure(err.status_code)
             await self._send_error(send, err)
             return
         gauge = deps.metrics.inflight.labels(engine.url)
@@ -181,8 +187,8 @@ class ProxyResponse(Response):
         try:
             body = await resp.read()
         except UpstreamBroken as broken:
-            info.outcome = Outcome.TIMEOUT if broken.kind == "timeout" else Outcome.ENGINE_ERROR
             err = self.deps.upstream.failure(engine, broken.kind, broken.cause)
+            info.outcome = outcome_of_failure(err.status_code)
             await self._send_error(send, err)
             return
         self.status_code = resp.status
@@ -195,9 +201,7 @@ class ProxyResponse(Response):
                 return
             await send_bytes(send, 200, normalize_success(body))
             return
-        self.deps.metrics.upstream_errors.labels(engine.url, f"http_{resp.status}").inc()
-        if resp.status >= 500:
-            engine.record_failure("http_5xx", f"status {resp.status}")
+        self._refused(engine, resp.status)
         await send_bytes(send, resp.status, normalize_error(resp.status, body, self.call.route))
 
     async def _collected(
@@ -210,14 +214,20 @@ class ProxyResponse(Response):
                 resp, self.deps, engine, info, route=call.route, request=call.collect, n=call.n
             )
         except ApiError as err:
-            info.outcome = Outcome.TIMEOUT if err.status_code == 504 else Outcome.ENGINE_ERROR
+            info.outcome = outcome_of_failure(err.status_code)
             await self._send_error(send, err)
             return
         self.status_code = status
         info.outcome = outcome_of_status(status)
         if status != 200:
-            self.deps.metrics.upstream_errors.labels(engine.url, f"http_{status}").inc()
+            self._refused(engine, status)
         await send_bytes(send, status, body)
+
+    def _refused(self, engine: Engine, status: int) -> None:
+        """An engine's error answer: counted, and a 5xx towards the engine's ejection."""
+        self.deps.metrics.upstream_errors.labels(engine.url, f"http_{status}").inc()
+        if status >= 500:
+            engine.record_failure("http_5xx", f"status {status}")
 
     async def _send_error(self, send: Send, err: ApiError) -> None:
         self.status_code = err.status_code

@@ -24,7 +24,7 @@ from gateway.metering.stream_options import (
 from gateway.metering.usage import StreamUsage, Usage, find_usage, is_final_usage
 from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.normalize import normalize_error, normalize_success, stream_error_status
-from gateway.proxy.outcome import Outcome
+from gateway.proxy.outcome import Outcome, outcome_of_failure
 from gateway.proxy.sse import DONE_FRAME, FrameSplitter, error_frame, frame_data, with_data
 from gateway.proxy.upstream import UpstreamBroken, UpstreamResponse
 from gateway.request_context import RequestInfo
@@ -203,4 +203,4 @@ async def _end(
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     if error is None:
         return Outcome.OK
-    return Outcome.TIMEOUT if error.status_code == 504 else Outcome.ENGINE_ERROR
+    return outcome_of_failure(error.status_code)
