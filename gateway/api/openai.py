@@ -51,7 +51,7 @@ async def read_model_request(
     request: Request, gw: GatewayState, caller: Principal, check: Check
 ) -> ModelRequest:
     """Read and check the body (model first, then the route's own fields); 404 for a model
-    the caller may not use or nobody serves."""
+    the caller may not use or nobody serves. The body comes back with tenant policy applied."""
     received_ms = int(time.time() * 1000)
     body, raw = await read_json(request, gw.settings.max_body_bytes)
     model = require_model(body)
@@ -59,6 +59,7 @@ async def read_model_request(
     pool = gw.registry.pool(model)
     if pool is None or not caller.may_use(model):
         raise ModelNotFound(model)
+    raw, body = with_priority(raw, body, caller.priority)  # tenant policy, on every route
     return ModelRequest(received_ms, body, raw, model, pool)
 
 
@@ -75,7 +76,6 @@ async def _forward(
         read.pool,
     )
     stream = stream_flag(body)
-    raw, body = with_priority(raw, body, caller.priority)
     caller = gw.admission.with_defaults(caller)
     admission = await gw.admission.admit(caller, body, pool.context_length)
     want, collected = None, None

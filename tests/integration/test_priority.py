@@ -50,9 +50,11 @@ async def _key(setup: Setup, tenant: str) -> dict[str, str]:
         return {"authorization": f"Bearer {(await resp.json())['key']}"}
 
 
-async def _forwarded(setup: Setup, key: dict[str, str], body: dict[str, Any]) -> Any:
+async def _forwarded(
+    setup: Setup, key: dict[str, str], body: dict[str, Any], route: str = "chat/completions"
+) -> Any:
     """The body the engine received for `body` sent by the holder of `key`."""
-    url = f"{setup.gateway}/v1/chat/completions"
+    url = f"{setup.gateway}/v1/{route}"
     async with setup.http.post(url, json={"model": MODEL, **body}, headers=key) as resp:
         assert resp.status == 200, await resp.text()
     return (await sim_state(setup.http, setup.sim))["last_request"]["body"]
@@ -76,6 +78,11 @@ async def test_the_tenants_priority_replaces_the_clients(setup: Setup) -> None:
 
     # A tenant without a priority: the client's own is removed, not trusted.
     assert "priority" not in await _forwarded(setup, plain, {"messages": HELLO, "priority": -1000})
+
+    # The Responses API follows the same policy.
+    ask = {"input": "hi", "priority": -1000}
+    assert (await _forwarded(setup, gold, ask, "responses"))["priority"] == -5
+    assert "priority" not in await _forwarded(setup, plain, ask, "responses")
 
 
 async def test_a_priority_that_is_not_an_integer_is_refused_by_name(setup: Setup) -> None:
