@@ -1,6 +1,7 @@
 """Routing strategies on real engines: TTFT, vLLM's prefix-cache hit rate and the load spread.
 
 python -m bench.routing [--strategies round_robin,least_loaded,prefix_affinity] [--seed 7]
+                        [--rounds 3] [--engine-args "--long-prefill-token-threshold 256"]
 python -m bench.routing --decision-only      # the cost of one routing decision, no engines
 
 Two vLLM CPU engines (the bundled SmolLM2-135M, prefix caching on: vLLM's default), one core
@@ -10,6 +11,9 @@ endpoint, hence VLLM_SERVER_DEV_MODE=1). The workload: 24 system prompts of ~1k 
 than one engine's KV cache holds), 3 conversations per prompt, 4 turns each in a row (earlier
 answers are fixed text, so every strategy gets the same prompts), `--concurrency` users taking
 conversations in a seeded random order. Streams; TTFT is the time to the first content frame.
+With --rounds N the strategies run in turn N times on the same engines, and the summary gives
+each strategy's median p90 and the median of the per-round p90 ratios (a p90 over 288 requests
+on a shared box moves by a third between runs; a ratio within one round is steadier).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import asyncio
 import json
 import os
 import random
+import shlex
 import statistics
 import subprocess
 import tempfile
@@ -166,19 +171,30 @@ async def ttft_ms(
     return (first - started_at) * 1000
 
 
+@dataclass(frozen=True, slots=True)
+class Sample:
+    ttft_ms: float
+    first: bool  # the first request sent with its system prompt: a cold prefill anywhere
+
+
 async def drive(
     http: aiohttp.ClientSession, gateway: str, work: Workload, args: argparse.Namespace
-) -> list[float]:
+) -> list[Sample]:
     queue = list(work.conversations)
-    ttfts: list[float] = []
+    samples: list[Sample] = []
+    sent: set[str] = set()
 
     async def user() -> None:
         while queue:
             for messages in queue.pop():
-                ttfts.append(await ttft_ms(http, gateway, messages, args.max_tokens))
+                system = messages[0]["content"]
+                first = system not in sent
+                sent.add(system)
+                ttft = await ttft_ms(http, gateway, messages, args.max_tokens)
+                samples.append(Sample(ttft, first))
 
     await asyncio.gather(*(user() for _ in range(args.concurrency)))
-    return ttfts
+    return samples
 
 
 @asynccontextmanager
@@ -213,6 +229,54 @@ async def gateway(
         yield f"http://127.0.0.1:{port}", state.proxy.balancer
 
 
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A prefix_affinity decision that sent a request away from the engine holding more of it."""
+
+    matched: list[float]  # share of the key each engine was sent before, engine order
+    inflight: list[int]
+    scraped: list[float]  # running + waiting at the last scrape
+    kv: list[float]
+    chosen: int
+
+    def __str__(self) -> str:
+        def show(values: list[float] | list[int]) -> str:
+            return "/".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in values)
+
+        return (
+            f"matched {show(self.matched)}, in flight {show(self.inflight)}, scraped "
+            f"{show(self.scraped)}, kv {show(self.kv)} -> engine {self.chosen}"
+        )
+
+
+def watch_moves(balancer: Balancer, engines: list[str]) -> list[Move]:
+    """Record prefix_affinity's decisions that did not go to the best-matching engine."""
+    moves: list[Move] = []
+    if not isinstance(balancer, PrefixAffinity):
+        return moves
+    choose = balancer.choose
+
+    def watched(pool: list[Engine], blocks: list[int], now: float) -> Engine:
+        chosen = choose(pool, blocks, now)
+        by_url = {e.url: e for e in pool}
+        ordered = [by_url[u] for u in engines if u in by_url]
+        matched = [balancer.matched(e.url, blocks) / len(blocks) for e in ordered]
+        if matched[ordered.index(chosen)] < max(matched):
+            moves.append(
+                Move(
+                    matched,
+                    [e.inflight for e in ordered],
+                    [e.load.running + e.load.waiting for e in ordered],
+                    [e.load.kv_usage for e in ordered],
+                    ordered.index(chosen),
+                )
+            )
+        return chosen
+
+    setattr(balancer, "choose", watched)  # noqa: B010 (an instance attribute shadows the method)
+    return moves
+
+
 def held_by_all(balancer: Balancer, engines: list[str], work: Workload) -> int:
     """System prompts that prefix_affinity has sent to every engine (each moved at least once
     off its first engine, by the load bound or by a queue that outweighed the match)."""
@@ -230,15 +294,21 @@ def held_by_all(balancer: Balancer, engines: list[str], work: Workload) -> int:
 @dataclass(frozen=True, slots=True)
 class Row:
     strategy: str
-    ttfts: list[float]
+    samples: list[Sample]
     per_engine: list[float]
     hits: float
     queries: float
     seconds: float
     moved: int  # prefix_affinity: system prompts sent to both engines
 
-    def pct(self, q: float) -> float:
-        ordered = sorted(self.ttfts)
+    @property
+    def ttfts(self) -> list[float]:
+        return [s.ttft_ms for s in self.samples]
+
+    def pct(self, q: float, *, later_only: bool = False) -> float:
+        """TTFT percentile; `later_only`: of the requests that were not their system prompt's
+        first (those are a cold ~1k-token prefill whatever the strategy)."""
+        ordered = sorted(s.ttft_ms for s in self.samples if not (later_only and s.first))
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
     @property
@@ -261,28 +331,43 @@ async def run_strategy(
     started_at = time.perf_counter()
     async with gateway(engines, strategy, tmp) as (url, balancer):
         await asyncio.sleep(1.5)  # one scrape of the engines' load at least
-        ttfts = await drive(http, url, work, args)
+        moves = watch_moves(balancer, engines)
+        samples = await drive(http, url, work, args)
         moved = held_by_all(balancer, engines, work)
+    for move in moves:
+        print(f"  moved: {move}")
+    firsts = sorted(s.ttft_ms for s in samples if s.first)
+    later = sorted(s.ttft_ms for s in samples if not s.first)
+    if firsts:
+        slow = sum(t >= firsts[0] for t in later)
+        print(
+            f"  {strategy}: {len(firsts)} first requests of a system prompt, TTFT "
+            f"{firsts[0]:.0f}-{firsts[-1]:.0f} ms (median {statistics.median(firsts):.0f}); "
+            f"{slow} of {len(later)} later ones as slow as the fastest of those",
+            flush=True,
+        )
     seconds = time.perf_counter() - started_at
     after = [await engine_counters(http, url) for url in engines]
     per_engine = [a.requests - b.requests for a, b in zip(after, before, strict=True)]
     hits = sum(a.hits - b.hits for a, b in zip(after, before, strict=True))
     queries = sum(a.queries - b.queries for a, b in zip(after, before, strict=True))
-    return Row(strategy, ttfts, per_engine, hits, queries, seconds, moved)
+    return Row(strategy, samples, per_engine, hits, queries, seconds, moved)
 
 
 def print_rows(rows: list[Row], base: Row) -> None:
     """The table; `p90 gain` is the first strategy's p90 TTFT over each one's."""
     print(
-        "| strategy | TTFT p50 ms | TTFT p90 ms | p90 gain | prefix-cache hits | prompt tokens "
-        "| requests per engine | max/mean | prompts on both | seconds |"
+        "| strategy | TTFT p50 ms | TTFT p90 ms | p90 gain | p90 of later turns ms "
+        "| prefix-cache hits | prompt tokens | requests per engine | max/mean | prompts on both "
+        "| seconds |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |")
     for r in rows:
         per_engine = " / ".join(f"{n:.0f}" for n in r.per_engine)
         print(
             f"| {r.strategy} | {r.pct(0.5):.0f} | {r.pct(0.9):.0f} | "
-            f"{base.pct(0.9) / r.pct(0.9):.2f}x | {r.hits / max(r.queries, 1):.1%} | "
+            f"{base.pct(0.9) / r.pct(0.9):.2f}x | {r.pct(0.9, later_only=True):.0f} | "
+            f"{r.hits / max(r.queries, 1):.1%} | "
             f"{r.queries / len(r.ttfts):.0f} | {per_engine} | {r.spread:.2f} | "
             f"{r.moved if r.strategy == 'prefix_affinity' else '-'} | {r.seconds:.0f} |",
             flush=True,
@@ -302,7 +387,7 @@ def machine_note() -> str:
 
 
 @asynccontextmanager
-async def two_engines() -> AsyncIterator[list[str]]:
+async def two_engines(extra_args: tuple[str, ...]) -> AsyncIterator[list[str]]:
     os.environ["VLLM_SERVER_DEV_MODE"] = "1"  # for /reset_prefix_cache; reaches the engines only
     paths = EmbeddedPaths.resolve()
     ready = await prepare(paths)
@@ -314,7 +399,12 @@ async def two_engines() -> AsyncIterator[list[str]]:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(i % (os.cpu_count() or 1))
             log = paths.logs / f"bench-routing-{i}.log"
             spec = EngineSpec(
-                ready.engine_python, ready.chat_model, CHAT_MODEL_NAME, free_port(), log
+                ready.engine_python,
+                ready.chat_model,
+                CHAT_MODEL_NAME,
+                free_port(),
+                log,
+                extra_args=extra_args,
             )
             engines.append(await stack.enter_async_context(running_engine(spec)))
         yield engines
@@ -325,17 +415,50 @@ async def bench(args: argparse.Namespace) -> None:
     conversations = len(work.conversations)
     print(f"workload: {work.requests} requests, {conversations} conversations, seed {args.seed}")
     print(f"machine before the engines started: {machine_note()}", flush=True)
-    rows: list[Row] = []
+    extra_args = tuple(shlex.split(args.engine_args))
+    print(f"engine options beyond the embedded engine's: {' '.join(extra_args) or 'none'}")
+    strategies = args.strategies.split(",")
+    rounds: list[list[Row]] = []
     timeout = aiohttp.ClientTimeout(total=300)
     with tempfile.TemporaryDirectory() as tmp:
-        async with two_engines() as engines, aiohttp.ClientSession(timeout=timeout) as http:
-            for strategy in args.strategies.split(","):
-                rows.append(
-                    await run_strategy(http, engines, strategy, work, args=args, tmp=Path(tmp))
-                )
-                print_rows(rows[-1:], base=rows[0])
+        async with (
+            two_engines(extra_args) as engines,
+            aiohttp.ClientSession(timeout=timeout) as http,
+        ):
+            for number in range(args.rounds):
+                print(f"round {number + 1} of {args.rounds}", flush=True)
+                rows: list[Row] = []
+                for strategy in strategies:
+                    rows.append(
+                        await run_strategy(http, engines, strategy, work, args=args, tmp=Path(tmp))
+                    )
+                    print_rows(rows[-1:], base=rows[0])
+                rounds.append(rows)
             print(f"machine after the run: {machine_note()}")
-    print_rows(rows, base=rows[0])
+    for number, rows in enumerate(rounds, 1):
+        print(f"round {number}:")
+        print_rows(rows, base=rows[0])
+    if len(rounds) > 1:
+        print_summary(strategies, rounds)
+
+
+def print_summary(strategies: list[str], rounds: list[list[Row]]) -> None:
+    """Per strategy over the rounds: median p90, and the median of the per-round p90 ratios
+    (first strategy's over this one's), with their range."""
+    print(f"over {len(rounds)} rounds (median, and range in brackets):")
+    print("| strategy | TTFT p90 ms | p90 gain | p90 of later turns ms | prefix-cache hits |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for i, strategy in enumerate(strategies):
+        rows = [r[i] for r in rounds]
+        gains = [r[0].pct(0.9) / r[i].pct(0.9) for r in rounds]
+        p90s = [row.pct(0.9) for row in rows]
+        later = statistics.median(row.pct(0.9, later_only=True) for row in rows)
+        hits = statistics.median(row.hits / max(row.queries, 1) for row in rows)
+        print(
+            f"| {strategy} | {statistics.median(p90s):.0f} ({min(p90s):.0f}-{max(p90s):.0f}) | "
+            f"{statistics.median(gains):.2f}x ({min(gains):.2f}-{max(gains):.2f}) | "
+            f"{later:.0f} | {hits:.1%} |"
+        )
 
 
 def decision_cost() -> None:
@@ -374,6 +497,10 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=1, help="run the strategies in turn N times")
+    parser.add_argument(
+        "--engine-args", default="", help="more vLLM server options for both engines (quoted)"
+    )
     parser.add_argument("--decision-only", action="store_true")
     args = parser.parse_args()
     if args.decision_only:

@@ -46,6 +46,8 @@ class EngineSpec:
     pooling: bool = False  # embedding models
     # vLLM's tool-call parser: `tools` with tool_choice "auto", "required" or a named function
     tool_parser: str | None = None
+    # More vLLM server options, appended as given (bench/routing.py: --engine-args).
+    extra_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -59,7 +61,9 @@ class EngineSpec:
         argv += ["--scheduling-policy", "priority"]  # tenants' priorities (gateway/api/policy.py)
         if self.tool_parser is not None:
             argv += ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_parser]
-        return [*argv, "--runner", "pooling"] if self.pooling else argv
+        if self.pooling:
+            argv += ["--runner", "pooling"]
+        return [*argv, *self.extra_args]
 
 
 def engine_env(parent: Mapping[str, str]) -> dict[str, str]:

@@ -1,10 +1,12 @@
 """Balancing strategies: the order in which a request tries the engines of its model's pool.
 
 Every strategy puts healthy engines first (an engine marked down goes last, still tried if
-all else fails). The load of an engine is what the gateway knows now (its own requests in
-flight there) or what the engine said at the last scrape (running + waiting), whichever is
-larger: the scraped queue already holds this replica's requests, so adding the two would count
-them twice, while the larger one follows a burst at once and sees other replicas' requests.
+all else fails). The load of an engine is this replica's requests in flight there now plus
+other replicas' at the last scrape: the engine's queue then (running + waiting) less this
+replica's requests in flight when the scrape's answer came. Own requests change between two
+scrapes (a burst, requests finishing) and are counted exactly; a scraped queue alone would be
+up to a scrape interval old (bench/README.md, "Routing": a stale queue of 4 that was 3 moved
+a conversation off its engine).
 """
 
 from __future__ import annotations
@@ -120,8 +122,10 @@ def _fresh(load: EngineLoad, now: float) -> bool:
 def engine_load(engine: Engine, now: float) -> float:
     """Requests at the engine (see the module's docstring)."""
     load = engine.load
-    queue = load.running + load.waiting if _fresh(load, now) else 0.0
-    return max(float(engine.inflight), queue)
+    if not _fresh(load, now):
+        return float(engine.inflight)
+    others = max(0.0, load.running + load.waiting - load.own_at_scrape)
+    return engine.inflight + others
 
 
 def _healthy_first(engines: list[Engine], now: float) -> list[Engine]:

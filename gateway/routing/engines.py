@@ -26,6 +26,9 @@ class EngineLoad:
     prefix_hits: float = 0.0  # vllm:prefix_cache_hits (a counter)
     prefix_queries: float = 0.0  # vllm:prefix_cache_queries (a counter)
     scraped_at: float = 0.0  # time.monotonic() of the scrape; 0: never scraped
+    # This replica's requests in flight there when the scrape's answer came: the rest of the
+    # engine's queue is other replicas' (gateway/routing/balancer.py, engine_load).
+    own_at_scrape: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,4 +138,5 @@ class LoadScraper:
         if engine.url in self._failing:
             self._failing.discard(engine.url)
             self.log.info("load scrape of %s works again", engine.url)
+        load.own_at_scrape = engine.inflight
         engine.load = load

@@ -1,7 +1,16 @@
 from __future__ import annotations
 
-from gateway.routing.balancer import LeastLoaded, PrefixAffinity, RoundRobin, make_balancer
-from gateway.routing.engines import EngineRegistry
+import time
+
+from gateway.routing.balancer import (
+    STALE_AFTER_S,
+    LeastLoaded,
+    PrefixAffinity,
+    RoundRobin,
+    engine_load,
+    make_balancer,
+)
+from gateway.routing.engines import Engine, EngineLoad, EngineRegistry
 from gateway.settings import ModelRoute, RoutingSettings
 
 
@@ -57,3 +66,22 @@ def test_make_balancer_follows_settings() -> None:
     balancer = make_balancer(RoutingSettings(load_bound=1.5))
     assert isinstance(balancer, PrefixAffinity)  # the default
     assert balancer.load_bound == 1.5
+
+
+def test_load_is_own_requests_now_plus_other_replicas_at_the_last_scrape() -> None:
+    now = time.monotonic()
+    engine = Engine("http://e1", inflight=3)
+    assert engine_load(engine, now) == 3  # never scraped: only what this replica knows
+    # Scraped when 4 were queued, 3 of them this replica's: one is another replica's.
+    engine.load = EngineLoad(running=3, waiting=1, scraped_at=now, own_at_scrape=3)
+    assert engine_load(engine, now) == 4
+    engine.inflight = 1  # two of ours finished since: the stale queue does not keep them
+    assert engine_load(engine, now) == 2
+    engine.inflight = 6  # a burst of ours since: counted at once
+    assert engine_load(engine, now) == 7
+    # Ours sent but not yet queued there when it answered: nobody else's, not negative.
+    engine.load = EngineLoad(running=1, scraped_at=now, own_at_scrape=3)
+    assert engine_load(engine, now) == 6
+    assert engine_load(engine, now + STALE_AFTER_S + 1) == 6  # a stale scrape is not believed
+    engine.load = EngineLoad(running=9, scraped_at=now, own_at_scrape=3)
+    assert engine_load(engine, now + STALE_AFTER_S + 1) == 6

@@ -32,8 +32,17 @@ def chat(*turns: str, system: str = SYSTEM) -> dict[str, Any]:
     return {"model": "m", "messages": messages}
 
 
-def scraped(running: float = 0.0, waiting: float = 0.0, kv: float = 0.0) -> EngineLoad:
-    return EngineLoad(running=running, waiting=waiting, kv_usage=kv, scraped_at=time.monotonic())
+def scraped(
+    running: float = 0.0, waiting: float = 0.0, kv: float = 0.0, own: int = 0
+) -> EngineLoad:
+    """A fresh scrape; `own`: this replica's requests in flight there when it answered."""
+    return EngineLoad(
+        running=running,
+        waiting=waiting,
+        kv_usage=kv,
+        scraped_at=time.monotonic(),
+        own_at_scrape=own,
+    )
 
 
 def test_a_conversations_next_turn_extends_its_key() -> None:
@@ -176,12 +185,14 @@ def test_a_stale_scrape_is_not_believed() -> None:
     assert urls(LeastLoaded().candidates(p)) == [a.url, b.url]
 
 
-def test_least_loaded_takes_the_larger_of_in_flight_and_the_scraped_queue() -> None:
+def test_least_loaded_counts_own_requests_now_and_other_replicas_at_the_scrape() -> None:
     p = pool(3)
     e0, e1, e2 = p.engines
     e0.load = scraped(running=2, waiting=2)  # other replicas' requests: 4
-    e1.inflight, e1.load = 3, scraped(running=1)  # a burst the last scrape did not see: 3
-    e2.inflight, e2.load = 2, scraped(running=2)  # the same requests, seen twice: 2
+    e1.inflight, e1.load = 3, scraped(running=1, own=1)  # a burst the last scrape did not see: 3
+    e2.inflight, e2.load = 2, scraped(running=2, own=2)  # the same requests, not twice: 2
+    assert urls(LeastLoaded().candidates(p)) == [e2.url, e1.url, e0.url]
+    e2.load = scraped(running=5, own=5)  # three of ours finished since the scrape: still 2
     assert urls(LeastLoaded().candidates(p)) == [e2.url, e1.url, e0.url]
 
 
