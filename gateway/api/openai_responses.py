@@ -27,7 +27,7 @@ from gateway.api.responses import json_response
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
-from gateway.limits.estimate import response_tokens
+from gateway.limits.estimate import response_input_tokens, response_tokens
 from gateway.metering.accounting import Charge
 from gateway.metering.usage import Usage
 from gateway.proxy.outcome import Outcome, ProxyResult, Reporter
@@ -106,6 +106,7 @@ async def create_response(request: Request, gw: Gateway, caller: Caller) -> Resp
         headers={} if admission is None else admission.headers(),
         responses=True,
         engines=engines,
+        input_estimate=response_input_tokens(body),
     )
     charge = Charge(
         _request_id(request), "responses", model, stream, caller, admission, received_ms

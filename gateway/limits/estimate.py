@@ -102,18 +102,24 @@ def _item_chars(item: Any) -> int:
     return chars
 
 
-def response_tokens(
-    body: dict[str, Any], default_max_tokens: int, context_length: int | None = None
-) -> int:
-    """A Responses API request: its `input` (a string, or items) and `instructions`, plus
-    `max_output_tokens` (else the default, capped by the context left). A conversation continued
-    with `previous_response_id` also re-reads earlier turns, which only settlement can know."""
+def response_input_tokens(body: dict[str, Any]) -> int:
+    """An estimate of a Responses API request's input: its `input` (a string, or items) and
+    `instructions`. A conversation continued with `previous_response_id` also re-reads earlier
+    turns, which only the engine's usage report can know."""
     value = body.get("input")
     items = value if isinstance(value, list) else [{"content": value}]
     instructions = body.get("instructions")
     chars = sum(map(_item_chars, items))
     chars += len(instructions) if isinstance(instructions, str) else 0
-    prompt = chars // CHARS_PER_TOKEN + 1
+    return chars // CHARS_PER_TOKEN + 1
+
+
+def response_tokens(
+    body: dict[str, Any], default_max_tokens: int, context_length: int | None = None
+) -> int:
+    """A Responses API request: its input's estimate plus `max_output_tokens` (else the
+    default, capped by the context left)."""
+    prompt = response_input_tokens(body)
     limit = _positive_int(body.get("max_output_tokens"))
     if limit is None:
         limit = default_max_tokens

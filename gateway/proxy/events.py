@@ -7,6 +7,10 @@ the response's id (in `response.created`, to route its follow-ups to this engine
 (in the terminal event's `response`: `input_tokens`, `output_tokens`, cached tokens), and
 whether the stream finished. A stream that breaks off gets one `error` event, the Responses
 API's own way of saying so, numbered after the last event the client saw.
+
+vLLM reports a response's usage only in its terminal event. A stream that ends before it (the
+client left, the engine broke off) is billed what the gateway saw: one output token per delta
+event (vLLM sends one per generated token) and the input as estimated at admission.
 """
 
 from __future__ import annotations
@@ -23,19 +27,40 @@ from gateway.proxy.sse import frame_data, frame_event
 # response), and the error event vLLM sends when generation fails midway.
 TERMINAL = frozenset({b"response.completed", b"response.incomplete", b"response.failed"})
 ERROR = b"error"
+# Events that carry generated text, one per token vLLM generated (see the module docstring).
+DELTAS = frozenset(
+    {
+        b"response.output_text.delta",
+        b"response.reasoning_text.delta",
+        b"response.reasoning_summary_text.delta",
+        b"response.function_call_arguments.delta",
+        b"response.refusal.delta",
+    }
+)
 _SEQUENCE = re.compile(rb'"sequence_number"\s*:\s*(\d+)')
 
 
 class ResponseEvents:
-    """A frame filter for relay_stream (see gateway/proxy/stream.py) that changes nothing."""
+    """A frame filter for relay_stream (see gateway/proxy/stream.py) that changes nothing.
+    `input_estimate`: the input tokens estimated at admission (billed if the stream ends
+    before vLLM reports its usage)."""
 
-    __slots__ = ("finished", "last", "response_id", "usage")
+    __slots__ = ("deltas", "finished", "input_estimate", "last", "reported", "response_id")
 
-    def __init__(self) -> None:
+    def __init__(self, input_estimate: int = 0) -> None:
+        self.input_estimate = input_estimate
         self.finished = False
         self.response_id: str | None = None
-        self.usage: Usage | None = None
+        self.reported: Usage | None = None  # the terminal event's usage
+        self.deltas = 0
         self.last = b""  # the last event's payload (for the next sequence number)
+
+    @property
+    def usage(self) -> Usage | None:
+        """vLLM's report; before it, what was seen (nothing if generation never started)."""
+        if self.reported is not None or self.response_id is None:
+            return self.reported
+        return Usage(self.input_estimate, self.deltas)
 
     def __call__(self, frame: bytes) -> bytes:
         event = frame_event(frame)
@@ -43,11 +68,13 @@ class ResponseEvents:
         if data is None:
             return frame
         self.last = data
-        if event == b"response.created" and self.response_id is None:
+        if event in DELTAS:
+            self.deltas += 1
+        elif event == b"response.created" and self.response_id is None:
             self.response_id = created_id(data)
         elif event in TERMINAL:
             span = find_usage(data)
-            self.usage = None if span is None else parse_usage(data[span[1] : span[2]])
+            self.reported = None if span is None else parse_usage(data[span[1] : span[2]])
             self.finished = True
         elif event == ERROR:
             self.finished = True

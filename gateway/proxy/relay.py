@@ -64,6 +64,9 @@ class ProxyCall:
     # Only these engines, in this order, instead of the balancer's choice: the engine that
     # holds a stored response.
     engines: list[Engine] | None = None
+    # The Responses API: input tokens estimated at admission, billed for a stream that ends
+    # before the engine reports its usage (gateway/proxy/events.py).
+    input_estimate: int = 0
 
 
 async def _nobody(result: ProxyResult) -> None:
@@ -168,7 +171,7 @@ class ProxyResponse(Response):
         sse = resp.content_type == "text/event-stream"
         if resp.status == 200 and sse and self.call.stream:
             self.status_code = 200
-            events = ResponseEvents() if self.call.responses else None
+            events = ResponseEvents(self.call.input_estimate) if self.call.responses else None
             info.outcome = await relay_stream(
                 resp,
                 send,

@@ -125,6 +125,31 @@ async def test_plain_and_streamed_responses_are_metered_with_their_tokens(fleet:
     assert (records[1].prompt_tokens, records[1].completion_tokens) == (3, 8)  # 1 + 2 words
 
 
+async def test_a_stream_the_client_left_is_billed_the_deltas_it_was_sent(fleet: Fleet) -> None:
+    """vLLM reports a response's usage only at its end: an abandoned stream is billed one token
+    per delta relayed and the input as estimated at admission (13 characters: 4 tokens)."""
+    client = await fleet.client("leaver")
+    body = {"model": MODEL, "input": "one two three", "stream": True, "max_output_tokens": 200}
+    body["sim"] = {"itl_ms": 40}
+    headers = {"authorization": f"Bearer {client.api_key}"}
+    deltas = 0
+    async with fleet.http.post(f"{fleet.gateway}/v1/responses", json=body, headers=headers) as r:
+        assert r.status == 200
+        async for line in r.content:
+            deltas += line.startswith(b"event: response.output_text.delta")
+            if deltas == 5:
+                break  # leave: the connection is closed with the response
+    (record,) = await fleet.records("leaver", 1)
+    assert (record.route, record.stream, record.outcome) == (
+        "responses",
+        True,
+        "client_disconnected",
+    )
+    assert record.prompt_tokens == 4
+    assert 5 <= record.completion_tokens <= 8  # what was sent before the gateway noticed
+    assert record.completion_tokens < 200
+
+
 async def test_a_conversation_stays_on_the_engine_that_stored_it(fleet: Fleet) -> None:
     client = await fleet.client("talk")
     first = await client.responses.create(model=MODEL, input="hello there")

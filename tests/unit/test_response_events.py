@@ -41,8 +41,11 @@ DELTAS = [event("response.output_text.delta", i + 1, delta=t) for i, t in enumer
 COMPLETED = event("response.completed", 4, response=response("completed", USAGE))
 
 
+ESTIMATE = 21  # the input tokens the API layer estimated at admission
+
+
 def stream_call(pool: ModelPool) -> ProxyCall:
-    return ProxyCall("responses", pool, b"{}", True, responses=True)
+    return ProxyCall("responses", pool, b"{}", True, responses=True, input_estimate=ESTIMATE)
 
 
 def body_call(pool: ModelPool) -> ProxyCall:
@@ -67,7 +70,7 @@ async def test_frames_split_anywhere_are_relayed_whole() -> None:
     assert run.result.usage == Usage(12, 3, 8)
 
 
-async def test_a_stream_cut_midway_ends_with_one_error_event_and_reports_no_usage() -> None:
+async def test_a_stream_cut_midway_ends_with_one_error_event_and_bills_what_was_seen() -> None:
     steps: list[Any] = [CREATED, DELTAS[0], broken()]
     run = await run_proxy(FakeUpstream(FakeResponse(steps=steps)), stream_call)
     frames = FrameSplitter().feed(run.body)
@@ -81,7 +84,21 @@ async def test_a_stream_cut_midway_ends_with_one_error_event_and_reports_no_usag
         2,
     )
     assert run.result.outcome == Outcome.ENGINE_ERROR
-    assert run.result.usage is None  # vLLM reports usage only at the end
+    # vLLM reports usage only at the end: the input as estimated, one token per delta seen
+    assert run.result.usage == Usage(ESTIMATE, 1)
+
+
+async def test_a_stream_the_client_left_bills_the_deltas_relayed_so_far() -> None:
+    steps: list[Any] = [CREATED, *DELTAS, 5.0, COMPLETED]
+    run = await run_proxy(FakeUpstream(FakeResponse(steps=steps)), stream_call, leave_after_s=0.2)
+    assert run.result.outcome == Outcome.CLIENT_DISCONNECTED
+    assert run.result.usage == Usage(ESTIMATE, 3)
+
+
+async def test_a_stream_cut_before_it_started_bills_nothing() -> None:
+    steps: list[Any] = [broken()]
+    run = await run_proxy(FakeUpstream(FakeResponse(steps=steps)), stream_call)
+    assert run.result.usage is None
 
 
 async def test_a_stream_that_ends_without_a_terminal_event_is_cut() -> None:
