@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
-import aiohttp
 import orjson
 from fastapi import APIRouter
 from starlette.responses import Response
 
 from gateway.deps import Gateway
-from gateway.routing.engines import Engine
 from gateway.state import GatewayState
 
 router = APIRouter()
-
-_PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2)
 
 
 @router.get("/healthz", response_model=None)
@@ -25,30 +22,26 @@ async def healthz() -> Response:
 
 @router.get("/readyz", response_model=None)
 async def readyz(gw: Gateway) -> Response:
-    """Ready when Redis (if configured) answers and every model has an engine that is healthy."""
+    """Ready when this gateway can serve: some model has an engine that is up (by the registry's
+    health checks and ejections; nothing is probed here) and Redis answers, unless
+    `limits.failure_mode` is open (then requests are served without it). A model whose engines
+    are all down is named in the body but does not take the gateway out of its Service: every
+    replica would go with it, and the models that are up with them."""
+    now = time.monotonic()
     engines = gw.registry.engines()
-    results = await asyncio.gather(*(_engine_ok(gw, e) for e in engines))
-    healthy = {e.url for e, ok in zip(engines, results, strict=True) if ok}
-    models = {p.name: any(e.url in healthy for e in p.engines) for p in gw.registry.pools()}
+    models = {p.name: any(e.is_up(now) for e in p.engines) for p in gw.registry.pools()}
     redis = await _redis_state(gw)
-    ready = all(models.values()) and redis in ("ok", "not_configured")
+    redis_ok = redis in ("ok", "not_configured") or gw.settings.limits.failure_mode == "open"
+    ready = redis_ok and (any(models.values()) or not models)
     body = {
         "status": "ready" if ready else "not_ready",
         "redis": redis,
         "models": models,
-        "engines": {e.url: e.url in healthy for e in engines},
+        "engines": {e.url: e.is_up(now) for e in engines},
     }
     return Response(
         orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json"
     )
-
-
-async def _engine_ok(gw: GatewayState, engine: Engine) -> bool:
-    try:
-        async with gw.http.get(engine.url + "/health", timeout=_PROBE_TIMEOUT) as resp:
-            return resp.status == 200
-    except (aiohttp.ClientError, TimeoutError):
-        return False
 
 
 async def _redis_state(gw: GatewayState) -> str:

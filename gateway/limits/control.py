@@ -12,7 +12,7 @@ from gateway.auth.principal import Limits, Principal
 from gateway.errors import RateLimited, ServiceUnavailable
 from gateway.limits.estimate import reserved_tokens
 from gateway.limits.failures import Failure, classify
-from gateway.limits.limiter import Admission, Limiter, new_lease
+from gateway.limits.limiter import Admission, AdmissionCancelled, Limiter, new_lease
 from gateway.limits.patience import Patience
 from gateway.limits.releases import Releases
 from gateway.metrics import Metrics
@@ -74,6 +74,11 @@ class AdmissionControl:
                         sent = sent or failure.may_have_run
                         if not failure.waits:
                             raise
+        except AdmissionCancelled as cancelled:
+            # Its lease was released before the script ran (only a give-up releases one, so
+            # not expected within one admission): it charged nothing; failure_mode decides.
+            self._unavailable(Failure("error", may_have_run=False), cancelled)
+            return None
         except RateLimited as refusal:
             self.metrics.ratelimit_rejections.labels(
                 caller.tenant, refusal.scope, refusal.limit_kind

@@ -83,6 +83,9 @@ class SpillDir:
         self.ledger: str | None = None  # its id, once Redis told it
         self.pid = os.getpid()
         self.life = secrets.token_hex(4)  # tells this process from an earlier one with its pid
+        # Foreign files' settlements counted, by name, with the size and mtime counted at: a
+        # file left in place is read again only when it changed (replay passes look often).
+        self._counted: dict[str, tuple[int, int, int]] = {}
 
     @property
     def own(self) -> Path:
@@ -142,10 +145,21 @@ class SpillDir:
             if name.ledger is None and name.kind and not self._gone(name):
                 continue
             try:
-                found.append(ForeignFile(file, name, count_lines(file)))
+                found.append(ForeignFile(file, name, self._count(file)))
             except FileNotFoundError:  # claimed or removed meanwhile
                 continue
+        names = {f.path.name for f in found}
+        self._counted = {k: v for k, v in self._counted.items() if k in names}
         return found
+
+    def _count(self, file: Path) -> int:
+        stat = file.stat()
+        known = self._counted.get(file.name)
+        if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
+            return known[2]
+        count = count_lines(file)
+        self._counted[file.name] = (stat.st_size, stat.st_mtime_ns, count)
+        return count
 
     def pending_files(self) -> list[Path]:
         return sorted(self.path.glob("*.jsonl")) if self.path.is_dir() else []

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
 import pytest
 
+from gateway.app import create_app
 from gateway.logs import ACCESS_LOGGER, JsonFormatter
+from gateway.netutil import free_port
+from gateway.settings import Settings
+from gateway.sim.config import SimConfig
 from tests.integration.conftest import DEAD_MODEL, MODEL, Stack
+from tests.integration.sim_fixture import running_sim
+from tests.support.gateways import ADMIN_TOKEN
 from tests.support.logs import collected
+from tests.support.servers import serve_asgi
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -17,13 +29,57 @@ async def test_healthz(stack: Stack) -> None:
         assert await resp.json() == {"status": "ok"}
 
 
-async def test_readyz_names_what_is_not_ready(stack: Stack) -> None:
-    async with stack.http.get(f"{stack.gateway}/readyz") as resp:
-        assert resp.status == 503
-        body = await resp.json()
-    assert body["status"] == "not_ready"
+async def ready(
+    http: aiohttp.ClientSession, gateway: str, down: tuple[str, ...] = (), within_s: float = 10
+) -> Any:
+    """(status, body) of /readyz once the health checks have found the `down` engines down."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        async with http.get(f"{gateway}/readyz") as resp:
+            status, body = resp.status, await resp.json()
+        settled = not any(body["engines"].get(url) for url in down)
+        if settled or asyncio.get_running_loop().time() > deadline:
+            return status, body
+        await asyncio.sleep(0.1)
+
+
+async def test_readyz_names_a_model_whose_engines_are_down_and_stays_ready(stack: Stack) -> None:
+    dead = [
+        url for url in (await ready(stack.http, stack.gateway))[1]["engines"] if url != stack.sim
+    ]
+    status, body = await ready(stack.http, stack.gateway, tuple(dead))
+    assert (status, body["status"]) == (200, "ready")  # one model down takes no replica out
     assert body["models"] == {MODEL: True, DEAD_MODEL: False}
     assert body["redis"] == "not_configured"
+
+
+async def test_readyz_is_503_when_no_engine_is_up_or_redis_is_gone_in_closed_mode(
+    tmp_path: Path,
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    gone = f"redis://127.0.0.1:{free_port()}/0"
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"models": [{"name": DEAD_MODEL, "engines": [dead]}]}, 503, "not_configured"),
+        ({"redis_url": gone}, 503, "unreachable"),
+        ({"redis_url": gone, "limits": {"failure_mode": "open"}}, 200, "unreachable"),
+    ]
+    async with (
+        running_sim(SimConfig(models=[MODEL])) as sim,
+        aiohttp.ClientSession() as http,
+    ):
+        for overrides, expected, redis in cases:
+            settings: dict[str, Any] = {
+                "models": [{"name": MODEL, "engines": [sim]}],
+                "admin_token": ADMIN_TOKEN,
+                "auth": {"required": False},
+                "metering": {"spill_dir": str(tmp_path / "spill")},
+                **overrides,
+            }
+            app = create_app(Settings.model_validate(settings))
+            async with serve_asgi(app) as gateway:
+                status, body = await ready(http, gateway, (dead,))
+            assert (status, body["redis"]) == (expected, redis), (overrides, body)
+            assert body["status"] == ("ready" if expected == 200 else "not_ready")
 
 
 async def test_access_log_is_json_with_request_id_and_no_prompt(stack: Stack) -> None:

@@ -10,7 +10,9 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.auth.principal import Limits, Principal
-from gateway.errors import RateLimited
+from gateway.errors import RateLimited, ServiceUnavailable
+from gateway.limits import control
+from gateway.limits.control import AdmissionControl
 from gateway.limits.limiter import (
     Admission,
     AdmissionCancelled,
@@ -22,7 +24,8 @@ from gateway.limits.limiter import (
 from gateway.metering.ledger import Ledger
 from gateway.metering.record import new_record_id
 from gateway.metering.settlement import LimitSettlement, Settlement
-from gateway.settings import MeteringSettings
+from gateway.metrics import Metrics
+from gateway.settings import LimitsSettings, MeteringSettings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 _tenants = count()
@@ -243,3 +246,27 @@ async def test_the_same_lease_admitted_twice_charges_once(redis: Redis) -> None:
     assert state["leases"] == [1, 0]
     with pytest.raises(RateLimited):  # a new lease is a new request
         await limiter.admit(principal, 100)
+
+
+@pytest.mark.parametrize("mode", ["closed", "open"])
+async def test_a_cancelled_admission_gets_the_failure_mode_not_a_500(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """Admission control answers an already-released lease like an unavailable limiter (closed:
+    503; open: admitted without limits), and it charged nothing."""
+    limiter, principal = Limiter(redis), who(BOTH["key"], BOTH["tenant"])
+    lease = new_lease()
+    assert await limiter.release(principal, lease) == "cancelled"
+    monkeypatch.setattr(control, "new_lease", lambda: lease)
+    admission = AdmissionControl(
+        limiter, LimitsSettings.model_validate({"failure_mode": mode}), Metrics()
+    )
+    try:
+        if mode == "closed":
+            with pytest.raises(ServiceUnavailable):
+                await admission.admit(principal, {"messages": []})
+        else:
+            assert await admission.admit(principal, {"messages": []}) is None
+    finally:
+        await admission.close()
+    assert (await charges(redis, principal))["requests"] == [0, 0]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.metering import spill as spill_module
 from gateway.metering.settlement import LimitSettlement, Settlement
 from gateway.metering.spill import (
     SpillDir,
@@ -203,6 +204,27 @@ def test_files_of_another_ledger_are_left_in_place_and_reported(tmp_path: Path) 
     found = {f.path: (f.name.ledger, f.records) for f in spill.foreign()}
     assert found == {other[0]: ("feedfacefeedface", 2), other[1]: ("feedfacefeedface", 1)}
     assert spill_dir(tmp_path, ledger="feedfacefeedface").claim() != []  # their ledger's gateway
+
+
+def test_a_foreign_file_is_read_again_only_when_it_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[Path] = []
+
+    def counting(file: Path) -> int:
+        reads.append(file)
+        return count_lines(file)
+
+    monkeypatch.setattr(spill_module, "count_lines", counting)
+    path = write(tmp_path / f"spill-feedfacefeedface-{dead_pid()}-abcd.jsonl", settlement(1))
+    spill = spill_dir(tmp_path)
+    assert [f.records for f in spill.foreign()] == [1]
+    assert [f.records for f in spill.foreign()] == [1]
+    assert reads == [path]  # replay passes look often; an unchanged file is not read again
+    with path.open("ab") as more:
+        more.write(settlement(2).to_json() + b"\n")
+    assert [f.records for f in spill.foreign()] == [2]
+    assert reads == [path, path]
 
 
 def test_an_unknown_ledgers_file_is_reported_once_its_writer_is_gone(
