@@ -1,0 +1,232 @@
+{{/* Names, labels, merged engine entries and secret references shared by the templates. */}}
+
+{{- define "llmaas.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "llmaas.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "llmaas.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels of every object. */}}
+{{- define "llmaas.labels" -}}
+helm.sh/chart: {{ include "llmaas.chart" . }}
+app.kubernetes.io/name: {{ include "llmaas.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one component (gateway, engine, redis): call with (dict "ctx" $ "component" "gateway"). */}}
+{{- define "llmaas.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "llmaas.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "llmaas.gateway.fullname" -}}
+{{- printf "%s-gateway" (include "llmaas.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "llmaas.gateway.serviceAccountName" -}}
+{{- if .Values.gateway.serviceAccount.create -}}
+{{- default (include "llmaas.gateway.fullname" .) .Values.gateway.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.gateway.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "llmaas.gateway.image" -}}
+{{- printf "%s:%s" .Values.gateway.image.repository (.Values.gateway.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{- define "llmaas.redis.fullname" -}}
+{{- printf "%s-redis" (include "llmaas.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* An engine's Deployment and headless Service: call with (dict "ctx" $ "engine" $engine). */}}
+{{- define "llmaas.engine.fullname" -}}
+{{- printf "%s-engine-%s" (include "llmaas.fullname" .ctx) .engine.name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The name clients send for an engine's model. */}}
+{{- define "llmaas.engine.servedName" -}}
+{{- .servedModelName | default .model -}}
+{{- end -}}
+
+{{/* How the gateway names an engine: every address of its headless Service. */}}
+{{- define "llmaas.engine.entry" -}}
+{{- printf "dns://%s.%s.svc.%s:8000" (include "llmaas.engine.fullname" .) .ctx.Release.Namespace .ctx.Values.clusterDomain -}}
+{{- end -}}
+
+{{/* Deep merge of two maps as YAML: keys of .over win (false, 0 and "" too), maps merge. */}}
+{{- define "llmaas.merge" -}}
+{{- $out := deepCopy .base -}}
+{{- range $key, $value := .over -}}
+{{- $current := get $out $key -}}
+{{- if and (kindIs "map" $value) (kindIs "map" $current) -}}
+{{- $_ := set $out $key (include "llmaas.merge" (dict "base" $current "over" $value) | fromYaml) -}}
+{{- else -}}
+{{- $_ := set $out $key $value -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* Every engine entry merged over engineDefaults, as YAML {engines: [...]}. */}}
+{{- define "llmaas.engines" -}}
+{{- $engines := list -}}
+{{- $seen := dict -}}
+{{- range .Values.engines -}}
+{{- if hasKey $seen .name -}}
+{{- fail (printf "engines: the name %q is used twice (each engine needs its own Deployment and Service)" .name) -}}
+{{- end -}}
+{{- $_ := set $seen .name true -}}
+{{- $engines = append $engines (include "llmaas.merge" (dict "base" $.Values.engineDefaults "over" .) | fromYaml) -}}
+{{- end -}}
+{{- toYaml (dict "engines" $engines) -}}
+{{- end -}}
+
+{{/* A secret reference {name, key} for a {value, existingSecret, key} block: call with
+(dict "ref" $block "name" $chartSecretName). */}}
+{{- define "llmaas.secretRef" -}}
+name: {{ .ref.existingSecret | default .name }}
+key: {{ .ref.key }}
+{{- end -}}
+
+{{/* The value to store for a generated secret: the given value, the one in the Secret already
+in the cluster (upgrades), or a new random one. Call with
+(dict "ctx" $ "ref" $block "secret" $chartSecretName). */}}
+{{- define "llmaas.secretValue" -}}
+{{- if .ref.value -}}
+{{- .ref.value -}}
+{{- else -}}
+{{- $existing := lookup "v1" "Secret" .ctx.Release.Namespace .secret -}}
+{{- $data := dig "data" (dict) $existing -}}
+{{- if hasKey $data .ref.key -}}
+{{- index $data .ref.key | b64dec -}}
+{{- else -}}
+{{- randAlphaNum 40 -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The gateway's chart-made Secret and whether it is needed. */}}
+{{- define "llmaas.gateway.secretName" -}}
+{{- include "llmaas.gateway.fullname" . -}}
+{{- end -}}
+
+{{- define "llmaas.redis.secretName" -}}
+{{- include "llmaas.redis.fullname" . -}}
+{{- end -}}
+
+{{- define "llmaas.huggingFace.secretName" -}}
+{{- printf "%s-huggingface" (include "llmaas.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Whether the gateway connects with a password: "true" or "". */}}
+{{- define "llmaas.redis.hasPassword" -}}
+{{- if .Values.redis.enabled -}}
+true
+{{- else if or .Values.redis.external.password.value .Values.redis.external.password.existingSecret -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* LLMAAS_REDIS_URL, with $(REDIS_PASSWORD) expanded by the kubelet from the variable before it. */}}
+{{- define "llmaas.redis.url" -}}
+{{- if .Values.redis.enabled -}}
+{{- printf "redis://:$(REDIS_PASSWORD)@%s.%s.svc.%s:6379/0" (include "llmaas.redis.fullname" .) .Release.Namespace .Values.clusterDomain -}}
+{{- else if include "llmaas.redis.hasPassword" . -}}
+{{- $url := urlParse .Values.redis.external.url -}}
+{{- $path := $url.path -}}
+{{- if $url.query }}{{ $path = printf "%s?%s" $path $url.query }}{{ end -}}
+{{- printf "%s://:$(REDIS_PASSWORD)@%s%s" $url.scheme $url.host $path -}}
+{{- else -}}
+{{- .Values.redis.external.url -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The gateway's config file (configs/gateway.yaml's shape), from gateway.config and the engines. */}}
+{{- define "llmaas.gateway.config" -}}
+{{- $config := deepCopy .Values.gateway.config -}}
+{{- $_ := set $config "host" "0.0.0.0" -}}
+{{- $_ := set $config "port" 8080 -}}
+{{- $models := list -}}
+{{- $pools := dict -}}
+{{- range (include "llmaas.engines" . | fromYaml).engines -}}
+{{- $entry := include "llmaas.engine.entry" (dict "ctx" $ "engine" .) -}}
+{{- $names := list (include "llmaas.engine.servedName" .) -}}
+{{- if and .lora.enabled (not .simulator) -}}
+{{- range .lora.modules }}{{ $names = append $names .name }}{{ end -}}
+{{- end -}}
+{{- range $names -}}
+{{- if not (hasKey $pools .) -}}
+{{- $models = append $models . -}}
+{{- $_ := set $pools . list -}}
+{{- end -}}
+{{- $_ := set $pools . (append (get $pools .) $entry) -}}
+{{- end -}}
+{{- end -}}
+{{- $routes := list -}}
+{{- range $models -}}
+{{- $routes = append $routes (dict "name" . "engines" (get $pools .)) -}}
+{{- end -}}
+{{- $routes = concat $routes .Values.gateway.extraModels -}}
+{{- if $routes }}{{ $_ := set $config "models" $routes }}{{ end -}}
+{{- $metering := $config.metering | default dict -}}
+{{- $_ := set $metering "spill_dir" "/var/lib/llmaas/spill" -}}
+{{- $_ := set $config "metering" $metering -}}
+{{- $jwt := dict -}}
+{{- if .Values.gateway.config.auth -}}
+{{- $jwt = .Values.gateway.config.auth.jwt | default dict | deepCopy -}}
+{{- end -}}
+{{- if include "llmaas.gateway.jwtFile" (dict "ctx" . "which" "publicKey") -}}
+{{- $_ := set $jwt "public_key_file" (printf "/etc/llmaas/jwt/%s" .Values.gateway.jwt.publicKey.key) -}}
+{{- end -}}
+{{- if include "llmaas.gateway.jwtFile" (dict "ctx" . "which" "jwks") -}}
+{{- $_ := set $jwt "jwks_file" (printf "/etc/llmaas/jwt/%s" .Values.gateway.jwt.jwks.key) -}}
+{{- end -}}
+{{- if $jwt -}}
+{{- $auth := $config.auth | default dict -}}
+{{- $_ := set $auth "jwt" $jwt -}}
+{{- $_ := set $config "auth" $auth -}}
+{{- end -}}
+{{- toYaml $config -}}
+{{- end -}}
+
+{{/* "true" if a JWT key file (publicKey or jwks) is configured. */}}
+{{- define "llmaas.gateway.jwtFile" -}}
+{{- $ref := get .ctx.Values.gateway.jwt .which -}}
+{{- if or $ref.value $ref.existingSecret -}}true{{- end -}}
+{{- end -}}
+
+{{/* Seconds from deletion to SIGKILL for gateway pods. */}}
+{{- define "llmaas.gateway.terminationGrace" -}}
+{{- if kindIs "invalid" .Values.gateway.terminationGracePeriodSeconds -}}
+{{- $config := .Values.gateway.config -}}
+{{- $grace := 30.0 -}}
+{{- if hasKey $config "shutdown_grace_s" }}{{ $grace = $config.shutdown_grace_s }}{{ end -}}
+{{- $flush := 10.0 -}}
+{{- if and $config.metering (hasKey ($config.metering | default dict) "flush_timeout_s") }}{{ $flush = $config.metering.flush_timeout_s }}{{ end -}}
+{{- add .Values.gateway.preStopSleepSeconds (ceil $grace) (ceil $flush) 10 | int -}}
+{{- else -}}
+{{- .Values.gateway.terminationGracePeriodSeconds | int -}}
+{{- end -}}
+{{- end -}}

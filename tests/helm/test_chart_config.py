@@ -1,0 +1,268 @@
+"""The gateway's config as the chart renders it: the gateway's own Settings accept it (with the
+secrets the Deployment gives it), it names every engine's headless Service, and no secret ever
+lands in a ConfigMap."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from gateway.settings import Settings, load_settings
+from tests.helm.chart import (
+    CHART,
+    NAMESPACE,
+    Obj,
+    Rendered,
+    Renders,
+    arg_after,
+    container,
+    env_of,
+    pod_labels,
+    render_values_as,
+    selects,
+)
+
+# Settings fields the chart sets itself (or passes as secrets), not through gateway.config.
+MANAGED = {
+    "host",
+    "port",
+    "models",
+    "redis_url",
+    "admin_token",
+    "key_pepper",
+    "dev_mode",
+    "metering.spill_dir",
+    "auth.jwt.public_key_file",
+    "auth.jwt.jwks_file",
+    "auth.jwt.hmac_secret",
+}
+_VAR = re.compile(r"\$\((\w+)\)")
+OUTSIDE = "dns://vllm.other-team.svc.cluster.local:8000"
+
+
+def _secret_stand_ins(gateway: Obj) -> dict[str, str]:
+    """The gateway container's environment as the kubelet would build it, with a stand-in for
+    every value that comes from a Secret, and $(VAR) references expanded."""
+    env: dict[str, str] = {}
+    for item in container(gateway)["env"]:
+        if "valueFrom" in item:
+            env[item["name"]] = f"{item['name'].lower()}-stand-in-value"
+        else:
+            env[item["name"]] = _VAR.sub(lambda m: env[m.group(1)], item["value"])
+    return env
+
+
+def _load(rendered: Rendered, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The rendered config file loaded by the gateway's own loader, as `llmaas serve` would."""
+    path = tmp_path / "config.yaml"
+    path.write_text(rendered.config_text())
+    for name in [n for n in os.environ if n.startswith("LLMAAS_")]:
+        monkeypatch.delenv(name)
+    for name, value in _secret_stand_ins(rendered.gateway()).items():
+        monkeypatch.setenv(name, value)
+    return load_settings(path)
+
+
+@pytest.fixture
+def settings(rendered: Rendered, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    return _load(rendered, tmp_path, monkeypatch)
+
+
+def test_rendered_config_loads_through_gateway_settings(
+    rendered: Rendered, settings: Settings
+) -> None:
+    gateway = rendered.gateway()
+    (port,) = container(gateway)["ports"]
+    assert (settings.host, settings.port) == ("0.0.0.0", port["containerPort"])
+    assert settings.dev_mode is False
+    assert settings.admin_token == "llmaas_admin_token-stand-in-value"
+    assert settings.key_pepper == "llmaas_key_pepper-stand-in-value"
+    assert settings.redis_url is not None
+    assert str(settings.metering.spill_dir) == "/var/lib/llmaas/spill"
+    assert settings.models, "the gateway would serve no model"
+
+
+def test_every_engine_is_named_by_its_headless_service(
+    rendered: Rendered, settings: Settings
+) -> None:
+    routes = {m.name: m.engines for m in settings.models}
+    for engine in rendered.engines():
+        c = container(engine)
+        flag = "--model" if c.get("command") == ["llmaas", "sim"] else "--served-model-name"
+        served = arg_after(c["args"], flag)
+        (service,) = [
+            s
+            for s in rendered.kind("Service")
+            if selects(s["spec"]["selector"], pod_labels(engine))
+        ]
+        assert service["spec"]["clusterIP"] == "None"
+        (port,) = service["spec"]["ports"]
+        fqdn = f"{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
+        assert f"dns://{fqdn}:{port['port']}" in routes[served]
+    headless = {
+        s["metadata"]["name"]
+        for s in rendered.kind("Service")
+        if s["spec"].get("clusterIP") == "None"
+    }
+    for entries in routes.values():
+        for entry in entries:
+            if entry.startswith("dns://"):
+                assert entry.removeprefix("dns://").split(".")[0] in headless, entry
+
+
+def test_models_pool_engines_and_adapters(renders: Renders) -> None:
+    config = yaml.safe_load(renders["multi-engine-lora"].config_text())
+    routes = {m["name"]: [e.split(".")[0] for e in m["engines"]] for m in config["models"]}
+    h100, l40s = "dns://demo-llmaas-engine-llama-h100", "dns://demo-llmaas-engine-llama-l40s"
+    assert routes == {
+        "llama-3.1-8b-instruct": [h100, l40s],
+        "sql-lora": [h100, l40s],
+        "support-lora": [h100],
+        "e5-mistral-7b-instruct": ["dns://demo-llmaas-engine-embed"],
+        "legacy-model": ["http://vllm"],
+    }
+    assert config["routing"]["strategy"] == "least_loaded"
+
+
+def test_a_release_without_engines_routes_to_outside_engines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = {"engines": [], "gateway": {"extraModels": [{"name": "m", "engines": [OUTSIDE]}]}}
+    rendered = render_values_as(values)
+    assert rendered.engines() == []
+    settings = _load(rendered, tmp_path, monkeypatch)
+    assert [(m.name, m.engines) for m in settings.models] == [("m", [OUTSIDE])]
+
+
+def test_environment_variables_name_real_settings(rendered: Rendered) -> None:
+    names = [n for n in env_of(rendered.gateway()) if n.startswith("LLMAAS_")]
+    assert {"LLMAAS_ADMIN_TOKEN", "LLMAAS_KEY_PEPPER", "LLMAAS_REDIS_URL"} <= set(names)
+    for name in names:
+        model: type[BaseModel] = Settings
+        *parents, leaf = name.removeprefix("LLMAAS_").lower().split("__")
+        for part in parents:
+            annotation = model.model_fields[part].annotation
+            assert isinstance(annotation, type), name
+            assert issubclass(annotation, BaseModel), name
+            model = annotation
+        assert leaf in model.model_fields, f"{name} is not a gateway setting: it would be ignored"
+
+
+def test_secrets_never_appear_in_a_configmap(rendered: Rendered) -> None:
+    secrets = [v for s in rendered.kind("Secret") for v in _secret_values(s)]
+    published = "\n".join(
+        str(v) for c in rendered.kind("ConfigMap") for v in c.get("data", {}).values()
+    )
+    for value in secrets:
+        assert value not in published
+    config = yaml.safe_load(rendered.config_text())
+    for field in ("admin_token", "key_pepper", "redis_url"):
+        assert field not in config
+    assert "hmac_secret" not in config.get("auth", {}).get("jwt", {})
+
+
+def test_inline_secrets_reach_secrets_only(renders: Renders) -> None:
+    rendered = renders["inline-secrets"]
+    secrets = {v for s in rendered.kind("Secret") for v in _secret_values(s)}
+    given = [
+        "admin-token-0123456789abcdef",
+        "key-pepper-0123456789abcdef",
+        "jwt-hmac-secret-0123456789abcdef",
+        "redis-password-0123456789abcdef",
+        "hf_inline0123456789abcdef",
+        "inline-jwks-kid-0123456789",
+    ]
+    published = json.dumps([c["data"] for c in rendered.kind("ConfigMap")])
+    published += json.dumps([o for o in rendered.objects if o["kind"] != "Secret"])
+    for value in given:
+        assert any(value in s for s in secrets), value
+        assert value not in published, value
+
+
+def test_existing_secrets_are_referenced_not_made(renders: Renders) -> None:
+    rendered = renders["existing-secrets"]
+    refs = {
+        name: item["valueFrom"]["secretKeyRef"]
+        for name, item in env_of(rendered.gateway()).items()
+        if "valueFrom" in item
+    }
+    assert refs["LLMAAS_ADMIN_TOKEN"] == {"name": "llmaas-admin", "key": "token"}
+    assert refs["LLMAAS_KEY_PEPPER"] == {"name": "llmaas-pepper", "key": "pepper"}
+    assert refs["REDIS_PASSWORD"] == {"name": "llmaas-redis", "key": "password"}
+    assert refs["LLMAAS_AUTH__JWT__HMAC_SECRET"] == {"name": "llmaas-jwt", "key": "hmac"}
+    (engine,) = rendered.engines()
+    assert env_of(engine)["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "hf-token",
+        "key": "token",
+    }
+    assert rendered.kind("Secret") == [], "every secret exists already"
+
+
+def test_jwt_key_files_are_mounted_where_the_config_points(rendered: Rendered) -> None:
+    config = yaml.safe_load(rendered.config_text())
+    jwt: dict[str, Any] = config.get("auth", {}).get("jwt", {})
+    files = [jwt[k] for k in ("public_key_file", "jwks_file") if k in jwt]
+    expected = {"existing-secrets": 1, "inline-secrets": 2}.get(rendered.case, 0)
+    assert len(files) == expected
+    gateway = rendered.gateway()
+    mounts = {m["name"]: m["mountPath"] for m in container(gateway)["volumeMounts"]}
+    volumes = {v["name"]: v for v in gateway["spec"]["template"]["spec"]["volumes"]}
+    for path in files:
+        directory, filename = path.rsplit("/", 1)
+        (name,) = [n for n, p in mounts.items() if p == directory]
+        items = [i for src in volumes[name]["projected"]["sources"] for i in src["secret"]["items"]]
+        assert filename in {i["path"] for i in items}
+
+
+def test_external_redis_url_carries_the_password_from_its_secret(renders: Renders) -> None:
+    rendered = renders["external-redis"]
+    env = _secret_stand_ins(rendered.gateway())
+    assert env["LLMAAS_REDIS_URL"] == (
+        "rediss://:redis_password-stand-in-value@redis.example.internal:6380/2"
+    )
+    ref = env_of(rendered.gateway())["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "managed-redis", "key": "password"}
+    assert rendered.kind("StatefulSet") == []
+
+
+def test_schema_of_gateway_config_follows_settings() -> None:
+    """gateway.config takes exactly the Settings fields the chart does not manage itself."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    config = schema["properties"]["gateway"]["properties"]["config"]
+    assert _schema_fields(config, schema) == _settings_fields(Settings) - MANAGED
+
+
+def _secret_values(secret: Obj) -> list[str]:
+    data = [base64.b64decode(v).decode() for v in secret.get("data", {}).values()]
+    return data + [str(v) for v in secret.get("stringData", {}).values()]
+
+
+def _settings_fields(model: type[BaseModel], prefix: str = "") -> set[str]:
+    fields: set[str] = set()
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            fields |= _settings_fields(annotation, f"{prefix}{name}.")
+        else:
+            fields.add(prefix + name)
+    return fields
+
+
+def _schema_fields(node: dict[str, Any], root: dict[str, Any], prefix: str = "") -> set[str]:
+    fields: set[str] = set()
+    assert node.get("additionalProperties") is False, prefix or "gateway.config"
+    for name, prop in node["properties"].items():
+        sub = root["$defs"][prop["$ref"].rsplit("/", 1)[1]] if "$ref" in prop else prop
+        if sub.get("type") == "object" and "properties" in sub:
+            fields |= _schema_fields(sub, root, f"{prefix}{name}.")
+        else:
+            fields.add(prefix + name)
+    return fields
