@@ -60,7 +60,16 @@ async def auth_mode(name: str, tmp: Path) -> AsyncIterator[AuthMode]:
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
         )
-        claims = {"tenant": "bench", "sub": "bench-user", "exp": int(time.time()) + 3600}
+        claims = {
+            "tenant": "bench",
+            "sub": "bench-user",
+            "exp": int(time.time()) + 3600,
+            "iss": "https://idp.bench",
+            "aud": "llmaas",
+        }
         token = jwt.encode(claims, private, algorithm="RS256")
-        jwt_config = f"auth:\n  jwt:\n    public_key_file: {pem}\n    algorithms: [RS256]\n"
+        jwt_config = (
+            f"auth:\n  jwt:\n    public_key_file: {pem}\n    algorithms: [RS256]\n"
+            "    issuer: https://idp.bench\n    audience: llmaas\n"
+        )
         yield AuthMode(common + jwt_config, token)

@@ -23,7 +23,16 @@ KEY_COLUMNS = (
     "expires_at",
     "revoked",
 )
-TENANT_COLUMNS = ("id", "models", "rpm", "tpm", "max_concurrency", "priority", "created_at")
+TENANT_COLUMNS = (
+    "id",
+    "models",
+    "rpm",
+    "tpm",
+    "max_concurrency",
+    "priority",
+    "media_hosts",
+    "created_at",
+)
 ENGINE_COLUMNS = (
     "url",
     "state",
@@ -70,6 +79,10 @@ def add_admin_commands(sub: Any) -> None:
     tenant_set.add_argument(
         "--priority", type=int, help="vLLM request priority of all its requests (lower first)"
     )
+    tenant_set.add_argument(
+        "--media-hosts",
+        help="comma-separated hosts its media URLs may name ('' for none; omitted: the default)",
+    )
     tenants.add_parser("list", parents=[common])
 
     engines = sub.add_parser(
@@ -102,7 +115,7 @@ async def _call(client: AdminClient, args: argparse.Namespace) -> Any:
     if args.command == "tenants":
         if args.action == "list":
             return await client.call("GET", "/tenants")
-        body = {**_limits(args), "priority": args.priority}
+        body = {**_limits(args), "priority": args.priority, "media_hosts": _hosts(args)}
         return await client.call("PUT", f"/tenants/{args.tenant_id}", body)
     if args.action == "create":
         body = {
@@ -117,6 +130,12 @@ async def _call(client: AdminClient, args: argparse.Namespace) -> Any:
     if args.action == "revoke":
         return await client.call("DELETE", f"/keys/{args.key_id}")
     return await client.call("POST", f"/keys/{args.key_id}/rotate")
+
+
+def _hosts(args: argparse.Namespace) -> list[str] | None:
+    if args.media_hosts is None:
+        return None
+    return [h.strip() for h in args.media_hosts.split(",") if h.strip()]
 
 
 def _limits(args: argparse.Namespace) -> dict[str, Any]:

@@ -14,10 +14,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api import admin, health, openai, openai_responses, usage
+from gateway.api.auth_throttle import AuthFailureThrottle
+from gateway.api.media import HostResolver, system_resolve
 from gateway.api.middleware import RequestContextMiddleware
+from gateway.api.policy import TenantPolicy, salt_key_from
 from gateway.api.response_homes import MemoryHomes, RedisHomes, ResponseHomes
 from gateway.auth.authenticate import Authenticator
 from gateway.auth.cache import AuthCache
+from gateway.auth.failures import FailureThrottle
 from gateway.auth.invalidation import InvalidationListener
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.store import AuthStore
@@ -40,8 +44,14 @@ from gateway.settings import Settings
 from gateway.state import GatewayState
 
 
-def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastAPI:
-    """`resolver` answers for dns:// engine entries (default: the system resolver; tests)."""
+def create_app(
+    settings: Settings,
+    *,
+    resolver: Resolver | None = None,
+    media_resolver: HostResolver = system_resolve,
+) -> FastAPI:
+    """`resolver` answers for dns:// engine entries, `media_resolver` for the hosts of media
+    URLs (defaults: the system resolver; tests)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -74,6 +84,9 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
             admission=admission,
             ledger=ledger,
             homes=_homes(settings, redis),
+            policy=TenantPolicy(
+                settings.request_policy, salt_key_from(settings.key_pepper), media_resolver
+            ),
         )
         listening = asyncio.create_task(listener.run()) if listener else None
         try:
@@ -105,8 +118,14 @@ def create_app(settings: Settings, *, resolver: Resolver | None = None) -> FastA
     app.include_router(usage.admin_router)
     app.include_router(usage.tenant_router)
     _install_error_handlers(app)
+    app.add_middleware(AuthFailureThrottle, throttle=_failure_throttle(settings))
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
     return app
+
+
+def _failure_throttle(settings: Settings) -> FailureThrottle:
+    a = settings.auth
+    return FailureThrottle(a.failure_limit, a.failure_window_s, a.failure_max_clients)
 
 
 def _redis(settings: Settings) -> Redis | None:
@@ -127,12 +146,12 @@ def _homes(settings: Settings, redis: Redis | None) -> ResponseHomes:
 def _auth(
     settings: Settings, redis: Redis | None, upstream: Upstream
 ) -> tuple[Authenticator, InvalidationListener | None]:
-    cache = AuthCache(settings.auth.cache_ttl_s)
+    cache = AuthCache(settings.auth.cache_ttl_s, settings.auth.cache_max_entries)
     jwt = JwtVerifier(settings.auth.jwt, upstream.session) if settings.auth.jwt.enabled else None
     auth = Authenticator(
         required=settings.auth.required,
         pepper=settings.key_pepper,
-        store=None if redis is None else AuthStore(redis),
+        store=None if redis is None else AuthStore(redis, on_write=cache.invalidate),
         cache=cache,
         jwt=jwt,
     )

@@ -152,13 +152,16 @@ class JwtClaims(BaseModel):
 class JwtSettings(BaseModel):
     """Bearer JWTs, verified with pyjwt. Off unless at least one key source is configured."""
 
+    # Both required once a key source is set: every token must carry and match them.
     issuer: str | None = None
     audience: str | None = None
     # Explicit allow-list; "none" is never accepted whatever this says.
     algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
     public_key_file: Path | None = None  # one PEM public key (RSA or EC)
     jwks_file: Path | None = None
-    jwks_url: str | None = None
+    jwks_url: str | None = None  # https:// only; redirects are not followed
+    # CA bundle that verifies the jwks_url server instead of the system's (a private IdP).
+    jwks_ca_file: Path | None = None
     hmac_secret: str | None = None  # only for HS* algorithms; never an asymmetric key
     leeway_s: float = Field(default=30.0, ge=0)
     jwks_cache_s: float = Field(default=300.0, gt=0)
@@ -169,11 +172,36 @@ class JwtSettings(BaseModel):
         sources = (self.public_key_file, self.jwks_file, self.jwks_url, self.hmac_secret)
         return any(s is not None for s in sources)
 
+    @field_validator("jwks_url")
+    @classmethod
+    def _https_only(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith("https://"):
+            raise ValueError("auth.jwt.jwks_url must be an https:// URL")
+        return url
+
+    @model_validator(mode="after")
+    def _issuer_and_audience_when_on(self) -> JwtSettings:
+        if self.enabled:
+            missing = [f"auth.jwt.{n}" for n in ("issuer", "audience") if not getattr(self, n)]
+            if missing:
+                raise ValueError(
+                    "required when JWTs are on (a key source is set): " + ", ".join(missing)
+                )
+        return self
+
 
 class AuthSettings(BaseModel):
     # false: every request acts as the tenant "anonymous" (a closed network, tests); say so loudly.
     required: bool = True
     cache_ttl_s: float = Field(default=30.0, gt=0)  # upper bound on staleness if pub/sub breaks
+    # Records (and briefly, unknown ids) cached per process and kind; least recently used go first.
+    cache_max_entries: int = Field(default=10_000, ge=1)
+    # More than `failure_limit` 401s from one peer address within `failure_window_s`: its further
+    # requests get 429 without touching Redis. Per process; the peer is the TCP peer (a proxy in
+    # front makes all its clients one peer). At most `failure_max_clients` peers are tracked.
+    failure_limit: int = Field(default=20, ge=1)
+    failure_window_s: float = Field(default=10.0, gt=0)
+    failure_max_clients: int = Field(default=10_000, ge=1)
     jwt: JwtSettings = Field(default_factory=JwtSettings)
 
 
@@ -185,6 +213,25 @@ class ResponsesSettings(BaseModel):
     ttl_s: float = Field(default=7 * 86400.0, gt=0)
     # Without Redis: ids remembered in this process at most (the oldest are forgotten first).
     local_max_entries: int = Field(default=100_000, ge=1)
+
+
+class RequestPolicySettings(BaseModel):
+    """What a tenant may send to the engines (gateway/api/policy.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    # Hosts vLLM may fetch media URLs from (https only, public addresses only) for tenants
+    # without their own list. Empty: no remote media. List only hosts that never redirect:
+    # the engine follows redirects unless run with VLLM_MEDIA_URL_ALLOW_REDIRECTS=0.
+    media_hosts: list[str] = Field(default_factory=list)
+    max_data_url_bytes: int = Field(default=8 * 1024 * 1024, ge=0)  # per data: URL or base64
+    max_schema_bytes: int = Field(default=64 * 1024, ge=1)  # structured output, serialised
+    max_logit_bias: int = Field(default=300, ge=0)  # entries
+    max_stop: int = Field(default=16, ge=0)  # stop sequences (and bad_words)
+
+    @field_validator("media_hosts")
+    @classmethod
+    def _lower_case(cls, hosts: list[str]) -> list[str]:
+        return [h.strip().lower().strip("[]").rstrip(".") for h in hosts if h.strip()]
 
 
 class Settings(BaseSettings):
@@ -213,6 +260,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     metering: MeteringSettings = Field(default_factory=MeteringSettings)
     responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
+    request_policy: RequestPolicySettings = Field(default_factory=RequestPolicySettings)
 
     @model_validator(mode="after")
     def _secrets_outside_dev_mode(self) -> Settings:

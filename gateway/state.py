@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import aiohttp
 from redis.asyncio import Redis
 
+from gateway.api.policy import TenantPolicy
 from gateway.api.response_homes import ResponseHomes
 from gateway.auth.authenticate import Authenticator
 from gateway.limits.control import AdmissionControl
@@ -31,3 +32,4 @@ class GatewayState:
     admission: AdmissionControl
     ledger: Ledger | None  # the usage ledger, when Redis is configured
     homes: ResponseHomes  # stored Responses: which engine holds each (per tenant)
+    policy: TenantPolicy  # what a tenant may send to the engines

@@ -18,7 +18,6 @@ from gateway.api.body import (
     require_prompts,
     stream_flag,
 )
-from gateway.api.policy import with_priority
 from gateway.api.responses import json_response
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
@@ -48,7 +47,7 @@ class ModelRequest:
 
 
 async def read_model_request(
-    request: Request, gw: GatewayState, caller: Principal, check: Check
+    request: Request, gw: GatewayState, caller: Principal, route: str, check: Check
 ) -> ModelRequest:
     """Read and check the body (model first, then the route's own fields); 404 for a model
     the caller may not use or nobody serves. The body comes back with tenant policy applied."""
@@ -59,7 +58,7 @@ async def read_model_request(
     pool = gw.registry.pool(model)
     if pool is None or not caller.may_use(model):
         raise ModelNotFound(model)
-    raw, body = with_priority(raw, body, caller.priority)  # tenant policy, on every route
+    raw, body = await gw.policy.apply(route, raw, body, caller)  # tenant policy, every route
     return ModelRequest(received_ms, body, raw, model, pool)
 
 
@@ -67,7 +66,7 @@ async def _forward(
     request: Request, gw: GatewayState, caller: Principal, route: str, check: Check
 ) -> ProxyResponse:
     """Read and check the body, then proxy it."""
-    read = await read_model_request(request, gw, caller, check)
+    read = await read_model_request(request, gw, caller, route, check)
     received_ms, body, raw, model, pool = (
         read.received_ms,
         read.body,

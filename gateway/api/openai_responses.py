@@ -80,7 +80,7 @@ def check_create(body: dict[str, Any]) -> None:
 
 @router.post("/responses", response_model=None)
 async def create_response(request: Request, gw: Gateway, caller: Caller) -> Response:
-    read = await read_model_request(request, gw, caller, check_create)
+    read = await read_model_request(request, gw, caller, "responses", check_create)
     received_ms, body, raw, model, pool = (
         read.received_ms,
         read.body,

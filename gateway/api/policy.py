@@ -1,28 +1,95 @@
 """Tenant policy applied to a request body before it is forwarded.
 
 The body goes to the engine byte for byte unless policy must change it; only then is it
-re-serialised. Today: vLLM's request `priority` is the tenant's (admin API), never the
-client's: a client that could set it would jump every other tenant's queue.
+re-serialised once. vLLM's request `priority` is the tenant's (admin API), never the
+client's: a client that could set it would jump every other tenant's queue. `cache_salt` is
+a keyed hash of the tenant (and of the client's own salt, if any): prefix-cache hits, and
+the timing they leak, stay within a tenant. Engine-internal fields are refused
+(engine_fields.py) and media URLs checked (media.py).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from gateway.api.engine_fields import FieldBounds, check_engine_fields
+from gateway.api.media import HostResolver, MediaRules, check_media, system_resolve
+from gateway.auth.principal import Principal
+from gateway.errors import InvalidRequest
+from gateway.settings import RequestPolicySettings
 
-def with_priority(
-    raw: bytes, body: dict[str, Any], priority: int | None
-) -> tuple[bytes, dict[str, Any]]:
-    """The body carrying the tenant's `priority` (None: none at all, the engines' default)."""
+SALTED_ROUTES = frozenset({"chat/completions", "completions", "responses"})  # vLLM 0.32
+POLICY_FIELDS = ("priority", "cache_salt")  # the only fields policy sets
+# Only when no key_pepper is configured, which the settings allow in dev mode alone.
+DEV_SALT_SECRET = b"llmaas-development-only-cache-salt"
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPolicy:
+    settings: RequestPolicySettings
+    salt_key: bytes  # derived from the key pepper (salt_key_from)
+    resolve: HostResolver = system_resolve
+
+    async def apply(
+        self, route: str, raw: bytes, body: dict[str, Any], caller: Principal
+    ) -> tuple[bytes, dict[str, Any]]:
+        """The body as the engine may see it, or a 400 naming the field it may not."""
+        s = self.settings
+        check_engine_fields(body, FieldBounds(s.max_schema_bytes, s.max_logit_bias, s.max_stop))
+        hosts = s.media_hosts if caller.media_hosts is None else caller.media_hosts
+        await check_media(body, MediaRules(frozenset(hosts), s.max_data_url_bytes, self.resolve))
+        changed = dict(body)
+        _set_priority(changed, caller.priority)
+        if route in SALTED_ROUTES:
+            changed["cache_salt"] = cache_salt(self.salt_key, caller.tenant, _client_salt(body))
+        if _same(changed, body):
+            return raw, body
+        return orjson.dumps(changed), changed
+
+
+def salt_key_from(pepper: str | None) -> bytes:
+    """A key for cache salts only, domain-separated from the key hashes under the same pepper."""
+    secret = DEV_SALT_SECRET if pepper is None else pepper.encode()
+    return hmac.new(secret, b"llmaas cache_salt key v1", hashlib.sha256).digest()
+
+
+def cache_salt(key: bytes, tenant: str, client_salt: str | None) -> str:
+    """The tenant's salt; with the client's own, a salt within the tenant's (64 hex chars)."""
+    message = f"cache_salt:{len(tenant)}:{tenant}"
+    if client_salt is not None:
+        message += f":{client_salt}"
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+
+def _client_salt(body: dict[str, Any]) -> str | None:
+    salt = body.get("cache_salt")
+    if salt is None:
+        return None
+    if not isinstance(salt, str) or not salt:
+        raise InvalidRequest(
+            "'cache_salt' must be a non-empty string.", param="cache_salt", code="invalid_type"
+        )
+    return salt
+
+
+def _set_priority(body: dict[str, Any], priority: int | None) -> None:
+    """The tenant's `priority` (None: none at all, the engines' default)."""
     if priority is None:
-        if "priority" not in body:
-            return raw, body
-        changed = {k: v for k, v in body.items() if k != "priority"}
+        body.pop("priority", None)
     else:
-        current = body.get("priority")
-        if type(current) is int and current == priority:
-            return raw, body
-        changed = {**body, "priority": priority}
-    return orjson.dumps(changed), changed
+        body["priority"] = priority
+
+
+def _same(changed: dict[str, Any], body: dict[str, Any]) -> bool:
+    """Policy left the fields it sets as they were, by type too (True == 1, not to vLLM)."""
+    return all(
+        (k in changed) == (k in body)
+        and type(changed.get(k)) is type(body.get(k))
+        and changed.get(k) == body.get(k)
+        for k in POLICY_FIELDS
+    )

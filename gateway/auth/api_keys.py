@@ -41,8 +41,3 @@ def hash_secret(pepper: bytes, secret: str) -> str:
 
 def secret_matches(pepper: bytes, secret: str, stored_hash: str) -> bool:
     return hmac.compare_digest(hash_secret(pepper, secret), stored_hash)
-
-
-def redact(text: str) -> str:
-    """What may appear in a message about a presented key: its prefix and last four characters."""
-    return f"{text[:14]}***{text[-4:]}" if len(text) > 20 else "***"

@@ -15,7 +15,7 @@ from typing import TypeVar
 from redis.exceptions import RedisError
 from starlette.datastructures import Headers
 
-from gateway.auth.api_keys import PREFIX, parse_key, redact, secret_matches
+from gateway.auth.api_keys import PREFIX, parse_key, secret_matches
 from gateway.auth.cache import AuthCache
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.principal import ANONYMOUS, Limits, Principal
@@ -28,10 +28,10 @@ DEV_PEPPER = "llmaas-development-only-pepper"
 T = TypeVar("T")
 
 
-def _invalid(token: str) -> Unauthorized:
+def _invalid() -> Unauthorized:
+    # Never any part of the token: a 401 body or log line must not help reassemble a secret.
     return Unauthorized(
-        f"Incorrect API key provided: {redact(token)}. Check the key you are using.",
-        code="invalid_api_key",
+        "Incorrect API key provided. Check the key you are using.", code="invalid_api_key"
     )
 
 
@@ -80,17 +80,18 @@ class Authenticator:
                 tenant_models=None if tenant is None else tenant.model_set(),
                 tenant_limits=Limits() if tenant is None else tenant.limits(),
                 priority=None if tenant is None else tenant.priority,
+                media_hosts=None if tenant is None else tenant.media_host_set(),
             )
-        raise _invalid(token)
+        raise _invalid()
 
     async def _api_key(self, token: str) -> Principal:
         parsed = parse_key(token)
         if parsed is None:
-            raise _invalid(token)
+            raise _invalid()
         key_id, secret = parsed
         record = await self._key(key_id)
         if record is None or not secret_matches(self.pepper, secret, record.secret_hash):
-            raise _invalid(token)
+            raise _invalid()
         if record.revoked:
             raise Unauthorized("This API key has been revoked.", code="invalid_api_key")
         if record.expired(time.time()):
@@ -105,20 +106,25 @@ class Authenticator:
             key_limits=record.limits(),
             tenant_limits=Limits() if tenant is None else tenant.limits(),
             priority=None if tenant is None else tenant.priority,
+            media_hosts=None if tenant is None else tenant.media_host_set(),
         )
 
     async def _key(self, key_id: str) -> KeyRecord | None:
         found, record = self.cache.keys.get(key_id)
         if not found:
+            generation = self.cache.generation
             record = await self._read(self._store().get_key(key_id))
-            self.cache.keys.put(key_id, record)
+            if self.cache.generation == generation:  # else an invalidation overtook this read
+                self.cache.keys.put(key_id, record)
         return record
 
     async def _tenant(self, tenant: str) -> TenantRecord | None:
         found, record = self.cache.tenants.get(tenant)
         if not found:
+            generation = self.cache.generation
             record = await self._read(self._store().get_tenant(tenant))
-            self.cache.tenants.put(tenant, record)
+            if self.cache.generation == generation:
+                self.cache.tenants.put(tenant, record)
         return record
 
     def _store(self) -> AuthStore:

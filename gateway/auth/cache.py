@@ -1,12 +1,18 @@
 """Per-replica cache of key and tenant records, so a repeated key costs no Redis round trip.
 
 Entries are dropped by pub/sub invalidation (see invalidation.py) as soon as an admin writes,
-and in any case after `ttl_s`, which bounds staleness should the subscription break.
+and in any case after `ttl_s`, which bounds staleness should the subscription break. Each kind
+holds at most `max_entries` (least recently used go first), so junk ids cannot grow it.
+
+`generation` counts invalidations: a lookup notes it before reading Redis and caches its answer
+only if no invalidation arrived meanwhile, so a revocation can never be overwritten by a read
+that was already in flight.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from typing import Generic, TypeVar
 
 from gateway.auth.records import KeyRecord, TenantRecord
@@ -16,9 +22,13 @@ MISSING_TTL_S = 1.0  # unknown ids are remembered briefly so junk keys cannot ha
 
 
 class _Timed(Generic[T]):
-    def __init__(self, ttl_s: float) -> None:
+    def __init__(self, ttl_s: float, max_entries: int) -> None:
         self.ttl_s = ttl_s
-        self.entries: dict[str, tuple[T | None, float]] = {}
+        self.max_entries = max_entries
+        self.entries: OrderedDict[str, tuple[T | None, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.entries)
 
     def get(self, name: str) -> tuple[bool, T | None]:
         """(found, value); a cached "absent" is (True, None)."""
@@ -29,23 +39,29 @@ class _Timed(Generic[T]):
         if time.monotonic() >= expires:
             del self.entries[name]
             return False, None
+        self.entries.move_to_end(name)
         return True, value
 
     def put(self, name: str, value: T | None) -> None:
         ttl = self.ttl_s if value is not None else min(self.ttl_s, MISSING_TTL_S)
         self.entries[name] = (value, time.monotonic() + ttl)
+        self.entries.move_to_end(name)
+        while len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
 
     def drop(self, name: str) -> None:
         self.entries.pop(name, None)
 
 
 class AuthCache:
-    def __init__(self, ttl_s: float) -> None:
-        self.keys: _Timed[KeyRecord] = _Timed(ttl_s)
-        self.tenants: _Timed[TenantRecord] = _Timed(ttl_s)
+    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
+        self.keys: _Timed[KeyRecord] = _Timed(ttl_s, max_entries)
+        self.tenants: _Timed[TenantRecord] = _Timed(ttl_s, max_entries)
+        self.generation = 0
 
     def invalidate(self, message: str) -> None:
         """Apply one pub/sub message: `key:<id>` or `tenant:<id>`."""
+        self.generation += 1
         kind, _, name = message.partition(":")
         if kind == "key":
             self.keys.drop(name)
@@ -55,5 +71,6 @@ class AuthCache:
             self.clear()
 
     def clear(self) -> None:
+        self.generation += 1
         self.keys.entries.clear()
         self.tenants.entries.clear()

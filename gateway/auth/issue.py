@@ -14,5 +14,5 @@ async def issue_key(store: AuthStore, pepper: bytes, **fields: Any) -> tuple[Key
     await store.ensure_tenant(fields["tenant"])
     secret = new_secret()
     record = KeyRecord(id=new_key_id(), secret_hash=hash_secret(pepper, secret), **fields)
-    await store.put_key(record)
+    await store.create_key(record)
     return record, format_key(record.id, secret)

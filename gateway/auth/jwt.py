@@ -3,7 +3,8 @@
 HMAC algorithms are checked only against the configured HMAC secret and asymmetric ones only
 against public keys of their own family, so a token "signed" with a public key as an HMAC
 secret (algorithm confusion) can never verify. `alg: none` is refused whatever the
-configuration says.
+configuration says, and so is any `crit` header (no JWS extension is understood here). Every
+token must carry `exp`, `iss` and `aud`, the latter two matching the settings.
 """
 
 from __future__ import annotations
@@ -12,41 +13,39 @@ import asyncio
 import json
 import logging
 import math
+import re
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from gateway.auth.jwks import (
+    FETCH_TIMEOUT_S,
+    JwksFetchError,
+    Key,
+    family,
+    fetch_jwks,
+    jwks_keys,
+    pem_key,
+    tls_context,
+)
 from gateway.auth.principal import Limits, Principal
+from gateway.auth.records import ID_PATTERN
 from gateway.errors import Unauthorized
 from gateway.settings import JwtSettings
 
 REFRESH_MIN_S = 10.0  # an unknown kid refetches the JWKS at most this often
 VERIFIED_MAX = 10_000  # tokens remembered as verified, oldest dropped first
-FETCH_TIMEOUT = aiohttp.ClientTimeout(total=5)
-# The JWK key type ("kty") each asymmetric algorithm family verifies with.
-FAMILIES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+TENANT_ID = re.compile(ID_PATTERN)  # the same ids the admin API accepts
+# Every token must carry these; iss and aud are also checked against the settings.
+REQUIRED_CLAIMS = ["exp", "iss", "aud"]
+UNSUPPORTED_HEADER = "its header has a 'crit' (no extension is supported) or a non-string 'kid'."
 
 
 def _invalid(message: str, code: str = "invalid_token") -> Unauthorized:
+    # Messages never quote the token or its claims: a 401 body echoes nothing the caller sent.
     return Unauthorized(f"Invalid bearer token: {message}", code=code)
-
-
-def _family(alg: str) -> str | None:
-    return FAMILIES.get(alg[:2])
-
-
-@dataclass(frozen=True, slots=True)
-class _Key:
-    kid: str | None
-    family: str  # a JWK "kty": RSA, EC or OKP
-    alg: str | None  # a JWK's declared "alg": then it verifies only that algorithm
-    key: Any  # a loaded cryptography public key, parsed once
 
 
 class JwtVerifier:
@@ -56,6 +55,7 @@ class JwtVerifier:
         http: aiohttp.ClientSession | None = None,
         *,
         refresh_min_s: float = REFRESH_MIN_S,
+        fetch_timeout_s: float = FETCH_TIMEOUT_S,
     ) -> None:
         self.settings = settings
         self.jwks_url: tuple[aiohttp.ClientSession, str] | None = None
@@ -63,14 +63,16 @@ class JwtVerifier:
             if http is None:
                 raise ValueError("auth.jwt.jwks_url needs an HTTP session to fetch the keys")
             self.jwks_url = (http, settings.jwks_url)
+        self.tls = tls_context(settings.jwks_ca_file)
         self.refresh_min_s = refresh_min_s
+        self.fetch_timeout_s = fetch_timeout_s
         self.algorithms = [a for a in settings.algorithms if a.lower() != "none"]
-        self.static_keys: list[_Key] = []  # from files, read once here
+        self.static_keys: list[Key] = []  # from files, read once here
         if settings.public_key_file is not None:
-            self.static_keys.append(_pem_key(settings.public_key_file))
+            self.static_keys.append(pem_key(settings.public_key_file))
         if settings.jwks_file is not None:
-            self.static_keys += _jwks_keys(json.loads(settings.jwks_file.read_text()))
-        self.fetched_keys: list[_Key] = []  # from jwks_url
+            self.static_keys += jwks_keys(json.loads(settings.jwks_file.read_text()))
+        self.fetched_keys: list[Key] = []  # from jwks_url
         self.fetched_at = -math.inf
         self.tried_at = -math.inf
         self.fetch_lock = asyncio.Lock()
@@ -91,14 +93,16 @@ class JwtVerifier:
     async def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as exc:
+        except jwt.DecodeError as exc:
             raise _invalid("it is not a well-formed JWT.") from exc
+        except jwt.PyJWTError as exc:  # pyjwt >= 2.12 checks 'crit' and 'kid' here
+            raise _invalid(UNSUPPORTED_HEADER) from exc
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.algorithms:
-            raise _invalid(f"algorithm {alg!r} is not accepted (allowed: {self.algorithms}).")
+            raise _invalid(f"its algorithm is not accepted (allowed: {self.algorithms}).")
         kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            raise _invalid("the 'kid' header must be a string.")
+        if "crit" in header or (kid is not None and not isinstance(kid, str)):
+            raise _invalid(UNSUPPORTED_HEADER)  # RFC 7515 4.1.11: no extension is understood
         key = await self._key(alg, kid)
         claims = self._decode(token, key, alg)
         return self._principal(claims), float(claims["exp"])
@@ -108,26 +112,26 @@ class JwtVerifier:
             if self.settings.hmac_secret is None:
                 raise _invalid(f"{alg} tokens are not accepted here (no HMAC secret).")
             return self.settings.hmac_secret.encode()
-        if _family(alg) is None:
-            raise _invalid(f"algorithm {alg!r} is not supported.")
+        if family(alg) is None:
+            raise _invalid(f"{alg} is not supported.")
         if self.jwks_url is not None:
             await self._refresh(kid, *self.jwks_url)
         return self._select(alg, kid).key
 
-    def _keys(self) -> list[_Key]:
+    def _keys(self) -> list[Key]:
         return self.static_keys + self.fetched_keys
 
-    def _select(self, alg: str, kid: str | None) -> _Key:
-        usable = [k for k in self._keys() if k.family == _family(alg) and k.alg in (None, alg)]
+    def _select(self, alg: str, kid: str | None) -> Key:
+        usable = [k for k in self._keys() if k.family == family(alg) and k.alg in (None, alg)]
         if kid is not None:
             named = [k for k in usable if k.kid == kid]
             if named:
                 return named[0]
             if any(k.kid == kid for k in self._keys()):
-                raise _invalid(f"the key with kid {kid!r} does not verify {alg} tokens.")
+                raise _invalid(f"the key its 'kid' names does not verify {alg} tokens.")
             usable = [k for k in usable if k.kid is None]  # a PEM key answers to any kid
             if not usable:
-                raise _invalid(f"unknown kid {kid!r}; no configured key has this id.")
+                raise _invalid("unknown 'kid'; no configured key has this id.")
         if not usable:
             raise _invalid(f"no configured key verifies {alg} tokens.")
         if len(usable) > 1:
@@ -150,16 +154,14 @@ class JwtVerifier:
         return unknown or time.monotonic() - self.fetched_at >= self.settings.jwks_cache_s
 
     async def _fetch(self, http: aiohttp.ClientSession, url: str) -> None:
+        log = logging.getLogger("llmaas.auth")
         try:
-            async with http.get(url, timeout=FETCH_TIMEOUT) as resp:
-                resp.raise_for_status()
-                document = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            logging.getLogger("llmaas.auth").warning("JWKS fetch from %s failed: %s", url, exc)
+            keys = await fetch_jwks(http, url, self.tls, timeout_s=self.fetch_timeout_s)
+        except (JwksFetchError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning("JWKS fetch from %s failed: %s %s", url, type(exc).__name__, exc)
             return  # keep serving with the keys we have
-        keys = _jwks_keys(document)
         if not keys:
-            logging.getLogger("llmaas.auth").warning("JWKS at %s has no usable keys", url)
+            log.warning("JWKS at %s has no usable keys", url)
             return
         self.fetched_keys = keys
         self.fetched_at = time.monotonic()
@@ -167,8 +169,9 @@ class JwtVerifier:
     def _decode(self, token: str, key: Any, alg: str) -> dict[str, Any]:
         s = self.settings
         options: Any = {
-            "require": ["exp"],
-            "verify_aud": s.audience is not None,
+            "require": REQUIRED_CLAIMS,
+            "verify_aud": True,
+            "verify_iss": True,
             "enforce_minimum_key_length": True,  # an error, not a warning per request
         }
         try:
@@ -198,14 +201,17 @@ class JwtVerifier:
         except jwt.InvalidKeyError as exc:
             raise _invalid(f"the configured key cannot verify {alg} tokens.") from exc
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
-            raise _invalid(f"{exc}.") from exc
+            raise _invalid(f"pyjwt refused it ({type(exc).__name__}).") from exc
         return claims
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
         names = self.settings.claims
         tenant = claims.get(names.tenant)
-        if not isinstance(tenant, str) or not tenant:
-            raise _invalid(f"the '{names.tenant}' claim (the tenant) is missing or empty.")
+        if not isinstance(tenant, str) or not TENANT_ID.fullmatch(tenant):
+            raise _invalid(
+                f"the '{names.tenant}' claim (the tenant) must be a tenant id: 1-64 letters, "
+                "digits, '.', '_' or '-', starting with a letter or digit."
+            )
         subject = claims.get(names.subject, f"jwt:{tenant}")
         if not isinstance(subject, str) or not subject:
             raise _invalid(f"the '{names.subject}' claim must be a non-empty string.")
@@ -234,33 +240,3 @@ def _int_claim(claims: dict[str, Any], name: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise _invalid(f"the '{name}' claim must be a positive integer.")
     return value
-
-
-def _pem_key(path: Path) -> _Key:
-    key = load_pem_public_key(path.read_bytes())
-    if isinstance(key, rsa.RSAPublicKey):
-        return _Key(None, "RSA", None, key)
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return _Key(None, "EC", None, key)
-    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-        return _Key(None, "OKP", None, key)
-    raise ValueError(f"{path}: not an RSA, EC or EdDSA public key")
-
-
-def _jwks_keys(document: Any) -> list[_Key]:
-    entries = document.get("keys") if isinstance(document, dict) else None
-    keys: list[_Key] = []
-    for entry in entries if isinstance(entries, list) else []:
-        if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
-            continue
-        if entry.get("kty") not in FAMILIES.values():
-            continue  # symmetric ("oct") or unknown keys never verify anything here
-        try:
-            parsed = jwt.PyJWK(entry)
-        except (jwt.PyJWTError, ValueError, TypeError, KeyError):
-            continue  # a key this build cannot use; the others may still serve
-        alg = entry.get("alg")
-        keys.append(
-            _Key(parsed.key_id, entry["kty"], alg if isinstance(alg, str) else None, parsed.key)
-        )
-    return keys

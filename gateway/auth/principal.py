@@ -25,6 +25,7 @@ class Principal:
     key_limits: Limits = field(default_factory=Limits)
     tenant_limits: Limits = field(default_factory=Limits)
     priority: int | None = None  # the tenant's vLLM request priority; None: the engines' default
+    media_hosts: frozenset[str] | None = None  # the tenant's media URL hosts; None: the default
 
     def may_use(self, model: str) -> bool:
         """Both allow-lists apply: the key's and its tenant's."""

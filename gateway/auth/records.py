@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from gateway.auth.principal import Limits
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# A DNS name or an IP literal (IPv6 without brackets): no scheme, port, path or userinfo.
+HOST_PATTERN = r"^\[?[A-Za-z0-9._:-]{1,253}\]?$"
+Host = Annotated[
+    str,
+    Field(pattern=HOST_PATTERN),
+    AfterValidator(lambda h: h.lower().strip("[]").rstrip(".")),
+]
 
 
 class LimitFields(BaseModel):
@@ -29,6 +37,12 @@ class TenantFields(LimitFields):
     # vLLM's request priority for every request of the tenant (lower runs first; engines need
     # --scheduling-policy priority). None: the engines' default (0). Clients cannot set it.
     priority: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
+    # Hosts the engines may fetch this tenant's media URLs from (gateway/api/media.py).
+    # None: the gateway's request_policy.media_hosts; []: no remote media at all.
+    media_hosts: list[Host] | None = Field(default=None, max_length=100)
+
+    def media_host_set(self) -> frozenset[str] | None:
+        return None if self.media_hosts is None else frozenset(self.media_hosts)
 
 
 class TenantRecord(TenantFields):

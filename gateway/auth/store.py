@@ -4,16 +4,45 @@ Layout: `llmaas:apikey:<id>` holds a key's JSON (looked up by id alone, so it ca
 hash tag); `llmaas:{t:<tenant>}:tenant` the tenant's JSON and `llmaas:{t:<tenant>}:keys` the set
 of its key ids; `llmaas:tenants` the set of tenant ids. Writers publish on `CHANNEL` so every
 replica drops what it cached.
+
+Redis Cluster: every command and transaction touches one hash slot. A key record is written by
+one script on its own key (compare-and-set, see `_WRITE_KEY`); the indexes are added to first,
+in their own commands, so a record is never live without being listed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from redis.asyncio import Redis
 
 from gateway.auth.records import KeyRecord, TenantRecord
+from gateway.errors import InvalidRequest, NotFound
 
 CHANNEL = "llmaas:auth:invalidate"
 TENANTS = "llmaas:tenants"
+
+# A revoked key is final: it may be written again only as revoked and with the same secret, so
+# a rotation (or any edit) read before a revocation can never undo it.
+_WRITE_KEY = """
+local current = redis.call('GET', KEYS[1])
+if ARGV[4] == 'create' then
+  if current then return 'exists' end
+elseif not current then
+  return 'missing'
+else
+  local old = cjson.decode(current)
+  if old['revoked'] then
+    local new = cjson.decode(ARGV[1])
+    if not new['revoked'] or new['secret_hash'] ~= old['secret_hash'] then
+      return 'revoked'
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 'ok'
+"""
 
 
 def key_key(key_id: str) -> str:
@@ -29,8 +58,10 @@ def tenant_keys_key(tenant: str) -> str:
 
 
 class AuthStore:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, on_write: Callable[[str], None] | None = None) -> None:
         self.redis = redis
+        self.on_write = on_write  # this replica's cache: dropped at once, not when pub/sub says
+        self._write_key = redis.register_script(_WRITE_KEY)
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         raw = await self.redis.get(key_key(key_id))
@@ -40,34 +71,56 @@ class AuthStore:
         raw = await self.redis.get(tenant_key(tenant))
         return None if raw is None else TenantRecord.model_validate_json(raw)
 
+    async def create_key(self, record: KeyRecord) -> None:
+        await self.redis.sadd(tenant_keys_key(record.tenant), record.id)
+        await self._put_key(record, "create")
+
     async def put_key(self, record: KeyRecord) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(key_key(record.id), record.model_dump_json())
-            pipe.sadd(tenant_keys_key(record.tenant), record.id)
-            pipe.publish(CHANNEL, f"key:{record.id}")
-            await pipe.execute()
+        """Replace an existing key's record; refused (409) once the key is revoked."""
+        await self._put_key(record, "update")
+
+    async def _put_key(self, record: KeyRecord, mode: str) -> None:
+        message = f"key:{record.id}"
+        args = [record.model_dump_json(), CHANNEL, message, mode]
+        outcome = _text(await self._write_key(keys=[key_key(record.id)], args=args))
+        self._written(message)
+        if outcome == "missing":
+            raise NotFound(f"No API key with id '{record.id}'.", param="id", code="key_not_found")
+        if outcome == "revoked":
+            raise InvalidRequest(
+                f"The API key '{record.id}' has been revoked; a revoked key cannot be changed.",
+                param="id",
+                code="key_revoked",
+                status=409,
+            )
+        if outcome == "exists":
+            raise InvalidRequest(
+                f"An API key with id '{record.id}' already exists.", code="key_exists", status=409
+            )
 
     async def put_tenant(self, record: TenantRecord) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
+        await self.redis.sadd(TENANTS, record.id)
+        message = f"tenant:{record.id}"
+        async with self.redis.pipeline(transaction=True) as pipe:  # one slot: the tenant's tag
             pipe.set(tenant_key(record.id), record.model_dump_json())
-            pipe.sadd(TENANTS, record.id)
-            pipe.publish(CHANNEL, f"tenant:{record.id}")
+            pipe.publish(CHANNEL, message)
             await pipe.execute()
+        self._written(message)
 
     async def ensure_tenant(self, tenant: str) -> TenantRecord:
         existing = await self.get_tenant(tenant)
         if existing is not None:
             return existing
         record = TenantRecord(id=tenant)
+        await self.redis.sadd(TENANTS, tenant)
         created = await self.redis.set(tenant_key(tenant), record.model_dump_json(), nx=True)
         if not created:  # another writer won the race; theirs stands
             return await self.get_tenant(tenant) or record
-        await self.redis.sadd(TENANTS, tenant)
         return record
 
     async def list_tenants(self) -> list[TenantRecord]:
         ids = sorted(_text(m) for m in await self.redis.smembers(TENANTS))
-        raws = await self.redis.mget([tenant_key(t) for t in ids]) if ids else []
+        raws = await self._get_each([tenant_key(t) for t in ids])
         return [TenantRecord.model_validate_json(r) for r in raws if r is not None]
 
     async def list_keys(self, tenant: str | None = None) -> list[KeyRecord]:
@@ -75,9 +128,23 @@ class AuthStore:
         ids: list[str] = []
         for t in tenants:
             ids += sorted(_text(m) for m in await self.redis.smembers(tenant_keys_key(t)))
-        raws = await self.redis.mget([key_key(i) for i in ids]) if ids else []
+        raws = await self._get_each([key_key(i) for i in ids])
         records = [KeyRecord.model_validate_json(r) for r in raws if r is not None]
         return sorted(records, key=lambda r: (r.tenant, r.created_at))
+
+    async def _get_each(self, names: list[str]) -> list[bytes | None]:
+        """One GET per key in one round trip (not MGET: the keys live in many slots)."""
+        if not names:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.get(name)
+            result: list[bytes | None] = await pipe.execute()
+        return result
+
+    def _written(self, message: str) -> None:
+        if self.on_write is not None:
+            self.on_write(message)
 
 
 def _text(member: bytes | str) -> str:

@@ -26,6 +26,8 @@ ENGINE_ENV = {
     # The Responses API's `store` (its default) and `previous_response_id` need it; stored
     # responses stay in the engine's memory (the gateway routes their follow-ups back to it).
     "VLLM_ENABLE_RESPONSES_API_STORE": "1",
+    # Media URLs: the gateway checks each host (gateway/api/media.py); a redirect would not be.
+    "VLLM_MEDIA_URL_ALLOW_REDIRECTS": "0",
     **OFFLINE,
 }
 READY_TIMEOUT_S = 600.0

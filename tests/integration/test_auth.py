@@ -244,13 +244,21 @@ async def test_jwt_bearer_through_the_gateway(tmp_path: Path) -> None:
     ):
         settings = auth_settings(sim, redis_url, tmp_path / "spill").model_copy(
             update={
-                "auth": AuthSettings(jwt=JwtSettings(public_key_file=pem, algorithms=["RS256"]))
+                "auth": AuthSettings(
+                    jwt=JwtSettings(
+                        public_key_file=pem,
+                        algorithms=["RS256"],
+                        issuer="https://idp.test",
+                        audience="llmaas",
+                    )
+                )
             }
         )
         async with serve_asgi(create_app(settings)) as gateway:
             exp = int(time.time()) + 600
+            idp = {"iss": "https://idp.test", "aud": "llmaas"}
             token = jwt.encode(
-                {"tenant": "jwt-t", "sub": "bob", "exp": exp, "models": [MODEL]},
+                {"tenant": "jwt-t", "sub": "bob", "exp": exp, "models": [MODEL], **idp},
                 private,
                 algorithm="RS256",
             )
@@ -258,7 +266,7 @@ async def test_jwt_bearer_through_the_gateway(tmp_path: Path) -> None:
                 assert [m.id for m in (await oai.models.list()).data] == [MODEL]
                 with pytest.raises(openai.NotFoundError):
                     await oai.chat.completions.create(model=OTHER, messages=HELLO)
-            expired = jwt.encode({"tenant": "t", "exp": exp - 1200}, private, algorithm="RS256")
+            expired = jwt.encode({"tenant": "t", "exp": exp - 1200, **idp}, private, "RS256")
             async with openai.AsyncOpenAI(base_url=f"{gateway}/v1", api_key=expired) as oai:
                 with pytest.raises(openai.AuthenticationError) as info:
                     await oai.models.list()

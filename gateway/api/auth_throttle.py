@@ -1,0 +1,52 @@
+"""Turn away, with 429 and Retry-After, a client whose requests keep failing authentication.
+
+The client is the TCP peer address (X-Forwarded-For is not trusted: behind a proxy, the proxy
+is the one client). Its requests are refused before any route runs, so they touch no Redis.
+"""
+
+from __future__ import annotations
+
+import math
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.auth.failures import FailureThrottle
+from gateway.errors import RateLimited
+from gateway.proxy.asgi_send import send_error
+
+_EXEMPT = ("/healthz", "/readyz", "/metrics")
+
+
+class AuthFailureThrottle:
+    def __init__(self, app: ASGIApp, *, throttle: FailureThrottle) -> None:
+        self.app = app
+        self.throttle = throttle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in _EXEMPT:
+            await self.app(scope, receive, send)
+            return
+        client = scope["client"][0] if scope.get("client") else "unknown"
+        wait = self.throttle.retry_after(client)
+        if wait is not None:
+            await send_error(send, _refusal(math.ceil(wait)))
+            return
+
+        async def noting_failures(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                self.throttle.failed(client)
+            await send(message)
+
+        await self.app(scope, receive, noting_failures)
+
+
+def _refusal(retry_after_s: int) -> RateLimited:
+    return RateLimited(
+        f"Too many failed authentication attempts from this address; "
+        f"retry after {retry_after_s} s.",
+        kind="requests",
+        scope="client",
+        limit_kind="auth_failures",
+        code="too_many_auth_failures",
+        headers={"retry-after": str(retry_after_s)},
+    )

@@ -1,0 +1,74 @@
+"""Request fields that steer vLLM's internals, refused for tenants, and size bounds on the
+fields that make the engine compile or scan something per request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.errors import InvalidRequest
+
+# vLLM 0.32 fields (chat, completions, responses protocols) a tenant may not set.
+REFUSED = {
+    "kv_transfer_params": "it steers disaggregated prefill between engines",
+    "vllm_xargs": "it passes arbitrary arguments to engine plugins",
+    "request_id": "the gateway and the engine name requests",
+    "chat_template": "a custom template would run on the engine",
+    "logits_processors": "it loads code on the engine",
+    "prompt_embeds": "precomputed tensors go to the model unchecked",
+    "mm_processor_kwargs": "it changes how the engine processes media",
+    "media_io_kwargs": "it changes how the engine loads media",
+}
+# Schemas and grammars the engine compiles for structured output.
+SCHEMA_FIELDS = ("structured_outputs", "guided_json", "guided_regex", "guided_grammar")
+SCHEMA_FIELDS_LISTED = ("guided_choice",)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldBounds:
+    max_schema_bytes: int
+    max_logit_bias: int
+    max_stop: int
+
+
+def check_engine_fields(body: dict[str, Any], bounds: FieldBounds) -> None:
+    """Raise a 400 naming the first field a tenant may not send, or sends too much of."""
+    for name, why in REFUSED.items():
+        if name in body:
+            raise InvalidRequest(
+                f"'{name}' is not accepted: {why}.", param=name, code="unsupported_parameter"
+            )
+    for name in (*SCHEMA_FIELDS, *SCHEMA_FIELDS_LISTED):
+        _cap_size(body.get(name), name, bounds.max_schema_bytes)
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict):
+        _cap_size(response_format, "response_format", bounds.max_schema_bytes)
+    text = body.get("text")  # the Responses API's structured output: text.format
+    if isinstance(text, dict):
+        _cap_size(text.get("format"), "text.format", bounds.max_schema_bytes)
+    _cap_count(body.get("logit_bias"), "logit_bias", bounds.max_logit_bias)
+    _cap_count(body.get("stop"), "stop", bounds.max_stop)
+    _cap_count(body.get("bad_words"), "bad_words", bounds.max_stop)
+
+
+def _cap_size(value: object, name: str, max_bytes: int) -> None:
+    if value is None:
+        return
+    size = len(orjson.dumps(value))
+    if size > max_bytes:
+        raise InvalidRequest(
+            f"'{name}' is {size} bytes serialised; at most {max_bytes} are accepted.",
+            param=name,
+            code="too_large",
+        )
+
+
+def _cap_count(value: object, name: str, limit: int) -> None:
+    if isinstance(value, dict | list) and len(value) > limit:
+        raise InvalidRequest(
+            f"'{name}' has {len(value)} entries; at most {limit} are accepted.",
+            param=name,
+            code="too_many",
+        )

@@ -1,0 +1,103 @@
+"""Public keys that verify JWTs: a PEM file, a JWKS document, or a JWKS fetched over HTTPS.
+
+A fetch is bounded on every side an IdP (or whoever answers in its place) could abuse: https
+only, no redirects, no compression, at most `JWKS_MAX_BYTES` read, `FETCH_TIMEOUT_S` in all.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+JWKS_MAX_BYTES = 1 << 20  # real JWKS documents are a few KiB
+FETCH_TIMEOUT_S = 5.0
+# The JWK key type ("kty") each asymmetric algorithm family verifies with.
+FAMILIES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+
+
+class JwksFetchError(Exception):
+    """The JWKS URL answered with something other than a bounded 200 over https."""
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    kid: str | None
+    family: str  # a JWK "kty": RSA, EC or OKP
+    alg: str | None  # a JWK's declared "alg": then it verifies only that algorithm
+    key: Any  # a loaded cryptography public key, parsed once
+
+
+def family(alg: str) -> str | None:
+    return FAMILIES.get(alg[:2])
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """Verifies the JWKS server against `ca_file` if given, else the system's trust store."""
+    return ssl.create_default_context(cafile=ca_file)
+
+
+async def fetch_jwks(
+    http: aiohttp.ClientSession,
+    url: str,
+    tls: ssl.SSLContext,
+    *,
+    timeout_s: float = FETCH_TIMEOUT_S,
+    max_bytes: int = JWKS_MAX_BYTES,
+) -> list[Key]:
+    if not url.startswith("https://"):
+        raise JwksFetchError("only https:// JWKS URLs are fetched")
+    async with http.get(
+        url,
+        ssl=tls,
+        allow_redirects=False,
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+        headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+    ) as resp:
+        if resp.status != 200:
+            raise JwksFetchError(f"HTTP {resp.status} (redirects are not followed)")
+        if resp.content_length is not None and resp.content_length > max_bytes:
+            raise JwksFetchError(f"the document is over {max_bytes} bytes")
+        body = bytearray()
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            body += chunk
+            if len(body) > max_bytes:
+                raise JwksFetchError(f"the document is over {max_bytes} bytes")
+    return jwks_keys(json.loads(body))
+
+
+def pem_key(path: Path) -> Key:
+    key = load_pem_public_key(path.read_bytes())
+    if isinstance(key, rsa.RSAPublicKey):
+        return Key(None, "RSA", None, key)
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return Key(None, "EC", None, key)
+    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        return Key(None, "OKP", None, key)
+    raise ValueError(f"{path}: not an RSA, EC or EdDSA public key")
+
+
+def jwks_keys(document: Any) -> list[Key]:
+    entries = document.get("keys") if isinstance(document, dict) else None
+    keys: list[Key] = []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
+            continue
+        if entry.get("kty") not in FAMILIES.values():
+            continue  # symmetric ("oct") or unknown keys never verify anything here
+        try:
+            parsed = jwt.PyJWK(entry)
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+            continue  # a key this build cannot use; the others may still serve
+        alg = entry.get("alg")
+        keys.append(
+            Key(parsed.key_id, entry["kty"], alg if isinstance(alg, str) else None, parsed.key)
+        )
+    return keys

@@ -1,0 +1,335 @@
+"""Keys at rest, revocation races, the bounded auth cache, 401 throttling and 401 bodies, all
+against a real Redis (issue 13, "Security: Keys")."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+from starlette.datastructures import Headers
+
+from gateway.app import create_app
+from gateway.auth.api_keys import PREFIX, parse_key
+from gateway.auth.authenticate import Authenticator
+from gateway.auth.cache import AuthCache
+from gateway.auth.invalidation import InvalidationListener
+from gateway.auth.issue import issue_key
+from gateway.auth.records import KeyRecord
+from gateway.auth.store import AuthStore
+from gateway.embedded.redis_server import running_redis
+from gateway.errors import Unauthorized
+from gateway.logs import JsonFormatter
+from gateway.settings import AuthSettings, JwtSettings, Settings
+from gateway.sim.config import SimConfig
+from tests.integration.conftest import ADMIN, MODEL, OTHER, auth_settings
+from tests.integration.sim_fixture import running_sim
+from tests.support.gateways import PEPPER
+from tests.support.logs import collected
+from tests.support.servers import serve_asgi
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+JWT_SECRET = "a-jwt-hmac-secret-for-tests-only-0123456789"
+RACE_ITERATIONS = 200
+JUNK_KEYS = 10_000
+CACHE_BOUND = 500
+THROTTLE_LIMIT = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Secured:
+    gateway: str  # failure throttling effectively off (limit 100,000)
+    strict: str  # failure throttling at THROTTLE_LIMIT per 600 s
+    redis: Redis
+    http: aiohttp.ClientSession
+
+    async def admin(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        url = f"{self.gateway}/admin/v1{path}"
+        async with self.http.request(method, url, json=body, headers=ADMIN) as resp:
+            return resp.status, await resp.json()
+
+    async def new_key(self, tenant: str = "sec") -> tuple[str, str]:
+        status, body = await self.admin("POST", "/keys", {"tenant": tenant})
+        assert status == 201, body
+        return body["id"], body["key"]
+
+    async def status(self, key: str, base: str | None = None) -> int:
+        headers = {"authorization": f"Bearer {key}"}
+        async with self.http.get(f"{base or self.gateway}/v1/models", headers=headers) as resp:
+            return resp.status
+
+
+def _settings(sim: str, redis_url: str, spill: Path, failure_limit: int) -> Settings:
+    auth = AuthSettings(
+        failure_limit=failure_limit,
+        failure_window_s=600.0,
+        jwt=JwtSettings(hmac_secret=JWT_SECRET, algorithms=["HS256"], issuer="iss", audience="aud"),
+    )
+    return auth_settings(sim, redis_url, spill).model_copy(update={"auth": auth})
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def secured(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Secured]:
+    spill = tmp_path_factory.mktemp("security-spill")
+    async with (
+        running_redis(None) as redis_url,
+        running_sim(SimConfig(models=[MODEL, OTHER])) as sim,
+        serve_asgi(create_app(_settings(sim, redis_url, spill / "a", 100_000))) as gateway,
+        serve_asgi(create_app(_settings(sim, redis_url, spill / "b", THROTTLE_LIMIT))) as strict,
+        aiohttp.ClientSession() as http,
+    ):
+        redis = Redis.from_url(redis_url)
+        try:
+            yield Secured(gateway, strict, redis, http)
+        finally:
+            await redis.aclose()
+
+
+async def _values(redis: Redis, name: bytes) -> list[Any]:
+    """Every member, field and value stored at `name`, whatever its type."""
+    kind: Any = await redis.type(name)
+    reply: Any
+    match kind.decode():
+        case "string":
+            return [await redis.get(name)]
+        case "hash":
+            reply = await redis.hgetall(name)
+            return [part for pair in reply.items() for part in pair]
+        case "set":
+            return list(await redis.smembers(name))
+        case "zset":
+            return list(await redis.zrange(name, 0, -1))
+        case "list":
+            return list(await redis.lrange(name, 0, -1))
+        case "stream":
+            reply = await redis.xrange(name)
+            return [p for i, fields in reply for p in (i, *(x for f in fields.items() for x in f))]
+    raise AssertionError(f"unexpected Redis type {kind!r} at {name!r}")
+
+
+async def _everything_stored(redis: Redis) -> bytes:
+    """Every key name and every value in Redis as one blob."""
+    parts: list[Any] = []
+    async for name in redis.scan_iter(count=1000):
+        parts += [name, *await _values(redis, name)]
+    assert all(isinstance(p, bytes) for p in parts)
+    return b"\n".join(parts)
+
+
+def _secret_windows(key: str, width: int) -> list[str]:
+    """Every `width`-character substring of `key` that includes part of its secret: the prefix
+    and the key id before it are public by design (the id names the key in Redis and logs)."""
+    parsed = parse_key(key)
+    assert parsed is not None
+    start = len(key) - len(parsed[1])
+    return [key[i : i + width] for i in range(max(0, start - width + 1), len(key) - width + 1)]
+
+
+async def test_only_hmac_digests_of_secrets_are_at_rest(secured: Secured) -> None:
+    plaintexts: list[str] = []
+    ids: list[str] = []
+    for _ in range(6):
+        key_id, key = await secured.new_key()
+        ids.append(key_id)
+        plaintexts.append(key)
+        assert await secured.status(key) == 200  # used: cached, metered, logged
+    for key_id in ids[:3]:
+        status, body = await secured.admin("POST", f"/keys/{key_id}/rotate")
+        assert status == 200, body
+        plaintexts.append(body["key"])
+        assert await secured.status(body["key"]) == 200
+    for key_id in ids[2:4]:
+        assert (await secured.admin("DELETE", f"/keys/{key_id}"))[0] == 200
+    assert (await secured.admin("GET", "/keys"))[0] == 200
+
+    stored = await _everything_stored(secured.redis)
+    assert all(key_id.encode() in stored for key_id in ids)  # the scan did see the records
+    for key in plaintexts:
+        assert key.encode() not in stored
+        leaked = [w for w in _secret_windows(key, 12) if w.encode() in stored]
+        assert leaked == [], f"{len(leaked)} 12-character pieces of a secret are in Redis"
+
+
+class _GatedStore(AuthStore):
+    """A store whose key reads, once Redis has answered, wait for the test to let them go on."""
+
+    def __init__(self, redis: Redis) -> None:
+        super().__init__(redis)
+        self.read_done = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        record = await super().get_key(key_id)
+        self.read_done.set()
+        await self.release.wait()
+        return record
+
+
+async def _replica(redis: Redis, store: AuthStore) -> tuple[Authenticator, AuthCache]:
+    cache = AuthCache(ttl_s=30.0)
+    auth = Authenticator(required=True, pepper=PEPPER, store=store, cache=cache, jwt=None)
+    return auth, cache
+
+
+def _bearer(key: str) -> Headers:
+    return Headers({"authorization": f"Bearer {key}"})
+
+
+@pytest.mark.parametrize("revoke_in_flight", [True, False])
+async def test_an_invalidation_during_a_lookup_keeps_its_answer_out_of_the_cache(
+    secured: Secured, revoke_in_flight: bool
+) -> None:
+    writer = AuthStore(secured.redis)  # another replica's admin API: reaches us by pub/sub only
+    record, key = await issue_key(writer, PEPPER.encode(), tenant="race")
+    gated = _GatedStore(secured.redis)
+    auth, cache = await _replica(secured.redis, gated)
+    listener = InvalidationListener(secured.redis, cache)
+    listening = asyncio.create_task(listener.run())
+    try:
+        await asyncio.wait_for(listener.subscribed.wait(), 5)
+        lookup = asyncio.create_task(auth.principal(_bearer(key)))
+        await asyncio.wait_for(gated.read_done.wait(), 5)  # the lookup holds the live record
+        if revoke_in_flight:
+            generation = cache.generation
+            await writer.put_key(record.model_copy(update={"revoked": True}))
+            async with asyncio.timeout(5):
+                # the pub/sub message has not arrived yet while the generation stands
+                while cache.generation == generation:  # noqa: ASYNC110 (a plain counter)
+                    await asyncio.sleep(0.005)
+        gated.release.set()
+        assert (await lookup).key_id == record.id  # it began before the revocation
+        found, _ = cache.keys.get(record.id)
+        assert found is not revoke_in_flight
+        if revoke_in_flight:
+            with pytest.raises(Unauthorized, match="revoked"):
+                await auth.principal(_bearer(key))
+    finally:
+        listening.cancel()
+        await asyncio.gather(listening, return_exceptions=True)
+
+
+async def test_a_revoked_key_cannot_be_rotated(secured: Secured) -> None:
+    key_id, key = await secured.new_key()
+    assert (await secured.admin("DELETE", f"/keys/{key_id}"))[0] == 200
+    status, body = await secured.admin("POST", f"/keys/{key_id}/rotate")
+    assert status == 409
+    assert body["error"]["code"] == "key_revoked"
+    assert "revoked" in body["error"]["message"]
+    assert (await secured.admin("DELETE", f"/keys/{key_id}"))[0] == 200  # revoking again: fine
+    assert await secured.status(key) == 401
+
+
+async def test_a_concurrent_rotation_never_undoes_a_revocation(secured: Secured) -> None:
+    outcomes = {200: 0, 409: 0}
+    for _ in range(RACE_ITERATIONS):
+        key_id, key = await secured.new_key("racing")
+        (revoked, _), (rotated, body) = await asyncio.gather(
+            secured.admin("DELETE", f"/keys/{key_id}"),
+            secured.admin("POST", f"/keys/{key_id}/rotate"),
+        )
+        assert revoked == 200
+        assert rotated in outcomes, body
+        outcomes[rotated] += 1
+        assert await secured.status(key) == 401
+        if rotated == 200:
+            assert await secured.status(body["key"]) == 401
+        raw: Any = await secured.redis.get(f"llmaas:apikey:{key_id}")
+        assert KeyRecord.model_validate_json(raw).revoked
+    assert sum(outcomes.values()) == RACE_ITERATIONS
+
+
+def _junk_key() -> str:
+    return f"{PREFIX}{secrets.token_hex(6)}-{secrets.token_hex(24)}"
+
+
+async def test_junk_keys_cannot_grow_the_auth_cache(secured: Secured) -> None:
+    store = AuthStore(secured.redis)
+    _, good = await issue_key(store, PEPPER.encode(), tenant="bounded")
+    cache = AuthCache(ttl_s=30.0, max_entries=CACHE_BOUND)
+    auth = Authenticator(required=True, pepper=PEPPER, store=store, cache=cache, jwt=None)
+    assert (await auth.principal(_bearer(good))).tenant == "bounded"
+    refused = 0
+    for _ in range(JUNK_KEYS):
+        with pytest.raises(Unauthorized):
+            await auth.principal(_bearer(_junk_key()))
+        refused += 1
+        assert len(cache.keys) <= CACHE_BOUND
+    assert refused == JUNK_KEYS
+    assert len(cache.keys) == CACHE_BOUND  # it was used, up to its bound and no further
+    assert (await auth.principal(_bearer(good))).tenant == "bounded"
+
+
+async def _get_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_get", {}).get("calls", 0))
+
+
+async def test_repeated_401s_from_one_address_are_throttled(secured: Secured) -> None:
+    _, good = await secured.new_key()
+    for _ in range(THROTTLE_LIMIT):
+        assert await secured.status(_junk_key(), secured.strict) == 401
+    gets = await _get_calls(secured.redis)
+    for key in [_junk_key() for _ in range(10)] + [good]:
+        async with secured.http.get(
+            f"{secured.strict}/v1/models", headers={"authorization": f"Bearer {key}"}
+        ) as resp:
+            assert resp.status == 429
+            assert 0 < int(resp.headers["retry-after"]) <= 600
+            assert (await resp.json())["error"]["code"] == "too_many_auth_failures"
+    assert await _get_calls(secured.redis) == gets  # refused without a Redis lookup
+    # Another client address (loopback has them all) is not affected.
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession(connector=connector) as other:
+        headers = {"authorization": f"Bearer {good}"}
+        async with other.get(f"{secured.strict}/v1/models", headers=headers) as resp:
+            assert resp.status == 200
+
+
+def _jwt_looking(payload: str) -> str:
+    return f"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.{payload}.c2lnbmF0dXJlLW5vdC12YWxpZA"
+
+
+async def _refused_tokens(secured: Secured) -> list[str]:
+    revoked_id, revoked = await secured.new_key()
+    assert (await secured.admin("DELETE", f"/keys/{revoked_id}"))[0] == 200
+    _, live = await secured.new_key()
+    return [
+        revoked,
+        live[:-6] + ("aaaaaa" if not live.endswith("aaaaaa") else "bbbbbb"),  # wrong secret
+        _junk_key(),  # unknown id
+        f"{PREFIX}{secrets.token_hex(6)}-{secrets.token_hex(10)}",  # too short
+        f"{PREFIX}QWERTY{secrets.token_hex(20)}",  # malformed
+        "not-a-key-" + secrets.token_urlsafe(24),
+        secrets.token_urlsafe(40),
+        _jwt_looking("eyJzdWIiOiJtYWxsb3J5LXRoZS1hdHRhY2tlciJ9"),  # bad signature
+        _jwt_looking("bm90LWpzb24tYXQtYWxsLXJlYWxseQ"),  # payload not JSON
+        "eyJub3QtYmFzZTY0.!!!@@@###$$$%%%.zzzzzzzzzzzz",  # not base64
+    ]
+
+
+async def test_a_401_never_echoes_the_presented_token(secured: Secured) -> None:
+    tokens = await _refused_tokens(secured)
+    with collected() as logs:
+        answers = []
+        for token in tokens:
+            for headers in ({"authorization": f"Bearer {token}"}, {"api-key": token}):
+                async with secured.http.get(f"{secured.gateway}/v1/models", headers=headers) as r:
+                    assert r.status == 401, token
+                    head = "\n".join(f"{k}: {v}" for k, v in r.headers.items())
+                    answers.append((token, head + "\n" + await r.text()))
+        await logs.wait_for(lambda r: len(logs.records) >= len(answers))
+        log_text = "\n".join(JsonFormatter().format(r) for r in logs.records)
+    assert len(answers) == 2 * len(tokens)
+    for token, answer in answers:
+        variable = token.removeprefix(PREFIX)  # the public prefix may be named, nothing else
+        pieces = {variable[i : i + 6] for i in range(len(variable) - 5)}
+        assert [p for p in pieces if p in answer] == [], token
+        assert [p for p in pieces if p in log_text] == [], token

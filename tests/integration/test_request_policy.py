@@ -1,0 +1,286 @@
+"""What a tenant may send to the engine, through real HTTP: media URLs (with a canary server
+that must never be fetched), engine-internal fields, and per-tenant cache salts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from aiohttp import web
+
+from gateway.api.policy import cache_salt, salt_key_from
+from gateway.app import create_app
+from gateway.embedded.redis_server import running_redis
+from gateway.netutil import free_port
+from gateway.settings import RequestPolicySettings
+from gateway.sim.config import SimConfig
+from tests.integration.conftest import ADMIN, MODEL, Stack, auth_settings
+from tests.integration.sim_fixture import running_sim, sim_state
+from tests.support.cli import run_llmaas
+from tests.support.gateways import ADMIN_TOKEN, PEPPER
+from tests.support.servers import serve_asgi
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+PUBLIC = "93.184.215.14"
+NAMES = {
+    "public.example": [PUBLIC],
+    "canary.test": ["127.0.0.1"],  # a name that resolves to loopback
+    "localhost": ["127.0.0.1", "::1"],
+}
+MAX_DATA = 16 * 1024  # the gateway's cap on data: URLs here (the body cap is 4 MiB)
+LITERALS = ["127.0.0.1", "::1", "::ffff:127.0.0.1", "169.254.169.254", "10.0.0.1"]
+
+
+async def fake_resolve(host: str) -> list[str]:
+    """No network in tests: the names the tests use, and nothing else."""
+    if host not in NAMES:
+        raise OSError(f"unknown host {host}")
+    return NAMES[host]
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    gateway: str
+    sim: str
+    canary: str  # host:port of a server that must never see a request
+    canary_hits: list[str]
+    http: aiohttp.ClientSession
+    clients: list[openai.AsyncOpenAI]  # closed by the fixture
+
+    def client(self, key: str) -> openai.AsyncOpenAI:
+        oai = openai.AsyncOpenAI(base_url=f"{self.gateway}/v1", api_key=key, max_retries=0)
+        self.clients.append(oai)
+        return oai
+
+    async def key(self, tenant: str) -> str:
+        url = f"{self.gateway}/admin/v1/keys"
+        async with self.http.post(url, json={"tenant": tenant}, headers=ADMIN) as resp:
+            assert resp.status == 201
+            key: str = (await resp.json())["key"]
+            return key
+
+    async def last_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = (await sim_state(self.http, self.sim))["last_request"]["body"]
+        return body
+
+
+@asynccontextmanager
+async def canary_server(hits: list[str]) -> AsyncIterator[str]:
+    async def record(request: web.Request) -> web.Response:
+        hits.append(str(request.url))
+        return web.Response(body=b"\x89PNG", content_type="image/png")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
+    hits: list[str] = []
+    async with running_redis(None) as redis_url, running_sim(SimConfig(models=[MODEL])) as sim:
+        policy = RequestPolicySettings(max_data_url_bytes=MAX_DATA)
+        settings = auth_settings(sim, redis_url, tmp_path / "spill")
+        app = create_app(
+            settings.model_copy(update={"request_policy": policy}), media_resolver=fake_resolve
+        )
+        async with (
+            canary_server(hits) as canary,
+            serve_asgi(app) as gateway,
+            aiohttp.ClientSession() as http,
+        ):
+            clients: list[openai.AsyncOpenAI] = []
+            try:
+                yield Setup(gateway, sim, canary, hits, http, clients)
+            finally:
+                for oai in clients:
+                    await oai.close()
+
+
+def image(url: str) -> Any:
+    parts = [
+        {"type": "text", "text": "what is it"},
+        {"type": "image_url", "image_url": {"url": url}},
+    ]
+    return [{"role": "user", "content": parts}]
+
+
+async def _put_tenant(setup: Setup, tenant: str, body: dict[str, Any]) -> tuple[int, Any]:
+    url = f"{setup.gateway}/admin/v1/tenants/{tenant}"
+    async with setup.http.put(url, json=body, headers=ADMIN) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_media_urls_to_private_places_never_reach_the_engine(setup: Setup) -> None:
+    port = setup.canary.split(":")[1]
+    hosts = ["public.example", "canary.test", "localhost", *LITERALS]
+    status, _ = await _put_tenant(setup, "media", {"media_hosts": hosts})
+    assert status == 200
+    oai = setup.client(await setup.key("media"))
+    refused = {
+        f"http://{setup.canary}/plain-http.png": "Only https",
+        f"https://127.0.0.1:{port}/x.png": "not a public address",
+        f"https://localhost:{port}/x.png": "not a public address",
+        f"https://canary.test:{port}/x.png": "not a public address",
+        f"https://[::1]:{port}/x.png": "not a public address",
+        f"https://[::ffff:127.0.0.1]:{port}/x.png": "not a public address",
+        "https://169.254.169.254/latest/meta-data": "not a public address",
+        "https://10.0.0.1/x.png": "not a public address",
+        "file:///etc/passwd": "Only https",
+        f"ftp://{setup.canary}/x.png": "Only https",
+        f"https://user:pass@{setup.canary}/x.png": "credentials",
+        "https://not-listed.example/x.png": "not allowed",
+        "data:image/png;base64," + "A" * (MAX_DATA + 1): "capped",
+        "data:text/html;base64,PGgxPmhpPC9oMT4=": "image/*",
+    }
+    before = (await sim_state(setup.http, setup.sim))["total_requests"]
+    for url, words in refused.items():
+        with pytest.raises(openai.BadRequestError) as info:
+            await oai.chat.completions.create(model=MODEL, messages=image(url), max_tokens=1)
+        error = info.value.body
+        assert isinstance(error, dict)
+        assert error["param"] == "messages[0].content[1].image_url.url", url[:60]
+        assert words in error["message"], (url[:60], error["message"])
+    assert (await sim_state(setup.http, setup.sim))["total_requests"] == before
+    assert setup.canary_hits == []
+
+    # The allow-listed public host (resolved by the injected resolver) passes to the engine.
+    url = "https://public.example/cat.png"
+    await oai.chat.completions.create(model=MODEL, messages=image(url), max_tokens=1)
+    assert (await setup.last_body())["messages"][0]["content"][1]["image_url"]["url"] == url
+
+
+async def test_remote_media_is_off_by_default(setup: Setup) -> None:
+    oai = setup.client(await setup.key("plain"))  # a tenant without media_hosts: the default
+    with pytest.raises(openai.BadRequestError) as info:
+        await oai.chat.completions.create(
+            model=MODEL, messages=image("https://public.example/cat.png"), max_tokens=1
+        )
+    assert "not enabled" in str(info.value)
+    small = "data:image/png;base64,iVBORw0KGgo="
+    await oai.chat.completions.create(model=MODEL, messages=image(small), max_tokens=1)
+    assert (await setup.last_body())["messages"][0]["content"][1]["image_url"]["url"] == small
+    # The Responses API's input_image is held to the same rules.
+    with pytest.raises(openai.BadRequestError) as responses:
+        await oai.responses.create(
+            model=MODEL,
+            input=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_image", "image_url": "https://10.0.0.1/x", "detail": "auto"}
+                    ],
+                }
+            ],
+        )
+    assert isinstance(responses.value.body, dict)
+    assert responses.value.body["param"] == "input[0].content[0].image_url"
+    assert setup.canary_hits == []
+
+
+async def test_media_hosts_through_the_cli_and_admin_api(setup: Setup) -> None:
+    status, out, err = await run_llmaas(
+        setup.gateway,
+        "tenants",
+        "set",
+        "cli",
+        "--media-hosts",
+        "Public.Example, cdn.example.com",
+        token=ADMIN_TOKEN,
+    )
+    assert status == 0, err
+    assert "public.example,cdn.example.com" in out
+    oai = setup.client(await setup.key("cli"))
+    url = "https://public.example/cat.png"
+    await oai.chat.completions.create(model=MODEL, messages=image(url), max_tokens=1)
+    assert (await setup.last_body())["messages"][0]["content"][1]["image_url"]["url"] == url
+
+    status, body = await _put_tenant(setup, "bad", {"media_hosts": ["https://a.com/x"]})
+    assert status == 400
+    assert body["error"]["param"] == "media_hosts.0"
+
+
+async def test_tenants_get_different_cache_salts_that_clients_cannot_choose(setup: Setup) -> None:
+    acme, other = setup.client(await setup.key("acme")), setup.client(await setup.key("other"))
+    hello: Any = [{"role": "user", "content": "hi"}]
+
+    async def salt_of(oai: openai.AsyncOpenAI, **extra: Any) -> str:
+        await oai.chat.completions.create(
+            model=MODEL, messages=hello, max_tokens=1, extra_body=extra
+        )
+        salt: str = (await setup.last_body())["cache_salt"]
+        return salt
+
+    acme_salt, other_salt = await salt_of(acme), await salt_of(other)
+    assert acme_salt != other_salt
+    assert acme_salt == cache_salt(salt_key_from(PEPPER), "acme", None)
+    assert await salt_of(acme) == acme_salt  # stable: prefix caching still works
+    # A client sending another tenant's salt (or its name) lands in a partition of its own.
+    stolen = {await salt_of(acme, cache_salt=s) for s in (other_salt, "other", acme_salt)}
+    assert not stolen & {acme_salt, other_salt}
+    assert len(stolen) == 3
+    # Completions and the Responses API are salted too.
+    await acme.completions.create(model=MODEL, prompt="hi", max_tokens=1)
+    assert (await setup.last_body())["cache_salt"] == acme_salt
+    await acme.responses.create(model=MODEL, input="hi", max_output_tokens=1, store=False)
+    assert (await setup.last_body())["cache_salt"] == acme_salt
+
+
+async def test_engine_internal_fields_are_refused(setup: Setup) -> None:
+    oai = setup.client(await setup.key("acme"))
+    hello: Any = [{"role": "user", "content": "hi"}]
+    for field, value in (
+        ("kv_transfer_params", {"do_remote_prefill": True}),
+        ("vllm_xargs", {"a": 1}),
+        ("request_id", "someone-elses"),
+        ("chat_template", "{{ 7 * 7 }}"),
+        ("mm_processor_kwargs", {"num_crops": 64}),
+        ("logit_bias", {str(i): 1 for i in range(301)}),
+        ("structured_outputs", {"regex": "a" * (65 * 1024)}),
+    ):
+        with pytest.raises(openai.BadRequestError) as info:
+            await oai.chat.completions.create(
+                model=MODEL, messages=hello, max_tokens=1, extra_body={field: value}
+            )
+        assert isinstance(info.value.body, dict)
+        assert info.value.body["param"] == field
+    with pytest.raises(openai.BadRequestError) as embeds:
+        await oai.completions.create(
+            model=MODEL, prompt="", max_tokens=1, extra_body={"prompt_embeds": "AAAA"}
+        )
+    assert isinstance(embeds.value.body, dict)
+    assert embeds.value.body["param"] == "prompt_embeds"
+
+
+async def test_dev_mode_anonymous_gets_the_same_policy(stack: Stack) -> None:
+    async with openai.AsyncOpenAI(
+        base_url=f"{stack.gateway}/v1", api_key="none", max_retries=0
+    ) as oai:
+        await _anonymous_policy(oai, stack)
+
+
+async def _anonymous_policy(oai: openai.AsyncOpenAI, stack: Stack) -> None:
+    hello: Any = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.BadRequestError) as info:
+        await oai.chat.completions.create(
+            model=MODEL, messages=hello, max_tokens=1, extra_body={"vllm_xargs": {"a": 1}}
+        )
+    assert isinstance(info.value.body, dict)
+    assert info.value.body["param"] == "vllm_xargs"
+    await oai.chat.completions.create(model=MODEL, messages=hello, max_tokens=1)
+    sent = (await stack.sim_state())["last_request"]["body"]
+    assert sent["cache_salt"] == cache_salt(salt_key_from(None), "anonymous", None)

@@ -1,0 +1,126 @@
+"""Tenant policy on a request body: engine-internal fields, size bounds, cache salts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.api.engine_fields import REFUSED, FieldBounds, check_engine_fields
+from gateway.api.policy import TenantPolicy, cache_salt, salt_key_from
+from gateway.auth.principal import Principal
+from gateway.errors import InvalidRequest
+from gateway.settings import RequestPolicySettings
+
+BOUNDS = FieldBounds(max_schema_bytes=200, max_logit_bias=3, max_stop=2)
+KEY = salt_key_from("a-pepper-of-sixteen-chars")
+ACME = Principal(tenant="acme", key_id="k1", source="api_key", priority=2)
+CHAT: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def refusal(body: dict[str, Any]) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as info:
+        check_engine_fields(body, BOUNDS)
+    return info.value
+
+
+@pytest.mark.parametrize("field", sorted(REFUSED))
+def test_engine_internal_fields_are_refused_by_name(field: str) -> None:
+    err = refusal({**CHAT, field: {"x": 1}})
+    assert err.param == field
+    assert err.code == "unsupported_parameter"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("structured_outputs", {"json": {"description": "x" * 200}}),
+        ("guided_regex", "a" * 200),
+        ("guided_choice", ["x" * 100, "y" * 100]),
+        ("response_format", {"type": "json_schema", "json_schema": {"d": "x" * 200}}),
+        ("logit_bias", {"1": 1, "2": 1, "3": 1, "4": 1}),
+        ("stop", ["a", "b", "c"]),
+        ("bad_words", ["a", "b", "c"]),
+    ],
+)
+def test_oversized_fields_are_refused_by_name(field: str, value: object) -> None:
+    assert refusal({**CHAT, field: value}).param == field
+
+
+def test_the_responses_text_format_is_bounded() -> None:
+    body = {"input": "x", "text": {"format": {"type": "json_schema", "schema": "x" * 200}}}
+    assert refusal(body).param == "text.format"
+
+
+def test_fields_within_bounds_pass() -> None:
+    check_engine_fields(
+        {
+            **CHAT,
+            "logit_bias": {"1": 1, "2": 1, "3": 1},
+            "stop": "a string is one sequence",
+            "structured_outputs": {"choice": ["yes", "no"]},
+            "chat_template_kwargs": {"enable_thinking": False},
+        },
+        BOUNDS,
+    )
+
+
+def test_salts_differ_per_tenant_and_client_salts_stay_within_the_tenant() -> None:
+    acme, other = cache_salt(KEY, "acme", None), cache_salt(KEY, "other", None)
+    assert acme != other
+    assert len(acme) == 64
+    assert set(acme) <= set("0123456789abcdef")  # vLLM refuses '@', '/', '\\' and NUL
+    # A client choosing its salt cannot land on another tenant's (plain or salted) partition.
+    for chosen in ("other", acme, other, "cache_salt:5:other"):
+        assert cache_salt(KEY, "acme", chosen) not in {acme, other, cache_salt(KEY, "other", "u")}
+    assert cache_salt(KEY, "acme", "user-1") == cache_salt(KEY, "acme", "user-1")
+    assert cache_salt(KEY, "acme", "user-1") != cache_salt(KEY, "acme", "user-2")
+    # Another pepper, other salts: a salt learnt from one deployment says nothing of another.
+    assert cache_salt(salt_key_from("another-pepper-16chars"), "acme", None) != acme
+
+
+async def test_apply_sets_salt_and_priority_and_re_serialises_once() -> None:
+    policy = TenantPolicy(RequestPolicySettings(), KEY)
+    body = {**CHAT, "priority": -100, "cache_salt": "mine"}
+    raw, out = await policy.apply("chat/completions", orjson.dumps(body), body, ACME)
+    assert out["priority"] == 2
+    assert out["cache_salt"] == cache_salt(KEY, "acme", "mine")
+    assert orjson.loads(raw) == out
+    assert body["cache_salt"] == "mine"  # the caller's dict is not changed
+
+
+async def test_embeddings_get_no_salt_and_keep_their_bytes() -> None:
+    policy = TenantPolicy(RequestPolicySettings(), KEY)
+    body: dict[str, Any] = {"model": "m", "input": "hi", "priority": 2}
+    raw = b'{"model": "m",  "input": "hi", "priority": 2}'
+    assert await policy.apply("embeddings", raw, body, ACME) == (raw, body)
+
+
+async def test_a_non_string_client_salt_is_refused() -> None:
+    policy = TenantPolicy(RequestPolicySettings(), KEY)
+    for salt in (1, "", ["x"]):
+        body = {**CHAT, "cache_salt": salt}
+        with pytest.raises(InvalidRequest) as info:
+            await policy.apply("completions", orjson.dumps(body), body, ACME)
+        assert info.value.param == "cache_salt"
+
+
+async def test_tenant_hosts_override_the_default() -> None:
+    async def resolve(host: str) -> list[str]:
+        return ["93.184.215.14"]
+
+    policy = TenantPolicy(RequestPolicySettings(media_hosts=["Default.example"]), KEY, resolve)
+    url = {"type": "image_url", "image_url": {"url": "https://default.example/x.png"}}
+    body = {"model": "m", "messages": [{"role": "user", "content": [url]}]}
+    await policy.apply("chat/completions", orjson.dumps(body), body, ACME)  # the default list
+    own = Principal(tenant="t", key_id="k", source="api_key", media_hosts=frozenset())
+    with pytest.raises(InvalidRequest) as info:
+        await policy.apply("chat/completions", orjson.dumps(body), body, own)
+    assert info.value.param == "messages[0].content[0].image_url.url"
+
+
+def test_configured_hosts_are_normalised() -> None:
+    settings = RequestPolicySettings(media_hosts=[" CDN.Example.com. ", "[::1]", ""])
+    assert settings.media_hosts == ["cdn.example.com", "::1"]
+    assert RequestPolicySettings().media_hosts == []  # remote media off by default
