@@ -19,7 +19,7 @@ from gateway.netutil import free_port
 from gateway.settings import Settings
 from gateway.sim.config import SimConfig
 from tests.integration.sim_fixture import running_sim, sim_state
-from tests.support.gateways import ADMIN_TOKEN, PEPPER
+from tests.support.gateways import ADMIN_TOKEN, PEPPER, admin_request
 from tests.support.servers import serve_asgi
 
 MODEL = "sim-model"
@@ -64,9 +64,7 @@ class AuthStack:
     http: aiohttp.ClientSession
 
     async def admin(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        url = f"{self.gateway}/admin/v1{path}"
-        async with self.http.request(method, url, json=body, headers=ADMIN) as resp:
-            return resp.status, await resp.json()
+        return await admin_request(self.http, self.gateway, method, path, body)
 
     async def new_key(self, **fields: Any) -> str:
         status, body = await self.admin("POST", "/keys", {"tenant": "acme", **fields})

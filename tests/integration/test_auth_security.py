@@ -29,9 +29,9 @@ from gateway.errors import Unauthorized
 from gateway.logs import JsonFormatter
 from gateway.settings import AuthSettings, JwtSettings, Settings
 from gateway.sim.config import SimConfig
-from tests.integration.conftest import ADMIN, MODEL, OTHER, auth_settings
+from tests.integration.conftest import MODEL, OTHER, auth_settings
 from tests.integration.sim_fixture import running_sim
-from tests.support.gateways import PEPPER
+from tests.support.gateways import PEPPER, admin_request
 from tests.support.logs import collected
 from tests.support.servers import serve_asgi
 
@@ -52,9 +52,7 @@ class Secured:
     http: aiohttp.ClientSession
 
     async def admin(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        url = f"{self.gateway}/admin/v1{path}"
-        async with self.http.request(method, url, json=body, headers=ADMIN) as resp:
-            return resp.status, await resp.json()
+        return await admin_request(self.http, self.gateway, method, path, body)
 
     async def new_key(self, tenant: str = "sec") -> tuple[str, str]:
         status, body = await self.admin("POST", "/keys", {"tenant": tenant})

@@ -72,6 +72,16 @@ async def gateway_process(
         await proc.wait()
 
 
+async def admin_request(
+    http: aiohttp.ClientSession, gateway: str, method: str, path: str, body: Any = None
+) -> tuple[int, Any]:
+    """One call of the admin API (`path` under /admin/v1) with the tests' admin token."""
+    headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    url = f"{gateway}/admin/v1{path}"
+    async with http.request(method, url, json=body, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
 async def tenant_key(http: aiohttp.ClientSession, gateway: str, tenant: str) -> dict[str, str]:
     """Create `tenant` and a key of it through the admin API: the key's Authorization header."""
     admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
