@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from gateway.embedded.paths import default_home
 
@@ -40,6 +41,9 @@ def pytest_configure(config: pytest.Config) -> None:
         XDG_CACHE_HOME=cache,
         LLMAAS_HOME=str(engine_home),
     )
+    # Hypothesis keeps its files (example database, constants cache) under the temporary home,
+    # not in the checkout.
+    set_hypothesis_home_dir(str(home / ".hypothesis"))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -26,9 +26,9 @@ class FrameSplitter:
         self._pending = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        if b"\r" in chunk:
-            chunk = chunk.replace(b"\r\n", b"\n")
         buf = self._pending + chunk if self._pending else chunk
+        if b"\r" in buf:  # the whole buffer: a CRLF may be cut between two chunks
+            buf = buf.replace(b"\r\n", b"\n")
         end = buf.rfind(_SEPARATOR)
         if end < 0:
             self._pending = buf
