@@ -205,8 +205,9 @@ def test_every_vllm_series_queried_is_one_vllm_serves() -> None:
 def test_vllm_names_are_vllms_own() -> None:
     paths = EmbeddedPaths.resolve().engine_venv.glob("lib/python3*/site-packages/vllm")
     source = next((p / "v1" / "metrics" / "loggers.py" for p in paths), None)
-    if source is None or not source.is_file():
-        pytest.skip("no engine venv with vLLM here (`make engine` prepares one)")
+    # `make test` prepares the engine first (the e2e tests need it too): missing is a failure.
+    assert source is not None, "no engine venv with vLLM (`make engine` prepares one)"
+    assert source.is_file(), f"{source}: vLLM's metrics logger moved"
     defined = dict(
         (name, kind)
         for kind, name in re.findall(
