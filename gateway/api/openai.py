@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -35,9 +34,9 @@ router = APIRouter(prefix="/v1")
 Check = Callable[[dict[str, Any]], object]
 
 
-@dataclass(frozen=True, slots=True)
-class ModelRequest:
-    """A request body read and checked, and the pool of the model it names."""
+class ModelRequest(NamedTuple):
+    """A request body read and checked, and the pool of the model it names (unpacks in this
+    order)."""
 
     received_ms: int  # when it arrived, Unix ms (its usage record's time)
     body: dict[str, Any]
@@ -66,13 +65,8 @@ async def _forward(
     request: Request, gw: GatewayState, caller: Principal, route: str, check: Check
 ) -> ProxyResponse:
     """Read and check the body, then proxy it."""
-    read = await read_model_request(request, gw, caller, route, check)
-    received_ms, body, raw, model, pool = (
-        read.received_ms,
-        read.body,
-        read.raw,
-        read.model,
-        read.pool,
+    received_ms, body, raw, model, pool = await read_model_request(
+        request, gw, caller, route, check
     )
     stream = stream_flag(body)
     caller = gw.admission.with_defaults(caller)

@@ -80,13 +80,8 @@ def check_create(body: dict[str, Any]) -> None:
 
 @router.post("/responses", response_model=None)
 async def create_response(request: Request, gw: Gateway, caller: Caller) -> Response:
-    read = await read_model_request(request, gw, caller, "responses", check_create)
-    received_ms, body, raw, model, pool = (
-        read.received_ms,
-        read.body,
-        read.raw,
-        read.model,
-        read.pool,
+    received_ms, body, raw, model, pool = await read_model_request(
+        request, gw, caller, "responses", check_create
     )
     previous = body.get("previous_response_id")
     engines = None
