@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from redis.exceptions import RedisError
 from starlette.datastructures import Headers
 
 from gateway.auth.api_keys import PREFIX, parse_key, secret_matches
-from gateway.auth.cache import AuthCache
+from gateway.auth.cache import AuthCache, Timed
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.principal import ANONYMOUS, Limits, Principal
 from gateway.auth.records import KeyRecord, TenantRecord
@@ -110,21 +110,21 @@ class Authenticator:
         )
 
     async def _key(self, key_id: str) -> KeyRecord | None:
-        found, record = self.cache.keys.get(key_id)
-        if not found:
-            generation = self.cache.generation
-            record = await self._read(self._store().get_key(key_id))
-            if self.cache.generation == generation:  # else an invalidation overtook this read
-                self.cache.keys.put(key_id, record)
-        return record
+        return await self._cached(self.cache.keys, key_id, self._store().get_key)
 
     async def _tenant(self, tenant: str) -> TenantRecord | None:
-        found, record = self.cache.tenants.get(tenant)
+        return await self._cached(self.cache.tenants, tenant, self._store().get_tenant)
+
+    async def _cached(
+        self, entries: Timed[T], name: str, load: Callable[[str], Awaitable[T | None]]
+    ) -> T | None:
+        """The cached record, else Redis's, cached unless an invalidation overtook the read."""
+        found, record = entries.get(name)
         if not found:
             generation = self.cache.generation
-            record = await self._read(self._store().get_tenant(tenant))
+            record = await self._read(load(name))
             if self.cache.generation == generation:
-                self.cache.tenants.put(tenant, record)
+                entries.put(name, record)
         return record
 
     def _store(self) -> AuthStore:

@@ -21,7 +21,7 @@ T = TypeVar("T")
 MISSING_TTL_S = 1.0  # unknown ids are remembered briefly so junk keys cannot hammer Redis
 
 
-class _Timed(Generic[T]):
+class Timed(Generic[T]):
     def __init__(self, ttl_s: float, max_entries: int) -> None:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
@@ -55,8 +55,8 @@ class _Timed(Generic[T]):
 
 class AuthCache:
     def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
-        self.keys: _Timed[KeyRecord] = _Timed(ttl_s, max_entries)
-        self.tenants: _Timed[TenantRecord] = _Timed(ttl_s, max_entries)
+        self.keys: Timed[KeyRecord] = Timed(ttl_s, max_entries)
+        self.tenants: Timed[TenantRecord] = Timed(ttl_s, max_entries)
         self.generation = 0
 
     def invalidate(self, message: str) -> None:
