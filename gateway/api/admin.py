@@ -111,9 +111,12 @@ async def rotate_key(key_id: str, gw: Gateway) -> Response:
     """A new secret for the same key id; the old secret stops working on every replica."""
     store = store_of(gw)
     secret = new_secret()
-    old = await key_or_404(store, key_id)
+    found = await store.get_key_version(key_id)
+    if found is None:
+        raise NotFound(f"No API key with id '{key_id}'.", param="id", code="key_not_found")
+    old, read = found
     record = old.model_copy(update={"secret_hash": hash_secret(gw.auth.pepper, secret)})
-    await store.put_key(record)
+    await store.put_key(record, read=read)  # 409 if another rotation (or any write) came first
     return json_response({**record.view(), "key": format_key(record.id, secret)})
 
 

@@ -23,7 +23,10 @@ CHANNEL = "llmaas:auth:invalidate"
 TENANTS = "llmaas:tenants"
 
 # A revoked key is final: it may be written again only as revoked and with the same secret, so
-# a rotation (or any edit) read before a revocation can never undo it.
+# a rotation (or any edit) read before a revocation can never undo it. A write made from a
+# record read earlier (ARGV[5], its stored JSON) goes through only if the key still holds it:
+# of two rotations racing, one wins and the other is told, so no caller is handed a secret
+# that a concurrent write has already replaced.
 _WRITE_KEY = """
 local current = redis.call('GET', KEYS[1])
 if ARGV[4] == 'create' then
@@ -31,6 +34,11 @@ if ARGV[4] == 'create' then
 elseif not current then
   return 'missing'
 else
+  if ARGV[5] ~= '' and current ~= ARGV[5] then
+    local old = cjson.decode(current)
+    if old['revoked'] then return 'revoked' end
+    return 'changed'
+  end
   local old = cjson.decode(current)
   if old['revoked'] then
     local new = cjson.decode(ARGV[1])
@@ -64,8 +72,16 @@ class AuthStore:
         self._write_key = redis.register_script(_WRITE_KEY)
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
+        found = await self.get_key_version(key_id)
+        return None if found is None else found[0]
+
+    async def get_key_version(self, key_id: str) -> tuple[KeyRecord, bytes] | None:
+        """The record and its stored JSON, to write it back only if nobody changed it since."""
         raw = await self.redis.get(key_key(key_id))
-        return None if raw is None else KeyRecord.model_validate_json(raw)
+        if raw is None:
+            return None
+        stored = raw if isinstance(raw, bytes) else raw.encode()
+        return KeyRecord.model_validate_json(stored), stored
 
     async def get_tenant(self, tenant: str) -> TenantRecord | None:
         raw = await self.redis.get(tenant_key(tenant))
@@ -75,13 +91,14 @@ class AuthStore:
         await self.redis.sadd(tenant_keys_key(record.tenant), record.id)
         await self._put_key(record, "create")
 
-    async def put_key(self, record: KeyRecord) -> None:
-        """Replace an existing key's record; refused (409) once the key is revoked."""
-        await self._put_key(record, "update")
+    async def put_key(self, record: KeyRecord, *, read: bytes | None = None) -> None:
+        """Replace an existing key's record; refused (409) once the key is revoked, and (with
+        `read`, the stored JSON the record was made from) if another write came in between."""
+        await self._put_key(record, "update", read or b"")
 
-    async def _put_key(self, record: KeyRecord, mode: str) -> None:
+    async def _put_key(self, record: KeyRecord, mode: str, read: bytes = b"") -> None:
         message = f"key:{record.id}"
-        args = [record.model_dump_json(), CHANNEL, message, mode]
+        args: list[str | bytes] = [record.model_dump_json(), CHANNEL, message, mode, read]
         outcome = _text(await self._write_key(keys=[key_key(record.id)], args=args))
         self._written(message)
         if outcome == "missing":
@@ -91,6 +108,14 @@ class AuthStore:
                 f"The API key '{record.id}' has been revoked; a revoked key cannot be changed.",
                 param="id",
                 code="key_revoked",
+                status=409,
+            )
+        if outcome == "changed":
+            raise InvalidRequest(
+                f"The API key '{record.id}' was changed by another request at the same time; "
+                "nothing was written. Read it again and retry.",
+                param="id",
+                code="key_changed",
                 status=409,
             )
         if outcome == "exists":
