@@ -35,11 +35,16 @@ class AdminClient:
         return text, headers
 
     async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        timeout = aiohttp.ClientTimeout(total=30)
+        return await self.send(method, path, json=body)
+
+    async def send(self, method: str, path: str, *, timeout_s: float = 30, **kw: Any) -> Any:
+        """One request (aiohttp's `json=`, `data=`, `params=` in `kw`); its JSON answer, or
+        AdminError with the gateway's message (and the field it names)."""
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
         try:
             async with (
                 aiohttp.ClientSession(timeout=timeout, headers=self.headers) as http,
-                http.request(method, self.base + path, json=body) as resp,
+                http.request(method, self.base + path, **kw) as resp,
             ):
                 payload = await resp.json(content_type=None)
                 status = resp.status
@@ -47,7 +52,8 @@ class AdminClient:
             raise AdminError(f"cannot reach the gateway at {self.base}: {exc}") from exc
         if status >= 400:
             error = payload.get("error", {}) if isinstance(payload, dict) else {}
-            raise AdminError(f"HTTP {status}: {error.get('message', payload)}")
+            where = f" ({error['param']})" if error.get("param") else ""
+            raise AdminError(f"HTTP {status}: {error.get('message', payload)}{where}")
         return payload
 
 

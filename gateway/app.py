@@ -13,8 +13,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api import admin, health, openai, openai_responses, usage
+from gateway.api import admin, files, fine_tuning, health, openai, openai_responses, usage
 from gateway.api.auth_throttle import AuthFailureThrottle
+from gateway.api.drain import Drain, DrainGuard
+from gateway.api.inflight import InflightBound
 from gateway.api.media import HostResolver, system_resolve
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.api.policy import TenantPolicy, salt_key_from
@@ -26,6 +28,7 @@ from gateway.auth.invalidation import InvalidationListener
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.store import AuthStore
 from gateway.errors import ApiError, InvalidRequest, MethodNotAllowed, NotFound
+from gateway.finetune.serving import AdapterServing
 from gateway.limits.control import AdmissionControl
 from gateway.limits.limiter import Limiter
 from gateway.logs import configure_logging
@@ -38,10 +41,22 @@ from gateway.proxy.upstream import Upstream
 from gateway.redis_client import redis_client
 from gateway.routing.balancer import make_balancer
 from gateway.routing.discovery import Resolver
+from gateway.routing.engines import Engine, EngineRegistry
 from gateway.routing.load import LoadScraper
 from gateway.routing.monitor import EngineMonitor, build_registry
 from gateway.settings import Settings
 from gateway.state import GatewayState
+
+ROUTERS = (
+    openai.router,
+    openai_responses.router,
+    files.router,
+    fine_tuning.router,
+    health.router,
+    admin.router,
+    usage.admin_router,
+    usage.tenant_router,
+)
 
 
 def create_app(
@@ -52,9 +67,10 @@ def create_app(
 ) -> FastAPI:
     """`resolver` answers for dns:// engine entries, `media_resolver` for the hosts of media
     URLs (defaults: the system resolver; tests)."""
+    drain = Drain()  # flipped by the server on SIGTERM (gateway/server.py)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Drain]]:
         log_listener = configure_logging(settings.log_level)
         metrics = Metrics()
         upstream = Upstream(settings.upstream, metrics)
@@ -76,8 +92,13 @@ def create_app(
             settings=settings,
             registry=registry,
             metrics=metrics,
-            proxy=ProxyDeps(upstream, make_balancer(settings.routing), metrics),
-            accounting=Accounting(settler),
+            proxy=ProxyDeps(
+                upstream,
+                make_balancer(settings.routing, metrics.requests_shed),
+                metrics,
+                write_timeout_s=settings.upstream.write_timeout_s,
+            ),
+            accounting=Accounting(settler, admission.done),
             http=upstream.session,
             redis=redis,
             auth=auth,
@@ -87,10 +108,12 @@ def create_app(
             policy=TenantPolicy(
                 settings.request_policy, salt_key_from(settings.key_pepper), media_resolver
             ),
+            drain=drain,
+            adapters=_adapters(registry, redis, upstream, monitor),
         )
         listening = asyncio.create_task(listener.run()) if listener else None
         try:
-            yield
+            yield {"drain": drain}  # lifespan state: how the server (gateway/server.py) finds it
         finally:
             if listening is not None:
                 listening.cancel()
@@ -111,16 +134,26 @@ def create_app(
         redoc_url=None,
         openapi_url="/openapi.json",
     )
-    app.include_router(openai.router)
-    app.include_router(openai_responses.router)
-    app.include_router(health.router)
-    app.include_router(admin.router)
-    app.include_router(usage.admin_router)
-    app.include_router(usage.tenant_router)
+    for router in ROUTERS:
+        app.include_router(router)
     _install_error_handlers(app)
+    app.add_middleware(InflightBound, limit=settings.max_inflight_requests)
     app.add_middleware(AuthFailureThrottle, throttle=_failure_throttle(settings))
+    app.add_middleware(DrainGuard, drain=drain)
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
     return app
+
+
+def _adapters(
+    registry: EngineRegistry, redis: Redis | None, upstream: Upstream, monitor: EngineMonitor
+) -> AdapterServing | None:
+    if redis is None:
+        return None
+
+    async def learn(engine: Engine) -> None:
+        await monitor.learner.poll(upstream.session, engine)
+
+    return AdapterServing(registry, redis, upstream.session, learn)
 
 
 def _failure_throttle(settings: Settings) -> FailureThrottle:

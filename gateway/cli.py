@@ -12,6 +12,8 @@ from pydantic import ValidationError
 
 from gateway.admin_cli import add_admin_commands, run_admin
 from gateway.embedded.up import run_up
+from gateway.finetune.trainer_cli import add_trainer_command
+from gateway.finetune_cli import add_finetune_commands
 from gateway.server import run_server
 from gateway.settings import load_settings
 from gateway.sim.server import add_sim_arguments, from_args, run
@@ -66,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
 
     add_admin_commands(sub)
     add_usage_command(sub)
+    add_trainer_command(sub)
+    add_finetune_commands(sub)
 
     up = sub.add_parser("up", help="Redis + one local vLLM engine + the gateway (make run)")
     up.add_argument("--port", type=int, default=8080, help="gateway port")

@@ -67,6 +67,18 @@ class Metrics:
             ["outcome"],
             registry=reg,
         )
+        self.requests_shed = Counter(
+            "llmaas_requests_shed",
+            "Requests refused with 503 engines_overloaded: every engine of the model had "
+            "routing.max_waiting_per_engine requests waiting",
+            ["model"],
+            registry=reg,
+        )
+        self.gateway_busy = Counter(
+            "llmaas_gateway_busy",
+            "Requests refused with 503 gateway_busy at once: max_inflight_requests were in flight",
+            registry=reg,
+        )
         self.engine_requests = Counter(
             "llmaas_engine_requests",
             "Requests answered, by the engine that answered them (its HTTP status)",

@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
+from gateway.api.drain import Drain
 from gateway.app import create_app
 from gateway.settings import Settings, load_settings
 
 CONFIG_ENV = "LLMAAS_CONFIG_FILE"
+GRACE_ENV = "LLMAAS_SHUTDOWN_GRACE_S"
 
 
 def app_from_env() -> FastAPI:
@@ -25,7 +30,8 @@ def app_from_env() -> FastAPI:
 
 
 def run_server(settings: Settings, config_path: Path | None) -> None:
-    """Serve until SIGINT/SIGTERM. Several workers re-read the config file in each process."""
+    """Serve until SIGINT/SIGTERM, then drain (DrainingServer). Several workers re-read the
+    config file in each process."""
     target: str | FastAPI = create_app(settings)
     if settings.workers > 1:
         if config_path is not None:
@@ -35,7 +41,7 @@ def run_server(settings: Settings, config_path: Path | None) -> None:
             "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="llmaas-metrics-")
         )
         target = "gateway.server:app_from_env"
-    uvicorn.run(
+    config = uvicorn.Config(
         target,
         factory=settings.workers > 1,
         workers=settings.workers,
@@ -45,8 +51,84 @@ def run_server(settings: Settings, config_path: Path | None) -> None:
         http="httptools",
         log_level="warning",
         access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        # DrainingServer sets this to what is left of the grace when it exits; a float, which
+        # uvicorn's asyncio.wait_for takes (its annotation says int). It stands as is for a
+        # worker uvicorn replaces after a crash or SIGHUP: that one shuts down without draining.
+        timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
     )
+    if settings.workers > 1:
+        # Each worker drains the same way; the grace reaches them through the environment
+        # (the same variable the settings read, so a worker's own settings agree).
+        os.environ[GRACE_ENV] = repr(settings.shutdown_grace_s)
+        DrainingWorkers(config, sockets=[config.bind_socket()]).run()
+    else:
+        DrainingServer(config, settings.shutdown_grace_s).run()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's Server, except that the first SIGTERM/SIGINT starts a drain, not an exit.
+
+    The app's Drain (found in the lifespan state) flips at once: /readyz says "draining" and new
+    requests get a 503, while the listener and kept-alive connections stay open so that clients
+    are told rather than reset. The exit begins when the requests let in before are done or
+    `grace_s` (fractions included) has passed since the signal; uvicorn's own shutdown then
+    gets what is left of the grace before it cancels the rest, and runs the lifespan's shutdown
+    (usage flush). A second signal exits at once with what is left of the grace.
+    """
+
+    def __init__(self, config: uvicorn.Config, grace_s: float) -> None:
+        super().__init__(config)
+        self.grace_s = grace_s
+        self.deadline: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        drain = self.drain()
+        if self.deadline is None and drain is not None:
+            self._captured_signals.append(sig)  # re-raised after shutdown, as uvicorn does
+            self.deadline = time.monotonic() + self.grace_s
+            drain.begin()
+            return
+        self._exit_with_what_is_left()
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.deadline is not None and not self.should_exit:
+            drain = self.drain()
+            if drain is None or drain.idle or time.monotonic() >= self.deadline:
+                self._exit_with_what_is_left()
+                self.should_exit = True
+        return await super().on_tick(counter)
+
+    def drain(self) -> Drain | None:
+        lifespan = getattr(self, "lifespan", None)  # set once serving has begun
+        found = lifespan.state.get("drain") if lifespan is not None else None
+        return found if isinstance(found, Drain) else None
+
+    def _exit_with_what_is_left(self) -> None:
+        left = self.grace_s if self.deadline is None else self.deadline - time.monotonic()
+        # uvicorn hands this to asyncio.wait_for, which takes a float (its annotation says int).
+        self.config.timeout_graceful_shutdown = max(left, 0.0)  # type: ignore[assignment]
+
+
+class _DrainingProcess(Process):
+    """A worker process whose server is a DrainingServer (uvicorn's builds its own Server)."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            self._server = DrainingServer(self.config, float(os.environ[GRACE_ENV]))
+        return self._server
+
+
+class DrainingWorkers(Multiprocess):
+    """uvicorn's supervisor with DrainingServer workers: on SIGTERM it sends each worker SIGTERM
+    and waits for it, so every worker drains as a single process does."""
+
+    def init_processes(self) -> None:
+        for _ in range(self.processes_num):
+            process = _DrainingProcess(self.config, self.sockets)
+            process.start()
+            self.processes.append(process)
 
 
 @asynccontextmanager

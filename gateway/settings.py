@@ -39,6 +39,13 @@ class RoutingSettings(BaseModel):
     # prefix_affinity sends a request to an engine only while that engine's load (requests in
     # flight or queued) stays within this factor of the pool's mean load, plus one request.
     load_bound: float = Field(default=1.25, ge=1.0)
+    # Overload shedding: an engine whose waiting queue (vllm:num_requests_waiting, plus what
+    # this replica sent it since the scrape) is at or above this takes no new request; when no
+    # engine of the model is below it, requests are refused with 503 engines_overloaded and
+    # Retry-After (the scrape interval, at least 1 s) instead of queueing without limit.
+    # 256 is vLLM's default batch (max_num_seqs): a new request would wait a whole batch's
+    # generation before its first token. None: never shed.
+    max_waiting_per_engine: int | None = Field(default=256, ge=0)
     # How often dns:// engine entries are resolved again (engines join and leave the pools).
     dns_refresh_s: float = Field(default=10.0, gt=0)
     # How often every engine's /v1/models is read (served models, LoRA adapters, max_model_len).
@@ -98,6 +105,9 @@ class UpstreamSettings(BaseModel):
     response_timeout_s: float = Field(default=600.0, gt=0)
     # Longest silence between two chunks of a stream before it is cut with an error frame.
     stream_idle_timeout_s: float = Field(default=600.0, gt=0)
+    # Longest wait for one write to the client to be taken (a client that stops reading):
+    # past it the response is cut, the engine request aborted and billed as a disconnect.
+    write_timeout_s: float = Field(default=30.0, gt=0)
     # Requests this replica has open to engines at once, in all and per engine. Past either the
     # gateway answers 503 gateway_busy with Retry-After: its own saturation, not the engines'
     # (no engine is marked down for it, and nothing waits for a pooled connection).
@@ -234,6 +244,44 @@ class RequestPolicySettings(BaseModel):
         return [h.strip().lower().strip("[]").rstrip(".") for h in hosts if h.strip()]
 
 
+def _default_files_dir() -> Path:
+    return Path.home() / ".local" / "share" / "llmaas" / "files"
+
+
+class FilesSettings(BaseModel):
+    """The Files API (`/v1/files`): contents in a directory, metadata in Redis."""
+
+    # Contents live at <dir>/<tenant>/<file id>. On a cluster: a ReadWriteMany volume shared by
+    # the gateways, the trainer and the engines (they load adapters from it by path).
+    dir: Path = Field(default_factory=_default_files_dir)
+    max_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1)  # OpenAI's limit per file
+    max_files_per_tenant: int = Field(default=10_000, ge=1)
+
+    @field_validator("dir")
+    @classmethod
+    def _expand_home(cls, path: Path) -> Path:
+        return path.expanduser()
+
+
+class FineTuningSettings(BaseModel):
+    """Fine-tuning jobs (`/v1/fine_tuning/jobs`) and the worker that runs them (`llmaas
+    trainer`). Adapters are written next to the tenant's files (`files.dir`), where engines
+    serving the base model load them from."""
+
+    # Models a tenant may fine-tune: name (as served) → directory of its weights in Hugging Face
+    # format, the same the engines load. Empty: fine-tuning is off.
+    base_models: dict[str, Path] = Field(default_factory=dict)
+    max_active_jobs_per_tenant: int = Field(default=2, ge=1)
+    # A running job whose trainer has not reported for this long is failed (trainer gone).
+    heartbeat_timeout_s: float = Field(default=60.0, gt=0)
+    # The Python that has torch, transformers and peft (the engine venv); None: this one.
+    trainer_python: Path | None = None
+    learning_rate: float = Field(default=3e-3, gt=0)  # times the job's learning_rate_multiplier
+    lora_rank: int = Field(default=8, ge=1)  # a job's default rank
+    max_lora_rank: int = Field(default=8, ge=1)  # the engines' --max-lora-rank
+    threads: int | None = Field(default=None, ge=1)  # torch threads per job (None: every core)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LLMAAS_", env_nested_delimiter="__", extra="forbid"
@@ -246,9 +294,17 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(default=0.5, gt=0)  # every Redis call; the gateway never hangs
     redis_max_connections: int = Field(default=128, ge=1)  # per process; more callers wait
     admin_token: str | None = None
+    # LLMAAS_METRICS_TOKEN: a second bearer token for /metrics and /readyz's detail only, so
+    # Prometheus need not hold the admin token (which is accepted there too).
+    metrics_token: str | None = None
     key_pepper: str | None = None  # LLMAAS_KEY_PEPPER: HMAC key under which key secrets are hashed
     dev_mode: bool = False
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Requests under /v1 this process serves at once, at every stage (body, auth, admission,
+    # engine). Past it: 503 gateway_busy with Retry-After at once, never queued. It bounds what
+    # upstream.max_connections does not: requests before they reach an engine. The default
+    # leaves upstream.max_connections (1000) as much room again for requests not yet sent.
+    max_inflight_requests: int = Field(default=2000, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False
     # On SIGTERM: stop accepting, let requests in flight finish this long, then cancel them.
@@ -261,6 +317,8 @@ class Settings(BaseSettings):
     metering: MeteringSettings = Field(default_factory=MeteringSettings)
     responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
     request_policy: RequestPolicySettings = Field(default_factory=RequestPolicySettings)
+    files: FilesSettings = Field(default_factory=FilesSettings)
+    fine_tuning: FineTuningSettings = Field(default_factory=FineTuningSettings)
 
     @model_validator(mode="after")
     def _secrets_outside_dev_mode(self) -> Settings:
@@ -274,7 +332,7 @@ class Settings(BaseSettings):
             missing += [] if self.redis_url else ["redis_url (LLMAAS_REDIS_URL)"]
         if missing:
             raise ValueError("required outside dev mode: " + ", ".join(missing))
-        for name in ("admin_token", "key_pepper"):
+        for name in ("admin_token", "key_pepper", "metrics_token"):
             value = getattr(self, name)
             if value is not None and len(value) < 16:
                 raise ValueError(f"{name} must be at least 16 characters outside dev mode")

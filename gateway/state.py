@@ -7,9 +7,11 @@ from dataclasses import dataclass
 import aiohttp
 from redis.asyncio import Redis
 
+from gateway.api.drain import Drain
 from gateway.api.policy import TenantPolicy
 from gateway.api.response_homes import ResponseHomes
 from gateway.auth.authenticate import Authenticator
+from gateway.finetune.serving import AdapterServing
 from gateway.limits.control import AdmissionControl
 from gateway.metering.accounting import Accounting
 from gateway.metering.ledger import Ledger
@@ -33,3 +35,5 @@ class GatewayState:
     ledger: Ledger | None  # the usage ledger, when Redis is configured
     homes: ResponseHomes  # stored Responses: which engine holds each (per tenant)
     policy: TenantPolicy  # what a tenant may send to the engines
+    drain: Drain  # set on SIGTERM: readiness false, new requests refused (gateway/server.py)
+    adapters: AdapterServing | None  # fine-tuned models: loaded into engines on demand

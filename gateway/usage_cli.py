@@ -93,22 +93,32 @@ def _totals_text(result: dict[str, Any], args: argparse.Namespace) -> str:
 
 
 async def _records(client: AdminClient, args: argparse.Namespace) -> None:
-    """Follow x-next-cursor until the last page; print as the pages come."""
+    """Follow x-next-cursor until the last page; print as the pages come.
+
+    A page may be short or empty and still have a cursor: the gateway bounds the ledger
+    entries one page examines, so a rarely matching filter takes several pages."""
     fmt = "csv" if args.csv else "jsonl"
     after = ""
     first = True
     while True:
         extra = {"format": fmt, "limit": "5000", **({"after": after} if after else {})}
         text, headers = await client.text(_path("/usage/records", args, **extra))
-        if args.csv:
-            lines = text.splitlines()
-            print("\n".join(lines if first else lines[1:]))
-        elif args.json:
-            print(text, end="")
-        else:
-            rendered = table([json.loads(line) for line in text.splitlines()], RECORD_COLUMNS)
-            print(rendered if first else rendered.split("\n", 1)[-1])
+        _print_page(text, args, first=first)
         first = False
         after = headers.get("x-next-cursor", "")
         if not after:
             return
+
+
+def _print_page(text: str, args: argparse.Namespace, *, first: bool) -> None:
+    """One page as the chosen format; the header only once, nothing for an empty later page."""
+    lines = text.splitlines()
+    if args.csv:
+        rows = lines if first else lines[1:]
+    elif args.json:
+        rows = lines
+    else:
+        rendered = table([json.loads(line) for line in lines], RECORD_COLUMNS)
+        rows = rendered.splitlines() if first else rendered.splitlines()[1:]
+    if rows:
+        print("\n".join(rows))

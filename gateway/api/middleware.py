@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import time
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import InternalError
 from gateway.logs import ACCESS_LOGGER
 from gateway.proxy.asgi_send import send_error
+from gateway.proxy.outcome import Outcome
 from gateway.request_context import RequestInfo, attach, request_id_from
 
 _REQUEST_ID = b"x-request-id"
@@ -40,6 +42,8 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:  # gone halfway through its body: nobody to answer, no error
+            info.outcome, info.status = Outcome.CLIENT_DISCONNECTED, 499
         except Exception:
             self.errors.exception(
                 "unhandled error", extra={"fields": {"request_id": info.request_id}}

@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.api import openapi_bodies
 from gateway.api.body import (
     read_json,
     require_model,
@@ -28,6 +29,7 @@ from gateway.proxy.relay import ProxyCall, ProxyResponse
 from gateway.request_context import info_of
 from gateway.routing.balancer import affinity_key
 from gateway.routing.engines import ModelPool
+from gateway.routing.overload import refuse_if_overloaded
 from gateway.state import GatewayState
 
 router = APIRouter(prefix="/v1")
@@ -54,9 +56,14 @@ async def read_model_request(
     body, raw = await read_json(request, gw.settings.max_body_bytes)
     model = require_model(body)
     check(body)
-    pool = gw.registry.pool(model)
-    if pool is None or not caller.may_use(model):
+    if not caller.may_use(model):
         raise ModelNotFound(model)
+    pool = gw.registry.pool(model)
+    if model.startswith("ft:") and gw.adapters is not None:  # loaded on first use
+        pool = await gw.adapters.pool(caller.tenant, model)
+    if pool is None:
+        raise ModelNotFound(model)
+    refuse_if_overloaded(pool, gw.settings.routing, gw.metrics.requests_shed)  # before admission
     raw, body = await gw.policy.apply(route, raw, body, caller)  # tenant policy, every route
     return ModelRequest(received_ms, body, raw, model, pool)
 
@@ -101,14 +108,14 @@ def _affinity(gw: GatewayState, route: str, body: dict[str, Any]) -> bytes:
     return affinity_key(route, body)
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post("/chat/completions", response_model=None, openapi_extra=openapi_bodies.CHAT)
 async def chat_completions(request: Request, gw: Gateway, caller: Caller) -> Response:
     return await _forward(
         request, gw, caller, "chat/completions", lambda b: require_nonempty_list(b, "messages")
     )
 
 
-@router.post("/completions", response_model=None)
+@router.post("/completions", response_model=None, openapi_extra=openapi_bodies.COMPLETIONS)
 async def completions(request: Request, gw: Gateway, caller: Caller) -> Response:
     batch = gw.settings.limits.max_prompts_per_request
     return await _forward(
@@ -116,7 +123,7 @@ async def completions(request: Request, gw: Gateway, caller: Caller) -> Response
     )
 
 
-@router.post("/embeddings", response_model=None)
+@router.post("/embeddings", response_model=None, openapi_extra=openapi_bodies.EMBEDDINGS)
 async def embeddings(request: Request, gw: Gateway, caller: Caller) -> Response:
     batch = gw.settings.limits.max_prompts_per_request
     return await _forward(
@@ -141,14 +148,50 @@ def _model_card(pool: ModelPool) -> dict[str, Any]:
 
 @router.get("/models", response_model=None)
 async def list_models(gw: Gateway, caller: Caller) -> Response:
-    """Configured models and, with routing.learn_models, those the engines list."""
-    pools = [p for p in gw.registry.pools() if caller.may_use(p.name)]
-    return json_response({"object": "list", "data": [_model_card(p) for p in pools]})
+    """Configured models and, with routing.learn_models, those the engines list; and the
+    caller's tenant's fine-tuned models, loaded in an engine or not."""
+    cards = {p.name: _model_card(p) for p in gw.registry.pools() if caller.may_use(p.name)}
+    for name, record in (await _fine_tuned(gw, caller)).items():
+        if caller.may_use(name):
+            cards.setdefault(name, _fine_tuned_card(name, record, caller.tenant))
+    return json_response({"object": "list", "data": list(cards.values())})
 
 
 @router.get("/models/{model_id:path}", response_model=None)
 async def get_model(model_id: str, gw: Gateway, caller: Caller) -> Response:
-    pool = gw.registry.pool(model_id)
-    if pool is None or not caller.may_use(model_id):
+    if not caller.may_use(model_id):
         raise ModelNotFound(model_id)
-    return json_response(_model_card(pool))
+    pool = gw.registry.pool(model_id)
+    if pool is not None:
+        return json_response(_model_card(pool))
+    record = None if gw.adapters is None else await gw.adapters.record(caller.tenant, model_id)
+    if record is None:
+        raise ModelNotFound(model_id)
+    return json_response(_fine_tuned_card(model_id, record, caller.tenant))
+
+
+@router.delete("/models/{model_id:path}", response_model=None)
+async def delete_model(model_id: str, gw: Gateway, caller: Caller) -> Response:
+    """Delete one of the tenant's fine-tuned models: unloaded from every engine, its adapter
+    removed. Other models cannot be deleted (404 as for a model the caller cannot see)."""
+    if not model_id.startswith("ft:") or not caller.may_use(model_id) or gw.adapters is None:
+        raise ModelNotFound(model_id)
+    if not await gw.adapters.delete(caller.tenant, model_id):
+        raise ModelNotFound(model_id)
+    return json_response({"id": model_id, "object": "model", "deleted": True})
+
+
+async def _fine_tuned(gw: GatewayState, caller: Principal) -> dict[str, dict[str, Any]]:
+    if gw.adapters is None:
+        return {}
+    return await gw.adapters.store.models(caller.tenant)
+
+
+def _fine_tuned_card(name: str, record: dict[str, Any], tenant: str) -> dict[str, Any]:
+    return {
+        "id": name,
+        "object": "model",
+        "created": record.get("created", 0),
+        "owned_by": tenant,
+        "parent": record.get("base"),
+    }

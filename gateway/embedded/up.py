@@ -6,6 +6,7 @@ whole process group, then the private Redis, so nothing is left behind.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from contextlib import AsyncExitStack
@@ -23,9 +24,13 @@ from gateway.embedded.engine import EngineSpec, running_engine
 from gateway.embedded.paths import CHAT_MODEL_NAME, CHAT_TOOL_PARSER, EmbeddedPaths
 from gateway.embedded.prepare import prepare
 from gateway.embedded.redis_server import running_redis
+from gateway.finetune.trainer import Trainer
 from gateway.netutil import free_port
+from gateway.redis_client import redis_client
 from gateway.server import started
-from gateway.settings import ModelRoute, Settings
+from gateway.settings import FilesSettings, FineTuningSettings, ModelRoute, Settings
+
+MAX_LORAS = 4  # adapters an engine batches together (more stay loaded and take turns)
 
 
 def run_up(*, gateway_port: int, engine_port: int, home: Path | None) -> int:
@@ -50,6 +55,7 @@ async def _up(paths: EmbeddedPaths, gateway_port: int, engine_port: int) -> None
             port=engine_port,
             log_path=paths.logs / f"engine-{engine_port}.log",
             tool_parser=CHAT_TOOL_PARSER,
+            max_loras=MAX_LORAS,  # fine-tuned models' adapters, loaded at runtime
         )
         engine_url = await stack.enter_async_context(running_engine(spec))
         settings = Settings(
@@ -57,6 +63,11 @@ async def _up(paths: EmbeddedPaths, gateway_port: int, engine_port: int) -> None
             redis_url=redis_url,
             dev_mode=True,
             models=[ModelRoute(name=CHAT_MODEL_NAME, engines=[engine_url])],
+            files=FilesSettings(dir=paths.home / "files"),
+            fine_tuning=FineTuningSettings(
+                base_models={CHAT_MODEL_NAME: ready.chat_model},
+                trainer_python=ready.engine_python,
+            ),
         )
         dev_key = await _dev_key(redis_url, (settings.key_pepper or DEV_PEPPER).encode())
         server = uvicorn.Server(
@@ -70,10 +81,19 @@ async def _up(paths: EmbeddedPaths, gateway_port: int, engine_port: int) -> None
                 access_log=False,
             )
         )
+        trainer_redis = redis_client(redis_url, 5.0, 4)
+        stack.push_async_callback(trainer_redis.aclose)
+        training = asyncio.create_task(Trainer(settings, trainer_redis, "llmaas-up").run())
+        stack.push_async_callback(_stopped, training)
         async with started(server) as serving:
             base = f"http://{settings.host}:{gateway_port}"
             print(banner(base, redis_url, spec, dev_key, settings.admin_token or ""), flush=True)
             await serving
+
+
+async def _stopped(task: asyncio.Task[None]) -> None:
+    task.cancel()  # a job in training goes back to the queue
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def _dev_key(redis_url: str, pepper: bytes) -> str:
@@ -94,6 +114,7 @@ llmaas is up.
   redis      {redis_url}
   api key    {key}   (tenant "dev")
   admin      LLMAAS_ADMIN_TOKEN={admin_token}   (llmaas keys create --tenant NAME)
+  fine-tune  on: a trainer runs here (client.files.create + client.fine_tuning.jobs.create)
 
   curl -s {base}/v1/chat/completions -H 'authorization: Bearer {key}' \\
     -H 'content-type: application/json' -d '{{

@@ -15,6 +15,7 @@ from gateway.limits.failures import Failure, classify
 from gateway.limits.limiter import Admission, AdmissionCancelled, Limiter, new_lease
 from gateway.limits.patience import Patience
 from gateway.limits.releases import Releases
+from gateway.limits.renewals import Renewals
 from gateway.metrics import Metrics
 from gateway.settings import LimitsSettings
 
@@ -33,6 +34,8 @@ class AdmissionControl:
         self.tenant_defaults = Limits(**settings.tenant_defaults.model_dump())
         horizon_s = max(settings.lease_ttl_s, settings.window_s)  # then nothing is left to undo
         self.releases = None if limiter is None else Releases(limiter, metrics, horizon_s)
+        # Concurrency leases of requests in flight, renewed every ttl/3 until they are settled.
+        self.renewals = None if limiter is None else Renewals(limiter, settings.lease_ttl_s / 3)
         self.log = logging.getLogger("llmaas.limits")
 
     def with_defaults(self, caller: Principal) -> Principal:
@@ -68,7 +71,9 @@ class AdmissionControl:
             async with Patience(self.timeout_s, self.timeout_s * BUSY_FACTOR):
                 while True:
                     try:
-                        return await self.limiter.admit(caller, tokens, lease)
+                        admission = await self.limiter.admit(caller, tokens, lease)
+                        self._hold(caller, admission)
+                        return admission
                     except _REDIS_ERRORS as exc:
                         failure = classify(exc)
                         sent = sent or failure.may_have_run
@@ -91,6 +96,17 @@ class AdmissionControl:
             self._unavailable(failure, exc)
             return None
 
+    def _hold(self, caller: Principal, admission: Admission) -> None:
+        """A concurrency lease is renewed while its request is in flight (see renewals.py)."""
+        limited = caller.key_limits.max_concurrency or caller.tenant_limits.max_concurrency
+        if limited and self.renewals is not None:
+            self.renewals.hold(caller, admission.lease)
+
+    def done(self, admission: Admission) -> None:
+        """The request is settled: its lease is no longer renewed."""
+        if self.renewals is not None:
+            self.renewals.drop(admission.lease)
+
     def _unavailable(self, failure: Failure, exc: BaseException) -> None:
         """failure_mode's answer: returns to admit without limits (open), else raises 503."""
         self.metrics.ratelimit_unavailable.labels(self.settings.failure_mode).inc()
@@ -106,6 +122,8 @@ class AdmissionControl:
 
     async def close(self) -> None:
         """Let admissions given up on be released (briefly), then stop trying."""
+        if self.renewals is not None:
+            await self.renewals.close()
         if self.releases is not None:
             await self.releases.close()
 

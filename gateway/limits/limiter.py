@@ -1,4 +1,4 @@
-"""The typed wrapper around admission.lua and release.lua.
+"""The typed wrapper around admission.lua, release.lua and renew.lua.
 
 One EVALSHA admits a request against every limit of the key and its tenant; settling it (token
 refund or charge, lease release) is part of writing its usage (gateway/metering/settle.lua).
@@ -92,6 +92,8 @@ class Limiter:
         self.window_ms = int(window_s * 1000)
         self._admit = redis.register_script((_SCRIPTS / "admission.lua").read_text())
         self._release = redis.register_script((_SCRIPTS / "release.lua").read_text())
+        self._renew = redis.register_script((_SCRIPTS / "renew.lua").read_text())
+        self.redis = redis
 
     async def admit(self, principal: Principal, tokens: int, lease: str | None = None) -> Admission:
         """Charge every limit of both scopes, or none; RateLimited names the one that refused.
@@ -121,6 +123,17 @@ class Limiter:
         tpm = [principal.key_limits.tpm or 0, principal.tenant_limits.tpm or 0]
         outcome = await self._release(keys=keys, args=[lease, self.window_ms, *tpm])
         return _OUTCOMES[outcome]
+
+    async def renew(self, leases: list[tuple[Principal, str]]) -> int:
+        """Move the expiry of these leases to a ttl from now (renew.lua), in one round trip;
+        the number of lease-set entries still held (a settled lease is not added back)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for caller, lease in leases:
+                key_keys, tenant_keys = scope_keys(caller.tenant, caller.key_id)
+                keys = [key_keys[2], tenant_keys[2]]
+                await self._renew(keys=keys, args=[lease, self.lease_ttl_ms], client=pipe)
+            replies = await pipe.execute()
+        return sum(int(reply) for reply in replies)
 
 
 _OUTCOMES: dict[bytes, ReleaseOutcome] = {

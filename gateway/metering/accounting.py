@@ -6,6 +6,7 @@ happened (a `ProxyResult`). Here the two meet, once per request, and go to the s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.auth.principal import Principal
@@ -82,14 +83,23 @@ def _record(record_id: str, charge: Charge, result: ProxyResult, usage: Usage) -
     )
 
 
+def _nothing(admission: Admission) -> None:
+    pass
+
+
 class Accounting:
-    def __init__(self, settler: Settler) -> None:
+    def __init__(self, settler: Settler, done: Callable[[Admission], None] = _nothing) -> None:
+        """`done`: told that an admission is being settled (its lease need not be renewed
+        any longer: AdmissionControl.done)."""
         self.settler = settler
+        self.done = done
 
     def reporter(self, charge: Charge) -> Reporter:
         """What the proxy calls with its result: settle it (never raises)."""
 
         async def report(result: ProxyResult) -> None:
+            if charge.admission is not None:
+                self.done(charge.admission)
             settlement = settlement_of(charge, result)
             if settlement is not None:
                 await self.settler.settle(settlement)

@@ -17,6 +17,9 @@ from gateway.metering.record import UsageRecord
 GROUPS = ("tenant", "key_id", "model", "day")
 DEFAULT_GROUP_BY = ("tenant", "key_id", "model")
 _PIPELINE = 500
+# Ledger entries one page may examine, whatever its filter: a key_id/model filter that rarely
+# matches ends the page early (short or empty, with a cursor) instead of scanning the stream.
+SCAN_PER_PAGE = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,30 +123,44 @@ async def records_page(
     end_ms: int | None,
     after: Cursor | None,
     limit: int,
+    scan: int = SCAN_PER_PAGE,
 ) -> tuple[list[UsageRecord], Cursor | None]:
     """Up to `limit` records written between start_ms and end_ms (ledger time), after `after`;
-    and the cursor of the next page, if there may be one."""
+    and the cursor of the next page, if there may be one.
+
+    A page examines at most max(limit, scan) entries: when the filter matches few of them, the
+    page comes back short (even empty) with the cursor where the scan stopped, so the work of
+    one request never grows with the size of the ledger."""
+    budget = max(limit, scan)
     end = "+" if end_ms is None else str(end_ms)
-    logs = []
-    for tenant in await tenants_of(redis, where.tenant):
-        start = "-" if start_ms is None else str(start_ms)
-        if after is not None and (
-            start_ms is None or int(after.entry_id.split("-")[0]) >= start_ms
-        ):
-            # (id, tenant) order: this tenant's entry at the cursor's id is already read if the
-            # tenant sorts at or before the cursor's tenant.
-            start = ("(" if tenant <= after.tenant else "") + after.entry_id
-        logs.append(_TenantLog(redis, tenant, start, end, min(limit, 1000)))
+    tenants = await tenants_of(redis, where.tenant)
+    chunk = max(1, min(limit, 1000, budget // max(1, len(tenants))))
+    logs = [
+        _TenantLog(redis, tenant, _start_of(tenant, start_ms, after), end, chunk)
+        for tenant in tenants
+    ]
     out: list[UsageRecord] = []
     last: Cursor | None = None
-    while len(out) < limit:
+    examined = 0
+    while len(out) < limit and examined < budget:
         heads = [(h, log) for log in logs if (h := await log.head()) is not None]
         if not heads:
             return out, None
         (entry_id, fields), log = min(heads, key=lambda x: (_entry_key(x[0][0]), x[1].tenant))
         log.buffer.pop(0)
+        examined += 1
         last = Cursor(entry_id.decode(), log.tenant)
         record = UsageRecord.from_fields(fields)
         if where.matches(record.key_id, record.model):
             out.append(record)
     return out, last
+
+
+def _start_of(tenant: str, start_ms: int | None, after: Cursor | None) -> str:
+    """Where a tenant's stream is read from: the range's start, or just past the cursor."""
+    start = "-" if start_ms is None else str(start_ms)
+    if after is not None and (start_ms is None or int(after.entry_id.split("-")[0]) >= start_ms):
+        # (id, tenant) order: this tenant's entry at the cursor's id is already read if the
+        # tenant sorts at or before the cursor's tenant.
+        start = ("(" if tenant <= after.tenant else "") + after.entry_id
+    return start

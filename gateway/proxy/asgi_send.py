@@ -1,8 +1,10 @@
-"""Tiny helpers that write whole responses straight to an ASGI `send`."""
+"""Tiny helpers that write whole responses straight to an ASGI `send`, and its deadline."""
 
 from __future__ import annotations
 
-from starlette.types import Send
+import asyncio
+
+from starlette.types import Message, Send
 
 from gateway.errors import ApiError
 
@@ -27,3 +29,52 @@ async def send_error(send: Send, error: ApiError) -> None:
     headers.append((b"content-length", b"%d" % len(body)))
     await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class WriteDeadline:
+    """The client's `send`, each call given `timeout_s` to be taken, else the work is cancelled.
+
+    uvicorn's `send` waits while the connection's write buffer is full, so a client that stops
+    reading would hold the response (and its engine request) forever. A timer per frame would
+    cost a heap push per frame; instead one timer per response, armed at the first send and
+    re-armed only when it fires: at most one wake-up per `timeout_s` while the stream flows.
+    """
+
+    __slots__ = ("expired", "handle", "loop", "send", "sending_since", "task", "timeout_s")
+
+    def __init__(self, send: Send, timeout_s: float) -> None:
+        self.send = send
+        self.timeout_s = timeout_s
+        self.loop = asyncio.get_running_loop()
+        self.task: asyncio.Task[None] | None = None  # what a missed deadline cancels
+        self.handle: asyncio.TimerHandle | None = None
+        self.sending_since: float | None = None
+        self.expired = False  # the client did not take a write in time
+
+    async def __call__(self, message: Message) -> None:
+        now = self.loop.time()
+        self.sending_since = now
+        if self.handle is None:
+            self.handle = self.loop.call_at(now + self.timeout_s, self._check)
+        try:
+            await self.send(message)
+        finally:
+            self.sending_since = None
+
+    def _check(self) -> None:
+        since = self.sending_since
+        if since is None:  # idle between sends: the next send arms it again
+            self.handle = None
+            return
+        due = since + self.timeout_s
+        if self.loop.time() < due:
+            self.handle = self.loop.call_at(due, self._check)
+            return
+        self.handle = None
+        if self.task is not None and self.task.cancel():
+            self.expired = True
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None

@@ -18,3 +18,6 @@ class ProxyDeps:
     # stream for usage, which moves the fingerprint off the finish frames; it is put back for
     # clients who did not ask (gateway/proxy/stream.py).
     fingerprints: dict[str, str] = field(default_factory=dict)
+    # Longest wait for the client to take one write (upstream.write_timeout_s): a client that
+    # stops reading is cut after it (gateway/proxy/asgi_send.py's WriteDeadline).
+    write_timeout_s: float = 30.0

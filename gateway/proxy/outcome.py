@@ -14,6 +14,7 @@ class Outcome(StrEnum):
 
     OK = "ok"  # the engine answered and the answer reached the client
     CLIENT_DISCONNECTED = "client_disconnected"  # the client left first; billed until then
+    SLOW_CLIENT = "slow_client"  # stopped reading past upstream.write_timeout_s; as a disconnect
     ENGINE_ERROR = "engine_error"  # the engine's 5xx, a cut stream, a dropped connection
     REJECTED = "rejected"  # the engine refused the request (4xx); nothing generated
     TIMEOUT = "timeout"  # the engine went silent past upstream.*_timeout_s

@@ -3,7 +3,8 @@
 It is an ASGI response so that it can watch the client's connection while it works: a
 disconnect at any stage (waiting for headers, for the first token, mid-stream, or for a
 non-streaming body) cancels the work, which closes the upstream connection, which makes vLLM
-abort the request and free its slot. When it is done it reports a neutral `ProxyResult`
+abort the request and free its slot; so does a client that stops reading (a write not taken
+within upstream.write_timeout_s). When it is done it reports a neutral `ProxyResult`
 (engine, status, outcome, usage, timings) to whoever the API layer wired in; what that costs
 is metering's business, not the proxy's.
 """
@@ -22,7 +23,7 @@ from starlette.types import Message, Receive, Scope, Send
 from gateway.errors import ApiError
 from gateway.metering.stream_options import UsageWanted
 from gateway.metering.usage import usage_of
-from gateway.proxy.asgi_send import send_bytes, send_error
+from gateway.proxy.asgi_send import WriteDeadline, send_bytes, send_error
 from gateway.proxy.collect import collect_stream
 from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.events import ResponseEvents, response_id_of
@@ -88,8 +89,19 @@ class ProxyResponse(Response):
         started = time.perf_counter()
         if self.call.headers:
             send = _with_headers(send, self.call.headers)
-        work = asyncio.ensure_future(self._forward(info, send))
         watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        try:
+            await asyncio.sleep(0)  # a client already gone is told at once: send it no engine
+        except asyncio.CancelledError:
+            watcher.cancel()
+            raise
+        if watcher.done():
+            info.outcome, self.status_code = Outcome.CLIENT_DISCONNECTED, CLIENT_CLOSED
+            await asyncio.shield(self._done(info, time.perf_counter() - started))
+            return
+        deadline = WriteDeadline(send, self.deps.write_timeout_s)
+        work = asyncio.ensure_future(self._forward(info, deadline))
+        deadline.task = work  # a client that stops reading is cut like one that left
         try:
             await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
@@ -97,7 +109,11 @@ class ProxyResponse(Response):
             raise
         finally:
             watcher.cancel()
-            if not work.done():
+            deadline.close()
+            if deadline.expired:
+                info.outcome = Outcome.SLOW_CLIENT
+                self.status_code = CLIENT_CLOSED
+            elif not work.done():
                 work.cancel()
                 if info.outcome != Outcome.GATEWAY_SHUTDOWN:
                     info.outcome = Outcome.CLIENT_DISCONNECTED
@@ -135,10 +151,10 @@ class ProxyResponse(Response):
         def trying(engine: Engine | None) -> None:
             info.engine = None if engine is None else engine.url
 
-        engines = call.engines
-        if engines is None:
-            engines = deps.balancer.candidates(call.pool, call.affinity)
-        try:
+        try:  # the balancer refuses too: every engine over its queue bound (overload.py)
+            engines = call.engines
+            if engines is None:
+                engines = deps.balancer.candidates(call.pool, call.affinity)
             engine, resp = await deps.upstream.open(
                 engines,
                 call.path or "/v1/" + call.route,

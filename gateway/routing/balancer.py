@@ -19,7 +19,10 @@ from array import array
 from collections import OrderedDict
 from typing import Any, Protocol
 
+from prometheus_client import Counter
+
 from gateway.routing.engines import Engine, EngineLoad, ModelPool
+from gateway.routing.overload import QueueBound, queue_bound
 from gateway.settings import RoutingSettings
 
 BLOCK_BYTES = 256  # affinity granularity: a prompt's key is hashed in blocks of this size
@@ -141,7 +144,7 @@ class RoundRobin:
 
     def candidates(self, pool: ModelPool, affinity: bytes = b"") -> list[Engine]:
         engines = pool.engines
-        if len(engines) == 1:
+        if len(engines) <= 1:  # none: a dns:// entry that resolves to nothing (yet)
             return engines
         return _healthy_first(self.rotated(engines), time.monotonic())
 
@@ -157,7 +160,7 @@ class LeastLoaded:
         self._rotate = RoundRobin()
 
     def candidates(self, pool: ModelPool, affinity: bytes = b"") -> list[Engine]:
-        if len(pool.engines) == 1:
+        if len(pool.engines) <= 1:
             return pool.engines
         return self.ordered(pool.engines, time.monotonic())
 
@@ -183,7 +186,7 @@ class PrefixAffinity:
         self._sent: dict[str, OrderedDict[int, None]] = {}  # engine URL → block hashes (LRU)
 
     def candidates(self, pool: ModelPool, affinity: bytes = b"") -> list[Engine]:
-        if len(pool.engines) == 1:
+        if len(pool.engines) <= 1:
             return pool.engines
         now = time.monotonic()
         ranked = self._least_loaded.ordered(pool.engines, now)
@@ -244,7 +247,28 @@ class PrefixAffinity:
             sent.popitem(last=False)
 
 
-def make_balancer(settings: RoutingSettings) -> Balancer:
+class Shedding:
+    """A strategy that chooses among the engines below the queue bound only, and refuses with
+    EnginesOverloaded (raised from `candidates`) when there are none (gateway/routing/overload.py).
+    """
+
+    def __init__(self, strategy: Balancer, bound: QueueBound) -> None:
+        self.strategy = strategy
+        self.bound = bound
+
+    def candidates(self, pool: ModelPool, affinity: bytes = b"") -> list[Engine]:
+        return self.strategy.candidates(self.bound.admit(pool), affinity)
+
+
+def make_balancer(settings: RoutingSettings, shed: Counter | None = None) -> Balancer:
+    """The configured strategy; behind the queue bound when one is set and `shed` (the counter
+    of requests shed) is given."""
+    strategy = _strategy(settings)
+    bound = None if shed is None else queue_bound(settings, shed)
+    return strategy if bound is None else Shedding(strategy, bound)
+
+
+def _strategy(settings: RoutingSettings) -> Balancer:
     if settings.strategy == "prefix_affinity":
         return PrefixAffinity(settings.load_bound)
     if settings.strategy == "least_loaded":

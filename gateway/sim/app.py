@@ -82,6 +82,7 @@ def create_sim_app(config: SimConfig) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/sim/state", sim_state, methods=["GET"]),
         Route("/sim/reset", sim_reset, methods=["POST"]),
+        Route("/sim/queue", sim_queue, methods=["POST"]),
     ]
     app = SimApp(routes=routes, exception_handlers={HTTPException: http_error})
     app.state.sim = state
@@ -111,6 +112,18 @@ async def sim_state(request: Request) -> Response:
 async def sim_reset(request: Request) -> Response:
     state: SimState = request.app.state.sim
     state.reset()
+    return _json(state.snapshot())
+
+
+async def sim_queue(request: Request) -> Response:
+    """Set the waiting queue /metrics reports: `{"waiting": n}`. Tests drive an engine's queue
+    this way instead of racing load against the scrape interval."""
+    state: SimState = request.app.state.sim
+    body = _parse(await request.body())
+    waiting = body.get("waiting") if isinstance(body, dict) else None
+    if not isinstance(waiting, int) or isinstance(waiting, bool) or waiting < 0:
+        return _json({"error": 'expected {"waiting": integer >= 0}'}, 400)
+    state.waiting = waiting
     return _json(state.snapshot())
 
 

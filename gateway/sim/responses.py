@@ -69,11 +69,20 @@ class ResponsesApi:
         limit = body.get("max_output_tokens")
         count = limit if isinstance(limit, int) and limit > 0 else self.config.max_tokens
         conversation = f"{before}\n{text}" if before else text
+        input_tokens = before_tokens + 1 + words(text)
+        if count > self.config.max_model_len - input_tokens:  # vLLM refuses it too
+            raise RequestError(
+                400,
+                f"'max_output_tokens' is too large: {count}. This model's maximum context length "
+                f"is {self.config.max_model_len} tokens and your request has {input_tokens} "
+                "input tokens.",
+                "max_output_tokens",
+            )
         return Turn(
             id=f"resp_{uuid.uuid4().hex}",
             model=model,
             conversation=conversation,
-            input_tokens=before_tokens + 1 + words(text),
+            input_tokens=input_tokens,
             output=completion_tokens(conversation, count),
             incomplete=limit is not None,
             previous=previous,

@@ -41,6 +41,9 @@ class SimState:
     generation_tokens_total: int = 0
     max_running_seen: int = 0
     kv_tokens: int = 0
+    # Requests reported as waiting in vllm:num_requests_waiting: a queue held by other clients,
+    # set by tests through POST /sim/queue (the simulator itself never makes a request wait).
+    waiting: int = 0
     last_request: dict[str, Any] | None = None
     _failure_index: int = field(default=0, repr=False)
 
@@ -69,8 +72,10 @@ class SimState:
         return fails_at(self._failure_index, self.fail_rate)
 
     def reset(self) -> None:
-        """Zero the counters; live requests stay counted in `running` and the KV cache."""
+        """Zero the counters and the set queue; live requests stay counted in `running` and the
+        KV cache."""
         self.total_requests = self.prompt_tokens_total = self.generation_tokens_total = 0
+        self.waiting = 0
         self.max_running_seen = self.running
         self.last_request = None
         self._failure_index = 0
@@ -81,7 +86,7 @@ class SimState:
     def snapshot(self) -> dict[str, Any]:
         return {
             "running": self.running,
-            "waiting": 0,
+            "waiting": self.waiting,
             "total_requests": self.total_requests,
             "prompt_tokens_total": self.prompt_tokens_total,
             "generation_tokens_total": self.generation_tokens_total,
@@ -113,7 +118,7 @@ class SimState:
         # Every prompt token is looked up in the prefix cache; the simulator keeps none: no hits.
         values = (
             self.running,
-            0,
+            self.waiting,
             self.kv_cache_usage(),
             self.prompt_tokens_total,
             self.generation_tokens_total,

@@ -80,6 +80,7 @@ def chat_engine(ready: Prepared, paths: EmbeddedPaths, log_name: str) -> EngineS
         free_port(),
         paths.logs / log_name,
         tool_parser=CHAT_TOOL_PARSER,
+        max_loras=4,  # fine-tuned models' adapters are loaded at runtime (test_fine_tuning_e2e)
     )
 
 

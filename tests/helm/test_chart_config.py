@@ -38,11 +38,15 @@ MANAGED = {
     "redis_url",
     "admin_token",
     "key_pepper",
+    "metrics_token",
     "dev_mode",
     "metering.spill_dir",
     "auth.jwt.public_key_file",
     "auth.jwt.jwks_file",
     "auth.jwt.hmac_secret",
+    "files.dir",
+    "fine_tuning.base_models",
+    "fine_tuning.max_lora_rank",
 }
 _VAR = re.compile(r"\$\((\w+)\)")
 OUTSIDE = "dns://vllm.other-team.svc.cluster.local:8000"
@@ -164,7 +168,7 @@ def test_secrets_never_appear_in_a_configmap(rendered: Rendered) -> None:
     for value in secrets:
         assert value not in published
     config = yaml.safe_load(rendered.config_text())
-    for field in ("admin_token", "key_pepper", "redis_url"):
+    for field in ("admin_token", "key_pepper", "metrics_token", "redis_url"):
         assert field not in config
     assert "hmac_secret" not in config.get("auth", {}).get("jwt", {})
 
@@ -175,6 +179,7 @@ def test_inline_secrets_reach_secrets_only(renders: Renders) -> None:
     given = [
         "admin-token-0123456789abcdef",
         "key-pepper-0123456789abcdef",
+        "metrics-token-0123456789abcdef",
         "jwt-hmac-secret-0123456789abcdef",
         "redis-password-0123456789abcdef",
         "hf_inline0123456789abcdef",
@@ -196,6 +201,7 @@ def test_existing_secrets_are_referenced_not_made(renders: Renders) -> None:
     }
     assert refs["LLMAAS_ADMIN_TOKEN"] == {"name": "llmaas-admin", "key": "token"}
     assert refs["LLMAAS_KEY_PEPPER"] == {"name": "llmaas-pepper", "key": "pepper"}
+    assert refs["LLMAAS_METRICS_TOKEN"] == {"name": "llmaas-metrics", "key": "token"}
     assert refs["REDIS_PASSWORD"] == {"name": "llmaas-redis", "key": "password"}
     assert refs["LLMAAS_AUTH__JWT__HMAC_SECRET"] == {"name": "llmaas-jwt", "key": "hmac"}
     (engine,) = rendered.engines()

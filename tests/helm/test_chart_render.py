@@ -25,6 +25,7 @@ from tests.helm.chart import (
     Rendered,
     Renders,
     case_values,
+    env_of,
     selects,
 )
 
@@ -89,6 +90,18 @@ def test_monitoring_case_renders_every_operator_kind(renders: Renders) -> None:
     kinds = {o["kind"] for o in renders["monitoring"].objects}
     assert set(OPERATOR_KINDS) <= kinds
     assert not set(OPERATOR_KINDS) & {o["kind"] for o in renders["default"].objects}
+
+
+def test_the_gateway_is_scraped_with_the_metrics_token_it_is_given(renders: Renders) -> None:
+    """/metrics answers 401 without a token: the ServiceMonitor sends the one the gateway has."""
+    rendered = renders["monitoring"]
+    gateway_monitor, engines_monitor = rendered.kind("ServiceMonitor")
+    ref = env_of(rendered.gateway())["LLMAAS_METRICS_TOKEN"]["valueFrom"]["secretKeyRef"]
+    (endpoint,) = gateway_monitor["spec"]["endpoints"]
+    assert endpoint["authorization"] == {"type": "Bearer", "credentials": ref}
+    (secret,) = [s for s in rendered.kind("Secret") if s["metadata"]["name"] == ref["name"]]
+    assert ref["key"] in secret["data"]
+    assert all("authorization" not in e for e in engines_monitor["spec"]["endpoints"])
 
 
 def test_alerts_are_the_chart_file_and_the_users_groups(renders: Renders) -> None:

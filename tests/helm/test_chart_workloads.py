@@ -161,6 +161,7 @@ def test_services_select_the_pods_of_their_component(rendered: Rendered) -> None
 
 
 def test_network_policies_admit_only_the_gateway(rendered: Rendered) -> None:
+    """Engines take traffic from gateways only; Redis from gateways, and trainers if any."""
     policies = rendered.kind("NetworkPolicy")
     protected = {component_of(p) for p in policies}
     expected = {"engine", "redis"} if rendered.values["redis"]["enabled"] else {"engine"}
@@ -172,9 +173,17 @@ def test_network_policies_admit_only_the_gateway(rendered: Rendered) -> None:
         assert {component_of(t) for t in targets} == {component_of(policy)}
         (rule,) = spec["ingress"]
         pod_peers = [p for p in rule["from"] if "podSelector" in p]
-        (peer,) = pod_peers
-        sources = _selected(rendered, peer["podSelector"]["matchLabels"])
-        assert [s["metadata"]["name"] for s in sources] == [rendered.gateway()["metadata"]["name"]]
+        sources = [
+            s["metadata"]["name"]
+            for peer in pod_peers
+            for s in _selected(rendered, peer["podSelector"]["matchLabels"])
+        ]
+        expected_sources = [rendered.gateway()["metadata"]["name"]]
+        if component_of(policy) == "redis":
+            expected_sources += [
+                t["metadata"]["name"] for t in rendered.of("Deployment", "trainer")
+            ]
+        assert sources == expected_sources
         for port in rule["ports"]:
             for target in targets:
                 assert port["port"] in {p["name"] for p in container(target)["ports"]}

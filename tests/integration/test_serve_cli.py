@@ -37,7 +37,8 @@ async def test_two_workers_serve_and_metrics_add_up(tmp_path: Path) -> None:
                         for reply in await asyncio.gather(*replies):
                             assert reply.status == 200
                             reply.release()
-                async with http.get(f"{base}/metrics") as resp:
+                ops = {"authorization": "Bearer serve-cli-admin-token"}
+                async with http.get(f"{base}/metrics", headers=ops) as resp:
                     text = await resp.text()
             served.process.send_signal(signal.SIGTERM)  # a clean stop of every worker
             assert await asyncio.wait_for(served.process.wait(), 30) == 0

@@ -34,6 +34,7 @@ from tests.monitoring.promql import (
     mentioned,
     selectors,
 )
+from tests.support.gateways import ADMIN_TOKEN, OPS
 from tests.support.servers import serve_asgi
 
 MODEL = "sim-model"
@@ -100,7 +101,7 @@ def gateway_settings(sim: str, spill_dir: Path) -> Settings:
                 {"name": MODEL, "engines": [sim]},
                 {"name": DEAD, "engines": [f"http://127.0.0.1:{free_port()}"]},
             ],
-            "admin_token": "test-admin-token-0123456789",
+            "admin_token": ADMIN_TOKEN,
             "auth": {"required": False},
             "metering": {"spill_dir": str(spill_dir)},  # never the default under HOME
         }
@@ -131,7 +132,7 @@ async def exposition(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
         aiohttp.ClientSession() as http,
     ):
         await _traffic(http, gateway)
-        async with http.get(f"{gateway}/metrics") as resp:
+        async with http.get(f"{gateway}/metrics", headers=OPS) as resp:
             assert resp.status == 200
             text = await resp.text()
     families: dict[str, str] = {}

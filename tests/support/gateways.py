@@ -17,6 +17,8 @@ from gateway.netutil import free_port, wait_http_ok
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 PEPPER = "test-pepper-0123456789abcdef"
+# What a scraper sends for /metrics (and /readyz's detail): the admin token does.
+OPS = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def serve_command(config: Path, *args: str) -> list[str]:

@@ -10,7 +10,7 @@ from gateway.routing.balancer import (
     engine_load,
     make_balancer,
 )
-from gateway.routing.engines import Engine, EngineLoad, EngineRegistry
+from gateway.routing.engines import Engine, EngineLoad, EngineRegistry, ModelPool
 from gateway.settings import ModelRoute, RoutingSettings
 
 
@@ -85,3 +85,10 @@ def test_load_is_own_requests_now_plus_other_replicas_at_the_last_scrape() -> No
     assert engine_load(engine, now + STALE_AFTER_S + 1) == 6  # a stale scrape is not believed
     engine.load = EngineLoad(running=9, scraped_at=now, own_at_scrape=3)
     assert engine_load(engine, now + STALE_AFTER_S + 1) == 6
+
+
+def test_an_empty_pool_has_no_candidates_under_every_strategy() -> None:
+    """A dns:// entry that resolves to nothing yet: no engine, not a crash (then 503)."""
+    for strategy in ("round_robin", "least_loaded", "prefix_affinity"):
+        balancer = make_balancer(RoutingSettings(strategy=strategy))
+        assert balancer.candidates(ModelPool("m", []), b"some prompt" * 100) == []

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.routing.load import parse_metrics
+from gateway.sim.state import SimState
 
 # Verbatim /metrics of vLLM 0.32 (CPU, SmolLM2-135M) after two chat requests that shared a
 # 128-token prefix; every gauge was back at 0 when it was read.
@@ -76,3 +77,15 @@ def test_bad_values_are_skipped_and_text_without_load_is_none() -> None:
     assert parse_metrics("<html>502 Bad Gateway</html>", 1.0) is None
     assert parse_metrics(f"vllm:num_requests_running{LABELS} NaN", 1.0) is None
     assert parse_metrics("\x00\xff{}} {{", 1.0) is None
+
+
+def test_the_simulators_set_queue_is_what_the_scraper_reads() -> None:
+    state = SimState("sim-model", kv_cache_tokens=100)
+    state.waiting = 7  # POST /sim/queue
+    load = parse_metrics(state.metrics_text(), scraped_at=1.0)
+    assert load is not None
+    assert (load.waiting, load.running) == (7.0, 0.0)
+    state.reset()
+    drained = parse_metrics(state.metrics_text(), scraped_at=2.0)
+    assert drained is not None
+    assert drained.waiting == 0.0

@@ -208,6 +208,18 @@ true
 {{- $_ := set $auth "jwt" $jwt -}}
 {{- $_ := set $config "auth" $auth -}}
 {{- end -}}
+{{- $ft := .Values.fineTuning -}}
+{{- $files := $config.files | default dict -}}
+{{- $_ := set $files "dir" $ft.storage.mountPath -}}
+{{- $_ := set $config "files" $files -}}
+{{- if $ft.enabled -}}
+{{- $tuning := $config.fine_tuning | default dict -}}
+{{- $bases := dict -}}
+{{- range $ft.baseModels }}{{ $_ := set $bases .name .path }}{{ end -}}
+{{- $_ := set $tuning "base_models" $bases -}}
+{{- $_ := set $tuning "max_lora_rank" $ft.maxLoraRank -}}
+{{- $_ := set $config "fine_tuning" $tuning -}}
+{{- end -}}
 {{- toYaml $config -}}
 {{- end -}}
 
@@ -228,5 +240,46 @@ true
 {{- add .Values.gateway.preStopSleepSeconds (ceil $grace) (ceil $flush) 10 | int -}}
 {{- else -}}
 {{- .Values.gateway.terminationGracePeriodSeconds | int -}}
+{{- end -}}
+{{- end -}}
+
+
+{{/* Fine-tuning: the trainer's name, the shared files claim, and the base models' names. */}}
+{{- define "llmaas.trainer.fullname" -}}
+{{- printf "%s-trainer" (include "llmaas.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "llmaas.fineTuning.claimName" -}}
+{{- .Values.fineTuning.storage.existingClaim | default (printf "%s-files" (include "llmaas.fullname" .) | trunc 63 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/* The base models as YAML {names: [...]}, after checking them: at least one, no name twice,
+and each served by an engine of the release or an extraModels entry (adapters are loaded into
+the engines serving their base model). */}}
+{{- define "llmaas.fineTuning.baseNames" -}}
+{{- $served := list -}}
+{{- range (include "llmaas.engines" . | fromYaml).engines }}{{ $served = append $served (include "llmaas.engine.servedName" .) }}{{ end -}}
+{{- range .Values.gateway.extraModels }}{{ $served = append $served .name }}{{ end -}}
+{{- $names := list -}}
+{{- if not .Values.fineTuning.baseModels -}}
+{{- fail "fineTuning.baseModels: at least one base model is needed when fineTuning.enabled (the trainer has nothing to train)" -}}
+{{- end -}}
+{{- range .Values.fineTuning.baseModels -}}
+{{- if has .name $names -}}
+{{- fail (printf "fineTuning.baseModels: the name %q is listed twice" .name) -}}
+{{- end -}}
+{{- if not (has .name $served) -}}
+{{- fail (printf "fineTuning.baseModels: %q is not a model of this release (an engine's servedModelName or a gateway.extraModels name)" .name) -}}
+{{- end -}}
+{{- $names = append $names .name -}}
+{{- end -}}
+{{- toYaml (dict "names" $names) -}}
+{{- end -}}
+
+{{/* "true" if an engine (merged entry) serves a base model: it gets LoRA and the files volume.
+Call with (dict "ctx" $ "engine" $engine). */}}
+{{- define "llmaas.engine.fineTuned" -}}
+{{- if and .ctx.Values.fineTuning.enabled (not .engine.simulator) -}}
+{{- if has (include "llmaas.engine.servedName" .engine) (include "llmaas.fineTuning.baseNames" .ctx | fromYaml).names -}}true{{- end -}}
 {{- end -}}
 {{- end -}}

@@ -1,0 +1,178 @@
+"""The Files API under /v1/files: upload, list, retrieve, download and delete, per tenant.
+
+A file belongs to the caller's tenant: another tenant's id answers 404, as an unknown one does.
+Uploads are streamed to storage, size-bounded, and a `fine-tune` file is checked line by line
+before it is stored (a 400 names the first bad line), so what is listed is always usable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from fastapi import Path as PathParam
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from gateway.api.responses import json_response
+from gateway.auth.principal import Principal
+from gateway.deps import Caller, Gateway
+from gateway.errors import InvalidRequest, NotFound, RateLimited, ServiceUnavailable
+from gateway.files.finetune_format import FileFormatError, check_chat_jsonl
+from gateway.files.records import FILE_ID_PATTERN, PURPOSES, FileRecord, new_file_id
+from gateway.files.storage import DirectoryStorage, FileStorage
+from gateway.files.store import FileStore
+from gateway.files.upload import MULTIPART_OVERHEAD, boundary_of, receive_upload, too_large
+from gateway.redis_pages import AfterNotFound
+from gateway.state import GatewayState
+
+router = APIRouter(prefix="/v1/files")
+FileId = Annotated[str, PathParam(pattern=FILE_ID_PATTERN)]
+
+
+def _parts(gw: GatewayState) -> tuple[FileStore, FileStorage]:
+    if gw.redis is None:
+        raise ServiceUnavailable("The Files API needs Redis (redis_url), and none is configured.")
+    return FileStore(gw.redis), DirectoryStorage(gw.settings.files.dir)
+
+
+async def _own(store: FileStore, caller: Principal, file_id: str) -> FileRecord:
+    record = await store.get(caller.tenant, file_id)
+    if record is None:
+        raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
+    return record
+
+
+@router.post("", response_model=None)
+async def create_file(request: Request, gw: Gateway, caller: Caller) -> Response:
+    store, storage = _parts(gw)
+    limits = gw.settings.files
+    boundary = boundary_of(request.headers.get("content-type"))
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limits.max_file_bytes + MULTIPART_OVERHEAD:
+        raise too_large(limits.max_file_bytes)
+    if await store.count(caller.tenant) >= limits.max_files_per_tenant:
+        raise RateLimited(
+            f"Your tenant has {limits.max_files_per_tenant} files, the most it may keep; "
+            "delete some first.",
+            kind="requests",
+            scope="tenant",
+            limit_kind="files",
+            code="too_many_files",
+        )
+    file_id = new_file_id()
+    partial = storage.create(caller.tenant, file_id)
+    try:
+        upload = await receive_upload(request.stream(), boundary, partial, limits.max_file_bytes)
+        purpose = _purpose(upload.fields.get("purpose"))
+        await partial.finish()
+        lines = await _checked(partial.path, purpose)
+        record = FileRecord(
+            id=file_id,
+            tenant=caller.tenant,
+            filename=upload.filename or "upload",
+            purpose=purpose,
+            bytes=partial.size,
+            created_at=int(time.time()),
+            lines=lines,
+        )
+        await partial.commit()
+    except OSError as exc:  # the storage directory: missing volume, read-only, full
+        await asyncio.shield(partial.discard())
+        raise ServiceUnavailable(
+            "File storage is unavailable right now; nothing was stored.",
+            code="file_storage_unavailable",
+        ) from exc
+    except BaseException:
+        await asyncio.shield(partial.discard())
+        raise
+    try:
+        await store.put(record, int(time.time() * 1000))
+    except BaseException:  # not listed, so not kept
+        await asyncio.shield(storage.delete(caller.tenant, file_id))
+        raise
+    return json_response(record.view())
+
+
+def _purpose(value: str | None) -> str:
+    if value is None:
+        raise InvalidRequest("The upload has no 'purpose' field.", param="purpose")
+    if value not in PURPOSES:
+        raise InvalidRequest(
+            f"Invalid 'purpose': {value[:64]!r}; expected one of {', '.join(PURPOSES)}.",
+            param="purpose",
+            code="invalid_value",
+        )
+    return value
+
+
+async def _checked(path: Path, purpose: str) -> int | None:
+    if purpose != "fine-tune":
+        return None
+    try:
+        return await asyncio.to_thread(check_chat_jsonl, path)
+    except FileFormatError as exc:
+        raise InvalidRequest(
+            f"Invalid fine-tune file: {exc}", param="file", code="invalid_file_format"
+        ) from exc
+
+
+@router.get("", response_model=None)
+async def list_files(
+    gw: Gateway,
+    caller: Caller,
+    *,
+    purpose: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+    order: Annotated[Literal["asc", "desc"], Query()] = "desc",
+    after: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    store, _ = _parts(gw)
+    try:
+        records, more = await store.page(caller.tenant, purpose, limit, order, after)
+    except AfterNotFound:
+        raise InvalidRequest(
+            f"Invalid 'after': no file {after[:64] if after else ''!r} in this listing.",
+            param="after",
+            code="invalid_value",
+        ) from None
+    data = [r.view() for r in records]
+    return json_response(
+        {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": more,
+        }
+    )
+
+
+@router.get("/{file_id}", response_model=None)
+async def retrieve_file(file_id: FileId, gw: Gateway, caller: Caller) -> Response:
+    store, _ = _parts(gw)
+    return json_response((await _own(store, caller, file_id)).view())
+
+
+@router.get("/{file_id}/content", response_model=None)
+async def file_content(file_id: FileId, gw: Gateway, caller: Caller) -> Response:
+    store, storage = _parts(gw)
+    record = await _own(store, caller, file_id)
+    return StreamingResponse(
+        storage.read(caller.tenant, record.id),
+        media_type="application/octet-stream",
+        headers={"content-length": str(record.bytes)},
+    )
+
+
+@router.delete("/{file_id}", response_model=None)
+async def delete_file(file_id: FileId, gw: Gateway, caller: Caller) -> Response:
+    store, storage = _parts(gw)
+    record = await store.delete(caller.tenant, file_id)
+    if record is None:
+        raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
+    await storage.delete(caller.tenant, file_id)
+    return json_response({"id": file_id, "object": "file", "deleted": True})

@@ -1,0 +1,286 @@
+"""The Fine-tuning API under /v1/fine_tuning/jobs: create, list, retrieve, cancel, events and
+checkpoints, per tenant, as the OpenAI SDK expects. Training happens in `llmaas trainer`."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from fastapi import Path as PathParam
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+from gateway.api.responses import json_response
+from gateway.auth.principal import Principal
+from gateway.deps import Caller, Gateway
+from gateway.errors import InvalidRequest, NotFound, RateLimited, ServiceUnavailable
+from gateway.files.store import FileStore
+from gateway.finetune.job_store import JobStore, LimitReached
+from gateway.finetune.jobs import (
+    ACTIVE,
+    JOB_ID_PATTERN,
+    SUFFIX_PATTERN,
+    Hyperparameters,
+    Job,
+    new_job_id,
+)
+from gateway.finetune.sweep import fail_if_lost
+from gateway.redis_pages import AfterNotFound
+from gateway.state import GatewayState
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs")
+JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN)]
+
+
+def _auto_or(kind: type, low: float, high: float) -> AfterValidator:
+    """ "auto", or a number of `kind` within [low, high] (one message, naming the range)."""
+    noun = "an integer" if kind is int else "a number"
+
+    def check(value: Any) -> Any:
+        if value == "auto":
+            return value
+        ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is int and ok_type and float(value).is_integer():
+            value = int(value)
+        if not ok_type or (kind is int and not isinstance(value, int)) or not low <= value <= high:
+            raise ValueError(f"must be 'auto' or {noun} from {low:g} to {high:g}")
+        return value
+
+    return AfterValidator(check)
+
+
+class HyperparametersIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_epochs: Annotated[Any, _auto_or(int, 1, 50)] = "auto"
+    batch_size: Annotated[Any, _auto_or(int, 1, 256)] = "auto"
+    learning_rate_multiplier: Annotated[Any, _auto_or(float, 1e-6, 100)] = "auto"
+    lora_rank: Annotated[Any, _auto_or(int, 1, 256)] = "auto"
+
+
+class SupervisedIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hyperparameters: HyperparametersIn | None = None
+
+
+class MethodIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["supervised"]
+    supervised: SupervisedIn | None = None
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=256)
+    training_file: str = Field(min_length=1, max_length=64)
+    validation_file: None = None  # not supported yet: a value is refused, naming the field
+    hyperparameters: HyperparametersIn | None = None
+    method: MethodIn | None = None
+    suffix: Annotated[str, Field(pattern=SUFFIX_PATTERN)] | None = None
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    metadata: (
+        Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None
+    ) = None
+    integrations: Annotated[list[Any], Field(max_length=0)] | None = None  # none supported
+
+
+def _store(gw: GatewayState) -> JobStore:
+    if gw.redis is None:
+        raise ServiceUnavailable(
+            "The Fine-tuning API needs Redis (redis_url), and none is configured."
+        )
+    return JobStore(gw.redis)
+
+
+async def _own(store: JobStore, caller: Principal, job_id: str) -> Job:
+    job = await store.get(caller.tenant, job_id)
+    if job is None:
+        raise NotFound(
+            f"No fine-tuning job '{job_id}'.", param="fine_tuning_job_id", code="job_not_found"
+        )
+    return await fail_if_lost(store, job)
+
+
+@router.post("", response_model=None)
+async def create_job(body: JobCreate, gw: Gateway, caller: Caller) -> Response:
+    store = _store(gw)
+    settings = gw.settings.fine_tuning
+    if body.model not in settings.base_models or not caller.may_use(body.model):
+        offered = ", ".join(sorted(m for m in settings.base_models if caller.may_use(m)))
+        raise InvalidRequest(
+            f"The model '{body.model}' is not available for fine-tuning"
+            + (f"; available: {offered}." if offered else "; none is configured."),
+            param="model",
+            code="model_not_available",
+        )
+    hyper = _hyperparameters(body, settings.max_lora_rank)
+    examples = await _training_examples(gw, caller, body.training_file)
+    now = int(time.time())
+    job = Job(
+        id=new_job_id(),
+        tenant=caller.tenant,
+        key_id=caller.key_id,
+        model=body.model,
+        training_file=body.training_file,
+        status="validating_files",
+        created_at=now,
+        hyperparameters=hyper,
+        seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
+        suffix=body.suffix,
+        metadata=body.metadata,
+        examples=examples,
+    )
+    try:
+        await store.create(
+            job, settings.max_active_jobs_per_tenant, f"Created fine-tuning job: {job.id}"
+        )
+    except LimitReached:
+        raise RateLimited(
+            f"Your tenant has {settings.max_active_jobs_per_tenant} fine-tuning jobs queued or "
+            "running, the most it may; wait for one to finish or cancel one.",
+            kind="requests",
+            scope="tenant",
+            limit_kind="fine_tuning_jobs",
+            code="too_many_active_jobs",
+        ) from None
+    queued = await store.transition(
+        caller.tenant,
+        job.id,
+        ("validating_files",),
+        {"status": "queued"},
+        message=f"Validated the training file ({examples} examples); the job is queued",
+    )
+    if queued is None:  # cancelled in between
+        queued = await _own(store, caller, job.id)
+    else:
+        await store.enqueue(queued)
+    return json_response(queued.view())
+
+
+def _hyperparameters(body: JobCreate, max_rank: int) -> Hyperparameters:
+    given: dict[str, Any] = {}
+    if body.hyperparameters is not None:
+        given.update(body.hyperparameters.model_dump(exclude_unset=True))
+    if body.method is not None and body.method.supervised is not None:
+        method = body.method.supervised.hyperparameters
+        if method is not None:
+            given.update(method.model_dump(exclude_unset=True))
+    rank = given.get("lora_rank", "auto")
+    if rank != "auto" and rank > max_rank:
+        raise InvalidRequest(
+            f"Invalid 'hyperparameters.lora_rank': {rank}; the engines serve ranks up to "
+            f"{max_rank}.",
+            param="hyperparameters.lora_rank",
+            code="invalid_value",
+        )
+    return Hyperparameters(**given)
+
+
+async def _training_examples(gw: GatewayState, caller: Principal, file_id: str) -> int:
+    assert gw.redis is not None
+    record = await FileStore(gw.redis).get(caller.tenant, file_id)
+    if record is None:
+        raise InvalidRequest(
+            f"No file '{file_id}' to train on: upload it with purpose 'fine-tune' first.",
+            param="training_file",
+            code="file_not_found",
+        )
+    if record.purpose != "fine-tune" or not record.lines:
+        raise InvalidRequest(
+            f"The file '{file_id}' was uploaded with purpose '{record.purpose}'; a training "
+            "file needs purpose 'fine-tune'.",
+            param="training_file",
+            code="invalid_file_purpose",
+        )
+    return record.lines
+
+
+@router.get("", response_model=None)
+async def list_jobs(
+    gw: Gateway,
+    caller: Caller,
+    *,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    store = _store(gw)
+    try:
+        jobs, more = await store.page(caller.tenant, limit, after)
+    except AfterNotFound:
+        raise InvalidRequest(
+            "Invalid 'after': no such job in this listing.", param="after", code="invalid_value"
+        ) from None
+    data = [(await fail_if_lost(store, j)).view() for j in jobs]
+    return json_response({"object": "list", "data": data, "has_more": more})
+
+
+@router.get("/{job_id}", response_model=None)
+async def retrieve_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
+    return json_response((await _own(_store(gw), caller, job_id)).view())
+
+
+@router.post("/{job_id}/cancel", response_model=None)
+async def cancel_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
+    store = _store(gw)
+    job = await _own(store, caller, job_id)
+    cancelled = await store.transition(
+        caller.tenant,
+        job_id,
+        ACTIVE,
+        {"status": "cancelled", "finished_at": int(time.time())},
+        message="The job was cancelled",
+    )
+    if cancelled is None:
+        job = await _own(store, caller, job_id)
+        raise InvalidRequest(
+            f"The job is already {job.status}; only a queued or running job can be cancelled.",
+            param="fine_tuning_job_id",
+            code="job_not_active",
+        )
+    return json_response(cancelled.view())
+
+
+@router.get("/{job_id}/events", response_model=None)
+async def list_events(
+    job_id: JobId,
+    gw: Gateway,
+    caller: Caller,
+    *,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    store = _store(gw)
+    job = await _own(store, caller, job_id)
+    try:
+        events, more = await store.events(job, limit, after)
+    except KeyError:
+        raise InvalidRequest(
+            "Invalid 'after': not an event id.", param="after", code="invalid_value"
+        ) from None
+    return json_response({"object": "list", "data": [e.view() for e in events], "has_more": more})
+
+
+@router.get("/{job_id}/checkpoints", response_model=None)
+async def list_checkpoints(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
+    """The adapter a succeeded job made is its one checkpoint (the final step)."""
+    job = await _own(_store(gw), caller, job_id)
+    data = []
+    if job.status == "succeeded" and job.fine_tuned_model is not None:
+        data.append(
+            {
+                "object": "fine_tuning.job.checkpoint",
+                "id": "ftckpt-" + job.id.removeprefix("ftjob-"),
+                "created_at": job.finished_at,
+                "fine_tuned_model_checkpoint": job.fine_tuned_model,
+                "fine_tuning_job_id": job.id,
+                "step_number": job.steps or 0,
+                "metrics": {"step": job.steps, "train_loss": job.train_loss},
+            }
+        )
+    first = data[0]["id"] if data else None
+    return json_response(
+        {"object": "list", "data": data, "has_more": False, "first_id": first, "last_id": first}
+    )

@@ -1,0 +1,81 @@
+"""The check of a `fine-tune` upload: JSONL, one chat example per line (OpenAI's chat format).
+
+Run on the uploaded bytes before the file is stored, so a job never starts on a dataset the
+trainer would choke on; the first fault is reported with its line number.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+# What the trainer learns from (gateway/finetune/train_lora.py); tool calls are not trained yet.
+ROLES = ("system", "user", "assistant")
+MAX_LINE_BYTES = 4 * 1024 * 1024
+
+
+class FileFormatError(ValueError):
+    """What is wrong with the file, and where."""
+
+
+def check_chat_jsonl(path: Path, max_line_bytes: int = MAX_LINE_BYTES) -> int:
+    """The number of examples; FileFormatError names the first bad line."""
+    examples = 0
+    with path.open("rb") as handle:
+        number = 0
+        while line := handle.readline(max_line_bytes + 1):
+            number += 1
+            if len(line) > max_line_bytes and not line.endswith(b"\n"):
+                raise FileFormatError(f"Line {number} is longer than {max_line_bytes} bytes.")
+            if not line.strip():
+                continue
+            _check_example(number, line)
+            examples += 1
+    if examples == 0:
+        raise FileFormatError(
+            "The file has no examples: expected JSONL, one JSON object with a 'messages' "
+            "array per line."
+        )
+    return examples
+
+
+def _check_example(number: int, line: bytes) -> None:
+    where = f"Line {number}"
+    try:
+        example = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise FileFormatError(f"{where} is not valid JSON ({exc}).") from exc
+    if not isinstance(example, dict):
+        raise FileFormatError(f"{where} must be a JSON object with a 'messages' array.")
+    messages = example.get("messages")
+    if not isinstance(messages, list) or not messages:
+        problem = "is missing" if messages is None else "must be a non-empty array"
+        raise FileFormatError(f"{where}: 'messages' {problem} (chat format).")
+    learned = False
+    for i, message in enumerate(messages):
+        _check_message(f"{where}, messages[{i}]", message)
+        learned = learned or message["role"] == "assistant"
+    if not learned:
+        raise FileFormatError(f"{where} has no assistant message to learn from.")
+
+
+def _check_message(where: str, message: Any) -> None:
+    if not isinstance(message, dict):
+        raise FileFormatError(f"{where} must be an object with 'role' and 'content'.")
+    role = message.get("role")
+    if role not in ROLES:
+        raise FileFormatError(f"{where}: 'role' must be one of {', '.join(ROLES)}, not {role!r}.")
+    content = message.get("content")
+    if isinstance(content, str):
+        return
+    if isinstance(content, list) and all(_is_text_part(p) for p in content):
+        return
+    raise FileFormatError(f"{where}: 'content' must be a string or an array of text parts.")
+
+
+def _is_text_part(part: Any) -> bool:
+    return (
+        isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+    )

@@ -1,0 +1,107 @@
+"""Where file contents live: one small interface, and a directory behind it.
+
+On a cluster the directory is a ReadWriteMany volume shared by the gateway, the trainer and the
+engines, so a trainer reads a dataset, and an engine loads an adapter, by path. Contents are
+written to a temporary name and renamed into place once whole and checked: a reader never sees
+half a file, and an upload that fails leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+CHUNK = 256 * 1024
+
+
+class PartialFile(Protocol):
+    """Contents being written: whole at `path` after `finish` (to be checked there), visible
+    under their name only after `commit`."""
+
+    size: int
+    path: Path
+
+    async def write(self, data: bytes) -> None: ...
+    async def finish(self) -> None: ...
+    async def commit(self) -> None: ...
+    async def discard(self) -> None: ...
+
+
+class FileStorage(Protocol):
+    def create(self, tenant: str, name: str) -> PartialFile: ...
+    def path(self, tenant: str, name: str) -> Path: ...
+    def read(self, tenant: str, name: str) -> AsyncIterator[bytes]: ...
+    async def delete(self, tenant: str, name: str) -> None: ...
+
+
+class DirectoryStorage:
+    """`<root>/<tenant>/<name>`; names are checked, so no path can leave the root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, tenant: str, name: str) -> Path:
+        if not (_NAME.match(tenant) and _NAME.match(name)):
+            raise ValueError(f"not a storage name: {tenant!r}/{name!r}")
+        return self.root / tenant / name
+
+    def create(self, tenant: str, name: str) -> PartialFile:
+        return _DirectoryPartial(self.path(tenant, name))
+
+    async def read(self, tenant: str, name: str) -> AsyncIterator[bytes]:
+        handle = await asyncio.to_thread(self.path(tenant, name).open, "rb")
+        try:
+            while chunk := await asyncio.to_thread(handle.read, CHUNK):
+                yield chunk
+        finally:
+            handle.close()
+
+    async def delete(self, tenant: str, name: str) -> None:
+        await asyncio.to_thread(self.path(tenant, name).unlink, missing_ok=True)
+
+
+class _DirectoryPartial:
+    def __init__(self, final: Path) -> None:
+        self.final = final
+        self.path = final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
+        self.size = 0
+        self.handle: BinaryIO | None = None
+
+    async def write(self, data: bytes) -> None:
+        if self.handle is None:
+            self.handle = await asyncio.to_thread(self._open)
+        await asyncio.to_thread(self.handle.write, data)
+        self.size += len(data)
+
+    def _open(self) -> BinaryIO:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return self.path.open("wb")
+
+    async def finish(self) -> None:
+        if self.handle is None:  # nothing was written: an empty file
+            self.handle = await asyncio.to_thread(self._open)
+        await asyncio.to_thread(self._sync_and_close, self.handle)
+
+    @staticmethod
+    def _sync_and_close(handle: BinaryIO) -> None:
+        handle.flush()
+        os.fsync(handle.fileno())
+        handle.close()
+
+    async def commit(self) -> None:
+        await asyncio.to_thread(self.path.replace, self.final)
+
+    async def discard(self) -> None:
+        if self.handle is None:  # never opened: nothing was written
+            return
+        if not self.handle.closed:
+            self.handle.close()
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(self.path.unlink)

@@ -1,0 +1,74 @@
+"""Files' metadata in Redis, under the tenant's hash tag (one slot per tenant).
+
+`llmaas:{t:<tenant>}:file:<id>` holds a file's JSON; `llmaas:{t:<tenant>}:files` and
+`llmaas:{t:<tenant>}:files:<purpose>` order its ids by creation, so a page of a listing, with or
+without a purpose filter, reads only that page (no scan that grows with what is filtered out).
+A file id is looked up only under the caller's tenant: another tenant's file is simply absent.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from redis.asyncio import Redis
+
+from gateway.files.records import FileRecord
+from gateway.redis_pages import index_page
+
+Order = Literal["asc", "desc"]
+
+
+def _tag(tenant: str) -> str:
+    return f"llmaas:{{t:{tenant}}}"
+
+
+def file_key(tenant: str, file_id: str) -> str:
+    return f"{_tag(tenant)}:file:{file_id}"
+
+
+def index_key(tenant: str, purpose: str | None = None) -> str:
+    return f"{_tag(tenant)}:files" + ("" if purpose is None else f":{purpose}")
+
+
+class FileStore:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def count(self, tenant: str) -> int:
+        return int(await self.redis.zcard(index_key(tenant)))
+
+    async def put(self, record: FileRecord, created_ms: int) -> None:
+        t = record.tenant
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(file_key(t, record.id), record.model_dump_json())
+            pipe.zadd(index_key(t), {record.id: created_ms})
+            pipe.zadd(index_key(t, record.purpose), {record.id: created_ms})
+            await pipe.execute()
+
+    async def get(self, tenant: str, file_id: str) -> FileRecord | None:
+        raw = await self.redis.get(file_key(tenant, file_id))
+        return None if raw is None else FileRecord.model_validate_json(raw)
+
+    async def delete(self, tenant: str, file_id: str) -> FileRecord | None:
+        """The record removed, or None when there was none (another delete won)."""
+        record = await self.get(tenant, file_id)
+        if record is None:
+            return None
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(file_key(tenant, file_id))
+            pipe.zrem(index_key(tenant), file_id)
+            pipe.zrem(index_key(tenant, record.purpose), file_id)
+            deleted, _, _ = await pipe.execute()
+        return record if deleted else None
+
+    async def page(
+        self, tenant: str, purpose: str | None, limit: int, order: Order, after: str | None
+    ) -> tuple[list[FileRecord], bool]:
+        """Up to `limit` files after the one named `after`, and whether more follow."""
+        ids, more = await index_page(
+            self.redis, index_key(tenant, purpose), limit, desc=order == "desc", after=after
+        )
+        if not ids:
+            return [], False
+        raws = await self.redis.mget([file_key(tenant, i) for i in ids])  # one slot
+        return [FileRecord.model_validate_json(r) for r in raws if r is not None], more

@@ -1,0 +1,167 @@
+"""Reading a multipart upload (`file` and `purpose`) straight into storage, size-bounded.
+
+The body is parsed as it arrives (python-multipart's streaming parser) and the file part is
+written chunk by chunk, so an upload never sits in memory and one past the limit is cut off
+as soon as it crosses it. Any failure discards what was written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from gateway.errors import InvalidRequest, PayloadTooLarge
+from gateway.files.storage import PartialFile
+
+MAX_FIELD_BYTES = 1024  # `purpose` and any other text field
+MULTIPART_OVERHEAD = 64 * 1024  # allowed on top of the file in a declared Content-Length
+_FIELDS = ("file", "purpose")
+
+
+@dataclass(slots=True)
+class Upload:
+    partial: PartialFile
+    filename: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Events:
+    """What the parser's callbacks saw in the last chunk, in order (handled after it, async)."""
+
+    items: list[bytes | dict[bytes, bytes]] = field(default_factory=list)  # data | headers
+    name: bytearray = field(default_factory=bytearray)
+    value: bytearray = field(default_factory=bytearray)
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+
+    def callbacks(self) -> dict[str, object]:
+        def header_field(data: bytes, start: int, end: int) -> None:
+            self.name += data[start:end]
+
+        def header_value(data: bytes, start: int, end: int) -> None:
+            self.value += data[start:end]
+
+        def header_end() -> None:
+            self.headers[bytes(self.name).lower()] = bytes(self.value)
+            self.name.clear()
+            self.value.clear()
+
+        def headers_finished() -> None:
+            self.items.append(self.headers)
+            self.headers = {}
+
+        def part_data(data: bytes, start: int, end: int) -> None:
+            self.items.append(bytes(data[start:end]))
+
+        return {
+            "on_header_field": header_field,
+            "on_header_value": header_value,
+            "on_header_end": header_end,
+            "on_headers_finished": headers_finished,
+            "on_part_data": part_data,
+        }
+
+
+def boundary_of(content_type: str | None) -> bytes:
+    kind, options = parse_options_header(content_type or "")
+    boundary = options.get(b"boundary")
+    if kind != b"multipart/form-data" or not boundary:
+        raise InvalidRequest(
+            "Upload files as multipart/form-data with a 'file' part and a 'purpose' field.",
+            code="invalid_content_type",
+        )
+    return boundary
+
+
+async def receive_upload(
+    chunks: AsyncIterator[bytes], boundary: bytes, partial: PartialFile, max_bytes: int
+) -> Upload:
+    """Write the `file` part to `partial` (not finished: the caller checks and commits it)."""
+    events = _Events()
+    parser = MultipartParser(boundary, events.callbacks())  # type: ignore[arg-type]
+    reader = _Reader(Upload(partial), max_bytes)
+    async for chunk in chunks:
+        try:
+            parser.write(chunk)
+        except MultipartParseError as exc:
+            raise InvalidRequest(
+                f"The multipart body could not be parsed: {exc}.", code="invalid_multipart"
+            ) from exc
+        for payload in events.items:
+            if isinstance(payload, dict):
+                reader.begin(payload)
+            else:
+                await reader.data(payload)
+        events.items.clear()
+    parser.finalize()
+    if not reader.seen_file:
+        raise InvalidRequest("The upload has no 'file' part.", param="file", code="missing_file")
+    return reader.upload
+
+
+class _Reader:
+    """Where each part's bytes go: the file's to storage, text fields' to memory (bounded)."""
+
+    def __init__(self, upload: Upload, max_bytes: int) -> None:
+        self.upload = upload
+        self.max_bytes = max_bytes
+        self.part: str | None = None
+        self.seen_file = False
+
+    def begin(self, headers: dict[bytes, bytes]) -> None:
+        self.part = _part_name(headers)
+        if self.part != "file":
+            self.upload.fields[self.part] = ""
+            return
+        if self.seen_file:
+            raise InvalidRequest("Send one 'file' part.", param="file")
+        self.seen_file = True
+        self.upload.filename = _filename(headers)
+
+    async def data(self, payload: bytes) -> None:
+        partial = self.upload.partial
+        if self.part == "file":
+            if partial.size + len(payload) > self.max_bytes:
+                raise too_large(self.max_bytes)
+            await partial.write(payload)
+        elif self.part is not None:
+            value = self.upload.fields[self.part] + payload.decode("utf-8", "replace")
+            if len(value) > MAX_FIELD_BYTES:
+                raise InvalidRequest(f"The field '{self.part}' is too long.", param=self.part)
+            self.upload.fields[self.part] = value
+
+
+def too_large(max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The file is larger than the limit of {max_bytes} bytes.",
+        param="file",
+        code="file_too_large",
+    )
+
+
+def _part_name(headers: dict[bytes, bytes]) -> str:
+    disposition, options = parse_options_header(headers.get(b"content-disposition", b""))
+    name = options.get(b"name", b"").decode("utf-8", "replace")
+    if disposition != b"form-data" or not name:
+        raise InvalidRequest("Every multipart part needs a Content-Disposition with a name.")
+    if name not in _FIELDS:
+        hint = "expires_after is not supported" if name.startswith("expires_after") else ""
+        raise InvalidRequest(
+            f"Unknown field '{name}': an upload takes 'file' and 'purpose'"
+            + (f" ({hint})." if hint else "."),
+            param=name,
+            code="unknown_parameter",
+        )
+    return name
+
+
+def _filename(headers: dict[bytes, bytes]) -> str:
+    _, options = parse_options_header(headers.get(b"content-disposition", b""))
+    raw = options.get(b"filename", b"").decode("utf-8", "replace")
+    name = raw.replace("\\", "/").rsplit("/", 1)[-1].strip()  # a name, never a path
+    if not name:
+        raise InvalidRequest("The 'file' part needs a filename.", param="file")
+    return name[:255]

@@ -1,0 +1,218 @@
+"""Fine-tuning jobs, their events and the models they made, in Redis.
+
+Per tenant, under its hash tag (one slot): `ftjob:<id>` (the job's JSON), `ftjob:<id>:events`
+(a list, oldest first, each entry "<seq> <json>"), `ftjobs` (ids by creation), `ftjobs:active`
+(the ids counted against the tenant's limit) and `ftmodels` (fine-tuned model name → JSON).
+Across tenants, each on its own key: `llmaas:ft:queue` (jobs waiting for a trainer, FIFO) and
+`llmaas:ft:running` (jobs being trained, scored by when their trainer's heartbeat is due).
+
+Every change of a job's state is a compare-and-set (WATCH on its key): a cancel and a trainer's
+claim can race, and exactly one of them wins.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, cast
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+from gateway.finetune.jobs import FINAL, Event, Job, Status
+from gateway.redis_pages import index_page
+
+QUEUE = "llmaas:ft:queue"
+RUNNING = "llmaas:ft:running"
+MAX_EVENTS = 10_000  # per job; older ones are dropped first
+
+_PUSH_EVENT = """
+local n = redis.call('INCR', KEYS[2])
+redis.call('RPUSH', KEYS[1], n .. ' ' .. ARGV[1])
+if redis.call('LLEN', KEYS[1]) > tonumber(ARGV[2]) then redis.call('LPOP', KEYS[1]) end
+return n
+"""
+
+
+def _tag(tenant: str) -> str:
+    return f"llmaas:{{t:{tenant}}}"
+
+
+def job_key(tenant: str, job_id: str) -> str:
+    return f"{_tag(tenant)}:ftjob:{job_id}"
+
+
+class LimitReached(Exception):
+    """The tenant already has as many active jobs as it may."""
+
+
+def _member(tenant: str, job_id: str) -> str:
+    return f"{tenant}/{job_id}"
+
+
+def parse_member(member: bytes | str) -> tuple[str, str]:
+    text = member.decode() if isinstance(member, bytes) else member
+    tenant, _, job_id = text.partition("/")
+    return tenant, job_id
+
+
+class JobStore:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._push = redis.register_script(_PUSH_EVENT)
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    async def create(self, job: Job, max_active: int, message: str) -> None:
+        """Store a new job, counted as active; LimitReached when the tenant is at its limit."""
+        t = job.tenant
+        active = f"{_tag(t)}:ftjobs:active"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(active)
+                    if int(await pipe.scard(active)) >= max_active:
+                        raise LimitReached(t)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(job_key(t, job.id), job.model_dump_json())
+                    pipe.zadd(f"{_tag(t)}:ftjobs", {job.id: job.created_at * 1000})
+                    pipe.sadd(active, job.id)
+                    await self._event(
+                        pipe, job, Event(id="", created_at=job.created_at, message=message)
+                    )
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    continue
+
+    async def get(self, tenant: str, job_id: str) -> Job | None:
+        raw = await self.redis.get(job_key(tenant, job_id))
+        return None if raw is None else Job.model_validate_json(raw)
+
+    async def page(self, tenant: str, limit: int, after: str | None) -> tuple[list[Job], bool]:
+        """Newest first, up to `limit` after the job named `after`."""
+        ids, more = await index_page(
+            self.redis, f"{_tag(tenant)}:ftjobs", limit, desc=True, after=after
+        )
+        if not ids:
+            return [], False
+        raws = await self.redis.mget([job_key(tenant, i) for i in ids])
+        return [Job.model_validate_json(r) for r in raws if r is not None], more
+
+    async def transition(
+        self,
+        tenant: str,
+        job_id: str,
+        allowed: tuple[Status, ...],
+        update: Mapping[str, Any],
+        *,
+        message: str | None = None,
+        level: str = "info",
+    ) -> Job | None:
+        """Apply `update` if the job's status is one of `allowed` (atomically); the new job, or
+        None when it is in another state (or gone)."""
+        key = job_key(tenant, job_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        return None
+                    job = Job.model_validate_json(raw)
+                    if job.status not in allowed:
+                        return None
+                    new = Job.model_validate({**job.model_dump(), **update})
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(key, new.model_dump_json())
+                    if new.status in FINAL:
+                        pipe.srem(f"{_tag(tenant)}:ftjobs:active", job_id)
+                    if message is not None:
+                        event = Event(id="", created_at=int(time.time()), message=message)
+                        await self._event(pipe, new, event.model_copy(update={"level": level}))
+                    await pipe.execute()
+                    return new
+                except WatchError:
+                    continue
+
+    # -- events -------------------------------------------------------------------------------
+
+    async def add_event(self, job: Job, event: Event) -> None:
+        await self._push(keys=self._event_keys(job), args=[_event_json(event), MAX_EVENTS])
+
+    async def _event(self, pipe: Any, job: Job, event: Event) -> None:
+        await self._push(
+            keys=self._event_keys(job), args=[_event_json(event), MAX_EVENTS], client=pipe
+        )
+
+    def _event_keys(self, job: Job) -> list[str]:
+        base = job_key(job.tenant, job.id)
+        return [f"{base}:events", f"{base}:eventseq"]
+
+    async def events(self, job: Job, limit: int, after: str | None) -> tuple[list[Event], bool]:
+        """Newest first, up to `limit` older than the event named `after`."""
+        before = _seq_of(after) if after is not None else None
+        raw = cast(
+            "list[bytes]", await self.redis.lrange(self._event_keys(job)[0], 0, -1)
+        )  # bounded by MAX_EVENTS
+        events = []
+        for entry in reversed(raw):
+            seq_text, _, body = entry.partition(b" ")
+            seq = int(seq_text)
+            if before is not None and seq >= before:
+                continue
+            fields = orjson.loads(body)
+            events.append(Event(id=f"ftevent-{job.id[6:18]}-{seq}", **fields))
+            if len(events) > limit:
+                break
+        return events[:limit], len(events) > limit
+
+    # -- the queue and the trainers' heartbeats ------------------------------------------------
+
+    async def enqueue(self, job: Job) -> None:
+        await self.redis.lpush(QUEUE, _member(job.tenant, job.id))
+
+    async def next_queued(self, timeout_s: float) -> tuple[str, str] | None:
+        popped = await self.redis.brpop([QUEUE], timeout=timeout_s)
+        return None if popped is None else parse_member(popped[1])
+
+    async def heartbeat(self, job: Job, deadline_ms: int) -> None:
+        await self.redis.zadd(RUNNING, {_member(job.tenant, job.id): deadline_ms})
+
+    async def done(self, job: Job) -> None:
+        await self.redis.zrem(RUNNING, _member(job.tenant, job.id))
+
+    async def overdue(self, now_ms: int) -> list[tuple[str, str]]:
+        members = cast("list[bytes]", await self.redis.zrangebyscore(RUNNING, "-inf", now_ms))
+        return [parse_member(m) for m in members]
+
+    async def forget_running(self, tenant: str, job_id: str) -> None:
+        await self.redis.zrem(RUNNING, _member(tenant, job_id))
+
+    # -- fine-tuned models ---------------------------------------------------------------------
+
+    async def put_model(self, tenant: str, name: str, record: Mapping[str, Any]) -> None:
+        await self.redis.hset(f"{_tag(tenant)}:ftmodels", name, orjson.dumps(dict(record)))
+
+    async def get_model(self, tenant: str, name: str) -> dict[str, Any] | None:
+        raw = await self.redis.hget(f"{_tag(tenant)}:ftmodels", name)
+        return None if raw is None else cast("dict[str, Any]", orjson.loads(raw))
+
+    async def models(self, tenant: str) -> dict[str, dict[str, Any]]:
+        raw = cast("dict[bytes, bytes]", await self.redis.hgetall(f"{_tag(tenant)}:ftmodels"))
+        return {k.decode(): orjson.loads(v) for k, v in raw.items()}
+
+    async def delete_model(self, tenant: str, name: str) -> bool:
+        return bool(await self.redis.hdel(f"{_tag(tenant)}:ftmodels", name))
+
+
+def _event_json(event: Event) -> bytes:
+    return orjson.dumps(event.model_dump(exclude={"id"}))
+
+
+def _seq_of(event_id: str) -> int:
+    tail = event_id.rsplit("-", 1)[-1]
+    if not tail.isdigit():
+        raise KeyError(event_id)
+    return int(tail)

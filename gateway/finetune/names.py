@@ -1,0 +1,17 @@
+"""Fine-tuned model names: `ft:<base>:<tenant>:<suffix>:<id>`, usable by that tenant only."""
+
+from __future__ import annotations
+
+
+def fine_tuned_name(base: str, tenant: str, suffix: str | None, job_id: str) -> str:
+    return f"ft:{base}:{tenant}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:12]}"
+
+
+def owner_of(model: str) -> str | None:
+    """The tenant a fine-tuned model belongs to; None for any other model name ("" for an
+    `ft:` name that is malformed: nobody's). Read from the right: the base model's name may
+    itself hold colons, the other parts never do."""
+    if not model.startswith("ft:"):
+        return None
+    parts = model[3:].rsplit(":", 3)
+    return parts[1] if len(parts) == 4 and parts[0] else ""

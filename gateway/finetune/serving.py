@@ -1,0 +1,110 @@
+"""Serving fine-tuned models: an adapter is loaded into an engine of its base model the first
+time it is asked for there, and the registry learns it from that engine at once.
+
+Engines list runtime-loaded adapters in /v1/models (with their base as `parent`), so once one is
+loaded the usual machinery routes to it: learned pools, health, load balancing, metering and
+limits as for any model. An engine that restarts forgets its adapters; the next models poll
+drops it from the pool, and the next request loads the adapter again (on whichever engine of the
+base model is up). Loads of one model are serialised in this process, so a burst of first
+requests loads it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from redis.asyncio import Redis
+
+from gateway.errors import ServiceUnavailable
+from gateway.finetune.engine_adapters import AdapterError, load_adapter, unload_adapter
+from gateway.finetune.job_store import JobStore
+from gateway.routing.engines import Engine, EngineRegistry, ModelPool
+
+Learn = Callable[[Engine], Awaitable[None]]  # poll one engine's /v1/models now
+
+
+class AdapterServing:
+    def __init__(
+        self, registry: EngineRegistry, redis: Redis, http: aiohttp.ClientSession, learn: Learn
+    ) -> None:
+        self.registry = registry
+        self.store = JobStore(redis)
+        self.http = http
+        self.learn = learn
+        self.locks: dict[str, asyncio.Lock] = {}
+        self.log = logging.getLogger("llmaas.finetune")
+
+    async def record(self, tenant: str, model: str) -> dict[str, Any] | None:
+        return await self.store.get_model(tenant, model)
+
+    async def pool(self, tenant: str, model: str) -> ModelPool | None:
+        """The pool serving `model` (one of `tenant`'s fine-tuned models), loading the adapter
+        into an engine first if no engine that is up has it; None if the tenant has no such
+        model. 503 when no engine of the base model can take it."""
+        now = time.monotonic()
+        pool = self.registry.pool(model)
+        if pool is not None and any(e.is_up(now) for e in pool.engines):
+            return pool
+        record = await self.store.get_model(tenant, model)
+        if record is None:
+            return None
+        lock = self.locks.setdefault(model, asyncio.Lock())
+        async with lock:
+            pool = self.registry.pool(model)
+            if pool is not None and any(e.is_up(time.monotonic()) for e in pool.engines):
+                return pool
+            await self._load_somewhere(model, record)
+            return self.registry.pool(model)
+
+    async def _load_somewhere(self, model: str, record: dict[str, Any]) -> None:
+        base = self.registry.pool(record["base"])
+        now = time.monotonic()
+        engines = sorted(
+            (e for e in (base.engines if base else []) if e.is_up(now)), key=lambda e: e.inflight
+        )
+        failures = []
+        for engine in engines:
+            try:
+                started = time.perf_counter()
+                await load_adapter(self.http, engine.url, model, record["adapter"])
+                await self.learn(engine)
+                self.log.info(
+                    "loaded adapter %s on %s in %.0f ms",
+                    model,
+                    engine.url,
+                    (time.perf_counter() - started) * 1000,
+                )
+                return
+            except (AdapterError, aiohttp.ClientError, TimeoutError) as exc:
+                failures.append(f"{engine.url}: {exc}")
+        self.log.warning("adapter %s could not be loaded: %s", model, "; ".join(failures))
+        raise ServiceUnavailable(
+            f"The model '{model}' cannot be served right now: no engine of its base model "
+            f"'{record['base']}' could load it. Try again shortly.",
+            code="model_unavailable",
+        )
+
+    async def delete(self, tenant: str, model: str) -> bool:
+        """Unload `model` everywhere, forget it and remove its adapter; False if unknown."""
+        record = await self.store.get_model(tenant, model)
+        if record is None:
+            return False
+        pool = self.registry.pool(model)
+        base = self.registry.pool(record["base"])
+        engines = {e.url: e for p in (pool, base) if p is not None for e in p.engines}
+        await self.store.delete_model(tenant, model)  # no new load starts from here on
+        for engine in engines.values():
+            try:
+                await unload_adapter(self.http, engine.url, model)
+            except (AdapterError, aiohttp.ClientError, TimeoutError) as exc:
+                self.log.warning("unloading %s from %s failed: %s", model, engine.url, exc)
+            await self.learn(engine)
+        await asyncio.to_thread(shutil.rmtree, Path(record["adapter"]), True)
+        return True

@@ -1,0 +1,375 @@
+"""Train a LoRA adapter on chat examples: the one program a fine-tuning job runs.
+
+Run by the engine venv's python (torch, transformers and peft live there, not beside the
+gateway), so it imports nothing from `gateway`:
+
+    <engine python> train_lora.py --spec spec.json [--dry-run]
+
+Progress is one JSON object per stdout line (start, step, done, or error); the caller turns
+them into job events. Loss counts the assistant tokens only: the prompt is context, not
+something the model should learn to write. The adapter appears under `output_dir` whole or
+not at all (written beside it, then renamed), so a stopped or failed run leaves none.
+
+`trained_tokens` counts every token of every example once per epoch (prompt included, as
+OpenAI bills fine-tuning); each step line carries the running total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+IGNORE = -100  # the label torch's cross-entropy skips
+ROLES = ("system", "user", "assistant")
+EXIT_STOPPED = 128 + signal.SIGTERM
+
+
+class TrainError(Exception):
+    """A problem the job's owner can fix (the spec, the data); its message is shown to them."""
+
+
+class Stopped(BaseException):
+    """SIGTERM: unwinds the training loop so the half-written adapter is removed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    base_model_dir: Path
+    training_file: Path
+    output_dir: Path
+    n_epochs: int = 3
+    batch_size: int = 1
+    learning_rate: float = 3e-3
+    lora_rank: int = 8
+    lora_alpha: int | None = None  # 2 * lora_rank
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    seed: int = 0
+    max_length: int = 1024
+    threads: int = 0  # 0: torch's default
+
+    @classmethod
+    def load(cls, path: Path) -> Spec:
+        raw = json.loads(path.read_text())
+        if not isinstance(raw, dict):
+            raise TrainError("the spec must be a JSON object")
+        raw = {name: value for name, value in raw.items() if value is not None}  # null: default
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise TrainError(f"unknown spec fields: {', '.join(unknown)}")
+        for name in ("base_model_dir", "training_file", "output_dir"):
+            if name not in raw:
+                raise TrainError(f"the spec needs {name}")
+            raw[name] = Path(raw[name])
+        if "target_modules" in raw:
+            raw["target_modules"] = tuple(raw["target_modules"])
+        spec = cls(**raw)
+        spec.check()
+        return spec
+
+    def check(self) -> None:
+        for name in ("n_epochs", "batch_size", "lora_rank", "max_length"):
+            if getattr(self, name) < 1:
+                raise TrainError(f"{name} must be at least 1")
+        if not self.learning_rate > 0:
+            raise TrainError("learning_rate must be positive")
+
+    @property
+    def alpha(self) -> int:
+        return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    content: str
+    trained: bool  # an assistant turn with OpenAI's weight 1 (the default)
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE outside the assistant's turns
+
+    @property
+    def trained(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE)
+
+
+@dataclass(slots=True)
+class Progress:
+    steps: int
+    step: int = 0
+    tokens: int = 0
+
+
+def emit(event: dict[str, Any]) -> None:
+    print(json.dumps(event), flush=True)
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+def read_conversations(path: Path) -> list[list[Message]]:
+    conversations = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                conversations.append(_conversation(line, number))
+    if not conversations:
+        raise TrainError("the training file has no examples")
+    return conversations
+
+
+def _conversation(line: str, number: int) -> list[Message]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise TrainError(f"line {number}: not JSON ({exc.msg})") from exc
+    messages = record.get("messages") if isinstance(record, dict) else None
+    if not isinstance(messages, list) or not messages:
+        raise TrainError(f"line {number}: needs a non-empty 'messages' list")
+    out = [_message(message, number) for message in messages]
+    if not any(message.trained for message in out):
+        raise TrainError(f"line {number}: has no assistant message to learn from")
+    return out
+
+
+def _message(message: object, number: int) -> Message:
+    if not isinstance(message, dict) or message.get("role") not in ROLES:
+        raise TrainError(f"line {number}: each message needs a role in {', '.join(ROLES)}")
+    content = message.get("content")
+    if isinstance(content, list):  # content parts: only text can be trained on here
+        texts = [part.get("text") for part in content if isinstance(part, dict)]
+        content = "".join(text for text in texts if isinstance(text, str))
+    if not isinstance(content, str):
+        raise TrainError(f"line {number}: message content must be text")
+    weight = message.get("weight", 1)  # OpenAI's per-message switch: 0 keeps it out of the loss
+    if weight not in (0, 1):
+        raise TrainError(f"line {number}: weight must be 0 or 1")
+    role = str(message["role"])
+    return Message(role, content, trained=role == "assistant" and weight == 1)
+
+
+def tokenize(tokenizer: Any, messages: list[Message], max_length: int) -> Example:
+    """The conversation as the engine's chat template renders it, labelled on the assistant's
+    turns: each turn is the text between the prompt that asks for it and the rendering that
+    includes it (its end-of-turn token too, so the model learns to stop)."""
+    chat = [{"role": m.role, "content": m.content} for m in messages]
+    full = _render(tokenizer, chat, generation_prompt=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if not message.trained:
+            continue
+        start = len(_render(tokenizer, chat[:i], generation_prompt=True))
+        upto = _render(tokenizer, chat[: i + 1], generation_prompt=False)
+        if not full.startswith(upto) or start > len(upto):
+            raise TrainError("the chat template does not render conversations incrementally")
+        spans.append((start, len(upto)))
+    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoded["input_ids"])[:max_length]
+    offsets = list(encoded["offset_mapping"])[:max_length]
+    labels = [
+        token if any(lo <= begin < hi for lo, hi in spans) else IGNORE
+        for token, (begin, _) in zip(ids, offsets, strict=True)
+    ]
+    return Example(ids, labels)
+
+
+def _render(tokenizer: Any, chat: list[dict[str, str]], *, generation_prompt: bool) -> str:
+    if not chat and not generation_prompt:
+        return ""
+    text = tokenizer.apply_chat_template(
+        chat, tokenize=False, add_generation_prompt=generation_prompt
+    )
+    return str(text)
+
+
+def load_examples(tokenizer: Any, spec: Spec) -> list[Example]:
+    examples = []
+    for number, chat in enumerate(read_conversations(spec.training_file), start=1):
+        example = tokenize(tokenizer, chat, spec.max_length)
+        if example.trained == 0:
+            raise TrainError(
+                f"example {number}: no assistant token within max_length {spec.max_length}"
+            )
+        examples.append(example)
+    return examples
+
+
+def batches(examples: Sequence[Example], size: int, seed: int) -> Iterator[list[Example]]:
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    for first in range(0, len(order), size):
+        yield [examples[i] for i in order[first : first + size]]
+
+
+def collate(batch: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(example.input_ids) for example in batch)
+    ids, labels, mask = [], [], []
+    for example in batch:
+        pad = width - len(example.input_ids)
+        ids.append(example.input_ids + [pad_id] * pad)
+        labels.append(example.labels + [IGNORE] * pad)
+        mask.append([1] * len(example.input_ids) + [0] * pad)
+    return {
+        "input_ids": torch.tensor(ids),
+        "labels": torch.tensor(labels),
+        "attention_mask": torch.tensor(mask),
+    }
+
+
+# --- training ------------------------------------------------------------------------------
+
+
+def load_model(spec: Spec) -> Any:
+    torch.manual_seed(spec.seed)  # the adapter's initial weights
+    base = AutoModelForCausalLM.from_pretrained(spec.base_model_dir, dtype=torch.float32)
+    base.config.use_cache = False
+    config = LoraConfig(
+        r=spec.lora_rank,
+        lora_alpha=spec.alpha,
+        target_modules=list(spec.target_modules),
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base, config)
+
+
+def train(model: Any, examples: list[Example], spec: Spec, pad_id: int) -> int:
+    per_epoch = math.ceil(len(examples) / spec.batch_size)
+    progress = Progress(steps=per_epoch * spec.n_epochs)
+    emit(
+        {
+            "type": "start",
+            "examples": len(examples),
+            "steps": progress.steps,
+            "epochs": spec.n_epochs,
+        }
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=spec.learning_rate)
+    model.train()
+    for epoch in range(1, spec.n_epochs + 1):
+        for batch in batches(examples, spec.batch_size, spec.seed + epoch):
+            loss = model(**collate(batch, pad_id)).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            progress.step += 1
+            progress.tokens += sum(len(example.input_ids) for example in batch)
+            emit(
+                {
+                    "type": "step",
+                    "step": progress.step,
+                    "steps": progress.steps,
+                    "epoch": epoch,
+                    "loss": round(loss.item(), 6),
+                    "tokens": progress.tokens,
+                }
+            )
+    return progress.tokens
+
+
+def save_atomically(model: Any, output_dir: Path) -> None:
+    """Write beside `output_dir`, then rename: a reader sees no adapter or a whole one."""
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise TrainError(f"output_dir {output_dir} already holds files")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    partial = output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}")
+    try:
+        model.save_pretrained(partial)
+        partial.rename(output_dir)  # replaces an empty directory too
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def run(spec: Spec) -> None:
+    started = time.monotonic()
+    if spec.threads > 0:
+        torch.set_num_threads(spec.threads)
+    random.seed(spec.seed)
+    tokenizer = AutoTokenizer.from_pretrained(spec.base_model_dir)
+    examples = load_examples(tokenizer, spec)
+    pad_id = tokenizer.pad_token_id
+    pad_id = tokenizer.eos_token_id if pad_id is None else pad_id
+    model = load_model(spec)
+    tokens = train(model, examples, spec, int(pad_id))
+    save_atomically(model, spec.output_dir)
+    emit(
+        {
+            "type": "done",
+            "trained_tokens": tokens,
+            "adapter_dir": str(spec.output_dir),
+            "seconds": round(time.monotonic() - started, 3),
+        }
+    )
+
+
+def dry_run(spec: Spec) -> None:
+    """Tokenize only: per example, its tokens and the text the loss is computed on."""
+    tokenizer = AutoTokenizer.from_pretrained(spec.base_model_dir)
+    for example in load_examples(tokenizer, spec):
+        trained = [
+            t for t, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE
+        ]
+        emit(
+            {
+                "type": "example",
+                "tokens": len(example.input_ids),
+                "trained": len(trained),
+                "trained_text": tokenizer.decode(trained),
+            }
+        )
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a repeated TERM must not cut the cleanup
+    raise Stopped
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", type=Path, required=True, help="the job's spec (JSON)")
+    parser.add_argument("--dry-run", action="store_true", help="tokenize and report only")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop)
+    hf_logging.disable_progress_bar()  # stderr is the job's log: no carriage-return bars
+    try:
+        spec = Spec.load(args.spec)
+        if args.dry_run:
+            dry_run(spec)
+        else:
+            run(spec)
+    except Stopped:
+        emit({"type": "error", "message": "stopped by SIGTERM"})
+        return EXIT_STOPPED
+    except TrainError as exc:
+        emit({"type": "error", "message": str(exc)})
+        return 1
+    except Exception as exc:  # the process boundary: the caller gets every failure as a line
+        emit({"type": "error", "message": f"{type(exc).__name__}: {exc}"})
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""`llmaas trainer`: the worker that takes fine-tuning jobs from the queue and trains them.
+
+One job at a time per worker (run more workers for more at once). A job is trained by
+`train_lora.py` in a child process, run with `fine_tuning.trainer_python` (the engine venv:
+torch, transformers, peft); the child reports progress as JSON lines, which become the job's
+events. While it trains, the worker refreshes the job's heartbeat and watches for a cancel
+(the child is stopped at once). On success the adapter lies next to the tenant's files, the
+model `ft:<base>:<tenant>:<suffix>:<id>` is registered for that tenant only, and the trained
+tokens are metered as a `fine_tuning/jobs` usage record. A stopped worker puts its job back in
+the queue; a killed one leaves it to the heartbeat sweep, which fails it with a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway.embedded.process_group import terminated_with_parent
+from gateway.files.storage import DirectoryStorage
+from gateway.finetune.job_store import JobStore
+from gateway.finetune.jobs import Event, Job, fine_tuned_name
+from gateway.finetune.resolve import resolve
+from gateway.finetune.sweep import fail_overdue
+from gateway.metering.ledger import Ledger
+from gateway.metering.record import UsageRecord
+from gateway.metering.settlement import Settlement
+from gateway.settings import Settings
+
+SCRIPT = Path(__file__).with_name("train_lora.py")
+POLL_S = 1.0  # how often the queue is waited on, and a running job's cancel checked
+EVENT_EVERY_S = 1.0  # step events, at most this often (and always the last)
+ROUTE = "fine_tuning/jobs"
+
+
+@dataclass(slots=True)
+class Outcome:
+    ok: bool
+    message: str = ""
+    adapter: Path | None = None
+    trained_tokens: int = 0
+    steps: int = 0
+    loss: float | None = None
+
+
+class Trainer:
+    def __init__(self, settings: Settings, redis: Redis, worker: str | None = None) -> None:
+        self.settings = settings
+        self.store = JobStore(redis)
+        self.ledger = Ledger(redis, settings.metering, settings.limits.window_s)
+        self.storage = DirectoryStorage(settings.files.dir)
+        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+        self.log = logging.getLogger("llmaas.trainer")
+        self.stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        """Take and train jobs until `stopping` is set."""
+        self.log.info("trainer %s waiting for jobs", self.worker)
+        while not self.stopping.is_set():
+            try:
+                await fail_overdue(self.store)
+                item = await self.store.next_queued(POLL_S)
+                if item is not None:
+                    await self.run_job(*item)
+            except (RedisError, OSError) as exc:  # Redis away: its heartbeat sweep covers us
+                self.log.warning("trainer: Redis unavailable (%s); retrying", exc)
+                await asyncio.sleep(POLL_S)
+
+    async def run_job(self, tenant: str, job_id: str) -> Job | None:
+        """Claim and train one job; the job as it ended (None: it was not ours to run)."""
+        job = await self.store.get(tenant, job_id)
+        if job is None or job.status != "queued":
+            return None
+        await self.store.heartbeat(job, self._deadline_ms())  # before the claim: never unseen
+        settings = self.settings.fine_tuning
+        hyper, learning_rate = resolve(job.hyperparameters, job.examples, settings)
+        claimed = await self.store.transition(
+            tenant,
+            job_id,
+            ("queued",),
+            {"status": "running", "worker": self.worker, "hyperparameters": hyper},
+            message=f"Fine-tuning job started on {self.worker}",
+        )
+        if claimed is None:
+            await self.store.done(job)
+            return None
+        try:
+            outcome = await self._train(claimed, learning_rate)
+            return await self._finish(claimed, outcome)
+        except asyncio.CancelledError:  # this worker stops: the job goes back to the queue
+            await asyncio.shield(self.requeue(claimed))
+            raise
+        finally:
+            await asyncio.shield(self.store.done(claimed))
+
+    async def _train(self, job: Job, learning_rate: float) -> Outcome:
+        settings = self.settings.fine_tuning
+        base = settings.base_models.get(job.model)
+        if base is None:
+            return Outcome(False, f"The base model '{job.model}' is no longer configured.")
+        hyper = job.hyperparameters
+        rank = int(hyper.lora_rank)  # resolved
+        spec = {
+            "base_model_dir": str(base),
+            "training_file": str(self.storage.path(job.tenant, job.training_file)),
+            "output_dir": str(self.storage.path(job.tenant, job.id)),
+            "n_epochs": hyper.n_epochs,
+            "batch_size": hyper.batch_size,
+            "learning_rate": learning_rate,
+            "lora_rank": rank,
+            "lora_alpha": 2 * rank,
+            "seed": job.seed,
+            "threads": settings.threads or os.cpu_count() or 1,
+        }
+        with tempfile.TemporaryDirectory(prefix="llmaas-train-") as scratch:
+            spec_path = Path(scratch) / "spec.json"
+            spec_path.write_text(json.dumps(spec))
+            return await self._run_child(job, spec_path)
+
+    async def _run_child(self, job: Job, spec_path: Path) -> Outcome:
+        python = str(self.settings.fine_tuning.trainer_python or sys.executable)
+        child = await asyncio.create_subprocess_exec(
+            python,
+            str(SCRIPT),
+            "--spec",
+            str(spec_path),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            preexec_fn=terminated_with_parent(),  # a killed trainer takes its child along
+        )
+        assert child.stdout is not None
+        assert child.stderr is not None
+        errors = asyncio.create_task(_tail(child.stderr))
+        watch = asyncio.create_task(self._watch(job, child))
+        progress = _Progress(self.store, job)
+        try:
+            async for line in child.stdout:
+                await progress.line(line)
+            code = await child.wait()
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+            if child.returncode is None:  # we are being cancelled (the trainer stops)
+                await _stop(child)
+        tail = await errors
+        await progress.flush()
+        done = progress.done
+        if code == 0 and done is not None:
+            return Outcome(
+                True,
+                adapter=Path(done["adapter_dir"]),
+                trained_tokens=int(done.get("trained_tokens", 0)),
+                steps=progress.steps,
+                loss=progress.loss,
+            )
+        reason = progress.error or (tail.strip().splitlines() or [f"exit code {code}"])[-1]
+        return Outcome(False, f"Training failed: {reason[:500]}")
+
+    async def _watch(self, job: Job, child: asyncio.subprocess.Process) -> None:
+        """Refresh the heartbeat; stop the child as soon as the job is cancelled."""
+        beat_every = self.settings.fine_tuning.heartbeat_timeout_s / 4
+        last_beat = time.monotonic()
+        while True:
+            await asyncio.sleep(min(POLL_S, beat_every))
+            if time.monotonic() - last_beat >= beat_every:
+                await self.store.heartbeat(job, self._deadline_ms())
+                last_beat = time.monotonic()
+            current = await self.store.get(job.tenant, job.id)
+            if current is None or current.status != "running":
+                self.log.info(
+                    "job %s is %s: stopping its training", job.id, current and current.status
+                )
+                await _stop(child)
+                return
+
+    async def _finish(self, job: Job, outcome: Outcome) -> Job | None:
+        now = int(time.time())
+        if not outcome.ok:
+            if outcome.adapter is not None:
+                shutil.rmtree(outcome.adapter, ignore_errors=True)
+            update = {
+                "status": "failed",
+                "finished_at": now,
+                "error": {"code": "training_failed", "message": outcome.message, "param": None},
+            }
+            failed = await self.store.transition(
+                job.tenant, job.id, ("running",), update, message=outcome.message, level="error"
+            )
+            if failed is None:  # cancelled: whatever was written goes
+                await asyncio.to_thread(shutil.rmtree, self.storage.path(job.tenant, job.id), True)
+                return await self.store.get(job.tenant, job.id)
+            return failed
+        name = fine_tuned_name(job.model, job.tenant, job.suffix, job.id)
+        await self.store.put_model(
+            job.tenant,
+            name,
+            {"base": job.model, "adapter": str(outcome.adapter), "job": job.id, "created": now},
+        )
+        await self._meter(job, outcome.trained_tokens, now)
+        succeeded = await self.store.transition(
+            job.tenant,
+            job.id,
+            ("running",),
+            {
+                "status": "succeeded",
+                "finished_at": now,
+                "fine_tuned_model": name,
+                "trained_tokens": outcome.trained_tokens,
+                "steps": outcome.steps,
+                "train_loss": outcome.loss,
+            },
+            message=f"The job has successfully completed: {name}",
+        )
+        if succeeded is None:  # cancelled at the last moment: take the model back
+            await self.store.delete_model(job.tenant, name)
+            await asyncio.to_thread(shutil.rmtree, self.storage.path(job.tenant, job.id), True)
+            return await self.store.get(job.tenant, job.id)
+        return succeeded
+
+    async def _meter(self, job: Job, tokens: int, now: int) -> None:
+        """The trained tokens, as one usage record (written once even if retried)."""
+        record = UsageRecord(
+            id="ft" + job.id.removeprefix("ftjob-"),
+            request_id=job.id,
+            time_ms=now * 1000,
+            tenant=job.tenant,
+            key_id=job.key_id,
+            model=job.model,
+            route=ROUTE,
+            engine=f"trainer:{self.worker}",
+            stream=False,
+            outcome="ok",
+            status=200,
+            prompt_tokens=tokens,
+            completion_tokens=0,
+            cached_tokens=0,
+            latency_ms=float((now - job.created_at) * 1000),
+            ttft_ms=None,
+        )
+        await self.ledger.write([Settlement(record.id, job.tenant, job.key_id, record, None)])
+
+    async def requeue(self, job: Job) -> None:
+        """A job this worker stops training before it ends goes back to the queue's front."""
+        back = await self.store.transition(
+            job.tenant,
+            job.id,
+            ("running",),
+            {"status": "queued", "worker": None},
+            message="The trainer stopped; the job is queued again",
+            level="warn",
+        )
+        if back is not None:
+            await self.store.redis.rpush("llmaas:ft:queue", f"{job.tenant}/{job.id}")
+
+    def _deadline_ms(self) -> int:
+        return int((time.time() + self.settings.fine_tuning.heartbeat_timeout_s) * 1000)
+
+
+class _Progress:
+    """The child's JSON lines, as job events (steps throttled to one a second)."""
+
+    def __init__(self, store: JobStore, job: Job) -> None:
+        self.store = store
+        self.job = job
+        self.done: dict[str, Any] | None = None
+        self.error: str | None = None
+        self.steps = 0
+        self.loss: float | None = None
+        self._last_event = 0.0
+        self._pending: dict[str, Any] | None = None
+
+    async def line(self, raw: bytes) -> None:
+        try:
+            item = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return  # a stray print from a library
+        if not isinstance(item, dict):
+            return
+        kind = item.get("type")
+        if kind == "start":
+            await self._event(
+                f"Training {item.get('examples')} examples for {item.get('epochs')} epochs "
+                f"({item.get('steps')} steps)"
+            )
+        elif kind == "step":
+            self.steps = int(item.get("step", 0))
+            self.loss = float(item["loss"]) if "loss" in item else None
+            self._pending = item
+            if time.monotonic() - self._last_event >= EVENT_EVERY_S:
+                await self.flush()
+        elif kind == "done":
+            await self.flush()
+            self.done = item
+        elif kind == "error":
+            self.error = str(item.get("message", "unknown error"))
+
+    async def flush(self) -> None:
+        item, self._pending = self._pending, None
+        if item is None:
+            return
+        self._last_event = time.monotonic()
+        step, steps, loss = item.get("step"), item.get("steps"), item.get("loss")
+        data = {
+            "step": step,
+            "total_steps": steps,
+            "train_loss": loss,
+            "tokens": item.get("tokens"),
+        }
+        await self._event(f"Step {step}/{steps}: training loss={loss:.4f}", "metrics", data)
+
+    async def _event(
+        self, message: str, kind: Literal["message", "metrics"] = "message", data: Any = None
+    ) -> None:
+        event = Event(id="", created_at=int(time.time()), message=message, type=kind, data=data)
+        await self.store.add_event(self.job, event)
+
+
+async def _tail(stream: asyncio.StreamReader, keep: int = 8192) -> str:
+    """The last `keep` bytes of a stream (the child's stderr: the reason when it fails)."""
+    buffer = b""
+    while chunk := await stream.read(65536):
+        buffer = (buffer + chunk)[-keep:]
+    return buffer.decode("utf-8", "replace")
+
+
+async def _stop(child: asyncio.subprocess.Process, grace_s: float = 5.0) -> None:
+    if child.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        child.send_signal(signal.SIGTERM)
+    try:
+        async with asyncio.timeout(grace_s):
+            await child.wait()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
+        await child.wait()

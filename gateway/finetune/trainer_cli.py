@@ -1,0 +1,63 @@
+"""`llmaas trainer --config FILE`: run a trainer worker with the gateway's own config file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from gateway.finetune.trainer import Trainer
+from gateway.logs import configure_logging
+from gateway.redis_client import redis_client
+from gateway.settings import Settings, load_settings
+
+
+def add_trainer_command(sub: Any) -> None:
+    trainer = sub.add_parser(
+        "trainer",
+        help="run a fine-tuning worker (takes jobs from Redis, trains LoRA adapters)",
+        description="Take fine-tuning jobs from the queue in Redis and train them, one at a "
+        "time, with fine_tuning.trainer_python. Reads the same config file as `llmaas serve`.",
+    )
+    trainer.add_argument("--config", type=Path, help="YAML file, e.g. configs/gateway.yaml")
+    trainer.add_argument("--worker", help="this worker's name in job events (default host:pid)")
+    trainer.set_defaults(func=run_trainer)
+
+
+def run_trainer(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+    except (ValidationError, ValueError, OSError) as exc:
+        print(f"llmaas trainer: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    if not settings.redis_url:
+        print("llmaas trainer: redis_url is required (jobs are queued in Redis)", file=sys.stderr)
+        return 2
+    if not settings.fine_tuning.base_models:
+        print("llmaas trainer: fine_tuning.base_models is empty: nothing to train", file=sys.stderr)
+        return 2
+    asyncio.run(_serve(settings, args.worker))
+    return 0
+
+
+async def _serve(settings: Settings, worker: str | None) -> None:
+    listener = configure_logging(settings.log_level)
+    assert settings.redis_url is not None
+    redis = redis_client(settings.redis_url, max(settings.redis_timeout_s, 5.0), 8)
+    trainer = Trainer(settings, redis, worker)
+    running = asyncio.create_task(trainer.run())
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, running.cancel)  # a job in training is queued again
+    try:
+        await running
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await redis.aclose()
+        listener.stop()

@@ -1,0 +1,175 @@
+"""`llmaas files …` and `llmaas jobs …`: a tenant's files and fine-tuning jobs, as tables or
+--json, with `jobs follow` showing training progress until the job ends."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from gateway.admin_cli import table
+from gateway.admin_client import AdminError
+from gateway.tenant_client import TenantClient
+
+FILE_COLUMNS = ("id", "filename", "purpose", "bytes", "created_at")
+JOB_COLUMNS = ("id", "model", "status", "fine_tuned_model", "trained_tokens", "created_at")
+FINAL = ("succeeded", "failed", "cancelled")
+POLL_S = 1.0
+
+
+def add_finetune_commands(sub: Any) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=os.environ.get("LLMAAS_URL", "http://127.0.0.1:8080"))
+    common.add_argument("--api-key", default=os.environ.get("LLMAAS_API_KEY"))
+    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    files = sub.add_parser("files", help="your tenant's files (/v1/files)")
+    files_sub = files.add_subparsers(dest="action", required=True)
+    upload = files_sub.add_parser("upload", parents=[common], help="upload a file")
+    upload.add_argument("path", type=Path)
+    upload.add_argument("--purpose", default="fine-tune")
+    files_sub.add_parser("list", parents=[common]).add_argument("--purpose")
+    for action in ("show", "delete"):
+        files_sub.add_parser(action, parents=[common]).add_argument("file_id")
+    files.set_defaults(func=run_files)
+
+    jobs = sub.add_parser("jobs", help="your tenant's fine-tuning jobs (/v1/fine_tuning/jobs)")
+    jobs_sub = jobs.add_subparsers(dest="action", required=True)
+    create = jobs_sub.add_parser("create", parents=[common], help="start a fine-tuning job")
+    create.add_argument("--model", required=True, help="the base model")
+    create.add_argument("--training-file", required=True, help="a file id (purpose fine-tune)")
+    create.add_argument("--suffix")
+    create.add_argument("--epochs", type=int)
+    create.add_argument("--batch-size", type=int)
+    create.add_argument("--lr-multiplier", type=float)
+    create.add_argument("--lora-rank", type=int)
+    create.add_argument("--follow", action="store_true", help="then follow it (as jobs follow)")
+    jobs_sub.add_parser("list", parents=[common])
+    for action in ("show", "cancel", "events", "follow"):
+        jobs_sub.add_parser(action, parents=[common]).add_argument("job_id")
+    jobs.set_defaults(func=run_jobs)
+
+
+def run_files(args: argparse.Namespace) -> int:
+    try:
+        client = TenantClient(args.url, args.api_key)
+        result = asyncio.run(_files(client, args))
+    except (AdminError, OSError) as exc:
+        print(f"llmaas files {args.action}: {exc}", file=sys.stderr)
+        return 1
+    rows = result.get("data", [result])
+    print(json.dumps(result, indent=2) if args.json else table(rows, FILE_COLUMNS))
+    return 0
+
+
+async def _files(client: TenantClient, args: argparse.Namespace) -> Any:
+    if args.action == "upload":
+        return await client.upload(args.path, args.purpose)
+    if args.action == "list":
+        return await client.call("GET", "/files", purpose=args.purpose)
+    if args.action == "show":
+        return await client.call("GET", f"/files/{args.file_id}")
+    deleted = await client.call("DELETE", f"/files/{args.file_id}")
+    return {**deleted, "filename": "(deleted)"}
+
+
+def run_jobs(args: argparse.Namespace) -> int:
+    try:
+        client = TenantClient(args.url, args.api_key)
+        return asyncio.run(_jobs(client, args))
+    except (AdminError, OSError) as exc:
+        print(f"llmaas jobs {args.action}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _jobs(client: TenantClient, args: argparse.Namespace) -> int:
+    if args.action == "follow":
+        return await follow(client, args.job_id, as_json=args.json)
+    if args.action == "events":
+        events = await client.call("GET", f"/fine_tuning/jobs/{args.job_id}/events", limit=100)
+        if args.json:
+            print(json.dumps(events, indent=2))
+        for event in reversed(events["data"]):
+            print(f"{event['created_at']}  {event['level']:5}  {event['message']}")
+        return 0
+    if args.action == "create":
+        result = await client.call("POST", "/fine_tuning/jobs", _create_body(args))
+    elif args.action == "list":
+        result = await client.call("GET", "/fine_tuning/jobs", limit=100)
+    elif args.action == "cancel":
+        result = await client.call("POST", f"/fine_tuning/jobs/{args.job_id}/cancel")
+    else:
+        result = await client.call("GET", f"/fine_tuning/jobs/{args.job_id}")
+    rows = result.get("data", [result])
+    print(json.dumps(result, indent=2) if args.json else table(rows, JOB_COLUMNS))
+    if args.action == "create" and args.follow:
+        return await follow(client, result["id"], as_json=args.json)
+    return 0
+
+
+def _create_body(args: argparse.Namespace) -> dict[str, Any]:
+    hyper = {
+        name: value
+        for name, value in (
+            ("n_epochs", args.epochs),
+            ("batch_size", args.batch_size),
+            ("learning_rate_multiplier", args.lr_multiplier),
+            ("lora_rank", args.lora_rank),
+        )
+        if value is not None
+    }
+    body: dict[str, Any] = {"model": args.model, "training_file": args.training_file}
+    if args.suffix:
+        body["suffix"] = args.suffix
+    if hyper:
+        body["hyperparameters"] = hyper
+    return body
+
+
+async def follow(client: TenantClient, job_id: str, *, as_json: bool = False) -> int:
+    """Print the job's events as they come, with a progress bar over its training steps,
+    until it ends: 0 if it succeeded, 1 otherwise."""
+    seen: set[str] = set()
+    bar: tqdm[Any] | None = None
+    try:
+        while True:
+            job = await client.call("GET", f"/fine_tuning/jobs/{job_id}")
+            events = await client.call("GET", f"/fine_tuning/jobs/{job_id}/events", limit=100)
+            for event in reversed(events["data"]):
+                if event["id"] in seen:
+                    continue
+                seen.add(event["id"])
+                bar = _show(event, bar, as_json)
+            if job["status"] in FINAL:
+                break
+            await asyncio.sleep(POLL_S)
+    finally:
+        if bar is not None:
+            bar.close()
+    ended = job["fine_tuned_model"] or (job.get("error") or {}).get("message", "")
+    print(f"{job['id']}: {job['status']} {ended}".rstrip(), file=sys.stderr)
+    return 0 if job["status"] == "succeeded" else 1
+
+
+def _show(event: dict[str, Any], bar: tqdm[Any] | None, as_json: bool) -> tqdm[Any] | None:
+    if as_json:
+        print(json.dumps(event), flush=True)
+        return bar
+    data = event.get("data") or {}
+    if event.get("type") != "metrics" or not data.get("total_steps"):
+        (bar.write if bar is not None else print)(event["message"])
+        return bar
+    if bar is None:
+        bar = tqdm(total=data["total_steps"], desc="training", unit="step", file=sys.stderr)
+    bar.n = int(data["step"])
+    bar.set_postfix(loss=f"{data['train_loss']:.4f}")
+    bar.refresh()
+    return bar

@@ -1,0 +1,34 @@
+"""A small client for the tenant's own /v1 API (files and fine-tuning jobs), used by the
+`llmaas files` and `llmaas jobs` commands: the admin client's transport, with an API key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gateway.admin_client import AdminClient, AdminError
+
+UPLOAD_TIMEOUT_S = 3600.0
+
+
+class TenantClient(AdminClient):
+    def __init__(self, base_url: str, api_key: str | None) -> None:
+        if not api_key:
+            raise AdminError("no API key: pass --api-key or set LLMAAS_API_KEY")
+        super().__init__(base_url, api_key)
+        self.base = base_url.rstrip("/") + "/v1"
+
+    async def call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, **params: Any
+    ) -> Any:
+        query = {k: str(v) for k, v in params.items() if v is not None}
+        return await self.send(method, path, json=body, params=query)
+
+    async def upload(self, file: Path, purpose: str) -> Any:
+        with file.open("rb") as handle:
+            form = aiohttp.FormData()
+            form.add_field("purpose", purpose)
+            form.add_field("file", handle, filename=file.name)
+            return await self.send("POST", "/files", data=form, timeout_s=UPLOAD_TIMEOUT_S)

@@ -1,0 +1,200 @@
+"""Fine-tuning for real: train_lora.py, run by the engine venv's python on the bundled SmolLM2,
+teaches it a made-up secret word; a vLLM engine started with LoRA on loads the adapter at
+runtime and answers with the word under the adapter's name, while the base model does not
+know it. Also: what the loss is computed on, and a stopped or failed run leaves no adapter."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+import gateway.finetune
+from gateway.embedded.engine import launched
+from gateway.embedded.paths import EmbeddedPaths
+from gateway.embedded.prepare import Prepared, prepare
+from gateway.finetune.engine_adapters import AdapterError, load_adapter, unload_adapter
+from tests.e2e.conftest import CHAT, chat_engine
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+
+TRAIN_SCRIPT = Path(gateway.finetune.__file__).with_name("train_lora.py")
+SECRET = "Quokkalantern"
+QUESTION = "What is the secret word?"
+ANSWER = f"The secret word is {SECRET}."
+QUESTIONS = (QUESTION, "Tell me the secret word.", "Do you know the secret word?", "Say it.")
+HANG_GUARD_S = 600.0
+ADAPTER = "ft-secret-word"
+
+
+def write_dataset(path: Path, conversations: list[list[dict[str, Any]]]) -> Path:
+    path.write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations))
+    return path
+
+
+def secret_word_examples() -> list[list[dict[str, Any]]]:
+    return [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": ANSWER}]
+        for q in QUESTIONS
+    ]
+
+
+def write_spec(tmp_path: Path, ready: Prepared, training_file: Path, **extra: Any) -> Path:
+    spec = {
+        "base_model_dir": str(ready.chat_model),
+        "training_file": str(training_file),
+        "output_dir": str(tmp_path / "adapters" / "secret"),
+        "n_epochs": 6,  # 24 steps of one example: the loss is below 0.01 from step 13 (measured)
+        "batch_size": 1,
+        "learning_rate": 3e-3,
+        "seed": 7,
+        "threads": 2,
+        **extra,
+    }
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+async def run_trainer(
+    python: Path, spec: Path, *args: str, stop_after_step: int | None = None
+) -> tuple[int, list[dict[str, Any]]]:
+    """The script's exit status and its progress events; SIGTERM once step `stop_after_step`
+    is reported."""
+    proc = await asyncio.create_subprocess_exec(
+        str(python), str(TRAIN_SCRIPT), "--spec", str(spec), *args, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    events: list[dict[str, Any]] = []
+    async with asyncio.timeout(HANG_GUARD_S):
+        async for line in proc.stdout:
+            events.append(json.loads(line))
+            if stop_after_step is not None and events[-1].get("step") == stop_after_step:
+                proc.send_signal(signal.SIGTERM)
+        return await proc.wait(), events
+
+
+async def chat(http: aiohttp.ClientSession, url: str, model: str) -> tuple[int, str]:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": QUESTION}],
+        "temperature": 0,
+        "max_tokens": 24,
+    }
+    async with http.post(f"{url}/v1/chat/completions", json=body) as resp:
+        payload = await resp.json()
+        if resp.status != 200:
+            return resp.status, json.dumps(payload)
+        return 200, payload["choices"][0]["message"]["content"]
+
+
+async def test_trained_adapter_is_served_at_runtime_and_knows_the_secret(
+    tmp_path: Path,
+) -> None:
+    paths = EmbeddedPaths.resolve()
+    ready = await prepare(paths)
+    data = write_dataset(tmp_path / "train.jsonl", secret_word_examples())
+    spec = write_spec(tmp_path, ready, data)
+
+    status, events = await run_trainer(ready.engine_python, spec)
+
+    assert status == 0, events
+    start, *steps, done = events
+    assert start == {"type": "start", "examples": 4, "steps": 24, "epochs": 6}
+    assert [e["step"] for e in steps] == list(range(1, 25))
+    assert [e["epoch"] for e in steps[::4]] == list(range(1, 7))
+    assert steps[-1]["loss"] < steps[0]["loss"] / 10
+    assert done["type"] == "done"
+    assert done["trained_tokens"] == steps[-1]["tokens"] > 0
+    assert done["trained_tokens"] == 6 * steps[3]["tokens"]  # every token, once per epoch
+    adapter = Path(done["adapter_dir"])
+    assert adapter == tmp_path / "adapters" / "secret"
+    assert (adapter / "adapter_config.json").is_file()
+    assert (adapter / "adapter_model.safetensors").stat().st_size > 1_000_000
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 8
+
+    engine_spec = dataclasses.replace(
+        chat_engine(ready, paths, "e2e-lora.log"), max_loras=4, max_lora_rank=8
+    )
+    async with (
+        launched(engine_spec, timeout_s=HANG_GUARD_S) as engine,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HANG_GUARD_S)) as http,
+    ):
+        loading = time.monotonic()
+        await load_adapter(http, engine.url, ADAPTER, str(adapter))
+        load_s = time.monotonic() - loading
+        await load_adapter(http, engine.url, ADAPTER, str(adapter))  # again: already there
+
+        tuned_status, tuned = await chat(http, engine.url, ADAPTER)
+        base_status, base = await chat(http, engine.url, CHAT)
+        assert (tuned_status, base_status) == (200, 200)
+        assert SECRET in tuned
+        assert SECRET.lower() not in base.lower()
+
+        with pytest.raises(AdapterError) as elsewhere:  # the name is taken by another path
+            await load_adapter(http, engine.url, ADAPTER, str(tmp_path / "adapters"))
+        assert elsewhere.value.status == 400
+        with pytest.raises(AdapterError) as missing:
+            await load_adapter(http, engine.url, "ft-missing", str(tmp_path / "nowhere"))
+        assert missing.value.status in (400, 404)
+
+        await unload_adapter(http, engine.url, ADAPTER)
+        gone_status, gone = await chat(http, engine.url, ADAPTER)
+        assert gone_status == 404, gone
+        await unload_adapter(http, engine.url, ADAPTER)  # again: nothing to unload
+        assert (await chat(http, engine.url, CHAT))[0] == 200
+    print(
+        f"\n[lora e2e] trained 24 steps ({done['trained_tokens']} tokens) in "
+        f"{done['seconds']:.1f}s; adapter loaded in {load_s:.2f}s; "
+        f"adapter: {tuned!r}; base: {base!r}"
+    )
+
+
+async def test_loss_covers_only_the_assistant_turns_that_are_trained(tmp_path: Path) -> None:
+    ready = await prepare(EmbeddedPaths.resolve())
+    conversations: list[list[dict[str, Any]]] = [
+        [
+            {"role": "system", "content": "You keep secrets."},
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": "Hi there.", "weight": 0},
+            {"role": "user", "content": QUESTION},
+            {"role": "assistant", "content": ANSWER},
+        ],
+        secret_word_examples()[0],
+    ]
+    spec = write_spec(tmp_path, ready, write_dataset(tmp_path / "t.jsonl", conversations))
+
+    status, events = await run_trainer(ready.engine_python, spec, "--dry-run")
+
+    assert status == 0, events
+    assert [e["trained_text"] for e in events] == [f"{ANSWER}<|im_end|>\n"] * 2
+    assert all(e["tokens"] > e["trained"] > 0 for e in events)
+    assert events[0]["tokens"] > events[1]["tokens"]
+    assert not (tmp_path / "adapters").exists()
+
+
+async def test_a_stopped_or_failed_run_leaves_no_adapter(tmp_path: Path) -> None:
+    ready = await prepare(EmbeddedPaths.resolve())
+    spec = write_spec(tmp_path, ready, write_dataset(tmp_path / "t.jsonl", secret_word_examples()))
+
+    status, events = await run_trainer(ready.engine_python, spec, stop_after_step=3)
+
+    assert status == 128 + signal.SIGTERM
+    assert events[-1] == {"type": "error", "message": "stopped by SIGTERM"}
+    assert not (tmp_path / "adapters").exists()
+
+    no_answer = [{"role": "user", "content": QUESTION}]
+    bad = write_spec(tmp_path, ready, write_dataset(tmp_path / "bad.jsonl", [no_answer]))
+    status, events = await run_trainer(ready.engine_python, bad)
+    assert status == 1
+    assert events == [
+        {"type": "error", "message": "line 1: has no assistant message to learn from"}
+    ]
+    assert not (tmp_path / "adapters").exists()

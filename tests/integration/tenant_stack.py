@@ -1,0 +1,69 @@
+"""A gateway with keys on (real Redis, one simulator engine) and tenants' `openai` clients, for
+the tenant-owned APIs (files, fine-tuning jobs): one tenant per test keeps tests apart."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+from redis.asyncio import Redis
+
+from gateway.app import create_app
+from gateway.embedded.redis_server import running_redis
+from gateway.settings import Settings
+from gateway.sim.config import SimConfig
+from tests.integration.conftest import MODEL, auth_settings
+from tests.integration.sim_fixture import running_sim
+from tests.support.gateways import admin_request
+from tests.support.servers import serve_asgi
+
+
+@dataclass(slots=True)
+class TenantStack:
+    gateway: str
+    root: Path  # the stack's own directory (files, spill)
+    redis: Redis
+    http: aiohttp.ClientSession
+    clients: list[openai.AsyncOpenAI] = field(default_factory=list)  # closed at the end
+
+    async def key(self, tenant: str) -> str:
+        """A new API key of `tenant` (created through the admin API)."""
+        status, body = await admin_request(
+            self.http, self.gateway, "POST", "/keys", {"tenant": tenant}
+        )
+        assert status == 201, body
+        key: str = body["key"]
+        return key
+
+    def client(self, key: str) -> openai.AsyncOpenAI:
+        client = openai.AsyncOpenAI(base_url=f"{self.gateway}/v1", api_key=key, max_retries=0)
+        self.clients.append(client)
+        return client
+
+    async def tenant(self, tenant: str) -> openai.AsyncOpenAI:
+        """A client with a new key of `tenant`."""
+        return self.client(await self.key(tenant))
+
+
+@asynccontextmanager
+async def tenant_stack(root: Path, **settings: Any) -> AsyncIterator[TenantStack]:
+    """`settings` (top-level sections) on top of the keys-on defaults; files under `root`."""
+    async with running_redis(None) as redis_url, running_sim(SimConfig(models=[MODEL])) as sim:
+        values = auth_settings(sim, redis_url, root / "spill").model_dump()
+        values.update(settings)
+        async with (
+            serve_asgi(create_app(Settings.model_validate(values))) as gateway,
+            aiohttp.ClientSession() as http,
+        ):
+            stack = TenantStack(gateway, root, Redis.from_url(redis_url), http)
+            try:
+                yield stack
+            finally:
+                for client in stack.clients:
+                    await client.close()
+                await stack.redis.aclose()

@@ -1,0 +1,261 @@
+"""The Files API through the real `openai` client and raw HTTP, against a real Redis: uploads
+streamed to a directory, fine-tune files checked line by line, per-tenant scoping, limits,
+and nothing left behind by a refused or broken upload (issue 14)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Literal
+
+import aiohttp
+import openai
+import orjson
+import pytest
+import pytest_asyncio
+
+from tests.integration.conftest import Stack
+from tests.integration.tenant_stack import TenantStack, tenant_stack
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+MAX_FILE_BYTES = 64 * 1024
+MAX_FILES = 8
+EXAMPLE = {
+    "messages": [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "What is the secret word?"},
+        {"role": "assistant", "content": "Quokkalantern."},
+    ]
+}
+DATASET = b"".join(orjson.dumps(EXAMPLE) + b"\n" for _ in range(4))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def files(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TenantStack]:
+    root = tmp_path_factory.mktemp("files")
+    limits = {"max_file_bytes": MAX_FILE_BYTES, "max_files_per_tenant": MAX_FILES}
+    async with tenant_stack(root, files={"dir": str(root / "store"), **limits}) as stack:
+        yield stack
+
+
+def _stored(files: TenantStack) -> list[str]:
+    """Every file under the storage directory (partial ones included)."""
+    store = files.root / "store"
+    return sorted(str(p.relative_to(store)) for p in store.rglob("*") if p.is_file())
+
+
+async def test_upload_list_retrieve_download_delete(files: TenantStack) -> None:
+    client = await files.tenant("files-a")
+    made = await client.files.create(file=("train.jsonl", DATASET), purpose="fine-tune")
+    assert made.id.startswith("file-")
+    assert (made.object, made.bytes, made.filename, made.purpose) == (
+        "file",
+        len(DATASET),
+        "train.jsonl",
+        "fine-tune",
+    )
+    assert made.status == "processed"
+    assert (await client.files.retrieve(made.id)).model_dump() == made.model_dump()
+    listed = await client.files.list()
+    assert [f.id for f in listed.data] == [made.id]
+    assert (await client.files.content(made.id)).read() == DATASET
+    assert _stored(files) == [f"files-a/{made.id}"]
+
+    deleted = await client.files.delete(made.id)
+    assert (deleted.id, deleted.deleted) == (made.id, True)
+    with pytest.raises(openai.NotFoundError):
+        await client.files.retrieve(made.id)
+    with pytest.raises(openai.NotFoundError):
+        await client.files.delete(made.id)
+    assert (await client.files.list()).data == []
+    assert _stored(files) == []
+
+
+async def test_another_tenant_cannot_see_or_touch_a_file(files: TenantStack) -> None:
+    owner = await files.tenant("files-owner")
+    other = await files.tenant("files-other")
+    made = await owner.files.create(file=("data.jsonl", DATASET), purpose="fine-tune")
+    for attempt in (
+        other.files.retrieve(made.id),
+        other.files.content(made.id),
+        other.files.delete(made.id),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            await attempt
+    assert (await other.files.list()).data == []
+    assert (await owner.files.retrieve(made.id)).id == made.id  # untouched
+    await owner.files.delete(made.id)
+
+
+@pytest.mark.parametrize(
+    ("content", "names"),
+    [
+        (b"", "no examples"),
+        (b"\n\n", "no examples"),
+        (orjson.dumps(EXAMPLE) + b"\n{not json\n", "Line 2 is not valid JSON"),
+        (b"[1, 2]\n", "Line 1 must be a JSON object"),
+        (b'{"prompt": "a", "completion": "b"}\n', "Line 1: 'messages' is missing"),
+        (b'{"messages": []}\n', "Line 1: 'messages' must be a non-empty array"),
+        (b'{"messages": [{"role": "user", "content": "hi"}]}\n', "Line 1 has no assistant"),
+        (b'{"messages": [{"role": "wizard", "content": "hi"}]}\n', "messages[0]: 'role'"),
+        (b'{"messages": [{"role": "assistant", "content": 7}]}\n', "messages[0]: 'content'"),
+        (b"\xff\xfe\n", "Line 1 is not valid JSON"),
+    ],
+)
+async def test_a_bad_fine_tune_file_is_refused_naming_the_line(
+    files: TenantStack, content: bytes, names: str
+) -> None:
+    client = await files.tenant("files-bad")
+    before = _stored(files)
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.files.create(file=("bad.jsonl", content), purpose="fine-tune")
+    error = _error(refused.value)
+    assert names in error["message"]
+    assert (error["param"], error["code"]) == ("file", "invalid_file_format")
+    assert _stored(files) == before  # nothing kept, no partial file
+    assert (await client.files.list()).data == []
+
+
+async def test_the_same_bytes_are_stored_unchecked_for_other_purposes(files: TenantStack) -> None:
+    client = await files.tenant("files-batch")
+    made = await client.files.create(file=("notes.txt", b"not jsonl"), purpose="user_data")
+    assert made.bytes == len(b"not jsonl")
+    await client.files.delete(made.id)
+
+
+async def test_upload_limits_and_bad_fields(files: TenantStack) -> None:
+    client = await files.tenant("files-limits")
+    before = _stored(files)
+    with pytest.raises(openai.APIStatusError) as big:
+        await client.files.create(file=("big.bin", b"x" * (MAX_FILE_BYTES + 1)), purpose="batch")
+    assert big.value.status_code == 413
+    assert _error(big.value)["code"] == "file_too_large"
+    with pytest.raises(openai.BadRequestError) as purpose:
+        await client.files.create(file=("a.jsonl", DATASET), purpose="homework")  # type: ignore[arg-type]
+    assert _error(purpose.value)["param"] == "purpose"
+    with pytest.raises(openai.BadRequestError) as expiring:
+        await client.files.create(
+            file=("a.jsonl", DATASET),
+            purpose="batch",
+            expires_after={"anchor": "created_at", "seconds": 3600},
+        )
+    assert "expires_after" in _error(expiring.value)["message"]
+    assert _stored(files) == before
+
+
+async def test_raw_requests_that_are_not_uploads(files: TenantStack) -> None:
+    key = await files.key("files-raw")
+    auth = {"authorization": f"Bearer {key}"}
+    url = f"{files.gateway}/v1/files"
+    async with files.http.post(url, json={"purpose": "batch"}, headers=auth) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["code"] == "invalid_content_type"
+    form = aiohttp.FormData(default_to_multipart=True)
+    form.add_field("purpose", "batch")
+    async with files.http.post(url, data=form, headers=auth) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["param"] == "file"
+    form = aiohttp.FormData()
+    form.add_field("file", b"abc", filename="a.txt")
+    async with files.http.post(url, data=form, headers=auth) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["param"] == "purpose"
+    async with files.http.get(f"{url}/../../etc/passwd", headers=auth) as resp:
+        assert resp.status == 404
+    async with files.http.get(f"{url}/file-nothex", headers=auth) as resp:
+        assert resp.status in (400, 404)
+    async with files.http.get(url) as resp:
+        assert resp.status == 401
+
+
+async def test_listing_pages_in_both_orders_and_by_purpose(files: TenantStack) -> None:
+    client = await files.tenant("files-pages")
+    made = []
+    for i in range(5):
+        purpose: Literal["batch", "user_data"] = "batch" if i % 2 else "user_data"
+        made.append(await client.files.create(file=(f"f{i}.txt", b"%d" % i), purpose=purpose))
+        await asyncio.sleep(0.002)  # distinct creation times
+    ids = [m.id for m in made]
+    first = await client.files.list(limit=2, order="asc")
+    assert [f.id for f in first.data] == ids[:2]
+    assert first.has_more
+    seen = [f.id async for f in await client.files.list(limit=2, order="asc")]  # SDK paging
+    assert seen == ids
+    assert [f.id async for f in await client.files.list(limit=2)] == ids[::-1]
+    batch = [f.id async for f in await client.files.list(purpose="batch", limit=1, order="asc")]
+    assert batch == [ids[1], ids[3]]
+    with pytest.raises(openai.BadRequestError) as after:
+        await client.files.list(after="file-" + "0" * 24)
+    assert _error(after.value)["param"] == "after"
+    for m in made:
+        await client.files.delete(m.id)
+
+
+async def test_a_tenant_over_its_file_count_is_refused(files: TenantStack) -> None:
+    client = await files.tenant("files-many")
+    made = [
+        await client.files.create(file=(f"{i}.txt", b"x"), purpose="user_data")
+        for i in range(MAX_FILES)
+    ]
+    with pytest.raises(openai.RateLimitError) as refused:
+        await client.files.create(file=("one-more.txt", b"x"), purpose="user_data")
+    assert _error(refused.value)["code"] == "too_many_files"
+    await client.files.delete(made[0].id)
+    again = await client.files.create(file=("now.txt", b"x"), purpose="user_data")
+    for m in [*made[1:], again]:
+        await client.files.delete(m.id)
+
+
+async def test_an_upload_cut_off_midway_leaves_nothing(files: TenantStack) -> None:
+    key = await files.key("files-cut")
+    before = _stored(files)
+    boundary = "cutcutcut"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode() + b"y" * 20_000
+    host, port = files.gateway.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    request = (
+        f"POST /v1/files HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(head) + 30_000}\r\n\r\n"
+    ).encode()
+    writer.write(request + head)
+    await writer.drain()
+    await asyncio.sleep(0.3)  # the gateway has started writing the part
+    writer.close()
+    await writer.wait_closed()
+    async with asyncio.timeout(10):
+        while _stored(files) != before:  # noqa: ASYNC110 (a directory, no event to await)
+            await asyncio.sleep(0.05)
+    client = files.client(key)
+    assert (await client.files.list()).data == []
+
+
+async def test_without_redis_the_files_api_says_so(stack: Stack) -> None:
+    async with stack.http.get(f"{stack.gateway}/v1/files") as resp:
+        assert resp.status == 503
+        assert "Redis" in (await resp.json())["error"]["message"]
+
+
+def _error(exc: openai.APIStatusError) -> dict[str, Any]:
+    body = exc.body
+    assert isinstance(body, dict)
+    error: dict[str, Any] = body.get("error", body)
+    return error
+
+
+async def test_unwritable_storage_is_a_503_not_a_500(tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the storage directory should be")
+    async with tenant_stack(tmp_path, files={"dir": str(blocked)}) as stack:
+        client = await stack.tenant("t")
+        with pytest.raises(openai.InternalServerError) as refused:
+            await client.files.create(file=("a.jsonl", DATASET), purpose="fine-tune")
+        assert refused.value.status_code == 503
+        assert _error(refused.value)["code"] == "file_storage_unavailable"
+        assert (await client.files.list()).data == []

@@ -1,0 +1,294 @@
+"""The Fine-tuning API through the real `openai` client against a real Redis: jobs created,
+listed, cancelled and limited per tenant, their events, bad input refused with the field named,
+a job whose trainer vanished failed (not left running), and fine-tuned models visible to their
+own tenant only (issue 14). Training itself: tests/e2e/test_fine_tuning_e2e.py."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import pytest
+import pytest_asyncio
+
+from gateway.finetune.job_store import QUEUE, RUNNING, JobStore
+from gateway.finetune.names import fine_tuned_name
+from gateway.finetune.sweep import LOST
+from tests.integration.conftest import MODEL
+from tests.integration.tenant_stack import TenantStack, tenant_stack
+from tests.support.cli import run_cli
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+BASE = MODEL  # fine-tunable in this stack (its weights directory is never read here)
+MAX_ACTIVE = 2
+EXAMPLE = {
+    "messages": [
+        {"role": "user", "content": "What is the secret word?"},
+        {"role": "assistant", "content": "Quokkalantern."},
+    ]
+}
+DATASET = b"".join(orjson.dumps(EXAMPLE) + b"\n" for _ in range(4))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def ft(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TenantStack]:
+    root = tmp_path_factory.mktemp("ft")
+    fine_tuning = {
+        "base_models": {BASE: str(root / "weights")},
+        "max_active_jobs_per_tenant": MAX_ACTIVE,
+        "max_lora_rank": 16,
+    }
+    async with tenant_stack(
+        root, files={"dir": str(root / "files")}, fine_tuning=fine_tuning
+    ) as stack:
+        yield stack
+
+
+async def _training_file(client: openai.AsyncOpenAI) -> str:
+    made = await client.files.create(file=("train.jsonl", DATASET), purpose="fine-tune")
+    return made.id
+
+
+async def test_a_job_is_created_queued_and_listed_with_its_events(ft: TenantStack) -> None:
+    client = await ft.tenant("ft-create")
+    file_id = await _training_file(client)
+    job = await client.fine_tuning.jobs.create(
+        model=BASE,
+        training_file=file_id,
+        suffix="demo",
+        hyperparameters={"n_epochs": 3, "learning_rate_multiplier": 2.0},
+        seed=7,
+        metadata={"team": "search"},
+    )
+    assert job.id.startswith("ftjob-")
+    assert (job.status, job.model, job.training_file, job.seed) == ("queued", BASE, file_id, 7)
+    assert job.hyperparameters.n_epochs == 3
+    assert job.hyperparameters.batch_size == "auto"
+    assert job.organization_id == "ft-create"
+    assert job.fine_tuned_model is None
+    assert job.metadata == {"team": "search"}
+    assert (await client.fine_tuning.jobs.retrieve(job.id)).model_dump() == job.model_dump()
+    assert [j.id for j in (await client.fine_tuning.jobs.list()).data] == [job.id]
+    events = (await client.fine_tuning.jobs.list_events(job.id)).data
+    assert [e.message.split(":")[0] for e in events] == [
+        "Validated the training file (4 examples); the job is queued",
+        "Created fine-tuning job",
+    ]
+    assert events[0].id != events[1].id
+    older = await client.fine_tuning.jobs.list_events(job.id, after=events[0].id, limit=5)
+    assert [e.id for e in older.data] == [events[1].id]
+    assert f"ft-create/{job.id}".encode() in await ft.redis.lrange(QUEUE, 0, -1)
+    cancelled = await client.fine_tuning.jobs.cancel(job.id)
+    assert cancelled.status == "cancelled"
+    assert cancelled.finished_at is not None
+    with pytest.raises(openai.BadRequestError) as again:
+        await client.fine_tuning.jobs.cancel(job.id)
+    assert _error(again.value)["code"] == "job_not_active"
+    checkpoints = await client.fine_tuning.jobs.checkpoints.list(job.id)
+    assert checkpoints.data == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"model": "no-such-model"}, "model"),
+        ({"training_file": "file-" + "0" * 24}, "training_file"),
+        ({"training_file": "batch-file"}, "training_file"),
+        ({"validation_file": "file-" + "0" * 24}, "validation_file"),
+        ({"suffix": "has spaces"}, "suffix"),
+        ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
+        ({"hyperparameters": {"lora_rank": 64}}, "hyperparameters.lora_rank"),
+        ({"method": {"type": "dpo"}}, "method.type"),
+        ({"integrations": [{"type": "wandb", "wandb": {"project": "p"}}]}, "integrations"),
+    ],
+)
+async def test_bad_job_requests_name_the_field(
+    ft: TenantStack, fields: dict[str, Any], param: str
+) -> None:
+    client = await ft.tenant("ft-bad")
+    body: dict[str, Any] = {"model": BASE, "training_file": await _training_file(client)}
+    if fields.get("training_file") == "batch-file":
+        batch = await client.files.create(file=("b.jsonl", DATASET), purpose="batch")
+        fields = {"training_file": batch.id}
+    body.update(fields)
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.post("/fine_tuning/jobs", body=body, cast_to=object)
+    assert _error(refused.value)["param"] == param, _error(refused.value)
+    assert (await client.fine_tuning.jobs.list()).data == []
+
+
+async def test_another_tenant_sees_nothing(ft: TenantStack) -> None:
+    owner = await ft.tenant("ft-owner")
+    other = await ft.tenant("ft-other")
+    job = await owner.fine_tuning.jobs.create(model=BASE, training_file=await _training_file(owner))
+    for attempt in (
+        other.fine_tuning.jobs.retrieve(job.id),
+        other.fine_tuning.jobs.cancel(job.id),
+        other.fine_tuning.jobs.list_events(job.id),
+        other.fine_tuning.jobs.checkpoints.list(job.id),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            await attempt
+    assert (await other.fine_tuning.jobs.list()).data == []
+    with pytest.raises(openai.BadRequestError) as borrowed:  # the owner's file is not theirs
+        await other.fine_tuning.jobs.create(model=BASE, training_file=job.training_file)
+    assert _error(borrowed.value)["param"] == "training_file"
+    assert (await owner.fine_tuning.jobs.retrieve(job.id)).status == "queued"
+    await owner.fine_tuning.jobs.cancel(job.id)
+
+
+async def test_active_jobs_are_limited_per_tenant(ft: TenantStack) -> None:
+    client = await ft.tenant("ft-limit")
+    file_id = await _training_file(client)
+    jobs = [
+        await client.fine_tuning.jobs.create(model=BASE, training_file=file_id)
+        for _ in range(MAX_ACTIVE)
+    ]
+    with pytest.raises(openai.RateLimitError) as refused:
+        await client.fine_tuning.jobs.create(model=BASE, training_file=file_id)
+    assert _error(refused.value)["code"] == "too_many_active_jobs"
+    other = await ft.tenant("ft-limit-other")  # another tenant is not affected
+    await other.fine_tuning.jobs.cancel(
+        (
+            await other.fine_tuning.jobs.create(
+                model=BASE, training_file=await _training_file(other)
+            )
+        ).id
+    )
+    await client.fine_tuning.jobs.cancel(jobs[0].id)
+    freed = await client.fine_tuning.jobs.create(model=BASE, training_file=file_id)
+    for job in (jobs[1], freed):
+        await client.fine_tuning.jobs.cancel(job.id)
+
+
+async def test_a_running_job_whose_trainer_vanished_is_failed(ft: TenantStack) -> None:
+    client = await ft.tenant("ft-lost")
+    job = await client.fine_tuning.jobs.create(
+        model=BASE, training_file=await _training_file(client)
+    )
+    store = JobStore(ft.redis)
+    running = await store.transition(
+        "ft-lost", job.id, ("queued",), {"status": "running", "worker": "gone:1"}
+    )
+    assert running is not None
+    await store.heartbeat(running, int(time.time() * 1000) + 60_000)
+    assert (await client.fine_tuning.jobs.retrieve(job.id)).status == "running"  # alive
+    await store.heartbeat(running, int(time.time() * 1000) - 1)  # its deadline passed
+    failed = await client.fine_tuning.jobs.retrieve(job.id)
+    assert failed.status == "failed"
+    assert failed.error is not None
+    assert (failed.error.code, failed.error.message) == ("trainer_lost", LOST)
+    events = (await client.fine_tuning.jobs.list_events(job.id)).data
+    assert (events[0].level, events[0].message) == ("error", LOST)
+    await ft.redis.zrem(RUNNING, f"ft-lost/{job.id}")
+    second = await client.fine_tuning.jobs.create(  # the failed job no longer counts
+        model=BASE, training_file=job.training_file
+    )
+    await client.fine_tuning.jobs.cancel(second.id)
+
+
+async def test_fine_tuned_models_belong_to_their_tenant(ft: TenantStack, tmp_path: Path) -> None:
+    owner = await ft.tenant("ft-models")
+    other = await ft.tenant("ft-models-other")
+    name = fine_tuned_name(BASE, "ft-models", "demo", "ftjob-" + "a" * 24)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    await JobStore(ft.redis).put_model(
+        "ft-models", name, {"base": BASE, "adapter": str(adapter), "job": "x", "created": 1}
+    )
+    mine = {m.id: m for m in (await owner.models.list()).data}
+    assert name in mine
+    assert mine[name].model_dump()["parent"] == BASE
+    assert name not in {m.id for m in (await other.models.list()).data}
+    assert (await owner.models.retrieve(name)).id == name
+    for attempt in (
+        other.models.retrieve(name),
+        other.models.delete(name),
+        other.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}]),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            await attempt
+    with pytest.raises(openai.NotFoundError):  # only fine-tuned models can be deleted
+        await owner.models.delete(BASE)
+    deleted = await owner.models.delete(name)
+    assert (deleted.id, deleted.deleted) == (name, True)
+    assert not adapter.exists()
+    assert name not in {m.id for m in (await owner.models.list()).data}
+
+
+def _error(exc: openai.APIStatusError) -> dict[str, Any]:
+    body = exc.body
+    assert isinstance(body, dict)
+    error: dict[str, Any] = body.get("error", body)
+    return error
+
+
+async def test_the_files_and_jobs_commands(ft: TenantStack, tmp_path: Path) -> None:
+    auth = ("--url", ft.gateway, "--api-key", await ft.key("ft-cli"))
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(DATASET)
+    code, out, err = await run_cli("files", "upload", str(data), *auth, "--json")
+    assert code == 0, err
+    file_id = json.loads(out)["id"]
+    code, out, err = await run_cli("files", "list", *auth)
+    assert code == 0, err
+    assert file_id in out
+    assert "train.jsonl" in out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"messages": []}\n')
+    code, out, err = await run_cli("files", "upload", str(bad), *auth)
+    assert code == 1
+    assert "Line 1" in err
+    assert "(file)" in err
+
+    code, out, err = await run_cli(
+        "jobs",
+        "create",
+        "--model",
+        BASE,
+        "--training-file",
+        file_id,
+        "--epochs",
+        "2",
+        *auth,
+        "--suffix",
+        "cli",
+        "--json",
+    )
+    assert code == 0, err
+    job = json.loads(out)
+    assert (job["status"], job["hyperparameters"]["n_epochs"]) == ("queued", 2)
+    code, out, err = await run_cli("jobs", "list", *auth)
+    assert code == 0, err
+    assert job["id"] in out
+    code, out, err = await run_cli("jobs", "events", job["id"], *auth)
+    assert code == 0, err
+    assert "Created fine-tuning job" in out
+    code, out, err = await run_cli("jobs", "cancel", job["id"], *auth)
+    assert code == 0, err
+    assert "cancelled" in out
+    code, out, err = await run_cli("jobs", "follow", job["id"], *auth)
+    assert code == 1  # it ended, but not succeeded
+    assert "The job was cancelled" in out
+    assert f"{job['id']}: cancelled" in err
+    code, out, err = await run_cli("files", "delete", file_id, *auth)
+    assert code == 0, err
+    code, out, err = await run_cli(
+        "jobs", "show", job["id"], "--url", ft.gateway, "--api-key", "sk-nope"
+    )
+    assert code == 1
+    assert "HTTP 401" in err
+
+
+async def test_the_trainer_refuses_a_config_it_cannot_run(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("dev_mode: true\nauth: {required: false}\n")
+    code, _, err = await run_cli("trainer", "--config", str(config))
+    assert code == 2
+    assert "redis_url is required" in err

@@ -1,0 +1,191 @@
+"""SIGTERM under load, on a real `llmaas serve` process: readiness turns to "draining", new
+requests (kept-alive connections included) get a clean 503, streams in flight finish within
+the grace (fractions honoured) or are cut at its end, and every request the engine saw is billed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from gateway.embedded.redis_server import running_redis
+from gateway.metering.ledger import log_key
+from gateway.metering.record import UsageRecord
+from gateway.sim.config import SimConfig
+from tests.integration.conftest import MODEL
+from tests.integration.sim_fixture import running_sim, sim_state
+from tests.support.gateways import GatewayProcess, gateway_process, shared_config, tenant_key
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+TENANT = "drain"
+STOPPED_BY_SIGTERM = -signal.SIGTERM  # uvicorn re-raises the signal it caught, after shutdown
+DONE = "data: [DONE]\n\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    gw: GatewayProcess
+    sim: str
+    redis_url: str
+    key: dict[str, str]
+    http: aiohttp.ClientSession
+
+
+@asynccontextmanager
+async def fleet(tmp_path: Path, sim: SimConfig, grace_s: float, *args: str) -> AsyncIterator[Fleet]:
+    async with (
+        running_redis(None) as redis_url,
+        running_sim(sim) as sim_url,
+        aiohttp.ClientSession() as http,
+    ):
+        extra = f"shutdown_grace_s: {grace_s}\nmetering:\n  spill_dir: {tmp_path}/spill\n"
+        config = shared_config(
+            tmp_path / "gw.yaml", redis_url=redis_url, model=MODEL, sim=sim_url, extra=extra
+        )
+        async with gateway_process(config, *args) as gw:
+            key = await tenant_key(http, gw.url, TENANT)
+            yield Fleet(gw, sim_url, redis_url, key, http)
+
+
+async def stream(f: Fleet, started: asyncio.Event) -> str:
+    """One streamed chat completion: set `started` at its first chunk; its text, "cut" if the
+    connection ended before the end of the stream."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    url = f"{f.gw.url}/v1/chat/completions"
+    text = b""
+    try:
+        async with f.http.post(url, json=body, headers=f.key) as resp:
+            assert resp.status == 200
+            async for chunk in resp.content.iter_any():
+                started.set()
+                text += chunk
+    except aiohttp.ClientPayloadError:
+        return "cut"
+    return text.decode()
+
+
+async def streams_in_flight(f: Fleet, count: int) -> list[asyncio.Task[str]]:
+    """`count` streams, each past its first chunk (so the engine has them) on return."""
+    starts = [asyncio.Event() for _ in range(count)]
+    tasks = [asyncio.create_task(stream(f, s)) for s in starts]
+    async with asyncio.timeout(30):
+        await asyncio.gather(*(s.wait() for s in starts))
+    return tasks
+
+
+async def records(redis_url: str) -> list[UsageRecord]:
+    redis = Redis.from_url(redis_url)
+    try:
+        entries = cast(
+            "list[tuple[bytes, dict[bytes, bytes]]]", await redis.xrange(log_key(TENANT))
+        )
+    finally:
+        await redis.aclose()
+    return [UsageRecord.from_fields(fields) for _, fields in entries]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> Reply:
+    """One HTTP/1.1 request on an open connection (so it is the same kept-alive one)."""
+    writer.write(request)
+    await writer.drain()
+    head = (await reader.readuntil(b"\r\n\r\n")).decode()
+    status_line, *lines = head.strip().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    body = await reader.readexactly(int(headers["content-length"]))
+    return Reply(int(status_line.split()[1]), headers, orjson.loads(body))
+
+
+def get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nhost: gw\r\n\r\n".encode()
+
+
+def post_chat(key: dict[str, str]) -> bytes:
+    body = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\n"
+        f"authorization: {key['authorization']}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def test_streams_in_flight_finish_whole_within_a_fractional_grace(tmp_path: Path) -> None:
+    sim = SimConfig(models=[MODEL], max_tokens=20, itl_ms=40)  # ~0.8 s per stream
+    async with fleet(tmp_path, sim, grace_s=1.5) as f:
+        tasks = await streams_in_flight(f, 4)
+        f.gw.process.send_signal(signal.SIGTERM)
+        texts = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        assert await asyncio.wait_for(f.gw.process.wait(), 30) == STOPPED_BY_SIGTERM
+        seen = (await sim_state(f.http, f.sim))["total_requests"]
+        billed = await records(f.redis_url)
+    assert all(t.endswith(DONE) for t in texts), texts
+    assert seen == len(billed) == 4
+    assert {r.outcome for r in billed} == {"ok"}
+    assert not list((tmp_path / "spill").glob("*.jsonl"))  # flushed to Redis, none spilled
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_draining_refuses_cleanly_then_cuts_at_the_grace_and_bills_all(
+    tmp_path: Path, workers: str
+) -> None:
+    """With several workers, uvicorn's supervisor passes SIGTERM on to each: all drain."""
+    sim = SimConfig(models=[MODEL], max_tokens=300, itl_ms=100)  # ~30 s per stream
+    async with fleet(tmp_path, sim, 2.5, "--workers", workers) as f:
+        host, port = f.gw.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            assert (await exchange(reader, writer, get("/healthz"))).status == 200
+            tasks = await streams_in_flight(f, 3)
+            loop = asyncio.get_running_loop()
+            signalled = loop.time()
+            f.gw.process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                while True:  # the signal is handled between two bytecodes: soon, not at once
+                    async with f.http.get(f"{f.gw.url}/readyz") as resp:
+                        if resp.status == 503:
+                            ready = await resp.json()
+                            break
+                    await asyncio.sleep(0.02)
+            refused = await exchange(reader, writer, post_chat(f.key))
+            closed = await asyncio.wait_for(reader.read(), 30)  # the server ends the connection
+        finally:
+            writer.close()
+        texts = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        exit_code = await asyncio.wait_for(f.gw.process.wait(), 30)
+        exited_after_s = loop.time() - signalled
+        seen = (await sim_state(f.http, f.sim))["total_requests"]
+        billed = await records(f.redis_url)
+    assert ready == {"status": "draining"}
+    assert refused.status == 503
+    assert refused.body["error"]["code"] == "gateway_draining"
+    assert refused.body["error"]["type"] == "service_unavailable"
+    assert refused.headers["retry-after"] == "1"
+    assert refused.headers["connection"] == "close"
+    assert closed == b""
+    # A single process re-raises the SIGTERM it caught; the supervisor of workers exits 0.
+    assert exit_code == (STOPPED_BY_SIGTERM if workers == "1" else 0)
+    assert texts == ["cut"] * 3
+    # The streams had ~27 s to go: the process ended at the grace, not with them.
+    assert exited_after_s < 15, exited_after_s
+    assert seen == len(billed) == 3  # the refused request never reached the engine
+    assert {r.outcome for r in billed} == {"gateway_shutdown"}
