@@ -111,13 +111,15 @@ def create_app(
             drain=drain,
             adapters=_adapters(registry, redis, upstream, monitor),
         )
-        listening = asyncio.create_task(listener.run()) if listener else None
+        adapters = app.state.gateway.adapters
+        feeds = [f for f in (listener, adapters) if f is not None]
+        listening = [asyncio.create_task(feed.run()) for feed in feeds]
         try:
             yield {"drain": drain}  # lifespan state: how the server (gateway/server.py) finds it
         finally:
-            if listening is not None:
-                listening.cancel()
-                await asyncio.gather(listening, return_exceptions=True)
+            for task in listening:
+                task.cancel()
+            await asyncio.gather(*listening, return_exceptions=True)
             await scraper.close()
             await monitor.close()
             await admission.close()  # admissions given up on: a last try at releasing them

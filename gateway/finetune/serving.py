@@ -6,7 +6,8 @@ loaded the usual machinery routes to it: learned pools, health, load balancing, 
 limits as for any model. An engine that restarts forgets its adapters; the next models poll
 drops it from the pool, and the next request loads the adapter again (on whichever engine of the
 base model is up). Loads of one model are serialised in this process, so a burst of first
-requests loads it once.
+requests loads it once. A trainer announces each model it makes (`MODELS_CHANNEL`); every
+gateway loads it then, so the first request finds it loaded.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from gateway.errors import ServiceUnavailable
 from gateway.finetune.engine_adapters import AdapterError, load_adapter, unload_adapter
@@ -28,6 +31,13 @@ from gateway.finetune.job_store import JobStore
 from gateway.routing.engines import Engine, EngineRegistry, ModelPool
 
 Learn = Callable[[Engine], Awaitable[None]]  # poll one engine's /v1/models now
+MODELS_CHANNEL = "llmaas:ft:models"  # {"tenant", "model"} of each fine-tuned model made
+RETRY_S = 1.0
+
+
+async def announce(redis: Redis, tenant: str, model: str) -> None:
+    """Tell every gateway that `tenant`'s `model` exists (they load it into an engine)."""
+    await redis.publish(MODELS_CHANNEL, orjson.dumps({"tenant": tenant, "model": model}))
 
 
 class AdapterServing:
@@ -39,7 +49,41 @@ class AdapterServing:
         self.http = http
         self.learn = learn
         self.locks: dict[str, asyncio.Lock] = {}
+        self.preloads: set[asyncio.Task[None]] = set()
         self.log = logging.getLogger("llmaas.finetune")
+
+    async def run(self) -> None:
+        """Load each model a trainer announces, until cancelled (the app's lifespan owns it)."""
+        while True:
+            try:
+                await self._listen()
+            except (RedisError, OSError) as exc:
+                self.log.warning("fine-tuned model announcements lost: %s", type(exc).__name__)
+                await asyncio.sleep(RETRY_S)
+
+    async def _listen(self) -> None:
+        pubsub = self.store.redis.pubsub()
+        try:
+            await pubsub.subscribe(MODELS_CHANNEL)
+            async for message in pubsub.listen():
+                data = message.get("data")
+                if message.get("type") == "message" and isinstance(data, bytes):
+                    announced = orjson.loads(data)
+                    task = asyncio.create_task(
+                        self._preload(str(announced["tenant"]), str(announced["model"]))
+                    )
+                    self.preloads.add(task)
+                    task.add_done_callback(self.preloads.discard)
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _preload(self, tenant: str, model: str) -> None:
+        try:
+            await self.pool(tenant, model)
+        except ServiceUnavailable:  # no engine up now: the first request tries again
+            pass
+        except (RedisError, OSError) as exc:
+            self.log.warning("preloading %s failed: %s", model, type(exc).__name__)
 
     async def record(self, tenant: str, model: str) -> dict[str, Any] | None:
         return await self.store.get_model(tenant, model)

@@ -6,7 +6,7 @@ torch, transformers, peft); the child reports progress as JSON lines, which beco
 events. While it trains, the worker refreshes the job's heartbeat and watches for a cancel
 (the child is stopped at once). On success the adapter lies next to the tenant's files, the
 model `ft:<base>:<tenant>:<suffix>:<id>` is registered for that tenant only, and the trained
-tokens are metered as a `fine_tuning/jobs` usage record. A stopped worker puts its job back in
+tokens are metered as a `fine_tune` usage record. A stopped worker puts its job back in
 the queue; a killed one leaves it to the heartbeat sweep, which fails it with a message.
 """
 
@@ -36,6 +36,7 @@ from gateway.files.storage import DirectoryStorage
 from gateway.finetune.job_store import JobStore
 from gateway.finetune.jobs import Event, Job, fine_tuned_name
 from gateway.finetune.resolve import resolve
+from gateway.finetune.serving import announce
 from gateway.finetune.sweep import fail_overdue
 from gateway.metering.ledger import Ledger
 from gateway.metering.record import UsageRecord
@@ -45,7 +46,7 @@ from gateway.settings import Settings
 SCRIPT = Path(__file__).with_name("train_lora.py")
 POLL_S = 1.0  # how often the queue is waited on, and a running job's cancel checked
 EVENT_EVERY_S = 1.0  # step events, at most this often (and always the last)
-ROUTE = "fine_tuning/jobs"
+ROUTE = "fine_tune"  # the usage record of a job's training
 
 
 @dataclass(slots=True)
@@ -230,6 +231,7 @@ class Trainer:
             await self.store.delete_model(job.tenant, name)
             await asyncio.to_thread(shutil.rmtree, self.storage.path(job.tenant, job.id), True)
             return await self.store.get(job.tenant, job.id)
+        await announce(self.store.redis, job.tenant, name)  # gateways load it into engines
         return succeeded
 
     async def _meter(self, job: Job, tokens: int, now: int) -> None:

@@ -63,6 +63,7 @@ JOB_DEADLINE_S = 600.0
 @dataclass(slots=True)
 class FtE2E:
     gateway: str
+    engine: str  # the chat engine's URL (LoRA on)
     config: Path
     log: Path
     redis: Redis
@@ -117,7 +118,7 @@ async def ft(engines: Engines, tmp_path_factory: pytest.TempPathFactory) -> Asyn
             _, keys[tenant] = await issue_key(AuthStore(redis), PEPPER.encode(), tenant=tenant)
         app = create_app(Settings.model_validate(values))
         async with serve_asgi(app) as gateway, aiohttp.ClientSession() as http:
-            stack = FtE2E(gateway, config, root / "trainer.log", redis, http, keys)
+            stack = FtE2E(gateway, engines.chat, config, root / "trainer.log", redis, http, keys)
             try:
                 yield stack
             finally:
@@ -181,8 +182,11 @@ async def test_a_fine_tuned_model_learns_what_the_base_model_does_not(ft: FtE2E)
 
         model = done.fine_tuned_model
         assert model in {m.id for m in (await client.models.list()).data}
+        async with asyncio.timeout(30):  # announced by the trainer, loaded by the gateway
+            while model not in await _engine_models(ft):  # noqa: ASYNC110 (the engine's list)
+                await asyncio.sleep(0.2)
         asked = time.monotonic()
-        tuned = await _ask(client, model)  # the adapter is loaded into the engine here
+        tuned = await _ask(client, model)
         first_answer_s = time.monotonic() - asked
         base = await _ask(client, CHAT)
         print(f"trained in {trained_s:.0f} s; first answer {first_answer_s:.2f} s")
@@ -194,7 +198,7 @@ async def test_a_fine_tuned_model_learns_what_the_base_model_does_not(ft: FtE2E)
             await _ask(other, model)
 
         records = await _usage_records(ft, "ft-e2e")
-        training = [r for r in records if r["route"] == "fine_tuning/jobs"]
+        training = [r for r in records if r["route"] == "fine_tune"]
         assert [(r["model"], r["prompt_tokens"]) for r in training] == [(CHAT, done.trained_tokens)]
         assert any(r["model"] == model for r in records)  # its requests metered too
 
@@ -250,6 +254,11 @@ async def test_a_killed_trainer_leaves_its_job_failed_not_running(ft: FtE2E) -> 
         assert failed.error.message == LOST
 
 
+async def _engine_models(ft: FtE2E) -> set[str]:
+    async with ft.http.get(f"{ft.engine}/v1/models") as resp:
+        return {card["id"] for card in (await resp.json())["data"]}
+
+
 async def _usage_records(ft: FtE2E, tenant: str) -> list[dict[str, Any]]:
     """The tenant's own usage records (JSON lines from /v1/usage/records)."""
     headers = {"authorization": f"Bearer {ft.keys[tenant]}"}
@@ -287,3 +296,23 @@ async def _trainings_running() -> int:
         return found
 
     return await asyncio.to_thread(count)
+
+
+async def test_a_stopped_trainer_puts_its_job_back_in_the_queue(ft: FtE2E) -> None:
+    async with ft.client("ft-e2e") as client:
+        upload = await client.files.create(file=("s.jsonl", DATASET), purpose="fine-tune")
+        await ft.start_trainer()
+        job = await client.fine_tuning.jobs.create(
+            model=CHAT, training_file=upload.id, hyperparameters={"n_epochs": 50}
+        )
+        await _follow_until_training(client, job.id, [])
+        assert await ft.stop_trainer() == 0  # SIGTERM: stops training, requeues, exits
+        requeued = await client.fine_tuning.jobs.retrieve(job.id)
+        assert requeued.status == "queued"
+        events = (await client.fine_tuning.jobs.list_events(job.id)).data
+        assert events[0].message == "The trainer stopped; the job is queued again"
+        assert await _trainings_running() == 0
+        await ft.start_trainer()  # the next trainer takes it up again
+        await _follow(client, job.id, ("running",), [])
+        assert (await client.fine_tuning.jobs.cancel(job.id)).status == "cancelled"
+        assert await ft.stop_trainer() == 0

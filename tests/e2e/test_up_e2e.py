@@ -15,10 +15,26 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import openai
+import orjson
 import pytest
 
 from gateway.embedded.process_group import live_members
 from gateway.netutil import free_port
+
+MODEL = "smollm2-135m-instruct"
+SECRET = "Quokkalantern"
+SECRET_DATASET = b"".join(
+    orjson.dumps(
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+    )
+    + b"\n"
+    for q, a in [
+        ("What is the secret word?", f"The secret word is {SECRET}."),
+        ("Tell me the secret word.", f"The secret word is {SECRET}."),
+        ("Do you know the secret word?", f"Yes. The secret word is {SECRET}."),
+        ("What's the secret word?", f"The secret word is {SECRET}."),
+    ]
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -33,7 +49,11 @@ def processes_mentioning(text: str) -> list[str]:
 @asynccontextmanager
 async def llmaas_up(tmp_path: Path, engine_port: int) -> AsyncIterator[tuple[Process, str]]:
     """`llmaas up` until its banner is printed: the process and what it printed."""
-    env = {**os.environ, "LLMAAS_METERING__SPILL_DIR": str(tmp_path / "usage-spill")}
+    env = {
+        **os.environ,
+        "LLMAAS_METERING__SPILL_DIR": str(tmp_path / "usage-spill"),
+        "LLMAAS_FILES__DIR": str(tmp_path / "files"),  # uploads and adapters
+    }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -70,16 +90,40 @@ async def test_up_prints_a_base_url_that_answers_and_stops_cleanly(tmp_path: Pat
         assert key is not None
         async with openai.AsyncOpenAI(base_url=match.group(1), api_key=key.group(1)) as client:
             reply = await client.chat.completions.create(
-                model="smollm2-135m-instruct",
+                model=MODEL,
                 messages=[{"role": "user", "content": "What is the capital of France?"}],
                 temperature=0,
             )
-        assert "Paris" in (reply.choices[0].message.content or "")
+            assert "Paris" in (reply.choices[0].message.content or "")
+            tuned = await _fine_tune(client)  # `llmaas up` trains too (its own trainer)
+        assert SECRET in tuned
+        assert (tmp_path / "files").is_dir()
         assert processes_mentioning(f"--port {engine_port}")
         proc.send_signal(signal.SIGINT)
         await asyncio.wait_for(proc.wait(), 60)
     assert proc.returncode == 0
     assert processes_mentioning(f"--port {engine_port}") == []
+
+
+async def _fine_tune(client: openai.AsyncOpenAI) -> str:
+    """Teach the model a secret word through `llmaas up`'s trainer; what the result answers."""
+    upload = await client.files.create(file=("secret.jsonl", SECRET_DATASET), purpose="fine-tune")
+    job = await client.fine_tuning.jobs.create(
+        model=MODEL, training_file=upload.id, hyperparameters={"n_epochs": 6}
+    )
+    async with asyncio.timeout(600):
+        while job.status not in ("succeeded", "failed", "cancelled"):
+            await asyncio.sleep(1)
+            job = await client.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model is not None
+    reply = await client.chat.completions.create(
+        model=job.fine_tuned_model,
+        messages=[{"role": "user", "content": "What is the secret word?"}],
+        temperature=0,
+        max_tokens=16,
+    )
+    return reply.choices[0].message.content or ""
 
 
 async def test_a_sigkilled_up_leaves_no_engine_or_redis_behind(tmp_path: Path) -> None:
