@@ -58,9 +58,10 @@ async def read_model_request(
     check(body)
     if not caller.may_use(model):
         raise ModelNotFound(model)
-    pool = gw.registry.pool(model)
-    if model.startswith("ft:") and gw.adapters is not None:  # loaded on first use
+    if model.startswith("ft:") and gw.adapters is not None:  # loaded if no engine up has it
         pool = await gw.adapters.pool(caller.tenant, model)
+    else:
+        pool = gw.registry.pool(model)
     if pool is None:
         raise ModelNotFound(model)
     refuse_if_overloaded(pool, gw.settings.routing, gw.metrics.requests_shed)  # before admission

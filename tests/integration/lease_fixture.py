@@ -21,9 +21,9 @@ from gateway.metering.ledger import log_key
 from gateway.metering.record import UsageRecord
 from gateway.settings import Settings
 from gateway.sim.config import SimConfig
-from tests.integration.conftest import ADMIN, MODEL
+from tests.integration.conftest import MODEL
 from tests.integration.sim_fixture import running_sim_process, sim_state
-from tests.support.gateways import ADMIN_TOKEN, PEPPER
+from tests.support.gateways import ADMIN_TOKEN, PEPPER, admin_request
 from tests.support.servers import serve_asgi
 
 WRITE_TIMEOUT_S = 1.0
@@ -39,11 +39,12 @@ class LeaseStack:
     app: FastAPI
 
     async def new_key(self, tenant: str, **limits: int) -> str:
-        body = {"tenant": tenant, **limits}
-        async with self.http.post(f"{self.gateway}/admin/v1/keys", json=body, headers=ADMIN) as r:
-            assert r.status == 201, await r.text()
-            key: str = (await r.json())["key"]
-            return key
+        status, body = await admin_request(
+            self.http, self.gateway, "POST", "/keys", {"tenant": tenant, **limits}
+        )
+        assert status == 201, body
+        key: str = body["key"]
+        return key
 
     def client(self, key: str) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=f"{self.gateway}/v1", api_key=key, max_retries=0)

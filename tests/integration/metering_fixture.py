@@ -21,9 +21,9 @@ from gateway.metering.ledger import log_key
 from gateway.metering.record import UsageRecord
 from gateway.settings import Settings
 from gateway.sim.config import SimConfig
-from tests.integration.conftest import ADMIN, DEAD_MODEL, MODEL
+from tests.integration.conftest import DEAD_MODEL, MODEL
 from tests.integration.sim_fixture import running_sim
-from tests.support.gateways import ADMIN_TOKEN, OPS, PEPPER
+from tests.support.gateways import ADMIN_TOKEN, OPS, PEPPER, admin_request
 from tests.support.redis_control import RedisProxy, RestartableRedis, redis_proxy
 from tests.support.servers import serve_asgi
 
@@ -38,11 +38,12 @@ class Meter:
     http: aiohttp.ClientSession
 
     async def new_key(self, tenant: str, **fields: Any) -> str:
-        body = {"tenant": tenant, **fields}
-        async with self.http.post(f"{self.gateway}/admin/v1/keys", json=body, headers=ADMIN) as r:
-            assert r.status == 201, await r.text()
-            key: str = (await r.json())["key"]
-            return key
+        status, body = await admin_request(
+            self.http, self.gateway, "POST", "/keys", {"tenant": tenant, **fields}
+        )
+        assert status == 201, body
+        key: str = body["key"]
+        return key
 
     def client(self, key: str) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=f"{self.gateway}/v1", api_key=key, max_retries=0)
