@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api import admin, files, fine_tuning, health, openai, openai_responses, usage
 from gateway.api.auth_throttle import AuthFailureThrottle
 from gateway.api.drain import Drain, DrainGuard
+from gateway.api.hot_routes import Handler, HotRoutes
 from gateway.api.inflight import InflightBound
 from gateway.api.media import HostResolver, system_resolve
 from gateway.api.middleware import RequestContextMiddleware
@@ -27,7 +32,14 @@ from gateway.auth.failures import FailureThrottle
 from gateway.auth.invalidation import InvalidationListener
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.store import AuthStore
-from gateway.errors import ApiError, InvalidRequest, MethodNotAllowed, NotFound
+from gateway.errors import (
+    ApiError,
+    InternalError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    ServiceUnavailable,
+)
 from gateway.finetune.serving import AdapterServing
 from gateway.limits.control import AdmissionControl
 from gateway.limits.limiter import Limiter
@@ -57,6 +69,33 @@ ROUTERS = (
     usage.admin_router,
     usage.tenant_router,
 )
+# The routes that carry the traffic: their POSTs skip FastAPI's layers (hot_routes.py).
+HOT_ROUTES: dict[str, Handler] = {
+    "/v1/chat/completions": openai.chat_completions,
+    "/v1/completions": openai.completions,
+    "/v1/embeddings": openai.embeddings,
+    "/v1/responses": openai_responses.create_response,
+}
+
+
+class GatewayApp(FastAPI):
+    """FastAPI behind the gateway's own gates (request context, drain, auth-failure throttle,
+    in-flight bound), which also serve the hot routes without FastAPI's layers."""
+
+    def __init__(self, gates: Callable[[ASGIApp], ASGIApp], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gates = gates
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return self.gates(super().build_middleware_stack())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Starlette's call: FastAPI's own asks OpenTelemetry, per request, whether native
+        telemetry is on (an environment lookup); the gateway has its own metrics."""
+        if scope["type"] == "lifespan":
+            await super().__call__(scope, receive, send)
+            return
+        await Starlette.__call__(self, scope, receive, send)
 
 
 def create_app(
@@ -129,7 +168,19 @@ def create_app(
                 await redis.aclose()
             log_listener.stop()
 
-    app = FastAPI(
+    throttle = _failure_throttle(settings)
+
+    def gates(framework: ASGIApp) -> ASGIApp:
+        """Outermost first: every request gets its id and access log line, then the drain,
+        the auth-failure throttle and the in-flight bound decide whether it gets in."""
+        app: ASGIApp = HotRoutes(framework, HOT_ROUTES)
+        app = InflightBound(app, limit=settings.max_inflight_requests)
+        app = AuthFailureThrottle(app, throttle=throttle)
+        app = DrainGuard(app, drain=drain)
+        return RequestContextMiddleware(app, access_log=settings.access_log)
+
+    app = GatewayApp(
+        gates,
         title="llmaas",
         lifespan=lifespan,
         docs_url=None,
@@ -139,10 +190,6 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router)
     _install_error_handlers(app)
-    app.add_middleware(InflightBound, limit=settings.max_inflight_requests)
-    app.add_middleware(AuthFailureThrottle, throttle=_failure_throttle(settings))
-    app.add_middleware(DrainGuard, drain=drain)
-    app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
     return app
 
 
@@ -217,7 +264,24 @@ def _install_error_handlers(app: FastAPI) -> None:
             err = ApiError(str(exc.detail), status=exc.status_code)
         return await api_error(request, err)
 
+    async def unhandled(request: Request, exc: Exception) -> Response:
+        """FastAPI's last resort answers in the one error shape too (then re-raises: the
+        request context logs the traceback)."""
+        return await api_error(request, InternalError("The gateway failed unexpectedly."))
+
+    async def store_unavailable(request: Request, exc: Exception) -> Response:
+        """Redis too slow or gone under a route that reads or writes it directly (files,
+        fine-tuning, usage, admin): a retryable 503, not a 500."""
+        err = ServiceUnavailable(
+            "The gateway's store (Redis) did not answer in time; try again shortly.",
+            code="store_unavailable",
+            headers={"retry-after": "1"},
+        )
+        return await api_error(request, err)
+
     app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RedisError, store_unavailable)
+    app.add_exception_handler(Exception, unhandled)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
 

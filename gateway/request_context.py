@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.types import Scope
 
@@ -25,6 +25,9 @@ class RequestInfo:
     ttft_ms: float | None = None
     usage: Usage | None = None  # what the engine reported (so far, for a stream), if it did
     response_id: str | None = None  # the id the engine gave a Responses API answer
+    # Added to the response's headers by the request context (x-ratelimit-*): one `send`
+    # wrapper for every layer that has headers to add.
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 def request_id_from(header: bytes | None) -> str:

@@ -51,6 +51,9 @@ def run_server(settings: Settings, config_path: Path | None) -> None:
         http="httptools",
         log_level="warning",
         access_log=False,
+        # The client is the TCP peer (the auth-failure throttle counts by it): X-Forwarded-For
+        # is not trusted, not even from localhost.
+        proxy_headers=False,
         # DrainingServer sets this to what is left of the grace when it exits; a float, which
         # uvicorn's asyncio.wait_for takes (its annotation says int). It stands as is for a
         # worker uvicorn replaces after a crash or SIGHUP: that one shuts down without draining.

@@ -2,17 +2,19 @@
 
 The client is the TCP peer address (X-Forwarded-For is not trusted: behind a proxy, the proxy
 is the one client). Its requests are refused before any route runs, so they touch no Redis.
+It sits inside the request context (gateway/api/middleware.py), whose info tells it the status.
 """
 
 from __future__ import annotations
 
 import math
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth.failures import FailureThrottle
 from gateway.errors import RateLimited
 from gateway.proxy.asgi_send import send_error
+from gateway.request_context import info_of
 
 _EXEMPT = ("/healthz", "/readyz", "/metrics")
 
@@ -32,12 +34,11 @@ class AuthFailureThrottle:
             await send_error(send, _refusal(math.ceil(wait)))
             return
 
-        async def noting_failures(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] == 401:
+        try:
+            await self.app(scope, receive, send)
+        finally:  # the status the request context saw go out (middleware.py)
+            if info_of(scope).status == 401:
                 self.throttle.failed(client)
-            await send(message)
-
-        await self.app(scope, receive, noting_failures)
 
 
 def _refusal(retry_after_s: int) -> RateLimited:

@@ -1,4 +1,8 @@
-"""The outermost layer of every HTTP request: its id, the access log, and the last-resort 500."""
+"""The outermost layer of every HTTP request: its id, the access log, and the last-resort 500.
+
+Its `send` wrapper is the only one: the status it sees is in the request's info for the inner
+layers to read when the app returns, and headers they put in `info.headers` are added here.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ class RequestContextMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 info.status = message["status"]
-                message["headers"] = [*message.get("headers", ()), rid_header]
+                message["headers"] = [*message.get("headers", ()), *info.headers, rid_header]
             await send(message)
 
         try:

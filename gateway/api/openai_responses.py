@@ -9,6 +9,7 @@ did not make is answered exactly like an unknown one: 404 `response_not_found`.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -114,19 +115,21 @@ async def create_response(request: Request, gw: Gateway, caller: Caller) -> Resp
 
 
 def _remembering(gw: GatewayState, tenant: str, model: str, report: Reporter) -> Reporter:
-    """The reporter, noting first which engine holds a response that finished (so stored)."""
+    """The reporter, then noting which engine holds a response that finished (so stored):
+    accounted for first, and the note shielded (outcome.Reporter)."""
 
     async def remember(result: ProxyResult) -> None:
+        await report(result)
         made = result.outcome == Outcome.OK and result.status == 200
         if made and result.response_id is not None and result.engine is not None:
+            home = Home(model, result.engine)
             try:
-                await gw.homes.remember(tenant, result.response_id, Home(model, result.engine))
+                await asyncio.shield(gw.homes.remember(tenant, result.response_id, home))
             except _STORE_ERRORS as exc:
                 log.warning(
                     "response home not stored",
                     extra={"fields": {"engine": result.engine, "error": type(exc).__name__}},
                 )
-        await report(result)
 
     return remember
 

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from gateway.auth.principal import Limits, Principal
 from gateway.errors import RateLimited
+from gateway.redis_batch import ScriptBatches
 
 _SCRIPTS = Path(__file__).parent
 SCOPES = ("key", "tenant")
@@ -90,7 +91,8 @@ class Limiter:
         """`window_s` is the "minute" of rpm and tpm; tests shorten it, production keeps 60."""
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
         self.window_ms = int(window_s * 1000)
-        self._admit = redis.register_script((_SCRIPTS / "admission.lua").read_text())
+        # Concurrent admissions share round trips (pipelined: gateway/redis_batch.py).
+        self._admit = ScriptBatches(redis, (_SCRIPTS / "admission.lua").read_text())
         self._release = redis.register_script((_SCRIPTS / "release.lua").read_text())
         self._renew = redis.register_script((_SCRIPTS / "renew.lua").read_text())
         self.redis = redis
@@ -106,7 +108,7 @@ class Limiter:
         args: list[str | int] = [tokens, lease, self.lease_ttl_ms, self.window_ms]
         args += _limit_args(principal.key_limits) + _limit_args(principal.tenant_limits)
         keys = [*key_keys, *tenant_keys, marker_key(principal.tenant, lease)]
-        reply = await self._admit(keys=keys, args=args)
+        reply = await self._admit(keys, args)
         status = int(reply[0])
         if status == 1:
             return Admission(lease, tokens, _triple(*reply[1:4]), _triple(*reply[4:7]))

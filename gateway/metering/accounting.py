@@ -102,6 +102,6 @@ class Accounting:
                 self.done(charge.admission)
             settlement = settlement_of(charge, result)
             if settlement is not None:
-                await self.settler.settle(settlement)
+                self.settler.submit(settlement)  # not waited for: see Settler.submit
 
         return report

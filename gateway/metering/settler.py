@@ -1,15 +1,16 @@
 """Settling requests so that none is lost: now if Redis answers, else later.
 
 Settlements are group-committed: while one pipeline is on its way to Redis, those that arrive
-gather into the next, so concurrent requests share round trips. Each request waits for its own
-batch (at most `write_timeout_s`), so when `settle` returns its record is in Redis or queued.
-One Redis did not take in time waits in a bounded in-memory queue that a background task
-retries with backoff (oldest first, in batches). What does not fit the queue goes to this
-process's spill file, and so does whatever is still queued when shutdown's flush gives up; spill
-files are replayed when Redis is back, by this process or any later one. Requests are never
-refused for metering's sake: a full queue costs disk, not availability. Every write is
-idempotent, so a retry or a replay never counts twice. Spill files name their ledger (its id,
-read once from Redis); files of another ledger are reported, never replayed into this one.
+gather into the next, so concurrent requests share round trips. A request does not wait for
+its batch (`submit`: its answer was sent, and its slot is free at once); `settle` waits, at
+most `write_timeout_s`, until the record is in Redis or queued. One Redis did not take in time
+waits in a bounded in-memory queue that a background task retries with backoff (oldest first,
+in batches). What does not fit the queue goes to this process's spill file, and so does
+whatever is still queued when shutdown's flush gives up; spill files are replayed when Redis
+is back, by this process or any later one. Requests are never refused for metering's sake: a
+full queue costs disk, not availability. Every write is idempotent, so a retry or a replay
+never counts twice. Spill files name their ledger (its id, read once from Redis); files of
+another ledger are reported, never replayed into this one.
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 @dataclass(slots=True)
 class _Batch:
-    """Settlements that go to Redis in one pipeline; `done` tells whether Redis took them."""
+    """Settlements that go to Redis in one pipeline; `done` once they are there or queued."""
 
     settlements: list[Settlement] = field(default_factory=list)
-    done: asyncio.Future[bool] = field(
+    done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
@@ -62,9 +63,7 @@ class Settler:
         self.task: asyncio.Task[None] | None = None
         self.gathering: _Batch | None = None  # the batch that goes once the one in flight is done
         self.writer: asyncio.Task[None] | None = None  # the group committer, while it has work
-        self.settling = 0  # settle() calls under way; close() waits for them
-        self.settled = asyncio.Event()
-        self.settled.set()
+        self.side: set[asyncio.Future[None]] = set()  # settlements going behind the queue
         self.closed = False
         self.unreachable = False  # logged once per outage, not once per attempt
         self.log = logging.getLogger("llmaas.metering")
@@ -74,47 +73,47 @@ class Settler:
         if self.ledger is not None:
             self.task = asyncio.create_task(self._run(), name="usage-settler")
 
-    async def settle(self, settlement: Settlement) -> None:
-        """Count the tokens and write the settlement, now or later; never raises."""
+    def submit(self, settlement: Settlement) -> asyncio.Future[None] | None:
+        """Settle without waiting: what the request path calls once its answer is sent, so
+        that neither the client nor the request's slot (in-flight bound, drain) waits for
+        Redis. Never raises. The future (None: nothing to wait for) is done once the
+        settlement is in Redis, in the retry queue or spilled."""
         record = settlement.record
         if record is not None:
             tokens = self.metrics.tokens
             tokens.labels(record.tenant, record.model, "prompt").inc(record.prompt_tokens)
             tokens.labels(record.tenant, record.model, "completion").inc(record.completion_tokens)
         if self.ledger is None:
-            return
-        if self.closed:
-            if not await self._spill([settlement]):
-                self._lost([settlement])
-            return
-        self.settling += 1
-        self.settled.clear()
-        try:
-            if not self.queue and await self._commit(settlement):
-                return
-            await self._enqueue([settlement])
-        finally:
-            self.settling -= 1
-            if self.settling == 0:
-                self.settled.set()
-
-    async def _commit(self, settlement: Settlement) -> bool:
-        """Join the gathering batch and wait for it; False if Redis did not take it in time
-        (if it takes it later anyway, the retry is a no-op: writes are idempotent)."""
+            return None
+        if self.closed or self.queue:  # behind what waits for Redis, or to disk (rare)
+            side = asyncio.ensure_future(self._behind([settlement]))
+            self.side.add(side)
+            side.add_done_callback(self.side.discard)
+            return side
         if self.gathering is None:
             self.gathering = _Batch()
-        batch = self.gathering
-        batch.settlements.append(settlement)
+        self.gathering.settlements.append(settlement)
         if self.writer is None:
             self.writer = asyncio.create_task(self._write_batches(), name="usage-group-commit")
-        try:
-            async with asyncio.timeout(self.settings.write_timeout_s):
-                return await asyncio.shield(batch.done)
-        except TimeoutError:
-            return False
+        return self.gathering.done
+
+    async def settle(self, settlement: Settlement) -> None:
+        """Settle and wait until it is in Redis, queued or spilled; never raises."""
+        waiting = self.submit(settlement)
+        if waiting is not None:
+            await asyncio.shield(waiting)
+
+    async def _behind(self, settlements: list[Settlement]) -> None:
+        if self.closed:
+            if not await self._spill(settlements):
+                self._lost(settlements)
+            return
+        await self._enqueue(settlements)
 
     async def _write_batches(self) -> None:
-        """Write gathered batches one after the other until none is waiting."""
+        """Write gathered batches one after the other until none is waiting; a batch Redis
+        did not take within write_timeout_s goes to the retry queue (if Redis took it after
+        all, the retry is a no-op: writes are idempotent)."""
         assert self.ledger is not None
         try:
             while self.gathering is not None:
@@ -124,10 +123,12 @@ class Settler:
                         await self.ledger.write(batch.settlements)
                 except _REDIS_ERRORS as exc:
                     self._failed(exc)
-                    batch.done.set_result(False)
+                    await self._enqueue(batch.settlements)
                 else:
                     self._reached()
-                    batch.done.set_result(True)
+                finally:
+                    if not batch.done.done():
+                        batch.done.set_result(None)
         finally:
             self.writer = None
 
@@ -143,7 +144,9 @@ class Settler:
         deadline = time.monotonic() + self.settings.flush_timeout_s
         with contextlib.suppress(TimeoutError):  # settlements under way end in Redis or the queue
             async with asyncio.timeout(self.settings.flush_timeout_s):
-                await self.settled.wait()
+                while self.writer is not None or self.side:
+                    under_way = [*self.side, *([self.writer] if self.writer else [])]
+                    await asyncio.gather(*under_way, return_exceptions=True)
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)

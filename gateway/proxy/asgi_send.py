@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 from starlette.types import Message, Send
 
@@ -31,6 +32,10 @@ async def send_error(send: Send, error: ApiError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class Cancellable(Protocol):
+    def cancel(self) -> bool: ...
+
+
 class WriteDeadline:
     """The client's `send`, each call given `timeout_s` to be taken, else the work is cancelled.
 
@@ -46,7 +51,7 @@ class WriteDeadline:
         self.send = send
         self.timeout_s = timeout_s
         self.loop = asyncio.get_running_loop()
-        self.task: asyncio.Task[None] | None = None  # what a missed deadline cancels
+        self.task: Cancellable | None = None  # what a missed deadline cancels
         self.handle: asyncio.TimerHandle | None = None
         self.sending_since: float | None = None
         self.expired = False  # the client did not take a write in time

@@ -45,5 +45,7 @@ class ProxyResult:
     response_id: str | None = None  # a Responses API answer: the id the engine gave it
 
 
-# Who hears the result: the API layer wires metering's accounting here.
+# Who hears the result: the API layer wires metering's accounting here. A reporter accounts for
+# the request before it awaits anything (or shields what it awaits): the relay calls it as it
+# ends, where a shutdown's cancellation may reach it, and does not pay a task to shield it.
 Reporter = Callable[[ProxyResult], Awaitable[None]]

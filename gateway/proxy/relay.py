@@ -12,19 +12,19 @@ is metering's business, not the proxy's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from gateway.errors import ApiError
 from gateway.metering.stream_options import UsageWanted
 from gateway.metering.usage import usage_of
 from gateway.proxy.asgi_send import WriteDeadline, send_bytes, send_error
 from gateway.proxy.collect import collect_stream
+from gateway.proxy.cut import Cut
 from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.events import ResponseEvents, response_id_of
 from gateway.proxy.normalize import normalize_error, normalize_success
@@ -87,45 +87,38 @@ class ProxyResponse(Response):
         info = info_of(scope)
         info.model = self.call.pool.name
         started = time.perf_counter()
-        if self.call.headers:
-            send = _with_headers(send, self.call.headers)
+        info.headers += [(k.encode(), v.encode()) for k, v in self.call.headers.items()]
+        task = asyncio.current_task()
+        assert task is not None
+        cut = Cut(task)
+        deadline = WriteDeadline(send, self.deps.write_timeout_s)
+        deadline.task = cut  # a client that stops reading is cut like one that left
         watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        watcher.add_done_callback(cut.client_left)
         try:
             await asyncio.sleep(0)  # a client already gone is told at once: send it no engine
+            if watcher.done():
+                info.outcome, self.status_code = Outcome.CLIENT_DISCONNECTED, CLIENT_CLOSED
+            else:
+                await self._forward(info, deadline)
         except asyncio.CancelledError:
-            watcher.cancel()
-            raise
-        if watcher.done():
-            info.outcome, self.status_code = Outcome.CLIENT_DISCONNECTED, CLIENT_CLOSED
-            await asyncio.shield(self._done(info, time.perf_counter() - started))
-            return
-        deadline = WriteDeadline(send, self.deps.write_timeout_s)
-        work = asyncio.ensure_future(self._forward(info, deadline))
-        deadline.task = work  # a client that stops reading is cut like one that left
-        try:
-            await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            info.outcome = Outcome.GATEWAY_SHUTDOWN  # uvicorn cancels what outlives its grace
+            self.status_code = CLIENT_CLOSED
+            if not cut.take_back():
+                info.outcome = Outcome.GATEWAY_SHUTDOWN  # uvicorn cancels what outlives its grace
+                raise
+            assert cut.outcome is not None
+            info.outcome = cut.outcome
+        except Exception:
+            self.status_code = 500  # the middleware answers it and logs the traceback
             raise
         finally:
+            cut.close()
+            watcher.remove_done_callback(cut.client_left)
             watcher.cancel()
             deadline.close()
-            if deadline.expired:
-                info.outcome = Outcome.SLOW_CLIENT
-                self.status_code = CLIENT_CLOSED
-            elif not work.done():
-                work.cancel()
-                if info.outcome != Outcome.GATEWAY_SHUTDOWN:
-                    info.outcome = Outcome.CLIENT_DISCONNECTED
-                self.status_code = CLIENT_CLOSED
-            try:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await work
-            except Exception:
-                self.status_code = 500  # the middleware answers it and logs the traceback
-                raise
-            finally:
-                await asyncio.shield(self._done(info, time.perf_counter() - started))
+            # Not shielded (a task per request): reporters do not suspend before they have
+            # accounted for the request (outcome.Reporter).
+            await self._done(info, time.perf_counter() - started)
 
     async def _done(self, info: RequestInfo, elapsed: float) -> None:
         metrics, model, route = self.deps.metrics, self.call.pool.name, self.call.route
@@ -251,17 +244,6 @@ class ProxyResponse(Response):
     async def _send_error(self, send: Send, err: ApiError) -> None:
         self.status_code = err.status_code
         await send_error(send, err)
-
-
-def _with_headers(send: Send, headers: dict[str, str]) -> Send:
-    extra = [(k.encode(), v.encode()) for k, v in headers.items()]
-
-    async def sending(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message["headers"] = [*message.get("headers", ()), *extra]
-        await send(message)
-
-    return sending
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

@@ -1,20 +1,23 @@
-"""The HTTP client to the engines, behind a protocol: one pooled aiohttp session, failover
-before the first byte, and error mapping.
+"""The HTTP client to the engines, behind a protocol: kept-alive connections per engine,
+failover before the first byte, and error mapping.
 
 The relay sees only `UpstreamClient` and `UpstreamResponse`, so it runs as well on an
-in-memory engine (tests/unit/fake_upstream.py) as on aiohttp. aiohttp was chosen over httpx
-by measurement on the proxy path (see bench/README.md).
+in-memory engine (tests/support/fake_upstream.py) as on a socket. Proxied requests go through
+the gateway's own HTTP/1.1 client (gateway/proxy/h1.py: a quarter of aiohttp's CPU per
+request, bench/README.md); the aiohttp session is kept for everything else that talks to an
+engine or an identity provider (health checks, model lists, LoRA loading, JWKS).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 import aiohttp
 
 from gateway.errors import ApiError, BadGateway, GatewayTimeout, ServiceUnavailable
 from gateway.metrics import Metrics
+from gateway.proxy.h1 import ConnectFailed, Disconnected, H1Pool, H1Response
 from gateway.routing.engines import Engine
 from gateway.settings import UpstreamSettings
 
@@ -69,62 +72,13 @@ class UpstreamClient(Protocol):
     ) -> ApiError: ...
 
 
-class AiohttpResponse:
-    """An aiohttp response as an UpstreamResponse: its errors become UpstreamBroken."""
-
-    __slots__ = ("_counted", "_resp", "content_type", "status")
-
-    def __init__(self, resp: aiohttp.ClientResponse, counted: Upstream) -> None:
-        self._resp = resp
-        self.status = resp.status
-        self.content_type = resp.content_type
-        self._counted: Upstream | None = counted
-        counted.open_requests += 1
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._resp.content.iter_any():
-                yield chunk
-        except TimeoutError as exc:
-            raise UpstreamBroken("timeout", exc) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamBroken("stream_cut", exc) from exc
-
-    async def read(self) -> bytes:
-        try:
-            return await self._resp.read()
-        except TimeoutError as exc:
-            raise UpstreamBroken("timeout", exc) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamBroken("disconnect", exc) from exc
-
-    def release(self) -> None:
-        self._resp.release()
-        self._uncount()
-
-    def close(self) -> None:
-        self._resp.close()
-        self._uncount()
-
-    def _uncount(self) -> None:
-        if self._counted is not None:
-            self._counted.open_requests -= 1
-            self._counted = None
-
-
 class Upstream:
     def __init__(self, settings: UpstreamSettings, metrics: Metrics) -> None:
         self._settings = settings
         self._metrics = metrics
         self._session: aiohttp.ClientSession | None = None
         self.open_requests = 0  # answers handed out and not yet closed, over every engine
-        connect = settings.connect_timeout_s
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect, sock_read=settings.stream_idle_timeout_s
-        )
-        self._body_timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect, sock_read=settings.response_timeout_s
-        )
+        self._engines = H1Pool(settings.connect_timeout_s)
 
     async def start(self) -> None:
         # No pool limit in aiohttp: a wait for a pooled connection would count as the engine's
@@ -135,6 +89,7 @@ class Upstream:
         )
 
     async def close(self) -> None:
+        self._engines.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -189,7 +144,7 @@ class Upstream:
                 engine.inflight -= 1
                 engine.record_failure("http_5xx", f"status {resp.status}")
                 continue
-            return engine, AiohttpResponse(resp, self)
+            return engine, resp
         trying(None)
         raise ServiceUnavailable(
             "No engine serving this model is reachable right now; try again shortly.",
@@ -206,29 +161,32 @@ class Upstream:
         *,
         method: str,
         last: bool,
-    ) -> aiohttp.ClientResponse | None:
+    ) -> H1Response | None:
         """The engine's response; None when it could not be reached, or (unless it is the
         `last` to try) when the connection broke before it answered."""
-        timeout = self._stream_timeout if stream else self._body_timeout
+        s = self._settings
+        idle_s = s.stream_idle_timeout_s if stream else s.response_timeout_s
         try:
-            resp = await self.session.request(
-                method, engine.url + path, data=body, headers=headers, timeout=timeout
+            conn = await self._engines.request(
+                engine.url, method, path, body, headers, idle_s=idle_s
             )
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+        except ConnectFailed:
             self._metrics.upstream_errors.labels(engine.url, "connect").inc()
             engine.mark_down()
             return None
-        except aiohttp.ServerTimeoutError as exc:
+        except TimeoutError as exc:
             raise self.failure(engine, "timeout", exc, stream=stream) from exc
-        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+        except (Disconnected, OSError) as exc:
             if last:
                 raise self.failure(engine, "disconnect", exc) from exc
             self.failure(engine, "disconnect", exc)  # counted; the next engine is tried
             return None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise self.failure(engine, "disconnect", exc) from exc
         engine.mark_up()
-        return resp
+        self.open_requests += 1  # until the response is released or closed
+        return H1Response(conn, self._engines, idle_s, _broken, self._closed_one)
+
+    def _closed_one(self) -> None:
+        self.open_requests -= 1
 
     def failure(
         self, engine: Engine, kind: Failure, exc: BaseException, *, stream: bool = False
@@ -245,6 +203,10 @@ class Upstream:
             f"The engine closed the connection before answering ({type(exc).__name__}).",
             code="engine_disconnected",
         )
+
+
+def _broken(kind: str, cause: BaseException) -> UpstreamBroken:
+    return UpstreamBroken(cast(Failure, kind), cause)
 
 
 def _busy() -> ApiError:

@@ -60,6 +60,8 @@ async def target_fixture(tmp_path_factory: pytest.TempPathFactory) -> AsyncItera
             {
                 "models": [{"name": MODEL, "engines": [sim]}],
                 "redis_url": redis_url,
+                # Conformance, not timeouts: a Redis reply late on a busy machine is no 5xx here.
+                "redis_timeout_s": 5.0,
                 "admin_token": ADMIN_TOKEN,
                 "key_pepper": PEPPER,
                 "metering": {"spill_dir": str(spill)},

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -174,11 +175,18 @@ async def test_nbf_within_the_leeway_is_accepted(rsa_pem_verifier: JwtVerifier) 
     assert (await rsa_pem_verifier.verify(token)).tenant == "acme"
 
 
+@dataclass(frozen=True)
+class FromNow:
+    """A claim time this many seconds from when the test runs."""
+
+    seconds: int
+
+
 @pytest.mark.parametrize(
     ("overrides", "needle", "code"),
     [
-        ({"exp": int(time.time()) - 60}, "expired", "token_expired"),
-        ({"nbf": int(time.time()) + 600}, "not valid yet", "invalid_token"),
+        ({"exp": FromNow(-60)}, "expired", "token_expired"),
+        ({"nbf": FromNow(600)}, "not valid yet", "invalid_token"),
         ({"aud": "someone-else"}, "audience", "invalid_token"),
         ({"iss": "https://evil.test"}, "issuer", "invalid_token"),
         ({"tenant": None}, "'tenant' claim", "invalid_token"),
@@ -192,7 +200,9 @@ async def test_nbf_within_the_leeway_is_accepted(rsa_pem_verifier: JwtVerifier) 
 async def test_claim_problems_are_401_naming_the_problem(
     rsa_pem_verifier: JwtVerifier, overrides: dict[str, Any], needle: str, code: str
 ) -> None:
-    token = jwt.encode(claims(**overrides), RSA, algorithm="RS256")
+    now = int(time.time())  # times are taken here, not when the module was collected
+    resolved = {k: now + v.seconds if isinstance(v, FromNow) else v for k, v in overrides.items()}
+    token = jwt.encode(claims(**resolved), RSA, algorithm="RS256")
     error = await rejected(rsa_pem_verifier, token)
     assert needle in error.message
     assert error.code == code

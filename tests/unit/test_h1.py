@@ -1,0 +1,245 @@
+"""The engines' HTTP/1.1 client against a real socket server whose every byte the test writes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import pytest
+
+from gateway.netutil import free_port
+from gateway.proxy import h1
+from gateway.proxy.h1 import ConnectFailed, H1Pool, H1Response
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]
+
+
+@dataclass
+class Server:
+    url: str
+    connections: int = 0
+    requests: list[bytes] = field(default_factory=list)  # each request's head, as received
+    closed_by_client: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Broken(Exception):
+    def __init__(self, kind: str, cause: BaseException) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+async def read_request(reader: asyncio.StreamReader, server: Server) -> bool:
+    """Read one request (head and sized body); False at EOF."""
+    head = await reader.readuntil(b"\r\n\r\n") if not reader.at_eof() else b""
+    if not head:
+        return False
+    server.requests.append(head)
+    lines = head.lower().split(b"\r\n")
+    length = next((int(x.split(b":")[1]) for x in lines if x.startswith(b"content-length:")), 0)
+    if length:
+        await reader.readexactly(length)
+    return True
+
+
+@asynccontextmanager
+async def serving(handler: Handler, prefix: str = "") -> AsyncIterator[Server]:
+    port = free_port()
+    server = Server(f"http://127.0.0.1:{port}{prefix}")
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        server.connections += 1
+        try:
+            await handler(reader, writer, server)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            server.closed_by_client.set()
+        finally:
+            writer.close()
+
+    listener = await asyncio.start_server(on_connect, "127.0.0.1", port)
+    try:
+        yield server
+    finally:
+        listener.close()
+
+
+def sized(body: bytes, content_type: bytes = b"application/json") -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: " + content_type + b"; charset=utf-8\r\n"
+        b"content-length: %d\r\n\r\n" % len(body) + body
+    )
+
+
+async def keep_answering(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
+) -> None:
+    while await read_request(reader, server):
+        writer.write(sized(b'{"n":%d}' % len(server.requests)))
+        await writer.drain()
+
+
+async def collect(resp: H1Response, into: list[bytes]) -> None:
+    async for chunk in resp.chunks():
+        into.append(chunk)
+
+
+async def ask(
+    pool: H1Pool, url: str, idle_s: float | None = 5.0, body: bytes = b"{}"
+) -> H1Response:
+    headers = {"content-type": "application/json"}
+    conn = await pool.request(url, "POST", "/v1/chat", body, headers, idle_s=idle_s)
+    return H1Response(conn, pool, idle_s, Broken, lambda: None)
+
+
+async def test_answers_are_read_and_connections_kept_alive() -> None:
+    async with serving(keep_answering, prefix="/engine") as server:
+        pool = H1Pool(connect_timeout_s=2)
+        for n in (1, 2, 3):
+            resp = await ask(pool, server.url)
+            assert resp.status == 200
+            assert resp.content_type == "application/json"  # parameters dropped, as aiohttp
+            assert await resp.read() == b'{"n":%d}' % n
+            resp.release()
+        assert server.connections == 1  # one connection for the three
+        first = server.requests[0]
+        assert first.startswith(b"POST /engine/v1/chat HTTP/1.1\r\n")
+        assert b"host: 127.0.0.1:" in first
+        assert b"content-length: 2\r\n" in first
+        pool.close()
+
+
+async def test_a_stream_arrives_chunk_by_chunk() -> None:
+    go_on = asyncio.Event()
+
+    async def streaming(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
+        await read_request(r, s)
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+        w.write(b"transfer-encoding: chunked\r\n\r\n")
+        w.write(b"7\r\ndata: 1\r\n")
+        await w.drain()
+        await go_on.wait()  # the second chunk only once the client has read the first
+        w.write(b"7\r\ndata: 2\r\n0\r\n\r\n")
+        await w.drain()
+        await read_request(r, s)
+
+    async with serving(streaming) as server:
+        pool = H1Pool(connect_timeout_s=2)
+        resp = await ask(pool, server.url)
+        assert resp.content_type == "text/event-stream"
+        seen = []
+        async for chunk in resp.chunks():
+            seen.append(chunk)
+            go_on.set()
+        assert seen == [b"data: 1", b"data: 2"]
+        resp.release()
+        assert len(pool.idle[pool.origin(server.url)]) == 1  # read to its end: kept
+        pool.close()
+
+
+async def test_a_body_that_ends_with_the_connection_is_read_and_not_kept() -> None:
+    async def closing(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
+        await read_request(r, s)
+        w.write(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{"a":')
+        await w.drain()
+        w.write(b"1}")
+        await w.drain()
+        w.close()
+
+    async with serving(closing) as server:
+        pool = H1Pool(connect_timeout_s=2)
+        resp = await ask(pool, server.url)
+        assert await resp.read() == b'{"a":1}'
+        resp.release()
+        assert not pool.idle.get(pool.origin(server.url))
+
+
+async def test_a_connection_the_engine_closed_while_idle_is_not_used_again() -> None:
+    async def once(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
+        await read_request(r, s)
+        w.write(sized(b"{}"))
+        await w.drain()  # then the engine closes it (its keep-alive timeout)
+
+    async with serving(once) as server:
+        pool = H1Pool(connect_timeout_s=2)
+        for _ in range(3):
+            resp = await ask(pool, server.url)
+            assert await resp.read() == b"{}"
+            resp.release()
+            await asyncio.sleep(0.05)  # the close reaches the idle connection
+        assert server.connections == 3
+
+
+async def test_silence_after_the_head_is_a_timeout_and_a_cut_is_a_stream_cut() -> None:
+    async def silent(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
+        await read_request(r, s)
+        w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        await w.drain()
+        if len(s.requests) == 1:
+            await asyncio.sleep(5)  # nothing more: the client's idle timeout
+        # the second time: the connection is cut mid-stream (the handler returns)
+
+    async with serving(silent) as server:
+        pool = H1Pool(connect_timeout_s=2)
+        for expected in ("timeout", "stream_cut"):
+            resp = await ask(pool, server.url, idle_s=0.3)
+            got: list[bytes] = []
+            with pytest.raises(Broken) as broken:
+                await collect(resp, got)
+            assert broken.value.kind == expected
+            assert got == [b"abc"]
+            resp.close()
+
+
+async def test_no_head_in_time_is_a_timeout_and_closing_an_answer_closes_its_connection() -> None:
+    async def slow(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
+        await read_request(r, s)
+        if len(s.requests) == 1:
+            await r.read()  # never answers; sees the client close
+            s.closed_by_client.set()
+            return
+        w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        await w.drain()
+        await r.read()
+        s.closed_by_client.set()
+
+    async with serving(slow) as server:
+        pool = H1Pool(connect_timeout_s=2)
+        with pytest.raises(TimeoutError):
+            await ask(pool, server.url, idle_s=0.2)
+        await asyncio.wait_for(server.closed_by_client.wait(), 5)
+        server.closed_by_client.clear()
+        resp = await ask(pool, server.url)
+        resp.close()  # mid-answer: the engine must learn the client is gone
+        await asyncio.wait_for(server.closed_by_client.wait(), 5)
+        assert not pool.idle.get(pool.origin(server.url))
+
+
+async def test_nobody_listening_is_a_connect_failure() -> None:
+    pool = H1Pool(connect_timeout_s=2)
+    with pytest.raises(ConnectFailed):
+        await ask(pool, f"http://127.0.0.1:{free_port()}")
+
+
+async def test_a_reader_that_falls_behind_pauses_the_socket() -> None:
+    size = h1.HIGH_WATER * 4
+
+    async def big(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
+        await read_request(r, s)
+        w.write(sized(b"x" * size))
+        await w.drain()
+
+    async with serving(big) as server:
+        pool = H1Pool(connect_timeout_s=2)
+        conn = await pool.request(server.url, "GET", "/", b"", {}, idle_s=5)
+        resp = H1Response(conn, pool, 5, Broken, lambda: None)
+        while not conn.paused:  # nobody reads: the socket is paused past the high-water mark
+            await conn.wait(5)
+        assert conn.buffered < size
+        assert b"content-length" not in server.requests[0]  # a GET without a body
+        total = 0
+        async for chunk in resp.chunks():
+            total += len(chunk)
+        assert total == size
+        resp.release()
