@@ -259,3 +259,19 @@ async def test_unwritable_storage_is_a_503_not_a_500(tmp_path: Path) -> None:
         assert refused.value.status_code == 503
         assert _error(refused.value)["code"] == "file_storage_unavailable"
         assert (await client.files.list()).data == []
+
+
+async def test_a_redis_too_slow_to_answer_is_a_retryable_503_not_a_500(tmp_path: Path) -> None:
+    """Found when a busy CI machine made a job's events 500: Redis did not answer within
+    redis_timeout_s under a route that reads it directly."""
+    async with tenant_stack(tmp_path) as stack:
+        client = await stack.tenant("slow-redis")
+        assert (await client.files.list()).data == []  # the key is cached now
+        await stack.redis.client_pause(3000)  # Redis takes no command for 3 s
+        with pytest.raises(openai.InternalServerError) as refused:
+            await client.files.list()
+        assert refused.value.status_code == 503
+        assert _error(refused.value)["code"] == "store_unavailable"
+        assert refused.value.response.headers["retry-after"] == "1"
+        await stack.redis.client_unpause()
+        assert (await client.files.list()).data == []
