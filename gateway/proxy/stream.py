@@ -168,21 +168,28 @@ async def relay_stream(
     if shown is None:
         shown = FrameFilter(want, n, engine.url, deps.fingerprints)
     error: ApiError | None = None
+    ended = False  # the client has the whole stream; what follows is the engine's end of it
     try:
         async for chunk in resp.chunks():
             frames = splitter.feed(chunk)
-            if not frames:
+            if not frames or ended:
                 continue
             if info.ttft_ms is None:
                 info.ttft_ms = (time.perf_counter() - started) * 1000
                 deps.metrics.ttft.labels(info.model or "").observe(info.ttft_ms / 1000)
             out = b"".join([shown(f) for f in frames])
-            if out:
+            if shown.finished:  # the last frame: the end of the response goes with it
+                ended = True
+                await send({"type": "http.response.body", "body": out + shown.release()})
+            elif out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
     except UpstreamBroken as broken:
-        error = deps.upstream.failure(engine, broken.kind, broken.cause, stream=True)
+        if not ended:
+            error = deps.upstream.failure(engine, broken.kind, broken.cause, stream=True)
     finally:  # also when cancelled: bill what the engine generated until then
         info.usage = shown.usage
+    if ended:
+        return Outcome.OK
     return await _end(send, shown, error, deps, engine)
 
 
