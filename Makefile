@@ -20,9 +20,8 @@ lint: $(STAMP)  ## ruff (format + lint) and mypy strict
 engine: $(STAMP)  ## the CPU vLLM venv and the bundled models, prepared once in ~/.cache/llmaas
 	$(BIN)/python -m gateway.embedded prepare
 
-bench: $(STAMP)  ## gateway overhead against a zero-delay simulator
-	$(BIN)/python -m bench.overhead
-	$(BIN)/python -m bench.upstream_clients
+bench: $(STAMP) engine  ## every benchmark (bench/all.py), then one table of the targets
+	$(BIN)/python -m bench.all $(BENCH_ARGS)
 
 install: $(STAMP)
 

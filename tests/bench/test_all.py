@@ -1,0 +1,46 @@
+"""bench.all (`make bench`): its `--help`, and the targets table it builds from each
+benchmark's figures (the benchmarks themselves are run by their own tests)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import all as bench_all
+from bench.engine_streams import Figures, Options, Pass, Side
+from bench.harness import ROOT
+
+
+def test_help_names_the_options(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.all", "--help"],
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,  # a hang guard only
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for option in ("--soak-seconds", "--requests", "--no-engine", "--no-litellm"):
+        assert option in done.stdout
+
+
+def test_engine_goals_hold_or_fail_on_the_measured_figures() -> None:
+    def figures(gateway_tokens: int, gateway_ttft: float) -> Figures:
+        passes = [
+            Pass("direct", 1, 32, 0, 1000, 10.0, [100.0]),
+            Pass("gateway", 1, 32, 0, gateway_tokens, 10.0, [gateway_ttft]),
+        ]
+        direct = Side.of("direct", passes)
+        return Figures(Options(), True, passes, direct, Side.of("gateway", passes))
+
+    met = bench_all.engine_goals(figures(990, 101.0))
+    assert [g.met for g in met] == [True, True]
+    missed = bench_all.engine_goals(figures(900, 105.0))
+    assert [g.met for g in missed] == [False, False]
+    assert "90.0%" in missed[0].measured
+    table = bench_all.table(missed)
+    assert table.count("| NO |") == 2
