@@ -1,9 +1,10 @@
 """LiteLLM's proxy as a benchmark peer: the same simulator behind it, started offline.
 
 LiteLLM pins its own FastAPI, pydantic and openai, so it lives in a venv of its own under
-~/.cache/llmaas/bench, installed once; a stamp written only after a successful install makes a
-half-finished one start again. The proxy runs with a master key and no database (no
-DATABASE_URL), and with its cost-map download and telemetry off, since the box has no internet.
+$LLMAAS_HOME/bench (default ~/.cache/llmaas/bench), installed once; a stamp written only after
+a successful install makes a half-finished one start again. The proxy runs with a master key
+and no database (no DATABASE_URL), and with its cost-map download and telemetry off, since the
+box has no internet.
 
     .venv/bin/python -m bench.litellm_peer   # install if needed, start, check one chat, stop
 """
@@ -23,11 +24,18 @@ import aiohttp
 import orjson
 
 from bench.harness import Server, command, simulator
+from gateway.embedded.paths import default_home
 from gateway.netutil import free_port
 
 VERSION = "1.100.5"
 PIN = f"litellm[proxy]=={VERSION}"
-VENV = Path.home() / ".cache" / "llmaas" / "bench" / "litellm-venv"
+
+
+def default_venv() -> Path:
+    """Beside the engine venv, in $LLMAAS_HOME (kept by the test suite) or ~/.cache/llmaas."""
+    return default_home(os.environ) / "bench" / "litellm-venv"
+
+
 STAMP = ".llmaas-litellm"
 MASTER_KEY = "sk-bench-litellm-0123456789"
 START_TIMEOUT_S = 180.0  # importing litellm's proxy takes tens of seconds on a busy 2-core box
@@ -48,17 +56,20 @@ class LiteLLMError(RuntimeError):
     pass
 
 
-def litellm_binary(venv: Path = VENV) -> Path:
+def litellm_binary(venv: Path | None = None) -> Path:
+    venv = venv or default_venv()
     return venv / "bin" / "litellm"
 
 
-def is_installed(venv: Path = VENV) -> bool:
+def is_installed(venv: Path | None = None) -> bool:
+    venv = venv or default_venv()
     stamp = venv / STAMP
     return litellm_binary(venv).exists() and stamp.is_file() and stamp.read_text() == PIN
 
 
-async def ensure_litellm(venv: Path = VENV) -> Path:
+async def ensure_litellm(venv: Path | None = None) -> Path:
     """The proxy's executable, installing LiteLLM into its own venv first if needed."""
+    venv = venv or default_venv()
     if is_installed(venv):
         return litellm_binary(venv)
     print(f"installing LiteLLM {VERSION} (once)...", file=sys.stderr, flush=True)
