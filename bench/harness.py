@@ -68,26 +68,8 @@ async def process(
 ) -> AsyncIterator[int]:
     """Run `python -m <args>` until the block ends; wait until `health_url` answers 200.
     Yields the process id."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        *args,
-        env={**os.environ, **(env or {})},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-        cwd=ROOT,
-    )
-    try:
-        await wait_http_ok(health_url, timeout_s=30)
-        yield proc.pid
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+    async with command([sys.executable, "-m", *args], health_url, env) as pid:
+        yield pid
 
 
 @asynccontextmanager

@@ -222,34 +222,31 @@ class H1Response:
     async def chunks(self) -> AsyncIterator[bytes]:
         conn = self._conn
         assert conn is not None
-        try:
-            while True:
-                if conn.chunks:
-                    yield conn.take()
-                    continue
-                if conn.complete:
-                    return
-                if conn.error is not None:
-                    raise conn.error
-                await conn.wait(self._idle_s)
-        except TimeoutError as exc:
-            raise self._broken("timeout", exc) from exc
-        except Disconnected as exc:
-            raise self._broken("stream_cut", exc) from exc
+        while True:
+            if conn.chunks:
+                yield conn.take()
+            elif conn.complete:
+                return
+            else:
+                await self._more(conn, "stream_cut")
 
     async def read(self) -> bytes:
         conn = self._conn
         assert conn is not None
+        while not conn.complete:
+            await self._more(conn, "disconnect")
+        return conn.take()
+
+    async def _more(self, conn: Connection, cut: str) -> None:
+        """Wait for more of the answer; a failure raises what `broken` makes of it."""
         try:
-            while not conn.complete:
-                if conn.error is not None:
-                    raise conn.error
-                await conn.wait(self._idle_s)
+            if conn.error is not None:
+                raise conn.error
+            await conn.wait(self._idle_s)
         except TimeoutError as exc:
             raise self._broken("timeout", exc) from exc
         except Disconnected as exc:
-            raise self._broken("disconnect", exc) from exc
-        return conn.take()
+            raise self._broken(cut, exc) from exc
 
     def release(self) -> None:
         """Read to the end: the connection goes back to the pool (if it may be reused)."""

@@ -3,29 +3,17 @@ benchmark's figures (the benchmarks themselves are run by their own tests)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from bench import all as bench_all
 from bench.engine_streams import Figures, Options, Pass, Side
-from bench.harness import ROOT
+from tests.bench.modules import run_module
 
 
 def test_help_names_the_options(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.all", "--help"],
-        cwd=ROOT,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=60,  # a hang guard only
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    output = run_module("bench.all", ["--help"], tmp_path, 60)
     for option in ("--soak-seconds", "--requests", "--no-engine", "--no-litellm"):
-        assert option in done.stdout
+        assert option in output
 
 
 def test_engine_goals_hold_or_fail_on_the_measured_figures() -> None:

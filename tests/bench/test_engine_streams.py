@@ -3,17 +3,13 @@ engine (prepared by `make engine`), which prints both sides' figures and their r
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from bench.harness import ROOT
+from tests.bench.modules import run_module
 
-ENGINE_STREAMS = [sys.executable, "-m", "bench.engine_streams"]
 ROW = re.compile(
     r"^(direct|gateway)\s+(all|\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+([0-9.]+)\s+([0-9.]+)\s+"
     r"([0-9.]+)\s+([0-9.]+)$",
@@ -22,18 +18,7 @@ ROW = re.compile(
 
 
 def run(args: list[str], tmp_path: Path, timeout_s: float) -> str:
-    """Run the module from the checkout; its temporary files go under tmp_path."""
-    done = subprocess.run(
-        [*ENGINE_STREAMS, *args],
-        cwd=ROOT,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,  # a hang guard only
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    return run_module("bench.engine_streams", args, tmp_path, timeout_s)
 
 
 def figure(output: str, name: str) -> float:

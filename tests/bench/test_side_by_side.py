@@ -3,15 +3,11 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-from bench.harness import ROOT
+from tests.bench.modules import run_module
 
-SIDE_BY_SIDE = [sys.executable, "-m", "bench.side_by_side"]
 NUMBER = r"(-|[0-9.-]+)"
 CELL = re.compile(
     r"^\| (direct|gateway bare|gateway all on|litellm) \| (non-stream|stream) \| "
@@ -26,18 +22,7 @@ RATIO = re.compile(
 
 
 def run(args: list[str], tmp_path: Path, timeout_s: float) -> str:
-    """Run the module from the checkout; its temporary files go under tmp_path."""
-    done = subprocess.run(
-        [*SIDE_BY_SIDE, *args],
-        cwd=ROOT,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,  # a hang guard only
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    return run_module("bench.side_by_side", args, tmp_path, timeout_s)
 
 
 def test_help_names_the_options(tmp_path: Path) -> None:

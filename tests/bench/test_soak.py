@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-from bench.harness import ROOT
-
-SOAK = [sys.executable, "-m", "bench.soak"]
+from tests.bench.modules import run_module
 
 
 def run(args: list[str], tmp_path: Path, timeout_s: float) -> str:
-    """Run the module from the checkout; its temporary files go under tmp_path."""
-    done = subprocess.run(
-        [*SOAK, *args],
-        cwd=ROOT,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,  # a hang guard only
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    return run_module("bench.soak", args, tmp_path, timeout_s)
 
 
 def figure(output: str, name: str) -> str:

@@ -3,32 +3,17 @@ table, sizing sentence and error count are printed."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-from bench.harness import ROOT
+from tests.bench.modules import run_module
 
-WORKERS = [sys.executable, "-m", "bench.workers"]
 NUMBER = r"([0-9.]+)"
 ROW = re.compile(r"^\| " + r" \| ".join([NUMBER] * 15) + r" \|$", re.M)
 
 
 def run(args: list[str], tmp_path: Path, timeout_s: float) -> str:
-    """Run the module from the checkout; its temporary files go under tmp_path."""
-    done = subprocess.run(
-        [*WORKERS, *args],
-        cwd=ROOT,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,  # a hang guard only
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    return run_module("bench.workers", args, tmp_path, timeout_s)
 
 
 def test_help_names_the_options(tmp_path: Path) -> None:
