@@ -30,6 +30,7 @@ from bench.harness import drive, gateway, simulator
 from bench.overhead import MODEL, chat_call, config_for
 
 # Packages by where their files live, most specific first; the rest is "other".
+RATE_HZ = 500  # py-spy samples per second: each busy sample stands for 2 ms of the thread's time
 _PACKAGES = (
     ("gateway", re.compile(r"[(/]gateway/")),
     ("fastapi", re.compile(r"[(/]fastapi/")),
@@ -96,7 +97,8 @@ async def profile(
                 out = tmp / "stacks.txt"
                 recorder = await asyncio.create_subprocess_exec(
                     spy, "record", "--pid", str(gw.pid), "--duration", str(int(seconds)),
-                    "--rate", "500", "--format", "raw", "--output", str(out), "--nonblocking",
+                    "--rate", str(RATE_HZ), "--format", "raw", "--output", str(out),
+                    "--nonblocking",
                     stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
                 )  # fmt: skip
                 done = 0
@@ -113,14 +115,18 @@ async def profile(
 
 
 def show(p: Profile) -> None:
+    """Shares of the busy samples, and what they come to per request (µs), comparable between
+    runs and commits: a sample is 1/RATE_HZ s of the gateway's busy time."""
     busy = max(1, p.samples)
+    per_request = 1e6 / RATE_HZ / max(1, p.requests)
     print(f"{p.requests} requests at {p.rps:.0f}/s; {p.samples} busy samples")
-    print(f"\n{'package':<12} {'share of busy samples':>22}")
+    print(f"busy time per request: {p.samples * per_request:.0f} µs")
+    print(f"\n{'package':<12} {'share':>7} {'µs/request':>11}")
     for name, count in p.by_package:
-        print(f"{name:<12} {count / busy:>21.1%}")
-    print(f"\n{'self %':>7}  function (file:line)")
+        print(f"{name:<12} {count / busy:>7.1%} {count * per_request:>11.1f}")
+    print(f"\n{'self %':>7} {'µs/req':>7}  function (file:line)")
     for frame, count in p.by_function:
-        print(f"{count / busy:>7.1%}  {frame[:140]}")
+        print(f"{count / busy:>7.1%} {count * per_request:>7.1f}  {frame[:130]}")
 
 
 def main() -> None:
