@@ -45,7 +45,16 @@ class WriteDeadline:
     re-armed only when it fires: at most one wake-up per `timeout_s` while the stream flows.
     """
 
-    __slots__ = ("expired", "handle", "loop", "send", "sending_since", "task", "timeout_s")
+    __slots__ = (
+        "answered",
+        "expired",
+        "handle",
+        "loop",
+        "send",
+        "sending_since",
+        "task",
+        "timeout_s",
+    )
 
     def __init__(self, send: Send, timeout_s: float) -> None:
         self.send = send
@@ -55,6 +64,9 @@ class WriteDeadline:
         self.handle: asyncio.TimerHandle | None = None
         self.sending_since: float | None = None
         self.expired = False  # the client did not take a write in time
+        # The response's last message went out: the client has it all (a disconnect from now
+        # on is the client closing after it, not leaving halfway).
+        self.answered = False
 
     async def __call__(self, message: Message) -> None:
         now = self.loop.time()
@@ -65,6 +77,8 @@ class WriteDeadline:
             await self.send(message)
         finally:
             self.sending_since = None
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.answered = True
 
     def _check(self) -> None:
         since = self.sending_since

@@ -94,7 +94,12 @@ class ProxyResponse(Response):
         deadline = WriteDeadline(send, self.deps.write_timeout_s)
         deadline.task = cut  # a client that stops reading is cut like one that left
         watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
-        watcher.add_done_callback(cut.client_left)
+
+        def client_left(done: asyncio.Future[None]) -> None:
+            if not deadline.answered:  # after the last byte, uvicorn reports a disconnect
+                cut.client_left(done)
+
+        watcher.add_done_callback(client_left)
         try:
             await asyncio.sleep(0)  # a client already gone is told at once: send it no engine
             if watcher.done():
@@ -113,7 +118,7 @@ class ProxyResponse(Response):
             raise
         finally:
             cut.close()
-            watcher.remove_done_callback(cut.client_left)
+            watcher.remove_done_callback(client_left)
             watcher.cancel()
             deadline.close()
             # Not shielded (a task per request): reporters do not suspend before they have

@@ -178,7 +178,10 @@ async def relay_stream(
                 info.ttft_ms = (time.perf_counter() - started) * 1000
                 deps.metrics.ttft.labels(info.model or "").observe(info.ttft_ms / 1000)
             out = b"".join([shown(f) for f in frames])
-            if shown.finished:  # the last frame: the end of the response goes with it
+            if shown.finished and frames_filter is None:  # chat and completions: the end of
+                # the response goes with the last frame. Not a Responses stream: vLLM stores the
+                # response after its last event, and a client told the end before that could
+                # ask for it before it is there.
                 ended = True
                 await send({"type": "http.response.body", "body": out + shown.release()})
             elif out:

@@ -4,6 +4,7 @@ one ProxyResponse against it: the relay's logic without sockets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,7 +118,8 @@ class Run:
 async def run_proxy(
     upstream: FakeUpstream, call: Callable[[ModelPool], ProxyCall], *, leave_after_s: float = 0
 ) -> Run:
-    """Run one ProxyResponse; with `leave_after_s` the client disconnects after that long."""
+    """Run one ProxyResponse; with `leave_after_s` the client disconnects after that long.
+    Like uvicorn, `receive` says http.disconnect once the response's last message was sent."""
     engine = Engine("http://engine")
     pool = ModelPool("m", [engine])
     results: list[ProxyResult] = []
@@ -126,16 +128,20 @@ async def run_proxy(
         results.append(result)
 
     messages: list[Message] = []
+    answered = asyncio.Event()
 
     async def send(message: Message) -> None:
         messages.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            answered.set()
 
     async def receive() -> Message:
         if leave_after_s:
-            await asyncio.sleep(leave_after_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(answered.wait(), leave_after_s)
             return {"type": "http.disconnect"}
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
+        await answered.wait()
+        return {"type": "http.disconnect"}
 
     scope: dict[str, Any] = {"type": "http"}
     attach(scope, RequestInfo("rid-1"))

@@ -102,3 +102,13 @@ async def test_an_engine_error_body_is_normalised_and_reported_as_rejected() -> 
     assert (error["message"], error["code"]) == ("bad", None)
     assert run.result.outcome == Outcome.REJECTED
     assert run.result.usage is None
+
+
+async def test_a_stream_whose_end_comes_after_its_last_frame_is_not_a_disconnect() -> None:
+    """vLLM ends the chunked body a moment after `[DONE]`: the client has the whole stream by
+    then, and the disconnect uvicorn reports after the last byte is no client leaving."""
+    steps: list[Any] = [delta("Hi", 1, "stop"), FINAL + DONE, 0.2]
+    run = await run_proxy(FakeUpstream(FakeResponse(steps=steps)), stream_call)
+    assert run.body.endswith(DONE)
+    assert (run.result.status, run.result.outcome) == (200, Outcome.OK)
+    assert run.result.usage == Usage(5, 2)
