@@ -1,0 +1,44 @@
+"""The log queue's consumer: lines gathered while it pauses go out in one write, in order, and
+stop() writes what is left at once."""
+
+from __future__ import annotations
+
+import io
+import logging
+import queue
+
+import orjson
+
+from gateway.logs import BatchingListener, JsonFormatter
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def record(n: int) -> logging.LogRecord:
+    return logging.LogRecord("llmaas.access", logging.INFO, __file__, 1, f"line {n}", None, None)
+
+
+def test_lines_that_gather_during_a_pause_go_out_together_and_stop_flushes_them() -> None:
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    stream = CountingStream()
+    listener = BatchingListener(records, stream, JsonFormatter(), interval_s=60)
+    listener.start()
+    records.put(record(0))  # wakes the thread: written, then it pauses (a minute, here)
+    for _ in range(3000):  # a hang guard: the first line is written within moments
+        if stream.writes:
+            break
+        listener.stopping.wait(0.01)
+    for n in range(1, 100):
+        records.put(record(n))
+    listener.stop()  # cuts the pause short: the 99 go out in one write
+    lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["msg"] for line in lines] == [f"line {n}" for n in range(100)]
+    assert stream.writes == 2
