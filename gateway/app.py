@@ -149,6 +149,7 @@ def create_app(
             ),
             drain=drain,
             adapters=_adapters(registry, redis, upstream, monitor),
+            auth_feed=listener,
         )
         adapters = app.state.gateway.adapters
         feeds = [f for f in (listener, adapters) if f is not None]

@@ -11,6 +11,7 @@ from gateway.api.drain import Drain
 from gateway.api.policy import TenantPolicy
 from gateway.api.response_homes import ResponseHomes
 from gateway.auth.authenticate import Authenticator
+from gateway.auth.invalidation import InvalidationListener
 from gateway.finetune.serving import AdapterServing
 from gateway.limits.control import AdmissionControl
 from gateway.metering.accounting import Accounting
@@ -37,3 +38,6 @@ class GatewayState:
     policy: TenantPolicy  # what a tenant may send to the engines
     drain: Drain  # set on SIGTERM: readiness false, new requests refused (gateway/server.py)
     adapters: AdapterServing | None  # fine-tuned models: loaded into engines on demand
+    # The key cache's invalidation feed (None without Redis); it empties the cache once its
+    # subscription is confirmed, so `subscribed` tells when cached keys stay cached.
+    auth_feed: InvalidationListener | None = None

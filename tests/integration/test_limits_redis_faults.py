@@ -75,11 +75,15 @@ async def faulty_stack(
             redis_url = proxy.url if proxied else redis_server.url
             settings = auth_settings(sim, redis_url, tmp_path / "spill").model_copy(deep=True)
             settings.limits.failure_mode = failure_mode  # type: ignore[assignment]
+            app = create_app(settings)
             async with (
-                serve_asgi(create_app(settings)) as gateway,
+                serve_asgi(app) as gateway,
                 aiohttp.ClientSession() as http,
                 Redis.from_url(redis_server.url) as redis,
             ):
+                # The key cache empties once the invalidation feed is confirmed: on a busy
+                # machine that came after the first request, whose cached key then was gone.
+                await asyncio.wait_for(app.state.gateway.auth_feed.subscribed.wait(), 10)
                 admin = f"{gateway}/admin/v1"
                 tenant = {"rpm": 20, "tpm": 60, "max_concurrency": 10}
                 await http.put(f"{admin}/tenants/{TENANT}", json=tenant, headers=ADMIN)

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from gateway.auth.store import CHANNEL
 from gateway.embedded.redis_server import running_redis
 from gateway.metering.ledger import log_key
 from gateway.sim.config import SimConfig
@@ -31,6 +32,22 @@ async def _ledger_size(redis_url: str, tenant: str) -> int:
     redis = Redis.from_url(redis_url)
     try:
         return int(await redis.xlen(log_key(tenant)))
+    finally:
+        await redis.aclose()
+
+
+async def _subscribers(redis: Redis) -> int:
+    return int(dict(await redis.pubsub_numsub(CHANNEL)).get(CHANNEL.encode(), 0))
+
+
+async def _auth_feed_subscribed(redis_url: str) -> None:
+    """Until the gateway's key-cache invalidation feed is subscribed: it empties the cache once
+    confirmed, and on a busy machine that came after the request meant to cache the key."""
+    redis = Redis.from_url(redis_url)
+    try:
+        async with asyncio.timeout(10):
+            while not await _subscribers(redis):  # noqa: ASYNC110 (Redis: no event to await)
+                await asyncio.sleep(0.02)
     finally:
         await redis.aclose()
 
@@ -101,6 +118,7 @@ async def test_a_ledger_unreachable_at_shutdown_is_spilled_then_replayed(tmp_pat
             url = "/v1/chat/completions"
             body = {"model": MODEL, "messages": HELLO}
             async with gateway_process(config) as gw:
+                await _auth_feed_subscribed(redis_url)
                 headers = await tenant_key(http, gw.url, "spill")
                 async with http.post(gw.url + url, json=body, headers=headers) as resp:
                     assert resp.status == 200  # caches the key and its tenant
