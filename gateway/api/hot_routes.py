@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth.principal import Principal
+from gateway.deps import authenticate, get_state
 from gateway.errors import ApiError
 from gateway.proxy.asgi_send import send_error
 from gateway.state import GatewayState
@@ -40,10 +41,9 @@ class HotRoutes:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
-        try:
-            gw: GatewayState = scope["app"].state.gateway
-            caller = await gw.auth.principal(request.headers)
-            response = await handler(request, gw, caller)
+        try:  # the same dependencies FastAPI would have resolved (gateway/deps.py)
+            gw = await get_state(request)
+            response = await handler(request, gw, await authenticate(request))
         except ApiError as err:
             await send_error(send, err)
             return

@@ -107,12 +107,6 @@ class Connection(asyncio.Protocol):
             self.error = self.error or Disconnected(str(exc) if exc else "connection closed")
             self._wake()
 
-    def pause_writing(self) -> None:  # pragma: no cover - request bodies are small
-        pass
-
-    def resume_writing(self) -> None:  # pragma: no cover
-        pass
-
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
         lower = name.lower()
