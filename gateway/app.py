@@ -51,6 +51,7 @@ from gateway.metrics import Metrics
 from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.upstream import Upstream
 from gateway.redis_client import redis_client
+from gateway.redis_pipe import RedisPipe
 from gateway.routing.balancer import make_balancer
 from gateway.routing.discovery import Resolver
 from gateway.routing.engines import Engine, EngineRegistry
@@ -116,10 +117,8 @@ def create_app(
         await upstream.start()
         redis = _redis(settings)
         auth, listener = _auth(settings, redis, upstream)
-        limits = settings.limits
-        limiter = Limiter(redis, limits.lease_ttl_s, limits.window_s) if redis is not None else None
+        pipe, limiter, ledger = _request_path_redis(settings, redis)
         admission = AdmissionControl(limiter, settings.limits, metrics)
-        ledger = Ledger(redis, settings.metering, limits.window_s) if redis is not None else None
         settler = Settler(ledger, settings.metering, metrics)
         await settler.start()
         registry = build_registry(settings.models, settings.routing, metrics)
@@ -165,6 +164,8 @@ def create_app(
             await admission.close()  # admissions given up on: a last try at releasing them
             await settler.close()  # requests are done: flush what waits for Redis, spill the rest
             await upstream.close()
+            if pipe is not None:
+                await pipe.close()
             if redis is not None:
                 await redis.aclose()
             log_listener.stop()
@@ -217,6 +218,18 @@ def _redis(settings: Settings) -> Redis | None:
     return redis_client(
         settings.redis_url, settings.redis_timeout_s, settings.redis_max_connections
     )
+
+
+def _request_path_redis(
+    settings: Settings, redis: Redis | None
+) -> tuple[RedisPipe | None, Limiter | None, Ledger | None]:
+    """Admissions and settlements share one pipelined connection (gateway/redis_pipe.py)."""
+    if redis is None:
+        return None, None, None
+    pipe = RedisPipe(redis)
+    window_s = settings.limits.window_s
+    limiter = Limiter(redis, settings.limits.lease_ttl_s, window_s, pipe)
+    return pipe, limiter, Ledger(redis, settings.metering, window_s, pipe)
 
 
 def _homes(settings: Settings, redis: Redis | None) -> ResponseHomes:

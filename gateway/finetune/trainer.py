@@ -72,15 +72,18 @@ class Trainer:
     async def run(self) -> None:
         """Take and train jobs until `stopping` is set."""
         self.log.info("trainer %s waiting for jobs", self.worker)
-        while not self.stopping.is_set():
-            try:
-                await fail_overdue(self.store)
-                item = await self.store.next_queued(POLL_S)
-                if item is not None:
-                    await self.run_job(*item)
-            except (RedisError, OSError) as exc:  # Redis away: its heartbeat sweep covers us
-                self.log.warning("trainer: Redis unavailable (%s); retrying", exc)
-                await asyncio.sleep(POLL_S)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    await fail_overdue(self.store)
+                    item = await self.store.next_queued(POLL_S)
+                    if item is not None:
+                        await self.run_job(*item)
+                except (RedisError, OSError) as exc:  # Redis away: its heartbeat sweep covers us
+                    self.log.warning("trainer: Redis unavailable (%s); retrying", exc)
+                    await asyncio.sleep(POLL_S)
+        finally:
+            await self.ledger.close()
 
     async def run_job(self, tenant: str, job_id: str) -> Job | None:
         """Claim and train one job; the job as it ended (None: it was not ours to run)."""

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from gateway.auth.principal import Limits, Principal
 from gateway.errors import RateLimited
-from gateway.redis_batch import ScriptBatches
+from gateway.redis_pipe import PipeScript, RedisPipe
 
 _SCRIPTS = Path(__file__).parent
 SCOPES = ("key", "tenant")
@@ -87,12 +87,20 @@ def _triple(limit: bytes, remaining: bytes, reset: bytes) -> tuple[int, int, flo
 
 
 class Limiter:
-    def __init__(self, redis: Redis, lease_ttl_s: float = 120.0, window_s: float = 60.0) -> None:
-        """`window_s` is the "minute" of rpm and tpm; tests shorten it, production keeps 60."""
+    def __init__(
+        self,
+        redis: Redis,
+        lease_ttl_s: float = 120.0,
+        window_s: float = 60.0,
+        pipe: RedisPipe | None = None,
+    ) -> None:
+        """`window_s` is the "minute" of rpm and tpm; tests shorten it, production keeps 60.
+        `pipe`: the connection admissions go out on (gateway/redis_pipe.py: concurrent ones
+        share round trips), shared with the ledger's settlements; default: one of its own."""
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
         self.window_ms = int(window_s * 1000)
-        # Concurrent admissions share round trips (pipelined: gateway/redis_batch.py).
-        self._admit = ScriptBatches(redis, (_SCRIPTS / "admission.lua").read_text())
+        self.pipe = pipe or RedisPipe(redis)
+        self._admit = PipeScript(self.pipe, (_SCRIPTS / "admission.lua").read_text())
         self._release = redis.register_script((_SCRIPTS / "release.lua").read_text())
         self._renew = redis.register_script((_SCRIPTS / "renew.lua").read_text())
         self.redis = redis

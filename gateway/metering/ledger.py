@@ -11,7 +11,6 @@ Layout (every key of a tenant under its hash tag, so one script touches them tog
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,13 +22,13 @@ from redis.exceptions import NoScriptError
 from gateway.limits.limiter import scope_keys
 from gateway.metering.record import UsageRecord
 from gateway.metering.settlement import Settlement
+from gateway.redis_pipe import PipeScript, RedisPipe
 from gateway.settings import MeteringSettings
 
 TENANTS = "llmaas:usage:tenants"
 LEDGER_ID = "llmaas:ledger:id"
 METRICS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens")
 _SCRIPT = (Path(__file__).parent / "settle.lua").read_text()
-_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 DAY_MS = 86_400_000
 
 
@@ -50,8 +49,18 @@ def day_field(key_id: str, model: str, metric: str) -> str:
 
 
 class Ledger:
-    def __init__(self, redis: Redis, settings: MeteringSettings, window_s: float) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        settings: MeteringSettings,
+        window_s: float,
+        pipe: RedisPipe | None = None,
+    ) -> None:
+        """`pipe`: the connection settlements go out on (shared with admissions in the
+        gateway: gateway/redis_pipe.py); default: one of its own."""
         self.redis = redis
+        self.pipe = pipe or RedisPipe(redis)
+        self.settle = PipeScript(self.pipe, _SCRIPT)
         self.retention_ms = int(settings.retention_days * DAY_MS)
         self.seen_ttl_ms = int(settings.dedupe_window_s * 1000)
         self.window_ms = int(window_s * 1000)
@@ -71,28 +80,29 @@ class Ledger:
             _, found = await pipe.execute()
         return found.decode() if isinstance(found, bytes) else str(found)
 
-    async def write(self, batch: Sequence[Settlement]) -> None:
+    async def close(self) -> None:
+        """Close the connection settlements go out on (the gateway's shared one, at shutdown)."""
+        await self.pipe.close()
+
+    async def write(self, batch: Sequence[Settlement], *, lazy: bool = False) -> None:
         """Apply every settlement of `batch` (each at most once, ever) in one round trip.
+        `lazy`: it may wait a moment to go in the same write as an admission (redis_pipe.py).
 
         Raises what Redis raised; the whole batch may then be retried safely.
         """
         if not batch:
             return
-        try:
-            await self._send(batch)
-        except NoScriptError:  # Redis restarted (or flushed its scripts) since the last call
-            await self.redis.script_load(_SCRIPT)
-            await self._send(batch)
-
-    async def _send(self, batch: Sequence[Settlement]) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for settlement in batch:
-                keys, args = self._call(settlement)
-                pipe.evalsha(_SHA, len(keys), *keys, *args)
-            tenants = {s.tenant for s in batch if s.record is not None}
-            if tenants:
-                pipe.sadd(TENANTS, *tenants)
-            await pipe.execute()
+        commands = [self.settle.command(*self._call(settlement)) for settlement in batch]
+        tenants = {s.tenant for s in batch if s.record is not None}
+        if tenants:
+            commands.append(("SADD", TENANTS, *tenants))
+        replies = await self.pipe.calls(commands, lazy=lazy)
+        if any(isinstance(reply, NoScriptError) for reply in replies):  # Redis restarted (or
+            await self.settle.load()  # flushed its scripts) since the last call
+            replies = await self.pipe.calls(commands)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
 
     def _call(self, s: Settlement) -> tuple[list[str], list[str | int]]:
         (_, key_tpm, key_leases), (_, tenant_tpm, tenant_leases) = scope_keys(s.tenant, s.key_id)

@@ -120,7 +120,8 @@ class Settler:
                 batch, self.gathering = self.gathering, None
                 try:
                     async with asyncio.timeout(self.settings.write_timeout_s):
-                        await self.ledger.write(batch.settlements)
+                        # lazy: the batch goes in the write of the next admission (or 2 ms on)
+                        await self.ledger.write(batch.settlements, lazy=True)
                 except _REDIS_ERRORS as exc:
                     self._failed(exc)
                     await self._enqueue(batch.settlements)

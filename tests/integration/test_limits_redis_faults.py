@@ -139,12 +139,17 @@ async def test_a_slow_redis_gets_the_failure_mode_and_charges_nothing(
             assert 1.0 <= elapsed < 2.5  # limits.timeout_s (1 s), not the 1.5 s reply
             if status == 503:
                 assert body["error"]["code"] == "rate_limiter_unavailable"
-        assert stack.proxy.delayed >= 3  # the admissions reached Redis
+        # The admissions reached Redis (as one pipelined batch: its replies were held once).
+        assert stack.proxy.delayed >= 1
         after = await settled(stack, requests=1)  # their releases ran
         assert after["requests"] == before["requests"]  # only the admitted request is counted
         assert after["tat"] == pytest.approx(before["tat"], abs=1.0)  # tokens back, to 1 ms
-        refunded = 'llmaas_ratelimit_releases_total{outcome="refunded"}'
-        assert await stack.metric(refunded) == 3
+        # Each given-up admission is released: refunded if it ran, cancelled if it was still
+        # gathering behind the first (never sent) when its caller gave up.
+        refunded = await stack.metric('llmaas_ratelimit_releases_total{outcome="refunded"}')
+        cancelled = await stack.metric('llmaas_ratelimit_releases_total{outcome="cancelled"}')
+        assert refunded >= 1
+        assert refunded + cancelled == 3
         unavailable = f'llmaas_ratelimit_unavailable_total{{failure_mode="{failure_mode}"}}'
         assert await stack.metric(unavailable) == 3
 

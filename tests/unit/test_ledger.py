@@ -16,7 +16,6 @@ from gateway.auth.principal import Limits, Principal
 from gateway.errors import RateLimited
 from gateway.limits.limiter import Limiter, scope_keys
 from gateway.metering.ledger import (
-    _SHA,
     METRICS,
     TENANTS,
     Ledger,
@@ -240,10 +239,10 @@ async def test_a_flushed_script_cache_is_reloaded(redis: Redis) -> None:
     book = ledger(redis)
     await book.write([settlement(record(t))])
     await redis.script_flush()
-    assert await redis.script_exists(_SHA) == [False]
+    assert await redis.script_exists(book.settle.sha) == [False]
     later = settlement(record(t))
     await book.write([later, settlement(record(t))])
     assert len(await log_of(redis, t)) == 3
-    assert await redis.script_exists(_SHA) == [True]
+    assert await redis.script_exists(book.settle.sha) == [True]
     await book.write([later])  # and still idempotent after the reload
     assert len(await log_of(redis, t)) == 3

@@ -151,9 +151,9 @@ class CountingLedger(Ledger):
         super().__init__(client, config, window_s=60)
         self.batches: list[int] = []
 
-    async def write(self, batch: Sequence[Settlement]) -> None:
+    async def write(self, batch: Sequence[Settlement], *, lazy: bool = False) -> None:
         self.batches.append(len(batch))
-        await super().write(batch)
+        await super().write(batch, lazy=lazy)
 
 
 async def test_concurrent_settlements_share_round_trips(redis: Redis, tmp_path: Path) -> None:
