@@ -8,13 +8,16 @@ on, and LiteLLM's proxy, all in front of the same zero-delay simulator.
   (far too high to refuse), Redis, the metering ledger, the access log.
 - LiteLLM: its proxy (pinned version, own venv, no database) with a master key.
 
-Targets are measured one after the other, never at once, each warmed up first. Per cell:
+Targets are measured one after the other, never at once, each warmed up first: direct, bare
+and all on in turn for each cell, `--rounds` times (the machine's speed drifts by tens of
+percent within minutes; taking turns makes the drift hit all three alike), and each cell is
+the round with its median requests/s; LiteLLM after them, one round. Per cell:
 requests/s, p50/p99 and what each adds to direct's, the server's CPU per request (process and
 children) and its peak resident memory so far. LiteLLM serves ~1/10 of the gateway's rate here,
 so it gets fewer requests per cell (--peer-requests); the table says how many each target got.
 
     .venv/bin/python -m bench.side_by_side [--requests 3000] [--peer-requests 600]
-        [--concurrency 1,16,64] [--modes non-stream,stream] [--no-litellm]
+        [--concurrency 1,16,64] [--modes non-stream,stream] [--rounds 3] [--no-litellm]
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import asyncio
 import os
 import sys
 import tempfile
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,23 +202,55 @@ async def run(
     levels: tuple[int, ...] = (1, 16, 64),
     modes: tuple[str, ...] = MODES,
     litellm: bool = True,
+    rounds: int = 3,
     report: Callable[[Cell], None] | None = None,
 ) -> SideBySide:
-    """Every target, mode and concurrency in turn; `report` sees each cell as it is measured."""
-    names = [DIRECT, BARE, ALL_ON, *([LITELLM] if litellm else [])]
+    """Direct, bare and all on: every mode and concurrency, `rounds` times, the three targets
+    in turn within each (so a drift of the machine's speed hits them alike); each cell is the
+    round with its median requests/s. LiteLLM after, one round. `report` sees each cell."""
+    grid = [(mode, conc) for mode in modes for conc in levels]
     cells: list[Cell] = []
+
+    def add(target: Target, mode: str, conc: int, measured: Measured) -> None:
+        cells.append(cell(target, mode, conc, measured, _find(cells, DIRECT, mode, conc)))
+        if report is not None:
+            report(cells[-1])
+
     with tempfile.TemporaryDirectory() as tmp:
         async with simulator_server(MODEL) as sim:
-            for name in names:  # each started in its turn and stopped before the next
-                async with _started(name, sim, Path(tmp), requests, peer_requests) as target:
-                    for mode in modes:
-                        for conc in levels:
-                            direct = _find(cells, DIRECT, mode, conc)
-                            measured = await measure(target, mode, conc)
-                            cells.append(cell(target, mode, conc, measured, direct))
-                            if report is not None:
-                                report(cells[-1])
+            async with AsyncExitStack() as stack:
+                targets = [
+                    await stack.enter_async_context(
+                        _started(name, sim, Path(tmp), requests, peer_requests)
+                    )
+                    for name in (DIRECT, BARE, ALL_ON)
+                ]
+                taken = await _turns(targets, grid, rounds)
+                for target in targets:
+                    for mode, conc in grid:
+                        add(target, mode, conc, _median(taken[target.name, mode, conc]))
+            if litellm:  # the others are stopped by now
+                async with _started(LITELLM, sim, Path(tmp), requests, peer_requests) as peer:
+                    for mode, conc in grid:
+                        add(peer, mode, conc, await measure(peer, mode, conc))
     return SideBySide(cells, [_ratios(cells, m, c) for m in modes for c in levels])
+
+
+async def _turns(
+    targets: list[Target], grid: list[tuple[str, int]], rounds: int
+) -> dict[tuple[str, str, int], list[Measured]]:
+    taken: dict[tuple[str, str, int], list[Measured]] = defaultdict(list)
+    for done in range(1, rounds + 1):
+        for mode, conc in grid:
+            for target in targets:  # one at a time, never at once
+                taken[target.name, mode, conc].append(await measure(target, mode, conc))
+        print(f"round {done}/{rounds} measured", file=sys.stderr, flush=True)
+    return taken
+
+
+def _median(taken: list[Measured]) -> Measured:
+    """The measurement with the median requests/s (the upper one of an even count)."""
+    return sorted(taken, key=lambda m: m.result.rps)[len(taken) // 2]
 
 
 def _find(cells: list[Cell], target: str, mode: str, conc: int) -> Cell | None:
@@ -299,8 +335,11 @@ def main() -> None:
     parser.add_argument("--peer-requests", type=int, default=400, help="per cell, LiteLLM")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--modes", default=",".join(MODES), help="non-stream,stream")
+    parser.add_argument("--rounds", type=int, default=3, help="turns per cell; the median is kept")
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds takes 1 or more")
     modes = tuple(m for m in args.modes.split(",") if m)
     if not set(modes) <= set(MODES):
         parser.error(f"--modes takes {', '.join(MODES)}")
@@ -308,6 +347,7 @@ def main() -> None:
     print(
         f"requests per cell: {args.requests} (direct, gateway), "
         + ("LiteLLM left out" if args.no_litellm else f"{args.peer_requests} (LiteLLM)")
+        + f"; {args.rounds} rounds, the median kept"
         + "; warm-up before each cell: a quarter of its requests, at most 200",
         flush=True,
     )
@@ -319,6 +359,7 @@ def main() -> None:
             levels=levels,
             modes=modes,
             litellm=not args.no_litellm,
+            rounds=args.rounds,
             report=print_row,
         )
     )

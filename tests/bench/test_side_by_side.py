@@ -1,5 +1,6 @@
 """bench.side_by_side as a user runs it: `--help`, and its shortest run with all four targets
-(LiteLLM's proxy included, installed once into its cached venv), every cell answered."""
+(LiteLLM's proxy included, installed once into its cached venv), every cell answered, in two
+rounds (the median kept: one row per cell)."""
 
 from __future__ import annotations
 
@@ -27,14 +28,17 @@ def run(args: list[str], tmp_path: Path, timeout_s: float) -> str:
 
 def test_help_names_the_options(tmp_path: Path) -> None:
     output = run(["--help"], tmp_path, 60)
-    for option in ("--requests", "--peer-requests", "--concurrency", "--modes", "--no-litellm"):
+    options = ("--requests", "--peer-requests", "--concurrency", "--modes", "--rounds")
+    for option in (*options, "--no-litellm"):
         assert option in output
 
 
 def test_every_target_answers_every_cell_and_the_ratios_are_printed(tmp_path: Path) -> None:
-    args = ["--requests", "100", "--peer-requests", "20", "--concurrency", "1,4"]
+    args = ["--requests", "100", "--peer-requests", "20", "--concurrency", "1,4", "--rounds", "2"]
     output = run(args, tmp_path, 900)
-    cells = {(m[0], m[1], int(m[2])): m[3:] for m in CELL.findall(output)}
+    rows = CELL.findall(output)
+    cells = {(m[0], m[1], int(m[2])): m[3:] for m in rows}
+    assert len(rows) == len(cells)  # one row per cell: the median round, not every round
     targets = ("direct", "gateway bare", "gateway all on", "litellm")
     assert set(cells) == {
         (t, m, c) for t in targets for m in ("non-stream", "stream") for c in (1, 4)
