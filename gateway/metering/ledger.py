@@ -22,7 +22,7 @@ from redis.exceptions import NoScriptError
 from gateway.limits.limiter import scope_keys
 from gateway.metering.record import UsageRecord
 from gateway.metering.settlement import Settlement
-from gateway.redis_pipe import PipeScript, RedisPipe
+from gateway.redis_pipe import Command, PipeScript, RedisPipe
 from gateway.settings import MeteringSettings
 
 TENANTS = "llmaas:usage:tenants"
@@ -92,10 +92,7 @@ class Ledger:
         """
         if not batch:
             return
-        commands = [self.settle.command(*self._call(settlement)) for settlement in batch]
-        tenants = {s.tenant for s in batch if s.record is not None}
-        if tenants:
-            commands.append(("SADD", TENANTS, *tenants))
+        commands = self.commands(batch)
         replies = await self.pipe.calls(commands, lazy=lazy)
         if any(isinstance(reply, NoScriptError) for reply in replies):  # Redis restarted (or
             await self.settle.load()  # flushed its scripts) since the last call
@@ -103,6 +100,14 @@ class Ledger:
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
+
+    def commands(self, batch: Sequence[Settlement]) -> list[Command]:
+        """What writing `batch` sends: one EVALSHA of settle.lua each, then the tenants' SADD."""
+        commands = [self.settle.command(*self._call(settlement)) for settlement in batch]
+        tenants = {s.tenant for s in batch if s.record is not None}
+        if tenants:
+            commands.append(("SADD", TENANTS, *tenants))
+        return commands
 
     def _call(self, s: Settlement) -> tuple[list[str], list[str | int]]:
         (_, key_tpm, key_leases), (_, tenant_tpm, tenant_leases) = scope_keys(s.tenant, s.key_id)
