@@ -5,7 +5,11 @@ response objects took ~200 µs of CPU per request where this client takes ~45 µ
 (bench/README.md). It does only what the proxy needs: one request at a time per connection,
 a body given whole, the status and content type of the answer, and its body as it arrives
 (chunked or sized, httptools decodes either). Idle connections are kept per engine (newest
-first); one the engine closed while idle is dropped when it closes. A response that was not
+first); one the engine closed while idle is dropped when it closes, one idle for `REUSE_IDLE_S`
+is not reused (servers close idle connections after a few seconds: uvicorn, and so vLLM, after
+5 s), and a request that meets a kept connection closing under it (the engine's close and our
+write crossing) is sent once more on a new connection, which the engine cannot have read it
+from before. A response that was not
 read to its end is never reused: closing it closes the connection, which is how the engine
 learns to abort the request.
 
@@ -28,6 +32,7 @@ import httptools
 
 HIGH_WATER = 256 * 1024  # bytes received and not yet read: stop reading from the socket
 MAX_IDLE_PER_ENGINE = 256
+REUSE_IDLE_S = 4.0  # a kept connection idle for longer is closed, not reused
 
 
 class ConnectFailed(Exception):
@@ -82,6 +87,7 @@ class Connection(asyncio.Protocol):
         self.waiter: asyncio.Future[None] | None = None
         self.last_read = self.loop.time()
         self.busy = False  # a request is on it (an idle connection that hears data is broken)
+        self.heard = False  # a byte of this answer arrived
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -89,6 +95,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_read = self.loop.time()
+        self.heard = True
         if not self.busy:
             self._fail(Disconnected("data on an idle connection"))
             return
@@ -290,29 +297,28 @@ class H1Pool:
         there is one. Raises ConnectFailed, Disconnected or TimeoutError (no head within
         `idle_s`); the answer's body is read through H1Response."""
         origin = self.origin(url)
+        message = _head(origin, method, path, headers, len(body)) + body
         conn = self._idle(origin)
-        if conn is None:
-            conn = await self._connect(origin)
-        try:
-            conn.busy = True
-            assert conn.transport is not None
-            conn.transport.write(_head(origin, method, path, headers, len(body)) + body)
-            conn.last_read = conn.loop.time()
-            while not conn.headers_done:
-                if conn.error is not None:
-                    raise conn.error
-                await conn.wait(idle_s)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        if conn is not None:
+            try:
+                return await _exchange(conn, message, idle_s)
+            except Disconnected:
+                if conn.heard:  # the engine began to answer: not a close crossing our write
+                    raise
+        return await _exchange(await self._connect(origin), message, idle_s)
 
     def _idle(self, origin: Origin) -> Connection | None:
+        """The newest kept connection to `origin` that is still open and not idle too long."""
         idle = self.idle.get(origin)
         while idle:
             conn = idle.pop()
-            if not conn.closed:
+            if conn.closed:
+                continue
+            if conn.loop.time() - conn.last_read < REUSE_IDLE_S:
                 return conn
+            while idle:  # kept before this one, so idle longer still
+                idle.pop().close()
+            conn.close()
         return None
 
     async def _connect(self, origin: Origin) -> Connection:
@@ -352,6 +358,23 @@ class H1Pool:
             for conn in idle:
                 conn.close()
         self.idle.clear()
+
+
+async def _exchange(conn: Connection, message: bytes, idle_s: float | None) -> Connection:
+    """Write the request, wait for the answer's head; on any failure close the connection."""
+    try:
+        conn.busy = True
+        assert conn.transport is not None
+        conn.transport.write(message)
+        conn.last_read = conn.loop.time()
+        while not conn.headers_done:
+            if conn.error is not None:
+                raise conn.error
+            await conn.wait(idle_s)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _head(origin: Origin, method: str, path: str, headers: dict[str, str], length: int) -> bytes:

@@ -171,6 +171,77 @@ async def test_a_connection_the_engine_closed_while_idle_is_not_used_again() -> 
         assert server.connections == 3
 
 
+async def answer_once_then_close_on_the_next(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
+) -> None:
+    """Answer a connection's first request; close it when the next one comes (as a server
+    whose keep-alive timeout fires just as the request is written)."""
+    await read_request(reader, server)
+    writer.write(sized(b'{"n":%d}' % len(server.requests)))
+    await writer.drain()
+    await read_request(reader, server)
+
+
+async def test_a_kept_connection_closing_under_a_request_sends_it_on_a_new_one() -> None:
+    async with serving(answer_once_then_close_on_the_next) as server:
+        pool = H1Pool(connect_timeout_s=2)
+        first = await ask(pool, server.url)
+        assert await first.read() == b'{"n":1}'
+        first.release()
+        second = await ask(pool, server.url)  # the kept one closes: sent again, answered
+        assert await second.read() == b'{"n":3}'
+        second.release()
+        assert server.connections == 2
+        assert len(server.requests) == 3
+        pool.close()
+
+
+async def test_a_connection_that_began_to_answer_and_broke_is_not_tried_again() -> None:
+    async def head_then_close(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
+        await read_request(r, s)
+        w.write(sized(b"{}"))
+        await read_request(r, s)
+        w.write(b"HTTP/1.1 200 OK\r\n")  # part of a head, then gone
+        await w.drain()
+
+    async with serving(head_then_close) as server:
+        pool = H1Pool(connect_timeout_s=2)
+        first = await ask(pool, server.url)
+        assert await first.read() == b"{}"
+        first.release()
+        with pytest.raises(h1.Disconnected):
+            await ask(pool, server.url)
+        assert server.connections == 1
+        assert len(server.requests) == 2
+
+
+async def test_a_new_connection_closed_before_the_answer_is_not_tried_again() -> None:
+    async def hang_up(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
+        await read_request(r, s)
+
+    async with serving(hang_up) as server:
+        pool = H1Pool(connect_timeout_s=2)
+        with pytest.raises(h1.Disconnected):
+            await ask(pool, server.url)
+        assert server.connections == 1
+
+
+async def test_a_connection_idle_too_long_is_closed_not_reused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(h1, "REUSE_IDLE_S", 0.2)
+    async with serving(keep_answering) as server:
+        pool = H1Pool(connect_timeout_s=2)
+        for pause in (0.0, 0.4, 0.0):
+            await asyncio.sleep(pause)
+            resp = await ask(pool, server.url)
+            await resp.read()
+            resp.release()
+        assert server.connections == 2  # the pause outlasted REUSE_IDLE_S; no pause after
+        await asyncio.wait_for(server.closed_by_client.wait(), 2)  # the stale one was closed
+        pool.close()
+
+
 async def test_silence_after_the_head_is_a_timeout_and_a_cut_is_a_stream_cut() -> None:
     async def silent(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
         await read_request(r, s)
