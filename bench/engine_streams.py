@@ -1,22 +1,33 @@
 """Streaming through a real vLLM engine: tokens/s and TTFT straight to it and through the gateway.
 
     .venv/bin/python -m bench.engine_streams [--streams 32] [--max-tokens 64] [--rounds 2]
-                                             [--waves 3]
+                                             [--waves 3] [--seed 0]
 
 One vLLM CPU engine (the bundled SmolLM2-135M, prepared by `make engine`; its start takes ~40 s)
 and one gateway in front of it with everything on: Redis, an API key whose rpm, tpm and
-concurrency limits are far too high to refuse, and the usage ledger. The same load, `--streams`
-streaming chat completions in flight for `--waves` times `--streams` requests, each `--max-tokens`
-tokens long (temperature 0, `ignore_eos` so every stream is as long as asked), goes straight to
-the engine and through the gateway in turn (direct, gateway, direct, gateway, …) so that drift
-on a shared machine hits both sides alike. Tokens/s is completion tokens (from the streams'
-usage) over the wall time of a pass; TTFT is the time to the first frame with content.
+concurrency limits are far too high to refuse, and the usage ledger. `--streams` streaming chat
+completions stay in flight for `--waves` times `--streams` requests per pass (temperature 0,
+`ignore_eos` so every stream is as long as asked). Their lengths average `--max-tokens` and
+vary by up to half of it (seeded; the same lengths in every pass, summing to the same tokens),
+so streams end and start at different steps of the engine, as under real traffic, not in
+lock-step waves whose every start waits for one batched prefill.
+
+Each round has three passes:
+- **direct** and **gateway** alone, in turn, for tokens/s: completion tokens (from the
+  streams' usage) over the pass's wall time. Drift on a shared machine hits both alike.
+- **mixed**: both sides at once, every client alternating direct and gateway, twice the
+  requests; for TTFT (sending to the first frame with content). Both sides' streams meet the
+  same engine steps, so the difference of their TTFTs is the gateway's, not the pass's luck
+  (whole-pass TTFTs swing by hundreds of ms between passes); a 95% interval (bootstrap) is
+  printed with it.
+The gateway's CPU seconds in each pass are printed too (what it takes from the engine's cores).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -28,13 +39,15 @@ import aiohttp
 import orjson
 
 from bench.auth_modes import auth_mode
-from bench.harness import Streamed, gateway, percentile, stream_chat
+from bench.harness import Server, Streamed, gateway, percentile, stream_chat
 from gateway.embedded.engine import EngineSpec, running_engine
 from gateway.embedded.paths import CHAT_MODEL_NAME, EmbeddedPaths
 from gateway.embedded.prepare import prepare
 from gateway.netutil import free_port
 
 SIDES = ("direct", "gateway")
+MIXED = "mixed"
+BOOTSTRAP_DRAWS = 2000
 PROMPT = "Write a short story about a lighthouse keeper and a storm."
 WARM_TOKENS = 4
 
@@ -45,19 +58,22 @@ class Options:
     max_tokens: int = 64
     rounds: int = 2
     waves: int = 3
+    seed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Pass:
-    """One side's share of one round."""
+    """One side's share of one pass: alone (`mixed` False) or alongside the other side."""
 
     side: str
     round: int
     streams: int  # completed with [DONE]
     errors: int
     tokens: int
-    seconds: float
+    seconds: float  # the pass's wall time (a mixed pass's, shared by both sides)
     ttft_ms: list[float]
+    gateway_cpu_s: float = 0.0  # the gateway process's CPU over the pass
+    mixed: bool = False
 
     @property
     def tokens_per_s(self) -> float:
@@ -66,7 +82,7 @@ class Pass:
 
 @dataclass(frozen=True, slots=True)
 class Side:
-    """One side over all rounds: tokens over the summed time, TTFT over all streams."""
+    """One side over its passes alone: tokens over the summed time, TTFT over their streams."""
 
     side: str
     streams: int
@@ -82,7 +98,7 @@ class Side:
 
     @classmethod
     def of(cls, side: str, passes: list[Pass]) -> Side:
-        mine = [p for p in passes if p.side == side]
+        mine = [p for p in passes if p.side == side and not p.mixed]
         ttft = [t for p in mine for t in p.ttft_ms]
         return cls(
             side,
@@ -99,8 +115,8 @@ class Side:
 class Figures:
     options: Options
     ignore_eos: bool
-    passes: list[Pass]
-    direct: Side
+    passes: list[Pass]  # alone and mixed, in the order run
+    direct: Side  # the passes alone
     gateway: Side
 
     @property
@@ -110,27 +126,75 @@ class Figures:
     @property
     def round_ratios(self) -> list[float]:
         """Gateway over direct tokens/s within each round: drift between rounds cancels out."""
-        by_round = {(p.side, p.round): p.tokens_per_s for p in self.passes}
-        rounds = sorted({p.round for p in self.passes})
+        by_round = {(p.side, p.round): p.tokens_per_s for p in self.passes if not p.mixed}
+        rounds = sorted({p.round for p in self.passes if not p.mixed})
         return [by_round["gateway", r] / by_round["direct", r] for r in rounds]
+
+    def mixed_ttft_ms(self, side: str) -> list[float]:
+        return [t for p in self.passes if p.mixed and p.side == side for t in p.ttft_ms]
 
     @property
     def added_ttft_p50_ms(self) -> float:
-        return self.gateway.ttft_p50_ms - self.direct.ttft_p50_ms
+        """Gateway minus direct TTFT p50 in the mixed passes (same engine steps for both)."""
+        return added_p50(self.mixed_ttft_ms("gateway"), self.mixed_ttft_ms("direct"))
+
+    @property
+    def added_ttft_p50_interval_ms(self) -> tuple[float, float]:
+        """A 95% bootstrap interval around added_ttft_p50_ms (seeded: the same every run)."""
+        gateway, direct = self.mixed_ttft_ms("gateway"), self.mixed_ttft_ms("direct")
+        rng = random.Random(self.options.seed)
+        draws = sorted(
+            added_p50(rng.choices(gateway, k=len(gateway)), rng.choices(direct, k=len(direct)))
+            for _ in range(BOOTSTRAP_DRAWS if gateway and direct else 0)
+        )
+        if not draws:
+            return float("nan"), float("nan")
+        return draws[int(0.025 * len(draws))], draws[int(0.975 * len(draws)) - 1]
 
     @property
     def added_ttft_p99_ms(self) -> float:
-        return self.gateway.ttft_p99_ms - self.direct.ttft_p99_ms
+        gateway, direct = self.mixed_ttft_ms("gateway"), self.mixed_ttft_ms("direct")
+        return percentile(gateway, 0.99) - percentile(direct, 0.99)
+
+    @property
+    def separate_added_ttft_p50_ms(self) -> float:
+        """The same difference between the passes alone: swings with each pass's luck."""
+        return self.gateway.ttft_p50_ms - self.direct.ttft_p50_ms
+
+    @property
+    def gateway_cpu_ms_per_1k_tokens(self) -> float:
+        mine = [p for p in self.passes if p.side == "gateway" and not p.mixed]
+        tokens = sum(p.tokens for p in mine)
+        return 1e6 * sum(p.gateway_cpu_s for p in mine) / tokens if tokens else float("nan")
 
     @property
     def errors(self) -> int:
-        return self.direct.errors + self.gateway.errors
+        return sum(p.errors for p in self.passes)
+
+
+def added_p50(gateway: list[float], direct: list[float]) -> float:
+    return percentile(gateway, 0.5) - percentile(direct, 0.5)
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
+    side: str
     url: str
     headers: dict[str, str]
+
+
+def lengths(options: Options) -> list[int]:
+    """Each request's max_tokens in a pass: `max_tokens` ± up to half of it, in pairs that
+    sum to twice it (so every pass asks for exactly requests * max_tokens), seeded order."""
+    rng = random.Random(options.seed)
+    mean, total = options.max_tokens, options.streams * options.waves
+    spread = mean // 2
+    out = [mean] * (total % 2)
+    for _ in range(total // 2):
+        d = rng.randint(0, spread)
+        out += [mean + d, mean - d]
+    rng.shuffle(out)
+    return out
 
 
 def payload(max_tokens: int, ignore_eos: bool) -> bytes:
@@ -148,30 +212,44 @@ def payload(max_tokens: int, ignore_eos: bool) -> bytes:
 
 
 async def run_pass(
-    http: aiohttp.ClientSession, target: Target, body: bytes, total: int, concurrency: int
-) -> tuple[list[Streamed], float]:
-    """`total` streams with `concurrency` in flight; the outcomes and the wall time."""
-    url = f"{target.url}/v1/chat/completions"
-    headers = {"content-type": "application/json", **target.headers}
-    outcomes: list[Streamed] = []
-    remaining = total
+    http: aiohttp.ClientSession, targets: list[Target], bodies: list[bytes], concurrency: int
+) -> tuple[list[tuple[str, Streamed]], float]:
+    """Every body once, `concurrency` in flight; client `i`'s `k`-th request goes to target
+    `(i + k) % len(targets)` (one target: all of them; two: the sides alternate). The outcomes,
+    each with its side, and the wall time."""
+    outcomes: list[tuple[str, Streamed]] = []
+    queue = list(reversed(bodies))
 
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            outcomes.append(await stream_chat(http, url, body, headers))
+    async def client(i: int) -> None:
+        k = i
+        while queue:
+            body = queue.pop()
+            target = targets[k % len(targets)]
+            k += 1
+            url = f"{target.url}/v1/chat/completions"
+            headers = {"content-type": "application/json", **target.headers}
+            outcomes.append((target.side, await stream_chat(http, url, body, headers)))
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(client(i) for i in range(concurrency)))
     return outcomes, time.perf_counter() - started
 
 
-def summarise(side: str, round_no: int, outcomes: list[Streamed], seconds: float) -> Pass:
-    good = [o for o in outcomes if o.ok]
+def summarise(
+    side: str,
+    round_no: int,
+    outcomes: list[tuple[str, Streamed]],
+    seconds: float,
+    cpu_s: float,
+    *,
+    mixed: bool = False,
+) -> Pass:
+    mine = [o for s, o in outcomes if s == side]
+    good = [o for o in mine if o.ok]
     tokens = sum(o.completion_tokens or o.content_frames for o in good)
     ttft = [o.ttft_ms for o in good if o.ttft_ms is not None]
-    return Pass(side, round_no, len(good), len(outcomes) - len(good), tokens, seconds, ttft)
+    errors = len(mine) - len(good)
+    return Pass(side, round_no, len(good), errors, tokens, seconds, ttft, cpu_s, mixed)
 
 
 async def accepts_ignore_eos(http: aiohttp.ClientSession, engine: str) -> bool:
@@ -183,7 +261,7 @@ async def accepts_ignore_eos(http: aiohttp.ClientSession, engine: str) -> bool:
 
 
 @asynccontextmanager
-async def engine_and_gateway(tmp: Path) -> AsyncIterator[tuple[Target, Target]]:
+async def engine_and_gateway(tmp: Path) -> AsyncIterator[tuple[Target, Target, Server]]:
     """The engine and a gateway with limits, a key and the ledger in front of it."""
     ready = await prepare(EmbeddedPaths.resolve())
     spec = EngineSpec(
@@ -196,63 +274,85 @@ async def engine_and_gateway(tmp: Path) -> AsyncIterator[tuple[Target, Target]]:
             f"models:\n  - name: {CHAT_MODEL_NAME}\n    engines: [{engine}]\n"
         )
         async with gateway(config, tmp) as gw:
-            yield Target(engine, {}), Target(gw.url, await auth.headers(gw.url))
+            headers = await auth.headers(gw.url)
+            yield Target("direct", engine, {}), Target("gateway", gw.url, headers), gw
 
 
 async def measure(options: Options) -> Figures:
-    """Start the engine and the gateway, warm both paths, then alternate the sides."""
+    """Start the engine and the gateway, warm both paths, then run the rounds."""
     with tempfile.TemporaryDirectory() as tmp:
         async with (
-            engine_and_gateway(Path(tmp)) as (direct, via),
+            engine_and_gateway(Path(tmp)) as (direct, via, gw),
             aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=options.streams),
                 timeout=aiohttp.ClientTimeout(total=None, sock_read=600),
             ) as http,
         ):
             ignore_eos = await accepts_ignore_eos(http, direct.url)
-            targets = dict(zip(SIDES, (direct, via), strict=True))
-            warm = payload(WARM_TOKENS, ignore_eos)
-            for target in targets.values():
-                outcomes, _ = await run_pass(http, target, warm, options.streams, options.streams)
-                if not all(o.ok for o in outcomes):
-                    bad = next(o for o in outcomes if not o.ok)
-                    raise RuntimeError(f"warm-up failed at {target.url}: {bad}")
-            body = payload(options.max_tokens, ignore_eos)
-            total = options.streams * options.waves
-            passes = []
+            warm = [payload(WARM_TOKENS, ignore_eos)] * options.streams
+            for target in (direct, via):
+                outcomes, _ = await run_pass(http, [target], warm, options.streams)
+                bad = [o for _, o in outcomes if not o.ok]
+                if bad:
+                    raise RuntimeError(f"warm-up failed at {target.url}: {bad[0]}")
+            bodies = [payload(n, ignore_eos) for n in lengths(options)]
+            passes: list[Pass] = []
+
+            async def one(targets: list[Target], round_no: int, work: list[bytes]) -> None:
+                cpu = gw.cpu_seconds()
+                outcomes, seconds = await run_pass(http, targets, work, options.streams)
+                cpu = gw.cpu_seconds() - cpu
+                mixed = len(targets) > 1
+                for side in sorted({t.side for t in targets}):
+                    passes.append(summarise(side, round_no, outcomes, seconds, cpu, mixed=mixed))
+
             for round_no in range(1, options.rounds + 1):
-                for side, target in targets.items():
-                    outcomes, seconds = await run_pass(http, target, body, total, options.streams)
-                    passes.append(summarise(side, round_no, outcomes, seconds))
+                await one([direct], round_no, bodies)
+                await one([via], round_no, bodies)
+                await one([direct, via], round_no, bodies + bodies)
     sides = Side.of("direct", passes), Side.of("gateway", passes)
     return Figures(options, ignore_eos, passes, *sides)
 
 
 def render(figures: Figures) -> str:
     o = figures.options
+    low, high = figures.added_ttft_p50_interval_ms
     lines = [
-        f"streams in flight: {o.streams}  max_tokens: {o.max_tokens}  waves: {o.waves}  "
-        f"rounds: {o.rounds}  ignore_eos: {str(figures.ignore_eos).lower()}",
-        f"{'side':<8} {'round':>5} {'streams':>7} {'errors':>6} {'tokens':>7} {'seconds':>8} "
-        f"{'tokens/s':>9} {'TTFT p50 ms':>11} {'TTFT p99 ms':>11}",
+        f"streams in flight: {o.streams}  max_tokens: {o.max_tokens} (mean; ±{o.max_tokens // 2})"
+        f"  waves: {o.waves}  rounds: {o.rounds}  seed: {o.seed}  "
+        f"ignore_eos: {str(figures.ignore_eos).lower()}",
+        f"{'side':<8} {'round':>5} {'pass':>5} {'streams':>7} {'errors':>6} {'tokens':>7} "
+        f"{'seconds':>8} {'tokens/s':>9} {'TTFT p50 ms':>11} {'TTFT p99 ms':>11} "
+        f"{'gw CPU s':>8}",
     ]
     for p in figures.passes:
+        rate = "-" if p.mixed else f"{p.tokens_per_s:.1f}"
         lines.append(
-            f"{p.side:<8} {p.round:>5} {p.streams:>7} {p.errors:>6} {p.tokens:>7} "
-            f"{p.seconds:>8.2f} {p.tokens_per_s:>9.1f} {percentile(p.ttft_ms, 0.5):>11.1f} "
-            f"{percentile(p.ttft_ms, 0.99):>11.1f}"
+            f"{p.side:<8} {p.round:>5} {MIXED if p.mixed else 'alone':>5} {p.streams:>7} "
+            f"{p.errors:>6} {p.tokens:>7} {p.seconds:>8.2f} {rate:>9} "
+            f"{percentile(p.ttft_ms, 0.5):>11.1f} {percentile(p.ttft_ms, 0.99):>11.1f} "
+            f"{p.gateway_cpu_s:>8.2f}"
         )
     for s in (figures.direct, figures.gateway):
         lines.append(
-            f"{s.side:<8} {'all':>5} {s.streams:>7} {s.errors:>6} {s.tokens:>7} "
+            f"{s.side:<8} {'all':>5} {'alone':>5} {s.streams:>7} {s.errors:>6} {s.tokens:>7} "
             f"{s.seconds:>8.2f} {s.tokens_per_s:>9.1f} {s.ttft_p50_ms:>11.1f} "
             f"{s.ttft_p99_ms:>11.1f}"
+        )
+    for side in SIDES:
+        ttft = figures.mixed_ttft_ms(side)
+        lines.append(
+            f"{side:<8} {'all':>5} {MIXED:>5} {len(ttft):>7} {'':>6} {'':>7} {'':>8} {'':>9} "
+            f"{percentile(ttft, 0.5):>11.1f} {percentile(ttft, 0.99):>11.1f}"
         )
     lines += [
         f"tokens/s ratio (gateway/direct): {figures.throughput_ratio:.3f}",
         f"tokens/s ratio per round: {' '.join(f'{r:.3f}' for r in figures.round_ratios)}",
+        f"gateway CPU ms per 1k tokens: {figures.gateway_cpu_ms_per_1k_tokens:.1f}",
         f"added TTFT p50 ms: {figures.added_ttft_p50_ms:.1f}",
+        f"added TTFT p50 ms, 95% interval: {low:.1f} {high:.1f}",
         f"added TTFT p99 ms: {figures.added_ttft_p99_ms:.1f}",
+        f"added TTFT p50 ms between passes alone: {figures.separate_added_ttft_p50_ms:.1f}",
         f"errors: {figures.errors}",
     ]
     return "\n".join(lines)
@@ -263,11 +363,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--streams", type=int, default=32, help="streams in flight")
-    parser.add_argument("--max-tokens", type=int, default=64, help="tokens per stream")
+    parser.add_argument("--max-tokens", type=int, default=64, help="mean tokens per stream")
     parser.add_argument("--rounds", type=int, default=2, help="direct+gateway rounds")
     parser.add_argument("--waves", type=int, default=3, help="requests per pass / streams")
+    parser.add_argument("--seed", type=int, default=0, help="the lengths' and bootstrap's seed")
     args = parser.parse_args()
-    options = Options(args.streams, args.max_tokens, args.rounds, args.waves)
+    options = Options(args.streams, args.max_tokens, args.rounds, args.waves, args.seed)
     print(render(asyncio.run(measure(options))), flush=True)
 
 

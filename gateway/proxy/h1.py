@@ -71,9 +71,11 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
+        self.idle_timer: asyncio.TimerHandle | None = None  # one per answer, while it is read
         self._reset()
 
     def _reset(self) -> None:
+        self._disarm()
         self.status = 0
         self.content_type = ""
         self.headers_done = False
@@ -155,27 +157,30 @@ class Connection(asyncio.Protocol):
 
     async def wait(self, idle_s: float | None) -> None:
         """Until something happens (headers, body, the end, an error); TimeoutError when
-        nothing arrived for `idle_s`."""
+        nothing arrived for `idle_s`. The timer is armed once and stays armed across waits."""
         self.waiter = self.loop.create_future()
-        timer = None
-        if idle_s is not None:
-            timer = self.loop.call_at(self.last_read + idle_s, self._idle_check, idle_s)
+        if idle_s is not None and self.idle_timer is None:
+            self.idle_timer = self.loop.call_at(self.last_read + idle_s, self._idle_check, idle_s)
         try:
             await self.waiter
         finally:
             self.waiter = None
-            if timer is not None:
-                timer.cancel()
 
     def _idle_check(self, idle_s: float) -> None:
+        self.idle_timer = None
         waiter = self.waiter
-        if waiter is None or waiter.done():
+        if waiter is None or waiter.done():  # not waiting: the next wait arms it again
             return
         due = self.last_read + idle_s
         if self.loop.time() < due:  # data came meanwhile: look again then
-            self.loop.call_at(due, self._idle_check, idle_s)
+            self.idle_timer = self.loop.call_at(due, self._idle_check, idle_s)
             return
         waiter.set_exception(TimeoutError(f"nothing received for {idle_s:g}s"))
+
+    def _disarm(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
 
     def take(self) -> bytes:
         data = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
@@ -190,6 +195,7 @@ class Connection(asyncio.Protocol):
         return self.complete and self.keep_alive and not self.closed and self.error is None
 
     def close(self) -> None:
+        self._disarm()
         if self.transport is not None and not self.closed:
             self.transport.close()
         self.closed = True

@@ -20,7 +20,9 @@ def test_engine_goals_hold_or_fail_on_the_measured_figures() -> None:
     def figures(gateway_tokens: int, gateway_ttft: float) -> Figures:
         passes = [
             Pass("direct", 1, 32, 0, 1000, 10.0, [100.0]),
-            Pass("gateway", 1, 32, 0, gateway_tokens, 10.0, [gateway_ttft]),
+            Pass("gateway", 1, 32, 0, gateway_tokens, 10.0, [500.0]),  # TTFT alone: not used
+            Pass("direct", 1, 32, 0, 1000, 20.0, [100.0], mixed=True),
+            Pass("gateway", 1, 32, 0, 1000, 20.0, [gateway_ttft], mixed=True),
         ]
         direct = Side.of("direct", passes)
         return Figures(Options(), True, passes, direct, Side.of("gateway", passes))
