@@ -284,7 +284,8 @@ async def measure(options: Options) -> Figures:
         async with (
             engine_and_gateway(Path(tmp)) as (direct, via, gw),
             aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=options.streams),
+                # Under vLLM's (uvicorn's) 5 s, so no kept connection is reused as it closes.
+                connector=aiohttp.TCPConnector(limit=options.streams, keepalive_timeout=4),
                 timeout=aiohttp.ClientTimeout(total=None, sock_read=600),
             ) as http,
         ):

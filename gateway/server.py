@@ -58,6 +58,7 @@ def run_server(settings: Settings, config_path: Path | None) -> None:
         # uvicorn's asyncio.wait_for takes (its annotation says int). It stands as is for a
         # worker uvicorn replaces after a crash or SIGHUP: that one shuts down without draining.
         timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  # float: call_later
     )
     if settings.workers > 1:
         # Each worker drains the same way; the grace reaches them through the environment

@@ -309,6 +309,11 @@ class Settings(BaseSettings):
     access_log: bool = False
     # On SIGTERM: stop accepting, let requests in flight finish this long, then cancel them.
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    # A client connection idle this long is closed. Longer than the idle timeouts of the load
+    # balancers and clients in front (AWS ALB 60 s, httpx 5 s): the side that closes first must
+    # be the client's, or a request written as the gateway closes fails (uvicorn's own default,
+    # 5 s, is shorter than most).
+    keep_alive_s: float = Field(default=75.0, gt=0)
     models: list[ModelRoute] = Field(default_factory=list)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)

@@ -51,6 +51,47 @@ async def test_two_workers_serve_and_metrics_add_up(tmp_path: Path) -> None:
     assert float(line.group(1)) == 30.0
 
 
+async def health_on(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> bool:
+    """GET /healthz on a kept-alive connection: True when answered 200, False when closed."""
+    reader, writer = conn
+    writer.write(b"GET /healthz HTTP/1.1\r\nhost: test\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))  # type: ignore[union-attr]
+    await reader.readexactly(length)
+    return head.startswith(b"HTTP/1.1 200")
+
+
+async def test_idle_client_connections_close_after_keep_alive_s(tmp_path: Path) -> None:
+    """keep_alive_s reaches uvicorn; the default outlasts uvicorn's own 5 s (and httpx's)."""
+    base = (
+        "access_log: false\nadmin_token: serve-cli-admin-token\nauth: {required: false}\n"
+        f"metering: {{spill_dir: {tmp_path / 'spill'}}}\n"
+    )
+    short, default = tmp_path / "short.yaml", tmp_path / "default.yaml"
+    short.write_text(base + "keep_alive_s: 0.5\n")
+    default.write_text(base)
+    async with gateway_process(short) as quick, gateway_process(default) as patient:
+        conns = [
+            await asyncio.open_connection("127.0.0.1", int(g.url.rsplit(":", 1)[1]))
+            for g in (quick, patient)
+        ]
+        try:
+            assert [await health_on(c) for c in conns] == [True, True]
+            assert await closed_by_server(conns[0][0], 3)  # idle 0.5 s: closed (not at 5)
+            assert not await closed_by_server(conns[1][0], 6.5)  # idle > 5 s: still open
+            assert await health_on(conns[1])  # and serving
+        finally:
+            for _, writer in conns:
+                writer.close()
+
+
+async def closed_by_server(reader: asyncio.StreamReader, within_s: float) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(1), within_s) == b""
+    except TimeoutError:
+        return False
+
+
 async def serve_fails(config: Path, env: dict[str, str] | None = None) -> tuple[int | None, bytes]:
     """Run `llmaas serve --config` expecting it to refuse; its exit code and stderr."""
     proc = await asyncio.create_subprocess_exec(
