@@ -17,6 +17,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from gateway.api.drain import Drain
 from gateway.app import create_app
+from gateway.http_protocol import GatewayHttpProtocol
 from gateway.settings import Settings, load_settings
 
 CONFIG_ENV = "LLMAAS_CONFIG_FILE"
@@ -48,7 +49,7 @@ def run_server(settings: Settings, config_path: Path | None) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=GatewayHttpProtocol,
         log_level="warning",
         access_log=False,
         # The client is the TCP peer (the auth-failure throttle counts by it): X-Forwarded-For

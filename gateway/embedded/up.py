@@ -25,6 +25,7 @@ from gateway.embedded.paths import CHAT_MODEL_NAME, CHAT_TOOL_PARSER, EmbeddedPa
 from gateway.embedded.prepare import prepare
 from gateway.embedded.redis_server import running_redis
 from gateway.finetune.trainer import Trainer
+from gateway.http_protocol import GatewayHttpProtocol
 from gateway.netutil import free_port
 from gateway.redis_client import redis_client
 from gateway.server import started
@@ -76,9 +77,10 @@ async def _up(paths: EmbeddedPaths, gateway_port: int, engine_port: int) -> None
                 host=settings.host,
                 port=gateway_port,
                 loop="none",
-                http="httptools",
+                http=GatewayHttpProtocol,
                 log_level="warning",
                 access_log=False,
+                timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
             )
         )
         trainer_redis = redis_client(redis_url, 5.0, 4)

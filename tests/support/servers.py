@@ -8,6 +8,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import uvicorn
 from starlette.types import ASGIApp
 
+from gateway.http_protocol import GatewayHttpProtocol
 from gateway.netutil import free_port
 from gateway.server import started
 
@@ -26,7 +27,7 @@ def serve_asgi(app: ASGIApp, port: int | None = None) -> AbstractAsyncContextMan
         host="127.0.0.1",
         port=port or free_port(),
         loop="none",
-        http="httptools",
+        http=GatewayHttpProtocol,  # as `llmaas serve` runs it
         lifespan="on",
         log_level="warning",
         access_log=False,

@@ -1,0 +1,120 @@
+"""The gateway's HTTP protocol: a response head leaves with the body that follows it, and never
+waits past its turn of the event loop. HeadWithBody's writes are counted on a recording
+transport; the protocol itself is served by a real uvicorn and read by a real client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import cast
+
+import aiohttp
+import pytest
+import uvicorn
+from starlette.types import Receive, Scope, Send
+
+from gateway.http_protocol import GatewayHttpProtocol, HeadWithBody
+from gateway.netutil import free_port
+from tests.support.servers import serve_uvicorn
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+
+
+class Recording:
+    """The transport's side: what was written, in what calls, and whether it was closed."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info:{name}"
+
+
+def wrapped() -> tuple[HeadWithBody, Recording]:
+    inner = Recording()
+    return HeadWithBody(cast(asyncio.Transport, inner), asyncio.get_running_loop()), inner
+
+
+async def test_a_head_and_its_body_leave_in_one_write() -> None:
+    transport, inner = wrapped()
+    transport.write(HEAD)
+    assert inner.writes == []  # held
+    transport.write(b"{}")
+    assert inner.writes == [HEAD + b"{}"]
+    await asyncio.sleep(0)  # the end-of-turn flush finds nothing left
+    assert inner.writes == [HEAD + b"{}"]
+
+
+async def test_a_head_that_nothing_follows_leaves_at_the_end_of_the_turn() -> None:
+    transport, inner = wrapped()
+    transport.write(HEAD)
+    await asyncio.sleep(0)
+    assert inner.writes == [HEAD]
+    transport.write(b"data: 1\n\n")  # a stream's first frame, later: straight through
+    assert inner.writes == [HEAD, b"data: 1\n\n"]
+
+
+async def test_closing_sends_a_held_head_first_and_other_calls_reach_the_transport() -> None:
+    transport, inner = wrapped()
+    transport.write(HEAD)
+    transport.close()
+    assert inner.writes == [HEAD]
+    assert inner.closed
+    assert transport.is_closing()
+    assert transport.get_extra_info("peername") == "info:peername"
+    await asyncio.sleep(0)
+    assert inner.writes == [HEAD]  # not twice
+
+
+async def test_writes_that_are_not_a_head_are_not_held() -> None:
+    transport, inner = wrapped()
+    for data in (b"5\r\nhello\r\n", b"HTTP/1.1 but not a head", b"0\r\n\r\n"):
+        transport.write(data)
+    assert inner.writes == [b"5\r\nhello\r\n", b"HTTP/1.1 but not a head", b"0\r\n\r\n"]
+
+
+async def test_uvicorn_serves_whole_answers_and_streams_whose_head_comes_first() -> None:
+    body_may_go = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/whole":
+            headers = [(b"content-type", b"application/json")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b'{"ok":true}'})
+            return
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        # The head must not wait for this (the client sets it once it has the head); should
+        # it wait, the client's timeout fails the test and this gives up, ending the answer.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(body_may_go.wait(), 12)
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=free_port(), loop="none", http=GatewayHttpProtocol,
+        lifespan="off", log_level="warning", access_log=False,
+    )  # fmt: skip
+    async with serve_uvicorn(config) as base, aiohttp.ClientSession() as http:
+        for _ in range(3):  # on one kept-alive connection
+            async with http.get(f"{base}/whole") as resp:
+                assert resp.status == 200
+                assert await resp.json() == {"ok": True}
+        async with asyncio.timeout(5), http.get(f"{base}/stream") as resp:  # the head alone
+            assert resp.headers["content-type"] == "text/event-stream"
+            body_may_go.set()
+            assert await resp.read() == b"data: 1\n\ndata: [DONE]\n\n"
