@@ -118,3 +118,40 @@ async def test_uvicorn_serves_whole_answers_and_streams_whose_head_comes_first()
             assert resp.headers["content-type"] == "text/event-stream"
             body_may_go.set()
             assert await resp.read() == b"data: 1\n\ndata: [DONE]\n\n"
+
+
+async def test_a_client_that_expects_100_continue_gets_it_before_sending_its_body() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()  # the first receive is what writes 100 Continue
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        answer = b"%d" % len(body)
+        headers = [(b"content-length", b"%d" % len(answer))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, loop="none", http=GatewayHttpProtocol,
+        lifespan="off", log_level="warning", access_log=False,
+    )  # fmt: skip
+    async with serve_uvicorn(config):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(
+                b"POST /upload HTTP/1.1\r\nhost: test\r\ncontent-length: 5\r\n"
+                b"expect: 100-continue\r\n\r\n"
+            )
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert interim.startswith(b"HTTP/1.1 100 Continue")
+            writer.write(b"hello")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200 OK")
+            assert await asyncio.wait_for(reader.readexactly(1), 5) == b"5"
+        finally:
+            writer.close()
