@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -30,6 +31,26 @@ def app_from_env() -> FastAPI:
     return create_app(load_settings(Path(path) if path else None))
 
 
+def uvicorn_config(
+    target: str | FastAPI, settings: Settings, *, port: int, loop: str, **more: Any
+) -> uvicorn.Config:
+    """How uvicorn serves the gateway wherever it runs (`llmaas serve`, `llmaas up`): our HTTP
+    protocol (a response's head and body in one write), idle connections kept `keep_alive_s`
+    (a float, which uvicorn's call_later takes; its annotation says int), no access log of its
+    own. `more`: further uvicorn.Config options."""
+    return uvicorn.Config(
+        target,
+        host=settings.host,
+        port=port,
+        loop=loop,
+        http=GatewayHttpProtocol,
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
+        log_level="warning",
+        access_log=False,
+        **more,
+    )
+
+
 def run_server(settings: Settings, config_path: Path | None) -> None:
     """Serve until SIGINT/SIGTERM, then drain (DrainingServer). Several workers re-read the
     config file in each process."""
@@ -42,24 +63,20 @@ def run_server(settings: Settings, config_path: Path | None) -> None:
             "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="llmaas-metrics-")
         )
         target = "gateway.server:app_from_env"
-    config = uvicorn.Config(
+    config = uvicorn_config(
         target,
-        factory=settings.workers > 1,
-        workers=settings.workers,
-        host=settings.host,
+        settings,
         port=settings.port,
         loop="uvloop",
-        http=GatewayHttpProtocol,
-        log_level="warning",
-        access_log=False,
+        factory=settings.workers > 1,
+        workers=settings.workers,
         # The client is the TCP peer (the auth-failure throttle counts by it): X-Forwarded-For
         # is not trusted, not even from localhost.
         proxy_headers=False,
         # DrainingServer sets this to what is left of the grace when it exits; a float, which
         # uvicorn's asyncio.wait_for takes (its annotation says int). It stands as is for a
         # worker uvicorn replaces after a crash or SIGHUP: that one shuts down without draining.
-        timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
-        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  # float: call_later
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
     if settings.workers > 1:
         # Each worker drains the same way; the grace reaches them through the environment

@@ -25,10 +25,9 @@ from gateway.embedded.paths import CHAT_MODEL_NAME, CHAT_TOOL_PARSER, EmbeddedPa
 from gateway.embedded.prepare import prepare
 from gateway.embedded.redis_server import running_redis
 from gateway.finetune.trainer import Trainer
-from gateway.http_protocol import GatewayHttpProtocol
 from gateway.netutil import free_port
 from gateway.redis_client import redis_client
-from gateway.server import started
+from gateway.server import started, uvicorn_config
 from gateway.settings import FilesSettings, FineTuningSettings, ModelRoute, Settings
 
 MAX_LORAS = 4  # adapters an engine batches together (more stay loaded and take turns)
@@ -71,18 +70,8 @@ async def _up(paths: EmbeddedPaths, gateway_port: int, engine_port: int) -> None
             ),
         )
         dev_key = await _dev_key(redis_url, (settings.key_pepper or DEV_PEPPER).encode())
-        server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(settings),
-                host=settings.host,
-                port=gateway_port,
-                loop="none",
-                http=GatewayHttpProtocol,
-                log_level="warning",
-                access_log=False,
-                timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
-            )
-        )
+        config = uvicorn_config(create_app(settings), settings, port=gateway_port, loop="none")
+        server = uvicorn.Server(config)
         trainer_redis = redis_client(redis_url, 5.0, 4)
         stack.push_async_callback(trainer_redis.aclose)
         training = asyncio.create_task(Trainer(settings, trainer_redis, "llmaas-up").run())

@@ -9,9 +9,8 @@ first); one the engine closed while idle is dropped when it closes, one idle for
 is not reused (servers close idle connections after a few seconds: uvicorn, and so vLLM, after
 5 s), and a request that meets a kept connection closing under it (the engine's close and our
 write crossing) is sent once more on a new connection, which the engine cannot have read it
-from before. A response that was not
-read to its end is never reused: closing it closes the connection, which is how the engine
-learns to abort the request.
+from before. A response that was not read to its end is never reused: closing it closes the
+connection, which is how the engine learns to abort the request.
 
 Reads are bounded by an idle timeout (nothing received for that long), checked by one timer
 per response that moves on only when it fires: no timer per chunk. A slow reader pauses the
