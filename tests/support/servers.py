@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Literal
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -20,15 +21,18 @@ async def serve_uvicorn(config: uvicorn.Config) -> AsyncIterator[str]:
         yield f"http://{config.host}:{config.port}"
 
 
-def serve_asgi(app: ASGIApp, port: int | None = None) -> AbstractAsyncContextManager[str]:
-    """Serve an app with a lifespan (the gateway) on 127.0.0.1."""
+def serve_asgi(
+    app: ASGIApp, port: int | None = None, *, lifespan: Literal["on", "off"] = "on"
+) -> AbstractAsyncContextManager[str]:
+    """Serve an app on 127.0.0.1 with the gateway's HTTP protocol; with a lifespan (the
+    gateway's) unless `lifespan` is "off"."""
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=port or free_port(),
         loop="none",
         http=GatewayHttpProtocol,  # as `llmaas serve` runs it
-        lifespan="on",
+        lifespan=lifespan,
         log_level="warning",
         access_log=False,
     )

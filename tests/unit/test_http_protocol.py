@@ -10,12 +10,11 @@ from typing import cast
 
 import aiohttp
 import pytest
-import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from gateway.http_protocol import GatewayHttpProtocol, HeadWithBody
+from gateway.http_protocol import HeadWithBody
 from gateway.netutil import free_port
-from tests.support.servers import serve_uvicorn
+from tests.support.servers import serve_asgi
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -105,11 +104,7 @@ async def test_uvicorn_serves_whole_answers_and_streams_whose_head_comes_first()
         await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=free_port(), loop="none", http=GatewayHttpProtocol,
-        lifespan="off", log_level="warning", access_log=False,
-    )  # fmt: skip
-    async with serve_uvicorn(config) as base, aiohttp.ClientSession() as http:
+    async with serve_asgi(app, lifespan="off") as base, aiohttp.ClientSession() as http:
         for _ in range(3):  # on one kept-alive connection
             async with http.get(f"{base}/whole") as resp:
                 assert resp.status == 200
@@ -136,11 +131,7 @@ async def test_a_client_that_expects_100_continue_gets_it_before_sending_its_bod
         await send({"type": "http.response.body", "body": answer})
 
     port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, loop="none", http=GatewayHttpProtocol,
-        lifespan="off", log_level="warning", access_log=False,
-    )  # fmt: skip
-    async with serve_uvicorn(config):
+    async with serve_asgi(app, port, lifespan="off"):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             writer.write(
