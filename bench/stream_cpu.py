@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,10 +26,11 @@ from pathlib import Path
 import aiohttp
 import orjson
 
+from bench import engine_streams
 from bench.auth_modes import auth_mode
-from bench.harness import Server, gateway, simulator, stream_chat
-
-MODEL = "bench-stream"
+from bench.engine_streams import Target
+from bench.harness import Server, gateway, simulator
+from bench.overhead import MODEL, config_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,22 +54,14 @@ class Pass:
 
 
 async def run_pass(
-    http: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], o: Options
+    http: aiohttp.ClientSession, via: Target, body: bytes, o: Options, requests: int
 ) -> int:
-    """`o.requests` streams, `o.streams` in flight, each read to [DONE]; the frames received."""
-    remaining, frames = o.requests, 0
-
-    async def client() -> None:
-        nonlocal remaining, frames
-        while remaining > 0:
-            remaining -= 1
-            got = await stream_chat(http, url, body, headers)
-            if not got.ok:
-                raise RuntimeError(f"stream failed: {got}")
-            frames += got.content_frames
-
-    await asyncio.gather(*(client() for _ in range(o.streams)))
-    return frames
+    """`requests` streams, `o.streams` in flight, each read to [DONE]; the frames received."""
+    outcomes, _ = await engine_streams.run_pass(http, [via], [body] * requests, o.streams)
+    failed = [got for _, got in outcomes if not got.ok]
+    if failed:
+        raise RuntimeError(f"{len(failed)} streams failed, the first: {failed[0]}")
+    return sum(got.content_frames for _, got in outcomes)
 
 
 async def measure(o: Options) -> list[Pass]:
@@ -75,18 +69,13 @@ async def measure(o: Options) -> list[Pass]:
         tmp = Path(name)
         sim_args = ("--itl-ms", f"{o.itl_ms:g}", "--ttft-ms", f"{o.itl_ms:g}")
         async with simulator(MODEL, *sim_args) as sim, auth_mode("limits", tmp) as auth:
-            config = (
-                f"access_log: false\nlog_level: warning\n{auth.config}"
-                f"metering:\n  spill_dir: {tmp / 'spill'}\n"
-                f"models:\n  - name: {MODEL}\n    engines: [{sim}]\n"
-            )
+            config = config_for(sim, False, auth) + f"metering:\n  spill_dir: {tmp / 'spill'}\n"
             async with gateway(config, tmp) as gw:
-                return await _passes(gw, await auth.headers(gw.url), o)
+                via = engine_streams.Target("gateway", gw.url, await auth.headers(gw.url))
+                return await _passes(gw, via, o)
 
 
-async def _passes(gw: Server, auth: dict[str, str], o: Options) -> list[Pass]:
-    url = f"{gw.url}/v1/chat/completions"
-    headers = {"content-type": "application/json", **auth}
+async def _passes(gw: Server, via: Target, o: Options) -> list[Pass]:
     body = orjson.dumps(
         {
             "model": MODEL,
@@ -99,11 +88,10 @@ async def _passes(gw: Server, auth: dict[str, str], o: Options) -> list[Pass]:
     passes = []
     connector = aiohttp.TCPConnector(limit=o.streams)
     async with aiohttp.ClientSession(connector=connector) as http:
-        warm = Options(o.streams, o.tokens, min(o.requests, 2 * o.streams), 1, o.itl_ms)
-        await run_pass(http, url, body, headers, warm)
+        await run_pass(http, via, body, o, min(o.requests, 2 * o.streams))  # warm
         for _ in range(o.passes):
             cpu, started = gw.cpu_seconds(), time.perf_counter()
-            frames = await run_pass(http, url, body, headers, o)
+            frames = await run_pass(http, via, body, o, o.requests)
             passes.append(Pass(frames, time.perf_counter() - started, gw.cpu_seconds() - cpu))
     return passes
 
@@ -118,8 +106,8 @@ def render(o: Options, passes: list[Pass]) -> str:
         lines.append(
             f"{i:>4} {p.frames:>7} {p.seconds:>8.2f} {p.cpu_s:>13.2f} {p.us_per_frame:>12.1f}"
         )
-    best = sorted(p.us_per_frame for p in passes)[len(passes) // 2]
-    lines.append(f"gateway CPU us per frame, median pass: {best:.1f}")
+    median = statistics.median(p.us_per_frame for p in passes)
+    lines.append(f"gateway CPU us per frame, median pass: {median:.1f}")
     return "\n".join(lines)
 
 
