@@ -80,10 +80,11 @@ class Admission:
         return out
 
 
-def _triple(limit: bytes, remaining: bytes, reset: bytes) -> tuple[int, int, float] | None:
-    if not limit:
+def _triple(limit: int | bytes, remaining: int, reset: int) -> tuple[int, int, float] | None:
+    """admission.lua's integers for one kind; b"" where no scope limits that kind."""
+    if limit == b"":
         return None
-    return int(float(limit)), int(float(remaining)), float(reset)
+    return int(limit), remaining, float(reset)
 
 
 class Limiter:

@@ -139,5 +139,4 @@ class Ledger:
         expires_at = day_end_ms + self.retention_ms
         fields = [day_field(record.key_id, record.model, m) for m in METRICS]
         tokens = [record.prompt_tokens, record.completion_tokens, record.cached_tokens]
-        pairs = orjson.dumps(record.fields())  # one argument, not 32: redis-py packs each in Python
-        return [1, self.retention_ms, expires_at, *fields, *tokens, pairs.decode()]
+        return [1, self.retention_ms, expires_at, *fields, *tokens, *record.fields()]
