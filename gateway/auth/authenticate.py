@@ -65,6 +65,10 @@ class Authenticator:
         self.store = store
         self.cache = cache
         self.jwt = jwt
+        # The principal last built for each key id, with the cached records it was built from:
+        # reused while the cache hands out those very records (an invalidation or expiry
+        # replaces them), so a repeated key does not rebuild it. Keyed by id: no secret kept.
+        self.principals: dict[str, tuple[KeyRecord, TenantRecord | None, Principal]] = {}
 
     async def principal(self, headers: Headers) -> Principal:
         if not self.required:
@@ -97,7 +101,10 @@ class Authenticator:
         if record.expired(time.time()):
             raise Unauthorized("This API key has expired.", code="invalid_api_key")
         tenant = await self._tenant(record.tenant)
-        return Principal(
+        made = self.principals.get(record.id)
+        if made is not None and made[0] is record and made[1] is tenant:
+            return made[2]  # the same records as last time: the same (immutable) principal
+        principal = Principal(
             tenant=record.tenant,
             key_id=record.id,
             source="api_key",
@@ -108,6 +115,10 @@ class Authenticator:
             priority=None if tenant is None else tenant.priority,
             media_hosts=None if tenant is None else tenant.media_host_set(),
         )
+        if len(self.principals) >= self.cache.keys.max_entries:
+            self.principals.clear()
+        self.principals[record.id] = (record, tenant, principal)
+        return principal
 
     async def _key(self, key_id: str) -> KeyRecord | None:
         return await self._cached(self.cache.keys, key_id, self._store().get_key)

@@ -288,6 +288,29 @@ def _junk_key() -> str:
     return f"{PREFIX}{secrets.token_hex(6)}-{secrets.token_hex(24)}"
 
 
+async def test_a_repeated_key_reuses_its_principal_until_its_records_change(
+    secured: Secured,
+) -> None:
+    store = AuthStore(secured.redis)
+    record, key = await issue_key(store, PEPPER.encode(), tenant="reused", rpm=5)
+    auth, cache = await _replica(secured.redis, store)
+    first = await auth.principal(_bearer(key))
+    assert await auth.principal(_bearer(key)) is first  # nothing rebuilt for the same records
+    key_id, secret = parse_key(key) or ("", "")
+    wrong = f"{PREFIX}{key_id}-{secret[::-1]}"
+    with pytest.raises(Unauthorized):  # the secret is still checked on every request
+        await auth.principal(_bearer(wrong))
+    await store.put_key(record.model_copy(update={"rpm": 7}))
+    cache.invalidate(f"key:{record.id}")  # what the pub/sub message does
+    changed = await auth.principal(_bearer(key))
+    assert changed is not first
+    assert (first.key_limits.rpm, changed.key_limits.rpm) == (5, 7)
+    await store.put_key(record.model_copy(update={"rpm": 7, "revoked": True}))
+    cache.invalidate(f"key:{record.id}")
+    with pytest.raises(Unauthorized, match="revoked"):
+        await auth.principal(_bearer(key))
+
+
 async def test_junk_keys_cannot_grow_the_auth_cache(secured: Secured) -> None:
     store = AuthStore(secured.redis)
     _, good = await issue_key(store, PEPPER.encode(), tenant="bounded")
