@@ -24,6 +24,7 @@ class AuthMode:
     config: str  # YAML lines added to the gateway's config
     token: str | None  # a JWT known before the gateway starts
     limited: bool = False  # the key carries rpm, tpm and concurrency limits
+    redis_url: str | None = None  # the Redis behind the gateway, in every mode but "none"
 
     async def headers(self, gateway: str) -> dict[str, str]:
         if self.token is not None:
@@ -51,7 +52,7 @@ async def auth_mode(name: str, tmp: Path) -> AsyncIterator[AuthMode]:
     async with running_redis(None) as redis_url:
         common += f"redis_url: {redis_url}\nkey_pepper: {PEPPER}\n"
         if name in ("key", "limits"):
-            yield AuthMode(common, None, limited=name == "limits")
+            yield AuthMode(common, None, limited=name == "limits", redis_url=redis_url)
             return
         private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pem = tmp / "jwt-public.pem"
@@ -72,4 +73,4 @@ async def auth_mode(name: str, tmp: Path) -> AsyncIterator[AuthMode]:
             f"auth:\n  jwt:\n    public_key_file: {pem}\n    algorithms: [RS256]\n"
             "    issuer: https://idp.bench\n    audience: llmaas\n"
         )
-        yield AuthMode(common + jwt_config, token)
+        yield AuthMode(common + jwt_config, token, redis_url=redis_url)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+from redis.asyncio import Redis
 
 from gateway.netutil import free_port, wait_http_ok
 
@@ -212,6 +213,15 @@ def process_tree(pid: int) -> list[int]:
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU of `pid` and its live descendants."""
     return sum(_cpu_seconds(one) for one in process_tree(pid))
+
+
+async def redis_pid(url: str) -> int:
+    """The process id of the Redis server at `url` (its INFO says), to read its CPU time."""
+    client = Redis.from_url(url)
+    try:
+        return int((await client.info("server"))["process_id"])
+    finally:
+        await client.aclose()
 
 
 def tree_peak_rss_mib(pid: int) -> float:

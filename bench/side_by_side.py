@@ -44,6 +44,7 @@ from bench.harness import (
     drive,
     gateway,
     machine_busy_seconds,
+    redis_pid,
     simulator_server,
     tree_cpu_seconds,
     tree_peak_rss_mib,
@@ -74,6 +75,7 @@ class Cell:
     added_p50_ms: float | None  # against direct's cell of the same mode and concurrency
     added_p99_ms: float | None
     cpu_ms_per_request: float  # the server's process tree, not the simulator behind it
+    redis_cpu_ms_per_request: float | None  # the Redis behind it (all on), also per request
     peak_rss_mib: float  # VmHWM summed over the server's processes, at the end of the cell
     others_cores: float  # CPU that processes outside this benchmark took meanwhile (shared box)
     first_error: str | None = None  # what the first bad answer said, to tell why
@@ -101,6 +103,7 @@ class Target:
     server: Server
     headers: dict[str, str]
     requests: int
+    redis_pid: int | None = None  # the Redis behind the gateway (all on): its CPU is counted too
 
 
 def counted_call(base: str, stream: bool, headers: dict[str, str], errors: list[str]) -> Call:
@@ -129,6 +132,7 @@ class Measured:
     errors: list[str]
     cpu_seconds: float  # the server's process tree
     others_seconds: float  # every process on the box outside this benchmark's tree
+    redis_cpu_seconds: float | None  # the Redis behind the server, if any
 
 
 async def measure(target: Target, mode: str, concurrency: int) -> Measured:
@@ -140,9 +144,16 @@ async def measure(target: Target, mode: str, concurrency: int) -> Measured:
         await drive(session, call, warmup(target.requests), concurrency)
         errors.clear()
         cpu_before, others_before = tree_cpu_seconds(target.server.pid), _others()
+        redis_before = _cpu_of(target.redis_pid)
         result = await drive(session, call, target.requests, concurrency)
         cpu = tree_cpu_seconds(target.server.pid) - cpu_before
-    return Measured(result, errors, cpu, _others() - others_before)
+        redis = _cpu_of(target.redis_pid)
+    redis_cpu = None if redis is None or redis_before is None else redis - redis_before
+    return Measured(result, errors, cpu, _others() - others_before, redis_cpu)
+
+
+def _cpu_of(pid: int | None) -> float | None:
+    return None if pid is None else tree_cpu_seconds(pid)
 
 
 def _others() -> float:
@@ -171,6 +182,11 @@ def cell(
         added_p50_ms=None if direct is None else p50 - direct.p50_ms,
         added_p99_ms=None if direct is None else p99 - direct.p99_ms,
         cpu_ms_per_request=cpu / result.requests * 1000,
+        redis_cpu_ms_per_request=(
+            None
+            if measured.redis_cpu_seconds is None
+            else measured.redis_cpu_seconds / result.requests * 1000
+        ),
         peak_rss_mib=tree_peak_rss_mib(target.server.pid),
         others_cores=max(0.0, measured.others_seconds / result.seconds),
         first_error=errors[0] if errors else None,
@@ -192,7 +208,8 @@ async def _started(
             auth_mode("limits" if all_on else "none", tmp) as auth,
             gateway(config_for(sim.url, True, auth), tmp) as gw,
         ):
-            yield Target(name, gw, await auth.headers(gw.url), requests)
+            redis = None if auth.redis_url is None else await redis_pid(auth.redis_url)
+            yield Target(name, gw, await auth.headers(gw.url), requests, redis)
 
 
 async def run(
@@ -293,8 +310,9 @@ def _x(value: float | None) -> str:
 
 HEADER = (
     "| target | mode | conc | requests | errors | rps | p50 ms | p99 ms | added p50 ms "
-    "| added p99 ms | CPU ms/req | peak RSS MiB | others cores |\n"
-    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    "| added p99 ms | CPU ms/req | Redis CPU ms/req | peak RSS MiB | others cores |\n"
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+    "| ---: |"
 )
 
 
@@ -302,7 +320,8 @@ def row(c: Cell) -> str:
     return (
         f"| {c.target} | {c.mode} | {c.concurrency} | {c.requests} | {c.errors} | {c.rps:.0f} "
         f"| {c.p50_ms:.3f} | {c.p99_ms:.3f} | {_ms(c.added_p50_ms)} | {_ms(c.added_p99_ms)} "
-        f"| {c.cpu_ms_per_request:.3f} | {c.peak_rss_mib:.0f} | {c.others_cores:.2f} |"
+        f"| {c.cpu_ms_per_request:.3f} | {_ms(c.redis_cpu_ms_per_request)} "
+        f"| {c.peak_rss_mib:.0f} | {c.others_cores:.2f} |"
     )
 
 

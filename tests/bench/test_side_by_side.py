@@ -12,7 +12,7 @@ from tests.bench.modules import run_module
 NUMBER = r"(-|[0-9.-]+)"
 CELL = re.compile(
     r"^\| (direct|gateway bare|gateway all on|litellm) \| (non-stream|stream) \| "
-    + r" \| ".join([NUMBER] * 11)
+    + r" \| ".join([NUMBER] * 12)
     + r" \|$",
     re.M,
 )
@@ -44,13 +44,19 @@ def test_every_target_answers_every_cell_and_the_ratios_are_printed(tmp_path: Pa
         (t, m, c) for t in targets for m in ("non-stream", "stream") for c in (1, 4)
     }
     for (target, _, _), fields in cells.items():
-        requests, errors, rps, p50, p99, added_p50, added_p99, cpu_ms, rss, others = fields
+        requests, errors, rps, p50, p99, added_p50, added_p99, cpu_ms, redis_ms, rss, others = (
+            fields
+        )
         assert int(requests) == (20 if target == "litellm" else 100)
         assert int(errors) == 0
         assert float(rps) > 0
         assert float(p50) <= float(p99)
         assert (added_p50 == "-") == (added_p99 == "-") == (target == "direct")
         assert float(cpu_ms) >= 0
+        # Redis's CPU is counted where there is one: only the gateway with everything on
+        assert (redis_ms != "-") == (target == "gateway all on")
+        if redis_ms != "-":
+            assert float(redis_ms) > 0
         assert float(rss) > 0  # the server's peak memory was read
         assert float(others) >= 0
     ratios = RATIO.findall(output)
