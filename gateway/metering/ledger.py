@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -20,7 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from gateway.limits.limiter import scope_keys
-from gateway.metering.record import UsageRecord
+from gateway.metering.record import day_of
 from gateway.metering.settlement import Settlement
 from gateway.redis_pipe import Command, PipeScript, RedisPipe
 from gateway.settings import MeteringSettings
@@ -30,6 +31,7 @@ LEDGER_ID = "llmaas:ledger:id"
 METRICS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens")
 _SCRIPT = (Path(__file__).parent / "settle.lua").read_text()
 DAY_MS = 86_400_000
+FIXED_MAX = 10_000  # (key, model, day) entries of the per-ledger memo before it starts over
 
 
 def usage_prefix(tenant: str) -> str:
@@ -48,6 +50,14 @@ def day_field(key_id: str, model: str, metric: str) -> str:
     return orjson.dumps([key_id, model, metric]).decode()
 
 
+@dataclass(frozen=True, slots=True)
+class _Fixed:
+    seen_prefix: str  # + a record id: its seen-marker
+    keys: tuple[str, ...]  # usage log, day hash, key tpm, key leases, tenant tpm, tenant leases
+    day_fields: tuple[str, ...]  # the day hash's fields of this key and model, one per metric
+    expires_at: int  # when the day hash expires, Unix ms
+
+
 class Ledger:
     def __init__(
         self,
@@ -64,6 +74,7 @@ class Ledger:
         self.retention_ms = int(settings.retention_days * DAY_MS)
         self.seen_ttl_ms = int(settings.dedupe_window_s * 1000)
         self.window_ms = int(window_s * 1000)
+        self.fixed: dict[tuple[str, str, tuple[str, str], int | None], _Fixed] = {}
 
     @property
     def location(self) -> str:
@@ -110,18 +121,13 @@ class Ledger:
         return commands
 
     def _call(self, s: Settlement) -> tuple[list[str], list[str | int]]:
-        (_, key_tpm, key_leases), (_, tenant_tpm, tenant_leases) = scope_keys(s.tenant, s.key_id)
         record = s.record
-        day = record.day if record is not None else "-"
-        keys = [
-            f"{usage_prefix(s.tenant)}:seen:{s.id}",
-            log_key(s.tenant),
-            day_key(s.tenant, day),
-            key_tpm,
-            key_leases,
-            tenant_tpm,
-            tenant_leases,
-        ]
+        if record is None:
+            fixed = self._fixed(s.tenant, s.key_id, ("", ""), None)
+        else:
+            day = record.time_ms // DAY_MS
+            fixed = self._fixed(s.tenant, s.key_id, (record.key_id, record.model), day)
+        keys = [fixed.seen_prefix + s.id, *fixed.keys]
         args: list[str | int] = [self.seen_ttl_ms]
         limits = s.limits
         if limits is None:
@@ -129,14 +135,37 @@ class Ledger:
         else:
             args += [1, limits.delta, limits.lease, limits.key_tpm, limits.tenant_tpm]
             args.append(self.window_ms)
-        args += self._record_args(record)
+        if record is None:
+            args.append(0)
+        else:
+            args += [1, self.retention_ms, fixed.expires_at, *fixed.day_fields]
+            args += [record.prompt_tokens, record.completion_tokens, record.cached_tokens]
+            args += record.fields()
         return keys, args
 
-    def _record_args(self, record: UsageRecord | None) -> list[str | int]:
-        if record is None:
-            return [0]
-        day_end_ms = (record.time_ms // DAY_MS + 1) * DAY_MS  # UTC days: epoch ms align to them
-        expires_at = day_end_ms + self.retention_ms
-        fields = [day_field(record.key_id, record.model, m) for m in METRICS]
-        tokens = [record.prompt_tokens, record.completion_tokens, record.cached_tokens]
-        return [1, self.retention_ms, expires_at, *fields, *tokens, *record.fields()]
+    def _fixed(self, tenant: str, key_id: str, totals: tuple[str, str], day: int | None) -> _Fixed:
+        """What every settlement of this key shares on a UTC day (`day`: days since the epoch;
+        `totals`: the record's key id and model, whose daily totals it adds to), made once."""
+        found = self.fixed.get((tenant, key_id, totals, day))
+        if found is not None:
+            return found
+        (_, key_tpm, key_leases), (_, tenant_tpm, tenant_leases) = scope_keys(tenant, key_id)
+        date = "-" if day is None else day_of(day * DAY_MS)
+        made = _Fixed(
+            seen_prefix=f"{usage_prefix(tenant)}:seen:",
+            keys=(
+                log_key(tenant),
+                day_key(tenant, date),
+                key_tpm,
+                key_leases,
+                tenant_tpm,
+                tenant_leases,
+            ),
+            day_fields=tuple(day_field(*totals, metric) for metric in METRICS),
+            # UTC days: epoch ms align to them; the day's totals are kept a retention after it
+            expires_at=0 if day is None else (day + 1) * DAY_MS + self.retention_ms,
+        )
+        if len(self.fixed) >= FIXED_MAX:
+            self.fixed.clear()
+        self.fixed[tenant, key_id, totals, day] = made
+        return made

@@ -91,6 +91,30 @@ async def test_a_settlement_writes_one_record_and_the_daily_totals(redis: Redis)
     assert retention_ms - 5_000 < await redis.pttl(log_key(t)) <= retention_ms
 
 
+async def test_one_ledger_keeps_each_utc_day_apart(redis: Redis) -> None:
+    """What the ledger makes once per key, model and day (keys, fields, the day's expiry) is
+    never carried over to the next day, by the same ledger, in one batch or the next."""
+    t, write = tenant(), ledger(redis)
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    midnight_ms = int(today.timestamp() * 1000)
+    days = [(today - timedelta(days=1)).strftime("%Y-%m-%d"), today.strftime("%Y-%m-%d")]
+    await write.write([settlement(record(t, time_ms=midnight_ms - 1, prompt=1))])
+    await write.write(
+        [
+            settlement(record(t, time_ms=midnight_ms, prompt=2)),
+            settlement(record(t, time_ms=midnight_ms - 2, prompt=4)),
+            settlement(record(t, time_ms=midnight_ms + 1, prompt=8, model="m2")),
+        ]
+    )
+    assert await day_of(redis, t, days[0]) == totals("k1", "m", 2, 5, 10, 6)
+    assert await day_of(redis, t, days[1]) == {
+        **totals("k1", "m", 1, 2, 5, 3),
+        **totals("k1", "m2", 1, 8, 5, 3),
+    }
+    ttls = [await redis.pttl(day_key(t, day)) for day in days]
+    assert abs(ttls[1] - ttls[0] - DAY_MS) < 5_000  # each expires a retention after its own day
+
+
 async def test_records_round_trip_through_from_fields(redis: Redis) -> None:
     t = tenant()
     records = [
