@@ -37,7 +37,8 @@ def uvicorn_config(
     """How uvicorn serves the gateway wherever it runs (`llmaas serve`, `llmaas up`): our HTTP
     protocol (a response's head and body in one write), idle connections kept `keep_alive_s`
     (a float, which uvicorn's call_later takes; its annotation says int), no access log of its
-    own. `more`: further uvicorn.Config options."""
+    own, and the client is the TCP peer: X-Forwarded-For is not trusted, not even from
+    localhost (the auth-failure throttle counts by the peer). `more`: further options."""
     return uvicorn.Config(
         target,
         host=settings.host,
@@ -47,6 +48,7 @@ def uvicorn_config(
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
         log_level="warning",
         access_log=False,
+        proxy_headers=False,
         **more,
     )
 
@@ -70,9 +72,6 @@ def run_server(settings: Settings, config_path: Path | None) -> None:
         loop="uvloop",
         factory=settings.workers > 1,
         workers=settings.workers,
-        # The client is the TCP peer (the auth-failure throttle counts by it): X-Forwarded-For
-        # is not trusted, not even from localhost.
-        proxy_headers=False,
         # DrainingServer sets this to what is left of the grace when it exits; a float, which
         # uvicorn's asyncio.wait_for takes (its annotation says int). It stands as is for a
         # worker uvicorn replaces after a crash or SIGHUP: that one shuts down without draining.

@@ -346,6 +346,10 @@ async def test_repeated_401s_from_one_address_are_throttled(secured: Secured) ->
             assert 0 < int(resp.headers["retry-after"]) <= 600
             assert (await resp.json())["error"]["code"] == "too_many_auth_failures"
     assert await _get_calls(secured.redis) == gets  # refused without a Redis lookup
+    # A header cannot make the same peer another client: X-Forwarded-For is not trusted.
+    spoofed = {"authorization": f"Bearer {good}", "x-forwarded-for": "203.0.113.7"}
+    async with secured.http.get(f"{secured.strict}/v1/models", headers=spoofed) as resp:
+        assert resp.status == 429
     # Another client address (loopback has them all) is not affected.
     connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
     async with aiohttp.ClientSession(connector=connector) as other:

@@ -35,5 +35,6 @@ def serve_asgi(
         lifespan=lifespan,
         log_level="warning",
         access_log=False,
+        proxy_headers=False,  # as server.uvicorn_config: the client is the TCP peer
     )
     return serve_uvicorn(config)
