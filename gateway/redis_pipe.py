@@ -234,8 +234,10 @@ class RedisPipe:
 
     async def close(self) -> None:
         wire, self.wire = self.wire, None
-        if wire is not None and wire.lost is None:
-            wire._fail(RedisConnectionError("The connection was closed by the gateway."))
+        if wire is not None:
+            self.earlier_trips += wire.trips  # still counted once the connection is gone
+            if wire.lost is None:
+                wire._fail(RedisConnectionError("The connection was closed by the gateway."))
 
     async def _wire(self) -> _Wire:
         wire = self.wire

@@ -51,6 +51,11 @@ async def test_concurrent_calls_share_round_trips_and_each_gets_its_reply(redis:
     before = pipe.trips
     assert await script(["pipe:alone"], ["ok", 5]) >= 5  # one alone goes straight out
     assert pipe.trips - before == 1
+    written = pipe.trips
+    await pipe.close()
+    assert pipe.trips == written  # closing forgets no round trip
+    assert await script(["pipe:alone"], ["ok", 1]) >= 6  # a call after close connects again
+    assert pipe.trips == written + 1
     await pipe.close()
 
 
