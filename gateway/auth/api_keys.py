@@ -35,8 +35,7 @@ def parse_key(text: str) -> tuple[str, str] | None:
 
 
 def hash_secret(pepper: bytes, secret: str) -> str:
-    """HMAC-SHA256 of the secret under the pepper, hex (hmac.digest: OpenSSL's one-shot call,
-    the same value as hmac.new(...).hexdigest() at a fifth of its cost per request)."""
+    """HMAC-SHA256 of the secret under the pepper, hex (what key records store)."""
     return hmac.digest(pepper, secret.encode(), "sha256").hex()
 
 

@@ -8,8 +8,12 @@ the holder of the real secret learns that the key was revoked or has expired.
 from __future__ import annotations
 
 import dataclasses
+import hmac
+import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from hashlib import blake2b
 from typing import TypeVar
 
 from redis.exceptions import RedisError
@@ -33,6 +37,14 @@ def _invalid() -> Unauthorized:
     return Unauthorized(
         "Incorrect API key provided. Check the key you are using.", code="invalid_api_key"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    record: KeyRecord  # the cached record the secret was checked against
+    tenant: TenantRecord | None  # the cached tenant record the principal was built from
+    tag: bytes  # keyed BLAKE2b of that secret
+    principal: Principal
 
 
 def credentials(headers: Headers) -> str:
@@ -65,10 +77,12 @@ class Authenticator:
         self.store = store
         self.cache = cache
         self.jwt = jwt
-        # The principal last built for each key id, with the cached records it was built from:
-        # reused while the cache hands out those very records (an invalidation or expiry
-        # replaces them), so a repeated key does not rebuild it. Keyed by id: no secret kept.
-        self.principals: dict[str, tuple[KeyRecord, TenantRecord | None, Principal]] = {}
+        # Per key id, the last secret that passed the HMAC check and the principal built for it:
+        # while the cache hands out the same records (an invalidation or expiry replaces them),
+        # the same secret is recognised by a keyed BLAKE2b tag (this process's random key; no
+        # secret is kept) instead of the HMAC, and the principal is not built again.
+        self.verified: dict[str, _Verified] = {}
+        self.tag_key = os.urandom(32)
 
     async def principal(self, headers: Headers) -> Principal:
         if not self.required:
@@ -94,16 +108,21 @@ class Authenticator:
             raise _invalid()
         key_id, secret = parsed
         record = await self._key(key_id)
-        if record is None or not secret_matches(self.pepper, secret, record.secret_hash):
+        if record is None:
             raise _invalid()
+        tag = blake2b(secret.encode(), key=self.tag_key, digest_size=16).digest()
+        known = self.verified.get(key_id)
+        if known is None or known.record is not record or not hmac.compare_digest(known.tag, tag):
+            if not secret_matches(self.pepper, secret, record.secret_hash):
+                raise _invalid()
+            known = None
         if record.revoked:
             raise Unauthorized("This API key has been revoked.", code="invalid_api_key")
         if record.expired(time.time()):
             raise Unauthorized("This API key has expired.", code="invalid_api_key")
         tenant = await self._tenant(record.tenant)
-        made = self.principals.get(record.id)
-        if made is not None and made[0] is record and made[1] is tenant:
-            return made[2]  # the same records as last time: the same (immutable) principal
+        if known is not None and known.tenant is tenant:
+            return known.principal
         principal = Principal(
             tenant=record.tenant,
             key_id=record.id,
@@ -115,9 +134,9 @@ class Authenticator:
             priority=None if tenant is None else tenant.priority,
             media_hosts=None if tenant is None else tenant.media_host_set(),
         )
-        if len(self.principals) >= self.cache.keys.max_entries:
-            self.principals.clear()
-        self.principals[record.id] = (record, tenant, principal)
+        if len(self.verified) >= self.cache.keys.max_entries:
+            self.verified.clear()
+        self.verified[key_id] = _Verified(record, tenant, tag, principal)
         return principal
 
     async def _key(self, key_id: str) -> KeyRecord | None:

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from starlette.datastructures import Headers
 
 from gateway.app import create_app
-from gateway.auth.api_keys import PREFIX, parse_key
+from gateway.auth.api_keys import PREFIX, hash_secret, parse_key, secret_matches
 from gateway.auth.authenticate import Authenticator
 from gateway.auth.cache import AuthCache
 from gateway.auth.invalidation import InvalidationListener
@@ -289,13 +289,21 @@ def _junk_key() -> str:
 
 
 async def test_a_repeated_key_reuses_its_principal_until_its_records_change(
-    secured: Secured,
+    secured: Secured, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = AuthStore(secured.redis)
     record, key = await issue_key(store, PEPPER.encode(), tenant="reused", rpm=5)
     auth, cache = await _replica(secured.redis, store)
+    hmacs: list[str] = []
+
+    def counted(pepper: bytes, secret: str, stored: str) -> bool:
+        hmacs.append(secret)
+        return secret_matches(pepper, secret, stored)
+
+    monkeypatch.setattr("gateway.auth.authenticate.secret_matches", counted)
     first = await auth.principal(_bearer(key))
     assert await auth.principal(_bearer(key)) is first  # nothing rebuilt for the same records
+    assert len(hmacs) == 1  # the secret that passed is recognised without its HMAC again
     key_id, secret = parse_key(key) or ("", "")
     wrong = f"{PREFIX}{key_id}-{secret[::-1]}"
     with pytest.raises(Unauthorized):  # the secret is still checked on every request
@@ -305,6 +313,12 @@ async def test_a_repeated_key_reuses_its_principal_until_its_records_change(
     changed = await auth.principal(_bearer(key))
     assert changed is not first
     assert (first.key_limits.rpm, changed.key_limits.rpm) == (5, 7)
+    rotated = hash_secret(PEPPER.encode(), "f" * 48)
+    await store.put_key(record.model_copy(update={"rpm": 7, "secret_hash": rotated}))
+    cache.invalidate(f"key:{record.id}")
+    with pytest.raises(Unauthorized):  # the old secret after a rotation: checked, refused
+        await auth.principal(_bearer(key))
+    assert (await auth.principal(_bearer(f"{PREFIX}{key_id}-{'f' * 48}"))).key_id == record.id
     await store.put_key(record.model_copy(update={"rpm": 7, "revoked": True}))
     cache.invalidate(f"key:{record.id}")
     with pytest.raises(Unauthorized, match="revoked"):
