@@ -62,3 +62,35 @@ async def test_a_loop_that_never_calms_down_waits_at_most_the_whole_bound() -> N
         async with Patience(0.05, 0.4):
             await asyncio.sleep(10)
     assert 0.4 <= time.monotonic() - started < 0.7
+
+
+async def test_a_timeout_leaves_its_task_uncancelled() -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    with pytest.raises(TimeoutError):
+        async with Patience(0.05, 0.5):
+            await asyncio.sleep(10)
+    assert task.cancelling() == 0  # the deadline withdrew its own cancel request
+    await asyncio.sleep(0)  # and nothing is left to cancel this task later
+
+
+async def test_a_cancellation_from_elsewhere_is_not_a_timeout() -> None:
+    """A client that left cancels the admission: that propagates as CancelledError, before the
+    deadline and also when it comes at the same time as the deadline."""
+
+    async def admit(deadline_s: float) -> None:
+        async with Patience(deadline_s, 1.0):
+            await asyncio.sleep(10)
+
+    early = asyncio.create_task(admit(5.0))
+    await asyncio.sleep(0.02)
+    early.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await early
+
+    both = asyncio.create_task(admit(0.05))
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(0.05)
+    loop.call_soon(both.cancel)  # lands in the same rounds as the deadline's own cancel
+    with pytest.raises(asyncio.CancelledError):
+        await both
