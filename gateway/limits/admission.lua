@@ -31,6 +31,7 @@
 
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now_ms = string.format('%d', now)  -- once: lease sets are trimmed by it, request logs scored by it
 local tokens, lease, PERIOD = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[4])
 local marker = KEYS[7]
 
@@ -77,7 +78,7 @@ for scope = 1, 2 do
   end
   if conc > 0 then
     local leases = KEYS[base + 3]
-    redis.call('ZREMRANGEBYSCORE', leases, '-inf', string.format('%d', now))
+    redis.call('ZREMRANGEBYSCORE', leases, '-inf', now_ms)
     if redis.call('ZCARD', leases) >= conc then
       local first = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
       return refuse(scope, 'concurrency', first[2] - now, conc)
@@ -85,7 +86,7 @@ for scope = 1, 2 do
   end
 end
 
-local now_ms, log_ttl = string.format('%d', now), string.format('%d', PERIOD + 1000)
+local log_ttl = string.format('%d', PERIOD + 1000)
 local lease_ttl = tonumber(ARGV[3])
 for scope = 1, 2 do
   local base = scope * 3 - 3
