@@ -33,6 +33,7 @@ from bench.harness import (
     gateway,
     machine_busy_seconds,
     process_tree,
+    redis_pid,
     simulator_server,
     tree_cpu_seconds,
 )
@@ -88,28 +89,17 @@ class WorkersCell:
 class Parties:
     gateway: Server
     simulator: Server
+    redis_pid: int  # the Redis behind the gateway
 
     def sample(self) -> CpuUse:
         own = resource.getrusage(resource.RUSAGE_SELF)
         return CpuUse(
             gateway=tree_cpu_seconds(self.gateway.pid),
             simulator=tree_cpu_seconds(self.simulator.pid),
-            redis=sum(tree_cpu_seconds(pid) for pid in _redis_pids()),
+            redis=tree_cpu_seconds(self.redis_pid),
             load_generator=own.ru_utime + own.ru_stime,
             machine=machine_busy_seconds(),
         )
-
-
-def _redis_pids() -> list[int]:
-    """The private redis-server the benchmark started (a child of this process)."""
-    found = []
-    for pid in process_tree(os.getpid()):
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == "redis-server":
-                found.append(pid)
-        except FileNotFoundError:
-            continue
-    return found
 
 
 def _spent(before: CpuUse, after: CpuUse) -> CpuUse:
@@ -168,10 +158,10 @@ async def run(
                     ) as gw,
                 ):
                     headers = await auth.headers(gw.url)
+                    assert auth.redis_url is not None  # the "limits" mode has a Redis
+                    parties = Parties(gw, sim, await redis_pid(auth.redis_url))
                     for conc in levels:
-                        cells.append(
-                            await measure(Parties(gw, sim), headers, count, conc, requests)
-                        )
+                        cells.append(await measure(parties, headers, count, conc, requests))
                         if report is not None:
                             report(cells[-1])
     return cells
