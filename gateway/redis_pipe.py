@@ -13,7 +13,12 @@ StreamReader whose reply wakes a task: ~107 µs of CPU per command on a 2-core V
 - a lazy call (a settlement: no request waits for it) waits up to `linger_s` (2 ms) for a call
   that is not lazy, and goes in its write. On this 2-core VM a write to Redis costs ~25 µs of
   system time, as much as the rest of a call: under load, settlements then cost no write of
-  their own.
+  their own;
+- a merged call (an admission) names what it shares with others (its API key and limits):
+  those gathering under the same name go as one command, built when the batch is written, and
+  its reply (a list) is handed back one element to each (admission.lua admits them in order).
+  The command takes the place of the last of them, so whatever gathered before any of them (a
+  settlement releasing a lease, refunding tokens) still runs before it.
 
 Replies come back in the order the calls went, each to its own future; an error reply is its
 own caller's exception (as redis-py raises it), never its batch's. A caller that stops waiting
@@ -33,6 +38,7 @@ import asyncio
 import hashlib
 import weakref
 from collections import deque
+from collections.abc import Callable, Hashable
 from typing import Any, cast
 
 import hiredis
@@ -44,12 +50,51 @@ from redis.exceptions import InvalidResponse, NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Command = tuple[Any, ...]
+Build = Callable[[Hashable, list[Any]], Command]  # a merged command from its name and items
 LINGER_S = 0.002  # how long a lazy call may wait for a call that is not lazy to go with
 DEAD_AFTER_TIMEOUTS = 10  # a batch unanswered this many socket timeouts: the socket is dead
 
 
 def _packed(command: Command) -> bytes:
     return bytes(hiredis.pack_command(command))
+
+
+class _Merged:
+    """Calls gathered under one name: one command, one reply (a list, one element each).
+    Stands in the batch where a future would (done, set_result, set_exception)."""
+
+    __slots__ = ("build", "futures", "items", "last", "name", "sent")
+
+    def __init__(self, name: Hashable, build: Build) -> None:
+        self.name = name
+        self.build = build
+        self.items: list[Any] = []
+        self.futures: list[asyncio.Future[Any]] = []
+        self.sent: list[asyncio.Future[Any]] = []
+        self.last = 0  # where its last call stands among the gathered ones: it goes there
+
+    def done(self) -> bool:
+        """Every caller stopped waiting (or was answered)."""
+        return all(future.done() for future in self.futures)
+
+    def packed(self) -> bytes:
+        """The command of the calls whose callers still wait."""
+        kept = [i for i, future in enumerate(self.futures) if not future.done()]
+        self.sent = [self.futures[i] for i in kept]
+        return _packed(self.build(self.name, [self.items[i] for i in kept]))
+
+    def set_result(self, replies: list[Any]) -> None:
+        for future, reply in zip(self.sent, replies, strict=False):
+            if not future.done():
+                future.set_result(reply)
+
+    def set_exception(self, error: BaseException) -> None:
+        for future in self.futures:
+            if not future.done():
+                future.set_exception(error)
+
+
+_Pending = asyncio.Future[Any] | _Merged
 
 
 class _Wire(asyncio.Protocol):
@@ -61,9 +106,10 @@ class _Wire(asyncio.Protocol):
         self.linger_s = linger_s
         self.transport: asyncio.Transport | None = None
         self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=_error_reply)
-        self.waiting: deque[asyncio.Future[Any]] = deque()  # calls written, unanswered, in order
-        self.gathered: list[bytes] = []  # packed calls not written yet, in order
-        self.gathered_futures: list[asyncio.Future[Any]] = []
+        self.waiting: deque[_Pending] = deque()  # calls written, unanswered, in order
+        self.gathered: list[bytes | _Merged] = []  # calls not written yet (packed), in order
+        self.gathered_futures: list[_Pending] = []
+        self.merging: dict[Hashable, _Merged] = {}  # the merged calls among the gathered ones
         self.urgent = False  # a call that is not lazy is among the gathered ones
         self.lingering: asyncio.TimerHandle | None = None  # lazy calls go when it fires
         self.sent_at = 0.0  # when the batch on the wire went
@@ -85,13 +131,13 @@ class _Wire(asyncio.Protocol):
             reply = self.reader.gets()
             if reply is False:  # the rest of it is still on its way
                 return
-            future = waiting.popleft()
-            if future.done():  # its caller stopped waiting
+            pending = waiting.popleft()
+            if pending.done():  # its caller stopped waiting
                 continue
             if isinstance(reply, RedisError):
-                future.set_exception(reply)
+                pending.set_exception(reply)
             else:
-                future.set_result(reply)
+                pending.set_result(reply)
         if self.urgent:  # the batch on the wire is answered: the next one goes
             self._flush()
         elif self.gathered:
@@ -117,11 +163,33 @@ class _Wire(asyncio.Protocol):
         if lazy:
             if not self.waiting:
                 self._linger()
-        elif self.waiting:
+        else:
+            self._urge()
+        return futures
+
+    def send_merged(self, name: Hashable, item: Any, build: Build) -> asyncio.Future[Any]:
+        """The future of `item`'s element of the reply to the command that `build` makes of
+        every item gathered under `name` (in their order) when the batch is written."""
+        if self.lost is not None:
+            raise self.lost
+        future = self.loop.create_future()
+        merged = self.merging.get(name)
+        if merged is None:
+            merged = self.merging[name] = _Merged(name, build)
+        merged.last = len(self.gathered)  # each call holds a place; the last one is kept
+        self.gathered.append(merged)
+        self.gathered_futures.append(merged)
+        merged.items.append(item)
+        merged.futures.append(future)
+        self._urge()
+        return future
+
+    def _urge(self) -> None:
+        """A call that is not lazy: written now, or as soon as the batch on the wire is read."""
+        if self.waiting:
             self.urgent = True
         else:
             self._flush()
-        return futures
 
     def _linger(self) -> None:
         if self.lingering is None:
@@ -138,16 +206,25 @@ class _Wire(asyncio.Protocol):
         """Write what gathered, in one write; callers that stopped waiting are not sent."""
         gathered, futures = self.gathered, self.gathered_futures
         self.gathered, self.gathered_futures, self.urgent = [], [], False
+        if self.merging:
+            self.merging = {}
         if self.lingering is not None:
             self.lingering.cancel()
             self.lingering = None
-        kept = [i for i, future in enumerate(futures) if not future.done()]
+        kept = [
+            i
+            for i, pending in enumerate(futures)
+            if not pending.done() and (type(pending) is not _Merged or pending.last == i)
+        ]
         if len(kept) < len(futures):
             gathered, futures = [gathered[i] for i in kept], [futures[i] for i in kept]
         if futures:
-            self._write(gathered, futures)
+            self._write(
+                [call.packed() if isinstance(call, _Merged) else call for call in gathered],
+                futures,
+            )
 
-    def _write(self, packed: list[bytes], futures: list[asyncio.Future[Any]]) -> None:
+    def _write(self, packed: list[bytes], futures: list[_Pending]) -> None:
         assert self.transport is not None
         self.trips += 1
         self.waiting.extend(futures)
@@ -175,10 +252,10 @@ class _Wire(asyncio.Protocol):
         self.watchdog = self.lingering = None
         failed = [*self.waiting, *self.gathered_futures]
         self.waiting.clear()
-        self.gathered, self.gathered_futures = [], []
-        for future in failed:
-            if not future.done():
-                future.set_exception(error)
+        self.gathered, self.gathered_futures, self.merging = [], [], {}
+        for pending in failed:
+            if not pending.done():
+                pending.set_exception(error)
         if self.transport is not None:
             self.transport.abort()
 
@@ -231,6 +308,20 @@ class RedisPipe:
                 raise
         wire = await self._wire()
         return await _replies(wire, wire.send(commands, lazy), raise_errors)
+
+    async def merged(self, name: Hashable, item: Any, build: Build) -> Any:
+        """`item`'s element of the reply to one command made of every item gathered under
+        `name` while the batch before it is on the wire (`build(name, items)`, their order);
+        an error reply (the whole command's) raised as redis-py raises it. The command must
+        be safe to run twice (see `calls`)."""
+        wire = await self._wire()
+        try:
+            return await wire.send_merged(name, item, build)
+        except RedisConnectionError as exc:
+            if wire.lost is not exc or wire.fresh:
+                raise
+        wire = await self._wire()
+        return await wire.send_merged(name, item, build)
 
     async def close(self) -> None:
         wire, self.wire = self.wire, None

@@ -1,4 +1,5 @@
--- Admit one request against every limit of two scopes (key, tenant) at once: all or nothing.
+-- Admit a group of requests of one API key, each against every limit of two scopes (key,
+-- tenant) at once: all or nothing for each, in order, as one call each would.
 --
 -- Requests per window use an exact sliding log: a sorted set of admitted request ids scored by
 -- time; entries older than the window fall out, and a request is admitted while fewer than the
@@ -14,97 +15,147 @@
 -- release.lua can undo it once. A marker release.lua left ("x") cancels an admission that
 -- arrives after the gateway gave up on it.
 --
--- KEYS: key rpm, key tpm, key leases, tenant rpm, tenant tpm, tenant leases, marker
--- ARGV: tokens, lease id, lease ttl ms, window ms (60000 in production), then per scope
---       (key, tenant): rpm, tpm, max concurrency (0 = no limit at that scope)
--- Reply: {1, req_limit, req_remaining, req_reset_ms, tok_limit, tok_remaining, tok_reset_ms}
+-- Concurrent requests of one key share a call (gateway/redis_pipe.py gathers them while the
+-- previous batch is on the wire): what they share (trimming the logs and lease sets, counting
+-- them, the token buckets, the expiries) is read and written once per call; each request costs
+-- its marker, its log and lease entries.
+--
+-- KEYS: key rpm, key tpm, key leases, tenant rpm, tenant tpm, tenant leases,
+--       then one marker per request
+-- ARGV: lease ttl ms, window ms (60000 in production), then per scope (key, tenant): rpm, tpm,
+--       max concurrency (0 = no limit at that scope); then per request: tokens, lease id
+-- Reply: one per request, in order:
+--        {1, req_limit, req_remaining, req_reset_ms, tok_limit, tok_remaining, tok_reset_ms}
 --        (integers; "" for a kind no scope limits)
 --     or {0, scope (1 key, 2 tenant), kind ("requests"|"tokens"|"concurrency"), retry_ms, limit}
 --        (numbers as strings: Redis would truncate fractions)
 --     or {2, marker}: this lease was seen before (tokens: admitted then; "x": released)
 --
--- Cost: this runs once per request, so it is written for Redis's Lua: every number that
+-- Cost: this runs for every request, so it is written for Redis's Lua: every number that
 -- becomes a string (tostring, a number passed to redis.call) goes through printf("%.17g"),
 -- ~1 µs each on a 2-core VM, as much as a whole GET. So times are whole milliseconds formatted
 -- once with %d, and the admitted reply is integers (no conversion at all). Scores and expiries
--- of the request logs and lease sets are in ms, as before.
+-- of the request logs and lease sets are in ms.
 
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local now_ms = string.format('%d', now)  -- once: lease sets are trimmed by it, request logs scored by it
-local tokens, lease, PERIOD = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[4])
-local marker = KEYS[7]
+local lease_ttl, PERIOD = tonumber(ARGV[1]), tonumber(ARGV[2])
+local lease_until = string.format('%d', now + lease_ttl)
 
-local seen = redis.call('GET', marker)
-if seen then
-  return {2, seen}
+local rpm, tpm, conc = {}, {}, {}
+for scope = 1, 2 do
+  local base = scope * 3
+  rpm[scope], tpm[scope], conc[scope] = tonumber(ARGV[base]), tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
+end
+
+-- What the group shares, read at its first use: entries in each request log and lease set,
+-- each token bucket's TAT.
+local used, tat, held = {}, {}, {}
+local grown, moved = {}, {}  -- per scope: a log or lease set that took an entry, a bucket that moved
+local function log_used(scope)
+  if used[scope] == nil then
+    local log = KEYS[scope * 3 - 2]
+    redis.call('ZREMRANGEBYSCORE', log, '-inf', string.format('%d', now - PERIOD))
+    used[scope] = redis.call('ZCARD', log)
+  end
+  return used[scope]
+end
+local function bucket(scope)
+  if tat[scope] == nil then
+    tat[scope] = tonumber(redis.call('GET', KEYS[scope * 3 - 1])) or false
+  end
+  local at = tat[scope]
+  if not at or at < now then return now end
+  return at
+end
+local function leases_held(scope)
+  if held[scope] == nil then
+    local leases = KEYS[scope * 3]
+    redis.call('ZREMRANGEBYSCORE', leases, '-inf', now_ms)
+    held[scope] = redis.call('ZCARD', leases)
+  end
+  return held[scope]
 end
 
 local function refuse(scope, kind, retry, limit)
   return {0, tostring(scope), kind, tostring(retry), tostring(limit)}
 end
 
--- Check every limit of both scopes; charge nothing until all of them admit.
-local req_limit, req_left, tok_limit, tok_left, tok_reset = '', '', '', '', 0
-local tats = {}
-for scope = 1, 2 do
-  local base = scope * 3 - 3
-  local rpm, tpm, conc = tonumber(ARGV[base + 5]), tonumber(ARGV[base + 6]), tonumber(ARGV[base + 7])
-  if rpm > 0 then
-    local log = KEYS[base + 1]
-    redis.call('ZREMRANGEBYSCORE', log, '-inf', string.format('%d', now - PERIOD))
-    local used = redis.call('ZCARD', log)
-    if used >= rpm then
-      local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
-      return refuse(scope, 'requests', oldest[2] + PERIOD - now, rpm)
+local function admit(charge, lease, marker)
+  local tokens = tonumber(charge)
+  local seen = redis.call('GET', marker)
+  if seen then
+    return {2, seen}
+  end
+  -- Check every limit of both scopes; charge nothing until all of them admit.
+  local req_limit, req_left, tok_limit, tok_left, tok_reset = '', '', '', '', 0
+  local after = {}
+  for scope = 1, 2 do
+    local r, tp, c = rpm[scope], tpm[scope], conc[scope]
+    if r > 0 then
+      local n = log_used(scope)
+      if n >= r then
+        local oldest = redis.call('ZRANGE', KEYS[scope * 3 - 2], 0, 0, 'WITHSCORES')
+        return refuse(scope, 'requests', oldest[2] + PERIOD - now, r)
+      end
+      if req_left == '' or r - n - 1 < req_left then
+        req_limit, req_left = r, r - n - 1  -- this request is now the newest entry
+      end
     end
-    if req_left == '' or rpm - used - 1 < req_left then
-      req_limit, req_left = rpm, rpm - used - 1  -- this request is now the newest entry
+    if tp > 0 then
+      local interval = PERIOD / tp
+      local next_tat = bucket(scope) + tokens * interval
+      if next_tat - now > PERIOD then
+        return refuse(scope, 'tokens', next_tat - now - PERIOD, tp)
+      end
+      after[scope] = next_tat
+      local left = math.floor((PERIOD - (next_tat - now)) / interval)
+      if tok_left == '' or left < tok_left then
+        tok_limit, tok_left, tok_reset = tp, left, math.ceil(next_tat - now)
+      end
+    end
+    if c > 0 and leases_held(scope) >= c then
+      local first = redis.call('ZRANGE', KEYS[scope * 3], 0, 0, 'WITHSCORES')
+      return refuse(scope, 'concurrency', first[2] - now, c)
     end
   end
-  if tpm > 0 then
-    local interval = PERIOD / tpm
-    local tat = tonumber(redis.call('GET', KEYS[base + 2])) or now
-    if tat < now then tat = now end
-    local after = tat + tokens * interval
-    if after - now > PERIOD then
-      return refuse(scope, 'tokens', after - now - PERIOD, tpm)
+  for scope = 1, 2 do
+    if rpm[scope] > 0 then
+      redis.call('ZADD', KEYS[scope * 3 - 2], now_ms, lease)
+      used[scope], grown[scope * 2 - 1] = used[scope] + 1, true
     end
-    tats[scope] = after
-    local left = math.floor((PERIOD - (after - now)) / interval)
-    if tok_left == '' or left < tok_left then
-      tok_limit, tok_left, tok_reset = tpm, left, math.ceil(after - now)
+    if after[scope] then
+      tat[scope], moved[scope] = after[scope], true
     end
-  end
-  if conc > 0 then
-    local leases = KEYS[base + 3]
-    redis.call('ZREMRANGEBYSCORE', leases, '-inf', now_ms)
-    if redis.call('ZCARD', leases) >= conc then
-      local first = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
-      return refuse(scope, 'concurrency', first[2] - now, conc)
+    if conc[scope] > 0 then
+      redis.call('ZADD', KEYS[scope * 3], lease_until, lease)
+      held[scope], grown[scope * 2] = held[scope] + 1, true
     end
   end
+  redis.call('SET', marker, charge, 'PX', ARGV[2])
+  return {1, req_limit, req_left, req_limit == '' and 0 or PERIOD, tok_limit, tok_left, tok_reset}
 end
 
-local log_ttl = string.format('%d', PERIOD + 1000)
-local lease_ttl = tonumber(ARGV[3])
-for scope = 1, 2 do
-  local base = scope * 3 - 3
-  if ARGV[base + 5] ~= '0' then
-    redis.call('ZADD', KEYS[base + 1], now_ms, lease)
-    redis.call('PEXPIRE', KEYS[base + 1], log_ttl)
-  end
-  local tat = tats[scope]
-  if tat then
-    local ttl = string.format('%d', math.ceil(tat - now) + 1000)
-    redis.call('SET', KEYS[base + 2], tostring(tat), 'PX', ttl)
-  end
-  if ARGV[base + 7] ~= '0' then
-    redis.call('ZADD', KEYS[base + 3], string.format('%d', now + lease_ttl), lease)
-    redis.call('PEXPIRE', KEYS[base + 3], string.format('%d', lease_ttl + 1000))
-  end
+local replies = {}
+for i = 1, #KEYS - 6 do
+  local at = 7 + i * 2
+  replies[i] = admit(ARGV[at], ARGV[at + 1], KEYS[6 + i])
 end
 
-redis.call('SET', marker, ARGV[1], 'PX', ARGV[4])
-
-return {1, req_limit, req_left, req_limit == '' and 0 or PERIOD, tok_limit, tok_left, tok_reset}
+-- Expiries, once: the logs a window on, the lease sets a ttl on, each bucket until it is empty.
+local log_ttl, leases_ttl = string.format('%d', PERIOD + 1000), string.format('%d', lease_ttl + 1000)
+for scope = 1, 2 do
+  if grown[scope * 2 - 1] then
+    redis.call('PEXPIRE', KEYS[scope * 3 - 2], log_ttl)
+  end
+  if grown[scope * 2] then
+    redis.call('PEXPIRE', KEYS[scope * 3], leases_ttl)
+  end
+  if moved[scope] then
+    local at = tat[scope]
+    local ttl = string.format('%d', math.ceil(at - now) + 1000)
+    redis.call('SET', KEYS[scope * 3 - 1], tostring(at), 'PX', ttl)
+  end
+end
+return replies

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from gateway.auth.principal import Limits, Principal
 from gateway.errors import RateLimited
-from gateway.redis_pipe import PipeScript, RedisPipe
+from gateway.redis_pipe import Command, PipeScript, RedisPipe
 
 _SCRIPTS = Path(__file__).parent
 SCOPES = ("key", "tenant")
@@ -111,13 +113,18 @@ class Limiter:
 
         Admitting a lease again charges nothing: it answers admitted (without header figures)
         if the first call admitted it, and raises AdmissionCancelled once it was released.
+        Concurrent admissions of one key and limits go to Redis as one call (redis_pipe.py).
         """
         key_keys, tenant_keys = scope_keys(principal.tenant, principal.key_id)
         lease = lease or new_lease()
-        args: list[str | int] = [tokens, lease, self.lease_ttl_ms, self.window_ms]
-        args += _limit_args(principal.key_limits) + _limit_args(principal.tenant_limits)
-        keys = [*key_keys, *tenant_keys, marker_key(principal.tenant, lease)]
-        reply = await self._admit(keys, args)
+        limits = _limit_args(principal.key_limits) + _limit_args(principal.tenant_limits)
+        name = ((*key_keys, *tenant_keys), (self.lease_ttl_ms, self.window_ms, *limits))
+        item = (marker_key(principal.tenant, lease), tokens, lease)
+        try:
+            reply = await self.pipe.merged(name, item, self._admit_command)
+        except NoScriptError:  # Redis restarted or flushed its scripts
+            await self._admit.load()
+            reply = await self.pipe.merged(name, item, self._admit_command)
         status = int(reply[0])
         if status == 1:
             return Admission(lease, tokens, _triple(*reply[1:4]), _triple(*reply[4:7]))
@@ -126,6 +133,16 @@ class Limiter:
                 raise AdmissionCancelled(lease)
             return Admission(lease, int(reply[1]), None, None)
         raise _refusal(reply, tokens)
+
+    def _admit_command(self, name: Hashable, items: list[Any]) -> Command:
+        """admission.lua for the admissions gathered under one key and its limits, in order."""
+        keys, args = cast("tuple[tuple[str, ...], tuple[int, ...]]", name)
+        command: list[Any] = ["EVALSHA", self._admit.sha, 6 + len(items), *keys]
+        command += [marker for marker, _, _ in items]
+        command += args
+        for _, tokens, lease in items:
+            command += (tokens, lease)
+        return tuple(command)
 
     async def release(self, principal: Principal, lease: str) -> ReleaseOutcome:
         """Give back what admitting `lease` charged, once, and cancel it if it has not run."""

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from gateway.limits.limiter import scope_keys
-from gateway.metering.record import day_of
+from gateway.metering.record import FIELD_NAMES, day_of
 from gateway.metering.settlement import Settlement
 from gateway.redis_pipe import Command, PipeScript, RedisPipe
 from gateway.settings import MeteringSettings
@@ -32,6 +32,8 @@ METRICS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens")
 _SCRIPT = (Path(__file__).parent / "settle.lua").read_text()
 DAY_MS = 86_400_000
 FIXED_MAX = 10_000  # (key, model, day) entries of the per-ledger memo before it starts over
+GROUP_MAX = 64  # settlements per settle.lua call: one call holds Redis for all of its group
+RECORD_ARGS = 2 * len(FIELD_NAMES)  # a record's field/value strings in settle.lua's arguments
 
 
 def usage_prefix(tenant: str) -> str:
@@ -52,10 +54,12 @@ def day_field(key_id: str, model: str, metric: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Fixed:
-    seen_prefix: str  # + a record id: its seen-marker
+    """What the settlements of one key, model and UTC day share: one settle.lua call's head."""
+
+    seen_prefix: str  # + a settlement id: its seen-marker
     keys: tuple[str, ...]  # usage log, day hash, key tpm, key leases, tenant tpm, tenant leases
-    day_fields: tuple[str, ...]  # the day hash's fields of this key and model, one per metric
-    expires_at: int  # when the day hash expires, Unix ms
+    args: tuple[int | str, ...]  # settle.lua's ARGV 1..9 (the day hash's fields, its expiry, ...)
+    records: bool  # its settlements carry usage records (False: limits only)
 
 
 class Ledger:
@@ -113,35 +117,49 @@ class Ledger:
                 raise reply
 
     def commands(self, batch: Sequence[Settlement]) -> list[Command]:
-        """What writing `batch` sends: one EVALSHA of settle.lua each, then the tenants' SADD."""
-        commands = [self.settle.command(*self._call(settlement)) for settlement in batch]
+        """What writing `batch` sends: one EVALSHA of settle.lua per group of settlements that
+        share a key, model and UTC day (in the batch's order within each, at most GROUP_MAX),
+        then the tenants' SADD."""
+        commands: list[Command] = []
+        groups: dict[int, tuple[_Fixed, list[Settlement]]] = {}
+        for settlement in batch:
+            fixed = self._fixed_of(settlement)
+            group = groups.get(id(fixed))
+            if group is None:
+                group = groups[id(fixed)] = (fixed, [])
+            group[1].append(settlement)
+            if len(group[1]) == GROUP_MAX:
+                commands.append(self._command(*groups.pop(id(fixed))))
+        commands += [self._command(fixed, group) for fixed, group in groups.values()]
         tenants = {s.tenant for s in batch if s.record is not None}
         if tenants:
             commands.append(("SADD", TENANTS, *tenants))
         return commands
 
-    def _call(self, s: Settlement) -> tuple[list[str], list[str | int]]:
+    def _fixed_of(self, s: Settlement) -> _Fixed:
         record = s.record
         if record is None:
-            fixed = self._fixed(s.tenant, s.key_id, ("", ""), None)
-        else:
-            day = record.time_ms // DAY_MS
-            fixed = self._fixed(s.tenant, s.key_id, (record.key_id, record.model), day)
-        keys = [fixed.seen_prefix + s.id, *fixed.keys]
-        args: list[str | int] = [self.seen_ttl_ms]
-        limits = s.limits
-        if limits is None:
-            args += [0, 0, "", 0, 0, self.window_ms]
-        else:
-            args += [1, limits.delta, limits.lease, limits.key_tpm, limits.tenant_tpm]
-            args.append(self.window_ms)
-        if record is None:
-            args.append(0)
-        else:
-            args += [1, self.retention_ms, fixed.expires_at, *fixed.day_fields]
-            args += [record.prompt_tokens, record.completion_tokens, record.cached_tokens]
-            args += record.fields()
-        return keys, args
+            return self._fixed(s.tenant, s.key_id, ("", ""), None)
+        day = record.time_ms // DAY_MS
+        return self._fixed(s.tenant, s.key_id, (record.key_id, record.model), day)
+
+    def _command(self, fixed: _Fixed, group: list[Settlement]) -> Command:
+        prefix = fixed.seen_prefix
+        keys = [*fixed.keys, *[prefix + s.id for s in group]]
+        args = list(fixed.args)
+        records = fixed.records
+        for s in group:
+            limits = s.limits
+            if limits is None:
+                args += (0, 0, "", 0, 0)
+            else:
+                args += (1, limits.delta, limits.lease, limits.key_tpm, limits.tenant_tpm)
+            if records:
+                record = s.record
+                assert record is not None  # a group's settlements all carry one, or none does
+                args += (record.prompt_tokens, record.completion_tokens, record.cached_tokens)
+                args += record.fields()
+        return self.settle.command(keys, args)
 
     def _fixed(self, tenant: str, key_id: str, totals: tuple[str, str], day: int | None) -> _Fixed:
         """What every settlement of this key shares on a UTC day (`day`: days since the epoch;
@@ -151,6 +169,8 @@ class Ledger:
             return found
         (_, key_tpm, key_leases), (_, tenant_tpm, tenant_leases) = scope_keys(tenant, key_id)
         date = "-" if day is None else day_of(day * DAY_MS)
+        # UTC days: epoch ms align to them; the day's totals are kept a retention after it
+        expires_at = 0 if day is None else (day + 1) * DAY_MS + self.retention_ms
         made = _Fixed(
             seen_prefix=f"{usage_prefix(tenant)}:seen:",
             keys=(
@@ -161,9 +181,15 @@ class Ledger:
                 tenant_tpm,
                 tenant_leases,
             ),
-            day_fields=tuple(day_field(*totals, metric) for metric in METRICS),
-            # UTC days: epoch ms align to them; the day's totals are kept a retention after it
-            expires_at=0 if day is None else (day + 1) * DAY_MS + self.retention_ms,
+            args=(
+                self.seen_ttl_ms,
+                self.window_ms,
+                self.retention_ms,
+                expires_at,
+                *(day_field(*totals, metric) for metric in METRICS),
+                0 if day is None else RECORD_ARGS,
+            ),
+            records=day is not None,
         )
         if len(self.fixed) >= FIXED_MAX:
             self.fixed.clear()

@@ -1,60 +1,105 @@
--- Settle one request, once: reconcile its rate limits and append its usage record.
+-- Settle a group of requests of one API key, model and UTC day, each once: reconcile their
+-- rate limits and append their usage records.
 --
--- The first call with a given record id does the work; any later call (a retry after a lost
--- reply, a replayed spill file) finds the id already seen and changes nothing.
+-- The first call with a given settlement id does its work; any later call carrying that id (a
+-- retry after a lost reply, a replayed spill file) finds it already seen and skips it.
+-- Settlements are applied in order, as one call each would apply them; what they share (the
+-- token buckets, the lease sets, the day's totals, the expiries) is read and written once per
+-- group, not once per settlement.
 --
--- KEYS: 1 seen-marker, 2 usage log (stream), 3 usage of the day (hash),
---       4 key tpm, 5 key leases, 6 tenant tpm, 7 tenant leases (all under one tenant hash tag)
--- ARGV: 1 seen ttl ms,
---       2 has limits (0/1), 3 token delta (real - reserved), 4 lease, 5 key tpm limit,
---       6 tenant tpm limit (0 = none), 7 window ms,
---       8 has record (0/1), 9 retention ms, 10 day hash expires at (Unix ms),
---       11..14 day hash fields (requests, prompt, completion, cached),
---       15..17 prompt, completion, cached tokens,
---       18.. the record's field/value pairs
+-- KEYS: 1 usage log (stream), 2 usage of the day (hash), 3 key tpm, 4 key leases, 5 tenant tpm,
+--       6 tenant leases, 7.. one seen-marker per settlement (all under one tenant hash tag)
+-- ARGV: 1 seen ttl ms, 2 window ms, 3 retention ms, 4 day hash expires at (Unix ms),
+--       5..8 day hash fields (requests, prompt, completion, cached),
+--       9 record fields per settlement (field/value strings; 0: the group has no records),
+--       then per settlement: has limits (0/1), token delta (real - reserved), lease,
+--       key tpm limit, tenant tpm limit (0 = none); and, if the group has records,
+--       prompt, completion, cached tokens and the record's field/value strings
+-- Reply: how many settlements were applied (the rest had been before).
 --
--- Cost: numbers that become strings go through printf("%.17g"), ~1 µs each on a 2-core VM
--- (see admission.lua), so the few this script makes are whole milliseconds formatted with %d.
+-- Cost: every redis.call costs ~2-3 µs here and every number turned into a string ~1 µs
+-- (printf("%.17g"), see admission.lua), so per settlement this makes two calls (its marker,
+-- its XADD) and formats nothing; the rest is per group.
 
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
-  return 0
-end
-
+local n = #KEYS - 6
+local nf = tonumber(ARGV[9])
+local stride = nf > 0 and 8 + nf or 5
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local period = tonumber(ARGV[2])
 
-if ARGV[2] == '1' then
-  local delta, lease, period = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[7])
-  for scope = 1, 2 do
-    local bucket, leases = KEYS[2 + scope * 2], KEYS[3 + scope * 2]
-    local limit = tonumber(ARGV[4 + scope])
-    if limit > 0 and delta ~= 0 then
-      local tat = tonumber(redis.call('GET', bucket))
-      local new_tat = nil
-      if tat then
-        new_tat = tat + delta * period / limit
-      elseif delta > 0 then
-        new_tat = now + delta * period / limit
-      end
-      if new_tat and new_tat > now then
-        local ttl = string.format('%d', math.ceil(new_tat - now) + 1000)
-        redis.call('SET', bucket, tostring(new_tat), 'PX', ttl)
-      elseif new_tat then
-        redis.call('DEL', bucket)
+local tat, loaded, dirty = {}, {}, {}  -- per scope: the bucket's TAT (false: none)
+local released = {{}, {}}  -- per scope: leases to remove
+local requests, prompt, completion, cached = 0, 0, 0, 0
+local trim = nil  -- the first XADD trims the log to the retention
+local applied = 0
+
+for i = 1, n do
+  local at = 9 + (i - 1) * stride
+  if redis.call('SET', KEYS[6 + i], '1', 'NX', 'PX', ARGV[1]) then
+    applied = applied + 1
+    if ARGV[at + 1] == '1' then
+      local delta, lease = tonumber(ARGV[at + 2]), ARGV[at + 3]
+      for scope = 1, 2 do
+        local limit = tonumber(ARGV[at + 3 + scope])
+        if limit > 0 and delta ~= 0 then
+          if not loaded[scope] then
+            loaded[scope] = true
+            tat[scope] = tonumber(redis.call('GET', KEYS[1 + scope * 2])) or false
+          end
+          local was, after = tat[scope], false
+          if was then
+            after = was + delta * period / limit
+          elseif delta > 0 then
+            after = now + delta * period / limit
+          end
+          if after then  -- a bucket moved: set while ahead of now, else emptied
+            dirty[scope] = true
+            tat[scope] = after > now and after
+          end
+        end
+        local list = released[scope]
+        list[#list + 1] = lease
       end
     end
-    redis.call('ZREM', leases, lease)
+    if nf > 0 then
+      if trim == nil then
+        trim = string.format('%d', now - ARGV[3])
+        redis.call('XADD', KEYS[1], 'MINID', '~', trim, '*', unpack(ARGV, at + 9, at + 8 + nf))
+      else
+        redis.call('XADD', KEYS[1], '*', unpack(ARGV, at + 9, at + 8 + nf))
+      end
+      requests = requests + 1
+      prompt = prompt + ARGV[at + 6]
+      completion = completion + ARGV[at + 7]
+      cached = cached + ARGV[at + 8]
+    end
   end
 end
 
-if ARGV[8] == '1' then
-  local log, day = KEYS[2], KEYS[3]
-  redis.call('XADD', log, 'MINID', '~', string.format('%d', now - ARGV[9]), '*', unpack(ARGV, 18))
-  redis.call('PEXPIRE', log, ARGV[9])
-  redis.call('HINCRBY', day, ARGV[11], '1')
-  redis.call('HINCRBY', day, ARGV[12], ARGV[15])
-  redis.call('HINCRBY', day, ARGV[13], ARGV[16])
-  redis.call('HINCRBY', day, ARGV[14], ARGV[17])
-  redis.call('PEXPIREAT', day, ARGV[10])
+for scope = 1, 2 do
+  local bucket = KEYS[1 + scope * 2]
+  if dirty[scope] then
+    local after = tat[scope]
+    if after then
+      local ttl = string.format('%d', math.ceil(after - now) + 1000)
+      redis.call('SET', bucket, tostring(after), 'PX', ttl)
+    else
+      redis.call('DEL', bucket)
+    end
+  end
+  if #released[scope] > 0 then
+    redis.call('ZREM', KEYS[2 + scope * 2], unpack(released[scope]))
+  end
 end
-return 1
+
+if requests > 0 then
+  local day = KEYS[2]
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('HINCRBY', day, ARGV[5], string.format('%d', requests))
+  redis.call('HINCRBY', day, ARGV[6], string.format('%d', prompt))
+  redis.call('HINCRBY', day, ARGV[7], string.format('%d', completion))
+  redis.call('HINCRBY', day, ARGV[8], string.format('%d', cached))
+  redis.call('PEXPIREAT', day, ARGV[4])
+end
+return applied

@@ -16,6 +16,7 @@ from gateway.auth.principal import Limits, Principal
 from gateway.errors import RateLimited
 from gateway.limits.limiter import Limiter, scope_keys
 from gateway.metering.ledger import (
+    GROUP_MAX,
     METRICS,
     TENANTS,
     Ledger,
@@ -124,8 +125,10 @@ async def test_records_round_trip_through_from_fields(redis: Redis) -> None:
     ]
     records[1] = UsageRecord(**{**records[1].as_dict(), "stream": False, "outcome": "rejected"})
     await ledger(redis).write([settlement(r) for r in records])
-    got = await log_of(redis, t)
+    logged = {r.id: r for r in await log_of(redis, t)}  # a batch is logged key by key
+    got = [logged[r.id] for r in records]
     assert got == records
+    assert len(logged) == 3
     assert got[1].ttft_ms is None
     assert got[1].stream is False
     assert got[2].ttft_ms == 0.0
@@ -150,6 +153,23 @@ async def test_totals_add_up_per_key_and_model(redis: Redis) -> None:
     }
     assert (await redis.hgetall(day_key(t, day)))[day_field("k1", "m", "requests").encode()] == b"2"
     assert len(await log_of(redis, t)) == 4
+
+
+async def test_a_batch_longer_than_a_group_and_repeats_within_it(redis: Redis) -> None:
+    """A key's settlements go GROUP_MAX to a script call, in order; one repeated in the same
+    batch (the same call or a later one) counts once."""
+    t, book = tenant(), ledger(redis)
+    now = int(time.time() * 1000)
+    records = [record(t, time_ms=now, prompt=i) for i in range(2 * GROUP_MAX + 5)]
+    batch = [settlement(r) for r in records]
+    batch += [batch[0], batch[-1], batch[-1]]
+    assert [command[0] for command in book.commands(batch)] == ["EVALSHA"] * 3 + ["SADD"]
+    await book.write(batch)
+    assert [r.id for r in await log_of(redis, t)] == [r.id for r in records]
+    n = len(records)
+    assert await day_of(redis, t, records[0].day) == totals(
+        "k1", "m", n, sum(range(n)), 5 * n, 3 * n
+    )
 
 
 async def test_writing_again_changes_nothing(redis: Redis) -> None:
@@ -244,6 +264,27 @@ async def test_a_refund_larger_than_the_charge_empties_the_bucket(redis: Redis) 
     (_, key_tpm, _), _ = scope_keys(principal.tenant, principal.key_id)
     assert await redis.exists(key_tpm) == 0
     assert await remaining_tokens(limiter, principal) == (1000, None)
+
+
+async def test_one_keys_settlements_in_one_call_apply_in_order(redis: Redis) -> None:
+    """Settlements of one key in a batch share one script call, yet each moves the buckets as
+    it would alone: a refund that empties the bucket is not netted against a later charge."""
+    limiter = Limiter(redis, window_s=WINDOW_S)
+    principal = who(Limits(tpm=1000, max_concurrency=3))
+    leases = [(await limiter.admit(principal, 100)).lease for _ in range(3)]
+    assert await remaining_tokens(limiter, principal) == (700, None)
+    batch = [
+        limit_settlement(principal, leases[0], -10_000),  # empties the bucket
+        limit_settlement(principal, leases[1], 50),  # charges 50 from empty
+        limit_settlement(principal, leases[2], 0),
+    ]
+    book = ledger(redis)
+    assert len(book.commands(batch)) == 1
+    await book.write(batch)
+    assert await remaining_tokens(limiter, principal) == (950, None)  # netted: 1000
+    (_, _, key_leases), (_, _, tenant_leases) = scope_keys(principal.tenant, principal.key_id)
+    assert await redis.zcard(key_leases) == 0
+    assert await redis.exists(tenant_leases) == 0
 
 
 async def test_record_and_limits_in_one_settlement(redis: Redis) -> None:

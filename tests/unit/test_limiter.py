@@ -79,6 +79,70 @@ async def test_rpm_is_exact_under_concurrency(redis: Redis) -> None:
     assert int(error.headers["retry-after"]) >= 1
 
 
+def refusal(result: object) -> tuple[str, str]:
+    assert isinstance(result, RateLimited), result
+    return result.scope, result.limit_kind
+
+
+async def test_admissions_gathered_together_go_as_one_call_and_admit_in_order(
+    redis: Redis,
+) -> None:
+    """Admissions of one key that gather while a batch is on the wire go to Redis as one
+    admission.lua call, which decides each in turn as separate calls would: tokens, requests
+    and concurrency at both scopes, a refusal charging nothing, a repeated lease once."""
+    limiter = Limiter(redis, window_s=3600)
+    built: list[int] = []
+    build = limiter._admit_command
+
+    def counted(name: object, items: list[object]) -> tuple[object, ...]:
+        built.append(len(items))
+        return build(name, items)
+
+    limiter._admit_command = counted  # type: ignore[method-assign]
+    principal = who(Limits(tpm=1000, max_concurrency=5), Limits(rpm=4))
+    await limiter.pipe.call("PING")
+    lease = new_lease()
+    on_the_wire = asyncio.ensure_future(limiter.pipe.call("BLPOP", "never-pushed", 0.2))
+    await asyncio.sleep(0)
+    calls = [limiter.admit(principal, tokens) for tokens in (600, 500, 300, 10, 10, 10)]
+    results = await asyncio.gather(
+        *calls,
+        limiter.admit(principal, 10, lease),
+        limiter.admit(principal, 10, lease),
+        return_exceptions=True,
+    )
+    assert await on_the_wire is None
+    assert built == [8]  # one call for all eight
+    kinds = [r if isinstance(r, Admission) else refusal(r) for r in results[:6]]
+    assert kinds[1] == ("key", "tokens")  # 600 + 500 > 1000; the later, smaller ones fit
+    assert kinds[5] == ("tenant", "requests")  # the fifth request of a tenant with rpm 4
+    admitted = [r for r in kinds if isinstance(r, Admission)]
+    assert [a.tokens[1] for a in admitted if a.tokens] == [400, 100, 90, 80]
+    assert [a.requests[1] for a in admitted if a.requests] == [3, 2, 1, 0]
+    # The repeated lease came after the tenant's fourth request: refused once, both times.
+    assert [refusal(r) for r in results[6:]] == [("tenant", "requests")] * 2
+    state = await charges(redis, principal)
+    assert state["requests"] == [0, 4]
+    assert state["leases"] == [4, 0]
+
+
+async def test_the_same_lease_gathered_twice_charges_once(redis: Redis) -> None:
+    limiter, principal = Limiter(redis), who(Limits(tpm=1000, max_concurrency=2))
+    await limiter.pipe.call("PING")
+    lease = new_lease()
+    on_the_wire = asyncio.ensure_future(limiter.pipe.call("BLPOP", "never-pushed", 0.2))
+    await asyncio.sleep(0)
+    first, again = await asyncio.gather(
+        limiter.admit(principal, 100, lease), limiter.admit(principal, 100, lease)
+    )
+    assert await on_the_wire is None
+    assert first.tokens is not None
+    assert first.tokens[1] == 900
+    assert again == Admission(lease, 100, None, None)  # seen: admitted once, charged once
+    state = await charges(redis, principal)
+    assert state["leases"] == [1, 0]
+
+
 async def test_headers_describe_the_tightest_scope(redis: Redis) -> None:
     principal = who(Limits(rpm=100, tpm=10_000), Limits(rpm=50))
     admission = await Limiter(redis).admit(principal, 250)

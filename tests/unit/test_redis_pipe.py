@@ -264,3 +264,60 @@ async def _answers(port: int, unix: Path | None) -> bool:
         return False
     writer.close()
     return True
+
+
+# Adds each ARGV to KEYS[1], in order, and counts its calls in KEYS[2]; refuses "bad".
+MERGED = """
+redis.call("INCR", KEYS[2])
+local out = {}
+for i, by in ipairs(ARGV) do
+  if by == "bad" then return redis.error_reply("bad merged call") end
+  out[i] = redis.call("INCRBY", KEYS[1], by)
+end
+return out
+"""
+
+
+def merged_command(name: object, items: list[object]) -> tuple[object, ...]:
+    return ("EVAL", MERGED, 2, name, f"{name}:calls", *items)
+
+
+async def test_merged_calls_gathered_under_one_name_go_as_one_command(redis: Redis) -> None:
+    pipe = pipe_to(redis)
+    await pipe.call("PING")
+    await redis.delete("m:a", "m:a:calls", "m:b", "m:b:calls", "m:c", "m:c:calls")
+    on_the_wire = asyncio.ensure_future(pipe.call("BLPOP", "never-pushed", 0.2))
+    await asyncio.sleep(0)
+    items = [("m:a", 1), ("m:b", 10), ("m:a", 2), ("m:c", "bad"), ("m:a", 4), ("m:b", 20)]
+    calls = [asyncio.ensure_future(pipe.merged(name, by, merged_command)) for name, by in items]
+    gave_up = asyncio.ensure_future(pipe.merged("m:a", 100, merged_command))
+    await asyncio.sleep(0)
+    gave_up.cancel()
+    before = pipe.trips
+    assert await on_the_wire is None
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert results[:3] + results[4:] == [1, 10, 3, 7, 30]  # each caller its own element
+    assert isinstance(results[3], ResponseError)
+    assert "bad merged call" in str(results[3])
+    assert pipe.trips == before + 1  # everything gathered went in one write
+    calls_made = await redis.mget("m:a:calls", "m:b:calls", "m:c:calls")
+    assert calls_made == [b"1", b"1", b"1"]  # one command per name
+    assert await redis.get("m:a") == b"7"  # the caller that gave up was not sent
+    assert await pipe.merged("m:a", 1, merged_command) == 8  # alone: straight out
+    assert pipe.trips == before + 2
+
+
+async def test_a_merged_command_goes_where_the_last_of_its_calls_stands(redis: Redis) -> None:
+    """What gathered before any of the merged calls (a settlement releasing a lease) runs
+    before their command; what gathered after all of them runs after."""
+    pipe = pipe_to(redis)
+    await pipe.call("PING")
+    await redis.delete("m:d", "m:d:calls")
+    on_the_wire = asyncio.ensure_future(pipe.call("BLPOP", "never-pushed", 0.2))
+    await asyncio.sleep(0)
+    first = asyncio.ensure_future(pipe.merged("m:d", 1, merged_command))
+    between = asyncio.ensure_future(pipe.call("SET", "m:d", 100))
+    second = asyncio.ensure_future(pipe.merged("m:d", 2, merged_command))
+    after = asyncio.ensure_future(pipe.call("GET", "m:d"))
+    assert await on_the_wire is None
+    assert [await first, await between, await second, await after] == [101, b"OK", 103, b"103"]
