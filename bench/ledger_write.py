@@ -6,7 +6,8 @@ load; the same commands (`Ledger.commands`) each time, sent two ways: as a redis
 (its pooled asyncio connection, commands packed by hiredis: how the gateway wrote the ledger
 until the pipelined connection) and through `Ledger.write` on the gateway's pipelined
 connection (`gateway/redis_pipe.py`). Prints this process's CPU time per settlement (wall time
-includes waiting for Redis) and Redis's own time per script call.
+includes waiting for Redis) and Redis's own time per settlement (one settle.lua call takes a
+batch's settlements of one key, model and day together).
 
     .venv/bin/python -m bench.ledger_write [--settlements 4000]
 """
@@ -86,7 +87,7 @@ async def per_settlement(url: str, way: str, batch: int, total: int) -> tuple[fl
     finally:
         await ledger.close()
         await client.aclose()
-    redis_us = float(stats["cmdstat_evalsha"]["usec_per_call"])
+    redis_us = float(stats["cmdstat_evalsha"]["usec"]) / total  # a call settles a key's group
     return cpu / total * 1e6, wall / total * 1e6, redis_us
 
 
