@@ -83,8 +83,12 @@ class _Merged:
         self.sent = [self.futures[i] for i in kept]
         return _packed(self.build(self.name, [self.items[i] for i in kept]))
 
-    def set_result(self, replies: list[Any]) -> None:
-        for future, reply in zip(self.sent, replies, strict=False):
+    def set_result(self, replies: Any) -> None:
+        if not isinstance(replies, list) or len(replies) != len(self.sent):
+            message = f"A merged command answered {replies!r} for {len(self.sent)} calls."
+            self.set_exception(InvalidResponse(message))
+            return
+        for future, reply in zip(self.sent, replies, strict=True):
             if not future.done():
                 future.set_result(reply)
 

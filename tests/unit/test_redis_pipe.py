@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import AuthenticationError, InvalidResponse, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -321,3 +321,21 @@ async def test_a_merged_command_goes_where_the_last_of_its_calls_stands(redis: R
     after = asyncio.ensure_future(pipe.call("GET", "m:d"))
     assert await on_the_wire is None
     assert [await first, await between, await second, await after] == [101, b"OK", 103, b"103"]
+
+
+async def test_a_merged_reply_of_the_wrong_shape_fails_each_caller(redis: Redis) -> None:
+    """A merged command must answer one element per call; otherwise every caller gets an
+    error (none is left waiting) and the connection goes on."""
+    pipe = pipe_to(redis)
+
+    def short(name: object, items: list[object]) -> tuple[object, ...]:
+        return ("EVAL", "return {1}", 0)
+
+    await pipe.call("PING")
+    on_the_wire = asyncio.ensure_future(pipe.call("BLPOP", "never-pushed", 0.2))
+    await asyncio.sleep(0)
+    calls = [pipe.merged("m:short", i, short) for i in range(3)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert await on_the_wire is None
+    assert all(isinstance(r, InvalidResponse) for r in results), results
+    assert await pipe.call("ECHO", "still") == b"still"
