@@ -2,9 +2,10 @@
 
 A key limited at both scopes (rpm, tpm and concurrency, high enough never to refuse) is
 admitted `--admissions` times, one at a time and 16 at once. Prints this process's CPU time and
-wall time per admission, Redis's own time per admission (concurrent ones share a script call), and the memory Redis holds per
-admitted request (request logs, leases, and since admissions are released by id, their
-markers). Only the public interface is used, so the same file measures an older checkout:
+wall time per admission, Redis's own time per admission (concurrent ones share a script call),
+and the memory Redis holds per admitted request (request logs, leases, and since admissions are
+released by id, their markers). Only the public interface is used, so the same file measures
+an older checkout:
 
     .venv/bin/python -m bench.admission_cost [--admissions 4000]
     PYTHONPATH=<older checkout> .venv/bin/python -m bench.admission_cost

@@ -30,7 +30,7 @@ local period = tonumber(ARGV[2])
 
 local tat, loaded, dirty = {}, {}, {}  -- per scope: the bucket's TAT (false: none)
 local released = {{}, {}}  -- per scope: leases to remove
-local requests, prompt, completion, cached = 0, 0, 0, 0
+local logged = {}  -- where each applied record's arguments start
 local trim = nil  -- the first XADD trims the log to the retention
 local applied = 0
 
@@ -69,10 +69,7 @@ for i = 1, n do
       else
         redis.call('XADD', KEYS[1], '*', unpack(ARGV, at + 9, at + 8 + nf))
       end
-      requests = requests + 1
-      prompt = prompt + ARGV[at + 6]
-      completion = completion + ARGV[at + 7]
-      cached = cached + ARGV[at + 8]
+      logged[#logged + 1] = at
     end
   end
 end
@@ -93,13 +90,26 @@ for scope = 1, 2 do
   end
 end
 
-if requests > 0 then
+if #logged > 0 then
+  local counts  -- the day's totals grow by: requests, prompt, completion, cached tokens
+  if #logged == 1 then  -- one record (a quiet moment): its own strings, nothing to format
+    local at = logged[1]
+    counts = {'1', ARGV[at + 6], ARGV[at + 7], ARGV[at + 8]}
+  else
+    local prompt, completion, cached = 0, 0, 0
+    for _, at in ipairs(logged) do
+      prompt = prompt + ARGV[at + 6]
+      completion = completion + ARGV[at + 7]
+      cached = cached + ARGV[at + 8]
+    end
+    counts = {string.format('%d', #logged), string.format('%d', prompt),
+              string.format('%d', completion), string.format('%d', cached)}
+  end
   local day = KEYS[2]
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  redis.call('HINCRBY', day, ARGV[5], string.format('%d', requests))
-  redis.call('HINCRBY', day, ARGV[6], string.format('%d', prompt))
-  redis.call('HINCRBY', day, ARGV[7], string.format('%d', completion))
-  redis.call('HINCRBY', day, ARGV[8], string.format('%d', cached))
+  for metric = 1, 4 do
+    redis.call('HINCRBY', day, ARGV[4 + metric], counts[metric])
+  end
   redis.call('PEXPIREAT', day, ARGV[4])
 end
 return applied
