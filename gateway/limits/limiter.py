@@ -21,7 +21,8 @@ from redis.exceptions import NoScriptError
 
 from gateway.auth.principal import Limits, Principal
 from gateway.errors import RateLimited
-from gateway.redis_pipe import Command, PipeScript, RedisPipe
+from gateway.redis_pipe import PipeScript, RedisPipe
+from gateway.redis_wire import Command
 
 _SCRIPTS = Path(__file__).parent
 SCOPES = ("key", "tenant")
@@ -113,7 +114,7 @@ class Limiter:
 
         Admitting a lease again charges nothing: it answers admitted (without header figures)
         if the first call admitted it, and raises AdmissionCancelled once it was released.
-        Concurrent admissions of one key and limits go to Redis as one call (redis_pipe.py).
+        Concurrent admissions of one key and limits go to Redis as one call (redis_wire.py).
         """
         key_keys, tenant_keys = scope_keys(principal.tenant, principal.key_id)
         lease = lease or new_lease()

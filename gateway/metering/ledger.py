@@ -23,7 +23,8 @@ from redis.exceptions import NoScriptError
 from gateway.limits.limiter import scope_keys
 from gateway.metering.record import FIELD_NAMES, day_of
 from gateway.metering.settlement import Settlement
-from gateway.redis_pipe import Command, PipeScript, RedisPipe
+from gateway.redis_pipe import PipeScript, RedisPipe
+from gateway.redis_wire import Command
 from gateway.settings import MeteringSettings
 
 TENANTS = "llmaas:usage:tenants"
@@ -101,7 +102,7 @@ class Ledger:
 
     async def write(self, batch: Sequence[Settlement], *, lazy: bool = False) -> None:
         """Apply every settlement of `batch` (each at most once, ever) in one round trip.
-        `lazy`: it may wait a moment to go in the same write as an admission (redis_pipe.py).
+        `lazy`: it may wait a moment to go in the same write as an admission (redis_wire.py).
 
         Raises what Redis raised; the whole batch may then be retried safely.
         """
