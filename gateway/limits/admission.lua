@@ -52,7 +52,7 @@ end
 -- What the group shares, read at its first use: entries in each request log and lease set,
 -- each token bucket's TAT.
 local used, tat, held = {}, {}, {}
-local grown, moved = {}, {}  -- per scope: a log or lease set that took an entry, a bucket that moved
+local admitted = 0
 local function log_used(scope)
   if used[scope] == nil then
     local log = KEYS[scope * 3 - 2]
@@ -123,17 +123,18 @@ local function admit(charge, lease, marker)
   for scope = 1, 2 do
     if rpm[scope] > 0 then
       redis.call('ZADD', KEYS[scope * 3 - 2], now_ms, lease)
-      used[scope], grown[scope * 2 - 1] = used[scope] + 1, true
+      used[scope] = used[scope] + 1
     end
     if after[scope] then
-      tat[scope], moved[scope] = after[scope], true
+      tat[scope] = after[scope]
     end
     if conc[scope] > 0 then
       redis.call('ZADD', KEYS[scope * 3], lease_until, lease)
-      held[scope], grown[scope * 2] = held[scope] + 1, true
+      held[scope] = held[scope] + 1
     end
   end
   redis.call('SET', marker, charge, 'PX', ARGV[2])
+  admitted = admitted + 1
   return {1, req_limit, req_left, req_limit == '' and 0 or PERIOD, tok_limit, tok_left, tok_reset}
 end
 
@@ -143,16 +144,21 @@ for i = 1, #KEYS - 6 do
   replies[i] = admit(ARGV[at], ARGV[at + 1], KEYS[6 + i])
 end
 
--- Expiries, once: the logs a window on, the lease sets a ttl on, each bucket until it is empty.
+-- Expiries, once, if any request was admitted (each admitted one added to every log and lease
+-- set and moved every bucket its scope limits): the logs a window on, the lease sets a ttl
+-- on, each bucket until it is empty.
+if admitted == 0 then
+  return replies
+end
 local log_ttl, leases_ttl = string.format('%d', PERIOD + 1000), string.format('%d', lease_ttl + 1000)
 for scope = 1, 2 do
-  if grown[scope * 2 - 1] then
+  if rpm[scope] > 0 then
     redis.call('PEXPIRE', KEYS[scope * 3 - 2], log_ttl)
   end
-  if grown[scope * 2] then
+  if conc[scope] > 0 then
     redis.call('PEXPIRE', KEYS[scope * 3], leases_ttl)
   end
-  if moved[scope] then
+  if tpm[scope] > 0 then
     local at = tat[scope]
     local ttl = string.format('%d', math.ceil(at - now) + 1000)
     redis.call('SET', KEYS[scope * 3 - 1], tostring(at), 'PX', ttl)

@@ -28,10 +28,9 @@ local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local period = tonumber(ARGV[2])
 
-local tat, loaded, dirty = {}, {}, {}  -- per scope: the bucket's TAT (false: none)
+local tat, dirty = {}, {}  -- per scope: the bucket's TAT (false: none; nil: not read yet)
 local released = {{}, {}}  -- per scope: leases to remove
 local logged = {}  -- where each applied record's arguments start
-local trim = nil  -- the first XADD trims the log to the retention
 local applied = 0
 
 for i = 1, n do
@@ -43,8 +42,7 @@ for i = 1, n do
       for scope = 1, 2 do
         local limit = tonumber(ARGV[at + 3 + scope])
         if limit > 0 and delta ~= 0 then
-          if not loaded[scope] then
-            loaded[scope] = true
+          if tat[scope] == nil then
             tat[scope] = tonumber(redis.call('GET', KEYS[1 + scope * 2])) or false
           end
           local was, after = tat[scope], false
@@ -63,8 +61,8 @@ for i = 1, n do
       end
     end
     if nf > 0 then
-      if trim == nil then
-        trim = string.format('%d', now - ARGV[3])
+      if #logged == 0 then  -- the first XADD trims the log to the retention
+        local trim = string.format('%d', now - ARGV[3])
         redis.call('XADD', KEYS[1], 'MINID', '~', trim, '*', unpack(ARGV, at + 9, at + 8 + nf))
       else
         redis.call('XADD', KEYS[1], '*', unpack(ARGV, at + 9, at + 8 + nf))
