@@ -182,6 +182,15 @@ class PipeScript:
             await self.load()
             return await self.pipe.call(*self.command(keys, args))
 
+    async def merged(self, name: Hashable, item: Any, build: Build) -> Any:
+        """As `RedisPipe.merged` (`build` makes this script's EVALSHA, by `command`), loaded
+        again when Redis lost it."""
+        try:
+            return await self.pipe.merged(name, item, build)
+        except NoScriptError:  # Redis restarted or flushed its scripts
+            await self.load()
+            return await self.pipe.merged(name, item, build)
+
     async def load(self) -> None:
         await self.pipe.call("SCRIPT", "LOAD", self.script)
 

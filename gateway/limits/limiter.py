@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 from gateway.auth.principal import Limits, Principal
 from gateway.errors import RateLimited
@@ -121,11 +120,7 @@ class Limiter:
         limits = _limit_args(principal.key_limits) + _limit_args(principal.tenant_limits)
         name = ((*key_keys, *tenant_keys), (self.lease_ttl_ms, self.window_ms, *limits))
         item = (marker_key(principal.tenant, lease), tokens, lease)
-        try:
-            reply = await self.pipe.merged(name, item, self._admit_command)
-        except NoScriptError:  # Redis restarted or flushed its scripts
-            await self._admit.load()
-            reply = await self.pipe.merged(name, item, self._admit_command)
+        reply = await self._admit.merged(name, item, self._admit_command)
         status = int(reply[0])
         if status == 1:
             return Admission(lease, tokens, _triple(*reply[1:4]), _triple(*reply[4:7]))
@@ -138,12 +133,10 @@ class Limiter:
     def _admit_command(self, name: Hashable, items: list[Any]) -> Command:
         """admission.lua for the admissions gathered under one key and its limits, in order."""
         keys, args = cast("tuple[tuple[str, ...], tuple[int, ...]]", name)
-        command: list[Any] = ["EVALSHA", self._admit.sha, 6 + len(items), *keys]
-        command += [marker for marker, _, _ in items]
-        command += args
+        requests: list[Any] = []
         for _, tokens, lease in items:
-            command += (tokens, lease)
-        return tuple(command)
+            requests += (tokens, lease)
+        return self._admit.command([*keys, *[marker for marker, _, _ in items]], [*args, *requests])
 
     async def release(self, principal: Principal, lease: str) -> ReleaseOutcome:
         """Give back what admitting `lease` charged, once, and cancel it if it has not run."""

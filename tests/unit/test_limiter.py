@@ -100,7 +100,8 @@ async def test_admissions_gathered_together_go_as_one_call_and_admit_in_order(
 
     limiter._admit_command = counted  # type: ignore[method-assign]
     principal = who(Limits(tpm=1000, max_concurrency=5), Limits(rpm=4))
-    await limiter.pipe.call("PING")
+    await limiter.admit(who(), 0)  # the script loaded, the connection open
+    built.clear()
     lease = new_lease()
     on_the_wire = asyncio.ensure_future(limiter.pipe.call("BLPOP", "never-pushed", 0.2))
     await asyncio.sleep(0)
@@ -128,7 +129,7 @@ async def test_admissions_gathered_together_go_as_one_call_and_admit_in_order(
 
 async def test_the_same_lease_gathered_twice_charges_once(redis: Redis) -> None:
     limiter, principal = Limiter(redis), who(Limits(tpm=1000, max_concurrency=2))
-    await limiter.pipe.call("PING")
+    await limiter.admit(who(), 0)  # the script loaded, the connection open
     lease = new_lease()
     on_the_wire = asyncio.ensure_future(limiter.pipe.call("BLPOP", "never-pushed", 0.2))
     await asyncio.sleep(0)
@@ -141,6 +142,14 @@ async def test_the_same_lease_gathered_twice_charges_once(redis: Redis) -> None:
     assert again == Admission(lease, 100, None, None)  # seen: admitted once, charged once
     state = await charges(redis, principal)
     assert state["leases"] == [1, 0]
+
+
+async def test_admissions_after_redis_lost_its_scripts_load_them_again(redis: Redis) -> None:
+    limiter, principal = Limiter(redis), who(Limits(rpm=10))
+    await limiter.admit(principal, 1)
+    await redis.script_flush()  # as after a Redis restart: NOSCRIPT for the next calls
+    admitted, refused = await admit_all(limiter, principal, 12)
+    assert (len(admitted), len(refused)) == (9, 3)  # each charged once, after the reload
 
 
 async def test_headers_describe_the_tightest_scope(redis: Redis) -> None:
