@@ -61,9 +61,18 @@ class Metrics:
         )
         self.ratelimit_releases = Counter(
             "llmaas_ratelimit_releases",
-            "Admissions given up on (answered by failure_mode), released in Redis by outcome: "
+            "Admissions given up on (answered by failure_mode) or fetched ahead and not used, "
+            "released in Redis by outcome: "
             "refunded (it had run), cancelled (it had not), released (already), "
             "expired (retried until its lease expired), dropped (release queue full)",
+            ["outcome"],
+            registry=reg,
+        )
+        self.ratelimit_prefetched = Counter(
+            "llmaas_ratelimit_prefetched",
+            "Admissions fetched ahead for a busy key's next requests (limits.prefetch_max), by "
+            "outcome: used (a request took it, no round trip to Redis), expired (not taken "
+            "within limits.prefetch_ttl_s: released)",
             ["outcome"],
             registry=reg,
         )

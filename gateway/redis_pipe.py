@@ -88,14 +88,19 @@ class RedisPipe:
         `name` while the batch before it is on the wire (`build(name, items)`, their order);
         an error reply (the whole command's) raised as redis-py raises it. The command must
         be safe to run twice (see `calls`)."""
+        (reply,) = await self.merged_all(name, [item], build)
+        return reply
+
+    async def merged_all(self, name: Hashable, items: list[Any], build: Build) -> list[Any]:
+        """As `merged`, for several items gathered at once (in their order): their elements."""
         wire = await self._wire()
         try:
-            return await wire.send_merged(name, item, build)
+            return await _all(wire.send_merged(name, items, build))
         except RedisConnectionError as exc:
             if wire.lost is not exc or wire.fresh:
                 raise
         wire = await self._wire()
-        return await wire.send_merged(name, item, build)
+        return await _all(wire.send_merged(name, items, build))
 
     async def close(self) -> None:
         wire, self.wire = self.wire, None
@@ -185,14 +190,33 @@ class PipeScript:
     async def merged(self, name: Hashable, item: Any, build: Build) -> Any:
         """As `RedisPipe.merged` (`build` makes this script's EVALSHA, by `command`), loaded
         again when Redis lost it."""
+        (reply,) = await self.merged_all(name, [item], build)
+        return reply
+
+    async def merged_all(self, name: Hashable, items: list[Any], build: Build) -> list[Any]:
+        """As `RedisPipe.merged_all`, loaded again when Redis lost it."""
         try:
-            return await self.pipe.merged(name, item, build)
+            return await self.pipe.merged_all(name, items, build)
         except NoScriptError:  # Redis restarted or flushed its scripts
             await self.load()
-            return await self.pipe.merged(name, item, build)
+            return await self.pipe.merged_all(name, items, build)
 
     async def load(self) -> None:
         await self.pipe.call("SCRIPT", "LOAD", self.script)
+
+
+async def _all(futures: list[asyncio.Future[Any]]) -> list[Any]:
+    """The futures' results (one reply answers them all at once). A caller that stops waiting
+    stops waiting for all of them (those not written yet are not sent), and an error is
+    raised once, not also logged as never retrieved."""
+    try:
+        return [await future for future in futures]
+    finally:
+        for future in futures:
+            if not future.done():
+                future.cancel()
+            elif not future.cancelled():
+                future.exception()
 
 
 def _dropped(wire: Wire) -> None:

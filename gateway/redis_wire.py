@@ -158,22 +158,25 @@ class Wire(asyncio.Protocol):
             self._urge()
         return futures
 
-    def send_merged(self, name: Hashable, item: Any, build: Build) -> asyncio.Future[Any]:
-        """The future of `item`'s element of the reply to the command that `build` makes of
+    def send_merged(
+        self, name: Hashable, items: list[Any], build: Build
+    ) -> list[asyncio.Future[Any]]:
+        """The futures of `items`' elements of the reply to the command that `build` makes of
         every item gathered under `name` (in their order) when the batch is written."""
         if self.lost is not None:
             raise self.lost
-        future = self.loop.create_future()
+        create = self.loop.create_future
+        futures = [create() for _ in items]
         merged = self.merging.get(name)
         if merged is None:
             merged = self.merging[name] = _Merged(name, build)
         merged.last = len(self.gathered)  # each call holds a place; the last one is kept
         self.gathered.append(merged)
         self.gathered_futures.append(merged)
-        merged.items.append(item)
-        merged.futures.append(future)
+        merged.items += items
+        merged.futures += futures
         self._urge()
-        return future
+        return futures
 
     def _urge(self) -> None:
         """A call that is not lazy: written now, or as soon as the batch on the wire is read."""

@@ -92,6 +92,13 @@ class LimitsSettings(BaseModel):
     # failure_mode decides. Time this process is too busy to read a reply does not count, up
     # to 10 x timeout_s in all. An unreachable Redis (refused, reset) decides at once.
     timeout_s: float = Field(default=1.0, gt=0)
+    # A busy key's admission fetches up to this many more in the same Redis call, for its next
+    # requests in this replica (no round trip for them), while the key is far from its limits
+    # (gateway/limits/prefetch.py). 0: every request asks Redis.
+    prefetch_max: int = Field(default=32, ge=0)
+    # What is fetched and not used within this long is given back. Kept below lease_ttl_s / 3
+    # and window_s / 20 (an rpm entry bears the time it was fetched).
+    prefetch_ttl_s: float = Field(default=1.0, gt=0)
     # Applied where a key's (or tenant's) record has no value; unset here means no limit.
     key_defaults: ScopeLimits = Field(default_factory=ScopeLimits)
     tenant_defaults: ScopeLimits = Field(default_factory=ScopeLimits)

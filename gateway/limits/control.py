@@ -14,6 +14,7 @@ from gateway.limits.estimate import reserved_tokens
 from gateway.limits.failures import Failure, classify
 from gateway.limits.limiter import Admission, AdmissionCancelled, Limiter, new_lease
 from gateway.limits.patience import Patience
+from gateway.limits.prefetch import Prefetch
 from gateway.limits.releases import Releases
 from gateway.limits.renewals import Renewals
 from gateway.metrics import Metrics
@@ -36,6 +37,13 @@ class AdmissionControl:
         self.releases = None if limiter is None else Releases(limiter, metrics, horizon_s)
         # Concurrency leases of requests in flight, renewed every ttl/3 until they are settled.
         self.renewals = None if limiter is None else Renewals(limiter, settings.lease_ttl_s / 3)
+        # A fetched admission waits unrenewed, and its rpm entry bears the time it was fetched.
+        ttl_s = min(settings.prefetch_ttl_s, settings.lease_ttl_s / 3, settings.window_s / 20)
+        self.prefetch = (
+            None
+            if self.releases is None or settings.prefetch_max == 0
+            else Prefetch(self.releases, metrics, settings.prefetch_max, ttl_s)
+        )
         self.log = logging.getLogger("llmaas.limits")
 
     def with_defaults(self, caller: Principal) -> Principal:
@@ -66,35 +74,83 @@ class AdmissionControl:
             return None
         if tokens is None:
             tokens = reserved_tokens(body, self.settings.default_max_tokens, context_length)
-        lease, sent = new_lease(), False
+        prefetch = self.prefetch
+        if prefetch is not None:
+            fetched = prefetch.take(caller, tokens)
+            if fetched is not None:
+                self._hold(caller, fetched)
+                return fetched
+        requests = [(tokens, new_lease())]
+        if prefetch is None:
+            answers = await self._ask(caller, requests)
+        else:
+            wanted = prefetch.wanted(caller)
+            requests += [(tokens, new_lease()) for _ in range(wanted)]
+            try:
+                answers = await self._ask(caller, requests)
+            finally:
+                prefetch.arrived(caller, wanted)
+        if answers is None:
+            return None
+        answer = answers[0]
+        if not isinstance(answer, Admission):
+            self._not_admitted(caller, answer, answers[1:])
+            return None
+        if prefetch is not None:
+            more = [fetched for fetched in answers[1:] if isinstance(fetched, Admission)]
+            prefetch.fetched(caller, tokens, [answer, *more])
+        self._hold(caller, answer)
+        return answer
+
+    def _not_admitted(
+        self,
+        caller: Principal,
+        answer: RateLimited | AdmissionCancelled,
+        fetched: list[Admission | RateLimited | AdmissionCancelled],
+    ) -> None:
+        """Raises the refusal, or returns to admit without limits as failure_mode says."""
+        # Those fetched after a refusal are refused too; any that was not goes back.
+        self._give_back(caller, [more.lease for more in fetched if isinstance(more, Admission)])
+        if isinstance(answer, AdmissionCancelled):
+            # Its lease was released before the script ran (only a give-up releases one, so
+            # not expected within one admission): it charged nothing; failure_mode decides.
+            self._unavailable(Failure("error", may_have_run=False), answer)
+            return
+        if self.prefetch is not None:
+            self.prefetch.refused(caller)
+        self.metrics.ratelimit_rejections.labels(
+            caller.tenant, answer.scope, answer.limit_kind
+        ).inc()
+        raise answer
+
+    async def _ask(
+        self, caller: Principal, requests: list[tuple[int, str]]
+    ) -> list[Admission | RateLimited | AdmissionCancelled] | None:
+        """Redis's answers to (tokens, lease) in order, or None where failure_mode admits."""
+        assert self.limiter is not None
+        sent = False
         try:
             async with Patience(self.timeout_s, self.timeout_s * BUSY_FACTOR):
                 while True:
                     try:
-                        admission = await self.limiter.admit(caller, tokens, lease)
-                        self._hold(caller, admission)
-                        return admission
+                        return await self.limiter.admit_all(caller, requests)
                     except _REDIS_ERRORS as exc:
                         failure = classify(exc)
                         sent = sent or failure.may_have_run
                         if not failure.waits:
                             raise
-        except AdmissionCancelled as cancelled:
-            # Its lease was released before the script ran (only a give-up releases one, so
-            # not expected within one admission): it charged nothing; failure_mode decides.
-            self._unavailable(Failure("error", may_have_run=False), cancelled)
-            return None
-        except RateLimited as refusal:
-            self.metrics.ratelimit_rejections.labels(
-                caller.tenant, refusal.scope, refusal.limit_kind
-            ).inc()
-            raise
         except _REDIS_ERRORS as exc:
             failure = classify(exc)  # TimeoutError from the deadline: slow, maybe sent
-            if (sent or failure.may_have_run) and self.releases is not None:
-                self.releases.add(caller, lease)
+            if sent or failure.may_have_run:
+                self._give_back(caller, [lease for _, lease in requests])
             self._unavailable(failure, exc)
             return None
+
+    def _give_back(self, caller: Principal, leases: list[str]) -> None:
+        """Release these leases in the background: whatever they charged is returned."""
+        if self.releases is not None:
+            for lease in leases:
+                self.releases.add(caller, lease)
 
     def _hold(self, caller: Principal, admission: Admission) -> None:
         """A concurrency lease is renewed while its request is in flight (see renewals.py)."""
@@ -121,7 +177,9 @@ class AdmissionControl:
             ) from exc
 
     async def close(self) -> None:
-        """Let admissions given up on be released (briefly), then stop trying."""
+        """Let admissions given up on or not used be released (briefly), then stop trying."""
+        if self.prefetch is not None:
+            self.prefetch.close()
         if self.renewals is not None:
             await self.renewals.close()
         if self.releases is not None:

@@ -115,20 +115,23 @@ class Limiter:
         if the first call admitted it, and raises AdmissionCancelled once it was released.
         Concurrent admissions of one key and limits go to Redis as one call (redis_wire.py).
         """
+        (answer,) = await self.admit_all(principal, [(tokens, lease or new_lease())])
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def admit_all(
+        self, principal: Principal, requests: list[tuple[int, str]]
+    ) -> list[Admission | RateLimited | AdmissionCancelled]:
+        """`admit` for several (tokens, lease) of one principal at once, decided in order in
+        one call: each one's admission, or the refusal or cancellation `admit` would raise."""
         key_keys, tenant_keys = scope_keys(principal.tenant, principal.key_id)
-        lease = lease or new_lease()
         limits = _limit_args(principal.key_limits) + _limit_args(principal.tenant_limits)
         name = ((*key_keys, *tenant_keys), (self.lease_ttl_ms, self.window_ms, *limits))
-        item = (marker_key(principal.tenant, lease), tokens, lease)
-        reply = await self._admit.merged(name, item, self._admit_command)
-        status = int(reply[0])
-        if status == 1:
-            return Admission(lease, tokens, _triple(*reply[1:4]), _triple(*reply[4:7]))
-        if status == 2:
-            if reply[1] == b"x":
-                raise AdmissionCancelled(lease)
-            return Admission(lease, int(reply[1]), None, None)
-        raise _refusal(reply, tokens)
+        items = [(marker_key(principal.tenant, lease), tokens, lease) for tokens, lease in requests]
+        replies = await self._admit.merged_all(name, items, self._admit_command)
+        pairs = zip(replies, requests, strict=True)
+        return [_answer(reply, tokens, lease) for reply, (tokens, lease) in pairs]
 
     def _admit_command(self, name: Hashable, items: list[Any]) -> Command:
         """admission.lua for the admissions gathered under one key and its limits, in order."""
@@ -156,6 +159,19 @@ class Limiter:
                 await self._renew(keys=keys, args=[lease, self.lease_ttl_ms], client=pipe)
             replies = await pipe.execute()
         return sum(int(reply) for reply in replies)
+
+
+def _answer(
+    reply: list[Any], tokens: int, lease: str
+) -> Admission | RateLimited | AdmissionCancelled:
+    status = int(reply[0])
+    if status == 1:
+        return Admission(lease, tokens, _triple(*reply[1:4]), _triple(*reply[4:7]))
+    if status == 2:
+        if reply[1] == b"x":
+            return AdmissionCancelled(lease)
+        return Admission(lease, int(reply[1]), None, None)
+    return _refusal(reply, tokens)
 
 
 _OUTCOMES: dict[bytes, ReleaseOutcome] = {

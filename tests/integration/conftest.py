@@ -62,6 +62,7 @@ class AuthStack:
     gateway: str
     redis: Redis
     http: aiohttp.ClientSession
+    settings: Settings  # the gateway's (another gateway on the same Redis and engine: changed)
 
     async def admin(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         return await admin_request(self.http, self.gateway, method, path, body)
@@ -95,12 +96,12 @@ async def auth(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[AuthSt
     async with (
         running_redis(None) as redis_url,
         running_sim(SimConfig(models=[MODEL, OTHER])) as sim,
-        serve_asgi(create_app(auth_settings(sim, redis_url, spill_dir))) as gateway,
+        serve_asgi(create_app(settings := auth_settings(sim, redis_url, spill_dir))) as gateway,
         aiohttp.ClientSession() as http,
     ):
         redis = Redis.from_url(redis_url)
         try:
-            yield AuthStack(gateway, redis, http)
+            yield AuthStack(gateway, redis, http, settings)
         finally:
             await redis.aclose()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,49 @@ def assert_remaining(header: str, expected: int, started: float) -> None:
     assert expected <= int(header) <= expected + refill
 
 
+@asynccontextmanager
+async def exact_gateway(auth: AuthStack) -> AsyncIterator[str]:
+    """Another gateway on the stack's Redis and engine, fetching no admission ahead."""
+    limits = auth.settings.limits.model_copy(update={"prefetch_max": 0})
+    async with serve_asgi(create_app(auth.settings.model_copy(update={"limits": limits}))) as gw:
+        yield gw
+
+
+def exact_client(gateway: str, key: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{gateway}/v1", api_key=key, max_retries=0)
+
+
+async def test_a_busy_key_takes_admissions_fetched_ahead_and_each_is_counted(
+    auth: AuthStack,
+) -> None:
+    """20 requests in a row at rpm 1000 (plenty of room): most take an admission fetched ahead
+    (no round trip), the headers still count down one by one, and Redis's request log holds
+    every request and every admission still on the shelf."""
+    key = await auth.new_key(rpm=1000)
+    before = await prefetched(auth, "used")
+    async with auth.client(key) as oai:
+        raws = [
+            await oai.chat.completions.with_raw_response.create(model=MODEL, messages=HELLO)
+            for _ in range(20)
+        ]
+    used = await prefetched(auth, "used") - before
+    remaining = [int(raw.headers["x-ratelimit-remaining-requests"]) for raw in raws]
+    assert remaining == list(range(999, 979, -1))
+    assert used >= 10, used
+    logged = 0
+    async for name in auth.redis.scan_iter(match="llmaas:{t:acme}:k:*:rpm"):
+        logged = max(logged, await auth.redis.zcard(name))  # this key's is the busiest log
+    assert 20 <= logged <= 20 + 8  # the last fill: 1, 2, 4, 8 fetched at the 2nd, 4th, 7th, 12th
+
+
+async def prefetched(auth: AuthStack, outcome: str) -> float:
+    async with auth.http.get(f"{auth.gateway}/metrics", headers=ADMIN) as resp:
+        text = await resp.text()
+    line = f'llmaas_ratelimit_prefetched_total{{outcome="{outcome}"}} '
+    values = [float(row[len(line) :]) for row in text.splitlines() if row.startswith(line)]
+    return values[0] if values else 0.0
+
+
 async def test_tokens_settle_to_what_the_engine_reported(auth: AuthStack) -> None:
     key = await auth.new_key(tpm=TPM)
     body: dict[str, Any] = {"model": MODEL, "messages": HELLO, "max_tokens": 8}
@@ -65,10 +110,12 @@ async def test_tokens_settle_to_what_the_engine_reported(auth: AuthStack) -> Non
 
 
 async def test_stream_usage_settles_too_and_engine_refusals_are_refunded(auth: AuthStack) -> None:
+    """Exact figures in the third request's headers: this gateway asks Redis for every request
+    (an admission fetched ahead carries the figures Redis answered when it was fetched)."""
     key = await auth.new_key(tpm=TPM)
     stream_body: dict[str, Any] = {"model": MODEL, "messages": HELLO, "max_tokens": 5}
     started = time.monotonic()
-    async with auth.client(key) as oai:
+    async with exact_gateway(auth) as gateway, exact_client(gateway, key) as oai:
         stream = await oai.chat.completions.create(
             **stream_body, stream=True, stream_options={"include_usage": True}
         )
