@@ -84,8 +84,8 @@ class AdmissionControl:
         if prefetch is None:
             answers = await self._ask(caller, requests)
         else:
-            wanted = prefetch.wanted(caller)
-            requests += [(tokens, new_lease()) for _ in range(wanted)]
+            wanted, each = prefetch.wanted(caller, tokens)
+            requests += [(each, new_lease()) for _ in range(wanted)]
             try:
                 answers = await self._ask(caller, requests)
             finally:
@@ -98,7 +98,7 @@ class AdmissionControl:
             return None
         if prefetch is not None:
             more = [fetched for fetched in answers[1:] if isinstance(fetched, Admission)]
-            prefetch.fetched(caller, tokens, [answer, *more])
+            prefetch.fetched(caller, [answer, *more])
         self._hold(caller, answer)
         return answer
 

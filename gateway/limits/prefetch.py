@@ -5,9 +5,11 @@ more of its key and limits: for the requests that will follow it in this process
 decided after it, each as a request of its own would be (one refused charges nothing), and
 charged then: the request logs hold their entries, the token buckets their tokens, the lease
 sets their slots. The key's next requests take one each, with no round trip, if its reserved
-tokens cover theirs; what is not taken within `ttl_s` is released (release.lua gives it all
-back). So every request still has its own admission charged in Redis before it runs: no
-replica ever admits what Redis did not count, and limits hold across replicas as before.
+tokens cover theirs (each reserves the most any of the key's requests reserved since the last
+fill; settlement refunds the difference, as for any reservation); what is not taken within
+`ttl_s` is released (release.lua gives it all back). So every request still has its own
+admission charged in Redis before it runs: no replica ever admits what Redis did not count, and
+limits hold across replicas as before.
 
 What fetching ahead changes, and why it is bounded:
 
@@ -44,8 +46,9 @@ _Name = tuple[str, str, Limits, Limits]
 class _Shelf:
     caller: Principal
     size: int = 1  # how many the next fill asks for
-    room: int = 0  # the most the last reply leaves room for
+    last: Admission | None = None  # Redis's last answer: the room it leaves (none: none)
     coming: int = 0  # asked for in calls not answered yet
+    largest: int = 0  # the most tokens a request of the key reserved since the last fill
     ready: deque[Admission] = field(default_factory=deque)
     expiry: asyncio.TimerHandle | None = None
 
@@ -66,24 +69,31 @@ class Prefetch:
     def take(self, caller: Principal, tokens: int) -> Admission | None:
         """A fetched admission of the caller's key and limits covering `tokens`, if any."""
         shelf = self.shelves.get(_name(caller))
-        if shelf is None or not shelf.ready or shelf.ready[0].reserved_tokens < tokens:
+        if shelf is None:
+            return None
+        shelf.largest = max(shelf.largest, tokens)
+        if not shelf.ready or shelf.ready[0].reserved_tokens < tokens:
             return None
         self.used.inc()
         return shelf.ready.popleft()
 
-    def wanted(self, caller: Principal) -> int:
-        """How many to fetch with the caller's admission: none while some are left (one that
-        asks Redis needs more tokens than they hold) or on their way, or before a reply has
-        shown room. Each is asked for once: `arrived` must follow, `fetched` on success."""
+    def wanted(self, caller: Principal, tokens: int) -> tuple[int, int]:
+        """How many to fetch with the caller's admission (reserving `tokens`), and the tokens
+        each reserves: the most any of the key's requests reserved since the last fill, so
+        that requests of every size take them. None while some are left (one that asks Redis
+        needs more tokens than they hold) or on their way, or before a reply has shown room.
+        Each is asked for once: `arrived` must follow, `fetched` on success."""
         shelf = self.shelves.get(_name(caller))
         if shelf is None or shelf.ready or shelf.coming:
-            return 0
+            return 0, tokens
         if shelf.expiry is not None:  # ran out before they expired: twice as many
             shelf.size = min(shelf.size * 2, self.max_count)
             shelf.expiry.cancel()
             shelf.expiry = None
-        shelf.coming = min(shelf.size, shelf.room)
-        return shelf.coming
+        each = max(tokens, shelf.largest)
+        shelf.coming = min(shelf.size, _room(caller, each, shelf.last))
+        shelf.largest = 0
+        return shelf.coming, each
 
     def arrived(self, caller: Principal, asked: int) -> None:
         """The call that asked for `asked` was answered, or failed."""
@@ -91,14 +101,14 @@ class Prefetch:
         if shelf is not None and asked:
             shelf.coming = max(0, shelf.coming - asked)
 
-    def fetched(self, caller: Principal, tokens: int, answers: list[Admission]) -> None:
-        """Redis admitted the caller (`answers[0]`) and what was fetched with it (the rest,
-        `tokens` each), in order: shelve the rest, note the room the last answer leaves."""
+    def fetched(self, caller: Principal, answers: list[Admission]) -> None:
+        """Redis admitted the caller (`answers[0]`) and what was fetched with it (the rest),
+        in order: shelve the rest, keep the last answer (the room it leaves)."""
         name = _name(caller)
         shelf = self.shelves.get(name)
         if shelf is None:
             shelf = self.shelves[name] = _Shelf(caller)
-        shelf.room = _room(caller, tokens, answers[-1])
+        shelf.last = answers[-1]
         if len(answers) > 1:
             shelf.ready.extend(answers[1:])
             if shelf.expiry is None:
@@ -109,7 +119,7 @@ class Prefetch:
         """The caller's key met a limit: fetch nothing until a reply shows room again."""
         shelf = self.shelves.get(_name(caller))
         if shelf is not None:
-            shelf.room = 0
+            shelf.last = None
 
     def _expire(self, name: _Name) -> None:
         shelf = self.shelves.pop(name, None)
@@ -132,8 +142,11 @@ class Prefetch:
         self.shelves.clear()
 
 
-def _room(caller: Principal, tokens: int, last: Admission) -> int:
-    """How many more admissions the reply `last` leaves room to fetch (see HEADROOM)."""
+def _room(caller: Principal, tokens: int, last: Admission | None) -> int:
+    """How many more admissions of `tokens` the answer `last` leaves room to fetch (see
+    HEADROOM)."""
+    if last is None:
+        return 0
     room = 1 << 30
     keys, tenants = caller.key_limits, caller.tenant_limits
     for limited, figures, cost in (

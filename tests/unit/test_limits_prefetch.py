@@ -149,7 +149,7 @@ async def test_concurrent_requests_fetch_once(redis: Redis) -> None:
 
 async def test_a_request_needing_more_tokens_than_shelved_asks_redis(redis: Redis) -> None:
     caller = who(BIG)
-    async with control(redis) as admission:
+    async with control(redis, prefetch_ttl_s=3) as admission:
         for _ in range(4):
             await admitted(admission, caller)
         assert shelved(admission) == 2
@@ -158,6 +158,25 @@ async def test_a_request_needing_more_tokens_than_shelved_asks_redis(redis: Redi
         assert bigger is not None
         assert bigger.reserved_tokens > 1000
         assert trips(admission) == before + 1
+        # The next fill reserves what the largest request since the last one did: requests of
+        # both sizes take from it.
+        small = [await admitted(admission, caller) for _ in range(3)]  # 2 shelved, 1 fills
+        assert [s.reserved_tokens for s in small[:2]] == [small[2].reserved_tokens] * 2
+        assert shelved(admission) == 4
+        assert admission.prefetch is not None
+        (shelf,) = admission.prefetch.shelves.values()
+        assert {a.reserved_tokens for a in shelf.ready} == {bigger.reserved_tokens}
+        before = trips(admission)
+        taken = await admission.admit(caller, {**BODY, "max_tokens": 1000})
+        assert taken is not None
+        assert trips(admission) == before
+        # Only small ones since: 3 taken, a fill of 8 (the large one came after the last
+        # fill), 8 taken, then a fill of 16 reserving what the small ones do.
+        for _ in range(3 + 1 + 8 + 1):
+            await admitted(admission, caller)
+        (shelf,) = admission.prefetch.shelves.values()
+        assert {a.reserved_tokens for a in shelf.ready} == {small[2].reserved_tokens}
+        assert shelved(admission) == 16
 
 
 async def test_prefetch_max_zero_fetches_nothing(redis: Redis) -> None:
