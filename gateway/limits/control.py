@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from typing import Any
@@ -145,6 +146,9 @@ class AdmissionControl:
                 self._give_back(caller, [lease for _, lease in requests])
             self._unavailable(failure, exc)
             return None
+        except asyncio.CancelledError:  # its client left: what the call may have charged goes back
+            self._give_back(caller, [lease for _, lease in requests])
+            raise
 
     def _give_back(self, caller: Principal, leases: list[str]) -> None:
         """Release these leases in the background: whatever they charged is returned."""

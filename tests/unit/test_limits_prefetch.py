@@ -213,3 +213,24 @@ async def test_two_replicas_never_admit_more_than_the_limit(redis: Redis) -> Non
     assert limit - 2 * (limit // HEADROOM) <= sum(done) <= limit
     assert sum(done) + left == limit
     assert (await charges(redis, caller))["requests"] == [sum(done), 0]
+
+
+async def test_a_request_cancelled_while_its_call_is_out_is_charged_nothing(redis: Redis) -> None:
+    """A client that leaves while its admission call (its own and one fetched ahead) is out:
+    both ran in Redis, and both are given back."""
+    caller = who(BIG)
+    async with control(redis) as admission:
+        await admitted(admission, caller)  # a first answer shows the room: the next one fetches
+        task = asyncio.create_task(admission.admit(caller, BODY))
+        await asyncio.sleep(0)  # its call is written
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert task.cancelled()
+        assert admission.releases is not None
+        await asyncio.wait_for(admission.releases.drained.wait(), 5)
+        refunded = admission.metrics.registry.get_sample_value(
+            "llmaas_ratelimit_releases_total", {"outcome": "refunded"}
+        )
+        assert shelved(admission) == 0
+    assert refunded == 2  # they had run
+    assert (await charges(redis, caller))["requests"] == [1, 0]
