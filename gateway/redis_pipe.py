@@ -187,14 +187,9 @@ class PipeScript:
             await self.load()
             return await self.pipe.call(*self.command(keys, args))
 
-    async def merged(self, name: Hashable, item: Any, build: Build) -> Any:
-        """As `RedisPipe.merged` (`build` makes this script's EVALSHA, by `command`), loaded
-        again when Redis lost it."""
-        (reply,) = await self.merged_all(name, [item], build)
-        return reply
-
     async def merged_all(self, name: Hashable, items: list[Any], build: Build) -> list[Any]:
-        """As `RedisPipe.merged_all`, loaded again when Redis lost it."""
+        """As `RedisPipe.merged_all` (`build` makes this script's EVALSHA, by `command`), loaded
+        again when Redis lost it."""
         try:
             return await self.pipe.merged_all(name, items, build)
         except NoScriptError:  # Redis restarted or flushed its scripts

@@ -77,19 +77,16 @@ class AdmissionControl:
             tokens = reserved_tokens(body, self.settings.default_max_tokens, context_length)
         prefetch = self.prefetch
         if prefetch is not None:
-            fetched = prefetch.take(caller, tokens)
-            if fetched is not None:
-                self._hold(caller, fetched)
-                return fetched
-        requests = [(tokens, new_lease())]
-        if prefetch is None:
+            taken = prefetch.take(caller, tokens)
+            if taken is not None:
+                self._hold(caller, taken)
+                return taken
+        wanted, each = (0, tokens) if prefetch is None else prefetch.wanted(caller, tokens)
+        requests = [(tokens, new_lease())] + [(each, new_lease()) for _ in range(wanted)]
+        try:
             answers = await self._ask(caller, requests)
-        else:
-            wanted, each = prefetch.wanted(caller, tokens)
-            requests += [(each, new_lease()) for _ in range(wanted)]
-            try:
-                answers = await self._ask(caller, requests)
-            finally:
+        finally:
+            if prefetch is not None:
                 prefetch.arrived(caller, wanted)
         if answers is None:
             return None
