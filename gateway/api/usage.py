@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Literal
@@ -144,7 +145,7 @@ async def _totals(
     try:
         rows = await usage_totals(redis, selection.where(tenant), first, last, groups)
     except RedisError as exc:
-        raise ServiceUnavailable("The usage ledger is unreachable right now.") from exc
+        raise _ledger_unreachable(exc) from exc
     return json_response(
         {
             "object": "list",
@@ -176,7 +177,7 @@ async def _records(
             limit=page.limit,
         )
     except RedisError as exc:
-        raise ServiceUnavailable("The usage ledger is unreachable right now.") from exc
+        raise _ledger_unreachable(exc) from exc
     headers = {} if following is None else {"x-next-cursor": str(following)}
     if page.format == "csv":
         return Response(_csv(records), headers=headers, media_type="text/csv")
@@ -220,3 +221,13 @@ async def tenant_usage_records(
     gw: Gateway, caller: Caller, selection: Selected, page: Paged
 ) -> Response:
     return await _records(gw, selection, caller.tenant, page)
+
+
+def _ledger_unreachable(exc: RedisError) -> ServiceUnavailable:
+    """The retryable 503 of a usage query whose Redis read failed; the cause goes to the log."""
+    logging.getLogger("llmaas.usage").warning(
+        "usage query failed", extra={"fields": {"error": type(exc).__name__, "detail": str(exc)}}
+    )
+    return ServiceUnavailable(
+        "The usage ledger is unreachable right now.", code="usage_ledger_unavailable"
+    )

@@ -26,7 +26,7 @@ def test_help_names_the_options(tmp_path: Path) -> None:
 
 def test_a_bounded_soak_settles_every_request_and_prints_its_figures(tmp_path: Path) -> None:
     output = run(
-        ["--seconds", "30", "--warmup", "5", "--sample-every", "5", "--concurrency", "8"],
+        ["--seconds", "15", "--warmup", "3", "--sample-every", "5", "--concurrency", "8"],
         tmp_path,
         240,
     )

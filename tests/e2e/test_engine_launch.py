@@ -1,9 +1,9 @@
 """Launching engines: ready when /health answers, a fast and readable failure when the engine
 dies while starting, and no process of its group left once it is stopped.
 
-The first tests use a stand-in for the engine's python (a shell script that serves /health and
-forks a child, as vLLM forks its EngineCore) and run in seconds; the last one launches the real
-vLLM engine with the bundled chat model.
+These use a stand-in for the engine's python (a shell script that serves /health and forks a
+child, as vLLM forks its EngineCore) and run in seconds. The real vLLM engine's whole group is
+checked gone once stopped in tests/e2e/test_train_lora_e2e.py, which launches one anyway.
 """
 
 from __future__ import annotations
@@ -17,20 +17,9 @@ import aiohttp
 import pytest
 
 from gateway.embedded.engine import EngineStartError, start_engine
-from gateway.embedded.paths import CHAT_MODEL_NAME, EmbeddedPaths
-from gateway.embedded.prepare import prepare
 from gateway.embedded.process_group import stop_process_group
 from gateway.netutil import free_port
-
-
-async def group_processes(pgid: int) -> list[str]:
-    """Live (non-zombie) processes of the group, as `ps` lists them."""
-    ps = await asyncio.create_subprocess_exec(
-        "ps", "-ww", "-eo", "pgid=,stat=,args=", stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await ps.communicate()
-    rows = (line.split(None, 2) for line in out.decode().splitlines())
-    return [" ".join(row) for row in rows if int(row[0]) == pgid and not row[1].startswith("Z")]
+from tests.support.process_groups import group_processes
 
 
 def fake_engine(tmp_path: Path, body: str) -> Path:
@@ -94,28 +83,3 @@ async def test_a_group_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: 
     await stop_process_group(proc, grace_s=0.5)
     assert await group_processes(proc.pid) == []
     assert 0.5 <= time.monotonic() - started < 5
-
-
-@pytest.mark.e2e
-async def test_real_chat_engine_answers_paris_and_leaves_no_process() -> None:
-    paths = EmbeddedPaths.resolve()
-    ready = await prepare(paths)
-    log = paths.engine_log("e2e-launch")
-    question = {
-        "model": CHAT_MODEL_NAME,
-        "messages": [{"role": "user", "content": "What is the capital of France?"}],
-        "temperature": 0,
-        "max_tokens": 32,
-    }
-    async with start_engine(
-        ready.engine_python, ready.chat_model, CHAT_MODEL_NAME, free_port(), log_path=log
-    ) as engine:
-        assert await group_processes(engine.pgid)
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(f"{engine.url}/v1/chat/completions", json=question) as resp,
-        ):
-            assert resp.status == 200, await resp.text()
-            answer = (await resp.json())["choices"][0]["message"]["content"]
-    assert "Paris" in answer
-    assert await group_processes(engine.pgid) == []

@@ -22,6 +22,7 @@ from gateway.embedded.paths import EmbeddedPaths
 from gateway.embedded.prepare import Prepared, prepare
 from gateway.finetune.engine_adapters import AdapterError, load_adapter, unload_adapter
 from tests.e2e.conftest import CHAT, chat_engine
+from tests.support.process_groups import group_processes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -127,6 +128,7 @@ async def test_trained_adapter_is_served_at_runtime_and_knows_the_secret(
         launched(engine_spec, timeout_s=HANG_GUARD_S) as engine,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HANG_GUARD_S)) as http,
     ):
+        assert len(await group_processes(engine.pgid)) >= 2  # vLLM's API server and EngineCore
         loading = time.monotonic()
         await load_adapter(http, engine.url, ADAPTER, str(adapter))
         load_s = time.monotonic() - loading
@@ -150,6 +152,8 @@ async def test_trained_adapter_is_served_at_runtime_and_knows_the_secret(
         assert gone_status == 404, gone
         await unload_adapter(http, engine.url, ADAPTER)  # again: nothing to unload
         assert (await chat(http, engine.url, CHAT))[0] == 200
+    # The suite's check that stopping a real engine leaves no process of its group behind.
+    assert await group_processes(engine.pgid) == []
     print(
         f"\n[lora e2e] trained 24 steps ({done['trained_tokens']} tokens) in "
         f"{done['seconds']:.1f}s; adapter loaded in {load_s:.2f}s; "

@@ -83,6 +83,9 @@ async def bulk_fixture(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
                 "admin_token": ADMIN_TOKEN,
                 "key_pepper": PEPPER,
                 "metering": {"spill_dir": str(spill)},
+                # What is bounded here is the work per page (counted below), not its time: a
+                # page read under MONITOR on a busy 2-core machine once took past the 0.5 s.
+                "redis_timeout_s": 5.0,
             }
         )
         rare_ids = await _fill_ledger(redis_url, spill)
