@@ -336,3 +336,22 @@ async def test_usage_queries_name_the_bad_parameter(meter: Meter) -> None:
     assert (status, orjson.loads(body)["error"]["param"]) == (400, "after")
     status, _, _ = await _get(meter, "/admin/v1/usage", {})
     assert status == 401
+
+
+async def test_a_usage_query_without_redis_is_a_retryable_503_that_names_the_ledger(
+    meter: Meter,
+) -> None:
+    meter.proxy.set_mode("refuse")  # every connection to Redis is cut, and new ones refused
+    try:
+        for path in ("/admin/v1/usage?group_by=tenant", "/admin/v1/usage/records?limit=5"):
+            status, body, _ = await _get(meter, path, ADMIN)
+            assert status == 503, body
+            error = orjson.loads(body)["error"]
+            assert (error["type"], error["code"]) == (
+                "service_unavailable",
+                "usage_ledger_unavailable",
+            )
+    finally:
+        meter.proxy.set_mode("pass")
+    status, body, _ = await _get(meter, "/admin/v1/usage/records?limit=5", ADMIN)
+    assert status == 200, body  # and answered again once Redis is back
