@@ -19,6 +19,7 @@ USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*(\{(?:[^{}]|\{[^{}]*\})*\})')
 _COUNTS = re.compile(
     rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens|cached_tokens)"\s*:\s*(\d+)'
 )
+_COMPACT_INDEX = re.compile(rb'\{"index":(\d+)')
 _CHOICE_INDEX = re.compile(rb'"choices"\s*:\s*\[\s*\{\s*"index"\s*:\s*(\d+)')
 _NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _COMPACT = b'"usage":{'
@@ -89,16 +90,19 @@ class StreamUsage:
         self.final: bytes | None = None
         self.choices: dict[int, bytes] = {}
 
-    def feed(self, payload: bytes, span: tuple[int, int, int] | None = None) -> None:
-        """Note one payload's usage; `span` is its find_usage() if the caller has it."""
+    def feed(self, payload: bytes, span: tuple[int, int, int] | None = None) -> bool:
+        """Note one payload's usage; `span` is its find_usage() if the caller has it. True for
+        the final usage frame (what is_final_usage tells, found on the way)."""
         span = span or find_usage(payload)
         if span is None:
-            return
+            return False
         usage = payload[span[1] : span[2]]
-        if is_final_usage(payload):
+        index = _choice_of(payload)
+        if index is None:
             self.final = usage
-        else:
-            self.choices[_choice_index(payload)] = usage
+            return True
+        self.choices[index] = usage
+        return False
 
     @property
     def usage(self) -> Usage | None:
@@ -126,14 +130,17 @@ def is_final_usage(payload: bytes) -> bool:
     return _NO_CHOICES.search(payload) is not None
 
 
-def _choice_index(payload: bytes) -> int:
-    at = payload.find(b'"choices":[{"index":')
+def _choice_of(payload: bytes) -> int | None:
+    """The index of the one choice a frame with usage holds; None for the final usage frame,
+    which holds none. Compact JSON (vLLM's) costs one search and one anchored match."""
+    at = payload.find(b'"choices":[')
     if at >= 0:
-        digits = payload[at + 20 : at + 32]
-        end = 0
-        while end < len(digits) and 48 <= digits[end] <= 57:
-            end += 1
-        if end:
-            return int(digits[:end])
+        if payload[at + 11 : at + 12] == b"]":
+            return None
+        found = _COMPACT_INDEX.match(payload, at + 11)
+        if found is not None:
+            return int(found.group(1))
+    elif _NO_CHOICES.search(payload) is not None:
+        return None
     found = _CHOICE_INDEX.search(payload)
     return int(found.group(1)) if found else 0

@@ -21,7 +21,7 @@ from gateway.metering.stream_options import (
     is_finish,
     with_fingerprint,
 )
-from gateway.metering.usage import StreamUsage, Usage, find_usage, is_final_usage
+from gateway.metering.usage import StreamUsage, Usage, find_usage
 from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.normalize import normalize_error, normalize_success, stream_error_status
 from gateway.proxy.outcome import Outcome, outcome_of_failure
@@ -106,17 +106,18 @@ class FrameFilter:
             if data == b"[DONE]":
                 self.finished = True
             return self.release() + transform_frame(frame)
-        self.tap.feed(data, span)
+        final = self.tap.feed(data, span)
         want = self.want
         if want is None or want.everything:
             return transform_frame(frame)
         if want.include_usage:
             return _shown(for_client(data, want, span) or data)
-        return self._without_usage(data, span)
+        return self._without_usage(data, span, final)
 
-    def _without_usage(self, data: bytes, span: tuple[int, int, int]) -> bytes:
-        """A frame for a client that asked for no usage (see the class docstring)."""
-        if is_final_usage(data):
+    def _without_usage(self, data: bytes, span: tuple[int, int, int], final: bool) -> bytes:
+        """A frame for a client that asked for no usage (see the class docstring); `final`:
+        the usage-only frame that ends the stream."""
+        if final:
             found = fingerprint_of(data)
             if found is not None:
                 self.known[self.engine] = found.decode()

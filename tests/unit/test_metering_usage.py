@@ -167,6 +167,20 @@ def test_stream_final_usage_chunk_wins() -> None:
     assert tap.usage == Usage(5, 4, 2)
 
 
+def test_feed_tells_the_final_frame_and_reads_any_index_compact_or_spaced() -> None:
+    tap = StreamUsage(n=1)
+    assert tap.feed(chunk(12, 5, 1)) is False
+    spaced = (
+        b'{"choices": [{"index": 3, "delta": {}}], '
+        b'"usage": {"prompt_tokens": 2, "completion_tokens": 4}}'
+    )
+    assert tap.feed(spaced) is False
+    assert tap.usage == Usage(prompt_tokens=5 + 2, completion_tokens=1 + 4)
+    assert tap.feed(b'{"choices" : [ ], "usage": {"prompt_tokens": 1, "completion_tokens": 9}}')
+    assert tap.usage == Usage(1, 9, 0)
+    assert tap.feed(b"[DONE]") is False
+
+
 def test_stream_without_any_usage_is_none() -> None:
     tap = StreamUsage()
     tap.feed(b'{"id":"x","choices":[{"index":0,"delta":{"content":"usage"}}]}')
