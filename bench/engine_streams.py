@@ -1,10 +1,11 @@
 """Streaming through a real vLLM engine: tokens/s and TTFT straight to it and through the gateway.
 
     .venv/bin/python -m bench.engine_streams [--streams 32] [--max-tokens 64] [--rounds 2]
-                                             [--waves 3] [--seed 0]
+                                             [--waves 3] [--seed 0] [--engine URL]
 
 One vLLM CPU engine (the bundled SmolLM2-135M, prepared by `make engine`; its start takes ~40 s)
-and one gateway in front of it with everything on: Redis, an API key whose rpm, tpm and
+— or, with `--engine URL`, one already serving that model under its bundled name — and one
+gateway in front of it with everything on: Redis, an API key whose rpm, tpm and
 concurrency limits are far too high to refuse, and the usage ledger. `--streams` streaming chat
 completions stay in flight for `--waves` times `--streams` requests per pass (temperature 0,
 `ignore_eos` so every stream is as long as asked). Their lengths average `--max-tokens` and
@@ -59,6 +60,7 @@ class Options:
     rounds: int = 2
     waves: int = 3
     seed: int = 0
+    engine: str | None = None  # an engine already serving the bundled chat model; else one starts
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,13 +263,25 @@ async def accepts_ignore_eos(http: aiohttp.ClientSession, engine: str) -> bool:
 
 
 @asynccontextmanager
-async def engine_and_gateway(tmp: Path) -> AsyncIterator[tuple[Target, Target, Server]]:
-    """The engine and a gateway with limits, a key and the ledger in front of it."""
+async def chat_engine(url: str | None, tmp: Path) -> AsyncIterator[str]:
+    """`url` if given, else a new engine with the bundled chat model (stopped on exit)."""
+    if url is not None:
+        yield url.rstrip("/")
+        return
     ready = await prepare(EmbeddedPaths.resolve())
     spec = EngineSpec(
         ready.engine_python, ready.chat_model, CHAT_MODEL_NAME, free_port(), tmp / "engine.log"
     )
-    async with running_engine(spec) as engine, auth_mode("limits", tmp) as auth:
+    async with running_engine(spec) as engine:
+        yield engine
+
+
+@asynccontextmanager
+async def engine_and_gateway(
+    tmp: Path, engine_url: str | None = None
+) -> AsyncIterator[tuple[Target, Target, Server]]:
+    """The engine and a gateway with limits, a key and the ledger in front of it."""
+    async with chat_engine(engine_url, tmp) as engine, auth_mode("limits", tmp) as auth:
         config = (
             f"access_log: false\nlog_level: warning\n{auth.config}"
             f"metering:\n  spill_dir: {tmp / 'spill'}\n"
@@ -282,7 +296,7 @@ async def measure(options: Options) -> Figures:
     """Start the engine and the gateway, warm both paths, then run the rounds."""
     with tempfile.TemporaryDirectory() as tmp:
         async with (
-            engine_and_gateway(Path(tmp)) as (direct, via, gw),
+            engine_and_gateway(Path(tmp), options.engine) as (direct, via, gw),
             aiohttp.ClientSession(
                 # Under vLLM's (uvicorn's) 5 s, so no kept connection is reused as it closes.
                 connector=aiohttp.TCPConnector(limit=options.streams, keepalive_timeout=4),
@@ -368,8 +382,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="direct+gateway rounds")
     parser.add_argument("--waves", type=int, default=3, help="requests per pass / streams")
     parser.add_argument("--seed", type=int, default=0, help="the lengths' and bootstrap's seed")
+    parser.add_argument(
+        "--engine",
+        metavar="URL",
+        help="an engine already serving the bundled chat model (default: start one)",
+    )
     args = parser.parse_args()
-    options = Options(args.streams, args.max_tokens, args.rounds, args.waves, args.seed)
+    options = Options(
+        args.streams, args.max_tokens, args.rounds, args.waves, args.seed, args.engine
+    )
     print(render(asyncio.run(measure(options))), flush=True)
 
 
