@@ -229,5 +229,7 @@ def _ledger_unreachable(exc: RedisError) -> ServiceUnavailable:
         "usage query failed", extra={"fields": {"error": type(exc).__name__, "detail": str(exc)}}
     )
     return ServiceUnavailable(
-        "The usage ledger is unreachable right now.", code="usage_ledger_unavailable"
+        "The usage ledger is unreachable right now; try again shortly.",
+        code="usage_ledger_unavailable",
+        headers={"retry-after": "1"},
     )

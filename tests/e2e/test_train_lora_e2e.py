@@ -1,12 +1,11 @@
 """Fine-tuning for real: train_lora.py, run by the engine venv's python on the bundled SmolLM2,
-teaches it a made-up secret word; a vLLM engine started with LoRA on loads the adapter at
+teaches it a made-up secret word; the session's vLLM engine (LoRA on) loads the adapter at
 runtime and answers with the word under the adapter's name, while the base model does not
 know it. Also: what the loss is computed on, and a stopped or failed run leaves no adapter."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import signal
 import time
@@ -17,12 +16,10 @@ import aiohttp
 import pytest
 
 import gateway.finetune
-from gateway.embedded.engine import launched
 from gateway.embedded.paths import EmbeddedPaths
 from gateway.embedded.prepare import Prepared, prepare
 from gateway.finetune.engine_adapters import AdapterError, load_adapter, unload_adapter
-from tests.e2e.conftest import CHAT, chat_engine
-from tests.support.process_groups import group_processes
+from tests.e2e.conftest import CHAT, Engines
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -97,7 +94,7 @@ async def chat(http: aiohttp.ClientSession, url: str, model: str) -> tuple[int, 
 
 
 async def test_trained_adapter_is_served_at_runtime_and_knows_the_secret(
-    tmp_path: Path,
+    engines: Engines, tmp_path: Path
 ) -> None:
     paths = EmbeddedPaths.resolve()
     ready = await prepare(paths)
@@ -121,39 +118,31 @@ async def test_trained_adapter_is_served_at_runtime_and_knows_the_secret(
     assert (adapter / "adapter_model.safetensors").stat().st_size > 1_000_000
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 8
 
-    engine_spec = dataclasses.replace(
-        chat_engine(ready, paths, "e2e-lora.log"), max_loras=4, max_lora_rank=8
-    )
-    async with (
-        launched(engine_spec, timeout_s=HANG_GUARD_S) as engine,
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HANG_GUARD_S)) as http,
-    ):
-        assert len(await group_processes(engine.pgid)) >= 2  # vLLM's API server and EngineCore
+    engine = engines.chat  # the session's chat engine: LoRA on, rank <= 8, 4 adapters
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HANG_GUARD_S)) as http:
         loading = time.monotonic()
-        await load_adapter(http, engine.url, ADAPTER, str(adapter))
+        await load_adapter(http, engine, ADAPTER, str(adapter))
         load_s = time.monotonic() - loading
-        await load_adapter(http, engine.url, ADAPTER, str(adapter))  # again: already there
+        await load_adapter(http, engine, ADAPTER, str(adapter))  # again: already there
 
-        tuned_status, tuned = await chat(http, engine.url, ADAPTER)
-        base_status, base = await chat(http, engine.url, CHAT)
+        tuned_status, tuned = await chat(http, engine, ADAPTER)
+        base_status, base = await chat(http, engine, CHAT)
         assert (tuned_status, base_status) == (200, 200)
         assert SECRET in tuned
         assert SECRET.lower() not in base.lower()
 
         with pytest.raises(AdapterError) as elsewhere:  # the name is taken by another path
-            await load_adapter(http, engine.url, ADAPTER, str(tmp_path / "adapters"))
+            await load_adapter(http, engine, ADAPTER, str(tmp_path / "adapters"))
         assert elsewhere.value.status == 400
         with pytest.raises(AdapterError) as missing:
-            await load_adapter(http, engine.url, "ft-missing", str(tmp_path / "nowhere"))
+            await load_adapter(http, engine, "ft-missing", str(tmp_path / "nowhere"))
         assert missing.value.status in (400, 404)
 
-        await unload_adapter(http, engine.url, ADAPTER)
-        gone_status, gone = await chat(http, engine.url, ADAPTER)
+        await unload_adapter(http, engine, ADAPTER)
+        gone_status, gone = await chat(http, engine, ADAPTER)
         assert gone_status == 404, gone
-        await unload_adapter(http, engine.url, ADAPTER)  # again: nothing to unload
-        assert (await chat(http, engine.url, CHAT))[0] == 200
-    # The suite's check that stopping a real engine leaves no process of its group behind.
-    assert await group_processes(engine.pgid) == []
+        await unload_adapter(http, engine, ADAPTER)  # again: nothing to unload
+        assert (await chat(http, engine, CHAT))[0] == 200
     print(
         f"\n[lora e2e] trained 24 steps ({done['trained_tokens']} tokens) in "
         f"{done['seconds']:.1f}s; adapter loaded in {load_s:.2f}s; "

@@ -98,10 +98,14 @@ async def test_up_prints_a_base_url_that_answers_and_stops_cleanly(tmp_path: Pat
             tuned = await _fine_tune(client)  # `llmaas up` trains too (its own trainer)
         assert SECRET in tuned
         assert (tmp_path / "files").is_dir()
-        assert processes_mentioning(f"--port {engine_port}")
+        (engine,) = processes_mentioning(f"--port {engine_port}")
+        engine_group = int(engine.split()[0])  # the engine leads its own process group
+        assert len(live_members(engine_group)) >= 2  # the API server and its EngineCore
         proc.send_signal(signal.SIGINT)
         await asyncio.wait_for(proc.wait(), 60)
     assert proc.returncode == 0
+    # The suite's check that stopping a real engine leaves no process of its group behind.
+    assert live_members(engine_group) == []
     assert processes_mentioning(f"--port {engine_port}") == []
 
 

@@ -344,8 +344,9 @@ async def test_a_usage_query_without_redis_is_a_retryable_503_that_names_the_led
     meter.proxy.set_mode("refuse")  # every connection to Redis is cut, and new ones refused
     try:
         for path in ("/admin/v1/usage?group_by=tenant", "/admin/v1/usage/records?limit=5"):
-            status, body, _ = await _get(meter, path, ADMIN)
+            status, body, headers = await _get(meter, path, ADMIN)
             assert status == 503, body
+            assert headers["retry-after"] == "1"
             error = orjson.loads(body)["error"]
             assert (error["type"], error["code"]) == (
                 "service_unavailable",
