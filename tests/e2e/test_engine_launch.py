@@ -3,7 +3,7 @@ dies while starting, and no process of its group left once it is stopped.
 
 These use a stand-in for the engine's python (a shell script that serves /health and forks a
 child, as vLLM forks its EngineCore) and run in seconds. The real vLLM engine's whole group is
-checked gone once stopped in tests/e2e/test_train_lora_e2e.py, which launches one anyway.
+checked gone once stopped in tests/e2e/test_up_e2e.py (`llmaas up`'s clean stop).
 """
 
 from __future__ import annotations
