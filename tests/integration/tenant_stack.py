@@ -14,6 +14,8 @@ import openai
 from redis.asyncio import Redis
 
 from gateway.app import create_app
+from gateway.auth.api_keys import parse_key
+from gateway.auth.authenticate import Authenticator
 from gateway.embedded.redis_server import running_redis
 from gateway.settings import Settings
 from gateway.sim.config import SimConfig
@@ -29,6 +31,7 @@ class TenantStack:
     root: Path  # the stack's own directory (files, spill)
     redis: Redis
     http: aiohttp.ClientSession
+    auth: Authenticator  # the gateway's own, to see what its key cache holds
     clients: list[openai.AsyncOpenAI] = field(default_factory=list)  # closed at the end
 
     async def key(self, tenant: str) -> str:
@@ -49,6 +52,19 @@ class TenantStack:
         """A client with a new key of `tenant`."""
         return self.client(await self.key(tenant))
 
+    async def cache_key(self, client: openai.AsyncOpenAI, tenant: str) -> None:
+        """List files until the client's key and its tenant are in the gateway's cache: a key's
+        creation, its invalidation heard late on a busy machine, leaves a read it overtook
+        uncached (which a test that then stops Redis would meet)."""
+        parsed = parse_key(client.api_key)
+        assert parsed is not None
+        cache = self.auth.cache
+        for _ in range(5):
+            await client.files.list()
+            if cache.keys.get(parsed[0])[0] and cache.tenants.get(tenant)[0]:
+                return
+        raise AssertionError("the key never stayed in the gateway's cache")
+
 
 @asynccontextmanager
 async def tenant_stack(root: Path, **settings: Any) -> AsyncIterator[TenantStack]:
@@ -56,11 +72,10 @@ async def tenant_stack(root: Path, **settings: Any) -> AsyncIterator[TenantStack
     async with running_redis(None) as redis_url, running_sim(SimConfig(models=[MODEL])) as sim:
         values = auth_settings(sim, redis_url, root / "spill").model_dump()
         values.update(settings)
-        async with (
-            serve_asgi(create_app(Settings.model_validate(values))) as gateway,
-            aiohttp.ClientSession() as http,
-        ):
-            stack = TenantStack(gateway, root, Redis.from_url(redis_url), http)
+        app = create_app(Settings.model_validate(values))
+        async with serve_asgi(app) as gateway, aiohttp.ClientSession() as http:
+            redis = Redis.from_url(redis_url)
+            stack = TenantStack(gateway, root, redis, http, app.state.gateway.auth)
             try:
                 yield stack
             finally:
