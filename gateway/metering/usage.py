@@ -92,7 +92,7 @@ class StreamUsage:
 
     def feed(self, payload: bytes, span: tuple[int, int, int] | None = None) -> bool:
         """Note one payload's usage; `span` is its find_usage() if the caller has it. True for
-        the final usage frame (what is_final_usage tells, found on the way)."""
+        the final usage frame (is_final_usage's answer, found on the way)."""
         span = span or find_usage(payload)
         if span is None:
             return False
@@ -123,11 +123,7 @@ class StreamUsage:
 
 def is_final_usage(payload: bytes) -> bool:
     """The usage-only frame that ends a stream with include_usage (no choices, usage)."""
-    if b'"usage"' not in payload:
-        return False
-    if b'"choices":[' in payload:  # compact JSON, as vLLM sends it
-        return b'"choices":[]' in payload
-    return _NO_CHOICES.search(payload) is not None
+    return b'"usage"' in payload and _choice_of(payload) is None
 
 
 def _choice_of(payload: bytes) -> int | None:
