@@ -19,7 +19,16 @@ import pytest
 from gateway.embedded.engine import EngineStartError, start_engine
 from gateway.embedded.process_group import stop_process_group
 from gateway.netutil import free_port
-from tests.support.process_groups import group_processes
+
+
+async def group_processes(pgid: int) -> list[str]:
+    """Live (non-zombie) processes of the group, as `ps` lists them."""
+    ps = await asyncio.create_subprocess_exec(
+        "ps", "-ww", "-eo", "pgid=,stat=,args=", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await ps.communicate()
+    rows = (line.split(None, 2) for line in out.decode().splitlines())
+    return [" ".join(row) for row in rows if int(row[0]) == pgid and not row[1].startswith("Z")]
 
 
 def fake_engine(tmp_path: Path, body: str) -> Path:
