@@ -22,6 +22,7 @@ from gateway.sim.config import SimConfig
 from tests.integration.conftest import MODEL, auth_settings
 from tests.integration.sim_fixture import running_sim
 from tests.support.gateways import admin_request
+from tests.support.key_cache import request_until_cached
 from tests.support.servers import serve_asgi
 
 
@@ -53,17 +54,10 @@ class TenantStack:
         return self.client(await self.key(tenant))
 
     async def cache_key(self, client: openai.AsyncOpenAI, tenant: str) -> None:
-        """List files until the client's key and its tenant are in the gateway's cache: a key's
-        creation, its invalidation heard late on a busy machine, leaves a read it overtook
-        uncached (which a test that then stops Redis would meet)."""
+        """List files until the client's key and its tenant are in the gateway's cache."""
         parsed = parse_key(client.api_key)
         assert parsed is not None
-        cache = self.auth.cache
-        for _ in range(5):
-            await client.files.list()
-            if cache.keys.get(parsed[0])[0] and cache.tenants.get(tenant)[0]:
-                return
-        raise AssertionError("the key never stayed in the gateway's cache")
+        await request_until_cached(self.auth, parsed[0], tenant, client.files.list)
 
 
 @asynccontextmanager

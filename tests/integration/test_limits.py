@@ -20,6 +20,7 @@ from gateway.limits.estimate import reserved_tokens
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import ADMIN, MODEL, OTHER, AuthStack, auth_settings
 from tests.integration.sim_fixture import running_sim
+from tests.support.key_cache import request_until_cached
 from tests.support.servers import serve_asgi
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -170,10 +171,12 @@ async def test_redis_down_follows_the_failure_mode(mode: str, status: int, tmp_p
         settings = auth_settings(sim, redis_url, tmp_path / "spill").model_copy(deep=True)
         settings.limits.failure_mode = mode  # type: ignore[assignment]
         settings.redis_timeout_s = 0.2
+        # Every request asks Redis: with admissions fetched ahead, one taken from the shelf
+        # after Redis went away would be served whatever the failure mode.
+        settings.limits.prefetch_max = 0
         try:
             app = create_app(settings)
             async with serve_asgi(app) as gw, aiohttp.ClientSession() as http:
-                cache = app.state.gateway.auth.cache
                 # The key cache empties once the invalidation feed is confirmed: on a busy
                 # machine that came after the request meant to cache the key (a 503 from the
                 # key check, not the limiter, once Redis was down).
@@ -187,12 +190,12 @@ async def test_redis_down_follows_the_failure_mode(mode: str, status: int, tmp_p
                 headers = {"authorization": f"Bearer {created['key']}"}
                 body = {"model": MODEL, "messages": HELLO}
                 url = f"{gw}/v1/chat/completions"
-                # Until the key stays cached: a read overtaken by an invalidation (the key's
-                # own creation, delivered late on a busy machine) is rightly not kept.
-                async with asyncio.timeout(10):
-                    while not (cache.keys.get(created["id"])[0] and cache.tenants.get("f")[0]):
-                        async with http.post(url, json=body, headers=headers) as resp:
-                            assert resp.status == 200
+
+                async def served() -> None:
+                    async with http.post(url, json=body, headers=headers) as resp:
+                        assert resp.status == 200
+
+                await request_until_cached(app.state.gateway.auth, created["id"], "f", served)
                 await redis_cm.__aexit__(None, None, None)
                 async with asyncio.timeout(5), http.post(url, json=body, headers=headers) as resp:
                     assert resp.status == status

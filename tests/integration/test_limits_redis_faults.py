@@ -21,6 +21,7 @@ from gateway.limits.limiter import scope_keys
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import ADMIN, MODEL, auth_settings
 from tests.integration.sim_fixture import running_sim
+from tests.support.key_cache import request_until_cached
 from tests.support.redis_control import RedisProxy, RestartableRedis, redis_proxy
 from tests.support.servers import serve_asgi
 
@@ -42,14 +43,12 @@ class Faulty:
     auth: Authenticator  # the gateway's own, to see what its key cache holds
 
     async def complete_with_the_key_cached(self) -> None:
-        """Requests until the key and its tenant are in the gateway's cache: an admin write's
-        invalidation, heard late on a busy machine, leaves a read it overtook uncached."""
-        tenant = self.auth.cache.tenants
-        for _ in range(5):
+        """Completions (each 200) until the key and its tenant are in the gateway's cache."""
+
+        async def served() -> None:
             assert (await self.complete())[0] == 200
-            if self.auth.cache.keys.get(self.key_id)[0] and tenant.get(TENANT)[0]:
-                return
-        raise AssertionError("the key never stayed in the gateway's cache")
+
+        await request_until_cached(self.auth, self.key_id, TENANT, served)
 
     async def complete(self) -> tuple[int, Any, float]:
         started = time.monotonic()
