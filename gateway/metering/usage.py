@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*(\{(?:[^{}]|\{[^{}]*\})*\})')
 _COUNTS = re.compile(
@@ -45,6 +46,22 @@ def parse_usage(obj: bytes) -> Usage:
         counts.get(b"completion_tokens", counts.get(b"output_tokens", 0)),
         counts.get(b"cached_tokens", 0),
     )
+
+
+def json_usage(obj: dict[str, Any]) -> Usage:
+    """A usage object already loaded from JSON (the collected path loads every chunk) as
+    Usage: the same counts parse_usage reads from its bytes."""
+    details = obj.get("prompt_tokens_details") or obj.get("input_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(
+        obj.get("prompt_tokens", obj.get("input_tokens")) or 0,
+        obj.get("completion_tokens", obj.get("output_tokens")) or 0,
+        cached or 0,
+    )
+
+
+def _as_usage(raw: bytes | dict[str, Any]) -> Usage:
+    return parse_usage(raw) if isinstance(raw, bytes) else json_usage(raw)
 
 
 def find_usage(payload: bytes) -> tuple[int, int, int] | None:
@@ -86,9 +103,10 @@ class StreamUsage:
 
     def __init__(self, n: int = 1) -> None:
         self.n = max(1, n)
-        # Raw usage objects, parsed only when asked: a frame costs a slice, not a parse.
-        self.final: bytes | None = None
-        self.choices: dict[int, bytes] = {}
+        # Usage objects as found (bytes of a relayed frame, or a collected chunk's loaded
+        # object), turned into Usage only when asked: a frame costs a slice, not a parse.
+        self.final: bytes | dict[str, Any] | None = None
+        self.choices: dict[int, bytes | dict[str, Any]] = {}
 
     def feed(self, payload: bytes, span: tuple[int, int, int] | None = None) -> bool:
         """Note one payload's usage; `span` is its find_usage() if the caller has it. True for
@@ -104,13 +122,24 @@ class StreamUsage:
         self.choices[index] = usage
         return False
 
+    def feed_chunk(self, chunk: dict[str, Any]) -> None:
+        """Note the usage of a chunk already loaded from JSON: the same reading as feed()."""
+        usage = chunk.get("usage")
+        if not isinstance(usage, dict):
+            return
+        choices = chunk.get("choices")
+        if not choices:
+            self.final = usage
+        elif isinstance(choices, list) and isinstance(choices[0], dict):
+            self.choices[choices[0].get("index", 0)] = usage
+
     @property
     def usage(self) -> Usage | None:
         if self.final is not None:
-            return parse_usage(self.final)
+            return _as_usage(self.final)
         if not self.choices:
             return None
-        parsed = {index: parse_usage(raw) for index, raw in self.choices.items()}
+        parsed = {index: _as_usage(raw) for index, raw in self.choices.items()}
         prompts: dict[int, Usage] = {}
         for index, usage in parsed.items():
             prompts.setdefault(index // self.n, usage)

@@ -224,6 +224,27 @@ def test_cut_completions_stream_two_prompts_n1_sums_prompts() -> None:
     assert tap.usage == Usage(prompt_tokens=13, completion_tokens=3)
 
 
+def test_loaded_chunks_are_read_as_their_bytes_are() -> None:
+    # The collected path loads every chunk anyway and feeds the loaded objects.
+    frames = [text_chunk(0, 4, 1), text_chunk(1, 4, 2), text_chunk(2, 9, 3), text_chunk(0, 4, 5)]
+    frames += [b'{"id":"x","choices":[{"index":3,"text":"x"}]}']  # no usage: nothing noted
+    by_bytes, by_json = StreamUsage(n=2), StreamUsage(n=2)
+    for frame in frames:
+        by_bytes.feed(frame)
+        by_json.feed_chunk(orjson.loads(frame))
+    assert by_json.usage == by_bytes.usage == Usage(prompt_tokens=13, completion_tokens=10)
+    by_bytes.feed(FINAL)
+    by_json.feed_chunk(orjson.loads(FINAL))
+    assert by_json.usage == by_bytes.usage == Usage(5, 4, 2)
+
+
+def test_a_loaded_responses_usage_reads_input_and_output_tokens() -> None:
+    tap = StreamUsage()
+    usage = {"input_tokens": 6, "output_tokens": 3, "input_tokens_details": {"cached_tokens": 2}}
+    tap.feed_chunk({"choices": [], "usage": usage})
+    assert tap.usage == Usage(6, 3, 2)
+
+
 def test_n_below_one_is_treated_as_one() -> None:
     tap = StreamUsage(n=0)
     tap.feed(text_chunk(0, 4, 1))
