@@ -82,7 +82,7 @@ def engine_goals(figures: engine_streams.Figures) -> list[Goal]:
             ratio >= 0.97,
         ),
         Goal(
-            "added TTFT p50 on vLLM (mixed passes)",
+            "added TTFT p50 on vLLM (paired streams)",
             "<= 2 ms",
             f"{added:.1f} ms (95%: {low:.1f} to {high:.1f})",
             ttft_met,

@@ -16,11 +16,15 @@ lock-step waves whose every start waits for one batched prefill.
 Each round has three passes:
 - **direct** and **gateway** alone, in turn, for tokens/s: completion tokens (from the
   streams' usage) over the pass's wall time. Drift on a shared machine hits both alike.
-- **mixed**: both sides at once, every client alternating direct and gateway, twice the
-  requests; for TTFT (sending to the first frame with content). Both sides' streams meet the
-  same engine steps, so the difference of their TTFTs is the gateway's, not the pass's luck
-  (whole-pass TTFTs swing by hundreds of ms between passes); a 95% interval (bootstrap) is
-  printed with it.
+- **paired**: both sides at once, for TTFT (sending to the first frame with content): every
+  request goes to the engine directly and through the gateway at the same moment (which of
+  the two is sent first alternates), `--streams` / 2 pairs in flight. The two streams of a pair
+  reach the engine within the gateway's own delay of each other, so they nearly always join
+  the same engine step and get their first token from it together: the difference of a
+  pair's TTFTs is what the gateway adds, not the luck of when the request landed (a TTFT
+  moves by a whole engine step, ~100 ms, with that; whole-pass TTFTs by hundreds of ms between
+  passes). The added TTFT is the median of those differences, with a 95% interval
+  (bootstrap over the pairs).
 The gateway's CPU seconds in each pass are printed too (what it takes from the engine's cores).
 """
 
@@ -47,7 +51,7 @@ from gateway.embedded.prepare import prepare
 from gateway.netutil import free_port
 
 SIDES = ("direct", "gateway")
-MIXED = "mixed"
+PAIRED = "paired"
 BOOTSTRAP_DRAWS = 2000
 PROMPT = "Write a short story about a lighthouse keeper and a storm."
 WARM_TOKENS = 4
@@ -65,17 +69,17 @@ class Options:
 
 @dataclass(frozen=True, slots=True)
 class Pass:
-    """One side's share of one pass: alone (`mixed` False) or alongside the other side."""
+    """One side's share of one pass: alone (`paired` False) or paired with the other side."""
 
     side: str
     round: int
     streams: int  # completed with [DONE]
     errors: int
     tokens: int
-    seconds: float  # the pass's wall time (a mixed pass's, shared by both sides)
+    seconds: float  # the pass's wall time (a paired pass's, shared by both sides)
     ttft_ms: list[float]
     gateway_cpu_s: float = 0.0  # the gateway process's CPU over the pass
-    mixed: bool = False
+    paired: bool = False
 
     @property
     def tokens_per_s(self) -> float:
@@ -100,7 +104,7 @@ class Side:
 
     @classmethod
     def of(cls, side: str, passes: list[Pass]) -> Side:
-        mine = [p for p in passes if p.side == side and not p.mixed]
+        mine = [p for p in passes if p.side == side and not p.paired]
         ttft = [t for p in mine for t in p.ttft_ms]
         return cls(
             side,
@@ -117,9 +121,10 @@ class Side:
 class Figures:
     options: Options
     ignore_eos: bool
-    passes: list[Pass]  # alone and mixed, in the order run
+    passes: list[Pass]  # alone and paired, in the order run
     direct: Side  # the passes alone
     gateway: Side
+    pairs: list[tuple[float, float]]  # (direct, gateway) TTFT ms of each pair both sides served
 
     @property
     def throughput_ratio(self) -> float:
@@ -128,26 +133,31 @@ class Figures:
     @property
     def round_ratios(self) -> list[float]:
         """Gateway over direct tokens/s within each round: drift between rounds cancels out."""
-        by_round = {(p.side, p.round): p.tokens_per_s for p in self.passes if not p.mixed}
-        rounds = sorted({p.round for p in self.passes if not p.mixed})
+        by_round = {(p.side, p.round): p.tokens_per_s for p in self.passes if not p.paired}
+        rounds = sorted({p.round for p in self.passes if not p.paired})
         return [by_round["gateway", r] / by_round["direct", r] for r in rounds]
 
-    def mixed_ttft_ms(self, side: str) -> list[float]:
-        return [t for p in self.passes if p.mixed and p.side == side for t in p.ttft_ms]
+    def paired_ttft_ms(self, side: str) -> list[float]:
+        return [t for p in self.passes if p.paired and p.side == side for t in p.ttft_ms]
+
+    @property
+    def added_ttft_ms(self) -> list[float]:
+        """Each pair's gateway minus direct TTFT (same engine step for both, nearly always)."""
+        return [gateway - direct for direct, gateway in self.pairs]
 
     @property
     def added_ttft_p50_ms(self) -> float:
-        """Gateway minus direct TTFT p50 in the mixed passes (same engine steps for both)."""
-        return added_p50(self.mixed_ttft_ms("gateway"), self.mixed_ttft_ms("direct"))
+        """The median pair's difference: what the gateway adds to the first token."""
+        return percentile(self.added_ttft_ms, 0.5)
 
     @property
     def added_ttft_p50_interval_ms(self) -> tuple[float, float]:
         """A 95% bootstrap interval around added_ttft_p50_ms (seeded: the same every run)."""
-        gateway, direct = self.mixed_ttft_ms("gateway"), self.mixed_ttft_ms("direct")
+        added = self.added_ttft_ms
         rng = random.Random(self.options.seed)
         draws = sorted(
-            added_p50(rng.choices(gateway, k=len(gateway)), rng.choices(direct, k=len(direct)))
-            for _ in range(BOOTSTRAP_DRAWS if gateway and direct else 0)
+            percentile(rng.choices(added, k=len(added)), 0.5)
+            for _ in range(BOOTSTRAP_DRAWS if added else 0)
         )
         if not draws:
             return float("nan"), float("nan")
@@ -155,7 +165,8 @@ class Figures:
 
     @property
     def added_ttft_p99_ms(self) -> float:
-        gateway, direct = self.mixed_ttft_ms("gateway"), self.mixed_ttft_ms("direct")
+        """Gateway minus direct TTFT p99 over the paired passes."""
+        gateway, direct = self.paired_ttft_ms("gateway"), self.paired_ttft_ms("direct")
         return percentile(gateway, 0.99) - percentile(direct, 0.99)
 
     @property
@@ -165,17 +176,13 @@ class Figures:
 
     @property
     def gateway_cpu_ms_per_1k_tokens(self) -> float:
-        mine = [p for p in self.passes if p.side == "gateway" and not p.mixed]
+        mine = [p for p in self.passes if p.side == "gateway" and not p.paired]
         tokens = sum(p.tokens for p in mine)
         return 1e6 * sum(p.gateway_cpu_s for p in mine) / tokens if tokens else float("nan")
 
     @property
     def errors(self) -> int:
         return sum(p.errors for p in self.passes)
-
-
-def added_p50(gateway: list[float], direct: list[float]) -> float:
-    return percentile(gateway, 0.5) - percentile(direct, 0.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +244,32 @@ async def run_pass(
     return outcomes, time.perf_counter() - started
 
 
+async def run_pairs(
+    http: aiohttp.ClientSession, direct: Target, via: Target, bodies: list[bytes], pairs: int
+) -> tuple[list[tuple[Streamed, Streamed]], float]:
+    """Every body to both sides at the same moment, `pairs` pairs in flight; which side's
+    request is sent first alternates. The (direct, gateway) outcomes and the wall time."""
+    outcomes: list[tuple[Streamed, Streamed]] = []
+    queue = list(reversed(bodies))
+
+    async def one(target: Target, body: bytes) -> Streamed:
+        headers = {"content-type": "application/json", **target.headers}
+        return await stream_chat(http, f"{target.url}/v1/chat/completions", body, headers)
+
+    async def client(i: int) -> None:
+        k = i
+        while queue:
+            body = queue.pop()
+            first, second = (direct, via) if k % 2 == 0 else (via, direct)
+            k += 1
+            a, b = await asyncio.gather(one(first, body), one(second, body))
+            outcomes.append((a, b) if first is direct else (b, a))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(max(1, pairs))))
+    return outcomes, time.perf_counter() - started
+
+
 def summarise(
     side: str,
     round_no: int,
@@ -244,14 +277,14 @@ def summarise(
     seconds: float,
     cpu_s: float,
     *,
-    mixed: bool = False,
+    paired: bool = False,
 ) -> Pass:
     mine = [o for s, o in outcomes if s == side]
     good = [o for o in mine if o.ok]
     tokens = sum(o.completion_tokens or o.content_frames for o in good)
     ttft = [o.ttft_ms for o in good if o.ttft_ms is not None]
     errors = len(mine) - len(good)
-    return Pass(side, round_no, len(good), errors, tokens, seconds, ttft, cpu_s, mixed)
+    return Pass(side, round_no, len(good), errors, tokens, seconds, ttft, cpu_s, paired)
 
 
 async def accepts_ignore_eos(http: aiohttp.ClientSession, engine: str) -> bool:
@@ -312,21 +345,33 @@ async def measure(options: Options) -> Figures:
                     raise RuntimeError(f"warm-up failed at {target.url}: {bad[0]}")
             bodies = [payload(n, ignore_eos) for n in lengths(options)]
             passes: list[Pass] = []
+            pairs: list[tuple[float, float]] = []
 
-            async def one(targets: list[Target], round_no: int, work: list[bytes]) -> None:
+            async def alone(target: Target, round_no: int) -> None:
                 cpu = gw.cpu_seconds()
-                outcomes, seconds = await run_pass(http, targets, work, options.streams)
+                outcomes, seconds = await run_pass(http, [target], bodies, options.streams)
                 cpu = gw.cpu_seconds() - cpu
-                mixed = len(targets) > 1
-                for side in sorted({t.side for t in targets}):
-                    passes.append(summarise(side, round_no, outcomes, seconds, cpu, mixed=mixed))
+                passes.append(summarise(target.side, round_no, outcomes, seconds, cpu))
+
+            async def paired(round_no: int) -> None:
+                cpu = gw.cpu_seconds()
+                both, seconds = await run_pairs(http, direct, via, bodies, options.streams // 2)
+                cpu = gw.cpu_seconds() - cpu
+                outcomes = [(side, o) for pair in both for side, o in zip(SIDES, pair, strict=True)]
+                for side in SIDES:
+                    passes.append(summarise(side, round_no, outcomes, seconds, cpu, paired=True))
+                pairs.extend(
+                    (d.ttft_ms, g.ttft_ms)
+                    for d, g in both
+                    if d.ok and g.ok and d.ttft_ms is not None and g.ttft_ms is not None
+                )
 
             for round_no in range(1, options.rounds + 1):
-                await one([direct], round_no, bodies)
-                await one([via], round_no, bodies)
-                await one([direct, via], round_no, bodies + bodies)
+                await alone(direct, round_no)
+                await alone(via, round_no)
+                await paired(round_no)
     sides = Side.of("direct", passes), Side.of("gateway", passes)
-    return Figures(options, ignore_eos, passes, *sides)
+    return Figures(options, ignore_eos, passes, *sides, pairs)
 
 
 def render(figures: Figures) -> str:
@@ -336,36 +381,37 @@ def render(figures: Figures) -> str:
         f"streams in flight: {o.streams}  max_tokens: {o.max_tokens} (mean; ±{o.max_tokens // 2})"
         f"  waves: {o.waves}  rounds: {o.rounds}  seed: {o.seed}  "
         f"ignore_eos: {str(figures.ignore_eos).lower()}",
-        f"{'side':<8} {'round':>5} {'pass':>5} {'streams':>7} {'errors':>6} {'tokens':>7} "
+        f"{'side':<8} {'round':>5} {'pass':>6} {'streams':>7} {'errors':>6} {'tokens':>7} "
         f"{'seconds':>8} {'tokens/s':>9} {'TTFT p50 ms':>11} {'TTFT p99 ms':>11} "
         f"{'gw CPU s':>8}",
     ]
     for p in figures.passes:
-        rate = "-" if p.mixed else f"{p.tokens_per_s:.1f}"
+        rate = "-" if p.paired else f"{p.tokens_per_s:.1f}"
         lines.append(
-            f"{p.side:<8} {p.round:>5} {MIXED if p.mixed else 'alone':>5} {p.streams:>7} "
+            f"{p.side:<8} {p.round:>5} {PAIRED if p.paired else 'alone':>6} {p.streams:>7} "
             f"{p.errors:>6} {p.tokens:>7} {p.seconds:>8.2f} {rate:>9} "
             f"{percentile(p.ttft_ms, 0.5):>11.1f} {percentile(p.ttft_ms, 0.99):>11.1f} "
             f"{p.gateway_cpu_s:>8.2f}"
         )
     for s in (figures.direct, figures.gateway):
         lines.append(
-            f"{s.side:<8} {'all':>5} {'alone':>5} {s.streams:>7} {s.errors:>6} {s.tokens:>7} "
+            f"{s.side:<8} {'all':>5} {'alone':>6} {s.streams:>7} {s.errors:>6} {s.tokens:>7} "
             f"{s.seconds:>8.2f} {s.tokens_per_s:>9.1f} {s.ttft_p50_ms:>11.1f} "
             f"{s.ttft_p99_ms:>11.1f}"
         )
     for side in SIDES:
-        ttft = figures.mixed_ttft_ms(side)
+        ttft = figures.paired_ttft_ms(side)
         lines.append(
-            f"{side:<8} {'all':>5} {MIXED:>5} {len(ttft):>7} {'':>6} {'':>7} {'':>8} {'':>9} "
+            f"{side:<8} {'all':>5} {PAIRED:>6} {len(ttft):>7} {'':>6} {'':>7} {'':>8} {'':>9} "
             f"{percentile(ttft, 0.5):>11.1f} {percentile(ttft, 0.99):>11.1f}"
         )
     lines += [
         f"tokens/s ratio (gateway/direct): {figures.throughput_ratio:.3f}",
         f"tokens/s ratio per round: {' '.join(f'{r:.3f}' for r in figures.round_ratios)}",
         f"gateway CPU ms per 1k tokens: {figures.gateway_cpu_ms_per_1k_tokens:.1f}",
-        f"added TTFT p50 ms: {figures.added_ttft_p50_ms:.1f}",
-        f"added TTFT p50 ms, 95% interval: {low:.1f} {high:.1f}",
+        f"pairs both sides served: {len(figures.pairs)}",
+        f"added TTFT p50 ms: {figures.added_ttft_p50_ms:.2f}",
+        f"added TTFT p50 ms, 95% interval: {low:.2f} {high:.2f}",
         f"added TTFT p99 ms: {figures.added_ttft_p99_ms:.1f}",
         f"added TTFT p50 ms between passes alone: {figures.separate_added_ttft_p50_ms:.1f}",
         f"errors: {figures.errors}",

@@ -20,8 +20,8 @@ ROW = re.compile(  # a pass alone, or all of a side's passes alone
     r"([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)(?:\s+([0-9.]+))?$",
     re.M,
 )
-MIXED = re.compile(  # a side's share of a mixed pass, or of all of them
-    r"^(direct|gateway)\s+(all|\d+)\s+mixed\s+(\d+)\s+.*?([0-9.]+)\s+([0-9.]+)(?:\s+[0-9.]+)?$",
+PAIRED = re.compile(  # a side's share of a paired pass, or of all of them
+    r"^(direct|gateway)\s+(all|\d+)\s+paired\s+(\d+)\s+.*?([0-9.]+)\s+([0-9.]+)(?:\s+[0-9.]+)?$",
     re.M,
 )
 
@@ -53,16 +53,17 @@ async def test_the_shortest_run_streams_every_token_on_both_sides(
         assert 0 < float(p50) <= float(p99)
     gateway_cpu = float(rows[("gateway", "1")][-1])
     assert gateway_cpu > 0  # the gateway worked during its own pass
-    mixed = {(m.group(1), m.group(2)): m.groups()[2:] for m in MIXED.finditer(output)}
-    assert set(mixed) == {(s, r) for s in ("direct", "gateway") for r in ("1", "all")}
-    for side in ("direct", "gateway"):  # twice the requests, shared: 4 each
-        streams, p50, p99 = mixed[(side, "all")]
+    paired = {(m.group(1), m.group(2)): m.groups()[2:] for m in PAIRED.finditer(output)}
+    assert set(paired) == {(s, r) for s in ("direct", "gateway") for r in ("1", "all")}
+    for side in ("direct", "gateway"):  # every request to both sides: 4 each
+        streams, p50, p99 = paired[(side, "all")]
         assert int(streams) == 4
         assert 0 < float(p50) <= float(p99)
     assert figure(output, "errors") == 0
     assert figure(output, "tokens/s ratio (gateway/direct)") > 0
     assert figure(output, "tokens/s ratio per round") > 0  # one round: one ratio
     assert figure(output, "gateway CPU ms per 1k tokens") > 0
+    assert figure(output, "pairs both sides served") == 4
     added = figure(output, "added TTFT p50 ms")
     low, high = interval(output, "added TTFT p50 ms, 95% interval")
     assert low <= added <= high
