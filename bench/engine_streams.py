@@ -332,7 +332,7 @@ async def measure(options: Options) -> Figures:
             engine_and_gateway(Path(tmp), options.engine) as (direct, via, gw),
             aiohttp.ClientSession(
                 # Under vLLM's (uvicorn's) 5 s, so no kept connection is reused as it closes.
-                connector=aiohttp.TCPConnector(limit=options.streams, keepalive_timeout=4),
+                connector=aiohttp.TCPConnector(limit=max(2, options.streams), keepalive_timeout=4),
                 timeout=aiohttp.ClientTimeout(total=None, sock_read=600),
             ) as http,
         ):

@@ -7,7 +7,8 @@ events); both put cached prompt tokens in a details object as `cached_tokens`.
 Parsing is by regex on the bytes, never a JSON load: with `continuous_usage_stats` every frame
 of a stream carries usage, and a frame costs microseconds only if nothing is deserialised. The
 pattern `"usage":{` cannot occur inside a JSON string (its quotes would be escaped), so a match
-is always the key itself.
+is always the key itself. The one exception is a collected (non-streaming) answer, whose chunks
+are loaded anyway to assemble its body: StreamUsage.feed_chunk reads their loaded usage.
 """
 
 from __future__ import annotations
