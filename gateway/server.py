@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
+import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -102,6 +104,10 @@ class DrainingServer(uvicorn.Server):
         self.grace_s = grace_s
         self.deadline: float | None = None
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        freeze_startup_objects()
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         drain = self.drain()
         if self.deadline is None and drain is not None:
@@ -129,6 +135,19 @@ class DrainingServer(uvicorn.Server):
         left = self.grace_s if self.deadline is None else self.deadline - time.monotonic()
         # uvicorn hands this to asyncio.wait_for, which takes a float (its annotation says int).
         self.config.timeout_graceful_shutdown = max(left, 0.0)  # type: ignore[assignment]
+
+
+def freeze_startup_objects() -> None:
+    """Keep what startup built out of the garbage collector's full passes.
+
+    A full collection walks every object the collector tracks: ~92,000 once the app has
+    started (FastAPI's, pydantic's, the routes and settings), 40-90 ms with the event loop
+    stopped on a 2-core VM, and one runs every few thousand requests. Those objects live as
+    long as the process, so they are collected once (startup's own garbage) and frozen: the
+    full passes then walk only what was made since.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class _DrainingProcess(Process):
