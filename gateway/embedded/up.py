@@ -27,7 +27,7 @@ from gateway.embedded.redis_server import running_redis
 from gateway.finetune.trainer import Trainer
 from gateway.netutil import free_port
 from gateway.redis_client import redis_client
-from gateway.server import started, uvicorn_config
+from gateway.server import freeze_startup_objects, started, uvicorn_config
 from gateway.settings import FilesSettings, FineTuningSettings, ModelRoute, Settings
 
 MAX_LORAS = 4  # adapters an engine batches together (more stay loaded and take turns)
@@ -77,6 +77,7 @@ async def _up(paths: EmbeddedPaths, gateway_port: int, engine_port: int) -> None
         training = asyncio.create_task(Trainer(settings, trainer_redis, "llmaas-up").run())
         stack.push_async_callback(_stopped, training)
         async with started(server) as serving:
+            freeze_startup_objects()  # as `llmaas serve` does (gateway/server.py)
             base = f"http://{settings.host}:{gateway_port}"
             print(banner(base, redis_url, spec, dev_key, settings.admin_token or ""), flush=True)
             await serving
