@@ -220,27 +220,25 @@ def payload(max_tokens: int, ignore_eos: bool) -> bytes:
     return orjson.dumps(body)
 
 
+async def stream_to(http: aiohttp.ClientSession, target: Target, body: bytes) -> Streamed:
+    """One streaming chat completion to `target`, read to its end."""
+    headers = {"content-type": "application/json", **target.headers}
+    return await stream_chat(http, f"{target.url}/v1/chat/completions", body, headers)
+
+
 async def run_pass(
-    http: aiohttp.ClientSession, targets: list[Target], bodies: list[bytes], concurrency: int
-) -> tuple[list[tuple[str, Streamed]], float]:
-    """Every body once, `concurrency` in flight; client `i`'s `k`-th request goes to target
-    `(i + k) % len(targets)` (one target: all of them; two: the sides alternate). The outcomes,
-    each with its side, and the wall time."""
-    outcomes: list[tuple[str, Streamed]] = []
+    http: aiohttp.ClientSession, target: Target, bodies: list[bytes], concurrency: int
+) -> tuple[list[Streamed], float]:
+    """Every body once to `target`, `concurrency` in flight: the outcomes and the wall time."""
+    outcomes: list[Streamed] = []
     queue = list(reversed(bodies))
 
-    async def client(i: int) -> None:
-        k = i
+    async def client() -> None:
         while queue:
-            body = queue.pop()
-            target = targets[k % len(targets)]
-            k += 1
-            url = f"{target.url}/v1/chat/completions"
-            headers = {"content-type": "application/json", **target.headers}
-            outcomes.append((target.side, await stream_chat(http, url, body, headers)))
+            outcomes.append(await stream_to(http, target, queue.pop()))
 
     started = time.perf_counter()
-    await asyncio.gather(*(client(i) for i in range(concurrency)))
+    await asyncio.gather(*(client() for _ in range(concurrency)))
     return outcomes, time.perf_counter() - started
 
 
@@ -252,17 +250,13 @@ async def run_pairs(
     outcomes: list[tuple[Streamed, Streamed]] = []
     queue = list(reversed(bodies))
 
-    async def one(target: Target, body: bytes) -> Streamed:
-        headers = {"content-type": "application/json", **target.headers}
-        return await stream_chat(http, f"{target.url}/v1/chat/completions", body, headers)
-
     async def client(i: int) -> None:
         k = i
         while queue:
             body = queue.pop()
             first, second = (direct, via) if k % 2 == 0 else (via, direct)
             k += 1
-            a, b = await asyncio.gather(one(first, body), one(second, body))
+            a, b = await asyncio.gather(stream_to(http, first, body), stream_to(http, second, body))
             outcomes.append((a, b) if first is direct else (b, a))
 
     started = time.perf_counter()
@@ -273,13 +267,12 @@ async def run_pairs(
 def summarise(
     side: str,
     round_no: int,
-    outcomes: list[tuple[str, Streamed]],
+    mine: list[Streamed],
     seconds: float,
     cpu_s: float,
     *,
     paired: bool = False,
 ) -> Pass:
-    mine = [o for s, o in outcomes if s == side]
     good = [o for o in mine if o.ok]
     tokens = sum(o.completion_tokens or o.content_frames for o in good)
     ttft = [o.ttft_ms for o in good if o.ttft_ms is not None]
@@ -339,8 +332,8 @@ async def measure(options: Options) -> Figures:
             ignore_eos = await accepts_ignore_eos(http, direct.url)
             warm = [payload(WARM_TOKENS, ignore_eos)] * options.streams
             for target in (direct, via):
-                outcomes, _ = await run_pass(http, [target], warm, options.streams)
-                bad = [o for _, o in outcomes if not o.ok]
+                outcomes, _ = await run_pass(http, target, warm, options.streams)
+                bad = [o for o in outcomes if not o.ok]
                 if bad:
                     raise RuntimeError(f"warm-up failed at {target.url}: {bad[0]}")
             bodies = [payload(n, ignore_eos) for n in lengths(options)]
@@ -349,7 +342,7 @@ async def measure(options: Options) -> Figures:
 
             async def alone(target: Target, round_no: int) -> None:
                 cpu = gw.cpu_seconds()
-                outcomes, seconds = await run_pass(http, [target], bodies, options.streams)
+                outcomes, seconds = await run_pass(http, target, bodies, options.streams)
                 cpu = gw.cpu_seconds() - cpu
                 passes.append(summarise(target.side, round_no, outcomes, seconds, cpu))
 
@@ -357,9 +350,11 @@ async def measure(options: Options) -> Figures:
                 cpu = gw.cpu_seconds()
                 both, seconds = await run_pairs(http, direct, via, bodies, options.streams // 2)
                 cpu = gw.cpu_seconds() - cpu
-                outcomes = [(side, o) for pair in both for side, o in zip(SIDES, pair, strict=True)]
-                for side in SIDES:
-                    passes.append(summarise(side, round_no, outcomes, seconds, cpu, paired=True))
+                for side, mine in (
+                    ("direct", [d for d, _ in both]),
+                    ("gateway", [g for _, g in both]),
+                ):
+                    passes.append(summarise(side, round_no, mine, seconds, cpu, paired=True))
                 pairs.extend(
                     (d.ttft_ms, g.ttft_ms)
                     for d, g in both

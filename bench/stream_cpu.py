@@ -57,11 +57,11 @@ async def run_pass(
     http: aiohttp.ClientSession, via: Target, body: bytes, o: Options, requests: int
 ) -> int:
     """`requests` streams, `o.streams` in flight, each read to [DONE]; the frames received."""
-    outcomes, _ = await engine_streams.run_pass(http, [via], [body] * requests, o.streams)
-    failed = [got for _, got in outcomes if not got.ok]
+    outcomes, _ = await engine_streams.run_pass(http, via, [body] * requests, o.streams)
+    failed = [got for got in outcomes if not got.ok]
     if failed:
         raise RuntimeError(f"{len(failed)} streams failed, the first: {failed[0]}")
-    return sum(got.content_frames for _, got in outcomes)
+    return sum(got.content_frames for got in outcomes)
 
 
 async def measure(o: Options) -> list[Pass]:

@@ -141,10 +141,10 @@ def freeze_startup_objects() -> None:
     """Keep what startup built out of the garbage collector's full passes.
 
     A full collection walks every object the collector tracks: ~92,000 once the app has
-    started (FastAPI's, pydantic's, the routes and settings), 40-90 ms with the event loop
-    stopped on a 2-core VM, and one runs every few thousand requests. Those objects live as
-    long as the process, so they are collected once (startup's own garbage) and frozen: the
-    full passes then walk only what was made since.
+    started (FastAPI's, pydantic's, the routes and settings), ~90-130 ms with the event loop
+    stopped on a 2-core VM, and one ran every ~4,000 requests (bench/README.md). Those objects
+    live as long as the process, so they are collected once (startup's own garbage) and
+    frozen: the full passes then walk only what was made since.
     """
     gc.collect()
     gc.freeze()
