@@ -7,15 +7,55 @@ worker then writes its values to files there and /metrics aggregates all of them
 from __future__ import annotations
 
 import os
+from typing import Any, Self
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
+import prometheus_client
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+from prometheus_client.metrics import MetricWrapperBase
+
+
+class _KeptChildren(MetricWrapperBase):
+    """labels() answered from a dict of the children already made: prometheus_client checks
+    the count, turns every value into a string and takes a lock on each call (~1.4 µs here,
+    ~0.2 µs from the dict), and a request makes about six such calls. The children are the
+    ones prometheus_client made and keeps; removing one forgets it here too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._kept: dict[tuple[object, ...], Self] = {}
+
+    def labels(self, *labelvalues: object, **labelkwargs: object) -> Self:
+        child = self._kept.get(labelvalues)
+        if child is None:
+            child = super().labels(*labelvalues, **labelkwargs)
+            if not labelkwargs:
+                self._kept[labelvalues] = child
+        return child
+
+    def remove(self, *labelvalues: Any) -> None:
+        super().remove(*labelvalues)
+        self._kept.clear()  # rare (an engine left): made again on their next use
+
+    def remove_by_labels(self, labels: dict[str, str]) -> None:
+        super().remove_by_labels(labels)
+        self._kept.clear()
+
+    def clear(self) -> None:
+        super().clear()
+        self._kept.clear()
+
+
+class Counter(_KeptChildren, prometheus_client.Counter):
+    pass
+
+
+class Gauge(_KeptChildren, prometheus_client.Gauge):
+    pass
+
+
+class Histogram(_KeptChildren, prometheus_client.Histogram):
+    pass
+
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 

@@ -24,6 +24,7 @@ from gateway.settings import LimitsSettings
 _NONE = Limits()
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 BUSY_FACTOR = 10  # a busy process waits for Redis up to this many timeouts in all
+DEFAULTED_MAX = 10_000  # API-key principals whose limits with defaults are remembered
 
 
 class AdmissionControl:
@@ -45,10 +46,24 @@ class AdmissionControl:
             if self.releases is None or settings.prefetch_max == 0
             else Prefetch(self.releases, metrics, settings.prefetch_max, ttl_s)
         )
+        # id of an API key's principal -> (it, it with defaults): the authenticator hands a key's
+        # requests the same principal while its records are cached, so this is made once.
+        self.defaulted: dict[int, tuple[Principal, Principal]] = {}
         self.log = logging.getLogger("llmaas.limits")
 
     def with_defaults(self, caller: Principal) -> Principal:
         """The caller's limits, with configured defaults where its records set none."""
+        known = self.defaulted.get(id(caller))
+        if known is not None and known[0] is caller:  # held here, so its id is not reused
+            return known[1]
+        defaulted = self._defaulted(caller)
+        if caller.source == "api_key":  # a JWT's principal is made anew for every request
+            if len(self.defaulted) >= DEFAULTED_MAX:
+                self.defaulted.clear()
+            self.defaulted[id(caller)] = (caller, defaulted)
+        return defaulted
+
+    def _defaulted(self, caller: Principal) -> Principal:
         key = _merge(caller.key_limits, self.key_defaults)
         tenant = _merge(caller.tenant_limits, self.tenant_defaults)
         if key == caller.key_limits and tenant == caller.tenant_limits:

@@ -73,13 +73,23 @@ class Admission:
 
     def headers(self) -> dict[str, str]:
         out: dict[str, str] = {}
-        for kind, values in (("requests", self.requests), ("tokens", self.tokens)):
-            if values is not None:
-                limit, remaining, reset = values
-                out[f"x-ratelimit-limit-{kind}"] = str(limit)
-                out[f"x-ratelimit-remaining-{kind}"] = str(max(0, remaining))
-                out[f"x-ratelimit-reset-{kind}"] = duration(reset)
+        if self.requests is not None:
+            _figures(out, _REQUESTS_HEADERS, self.requests)
+        if self.tokens is not None:
+            _figures(out, _TOKENS_HEADERS, self.tokens)
         return out
+
+
+_REQUESTS_HEADERS = tuple(f"x-ratelimit-{f}-requests" for f in ("limit", "remaining", "reset"))
+_TOKENS_HEADERS = tuple(f"x-ratelimit-{f}-tokens" for f in ("limit", "remaining", "reset"))
+
+
+def _figures(out: dict[str, str], names: tuple[str, ...], values: tuple[int, int, float]) -> None:
+    """One kind's x-ratelimit-limit-, -remaining- and -reset- headers (names in that order)."""
+    limit, remaining, reset = values
+    out[names[0]] = str(limit)
+    out[names[1]] = str(remaining) if remaining > 0 else "0"
+    out[names[2]] = duration(reset)
 
 
 def _triple(limit: int | bytes, remaining: int, reset: int) -> tuple[int, int, float] | None:

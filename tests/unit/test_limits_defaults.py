@@ -21,3 +21,22 @@ def test_without_defaults_the_caller_is_unchanged() -> None:
     control = AdmissionControl(None, LimitsSettings(), Metrics())
     caller = Principal(tenant="t", key_id="k", source="api_key")
     assert control.with_defaults(caller) is caller
+
+
+def test_a_keys_principal_is_given_its_defaults_once() -> None:
+    settings = LimitsSettings.model_validate({"key_defaults": {"rpm": 60}})
+    control = AdmissionControl(None, settings, Metrics())
+    caller = Principal(tenant="t", key_id="k", source="api_key")
+    first = control.with_defaults(caller)
+    assert first.key_limits == Limits(rpm=60)
+    assert control.with_defaults(caller) is first  # the authenticator reuses a key's principal
+    other = Principal(tenant="t", key_id="k2", source="api_key", key_limits=Limits(rpm=5))
+    assert control.with_defaults(other).key_limits == Limits(rpm=5)  # its own, not the first's
+
+
+def test_a_jwt_principal_is_not_remembered() -> None:
+    settings = LimitsSettings.model_validate({"key_defaults": {"rpm": 60}})
+    control = AdmissionControl(None, settings, Metrics())
+    caller = Principal(tenant="t", key_id="user", source="jwt")
+    assert control.with_defaults(caller).key_limits == Limits(rpm=60)
+    assert control.defaulted == {}  # made anew for every request: nothing to reuse

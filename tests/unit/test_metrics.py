@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from gateway.metrics import Metrics
+
+
+def _series(metrics: Metrics, line: str) -> bool:
+    return line in metrics.render().decode().splitlines()
+
+
+def test_labels_hands_back_the_same_child_and_counts_in_it() -> None:
+    metrics = Metrics()
+    child = metrics.requests.labels("m", "chat/completions", "200")
+    assert metrics.requests.labels("m", "chat/completions", "200") is child
+    assert metrics.requests.labels(model="m", route="chat/completions", status="200") is child
+    child.inc()
+    metrics.requests.labels("m", "chat/completions", "200").inc(2)
+    line = 'llmaas_requests_total{model="m",route="chat/completions",status="200"} 3.0'
+    assert _series(metrics, line)
+
+
+def test_a_removed_series_starts_again_from_zero() -> None:
+    metrics = Metrics()
+    metrics.inflight.labels("http://e:8000").inc(5)
+    metrics.inflight.remove("http://e:8000")
+    assert not _series(metrics, 'llmaas_inflight_requests{engine="http://e:8000"} 5.0')
+    metrics.inflight.labels("http://e:8000").inc()  # a child of its own, not the removed one
+    assert _series(metrics, 'llmaas_inflight_requests{engine="http://e:8000"} 1.0')
+    metrics.engine_check_failures.labels("http://e:8000", "health").inc()
+    metrics.engine_check_failures.clear()
+    metrics.engine_check_failures.labels("http://e:8000", "health").inc()
+    assert _series(
+        metrics, 'llmaas_engine_check_failures_total{check="health",engine="http://e:8000"} 1.0'
+    )
