@@ -350,11 +350,8 @@ async def measure(options: Options) -> Figures:
                 cpu = gw.cpu_seconds()
                 both, seconds = await run_pairs(http, direct, via, bodies, options.streams // 2)
                 cpu = gw.cpu_seconds() - cpu
-                for side, mine in (
-                    ("direct", [d for d, _ in both]),
-                    ("gateway", [g for _, g in both]),
-                ):
-                    passes.append(summarise(side, round_no, mine, seconds, cpu, paired=True))
+                for target, mine in ((direct, [d for d, _ in both]), (via, [g for _, g in both])):
+                    passes.append(summarise(target.side, round_no, mine, seconds, cpu, paired=True))
                 pairs.extend(
                     (d.ttft_ms, g.ttft_ms)
                     for d, g in both
