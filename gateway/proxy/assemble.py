@@ -69,21 +69,28 @@ class _ChatChoice:
         self.stop: Any = None
 
     def feed(self, choice: Json) -> None:
-        delta = choice.get("delta") or {}
-        if delta.get("role"):
-            self.role = delta["role"]
-        if isinstance(delta.get("content"), str):
-            self.content.append(delta["content"])
-        if isinstance(delta.get("reasoning"), str):
-            self.reasoning.append(delta["reasoning"])
-        for call in delta.get("tool_calls") or ():
-            self._feed_tool(call)
+        delta = choice.get("delta")
+        if delta:
+            role = delta.get("role")
+            if role:
+                self.role = role
+            content = delta.get("content")
+            if isinstance(content, str):
+                self.content.append(content)
+            reasoning = delta.get("reasoning")
+            if isinstance(reasoning, str):
+                self.reasoning.append(reasoning)
+            for call in delta.get("tool_calls") or ():
+                self._feed_tool(call)
         logprobs = choice.get("logprobs")
         if isinstance(logprobs, dict):
             self.logprobs.extend(logprobs.get("content") or ())
-        self.token_ids.extend(choice.get("token_ids") or ())
-        if choice.get("finish_reason") is not None:
-            self.finish = choice["finish_reason"]
+        token_ids = choice.get("token_ids")
+        if token_ids:
+            self.token_ids.extend(token_ids)
+        finish = choice.get("finish_reason")
+        if finish is not None:
+            self.finish = finish
             self.stop = choice.get("stop_reason")
 
     def _feed_tool(self, call: Json) -> None:
@@ -143,8 +150,17 @@ class ChatAssembler(_Common):
             self.prompt_token_ids = chunk["prompt_token_ids"]
         if chunk.get("prompt_text") is not None:
             self.prompt_text = chunk["prompt_text"]
+        choices = self.choices
         for choice in chunk.get("choices") or ():
-            self.choices.setdefault(choice.get("index", 0), _ChatChoice()).feed(choice)
+            index = choice.get("index", 0)
+            found = choices.get(index)
+            if found is None:
+                found = choices[index] = _ChatChoice()
+            found.feed(choice)
+
+    def feed_all(self, chunks: list[Json]) -> None:
+        for chunk in chunks:
+            self.feed(chunk)
 
     def body(self) -> Json:
         choices = [
@@ -217,8 +233,17 @@ class CompletionAssembler(_Common):
 
     def feed(self, chunk: Json) -> None:
         self.feed_common(chunk)
+        choices = self.choices
         for choice in chunk.get("choices") or ():
-            self.choices.setdefault(choice.get("index", 0), _TextChoice()).feed(choice)
+            index = choice.get("index", 0)
+            found = choices.get(index)
+            if found is None:
+                found = choices[index] = _TextChoice()
+            found.feed(choice)
+
+    def feed_all(self, chunks: list[Json]) -> None:
+        for chunk in chunks:
+            self.feed(chunk)
 
     def body(self) -> Json:
         choices = [

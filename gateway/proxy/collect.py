@@ -21,7 +21,7 @@ from gateway.metering.usage import StreamUsage
 from gateway.proxy.assemble import assembler_for
 from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.normalize import normalize_error, normalize_success, stream_error_status
-from gateway.proxy.sse import FrameSplitter, frame_data
+from gateway.proxy.sse import FrameSplitter, data_array, frame_data, split_frames
 from gateway.proxy.upstream import UpstreamBroken, UpstreamResponse
 from gateway.request_context import RequestInfo
 from gateway.routing.engines import Engine
@@ -76,20 +76,17 @@ async def collect_stream(
     assembler = assembler_for(route, request)
     try:
         async for chunk in resp.chunks():
-            payloads = _payloads(splitter.feed(chunk))
-            if not payloads:
+            block = splitter.feed_block(chunk)
+            if not block:
                 continue
-            if info.ttft_ms is None:
+            loaded, error = _chunks_of(block)
+            if info.ttft_ms is None and (loaded or error is not None):
                 info.ttft_ms = (time.perf_counter() - started) * 1000
-            error = next(
-                (i for i, data in enumerate(payloads) if data.startswith(b'{"error"')), None
-            )
-            # Every frame of a read in one load: one call into orjson per read, not per token.
-            for loaded in orjson.loads(b"[" + b",".join(payloads[:error]) + b"]"):
-                tap.feed_chunk(loaded)
-                assembler.feed(loaded)
+            for one in loaded:
+                tap.feed_chunk(one)
+            assembler.feed_all(loaded)
             if error is not None:
-                return _engine_error(payloads[error])
+                return _engine_error(error)
     except UpstreamBroken as broken:
         raise deps.upstream.failure(engine, broken.kind, broken.cause) from broken
     finally:
@@ -98,6 +95,25 @@ async def collect_stream(
         deps.metrics.upstream_errors.labels(engine.url, "stream_cut").inc()
         raise _cut()
     return 200, normalize_success(orjson.dumps(assembler.body()))
+
+
+def _chunks_of(block: bytes) -> tuple[list[Any], bytes | None]:
+    """The chunks a run of complete frames carries, loaded (before an engine's error frame, if
+    it has one), and that error's payload. One call into orjson per read, not per token."""
+    array = data_array(block)
+    if array is not None:
+        try:
+            loaded: list[Any] = orjson.loads(array)
+        except orjson.JSONDecodeError:  # read frame by frame, below: the same answer
+            pass
+        else:
+            if not any("error" in chunk for chunk in loaded if type(chunk) is dict):
+                return loaded, None
+    payloads = _payloads(split_frames(block))
+    error = next((i for i, data in enumerate(payloads) if data.startswith(b'{"error"')), None)
+    kept = payloads[:error]
+    loaded = orjson.loads(b"[" + b",".join(kept) + b"]") if kept else []
+    return loaded, None if error is None else payloads[error]
 
 
 def _payloads(frames: list[bytes]) -> list[bytes]:

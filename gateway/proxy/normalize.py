@@ -33,7 +33,7 @@ _BODY_PLAN: _Plan = {
 
 # A forbidden key followed by null; a body without one is passed on unparsed (stream token
 # frames, which carry only allowed nulls, cost one regex scan).
-_FORBIDDEN_NULL = re.compile(
+FORBIDDEN_NULL = re.compile(
     rb'"(?:system_fingerprint|obfuscation|usage|completion_tokens_details|prompt_tokens_details'
     rb'|tool_calls|function_call|annotations|role)"\s*:\s*null'
 )
@@ -72,7 +72,7 @@ def _strip(node: dict[str, Any], plan: _Plan) -> bool:
 
 def normalize_success(body: bytes) -> bytes:
     """A 2xx JSON body (or one SSE payload) with forbidden nulls removed; else unchanged."""
-    if _FORBIDDEN_NULL.search(body) is None:
+    if FORBIDDEN_NULL.search(body) is None:
         return body
     try:
         data = orjson.loads(body)

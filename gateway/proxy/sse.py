@@ -11,6 +11,8 @@ from gateway.errors import ApiError
 
 DONE_FRAME = b"data: [DONE]\n\n"
 _SEPARATOR = b"\n\n"
+_DATA = b"data: "
+_NEXT_DATA = b"\n\ndata: "
 
 
 class FrameSplitter:
@@ -26,19 +28,50 @@ class FrameSplitter:
         self._pending = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        return split_frames(self.feed_block(chunk))
+
+    def feed_block(self, chunk: bytes) -> bytes:
+        """The complete frames now at hand as one run of bytes (b"" if none): what `feed`
+        splits, for a reader that takes them all at once (data_array)."""
         buf = self._pending + chunk if self._pending else chunk
         if b"\r" in buf:  # the whole buffer: a CRLF may be cut between two chunks
             buf = buf.replace(b"\r\n", b"\n")
         end = buf.rfind(_SEPARATOR)
         if end < 0:
             self._pending = buf
-            return []
+            return b""
         self._pending = buf[end + 2 :]
-        return [frame + _SEPARATOR for frame in buf[:end].split(_SEPARATOR) if frame.strip()]
+        return buf[: end + 2]
 
     @property
     def pending(self) -> bytes:
         return self._pending
+
+
+def split_frames(block: bytes) -> list[bytes]:
+    """A run of complete frames (FrameSplitter.feed_block) as its frames, blank lines left out."""
+    return [frame + _SEPARATOR for frame in block.split(_SEPARATOR) if frame.strip()]
+
+
+def data_array(block: bytes) -> bytes | None:
+    """The payloads of a run of complete frames as one JSON array (`[p1,p2,...]`, a final
+    `[DONE]` left out), made with one replace instead of a split and a slice per frame; None
+    unless every frame is one `data: ` line, and the caller then reads frame by frame. What
+    vLLM sends for chat and completions qualifies.
+
+    Once every blank line followed by `data: ` has become a comma, a newline left anywhere
+    means a frame of another shape (a comment, an `event:` line, a blank line too many). A
+    payload that is not JSON (a `[DONE]` before the end, an empty one) makes the array fail to
+    load: the caller then reads frame by frame too.
+    """
+    if block.endswith(DONE_FRAME):
+        block = block[: -len(DONE_FRAME)]
+        if not block:
+            return b"[]"
+    if not block.startswith(_DATA):
+        return None
+    inner = block[6:-2].replace(_NEXT_DATA, b",")
+    return None if b"\n" in inner else b"[" + inner + b"]"
 
 
 def _data_span(frame: bytes) -> tuple[int, int] | None:

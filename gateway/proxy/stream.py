@@ -8,6 +8,7 @@ unchanged, ending in a terminal event).
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Protocol
 
@@ -23,12 +24,20 @@ from gateway.metering.stream_options import (
 )
 from gateway.metering.usage import StreamUsage, Usage, find_usage
 from gateway.proxy.deps import ProxyDeps
-from gateway.proxy.normalize import normalize_error, normalize_success, stream_error_status
+from gateway.proxy.normalize import (
+    FORBIDDEN_NULL,
+    normalize_error,
+    normalize_success,
+    stream_error_status,
+)
 from gateway.proxy.outcome import Outcome, outcome_of_failure
 from gateway.proxy.sse import DONE_FRAME, FrameSplitter, error_frame, frame_data, with_data
 from gateway.proxy.upstream import UpstreamBroken, UpstreamResponse
 from gateway.request_context import RequestInfo
 from gateway.routing.engines import Engine
+
+_USAGE_MEMBER = b',"usage":{'
+_COMPACT_INDEX = re.compile(rb'\{"index":(\d+)')
 
 _STREAM_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -80,7 +89,7 @@ class FrameFilter:
     stream is held from the first finish frame until the usage frame says it, order kept.
     """
 
-    __slots__ = ("engine", "finished", "held", "known", "tap", "want")
+    __slots__ = ("cut_usage", "engine", "finished", "held", "known", "tap", "want")
 
     def __init__(
         self, want: UsageWanted | None, n: int, engine: str, known: dict[str, str]
@@ -91,6 +100,7 @@ class FrameFilter:
         self.known = known  # engine URL → its system_fingerprint
         self.held: list[bytes] = []  # payloads waiting for the fingerprint, in order
         self.finished = False
+        self.cut_usage = want is not None and not want.continuous  # from every token frame
 
     @property
     def usage(self) -> Usage | None:
@@ -100,6 +110,10 @@ class FrameFilter:
         return error_frame(error) + DONE_FRAME
 
     def __call__(self, frame: bytes) -> bytes:
+        if self.cut_usage and not self.held:
+            token = self._token_frame(frame)
+            if token is not None:
+                return token
         data = frame_data(frame)
         span = None if data is None else find_usage(data)
         if data is None or span is None:
@@ -113,6 +127,35 @@ class FrameFilter:
         if want.include_usage:
             return _shown(for_client(data, want, span) or data)
         return self._without_usage(data, span, final)
+
+    def _token_frame(self, frame: bytes) -> bytes | None:
+        """A token frame as vLLM sends it (`data: {…,"usage":{…}}`, one line, a choice that
+        has not finished) without its usage, noted on the way; None for any other frame, for
+        the general path to read. The same bytes out and the same usage noted as that path,
+        at a third of its CPU: nearly every frame of a stream is one of these, and clients
+        rarely ask for their usage."""
+        end = len(frame) - 4  # where the usage object closes: `}}\n\n` ends the frame
+        at = frame.rfind(_USAGE_MEMBER)
+        if (
+            at < 0
+            or frame.find(b"}", at) != end  # nothing after the usage, nothing nested in it
+            or frame.find(b"{", at + len(_USAGE_MEMBER), end) >= 0
+            or frame[end:] != b"}}\n\n"
+            or frame.find(b"\n") != end + 2
+            or not frame.startswith(b"data: {")
+            or frame.startswith(b'data: {"error"')
+            or is_finish(frame)
+        ):
+            return None
+        choices = frame.find(b'"choices":[')
+        index = None if choices < 0 else _COMPACT_INDEX.match(frame, choices + 11)
+        if index is None:
+            return None
+        shown = frame[:at] + b"}\n\n"
+        if FORBIDDEN_NULL.search(shown) is not None:
+            return None
+        self.tap.choices[int(index.group(1))] = frame[at + len(_USAGE_MEMBER) - 1 : end + 1]
+        return shown
 
     def _without_usage(self, data: bytes, span: tuple[int, int, int], final: bool) -> bytes:
         """A frame for a client that asked for no usage (see the class docstring); `final`:
