@@ -116,7 +116,7 @@ class StreamUsage:
         if span is None:
             return False
         usage = payload[span[1] : span[2]]
-        index = _choice_of(payload)
+        index = choice_of(payload)
         if index is None:
             self.final = usage
             return True
@@ -153,10 +153,10 @@ class StreamUsage:
 
 def is_final_usage(payload: bytes) -> bool:
     """The usage-only frame that ends a stream with include_usage (no choices, usage)."""
-    return b'"usage"' in payload and _choice_of(payload) is None
+    return b'"usage"' in payload and choice_of(payload) is None
 
 
-def _choice_of(payload: bytes) -> int | None:
+def choice_of(payload: bytes) -> int | None:
     """The index of the one choice a frame with usage holds; None for the final usage frame,
     which holds none. Compact JSON (vLLM's) costs one search and one anchored match."""
     at = payload.find(b'"choices":[')

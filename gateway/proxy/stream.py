@@ -8,7 +8,6 @@ unchanged, ending in a terminal event).
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Protocol
 
@@ -22,7 +21,7 @@ from gateway.metering.stream_options import (
     is_finish,
     with_fingerprint,
 )
-from gateway.metering.usage import StreamUsage, Usage, find_usage
+from gateway.metering.usage import StreamUsage, Usage, choice_of, find_usage
 from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.normalize import (
     FORBIDDEN_NULL,
@@ -37,7 +36,6 @@ from gateway.request_context import RequestInfo
 from gateway.routing.engines import Engine
 
 _USAGE_MEMBER = b',"usage":{'
-_COMPACT_INDEX = re.compile(rb'\{"index":(\d+)')
 
 _STREAM_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -147,14 +145,13 @@ class FrameFilter:
             or is_finish(frame)
         ):
             return None
-        choices = frame.find(b'"choices":[')
-        index = None if choices < 0 else _COMPACT_INDEX.match(frame, choices + 11)
-        if index is None:
+        index = choice_of(frame)
+        if index is None:  # the usage frame that ends the stream
             return None
         shown = frame[:at] + b"}\n\n"
         if FORBIDDEN_NULL.search(shown) is not None:
             return None
-        self.tap.choices[int(index.group(1))] = frame[at + len(_USAGE_MEMBER) - 1 : end + 1]
+        self.tap.choices[index] = frame[at + len(_USAGE_MEMBER) - 1 : end + 1]
         return shown
 
     def _without_usage(self, data: bytes, span: tuple[int, int, int], final: bool) -> bytes:
