@@ -12,9 +12,22 @@ tests compare it with vLLM's own non-streaming body, field by field.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 Json = dict[str, Any]
+
+
+_Choice = TypeVar("_Choice")
+
+
+def _of_index(choices: dict[int, _Choice], choice: Json, new: Callable[[], _Choice]) -> _Choice:
+    """The choice a chunk's choice continues (made on its first chunk, and only then)."""
+    index = choice.get("index", 0)
+    found = choices.get(index)
+    if found is None:
+        found = choices[index] = new()
+    return found
 
 
 class _Common:
@@ -150,13 +163,8 @@ class ChatAssembler(_Common):
             self.prompt_token_ids = chunk["prompt_token_ids"]
         if chunk.get("prompt_text") is not None:
             self.prompt_text = chunk["prompt_text"]
-        choices = self.choices
         for choice in chunk.get("choices") or ():
-            index = choice.get("index", 0)
-            found = choices.get(index)
-            if found is None:
-                found = choices[index] = _ChatChoice()
-            found.feed(choice)
+            _of_index(self.choices, choice, _ChatChoice).feed(choice)
 
     def feed_all(self, chunks: list[Json]) -> None:
         for chunk in chunks:
@@ -233,13 +241,8 @@ class CompletionAssembler(_Common):
 
     def feed(self, chunk: Json) -> None:
         self.feed_common(chunk)
-        choices = self.choices
         for choice in chunk.get("choices") or ():
-            index = choice.get("index", 0)
-            found = choices.get(index)
-            if found is None:
-                found = choices[index] = _TextChoice()
-            found.feed(choice)
+            _of_index(self.choices, choice, _TextChoice).feed(choice)
 
     def feed_all(self, chunks: list[Json]) -> None:
         for chunk in chunks:
