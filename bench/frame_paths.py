@@ -30,7 +30,7 @@ import orjson
 from gateway.metering.stream_options import FORCED_USAGE, UsageWanted
 from gateway.metering.usage import StreamUsage
 from gateway.proxy.assemble import assembler_for
-from gateway.proxy.collect import _chunks_of, _payloads
+from gateway.proxy.collect import chunks_of, payloads_of
 from gateway.proxy.normalize import normalize_success
 from gateway.proxy.sse import DONE_FRAME, FrameSplitter, split_frames
 from gateway.proxy.stream import FrameFilter
@@ -60,9 +60,9 @@ def collect(reads: list[bytes], fast: bool) -> bytes:
         if not block:
             continue
         if fast:
-            loaded, _ = _chunks_of(block)
+            loaded, _ = chunks_of(block)
         else:
-            loaded = orjson.loads(b"[" + b",".join(_payloads(split_frames(block))) + b"]")
+            loaded = orjson.loads(b"[" + b",".join(payloads_of(split_frames(block))) + b"]")
         for chunk in loaded:
             tap.feed_chunk(chunk)
         assembler.feed_all(loaded)

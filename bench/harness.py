@@ -224,6 +224,18 @@ async def redis_pid(url: str) -> int:
         await client.aclose()
 
 
+async def redis_cpu_seconds(url: str) -> float:
+    """User + system CPU the Redis server at `url` has used, from its INFO (Redis reads it with
+    getrusage: microseconds, where /proc counts 10 ms clock ticks, more than a short run's
+    worth of Redis work)."""
+    client = Redis.from_url(url)
+    try:
+        cpu = await client.info("cpu")
+    finally:
+        await client.aclose()
+    return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+
+
 def tree_peak_rss_mib(pid: int) -> float:
     """Peak resident memory (VmHWM) summed over `pid` and its live descendants."""
     return sum(_status_kib(one, "VmHWM:") for one in process_tree(pid)) / 1024

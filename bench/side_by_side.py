@@ -44,7 +44,7 @@ from bench.harness import (
     drive,
     gateway,
     machine_busy_seconds,
-    redis_pid,
+    redis_cpu_seconds,
     simulator_server,
     tree_cpu_seconds,
     tree_peak_rss_mib,
@@ -103,7 +103,7 @@ class Target:
     server: Server
     headers: dict[str, str]
     requests: int
-    redis_pid: int | None = None  # the Redis behind the gateway (all on): its CPU is counted too
+    redis_url: str | None = None  # the Redis behind the gateway (all on): its CPU is counted too
 
 
 def counted_call(base: str, stream: bool, headers: dict[str, str], errors: list[str]) -> Call:
@@ -144,16 +144,16 @@ async def measure(target: Target, mode: str, concurrency: int) -> Measured:
         await drive(session, call, warmup(target.requests), concurrency)
         errors.clear()
         cpu_before, others_before = tree_cpu_seconds(target.server.pid), _others()
-        redis_before = _cpu_of(target.redis_pid)
+        redis_before = await _redis_cpu(target.redis_url)
         result = await drive(session, call, target.requests, concurrency)
         cpu = tree_cpu_seconds(target.server.pid) - cpu_before
-        redis = _cpu_of(target.redis_pid)
+        redis = await _redis_cpu(target.redis_url)
     redis_cpu = None if redis is None or redis_before is None else redis - redis_before
     return Measured(result, errors, cpu, _others() - others_before, redis_cpu)
 
 
-def _cpu_of(pid: int | None) -> float | None:
-    return None if pid is None else tree_cpu_seconds(pid)
+async def _redis_cpu(url: str | None) -> float | None:
+    return None if url is None else await redis_cpu_seconds(url)
 
 
 def _others() -> float:
@@ -208,8 +208,7 @@ async def _started(
             auth_mode("limits" if all_on else "none", tmp) as auth,
             gateway(config_for(sim.url, True, auth), tmp) as gw,
         ):
-            redis = None if auth.redis_url is None else await redis_pid(auth.redis_url)
-            yield Target(name, gw, await auth.headers(gw.url), requests, redis)
+            yield Target(name, gw, await auth.headers(gw.url), requests, auth.redis_url)
 
 
 async def run(

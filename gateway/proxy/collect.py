@@ -79,7 +79,7 @@ async def collect_stream(
             block = splitter.feed_block(chunk)
             if not block:
                 continue
-            loaded, error = _chunks_of(block)
+            loaded, error = chunks_of(block)
             if info.ttft_ms is None and (loaded or error is not None):
                 info.ttft_ms = (time.perf_counter() - started) * 1000
             for one in loaded:
@@ -97,7 +97,7 @@ async def collect_stream(
     return 200, normalize_success(orjson.dumps(assembler.body()))
 
 
-def _chunks_of(block: bytes) -> tuple[list[Any], bytes | None]:
+def chunks_of(block: bytes) -> tuple[list[Any], bytes | None]:
     """The chunks a run of complete frames carries, loaded (before an engine's error frame, if
     it has one), and that error's payload. One call into orjson per read, not per token."""
     array = data_array(block)
@@ -109,14 +109,14 @@ def _chunks_of(block: bytes) -> tuple[list[Any], bytes | None]:
         else:
             if not any("error" in chunk for chunk in loaded if type(chunk) is dict):
                 return loaded, None
-    payloads = _payloads(split_frames(block))
+    payloads = payloads_of(split_frames(block))
     error = next((i for i, data in enumerate(payloads) if data.startswith(b'{"error"')), None)
     kept = payloads[:error]
     loaded = orjson.loads(b"[" + b",".join(kept) + b"]") if kept else []
     return loaded, None if error is None else payloads[error]
 
 
-def _payloads(frames: list[bytes]) -> list[bytes]:
+def payloads_of(frames: list[bytes]) -> list[bytes]:
     """The data of the frames that carry a chunk (not comments, not `[DONE]`)."""
     return [data for data in map(frame_data, frames) if data and data != b"[DONE]"]
 

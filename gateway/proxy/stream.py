@@ -109,7 +109,7 @@ class FrameFilter:
 
     def __call__(self, frame: bytes) -> bytes:
         if self.cut_usage and not self.held:
-            token = self._token_frame(frame)
+            token = self.token_frame(frame)
             if token is not None:
                 return token
         data = frame_data(frame)
@@ -126,7 +126,7 @@ class FrameFilter:
             return _shown(for_client(data, want, span) or data)
         return self._without_usage(data, span, final)
 
-    def _token_frame(self, frame: bytes) -> bytes | None:
+    def token_frame(self, frame: bytes) -> bytes | None:
         """A token frame as vLLM sends it (`data: {…,"usage":{…}}`, one line, a choice that
         has not finished) without its usage, noted on the way; None for any other frame, for
         the general path to read. The same bytes out and the same usage noted as that path,

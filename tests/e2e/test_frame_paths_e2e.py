@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from gateway.metering.stream_options import FORCED_USAGE, UsageWanted
-from gateway.proxy.collect import _chunks_of
+from gateway.proxy.collect import chunks_of
 from gateway.proxy.sse import DONE_FRAME, FrameSplitter, data_array
 from gateway.proxy.stream import FrameFilter
 from tests.e2e.conftest import CHAT, E2E
@@ -45,12 +45,12 @@ async def test_vllm_frames_take_the_short_paths(e2e: E2E, route: str, body: Any)
     array = data_array(block)
     assert array is not None, raw[:600]
     assert len(orjson.loads(array)) == len(frames) - 1
-    assert _chunks_of(block)[1] is None
+    assert chunks_of(block)[1] is None
 
     tokens = [f for f in frames if b'"finish_reason":null' in f and b'"usage":{' in f]
     assert len(tokens) >= 10, raw[:600]
     shown = FrameFilter(UsageWanted(False, False), 1, e2e.engines.chat, {})
-    untaken = [f for f in tokens if shown._token_frame(f) is None]
+    untaken = [f for f in tokens if shown.token_frame(f) is None]
     # vLLM puts fields after the usage of a chat stream's first frame (the role): that one
     # frame takes the general path; every token frame takes the short one
     assert len(untaken) <= (route == "chat/completions"), untaken[:2]

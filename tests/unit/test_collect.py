@@ -9,7 +9,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.proxy.collect import _chunks_of
+from gateway.proxy.collect import chunks_of
 from gateway.proxy.sse import DONE_FRAME, FrameSplitter, data_array, frame_data, split_frames
 
 PROPERTY = settings(max_examples=300, database=None)
@@ -36,7 +36,7 @@ def _read(stream: bytes, cuts: list[int]) -> tuple[list[Any], bytes | None]:
         block = splitter.feed_block(stream[start:end])
         if not block:
             continue
-        loaded, error = _chunks_of(block)
+        loaded, error = chunks_of(block)
         chunks += loaded
         if error is not None:
             return chunks, error
@@ -72,19 +72,19 @@ def test_frames_of_another_shape_are_read_one_by_one() -> None:
     ):
         block = _chunk(0) + other + _chunk(1)
         assert data_array(block) is None, other
-        assert _chunks_of(block) == _frame_by_frame([block])
+        assert chunks_of(block) == _frame_by_frame([block])
 
 
 def test_an_error_frame_ends_the_chunks_before_it() -> None:
     error = b'{"error":{"message":"boom","code":500}}'
     block = _chunk(0) + b"data: " + error + b"\n\n" + _chunk(1)
-    assert _chunks_of(block) == ([orjson.loads(_chunk(0)[6:])], error)
+    assert chunks_of(block) == ([orjson.loads(_chunk(0)[6:])], error)
 
 
 def test_a_payload_that_is_not_json_falls_back_to_frame_by_frame() -> None:
     block = _chunk(0) + b"data: \n\n" + DONE_FRAME[:-2] + b"\n\n" + _chunk(1)
     assert data_array(block) is not None  # the array does not load
-    assert _chunks_of(block) == _frame_by_frame([block])
+    assert chunks_of(block) == _frame_by_frame([block])
 
 
 FRAME = st.one_of(
