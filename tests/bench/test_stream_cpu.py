@@ -20,12 +20,13 @@ def test_help_names_the_options(tmp_path: Path) -> None:
 
 
 def test_a_short_run_counts_every_frame_and_the_gateways_cpu(tmp_path: Path) -> None:
-    args = ["--streams", "4", "--tokens", "8", "--requests", "12", "--passes", "2"]
+    # /proc counts CPU in 10 ms ticks: enough frames that a pass takes several of them
+    args = ["--streams", "4", "--tokens", "16", "--requests", "48", "--passes", "2"]
     output = run_module("bench.stream_cpu", [*args, "--itl-ms", "2"], tmp_path, 180)
     rows = ROW.findall(output)
     assert [int(n) for n, *_ in rows] == [1, 2], output
     for _, frames, seconds, cpu, per_frame in rows:
-        assert int(frames) == 12 * 8  # every stream as long as asked (ignore_eos)
+        assert int(frames) == 48 * 16  # every stream as long as asked (ignore_eos)
         assert float(seconds) > 0
         assert float(cpu) > 0
         # CPU is printed to 0.01 s: per frame times frames gives it back to that
