@@ -35,7 +35,7 @@ from gateway.proxy.upstream import UpstreamBroken, UpstreamResponse
 from gateway.request_context import RequestInfo
 from gateway.routing.engines import Engine
 
-_USAGE_MEMBER = b',"usage":{'
+_COMMA = ord(",")
 
 _STREAM_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -130,16 +130,15 @@ class FrameFilter:
         """A token frame as vLLM sends it (`data: {…,"usage":{…}}`, one line, a choice that
         has not finished) without its usage, noted on the way; None for any other frame, for
         the general path to read. The same bytes out and the same usage noted as that path,
-        at a third of its CPU: nearly every frame of a stream is one of these, and clients
-        rarely ask for their usage."""
-        end = len(frame) - 4  # where the usage object closes: `}}\n\n` ends the frame
-        at = frame.rfind(_USAGE_MEMBER)
+        with the same usage span (find_usage), at a third of its CPU: nearly every frame of a
+        stream is one of these, and clients rarely ask for their usage."""
+        span = find_usage(frame)
         if (
-            at < 0
-            or frame.find(b"}", at) != end  # nothing after the usage, nothing nested in it
-            or frame.find(b"{", at + len(_USAGE_MEMBER), end) >= 0
-            or frame[end:] != b"}}\n\n"
-            or frame.find(b"\n") != end + 2
+            span is None
+            or span[2] != len(frame) - 3  # the usage is the frame's last member: `}\n\n` after it
+            or frame[span[0] - 1] != _COMMA
+            or not frame.endswith(b"}\n\n")
+            or frame.find(b"\n") != len(frame) - 2
             or not frame.startswith(b"data: {")
             or frame.startswith(b'data: {"error"')
             or is_finish(frame)
@@ -148,10 +147,10 @@ class FrameFilter:
         index = choice_of(frame)
         if index is None:  # the usage frame that ends the stream
             return None
-        shown = frame[:at] + b"}\n\n"
+        shown = frame[: span[0] - 1] + b"}\n\n"
         if FORBIDDEN_NULL.search(shown) is not None:
             return None
-        self.tap.choices[index] = frame[at + len(_USAGE_MEMBER) - 1 : end + 1]
+        self.tap.choices[index] = frame[span[1] : span[2]]
         return shown
 
     def _without_usage(self, data: bytes, span: tuple[int, int, int], final: bool) -> bytes:

@@ -56,6 +56,9 @@ FRAMES = st.one_of(
     st.just(b'data: {"choices":[{"index":0}], "usage": {"completion_tokens":2}} \n\n'),
     st.just(b'data: {"choices":[{"index":0}],"usage":{"a":{"b":1}}\n\n'),
     st.just(b'data:{"choices":[{"index":0}],"usage":{"completion_tokens":1}}\n\n'),
+    st.just(b'data: {"usage":{"completion_tokens":1}}\n\n'),
+    st.just(b'data: {"choices":[{"index":0}], "usage":{"completion_tokens":2}}\n\n'),
+    st.just(b'data: {"choices":[{"index":0}],"usage":{"completion_tokens":3} \n\n'),
     st.just(b'data: {"x":1}\ndata: {"choices":[{"index":0}],"usage":{"completion_tokens":1}}\n\n'),
     st.just(
         b'data: {"error":{"message":"x","code":500},"choices":[{"index":0}],'
