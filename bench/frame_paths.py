@@ -65,7 +65,7 @@ def collect(reads: list[bytes], fast: bool) -> bytes:
             loaded = orjson.loads(b"[" + b",".join(payloads_of(split_frames(block))) + b"]")
         for chunk in loaded:
             tap.feed_chunk(chunk)
-        assembler.feed_all(loaded)
+            assembler.feed(chunk)
     return normalize_success(orjson.dumps(assembler.body()))
 
 

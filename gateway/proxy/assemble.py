@@ -166,10 +166,6 @@ class ChatAssembler(_Common):
         for choice in chunk.get("choices") or ():
             _of_index(self.choices, choice, _ChatChoice).feed(choice)
 
-    def feed_all(self, chunks: list[Json]) -> None:
-        for chunk in chunks:
-            self.feed(chunk)
-
     def body(self) -> Json:
         choices = [
             c.body(i, self.want_logprobs, self.want_token_ids)
@@ -243,10 +239,6 @@ class CompletionAssembler(_Common):
         self.feed_common(chunk)
         for choice in chunk.get("choices") or ():
             _of_index(self.choices, choice, _TextChoice).feed(choice)
-
-    def feed_all(self, chunks: list[Json]) -> None:
-        for chunk in chunks:
-            self.feed(chunk)
 
     def body(self) -> Json:
         choices = [

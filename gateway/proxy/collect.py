@@ -84,7 +84,7 @@ async def collect_stream(
                 info.ttft_ms = (time.perf_counter() - started) * 1000
             for one in loaded:
                 tap.feed_chunk(one)
-            assembler.feed_all(loaded)
+                assembler.feed(one)
             if error is not None:
                 return _engine_error(error)
     except UpstreamBroken as broken:
