@@ -49,6 +49,7 @@ class AdmissionControl:
         # id of an API key's principal -> (it, it with defaults): the authenticator hands a key's
         # requests the same principal while its records are cached, so this is made once.
         self.defaulted: dict[int, tuple[Principal, Principal]] = {}
+        self.filling: set[asyncio.Task[None]] = set()  # shelves' fills asked for ahead
         self.log = logging.getLogger("llmaas.limits")
 
     def with_defaults(self, caller: Principal) -> Principal:
@@ -95,6 +96,7 @@ class AdmissionControl:
             taken = prefetch.take(caller, tokens)
             if taken is not None:
                 self._hold(caller, taken)
+                self._refill(caller, prefetch)
                 return taken
         wanted, each = (0, tokens) if prefetch is None else prefetch.wanted(caller, tokens)
         requests = [(tokens, new_lease())] + [(each, new_lease()) for _ in range(wanted)]
@@ -114,6 +116,42 @@ class AdmissionControl:
             prefetch.fetched(caller, [answer, *more])
         self._hold(caller, answer)
         return answer
+
+    def _refill(self, caller: Principal, prefetch: Prefetch) -> None:
+        """Ask for the shelf's next fill in the background if a take left it half empty."""
+        count, each = prefetch.ahead(caller)
+        if count:
+            fill = asyncio.create_task(self._fill(caller, prefetch, count, each))
+            self.filling.add(fill)
+            fill.add_done_callback(self.filling.discard)
+
+    async def _fill(self, caller: Principal, prefetch: Prefetch, count: int, each: int) -> None:
+        """Fetch `count` admissions of `each` tokens for the shelf; a fill that fails or is
+        refused in part gives back whatever it may have charged and is not retried (the key's
+        next request that finds the shelf empty asks on its own path, as without a shelf)."""
+        assert self.limiter is not None
+        leases = [new_lease() for _ in range(count)]
+        try:
+            async with Patience(self.timeout_s, self.timeout_s * BUSY_FACTOR):
+                answers = await self.limiter.admit_all(caller, [(each, lease) for lease in leases])
+        except _REDIS_ERRORS:
+            self._give_back(caller, leases)  # releasing one that never ran cancels it
+            return
+        except asyncio.CancelledError:  # closing
+            self._give_back(caller, leases)
+            raise
+        finally:
+            prefetch.arrived(caller, count)
+        admitted: list[Admission] = []
+        for answer in answers:
+            if not isinstance(answer, Admission):
+                break
+            admitted.append(answer)
+        prefetch.fetched_ahead(caller, admitted)
+        if len(admitted) < len(answers):  # near a limit: none fetched until a reply shows room
+            prefetch.refused(caller)
+            refused = answers[len(admitted) :]  # those after a refusal are refused too
+            self._give_back(caller, [a.lease for a in refused if isinstance(a, Admission)])
 
     def _not_admitted(
         self,
@@ -194,6 +232,9 @@ class AdmissionControl:
 
     async def close(self) -> None:
         """Let admissions given up on or not used be released (briefly), then stop trying."""
+        for fill in self.filling:
+            fill.cancel()  # gives back what it may have charged
+        await asyncio.gather(*self.filling, return_exceptions=True)
         if self.prefetch is not None:
             self.prefetch.close()
         if self.renewals is not None:

@@ -22,8 +22,16 @@ What fetching ahead changes, and why it is bounded:
   admission carries are the figures Redis answered for it).
 
 How many: one at first, then twice as many each time the key ran out before the last ones
-expired, up to `max_count`. A key that lets them expire (it slowed down, or stopped) starts
-over: what was left is released and what was learnt about the key is forgotten.
+expired, or half used them up within a quarter of `ttl_s` of their arrival, up to `max_count`.
+A key that lets one expire (it slowed down, or stopped) starts over: what was left is released
+and what was learnt about the key is forgotten.
+
+Refilled before it is empty: the request that takes a shelf down to half its size has the next
+fill asked for in the background (`ahead`, AdmissionControl), so at a steady rate the key's
+requests find one waiting and none of them waits for Redis; only a key that runs out (a burst,
+or its first requests) asks on a request's path. What sits on a shelf stays within
+1/HEADROOM of what remains of the limits: a fill asks for no more than that, less what is
+already there.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from gateway.limits.releases import Releases
 from gateway.metrics import Metrics
 
 HEADROOM = 20  # fetch at most 1/HEADROOM of what remains of a limit
+QUICK = 4  # half a shelf used within ttl_s / QUICK of its fill's arrival: twice as many next
 
 _Name = tuple[str, str, Limits, Limits]
 
@@ -50,7 +59,9 @@ class _Shelf:
     coming: int = 0  # asked for in calls not answered yet
     largest: int = 0  # the most tokens a request of the key reserved since the last fill
     ready: deque[Admission] = field(default_factory=deque)
-    expiry: asyncio.TimerHandle | None = None
+    due: deque[float] = field(default_factory=deque)  # when each of `ready` expires (loop time)
+    filled_at: float | None = None  # when the last fill arrived (loop time)
+    expiry: asyncio.TimerHandle | None = None  # at the oldest one's due time, or earlier
 
 
 def _name(caller: Principal) -> _Name:
@@ -67,15 +78,50 @@ class Prefetch:
         self.expired = metrics.ratelimit_prefetched.labels("expired")
 
     def take(self, caller: Principal, tokens: int) -> Admission | None:
-        """A fetched admission of the caller's key and limits covering `tokens`, if any."""
+        """The oldest fetched admission of the caller's key and limits covering `tokens`, if
+        any."""
         shelf = self.shelves.get(_name(caller))
         if shelf is None:
             return None
         shelf.largest = max(shelf.largest, tokens)
-        if not shelf.ready or shelf.ready[0].reserved_tokens < tokens:
+        if not shelf.ready:
+            if shelf.expiry is not None:  # ran out before they expired: twice as many
+                shelf.size = min(shelf.size * 2, self.max_count)
+                shelf.expiry.cancel()
+                shelf.expiry = None
             return None
+        ready = shelf.ready
+        if ready[0].reserved_tokens >= tokens:  # (the oldest: nearly always)
+            shelf.due.popleft()
+            taken = ready.popleft()
+        else:  # the oldest that covers them: fills reserve what the largest request did
+            index = next((i for i, a in enumerate(ready) if a.reserved_tokens >= tokens), None)
+            if index is None:
+                return None
+            taken = ready[index]
+            del ready[index]
+            del shelf.due[index]
         self.used.inc()
-        return shelf.ready.popleft()
+        return taken
+
+    def ahead(self, caller: Principal) -> tuple[int, int]:
+        """After a `take`: how many to fetch now, in the background, and the tokens each
+        reserves, so that the shelf is refilled before it runs out. (0, 0) while more than half
+        of its size is left or a fill is on its way, or when the last reply leaves no room.
+        Asked for once: `arrived` must follow, `fetched_ahead` on success."""
+        shelf = self.shelves.get(_name(caller))
+        if shelf is None or shelf.coming or 2 * len(shelf.ready) > shelf.size:
+            return 0, 0
+        quick = self.ttl_s / QUICK
+        if shelf.filled_at is not None and _now() - shelf.filled_at < quick:
+            shelf.size = min(shelf.size * 2, self.max_count)
+        each = shelf.largest
+        count = min(shelf.size, _room(caller, each, shelf.last) - len(shelf.ready))
+        if count <= 0:
+            return 0, 0
+        shelf.coming = count
+        shelf.largest = 0
+        return count, each
 
     def wanted(self, caller: Principal, tokens: int) -> tuple[int, int]:
         """How many to fetch with the caller's admission (reserving `tokens`), and the tokens
@@ -86,10 +132,6 @@ class Prefetch:
         shelf = self.shelves.get(_name(caller))
         if shelf is None or shelf.ready or shelf.coming:
             return 0, tokens
-        if shelf.expiry is not None:  # ran out before they expired: twice as many
-            shelf.size = min(shelf.size * 2, self.max_count)
-            shelf.expiry.cancel()
-            shelf.expiry = None
         each = max(tokens, shelf.largest)
         shelf.coming = min(shelf.size, _room(caller, each, shelf.last))
         shelf.largest = 0
@@ -104,16 +146,27 @@ class Prefetch:
     def fetched(self, caller: Principal, answers: list[Admission]) -> None:
         """Redis admitted the caller (`answers[0]`) and what was fetched with it (the rest),
         in order: shelve the rest, keep the last answer (the room it leaves)."""
+        self._shelve(caller, answers[-1], answers[1:])
+
+    def fetched_ahead(self, caller: Principal, answers: list[Admission]) -> None:
+        """Redis admitted these, asked for by `ahead`, in order: shelve them all."""
+        if answers:
+            self._shelve(caller, answers[-1], answers)
+
+    def _shelve(self, caller: Principal, last: Admission, admissions: list[Admission]) -> None:
         name = _name(caller)
         shelf = self.shelves.get(name)
         if shelf is None:
             shelf = self.shelves[name] = _Shelf(caller)
-        shelf.last = answers[-1]
-        if len(answers) > 1:
-            shelf.ready.extend(answers[1:])
-            if shelf.expiry is None:
-                loop = asyncio.get_running_loop()
-                shelf.expiry = loop.call_later(self.ttl_s, self._expire, name)
+        shelf.last = last
+        if not admissions:
+            return
+        loop = asyncio.get_running_loop()
+        shelf.filled_at = now = loop.time()
+        shelf.ready.extend(admissions)
+        shelf.due.extend([now + self.ttl_s] * len(admissions))
+        if shelf.expiry is None:
+            shelf.expiry = loop.call_at(shelf.due[0], self._expire, name)
 
     def refused(self, caller: Principal) -> None:
         """The caller's key met a limit: fetch nothing until a reply shows room again."""
@@ -122,15 +175,26 @@ class Prefetch:
             shelf.last = None
 
     def _expire(self, name: _Name) -> None:
-        shelf = self.shelves.pop(name, None)
-        if shelf is not None:
-            self._release(shelf)
+        """The oldest admission of a shelf is due (or the one it was set for was taken, and
+        the next is not due yet: wait for that one). One not taken in time: the key slowed
+        down or stopped, and starts over."""
+        shelf = self.shelves.get(name)
+        if shelf is None:
+            return
+        shelf.expiry = None
+        loop = asyncio.get_running_loop()
+        if shelf.due and shelf.due[0] > loop.time():
+            shelf.expiry = loop.call_at(shelf.due[0], self._expire, name)
+            return
+        del self.shelves[name]
+        self._release(shelf)
 
     def _release(self, shelf: _Shelf) -> None:
         for admission in shelf.ready:
             self.releases.add(shelf.caller, admission.lease)
         self.expired.inc(len(shelf.ready))
         shelf.ready.clear()
+        shelf.due.clear()
 
     def close(self) -> None:
         """Give back every admission not taken (Releases sends them)."""
@@ -140,6 +204,10 @@ class Prefetch:
                 shelf.expiry = None
             self._release(shelf)
         self.shelves.clear()
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def _room(caller: Principal, tokens: int, last: Admission | None) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.auth.principal import Limits, Principal
 from gateway.errors import RateLimited
@@ -53,16 +54,27 @@ def counted(admission: AdmissionControl, outcome: str) -> float:
     return value or 0.0
 
 
-async def admitted(admission: AdmissionControl, caller: Principal) -> Admission:
-    result = await admission.admit(caller, BODY)
+async def admitted(
+    admission: AdmissionControl, caller: Principal, body: dict[str, Any] = BODY
+) -> Admission:
+    """One request's admission, then the fill it asked for ahead, if any, arrived (as it does
+    between one request and the next when the event loop gets a turn)."""
+    result = await admission.admit(caller, body)
     assert result is not None
+    await filled(admission)
     return result
 
 
+async def filled(admission: AdmissionControl) -> None:
+    await asyncio.gather(*admission.filling)
+
+
 async def test_a_busy_key_skips_redis_and_every_admission_is_charged(redis: Redis) -> None:
-    """64 requests in a row make a handful of calls (1, 2, 4, ... fetched ahead); each has its
-    own lease, the headers count down one by one as Redis answered them, and Redis holds an
-    entry (request log, lease, tokens) for each request and each shelved admission."""
+    """64 requests in a row make a handful of calls, and only the first two wait for one: the
+    2nd fetches 1 ahead, and from then on the request that takes the shelf down to half its
+    size has the next fill asked for in the background (2, 4, 8, ... 32). Each has its own
+    lease, the headers count down one by one as Redis answered them, and Redis holds an entry
+    (request log, lease, tokens) for each request and each shelved admission."""
     caller = who(BIG)
     async with control(redis, prefetch_ttl_s=3) as admission:
         results = [await admitted(admission, caller)]  # (and the script loaded)
@@ -71,14 +83,31 @@ async def test_a_busy_key_skips_redis_and_every_admission_is_charged(redis: Redi
         calls = 1 + trips(admission) - before
         waiting = shelved(admission)
         state = await charges(redis, caller)
-    # Calls at the 1st (none yet), 2nd (1 more), 4th (2), 7th (4), 12th, 21st and 38th (32).
-    assert (calls, waiting) == (7, 70 - 64)
+    # Calls at the 1st (none yet), 2nd (1 more); fills ahead at the 3rd (2), 4th (4), 7th (8),
+    # 13th (16), 25th (32) and 49th (32): 15 of those 94 left when the 64th is through.
+    assert (calls, waiting) == (8, 1 + 2 + 4 + 8 + 16 + 32 + 32 - 62)
+    assert counted(admission, "used") == 62
     assert len({r.lease for r in results}) == 64
     remaining = [r.requests[1] for r in results if r.requests is not None]
     assert remaining == list(range(10**6 - 1, 10**6 - 65, -1))
     assert state["requests"] == [64 + waiting, 0]
     assert state["leases"] == [64 + waiting, 0]
-    assert counted(admission, "used") == 64 - calls
+
+
+async def test_a_shelf_is_refilled_in_the_background_before_it_runs_out(redis: Redis) -> None:
+    """Requests a moment apart (the loop turns between them, as when serving) never find the
+    shelf empty once it is stocked: no request after the first two waits for Redis, and the
+    calls stay a few per hundred requests."""
+    caller = who(BIG)
+    async with control(redis, prefetch_ttl_s=1) as admission:
+        for _ in range(200):
+            result = await admission.admit(caller, BODY)
+            assert result is not None
+            await asyncio.sleep(0.002)  # (a fill's round trip takes a fraction of it)
+        calls = trips(admission)
+    # Asked for on the shelf's last one, as without fills ahead: ~190 of 200 (one in 32 asks).
+    assert counted(admission, "used") >= 200 - 2 - 3
+    assert calls <= 2 + 1 + 14, calls  # the script load, two on the path, fills of <= 32
 
 
 async def test_what_is_not_used_goes_back_when_it_expires(redis: Redis) -> None:
@@ -133,50 +162,61 @@ async def test_a_small_concurrency_limit_is_never_fetched_for(redis: Redis) -> N
 
 
 async def test_concurrent_requests_fetch_once(redis: Redis) -> None:
-    """Sixteen requests meeting an empty shelf at once ask for one fill, not sixteen."""
+    """Sixteen requests at once on a shelf of two: two take them, the first of those asks for
+    one fill (not sixteen), and the others, finding the shelf empty with that fill on its way,
+    ask Redis for themselves alone."""
     caller = who(BIG)
     async with control(redis) as admission:
         await admitted(admission, caller)  # a first reply shows the room
         await admitted(admission, caller)  # fetches 1
-        await admitted(admission, caller)  # takes it
+        await admitted(admission, caller)  # takes it: 2 fetched ahead
+        assert shelved(admission) == 2
         results = await asyncio.gather(*(admitted(admission, caller) for _ in range(16)))
         waiting = shelved(admission)
         state = await charges(redis, caller)
     assert len({r.lease for r in results}) == 16
-    assert waiting <= 2, waiting  # one fill of (at most) twice the last one
+    assert waiting == 4, waiting  # one fill of twice the last one
+    assert counted(admission, "used") == 1 + 2
     assert state["requests"] == [1 + 2 + 16 + waiting, 0]
 
 
 async def test_a_request_needing_more_tokens_than_shelved_asks_redis(redis: Redis) -> None:
+    """A request that reserves more than any shelved admission asks Redis; the next fill
+    reserves what the largest request since the last fill did, so that requests of both sizes
+    take from it; once only small ones came between fills, fills reserve what they do."""
     caller = who(BIG)
+    large_body = {**BODY, "max_tokens": 1000}
     async with control(redis, prefetch_ttl_s=3) as admission:
-        for _ in range(4):
-            await admitted(admission, caller)
-        assert shelved(admission) == 2
+        small = [await admitted(admission, caller) for _ in range(4)]  # 1 + 2 + 4 fetched
+        assert shelved(admission) == 5
         before = trips(admission)
-        bigger = await admission.admit(caller, {**BODY, "max_tokens": 1000})
-        assert bigger is not None
-        assert bigger.reserved_tokens > 1000
+        large = await admitted(admission, caller, large_body)
+        assert large.reserved_tokens > 1000 > small[0].reserved_tokens
         assert trips(admission) == before + 1
-        # The next fill reserves what the largest request since the last one did: requests of
-        # both sizes take from it.
-        small = [await admitted(admission, caller) for _ in range(3)]  # 2 shelved, 1 fills
-        assert [s.reserved_tokens for s in small[:2]] == [small[2].reserved_tokens] * 2
-        assert shelved(admission) == 4
+        assert shelved(admission) == 5
         assert admission.prefetch is not None
         (shelf,) = admission.prefetch.shelves.values()
-        assert {a.reserved_tokens for a in shelf.ready} == {bigger.reserved_tokens}
+
+        def sizes() -> list[int]:
+            return [a.reserved_tokens for a in shelf.ready]
+
+        # Three small ones take three: the third leaves two, half the shelf's size (4), and
+        # the fill it asks for (8) reserves what the large one did.
+        small += [await admitted(admission, caller) for _ in range(3)]
+        assert {s.reserved_tokens for s in small} == {small[0].reserved_tokens}
+        assert sizes() == [small[0].reserved_tokens] * 2 + [large.reserved_tokens] * 8
         before = trips(admission)
-        taken = await admission.admit(caller, {**BODY, "max_tokens": 1000})
-        assert taken is not None
+        taken = await admitted(admission, caller, large_body)  # takes one of those: no trip
         assert trips(admission) == before
-        # Only small ones since: 3 taken, a fill of 8 (the large one came after the last
-        # fill), 8 taken, then a fill of 16 reserving what the small ones do.
-        for _ in range(3 + 1 + 8 + 1):
+        assert taken.reserved_tokens == large.reserved_tokens
+        assert len(sizes()) == 9
+        # Small ones take the oldest: the next fill (at four left: 16) still reserves the
+        # large size (the large one came since the fill before); the one after it (at eight
+        # left: 32) reserves the small size.
+        while shelf.size < 32:
             await admitted(admission, caller)
-        (shelf,) = admission.prefetch.shelves.values()
-        assert {a.reserved_tokens for a in shelf.ready} == {small[2].reserved_tokens}
-        assert shelved(admission) == 16
+        assert sizes()[-32:] == [small[0].reserved_tokens] * 32
+        assert sizes()[:-32] == [large.reserved_tokens] * (len(sizes()) - 32)
 
 
 async def test_prefetch_max_zero_fetches_nothing(redis: Redis) -> None:
@@ -234,3 +274,54 @@ async def test_a_request_cancelled_while_its_call_is_out_is_charged_nothing(redi
         assert shelved(admission) == 0
     assert refunded == 2  # they had run
     assert (await charges(redis, caller))["requests"] == [1, 0]
+
+
+def released(admission: AdmissionControl, outcome: str) -> float:
+    value = admission.metrics.registry.get_sample_value(
+        "llmaas_ratelimit_releases_total", {"outcome": outcome}
+    )
+    return value or 0.0
+
+
+async def test_closing_with_a_fill_on_its_way_gives_it_back(redis: Redis) -> None:
+    """A fill asked for ahead and still out when the process closes: it is cancelled, and
+    whatever it charged goes back with what was shelved."""
+    caller = who(BIG)
+    async with control(redis) as admission:
+        for _ in range(3):
+            await admitted(admission, caller)  # 2 shelved
+        assert await admission.admit(caller, BODY) is not None  # takes one: a fill of 4 asked
+        assert len(admission.filling) == 1
+        await asyncio.sleep(0)  # its call is written
+    assert not admission.filling
+    assert (await charges(redis, caller))["requests"] == [4, 0]
+    assert released(admission, "refunded") + released(admission, "cancelled") == 1 + 4
+
+
+async def test_a_fill_redis_did_not_answer_gives_back_and_serves_on(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fill asked for ahead that fails (Redis went away) raises nothing anywhere: its leases
+    are released (cancelled: they never ran), and the key's next request that finds the shelf
+    empty asks Redis on its own path, as without a shelf."""
+    caller = who(BIG)
+    async with control(redis) as admission:
+        for _ in range(3):
+            await admitted(admission, caller)  # 2 shelved
+        assert admission.limiter is not None
+        real = admission.limiter.admit_all
+
+        async def unreachable(*args: Any) -> Any:
+            raise RedisConnectionError("Connection refused")
+
+        monkeypatch.setattr(admission.limiter, "admit_all", unreachable)
+        await admitted(admission, caller)  # takes one; its fill fails
+        monkeypatch.setattr(admission.limiter, "admit_all", real)
+        assert admission.releases is not None
+        await asyncio.wait_for(admission.releases.drained.wait(), 5)
+        assert released(admission, "cancelled") == 4
+        await admitted(admission, caller)  # takes the last one; a fill (of 8 now) goes out
+        assert shelved(admission) == 8
+        assert counted(admission, "used") == 3
+        state = await charges(redis, caller)
+    assert state["requests"] == [5 + 8, 0]
