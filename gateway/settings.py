@@ -95,7 +95,7 @@ class LimitsSettings(BaseModel):
     # A busy key's admission fetches up to this many more in the same Redis call, for its next
     # requests in this replica (no round trip for them), while the key is far from its limits
     # (gateway/limits/prefetch.py). 0: every request asks Redis.
-    prefetch_max: int = Field(default=32, ge=0)
+    prefetch_max: int = Field(default=128, ge=0)
     # What is fetched and not used within this long is given back. Kept below lease_ttl_s / 3
     # and window_s / 20 (an rpm entry bears the time it was fetched).
     prefetch_ttl_s: float = Field(default=1.0, gt=0)
