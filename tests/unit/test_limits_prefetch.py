@@ -72,7 +72,7 @@ async def filled(admission: AdmissionControl) -> None:
 async def test_a_busy_key_skips_redis_and_every_admission_is_charged(redis: Redis) -> None:
     """64 requests in a row make a handful of calls, and only the first two wait for one: the
     2nd fetches 1 ahead, and from then on the request that takes the shelf down to half its
-    size has the next fill asked for in the background (2, 4, 8, ... 32). Each has its own
+    size has the next fill asked for in the background (2, 4, 8, ... 64). Each has its own
     lease, the headers count down one by one as Redis answered them, and Redis holds an entry
     (request log, lease, tokens) for each request and each shelved admission."""
     caller = who(BIG)
@@ -105,7 +105,7 @@ async def test_a_shelf_is_refilled_in_the_background_before_it_runs_out(redis: R
             assert result is not None
             await asyncio.sleep(0.002)  # (a fill's round trip takes a fraction of it)
         calls = trips(admission)
-    # Asked for on the shelf's last one, as without fills ahead: ~190 of 200 (one in 32 asks).
+    # Without fills ahead ~190 of 200 took one: the request that found the shelf empty asked.
     assert counted(admission, "used") >= 200 - 2 - 3
     assert calls <= 2 + 1 + 10, calls  # the script load, two on the path, fills up to 128
 
