@@ -48,9 +48,17 @@ def shelved(admission: AdmissionControl) -> int:
 
 
 def counted(admission: AdmissionControl, outcome: str) -> float:
-    value = admission.metrics.registry.get_sample_value(
-        "llmaas_ratelimit_prefetched_total", {"outcome": outcome}
-    )
+    """Fetched admissions by outcome (used, expired)."""
+    return _sample(admission, "llmaas_ratelimit_prefetched_total", outcome)
+
+
+def released(admission: AdmissionControl, outcome: str) -> float:
+    """Releases by outcome (refunded, cancelled, released)."""
+    return _sample(admission, "llmaas_ratelimit_releases_total", outcome)
+
+
+def _sample(admission: AdmissionControl, metric: str, outcome: str) -> float:
+    value = admission.metrics.registry.get_sample_value(metric, {"outcome": outcome})
     return value or 0.0
 
 
@@ -268,19 +276,10 @@ async def test_a_request_cancelled_while_its_call_is_out_is_charged_nothing(redi
         assert task.cancelled()
         assert admission.releases is not None
         await asyncio.wait_for(admission.releases.drained.wait(), 5)
-        refunded = admission.metrics.registry.get_sample_value(
-            "llmaas_ratelimit_releases_total", {"outcome": "refunded"}
-        )
+        refunded = released(admission, "refunded")
         assert shelved(admission) == 0
     assert refunded == 2  # they had run
     assert (await charges(redis, caller))["requests"] == [1, 0]
-
-
-def released(admission: AdmissionControl, outcome: str) -> float:
-    value = admission.metrics.registry.get_sample_value(
-        "llmaas_ratelimit_releases_total", {"outcome": outcome}
-    )
-    return value or 0.0
 
 
 async def test_closing_with_a_fill_on_its_way_gives_it_back(redis: Redis) -> None:
