@@ -2,7 +2,7 @@
 stops reading, once, and the cancellation is told apart from anyone else's (uvicorn's, at the
 end of a shutdown's grace).
 
-The request's own task does the work, with one watcher task beside it for the disconnect: no
+The request's own task does the work, told of a disconnect by its connection (departure.py): no
 second task for the work and no `asyncio.wait` over the two, which every request used to pay.
 """
 
@@ -22,8 +22,8 @@ class Cut:
         self.closed = False  # the work is over: nothing is cut any more
         self.taken = False  # its cancellation was taken back (uncancel)
 
-    def client_left(self, _: asyncio.Future[None]) -> None:
-        """The disconnect watcher's done callback."""
+    def client_left(self) -> None:
+        """The client went away (departure.Departure)."""
         self._cut(Outcome.CLIENT_DISCONNECTED)
 
     def cancel(self) -> bool:

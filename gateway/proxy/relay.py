@@ -25,6 +25,7 @@ from gateway.metering.usage import usage_of
 from gateway.proxy.asgi_send import WriteDeadline, send_bytes, send_error
 from gateway.proxy.collect import collect_stream
 from gateway.proxy.cut import Cut
+from gateway.proxy.departure import Departure
 from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.events import ResponseEvents, response_id_of
 from gateway.proxy.normalize import normalize_error, normalize_success
@@ -93,16 +94,14 @@ class ProxyResponse(Response):
         cut = Cut(task)
         deadline = WriteDeadline(send, self.deps.write_timeout_s)
         deadline.task = cut  # a client that stops reading is cut like one that left
-        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
 
-        def client_left(done: asyncio.Future[None]) -> None:
-            if not deadline.answered:  # after the last byte, uvicorn reports a disconnect
-                cut.client_left(done)
+        def client_left() -> None:
+            if not deadline.answered:  # after the last byte, a close is not leaving halfway
+                cut.client_left()
 
-        watcher.add_done_callback(client_left)
+        departure = Departure(scope, receive, client_left)
         try:
-            await asyncio.sleep(0)  # a client already gone is told at once: send it no engine
-            if watcher.done():
+            if await departure.gone():  # a client already gone is sent no engine
                 info.outcome, self.status_code = Outcome.CLIENT_DISCONNECTED, CLIENT_CLOSED
             else:
                 await self._forward(info, deadline)
@@ -118,8 +117,7 @@ class ProxyResponse(Response):
             raise
         finally:
             cut.close()
-            watcher.remove_done_callback(client_left)
-            watcher.cancel()
+            departure.close()
             deadline.close()
             # Not shielded (a task per request): reporters do not suspend before they have
             # accounted for the request (outcome.Reporter).
@@ -249,10 +247,3 @@ class ProxyResponse(Response):
     async def _send_error(self, send: Send, err: ApiError) -> None:
         self.status_code = err.status_code
         await send_error(send, err)
-
-
-async def _wait_for_disconnect(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return

@@ -38,9 +38,8 @@ async def serve(how: str, also_shutdown: bool = False) -> Seen:
     await asyncio.sleep(0)
     cut = cuts[0]
     if how == "client":
-        watcher: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        cut.client_left(watcher)
-        cut.client_left(watcher)  # reported twice: cut once
+        cut.client_left()
+        cut.client_left()  # reported twice: cut once
     else:
         assert cut.cancel()
         assert not cut.cancel()  # already cut

@@ -1,6 +1,7 @@
 """The gateway's HTTP protocol: a response head leaves with the body that follows it, and never
-waits past its turn of the event loop. HeadWithBody's writes are counted on a recording
-transport; the protocol itself is served by a real uvicorn and read by a real client."""
+waits past its turn of the event loop; a request hears from its connection that its client hung
+up. HeadWithBody's writes are counted on a recording transport; the protocol itself is served
+by a real uvicorn and read by a real client."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import aiohttp
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from gateway.http_protocol import HeadWithBody
+from gateway.http_protocol import ClientLink, HeadWithBody, client_link
 from gateway.netutil import free_port
 from tests.support.servers import serve_asgi
 
@@ -146,3 +147,49 @@ async def test_a_client_that_expects_100_continue_gets_it_before_sending_its_bod
             assert await asyncio.wait_for(reader.readexactly(1), 5) == b"5"
         finally:
             writer.close()
+
+
+async def test_a_request_is_told_by_its_connection_when_its_client_hangs_up() -> None:
+    links: list[ClientLink] = []
+    heard: list[str] = []
+    hung_up = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        link = client_link(scope)
+        assert link is not None
+        links.append(link)
+        if scope["path"] == "/answered":
+            link.listen(lambda: heard.append("answered"))
+            link.listen(None)  # its work is over: nothing to hear any more
+            headers = [(b"content-length", b"2")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+
+        def left() -> None:
+            heard.append("left")
+            hung_up.set()
+
+        link.listen(left)
+        await asyncio.wait_for(hung_up.wait(), 5)  # no task waits on receive: the link tells
+
+    port = free_port()
+    async with serve_asgi(app, port, lifespan="off"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /answered HTTP/1.1\r\nhost: test\r\ncontent-length: 0\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        assert await asyncio.wait_for(reader.readexactly(2), 5) == b"ok"
+        writer.write(b"POST /waits HTTP/1.1\r\nhost: test\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        async with asyncio.timeout(5):
+            while len(links) < 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        assert links[0] is links[1]  # one link for the connection's requests
+        assert not links[1].gone
+        writer.close()
+        await asyncio.wait_for(hung_up.wait(), 5)
+    assert heard == ["left"]
+    assert links[1].gone
