@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -27,6 +27,9 @@ SALTED_ROUTES = frozenset({"chat/completions", "completions", "responses"})  # v
 POLICY_FIELDS = ("priority", "cache_salt")  # the only fields policy sets
 # Only when no key_pepper is configured, which the settings allow in dev mode alone.
 DEV_SALT_SECRET = b"llmaas-development-only-cache-salt"
+# Salts a process remembers (an HMAC per request otherwise); clients' own salts are unbounded
+# in number, so the memo is emptied when it reaches this many.
+SALTS_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,7 @@ class TenantPolicy:
     settings: RequestPolicySettings
     salt_key: bytes  # derived from the key pepper (salt_key_from)
     resolve: HostResolver = system_resolve
+    salts: dict[tuple[str, str | None], str] = field(default_factory=dict, compare=False)
 
     async def apply(
         self, route: str, raw: bytes, body: dict[str, Any], caller: Principal
@@ -46,10 +50,19 @@ class TenantPolicy:
         changed = dict(body)
         _set_priority(changed, caller.priority)
         if route in SALTED_ROUTES:
-            changed["cache_salt"] = cache_salt(self.salt_key, caller.tenant, _client_salt(body))
+            changed["cache_salt"] = self.salt(caller.tenant, _client_salt(body))
         if _same(changed, body):
             return raw, body
         return orjson.dumps(changed), changed
+
+    def salt(self, tenant: str, client_salt: str | None) -> str:
+        """cache_salt(...) under this policy's key, remembered."""
+        kept = self.salts.get((tenant, client_salt))
+        if kept is None:
+            if len(self.salts) >= SALTS_KEPT:
+                self.salts.clear()
+            kept = self.salts[tenant, client_salt] = cache_salt(self.salt_key, tenant, client_salt)
+        return kept
 
 
 def salt_key_from(pepper: str | None) -> bytes:

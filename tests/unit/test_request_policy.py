@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from gateway.api.engine_fields import REFUSED, FieldBounds, check_engine_fields
-from gateway.api.policy import TenantPolicy, cache_salt, salt_key_from
+from gateway.api.policy import SALTS_KEPT, TenantPolicy, cache_salt, salt_key_from
 from gateway.auth.principal import Principal
 from gateway.errors import InvalidRequest
 from gateway.settings import RequestPolicySettings
@@ -88,6 +88,20 @@ async def test_apply_sets_salt_and_priority_and_re_serialises_once() -> None:
     assert out["cache_salt"] == cache_salt(KEY, "acme", "mine")
     assert orjson.loads(raw) == out
     assert body["cache_salt"] == "mine"  # the caller's dict is not changed
+
+
+def test_salts_are_remembered_within_a_bound_and_stay_the_same() -> None:
+    policy = TenantPolicy(RequestPolicySettings(), KEY)
+    assert policy.salt("acme", None) == cache_salt(KEY, "acme", None)
+    assert policy.salt("acme", "mine") == cache_salt(KEY, "acme", "mine")
+    assert policy.salts == {
+        ("acme", None): cache_salt(KEY, "acme", None),
+        ("acme", "mine"): cache_salt(KEY, "acme", "mine"),
+    }
+    for i in range(SALTS_KEPT + 10):  # clients' own salts, as many as they like
+        assert policy.salt("acme", f"user-{i}") == cache_salt(KEY, "acme", f"user-{i}")
+        assert len(policy.salts) <= SALTS_KEPT
+    assert policy.salt("acme", None) == cache_salt(KEY, "acme", None)  # made again, the same
 
 
 async def test_embeddings_get_no_salt_and_keep_their_bytes() -> None:
