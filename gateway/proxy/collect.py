@@ -27,6 +27,9 @@ from gateway.request_context import RequestInfo
 from gateway.routing.engines import Engine
 
 COLLECTED_ROUTES = ("chat/completions", "completions")
+# How an engine's error frame begins. A block without these bytes has none; one with them (a
+# chunk may hold them too, deeper in) is read frame by frame, which tells which it is.
+_ERROR_PAYLOAD = b'{"error"'
 _SPLICE = b'"stream":true,"stream_options":' + orjson.dumps(FORCED_USAGE) + b","
 
 
@@ -101,16 +104,15 @@ def chunks_of(block: bytes) -> tuple[list[Any], bytes | None]:
     """The chunks a run of complete frames carries, loaded (before an engine's error frame, if
     it has one), and that error's payload. One call into orjson per read, not per token."""
     array = data_array(block)
-    if array is not None:
+    if array is not None and _ERROR_PAYLOAD not in array:  # (an error is read frame by frame)
         try:
             loaded: list[Any] = orjson.loads(array)
         except orjson.JSONDecodeError:  # read frame by frame, below: the same answer
             pass
         else:
-            if not any("error" in chunk for chunk in loaded if type(chunk) is dict):
-                return loaded, None
+            return loaded, None
     payloads = payloads_of(split_frames(block))
-    error = next((i for i, data in enumerate(payloads) if data.startswith(b'{"error"')), None)
+    error = next((i for i, data in enumerate(payloads) if data.startswith(_ERROR_PAYLOAD)), None)
     kept = payloads[:error]
     loaded = orjson.loads(b"[" + b",".join(kept) + b"]") if kept else []
     return loaded, None if error is None else payloads[error]

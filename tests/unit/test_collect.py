@@ -81,6 +81,15 @@ def test_an_error_frame_ends_the_chunks_before_it() -> None:
     assert chunks_of(block) == ([orjson.loads(_chunk(0)[6:])], error)
 
 
+def test_a_chunk_that_holds_an_error_object_deeper_in_is_a_chunk() -> None:
+    inner = {"id": "c", "choices": [], "meta": {"error": {"message": "not the engine's"}}}
+    block = _chunk(0) + b"data: " + orjson.dumps(inner) + b"\n\n" + _chunk(1)
+    assert chunks_of(block) == (
+        [orjson.loads(_chunk(0)[6:]), inner, orjson.loads(_chunk(1)[6:])],
+        None,
+    )
+
+
 def test_a_payload_that_is_not_json_falls_back_to_frame_by_frame() -> None:
     block = _chunk(0) + b"data: \n\n" + DONE_FRAME[:-2] + b"\n\n" + _chunk(1)
     assert data_array(block) is not None  # the array does not load
