@@ -29,7 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.redis_wire import LINGER_S, Build, Command, Wire
+from gateway.redis_wire import Build, Command, Wire
 
 DEAD_AFTER_TIMEOUTS = 10  # a batch unanswered this many socket timeouts: the socket is dead
 
@@ -38,18 +38,14 @@ class RedisPipe:
     """The pipelined connection to the Redis a redis-py client talks to (same address,
     credentials, database and TLS settings); connected at its first call."""
 
-    def __init__(
-        self, redis: Redis, dead_after_s: float | None = None, linger_s: float = LINGER_S
-    ) -> None:
-        """`dead_after_s`: default, 10 times the client's socket timeout. `linger_s`: how long
-        a lazy call may wait for another to go with."""
+    def __init__(self, redis: Redis, dead_after_s: float | None = None) -> None:
+        """`dead_after_s`: default, 10 times the client's socket timeout."""
         pool = redis.connection_pool
         self.kwargs: dict[str, Any] = dict(pool.connection_kwargs)
         self.connection_class: type[Any] = pool.connection_class
         timeout_s = float(self.kwargs.get("socket_timeout") or 5.0)
         self.connect_timeout_s = float(self.kwargs.get("socket_connect_timeout") or timeout_s)
         self.dead_after_s = dead_after_s or DEAD_AFTER_TIMEOUTS * timeout_s
-        self.linger_s = linger_s
         self.wire: Wire | None = None
         self.connecting: asyncio.Future[Wire] | None = None
         self.earlier_trips = 0  # batches written over connections now closed
@@ -65,10 +61,10 @@ class RedisPipe:
         return reply
 
     async def calls(
-        self, commands: list[Command], *, raise_errors: bool = False, lazy: bool = False
+        self, commands: list[Command], *, raise_errors: bool = False, linger_s: float = 0.0
     ) -> list[Any]:
         """Several commands in one batch; error replies are returned in their places (or the
-        first raised). `lazy`: the commands may wait up to `linger_s` for a call that is not
+        first raised). `linger_s` > 0: the commands may wait that long for a call that is not
         lazy and go in its write (settlements, which nobody awaits, ride with admissions).
 
         Every command sent here must be safe to run twice: one that meets a connection which
@@ -76,12 +72,17 @@ class RedisPipe:
         fresh connection, as redis-py does."""
         wire = await self._wire()
         try:
-            return await _replies(wire, wire.send(commands, lazy), raise_errors)
+            return await _replies(wire, wire.send(commands, linger_s), raise_errors)
         except RedisConnectionError as exc:
             if wire.lost is not exc or wire.fresh:
                 raise
         wire = await self._wire()
-        return await _replies(wire, wire.send(commands, lazy), raise_errors)
+        return await _replies(wire, wire.send(commands, linger_s), raise_errors)
+
+    def hasten(self, linger_s: float) -> None:
+        """Lazy calls gathered now go within `linger_s` at the latest."""
+        if self.wire is not None:
+            self.wire.hasten(linger_s)
 
     async def merged(self, name: Hashable, item: Any, build: Build) -> Any:
         """`item`'s element of the reply to one command made of every item gathered under
@@ -129,7 +130,7 @@ class RedisPipe:
             self.wire = None
         loop = asyncio.get_running_loop()
         kwargs = self.kwargs
-        wire = Wire(self.dead_after_s, self.linger_s)
+        wire = Wire(self.dead_after_s)
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 if issubclass(self.connection_class, UnixDomainSocketConnection):

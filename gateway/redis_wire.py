@@ -8,10 +8,11 @@ Every call goes out on the connection as the next batch:
   as soon as the last reply of the batch on the wire has been read, from the callback that read
   it (no task, no timer). So a busy process makes one write and one read per round trip for all
   of its requests' admissions and settlements, whatever their number;
-- a lazy call (a settlement: no request waits for it) waits up to `linger_s` (2 ms) for a call
-  that is not lazy, and goes in its write. On this 2-core VM a write to Redis costs ~25 µs of
-  system time, as much as the rest of a call: under load, settlements then cost no write of
-  their own;
+- a lazy call (a settlement: no request waits for it) waits up to the `linger_s` it was sent
+  with for a call that is not lazy, and goes in its write (lazy calls gathered together go
+  when the earliest of them is due). On this 2-core VM a write to Redis costs ~25 µs of system
+  time, as much as the rest of a call: under load, settlements then cost no write of their
+  own;
 - a merged call (an admission) names what it shares with others (its API key and limits):
   those gathering under the same name go as one command, built when the batch is written, and
   its reply (a list) is handed back one element to each (admission.lua admits them in order).
@@ -27,6 +28,7 @@ not answered within `dead_after_s` fails the connection (`fail`), as does its lo
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any, cast
@@ -39,7 +41,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Command = tuple[Any, ...]
 Build = Callable[[Hashable, list[Any]], Command]  # a merged command from its name and items
-LINGER_S = 0.002  # how long a lazy call may wait for a call that is not lazy to go with
 
 
 def _packed(command: Command) -> bytes:
@@ -91,10 +92,9 @@ _Pending = asyncio.Future[Any] | _Merged
 class Wire(asyncio.Protocol):
     """One connection: the replies it waits for, in order, and what gathers behind them."""
 
-    def __init__(self, dead_after_s: float, linger_s: float) -> None:
+    def __init__(self, dead_after_s: float) -> None:
         self.loop = asyncio.get_running_loop()
         self.dead_after_s = dead_after_s
-        self.linger_s = linger_s
         self.transport: asyncio.Transport | None = None
         self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=_error_reply)
         self.waiting: deque[_Pending] = deque()  # calls written, unanswered, in order
@@ -103,6 +103,7 @@ class Wire(asyncio.Protocol):
         self.merging: dict[Hashable, _Merged] = {}  # the merged calls among the gathered ones
         self.urgent = False  # a call that is not lazy is among the gathered ones
         self.lingering: asyncio.TimerHandle | None = None  # lazy calls go when it fires
+        self.due = math.inf  # when the earliest of the gathered lazy calls must go (loop time)
         self.sent_at = 0.0  # when the batch on the wire went
         self.watchdog: asyncio.TimerHandle | None = None
         self.lost: RedisError | None = None  # set once the connection is gone
@@ -142,16 +143,17 @@ class Wire(asyncio.Protocol):
 
     # the calls
 
-    def send(self, commands: list[Command], lazy: bool = False) -> list[asyncio.Future[Any]]:
-        """Futures of the commands' replies. `lazy`: nobody waits on them soon, so they may
-        wait up to `linger_s` for a call that is not lazy, and go in its write."""
+    def send(self, commands: list[Command], linger_s: float = 0.0) -> list[asyncio.Future[Any]]:
+        """Futures of the commands' replies. `linger_s` > 0: nobody waits on them soon, so they
+        may wait that long for a call that is not lazy, and go in its write."""
         if self.lost is not None:
             raise self.lost
         create = self.loop.create_future
         futures = [create() for _ in commands]
         self.gathered += [_packed(command) for command in commands]
         self.gathered_futures += futures
-        if lazy:
+        if linger_s > 0:
+            self.due = min(self.due, self.loop.time() + linger_s)
             if not self.waiting:
                 self._linger()
         else:
@@ -178,6 +180,13 @@ class Wire(asyncio.Protocol):
         self._urge()
         return futures
 
+    def hasten(self, linger_s: float) -> None:
+        """Lazy calls gathered now go within `linger_s` at the latest."""
+        if self.gathered and not self.urgent:
+            self.due = min(self.due, self.loop.time() + linger_s)
+            if not self.waiting:
+                self._linger()
+
     def _urge(self) -> None:
         """A call that is not lazy: written now, or as soon as the batch on the wire is read."""
         if self.waiting:
@@ -186,8 +195,12 @@ class Wire(asyncio.Protocol):
             self._flush()
 
     def _linger(self) -> None:
-        if self.lingering is None:
-            self.lingering = self.loop.call_later(self.linger_s, self._lingered)
+        """Go when the earliest lazy call is due (sooner than the timer set, if it is)."""
+        if self.lingering is not None:
+            if self.lingering.when() <= self.due:
+                return
+            self.lingering.cancel()
+        self.lingering = self.loop.call_at(self.due, self._lingered)
 
     def _lingered(self) -> None:
         self.lingering = None
@@ -200,6 +213,7 @@ class Wire(asyncio.Protocol):
         """Write what gathered, in one write; callers that stopped waiting are not sent."""
         gathered, futures = self.gathered, self.gathered_futures
         self.gathered, self.gathered_futures, self.urgent = [], [], False
+        self.due = math.inf
         if self.merging:
             self.merging = {}
         if self.lingering is not None:

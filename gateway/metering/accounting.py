@@ -96,12 +96,16 @@ class Accounting:
 
     def reporter(self, charge: Charge) -> Reporter:
         """What the proxy calls with its result: settle it (never raises)."""
+        caller = charge.caller
+        frees_slot = charge.admission is not None and bool(
+            caller.key_limits.max_concurrency or caller.tenant_limits.max_concurrency
+        )
 
         async def report(result: ProxyResult) -> None:
             if charge.admission is not None:
                 self.done(charge.admission)
             settlement = settlement_of(charge, result)
-            if settlement is not None:
-                self.settler.submit(settlement)  # not waited for: see Settler.submit
+            if settlement is not None:  # not waited for: see Settler.submit
+                self.settler.submit(settlement, frees_slot=frees_slot)
 
         return report

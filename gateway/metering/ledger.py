@@ -100,22 +100,27 @@ class Ledger:
         """Close the connection settlements go out on (the gateway's shared one, at shutdown)."""
         await self.pipe.close()
 
-    async def write(self, batch: Sequence[Settlement], *, lazy: bool = False) -> None:
+    async def write(self, batch: Sequence[Settlement], *, linger_s: float = 0.0) -> None:
         """Apply every settlement of `batch` (each at most once, ever) in one round trip.
-        `lazy`: it may wait a moment to go in the same write as an admission (redis_wire.py).
+        `linger_s`: how long it may wait to go in the same write as an admission
+        (redis_wire.py).
 
         Raises what Redis raised; the whole batch may then be retried safely.
         """
         if not batch:
             return
         commands = self.commands(batch)
-        replies = await self.pipe.calls(commands, lazy=lazy)
+        replies = await self.pipe.calls(commands, linger_s=linger_s)
         if any(isinstance(reply, NoScriptError) for reply in replies):  # Redis restarted (or
             await self.settle.load()  # flushed its scripts) since the last call
             replies = await self.pipe.calls(commands)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
+
+    def hasten(self, linger_s: float) -> None:
+        """A write lingering for company goes within `linger_s` at the latest."""
+        self.pipe.hasten(linger_s)
 
     def commands(self, batch: Sequence[Settlement]) -> list[Command]:
         """What writing `batch` sends: one EVALSHA of settle.lua per group of settlements that

@@ -33,6 +33,12 @@ from gateway.metrics import Metrics
 from gateway.settings import MeteringSettings
 
 BATCH = 200
+# How long a batch may wait to go in the write of an admission (or of any call that is not
+# lazy) before it goes alone: no request waits for it, and at a low rate several requests'
+# settlements then share one write. A batch that frees a slot under a concurrency limit waits
+# the least: the key's next request, on this replica or another, may be waiting for the slot.
+LINGER_S = 0.010
+SLOT_LINGER_S = 0.002
 FIRST_RETRY_S = 0.05
 SPILL_LOOK_S = 30.0  # how often an idle settler looks for spill files of processes now gone
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
@@ -42,6 +48,7 @@ _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 class _Batch:
     """Settlements that go to Redis in one pipeline; `done` once they are there or queued."""
 
+    linger_s: float  # how long it may wait for company in Redis's next write
     settlements: list[Settlement] = field(default_factory=list)
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -49,8 +56,18 @@ class _Batch:
 
 
 class Settler:
-    def __init__(self, ledger: Ledger | None, settings: MeteringSettings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        ledger: Ledger | None,
+        settings: MeteringSettings,
+        metrics: Metrics,
+        *,
+        linger_s: float = LINGER_S,
+        slot_linger_s: float = SLOT_LINGER_S,
+    ) -> None:
         self.ledger = ledger
+        self.linger_s = linger_s
+        self.slot_linger_s = slot_linger_s
         self.settings = settings
         self.metrics = metrics
         self.queue: deque[Settlement] = deque()
@@ -73,11 +90,15 @@ class Settler:
         if self.ledger is not None:
             self.task = asyncio.create_task(self._run(), name="usage-settler")
 
-    def submit(self, settlement: Settlement) -> asyncio.Future[None] | None:
+    def submit(
+        self, settlement: Settlement, *, frees_slot: bool = False
+    ) -> asyncio.Future[None] | None:
         """Settle without waiting: what the request path calls once its answer is sent, so
         that neither the client nor the request's slot (in-flight bound, drain) waits for
         Redis. Never raises. The future (None: nothing to wait for) is done once the
-        settlement is in Redis, in the retry queue or spilled."""
+        settlement is in Redis, in the retry queue or spilled. `frees_slot`: it releases a
+        lease under a concurrency limit: it, and a batch lingering before it, go within
+        `slot_linger_s`, not `linger_s`."""
         record = settlement.record
         if record is not None:
             tokens = self.metrics.tokens
@@ -91,8 +112,12 @@ class Settler:
             side.add_done_callback(self.side.discard)
             return side
         if self.gathering is None:
-            self.gathering = _Batch()
+            self.gathering = _Batch(self.linger_s)
         self.gathering.settlements.append(settlement)
+        if frees_slot:
+            self.gathering.linger_s = self.slot_linger_s
+            if self.writer is not None:  # a batch may be lingering: this one waits for it
+                self.ledger.hasten(self.slot_linger_s)
         if self.writer is None:
             self.writer = asyncio.create_task(self._write_batches(), name="usage-group-commit")
         return self.gathering.done
@@ -120,8 +145,8 @@ class Settler:
                 batch, self.gathering = self.gathering, None
                 try:
                     async with asyncio.timeout(self.settings.write_timeout_s):
-                        # lazy: the batch goes in the write of the next admission (or 2 ms on)
-                        await self.ledger.write(batch.settlements, lazy=True)
+                        # lazy: it goes in the write of the next admission (or `linger_s` on)
+                        await self.ledger.write(batch.settlements, linger_s=batch.linger_s)
                 except _REDIS_ERRORS as exc:
                     self._failed(exc)
                     await self._enqueue(batch.settlements)

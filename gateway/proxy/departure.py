@@ -43,7 +43,8 @@ class Departure:
         """The work is over: `left` is not called from now on."""
         self.closed = True
         if self.link is not None:
-            self.link.listen(None)
+            if self.link.listener is self.left:  # (the connection's next request may listen)
+                self.link.listen(None)
         elif self.watcher is not None:
             self.watcher.remove_done_callback(self._watched)
             self.watcher.cancel()

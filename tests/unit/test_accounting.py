@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+
+import pytest
 
 from gateway.auth.principal import Limits, Principal
 from gateway.limits.limiter import Admission
-from gateway.metering.accounting import Charge, settlement_of
+from gateway.metering.accounting import Accounting, Charge, settlement_of
+from gateway.metering.settlement import Settlement
+from gateway.metering.settler import Settler
 from gateway.metering.usage import Usage
+from gateway.metrics import Metrics
 from gateway.proxy.outcome import Outcome, ProxyResult
+from gateway.settings import MeteringSettings
 
 CALLER = Principal(
     tenant="acme",
@@ -77,3 +84,38 @@ def test_refusals_cost_nothing_and_a_cut_before_any_report_keeps_the_reservation
     assert settlement.limits.delta == 0
     assert settlement.record is not None
     assert (settlement.record.outcome, settlement.record.total_tokens) == ("client_disconnected", 0)
+
+
+class Recording(Settler):
+    """A settler without a ledger that notes how each settlement was submitted."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__(None, MeteringSettings(spill_dir=tmp_path), Metrics())
+        self.submitted: list[tuple[str, bool]] = []
+
+    def submit(self, settlement: Settlement, *, frees_slot: bool = False) -> None:
+        self.submitted.append((settlement.key_id, frees_slot))
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_settlement_that_frees_a_concurrency_slot_is_submitted_as_one(
+    tmp_path: Path,
+) -> None:
+    settler = Recording(tmp_path)
+    accounting = Accounting(settler)
+    slot = Limits(max_concurrency=4)
+    callers = {
+        "no-slot": CALLER,
+        "key-slot": dataclasses.replace(CALLER, key_id="key-slot", key_limits=slot),
+        "tenant-slot": dataclasses.replace(CALLER, key_id="tenant-slot", tenant_limits=slot),
+    }
+    for caller in callers.values():
+        await accounting.reporter(dataclasses.replace(CHARGE, caller=caller))(OK)
+    unlimited = dataclasses.replace(CHARGE, caller=callers["key-slot"], admission=None)
+    await accounting.reporter(unlimited)(OK)  # nothing admitted: no slot to free
+    assert settler.submitted == [
+        ("k1", False),
+        ("key-slot", True),
+        ("tenant-slot", True),
+        ("key-slot", False),
+    ]

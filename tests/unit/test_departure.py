@@ -92,3 +92,13 @@ async def test_closing_without_a_link_cancels_the_waiting_task() -> None:
     await asyncio.sleep(0)
     assert watcher.cancelled()
     assert heard == []
+
+
+async def test_closing_leaves_the_next_requests_listener_in_place() -> None:
+    link, heard = ClientLink(), []
+    first = Departure(linked(link), Receiver(), lambda: heard.append("first"))
+    second = Departure(linked(link), Receiver(), lambda: heard.append("second"))
+    first.close()  # late: the connection's next request listens already
+    link.lost()
+    second.close()
+    assert heard == ["second"]

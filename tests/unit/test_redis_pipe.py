@@ -60,11 +60,11 @@ async def test_concurrent_calls_share_round_trips_and_each_gets_its_reply(redis:
 
 
 async def test_lazy_calls_go_in_the_next_write_of_a_call_that_is_not_lazy(redis: Redis) -> None:
-    pipe = RedisPipe(redis, dead_after_s=5.0, linger_s=1.0)
+    pipe = RedisPipe(redis, dead_after_s=5.0)
     await pipe.call("PING")
     await redis.delete("lazy")
     before = pipe.trips
-    lazy = [asyncio.ensure_future(pipe.calls([("INCR", "lazy")], lazy=True)) for _ in range(5)]
+    lazy = [asyncio.ensure_future(pipe.calls([("INCR", "lazy")], linger_s=1.0)) for _ in range(5)]
     await asyncio.sleep(0.05)
     assert pipe.trips == before  # waiting for company (up to linger_s)
     assert await redis.get("lazy") is None
@@ -74,12 +74,41 @@ async def test_lazy_calls_go_in_the_next_write_of_a_call_that_is_not_lazy(redis:
 
 
 async def test_lazy_calls_alone_go_after_linger_s(redis: Redis) -> None:
-    pipe = RedisPipe(redis, dead_after_s=5.0, linger_s=0.05)
+    pipe = RedisPipe(redis, dead_after_s=5.0)
     await pipe.call("PING")
     before = pipe.trips
-    replies = await asyncio.gather(*(pipe.calls([("PING",)], lazy=True) for _ in range(10)))
+    replies = await asyncio.gather(*(pipe.calls([("PING",)], linger_s=0.05) for _ in range(10)))
     assert replies == [[b"PONG"]] * 10
     assert pipe.trips == before + 1  # one write for the ten, when the linger ran out
+
+
+async def test_lazy_calls_go_when_the_earliest_of_them_is_due(redis: Redis) -> None:
+    pipe = RedisPipe(redis, dead_after_s=5.0)
+    await pipe.call("PING")
+    before = pipe.trips
+    patient = asyncio.ensure_future(pipe.calls([("PING",)], linger_s=60.0))
+    await asyncio.sleep(0.05)
+    assert pipe.trips == before  # it could wait a minute
+    hurried = pipe.calls([("ECHO", "soon")], linger_s=0.05)
+    assert await asyncio.wait_for(hurried, 10) == [b"soon"]
+    assert await asyncio.wait_for(patient, 10) == [b"PONG"]  # in the same write
+    assert pipe.trips == before + 1
+    await pipe.close()
+
+
+async def test_hastened_lazy_calls_go_within_the_shorter_linger(redis: Redis) -> None:
+    pipe = RedisPipe(redis, dead_after_s=5.0)
+    await pipe.call("PING")
+    before = pipe.trips
+    patient = asyncio.ensure_future(pipe.calls([("PING",)], linger_s=60.0))
+    await asyncio.sleep(0.05)
+    pipe.hasten(0.01)
+    assert await asyncio.wait_for(patient, 10) == [b"PONG"]
+    assert pipe.trips == before + 1
+    pipe.hasten(0.01)  # nothing gathered: nothing to write
+    await asyncio.sleep(0.05)
+    assert pipe.trips == before + 1
+    await pipe.close()
 
 
 async def test_an_error_reply_reaches_only_its_own_caller(redis: Redis) -> None:

@@ -150,10 +150,12 @@ class CountingLedger(Ledger):
     def __init__(self, client: Redis, config: MeteringSettings) -> None:
         super().__init__(client, config, window_s=60)
         self.batches: list[int] = []
+        self.lingers: list[float] = []
 
-    async def write(self, batch: Sequence[Settlement], *, lazy: bool = False) -> None:
+    async def write(self, batch: Sequence[Settlement], *, linger_s: float = 0.0) -> None:
         self.batches.append(len(batch))
-        await super().write(batch, lazy=lazy)
+        self.lingers.append(linger_s)
+        await super().write(batch, linger_s=linger_s)
 
 
 async def test_concurrent_settlements_share_round_trips(redis: Redis, tmp_path: Path) -> None:
@@ -168,6 +170,37 @@ async def test_concurrent_settlements_share_round_trips(redis: Redis, tmp_path: 
     assert sum(ledger.batches) == 50
     assert len(ledger.batches) < 50 / 4, ledger.batches  # the first alone, then the rest together
     assert settler.pending == 0
+    await settler.close()
+    assert spilled_lines(tmp_path) == 0
+
+
+async def test_settlements_linger_for_company_but_one_that_frees_a_slot_hurries(
+    redis: Redis, tmp_path: Path
+) -> None:
+    t = tenant()
+    config = settings(tmp_path)
+    ledger = CountingLedger(redis, config)
+    settler = Settler(ledger, config, Metrics(), linger_s=60.0, slot_linger_s=0.01)
+    first, second, third = settlements(t, 3)
+    lingering = settler.submit(first)
+    assert lingering is not None
+    await asyncio.sleep(0.1)
+    assert not lingering.done()  # waiting for company (it may wait a minute)
+    assert await logged_ids(redis, t) == []
+    # A settlement that frees a concurrency slot: the batch before it goes at once, then it.
+    freeing = settler.submit(second, frees_slot=True)
+    assert freeing is not None
+    await asyncio.wait_for(asyncio.gather(lingering, freeing), 10)
+    assert sorted(await logged_ids(redis, t)) == sorted([first.id, second.id])
+    assert ledger.lingers == [60.0, 0.01]
+    # Any call that is not lazy takes a lingering batch with it.
+    riding = settler.submit(third)
+    assert riding is not None
+    await asyncio.sleep(0.05)
+    assert not riding.done()
+    await ledger.pipe.call("PING")
+    await asyncio.wait_for(riding, 10)
+    assert third.id in await logged_ids(redis, t)
     await settler.close()
     assert spilled_lines(tmp_path) == 0
 
