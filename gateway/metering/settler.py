@@ -35,8 +35,9 @@ from gateway.settings import MeteringSettings
 BATCH = 200
 # How long a batch may wait to go in the write of an admission (or of any call that is not
 # lazy) before it goes alone: no request waits for it, and at a low rate several requests'
-# settlements then share one write. A batch that frees a slot under a concurrency limit waits
-# the least: the key's next request, on this replica or another, may be waiting for the slot.
+# settlements then share one write. A batch that frees a slot under a tight concurrency limit
+# (accounting.TIGHT_CONCURRENCY) waits the least: the key's next request, on this replica or
+# another, may be waiting for that slot.
 LINGER_S = 0.010
 SLOT_LINGER_S = 0.002
 FIRST_RETRY_S = 0.05
@@ -97,7 +98,7 @@ class Settler:
         that neither the client nor the request's slot (in-flight bound, drain) waits for
         Redis. Never raises. The future (None: nothing to wait for) is done once the
         settlement is in Redis, in the retry queue or spilled. `frees_slot`: it releases a
-        lease under a concurrency limit: it, and a batch lingering before it, go within
+        lease under a tight concurrency limit: it, and a batch lingering before it, go within
         `slot_linger_s`, not `linger_s`."""
         record = settlement.record
         if record is not None:

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.auth.principal import Limits, Principal
 from gateway.limits.limiter import Admission
-from gateway.metering.accounting import Accounting, Charge, settlement_of
+from gateway.metering.accounting import TIGHT_CONCURRENCY, Accounting, Charge, settlement_of
 from gateway.metering.settlement import Settlement
 from gateway.metering.settler import Settler
 from gateway.metering.usage import Usage
@@ -98,16 +98,17 @@ class Recording(Settler):
 
 
 @pytest.mark.asyncio(loop_scope="session")
-async def test_a_settlement_that_frees_a_concurrency_slot_is_submitted_as_one(
+async def test_a_settlement_that_frees_a_tight_concurrency_slot_is_submitted_as_one(
     tmp_path: Path,
 ) -> None:
     settler = Recording(tmp_path)
     accounting = Accounting(settler)
-    slot = Limits(max_concurrency=4)
+    slot, roomy = Limits(max_concurrency=4), Limits(max_concurrency=TIGHT_CONCURRENCY)
     callers = {
         "no-slot": CALLER,
         "key-slot": dataclasses.replace(CALLER, key_id="key-slot", key_limits=slot),
         "tenant-slot": dataclasses.replace(CALLER, key_id="tenant-slot", tenant_limits=slot),
+        "roomy": dataclasses.replace(CALLER, key_id="roomy", key_limits=roomy, tenant_limits=roomy),
     }
     for caller in callers.values():
         await accounting.reporter(dataclasses.replace(CHARGE, caller=caller))(OK)
@@ -117,5 +118,6 @@ async def test_a_settlement_that_frees_a_concurrency_slot_is_submitted_as_one(
         ("k1", False),
         ("key-slot", True),
         ("tenant-slot", True),
+        ("roomy", False),  # a slot among many: it may linger
         ("key-slot", False),
     ]
