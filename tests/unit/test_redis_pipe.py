@@ -9,6 +9,7 @@ import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -82,13 +83,19 @@ async def test_lazy_calls_alone_go_after_linger_s(redis: Redis) -> None:
     assert pipe.trips == before + 1  # one write for the ten, when the linger ran out
 
 
-async def test_lazy_calls_go_when_the_earliest_of_them_is_due(redis: Redis) -> None:
-    pipe = RedisPipe(redis, dead_after_s=5.0)
+async def patient_call(pipe: RedisPipe) -> tuple[int, asyncio.Future[list[Any]]]:
+    """A lazy PING that may wait a minute, not written yet; the trips before it."""
     await pipe.call("PING")
     before = pipe.trips
     patient = asyncio.ensure_future(pipe.calls([("PING",)], linger_s=60.0))
     await asyncio.sleep(0.05)
-    assert pipe.trips == before  # it could wait a minute
+    assert pipe.trips == before
+    return before, patient
+
+
+async def test_lazy_calls_go_when_the_earliest_of_them_is_due(redis: Redis) -> None:
+    pipe = RedisPipe(redis, dead_after_s=5.0)
+    before, patient = await patient_call(pipe)
     hurried = pipe.calls([("ECHO", "soon")], linger_s=0.05)
     assert await asyncio.wait_for(hurried, 10) == [b"soon"]
     assert await asyncio.wait_for(patient, 10) == [b"PONG"]  # in the same write
@@ -98,10 +105,7 @@ async def test_lazy_calls_go_when_the_earliest_of_them_is_due(redis: Redis) -> N
 
 async def test_hastened_lazy_calls_go_within_the_shorter_linger(redis: Redis) -> None:
     pipe = RedisPipe(redis, dead_after_s=5.0)
-    await pipe.call("PING")
-    before = pipe.trips
-    patient = asyncio.ensure_future(pipe.calls([("PING",)], linger_s=60.0))
-    await asyncio.sleep(0.05)
+    before, patient = await patient_call(pipe)
     pipe.hasten(0.01)
     assert await asyncio.wait_for(patient, 10) == [b"PONG"]
     assert pipe.trips == before + 1
