@@ -27,6 +27,9 @@ def test_the_pipe_on_uvloop(tmp_path: Path) -> None:
                     redis
                 )
                 await test_redis_pipe.test_credentials_and_the_database_in_the_url_are_used(redis)
+                # uvloop's timers: a lazy call's linger moved earlier
+                await test_redis_pipe.test_lazy_calls_go_when_the_earliest_of_them_is_due(redis)
+                await test_redis_pipe.test_hastened_lazy_calls_go_within_the_shorter_linger(redis)
             finally:
                 await redis.aclose()
         await test_redis_pipe.test_a_refused_connection_is_unreachable_and_the_next_call_connects(
