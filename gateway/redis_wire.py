@@ -153,9 +153,7 @@ class Wire(asyncio.Protocol):
         self.gathered += [_packed(command) for command in commands]
         self.gathered_futures += futures
         if linger_s > 0:
-            self.due = min(self.due, self.loop.time() + linger_s)
-            if not self.waiting:
-                self._linger()
+            self.hasten(linger_s)
         else:
             self._urge()
         return futures
