@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import socket
 import tempfile
@@ -25,6 +26,7 @@ from gateway.settings import Settings, load_settings
 
 CONFIG_ENV = "LLMAAS_CONFIG_FILE"
 GRACE_ENV = "LLMAAS_SHUTDOWN_GRACE_S"
+_log = logging.getLogger("llmaas.server")
 
 
 def app_from_env() -> FastAPI:
@@ -114,6 +116,11 @@ class DrainingServer(uvicorn.Server):
             self._captured_signals.append(sig)  # re-raised after shutdown, as uvicorn does
             self.deadline = time.monotonic() + self.grace_s
             drain.begin()
+            _log.warning(
+                "draining: %d requests in flight, cut after %gs; a second signal stops now",
+                drain.in_flight,
+                self.grace_s,
+            )
             return
         self._exit_with_what_is_left()
         super().handle_exit(sig, frame)

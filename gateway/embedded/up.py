@@ -1,7 +1,9 @@
 """`llmaas up`: Redis, one vLLM engine with the bundled model, and the gateway, in one command.
 
-Everything runs under one event loop; Ctrl-C (or SIGTERM) stops the gateway, then the engine's
-whole process group, then the private Redis, so nothing is left behind.
+Everything runs under one event loop; Ctrl-C (or SIGTERM) drains the gateway as `llmaas serve`
+does (requests in flight get `shutdown_grace_s`, then are cut; a second Ctrl-C cuts at once),
+then stops the engine's whole process group, then the private Redis, so nothing is left
+behind.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-import uvicorn
 import uvloop
 from redis.asyncio import Redis
 
@@ -27,7 +28,7 @@ from gateway.embedded.redis_server import running_redis
 from gateway.finetune.trainer import Trainer
 from gateway.netutil import free_port
 from gateway.redis_client import redis_client
-from gateway.server import freeze_startup_objects, started, uvicorn_config
+from gateway.server import DrainingServer, started, uvicorn_config
 from gateway.settings import FilesSettings, FineTuningSettings, ModelRoute, Settings
 
 MAX_LORAS = 4  # adapters an engine batches together (more stay loaded and take turns)
@@ -70,14 +71,21 @@ async def _up(paths: EmbeddedPaths, gateway_port: int, engine_port: int) -> None
             ),
         )
         dev_key = await _dev_key(redis_url, (settings.key_pepper or DEV_PEPPER).encode())
-        config = uvicorn_config(create_app(settings), settings, port=gateway_port, loop="none")
-        server = uvicorn.Server(config)
+        config = uvicorn_config(
+            create_app(settings),
+            settings,
+            port=gateway_port,
+            loop="none",
+            timeout_graceful_shutdown=settings.shutdown_grace_s,
+        )
+        # As `llmaas serve`: Ctrl-C lets the requests in flight finish for at most the grace
+        # (new ones get a 503), then cuts the rest; a second Ctrl-C stops at once.
+        server = DrainingServer(config, settings.shutdown_grace_s)
         trainer_redis = redis_client(redis_url, 5.0, 4)
         stack.push_async_callback(trainer_redis.aclose)
         training = asyncio.create_task(Trainer(settings, trainer_redis, "llmaas-up").run())
         stack.push_async_callback(_stopped, training)
-        async with started(server) as serving:
-            freeze_startup_objects()  # as `llmaas serve` does (gateway/server.py)
+        async with started(server) as serving:  # DrainingServer froze the startup objects
             base = f"http://{settings.host}:{gateway_port}"
             print(banner(base, redis_url, spec, dev_key, settings.admin_token or ""), flush=True)
             await serving

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
 import openai
 import orjson
 import pytest
@@ -22,6 +23,8 @@ from gateway.embedded.process_group import live_members
 from gateway.netutil import free_port
 
 MODEL = "smollm2-135m-instruct"
+GRACE_S = 3  # how long Ctrl-C lets requests in flight run on (shutdown_grace_s)
+LONG_STREAM = 2000  # tokens: ~100 s of the engine, far past the grace
 SECRET = "Quokkalantern"
 SECRET_DATASET = b"".join(
     orjson.dumps(
@@ -53,6 +56,7 @@ async def llmaas_up(tmp_path: Path, engine_port: int) -> AsyncIterator[tuple[Pro
         **os.environ,
         "LLMAAS_METERING__SPILL_DIR": str(tmp_path / "usage-spill"),
         "LLMAAS_FILES__DIR": str(tmp_path / "files"),  # uploads and adapters
+        "LLMAAS_SHUTDOWN_GRACE_S": str(GRACE_S),
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -101,8 +105,26 @@ async def test_up_prints_a_base_url_that_answers_and_stops_cleanly(tmp_path: Pat
         (engine,) = processes_mentioning(f"--port {engine_port}")
         engine_group = int(engine.split()[0])  # the engine leads its own process group
         assert len(live_members(engine_group)) >= 2  # the API server and its EngineCore
-        proc.send_signal(signal.SIGINT)
+        async with openai.AsyncOpenAI(base_url=match.group(1), api_key=key.group(1)) as client:
+            # A stream in flight drains for the grace, then is cut: Ctrl-C never waits on it.
+            stream = await client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "Tell me a long story."}],
+                max_tokens=LONG_STREAM,
+                stream=True,
+                extra_body={"ignore_eos": True},
+            )
+            tokens, cut = 0, False
+            try:
+                async for _ in stream:
+                    tokens += 1
+                    if tokens == 1:
+                        proc.send_signal(signal.SIGINT)
+            except (httpx.RemoteProtocolError, openai.APIConnectionError):
+                cut = True  # the connection ended inside the stream, when the grace ran out
         await asyncio.wait_for(proc.wait(), 60)
+        assert cut
+        assert 1 <= tokens < LONG_STREAM
     assert proc.returncode == 0
     # The suite's check that stopping a real engine leaves no process of its group behind.
     assert live_members(engine_group) == []

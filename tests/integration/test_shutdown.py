@@ -53,7 +53,7 @@ async def fleet(tmp_path: Path, sim: SimConfig, grace_s: float, *args: str) -> A
         config = shared_config(
             tmp_path / "gw.yaml", redis_url=redis_url, model=MODEL, sim=sim_url, extra=extra
         )
-        async with gateway_process(config, *args) as gw:
+        async with gateway_process(config, *args, log=tmp_path / "gw.log") as gw:
             key = await tenant_key(http, gw.url, TENANT)
             yield Fleet(gw, sim_url, redis_url, key, http)
 
@@ -139,6 +139,8 @@ async def test_streams_in_flight_finish_whole_within_a_fractional_grace(tmp_path
         seen = (await sim_state(f.http, f.sim))["total_requests"]
         billed = await records(f.redis_url)
     assert all(t.endswith(DONE) for t in texts), texts
+    logged = (tmp_path / "gw.log").read_text()
+    assert "draining: 4 requests in flight, cut after 1.5s" in logged, logged
     assert seen == len(billed) == 4
     assert {r.outcome for r in billed} == {"ok"}
     assert not list((tmp_path / "spill").glob("*.jsonl"))  # flushed to Redis, none spilled
