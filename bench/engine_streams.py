@@ -15,7 +15,10 @@ lock-step waves whose every start waits for one batched prefill.
 
 Each round has three passes:
 - **direct** and **gateway** alone, in turn, for tokens/s: completion tokens (from the
-  streams' usage) over the pass's wall time. Drift on a shared machine hits both alike.
+  streams' usage) over the pass's wall time. Direct goes first in odd rounds, the gateway in
+  even ones (`order`), so a machine that drifts over the run (the engine slowing, a neighbour
+  waking) weighs on both sides alike instead of always on the side that runs second; keep
+  `--rounds` even for that balance.
 - **paired**: both sides at once, for TTFT (sending to the first frame with content): every
   request goes to the engine directly and through the gateway at the same moment (which of
   the two is sent first alternates), `--streams` / 2 pairs in flight. The two streams of a pair
@@ -192,6 +195,12 @@ class Target:
     headers: dict[str, str]
 
 
+def order(round_no: int, direct: Target, via: Target) -> tuple[Target, Target]:
+    """The two passes alone of round `round_no` (from 1): direct first in odd rounds, the
+    gateway first in even ones, so over two rounds each side runs once first and once second."""
+    return (direct, via) if round_no % 2 == 1 else (via, direct)
+
+
 def lengths(options: Options) -> list[int]:
     """Each request's max_tokens in a pass: `max_tokens` ± up to half of it, in pairs that
     sum to twice it (so every pass asks for exactly requests * max_tokens), seeded order."""
@@ -359,8 +368,8 @@ async def measure(options: Options) -> Figures:
                 )
 
             for round_no in range(1, options.rounds + 1):
-                await alone(direct, round_no)
-                await alone(via, round_no)
+                for target in order(round_no, direct, via):
+                    await alone(target, round_no)
                 await paired(round_no)
     sides = Side.of("direct", passes), Side.of("gateway", passes)
     return Figures(options, ignore_eos, passes, *sides, pairs)

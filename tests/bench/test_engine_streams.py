@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.engine_streams import Options, lengths
+from bench.engine_streams import Options, Target, lengths, order
 from tests.bench.modules import run_module
 
 
@@ -29,3 +29,12 @@ def test_lengths_vary_around_the_mean_and_sum_to_it() -> None:
         assert all(32 <= n <= 96 for n in got)
         assert got == lengths(options)  # seeded: the same every run
     assert len(set(lengths(Options(max_tokens=64)))) > 10  # they do vary
+
+
+def test_each_side_goes_first_in_every_other_round() -> None:
+    direct, via = Target("direct", "http://d", {}), Target("gateway", "http://g", {})
+    firsts = [order(r, direct, via)[0].side for r in range(1, 5)]
+    assert firsts == ["direct", "gateway", "direct", "gateway"]
+    assert all(
+        sorted(t.side for t in order(r, direct, via)) == ["direct", "gateway"] for r in (1, 2)
+    )
