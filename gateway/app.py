@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -60,6 +61,7 @@ from gateway.routing.monitor import EngineMonitor, build_registry
 from gateway.settings import Settings
 from gateway.state import GatewayState
 
+_log = logging.getLogger("llmaas.server")
 ROUTERS = (
     openai.router,
     openai_responses.router,
@@ -156,6 +158,7 @@ def create_app(
         try:
             yield {"drain": drain}  # lifespan state: how the server (gateway/server.py) finds it
         finally:
+            _log.info("shutdown: closing the feeds, releasing admissions, flushing usage")
             for task in listening:
                 task.cancel()
             await asyncio.gather(*listening, return_exceptions=True)
@@ -168,6 +171,7 @@ def create_app(
                 await pipe.close()
             if redis is not None:
                 await redis.aclose()
+            _log.info("shutdown: done")
             log_listener.stop()
 
     throttle = _failure_throttle(settings)

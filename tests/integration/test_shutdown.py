@@ -141,6 +141,11 @@ async def test_streams_in_flight_finish_whole_within_a_fractional_grace(tmp_path
     assert all(t.endswith(DONE) for t in texts), texts
     logged = (tmp_path / "gw.log").read_text()
     assert "draining: 4 requests in flight, cut after 1.5s" in logged, logged
+    assert (
+        logged.index("draining:")
+        < logged.index("shutdown: closing")
+        < logged.index("shutdown: done")
+    )
     assert seen == len(billed) == 4
     assert {r.outcome for r in billed} == {"ok"}
     assert not list((tmp_path / "spill").glob("*.jsonl"))  # flushed to Redis, none spilled
