@@ -133,8 +133,14 @@ async def run(requests: int, concurrencies: list[int], rounds: int) -> None:
             print(f"| {concurrency} | {kind} | {rps:.0f} | {p50:.3f} | {cpu[kind]:.1f} |")
         print(
             f"| {concurrency} | uvicorn - raw | | | {cpu['uvicorn'] - cpu['raw']:.1f} "
-            f"({cpu['uvicorn'] / cpu['raw']:.2f}x) |"
+            f"({_times(cpu['uvicorn'], cpu['raw'])}) |"
         )
+
+
+def _times(a: float, b: float) -> str:
+    """`a` as a multiple of `b`; /proc counts CPU in 10 ms clock ticks, so a run too short for
+    one tick of the raw server's work says so rather than dividing by zero."""
+    return f"{a / b:.2f}x" if b > 0 else "raw under one clock tick: more --requests"
 
 
 def main() -> None:
