@@ -94,6 +94,8 @@ class AdmissionControl:
         prefetch = self.prefetch
         if prefetch is not None:
             taken = prefetch.take(caller, tokens)
+            if taken is None:
+                taken = await self._take_coming(caller, prefetch, tokens)
             if taken is not None:
                 self._hold(caller, taken)
                 self._refill(caller, prefetch)
@@ -116,6 +118,25 @@ class AdmissionControl:
             prefetch.fetched(caller, [answer, *more])
         self._hold(caller, answer)
         return answer
+
+    async def _take_coming(
+        self, caller: Principal, prefetch: Prefetch, tokens: int
+    ) -> Admission | None:
+        """The shelf is empty: one from the call on its way with more for it, if it brings one
+        for this request (sent earlier, it is answered sooner than a call of this request's
+        own). Waited for up to `timeout_s`; None: ask Redis."""
+        arrival = prefetch.awaited(caller, tokens)
+        if arrival is None:
+            return None
+        try:
+            await asyncio.wait((arrival,), timeout=self.timeout_s)
+        except asyncio.CancelledError:  # its client left
+            if not arrival.cancel() and (handed := arrival.result()) is not None:
+                self._give_back(caller, [handed.lease])  # (cancel: nothing will be handed)
+            raise
+        if arrival.cancel():  # not answered within timeout_s: nothing will be handed
+            return None
+        return arrival.result()
 
     def _refill(self, caller: Principal, prefetch: Prefetch) -> None:
         """Ask for the shelf's next fill in the background if a take left it half empty."""

@@ -29,7 +29,11 @@ and what was learnt about the key is forgotten.
 Refilled before it is empty: the request that takes a shelf down to half its size has the next
 fill asked for in the background (`ahead`, AdmissionControl), so at a steady rate the key's
 requests find one waiting and none of them waits for Redis; only a key that runs out (a burst,
-or its first requests) asks on a request's path. What sits on a shelf stays within
+or its first requests) asks on a request's path. One that finds the shelf empty while a call
+bringing more is on its way waits for that call instead (`awaited`), if it brings one for it
+(one each, covering its tokens): sent earlier, it is answered sooner than a call of its own
+would be, and what it brings is handed to those waiting first, in the order they came, so the
+key's admissions go out in the order Redis charged them. What sits on a shelf stays within
 1/HEADROOM of what remains of the limits: a fill asks for no more than that, less what is
 already there.
 """
@@ -57,10 +61,13 @@ class _Shelf:
     size: int = 1  # how many the next fill asks for
     last: Admission | None = None  # Redis's last answer: the room it leaves (none: none)
     coming: int = 0  # asked for in calls not answered yet
+    coming_each: int = 0  # the tokens each of those reserves
+    waiting: deque[asyncio.Future[Admission | None]] = field(default_factory=deque)  # for those
     largest: int = 0  # the most tokens a request of the key reserved since the last fill
     ready: deque[Admission] = field(default_factory=deque)
     due: deque[float] = field(default_factory=deque)  # when each of `ready` expires (loop time)
     filled_at: float | None = None  # when the last fill arrived (loop time)
+    stocked: bool = False  # a fill arrived since the shelf last ran out
     expiry: asyncio.TimerHandle | None = None  # at the oldest one's due time, or earlier
 
 
@@ -85,8 +92,10 @@ class Prefetch:
             return None
         shelf.largest = max(shelf.largest, tokens)
         if not shelf.ready:
-            if shelf.expiry is not None:  # ran out before they expired: twice as many
+            if shelf.stocked:  # ran out before they expired: twice as many
+                shelf.stocked = False
                 shelf.size = min(shelf.size * 2, self.max_count)
+            if shelf.expiry is not None:
                 shelf.expiry.cancel()
                 shelf.expiry = None
             return None
@@ -119,7 +128,7 @@ class Prefetch:
         count = min(shelf.size, _room(caller, each, shelf.last) - len(shelf.ready))
         if count <= 0:
             return 0, 0
-        shelf.coming = count
+        shelf.coming, shelf.coming_each = count, each
         shelf.largest = 0
         return count, each
 
@@ -133,15 +142,32 @@ class Prefetch:
         if shelf is None or shelf.ready or shelf.coming:
             return 0, tokens
         each = max(tokens, shelf.largest)
-        shelf.coming = min(shelf.size, _room(caller, each, shelf.last))
+        shelf.coming, shelf.coming_each = min(shelf.size, _room(caller, each, shelf.last)), each
         shelf.largest = 0
         return shelf.coming, each
 
+    def awaited(self, caller: Principal, tokens: int) -> asyncio.Future[Admission | None] | None:
+        """After a `take` found nothing: if the call on its way with more for the shelf brings
+        one for this request (one of those coming that no earlier request waits for, covering
+        `tokens`), a future that the call's answer sets to it (None: the call failed, or Redis
+        refused it). Cancel the future to give up waiting. None: nothing coming for it, ask
+        Redis."""
+        shelf = self.shelves.get(_name(caller))
+        if shelf is None or len(shelf.waiting) >= shelf.coming or shelf.coming_each < tokens:
+            return None
+        arrival: asyncio.Future[Admission | None] = asyncio.get_running_loop().create_future()
+        shelf.waiting.append(arrival)
+        return arrival
+
     def arrived(self, caller: Principal, asked: int) -> None:
-        """The call that asked for `asked` was answered, or failed."""
+        """The call that asked for `asked` was answered, or failed. Those still waiting for it
+        once the caller's step is over (`fetched` follows in that step and hands them what
+        came) get None."""
         shelf = self.shelves.get(_name(caller))
         if shelf is not None and asked:
             shelf.coming = max(0, shelf.coming - asked)
+            if not shelf.coming and shelf.waiting:
+                asyncio.get_running_loop().call_soon(_wake, shelf)
 
     def fetched(self, caller: Principal, answers: list[Admission]) -> None:
         """Redis admitted the caller (`answers[0]`) and what was fetched with it (the rest),
@@ -159,6 +185,13 @@ class Prefetch:
         if shelf is None:
             shelf = self.shelves[name] = _Shelf(caller)
         shelf.last = last
+        shelf.stocked = shelf.stocked or bool(admissions)
+        while shelf.waiting and admissions:  # first to those waiting for them, in turn
+            arrival = shelf.waiting.popleft()
+            if not arrival.done():  # (else its request gave up waiting)
+                arrival.set_result(admissions[0])
+                admissions = admissions[1:]
+                self.used.inc()
         if not admissions:
             return
         loop = asyncio.get_running_loop()
@@ -190,6 +223,7 @@ class Prefetch:
         self._release(shelf)
 
     def _release(self, shelf: _Shelf) -> None:
+        _wake(shelf)  # (none expected: a shelf expires only with admissions on it)
         for admission in shelf.ready:
             self.releases.add(shelf.caller, admission.lease)
         self.expired.inc(len(shelf.ready))
@@ -204,6 +238,14 @@ class Prefetch:
                 shelf.expiry = None
             self._release(shelf)
         self.shelves.clear()
+
+
+def _wake(shelf: _Shelf) -> None:
+    """Nothing more is coming for those still waiting: they ask Redis."""
+    for arrival in shelf.waiting:
+        if not arrival.done():
+            arrival.set_result(None)
+    shelf.waiting.clear()
 
 
 def _now() -> float:

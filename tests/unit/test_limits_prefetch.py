@@ -170,9 +170,11 @@ async def test_a_small_concurrency_limit_is_never_fetched_for(redis: Redis) -> N
 
 
 async def test_concurrent_requests_fetch_once(redis: Redis) -> None:
-    """Sixteen requests at once on a shelf of two: two take them, the first of those asks for
-    one fill (not sixteen), and the others, finding the shelf empty with that fill on its way,
-    ask Redis for themselves alone."""
+    """Sixteen requests at once on a shelf of two: two take them, and the first of those asks
+    for one fill of four (not sixteen); four of the others, finding the shelf empty with that
+    fill on its way, wait for it and take what it brings, and the other ten ask Redis for
+    themselves alone. The shelf ran out before its fill came (twice as many: 8) and half of it
+    went at once (again: 16), so the next fill asks for 16."""
     caller = who(BIG)
     async with control(redis) as admission:
         await admitted(admission, caller)  # a first reply shows the room
@@ -183,9 +185,109 @@ async def test_concurrent_requests_fetch_once(redis: Redis) -> None:
         waiting = shelved(admission)
         state = await charges(redis, caller)
     assert len({r.lease for r in results}) == 16
-    assert waiting == 4, waiting  # one fill of twice the last one
-    assert counted(admission, "used") == 1 + 2
+    assert waiting == 16, waiting  # one fill of four times the last one
+    assert counted(admission, "used") == 1 + 2 + 4
     assert state["requests"] == [1 + 2 + 16 + waiting, 0]
+
+
+async def test_a_request_meeting_an_empty_shelf_waits_for_the_fill_on_its_way(
+    redis: Redis,
+) -> None:
+    """Requests in a row quicker than a fill's round trip: the one that finds the shelf empty
+    while the fill is out waits for it rather than asking Redis itself, so it makes no call of
+    its own and the key's admissions are taken in the order Redis charged them (the headers
+    count down one by one). One needing more tokens than the fill reserves asks Redis."""
+    caller = who(BIG)
+    async with control(redis, prefetch_ttl_s=3) as admission:
+        results = [await admitted(admission, caller) for _ in range(3)]  # 2 shelved
+        before = trips(admission)
+        for _ in range(2):  # the first takes the shelf down to half: a fill of 4 goes out
+            result = await admission.admit(caller, BODY)  # (no turn of the loop between)
+            assert result is not None
+            results.append(result)
+        assert len(admission.filling) == 1
+        assert shelved(admission) == 0
+        assert trips(admission) == before  # both took from the shelf; the fill not yet written
+        large, result = await asyncio.gather(
+            admission.admit(caller, {**BODY, "max_tokens": 1000}),  # asks Redis itself
+            admission.admit(caller, BODY),  # waits for that fill, takes its first
+        )
+        assert large is not None
+        assert result is not None
+        results.append(result)
+        assert counted(admission, "used") == 1 + 2 + 1  # the large one took none
+    remaining = [r.requests[1] for r in results if r.requests is not None]
+    assert remaining == list(range(10**6 - 1, 10**6 - 7, -1))
+    assert large.requests is not None
+    assert large.requests[1] == 10**6 - 10  # after the fill's 4
+
+
+async def shelf_empty_with_a_fill_out(admission: AdmissionControl, caller: Principal) -> None:
+    """Three requests (2 shelved), then two in a row take both: a fill of 4 is on its way."""
+    for _ in range(3):
+        await admitted(admission, caller)
+    for _ in range(2):
+        assert await admission.admit(caller, BODY) is not None
+    assert len(admission.filling) == 1
+    assert shelved(admission) == 0
+
+
+async def test_a_waiting_request_whose_client_leaves_loses_nothing(redis: Redis) -> None:
+    """A request waiting for the fill on its way is cancelled (its client left): the admission
+    it would have been handed stays on the shelf for the next, and every one is accounted
+    for in Redis."""
+    caller = who(BIG)
+    async with control(redis, prefetch_ttl_s=3) as admission:
+        await shelf_empty_with_a_fill_out(admission, caller)
+        task = asyncio.create_task(admission.admit(caller, BODY))
+        await asyncio.sleep(0)  # it waits for the fill
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await filled(admission)
+        assert task.cancelled()
+        assert shelved(admission) == 4
+        assert counted(admission, "used") == 3
+        state = await charges(redis, caller)
+    assert state["requests"] == [5 + 4, 0]
+
+
+async def test_a_request_waits_no_longer_than_the_timeout_for_a_fill(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fill Redis does not answer within limits.timeout_s is given up (charging nothing),
+    and so is waiting for it: the request that waited asks Redis for itself."""
+    caller = who(BIG)
+    async with control(redis, prefetch_ttl_s=3, timeout_s=0.2) as admission:
+        for _ in range(3):
+            await admitted(admission, caller)
+        assert admission.limiter is not None
+        real = admission.limiter.admit_all
+
+        async def stalled(*args: Any) -> Any:
+            await asyncio.sleep(1)
+            return await real(*args)
+
+        monkeypatch.setattr(admission.limiter, "admit_all", stalled)
+        for _ in range(2):
+            assert await admission.admit(caller, BODY) is not None  # a fill of 4 is asked for
+        started = asyncio.get_running_loop().time()
+        request = asyncio.create_task(admission.admit(caller, BODY))
+        await asyncio.sleep(0)  # the fill goes out and stalls; the request waits for it
+        monkeypatch.setattr(admission.limiter, "admit_all", real)
+        result = await request
+        waited = asyncio.get_running_loop().time() - started
+        await filled(admission)
+        assert admission.releases is not None
+        await asyncio.wait_for(admission.releases.drained.wait(), 5)
+        assert result is not None
+        assert 0.2 <= waited < 1, waited
+        assert shelved(admission) == 0
+        assert counted(admission, "used") == 3  # none handed to it
+        assert released(admission, "cancelled") == 4
+        state = await charges(redis, caller)
+    assert result.requests is not None
+    assert result.requests[1] == 10**6 - 6  # its own call
+    assert state["requests"] == [6, 0]
 
 
 async def test_a_request_needing_more_tokens_than_shelved_asks_redis(redis: Redis) -> None:
