@@ -82,7 +82,10 @@ async def test_a_spill_file_replays_into_its_own_ledger_only(tmp_path: Path) -> 
         # Gateway A meters into X, which goes away; A spills at SIGTERM.
         async with gateway_process(on_x) as a:
             headers = await tenant_key(http, a.url, "spilled")
-            await _chat(http, a.url, headers)  # written to X; the key is now cached
+            await _chat(http, a.url, headers)  # the key is now cached
+            async with asyncio.timeout(10):  # its settlement may wait a moment for company
+                while await _records(x.url) < 1:  # noqa: ASYNC110 (polling Redis)
+                    await asyncio.sleep(0.05)
             _, _, x_ledger = await _redis(x.url)
             assert x_ledger is not None
             await x.stop()
