@@ -122,9 +122,9 @@ class AdmissionControl:
     async def _take_coming(
         self, caller: Principal, prefetch: Prefetch, tokens: int
     ) -> Admission | None:
-        """The shelf is empty: one from the call on its way with more for it, if it brings one
-        for this request (sent earlier, it is answered sooner than a call of this request's
-        own). Waited for up to `timeout_s`; None: ask Redis."""
+        """The shelf has none for this request: one from the call on its way with more for
+        it, if that brings one for this request (sent earlier, it is answered sooner than a
+        call of this request's own). Waited for up to `timeout_s`; None: ask Redis."""
         arrival = prefetch.awaited(caller, tokens)
         if arrival is None:
             return None
