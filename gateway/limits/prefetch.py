@@ -186,12 +186,15 @@ class Prefetch:
             shelf = self.shelves[name] = _Shelf(caller)
         shelf.last = last
         shelf.stocked = shelf.stocked or bool(admissions)
-        while shelf.waiting and admissions:  # first to those waiting for them, in turn
+        handed = 0  # first to those waiting for them, in turn
+        while shelf.waiting and handed < len(admissions):
             arrival = shelf.waiting.popleft()
             if not arrival.done():  # (else its request gave up waiting)
-                arrival.set_result(admissions[0])
-                admissions = admissions[1:]
-                self.used.inc()
+                arrival.set_result(admissions[handed])
+                handed += 1
+        if handed:
+            self.used.inc(handed)
+            admissions = admissions[handed:]
         if not admissions:
             return
         loop = asyncio.get_running_loop()

@@ -190,6 +190,23 @@ async def test_concurrent_requests_fetch_once(redis: Redis) -> None:
     assert state["requests"] == [1 + 2 + 16 + waiting, 0]
 
 
+async def shelf_empty_with_a_fill_out(
+    admission: AdmissionControl, caller: Principal
+) -> list[Admission]:
+    """Three requests (2 shelved), then two in a row take both: a fill of 4 is on its way.
+    Their five admissions."""
+    results = [await admitted(admission, caller) for _ in range(3)]
+    before = trips(admission)
+    for _ in range(2):  # the first takes the shelf down to half: a fill of 4 goes out
+        result = await admission.admit(caller, BODY)  # (no turn of the loop between)
+        assert result is not None
+        results.append(result)
+    assert len(admission.filling) == 1
+    assert shelved(admission) == 0
+    assert trips(admission) == before  # both took from the shelf; the fill not yet written
+    return results
+
+
 async def test_a_request_meeting_an_empty_shelf_waits_for_the_fill_on_its_way(
     redis: Redis,
 ) -> None:
@@ -199,15 +216,7 @@ async def test_a_request_meeting_an_empty_shelf_waits_for_the_fill_on_its_way(
     count down one by one). One needing more tokens than the fill reserves asks Redis."""
     caller = who(BIG)
     async with control(redis, prefetch_ttl_s=3) as admission:
-        results = [await admitted(admission, caller) for _ in range(3)]  # 2 shelved
-        before = trips(admission)
-        for _ in range(2):  # the first takes the shelf down to half: a fill of 4 goes out
-            result = await admission.admit(caller, BODY)  # (no turn of the loop between)
-            assert result is not None
-            results.append(result)
-        assert len(admission.filling) == 1
-        assert shelved(admission) == 0
-        assert trips(admission) == before  # both took from the shelf; the fill not yet written
+        results = await shelf_empty_with_a_fill_out(admission, caller)
         large, result = await asyncio.gather(
             admission.admit(caller, {**BODY, "max_tokens": 1000}),  # asks Redis itself
             admission.admit(caller, BODY),  # waits for that fill, takes its first
@@ -220,16 +229,6 @@ async def test_a_request_meeting_an_empty_shelf_waits_for_the_fill_on_its_way(
     assert remaining == list(range(10**6 - 1, 10**6 - 7, -1))
     assert large.requests is not None
     assert large.requests[1] == 10**6 - 10  # after the fill's 4
-
-
-async def shelf_empty_with_a_fill_out(admission: AdmissionControl, caller: Principal) -> None:
-    """Three requests (2 shelved), then two in a row take both: a fill of 4 is on its way."""
-    for _ in range(3):
-        await admitted(admission, caller)
-    for _ in range(2):
-        assert await admission.admit(caller, BODY) is not None
-    assert len(admission.filling) == 1
-    assert shelved(admission) == 0
 
 
 async def test_a_waiting_request_whose_client_leaves_loses_nothing(redis: Redis) -> None:
