@@ -1,16 +1,21 @@
 """Turn away, with 429 and Retry-After, a client whose requests keep failing authentication.
 
 The client is the TCP peer address (X-Forwarded-For is not trusted: behind a proxy, the proxy
-is the one client). Its requests are refused before any route runs, so they touch no Redis.
-It sits inside the request context (gateway/api/middleware.py), whose info tells it the status.
+is the one client). Its requests are refused before any route runs, so they touch no Redis,
+except those carrying an API key this process has already verified and still holds as valid
+(`Authenticator.recognises`, from memory alone): one client sending bad keys through a shared
+address or proxy does not lock out the keys in use behind it. It sits inside the request
+context (gateway/api/middleware.py), whose info tells it the status.
 """
 
 from __future__ import annotations
 
 import math
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.auth.authenticate import Authenticator
 from gateway.auth.failures import FailureThrottle
 from gateway.errors import RateLimited
 from gateway.proxy.asgi_send import send_error
@@ -30,7 +35,7 @@ class AuthFailureThrottle:
             return
         client = scope["client"][0] if scope.get("client") else "unknown"
         wait = self.throttle.retry_after(client)
-        if wait is not None:
+        if wait is not None and not _recognised(scope):
             await send_error(send, _refusal(math.ceil(wait)))
             return
 
@@ -39,6 +44,13 @@ class AuthFailureThrottle:
         finally:  # the status the request context saw go out (middleware.py)
             if info_of(scope).status == 401:
                 self.throttle.failed(client)
+
+
+def _recognised(scope: Scope) -> bool:
+    """Whether the request's API key is one the gateway knows as valid without asking Redis."""
+    state = getattr(scope["app"].state, "gateway", None)  # (None before startup is done)
+    auth: Authenticator | None = None if state is None else state.auth
+    return auth is not None and auth.recognises(Headers(scope=scope))
 
 
 def _refusal(retry_after_s: int) -> RateLimited:

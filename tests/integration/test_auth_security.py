@@ -325,6 +325,27 @@ async def test_a_repeated_key_reuses_its_principal_until_its_records_change(
         await auth.principal(_bearer(key))
 
 
+async def test_a_key_is_recognised_from_memory_only_once_verified_and_while_valid(
+    secured: Secured,
+) -> None:
+    store = AuthStore(secured.redis)
+    record, key = await issue_key(store, PEPPER.encode(), tenant="known")
+    auth, cache = await _replica(secured.redis, store)
+    key_id, secret = parse_key(key) or ("", "")
+    assert not auth.recognises(_bearer(key))  # never verified here: it would take Redis
+    await auth.principal(_bearer(key))
+    gets = await _get_calls(secured.redis)
+    assert auth.recognises(_bearer(key))
+    assert auth.recognises(Headers({"api-key": key}))
+    assert not auth.recognises(_bearer(f"{PREFIX}{key_id}-{secret[::-1]}"))  # wrong secret
+    assert not auth.recognises(_bearer(_junk_key()))
+    assert not auth.recognises(Headers({}))
+    assert await _get_calls(secured.redis) == gets  # all of it from memory
+    await store.put_key(record.model_copy(update={"revoked": True}))
+    cache.invalidate(f"key:{record.id}")  # what the pub/sub message does
+    assert not auth.recognises(_bearer(key))
+
+
 async def test_junk_keys_cannot_grow_the_auth_cache(secured: Secured) -> None:
     store = AuthStore(secured.redis)
     _, good = await issue_key(store, PEPPER.encode(), tenant="bounded")
@@ -349,6 +370,8 @@ async def _get_calls(redis: Redis) -> int:
 
 async def test_repeated_401s_from_one_address_are_throttled(secured: Secured) -> None:
     _, good = await secured.new_key()
+    _, in_use = await secured.new_key()
+    assert await secured.status(in_use, secured.strict) == 200  # verified by this process
     for _ in range(THROTTLE_LIMIT):
         assert await secured.status(_junk_key(), secured.strict) == 401
     gets = await _get_calls(secured.redis)
@@ -360,6 +383,9 @@ async def test_repeated_401s_from_one_address_are_throttled(secured: Secured) ->
             assert 0 < int(resp.headers["retry-after"]) <= 600
             assert (await resp.json())["error"]["code"] == "too_many_auth_failures"
     assert await _get_calls(secured.redis) == gets  # refused without a Redis lookup
+    # A key this process has verified is let through from the same address: bad keys sent
+    # through a shared address or proxy do not lock out the keys in use behind it.
+    assert await secured.status(in_use, secured.strict) == 200
     # A header cannot make the same peer another client: X-Forwarded-For is not trusted.
     spoofed = {"authorization": f"Bearer {good}", "x-forwarded-for": "203.0.113.7"}
     async with secured.http.get(f"{secured.strict}/v1/models", headers=spoofed) as resp:
