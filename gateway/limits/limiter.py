@@ -25,6 +25,9 @@ from gateway.redis_wire import Command
 
 _SCRIPTS = Path(__file__).parent
 SCOPES = ("key", "tenant")
+# Retry-After of a concurrency refusal: a slot frees when one of the requests in flight ends,
+# which nobody knows in advance; the lease's expiry (what Redis reports) is minutes away.
+CONCURRENCY_RETRY_S = 1
 ReleaseOutcome = Literal["refunded", "cancelled", "released"]
 
 
@@ -196,8 +199,12 @@ def _refusal(reply: list[bytes], tokens: int) -> RateLimited:
     kind = reply[2].decode()
     retry_ms, limit = float(reply[3]), int(float(reply[4]))
     retry_s = max(1, math.ceil(retry_ms / 1000))
-    if kind == "concurrency":
-        message = f"Too many requests in flight at the {scope} scope: the limit is {limit}."
+    if kind == "concurrency":  # a slot frees when a request in flight ends: soon, not known
+        retry_s = CONCURRENCY_RETRY_S  # (Redis answers when the oldest lease would expire)
+        message = (
+            f"Too many requests in flight at the {scope} scope: the limit is {limit}. "
+            "Try again when one of them has finished."
+        )
     elif kind == "tokens" and tokens > limit:
         message = (
             f"Request too large for the {scope} scope: it may use {tokens} tokens, more than "
@@ -208,11 +215,15 @@ def _refusal(reply: list[bytes], tokens: int) -> RateLimited:
             f"Rate limit reached for {kind} per minute at the {scope} scope: limit {limit}. "
             f"Please try again in {duration(retry_ms)}."
         )
+    headers = {"retry-after": str(retry_s)}
+    if kind != "concurrency":  # as OpenAI's 429s: the refusing limit's figures, none left
+        names = _TOKENS_HEADERS if kind == "tokens" else _REQUESTS_HEADERS
+        _figures(headers, names, (limit, 0, retry_ms))
     return RateLimited(
         message,
         kind="tokens" if kind == "tokens" else "requests",
         scope=scope,
         limit_kind=kind,
         code="rate_limit_exceeded",
-        headers={"retry-after": str(retry_s)},
+        headers=headers,
     )

@@ -44,6 +44,8 @@ async def test_rpm_headers_count_down_then_429(auth: AuthStack) -> None:
     assert error.code == "rate_limit_exceeded"
     assert error.type == "requests"
     assert int(error.response.headers["retry-after"]) >= 1
+    assert error.response.headers["x-ratelimit-limit-requests"] == "3"  # on the 429 as well
+    assert error.response.headers["x-ratelimit-remaining-requests"] == "0"
     assert "key scope" in error.message
 
 
@@ -149,6 +151,7 @@ async def test_concurrency_limit_holds_and_frees(auth: AuthStack) -> None:
         refused = [r for r in results if isinstance(r, openai.RateLimitError)]
         assert len(refused) == 4
         assert "in flight" in refused[0].message
+        assert refused[0].response.headers["retry-after"] == "1"  # not the lease's expiry
         await oai.chat.completions.create(model=MODEL, messages=HELLO)  # slots are free again
 
 

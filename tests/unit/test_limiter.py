@@ -172,6 +172,11 @@ async def test_token_reservations_never_exceed_tpm_and_settle_to_real_usage(redi
     admitted, refused = await admit_all(limiter, principal, 10, tokens=300)
     assert len(admitted) == 3
     assert refused[0].body()["error"]["type"] == "tokens"
+    headers = refused[0].headers  # as OpenAI's 429s: the refusing limit's figures, none left
+    assert headers["x-ratelimit-limit-tokens"] == "1000"
+    assert headers["x-ratelimit-remaining-tokens"] == "0"
+    assert headers["x-ratelimit-reset-tokens"].endswith("s")
+    assert "x-ratelimit-limit-requests" not in headers
     for admission in admitted:  # each really used 100 of its 300
         await settle(redis, principal, admission, 100)
     assert (await limiter.admit(principal, 650)).tokens is not None  # 300 used + 650 <= 1000
@@ -202,6 +207,7 @@ async def test_concurrency_leases_are_released_and_expire(redis: Redis) -> None:
     admitted, refused = await admit_all(limiter, principal, 50)
     assert len(admitted) == 3
     assert "in flight" in refused[0].message
+    assert refused[0].headers == {"retry-after": "1"}  # soon: not the leases' expiry
     await settle(redis, principal, admitted[0], 1)
     await limiter.admit(principal, 1)  # the released slot is free again
 
