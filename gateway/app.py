@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api import admin, files, fine_tuning, health, openai, openai_responses, usage
@@ -188,6 +189,7 @@ def create_app(
     app = GatewayApp(
         gates,
         title="llmaas",
+        redirect_slashes=False,  # a path with a trailing slash is unknown (404), not a 307
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
@@ -274,9 +276,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             err = NotFound(f"Unknown path: {request.method} {request.url.path}", code="unknown_url")
         elif exc.status_code == 405:
+            allowed = _allowed_methods(request)
             err = MethodNotAllowed(
-                f"Method {request.method} is not allowed on {request.url.path}.",
+                f"Method {request.method} is not allowed on {request.url.path}; "
+                f"allowed: {allowed}.",
                 code="method_not_allowed",
+                headers={"allow": allowed},  # RFC 9110: a 405 lists what the path serves
             )
         else:
             err = ApiError(str(exc.detail), status=exc.status_code)
@@ -302,6 +307,20 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, unhandled)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
+
+
+def _allowed_methods(request: Request) -> str:
+    """The methods the routes of the request's path serve ("DELETE, GET"): each one asked
+    whether it would take the path under that method (routers nest; routes share paths)."""
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
 def _first_validation_error(exc: RequestValidationError) -> InvalidRequest:

@@ -39,7 +39,9 @@ async def require_admin(request: Request) -> None:
         or scheme.lower() != "bearer"
         or not hmac.compare_digest(token.strip().encode(), expected.encode())
     ):
-        raise Unauthorized("The admin API needs 'Authorization: Bearer <admin token>'.")
+        raise Unauthorized(
+            "The admin API needs 'Authorization: Bearer <admin token>'.", code="invalid_api_key"
+        )
 
 
 router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)])

@@ -21,7 +21,7 @@ from gateway.api.body import (
 from gateway.api.responses import json_response
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
-from gateway.errors import ModelNotFound
+from gateway.errors import Forbidden, ModelNotFound
 from gateway.metering.accounting import Charge
 from gateway.metering.stream_options import force_usage, wanted
 from gateway.proxy.collect import stream_request
@@ -174,8 +174,18 @@ async def get_model(model_id: str, gw: Gateway, caller: Caller) -> Response:
 @router.delete("/models/{model_id:path}", response_model=None)
 async def delete_model(model_id: str, gw: Gateway, caller: Caller) -> Response:
     """Delete one of the tenant's fine-tuned models: unloaded from every engine, its adapter
-    removed. Other models cannot be deleted (404 as for a model the caller cannot see)."""
-    if not model_id.startswith("ft:") or not caller.may_use(model_id) or gw.adapters is None:
+    removed. A base model the caller can see cannot be deleted (403, as OpenAI answers);
+    anything else it cannot see is 404."""
+    if not caller.may_use(model_id):
+        raise ModelNotFound(model_id)
+    if gw.registry.pool(model_id) is not None:
+        raise Forbidden(
+            f"The model '{model_id}' is a base model served by the gateway and cannot be "
+            "deleted; only your fine-tuned models (ft:…) can.",
+            param="model",
+            code="model_not_deletable",
+        )
+    if not model_id.startswith("ft:") or gw.adapters is None:
         raise ModelNotFound(model_id)
     if not await gw.adapters.delete(caller.tenant, model_id):
         raise ModelNotFound(model_id)

@@ -159,7 +159,9 @@ async def test_admin_api_refuses_everyone_but_the_admin(auth: AuthStack) -> None
     ):
         async with auth.http.get(f"{auth.gateway}/admin/v1/keys", headers=headers) as resp:
             assert resp.status == 401
-            assert set((await resp.json())["error"]) == {"message", "type", "param", "code"}
+            error = (await resp.json())["error"]
+            assert set(error) == {"message", "type", "param", "code"}
+            assert error["code"] == "invalid_api_key"  # a code, as the gateway's other 401s have
 
 
 @pytest.mark.parametrize(

@@ -85,7 +85,16 @@ async def test_unknown_route_and_wrong_method_are_openai_shaped(stack: Stack) ->
         assert assert_openai_error(await resp.json())["code"] == "unknown_url"
     async with stack.http.get(f"{stack.gateway}/v1/chat/completions") as resp:
         assert resp.status == 405
+        assert resp.headers["allow"] == "POST"
         assert assert_openai_error(await resp.json())["code"] == "method_not_allowed"
+    async with stack.http.put(f"{stack.gateway}/v1/models/{MODEL}") as resp:
+        assert resp.status == 405
+        assert resp.headers["allow"] == "DELETE, GET"  # every route of the path
+    for method, path in (("POST", "/v1/chat/completions/"), ("GET", "/v1/usage/")):
+        url = f"{stack.gateway}{path}"  # unknown paths: no redirect to the one without "/"
+        async with stack.http.request(method, url, allow_redirects=False) as resp:
+            assert resp.status == 404
+            assert assert_openai_error(await resp.json())["code"] == "unknown_url"
 
 
 async def test_no_reachable_engine_is_503(stack: Stack) -> None:

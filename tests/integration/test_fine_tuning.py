@@ -214,8 +214,10 @@ async def test_fine_tuned_models_belong_to_their_tenant(ft: TenantStack, tmp_pat
     ):
         with pytest.raises(openai.NotFoundError):
             await attempt
-    with pytest.raises(openai.NotFoundError):  # only fine-tuned models can be deleted
+    with pytest.raises(openai.PermissionDeniedError) as refused:  # only fine-tuned ones can be
         await owner.models.delete(BASE)
+    assert (refused.value.code, refused.value.param) == ("model_not_deletable", "model")
+    assert "base model" in refused.value.message
     deleted = await owner.models.delete(name)
     assert (deleted.id, deleted.deleted) == (name, True)
     assert not adapter.exists()
