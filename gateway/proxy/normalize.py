@@ -8,6 +8,7 @@ byte for byte: a body is only re-serialised when a forbidden `null` was actually
 
 from __future__ import annotations
 
+import ast
 import re
 from typing import Any
 
@@ -84,8 +85,13 @@ def normalize_success(body: bytes) -> bytes:
 
 
 def normalize_error(status: int, body: bytes, route: str | None = None) -> bytes:
-    """Any engine error body as OpenAI's error shape, keeping the engine's message."""
+    """Any engine error body as OpenAI's error shape, keeping the engine's message (a
+    validation error's first complaint, as a sentence naming the field)."""
     message, param, code = _parse_error(body, status)
+    if status == 400 and param is not None:
+        message, param = _validation(message, param)
+        if param == "input_tokens":  # vLLM's context-length refusal: OpenAI's code, the field
+            param, code = _PROMPT_FIELDS.get(route or "", "messages"), "context_length_exceeded"
     if status == 404 and route is not None and message == _NOT_SERVED:
         message = f"The model's engine does not serve /v1/{route}."
     type_ = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
@@ -94,6 +100,43 @@ def normalize_error(status: int, body: bytes, route: str | None = None) -> bytes
     if code is None and status == 404 and param == "response_id":  # the Responses API's
         code = "response_not_found"
     return orjson.dumps(error_body(message, type_, param=param, code=code))
+
+
+# Where a route's prompt is (what a context-length refusal names).
+_PROMPT_FIELDS = {"completions": "prompt", "embeddings": "input", "responses": "input"}
+# vLLM's answer to a body its schema refuses: "2 validation errors:\n  {'type': ..., 'loc':
+# 'body.max_tokens', 'msg': ..., 'input': ...}\n  ..." (one repr of pydantic's error per line).
+_VALIDATION_HEAD = re.compile(r"\d+ validation errors?:\n")
+
+
+def _validation(message: str, param: str) -> tuple[str, str]:
+    """vLLM's validation error as a sentence naming the field, and `param` as OpenAI spells a
+    field ("messages[0]", not "body.messages.0.ChatCompletionDeveloperMessageParam")."""
+    field = _field_path(param)
+    if not _VALIDATION_HEAD.match(message):
+        return message, field
+    first = message.split("\n", 2)[1].strip()
+    try:
+        error = ast.literal_eval(first)  # (a literal only: nothing is run)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return message, field
+    if not isinstance(error, dict) or not isinstance(error.get("msg"), str):
+        return message, field
+    got = error.get("input")
+    shown = f" (got {got!r})" if isinstance(got, (str, int, float)) and len(repr(got)) <= 60 else ""
+    return f"Invalid value for '{field}': {error['msg']}{shown}.", field
+
+
+def _field_path(loc: str) -> str:
+    """A pydantic location (body.tools.0.function.name) as OpenAI names the field
+    (tools[0].function.name): no "body", indexes in brackets, no union branch's model name."""
+    path = ""
+    for part in loc.split("."):
+        if part.isdigit():
+            path += f"[{part}]"
+        elif part and part != "body" and not part[0].isupper():
+            path += f".{part}" if path else part
+    return path or loc
 
 
 def _parse_error(body: bytes, status: int) -> tuple[str, str | None, str | None]:

@@ -101,6 +101,36 @@ async def test_engine_validation_error_passes_through_in_openai_shape(
     assert info.value.code is None or isinstance(info.value.code, str)
 
 
+@pytest.mark.parametrize(
+    ("fields", "param", "needle"),
+    [
+        ({"max_tokens": "ten"}, "max_tokens", "(got 'ten')"),
+        ({"messages": ["hi"]}, "messages[0]", "valid dictionary"),
+    ],
+)
+async def test_a_body_vllm_refuses_names_the_field_as_openai_does(
+    oai: openai.AsyncOpenAI, fields: dict[str, Any], param: str, needle: str
+) -> None:
+    """What the gateway's own checks leave to the engine: vLLM's pydantic report becomes one
+    sentence naming the field, and `param` is spelled as OpenAI spells it."""
+    body: dict[str, Any] = {"model": CHAT, "messages": FRANCE, **fields}
+    with pytest.raises(openai.BadRequestError) as info:
+        await oai.chat.completions.create(**body)
+    assert info.value.param == param
+    assert f"- Invalid value for '{param}': " in info.value.message  # (after the SDK's prefix)
+    assert needle in info.value.message
+
+
+async def test_a_prompt_over_the_context_is_context_length_exceeded(
+    oai: openai.AsyncOpenAI,
+) -> None:
+    long: list[Any] = [{"role": "user", "content": "Paris is a city. " * 2500}]  # > 8,192 tokens
+    with pytest.raises(openai.BadRequestError) as info:
+        await oai.chat.completions.create(model=CHAT, messages=long, max_tokens=5)
+    assert (info.value.code, info.value.param) == ("context_length_exceeded", "messages")
+    assert "context length" in info.value.message
+
+
 async def test_vllm_nulls_that_break_strict_clients_are_removed(e2e: E2E) -> None:
     body = {"model": CHAT, "messages": FRANCE, "max_tokens": 3, "top_k": 1, "min_p": 0.0}
     async with e2e.http.post(

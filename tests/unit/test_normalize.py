@@ -126,3 +126,58 @@ def test_token_frames_with_only_allowed_nulls_pass_as_the_same_object() -> None:
 def test_a_frame_after_an_event_line_is_normalised_with_its_event_line_kept() -> None:
     frame = b'event: chunk\ndata: {"id":"x","system_fingerprint":null,"choices":[]}\n\n'
     assert transform_frame(frame) == b'event: chunk\ndata: {"id":"x","choices":[]}\n\n'
+
+
+def _vllm_400(message: str, param: str | None) -> bytes:
+    error = {"message": message, "type": "Bad Request", "param": param, "code": 400}
+    return orjson.dumps({"error": error})
+
+
+def test_vllm_validation_errors_name_the_field_as_openai_does() -> None:
+    """vLLM 0.32's answers to `"max_tokens": "ten"` and `"messages": ["hi"]`, as it sends them."""
+    wrong_type = _vllm_400(
+        "1 validation error:\n  {'type': 'int_parsing', 'loc': 'body.max_tokens', 'msg': "
+        "'Input should be a valid integer, unable to parse string as an integer', "
+        "'input': 'ten'}",
+        "body.max_tokens",
+    )
+    err = orjson.loads(normalize_error(400, wrong_type, "chat/completions"))["error"]
+    assert err == {
+        "message": "Invalid value for 'max_tokens': Input should be a valid integer, unable to "
+        "parse string as an integer (got 'ten').",
+        "type": "invalid_request_error",
+        "param": "max_tokens",
+        "code": None,
+    }
+    union = _vllm_400(
+        "8 validation errors:\n  {'type': 'dict_type', 'loc': "
+        "'body.messages.0.ChatCompletionDeveloperMessageParam', 'msg': 'Input should be a "
+        "valid dictionary', 'input': 'hi'}\n  {'type': 'dict_type', 'loc': "
+        "'body.messages.0.ChatCompletionSystemMessageParam', 'msg': 'Input should be a valid "
+        "dictionary', 'input': 'hi'}",
+        "body.messages.0.ChatCompletionDeveloperMessageParam",
+    )
+    err = orjson.loads(normalize_error(400, union, "chat/completions"))["error"]
+    assert err["param"] == "messages[0]"
+    assert err["message"] == (
+        "Invalid value for 'messages[0]': Input should be a valid dictionary (got 'hi')."
+    )
+    nested = _vllm_400("bad name", "body.tools.0.function.name")
+    err = orjson.loads(normalize_error(400, nested))["error"]
+    assert (err["param"], err["message"]) == ("tools[0].function.name", "bad name")
+    cut = _vllm_400(
+        "1 validation error:\n  {'type': 'x', 'loc': 'body.stop', 'msg...[trunc", "body.stop"
+    )
+    err = orjson.loads(normalize_error(400, cut))["error"]  # not a literal: the message stays
+    assert err["param"] == "stop"
+    assert err["message"].startswith("1 validation error:")
+
+
+def test_a_prompt_over_the_context_is_context_length_exceeded_on_the_prompts_field() -> None:
+    body = _vllm_400(
+        "This model's maximum context length is 8192 tokens. However, ...", "input_tokens"
+    )
+    for route, field in (("chat/completions", "messages"), ("completions", "prompt")):
+        err = orjson.loads(normalize_error(400, body, route))["error"]
+        assert (err["param"], err["code"]) == (field, "context_length_exceeded")
+        assert err["message"].startswith("This model's maximum context length is 8192 tokens.")
