@@ -50,30 +50,49 @@ ENGINE_COLUMNS = (
 
 def add_admin_commands(sub: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=os.environ.get("LLMAAS_URL", "http://127.0.0.1:8080"))
-    common.add_argument("--admin-token", default=os.environ.get("LLMAAS_ADMIN_TOKEN"))
+    common.add_argument(
+        "--url",
+        default=os.environ.get("LLMAAS_URL", "http://127.0.0.1:8080"),
+        help="the gateway (default: $LLMAAS_URL, else http://127.0.0.1:8080)",
+    )
+    common.add_argument(
+        "--admin-token",
+        default=os.environ.get("LLMAAS_ADMIN_TOKEN"),
+        help="the admin token (default: $LLMAAS_ADMIN_TOKEN)",
+    )
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
     limits = argparse.ArgumentParser(add_help=False)
-    for flag in ("--rpm", "--tpm", "--max-concurrency"):
-        limits.add_argument(flag, type=int)
+    for flag, what in (
+        ("--rpm", "requests per minute"),
+        ("--tpm", "tokens per minute"),
+        ("--max-concurrency", "requests in flight"),
+    ):
+        limits.add_argument(flag, type=int, help=f"limit of {what} (default: none)")
     limits.add_argument("--models", help="comma-separated allow-list (default: every model)")
 
     keys = sub.add_parser("keys", help="API keys (admin API)").add_subparsers(
         dest="action", required=True
     )
     create = keys.add_parser("create", parents=[common, limits], help="create a key; shows it once")
-    create.add_argument("--tenant", required=True)
-    create.add_argument("--name")
+    create.add_argument("--tenant", required=True, help="the tenant the key belongs to")
+    create.add_argument("--name", help="a label for the key (shown in lists)")
     create.add_argument("--expires-at", help="RFC 3339, e.g. 2027-01-01T00:00:00Z")
-    keys.add_parser("list", parents=[common]).add_argument("--tenant")
-    for action in ("revoke", "rotate"):
-        keys.add_parser(action, parents=[common]).add_argument("key_id")
+    keys.add_parser("list", parents=[common], help="list keys (no secrets)").add_argument(
+        "--tenant", help="only this tenant's"
+    )
+    for action, what in (
+        ("revoke", "revoke a key: refused at once on every replica"),
+        ("rotate", "a new secret for a key (same id); shows it once, the old one stops at once"),
+    ):
+        keys.add_parser(action, parents=[common], help=what).add_argument("key_id")
 
     tenants = sub.add_parser("tenants", help="tenants (admin API)").add_subparsers(
         dest="action", required=True
     )
     tenant_set = tenants.add_parser(
-        "set", parents=[common, limits], help="replace a tenant's limits and priority"
+        "set",
+        parents=[common, limits],
+        help="replace a tenant's limits and priority (what is left out is no longer set)",
     )
     tenant_set.add_argument("tenant_id")
     tenant_set.add_argument(
@@ -83,7 +102,7 @@ def add_admin_commands(sub: Any) -> None:
         "--media-hosts",
         help="comma-separated hosts its media URLs may name ('' for none; omitted: the default)",
     )
-    tenants.add_parser("list", parents=[common])
+    tenants.add_parser("list", parents=[common], help="list tenants and their settings")
 
     engines = sub.add_parser(
         "engines",

@@ -25,18 +25,28 @@ POLL_S = 1.0
 
 def add_finetune_commands(sub: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=os.environ.get("LLMAAS_URL", "http://127.0.0.1:8080"))
-    common.add_argument("--api-key", default=os.environ.get("LLMAAS_API_KEY"))
+    common.add_argument(
+        "--url",
+        default=os.environ.get("LLMAAS_URL", "http://127.0.0.1:8080"),
+        help="the gateway (default: $LLMAAS_URL, else http://127.0.0.1:8080)",
+    )
+    common.add_argument(
+        "--api-key",
+        default=os.environ.get("LLMAAS_API_KEY"),
+        help="your tenant's API key (default: $LLMAAS_API_KEY)",
+    )
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     files = sub.add_parser("files", help="your tenant's files (/v1/files)")
     files_sub = files.add_subparsers(dest="action", required=True)
     upload = files_sub.add_parser("upload", parents=[common], help="upload a file")
-    upload.add_argument("path", type=Path)
-    upload.add_argument("--purpose", default="fine-tune")
-    files_sub.add_parser("list", parents=[common]).add_argument("--purpose")
-    for action in ("show", "delete"):
-        files_sub.add_parser(action, parents=[common]).add_argument("file_id")
+    upload.add_argument("path", type=Path, help="a JSONL file of chat examples")
+    upload.add_argument("--purpose", default="fine-tune", help="(default: fine-tune)")
+    files_sub.add_parser("list", parents=[common], help="list your files").add_argument(
+        "--purpose", help="only files of this purpose"
+    )
+    for action, what in (("show", "one file's details"), ("delete", "delete a file")):
+        files_sub.add_parser(action, parents=[common], help=what).add_argument("file_id")
     files.set_defaults(func=run_files)
 
     jobs = sub.add_parser("jobs", help="your tenant's fine-tuning jobs (/v1/fine_tuning/jobs)")
@@ -44,15 +54,22 @@ def add_finetune_commands(sub: Any) -> None:
     create = jobs_sub.add_parser("create", parents=[common], help="start a fine-tuning job")
     create.add_argument("--model", required=True, help="the base model")
     create.add_argument("--training-file", required=True, help="a file id (purpose fine-tune)")
-    create.add_argument("--suffix")
-    create.add_argument("--epochs", type=int)
-    create.add_argument("--batch-size", type=int)
-    create.add_argument("--lr-multiplier", type=float)
-    create.add_argument("--lora-rank", type=int)
+    create.add_argument("--suffix", help="part of the fine-tuned model's name")
+    create.add_argument("--epochs", type=int, help="(default: auto, from the dataset's size)")
+    create.add_argument("--batch-size", type=int, help="(default: auto, from the dataset's size)")
+    create.add_argument("--lr-multiplier", type=float, help="(default: 1)")
+    create.add_argument(
+        "--lora-rank", type=int, help="the adapter's rank (default: the gateway's setting)"
+    )
     create.add_argument("--follow", action="store_true", help="then follow it (as jobs follow)")
-    jobs_sub.add_parser("list", parents=[common])
-    for action in ("show", "cancel", "events", "follow"):
-        jobs_sub.add_parser(action, parents=[common]).add_argument("job_id")
+    jobs_sub.add_parser("list", parents=[common], help="list your jobs")
+    for action, what in (
+        ("show", "one job's details"),
+        ("cancel", "cancel a job"),
+        ("events", "a job's events (progress, loss, errors)"),
+        ("follow", "print a job's events as they come, until it ends"),
+    ):
+        jobs_sub.add_parser(action, parents=[common], help=what).add_argument("job_id")
     jobs.set_defaults(func=run_jobs)
 
 
@@ -60,6 +77,8 @@ def run_files(args: argparse.Namespace) -> int:
     try:
         client = TenantClient(args.url, args.api_key)
         result = asyncio.run(_files(client, args))
+    except BrokenPipeError:  # stdout's reader went away: gateway/cli.py's main stops quietly
+        raise
     except (AdminError, OSError) as exc:
         print(f"llmaas files {args.action}: {exc}", file=sys.stderr)
         return 1
@@ -83,6 +102,8 @@ def run_jobs(args: argparse.Namespace) -> int:
     try:
         client = TenantClient(args.url, args.api_key)
         return asyncio.run(_jobs(client, args))
+    except BrokenPipeError:  # stdout's reader went away: gateway/cli.py's main stops quietly
+        raise
     except (AdminError, OSError) as exc:
         print(f"llmaas jobs {args.action}: {exc}", file=sys.stderr)
         return 1

@@ -31,8 +31,16 @@ RECORD_COLUMNS = (
 
 def add_usage_command(sub: Any) -> None:
     usage = sub.add_parser("usage", help="token usage from the ledger (admin API)")
-    usage.add_argument("--url", default=os.environ.get("LLMAAS_URL", "http://127.0.0.1:8080"))
-    usage.add_argument("--admin-token", default=os.environ.get("LLMAAS_ADMIN_TOKEN"))
+    usage.add_argument(
+        "--url",
+        default=os.environ.get("LLMAAS_URL", "http://127.0.0.1:8080"),
+        help="the gateway (default: $LLMAAS_URL, else http://127.0.0.1:8080)",
+    )
+    usage.add_argument(
+        "--admin-token",
+        default=os.environ.get("LLMAAS_ADMIN_TOKEN"),
+        help="the admin token (default: $LLMAAS_ADMIN_TOKEN)",
+    )
     usage.add_argument("--tenant")
     usage.add_argument("--key-id")
     usage.add_argument("--model")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 from typing import Any
 
 import pytest
 
 from tests.integration.conftest import AuthStack
+from tests.support.cli import llmaas as entry_point
 from tests.support.cli import run_llmaas
 from tests.support.gateways import ADMIN_TOKEN
 
@@ -75,3 +79,23 @@ async def test_cli_errors_are_clear(auth: AuthStack) -> None:
     code, _, err = await llmaas(auth, "keys", "create", "--tenant", "cli", "--rpm", "0")
     assert code == 1
     assert "rpm" in err
+
+
+async def test_a_reader_gone_stops_the_command_quietly(auth: AuthStack) -> None:
+    """`llmaas engines --json | head`: the pipe's reader has closed before the command writes
+    (closed here before it starts, so its write fails): no traceback, the shell's status for
+    a SIGPIPE."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            entry_point(),
+            *("engines", "--json", "--url", auth.gateway, "--admin-token", ADMIN_TOKEN),
+            stdout=write_end,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    finally:
+        os.close(write_end)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 128 + signal.SIGPIPE, err.decode()
+    assert err == b""
