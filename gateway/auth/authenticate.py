@@ -106,8 +106,10 @@ class Authenticator:
         """Whether the request carries an API key that this process has verified and still
         holds as valid, answered from memory alone (no Redis, no HMAC): what lets a known key
         through while its client address is turned away for others' failed attempts."""
-        token = headers.get("authorization", "").partition(" ")[2].strip()
-        token = token or headers.get("api-key", "").strip()
+        try:
+            token = credentials(headers)
+        except Unauthorized:
+            return False
         parsed = parse_key(token) if token.startswith(PREFIX) else None
         if parsed is None:
             return False
