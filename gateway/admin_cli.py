@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from typing import Any
 
 from gateway.admin_client import AdminClient, AdminError
+from gateway.cli_options import add_gateway_options
 
 KEY_COLUMNS = (
     "id",
@@ -50,15 +50,11 @@ ENGINE_COLUMNS = (
 
 def add_admin_commands(sub: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--url",
-        default=os.environ.get("LLMAAS_URL", "http://127.0.0.1:8080"),
-        help="the gateway (default: $LLMAAS_URL, else http://127.0.0.1:8080)",
-    )
-    common.add_argument(
-        "--admin-token",
-        default=os.environ.get("LLMAAS_ADMIN_TOKEN"),
-        help="the admin token (default: $LLMAAS_ADMIN_TOKEN)",
+    add_gateway_options(
+        common,
+        token_flag="--admin-token",
+        token_env="LLMAAS_ADMIN_TOKEN",
+        token_help="the admin token",
     )
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
     limits = argparse.ArgumentParser(add_help=False)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from tqdm import tqdm
 
 from gateway.admin_cli import table
 from gateway.admin_client import AdminError
+from gateway.cli_options import add_gateway_options
 from gateway.tenant_client import TenantClient
 
 FILE_COLUMNS = ("id", "filename", "purpose", "bytes", "created_at")
@@ -25,15 +25,11 @@ POLL_S = 1.0
 
 def add_finetune_commands(sub: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--url",
-        default=os.environ.get("LLMAAS_URL", "http://127.0.0.1:8080"),
-        help="the gateway (default: $LLMAAS_URL, else http://127.0.0.1:8080)",
-    )
-    common.add_argument(
-        "--api-key",
-        default=os.environ.get("LLMAAS_API_KEY"),
-        help="your tenant's API key (default: $LLMAAS_API_KEY)",
+    add_gateway_options(
+        common,
+        token_flag="--api-key",
+        token_env="LLMAAS_API_KEY",
+        token_help="your tenant's API key",
     )
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
 

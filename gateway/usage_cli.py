@@ -7,13 +7,13 @@ import asyncio
 import csv
 import io
 import json
-import os
 import sys
 from typing import Any
 from urllib.parse import urlencode
 
 from gateway.admin_cli import table
 from gateway.admin_client import AdminClient, AdminError
+from gateway.cli_options import add_gateway_options
 
 NUMBERS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens")
 RECORD_COLUMNS = (
@@ -31,15 +31,11 @@ RECORD_COLUMNS = (
 
 def add_usage_command(sub: Any) -> None:
     usage = sub.add_parser("usage", help="token usage from the ledger (admin API)")
-    usage.add_argument(
-        "--url",
-        default=os.environ.get("LLMAAS_URL", "http://127.0.0.1:8080"),
-        help="the gateway (default: $LLMAAS_URL, else http://127.0.0.1:8080)",
-    )
-    usage.add_argument(
-        "--admin-token",
-        default=os.environ.get("LLMAAS_ADMIN_TOKEN"),
-        help="the admin token (default: $LLMAAS_ADMIN_TOKEN)",
+    add_gateway_options(
+        usage,
+        token_flag="--admin-token",
+        token_env="LLMAAS_ADMIN_TOKEN",
+        token_help="the admin token",
     )
     usage.add_argument("--tenant")
     usage.add_argument("--key-id")
