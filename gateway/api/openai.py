@@ -178,14 +178,15 @@ async def delete_model(model_id: str, gw: Gateway, caller: Caller) -> Response:
     anything else it cannot see is 404."""
     if not caller.may_use(model_id):
         raise ModelNotFound(model_id)
-    if gw.registry.pool(model_id) is not None:
+    fine_tuned = model_id.startswith("ft:")  # (a loaded one has a pool too: its base model's)
+    if not fine_tuned and gw.registry.pool(model_id) is not None:
         raise Forbidden(
             f"The model '{model_id}' is a base model served by the gateway and cannot be "
             "deleted; only your fine-tuned models (ft:…) can.",
             param="model",
             code="model_not_deletable",
         )
-    if not model_id.startswith("ft:") or gw.adapters is None:
+    if not fine_tuned or gw.adapters is None:
         raise ModelNotFound(model_id)
     if not await gw.adapters.delete(caller.tenant, model_id):
         raise ModelNotFound(model_id)
