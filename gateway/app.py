@@ -323,9 +323,22 @@ def _allowed_methods(request: Request) -> str:
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
-def _first_validation_error(exc: RequestValidationError) -> InvalidRequest:
-    """FastAPI's validation errors, as OpenAI-shaped 400s that name the field."""
+# Path ids that cannot name anything: 404 as for an unknown one, as OpenAI answers (not 400
+# for the id's shape). What each is called, its `param` and `code`, as the routes' own 404s.
+_UNKNOWN_IDS = {
+    "job_id": ("No fine-tuning job '{}'.", "fine_tuning_job_id", "job_not_found"),
+    "file_id": ("No such File object: {}", "id", "file_not_found"),
+}
+
+
+def _first_validation_error(exc: RequestValidationError) -> ApiError:
+    """FastAPI's validation errors, as OpenAI-shaped 400s that name the field (a malformed
+    job or file id in the path: 404, as an unknown one)."""
     first = exc.errors()[0] if exc.errors() else {}
+    where = tuple(first.get("loc", ()))
+    if len(where) == 2 and where[0] == "path" and where[1] in _UNKNOWN_IDS:
+        message, named, code = _UNKNOWN_IDS[str(where[1])]
+        return NotFound(message.format(str(first.get("input", ""))[:64]), param=named, code=code)
     if first.get("type") == "json_invalid":
         return InvalidRequest(
             f"We could not parse the JSON body of your request: {first.get('msg')}.",

@@ -132,9 +132,11 @@ async def test_another_tenant_sees_nothing(ft: TenantStack) -> None:
         other.fine_tuning.jobs.cancel(job.id),
         other.fine_tuning.jobs.list_events(job.id),
         other.fine_tuning.jobs.checkpoints.list(job.id),
+        owner.fine_tuning.jobs.retrieve("ftjob-nope"),  # no job can have that id: as unknown
     ):
-        with pytest.raises(openai.NotFoundError):
+        with pytest.raises(openai.NotFoundError) as unknown:
             await attempt
+        assert unknown.value.code == "job_not_found"
     assert (await other.fine_tuning.jobs.list()).data == []
     with pytest.raises(openai.BadRequestError) as borrowed:  # the owner's file is not theirs
         await other.fine_tuning.jobs.create(model=BASE, training_file=job.training_file)
