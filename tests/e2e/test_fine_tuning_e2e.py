@@ -77,6 +77,8 @@ class FtE2E:
         )
 
     async def start_trainer(self) -> None:
+        if self.trainer is not None:  # an earlier test failed before stopping its own: it would
+            await self.stop_trainer(signal.SIGKILL)  # take this test's job, and outlive the run
         log = await asyncio.to_thread(self.log.open, "ab")
         self.trainer = await asyncio.create_subprocess_exec(
             llmaas(), "trainer", "--config", str(self.config), "--worker", "e2e", stderr=log
