@@ -323,11 +323,11 @@ def _allowed_methods(request: Request) -> str:
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
-# Path ids that cannot name anything: 404 as for an unknown one, as OpenAI answers (not 400
-# for the id's shape). What each is called, its `param` and `code`, as the routes' own 404s.
-_UNKNOWN_IDS = {
-    "job_id": ("No fine-tuning job '{}'.", "fine_tuning_job_id", "job_not_found"),
-    "file_id": ("No such File object: {}", "id", "file_not_found"),
+# Path ids that cannot name anything: the routes' own 404 for an unknown one, as OpenAI
+# answers (not 400 for the id's shape).
+_UNKNOWN_IDS: dict[str, Callable[[str], ApiError]] = {
+    "job_id": fine_tuning.job_not_found,
+    "file_id": files.file_not_found,
 }
 
 
@@ -337,8 +337,7 @@ def _first_validation_error(exc: RequestValidationError) -> ApiError:
     first = exc.errors()[0] if exc.errors() else {}
     where = tuple(first.get("loc", ()))
     if len(where) == 2 and where[0] == "path" and where[1] in _UNKNOWN_IDS:
-        message, named, code = _UNKNOWN_IDS[str(where[1])]
-        return NotFound(message.format(str(first.get("input", ""))[:64]), param=named, code=code)
+        return _UNKNOWN_IDS[str(where[1])](str(first.get("input", ""))[:64])
     if first.get("type") == "json_invalid":
         return InvalidRequest(
             f"We could not parse the JSON body of your request: {first.get('msg')}.",

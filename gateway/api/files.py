@@ -33,6 +33,11 @@ router = APIRouter(prefix="/v1/files")
 FileId = Annotated[str, PathParam(pattern=FILE_ID_PATTERN)]
 
 
+def file_not_found(file_id: str) -> NotFound:
+    """The answer for a file id that names none of the caller's files."""
+    return NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
+
+
 def _parts(gw: GatewayState) -> tuple[FileStore, FileStorage]:
     if gw.redis is None:
         raise ServiceUnavailable("The Files API needs Redis (redis_url), and none is configured.")
@@ -42,7 +47,7 @@ def _parts(gw: GatewayState) -> tuple[FileStore, FileStorage]:
 async def _own(store: FileStore, caller: Principal, file_id: str) -> FileRecord:
     record = await store.get(caller.tenant, file_id)
     if record is None:
-        raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
+        raise file_not_found(file_id)
     return record
 
 
@@ -173,6 +178,6 @@ async def delete_file(file_id: FileId, gw: Gateway, caller: Caller) -> Response:
     store, storage = _parts(gw)
     record = await store.delete(caller.tenant, file_id)
     if record is None:
-        raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
+        raise file_not_found(file_id)
     await storage.delete(caller.tenant, file_id)
     return json_response({"id": file_id, "object": "file", "deleted": True})

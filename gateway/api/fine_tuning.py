@@ -95,12 +95,17 @@ def _store(gw: GatewayState) -> JobStore:
     return JobStore(gw.redis)
 
 
+def job_not_found(job_id: str) -> NotFound:
+    """The answer for a job id that names none of the caller's jobs."""
+    return NotFound(
+        f"No fine-tuning job '{job_id}'.", param="fine_tuning_job_id", code="job_not_found"
+    )
+
+
 async def _own(store: JobStore, caller: Principal, job_id: str) -> Job:
     job = await store.get(caller.tenant, job_id)
     if job is None:
-        raise NotFound(
-            f"No fine-tuning job '{job_id}'.", param="fine_tuning_job_id", code="job_not_found"
-        )
+        raise job_not_found(job_id)
     return await fail_if_lost(store, job)
 
 

@@ -114,15 +114,11 @@ class Authenticator:
         if parsed is None:
             return False
         key_id, secret = parsed
-        known = self.verified.get(key_id)
-        if known is None:
-            return False
         found, record = self.cache.keys.get(key_id)
-        if not found or record is not known.record:
-            return False
-        tag = blake2b(secret.encode(), key=self.tag_key, digest_size=16).digest()
         return (
-            hmac.compare_digest(known.tag, tag)
+            found
+            and record is not None
+            and self._known(key_id, secret, record) is not None
             and not record.revoked
             and not record.expired(time.time())
         )
@@ -135,12 +131,9 @@ class Authenticator:
         record = await self._key(key_id)
         if record is None:
             raise _invalid()
-        tag = blake2b(secret.encode(), key=self.tag_key, digest_size=16).digest()
-        known = self.verified.get(key_id)
-        if known is None or known.record is not record or not hmac.compare_digest(known.tag, tag):
-            if not secret_matches(self.pepper, secret, record.secret_hash):
-                raise _invalid()
-            known = None
+        known = self._known(key_id, secret, record)
+        if known is None and not secret_matches(self.pepper, secret, record.secret_hash):
+            raise _invalid()
         if record.revoked:
             raise Unauthorized("This API key has been revoked.", code="invalid_api_key")
         if record.expired(time.time()):
@@ -161,8 +154,19 @@ class Authenticator:
         )
         if len(self.verified) >= self.cache.keys.max_entries:
             self.verified.clear()
-        self.verified[key_id] = _Verified(record, tenant, tag, principal)
+        self.verified[key_id] = _Verified(record, tenant, self._tag(secret), principal)
         return principal
+
+    def _known(self, key_id: str, secret: str, record: KeyRecord) -> _Verified | None:
+        """What this process verified for the key, if `secret` is the one that passed and
+        `record` is still the one it was checked against (else the HMAC decides)."""
+        known = self.verified.get(key_id)
+        if known is None or known.record is not record:
+            return None
+        return known if hmac.compare_digest(known.tag, self._tag(secret)) else None
+
+    def _tag(self, secret: str) -> bytes:
+        return blake2b(secret.encode(), key=self.tag_key, digest_size=16).digest()
 
     async def _key(self, key_id: str) -> KeyRecord | None:
         return await self._cached(self.cache.keys, key_id, self._store().get_key)

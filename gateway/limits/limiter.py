@@ -198,27 +198,30 @@ def _refusal(reply: list[bytes], tokens: int) -> RateLimited:
     scope = SCOPES[int(reply[1]) - 1]
     kind = reply[2].decode()
     retry_ms, limit = float(reply[3]), int(float(reply[4]))
-    retry_s = max(1, math.ceil(retry_ms / 1000))
     if kind == "concurrency":  # a slot frees when a request in flight ends: soon, not known
-        retry_s = CONCURRENCY_RETRY_S  # (Redis answers when the oldest lease would expire)
         message = (
             f"Too many requests in flight at the {scope} scope: the limit is {limit}. "
             "Try again when one of them has finished."
-        )
-    elif kind == "tokens" and tokens > limit:
-        message = (
-            f"Request too large for the {scope} scope: it may use {tokens} tokens, more than "
-            f"the limit of {limit} tokens per minute. Lower max_tokens or the prompt."
-        )
+        )  # (Redis's retry is when the oldest lease would expire: minutes away)
+        headers = {"retry-after": str(CONCURRENCY_RETRY_S)}
     else:
-        message = (
-            f"Rate limit reached for {kind} per minute at the {scope} scope: limit {limit}. "
-            f"Please try again in {duration(retry_ms)}."
+        if kind == "tokens" and tokens > limit:
+            message = (
+                f"Request too large for the {scope} scope: it may use {tokens} tokens, more "
+                f"than the limit of {limit} tokens per minute. Lower max_tokens or the prompt."
+            )
+        else:
+            message = (
+                f"Rate limit reached for {kind} per minute at the {scope} scope: limit {limit}. "
+                f"Please try again in {duration(retry_ms)}."
+            )
+        headers = {"retry-after": str(max(1, math.ceil(retry_ms / 1000)))}
+        # as OpenAI's 429s: the refusing limit's figures, none left
+        _figures(
+            headers,
+            _TOKENS_HEADERS if kind == "tokens" else _REQUESTS_HEADERS,
+            (limit, 0, retry_ms),
         )
-    headers = {"retry-after": str(retry_s)}
-    if kind != "concurrency":  # as OpenAI's 429s: the refusing limit's figures, none left
-        names = _TOKENS_HEADERS if kind == "tokens" else _REQUESTS_HEADERS
-        _figures(headers, names, (limit, 0, retry_ms))
     return RateLimited(
         message,
         kind="tokens" if kind == "tokens" else "requests",
