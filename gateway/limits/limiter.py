@@ -204,17 +204,18 @@ def _refusal(reply: list[bytes], tokens: int) -> RateLimited:
             "Try again when one of them has finished."
         )  # (Redis's retry is when the oldest lease would expire: minutes away)
         headers = {"retry-after": str(CONCURRENCY_RETRY_S)}
+    elif kind == "tokens" and tokens > limit:  # no wait makes room: not worth a retry
+        message = (
+            f"Request too large for the {scope} scope: it may use {tokens} tokens, more "
+            f"than the limit of {limit} tokens per minute. Lower max_tokens or the prompt."
+        )
+        # OpenAI's SDKs retry a 429 unless told not to, after Retry-After if there is one
+        headers = {"x-should-retry": "false", _TOKENS_HEADERS[0]: str(limit)}
     else:
-        if kind == "tokens" and tokens > limit:
-            message = (
-                f"Request too large for the {scope} scope: it may use {tokens} tokens, more "
-                f"than the limit of {limit} tokens per minute. Lower max_tokens or the prompt."
-            )
-        else:
-            message = (
-                f"Rate limit reached for {kind} per minute at the {scope} scope: limit {limit}. "
-                f"Please try again in {duration(retry_ms)}."
-            )
+        message = (
+            f"Rate limit reached for {kind} per minute at the {scope} scope: limit {limit}. "
+            f"Please try again in {duration(retry_ms)}."
+        )
         headers = {"retry-after": str(max(1, math.ceil(retry_ms / 1000)))}
         # as OpenAI's 429s: the refusing limit's figures, none left
         _figures(

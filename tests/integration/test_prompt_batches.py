@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import httpx
+import openai
 import pytest
 
 from tests.integration.conftest import MODEL, AuthStack
@@ -35,7 +37,8 @@ async def test_a_batch_larger_than_tpm_is_refused_as_too_large(
     assert error["type"] == "tokens"
     assert error["code"] == "rate_limit_exceeded"
     assert "Request too large" in error["message"]
-    assert int(headers["retry-after"]) >= 1
+    assert headers["x-should-retry"] == "false"  # no wait makes room: the SDKs don't retry
+    assert "retry-after" not in headers
 
 
 async def test_a_batch_within_tpm_is_admitted_and_reserves_every_prompt(auth: AuthStack) -> None:
@@ -87,3 +90,22 @@ async def test_a_malformed_prompt_is_400_naming_the_field(
         code,
     )
     assert "Invalid 'prompt'" in error["message"]
+
+
+async def test_the_openai_client_does_not_retry_a_request_too_large(auth: AuthStack) -> None:
+    """The SDK retries a 429 twice by default (after Retry-After); a request larger than the
+    limit is refused again whatever the wait, so it is answered with x-should-retry: false."""
+    key = await auth.new_key(tpm=TPM)
+    attempts: list[str] = []
+
+    async def count(request: httpx.Request) -> None:
+        attempts.append(request.url.path)
+
+    async with (
+        httpx.AsyncClient(event_hooks={"request": [count]}) as http,
+        openai.AsyncOpenAI(base_url=f"{auth.gateway}/v1", api_key=key, http_client=http) as oai,
+    ):
+        with pytest.raises(openai.RateLimitError) as info:
+            await oai.completions.create(model=MODEL, prompt=TOKEN_BATCH, max_tokens=1)
+    assert "Request too large" in info.value.message
+    assert attempts == ["/v1/completions"]  # one attempt, not three

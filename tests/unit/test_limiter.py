@@ -188,6 +188,8 @@ async def test_a_request_larger_than_the_limit_says_so(redis: Redis) -> None:
     with pytest.raises(RateLimited) as info:
         await Limiter(redis).admit(who(Limits(tpm=100)), 500)
     assert "Request too large" in info.value.message
+    # no wait would make room: the SDKs are told not to retry, and no reset is promised
+    assert info.value.headers == {"x-should-retry": "false", "x-ratelimit-limit-tokens": "100"}
 
 
 async def test_refusal_at_one_scope_charges_no_scope(redis: Redis) -> None:
