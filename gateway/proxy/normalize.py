@@ -88,6 +88,8 @@ def normalize_error(status: int, body: bytes, route: str | None = None) -> bytes
     """Any engine error body as OpenAI's error shape, keeping the engine's message (a
     validation error's first complaint, as a sentence naming the field)."""
     message, param, code = _parse_error(body, status)
+    if status == 400 and param is None:
+        param = _named_field(message)
     if status == 400 and param is not None:
         message, param = _validation(message, param)
         if param == "input_tokens":  # vLLM's context-length refusal: OpenAI's code, the field
@@ -107,6 +109,17 @@ _PROMPT_FIELDS = {"completions": "prompt", "embeddings": "input", "responses": "
 # vLLM's answer to a body its schema refuses: "2 validation errors:\n  {'type': ..., 'loc':
 # 'body.max_tokens', 'msg': ..., 'input': ...}\n  ..." (one repr of pydantic's error per line).
 _VALIDATION_HEAD = re.compile(r"\d+ validation errors?:\n")
+
+
+# vLLM's sampling checks that set no `parameter` ("n must be at least 1, got 0.", "`top_k`
+# must be ...") name the field as the message's first word.
+_FIELD_FIRST = re.compile(r"`?([a-z][a-z0-9_]*)`? must ")
+
+
+def _named_field(message: str) -> str | None:
+    """The field a refusal without `param` names first, if it starts by naming one."""
+    found = _FIELD_FIRST.match(message)
+    return found.group(1) if found else None
 
 
 def _validation(message: str, param: str) -> tuple[str, str]:

@@ -121,6 +121,20 @@ async def test_a_body_vllm_refuses_names_the_field_as_openai_does(
     assert needle in info.value.message
 
 
+@pytest.mark.parametrize(
+    ("fields", "param"), [({"n": 0}, "n"), ({"presence_penalty": 3}, "presence_penalty")]
+)
+async def test_a_sampling_value_vllm_refuses_names_its_field(
+    oai: openai.AsyncOpenAI, fields: dict[str, Any], param: str
+) -> None:
+    """vLLM's sampling checks refuse these without naming a `param`; the gateway names the
+    field the message starts with ("n must be at least 1, got 0.")."""
+    with pytest.raises(openai.BadRequestError) as info:
+        await oai.chat.completions.create(model=CHAT, messages=FRANCE, **fields)
+    assert info.value.param == param
+    assert f"{param} must be" in info.value.message
+
+
 async def test_a_prompt_over_the_context_is_context_length_exceeded(
     oai: openai.AsyncOpenAI,
 ) -> None:

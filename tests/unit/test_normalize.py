@@ -181,3 +181,21 @@ def test_a_prompt_over_the_context_is_context_length_exceeded_on_the_prompts_fie
         err = orjson.loads(normalize_error(400, body, route))["error"]
         assert (err["param"], err["code"]) == (field, "context_length_exceeded")
         assert err["message"].startswith("This model's maximum context length is 8192 tokens.")
+
+
+def test_a_sampling_refusal_without_param_gets_the_field_its_message_names() -> None:
+    """vLLM 0.32's SamplingParams checks set `parameter` for some fields, not for `n`,
+    `top_k`, `presence_penalty`, ...: their message names the field first."""
+    for message, field in (
+        ("n must be at least 1, got 0.", "n"),
+        ("top_k must be 0 (disable), or at least 1, got -5.", "top_k"),
+        ("presence_penalty must be in [-2, 2], got 3.0.", "presence_penalty"),
+        ("`thinking_token_budget` must be a non-negative integer", "thinking_token_budget"),
+    ):
+        err = orjson.loads(normalize_error(400, _vllm_400(message, None)))["error"]
+        assert (err["param"], err["message"]) == (field, message)
+    for message in ("max_pattern_size, min_pattern_size must be >=0, got -1.", "Bad request"):
+        err = orjson.loads(normalize_error(400, _vllm_400(message, None)))["error"]
+        assert err["param"] is None  # no single field named first
+    server = orjson.loads(normalize_error(500, _vllm_400("n must be at least 1, got 0.", None)))
+    assert server["error"]["param"] is None  # only a refusal of the request names a field
