@@ -91,7 +91,7 @@ async def collect_stream(
             if error is not None:
                 return _engine_error(error)
     except UpstreamBroken as broken:
-        raise deps.upstream.failure(engine, broken.kind, broken.cause) from broken
+        raise deps.upstream.failure(engine, broken.kind, broken.cause, midway=True) from broken
     finally:
         info.usage = tap.usage
     if tap.final is None:  # vLLM's last frame before [DONE] carries the total usage

@@ -202,7 +202,7 @@ class ProxyResponse(Response):
         try:
             body = await resp.read()
         except UpstreamBroken as broken:
-            err = self.deps.upstream.failure(engine, broken.kind, broken.cause)
+            err = self.deps.upstream.failure(engine, broken.kind, broken.cause, midway=True)
             info.outcome = outcome_of_failure(err.status_code)
             await self._send_error(send, err)
             return

@@ -228,7 +228,9 @@ async def relay_stream(
                 await send({"type": "http.response.body", "body": out, "more_body": True})
     except UpstreamBroken as broken:
         if not ended:
-            error = deps.upstream.failure(engine, broken.kind, broken.cause, stream=True)
+            error = deps.upstream.failure(
+                engine, broken.kind, broken.cause, stream=True, midway=True
+            )
     finally:  # also when cancelled: bill what the engine generated until then
         info.usage = shown.usage
     if ended:

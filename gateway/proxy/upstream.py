@@ -68,7 +68,13 @@ class UpstreamClient(Protocol):
     ) -> tuple[Engine, UpstreamResponse]: ...
 
     def failure(
-        self, engine: Engine, kind: Failure, exc: BaseException, *, stream: bool = False
+        self,
+        engine: Engine,
+        kind: Failure,
+        exc: BaseException,
+        *,
+        stream: bool = False,
+        midway: bool = False,
     ) -> ApiError: ...
 
 
@@ -189,18 +195,25 @@ class Upstream:
         self.open_requests -= 1
 
     def failure(
-        self, engine: Engine, kind: Failure, exc: BaseException, *, stream: bool = False
+        self,
+        engine: Engine,
+        kind: Failure,
+        exc: BaseException,
+        *,
+        stream: bool = False,
+        midway: bool = False,
     ) -> ApiError:
         """Count an upstream failure (towards the engine's ejection too) and turn it into the
-        error the client sees."""
+        error the client sees; `midway`: the engine had begun its answer."""
         self._metrics.upstream_errors.labels(engine.url, kind).inc()
         engine.record_failure("timeout" if kind == "timeout" else "disconnect", type(exc).__name__)
         if kind == "timeout":
             s = self._settings
             wait = s.stream_idle_timeout_s if stream else s.response_timeout_s
             return GatewayTimeout(f"The engine sent nothing for {wait:g}s.", code="engine_timeout")
+        when = "before its answer was complete" if midway else "before answering"
         return BadGateway(
-            f"The engine closed the connection before answering ({type(exc).__name__}).",
+            f"The engine closed the connection {when} ({type(exc).__name__}).",
             code="engine_disconnected",
         )
 

@@ -131,6 +131,17 @@ async def test_engine_dropping_the_connection_is_502(stack: Stack) -> None:
     )
     assert status == 502
     assert assert_openai_error(payload)["code"] == "engine_disconnected"
+    assert payload["error"]["message"].startswith("The engine closed the connection before answ")
+
+
+async def test_engine_dropping_the_connection_midway_says_so(stack: Stack) -> None:
+    """A non-streaming answer is collected from a stream: cut after 3 chunks, the engine had
+    begun answering, and the 502 says so."""
+    body = {**CHAT, "max_tokens": 20, "sim": {"cut_after": 3}}
+    status, payload = await post(stack, "/v1/chat/completions", body)
+    assert status == 502
+    assert assert_openai_error(payload)["code"] == "engine_disconnected"
+    assert "before its answer was complete" in payload["error"]["message"]
 
 
 async def test_stream_cut_midway_ends_with_one_error_frame_then_done(stack: Stack) -> None:
@@ -142,6 +153,7 @@ async def test_stream_cut_midway_ends_with_one_error_frame_then_done(stack: Stac
     assert frames[-1] == b"data: [DONE]"
     error = orjson.loads(frames[-2].removeprefix(b"data: "))
     assert assert_openai_error(error)["code"] == "engine_disconnected"
+    assert "before its answer was complete" in error["error"]["message"]  # it had begun
     assert sum(b'"error"' in f for f in frames) == 1
     assert len(frames) >= 5  # the content that did arrive was relayed first
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import httpx
+import httpx2
 import openai
 import pytest
 
@@ -98,11 +98,11 @@ async def test_the_openai_client_does_not_retry_a_request_too_large(auth: AuthSt
     key = await auth.new_key(tpm=TPM)
     attempts: list[str] = []
 
-    async def count(request: httpx.Request) -> None:
+    async def count(request: httpx2.Request) -> None:
         attempts.append(request.url.path)
 
     async with (
-        httpx.AsyncClient(event_hooks={"request": [count]}) as http,
+        httpx2.AsyncClient(event_hooks={"request": [count]}) as http,
         openai.AsyncOpenAI(base_url=f"{auth.gateway}/v1", api_key=key, http_client=http) as oai,
     ):
         with pytest.raises(openai.RateLimitError) as info:

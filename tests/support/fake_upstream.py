@@ -85,9 +85,15 @@ class FakeUpstream:
         return engine, answer
 
     def failure(
-        self, engine: Engine, kind: Failure, exc: BaseException, *, stream: bool = False
+        self,
+        engine: Engine,
+        kind: Failure,
+        exc: BaseException,
+        *,
+        stream: bool = False,
+        midway: bool = False,
     ) -> ApiError:
-        return self._real.failure(engine, kind, exc, stream=stream)
+        return self._real.failure(engine, kind, exc, stream=stream, midway=midway)
 
 
 def frame(obj: Any) -> bytes:
