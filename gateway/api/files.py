@@ -26,6 +26,8 @@ from gateway.files.records import FILE_ID_PATTERN, PURPOSES, FileRecord, new_fil
 from gateway.files.storage import DirectoryStorage, FileStorage
 from gateway.files.store import FileStore
 from gateway.files.upload import MULTIPART_OVERHEAD, boundary_of, receive_upload, too_large
+from gateway.finetune.job_store import JobStore
+from gateway.finetune.jobs import FINAL
 from gateway.redis_pages import AfterNotFound
 from gateway.state import GatewayState
 
@@ -176,6 +178,17 @@ async def file_content(file_id: FileId, gw: Gateway, caller: Caller) -> Response
 @router.delete("/{file_id}", response_model=None)
 async def delete_file(file_id: FileId, gw: Gateway, caller: Caller) -> Response:
     store, storage = _parts(gw)
+    await _own(store, caller, file_id)
+    assert gw.redis is not None  # (_parts)
+    for job in await JobStore(gw.redis).active(caller.tenant):
+        if job.training_file == file_id and job.status not in FINAL:
+            raise InvalidRequest(
+                f"The file {file_id} is the training file of fine-tuning job {job.id}, which "
+                f"is {job.status}: cancel the job or wait until it ends, then delete the file.",
+                param="id",
+                code="file_in_use",
+                status=409,
+            )
     record = await store.delete(caller.tenant, file_id)
     if record is None:
         raise file_not_found(file_id)

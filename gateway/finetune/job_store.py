@@ -90,6 +90,15 @@ class JobStore:
         raw = await self.redis.get(job_key(tenant, job_id))
         return None if raw is None else Job.model_validate_json(raw)
 
+    async def active(self, tenant: str) -> list[Job]:
+        """The tenant's jobs counted as active (queued or running; a few at most)."""
+        members = await self.redis.smembers(f"{_tag(tenant)}:ftjobs:active")
+        ids = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+        if not ids:
+            return []
+        raws = await self.redis.mget([job_key(tenant, i) for i in ids])
+        return [Job.model_validate_json(raw) for raw in raws if raw is not None]
+
     async def page(self, tenant: str, limit: int, after: str | None) -> tuple[list[Job], bool]:
         """Newest first, up to `limit` after the job named `after`."""
         ids, more = await index_page(

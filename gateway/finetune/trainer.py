@@ -117,11 +117,14 @@ class Trainer:
         base = settings.base_models.get(job.model)
         if base is None:
             return Outcome(False, f"The base model '{job.model}' is no longer configured.")
+        training_file = self.storage.path(job.tenant, job.training_file)
+        if not await asyncio.to_thread(training_file.is_file):  # (the API refuses to delete it)
+            return Outcome(False, f"The training file {job.training_file} no longer exists.")
         hyper = job.hyperparameters
         rank = int(hyper.lora_rank)  # resolved
         spec = {
             "base_model_dir": str(base),
-            "training_file": str(self.storage.path(job.tenant, job.training_file)),
+            "training_file": str(training_file),
             "output_dir": str(self.storage.path(job.tenant, job.id)),
             "n_epochs": hyper.n_epochs,
             "batch_size": hyper.batch_size,
@@ -173,6 +176,8 @@ class Trainer:
                 loss=progress.loss,
             )
         reason = progress.error or (tail.strip().splitlines() or [f"exit code {code}"])[-1]
+        # the tenant reads it: the shared volume's layout stays out
+        reason = reason.replace(f"{self.storage.root}{os.sep}", "")
         return Outcome(False, f"Training failed: {reason[:500]}")
 
     async def _watch(self, job: Job, child: asyncio.subprocess.Process) -> None:

@@ -19,6 +19,8 @@ import pytest_asyncio
 from gateway.finetune.job_store import QUEUE, RUNNING, JobStore
 from gateway.finetune.names import fine_tuned_name
 from gateway.finetune.sweep import LOST
+from gateway.finetune.trainer import Trainer
+from gateway.settings import Settings
 from tests.integration.conftest import MODEL
 from tests.integration.tenant_stack import TenantStack, tenant_stack
 from tests.support.cli import run_cli
@@ -167,6 +169,45 @@ async def test_active_jobs_are_limited_per_tenant(ft: TenantStack) -> None:
     freed = await client.fine_tuning.jobs.create(model=BASE, training_file=file_id)
     for job in (jobs[1], freed):
         await client.fine_tuning.jobs.cancel(job.id)
+
+
+async def test_a_training_file_is_not_deleted_under_its_active_job(ft: TenantStack) -> None:
+    """Deleting a queued or running job's file would fail it when its trainer reads it: 409
+    naming the job, until the job ends; then the file deletes as any other."""
+    client = await ft.tenant("ft-file-in-use")
+    file_id = await _training_file(client)
+    job = await client.fine_tuning.jobs.create(model=BASE, training_file=file_id)
+    with pytest.raises(openai.ConflictError) as refused:
+        await client.files.delete(file_id)
+    error = _error(refused.value)
+    assert (error["code"], error["param"]) == ("file_in_use", "id")
+    assert job.id in error["message"]
+    assert "queued" in error["message"]
+    assert (await client.files.retrieve(file_id)).id == file_id  # kept
+    await client.fine_tuning.jobs.cancel(job.id)
+    assert (await client.files.delete(file_id)).deleted
+
+
+async def test_a_job_whose_file_vanished_fails_saying_so_without_a_path(ft: TenantStack) -> None:
+    """The file went between the job's creation and its training (a race the API's 409 cannot
+    close): the job fails naming the file, with no path of the shared volume in the message."""
+    client = await ft.tenant("ft-file-gone")
+    file_id = await _training_file(client)
+    job = await client.fine_tuning.jobs.create(model=BASE, training_file=file_id)
+    (ft.root / "files" / "ft-file-gone" / file_id).unlink()
+    settings = Settings.model_validate(
+        {
+            "dev_mode": True,  # (the trainer needs no secrets here)
+            "files": {"dir": str(ft.root / "files")},
+            "fine_tuning": {"base_models": {BASE: str(ft.root / "weights")}},
+        }
+    )
+    ended = await Trainer(settings, ft.redis, worker="test:1").run_job("ft-file-gone", job.id)
+    assert ended is not None
+    assert ended.error is not None
+    assert ended.status == "failed"
+    assert ended.error.message == f"The training file {file_id} no longer exists."
+    assert str(ft.root) not in (await client.fine_tuning.jobs.retrieve(job.id)).model_dump_json()
 
 
 async def test_a_running_job_whose_trainer_vanished_is_failed(ft: TenantStack) -> None:
