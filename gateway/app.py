@@ -138,6 +138,7 @@ def create_app(
                 make_balancer(settings.routing, metrics.requests_shed),
                 metrics,
                 write_timeout_s=settings.upstream.write_timeout_s,
+                cuts=drain.cuts,
             ),
             accounting=Accounting(settler, admission.done),
             http=upstream.session,

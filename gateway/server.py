@@ -26,6 +26,9 @@ from gateway.settings import Settings, load_settings
 
 CONFIG_ENV = "LLMAAS_CONFIG_FILE"
 GRACE_ENV = "LLMAAS_SHUTDOWN_GRACE_S"
+# Past the grace, how long the requests cut then have to send their answers' ends before
+# uvicorn cancels them (an answer's end is one write; a client that takes nothing is cut).
+ANSWER_END_S = 2.0
 _log = logging.getLogger("llmaas.server")
 
 
@@ -96,9 +99,11 @@ class DrainingServer(uvicorn.Server):
     The app's Drain (found in the lifespan state) flips at once: /readyz says "draining" and new
     requests get a 503, while the listener and kept-alive connections stay open so that clients
     are told rather than reset. The exit begins when the requests let in before are done or
-    `grace_s` (fractions included) has passed since the signal; uvicorn's own shutdown then
-    gets what is left of the grace before it cancels the rest, and runs the lifespan's shutdown
-    (usage flush). A second signal exits at once with what is left of the grace.
+    `grace_s` (fractions included) has passed since the signal. Then the proxied requests still
+    in flight are cut (Drain.cut): each ends its answer (a 503, or its stream's error frame and
+    `[DONE]`), and uvicorn's own shutdown gives them ANSWER_END_S before it cancels whatever
+    still runs, and runs the lifespan's shutdown (usage flush). A second signal exits at once
+    with what is left of the grace.
     """
 
     def __init__(self, config: uvicorn.Config, grace_s: float) -> None:
@@ -128,8 +133,14 @@ class DrainingServer(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         if self.deadline is not None and not self.should_exit:
             drain = self.drain()
-            if drain is None or drain.idle or time.monotonic() >= self.deadline:
+            if drain is None or drain.idle:
                 self._exit_with_what_is_left()
+                self.should_exit = True
+            elif time.monotonic() >= self.deadline:
+                cut = drain.cut()
+                _log.warning("grace over: %d requests in flight, %d cut", drain.in_flight, cut)
+                # uvicorn hands this to asyncio.wait_for, which takes a float
+                self.config.timeout_graceful_shutdown = ANSWER_END_S  # type: ignore[assignment]
                 self.should_exit = True
         return await super().on_tick(counter)
 

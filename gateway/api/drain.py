@@ -1,8 +1,9 @@
 """Draining: once the process is asked to stop, readiness goes false and new requests are
 refused, while the requests already let in finish (the server waits for them up to the grace).
 
-The server (gateway/server.py) flips the flag from its signal handler; this module only keeps
-the flag and the count of requests in flight, and guards the door.
+The server (gateway/server.py) flips the flag from its signal handler, and cuts what is still
+in flight when the grace is over; this module keeps the flag, the count of requests in flight
+and the cuts of the proxied ones, and guards the door.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import ServiceUnavailable
 from gateway.proxy.asgi_send import send_error
+from gateway.proxy.cut import Cut
 
 # Still answered while draining: the probes must see "draining", Prometheus its last scrape.
 _ALWAYS_SERVED = ("/healthz", "/readyz", "/metrics")
@@ -24,9 +26,18 @@ class Drain:
     def __init__(self) -> None:
         self.draining = False
         self.in_flight = 0
+        self.cuts: set[Cut] = set()  # of the proxied requests in flight (the same ProxyDeps.cuts)
 
     def begin(self) -> None:
         self.draining = True
+
+    def cut(self) -> int:
+        """The grace is over: every proxied request in flight ends now, answered (a 503, or
+        its stream's error frame and `[DONE]`), and is billed `gateway_shutdown`. How many."""
+        cuts = list(self.cuts)
+        for cut in cuts:
+            cut.shutdown()
+        return len(cuts)
 
     @property
     def idle(self) -> bool:

@@ -52,6 +52,7 @@ class WriteDeadline:
         "loop",
         "send",
         "sending_since",
+        "started",
         "task",
         "timeout_s",
     )
@@ -67,8 +68,10 @@ class WriteDeadline:
         # The response's last message went out: the client has it all (a disconnect from now
         # on is the client closing after it, not leaving halfway).
         self.answered = False
+        self.started = False  # the response's head went (or is going) out
 
     async def __call__(self, message: Message) -> None:
+        self.started = True  # (the first message is the head)
         now = self.loop.time()
         self.sending_since = now
         if self.handle is None:

@@ -1,6 +1,7 @@
 """Cutting a request short: the task that serves it is cancelled when its client leaves or
-stops reading, once, and the cancellation is told apart from anyone else's (uvicorn's, at the
-end of a shutdown's grace).
+stops reading, or when a drain's grace is over (the gateway then ends its answer: a 503, or
+a stream's error frame and `[DONE]`), once, and the cancellation is told apart from anyone
+else's (uvicorn's, when even that end did not come in time).
 
 The request's own task does the work, told of a disconnect by its connection (departure.py): no
 second task for the work and no `asyncio.wait` over the two, which every request used to pay.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
+from gateway.errors import ServiceUnavailable
 from gateway.proxy.outcome import Outcome
 
 
@@ -30,6 +32,15 @@ class Cut:
         """What the write deadline calls (asgi_send.WriteDeadline): the client stopped reading.
         True if this cut the request (it was not cut already)."""
         return self._cut(Outcome.SLOW_CLIENT)
+
+    def shutdown(self) -> None:
+        """The drain's grace is over (gateway/server.py): the request ends now, answered."""
+        self._cut(Outcome.GATEWAY_SHUTDOWN)
+
+    def shutting_down(self) -> bool:
+        """After a CancelledError reached the work: True if it was this cut's, for the end of
+        a drain, alone (taken back: the work ends its answer)."""
+        return self.outcome is Outcome.GATEWAY_SHUTDOWN and self.take_back()
 
     def _cut(self, outcome: Outcome) -> bool:
         if self.closed or self.outcome is not None:
@@ -54,3 +65,12 @@ class Cut:
         if self.outcome is not None and not self.taken:
             self.taken = True
             self.task.uncancel()
+
+
+def shutdown_error() -> ServiceUnavailable:
+    """What a request cut at the end of a drain's grace is told (its stream, in a frame)."""
+    return ServiceUnavailable(
+        "This gateway shut down before the answer was complete; retry shortly.",
+        code="gateway_shutdown",
+        headers={"retry-after": "1", "connection": "close"},
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.metrics import Metrics
+from gateway.proxy.cut import Cut
 from gateway.proxy.upstream import UpstreamClient
 from gateway.routing.balancer import Balancer
 
@@ -21,3 +22,6 @@ class ProxyDeps:
     # Longest wait for the client to take one write (upstream.write_timeout_s): a client that
     # stops reading is cut after it (gateway/proxy/asgi_send.py's WriteDeadline).
     write_timeout_s: float = 30.0
+    # The cuts of the requests in flight, which the end of a drain's grace calls (api/drain.py
+    # holds the same set).
+    cuts: set[Cut] = field(default_factory=set)

@@ -24,7 +24,7 @@ from gateway.metering.stream_options import UsageWanted
 from gateway.metering.usage import usage_of
 from gateway.proxy.asgi_send import WriteDeadline, send_bytes, send_error
 from gateway.proxy.collect import collect_stream
-from gateway.proxy.cut import Cut
+from gateway.proxy.cut import Cut, shutdown_error
 from gateway.proxy.departure import Departure
 from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.events import ResponseEvents, response_id_of
@@ -83,6 +83,7 @@ class ProxyResponse(Response):
         self.report = report
         self.background = None
         self.status_code = 0
+        self.cut: Cut | None = None  # the request's, once it is served
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         info = info_of(scope)
@@ -91,7 +92,9 @@ class ProxyResponse(Response):
         info.headers += [(k.encode(), v.encode()) for k, v in self.call.headers.items()]
         task = asyncio.current_task()
         assert task is not None
-        cut = Cut(task)
+        cut = self.cut = Cut(task)
+        cuts = self.deps.cuts
+        cuts.add(cut)
         deadline = WriteDeadline(send, self.deps.write_timeout_s)
         deadline.task = cut  # a client that stops reading is cut like one that left
 
@@ -112,11 +115,14 @@ class ProxyResponse(Response):
                 raise
             assert cut.outcome is not None
             info.outcome = cut.outcome
+            if cut.outcome is Outcome.GATEWAY_SHUTDOWN and not deadline.started:
+                await self._send_error(deadline, shutdown_error())  # (a stream ends itself)
         except Exception:
             self.status_code = 500  # the middleware answers it and logs the traceback
             raise
         finally:
             cut.close()
+            cuts.discard(cut)
             departure.close()
             deadline.close()
             # Not shielded (a task per request): reporters do not suspend before they have
@@ -193,6 +199,7 @@ class ProxyResponse(Response):
                 want=self.call.usage_wanted,
                 n=self.call.n,
                 frames_filter=events,
+                cut=self.cut,
             )
             info.response_id = None if events is None else events.response_id
             return

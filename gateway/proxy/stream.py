@@ -8,6 +8,7 @@ unchanged, ending in a terminal event).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Protocol
 
@@ -22,6 +23,7 @@ from gateway.metering.stream_options import (
     with_fingerprint,
 )
 from gateway.metering.usage import StreamUsage, Usage, choice_of, find_usage
+from gateway.proxy.cut import Cut, shutdown_error
 from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.normalize import (
     FORBIDDEN_NULL,
@@ -197,17 +199,52 @@ async def relay_stream(
     want: UsageWanted | None = None,
     n: int = 1,
     frames_filter: Frames | None = None,
+    cut: Cut | None = None,
 ) -> Outcome:
     """Send the stream; return the outcome. `want`: the usage the client asked for (None: pass
     usage on as the engine sent it); the engine's usage is noted in `info.usage` as it comes.
-    `frames_filter`: another protocol's filter (the Responses API's); default `FrameFilter`."""
+    `frames_filter`: another protocol's filter (the Responses API's); default `FrameFilter`.
+    `cut`: the request's; cut by the end of a drain, the stream ends with an error frame."""
     await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
-    started = time.perf_counter()
-    splitter = FrameSplitter()
     shown = frames_filter
     if shown is None:
         shown = FrameFilter(want, n, engine.url, deps.fingerprints)
+    # Chat and completions: the end of the response goes with the last frame. Not a Responses
+    # stream: vLLM stores the response after its last event, and a client told the end before
+    # that could ask for it before it is there.
+    plain = frames_filter is None
     error: ApiError | None = None
+    shut = False
+    try:
+        await _relay_frames(resp, send, deps, info, shown, plain=plain)
+    except UpstreamBroken as broken:
+        error = deps.upstream.failure(engine, broken.kind, broken.cause, stream=True, midway=True)
+    except asyncio.CancelledError:
+        if cut is None or not cut.shutting_down():
+            raise  # the client left, or uvicorn cancels: nobody to answer
+        error, shut = shutdown_error(), True
+    finally:  # also when cancelled: bill what the engine generated until then
+        info.usage = shown.usage
+    if plain and shown.finished:  # the client has the whole stream
+        return Outcome.OK
+    outcome = await _end(send, shown, error, deps, engine)
+    return Outcome.GATEWAY_SHUTDOWN if shut else outcome
+
+
+async def _relay_frames(
+    resp: UpstreamResponse,
+    send: Send,
+    deps: ProxyDeps,
+    info: RequestInfo,
+    shown: Frames,
+    *,
+    plain: bool,
+) -> None:
+    """The engine's frames, as `shown` shows them, until its stream ends. `plain`: the last
+    frame ends the response; the rest of the engine's stream is read and dropped (its break
+    no longer matters)."""
+    started = time.perf_counter()
+    splitter = FrameSplitter()
     ended = False  # the client has the whole stream; what follows is the engine's end of it
     try:
         async for chunk in resp.chunks():
@@ -218,24 +255,14 @@ async def relay_stream(
                 info.ttft_ms = (time.perf_counter() - started) * 1000
                 deps.metrics.ttft.labels(info.model or "").observe(info.ttft_ms / 1000)
             out = b"".join([shown(f) for f in frames])
-            if shown.finished and frames_filter is None:  # chat and completions: the end of
-                # the response goes with the last frame. Not a Responses stream: vLLM stores the
-                # response after its last event, and a client told the end before that could
-                # ask for it before it is there.
+            if shown.finished and plain:
                 ended = True
                 await send({"type": "http.response.body", "body": out + shown.release()})
             elif out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
-    except UpstreamBroken as broken:
+    except UpstreamBroken:
         if not ended:
-            error = deps.upstream.failure(
-                engine, broken.kind, broken.cause, stream=True, midway=True
-            )
-    finally:  # also when cancelled: bill what the engine generated until then
-        info.usage = shown.usage
-    if ended:
-        return Outcome.OK
-    return await _end(send, shown, error, deps, engine)
+            raise
 
 
 async def _end(

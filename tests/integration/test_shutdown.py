@@ -1,11 +1,13 @@
 """SIGTERM under load, on a real `llmaas serve` process: readiness turns to "draining", new
 requests (kept-alive connections included) get a clean 503, streams in flight finish within
-the grace (fractions honoured) or are cut at its end, and every request the engine saw is billed.
+the grace (fractions honoured) or are cut at its end (an error frame and `[DONE]`; a request
+not answered yet, a 503), and every request the engine saw is billed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -82,6 +84,34 @@ async def streams_in_flight(f: Fleet, count: int) -> list[asyncio.Task[str]]:
     async with asyncio.timeout(30):
         await asyncio.gather(*(s.wait() for s in starts))
     return tasks
+
+
+async def unanswered(f: Fleet) -> asyncio.Task[tuple[int, Any]]:
+    """A non-streamed chat completion the engine has begun (its status and body, later)."""
+    seen = (await sim_state(f.http, f.sim))["total_requests"]
+
+    async def call() -> tuple[int, Any]:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+        url = f"{f.gw.url}/v1/chat/completions"
+        async with f.http.post(url, json=body, headers=f.key) as resp:
+            return resp.status, await resp.json()
+
+    task = asyncio.create_task(call())
+    async with asyncio.timeout(30):
+        while True:  # until the engine has it
+            if (await sim_state(f.http, f.sim))["total_requests"] > seen:
+                break
+            await asyncio.sleep(0.02)
+    return task
+
+
+def cut_with_an_error_frame(text: str) -> bool:
+    """The stream ended with the gateway's gateway_shutdown error frame, then `[DONE]`."""
+    frames = [frame for frame in text.split("\n\n") if frame]
+    if len(frames) < 3 or frames[-1] != "data: [DONE]":
+        return False
+    error = orjson.loads(frames[-2].removeprefix("data: ")).get("error", {})
+    return bool(error.get("code") == "gateway_shutdown")
 
 
 async def records(redis_url: str) -> list[UsageRecord]:
@@ -163,6 +193,7 @@ async def test_draining_refuses_cleanly_then_cuts_at_the_grace_and_bills_all(
         try:
             assert (await exchange(reader, writer, get("/healthz"))).status == 200
             tasks = await streams_in_flight(f, 3)
+            waiting = await unanswered(f)
             loop = asyncio.get_running_loop()
             signalled = loop.time()
             f.gw.process.send_signal(signal.SIGTERM)
@@ -178,6 +209,7 @@ async def test_draining_refuses_cleanly_then_cuts_at_the_grace_and_bills_all(
         finally:
             writer.close()
         texts = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        status, answer = await asyncio.wait_for(waiting, 30)
         exit_code = await asyncio.wait_for(f.gw.process.wait(), 30)
         exited_after_s = loop.time() - signalled
         seen = (await sim_state(f.http, f.sim))["total_requests"]
@@ -191,8 +223,16 @@ async def test_draining_refuses_cleanly_then_cuts_at_the_grace_and_bills_all(
     assert closed == b""
     # A single process re-raises the SIGTERM it caught; the supervisor of workers exits 0.
     assert exit_code == (STOPPED_BY_SIGTERM if workers == "1" else 0)
-    assert texts == ["cut"] * 3
+    # At the grace, what was in flight was answered, not dropped: no uvicorn cancellation.
+    assert all(cut_with_an_error_frame(text) for text in texts), texts
+    assert status == 503
+    assert answer["error"]["code"] == "gateway_shutdown"
+    logged = (tmp_path / "gw.log").read_text()
+    assert "Exception in ASGI application" not in logged, logged
+    assert "timeout graceful shutdown exceeded" not in logged, logged
+    cut = [int(n) for n in re.findall(r"grace over: \d+ requests in flight, (\d+) cut", logged)]
+    assert sum(cut) == 4, logged  # (each worker cuts its own)
     # The streams had ~27 s to go: the process ended at the grace, not with them.
     assert exited_after_s < 15, exited_after_s
-    assert seen == len(billed) == 3  # the refused request never reached the engine
+    assert seen == len(billed) == 4  # the refused request never reached the engine
     assert {r.outcome for r in billed} == {"gateway_shutdown"}

@@ -14,6 +14,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.drain import Drain, DrainGuard
+from gateway.proxy.cut import Cut
+from gateway.proxy.outcome import Outcome
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -51,3 +53,18 @@ async def test_new_requests_are_refused_while_the_one_let_in_finishes() -> None:
     assert refused.json()["error"]["type"] == "service_unavailable"
     assert probes == [200, 200, 200]
     assert (drain.in_flight, drain.idle) == (0, True)
+
+
+async def test_the_end_of_the_grace_cuts_each_proxied_request_once_as_a_shutdown() -> None:
+    drain = Drain()
+    waiting = [asyncio.create_task(asyncio.sleep(60)) for _ in range(2)]
+    cuts = [Cut(task) for task in waiting]
+    drain.cuts.update(cuts)
+    cuts[1].client_left()  # already cut for another reason: that one stands
+    assert drain.cut() == 2
+    await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(task.cancelled() for task in waiting)
+    assert [cut.outcome for cut in cuts] == [
+        Outcome.GATEWAY_SHUTDOWN,
+        Outcome.CLIENT_DISCONNECTED,
+    ]
