@@ -9,7 +9,7 @@ import json
 import sys
 from typing import Any
 
-from gateway.admin_client import AdminClient, AdminError
+from gateway.admin_client import AdminClient, AdminError, segment
 from gateway.cli_options import add_gateway_options
 
 KEY_COLUMNS = (
@@ -37,6 +37,7 @@ ENGINE_COLUMNS = (
     "url",
     "state",
     "failures",
+    "ejections",
     "ejected_until",
     "inflight",
     "running",
@@ -64,7 +65,10 @@ def add_admin_commands(sub: Any) -> None:
         ("--max-concurrency", "requests in flight"),
     ):
         limits.add_argument(flag, type=int, help=f"limit of {what} (default: none)")
-    limits.add_argument("--models", help="comma-separated allow-list (default: every model)")
+    limits.add_argument(
+        "--models",
+        help='comma-separated allow-list (default: every model; "" allows none)',
+    )
 
     keys = sub.add_parser("keys", help="API keys (admin API)").add_subparsers(
         dest="action", required=True
@@ -131,7 +135,7 @@ async def _call(client: AdminClient, args: argparse.Namespace) -> Any:
         if args.action == "list":
             return await client.call("GET", "/tenants")
         body = {**_limits(args), "priority": args.priority, "media_hosts": _hosts(args)}
-        return await client.call("PUT", f"/tenants/{args.tenant_id}", body)
+        return await client.call("PUT", f"/tenants/{segment(args.tenant_id)}", body)
     if args.action == "create":
         body = {
             "tenant": args.tenant,
@@ -141,10 +145,11 @@ async def _call(client: AdminClient, args: argparse.Namespace) -> Any:
         }
         return await client.call("POST", "/keys", {k: v for k, v in body.items() if v is not None})
     if args.action == "list":
-        return await client.call("GET", "/keys" + (f"?tenant={args.tenant}" if args.tenant else ""))
+        query = {"tenant": args.tenant} if args.tenant else None
+        return await client.send("GET", "/keys", params=query)
     if args.action == "revoke":
-        return await client.call("DELETE", f"/keys/{args.key_id}")
-    return await client.call("POST", f"/keys/{args.key_id}/rotate")
+        return await client.call("DELETE", f"/keys/{segment(args.key_id)}")
+    return await client.call("POST", f"/keys/{segment(args.key_id)}/rotate")
 
 
 def _hosts(args: argparse.Namespace) -> list[str] | None:
@@ -197,6 +202,8 @@ def table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     def cell(value: Any) -> str:
         if value is None:
             return "-"
+        if value == []:  # an allow-list of nothing: not the "-" of no list (everything)
+            return "(none)"
         return ",".join(value) if isinstance(value, list) else str(value)
 
     grid = [list(columns)] + [[cell(row.get(c)) for c in columns] for row in rows]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -55,6 +56,11 @@ class AdminClient:
             where = f" ({error['param']})" if error.get("param") else ""
             raise AdminError(f"HTTP {status}: {error.get('message', payload)}{where}")
         return payload
+
+
+def segment(value: str) -> str:
+    """An id as one segment of a path: `/`, `?`, `#` and `..` in it stay in it."""
+    return quote(value, safe="")
 
 
 def _message(text: str) -> str:

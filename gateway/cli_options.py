@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from urllib.parse import urlsplit
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -14,9 +15,22 @@ def add_gateway_options(
     """`--url` and the credential's flag, each defaulting to its environment variable."""
     parser.add_argument(
         "--url",
+        type=gateway_url,
         default=os.environ.get("LLMAAS_URL", DEFAULT_URL),
-        help=f"the gateway (default: $LLMAAS_URL, else {DEFAULT_URL})",
+        help=f"the gateway, with or without /v1 (default: $LLMAAS_URL, else {DEFAULT_URL})",
     )
     parser.add_argument(
         token_flag, default=os.environ.get(token_env), help=f"{token_help} (default: ${token_env})"
     )
+
+
+def gateway_url(value: str) -> str:
+    """The gateway's address as the clients add paths to it: the base URL that `llmaas up`
+    prints (ending in /v1, what OpenAI clients take) is accepted too."""
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(
+            f"not an http:// or https:// address of the gateway: {value!r}"
+        )
+    base = value.strip().rstrip("/")
+    return base.removesuffix("/v1")

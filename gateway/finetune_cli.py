@@ -13,7 +13,7 @@ from typing import Any
 from tqdm import tqdm
 
 from gateway.admin_cli import table
-from gateway.admin_client import AdminError
+from gateway.admin_client import AdminError, segment
 from gateway.cli_options import add_gateway_options
 from gateway.tenant_client import TenantClient
 
@@ -89,8 +89,8 @@ async def _files(client: TenantClient, args: argparse.Namespace) -> Any:
     if args.action == "list":
         return await client.call("GET", "/files", purpose=args.purpose)
     if args.action == "show":
-        return await client.call("GET", f"/files/{args.file_id}")
-    deleted = await client.call("DELETE", f"/files/{args.file_id}")
+        return await client.call("GET", f"/files/{segment(args.file_id)}")
+    deleted = await client.call("DELETE", f"/files/{segment(args.file_id)}")
     return {**deleted, "filename": "(deleted)"}
 
 
@@ -111,7 +111,9 @@ async def _jobs(client: TenantClient, args: argparse.Namespace) -> int:
     if args.action == "follow":
         return await follow(client, args.job_id, as_json=args.json)
     if args.action == "events":
-        events = await client.call("GET", f"/fine_tuning/jobs/{args.job_id}/events", limit=100)
+        events = await client.call(
+            "GET", f"/fine_tuning/jobs/{segment(args.job_id)}/events", limit=100
+        )
         if args.json:
             print(json.dumps(events, indent=2))
         for event in reversed(events["data"]):
@@ -122,9 +124,9 @@ async def _jobs(client: TenantClient, args: argparse.Namespace) -> int:
     elif args.action == "list":
         result = await client.call("GET", "/fine_tuning/jobs", limit=100)
     elif args.action == "cancel":
-        result = await client.call("POST", f"/fine_tuning/jobs/{args.job_id}/cancel")
+        result = await client.call("POST", f"/fine_tuning/jobs/{segment(args.job_id)}/cancel")
     else:
-        result = await client.call("GET", f"/fine_tuning/jobs/{args.job_id}")
+        result = await client.call("GET", f"/fine_tuning/jobs/{segment(args.job_id)}")
     rows = result.get("data", [result])
     print(json.dumps(result, indent=2) if args.json else table(rows, JOB_COLUMNS))
     if args.action == "create" and args.follow:
@@ -158,8 +160,10 @@ async def follow(client: TenantClient, job_id: str, *, as_json: bool = False) ->
     bar: tqdm[Any] | None = None
     try:
         while True:
-            job = await client.call("GET", f"/fine_tuning/jobs/{job_id}")
-            events = await client.call("GET", f"/fine_tuning/jobs/{job_id}/events", limit=100)
+            job = await client.call("GET", f"/fine_tuning/jobs/{segment(job_id)}")
+            events = await client.call(
+                "GET", f"/fine_tuning/jobs/{segment(job_id)}/events", limit=100
+            )
             for event in reversed(events["data"]):
                 if event["id"] in seen:
                     continue

@@ -99,3 +99,23 @@ async def test_a_reader_gone_stops_the_command_quietly(auth: AuthStack) -> None:
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 128 + signal.SIGPIPE, err.decode()
     assert err == b""
+
+
+async def test_ids_stay_in_their_segment_and_the_printed_v1_url_is_taken(auth: AuthStack) -> None:
+    """The base URL `llmaas up` prints ends in /v1: the commands take it as the gateway's. An
+    id is one path segment: "nope/../<id>" names no key (it used to revoke <id>). An allow-list
+    of nothing reads "(none)", not the "-" of a key without one (every model)."""
+    created = await llmaas_json(auth, "keys", "create", "--tenant", "cli-seg", "--models", "")
+    assert created["models"] == []
+    listed = "keys", "list", "--tenant", "cli-seg"
+    code, table, err = await run_llmaas(f"{auth.gateway}/v1/", *listed, token=ADMIN_TOKEN)
+    assert code == 0, err
+    row = next(line for line in table.splitlines() if created["id"] in line)
+    assert "(none)" in row.split()
+    code, _, err = await llmaas(auth, "keys", "revoke", f"nope/../{created['id']}")
+    assert code == 1
+    assert "HTTP 404" in err
+    assert (await llmaas_json(auth, *listed))["data"][0]["revoked"] is False
+    code, _, err = await run_llmaas("notaurl", *listed, token=ADMIN_TOKEN)
+    assert code == 2
+    assert "not an http:// or https:// address of the gateway: 'notaurl'" in err

@@ -225,13 +225,14 @@ async def test_llmaas_engines_shows_every_engine(tmp_path: Path) -> None:
         assert code == 0, err
         header, *rows = out.splitlines()
         assert header.split() == [
-            "url", "state", "failures", "ejected_until", "inflight", "running", "waiting",
-            "kv_usage", "models", "adapters", "last_error",
+            "url", "state", "failures", "ejections", "ejected_until", "inflight", "running",
+            "waiting", "kv_usage", "models", "adapters", "last_error",
         ]  # fmt: skip
         by_url = {row.split()[0]: row.split() for row in rows}
-        assert by_url[a.url][1:3] == ["up", "0"]
-        assert by_url[a.url][8] == "m,extra"
+        assert by_url[a.url][1:4] == ["up", "0", "0"]
+        assert by_url[a.url][9] == "m,extra"
         assert by_url[dead.url][1] in ("ejected", "probing")
+        assert int(by_url[dead.url][3]) >= 1  # ejected at least once
         assert by_url[dead.url][-1] == "connect"
 
         code, out, err = await run_cli("engines", "--json", *admin)
