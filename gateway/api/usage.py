@@ -32,7 +32,7 @@ from gateway.metering.query import (
     records_page,
     usage_totals,
 )
-from gateway.metering.record import CSV_COLUMNS, UsageRecord
+from gateway.metering.record import CSV_COLUMNS, TENANT_COLUMNS, UsageRecord
 from gateway.state import GatewayState
 
 admin_router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)])
@@ -158,7 +158,11 @@ async def _totals(
 
 
 async def _records(
-    gw: GatewayState, selection: Selection, tenant: str | None, page: Page
+    gw: GatewayState,
+    selection: Selection,
+    tenant: str | None,
+    page: Page,
+    columns: tuple[str, ...] = CSV_COLUMNS,
 ) -> Response:
     try:
         cursor = Cursor.parse(page.after) if page.after else None
@@ -180,17 +184,17 @@ async def _records(
         raise _ledger_unreachable(exc) from exc
     headers = {} if following is None else {"x-next-cursor": str(following)}
     if page.format == "csv":
-        return Response(_csv(records), headers=headers, media_type="text/csv")
-    body = b"".join(orjson.dumps(r.view()) + b"\n" for r in records)
+        return Response(_csv(records, columns), headers=headers, media_type="text/csv")
+    body = b"".join(orjson.dumps(r.view(columns)) + b"\n" for r in records)
     return Response(body, headers=headers, media_type="application/x-ndjson")
 
 
-def _csv(records: list[UsageRecord]) -> str:
+def _csv(records: list[UsageRecord], columns: tuple[str, ...]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for record in records:
-        writer.writerow(record.view())
+        writer.writerow(record.view(columns))
     return out.getvalue()
 
 
@@ -220,7 +224,7 @@ async def tenant_usage(
 async def tenant_usage_records(
     gw: Gateway, caller: Caller, selection: Selected, page: Paged
 ) -> Response:
-    return await _records(gw, selection, caller.tenant, page)
+    return await _records(gw, selection, caller.tenant, page, TENANT_COLUMNS)
 
 
 def _ledger_unreachable(exc: RedisError) -> ServiceUnavailable:

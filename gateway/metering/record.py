@@ -28,6 +28,9 @@ CSV_COLUMNS = (
     "latency_ms",
     "ttft_ms",
 )
+# What a tenant reads of its own records (/v1/usage/records): not the engine's address, which
+# is the operator's network.
+TENANT_COLUMNS = tuple(column for column in CSV_COLUMNS if column != "engine")
 
 
 def new_record_id() -> str:
@@ -103,12 +106,12 @@ class UsageRecord:
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in FIELD_NAMES}
 
-    def view(self) -> dict[str, Any]:
+    def view(self, columns: tuple[str, ...] = CSV_COLUMNS) -> dict[str, Any]:
         """The record as the export API shows it: RFC 3339 time and the total."""
         data = self.as_dict()
         data["time"] = rfc3339_ms(data.pop("time_ms"))
         data["total_tokens"] = self.total_tokens
-        return {column: data[column] for column in CSV_COLUMNS}
+        return {column: data[column] for column in columns}
 
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(UsageRecord))

@@ -248,6 +248,18 @@ async def _get(meter: Meter, path: str, headers: dict[str, str]) -> tuple[int, b
         return resp.status, await resp.read(), resp.headers
 
 
+async def _engines_are_the_operators(meter: Meter, own: dict[str, str]) -> None:
+    """A tenant's records (JSON lines, CSV) leave out the engine's address; the admin's keep it."""
+    _, body, _ = await _get(meter, "/v1/usage/records", own)
+    assert "engine" not in orjson.loads(body.splitlines()[0])
+    status, body, _ = await _get(meter, "/v1/usage/records?format=csv", own)
+    assert status == 200
+    assert body.splitlines()[0].split(b",")[:3] == [b"id", b"request_id", b"time"]
+    assert b"engine" not in body.splitlines()[0]
+    _, body, _ = await _get(meter, "/admin/v1/usage/records?tenant=beta", ADMIN)
+    assert orjson.loads(body.splitlines()[0])["engine"].startswith("http://")
+
+
 async def test_usage_totals_records_and_each_tenant_sees_only_its_own(meter: Meter) -> None:
     alpha1, alpha2 = await meter.new_key("alpha"), await meter.new_key("alpha")
     beta = await meter.new_key("beta")
@@ -296,6 +308,7 @@ async def test_usage_totals_records_and_each_tenant_sees_only_its_own(meter: Met
     status, body, _ = await _get(meter, "/v1/usage/records?tenant=alpha", own)
     lines = [orjson.loads(line) for line in body.splitlines()]
     assert [line["tenant"] for line in lines] == ["beta"]
+    await _engines_are_the_operators(meter, own)
     status, _, _ = await _get(meter, "/v1/usage", {"authorization": "Bearer sk-nope"})
     assert status == 401
 
