@@ -350,8 +350,13 @@ def _first_validation_error(exc: RequestValidationError) -> ApiError:
         return InvalidRequest(
             "The request body is missing or not a JSON object.", code="invalid_json"
         )
-    return InvalidRequest(
-        f"Invalid '{param}': {first.get('msg', 'invalid value')}.",
-        param=param,
-        code="invalid_value",
-    )
+    return InvalidRequest(f"Invalid '{param}': {_said(first)}.", param=param, code="invalid_value")
+
+
+def _said(error: Any) -> str:
+    """A pydantic complaint as a client reads it: a validator's own words without pydantic's
+    "Value error, " before them; a field the gateway does not support said to be so."""
+    message = str(error.get("msg", "invalid value"))
+    if error.get("type") == "none_required":
+        return "not supported here; leave it out"
+    return message.removeprefix("Value error, ")

@@ -121,7 +121,12 @@ async def test_bad_job_requests_name_the_field(
     body.update(fields)
     with pytest.raises(openai.BadRequestError) as refused:
         await client.post("/fine_tuning/jobs", body=body, cast_to=object)
-    assert _error(refused.value)["param"] == param, _error(refused.value)
+    error = _error(refused.value)
+    assert error["param"] == param, error
+    for pydantics in ("Value error, ", "Input should be None"):  # its words, not the client's
+        assert pydantics not in error["message"]
+    if param == "validation_file":
+        assert "not supported" in error["message"]
     assert (await client.fine_tuning.jobs.list()).data == []
 
 
