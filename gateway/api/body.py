@@ -114,6 +114,50 @@ def require_nonempty_list(body: dict[str, Any], field: str) -> list[Any]:
     return value
 
 
+# The content parts OpenAI defines, and what the field named by their type holds. vLLM reads
+# parts only when it renders the prompt, and answers a broken one with pydantic's dump of every
+# union member it tried, naming no message; other part types are vLLM's to judge.
+_PART_FIELDS: dict[str, tuple[type, ...]] = {
+    "text": (str,),
+    "refusal": (str,),
+    "image_url": (dict, str),
+    "input_audio": (dict,),
+    "file": (dict,),
+}
+
+
+def require_messages(body: dict[str, Any]) -> list[Any]:
+    """Chat's `messages`: a non-empty array, whose content parts of OpenAI's types carry the
+    field their type names (a 400 naming `messages[i].content[j].<field>`)."""
+    messages = require_nonempty_list(body, "messages")
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if isinstance(part, dict) and part.get("type") in _PART_FIELDS:
+                    _check_part(f"messages[{i}].content[{j}]", part)
+    return messages
+
+
+def _check_part(path: str, part: dict[str, Any]) -> None:
+    field = part["type"]
+    if part.get(field) is None:
+        raise InvalidRequest(
+            f"Missing required parameter: '{path}.{field}'.",
+            param=f"{path}.{field}",
+            code="missing_required_parameter",
+        )
+    value, types = part[field], _PART_FIELDS[field]
+    if not isinstance(value, types):
+        expected = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+        raise InvalidRequest(
+            f"Invalid type for '{path}.{field}': expected {expected}, but got "
+            f"{_describe(value)} instead.",
+            param=f"{path}.{field}",
+            code="invalid_type",
+        )
+
+
 def stream_flag(body: dict[str, Any]) -> bool:
     stream = optional(body, "stream", bool)
     optional(body, "stream_options", dict)

@@ -13,8 +13,8 @@ from starlette.responses import Response
 from gateway.api import openapi_bodies
 from gateway.api.body import (
     read_json,
+    require_messages,
     require_model,
-    require_nonempty_list,
     require_prompts,
     stream_flag,
 )
@@ -111,9 +111,7 @@ def _affinity(gw: GatewayState, route: str, body: dict[str, Any]) -> bytes:
 
 @router.post("/chat/completions", response_model=None, openapi_extra=openapi_bodies.CHAT)
 async def chat_completions(request: Request, gw: Gateway, caller: Caller) -> Response:
-    return await _forward(
-        request, gw, caller, "chat/completions", lambda b: require_nonempty_list(b, "messages")
-    )
+    return await _forward(request, gw, caller, "chat/completions", require_messages)
 
 
 @router.post("/completions", response_model=None, openapi_extra=openapi_bodies.COMPLETIONS)

@@ -90,6 +90,9 @@ def normalize_error(status: int, body: bytes, route: str | None = None) -> bytes
     message, param, code = _parse_error(body, status)
     if status == 400 and param is None:
         param = _named_field(message)
+    head = _DUMP_HEAD.match(message) if status == 400 and param is None else None
+    if head is not None:
+        message, param = _content_part_error(message, head.end(), route)
     if status == 400 and param is not None:
         message, param = _validation(message, param)
         if param == "input_tokens":  # vLLM's context-length refusal: OpenAI's code, the field
@@ -114,6 +117,24 @@ _VALIDATION_HEAD = re.compile(r"\d+ validation errors?:\n")
 # vLLM's sampling checks that set no `parameter` ("n must be at least 1, got 0.", "`top_k`
 # must be ...") name the field as the message's first word.
 _FIELD_FIRST = re.compile(r"`?([a-z][a-z0-9_]*)`? must ")
+
+
+# vLLM's answer to a content part it cannot read (it validates parts lazily, with pydantic):
+# "7 validation errors for ValidatorIterator\n0.ChatCompletionContentPartTextParam.text\n
+# Field required [type=missing, input_value=..., input_type=dict]\n    For further ...".
+_DUMP_HEAD = re.compile(r"\d+ validation errors? for \w+\n")
+_DUMP_FIRST = re.compile(r"([^\n]+)\n\s+([^\n\[]+?)\s*(?:\[[^\n]*)?(?:\n|$)")
+
+
+def _content_part_error(message: str, start: int, route: str | None) -> tuple[str, str]:
+    """The dump's first complaint (after `start`) as one sentence, and the prompt's field as
+    `param` (which message holds the part, vLLM does not say)."""
+    param = _PROMPT_FIELDS.get(route or "", "messages")
+    found = _DUMP_FIRST.match(message, start)
+    if found is None:
+        return message.split("\n", 1)[0] + ".", param
+    where = _field_path(found.group(1))
+    return f"Invalid value for content part {where} of '{param}': {found.group(2)}.", param
 
 
 def _named_field(message: str) -> str | None:

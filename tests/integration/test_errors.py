@@ -47,6 +47,27 @@ def assert_openai_error(payload: dict[str, Any]) -> dict[str, Any]:
         ("/v1/chat/completions", {"model": MODEL, "messages": "hi"}, "messages", "an array"),
         ("/v1/chat/completions", {"model": 7, "messages": []}, "model", "a string"),
         ("/v1/chat/completions", {**CHAT, "stream": "yes"}, "stream", "a boolean"),
+        (
+            "/v1/chat/completions",
+            {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+            "messages[0].content[0].text",
+            "Missing required parameter",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": MODEL,
+                "messages": [
+                    {"role": "system", "content": "be brief"},
+                    {
+                        "role": "user",
+                        "content": [{"type": "text", "text": "hi"}, {"type": "image_url"}],
+                    },
+                ],
+            },
+            "messages[1].content[1].image_url",
+            "Missing required parameter",
+        ),
         ("/v1/completions", {"model": MODEL}, "prompt", "'prompt'"),
         ("/v1/embeddings", {"model": MODEL, "input": 3}, "input", "string or an array"),
     ],

@@ -4,7 +4,14 @@ from typing import Any
 
 import pytest
 
-from gateway.api.body import check_type, require, require_model, require_nonempty_list, stream_flag
+from gateway.api.body import (
+    check_type,
+    require,
+    require_messages,
+    require_model,
+    require_nonempty_list,
+    stream_flag,
+)
 from gateway.errors import InvalidRequest
 
 
@@ -50,3 +57,29 @@ def test_stream_flag_checks_types() -> None:
     assert stream_flag({}) is False
     assert _error(stream_flag, {"stream": "yes"}).param == "stream"
     assert _error(stream_flag, {"stream_options": 1}).param == "stream_options"
+
+
+def test_content_parts_of_openais_types_carry_their_field() -> None:
+    def parts(*content: Any) -> dict[str, Any]:
+        return {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "user", "content": list(content)},
+            ]
+        }
+
+    missing = _error(require_messages, parts({"type": "text", "text": "a"}, {"type": "text"}))
+    assert (missing.param, missing.code) == (
+        "messages[1].content[1].text",
+        "missing_required_parameter",
+    )
+    wrong = _error(require_messages, parts({"type": "image_url", "image_url": 3}))
+    assert (wrong.param, wrong.code) == ("messages[1].content[0].image_url", "invalid_type")
+    assert "an object or a string" in wrong.message
+    accepted = parts(
+        {"type": "image_url", "image_url": "data:image/png;base64,AA"},  # vLLM's short form
+        {"type": "video_url", "video_url": {"url": "x"}},  # not OpenAI's: vLLM judges it
+        {"type": "bogus"},
+        "a bare string",
+    )
+    assert require_messages(accepted) == accepted["messages"]

@@ -199,3 +199,20 @@ def test_a_sampling_refusal_without_param_gets_the_field_its_message_names() -> 
         assert err["param"] is None  # no single field named first
     server = orjson.loads(normalize_error(500, _vllm_400("n must be at least 1, got 0.", None)))
     assert server["error"]["param"] is None  # only a refusal of the request names a field
+
+
+def test_a_content_part_vllm_cannot_read_is_one_sentence_on_the_prompts_field() -> None:
+    """vLLM 0.32's answer to `{"type": "text"}` without its text (parts are read lazily)."""
+    dump = (
+        "7 validation errors for ValidatorIterator\n0.ChatCompletionContentPartTextParam.text\n"
+        "  Field required [type=missing, input_value={'type': 'text'}, input_type=dict]\n"
+        "    For further information visit https://errors.pydantic.dev/2.14/v/missing\n"
+        "0.ChatCompletionContentPartImageParam.image_url\n  Field required [type=missing, ...]"
+    )
+    err = orjson.loads(normalize_error(400, _vllm_400(dump, None), "chat/completions"))["error"]
+    assert err["param"] == "messages"
+    assert (
+        err["message"] == "Invalid value for content part [0].text of 'messages': Field required."
+    )
+    cut = orjson.loads(normalize_error(400, _vllm_400("2 validation errors for X\n", None)))
+    assert cut["error"]["message"] == "2 validation errors for X."  # no complaint to show
