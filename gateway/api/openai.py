@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from fastapi import APIRouter
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -158,6 +159,7 @@ async def list_models(gw: Gateway, caller: Caller) -> Response:
 
 @router.get("/models/{model_id:path}", response_model=None)
 async def get_model(model_id: str, gw: Gateway, caller: Caller) -> Response:
+    _named(model_id)
     if not caller.may_use(model_id):
         raise ModelNotFound(model_id)
     pool = gw.registry.pool(model_id)
@@ -174,6 +176,7 @@ async def delete_model(model_id: str, gw: Gateway, caller: Caller) -> Response:
     """Delete one of the tenant's fine-tuned models: unloaded from every engine, its adapter
     removed. A base model the caller can see cannot be deleted (403, as OpenAI answers);
     anything else it cannot see is 404."""
+    _named(model_id)
     if not caller.may_use(model_id):
         raise ModelNotFound(model_id)
     fine_tuned = model_id.startswith("ft:")  # (a loaded one has a pool too: its base model's)
@@ -189,6 +192,12 @@ async def delete_model(model_id: str, gw: Gateway, caller: Caller) -> Response:
     if not await gw.adapters.delete(caller.tenant, model_id):
         raise ModelNotFound(model_id)
     return json_response({"id": model_id, "object": "model", "deleted": True})
+
+
+def _named(model_id: str) -> None:
+    """/v1/models/ (a trailing slash) names no model: an unknown path, as every other one."""
+    if not model_id:
+        raise HTTPException(404)
 
 
 async def _fine_tuned(gw: GatewayState, caller: Principal) -> dict[str, dict[str, Any]]:

@@ -249,6 +249,7 @@ class AdmissionControl:
             raise ServiceUnavailable(
                 "Rate limits cannot be checked right now; try again shortly.",
                 code="rate_limiter_unavailable",
+                headers={"retry-after": "1"},
             ) from exc
 
     async def close(self) -> None:

@@ -111,7 +111,8 @@ async def test_unknown_route_and_wrong_method_are_openai_shaped(stack: Stack) ->
     async with stack.http.put(f"{stack.gateway}/v1/models/{MODEL}") as resp:
         assert resp.status == 405
         assert resp.headers["allow"] == "DELETE, GET"  # every route of the path
-    for method, path in (("POST", "/v1/chat/completions/"), ("GET", "/v1/usage/")):
+    trailing = ("POST", "/v1/chat/completions/"), ("GET", "/v1/usage/"), ("GET", "/v1/models/")
+    for method, path in (*trailing, ("DELETE", "/v1/models/")):
         url = f"{stack.gateway}{path}"  # unknown paths: no redirect to the one without "/"
         async with stack.http.request(method, url, allow_redirects=False) as resp:
             assert resp.status == 404

@@ -209,6 +209,7 @@ async def test_redis_down_follows_the_failure_mode(mode: str, status: int, tmp_p
                     assert resp.status == status
                     if status == 503:
                         assert (await resp.json())["error"]["code"] == "rate_limiter_unavailable"
+                        assert resp.headers["retry-after"] == "1"
                 async with http.get(f"{gw}/metrics", headers=ADMIN) as resp:
                     assert (
                         f'llmaas_ratelimit_unavailable_total{{failure_mode="{mode}"}} 1.0'
