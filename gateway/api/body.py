@@ -128,7 +128,17 @@ _PART_FIELDS: dict[str, tuple[type, ...]] = {
 
 def require_messages(body: dict[str, Any]) -> list[Any]:
     """Chat's `messages`: a non-empty array, whose content parts of OpenAI's types carry the
-    field their type names (a 400 naming `messages[i].content[j].<field>`)."""
+    field their type names (a 400 naming `messages[i].content[j].<field>`). And a
+    `max_completion_tokens` below 1 is refused here, naming it (vLLM names `max_tokens`, which
+    it maps it to)."""
+    limit = body.get("max_completion_tokens")
+    if type(limit) is int and limit < 1:
+        raise InvalidRequest(
+            "Invalid 'max_completion_tokens': integer below minimum value. Expected a value "
+            f">= 1, but got {limit} instead.",
+            param="max_completion_tokens",
+            code="integer_below_min_value",
+        )
     messages = require_nonempty_list(body, "messages")
     for i, message in enumerate(messages):
         content = message.get("content") if isinstance(message, dict) else None

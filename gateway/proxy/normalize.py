@@ -95,6 +95,8 @@ def normalize_error(status: int, body: bytes, route: str | None = None) -> bytes
         message, param = _content_part_error(message, head.end(), route)
     if status == 400 and param is not None:
         message, param = _validation(message, param)
+        if param == "logprobs" and route == "chat/completions":  # chat's count is top_logprobs
+            param = "top_logprobs"
         if param == "input_tokens":  # vLLM's context-length refusal: OpenAI's code, the field
             param, code = _PROMPT_FIELDS.get(route or "", "messages"), "context_length_exceeded"
     if status == 404 and route is not None and message == _NOT_SERVED:

@@ -83,3 +83,11 @@ def test_content_parts_of_openais_types_carry_their_field() -> None:
         "a bare string",
     )
     assert require_messages(accepted) == accepted["messages"]
+
+
+def test_max_completion_tokens_below_one_is_refused_naming_it() -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 0}
+    err = _error(require_messages, body)
+    assert (err.param, err.code) == ("max_completion_tokens", "integer_below_min_value")
+    assert "got 0" in err.message
+    assert require_messages({**body, "max_completion_tokens": 1}) == body["messages"]

@@ -216,3 +216,14 @@ def test_a_content_part_vllm_cannot_read_is_one_sentence_on_the_prompts_field() 
     )
     cut = orjson.loads(normalize_error(400, _vllm_400("2 validation errors for X\n", None)))
     assert cut["error"]["message"] == "2 validation errors for X."  # no complaint to show
+
+
+def test_chats_logprobs_count_is_named_top_logprobs() -> None:
+    """vLLM maps chat's top_logprobs to its sampling `logprobs` and names that in its refusal."""
+    refusal = _vllm_400(
+        "Requested sample logprobs of 30, which is greater than max allowed: 20", "logprobs"
+    )
+    chat = orjson.loads(normalize_error(400, refusal, "chat/completions"))["error"]
+    assert chat["param"] == "top_logprobs"
+    completions = orjson.loads(normalize_error(400, refusal, "completions"))["error"]
+    assert completions["param"] == "logprobs"  # completions' own field
