@@ -128,17 +128,9 @@ _PART_FIELDS: dict[str, tuple[type, ...]] = {
 
 def require_messages(body: dict[str, Any]) -> list[Any]:
     """Chat's `messages`: a non-empty array, whose content parts of OpenAI's types carry the
-    field their type names (a 400 naming `messages[i].content[j].<field>`). And a
-    `max_completion_tokens` below 1 is refused here, naming it (vLLM names `max_tokens`, which
-    it maps it to)."""
-    limit = body.get("max_completion_tokens")
-    if type(limit) is int and limit < 1:
-        raise InvalidRequest(
-            "Invalid 'max_completion_tokens': integer below minimum value. Expected a value "
-            f">= 1, but got {limit} instead.",
-            param="max_completion_tokens",
-            code="integer_below_min_value",
-        )
+    field their type names (a 400 naming `messages[i].content[j].<field>`); and the bounds of
+    the fields vLLM renames before it checks them (its refusal would name its own field)."""
+    _check_renamed_bounds(body)
     messages = require_nonempty_list(body, "messages")
     for i, message in enumerate(messages):
         content = message.get("content") if isinstance(message, dict) else None
@@ -147,6 +139,32 @@ def require_messages(body: dict[str, Any]) -> list[Any]:
                 if isinstance(part, dict) and part.get("type") in _PART_FIELDS:
                     _check_part(f"messages[{i}].content[{j}]", part)
     return messages
+
+
+# Chat fields vLLM checks under another name: `max_completion_tokens` as its `max_tokens`, and
+# `top_logprobs` as its `logprobs` (once streaming has begun: an error frame). Bounds: OpenAI's.
+_RENAMED_BOUNDS = {"max_completion_tokens": (1, None), "top_logprobs": (None, 20)}
+
+
+def _check_renamed_bounds(body: dict[str, Any]) -> None:
+    for field, (low, high) in _RENAMED_BOUNDS.items():
+        value = body.get(field)
+        if type(value) is not int:
+            continue
+        if low is not None and value < low:
+            raise InvalidRequest(
+                f"Invalid '{field}': integer below minimum value. Expected a value >= {low}, "
+                f"but got {value} instead.",
+                param=field,
+                code="integer_below_min_value",
+            )
+        if high is not None and value > high:
+            raise InvalidRequest(
+                f"Invalid '{field}': integer above maximum value. Expected a value <= {high}, "
+                f"but got {value} instead.",
+                param=field,
+                code="integer_above_max_value",
+            )
 
 
 def _check_part(path: str, part: dict[str, Any]) -> None:

@@ -11,6 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 CHARS_PER_TOKEN = 4  # a generous average for English with BPE tokenizers; settlement corrects it
+# What a chat template adds around the text: each message's role and delimiters
+# ("<|im_start|>user\n … <|im_end|>\n": 4-5 tokens), and the assistant's turn it opens for the
+# answer. Without them a short chat was reserved a third of what the engine counted (8 tokens
+# for "hello there" through SmolLM2's template, 3 estimated).
+MESSAGE_TOKENS = 4
+REPLY_TOKENS = 3
 
 
 def text_tokens(text: str) -> int:
@@ -46,11 +52,12 @@ def _content_chars(content: Any) -> int:
 
 
 def chat_tokens(messages: Any) -> int:
-    """An estimate of the tokens of a chat request's `messages` (their text content)."""
+    """An estimate of the tokens of a chat request's `messages`: their text content, and what
+    the chat template adds around each and for the reply."""
     if not isinstance(messages, list):
         return 1
     chars = sum(_content_chars(m.get("content")) for m in messages if isinstance(m, dict))
-    return chars // CHARS_PER_TOKEN + 1
+    return chars // CHARS_PER_TOKEN + 1 + MESSAGE_TOKENS * len(messages) + REPLY_TOKENS
 
 
 def _prompts(body: dict[str, Any]) -> list[int]:
@@ -111,7 +118,8 @@ def response_input_tokens(body: dict[str, Any]) -> int:
     instructions = body.get("instructions")
     chars = sum(map(_item_chars, items))
     chars += len(instructions) if isinstance(instructions, str) else 0
-    return chars // CHARS_PER_TOKEN + 1
+    turns = len(items) + isinstance(instructions, str)  # each a message of the chat template
+    return chars // CHARS_PER_TOKEN + 1 + MESSAGE_TOKENS * turns + REPLY_TOKENS
 
 
 def response_tokens(

@@ -91,3 +91,9 @@ def test_max_completion_tokens_below_one_is_refused_naming_it() -> None:
     assert (err.param, err.code) == ("max_completion_tokens", "integer_below_min_value")
     assert "got 0" in err.message
     assert require_messages({**body, "max_completion_tokens": 1}) == body["messages"]
+    many = _error(require_messages, {**body, "max_completion_tokens": 5, "top_logprobs": 21})
+    assert (many.param, many.code) == ("top_logprobs", "integer_above_max_value")
+    assert (
+        require_messages({**body, "max_completion_tokens": 1, "top_logprobs": 20})
+        == body["messages"]
+    )

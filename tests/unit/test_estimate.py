@@ -3,6 +3,11 @@ from __future__ import annotations
 from gateway.limits.estimate import prompt_tokens, reserved_tokens, response_tokens
 
 
+def test_a_short_chat_is_reserved_at_least_what_the_template_makes_of_it() -> None:
+    """SmolLM2's template made 8 prompt tokens of "hello there" (vLLM's usage, 2026-12-03)."""
+    assert prompt_tokens({"messages": [{"role": "user", "content": "hello there"}]}) >= 8
+
+
 def test_prompt_estimate_reads_message_text_only() -> None:
     body = {
         "messages": [
@@ -10,14 +15,14 @@ def test_prompt_estimate_reads_message_text_only() -> None:
             {"role": "system", "content": [{"type": "text", "text": "y" * 8}]},
         ]
     }
-    assert prompt_tokens(body) == 48 // 4 + 1
+    assert prompt_tokens(body) == 48 // 4 + 1 + 2 * 4 + 3  # + the template's, per message
     assert prompt_tokens({"prompt": [1, 2, 3]}) == 3
     assert prompt_tokens({"prompt": "abcd"}) == 2
 
 
 def test_reservation_is_prompt_plus_max_tokens_times_n() -> None:
     body = {"messages": [{"role": "user", "content": "x" * 40}], "max_tokens": 100, "n": 2}
-    assert reserved_tokens(body, 1024) == 11 + 200
+    assert reserved_tokens(body, 1024) == 11 + 4 + 3 + 200
     assert reserved_tokens({"prompt": "abcd", "max_completion_tokens": 7}, 1024) == 2 + 7
     assert reserved_tokens({"prompt": "abcd"}, 50) == 2 + 50
     assert reserved_tokens({"prompt": "abcd", "max_tokens": True}, 50) == 2 + 50
@@ -45,8 +50,8 @@ def test_every_prompt_of_a_batch_counts() -> None:
 def test_chat_counts_text_parts_of_every_message() -> None:
     parts = [{"type": "text", "text": "y" * 8}, {"type": "image_url", "image_url": {"url": "u"}}]
     body = {"messages": [{"role": "user", "content": "x" * 40}, {"role": "user", "content": parts}]}
-    assert prompt_tokens(body) == 48 // 4 + 1
-    assert prompt_tokens({"messages": [{"role": "assistant", "content": None}]}) == 1
+    assert prompt_tokens(body) == 48 // 4 + 1 + 2 * 4 + 3
+    assert prompt_tokens({"messages": [{"role": "assistant", "content": None}]}) == 1 + 4 + 3
 
 
 def test_a_batch_reserves_a_completion_per_prompt_and_choice() -> None:
@@ -69,17 +74,19 @@ def test_embedding_batches_reserve_their_inputs_only() -> None:
 
 
 def test_a_responses_request_reserves_its_input_and_max_output_tokens() -> None:
-    assert response_tokens({"input": "x" * 40, "max_output_tokens": 30}, 1024) == 11 + 30
+    template = 4 + 3  # one turn, and the reply's
+    assert response_tokens({"input": "x" * 40, "max_output_tokens": 30}, 1024) == 11 + template + 30
     items = [
         {"role": "user", "content": "x" * 20},
         {"role": "user", "content": [{"type": "input_text", "text": "y" * 16}]},
         {"type": "function_call_output", "call_id": "c", "output": "z" * 4},
     ]
     body = {"input": items, "instructions": "w" * 8, "max_output_tokens": 5}
-    assert response_tokens(body, 1024) == (20 + 16 + 4 + 8) // 4 + 1 + 5
+    turns = 3 + 1  # the items and the instructions
+    assert response_tokens(body, 1024) == (20 + 16 + 4 + 8) // 4 + 1 + 4 * turns + 3 + 5
 
 
 def test_a_responses_request_without_max_output_tokens_reserves_the_capped_default() -> None:
-    body = {"input": "x" * 396}  # 100 tokens estimated
-    assert response_tokens(body, 1024, context_length=612) == 100 + 512
-    assert response_tokens(body, 256) == 100 + 256
+    body = {"input": "x" * 396}  # 100 tokens of text, 107 with the template's
+    assert response_tokens(body, 1024, context_length=612) == 107 + 505
+    assert response_tokens(body, 256) == 107 + 256
