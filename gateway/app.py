@@ -48,6 +48,7 @@ from gateway.limits.limiter import Limiter
 from gateway.logs import configure_logging
 from gateway.metering.accounting import Accounting
 from gateway.metering.ledger import Ledger
+from gateway.metering.settlement import lease_release
 from gateway.metering.settler import Settler
 from gateway.metrics import Metrics
 from gateway.proxy.deps import ProxyDeps
@@ -166,7 +167,10 @@ def create_app(
             await asyncio.gather(*listening, return_exceptions=True)
             await scraper.close()
             await monitor.close()
-            await admission.close()  # admissions given up on: a last try at releasing them
+            # admissions given up on: a last try at releasing them; the leases left are settled
+            # (and spilled with the usage if Redis is away), not left to their TTL
+            for caller, lease in await admission.close():
+                settler.submit(lease_release(caller.tenant, caller.key_id, lease))
             await settler.close()  # requests are done: flush what waits for Redis, spill the rest
             await upstream.close()
             if pipe is not None:

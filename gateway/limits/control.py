@@ -252,8 +252,9 @@ class AdmissionControl:
                 headers={"retry-after": "1"},
             ) from exc
 
-    async def close(self) -> None:
-        """Let admissions given up on or not used be released (briefly), then stop trying."""
+    async def close(self) -> list[tuple[Principal, str]]:
+        """Let admissions given up on or not used be released (briefly), then stop trying; the
+        leases Redis did not take by then (the caller settles them another way)."""
         for fill in self.filling:
             fill.cancel()  # gives back what it may have charged
         await asyncio.gather(*self.filling, return_exceptions=True)
@@ -262,7 +263,8 @@ class AdmissionControl:
         if self.renewals is not None:
             await self.renewals.close()
         if self.releases is not None:
-            await self.releases.close()
+            return await self.releases.close()
+        return []
 
 
 def _merge(own: Limits, defaults: Limits) -> Limits:

@@ -6,6 +6,8 @@ after the script was sent). So its lease is released (release.lua: once, and an 
 arrives later is cancelled). One background task sends the releases in order and retries with
 backoff while Redis does not take them, until nothing is left to give back anyway (the lease
 has expired). The queue is bounded: in a long outage, what does not fit waits for its TTL.
+What is still queued when the process stops is handed back (`close`): the gateway settles
+those leases through the ledger, which spills what Redis does not take to disk.
 """
 
 from __future__ import annotations
@@ -62,16 +64,21 @@ class Releases:
             self.task = asyncio.create_task(self._run(), name="limit-releases")
             self.task.add_done_callback(self._stopped)
 
-    async def close(self, grace_s: float = 2.0) -> None:
-        """Give what is queued `grace_s` to go through, then stop (the TTLs do the rest)."""
+    async def close(self, grace_s: float = 2.0) -> list[tuple[Principal, str]]:
+        """Give what is queued `grace_s` to go through, then stop; the leases not released
+        by then (and not expired), oldest first."""
         if self.task is None:
-            return
+            return []
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace_s):
                 await self.drained.wait()
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
         self.task = None
+        now = time.monotonic()
+        left = [(p.caller, p.lease) for p in self.queue if p.until >= now]
+        self.queue.clear()
+        return left
 
     async def _run(self) -> None:
         delay = FIRST_RETRY_S

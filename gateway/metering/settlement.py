@@ -47,3 +47,13 @@ class Settlement:
             record=None if record is None else UsageRecord(**record),
             limits=None if limits is None else LimitSettlement(**limits),
         )
+
+
+def lease_release(tenant: str, key_id: str, lease: str) -> Settlement:
+    """Free a concurrency lease whose release.lua Redis never took (the process stopped while
+    Redis was away): settled like a request, its marker keeps it to once; its tokens and
+    request entry are left to the window."""
+    limits = LimitSettlement(lease=lease, delta=0, key_tpm=0, tenant_tpm=0)
+    return Settlement(
+        id=f"release-{lease}", tenant=tenant, key_id=key_id, record=None, limits=limits
+    )

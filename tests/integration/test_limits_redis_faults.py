@@ -17,7 +17,8 @@ from redis.asyncio import Redis
 
 from gateway.app import create_app
 from gateway.auth.authenticate import Authenticator
-from gateway.limits.limiter import scope_keys
+from gateway.auth.principal import Limits, Principal
+from gateway.limits.limiter import Limiter, scope_keys
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import ADMIN, MODEL, auth_settings
 from tests.integration.sim_fixture import running_sim
@@ -170,3 +171,42 @@ async def test_an_unreachable_redis_answers_at_once(tmp_path: Path, fault: str) 
     assert status == 503
     assert body["error"]["code"] == "rate_limiter_unavailable"
     assert elapsed < bound_s / 3  # no waiting for the bound meant for a slow Redis
+
+
+async def test_a_release_redis_never_took_is_spilled_at_shutdown_and_replayed(
+    tmp_path: Path,
+) -> None:
+    """A gateway that stops while Redis is away, with a lease it had yet to release (an
+    admission it gave up on): the lease is settled into the spill file, and the next gateway
+    replays it, so the concurrency slot is free again (it used to stay taken for the lease's
+    TTL, 600 s)."""
+    redis_server = RestartableRedis(tmp_path)
+    await redis_server.start()
+    caller = Principal(TENANT, "k-spilled", "api_key", key_limits=Limits(max_concurrency=1))
+    (_, _, leases), _ = scope_keys(TENANT, caller.key_id)
+    try:
+        async with (
+            redis_proxy(redis_server.port) as proxy,
+            running_sim(SimConfig(models=[MODEL])) as sim,
+            Redis.from_url(redis_server.url) as redis,
+        ):
+            settings = auth_settings(sim, proxy.url, tmp_path / "spill").model_copy(deep=True)
+            settings.metering.flush_timeout_s = 0.5  # Redis is away at shutdown: spill soon
+            admission = await Limiter(redis).admit(caller, 10)  # ran; its client was told 503
+            app = create_app(settings)
+            async with serve_asgi(app):
+                spill = app.state.gateway.accounting.settler.spill
+                async with asyncio.timeout(10):  # a gateway that has run knows its ledger
+                    while spill.ledger is None:  # noqa: ASYNC110 (nothing to wait on)
+                        await asyncio.sleep(0.02)
+                proxy.set_mode("refuse")
+                app.state.gateway.admission.releases.add(caller, admission.lease)
+            assert await redis.zscore(leases, admission.lease) is not None
+            assert list((tmp_path / "spill").glob("*.jsonl"))
+            proxy.set_mode("pass")
+            async with serve_asgi(create_app(settings)):
+                async with asyncio.timeout(10):  # the spill file is replayed at start
+                    while await redis.zcard(leases):  # noqa: ASYNC110 (Redis's, polled)
+                        await asyncio.sleep(0.05)
+    finally:
+        await redis_server.stop()

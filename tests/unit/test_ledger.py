@@ -26,7 +26,7 @@ from gateway.metering.ledger import (
     usage_prefix,
 )
 from gateway.metering.record import UsageRecord, new_record_id
-from gateway.metering.settlement import LimitSettlement, Settlement
+from gateway.metering.settlement import LimitSettlement, Settlement, lease_release
 from gateway.settings import MeteringSettings
 from tests.support.usage_records import settlement_of as settlement
 from tests.support.usage_records import usage_record
@@ -311,3 +311,18 @@ async def test_a_flushed_script_cache_is_reloaded(redis: Redis) -> None:
     assert await redis.script_exists(book.settle.sha) == [True]
     await book.write([later])  # and still idempotent after the reload
     assert len(await log_of(redis, t)) == 3
+
+
+async def test_a_lease_release_frees_the_slot_once_and_moves_no_bucket(redis: Redis) -> None:
+    """What a process that stopped with a release Redis had not taken settles instead."""
+    limiter = Limiter(redis, window_s=WINDOW_S)
+    principal = who(Limits(tpm=1000, max_concurrency=1))
+    admission = await limiter.admit(principal, 300)
+    with pytest.raises(RateLimited, match="in flight"):
+        await limiter.admit(principal, 1)
+    release = lease_release(principal.tenant, principal.key_id, admission.lease)
+    await ledger(redis).write([Settlement.from_json(release.to_json())])  # as replayed
+    await ledger(redis).write([release])  # once only
+    assert await remaining_tokens(limiter, principal) == (700, None)  # left to the window
+    assert await redis.exists(log_key(principal.tenant)) == 0  # no usage record
+    assert (await limiter.admit(principal, 1)).lease  # the slot is free again

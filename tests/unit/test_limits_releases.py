@@ -55,3 +55,15 @@ async def test_without_redis_releases_are_bounded_and_give_up_in_time() -> None:
     await releases.close(grace_s=2)  # both are past their horizon well before that
     await unreachable.aclose()
     assert released(metrics, "expired") == 2
+
+
+async def test_what_redis_did_not_take_by_closing_is_handed_back() -> None:
+    """The gateway settles those leases through the ledger (spilled while Redis is away)."""
+    unreachable = redis_client(f"redis://127.0.0.1:{free_port()}/0", 0.2, 4)
+    releases = Releases(Limiter(unreachable), Metrics(), horizon_s=60)
+    for lease in ("a", "b"):
+        releases.add(CALLER, lease)
+    left = await releases.close(grace_s=0.3)
+    await unreachable.aclose()
+    assert left == [(CALLER, "a"), (CALLER, "b")]
+    assert await releases.close() == []  # handed back once
