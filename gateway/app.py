@@ -100,6 +100,10 @@ class GatewayApp(FastAPI):
         if scope["type"] == "lifespan":
             await super().__call__(scope, receive, send)
             return
+        if scope["type"] == "http" and scope["method"] == "HEAD" and _serves(self, scope, "GET"):
+            # RFC 9110: HEAD wherever GET is served. The app answers a GET; the server sends
+            # no body, as its own scope still says HEAD.
+            scope = {**scope, "method": "GET"}
         await Starlette.__call__(self, scope, receive, send)
 
 
@@ -315,14 +319,19 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def _allowed_methods(request: Request) -> str:
-    """The methods the routes of the request's path serve ("DELETE, GET"): each one asked
-    whether it would take the path under that method (routers nest; routes share paths)."""
-    allowed = []
-    for method in _METHODS:
-        scope = {**request.scope, "method": method}
-        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
-            allowed.append(method)
+    """The methods the routes of the request's path serve ("DELETE, GET, HEAD"; HEAD where
+    GET is, as GatewayApp answers it)."""
+    allowed = [m for m in _METHODS if _serves(request.app, request.scope, m)]
+    if "GET" in allowed and "HEAD" not in allowed:
+        allowed.insert(allowed.index("GET") + 1, "HEAD")
     return ", ".join(allowed)
+
+
+def _serves(app: Starlette, scope: Scope, method: str) -> bool:
+    """Whether a route would take the request's path under `method`: each one asked (routers
+    nest; routes share paths)."""
+    probe = {**scope, "method": method}
+    return any(route.matches(probe)[0] == Match.FULL for route in app.router.routes)
 
 
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")

@@ -110,13 +110,28 @@ async def test_unknown_route_and_wrong_method_are_openai_shaped(stack: Stack) ->
         assert assert_openai_error(await resp.json())["code"] == "method_not_allowed"
     async with stack.http.put(f"{stack.gateway}/v1/models/{MODEL}") as resp:
         assert resp.status == 405
-        assert resp.headers["allow"] == "DELETE, GET"  # every route of the path
+        assert resp.headers["allow"] == "DELETE, GET, HEAD"  # every route of the path
     trailing = ("POST", "/v1/chat/completions/"), ("GET", "/v1/usage/"), ("GET", "/v1/models/")
     for method, path in (*trailing, ("DELETE", "/v1/models/")):
         url = f"{stack.gateway}{path}"  # unknown paths: no redirect to the one without "/"
         async with stack.http.request(method, url, allow_redirects=False) as resp:
             assert resp.status == 404
             assert assert_openai_error(await resp.json())["code"] == "unknown_url"
+
+
+async def test_head_is_answered_wherever_get_is(stack: Stack) -> None:
+    """RFC 9110: the GET's status and headers, no body."""
+    async with stack.http.get(f"{stack.gateway}/v1/models") as resp:
+        length = resp.headers["content-length"]
+        assert resp.status == 200
+    async with stack.http.head(f"{stack.gateway}/v1/models") as resp:
+        assert resp.status == 200
+        assert resp.headers["content-length"] == length
+        assert resp.headers["content-type"] == "application/json"
+        assert await resp.read() == b""
+    async with stack.http.head(f"{stack.gateway}/v1/chat/completions") as resp:
+        assert resp.status == 405  # no GET there either
+        assert resp.headers["allow"] == "POST"
 
 
 async def test_no_reachable_engine_is_503(stack: Stack) -> None:
