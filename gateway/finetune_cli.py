@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from gateway.admin_cli import table
+from gateway.admin_cli import table, utc_time
 from gateway.admin_client import AdminError, segment
 from gateway.cli_options import add_gateway_options
 from gateway.tenant_client import TenantClient
@@ -117,7 +117,7 @@ async def _jobs(client: TenantClient, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(events, indent=2))
         for event in reversed(events["data"]):
-            print(f"{event['created_at']}  {event['level']:5}  {event['message']}")
+            print(f"{utc_time(event['created_at'])}  {event['level']:5}  {event['message']}")
         return 0
     if args.action == "create":
         result = await client.call("POST", "/fine_tuning/jobs", _create_body(args))

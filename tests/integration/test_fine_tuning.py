@@ -6,6 +6,7 @@ own tenant only (issue 14). Training itself: tests/e2e/test_fine_tuning_e2e.py."
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -290,6 +291,8 @@ async def test_the_files_and_jobs_commands(ft: TenantStack, tmp_path: Path) -> N
     assert code == 0, err
     assert file_id in out
     assert "train.jsonl" in out
+    row = next(line for line in out.splitlines() if file_id in line).split()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row[-1])  # created_at, UTC
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b'{"messages": []}\n')
     code, out, err = await run_cli("files", "upload", str(bad), *auth)
@@ -320,6 +323,7 @@ async def test_the_files_and_jobs_commands(ft: TenantStack, tmp_path: Path) -> N
     code, out, err = await run_cli("jobs", "events", job["id"], *auth)
     assert code == 0, err
     assert "Created fine-tuning job" in out
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ  ", out)
     code, out, err = await run_cli("jobs", "cancel", job["id"], *auth)
     assert code == 0, err
     assert "cancelled" in out
