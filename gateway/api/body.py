@@ -63,15 +63,17 @@ def _describe(value: Any) -> str:
     return _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
-def require(body: dict[str, Any], field: str, *types: type) -> Any:
-    """The value of a required field, checked against the accepted JSON types."""
+def require(body: dict[str, Any], field: str, *types: type, path: str | None = None) -> Any:
+    """The value of a required field, checked against the accepted JSON types. `path`: how
+    the request names it, if `body` is nested in it (default: `field`)."""
     if field not in body or body[field] is None:
+        name = path or field
         raise InvalidRequest(
-            f"Missing required parameter: '{field}'.",
-            param=field,
+            f"Missing required parameter: '{name}'.",
+            param=name,
             code="missing_required_parameter",
         )
-    return check_type(body, field, *types)
+    return check_type(body, field, *types, path=path)
 
 
 def optional(body: dict[str, Any], field: str, *types: type) -> Any:
@@ -80,15 +82,16 @@ def optional(body: dict[str, Any], field: str, *types: type) -> Any:
     return check_type(body, field, *types)
 
 
-def check_type(body: dict[str, Any], field: str, *types: type) -> Any:
+def check_type(body: dict[str, Any], field: str, *types: type, path: str | None = None) -> Any:
     value = body[field]
     # bool is an int in Python but not in JSON.
     is_json_bool = isinstance(value, bool)
     if (is_json_bool and bool not in types) or not isinstance(value, types):
+        name = path or field
         expected = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
         raise InvalidRequest(
-            f"Invalid type for '{field}': expected {expected}, but got {_describe(value)} instead.",
-            param=field,
+            f"Invalid type for '{name}': expected {expected}, but got {_describe(value)} instead.",
+            param=name,
             code="invalid_type",
         )
     return value
@@ -136,8 +139,10 @@ def require_messages(body: dict[str, Any]) -> list[Any]:
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):
             for j, part in enumerate(content):
-                if isinstance(part, dict) and part.get("type") in _PART_FIELDS:
-                    _check_part(f"messages[{i}].content[{j}]", part)
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind in _PART_FIELDS:
+                    path = f"messages[{i}].content[{j}].{kind}"
+                    require(part, kind, *_PART_FIELDS[kind], path=path)
     return messages
 
 
@@ -165,25 +170,6 @@ def _check_renamed_bounds(body: dict[str, Any]) -> None:
                 param=field,
                 code="integer_above_max_value",
             )
-
-
-def _check_part(path: str, part: dict[str, Any]) -> None:
-    field = part["type"]
-    if part.get(field) is None:
-        raise InvalidRequest(
-            f"Missing required parameter: '{path}.{field}'.",
-            param=f"{path}.{field}",
-            code="missing_required_parameter",
-        )
-    value, types = part[field], _PART_FIELDS[field]
-    if not isinstance(value, types):
-        expected = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
-        raise InvalidRequest(
-            f"Invalid type for '{path}.{field}': expected {expected}, but got "
-            f"{_describe(value)} instead.",
-            param=f"{path}.{field}",
-            code="invalid_type",
-        )
 
 
 def stream_flag(body: dict[str, Any]) -> bool:

@@ -17,7 +17,7 @@ from gateway.metrics import Metrics
 from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.outcome import ProxyResult
 from gateway.proxy.relay import ProxyCall, ProxyResponse
-from gateway.proxy.upstream import Failure, Upstream, UpstreamBroken
+from gateway.proxy.upstream import Upstream, UpstreamBroken
 from gateway.request_context import RequestInfo, attach
 from gateway.routing.balancer import RoundRobin
 from gateway.routing.engines import Engine, ModelPool
@@ -61,6 +61,7 @@ class FakeUpstream:
         self.bodies: list[bytes] = []
         self.requests: list[tuple[str, str, str]] = []  # method, path, engine URL
         self._real = Upstream(UpstreamSettings(), Metrics())
+        self.failure = self._real.failure  # errors map as the real one's (its signature too)
 
     async def open(
         self,
@@ -83,17 +84,6 @@ class FakeUpstream:
         trying(engine)
         engine.inflight += 1
         return engine, answer
-
-    def failure(
-        self,
-        engine: Engine,
-        kind: Failure,
-        exc: BaseException,
-        *,
-        stream: bool = False,
-        midway: bool = False,
-    ) -> ApiError:
-        return self._real.failure(engine, kind, exc, stream=stream, midway=midway)
 
 
 def frame(obj: Any) -> bytes:
