@@ -140,7 +140,7 @@ def require_messages(body: dict[str, Any]) -> list[Any]:
         if isinstance(content, list):
             for j, part in enumerate(content):
                 kind = part.get("type") if isinstance(part, dict) else None
-                if kind in _PART_FIELDS:
+                if isinstance(kind, str) and kind in _PART_FIELDS:  # (a list is unhashable)
                     path = f"messages[{i}].content[{j}].{kind}"
                     require(part, kind, *_PART_FIELDS[kind], path=path)
     return messages

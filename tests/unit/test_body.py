@@ -80,6 +80,7 @@ def test_content_parts_of_openais_types_carry_their_field() -> None:
         {"type": "image_url", "image_url": "data:image/png;base64,AA"},  # vLLM's short form
         {"type": "video_url", "video_url": {"url": "x"}},  # not OpenAI's: vLLM judges it
         {"type": "bogus"},
+        {"type": ["text"]},  # not a type name: vLLM's to refuse, not a 500 here
         "a bare string",
     )
     assert require_messages(accepted) == accepted["messages"]
