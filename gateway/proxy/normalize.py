@@ -90,9 +90,9 @@ def normalize_error(status: int, body: bytes, route: str | None = None) -> bytes
     message, param, code = _parse_error(body, status)
     if status == 400 and param is None:
         param = _named_field(message)
-    head = _DUMP_HEAD.match(message) if status == 400 and param is None else None
-    if head is not None:
-        message, param = _content_part_error(message, head.end(), route)
+        head = _DUMP_HEAD.match(message) if param is None else None
+        if head is not None:
+            message, param = _content_part_error(message, head.end(), route)
     if status == 400 and param is not None:
         message, param = _validation(message, param)
         if param == "logprobs" and route == "chat/completions":  # chat's count is top_logprobs
