@@ -64,6 +64,7 @@ from gateway.settings import Settings
 from gateway.state import GatewayState
 
 _log = logging.getLogger("llmaas.server")
+FEEDS_STOP_S = 2.0  # how long shutdown waits for the Redis feeds it cancelled
 ROUTERS = (
     openai.router,
     openai_responses.router,
@@ -143,6 +144,7 @@ def create_app(
                 make_balancer(settings.routing, metrics.requests_shed),
                 metrics,
                 write_timeout_s=settings.upstream.write_timeout_s,
+                response_timeout_s=settings.upstream.response_timeout_s,
                 cuts=drain.cuts,
             ),
             accounting=Accounting(settler, admission.done),
@@ -166,9 +168,7 @@ def create_app(
             yield {"drain": drain}  # lifespan state: how the server (gateway/server.py) finds it
         finally:
             _log.info("shutdown: closing the feeds, releasing admissions, flushing usage")
-            for task in listening:
-                task.cancel()
-            await asyncio.gather(*listening, return_exceptions=True)
+            await _stop(listening)
             await scraper.close()
             await monitor.close()
             # admissions given up on: a last try at releasing them; the leases left are settled
@@ -210,6 +210,22 @@ def create_app(
     return app
 
 
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the feeds and wait for them to end. A cancel can be lost: one that lands as
+    redis-py's pub/sub is connecting (a bind failure stops the app a millisecond after it
+    started) is swallowed there, and the task goes on to wait for messages, for ever. So each
+    is cancelled again until it ends, for FEEDS_STOP_S at most."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + FEEDS_STOP_S
+    pending = set(tasks)
+    while pending and (left := deadline - loop.time()) > 0:
+        for task in pending:
+            task.cancel()
+        pending = (await asyncio.wait(pending, timeout=min(0.1, left)))[1]
+    if pending:
+        _log.warning("shutdown: %d feed(s) did not stop; going on", len(pending))
+
+
 def _adapters(
     registry: EngineRegistry, redis: Redis | None, upstream: Upstream, monitor: EngineMonitor
 ) -> AdapterServing | None:
@@ -231,7 +247,10 @@ def _redis(settings: Settings) -> Redis | None:
     if not settings.redis_url:
         return None
     return redis_client(
-        settings.redis_url, settings.redis_timeout_s, settings.redis_max_connections
+        settings.redis_url,
+        settings.redis_timeout_s,
+        settings.redis_max_connections,
+        settings.redis_password,
     )
 
 

@@ -8,29 +8,27 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
 
 from gateway.admin_cli import add_admin_commands, run_admin
+from gateway.cli_options import at_least_one, port_number
 from gateway.embedded.up import run_up
 from gateway.finetune.trainer_cli import add_trainer_command
 from gateway.finetune_cli import add_finetune_commands
 from gateway.server import run_server
-from gateway.settings import load_settings
+from gateway.settings import ConfigError, load_settings
 from gateway.sim.server import add_sim_arguments, from_args, run
 from gateway.usage_cli import add_usage_command
 
 
 def _serve(args: argparse.Namespace) -> int:
-    overrides: dict[str, Any] = {
-        k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v
-    }
     try:
-        settings = load_settings(args.config, **overrides)
-    except (ValidationError, ValueError, OSError) as exc:
+        settings = load_settings(args.config)
+    except (ConfigError, OSError) as exc:
         print(f"llmaas serve: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    # A flag given wins over the file and the environment (argparse checked its range).
+    flags = {"host": args.host, "port": args.port, "workers": args.workers}
+    settings = settings.model_copy(update={k: v for k, v in flags.items() if v is not None})
     run_server(settings, args.config)
     return 0
 
@@ -56,8 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway (what the Helm chart runs)")
     serve.add_argument("--config", type=Path, help="YAML file, e.g. configs/gateway.yaml")
     serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int, help="worker processes (default 1)")
+    serve.add_argument("--port", type=port_number, help="(0: any free port)")
+    serve.add_argument("--workers", type=at_least_one, help="worker processes (default 1)")
     serve.set_defaults(func=_serve)
 
     sim = sub.add_parser(

@@ -24,6 +24,26 @@ def add_gateway_options(
     )
 
 
+def port_number(value: str) -> int:
+    """A TCP port, 0 to 65535 (0: any free port)."""
+    return _int_within(value, 0, 65535)
+
+
+def at_least_one(value: str) -> int:
+    return _int_within(value, 1, None)
+
+
+def _int_within(value: str, low: int, high: int | None) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if number < low or (high is not None and number > high):
+        within = f"{low} to {high}" if high is not None else f"at least {low}"
+        raise argparse.ArgumentTypeError(f"must be {within}, got {number}")
+    return number
+
+
 def gateway_url(value: str) -> str:
     """The gateway's address as the clients add paths to it: the base URL that `llmaas up`
     prints (ending in /v1, what OpenAI clients take) is accepted too."""

@@ -125,7 +125,9 @@ class Metrics:
         )
         self.gateway_busy = Counter(
             "llmaas_gateway_busy",
-            "Requests refused with 503 gateway_busy at once: max_inflight_requests were in flight",
+            "Requests refused with 503 gateway_busy at once: this process had "
+            "max_inflight_requests in flight, or upstream.max_connections (in all, or to each "
+            "of the model's engines)",
             registry=reg,
         )
         self.engine_requests = Counter(

@@ -52,8 +52,11 @@ _PACKED: dict[type[Any], type[Any]] = {
 }
 
 
-def redis_client(url: str, timeout_s: float, max_connections: int) -> Redis:
+def redis_client(
+    url: str, timeout_s: float, max_connections: int, password: str | None = None
+) -> Redis:
     """A bounded pool: beyond `max_connections` callers wait (up to the timeout) for a free one.
+    `password`, if given, is used instead of the URL's (settings.redis_password).
 
     A command that meets a broken connection (every pooled one is, after Redis restarts) is
     sent once more on a fresh one; timeouts are not retried (Redis is there, but slow).
@@ -66,6 +69,7 @@ def redis_client(url: str, timeout_s: float, max_connections: int) -> Redis:
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         retry_on_error=[RedisConnectionError],
+        **({} if password is None else {"password": password}),
     )
     pool.connection_class = _PACKED.get(pool.connection_class, pool.connection_class)
     return Redis.from_pool(pool)  # the client owns the pool: closing it closes every connection

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import os
+import signal
 import socket
 import tempfile
 import time
@@ -114,6 +115,10 @@ class DrainingServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         freeze_startup_objects()
+        for server in self.servers:  # where it listens (`--port 0` picks a free port)
+            for bound in server.sockets:
+                host, port = bound.getsockname()[:2]
+                _log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         drain = self.drain()
@@ -180,13 +185,30 @@ class _DrainingProcess(Process):
 
 class DrainingWorkers(Multiprocess):
     """uvicorn's supervisor with DrainingServer workers: on SIGTERM it sends each worker SIGTERM
-    and waits for it, so every worker drains as a single process does."""
+    and waits for it, so every worker drains as a single process does. Then, as a single
+    process does (uvicorn's Server), it ends by the signal it got: exit status 143 (or 130)."""
+
+    stopped_by: signal.Signals | None = None
 
     def init_processes(self) -> None:
         for _ in range(self.processes_num):
             process = _DrainingProcess(self.config, self.sockets)
             process.start()
             self.processes.append(process)
+
+    def handle_int(self) -> None:
+        self.stopped_by = signal.SIGINT
+        super().handle_int()
+
+    def handle_term(self) -> None:
+        self.stopped_by = signal.SIGTERM
+        super().handle_term()
+
+    def run(self) -> None:
+        super().run()
+        if self.stopped_by is not None:
+            signal.signal(self.stopped_by, signal.SIG_DFL)
+            signal.raise_signal(self.stopped_by)
 
 
 @asynccontextmanager

@@ -5,15 +5,30 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.routing.entries import StaticEntry, parse_entry
 
 
-class ModelRoute(BaseModel):
+class Section(BaseModel):
+    """A part of the config: a key it does not have is an error (a typo must not pass for a
+    default), as at the top level."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelRoute(Section):
     """A model name clients send, and the vLLM engines that serve it: base URLs without /v1, or
     `dns://name:port` for every A/AAAA record of name (e.g. a Kubernetes headless Service)."""
 
@@ -30,7 +45,7 @@ class ModelRoute(BaseModel):
         return [e.url if isinstance(e, StaticEntry) else e.text for e in parsed]
 
 
-class RoutingSettings(BaseModel):
+class RoutingSettings(Section):
     # prefix_affinity: the engine whose prefix cache likely holds the prompt's start, within
     # the load bound (bench/README.md, "Routing", measures the three).
     strategy: Literal["round_robin", "least_loaded", "prefix_affinity"] = "prefix_affinity"
@@ -66,16 +81,15 @@ class RoutingSettings(BaseModel):
     eject_max_s: float = Field(default=60.0, gt=0)
 
 
-class ScopeLimits(BaseModel):
+class ScopeLimits(Section):
     """Default limits of one scope, used where a key's or tenant's record sets none."""
 
-    model_config = ConfigDict(extra="forbid")
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
     max_concurrency: int | None = Field(default=None, ge=1)
 
 
-class LimitsSettings(BaseModel):
+class LimitsSettings(Section):
     # Redis unreachable (or slower than timeout_s) at admission: closed answers 503, open
     # admits (and counts it). Either way an admission given up on is released in the background.
     failure_mode: Literal["open", "closed"] = "closed"
@@ -104,7 +118,7 @@ class LimitsSettings(BaseModel):
     tenant_defaults: ScopeLimits = Field(default_factory=ScopeLimits)
 
 
-class UpstreamSettings(BaseModel):
+class UpstreamSettings(Section):
     """Timeouts for talking to engines, in seconds."""
 
     connect_timeout_s: float = Field(default=5.0, gt=0)
@@ -129,7 +143,7 @@ def _default_spill_dir() -> Path:
     return Path.home() / ".local" / "state" / "llmaas" / "usage-spill"
 
 
-class MeteringSettings(BaseModel):
+class MeteringSettings(Section):
     """The usage ledger (on whenever Redis is configured)."""
 
     # Records and daily totals are kept this long (a billing month with margin), then dropped.
@@ -155,7 +169,7 @@ class MeteringSettings(BaseModel):
         return path.expanduser()
 
 
-class JwtClaims(BaseModel):
+class JwtClaims(Section):
     """Which claim carries what. Limits and models are optional claims."""
 
     tenant: str = "tenant"
@@ -166,7 +180,7 @@ class JwtClaims(BaseModel):
     max_concurrency: str = "max_concurrency"
 
 
-class JwtSettings(BaseModel):
+class JwtSettings(Section):
     """Bearer JWTs, verified with pyjwt. Off unless at least one key source is configured."""
 
     # Both required once a key source is set: every token must carry and match them.
@@ -207,7 +221,7 @@ class JwtSettings(BaseModel):
         return self
 
 
-class AuthSettings(BaseModel):
+class AuthSettings(Section):
     # false: every request acts as the tenant "anonymous" (a closed network, tests); say so loudly.
     required: bool = True
     cache_ttl_s: float = Field(default=30.0, gt=0)  # upper bound on staleness if pub/sub breaks
@@ -222,7 +236,7 @@ class AuthSettings(BaseModel):
     jwt: JwtSettings = Field(default_factory=JwtSettings)
 
 
-class ResponsesSettings(BaseModel):
+class ResponsesSettings(Section):
     """The Responses API's stored responses (each lives in the memory of the engine that made
     it; the gateway remembers which engine, per tenant: gateway/api/response_homes.py)."""
 
@@ -232,10 +246,9 @@ class ResponsesSettings(BaseModel):
     local_max_entries: int = Field(default=100_000, ge=1)
 
 
-class RequestPolicySettings(BaseModel):
+class RequestPolicySettings(Section):
     """What a tenant may send to the engines (gateway/api/policy.py)."""
 
-    model_config = ConfigDict(extra="forbid")
     # Hosts vLLM may fetch media URLs from (https only, public addresses only) for tenants
     # without their own list. Empty: no remote media. List only hosts that never redirect:
     # the engine follows redirects unless run with VLLM_MEDIA_URL_ALLOW_REDIRECTS=0.
@@ -255,7 +268,7 @@ def _default_files_dir() -> Path:
     return Path.home() / ".local" / "share" / "llmaas" / "files"
 
 
-class FilesSettings(BaseModel):
+class FilesSettings(Section):
     """The Files API (`/v1/files`): contents in a directory, metadata in Redis."""
 
     # Contents live at <dir>/<tenant>/<file id>. On a cluster: a ReadWriteMany volume shared by
@@ -270,7 +283,7 @@ class FilesSettings(BaseModel):
         return path.expanduser()
 
 
-class FineTuningSettings(BaseModel):
+class FineTuningSettings(Section):
     """Fine-tuning jobs (`/v1/fine_tuning/jobs`) and the worker that runs them (`llmaas
     trainer`). Adapters are written next to the tenant's files (`files.dir`), where engines
     serving the base model load them from."""
@@ -298,6 +311,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
     redis_url: str | None = None
+    # LLMAAS_REDIS_PASSWORD: used instead of any password in redis_url, as it is (a managed
+    # Redis's key may hold / + = @, which a URL would need percent-encoded).
+    redis_password: str | None = None
     redis_timeout_s: float = Field(default=0.5, gt=0)  # every Redis call; the gateway never hangs
     redis_max_connections: int = Field(default=128, ge=1)  # per process; more callers wait
     admin_token: str | None = None
@@ -331,6 +347,24 @@ class Settings(BaseSettings):
     request_policy: RequestPolicySettings = Field(default_factory=RequestPolicySettings)
     files: FilesSettings = Field(default_factory=FilesSettings)
     fine_tuning: FineTuningSettings = Field(default_factory=FineTuningSettings)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _a_redis_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            parts = urlsplit(url)
+            try:
+                parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+                good = parts.scheme in ("redis", "rediss", "unix")
+            except ValueError:  # (the message would quote a piece of the password)
+                good = False
+            if not good:
+                raise ValueError(
+                    "not a Redis URL: it begins redis://, rediss:// or unix://, and a port is "
+                    "a number. A password with / @ # ? or % in it goes in redis_password "
+                    "(LLMAAS_REDIS_PASSWORD), or percent-encoded in the URL"
+                )
+        return url
 
     @model_validator(mode="after")
     def _secrets_outside_dev_mode(self) -> Settings:
@@ -371,13 +405,45 @@ class Settings(BaseSettings):
         return env_settings, init_settings
 
 
+class ConfigError(ValueError):
+    """A config that cannot be used, said for a person: each wrong field by its path."""
+
+
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
-    """Build Settings from an optional YAML file; LLMAAS_* variables override it."""
+    """Build Settings from an optional YAML file; LLMAAS_* variables override it. Raises
+    ConfigError (a file that cannot be read or parsed, or a wrong value) or OSError."""
     data: dict[str, Any] = {}
     if path is not None:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            with path.open(encoding="utf-8") as file:  # (YAML's errors then name the file)
+                loaded = yaml.safe_load(file) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
+            raise ConfigError(f"{path}: expected a mapping at the top level")
         data.update(loaded)
     data.update(overrides)
-    return Settings(**data)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        lines = config_errors(exc)
+        where = str(path) if path is not None else "settings"
+        if len(lines) == 1:
+            raise ConfigError(f"{where}: {lines[0]}") from None
+        raise ConfigError("\n  ".join([f"{where}:", *lines])) from None
+
+
+def config_errors(exc: ValidationError) -> list[str]:
+    """Each error as `field.path: message` (`models[0].engines[1]`; a LLMAAS_* variable is
+    named by the same path), never with the value given: it may be a secret."""
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        path = "".join(
+            f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
+        )
+        if error["type"] == "extra_forbidden":
+            message = "not a setting (misspelt, or in the wrong section?)"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{path.lstrip('.')}: {message}" if path else message)
+    return lines

@@ -9,12 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from gateway.finetune.trainer import Trainer
 from gateway.logs import configure_logging
 from gateway.redis_client import redis_client
-from gateway.settings import Settings, load_settings
+from gateway.settings import ConfigError, Settings, load_settings
 
 
 def add_trainer_command(sub: Any) -> None:
@@ -32,7 +30,7 @@ def add_trainer_command(sub: Any) -> None:
 def run_trainer(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
-    except (ValidationError, ValueError, OSError) as exc:
+    except (ConfigError, OSError) as exc:
         print(f"llmaas trainer: invalid configuration: {exc}", file=sys.stderr)
         return 2
     if not settings.redis_url:
@@ -48,7 +46,9 @@ def run_trainer(args: argparse.Namespace) -> int:
 async def _serve(settings: Settings, worker: str | None) -> None:
     listener = configure_logging(settings.log_level)
     assert settings.redis_url is not None
-    redis = redis_client(settings.redis_url, max(settings.redis_timeout_s, 5.0), 8)
+    redis = redis_client(
+        settings.redis_url, max(settings.redis_timeout_s, 5.0), 8, settings.redis_password
+    )
     trainer = Trainer(settings, redis, worker)
     running = asyncio.create_task(trainer.run())
     loop = asyncio.get_running_loop()

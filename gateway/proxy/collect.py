@@ -10,15 +10,16 @@ that abandons one is billed 0 tokens.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import orjson
 
-from gateway.errors import ApiError, BadGateway
+from gateway.errors import ApiError, BadGateway, GatewayTimeout
 from gateway.metering.stream_options import FORCED_USAGE
 from gateway.metering.usage import StreamUsage
-from gateway.proxy.assemble import assembler_for
+from gateway.proxy.assemble import Assembler, assembler_for
 from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.normalize import normalize_error, normalize_success, stream_error_status
 from gateway.proxy.sse import FrameSplitter, data_array, frame_data, split_frames
@@ -71,33 +72,56 @@ async def collect_stream(
 
     The usage seen so far is kept in `info.usage` however this ends (cancelled included), so
     an abandoned request is billed for what the engine generated. Raises ApiError when the
-    engine goes silent or away.
+    engine goes silent or away, or has not finished within `deps.response_timeout_s` (504, as
+    a non-streaming answer the engine takes longer for).
     """
     started = time.perf_counter()
-    splitter = FrameSplitter()
     tap = StreamUsage(n)
     assembler = assembler_for(route, request)
     try:
-        async for chunk in resp.chunks():
-            block = splitter.feed_block(chunk)
-            if not block:
-                continue
-            loaded, error = chunks_of(block)
-            if info.ttft_ms is None and (loaded or error is not None):
-                info.ttft_ms = (time.perf_counter() - started) * 1000
-            for one in loaded:
-                tap.feed_chunk(one)
-                assembler.feed(one)
-            if error is not None:
-                return _engine_error(error)
+        async with asyncio.timeout(deps.response_timeout_s):
+            error = await _read(resp, tap, assembler, info, started)
+    except TimeoutError as exc:  # the whole answer's deadline (a silence raises UpstreamBroken)
+        deps.upstream.failure(engine, "timeout", exc)  # counted towards the engine's ejection
+        raise GatewayTimeout(
+            f"The engine did not finish its answer within {deps.response_timeout_s:g}s.",
+            code="engine_timeout",
+        ) from exc
     except UpstreamBroken as broken:
         raise deps.upstream.failure(engine, broken.kind, broken.cause, midway=True) from broken
     finally:
         info.usage = tap.usage
+    if error is not None:
+        return _engine_error(error)
     if tap.final is None:  # vLLM's last frame before [DONE] carries the total usage
         deps.metrics.upstream_errors.labels(engine.url, "stream_cut").inc()
         raise _cut()
     return 200, normalize_success(orjson.dumps(assembler.body()))
+
+
+async def _read(
+    resp: UpstreamResponse,
+    tap: StreamUsage,
+    assembler: Assembler,
+    info: RequestInfo,
+    started: float,
+) -> bytes | None:
+    """Feed the engine's chunks to the usage tap and the assembler until the stream ends, or
+    until an engine error frame, which is returned (its payload)."""
+    splitter = FrameSplitter()
+    async for chunk in resp.chunks():
+        block = splitter.feed_block(chunk)
+        if not block:
+            continue
+        loaded, error = chunks_of(block)
+        if info.ttft_ms is None and (loaded or error is not None):
+            info.ttft_ms = (time.perf_counter() - started) * 1000
+        for one in loaded:
+            tap.feed_chunk(one)
+            assembler.feed(one)
+        if error is not None:
+            return error
+    return None
 
 
 def chunks_of(block: bytes) -> tuple[list[Any], bytes | None]:

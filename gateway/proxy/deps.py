@@ -22,6 +22,9 @@ class ProxyDeps:
     # Longest wait for the client to take one write (upstream.write_timeout_s): a client that
     # stops reading is cut after it (gateway/proxy/asgi_send.py's WriteDeadline).
     write_timeout_s: float = 30.0
+    # Longest wait for a whole non-streaming answer (upstream.response_timeout_s): one the
+    # engine streams to the gateway (proxy/collect.py) is cut after it with a 504 as well.
+    response_timeout_s: float = 600.0
     # The cuts of the requests in flight, which the end of a drain's grace calls (api/drain.py
     # holds the same set).
     cuts: set[Cut] = field(default_factory=set)

@@ -2,19 +2,22 @@
 
 Every proxied request pays its client's cost; measured on this path, aiohttp's request and
 response objects took ~200 µs of CPU per request where this client takes ~45 µs
-(bench/README.md). It does only what the proxy needs: one request at a time per connection,
-a body given whole, the status and content type of the answer, and its body as it arrives
-(chunked or sized, httptools decodes either). Idle connections are kept per engine (newest
-first); one the engine closed while idle is dropped when it closes, one idle for `REUSE_IDLE_S`
-is not reused (servers close idle connections after a few seconds: uvicorn, and so vLLM, after
-5 s), and a request that meets a kept connection closing under it (the engine's close and our
-write crossing) is sent once more on a new connection, which the engine cannot have read it
-from before. A response that was not read to its end is never reused: closing it closes the
-connection, which is how the engine learns to abort the request.
+(bench/README.md). It does only what the proxy needs: one request at a time per connection, a
+body given whole, the status and content type of the answer, and its body as it arrives (chunked
+or sized, httptools decodes either). Idle connections are kept per engine (newest first); one
+the engine closed while idle is dropped when it closes, one idle for `REUSE_IDLE_S` is not
+reused (servers close idle connections after a few seconds: uvicorn, and so vLLM, after 5 s),
+and a request that meets a kept connection closing under it (the engine's close and our write
+crossing: closed within `CROSSING_S` of the write, before any byte of an answer) is sent once
+more on a new connection. A kept connection that closes later, still before answering, is not
+retried on the same engine: the engine may have read the request and worked on it (an engine
+that crashes on it would get it again), so the caller tries the next engine instead. A response
+that was not read to its end is never reused: closing it closes the connection, which is how the
+engine learns to abort the request.
 
-Reads are bounded by an idle timeout (nothing received for that long), checked by one timer
-per response that moves on only when it fires: no timer per chunk. A slow reader pauses the
-socket once `HIGH_WATER` bytes wait (the engine is then held back by TCP, as with aiohttp).
+Reads are bounded by an idle timeout (nothing received for that long), checked by one timer per
+response that moves on only when it fires: no timer per chunk. A slow reader pauses the socket
+once `HIGH_WATER` bytes wait (the engine is then held back by TCP, as with aiohttp).
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ import httptools
 HIGH_WATER = 256 * 1024  # bytes received and not yet read: stop reading from the socket
 MAX_IDLE_PER_ENGINE = 256
 REUSE_IDLE_S = 4.0  # a kept connection idle for longer is closed, not reused
+# A kept connection that closes this soon after the request was written, before any byte of an
+# answer, closed as the request crossed it: the request goes once more on a new connection.
+# Closing later, the engine had it (it may have read it and begun): the caller moves on instead.
+CROSSING_S = 0.1
 
 
 class ConnectFailed(Exception):
@@ -70,6 +77,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
+        self.closed_at = 0.0  # loop time of the close the engine made (connection_lost)
         self.idle_timer: asyncio.TimerHandle | None = None  # one per answer, while it is read
         self._reset()
 
@@ -107,6 +115,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.closed_at = self.loop.time()
         if self.headers_done and not self.framed and not self.complete:
             self.complete = True  # the body ran to the end of the connection
             self._wake()
@@ -190,6 +199,11 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
+    def crossed(self) -> bool:
+        """Whether the engine's close crossed the request just written: it came with no byte
+        of an answer, within CROSSING_S of the write (`last_read` is the write's time)."""
+        return not self.heard and self.closed_at - self.last_read < CROSSING_S
+
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and not self.closed and self.error is None
 
@@ -215,13 +229,13 @@ class H1Response:
         pool: H1Pool,
         idle_s: float | None,
         broken: Broken,
-        on_done: Callable[[], None],
+        on_done: Callable[[bool], None],
     ) -> None:
         self._conn: Connection | None = conn
         self._pool = pool
         self._idle_s = idle_s
         self._broken = broken
-        self._on_done: Callable[[], None] | None = on_done
+        self._on_done: Callable[[bool], None] | None = on_done
         self.status = conn.status
         self.content_type = conn.content_type
 
@@ -257,20 +271,22 @@ class H1Response:
     def release(self) -> None:
         """Read to the end: the connection goes back to the pool (if it may be reused)."""
         conn, self._conn = self._conn, None
+        whole = conn is not None and conn.complete and conn.error is None
         if conn is not None:
             self._pool.put(conn)
-        self._done()
+        self._done(whole)
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
-        self._done()
+        self._done(False)
 
-    def _done(self) -> None:
+    def _done(self, whole: bool) -> None:
+        """`on_done` hears it once: whether the answer was read to its end."""
         on_done, self._on_done = self._on_done, None
         if on_done is not None:
-            on_done()
+            on_done(whole)
 
 
 class H1Pool:
@@ -308,7 +324,7 @@ class H1Pool:
             try:
                 return await _exchange(conn, message, idle_s)
             except Disconnected:
-                if conn.heard:  # the engine began to answer: not a close crossing our write
+                if not conn.crossed():  # the engine had the request: never sent to it again
                     raise
         return await _exchange(await self._connect(origin), message, idle_s)
 

@@ -127,8 +127,12 @@ class Upstream:
         `trying` hears each engine as it is tried (None when none could be reached), so a
         caller cancelled meanwhile knows where its request may have gone.
         """
+        if not engines:  # (a dns:// name that resolves to nothing yet, say)
+            trying(None)
+            raise _unavailable()
         free = [e for e in engines if e.inflight < self._settings.max_connections_per_engine]
         if not free or self.open_requests >= self._settings.max_connections:
+            self._metrics.gateway_busy.inc()
             raise _busy()
         tried = free[: self._settings.max_attempts]
         for i, engine in enumerate(tried):
@@ -152,10 +156,7 @@ class Upstream:
                 continue
             return engine, resp
         trying(None)
-        raise ServiceUnavailable(
-            "No engine serving this model is reachable right now; try again shortly.",
-            code="engine_unavailable",
-        )
+        raise _unavailable()
 
     async def _send(
         self,
@@ -187,12 +188,21 @@ class Upstream:
                 raise self.failure(engine, "disconnect", exc) from exc
             self.failure(engine, "disconnect", exc)  # counted; the next engine is tried
             return None
-        engine.mark_up()
         self.open_requests += 1  # until the response is released or closed
-        return H1Response(conn, self._engines, idle_s, _broken, self._closed_one)
+        return H1Response(conn, self._engines, idle_s, _broken, self._ended(engine, conn.status))
 
-    def _closed_one(self) -> None:
-        self.open_requests -= 1
+    def _ended(self, engine: Engine, status: int) -> Callable[[bool], None]:
+        """What a response does when it is released (read to its end: `whole`) or closed. Only
+        an answer below 500 read to its end starts the engine's failures in a row again: one
+        whose headers came and whose body then timed out or broke counts as the failure it is
+        (with the 5xx answers, towards the ejection after 3 in a row)."""
+
+        def ended(whole: bool) -> None:
+            self.open_requests -= 1
+            if whole and status < 500:
+                engine.mark_up()
+
+        return ended
 
     def failure(
         self,
@@ -220,6 +230,13 @@ class Upstream:
 
 def _broken(kind: str, cause: BaseException) -> UpstreamBroken:
     return UpstreamBroken(cast(Failure, kind), cause)
+
+
+def _unavailable() -> ApiError:
+    return ServiceUnavailable(
+        "No engine serving this model is reachable right now; try again shortly.",
+        code="engine_unavailable",
+    )
 
 
 def _busy() -> ApiError:

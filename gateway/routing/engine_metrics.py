@@ -1,8 +1,11 @@
-"""Per-engine health metrics: up, ejections, failed background checks (engine labels only)."""
+"""Per-engine health metrics: up, ejections, failed background checks (engine labels only),
+and a log line when an engine is ejected or comes back."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 
 from gateway.metrics import Metrics
 from gateway.routing.engines import Engine
@@ -17,13 +20,26 @@ class EngineMetrics:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        self.log = logging.getLogger("llmaas.routing")
 
     def ejected(self, engine: Engine) -> None:
         self.metrics.engine_up.labels(engine.url).set(0)
         self.metrics.engine_ejections.labels(engine.url).inc()
+        health = engine.health
+        last = engine.errors[-1] if engine.errors else None
+        why = "?" if last is None else f"{last.kind}: {last.detail}" if last.detail else last.kind
+        self.log.warning(
+            "engine %s ejected for %.0fs (ejection %d, %d failures in a row; last: %s)",
+            engine.url,
+            max(0.0, health.until - time.monotonic()),
+            health.ejections,
+            health.consecutive_failures,
+            why,
+        )
 
     def returned(self, engine: Engine) -> None:
         self.metrics.engine_up.labels(engine.url).set(1)
+        self.log.info("engine %s is back: /health answered 200", engine.url)
 
     def removed(self, engine: Engine) -> None:
         m = self.metrics

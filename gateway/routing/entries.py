@@ -49,6 +49,11 @@ def parse_entry(entry: str) -> EngineEntry:
         raise ValueError(f"engine URL has an invalid port: {entry!r}") from exc
     if parts.query or parts.fragment:
         raise ValueError(f"engine URL must not have a query or fragment: {entry!r}")
+    if parts.path.rstrip("/").endswith("/v1"):  # the gateway adds /v1/…, /health, /metrics
+        raise ValueError(
+            f"engine URL is the engine's base URL, without /v1: {entry!r} "
+            f"(here: {entry.rstrip('/')[:-3]!r})"
+        )
     return StaticEntry(entry.rstrip("/"))
 
 

@@ -23,7 +23,8 @@ from gateway.app import create_app
 from gateway.netutil import free_port
 from gateway.routing.discovery import Resolver
 from gateway.settings import Settings
-from tests.integration.sim_fixture import sim_state, wait_running
+from gateway.sim.config import SimConfig
+from tests.integration.sim_fixture import running_sim, sim_state, wait_running
 from tests.support.cli import run_cli
 from tests.support.gateways import ADMIN_TOKEN
 from tests.support.servers import serve_asgi, serve_uvicorn
@@ -45,7 +46,10 @@ FAST_ROUTING = {
 
 @asynccontextmanager
 async def gateway(
-    tmp_path: Path, models: list[dict[str, Any]], resolver: Resolver | None = None
+    tmp_path: Path,
+    models: list[dict[str, Any]],
+    resolver: Resolver | None = None,
+    upstream: dict[str, Any] | None = None,
 ) -> AsyncIterator[str]:
     settings = Settings.model_validate(
         {
@@ -54,6 +58,7 @@ async def gateway(
             "admin_token": ADMIN_TOKEN,
             "auth": {"required": False},
             "metering": {"spill_dir": str(tmp_path / "spill")},
+            "upstream": upstream or {},
         }
     )
     async with serve_asgi(create_app(settings, resolver=resolver)) as url:
@@ -204,6 +209,85 @@ async def test_dns_addresses_that_come_and_go_change_the_pool(tmp_path: Path) ->
         for _ in range(4):
             await complete(http, gw, "m")
         assert (await served(http, two), await served(http, three)) == (3, 3)
+
+
+async def test_a_model_whose_dns_name_resolves_to_nothing_is_unavailable_not_busy(
+    tmp_path: Path,
+) -> None:
+    """No engine at all (a name that does not resolve yet) is 503 engine_unavailable, what a
+    dead engine gets: gateway_busy would send an operator to add gateway replicas."""
+    models = [{"name": "m", "engines": ["dns://nowhere.test:8000"]}]
+    async with (
+        gateway(tmp_path, models, resolver=Hosts()) as gw,
+        aiohttp.ClientSession() as http,
+    ):
+        body = {"model": "m", "prompt": "hello", "max_tokens": 2}
+        async with http.post(f"{gw}/v1/completions", json=body) as resp:
+            assert resp.status == 503
+            assert (await resp.json())["error"]["code"] == "engine_unavailable"
+        async with http.get(f"{gw}/metrics", headers=ADMIN) as resp:
+            assert "\nllmaas_gateway_busy_total 0.0\n" in await resp.text()
+
+
+async def test_an_engine_answering_5xx_to_every_request_is_ejected(tmp_path: Path) -> None:
+    """3 failures in a row eject an engine: the 5xx answers each request's failover hides from
+    the client count, whose headers came (they used to start the count again at once)."""
+    failing = SimConfig(models=["m"], fail_rate=1.0, fail_status=500)
+    good = SimProcess(("m",))
+    async with (
+        running_sim(failing) as bad,
+        sim_processes(good),
+        gateway(tmp_path, [{"name": "m", "engines": [bad, good.url]}]) as gw,
+        aiohttp.ClientSession() as http,
+    ):
+        for _ in range(6):  # round robin: 3 tried on the failing engine first, failed over
+            await complete(http, gw, "m")
+        seen = await engines(http, gw)
+        assert seen[bad]["ejections"] >= 1, seen[bad]
+        assert seen[good.url]["ejections"] == 0
+        assert await served(http, good) == 6
+
+
+async def test_an_engine_whose_answers_time_out_is_ejected(tmp_path: Path) -> None:
+    """Headers, then nothing within the timeout, three times in a row: ejected. A 504 each."""
+    slow = SimProcess(("m",))
+    upstream = {"response_timeout_s": 0.3}
+    async with (
+        sim_processes(slow),
+        gateway(tmp_path, [{"name": "m", "engines": [slow.url]}], upstream=upstream) as gw,
+        aiohttp.ClientSession() as http,
+    ):
+        body = {"model": "m", "prompt": "hello", "max_tokens": 2, "sim": {"ttft_ms": 2000}}
+        for _ in range(3):
+            async with http.post(f"{gw}/v1/completions", json=body) as resp:
+                assert resp.status == 504
+                assert (await resp.json())["error"]["code"] == "engine_timeout"
+        seen = await engines(http, gw)
+        assert seen[slow.url]["ejections"] == 1, seen[slow.url]
+
+
+async def test_a_non_streaming_answer_is_cut_at_response_timeout_s_however_it_flows(
+    tmp_path: Path,
+) -> None:
+    """upstream.response_timeout_s bounds a whole non-streaming answer, which the gateway
+    reads from the engine as a stream: tokens that keep coming do not stretch it. The tokens
+    the engine made until then are billed (the usage tap keeps them)."""
+    engine = SimProcess(("m",))
+    upstream = {"response_timeout_s": 0.5}
+    async with (
+        sim_processes(engine),
+        gateway(tmp_path, [{"name": "m", "engines": [engine.url]}], upstream=upstream) as gw,
+        aiohttp.ClientSession() as http,
+    ):
+        body = {"model": "m", "prompt": "hello", "max_tokens": 40, "sim": {"itl_ms": 100}}
+        started = time.monotonic()
+        async with http.post(f"{gw}/v1/completions", json=body) as resp:
+            assert resp.status == 504
+            error = (await resp.json())["error"]
+        assert error["code"] == "engine_timeout"
+        assert error["message"] == "The engine did not finish its answer within 0.5s."
+        assert time.monotonic() - started < 4  # not the 4 s the 40 tokens take
+        await until(http, gw, lambda e: e[engine.url]["inflight"] == 0)
 
 
 async def test_llmaas_engines_shows_every_engine(tmp_path: Path) -> None:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import socket
 from pathlib import Path
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
 
+from gateway.embedded.redis_server import running_redis
 from gateway.sim.config import SimConfig
 from tests.integration.sim_fixture import running_sim_process
-from tests.support.gateways import gateway_process, serve_command
+from tests.support.gateways import admin_request, gateway_process, serve_command, shared_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -41,7 +44,7 @@ async def test_two_workers_serve_and_metrics_add_up(tmp_path: Path) -> None:
                 async with http.get(f"{base}/metrics", headers=ops) as resp:
                     text = await resp.text()
             served.process.send_signal(signal.SIGTERM)  # a clean stop of every worker
-            assert await asyncio.wait_for(served.process.wait(), 30) == 0
+            assert await asyncio.wait_for(served.process.wait(), 30) == -signal.SIGTERM
     line = re.search(
         r'^llmaas_requests_total\{model="m",route="chat/completions",status="200"\} (\S+)$',
         text,
@@ -108,8 +111,71 @@ async def test_invalid_config_exits_2_naming_the_field(tmp_path: Path) -> None:
     config.write_text("dev_mode: true\nmodels:\n  - name: m\n    engines: [localhost:8000]\n")
     code, err = await serve_fails(config)
     assert code == 2
-    assert b"models.0.engines" in err
+    assert b"models[0].engines" in err
     assert b"http://" in err
+    assert b"Traceback" not in err
+
+
+async def test_config_errors_are_one_line_per_field_and_never_show_a_secret(
+    tmp_path: Path,
+) -> None:
+    """A token or a Redis password in a bad config stays out of the error (pydantic's own
+    message quotes the input, and a URL's bad port quotes a piece of its password)."""
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "redis_url: redis://:Zm9v/YmFy+cXV4=@127.0.0.1:6379/0\n"
+        "key_pepper: pepper-0123456789abcdef\nprot: 9000\n"
+    )
+    code, err = await serve_fails(
+        config, env={"PATH": "/usr/bin:/bin", "LLMAAS_ADMIN_TOKEN": "tok3n"}
+    )
+    assert code == 2
+    lines = err.decode().splitlines()
+    assert lines[0] == f"llmaas serve: invalid configuration: {config}:"
+    assert sorted(line.split(":", 1)[0].strip() for line in lines[1:]) == ["prot", "redis_url"]
+    assert "LLMAAS_REDIS_PASSWORD" in err.decode()
+    for secret in (b"Zm9v", b"YmFy", b"tok3n", b"pepper-0123"):
+        assert secret not in err
+    config.write_text("models: [\n")
+    code, err = await serve_fails(config)
+    assert code == 2
+    assert f'in "{config}", line 2'.encode() in err  # YAML's own error, naming the file
+    assert b"Traceback" not in err
+
+
+async def test_a_redis_password_given_apart_from_the_url_may_hold_any_character(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A managed Redis's key (base64: / + =) as LLMAAS_REDIS_PASSWORD: keys, limits on the
+    request path (its own pipelined connection) and metering all authenticate with it."""
+    password = "Zm9v/YmFy+cXV4=@#?%"
+    async with running_redis(None) as url, running_sim_process(SimConfig(models=["m"])) as sim:
+        admin = Redis.from_url(url)
+        await admin.config_set("requirepass", password)
+        await admin.aclose()
+        monkeypatch.setenv("LLMAAS_REDIS_PASSWORD", password)
+        config = shared_config(tmp_path / "gw.yaml", redis_url=url, model="m", sim=sim)
+        async with gateway_process(config) as served, aiohttp.ClientSession() as http:
+            status, made = await admin_request(
+                http, served.url, "POST", "/keys", {"tenant": "t", "rpm": 100, "tpm": 10**6}
+            )
+            assert status == 201, made
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            auth = {"authorization": f"Bearer {made['key']}"}
+            url_chat = f"{served.url}/v1/chat/completions"
+            async with http.post(url_chat, json=body, headers=auth) as resp:
+                assert resp.status == 200, await resp.text()
+                assert resp.headers["x-ratelimit-remaining-requests"] == "99"
+            for _ in range(50):  # the usage is settled in the background, with the password
+                status, usage = await admin_request(http, served.url, "GET", "/usage?tenant=t")
+                if status == 200 and usage.get("data"):
+                    break
+                await asyncio.sleep(0.1)
+            assert status == 200, usage
+            assert usage["data"], usage
+        authed = Redis.from_url(url, password=password)
+        await authed.config_set("requirepass", "")  # as running_redis found it
+        await authed.aclose()
 
 
 async def test_refuses_to_start_without_secrets_outside_dev_mode(tmp_path: Path) -> None:
@@ -119,3 +185,30 @@ async def test_refuses_to_start_without_secrets_outside_dev_mode(tmp_path: Path)
     assert code == 2
     for name in (b"LLMAAS_ADMIN_TOKEN", b"LLMAAS_KEY_PEPPER", b"LLMAAS_REDIS_URL"):
         assert name in err
+
+
+async def test_a_port_in_use_ends_serve_at_once_with_redis_feeds_starting(tmp_path: Path) -> None:
+    """The bind fails a moment after the app started, its Redis feeds still subscribing: a
+    cancel that lands in redis-py's connect is lost, and the process used to wait for ever
+    (a SIGTERM too). It exits, saying why."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        async with running_redis(None) as url:
+            config = shared_config(tmp_path / "gw.yaml", redis_url=url, model="m", sim="http://a")
+            proc = await asyncio.create_subprocess_exec(
+                *serve_command(config, "--port", str(port)), stderr=asyncio.subprocess.PIPE
+            )
+            try:
+                _, err = await asyncio.wait_for(proc.communicate(), 30)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+    finally:
+        taken.close()
+    assert proc.returncode not in (0, None)
+    assert b"address already in use" in err
+    assert b"Traceback" not in err

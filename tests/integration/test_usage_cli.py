@@ -49,7 +49,8 @@ async def test_usage_totals_and_records_through_the_cli(meter: Meter) -> None:
 
     code, out, _ = await usage(meter, "--tenant", "cli-usage", "--records", "--json")
     assert [json.loads(line)["id"] for line in out.splitlines()] == [r.id for r in records]
-    code, out, _ = await usage(meter, "--tenant", "cli-usage", "--records", "--csv")
+    code, out, err = await usage(meter, "--tenant", "cli-usage", "--records", "--csv")
+    assert code == 0, err
     assert [r["completion_tokens"] for r in csv.DictReader(io.StringIO(out))] == ["2", "3", "4"]
 
 

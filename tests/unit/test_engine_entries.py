@@ -34,6 +34,8 @@ def test_urls_and_dns_entries_are_parsed() -> None:
         ("http://:80", "no host"),
         ("http://vllm:99999", "invalid port"),
         ("http://vllm?x=1", "query"),
+        ("http://vllm:8000/v1", "without /v1"),
+        ("http://vllm:8000/v1/", "without /v1"),
     ],
 )
 def test_malformed_entries_are_refused_with_the_reason(entry: str, says: str) -> None:
@@ -42,7 +44,7 @@ def test_malformed_entries_are_refused_with_the_reason(entry: str, says: str) ->
 
 
 def test_settings_name_the_field_of_a_bad_entry() -> None:
-    with pytest.raises(ValueError, match=r"models\.0\.engines(.|\n)*dns://vllm"):
+    with pytest.raises(ValueError, match=r"models\[0\]\.engines: (.|\n)*dns://vllm"):
         load_settings(None, dev_mode=True, models=[{"name": "m", "engines": ["dns://vllm"]}])
     settings = load_settings(
         None, dev_mode=True, models=[{"name": "m", "engines": ["dns://VLLM:8000", "http://a/"]}]

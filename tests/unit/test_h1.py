@@ -90,7 +90,7 @@ async def ask(
 ) -> H1Response:
     headers = {"content-type": "application/json"}
     conn = await pool.request(url, "POST", "/v1/chat", body, headers, idle_s=idle_s)
-    return H1Response(conn, pool, idle_s, Broken, lambda: None)
+    return H1Response(conn, pool, idle_s, Broken, lambda _: None)
 
 
 async def test_answers_are_read_and_connections_kept_alive() -> None:
@@ -215,6 +215,28 @@ async def test_a_connection_that_began_to_answer_and_broke_is_not_tried_again() 
         assert len(server.requests) == 2
 
 
+async def test_a_kept_connection_the_engine_held_the_request_on_is_not_tried_again() -> None:
+    """Closed well after the write (past CROSSING_S), with no byte of an answer: the engine
+    had the request (it may have read it and worked on it), so it is not sent to it again."""
+
+    async def hold_then_close(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
+        await read_request(r, s)
+        w.write(sized(b"{}"))
+        await read_request(r, s)
+        await asyncio.sleep(h1.CROSSING_S * 3)  # worked on it for a while, then gone
+
+    async with serving(hold_then_close) as server:
+        pool = H1Pool(connect_timeout_s=2)
+        first = await ask(pool, server.url)
+        assert await first.read() == b"{}"
+        first.release()
+        with pytest.raises(h1.Disconnected):
+            await ask(pool, server.url)
+        assert server.connections == 1
+        assert len(server.requests) == 2
+        pool.close()
+
+
 async def test_a_new_connection_closed_before_the_answer_is_not_tried_again() -> None:
     async def hang_up(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
         await read_request(r, s)
@@ -304,7 +326,7 @@ async def test_a_reader_that_falls_behind_pauses_the_socket() -> None:
     async with serving(big) as server:
         pool = H1Pool(connect_timeout_s=2)
         conn = await pool.request(server.url, "GET", "/", b"", {}, idle_s=5)
-        resp = H1Response(conn, pool, 5, Broken, lambda: None)
+        resp = H1Response(conn, pool, 5, Broken, lambda _: None)
         while not conn.paused:  # nobody reads: the socket is paused past the high-water mark
             await conn.wait(5)
         assert conn.buffered < size

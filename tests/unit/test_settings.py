@@ -3,9 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
-from gateway.settings import load_settings
+from gateway.settings import ConfigError, load_settings
 
 
 def test_yaml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -26,11 +25,11 @@ def test_yaml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 def test_typos_and_bad_values_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "gw.yaml"
     path.write_text("dev_mode: true\nprot: 9000\n")
-    with pytest.raises(ValidationError, match="prot"):
+    with pytest.raises(ConfigError, match="prot"):
         load_settings(path)
-    with pytest.raises(ValidationError, match="http://"):
+    with pytest.raises(ConfigError, match="http://"):
         load_settings(None, dev_mode=True, models=[{"name": "m", "engines": ["127.0.0.1:8001"]}])
-    with pytest.raises(ValidationError, match="duplicate"):
+    with pytest.raises(ConfigError, match="duplicate"):
         load_settings(None, dev_mode=True, models=[{"name": "m", "engines": ["http://a"]}] * 2)
 
 
@@ -44,9 +43,9 @@ def test_shipped_configs_load(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_secrets_are_required_and_strong_outside_dev_mode() -> None:
-    with pytest.raises(ValidationError, match=r"admin_token.*key_pepper.*redis_url"):
+    with pytest.raises(ConfigError, match=r"admin_token.*key_pepper.*redis_url"):
         load_settings(None)
-    with pytest.raises(ValidationError, match="at least 16 characters"):
+    with pytest.raises(ConfigError, match="at least 16 characters"):
         load_settings(None, admin_token="short", key_pepper="p" * 20, redis_url="redis://x")
     anonymous = load_settings(None, admin_token="a" * 16, auth={"required": False})
     assert anonymous.redis_url is None
