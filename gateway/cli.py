@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.admin_cli import add_admin_commands, run_admin
+from gateway.auth.jwks import key_file_errors
 from gateway.cli_options import at_least_one, port_number
 from gateway.embedded.up import run_up
 from gateway.finetune.trainer_cli import add_trainer_command
@@ -25,6 +26,12 @@ def _serve(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
     except (ConfigError, OSError) as exc:
         print(f"llmaas serve: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    jwt = settings.auth.jwt
+    errors = key_file_errors(jwt.public_key_file, jwt.jwks_file, jwt.jwks_ca_file)
+    if errors:
+        where = "\n  ".join(["", *errors]) if len(errors) > 1 else " " + errors[0]
+        print(f"llmaas serve: invalid configuration:{where}", file=sys.stderr)
         return 2
     # A flag given wins over the file and the environment (argparse checked its range).
     flags = {"host": args.host, "port": args.port, "workers": args.workers}

@@ -32,22 +32,19 @@ async def healthz() -> Response:
 
 @router.get("/readyz", response_model=None)
 async def readyz(request: Request, gw: Gateway) -> Response:
-    """Ready when this gateway can serve: some model has an engine that is up (by the registry's
-    health checks and ejections; nothing is probed here) and Redis answers, unless
-    `limits.failure_mode` is open (then requests are served without it). A model whose engines
-    are all down is named in the detail but does not take the gateway out of its Service: every
-    replica would go with it, and the models that are up with them. Draining (after SIGTERM) is
-    never ready. The detail (redis, models, engines) is for token holders only."""
-    now = time.monotonic()
-    models = {p.name: any(e.is_up(now) for e in p.engines) for p in gw.registry.pools()}
-    redis = await _redis_state(gw)
-    redis_ok = redis in ("ok", "not_configured") or gw.settings.limits.failure_mode == "open"
-    ready = redis_ok and (any(models.values()) or not models)
-    status = "draining" if gw.drain.draining else "ready" if ready else "not_ready"
+    """Ready until it drains (after SIGTERM). What every replica shares does not make it unready:
+    with Redis down (limits in closed mode) or no engine of any model up, readiness would take
+    every replica out of its Service at once, and clients would get the load balancer's error
+    page instead of the gateway's 503 (OpenAI's shape, `Retry-After`, the reason) that their
+    SDK retries. The detail (Redis, each model and engine, by the registry's health checks and
+    ejections; nothing is probed but Redis) says what is down, to token holders only."""
+    status = "draining" if gw.drain.draining else "ready"
     body: dict[str, Any] = {"status": status}
     if ops_token_given(request, gw.settings):
+        now = time.monotonic()
+        models = {p.name: any(e.is_up(now) for e in p.engines) for p in gw.registry.pools()}
         engines = {e.url: e.is_up(now) for e in gw.registry.engines()}
-        body.update(redis=redis, models=models, engines=engines)
+        body.update(redis=await _redis_state(gw), models=models, engines=engines)
     code = 200 if status == "ready" else 503
     return Response(orjson.dumps(body), status_code=code, media_type="application/json")
 

@@ -73,6 +73,44 @@ async def fetch_jwks(
     return jwks_keys(json.loads(body))
 
 
+def key_file_errors(
+    public_key_file: Path | None, jwks_file: Path | None, ca_file: Path | None
+) -> list[str]:
+    """What is wrong with the JWT key files a config names, each as `field (path): reason`:
+    checked before the gateway starts, which would otherwise fail in its startup with a
+    traceback that names no setting."""
+    errors: list[str] = []
+    if public_key_file is not None:
+        try:
+            pem_key(public_key_file)
+        except (OSError, ValueError, TypeError) as exc:
+            errors.append(f"auth.jwt.public_key_file ({public_key_file}): {_reason(exc)}")
+    if jwks_file is not None:
+        try:
+            if not jwks_keys(json.loads(jwks_file.read_bytes())):
+                errors.append(
+                    f"auth.jwt.jwks_file ({jwks_file}): no signing key this gateway can use"
+                )
+        except (OSError, ValueError) as exc:
+            errors.append(f"auth.jwt.jwks_file ({jwks_file}): {_reason(exc)}")
+    if ca_file is not None:
+        try:
+            tls_context(ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            errors.append(f"auth.jwt.jwks_ca_file ({ca_file}): {_reason(exc)}")
+    return errors
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+    if (isinstance(exc, ValueError) and "PEM" in str(exc)) or isinstance(exc, TypeError):
+        return "not a PEM public key (RSA, EC or EdDSA)"
+    return str(exc) or type(exc).__name__
+
+
 def pem_key(path: Path) -> Key:
     key = load_pem_public_key(path.read_bytes())
     if isinstance(key, rsa.RSAPublicKey):

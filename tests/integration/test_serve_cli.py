@@ -10,6 +10,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from redis.asyncio import Redis
 
 from gateway.embedded.redis_server import running_redis
@@ -212,3 +214,32 @@ async def test_a_port_in_use_ends_serve_at_once_with_redis_feeds_starting(tmp_pa
     assert proc.returncode not in (0, None)
     assert b"address already in use" in err
     assert b"Traceback" not in err
+
+
+async def test_unusable_jwt_key_files_are_config_errors_not_a_startup_traceback(
+    tmp_path: Path,
+) -> None:
+    private = tmp_path / "private.pem"  # a private key where the public one goes
+    private.write_bytes(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text("{nope")
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "dev_mode: true\nauth:\n  jwt:\n    issuer: i\n    audience: a\n"
+        f"    public_key_file: {private}\n    jwks_file: {jwks}\n"
+    )
+    code, err = await serve_fails(config)
+    assert code == 2
+    lines = err.decode().splitlines()
+    assert lines == [
+        "llmaas serve: invalid configuration:",
+        f"  auth.jwt.public_key_file ({private}): not a PEM public key (RSA, EC or EdDSA)",
+        f"  auth.jwt.jwks_file ({jwks}): not JSON (line 1, column 2: Expecting property name "
+        "enclosed in double quotes)",
+    ]

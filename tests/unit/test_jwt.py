@@ -14,6 +14,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pydantic import ValidationError
 
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.principal import Limits
@@ -143,9 +144,12 @@ async def test_hs256_with_the_configured_secret() -> None:
 async def test_alg_none_is_refused_even_when_listed(tmp_path: Path) -> None:
     path = tmp_path / "rsa.pem"
     path.write_bytes(pem(RSA))
-    verifier = JwtVerifier(settings(public_key_file=path, algorithms=["RS256", "none"]))
+    with pytest.raises(ValidationError, match=r"unknown \['none'\]"):  # listed: a config error
+        settings(public_key_file=path, algorithms=["RS256", "none"])
+    listed = JwtSettings.model_construct(**{**settings(public_key_file=path).__dict__})
+    listed.algorithms = ["RS256", "none"]  # and were it let through, the verifier refuses it
     token = jwt.encode(claims(), "", algorithm="none")
-    assert "not accepted" in (await rejected(verifier, token)).message
+    assert "not accepted" in (await rejected(JwtVerifier(listed), token)).message
 
 
 async def test_algorithm_confusion_hmac_signed_with_the_public_key(
@@ -164,8 +168,16 @@ async def test_hmac_tokens_need_the_hmac_secret(tmp_path: Path) -> None:
     assert "no HMAC secret" in (await rejected(verifier, confused)).message
 
 
-async def test_a_too_short_hmac_secret_is_a_401_not_a_warning() -> None:
-    verifier = JwtVerifier(settings(algorithms=["HS256"], hmac_secret="short"))
+async def test_a_too_short_hmac_secret_is_refused_and_never_verifies() -> None:
+    with pytest.raises(ValidationError, match="hmac_secret must be at least 32 bytes"):
+        settings(algorithms=["HS256"], hmac_secret="short")
+    with pytest.raises(ValidationError, match="at least 64 bytes for HS256, HS512"):
+        settings(algorithms=["HS256", "HS512"], hmac_secret="s" * 40)
+    short = JwtSettings.model_construct(
+        **{**settings(algorithms=["HS256"], hmac_secret=HMAC_SECRET).__dict__}
+    )
+    short.algorithms, short.hmac_secret = ["HS256"], "short"  # let through: a 401, no warning
+    verifier = JwtVerifier(short)
     token = hmac_token(b"short", claims())
     assert "cannot verify HS256" in (await rejected(verifier, token)).message
 

@@ -65,3 +65,24 @@ def test_the_jwks_ca_file_is_a_path(tmp_path: Path) -> None:
         jwks_url="https://idp.internal/jwks", jwks_ca_file=ca, issuer="i", audience="a"
     )
     assert jwt.jwks_ca_file == ca
+
+
+@pytest.mark.parametrize(
+    ("jwt", "says"),
+    [
+        ({"algorithms": ["RS999"], **SOURCES[0]}, r"unknown \['RS999'\]"),
+        ({"algorithms": ["none"], **SOURCES[0]}, r"unknown \['none'\]"),
+        ({"algorithms": ["HS256"], **SOURCES[0]}, "no key for any of the algorithms"),
+        ({"algorithms": ["RS256"], **SOURCES[3]}, "no key for any of the algorithms"),
+        ({"algorithms": ["HS256"], "hmac_secret": "short"}, "at least 32 bytes"),
+    ],
+)
+def test_jwts_that_could_never_verify_are_refused(jwt: dict[str, Any], says: str) -> None:
+    """Each used to start, and then refuse every token with a 401."""
+    with pytest.raises(ValidationError, match=says):
+        gateway_settings({"issuer": "https://idp.example.com", "audience": "llmaas", **jwt})
+
+
+def test_algorithms_with_a_key_each_are_enough() -> None:
+    both = {"algorithms": ["RS256", "HS256"], **SOURCES[0]}  # HS256 tokens: no secret, a 401
+    assert gateway_settings({"issuer": "i", "audience": "a", **both}).auth.jwt.enabled
