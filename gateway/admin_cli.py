@@ -191,9 +191,10 @@ def _engine_row(engine: dict[str, Any]) -> dict[str, Any]:
     return {
         **engine,
         "failures": engine["consecutive_failures"],
-        "running": f"{load['running']:g}",
-        "waiting": f"{load['waiting']:g}",
-        "kv_usage": f"{load['kv_usage']:.0%}",
+        # a load routing no longer trusts (not scraped lately) is shown as unknown, not as now
+        "running": f"{load['running']:g}" if load.get("fresh", True) else "-",
+        "waiting": f"{load['waiting']:g}" if load.get("fresh", True) else "-",
+        "kv_usage": f"{load['kv_usage']:.0%}" if load.get("fresh", True) else "-",
         "adapters": [a["id"] for a in engine["adapters"]],
         "last_error": None if last is None else f"{last['at']} {last['kind']}",
     }

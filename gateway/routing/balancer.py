@@ -118,14 +118,14 @@ def block_hashes(key: bytes) -> list[int]:
     return hashes
 
 
-def _fresh(load: EngineLoad, now: float) -> bool:
+def is_fresh(load: EngineLoad, now: float) -> bool:
     return load.scraped_at > 0.0 and now - load.scraped_at < STALE_AFTER_S
 
 
 def engine_load(engine: Engine, now: float) -> float:
     """Requests at the engine (see the module's docstring)."""
     load = engine.load
-    if not _fresh(load, now):
+    if not is_fresh(load, now):
         return float(engine.inflight)
     others = max(0.0, load.running + load.waiting - load.own_at_scrape)
     return engine.inflight + others
@@ -208,7 +208,7 @@ class PrefixAffinity:
             if load + 1 > cap:
                 continue
             matched = self.matched(engine.url, blocks) / len(blocks)
-            kv = engine.load.kv_usage if _fresh(engine.load, now) else 0.0
+            kv = engine.load.kv_usage if is_fresh(engine.load, now) else 0.0
             score = PREFIX_WEIGHT * matched - load - kv
             if score > best_score:
                 best, best_score = engine, score

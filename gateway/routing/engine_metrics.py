@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 
 from gateway.metrics import Metrics
 from gateway.routing.engines import Engine
@@ -29,9 +28,9 @@ class EngineMetrics:
         last = engine.errors[-1] if engine.errors else None
         why = "?" if last is None else f"{last.kind}: {last.detail}" if last.detail else last.kind
         self.log.warning(
-            "engine %s ejected for %.0fs (ejection %d, %d failures in a row; last: %s)",
+            "engine %s ejected for %gs (ejection %d, %d failures in a row; last: %s)",
             engine.url,
-            max(0.0, health.until - time.monotonic()),
+            health.policy.backoff(health.level - 1),  # (_eject has raised the level)
             health.ejections,
             health.consecutive_failures,
             why,

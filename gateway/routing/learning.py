@@ -50,6 +50,17 @@ class ModelLearner:
         if self.registry.learn(engine, served):
             names = [m.id for m in served]
             self.log.info("models of %s: %s", engine.url, names)
+            for pool in self.registry.pools():  # a config naming a model the engine lacks
+                if engine in pool.engines and pool.name not in names:
+                    self.log.warning(
+                        "engine %s is configured for model %s but lists %s: requests for %s "
+                        "sent there get its 404 (a typo in the config or in the engine's "
+                        "--served-model-name?)",
+                        engine.url,
+                        pool.name,
+                        names,
+                        pool.name,
+                    )
 
 
 async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:

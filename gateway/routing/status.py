@@ -6,6 +6,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.routing.balancer import is_fresh
 from gateway.routing.engines import Engine, EngineRegistry
 
 
@@ -36,6 +37,9 @@ def engine_status(registry: EngineRegistry, engine: Engine, clock: _Clock) -> di
             "prefix_hits": load.prefix_hits,
             "prefix_queries": load.prefix_queries,
             "scraped_at": clock.wall(load.scraped_at) if load.scraped_at else None,
+            # Whether routing still trusts it (balancer.STALE_AFTER_S): an engine whose
+            # /metrics stopped answering keeps its last figures, which then mean nothing.
+            "fresh": is_fresh(load, clock.mono),
         },
         "recent_errors": [
             {"at": _rfc3339(e.at), "kind": e.kind, "detail": e.detail} for e in engine.errors

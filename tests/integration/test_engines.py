@@ -27,6 +27,7 @@ from gateway.sim.config import SimConfig
 from tests.integration.sim_fixture import running_sim, sim_state, wait_running
 from tests.support.cli import run_cli
 from tests.support.gateways import ADMIN_TOKEN
+from tests.support.logs import collected
 from tests.support.servers import serve_asgi, serve_uvicorn
 from tests.support.sim_processes import SimProcess, port_free_on, sim_processes
 
@@ -211,6 +212,25 @@ async def test_dns_addresses_that_come_and_go_change_the_pool(tmp_path: Path) ->
         assert (await served(http, two), await served(http, three)) == (3, 3)
 
 
+async def test_an_engine_that_does_not_list_its_configured_model_is_logged(
+    tmp_path: Path,
+) -> None:
+    """A config naming a model its engine does not serve (a typo on either side): every
+    request gets the engine's 404; the log says why at the first models poll."""
+    other = SimProcess(("m",))
+    with collected("llmaas.routing") as logs:
+        async with (
+            sim_processes(other),
+            gateway(tmp_path, [{"name": "typo", "engines": [other.url]}]),
+        ):
+            found = await logs.wait_for(lambda r: "is configured for model typo" in r.getMessage())
+    assert (
+        found[0]
+        .getMessage()
+        .startswith(f"engine {other.url} is configured for model typo but lists ['m']")
+    )
+
+
 async def test_a_model_whose_dns_name_resolves_to_nothing_is_unavailable_not_busy(
     tmp_path: Path,
 ) -> None:
@@ -240,12 +260,18 @@ async def test_an_engine_answering_5xx_to_every_request_is_ejected(tmp_path: Pat
         gateway(tmp_path, [{"name": "m", "engines": [bad, good.url]}]) as gw,
         aiohttp.ClientSession() as http,
     ):
-        for _ in range(6):  # round robin: 3 tried on the failing engine first, failed over
-            await complete(http, gw, "m")
+        with collected("llmaas.routing") as logs:
+            for _ in range(6):  # round robin: 3 tried on the failing engine first, failed over
+                await complete(http, gw, "m")
         seen = await engines(http, gw)
         assert seen[bad]["ejections"] >= 1, seen[bad]
         assert seen[good.url]["ejections"] == 0
         assert await served(http, good) == 6
+    said = [r.getMessage() for r in logs.records]
+    assert (
+        f"engine {bad} ejected for 0.3s (ejection 1, 3 failures in a row; last: http_5xx: "
+        "status 500)" in said
+    ), said
 
 
 async def test_an_engine_whose_answers_time_out_is_ejected(tmp_path: Path) -> None:
