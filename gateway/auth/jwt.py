@@ -184,24 +184,8 @@ class JwtVerifier:
                 leeway=s.leeway_s,
                 options=options,
             )
-        except jwt.ExpiredSignatureError as exc:
-            raise _invalid("it has expired ('exp').", code="token_expired") from exc
-        except jwt.ImmatureSignatureError as exc:
-            raise _invalid("it is not valid yet ('nbf' or 'iat' in the future).") from exc
-        except jwt.InvalidAudienceError as exc:
-            raise _invalid(f"wrong audience; 'aud' must name {s.audience!r}.") from exc
-        except jwt.InvalidIssuerError as exc:
-            raise _invalid(f"wrong issuer; 'iss' must be {s.issuer!r}.") from exc
-        except jwt.MissingRequiredClaimError as exc:
-            raise _invalid(f"the '{exc.claim}' claim is required.") from exc
-        except jwt.InvalidSignatureError as exc:
-            raise _invalid("its signature does not verify.") from exc
-        except jwt.DecodeError as exc:
-            raise _invalid("it is not a well-formed JWT.") from exc
-        except jwt.InvalidKeyError as exc:
-            raise _invalid(f"the configured key cannot verify {alg} tokens.") from exc
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
-            raise _invalid(f"pyjwt refused it ({type(exc).__name__}).") from exc
+            raise _refusal(exc, s, alg) from exc
         return claims
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
@@ -231,6 +215,37 @@ class JwtVerifier:
                 _int_claim(claims, names.max_concurrency),
             ),
         )
+
+
+# pyjwt's refusals said for the caller, filled in with the settings' issuer and audience, the
+# claim pyjwt names and the algorithm; a message never quotes the token or its claims.
+_REFUSALS: tuple[tuple[type[Exception], str], ...] = (
+    (jwt.ImmatureSignatureError, "it is not valid yet ('nbf' or 'iat' in the future)."),
+    (jwt.InvalidAudienceError, "wrong audience; 'aud' must name {aud!r}."),
+    (jwt.InvalidIssuerError, "wrong issuer; 'iss' must be {iss!r}."),
+    (jwt.MissingRequiredClaimError, "the '{claim}' claim is required."),
+    (jwt.InvalidSignatureError, "its signature does not verify."),
+    (jwt.exceptions.InvalidSubjectError, "the 'sub' claim must be a string."),
+    (jwt.exceptions.InvalidJTIError, "the 'jti' claim must be a string."),
+    (jwt.InvalidIssuedAtError, "the 'iat' claim must be a number (NumericDate)."),
+    (jwt.InvalidKeyError, "the configured key cannot verify {alg} tokens."),
+)
+
+
+def _refusal(exc: Exception, s: JwtSettings, alg: str) -> Unauthorized:
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return _invalid("it has expired ('exp').", code="token_expired")
+    for kind, message in _REFUSALS:
+        if isinstance(exc, kind):
+            claim = getattr(exc, "claim", "")
+            return _invalid(message.format(aud=s.audience, iss=s.issuer, claim=claim, alg=alg))
+    said = str(exc)  # pyjwt's "Expiration Time claim (exp) must be an integer." names a claim
+    if isinstance(exc, jwt.DecodeError) and "claim (" in said:
+        claim = said.split("claim (", 1)[1].split(")", 1)[0]
+        return _invalid(f"the '{claim}' claim must be a number (NumericDate).")
+    if isinstance(exc, jwt.DecodeError):
+        return _invalid("it is not a well-formed JWT.")
+    return _invalid(f"pyjwt refused it ({type(exc).__name__}).")
 
 
 def _int_claim(claims: dict[str, Any], name: str) -> int | None:

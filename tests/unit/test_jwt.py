@@ -207,6 +207,11 @@ class FromNow:
         ({"aud": None}, "'aud' claim is required", "invalid_token"),
         ({"models": "m1"}, "'models' claim", "invalid_token"),
         ({"rpm": -1}, "'rpm' claim", "invalid_token"),
+        ({"exp": "soon"}, "the 'exp' claim must be a number (NumericDate).", "invalid_token"),
+        ({"nbf": "later"}, "the 'nbf' claim must be a number (NumericDate).", "invalid_token"),
+        ({"iat": "x"}, "the 'iat' claim must be a number (NumericDate).", "invalid_token"),
+        ({"sub": 7}, "the 'sub' claim must be a string.", "invalid_token"),
+        ({"jti": 5}, "the 'jti' claim must be a string.", "invalid_token"),
     ],
 )
 async def test_claim_problems_are_401_naming_the_problem(
