@@ -36,6 +36,7 @@ MANAGED = {
     "port",
     "models",
     "redis_url",
+    "redis_password",
     "admin_token",
     "key_pepper",
     "metrics_token",
@@ -202,7 +203,7 @@ def test_existing_secrets_are_referenced_not_made(renders: Renders) -> None:
     assert refs["LLMAAS_ADMIN_TOKEN"] == {"name": "llmaas-admin", "key": "token"}
     assert refs["LLMAAS_KEY_PEPPER"] == {"name": "llmaas-pepper", "key": "pepper"}
     assert refs["LLMAAS_METRICS_TOKEN"] == {"name": "llmaas-metrics", "key": "token"}
-    assert refs["REDIS_PASSWORD"] == {"name": "llmaas-redis", "key": "password"}
+    assert refs["LLMAAS_REDIS_PASSWORD"] == {"name": "llmaas-redis", "key": "password"}
     assert refs["LLMAAS_AUTH__JWT__HMAC_SECRET"] == {"name": "llmaas-jwt", "key": "hmac"}
     (engine,) = rendered.engines()
     assert env_of(engine)["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {
@@ -228,15 +229,53 @@ def test_jwt_key_files_are_mounted_where_the_config_points(rendered: Rendered) -
         assert filename in {i["path"] for i in items}
 
 
-def test_external_redis_url_carries_the_password_from_its_secret(renders: Renders) -> None:
+def test_external_redis_password_comes_from_its_secret_not_the_url(renders: Renders) -> None:
     rendered = renders["external-redis"]
-    env = _secret_stand_ins(rendered.gateway())
-    assert env["LLMAAS_REDIS_URL"] == (
-        "rediss://:redis_password-stand-in-value@redis.example.internal:6380/2"
-    )
-    ref = env_of(rendered.gateway())["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    env = env_of(rendered.gateway())
+    assert env["LLMAAS_REDIS_URL"]["value"] == "rediss://redis.example.internal:6380/2"
+    ref = env["LLMAAS_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "managed-redis", "key": "password"}
     assert rendered.kind("StatefulSet") == []
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("rediss://default@redis.example:6380/2", "rediss://default@redis.example:6380/2"),
+        ("redis://app:old-secret@redis.example:6379/0", "redis://app@redis.example:6379/0"),
+        (
+            "rediss://redis.example:6380/0?ssl_ca_certs=/etc/llmaas/ca/ca.crt",
+            "rediss://redis.example:6380/0?ssl_ca_certs=/etc/llmaas/ca/ca.crt",
+        ),
+    ],
+)
+def test_external_redis_url_keeps_its_user_name_and_never_a_password(
+    url: str, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The password is LLMAAS_REDIS_PASSWORD, any characters; an ACL user stays in the URL."""
+    password = {"value": "p@ss/w#rd%?x"}
+    rendered = render_values_as(
+        {"redis": {"enabled": False, "external": {"url": url, "password": password}}}
+    )
+    env = env_of(rendered.gateway())
+    assert env["LLMAAS_REDIS_URL"]["value"] == expected
+    ref = env["LLMAAS_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    secret = rendered.get("Secret", ref["name"])
+    given = base64.b64decode(secret["data"][ref["key"]]).decode()
+    assert given == password["value"]
+    assert _load(rendered, tmp_path, monkeypatch).redis_url == expected
+    monkeypatch.setenv("LLMAAS_REDIS_PASSWORD", given)  # the real value, not a stand-in
+    assert load_settings(tmp_path / "config.yaml").redis_password == given
+
+
+def test_the_builtin_redis_url_has_no_password(rendered: Rendered) -> None:
+    env = env_of(rendered.gateway())
+    url = env["LLMAAS_REDIS_URL"]["value"]
+    assert "@" not in url
+    assert "$(" not in url
+    if rendered.values["redis"]["enabled"]:
+        assert url == f"redis://demo-llmaas-redis.{NAMESPACE}.svc.cluster.local:6379/0"
+        assert "valueFrom" in env["LLMAAS_REDIS_PASSWORD"]
 
 
 def test_schema_of_gateway_config_follows_settings() -> None:

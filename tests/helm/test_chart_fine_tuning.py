@@ -117,7 +117,12 @@ def test_trainer_reads_the_gateways_config_with_the_secrets_it_needs(renders: Re
     assert config_file in rendered.get("ConfigMap", volume)["data"]
     assert volume == gateway["metadata"]["name"]
     gateway_env, trainer_env = env_of(gateway), env_of(trainer)
-    for name in ("LLMAAS_ADMIN_TOKEN", "LLMAAS_KEY_PEPPER", "REDIS_PASSWORD", "LLMAAS_REDIS_URL"):
+    for name in (
+        "LLMAAS_ADMIN_TOKEN",
+        "LLMAAS_KEY_PEPPER",
+        "LLMAAS_REDIS_PASSWORD",
+        "LLMAAS_REDIS_URL",
+    ):
         assert trainer_env[name] == gateway_env[name], name
     resources = c["resources"]
     assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == 1
@@ -130,9 +135,20 @@ def test_trainer_reads_the_gateways_config_with_the_secrets_it_needs(renders: Re
     assert bases[BASE].startswith(models["mountPath"] + "/"), "the trainer sees the weights"
 
 
+@pytest.mark.parametrize(("gpus", "expected"), [(1, "nvidia"), (0, None)])
+def test_trainer_runs_in_the_runtime_class_given_when_it_has_gpus(
+    gpus: int, expected: str | None
+) -> None:
+    """As for engines: the NVIDIA runtime where it is not the default, for pods with GPUs."""
+    trainer = {"runtimeClassName": "nvidia", "gpu": {"count": gpus}}
+    rendered = render_values_as({"engines": [ENGINE], "fineTuning": {**ON, "trainer": trainer}})
+    assert pod_spec(_trainer(rendered)).get("runtimeClassName") == expected
+
+
 def test_trainer_defaults_to_the_gateway_image() -> None:
     rendered = render_values_as({"engines": [ENGINE], "fineTuning": ON})
     assert container(_trainer(rendered))["image"] == container(rendered.gateway())["image"]
+    assert "runtimeClassName" not in pod_spec(_trainer(rendered))
     assert _files_mount(_trainer(rendered)) == (CLAIM, MOUNT, False)
 
 
@@ -141,7 +157,8 @@ async def test_trainer_command_runs_as_rendered(
 ) -> None:
     """The trainer container's command, with the rendered config file and the environment the
     kubelet would build (secrets stood in, Redis pointed at a local one), starts a real
-    `llmaas trainer` that waits on the job queue, and stops cleanly on SIGTERM."""
+    `llmaas trainer` that waits on the job queue, and stops cleanly on SIGTERM. The local Redis
+    requires the password the trainer is given apart from the URL (LLMAAS_REDIS_PASSWORD)."""
     rendered = renders[CASE]
     c = container(_trainer(rendered))
     config = tmp_path / "config.yaml"
@@ -152,10 +169,13 @@ async def test_trainer_command_runs_as_rendered(
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_")}
         env.update(_secret_stand_ins(_trainer(rendered)))
         env["LLMAAS_REDIS_URL"] = redis_server.url
+        password = env["LLMAAS_REDIS_PASSWORD"]
+        async with Redis.from_url(redis_server.url) as setup:
+            await setup.config_set("requirepass", password)
         process = await asyncio.create_subprocess_exec(
             llmaas(), *c["command"][1:], *args, env=env, stderr=asyncio.subprocess.PIPE
         )
-        redis = Redis.from_url(redis_server.url)
+        redis = Redis.from_url(redis_server.url, password=password)
         try:
             waiting = await asyncio.wait_for(_blocked_on_the_queue(redis, process), 60)
         finally:

@@ -92,6 +92,17 @@ def test_monitoring_case_renders_every_operator_kind(renders: Renders) -> None:
     assert not set(OPERATOR_KINDS) & {o["kind"] for o in renders["default"].objects}
 
 
+def test_engines_scale_down_only_after_a_stable_window(renders: Renders) -> None:
+    """KEDA's cooldownPeriod only applies to and from zero (minReplicas >= 1 rules that out):
+    what keeps a GPU pod that took minutes to load is its HPA's scale-down window."""
+    (scaled,) = renders["monitoring"].kind("ScaledObject")
+    assert "cooldownPeriod" not in scaled["spec"]
+    behavior = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior == {"scaleDown": {"stabilizationWindowSeconds": 900}}  # the case's value
+    defaults = renders["default"].values["engineDefaults"]["autoscaling"]
+    assert defaults["scaleDownStabilizationSeconds"] >= 300, "longer than a model load"
+
+
 def test_the_gateway_is_scraped_with_the_metrics_token_it_is_given(renders: Renders) -> None:
     """/metrics answers 401 without a token: the ServiceMonitor sends the one the gateway has."""
     rendered = renders["monitoring"]
@@ -191,6 +202,8 @@ def _check_scaled_object(rendered: Rendered, scaled: Obj) -> None:
     target = rendered.get("Deployment", spec["scaleTargetRef"]["name"])
     assert "replicas" not in target["spec"], "KEDA owns the replica count"
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert 0 <= behavior["scaleDown"]["stabilizationWindowSeconds"] <= 3600  # the HPA's bounds
     (trigger,) = spec["triggers"]
     assert trigger["type"] == "prometheus"
     meta = trigger["metadata"]

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import helm_python as helm
 import pytest
 import yaml
 
-from tests.helm.chart import CHART, NAMESPACE, render_values
+from tests.helm.chart import CHART, NAMESPACE, render_values, render_values_as
+from tests.helm.test_chart_config import _load
 
 DEPLOY_DOC = CHART.parents[1] / "docs" / "deploy.md"
 # Maps whose keys are Kubernetes' or the gateway's own, documented where they come from.
@@ -70,7 +72,141 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], list[str]]] = {
         {"redis": {"enabled": False}},
         ["at '/redis/external/url'"],
     ),
+    "a size that is not a Kubernetes quantity": (
+        {"engineDefaults": {"shmSize": "8 GB"}},
+        ["at '/engineDefaults/shmSize'", "does not match pattern"],
+    ),
+    "a resource that is not a Kubernetes quantity": (
+        {"redis": {"resources": {"limits": {"memory": "2 GiB"}}}},
+        ["at '/redis/resources/limits/memory'", "does not match pattern"],
+    ),
+    "KEDA's cooldownPeriod, which minReplicas >= 1 makes a no-op": (
+        {"engines": [{**ENGINE, "autoscaling": {"cooldownPeriod": 300}}]},
+        ["at '/engines/0/autoscaling'", "'cooldownPeriod' not allowed"],
+    ),
 }
+
+RWX = {"accessModes": ["ReadWriteMany"]}
+LONG = "x" * 40  # fullnameOverride at its longest: engine names keep 15 characters
+JWT_KEY = {"jwt": {"hmacSecret": {"value": "hmac-secret-0123456789abcdef"}}}
+
+# Values the schema lets through but that would not work: refused when rendering (`fail`).
+REFUSED: dict[str, tuple[dict[str, Any], str]] = {
+    "gateway PDB with both bounds": (
+        {"gateway": {"podDisruptionBudget": {"minAvailable": 2, "maxUnavailable": 1}}},
+        "gateway.podDisruptionBudget: minAvailable and maxUnavailable are both set",
+    ),
+    "gateway PDB with neither bound": (
+        {"gateway": {"podDisruptionBudget": {"minAvailable": None, "maxUnavailable": None}}},
+        "gateway.podDisruptionBudget: neither minAvailable nor maxUnavailable is set",
+    ),
+    "gateway HPA minimum above its maximum": (
+        {"gateway": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 3}}},
+        r"gateway.autoscaling: minReplicas \(5\) is above maxReplicas \(3\)",
+    ),
+    "engine KEDA minimum above its maximum": (
+        {
+            "engines": [
+                {**ENGINE, "modelCache": RWX, "autoscaling": {"enabled": True, "minReplicas": 5}}
+            ]
+        },
+        r"engines\[llama\].autoscaling: minReplicas \(5\) is above maxReplicas \(4\)",
+    ),
+    "ReadWriteOnce cache, two replicas": (
+        {"engines": [{**ENGINE, "replicas": 2}]},
+        r"engines\[llama\].modelCache: a ReadWriteOnce claim, .*\(replicas: 2\)",
+    ),
+    "ReadWriteOnce cache, autoscaling": (
+        {"engines": [{**ENGINE, "autoscaling": {"enabled": True, "maxReplicas": 6}}]},
+        r"ReadWriteOnce claim, .*\(autoscaling.maxReplicas: 6\): .*Multi-Attach",
+    ),
+    "ReadWriteOnce cache, a surge pod": (
+        {
+            "engines": [
+                {**ENGINE, "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}}
+            ]
+        },
+        r"ReadWriteOnce claim, .*\(strategy.rollingUpdate.maxSurge: 1\)",
+    ),
+    "engine names the same once cut to 63 characters": (
+        {
+            "fullnameOverride": LONG,
+            "engines": [
+                {**ENGINE, "name": "llama-3-1-8b-instruct-a"},
+                {**ENGINE, "name": "llama-3-1-8b-instruct-b"},
+            ],
+        },
+        f'engines: "llama-3-1-8b-instruct-a" and "llama-3-1-8b-instruct-b" would both name '
+        f'their Deployment, Service and claim "{LONG}-engine-llama-3-1-8b-in"',
+    ),
+    "an extra model named like an engine's": (
+        {
+            "engines": [ENGINE],
+            "gateway": {"extraModels": [{"name": ENGINE["model"], "engines": ["http://x"]}]},
+        },
+        f'gateway.extraModels: the name "{ENGINE["model"]}" is taken already',
+    ),
+    "an extra model named like an engine's adapter": (
+        {
+            "engines": [
+                {**ENGINE, "lora": {"enabled": True, "modules": [{"name": "sql", "path": "/a"}]}}
+            ],
+            "gateway": {"extraModels": [{"name": "sql", "engines": ["http://x"]}]},
+        },
+        'gateway.extraModels: the name "sql" is taken already',
+    ),
+    "a JWT key without issuer and audience": (
+        {"gateway": JWT_KEY},
+        r"gateway.config.auth.jwt.issuer and gateway.config.auth.jwt.audience are both "
+        r"required when JWTs are on \(gateway.jwt.hmacSecret set\)",
+    ),
+    "a JWKS URL without an audience": (
+        {
+            "gateway": {
+                "jwt": {"jwks": {"value": "{}"}},
+                "config": {
+                    "auth": {"jwt": {"jwks_url": "https://idp/jwks", "issuer": "https://idp/"}}
+                },
+            }
+        },
+        r"required when JWTs are on \(gateway.jwt.jwks, gateway.config.auth.jwt.jwks_url set\)",
+    ),
+    "Redis without a memory limit": (
+        {"redis": {"resources": {"limits": None}}},
+        r"redis.resources.limits.memory: needed",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_values_that_would_not_work_are_refused_at_render(case: str) -> None:
+    values, message = REFUSED[case]
+    with pytest.raises(helm.HelmRenderError, match=message):  # (helm lint only logs a fail)
+        render_values(values)
+
+
+@pytest.mark.parametrize(
+    "cache",
+    [
+        {"modelCache": RWX},
+        {"modelCache": {"existingClaim": "models"}},
+        {"modelCache": {"enabled": False}},
+        {"simulator": True},
+        {"strategy": {"type": "Recreate"}, "replicas": 1},
+    ],
+)
+def test_a_model_cache_several_pods_can_share_is_accepted(cache: dict[str, Any]) -> None:
+    engine = {**ENGINE, "replicas": 2, "strategy": {"rollingUpdate": {"maxSurge": 1}}, **cache}
+    render_values({"engines": [engine]})
+
+
+def test_jwt_values_the_chart_renders_are_ones_the_gateway_starts_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the issuer and audience the render check asks for, the gateway's Settings load."""
+    jwt = {"issuer": "https://idp/", "audience": "llmaas", "algorithms": ["HS256"]}
+    rendered = render_values_as({"gateway": {**JWT_KEY, "config": {"auth": {"jwt": jwt}}}})
+    assert _load(rendered, tmp_path, monkeypatch).auth.jwt.enabled
 
 
 @pytest.mark.parametrize("case", list(BAD_VALUES))

@@ -5,14 +5,27 @@ pod lives long enough after SIGTERM to finish its streams."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
+import kubernetes_validate
+import pytest
 import yaml
+from redis import AuthenticationError, Redis
+from redis import ConnectionError as RedisConnectionError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from gateway import admin_cli, cli
+from gateway.embedded.redis_server import redis_server_binary
 from gateway.netutil import free_port
 from tests.helm.chart import (
+    CHART,
     NAMESPACE,
     Obj,
     Rendered,
@@ -23,8 +36,11 @@ from tests.helm.chart import (
     env_of,
     pod_labels,
     pod_spec,
+    render,
+    render_values_as,
     selects,
 )
+from tests.helm.test_chart_render import K8S_VERSION
 from tests.support.cli import llmaas
 
 GPU = "nvidia.com/gpu"
@@ -65,6 +81,19 @@ def test_gpu_engines_request_gpus_and_run_vllm(rendered: Rendered) -> None:
         assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in pod_spec(engine)[
             "tolerations"
         ]
+
+
+def test_vllm_serves_the_model_given_as_its_positional_argument(rendered: Rendered) -> None:
+    """`vllm serve <model>`: vLLM 0.32 warns that --model will be removed."""
+    for engine in rendered.engines():
+        c = container(engine)
+        if c["command"] == ["llmaas", "sim"]:
+            continue
+        assert c["command"] == ["vllm", "serve"]
+        name = engine["metadata"]["labels"]["llmaas.io/engine"]
+        (entry,) = [e for e in rendered.values["engines"] if e["name"] == name]
+        assert c["args"][0] == entry["model"]
+        assert not any(a == "--model" or a.startswith("--model=") for a in c["args"])
 
 
 def test_engine_probes_allow_slow_model_loads(rendered: Rendered) -> None:
@@ -275,12 +304,15 @@ def test_redis_keeps_an_append_only_file_behind_a_password(rendered: Rendered) -
         assert sets == []
         return
     (redis,) = sets
-    args = container(redis)["args"]
+    c = container(redis)
+    args = c["args"]
+    assert args[0] == _mount_of(redis, "config") + "/redis.conf"
     assert arg_after(args, "--appendonly") == "yes"
-    assert arg_after(args, "--requirepass") == "$(REDIS_PASSWORD)"
-    redis_ref = env_of(redis)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
-    gateway_ref = env_of(rendered.gateway())["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
-    assert redis_ref == gateway_ref
+    (init,) = pod_spec(redis)["initContainers"]
+    redis_ref = env_of(redis)["REDISCLI_AUTH"]["valueFrom"]["secretKeyRef"]
+    init_ref = {e["name"]: e for e in init["env"]}["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    gateway_ref = env_of(rendered.gateway())["LLMAAS_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert redis_ref == init_ref == gateway_ref
     claims = redis["spec"].get("volumeClaimTemplates", [])
     data = _mounts(redis)["/data"]
     if rendered.values["redis"]["persistence"]["enabled"]:
@@ -288,6 +320,91 @@ def test_redis_keeps_an_append_only_file_behind_a_password(rendered: Rendered) -
     else:
         assert claims == []
         assert "emptyDir" in _volumes(redis)[data]
+
+
+def test_redis_password_stays_out_of_every_command_line(renders: Renders) -> None:
+    """Values in argv are visible to anyone who can list processes on the node."""
+    rendered = renders["inline-secrets"]
+    (redis,) = rendered.kind("StatefulSet")
+    commands = [
+        [*c.get("command", []), *c.get("args", [])]
+        for c in pod_spec(redis)["containers"] + pod_spec(redis)["initContainers"]
+    ]
+    text = json.dumps(commands)
+    assert "redis-password-0123456789abcdef" not in text
+    assert "--requirepass" not in text
+    assert "$(REDIS_PASSWORD)" not in text, "the kubelet would put the password there"
+
+
+def test_redis_runs_with_the_config_its_init_step_writes(tmp_path: Path) -> None:
+    """The init container's script, run as rendered (on this machine's sh, od, tr and sed),
+    writes a config with which a real redis-server, started with the container's arguments,
+    takes the password whatever its characters, caps its memory and never evicts."""
+    (redis,) = render("default").kind("StatefulSet")
+    (init,) = pod_spec(redis)["initContainers"]
+    config_dir = next(m["mountPath"] for m in init["volumeMounts"] if m["name"] == "config")
+    password = "p@ss/w#rd%?\"\\ 'x\nnext line"
+    subprocess.run(
+        [*init["command"], init["args"][0].replace(f"{config_dir}/", f"{tmp_path}/")],
+        env={"PATH": os.environ["PATH"], "REDIS_PASSWORD": password, "MEMORY_LIMIT_MIB": "2048"},
+        check=True,
+        timeout=30,
+    )
+    args = container(redis)["args"]
+    args = [a.replace(f"{config_dir}/", f"{tmp_path}/") for a in args]
+    port = free_port()
+    args[args.index("--port") + 1] = str(port)
+    args[args.index("--dir") + 1] = str(tmp_path)
+    with subprocess.Popen(
+        [str(redis_server_binary()), *args, "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+    ) as server:
+        try:
+            client = _redis_when_up(port, password, server)
+            assert client.config_get("maxmemory") == {"maxmemory": str(2048 * 70 // 100 << 20)}
+            assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+            client.close()
+            wrong = Redis(port=port, password="wrong", retry=Retry(NoBackoff(), 0))
+            with pytest.raises(AuthenticationError):
+                wrong.ping()
+            wrong.close()
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def _redis_when_up(port: int, password: str, server: subprocess.Popen[bytes]) -> Redis:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert server.poll() is None, "redis-server refused its config"
+        client = Redis(port=port, password=password, decode_responses=True)
+        try:
+            client.ping()
+        except AuthenticationError:
+            client.close()
+            raise
+        except RedisConnectionError:  # not listening yet
+            client.close()
+            time.sleep(0.05)
+        else:
+            return client
+    raise AssertionError(f"redis-server on port {port} did not answer")
+
+
+def test_redis_statefulset_is_governed_by_a_headless_service(renders: Renders) -> None:
+    """A StatefulSet's serviceName is meant to be headless; clients keep the ClusterIP one."""
+    rendered = renders["default"]
+    (redis,) = rendered.kind("StatefulSet")
+    governing = rendered.get("Service", redis["spec"]["serviceName"])
+    assert governing["spec"]["clusterIP"] == "None"
+    assert selects(governing["spec"]["selector"], pod_labels(redis))
+    url = env_of(rendered.gateway())["LLMAAS_REDIS_URL"]["value"]
+    host = url.removeprefix("redis://").split(".")[0]
+    assert host == redis["metadata"]["name"] != governing["metadata"]["name"]
+    clients = rendered.get("Service", host)
+    assert clients["spec"]["type"] == "ClusterIP"
+    assert "clusterIP" not in clients["spec"]
+    assert selects(clients["spec"]["selector"], pod_labels(redis))
 
 
 def test_notes_tell_how_to_reach_the_gateway_and_create_a_key(rendered: Rendered) -> None:
@@ -346,3 +463,132 @@ def _served_models(url: str, process: subprocess.Popen[bytes]) -> list[str]:
         except OSError:
             time.sleep(0.1)
     raise AssertionError(f"{url} did not answer /v1/models")
+
+
+def test_pod_templates_carry_no_label_that_changes_with_the_chart(rendered: Rendered) -> None:
+    """A chart upgrade (helm.sh/chart, app.kubernetes.io/version) or new commonLabels must not
+    change a pod template: that would restart every GPU engine and Redis."""
+    for workload in rendered.workloads():
+        selector = workload["spec"]["selector"]["matchLabels"]
+        assert pod_labels(workload) == selector, workload["metadata"]["name"]
+        assert "helm.sh/chart" in workload["metadata"]["labels"], "the workload keeps them"
+
+
+def test_common_labels_reach_objects_and_pod_labels_reach_pods() -> None:
+    values = {
+        "commonLabels": {"team": "ml"},
+        "gateway": {"podLabels": {"sidecar": "off"}},
+        "engineDefaults": {"podLabels": {"gpu-pool": "a"}},
+    }
+    rendered = render_values_as(values)
+    for workload in rendered.workloads():
+        assert workload["metadata"]["labels"]["team"] == "ml"
+        labels = pod_labels(workload)
+        assert "team" not in labels
+        assert "helm.sh/chart" not in labels
+        assert "app.kubernetes.io/version" not in labels
+    assert pod_labels(rendered.gateway())["sidecar"] == "off"
+    assert all(pod_labels(e)["gpu-pool"] == "a" for e in rendered.engines())
+
+
+def test_recreate_strategy_renders_without_rolling_update() -> None:
+    """Kubernetes refuses rollingUpdate beside type: Recreate (the default's would merge in)."""
+    engine = {"name": "llama", "model": "m", "strategy": {"type": "Recreate"}, "replicas": 2}
+    engine["modelCache"] = {"accessModes": ["ReadWriteMany"]}
+    (deployment,) = render_values_as({"engines": [engine]}).engines()
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_notes_set_every_variable_they_use(rendered: Rendered) -> None:
+    notes = rendered.notes
+    for variable in ("GATEWAY", "KEY"):
+        assert f"${variable}" in notes
+        assert f"export {variable}=" in notes, f"${variable} is used but never set"
+    creates = [line for line in notes.splitlines() if "llmaas keys create" in line]
+    assert len(creates) == 2  # in a gateway pod, and from this machine
+    for line in creates:
+        assert line.lstrip().startswith("export KEY=$(")
+        assert line.endswith(" | sed -n 's/^key (shown once): //p')")
+
+
+def test_notes_read_a_load_balancers_ip_or_host_name() -> None:
+    rendered = render_values_as({"gateway": {"service": {"type": "LoadBalancer"}}})
+    jsonpath = "{.status.loadBalancer.ingress[0].ip}{.status.loadBalancer.ingress[0].hostname}"
+    assert f"-o jsonpath='{jsonpath}'" in rendered.notes
+
+
+def test_notes_cut_the_key_out_of_what_the_cli_prints(
+    renders: Renders, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`llmaas keys create`'s real output, through the notes' own sed, leaves just the key."""
+
+    class Admin:
+        def __init__(self, *args: object) -> None:
+            pass
+
+        async def call(self, *args: object) -> dict[str, str]:
+            return {"id": "key_1", "tenant": "my-team", "name": "first-key", "key": "sk-llm-abc"}
+
+    monkeypatch.setattr(admin_cli, "AdminClient", Admin)
+    assert cli.main(["keys", "create", "--tenant", "my-team", "--name", "first-key"]) == 0
+    printed = capsys.readouterr().out
+    (sed,) = set(re.findall(r"\| (sed -n '[^']*')\)", renders["default"].notes))
+    cut = subprocess.run(
+        shlex.split(sed), input=printed, capture_output=True, text=True, check=True, timeout=10
+    )
+    assert cut.stdout == "sk-llm-abc\n"
+
+
+def test_ingress_example_lifts_nginx_body_limit_and_buffering(renders: Renders) -> None:
+    """ingress-nginx refuses bodies over 1 MiB by default; files go up to 512 MiB."""
+    (ingress,) = renders["ingress-hpa-pdb"].kind("Ingress")
+    annotations = ingress["metadata"]["annotations"]
+    prefix = "nginx.ingress.kubernetes.io/"
+    body = annotations[prefix + "proxy-body-size"]
+    assert body.endswith("m")
+    assert int(body.removesuffix("m")) > 512
+    assert annotations[prefix + "proxy-request-buffering"] == "off"
+    assert annotations[prefix + "proxy-buffering"] == "off"
+    guide = (Path(__file__).parents[2] / "docs" / "deploy.md").read_text()
+    values = (CHART / "values.yaml").read_text()
+    for text in (guide, values):
+        assert "proxy-body-size" in text
+        assert "proxy-request-buffering" in text
+
+
+def test_metrics_peers_name_pods_not_whole_namespaces(renders: Renders) -> None:
+    """vLLM serves /metrics on its API port: a peer let in to scrape can also call the engine."""
+    policy = renders["monitoring"].get("NetworkPolicy", "demo-llmaas-engines")
+    (rule,) = policy["spec"]["ingress"]
+    outside = [peer for peer in rule["from"] if "namespaceSelector" in peer]
+    assert outside
+    for peer in outside:
+        assert peer["podSelector"]["matchLabels"], "one Prometheus, not its whole namespace"
+    guide = (Path(__file__).parents[2] / "docs" / "deploy.md").read_text()
+    example = guide[guide.index("metricsFrom:\n") :][:300]
+    assert "namespaceSelector" in example
+    assert "podSelector" in example
+
+
+def test_extra_volumes_mount_a_private_ca_in_gateway_and_trainer() -> None:
+    ca = "/etc/llmaas/ca"
+    values = {
+        "engines": [{"name": "llama", "model": "m"}],
+        "fineTuning": {"enabled": True, "baseModels": [{"name": "m", "path": "/models/m"}]},
+        "gateway": {
+            "extraVolumes": [{"name": "private-ca", "configMap": {"name": "private-ca"}}],
+            "extraVolumeMounts": [{"name": "private-ca", "mountPath": ca, "readOnly": True}],
+            "config": {"auth": {"jwt": {"jwks_ca_file": f"{ca}/ca.crt"}}},
+        },
+    }
+    rendered = render_values_as(values)
+    config = yaml.safe_load(rendered.config_text())
+    assert config["auth"]["jwt"]["jwks_ca_file"] == f"{ca}/ca.crt"
+    (trainer,) = rendered.of("Deployment", "trainer")
+    for workload in (rendered.gateway(), trainer):
+        assert _mounts(workload)[ca] == "private-ca"
+        assert _volumes(workload)["private-ca"] == {
+            "name": "private-ca",
+            "configMap": {"name": "private-ca"},
+        }
+        kubernetes_validate.validate(workload, K8S_VERSION, strict=True)

@@ -40,6 +40,20 @@ app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* Labels of a pod template: the selector's and the user's podLabels, nothing that changes with
+the chart's version (helm.sh/chart, app.kubernetes.io/version) or with commonLabels: a new pod
+template rolls every pod, GPU engines and Redis included. Call with
+(dict "ctx" $ "component" "engine" "extra" (dict "llmaas.io/engine" "x") "podLabels" $podLabels). */}}
+{{- define "llmaas.podLabels" -}}
+{{ include "llmaas.selectorLabels" . }}
+{{- with .extra }}
+{{ toYaml . }}
+{{- end }}
+{{- with .podLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
 {{- define "llmaas.gateway.fullname" -}}
 {{- printf "%s-gateway" (include "llmaas.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
@@ -58,6 +72,12 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "llmaas.redis.fullname" -}}
 {{- printf "%s-redis" (include "llmaas.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The StatefulSet's governing Service (headless: a DNS name per pod). Clients use the
+ClusterIP Service llmaas.redis.fullname. */}}
+{{- define "llmaas.redis.headlessName" -}}
+{{- printf "%s-headless" (include "llmaas.redis.fullname" . | trunc 54 | trimSuffix "-") -}}
 {{- end -}}
 
 {{/* An engine's Deployment and headless Service: call with (dict "ctx" $ "engine" $engine). */}}
@@ -149,18 +169,40 @@ true
 {{- end -}}
 {{- end -}}
 
-{{/* LLMAAS_REDIS_URL, with $(REDIS_PASSWORD) expanded by the kubelet from the variable before it. */}}
+{{/* The Secret reference {name, key} of the Redis password, if the gateway connects with one. */}}
+{{- define "llmaas.redis.passwordRef" -}}
+{{- if .Values.redis.enabled -}}
+{{- include "llmaas.secretRef" (dict "ref" .Values.redis.auth "name" (include "llmaas.redis.secretName" .)) -}}
+{{- else if include "llmaas.redis.hasPassword" . -}}
+{{- include "llmaas.secretRef" (dict "ref" .Values.redis.external.password "name" (include "llmaas.redis.secretName" .)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* LLMAAS_REDIS_URL, never with the password: that reaches the gateway as LLMAAS_REDIS_PASSWORD
+(any character allowed; in a URL, / @ # % ? would break it). An ACL user name in
+redis.external.url is kept. */}}
 {{- define "llmaas.redis.url" -}}
 {{- if .Values.redis.enabled -}}
-{{- printf "redis://:$(REDIS_PASSWORD)@%s.%s.svc.%s:6379/0" (include "llmaas.redis.fullname" .) .Release.Namespace .Values.clusterDomain -}}
+{{- printf "redis://%s.%s.svc.%s:6379/0" (include "llmaas.redis.fullname" .) .Release.Namespace .Values.clusterDomain -}}
 {{- else if include "llmaas.redis.hasPassword" . -}}
 {{- $url := urlParse .Values.redis.external.url -}}
-{{- $path := $url.path -}}
-{{- if $url.query }}{{ $path = printf "%s?%s" $path $url.query }}{{ end -}}
-{{- printf "%s://:$(REDIS_PASSWORD)@%s%s" $url.scheme $url.host $path -}}
+{{- $_ := set $url "userinfo" (first (splitList ":" $url.userinfo)) -}}
+{{- urlJoin $url -}}
 {{- else -}}
 {{- .Values.redis.external.url -}}
 {{- end -}}
+{{- end -}}
+
+{{/* The Redis connection of a pod that uses it (gateway, trainer): env entries. */}}
+{{- define "llmaas.redis.env" -}}
+- name: LLMAAS_REDIS_URL
+  value: {{ include "llmaas.redis.url" . | quote }}
+{{- with include "llmaas.redis.passwordRef" . }}
+- name: LLMAAS_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      {{- . | nindent 6 }}
+{{- end }}
 {{- end -}}
 
 {{/* The gateway's config file (configs/gateway.yaml's shape), from gateway.config and the engines. */}}
@@ -188,6 +230,14 @@ true
 {{- range $models -}}
 {{- $routes = append $routes (dict "name" . "engines" (get $pools .)) -}}
 {{- end -}}
+{{- /* The gateway refuses to start on a model name given twice ("models: duplicate model
+names"): engines of one servedModelName pool together, but an extraModels entry cannot join. */ -}}
+{{- range .Values.gateway.extraModels -}}
+{{- if has .name $models -}}
+{{- fail (printf "gateway.extraModels: the name %q is taken already (an engine's servedModelName or lora.modules name, or an earlier extraModels entry): the gateway refuses duplicate model names" .name) -}}
+{{- end -}}
+{{- $models = append $models .name -}}
+{{- end -}}
 {{- $routes = concat $routes .Values.gateway.extraModels -}}
 {{- if $routes }}{{ $_ := set $config "models" $routes }}{{ end -}}
 {{- $metering := $config.metering | default dict -}}
@@ -202,6 +252,17 @@ true
 {{- end -}}
 {{- if include "llmaas.gateway.jwtFile" (dict "ctx" . "which" "jwks") -}}
 {{- $_ := set $jwt "jwks_file" (printf "/etc/llmaas/jwt/%s" .Values.gateway.jwt.jwks.key) -}}
+{{- end -}}
+{{- /* Any key source turns JWTs on, and then the gateway refuses to start without an issuer
+and an audience to check every token against. */ -}}
+{{- $sources := list -}}
+{{- range $which := list "publicKey" "jwks" "hmacSecret" -}}
+{{- $ref := get $.Values.gateway.jwt $which -}}
+{{- if or $ref.value $ref.existingSecret }}{{ $sources = append $sources (printf "gateway.jwt.%s" $which) }}{{ end -}}
+{{- end -}}
+{{- if $jwt.jwks_url }}{{ $sources = append $sources "gateway.config.auth.jwt.jwks_url" }}{{ end -}}
+{{- if and $sources (not (and $jwt.issuer $jwt.audience)) -}}
+{{- fail (printf "gateway.config.auth.jwt.issuer and gateway.config.auth.jwt.audience are both required when JWTs are on (%s set): the gateway refuses to start without them" (join ", " $sources)) -}}
 {{- end -}}
 {{- if $jwt -}}
 {{- $auth := $config.auth | default dict -}}

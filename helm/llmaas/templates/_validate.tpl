@@ -1,0 +1,62 @@
+{{/* Values that the schema cannot judge alone (they depend on each other, or on names the chart
+derives) but that Kubernetes, or the pods, would refuse later and less clearly: refused here,
+at render time, naming the values. Rendered by validate.yaml, which outputs nothing. */}}
+{{- define "llmaas.validate" -}}
+
+{{- $pdb := .Values.gateway.podDisruptionBudget -}}
+{{- if $pdb.enabled -}}
+{{- $min := not (kindIs "invalid" $pdb.minAvailable) -}}
+{{- $max := not (kindIs "invalid" $pdb.maxUnavailable) -}}
+{{- if and $min $max -}}
+{{- fail "gateway.podDisruptionBudget: minAvailable and maxUnavailable are both set; a PodDisruptionBudget takes exactly one (set the other to null)" -}}
+{{- else if not (or $min $max) -}}
+{{- fail "gateway.podDisruptionBudget: neither minAvailable nor maxUnavailable is set; set one (or enabled: false)" -}}
+{{- end -}}
+{{- end -}}
+
+{{- $hpa := .Values.gateway.autoscaling -}}
+{{- if and $hpa.enabled (gt (int $hpa.minReplicas) (int $hpa.maxReplicas)) -}}
+{{- fail (printf "gateway.autoscaling: minReplicas (%d) is above maxReplicas (%d)" (int $hpa.minReplicas) (int $hpa.maxReplicas)) -}}
+{{- end -}}
+
+{{- $r := .Values.redis -}}
+{{- if and $r.enabled (not (dig "limits" "memory" "" $r.resources)) -}}
+{{- fail "redis.resources.limits.memory: needed (Redis's maxmemory is redis.maxmemoryPercent of it)" -}}
+{{- end -}}
+
+{{- $objects := dict -}}
+{{- range $e := (include "llmaas.engines" . | fromYaml).engines -}}
+{{- $name := include "llmaas.engine.fullname" (dict "ctx" $ "engine" $e) -}}
+{{- /* Object names are cut to 63 characters: two long engine names can end up the same. */ -}}
+{{- if hasKey $objects $name -}}
+{{- fail (printf "engines: %q and %q would both name their Deployment, Service and claim %q (names are cut to 63 characters): make the engine names differ sooner, or shorten the release name or fullnameOverride" (get $objects $name) $e.name $name) -}}
+{{- end -}}
+{{- $_ := set $objects $name $e.name -}}
+
+{{- $a := $e.autoscaling -}}
+{{- if and $a.enabled (gt (int $a.minReplicas) (int $a.maxReplicas)) -}}
+{{- fail (printf "engines[%s].autoscaling: minReplicas (%d) is above maxReplicas (%d)" $e.name (int $a.minReplicas) (int $a.maxReplicas)) -}}
+{{- end -}}
+
+{{- /* A ReadWriteOnce claim attaches to one node: a second pod of the engine scheduled on another
+node (more replicas, KEDA, or a rollout's surge pod) hangs in ContainerCreating on Multi-Attach. */ -}}
+{{- $cache := $e.modelCache -}}
+{{- if and (not $e.simulator) $cache.enabled (not $cache.existingClaim) (not (has "ReadWriteMany" $cache.accessModes)) -}}
+{{- $why := list -}}
+{{- $pods := ternary $a.maxReplicas $e.replicas $a.enabled | int -}}
+{{- if gt $pods 1 -}}
+{{- $why = append $why (printf "%s: %d" (ternary "autoscaling.maxReplicas" "replicas" $a.enabled) $pods) -}}
+{{- end -}}
+{{- if and (gt $pods 0) (ne ($e.strategy.type | default "RollingUpdate") "Recreate") -}}
+{{- $surge := dig "rollingUpdate" "maxSurge" 0 $e.strategy | toString -}}
+{{- if not (has $surge (list "0" "0%")) -}}
+{{- $why = append $why (printf "strategy.rollingUpdate.maxSurge: %s" $surge) -}}
+{{- end -}}
+{{- end -}}
+{{- if $why -}}
+{{- fail (printf "engines[%s].modelCache: a ReadWriteOnce claim, but more than one pod may use it at once (%s): pods on another node would hang on Multi-Attach. Give modelCache a ReadWriteMany class (storageClassName, accessModes: [ReadWriteMany]), an existingClaim, or enabled: false (an emptyDir per pod); or run one pod with maxSurge: 0" $e.name (join ", " $why)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- end -}}
