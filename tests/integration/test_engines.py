@@ -350,6 +350,7 @@ async def test_llmaas_engines_shows_every_engine(tmp_path: Path) -> None:
         data = {e["url"]: e for e in json.loads(out)["data"]}
         assert set(data[a.url]["load"]) == {
             "running", "waiting", "kv_usage", "prefix_hits", "prefix_queries", "scraped_at",
+            "fresh",
         }  # fmt: skip
         assert data[dead.url]["consecutive_failures"] >= 1
 
