@@ -51,7 +51,9 @@ def _sim(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    return run_up(gateway_port=args.port, engine_port=args.engine_port, home=args.home)
+    return run_up(
+        gateway_port=args.port, engine_port=args.engine_port, home=args.home, data_dir=args.data_dir
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8080, help="gateway port")
     up.add_argument("--engine-port", type=int, default=0, help="engine port (default: free)")
     up.add_argument("--home", type=Path, help="cache directory (default ~/.cache/llmaas)")
+    up.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where Redis keeps keys, files, jobs and usage between runs (default: HOME/redis)",
+    )
     up.set_defaults(func=_up)
     for name in ("keys", "tenants"):
         sub.choices[name].set_defaults(func=run_admin)

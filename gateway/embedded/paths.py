@@ -49,6 +49,12 @@ class EmbeddedPaths:
         return self.models / CHAT_MODEL_NAME
 
     @property
+    def redis(self) -> Path:
+        """`llmaas up`'s Redis keeps its data here (keys, files, jobs, usage), from one run to
+        the next, beside the files and adapters under files/."""
+        return self.home / "redis"
+
+    @property
     def logs(self) -> Path:
         return self.home / "logs"
 

@@ -40,14 +40,16 @@ def redis_server_binary() -> Path:
     return bundled
 
 
-def redis_config(port: int, workdir: Path) -> str:
+def redis_config(port: int, workdir: Path, *, keep: bool = False) -> str:
+    """`keep`: the data outlives the server in `workdir` (an append-only file, synced every
+    second, and a snapshot at shutdown), for the next server started there."""
     return "\n".join(
         [
             "bind 127.0.0.1",
             f"port {port}",
             "protected-mode yes",
-            'save ""',
-            "appendonly no",
+            'save "3600 1"' if keep else 'save ""',
+            f"appendonly {'yes' if keep else 'no'}",
             f'dir "{workdir}"',
             "daemonize no",
             "loglevel warning",
@@ -68,14 +70,20 @@ async def ping(url: str, timeout_s: float = 2.0) -> bool:
 
 
 @asynccontextmanager
-async def start_redis(url_from_env: str | None) -> AsyncIterator[str]:
-    """Yield a Redis URL: `url_from_env` once it answers PING, else a private server's."""
+async def start_redis(url_from_env: str | None, keep_in: Path | None = None) -> AsyncIterator[str]:
+    """Yield a Redis URL: `url_from_env` once it answers PING, else a private server's: its
+    data kept in `keep_in` from one start to the next (`llmaas up`), or thrown away."""
     if url_from_env:
         if not await ping(url_from_env):
             # The URL may carry a password: name only where it points.
             where = url_from_env.rsplit("@", 1)[-1]
             raise RedisStartError(f"Redis at {where} does not answer PING")
         yield url_from_env
+        return
+    if keep_in is not None:
+        await asyncio.to_thread(keep_in.mkdir, parents=True, exist_ok=True)
+        async with _private_redis(keep_in, keep=True) as url:
+            yield url
         return
     with tempfile.TemporaryDirectory(prefix="llmaas-redis-") as workdir:
         async with _private_redis(Path(workdir)) as url:
@@ -86,10 +94,10 @@ running_redis = start_redis  # the name the tests, the bench and `llmaas up` use
 
 
 @asynccontextmanager
-async def _private_redis(workdir: Path) -> AsyncIterator[str]:
+async def _private_redis(workdir: Path, *, keep: bool = False) -> AsyncIterator[str]:
     port = free_port()
     config = workdir / "redis.conf"
-    await asyncio.to_thread(config.write_text, redis_config(port, workdir))
+    await asyncio.to_thread(config.write_text, redis_config(port, workdir, keep=keep))
     log_path = workdir / "redis.log"
     with await asyncio.to_thread(log_path.open, "wb") as log:
         proc = await asyncio.create_subprocess_exec(

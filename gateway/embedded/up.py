@@ -34,20 +34,25 @@ from gateway.settings import FilesSettings, FineTuningSettings, ModelRoute, Sett
 MAX_LORAS = 4  # adapters an engine batches together (more stay loaded and take turns)
 
 
-def run_up(*, gateway_port: int, engine_port: int, home: Path | None) -> int:
+def run_up(
+    *, gateway_port: int, engine_port: int, home: Path | None, data_dir: Path | None = None
+) -> int:
+    """`data_dir`: where its Redis keeps keys, jobs, files' records and usage from one run to
+    the next (default: the home's redis/)."""
     paths = EmbeddedPaths.resolve(home)
+    redis_dir = data_dir.expanduser().resolve() if data_dir is not None else paths.redis
     try:
-        uvloop.run(_up(paths, gateway_port, engine_port or free_port()))
+        uvloop.run(_up(paths, gateway_port, engine_port or free_port(), redis_dir))
     except KeyboardInterrupt:
         print("\nstopped.", file=sys.stderr)
     return 0
 
 
-async def _up(paths: EmbeddedPaths, gateway_port: int, engine_port: int) -> None:
+async def _up(paths: EmbeddedPaths, gateway_port: int, engine_port: int, redis_dir: Path) -> None:
     ready = await prepare(paths)
     async with AsyncExitStack() as stack:
         redis_url = await stack.enter_async_context(
-            running_redis(os.environ.get("LLMAAS_REDIS_URL"))
+            running_redis(os.environ.get("LLMAAS_REDIS_URL"), keep_in=redis_dir)
         )
         spec = EngineSpec(
             python=ready.engine_python,

@@ -66,6 +66,8 @@ async def llmaas_up(tmp_path: Path, engine_port: int) -> AsyncIterator[tuple[Pro
         str(free_port()),
         "--engine-port",
         str(engine_port),
+        "--data-dir",  # its Redis's data: never under the home
+        str(tmp_path / "redis"),
         stdout=asyncio.subprocess.PIPE,
         env=env,
     )

@@ -55,7 +55,7 @@ HELP: dict[str, tuple[str, ...]] = {
     "": ("serve", "sim", "up", "keys", "tenants", "usage", "trainer", "files", "jobs"),
     "serve": ("--config", "--host", "--port", "--workers"),
     "sim": ("--model", "--host", "--port", "--ttft-ms", "--itl-ms", "--max-tokens"),
-    "up": ("--port", "--engine-port", "--home"),
+    "up": ("--port", "--engine-port", "--home", "--data-dir"),
     "keys": ("create", "list", "revoke", "rotate"),
     "keys create": ("--tenant", "--name", "--expires-at", *LIMIT_OPTIONS, *ADMIN_OPTIONS),
     "keys list": ("--tenant", *ADMIN_OPTIONS),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -85,3 +86,21 @@ async def test_private_redis_dies_with_a_parent_killed_by_sigkill() -> None:
         while await redis_servers_on(port):  # noqa: ASYNC110 (polling ps)
             await asyncio.sleep(0.1)
     assert not await ping(url, 0.5)
+
+
+async def test_a_kept_redis_finds_its_data_again_on_the_next_start(tmp_path: Path) -> None:
+    """`llmaas up`'s Redis: keys, files, jobs and usage outlive a restart (they used to be
+    lost, and a fine-tuned model with them, its adapter left on disk)."""
+    data = tmp_path / "redis"
+    async with start_redis(None, keep_in=data) as url:
+        client = Redis.from_url(url)
+        await client.set("llmaas:test:kept", "yes")
+        await client.aclose()
+    async with start_redis(None, keep_in=data) as url:
+        client = Redis.from_url(url)
+        assert await client.get("llmaas:test:kept") == b"yes"
+        await client.aclose()
+    async with start_redis(None) as url:  # a private one without a place keeps nothing
+        client = Redis.from_url(url)
+        assert await client.get("llmaas:test:kept") is None
+        await client.aclose()
