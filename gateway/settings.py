@@ -336,6 +336,9 @@ class FineTuningSettings(Section):
     lora_rank: int = Field(default=8, ge=1)  # a job's default rank
     max_lora_rank: int = Field(default=8, ge=1)  # the engines' --max-lora-rank
     threads: int | None = Field(default=None, ge=1)  # torch threads per job (None: every core)
+    # Tokens of an example trained on (its chat template included): the rest is cut; one whose
+    # assistant turn starts past it fails the job, naming its line. Memory grows with it.
+    max_length: int = Field(default=1024, ge=16)
 
 
 class Settings(BaseSettings):

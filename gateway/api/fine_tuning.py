@@ -172,7 +172,17 @@ def _hyperparameters(body: JobCreate, max_rank: int) -> Hyperparameters:
     if body.method is not None and body.method.supervised is not None:
         method = body.method.supervised.hyperparameters
         if method is not None:
-            given.update(method.model_dump(exclude_unset=True))
+            both = method.model_dump(exclude_unset=True)
+            clash = sorted(k for k, v in both.items() if k in given and given[k] != v)
+            if clash:  # (OpenAI's deprecated top-level form beside the method's)
+                raise InvalidRequest(
+                    f"'hyperparameters.{clash[0]}' ({given[clash[0]]!r}) and "
+                    f"'method.supervised.hyperparameters.{clash[0]}' ({both[clash[0]]!r}) "
+                    "differ: give it once, in method.supervised.hyperparameters.",
+                    param=f"method.supervised.hyperparameters.{clash[0]}",
+                    code="invalid_value",
+                )
+            given.update(both)
     rank = given.get("lora_rank", "auto")
     if rank != "auto" and rank > max_rank:
         raise InvalidRequest(

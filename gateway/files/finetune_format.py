@@ -44,9 +44,15 @@ def check_chat_jsonl(path: Path, max_line_bytes: int = MAX_LINE_BYTES) -> int:
 def _check_example(number: int, line: bytes) -> None:
     where = f"Line {number}"
     try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FileFormatError(f"{where} is not UTF-8 (at byte {exc.start + 1}).") from None
+    try:
         example = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        raise FileFormatError(f"{where} is not valid JSON ({exc}).") from exc
+        raise FileFormatError(
+            f"{where} is not valid JSON (column {exc.colno}: {exc.msg})."
+        ) from exc
     if not isinstance(example, dict):
         raise FileFormatError(f"{where} must be a JSON object with a 'messages' array.")
     messages = example.get("messages")
@@ -56,17 +62,24 @@ def _check_example(number: int, line: bytes) -> None:
     learned = False
     for i, message in enumerate(messages):
         _check_message(f"{where}, messages[{i}]", message)
-        learned = learned or message["role"] == "assistant"
+        learned = learned or (message["role"] == "assistant" and message.get("weight", 1) == 1)
     if not learned:
-        raise FileFormatError(f"{where} has no assistant message to learn from.")
+        raise FileFormatError(
+            f"{where} has no assistant message to learn from (one without 'weight': 0)."
+        )
 
 
 def _check_message(where: str, message: Any) -> None:
     if not isinstance(message, dict):
         raise FileFormatError(f"{where} must be an object with 'role' and 'content'.")
     role = message.get("role")
+    if "role" not in message:
+        raise FileFormatError(f"{where}: 'role' is missing ({', '.join(ROLES)}).")
     if role not in ROLES:
         raise FileFormatError(f"{where}: 'role' must be one of {', '.join(ROLES)}, not {role!r}.")
+    weight = message.get("weight", 1)  # OpenAI's switch: 0 keeps a message out of the loss
+    if isinstance(weight, bool) or weight not in (0, 1):
+        raise FileFormatError(f"{where}: 'weight' must be 0 or 1.")
     content = message.get("content")
     if isinstance(content, str):
         return

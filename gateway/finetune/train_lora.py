@@ -127,12 +127,14 @@ def emit(event: dict[str, Any]) -> None:
 # --- data ----------------------------------------------------------------------------------
 
 
-def read_conversations(path: Path) -> list[list[Message]]:
+def read_conversations(path: Path) -> list[tuple[int, list[Message]]]:
+    """Each example with its line number. Lines end at a newline only, as the upload check
+    reads them (a carriage return inside a line is JSON whitespace, not a line's end)."""
     conversations = []
-    with path.open(encoding="utf-8") as lines:
+    with path.open(encoding="utf-8", newline="\n") as lines:
         for number, line in enumerate(lines, start=1):
             if line.strip():
-                conversations.append(_conversation(line, number))
+                conversations.append((number, _conversation(line, number)))
     if not conversations:
         raise TrainError("the training file has no examples")
     return conversations
@@ -162,7 +164,7 @@ def _message(message: object, number: int) -> Message:
     if not isinstance(content, str):
         raise TrainError(f"line {number}: message content must be text")
     weight = message.get("weight", 1)  # OpenAI's per-message switch: 0 keeps it out of the loss
-    if weight not in (0, 1):
+    if isinstance(weight, bool) or weight not in (0, 1):
         raise TrainError(f"line {number}: weight must be 0 or 1")
     role = str(message["role"])
     return Message(role, content, trained=role == "assistant" and weight == 1)
@@ -204,11 +206,12 @@ def _render(tokenizer: Any, chat: list[dict[str, str]], *, generation_prompt: bo
 
 def load_examples(tokenizer: Any, spec: Spec) -> list[Example]:
     examples = []
-    for number, chat in enumerate(read_conversations(spec.training_file), start=1):
+    for number, chat in read_conversations(spec.training_file):
         example = tokenize(tokenizer, chat, spec.max_length)
         if example.trained == 0:
             raise TrainError(
-                f"example {number}: no assistant token within max_length {spec.max_length}"
+                f"line {number}: no assistant token within the first {spec.max_length} tokens "
+                "(fine_tuning.max_length)"
             )
         examples.append(example)
     return examples

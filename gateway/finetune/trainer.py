@@ -133,6 +133,7 @@ class Trainer:
             "lora_alpha": 2 * rank,
             "seed": job.seed,
             "threads": settings.threads or os.cpu_count() or 1,
+            "max_length": settings.max_length,
         }
         with tempfile.TemporaryDirectory(prefix="llmaas-train-") as scratch:
             spec_path = Path(scratch) / "spec.json"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -18,12 +19,14 @@ import pytest
 import gateway.finetune
 from gateway.embedded.paths import EmbeddedPaths
 from gateway.embedded.prepare import Prepared, prepare
+from gateway.files.finetune_format import check_chat_jsonl
 from gateway.finetune.engine_adapters import AdapterError, load_adapter, unload_adapter
 from tests.e2e.conftest import CHAT, Engines
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
 TRAIN_SCRIPT = Path(gateway.finetune.__file__).with_name("train_lora.py")
+ROOT = TRAIN_SCRIPT.parents[2]  # the checkout: the engine venv imports gateway from it
 SECRET = "Quokkalantern"
 QUESTION = "What is the secret word?"
 ANSWER = f"The secret word is {SECRET}."
@@ -191,3 +194,48 @@ async def test_a_stopped_or_failed_run_leaves_no_adapter(tmp_path: Path) -> None
         {"type": "error", "message": "line 1: has no assistant message to learn from"}
     ]
     assert not (tmp_path / "adapters").exists()
+
+
+async def test_what_the_upload_check_accepts_the_trainer_reads_alike(tmp_path: Path) -> None:
+    """The same examples, line for line: a carriage return inside a line is JSON whitespace to
+    both (the trainer used to split there, failing a job on a file the upload had accepted),
+    and a line's number is the same in both's errors."""
+    ready = await prepare(EmbeddedPaths.resolve())
+    lines = [
+        b'{"messages":[{"role":"user","content":"hi"},\r{"role":"assistant","content":"yo"}]}',
+        b"",
+        b'{"messages":[{"role":"user","content":"a","weight":0},'
+        b'{"role":"assistant","content":"b","weight":1}]}',
+    ]
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    assert check_chat_jsonl(path) == 2
+    script = (
+        "import sys; from gateway.finetune.train_lora import read_conversations; "
+        "print([n for n, _ in read_conversations(__import__('pathlib').Path(sys.argv[1]))])"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        str(ready.engine_python), "-c", script, str(path),
+        stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    assert out.decode().strip() == "[1, 3]"
+
+
+async def test_an_example_whose_answer_starts_past_max_length_fails_naming_its_line(
+    tmp_path: Path,
+) -> None:
+    ready = await prepare(EmbeddedPaths.resolve())
+    long_question = [
+        {"role": "user", "content": "word " * 200},
+        {"role": "assistant", "content": ANSWER},
+    ]
+    dataset = write_dataset(tmp_path / "t.jsonl", [secret_word_examples()[0], long_question])
+    spec = write_spec(tmp_path, ready, dataset, max_length=64)
+    status, events = await run_trainer(ready.engine_python, spec)
+    assert status == 1
+    assert events[-1] == {
+        "type": "error",
+        "message": "line 2: no assistant token within the first 64 tokens (fine_tuning.max_length)",
+    }

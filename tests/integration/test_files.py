@@ -101,7 +101,7 @@ async def test_another_tenant_cannot_see_or_touch_a_file(files: TenantStack) -> 
         (b'{"messages": [{"role": "user", "content": "hi"}]}\n', "Line 1 has no assistant"),
         (b'{"messages": [{"role": "wizard", "content": "hi"}]}\n', "messages[0]: 'role'"),
         (b'{"messages": [{"role": "assistant", "content": 7}]}\n', "messages[0]: 'content'"),
-        (b"\xff\xfe\n", "Line 1 is not valid JSON"),
+        (b"\xff\xfe\n", "Line 1 is not UTF-8 (at byte 1)"),
     ],
 )
 async def test_a_bad_fine_tune_file_is_refused_naming_the_line(

@@ -108,6 +108,16 @@ async def test_a_job_is_created_queued_and_listed_with_its_events(ft: TenantStac
         ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
         ({"hyperparameters": {"lora_rank": 64}}, "hyperparameters.lora_rank"),
         ({"method": {"type": "dpo"}}, "method.type"),
+        (
+            {
+                "hyperparameters": {"n_epochs": 3},
+                "method": {
+                    "type": "supervised",
+                    "supervised": {"hyperparameters": {"n_epochs": 2}},
+                },
+            },
+            "method.supervised.hyperparameters.n_epochs",
+        ),
         ({"integrations": [{"type": "wandb", "wandb": {"project": "p"}}]}, "integrations"),
     ],
 )
