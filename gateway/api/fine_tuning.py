@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.responses import json_response
@@ -215,21 +216,61 @@ async def _training_examples(gw: GatewayState, caller: Principal, file_id: str) 
 
 @router.get("", response_model=None)
 async def list_jobs(
+    request: Request,
     gw: Gateway,
     caller: Caller,
     *,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
+    """Newest first. OpenAI's `metadata[k]=v` keeps the jobs whose metadata has k = v (all of
+    them, when several are given); `metadata=null` those without metadata."""
     store = _store(gw)
+    wanted = _metadata_filter(request)
     try:
-        jobs, more = await store.page(caller.tenant, limit, after)
+        if wanted is None:
+            jobs, more = await store.page(caller.tenant, limit, after)
+        else:
+            jobs, more = await _filtered_page(store, caller.tenant, limit, after, wanted)
     except AfterNotFound:
         raise InvalidRequest(
             "Invalid 'after': no such job in this listing.", param="after", code="invalid_value"
         ) from None
     data = [(await fail_if_lost(store, j)).view() for j in jobs]
     return json_response({"object": "list", "data": data, "has_more": more})
+
+
+def _metadata_filter(request: Request) -> dict[str, str] | Literal["null"] | None:
+    query = request.query_params
+    if query.get("metadata") == "null":
+        return "null"
+    wanted = {k[9:-1]: v for k, v in query.items() if k.startswith("metadata[") and k[-1] == "]"}
+    return wanted or None
+
+
+async def _filtered_page(
+    store: JobStore,
+    tenant: str,
+    limit: int,
+    after: str | None,
+    wanted: dict[str, str] | Literal["null"],
+) -> tuple[list[Job], bool]:
+    """Up to `limit` matching jobs after `after`, read a page of the index at a time."""
+    found: list[Job] = []
+    while True:
+        jobs, more = await store.page(tenant, 100, after)
+        for job in jobs:
+            if (not job.metadata) if wanted == "null" else _has(job.metadata, wanted):
+                if len(found) == limit:
+                    return found, True
+                found.append(job)
+        if not more or not jobs:
+            return found, False
+        after = jobs[-1].id
+
+
+def _has(metadata: dict[str, str] | None, wanted: dict[str, str]) -> bool:
+    return metadata is not None and all(metadata.get(k) == v for k, v in wanted.items())
 
 
 @router.get("/{job_id}", response_model=None)

@@ -141,6 +141,33 @@ async def test_bad_job_requests_name_the_field(
     assert (await client.fine_tuning.jobs.list()).data == []
 
 
+async def test_jobs_are_listed_by_their_metadata(ft: TenantStack) -> None:
+    """OpenAI's `metadata[k]=v` filter (it used to be ignored: every job was listed)."""
+    client = await ft.tenant("ft-meta")
+    file_id = await _training_file(client)
+    made = []
+    for metadata in ({"team": "qa", "run": "1"}, {"team": "x"}, None, {"team": "qa"}):
+        job = await client.fine_tuning.jobs.create(
+            model=BASE, training_file=file_id, metadata=metadata
+        )
+        await client.fine_tuning.jobs.cancel(job.id)  # (at most 2 active per tenant)
+        made.append(job.id)
+    listed = [j.id for j in (await client.fine_tuning.jobs.list()).data]  # the listing's order
+    tagged = [i for i in listed if i in (made[0], made[3])]
+    qa = await client.fine_tuning.jobs.list(metadata={"team": "qa"})
+    assert [j.id for j in qa.data] == tagged
+    both = await client.fine_tuning.jobs.list(metadata={"team": "qa", "run": "1"})
+    assert [j.id for j in both.data] == [made[0]]
+    first = await client.fine_tuning.jobs.list(metadata={"team": "qa"}, limit=1)
+    assert ([j.id for j in first.data], first.has_more) == (tagged[:1], True)
+    rest = await client.fine_tuning.jobs.list(metadata={"team": "qa"}, after=tagged[0])
+    assert ([j.id for j in rest.data], rest.has_more) == (tagged[1:], False)
+    bare = await client.get(
+        "/fine_tuning/jobs", options={"params": {"metadata": "null"}}, cast_to=object
+    )
+    assert [j["id"] for j in bare["data"]] == [made[2]]  # type: ignore[index]
+
+
 async def test_another_tenant_sees_nothing(ft: TenantStack) -> None:
     owner = await ft.tenant("ft-owner")
     other = await ft.tenant("ft-other")
