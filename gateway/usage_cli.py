@@ -15,7 +15,15 @@ from gateway.admin_cli import table
 from gateway.admin_client import AdminClient, AdminError
 from gateway.cli_options import add_gateway_options
 
-NUMBERS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens")
+NUMBERS = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "total_tokens",
+    "fine_tune_jobs",  # fine-tuning, apart from inference: jobs, and the tokens trained on
+    "trained_tokens",
+)
 RECORD_COLUMNS = (
     "time",
     "tenant",
@@ -87,11 +95,11 @@ def _totals_text(result: dict[str, Any], args: argparse.Namespace) -> str:
         return json.dumps(result, indent=2)
     if args.csv:
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n", restval=0)
         writer.writeheader()
         writer.writerows(rows)
         return out.getvalue().rstrip("\n")
-    total = {result["group_by"][0]: "TOTAL"} | {n: sum(r[n] for r in rows) for n in NUMBERS}
+    total = {result["group_by"][0]: "TOTAL"} | {n: sum(r.get(n, 0) for r in rows) for n in NUMBERS}
     span = f"usage from {result['start']} to {result['end']} (UTC days)"
     return span + "\n" + table([*rows, total] if rows else [], columns)
 

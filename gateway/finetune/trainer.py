@@ -39,14 +39,14 @@ from gateway.finetune.resolve import resolve
 from gateway.finetune.serving import announce
 from gateway.finetune.sweep import fail_overdue
 from gateway.metering.ledger import Ledger
-from gateway.metering.record import UsageRecord
+from gateway.metering.record import FINE_TUNE_ROUTE, UsageRecord
 from gateway.metering.settlement import Settlement
 from gateway.settings import Settings
 
 SCRIPT = Path(__file__).with_name("train_lora.py")
 POLL_S = 1.0  # how often the queue is waited on, and a running job's cancel checked
 EVENT_EVERY_S = 1.0  # step events, at most this often (and always the last)
-ROUTE = "fine_tune"  # the usage record of a job's training
+ROUTE = FINE_TUNE_ROUTE  # the usage record of a job's training
 
 
 @dataclass(slots=True)

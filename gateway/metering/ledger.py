@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from gateway.limits.limiter import scope_keys
-from gateway.metering.record import FIELD_NAMES, day_of
+from gateway.metering.record import FIELD_NAMES, FINE_TUNE_ROUTE, day_of
 from gateway.metering.settlement import Settlement
 from gateway.redis_pipe import PipeScript, RedisPipe
 from gateway.redis_wire import Command
@@ -30,6 +30,9 @@ from gateway.settings import MeteringSettings
 TENANTS = "llmaas:usage:tenants"
 LEDGER_ID = "llmaas:ledger:id"
 METRICS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens")
+# A fine-tuning job's record adds to its own daily totals, apart from the model's inference: its
+# prompt_tokens are the tokens trained on (settle.lua skips a metric named "").
+TRAINING_METRICS = ("fine_tune_jobs", "trained_tokens", "", "")
 _SCRIPT = (Path(__file__).parent / "settle.lua").read_text()
 DAY_MS = 86_400_000
 FIXED_MAX = 10_000  # (key, model, day) entries of the per-ledger memo before it starts over
@@ -79,7 +82,7 @@ class Ledger:
         self.retention_ms = int(settings.retention_days * DAY_MS)
         self.seen_ttl_ms = int(settings.dedupe_window_s * 1000)
         self.window_ms = int(window_s * 1000)
-        self.fixed: dict[tuple[str, str, tuple[str, str], int | None], _Fixed] = {}
+        self.fixed: dict[tuple[str, str, tuple[str, str], int | None, tuple[str, ...]], _Fixed] = {}
 
     @property
     def location(self) -> str:
@@ -147,7 +150,8 @@ class Ledger:
         if record is None:
             return self._fixed(s.tenant, s.key_id, ("", ""), None)
         day = record.time_ms // DAY_MS
-        return self._fixed(s.tenant, s.key_id, (record.key_id, record.model), day)
+        metrics = TRAINING_METRICS if record.route == FINE_TUNE_ROUTE else METRICS
+        return self._fixed(s.tenant, s.key_id, (record.key_id, record.model), day, metrics)
 
     def _command(self, fixed: _Fixed, group: list[Settlement]) -> Command:
         prefix = fixed.seen_prefix
@@ -167,10 +171,18 @@ class Ledger:
                 args += record.fields()
         return self.settle.command(keys, args)
 
-    def _fixed(self, tenant: str, key_id: str, totals: tuple[str, str], day: int | None) -> _Fixed:
+    def _fixed(
+        self,
+        tenant: str,
+        key_id: str,
+        totals: tuple[str, str],
+        day: int | None,
+        metrics: tuple[str, ...] = METRICS,
+    ) -> _Fixed:
         """What every settlement of this key shares on a UTC day (`day`: days since the epoch;
-        `totals`: the record's key id and model, whose daily totals it adds to), made once."""
-        found = self.fixed.get((tenant, key_id, totals, day))
+        `totals`: the record's key id and model, whose daily totals it adds to, as `metrics`),
+        made once."""
+        found = self.fixed.get((tenant, key_id, totals, day, metrics))
         if found is not None:
             return found
         (_, key_tpm, key_leases), (_, tenant_tpm, tenant_leases) = scope_keys(tenant, key_id)
@@ -192,12 +204,12 @@ class Ledger:
                 self.window_ms,
                 self.retention_ms,
                 expires_at,
-                *(day_field(*totals, metric) for metric in METRICS),
+                *(day_field(*totals, metric) if metric else "" for metric in metrics),
                 0 if day is None else RECORD_ARGS,
             ),
             records=day is not None,
         )
         if len(self.fixed) >= FIXED_MAX:
             self.fixed.clear()
-        self.fixed[tenant, key_id, totals, day] = made
+        self.fixed[tenant, key_id, totals, day, metrics] = made
         return made

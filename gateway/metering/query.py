@@ -11,11 +11,13 @@ from typing import Any, cast
 import orjson
 from redis.asyncio import Redis
 
-from gateway.metering.ledger import METRICS, TENANTS, day_key, log_key
+from gateway.metering.ledger import METRICS, TENANTS, TRAINING_METRICS, day_key, log_key
 from gateway.metering.record import UsageRecord
 
 GROUPS = ("tenant", "key_id", "model", "day")
 DEFAULT_GROUP_BY = ("tenant", "key_id", "model")
+# Every total a row has: inference's, then fine-tuning's (jobs, and the tokens trained on).
+TOTALS = (*METRICS, *(m for m in TRAINING_METRICS if m))
 _PIPELINE = 500
 # Ledger entries one page may examine, whatever its filter: a key_id/model filter that rarely
 # matches ends the page early (short or empty, with a cursor) instead of scanning the stream.
@@ -47,7 +49,7 @@ async def usage_totals(
     """Totals per group over the UTC days start..end (inclusive), from the daily hashes."""
     days = [(start + timedelta(i)).isoformat() for i in range((end - start).days + 1)]
     cells = [(t, d) for t in await tenants_of(redis, where.tenant) for d in days]
-    totals: dict[tuple[str, ...], dict[str, int]] = defaultdict(lambda: dict.fromkeys(METRICS, 0))
+    totals: dict[tuple[str, ...], dict[str, int]] = defaultdict(lambda: dict.fromkeys(TOTALS, 0))
     for offset in range(0, len(cells), _PIPELINE):
         chunk = cells[offset : offset + _PIPELINE]
         async with redis.pipeline(transaction=False) as pipe:
@@ -57,15 +59,17 @@ async def usage_totals(
         for (tenant, day), counts in zip(chunk, hashes, strict=True):
             for field, value in counts.items():
                 key_id, model, metric = orjson.loads(field)
-                if metric not in METRICS or not where.matches(key_id, model):
+                if metric not in TOTALS or not where.matches(key_id, model):
                     continue
                 dims = {"tenant": tenant, "key_id": key_id, "model": model, "day": day}
                 totals[tuple(dims[g] for g in group_by)][metric] += int(value)
     rows = []
     for group in sorted(totals):
         row: dict[str, Any] = dict(zip(group_by, group, strict=True))
-        row.update(totals[group])
-        row["total_tokens"] = row["prompt_tokens"] + row["completion_tokens"]
+        counts = totals[group]
+        row.update((metric, counts[metric]) for metric in METRICS)
+        row["total_tokens"] = row["prompt_tokens"] + row["completion_tokens"]  # inference's
+        row.update((metric, counts[metric]) for metric in TOTALS[len(METRICS) :])
         rows.append(row)
     return rows
 

@@ -33,6 +33,11 @@ CSV_COLUMNS = (
 TENANT_COLUMNS = tuple(column for column in CSV_COLUMNS if column != "engine")
 
 
+# The route of a fine-tuning job's record (gateway/finetune/trainer.py): its prompt_tokens are
+# the tokens trained on, totalled apart (ledger.TRAINING_METRICS).
+FINE_TUNE_ROUTE = "fine_tune"
+
+
 def new_record_id() -> str:
     """Minted by the gateway for each request: the key that makes writing it idempotent (a
     client's x-request-id may repeat, so it is kept as a field but never deduplicated on)."""

@@ -106,7 +106,9 @@ if #logged > 0 then
   local day = KEYS[2]
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   for metric = 1, 4 do
-    redis.call('HINCRBY', day, ARGV[4 + metric], counts[metric])
+    if ARGV[4 + metric] ~= '' then  -- (a fine-tuning job's totals have two metrics)
+      redis.call('HINCRBY', day, ARGV[4 + metric], counts[metric])
+    end
   end
   redis.call('PEXPIREAT', day, ARGV[4])
 end

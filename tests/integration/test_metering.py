@@ -300,6 +300,8 @@ async def test_usage_totals_records_and_each_tenant_sees_only_its_own(meter: Met
             "completion_tokens": 4,
             "cached_tokens": 0,
             "total_tokens": alpha[0].prompt_tokens + 4,
+            "fine_tune_jobs": 0,
+            "trained_tokens": 0,
         }
     ]
     status, body, _ = await _get(meter, "/v1/usage?tenant=alpha", own)

@@ -45,7 +45,9 @@ async def test_usage_totals_and_records_through_the_cli(meter: Meter) -> None:
     assert lines[0].startswith("usage from ")
     assert lines[1].split()[:3] == ["tenant", "key_id", "model"]
     assert lines[-1].split()[0] == "TOTAL"
-    assert lines[-1].split()[-1] == str(row["total_tokens"])
+    header, total = lines[1].split(), lines[-1].split()
+    assert header[-3:] == ["total_tokens", "fine_tune_jobs", "trained_tokens"]
+    assert total[-3:] == [str(row["total_tokens"]), "0", "0"]
 
     code, out, _ = await usage(meter, "--tenant", "cli-usage", "--records", "--json")
     assert [json.loads(line)["id"] for line in out.splitlines()] == [r.id for r in records]

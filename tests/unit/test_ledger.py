@@ -4,7 +4,7 @@ settlement, idempotency."""
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from itertools import count
 from typing import Any, cast
 
@@ -25,7 +25,8 @@ from gateway.metering.ledger import (
     log_key,
     usage_prefix,
 )
-from gateway.metering.record import UsageRecord, new_record_id
+from gateway.metering.query import UsageFilter, usage_totals
+from gateway.metering.record import FINE_TUNE_ROUTE, UsageRecord, new_record_id
 from gateway.metering.settlement import LimitSettlement, Settlement, lease_release
 from gateway.settings import MeteringSettings
 from tests.support.usage_records import settlement_of as settlement
@@ -153,6 +154,32 @@ async def test_totals_add_up_per_key_and_model(redis: Redis) -> None:
     }
     assert (await redis.hgetall(day_key(t, day)))[day_field("k1", "m", "requests").encode()] == b"2"
     assert len(await log_of(redis, t)) == 4
+
+
+async def test_a_fine_tuning_jobs_trained_tokens_are_totalled_apart(redis: Redis) -> None:
+    """Training is not inference: its tokens went into the model's prompt tokens, and the job
+    counted as a request (found by an outside tester; billing tells them apart)."""
+    t = tenant()
+    now = int(time.time() * 1000)
+    day = datetime.fromtimestamp(now / 1000, UTC).strftime("%Y-%m-%d")
+    batch = [
+        settlement(record(t, time_ms=now, prompt=99, completion=20, cached=0)),
+        settlement(
+            record(t, time_ms=now, route=FINE_TUNE_ROUTE, prompt=1424, completion=0, cached=0)
+        ),
+    ]
+    await ledger(redis).write(batch)
+    assert await day_of(redis, t, day) == {
+        **totals("k1", "m", 1, 99, 20, 0),
+        ("k1", "m", "fine_tune_jobs"): 1,
+        ("k1", "m", "trained_tokens"): 1424,
+    }
+    on = date.fromisoformat(day)
+    [row] = await usage_totals(redis, UsageFilter(tenant=t), on, on, ("tenant", "model"))
+    assert row == {
+        "tenant": t, "model": "m", "requests": 1, "prompt_tokens": 99, "completion_tokens": 20,
+        "cached_tokens": 0, "total_tokens": 119, "fine_tune_jobs": 1, "trained_tokens": 1424,
+    }  # fmt: skip
 
 
 async def test_a_batch_longer_than_a_group_and_repeats_within_it(redis: Redis) -> None:
