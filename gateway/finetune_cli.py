@@ -181,16 +181,25 @@ async def follow(client: TenantClient, job_id: str, *, as_json: bool = False) ->
 
 
 def _show(event: dict[str, Any], bar: tqdm[Any] | None, as_json: bool) -> tqdm[Any] | None:
+    """One event: a message printed, a step moving the bar (on a terminal; elsewhere, a line
+    per step event, which come at most once a second)."""
     if as_json:
         print(json.dumps(event), flush=True)
         return bar
     data = event.get("data") or {}
     if event.get("type") != "metrics" or not data.get("total_steps"):
+        if bar is not None and bar.n >= (bar.total or 0):  # done: not drawn again below it
+            bar.close()
+            bar = None
         (bar.write if bar is not None else print)(event["message"])
         return bar
-    if bar is None:
-        bar = tqdm(total=data["total_steps"], desc="training", unit="step", file=sys.stderr)
-    bar.n = int(data["step"])
-    bar.set_postfix(loss=f"{data['train_loss']:.4f}")
+    step, total, loss = int(data["step"]), int(data["total_steps"]), float(data["train_loss"])
+    if not sys.stderr.isatty():
+        print(f"training: step {step}/{total}, loss {loss:.4f}", file=sys.stderr)
+        return None
+    if bar is None:  # from the step it first hears of: its rate counts the steps it saw
+        bar = tqdm(total=total, initial=step, desc="training", unit="step", file=sys.stderr)
+    bar.n = step
+    bar.set_postfix(loss=f"{loss:.4f}")
     bar.refresh()
     return bar

@@ -304,9 +304,10 @@ class _Progress:
             return
         kind = item.get("type")
         if kind == "start":
+            examples, epochs, steps = (item.get(k) for k in ("examples", "epochs", "steps"))
             await self._event(
-                f"Training {item.get('examples')} examples for {item.get('epochs')} epochs "
-                f"({item.get('steps')} steps)"
+                f"Training {_counted(examples, 'example')} for {_counted(epochs, 'epoch')} "
+                f"({_counted(steps, 'step')})"
             )
         elif kind == "step":
             self.steps = int(item.get("step", 0))
@@ -361,3 +362,8 @@ async def _stop(child: asyncio.subprocess.Process, grace_s: float = 5.0) -> None
         with contextlib.suppress(ProcessLookupError):
             child.kill()
         await child.wait()
+
+
+def _counted(number: object, noun: str) -> str:
+    """'1 epoch', '3 epochs'."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
