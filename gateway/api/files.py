@@ -106,7 +106,9 @@ async def create_file(request: Request, gw: Gateway, caller: Caller) -> Response
 
 def _purpose(value: str | None) -> str:
     if value is None:
-        raise InvalidRequest("The upload has no 'purpose' field.", param="purpose")
+        raise InvalidRequest(
+            "The upload has no 'purpose' field.", param="purpose", code="missing_required_parameter"
+        )
     if value not in PURPOSES:
         raise InvalidRequest(
             f"Invalid 'purpose': {value[:64]!r}; expected one of {', '.join(PURPOSES)}.",

@@ -117,7 +117,7 @@ class _Reader:
             self.upload.fields[self.part] = ""
             return
         if self.seen_file:
-            raise InvalidRequest("Send one 'file' part.", param="file")
+            raise InvalidRequest("Send one 'file' part.", param="file", code="invalid_multipart")
         self.seen_file = True
         self.upload.filename = _filename(headers)
 
@@ -130,7 +130,9 @@ class _Reader:
         elif self.part is not None:
             value = self.upload.fields[self.part] + payload.decode("utf-8", "replace")
             if len(value) > MAX_FIELD_BYTES:
-                raise InvalidRequest(f"The field '{self.part}' is too long.", param=self.part)
+                raise InvalidRequest(
+                    f"The field '{self.part}' is too long.", param=self.part, code="invalid_value"
+                )
             self.upload.fields[self.part] = value
 
 
@@ -146,7 +148,10 @@ def _part_name(headers: dict[bytes, bytes]) -> str:
     disposition, options = parse_options_header(headers.get(b"content-disposition", b""))
     name = options.get(b"name", b"").decode("utf-8", "replace")
     if disposition != b"form-data" or not name:
-        raise InvalidRequest("Every multipart part needs a Content-Disposition with a name.")
+        raise InvalidRequest(
+            "Every multipart part needs a Content-Disposition with a name.",
+            code="invalid_multipart",
+        )
     if name not in _FIELDS:
         hint = "expires_after is not supported" if name.startswith("expires_after") else ""
         raise InvalidRequest(
@@ -163,5 +168,7 @@ def _filename(headers: dict[bytes, bytes]) -> str:
     raw = options.get(b"filename", b"").decode("utf-8", "replace")
     name = raw.replace("\\", "/").rsplit("/", 1)[-1].strip()  # a name, never a path
     if not name:
-        raise InvalidRequest("The 'file' part needs a filename.", param="file")
+        raise InvalidRequest(
+            "The 'file' part needs a filename.", param="file", code="invalid_multipart"
+        )
     return name[:255]

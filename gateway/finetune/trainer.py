@@ -57,6 +57,7 @@ class Outcome:
     trained_tokens: int = 0
     steps: int = 0
     loss: float | None = None
+    param: str | None = None  # the job's field at fault (training_file: its data), if one is
 
 
 class Trainer:
@@ -119,7 +120,11 @@ class Trainer:
             return Outcome(False, f"The base model '{job.model}' is no longer configured.")
         training_file = self.storage.path(job.tenant, job.training_file)
         if not await asyncio.to_thread(training_file.is_file):  # (the API refuses to delete it)
-            return Outcome(False, f"The training file {job.training_file} no longer exists.")
+            return Outcome(
+                False,
+                f"The training file {job.training_file} no longer exists.",
+                param="training_file",
+            )
         hyper = job.hyperparameters
         rank = int(hyper.lora_rank)  # resolved
         spec = {
@@ -179,7 +184,7 @@ class Trainer:
         reason = progress.error or (tail.strip().splitlines() or [f"exit code {code}"])[-1]
         # the tenant reads it: the shared volume's layout stays out
         reason = reason.replace(f"{self.storage.root}{os.sep}", "")
-        return Outcome(False, f"Training failed: {reason[:500]}")
+        return failed_training(reason)
 
     async def _watch(self, job: Job, child: asyncio.subprocess.Process) -> None:
         """Refresh the heartbeat; stop the child as soon as the job is cancelled."""
@@ -206,7 +211,11 @@ class Trainer:
             update = {
                 "status": "failed",
                 "finished_at": now,
-                "error": {"code": "training_failed", "message": outcome.message, "param": None},
+                "error": {
+                    "code": "training_failed",
+                    "message": outcome.message,
+                    "param": outcome.param,
+                },
             }
             failed = await self.store.transition(
                 job.tenant, job.id, ("running",), update, message=outcome.message, level="error"
@@ -367,3 +376,10 @@ async def _stop(child: asyncio.subprocess.Process, grace_s: float = 5.0) -> None
 def _counted(number: object, noun: str) -> str:
     """'1 epoch', '3 epochs'."""
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def failed_training(reason: str) -> Outcome:
+    """What a failed run says: the trainer's reason (train_lora.py names a bad example by its
+    line: the training file is at fault)."""
+    at_fault = "training_file" if reason.startswith("line ") else None
+    return Outcome(False, f"Training failed: {reason[:500]}", param=at_fault)

@@ -161,7 +161,22 @@ async def test_raw_requests_that_are_not_uploads(files: TenantStack) -> None:
     form.add_field("file", b"abc", filename="a.txt")
     async with files.http.post(url, data=form, headers=auth) as resp:
         assert resp.status == 400
-        assert (await resp.json())["error"]["param"] == "purpose"
+        error = (await resp.json())["error"]
+        assert (error["param"], error["code"]) == ("purpose", "missing_required_parameter")
+    two = b'name="file"; filename="a.txt"', b'name="file"; filename="b.txt"'
+    for dispositions in (two, (b'name="file"',)):  # two files; a file without a filename
+        body = (
+            b"".join(
+                b"--b\r\nContent-Disposition: form-data; %s\r\n\r\nabc\r\n" % d
+                for d in (b'name="purpose"', *dispositions)
+            ).replace(b"\r\n\r\nabc", b"\r\n\r\nbatch", 1)
+            + b"--b--\r\n"
+        )
+        headers = {**auth, "content-type": "multipart/form-data; boundary=b"}
+        async with files.http.post(url, data=body, headers=headers) as resp:
+            assert resp.status == 400
+            error = (await resp.json())["error"]
+            assert (error["param"], error["code"]) == ("file", "invalid_multipart"), error
     async with files.http.get(f"{url}/../../etc/passwd", headers=auth) as resp:
         assert resp.status == 404
     async with files.http.get(f"{url}/file-nothex", headers=auth) as resp:

@@ -20,7 +20,7 @@ import pytest_asyncio
 from gateway.finetune.job_store import QUEUE, RUNNING, JobStore
 from gateway.finetune.names import fine_tuned_name
 from gateway.finetune.sweep import LOST
-from gateway.finetune.trainer import Trainer
+from gateway.finetune.trainer import Trainer, failed_training
 from gateway.settings import Settings
 from tests.integration.conftest import MODEL
 from tests.integration.tenant_stack import TenantStack, tenant_stack
@@ -250,6 +250,7 @@ async def test_a_job_whose_file_vanished_fails_saying_so_without_a_path(ft: Tena
     assert ended.error is not None
     assert ended.status == "failed"
     assert ended.error.message == f"The training file {file_id} no longer exists."
+    assert ended.error.param == "training_file"
     assert str(ft.root) not in (await client.fine_tuning.jobs.retrieve(job.id)).model_dump_json()
 
 
@@ -383,3 +384,12 @@ async def test_the_trainer_refuses_a_config_it_cannot_run(tmp_path: Path) -> Non
     code, _, err = await run_cli("trainer", "--config", str(config))
     assert code == 2
     assert "redis_url is required" in err
+
+
+async def test_a_run_failed_on_its_data_names_the_training_file() -> None:
+    bad_line = failed_training("line 3: weight must be 0 or 1")
+    assert (bad_line.message, bad_line.param) == (
+        "Training failed: line 3: weight must be 0 or 1",
+        "training_file",
+    )
+    assert failed_training("CUDA out of memory").param is None
