@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 import time
 
 import aiohttp
+
+
+def media_host(host: str) -> str:
+    """A host remote media may come from, as lists hold it (lower case, no brackets or final
+    dot). An IP literal must be a public address (the media check refuses every other, so
+    listing one could only be a mistake): ValueError names it."""
+    host = host.strip().lower().strip("[]").rstrip(".")
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # a name: its addresses are checked when a request uses it
+    if not literal.is_global:
+        raise ValueError(f"'{host}' is not a public address: media from it is always refused")
+    return host
 
 
 def free_port(host: str = "127.0.0.1") -> int:

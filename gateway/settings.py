@@ -18,6 +18,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gateway.netutil import media_host
 from gateway.routing.entries import StaticEntry, parse_entry
 
 
@@ -297,7 +298,7 @@ class RequestPolicySettings(Section):
     @field_validator("media_hosts")
     @classmethod
     def _lower_case(cls, hosts: list[str]) -> list[str]:
-        return [h.strip().lower().strip("[]").rstrip(".") for h in hosts if h.strip()]
+        return [media_host(h) for h in hosts if h.strip()]
 
 
 def _default_files_dir() -> Path:

@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, Field
 
 from gateway.auth.principal import Limits
+from gateway.netutil import media_host
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # A DNS name or an IP literal (IPv6 without brackets): no scheme, port, path or userinfo.
@@ -16,7 +17,7 @@ HOST_PATTERN = r"^\[?[A-Za-z0-9._:-]{1,253}\]?$"
 Host = Annotated[
     str,
     Field(pattern=HOST_PATTERN),
-    AfterValidator(lambda h: h.lower().strip("[]").rstrip(".")),
+    AfterValidator(media_host),
 ]
 
 

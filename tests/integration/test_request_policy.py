@@ -127,19 +127,22 @@ async def _put_tenant(setup: Setup, tenant: str, body: dict[str, Any]) -> tuple[
 
 async def test_media_urls_to_private_places_never_reach_the_engine(setup: Setup) -> None:
     port = setup.canary.split(":")[1]
-    hosts = ["public.example", "canary.test", "localhost", *LITERALS]
+    status, refused_list = await _put_tenant(setup, "media", {"media_hosts": LITERALS[:1]})
+    assert status == 400  # a private literal in the list is refused where it is listed
+    assert "is not a public address" in refused_list["error"]["message"]
+    hosts = ["public.example", "canary.test", "localhost"]  # names: checked as requests use them
     status, _ = await _put_tenant(setup, "media", {"media_hosts": hosts})
     assert status == 200
     oai = setup.client(await setup.key("media"))
     refused = {
         f"http://{setup.canary}/plain-http.png": "Only https",
-        f"https://127.0.0.1:{port}/x.png": "not a public address",
+        f"https://127.0.0.1:{port}/x.png": "not allowed",
         f"https://localhost:{port}/x.png": "not a public address",
         f"https://canary.test:{port}/x.png": "not a public address",
-        f"https://[::1]:{port}/x.png": "not a public address",
-        f"https://[::ffff:127.0.0.1]:{port}/x.png": "not a public address",
-        "https://169.254.169.254/latest/meta-data": "not a public address",
-        "https://10.0.0.1/x.png": "not a public address",
+        f"https://[::1]:{port}/x.png": "not allowed",
+        f"https://[::ffff:127.0.0.1]:{port}/x.png": "not allowed",
+        "https://169.254.169.254/latest/meta-data": "not allowed",
+        "https://10.0.0.1/x.png": "not allowed",
         "file:///etc/passwd": "Only https",
         f"ftp://{setup.canary}/x.png": "Only https",
         f"https://user:pass@{setup.canary}/x.png": "credentials",
@@ -212,6 +215,10 @@ async def test_media_hosts_through_the_cli_and_admin_api(setup: Setup) -> None:
     status, body = await _put_tenant(setup, "bad", {"media_hosts": ["https://a.com/x"]})
     assert status == 400
     assert body["error"]["param"] == "media_hosts.0"
+    status, body = await _put_tenant(setup, "bad", {"media_hosts": ["a.com", "10.0.0.1"]})
+    assert status == 400  # (accepted before, then every request's media from it refused)
+    assert body["error"]["param"] == "media_hosts.1"
+    assert "'10.0.0.1' is not a public address" in body["error"]["message"]
 
 
 async def test_tenants_get_different_cache_salts_that_clients_cannot_choose(setup: Setup) -> None:

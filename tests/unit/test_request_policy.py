@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from gateway.api.engine_fields import REFUSED, FieldBounds, check_engine_fields
 from gateway.api.policy import SALTS_KEPT, TenantPolicy, cache_salt, salt_key_from
@@ -135,6 +136,9 @@ async def test_tenant_hosts_override_the_default() -> None:
 
 
 def test_configured_hosts_are_normalised() -> None:
-    settings = RequestPolicySettings(media_hosts=[" CDN.Example.com. ", "[::1]", ""])
-    assert settings.media_hosts == ["cdn.example.com", "::1"]
+    settings = RequestPolicySettings(media_hosts=[" CDN.Example.com. ", "[2606:4700::1]", ""])
+    assert settings.media_hosts == ["cdn.example.com", "2606:4700::1"]
+    for private in ("10.0.0.1", "[::1]", "169.254.169.254"):  # always refused: a mistake
+        with pytest.raises(ValidationError, match="is not a public address"):
+            RequestPolicySettings(media_hosts=[private])
     assert RequestPolicySettings().media_hosts == []  # remote media off by default
