@@ -296,8 +296,7 @@ async def test_a_non_streaming_answer_is_cut_at_response_timeout_s_however_it_fl
     tmp_path: Path,
 ) -> None:
     """upstream.response_timeout_s bounds a whole non-streaming answer, which the gateway
-    reads from the engine as a stream: tokens that keep coming do not stretch it. The tokens
-    the engine made until then are billed (the usage tap keeps them)."""
+    reads from the engine as a stream: tokens that keep coming do not stretch it."""
     engine = SimProcess(("m",))
     upstream = {"response_timeout_s": 0.5}
     async with (
