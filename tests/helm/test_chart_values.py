@@ -171,6 +171,11 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         },
         r"required when JWTs are on \(gateway.jwt.jwks, gateway.config.auth.jwt.jwks_url set\)",
     ),
+    "an HMAC secret with the default algorithms (RS256, ES256)": (
+        {"gateway": {**JWT_KEY, "config": {"auth": {"jwt": {"issuer": "i", "audience": "a"}}}}},
+        r"gateway.config.auth.jwt.algorithms \[RS256 ES256\]: no key for any of them "
+        r"\(gateway.jwt.hmacSecret set\)",
+    ),
     "Redis without a memory limit": (
         {"redis": {"resources": {"limits": None}}},
         r"redis.resources.limits.memory: needed",

@@ -264,6 +264,20 @@ and an audience to check every token against. */ -}}
 {{- if and $sources (not (and $jwt.issuer $jwt.audience)) -}}
 {{- fail (printf "gateway.config.auth.jwt.issuer and gateway.config.auth.jwt.audience are both required when JWTs are on (%s set): the gateway refuses to start without them" (join ", " $sources)) -}}
 {{- end -}}
+{{- /* As the gateway (settings.JwtSettings): some listed algorithm must have its key: HS* the
+HMAC secret, the others a public key, a JWKS file or jwks_url. */ -}}
+{{- if $sources -}}
+{{- $algorithms := $jwt.algorithms | default (list "RS256" "ES256") -}}
+{{- $hmac := or .Values.gateway.jwt.hmacSecret.value .Values.gateway.jwt.hmacSecret.existingSecret -}}
+{{- $keyed := or $jwt.public_key_file $jwt.jwks_file $jwt.jwks_url -}}
+{{- $usable := false -}}
+{{- range $alg := $algorithms -}}
+{{- if hasPrefix "HS" $alg }}{{ if $hmac }}{{ $usable = true }}{{ end }}{{ else if $keyed }}{{ $usable = true }}{{ end -}}
+{{- end -}}
+{{- if not $usable -}}
+{{- fail (printf "gateway.config.auth.jwt.algorithms %v: no key for any of them (%s set): HS* need gateway.jwt.hmacSecret, the others gateway.jwt.publicKey, gateway.jwt.jwks or jwks_url; the gateway refuses to start without one" $algorithms (join ", " $sources)) -}}
+{{- end -}}
+{{- end -}}
 {{- if $jwt -}}
 {{- $auth := $config.auth | default dict -}}
 {{- $_ := set $auth "jwt" $jwt -}}
