@@ -76,7 +76,10 @@ class JobStore:
                         raise LimitReached(t)
                     pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.set(job_key(t, job.id), job.model_dump_json())
-                    pipe.zadd(f"{_tag(t)}:ftjobs", {job.id: job.created_at * 1000})
+                    # ordered to the millisecond (created_at has seconds): a listing is newest
+                    # first for jobs made within one second too
+                    made_ms = max(job.created_at * 1000, time.time_ns() // 1_000_000)
+                    pipe.zadd(f"{_tag(t)}:ftjobs", {job.id: made_ms})
                     pipe.sadd(active, job.id)
                     await self._event(
                         pipe, job, Event(id="", created_at=job.created_at, message=message)

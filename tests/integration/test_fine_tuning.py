@@ -152,8 +152,9 @@ async def test_jobs_are_listed_by_their_metadata(ft: TenantStack) -> None:
         )
         await client.fine_tuning.jobs.cancel(job.id)  # (at most 2 active per tenant)
         made.append(job.id)
-    listed = [j.id for j in (await client.fine_tuning.jobs.list()).data]  # the listing's order
-    tagged = [i for i in listed if i in (made[0], made[3])]
+    listed = [j.id for j in (await client.fine_tuning.jobs.list()).data]
+    assert listed == made[::-1]  # newest first, within one second too (it was by id there)
+    tagged = [made[3], made[0]]
     qa = await client.fine_tuning.jobs.list(metadata={"team": "qa"})
     assert [j.id for j in qa.data] == tagged
     both = await client.fine_tuning.jobs.list(metadata={"team": "qa", "run": "1"})
