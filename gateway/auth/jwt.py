@@ -33,7 +33,7 @@ from gateway.auth.jwks import (
 from gateway.auth.principal import Limits, Principal
 from gateway.auth.records import ID_PATTERN
 from gateway.errors import Unauthorized
-from gateway.settings import JwtSettings
+from gateway.jwt_settings import JwtSettings
 
 REFRESH_MIN_S = 10.0  # an unknown kid refetches the JWKS at most this often
 VERIFIED_MAX = 10_000  # tokens remembered as verified, oldest dropped first

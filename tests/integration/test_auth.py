@@ -17,9 +17,10 @@ from gateway.auth.api_keys import hash_secret, parse_key
 from gateway.auth.records import KeyRecord
 from gateway.auth.store import AuthStore
 from gateway.embedded.redis_server import running_redis
+from gateway.jwt_settings import JwtSettings
 from gateway.logs import JsonFormatter
 from gateway.netutil import free_port
-from gateway.settings import AuthSettings, JwtSettings
+from gateway.settings import AuthSettings
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import ADMIN, MODEL, OTHER, AuthStack, auth_settings
 from tests.integration.sim_fixture import running_sim

@@ -27,8 +27,9 @@ from gateway.auth.records import KeyRecord
 from gateway.auth.store import AuthStore
 from gateway.embedded.redis_server import running_redis
 from gateway.errors import InvalidRequest, Unauthorized
+from gateway.jwt_settings import JwtSettings
 from gateway.logs import JsonFormatter
-from gateway.settings import AuthSettings, JwtSettings, Settings
+from gateway.settings import AuthSettings, Settings
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import MODEL, OTHER, auth_settings
 from tests.integration.sim_fixture import running_sim

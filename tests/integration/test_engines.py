@@ -274,15 +274,24 @@ async def test_an_engine_answering_5xx_to_every_request_is_ejected(tmp_path: Pat
     ), said
 
 
-async def test_an_engine_whose_answers_time_out_is_ejected(tmp_path: Path) -> None:
-    """Headers, then nothing within the timeout, three times in a row: ejected. A 504 each."""
-    slow = SimProcess(("m",))
-    upstream = {"response_timeout_s": 0.3}
+@asynccontextmanager
+async def one_engine(
+    tmp_path: Path, response_timeout_s: float
+) -> AsyncIterator[tuple[SimProcess, str, aiohttp.ClientSession]]:
+    """Model m on one simulator, behind a gateway with this upstream.response_timeout_s."""
+    engine = SimProcess(("m",))
+    upstream = {"response_timeout_s": response_timeout_s}
     async with (
-        sim_processes(slow),
-        gateway(tmp_path, [{"name": "m", "engines": [slow.url]}], upstream=upstream) as gw,
+        sim_processes(engine),
+        gateway(tmp_path, [{"name": "m", "engines": [engine.url]}], upstream=upstream) as gw,
         aiohttp.ClientSession() as http,
     ):
+        yield engine, gw, http
+
+
+async def test_an_engine_whose_answers_time_out_is_ejected(tmp_path: Path) -> None:
+    """Headers, then nothing within the timeout, three times in a row: ejected. A 504 each."""
+    async with one_engine(tmp_path, 0.3) as (slow, gw, http):
         body = {"model": "m", "prompt": "hello", "max_tokens": 2, "sim": {"ttft_ms": 2000}}
         for _ in range(3):
             async with http.post(f"{gw}/v1/completions", json=body) as resp:
@@ -297,13 +306,7 @@ async def test_a_non_streaming_answer_is_cut_at_response_timeout_s_however_it_fl
 ) -> None:
     """upstream.response_timeout_s bounds a whole non-streaming answer, which the gateway
     reads from the engine as a stream: tokens that keep coming do not stretch it."""
-    engine = SimProcess(("m",))
-    upstream = {"response_timeout_s": 0.5}
-    async with (
-        sim_processes(engine),
-        gateway(tmp_path, [{"name": "m", "engines": [engine.url]}], upstream=upstream) as gw,
-        aiohttp.ClientSession() as http,
-    ):
+    async with one_engine(tmp_path, 0.5) as (engine, gw, http):
         body = {"model": "m", "prompt": "hello", "max_tokens": 40, "sim": {"itl_ms": 100}}
         started = time.monotonic()
         async with http.post(f"{gw}/v1/completions", json=body) as resp:

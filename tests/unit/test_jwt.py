@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.principal import Limits
 from gateway.errors import Unauthorized
-from gateway.settings import JwtSettings
+from gateway.jwt_settings import JwtSettings
 from tests.support.idp import jwk
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.auth.jwt import JwtVerifier
 from gateway.errors import Unauthorized
+from gateway.jwt_settings import JwtSettings
 from gateway.netutil import free_port
-from gateway.settings import JwtSettings
 from tests.support.idp import Idp, jwk, running_idp
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from gateway.settings import JwtSettings, Settings
+from gateway.jwt_settings import JwtSettings
+from gateway.settings import Settings
 
 SOURCES: list[dict[str, Any]] = [
     {"public_key_file": "/keys/idp.pem"},
