@@ -211,10 +211,11 @@ def create_app(
 
 
 async def _stop(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel the feeds and wait for them to end. A cancel can be lost: one that lands as
-    redis-py's pub/sub is connecting (a bind failure stops the app a millisecond after it
-    started) is swallowed there, and the task goes on to wait for messages, for ever. So each
-    is cancelled again until it ends, for FEEDS_STOP_S at most."""
+    """Cancel the feeds and wait for them to end. A cancel landing as a feed's pub/sub sent a
+    command was lost (a bind failure stops the app a millisecond after it started), and the
+    feed waited for messages for ever; our Redis connections now raise it (redis_client.py).
+    Each is still cancelled again until it ends, for FEEDS_STOP_S at most: a library that
+    swallows a cancel must not hang a shutdown."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + FEEDS_STOP_S
     pending = set(tasks)

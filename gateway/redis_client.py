@@ -1,12 +1,21 @@
-"""The gateway's Redis client: a bounded pool whose connections pack commands in C.
+"""The gateway's Redis client: a bounded pool whose connections pack commands in C and never
+lose a cancel.
 
 redis-py's asyncio connections pack every argument of every command in Python (its synchronous
 ones use hiredis when it is installed). The ledger's settlement script takes ~20 arguments per
 request, so packing was a visible share of a request's CPU; hiredis packs the same bytes.
+
+With a socket timeout, redis-py sends each command through `asyncio.wait_for`, which on
+Python 3.11 swallows a cancel that lands as the send completes (CPython gh-86296, fixed in
+3.12): the cancelled task carries on as if nothing happened. Cancelled during Redis traffic,
+most tasks were (180 of 300 in a loop of GETs), so a stopped trainer went on training and a
+shutdown waited for a feed for ever. Our connections notice the swallowed cancel and raise it.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 import hiredis
@@ -30,19 +39,33 @@ def pack_command(*args: Any) -> list[bytes]:
         raise DataError(str(exc)) from exc
 
 
-class PackedConnection(Connection):
+class _Packed:
+    """hiredis packing, and the cancel `asyncio.wait_for` swallowed raised again (see above)."""
+
     def pack_command(self, *args: Any) -> list[bytes]:
         return pack_command(*args)
 
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        task = asyncio.current_task()
+        asked = 0 if task is None else task.cancelling()
+        await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        if task is not None and task.cancelling() > asked:  # cancelled, yet here: swallowed
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]  # (its answer unread)
+            raise asyncio.CancelledError
 
-class PackedSSLConnection(SSLConnection):
-    def pack_command(self, *args: Any) -> list[bytes]:
-        return pack_command(*args)
+
+class PackedConnection(_Packed, Connection):
+    pass
 
 
-class PackedUnixConnection(UnixDomainSocketConnection):
-    def pack_command(self, *args: Any) -> list[bytes]:
-        return pack_command(*args)
+class PackedSSLConnection(_Packed, SSLConnection):
+    pass
+
+
+class PackedUnixConnection(_Packed, UnixDomainSocketConnection):
+    pass
 
 
 _PACKED: dict[type[Any], type[Any]] = {

@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 from gateway.app import create_app
 from gateway.auth.issue import issue_key
 from gateway.auth.store import AuthStore
+from gateway.embedded.engine import log_tail
 from gateway.embedded.paths import EmbeddedPaths
 from gateway.embedded.prepare import prepare
 from gateway.embedded.redis_server import running_redis
@@ -89,9 +90,15 @@ class FtE2E:
         assert self.trainer is not None
         with contextlib.suppress(ProcessLookupError):
             self.trainer.send_signal(signum)
-        code = await asyncio.wait_for(self.trainer.wait(), 30)
-        self.trainer = None
-        return code
+        trainer, self.trainer = self.trainer, None
+        try:
+            async with asyncio.timeout(30):
+                return await trainer.wait()
+        except TimeoutError:
+            trainer.kill()  # it must not outlive the test, nor take the next test's job
+            await trainer.wait()
+            tail = await asyncio.to_thread(log_tail, self.log, 30)
+            pytest.fail(f"the trainer outlived signal {signum} by 30 s; its log ends:\n{tail}")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
