@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Literal
@@ -45,15 +46,20 @@ Format = Annotated[Literal["jsonl", "csv"], Query()]
 Limit = Annotated[int, Query(ge=1, le=10_000)]
 
 
+# A whole UTC day: as an end, it runs to the day's last millisecond (Unix seconds, also ten
+# characters these years, are one moment).
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
 def _parse_time(value: str, param: str) -> datetime:
-    """YYYY-MM-DD, RFC 3339 (with a zone), or Unix seconds."""
+    """YYYY-MM-DD, RFC 3339 (with a zone; `t` and `z` as RFC 3339 allows), or Unix seconds."""
     try:
         if value.replace(".", "", 1).isdigit():
             return datetime.fromtimestamp(float(value), UTC)
-        if len(value) == 10:
+        if _DAY.fullmatch(value):
             return datetime.fromisoformat(value).replace(tzinfo=UTC)
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    except (ValueError, OverflowError, OSError):  # also a number past the year 9999
         parsed = None
     if parsed is None or parsed.tzinfo is None:
         raise InvalidRequest(
@@ -97,9 +103,9 @@ def _ms(value: str | None, param: str, *, end: bool) -> int | None:
     if not value:
         return None
     moment = _parse_time(value, param)
-    if end and len(value) == 10:  # a whole day: up to its last millisecond
+    if end and _DAY.fullmatch(value):  # a whole day: up to its last millisecond
         moment += timedelta(days=1, milliseconds=-1)
-    return int(moment.timestamp() * 1000)
+    return max(0, int(moment.timestamp() * 1000))  # the ledger has nothing before 1970
 
 
 def _redis(gw: GatewayState) -> Redis:

@@ -353,6 +353,30 @@ async def test_usage_queries_name_the_bad_parameter(meter: Meter) -> None:
     assert status == 401
 
 
+async def test_record_ranges_take_every_documented_time_form(meter: Meter) -> None:
+    async with meter.client(await meter.new_key("ranges")) as oai:
+        await oai.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
+    [record] = await meter.wait_records("ranges", 1)
+    arrived = int(record.time_ms / 1000)  # ten digits: Unix seconds, one moment, not a day
+
+    async def ids(query: str) -> list[str]:
+        path = f"/admin/v1/usage/records?tenant=ranges&{query}"
+        status, body, _ = await _get(meter, path, ADMIN)
+        assert status == 200, (query, body)
+        return [orjson.loads(line)["id"] for line in body.splitlines()]
+
+    assert await ids(f"end={arrived - 1}") == []
+    assert await ids(f"start={arrived - 1}") == [record.id]
+    assert await ids(f"end={record.day}") == [record.id]  # a day runs to its end
+    assert await ids("start=0001-01-01") == [record.id]  # before 1970: from the first record
+    assert await ids("end=1969-12-31") == []
+    assert await ids(f"start={record.day}t00:00:00z") == [record.id]  # RFC 3339's lower case
+    for route, param in (("usage", "start"), ("usage/records", "end")):
+        path = f"/admin/v1/{route}?{param}={'9' * 20}"  # past the year 9999
+        status, body, _ = await _get(meter, path, ADMIN)
+        assert (status, orjson.loads(body)["error"]["param"]) == (400, param)
+
+
 async def test_a_usage_query_without_redis_is_a_retryable_503_that_names_the_ledger(
     meter: Meter,
 ) -> None:
