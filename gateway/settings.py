@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    BaseModel,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from gateway.jwt_settings import JwtSettings
 from gateway.netutil import media_host
@@ -368,14 +377,49 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"{path}: expected a mapping at the top level")
         data.update(loaded)
     data.update(overrides)
+    where = str(path) if path is not None else "settings"
     try:
         return Settings(**data)
+    except SettingsError as exc:
+        raise ConfigError(f"{where}: {environment_error(exc)}") from None
     except ValidationError as exc:
         lines = config_errors(exc)
-        where = str(path) if path is not None else "settings"
         if len(lines) == 1:
             raise ConfigError(f"{where}: {lines[0]}") from None
         raise ConfigError("\n  ".join([f"{where}:", *lines])) from None
+
+
+def environment_error(exc: SettingsError) -> str:
+    """pydantic-settings refused an LLMAAS_* variable it reads as JSON (a list, a mapping, or a
+    section given whole): the field and the variable, never its value."""
+    found = re.search(r'field "(\w+)"', str(exc))
+    field = found.group(1).upper() if found else ""
+    names = [
+        name
+        for name in sorted(os.environ)
+        if (path := name.upper().split("__"))[0] == f"LLMAAS_{field}" and _json_setting(path)
+    ]
+    return (
+        f"{field.lower()}: {' or '.join(names) or 'LLMAAS_' + field} is not valid JSON (an "
+        "environment variable gives a list or a mapping as JSON: LLMAAS_AUTH__JWT__ALGORITHMS="
+        "'[\"RS256\"]')"
+    )
+
+
+def _json_setting(path: list[str]) -> bool:
+    """Whether the setting of LLMAAS_A__B (path ["LLMAAS_A", "B"]) is a list, a mapping or a
+    section: what the environment gives as JSON."""
+    kind: Any = Settings
+    for part in [path[0].removeprefix("LLMAAS_"), *path[1:]]:
+        fields = {name.upper(): f for name, f in getattr(kind, "model_fields", {}).items()}
+        if part not in fields:
+            return False
+        kind = fields[part].annotation
+    kinds = get_args(kind) if get_origin(kind) in (Union, UnionType) else (kind,)
+    return any(
+        get_origin(k) in (list, dict) or (isinstance(k, type) and issubclass(k, BaseModel))
+        for k in kinds
+    )
 
 
 def config_errors(exc: ValidationError) -> list[str]:

@@ -145,6 +145,20 @@ async def test_config_errors_are_one_line_per_field_and_never_show_a_secret(
     assert b"Traceback" not in err
 
 
+async def test_an_environment_variable_that_is_not_json_exits_2_naming_it(tmp_path: Path) -> None:
+    """LLMAAS_MODELS (a list) that is not JSON ended serve with pydantic-settings' traceback."""
+    config = tmp_path / "gw.yaml"
+    config.write_text("dev_mode: true\n")
+    env = {"PATH": "/usr/bin:/bin", "LLMAAS_MODELS": "[{name: m, key: sk-s3cr3t}"}
+    code, err = await serve_fails(config, env=env)
+    assert code == 2
+    assert err.decode() == (
+        f"llmaas serve: invalid configuration: {config}: models: LLMAAS_MODELS is not valid JSON "
+        "(an environment variable gives a list or a mapping as JSON: "
+        "LLMAAS_AUTH__JWT__ALGORITHMS='[\"RS256\"]')\n"
+    )
+
+
 async def test_a_redis_password_given_apart_from_the_url_may_hold_any_character(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -55,3 +55,18 @@ def test_dev_mode_generates_an_admin_token() -> None:
     token = load_settings(None, dev_mode=True).admin_token
     assert token is not None
     assert len(token) >= 16
+
+
+def test_an_environment_variable_that_is_not_json_is_a_config_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A list or a mapping in an LLMAAS_* variable is JSON; one that is not was pydantic-settings'
+    SettingsError, a traceback out of `llmaas serve`, not a line naming the variable."""
+    monkeypatch.setenv("LLMAAS_AUTH__JWT__ALGORITHMS", "RS256,s3cr3t-looking")
+    monkeypatch.setenv("LLMAAS_AUTH__JWT__HMAC_SECRET", "not json, and a string: fine")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(None, dev_mode=True)
+    message = str(refused.value)
+    assert message.startswith("settings: auth: LLMAAS_AUTH__JWT__ALGORITHMS is not valid JSON")
+    assert "HMAC_SECRET" not in message
+    assert "s3cr3t" not in message
