@@ -6,7 +6,7 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
 
 from gateway.auth.principal import Limits
 from gateway.netutil import media_host
@@ -26,10 +26,22 @@ Host = Annotated[
 MAX_LIMIT = 2**53 - 1
 
 
+def _not_a_bool(value: object) -> object:
+    """JSON's true and false are no numbers here (pydantic would store them as 1 and 0: a
+    limit of one request a minute)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number, not true or false")
+    return value
+
+
+Whole = Annotated[int, BeforeValidator(_not_a_bool)]
+Limit = Annotated[Whole, Field(ge=1, le=MAX_LIMIT)]
+
+
 class LimitFields(BaseModel):
-    rpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
-    tpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
-    max_concurrency: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    rpm: Limit | None = None
+    tpm: Limit | None = None
+    max_concurrency: Limit | None = None
     models: list[str] | None = None  # None: every model
 
     def limits(self) -> Limits:
@@ -42,7 +54,7 @@ class LimitFields(BaseModel):
 class TenantFields(LimitFields):
     # vLLM's request priority for every request of the tenant (lower runs first; engines need
     # --scheduling-policy priority). None: the engines' default (0). Clients cannot set it.
-    priority: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
+    priority: Annotated[Whole, Field(ge=-(2**31), le=2**31 - 1)] | None = None
     # Hosts the engines may fetch this tenant's media URLs from (gateway/api/media.py).
     # None: the gateway's request_policy.media_hosts; []: no remote media at all.
     media_hosts: list[Host] | None = Field(default=None, max_length=100)

@@ -169,6 +169,8 @@ async def test_admin_api_refuses_everyone_but_the_admin(auth: AuthStack) -> None
     ("body", "param"),
     [
         ({"tenant": "acme", "rpm": 0}, "rpm"),
+        ({"tenant": "acme", "rpm": True}, "rpm"),  # was stored as a limit of 1
+        ({"tenant": "acme", "max_concurrency": True}, "max_concurrency"),
         ({"tenant": "acme", "rpmm": 5}, "rpmm"),
         ({"tenant": "bad tenant!"}, "tenant"),
         ({}, "tenant"),
