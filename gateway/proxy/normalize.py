@@ -97,7 +97,7 @@ def normalize_error(status: int, body: bytes, route: str | None = None) -> bytes
         message, param = _validation(message, param)
         if param == "logprobs" and route == "chat/completions":  # chat's count is top_logprobs
             param = "top_logprobs"
-        if param == "input_tokens":  # vLLM's context-length refusal: OpenAI's code, the field
+        if param in _CONTEXT_PARAMS:  # vLLM's context-length refusal: OpenAI's code, the field
             param, code = _PROMPT_FIELDS.get(route or "", "messages"), "context_length_exceeded"
     if status == 404 and route is not None and message == _NOT_SERVED:
         message = f"The model's engine does not serve /v1/{route}."
@@ -111,6 +111,8 @@ def normalize_error(status: int, body: bytes, route: str | None = None) -> bytes
 
 # Where a route's prompt is (what a context-length refusal names).
 _PROMPT_FIELDS = {"completions": "prompt", "embeddings": "input", "responses": "input"}
+# vLLM's context-length refusals: counted in tokens, or (first, for long texts) in characters.
+_CONTEXT_PARAMS = ("input_tokens", "input_text")
 # vLLM's answer to a body its schema refuses: "2 validation errors:\n  {'type': ..., 'loc':
 # 'body.max_tokens', 'msg': ..., 'input': ...}\n  ..." (one repr of pydantic's error per line).
 _VALIDATION_HEAD = re.compile(r"\d+ validation errors?:\n")

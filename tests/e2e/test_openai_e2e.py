@@ -151,6 +151,17 @@ async def test_a_prompt_over_the_context_is_context_length_exceeded(
     assert "context length" in info.value.message
 
 
+async def test_an_embedding_input_over_the_context_is_context_length_exceeded(
+    oai: openai.AsyncOpenAI,
+) -> None:
+    """vLLM refuses a text too long for all-MiniLM-L6-v2's 256 tokens by its characters,
+    naming its own `input_text`."""
+    with pytest.raises(openai.BadRequestError) as info:
+        await oai.embeddings.create(model=EMBED, input="hello " * 1000)
+    assert (info.value.code, info.value.param) == ("context_length_exceeded", "input")
+    assert "context length" in info.value.message
+
+
 async def test_vllm_nulls_that_break_strict_clients_are_removed(e2e: E2E) -> None:
     body = {"model": CHAT, "messages": FRANCE, "max_tokens": 3, "top_k": 1, "min_p": 0.0}
     async with e2e.http.post(

@@ -174,13 +174,20 @@ def test_vllm_validation_errors_name_the_field_as_openai_does() -> None:
 
 
 def test_a_prompt_over_the_context_is_context_length_exceeded_on_the_prompts_field() -> None:
-    body = _vllm_400(
-        "This model's maximum context length is 8192 tokens. However, ...", "input_tokens"
-    )
-    for route, field in (("chat/completions", "messages"), ("completions", "prompt")):
-        err = orjson.loads(normalize_error(400, body, route))["error"]
-        assert (err["param"], err["code"]) == (field, "context_length_exceeded")
-        assert err["message"].startswith("This model's maximum context length is 8192 tokens.")
+    """vLLM names the count it refused: `input_tokens`, or `input_text` when a text has more
+    characters than the context could hold (its first check, which embeddings' inputs meet)."""
+    for counted in ("input_tokens", "input_text"):
+        body = _vllm_400(
+            "This model's maximum context length is 8192 tokens. However, ...", counted
+        )
+        for route, field in (
+            ("chat/completions", "messages"),
+            ("completions", "prompt"),
+            ("embeddings", "input"),
+        ):
+            err = orjson.loads(normalize_error(400, body, route))["error"]
+            assert (err["param"], err["code"]) == (field, "context_length_exceeded")
+            assert err["message"].startswith("This model's maximum context length is 8192")
 
 
 def test_a_sampling_refusal_without_param_gets_the_field_its_message_names() -> None:
