@@ -121,6 +121,10 @@ _VALIDATION_HEAD = re.compile(r"\d+ validation errors?:\n")
 # vLLM's sampling checks that set no `parameter` ("n must be at least 1, got 0.", "`top_k`
 # must be ...") name the field as the message's first word.
 _FIELD_FIRST = re.compile(r"`?([a-z][a-z0-9_]*)`? must ")
+# vLLM's refusals of embeddings' `dimensions` (pooling_params.py), which name the model first.
+_DIMENSIONS = re.compile(
+    r"Model '[^']*' (?:does not support Matryoshka|only supports (?:Matryoshka )?dimensions)"
+)
 
 
 # vLLM's answer to a content part it cannot read (it validates parts lazily, with pydantic):
@@ -144,7 +148,9 @@ def _content_part_error(message: str, start: int, route: str | None) -> tuple[st
 def _named_field(message: str) -> str | None:
     """The field a refusal without `param` names first, if it starts by naming one."""
     found = _FIELD_FIRST.match(message)
-    return found.group(1) if found else None
+    if found is not None:
+        return found.group(1)
+    return "dimensions" if _DIMENSIONS.match(message) else None
 
 
 def _validation(message: str, param: str) -> tuple[str, str]:

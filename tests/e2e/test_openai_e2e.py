@@ -162,6 +162,15 @@ async def test_an_embedding_input_over_the_context_is_context_length_exceeded(
     assert "context length" in info.value.message
 
 
+async def test_dimensions_a_model_cannot_give_is_a_400_naming_dimensions(
+    oai: openai.AsyncOpenAI,
+) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        await oai.embeddings.create(model=EMBED, input="hello", dimensions=8)
+    assert info.value.param == "dimensions"
+    assert "Matryoshka" in info.value.message
+
+
 async def test_vllm_nulls_that_break_strict_clients_are_removed(e2e: E2E) -> None:
     body = {"model": CHAT, "messages": FRANCE, "max_tokens": 3, "top_k": 1, "min_p": 0.0}
     async with e2e.http.post(

@@ -208,6 +208,18 @@ def test_a_sampling_refusal_without_param_gets_the_field_its_message_names() -> 
     assert server["error"]["param"] is None  # only a refusal of the request names a field
 
 
+def test_an_embeddings_dimensions_refusal_names_dimensions() -> None:
+    """vLLM 0.32's three refusals of `dimensions` (pooling_params.py) set no `parameter`."""
+    for message in (
+        "Model 'all-minilm-l6-v2' does not support Matryoshka embeddings; dimensions must be "
+        "unset (received dimensions=8).",
+        "Model 'm' only supports dimensions in range [1, 768], got 0.",
+        "Model 'm' only supports Matryoshka dimensions [64, 128], got 100.",
+    ):
+        err = orjson.loads(normalize_error(400, _vllm_400(message, None), "embeddings"))["error"]
+        assert (err["param"], err["message"]) == ("dimensions", message)
+
+
 def test_a_content_part_vllm_cannot_read_is_one_sentence_on_the_prompts_field() -> None:
     """vLLM 0.32's answer to `{"type": "text"}` without its text (parts are read lazily)."""
     dump = (
