@@ -199,4 +199,5 @@ class Authenticator:
             raise ServiceUnavailable(
                 "The key store is unreachable right now; try again shortly.",
                 code="auth_store_unavailable",
+                headers={"retry-after": "1"},
             ) from exc

@@ -291,3 +291,4 @@ async def test_unreachable_key_store_is_503_not_500(tmp_path: Path) -> None:
                     await oai.models.list()
     assert info.value.status_code == 503
     assert info.value.code == "auth_store_unavailable"
+    assert info.value.response.headers["retry-after"] == "1"  # as the limiter's and usage's
