@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -27,8 +28,8 @@ class SimConfig:
     def __post_init__(self) -> None:
         if not self.models or not all(self.models):
             raise ValueError("models: at least one non-empty model name is required")
-        if self.ttft_ms < 0 or self.itl_ms < 0:
-            raise ValueError("ttft_ms and itl_ms must be >= 0")
+        if not (0 <= self.ttft_ms < math.inf and 0 <= self.itl_ms < math.inf):  # (NaN too)
+            raise ValueError("ttft_ms and itl_ms must be >= 0 (and finite)")
         if self.max_tokens < 1 or self.embedding_dim < 1:
             raise ValueError("max_tokens and embedding_dim must be >= 1")
         if self.max_model_len < 2 or self.kv_cache_tokens < 1:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import uvicorn
 from starlette.types import ASGIApp
 
+from gateway.cli_options import port_number
 from gateway.sim.app import create_sim_app
 from gateway.sim.asgi import DROPPED
 from gateway.sim.config import SimConfig
@@ -68,7 +69,12 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", action="append", help="served model name (repeatable; default sim-model)"
     )
     parser.add_argument("--host", default="127.0.0.1", help="address (default %(default)s)")
-    parser.add_argument("--port", type=int, default=8001, help="port (default %(default)s)")
+    parser.add_argument(
+        "--port",
+        type=port_number,
+        default=8001,
+        help="port (default %(default)s; 0: any free port)",
+    )
     parser.add_argument("--ttft-ms", type=float, default=0.0, help="time to first token")
     parser.add_argument("--itl-ms", type=float, default=0.0, help="inter-token latency")
     parser.add_argument(

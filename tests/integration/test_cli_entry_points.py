@@ -131,6 +131,24 @@ async def test_sim_refuses_a_bad_value_by_name() -> None:
     assert "ttft_ms" in err
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("--port", "70000", "argument --port: must be 0 to 65535, got 70000"),
+        ("--port", "-1", "argument --port: must be 0 to 65535, got -1"),
+        ("--itl-ms", "nan", "ttft_ms and itl_ms must be >= 0 (and finite)"),
+    ],
+)
+async def test_sim_refuses_a_port_out_of_range_and_a_latency_not_a_number(
+    option: str, value: str, said: str
+) -> None:
+    """--port 70000 hung without a word (nothing listened), -1 was a getaddrinfo error (exit
+    3), and --itl-ms nan was taken."""
+    code, _, err = await run_cli("sim", option, value)
+    assert code == 2
+    assert f"llmaas sim: error: {said}" in err
+
+
 async def test_serve_runs_a_gateway_in_front_of_an_engine(tmp_path: Path) -> None:
     async with running_sim(SimConfig(models=["m"], max_tokens=3)) as sim:
         config = tmp_path / "gateway.yaml"
