@@ -379,6 +379,12 @@ def _first_validation_error(exc: RequestValidationError) -> ApiError:
         )
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
     param = ".".join(loc) or None
+    if param is None and isinstance(first.get("input"), bytes):
+        # FastAPI reads a body as JSON only under a JSON content type (curl -d sends a form's)
+        return InvalidRequest(
+            "The request body must be a JSON object sent with 'Content-Type: application/json'.",
+            code="invalid_json",
+        )
     if param is None:
         return InvalidRequest(
             "The request body is missing or not a JSON object.", code="invalid_json"

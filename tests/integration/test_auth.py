@@ -196,6 +196,17 @@ async def test_malformed_admin_json_and_unknown_ids(auth: AuthStack) -> None:
     ) as resp:
         assert resp.status == 400
         assert (await resp.json())["error"]["code"] == "invalid_json"
+    async with auth.http.post(  # curl -d: JSON under a form's content type
+        f"{auth.gateway}/admin/v1/keys",
+        data=b'{"tenant": "acme"}',
+        headers={**ADMIN, "content-type": "application/x-www-form-urlencoded"},
+    ) as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+        assert (error["code"], "Content-Type: application/json" in error["message"]) == (
+            "invalid_json",
+            True,
+        )
     for method, path in (
         ("GET", "/keys/nope"),
         ("DELETE", "/keys/nope"),
