@@ -81,8 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     add_finetune_commands(sub)
 
     up = sub.add_parser("up", help="Redis + one local vLLM engine + the gateway (make run)")
-    up.add_argument("--port", type=int, default=8080, help="gateway port")
-    up.add_argument("--engine-port", type=int, default=0, help="engine port (default: free)")
+    up.add_argument("--port", type=port_number, default=8080, help="gateway port")
+    up.add_argument(
+        "--engine-port", type=port_number, default=0, help="engine port (default: free)"
+    )
     up.add_argument("--home", type=Path, help="cache directory (default ~/.cache/llmaas)")
     up.add_argument(
         "--data-dir",

@@ -149,6 +149,18 @@ async def test_sim_refuses_a_port_out_of_range_and_a_latency_not_a_number(
     assert f"llmaas sim: error: {said}" in err
 
 
+@pytest.mark.parametrize("option", ["--port", "--engine-port"])
+async def test_up_refuses_a_port_out_of_range_before_preparing_anything(
+    option: str, tmp_path: Path
+) -> None:
+    """They were plain ints: `up --port 70000` prepared the engine venv and the model, started
+    Redis and vLLM, then died in a traceback (the engine's port: vLLM failed to bind)."""
+    code, _, err = await run_cli("up", option, "70000", "--home", str(tmp_path / "home"))
+    assert code == 2
+    assert f"llmaas up: error: argument {option}: must be 0 to 65535, got 70000" in err
+    assert not (tmp_path / "home").exists()
+
+
 async def test_serve_runs_a_gateway_in_front_of_an_engine(tmp_path: Path) -> None:
     async with running_sim(SimConfig(models=["m"], max_tokens=3)) as sim:
         config = tmp_path / "gateway.yaml"
