@@ -126,7 +126,9 @@ class Selection:
     end: Text = None
 
     def where(self, tenant: str | None) -> UsageFilter:
-        return UsageFilter(tenant, self.key_id, self.model)
+        # An empty parameter (`key_id=`, as a form sends it) is no filter, as for start / end,
+        # not a filter that matches nothing.
+        return UsageFilter(tenant, self.key_id or None, self.model or None)
 
 
 @dataclass(slots=True)
@@ -208,14 +210,14 @@ def _csv(records: list[UsageRecord], columns: tuple[str, ...]) -> str:
 async def admin_usage(
     gw: Gateway, selection: Selected, tenant: Text = None, group_by: Text = None
 ) -> Response:
-    return await _totals(gw, selection, tenant, group_by)
+    return await _totals(gw, selection, tenant or None, group_by)
 
 
 @admin_router.get("/usage/records", response_model=None)
 async def admin_usage_records(
     gw: Gateway, selection: Selected, page: Paged, tenant: Text = None
 ) -> Response:
-    return await _records(gw, selection, tenant, page)
+    return await _records(gw, selection, tenant or None, page)
 
 
 @tenant_router.get("/usage", response_model=None)

@@ -377,6 +377,24 @@ async def test_record_ranges_take_every_documented_time_form(meter: Meter) -> No
         assert (status, orjson.loads(body)["error"]["param"]) == (400, param)
 
 
+async def test_empty_usage_filters_are_no_filters(meter: Meter) -> None:
+    key = await meter.new_key("blank")
+    async with meter.client(key) as oai:
+        await oai.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
+    [record] = await meter.wait_records("blank", 1)
+    blank = "tenant=&key_id=&model=&start=&end=&group_by="  # a form's empty fields
+    status, body, _ = await _get(meter, f"/admin/v1/usage?{blank}", ADMIN)
+    assert status == 200
+    assert "blank" in [row["tenant"] for row in orjson.loads(body)["data"]]
+    status, body, _ = await _get(meter, f"/admin/v1/usage/records?{blank}&limit=10000", ADMIN)
+    assert record.id in [orjson.loads(line)["id"] for line in body.splitlines()]
+    own = {"authorization": f"Bearer {key}"}
+    status, body, _ = await _get(meter, "/v1/usage?key_id=&model=", own)
+    assert [row["requests"] for row in orjson.loads(body)["data"]] == [1]
+    status, body, _ = await _get(meter, "/v1/usage/records?key_id=&model=", own)
+    assert [orjson.loads(line)["id"] for line in body.splitlines()] == [record.id]
+
+
 async def test_a_usage_query_without_redis_is_a_retryable_503_that_names_the_ledger(
     meter: Meter,
 ) -> None:
