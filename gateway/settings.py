@@ -7,11 +7,12 @@ import re
 import secrets
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     Field,
     ValidationError,
@@ -31,21 +32,20 @@ from gateway.routing.entries import StaticEntry, parse_entry
 from gateway.settings_section import Section
 
 
+def _engine_entry(entry: str) -> str:
+    parsed = parse_entry(entry)  # a ValueError says what is wrong, the path which entry
+    return parsed.url if isinstance(parsed, StaticEntry) else parsed.text
+
+
 class ModelRoute(Section):
     """A model name clients send, and the vLLM engines that serve it: base URLs without /v1, or
     `dns://name:port` for every A/AAAA record of name (e.g. a Kubernetes headless Service)."""
 
     name: str = Field(min_length=1)
-    engines: list[str] = Field(min_length=1)
+    engines: list[Annotated[str, AfterValidator(_engine_entry)]] = Field(min_length=1)
     # The engines' max_model_len; caps the tokens reserved for a request without max_tokens.
     # Unset: learned from the engines' /v1/models (vLLM's max_model_len).
     context_length: int | None = Field(default=None, ge=1)
-
-    @field_validator("engines")
-    @classmethod
-    def _entries(cls, engines: list[str]) -> list[str]:
-        parsed = [parse_entry(entry) for entry in engines]  # ValueError names the bad entry
-        return [e.url if isinstance(e, StaticEntry) else e.text for e in parsed]
 
 
 class RoutingSettings(Section):

@@ -33,26 +33,27 @@ EngineEntry = StaticEntry | DnsEntry
 
 
 def parse_entry(entry: str) -> EngineEntry:
-    """An engine entry, or ValueError saying what is wrong with it."""
+    """An engine entry, or ValueError saying what is wrong with it (never quoting it: a URL may
+    carry a password or a token)."""
     if entry.startswith(DNS_SCHEME):
         return _parse_dns(entry)
     if not entry.startswith(("http://", "https://")):
-        raise ValueError(
-            f"engine entry must be http://host:port, https://… or dns://name:port, got {entry!r}"
-        )
+        raise ValueError("an engine entry is http://host:port, https://… or dns://name:port")
     parts = urlsplit(entry)
+    if "@" in parts.netloc:  # sent nowhere, and shown in /metrics, the logs, `llmaas engines`
+        raise ValueError("an engine URL carries no user name or password")
     if not parts.hostname:
-        raise ValueError(f"engine URL has no host: {entry!r}")
+        raise ValueError("engine URL has no host")
     try:
         parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
-    except ValueError as exc:
-        raise ValueError(f"engine URL has an invalid port: {entry!r}") from exc
+    except ValueError:
+        raise ValueError("engine URL has an invalid port (1-65535)") from None
     if parts.query or parts.fragment:
-        raise ValueError(f"engine URL must not have a query or fragment: {entry!r}")
+        raise ValueError("engine URL must not have a query or fragment")
     if parts.path.rstrip("/").endswith("/v1"):  # the gateway adds /v1/…, /health, /metrics
         raise ValueError(
-            f"engine URL is the engine's base URL, without /v1: {entry!r} "
-            f"(here: {entry.rstrip('/')[:-3]!r})"
+            "engine URL is the engine's base URL, without /v1 (the gateway adds /v1/…, /health "
+            "and /metrics)"
         )
     return StaticEntry(entry.rstrip("/"))
 
@@ -61,9 +62,9 @@ def _parse_dns(entry: str) -> DnsEntry:
     rest = entry[len(DNS_SCHEME) :].rstrip("/")
     host, sep, port_text = rest.rpartition(":")
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"dns engine entry must be dns://name:port (port 1-65535), got {entry!r}")
+        raise ValueError("a dns engine entry is dns://name:port (port 1-65535)")
     if "/" in host or "@" in host or not _is_dns_name(host):
-        raise ValueError(f"dns engine entry has an invalid host name: {entry!r}")
+        raise ValueError("dns engine entry has an invalid host name")
     return DnsEntry(host.lower(), int(port_text))
 
 

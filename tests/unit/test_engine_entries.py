@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.routing.entries import DnsEntry, StaticEntry, address_url, parse_entry
-from gateway.settings import load_settings
+from gateway.settings import ConfigError, load_settings
 
 
 def test_urls_and_dns_entries_are_parsed() -> None:
@@ -29,13 +29,15 @@ def test_urls_and_dns_entries_are_parsed() -> None:
         ("dns://a b:80", "invalid host name"),
         ("dns://user@vllm:80", "invalid host name"),
         ("dns://vllm/x:80", "invalid host name"),
-        ("vllm:8000", "must be http://"),
-        ("ftp://vllm", "must be http://"),
+        ("vllm:8000", "is http://"),
+        ("ftp://vllm", "is http://"),
         ("http://:80", "no host"),
         ("http://vllm:99999", "invalid port"),
         ("http://vllm?x=1", "query"),
         ("http://vllm:8000/v1", "without /v1"),
         ("http://vllm:8000/v1/", "without /v1"),
+        ("http://user:pw@vllm:8000", "no user name or password"),
+        ("http://token@vllm:8000", "no user name or password"),
     ],
 )
 def test_malformed_entries_are_refused_with_the_reason(entry: str, says: str) -> None:
@@ -43,9 +45,18 @@ def test_malformed_entries_are_refused_with_the_reason(entry: str, says: str) ->
         parse_entry(entry)
 
 
-def test_settings_name_the_field_of_a_bad_entry() -> None:
-    with pytest.raises(ValueError, match=r"models\[0\]\.engines: (.|\n)*dns://vllm"):
-        load_settings(None, dev_mode=True, models=[{"name": "m", "engines": ["dns://vllm"]}])
+def test_settings_name_a_bad_entry_by_its_index_never_by_its_value() -> None:
+    """README: `models[0].engines[1]: …`, never showing a value given (a URL may carry a
+    password or a token); the path stopped at `engines` and the message quoted the entry."""
+    for entry, says in [
+        ("dns://vllm", "a dns engine entry is dns://name:port (port 1-65535)"),
+        ("http://vllm:8000/v1?key=s3cr3t", "engine URL must not have a query or fragment"),
+        ("http://admin:s3cr3t@vllm:99999", "an engine URL carries no user name or password"),
+    ]:
+        models = [{"name": "m", "engines": ["http://a", entry]}]
+        with pytest.raises(ConfigError) as refused:
+            load_settings(None, dev_mode=True, models=models)
+        assert str(refused.value) == f"settings: models[0].engines[1]: {says}"
     settings = load_settings(
         None, dev_mode=True, models=[{"name": "m", "engines": ["dns://VLLM:8000", "http://a/"]}]
     )
