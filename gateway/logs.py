@@ -93,5 +93,7 @@ def configure_logging(level: str) -> logging.handlers.QueueListener:
     root.handlers = [logging.handlers.QueueHandler(records)]
     root.setLevel(level.upper())
     root.propagate = False
+    # The access log has its own switch (access_log): log_level warning must not silence it.
+    logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
     listener.start()
     return listener

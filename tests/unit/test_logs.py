@@ -8,8 +8,9 @@ import logging
 import queue
 
 import orjson
+import pytest
 
-from gateway.logs import BatchingListener, JsonFormatter
+from gateway.logs import ACCESS_LOGGER, BatchingListener, JsonFormatter, configure_logging
 
 
 class CountingStream(io.StringIO):
@@ -42,3 +43,15 @@ def test_lines_that_gather_during_a_pause_go_out_together_and_stop_flushes_them(
     lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
     assert [line["msg"] for line in lines] == [f"line {n}" for n in range(100)]
     assert stream.writes == 2
+
+
+def test_the_access_log_is_written_whatever_the_log_level(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """access_log: true with log_level: warning wrote no access line: it is logged at info."""
+    listener = configure_logging("warning")
+    logging.getLogger(ACCESS_LOGGER).info("request")
+    logging.getLogger("llmaas.routing").info("models of an engine")
+    listener.stop()
+    lines = [orjson.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(line["logger"], line["msg"]) for line in lines] == [(ACCESS_LOGGER, "request")]
