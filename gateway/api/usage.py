@@ -72,8 +72,11 @@ def _parse_time(value: str, param: str) -> datetime:
 
 
 def _days(start: str | None, end: str | None) -> tuple[date, date]:
-    last = _parse_time(end, "end").date() if end else datetime.now(UTC).date()
+    today = datetime.now(UTC).date()
+    last = _parse_time(end, "end").date() if end else today
     first = _parse_time(start, "start").date() if start else last - timedelta(DEFAULT_DAYS - 1)
+    if not end and first > last:  # a start past today (a client's own date ahead of UTC's)
+        last = first  # is its day, with no usage yet: not an 'end' the client never gave
     if first > last:
         raise InvalidRequest("'start' is after 'end'.", param="start", code="invalid_value")
     if (last - first).days >= MAX_DAYS:

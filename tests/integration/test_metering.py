@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import openai
@@ -375,6 +376,15 @@ async def test_record_ranges_take_every_documented_time_form(meter: Meter) -> No
         path = f"/admin/v1/{route}?{param}={'9' * 20}"  # past the year 9999
         status, body, _ = await _get(meter, path, ADMIN)
         assert (status, orjson.loads(body)["error"]["param"]) == (400, param)
+
+
+async def test_a_start_past_today_without_an_end_is_an_empty_range(meter: Meter) -> None:
+    # East of UTC a client's date is already tomorrow in UTC's evening.
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+    status, body, _ = await _get(meter, f"/admin/v1/usage?start={tomorrow}", ADMIN)
+    assert status == 200, body
+    answer = orjson.loads(body)
+    assert (answer["start"], answer["end"], answer["data"]) == (tomorrow, tomorrow, [])
 
 
 async def test_empty_usage_filters_are_no_filters(meter: Meter) -> None:
