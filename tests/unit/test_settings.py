@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gateway.settings import ConfigError, load_settings
 
@@ -70,3 +71,26 @@ def test_an_environment_variable_that_is_not_json_is_a_config_error_naming_it(
     assert message.startswith("settings: auth: LLMAAS_AUTH__JWT__ALGORITHMS is not valid JSON")
     assert "HMAC_SECRET" not in message
     assert "s3cr3t" not in message
+
+
+def test_readme_configuration_shows_each_default_or_says_it() -> None:
+    """An operator copies README's Configuration block: a value there that is not the default
+    says the default in its comment (`access_log: true` read as on by default; it is off)."""
+    readme = Path("README.md").read_text(encoding="utf-8")
+    block = readme.split("## Configuration", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    comments = {
+        line.split(":", 1)[0].strip(): line.partition("#")[2] for line in block.splitlines()
+    }
+    defaults = load_settings(None, dev_mode=True)
+    differ = []
+    for key, shown in yaml.safe_load(block).items():
+        if key in ("models", "redis_url"):  # examples: there are no defaults
+            continue
+        fields = shown.items() if isinstance(shown, dict) else [(key, shown)]
+        section = getattr(defaults, key) if isinstance(shown, dict) else defaults
+        for name, value in fields:
+            default = getattr(section, name)
+            given = Path(value).expanduser() if isinstance(default, Path) else value
+            if given != default and "(default " not in comments[name]:
+                differ.append(name)
+    assert differ == []
