@@ -32,6 +32,7 @@ from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
 from gateway.limits.estimate import response_input_tokens, response_tokens
 from gateway.metering.accounting import Charge
 from gateway.metering.usage import Usage
+from gateway.proxy.collect_events import stream_response_request
 from gateway.proxy.outcome import Outcome, ProxyResult, Reporter
 from gateway.proxy.relay import ProxyCall, ProxyResponse
 from gateway.request_context import info_of
@@ -98,7 +99,7 @@ async def create_response(request: Request, gw: Gateway, caller: Caller) -> Resp
     call = ProxyCall(
         "responses",
         pool,
-        raw,
+        raw if stream else stream_response_request(raw, body),  # metered as it goes
         stream,
         headers={} if admission is None else admission.headers(),
         responses=True,

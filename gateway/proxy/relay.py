@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from gateway.metering.stream_options import UsageWanted
 from gateway.metering.usage import usage_of
 from gateway.proxy.asgi_send import WriteDeadline, send_bytes, send_error
 from gateway.proxy.collect import collect_stream
+from gateway.proxy.collect_events import collect_events
 from gateway.proxy.cut import Cut, shutdown_error
 from gateway.proxy.departure import Departure
 from gateway.proxy.deps import ProxyDeps
@@ -203,8 +205,19 @@ class ProxyResponse(Response):
             )
             info.response_id = None if events is None else events.response_id
             return
-        if resp.status == 200 and sse and self.call.collect is not None:
-            await self._collected(info, engine, resp, send)
+        call = self.call
+        if resp.status == 200 and sse and call.collect is not None:
+            collecting = collect_stream(
+                resp, self.deps, engine, info, route=call.route, request=call.collect, n=call.n
+            )
+            await self._collected(info, engine, send, collecting)
+            return
+        if resp.status == 200 and sse and call.responses:  # asked as a stream (collect_events)
+            events = ResponseEvents(call.input_estimate)
+            await self._collected(
+                info, engine, send, collect_events(resp, self.deps, engine, info, events)
+            )
+            info.response_id = events.response_id
             return
         try:
             body = await resp.read()
@@ -227,14 +240,15 @@ class ProxyResponse(Response):
         await send_bytes(send, resp.status, normalize_error(resp.status, body, self.call.route))
 
     async def _collected(
-        self, info: RequestInfo, engine: Engine, resp: UpstreamResponse, send: Send
+        self,
+        info: RequestInfo,
+        engine: Engine,
+        send: Send,
+        collecting: Coroutine[Any, Any, tuple[int, bytes]],
     ) -> None:
-        call = self.call
-        assert call.collect is not None
+        """Answer with the body `collecting` assembles from the engine's stream."""
         try:
-            status, body = await collect_stream(
-                resp, self.deps, engine, info, route=call.route, request=call.collect, n=call.n
-            )
+            status, body = await collecting
         except ApiError as err:
             info.outcome = outcome_of_failure(err.status_code)
             await self._send_error(send, err)

@@ -4,6 +4,7 @@ over three turns, and usage records that match the usage vLLM reported to the cl
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,8 +19,8 @@ from openai.types.responses import (
     ResponseTextDeltaEvent,
 )
 
-from tests.e2e.conftest import CHAT
-from tests.e2e.metering import LedgerView
+from tests.e2e.conftest import CHAT, E2E
+from tests.e2e.metering import MAX_ABANDON_GAP, LedgerView, new_rid, settled_vllm_tokens
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -105,3 +106,57 @@ async def test_a_conversation_continues_over_three_turns(
         0,
         0,
     )
+
+
+def _without_ids(value: Any) -> Any:
+    """A Responses body without what differs between two runs of one request."""
+    if isinstance(value, dict):
+        unique = ("id", "call_id", "created_at", "completed_at")
+        return {k: _without_ids(v) for k, v in value.items() if k not in unique}
+    if isinstance(value, list):
+        return [_without_ids(v) for v in value]
+    return value
+
+
+async def test_a_plain_response_is_the_body_vllm_answers_itself(e2e: E2E) -> None:
+    """The gateway asks vLLM for a plain response as a stream (to meter an abandoned one);
+    what the client gets is the body vLLM's non-streaming path answers."""
+    body: dict[str, Any] = {"model": CHAT, "input": "Name three colours.", "temperature": 0}
+    body["max_output_tokens"] = 12
+    async with e2e.http.post(f"{e2e.engines.chat}/v1/responses", json=body) as resp:
+        assert resp.status == 200
+        direct = await resp.json()
+    async with e2e.http.post(f"{e2e.gateway}/v1/responses", json=body, headers=e2e.auth) as resp:
+        assert (resp.status, resp.content_type) == (200, "application/json")
+        through = await resp.json()
+    assert through["id"].startswith("resp_")
+    assert _without_ids(through) == _without_ids(direct)
+
+
+async def test_a_plain_response_abandoned_is_billed_what_vllm_generated(
+    e2e: E2E, ledger: LedgerView
+) -> None:
+    """vLLM aborts a non-streaming response whose client left and reports no usage: it used
+    to be billed 0 tokens."""
+    vllm_before = await settled_vllm_tokens(e2e)
+    before = await ledger.count()
+    rid = new_rid("plain-response-abandoned")
+    body: dict[str, Any] = {"model": CHAT, "input": "Write a very long story about a dragon."}
+    body |= {"temperature": 0, "max_output_tokens": 1500, "ignore_eos": True}
+    headers = {**e2e.auth, "x-request-id": rid}
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(2):
+            await e2e.http.post(f"{e2e.gateway}/v1/responses", json=body, headers=headers)
+    await e2e.wait_running(0)
+    records = await ledger.new_since(before, 1)
+    assert [r.request_id for r in records] == [rid]
+    record = records[0]
+    generated = (await settled_vllm_tokens(e2e) - vllm_before).generation
+    assert (record.route, record.stream, record.outcome) == (
+        "responses",
+        False,
+        "client_disconnected",
+    )
+    assert 0 < record.completion_tokens < 1500
+    assert abs(generated - record.completion_tokens) <= MAX_ABANDON_GAP
+    assert record.prompt_tokens > 0  # estimated at admission, as for an abandoned stream

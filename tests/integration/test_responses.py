@@ -151,6 +151,45 @@ async def test_a_stream_the_client_left_is_billed_the_deltas_it_was_sent(fleet: 
     assert record.completion_tokens < 200
 
 
+async def test_a_plain_response_the_client_left_is_billed_what_was_generated(
+    fleet: Fleet,
+) -> None:
+    """A non-streaming response is asked of the engine as a stream, so one abandoned midway is
+    billed like a stream (it used to be 0 tokens: vLLM aborts it and reports nothing)."""
+    client = await fleet.client("plain-leaver")
+    body = {"model": MODEL, "input": "one two three", "max_output_tokens": 200}
+    body["sim"] = {"itl_ms": 40}
+    headers = {"authorization": f"Bearer {client.api_key}"}
+    timeout = aiohttp.ClientTimeout(total=0.6)
+    with pytest.raises(TimeoutError):
+        async with fleet.http.post(
+            f"{fleet.gateway}/v1/responses", json=body, headers=headers, timeout=timeout
+        ) as r:
+            await r.read()
+    (record,) = await fleet.records("plain-leaver", 1)
+    assert (record.route, record.stream, record.outcome) == (
+        "responses",
+        False,
+        "client_disconnected",
+    )
+    assert record.prompt_tokens == 4 + 4 + 3  # the estimate at admission, as a stream's
+    assert 5 <= record.completion_tokens < 200
+
+
+async def test_a_plain_response_is_the_engines_with_its_usage_and_id(fleet: Fleet) -> None:
+    """Collected from the engine's events, the body is the terminal event's response, and a
+    follow-up finds the engine that stored it."""
+    client = await fleet.client("plain-body")
+    first = await client.responses.create(model=MODEL, input="one two three", stream=False)
+    assert (first.object, first.status) == ("response", "completed")
+    assert first.output_text
+    assert first.usage is not None
+    assert first.usage.output_tokens == len(first.output_text.split())
+    second = await client.responses.create(model=MODEL, input="four", previous_response_id=first.id)
+    assert second.usage is not None
+    assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+
+
 async def test_a_conversation_stays_on_the_engine_that_stored_it(fleet: Fleet) -> None:
     client = await fleet.client("talk")
     first = await client.responses.create(model=MODEL, input="hello there")
