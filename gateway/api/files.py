@@ -69,6 +69,7 @@ async def create_file(request: Request, gw: Gateway, caller: Caller) -> Response
             scope="tenant",
             limit_kind="files",
             code="too_many_files",
+            headers={"x-should-retry": "false"},  # no retry makes room (OpenAI SDKs)
         )
     file_id = new_file_id()
     partial = storage.create(caller.tenant, file_id)

@@ -151,6 +151,7 @@ async def create_job(body: JobCreate, gw: Gateway, caller: Caller) -> Response:
             scope="tenant",
             limit_kind="fine_tuning_jobs",
             code="too_many_active_jobs",
+            headers={"x-should-retry": "false"},  # no retry makes room (OpenAI SDKs)
         ) from None
     queued = await store.transition(
         caller.tenant,

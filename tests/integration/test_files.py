@@ -218,6 +218,8 @@ async def test_a_tenant_over_its_file_count_is_refused(files: TenantStack) -> No
     with pytest.raises(openai.RateLimitError) as refused:
         await client.files.create(file=("one-more.txt", b"x"), purpose="user_data")
     assert _error(refused.value)["code"] == "too_many_files"
+    # no retry makes room: the SDK must not send it again (an upload: the whole file again)
+    assert refused.value.response.headers["x-should-retry"] == "false"
     await client.files.delete(made[0].id)
     again = await client.files.create(file=("now.txt", b"x"), purpose="user_data")
     for m in [*made[1:], again]:

@@ -201,6 +201,8 @@ async def test_active_jobs_are_limited_per_tenant(ft: TenantStack) -> None:
     with pytest.raises(openai.RateLimitError) as refused:
         await client.fine_tuning.jobs.create(model=BASE, training_file=file_id)
     assert _error(refused.value)["code"] == "too_many_active_jobs"
+    # no retry makes room: the SDK must not send it again (an upload: the whole file again)
+    assert refused.value.response.headers["x-should-retry"] == "false"
     other = await ft.tenant("ft-limit-other")  # another tenant is not affected
     await other.fine_tuning.jobs.cancel(
         (
