@@ -23,6 +23,7 @@ from gateway.api.responses import json_response
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
 from gateway.errors import Forbidden, ModelNotFound
+from gateway.limits.estimate import positive_int
 from gateway.metering.accounting import Charge
 from gateway.metering.stream_options import force_usage, wanted
 from gateway.proxy.collect import stream_request
@@ -86,13 +87,12 @@ async def _forward(
         raw = force_usage(raw, body)
     else:  # streamed from the engine too, so that an abandoned request is billed exactly
         collected = stream_request(route, raw, body)
-    n = body.get("n")
     call = ProxyCall(
         route,
         pool,
         raw if collected is None else collected,
         stream,
-        n=n if isinstance(n, int) and n > 0 else 1,
+        n=positive_int(body.get("n")) or 1,
         usage_wanted=want,
         collect=body if collected is not None else None,
         headers={} if admission is None else admission.headers(),

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 CHARS_PER_TOKEN = 4  # a generous average for English with BPE tokenizers; settlement corrects it
 # What a chat template adds around the text: each message's role and delimiters
 # ("<|im_start|>user\n … <|im_end|>\n": 4-5 tokens), and the assistant's turn it opens for the
@@ -74,10 +76,22 @@ def prompt_tokens(body: dict[str, Any]) -> int:
     return sum(_prompts(body))
 
 
-def _positive_int(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return None
+# vLLM's request models read integer fields with pydantic's lax rules: 3, 3.0, "3" and "3.0"
+# are all 3 to the engine, so they must be 3 here too (a "n": 20.0 was reserved one choice,
+# a "max_tokens": 9.0 the whole default).
+_LAX_INT: TypeAdapter[int] = TypeAdapter(int)
+
+
+def positive_int(value: Any) -> int | None:
+    """A positive integer as the engine reads one; None for anything else (true / false too)."""
+    if type(value) is not int:
+        if value is None or isinstance(value, bool):
+            return None
+        try:
+            value = _LAX_INT.validate_python(value)
+        except ValidationError:
+            return None
+    return value if value > 0 else None
 
 
 def reserved_tokens(
@@ -88,14 +102,14 @@ def reserved_tokens(
     prompts = _prompts(body)
     if "input" in body and "messages" not in body and "prompt" not in body:
         return sum(prompts)  # embeddings generate nothing
-    limit = _positive_int(body.get("max_completion_tokens") or body.get("max_tokens"))
+    limit = positive_int(body.get("max_completion_tokens") or body.get("max_tokens"))
     if limit is not None:
         completion = limit * len(prompts)
     elif context_length is not None:
         completion = sum(min(default_max_tokens, max(1, context_length - p)) for p in prompts)
     else:
         completion = default_max_tokens * len(prompts)
-    return sum(prompts) + completion * (_positive_int(body.get("n")) or 1)
+    return sum(prompts) + completion * (positive_int(body.get("n")) or 1)
 
 
 def _item_chars(item: Any) -> int:
@@ -128,7 +142,7 @@ def response_tokens(
     """A Responses API request: its input's estimate plus `max_output_tokens` (else the
     default, capped by the context left)."""
     prompt = response_input_tokens(body)
-    limit = _positive_int(body.get("max_output_tokens"))
+    limit = positive_int(body.get("max_output_tokens"))
     if limit is None:
         limit = default_max_tokens
         if context_length is not None:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from gateway.limits.estimate import prompt_tokens, reserved_tokens, response_tokens
+from gateway.limits.estimate import positive_int, prompt_tokens, reserved_tokens, response_tokens
 
 
 def test_a_short_chat_is_reserved_at_least_what_the_template_makes_of_it() -> None:
@@ -27,6 +27,23 @@ def test_reservation_is_prompt_plus_max_tokens_times_n() -> None:
     assert reserved_tokens({"prompt": "abcd"}, 50) == 2 + 50
     assert reserved_tokens({"prompt": "abcd", "max_tokens": True}, 50) == 2 + 50
     assert reserved_tokens({"input": "abcd"}, 50) == 2  # embeddings generate nothing
+
+
+def test_numbers_are_read_as_the_engine_reads_them() -> None:
+    # vLLM's pydantic models take 3.0 and "3" as 3: a float n was reserved one choice (a tpm
+    # overrun), a float max_tokens the whole default (a refusal far below the limit).
+    chat = {"messages": [{"role": "user", "content": "x" * 40}]}
+    exact = reserved_tokens({**chat, "max_tokens": 9, "n": 20}, 1024)
+    for n, max_tokens in ((20.0, 9.0), ("20", "9"), (" 20 ", "9.0")):
+        assert reserved_tokens({**chat, "max_tokens": max_tokens, "n": n}, 1024) == exact
+    responses = {"input": "hi", "max_output_tokens": 5}
+    assert response_tokens({**responses, "max_output_tokens": 5.0}, 1024) == response_tokens(
+        responses, 1024
+    )
+    assert positive_int(2.5) is None
+    assert positive_int("many") is None
+    assert positive_int(False) is None
+    assert positive_int(-3.0) is None
 
 
 def test_default_completion_is_capped_by_the_context_left() -> None:
