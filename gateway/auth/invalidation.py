@@ -20,6 +20,7 @@ class InvalidationListener:
         self.cache = cache
         self.subscribed = asyncio.Event()
         self.log = logging.getLogger("llmaas.auth")
+        self.lost = False  # said once when lost, once when back: not at every retry
 
     async def run(self) -> None:
         """Runs until cancelled (the app's lifespan owns the task)."""
@@ -28,9 +29,13 @@ class InvalidationListener:
                 await self._listen()
             except (RedisError, OSError) as exc:
                 self.subscribed.clear()
-                self.log.warning(
-                    "auth invalidation feed lost", extra={"fields": {"error": type(exc).__name__}}
-                )
+                if not self.lost:
+                    self.log.warning(
+                        "auth invalidation feed lost (retried every %gs until it is back)",
+                        RETRY_S,
+                        extra={"fields": {"error": type(exc).__name__}},
+                    )
+                self.lost = True
                 await asyncio.sleep(RETRY_S)
 
     async def _listen(self) -> None:
@@ -43,6 +48,9 @@ class InvalidationListener:
                     # Only now, confirmed: a Redis that is down must not empty the cache.
                     self.cache.clear()
                     self.subscribed.set()
+                    if self.lost:
+                        self.log.info("auth invalidation feed back")
+                    self.lost = False
                     continue
                 data = message.get("data")
                 if message.get("type") == "message" and isinstance(data, bytes):

@@ -51,6 +51,7 @@ class AdapterServing:
         self.locks: dict[str, asyncio.Lock] = {}
         self.preloads: set[asyncio.Task[None]] = set()
         self.log = logging.getLogger("llmaas.finetune")
+        self.lost = False  # said once when lost, once when back: not at every retry
 
     async def run(self) -> None:
         """Load each model a trainer announces, until cancelled (the app's lifespan owns it)."""
@@ -58,7 +59,13 @@ class AdapterServing:
             try:
                 await self._listen()
             except (RedisError, OSError) as exc:
-                self.log.warning("fine-tuned model announcements lost: %s", type(exc).__name__)
+                if not self.lost:
+                    self.log.warning(
+                        "fine-tuned model announcements lost: %s (retried every %gs until back)",
+                        type(exc).__name__,
+                        RETRY_S,
+                    )
+                self.lost = True
                 await asyncio.sleep(RETRY_S)
 
     async def _listen(self) -> None:
@@ -66,6 +73,9 @@ class AdapterServing:
         try:
             await pubsub.subscribe(MODELS_CHANNEL)
             async for message in pubsub.listen():
+                if message.get("type") == "subscribe" and self.lost:
+                    self.log.info("fine-tuned model announcements back")
+                    self.lost = False
                 data = message.get("data")
                 if message.get("type") == "message" and isinstance(data, bytes):
                     announced = orjson.loads(data)
