@@ -257,8 +257,9 @@ class FineTuningSettings(Section):
 
 
 class Settings(BaseSettings):
+    # LLMAAS_ROUTING__MAX_WAITING_PER_ENGINE=null: None, as `null` in the file.
     model_config = SettingsConfigDict(
-        env_prefix="LLMAAS_", env_nested_delimiter="__", extra="forbid"
+        env_prefix="LLMAAS_", env_nested_delimiter="__", extra="forbid", env_parse_none_str="null"
     )
 
     host: str = "127.0.0.1"

@@ -94,3 +94,14 @@ def test_readme_configuration_shows_each_default_or_says_it() -> None:
             if given != default and "(default " not in comments[name]:
                 differ.append(name)
     assert differ == []
+
+
+def test_null_in_an_environment_variable_unsets_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    """README: `routing.max_waiting_per_engine: null` turns shedding off; through the
+    environment (LLMAAS_ROUTING__MAX_WAITING_PER_ENGINE=null, the chart's `env`) it was refused
+    as not an integer."""
+    monkeypatch.setenv("LLMAAS_ROUTING__MAX_WAITING_PER_ENGINE", "null")
+    monkeypatch.setenv("LLMAAS_FINE_TUNING__THREADS", "null")
+    settings = load_settings(None, dev_mode=True)
+    assert settings.routing.max_waiting_per_engine is None
+    assert settings.fine_tuning.threads is None
