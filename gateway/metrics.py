@@ -145,14 +145,16 @@ class Metrics:
         )
         self.engine_up = Gauge(
             "llmaas_engine_up",
-            "1 while the engine takes requests, 0 while ejected (failures; back until /health)",
+            "1 while the engine takes requests, 0 while ejected (back once /health answers 200)",
             ["engine"],
             registry=reg,
             multiprocess_mode="livemin",  # down if any worker has ejected it
         )
         self.engine_ejections = Counter(
             "llmaas_engine_ejections",
-            "Times the engine was ejected after failures (connect errors, 5xx, failed /health)",
+            "Times the engine was ejected: at a refused connection, or after "
+            "routing.failures_to_eject in a row of 5xx answers, timeouts, broken connections "
+            "and failed /health checks",
             ["engine"],
             registry=reg,
         )

@@ -31,3 +31,12 @@ def test_a_removed_series_starts_again_from_zero() -> None:
     assert _series(
         metrics, 'llmaas_engine_check_failures_total{check="health",engine="http://e:8000"} 1.0'
     )
+
+
+def test_the_ejections_help_names_every_failure_that_ejects() -> None:
+    """It named connect errors, 5xx and /health: an engine ejected for timeouts (or broken
+    connections) was ejected for a reason the metric said does not eject."""
+    helps = [line for line in Metrics().render().decode().splitlines() if line.startswith("#")]
+    (ejections,) = [h for h in helps if h.startswith("# HELP llmaas_engine_ejections_total ")]
+    for cause in ("refused connection", "5xx", "timeouts", "broken connections", "/health"):
+        assert cause in ejections
