@@ -105,6 +105,7 @@ async def create_response(request: Request, gw: Gateway, caller: Caller) -> Resp
         responses=True,
         engines=engines,
         input_estimate=response_input_tokens(body),
+        unstreamed=None if stream else raw,
     )
     charge = Charge(
         _request_id(request), "responses", model, stream, caller, admission, received_ms

@@ -27,6 +27,17 @@ from gateway.routing.engines import Engine
 _STREAM = b'"stream":true,'
 
 
+class NeverBegan(Exception):
+    """The engine dropped the stream after its opening events, before generating anything.
+
+    vLLM checks some fields only when the request reaches its engine (top_logprobs over the
+    engine's maximum, a grammar it cannot compile, token ids outside the vocabulary), and on a
+    stream that has begun it can only close the connection; its non-streaming path answers 400
+    naming the field. The relay then asks the same engine for the request as the client sent
+    it, which nothing was generated for.
+    """
+
+
 def stream_response_request(raw: bytes, body: dict[str, object]) -> bytes:
     """The body that asks the engine for the response as a stream: `"stream":true` spliced in
     after the opening brace (the rest byte for byte), or the body re-serialised if it has a
@@ -47,7 +58,7 @@ async def collect_events(
     """Read the engine's event stream to its terminal event: (status, body) as vLLM would have
     answered. What `events` counted is kept in `info.usage` however this ends (cancelled
     included). Raises ApiError when the engine goes silent or away, or has not finished within
-    `deps.response_timeout_s`."""
+    `deps.response_timeout_s`; NeverBegan when it went away before it began."""
     started = time.perf_counter()
     try:
         async with asyncio.timeout(deps.response_timeout_s):
@@ -59,6 +70,8 @@ async def collect_events(
             code="engine_timeout",
         ) from exc
     except UpstreamBroken as broken:
+        if broken.kind != "timeout" and not events.began:
+            raise NeverBegan from broken
         raise deps.upstream.failure(engine, broken.kind, broken.cause, midway=True) from broken
     finally:
         info.usage = events.usage

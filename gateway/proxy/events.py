@@ -27,6 +27,8 @@ from gateway.proxy.sse import frame_data, frame_event
 # response), and the error event vLLM sends when generation fails midway.
 TERMINAL = frozenset({b"response.completed", b"response.incomplete", b"response.failed"})
 ERROR = b"error"
+# What vLLM sends before it hands the request to the engine (whose checks may still refuse it).
+OPENING = frozenset({b"response.created", b"response.in_progress"})
 # Events that carry generated text, one per token vLLM generated (see the module docstring).
 DELTAS = frozenset(
     {
@@ -45,7 +47,15 @@ class ResponseEvents:
     `input_estimate`: the input tokens estimated at admission (billed if the stream ends
     before vLLM reports its usage)."""
 
-    __slots__ = ("deltas", "finished", "input_estimate", "last", "reported", "response_id")
+    __slots__ = (
+        "began",
+        "deltas",
+        "finished",
+        "input_estimate",
+        "last",
+        "reported",
+        "response_id",
+    )
 
     def __init__(self, input_estimate: int = 0) -> None:
         self.input_estimate = input_estimate
@@ -54,6 +64,7 @@ class ResponseEvents:
         self.reported: Usage | None = None  # the terminal event's usage
         self.deltas = 0
         self.last = b""  # the last event's payload (for the next sequence number)
+        self.began = False  # an event past the opening ones: vLLM has begun generating
 
     @property
     def usage(self) -> Usage | None:
@@ -68,6 +79,8 @@ class ResponseEvents:
         if data is None:
             return frame
         self.last = data
+        if event not in OPENING:
+            self.began = True
         if event in DELTAS:
             self.deltas += 1
         elif event == b"response.created" and self.response_id is None:

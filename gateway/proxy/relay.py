@@ -25,7 +25,7 @@ from gateway.metering.stream_options import UsageWanted
 from gateway.metering.usage import usage_of
 from gateway.proxy.asgi_send import WriteDeadline, send_bytes, send_error
 from gateway.proxy.collect import collect_stream
-from gateway.proxy.collect_events import collect_events
+from gateway.proxy.collect_events import NeverBegan, collect_events
 from gateway.proxy.cut import Cut, shutdown_error
 from gateway.proxy.departure import Departure
 from gateway.proxy.deps import ProxyDeps
@@ -71,6 +71,9 @@ class ProxyCall:
     # The Responses API: input tokens estimated at admission, billed for a stream that ends
     # before the engine reports its usage (gateway/proxy/events.py).
     input_estimate: int = 0
+    # A non-streaming response asked of the engine as a stream: the body as the client sent
+    # it, asked again of the same engine if the stream ends before it began (NeverBegan).
+    unstreamed: bytes | None = None
 
 
 async def _nobody(result: ProxyResult) -> None:
@@ -148,7 +151,8 @@ class ProxyResponse(Response):
         )
         await self.report(result)
 
-    async def _forward(self, info: RequestInfo, send: Send) -> None:
+    async def _forward(self, info: RequestInfo, send: Send, again: Engine | None = None) -> None:
+        """Ask an engine and answer; `again`: ask this engine for `call.unstreamed`."""
         call, deps = self.call, self.deps
         headers = {"content-type": "application/json", "x-request-id": info.request_id}
 
@@ -156,13 +160,14 @@ class ProxyResponse(Response):
             info.engine = None if engine is None else engine.url
 
         try:  # the balancer refuses too: every engine over its queue bound (overload.py)
-            engines = call.engines
+            engines = call.engines if again is None else [again]
             if engines is None:
                 engines = deps.balancer.candidates(call.pool, call.affinity)
+            body = call.body if again is None or call.unstreamed is None else call.unstreamed
             engine, resp = await deps.upstream.open(
                 engines,
                 call.path or "/v1/" + call.route,
-                call.body,
+                body,
                 headers,
                 call.stream,
                 trying=trying,
@@ -177,13 +182,21 @@ class ProxyResponse(Response):
             return
         gauge = deps.metrics.inflight.labels(engine.url)
         gauge.inc()
+        never_began = False
         try:
             await self._answer(info, engine, resp, send)
             resp.release()
+        except NeverBegan:
+            never_began = again is None
+            if not never_began:
+                raise
         finally:
             resp.close()
             engine.inflight -= 1  # counted by Upstream.open when it chose the engine
             gauge.dec()
+        if never_began:
+            info.usage, info.ttft_ms = None, None  # nothing was generated
+            await self._forward(info, send, again=engine)
 
     async def _answer(
         self, info: RequestInfo, engine: Engine, resp: UpstreamResponse, send: Send

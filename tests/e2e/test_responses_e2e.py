@@ -160,3 +160,20 @@ async def test_a_plain_response_abandoned_is_billed_what_vllm_generated(
     assert 0 < record.completion_tokens < 1500
     assert abs(generated - record.completion_tokens) <= MAX_ABANDON_GAP
     assert record.prompt_tokens > 0  # estimated at admission, as for an abandoned stream
+
+
+async def test_a_field_vllm_refuses_only_as_generation_starts_is_a_400(
+    oai: openai.AsyncOpenAI,
+) -> None:
+    """vLLM checks top_logprobs against its maximum (20) only when generation starts, and drops
+    a stream it has begun: a plain response asked as a stream is asked again unstreamed, and
+    its 400 reaches the client (not a 502, which the SDK would retry)."""
+    with pytest.raises(openai.BadRequestError) as info:
+        await oai.responses.create(
+            model=CHAT,
+            input="hi",
+            max_output_tokens=3,
+            top_logprobs=30,
+            include=["message.output_text.logprobs"],
+        )
+    assert "greater than max allowed: 20" in info.value.message

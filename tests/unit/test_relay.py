@@ -112,3 +112,86 @@ async def test_a_stream_whose_end_comes_after_its_last_frame_is_not_a_disconnect
     assert run.body.endswith(DONE)
     assert (run.result.status, run.result.outcome) == (200, Outcome.OK)
     assert run.result.usage == Usage(5, 2)
+
+
+def event(kind: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
+
+
+RESPONSE: Any = {"id": "resp_1", "object": "response", "status": "in_progress", "output": []}
+OPENING = [
+    event("response.created", {"response": RESPONSE, "sequence_number": 0}),
+    event("response.in_progress", {"response": RESPONSE, "sequence_number": 1}),
+]
+DONE_RESPONSE: Any = {
+    **RESPONSE,
+    "status": "completed",
+    "output": [{"type": "message", "content": [{"type": "output_text", "text": "Hi there"}]}],
+    "usage": {"input_tokens": 7, "output_tokens": 2, "total_tokens": 9},
+}
+COMPLETED = event("response.completed", {"response": DONE_RESPONSE, "sequence_number": 5})
+
+
+def text_delta(text: str, number: int) -> bytes:
+    return event("response.output_text.delta", {"delta": text, "sequence_number": number})
+
+
+def plain_response_call(pool: ModelPool) -> ProxyCall:
+    """A non-streaming response, asked of the engine as a stream (collect_events)."""
+    return ProxyCall(
+        "responses",
+        pool,
+        b'{"stream":true}',
+        False,
+        responses=True,
+        input_estimate=6,
+        unstreamed=b"{}",
+    )
+
+
+async def test_a_plain_response_is_the_final_events_response() -> None:
+    steps: list[Any] = [*OPENING, text_delta("Hi", 2), text_delta(" there", 3), COMPLETED]
+    run = await run_proxy(FakeUpstream(FakeResponse(steps=steps)), plain_response_call)
+    assert run.status == 200
+    assert orjson.loads(run.body) == DONE_RESPONSE
+    assert (run.result.outcome, run.result.usage) == (Outcome.OK, Usage(7, 2))
+    assert run.result.response_id == "resp_1"
+
+
+async def test_a_plain_response_abandoned_is_billed_its_estimate_and_deltas() -> None:
+    steps: list[Any] = [*OPENING, text_delta("Hi", 2), text_delta(" the", 3), 5.0, COMPLETED]
+    response = FakeResponse(steps=steps)
+    run = await run_proxy(FakeUpstream(response), plain_response_call, leave_after_s=0.05)
+    assert (run.result.status, run.result.outcome) == (499, Outcome.CLIENT_DISCONNECTED)
+    assert run.result.usage == Usage(6, 2)
+    assert response.closed
+
+
+async def test_a_plain_response_whose_stream_never_began_is_asked_again_unstreamed() -> None:
+    """vLLM checks some fields only as generation starts; a stream it has begun is then
+    dropped after its opening events. Asked unstreamed, it answers the 400 naming the field,
+    and the engine is not taken for failing."""
+    refusal = orjson.dumps(
+        {"error": {"message": "top_logprobs too large", "param": "logprobs", "code": 400}}
+    )
+    upstream = FakeUpstream(
+        FakeResponse(steps=[*OPENING, broken()]),
+        FakeResponse(400, "application/json", [refusal]),
+    )
+    run = await run_proxy(upstream, plain_response_call)
+    assert upstream.bodies == [b'{"stream":true}', b"{}"]
+    assert run.status == 400
+    assert orjson.loads(run.body)["error"]["message"] == "top_logprobs too large"
+    assert (run.result.outcome, run.result.usage) == (Outcome.REJECTED, None)
+    assert run.engine.health.consecutive_failures == 0
+    assert run.engine.inflight == 0
+
+
+async def test_a_plain_response_cut_after_it_began_is_a_502_billed_so_far() -> None:
+    steps: list[Any] = [*OPENING, text_delta("Hi", 2), broken()]
+    upstream = FakeUpstream(FakeResponse(steps=steps))
+    run = await run_proxy(upstream, plain_response_call)
+    assert len(upstream.bodies) == 1  # never sent twice once generation began
+    assert run.status == 502
+    assert orjson.loads(run.body)["error"]["code"] == "engine_disconnected"
+    assert run.result.usage == Usage(6, 1)
