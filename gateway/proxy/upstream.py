@@ -236,6 +236,7 @@ def _unavailable() -> ApiError:
     return ServiceUnavailable(
         "No engine serving this model is reachable right now; try again shortly.",
         code="engine_unavailable",
+        headers={"retry-after": "1"},
     )
 
 

@@ -134,10 +134,17 @@ async def test_head_is_answered_wherever_get_is(stack: Stack) -> None:
         assert resp.headers["allow"] == "POST"
 
 
-async def test_no_reachable_engine_is_503(stack: Stack) -> None:
-    status, payload = await post(stack, "/v1/chat/completions", {**CHAT, "model": DEAD_MODEL})
-    assert status == 503
-    assert assert_openai_error(payload)["code"] == "engine_unavailable"
+async def test_no_reachable_engine_is_503_with_retry_after(stack: Stack) -> None:
+    """README: with no engine up clients get the gateway's 503 'with Retry-After and the
+    reason'; engine_unavailable had no Retry-After (an engine comes back within 1 s at best)."""
+    body = orjson.dumps({**CHAT, "model": DEAD_MODEL})
+    headers = {"content-type": "application/json"}
+    async with stack.http.post(
+        f"{stack.gateway}/v1/chat/completions", data=body, headers=headers
+    ) as resp:
+        assert resp.status == 503
+        assert resp.headers["retry-after"] == "1"
+        assert assert_openai_error(await resp.json())["code"] == "engine_unavailable"
 
 
 async def test_engine_that_does_not_answer_in_time_is_504(stack: Stack) -> None:
