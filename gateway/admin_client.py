@@ -8,6 +8,10 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+# What the usage records pages come as (JSON lines, CSV); anything else is not the gateway.
+TEXT_TYPES = frozenset({"application/x-ndjson", "text/csv"})
+_NOT_THE_GATEWAY = "{} answered something else than the gateway would: is --url the gateway?"
+
 
 class AdminError(Exception):
     """The admin API refused, or could not be reached; the message says which and why."""
@@ -29,10 +33,13 @@ class AdminClient:
                 http.get(self.base + path) as resp,
             ):
                 text, status, headers = await resp.text(), resp.status, dict(resp.headers)
+                kind = resp.content_type
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AdminError(f"cannot reach the gateway at {self.base}: {exc}") from exc
         if status >= 400:
             raise AdminError(f"HTTP {status}: {_message(text)}")
+        if kind not in TEXT_TYPES:
+            raise AdminError(_NOT_THE_GATEWAY.format(self.base))
         return text, headers
 
     async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -47,10 +54,15 @@ class AdminClient:
                 aiohttp.ClientSession(timeout=timeout, headers=self.headers) as http,
                 http.request(method, self.base + path, **kw) as resp,
             ):
-                payload = await resp.json(content_type=None)
-                status = resp.status
+                text, status = await resp.text(), resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AdminError(f"cannot reach the gateway at {self.base}: {exc}") from exc
+        try:
+            payload = orjson.loads(text)
+        except orjson.JSONDecodeError:  # a proxy's error page, or --url is not the gateway
+            if status >= 400:
+                raise AdminError(f"HTTP {status}: {_message(text)}") from None
+            raise AdminError(_NOT_THE_GATEWAY.format(self.base)) from None
         if status >= 400:
             error = payload.get("error", {}) if isinstance(payload, dict) else {}
             where = f" ({error['param']})" if error.get("param") else ""

@@ -14,6 +14,7 @@ from tests.integration.conftest import AuthStack
 from tests.support.cli import llmaas as entry_point
 from tests.support.cli import run_llmaas
 from tests.support.gateways import ADMIN_TOKEN
+from tests.support.servers import serve_asgi
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -79,6 +80,35 @@ async def test_cli_errors_are_clear(auth: AuthStack) -> None:
     code, _, err = await llmaas(auth, "keys", "create", "--tenant", "cli", "--rpm", "0")
     assert code == 1
     assert "rpm" in err
+
+
+def _html(status: int) -> Any:
+    """A server that answers an HTML page: a load balancer's error page (the gateway away), or
+    a web site at a mistyped --url."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"text/html")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"<html><h1>Bad Gateway</h1></html>"})
+
+    return app
+
+
+async def test_an_answer_that_is_not_json_is_an_error_not_a_traceback() -> None:
+    for status, said in (
+        (502, "HTTP 502: <html><h1>Bad Gateway</h1></html>"),
+        (200, "is --url the gateway?"),
+    ):
+        async with serve_asgi(_html(status), lifespan="off") as url:
+            for args in (
+                ("keys", "list"),
+                ("tenants", "list"),
+                ("usage",),
+                ("engines",),
+                ("usage", "--records"),
+            ):
+                code, _, err = await run_llmaas(url, *args, token=ADMIN_TOKEN)
+                assert (code, "Traceback" in err, said in err) == (1, False, True), err
 
 
 async def test_a_reader_gone_stops_the_command_quietly(auth: AuthStack) -> None:
