@@ -19,7 +19,7 @@ import re
 
 import orjson
 
-from gateway.errors import ApiError
+from gateway.errors import ApiError, InvalidRequest
 from gateway.metering.usage import Usage, find_usage, parse_usage
 from gateway.proxy.sse import frame_data, frame_event
 
@@ -53,6 +53,7 @@ class ResponseEvents:
         "finished",
         "input_estimate",
         "last",
+        "refused",
         "reported",
         "response_id",
     )
@@ -65,11 +66,12 @@ class ResponseEvents:
         self.deltas = 0
         self.last = b""  # the last event's payload (for the next sequence number)
         self.began = False  # an event past the opening ones: vLLM has begun generating
+        self.refused = False  # dropped before it began (refusal)
 
     @property
     def usage(self) -> Usage | None:
         """vLLM's report; before it, what was seen (nothing if generation never started)."""
-        if self.reported is not None or self.response_id is None:
+        if self.reported is not None or self.response_id is None or self.refused:
             return self.reported
         return Usage(self.input_estimate, self.deltas)
 
@@ -95,6 +97,21 @@ class ResponseEvents:
 
     def release(self) -> bytes:
         return b""  # nothing is ever held back
+
+    def refusal(self) -> ApiError | None:
+        """The error for a stream the engine dropped after its opening events, before it began
+        generating: vLLM's way of refusing a field it checks only then (top_logprobs over 20, a
+        grammar it cannot compile, token ids outside the vocabulary), whose reason a begun
+        stream cannot carry. Nothing was generated: nothing is billed. None once it began."""
+        if self.began:
+            return None
+        self.refused = True
+        return InvalidRequest(
+            "The engine refused the request as generation was to start (vLLM checks "
+            "top_logprobs, grammars and token ids only then); send it without 'stream' to "
+            "have the engine name the field.",
+            code="engine_refused",
+        )
 
     def failure(self, error: ApiError) -> bytes:
         """The `error` event that ends a stream the engine broke off."""

@@ -74,6 +74,11 @@ class Frames(Protocol):
         """What ends a stream the gateway has to cut short."""
         ...
 
+    def refusal(self) -> ApiError | None:
+        """What a stream the engine dropped means when it is the engine refusing the request
+        (the client's doing, not the engine failing); None: the engine failed."""
+        ...
+
     @property
     def usage(self) -> Usage | None:
         """What the engine reported using (so far)."""
@@ -108,6 +113,9 @@ class FrameFilter:
 
     def failure(self, error: ApiError) -> bytes:
         return error_frame(error) + DONE_FRAME
+
+    def refusal(self) -> ApiError | None:
+        return None  # vLLM refuses chat and completions with an error frame
 
     def __call__(self, frame: bytes) -> bytes:
         if self.cut_usage and not self.held:
@@ -218,6 +226,11 @@ async def relay_stream(
     try:
         await _relay_frames(resp, send, deps, info, shown, plain=plain)
     except UpstreamBroken as broken:
+        error = None if broken.kind == "timeout" else shown.refusal()
+        if error is not None:  # not the engine's failure: no step towards its ejection
+            await _end(send, shown, error, deps, engine)
+            info.usage = None
+            return Outcome.REJECTED
         error = deps.upstream.failure(engine, broken.kind, broken.cause, stream=True, midway=True)
     except asyncio.CancelledError:
         if cut is None or not cut.shutting_down():

@@ -177,3 +177,32 @@ async def test_a_field_vllm_refuses_only_as_generation_starts_is_a_400(
             include=["message.output_text.logprobs"],
         )
     assert "greater than max allowed: 20" in info.value.message
+
+
+async def test_a_stream_vllm_refuses_as_generation_starts_leaves_the_engine_up(
+    oai: openai.AsyncOpenAI, e2e: E2E, ledger: LedgerView
+) -> None:
+    """vLLM drops such a stream after its opening events: three of them used to eject the
+    engine (three failures in a row), one tenant's bad field taking it from everyone."""
+    before = await ledger.count()
+    for _ in range(3):
+        stream = await oai.responses.create(
+            model=CHAT,
+            input="hi",
+            max_output_tokens=3,
+            top_logprobs=30,
+            include=["message.output_text.logprobs"],
+            stream=True,
+        )
+        events = await _events(stream)
+        assert events[-1].type == "error"
+        assert getattr(events[-1], "code", None) == "engine_refused"
+    headers = {"authorization": "Bearer e2e-admin-token-0123456789"}
+    async with e2e.http.get(f"{e2e.gateway}/admin/v1/engines", headers=headers) as resp:
+        engines = {engine["url"]: engine for engine in (await resp.json())["data"]}
+    assert engines[e2e.engines.chat]["state"] == "up"
+    assert engines[e2e.engines.chat]["consecutive_failures"] == 0
+    records = (await ledger.new_since(before, 3))[-3:]  # (an earlier test's may come late)
+    assert [(r.outcome, r.prompt_tokens, r.completion_tokens) for r in records] == [
+        ("rejected", 0, 0)
+    ] * 3

@@ -195,3 +195,33 @@ async def test_a_plain_response_cut_after_it_began_is_a_502_billed_so_far() -> N
     assert run.status == 502
     assert orjson.loads(run.body)["error"]["code"] == "engine_disconnected"
     assert run.result.usage == Usage(6, 1)
+
+
+def response_stream_call(pool: ModelPool) -> ProxyCall:
+    return ProxyCall("responses", pool, b"{}", True, responses=True, input_estimate=6)
+
+
+async def test_a_response_stream_dropped_before_it_began_is_a_refusal_not_an_engine_failure() -> (
+    None
+):
+    """vLLM drops a Responses stream it refuses as generation starts: the client gets an error
+    event saying so, nothing is billed, and the engine takes no step towards its ejection
+    (three such requests used to eject it)."""
+    upstream = FakeUpstream(*(FakeResponse(steps=[*OPENING, broken()]) for _ in range(3)))
+    for _ in range(3):
+        run = await run_proxy(upstream, response_stream_call)
+        events = [e for e in run.body.split(b"\n\n") if e]
+        assert events[-1].startswith(b"event: error\n")
+        error = orjson.loads(events[-1].split(b"data: ", 1)[1])
+        assert (error["code"], error["sequence_number"]) == ("engine_refused", 2)
+        assert (run.result.outcome, run.result.usage) == (Outcome.REJECTED, None)
+        assert run.engine.health.consecutive_failures == 0
+
+
+async def test_a_response_stream_cut_after_it_began_is_the_engines_failure() -> None:
+    steps: list[Any] = [*OPENING, text_delta("Hi", 2), broken()]
+    run = await run_proxy(FakeUpstream(FakeResponse(steps=steps)), response_stream_call)
+    error = orjson.loads(run.body.rsplit(b"data: ", 1)[1])
+    assert error["code"] == "engine_disconnected"
+    assert (run.result.outcome, run.result.usage) == (Outcome.ENGINE_ERROR, Usage(6, 1))
+    assert run.engine.health.consecutive_failures == 1
