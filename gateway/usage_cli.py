@@ -48,8 +48,12 @@ def add_usage_command(sub: Any) -> None:
     usage.add_argument("--tenant")
     usage.add_argument("--key-id")
     usage.add_argument("--model")
-    usage.add_argument("--start", help="YYYY-MM-DD, RFC 3339 or Unix seconds (default: 30 days)")
-    usage.add_argument("--end", help="as --start (default: today)")
+    usage.add_argument(
+        "--start",
+        help="YYYY-MM-DD, RFC 3339 or Unix seconds (default: totals 30 days back, --records "
+        "the first record kept)",
+    )
+    usage.add_argument("--end", help="as --start (default: today; --records: the latest record)")
     usage.add_argument(
         "--group-by", help="comma-separated: tenant,key_id,model,day (default tenant,key_id,model)"
     )

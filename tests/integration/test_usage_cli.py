@@ -56,6 +56,13 @@ async def test_usage_totals_and_records_through_the_cli(meter: Meter) -> None:
     assert [r["completion_tokens"] for r in csv.DictReader(io.StringIO(out))] == ["2", "3", "4"]
 
 
+async def test_usage_help_says_where_records_start(meter: Meter) -> None:
+    # --records has no 30-day default: it pages through every record kept (retention_days)
+    code, out, _ = await usage(meter, "--help")
+    assert code == 0
+    assert "--records the first record kept" in " ".join(out.split())
+
+
 async def test_usage_cli_says_what_went_wrong(meter: Meter) -> None:
     code, _, err = await usage(meter, "--group-by", "colour")
     assert code == 1
