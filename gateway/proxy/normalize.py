@@ -95,8 +95,7 @@ def normalize_error(status: int, body: bytes, route: str | None = None) -> bytes
             message, param = _content_part_error(message, head.end(), route)
     if status == 400 and param is not None:
         message, param = _validation(message, param)
-        if param == "logprobs" and route == "chat/completions":  # chat's count is top_logprobs
-            param = "top_logprobs"
+        param = _RENAMED.get((route, param), param)
         if param in _CONTEXT_PARAMS:  # vLLM's context-length refusal: OpenAI's code, the field
             param, code = _PROMPT_FIELDS.get(route or "", "messages"), "context_length_exceeded"
     if status == 404 and route is not None and message == _NOT_SERVED:
@@ -109,6 +108,12 @@ def normalize_error(status: int, body: bytes, route: str | None = None) -> bytes
     return orjson.dumps(error_body(message, type_, param=param, code=code))
 
 
+# Fields vLLM checks under its own name: the name the client sent them by, per route.
+_RENAMED = {
+    ("chat/completions", "logprobs"): "top_logprobs",  # chat's count is top_logprobs
+    ("responses", "logprobs"): "top_logprobs",
+    ("responses", "max_tokens"): "max_output_tokens",
+}
 # Where a route's prompt is (what a context-length refusal names).
 _PROMPT_FIELDS = {"completions": "prompt", "embeddings": "input", "responses": "input"}
 # vLLM's context-length refusals: counted in tokens, or (first, for long texts) in characters.

@@ -177,6 +177,10 @@ async def test_a_field_vllm_refuses_only_as_generation_starts_is_a_400(
             include=["message.output_text.logprobs"],
         )
     assert "greater than max allowed: 20" in info.value.message
+    assert info.value.param == "top_logprobs"  # (vLLM names its own `logprobs`)
+    with pytest.raises(openai.BadRequestError) as info:
+        await oai.responses.create(model=CHAT, input="hi", max_output_tokens=0)
+    assert info.value.param == "max_output_tokens"  # (vLLM names its own `max_tokens`)
 
 
 async def test_a_stream_vllm_refuses_as_generation_starts_leaves_the_engine_up(

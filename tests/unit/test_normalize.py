@@ -246,3 +246,19 @@ def test_chats_logprobs_count_is_named_top_logprobs() -> None:
     assert chat["param"] == "top_logprobs"
     completions = orjson.loads(normalize_error(400, refusal, "completions"))["error"]
     assert completions["param"] == "logprobs"  # completions' own field
+
+
+def test_responses_fields_vllm_checks_under_its_names_are_named_as_sent() -> None:
+    """vLLM 0.32 turns a response's max_output_tokens and top_logprobs into its sampling
+    `max_tokens` and `logprobs`, and names those when it refuses them."""
+    for message, vllm, sent in (
+        ("max_tokens must be at least 1, got 0.", "max_tokens", "max_output_tokens"),
+        (
+            "Requested sample logprobs of 30, which is greater than max allowed: 20",
+            "logprobs",
+            "top_logprobs",
+        ),
+    ):
+        refusal = _vllm_400(message, vllm)
+        error = orjson.loads(normalize_error(400, refusal, "responses"))["error"]
+        assert (error["param"], error["message"]) == (sent, message)
