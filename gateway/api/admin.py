@@ -26,7 +26,7 @@ from gateway.auth.records import (
 )
 from gateway.auth.store import AuthStore
 from gateway.deps import Gateway
-from gateway.errors import NotFound, ServiceUnavailable, Unauthorized
+from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable, Unauthorized
 from gateway.routing.status import engines_status
 from gateway.state import GatewayState
 
@@ -117,6 +117,14 @@ async def rotate_key(key_id: str, gw: Gateway) -> Response:
     if found is None:
         raise NotFound(f"No API key with id '{key_id}'.", param="id", code="key_not_found")
     old, read = found
+    if old.expired(time.time()):  # a new secret for it would be refused from the start
+        raise InvalidRequest(
+            f"The API key '{key_id}' expired at {rfc3339(old.expires_at or 0)}; "
+            "create a new key instead.",
+            param="id",
+            code="key_expired",
+            status=409,
+        )
     record = old.model_copy(update={"secret_hash": hash_secret(gw.auth.pepper, secret)})
     await store.put_key(record, read=read)  # 409 if another rotation (or any write) came first
     return json_response({**record.view(), "key": format_key(record.id, secret)})

@@ -130,6 +130,9 @@ async def test_expired_key_is_refused(auth: AuthStack) -> None:
         with pytest.raises(openai.AuthenticationError) as info:
             await oai.models.list()
     assert "expired" in info.value.message
+    # a rotation would hand out a secret that can never work
+    status, body = await auth.admin("POST", f"/keys/{key_id}/rotate")
+    assert (status, body["error"]["code"], body["error"]["param"]) == (409, "key_expired", "id")
 
 
 async def test_model_allow_lists_of_key_and_tenant(auth: AuthStack) -> None:
