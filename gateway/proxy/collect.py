@@ -92,7 +92,7 @@ async def collect_stream(
     finally:
         info.usage = tap.usage
     if error is not None:
-        return _engine_error(error)
+        return _engine_error(error, route)
     if tap.final is None:  # vLLM's last frame before [DONE] carries the total usage
         deps.metrics.upstream_errors.labels(engine.url, "stream_cut").inc()
         raise _cut()
@@ -147,9 +147,9 @@ def payloads_of(frames: list[bytes]) -> list[bytes]:
     return [data for data in map(frame_data, frames) if data and data != b"[DONE]"]
 
 
-def _engine_error(data: bytes) -> tuple[int, bytes]:
+def _engine_error(data: bytes, route: str) -> tuple[int, bytes]:
     status = stream_error_status(data)
-    return status, normalize_error(status, data)
+    return status, normalize_error(status, data, route)
 
 
 def _cut() -> ApiError:

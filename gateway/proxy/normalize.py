@@ -90,6 +90,8 @@ def normalize_error(status: int, body: bytes, route: str | None = None) -> bytes
     message, param, code = _parse_error(body, status)
     if status == 400 and param is None:
         param = _named_field(message)
+        if _OUT_OF_VOCABULARY.match(message):  # a token id of the prompt
+            param = _PROMPT_FIELDS.get(route or "")
         head = _DUMP_HEAD.match(message) if param is None else None
         if head is not None:
             message, param = _content_part_error(message, head.end(), route)
@@ -109,7 +111,7 @@ def normalize_error(status: int, body: bytes, route: str | None = None) -> bytes
 
 
 # Fields vLLM checks under its own name: the name the client sent them by, per route.
-_RENAMED = {
+_RENAMED: dict[tuple[str | None, str], str] = {
     ("chat/completions", "logprobs"): "top_logprobs",  # chat's count is top_logprobs
     ("responses", "logprobs"): "top_logprobs",
     ("responses", "max_tokens"): "max_output_tokens",
@@ -126,6 +128,8 @@ _VALIDATION_HEAD = re.compile(r"\d+ validation errors?:\n")
 # vLLM's sampling checks that set no `parameter` ("n must be at least 1, got 0.", "`top_k`
 # must be ...") name the field as the message's first word.
 _FIELD_FIRST = re.compile(r"`?([a-z][a-z0-9_]*)`? must ")
+# vLLM's refusal of a prompt's token id (completions' prompt, embeddings' input).
+_OUT_OF_VOCABULARY = re.compile(r"Token id -?\d+ is out of vocabulary")
 # vLLM's refusals of embeddings' `dimensions` (pooling_params.py), which name the model first.
 _DIMENSIONS = re.compile(
     r"Model '[^']*' (?:does not support Matryoshka|only supports (?:Matryoshka )?dimensions)"

@@ -171,6 +171,17 @@ async def test_dimensions_a_model_cannot_give_is_a_400_naming_dimensions(
     assert "Matryoshka" in info.value.message
 
 
+async def test_a_token_id_outside_the_vocabulary_names_the_prompt(
+    oai: openai.AsyncOpenAI,
+) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        await oai.completions.create(model=CHAT, prompt=[1, 999999999], max_tokens=2)
+    assert info.value.param == "prompt"
+    with pytest.raises(openai.BadRequestError) as info:
+        await oai.embeddings.create(model=EMBED, input=[[1, 999999999]])
+    assert info.value.param == "input"
+
+
 async def test_vllm_nulls_that_break_strict_clients_are_removed(e2e: E2E) -> None:
     body = {"model": CHAT, "messages": FRANCE, "max_tokens": 3, "top_k": 1, "min_p": 0.0}
     async with e2e.http.post(

@@ -220,6 +220,16 @@ def test_an_embeddings_dimensions_refusal_names_dimensions() -> None:
         assert (err["param"], err["message"]) == ("dimensions", message)
 
 
+def test_a_token_id_outside_the_vocabulary_names_the_prompts_field() -> None:
+    refusal = _vllm_400("Token id 999999999 is out of vocabulary", None)
+    for route, field in (("completions", "prompt"), ("embeddings", "input")):
+        error = orjson.loads(normalize_error(400, refusal, route))["error"]
+        assert (error["param"], error["message"]) == (
+            field,
+            "Token id 999999999 is out of vocabulary",
+        )
+
+
 def test_a_content_part_vllm_cannot_read_is_one_sentence_on_the_prompts_field() -> None:
     """vLLM 0.32's answer to `{"type": "text"}` without its text (parts are read lazily)."""
     dump = (

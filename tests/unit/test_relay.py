@@ -225,3 +225,18 @@ async def test_a_response_stream_cut_after_it_began_is_the_engines_failure() -> 
     assert error["code"] == "engine_disconnected"
     assert (run.result.outcome, run.result.usage) == (Outcome.ENGINE_ERROR, Usage(6, 1))
     assert run.engine.health.consecutive_failures == 1
+
+
+async def test_a_collected_answers_error_frame_names_the_routes_field() -> None:
+    """vLLM refuses a prompt's out-of-vocabulary token id in the stream a plain completion is
+    asked as: the 400 names `prompt`, as the same refusal of a plain request does."""
+    refusal = orjson.dumps(
+        {"error": {"message": "Token id 99999 is out of vocabulary", "code": 400}}
+    )
+
+    def call(pool: ModelPool) -> ProxyCall:
+        return ProxyCall("completions", pool, b"{}", False, collect={"model": "m", "prompt": [1]})
+
+    run = await run_proxy(FakeUpstream(FakeResponse(steps=[frame(orjson.loads(refusal))])), call)
+    assert run.status == 400
+    assert orjson.loads(run.body)["error"]["param"] == "prompt"
