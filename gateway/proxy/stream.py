@@ -62,6 +62,11 @@ class Frames(Protocol):
 
     finished: bool  # the engine ended the stream as its protocol says (not cut off)
 
+    @property
+    def began(self) -> bool:
+        """A frame of the answer itself has come (the time to first token is taken then)."""
+        ...
+
     def __call__(self, frame: bytes) -> bytes:
         """The bytes to send the client for one engine frame (may be none, or held ones)."""
         ...
@@ -110,6 +115,10 @@ class FrameFilter:
     @property
     def usage(self) -> Usage | None:
         return self.tap.usage
+
+    @property
+    def began(self) -> bool:
+        return True  # vLLM's first chat or completions frame comes with the first token
 
     def failure(self, error: ApiError) -> bytes:
         return error_frame(error) + DONE_FRAME
@@ -264,10 +273,10 @@ async def _relay_frames(
             frames = splitter.feed(chunk)
             if not frames or ended:
                 continue
-            if info.ttft_ms is None:
+            out = b"".join([shown(f) for f in frames])
+            if info.ttft_ms is None and shown.began:
                 info.ttft_ms = (time.perf_counter() - started) * 1000
                 deps.metrics.ttft.labels(info.model or "").observe(info.ttft_ms / 1000)
-            out = b"".join([shown(f) for f in frames])
             if shown.finished and plain:
                 ended = True
                 await send({"type": "http.response.body", "body": out + shown.release()})
