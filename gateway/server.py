@@ -103,8 +103,8 @@ class DrainingServer(uvicorn.Server):
     `grace_s` (fractions included) has passed since the signal. Then the proxied requests still
     in flight are cut (Drain.cut): each ends its answer (a 503, or its stream's error frame and
     `[DONE]`), and uvicorn's own shutdown gives them ANSWER_END_S before it cancels whatever
-    still runs, and runs the lifespan's shutdown (usage flush). A second signal exits at once
-    with what is left of the grace.
+    still runs, and runs the lifespan's shutdown (usage flush). A second signal ends the grace
+    at once: what still runs is cut then, as at the grace's end.
     """
 
     def __init__(self, config: uvicorn.Config, grace_s: float) -> None:
@@ -131,6 +131,9 @@ class DrainingServer(uvicorn.Server):
                 drain.in_flight,
                 self.grace_s,
             )
+            return
+        if self.deadline is not None and not self.should_exit:
+            self.deadline = time.monotonic()  # the grace ends now: the next tick cuts the rest
             return
         self._exit_with_what_is_left()
         super().handle_exit(sig, frame)
@@ -203,6 +206,16 @@ class DrainingWorkers(Multiprocess):
     def handle_term(self) -> None:
         self.stopped_by = signal.SIGTERM
         super().handle_term()
+
+    def join_all(self) -> None:
+        """Wait for every worker's drain. A second SIGTERM or SIGINT meanwhile is passed on to
+        them (uvicorn's would lie unread in its queue): each then cuts what it still runs."""
+        while any(process.exitcode is None for process in self.processes):
+            if self.signal_queue:
+                self.signal_queue.clear()
+                self.terminate_all()
+            for process in self.processes:
+                process.process.join(0.1)
 
     def run(self) -> None:
         super().run()

@@ -236,3 +236,35 @@ async def test_draining_refuses_cleanly_then_cuts_at_the_grace_and_bills_all(
     assert exited_after_s < 15, exited_after_s
     assert seen == len(billed) == 4  # the refused request never reached the engine
     assert {r.outcome for r in billed} == {"gateway_shutdown"}
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_second_sigterm_cuts_at_once_what_the_grace_would_have_waited_for(
+    tmp_path: Path, workers: str
+) -> None:
+    """README: 'a second signal stops at once' (the log says 'a second signal stops now'); it
+    waited for the streams or the rest of the grace all the same (a 10 s stream held it 9.5 s),
+    and the supervisor of several workers did not pass it on at all."""
+    sim = SimConfig(models=[MODEL], max_tokens=300, itl_ms=100)  # ~30 s per stream
+    async with fleet(tmp_path, sim, 60, "--workers", workers) as f:
+        tasks = await streams_in_flight(f, 2)
+        f.gw.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            while True:  # draining
+                async with f.http.get(f"{f.gw.url}/readyz") as resp:
+                    if resp.status == 503:
+                        break
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)  # (the supervisor relays the first one within 0.5 s)
+        loop = asyncio.get_running_loop()
+        signalled = loop.time()
+        f.gw.process.send_signal(signal.SIGTERM)
+        texts = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        exit_code = await asyncio.wait_for(f.gw.process.wait(), 30)
+        exited_after_s = loop.time() - signalled
+        billed = await records(f.redis_url)
+    assert exited_after_s < 6, exited_after_s  # the streams had ~28 s to go, the grace 60 s
+    assert exit_code == STOPPED_BY_SIGTERM
+    assert all(cut_with_an_error_frame(text) for text in texts), texts
+    assert {r.outcome for r in billed} == {"gateway_shutdown"}
+    assert len(billed) == 2
