@@ -13,8 +13,9 @@ from gateway.routing.engines import Engine
 class EngineMetrics:
     """The registry's EngineObserver: keeps `llmaas_engine_*` in step with engine health.
 
-    Series of an engine that leaves the registry (DNS) are removed, so labels stay bounded by
-    the engines that exist now.
+    Series of an engine that leaves the registry (DNS), these and its requests', in-flight
+    requests' and upstream errors', are removed, so labels stay bounded by the engines that
+    exist now (pods that come and go under a headless Service each have a new address).
     """
 
     def __init__(self, metrics: Metrics) -> None:
@@ -48,6 +49,10 @@ class EngineMetrics:
         for check in ("health", "models"):
             with contextlib.suppress(KeyError):
                 m.engine_check_failures.remove(engine.url, check)
+        with contextlib.suppress(KeyError):
+            m.inflight.remove(engine.url)  # (a request still on it counts in a detached child)
+        for labelled in (m.engine_requests, m.upstream_errors):
+            labelled.remove_by_labels({"engine": engine.url})
 
     def publish(self, engines: list[Engine]) -> None:
         for engine in engines:
