@@ -168,16 +168,46 @@ def _validation(message: str, param: str) -> tuple[str, str]:
     field = _field_path(param)
     if not _VALIDATION_HEAD.match(message):
         return message, field
-    first = message.split("\n", 2)[1].strip()
-    try:
-        error = ast.literal_eval(first)  # (a literal only: nothing is run)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    lines = message.split("\n", _COMPLAINTS_READ + 1)[1 : _COMPLAINTS_READ + 1]
+    error = _complaint(lines[0])
+    if error is None:
         return message, field
-    if not isinstance(error, dict) or not isinstance(error.get("msg"), str):
-        return message, field
+    if str(error.get("type", "")).endswith("_type"):
+        deeper = _deeper(error, lines[1:])
+        if deeper is not None:
+            error, field = deeper, _field_path(deeper["loc"])
     got = error.get("input")
     shown = f" (got {got!r})" if isinstance(got, (str, int, float)) and len(repr(got)) <= 60 else ""
     return f"Invalid value for '{field}': {error['msg']}{shown}.", field
+
+
+# Complaints read for one inside the first's field (vLLM lists every branch of every union).
+_COMPLAINTS_READ = 64
+
+
+def _complaint(line: str) -> dict[str, Any] | None:
+    """One line of vLLM's list of pydantic errors, if it is one."""
+    try:
+        error = ast.literal_eval(line.strip())  # (a literal only: nothing is run)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if not isinstance(error, dict) or not isinstance(error.get("msg"), str):
+        return None
+    return error
+
+
+def _deeper(first: dict[str, Any], lines: list[str]) -> dict[str, Any] | None:
+    """The first complaint inside the field of `first`, a value of the wrong type for one
+    branch of a union (`input` is not a string) when another branch took it and found what
+    is wrong inside (`input[0].content` is missing)."""
+    loc = first.get("loc")
+    if not isinstance(loc, str):
+        return None
+    for line in lines:
+        error = _complaint(line)
+        if error is not None and str(error.get("loc", "")).startswith(loc + "."):
+            return error
+    return None
 
 
 def _field_path(loc: str) -> str:

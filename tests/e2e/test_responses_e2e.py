@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import openai
 import pytest
@@ -210,3 +210,12 @@ async def test_a_stream_vllm_refuses_as_generation_starts_leaves_the_engine_up(
     assert [(r.outcome, r.prompt_tokens, r.completion_tokens) for r in records] == [
         ("rejected", 0, 0)
     ] * 3
+
+
+async def test_a_malformed_input_item_is_named(oai: openai.AsyncOpenAI) -> None:
+    """vLLM lists 234 complaints, the first that `input` is not a string."""
+    with pytest.raises(openai.BadRequestError) as info:
+        await oai.responses.create(
+            model=CHAT, input=cast(Any, [{"role": "user", "content": 5}]), max_output_tokens=3
+        )
+    assert info.value.param == "input[0].content"

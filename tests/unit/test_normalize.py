@@ -173,6 +173,34 @@ def test_vllm_validation_errors_name_the_field_as_openai_does() -> None:
     assert err["message"].startswith("1 validation error:")
 
 
+def test_a_union_the_value_is_not_the_type_of_names_what_is_wrong_inside_it() -> None:
+    """vLLM 0.32's answer to a response's `"input": [{"role": "user", "content": 5}]`: its
+    first complaint is the string branch of `input`, which a list is not; the message said
+    'Input should be a valid string' of an array. The complaint inside the list is named."""
+    dump = (
+        "234 validation errors:\n"
+        "  {'type': 'string_type', 'loc': 'body.input', 'msg': 'Input should be a valid string', "
+        "'input': '<list of 1 items>'}\n"
+        "  {'type': 'string_type', 'loc': 'body.input.0.EasyInputMessageParam.content', 'msg': "
+        "'Input should be a valid string', 'input': '5'}\n"
+        "  {'type': 'missing', 'loc': 'body.input.0.Message.content', 'msg': 'Field required', ..."
+    )
+    error = orjson.loads(normalize_error(400, _vllm_400(dump, "body.input"), "responses"))["error"]
+    assert error["param"] == "input[0].content"
+    assert error["message"] == (
+        "Invalid value for 'input[0].content': Input should be a valid string (got '5')."
+    )
+    stop = (
+        "2 validation errors:\n"
+        "  {'type': 'string_type', 'loc': 'body.stop', 'msg': 'Input should be a valid string', "
+        "'input': '5'}\n"
+        "  {'type': 'list_type', 'loc': 'body.stop', 'msg': 'Input should be a valid list', "
+        "'input': '5'}"
+    )
+    error = orjson.loads(normalize_error(400, _vllm_400(stop, "body.stop")))["error"]
+    assert error["param"] == "stop"  # no branch took it: the first complaint stands
+
+
 def test_a_prompt_over_the_context_is_context_length_exceeded_on_the_prompts_field() -> None:
     """vLLM names the count it refused: `input_tokens`, or `input_text` when a text has more
     characters than the context could hold (its first check, which embeddings' inputs meet)."""
