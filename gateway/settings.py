@@ -62,8 +62,9 @@ class RoutingSettings(Section):
     # engine of the model is below it, requests are refused with 503 engines_overloaded and
     # Retry-After (the scrape interval, at least 1 s) instead of queueing without limit.
     # 256 is vLLM's default batch (max_num_seqs): a new request would wait a whole batch's
-    # generation before its first token. None: never shed.
-    max_waiting_per_engine: int | None = Field(default=256, ge=0)
+    # generation before its first token. None: never shed. (0 would refuse every request, even
+    # with every queue empty: refused, so that nobody takes it for "never queue".)
+    max_waiting_per_engine: int | None = Field(default=256, ge=1)
     # How often dns:// engine entries are resolved again (engines join and leave the pools).
     dns_refresh_s: float = Field(default=10.0, gt=0)
     # How often every engine's /v1/models is read (served models, LoRA adapters, max_model_len).

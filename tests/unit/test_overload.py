@@ -18,7 +18,7 @@ from gateway.routing.overload import (
     retry_after_s,
     waiting,
 )
-from gateway.settings import RoutingSettings
+from gateway.settings import ConfigError, RoutingSettings, load_settings
 
 MODEL = "m"
 
@@ -130,3 +130,13 @@ def test_the_strategy_chooses_among_engines_below_the_bound_only() -> None:
         balancer.candidates(pool)
     busy.load.waiting = 0  # its queue drained (the next scrape says so): it is taken again
     assert [e.url for e in balancer.candidates(pool)] == ["http://busy"]
+
+
+def test_a_bound_of_zero_is_refused_at_load_naming_the_field() -> None:
+    """0 was taken, then every request was refused with 'Every engine serving … has a full
+    queue' while every queue was empty (waiting >= 0 always holds); null turns shedding off."""
+    with pytest.raises(ConfigError) as refused:
+        load_settings(None, dev_mode=True, routing={"max_waiting_per_engine": 0})
+    assert str(refused.value) == (
+        "settings: routing.max_waiting_per_engine: Input should be greater than or equal to 1"
+    )
