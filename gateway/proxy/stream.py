@@ -31,7 +31,7 @@ from gateway.proxy.normalize import (
     normalize_success,
     stream_error_status,
 )
-from gateway.proxy.outcome import Outcome, outcome_of_failure
+from gateway.proxy.outcome import Outcome, outcome_of_failure, outcome_of_status
 from gateway.proxy.sse import DONE_FRAME, FrameSplitter, error_frame, frame_data, with_data
 from gateway.proxy.upstream import UpstreamBroken, UpstreamResponse
 from gateway.request_context import RequestInfo
@@ -99,7 +99,16 @@ class FrameFilter:
     stream is held from the first finish frame until the usage frame says it, order kept.
     """
 
-    __slots__ = ("cut_usage", "engine", "finished", "held", "known", "tap", "want")
+    __slots__ = (
+        "cut_usage",
+        "engine",
+        "engine_error",
+        "finished",
+        "held",
+        "known",
+        "tap",
+        "want",
+    )
 
     def __init__(
         self, want: UsageWanted | None, n: int, engine: str, known: dict[str, str]
@@ -111,6 +120,7 @@ class FrameFilter:
         self.held: list[bytes] = []  # payloads waiting for the fingerprint, in order
         self.finished = False
         self.cut_usage = want is not None and not want.continuous  # from every token frame
+        self.engine_error: int | None = None  # the status of the engine's error frame, if sent
 
     @property
     def usage(self) -> Usage | None:
@@ -136,6 +146,8 @@ class FrameFilter:
         if data is None or span is None:
             if data == b"[DONE]":
                 self.finished = True
+            elif data is not None and data.startswith(b'{"error"'):
+                self.engine_error = stream_error_status(data)
             return self.release() + transform_frame(frame)
         final = self.tap.feed(data, span)
         want = self.want
@@ -224,8 +236,9 @@ async def relay_stream(
     `cut`: the request's; cut by the end of a drain, the stream ends with an error frame."""
     await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
     shown = frames_filter
+    chat = None  # chat's and completions' filter
     if shown is None:
-        shown = FrameFilter(want, n, engine.url, deps.fingerprints)
+        shown = chat = FrameFilter(want, n, engine.url, deps.fingerprints)
     # Chat and completions: the end of the response goes with the last frame. Not a Responses
     # stream: vLLM stores the response after its last event, and a client told the end before
     # that could ask for it before it is there.
@@ -248,6 +261,8 @@ async def relay_stream(
     finally:  # also when cancelled: bill what the engine generated until then
         info.usage = shown.usage
     if plain and shown.finished:  # the client has the whole stream
+        if chat is not None and chat.engine_error is not None:  # the engine refused it
+            return outcome_of_status(chat.engine_error)
         return Outcome.OK
     outcome = await _end(send, shown, error, deps, engine)
     return Outcome.GATEWAY_SHUTDOWN if shut else outcome

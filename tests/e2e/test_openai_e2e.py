@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from tests.e2e.conftest import CHAT, E2E, EMBED
+from tests.e2e.metering import LedgerView, new_rid
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -180,6 +181,24 @@ async def test_a_token_id_outside_the_vocabulary_names_the_prompt(
     with pytest.raises(openai.BadRequestError) as info:
         await oai.embeddings.create(model=EMBED, input=[[1, 999999999]])
     assert info.value.param == "input"
+
+
+async def test_a_stream_vllm_refuses_with_an_error_frame_is_recorded_rejected(
+    e2e: E2E, ledger: LedgerView
+) -> None:
+    """vLLM checks logit_bias against its vocabulary once the stream has begun: an error frame,
+    then [DONE]. Recorded `ok`, it was charged its whole token reservation."""
+    rid = new_rid("stream-refused")
+    body = {"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    body |= {"max_tokens": 3, "logit_bias": {"999999": 1}}
+    before = await ledger.count()
+    headers = {**e2e.auth, "x-request-id": rid}
+    async with e2e.http.post(f"{e2e.gateway}/v1/chat/completions", json=body, headers=headers) as r:
+        text = await r.read()
+    assert b"out-of-vocab" in text
+    assert text.endswith(b"data: [DONE]\n\n")
+    records = [r for r in await ledger.new_since(before, 1) if r.request_id == rid]
+    assert [(r.outcome, r.total_tokens) for r in records] == [("rejected", 0)]
 
 
 async def test_vllm_nulls_that_break_strict_clients_are_removed(e2e: E2E) -> None:

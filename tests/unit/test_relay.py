@@ -249,3 +249,14 @@ async def test_a_response_streams_time_to_first_token_waits_for_its_first_output
     run = await run_proxy(FakeUpstream(FakeResponse(steps=steps)), response_stream_call)
     assert run.result.ttft_ms is not None
     assert run.result.ttft_ms >= 100
+
+
+async def test_a_stream_the_engine_refused_with_an_error_frame_is_rejected() -> None:
+    """vLLM refuses some fields of a stream it has begun with an error frame and [DONE] (an
+    out-of-vocabulary logit_bias, a grammar it cannot compile): recorded `ok`, such a stream
+    with no usage was charged its whole token reservation; rejected, it is charged none."""
+    refusal = {"error": {"message": "Grammar error", "type": "BadRequestError", "code": 400}}
+    run = await run_proxy(FakeUpstream(FakeResponse(steps=[frame(refusal), DONE])), stream_call)
+    assert run.body.endswith(DONE)
+    assert orjson.loads(run.body.split(b"\n\n")[0].removeprefix(b"data: "))["error"]["code"] is None
+    assert (run.result.outcome, run.result.usage) == (Outcome.REJECTED, None)
