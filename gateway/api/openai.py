@@ -22,7 +22,7 @@ from gateway.api.body import (
 from gateway.api.responses import json_response
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
-from gateway.errors import Forbidden, ModelNotFound
+from gateway.errors import Forbidden, InvalidRequest, ModelNotFound
 from gateway.limits.estimate import positive_int
 from gateway.metering.accounting import Charge
 from gateway.metering.stream_options import force_usage, wanted
@@ -126,9 +126,28 @@ async def completions(request: Request, gw: Gateway, caller: Caller) -> Response
 @router.post("/embeddings", response_model=None, openapi_extra=openapi_bodies.EMBEDDINGS)
 async def embeddings(request: Request, gw: Gateway, caller: Caller) -> Response:
     batch = gw.settings.limits.max_prompts_per_request
-    return await _forward(
-        request, gw, caller, "embeddings", lambda b: require_prompts(b, "input", batch)
-    )
+
+    def check(body: dict[str, Any]) -> None:
+        require_prompts(body, "input", batch)
+        _json_encoding(body)
+
+    return await _forward(request, gw, caller, "embeddings", check)
+
+
+# vLLM's binary embeddings: raw floats, with their shapes and usage in a response header
+# ("bytes") or nowhere ("bytes_only"). The gateway relays and meters JSON bodies only.
+_BINARY_ENCODINGS = ("bytes", "bytes_only")
+
+
+def _json_encoding(body: dict[str, Any]) -> None:
+    encoding = body.get("encoding_format")
+    if encoding in _BINARY_ENCODINGS:
+        raise InvalidRequest(
+            f"encoding_format '{encoding}' is not supported by this gateway: its usage could "
+            "not be metered. Use 'float' or 'base64'.",
+            param="encoding_format",
+            code="unsupported_value",
+        )
 
 
 def _model_card(pool: ModelPool) -> dict[str, Any]:

@@ -201,6 +201,19 @@ async def test_a_stream_vllm_refuses_with_an_error_frame_is_recorded_rejected(
     assert [(r.outcome, r.total_tokens) for r in records] == [("rejected", 0)]
 
 
+async def test_binary_embeddings_are_refused_naming_encoding_format(
+    oai: openai.AsyncOpenAI,
+) -> None:
+    """vLLM answers `bytes` with raw floats and their usage in a header the gateway did not
+    relay: the client got floats labelled JSON and the ledger 0 tokens."""
+    for encoding in ("bytes", "bytes_only"):
+        with pytest.raises(openai.BadRequestError) as info:
+            await oai.embeddings.create(
+                model=EMBED, input="hi", extra_body={"encoding_format": encoding}
+            )
+        assert (info.value.param, info.value.code) == ("encoding_format", "unsupported_value")
+
+
 async def test_vllm_nulls_that_break_strict_clients_are_removed(e2e: E2E) -> None:
     body = {"model": CHAT, "messages": FRANCE, "max_tokens": 3, "top_k": 1, "min_p": 0.0}
     async with e2e.http.post(

@@ -70,6 +70,12 @@ def assert_openai_error(payload: dict[str, Any]) -> dict[str, Any]:
         ),
         ("/v1/completions", {"model": MODEL}, "prompt", "'prompt'"),
         ("/v1/embeddings", {"model": MODEL, "input": 3}, "input", "string or an array"),
+        (  # vLLM's binary embeddings: the body has no usage (it was recorded as 0 tokens)
+            "/v1/embeddings",
+            {"model": MODEL, "input": "hi", "encoding_format": "bytes"},
+            "encoding_format",
+            "could not be metered",
+        ),
     ],
 )
 async def test_bad_input_is_400_naming_the_field(
