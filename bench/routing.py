@@ -50,7 +50,7 @@ from gateway.routing.balancer import (
     affinity_key,
     block_hashes,
 )
-from gateway.routing.engines import Engine, ModelPool
+from gateway.routing.engines import Engine, EngineRegistry, ModelPool
 from gateway.server import started
 from gateway.settings import Settings
 from gateway.state import GatewayState
@@ -200,7 +200,7 @@ async def drive(
 @asynccontextmanager
 async def gateway(
     engines: list[str], strategy: str, tmp: Path
-) -> AsyncIterator[tuple[str, Balancer]]:
+) -> AsyncIterator[tuple[str, Balancer, EngineRegistry]]:
     settings = Settings.model_validate(
         {
             "models": [{"name": CHAT_MODEL_NAME, "engines": engines}],
@@ -226,7 +226,7 @@ async def gateway(
     )
     async with started(uvicorn.Server(config)):
         state: GatewayState = app.state.gateway
-        yield f"http://127.0.0.1:{port}", state.proxy.balancer
+        yield f"http://127.0.0.1:{port}", state.proxy.balancer, state.registry
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +260,7 @@ def watch_moves(balancer: Balancer, engines: list[str]) -> list[Move]:
         chosen = choose(pool, blocks, now)
         by_url = {e.url: e for e in pool}
         ordered = [by_url[u] for u in engines if u in by_url]
-        matched = [balancer.matched(e.url, blocks) / len(blocks) for e in ordered]
+        matched = [balancer.matched(e, blocks) / len(blocks) for e in ordered]
         if matched[ordered.index(chosen)] < max(matched):
             moves.append(
                 Move(
@@ -277,7 +277,7 @@ def watch_moves(balancer: Balancer, engines: list[str]) -> list[Move]:
     return moves
 
 
-def held_by_all(balancer: Balancer, engines: list[str], work: Workload) -> int:
+def held_by_all(balancer: Balancer, engines: list[Engine], work: Workload) -> int:
     """System prompts that prefix_affinity has sent to every engine (each moved at least once
     off its first engine, by the load bound or by a queue that outweighed the match)."""
     if not isinstance(balancer, PrefixAffinity):
@@ -287,7 +287,7 @@ def held_by_all(balancer: Balancer, engines: list[str], work: Workload) -> int:
     for system in systems:
         messages = [{"role": "system", "content": system}]
         blocks = block_hashes(affinity_key("chat/completions", {"messages": messages}))
-        held += all(balancer.matched(url, blocks) == len(blocks) for url in engines)
+        held += all(balancer.matched(engine, blocks) == len(blocks) for engine in engines)
     return held
 
 
@@ -329,11 +329,11 @@ async def run_strategy(
         await reset_prefix_cache(http, url)
     before = [await engine_counters(http, url) for url in engines]
     started_at = time.perf_counter()
-    async with gateway(engines, strategy, tmp) as (url, balancer):
+    async with gateway(engines, strategy, tmp) as (url, balancer, registry):
         await asyncio.sleep(1.5)  # one scrape of the engines' load at least
         moves = watch_moves(balancer, engines)
         samples = await drive(http, url, work, args)
-        moved = held_by_all(balancer, engines, work)
+        moved = held_by_all(balancer, registry.engines(), work)
     for move in moves:
         print(f"  moved: {move}")
     firsts = sorted(s.ttft_ms for s in samples if s.first)

@@ -16,7 +16,6 @@ import json
 import math
 import time
 from array import array
-from collections import OrderedDict
 from typing import Any, Protocol
 
 from prometheus_client import Counter
@@ -183,7 +182,6 @@ class PrefixAffinity:
         self.load_bound = load_bound
         self.blocks_per_engine = blocks_per_engine
         self._least_loaded = LeastLoaded()
-        self._sent: dict[str, OrderedDict[int, None]] = {}  # engine URL → block hashes (LRU)
 
     def candidates(self, pool: ModelPool, affinity: bytes = b"") -> list[Engine]:
         if len(pool.engines) <= 1:
@@ -195,7 +193,7 @@ class PrefixAffinity:
             return ranked
         up = [e for e in ranked if e.is_up(now)] or ranked
         chosen = self.choose(up, blocks, now)
-        self.remember(chosen.url, blocks)
+        self.remember(chosen, blocks)
         return [chosen, *(e for e in ranked if e is not chosen)]
 
     def choose(self, engines: list[Engine], blocks: list[int], now: float) -> Engine:
@@ -207,7 +205,7 @@ class PrefixAffinity:
         for engine, load in zip(engines, loads, strict=True):
             if load + 1 > cap:
                 continue
-            matched = self.matched(engine.url, blocks) / len(blocks)
+            matched = self.matched(engine, blocks) / len(blocks)
             kv = engine.load.kv_usage if is_fresh(engine.load, now) else 0.0
             score = PREFIX_WEIGHT * matched - load - kv
             if score > best_score:
@@ -219,10 +217,10 @@ class PrefixAffinity:
         it: `load_bound` x the mean with this request, rounded up, plus `LOAD_SLACK`."""
         return math.ceil(self.load_bound * (total + 1) / engines) + LOAD_SLACK
 
-    def matched(self, url: str, blocks: list[int]) -> int:
+    def matched(self, engine: Engine, blocks: list[int]) -> int:
         """How many leading blocks of the prompt this engine was sent recently. What an engine
         holds of one chain is always a run from its start (see `remember`): binary search."""
-        sent = self._sent.get(url)
+        sent = engine.prefix_blocks
         if not sent:
             return 0
         low, high = 0, len(blocks)  # blocks[:low] were sent; blocks[high:] were not
@@ -234,12 +232,10 @@ class PrefixAffinity:
                 high = mid - 1
         return low
 
-    def remember(self, url: str, blocks: list[int]) -> None:
+    def remember(self, engine: Engine, blocks: list[int]) -> None:
         """Refresh the prompt's blocks last first, so that a prefix is always newer than its
         extensions and the LRU evicts a chain from its end."""
-        sent = self._sent.get(url)
-        if sent is None:
-            sent = self._sent[url] = OrderedDict()
+        sent = engine.prefix_blocks
         for block in reversed(blocks):
             sent[block] = None
             sent.move_to_end(block)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -58,6 +58,9 @@ class Engine:
     served: tuple[ServedModel, ...] = ()  # its /v1/models when last polled
     errors: deque[EngineError] = field(default_factory=lambda: deque(maxlen=RECENT_ERRORS))
     observer: EngineObserver | None = None
+    # prefix_affinity's memory of the prompt blocks sent here (LRU): it goes with the engine
+    # when it leaves the registry (a pod gone from DNS), as a dict keyed by URL never did.
+    prefix_blocks: OrderedDict[int, None] = field(default_factory=OrderedDict)
 
     def is_up(self, now: float) -> bool:
         """Not ejected. An ejected engine comes back only once its /health answers 200."""

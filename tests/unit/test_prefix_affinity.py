@@ -104,16 +104,17 @@ def test_block_hashes_name_whole_prefixes() -> None:
 
 def test_remembered_blocks_are_bounded_oldest_first() -> None:
     balancer = PrefixAffinity(blocks_per_engine=10)
+    e0, e1 = Engine("http://e0"), Engine("http://e1")
     old, new = block_hashes(b"a" * 256 * 6), block_hashes(b"b" * 256 * 6)
-    balancer.remember("http://e0", old)
-    balancer.remember("http://e0", new)
-    assert balancer.matched("http://e0", new) == 6
-    assert balancer.matched("http://e0", old) == 4  # a chain is evicted from its end
-    balancer.remember("http://e0", old)
-    assert (balancer.matched("http://e0", old), balancer.matched("http://e0", new)) == (6, 4)
-    balancer.remember("http://e0", block_hashes(b"c" * 256 * 10))
-    assert balancer.matched("http://e0", new) == 0
-    assert balancer.matched("http://e1", new) == 0
+    balancer.remember(e0, old)
+    balancer.remember(e0, new)
+    assert balancer.matched(e0, new) == 6
+    assert balancer.matched(e0, old) == 4  # a chain is evicted from its end
+    balancer.remember(e0, old)
+    assert (balancer.matched(e0, old), balancer.matched(e0, new)) == (6, 4)
+    balancer.remember(e0, block_hashes(b"c" * 256 * 10))
+    assert balancer.matched(e0, new) == 0
+    assert balancer.matched(e1, new) == 0
 
 
 def test_a_prefix_sticks_to_the_engine_it_was_sent_to() -> None:
@@ -132,12 +133,12 @@ def test_the_load_bound_leaves_one_request_of_slack() -> None:
     p, balancer = pool(), PrefixAffinity(load_bound=1.25)
     home, other = p.engines
     key = affinity_key("chat/completions", chat("q"))
-    balancer.remember(home.url, block_hashes(key))
+    balancer.remember(home, block_hashes(key))
     home.inflight = 1
     assert balancer.candidates(p, key)[0] is home
     home.inflight = 3  # 4 with this one, the other idle: ⌈1.25 x 4 / 2⌉ + 1 = 4
     assert balancer.candidates(p, key)[0] is home  # not a cold prefill for a queue of one
-    assert balancer.matched(other.url, block_hashes(key)) == 0
+    assert balancer.matched(other, block_hashes(key)) == 0
     assert balancer.load_cap(3, 2) == 4
     assert balancer.load_cap(39, 2) == 26  # a mean of 20 with this request: 1.3x
     assert PrefixAffinity(load_bound=2.0).load_cap(3, 2) == 5
@@ -147,20 +148,20 @@ def test_an_engine_past_the_load_bound_is_skipped_while_another_has_room() -> No
     p, balancer = pool(3), PrefixAffinity(load_bound=1.25)
     home, other, third = p.engines
     key = affinity_key("chat/completions", chat("q"))
-    balancer.remember(home.url, block_hashes(key))
+    balancer.remember(home, block_hashes(key))
     home.inflight = 2  # 3 with this one: ⌈1.25 x 3 / 3⌉ + 1 = 3
     assert balancer.candidates(p, key)[0] is home
     home.inflight = 3  # 4 > ⌈1.25 x 4 / 3⌉ + 1 = 3, though its match outweighs its queue
     moved = balancer.candidates(p, key)
     assert moved[0] is not home
     assert moved[-1] is home
-    assert balancer.matched(moved[0].url, block_hashes(key)) == len(block_hashes(key))
+    assert balancer.matched(moved[0], block_hashes(key)) == len(block_hashes(key))
     key = affinity_key("chat/completions", chat("q", system="Another system prompt. " * 60))
-    balancer.remember(home.url, block_hashes(key))
+    balancer.remember(home, block_hashes(key))
     home.inflight, home.load = 0, scraped(running=2, waiting=1)  # the engine's own queue
     assert balancer.candidates(p, key)[0] is not home
     key = affinity_key("chat/completions", chat("q", system="A third system prompt. " * 60))
-    balancer.remember(home.url, block_hashes(key))
+    balancer.remember(home, block_hashes(key))
     other.load = third.load = scraped(running=3)  # all busy: home is within the bound again
     assert balancer.candidates(p, key)[0] is home
 
@@ -170,7 +171,7 @@ def test_kv_usage_and_load_break_equal_matches() -> None:
     a, b = p.engines
     key = affinity_key("chat/completions", chat("q"))
     for engine in p.engines:
-        balancer.remember(engine.url, block_hashes(key))
+        balancer.remember(engine, block_hashes(key))
     a.load, b.load = scraped(kv=0.9), scraped(kv=0.1)
     assert balancer.candidates(p, key)[0] is b
     b.inflight = 1
@@ -208,10 +209,10 @@ def test_prefix_affinity_leaves_a_down_engine_for_last() -> None:
     p, balancer = pool(), PrefixAffinity()
     home, other = p.engines
     key = affinity_key("chat/completions", chat("q"))
-    balancer.remember(home.url, block_hashes(key))
+    balancer.remember(home, block_hashes(key))
     home.mark_down()
     assert urls(balancer.candidates(p, key)) == [other.url, home.url]
-    assert balancer.matched(other.url, block_hashes(key)) == len(block_hashes(key))
+    assert balancer.matched(other, block_hashes(key)) == len(block_hashes(key))
 
 
 def test_without_a_key_prefix_affinity_is_least_loaded() -> None:
@@ -219,3 +220,14 @@ def test_without_a_key_prefix_affinity_is_least_loaded() -> None:
     p.engines[0].inflight = 2
     assert urls(balancer.candidates(p)) == [p.engines[1].url, p.engines[0].url]
     assert balancer.candidates(ModelPool("one", p.engines[:1]), b"x" * 1024) == p.engines[:1]
+
+
+def test_what_was_sent_to_an_engine_goes_with_it() -> None:
+    """The blocks sent to each engine were kept by URL in the balancer, never forgotten: every
+    engine that ever left DNS (a pod replaced: a new address) kept up to 50,000 hashes. They
+    are the engine's own now, dropped with it."""
+    p, balancer = pool(2), PrefixAffinity()
+    key = affinity_key("chat/completions", chat("q"))
+    chosen = balancer.candidates(p, key)[0]
+    assert balancer.matched(chosen, block_hashes(key)) == len(block_hashes(key))
+    assert vars(balancer).keys() == {"load_bound", "blocks_per_engine", "_least_loaded"}
