@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 from fastapi import APIRouter
@@ -23,7 +24,7 @@ from gateway.api.responses import json_response
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
 from gateway.errors import Forbidden, InvalidRequest, ModelNotFound
-from gateway.limits.estimate import positive_int
+from gateway.limits.estimate import positive_int, prompt_tokens
 from gateway.metering.accounting import Charge
 from gateway.metering.stream_options import force_usage, wanted
 from gateway.proxy.collect import stream_request
@@ -99,7 +100,16 @@ async def _forward(
         affinity=_affinity(gw, route, body),
     )
     request_id = info_of(request.scope).request_id
-    charge = Charge(request_id, route, model, stream, caller, admission, received_ms)
+    charge = Charge(
+        request_id,
+        route,
+        model,
+        stream,
+        caller,
+        admission,
+        received_ms,
+        partial(prompt_tokens, body),
+    )
     return ProxyResponse(gw.proxy, call, gw.accounting.reporter(charge))
 
 

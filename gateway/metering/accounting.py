@@ -18,6 +18,8 @@ from gateway.metering.usage import Usage
 from gateway.proxy.outcome import Outcome, ProxyResult, Reporter
 
 _REFUNDED = (Outcome.ENGINE_ERROR, Outcome.REJECTED, Outcome.TIMEOUT)
+# The client went away: what the engine did for it until then is the client's to pay.
+_CLIENT_GONE = (Outcome.CLIENT_DISCONNECTED, Outcome.SLOW_CLIENT)
 # A slot under a concurrency limit this small is freed in Redis at once (Settler.submit's
 # frees_slot): few requests share it, so the next one may be waiting for this very slot. Under a
 # larger limit the release may linger a few ms for company, like any settlement: a busy key's
@@ -36,6 +38,10 @@ class Charge:
     caller: Principal
     admission: Admission | None  # charged limits, settled when the answer is done
     received_ms: int  # when the request arrived, Unix ms (the record's time)
+    # The prompt's tokens as estimated from the body, asked only of a request its client left
+    # before the engine reported any usage (vLLM reports none before the first token, though
+    # the prompt was read): else hanging up just before the first token made prefill free.
+    prompt_estimate: Callable[[], int] | None = None
 
 
 def settlement_of(charge: Charge, result: ProxyResult) -> Settlement | None:
@@ -43,7 +49,7 @@ def settlement_of(charge: Charge, result: ProxyResult) -> Settlement | None:
     admission = charge.admission
     if result.engine is None and admission is None:
         return None
-    usage = result.usage or Usage()
+    usage = result.usage or _unreported(charge, result)
     record_id = new_record_id()
     record = None if result.engine is None else _record(record_id, charge, result, usage)
     limits = None
@@ -55,6 +61,14 @@ def settlement_of(charge: Charge, result: ProxyResult) -> Settlement | None:
             tenant_tpm=charge.caller.tenant_limits.tpm or 0,
         )
     return Settlement(record_id, charge.caller.tenant, charge.caller.key_id, record, limits)
+
+
+def _unreported(charge: Charge, result: ProxyResult) -> Usage:
+    """The usage of a request the engine reported none for: its prompt's estimate if its client
+    left after the engine took it, else nothing."""
+    if result.engine is None or result.outcome not in _CLIENT_GONE:
+        return Usage()
+    return Usage(0 if charge.prompt_estimate is None else charge.prompt_estimate())
 
 
 def used_tokens(result: ProxyResult, admission: Admission) -> int:

@@ -13,6 +13,7 @@ import openai
 import orjson
 import pytest
 
+from gateway.limits.estimate import prompt_tokens
 from tests.integration.conftest import ADMIN, DEAD_MODEL, MODEL
 from tests.integration.metering_fixture import TOKENS, Meter, meter_fixture  # noqa: F401 (the fixture)
 
@@ -195,6 +196,30 @@ async def test_non_streaming_requests_cut_short_are_billed_what_the_engine_gener
     broken = records["plain-cut"]
     assert (broken.outcome, broken.status, broken.stream) == ("engine_error", 502, False)
     assert broken.completion_tokens == 3
+
+
+async def test_a_request_left_before_its_first_token_is_billed_its_prompt(meter: Meter) -> None:
+    # vLLM reports usage with the first token; the prompt was read before it. A client that
+    # hung up in between paid nothing, so a long prompt's prefill was free.
+    key = await meter.new_key("left-early")
+    headers = {"authorization": f"Bearer {key}"}
+    url = f"{meter.gateway}/v1/chat/completions"
+    long_prompt = [{"role": "user", "content": "tell me " * 200}]
+    for request_id, stream in (("stream-left", True), ("plain-left", False)):
+        body = {"model": MODEL, "messages": long_prompt, "stream": stream, "sim": {"ttft_ms": 3000}}
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(_read(meter, url, body, {**headers, **rid(request_id)}), 0.5)
+    records = {r.request_id: r for r in await meter.wait_records("left-early", 2)}
+    for request_id in ("stream-left", "plain-left"):
+        left = records[request_id]
+        assert (left.outcome, left.status) == ("client_disconnected", 499)
+        assert left.prompt_tokens == prompt_tokens({"messages": long_prompt}), left
+        assert left.completion_tokens == 0
+
+
+async def _read(meter: Meter, url: str, body: dict[str, Any], headers: dict[str, str]) -> bytes:
+    async with meter.http.post(url, json=body, headers=headers) as resp:
+        return await resp.read()
 
 
 async def test_a_rate_limited_request_leaves_no_record(meter: Meter) -> None:

@@ -86,6 +86,29 @@ def test_refusals_cost_nothing_and_a_cut_before_any_report_keeps_the_reservation
     assert (settlement.record.outcome, settlement.record.total_tokens) == ("client_disconnected", 0)
 
 
+def test_a_request_its_client_left_before_any_report_is_billed_its_prompt_estimate() -> None:
+    estimated = dataclasses.replace(CHARGE, prompt_estimate=lambda: 42)
+    for outcome in (Outcome.CLIENT_DISCONNECTED, Outcome.SLOW_CLIENT):
+        left = dataclasses.replace(OK, outcome=outcome, usage=None, status=499)
+        settlement = settlement_of(estimated, left)
+        assert settlement is not None
+        assert settlement.record is not None
+        assert (settlement.record.prompt_tokens, settlement.record.completion_tokens) == (42, 0)
+        assert settlement.limits is not None
+        assert settlement.limits.delta == 0  # the token limits keep the whole reservation
+    for outcome in (Outcome.ENGINE_ERROR, Outcome.TIMEOUT, Outcome.GATEWAY_SHUTDOWN):
+        failed = settlement_of(estimated, dataclasses.replace(OK, outcome=outcome, usage=None))
+        assert failed is not None
+        assert failed.record is not None
+        assert failed.record.total_tokens == 0, outcome  # not the client's doing
+    reported = settlement_of(
+        estimated, dataclasses.replace(OK, outcome=Outcome.CLIENT_DISCONNECTED)
+    )
+    assert reported is not None
+    assert reported.record is not None
+    assert reported.record.prompt_tokens == 10  # the engine's report, when there is one
+
+
 class Recording(Settler):
     """A settler without a ledger that notes how each settlement was submitted."""
 
