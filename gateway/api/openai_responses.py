@@ -229,6 +229,7 @@ def _store_unavailable() -> ServiceUnavailable:
     return ServiceUnavailable(
         "Stored responses cannot be looked up right now; try again shortly.",
         code="response_store_unavailable",
+        headers={"retry-after": "1"},
     )
 
 

@@ -114,7 +114,9 @@ def _ms(value: str | None, param: str, *, end: bool) -> int | None:
 def _redis(gw: GatewayState) -> Redis:
     if gw.redis is None:
         raise ServiceUnavailable(
-            "Usage is kept in Redis (redis_url), and none is configured.", code="no_ledger"
+            "Usage is kept in Redis (redis_url), and none is configured.",
+            code="no_ledger",
+            headers={"x-should-retry": "false"},  # no wait makes one
         )
     return gw.redis
 

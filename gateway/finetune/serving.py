@@ -143,6 +143,7 @@ class AdapterServing:
             f"The model '{model}' cannot be served right now: no engine of its base model "
             f"'{record['base']}' could load it. Try again shortly.",
             code="model_unavailable",
+            headers={"retry-after": "1"},
         )
 
     async def delete(self, tenant: str, model: str) -> bool:

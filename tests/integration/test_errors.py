@@ -8,7 +8,7 @@ import openai
 import orjson
 import pytest
 
-from tests.integration.conftest import DEAD_MODEL, MODEL, Stack
+from tests.integration.conftest import ADMIN, DEAD_MODEL, MODEL, Stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -151,6 +151,15 @@ async def test_no_reachable_engine_is_503_with_retry_after(stack: Stack) -> None
         assert resp.status == 503
         assert resp.headers["retry-after"] == "1"
         assert assert_openai_error(await resp.json())["code"] == "engine_unavailable"
+
+
+async def test_usage_without_redis_is_a_503_no_wait_mends(stack: Stack) -> None:
+    # OpenAI's SDKs retry a 503 unless told not to: no wait gives a gateway without Redis a ledger.
+    async with stack.http.get(f"{stack.gateway}/admin/v1/usage", headers=ADMIN) as resp:
+        assert resp.status == 503
+        assert resp.headers["x-should-retry"] == "false"
+        assert "retry-after" not in resp.headers
+        assert assert_openai_error(await resp.json())["code"] == "no_ledger"
 
 
 async def test_engine_that_does_not_answer_in_time_is_504(stack: Stack) -> None:

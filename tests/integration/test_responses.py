@@ -283,3 +283,14 @@ async def test_unsupported_fields_are_refused_by_name(fleet: Fleet) -> None:
     with pytest.raises(openai.BadRequestError) as missing:
         await client.responses.create(model=MODEL, extra_body={"input": None})
     assert missing.value.param == "input"
+
+
+async def test_a_store_that_cannot_answer_is_a_retryable_503(fleet: Fleet) -> None:
+    client = await fleet.client("store-broken")
+    tenant_key = home_key("store-broken", "resp_broken")
+    await fleet.redis.rpush(tenant_key, "not a string")  # GET of it: Redis's WRONGTYPE error
+    headers = {"authorization": f"Bearer {client.api_key}"}
+    async with fleet.http.get(f"{fleet.gateway}/v1/responses/resp_broken", headers=headers) as r:
+        assert r.status == 503
+        assert (await r.json())["error"]["code"] == "response_store_unavailable"
+        assert r.headers["retry-after"] == "1"  # as every other 503 of a store away
