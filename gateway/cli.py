@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the gateway (what the Helm chart runs)")
     serve.add_argument("--config", type=Path, help="YAML file, e.g. configs/gateway.yaml")
-    serve.add_argument("--host")
+    serve.add_argument("--host", help="address to listen on (default: the host setting, 127.0.0.1)")
     serve.add_argument("--port", type=port_number, help="(0: any free port)")
     serve.add_argument("--workers", type=at_least_one, help="worker processes (default 1)")
     serve.set_defaults(func=_serve)

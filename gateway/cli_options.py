@@ -48,6 +48,11 @@ def gateway_url(value: str) -> str:
     """The gateway's address as the clients add paths to it: the base URL that `llmaas up`
     prints (ending in /v1, what OpenAI clients take) is accepted too."""
     parts = urlsplit(value.strip())
+    if "@" in parts.netloc:  # the value is not repeated: it holds a password
+        raise argparse.ArgumentTypeError(
+            "the gateway's address carries no user or password: the credential goes in "
+            "--admin-token or --api-key (or their environment variables)"
+        )
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise argparse.ArgumentTypeError(
             f"not an http:// or https:// address of the gateway: {value!r}"

@@ -149,3 +149,8 @@ async def test_ids_stay_in_their_segment_and_the_printed_v1_url_is_taken(auth: A
     code, _, err = await run_llmaas("notaurl", *listed, token=ADMIN_TOKEN)
     assert code == 2
     assert "not an http:// or https:// address of the gateway: 'notaurl'" in err
+    # A password in the URL was a traceback (aiohttp will not send it beside the token).
+    code, _, err = await run_llmaas("http://u:pw-secret@127.0.0.1:9", *listed, token=ADMIN_TOKEN)
+    assert code == 2
+    assert "carries no user or password" in err
+    assert "pw-secret" not in err
