@@ -50,6 +50,7 @@ class ResponseEvents:
     __slots__ = (
         "began",
         "deltas",
+        "engine_error",
         "finished",
         "input_estimate",
         "last",
@@ -67,6 +68,7 @@ class ResponseEvents:
         self.last = b""  # the last event's payload (for the next sequence number)
         self.began = False  # an event past the opening ones: vLLM has begun generating
         self.refused = False  # dropped before it began (refusal)
+        self.engine_error: int | None = None  # 500: the engine's own `error` event ended it
 
     @property
     def usage(self) -> Usage | None:
@@ -91,8 +93,9 @@ class ResponseEvents:
             span = find_usage(data)
             self.reported = None if span is None else parse_usage(data[span[1] : span[2]])
             self.finished = True
-        elif event == ERROR:
+        elif event == ERROR:  # vLLM's generation failed midway (its GenerationError)
             self.finished = True
+            self.engine_error = 500
         return frame
 
     def release(self) -> bytes:

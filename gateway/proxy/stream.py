@@ -61,6 +61,7 @@ class Frames(Protocol):
     """What relay_stream asks of a frame filter."""
 
     finished: bool  # the engine ended the stream as its protocol says (not cut off)
+    engine_error: int | None  # the status of the error the engine ended it with, if it did
 
     @property
     def began(self) -> bool:
@@ -236,9 +237,8 @@ async def relay_stream(
     `cut`: the request's; cut by the end of a drain, the stream ends with an error frame."""
     await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
     shown = frames_filter
-    chat = None  # chat's and completions' filter
     if shown is None:
-        shown = chat = FrameFilter(want, n, engine.url, deps.fingerprints)
+        shown = FrameFilter(want, n, engine.url, deps.fingerprints)
     # Chat and completions: the end of the response goes with the last frame. Not a Responses
     # stream: vLLM stores the response after its last event, and a client told the end before
     # that could ask for it before it is there.
@@ -260,12 +260,13 @@ async def relay_stream(
         error, shut = shutdown_error(), True
     finally:  # also when cancelled: bill what the engine generated until then
         info.usage = shown.usage
-    if plain and shown.finished:  # the client has the whole stream
-        if chat is not None and chat.engine_error is not None:  # the engine refused it
-            return outcome_of_status(chat.engine_error)
-        return Outcome.OK
-    outcome = await _end(send, shown, error, deps, engine)
-    return Outcome.GATEWAY_SHUTDOWN if shut else outcome
+    if not (plain and shown.finished):  # else the client has the whole stream
+        outcome = await _end(send, shown, error, deps, engine)
+        if outcome != Outcome.OK:
+            return Outcome.GATEWAY_SHUTDOWN if shut else outcome
+    if shown.engine_error is not None:  # the engine ended it with its own error
+        return outcome_of_status(shown.engine_error)
+    return Outcome.OK
 
 
 async def _relay_frames(

@@ -114,6 +114,9 @@ async def test_an_engine_error_event_ends_the_stream_as_the_engine_sent_it() -> 
     steps: list[Any] = [CREATED, DELTAS[0], failure]
     run = await run_proxy(FakeUpstream(FakeResponse(steps=steps)), stream_call)
     assert run.body == CREATED + DELTAS[0] + failure
+    # vLLM's own failure midway (it was recorded ok): billed what was seen, as a cut stream
+    assert (run.result.outcome, run.result.status) == (Outcome.ENGINE_ERROR, 200)
+    assert run.result.usage == Usage(ESTIMATE, 1)
 
 
 async def test_a_body_is_passed_on_as_it_is_with_its_usage_and_id() -> None:
