@@ -215,6 +215,7 @@ class ProxyResponse(Response):
                 n=self.call.n,
                 frames_filter=events,
                 cut=self.cut,
+                route=self.call.route,
             )
             info.response_id = None if events is None else events.response_id
             return

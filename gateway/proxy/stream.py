@@ -46,13 +46,14 @@ _STREAM_HEADERS = [
 ]
 
 
-def transform_frame(frame: bytes) -> bytes:
-    """One frame as the client should see it: forbidden nulls dropped, error codes as strings."""
+def transform_frame(frame: bytes, route: str | None = None) -> bytes:
+    """One frame as the client should see it: forbidden nulls dropped, error codes as strings,
+    an error naming the field of `route`'s request it is about."""
     data = frame_data(frame)
     if data is None or (b"null" not in data and not data.startswith(b'{"error"')):
         return frame
     if data.startswith(b'{"error"'):
-        return with_data(frame, normalize_error(stream_error_status(data), data))
+        return with_data(frame, normalize_error(stream_error_status(data), data, route))
     fixed = normalize_success(data)
     return frame if fixed is data else with_data(frame, fixed)
 
@@ -107,12 +108,18 @@ class FrameFilter:
         "finished",
         "held",
         "known",
+        "route",
         "tap",
         "want",
     )
 
     def __init__(
-        self, want: UsageWanted | None, n: int, engine: str, known: dict[str, str]
+        self,
+        want: UsageWanted | None,
+        n: int,
+        engine: str,
+        known: dict[str, str],
+        route: str | None = None,
     ) -> None:
         self.tap = StreamUsage(n)
         self.want = want
@@ -122,6 +129,7 @@ class FrameFilter:
         self.finished = False
         self.cut_usage = want is not None and not want.continuous  # from every token frame
         self.engine_error: int | None = None  # the status of the engine's error frame, if sent
+        self.route = route  # "completions", …: what an error frame's field names belong to
 
     @property
     def usage(self) -> Usage | None:
@@ -149,6 +157,7 @@ class FrameFilter:
                 self.finished = True
             elif data is not None and data.startswith(b'{"error"'):
                 self.engine_error = stream_error_status(data)
+                return self.release() + transform_frame(frame, self.route)
             return self.release() + transform_frame(frame)
         final = self.tap.feed(data, span)
         want = self.want
@@ -230,15 +239,17 @@ async def relay_stream(
     n: int = 1,
     frames_filter: Frames | None = None,
     cut: Cut | None = None,
+    route: str | None = None,
 ) -> Outcome:
     """Send the stream; return the outcome. `want`: the usage the client asked for (None: pass
     usage on as the engine sent it); the engine's usage is noted in `info.usage` as it comes.
     `frames_filter`: another protocol's filter (the Responses API's); default `FrameFilter`.
-    `cut`: the request's; cut by the end of a drain, the stream ends with an error frame."""
+    `cut`: the request's; cut by the end of a drain, the stream ends with an error frame.
+    `route`: the request's ("completions", …), whose fields an engine's error frame names."""
     await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
     shown = frames_filter
     if shown is None:
-        shown = FrameFilter(want, n, engine.url, deps.fingerprints)
+        shown = FrameFilter(want, n, engine.url, deps.fingerprints, route)
     # Chat and completions: the end of the response goes with the last frame. Not a Responses
     # stream: vLLM stores the response after its last event, and a client told the end before
     # that could ask for it before it is there.

@@ -242,6 +242,19 @@ async def test_a_collected_answers_error_frame_names_the_routes_field() -> None:
     assert orjson.loads(run.body)["error"]["param"] == "prompt"
 
 
+async def test_a_streams_error_frame_names_the_routes_field() -> None:
+    """The same refusal in a client's own stream: its error frame named no field."""
+    refusal = {"error": {"message": "Token id 99999 is out of vocabulary", "code": 400}}
+
+    def call(pool: ModelPool) -> ProxyCall:
+        return ProxyCall("completions", pool, b"{}", True)
+
+    steps: list[Any] = [frame(refusal), b"data: [DONE]\n\n"]
+    run = await run_proxy(FakeUpstream(FakeResponse(steps=steps)), call)
+    error_frame = run.body.split(b"\n\n")[0]
+    assert orjson.loads(error_frame.removeprefix(b"data: "))["error"]["param"] == "prompt"
+
+
 async def test_a_response_streams_time_to_first_token_waits_for_its_first_output() -> None:
     """vLLM sends response.created and response.in_progress before generating: the time to
     first token was taken at them (0.06 ms through the real engine)."""
