@@ -17,7 +17,7 @@ import orjson
 
 from gateway.errors import BadGateway, GatewayTimeout
 from gateway.proxy.deps import ProxyDeps
-from gateway.proxy.events import DELTAS, ERROR, TERMINAL, ResponseEvents
+from gateway.proxy.events import DELTAS, ERROR, TERMINAL, ResponseEvents, event_response
 from gateway.proxy.normalize import normalize_error, stream_error_status
 from gateway.proxy.sse import FrameSplitter, frame_event
 from gateway.proxy.upstream import UpstreamBroken, UpstreamResponse
@@ -107,11 +107,7 @@ async def _read(
 
 def _response_of(data: bytes) -> bytes | None:
     """The terminal event's `response`, as the body."""
-    try:
-        event = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    response = event.get("response") if isinstance(event, dict) else None
+    response = event_response(data)
     return orjson.dumps(response) if isinstance(response, dict) else None
 
 

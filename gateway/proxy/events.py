@@ -131,12 +131,16 @@ class ResponseEvents:
 
 def created_id(data: bytes) -> str | None:
     """The response id a `response.created` event (or a Responses body's `response`) names."""
+    return body_id(event_response(data))
+
+
+def event_response(data: bytes) -> object:
+    """The `response` member of an event's JSON data (None: it has none, or is not JSON)."""
     try:
         event = orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
-    response = event.get("response") if isinstance(event, dict) else None
-    return body_id(response)
+    return event.get("response") if isinstance(event, dict) else None
 
 
 def body_id(body: object) -> str | None:
