@@ -23,7 +23,9 @@ from gateway.auth.principal import Principal
 from gateway.errors import InvalidRequest
 from gateway.settings import RequestPolicySettings
 
-SALTED_ROUTES = frozenset({"chat/completions", "completions", "responses"})  # vLLM 0.32
+# vLLM 0.32 salts the prefix cache of all four (a decoder embedding model, last-token pooled,
+# caches prefixes too).
+SALTED_ROUTES = frozenset({"chat/completions", "completions", "responses", "embeddings"})
 POLICY_FIELDS = ("priority", "cache_salt")  # the only fields policy sets
 # Only when no key_pepper is configured, which the settings allow in dev mode alone.
 DEV_SALT_SECRET = b"llmaas-development-only-cache-salt"

@@ -240,11 +240,20 @@ async def test_tenants_get_different_cache_salts_that_clients_cannot_choose(setu
     stolen = {await salt_of(acme, cache_salt=s) for s in (other_salt, "other", acme_salt)}
     assert not stolen & {acme_salt, other_salt}
     assert len(stolen) == 3
-    # Completions and the Responses API are salted too.
+    # Completions, the Responses API and embeddings are salted too (a decoder embedding model
+    # caches prefixes as well); an embeddings client's own salt stays within its tenant.
     await acme.completions.create(model=MODEL, prompt="hi", max_tokens=1)
     assert (await setup.last_body())["cache_salt"] == acme_salt
     await acme.responses.create(model=MODEL, input="hi", max_output_tokens=1, store=False)
     assert (await setup.last_body())["cache_salt"] == acme_salt
+    await acme.embeddings.create(model=MODEL, input="hi")
+    assert (await setup.last_body())["cache_salt"] == acme_salt
+    embedded = set()
+    for oai in (acme, other):
+        await oai.embeddings.create(model=MODEL, input="hi", extra_body={"cache_salt": "same"})
+        embedded.add((await setup.last_body())["cache_salt"])
+    assert len(embedded) == 2
+    assert not embedded & {acme_salt, other_salt, "same"}
 
 
 async def test_engine_internal_fields_are_refused(setup: Setup) -> None:

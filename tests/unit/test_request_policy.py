@@ -105,11 +105,16 @@ def test_salts_are_remembered_within_a_bound_and_stay_the_same() -> None:
     assert policy.salt("acme", None) == cache_salt(KEY, "acme", None)  # made again, the same
 
 
-async def test_embeddings_get_no_salt_and_keep_their_bytes() -> None:
+async def test_embeddings_are_salted_like_generation() -> None:
+    """vLLM caches the prefixes of a decoder embedding model too: another tenant's embedded
+    documents must not be probed by timing, and a client's own salt stays within its tenant."""
     policy = TenantPolicy(RequestPolicySettings(), KEY)
-    body: dict[str, Any] = {"model": "m", "input": "hi", "priority": 2}
-    raw = b'{"model": "m",  "input": "hi", "priority": 2}'
-    assert await policy.apply("embeddings", raw, body, ACME) == (raw, body)
+    for client_salt in (None, "shared-by-two-tenants"):
+        body: dict[str, Any] = {"model": "m", "input": "hi", "priority": 2}
+        if client_salt is not None:
+            body["cache_salt"] = client_salt
+        _, out = await policy.apply("embeddings", orjson.dumps(body), body, ACME)
+        assert out["cache_salt"] == cache_salt(KEY, "acme", client_salt)
 
 
 async def test_a_non_string_client_salt_is_refused() -> None:
