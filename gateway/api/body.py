@@ -13,6 +13,7 @@ from starlette.requests import Request
 
 from gateway.errors import InvalidRequest, PayloadTooLarge
 
+MAX_DEPTH = 254  # of nested arrays and objects, the whole body counted: what orjson writes
 _TYPE_NAMES = {
     str: "a string",
     list: "an array",
@@ -50,6 +51,21 @@ async def read_json(request: Request, max_bytes: int) -> tuple[dict[str, Any], b
             f"The request body must be a JSON object, not {_describe(body)}.", code="invalid_json"
         )
     return body, raw
+
+
+def dump_json(value: object, param: str | None = None) -> bytes:
+    """A value read from a request body, serialised again: orjson reads arrays and objects
+    nested up to 1,024 levels deep but writes at most 254, so a body nested deeper than that is
+    a 400 (`param` names the field being written, if it is not the whole body), never a 500."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequest(
+            f"The request body nests arrays and objects too deeply: at most {MAX_DEPTH} "
+            "levels are accepted.",
+            param=param,
+            code="invalid_json",
+        ) from exc
 
 
 def _too_large(max_bytes: int) -> PayloadTooLarge:

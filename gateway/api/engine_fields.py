@@ -6,8 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from gateway.api.body import dump_json
 from gateway.errors import InvalidRequest
 
 # vLLM 0.32 fields (chat, completions, responses protocols) a tenant may not set.
@@ -56,7 +55,7 @@ def check_engine_fields(body: dict[str, Any], bounds: FieldBounds) -> None:
 def _cap_size(value: object, name: str, max_bytes: int) -> None:
     if value is None:
         return
-    size = len(orjson.dumps(value))
+    size = len(dump_json(value, name))
     if size > max_bytes:
         raise InvalidRequest(
             f"'{name}' is {size} bytes serialised; at most {max_bytes} are accepted.",

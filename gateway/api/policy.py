@@ -15,8 +15,7 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
+from gateway.api.body import dump_json
 from gateway.api.engine_fields import FieldBounds, check_engine_fields
 from gateway.api.media import HostResolver, MediaRules, check_media, system_resolve
 from gateway.auth.principal import Principal
@@ -55,7 +54,7 @@ class TenantPolicy:
             changed["cache_salt"] = self.salt(caller.tenant, _client_salt(body))
         if _same(changed, body):
             return raw, body
-        return orjson.dumps(changed), changed
+        return dump_json(changed), changed
 
     def salt(self, tenant: str, client_salt: str | None) -> str:
         """cache_salt(...) under this policy's key, remembered."""

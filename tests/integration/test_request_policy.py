@@ -282,6 +282,29 @@ async def test_engine_internal_fields_are_refused(setup: Setup) -> None:
     assert embeds.value.body["param"] == "prompt_embeds"
 
 
+async def test_bodies_nested_too_deeply_to_rewrite_are_400_on_every_route(setup: Setup) -> None:
+    """orjson parses up to 1,024 levels of nesting but writes 254: such a body (valid JSON
+    that vLLM would take) was the gateway's 500 wherever the policy rewrites it."""
+    key = await setup.key("acme")
+    deep = "[" * 300 + "]" * 300
+    bodies = {
+        "chat/completions": f'{{"model":"{MODEL}","messages":[{{"role":"user","content":"x"}}]',
+        "completions": f'{{"model":"{MODEL}","prompt":"x"',
+        "embeddings": f'{{"model":"{MODEL}","input":"x"',
+        "responses": f'{{"model":"{MODEL}","input":"x"',
+    }
+    before = (await sim_state(setup.http, setup.sim))["total_requests"]
+    for route, head in bodies.items():
+        async with setup.http.post(
+            f"{setup.gateway}/v1/{route}",
+            data=f'{head},"extra":{deep}}}',
+            headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+        ) as resp:
+            assert resp.status == 400, route
+            assert (await resp.json())["error"]["code"] == "invalid_json"
+    assert (await sim_state(setup.http, setup.sim))["total_requests"] == before
+
+
 async def test_dev_mode_anonymous_gets_the_same_policy(stack: Stack) -> None:
     async with openai.AsyncOpenAI(
         base_url=f"{stack.gateway}/v1", api_key="none", max_retries=0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -124,6 +125,34 @@ async def test_a_non_string_client_salt_is_refused() -> None:
         with pytest.raises(InvalidRequest) as info:
             await policy.apply("completions", orjson.dumps(body), body, ACME)
         assert info.value.param == "cache_salt"
+
+
+def nested(depth: int) -> Any:
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+async def test_a_body_nested_deeper_than_can_be_rewritten_is_a_400() -> None:
+    """orjson reads 1,024 levels of nesting but writes 254: the body the policy rewrites, or a
+    schema it measures, nested deeper is the client's error, not the gateway's 500."""
+    policy = TenantPolicy(RequestPolicySettings(), KEY)
+    for route, body, param in (
+        ("chat/completions", {**CHAT, "extra": nested(300)}, None),
+        ("embeddings", {"model": "m", "input": "hi", "extra": nested(300)}, None),
+        (
+            "chat/completions",
+            {**CHAT, "structured_outputs": {"json": nested(300)}},
+            "structured_outputs",
+        ),
+    ):
+        with pytest.raises(InvalidRequest) as info:
+            await policy.apply(route, json.dumps(body).encode(), body, ACME)  # as it came
+        assert (info.value.code, info.value.param) == ("invalid_json", param)
+    body = {**CHAT, "extra": nested(253)}
+    raw, out = await policy.apply("completions", json.dumps(body).encode(), body, ACME)
+    assert orjson.loads(raw) == out  # 253 levels inside the body: 254 in all, still written
 
 
 async def test_tenant_hosts_override_the_default() -> None:
