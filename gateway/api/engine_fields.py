@@ -12,6 +12,7 @@ from gateway.errors import InvalidRequest
 # vLLM 0.32 fields (chat, completions, responses protocols) a tenant may not set.
 REFUSED = {
     "kv_transfer_params": "it steers disaggregated prefill between engines",
+    "ec_transfer_params": "it steers encoder-cache transfers between engines",
     "vllm_xargs": "it passes arbitrary arguments to engine plugins",
     "request_id": "the gateway and the engine name requests",
     "chat_template": "a custom template would run on the engine",

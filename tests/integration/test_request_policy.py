@@ -261,6 +261,7 @@ async def test_engine_internal_fields_are_refused(setup: Setup) -> None:
     hello: Any = [{"role": "user", "content": "hi"}]
     for field, value in (
         ("kv_transfer_params", {"do_remote_prefill": True}),
+        ("ec_transfer_params", {"ec_items": [{"transfer_id": "someone-elses"}]}),
         ("vllm_xargs", {"a": 1}),
         ("request_id", "someone-elses"),
         ("chat_template", "{{ 7 * 7 }}"),

@@ -34,6 +34,23 @@ def test_engine_internal_fields_are_refused_by_name(field: str) -> None:
     assert err.code == "unsupported_parameter"
 
 
+def test_every_field_that_steers_engine_internals_is_refused() -> None:
+    """vLLM 0.32's chat, completions and responses fields that reach past the request: the
+    connectors moving KV and encoder caches between engines, plugins, templates, tensors."""
+    steering = {
+        "kv_transfer_params",
+        "ec_transfer_params",
+        "vllm_xargs",
+        "request_id",
+        "chat_template",
+        "logits_processors",
+        "prompt_embeds",
+        "mm_processor_kwargs",
+        "media_io_kwargs",
+    }
+    assert steering <= set(REFUSED)
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
