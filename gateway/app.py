@@ -312,6 +312,11 @@ def _install_error_handlers(app: FastAPI) -> None:
                 code="method_not_allowed",
                 headers={"allow": allowed},  # RFC 9110: a 405 lists what the path serves
             )
+        elif exc.status_code == 400:  # FastAPI's: a JSON body json.loads could not read
+            err = InvalidRequest(  # (one nested past Python's recursion limit, so far)
+                f"We could not parse the JSON body of your request: {exc.detail}.",
+                code="invalid_json",
+            )
         else:
             err = ApiError(str(exc.detail), status=exc.status_code)
         return await api_error(request, err)

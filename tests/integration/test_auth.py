@@ -199,6 +199,14 @@ async def test_malformed_admin_json_and_unknown_ids(auth: AuthStack) -> None:
     ) as resp:
         assert resp.status == 400
         assert (await resp.json())["error"]["code"] == "invalid_json"
+    async with auth.http.post(  # deeper than Python's json reads: FastAPI's own 400
+        f"{auth.gateway}/admin/v1/keys",
+        data=b'{"tenant": "acme", "name": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        headers={**ADMIN, "content-type": "application/json"},
+    ) as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+        assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_json")
     async with auth.http.post(  # curl -d: JSON under a form's content type
         f"{auth.gateway}/admin/v1/keys",
         data=b'{"tenant": "acme"}',
