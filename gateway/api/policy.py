@@ -4,8 +4,9 @@ The body goes to the engine byte for byte unless policy must change it; only the
 re-serialised once. vLLM's request `priority` is the tenant's (admin API), never the
 client's: a client that could set it would jump every other tenant's queue. `cache_salt` is
 a keyed hash of the tenant (and of the client's own salt, if any): prefix-cache hits, and
-the timing they leak, stay within a tenant. Engine-internal fields are refused
-(engine_fields.py) and media URLs checked (media.py).
+the timing they leak, stay within a tenant; so do the media ids clients give content parts
+(media_ids.py). Engine-internal fields are refused (engine_fields.py) and media URLs checked
+(media.py).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from gateway.api.body import dump_json
 from gateway.api.engine_fields import FieldBounds, check_engine_fields
 from gateway.api.media import HostResolver, MediaRules, check_media, system_resolve
+from gateway.api.media_ids import media_id, tenant_media_ids
 from gateway.auth.principal import Principal
 from gateway.errors import InvalidRequest
 from gateway.settings import RequestPolicySettings
@@ -52,9 +55,24 @@ class TenantPolicy:
         _set_priority(changed, caller.priority)
         if route in SALTED_ROUTES:
             changed["cache_salt"] = self.salt(caller.tenant, _client_salt(body))
-        if _same(changed, body):
+        renamed = self._media_ids(raw, changed, caller.tenant)
+        if not renamed and _same(changed, body):
             return raw, body
         return dump_json(changed), changed
+
+    def _media_ids(self, raw: bytes, body: dict[str, Any], tenant: str) -> bool:
+        """Content parts' `uuid`s renamed within the tenant (media_ids.py); True if any was.
+        Only a body whose bytes could spell the key (plainly or escaped) is walked."""
+        if b"uuid" not in raw and b"\\u" not in raw:
+            return False
+        rename = partial(media_id, self.salt_key, tenant)
+        found = False
+        for top in ("messages", "input"):
+            items = tenant_media_ids(body.get(top), rename)
+            if items is not None:
+                body[top] = items
+                found = True
+        return found
 
     def salt(self, tenant: str, client_salt: str | None) -> str:
         """cache_salt(...) under this policy's key, remembered."""

@@ -256,6 +256,27 @@ async def test_tenants_get_different_cache_salts_that_clients_cannot_choose(setu
     assert not embedded & {acme_salt, other_salt, "same"}
 
 
+async def test_media_ids_never_meet_across_tenants(setup: Setup) -> None:
+    """vLLM takes a content part's `uuid` as the media's cache key (a hit reuses the cached
+    item, not the media sent): the same id from two tenants must reach the engine apart."""
+    acme, other = setup.client(await setup.key("acme")), setup.client(await setup.key("other"))
+    part = {**image("data:image/png;base64,iVBORw0KGgo=")[0]["content"][1], "uuid": "cat.png"}
+    chat: Any = [{"role": "user", "content": [part]}]
+    responses: Any = [{"role": "user", "content": [{**part, "type": "input_image"}]}]
+
+    async def sent_id(oai: openai.AsyncOpenAI, responses_api: bool = False) -> str:
+        if responses_api:
+            await oai.responses.create(model=MODEL, input=responses, max_output_tokens=1)
+            return str((await setup.last_body())["input"][0]["content"][0]["uuid"])
+        await oai.chat.completions.create(model=MODEL, messages=chat, max_tokens=1)
+        return str((await setup.last_body())["messages"][0]["content"][0]["uuid"])
+
+    acme_id, other_id = await sent_id(acme), await sent_id(other)
+    assert len({acme_id, other_id, "cat.png"}) == 3
+    assert await sent_id(acme) == acme_id  # within a tenant the id still finds its media
+    assert await sent_id(acme, responses_api=True) == acme_id
+
+
 async def test_engine_internal_fields_are_refused(setup: Setup) -> None:
     oai = setup.client(await setup.key("acme"))
     hello: Any = [{"role": "user", "content": "hi"}]

@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.api.engine_fields import REFUSED, FieldBounds, check_engine_fields
+from gateway.api.media_ids import media_id
 from gateway.api.policy import SALTS_KEPT, TenantPolicy, cache_salt, salt_key_from
 from gateway.auth.principal import Principal
 from gateway.errors import InvalidRequest
@@ -142,6 +143,15 @@ async def test_a_non_string_client_salt_is_refused() -> None:
         with pytest.raises(InvalidRequest) as info:
             await policy.apply("completions", orjson.dumps(body), body, ACME)
         assert info.value.param == "cache_salt"
+
+
+async def test_media_ids_are_renamed_within_the_tenant_even_when_escaped() -> None:
+    policy = TenantPolicy(RequestPolicySettings(), KEY)
+    part = '{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"},"%s":"cat"}'
+    for key in ("uuid", "\\u0075uid"):  # JSON may spell the key with an escape
+        raw = ('{"model":"m","messages":[{"role":"user","content":[%s]}]}' % (part % key)).encode()
+        _, out = await policy.apply("chat/completions", raw, orjson.loads(raw), ACME)
+        assert out["messages"][0]["content"][0]["uuid"] == media_id(KEY, "acme", "cat")
 
 
 def nested(depth: int) -> Any:
