@@ -28,8 +28,10 @@ NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::
 URL_FIELDS = {"image_url": "image", "audio_url": "audio", "video_url": "video", "file_url": None}
 # Fields that carry media inline (base64, or a data: URL): size-capped only.
 INLINE_FIELDS = ("file_data", "data")
-# Precomputed tensors handed to the model as is: never from a tenant.
-TENSOR_FIELDS = ("image_embeds", "audio_embeds")
+# Precomputed tensors handed to the model as is: never from a tenant. vLLM 0.32 takes them
+# as these fields of a content part, and as the `data` of a part whose type is prompt_embeds.
+TENSOR_FIELDS = ("image_embeds", "audio_embeds", "video_embeds")
+TENSOR_PART = "prompt_embeds"
 
 
 async def system_resolve(host: str) -> list[str]:
@@ -93,6 +95,8 @@ def media_urls(body: dict[str, Any]) -> Iterator[tuple[str, str, object]]:
 
 
 def _part_fields(path: str, part: dict[str, Any]) -> Iterator[tuple[str, str, object]]:
+    if part.get("type") == TENSOR_PART:
+        yield f"{path}.data", TENSOR_PART, part.get("data")
     for name in (*URL_FIELDS, *TENSOR_FIELDS, "input_audio", "file"):
         if name not in part:
             continue
@@ -113,7 +117,7 @@ def _part_fields(path: str, part: dict[str, Any]) -> Iterator[tuple[str, str, ob
 async def check_media(body: dict[str, Any], rules: MediaRules) -> None:
     """Raise a 400 for the first media field the rules refuse."""
     for path, field, value in media_urls(body):
-        if field in TENSOR_FIELDS:
+        if field in TENSOR_FIELDS or field == TENSOR_PART:
             raise _refused(path, "Precomputed embeddings are not accepted.")
         if field in INLINE_FIELDS:
             if isinstance(value, str) and len(value) > rules.max_data_bytes:

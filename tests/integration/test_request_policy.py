@@ -302,6 +302,16 @@ async def test_engine_internal_fields_are_refused(setup: Setup) -> None:
         )
     assert isinstance(embeds.value.body, dict)
     assert embeds.value.body["param"] == "prompt_embeds"
+    tensor_parts: list[Any] = [  # the same tensors as content parts (vLLM 0.32)
+        {"type": "prompt_embeds", "data": "AAAA"},
+        {"type": "video_embeds", "video_embeds": "AAAA"},
+    ]
+    for part in tensor_parts:
+        messages: Any = [{"role": "user", "content": [part]}]
+        with pytest.raises(openai.BadRequestError) as parts:
+            await oai.chat.completions.create(model=MODEL, messages=messages, max_tokens=1)
+        assert isinstance(parts.value.body, dict)
+        assert parts.value.body["code"] == "invalid_media_url"
 
 
 async def test_bodies_nested_too_deeply_to_rewrite_are_400_on_every_route(setup: Setup) -> None:

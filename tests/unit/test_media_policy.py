@@ -145,8 +145,13 @@ async def test_inline_media_is_capped() -> None:
 
 
 async def test_precomputed_embeddings_are_refused() -> None:
-    err = await refusal(chat({"type": "image_embeds", "image_embeds": "AAAA"}))
-    assert err.param == "messages[0].content[1].image_embeds"
+    for kind in ("image_embeds", "audio_embeds", "video_embeds"):
+        err = await refusal(chat({"type": kind, kind: "AAAA"}))
+        assert err.param == f"messages[0].content[1].{kind}"
+    # vLLM 0.32's prompt-embeddings part: a serialised tensor in `data`, inline media's name.
+    err = await refusal(chat({"type": "prompt_embeds", "data": "AAAA"}))
+    assert err.param == "messages[0].content[1].data"
+    assert "Precomputed embeddings" in err.message
 
 
 async def test_responses_input_items_are_checked() -> None:
