@@ -26,6 +26,9 @@ METADATA = frozenset(ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:
 NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 # Fields of a content part that name media by URL, and the media type a data: URL must have.
 URL_FIELDS = {"image_url": "image", "audio_url": "audio", "video_url": "video", "file_url": None}
+# Where an item holds content parts: a message's content, and a Responses tool output
+# (function_call_output's `output`), which vLLM renders as a tool message's content.
+PART_LISTS = ("content", "output")
 # Fields that carry media inline (base64, or a data: URL): size-capped only.
 INLINE_FIELDS = ("file_data", "data")
 # Precomputed tensors handed to the model as is: never from a tenant. vLLM 0.32 takes them
@@ -87,11 +90,12 @@ def media_urls(body: dict[str, Any]) -> Iterator[tuple[str, str, object]]:
             if not isinstance(item, dict):
                 continue
             yield from _part_fields(f"{top}[{i}]", item)  # a Responses input item is a part too
-            content = item.get("content")
-            if isinstance(content, list):
-                for j, part in enumerate(content):
-                    if isinstance(part, dict):
-                        yield from _part_fields(f"{top}[{i}].content[{j}]", part)
+            for name in PART_LISTS:
+                parts = item.get(name)
+                if isinstance(parts, list):
+                    for j, part in enumerate(parts):
+                        if isinstance(part, dict):
+                            yield from _part_fields(f"{top}[{i}].{name}[{j}]", part)
 
 
 def _part_fields(path: str, part: dict[str, Any]) -> Iterator[tuple[str, str, object]]:

@@ -15,6 +15,8 @@ import hmac
 from collections.abc import Callable
 from typing import Any
 
+from gateway.api.media import PART_LISTS
+
 Rename = Callable[[str], str]
 
 
@@ -34,11 +36,12 @@ def tenant_media_ids(items: object, rename: Rename) -> list[Any] | None:
         if not isinstance(item, dict):
             continue
         renamed = _part(item, rename)  # a Responses input item can be a part itself
-        content = renamed.get("content")
-        if isinstance(content, list):
-            parts = [_part(p, rename) if isinstance(p, dict) else p for p in content]
-            if any(new is not old for new, old in zip(parts, content, strict=True)):
-                renamed = {**renamed, "content": parts}
+        for name in PART_LISTS:  # a message's content, a Responses tool output
+            held = renamed.get(name)
+            if isinstance(held, list):
+                parts = [_part(p, rename) if isinstance(p, dict) else p for p in held]
+                if any(new is not old for new, old in zip(parts, held, strict=True)):
+                    renamed = {**renamed, name: parts}
         if renamed is not item:
             out = list(items) if out is None else out
             out[i] = renamed

@@ -192,6 +192,20 @@ async def test_remote_media_is_off_by_default(setup: Setup) -> None:
         )
     assert isinstance(responses.value.body, dict)
     assert responses.value.body["param"] == "input[0].content[0].image_url"
+    # So is an image in a tool's output, which vLLM renders as a tool message's content.
+    tool_output: Any = [
+        {
+            "type": "function_call_output",
+            "call_id": "call_1",
+            "output": [{"type": "input_image", "image_url": f"http://{setup.canary}/x.png"}],
+        }
+    ]
+    before = (await sim_state(setup.http, setup.sim))["total_requests"]
+    with pytest.raises(openai.BadRequestError) as output:
+        await oai.responses.create(model=MODEL, input=tool_output)
+    assert isinstance(output.value.body, dict)
+    assert output.value.body["param"] == "input[0].output[0].image_url"
+    assert (await sim_state(setup.http, setup.sim))["total_requests"] == before
     assert setup.canary_hits == []
 
 

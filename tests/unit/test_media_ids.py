@@ -44,12 +44,14 @@ def test_responses_input_items_and_their_parts() -> None:
         "plain text",
         {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "uuid": "a"},
         {"role": "user", "content": [{"type": "input_image", "uuid": "b"}]},
+        {"type": "function_call_output", "output": [{"type": "input_image", "uuid": "c"}]},
     ]
     renamed = tenant_media_ids(items, partial(media_id, KEY, "acme"))
     assert renamed is not None
     assert renamed[0] == "plain text"
     assert renamed[1]["uuid"] == media_id(KEY, "acme", "a")
     assert renamed[2]["content"][0]["uuid"] == media_id(KEY, "acme", "b")
+    assert renamed[3]["output"][0]["uuid"] == media_id(KEY, "acme", "c")
 
 
 def test_nothing_to_rename() -> None:

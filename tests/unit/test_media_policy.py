@@ -169,6 +169,18 @@ async def test_responses_input_items_are_checked() -> None:
     assert (await refusal(body)).param == "input[0].content[1].image_url"
     file_url = {"input": [{"type": "input_file", "file_url": "http://cdn.example.com/a.pdf"}]}
     assert (await refusal(file_url)).param == "input[0].file_url"
+    # A tool's output may hold parts too; vLLM renders them, media and all, as a tool message.
+    for kind in ("function_call_output", "custom_tool_call_output"):
+        output: dict[str, Any] = {
+            "input": [
+                {
+                    "type": kind,
+                    "call_id": "call_1",
+                    "output": [{"type": "input_image", "image_url": "https://10.0.0.1/x.png"}],
+                }
+            ]
+        }
+        assert (await refusal(output)).param == "input[0].output[0].image_url"
 
 
 def test_every_media_field_is_found() -> None:
