@@ -83,7 +83,9 @@ class Upstream:
         self._settings = settings
         self._metrics = metrics
         self._session: aiohttp.ClientSession | None = None
-        self.open_requests = 0  # answers handed out and not yet closed, over every engine
+        # Requests sent and not yet done, over every engine: counted when the engine is chosen
+        # (as Engine.inflight), so a burst, or answers whose headers come late, are bounded too.
+        self.open_requests = 0
         self._engines = H1Pool(settings.connect_timeout_s)
 
     async def start(self) -> None:
@@ -138,15 +140,18 @@ class Upstream:
         for i, engine in enumerate(tried):
             trying(engine)
             engine.inflight += 1  # counted at decision time: a burst spreads at once
+            self.open_requests += 1  # until the response is released or closed
             try:
                 resp = await self._send(
                     engine, path, body, headers, stream, method=method, last=i + 1 == len(tried)
                 )
             except BaseException:
                 engine.inflight -= 1
+                self.open_requests -= 1
                 raise
             if resp is None:
                 engine.inflight -= 1
+                self.open_requests -= 1
                 continue
             if resp.status >= 500 and i + 1 < len(tried):
                 self._metrics.upstream_errors.labels(engine.url, f"http_{resp.status}").inc()
@@ -188,7 +193,6 @@ class Upstream:
                 raise self.failure(engine, "disconnect", exc) from exc
             self.failure(engine, "disconnect", exc)  # counted; the next engine is tried
             return None
-        self.open_requests += 1  # until the response is released or closed
         return H1Response(conn, self._engines, idle_s, _broken, self._ended(engine, conn.status))
 
     def _ended(self, engine: Engine, status: int) -> Callable[[bool], None]:

@@ -17,7 +17,7 @@ from gateway.app import create_app
 from gateway.netutil import free_port
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import MODEL, gateway_settings
-from tests.integration.sim_fixture import running_sim, sim_state
+from tests.integration.sim_fixture import running_sim, sim_state, wait_running
 from tests.support.servers import serve_asgi
 from tests.support.sim_processes import SimProcess, sim_processes
 
@@ -92,6 +92,34 @@ async def test_a_saturated_gateway_answers_busy_and_marks_no_engine_down(tmp_pat
             status, _, body = await ask()
             assert status == 200, body
             assert (await sim_state(http, slow))["total_requests"] == 3
+
+
+async def test_requests_still_waiting_for_their_headers_count_against_max_connections(
+    tmp_path: Path,
+) -> None:
+    # Two requests the engine holds without a byte of answer (a long prefill; a plain embeddings
+    # request, whose headers come with the whole answer) are in flight all the same.
+    async with running_sim(SimConfig(models=[MODEL])) as sim:
+        settings = gateway_settings(sim, tmp_path / "spill", upstream={"max_connections": 2})
+        async with serve_asgi(create_app(settings)) as gateway, aiohttp.ClientSession() as http:
+            url = f"{gateway}/v1/chat/completions"
+
+            async def ask(sim_faults: dict[str, Any]) -> tuple[int, str | None, Any]:
+                body = {"model": MODEL, "messages": HELLO, "sim": sim_faults}
+                async with http.post(url, json=body) as resp:
+                    return resp.status, resp.headers.get("retry-after"), await resp.json()
+
+            held = [asyncio.create_task(ask({"hang": True})) for _ in range(2)]
+            await wait_running(http, sim, 2)
+            status, retry_after, body = await ask({})
+            assert (status, retry_after, body["error"]["code"]) == (503, "1", "gateway_busy")
+            for task in held:  # their clients leave: the engine aborts, the places are free
+                task.cancel()
+            await asyncio.gather(*held, return_exceptions=True)
+            await wait_running(http, sim, 0)
+            status, _, body = await ask({})
+            assert status == 200, body
+            assert (await sim_state(http, sim))["total_requests"] == 3
 
 
 async def test_an_engine_killed_under_kept_alive_connections_loses_no_request(
