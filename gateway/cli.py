@@ -16,7 +16,7 @@ from gateway.embedded.up import run_up
 from gateway.finetune.trainer_cli import add_trainer_command
 from gateway.finetune_cli import add_finetune_commands
 from gateway.server import run_server
-from gateway.settings import ConfigError, load_settings
+from gateway.settings_load import ConfigError, load_settings
 from gateway.sim.server import add_sim_arguments, from_args, run
 from gateway.usage_cli import add_usage_command
 

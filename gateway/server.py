@@ -23,7 +23,8 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 from gateway.api.drain import Drain
 from gateway.app import create_app
 from gateway.http_protocol import GatewayHttpProtocol
-from gateway.settings import Settings, load_settings
+from gateway.settings import Settings
+from gateway.settings_load import load_settings
 
 CONFIG_ENV = "LLMAAS_CONFIG_FILE"
 GRACE_ENV = "LLMAAS_SHUTDOWN_GRACE_S"

@@ -12,7 +12,8 @@ from typing import Any
 from gateway.finetune.trainer import Trainer
 from gateway.logs import configure_logging
 from gateway.redis_client import redis_client
-from gateway.settings import ConfigError, Settings, load_settings
+from gateway.settings import Settings
+from gateway.settings_load import ConfigError, load_settings
 
 
 def add_trainer_command(sub: Any) -> None:

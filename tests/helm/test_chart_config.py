@@ -15,7 +15,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from gateway.settings import Settings, load_settings
+from gateway.settings import Settings
+from gateway.settings_load import load_settings
 from tests.helm.chart import (
     CHART,
     NAMESPACE,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.routing.entries import DnsEntry, StaticEntry, address_url, parse_entry
-from gateway.settings import ConfigError, load_settings
+from gateway.settings_load import ConfigError, load_settings
 
 
 def test_urls_and_dns_entries_are_parsed() -> None:

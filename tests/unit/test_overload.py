@@ -18,7 +18,8 @@ from gateway.routing.overload import (
     retry_after_s,
     waiting,
 )
-from gateway.settings import ConfigError, RoutingSettings, load_settings
+from gateway.settings import RoutingSettings
+from gateway.settings_load import ConfigError, load_settings
 
 MODEL = "m"
 

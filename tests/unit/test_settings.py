@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.settings import ConfigError, load_settings
+from gateway.settings_load import ConfigError, load_settings
 
 
 def test_yaml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
