@@ -9,19 +9,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api import admin, files, fine_tuning, health, openai, openai_responses, usage
 from gateway.api.auth_throttle import AuthFailureThrottle
 from gateway.api.drain import Drain, DrainGuard
+from gateway.api.error_handlers import install_error_handlers, serves
 from gateway.api.hot_routes import Handler, HotRoutes
 from gateway.api.inflight import InflightBound
 from gateway.api.media import HostResolver, system_resolve
@@ -34,14 +29,6 @@ from gateway.auth.failures import FailureThrottle
 from gateway.auth.invalidation import InvalidationListener
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.store import AuthStore
-from gateway.errors import (
-    ApiError,
-    InternalError,
-    InvalidRequest,
-    MethodNotAllowed,
-    NotFound,
-    ServiceUnavailable,
-)
 from gateway.finetune.serving import AdapterServing
 from gateway.limits.control import AdmissionControl
 from gateway.limits.limiter import Limiter
@@ -101,7 +88,7 @@ class GatewayApp(FastAPI):
         if scope["type"] == "lifespan":
             await super().__call__(scope, receive, send)
             return
-        if scope["type"] == "http" and scope["method"] == "HEAD" and _serves(self, scope, "GET"):
+        if scope["type"] == "http" and scope["method"] == "HEAD" and serves(self, scope, "GET"):
             # RFC 9110: HEAD wherever GET is served. The app answers a GET; the server sends
             # no body, as its own scope still says HEAD.
             scope = {**scope, "method": "GET"}
@@ -206,7 +193,7 @@ def create_app(
     )
     for router in ROUTERS:
         app.include_router(router)
-    _install_error_handlers(app)
+    install_error_handlers(app)
     return app
 
 
@@ -288,119 +275,3 @@ def _auth(
     )
     listener = InvalidationListener(redis, cache) if redis is not None else None
     return auth, listener
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    async def api_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        return Response(exc.json(), exc.status_code, exc.headers, "application/json")
-
-    async def validation_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        return await api_error(request, _first_validation_error(exc))
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        err: ApiError
-        if exc.status_code == 404:
-            err = NotFound(f"Unknown path: {request.method} {request.url.path}", code="unknown_url")
-        elif exc.status_code == 405:
-            allowed = _allowed_methods(request)
-            err = MethodNotAllowed(
-                f"Method {request.method} is not allowed on {request.url.path}; "
-                f"allowed: {allowed}.",
-                code="method_not_allowed",
-                headers={"allow": allowed},  # RFC 9110: a 405 lists what the path serves
-            )
-        elif exc.status_code == 400:  # FastAPI's: a JSON body json.loads could not read
-            err = InvalidRequest(  # (one nested past Python's recursion limit, so far)
-                f"We could not parse the JSON body of your request: {exc.detail}.",
-                code="invalid_json",
-            )
-        else:
-            err = ApiError(str(exc.detail), status=exc.status_code)
-        return await api_error(request, err)
-
-    async def unhandled(request: Request, exc: Exception) -> Response:
-        """FastAPI's last resort answers in the one error shape too (then re-raises: the
-        request context logs the traceback)."""
-        return await api_error(request, InternalError("The gateway failed unexpectedly."))
-
-    async def store_unavailable(request: Request, exc: Exception) -> Response:
-        """Redis too slow or gone under a route that reads or writes it directly (files,
-        fine-tuning, usage, admin): a retryable 503, not a 500."""
-        err = ServiceUnavailable(
-            "The gateway's store (Redis) did not answer in time; try again shortly.",
-            code="store_unavailable",
-            headers={"retry-after": "1"},
-        )
-        return await api_error(request, err)
-
-    app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(RedisError, store_unavailable)
-    app.add_exception_handler(Exception, unhandled)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(HTTPException, http_error)
-
-
-def _allowed_methods(request: Request) -> str:
-    """The methods the routes of the request's path serve ("DELETE, GET, HEAD"; HEAD where
-    GET is, as GatewayApp answers it)."""
-    allowed = [m for m in _METHODS if _serves(request.app, request.scope, m)]
-    if "GET" in allowed and "HEAD" not in allowed:
-        allowed.insert(allowed.index("GET") + 1, "HEAD")
-    return ", ".join(allowed)
-
-
-def _serves(app: Starlette, scope: Scope, method: str) -> bool:
-    """Whether a route would take the request's path under `method`: each one asked (routers
-    nest; routes share paths)."""
-    probe = {**scope, "method": method}
-    return any(route.matches(probe)[0] == Match.FULL for route in app.router.routes)
-
-
-_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
-
-
-# Path ids that cannot name anything: the routes' own 404 for an unknown one, as OpenAI
-# answers (not 400 for the id's shape).
-_UNKNOWN_IDS: dict[str, Callable[[str], ApiError]] = {
-    "job_id": fine_tuning.job_not_found,
-    "file_id": files.file_not_found,
-}
-
-
-def _first_validation_error(exc: RequestValidationError) -> ApiError:
-    """FastAPI's validation errors, as OpenAI-shaped 400s that name the field (a malformed
-    job or file id in the path: 404, as an unknown one)."""
-    first = exc.errors()[0] if exc.errors() else {}
-    where = tuple(first.get("loc", ()))
-    if len(where) == 2 and where[0] == "path" and where[1] in _UNKNOWN_IDS:
-        return _UNKNOWN_IDS[str(where[1])](str(first.get("input", ""))[:64])
-    if first.get("type") == "json_invalid":
-        return InvalidRequest(
-            f"We could not parse the JSON body of your request: {first.get('msg')}.",
-            code="invalid_json",
-        )
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-    param = ".".join(loc) or None
-    if param is None and isinstance(first.get("input"), bytes):
-        # FastAPI reads a body as JSON only under a JSON content type (curl -d sends a form's)
-        return InvalidRequest(
-            "The request body must be a JSON object sent with 'Content-Type: application/json'.",
-            code="invalid_json",
-        )
-    if param is None:
-        return InvalidRequest(
-            "The request body is missing or not a JSON object.", code="invalid_json"
-        )
-    return InvalidRequest(f"Invalid '{param}': {_said(first)}.", param=param, code="invalid_value")
-
-
-def _said(error: Any) -> str:
-    """A pydantic complaint as a client reads it: a validator's own words without pydantic's
-    "Value error, " before them; a field the gateway does not support said to be so."""
-    message = str(error.get("msg", "invalid value"))
-    if error.get("type") == "none_required":
-        return "not supported here; leave it out"
-    return message.removeprefix("Value error, ")
