@@ -1,19 +1,14 @@
-"""A lean HTTP/1.1 client for the engines: keep-alive connections per engine, httptools parsing.
+"""A lean HTTP/1.1 client for the engines: a connection and its response, httptools parsing
+(the keep-alive pool that sends requests over them: h1_pool.py).
 
 Every proxied request pays its client's cost; measured on this path, aiohttp's request and
 response objects took ~200 µs of CPU per request where this client takes ~45 µs
 (bench/README.md). It does only what the proxy needs: one request at a time per connection, a
 body given whole, the status and content type of the answer, and its body as it arrives (chunked
-or sized, httptools decodes either). Idle connections are kept per engine (newest first); one
-the engine closed while idle is dropped when it closes, one idle for `REUSE_IDLE_S` is not
-reused (servers close idle connections after a few seconds: uvicorn, and so vLLM, after 5 s),
-and a request that meets a kept connection closing under it (the engine's close and our write
-crossing: closed within `CROSSING_S` of the write, before any byte of an answer) is sent once
-more on a new connection. A kept connection that closes later, still before answering, is not
-retried on the same engine: the engine may have read the request and worked on it (an engine
-that crashes on it would get it again), so the caller tries the next engine instead. A response
-that was not read to its end is never reused: closing it closes the connection, which is how the
-engine learns to abort the request.
+or sized, httptools decodes either). A connection knows whether it closed as a request crossed
+it (closed within `CROSSING_S` of the write, before any byte of an answer). A response that was
+not read to its end is never reused: closing it closes the connection, which is how the engine
+learns to abort the request.
 
 Reads are bounded by an idle timeout (nothing received for that long), checked by one timer per
 response that moves on only when it fires: no timer per chunk. A slow reader pauses the socket
@@ -23,18 +18,18 @@ once `HIGH_WATER` bytes wait (the engine is then held back by TCP, as with aioht
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
 import httptools
 
+if TYPE_CHECKING:
+    from gateway.proxy.h1_pool import H1Pool  # (which imports this module)
+
 HIGH_WATER = 256 * 1024  # bytes received and not yet read: stop reading from the socket
-MAX_IDLE_PER_ENGINE = 256
-REUSE_IDLE_S = 4.0  # a kept connection idle for longer is closed, not reused
 # A kept connection that closes this soon after the request was written, before any byte of an
 # answer, closed as the request crossed it: the request goes once more on a new connection.
 # Closing later, the engine had it (it may have read it and begun): the caller moves on instead.
@@ -287,123 +282,3 @@ class H1Response:
         on_done, self._on_done = self._on_done, None
         if on_done is not None:
             on_done(whole)
-
-
-class H1Pool:
-    """Keep-alive connections to every engine, and the requests sent over them."""
-
-    def __init__(self, connect_timeout_s: float) -> None:
-        self.connect_timeout_s = connect_timeout_s
-        self.idle: dict[Origin, list[Connection]] = {}
-        self.origins: dict[str, Origin] = {}
-        self._tls: ssl.SSLContext | None = None
-
-    def origin(self, url: str) -> Origin:
-        found = self.origins.get(url)
-        if found is None:
-            found = self.origins[url] = Origin.of(url)
-        return found
-
-    async def request(
-        self,
-        url: str,
-        method: str,
-        path: str,
-        body: bytes,
-        headers: dict[str, str],
-        *,
-        idle_s: float | None,
-    ) -> Connection:
-        """Send one request and wait for the answer's head, on a kept-alive connection if
-        there is one. Raises ConnectFailed, Disconnected or TimeoutError (no head within
-        `idle_s`); the answer's body is read through H1Response."""
-        origin = self.origin(url)
-        message = _head(origin, method, path, headers, len(body)) + body
-        conn = self._idle(origin)
-        if conn is not None:
-            try:
-                return await _exchange(conn, message, idle_s)
-            except Disconnected:
-                if not conn.crossed():  # the engine had the request: never sent to it again
-                    raise
-        return await _exchange(await self._connect(origin), message, idle_s)
-
-    def _idle(self, origin: Origin) -> Connection | None:
-        """The newest kept connection to `origin` that is still open and not idle too long."""
-        idle = self.idle.get(origin)
-        while idle:
-            conn = idle.pop()
-            if conn.closed:
-                continue
-            if conn.loop.time() - conn.last_read < REUSE_IDLE_S:
-                return conn
-            while idle:  # kept before this one, so idle longer still
-                idle.pop().close()
-            conn.close()
-        return None
-
-    async def _connect(self, origin: Origin) -> Connection:
-        loop = asyncio.get_running_loop()
-        tls = self._context() if origin.tls else None
-        try:
-            async with asyncio.timeout(self.connect_timeout_s):
-                _, conn = await loop.create_connection(
-                    lambda: Connection(loop, origin),
-                    origin.host,
-                    origin.port,
-                    ssl=tls,
-                    server_hostname=origin.host if tls else None,
-                )
-        except (OSError, TimeoutError) as exc:
-            raise ConnectFailed(f"{type(exc).__name__}: {exc}") from exc
-        return conn
-
-    def _context(self) -> ssl.SSLContext:
-        if self._tls is None:
-            self._tls = ssl.create_default_context()
-        return self._tls
-
-    def put(self, conn: Connection) -> None:
-        if not conn.reusable():
-            conn.close()
-            return
-        idle = self.idle.setdefault(conn.origin, [])
-        if len(idle) >= MAX_IDLE_PER_ENGINE:
-            conn.close()
-            return
-        conn._reset()
-        idle.append(conn)
-
-    def close(self) -> None:
-        for idle in self.idle.values():
-            for conn in idle:
-                conn.close()
-        self.idle.clear()
-
-
-async def _exchange(conn: Connection, message: bytes, idle_s: float | None) -> Connection:
-    """Write the request, wait for the answer's head; on any failure close the connection."""
-    try:
-        conn.busy = True
-        assert conn.transport is not None
-        conn.transport.write(message)
-        conn.last_read = conn.loop.time()
-        while not conn.headers_done:
-            if conn.error is not None:
-                raise conn.error
-            await conn.wait(idle_s)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _head(origin: Origin, method: str, path: str, headers: dict[str, str], length: int) -> bytes:
-    lines = [f"{method} {origin.prefix}{path} HTTP/1.1\r\n".encode()]
-    lines.append(b"host: " + origin.authority + b"\r\n")
-    for name, value in headers.items():
-        lines.append(f"{name}: {value}\r\n".encode("latin-1"))
-    if length or method not in ("GET", "HEAD", "DELETE"):
-        lines.append(b"content-length: %d\r\n" % length)
-    lines.append(b"\r\n")
-    return b"".join(lines)

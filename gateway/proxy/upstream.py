@@ -17,7 +17,8 @@ import aiohttp
 
 from gateway.errors import ApiError, BadGateway, GatewayTimeout, ServiceUnavailable
 from gateway.metrics import Metrics
-from gateway.proxy.h1 import ConnectFailed, Disconnected, H1Pool, H1Response
+from gateway.proxy.h1 import ConnectFailed, Disconnected, H1Response
+from gateway.proxy.h1_pool import H1Pool
 from gateway.routing.engines import Engine
 from gateway.settings import UpstreamSettings
 

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from gateway.netutil import free_port
-from gateway.proxy import h1
-from gateway.proxy.h1 import ConnectFailed, H1Pool, H1Response
+from gateway.proxy import h1, h1_pool
+from gateway.proxy.h1 import ConnectFailed, H1Response
+from gateway.proxy.h1_pool import H1Pool
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]
@@ -249,7 +250,7 @@ async def test_a_new_connection_closed_before_the_answer_is_not_tried_again() ->
 async def test_a_connection_idle_too_long_is_closed_not_reused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(h1, "REUSE_IDLE_S", 0.2)
+    monkeypatch.setattr(h1_pool, "REUSE_IDLE_S", 0.2)
     async with serving(keep_answering) as server:
         pool = H1Pool(connect_timeout_s=2)
         for pause in (0.0, 0.4, 0.0):
