@@ -90,6 +90,8 @@ async def create_response(request: Request, gw: Gateway, caller: Caller) -> Resp
     engines = None
     if previous is not None:
         home = await _find(gw, caller, previous, "previous_response_id")
+        if not caller.may_use(home.model):  # made with a model this key may not use
+            raise ResponseNotFound(previous, "previous_response_id")
         engines = [_engine_of(pool, home, previous, "previous_response_id")]
     caller = gw.admission.with_defaults(caller)
     limits = gw.settings.limits

@@ -294,3 +294,26 @@ async def test_a_store_that_cannot_answer_is_a_retryable_503(fleet: Fleet) -> No
         assert r.status == 503
         assert (await r.json())["error"]["code"] == "response_store_unavailable"
         assert r.headers["retry-after"] == "1"  # as every other 503 of a store away
+
+
+async def test_a_response_made_with_a_model_the_key_may_not_use_is_not_found(fleet: Fleet) -> None:
+    """A key limited to some models cannot continue a conversation another of its tenant's keys
+    had with a model outside its list (one engine can serve both: an adapter and its base)."""
+    body = {"tenant": "narrow", "models": [MODEL]}
+    async with fleet.http.post(f"{fleet.gateway}/admin/v1/keys", json=body, headers=ADMIN) as r:
+        assert r.status == 201, await r.text()
+        key = (await r.json())["key"]
+    client = openai.AsyncOpenAI(base_url=f"{fleet.gateway}/v1", api_key=key, max_retries=0)
+    fleet.clients.append(client)
+    home = orjson.dumps(["adapter-not-allowed", fleet.sims[0]])
+    await fleet.redis.set(home_key("narrow", "resp_adapter"), home)
+    before = await fleet.requests()
+    with pytest.raises(openai.NotFoundError) as refused:
+        await client.responses.create(
+            model=MODEL, input="go on", previous_response_id="resp_adapter"
+        )
+    assert (refused.value.code, refused.value.param) == (
+        "response_not_found",
+        "previous_response_id",
+    )
+    assert await fleet.requests() == before  # no engine was asked
