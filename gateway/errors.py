@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import orjson
@@ -122,3 +123,10 @@ def error_body(
     message: str, type_: str, *, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def field_path(loc: Iterable[str | int]) -> str:
+    """A pydantic location as OpenAI's `param` names the field: list indexes in brackets
+    (`media_hosts[0]`, `models[0].engines[1]`), object members after dots."""
+    path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    return path.removeprefix(".")

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import SettingsError
 
+from gateway.errors import field_path
 from gateway.settings import Settings
 
 
@@ -84,12 +85,10 @@ def config_errors(exc: ValidationError) -> list[str]:
     named by the same path), never with the value given: it may be a secret."""
     lines = []
     for error in exc.errors(include_url=False, include_input=False):
-        path = "".join(
-            f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
-        )
+        path = field_path(error["loc"])
         if error["type"] == "extra_forbidden":
             message = "not a setting (misspelt, or in the wrong section?)"
         else:
             message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"{path.lstrip('.')}: {message}" if path else message)
+        lines.append(f"{path}: {message}" if path else message)
     return lines

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi import Path as PathParam
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -48,8 +48,25 @@ router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)])
 TenantId = Annotated[str, PathParam(pattern=ID_PATTERN)]
 
 
+def _model_name(value: str) -> str:
+    """A name a request can send: an empty, blank or space-padded one allowed no model."""
+    if not value.strip():
+        raise ValueError("a model name cannot be empty or only whitespace")
+    if value != value.strip():
+        raise ValueError(f"the model name {value!r} starts or ends with whitespace")
+    return value
+
+
+# The allow-list as an admin sets it (stored records are read as they are: LimitFields).
+AllowedModels = Annotated[
+    list[Annotated[str, Field(max_length=256), AfterValidator(_model_name)]] | None,
+    Field(max_length=1000),
+]
+
+
 class KeyCreate(LimitFields):
     model_config = ConfigDict(extra="forbid")
+    models: AllowedModels = None
     tenant: str = Field(pattern=ID_PATTERN)
     name: str | None = Field(default=None, max_length=200)
     expires_at: datetime | None = None
@@ -66,6 +83,7 @@ class KeyCreate(LimitFields):
 
 class TenantPut(TenantFields):
     model_config = ConfigDict(extra="forbid")
+    models: AllowedModels = None
 
 
 def store_of(gw: GatewayState) -> AuthStore:

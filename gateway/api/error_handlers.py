@@ -25,6 +25,7 @@ from gateway.errors import (
     MethodNotAllowed,
     NotFound,
     ServiceUnavailable,
+    field_path,
 )
 
 
@@ -120,8 +121,7 @@ def _first_validation_error(exc: RequestValidationError) -> ApiError:
             f"We could not parse the JSON body of your request: {first.get('msg')}.",
             code="invalid_json",
         )
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-    param = ".".join(loc) or None
+    param = field_path(p for p in where if p not in ("body", "query", "path")) or None
     if param is None and isinstance(first.get("input"), bytes):
         # FastAPI reads a body as JSON only under a JSON content type (curl -d sends a form's)
         return InvalidRequest(

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import error_body
+from gateway.errors import error_body, field_path
 
 # Keys whose value may not be null per openai/openai-openapi (CreateChatCompletionResponse,
 # CreateChatCompletionStreamResponse, CreateCompletionResponse, CompletionUsage). A nested
@@ -249,7 +249,7 @@ def _detail_message(detail: Any, status: int) -> str:
         return detail
     if isinstance(detail, list) and detail and isinstance(detail[0], dict):
         first = detail[0]
-        loc = ".".join(str(p) for p in first.get("loc", []) if p != "body")
+        loc = field_path(p for p in first.get("loc", []) if p != "body")
         return f"{loc}: {first.get('msg', 'invalid value')}" if loc else str(first.get("msg"))
     return f"The engine answered HTTP {status}."
 

@@ -178,6 +178,10 @@ async def test_admin_api_refuses_everyone_but_the_admin(auth: AuthStack) -> None
         ({"tenant": "bad tenant!"}, "tenant"),
         ({}, "tenant"),
         ({"tenant": "acme", "models": "all"}, "models"),
+        ({"tenant": "acme", "models": [""]}, "models[0]"),  # was stored: allowed no model
+        ({"tenant": "acme", "models": ["m", " \t"]}, "models[1]"),
+        ({"tenant": "acme", "models": [" m"]}, "models[0]"),
+        ({"tenant": "acme", "models": [1]}, "models[0]"),  # was 'models.0'
         ({"tenant": "acme", "expires_at": "2020-01-01T00:00:00Z"}, "expires_at"),
         ({"tenant": "acme", "expires_at": "2099-01-01T00:00:00"}, "expires_at"),
     ],
@@ -189,6 +193,26 @@ async def test_bad_admin_bodies_are_400_naming_the_field(
     assert status == 400
     assert payload["error"]["param"] == param
     assert param in payload["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"models": [""]}, "models[0]"),
+        ({"models": ["m", "   "]}, "models[1]"),
+        ({"media_hosts": ["a.example", ""]}, "media_hosts[1]"),
+        ({"media_hosts": [" "]}, "media_hosts[0]"),
+    ],
+)
+async def test_blank_names_in_a_tenants_lists_are_400_naming_the_item(
+    auth: AuthStack, body: dict[str, Any], param: str
+) -> None:
+    status, payload = await auth.admin("PUT", "/tenants/blanks", body)
+    assert status == 400
+    assert (payload["error"]["param"], payload["error"]["code"]) == (param, "invalid_value")
+    assert f"'{param}'" in payload["error"]["message"]
+    status, _ = await auth.admin("GET", "/tenants/blanks")
+    assert status == 404  # nothing stored
 
 
 async def test_malformed_admin_json_and_unknown_ids(auth: AuthStack) -> None:

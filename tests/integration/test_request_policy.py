@@ -228,10 +228,10 @@ async def test_media_hosts_through_the_cli_and_admin_api(setup: Setup) -> None:
 
     status, body = await _put_tenant(setup, "bad", {"media_hosts": ["https://a.com/x"]})
     assert status == 400
-    assert body["error"]["param"] == "media_hosts.0"
+    assert body["error"]["param"] == "media_hosts[0]"
     status, body = await _put_tenant(setup, "bad", {"media_hosts": ["a.com", "10.0.0.1"]})
     assert status == 400  # (accepted before, then every request's media from it refused)
-    assert body["error"]["param"] == "media_hosts.1"
+    assert body["error"]["param"] == "media_hosts[1]"
     assert "'10.0.0.1' is not a public address" in body["error"]["message"]
 
 
