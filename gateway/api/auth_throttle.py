@@ -6,6 +6,12 @@ except those carrying an API key this process has already verified and still hol
 (`Authenticator.recognises`, from memory alone): one client sending bad keys through a shared
 address or proxy does not lock out the keys in use behind it. It sits inside the request
 context (gateway/api/middleware.py), whose info tells it the status.
+
+The ops routes take part too, since the admin token opens them: a wrong token on /metrics is a
+401 like any other, and a throttled client gets 429 there. Readiness is never refused (a
+probe from a throttled address still learns whether the pod is ready): a wrong token on
+/readyz counts as a failure, and a throttled client's token is not read (the bare status).
+/healthz reads no token.
 """
 
 from __future__ import annotations
@@ -13,15 +19,17 @@ from __future__ import annotations
 import math
 
 from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.api.health import ops_token_given
 from gateway.auth.authenticate import Authenticator
 from gateway.auth.failures import FailureThrottle
 from gateway.errors import RateLimited
 from gateway.proxy.asgi_send import send_error
 from gateway.request_context import info_of
 
-_EXEMPT = ("/healthz", "/readyz", "/metrics")
+_READINESS = "/readyz"
 
 
 class AuthFailureThrottle:
@@ -30,11 +38,14 @@ class AuthFailureThrottle:
         self.throttle = throttle
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in _EXEMPT:
+        if scope["type"] != "http" or scope["path"] == "/healthz":
             await self.app(scope, receive, send)
             return
         client = scope["client"][0] if scope.get("client") else "unknown"
         wait = self.throttle.retry_after(client)
+        if scope["path"] == _READINESS:
+            await self._readiness(scope, receive, send, client, throttled=wait is not None)
+            return
         if wait is not None and not _recognised(scope):
             await send_error(send, _refusal(math.ceil(wait)))
             return
@@ -44,6 +55,21 @@ class AuthFailureThrottle:
         finally:  # the status the request context saw go out (middleware.py)
             if info_of(scope).status == 401:
                 self.throttle.failed(client)
+
+    async def _readiness(
+        self, scope: Scope, receive: Receive, send: Send, client: str, *, throttled: bool
+    ) -> None:
+        state = getattr(scope["app"].state, "gateway", None)
+        if throttled:
+            headers = [(k, v) for k, v in scope["headers"] if k != b"authorization"]
+            scope = {**scope, "headers": headers}
+        elif (
+            state is not None
+            and "authorization" in Headers(scope=scope)
+            and not ops_token_given(Request(scope), state.settings)
+        ):
+            self.throttle.failed(client)
+        await self.app(scope, receive, send)
 
 
 def _recognised(scope: Scope) -> bool:

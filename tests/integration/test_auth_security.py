@@ -33,7 +33,7 @@ from gateway.settings import AuthSettings, Settings
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import MODEL, OTHER, auth_settings
 from tests.integration.sim_fixture import running_sim
-from tests.support.gateways import PEPPER, admin_request
+from tests.support.gateways import ADMIN_TOKEN, PEPPER, admin_request
 from tests.support.logs import collected
 from tests.support.servers import serve_asgi
 
@@ -446,3 +446,30 @@ async def test_a_401_never_echoes_the_presented_token(secured: Secured) -> None:
         pieces = {variable[i : i + 6] for i in range(len(variable) - 5)}
         assert [p for p in pieces if p in _REQUEST_ID.sub("", answer)] == [], token
         assert [p for p in pieces if p in log_text] == [], token
+
+
+async def _ops(http: aiohttp.ClientSession, url: str, token: str) -> tuple[int, Any]:
+    async with http.get(url, headers={"authorization": f"Bearer {token}"}) as resp:
+        return resp.status, await resp.read()
+
+
+async def test_ops_token_guesses_are_throttled_and_probes_still_answered(secured: Secured) -> None:
+    """The admin token opens /metrics and /readyz's detail, so guessing it there is throttled
+    as on the admin routes; readiness itself is never refused."""
+    for address, guessed in (("127.0.0.3", "/metrics"), ("127.0.0.4", "/readyz")):
+        connector = aiohttp.TCPConnector(local_addr=(address, 0))
+        async with aiohttp.ClientSession(connector=connector) as http:
+            assert (await _ops(http, f"{secured.strict}/metrics", ADMIN_TOKEN))[0] == 200
+            status, detail = await _ops(http, f"{secured.strict}/readyz", ADMIN_TOKEN)
+            assert status == 200
+            assert b'"engines"' in detail
+            for _ in range(THROTTLE_LIMIT):
+                status, _ = await _ops(http, f"{secured.strict}{guessed}", "wrong-" * 4)
+                assert status == (401 if guessed == "/metrics" else 200)
+            status, body = await _ops(http, f"{secured.strict}/metrics", ADMIN_TOKEN)
+            assert status == 429
+            assert b"too_many_auth_failures" in body
+            status, bare = await _ops(http, f"{secured.strict}/readyz", ADMIN_TOKEN)
+            assert (status, bare) == (200, b'{"status":"ready"}')  # the right token, not read
+            async with http.get(f"{secured.strict}/healthz") as resp:
+                assert resp.status == 200
