@@ -55,9 +55,13 @@ def add_usage_command(sub: Any) -> None:
     )
     usage.add_argument("--end", help="as --start (default: today; --records: the latest record)")
     usage.add_argument(
-        "--group-by", help="comma-separated: tenant,key_id,model,day (default tenant,key_id,model)"
+        "--group-by",
+        help="comma-separated: tenant,key_id,model,day (default tenant,key_id,model); totals "
+        "only: records are never grouped",
     )
-    usage.add_argument("--records", action="store_true", help="every raw record, not totals")
+    usage.add_argument(
+        "--records", action="store_true", help="every raw record, not totals (no --group-by)"
+    )
     out = usage.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="JSON (records: one per line)")
     out.add_argument("--csv", action="store_true", help="CSV with a header row")
@@ -65,6 +69,13 @@ def add_usage_command(sub: Any) -> None:
 
 
 def run_usage(args: argparse.Namespace) -> int:
+    if args.records and args.group_by is not None:  # a record is one request: nothing to group
+        print(
+            "llmaas usage: error: --group-by groups totals; it cannot be used with --records "
+            "(leave out --records for grouped totals)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         client = AdminClient(args.url, args.admin_token)
         if args.records:

@@ -206,9 +206,14 @@ def _csv(records: list[UsageRecord], columns: tuple[str, ...]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    for record in records:
-        writer.writerow(record.view(columns))
+    for record in records:  # JSON's true / false, as CSV readers expect (not Python's True)
+        row = record.view(columns)
+        writer.writerow({k: _cell(v) for k, v in row.items()})
     return out.getvalue()
+
+
+def _cell(value: object) -> object:
+    return ("true" if value else "false") if isinstance(value, bool) else value
 
 
 @admin_router.get("/usage", response_model=None)

@@ -53,7 +53,24 @@ async def test_usage_totals_and_records_through_the_cli(meter: Meter) -> None:
     assert [json.loads(line)["id"] for line in out.splitlines()] == [r.id for r in records]
     code, out, err = await usage(meter, "--tenant", "cli-usage", "--records", "--csv")
     assert code == 0, err
-    assert [r["completion_tokens"] for r in csv.DictReader(io.StringIO(out))] == ["2", "3", "4"]
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["completion_tokens"] for r in rows] == ["2", "3", "4"]
+    assert [r["stream"] for r in rows] == ["false"] * 3  # was Python's False
+
+
+async def test_csv_records_write_booleans_as_true_and_false(meter: Meter) -> None:
+    key = await meter.new_key("cli-bools")
+    async with meter.client(key) as oai:
+        await oai.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
+        stream = await oai.chat.completions.create(
+            model=MODEL, messages=HELLO, max_tokens=2, stream=True
+        )
+        async for _ in stream:
+            pass
+    await meter.wait_records("cli-bools", 2)
+    code, out, err = await usage(meter, "--tenant", "cli-bools", "--records", "--csv")
+    assert code == 0, err
+    assert sorted(r["stream"] for r in csv.DictReader(io.StringIO(out))) == ["false", "true"]
 
 
 async def test_usage_help_says_where_records_start(meter: Meter) -> None:
@@ -61,6 +78,16 @@ async def test_usage_help_says_where_records_start(meter: Meter) -> None:
     code, out, _ = await usage(meter, "--help")
     assert code == 0
     assert "--records the first record kept" in " ".join(out.split())
+
+
+async def test_group_by_with_records_is_a_usage_error(meter: Meter) -> None:
+    """Records are one per request: --group-by was silently ignored beside --records."""
+    code, out, err = await usage(meter, "--records", "--group-by", "model", "--csv")
+    assert (code, out) == (2, "")
+    assert "--group-by" in err
+    assert "--records" in err
+    code, out, _ = await usage(meter, "--help")
+    assert "records are never grouped" in " ".join(out.split())
 
 
 async def test_usage_cli_says_what_went_wrong(meter: Meter) -> None:
