@@ -297,6 +297,12 @@ async def test_fine_tuned_models_belong_to_their_tenant(ft: TenantStack, tmp_pat
     assert mine[name].model_dump()["parent"] == BASE
     assert name not in {m.id for m in (await other.models.list()).data}
     assert (await owner.models.retrieve(name)).id == name
+    with pytest.raises(openai.InternalServerError) as unloadable:  # the simulator serves no LoRA
+        await owner.with_options(max_retries=0).chat.completions.create(
+            model=name, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert (unloadable.value.status_code, unloadable.value.code) == (503, "model_unavailable")
+    assert unloadable.value.response.headers["retry-after"] == "1"
     for attempt in (
         other.models.retrieve(name),
         other.models.delete(name),
