@@ -11,9 +11,9 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 
+from gateway import exact_json
 from gateway.errors import InvalidRequest, PayloadTooLarge
 
-MAX_DEPTH = 254  # of nested arrays and objects, the whole body counted: what orjson writes
 _TYPE_NAMES = {
     str: "a string",
     list: "an array",
@@ -41,11 +41,13 @@ async def read_json(request: Request, max_bytes: int) -> tuple[dict[str, Any], b
     if not raw:
         raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
     try:
-        body = orjson.loads(raw)
+        body = exact_json.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(
             f"We could not parse the JSON body of your request: {exc}.", code="invalid_json"
         ) from exc
+    except exact_json.TooDeep as exc:
+        raise _too_deep(None) from exc
     if not isinstance(body, dict):
         raise InvalidRequest(
             f"The request body must be a JSON object, not {_describe(body)}.", code="invalid_json"
@@ -54,18 +56,23 @@ async def read_json(request: Request, max_bytes: int) -> tuple[dict[str, Any], b
 
 
 def dump_json(value: object, param: str | None = None) -> bytes:
-    """A value read from a request body, serialised again: orjson reads arrays and objects
-    nested up to 1,024 levels deep but writes at most 254, so a body nested deeper than that is
-    a 400 (`param` names the field being written, if it is not the whole body), never a 500."""
+    """A value read from a request body, serialised again (every integer as it came): orjson
+    reads arrays and objects nested up to 1,024 levels deep but writes at most 254, so a body
+    nested deeper than that is a 400 (`param` names the field being written, if it is not the
+    whole body), never a 500."""
     try:
-        return orjson.dumps(value)
-    except orjson.JSONEncodeError as exc:
-        raise InvalidRequest(
-            f"The request body nests arrays and objects too deeply: at most {MAX_DEPTH} "
-            "levels are accepted.",
-            param=param,
-            code="invalid_json",
-        ) from exc
+        return exact_json.dumps(value)
+    except exact_json.TooDeep as exc:
+        raise _too_deep(param) from exc
+
+
+def _too_deep(param: str | None) -> InvalidRequest:
+    return InvalidRequest(
+        f"The request body nests arrays and objects too deeply: at most "
+        f"{exact_json.MAX_DEPTH} levels are accepted.",
+        param=param,
+        code="invalid_json",
+    )
 
 
 def _too_large(max_bytes: int) -> PayloadTooLarge:

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from gateway import exact_json
 from gateway.errors import ApiError, BadGateway, GatewayTimeout
 from gateway.metering.stream_options import FORCED_USAGE
 from gateway.metering.usage import StreamUsage
@@ -55,7 +56,7 @@ def stream_request(route: str, raw: bytes, body: dict[str, Any]) -> bytes | None
     if "stream" not in body:
         start = raw.find(b"{")
         return raw[: start + 1] + _SPLICE + raw[start + 1 :]
-    return orjson.dumps({**body, "stream": True, "stream_options": FORCED_USAGE})
+    return exact_json.dumps({**body, "stream": True, "stream_options": FORCED_USAGE})
 
 
 async def collect_stream(

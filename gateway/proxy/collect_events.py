@@ -15,6 +15,7 @@ import time
 
 import orjson
 
+from gateway import exact_json
 from gateway.errors import BadGateway, GatewayTimeout
 from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.events import DELTAS, ERROR, TERMINAL, ResponseEvents, event_response
@@ -45,7 +46,7 @@ def stream_response_request(raw: bytes, body: dict[str, object]) -> bytes:
     if "stream" not in body:
         start = raw.find(b"{")
         return raw[: start + 1] + _STREAM + raw[start + 1 :]
-    return orjson.dumps({**body, "stream": True})
+    return exact_json.dumps({**body, "stream": True})
 
 
 async def collect_events(

@@ -54,7 +54,7 @@ class Inference:
         if raw is None:
             return  # the client left before sending its request
         body = _parse(raw)
-        self.state.record(request_headers(scope), body)
+        self.state.record(request_headers(scope), body, raw)
         reply = Reply(send)
         try:
             if not isinstance(body, dict):

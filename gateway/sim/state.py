@@ -59,10 +59,15 @@ class SimState:
             self.running -= 1
             self.kv_tokens -= current.kv_tokens
 
-    def record(self, headers: dict[str, str], body: object) -> None:
-        """Remember an inference request as it arrived (for tests of what a proxy forwarded)."""
+    def record(self, headers: dict[str, str], body: object, raw: bytes) -> None:
+        """Remember an inference request as it arrived, parsed and byte for byte (for tests of
+        what a proxy forwarded)."""
         self.total_requests += 1
-        self.last_request = {"headers": headers, "body": body}
+        self.last_request = {
+            "headers": headers,
+            "body": body,
+            "raw": raw.decode("utf-8", "replace"),
+        }
 
     def next_fails(self) -> bool:
         """Whether the next request is one of the configured `fail_rate` that must fail."""

@@ -3,6 +3,7 @@ that must never be fetched), engine-internal fields, and per-tenant cache salts.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -369,3 +370,28 @@ async def _anonymous_policy(oai: openai.AsyncOpenAI, stack: Stack) -> None:
     await oai.chat.completions.create(model=MODEL, messages=hello, max_tokens=1)
     sent = (await stack.sim_state())["last_request"]["body"]
     assert sent["cache_salt"] == cache_salt(salt_key_from(None), "anonymous", None)
+
+
+async def test_integers_past_64_bits_reach_the_engine_as_sent(setup: Setup) -> None:
+    """orjson read them as floats, so the rewritten body (every salted route's) carried
+    1.8446744073709552e+19 where the client sent 18446744073709551617; vLLM's parser keeps
+    every integer exact, so must the gateway."""
+    key = await setup.key("acme")
+    big = 2**64 + 1
+    bodies = {
+        "chat/completions": {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1},
+        "completions": {"prompt": "x", "max_tokens": 1, "stream": False},  # re-written twice
+        "embeddings": {"input": "x"},
+        "responses": {"input": "x", "max_output_tokens": 1, "store": False},
+    }
+    for route, fields in bodies.items():
+        schema = {"type": "integer", "maximum": big, "minimum": -big}
+        body = {"model": MODEL, **fields, "extra_numbers": {"big": big}, "schema": schema}
+        async with setup.http.post(
+            f"{setup.gateway}/v1/{route}",
+            data=json.dumps(body),
+            headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+        ) as resp:
+            assert resp.status == 200, (route, await resp.text())
+        sent = json.loads((await sim_state(setup.http, setup.sim))["last_request"]["raw"])
+        assert (sent["extra_numbers"]["big"], sent["schema"]) == (big, schema), route

@@ -49,7 +49,7 @@ def test_metrics_use_vllm_names_and_an_escaped_model_label() -> None:
 
 def test_reset_zeroes_counters_but_keeps_live_requests() -> None:
     sim = state()
-    sim.record({"x-request-id": "r1"}, {"a": 1})
+    sim.record({"x-request-id": "r1"}, {"a": 1}, b'{"a": 1}')
     assert [sim.next_fails(), sim.next_fails()] == [False, True]
     with sim.generation() as generation:
         generation.generated(3)
