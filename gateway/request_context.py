@@ -25,6 +25,7 @@ class RequestInfo:
     ttft_ms: float | None = None
     usage: Usage | None = None  # what the engine reported (so far, for a stream), if it did
     response_id: str | None = None  # the id the engine gave a Responses API answer
+    counted: bool = False  # in llmaas_requests_total already (the proxy counts what it served)
     # Added to the response's headers by the request context (x-ratelimit-*): one `send`
     # wrapper for every layer that has headers to add.
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)

@@ -2,12 +2,17 @@
 
 Its `send` wrapper is the only one: the status it sees is in the request's info for the inner
 layers to read when the app returns, and headers they put in `info.headers` are added here.
+It also counts in llmaas_requests_total every /v1 request the proxy did not (refused before
+reaching an engine: 400, 401, 404, 429, 503; or served by the gateway itself: models, files,
+usage), labelled by the route's template, never by a path a client chose.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
+from collections.abc import Iterable
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -19,12 +24,15 @@ from gateway.proxy.outcome import Outcome
 from gateway.request_context import RequestInfo, attach, request_id_from
 
 _REQUEST_ID = b"x-request-id"
+_PATH_PARAM = re.compile(r"\{[^}]*\}")
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, access_log: bool) -> None:
+    def __init__(self, app: ASGIApp, *, access_log: bool, routes: Iterable[str] = ()) -> None:
+        """`routes`: the exact /v1 paths served outside the framework's router (hot_routes)."""
         self.app = app
         self.access_log = access_log
+        self.routes = frozenset(routes)
         self.log = logging.getLogger(ACCESS_LOGGER)
         self.errors = logging.getLogger("llmaas.errors")
 
@@ -55,8 +63,17 @@ class RequestContextMiddleware:
             if info.status == 0:
                 await send_error(send_with_id, InternalError("The gateway failed unexpectedly."))
         finally:
+            if not info.counted:
+                self._count(scope, info)
             if self.access_log:
                 self._log(scope, info, time.perf_counter() - started)
+
+    def _count(self, scope: Scope, info: RequestInfo) -> None:
+        route = route_label(scope, self.routes)
+        state = getattr(scope["app"].state, "gateway", None)  # (None before startup is done)
+        if route is not None and state is not None:
+            status = str(info.status or 499)  # nothing sent: the client left first
+            state.metrics.requests.labels(info.model or "", route, status).inc()
 
     def _log(self, scope: Scope, info: RequestInfo, elapsed: float) -> None:
         fields = {
@@ -71,3 +88,15 @@ class RequestContextMiddleware:
             "ttft_ms": None if info.ttft_ms is None else round(info.ttft_ms, 3),
         }
         self.log.info("request", extra={"fields": fields})
+
+
+def route_label(scope: Scope, routes: frozenset[str]) -> str | None:
+    """A /v1 request's route as metrics name it (`chat/completions`, `responses/{id}`; `other`
+    for a path no route matched); None for paths outside /v1."""
+    path: str = scope["path"]
+    if not path.startswith("/v1/"):
+        return None
+    template = getattr(scope.get("route"), "path_format", None)
+    if template is None:
+        template = path if path in routes else "/v1/other"
+    return _PATH_PARAM.sub("{id}", template).removeprefix("/v1/")

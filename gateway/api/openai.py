@@ -20,6 +20,7 @@ from gateway.api.body import (
     require_prompts,
     stream_flag,
 )
+from gateway.api.engine_fields import grammar_field
 from gateway.api.responses import json_response
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
@@ -67,6 +68,7 @@ async def read_model_request(
         pool = gw.registry.pool(model)
     if pool is None:
         raise ModelNotFound(model)
+    info_of(request.scope).model = pool.name  # a served model: a bounded metrics label
     refuse_if_overloaded(pool, gw.settings.routing, gw.metrics.requests_shed)  # before admission
     raw, body = await gw.policy.apply(route, raw, body, caller)  # tenant policy, every route
     return ModelRequest(received_ms, body, raw, model, pool)
@@ -98,6 +100,7 @@ async def _forward(
         collect=body if collected is not None else None,
         headers={} if admission is None else admission.headers(),
         affinity=_affinity(gw, route, body),
+        grammar=grammar_field(body),
     )
     request_id = info_of(request.scope).request_id
     charge = Charge(

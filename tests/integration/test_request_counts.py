@@ -1,0 +1,81 @@
+"""llmaas_requests_total counts every /v1 request, not only those the proxy served: refusals
+(400, 401, 404, 429) and the routes the gateway answers itself, labelled by route template
+(gateway/api/middleware.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.app import create_app
+from gateway.embedded.redis_server import running_redis
+from gateway.sim.config import SimConfig
+from tests.integration.conftest import MODEL, OTHER, auth_settings
+from tests.integration.sim_fixture import running_sim
+from tests.support.gateways import OPS, admin_request
+from tests.support.servers import serve_asgi
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+Counts = dict[tuple[str, str, str], float]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def gateway(tmp_path: Path) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
+    async with (
+        running_redis(None) as redis_url,
+        running_sim(SimConfig(models=[MODEL, OTHER], max_tokens=2)) as sim,
+        serve_asgi(create_app(auth_settings(sim, redis_url, tmp_path))) as url,
+        aiohttp.ClientSession() as http,
+    ):
+        yield url, http
+
+
+async def counts(http: aiohttp.ClientSession, gateway: str) -> Counts:
+    async with http.get(f"{gateway}/metrics", headers=OPS) as resp:
+        text = await resp.text()
+    found: Counts = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "llmaas_requests_total":
+                found[(s.labels["model"], s.labels["route"], s.labels["status"])] = s.value
+    return found
+
+
+async def test_refused_and_gateway_served_requests_are_counted_once(
+    gateway: tuple[str, aiohttp.ClientSession],
+) -> None:
+    url, http = gateway
+    status, made = await admin_request(http, url, "POST", "/keys", {"tenant": "c", "rpm": 1})
+    assert status == 201, made
+    key = {"authorization": f"Bearer {made['key']}"}
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    calls = [  # (method, path, headers, body, the status expected)
+        ("POST", "/v1/chat/completions", {"authorization": "Bearer nope"}, chat, 401),
+        ("POST", "/v1/chat/completions", key, {**chat, "model": "unknown"}, 404),
+        ("POST", "/v1/chat/completions", key, {**chat, "messages": 5}, 400),
+        ("POST", "/v1/chat/completions", key, chat, 200),
+        ("POST", "/v1/chat/completions", key, chat, 429),  # rpm 1
+        ("GET", "/v1/models", key, None, 200),
+        ("GET", "/v1/responses/resp_unknown", key, None, 404),
+        ("GET", "/v1/no/such/route", key, None, 404),
+        ("GET", "/healthz", {}, None, 200),
+    ]
+    for method, path, headers, body, expected in calls:
+        async with http.request(method, f"{url}{path}", json=body, headers=headers) as resp:
+            assert resp.status == expected, (path, await resp.text())
+    assert await counts(http, url) == {
+        ("", "chat/completions", "401"): 1,
+        ("", "chat/completions", "404"): 1,
+        ("", "chat/completions", "400"): 1,
+        (MODEL, "chat/completions", "200"): 1,  # counted by the proxy, not twice
+        (MODEL, "chat/completions", "429"): 1,
+        ("", "models", "200"): 1,
+        ("", "responses/{id}", "404"): 1,
+        ("", "other", "404"): 1,
+    }
