@@ -119,7 +119,7 @@ def plan_generation(
         kind=kind,
         model=model,
         prompts=prompts,
-        n=_positive_int(body, "n") or 1,
+        n=_sequences(body),
         tokens=tokens,
         finish_reason=finish,
         stream=stream,
@@ -155,6 +155,12 @@ def plan_embeddings(
     if encoding not in ("float", "base64"):
         raise RequestError(400, "encoding_format: expected 'float' or 'base64'", "encoding_format")
     dim = _positive_int(body, "dimensions") or config.embedding_dim
+    if dim > config.embedding_dim:  # vLLM 0.32's words (pooling_params.py), without a param
+        raise RequestError(
+            400,
+            f"Model {model!r} only supports dimensions in range [1, {config.embedding_dim}], "
+            f"got {dim}.",
+        )
     return EmbeddingPlan(model, prompts, dim, encoding == "base64", timing(config, faults), faults)
 
 
@@ -208,6 +214,22 @@ def _stream_options(body: dict[str, Any], stream: bool) -> tuple[bool, bool]:
         raise RequestError(400, message, "stream_options")
     include = _flag(options, "include_usage")
     return include, include and _flag(options, "continuous_usage_stats")
+
+
+# vLLM 0.32's bound on n (VLLM_MAX_N_SEQUENCES' default, sampling_params.py): past it a 400
+# at once, where generating them took the simulator seconds and hundreds of MB.
+MAX_N = 16384
+
+
+def _sequences(body: dict[str, Any]) -> int:
+    n = _positive_int(body, "n") or 1
+    if n > MAX_N:  # vLLM's words, without a param
+        raise RequestError(
+            400,
+            f"n must be at most {MAX_N}, got {n}. To increase this limit, set the "
+            "VLLM_MAX_N_SEQUENCES environment variable.",
+        )
+    return n
 
 
 def _positive_int(body: dict[str, Any], field: str) -> int | None:

@@ -221,6 +221,40 @@ async def test_bad_requests_are_vllms_400(
     assert error["message"]
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        (
+            "/v1/chat/completions",
+            {**CHAT, "n": 100_000, "max_tokens": 3},
+            "n must be at most 16384, got 100000. To increase this limit, set the "
+            "VLLM_MAX_N_SEQUENCES environment variable.",
+        ),
+        (
+            "/v1/completions",
+            {"model": MODEL, "prompt": "hi", "n": 10**9, "stream": True},
+            "n must be at most 16384, got 1000000000. To increase this limit, set the "
+            "VLLM_MAX_N_SEQUENCES environment variable.",
+        ),
+        (
+            "/v1/embeddings",
+            {"model": MODEL, "input": "hi", "dimensions": 10**8},
+            "Model 'sim-model' only supports dimensions in range [1, 12], got 100000000.",
+        ),
+    ],
+)
+async def test_huge_n_or_dimensions_are_vllms_400_not_work(
+    http: aiohttp.ClientSession, sim: str, path: str, body: dict[str, Any], message: str
+) -> None:
+    """n=100000 took the simulator seconds and hundreds of MB (vLLM refuses past 16384), and
+    dimensions=10**8 built a 10**8-float vector (vLLM refuses past the model's size)."""
+    status, payload = await post(http, f"{sim}{path}", body)
+    assert status == 400
+    assert payload == {
+        "error": {"message": message, "type": "BadRequestError", "param": None, "code": 400}
+    }
+
+
 async def test_unknown_paths_are_fastapis_detail_404(http: aiohttp.ClientSession, sim: str) -> None:
     async with http.get(f"{sim}/v1/models/{MODEL}") as resp:
         assert resp.status == 404
