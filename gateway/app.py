@@ -180,7 +180,12 @@ def create_app(
         app = InflightBound(app, limit=settings.max_inflight_requests)
         app = AuthFailureThrottle(app, throttle=throttle)
         app = DrainGuard(app, drain=drain)
-        return RequestContextMiddleware(app, access_log=settings.access_log, routes=HOT_ROUTES)
+        return RequestContextMiddleware(
+            app,
+            access_log=settings.access_log,
+            routes=HOT_ROUTES,
+            access_log_probes=settings.access_log_probes,
+        )
 
     app = GatewayApp(
         gates,

@@ -279,6 +279,9 @@ class Settings(BaseSettings):
     max_inflight_requests: int = Field(default=2000, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False
+    # Probes answered well (/healthz, /readyz, /metrics: 2xx/3xx) in the access log too. Off:
+    # a kubelet and a Prometheus add thousands of lines an hour that say nothing.
+    access_log_probes: bool = False
     # On SIGTERM: stop accepting, let requests in flight finish this long, then cancel them.
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     # A client connection idle this long is closed. Longer than the idle timeouts of the load

@@ -25,13 +25,24 @@ from gateway.request_context import RequestInfo, attach, request_id_from
 
 _REQUEST_ID = b"x-request-id"
 _PATH_PARAM = re.compile(r"\{[^}]*\}")
+# What load balancers, kubelets and Prometheus ask every few seconds: answered well, they are
+# left out of the access log unless access_log_probes (a failing one is always logged).
+_PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, access_log: bool, routes: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        access_log: bool,
+        routes: Iterable[str] = (),
+        access_log_probes: bool = False,
+    ) -> None:
         """`routes`: the exact /v1 paths served outside the framework's router (hot_routes)."""
         self.app = app
         self.access_log = access_log
+        self.access_log_probes = access_log_probes
         self.routes = frozenset(routes)
         self.log = logging.getLogger(ACCESS_LOGGER)
         self.errors = logging.getLogger("llmaas.errors")
@@ -65,8 +76,11 @@ class RequestContextMiddleware:
         finally:
             if not info.counted:
                 self._count(scope, info)
-            if self.access_log:
+            if self.access_log and self._logged(scope, info):
                 self._log(scope, info, time.perf_counter() - started)
+
+    def _logged(self, scope: Scope, info: RequestInfo) -> bool:
+        return self.access_log_probes or scope["path"] not in _PROBES or not 0 < info.status < 400
 
     def _count(self, scope: Scope, info: RequestInfo) -> None:
         route = route_label(scope, self.routes)

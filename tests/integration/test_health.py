@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +106,39 @@ async def test_access_log_is_json_with_request_id_and_no_prompt(stack: Stack) ->
     assert '"status":200' in line
     assert f'"model":"{MODEL}"' in line
     assert secret_prompt not in line
+
+
+async def test_probes_answered_well_stay_out_of_the_access_log_unless_asked(
+    tmp_path: Path,
+) -> None:
+    """Every kubelet probe and Prometheus scrape was an access log line; answered well they
+    are left out by default (access_log_probes: true logs them), a failing one never is."""
+    probes = [("/healthz", {}), ("/readyz", {}), ("/metrics", OPS)]
+    async with running_sim(SimConfig(models=[MODEL])) as sim, aiohttp.ClientSession() as http:
+        for logged in (False, True):
+            settings = Settings.model_validate(
+                {
+                    "models": [{"name": MODEL, "engines": [sim]}],
+                    "admin_token": ADMIN_TOKEN,
+                    "auth": {"required": False},
+                    "metering": {"spill_dir": str(tmp_path / "spill")},
+                    "access_log": True,
+                    **({"access_log_probes": True} if logged else {}),
+                }
+            )
+            with collected(ACCESS_LOGGER) as collect:
+                async with serve_asgi(create_app(settings)) as gateway:
+                    for path, headers in [*probes, ("/metrics", {}), ("/v1/models", {})]:
+                        rid = {"x-request-id": f"{path}-{bool(headers)}"}
+                        async with http.get(f"{gateway}{path}", headers={**headers, **rid}):
+                            pass
+                    await collect.wait_for(lambda r: _field(r, "path") == "/v1/models")
+            seen = {(_field(r, "path"), _field(r, "status")) for r in collect.records}
+            assert ("/metrics", 401) in seen  # a scrape without its token: always logged
+            assert ("/v1/models", 200) in seen
+            answered_well = {("/healthz", 200), ("/readyz", 200), ("/metrics", 200)}
+            assert answered_well & seen == (answered_well if logged else set()), seen
+
+
+def _field(record: logging.LogRecord, name: str) -> Any:
+    return getattr(record, "fields", {}).get(name)
