@@ -37,7 +37,7 @@ class AdminClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AdminError(f"cannot reach the gateway at {self.base}: {exc}") from exc
         if status >= 400:
-            raise AdminError(f"HTTP {status}: {_message(text)}")
+            raise AdminError(_refusal(status, text))
         if kind not in TEXT_TYPES:
             raise AdminError(_NOT_THE_GATEWAY.format(self.base))
         return text, headers
@@ -61,12 +61,10 @@ class AdminClient:
             payload = orjson.loads(text)
         except orjson.JSONDecodeError:  # a proxy's error page, or --url is not the gateway
             if status >= 400:
-                raise AdminError(f"HTTP {status}: {_message(text)}") from None
+                raise AdminError(_refusal(status, text)) from None
             raise AdminError(_NOT_THE_GATEWAY.format(self.base)) from None
         if status >= 400:
-            error = payload.get("error", {}) if isinstance(payload, dict) else {}
-            where = f" ({error['param']})" if error.get("param") else ""
-            raise AdminError(f"HTTP {status}: {error.get('message', payload)}{where}")
+            raise AdminError(_refusal(status, text))
         return payload
 
 
@@ -75,8 +73,16 @@ def segment(value: str) -> str:
     return quote(value, safe="")
 
 
+def _refusal(status: int, text: str) -> str:
+    """The gateway's message and the field it names, whatever the route answers in."""
+    return f"HTTP {status}: {_message(text)}"
+
+
 def _message(text: str) -> str:
     try:
-        return str(orjson.loads(text)["error"]["message"])
+        error = orjson.loads(text)["error"]
+        message = str(error["message"])
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return text.strip()[:500]
+    param = error.get("param") if isinstance(error, dict) else None
+    return f"{message} ({param})" if param else message

@@ -91,6 +91,10 @@ async def test_group_by_with_records_is_a_usage_error(meter: Meter) -> None:
 
 
 async def test_usage_cli_says_what_went_wrong(meter: Meter) -> None:
+    for records in ([], ["--records"]):  # the records' refusal named no field
+        code, _, err = await usage(meter, *records, "--start", "2020-13-01")
+        assert code == 1
+        assert err.rstrip().endswith("got '2020-13-01'. (start)"), err
     code, _, err = await usage(meter, "--group-by", "colour")
     assert code == 1
     assert "group_by" in err
