@@ -7,6 +7,7 @@ the holder of the real secret learns that the key was revoked or has expired.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hmac
 import os
@@ -14,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from hashlib import blake2b
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from redis.exceptions import RedisError
 from starlette.datastructures import Headers
@@ -45,6 +46,12 @@ class _Verified:
     tenant: TenantRecord | None  # the cached tenant record the principal was built from
     tag: bytes  # keyed BLAKE2b of that secret
     principal: Principal
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    generation: int  # the cache's when the read began
+    task: asyncio.Future[Any]  # the record (a KeyRecord or a TenantRecord) or None
 
 
 def credentials(headers: Headers) -> str:
@@ -83,6 +90,10 @@ class Authenticator:
         # secret is kept) instead of the HMAC, and the principal is not built again.
         self.verified: dict[str, _Verified] = {}
         self.tag_key = os.urandom(32)
+        # Redis reads in flight, by (kind, name): concurrent misses of one record share one read
+        # (a cold burst of one key made each request read it, emptied the Redis pool and
+        # answered 503 auth_store_unavailable with Redis well).
+        self.reading: dict[tuple[str, str], _Read] = {}
 
     async def principal(self, headers: Headers) -> Principal:
         if not self.required:
@@ -169,22 +180,40 @@ class Authenticator:
         return blake2b(secret.encode(), key=self.tag_key, digest_size=16).digest()
 
     async def _key(self, key_id: str) -> KeyRecord | None:
-        return await self._cached(self.cache.keys, key_id, self._store().get_key)
+        return await self._cached("key", self.cache.keys, key_id, self._store().get_key)
 
     async def _tenant(self, tenant: str) -> TenantRecord | None:
-        return await self._cached(self.cache.tenants, tenant, self._store().get_tenant)
+        return await self._cached("tenant", self.cache.tenants, tenant, self._store().get_tenant)
 
     async def _cached(
-        self, entries: Timed[T], name: str, load: Callable[[str], Awaitable[T | None]]
+        self, kind: str, entries: Timed[T], name: str, load: Callable[[str], Awaitable[T | None]]
     ) -> T | None:
-        """The cached record, else Redis's, cached unless an invalidation overtook the read."""
+        """The cached record, else Redis's, cached unless an invalidation overtook the read.
+        A read begun before the last invalidation is never joined: its answer may be stale."""
         found, record = entries.get(name)
-        if not found:
-            generation = self.cache.generation
-            record = await self._read(load(name))
-            if self.cache.generation == generation:
-                entries.put(name, record)
-        return record
+        if found:
+            return record
+        generation = self.cache.generation
+        pending = self.reading.get((kind, name))
+        if pending is None or pending.generation != generation:
+
+            async def read() -> T | None:
+                record = await self._read(load(name))
+                if self.cache.generation == generation:
+                    entries.put(name, record)
+                return record
+
+            started = _Read(generation, asyncio.ensure_future(read()))
+            self.reading[(kind, name)] = pending = started
+            started.task.add_done_callback(lambda _: self._read_done(kind, name, started))
+        # shielded: a client that leaves does not cancel the read the others wait for
+        return cast("T | None", await asyncio.shield(pending.task))
+
+    def _read_done(self, kind: str, name: str, read: _Read) -> None:
+        if self.reading.get((kind, name)) is read:
+            del self.reading[(kind, name)]
+        if not read.task.cancelled():
+            read.task.exception()  # retrieved here too: every waiter may have left
 
     def _store(self) -> AuthStore:
         if self.store is None:

@@ -24,7 +24,7 @@ from gateway.auth.cache import AuthCache
 from gateway.auth.invalidation import InvalidationListener
 from gateway.auth.issue import issue_key
 from gateway.auth.records import KeyRecord
-from gateway.auth.store import AuthStore
+from gateway.auth.store import AuthStore, key_key
 from gateway.embedded.redis_server import running_redis
 from gateway.errors import InvalidRequest, Unauthorized
 from gateway.jwt_settings import JwtSettings
@@ -35,6 +35,7 @@ from tests.integration.conftest import MODEL, OTHER, auth_settings
 from tests.integration.sim_fixture import running_sim
 from tests.support.gateways import ADMIN_TOKEN, PEPPER, admin_request
 from tests.support.logs import collected
+from tests.support.redis_monitor import monitoring
 from tests.support.servers import serve_asgi
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -46,6 +47,7 @@ CACHE_BOUND = 500
 THROTTLE_LIMIT = 5
 ROTATION_ROUNDS = 20
 ROTATORS = 4
+BURST = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,7 @@ class Secured:
     strict: str  # failure throttling at THROTTLE_LIMIT per 600 s
     redis: Redis
     http: aiohttp.ClientSession
+    redis_url: str
 
     async def admin(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         return await admin_request(self.http, self.gateway, method, path, body)
@@ -90,7 +93,7 @@ async def secured(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sec
     ):
         redis = Redis.from_url(redis_url)
         try:
-            yield Secured(gateway, strict, redis, http)
+            yield Secured(gateway, strict, redis, http, redis_url)
         finally:
             await redis.aclose()
 
@@ -288,6 +291,60 @@ async def test_concurrent_rotations_never_hand_out_a_dead_secret(secured: Secure
 
 def _junk_key() -> str:
     return f"{PREFIX}{secrets.token_hex(6)}-{secrets.token_hex(24)}"
+
+
+async def test_a_burst_of_a_key_not_yet_cached_reads_its_record_once(secured: Secured) -> None:
+    # A cold burst (a replica just started, a key just made) used to read the record once per
+    # request: a few hundred at once emptied the Redis pool and answered 503 with Redis well.
+    key_id, key = await secured.new_key("burst")
+    async with monitoring(secured.redis_url) as seen:
+        statuses = await asyncio.gather(*(secured.status(key) for _ in range(BURST)))
+    assert statuses == [200] * BURST
+    reads = [args for _, args in seen if args[:2] == [b"GET", key_key(key_id).encode()]]
+    assert len(reads) == 1
+
+
+class _CountingGatedStore(_GatedStore):
+    def __init__(self, redis: Redis) -> None:
+        super().__init__(redis)
+        self.reads = 0
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        self.reads += 1
+        return await super().get_key(key_id)
+
+
+async def test_a_lookup_after_an_invalidation_never_joins_a_read_begun_before_it(
+    secured: Secured,
+) -> None:
+    record, key = await issue_key(AuthStore(secured.redis), PEPPER.encode(), tenant="joined")
+    gated = _CountingGatedStore(secured.redis)
+    auth, cache = await _replica(secured.redis, gated)
+    first = [asyncio.create_task(auth.principal(_bearer(key))) for _ in range(5)]
+    await asyncio.wait_for(gated.read_done.wait(), 5)  # one read, held; four lookups join it
+    await AuthStore(secured.redis).put_key(record.model_copy(update={"revoked": True}))
+    cache.invalidate(f"key:{record.id}")
+    later = asyncio.create_task(auth.principal(_bearer(key)))
+    gated.release.set()
+    assert [p.key_id for p in await asyncio.gather(*first)] == [record.id] * 5
+    with pytest.raises(Unauthorized, match="revoked"):
+        await later  # its own read: the one before the revocation was not joined
+    assert gated.reads == 2
+
+
+async def test_a_client_leaving_does_not_cancel_the_read_others_wait_for(secured: Secured) -> None:
+    record, key = await issue_key(AuthStore(secured.redis), PEPPER.encode(), tenant="leaving")
+    gated = _GatedStore(secured.redis)
+    auth, _ = await _replica(secured.redis, gated)
+    leaving = asyncio.create_task(auth.principal(_bearer(key)))
+    await asyncio.wait_for(gated.read_done.wait(), 5)
+    staying = asyncio.create_task(auth.principal(_bearer(key)))
+    await asyncio.sleep(0)
+    leaving.cancel()
+    gated.release.set()
+    assert (await staying).key_id == record.id
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
 
 
 async def test_a_repeated_key_reuses_its_principal_until_its_records_change(
