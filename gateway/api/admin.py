@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import time
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -48,8 +49,17 @@ router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)])
 TenantId = Annotated[str, PathParam(pattern=ID_PATTERN)]
 
 
+def _printable(value: str) -> str:
+    """No control characters: a newline or a terminal escape in a label reached every
+    `llmaas keys list` table (and the terminal reading it) as it was."""
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ValueError("cannot contain control characters (newlines, tabs, escapes)")
+    return value
+
+
 def _model_name(value: str) -> str:
     """A name a request can send: an empty, blank or space-padded one allowed no model."""
+    _printable(value)
     if not value.strip():
         raise ValueError("a model name cannot be empty or only whitespace")
     if value != value.strip():
@@ -68,7 +78,7 @@ class KeyCreate(LimitFields):
     model_config = ConfigDict(extra="forbid")
     models: AllowedModels = None
     tenant: str = Field(pattern=ID_PATTERN)
-    name: str | None = Field(default=None, max_length=200)
+    name: Annotated[str, Field(max_length=200), AfterValidator(_printable)] | None = None
     expires_at: datetime | None = None
 
     @field_validator("expires_at")

@@ -182,6 +182,9 @@ async def test_admin_api_refuses_everyone_but_the_admin(auth: AuthStack) -> None
         ({"tenant": "acme", "models": ["m", " \t"]}, "models[1]"),
         ({"tenant": "acme", "models": [" m"]}, "models[0]"),
         ({"tenant": "acme", "models": [1]}, "models[0]"),  # was 'models.0'
+        ({"tenant": "acme", "name": "ci\nkey"}, "name"),  # broke `llmaas keys list`'s table
+        ({"tenant": "acme", "name": "\x1b[2J"}, "name"),  # a terminal escape, shown as it was
+        ({"tenant": "acme", "models": ["m\x00"]}, "models[0]"),
         ({"tenant": "acme", "expires_at": "2020-01-01T00:00:00Z"}, "expires_at"),
         ({"tenant": "acme", "expires_at": "2099-01-01T00:00:00"}, "expires_at"),
     ],
