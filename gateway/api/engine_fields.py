@@ -53,6 +53,35 @@ def check_engine_fields(body: dict[str, Any], bounds: FieldBounds) -> None:
     _cap_count(body.get("bad_words"), "bad_words", bounds.max_stop)
 
 
+def grammar_field(body: dict[str, Any]) -> str | None:
+    """The field whose schema, grammar or choices the engine compiles for this request, as
+    OpenAI spells it: what an engine's grammar error (which names no field) is about."""
+    outputs = body.get("structured_outputs")
+    if isinstance(outputs, dict):
+        named = next((k for k in _STRUCTURED_KINDS if outputs.get(k) is not None), None)
+        return "structured_outputs" if named is None else f"structured_outputs.{named}"
+    legacy = next((k for k in _GUIDED if body.get(k) is not None), None)
+    if legacy is not None:
+        return legacy
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") in _COMPILED_FORMATS:
+        return "response_format"
+    text = body.get("text")
+    text_format = text.get("format") if isinstance(text, dict) else None
+    if isinstance(text_format, dict) and text_format.get("type") in _COMPILED_FORMATS:
+        return "text.format"
+    tool_choice = body.get("tool_choice")  # the tools' parameters, as a grammar the call follows
+    if body.get("tools") and (tool_choice == "required" or isinstance(tool_choice, dict)):
+        return "tools"
+    return None
+
+
+# vLLM 0.32's StructuredOutputsParams: the kinds of constraint, one per request.
+_STRUCTURED_KINDS = ("json", "regex", "choice", "grammar", "structural_tag", "json_object")
+_GUIDED = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
+_COMPILED_FORMATS = ("json_schema", "json_object", "structural_tag")
+
+
 def _cap_size(value: object, name: str, max_bytes: int) -> None:
     if value is None:
         return

@@ -20,6 +20,7 @@ from gateway.api.body import (
     require_prompts,
     stream_flag,
 )
+from gateway.api.engine_fields import grammar_field
 from gateway.api.responses import json_response
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
@@ -99,6 +100,7 @@ async def _forward(
         collect=body if collected is not None else None,
         headers={} if admission is None else admission.headers(),
         affinity=_affinity(gw, route, body),
+        grammar=grammar_field(body),
     )
     request_id = info_of(request.scope).request_id
     charge = Charge(

@@ -68,6 +68,7 @@ async def collect_stream(
     route: str,
     request: dict[str, Any],
     n: int,
+    grammar: str | None = None,
 ) -> tuple[int, bytes]:
     """Read the engine's stream to its end: (status, body) as vLLM would have answered.
 
@@ -93,7 +94,7 @@ async def collect_stream(
     finally:
         info.usage = tap.usage
     if error is not None:
-        return _engine_error(error, route)
+        return _engine_error(error, route, grammar)
     if tap.final is None:  # vLLM's last frame before [DONE] carries the total usage
         deps.metrics.upstream_errors.labels(engine.url, "stream_cut").inc()
         raise _cut()
@@ -148,9 +149,9 @@ def payloads_of(frames: list[bytes]) -> list[bytes]:
     return [data for data in map(frame_data, frames) if data and data != b"[DONE]"]
 
 
-def _engine_error(data: bytes, route: str) -> tuple[int, bytes]:
+def _engine_error(data: bytes, route: str, grammar: str | None) -> tuple[int, bytes]:
     status = stream_error_status(data)
-    return status, normalize_error(status, data, route)
+    return status, normalize_error(status, data, route, grammar)
 
 
 def _cut() -> ApiError:

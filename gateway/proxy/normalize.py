@@ -84,10 +84,15 @@ def normalize_success(body: bytes) -> bytes:
     return body
 
 
-def normalize_error(status: int, body: bytes, route: str | None = None) -> bytes:
+def normalize_error(
+    status: int, body: bytes, route: str | None = None, grammar: str | None = None
+) -> bytes:
     """Any engine error body as OpenAI's error shape, keeping the engine's message (a
-    validation error's first complaint, as a sentence naming the field)."""
+    validation error's first complaint, as a sentence naming the field). `grammar`: the
+    request's field the engine compiled a grammar from (api/engine_fields.grammar_field)."""
     message, param, code = _parse_error(body, status)
+    if status == 400 and param is None and grammar is not None and _GRAMMAR.match(message):
+        message, param = f"Invalid value for '{grammar}': {message}", grammar
     if status == 400 and param is None:
         param = _named_field(message)
         if _OUT_OF_VOCABULARY.match(message):  # a token id of the prompt
@@ -128,6 +133,12 @@ _VALIDATION_HEAD = re.compile(r"\d+ validation errors?:\n")
 # vLLM's sampling checks that set no `parameter` ("n must be at least 1, got 0.", "`top_k`
 # must be ...") name the field as the message's first word.
 _FIELD_FIRST = re.compile(r"`?([a-z][a-z0-9_]*)`? must ")
+# vLLM's refusals of a schema, regex, grammar or choice list it cannot compile (structured
+# output backends guidance, xgrammar, outlines), which name no field.
+_GRAMMAR = re.compile(
+    r"Grammar error|Invalid (?:JSON |structural tag )?grammar specification|Failed to transform"
+    r"|The provided JSON schema|Error parsing regex|Regex uses unsupported|Error serializing"
+)
 # vLLM's refusal of a prompt's token id (completions' prompt, embeddings' input).
 _OUT_OF_VOCABULARY = re.compile(r"Token id -?\d+ is out of vocabulary")
 # vLLM's refusals of embeddings' `dimensions` (pooling_params.py), which name the model first.

@@ -59,6 +59,7 @@ class ProxyCall:
     # (what the assembled answer depends on). None: the engine answers with one body.
     collect: dict[str, Any] | None = None
     affinity: bytes = b""  # what the balancer may route on (the prompt's leading content)
+    grammar: str | None = None  # the field an engine's grammar error is about (normalize_error)
     headers: dict[str, str] = field(default_factory=dict)  # added to the response's headers
     # The Responses API: streams are event frames relayed unchanged, bodies are passed on as
     # they are, and the id the engine gave the response is reported (ProxyResult.response_id).
@@ -217,13 +218,21 @@ class ProxyResponse(Response):
                 frames_filter=events,
                 cut=self.cut,
                 route=self.call.route,
+                grammar=self.call.grammar,
             )
             info.response_id = None if events is None else events.response_id
             return
         call = self.call
         if resp.status == 200 and sse and call.collect is not None:
             collecting = collect_stream(
-                resp, self.deps, engine, info, route=call.route, request=call.collect, n=call.n
+                resp,
+                self.deps,
+                engine,
+                info,
+                route=call.route,
+                request=call.collect,
+                n=call.n,
+                grammar=call.grammar,
             )
             await self._collected(info, engine, send, collecting)
             return
@@ -252,7 +261,9 @@ class ProxyResponse(Response):
             await send_bytes(send, 200, normalize_success(body))
             return
         self._refused(engine, resp.status)
-        await send_bytes(send, resp.status, normalize_error(resp.status, body, self.call.route))
+        await send_bytes(
+            send, resp.status, normalize_error(resp.status, body, call.route, call.grammar)
+        )
 
     async def _collected(
         self,

@@ -46,14 +46,14 @@ _STREAM_HEADERS = [
 ]
 
 
-def transform_frame(frame: bytes, route: str | None = None) -> bytes:
+def transform_frame(frame: bytes, route: str | None = None, grammar: str | None = None) -> bytes:
     """One frame as the client should see it: forbidden nulls dropped, error codes as strings,
-    an error naming the field of `route`'s request it is about."""
+    an error naming the field of `route`'s request it is about (`grammar`: normalize_error)."""
     data = frame_data(frame)
     if data is None or (b"null" not in data and not data.startswith(b'{"error"')):
         return frame
     if data.startswith(b'{"error"'):
-        return with_data(frame, normalize_error(stream_error_status(data), data, route))
+        return with_data(frame, normalize_error(stream_error_status(data), data, route, grammar))
     fixed = normalize_success(data)
     return frame if fixed is data else with_data(frame, fixed)
 
@@ -106,6 +106,7 @@ class FrameFilter:
         "engine",
         "engine_error",
         "finished",
+        "grammar",
         "held",
         "known",
         "route",
@@ -119,7 +120,9 @@ class FrameFilter:
         n: int,
         engine: str,
         known: dict[str, str],
+        *,
         route: str | None = None,
+        grammar: str | None = None,
     ) -> None:
         self.tap = StreamUsage(n)
         self.want = want
@@ -130,6 +133,7 @@ class FrameFilter:
         self.cut_usage = want is not None and not want.continuous  # from every token frame
         self.engine_error: int | None = None  # the status of the engine's error frame, if sent
         self.route = route  # "completions", …: what an error frame's field names belong to
+        self.grammar = grammar  # the field a grammar error is about (normalize_error)
 
     @property
     def usage(self) -> Usage | None:
@@ -157,7 +161,7 @@ class FrameFilter:
                 self.finished = True
             elif data is not None and data.startswith(b'{"error"'):
                 self.engine_error = stream_error_status(data)
-                return self.release() + transform_frame(frame, self.route)
+                return self.release() + transform_frame(frame, self.route, self.grammar)
             return self.release() + transform_frame(frame)
         final = self.tap.feed(data, span)
         want = self.want
@@ -240,16 +244,18 @@ async def relay_stream(
     frames_filter: Frames | None = None,
     cut: Cut | None = None,
     route: str | None = None,
+    grammar: str | None = None,
 ) -> Outcome:
     """Send the stream; return the outcome. `want`: the usage the client asked for (None: pass
     usage on as the engine sent it); the engine's usage is noted in `info.usage` as it comes.
     `frames_filter`: another protocol's filter (the Responses API's); default `FrameFilter`.
     `cut`: the request's; cut by the end of a drain, the stream ends with an error frame.
-    `route`: the request's ("completions", …), whose fields an engine's error frame names."""
+    `route`: the request's ("completions", …), whose fields an engine's error frame names;
+    `grammar`: its field a grammar error is about (normalize_error)."""
     await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
     shown = frames_filter
     if shown is None:
-        shown = FrameFilter(want, n, engine.url, deps.fingerprints, route)
+        shown = FrameFilter(want, n, engine.url, deps.fingerprints, route=route, grammar=grammar)
     # Chat and completions: the end of the response goes with the last frame. Not a Responses
     # stream: vLLM stores the response after its last event, and a client told the end before
     # that could ask for it before it is there.

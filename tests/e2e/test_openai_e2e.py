@@ -142,6 +142,72 @@ async def test_a_sampling_value_refused_names_the_field_the_client_sent(
     assert info.value.param == param
 
 
+BOGUS_SCHEMA: Any = {"type": "bogus"}
+
+
+@pytest.mark.parametrize(
+    ("route", "fields", "param"),
+    [
+        (
+            "chat",
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "p", "schema": BOGUS_SCHEMA},
+                }
+            },
+            "response_format",
+        ),
+        (
+            "chat",
+            {"extra_body": {"structured_outputs": {"json": BOGUS_SCHEMA}}},
+            "structured_outputs.json",
+        ),
+        (
+            "completions",
+            {"extra_body": {"structured_outputs": {"regex": "(["}}},
+            "structured_outputs.regex",
+        ),
+        (
+            "responses",
+            {"text": {"format": {"type": "json_schema", "name": "p", "schema": BOGUS_SCHEMA}}},
+            "text.format",
+        ),
+    ],
+)
+async def test_a_grammar_vllm_cannot_compile_names_the_field_it_came_from(
+    oai: openai.AsyncOpenAI, route: str, fields: dict[str, Any], param: str
+) -> None:
+    """vLLM refuses a schema or regex it cannot compile with 'Grammar error: ...' and no
+    `param`, in a 400 or (a chat stream) an error frame: the client learns which field."""
+    with pytest.raises(openai.BadRequestError) as info:
+        await _create(oai, route, fields)
+    assert info.value.param == param
+    assert f"Invalid value for '{param}': Grammar error" in info.value.message
+    if route == "chat":
+        stream = await oai.chat.completions.create(
+            model=CHAT, messages=FRANCE, max_tokens=4, stream=True, **fields
+        )
+        with pytest.raises(openai.APIError) as frame:
+            await _drain(stream)
+        assert f"Invalid value for '{param}': Grammar error" in frame.value.message
+
+
+async def _create(oai: openai.AsyncOpenAI, route: str, fields: dict[str, Any]) -> object:
+    if route == "chat":
+        return await oai.chat.completions.create(
+            model=CHAT, messages=FRANCE, max_tokens=4, **fields
+        )
+    if route == "completions":
+        return await oai.completions.create(model=CHAT, prompt="x", max_tokens=4, **fields)
+    return await oai.responses.create(model=CHAT, input="x", max_output_tokens=4, **fields)
+
+
+async def _drain(stream: Any) -> None:
+    async for _ in stream:
+        pass
+
+
 async def test_a_prompt_over_the_context_is_context_length_exceeded(
     oai: openai.AsyncOpenAI,
 ) -> None:

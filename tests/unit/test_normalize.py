@@ -236,6 +236,27 @@ def test_a_sampling_refusal_without_param_gets_the_field_its_message_names() -> 
     assert server["error"]["param"] is None  # only a refusal of the request names a field
 
 
+def test_a_grammar_the_engine_cannot_compile_names_the_field_it_came_from() -> None:
+    """vLLM's structured-output backends refuse a schema or regex without `param`
+    ("Grammar error: Invalid type: bogus"): the field the request carried it in is named."""
+    for message in (
+        "Grammar error: Invalid type: bogus",
+        "Failed to transform regex into a grammar: unclosed group",
+        "The provided JSON schema contains features not supported by xgrammar.",
+        "Invalid JSON grammar specification.",
+    ):
+        body = _vllm_400(message, None)
+        err = orjson.loads(normalize_error(400, body, "chat/completions", "response_format"))
+        assert err["error"]["param"] == "response_format"
+        assert err["error"]["message"] == f"Invalid value for 'response_format': {message}"
+        assert (
+            orjson.loads(normalize_error(400, body, "chat/completions"))["error"]["param"] is None
+        )
+    other = _vllm_400("Cannot apply chat template to an empty conversation.", None)
+    err = orjson.loads(normalize_error(400, other, "chat/completions", "response_format"))
+    assert err["error"]["param"] is None  # not a grammar's refusal
+
+
 def test_an_embeddings_dimensions_refusal_names_dimensions() -> None:
     """vLLM 0.32's three refusals of `dimensions` (pooling_params.py) set no `parameter`."""
     for message in (

@@ -273,3 +273,32 @@ async def test_a_stream_the_engine_refused_with_an_error_frame_is_rejected() -> 
     assert run.body.endswith(DONE)
     assert orjson.loads(run.body.split(b"\n\n")[0].removeprefix(b"data: "))["error"]["code"] is None
     assert (run.result.outcome, run.result.usage) == (Outcome.REJECTED, None)
+
+
+async def test_a_grammar_the_engine_cannot_compile_names_the_field_it_came_from() -> None:
+    """vLLM's grammar refusals name no field: the request's field (ProxyCall.grammar) is
+    named, in a plain answer, a collected one and a stream's error frame."""
+    refusal = {"error": {"message": "Grammar error: Invalid type: bogus", "code": 400}}
+    body = orjson.dumps(refusal)
+
+    def plain(pool: ModelPool) -> ProxyCall:
+        return ProxyCall("chat/completions", pool, b"{}", False, grammar="response_format")
+
+    def collected(pool: ModelPool) -> ProxyCall:
+        return ProxyCall(
+            "chat/completions", pool, b"{}", False, collect={"model": "m"}, grammar="tools"
+        )
+
+    def streamed(pool: ModelPool) -> ProxyCall:
+        return ProxyCall("completions", pool, b"{}", True, grammar="structured_outputs.regex")
+
+    answers = [
+        (plain, FakeResponse(400, "application/json", [body])),
+        (collected, FakeResponse(steps=[frame(refusal), DONE])),
+        (streamed, FakeResponse(steps=[frame(refusal), DONE])),
+    ]
+    for call, response in answers:
+        run = await run_proxy(FakeUpstream(response), call)
+        error = orjson.loads(run.body.split(b"\n\n")[0].removeprefix(b"data: "))["error"]
+        assert error["param"] == call(ModelPool("m", [])).grammar
+        assert error["message"].startswith(f"Invalid value for '{error['param']}': Grammar")

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from gateway.api.engine_fields import REFUSED, FieldBounds, check_engine_fields
+from gateway.api.engine_fields import REFUSED, FieldBounds, check_engine_fields, grammar_field
 from gateway.api.media_ids import media_id
 from gateway.api.policy import SALTS_KEPT, TenantPolicy, cache_salt, salt_key_from
 from gateway.auth.principal import Principal
@@ -203,3 +203,21 @@ def test_configured_hosts_are_normalised() -> None:
         with pytest.raises(ValidationError, match="is not a public address"):
             RequestPolicySettings(media_hosts=[private])
     assert RequestPolicySettings().media_hosts == []  # remote media off by default
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"structured_outputs": {"regex": "[0-9]+", "json": None}}, "structured_outputs.regex"),
+        ({"structured_outputs": {"json": {"type": "object"}}}, "structured_outputs.json"),
+        ({"guided_choice": ["a", "b"]}, "guided_choice"),
+        ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format"),
+        ({"response_format": {"type": "text"}}, None),
+        ({"text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format"),
+        ({"tools": [{"type": "function"}], "tool_choice": "required"}, "tools"),
+        ({"tools": [{"type": "function"}], "tool_choice": "auto"}, None),
+        ({"messages": []}, None),
+    ],
+)
+def test_the_field_a_grammar_is_compiled_from_is_found(body: Any, field: str | None) -> None:
+    assert grammar_field(body) == field
