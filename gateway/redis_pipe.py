@@ -114,13 +114,17 @@ class RedisPipe:
         wire = self.wire
         if wire is not None and wire.lost is None:
             return wire
-        if self.connecting is None:
+        # A connect already done (its callback not run yet: a caller scheduled right after it
+        # failed) is not awaited again: awaiting a done future never yields, so a caller that
+        # retries (admission on a "slow" connect) spun on its old failure and froze the loop.
+        if self.connecting is None or self.connecting.done():
             self.connecting = asyncio.ensure_future(self._connect())
             self.connecting.add_done_callback(self._connected)
         return await asyncio.shield(self.connecting)  # a caller giving up leaves it to others
 
     def _connected(self, done: asyncio.Future[Wire]) -> None:
-        self.connecting = None
+        if self.connecting is done:
+            self.connecting = None
         if not done.cancelled():
             done.exception()  # its callers have it (or none waits any more)
 

@@ -14,6 +14,8 @@ import asyncio
 from gateway.errors import ServiceUnavailable
 from gateway.proxy.outcome import Outcome
 
+_CLIENT_GONE = (Outcome.CLIENT_DISCONNECTED, Outcome.SLOW_CLIENT)
+
 
 class Cut:
     __slots__ = ("closed", "outcome", "taken", "task")
@@ -41,6 +43,11 @@ class Cut:
         """After a CancelledError reached the work: True if it was this cut's, for the end of
         a drain, alone (taken back: the work ends its answer)."""
         return self.outcome is Outcome.GATEWAY_SHUTDOWN and self.take_back()
+
+    def client_gone(self) -> bool:
+        """After a CancelledError reached the work: True if it was this cut's, for a client
+        that left or stopped reading, alone (taken back: the work decides how it ended)."""
+        return self.outcome in _CLIENT_GONE and self.take_back()
 
     def _cut(self, outcome: Outcome) -> bool:
         if self.closed or self.outcome is not None:

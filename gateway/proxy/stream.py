@@ -272,6 +272,9 @@ async def relay_stream(
             return Outcome.REJECTED
         error = deps.upstream.failure(engine, broken.kind, broken.cause, stream=True, midway=True)
     except asyncio.CancelledError:
+        refused = shown.engine_error
+        if refused is not None and refused < 500 and cut is not None and cut.client_gone():
+            return outcome_of_status(refused)  # it left after the refusal, its whole answer
         if cut is None or not cut.shutting_down():
             raise  # the client left, or uvicorn cancels: nobody to answer
         error, shut = shutdown_error(), True

@@ -372,3 +372,41 @@ async def test_a_merged_reply_of_the_wrong_shape_fails_each_caller(redis: Redis)
     assert await on_the_wire is None
     assert all(isinstance(r, InvalidResponse) for r in results), results
     assert await pipe.call("ECHO", "still") == b"still"
+
+
+class _TimingOut(RedisPipe):
+    """A pipe whose every connect times out at once (a Redis too slow to accept)."""
+
+    def __init__(self, client: Redis) -> None:
+        super().__init__(client)
+        self.connects = 0
+
+    async def _connect(self) -> Any:
+        self.connects += 1
+        raise RedisTimeoutError("Timeout connecting to Redis.")
+
+
+async def test_a_call_right_after_a_failed_connect_connects_again_instead_of_spinning() -> None:
+    # A caller scheduled just after a connect failed, before its done callback ran, was handed
+    # the old failure without yielding; admission retries a "slow" connect, so a worker spun on
+    # it at full CPU and never served again (seen under a 600-request burst).
+    client = redis_client(f"redis://127.0.0.1:{free_port()}/0", 1.0, 4)
+    pipe = _TimingOut(client)
+    first = asyncio.ensure_future(pipe.call("PING"))
+    await asyncio.sleep(0)  # `first` started the connect; the connect runs next
+    calls = 0
+
+    async def retrying() -> None:  # as AdmissionControl._ask on a "slow" failure
+        nonlocal calls
+        while calls < 3:
+            calls += 1
+            with contextlib.suppress(RedisTimeoutError):
+                await pipe.call("PING")
+
+    after = asyncio.ensure_future(retrying())  # runs right after the connect failed
+    with pytest.raises(RedisTimeoutError):
+        await first
+    await after
+    assert pipe.connects == 4  # each retry connected again; none got the old failure at once
+    await pipe.close()
+    await client.aclose()

@@ -275,6 +275,18 @@ async def test_a_stream_the_engine_refused_with_an_error_frame_is_rejected() -> 
     assert (run.result.outcome, run.result.usage) == (Outcome.REJECTED, None)
 
 
+async def test_a_client_that_leaves_after_the_engines_refusal_frame_is_still_rejected() -> None:
+    """vLLM sends a grammar's refusal, then [DONE] once it is done with the request; the
+    openai client raises at the error frame and closes: recorded client_disconnected, the
+    refused stream was billed its estimated prompt. The refusal was its whole answer."""
+    refusal = {"error": {"message": "Grammar error", "type": "BadRequestError", "code": 400}}
+    steps: list[Any] = [frame(refusal), 0.5, DONE]
+    upstream = FakeUpstream(FakeResponse(steps=steps))
+    run = await run_proxy(upstream, stream_call, leave_after_s=0.05)
+    assert b"Grammar error" in run.body
+    assert (run.result.outcome, run.result.usage) == (Outcome.REJECTED, None)
+
+
 async def test_a_grammar_the_engine_cannot_compile_names_the_field_it_came_from() -> None:
     """vLLM's grammar refusals name no field: the request's field (ProxyCall.grammar) is
     named, in a plain answer, a collected one and a stream's error frame."""
