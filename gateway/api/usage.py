@@ -183,13 +183,17 @@ async def _records(
         raise InvalidRequest(
             f"Invalid 'after': {exc}.", param="after", code="invalid_value"
         ) from exc
+    start_ms = _ms(selection.start, "start", end=False)
+    end_ms = _ms(selection.end, "end", end=True)
+    if start_ms is not None and end_ms is not None and start_ms > end_ms:  # (was an empty page)
+        raise InvalidRequest("'start' is after 'end'.", param="start", code="invalid_value")
     redis = _redis(gw)
     try:
         records, following = await records_page(
             redis,
             selection.where(tenant),
-            start_ms=_ms(selection.start, "start", end=False),
-            end_ms=_ms(selection.end, "end", end=True),
+            start_ms=start_ms,
+            end_ms=end_ms,
             after=cursor,
             limit=page.limit,
         )
@@ -225,8 +229,9 @@ async def admin_usage(
 
 @admin_router.get("/usage/records", response_model=None)
 async def admin_usage_records(
-    gw: Gateway, selection: Selected, page: Paged, tenant: Text = None
+    gw: Gateway, selection: Selected, page: Paged, tenant: Text = None, group_by: Text = None
 ) -> Response:
+    _ungrouped(group_by)
     return await _records(gw, selection, tenant or None, page)
 
 
@@ -240,9 +245,22 @@ async def tenant_usage(
 
 @tenant_router.get("/usage/records", response_model=None)
 async def tenant_usage_records(
-    gw: Gateway, caller: Caller, selection: Selected, page: Paged
+    gw: Gateway, caller: Caller, selection: Selected, page: Paged, group_by: Text = None
 ) -> Response:
+    _ungrouped(group_by)
     return await _records(gw, selection, caller.tenant, page, TENANT_COLUMNS)
+
+
+def _ungrouped(group_by: str | None) -> None:
+    """A record is one request: a group_by beside records was ignored, so a client took raw
+    records for the totals it asked for."""
+    if group_by:
+        raise InvalidRequest(
+            "Invalid 'group_by': records are one per request and never grouped; /usage "
+            "answers totals grouped by it.",
+            param="group_by",
+            code="invalid_value",
+        )
 
 
 def _ledger_unreachable(exc: RedisError) -> ServiceUnavailable:

@@ -373,8 +373,13 @@ async def test_usage_queries_name_the_bad_parameter(meter: Meter) -> None:
         status, body, _ = await _get(meter, f"/admin/v1/usage?{query}", ADMIN)
         assert status == 400, query
         assert orjson.loads(body)["error"]["param"] == param, query
-    status, body, _ = await _get(meter, "/admin/v1/usage/records?after=nonsense", ADMIN)
-    assert (status, orjson.loads(body)["error"]["param"]) == (400, "after")
+    for query, param in (
+        ("after=nonsense", "after"),
+        ("start=2026-02-01&end=2026-01-01", "start"),  # was 200 and an empty page
+        ("group_by=model", "group_by"),  # was ignored: raw records for the totals asked
+    ):
+        status, body, _ = await _get(meter, f"/admin/v1/usage/records?{query}", ADMIN)
+        assert (status, orjson.loads(body)["error"]["param"]) == (400, param), query
     status, _, _ = await _get(meter, "/admin/v1/usage", {})
     assert status == 401
 
