@@ -51,6 +51,9 @@ class AdmissionControl:
         self.defaulted: dict[int, tuple[Principal, Principal]] = {}
         self.filling: set[asyncio.Task[None]] = set()  # shelves' fills asked for ahead
         self.log = logging.getLogger("llmaas.limits")
+        # Answers given without Redis since it was last reached: logged once per outage (a
+        # line per request was thousands a second), with the count when Redis answers again.
+        self.unavailable_answers = 0
 
     def with_defaults(self, caller: Principal) -> Principal:
         """The caller's limits, with configured defaults where its records set none."""
@@ -205,12 +208,15 @@ class AdmissionControl:
             async with Patience(self.timeout_s, self.timeout_s * BUSY_FACTOR):
                 while True:
                     try:
-                        return await self.limiter.admit_all(caller, requests)
+                        answers = await self.limiter.admit_all(caller, requests)
                     except _REDIS_ERRORS as exc:
                         failure = classify(exc)
                         sent = sent or failure.may_have_run
                         if not failure.waits:
                             raise
+                    else:
+                        self._reached()
+                        return answers
         except _REDIS_ERRORS as exc:
             failure = classify(exc)  # TimeoutError from the deadline: slow, maybe sent
             if sent or failure.may_have_run:
@@ -241,16 +247,32 @@ class AdmissionControl:
     def _unavailable(self, failure: Failure, exc: BaseException) -> None:
         """failure_mode's answer: returns to admit without limits (open), else raises 503."""
         self.metrics.ratelimit_unavailable.labels(self.settings.failure_mode).inc()
-        self.log.warning(
-            "rate limiter unavailable",
-            extra={"fields": {"reason": failure.kind, "error": type(exc).__name__}},
-        )
+        if not self.unavailable_answers:
+            self.log.warning(
+                "rate limiter unavailable (logged again once it answers)",
+                extra={
+                    "fields": {
+                        "reason": failure.kind,
+                        "error": type(exc).__name__,
+                        "failure_mode": self.settings.failure_mode,
+                    }
+                },
+            )
+        self.unavailable_answers += 1
         if self.settings.failure_mode == "closed":
             raise ServiceUnavailable(
                 "Rate limits cannot be checked right now; try again shortly.",
                 code="rate_limiter_unavailable",
                 headers={"retry-after": "1"},
             ) from exc
+
+    def _reached(self) -> None:
+        if self.unavailable_answers:
+            self.log.info(
+                "rate limiter reachable again",
+                extra={"fields": {"answered_without_it": self.unavailable_answers}},
+            )
+            self.unavailable_answers = 0
 
     async def close(self) -> list[tuple[Principal, str]]:
         """Let admissions given up on or not used be released (briefly), then stop trying; the

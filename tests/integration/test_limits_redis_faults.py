@@ -23,6 +23,7 @@ from gateway.sim.config import SimConfig
 from tests.integration.conftest import ADMIN, MODEL, auth_settings
 from tests.integration.sim_fixture import running_sim
 from tests.support.key_cache import request_until_cached
+from tests.support.logs import collected
 from tests.support.redis_control import RedisProxy, RestartableRedis, redis_proxy
 from tests.support.servers import serve_asgi
 
@@ -176,6 +177,25 @@ async def test_an_unreachable_redis_answers_at_once(tmp_path: Path, fault: str) 
     assert status == 503
     assert body["error"]["code"] == "rate_limiter_unavailable"
     assert elapsed < bound_s / 3  # no waiting for the bound meant for a slow Redis
+
+
+async def test_an_outage_is_logged_once_not_once_per_refused_request(tmp_path: Path) -> None:
+    # Every request refused while Redis was away logged a warning: thousands of lines a second
+    # under load, the same line each time. Once per outage now, and once when it is back.
+    async with faulty_stack(tmp_path, "closed") as stack:
+        await stack.complete_with_the_key_cached()
+        with collected("llmaas.limits") as logs:
+            stack.proxy.set_mode("refuse")
+            answers = await asyncio.gather(*(stack.complete() for _ in range(6)))
+            assert [status for status, _, _ in answers] == [503] * 6
+            stack.proxy.set_mode("pass")
+            assert (await stack.complete())[0] == 200
+        messages = [record.getMessage() for record in logs.records]
+        assert sum(m.startswith("rate limiter unavailable") for m in messages) == 1
+        back = [r for r in logs.records if r.getMessage() == "rate limiter reachable again"]
+        assert [r.fields["answered_without_it"] for r in back] == [6]  # type: ignore[attr-defined]
+        unavailable = 'llmaas_ratelimit_unavailable_total{failure_mode="closed"}'
+        assert await stack.metric(unavailable) == 6  # the metric still counts each
 
 
 async def test_a_release_redis_never_took_is_spilled_at_shutdown_and_replayed(
