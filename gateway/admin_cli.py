@@ -85,7 +85,9 @@ def add_admin_commands(sub: Any) -> None:
         ("revoke", "revoke a key: refused at once on every replica"),
         ("rotate", "a new secret for a key (same id); shows it once, the old one stops at once"),
     ):
-        keys.add_parser(action, parents=[common], help=what).add_argument("key_id")
+        keys.add_parser(action, parents=[common], help=what).add_argument(
+            "key_id", type=_given, help="the key's id: sk-llmaas-<id>-…, as keys list shows it"
+        )
 
     tenants = sub.add_parser("tenants", help="tenants (admin API)").add_subparsers(
         dest="action", required=True
@@ -95,7 +97,7 @@ def add_admin_commands(sub: Any) -> None:
         parents=[common, limits],
         help="replace a tenant's limits and priority (what is left out is no longer set)",
     )
-    tenant_set.add_argument("tenant_id")
+    tenant_set.add_argument("tenant_id", type=_given, help="the tenant (created if new)")
     tenant_set.add_argument(
         "--priority", type=int, help="vLLM request priority of all its requests (lower first)"
     )
@@ -112,6 +114,13 @@ def add_admin_commands(sub: Any) -> None:
         description="Every engine the gateway routes to, as this gateway replica sees it.",
     )
     engines.set_defaults(func=run_engines, action="list")
+
+
+def _given(value: str) -> str:
+    """An id that names something: an empty one was an 'Unknown path' from the gateway."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("cannot be empty")
+    return value
 
 
 def run_admin(args: argparse.Namespace) -> int:

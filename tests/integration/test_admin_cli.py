@@ -80,6 +80,10 @@ async def test_cli_errors_are_clear(auth: AuthStack) -> None:
     code, _, err = await llmaas(auth, "keys", "create", "--tenant", "cli", "--rpm", "0")
     assert code == 1
     assert "rpm" in err
+    for args in (("keys", "rotate", ""), ("keys", "revoke", " "), ("tenants", "set", "")):
+        code, _, err = await llmaas(auth, *args)  # was the gateway's 404 'Unknown path'
+        assert code == 2, args
+        assert f"argument {'key_id' if args[0] == 'keys' else 'tenant_id'}: cannot be empty" in err
 
 
 def _html(status: int) -> Any:
