@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api import admin, files, fine_tuning, health, openai, openai_responses, usage
 from gateway.api.auth_throttle import AuthFailureThrottle
+from gateway.api.body_limit import BodyLimit
 from gateway.api.drain import Drain, DrainGuard
 from gateway.api.error_handlers import install_error_handlers, serves
 from gateway.api.hot_routes import Handler, HotRoutes
@@ -70,6 +71,10 @@ HOT_ROUTES: dict[str, Handler] = {
     "/v1/responses": openai_responses.create_response,
 }
 
+# POSTs that bound their own body (a file upload: files.max_file_bytes); every other body FastAPI
+# reads is bounded by max_body_bytes (body_limit.py).
+OWN_BOUNDS = frozenset({"/v1/files"})
+
 
 class GatewayApp(FastAPI):
     """FastAPI behind the gateway's own gates (request context, drain, auth-failure throttle,
@@ -114,8 +119,10 @@ def create_app(
         redis = _redis(settings)
         auth, listener = _auth(settings, redis, upstream)
         pipe, limiter, ledger = _request_path_redis(settings, redis)
-        admission = AdmissionControl(limiter, settings.limits, metrics)
         settler = Settler(ledger, settings.metering, metrics)
+        admission = AdmissionControl(
+            limiter, settings.limits, metrics, redis_back=[settler.redis_back]
+        )
         await settler.start()
         registry = build_registry(settings.models, settings.routing, metrics)
         monitor = EngineMonitor(registry, settings.routing, metrics, resolver)
@@ -176,7 +183,9 @@ def create_app(
     def gates(framework: ASGIApp) -> ASGIApp:
         """Outermost first: every request gets its id and access log line, then the drain,
         the auth-failure throttle and the in-flight bound decide whether it gets in."""
-        app: ASGIApp = HotRoutes(framework, HOT_ROUTES)
+        app: ASGIApp = HotRoutes(
+            BodyLimit(framework, max_bytes=settings.max_body_bytes, exempt=OWN_BOUNDS), HOT_ROUTES
+        )
         app = InflightBound(app, limit=settings.max_inflight_requests)
         app = AuthFailureThrottle(app, throttle=throttle)
         app = DrainGuard(app, drain=drain)

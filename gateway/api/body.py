@@ -29,13 +29,13 @@ async def read_json(request: Request, max_bytes: int) -> tuple[dict[str, Any], b
     """The parsed body and its raw bytes; 413 past `max_bytes`, 400 when it is not a JSON object."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise _too_large(max_bytes)
+        raise too_large(max_bytes)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > max_bytes:
-            raise _too_large(max_bytes)
+            raise too_large(max_bytes)
         chunks.append(chunk)
     raw = b"".join(chunks)
     if not raw:
@@ -75,7 +75,7 @@ def _too_deep(param: str | None) -> InvalidRequest:
     )
 
 
-def _too_large(max_bytes: int) -> PayloadTooLarge:
+def too_large(max_bytes: int) -> PayloadTooLarge:
     return PayloadTooLarge(
         f"The request body is larger than the limit of {max_bytes} bytes.",
         code="request_too_large",
