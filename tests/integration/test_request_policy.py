@@ -378,7 +378,7 @@ async def test_integers_past_64_bits_reach_the_engine_as_sent(setup: Setup) -> N
     every integer exact, so must the gateway."""
     key = await setup.key("acme")
     big = 2**64 + 1
-    bodies = {
+    bodies: dict[str, dict[str, Any]] = {
         "chat/completions": {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1},
         "completions": {"prompt": "x", "max_tokens": 1, "stream": False},  # re-written twice
         "embeddings": {"input": "x"},
