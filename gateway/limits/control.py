@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -28,7 +29,14 @@ DEFAULTED_MAX = 10_000  # API-key principals whose limits with defaults are reme
 
 
 class AdmissionControl:
-    def __init__(self, limiter: Limiter | None, settings: LimitsSettings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        limiter: Limiter | None,
+        settings: LimitsSettings,
+        metrics: Metrics,
+        *,
+        redis_back: list[Callable[[], None]] | None = None,
+    ) -> None:
         self.limiter = limiter
         self.settings = settings
         self.metrics = metrics
@@ -54,6 +62,8 @@ class AdmissionControl:
         # Answers given without Redis since it was last reached: logged once per outage (a
         # line per request was thousands a second), with the count when Redis answers again.
         self.unavailable_answers = 0
+        # Told when an admission reaches Redis after it was away (the settler's retries).
+        self.redis_back = redis_back or []
 
     def with_defaults(self, caller: Principal) -> Principal:
         """The caller's limits, with configured defaults where its records set none."""
@@ -273,6 +283,10 @@ class AdmissionControl:
                 extra={"fields": {"answered_without_it": self.unavailable_answers}},
             )
             self.unavailable_answers = 0
+            if self.releases is not None:
+                self.releases.redis_back()
+            for told in self.redis_back:
+                told()
 
     async def close(self) -> list[tuple[Principal, str]]:
         """Let admissions given up on or not used be released (briefly), then stop trying; the

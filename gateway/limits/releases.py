@@ -48,6 +48,7 @@ class Releases:
         self.max_pending = max_pending
         self.queue: deque[_Pending] = deque()
         self.wakeup = asyncio.Event()
+        self.back = asyncio.Event()  # Redis answered an admission: a retry need not wait
         self.drained = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.log = logging.getLogger("llmaas.limits")
@@ -63,6 +64,10 @@ class Releases:
         if self.task is None:
             self.task = asyncio.create_task(self._run(), name="limit-releases")
             self.task.add_done_callback(self._stopped)
+
+    def redis_back(self) -> None:
+        """Redis answered an admission: retry now, not after the backoff."""
+        self.back.set()
 
     async def close(self, grace_s: float = 2.0) -> list[tuple[Principal, str]]:
         """Give what is queued `grace_s` to go through, then stop; the leases not released
@@ -86,10 +91,13 @@ class Releases:
             await self.wakeup.wait()
             self.wakeup.clear()
             while self.queue:
+                self.back.clear()
                 if await self._release_oldest():
                     delay = FIRST_RETRY_S
                 else:
-                    await asyncio.sleep(delay)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await self.back.wait()
                     delay = min(delay * 2, MAX_RETRY_S)
             self.drained.set()
 

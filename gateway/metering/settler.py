@@ -78,6 +78,7 @@ class Settler:
         self.replaying: dict[Path, int] = {}  # claimed spill files → their settlements
         self.spilled = 0  # settlements in spill files this process wrote or claimed
         self.wakeup = asyncio.Event()
+        self.back = asyncio.Event()  # Redis answered an admission: a retry need not wait
         self.task: asyncio.Task[None] | None = None
         self.gathering: _Batch | None = None  # the batch that goes once the one in flight is done
         self.writer: asyncio.Task[None] | None = None  # the group committer, while it has work
@@ -232,16 +233,25 @@ class Settler:
         self._gauge()
         return True
 
+    def redis_back(self) -> None:
+        """Redis answered someone else (an admission): retry now, not after the backoff, so
+        the leases of requests settled during the outage are freed at once (their slots made
+        a key under max_concurrency look full for up to retry_max_interval_s)."""
+        self.back.set()
+
     async def _run(self) -> None:
         delay = FIRST_RETRY_S
         while True:
+            self.back.clear()
             try:
                 await self._identify()
                 await self._write_queue()
                 await self._replay()
             except _REDIS_ERRORS as exc:
                 self._failed(exc)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self.back.wait()
                 delay = min(delay * 2, self.settings.retry_max_interval_s)
                 continue
             delay = FIRST_RETRY_S

@@ -75,7 +75,12 @@ class Faulty:
 
 @asynccontextmanager
 async def faulty_stack(
-    tmp_path: Path, failure_mode: str, *, proxied: bool = True, limits_timeout_s: float = 1.0
+    tmp_path: Path,
+    failure_mode: str,
+    *,
+    proxied: bool = True,
+    limits_timeout_s: float = 1.0,
+    sim: SimConfig | None = None,
 ) -> AsyncIterator[Faulty]:
     """A gateway whose Redis sits behind a proxy (or not), and a key limited at both scopes."""
     redis_server = RestartableRedis(tmp_path)
@@ -83,10 +88,10 @@ async def faulty_stack(
     try:
         async with (
             redis_proxy(redis_server.port) as proxy,
-            running_sim(SimConfig(models=[MODEL])) as sim,
+            running_sim(sim or SimConfig(models=[MODEL])) as sim_url,
         ):
             redis_url = proxy.url if proxied else redis_server.url
-            settings = auth_settings(sim, redis_url, tmp_path / "spill").model_copy(deep=True)
+            settings = auth_settings(sim_url, redis_url, tmp_path / "spill").model_copy(deep=True)
             settings.limits.failure_mode = failure_mode  # type: ignore[assignment]
             settings.limits.timeout_s = limits_timeout_s
             app = create_app(settings)
@@ -196,6 +201,35 @@ async def test_an_outage_is_logged_once_not_once_per_refused_request(tmp_path: P
         assert [r.fields["answered_without_it"] for r in back] == [6]  # type: ignore[attr-defined]
         unavailable = 'llmaas_ratelimit_unavailable_total{failure_mode="closed"}'
         assert await stack.metric(unavailable) == 6  # the metric still counts each
+
+
+async def test_slots_of_requests_settled_while_redis_was_away_free_once_it_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A request that finished while Redis was away kept its concurrency slot until the
+    # settler's next retry (backoff up to retry_max_interval_s, 5 s): once Redis was back its
+    # key was refused 429 "too many in flight" with nothing in flight. The first admission
+    # that reaches Redis now has the settler and the releases retry at once.
+    monkeypatch.setattr("gateway.metering.settler.FIRST_RETRY_S", 600.0)  # no retry by time
+    monkeypatch.setattr("gateway.limits.releases.FIRST_RETRY_S", 600.0)
+    slow = SimConfig(models=[MODEL], itl_ms=40.0)
+    async with faulty_stack(tmp_path, "closed", sim=slow) as stack:
+        await stack.complete_with_the_key_cached()
+        await settled(stack, requests=len((await stack.limits())["requests"][0]))
+        url = f"{stack.gateway}/v1/chat/completions"
+        body = {**BODY, "max_tokens": 10, "stream": True}
+        async with stack.http.post(url, json=body, headers=stack.headers) as resp:
+            assert resp.status == 200
+            await resp.content.readline()  # admitted: its lease is in Redis
+            stack.proxy.set_mode("refuse")
+            await resp.read()  # it ends while Redis is away: its settlement waits
+        assert (await stack.complete())[0] == 503
+        assert (await stack.limits())["leases"] == [1, 1]  # the finished request's slot
+        stack.proxy.set_mode("pass")
+        status, answer, _ = await stack.complete()  # this admission reaches Redis
+        assert status == 200, answer
+        state = await settled(stack, requests=len((await stack.limits())["requests"][0]))
+        assert state["leases"] == [0, 0]
 
 
 async def test_a_release_redis_never_took_is_spilled_at_shutdown_and_replayed(
