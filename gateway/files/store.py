@@ -4,6 +4,8 @@
 `llmaas:{t:<tenant>}:files:<purpose>` order its ids by creation, so a page of a listing, with or
 without a purpose filter, reads only that page (no scan that grows with what is filtered out).
 A file id is looked up only under the caller's tenant: another tenant's file is simply absent.
+A deleted file's index score stays a day under `llmaas:{t:<tenant>}:file-gone:<id>`, so a listing
+paged `after` it (deleting each file while auto-paginating) goes on where it stood.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from typing import Literal
 from redis.asyncio import Redis
 
 from gateway.files.records import FileRecord
-from gateway.redis_pages import index_page
+from gateway.redis_pages import AfterNotFound, index_page
 
 Order = Literal["asc", "desc"]
+GONE_TTL_S = 86_400  # how long a deleted file still serves as an `after` cursor
 
 
 def _tag(tenant: str) -> str:
@@ -24,6 +27,10 @@ def _tag(tenant: str) -> str:
 
 def file_key(tenant: str, file_id: str) -> str:
     return f"{_tag(tenant)}:file:{file_id}"
+
+
+def gone_key(tenant: str, file_id: str) -> str:
+    return f"{_tag(tenant)}:file-gone:{file_id}"
 
 
 def index_key(tenant: str, purpose: str | None = None) -> str:
@@ -54,20 +61,33 @@ class FileStore:
         record = await self.get(tenant, file_id)
         if record is None:
             return None
+        score = await self.redis.zscore(index_key(tenant), file_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(file_key(tenant, file_id))
             pipe.zrem(index_key(tenant), file_id)
             pipe.zrem(index_key(tenant, record.purpose), file_id)
-            deleted, _, _ = await pipe.execute()
+            if score is not None:
+                pipe.set(gone_key(tenant, file_id), repr(float(score)), ex=GONE_TTL_S)
+            deleted = (await pipe.execute())[0]
         return record if deleted else None
 
     async def page(
         self, tenant: str, purpose: str | None, limit: int, order: Order, after: str | None
     ) -> tuple[list[FileRecord], bool]:
         """Up to `limit` files after the one named `after`, and whether more follow."""
-        ids, more = await index_page(
-            self.redis, index_key(tenant, purpose), limit, desc=order == "desc", after=after
-        )
+        index = index_key(tenant, purpose)
+        try:
+            ids, more = await index_page(
+                self.redis, index, limit, desc=order == "desc", after=after
+            )
+        except AfterNotFound:  # deleted since the last page? resume where it stood
+            assert after is not None
+            gone = await self.redis.get(gone_key(tenant, after))
+            if gone is None:
+                raise
+            ids, more = await index_page(
+                self.redis, index, limit, desc=order == "desc", after=after, after_score=float(gone)
+            )
         if not ids:
             return [], False
         raws = await self.redis.mget([file_key(tenant, i) for i in ids])  # one slot

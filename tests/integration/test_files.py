@@ -209,6 +209,26 @@ async def test_listing_pages_in_both_orders_and_by_purpose(files: TenantStack) -
         await client.files.delete(m.id)
 
 
+@pytest.mark.parametrize("order", ["asc", "desc"])
+async def test_deleting_each_file_while_auto_paginating_sees_every_file_once(
+    files: TenantStack, order: Literal["asc", "desc"]
+) -> None:
+    # `async for f in client.files.list(): delete f` pages `after` a file already deleted
+    client = await files.tenant(f"files-sweep-{order}")
+    made = {
+        (await client.files.create(file=(f"{i}.txt", b"x"), purpose="batch")).id  # ties too
+        for i in range(5)
+    }
+    other = await client.files.create(file=("kept.txt", b"x"), purpose="user_data")
+    seen = []
+    async for f in await client.files.list(limit=2, order=order, purpose="batch"):
+        seen.append(f.id)
+        await client.files.delete(f.id)
+    assert sorted(seen) == sorted(made)
+    assert [f.id async for f in await client.files.list(limit=1, order=order)] == [other.id]
+    await client.files.delete(other.id)
+
+
 async def test_a_tenant_over_its_file_count_is_refused(files: TenantStack) -> None:
     client = await files.tenant("files-many")
     made = [

@@ -1,0 +1,45 @@
+"""Pages of a sorted-set index against a real Redis: a cursor that left the index (its object
+deleted between two pages) resumes where it stood, equal scores included."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import cast
+
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+
+from gateway.embedded.redis_server import running_redis
+from gateway.redis_pages import AfterNotFound, index_page
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+SCORES = {"a": 1.0, "b": 2.0, "c": 2.0, "d": 2.0, "e": 3.0}  # b, c, d tie
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def redis() -> AsyncIterator[Redis]:
+    async with running_redis(None) as url:
+        client = Redis.from_url(url)
+        yield client
+        await client.aclose()
+
+
+@pytest.mark.parametrize("desc", [False, True])
+@pytest.mark.parametrize("gone", list(SCORES))
+async def test_a_removed_cursor_pages_on_from_where_it_stood(
+    redis: Redis, desc: bool, gone: str
+) -> None:
+    index = f"pages:{gone}:{desc}"
+    await redis.zadd(index, SCORES)
+    ordered = [m.decode() for m in cast("list[bytes]", await redis.zrange(index, 0, -1, desc=desc))]
+    await redis.zrem(index, gone)
+    rest = ordered[ordered.index(gone) + 1 :]
+    page = await index_page(redis, index, 10, desc=desc, after=gone, after_score=SCORES[gone])
+    assert page == (rest, False)
+    if rest:
+        first = await index_page(redis, index, 1, desc=desc, after=gone, after_score=SCORES[gone])
+        assert first == (rest[:1], len(rest) > 1)
+    with pytest.raises(AfterNotFound):
+        await index_page(redis, index, 10, desc=desc, after=gone)
