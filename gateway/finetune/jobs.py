@@ -19,7 +19,7 @@ Status = Literal["validating_files", "queued", "running", "succeeded", "failed",
 ACTIVE: tuple[Status, ...] = ("validating_files", "queued", "running")
 FINAL: tuple[Status, ...] = ("succeeded", "failed", "cancelled")
 JOB_ID_PATTERN = r"^ftjob-[0-9a-f]{24}$"
-SUFFIX_PATTERN = r"^[A-Za-z0-9_-]{1,40}$"
+SUFFIX_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # OpenAI takes up to 64 characters
 
 
 def new_job_id() -> str:

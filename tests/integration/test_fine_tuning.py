@@ -97,6 +97,16 @@ async def test_a_job_is_created_queued_and_listed_with_its_events(ft: TenantStac
     assert checkpoints.data == []
 
 
+async def test_a_suffix_of_up_to_64_characters_is_taken(ft: TenantStack) -> None:
+    client = await ft.tenant("ft-suffix")
+    suffix = "a-long_suffix-" + "x" * 50  # 64 characters, as OpenAI's API takes
+    job = await client.fine_tuning.jobs.create(
+        model=BASE, training_file=await _training_file(client), suffix=suffix
+    )
+    assert job.user_provided_suffix == suffix
+    await client.fine_tuning.jobs.cancel(job.id)
+
+
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
@@ -105,6 +115,7 @@ async def test_a_job_is_created_queued_and_listed_with_its_events(ft: TenantStac
         ({"training_file": "batch-file"}, "training_file"),
         ({"validation_file": "file-" + "0" * 24}, "validation_file"),
         ({"suffix": "has spaces"}, "suffix"),
+        ({"suffix": "s" * 65}, "suffix"),  # OpenAI's limit is 64
         ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
         ({"hyperparameters": {"lora_rank": 64}}, "hyperparameters.lora_rank"),
         ({"method": {"type": "dpo"}}, "method.type"),
