@@ -17,7 +17,7 @@ from gateway.metering.settler import Settler
 from gateway.metering.usage import Usage
 from gateway.proxy.outcome import Outcome, ProxyResult, Reporter
 
-_REFUNDED = (Outcome.ENGINE_ERROR, Outcome.REJECTED, Outcome.TIMEOUT)
+_REFUNDED = (Outcome.ENGINE_ERROR, Outcome.REJECTED, Outcome.TIMEOUT, Outcome.GATEWAY_SHUTDOWN)
 # The client went away: what the engine did for it until then is the client's to pay.
 _CLIENT_GONE = (Outcome.CLIENT_DISCONNECTED, Outcome.SLOW_CLIENT)
 # A slot under a concurrency limit this small is freed in Redis at once (Settler.submit's

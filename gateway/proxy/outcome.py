@@ -22,6 +22,10 @@ class Outcome(StrEnum):
     ENGINE_UNAVAILABLE = "engine_unavailable"  # no engine of the model could be reached
 
 
+# Ends whose engine work is the client's to pay even when no answer reached it: it left.
+PAID_FOR = frozenset({Outcome.OK, Outcome.CLIENT_DISCONNECTED, Outcome.SLOW_CLIENT})
+
+
 def outcome_of_status(status: int) -> Outcome:
     """An engine's answer, by its HTTP status."""
     if status < 400:

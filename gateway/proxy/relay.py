@@ -32,6 +32,7 @@ from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.events import ResponseEvents, response_id_of
 from gateway.proxy.normalize import normalize_error, normalize_success
 from gateway.proxy.outcome import (
+    PAID_FOR,
     Outcome,
     ProxyResult,
     Reporter,
@@ -131,6 +132,10 @@ class ProxyResponse(Response):
             cuts.discard(cut)
             departure.close()
             deadline.close()
+            if info.outcome not in PAID_FOR and (self.status_code != 200 or not deadline.started):
+                # Answered an error (or nothing) the gateway's or the engine's side caused: no
+                # part of the answer reached the client, so it pays nothing (an SDK retries it).
+                info.usage = None
             # Not shielded (a task per request): reporters do not suspend before they have
             # accounted for the request (outcome.Reporter).
             await self._done(info, time.perf_counter() - started)

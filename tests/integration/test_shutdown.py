@@ -236,6 +236,11 @@ async def test_draining_refuses_cleanly_then_cuts_at_the_grace_and_bills_all(
     assert exited_after_s < 15, exited_after_s
     assert seen == len(billed) == 4  # the refused request never reached the engine
     assert {r.outcome for r in billed} == {"gateway_shutdown"}
+    # The streams are billed what they carried; the plain request, answered 503 with no part
+    # of its answer after ~2.5 s of generation, nothing (its SDK retries it).
+    assert all(r.completion_tokens > 0 for r in billed if r.stream), billed
+    plain = [(r.prompt_tokens, r.completion_tokens) for r in billed if not r.stream]
+    assert plain == [(0, 0)], billed
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

@@ -187,14 +187,16 @@ async def test_a_plain_response_whose_stream_never_began_is_asked_again_unstream
     assert run.engine.inflight == 0
 
 
-async def test_a_plain_response_cut_after_it_began_is_a_502_billed_so_far() -> None:
+async def test_a_plain_response_cut_after_it_began_is_a_502_billed_nothing() -> None:
+    """The client gets a 502 and no part of the answer: the tokens generated (6 + 1) are not
+    its to pay (an SDK retries the request)."""
     steps: list[Any] = [*OPENING, text_delta("Hi", 2), broken()]
     upstream = FakeUpstream(FakeResponse(steps=steps))
     run = await run_proxy(upstream, plain_response_call)
     assert len(upstream.bodies) == 1  # never sent twice once generation began
     assert run.status == 502
     assert orjson.loads(run.body)["error"]["code"] == "engine_disconnected"
-    assert run.result.usage == Usage(6, 1)
+    assert run.result.usage is None
 
 
 def response_stream_call(pool: ModelPool) -> ProxyCall:
