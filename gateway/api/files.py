@@ -61,16 +61,8 @@ async def create_file(request: Request, gw: Gateway, caller: Caller) -> Response
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limits.max_file_bytes + MULTIPART_OVERHEAD:
         raise too_large(limits.max_file_bytes)
-    if await store.count(caller.tenant) >= limits.max_files_per_tenant:
-        raise RateLimited(
-            f"Your tenant has {limits.max_files_per_tenant} files, the most it may keep; "
-            "delete some first.",
-            kind="requests",
-            scope="tenant",
-            limit_kind="files",
-            code="too_many_files",
-            headers={"x-should-retry": "false"},  # no retry makes room (OpenAI SDKs)
-        )
+    if await store.count(caller.tenant) >= limits.max_files_per_tenant:  # before the upload
+        raise _too_many_files(limits.max_files_per_tenant)
     file_id = new_file_id()
     partial = storage.create(caller.tenant, file_id)
     try:
@@ -97,12 +89,24 @@ async def create_file(request: Request, gw: Gateway, caller: Caller) -> Response
     except BaseException:
         await asyncio.shield(partial.discard())
         raise
-    try:
-        await store.put(record, int(time.time() * 1000))
+    try:  # (counted again as it is listed: concurrent uploads passed the first count)
+        if not await store.put(record, int(time.time() * 1000), limits.max_files_per_tenant):
+            raise _too_many_files(limits.max_files_per_tenant)
     except BaseException:  # not listed, so not kept
         await asyncio.shield(storage.delete(caller.tenant, file_id))
         raise
     return json_response(record.view())
+
+
+def _too_many_files(most: int) -> RateLimited:
+    return RateLimited(
+        f"Your tenant has {most} files, the most it may keep; delete some first.",
+        kind="requests",
+        scope="tenant",
+        limit_kind="files",
+        code="too_many_files",
+        headers={"x-should-retry": "false"},  # no retry makes room (OpenAI SDKs)
+    )
 
 
 def _purpose(value: str | None) -> str:

@@ -37,20 +37,30 @@ def index_key(tenant: str, purpose: str | None = None) -> str:
     return f"{_tag(tenant)}:files" + ("" if purpose is None else f":{purpose}")
 
 
+_PUT_FILE = """
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
+return 1
+"""
+
+
 class FileStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._put = redis.register_script(_PUT_FILE)
 
     async def count(self, tenant: str) -> int:
         return int(await self.redis.zcard(index_key(tenant)))
 
-    async def put(self, record: FileRecord, created_ms: int) -> None:
+    async def put(self, record: FileRecord, created_ms: int, max_files: int) -> bool:
+        """Store and list the record, unless its tenant already has `max_files` (False): the
+        count and the write are one step, so concurrent uploads cannot pass the limit."""
         t = record.tenant
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(file_key(t, record.id), record.model_dump_json())
-            pipe.zadd(index_key(t), {record.id: created_ms})
-            pipe.zadd(index_key(t, record.purpose), {record.id: created_ms})
-            await pipe.execute()
+        keys = [file_key(t, record.id), index_key(t), index_key(t, record.purpose)]
+        args: list[str | int] = [record.model_dump_json(), created_ms, max_files, record.id]
+        return bool(await self._put(keys=keys, args=args))
 
     async def get(self, tenant: str, file_id: str) -> FileRecord | None:
         raw = await self.redis.get(file_key(tenant, file_id))

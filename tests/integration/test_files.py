@@ -14,6 +14,7 @@ import openai
 import orjson
 import pytest
 import pytest_asyncio
+from openai.types import FileObject
 
 from tests.integration.conftest import Stack
 from tests.integration.tenant_stack import TenantStack, tenant_stack
@@ -244,6 +245,25 @@ async def test_a_tenant_over_its_file_count_is_refused(files: TenantStack) -> No
     again = await client.files.create(file=("now.txt", b"x"), purpose="user_data")
     for m in [*made[1:], again]:
         await client.files.delete(m.id)
+
+
+async def test_concurrent_uploads_cannot_pass_the_file_count(files: TenantStack) -> None:
+    client = await files.tenant("files-burst")
+    body = b"x" * (MAX_FILE_BYTES // 2)  # received in several reads: all counted before any kept
+    tries = [
+        client.files.create(file=(f"{i}.txt", body), purpose="user_data")
+        for i in range(MAX_FILES + 4)
+    ]
+    answers = await asyncio.gather(*tries, return_exceptions=True)
+    kept = [a.id for a in answers if isinstance(a, FileObject)]
+    refused = [a for a in answers if isinstance(a, openai.RateLimitError)]
+    assert (len(kept), len(refused)) == (MAX_FILES, 4), answers
+    assert {_error(r)["code"] for r in refused} == {"too_many_files"}
+    assert sorted(f.id for f in (await client.files.list()).data) == sorted(kept)
+    stored = [p for p in _stored(files) if p.startswith("files-burst/")]
+    assert sorted(stored) == sorted(f"files-burst/{i}" for i in kept)  # the refused: gone
+    for file_id in kept:
+        await client.files.delete(file_id)
 
 
 async def test_an_upload_cut_off_midway_leaves_nothing(files: TenantStack) -> None:
