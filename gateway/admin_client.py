@@ -74,15 +74,15 @@ def segment(value: str) -> str:
 
 
 def _refusal(status: int, text: str) -> str:
-    """The gateway's message and the field it names, whatever the route answers in."""
-    return f"HTTP {status}: {_message(text)}"
-
-
-def _message(text: str) -> str:
+    """The gateway's message and the field it names, whatever the route answers in; any other
+    answer (a proxy's error page, vLLM's {"detail": "Not Found"} at a mistyped --url) as it
+    came, with the question it raises."""
     try:
         error = orjson.loads(text)["error"]
         message = str(error["message"])
     except (orjson.JSONDecodeError, KeyError, TypeError):
-        return text.strip()[:500]
+        return (
+            f"HTTP {status}: {text.strip()[:500]} (not the gateway's answer: is --url the gateway?)"
+        )
     param = error.get("param") if isinstance(error, dict) else None
-    return f"{message} ({param})" if param else message
+    return f"HTTP {status}: {message} ({param})" if param else f"HTTP {status}: {message}"

@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
+from gateway.sim.config import SimConfig
 from tests.integration.conftest import AuthStack
+from tests.integration.sim_fixture import running_sim
 from tests.support.cli import llmaas as entry_point
 from tests.support.cli import run_llmaas
 from tests.support.gateways import ADMIN_TOKEN
@@ -100,7 +102,7 @@ def _html(status: int) -> Any:
 
 async def test_an_answer_that_is_not_json_is_an_error_not_a_traceback() -> None:
     for status, said in (
-        (502, "HTTP 502: <html><h1>Bad Gateway</h1></html>"),
+        (502, "HTTP 502: <html><h1>Bad Gateway</h1></html> (not the gateway's answer: is --url"),
         (200, "is --url the gateway?"),
     ):
         async with serve_asgi(_html(status), lifespan="off") as url:
@@ -113,6 +115,17 @@ async def test_an_answer_that_is_not_json_is_an_error_not_a_traceback() -> None:
             ):
                 code, _, err = await run_llmaas(url, *args, token=ADMIN_TOKEN)
                 assert (code, "Traceback" in err, said in err) == (1, False, True), err
+
+
+async def test_a_json_answer_not_the_gateways_asks_whether_url_is_the_gateway() -> None:
+    """--url at a vLLM engine (the port beside the gateway's) printed its {"detail": "Not
+    Found"} as the whole explanation."""
+    async with running_sim(SimConfig()) as sim:
+        for args in (("keys", "list"), ("usage", "--records")):
+            code, _, err = await run_llmaas(sim, *args, token=ADMIN_TOKEN)
+            assert code == 1
+            said = 'HTTP 404: {"detail":"Not Found"} (not the gateway\'s answer: is --url'
+            assert said in err, err
 
 
 async def test_a_reader_gone_stops_the_command_quietly(auth: AuthStack) -> None:
