@@ -15,11 +15,9 @@ from gateway.metering.record import UsageRecord, new_record_id
 from gateway.metering.settlement import LimitSettlement, Settlement
 from gateway.metering.settler import Settler
 from gateway.metering.usage import Usage
-from gateway.proxy.outcome import Outcome, ProxyResult, Reporter
+from gateway.proxy.outcome import CLIENT_GONE, Outcome, ProxyResult, Reporter
 
 _REFUNDED = (Outcome.ENGINE_ERROR, Outcome.REJECTED, Outcome.TIMEOUT, Outcome.GATEWAY_SHUTDOWN)
-# The client went away: what the engine did for it until then is the client's to pay.
-_CLIENT_GONE = (Outcome.CLIENT_DISCONNECTED, Outcome.SLOW_CLIENT)
 # A slot under a concurrency limit this small is freed in Redis at once (Settler.submit's
 # frees_slot): few requests share it, so the next one may be waiting for this very slot. Under a
 # larger limit the release may linger a few ms for company, like any settlement: a busy key's
@@ -66,7 +64,7 @@ def settlement_of(charge: Charge, result: ProxyResult) -> Settlement | None:
 def _unreported(charge: Charge, result: ProxyResult) -> Usage:
     """The usage of a request the engine reported none for: its prompt's estimate if its client
     left after the engine took it, else nothing."""
-    if result.engine is None or result.outcome not in _CLIENT_GONE:
+    if result.engine is None or result.outcome not in CLIENT_GONE:
         return Usage()
     return Usage(0 if charge.prompt_estimate is None else charge.prompt_estimate())
 

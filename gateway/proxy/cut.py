@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 
 from gateway.errors import ServiceUnavailable
-from gateway.proxy.outcome import Outcome
-
-_CLIENT_GONE = (Outcome.CLIENT_DISCONNECTED, Outcome.SLOW_CLIENT)
+from gateway.proxy.outcome import CLIENT_GONE, Outcome
 
 
 class Cut:
@@ -47,7 +45,7 @@ class Cut:
     def client_gone(self) -> bool:
         """After a CancelledError reached the work: True if it was this cut's, for a client
         that left or stopped reading, alone (taken back: the work decides how it ended)."""
-        return self.outcome in _CLIENT_GONE and self.take_back()
+        return self.outcome in CLIENT_GONE and self.take_back()
 
     def _cut(self, outcome: Outcome) -> bool:
         if self.closed or self.outcome is not None:

@@ -22,8 +22,11 @@ class Outcome(StrEnum):
     ENGINE_UNAVAILABLE = "engine_unavailable"  # no engine of the model could be reached
 
 
-# Ends whose engine work is the client's to pay even when no answer reached it: it left.
-PAID_FOR = frozenset({Outcome.OK, Outcome.CLIENT_DISCONNECTED, Outcome.SLOW_CLIENT})
+# The client went away (left, or stopped reading): what the engine did for it until then is
+# the client's to pay, even though no answer (or not all of it) reached it.
+CLIENT_GONE = frozenset({Outcome.CLIENT_DISCONNECTED, Outcome.SLOW_CLIENT})
+# Ends whose engine work the client pays for: answered, or gone.
+PAID_FOR = CLIENT_GONE | {Outcome.OK}
 
 
 def outcome_of_status(status: int) -> Outcome:
