@@ -221,11 +221,12 @@ async def list_jobs(
     gw: Gateway,
     caller: Caller,
     *,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 20,
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
-    """Newest first. OpenAI's `metadata[k]=v` keeps the jobs whose metadata has k = v (all of
-    them, when several are given); `metadata=null` those without metadata."""
+    """Newest first; OpenAI sets no largest `limit` (10,000 here, as for files). OpenAI's
+    `metadata[k]=v` keeps the jobs whose metadata has k = v (all of them, when several are
+    given); `metadata=null` those without metadata."""
     store = _store(gw)
     wanted = _metadata_filter(request)
     try:
@@ -306,7 +307,7 @@ async def list_events(
     gw: Gateway,
     caller: Caller,
     *,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 20,
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
     store = _store(gw)
@@ -315,7 +316,7 @@ async def list_events(
         events, more = await store.events(job, limit, after)
     except KeyError:
         raise InvalidRequest(
-            "Invalid 'after': not an event id.", param="after", code="invalid_value"
+            "Invalid 'after': no such event of this job.", param="after", code="invalid_value"
         ) from None
     return json_response({"object": "list", "data": [e.view() for e in events], "has_more": more})
 

@@ -163,21 +163,29 @@ class JobStore:
         return [f"{base}:events", f"{base}:eventseq"]
 
     async def events(self, job: Job, limit: int, after: str | None) -> tuple[list[Event], bool]:
-        """Newest first, up to `limit` older than the event named `after`."""
-        before = _seq_of(after) if after is not None else None
+        """Newest first, up to `limit` older than the event named `after`: one of this job's
+        events still kept (KeyError otherwise, as for an id of another job's)."""
+        prefix = f"ftevent-{job.id[6:18]}-"
+        before = _seq_of(prefix, after) if after is not None else None
         raw = cast(
             "list[bytes]", await self.redis.lrange(self._event_keys(job)[0], 0, -1)
         )  # bounded by MAX_EVENTS
         events = []
+        seen_after = before is None
         for entry in reversed(raw):
             seq_text, _, body = entry.partition(b" ")
             seq = int(seq_text)
             if before is not None and seq >= before:
+                seen_after = seen_after or seq == before
                 continue
+            if not seen_after:
+                break
             fields = orjson.loads(body)
-            events.append(Event(id=f"ftevent-{job.id[6:18]}-{seq}", **fields))
+            events.append(Event(id=f"{prefix}{seq}", **fields))
             if len(events) > limit:
                 break
+        if not seen_after:
+            raise KeyError(after)
         return events[:limit], len(events) > limit
 
     # -- the queue and the trainers' heartbeats ------------------------------------------------
@@ -223,8 +231,8 @@ def _event_json(event: Event) -> bytes:
     return orjson.dumps(event.model_dump(exclude={"id"}))
 
 
-def _seq_of(event_id: str) -> int:
-    tail = event_id.rsplit("-", 1)[-1]
-    if not tail.isdigit():
+def _seq_of(prefix: str, event_id: str) -> int:
+    tail = event_id.removeprefix(prefix)
+    if tail == event_id or not tail.isdigit():
         raise KeyError(event_id)
     return int(tail)

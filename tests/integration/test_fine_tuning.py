@@ -180,6 +180,39 @@ async def test_jobs_are_listed_by_their_metadata(ft: TenantStack) -> None:
     assert [j["id"] for j in bare["data"]] == [made[2]]  # type: ignore[index]
 
 
+async def test_events_after_another_jobs_event_are_refused(ft: TenantStack) -> None:
+    """`after` names one of this job's events; another job's event id used to be read as a
+    position in this job's list (its number), answering with events it was never after."""
+    client = await ft.tenant("ft-after")
+    file_id = await _training_file(client)
+    first = await client.fine_tuning.jobs.create(model=BASE, training_file=file_id)
+    second = await client.fine_tuning.jobs.create(model=BASE, training_file=file_id)
+    theirs = (await client.fine_tuning.jobs.list_events(first.id)).data
+    mine = (await client.fine_tuning.jobs.list_events(second.id)).data
+    assert len(theirs) == len(mine) == 2
+    older = await client.fine_tuning.jobs.list_events(second.id, after=mine[0].id)
+    assert [e.id for e in older.data] == [mine[1].id]
+    for after in (theirs[0].id, mine[0].id + "0", "ftevent-1"):
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.fine_tuning.jobs.list_events(second.id, after=after)
+        assert (_error(refused.value)["param"], _error(refused.value)["code"]) == (
+            "after",
+            "invalid_value",
+        )
+    for job in (first, second):
+        await client.fine_tuning.jobs.cancel(job.id)
+
+
+async def test_a_page_may_be_larger_than_100(ft: TenantStack) -> None:
+    """OpenAI sets no largest `limit` for jobs; 101 used to be a 400."""
+    client = await ft.tenant("ft-limit")
+    page = await client.fine_tuning.jobs.list(limit=500)
+    assert (page.data, page.has_more) == ([], False)
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.fine_tuning.jobs.list(limit=10_001)
+    assert _error(refused.value)["param"] == "limit"
+
+
 async def test_another_tenant_sees_nothing(ft: TenantStack) -> None:
     owner = await ft.tenant("ft-owner")
     other = await ft.tenant("ft-other")
