@@ -14,6 +14,7 @@ import orjson
 # What the trainer learns from (gateway/finetune/train_lora.py); tool calls are not trained yet.
 ROLES = ("system", "user", "assistant")
 MAX_LINE_BYTES = 4 * 1024 * 1024
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class FileFormatError(ValueError):
@@ -29,6 +30,8 @@ def check_chat_jsonl(path: Path, max_line_bytes: int = MAX_LINE_BYTES) -> int:
             number += 1
             if len(line) > max_line_bytes and not line.endswith(b"\n"):
                 raise FileFormatError(f"Line {number} is longer than {max_line_bytes} bytes.")
+            if number == 1:  # a UTF-8 byte order mark, as Windows editors write, is not text
+                line = line.removeprefix(UTF8_BOM)
             if not line.strip():
                 continue
             _check_example(number, line)

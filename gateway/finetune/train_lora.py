@@ -129,9 +129,10 @@ def emit(event: dict[str, Any]) -> None:
 
 def read_conversations(path: Path) -> list[tuple[int, list[Message]]]:
     """Each example with its line number. Lines end at a newline only, as the upload check
-    reads them (a carriage return inside a line is JSON whitespace, not a line's end)."""
+    reads them (a carriage return inside a line is JSON whitespace, not a line's end), and
+    past a byte order mark at the start."""
     conversations = []
-    with path.open(encoding="utf-8", newline="\n") as lines:
+    with path.open(encoding="utf-8-sig", newline="\n") as lines:
         for number, line in enumerate(lines, start=1):
             if line.strip():
                 conversations.append((number, _conversation(line, number)))

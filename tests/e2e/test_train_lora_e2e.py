@@ -199,10 +199,11 @@ async def test_a_stopped_or_failed_run_leaves_no_adapter(tmp_path: Path) -> None
 async def test_what_the_upload_check_accepts_the_trainer_reads_alike(tmp_path: Path) -> None:
     """The same examples, line for line: a carriage return inside a line is JSON whitespace to
     both (the trainer used to split there, failing a job on a file the upload had accepted),
-    and a line's number is the same in both's errors."""
+    a byte order mark before the first line is no text to both (the upload refused it), and a
+    line's number is the same in both's errors."""
     ready = await prepare(EmbeddedPaths.resolve())
     lines = [
-        b'{"messages":[{"role":"user","content":"hi"},\r{"role":"assistant","content":"yo"}]}',
+        b'\xef\xbb\xbf{"messages":[{"role":"user","content":"hi"},\r{"role":"assistant","content":"yo"}]}',
         b"",
         b'{"messages":[{"role":"user","content":"a","weight":0},'
         b'{"role":"assistant","content":"b","weight":1}]}',

@@ -70,3 +70,15 @@ def test_a_weight_of_0_keeps_a_turn_out_and_1_keeps_it_in(tmp_path: Path) -> Non
         )
     )
     assert check_chat_jsonl(path) == 1
+
+
+def test_a_byte_order_mark_before_the_first_line_is_taken(tmp_path: Path) -> None:
+    """As Windows editors save UTF-8; it used to be 'Line 1 is not valid JSON'. Only there: a
+    mark inside the file is still refused."""
+    path = tmp_path / "t.jsonl"
+    good = example(USER, b'{"role":"assistant","content":"x"}')
+    path.write_bytes(b"\xef\xbb\xbf" + good + good)
+    assert check_chat_jsonl(path) == 2
+    path.write_bytes(good + b"\xef\xbb\xbf" + good)
+    with pytest.raises(FileFormatError, match="^Line 2 is not valid JSON"):
+        check_chat_jsonl(path)
