@@ -80,5 +80,5 @@ def test_a_byte_order_mark_before_the_first_line_is_taken(tmp_path: Path) -> Non
     path.write_bytes(b"\xef\xbb\xbf" + good + good)
     assert check_chat_jsonl(path) == 2
     path.write_bytes(good + b"\xef\xbb\xbf" + good)
-    with pytest.raises(FileFormatError, match="^Line 2 is not valid JSON"):
+    with pytest.raises(FileFormatError, match=r"^Line 2 is not valid JSON"):
         check_chat_jsonl(path)
