@@ -111,9 +111,11 @@ def render(case: str) -> Rendered:
     return render_values_as(case_values(case), case)
 
 
-def render_values_as(values: dict[str, Any], case: str = "custom") -> Rendered:
+def render_values_as(
+    values: dict[str, Any], case: str = "custom", release: str = RELEASE
+) -> Rendered:
     with helm.Chart.load(CHART) as chart:
-        manifests = chart.render(values=values, name=RELEASE, namespace=NAMESPACE)
+        manifests = chart.render(values=values, name=release, namespace=NAMESPACE)
         merged = chart.merge_values(values)
     notes = next((text for path, text in manifests.items() if path.endswith("NOTES.txt")), "")
     return Rendered(case, merged, list(_objects(manifests)), notes)

@@ -407,6 +407,26 @@ def test_redis_statefulset_is_governed_by_a_headless_service(renders: Renders) -
     assert selects(clients["spec"]["selector"], pod_labels(redis))
 
 
+# Release names Helm takes (up to 53 characters) that make "<release>-llmaas-redis" longer than 52.
+LONG_RELEASES = ("customer-facing-llm-gateway-production-eu1", "r" * 53)
+REVISION_HASH = 10  # the longest hash Kubernetes appends in a StatefulSet's revision label
+
+
+@pytest.mark.parametrize("release", LONG_RELEASES)
+def test_redis_pods_can_be_created_under_a_long_release_name(release: str) -> None:
+    """Each pod of a StatefulSet carries controller-revision-hash "<name>-<hash>", a label value
+    Kubernetes refuses past 63 characters: with a longer name Redis would never start."""
+    rendered = render_values_as({}, release=release)
+    (redis,) = rendered.kind("StatefulSet")
+    name = redis["metadata"]["name"]
+    assert len(f"{name}-{'h' * REVISION_HASH}") <= 63, name
+    assert name.startswith(release[:40])
+    governing = rendered.get("Service", redis["spec"]["serviceName"])
+    assert selects(governing["spec"]["selector"], pod_labels(redis))
+    host = env_of(rendered.gateway())["LLMAAS_REDIS_URL"]["value"].split("//")[1].split(".")[0]
+    assert selects(rendered.get("Service", host)["spec"]["selector"], pod_labels(redis))
+
+
 def test_notes_tell_how_to_reach_the_gateway_and_create_a_key(rendered: Rendered) -> None:
     gateway = rendered.gateway()
     name = gateway["metadata"]["name"]

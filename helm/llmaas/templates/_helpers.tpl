@@ -74,6 +74,13 @@ template rolls every pod, GPU engines and Redis included. Call with
 {{- printf "%s-redis" (include "llmaas.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The StatefulSet's own name. Its pods carry the label controller-revision-hash
+"<name>-<revision hash, up to 10 characters>", and a label value past 63 characters makes
+Kubernetes refuse the pod (the StatefulSet would never start Redis): 52 characters at most. */}}
+{{- define "llmaas.redis.statefulSetName" -}}
+{{- include "llmaas.redis.fullname" . | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+
 {{/* The StatefulSet's governing Service (headless: a DNS name per pod). Clients use the
 ClusterIP Service llmaas.redis.fullname. */}}
 {{- define "llmaas.redis.headlessName" -}}
