@@ -232,6 +232,31 @@ def test_lint_reports_bad_values_as_errors(case: str) -> None:
         assert fragment in errors
 
 
+# Helm takes release names of up to 53 characters; with a nameOverride the base name of every
+# object ("<release>-<nameOverride>") can be cut to 63, leaving no room for "-gateway", "-redis".
+LONG_RELEASE = "customer-facing-llm-gateway-production-eu1-blue"
+
+
+@pytest.mark.parametrize("name_override", ["llm-gateway-stack", "x" * 40])
+def test_a_base_name_that_leaves_components_the_same_name_is_refused(name_override: str) -> None:
+    """The gateway's Deployment, Service and Secret would be the engine's and Redis's, and one
+    object would overwrite the other on install: refused, saying how to make room."""
+    values = {"nameOverride": name_override, "engines": [ENGINE]}
+    with pytest.raises(
+        helm.HelmRenderError,
+        match=r'the gateway and engines\[llama\] would both name their Deployment "customer-.*'
+        r"cut to 63 characters; .* base name of 63\): use a shorter release name or nameOverride",
+    ):
+        render_values_as(values, release=LONG_RELEASE)
+
+
+def test_a_base_name_of_61_characters_still_names_every_object_apart() -> None:
+    rendered = render_values_as({"nameOverride": "x" * 7, "engines": [ENGINE]}, release="r" * 53)
+    names = [(o["kind"], o["metadata"]["name"]) for o in rendered.objects]
+    assert len(names) == len(set(names))
+    assert rendered.gateway()["metadata"]["name"] == f"{'r' * 53}-{'x' * 7}-g"
+
+
 def test_duplicate_engine_names_are_refused() -> None:
     with pytest.raises(helm.HelmRenderError, match='engines: the name "llama" is used twice'):
         render_values({"engines": [ENGINE, {**ENGINE, "model": "other/model"}]})

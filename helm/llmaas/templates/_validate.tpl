@@ -59,4 +59,34 @@ node (more replicas, KEDA, or a rollout's surge pod) hangs in ContainerCreating 
 {{- end -}}
 {{- end -}}
 
+{{- /* The other objects' names are cut to 63 characters too: from a base name (release and
+nameOverride) of 62 or more, the gateway's, Redis's, the trainer's and the engines' are all that
+base name, and one object would overwrite another (the gateway's Service sent to Redis). */ -}}
+{{- $gateway := include "llmaas.gateway.fullname" . -}}
+{{- $owned := list (list "Deployment" $gateway "the gateway") (list "Service" $gateway "the gateway") (list "Secret" (include "llmaas.gateway.secretName" .) "the gateway") -}}
+{{- range $e := (include "llmaas.engines" . | fromYaml).engines -}}
+{{- $name := include "llmaas.engine.fullname" (dict "ctx" $ "engine" $e) -}}
+{{- $owned = concat $owned (list (list "Deployment" $name (printf "engines[%s]" $e.name)) (list "Service" $name (printf "engines[%s]" $e.name))) -}}
+{{- end -}}
+{{- if $r.enabled -}}
+{{- $owned = concat $owned (list (list "Service" (include "llmaas.redis.fullname" .) "Redis") (list "Service" (include "llmaas.redis.headlessName" .) "Redis")) -}}
+{{- end -}}
+{{- if or $r.enabled $r.external.password.value -}}
+{{- $owned = append $owned (list "Secret" (include "llmaas.redis.secretName" .) "Redis") -}}
+{{- end -}}
+{{- if .Values.huggingFace.token.value -}}
+{{- $owned = append $owned (list "Secret" (include "llmaas.huggingFace.secretName" .) "huggingFace.token") -}}
+{{- end -}}
+{{- if .Values.fineTuning.enabled -}}
+{{- $owned = append $owned (list "Deployment" (include "llmaas.trainer.fullname" .) "the trainer") -}}
+{{- end -}}
+{{- $taken := dict -}}
+{{- range $owned -}}
+{{- $key := printf "%s/%s" (index . 0) (index . 1) -}}
+{{- if hasKey $taken $key -}}
+{{- fail (printf "%s and %s would both name their %s %q (object names are cut to 63 characters; the release name and nameOverride make a base name of %d): use a shorter release name or nameOverride, or a fullnameOverride" (get $taken $key) (index . 2) (index . 0) (index . 1) (len (include "llmaas.fullname" $))) -}}
+{{- end -}}
+{{- $_ := set $taken $key (index . 2) -}}
+{{- end -}}
+
 {{- end -}}
