@@ -128,6 +128,10 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         },
         r"ReadWriteOnce claim, .*\(strategy.rollingUpdate.maxSurge: 1\)",
     ),
+    "LoRA adapters listed with LoRA off": (
+        {"engines": [{**ENGINE, "lora": {"modules": [{"name": "sql-lora", "path": "/m/sql"}]}}]},
+        r"engines\[llama\].lora.modules: 1 adapter\(s\) listed but lora.enabled is false",
+    ),
     "engine names the same once cut to 63 characters": (
         {
             "fullnameOverride": LONG,

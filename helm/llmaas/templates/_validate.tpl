@@ -33,6 +33,12 @@ at render time, naming the values. Rendered by validate.yaml, which outputs noth
 {{- end -}}
 {{- $_ := set $objects $name $e.name -}}
 
+{{- /* Adapters are passed to vLLM (--lora-modules) and named to the gateway only with LoRA on:
+without it they would be dropped, and their names answered 404 by the gateway. */ -}}
+{{- if and $e.lora.modules (not $e.lora.enabled) (not $e.simulator) -}}
+{{- fail (printf "engines[%s].lora.modules: %d adapter(s) listed but lora.enabled is false, so vLLM would not load them and the gateway would not serve their names; set lora.enabled: true, or remove them" $e.name (len $e.lora.modules)) -}}
+{{- end -}}
+
 {{- $a := $e.autoscaling -}}
 {{- if and $a.enabled (gt (int $a.minReplicas) (int $a.maxReplicas)) -}}
 {{- fail (printf "engines[%s].autoscaling: minReplicas (%d) is above maxReplicas (%d)" $e.name (int $a.minReplicas) (int $a.maxReplicas)) -}}
