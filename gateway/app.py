@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.api import admin, files, fine_tuning, health, openai, openai_responses, usage
 from gateway.api.auth_throttle import AuthFailureThrottle
 from gateway.api.body_limit import BodyLimit
+from gateway.api.cors import Cors
 from gateway.api.drain import Drain, DrainGuard
 from gateway.api.error_handlers import install_error_handlers, serves
 from gateway.api.hot_routes import Handler, HotRoutes
@@ -179,9 +180,10 @@ def create_app(
             log_listener.stop()
 
     throttle = _failure_throttle(settings)
+    cors = Cors(settings.cors.allow_origins, settings.cors.max_age_s)
 
     def gates(framework: ASGIApp) -> ASGIApp:
-        """Outermost first: every request gets its id and access log line, then the drain,
+        """Outermost first: every request gets its id, access log line and CORS, then the drain,
         the auth-failure throttle and the in-flight bound decide whether it gets in."""
         app: ASGIApp = HotRoutes(
             BodyLimit(framework, max_bytes=settings.max_body_bytes, exempt=OWN_BOUNDS), HOT_ROUTES
@@ -194,6 +196,7 @@ def create_app(
             access_log=settings.access_log,
             routes=HOT_ROUTES,
             access_log_probes=settings.access_log_probes,
+            cors=cors if settings.cors.allow_origins else None,
         )
 
     app = GatewayApp(

@@ -250,6 +250,27 @@ class FineTuningSettings(Section):
     max_length: int = Field(default=1024, ge=16)
 
 
+def _origin(origin: str) -> str:
+    if origin == "*":
+        return origin
+    scheme, sep, host = origin.partition("://")
+    if not (scheme and sep and host) or "/" in host or origin != origin.strip():
+        raise ValueError(
+            "not an origin: scheme://host[:port] (https://app.example.com), no path, or '*'"
+        )
+    return origin.lower()  # as browsers send it
+
+
+class CorsSettings(Section):
+    """Web pages that may call the API from a browser (CORS; gateway/api/cors.py)."""
+
+    # Origins (scheme://host[:port]) whose pages may call the API; "*": every origin (what
+    # OpenAI's API and vLLM answer; keys travel in the Authorization header, never cookies);
+    # []: none (no CORS header, preflights refused with 405).
+    allow_origins: list[Annotated[str, AfterValidator(_origin)]] = Field(default=["*"])
+    max_age_s: int = Field(default=600, ge=0)  # how long a browser may reuse a preflight
+
+
 class Settings(BaseSettings):
     # LLMAAS_ROUTING__MAX_WAITING_PER_ENGINE=null: None, as `null` in the file.
     model_config = SettingsConfigDict(
@@ -297,6 +318,7 @@ class Settings(BaseSettings):
     metering: MeteringSettings = Field(default_factory=MeteringSettings)
     responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
     request_policy: RequestPolicySettings = Field(default_factory=RequestPolicySettings)
+    cors: CorsSettings = Field(default_factory=CorsSettings)
     files: FilesSettings = Field(default_factory=FilesSettings)
     fine_tuning: FineTuningSettings = Field(default_factory=FineTuningSettings)
 

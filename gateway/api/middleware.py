@@ -1,4 +1,5 @@
-"""The outermost layer of every HTTP request: its id, the access log, and the last-resort 500.
+"""The outermost layer of every HTTP request: its id, the access log, the last-resort 500, and
+CORS (gateway/api/cors.py: its headers on every answer, preflights answered here).
 
 Its `send` wrapper is the only one: the status it sees is in the request's info for the inner
 layers to read when the app returns, and headers they put in `info.headers` are added here.
@@ -13,17 +14,20 @@ import logging
 import re
 import time
 from collections.abc import Iterable
+from functools import partial
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import InternalError
+from gateway.api.cors import Cors, is_preflight
+from gateway.errors import ApiError, InternalError
 from gateway.logs import ACCESS_LOGGER
 from gateway.proxy.asgi_send import send_error
 from gateway.proxy.outcome import Outcome
 from gateway.request_context import RequestInfo, attach, request_id_from
 
 _REQUEST_ID = b"x-request-id"
+_ORIGIN = b"origin"
 _PATH_PARAM = re.compile(r"\{[^}]*\}")
 # What load balancers, kubelets and Prometheus ask every few seconds: answered well, they are
 # left out of the access log unless access_log_probes (a failing one is always logged).
@@ -38,9 +42,12 @@ class RequestContextMiddleware:
         access_log: bool,
         routes: Iterable[str] = (),
         access_log_probes: bool = False,
+        cors: Cors | None = None,
     ) -> None:
-        """`routes`: the exact /v1 paths served outside the framework's router (hot_routes)."""
+        """`routes`: the exact /v1 paths served outside the framework's router (hot_routes);
+        `cors`: None, no CORS (no header added, preflights left to the app: 405)."""
         self.app = app
+        self.cors = cors
         self.access_log = access_log
         self.access_log_probes = access_log_probes
         self.routes = frozenset(routes)
@@ -51,11 +58,14 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        header = next((v for k, v in scope["headers"] if k == _REQUEST_ID), None)
+        header, origin = _request_id_and_origin(scope["headers"])
         info = RequestInfo(request_id_from(header))
         attach(scope, info)
         rid_header = (_REQUEST_ID, info.request_id.encode())
         started = time.perf_counter()
+        app = self.app
+        if origin is not None and self.cors is not None:
+            app = self._cors(self.cors, origin, scope, info)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -64,7 +74,7 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await app(scope, receive, send_with_id)
         except ClientDisconnect:  # gone halfway through its body: nobody to answer, no error
             info.outcome, info.status = Outcome.CLIENT_DISCONNECTED, 499
         except Exception:
@@ -78,6 +88,16 @@ class RequestContextMiddleware:
                 self._count(scope, info)
             if self.access_log and self._logged(scope, info):
                 self._log(scope, info, time.perf_counter() - started)
+
+    def _cors(self, cors: Cors, origin: bytes, scope: Scope, info: RequestInfo) -> ASGIApp:
+        """The app that answers a request from a web page: the gateway's, with CORS headers;
+        for a preflight, a 204 before any gate (it carries no credential), not counted as a
+        request to the route it names."""
+        if not is_preflight(scope["method"], scope["headers"]):
+            info.headers += cors.headers(origin)
+            return self.app
+        info.counted = True
+        return partial(_preflight, cors, origin)
 
     def _logged(self, scope: Scope, info: RequestInfo) -> bool:
         return self.access_log_probes or scope["path"] not in _PROBES or not 0 < info.status < 400
@@ -102,6 +122,28 @@ class RequestContextMiddleware:
             "ttft_ms": None if info.ttft_ms is None else round(info.ttft_ms, 3),
         }
         self.log.info("request", extra={"fields": fields})
+
+
+def _request_id_and_origin(
+    headers: list[tuple[bytes, bytes]],
+) -> tuple[bytes | None, bytes | None]:
+    request_id = origin = None
+    for name, value in headers:
+        if name == _REQUEST_ID:
+            request_id = value
+        elif name == _ORIGIN:
+            origin = value
+    return request_id, origin
+
+
+async def _preflight(cors: Cors, origin: bytes, scope: Scope, _: Receive, send: Send) -> None:
+    try:
+        headers = cors.preflight(origin, scope["headers"])
+    except ApiError as refused:
+        await send_error(send, refused)
+        return
+    await send({"type": "http.response.start", "status": 204, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
 
 
 def route_label(scope: Scope, routes: frozenset[str]) -> str | None:
