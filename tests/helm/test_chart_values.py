@@ -12,7 +12,7 @@ import helm_python as helm
 import pytest
 import yaml
 
-from tests.helm.chart import CHART, NAMESPACE, render_values, render_values_as
+from tests.helm.chart import CHART, NAMESPACE, env_of, render_values, render_values_as
 from tests.helm.test_chart_config import _load
 
 DEPLOY_DOC = CHART.parents[1] / "docs" / "deploy.md"
@@ -127,6 +127,19 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
             ]
         },
         r"ReadWriteOnce claim, .*\(strategy.rollingUpdate.maxSurge: 1\)",
+    ),
+    "a longer drain in gateway.env than the pod's grace period": (
+        {"gateway": {"env": [{"name": "LLMAAS_SHUTDOWN_GRACE_S", "value": "600"}]}},
+        r"gateway.env: LLMAAS_SHUTDOWN_GRACE_S would override gateway.config.shutdown_grace_s, "
+        r"from which the chart derives the pods' terminationGracePeriodSeconds",
+    ),
+    "the flush timeout in gateway.env": (
+        {"gateway": {"env": [{"name": "llmaas_metering__flush_timeout_s", "value": "60"}]}},
+        r"set gateway.config.metering.flush_timeout_s instead",
+    ),
+    "the port the probes reach, in gateway.env": (
+        {"gateway": {"env": [{"name": "LLMAAS_PORT", "value": "9000"}]}},
+        r"gateway.env: LLMAAS_PORT would override a setting the chart sets from the chart \(8080",
     ),
     "LoRA adapters listed with LoRA off": (
         {"engines": [{**ENGINE, "lora": {"modules": [{"name": "sql-lora", "path": "/m/sql"}]}}]},
@@ -259,6 +272,13 @@ def test_a_base_name_of_61_characters_still_names_every_object_apart() -> None:
     names = [(o["kind"], o["metadata"]["name"]) for o in rendered.objects]
     assert len(names) == len(set(names))
     assert rendered.gateway()["metadata"]["name"] == f"{'r' * 53}-{'x' * 7}-g"
+
+
+def test_settings_the_chart_leaves_alone_may_come_from_gateway_env() -> None:
+    """values.yaml's own example: a setting the chart neither sets nor sizes the pod from."""
+    env = [{"name": "LLMAAS_UPSTREAM__MAX_CONNECTIONS", "value": "2000"}]
+    rendered = render_values_as({"gateway": {"env": env}})
+    assert env_of(rendered.gateway())["LLMAAS_UPSTREAM__MAX_CONNECTIONS"] == env[0]
 
 
 def test_duplicate_engine_names_are_refused() -> None:

@@ -19,6 +19,22 @@ at render time, naming the values. Rendered by validate.yaml, which outputs noth
 {{- fail (printf "gateway.autoscaling: minReplicas (%d) is above maxReplicas (%d)" (int $hpa.minReplicas) (int $hpa.maxReplicas)) -}}
 {{- end -}}
 
+{{- /* gateway.env wins over the config file (the environment comes first in the gateway's
+Settings), but some settings the chart sets itself (the probes and the Service reach port 8080,
+the spill directory is the pod's volume, secrets come from Secrets), and from two it sizes the
+pod: a longer grace in the environment than in gateway.config would have Kubernetes kill a pod
+still draining, its usage records unflushed. */ -}}
+{{- $derived := dict "LLMAAS_SHUTDOWN_GRACE_S" "gateway.config.shutdown_grace_s" "LLMAAS_METERING__FLUSH_TIMEOUT_S" "gateway.config.metering.flush_timeout_s" -}}
+{{- $managed := dict "LLMAAS_HOST" "the chart (0.0.0.0)" "LLMAAS_PORT" "the chart (8080, where the probes and the Service reach it)" "LLMAAS_MODELS" "engines and gateway.extraModels" "LLMAAS_REDIS_URL" "redis" "LLMAAS_REDIS_PASSWORD" "redis" "LLMAAS_ADMIN_TOKEN" "gateway.secrets.adminToken" "LLMAAS_KEY_PEPPER" "gateway.secrets.keyPepper" "LLMAAS_METRICS_TOKEN" "gateway.secrets.metricsToken" "LLMAAS_AUTH__JWT__HMAC_SECRET" "gateway.jwt.hmacSecret" "LLMAAS_METERING__SPILL_DIR" "gateway.spill (the pod's spill volume)" "LLMAAS_FILES__DIR" "fineTuning.storage.mountPath" "LLMAAS_DEV_MODE" "the chart (off)" -}}
+{{- range .Values.gateway.env -}}
+{{- $name := upper .name -}}
+{{- if hasKey $derived $name -}}
+{{- fail (printf "gateway.env: %s would override %s, from which the chart derives the pods' terminationGracePeriodSeconds (Kubernetes would kill a pod still draining): set %s instead" .name (get $derived $name) (get $derived $name)) -}}
+{{- else if hasKey $managed $name -}}
+{{- fail (printf "gateway.env: %s would override a setting the chart sets from %s: set that instead" .name (get $managed $name)) -}}
+{{- end -}}
+{{- end -}}
+
 {{- $r := .Values.redis -}}
 {{- if and $r.enabled (not (dig "limits" "memory" "" $r.resources)) -}}
 {{- fail "redis.resources.limits.memory: needed (Redis's maxmemory is redis.maxmemoryPercent of it)" -}}
