@@ -141,6 +141,14 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         {"gateway": {"env": [{"name": "LLMAAS_PORT", "value": "9000"}]}},
         r"gateway.env: LLMAAS_PORT would override a setting the chart sets from the chart \(8080",
     ),
+    "fewer GPUs than tensor-parallel shards": (
+        {"engines": [{**ENGINE, "tensorParallelSize": 4, "gpu": {"count": 2}}]},
+        r"engines\[llama\].gpu.count: 2 GPU\(s\) for 4 shards \(tensorParallelSize 4",
+    ),
+    "fewer GPUs than pipeline-parallel shards": (
+        {"engines": [{**ENGINE, "gpu": {"count": 1}, "extraArgs": ["-pp", "2"]}]},
+        r"engines\[llama\].gpu.count: 1 GPU\(s\) for 2 shards",
+    ),
     "LoRA adapters listed with LoRA off": (
         {"engines": [{**ENGINE, "lora": {"modules": [{"name": "sql-lora", "path": "/m/sql"}]}}]},
         r"engines\[llama\].lora.modules: 1 adapter\(s\) listed but lora.enabled is false",

@@ -148,6 +148,24 @@ def test_gpu_type_runtime_class_and_cache_claim(renders: Renders) -> None:
     assert renders["gpu"].get("Secret", hf["name"])["data"][hf["key"]]
 
 
+@pytest.mark.parametrize(
+    ("args", "gpus"),
+    [
+        ([], 2),
+        (["--pipeline-parallel-size", "2"], 4),
+        (["--pipeline-parallel-size=3"], 6),
+        (["--dtype", "bfloat16", "-pp", "2"], 4),
+    ],
+)
+def test_engine_pods_get_a_gpu_per_shard(args: list[str], gpus: int) -> None:
+    """vLLM runs tensorParallelSize x pipeline stages workers, one per GPU: fewer GPUs in the
+    pod and it never starts."""
+    engine = {"name": "big", "model": "org/big", "tensorParallelSize": 2, "extraArgs": args}
+    (deployment,) = render_values_as({"engines": [engine]}).engines()
+    resources = container(deployment)["resources"]
+    assert resources["limits"][GPU] == resources["requests"][GPU] == gpus
+
+
 def test_lora_and_tool_calling_flags(renders: Renders) -> None:
     rendered = renders["multi-engine-lora"]
     h100 = rendered.get("Deployment", "demo-llmaas-engine-llama-h100")

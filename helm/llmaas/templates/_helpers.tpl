@@ -97,6 +97,22 @@ ClusterIP Service llmaas.redis.fullname. */}}
 {{- .servedModelName | default .model -}}
 {{- end -}}
 
+{{/* The GPUs one vLLM pod shards its model over: tensorParallelSize times the pipeline stages
+an extraArgs --pipeline-parallel-size (or -pp) asks for. Call with a merged engine entry. */}}
+{{- define "llmaas.engine.shards" -}}
+{{- $stages := 1 -}}
+{{- $args := .extraArgs | default list -}}
+{{- range $i, $arg := $args -}}
+{{- $a := toString $arg -}}
+{{- if and (has $a (list "--pipeline-parallel-size" "-pp")) (lt (add1 $i) (len $args)) -}}
+{{- $stages = index $args (add1 $i) | int -}}
+{{- else if hasPrefix "--pipeline-parallel-size=" $a -}}
+{{- $stages = trimPrefix "--pipeline-parallel-size=" $a | int -}}
+{{- end -}}
+{{- end -}}
+{{- mul (.tensorParallelSize | int) (max $stages 1) -}}
+{{- end -}}
+
 {{/* How the gateway names an engine: every address of its headless Service. */}}
 {{- define "llmaas.engine.entry" -}}
 {{- printf "dns://%s.%s.svc.%s:8000" (include "llmaas.engine.fullname" .) .ctx.Release.Namespace .ctx.Values.clusterDomain -}}

@@ -55,6 +55,12 @@ without it they would be dropped, and their names answered 404 by the gateway. *
 {{- fail (printf "engines[%s].lora.modules: %d adapter(s) listed but lora.enabled is false, so vLLM would not load them and the gateway would not serve their names; set lora.enabled: true, or remove them" $e.name (len $e.lora.modules)) -}}
 {{- end -}}
 
+{{- /* vLLM puts one shard of the model on each GPU: a pod given fewer never starts. */ -}}
+{{- $shards := include "llmaas.engine.shards" $e | int -}}
+{{- if and (not $e.simulator) $e.gpu.count (lt (int $e.gpu.count) $shards) -}}
+{{- fail (printf "engines[%s].gpu.count: %d GPU(s) for %d shards (tensorParallelSize %d, times the pipeline stages of extraArgs): vLLM needs a GPU per shard and would not start; raise gpu.count or leave it null (one per shard)" $e.name (int $e.gpu.count) $shards (int $e.tensorParallelSize)) -}}
+{{- end -}}
+
 {{- $a := $e.autoscaling -}}
 {{- if and $a.enabled (gt (int $a.minReplicas) (int $a.maxReplicas)) -}}
 {{- fail (printf "engines[%s].autoscaling: minReplicas (%d) is above maxReplicas (%d)" $e.name (int $a.minReplicas) (int $a.maxReplicas)) -}}
