@@ -7,6 +7,7 @@ worker then writes its values to files there and /metrics aggregates all of them
 from __future__ import annotations
 
 import os
+from collections.abc import Collection, Iterable
 from typing import Any, Self
 
 import prometheus_client
@@ -204,9 +205,49 @@ class Metrics:
             registry=reg,
         )
 
-    def render(self) -> bytes:
+    def render(self, engines: Collection[str] | None = None) -> bytes:
+        """`engines`: the URLs of the engines the registry has now (None: every series).
+        Under --workers N the series of an engine that left (EngineMetrics.removed) stay in
+        the workers' files, where prometheus_client cannot remove them: they are left out
+        here instead, or a pod gone since would be `llmaas_engine_up 0` (EngineDown) until
+        the gateway restarts."""
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             collecting = CollectorRegistry()
-            multiprocess.MultiProcessCollector(collecting)  # type: ignore[no-untyped-call]
+            workers = multiprocess.MultiProcessCollector(None)  # type: ignore[no-untyped-call]
+            collecting.register(workers if engines is None else _EnginesNow(workers, engines))
             return generate_latest(collecting)
         return generate_latest(self.registry)
+
+
+# What EngineMetrics.removed removes: every series of these families by its engine label, and
+# llmaas_engine_check_failures's of the checks made on an engine (a DNS name's are not).
+_PER_ENGINE = frozenset(
+    {
+        "llmaas_engine_up",
+        "llmaas_engine_ejections",
+        "llmaas_inflight_requests",
+        "llmaas_engine_requests",
+        "llmaas_upstream_errors",
+    }
+)
+_CHECKS = "llmaas_engine_check_failures"
+_ENGINE_CHECKS = frozenset({"health", "models"})
+
+
+class _EnginesNow(prometheus_client.registry.Collector):
+    """The workers' values, without the series of engines that left."""
+
+    def __init__(self, collector: prometheus_client.registry.Collector, engines: Collection[str]):
+        self.collector = collector
+        self.engines = frozenset(engines)
+
+    def collect(self) -> Iterable[prometheus_client.Metric]:
+        for family in self.collector.collect():
+            if family.name in _PER_ENGINE:
+                family.samples = [s for s in family.samples if s.labels["engine"] in self.engines]
+            elif family.name == _CHECKS:
+                family.samples = [s for s in family.samples if self._kept_check(s.labels)]
+            yield family
+
+    def _kept_check(self, labels: dict[str, str]) -> bool:
+        return labels["check"] not in _ENGINE_CHECKS or labels["engine"] in self.engines

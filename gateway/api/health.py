@@ -67,7 +67,8 @@ async def metrics(request: Request, gw: Gateway) -> Response:
             "/metrics needs 'Authorization: Bearer <metrics or admin token>'.",
             code="invalid_api_key",
         )
-    return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    text = gw.metrics.render(engines=[e.url for e in gw.registry.engines()])
+    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 def ops_token_given(request: Request, settings: Settings) -> bool:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from gateway.metrics import Metrics
 from gateway.routing.engine_metrics import EngineMetrics
 from gateway.routing.engines import Engine
@@ -26,3 +31,46 @@ def test_an_engine_that_left_leaves_no_series_behind() -> None:
     series = [line for line in metrics.render().decode().splitlines() if "engine=" in line]
     assert not [line for line in series if GONE in line]
     assert len([line for line in series if STAYS in line]) > 6
+
+
+SCENARIO = f"""
+from gateway.metrics import Metrics
+from gateway.routing.engine_metrics import EngineMetrics
+from gateway.routing.engines import Engine
+metrics = Metrics()
+observer = EngineMetrics(metrics)
+for url in ({GONE!r}, {STAYS!r}):
+    metrics.engine_requests.labels(url, "200").inc()
+    metrics.upstream_errors.labels(url, "timeout").inc()
+    metrics.inflight.labels(url).set(0)
+    metrics.engine_check_failures.labels(url, "health").inc()
+    observer.ejected(Engine(url))
+metrics.engine_check_failures.labels("dns://engines.test:8000", "dns").inc()
+observer.removed(Engine({GONE!r}))
+print(metrics.render(engines=[{STAYS!r}]).decode())
+"""
+
+
+def test_under_workers_an_engine_that_left_leaves_no_series_behind(tmp_path: Path) -> None:
+    """With --workers N (prometheus_client's multiprocess files) removing a series did
+    nothing: a pod ejected as it stopped stayed `llmaas_engine_up 0` (EngineDown firing for
+    an engine that no longer exists) and every pod ever seen kept its series."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", SCENARIO], env=env, capture_output=True, text=True, check=True
+    )
+    series = [line for line in done.stdout.splitlines() if "engine=" in line]
+    assert not [line for line in series if GONE in line]
+    kept = {line.split("{")[0] for line in series if STAYS in line}
+    assert kept == {
+        "llmaas_engine_requests_total",
+        "llmaas_upstream_errors_total",
+        "llmaas_inflight_requests",
+        "llmaas_engine_check_failures_total",
+        "llmaas_engine_up",
+        "llmaas_engine_ejections_total",
+    }
+    assert (
+        'llmaas_engine_check_failures_total{check="dns",engine="dns://engines.test:8000"} 1.0'
+        in series
+    )
