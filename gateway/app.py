@@ -234,6 +234,9 @@ async def _stop(tasks: list[asyncio.Task[None]]) -> None:
 def _adapters(
     registry: EngineRegistry, redis: Redis | None, upstream: Upstream, monitor: EngineMonitor
 ) -> AdapterServing | None:
+    # An engine that answers 404 for a model it listed (a restart forgot its adapters) is
+    # polled again at once, fine-tuning on or not.
+    upstream.on_model_missing = monitor.relearn
     if redis is None:
         return None
 

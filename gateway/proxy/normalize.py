@@ -233,6 +233,16 @@ def _field_path(loc: str) -> str:
     return path or loc
 
 
+def model_missing(body: bytes) -> bool:
+    """Whether a 404 body is vLLM's "The model `X` does not exist." (an engine that restarted
+    and forgot a LoRA adapter, or no longer serves a model it listed at the last poll)."""
+    message, param, _ = _parse_error(body, 404)
+    return param == "model" or _MODEL_MISSING.match(message) is not None
+
+
+_MODEL_MISSING = re.compile(r"The model `[^`]*` does not exist")
+
+
 def _parse_error(body: bytes, status: int) -> tuple[str, str | None, str | None]:
     try:
         data = orjson.loads(body)

@@ -19,6 +19,7 @@ from gateway.errors import ApiError, BadGateway, GatewayTimeout, ServiceUnavaila
 from gateway.metrics import Metrics
 from gateway.proxy.h1 import ConnectFailed, Disconnected, H1Response
 from gateway.proxy.h1_pool import H1Pool
+from gateway.proxy.normalize import model_missing
 from gateway.routing.engines import Engine
 from gateway.settings import UpstreamSettings
 
@@ -88,6 +89,9 @@ class Upstream:
         # (as Engine.inflight), so a burst, or answers whose headers come late, are bounded too.
         self.open_requests = 0
         self._engines = H1Pool(settings.connect_timeout_s)
+        # Hears an engine that answered 404 for a model it listed at the last models poll: the
+        # app asks that engine's /v1/models again at once (gateway/routing/monitor.py).
+        self.on_model_missing: Callable[[Engine], None] = lambda _: None
 
     async def start(self) -> None:
         # No pool limit in aiohttp: a wait for a pooled connection would count as the engine's
@@ -124,9 +128,11 @@ class Upstream:
         `inflight` (the caller decrements it when done, and closes the response).
 
         A refused connection, a connection that broke before any answer (an engine that died
-        under a pooled keep-alive connection), or a 5xx answer while another engine is left to
-        try, moves on (at most `max_attempts` engines): nothing reached the client yet. Once an
-        engine answered otherwise, the request is never sent again.
+        under a pooled keep-alive connection), a 5xx answer, or a 404 saying the engine does not
+        serve the model (it restarted since the last models poll and forgot an adapter), while
+        another engine is left to try, moves on (at most `max_attempts` engines): nothing
+        reached the client yet. Once an engine answered otherwise, the request is never sent
+        again.
         `trying` hears each engine as it is tried (None when none could be reached), so a
         caller cancelled meanwhile knows where its request may have gone.
         """
@@ -160,9 +166,33 @@ class Upstream:
                 engine.inflight -= 1
                 engine.record_failure("http_5xx", f"status {resp.status}")
                 continue
+            if resp.status == 404 and i + 1 < len(tried):
+                answer = await self._unless_model_missing(engine, resp)
+                if answer is None:
+                    engine.inflight -= 1
+                    continue
+                return engine, answer
             return engine, resp
         trying(None)
         raise _unavailable()
+
+    async def _unless_model_missing(
+        self, engine: Engine, resp: H1Response
+    ) -> UpstreamResponse | None:
+        """A 404 (read whole: a small error body). None when the engine said it does not serve
+        the model (another engine may: the request is tried there); else the answer, as read."""
+        try:
+            body = await resp.read()
+        except UpstreamBroken as exc:  # refused, then cut: nothing generated, try another
+            resp.close()
+            self.failure(engine, exc.kind, exc.cause)
+            return None
+        if not model_missing(body):
+            return _Read(resp, body)
+        resp.release()
+        self._metrics.upstream_errors.labels(engine.url, "model_missing").inc()
+        self.on_model_missing(engine)
+        return None
 
     async def _send(
         self,
@@ -231,6 +261,29 @@ class Upstream:
             f"The engine closed the connection {when} ({type(exc).__name__}).",
             code="engine_disconnected",
         )
+
+
+class _Read:
+    """An answer whose body was read already (a 404 looked at by Upstream.open)."""
+
+    def __init__(self, resp: UpstreamResponse, body: bytes) -> None:
+        self._resp = resp
+        self._body = body
+        self.status = resp.status
+        self.content_type = resp.content_type
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self._body:
+            yield self._body
+
+    async def read(self) -> bytes:
+        return self._body
+
+    def release(self) -> None:
+        self._resp.release()
+
+    def close(self) -> None:
+        self._resp.close()
 
 
 def _broken(kind: str, cause: BaseException) -> UpstreamBroken:

@@ -20,7 +20,7 @@ from gateway.metrics import Metrics
 from gateway.routing.breaker import BreakerPolicy
 from gateway.routing.discovery import Discovery, Resolver, SystemResolver
 from gateway.routing.engine_metrics import EngineMetrics
-from gateway.routing.engines import EngineRegistry
+from gateway.routing.engines import Engine, EngineRegistry
 from gateway.routing.health import HealthChecker
 from gateway.routing.learning import ModelLearner
 from gateway.settings import ModelRoute, RoutingSettings
@@ -59,6 +59,7 @@ class EngineMonitor:
         self.log = logging.getLogger("llmaas.routing")
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._relearning: dict[str, asyncio.Task[None]] = {}  # engine URL → its poll now
 
     async def start(self) -> None:
         """A first round of everything (bounded), then the periodic tasks."""
@@ -79,10 +80,25 @@ class EngineMonitor:
             for name, period, r in rounds
         ]
 
+    def relearn(self, engine: Engine) -> None:
+        """Poll `engine`'s /v1/models now, not at the next round (it said it does not serve a
+        model it listed): one poll at a time per engine."""
+        if self._session is None or engine.url in self._relearning:
+            return
+        task = asyncio.create_task(self._guarded("models", self._poll(engine)))
+        self._relearning[engine.url] = task
+        task.add_done_callback(lambda _: self._relearning.pop(engine.url, None))
+
+    def _poll(self, engine: Engine) -> Round:
+        session = self._session
+        assert session is not None
+        return lambda: self.learner.poll(session, engine)
+
     async def close(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._relearning.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
         if self._session is not None:
             await self._session.close()

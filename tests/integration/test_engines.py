@@ -51,11 +51,12 @@ async def gateway(
     models: list[dict[str, Any]],
     resolver: Resolver | None = None,
     upstream: dict[str, Any] | None = None,
+    routing: dict[str, Any] | None = None,
 ) -> AsyncIterator[str]:
     settings = Settings.model_validate(
         {
             "models": models,
-            "routing": FAST_ROUTING,
+            "routing": {**FAST_ROUTING, **(routing or {})},
             "admin_token": ADMIN_TOKEN,
             "auth": {"required": False},
             "metering": {"spill_dir": str(tmp_path / "spill")},
@@ -169,6 +170,47 @@ async def test_a_model_an_engine_lists_is_listed_and_routed_to_that_engine(
         assert seen[b.url]["models"] == ["m", "extra"]
         assert seen[b.url]["served"] == ["m", "extra"]
         assert seen[a.url]["models"] == ["m"]
+
+
+async def test_an_engine_that_forgot_a_model_since_the_last_poll_is_passed_over(
+    tmp_path: Path,
+) -> None:
+    """An engine restarts without an adapter it listed (vLLM forgets adapters loaded at run
+    time): until the next models poll the gateway still routes the adapter there. Its 404
+    "does not exist" moves the request to the next engine (the client got it before, though
+    another engine served the model), and that engine's models are polled again at once."""
+    a, b = SimProcess(("m", "extra")), SimProcess(("m", "extra"))
+    async with (
+        sim_processes(a, b),
+        gateway(
+            tmp_path,
+            [{"name": "m", "engines": [a.url, b.url]}],
+            routing={"models_refresh_s": 3600},  # no poll during the test but the first
+        ) as gw,
+        aiohttp.ClientSession() as http,
+    ):
+        await b.kill()
+        await until(http, gw, lambda e: e[b.url]["state"] != "up")
+        restarted = SimProcess(("m",), port=b.port)
+        try:
+            await restarted.start()
+            seen = await until(http, gw, lambda e: e[b.url]["state"] == "up")
+            assert seen[b.url]["served"] == ["m", "extra"]  # what it listed before
+            for _ in range(4):
+                await complete(http, gw, "extra")
+            assert await served(http, a) == 4
+            seen = await until(http, gw, lambda e: e[b.url]["served"] == ["m"])
+            assert seen[b.url]["state"] == "up"  # not a failure of the engine
+            assert seen[b.url]["ejections"] == 1  # the restart's only
+            # Any other 404 is the engine's answer, relayed as it was and not tried elsewhere.
+            before = await served(http, a) + await served(http, restarted)
+            body = {"model": "m", "prompt": "hi", "sim": {"fail_status": 404, "fail_message": "x"}}
+            async with http.post(f"{gw}/v1/completions", json=body) as resp:
+                assert resp.status == 404
+                assert (await resp.json())["error"]["message"] == "x"
+            assert await served(http, a) + await served(http, restarted) == before + 1
+        finally:
+            await restarted.kill()
 
 
 class Hosts:
