@@ -95,8 +95,10 @@ class LimitsSettings(Section):
     # Most prompts in one completions `prompt` / embeddings `input` batch; more is a 400.
     # 2048 is OpenAI's own cap on embeddings input, so clients already split batches to fit.
     max_prompts_per_request: int = Field(default=2048, ge=1)
-    # A concurrency slot is a lease: it frees itself this long after a gateway died holding it.
-    lease_ttl_s: float = Field(default=600.0, gt=0)
+    # A concurrency slot is a lease: it frees itself this long after a gateway died holding it
+    # (its key is 429 "too many in flight" until then). Live requests renew theirs every
+    # ttl / 3, so this bounds only a dead gateway's slots, and a Redis outage's length.
+    lease_ttl_s: float = Field(default=30.0, gt=0)
     # The "minute" of rpm and tpm. Keep 60; tests shorten it to check window behaviour quickly.
     window_s: float = Field(default=60.0, gt=0)
     # Longest wait for Redis at admission (a late reply, a free pooled connection) before

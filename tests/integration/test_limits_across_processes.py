@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
 
 from gateway.embedded.redis_server import running_redis
 from gateway.sim.config import SimConfig
@@ -138,3 +139,52 @@ async def test_concurrency_holds_at_the_engine_and_a_killed_gateway_frees_its_sl
         assert await one(survivor) == 429
         await asyncio.sleep(2.2)
         assert await one(survivor) == 200
+
+
+async def test_a_killed_gateways_slot_comes_back_within_the_shipped_lease_ttl(
+    tmp_path: Path,
+) -> None:
+    """A gateway SIGKILLed (OOM, a lost node) holding a key's `max_concurrency` slots leaves
+    them to their leases' expiry: every request of the key is 429 "too many in flight" with
+    `Retry-After: 1` until then. With the shipped settings that is at most half a minute (it
+    was 600 s: ten minutes of 429s for a key with nothing in flight); live requests keep their
+    slots by renewal (test_lease_renewal.py)."""
+    async with (
+        running_redis(None) as redis_url,
+        running_sim_process(SimConfig(models=[MODEL])) as sim,
+        AsyncExitStack() as stack,
+    ):
+        config = shared_config(
+            tmp_path / "gw.yaml", redis_url=redis_url, model=MODEL, sim=sim, extra=PATIENT
+        )
+        doomed = await stack.enter_async_context(gateway_process(config))
+        survivor = (await stack.enter_async_context(gateway_process(config))).url
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        redis = Redis.from_url(redis_url)
+        stack.push_async_callback(redis.aclose)
+        async with http.post(
+            f"{survivor}/admin/v1/keys", json={"tenant": "k", "max_concurrency": 1}, headers=ADMIN
+        ) as resp:
+            created = await resp.json()
+        headers = {"authorization": f"Bearer {created['key']}"}
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+
+        async def one(base: str, sim_faults: dict[str, object]) -> int:
+            url = f"{base}/v1/chat/completions"
+            async with http.post(url, json={**body, "sim": sim_faults}, headers=headers) as resp:
+                await resp.read()
+                return resp.status
+
+        held = asyncio.create_task(one(doomed.url, {"hang": True}))
+        leases = f"llmaas:{{t:k}}:k:{created['id']}:leases"
+        while not await redis.zcard(leases):  # noqa: ASYNC110 (polling Redis)
+            await asyncio.sleep(0.02)
+        doomed.process.send_signal(signal.SIGKILL)
+        await doomed.process.wait()
+        await asyncio.gather(held, return_exceptions=True)
+        assert await one(survivor, {}) == 429  # the dead gateway's slot, until its lease ends
+
+        seconds, micros = await redis.time()
+        now_ms = seconds * 1000 + micros // 1000
+        assert await redis.zcard(leases) == 1
+        assert await redis.zcount(leases, now_ms + 30_001, "+inf") == 0  # ends within 30 s
