@@ -119,6 +119,22 @@ def test_engines_leave_the_gateways_pools_before_they_stop(rendered: Rendered) -
         assert engine["spec"]["progressDeadlineSeconds"] > budget, "a model load is progress"
 
 
+VLLM_TEARDOWN_S = 10  # left after the drain for vLLM to free the GPUs and exit
+
+
+def test_vllm_finishes_requests_in_flight_before_it_is_killed(rendered: Rendered) -> None:
+    """vLLM's --shutdown-timeout defaults to 0: on SIGTERM it aborts every request in flight, so
+    each stream on a pod being rolled, scaled down or drained off its node would break."""
+    for engine in rendered.engines():
+        c = container(engine)
+        if c["command"] != ["vllm", "serve"]:
+            continue
+        sleep = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+        grace = pod_spec(engine)["terminationGracePeriodSeconds"]
+        drain = int(arg_after(c["args"], "--shutdown-timeout"))
+        assert drain == grace - sleep - VLLM_TEARDOWN_S > 0
+
+
 def test_simulator_engines_run_llmaas_sim_without_gpus(renders: Renders) -> None:
     rendered = renders["simulator"]
     gateway_image = container(rendered.gateway())["image"]
