@@ -100,6 +100,8 @@ class Metrics:
             ["failure_mode"],
             registry=reg,
         )
+        for mode in ("open", "closed"):  # 0 from the start: an alert's increase() or rate()
+            self.ratelimit_unavailable.labels(mode)  # counts the first outage's first refusal
         self.ratelimit_releases = Counter(
             "llmaas_ratelimit_releases",
             "Admissions given up on (answered by failure_mode) or fetched ahead and not used, "

@@ -57,6 +57,8 @@ class EngineMetrics:
     def publish(self, engines: list[Engine]) -> None:
         for engine in engines:
             self.metrics.engine_up.labels(engine.url).set(1 if engine.health.is_up() else 0)
+            self.metrics.engine_ejections.labels(engine.url)  # 0 until the first: increase()
+            # over the alert's window counts that one too (a series born at 1 is not counted)
 
     def check_failed(self, target: str, check: str) -> None:
         self.metrics.engine_check_failures.labels(target, check).inc()

@@ -187,8 +187,11 @@ async def test_traffic_shows_in_the_series_the_dashboard_reads(exposition: Expos
     )
     assert {s["kind"] for s in samples["llmaas_tokens_total"]} == {"prompt", "completion"}
     assert {s["kind"] for s in samples["llmaas_upstream_errors_total"]} >= {"connect"}
-    (down,) = [s["engine"] for s in samples["llmaas_engine_ejections_total"]]
+    (down,) = [
+        s["engine"] for s in samples["llmaas_upstream_errors_total"] if s["kind"] == "connect"
+    ]
     assert down.startswith("http://127.0.0.1:")
+    assert any(labels["engine"] == down for labels in samples["llmaas_engine_ejections_total"])
     assert any(labels["engine"] == down for labels in samples["llmaas_engine_up"])
 
 

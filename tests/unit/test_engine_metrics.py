@@ -74,3 +74,15 @@ def test_under_workers_an_engine_that_left_leaves_no_series_behind(tmp_path: Pat
         'llmaas_engine_check_failures_total{check="dns",engine="dns://engines.test:8000"} 1.0'
         in series
     )
+
+
+def test_counters_that_alerts_read_exist_at_0_before_their_first_event() -> None:
+    """A labelled series used to appear at its first event, already 1: Prometheus's increase()
+    and rate() take that first event for the series' start, so EngineFlapping and the rate
+    limiter alerts missed it (a single ejection or refusal never showed)."""
+    metrics = Metrics()
+    EngineMetrics(metrics).publish([Engine(STAYS)])
+    series = metrics.render().decode().splitlines()
+    assert f'llmaas_engine_ejections_total{{engine="{STAYS}"}} 0.0' in series
+    for mode in ("open", "closed"):
+        assert f'llmaas_ratelimit_unavailable_total{{failure_mode="{mode}"}} 0.0' in series
