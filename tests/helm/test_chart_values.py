@@ -149,6 +149,15 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         {"engines": [{**ENGINE, "gpu": {"count": 1}, "extraArgs": ["-pp", "2"]}]},
         r"engines\[llama\].gpu.count: 1 GPU\(s\) for 2 shards",
     ),
+    "engines stopped before the gateway resolves them away": (
+        {"engines": [ENGINE], "gateway": {"config": {"routing": {"dns_refresh_s": 30}}}},
+        r"engines\[llama\].preStopSleepSeconds \(15\) is below "
+        r"gateway.config.routing.dns_refresh_s \(30\)",
+    ),
+    "an engine with no preStop sleep": (
+        {"engines": [{**ENGINE, "preStopSleepSeconds": 0}]},
+        r"engines\[llama\].preStopSleepSeconds \(0\) is below .*dns_refresh_s \(10\)",
+    ),
     "LoRA adapters listed with LoRA off": (
         {"engines": [{**ENGINE, "lora": {"modules": [{"name": "sql-lora", "path": "/m/sql"}]}}]},
         r"engines\[llama\].lora.modules: 1 adapter\(s\) listed but lora.enabled is false",

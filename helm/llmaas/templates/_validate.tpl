@@ -55,6 +55,14 @@ without it they would be dropped, and their names answered 404 by the gateway. *
 {{- fail (printf "engines[%s].lora.modules: %d adapter(s) listed but lora.enabled is false, so vLLM would not load them and the gateway would not serve their names; set lora.enabled: true, or remove them" $e.name (len $e.lora.modules)) -}}
 {{- end -}}
 
+{{- /* A stopping engine pod leaves its Service at once, but the gateway goes on choosing it
+until it resolves the Service again: SIGTERM before that, and vLLM (draining) refuses the new
+requests the gateway still sends it. */ -}}
+{{- $refresh := dig "routing" "dns_refresh_s" 10 ($.Values.gateway.config | default dict) -}}
+{{- if lt (float64 ($e.preStopSleepSeconds | default 0)) (float64 $refresh) -}}
+{{- fail (printf "engines[%s].preStopSleepSeconds (%v) is below gateway.config.routing.dns_refresh_s (%v): a stopping engine pod would get SIGTERM while the gateway still sends it new requests, which it refuses; raise preStopSleepSeconds (and terminationGracePeriodSeconds with it)" $e.name ($e.preStopSleepSeconds | default 0) $refresh) -}}
+{{- end -}}
+
 {{- /* vLLM puts one shard of the model on each GPU: a pod given fewer never starts. */ -}}
 {{- $shards := include "llmaas.engine.shards" $e | int -}}
 {{- if and (not $e.simulator) $e.gpu.count (lt (int $e.gpu.count) $shards) -}}
