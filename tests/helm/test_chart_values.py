@@ -158,6 +158,10 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         {"engines": [{**ENGINE, "preStopSleepSeconds": 0}]},
         r"engines\[llama\].preStopSleepSeconds \(0\) is below .*dns_refresh_s \(10\)",
     ),
+    "an external Redis with the chart's own still on": (
+        {"redis": {"external": {"url": "rediss://redis.example:6380/0"}}},
+        r"redis.external is set but redis.enabled is true: the gateway would use the chart's own",
+    ),
     "LoRA adapters listed with LoRA off": (
         {"engines": [{**ENGINE, "lora": {"modules": [{"name": "sql-lora", "path": "/m/sql"}]}}]},
         r"engines\[llama\].lora.modules: 1 adapter\(s\) listed but lora.enabled is false",

@@ -39,6 +39,12 @@ still draining, its usage records unflushed. */ -}}
 {{- if and $r.enabled (not (dig "limits" "memory" "" $r.resources)) -}}
 {{- fail "redis.resources.limits.memory: needed (Redis's maxmemory is redis.maxmemoryPercent of it)" -}}
 {{- end -}}
+{{- /* With the chart's Redis on, an external one is ignored: limits, keys and usage would go to a
+Redis the operator did not mean. */ -}}
+{{- $external := $r.external -}}
+{{- if and $r.enabled (or $external.url $external.password.value $external.password.existingSecret) -}}
+{{- fail "redis.external is set but redis.enabled is true: the gateway would use the chart's own Redis and ignore it; set redis.enabled: false to use yours (or remove redis.external)" -}}
+{{- end -}}
 
 {{- $objects := dict -}}
 {{- range $e := (include "llmaas.engines" . | fromYaml).engines -}}
