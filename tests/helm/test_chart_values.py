@@ -162,6 +162,10 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         {"redis": {"external": {"url": "rediss://redis.example:6380/0"}}},
         r"redis.external is set but redis.enabled is true: the gateway would use the chart's own",
     ),
+    "a gateway grace period shorter than its drain": (
+        {"gateway": {"terminationGracePeriodSeconds": 30}},
+        r"gateway.terminationGracePeriodSeconds \(30\) is shorter than a pod's drain \(145: ",
+    ),
     "LoRA adapters listed with LoRA off": (
         {"engines": [{**ENGINE, "lora": {"modules": [{"name": "sql-lora", "path": "/m/sql"}]}}]},
         r"engines\[llama\].lora.modules: 1 adapter\(s\) listed but lora.enabled is false",

@@ -327,15 +327,21 @@ HMAC secret, the others a public key, a JWKS file or jwks_url. */ -}}
 {{- if or $ref.value $ref.existingSecret -}}true{{- end -}}
 {{- end -}}
 
-{{/* Seconds from deletion to SIGKILL for gateway pods. */}}
-{{- define "llmaas.gateway.terminationGrace" -}}
-{{- if kindIs "invalid" .Values.gateway.terminationGracePeriodSeconds -}}
+{{/* Seconds a gateway pod needs from deletion to the end of its drain: the preStop sleep,
+config.shutdown_grace_s for requests in flight, metering.flush_timeout_s, and 10 to exit. */}}
+{{- define "llmaas.gateway.drainSeconds" -}}
 {{- $config := .Values.gateway.config -}}
 {{- $grace := 30.0 -}}
 {{- if hasKey $config "shutdown_grace_s" }}{{ $grace = $config.shutdown_grace_s }}{{ end -}}
 {{- $flush := 10.0 -}}
 {{- if and $config.metering (hasKey ($config.metering | default dict) "flush_timeout_s") }}{{ $flush = $config.metering.flush_timeout_s }}{{ end -}}
 {{- add .Values.gateway.preStopSleepSeconds (ceil $grace) (ceil $flush) 10 | int -}}
+{{- end -}}
+
+{{/* Seconds from deletion to SIGKILL for gateway pods. */}}
+{{- define "llmaas.gateway.terminationGrace" -}}
+{{- if kindIs "invalid" .Values.gateway.terminationGracePeriodSeconds -}}
+{{- include "llmaas.gateway.drainSeconds" . -}}
 {{- else -}}
 {{- .Values.gateway.terminationGracePeriodSeconds | int -}}
 {{- end -}}

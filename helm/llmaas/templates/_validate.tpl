@@ -14,6 +14,14 @@ at render time, naming the values. Rendered by validate.yaml, which outputs noth
 {{- end -}}
 {{- end -}}
 
+{{- /* A grace period shorter than the drain: Kubernetes kills the pod with streams still running
+and usage records not flushed to Redis (its spill directory goes with the pod). */ -}}
+{{- $explicit := .Values.gateway.terminationGracePeriodSeconds -}}
+{{- $drain := include "llmaas.gateway.drainSeconds" . | int -}}
+{{- if and (not (kindIs "invalid" $explicit)) (lt (int $explicit) $drain) -}}
+{{- fail (printf "gateway.terminationGracePeriodSeconds (%d) is shorter than a pod's drain (%d: preStopSleepSeconds + config.shutdown_grace_s + config.metering.flush_timeout_s + 10): Kubernetes would kill gateways with streams running and usage unflushed; leave it null, or lower config.shutdown_grace_s" (int $explicit) $drain) -}}
+{{- end -}}
+
 {{- $hpa := .Values.gateway.autoscaling -}}
 {{- if and $hpa.enabled (gt (int $hpa.minReplicas) (int $hpa.maxReplicas)) -}}
 {{- fail (printf "gateway.autoscaling: minReplicas (%d) is above maxReplicas (%d)" (int $hpa.minReplicas) (int $hpa.maxReplicas)) -}}
