@@ -11,6 +11,7 @@ a conversation off its engine).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -32,6 +33,12 @@ STALE_AFTER_S = 10.0
 # Score of an engine that holds a request's whole prefix, in queued requests: a full match is
 # worth waiting behind up to this many more requests (within the load bound).
 PREFIX_WEIGHT = 4.0
+# Score of a prefix's home engine (rendezvous hashing of its first block over the engines' URLs)
+# when this process has sent none of the prompt to any engine: every worker and replica picks the
+# same home for a prompt none of them has seen, so a conversation whose turns reach different
+# processes (a new connection each turn) still lands on one engine, not on each process's
+# least loaded in rotation.
+HOME_WEIGHT = 2.0
 # Requests an engine may hold beyond the load bound's share. Loads are small integers: without
 # it, two engines at 4 requests in flight move a third request off its engine whenever the other
 # is idle (⌈1.25 x 3 / 2⌉ = 2), paying a cold prefill there for a queue of one request. As loads
@@ -192,22 +199,27 @@ class PrefixAffinity:
         if not blocks:
             return ranked
         up = [e for e in ranked if e.is_up(now)] or ranked
-        chosen = self.choose(up, blocks, now)
+        chosen = self.choose(up, blocks, now, home(up, affinity[:BLOCK_BYTES]))
         self.remember(chosen, blocks)
         return [chosen, *(e for e in ranked if e is not chosen)]
 
-    def choose(self, engines: list[Engine], blocks: list[int], now: float) -> Engine:
+    def choose(
+        self, engines: list[Engine], blocks: list[int], now: float, home: Engine | None = None
+    ) -> Engine:
         """The best-scoring engine within the load bound (`engines` least loaded first, so
-        equal scores go to the less loaded, then in rotation)."""
+        equal scores go to the less loaded, then in rotation). When no engine was sent any of
+        the prompt, `home` scores HOME_WEIGHT for it."""
         loads = [engine_load(e, now) for e in engines]
         cap = self.load_cap(sum(loads), len(engines))
+        matches = [PREFIX_WEIGHT * self.matched(e, blocks) / len(blocks) for e in engines]
+        if not any(matches):
+            matches = [HOME_WEIGHT if e is home else 0.0 for e in engines]
         best, best_score = engines[0], -math.inf
-        for engine, load in zip(engines, loads, strict=True):
+        for engine, load, affinity in zip(engines, loads, matches, strict=True):
             if load + 1 > cap:
                 continue
-            matched = self.matched(engine, blocks) / len(blocks)
             kv = engine.load.kv_usage if is_fresh(engine.load, now) else 0.0
-            score = PREFIX_WEIGHT * matched - load - kv
+            score = affinity - load - kv
             if score > best_score:
                 best, best_score = engine, score
         return best
@@ -241,6 +253,19 @@ class PrefixAffinity:
             sent.move_to_end(block)
         while len(sent) > self.blocks_per_engine:
             sent.popitem(last=False)
+
+
+def home(engines: list[Engine], first_block: bytes) -> Engine | None:
+    """The engine whose URL hashed with the prompt's first block is highest (rendezvous
+    hashing): the same in every process, and a prompt keeps its home while engines come and go
+    unless its home is the one that left."""
+    if not engines:
+        return None
+    return max(engines, key=lambda e: _weight(first_block, e.url))
+
+
+def _weight(first_block: bytes, url: str) -> bytes:
+    return hashlib.blake2b(first_block + b"\x00" + url.encode(), digest_size=8).digest()
 
 
 class Shedding:

@@ -15,8 +15,8 @@ import aiohttp
 
 from gateway.app import create_app
 from gateway.netutil import free_port
-from gateway.routing.balancer import PrefixAffinity, affinity_key
-from gateway.routing.engines import EngineRegistry
+from gateway.routing.balancer import BLOCK_BYTES, PrefixAffinity, affinity_key, home
+from gateway.routing.engines import Engine, EngineRegistry
 from gateway.routing.load import LoadScraper
 from gateway.settings import ModelRoute, Settings
 from gateway.sim.config import SimConfig
@@ -194,13 +194,21 @@ async def test_conversations_through_the_gateway_stay_on_their_engine(tmp_path: 
         aiohttp.ClientSession() as http,
     ):
         served: dict[int, set[str]] = {c: set() for c in range(len(systems))}
+        sent: dict[int, dict[str, Any]] = {}  # each conversation's first turn as its engine saw it
         for turn in range(3):  # the conversations take turns, one request at a time
             for conversation, system in enumerate(systems):
                 before = (await sim_state(http, one))["total_requests"]
                 body = chat(system, *(f"question {t}" for t in range(turn + 1)))
                 await complete(http, gateway, body)
                 after = (await sim_state(http, one))["total_requests"]
-                served[conversation].add(one if after > before else two)
+                served[conversation].add(engine := one if after > before else two)
+                sent.setdefault(conversation, (await sim_state(http, engine))["last_request"])
         assert all(len(engines) == 1 for engines in served.values()), served
-        homes = Counter(next(iter(engines)) for engines in served.values())
-        assert min(homes[one], homes[two]) >= 2, homes  # new prefixes: the less loaded engine
+        # New prefixes, the engines idle: each went to its home (its first block, the tenant's
+        # cache_salt first, hashed with each engine's URL), where any other process sends it.
+        engines = [Engine(one), Engine(two)]
+        for conversation, request in sent.items():
+            key = affinity_key("chat/completions", request["body"])
+            expected = home(engines, key[:BLOCK_BYTES])
+            assert expected is not None
+            assert served[conversation] == {expected.url}

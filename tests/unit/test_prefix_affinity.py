@@ -12,6 +12,7 @@ from gateway.routing.balancer import (
     PrefixAffinity,
     affinity_key,
     block_hashes,
+    home,
 )
 from gateway.routing.engines import Engine, EngineLoad, ModelPool
 
@@ -231,3 +232,34 @@ def test_what_was_sent_to_an_engine_goes_with_it() -> None:
     chosen = balancer.candidates(p, key)[0]
     assert balancer.matched(chosen, block_hashes(key)) == len(block_hashes(key))
     assert vars(balancer).keys() == {"load_bound", "blocks_per_engine", "_least_loaded"}
+
+
+def test_processes_that_share_no_memory_agree_on_a_new_prompts_engine() -> None:
+    """Each worker and replica remembers only what it sent. A conversation whose turns reach
+    different processes (a new connection each turn) went to each one's least loaded engine in
+    rotation, a cold prefill at every switch (4 of 10 conversations moved between engines with
+    `--workers 2`); a prompt no engine was sent now goes to the home its first block hashes to,
+    the same in every process."""
+    a, b = PrefixAffinity(), PrefixAffinity()
+    pools = (pool(3), pool(3))  # the same engines, as each process knows them
+    b.candidates(pools[1])  # b answered a request without a prompt: its rotation moved on
+    homes = set()
+    for n in range(8):
+        system = f"Conversation {n} has its own system prompt. " * 20
+        turns = [f"question {i}" for i in range(4)]
+        chosen = set()
+        for i in range(4):  # turns alternate between the two processes
+            key = affinity_key("chat/completions", chat(*turns[: i + 1], system=system))
+            chosen.add((a, b)[i % 2].candidates(pools[i % 2], key)[0].url)
+        assert len(chosen) == 1, (n, chosen)
+        homes |= chosen
+    assert len(homes) > 1  # prompts spread over the engines, not all on one
+
+
+def test_a_busy_home_is_left_for_a_less_loaded_engine() -> None:
+    p, balancer = pool(2), PrefixAffinity()
+    key = affinity_key("chat/completions", chat("q", system="A prompt of its own. " * 30))
+    at_home = home(p.engines, key[:BLOCK_BYTES])
+    assert at_home is not None
+    at_home.inflight = 2  # HOME_WEIGHT: worth waiting behind fewer than two requests
+    assert balancer.candidates(p, key)[0] is not at_home
