@@ -26,6 +26,9 @@ from gateway.routing.learning import ModelLearner
 from gateway.settings import ModelRoute, RoutingSettings
 
 STARTUP_TIMEOUT_S = 5.0  # the first round (resolve, learn, check) before the gateway serves
+# An engine that keeps answering 404 for a model it lists (a config naming a model it lacks)
+# is polled at most this often, however many requests it refuses.
+RELEARN_EVERY_S = 1.0
 
 Round = Callable[[], Awaitable[None]]
 
@@ -82,17 +85,17 @@ class EngineMonitor:
 
     def relearn(self, engine: Engine) -> None:
         """Poll `engine`'s /v1/models now, not at the next round (it said it does not serve a
-        model it listed): one poll at a time per engine."""
+        model it listed): one poll per engine at a time, and at most every RELEARN_EVERY_S."""
         if self._session is None or engine.url in self._relearning:
             return
-        task = asyncio.create_task(self._guarded("models", self._poll(engine)))
+        task = asyncio.create_task(self._relearn(self._session, engine))
         self._relearning[engine.url] = task
         task.add_done_callback(lambda _: self._relearning.pop(engine.url, None))
 
-    def _poll(self, engine: Engine) -> Round:
-        session = self._session
-        assert session is not None
-        return lambda: self.learner.poll(session, engine)
+    async def _relearn(self, session: aiohttp.ClientSession, engine: Engine) -> None:
+        started = time.monotonic()
+        await self._guarded("models", lambda: self.learner.poll(session, engine))
+        await asyncio.sleep(max(0.0, RELEARN_EVERY_S - (time.monotonic() - started)))
 
     async def close(self) -> None:
         tasks = [*self._tasks, *self._relearning.values()]

@@ -22,6 +22,7 @@ from starlette.routing import Route
 from gateway.app import create_app
 from gateway.netutil import free_port
 from gateway.routing.discovery import Resolver
+from gateway.routing.monitor import RELEARN_EVERY_S
 from gateway.settings import Settings
 from gateway.sim.config import SimConfig
 from tests.integration.sim_fixture import running_sim, sim_state, wait_running
@@ -453,3 +454,54 @@ async def test_an_engine_answering_nonsense_is_counted_and_ejected_not_fatal(
         await complete(http, gw, "m")
         async with http.get(f"{gw}/v1/models") as resp:
             assert [card["id"] for card in (await resp.json())["data"]] == ["m"]
+
+
+def engine_without(model: str, polls: list[float]) -> Starlette:
+    """An engine that lists `model` but refuses it as vLLM refuses a model it does not serve;
+    `polls` gets the time of every GET /v1/models."""
+
+    async def health(_: Request) -> Response:
+        return Response(status_code=200)
+
+    async def models(_: Request) -> Response:
+        polls.append(time.monotonic())
+        cards = [{"id": model, "object": "model", "max_model_len": 2048}]
+        return Response(
+            json.dumps({"object": "list", "data": cards}), media_type="application/json"
+        )
+
+    async def refuse(_: Request) -> Response:
+        error = {"message": f"The model `{model}` does not exist.", "type": "NotFoundError",
+                 "param": "model", "code": 404}  # fmt: skip
+        return Response(json.dumps({"error": error}), 404, media_type="application/json")
+
+    routes = [Route("/health", health), Route("/v1/models", models),
+              Route("/v1/completions", refuse, methods=["POST"])]  # fmt: skip
+    return Starlette(routes=routes)
+
+
+async def test_an_engine_refusing_a_model_it_lists_is_polled_again_at_most_every_second(
+    tmp_path: Path,
+) -> None:
+    """Each 404 'does not exist' asks the engine's /v1/models again; an engine that goes on
+    listing the model and refusing it (a broken engine) is not polled once per request."""
+    polls: list[float] = []
+    config = uvicorn.Config(engine_without("m", polls), host="127.0.0.1", port=free_port(),
+                            loop="none", log_level="warning", lifespan="off")  # fmt: skip
+    a = SimProcess(("m",))
+    async with (
+        sim_processes(a),
+        serve_uvicorn(config) as broken,
+        gateway(
+            tmp_path,
+            [{"name": "m", "engines": [broken, a.url]}],
+            routing={"models_refresh_s": 3600},
+        ) as gw,  # fmt: skip
+        aiohttp.ClientSession() as http,
+    ):
+        started, first = time.monotonic(), len(polls)
+        for _ in range(20):  # round robin: 10 of them tried on the broken engine first
+            await complete(http, gw, "m")
+        elapsed = time.monotonic() - started
+        assert await served(http, a) == 20
+        assert 1 <= len(polls) - first <= 1 + elapsed / RELEARN_EVERY_S, (len(polls), elapsed)
