@@ -22,6 +22,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from gateway.api.drain import Drain
 from gateway.app import create_app
+from gateway.embedded.process_group import terminate_with_parent
 from gateway.http_protocol import GatewayHttpProtocol
 from gateway.settings import Settings
 from gateway.settings_load import load_settings
@@ -178,7 +179,20 @@ def freeze_startup_objects() -> None:
 
 
 class _DrainingProcess(Process):
-    """A worker process whose server is a DrainingServer (uvicorn's builds its own Server)."""
+    """A worker process whose server is a DrainingServer (uvicorn's builds its own Server).
+
+    A worker outlives a supervisor killed outright (SIGKILL, the OOM killer) unless told: it
+    went on serving on the port, unsupervised, and a new `llmaas serve` could not bind it. So
+    the kernel sends each worker SIGTERM when its supervisor dies, and it drains as it would
+    at a SIGTERM relayed by the supervisor (usage flushed, then exit)."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+        self.supervisor = os.getpid()  # set before uvicorn pickles this object for the child
+        super().__init__(config, sockets)
+
+    def target(self, sockets: list[socket.socket] | None = None) -> None:
+        terminate_with_parent(self.supervisor)
+        super().target(sockets)
 
     @property
     def server(self) -> uvicorn.Server:

@@ -31,16 +31,31 @@ def terminated_with_parent() -> Callable[[], None]:
     and the call, the child terminates itself at once.
     """
     parent = os.getpid()
-    prctl = getattr(ctypes.CDLL(None), "prctl", None)  # this process's symbols: libc's, if Linux
+    prctl = _prctl()  # looked up before the fork: the child only calls it
 
     def in_child() -> None:
-        if prctl is None:
-            return
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGTERM)
+        _terminate_with(prctl, parent)
 
     return in_child
+
+
+def terminate_with_parent(parent: int) -> None:
+    """Called in a child process (one started by `multiprocessing`, say): SIGTERM it when
+    `parent`, the process that started it, dies, however it dies; at once if it already has.
+    Does nothing where `prctl` is missing (not Linux)."""
+    _terminate_with(_prctl(), parent)
+
+
+def _prctl() -> Callable[..., int] | None:
+    return getattr(ctypes.CDLL(None), "prctl", None)  # this process's symbols: libc's, if Linux
+
+
+def _terminate_with(prctl: Callable[..., int] | None, parent: int) -> None:
+    if prctl is None:
+        return
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def live_members(pgid: int) -> list[int]:

@@ -7,6 +7,7 @@ not answered yet, a 503), and every request the engine saw is billed.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 from collections.abc import AsyncIterator
@@ -279,3 +280,54 @@ async def test_a_second_sigterm_cuts_at_once_what_the_grace_would_have_waited_fo
     assert all(cut_with_an_error_frame(text) for text in texts), texts
     assert {r.outcome for r in billed} == {"gateway_shutdown"}
     assert len(billed) == 2
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    """The uvicorn workers of `llmaas serve --workers N` (multiprocessing's spawned children;
+    its resource tracker is not one)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if ppid == supervisor and b"spawn_main" in command:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def running(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers in /proc (Linux)")
+async def test_workers_of_a_supervisor_killed_outright_drain_and_stop(tmp_path: Path) -> None:
+    """`llmaas serve --workers 2` whose supervisor is SIGKILLed (the OOM killer, an operator's
+    kill -9): its workers went on serving the port unsupervised, for good, and a new `llmaas
+    serve` on that port failed with 'Address already in use'. Now each drains as at a SIGTERM:
+    the stream in flight finishes and is billed, then the worker exits and frees the port."""
+    sim = SimConfig(models=[MODEL], max_tokens=20, itl_ms=50)  # ~1 s per stream
+    async with fleet(tmp_path, sim, 10, "--workers", "2") as f:
+        workers = worker_pids(f.gw.process.pid)
+        try:
+            assert len(workers) == 2
+            [task] = await streams_in_flight(f, 1)
+            f.gw.process.send_signal(signal.SIGKILL)
+            await f.gw.process.wait()
+            text = await asyncio.wait_for(task, 30)
+            async with asyncio.timeout(30):
+                while any(running(pid) for pid in workers):  # noqa: ASYNC110 (no event: /proc)
+                    await asyncio.sleep(0.05)
+            with pytest.raises(aiohttp.ClientConnectionError):
+                await f.http.get(f"{f.gw.url}/healthz")
+            billed = await records(f.redis_url)
+        finally:
+            for pid in workers:  # the old code's orphans: never left running
+                if running(pid):
+                    os.kill(pid, signal.SIGKILL)
+    assert text.endswith(DONE)
+    assert [(r.outcome, r.completion_tokens) for r in billed] == [("ok", 20)]

