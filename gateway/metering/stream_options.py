@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from gateway import exact_json
 from gateway.metering.usage import find_usage, is_final_usage
 
 FORCED_USAGE = {"include_usage": True, "continuous_usage_stats": True}
@@ -51,7 +52,7 @@ def force_usage(raw: bytes, body: dict[str, Any]) -> bytes:
         return raw[: start + 1] + _SPLICE + raw[start + 1 :]
     if options is not None and not isinstance(options, dict):
         return raw  # invalid: the engine's 400 names the field
-    return orjson.dumps({**body, "stream_options": {**(options or {}), **FORCED_USAGE}})
+    return exact_json.dumps({**body, "stream_options": {**(options or {}), **FORCED_USAGE}})
 
 
 def is_finish(payload: bytes) -> bool:

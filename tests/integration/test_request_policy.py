@@ -378,13 +378,16 @@ async def test_integers_past_64_bits_reach_the_engine_as_sent(setup: Setup) -> N
     every integer exact, so must the gateway."""
     key = await setup.key("acme")
     big = 2**64 + 1
-    bodies: dict[str, dict[str, Any]] = {
-        "chat/completions": {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1},
-        "completions": {"prompt": "x", "max_tokens": 1, "stream": False},  # re-written twice
-        "embeddings": {"input": "x"},
-        "responses": {"input": "x", "max_output_tokens": 1, "store": False},
-    }
-    for route, fields in bodies.items():
+    chat: dict[str, Any] = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
+    bodies: list[tuple[str, dict[str, Any]]] = [
+        ("chat/completions", chat),
+        ("completions", {"prompt": "x", "max_tokens": 1, "stream": False}),  # re-written twice
+        ("embeddings", {"input": "x"}),
+        ("responses", {"input": "x", "max_output_tokens": 1, "store": False}),
+        # a stream with its own stream_options, re-written to ask for usage (it was a 500)
+        ("chat/completions", {**chat, "stream": True, "stream_options": {"include_usage": False}}),
+    ]
+    for route, fields in bodies:
         schema = {"type": "integer", "maximum": big, "minimum": -big}
         body = {"model": MODEL, **fields, "extra_numbers": {"big": big}, "schema": schema}
         async with setup.http.post(
@@ -393,5 +396,6 @@ async def test_integers_past_64_bits_reach_the_engine_as_sent(setup: Setup) -> N
             headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
         ) as resp:
             assert resp.status == 200, (route, await resp.text())
+            await resp.read()  # a stream to its end
         sent = json.loads((await sim_state(setup.http, setup.sim))["last_request"]["raw"])
         assert (sent["extra_numbers"]["big"], sent["schema"]) == (big, schema), route
