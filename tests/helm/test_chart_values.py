@@ -166,6 +166,10 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         {"gateway": {"terminationGracePeriodSeconds": 30}},
         r"gateway.terminationGracePeriodSeconds \(30\) is shorter than a pod's drain \(145: ",
     ),
+    "an engine grace period that leaves vLLM no drain": (
+        {"engines": [{**ENGINE, "terminationGracePeriodSeconds": 25}]},
+        r"engines\[llama\].terminationGracePeriodSeconds \(25\) leaves vLLM no time to finish",
+    ),
     "LoRA adapters listed with LoRA off": (
         {"engines": [{**ENGINE, "lora": {"modules": [{"name": "sql-lora", "path": "/m/sql"}]}}]},
         r"engines\[llama\].lora.modules: 1 adapter\(s\) listed but lora.enabled is false",

@@ -77,6 +77,13 @@ requests the gateway still sends it. */ -}}
 {{- fail (printf "engines[%s].preStopSleepSeconds (%v) is below gateway.config.routing.dns_refresh_s (%v): a stopping engine pod would get SIGTERM while the gateway still sends it new requests, which it refuses; raise preStopSleepSeconds (and terminationGracePeriodSeconds with it)" $e.name ($e.preStopSleepSeconds | default 0) $refresh) -}}
 {{- end -}}
 
+{{- /* vLLM drains for what the grace period leaves after the preStop sleep and 10 s to exit
+(engines/deployment.yaml, --shutdown-timeout): nothing left, and it aborts every stream. */ -}}
+{{- $grace := int $e.terminationGracePeriodSeconds -}}
+{{- if and (not $e.simulator) (le (sub (sub $grace (int ($e.preStopSleepSeconds | default 0))) 10) 0) -}}
+{{- fail (printf "engines[%s].terminationGracePeriodSeconds (%d) leaves vLLM no time to finish the requests in flight after the preStopSleepSeconds (%v) and 10 s to exit: it would abort them; raise it" $e.name $grace ($e.preStopSleepSeconds | default 0)) -}}
+{{- end -}}
+
 {{- /* vLLM puts one shard of the model on each GPU: a pod given fewer never starts. */ -}}
 {{- $shards := include "llmaas.engine.shards" $e | int -}}
 {{- if and (not $e.simulator) $e.gpu.count (lt (int $e.gpu.count) $shards) -}}
