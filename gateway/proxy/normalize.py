@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import error_body, field_path
+from gateway.errors import ModelNotFound, error_body, field_path
 
 # Keys whose value may not be null per openai/openai-openapi (CreateChatCompletionResponse,
 # CreateChatCompletionStreamResponse, CreateCompletionResponse, CompletionUsage). A nested
@@ -105,14 +105,27 @@ def normalize_error(
         param = _RENAMED.get((route, param), param)
         if param in _CONTEXT_PARAMS:  # vLLM's context-length refusal: OpenAI's code, the field
             param, code = _PROMPT_FIELDS.get(route or "", "messages"), "context_length_exceeded"
-    if status == 404 and route is not None and message == _NOT_SERVED:
-        message = f"The model's engine does not serve /v1/{route}."
+    if status == 404:
+        message, param, code = _not_found(message, param, code, route)
     type_ = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    if code is None and status == 404 and param == "model":
-        code = "model_not_found"
-    if code is None and status == 404 and param == "response_id":  # the Responses API's
-        code = "response_not_found"
+    if code == "model_not_found":
+        type_ = ModelNotFound.type  # as the gateway's own 404 for a model (OpenAI's)
     return orjson.dumps(error_body(message, type_, param=param, code=code))
+
+
+def _not_found(
+    message: str, param: str | None, code: str | None, route: str | None
+) -> tuple[str, str | None, str | None]:
+    if route is not None and message == _NOT_SERVED:
+        return f"The model's engine does not serve /v1/{route}.", param, code
+    named = _MODEL_MISSING.match(message)
+    if named is not None:  # the gateway's own words: nothing of what else the engine serves
+        return ModelNotFound(named.group(1)).message, "model", code or "model_not_found"
+    if code is None and param == "model":
+        code = "model_not_found"
+    if code is None and param == "response_id":  # the Responses API's
+        code = "response_not_found"
+    return message, param, code
 
 
 # Fields vLLM checks under its own name: the name the client sent them by, per route.
@@ -240,7 +253,9 @@ def model_missing(body: bytes) -> bool:
     return param == "model" or _MODEL_MISSING.match(message) is not None
 
 
-_MODEL_MISSING = re.compile(r"The model `[^`]*` does not exist")
+# vLLM's "The model `X` does not exist." (with ", Valid aliases: …" after it: the models the
+# engine serves, which a key may not be allowed to know).
+_MODEL_MISSING = re.compile(r"The model `([^`]*)` does not exist")
 
 
 def _parse_error(body: bytes, status: int) -> tuple[str, str | None, str | None]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import openai
 import pytest
 import uvicorn
 from starlette.applications import Starlette
@@ -264,9 +265,18 @@ async def test_an_engine_that_does_not_list_its_configured_model_is_logged(
     with collected("llmaas.routing") as logs:
         async with (
             sim_processes(other),
-            gateway(tmp_path, [{"name": "typo", "engines": [other.url]}]),
+            gateway(tmp_path, [{"name": "typo", "engines": [other.url]}]) as gw,
         ):
             found = await logs.wait_for(lambda r: "is configured for model typo" in r.getMessage())
+            async with openai.AsyncOpenAI(base_url=f"{gw}/v1", api_key="x") as oai:
+                with pytest.raises(openai.NotFoundError) as info:
+                    await oai.completions.create(model="typo", prompt="hi", max_tokens=1)
+    assert info.value.body == {  # as the gateway's own 404 says it, naming no other model
+        "message": "The model 'typo' does not exist or you do not have access to it.",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
     assert (
         found[0]
         .getMessage()

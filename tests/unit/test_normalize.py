@@ -80,6 +80,22 @@ def test_model_404_gets_model_not_found_code() -> None:
     assert err["param"] == "model"
 
 
+def test_an_engines_model_not_found_reads_as_the_gateways_own() -> None:
+    """vLLM's 404 named the models the engine serves ("Valid aliases: …", which a key may not
+    be allowed to know) and had type not_found_error where the gateway's own 404 for an
+    unknown model has OpenAI's invalid_request_error."""
+    for param in ("model", None):  # vLLM of today, and one that left param empty
+        error = {"message": "The model `ad1` does not exist. Valid aliases: smol.",
+                 "type": "NotFoundError", "param": param, "code": 404}  # fmt: skip
+        err = orjson.loads(normalize_error(404, orjson.dumps({"error": error})))["error"]
+        assert err == {
+            "message": "The model 'ad1' does not exist or you do not have access to it.",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
+
+
 def test_fastapi_detail_bodies_are_rewritten() -> None:
     err = orjson.loads(normalize_error(404, b'{"detail":"Not Found"}', "embeddings"))["error"]
     assert err["message"] == "The model's engine does not serve /v1/embeddings."
