@@ -63,8 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway (what the Helm chart runs)")
     serve.add_argument("--config", type=Path, help="YAML file, e.g. configs/gateway.yaml")
     serve.add_argument("--host", help="address to listen on (default: the host setting, 127.0.0.1)")
-    serve.add_argument("--port", type=port_number, help="(0: any free port)")
-    serve.add_argument("--workers", type=at_least_one, help="worker processes (default 1)")
+    serve.add_argument(
+        "--port", type=port_number, help="(default: the port setting, 8080; 0: any free port)"
+    )
+    serve.add_argument(
+        "--workers", type=at_least_one, help="worker processes (default: the workers setting, 1)"
+    )
     serve.set_defaults(func=_serve)
 
     sim = sub.add_parser(
@@ -81,11 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     add_finetune_commands(sub)
 
     up = sub.add_parser("up", help="Redis + one local vLLM engine + the gateway (make run)")
-    up.add_argument("--port", type=port_number, default=8080, help="gateway port")
+    up.add_argument("--port", type=port_number, default=8080, help="gateway port (default 8080)")
     up.add_argument(
         "--engine-port", type=port_number, default=0, help="engine port (default: free)"
     )
-    up.add_argument("--home", type=Path, help="cache directory (default ~/.cache/llmaas)")
+    up.add_argument(
+        "--home", type=Path, help="cache directory (default: $LLMAAS_HOME, else ~/.cache/llmaas)"
+    )
     up.add_argument(
         "--data-dir",
         type=Path,

@@ -149,6 +149,22 @@ async def test_sim_refuses_a_port_out_of_range_and_a_latency_not_a_number(
     assert f"llmaas sim: error: {said}" in err
 
 
+@pytest.mark.parametrize(
+    ("command", "defaults"),
+    [
+        ("up", ("gateway port (default 8080)", "(default: $LLMAAS_HOME, else ~/.cache/llmaas)")),
+        ("serve", ("the port setting, 8080", "the workers setting, 1")),
+    ],
+)
+async def test_help_says_the_defaults_a_user_gets(command: str, defaults: tuple[str, ...]) -> None:
+    """`llmaas up --help` said --home defaults to ~/.cache/llmaas, where `LLMAAS_HOME=/data
+    llmaas up` uses /data; `serve --workers` said 1 where the config's `workers` decides."""
+    code, out, err = await run_cli(command, "--help")
+    assert code == 0, err
+    missing = [d for d in defaults if d not in " ".join(out.split())]
+    assert not missing, out
+
+
 @pytest.mark.parametrize("option", ["--port", "--engine-port"])
 async def test_up_refuses_a_port_out_of_range_before_preparing_anything(
     option: str, tmp_path: Path
