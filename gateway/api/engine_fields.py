@@ -20,6 +20,9 @@ REFUSED = {
     "prompt_embeds": "precomputed tensors go to the model unchecked",
     "mm_processor_kwargs": "it changes how the engine processes media",
     "media_io_kwargs": "it changes how the engine loads media",
+    # Usage comes in the stream's chunks: batched N tokens a chunk, a stream cut short (client
+    # gone) would be billed, and charged to its token limits, as if up to N - 1 fewer were made.
+    "stream_interval": "it holds back the usage reports a stream cut short is billed by",
 }
 # Schemas and grammars the engine compiles for structured output.
 SCHEMA_FIELDS = ("structured_outputs", "guided_json", "guided_regex", "guided_grammar")

@@ -302,6 +302,7 @@ async def test_engine_internal_fields_are_refused(setup: Setup) -> None:
         ("request_id", "someone-elses"),
         ("chat_template", "{{ 7 * 7 }}"),
         ("mm_processor_kwargs", {"num_crops": 64}),
+        ("stream_interval", 100_000),  # usage only at the end: a stream cut short went unbilled
         ("logit_bias", {str(i): 1 for i in range(301)}),
         ("structured_outputs", {"regex": "a" * (65 * 1024)}),
     ):
