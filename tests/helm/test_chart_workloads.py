@@ -565,6 +565,30 @@ def test_notes_set_every_variable_they_use(rendered: Rendered) -> None:
         assert line.endswith(" | sed -n 's/^key (shown once): //p')")
 
 
+V1 = {"path": "/v1", "pathType": "Prefix"}
+
+
+@pytest.mark.parametrize(
+    "gateway",
+    [
+        {"ingress": {"enabled": True, "hosts": [{"host": "", "paths": [V1]}]}},
+        {"ingress": {"enabled": True}},
+        {"service": {"type": "LoadBalancer"}},
+    ],
+)
+def test_notes_commands_work_without_a_port_forward_of_their_own(gateway: Obj) -> None:
+    """Behind an Ingress (a rule with or without a host) or a LoadBalancer, $GATEWAY is still
+    set to an address, and the CLI's --url http://127.0.0.1:8080 gets the port-forward it needs
+    (the Ingress routes /v1 only: the admin API is not behind it)."""
+    rendered = render_values_as({"gateway": gateway})
+    lines = [line.strip() for line in rendered.notes.splitlines()]
+    assert not [line for line in lines if ":///" in line]
+    assert [line for line in lines if line.startswith("export GATEWAY=http")]
+    forward = f"kubectl -n {NAMESPACE} port-forward svc/{rendered.gateway()['metadata']['name']}"
+    cli = next(i for i, line in enumerate(lines) if "--url http://127.0.0.1:8080" in line)
+    assert any(line.startswith(forward) for line in lines[:cli])
+
+
 def test_notes_read_a_load_balancers_ip_or_host_name() -> None:
     rendered = render_values_as({"gateway": {"service": {"type": "LoadBalancer"}}})
     jsonpath = "{.status.loadBalancer.ingress[0].ip}{.status.loadBalancer.ingress[0].hostname}"
