@@ -199,21 +199,22 @@ class PrefixAffinity:
         if not blocks:
             return ranked
         up = [e for e in ranked if e.is_up(now)] or ranked
-        chosen = self.choose(up, blocks, now, home(up, affinity[:BLOCK_BYTES]))
+        chosen = self.choose(up, blocks, now, affinity[:BLOCK_BYTES])
         self.remember(chosen, blocks)
         return [chosen, *(e for e in ranked if e is not chosen)]
 
     def choose(
-        self, engines: list[Engine], blocks: list[int], now: float, home: Engine | None = None
+        self, engines: list[Engine], blocks: list[int], now: float, first_block: bytes = b""
     ) -> Engine:
         """The best-scoring engine within the load bound (`engines` least loaded first, so
         equal scores go to the less loaded, then in rotation). When no engine was sent any of
-        the prompt, `home` scores HOME_WEIGHT for it."""
+        the prompt, its home (`first_block`'s, see `home`) scores HOME_WEIGHT for it."""
         loads = [engine_load(e, now) for e in engines]
         cap = self.load_cap(sum(loads), len(engines))
         matches = [PREFIX_WEIGHT * self.matched(e, blocks) / len(blocks) for e in engines]
         if not any(matches):
-            matches = [HOME_WEIGHT if e is home else 0.0 for e in engines]
+            at_home = home(engines, first_block)
+            matches = [HOME_WEIGHT if e is at_home else 0.0 for e in engines]
         best, best_score = engines[0], -math.inf
         for engine, load, affinity in zip(engines, loads, matches, strict=True):
             if load + 1 > cap:
