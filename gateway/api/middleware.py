@@ -10,12 +10,14 @@ usage), labelled by the route's template, never by a path a client chose.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
 from collections.abc import Iterable
 from functools import partial
 
+from fastapi import FastAPI
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -154,5 +156,26 @@ def route_label(scope: Scope, routes: frozenset[str]) -> str | None:
         return None
     template = getattr(scope.get("route"), "path_format", None)
     if template is None:
-        template = path if path in routes else "/v1/other"
+        template = path if path in routes else _unrouted(scope)
     return _PATH_PARAM.sub("{id}", template).removeprefix("/v1/")
+
+
+def _unrouted(scope: Scope) -> str:
+    """The template of the route a request refused by a gate before routing (429 for repeated
+    401s, 503 draining or busy) would have reached (`models`, `files/{file_id}`), else
+    `other`. Only requests that no route ran come here: the templates are read once."""
+    app = scope.get("app")
+    templates = tuple(app.openapi()["paths"]) if isinstance(app, FastAPI) else ()
+    path: str = scope["path"]
+    for template, pattern in _patterns(templates):
+        if pattern.fullmatch(path):
+            return template
+    return "/v1/other"
+
+
+@functools.cache
+def _patterns(templates: tuple[str, ...]) -> list[tuple[str, re.Pattern[str]]]:
+    return [
+        (t, re.compile("[^/]+".join(re.escape(part) for part in _PATH_PARAM.split(t))))
+        for t in templates
+    ]

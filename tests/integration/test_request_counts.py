@@ -79,3 +79,35 @@ async def test_refused_and_gateway_served_requests_are_counted_once(
         ("", "responses/{id}", "404"): 1,
         ("", "other", "404"): 1,
     }
+
+
+async def test_requests_refused_before_routing_are_counted_by_their_route(tmp_path: Path) -> None:
+    """A throttled address's GET /v1/models (429 before any route ran) was counted as route
+    `other`, as if no route served that path; it is `models`, as its 401s were."""
+    async with running_redis(None) as redis_url, running_sim(SimConfig(models=[MODEL])) as sim:
+        settings = auth_settings(sim, redis_url, tmp_path)
+        settings.auth.failure_limit = 1
+        app = create_app(settings)
+        async with serve_asgi(app) as url, aiohttp.ClientSession() as http:
+            bad = {"authorization": "Bearer sk-llmaas-nope-nope"}
+            for path, expected in (
+                ("/v1/models", 401),
+                ("/v1/models", 429),
+                ("/v1/files/file-abc", 429),
+                ("/v1/no/such/route", 429),
+            ):
+                async with http.get(f"{url}{path}", headers=bad) as resp:
+                    assert resp.status == expected, (path, await resp.text())
+            # (this address gets 429 on /metrics too now: the counter is read in the process)
+            samples = app.state.gateway.metrics.requests.collect()[0].samples
+            found = {
+                (s.labels["model"], s.labels["route"], s.labels["status"]): s.value
+                for s in samples
+                if s.name == "llmaas_requests_total"
+            }
+            assert found == {
+                ("", "models", "401"): 1,
+                ("", "models", "429"): 1,
+                ("", "files/{id}", "429"): 1,
+                ("", "other", "429"): 1,
+            }
