@@ -16,7 +16,8 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
 class ModelLearner:
-    """A failed poll keeps what the engine listed last; a bad answer is logged once and counted."""
+    """A failed poll keeps what the engine listed last; a bad answer is logged once and counted,
+    and the first good one after it once."""
 
     def __init__(self, registry: EngineRegistry, metrics: EngineMetrics, timeout_s: float) -> None:
         self.registry = registry
@@ -46,7 +47,9 @@ class ModelLearner:
                     str(exc) or type(exc).__name__,
                 )
             return
-        self._failing.discard(engine.url)
+        if engine.url in self._failing:
+            self._failing.discard(engine.url)
+            self.log.info("models poll of %s works again", engine.url)
         if self.registry.learn(engine, served):
             names = [m.id for m in served]
             self.log.info("models of %s: %s", engine.url, names)

@@ -112,6 +112,11 @@ async def connect_errors(http: aiohttp.ClientSession, gw: str, sim: SimProcess) 
     return float(lines[0].split()[-1]) if lines else 0.0
 
 
+async def metrics_text(http: aiohttp.ClientSession, gw: str) -> str:
+    async with http.get(f"{gw}/metrics", headers=ADMIN) as resp:
+        return await resp.text()
+
+
 async def test_a_killed_engine_is_ejected_and_used_again_once_it_answers_health(
     tmp_path: Path,
 ) -> None:
@@ -140,8 +145,18 @@ async def test_a_killed_engine_is_ejected_and_used_again_once_it_answers_health(
         answered = f'llmaas_engine_requests_total{{engine="{b.url}",status="200"}} '
         assert any(line.startswith(answered) for line in text.splitlines())
 
-        await a.start()  # the same port; a fresh process, so its counters start at 0
-        seen = await until(http, gw, lambda e: e[a.url]["state"] == "up")
+        failed = f'llmaas_engine_check_failures_total{{check="models",engine="{a.url}"}}'
+        for _ in range(200):  # until the models poll saw it down too
+            if failed in await metrics_text(http, gw):
+                break
+            await asyncio.sleep(0.05)
+        with collected("llmaas.routing") as logs:
+            await a.start()  # the same port; a fresh process, so its counters start at 0
+            seen = await until(http, gw, lambda e: e[a.url]["state"] == "up")
+            # Each check that said it failed says once that it works again.
+            for check in ("models poll", "load scrape"):
+                again = f"{check} of {a.url} works again"
+                await logs.wait_for(lambda r, again=again: r.getMessage() == again)  # type: ignore[misc]
         assert seen[a.url]["consecutive_failures"] == 0
         for _ in range(6):
             await complete(http, gw, "m")
