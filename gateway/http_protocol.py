@@ -9,6 +9,10 @@ holds the head back until the next write, which then carries both. Nothing waits
 head that no write follows in the same turn of the event loop (a stream's, whose first frame
 comes later) goes out on its own at the end of that turn, and closing the connection sends it
 first. The order of bytes on the connection never changes.
+
+httptools sets no bound on a request's head (its URL and headers): it holds a header until its
+end, however long, so one connection could make the process hold hundreds of MiB before any
+credential is read. A head past MAX_HEAD_BYTES is answered 431 and the connection closed.
 """
 
 from __future__ import annotations
@@ -18,12 +22,18 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from starlette.types import Scope
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from gateway.errors import InvalidRequest
 
 # The scope's extension that carries a request's ClientLink (ASGI: scope["extensions"]).
 CLIENT_LINK = "llmaas.client_link"
 _STATUS_LINE = b"HTTP/1.1 "
 _END_OF_HEAD = b"\r\n\r\n"
+# A request's URL and headers together, counted in whole reads (so up to one read more): room
+# for large JWTs and cookies (nginx takes 4 x 8 KiB, uvicorn's h11 protocol 16 KiB).
+MAX_HEAD_BYTES = 64 * 1024
+LINGER_S = 2.0  # how long a connection refused for its head is read (and dropped) before closing
 
 
 class HeadWithBody:
@@ -108,11 +118,50 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.link = ClientLink()
         # One dict for the connection's requests: nobody writes to a scope's extensions.
         self.extensions: dict[str, dict[object, object]] = {CLIENT_LINK: {"link": self.link}}
+        self.head_bytes: int | None = 0  # read of the current request's head; None: in its body
+        self.refused = False  # its head was too large: answered, read no more
         super().connection_made(cast(asyncio.Transport, wrapped))
+
+    def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return  # what the client sent on before it read the 431
+        if self.head_bytes is not None:
+            self.head_bytes += len(data)  # (the head's end resets it, in this feed)
+        super().data_received(data)
+        if self.head_bytes is not None and self.head_bytes > MAX_HEAD_BYTES:
+            self.head_bytes = None
+            if not self.transport.is_closing():  # (not already refused as malformed)
+                self._refuse_head()
+
+    def _refuse_head(self) -> None:
+        error = InvalidRequest(
+            f"The request's URL and headers are larger than the limit of {MAX_HEAD_BYTES} bytes.",
+            status=431,
+            code="request_headers_too_large",
+        )
+        body = error.json()
+        head = STATUS_LINE[431] + b"content-type: application/json\r\n"
+        head += b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+        self.transport.write(head + body)
+        # Closed with the rest of the head unread, the connection would be reset, and the client
+        # would lose the answer: its end is closed, what it still sends read and dropped, until
+        # it closes too or LINGER_S passes.
+        self.refused = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope["extensions"] = self.extensions
+
+    def on_headers_complete(self) -> None:
+        self.head_bytes = None
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self.head_bytes = 0  # the next request's head comes next
+        super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

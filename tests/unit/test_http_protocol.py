@@ -10,10 +10,11 @@ import contextlib
 from typing import cast
 
 import aiohttp
+import orjson
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from gateway.http_protocol import ClientLink, HeadWithBody, client_link
+from gateway.http_protocol import MAX_HEAD_BYTES, ClientLink, HeadWithBody, client_link
 from gateway.netutil import free_port
 from tests.support.servers import serve_asgi
 
@@ -193,3 +194,51 @@ async def test_a_request_is_told_by_its_connection_when_its_client_hangs_up() ->
         await asyncio.wait_for(hung_up.wait(), 5)
     assert heard == ["left"]
     assert links[1].gone
+
+
+async def test_a_request_head_past_the_limit_is_431_before_it_is_held() -> None:
+    """httptools holds a header until its end: one client sending a 300 MiB header made the
+    gateway hold 300 MiB before any credential was read. Heads of large tokens still pass, as
+    do large bodies on the same kept-alive connection."""
+    seen: list[int] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        size = 0
+        while True:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        seen.append(size)
+        answer = b"%d" % size
+        headers = [(b"content-length", b"%d" % len(answer))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    port = free_port()
+    async with serve_asgi(app, port, lifespan="off"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        token = b"t" * (32 * 1024)  # a large JWT passes
+        body = b"b" * (1024 * 1024)  # and a body past the head's limit
+        writer.write(
+            b"POST /ok HTTP/1.1\r\nhost: test\r\nauthorization: Bearer %s\r\n"
+            b"content-length: %d\r\n\r\n%s" % (token, len(body), body)
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        assert await asyncio.wait_for(reader.readexactly(7), 5) == b"%d" % len(body)
+        writer.write(b"GET /big HTTP/1.1\r\nhost: test\r\nx-big: ")
+        writer.write(b"a" * (4 * MAX_HEAD_BYTES))  # one header past the limit, in one write
+        await writer.drain()  # (what the server has not read as it answers must not reset the
+        # connection before the client reads the answer)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 431 ")
+        assert b"connection: close" in head
+        error = orjson.loads(await asyncio.wait_for(reader.read(), 5))["error"]
+        assert error["code"] == "request_headers_too_large"
+        assert error["type"] == "invalid_request_error"
+        assert "65536 bytes" in error["message"]
+        writer.close()
+    assert seen == [len(body)]  # the app never saw the refused request
