@@ -120,7 +120,27 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.extensions: dict[str, dict[object, object]] = {CLIENT_LINK: {"link": self.link}}
         self.head_bytes: int | None = 0  # read of the current request's head; None: in its body
         self.refused = False  # its head was too large: answered, read no more
+        self.head_deadline: asyncio.TimerHandle | None = None
         super().connection_made(cast(asyncio.Transport, wrapped))
+        self._await_head()
+
+    def _await_head(self) -> None:
+        """Give the next request's head keep_alive_s to arrive whole. uvicorn's keep-alive
+        timer alone is cancelled by any byte received, and never armed on a new connection:
+        a connection that sent nothing, or a head a byte at a time, was held forever (a few
+        thousand such, and the process has no file descriptors left)."""
+        self._head_arrived()
+        self.head_deadline = self.loop.call_later(self.timeout_keep_alive, self._head_late)
+
+    def _head_arrived(self) -> None:
+        if self.head_deadline is not None:
+            self.head_deadline.cancel()
+            self.head_deadline = None
+
+    def _head_late(self) -> None:
+        self.head_deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self.refused:
@@ -157,12 +177,20 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.head_bytes = None
+        self._head_arrived()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         self.head_bytes = 0  # the next request's head comes next
         super().on_message_complete()
 
+    def on_response_complete(self) -> None:
+        idle = not self.pipeline  # no request read and waiting: the next head is awaited
+        super().on_response_complete()
+        if idle and not self.transport.is_closing():
+            self._await_head()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._head_arrived()
         super().connection_lost(exc)
         self.link.lost()

@@ -310,7 +310,8 @@ class Settings(BaseSettings):
     # A client connection idle this long is closed. Longer than the idle timeouts of the load
     # balancers and clients in front (AWS ALB 60 s, httpx 5 s): the side that closes first must
     # be the client's, or a request written as the gateway closes fails (uvicorn's own default,
-    # 5 s, is shorter than most).
+    # 5 s, is shorter than most). So is one that has not sent a whole request head within it
+    # (gateway/http_protocol.py), however many bytes of it came.
     keep_alive_s: float = Field(default=75.0, gt=0)
     models: list[ModelRoute] = Field(default_factory=list)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)

@@ -12,11 +12,18 @@ from typing import cast
 import aiohttp
 import orjson
 import pytest
+import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from gateway.http_protocol import MAX_HEAD_BYTES, ClientLink, HeadWithBody, client_link
+from gateway.http_protocol import (
+    MAX_HEAD_BYTES,
+    ClientLink,
+    GatewayHttpProtocol,
+    HeadWithBody,
+    client_link,
+)
 from gateway.netutil import free_port
-from tests.support.servers import serve_asgi
+from tests.support.servers import serve_asgi, serve_uvicorn
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -242,3 +249,50 @@ async def test_a_request_head_past_the_limit_is_431_before_it_is_held() -> None:
         assert "65536 bytes" in error["message"]
         writer.close()
     assert seen == [len(body)]  # the app never saw the refused request
+
+
+async def test_a_connection_that_never_sends_a_whole_head_is_closed() -> None:
+    """uvicorn arms its keep-alive timer only after an answer, and any byte received cancels
+    it: a connection that sent nothing, or a head a byte at a time, was held open forever (a
+    few thousand such leave the process without file descriptors). A head now has the
+    keep-alive time to arrive whole, on a new connection as between requests."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        headers = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def trickle(writer: asyncio.StreamWriter, head: bytes) -> None:
+        with contextlib.suppress(ConnectionError):
+            for i in range(len(head)):
+                writer.write(head[i : i + 1])
+                await writer.drain()
+                await asyncio.sleep(0.1)
+
+    port = free_port()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="none",
+        http=GatewayHttpProtocol,
+        lifespan="off",
+        log_level="warning",
+        timeout_keep_alive=1,
+    )
+    head = b"GET /slow HTTP/1.1\r\nhost: test\r\nx-padding: " + b"p" * 200 + b"\r\n\r\n"
+    async with serve_uvicorn(config):
+        silent = await asyncio.open_connection("127.0.0.1", port)
+        slow = await asyncio.open_connection("127.0.0.1", port)
+        served = await asyncio.open_connection("127.0.0.1", port)
+        served[1].write(b"GET /once HTTP/1.1\r\nhost: test\r\n\r\n")
+        answer = await asyncio.wait_for(served[0].readuntil(b"ok"), 5)
+        assert answer.startswith(b"HTTP/1.1 200 OK")
+        trickles = [asyncio.ensure_future(trickle(w, head)) for _, w in (slow, served)]
+        for reader, writer in (silent, slow, served):
+            assert await asyncio.wait_for(reader.read(), 15) == b""  # closed by the server
+            writer.close()
+        for task in trickles:
+            task.cancel()
