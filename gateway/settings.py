@@ -121,9 +121,11 @@ class UpstreamSettings(Section):
     """Timeouts for talking to engines, in seconds."""
 
     connect_timeout_s: float = Field(default=5.0, gt=0)
-    # Time until the engine sends response headers (for a stream: until it starts streaming).
+    # A non-streaming answer: the wait for its headers, then for the whole of it (504; a
+    # non-streaming request is read from the engine as a stream, so tokens do not stretch it).
     response_timeout_s: float = Field(default=600.0, gt=0)
-    # Longest silence between two chunks of a stream before it is cut with an error frame.
+    # A stream's longest silence: before its headers (504), then between two chunks (cut with
+    # an error frame and [DONE]).
     stream_idle_timeout_s: float = Field(default=600.0, gt=0)
     # Longest wait for one write to the client to be taken (a client that stops reading):
     # past it the response is cut, the engine request aborted and billed as a disconnect.
