@@ -166,3 +166,22 @@ def test_every_metric_the_docs_name_is_served_with_those_labels() -> None:
             elif labels is not None and set(labels.split(",")) != served[base]:
                 wrong.append(_found(doc, text, found.start(), found.group(0)))
     assert wrong == []
+
+
+def test_every_error_code_the_docs_name_is_one_the_gateway_sends() -> None:
+    """`503 gateway_busy`, code `rate_limit_exceeded`: clients match on these strings."""
+    sources = "".join(
+        p.read_text(encoding="utf-8")
+        for p in Path("gateway").rglob("*")
+        if p.suffix in (".py", ".lua")
+    )
+    named, unknown = 0, []
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        for found in re.finditer(r"(?:\b[45]\d\d |\bcodes? |\bcode: )`([a-z_]+)`", text):
+            named += 1
+            code = found.group(1)
+            if f'"{code}"' not in sources and f"'{code}'" not in sources:
+                unknown.append(_found(doc, text, found.start(), code))
+    assert named >= 30
+    assert unknown == []
