@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from gateway.cli import _parser
 from gateway.metrics import Metrics
+from gateway.proxy.outcome import Outcome
 from gateway.settings import Settings
 
 DOCS = [Path("README.md"), *sorted(Path("docs").glob("*.md"))]
@@ -185,3 +186,13 @@ def test_every_error_code_the_docs_name_is_one_the_gateway_sends() -> None:
                 unknown.append(_found(doc, text, found.start(), code))
     assert named >= 30
     assert unknown == []
+
+
+def test_the_usage_outcomes_readme_lists_are_every_outcome_a_record_can_have() -> None:
+    """Billing filters records by outcome: README listed six and left out `slow_client`."""
+    readme = Path("README.md").read_text(encoding="utf-8")
+    section = readme.split("## Usage metering", 1)[1]
+    listed = re.search(r"outcome \(([^)]*)\)", section)
+    assert listed is not None
+    recorded = {o.value for o in Outcome} - {Outcome.ENGINE_UNAVAILABLE.value}  # no record
+    assert set(re.findall(r"`([a-z_]+)`", listed.group(1))) == recorded
