@@ -51,6 +51,9 @@ def check_engine_fields(body: dict[str, Any], bounds: FieldBounds) -> None:
     text = body.get("text")  # the Responses API's structured output: text.format
     if isinstance(text, dict):
         _cap_size(text.get("format"), "text.format", bounds.max_schema_bytes)
+    tool_choice = body.get("tool_choice")  # a call that must be made: its tools, a grammar
+    if tool_choice == "required" or isinstance(tool_choice, dict):
+        _cap_size(body.get("tools"), "tools", bounds.max_schema_bytes)
     _cap_count(body.get("logit_bias"), "logit_bias", bounds.max_logit_bias)
     _cap_count(body.get("stop"), "stop", bounds.max_stop)
     _cap_count(body.get("bad_words"), "bad_words", bounds.max_stop)

@@ -330,6 +330,32 @@ async def test_engine_internal_fields_are_refused(setup: Setup) -> None:
         assert parts.value.body["code"] == "invalid_media_url"
 
 
+async def test_tools_the_engine_must_compile_are_bounded_as_schemas_are(setup: Setup) -> None:
+    """With tool_choice "required" or a named function vLLM compiles the tools' parameters
+    into a grammar, as it does a response_format schema (a 557 KB schema took a real vLLM 9 s
+    of CPU, a 52 KB one 1.3 s); tools went to the engine unbounded, past max_schema_bytes."""
+    oai = setup.client(await setup.key("acme"))
+    hello: Any = [{"role": "user", "content": "hi"}]
+    properties = {f"field_{i}": {"type": "string", "enum": ["a", "b", "c"]} for i in range(2000)}
+    tools: Any = [
+        {"type": "function", "function": {"name": "f", "parameters": {"properties": properties}}}
+    ]
+    named: Any = {"type": "function", "function": {"name": "f"}}
+    before = (await sim_state(setup.http, setup.sim))["total_requests"]
+    for choice in ("required", named):
+        with pytest.raises(openai.BadRequestError) as info:
+            await oai.chat.completions.create(
+                model=MODEL, messages=hello, max_tokens=1, tools=tools, tool_choice=choice
+            )
+        assert isinstance(info.value.body, dict)
+        assert (info.value.body["param"], info.value.body["code"]) == ("tools", "too_large")
+    assert (await sim_state(setup.http, setup.sim))["total_requests"] == before
+    # a model free to call no tool compiles nothing: the same tools pass
+    await oai.chat.completions.create(
+        model=MODEL, messages=hello, max_tokens=1, tools=tools, tool_choice="auto"
+    )
+
+
 async def test_bodies_nested_too_deeply_to_rewrite_are_400_on_every_route(setup: Setup) -> None:
     """orjson parses up to 1,024 levels of nesting but writes 254: such a body (valid JSON
     that vLLM would take) was the gateway's 500 wherever the policy rewrites it."""
