@@ -196,3 +196,41 @@ def test_the_usage_outcomes_readme_lists_are_every_outcome_a_record_can_have() -
     assert listed is not None
     recorded = {o.value for o in Outcome} - {Outcome.ENGINE_UNAVAILABLE.value}  # no record
     assert set(re.findall(r"`([a-z_]+)`", listed.group(1))) == recorded
+
+
+_UNITS = {"KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "ms": 0.001}
+# `name` (figure [unit]), not a range: `eject_max_s` (1 s … 60 s) names two settings' figures.
+_BRACKETED_DEFAULT = re.compile(
+    r"`([a-z_]+(?:\.[a-z_]+)*)` \(([0-9][0-9,.]*[0-9]|[0-9])(?:\s*(KiB|MiB|GiB|ms|s)\b)?"
+)
+
+
+def _setting(settings: BaseModel, dotted: str) -> object:
+    """A setting's default by its path, or by its bare name in whichever section has it."""
+    value: object = settings
+    for part in dotted.split("."):
+        value = getattr(value, part, None)
+    if value is None and "." not in dotted:
+        sections = [getattr(settings, name) for name in Settings.model_fields]
+        value = next((getattr(s, dotted) for s in sections if hasattr(s, dotted)), None)
+    return value
+
+
+def test_every_default_readme_and_architecture_give_in_brackets_is_the_default() -> None:
+    """`limits.lease_ttl_s` (30 s): an operator plans around the figure beside a setting's name
+    (it was 600 s until 72d37e6). docs/deploy.md gives the chart's values, not these."""
+    defaults = Settings(dev_mode=True)
+    checked, wrong = 0, []
+    for doc in (Path("README.md"), Path("docs/architecture.md")):
+        text = doc.read_text(encoding="utf-8")
+        for found in re.finditer(_BRACKETED_DEFAULT, text):
+            value = _setting(defaults, found.group(1))
+            a_range = text[found.end() :].lstrip().startswith("\u2026")
+            if a_range or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            checked += 1
+            figure = float(found.group(2).replace(",", "")) * _UNITS.get(found.group(3) or "", 1)
+            if abs(float(value) - figure) > 1e-9:
+                wrong.append(_found(doc, text, found.start(), f"{found.group(0)} is {value}"))
+    assert checked >= 25
+    assert wrong == []
