@@ -102,7 +102,10 @@ def reserved_tokens(
     prompts = _prompts(body)
     if "input" in body and "messages" not in body and "prompt" not in body:
         return sum(prompts)  # embeddings generate nothing
-    limit = positive_int(body.get("max_completion_tokens") or body.get("max_tokens"))
+    # Chat's max_completion_tokens wins over its max_tokens, as in vLLM; a text completion
+    # has only max_tokens (vLLM ignores the other there: reserved by it, 5 became 50).
+    renamed = body.get("max_completion_tokens") if "messages" in body else None
+    limit = positive_int(renamed or body.get("max_tokens"))
     if limit is not None:
         completion = limit * len(prompts)
     elif context_length is not None:

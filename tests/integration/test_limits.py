@@ -117,6 +117,22 @@ async def test_tokens_settle_to_what_the_engine_reported(auth: AuthStack) -> Non
     assert_remaining(second.headers["x-ratelimit-remaining-tokens"], expected, started)
 
 
+async def test_a_completion_is_reserved_what_its_engine_generates(auth: AuthStack) -> None:
+    """vLLM's /v1/completions reads max_tokens only: max_completion_tokens 5 beside max_tokens
+    50 made 50 tokens on a real vLLM. The gateway reserved the 5, so a request far past the
+    tpm (and any number of them at once) was admitted."""
+    key = await auth.new_key(tpm=TPM)
+    async with auth.client(key) as oai:
+        with pytest.raises(openai.RateLimitError) as info:
+            await oai.completions.create(
+                model=MODEL,
+                prompt="hi",
+                max_tokens=100 * TPM,
+                extra_body={"max_completion_tokens": 5},
+            )
+    assert "Request too large" in info.value.message
+
+
 async def test_stream_usage_settles_too_and_engine_refusals_are_refunded(auth: AuthStack) -> None:
     """Exact figures in the third request's headers: this gateway asks Redis for every request
     (an admission fetched ahead carries the figures Redis answered when it was fetched)."""

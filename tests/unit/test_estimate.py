@@ -23,7 +23,10 @@ def test_prompt_estimate_reads_message_text_only() -> None:
 def test_reservation_is_prompt_plus_max_tokens_times_n() -> None:
     body = {"messages": [{"role": "user", "content": "x" * 40}], "max_tokens": 100, "n": 2}
     assert reserved_tokens(body, 1024) == 11 + 4 + 3 + 200
-    assert reserved_tokens({"prompt": "abcd", "max_completion_tokens": 7}, 1024) == 2 + 7
+    chat = {"messages": body["messages"], "max_completion_tokens": 7, "max_tokens": 70}
+    assert reserved_tokens(chat, 1024) == 11 + 4 + 3 + 7  # chat's own name wins, as in vLLM
+    text = {"prompt": "abcd", "max_completion_tokens": 7, "max_tokens": 70}
+    assert reserved_tokens(text, 1024) == 2 + 70  # vLLM's completions ignore it (made 50 of 5)
     assert reserved_tokens({"prompt": "abcd"}, 50) == 2 + 50
     assert reserved_tokens({"prompt": "abcd", "max_tokens": True}, 50) == 2 + 50
     assert reserved_tokens({"input": "abcd"}, 50) == 2  # embeddings generate nothing
