@@ -50,6 +50,28 @@ ENGINE_COLUMNS = (
 )
 
 
+def _limit_options(scope: str) -> argparse.ArgumentParser:
+    """--rpm, --tpm, --max-concurrency and --models of a key or a tenant. A limit left unset
+    is the gateway's limits.<scope>_defaults (none by default: no limit at that scope)."""
+    limits = argparse.ArgumentParser(add_help=False)
+    for flag, what in (
+        ("--rpm", "requests per minute"),
+        ("--tpm", "tokens per minute"),
+        ("--max-concurrency", "requests in flight"),
+    ):
+        limits.add_argument(
+            flag,
+            type=int,
+            help=f"limit of {what} (default: the gateway's limits.{scope}_defaults; none there: "
+            "no limit)",
+        )
+    limits.add_argument(
+        "--models",
+        help='comma-separated allow-list (default: every model; "" allows none)',
+    )
+    return limits
+
+
 def add_admin_commands(sub: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     add_gateway_options(
@@ -59,22 +81,14 @@ def add_admin_commands(sub: Any) -> None:
         token_help="the admin token",
     )
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    limits = argparse.ArgumentParser(add_help=False)
-    for flag, what in (
-        ("--rpm", "requests per minute"),
-        ("--tpm", "tokens per minute"),
-        ("--max-concurrency", "requests in flight"),
-    ):
-        limits.add_argument(flag, type=int, help=f"limit of {what} (default: none)")
-    limits.add_argument(
-        "--models",
-        help='comma-separated allow-list (default: every model; "" allows none)',
-    )
+    key_limits, tenant_limits = _limit_options("key"), _limit_options("tenant")
 
     keys = sub.add_parser("keys", help="API keys (admin API)").add_subparsers(
         dest="action", required=True
     )
-    create = keys.add_parser("create", parents=[common, limits], help="create a key; shows it once")
+    create = keys.add_parser(
+        "create", parents=[common, key_limits], help="create a key; shows it once"
+    )
     create.add_argument("--tenant", required=True, help="the tenant the key belongs to")
     create.add_argument("--name", help="a label for the key (shown in lists)")
     create.add_argument("--expires-at", help="RFC 3339, e.g. 2027-01-01T00:00:00Z")
@@ -94,7 +108,7 @@ def add_admin_commands(sub: Any) -> None:
     )
     tenant_set = tenants.add_parser(
         "set",
-        parents=[common, limits],
+        parents=[common, tenant_limits],
         help="replace a tenant's limits and priority (what is left out is no longer set)",
     )
     tenant_set.add_argument("tenant_id", type=_given, help="the tenant (created if new)")

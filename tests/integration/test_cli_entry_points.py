@@ -154,12 +154,15 @@ async def test_sim_refuses_a_port_out_of_range_and_a_latency_not_a_number(
     [
         ("up", ("gateway port (default 8080)", "(default: $LLMAAS_HOME, else ~/.cache/llmaas)")),
         ("serve", ("the port setting, 8080", "the workers setting, 1")),
+        ("keys create", ("limits.key_defaults; none there: no limit",)),
+        ("tenants set", ("limits.tenant_defaults; none there: no limit",)),
     ],
 )
 async def test_help_says_the_defaults_a_user_gets(command: str, defaults: tuple[str, ...]) -> None:
     """`llmaas up --help` said --home defaults to ~/.cache/llmaas, where `LLMAAS_HOME=/data
-    llmaas up` uses /data; `serve --workers` said 1 where the config's `workers` decides."""
-    code, out, err = await run_cli(command, "--help")
+    llmaas up` uses /data; `serve --workers` said 1 where the config's `workers` decides;
+    `keys create --rpm` said none where the gateway's limits.key_defaults apply."""
+    code, out, err = await run_cli(*command.split(), "--help")
     assert code == 0, err
     missing = [d for d in defaults if d not in " ".join(out.split())]
     assert not missing, out
