@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api import admin, files, fine_tuning, health, openai, openai_responses, usage
+from gateway.api.admin_gate import AdminGate
 from gateway.api.auth_throttle import AuthFailureThrottle
 from gateway.api.body_limit import BodyLimit
 from gateway.api.cors import Cors
@@ -189,7 +190,9 @@ def create_app(
             BodyLimit(framework, max_bytes=settings.max_body_bytes, exempt=OWN_BOUNDS), HOT_ROUTES
         )
         app = InflightBound(app, limit=settings.max_inflight_requests)
-        app = AuthFailureThrottle(app, throttle=throttle)
+        app = AuthFailureThrottle(  # the admin token is checked before a body is read
+            AdminGate(app, token=settings.admin_token), throttle=throttle
+        )
         app = DrainGuard(app, drain=drain)
         return RequestContextMiddleware(
             app,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import time
 import unicodedata
 from datetime import datetime
@@ -14,6 +13,7 @@ from pydantic import AfterValidator, ConfigDict, Field, field_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.api.admin_gate import admin_token_ok, admin_unauthorized
 from gateway.api.responses import json_response
 from gateway.auth.api_keys import format_key, hash_secret, new_secret
 from gateway.auth.issue import issue_key
@@ -27,22 +27,16 @@ from gateway.auth.records import (
 )
 from gateway.auth.store import AuthStore
 from gateway.deps import Gateway
-from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable, Unauthorized
+from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
 from gateway.routing.status import engines_status
 from gateway.state import GatewayState
 
 
 async def require_admin(request: Request) -> None:
+    """The check AdminGate makes before the body is read, again for the route itself."""
     expected: str | None = request.app.state.gateway.settings.admin_token
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if (
-        expected is None
-        or scheme.lower() != "bearer"
-        or not hmac.compare_digest(token.strip().encode(), expected.encode())
-    ):
-        raise Unauthorized(
-            "The admin API needs 'Authorization: Bearer <admin token>'.", code="invalid_api_key"
-        )
+    if not admin_token_ok(request.headers.get("authorization"), expected):
+        raise admin_unauthorized()
 
 
 router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)])
