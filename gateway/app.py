@@ -14,10 +14,10 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api import admin, files, fine_tuning, health, openai, openai_responses, usage
-from gateway.api.admin_gate import AdminGate
 from gateway.api.auth_throttle import AuthFailureThrottle
 from gateway.api.body_limit import BodyLimit
 from gateway.api.cors import Cors
+from gateway.api.credential_gate import CredentialGate
 from gateway.api.drain import Drain, DrainGuard
 from gateway.api.error_handlers import install_error_handlers, serves
 from gateway.api.hot_routes import Handler, HotRoutes
@@ -190,8 +190,8 @@ def create_app(
             BodyLimit(framework, max_bytes=settings.max_body_bytes, exempt=OWN_BOUNDS), HOT_ROUTES
         )
         app = InflightBound(app, limit=settings.max_inflight_requests)
-        app = AuthFailureThrottle(  # the admin token is checked before a body is read
-            AdminGate(app, token=settings.admin_token), throttle=throttle
+        app = AuthFailureThrottle(  # credentials checked before a body is read
+            CredentialGate(app, admin_token=settings.admin_token), throttle=throttle
         )
         app = DrainGuard(app, drain=drain)
         return RequestContextMiddleware(

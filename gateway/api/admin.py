@@ -13,7 +13,7 @@ from pydantic import AfterValidator, ConfigDict, Field, field_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api.admin_gate import admin_token_ok, admin_unauthorized
+from gateway.api.credential_gate import admin_token_ok, admin_unauthorized
 from gateway.api.responses import json_response
 from gateway.auth.api_keys import format_key, hash_secret, new_secret
 from gateway.auth.issue import issue_key
@@ -33,7 +33,7 @@ from gateway.state import GatewayState
 
 
 async def require_admin(request: Request) -> None:
-    """The check AdminGate makes before the body is read, again for the route itself."""
+    """The check CredentialGate makes before the body is read, again for the route itself."""
     expected: str | None = request.app.state.gateway.settings.admin_token
     if not admin_token_ok(request.headers.get("authorization"), expected):
         raise admin_unauthorized()

@@ -532,20 +532,29 @@ async def test_ops_token_guesses_are_throttled_and_probes_still_answered(secured
                 assert resp.status == 200
 
 
-async def test_the_admin_token_is_checked_before_a_body_is_read(secured: Secured) -> None:
-    """FastAPI reads a route's body before its dependencies run: the admin API's 401 came only
-    once the whole body had arrived, so a client with no token that sent part of a body held
-    the connection, and up to max_body_bytes of memory, for as long as it liked."""
+async def test_credentials_are_checked_before_a_body_is_read(secured: Secured) -> None:
+    """FastAPI reads a route's body before its dependencies run: the admin API's and the
+    fine-tuning jobs' 401 came only once the whole body had arrived, so a client with no
+    credential that sent part of a body held the connection, and up to max_body_bytes of
+    memory, for as long as it liked."""
     host, port = secured.gateway.removeprefix("http://").split(":")
-    for token in ("", "Authorization: Bearer not-the-admin-token\r\n"):
+    attempts = [
+        (path, credential)
+        for path, wrong in (
+            ("/admin/v1/keys", "Bearer not-the-admin-token"),
+            ("/v1/fine_tuning/jobs", f"Bearer {PREFIX}0123456789ab-{'0' * 48}"),
+        )
+        for credential in ("", f"authorization: {wrong}\r\n")
+    ]
+    for path, credential in attempts:
         reader, writer = await asyncio.open_connection(host, int(port))
         try:
             writer.write(
-                b"POST /admin/v1/keys HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n"
-                b'content-length: 1000\r\n%s\r\n{"tenant": ' % token.encode()
+                f"POST {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n"
+                f'content-length: 1000\r\n{credential}\r\n{{"model": '.encode()
             )  # and the rest of the body never comes
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            assert head.startswith(b"HTTP/1.1 401 "), head
+            assert head.startswith(b"HTTP/1.1 401 "), (path, credential, head)
         finally:
             writer.close()
     status, _ = await secured.admin("POST", "/keys", {"tenant": "sec"})  # the token still opens it
