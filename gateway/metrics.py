@@ -215,7 +215,7 @@ class Metrics:
         the gateway restarts."""
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             collecting = CollectorRegistry()
-            workers = multiprocess.MultiProcessCollector(None)  # type: ignore[no-untyped-call]
+            workers = multiprocess.MultiProcessCollector(None)  # type: ignore[no-untyped-call, unused-ignore]
             collecting.register(workers if engines is None else _EnginesNow(workers, engines))
             return generate_latest(collecting)
         return generate_latest(self.registry)

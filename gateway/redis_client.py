@@ -50,9 +50,9 @@ class _Packed:
     ) -> None:
         task = asyncio.current_task()
         asked = 0 if task is None else task.cancelling()
-        await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        await super().send_packed_command(command, check_health)  # type: ignore[misc, unused-ignore]
         if task is not None and task.cancelling() > asked:  # cancelled, yet here: swallowed
-            await self.disconnect(nowait=True)  # type: ignore[attr-defined]  # (its answer unread)
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined, unused-ignore]  # (its answer unread)
             raise asyncio.CancelledError
 
 

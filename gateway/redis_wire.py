@@ -268,5 +268,5 @@ class Wire(asyncio.Protocol):
 
 def _error_reply(message: str) -> RedisError:
     """An error reply as the exception redis-py raises for it (NoScriptError, ...)."""
-    error: RedisError = BaseParser.parse_error(message)  # type: ignore[no-untyped-call]
+    error: RedisError = BaseParser.parse_error(message)  # type: ignore[no-untyped-call, unused-ignore]
     return error

@@ -55,7 +55,7 @@ def uvicorn_config(
         port=port,
         loop=loop,
         http=GatewayHttpProtocol,
-        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type, unused-ignore]
         log_level="warning",
         access_log=False,
         proxy_headers=False,
@@ -150,7 +150,7 @@ class DrainingServer(uvicorn.Server):
                 cut = drain.cut()
                 _log.warning("grace over: %d requests in flight, %d cut", drain.in_flight, cut)
                 # uvicorn hands this to asyncio.wait_for, which takes a float
-                self.config.timeout_graceful_shutdown = ANSWER_END_S  # type: ignore[assignment]
+                self.config.timeout_graceful_shutdown = ANSWER_END_S  # type: ignore[assignment, unused-ignore]
                 self.should_exit = True
         return await super().on_tick(counter)
 
@@ -162,7 +162,7 @@ class DrainingServer(uvicorn.Server):
     def _exit_with_what_is_left(self) -> None:
         left = self.grace_s if self.deadline is None else self.deadline - time.monotonic()
         # uvicorn hands this to asyncio.wait_for, which takes a float (its annotation says int).
-        self.config.timeout_graceful_shutdown = max(left, 0.0)  # type: ignore[assignment]
+        self.config.timeout_graceful_shutdown = max(left, 0.0)  # type: ignore[assignment, unused-ignore]
 
 
 def freeze_startup_objects() -> None:

@@ -56,4 +56,4 @@ class InvalidationListener:
                 if message.get("type") == "message" and isinstance(data, bytes):
                     self.cache.invalidate(data.decode())
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]

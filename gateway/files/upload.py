@@ -81,7 +81,7 @@ async def receive_upload(
 ) -> Upload:
     """Write the `file` part to `partial` (not finished: the caller checks and commits it)."""
     events = _Events()
-    parser = MultipartParser(boundary, events.callbacks())  # type: ignore[arg-type]
+    parser = MultipartParser(boundary, events.callbacks())  # type: ignore[arg-type, unused-ignore]
     reader = _Reader(Upload(partial), max_bytes)
     async for chunk in chunks:
         try:

@@ -74,7 +74,7 @@ class JobStore:
                     await pipe.watch(active)
                     if int(await pipe.scard(active)) >= max_active:
                         raise LimitReached(t)
-                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.multi()  # type: ignore[no-untyped-call, unused-ignore]
                     pipe.set(job_key(t, job.id), job.model_dump_json())
                     # ordered to the millisecond (created_at has seconds): a listing is newest
                     # first for jobs made within one second too
@@ -136,7 +136,7 @@ class JobStore:
                     if job.status not in allowed:
                         return None
                     new = Job.model_validate({**job.model_dump(), **update})
-                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.multi()  # type: ignore[no-untyped-call, unused-ignore]
                     pipe.set(key, new.model_dump_json())
                     if new.status in FINAL:
                         pipe.srem(f"{_tag(tenant)}:ftjobs:active", job_id)

@@ -85,7 +85,7 @@ class AdapterServing:
                     self.preloads.add(task)
                     task.add_done_callback(self.preloads.discard)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
     async def _preload(self, tenant: str, model: str) -> None:
         try:
