@@ -25,9 +25,9 @@ bench: $(STAMP) engine  ## every benchmark (bench/all.py), then one table of the
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,embedded]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,embedded]'
 	touch $@
 
 format: $(STAMP)
