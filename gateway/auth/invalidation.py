@@ -1,4 +1,5 @@
-"""Listen on the invalidation channel and drop cached records; resubscribe after failures."""
+"""Listen on the invalidation channel and drop cached records; resubscribe after failures,
+and after a connection that went silent (gateway/redis_feed.py)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,24 @@ from redis.exceptions import RedisError
 
 from gateway.auth.cache import AuthCache
 from gateway.auth.store import CHANNEL
+from gateway.redis_feed import FEED_ANSWER_S, FEED_PING_S, ChannelFeed
 
 RETRY_S = 0.5
 
 
 class InvalidationListener:
-    def __init__(self, redis: Redis, cache: AuthCache) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        cache: AuthCache,
+        *,
+        ping_s: float = FEED_PING_S,
+        answer_s: float = FEED_ANSWER_S,
+    ) -> None:
         self.redis = redis
         self.cache = cache
+        self.ping_s = ping_s
+        self.answer_s = answer_s
         self.subscribed = asyncio.Event()
         self.log = logging.getLogger("llmaas.auth")
         self.lost = False  # said once when lost, once when back: not at every retry
@@ -39,10 +50,9 @@ class InvalidationListener:
                 await asyncio.sleep(RETRY_S)
 
     async def _listen(self) -> None:
-        pubsub = self.redis.pubsub()
-        try:
-            await pubsub.subscribe(CHANNEL)  # sends only: Redis confirms with a message
-            async for message in pubsub.listen():
+        feed = ChannelFeed(self.redis, CHANNEL, ping_s=self.ping_s, answer_s=self.answer_s)
+        async with feed:
+            async for message in feed.messages():
                 if message.get("type") == "subscribe":
                     # Whatever changed while nobody listened is unknown: start from nothing.
                     # Only now, confirmed: a Redis that is down must not empty the cache.
@@ -55,5 +65,3 @@ class InvalidationListener:
                 data = message.get("data")
                 if message.get("type") == "message" and isinstance(data, bytes):
                     self.cache.invalidate(data.decode())
-        finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]

@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from gateway.errors import ServiceUnavailable
 from gateway.finetune.engine_adapters import AdapterError, load_adapter, unload_adapter
 from gateway.finetune.job_store import JobStore
+from gateway.redis_feed import FEED_ANSWER_S, FEED_PING_S, ChannelFeed
 from gateway.routing.engines import Engine, EngineRegistry, ModelPool
 
 Learn = Callable[[Engine], Awaitable[None]]  # poll one engine's /v1/models now
@@ -42,9 +43,19 @@ async def announce(redis: Redis, tenant: str, model: str) -> None:
 
 class AdapterServing:
     def __init__(
-        self, registry: EngineRegistry, redis: Redis, http: aiohttp.ClientSession, learn: Learn
+        self,
+        registry: EngineRegistry,
+        redis: Redis,
+        http: aiohttp.ClientSession,
+        learn: Learn,
+        *,
+        ping_s: float = FEED_PING_S,
+        answer_s: float = FEED_ANSWER_S,
     ) -> None:
+        """`ping_s`, `answer_s`: the announcements' feed's liveness check (redis_feed.py)."""
         self.registry = registry
+        self.ping_s = ping_s
+        self.answer_s = answer_s
         self.store = JobStore(redis)
         self.http = http
         self.learn = learn
@@ -69,10 +80,11 @@ class AdapterServing:
                 await asyncio.sleep(RETRY_S)
 
     async def _listen(self) -> None:
-        pubsub = self.store.redis.pubsub()
-        try:
-            await pubsub.subscribe(MODELS_CHANNEL)
-            async for message in pubsub.listen():
+        feed = ChannelFeed(
+            self.store.redis, MODELS_CHANNEL, ping_s=self.ping_s, answer_s=self.answer_s
+        )
+        async with feed:
+            async for message in feed.messages():
                 if message.get("type") == "subscribe" and self.lost:
                     self.log.info("fine-tuned model announcements back")
                     self.lost = False
@@ -84,8 +96,6 @@ class AdapterServing:
                     )
                     self.preloads.add(task)
                     task.add_done_callback(self.preloads.discard)
-        finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
     async def _preload(self, tenant: str, model: str) -> None:
         try:

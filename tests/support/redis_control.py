@@ -1,7 +1,9 @@
 """A Redis that tests can stop and start again on the same port (with its data, kept in an
 append-only file), and a TCP proxy in front of Redis that can refuse connections, swallow
-replies (the command runs, the caller never hears back: a "lost reply") or delay them (the
-command runs at once, its caller hears back late: a slow Redis)."""
+replies (the command runs, the caller never hears back: a "lost reply"), delay them (the
+command runs at once, its caller hears back late: a slow Redis) or stall (every connection
+open at that moment, and every one made while stalled, stays open with nothing passing either
+way, for ever: a Redis whose pod or network path vanished without a FIN or RST)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from gateway.embedded.redis_server import ping, redis_config, redis_server_binar
 from gateway.netutil import free_port
 
 # swallow and delay: the replies to script calls (EVALSHA); delay holds them `delay_s`.
-Mode = Literal["pass", "refuse", "swallow", "delay"]
+Mode = Literal["pass", "refuse", "swallow", "delay", "stall"]
 
 
 class RestartableRedis:
@@ -62,7 +64,7 @@ async def restartable_redis(workdir: Path) -> AsyncIterator[RestartableRedis]:
 
 
 class RedisProxy:
-    """127.0.0.1:<port> → the Redis at `target_port`, in one of four modes."""
+    """127.0.0.1:<port> → the Redis at `target_port`, in one of five modes."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -72,14 +74,24 @@ class RedisProxy:
         self.swallowed = 0  # replies thrown away in "swallow" mode
         self.delay_s = 0.0  # how late replies come in "delay" mode
         self.delayed = 0  # replies held back in "delay" mode
-        self.links: set[asyncio.Task[None]] = set()
+        self.links: dict[asyncio.Task[None], _Link] = {}
 
     def set_mode(self, mode: Mode, delay_s: float = 0.0) -> None:
-        """Change the mode; open connections are cut so every client reconnects into it."""
+        """Change the mode; open connections are cut so every client reconnects into it, except
+        stalled ones: into "stall", they stay open and silent, and out of it, they stay so."""
         self.mode = mode
         self.delay_s = delay_s
-        for link in list(self.links):
-            link.cancel()
+        for task, link in list(self.links.items()):
+            if mode == "stall":
+                link.frozen = True
+            elif not link.frozen:
+                task.cancel()
+
+    def close(self) -> None:
+        """Cut every connection, stalled ones included, and refuse new ones."""
+        self.set_mode("refuse")
+        for task in list(self.links):
+            task.cancel()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.mode == "refuse":
@@ -87,10 +99,10 @@ class RedisProxy:
             return
         task = asyncio.current_task()
         assert task is not None
-        self.links.add(task)
+        link = _Link(self.mode)
+        self.links[task] = link
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-            link = _Link(self.mode)
             try:
                 await asyncio.gather(
                     link.requests(reader, up_writer), self._replies(up_reader, writer, link)
@@ -100,13 +112,15 @@ class RedisProxy:
         except (OSError, asyncio.CancelledError):
             pass
         finally:
-            self.links.discard(task)
+            self.links.pop(task, None)
             writer.close()
 
     async def _replies(
         self, up: asyncio.StreamReader, client: asyncio.StreamWriter, link: _Link
     ) -> None:
         while data := await up.read(65536):
+            if link.frozen:
+                await link.forever()
             if link.script_sent and link.mode == "delay":
                 link.script_sent = False
                 self.delayed += 1
@@ -125,9 +139,15 @@ class _Link:
     def __init__(self, mode: Mode) -> None:
         self.mode = mode
         self.script_sent = False
+        self.frozen = mode == "stall"  # nothing passes, the connection stays open
+
+    async def forever(self) -> None:
+        await asyncio.Event().wait()  # until the connection is cut (cancelled)
 
     async def requests(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         while data := await source.read(65536):
+            if self.frozen:
+                await self.forever()
             if self.mode in ("swallow", "delay") and b"EVALSHA" in data.upper():
                 self.script_sent = True  # before the script can answer
             sink.write(data)
@@ -142,6 +162,6 @@ async def redis_proxy(target_port: int) -> AsyncIterator[RedisProxy]:
         yield proxy
     finally:
         server.close()
-        proxy.set_mode("refuse")
+        proxy.close()
         with contextlib.suppress(Exception):
             await server.wait_closed()

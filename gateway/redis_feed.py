@@ -1,0 +1,77 @@
+"""One Redis pub/sub channel, read as a feed that notices when its connection has died.
+
+redis-py's `listen()` blocks on the socket with no timeout, which is right for a quiet channel
+and wrong for a dead connection that never said so: a Redis pod replaced, a node or a network
+path gone, leave the client's socket open with nothing ever coming (no FIN, no RST). A listener
+on such a socket waits for ever, silently, and whatever the feed carries (key revocations,
+fine-tuned models to load) is lost until the process restarts. Here a channel quiet for
+`ping_s` is sent a PING; its PONG must come within `answer_s`, or the feed raises
+ConnectionError, so its owner logs the loss and subscribes again on a new connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+FEED_PING_S = 5.0  # a channel quiet this long is asked whether its connection lives
+FEED_ANSWER_S = 2.0  # how long the PONG may take (a busy Redis answers in milliseconds)
+
+
+class ChannelFeed:
+    """`async with ChannelFeed(redis, channel) as feed: async for message in feed.messages()`:
+    every message redis-py reads (the subscribe confirmation included), PONGs left out."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        channel: str,
+        *,
+        ping_s: float = FEED_PING_S,
+        answer_s: float = FEED_ANSWER_S,
+    ) -> None:
+        self.redis = redis
+        self.channel = channel
+        self.ping_s = ping_s
+        self.answer_s = answer_s
+        self.pubsub: PubSub | None = None
+
+    async def __aenter__(self) -> ChannelFeed:
+        self.pubsub = self.redis.pubsub()
+        await self.pubsub.subscribe(self.channel)  # sends only: Redis confirms with a message
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.pubsub is not None:
+            await self.pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
+            self.pubsub = None
+
+    async def messages(self) -> AsyncIterator[dict[str, Any]]:
+        """Raises ConnectionError when a PING goes unanswered (and whatever redis-py raises)."""
+        pubsub = self.pubsub
+        assert pubsub is not None, "messages() inside `async with`"
+        pinged = False
+        while True:
+            wait_s = self.answer_s if pinged else self.ping_s
+            message = await pubsub.get_message(timeout=wait_s)
+            if message is None:
+                if pinged:
+                    raise RedisConnectionError(
+                        f"no answer to PING on {self.channel} within {self.answer_s:g}s"
+                    )
+                await pubsub.ping()
+                pinged = True
+                continue
+            pinged = False  # anything read says the connection lives
+            if message.get("type") != "pong":
+                yield message
