@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Protocol
 
 from starlette.types import Message, Send
@@ -12,14 +13,15 @@ from gateway.errors import ApiError
 JSON = b"application/json"
 
 
-async def send_bytes(send: Send, status: int, body: bytes, content_type: bytes = JSON) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", content_type), (b"content-length", b"%d" % len(body))],
-        }
-    )
+async def send_bytes(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes = JSON,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body)), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -267,7 +267,10 @@ class ProxyResponse(Response):
             return
         self._refused(engine, resp.status)
         await send_bytes(
-            send, resp.status, normalize_error(resp.status, body, call.route, call.grammar)
+            send,
+            resp.status,
+            normalize_error(resp.status, body, call.route, call.grammar),
+            extra=engine_refusal_headers(resp.status),
         )
 
     async def _collected(
@@ -288,7 +291,7 @@ class ProxyResponse(Response):
         info.outcome = outcome_of_status(status)
         if status != 200:
             self._refused(engine, status)
-        await send_bytes(send, status, body)
+        await send_bytes(send, status, body, extra=engine_refusal_headers(status))
 
     def _refused(self, engine: Engine, status: int) -> None:
         """An engine's error answer: counted, and a 5xx towards the engine's ejection."""
@@ -299,3 +302,10 @@ class ProxyResponse(Response):
     async def _send_error(self, send: Send, err: ApiError) -> None:
         self.status_code = err.status_code
         await send_error(send, err)
+
+
+def engine_refusal_headers(status: int) -> tuple[tuple[bytes, bytes], ...]:
+    """An engine's 429 or 503 (busy, starting, its queue full) relayed as the last engine's
+    answer says when to try again, as the gateway's own 429s and 503s do: OpenAI's SDKs wait
+    that long before their retry instead of their own backoff."""
+    return ((b"retry-after", b"1"),) if status in (429, 503) else ()

@@ -258,3 +258,18 @@ async def test_streaming_request_refused_by_engine_is_a_plain_http_error(stack: 
     status, payload = await post(stack, "/v1/chat/completions", body)
     assert status == 400
     assert assert_openai_error(payload)["message"] == "bad"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("engine_status", "retry_after"), [(503, "1"), (429, "1"), (500, None)])
+async def test_an_engine_busy_answer_relayed_says_when_to_retry(
+    stack: Stack, stream: bool, engine_status: int, retry_after: str | None
+) -> None:
+    """An engine's 503 (starting, overloaded) reached the client with no Retry-After, unlike
+    the gateway's own 503s: OpenAI's SDKs then retried on their own short backoff."""
+    sim = {"fail_status": engine_status, "fail_message": "engine busy"}
+    body = orjson.dumps({**CHAT, "stream": stream, "sim": sim})
+    async with stack.http.post(f"{stack.gateway}/v1/chat/completions", data=body) as resp:
+        assert resp.status == engine_status
+        assert resp.headers.get("retry-after") == retry_after
+        assert assert_openai_error(orjson.loads(await resp.read()))["message"] == "engine busy"
