@@ -143,8 +143,9 @@ async def test_least_loaded_sends_more_to_the_faster_engine(tmp_path: Path) -> N
 
 async def test_prefix_affinity_keeps_conversations_on_their_engine_within_the_bound() -> None:
     """Balancer level, with engines whose load the scraper reads from their /metrics (the API
-    layer does not hand the proxy an affinity key yet)."""
-    systems = [f"System prompt {i}: " + "answer briefly and precisely. " * 40 for i in range(8)]
+    layer does not hand the proxy an affinity key yet). The eight conversations have four
+    homes on each engine: eight drawn at random hash 6/2 or worse to the two engines (random
+    ports) in 29% of runs, and a conversation stays on its home."""
     async with (
         running_sim(SimConfig(models=[MODEL], ttft_ms=30, itl_ms=5)) as one,
         running_sim(SimConfig(models=[MODEL], ttft_ms=30, itl_ms=5)) as two,
@@ -153,6 +154,15 @@ async def test_prefix_affinity_keeps_conversations_on_their_engine_within_the_bo
         registry = EngineRegistry([ModelRoute(name=MODEL, engines=[one, two])])
         pool = registry.pool(MODEL)
         assert pool is not None
+        homes: dict[str, list[str]] = {one: [], two: []}
+        for i in range(200):
+            system = f"System prompt {i}: " + "answer briefly and precisely. " * 40
+            block = affinity_key("chat/completions", chat(system, "question 0"))[:BLOCK_BYTES]
+            at_home = home(pool.engines, block)
+            assert at_home is not None
+            homes[at_home.url].append(system)
+        systems = [s for pair in zip(homes[one][:4], homes[two][:4], strict=True) for s in pair]
+        assert len(systems) == 8
         balancer = PrefixAffinity(load_bound=1.25)
         routed: list[tuple[int, str]] = []
 
@@ -176,8 +186,8 @@ async def test_prefix_affinity_keeps_conversations_on_their_engine_within_the_bo
 
         async with scraping(registry):
             await asyncio.gather(*(user() for _ in range(4)))
-        home = {c: url for c, url in reversed(routed)}  # each conversation's first engine
-        stuck = sum(url == home[c] for c, url in routed)
+        first = {c: url for c, url in reversed(routed)}  # each conversation's first engine
+        stuck = sum(url == first[c] for c, url in routed)
         assert stuck >= 0.8 * len(routed), routed
         per_engine = Counter(url for _, url in routed)
         assert max(per_engine.values()) <= 1.25 * len(routed) / 2, per_engine
