@@ -13,6 +13,12 @@ first. The order of bytes on the connection never changes.
 httptools sets no bound on a request's head (its URL and headers): it holds a header until its
 end, however long, so one connection could make the process hold hundreds of MiB before any
 credential is read. A head past MAX_HEAD_BYTES is answered 431 and the connection closed.
+
+A head must arrive whole within keep_alive_s, and a body as well, plus a second for every
+BODY_MIN_RATE bytes of it received (Apache's mod_reqtimeout rule): a client that sent a head
+and then part of its body, or its body a byte at a time, held its request's slot (one of
+max_inflight_requests) for ever. A body late is answered 408 and the connection closed; the
+request waiting on it hears that its client is gone (499, nothing reaches an engine).
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ _END_OF_HEAD = b"\r\n\r\n"
 # for large JWTs and cookies (nginx takes 4 x 8 KiB, uvicorn's h11 protocol 16 KiB).
 MAX_HEAD_BYTES = 64 * 1024
 LINGER_S = 2.0  # how long a connection refused for its head is read (and dropped) before closing
+# A body's deadline moves a second later for every BODY_MIN_RATE bytes received: an upload of
+# any size arrives whole at this average rate or faster.
+BODY_MIN_RATE = 500
 
 
 class HeadWithBody:
@@ -121,6 +130,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.head_bytes: int | None = 0  # read of the current request's head; None: in its body
         self.refused = False  # its head was too large: answered, read no more
         self.head_deadline: asyncio.TimerHandle | None = None
+        self.body_deadline: asyncio.TimerHandle | None = None
+        self.body_started = 0.0  # when the current request's body was first awaited
+        self.body_bytes = 0  # received since then
         super().connection_made(cast(asyncio.Transport, wrapped))
         self._await_head()
 
@@ -147,11 +159,52 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             return  # what the client sent on before it read the 431
         if self.head_bytes is not None:
             self.head_bytes += len(data)  # (the head's end resets it, in this feed)
+        else:
+            self.body_bytes += len(data)
         super().data_received(data)
         if self.head_bytes is not None and self.head_bytes > MAX_HEAD_BYTES:
             self.head_bytes = None
             if not self.transport.is_closing():  # (not already refused as malformed)
                 self._refuse_head()
+        elif self.head_bytes is None and self.body_deadline is None:
+            self._await_body()  # a head whose body did not come whole in the same read
+
+    def _await_body(self) -> None:
+        if self.transport.is_closing():
+            return
+        self.body_started = self.loop.time()
+        self.body_bytes = 0
+        self.body_deadline = self.loop.call_later(self.timeout_keep_alive, self._body_due)
+
+    def _body_due(self) -> None:
+        """Its time is up, unless what came since moved it later, or the gateway stopped
+        reading (the app has not taken what came: flow control), which starts it again."""
+        if self.flow.read_paused:
+            self.body_deadline = None
+            self._await_body()
+            return
+        due = self.body_started + self.timeout_keep_alive + self.body_bytes / BODY_MIN_RATE
+        if due > self.loop.time():
+            self.body_deadline = self.loop.call_at(due, self._body_due)
+            return
+        self.body_deadline = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            error = InvalidRequest(
+                f"The request's body did not arrive within {self.timeout_keep_alive:g} s and"
+                f" a second more for every {BODY_MIN_RATE} bytes received.",
+                status=408,
+                code="request_timeout",
+            )
+            self.transport.write(_closing_answer(408, error.json()))
+        self.transport.close()
+
+    def _body_arrived(self) -> None:
+        if self.body_deadline is not None:
+            self.body_deadline.cancel()
+            self.body_deadline = None
 
     def _refuse_head(self) -> None:
         error = InvalidRequest(
@@ -159,10 +212,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             status=431,
             code="request_headers_too_large",
         )
-        body = error.json()
-        head = STATUS_LINE[431] + b"content-type: application/json\r\n"
-        head += b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
-        self.transport.write(head + body)
+        self.transport.write(_closing_answer(431, error.json()))
         # Closed with the rest of the head unread, the connection would be reset, and the client
         # would lose the answer: its end is closed, what it still sends read and dropped, until
         # it closes too or LINGER_S passes.
@@ -182,6 +232,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self.head_bytes = 0  # the next request's head comes next
+        self._body_arrived()
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
@@ -192,5 +243,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_arrived()
+        self._body_arrived()
         super().connection_lost(exc)
         self.link.lost()
+
+
+def _closing_answer(status: int, body: bytes) -> bytes:
+    """A whole JSON answer after which the connection closes."""
+    head = STATUS_LINE[status] + b"content-type: application/json\r\n"
+    return head + b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)

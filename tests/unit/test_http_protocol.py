@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 import aiohttp
@@ -16,6 +17,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from gateway.http_protocol import (
+    BODY_MIN_RATE,
     MAX_HEAD_BYTES,
     ClientLink,
     GatewayHttpProtocol,
@@ -296,3 +298,88 @@ async def test_a_connection_that_never_sends_a_whole_head_is_closed() -> None:
             writer.close()
         for task in trickles:
             task.cancel()
+
+
+def body_counter(heard: list[str]) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """An app that answers the size of the body it read; a path whose client left is heard."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                heard.append(scope["path"])
+                return
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        answer = b"%d" % size
+        headers = [(b"content-length", b"%d" % len(answer))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    return app
+
+
+def post_head(path: str, length: int) -> bytes:
+    return b"POST %s HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n" % (path.encode(), length)
+
+
+async def send_slowly(writer: asyncio.StreamWriter, chunk: bytes, times: int) -> None:
+    with contextlib.suppress(ConnectionError):
+        for _ in range(times):
+            writer.write(chunk)
+            await writer.drain()
+            await asyncio.sleep(0.25)
+
+
+async def test_a_body_that_does_not_come_in_time_is_408_and_closed() -> None:
+    """A client that sent its head and part of its body, or its body a byte at a time, held
+    its request (one of max_inflight_requests, with a key's slot) for ever. A body now has the
+    keep-alive time, a second more for every BODY_MIN_RATE bytes received: a stalled or
+    trickled body is 408 and closed, and the request waiting on it hears its client is gone;
+    a slow body at the rate arrives whole and is answered."""
+    heard: list[str] = []
+    port = free_port()
+    config = uvicorn.Config(
+        body_counter(heard),
+        host="127.0.0.1",
+        port=port,
+        loop="none",
+        http=GatewayHttpProtocol,
+        lifespan="off",
+        log_level="warning",
+        timeout_keep_alive=1,
+    )
+    async with serve_uvicorn(config):
+        stalled = await asyncio.open_connection("127.0.0.1", port)
+        stalled[1].write(post_head("/stalled", 1000) + b"x" * 10)
+        trickled = await asyncio.open_connection("127.0.0.1", port)
+        trickled[1].write(post_head("/trickled", 1000))
+        at_rate = await asyncio.open_connection("127.0.0.1", port)
+        at_rate[1].write(post_head("/at-rate", 8 * BODY_MIN_RATE))
+        senders = [
+            asyncio.ensure_future(send_slowly(trickled[1], b"x", 1000)),  # 4 bytes a second
+            asyncio.ensure_future(send_slowly(at_rate[1], b"y" * BODY_MIN_RATE, 8)),  # 2 s
+        ]
+        try:
+            for reader, _ in (stalled, trickled):
+                answer = await asyncio.wait_for(reader.read(), 10)  # then closed
+                assert answer.startswith(b"HTTP/1.1 408 "), answer
+                error = orjson.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+                assert error["code"] == "request_timeout"
+                assert "did not arrive within 1 s" in error["message"]
+            answer = await asyncio.wait_for(at_rate[0].readuntil(b"\r\n\r\n"), 10)
+            assert answer.startswith(b"HTTP/1.1 200 OK")
+            assert await at_rate[0].readexactly(4) == b"%d" % (8 * BODY_MIN_RATE)
+            async with asyncio.timeout(5):
+                while len(heard) < 2:  # noqa: ASYNC110 (the app's list has no event)
+                    await asyncio.sleep(0.02)
+            assert sorted(heard) == ["/stalled", "/trickled"]
+        finally:
+            for task in senders:
+                task.cancel()
+            for _, writer in (stalled, trickled, at_rate):
+                writer.close()
