@@ -4,19 +4,20 @@
 # The engines (vLLM) run from their own images; nothing of them is in here.
 
 # Builder: a wheel of the project, installed with its runtime dependencies (no extras) into
-# /opt/llmaas. Every dependency ships binary wheels, so no compiler is needed even here.
+# /opt/llmaas, at the versions CI last passed with (constraints.txt, as `make install` uses).
+# Every dependency ships binary wheels, so no compiler is needed even here.
 FROM python:3.11-slim AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 # Only what the wheel is built from (.dockerignore keeps the rest of the tree out).
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY gateway ./gateway
 # The venv has no pip of its own: the builder's pip installs into it (--python).
 RUN python -m venv --without-pip /opt/llmaas \
     && pip wheel --no-deps --wheel-dir /tmp/wheels . \
-    && pip --python /opt/llmaas/bin/python install /tmp/wheels/llmaas-*.whl
+    && pip --python /opt/llmaas/bin/python install -c constraints.txt /tmp/wheels/llmaas-*.whl
 
 # Runtime: the venv alone. Bytecode was compiled at install, so a read-only root filesystem
 # works; the only places written at run time are /tmp (with --workers N, the Prometheus

@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -79,9 +80,10 @@ def test_builder_installs_the_wheel_without_extras_or_cache(stages: list[Stage])
     assert env["PIP_NO_CACHE_DIR"] == "1"
     run = " ".join(i.args for i in builder.all("RUN"))
     assert "pip wheel --no-deps" in run
-    install = re.search(rf"pip --python {VENV}/bin/python install (\S+)", run)
+    install = re.search(rf"pip --python {VENV}/bin/python install -c (\S+) (\S+)", run)
     assert install is not None, run
-    assert install.group(1) == "/tmp/wheels/llmaas-*.whl"  # the package itself, no [extras]
+    assert install.group(1) == "constraints.txt"  # the versions CI last passed with
+    assert install.group(2) == "/tmp/wheels/llmaas-*.whl"  # the package itself, no [extras]
     assert "[" not in run, "no extras ([embedded] prepares vLLM, [test] is for tests)"
 
 
@@ -131,7 +133,7 @@ def test_spill_dir_default_is_where_the_image_prepares_it(final: Stage) -> None:
 def test_context_holds_only_what_the_wheel_is_built_from(stages: list[Stage]) -> None:
     ignore = DockerIgnore.read(ROOT / ".dockerignore")
     sources = [w for i in stages[0].all("COPY") for w in i.words()[:-1]]
-    assert sorted(sources) == ["README.md", "gateway", "pyproject.toml"]
+    assert sorted(sources) == ["README.md", "constraints.txt", "gateway", "pyproject.toml"]
     for kept in [*sources, "gateway/app.py", "gateway/limits/admission.lua", "gateway/py.typed"]:
         assert not ignore.excludes(kept), kept
     left_out = [
@@ -149,3 +151,18 @@ def test_context_holds_only_what_the_wheel_is_built_from(stages: list[Stage]) ->
         "build/lib/gateway/app.py",
     ]
     assert [p for p in left_out if not ignore.excludes(p)] == []
+
+
+def test_every_runtime_dependency_is_pinned_by_the_constraints() -> None:
+    """The builder installs with -c constraints.txt: a dependency missing there would float to
+    whatever its range gets on the day of the build (redis 8.2 once broke CI that way)."""
+    pins = {
+        re.sub(r"[-_.]+", "-", line.split("==")[0]).lower()
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = [re.split(r"[\s<>=!~;\[]", dep, maxsplit=1)[0] for dep in project["dependencies"]]
+    assert names, "pyproject lists the runtime dependencies"
+    unpinned = [n for n in names if re.sub(r"[-_.]+", "-", n).lower() not in pins]
+    assert unpinned == []
