@@ -43,7 +43,11 @@ class ChannelFeed:
 
     async def __aenter__(self) -> ChannelFeed:
         self.pubsub = self.redis.pubsub()
-        await self.pubsub.subscribe(self.channel)  # sends only: Redis confirms with a message
+        try:
+            await self.pubsub.subscribe(self.channel)  # sends only: Redis confirms with a message
+        except BaseException:  # (Redis down) its pool connection goes back, or each retry leaks one
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(

@@ -120,3 +120,28 @@ async def test_a_feed_whose_connection_went_silent_subscribes_again() -> None:
                 for feed, logger in FEEDS.items()
             }
             assert counts == dict.fromkeys(FEEDS, (1, 1))
+
+
+async def test_a_feed_retrying_while_redis_is_away_gives_its_connections_back() -> None:
+    """Each attempt to subscribe while Redis refused took a connection from the pool and kept
+    it: on a pool of 2, the third attempt waited for a connection that never came back, and the
+    feed never returned. Every failed attempt now gives its connection back."""
+    async with (
+        running_redis(None) as redis_url,
+        redis_proxy(int(redis_url.rsplit(":", 1)[1].split("/")[0])) as proxy,
+    ):
+        through = redis_client(proxy.url, 0.5, 2)
+        listener = InvalidationListener(through, AuthCache(ttl_s=3600))
+        with collected("llmaas.auth") as logs:
+            task = asyncio.create_task(listener.run())
+            try:
+                await asyncio.wait_for(listener.subscribed.wait(), 5)
+                proxy.set_mode("refuse")
+                await logs.wait_for(lost("auth invalidation feed"))
+                await asyncio.sleep(2.5)  # 5 attempts at least
+                proxy.set_mode("pass")
+                await logs.wait_for(back("auth invalidation feed"))
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await through.aclose()
