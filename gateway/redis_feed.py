@@ -25,7 +25,9 @@ FEED_ANSWER_S = 2.0  # how long the PONG may take (a busy Redis answers in milli
 
 class ChannelFeed:
     """`async with ChannelFeed(redis, channel) as feed: async for message in feed.messages()`:
-    every message redis-py reads (the subscribe confirmation included), PONGs left out."""
+    every message redis-py reads (the subscribe confirmation included), PONGs left out. Each
+    `async with` (one at a time) subscribes anew on a new connection: a listener keeps one
+    ChannelFeed and enters it again after a failure."""
 
     def __init__(
         self,

@@ -25,10 +25,8 @@ class InvalidationListener:
         ping_s: float = FEED_PING_S,
         answer_s: float = FEED_ANSWER_S,
     ) -> None:
-        self.redis = redis
         self.cache = cache
-        self.ping_s = ping_s
-        self.answer_s = answer_s
+        self.feed = ChannelFeed(redis, CHANNEL, ping_s=ping_s, answer_s=answer_s)
         self.subscribed = asyncio.Event()
         self.log = logging.getLogger("llmaas.auth")
         self.lost = False  # said once when lost, once when back: not at every retry
@@ -50,8 +48,7 @@ class InvalidationListener:
                 await asyncio.sleep(RETRY_S)
 
     async def _listen(self) -> None:
-        feed = ChannelFeed(self.redis, CHANNEL, ping_s=self.ping_s, answer_s=self.answer_s)
-        async with feed:
+        async with self.feed as feed:
             async for message in feed.messages():
                 if message.get("type") == "subscribe":
                     # Whatever changed while nobody listened is unknown: start from nothing.

@@ -54,8 +54,7 @@ class AdapterServing:
     ) -> None:
         """`ping_s`, `answer_s`: the announcements' feed's liveness check (redis_feed.py)."""
         self.registry = registry
-        self.ping_s = ping_s
-        self.answer_s = answer_s
+        self.feed = ChannelFeed(redis, MODELS_CHANNEL, ping_s=ping_s, answer_s=answer_s)
         self.store = JobStore(redis)
         self.http = http
         self.learn = learn
@@ -80,10 +79,7 @@ class AdapterServing:
                 await asyncio.sleep(RETRY_S)
 
     async def _listen(self) -> None:
-        feed = ChannelFeed(
-            self.store.redis, MODELS_CHANNEL, ping_s=self.ping_s, answer_s=self.answer_s
-        )
-        async with feed:
+        async with self.feed as feed:
             async for message in feed.messages():
                 if message.get("type") == "subscribe" and self.lost:
                     self.log.info("fine-tuned model announcements back")

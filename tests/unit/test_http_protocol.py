@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 import pytest
 import uvicorn
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.http_protocol import (
     BODY_MIN_RATE,
@@ -253,6 +253,20 @@ async def test_a_request_head_past_the_limit_is_431_before_it_is_held() -> None:
     assert seen == [len(body)]  # the app never saw the refused request
 
 
+def keep_alive_1s(app: ASGIApp, port: int) -> uvicorn.Config:
+    """The gateway's protocol with a keep-alive time of 1 s, the deadline of heads and bodies."""
+    return uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="none",
+        http=GatewayHttpProtocol,
+        lifespan="off",
+        log_level="warning",
+        timeout_keep_alive=1,
+    )
+
+
 async def test_a_connection_that_never_sends_a_whole_head_is_closed() -> None:
     """uvicorn arms its keep-alive timer only after an answer, and any byte received cancels
     it: a connection that sent nothing, or a head a byte at a time, was held open forever (a
@@ -274,16 +288,7 @@ async def test_a_connection_that_never_sends_a_whole_head_is_closed() -> None:
                 await asyncio.sleep(0.1)
 
     port = free_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        loop="none",
-        http=GatewayHttpProtocol,
-        lifespan="off",
-        log_level="warning",
-        timeout_keep_alive=1,
-    )
+    config = keep_alive_1s(app, port)
     head = b"GET /slow HTTP/1.1\r\nhost: test\r\nx-padding: " + b"p" * 200 + b"\r\n\r\n"
     async with serve_uvicorn(config):
         silent = await asyncio.open_connection("127.0.0.1", port)
@@ -343,16 +348,7 @@ async def test_a_body_that_does_not_come_in_time_is_408_and_closed() -> None:
     a slow body at the rate arrives whole and is answered."""
     heard: list[str] = []
     port = free_port()
-    config = uvicorn.Config(
-        body_counter(heard),
-        host="127.0.0.1",
-        port=port,
-        loop="none",
-        http=GatewayHttpProtocol,
-        lifespan="off",
-        log_level="warning",
-        timeout_keep_alive=1,
-    )
+    config = keep_alive_1s(body_counter(heard), port)
     async with serve_uvicorn(config):
         stalled = await asyncio.open_connection("127.0.0.1", port)
         stalled[1].write(post_head("/stalled", 1000) + b"x" * 10)
