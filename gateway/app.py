@@ -170,7 +170,7 @@ def create_app(
             # admissions given up on: a last try at releasing them; the leases left are settled
             # (and spilled with the usage if Redis is away), not left to their TTL
             for caller, lease in await admission.close():
-                settler.submit(lease_release(caller.tenant, caller.key_id, lease))
+                settler.submit(lease_release(caller.tenant, caller.scope_id, lease))
             await settler.close()  # requests are done: flush what waits for Redis, spill the rest
             await upstream.close()
             if pipe is not None:

@@ -29,6 +29,13 @@ class Principal:
     priority: int | None = None  # the tenant's vLLM request priority; None: the engines' default
     media_hosts: frozenset[str] | None = None  # the tenant's media URL hosts; None: the default
 
+    @property
+    def scope_id(self) -> str:
+        """The id of this caller's own rate-limit scope within its tenant. A JWT's subject is
+        any string its issuer chose, so it gets a namespace of its own: a subject spelled like
+        one of the tenant's API key ids (12 hex digits) must not share that key's counters."""
+        return f"jwt:{self.key_id}" if self.source == "jwt" else self.key_id
+
     def may_use(self, model: str) -> bool:
         """Both allow-lists apply: the key's and its tenant's. A fine-tuned model (`ft:...`) is
         its own tenant's only, whatever the lists say."""

@@ -39,10 +39,11 @@ def new_lease() -> str:
     return secrets.token_hex(8)
 
 
-def scope_keys(tenant: str, key_id: str) -> tuple[list[str], list[str]]:
-    """Redis keys (rpm, tpm, leases) of the key scope and of the tenant scope."""
+def scope_keys(tenant: str, scope_id: str) -> tuple[list[str], list[str]]:
+    """Redis keys (rpm, tpm, leases) of the key scope (`Principal.scope_id`) and of the tenant
+    scope."""
     tag = f"llmaas:{{t:{tenant}}}"
-    key_scope = f"{tag}:k:{key_id}"
+    key_scope = f"{tag}:k:{scope_id}"
     return (
         [f"{key_scope}:rpm", f"{key_scope}:tpm", f"{key_scope}:leases"],
         [f"{tag}:rpm", f"{tag}:tpm", f"{tag}:leases"],
@@ -138,7 +139,7 @@ class Limiter:
     ) -> list[Admission | RateLimited | AdmissionCancelled]:
         """`admit` for several (tokens, lease) of one principal at once, decided in order in
         one call: each one's admission, or the refusal or cancellation `admit` would raise."""
-        key_keys, tenant_keys = scope_keys(principal.tenant, principal.key_id)
+        key_keys, tenant_keys = scope_keys(principal.tenant, principal.scope_id)
         limits = _limit_args(principal.key_limits) + _limit_args(principal.tenant_limits)
         name = ((*key_keys, *tenant_keys), (self.lease_ttl_ms, self.window_ms, *limits))
         items = [(marker_key(principal.tenant, lease), tokens, lease) for tokens, lease in requests]
@@ -156,7 +157,7 @@ class Limiter:
 
     async def release(self, principal: Principal, lease: str) -> ReleaseOutcome:
         """Give back what admitting `lease` charged, once, and cancel it if it has not run."""
-        key_keys, tenant_keys = scope_keys(principal.tenant, principal.key_id)
+        key_keys, tenant_keys = scope_keys(principal.tenant, principal.scope_id)
         keys = [marker_key(principal.tenant, lease), *key_keys, *tenant_keys]
         tpm = [principal.key_limits.tpm or 0, principal.tenant_limits.tpm or 0]
         outcome = await self._release(keys=keys, args=[lease, self.window_ms, *tpm])
@@ -167,7 +168,7 @@ class Limiter:
         the number of lease-set entries still held (a settled lease is not added back)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for caller, lease in leases:
-                key_keys, tenant_keys = scope_keys(caller.tenant, caller.key_id)
+                key_keys, tenant_keys = scope_keys(caller.tenant, caller.scope_id)
                 keys = [key_keys[2], tenant_keys[2]]
                 await self._renew(keys=keys, args=[lease, self.lease_ttl_ms], client=pipe)
             replies = await pipe.execute()

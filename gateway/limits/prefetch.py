@@ -72,7 +72,7 @@ class _Shelf:
 
 
 def _name(caller: Principal) -> _Name:
-    return (caller.tenant, caller.key_id, caller.key_limits, caller.tenant_limits)
+    return (caller.tenant, caller.scope_id, caller.key_limits, caller.tenant_limits)
 
 
 class Prefetch:

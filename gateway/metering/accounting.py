@@ -58,7 +58,7 @@ def settlement_of(charge: Charge, result: ProxyResult) -> Settlement | None:
             key_tpm=charge.caller.key_limits.tpm or 0,
             tenant_tpm=charge.caller.tenant_limits.tpm or 0,
         )
-    return Settlement(record_id, charge.caller.tenant, charge.caller.key_id, record, limits)
+    return Settlement(record_id, charge.caller.tenant, charge.caller.scope_id, record, limits)
 
 
 def _unreported(charge: Charge, result: ProxyResult) -> Usage:

@@ -148,10 +148,10 @@ class Ledger:
     def _fixed_of(self, s: Settlement) -> _Fixed:
         record = s.record
         if record is None:
-            return self._fixed(s.tenant, s.key_id, ("", ""), None)
+            return self._fixed(s.tenant, s.scope_id, ("", ""), None)
         day = record.time_ms // DAY_MS
         metrics = TRAINING_METRICS if record.route == FINE_TUNE_ROUTE else METRICS
-        return self._fixed(s.tenant, s.key_id, (record.key_id, record.model), day, metrics)
+        return self._fixed(s.tenant, s.scope_id, (record.key_id, record.model), day, metrics)
 
     def _command(self, fixed: _Fixed, group: list[Settlement]) -> Command:
         prefix = fixed.seen_prefix
@@ -174,18 +174,18 @@ class Ledger:
     def _fixed(
         self,
         tenant: str,
-        key_id: str,
+        scope_id: str,
         totals: tuple[str, str],
         day: int | None,
         metrics: tuple[str, ...] = METRICS,
     ) -> _Fixed:
-        """What every settlement of this key shares on a UTC day (`day`: days since the epoch;
-        `totals`: the record's key id and model, whose daily totals it adds to, as `metrics`),
-        made once."""
-        found = self.fixed.get((tenant, key_id, totals, day, metrics))
+        """What every settlement of this limit scope (`Principal.scope_id`) shares on a UTC day
+        (`day`: days since the epoch; `totals`: the record's key id and model, whose daily
+        totals it adds to, as `metrics`), made once."""
+        found = self.fixed.get((tenant, scope_id, totals, day, metrics))
         if found is not None:
             return found
-        (_, key_tpm, key_leases), (_, tenant_tpm, tenant_leases) = scope_keys(tenant, key_id)
+        (_, key_tpm, key_leases), (_, tenant_tpm, tenant_leases) = scope_keys(tenant, scope_id)
         date = "-" if day is None else day_of(day * DAY_MS)
         # UTC days: epoch ms align to them; the day's totals are kept a retention after it
         expires_at = 0 if day is None else (day + 1) * DAY_MS + self.retention_ms
@@ -211,5 +211,5 @@ class Ledger:
         )
         if len(self.fixed) >= FIXED_MAX:
             self.fixed.clear()
-        self.fixed[tenant, key_id, totals, day, metrics] = made
+        self.fixed[tenant, scope_id, totals, day, metrics] = made
         return made

@@ -29,7 +29,7 @@ class LimitSettlement:
 class Settlement:
     id: str  # the idempotency key; the record's id when there is a record
     tenant: str
-    key_id: str
+    scope_id: str  # the caller's limit scope (Principal.scope_id), whose counters it settles
     record: UsageRecord | None  # None: the request never reached an engine
     limits: LimitSettlement | None  # None: nothing limited this caller
 
@@ -43,17 +43,17 @@ class Settlement:
         return cls(
             id=data["id"],
             tenant=data["tenant"],
-            key_id=data["key_id"],
+            scope_id=data["scope_id"] if "scope_id" in data else data["key_id"],  # older spills
             record=None if record is None else UsageRecord(**record),
             limits=None if limits is None else LimitSettlement(**limits),
         )
 
 
-def lease_release(tenant: str, key_id: str, lease: str) -> Settlement:
+def lease_release(tenant: str, scope_id: str, lease: str) -> Settlement:
     """Free a concurrency lease whose release.lua Redis never took (the process stopped while
     Redis was away): settled like a request, its marker keeps it to once; its tokens and
     request entry are left to the window."""
     limits = LimitSettlement(lease=lease, delta=0, key_tpm=0, tenant_tpm=0)
     return Settlement(
-        id=f"release-{lease}", tenant=tenant, key_id=key_id, record=None, limits=limits
+        id=f"release-{lease}", tenant=tenant, scope_id=scope_id, record=None, limits=limits
     )

@@ -23,6 +23,7 @@ from gateway.embedded.redis_server import running_redis
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import MODEL, OTHER, auth_settings
 from tests.integration.sim_fixture import running_sim
+from tests.support.gateways import admin_request
 from tests.support.idp import jwk, running_idp
 from tests.support.logs import collected
 from tests.support.servers import serve_asgi
@@ -163,3 +164,38 @@ async def test_the_openai_client_sees_an_authentication_error(gateway: str) -> N
         with pytest.raises(openai.AuthenticationError) as info:
             await oai.models.list()
     assert info.value.code == "invalid_token"
+
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+async def _chat(gateway: str, token: str) -> int:
+    """One chat completion with `token`: its status (200, or the refusal's)."""
+    async with openai.AsyncOpenAI(base_url=f"{gateway}/v1", api_key=token, max_retries=0) as oai:
+        try:
+            await oai.chat.completions.create(model=MODEL, messages=HI)  # type: ignore[arg-type]
+        except openai.APIStatusError as exc:
+            return exc.status_code
+    return 200
+
+
+async def test_a_subjects_limits_come_from_its_claims_and_count_apart_from_a_key(
+    gateway: str,
+) -> None:
+    """A JWT's `rpm` claim limits its subject; a subject spelled like one of its tenant's API key
+    ids (12 hex digits) has counters of its own, not the key's (they were shared until
+    2026-12-04: the key's request made the token's first one a 429)."""
+    async with aiohttp.ClientSession() as http:
+        status, _ = await admin_request(http, gateway, "PUT", "/tenants/jwt-t", {})
+        assert status == 200
+        status, made = await admin_request(
+            http, gateway, "POST", "/keys", {"tenant": "jwt-t", "rpm": 1}
+        )
+        assert status == 201
+    key, key_id = made["key"], made["id"]
+    assert await _chat(gateway, key) == 200
+    assert await _chat(gateway, key) == 429  # the key's rpm of 1 holds
+    token = signed(sub=key_id, rpm=1)
+    assert await _chat(gateway, token) == 200  # its own counter: the key's request is not in it
+    assert await _chat(gateway, token) == 429  # and the claim's rpm of 1 holds for the subject
+    assert await _chat(gateway, signed(sub="someone-else", rpm=1)) == 200  # another subject

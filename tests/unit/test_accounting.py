@@ -117,7 +117,7 @@ class Recording(Settler):
         self.submitted: list[tuple[str, bool]] = []
 
     def submit(self, settlement: Settlement, *, frees_slot: bool = False) -> None:
-        self.submitted.append((settlement.key_id, frees_slot))
+        self.submitted.append((settlement.scope_id, frees_slot))
 
 
 @pytest.mark.asyncio(loop_scope="session")

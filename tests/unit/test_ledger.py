@@ -236,7 +236,7 @@ def limit_settlement(principal: Principal, lease: str, delta: int) -> Settlement
     limits = LimitSettlement(
         lease, delta, principal.key_limits.tpm or 0, principal.tenant_limits.tpm or 0
     )
-    return Settlement(new_record_id(), principal.tenant, principal.key_id, None, limits)
+    return Settlement(new_record_id(), principal.tenant, principal.scope_id, None, limits)
 
 
 async def remaining_tokens(limiter: Limiter, principal: Principal) -> tuple[int | None, ...]:
@@ -347,7 +347,7 @@ async def test_a_lease_release_frees_the_slot_once_and_moves_no_bucket(redis: Re
     admission = await limiter.admit(principal, 300)
     with pytest.raises(RateLimited, match="in flight"):
         await limiter.admit(principal, 1)
-    release = lease_release(principal.tenant, principal.key_id, admission.lease)
+    release = lease_release(principal.tenant, principal.scope_id, admission.lease)
     await ledger(redis).write([Settlement.from_json(release.to_json())])  # as replayed
     await ledger(redis).write([release])  # once only
     assert await remaining_tokens(limiter, principal) == (700, None)  # left to the window

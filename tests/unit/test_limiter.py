@@ -39,7 +39,7 @@ async def settle(redis: Redis, principal: Principal, admission: Admission, used:
         principal.key_limits.tpm or 0,
         principal.tenant_limits.tpm or 0,
     )
-    settlement = Settlement(new_record_id(), principal.tenant, principal.key_id, None, limits)
+    settlement = Settlement(new_record_id(), principal.tenant, principal.scope_id, None, limits)
     await Ledger(redis, MeteringSettings(), window_s=60).write([settlement])
 
 

@@ -72,6 +72,9 @@ def test_settlements_round_trip_through_json() -> None:
         assert Settlement.from_json(s.to_json()) == s
     bare = Settlement("id", "t", "k", None, None)
     assert Settlement.from_json(bare.to_json()) == bare
+    # a spill written before the field was named scope_id (2026-12-04) still reads
+    older = b'{"id":"id","tenant":"t","key_id":"k","record":null,"limits":null}'
+    assert Settlement.from_json(older) == bare
 
 
 LEDGER = "0123456789abcdef"
