@@ -1,5 +1,5 @@
-"""`llmaas keys create|list|revoke|rotate`, `llmaas tenants set|list`, `llmaas engines`: tables,
-or --json."""
+"""`llmaas keys create|list|update|revoke|rotate`, `llmaas tenants set|list`, `llmaas engines`:
+tables, or --json."""
 
 from __future__ import annotations
 
@@ -95,6 +95,33 @@ def add_admin_commands(sub: Any) -> None:
     keys.add_parser("list", parents=[common], help="list keys (no secrets)").add_argument(
         "--tenant", help="only this tenant's"
     )
+    update = keys.add_parser(
+        "update",
+        parents=[common],
+        help="change a key's limits, models, name or expiry (what is left out stays)",
+        description="Change a key's settings in place (same id and secret); every gateway "
+        "replica applies them to the key's next request. Options left out stay as they are.",
+    )
+    update.add_argument("key_id", type=_given, help="the key's id, as keys list shows it")
+    for flag, what in (
+        ("--rpm", "requests per minute"),
+        ("--tpm", "tokens per minute"),
+        ("--max-concurrency", "requests in flight"),
+    ):
+        update.add_argument(
+            flag,
+            type=_limit_or_none,
+            default=argparse.SUPPRESS,  # left out: absent, where `none` is None
+            metavar="N|none",
+            help=f"limit of {what}; none: the gateway's limits.key_defaults (none there: no limit)",
+        )
+    models = update.add_mutually_exclusive_group()
+    models.add_argument("--models", help='comma-separated allow-list ("" allows none)')
+    models.add_argument("--every-model", action="store_true", help="lift the allow-list")
+    update.add_argument("--name", help='a label for the key ("" removes it)')
+    update.add_argument(
+        "--expires-at", metavar="TIME|never", help="RFC 3339, e.g. 2027-01-01T00:00:00Z"
+    )
     for action, what in (
         ("revoke", "revoke a key: refused at once on every replica"),
         ("rotate", "a new secret for a key (same id); shows it once, the old one stops at once"),
@@ -137,6 +164,16 @@ def _given(value: str) -> str:
     return value
 
 
+def _limit_or_none(value: str) -> int | None:
+    """A limit to set, or `none` to lift it."""
+    if value.strip().lower() == "none":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a whole number nor none") from None
+
+
 def run_admin(args: argparse.Namespace) -> int:
     try:
         client = AdminClient(args.url, args.admin_token)
@@ -160,6 +197,14 @@ async def _call(client: AdminClient, args: argparse.Namespace) -> Any:
             return await client.call("GET", "/tenants")
         body = {**_limits(args), "priority": args.priority, "media_hosts": _hosts(args)}
         return await client.call("PUT", f"/tenants/{segment(args.tenant_id)}", body)
+    if args.action == "list":
+        query = {"tenant": args.tenant} if args.tenant else None
+        return await client.send("GET", "/keys", params=query)
+    return await client.call(*_key_request(args))
+
+
+def _key_request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
+    """The admin API call (method, path, body) of `keys create|update|revoke|rotate`."""
     if args.action == "create":
         body = {
             "tenant": args.tenant,
@@ -167,13 +212,30 @@ async def _call(client: AdminClient, args: argparse.Namespace) -> Any:
             "expires_at": args.expires_at,
             **_limits(args),
         }
-        return await client.call("POST", "/keys", {k: v for k, v in body.items() if v is not None})
-    if args.action == "list":
-        query = {"tenant": args.tenant} if args.tenant else None
-        return await client.send("GET", "/keys", params=query)
+        return "POST", "/keys", {k: v for k, v in body.items() if v is not None}
+    path = f"/keys/{segment(args.key_id)}"
+    if args.action == "update":
+        return "PATCH", path, _key_changes(args)
     if args.action == "revoke":
-        return await client.call("DELETE", f"/keys/{segment(args.key_id)}")
-    return await client.call("POST", f"/keys/{segment(args.key_id)}/rotate")
+        return "DELETE", path, None
+    return "POST", f"{path}/rotate", None
+
+
+def _key_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The PATCH body of `keys update`: only what its options name (null lifts or clears)."""
+    given = vars(args)
+    body: dict[str, Any] = {
+        field: given[field] for field in ("rpm", "tpm", "max_concurrency") if field in given
+    }
+    if args.models is not None:
+        body["models"] = _model_list(args.models)
+    if args.every_model:
+        body["models"] = None
+    if args.name is not None:
+        body["name"] = args.name or None
+    if args.expires_at is not None:
+        body["expires_at"] = None if args.expires_at.lower() == "never" else args.expires_at
+    return body
 
 
 def _hosts(args: argparse.Namespace) -> list[str] | None:
@@ -182,15 +244,16 @@ def _hosts(args: argparse.Namespace) -> list[str] | None:
     return [h.strip() for h in args.media_hosts.split(",") if h.strip()]
 
 
+def _model_list(models: str) -> list[str]:
+    return [m.strip() for m in models.split(",") if m.strip()]
+
+
 def _limits(args: argparse.Namespace) -> dict[str, Any]:
-    models = (
-        None if args.models is None else [m.strip() for m in args.models.split(",") if m.strip()]
-    )
     return {
         "rpm": args.rpm,
         "tpm": args.tpm,
         "max_concurrency": args.max_concurrency,
-        "models": models,
+        "models": None if args.models is None else _model_list(args.models),
     }
 
 

@@ -25,7 +25,7 @@ from gateway.auth.records import (
     TenantRecord,
     rfc3339,
 )
-from gateway.auth.store import AuthStore
+from gateway.auth.store import AuthStore, key_revoked
 from gateway.deps import Gateway
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
 from gateway.routing.status import engines_status
@@ -68,11 +68,15 @@ AllowedModels = Annotated[
 ]
 
 
-class KeyCreate(LimitFields):
+KeyName = Annotated[str, Field(max_length=200), AfterValidator(_printable)]
+
+
+class KeySettings(LimitFields):
+    """What an admin sets on a key, at its creation or later (PATCH)."""
+
     model_config = ConfigDict(extra="forbid")
     models: AllowedModels = None
-    tenant: str = Field(pattern=ID_PATTERN)
-    name: Annotated[str, Field(max_length=200), AfterValidator(_printable)] | None = None
+    name: KeyName | None = None
     expires_at: datetime | None = None
 
     @field_validator("expires_at")
@@ -83,6 +87,17 @@ class KeyCreate(LimitFields):
         if value is not None and value.timestamp() <= time.time():
             raise ValueError("must be in the future")
         return value
+
+    def record_fields(self, fields: set[str]) -> dict[str, Any]:
+        """`fields` of these settings as a KeyRecord stores them (expiry in epoch seconds)."""
+        values = self.model_dump(include=fields)
+        if "expires_at" in values:
+            values["expires_at"] = None if self.expires_at is None else self.expires_at.timestamp()
+        return values
+
+
+class KeyCreate(KeySettings):
+    tenant: str = Field(pattern=ID_PATTERN)
 
 
 class TenantPut(TenantFields):
@@ -105,9 +120,8 @@ async def key_or_404(store: AuthStore, key_id: str) -> KeyRecord:
 
 @router.post("/keys", response_model=None, status_code=201)
 async def create_key(body: KeyCreate, gw: Gateway) -> Response:
-    expires = None if body.expires_at is None else body.expires_at.timestamp()
-    fields = body.model_dump(exclude={"expires_at"})
-    record, key = await issue_key(store_of(gw), gw.auth.pepper, expires_at=expires, **fields)
+    fields = body.record_fields(set(KeyCreate.model_fields))
+    record, key = await issue_key(store_of(gw), gw.auth.pepper, **fields)
     return json_response({**record.view(), "key": key}, status=201)
 
 
@@ -120,6 +134,25 @@ async def list_keys(gw: Gateway, tenant: Annotated[str | None, Query()] = None) 
 @router.get("/keys/{key_id}", response_model=None)
 async def get_key(key_id: str, gw: Gateway) -> Response:
     return json_response((await key_or_404(store_of(gw), key_id)).view())
+
+
+@router.patch("/keys/{key_id}", response_model=None)
+async def update_key(key_id: str, body: KeySettings, gw: Gateway) -> Response:
+    """Change a key's limits, models, name or expiry; what the body leaves out stays as it
+    is, and null clears (the limit is limits.key_defaults', every model, no name, never
+    expires). Every replica drops
+    its cached copy at once: the next request goes by the new settings."""
+    store = store_of(gw)
+    found = await store.get_key_version(key_id)
+    if found is None:
+        raise NotFound(f"No API key with id '{key_id}'.", param="id", code="key_not_found")
+    old, read = found
+    if old.revoked:  # final: the store would let it be rewritten as revoked, not here
+        raise key_revoked(key_id)
+    record = old.model_copy(update=body.record_fields(body.model_fields_set))
+    if record != old:
+        await store.put_key(record, read=read)  # 409 if revoked or changed since the read
+    return json_response(record.view())
 
 
 @router.delete("/keys/{key_id}", response_model=None)

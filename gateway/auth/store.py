@@ -104,12 +104,7 @@ class AuthStore:
         if outcome == "missing":
             raise NotFound(f"No API key with id '{record.id}'.", param="id", code="key_not_found")
         if outcome == "revoked":
-            raise InvalidRequest(
-                f"The API key '{record.id}' has been revoked; a revoked key cannot be changed.",
-                param="id",
-                code="key_revoked",
-                status=409,
-            )
+            raise key_revoked(record.id)
         if outcome == "changed":
             raise InvalidRequest(
                 f"The API key '{record.id}' was changed by another request at the same time; "
@@ -170,6 +165,15 @@ class AuthStore:
     def _written(self, message: str) -> None:
         if self.on_write is not None:
             self.on_write(message)
+
+
+def key_revoked(key_id: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"The API key '{key_id}' has been revoked; a revoked key cannot be changed.",
+        param="id",
+        code="key_revoked",
+        status=409,
+    )
 
 
 def _text(member: bytes | str) -> str:

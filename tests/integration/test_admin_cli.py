@@ -56,6 +56,31 @@ async def test_key_lifecycle_through_the_cli(auth: AuthStack) -> None:
     assert "laptop" in table
     assert "a,b" in table
 
+    changed = await llmaas_json(
+        auth, "keys", "update", created["id"], "--rpm", "none", "--tpm", "900", "--models", "c"
+    )
+    assert (changed["rpm"], changed["tpm"], changed["models"]) == (None, 900, ["c"])
+    assert (changed["name"], changed["max_concurrency"]) == ("laptop", None)  # left as they were
+    changed = await llmaas_json(
+        auth,
+        "keys",
+        "update",
+        created["id"],
+        "--every-model",
+        "--name",
+        "",
+        "--expires-at",
+        "2099-01-01T00:00:00Z",
+    )
+    assert (changed["models"], changed["name"], changed["tpm"]) == (None, None, 900)
+    assert changed["expires_at"] == "2099-01-01T00:00:00Z"
+    changed = await llmaas_json(auth, "keys", "update", created["id"], "--expires-at", "never")
+    assert changed["expires_at"] is None
+    code, table, _ = await llmaas(auth, "keys", "update", created["id"], "--max-concurrency", "2")
+    assert code == 0
+    assert table.splitlines()[0].split()[:3] == ["id", "tenant", "name"]
+    assert created["id"] in table
+
     rotated = await llmaas_json(auth, "keys", "rotate", created["id"])
     assert rotated["key"] != created["key"]
     revoked = await llmaas_json(auth, "keys", "revoke", created["id"])
@@ -82,7 +107,18 @@ async def test_cli_errors_are_clear(auth: AuthStack) -> None:
     code, _, err = await llmaas(auth, "keys", "create", "--tenant", "cli", "--rpm", "0")
     assert code == 1
     assert "rpm" in err
-    for args in (("keys", "rotate", ""), ("keys", "revoke", " "), ("tenants", "set", "")):
+    for args, said in (
+        (("--rpm", "many"), "argument --rpm: 'many' is neither a whole number nor none"),
+        (("--models", "a", "--every-model"), "--every-model: not allowed with argument --models"),
+    ):
+        code, _, err = await llmaas(auth, "keys", "update", "x", *args)
+        assert code == 2, args
+        assert said in err
+    code, _, err = await llmaas(auth, "keys", "update", "000000000000", "--rpm", "5")
+    assert code == 1
+    assert "000000000000" in err
+    empty_ids = ("keys", "rotate", ""), ("keys", "revoke", " "), ("keys", "update", "")
+    for args in (*empty_ids, ("tenants", "set", "")):
         code, _, err = await llmaas(auth, *args)  # was the gateway's 404 'Unknown path'
         assert code == 2, args
         assert f"argument {'key_id' if args[0] == 'keys' else 'tenant_id'}: cannot be empty" in err

@@ -135,6 +135,77 @@ async def test_expired_key_is_refused(auth: AuthStack) -> None:
     assert (status, body["error"]["code"], body["error"]["param"]) == (409, "key_expired", "id")
 
 
+async def test_a_keys_settings_change_in_place(auth: AuthStack) -> None:
+    key = await auth.new_key(rpm=1, models=[MODEL], name="ci")
+    key_id = key.split("-")[2]
+    path = f"/keys/{key_id}"
+    async with auth.client(key) as oai:
+        await oai.chat.completions.create(model=MODEL, messages=HELLO)
+        with pytest.raises(openai.RateLimitError):
+            await oai.chat.completions.create(model=MODEL, messages=HELLO)
+
+        status, changed = await auth.admin("PATCH", path, {"rpm": 100, "models": None})
+        assert status == 200
+        assert (changed["rpm"], changed["models"], changed["name"]) == (100, None, "ci")
+        assert (changed["tpm"], changed["revoked"], changed["id"]) == (None, False, key_id)
+        assert "secret_hash" not in changed
+        await oai.chat.completions.create(model=MODEL, messages=HELLO)  # the new rpm, at once
+        await oai.chat.completions.create(model=OTHER, messages=HELLO)  # every model
+
+        status, changed = await auth.admin("PATCH", path, {"models": [OTHER], "name": None})
+        assert (status, changed["models"], changed["name"], changed["rpm"]) == (
+            200,
+            [OTHER],
+            None,
+            100,
+        )
+        with pytest.raises(openai.NotFoundError):
+            await oai.chat.completions.create(model=MODEL, messages=HELLO)
+    status, same = await auth.admin("PATCH", path, {})  # nothing to change
+    assert (status, same) == (200, changed)
+    assert await auth.admin("GET", path) == (200, changed)
+
+
+async def test_a_key_change_names_the_field_it_refuses(auth: AuthStack) -> None:
+    key_id = (await auth.new_key()).split("-")[2]
+    path = f"/keys/{key_id}"
+    for body, param in (
+        ({"rpm": 0}, "rpm"),
+        ({"tpm": True}, "tpm"),
+        ({"tenant": "other"}, "tenant"),  # a key stays in its tenant
+        ({"secret_hash": "x"}, "secret_hash"),
+        ({"revoked": False}, "revoked"),
+        ({"expires_at": "2020-01-01T00:00:00Z"}, "expires_at"),
+        ({"models": [" a"]}, "models"),
+    ):
+        status, body_ = await auth.admin("PATCH", path, body)
+        assert status == 400, body
+        assert param in body_["error"]["param"], (body, body_)
+    status, body_ = await auth.admin("PATCH", "/keys/000000000000", {"rpm": 5})
+    assert (status, body_["error"]["code"]) == (404, "key_not_found")
+
+
+async def test_an_expired_key_is_renewed_and_a_revoked_one_stays_revoked(auth: AuthStack) -> None:
+    key = await auth.new_key()
+    key_id = key.split("-")[2]
+    store = AuthStore(auth.redis)
+    record = await store.get_key(key_id)
+    assert isinstance(record, KeyRecord)
+    await store.put_key(record.model_copy(update={"expires_at": time.time() - 1}))
+    status, renewed = await auth.admin("PATCH", f"/keys/{key_id}", {"expires_at": None})
+    assert (status, renewed["expires_at"]) == (200, None)
+    async with auth.client(key) as oai:
+        await oai.models.list()
+    status, _ = await auth.admin("DELETE", f"/keys/{key_id}")
+    assert status == 200
+    for body in ({"rpm": 5}, {}):
+        status, refused = await auth.admin("PATCH", f"/keys/{key_id}", body)
+        assert (status, refused["error"]["code"]) == (409, "key_revoked")
+    async with auth.client(key) as oai:
+        with pytest.raises(openai.AuthenticationError):
+            await oai.models.list()
+
+
 async def test_model_allow_lists_of_key_and_tenant(auth: AuthStack) -> None:
     key = await auth.new_key(models=[MODEL])
     async with auth.client(key) as oai:

@@ -1,4 +1,5 @@
-"""Two gateway processes sharing one Redis: a revocation on one holds on the other within 1 s."""
+"""Two gateway processes sharing one Redis: a revocation, a rotation or a change of a key's
+settings on one holds on the other within 1 s."""
 
 from __future__ import annotations
 
@@ -33,7 +34,21 @@ async def refused_within_one_second(http: aiohttp.ClientSession, base: str, key:
     return False
 
 
-async def test_revocation_and_rotation_reach_the_other_process(tmp_path: Path) -> None:
+async def models_within_one_second(
+    http: aiohttp.ClientSession, base: str, key: str, expected: list[str]
+) -> bool:
+    """Whether `key` sees exactly `expected` at /v1/models on `base` before one second passed."""
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        headers = {"authorization": f"Bearer {key}"}
+        async with http.get(f"{base}/v1/models", headers=headers) as resp:
+            if [m["id"] for m in (await resp.json())["data"]] == expected:
+                return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def test_revocation_rotation_and_changes_reach_the_other_process(tmp_path: Path) -> None:
     async with (
         running_redis(None) as redis_url,
         running_sim_process(SimConfig(models=[MODEL])) as sim,
@@ -50,6 +65,12 @@ async def test_revocation_and_rotation_reach_the_other_process(tmp_path: Path) -
             key, key_id = created["key"], created["id"]
             assert await status(http, a, key) == 200
             assert await status(http, b, key) == 200  # now cached in b
+
+            for models, seen in (([], []), (None, [MODEL])):  # allow none, then every model
+                url = f"{a}/admin/v1/keys/{key_id}"
+                async with http.patch(url, json={"models": models}, headers=ADMIN) as resp:
+                    assert resp.status == 200
+                assert await models_within_one_second(http, b, key, seen)
 
             async with http.post(f"{a}/admin/v1/keys/{key_id}/rotate", headers=ADMIN) as resp:
                 new_key = (await resp.json())["key"]
