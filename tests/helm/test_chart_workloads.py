@@ -670,3 +670,18 @@ def test_extra_volumes_mount_a_private_ca_in_gateway_and_trainer() -> None:
             "configMap": {"name": "private-ca"},
         }
         kubernetes_validate.validate(workload, K8S_VERSION, strict=True)
+
+
+# A release's tag: "7.4.2-alpine", "v0.32.0", the chart's appVersion; not "7.4-alpine" or
+# "latest", which move under a running release (a rescheduled pod pulls another Redis).
+RELEASE_TAG = re.compile(r":v?\d+\.\d+\.\d+(-[a-z0-9.]+)?$")
+
+
+def test_every_image_names_a_release(rendered: Rendered) -> None:
+    images = [
+        c["image"]
+        for workload in rendered.workloads()
+        for c in pod_spec(workload)["containers"] + pod_spec(workload).get("initContainers", [])
+    ]
+    assert images
+    assert [i for i in images if not RELEASE_TAG.search(i)] == []
