@@ -43,8 +43,18 @@ class HotRoutes:
         request = Request(scope, receive)
         try:  # the same dependencies FastAPI would have resolved (gateway/deps.py)
             gw = await get_state(request)
-            response = await handler(request, gw, await authenticate(request))
+            caller = await authenticate(request)
+            held = gw.admission.hold(caller)  # its concurrency, before the body is read
         except ApiError as err:
             await send_error(send, err)
             return
-        await response(scope, receive, send)
+        try:
+            try:
+                response = await handler(request, gw, caller)
+            except ApiError as err:
+                await send_error(send, err)
+                return
+            await response(scope, receive, send)
+        finally:
+            if held is not None:
+                held.release()

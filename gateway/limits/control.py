@@ -15,6 +15,7 @@ from gateway.errors import RateLimited, ServiceUnavailable
 from gateway.limits.estimate import reserved_tokens
 from gateway.limits.failures import Failure, classify
 from gateway.limits.limiter import Admission, AdmissionCancelled, Limiter, new_lease
+from gateway.limits.local_inflight import Held, LocalInflight
 from gateway.limits.patience import Patience
 from gateway.limits.prefetch import Prefetch
 from gateway.limits.releases import Releases
@@ -54,6 +55,7 @@ class AdmissionControl:
             if self.releases is None or settings.prefetch_max == 0
             else Prefetch(self.releases, metrics, settings.prefetch_max, ttl_s)
         )
+        self.local = LocalInflight(metrics)  # requests in flight here, by limited scope
         # id of an API key's principal -> (it, it with defaults): the authenticator hands a key's
         # requests the same principal while its records are cached, so this is made once.
         self.defaulted: dict[int, tuple[Principal, Principal]] = {}
@@ -64,6 +66,11 @@ class AdmissionControl:
         self.unavailable_answers = 0
         # Told when an admission reaches Redis after it was away (the settler's retries).
         self.redis_back = redis_back or []
+
+    def hold(self, caller: Principal) -> Held | None:
+        """Count a request of `caller` in this process until its `release`, from before its
+        body is read; a 429 past its key's or tenant's max_concurrency (local_inflight.py)."""
+        return self.local.hold(self.with_defaults(caller))
 
     def with_defaults(self, caller: Principal) -> Principal:
         """The caller's limits, with configured defaults where its records set none."""

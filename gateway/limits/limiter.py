@@ -195,17 +195,27 @@ _OUTCOMES: dict[bytes, ReleaseOutcome] = {
 }
 
 
+def concurrency_refused(scope: str, limit: int) -> RateLimited:
+    """The 429 of a concurrency limit reached: a slot frees when a request in flight ends,
+    soon but at no known time."""
+    return RateLimited(
+        f"Too many requests in flight at the {scope} scope: the limit is {limit}. "
+        "Try again when one of them has finished.",
+        kind="requests",
+        scope=scope,
+        limit_kind="concurrency",
+        code="rate_limit_exceeded",
+        headers={"retry-after": str(CONCURRENCY_RETRY_S)},
+    )
+
+
 def _refusal(reply: list[bytes], tokens: int) -> RateLimited:
     scope = SCOPES[int(reply[1]) - 1]
     kind = reply[2].decode()
     retry_ms, limit = float(reply[3]), int(float(reply[4]))
-    if kind == "concurrency":  # a slot frees when a request in flight ends: soon, not known
-        message = (
-            f"Too many requests in flight at the {scope} scope: the limit is {limit}. "
-            "Try again when one of them has finished."
-        )  # (Redis's retry is when the oldest lease would expire: minutes away)
-        headers = {"retry-after": str(CONCURRENCY_RETRY_S)}
-    elif kind == "tokens" and tokens > limit:  # no wait makes room: not worth a retry
+    if kind == "concurrency":  # (Redis's retry is when the oldest lease would expire)
+        return concurrency_refused(scope, limit)
+    if kind == "tokens" and tokens > limit:  # no wait makes room: not worth a retry
         message = (
             f"Request too large for the {scope} scope: it may use {tokens} tokens, more "
             f"than the limit of {limit} tokens per minute. Lower max_tokens or the prompt."

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import openai
@@ -22,6 +23,7 @@ from gateway.sim.config import SimConfig
 from tests.integration.conftest import ADMIN, MODEL, OTHER, AuthStack, auth_settings
 from tests.integration.sim_fixture import running_sim
 from tests.support.key_cache import request_until_cached
+from tests.support.raw_http import post_request
 from tests.support.servers import serve_asgi
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -169,6 +171,47 @@ async def test_concurrency_limit_holds_and_frees(auth: AuthStack) -> None:
         assert "in flight" in refused[0].message
         assert refused[0].response.headers["retry-after"] == "1"  # not the lease's expiry
         await oai.chat.completions.create(model=MODEL, messages=HELLO)  # slots are free again
+
+
+async def test_bodies_still_arriving_count_against_the_concurrency_limit(auth: AuthStack) -> None:
+    """A key sending its bodies slowly held the process's request slots without a lease (one is
+    taken once the body is read): past its max_concurrency it is now refused before its body
+    is read. Its slots come back when those requests end, and other keys are not affected."""
+    key = await auth.new_key(max_concurrency=2)
+    head, payload = post_request(
+        "/v1/chat/completions", {"model": MODEL, "messages": HELLO}, f"Bearer {key}"
+    )
+    url = urlsplit(auth.gateway)
+    trickles = []
+    async with auth.client(key) as oai, auth.client(await auth.new_key()) as other:
+        await oai.chat.completions.create(model=MODEL, messages=HELLO)  # its key now cached
+        for _ in range(2):
+            reader, writer = await asyncio.open_connection(url.hostname, url.port)
+            writer.write(head + payload[:10])  # and the rest never comes
+            await writer.drain()
+            trickles.append((reader, writer))
+        try:
+            refused = None
+            async with asyncio.timeout(10):
+                while refused is None:  # until the two have reached the gateway's handler
+                    try:
+                        await oai.chat.completions.create(model=MODEL, messages=HELLO)
+                    except openai.RateLimitError as exc:
+                        refused = exc
+                    await asyncio.sleep(0.02)
+            assert "in flight at the key scope: the limit is 2" in refused.message
+            assert refused.response.headers["retry-after"] == "1"
+            await other.chat.completions.create(model=MODEL, messages=HELLO)  # another key: 200
+        finally:
+            for _, writer in trickles:
+                writer.close()
+        async with asyncio.timeout(10):
+            while True:  # the two ended with their connections: the slots are free again
+                try:
+                    await oai.chat.completions.create(model=MODEL, messages=HELLO)
+                    break
+                except openai.RateLimitError:
+                    await asyncio.sleep(0.02)
 
 
 async def test_tenant_limit_applies_to_all_its_keys(auth: AuthStack) -> None:
