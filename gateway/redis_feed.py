@@ -6,18 +6,21 @@ path gone, leave the client's socket open with nothing ever coming (no FIN, no R
 on such a socket waits for ever, silently, and whatever the feed carries (key revocations,
 fine-tuned models to load) is lost until the process restarts. Here a channel quiet for
 `ping_s` is sent a PING; its PONG must come within `answer_s`, or the feed raises
-ConnectionError, so its owner logs the loss and subscribes again on a new connection.
+ConnectionError, and `follow` logs the loss and subscribes again on a new connection.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 FEED_PING_S = 5.0  # a channel quiet this long is asked whether its connection lives
 FEED_ANSWER_S = 2.0  # how long the PONG may take (a busy Redis answers in milliseconds)
@@ -81,3 +84,39 @@ class ChannelFeed:
             pinged = False  # anything read says the connection lives
             if message.get("type") != "pong":
                 yield message
+
+
+async def follow(
+    feed: ChannelFeed,
+    on_message: Callable[[dict[str, Any]], None],
+    *,
+    name: str,
+    log: logging.Logger,
+    retry_s: float,
+    on_lost: Callable[[], None] | None = None,
+) -> None:
+    """Read `feed` until cancelled, each message (the subscribe confirmation included) to
+    `on_message`. A failure (Redis away, a connection gone silent) calls `on_lost` and the feed
+    subscribes again every `retry_s`; '<name> lost' is logged once, and '<name> back' once at
+    the first confirmation after it (a line per retry was several a second per worker)."""
+    lost = False
+    while True:
+        try:
+            async with feed:
+                async for message in feed.messages():
+                    if lost and message.get("type") == "subscribe":
+                        log.info("%s back", name)
+                        lost = False
+                    on_message(message)
+        except (RedisError, OSError) as exc:
+            if on_lost is not None:
+                on_lost()
+            if not lost:
+                log.warning(
+                    "%s lost (retried every %gs until it is back)",
+                    name,
+                    retry_s,
+                    extra={"fields": {"error": type(exc).__name__}},
+                )
+            lost = True
+            await asyncio.sleep(retry_s)

@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 from gateway.errors import ServiceUnavailable
 from gateway.finetune.engine_adapters import AdapterError, load_adapter, unload_adapter
 from gateway.finetune.job_store import JobStore
-from gateway.redis_feed import FEED_ANSWER_S, FEED_PING_S, ChannelFeed
+from gateway.redis_feed import FEED_ANSWER_S, FEED_PING_S, ChannelFeed, follow
 from gateway.routing.engines import Engine, EngineRegistry, ModelPool
 
 Learn = Callable[[Engine], Awaitable[None]]  # poll one engine's /v1/models now
@@ -61,37 +61,26 @@ class AdapterServing:
         self.locks: dict[str, asyncio.Lock] = {}
         self.preloads: set[asyncio.Task[None]] = set()
         self.log = logging.getLogger("llmaas.finetune")
-        self.lost = False  # said once when lost, once when back: not at every retry
 
     async def run(self) -> None:
         """Load each model a trainer announces, until cancelled (the app's lifespan owns it)."""
-        while True:
-            try:
-                await self._listen()
-            except (RedisError, OSError) as exc:
-                if not self.lost:
-                    self.log.warning(
-                        "fine-tuned model announcements lost: %s (retried every %gs until back)",
-                        type(exc).__name__,
-                        RETRY_S,
-                    )
-                self.lost = True
-                await asyncio.sleep(RETRY_S)
+        await follow(
+            self.feed,
+            self._announced,
+            name="fine-tuned model announcements",
+            log=self.log,
+            retry_s=RETRY_S,
+        )
 
-    async def _listen(self) -> None:
-        async with self.feed as feed:
-            async for message in feed.messages():
-                if message.get("type") == "subscribe" and self.lost:
-                    self.log.info("fine-tuned model announcements back")
-                    self.lost = False
-                data = message.get("data")
-                if message.get("type") == "message" and isinstance(data, bytes):
-                    announced = orjson.loads(data)
-                    task = asyncio.create_task(
-                        self._preload(str(announced["tenant"]), str(announced["model"]))
-                    )
-                    self.preloads.add(task)
-                    task.add_done_callback(self.preloads.discard)
+    def _announced(self, message: dict[str, Any]) -> None:
+        data = message.get("data")
+        if message.get("type") == "message" and isinstance(data, bytes):
+            announced = orjson.loads(data)
+            task = asyncio.create_task(
+                self._preload(str(announced["tenant"]), str(announced["model"]))
+            )
+            self.preloads.add(task)
+            task.add_done_callback(self.preloads.discard)
 
     async def _preload(self, tenant: str, model: str) -> None:
         try:
