@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -211,10 +211,15 @@ def create_app(
         redoc_url=None,
         openapi_url="/openapi.json",
     )
-    for router in ROUTERS:
+    for router in _routers(settings):
         app.include_router(router)
     install_error_handlers(app)
     return app
+
+
+def _routers(settings: Settings) -> list[APIRouter]:
+    """The routers this gateway serves: /v1/files only where files.enabled."""
+    return [r for r in ROUTERS if r is not files.router or settings.files.enabled]
 
 
 async def _stop(tasks: list[asyncio.Task[None]]) -> None:

@@ -223,6 +223,9 @@ class FilesSettings(Section):
     # Contents live at <dir>/<tenant>/<file id>. On a cluster: a ReadWriteMany volume shared by
     # the gateways, the trainer and the engines (they load adapters from it by path).
     dir: Path = Field(default_factory=_default_files_dir)
+    # False: /v1/files is not served (404), as where no storage is shared with a trainer (the
+    # Helm chart without fine-tuning: uploads would fail, or land on one replica's disk only).
+    enabled: bool = True
     max_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1)  # OpenAI's limit per file
     max_files_per_tenant: int = Field(default=10_000, ge=1)
 
@@ -361,6 +364,14 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if value is not None and len(value) < 16:
                 raise ValueError(f"{name} must be at least 16 characters outside dev mode")
+        return self
+
+    @model_validator(mode="after")
+    def _fine_tuning_needs_files(self) -> Settings:
+        if self.fine_tuning.base_models and not self.files.enabled:
+            raise ValueError(
+                "fine_tuning.base_models needs files.enabled: a job trains on an uploaded file"
+            )
         return self
 
     @model_validator(mode="after")

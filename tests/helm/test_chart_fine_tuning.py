@@ -94,6 +94,7 @@ def test_rendered_config_names_the_volume_and_the_base_models(
     rendered = renders[CASE]
     settings = _load(rendered, tmp_path, monkeypatch)
     assert settings.files.dir == Path(MOUNT)
+    assert settings.files.enabled
     assert settings.fine_tuning.base_models == {BASE: Path(WEIGHTS)}
     assert settings.fine_tuning.max_lora_rank == 32
     assert settings.fine_tuning.max_active_jobs_per_tenant == 4  # gateway.config still applies
@@ -270,6 +271,7 @@ def test_disabled_by_default_renders_no_trainer_and_no_files_claim(renders: Rend
         assert "--enable-lora" not in container(engine)["args"]
     config = yaml.safe_load(rendered.config_text())
     assert "fine_tuning" not in config
+    assert config["files"]["enabled"] is False  # no shared volume: /v1/files is not served
     assert "Fine-tuning" not in rendered.notes
 
 

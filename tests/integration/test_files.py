@@ -319,6 +319,23 @@ async def test_unwritable_storage_is_a_503_not_a_500(tmp_path: Path) -> None:
         assert (await client.files.list()).data == []
 
 
+async def test_files_turned_off_are_not_served(tmp_path: Path) -> None:
+    """files.enabled false (the chart without fine-tuning, no shared volume): uploads were a 503
+    file_storage_unavailable that clients retried; /v1/files is now unknown, and the document
+    does not list it."""
+    async with tenant_stack(tmp_path, files={"enabled": False}) as stack:
+        client = await stack.tenant("t")
+        with pytest.raises(openai.NotFoundError):
+            await client.files.create(file=("a.jsonl", DATASET), purpose="fine-tune")
+        with pytest.raises(openai.NotFoundError):
+            await client.files.list()
+        await client.models.list()  # the rest is served
+        async with stack.http.get(f"{stack.gateway}/openapi.json") as resp:
+            paths = (await resp.json())["paths"]
+    assert "/v1/chat/completions" in paths
+    assert [p for p in paths if p.startswith("/v1/files")] == []
+
+
 async def test_a_redis_too_slow_to_answer_is_a_retryable_503_not_a_500(tmp_path: Path) -> None:
     """Found when a busy CI machine made a job's events 500: Redis did not answer within
     redis_timeout_s under a route that reads it directly."""

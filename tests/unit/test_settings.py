@@ -32,6 +32,10 @@ def test_typos_and_bad_values_are_refused(tmp_path: Path) -> None:
         load_settings(None, dev_mode=True, models=[{"name": "m", "engines": ["127.0.0.1:8001"]}])
     with pytest.raises(ConfigError, match="duplicate"):
         load_settings(None, dev_mode=True, models=[{"name": "m", "engines": ["http://a"]}] * 2)
+    with pytest.raises(ConfigError, match=r"fine_tuning\.base_models needs files\.enabled"):
+        load_settings(
+            None, dev_mode=True, files={"enabled": False}, fine_tuning={"base_models": {"m": "/w"}}
+        )
     for origin in ("https://app.example.com/", "app.example.com", " https://a.example"):
         with pytest.raises(ConfigError, match=r"cors\.allow_origins\[0\]: not an origin"):
             load_settings(None, dev_mode=True, cors={"allow_origins": [origin]})

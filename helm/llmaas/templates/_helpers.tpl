@@ -309,6 +309,7 @@ HMAC secret, the others a public key, a JWKS file or jwks_url. */ -}}
 {{- $ft := .Values.fineTuning -}}
 {{- $files := $config.files | default dict -}}
 {{- $_ := set $files "dir" $ft.storage.mountPath -}}
+{{- $_ := set $files "enabled" $ft.enabled -}}
 {{- $_ := set $config "files" $files -}}
 {{- if $ft.enabled -}}
 {{- $tuning := $config.fine_tuning | default dict -}}
