@@ -18,7 +18,9 @@ from gateway.api.hot_routes import HotRoutes
 from gateway.app import HOT_ROUTES, ROUTERS, create_app
 from gateway.auth.principal import ANONYMOUS, Principal
 from gateway.errors import InvalidRequest, Unauthorized
-from gateway.settings import Settings
+from gateway.limits.control import AdmissionControl
+from gateway.metrics import Metrics
+from gateway.settings import LimitsSettings, Settings
 from gateway.state import GatewayState
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -40,7 +42,8 @@ async def call(app: HotRoutes, method: str, path: str, token: str = "good") -> l
     async def receive() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    state = SimpleNamespace(gateway=SimpleNamespace(auth=Auth()))
+    admission = AdmissionControl(None, LimitsSettings(), Metrics())
+    state = SimpleNamespace(gateway=SimpleNamespace(auth=Auth(), admission=admission))
     scope: dict[str, Any] = {
         "type": "http",
         "method": method,
