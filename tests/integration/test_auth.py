@@ -119,13 +119,19 @@ async def test_azure_style_api_key_header(auth: AuthStack) -> None:
         assert resp.status == 200
 
 
-async def test_expired_key_is_refused(auth: AuthStack) -> None:
+async def _expired_key(auth: AuthStack) -> tuple[str, str]:
+    """A new key, made to have expired a second ago in Redis: the key and its id."""
     key = await auth.new_key()
     key_id = key.split("-")[2]
     store = AuthStore(auth.redis)
     record = await store.get_key(key_id)
     assert isinstance(record, KeyRecord)
     await store.put_key(record.model_copy(update={"expires_at": time.time() - 1}))
+    return key, key_id
+
+
+async def test_expired_key_is_refused(auth: AuthStack) -> None:
+    key, key_id = await _expired_key(auth)
     async with auth.client(key) as oai:
         with pytest.raises(openai.AuthenticationError) as info:
             await oai.models.list()
@@ -186,12 +192,7 @@ async def test_a_key_change_names_the_field_it_refuses(auth: AuthStack) -> None:
 
 
 async def test_an_expired_key_is_renewed_and_a_revoked_one_stays_revoked(auth: AuthStack) -> None:
-    key = await auth.new_key()
-    key_id = key.split("-")[2]
-    store = AuthStore(auth.redis)
-    record = await store.get_key(key_id)
-    assert isinstance(record, KeyRecord)
-    await store.put_key(record.model_copy(update={"expires_at": time.time() - 1}))
+    key, key_id = await _expired_key(auth)
     status, renewed = await auth.admin("PATCH", f"/keys/{key_id}", {"expires_at": None})
     assert (status, renewed["expires_at"]) == (200, None)
     async with auth.client(key) as oai:
