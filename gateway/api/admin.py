@@ -112,10 +112,15 @@ def store_of(gw: GatewayState) -> AuthStore:
 
 
 async def key_or_404(store: AuthStore, key_id: str) -> KeyRecord:
-    record = await store.get_key(key_id)
-    if record is None:
+    return (await key_version_or_404(store, key_id))[0]
+
+
+async def key_version_or_404(store: AuthStore, key_id: str) -> tuple[KeyRecord, bytes]:
+    """The key's record and its stored JSON (to write it back only if unchanged), or 404."""
+    found = await store.get_key_version(key_id)
+    if found is None:
         raise NotFound(f"No API key with id '{key_id}'.", param="id", code="key_not_found")
-    return record
+    return found
 
 
 @router.post("/keys", response_model=None, status_code=201)
@@ -139,14 +144,11 @@ async def get_key(key_id: str, gw: Gateway) -> Response:
 @router.patch("/keys/{key_id}", response_model=None)
 async def update_key(key_id: str, body: KeySettings, gw: Gateway) -> Response:
     """Change a key's limits, models, name or expiry; what the body leaves out stays as it
-    is, and null clears (the limit is limits.key_defaults', every model, no name, never
-    expires). Every replica drops
-    its cached copy at once: the next request goes by the new settings."""
+    is, and null clears (a limit falls back to limits.key_defaults; every model, no name,
+    never expires). Every replica drops its cached copy at once: the next request goes by the
+    new settings."""
     store = store_of(gw)
-    found = await store.get_key_version(key_id)
-    if found is None:
-        raise NotFound(f"No API key with id '{key_id}'.", param="id", code="key_not_found")
-    old, read = found
+    old, read = await key_version_or_404(store, key_id)
     if old.revoked:  # final: the store would let it be rewritten as revoked, not here
         raise key_revoked(key_id)
     record = old.model_copy(update=body.record_fields(body.model_fields_set))
@@ -168,10 +170,7 @@ async def rotate_key(key_id: str, gw: Gateway) -> Response:
     """A new secret for the same key id; the old secret stops working on every replica."""
     store = store_of(gw)
     secret = new_secret()
-    found = await store.get_key_version(key_id)
-    if found is None:
-        raise NotFound(f"No API key with id '{key_id}'.", param="id", code="key_not_found")
-    old, read = found
+    old, read = await key_version_or_404(store, key_id)
     if old.expired(time.time()):  # a new secret for it would be refused from the start
         raise InvalidRequest(
             f"The API key '{key_id}' expired at {rfc3339(old.expires_at or 0)}; "
