@@ -47,6 +47,7 @@ MANAGED = {
     "auth.jwt.jwks_file",
     "auth.jwt.hmac_secret",
     "files.dir",
+    "files.enabled",
     "fine_tuning.base_models",
     "fine_tuning.max_lora_rank",
 }
