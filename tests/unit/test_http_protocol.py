@@ -210,24 +210,8 @@ async def test_a_request_head_past_the_limit_is_431_before_it_is_held() -> None:
     gateway hold 300 MiB before any credential was read. Heads of large tokens still pass, as
     do large bodies on the same kept-alive connection."""
     seen: list[int] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        size = 0
-        while True:
-            message = await receive()
-            size += len(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        seen.append(size)
-        answer = b"%d" % size
-        headers = [(b"content-length", b"%d" % len(answer))]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": answer})
-
     port = free_port()
-    async with serve_asgi(app, port, lifespan="off"):
+    async with serve_asgi(body_counter([], seen), port, lifespan="off"):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         token = b"t" * (32 * 1024)  # a large JWT passes
         body = b"b" * (1024 * 1024)  # and a body past the head's limit
@@ -305,8 +289,11 @@ async def test_a_connection_that_never_sends_a_whole_head_is_closed() -> None:
             task.cancel()
 
 
-def body_counter(heard: list[str]) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """An app that answers the size of the body it read; a path whose client left is heard."""
+def body_counter(
+    heard: list[str], sizes: list[int] | None = None
+) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """An app that answers the size of the body it read (noted in `sizes`); a path whose
+    client left is heard."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -320,6 +307,8 @@ def body_counter(heard: list[str]) -> Callable[[Scope, Receive, Send], Awaitable
             size += len(message.get("body", b""))
             if not message.get("more_body"):
                 break
+        if sizes is not None:
+            sizes.append(size)
         answer = b"%d" % size
         headers = [(b"content-length", b"%d" % len(answer))]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
