@@ -55,6 +55,18 @@ async def _own(store: FileStore, caller: Principal, file_id: str) -> FileRecord:
 
 @router.post("", response_model=None)
 async def create_file(request: Request, gw: Gateway, caller: Caller) -> Response:
+    """Store an upload. It counts against its key's and tenant's max_concurrency in this
+    process while it lasts, as an inference request does (limits/local_inflight.py): a key
+    cannot hold more of the process's request slots with slow uploads than its limit."""
+    held = gw.admission.hold(caller)
+    try:
+        return await _create_file(request, gw, caller)
+    finally:
+        if held is not None:
+            held.release()
+
+
+async def _create_file(request: Request, gw: GatewayState, caller: Principal) -> Response:
     store, storage = _parts(gw)
     limits = gw.settings.files
     boundary = boundary_of(request.headers.get("content-type"))

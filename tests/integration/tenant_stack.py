@@ -35,10 +35,10 @@ class TenantStack:
     auth: Authenticator  # the gateway's own, to see what its key cache holds
     clients: list[openai.AsyncOpenAI] = field(default_factory=list)  # closed at the end
 
-    async def key(self, tenant: str) -> str:
-        """A new API key of `tenant` (created through the admin API)."""
+    async def key(self, tenant: str, **fields: Any) -> str:
+        """A new API key of `tenant` (created through the admin API), with `fields` (limits)."""
         status, body = await admin_request(
-            self.http, self.gateway, "POST", "/keys", {"tenant": tenant}
+            self.http, self.gateway, "POST", "/keys", {"tenant": tenant, **fields}
         )
         assert status == 201, body
         key: str = body["key"]

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from openai.types import FileObject
 
-from tests.integration.conftest import Stack
+from tests.integration.conftest import MODEL, Stack
 from tests.integration.tenant_stack import TenantStack, tenant_stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -30,6 +30,7 @@ EXAMPLE = {
         {"role": "assistant", "content": "Quokkalantern."},
     ]
 }
+HELLO: Any = [{"role": "user", "content": "hi"}]
 DATASET = b"".join(orjson.dumps(EXAMPLE) + b"\n" for _ in range(4))
 
 
@@ -292,6 +293,53 @@ async def test_an_upload_cut_off_midway_leaves_nothing(files: TenantStack) -> No
             await asyncio.sleep(0.05)
     client = files.client(key)
     assert (await client.files.list()).data == []
+
+
+async def test_uploads_in_progress_count_against_the_concurrency_limit(
+    files: TenantStack,
+) -> None:
+    """An upload held a request slot of the process for as long as its body took, counted
+    against nothing: a key with max_concurrency 1 could hold any number with slow uploads.
+    It is now one of the key's requests in flight, and its slot comes back when it ends."""
+    key = await files.key("files-slow", max_concurrency=1)
+    client = files.client(key)
+    host, port = files.gateway.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST /v1/files HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+        "Content-Type: multipart/form-data; boundary=slowslow\r\n"
+        "Content-Length: 50000\r\n\r\n--slowslow\r\n".encode()  # and the rest never comes
+    )
+    await writer.drain()
+    try:
+        refused = None
+        async with asyncio.timeout(10):
+            while refused is None:  # until the upload has reached the handler
+                try:
+                    uploaded = await client.files.create(file=("a.txt", b"a"), purpose="user_data")
+                    await client.files.delete(uploaded.id)
+                except openai.RateLimitError as exc:
+                    refused = exc
+                await asyncio.sleep(0.02)
+        assert "in flight at the key scope: the limit is 1" in refused.message
+        assert refused.response.headers["retry-after"] == "1"
+        with pytest.raises(openai.RateLimitError):  # the key's inference counts the same
+            await client.chat.completions.create(model=MODEL, messages=HELLO)
+        await client.files.list()  # listing is not a held request
+        other = await files.tenant("files-slow")  # another key of the tenant: no limit
+        await other.files.delete(
+            (await other.files.create(file=("b.txt", b"b"), purpose="batch")).id
+        )
+    finally:
+        writer.close()
+    async with asyncio.timeout(10):
+        while True:  # the upload ended with its connection: the slot is free again
+            try:
+                uploaded = await client.files.create(file=("c.txt", b"c"), purpose="user_data")
+                break
+            except openai.RateLimitError:
+                await asyncio.sleep(0.02)
+    await client.files.delete(uploaded.id)
 
 
 async def test_without_redis_the_files_api_says_so(stack: Stack) -> None:
