@@ -198,9 +198,20 @@ async def _call(client: AdminClient, args: argparse.Namespace) -> Any:
         body = {**_limits(args), "priority": args.priority, "media_hosts": _hosts(args)}
         return await client.call("PUT", f"/tenants/{segment(args.tenant_id)}", body)
     if args.action == "list":
-        query = {"tenant": args.tenant} if args.tenant else None
-        return await client.send("GET", "/keys", params=query)
+        return await _every_key(client, args.tenant)
     return await client.call(*_key_request(args))
+
+
+async def _every_key(client: AdminClient, tenant: str | None) -> dict[str, Any]:
+    """Every page of `GET /keys`, as one list."""
+    query = {"tenant": tenant} if tenant else {}
+    keys: list[Any] = []
+    while True:
+        page = await client.send("GET", "/keys", params=query)
+        keys += page["data"]
+        if not page.get("has_more") or not page["data"]:
+            return {"object": "list", "data": keys}
+        query["after"] = page["data"][-1]["id"]
 
 
 def _key_request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:

@@ -28,6 +28,7 @@ from gateway.auth.records import (
 from gateway.auth.store import AuthStore, key_revoked
 from gateway.deps import Gateway
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
+from gateway.redis_pages import AfterNotFound
 from gateway.routing.status import engines_status
 from gateway.state import GatewayState
 
@@ -131,9 +132,32 @@ async def create_key(body: KeyCreate, gw: Gateway) -> Response:
 
 
 @router.get("/keys", response_model=None)
-async def list_keys(gw: Gateway, tenant: Annotated[str | None, Query()] = None) -> Response:
-    records = await store_of(gw).list_keys(tenant)
-    return json_response({"object": "list", "data": [r.view() for r in records]})
+async def list_keys(
+    gw: Gateway,
+    tenant: Annotated[str | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    """A page of keys, by tenant then creation time: `after` the last id of the page before
+    (OpenAI's cursor), `has_more` whether another page follows."""
+    try:
+        records, more = await store_of(gw).page_keys(tenant, limit, after)
+    except AfterNotFound:
+        raise InvalidRequest(
+            f"Invalid 'after': no API key {after[:64] if after else ''!r} in this listing.",
+            param="after",
+            code="invalid_value",
+        ) from None
+    data = [r.view() for r in records]
+    return json_response(
+        {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": more,
+        }
+    )
 
 
 @router.get("/keys/{key_id}", response_model=None)

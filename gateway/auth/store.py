@@ -1,8 +1,10 @@
 """Tenants and keys in Redis, the only state store.
 
 Layout: `llmaas:apikey:<id>` holds a key's JSON (looked up by id alone, so it carries no tenant
-hash tag); `llmaas:{t:<tenant>}:tenant` the tenant's JSON and `llmaas:{t:<tenant>}:keys` the set
-of its key ids; `llmaas:tenants` the set of tenant ids. Writers publish on `CHANNEL` so every
+hash tag); `llmaas:{t:<tenant>}:tenant` the tenant's JSON, `llmaas:{t:<tenant>}:keys` the set
+of its key ids and `llmaas:{t:<tenant>}:keys_by_time` the same ids scored by creation time, which
+lists read a page of (keys made before that index existed are added to it by the first listing
+of their tenant); `llmaas:tenants` the set of tenant ids. Writers publish on `CHANNEL` so every
 replica drops what it cached.
 
 Redis Cluster: every command and transaction touches one hash slot. A key record is written by
@@ -18,6 +20,7 @@ from redis.asyncio import Redis
 
 from gateway.auth.records import KeyRecord, TenantRecord
 from gateway.errors import InvalidRequest, NotFound
+from gateway.redis_pages import AfterNotFound, index_page
 
 CHANNEL = "llmaas:auth:invalidate"
 TENANTS = "llmaas:tenants"
@@ -65,6 +68,10 @@ def tenant_keys_key(tenant: str) -> str:
     return f"llmaas:{{t:{tenant}}}:keys"
 
 
+def tenant_keys_by_time_key(tenant: str) -> str:
+    return f"llmaas:{{t:{tenant}}}:keys_by_time"
+
+
 class AuthStore:
     def __init__(self, redis: Redis, on_write: Callable[[str], None] | None = None) -> None:
         self.redis = redis
@@ -88,7 +95,12 @@ class AuthStore:
         return None if raw is None else TenantRecord.model_validate_json(raw)
 
     async def create_key(self, record: KeyRecord) -> None:
-        await self.redis.sadd(tenant_keys_key(record.tenant), record.id)
+        async with self.redis.pipeline(transaction=True) as pipe:  # one slot: the tenant's tag
+            pipe.sadd(tenant_keys_key(record.tenant), record.id)
+            pipe.zadd(
+                tenant_keys_by_time_key(record.tenant), {record.id: record.created_at}, nx=True
+            )
+            await pipe.execute()
         await self._put_key(record, "create")
 
     async def put_key(self, record: KeyRecord, *, read: bytes | None = None) -> None:
@@ -143,14 +155,64 @@ class AuthStore:
         raws = await self._get_each([tenant_key(t) for t in ids])
         return [TenantRecord.model_validate_json(r) for r in raws if r is not None]
 
-    async def list_keys(self, tenant: str | None = None) -> list[KeyRecord]:
-        tenants = [tenant] if tenant else [t.id for t in await self.list_tenants()]
+    async def page_keys(
+        self, tenant: str | None, limit: int, after: str | None = None
+    ) -> tuple[list[KeyRecord], bool]:
+        """Up to `limit` keys (of `tenant`, or of every tenant) after the key `after`, by tenant
+        then creation time, and whether more follow; only the page's records are read.
+
+        Raises AfterNotFound when `after` names no key of this listing."""
+        first = tenant
+        cursor: KeyRecord | None = None
+        if after is not None:
+            cursor = await self.get_key(after)
+            if cursor is None or tenant not in (None, cursor.tenant):
+                raise AfterNotFound(after)
+            first = cursor.tenant
+        if tenant is not None:
+            tenants = [tenant]
+        else:
+            every = sorted(_text(m) for m in await self.redis.smembers(TENANTS))
+            tenants = [t for t in every if first is None or t >= first]
         ids: list[str] = []
-        for t in tenants:
-            ids += sorted(_text(m) for m in await self.redis.smembers(tenant_keys_key(t)))
-        raws = await self._get_each([key_key(i) for i in ids])
+        for t in tenants:  # one more than the page: whether more follow
+            await self._index_by_time(t)
+            own = cursor is not None and t == cursor.tenant
+            page, _ = await index_page(
+                self.redis,
+                tenant_keys_by_time_key(t),
+                limit + 1 - len(ids),
+                desc=False,
+                after=after if own else None,
+                after_score=cursor.created_at if own and cursor else None,
+            )
+            ids += page
+            if len(ids) > limit:
+                break
+        raws = await self._get_each([key_key(i) for i in ids[:limit]])
         records = [KeyRecord.model_validate_json(r) for r in raws if r is not None]
-        return sorted(records, key=lambda r: (r.tenant, r.created_at))
+        return records, len(ids) > limit
+
+    async def _index_by_time(self, tenant: str) -> None:
+        """Add the tenant's keys made before the keys_by_time index existed (or by a replica
+        that does not write it yet) to it."""
+        listed, by_time = tenant_keys_key(tenant), tenant_keys_by_time_key(tenant)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.scard(listed)
+            pipe.zcard(by_time)
+            in_set, in_index = await pipe.execute()
+        if in_set <= in_index:
+            return
+        indexed = set(await self.redis.zrange(by_time, 0, -1))
+        missing = [_text(m) for m in await self.redis.smembers(listed) if m not in indexed]
+        raws = await self._get_each([key_key(i) for i in missing])
+        made = {
+            i: KeyRecord.model_validate_json(r).created_at
+            for i, r in zip(missing, raws, strict=True)
+            if r is not None
+        }
+        if made:
+            await self.redis.zadd(by_time, made, nx=True)
 
     async def _get_each(self, names: list[str]) -> list[bytes | None]:
         """One GET per key in one round trip (not MGET: the keys live in many slots)."""

@@ -31,6 +31,16 @@ async def llmaas_json(auth: AuthStack, *args: str) -> Any:
     return json.loads(out)
 
 
+async def test_keys_list_reads_every_page(auth: AuthStack) -> None:
+    """The API answers 1,000 keys a page; `keys list` follows the pages to the last."""
+    made: list[str] = []
+    for _ in range(21):  # 1,008 keys, 48 at a time
+        made += await asyncio.gather(*(auth.new_key(tenant="cli-many") for _ in range(48)))
+    listed = await llmaas_json(auth, "keys", "list", "--tenant", "cli-many")
+    ids = [k["id"] for k in listed["data"]]
+    assert sorted(ids) == sorted(k.split("-")[2] for k in made)  # each once
+
+
 async def test_key_lifecycle_through_the_cli(auth: AuthStack) -> None:
     created = await llmaas_json(
         auth,

@@ -339,6 +339,60 @@ async def test_lists_of_keys_and_tenants(auth: AuthStack) -> None:
     assert "acme" in {t["id"] for t in tenants["data"]}
 
 
+async def _pages(auth: AuthStack, query: str, limit: int) -> list[dict[str, Any]]:
+    """Every page of GET /keys?<query>, `limit` at a time, checking each page's fields."""
+    pages: list[dict[str, Any]] = []
+    after = ""
+    while True:
+        status, page = await auth.admin("GET", f"/keys?{query}&limit={limit}{after}")
+        assert status == 200, page
+        pages.append(page)
+        ids = [k["id"] for k in page["data"]]
+        assert (page["first_id"], page["last_id"]) == ((ids[0], ids[-1]) if ids else (None, None))
+        if not page["has_more"]:
+            return pages
+        assert len(ids) == limit
+        after = f"&after={ids[-1]}"
+
+
+async def test_keys_are_listed_a_page_at_a_time(auth: AuthStack) -> None:
+    made = [await auth.new_key(tenant="paged", name=f"k{i}") for i in range(5)]
+    ids = [k.split("-")[2] for k in made]
+    pages = await _pages(auth, "tenant=paged", 2)
+    assert [len(p["data"]) for p in pages] == [2, 2, 1]
+    assert [k["id"] for p in pages for k in p["data"]] == ids  # in the order they were made
+    # Every tenant's keys: the pages hold exactly what one page of all of them holds.
+    status, whole = await auth.admin("GET", "/keys?limit=10000")
+    assert status == 200
+    assert not whole["has_more"]
+    paged = [k["id"] for p in await _pages(auth, "", 3) for k in p["data"]]
+    assert paged == [k["id"] for k in whole["data"]]
+    assert len(set(paged)) == len(paged) >= 5
+    tenants = [k["tenant"] for k in whole["data"]]
+    assert tenants == sorted(tenants)
+    for query, param in (
+        ("tenant=paged&after=0123456789ab", "after"),  # no such key
+        (f"tenant=acme&after={ids[0]}", "after"),  # a key of another tenant
+        ("limit=0", "limit"),
+        ("limit=10001", "limit"),
+    ):
+        status, payload = await auth.admin("GET", f"/keys?{query}")
+        assert status == 400, query
+        assert payload["error"]["param"] == param, payload
+
+
+async def test_keys_made_before_the_time_index_are_listed(auth: AuthStack) -> None:
+    """Keys written by a release without the keys_by_time index (only in the tenant's set) are
+    added to it by the first listing, in the order they were made (one already in it, at an
+    earlier time, stays first)."""
+    made = [await auth.new_key(tenant="legacy") for _ in range(3)]
+    await auth.redis.delete("llmaas:{t:legacy}:keys_by_time")
+    await auth.redis.zadd("llmaas:{t:legacy}:keys_by_time", {made[1].split("-")[2]: 1.0})
+    pages = await _pages(auth, "tenant=legacy", 2)
+    listed = [k["id"] for p in pages for k in p["data"]]
+    assert listed == [made[1].split("-")[2], made[0].split("-")[2], made[2].split("-")[2]]
+
+
 async def test_no_key_or_prompt_reaches_the_logs(auth: AuthStack) -> None:
     with collected() as logs:
         key = await auth.new_key(name="secret-check")
