@@ -141,7 +141,7 @@ async def list_keys(
     """A page of keys, by tenant then creation time: `after` the last id of the page before
     (OpenAI's cursor), `has_more` whether another page follows."""
     try:
-        records, more = await store_of(gw).page_keys(tenant, limit, after)
+        records, more = await store_of(gw).page_keys(tenant or None, limit, after)
     except AfterNotFound:
         raise InvalidRequest(
             f"Invalid 'after': no API key {after[:64] if after else ''!r} in this listing.",

@@ -159,50 +159,70 @@ class AuthStore:
         self, tenant: str | None, limit: int, after: str | None = None
     ) -> tuple[list[KeyRecord], bool]:
         """Up to `limit` keys (of `tenant`, or of every tenant) after the key `after`, by tenant
-        then creation time, and whether more follow; only the page's records are read.
+        then creation time, and whether more follow; only the page's records are read, and the
+        tenants it spans in a few round trips whatever their number.
 
         Raises AfterNotFound when `after` names no key of this listing."""
-        first = tenant
         cursor: KeyRecord | None = None
         if after is not None:
             cursor = await self.get_key(after)
             if cursor is None or tenant not in (None, cursor.tenant):
                 raise AfterNotFound(after)
-            first = cursor.tenant
         if tenant is not None:
             tenants = [tenant]
         else:
-            every = sorted(_text(m) for m in await self.redis.smembers(TENANTS))
-            tenants = [t for t in every if first is None or t >= first]
+            first = "" if cursor is None else cursor.tenant
+            every = set(map(_text, await self.redis.smembers(TENANTS)))
+            tenants = sorted(t for t in every | ({first} - {""}) if t >= first)
+        need = limit + 1  # one more than the page: whether more follow
         ids: list[str] = []
-        for t in tenants:  # one more than the page: whether more follow
-            await self._index_by_time(t)
-            own = cursor is not None and t == cursor.tenant
-            page, _ = await index_page(
+        if cursor is not None:  # (its tenant is the first of `tenants`)
+            await self._count_by_time(tenants[:1])  # (adds keys made before the index)
+            ids, _ = await index_page(
                 self.redis,
-                tenant_keys_by_time_key(t),
-                limit + 1 - len(ids),
+                tenant_keys_by_time_key(cursor.tenant),
+                need,
                 desc=False,
-                after=after if own else None,
-                after_score=cursor.created_at if own and cursor else None,
+                after=after,
+                after_score=cursor.created_at,
             )
-            ids += page
-            if len(ids) > limit:
-                break
+            tenants = tenants[1:]
+        taken: list[tuple[str, int]] = []  # the next tenants' first keys that fill the page
+        wanted, counted = need - len(ids), 0
+        while wanted > 0 and counted < len(tenants):  # counted a batch at a time, not all
+            batch = tenants[counted : counted + max(wanted, 64)]
+            counted += len(batch)
+            for t, n in (await self._count_by_time(batch)).items():
+                if n and wanted > 0:
+                    taken.append((t, min(n, wanted)))
+                    wanted -= min(n, wanted)
+        if taken:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for t, n in taken:
+                    pipe.zrange(tenant_keys_by_time_key(t), 0, n - 1)
+                ids += [_text(i) for page in await pipe.execute() for i in page]
         raws = await self._get_each([key_key(i) for i in ids[:limit]])
         records = [KeyRecord.model_validate_json(r) for r in raws if r is not None]
         return records, len(ids) > limit
 
-    async def _index_by_time(self, tenant: str) -> None:
-        """Add the tenant's keys made before the keys_by_time index existed (or by a replica
-        that does not write it yet) to it."""
-        listed, by_time = tenant_keys_key(tenant), tenant_keys_by_time_key(tenant)
+    async def _count_by_time(self, tenants: list[str]) -> dict[str, int]:
+        """Each tenant's keys in its keys_by_time index, after adding those made before the
+        index existed (or by a replica that does not write it yet): in one round trip when
+        there are none of those."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.scard(listed)
-            pipe.zcard(by_time)
-            in_set, in_index = await pipe.execute()
-        if in_set <= in_index:
-            return
+            for t in tenants:
+                pipe.scard(tenant_keys_key(t))
+                pipe.zcard(tenant_keys_by_time_key(t))
+            counted: list[int] = await pipe.execute()
+        counts = dict(zip(tenants, counted[1::2], strict=True))
+        for t, in_set, in_index in zip(tenants, counted[::2], counted[1::2], strict=True):
+            if in_set > in_index:
+                counts[t] = await self._index_by_time(t)
+        return counts
+
+    async def _index_by_time(self, tenant: str) -> int:
+        """Add the tenant's keys missing from its keys_by_time index; how many it then holds."""
+        listed, by_time = tenant_keys_key(tenant), tenant_keys_by_time_key(tenant)
         indexed = set(await self.redis.zrange(by_time, 0, -1))
         missing = [_text(m) for m in await self.redis.smembers(listed) if m not in indexed]
         raws = await self._get_each([key_key(i) for i in missing])
@@ -213,6 +233,7 @@ class AuthStore:
         }
         if made:
             await self.redis.zadd(by_time, made, nx=True)
+        return int(await self.redis.zcard(by_time))
 
     async def _get_each(self, names: list[str]) -> list[bytes | None]:
         """One GET per key in one round trip (not MGET: the keys live in many slots)."""

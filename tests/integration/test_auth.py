@@ -365,6 +365,7 @@ async def test_keys_are_listed_a_page_at_a_time(auth: AuthStack) -> None:
     status, whole = await auth.admin("GET", "/keys?limit=10000")
     assert status == 200
     assert not whole["has_more"]
+    assert (await auth.admin("GET", "/keys?tenant=&limit=10000"))[1] == whole  # (no tenant)
     paged = [k["id"] for p in await _pages(auth, "", 3) for k in p["data"]]
     assert paged == [k["id"] for k in whole["data"]]
     assert len(set(paged)) == len(paged) >= 5
