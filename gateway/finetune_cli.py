@@ -85,7 +85,11 @@ def run_files(args: argparse.Namespace) -> int:
 
 async def _files(client: TenantClient, args: argparse.Namespace) -> Any:
     if args.action == "upload":
-        return await client.upload(args.path, args.purpose)
+        progress = UploadProgress(args.path.name, args.path.stat().st_size)
+        try:
+            return await client.upload(args.path, args.purpose, progress.sent)
+        finally:
+            progress.close()
     if args.action == "list":
         return await client.call("GET", "/files", purpose=args.purpose)
     if args.action == "show":
@@ -151,6 +155,37 @@ def _create_body(args: argparse.Namespace) -> dict[str, Any]:
     if hyper:
         body["hyperparameters"] = hyper
     return body
+
+
+class UploadProgress:
+    """An upload's progress on stderr: a bar on a terminal (a file of 1 MiB or more), a line
+    at every tenth elsewhere (8 MiB or more: a log shows a large upload moving, not a small
+    one's noise). Bytes are counted as they are read for sending."""
+
+    BAR_FROM = 1 << 20
+    LINES_FROM = 8 << 20
+
+    def __init__(self, name: str, total: int) -> None:
+        self.name, self.total, self.done, self.tenths = name, total, 0, 0
+        self.bar: tqdm[Any] | None = None
+        self.lines = not sys.stderr.isatty() and total >= self.LINES_FROM
+        if sys.stderr.isatty() and total >= self.BAR_FROM:
+            self.bar = tqdm(
+                total=total, desc=f"uploading {name}", unit="B", unit_scale=True, file=sys.stderr
+            )
+
+    def sent(self, size: int) -> None:
+        self.done += size
+        if self.bar is not None:
+            self.bar.update(size)
+        elif self.lines and self.done * 10 >= (self.tenths + 1) * self.total:
+            self.tenths = self.done * 10 // self.total
+            mib = self.done / (1 << 20)
+            print(f"uploading {self.name}: {self.tenths * 10}% ({mib:.1f} MiB)", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 async def follow(client: TenantClient, job_id: str, *, as_json: bool = False) -> int:

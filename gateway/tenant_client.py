@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,31 @@ class TenantClient(AdminClient):
         query = {k: str(v) for k, v in params.items() if v is not None}
         return await self.send(method, path, json=body, params=query)
 
-    async def upload(self, file: Path, purpose: str) -> Any:
-        with file.open("rb") as handle:
+    async def upload(
+        self, file: Path, purpose: str, sent: Callable[[int], None] | None = None
+    ) -> Any:
+        """Upload `file`; `sent` is called with the size of every piece read for sending
+        (from a worker thread: aiohttp reads files there)."""
+        with CountedReader(io.FileIO(file), sent or _nothing) as handle:
             form = aiohttp.FormData()
             form.add_field("purpose", purpose)
             form.add_field("file", handle, filename=file.name)
             return await self.send("POST", "/files", data=form, timeout_s=UPLOAD_TIMEOUT_S)
+
+
+class CountedReader(io.BufferedReader):
+    """A file whose reads are reported (an upload's progress). Still a BufferedReader, so
+    aiohttp sends it with its Content-Length, as it does an open file."""
+
+    def __init__(self, raw: io.FileIO, sent: Callable[[int], None]) -> None:
+        super().__init__(raw)
+        self.sent = sent
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self.sent(len(data))
+        return data
+
+
+def _nothing(size: int) -> None:
+    pass

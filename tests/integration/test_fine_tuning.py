@@ -377,7 +377,18 @@ async def test_the_files_and_jobs_commands(ft: TenantStack, tmp_path: Path) -> N
     data.write_bytes(DATASET)
     code, out, err = await run_cli("files", "upload", str(data), *auth, "--json")
     assert code == 0, err
+    assert "uploading" not in err  # a small file's upload shows no progress
     file_id = json.loads(out)["id"]
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"z" * (9 << 20))
+    code, out, err = await run_cli("files", "upload", str(big), *auth, "--purpose", "batch")
+    assert code == 0, err
+    shown = [line for line in err.splitlines() if line.startswith("uploading big.bin: ")]
+    assert [line.split()[2] for line in shown] == [f"{10 * i}%" for i in range(1, 11)], err
+    assert shown[-1].endswith("(9.0 MiB)")
+    big_id = next(word for word in out.split() if word.startswith("file-"))
+    code, out, err = await run_cli("files", "delete", big_id, *auth)
+    assert code == 0, err
     code, out, err = await run_cli("files", "list", *auth)
     assert code == 0, err
     assert file_id in out
