@@ -62,6 +62,8 @@ def add_finetune_commands(sub: Any) -> None:
     for action, what in (
         ("show", "one job's details"),
         ("cancel", "cancel a job"),
+        ("pause", "pause a queued or running job (its training stops)"),
+        ("resume", "queue a paused job again (its training starts over)"),
         ("events", "a job's events (progress, loss, errors)"),
         ("follow", "print a job's events as they come, until it ends"),
     ):
@@ -127,8 +129,9 @@ async def _jobs(client: TenantClient, args: argparse.Namespace) -> int:
         result = await client.call("POST", "/fine_tuning/jobs", _create_body(args))
     elif args.action == "list":
         result = await client.call("GET", "/fine_tuning/jobs", limit=100)
-    elif args.action == "cancel":
-        result = await client.call("POST", f"/fine_tuning/jobs/{segment(args.job_id)}/cancel")
+    elif args.action in ("cancel", "pause", "resume"):
+        path = f"/fine_tuning/jobs/{segment(args.job_id)}/{args.action}"
+        result = await client.call("POST", path)
     else:
         result = await client.call("GET", f"/fine_tuning/jobs/{segment(args.job_id)}")
     rows = result.get("data", [result])

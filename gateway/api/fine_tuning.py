@@ -1,5 +1,6 @@
-"""The Fine-tuning API under /v1/fine_tuning/jobs: create, list, retrieve, cancel, events and
-checkpoints, per tenant, as the OpenAI SDK expects. Training happens in `llmaas trainer`."""
+"""The Fine-tuning API under /v1/fine_tuning/jobs: create, list, retrieve, cancel, pause,
+resume, events and checkpoints, per tenant, as the OpenAI SDK expects. Training happens in
+`llmaas trainer`."""
 
 from __future__ import annotations
 
@@ -294,11 +295,68 @@ async def cancel_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
     if cancelled is None:
         job = await _own(store, caller, job_id)
         raise InvalidRequest(
-            f"The job is already {job.status}; only a queued or running job can be cancelled.",
+            f"The job is already {job.status}; only a queued, running or paused job can be"
+            " cancelled.",
             param="fine_tuning_job_id",
             code="job_not_active",
         )
     return json_response(cancelled.view())
+
+
+@router.post("/{job_id}/pause", response_model=None)
+async def pause_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
+    """Pause a queued or running job: a running one's training stops within a second, and
+    its trainer moves on to the next job. It stays among the tenant's active jobs until it is
+    resumed or cancelled."""
+    store = _store(gw)
+    await _own(store, caller, job_id)
+    paused = await store.transition(
+        caller.tenant,
+        job_id,
+        ("queued", "running"),
+        {"status": "paused", "estimated_finish": None},
+        message="The job was paused",
+    )
+    if paused is None:
+        raise await _not_now(store, caller, job_id, "paused", "a queued or running")
+    return json_response(paused.view())
+
+
+@router.post("/{job_id}/resume", response_model=None)
+async def resume_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
+    """Queue a paused job again. Its training starts over from the first step: no checkpoint
+    is kept midway (a LoRA adapter of a small model trains in minutes)."""
+    store = _store(gw)
+    await _own(store, caller, job_id)
+    if await store.trained_now(caller.tenant, job_id):  # its trainer is still letting go
+        raise InvalidRequest(
+            "The job's training is still stopping; resume it in a few seconds.",
+            param="fine_tuning_job_id",
+            code="job_stopping",
+            status=409,
+        )
+    resumed = await store.transition(
+        caller.tenant,
+        job_id,
+        ("paused",),
+        {"status": "queued", "worker": None},
+        message="The job was resumed and queued; its training starts over",
+    )
+    if resumed is None:
+        raise await _not_now(store, caller, job_id, "resumed", "a paused")
+    await store.enqueue(resumed)
+    return json_response(resumed.view())
+
+
+async def _not_now(
+    store: JobStore, caller: Principal, job_id: str, done: str, only: str
+) -> InvalidRequest:
+    job = await _own(store, caller, job_id)
+    return InvalidRequest(
+        f"The job is {job.status}; only {only} job can be {done}.",
+        param="fine_tuning_job_id",
+        code="invalid_job_status",
+    )
 
 
 @router.get("/{job_id}/events", response_model=None)

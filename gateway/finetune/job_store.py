@@ -200,6 +200,11 @@ class JobStore:
     async def heartbeat(self, job: Job, deadline_ms: int) -> None:
         await self.redis.zadd(RUNNING, {_member(job.tenant, job.id): deadline_ms})
 
+    async def trained_now(self, tenant: str, job_id: str) -> bool:
+        """Whether a live trainer still holds the job (its heartbeat deadline is ahead)."""
+        deadline = await self.redis.zscore(RUNNING, _member(tenant, job_id))
+        return deadline is not None and deadline >= time.time() * 1000
+
     async def done(self, job: Job) -> None:
         await self.redis.zrem(RUNNING, _member(job.tenant, job.id))
 

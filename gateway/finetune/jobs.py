@@ -1,7 +1,8 @@
 """A fine-tuning job's record, its states, and the names it gives what it makes.
 
-States: validating_files → queued → running → succeeded | failed | cancelled. The three
-first are active (they count against the tenant's limit); the three last are final.
+States: validating_files → queued → running → succeeded | failed | cancelled, and paused
+(from queued or running) → queued again on resume. The first three and paused are active (they
+count against the tenant's limit); the last three are final.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from gateway.finetune.names import fine_tuned_name, owner_of
 
 __all__ = ["fine_tuned_name", "owner_of"]  # re-exported: the names live in names.py
 
-Status = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
-ACTIVE: tuple[Status, ...] = ("validating_files", "queued", "running")
+Status = Literal[
+    "validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"
+]
+ACTIVE: tuple[Status, ...] = ("validating_files", "queued", "running", "paused")
 FINAL: tuple[Status, ...] = ("succeeded", "failed", "cancelled")
 JOB_ID_PATTERN = r"^ftjob-[0-9a-f]{24}$"
 SUFFIX_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # OpenAI takes up to 64 characters

@@ -222,6 +222,8 @@ async def test_a_fine_tuned_model_learns_what_the_base_model_does_not(ft: FtE2E)
 
 
 async def test_a_cancelled_job_stops_training_and_frees_the_worker(ft: FtE2E) -> None:
+    """Also pause and resume on the way: a paused job's training stops, and a resumed one
+    trains again."""
     async with ft.client("ft-e2e") as client:
         upload = await client.files.create(file=("c.jsonl", DATASET), purpose="fine-tune")
         await ft.start_trainer()
@@ -230,6 +232,18 @@ async def test_a_cancelled_job_stops_training_and_frees_the_worker(ft: FtE2E) ->
         )
         seen: list[str] = []
         await _follow_until_training(client, long.id, seen)
+        assert str((await client.fine_tuning.jobs.pause(long.id)).status) == "paused"
+        async with asyncio.timeout(30):
+            while await _trainings_running():  # noqa: ASYNC110 (a process, no event to await)
+                await asyncio.sleep(0.2)
+            while True:  # resumed once its trainer has let it go (409 until then)
+                try:
+                    resumed = await client.fine_tuning.jobs.resume(long.id)
+                    break
+                except openai.ConflictError:
+                    await asyncio.sleep(0.2)
+        assert resumed.status == "queued"
+        await _trained_since_resumed(client, long.id)
         cancelled = await client.fine_tuning.jobs.cancel(long.id)
         assert cancelled.status == "cancelled"
         short = await client.fine_tuning.jobs.create(
@@ -288,6 +302,20 @@ async def _follow_until_training(client: openai.AsyncOpenAI, job_id: str, seen: 
             return
         assert time.monotonic() < deadline, "no training step reported"
         await asyncio.sleep(0.5)
+
+
+async def _trained_since_resumed(client: openai.AsyncOpenAI, job_id: str) -> None:
+    """Until the job has reported a training step since it was last resumed."""
+    async with asyncio.timeout(JOB_DEADLINE_S):
+        while True:
+            events = (await client.fine_tuning.jobs.list_events(job_id, limit=100)).data
+            since = next(
+                (i for i, e in enumerate(events) if e.message.startswith("The job was resumed")),
+                len(events),
+            )
+            if any(e.type == "metrics" for e in events[:since]):
+                return
+            await asyncio.sleep(0.5)
 
 
 async def _trainings_running() -> int:

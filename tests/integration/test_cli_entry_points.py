@@ -71,7 +71,7 @@ HELP: dict[str, tuple[str, ...]] = {
     "files list": ("--purpose", *TENANT_OPTIONS),
     "files show": ("file_id", *TENANT_OPTIONS),
     "files delete": ("file_id", *TENANT_OPTIONS),
-    "jobs": ("create", "list", "show", "cancel", "events", "follow"),
+    "jobs": ("create", "list", "show", "cancel", "pause", "resume", "events", "follow"),
     "jobs create": (
         "--model",
         "--training-file",
@@ -86,6 +86,8 @@ HELP: dict[str, tuple[str, ...]] = {
     "jobs list": TENANT_OPTIONS,
     "jobs show": ("job_id", *TENANT_OPTIONS),
     "jobs cancel": ("job_id", *TENANT_OPTIONS),
+    "jobs pause": ("job_id", *TENANT_OPTIONS),
+    "jobs resume": ("job_id", *TENANT_OPTIONS),
     "jobs events": ("job_id", *TENANT_OPTIONS),
     "jobs follow": ("job_id", *TENANT_OPTIONS),
 }

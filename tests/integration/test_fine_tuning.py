@@ -5,7 +5,9 @@ own tenant only (issue 14). Training itself: tests/e2e/test_fine_tuning_e2e.py."
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -325,6 +327,115 @@ async def test_a_running_job_whose_trainer_vanished_is_failed(ft: TenantStack) -
         model=BASE, training_file=job.training_file
     )
     await client.fine_tuning.jobs.cancel(second.id)
+
+
+def _sleeping_trainer(ft: TenantStack, tmp_path: Path) -> tuple[Trainer, Path]:
+    """A trainer whose training child sleeps (writing its pid first): a job it runs stays
+    running until something stops it."""
+    child = tmp_path / "sleeping-python"
+    child.write_text(f"#!/bin/sh\necho $$ > {tmp_path / 'pid'}\nexec sleep 60\n")
+    child.chmod(0o755)
+    settings = Settings.model_validate(
+        {
+            "dev_mode": True,
+            "files": {"dir": str(ft.root / "files")},
+            "fine_tuning": {
+                "base_models": {BASE: str(ft.root / "weights")},
+                "trainer_python": str(child),
+            },
+        }
+    )
+    return Trainer(settings, ft.redis, worker="test:pause"), tmp_path / "pid"
+
+
+async def _status_becomes(client: openai.AsyncOpenAI, job_id: str, status: str) -> None:
+    async with asyncio.timeout(10):
+        while (await client.fine_tuning.jobs.retrieve(job_id)).status != status:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # (the job's record in Redis: no event to await)
+
+
+async def test_a_job_is_paused_and_resumed(ft: TenantStack, tmp_path: Path) -> None:
+    """Pause takes a queued or running job to `paused` (a running one's training stops, its
+    trainer moves on); resume queues it again; a paused job can still be cancelled."""
+    client = await ft.tenant("ft-pause")
+    job = await client.fine_tuning.jobs.create(
+        model=BASE, training_file=await _training_file(client)
+    )
+    trainer, pid_file = _sleeping_trainer(ft, tmp_path)
+    paused = await client.fine_tuning.jobs.pause(job.id)
+    assert str(paused.status) == "paused"  # (not in the SDK's statuses yet)
+    with pytest.raises(openai.BadRequestError) as again:
+        await client.fine_tuning.jobs.pause(job.id)
+    assert _error(again.value)["code"] == "invalid_job_status"
+    assert "The job is paused; only a queued or running job can be paused." in str(again.value)
+    assert await trainer.run_job("ft-pause", job.id) is None  # its queue entry is passed over
+    resumed = await client.fine_tuning.jobs.resume(job.id)
+    assert resumed.status == "queued"
+    assert f"ft-pause/{job.id}".encode() in await ft.redis.lrange(QUEUE, 0, -1)
+
+    training = asyncio.create_task(trainer.run_job("ft-pause", job.id))
+    await _status_becomes(client, job.id, "running")
+    async with asyncio.timeout(10):
+        while not pid_file.exists():  # noqa: ASYNC110 (a file, no event to await)
+            await asyncio.sleep(0.05)
+    assert str((await client.fine_tuning.jobs.pause(job.id)).status) == "paused"
+    ended = await asyncio.wait_for(training, 10)  # the trainer stopped it and is free
+    assert ended is not None
+    assert ended.status == "paused"
+    with pytest.raises(ProcessLookupError):  # the training child is gone
+        os.kill(int(pid_file.read_text()), 0)
+    assert (await client.fine_tuning.jobs.resume(job.id)).status == "queued"
+    assert str((await client.fine_tuning.jobs.pause(job.id)).status) == "paused"
+    messages = [e.message for e in (await client.fine_tuning.jobs.list_events(job.id)).data]
+    assert messages[:2] == [
+        "The job was paused",
+        "The job was resumed and queued; its training starts over",
+    ]
+    assert (await client.fine_tuning.jobs.cancel(job.id)).status == "cancelled"
+    with pytest.raises(openai.BadRequestError) as late:
+        await client.fine_tuning.jobs.resume(job.id)
+    assert _error(late.value)["message"] == (
+        "The job is cancelled; only a paused job can be resumed."
+    )
+
+
+async def test_jobs_pause_and_resume_commands(ft: TenantStack) -> None:
+    key = await ft.key("ft-cli-pause")
+    client = ft.client(key)
+    job = await client.fine_tuning.jobs.create(
+        model=BASE, training_file=await _training_file(client)
+    )
+    auth = ("--url", ft.gateway, "--api-key", key)
+    for action, status in (("pause", "paused"), ("resume", "queued")):
+        code, out, err = await run_cli("jobs", action, job.id, *auth, "--json")
+        assert code == 0, err
+        assert json.loads(out)["status"] == status
+    code, _, err = await run_cli("jobs", "resume", job.id, *auth)
+    assert code == 1
+    assert "only a paused job can be resumed" in err
+    await client.fine_tuning.jobs.cancel(job.id)
+
+
+async def test_a_job_is_not_resumed_while_its_training_stops(ft: TenantStack) -> None:
+    """Paused while running, a job is held by its trainer until that has let it go (stopped
+    the child, removed what it wrote): resuming before is a 409 to retry."""
+    client = await ft.tenant("ft-stopping")
+    job = await client.fine_tuning.jobs.create(
+        model=BASE, training_file=await _training_file(client)
+    )
+    store = JobStore(ft.redis)
+    running = await store.transition(
+        "ft-stopping", job.id, ("queued",), {"status": "running", "worker": "busy:1"}
+    )
+    assert running is not None
+    await store.heartbeat(running, int(time.time() * 1000) + 60_000)
+    await client.fine_tuning.jobs.pause(job.id)
+    with pytest.raises(openai.ConflictError) as stopping:
+        await client.fine_tuning.jobs.resume(job.id)
+    assert _error(stopping.value)["code"] == "job_stopping"
+    await store.done(running)  # the trainer let go
+    assert (await client.fine_tuning.jobs.resume(job.id)).status == "queued"
+    await client.fine_tuning.jobs.cancel(job.id)
 
 
 async def test_fine_tuned_models_belong_to_their_tenant(ft: TenantStack, tmp_path: Path) -> None:
