@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.credential_gate import admin_token_ok, admin_unauthorized
-from gateway.api.responses import json_response
+from gateway.api.responses import json_response, page_response, unknown_cursor
 from gateway.auth.api_keys import format_key, hash_secret, new_secret
 from gateway.auth.issue import issue_key
 from gateway.auth.records import (
@@ -143,21 +143,8 @@ async def list_keys(
     try:
         records, more = await store_of(gw).page_keys(tenant or None, limit, after)
     except AfterNotFound:
-        raise InvalidRequest(
-            f"Invalid 'after': no API key {after[:64] if after else ''!r} in this listing.",
-            param="after",
-            code="invalid_value",
-        ) from None
-    data = [r.view() for r in records]
-    return json_response(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": more,
-        }
-    )
+        raise unknown_cursor(after, "API key") from None
+    return page_response([r.view() for r in records], more)
 
 
 @router.get("/keys/{key_id}", response_model=None)

@@ -17,7 +17,7 @@ from fastapi import Path as PathParam
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from gateway.api.responses import json_response
+from gateway.api.responses import json_response, page_response, unknown_cursor
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
 from gateway.errors import InvalidRequest, NotFound, RateLimited, ServiceUnavailable
@@ -160,21 +160,8 @@ async def list_files(
     try:
         records, more = await store.page(caller.tenant, purpose, limit, order, after)
     except AfterNotFound:
-        raise InvalidRequest(
-            f"Invalid 'after': no file {after[:64] if after else ''!r} in this listing.",
-            param="after",
-            code="invalid_value",
-        ) from None
-    data = [r.view() for r in records]
-    return json_response(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": more,
-        }
-    )
+        raise unknown_cursor(after, "file") from None
+    return page_response([r.view() for r in records], more)
 
 
 @router.get("/{file_id}", response_model=None)

@@ -20,6 +20,7 @@ import pytest
 import pytest_asyncio
 
 from gateway.finetune.job_store import QUEUE, RUNNING, JobStore
+from gateway.finetune.jobs import Job
 from gateway.finetune.names import fine_tuned_name
 from gateway.finetune.sweep import LOST
 from gateway.finetune.trainer import Trainer, failed_training
@@ -303,17 +304,25 @@ async def test_a_job_whose_file_vanished_fails_saying_so_without_a_path(ft: Tena
     assert str(ft.root) not in (await client.fine_tuning.jobs.retrieve(job.id)).model_dump_json()
 
 
-async def test_a_running_job_whose_trainer_vanished_is_failed(ft: TenantStack) -> None:
-    client = await ft.tenant("ft-lost")
+async def _claimed(ft: TenantStack, tenant: str) -> tuple[openai.AsyncOpenAI, JobStore, Job]:
+    """A new job of `tenant`, claimed by a trainer that is alive (its heartbeat ahead) but
+    never trains it: the job as it stands (running)."""
+    client = await ft.tenant(tenant)
     job = await client.fine_tuning.jobs.create(
         model=BASE, training_file=await _training_file(client)
     )
     store = JobStore(ft.redis)
     running = await store.transition(
-        "ft-lost", job.id, ("queued",), {"status": "running", "worker": "gone:1"}
+        tenant, job.id, ("queued",), {"status": "running", "worker": "elsewhere:1"}
     )
     assert running is not None
     await store.heartbeat(running, int(time.time() * 1000) + 60_000)
+    return client, store, running
+
+
+async def test_a_running_job_whose_trainer_vanished_is_failed(ft: TenantStack) -> None:
+    client, store, running = await _claimed(ft, "ft-lost")
+    job = running
     assert (await client.fine_tuning.jobs.retrieve(job.id)).status == "running"  # alive
     await store.heartbeat(running, int(time.time() * 1000) - 1)  # its deadline passed
     failed = await client.fine_tuning.jobs.retrieve(job.id)
@@ -419,16 +428,8 @@ async def test_jobs_pause_and_resume_commands(ft: TenantStack) -> None:
 async def test_a_job_is_not_resumed_while_its_training_stops(ft: TenantStack) -> None:
     """Paused while running, a job is held by its trainer until that has let it go (stopped
     the child, removed what it wrote): resuming before is a 409 to retry."""
-    client = await ft.tenant("ft-stopping")
-    job = await client.fine_tuning.jobs.create(
-        model=BASE, training_file=await _training_file(client)
-    )
-    store = JobStore(ft.redis)
-    running = await store.transition(
-        "ft-stopping", job.id, ("queued",), {"status": "running", "worker": "busy:1"}
-    )
-    assert running is not None
-    await store.heartbeat(running, int(time.time() * 1000) + 60_000)
+    client, store, running = await _claimed(ft, "ft-stopping")
+    job = running
     await client.fine_tuning.jobs.pause(job.id)
     with pytest.raises(openai.ConflictError) as stopping:
         await client.fine_tuning.jobs.resume(job.id)
