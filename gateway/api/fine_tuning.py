@@ -14,7 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api.responses import json_response
+from gateway.api.responses import json_response, unknown_cursor
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
 from gateway.errors import InvalidRequest, NotFound, RateLimited, ServiceUnavailable
@@ -236,9 +236,7 @@ async def list_jobs(
         else:
             jobs, more = await _filtered_page(store, caller.tenant, limit, after, wanted)
     except AfterNotFound:
-        raise InvalidRequest(
-            "Invalid 'after': no such job in this listing.", param="after", code="invalid_value"
-        ) from None
+        raise unknown_cursor(after, "job") from None
     data = [(await fail_if_lost(store, j)).view() for j in jobs]
     return json_response({"object": "list", "data": data, "has_more": more})
 

@@ -206,6 +206,16 @@ async def test_events_after_another_jobs_event_are_refused(ft: TenantStack) -> N
         await client.fine_tuning.jobs.cancel(job.id)
 
 
+async def test_a_page_after_an_unknown_job_is_refused_naming_the_cursor(ft: TenantStack) -> None:
+    client = await ft.tenant("ft-cursor")
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.fine_tuning.jobs.list(after="ftjob-" + "0" * 24)
+    assert _error(refused.value)["param"] == "after"
+    assert _error(refused.value)["message"] == (
+        "Invalid 'after': no job 'ftjob-000000000000000000000000' in this listing."
+    )
+
+
 async def test_a_page_may_be_larger_than_100(ft: TenantStack) -> None:
     """OpenAI sets no largest `limit` for jobs; 101 used to be a 400."""
     client = await ft.tenant("ft-limit")
