@@ -221,9 +221,17 @@ async def get_tenant(tenant_id: TenantId, gw: Gateway) -> Response:
 
 
 @router.get("/tenants", response_model=None)
-async def list_tenants(gw: Gateway) -> Response:
-    records = await store_of(gw).list_tenants()
-    return json_response({"object": "list", "data": [_tenant_view(r) for r in records]})
+async def list_tenants(
+    gw: Gateway,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    after: Annotated[str | None, Query(max_length=256)] = None,
+) -> Response:
+    """A page of tenants by id (`after`: the last id of the page before, as for keys)."""
+    try:
+        records, more = await store_of(gw).page_tenants(limit, after)
+    except AfterNotFound:
+        raise unknown_cursor(after, "tenant") from None
+    return page_response([_tenant_view(r) for r in records], more)
 
 
 @router.get("/engines", response_model=None)

@@ -14,6 +14,7 @@ in their own commands, so a record is never live without being listed.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 
 from redis.asyncio import Redis
@@ -150,10 +151,23 @@ class AuthStore:
             return await self.get_tenant(tenant) or record
         return record
 
-    async def list_tenants(self) -> list[TenantRecord]:
+    async def page_tenants(
+        self, limit: int, after: str | None = None
+    ) -> tuple[list[TenantRecord], bool]:
+        """Up to `limit` tenants by id after the tenant `after`, and whether more follow; only
+        the page's records are read (the ids are one set: short strings).
+
+        Raises AfterNotFound when `after` names no tenant."""
         ids = sorted(_text(m) for m in await self.redis.smembers(TENANTS))
-        raws = await self._get_each([tenant_key(t) for t in ids])
-        return [TenantRecord.model_validate_json(r) for r in raws if r is not None]
+        start = 0
+        if after is not None:
+            start = bisect.bisect_right(ids, after)
+            if not start or ids[start - 1] != after:
+                raise AfterNotFound(after)
+        page = ids[start : start + limit]
+        raws = await self._get_each([tenant_key(t) for t in page])
+        records = [TenantRecord.model_validate_json(r) for r in raws if r is not None]
+        return records, start + limit < len(ids)
 
     async def page_keys(
         self, tenant: str | None, limit: int, after: str | None = None

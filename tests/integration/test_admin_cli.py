@@ -41,6 +41,16 @@ async def test_keys_list_reads_every_page(auth: AuthStack) -> None:
     assert sorted(ids) == sorted(k.split("-")[2] for k in made)  # each once
 
 
+async def test_tenants_list_reads_every_page(auth: AuthStack) -> None:
+    made = [f"cli-t{i:04d}" for i in range(1005)]
+    for start in range(0, len(made), 48):
+        await asyncio.gather(
+            *(auth.admin("PUT", f"/tenants/{t}", {"rpm": 1}) for t in made[start : start + 48])
+        )
+    listed = await llmaas_json(auth, "tenants", "list")
+    assert set(made) <= {t["id"] for t in listed["data"]}
+
+
 async def test_key_lifecycle_through_the_cli(auth: AuthStack) -> None:
     created = await llmaas_json(
         auth,

@@ -382,6 +382,30 @@ async def test_keys_are_listed_a_page_at_a_time(auth: AuthStack) -> None:
         assert payload["error"]["param"] == param, payload
 
 
+async def test_tenants_are_listed_a_page_at_a_time(auth: AuthStack) -> None:
+    for name in ("pg-c", "pg-a", "pg-b"):
+        assert (await auth.admin("PUT", f"/tenants/{name}", {"rpm": 5}))[0] == 200
+    status, whole = await auth.admin("GET", "/tenants?limit=10000")
+    assert status == 200
+    assert not whole["has_more"]
+    ids = [t["id"] for t in whole["data"]]
+    assert ids == sorted(ids)
+    assert {"pg-a", "pg-b", "pg-c"} <= set(ids)
+    paged, after = [], ""
+    while True:
+        status, page = await auth.admin("GET", f"/tenants?limit=2{after}")
+        assert status == 200, page
+        paged += [t["id"] for t in page["data"]]
+        assert page["last_id"] == page["data"][-1]["id"]
+        if not page["has_more"]:
+            break
+        after = f"&after={page['last_id']}"
+    assert paged == ids
+    status, payload = await auth.admin("GET", "/tenants?after=pg-nobody")
+    assert status == 400
+    assert payload["error"]["param"] == "after"
+
+
 async def test_keys_made_before_the_time_index_are_listed(auth: AuthStack) -> None:
     """Keys written by a release without the keys_by_time index (only in the tenant's set) are
     added to it by the first listing, in the order they were made (one already in it, at an
