@@ -303,14 +303,21 @@ async def test_uploads_in_progress_count_against_the_concurrency_limit(
     It is now one of the key's requests in flight, and its slot comes back when it ends."""
     key = await files.key("files-slow", max_concurrency=1)
     client = files.client(key)
+    await files.cache_key(client, "files-slow")  # the upload below is counted as it arrives
     host, port = files.gateway.removeprefix("http://").split(":")
-    _, writer = await asyncio.open_connection(host, int(port))
-    writer.write(
-        f"POST /v1/files HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
-        "Content-Type: multipart/form-data; boundary=slowslow\r\n"
-        "Content-Length: 50000\r\n\r\n--slowslow\r\n".encode()  # and the rest never comes
-    )
-    await writer.drain()
+
+    async def slow_upload() -> tuple[asyncio.Task[bytes], asyncio.StreamWriter]:
+        """An upload whose body never comes, and its answer (if it ever gets one)."""
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"POST /v1/files HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+            "Content-Type: multipart/form-data; boundary=slowslow\r\n"
+            "Content-Length: 50000\r\n\r\n--slowslow\r\n".encode()
+        )
+        await writer.drain()
+        return asyncio.create_task(reader.read(1)), writer
+
+    answered, writer = await slow_upload()
     try:
         refused = None
         async with asyncio.timeout(10):
@@ -320,6 +327,10 @@ async def test_uploads_in_progress_count_against_the_concurrency_limit(
                     await client.files.delete(uploaded.id)
                 except openai.RateLimitError as exc:
                     refused = exc
+                if answered.done():  # the upload came second and was refused itself: again
+                    writer.close()
+                    answered, writer = await slow_upload()
+                    refused = None
                 await asyncio.sleep(0.02)
         assert "in flight at the key scope: the limit is 1" in refused.message
         assert refused.response.headers["retry-after"] == "1"
@@ -330,8 +341,10 @@ async def test_uploads_in_progress_count_against_the_concurrency_limit(
         await other.files.delete(
             (await other.files.create(file=("b.txt", b"b"), purpose="batch")).id
         )
+        assert not answered.done()  # the upload still waits for its body
     finally:
         writer.close()
+        answered.cancel()
     async with asyncio.timeout(10):
         while True:  # the upload ended with its connection: the slot is free again
             try:
