@@ -63,7 +63,7 @@ def add_finetune_commands(sub: Any) -> None:
         ("show", "one job's details"),
         ("cancel", "cancel a job"),
         ("pause", "pause a queued or running job (its training stops)"),
-        ("resume", "queue a paused job again (its training starts over)"),
+        ("resume", "queue a paused job again (its training goes on where it paused)"),
         ("events", "a job's events (progress, loss, errors)"),
         ("follow", "print a job's events as they come, until it ends"),
     ):

@@ -18,7 +18,9 @@ from gateway.api.responses import json_response, unknown_cursor
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
 from gateway.errors import InvalidRequest, NotFound, RateLimited, ServiceUnavailable
+from gateway.files.storage import DirectoryStorage
 from gateway.files.store import FileStore
+from gateway.finetune.checkpoints import remove_checkpoint
 from gateway.finetune.job_store import JobStore, LimitReached
 from gateway.finetune.jobs import (
     ACTIVE,
@@ -298,14 +300,16 @@ async def cancel_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
             param="fine_tuning_job_id",
             code="job_not_active",
         )
+    if job.status == "paused":  # no trainer holds it: its checkpoint goes from here
+        await remove_checkpoint(DirectoryStorage(gw.settings.files.dir), cancelled)
     return json_response(cancelled.view())
 
 
 @router.post("/{job_id}/pause", response_model=None)
 async def pause_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
-    """Pause a queued or running job: a running one's training stops within a second, and
-    its trainer moves on to the next job. It stays among the tenant's active jobs until it is
-    resumed or cancelled."""
+    """Pause a queued or running job: a running one's training writes a checkpoint at the end
+    of the step under way and stops, and its trainer moves on to the next job. It stays among
+    the tenant's active jobs until it is resumed or cancelled."""
     store = _store(gw)
     await _own(store, caller, job_id)
     paused = await store.transition(
@@ -322,8 +326,9 @@ async def pause_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
 
 @router.post("/{job_id}/resume", response_model=None)
 async def resume_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
-    """Queue a paused job again. Its training starts over from the first step: no checkpoint
-    is kept midway (a LoRA adapter of a small model trains in minutes)."""
+    """Queue a paused job again. Its training goes on from the checkpoint the pause left
+    (the adapter's weights and the optimizer's state after the last step it finished), or
+    from the first step if it was paused before its training began."""
     store = _store(gw)
     await _own(store, caller, job_id)
     if await store.trained_now(caller.tenant, job_id):  # its trainer is still letting go
@@ -338,7 +343,7 @@ async def resume_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
         job_id,
         ("paused",),
         {"status": "queued", "worker": None},
-        message="The job was resumed and queued; its training starts over",
+        message="The job was resumed and queued",
     )
     if resumed is None:
         raise await _not_now(store, caller, job_id, "resumed", "a paused")

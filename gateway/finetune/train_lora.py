@@ -12,6 +12,12 @@ not at all (written beside it, then renamed), so a stopped or failed run leaves 
 
 `trained_tokens` counts every token of every example once per epoch (prompt included, as
 OpenAI bills fine-tuning); each step line carries the running total.
+
+SIGUSR1 pauses: at the end of the step under way the adapter's weights, the optimizer's state
+and the count of steps and tokens go to `checkpoint_dir` (written beside it, then renamed), a
+`paused` line is printed and the program exits with EXIT_PAUSED. Run again with the same spec,
+it goes on from there: the batches are the same seeded ones, those already trained are skipped,
+and the adapter it ends with is the one an unpaused run makes.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ from transformers.utils import logging as hf_logging
 IGNORE = -100  # the label torch's cross-entropy skips
 ROLES = ("system", "user", "assistant")
 EXIT_STOPPED = 128 + signal.SIGTERM
+EXIT_PAUSED = 3  # a checkpoint was written (or none was needed: paused before the first step)
+CHECKPOINT = "checkpoint.pt"
 
 
 class TrainError(Exception):
@@ -47,6 +55,13 @@ class TrainError(Exception):
 
 class Stopped(BaseException):
     """SIGTERM: unwinds the training loop so the half-written adapter is removed."""
+
+
+class Paused(BaseException):
+    """SIGUSR1, acted on between steps: the checkpoint is written."""
+
+
+PAUSE = {"asked": False}  # set by SIGUSR1; read between steps
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +78,7 @@ class Spec:
     seed: int = 0
     max_length: int = 1024
     threads: int = 0  # 0: torch's default
+    checkpoint_dir: Path | None = None  # where a pause leaves its checkpoint (and a run finds it)
 
     @classmethod
     def load(cls, path: Path) -> Spec:
@@ -80,6 +96,8 @@ class Spec:
             raw[name] = Path(raw[name])
         if "target_modules" in raw:
             raw["target_modules"] = tuple(raw["target_modules"])
+        if "checkpoint_dir" in raw:
+            raw["checkpoint_dir"] = Path(raw["checkpoint_dir"])
         spec = cls(**raw)
         spec.check()
         return spec
@@ -261,19 +279,20 @@ def load_model(spec: Spec) -> Any:
 def train(model: Any, examples: list[Example], spec: Spec, pad_id: int) -> int:
     per_epoch = math.ceil(len(examples) / spec.batch_size)
     progress = Progress(steps=per_epoch * spec.n_epochs)
-    emit(
-        {
-            "type": "start",
-            "examples": len(examples),
-            "steps": progress.steps,
-            "epochs": spec.n_epochs,
-        }
-    )
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=spec.learning_rate)
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW(trainable.values(), lr=spec.learning_rate)
+    done = restore(spec, trainable, optimizer, progress)
+    start = {"examples": len(examples), "steps": progress.steps, "epochs": spec.n_epochs}
+    emit({"type": "start", **start, **({"resumed_at": done} if done else {})})
     model.train()
     for epoch in range(1, spec.n_epochs + 1):
         for batch in batches(examples, spec.batch_size, spec.seed + epoch):
+            if done:  # trained before the pause: the same seeded batches, skipped
+                done -= 1
+                continue
+            if PAUSE["asked"]:
+                checkpoint(spec, trainable, optimizer, progress)
+                raise Paused
             loss = model(**collate(batch, pad_id)).loss
             loss.backward()
             optimizer.step()
@@ -291,6 +310,36 @@ def train(model: Any, examples: list[Example], spec: Spec, pad_id: int) -> int:
                 }
             )
     return progress.tokens
+
+
+def restore(spec: Spec, trainable: dict[str, Any], optimizer: Any, progress: Progress) -> int:
+    """Load a pause's checkpoint, if the spec names one that exists: the steps it trained."""
+    if spec.checkpoint_dir is None or not (spec.checkpoint_dir / CHECKPOINT).is_file():
+        return 0
+    saved = torch.load(spec.checkpoint_dir / CHECKPOINT, weights_only=True)
+    with torch.no_grad():
+        for name, value in saved["adapter"].items():
+            trainable[name].copy_(value)
+    optimizer.load_state_dict(saved["optimizer"])
+    progress.step, progress.tokens = int(saved["step"]), int(saved["tokens"])
+    return progress.step
+
+
+def checkpoint(spec: Spec, trainable: dict[str, Any], optimizer: Any, progress: Progress) -> None:
+    """Write what a run needs to go on from here (nothing before the first step), whole or
+    not at all, and say so."""
+    if spec.checkpoint_dir is not None and progress.step:
+        spec.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        partial = spec.checkpoint_dir / f".{CHECKPOINT}.partial-{os.getpid()}"
+        state = {
+            "step": progress.step,
+            "tokens": progress.tokens,
+            "adapter": {name: p.detach().clone() for name, p in trainable.items()},
+            "optimizer": optimizer.state_dict(),
+        }
+        torch.save(state, partial)
+        partial.rename(spec.checkpoint_dir / CHECKPOINT)
+    emit({"type": "paused", "step": progress.step, "tokens": progress.tokens})
 
 
 def save_atomically(model: Any, output_dir: Path) -> None:
@@ -350,12 +399,17 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise Stopped
 
 
+def _pause(signum: int, frame: FrameType | None) -> None:
+    PAUSE["asked"] = True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, required=True, help="the job's spec (JSON)")
     parser.add_argument("--dry-run", action="store_true", help="tokenize and report only")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGUSR1, _pause)
     hf_logging.disable_progress_bar()  # stderr is the job's log: no carriage-return bars
     try:
         spec = Spec.load(args.spec)
@@ -366,6 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Stopped:
         emit({"type": "error", "message": "stopped by SIGTERM"})
         return EXIT_STOPPED
+    except Paused:
+        return EXIT_PAUSED
     except TrainError as exc:
         emit({"type": "error", "message": str(exc)})
         return 1

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 
 from gateway.embedded.process_group import terminated_with_parent
 from gateway.files.storage import DirectoryStorage
+from gateway.finetune.checkpoints import checkpoint_dir, remove_checkpoint
 from gateway.finetune.job_store import JobStore
 from gateway.finetune.jobs import Event, Job, fine_tuned_name
 from gateway.finetune.resolve import resolve
@@ -131,6 +132,7 @@ class Trainer:
             "base_model_dir": str(base),
             "training_file": str(training_file),
             "output_dir": str(self.storage.path(job.tenant, job.id)),
+            "checkpoint_dir": str(checkpoint_dir(self.storage, job)),
             "n_epochs": hyper.n_epochs,
             "batch_size": hyper.batch_size,
             "learning_rate": learning_rate,
@@ -187,21 +189,30 @@ class Trainer:
         return failed_training(reason)
 
     async def _watch(self, job: Job, child: asyncio.subprocess.Process) -> None:
-        """Refresh the heartbeat; stop the child as soon as the job is cancelled."""
+        """Refresh the heartbeat; stop the child as soon as the job is cancelled, and ask it
+        to pause (write its checkpoint at the end of its step, then exit) when it is paused."""
         beat_every = self.settings.fine_tuning.heartbeat_timeout_s / 4
         last_beat = time.monotonic()
+        pausing = False
         while True:
             await asyncio.sleep(min(POLL_S, beat_every))
             if time.monotonic() - last_beat >= beat_every:
                 await self.store.heartbeat(job, self._deadline_ms())
                 last_beat = time.monotonic()
             current = await self.store.get(job.tenant, job.id)
-            if current is None or current.status != "running":
-                self.log.info(
-                    "job %s is %s: stopping its training", job.id, current and current.status
-                )
-                await _stop(child)
-                return
+            status = current and current.status
+            if status == "running":
+                continue
+            if status == "paused":
+                if not pausing:  # (its heartbeat goes on until it has exited)
+                    self.log.info("job %s is paused: its training writes a checkpoint", job.id)
+                    with contextlib.suppress(ProcessLookupError):
+                        child.send_signal(signal.SIGUSR1)
+                    pausing = True
+                continue
+            self.log.info("job %s is %s: stopping its training", job.id, status)
+            await _stop(child)
+            return
 
     async def _finish(self, job: Job, outcome: Outcome) -> Job | None:
         now = int(time.time())
@@ -220,9 +231,13 @@ class Trainer:
             failed = await self.store.transition(
                 job.tenant, job.id, ("running",), update, message=outcome.message, level="error"
             )
-            if failed is None:  # cancelled: whatever was written goes
+            if failed is None:  # cancelled or paused: whatever was written goes, but a pause's
                 await asyncio.to_thread(shutil.rmtree, self.storage.path(job.tenant, job.id), True)
-                return await self.store.get(job.tenant, job.id)
+                now_job = await self.store.get(job.tenant, job.id)
+                if now_job is None or now_job.status != "paused":
+                    await remove_checkpoint(self.storage, job)
+                return now_job
+            await remove_checkpoint(self.storage, job)
             return failed
         name = fine_tuned_name(job.model, job.tenant, job.suffix, job.id)
         await self.store.put_model(
@@ -249,6 +264,7 @@ class Trainer:
             await self.store.delete_model(job.tenant, name)
             await asyncio.to_thread(shutil.rmtree, self.storage.path(job.tenant, job.id), True)
             return await self.store.get(job.tenant, job.id)
+        await remove_checkpoint(self.storage, job)
         await announce(self.store.redis, job.tenant, name)  # gateways load it into engines
         return succeeded
 
@@ -314,9 +330,10 @@ class _Progress:
         kind = item.get("type")
         if kind == "start":
             examples, epochs, steps = (item.get(k) for k in ("examples", "epochs", "steps"))
+            resumed = f", from step {item['resumed_at'] + 1}" if item.get("resumed_at") else ""
             await self._event(
                 f"Training {_counted(examples, 'example')} for {_counted(epochs, 'epoch')} "
-                f"({_counted(steps, 'step')})"
+                f"({_counted(steps, 'step')}{resumed})"
             )
         elif kind == "step":
             self.steps = int(item.get("step", 0))
@@ -329,6 +346,15 @@ class _Progress:
             self.done = item
         elif kind == "error":
             self.error = str(item.get("message", "unknown error"))
+        elif kind == "paused":
+            await self.flush()
+            step = item.get("step")
+            self.error = "paused"
+            await self._event(
+                f"Training paused after step {step}; resuming goes on from there"
+                if step
+                else "Training paused before its first step"
+            )
 
     async def flush(self) -> None:
         item, self._pending = self._pending, None

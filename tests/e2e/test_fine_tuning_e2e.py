@@ -244,6 +244,10 @@ async def test_a_cancelled_job_stops_training_and_frees_the_worker(ft: FtE2E) ->
                     await asyncio.sleep(0.2)
         assert resumed.status == "queued"
         await _trained_since_resumed(client, long.id)
+        said = [e.message for e in (await client.fine_tuning.jobs.list_events(long.id)).data]
+        paused_at = next(m for m in said if m.startswith("Training paused"))
+        step = int(paused_at.removeprefix("Training paused after step ").split(";")[0])
+        assert any(m.endswith(f", from step {step + 1})") for m in said), said  # not from 1
         cancelled = await client.fine_tuning.jobs.cancel(long.id)
         assert cancelled.status == "cancelled"
         short = await client.fine_tuning.jobs.create(

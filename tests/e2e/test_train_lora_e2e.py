@@ -65,10 +65,14 @@ def write_spec(tmp_path: Path, ready: Prepared, training_file: Path, **extra: An
 
 
 async def run_trainer(
-    python: Path, spec: Path, *args: str, stop_after_step: int | None = None
+    python: Path,
+    spec: Path,
+    *args: str,
+    stop_after_step: int | None = None,
+    stop_with: signal.Signals = signal.SIGTERM,
 ) -> tuple[int, list[dict[str, Any]]]:
-    """The script's exit status and its progress events; SIGTERM once step `stop_after_step`
-    is reported."""
+    """The script's exit status and its progress events; `stop_with` (SIGTERM: stop, SIGUSR1:
+    pause) once step `stop_after_step` is reported."""
     proc = await asyncio.create_subprocess_exec(
         str(python), str(TRAIN_SCRIPT), "--spec", str(spec), *args, stdout=asyncio.subprocess.PIPE
     )
@@ -78,7 +82,7 @@ async def run_trainer(
         async for line in proc.stdout:
             events.append(json.loads(line))
             if stop_after_step is not None and events[-1].get("step") == stop_after_step:
-                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(stop_with)
         return await proc.wait(), events
 
 
@@ -194,6 +198,51 @@ async def test_a_stopped_or_failed_run_leaves_no_adapter(tmp_path: Path) -> None
         {"type": "error", "message": "line 1: has no assistant message to learn from"}
     ]
     assert not (tmp_path / "adapters").exists()
+
+
+async def test_a_paused_run_goes_on_from_its_checkpoint_to_the_same_adapter(
+    tmp_path: Path,
+) -> None:
+    """SIGUSR1 (a job paused): a checkpoint at the end of the step under way, no adapter. Run
+    again, the training goes on from the next step, and the adapter and trained tokens are those
+    of a run never paused."""
+    ready = await prepare(EmbeddedPaths.resolve())
+    data = write_dataset(tmp_path / "t.jsonl", secret_word_examples())
+    runs = {}
+    for name in ("whole", "paused"):
+        (tmp_path / name).mkdir()
+        runs[name] = write_spec(
+            tmp_path / name,
+            ready,
+            data,
+            n_epochs=2,  # 8 steps
+            output_dir=str(tmp_path / name / "adapter"),
+            checkpoint_dir=str(tmp_path / name / "checkpoint"),
+        )
+    status, whole = await run_trainer(ready.engine_python, runs["whole"])
+    assert status == 0, whole
+    status, events = await run_trainer(
+        ready.engine_python, runs["paused"], stop_after_step=3, stop_with=signal.SIGUSR1
+    )
+    assert status == 3, events  # EXIT_PAUSED
+    paused = events[-1]
+    assert paused["type"] == "paused"
+    assert paused["step"] in (3, 4)  # the step under way when the signal came ends first
+    assert paused["tokens"] == next(e["tokens"] for e in whole if e.get("step") == paused["step"])
+    assert (tmp_path / "paused" / "checkpoint" / "checkpoint.pt").is_file()
+    assert not (tmp_path / "paused" / "adapter").exists()
+
+    status, resumed = await run_trainer(ready.engine_python, runs["paused"])
+    assert status == 0, resumed
+    assert resumed[0]["resumed_at"] == paused["step"]
+    steps = [e["step"] for e in resumed if e["type"] == "step"]
+    assert steps == list(range(paused["step"] + 1, 9))
+    assert resumed[-1]["trained_tokens"] == whole[-1]["trained_tokens"]
+    made = {
+        name: (tmp_path / name / "adapter" / "adapter_model.safetensors").read_bytes()
+        for name in runs
+    }
+    assert made["paused"] == made["whole"]
 
 
 async def test_what_the_upload_check_accepts_the_trainer_reads_alike(tmp_path: Path) -> None:
