@@ -246,10 +246,10 @@ class Trainer:
             {"base": job.model, "adapter": str(outcome.adapter), "job": job.id, "created": now},
         )
         await self._meter(job, outcome.trained_tokens, now)
-        succeeded = await self.store.transition(
+        succeeded = await self.store.transition(  # paused as it ended: it is done all the same
             job.tenant,
             job.id,
-            ("running",),
+            ("running", "paused"),
             {
                 "status": "succeeded",
                 "finished_at": now,

@@ -422,6 +422,37 @@ async def test_a_job_is_paused_and_resumed(ft: TenantStack, tmp_path: Path) -> N
     )
 
 
+async def test_a_job_paused_as_its_training_ends_succeeds(ft: TenantStack, tmp_path: Path) -> None:
+    """The pause came after the last step: the run ends with its adapter (the child never
+    acts on the signal), and the job succeeds rather than staying paused with its work lost."""
+    client = await ft.tenant("ft-late-pause")
+    job = await client.fine_tuning.jobs.create(
+        model=BASE, training_file=await _training_file(client)
+    )
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    child = tmp_path / "finishing-python"
+    done = {"type": "done", "trained_tokens": 12, "adapter_dir": str(adapter)}
+    child.write_text(
+        f"#!/bin/sh\ntrap '' USR1\nwhile [ ! -f {tmp_path / 'go'} ]; do sleep 0.05; done\n"
+        f"echo '{json.dumps(done)}'\n"
+    )
+    child.chmod(0o755)
+    trainer, _ = _sleeping_trainer(ft, tmp_path)
+    trainer.settings.fine_tuning.trainer_python = child
+    training = asyncio.create_task(trainer.run_job("ft-late-pause", job.id))
+    await _status_becomes(client, job.id, "running")
+    await client.fine_tuning.jobs.pause(job.id)
+    (tmp_path / "go").touch()  # the last step ends now
+    ended = await asyncio.wait_for(training, 10)
+    assert ended is not None
+    assert (ended.status, ended.trained_tokens) == ("succeeded", 12)
+    retrieved = await client.fine_tuning.jobs.retrieve(job.id)
+    assert retrieved.status == "succeeded"
+    assert retrieved.fine_tuned_model is not None
+    assert adapter.exists()  # kept: the model is served from it
+
+
 async def test_jobs_pause_and_resume_commands(ft: TenantStack) -> None:
     key = await ft.key("ft-cli-pause")
     client = ft.client(key)
