@@ -10,10 +10,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.api.fine_tuning_bodies import JobCreate
 from gateway.api.responses import json_response, unknown_cursor
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
@@ -25,7 +25,6 @@ from gateway.finetune.job_store import JobStore, LimitReached
 from gateway.finetune.jobs import (
     ACTIVE,
     JOB_ID_PATTERN,
-    SUFFIX_PATTERN,
     Hyperparameters,
     Job,
     new_job_id,
@@ -36,59 +35,6 @@ from gateway.state import GatewayState
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs")
 JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN)]
-
-
-def _auto_or(kind: type, low: float, high: float) -> AfterValidator:
-    """ "auto", or a number of `kind` within [low, high] (one message, naming the range)."""
-    noun = "an integer" if kind is int else "a number"
-
-    def check(value: Any) -> Any:
-        if value == "auto":
-            return value
-        ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if kind is int and ok_type and float(value).is_integer():
-            value = int(value)
-        if not ok_type or (kind is int and not isinstance(value, int)) or not low <= value <= high:
-            raise ValueError(f"must be 'auto' or {noun} from {low:g} to {high:g}")
-        return value
-
-    return AfterValidator(check)
-
-
-class HyperparametersIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    n_epochs: Annotated[Any, _auto_or(int, 1, 50)] = "auto"
-    batch_size: Annotated[Any, _auto_or(int, 1, 256)] = "auto"
-    learning_rate_multiplier: Annotated[Any, _auto_or(float, 1e-6, 100)] = "auto"
-    lora_rank: Annotated[Any, _auto_or(int, 1, 256)] = "auto"
-
-
-class SupervisedIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    hyperparameters: HyperparametersIn | None = None
-
-
-class MethodIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["supervised"]
-    supervised: SupervisedIn | None = None
-
-
-class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(min_length=1, max_length=256)
-    training_file: str = Field(min_length=1, max_length=64)
-    validation_file: None = None  # not supported yet: a value is refused, naming the field
-    hyperparameters: HyperparametersIn | None = None
-    method: MethodIn | None = None
-    suffix: Annotated[str, Field(pattern=SUFFIX_PATTERN)] | None = None
-    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
-    metadata: (
-        Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None
-    ) = None
-    integrations: Annotated[list[Any], Field(max_length=0)] | None = None  # none supported
 
 
 def _store(gw: GatewayState) -> JobStore:

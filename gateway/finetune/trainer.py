@@ -25,9 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
-import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -35,7 +33,8 @@ from gateway.embedded.process_group import terminated_with_parent
 from gateway.files.storage import DirectoryStorage
 from gateway.finetune.checkpoints import checkpoint_dir, remove_checkpoint
 from gateway.finetune.job_store import JobStore
-from gateway.finetune.jobs import Event, Job, fine_tuned_name
+from gateway.finetune.jobs import Job, fine_tuned_name
+from gateway.finetune.progress import Progress
 from gateway.finetune.resolve import resolve
 from gateway.finetune.serving import announce
 from gateway.finetune.sweep import fail_overdue
@@ -46,7 +45,6 @@ from gateway.settings import Settings
 
 SCRIPT = Path(__file__).with_name("train_lora.py")
 POLL_S = 1.0  # how often the queue is waited on, and a running job's cancel checked
-EVENT_EVERY_S = 1.0  # step events, at most this often (and always the last)
 ROUTE = FINE_TUNE_ROUTE  # the usage record of a job's training
 
 
@@ -162,7 +160,7 @@ class Trainer:
         assert child.stderr is not None
         errors = asyncio.create_task(_tail(child.stderr))
         watch = asyncio.create_task(self._watch(job, child))
-        progress = _Progress(self.store, job)
+        progress = Progress(self.store, job)
         try:
             async for line in child.stdout:
                 await progress.line(line)
@@ -307,76 +305,6 @@ class Trainer:
         return int((time.time() + self.settings.fine_tuning.heartbeat_timeout_s) * 1000)
 
 
-class _Progress:
-    """The child's JSON lines, as job events (steps throttled to one a second)."""
-
-    def __init__(self, store: JobStore, job: Job) -> None:
-        self.store = store
-        self.job = job
-        self.done: dict[str, Any] | None = None
-        self.error: str | None = None
-        self.steps = 0
-        self.loss: float | None = None
-        self._last_event = 0.0
-        self._pending: dict[str, Any] | None = None
-
-    async def line(self, raw: bytes) -> None:
-        try:
-            item = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return  # a stray print from a library
-        if not isinstance(item, dict):
-            return
-        kind = item.get("type")
-        if kind == "start":
-            examples, epochs, steps = (item.get(k) for k in ("examples", "epochs", "steps"))
-            resumed = f", from step {item['resumed_at'] + 1}" if item.get("resumed_at") else ""
-            await self._event(
-                f"Training {_counted(examples, 'example')} for {_counted(epochs, 'epoch')} "
-                f"({_counted(steps, 'step')}{resumed})"
-            )
-        elif kind == "step":
-            self.steps = int(item.get("step", 0))
-            self.loss = float(item["loss"]) if "loss" in item else None
-            self._pending = item
-            if time.monotonic() - self._last_event >= EVENT_EVERY_S:
-                await self.flush()
-        elif kind == "done":
-            await self.flush()
-            self.done = item
-        elif kind == "error":
-            self.error = str(item.get("message", "unknown error"))
-        elif kind == "paused":
-            await self.flush()
-            step = item.get("step")
-            self.error = "paused"
-            await self._event(
-                f"Training paused after step {step}; resuming goes on from there"
-                if step
-                else "Training paused before its first step"
-            )
-
-    async def flush(self) -> None:
-        item, self._pending = self._pending, None
-        if item is None:
-            return
-        self._last_event = time.monotonic()
-        step, steps, loss = item.get("step"), item.get("steps"), item.get("loss")
-        data = {
-            "step": step,
-            "total_steps": steps,
-            "train_loss": loss,
-            "tokens": item.get("tokens"),
-        }
-        await self._event(f"Step {step}/{steps}: training loss={loss:.4f}", "metrics", data)
-
-    async def _event(
-        self, message: str, kind: Literal["message", "metrics"] = "message", data: Any = None
-    ) -> None:
-        event = Event(id="", created_at=int(time.time()), message=message, type=kind, data=data)
-        await self.store.add_event(self.job, event)
-
-
 async def _tail(stream: asyncio.StreamReader, keep: int = 8192) -> str:
     """The last `keep` bytes of a stream (the child's stderr: the reason when it fails)."""
     buffer = b""
@@ -397,11 +325,6 @@ async def _stop(child: asyncio.subprocess.Process, grace_s: float = 5.0) -> None
         with contextlib.suppress(ProcessLookupError):
             child.kill()
         await child.wait()
-
-
-def _counted(number: object, noun: str) -> str:
-    """'1 epoch', '3 epochs'."""
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def failed_training(reason: str) -> Outcome:
