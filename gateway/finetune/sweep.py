@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from gateway.finetune.job_store import RUNNING, JobStore
+from gateway.finetune.job_store import JobStore
 from gateway.finetune.jobs import Job
 
 LOST = "The trainer running this job stopped reporting (it was stopped or failed); try again."
@@ -20,8 +20,7 @@ async def fail_if_lost(store: JobStore, job: Job) -> Job:
     """`job`, failed first if it is running without a live trainer."""
     if job.status != "running":
         return job
-    deadline = await store.redis.zscore(RUNNING, f"{job.tenant}/{job.id}")
-    if deadline is not None and deadline >= time.time() * 1000:
+    if await store.trained_now(job.tenant, job.id):
         return job
     return await _fail(store, job.tenant, job.id) or job
 
