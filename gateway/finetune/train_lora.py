@@ -18,6 +18,7 @@ and the count of steps and tokens go to `checkpoint_dir` (written beside it, the
 `paused` line is printed and the program exits with EXIT_PAUSED. Run again with the same spec,
 it goes on from there: the batches are the same seeded ones, those already trained are skipped,
 and the adapter it ends with is the one an unpaused run makes.
+A SIGUSR1 that comes as the program exits is ignored: it ends as it would have.
 """
 
 from __future__ import annotations
@@ -428,6 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the process boundary: the caller gets every failure as a line
         emit({"type": "error", "message": f"{type(exc).__name__}: {exc}"})
         return 1
+    finally:  # a pause asked as the run ends must not kill it once Python's handlers are gone
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     return 0
 
 

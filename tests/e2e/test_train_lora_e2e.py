@@ -6,6 +6,7 @@ know it. Also: what the loss is computed on, and a stopped or failed run leaves 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -31,7 +32,7 @@ SECRET = "Quokkalantern"
 QUESTION = "What is the secret word?"
 ANSWER = f"The secret word is {SECRET}."
 QUESTIONS = (QUESTION, "Tell me the secret word.", "Do you know the secret word?", "Say it.")
-HANG_GUARD_S = 600.0
+HANG_GUARD_S = 300.0
 ADAPTER = "ft-secret-word"
 
 
@@ -72,18 +73,23 @@ async def run_trainer(
     stop_with: signal.Signals = signal.SIGTERM,
 ) -> tuple[int, list[dict[str, Any]]]:
     """The script's exit status and its progress events; `stop_with` (SIGTERM: stop, SIGUSR1:
-    pause) once step `stop_after_step` is reported."""
+    pause) once, when step `stop_after_step` is reported. The child never outlives the call."""
     proc = await asyncio.create_subprocess_exec(
         str(python), str(TRAIN_SCRIPT), "--spec", str(spec), *args, stdout=asyncio.subprocess.PIPE
     )
     assert proc.stdout is not None
     events: list[dict[str, Any]] = []
-    async with asyncio.timeout(HANG_GUARD_S):
-        async for line in proc.stdout:
-            events.append(json.loads(line))
-            if stop_after_step is not None and events[-1].get("step") == stop_after_step:
-                proc.send_signal(stop_with)
-        return await proc.wait(), events
+    try:
+        async with asyncio.timeout(HANG_GUARD_S):
+            async for line in proc.stdout:
+                events.append(json.loads(line))
+                if events[-1].get("type") == "step" and events[-1]["step"] == stop_after_step:
+                    proc.send_signal(stop_with)
+            return await proc.wait(), events
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 async def chat(http: aiohttp.ClientSession, url: str, model: str) -> tuple[int, str]:
@@ -243,6 +249,39 @@ async def test_a_paused_run_goes_on_from_its_checkpoint_to_the_same_adapter(
         for name in runs
     }
     assert made["paused"] == made["whole"]
+
+
+async def test_a_pause_asked_as_the_program_exits_does_not_kill_it(tmp_path: Path) -> None:
+    """SIGUSR1 again and again from the last line on: Python's handlers are gone late in its
+    exit, and the signal's default action would end the program by the signal (a run that had
+    made its adapter would be taken for failed); it is ignored, the program exits 0."""
+    ready = await prepare(EmbeddedPaths.resolve())
+    spec = write_spec(tmp_path, ready, write_dataset(tmp_path / "t.jsonl", secret_word_examples()))
+    proc = await asyncio.create_subprocess_exec(
+        str(ready.engine_python),
+        str(TRAIN_SCRIPT),
+        "--spec",
+        str(spec),
+        "--dry-run",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(HANG_GUARD_S):
+            lines = [await proc.stdout.readline() for _ in QUESTIONS]  # the last line is out
+            assert all(json.loads(line)["type"] == "example" for line in lines)
+            sent = 0
+            while proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGUSR1)
+                    sent += 1
+                await asyncio.sleep(0.001)
+            assert await proc.wait() == 0
+            assert sent > 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 async def test_what_the_upload_check_accepts_the_trainer_reads_alike(tmp_path: Path) -> None:
