@@ -246,6 +246,9 @@ class FineTuningSettings(Section):
     max_active_jobs_per_tenant: int = Field(default=2, ge=1)
     # A running job whose trainer has not reported for this long is failed (trainer gone).
     heartbeat_timeout_s: float = Field(default=60.0, gt=0)
+    # A training run that prints no line (its start, a step) for this long has hung: it is
+    # stopped and its job failed, and the worker moves on. Loading the base model counts.
+    stall_timeout_s: float = Field(default=1800.0, gt=0)
     # The Python that has torch, transformers and peft (the engine venv); None: this one.
     trainer_python: Path | None = None
     learning_rate: float = Field(default=3e-3, gt=0)  # times the job's learning_rate_multiplier

@@ -3,11 +3,13 @@
 One job at a time per worker (run more workers for more at once). A job is trained by
 `train_lora.py` in a child process, run with `fine_tuning.trainer_python` (the engine venv:
 torch, transformers, peft); the child reports progress as JSON lines, which become the job's
-events. While it trains, the worker refreshes the job's heartbeat and watches for a cancel
-(the child is stopped at once). On success the adapter lies next to the tenant's files, the
-model `ft:<base>:<tenant>:<suffix>:<id>` is registered for that tenant only, and the trained
-tokens are metered as a `fine_tune` usage record. A stopped worker puts its job back in
-the queue; a killed one leaves it to the heartbeat sweep, which fails it with a message.
+events. While it trains, the worker refreshes the job's heartbeat and watches for a cancel (the
+child is stopped at once), and stops a run that prints nothing for
+`fine_tuning.stall_timeout_s` (hung), failing its job. On success the adapter lies next to the
+tenant's files, the model `ft:<base>:<tenant>:<suffix>:<id>` is registered for that tenant
+only, and the trained tokens are metered as a `fine_tune` usage record. A stopped worker puts
+its job back in the queue; a killed one leaves it to the heartbeat sweep, which fails it with a
+message.
 """
 
 from __future__ import annotations
@@ -161,17 +163,28 @@ class Trainer:
         errors = asyncio.create_task(_tail(child.stderr))
         watch = asyncio.create_task(self._watch(job, child))
         progress = Progress(self.store, job)
+        stall_s = self.settings.fine_tuning.stall_timeout_s
+        quiet = asyncio.timeout(stall_s)  # moved on by every line: fires when the run hangs
+        code: int | None = None
         try:
-            async for line in child.stdout:
-                await progress.line(line)
+            async with quiet:
+                async for line in child.stdout:
+                    quiet.reschedule(asyncio.get_running_loop().time() + stall_s)
+                    await progress.line(line)
             code = await child.wait()
+        except TimeoutError:
+            if not quiet.expired():
+                raise
+            self.log.warning("job %s printed nothing for %g s: stopping it", job.id, stall_s)
         finally:
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
-            if child.returncode is None:  # we are being cancelled (the trainer stops)
+            if child.returncode is None:  # hung, or we are being cancelled (the trainer stops)
                 await _stop(child)
         tail = await errors
         await progress.flush()
+        if code is None:
+            return failed_training(f"no progress for {stall_s:g} s; the run was stopped")
         done = progress.done
         if code == 0 and done is not None:
             return Outcome(

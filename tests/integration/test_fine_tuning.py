@@ -453,6 +453,45 @@ async def test_a_job_paused_as_its_training_ends_succeeds(ft: TenantStack, tmp_p
     assert adapter.exists()  # kept: the model is served from it
 
 
+async def test_a_run_that_prints_nothing_for_the_stall_timeout_is_stopped(
+    ft: TenantStack, tmp_path: Path
+) -> None:
+    """A hung run (no line for `fine_tuning.stall_timeout_s`) is stopped and its job failed,
+    saying so, and the worker is free; a run whose lines keep coming is not, however long."""
+    client = await ft.tenant("ft-stall")
+    trainer, pid_file = _sleeping_trainer(ft, tmp_path)
+    trainer.settings.fine_tuning.stall_timeout_s = 0.5
+    hung = await client.fine_tuning.jobs.create(
+        model=BASE, training_file=await _training_file(client)
+    )
+    ended = await asyncio.wait_for(trainer.run_job("ft-stall", hung.id), 10)
+    assert ended is not None
+    assert ended.status == "failed"
+    assert ended.error is not None
+    assert ended.error.message == "Training failed: no progress for 0.5 s; the run was stopped"
+    with pytest.raises(ProcessLookupError):  # the training child is gone
+        os.kill(int(pid_file.read_text()), 0)
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    steps = [
+        {"type": "step", "step": n, "steps": 6, "loss": 0.5, "tokens": 2 * n} for n in range(1, 7)
+    ]
+    done = {"type": "done", "trained_tokens": 12, "adapter_dir": str(adapter)}
+    steady = tmp_path / "steady-python"  # 1.2 s in all, a line every 0.2 s
+    steady.write_text(
+        "#!/bin/sh\n"
+        + "".join(f"sleep 0.2\necho '{json.dumps(step)}'\n" for step in steps)
+        + f"echo '{json.dumps(done)}'\n"
+    )
+    steady.chmod(0o755)
+    trainer.settings.fine_tuning.trainer_python = steady
+    slow = await client.fine_tuning.jobs.create(model=BASE, training_file=hung.training_file)
+    ended = await asyncio.wait_for(trainer.run_job("ft-stall", slow.id), 10)
+    assert ended is not None
+    assert (ended.status, ended.trained_tokens) == ("succeeded", 12)
+
+
 async def test_jobs_pause_and_resume_commands(ft: TenantStack) -> None:
     key = await ft.key("ft-cli-pause")
     client = ft.client(key)
