@@ -29,6 +29,7 @@ RECORD_COLUMNS = (
     "tenant",
     "key_id",
     "model",
+    "route",  # chat/completions, …, fine_tune (its prompt_tokens: the tokens trained on)
     "outcome",
     "prompt_tokens",
     "completion_tokens",

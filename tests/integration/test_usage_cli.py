@@ -56,6 +56,11 @@ async def test_usage_totals_and_records_through_the_cli(meter: Meter) -> None:
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [r["completion_tokens"] for r in rows] == ["2", "3", "4"]
     assert [r["stream"] for r in rows] == ["false"] * 3  # was Python's False
+    code, out, err = await usage(meter, "--tenant", "cli-usage", "--records")
+    assert code == 0, err
+    columns, *table_rows = out.splitlines()
+    assert columns.split()[3:5] == ["model", "route"]  # a fine-tuning record reads as one
+    assert [row.split()[4] for row in table_rows] == ["chat/completions"] * 3
 
 
 async def test_csv_records_write_booleans_as_true_and_false(meter: Meter) -> None:
