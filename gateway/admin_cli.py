@@ -194,23 +194,13 @@ def run_admin(args: argparse.Namespace) -> int:
 async def _call(client: AdminClient, args: argparse.Namespace) -> Any:
     if args.command == "tenants":
         if args.action == "list":
-            return await _every_page(client, "/tenants", {})
+            return {"object": "list", "data": await client.every_page("/tenants")}
         body = {**_limits(args), "priority": args.priority, "media_hosts": _hosts(args)}
         return await client.call("PUT", f"/tenants/{segment(args.tenant_id)}", body)
     if args.action == "list":
-        return await _every_page(client, "/keys", {"tenant": args.tenant} if args.tenant else {})
+        keys = await client.every_page("/keys", {"tenant": args.tenant} if args.tenant else {})
+        return {"object": "list", "data": keys}
     return await client.call(*_key_request(args))
-
-
-async def _every_page(client: AdminClient, path: str, query: dict[str, str]) -> dict[str, Any]:
-    """Every page of a list (`GET /keys`, `GET /tenants`), as one list."""
-    found: list[Any] = []
-    while True:
-        page = await client.send("GET", path, params=query)
-        found += page["data"]
-        if not page.get("has_more") or not page["data"]:
-            return {"object": "list", "data": found}
-        query["after"] = page["data"][-1]["id"]
 
 
 def _key_request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:

@@ -67,6 +67,18 @@ class AdminClient:
             raise AdminError(_refusal(status, text))
         return payload
 
+    async def every_page(self, path: str, params: dict[str, str] | None = None) -> list[Any]:
+        """Every item of an OpenAI-style list (`data`, `has_more`; the next page starts `after`
+        the last item's id), page after page, in the order the pages come."""
+        query = dict(params or {})
+        found: list[Any] = []
+        while True:
+            page = await self.send("GET", path, params=query)
+            found += page["data"]
+            if not page.get("has_more") or not page["data"]:
+                return found
+            query["after"] = page["data"][-1]["id"]
+
 
 def segment(value: str) -> str:
     """An id as one segment of a path: `/`, `?`, `#` and `..` in it stay in it."""

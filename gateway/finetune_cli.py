@@ -21,6 +21,7 @@ FILE_COLUMNS = ("id", "filename", "purpose", "bytes", "created_at")
 JOB_COLUMNS = ("id", "model", "status", "fine_tuned_model", "trained_tokens", "created_at")
 FINAL = ("succeeded", "failed", "cancelled")
 POLL_S = 1.0
+PAGE = 1000  # items per request when a command reads a whole list
 
 
 def add_finetune_commands(sub: Any) -> None:
@@ -49,7 +50,11 @@ def add_finetune_commands(sub: Any) -> None:
     jobs_sub = jobs.add_subparsers(dest="action", required=True)
     create = jobs_sub.add_parser("create", parents=[common], help="start a fine-tuning job")
     create.add_argument("--model", required=True, help="the base model")
-    create.add_argument("--training-file", required=True, help="a file id (purpose fine-tune)")
+    create.add_argument(
+        "--training-file",
+        required=True,
+        help="a file id (purpose fine-tune), or a local JSONL file: uploaded first",
+    )
     create.add_argument("--suffix", help="part of the fine-tuned model's name")
     create.add_argument("--epochs", type=int, help="(default: auto, from the dataset's size)")
     create.add_argument("--batch-size", type=int, help="(default: auto, from the dataset's size)")
@@ -93,7 +98,8 @@ async def _files(client: TenantClient, args: argparse.Namespace) -> Any:
         finally:
             progress.close()
     if args.action == "list":
-        return await client.call("GET", "/files", purpose=args.purpose)
+        query = {"purpose": args.purpose} if args.purpose else {}
+        return {"object": "list", "data": await client.every_page("/files", query)}
     if args.action == "show":
         return await client.call("GET", f"/files/{segment(args.file_id)}")
     deleted = await client.call("DELETE", f"/files/{segment(args.file_id)}")
@@ -116,19 +122,21 @@ def run_jobs(args: argparse.Namespace) -> int:
 async def _jobs(client: TenantClient, args: argparse.Namespace) -> int:
     if args.action == "follow":
         return await follow(client, args.job_id, as_json=args.json)
-    if args.action == "events":
-        events = await client.call(
-            "GET", f"/fine_tuning/jobs/{segment(args.job_id)}/events", limit=100
-        )
+    if args.action == "events":  # every one kept, oldest first (the API pages newest first)
+        path = f"/fine_tuning/jobs/{segment(args.job_id)}/events"
+        events = await client.every_page(path, {"limit": str(PAGE)})
         if args.json:
-            print(json.dumps(events, indent=2))
-        for event in reversed(events["data"]):
+            print(json.dumps({"object": "list", "data": events, "has_more": False}, indent=2))
+            return 0
+        for event in reversed(events):
             print(f"{utc_time(event['created_at'])}  {event['level']:5}  {event['message']}")
         return 0
     if args.action == "create":
-        result = await client.call("POST", "/fine_tuning/jobs", _create_body(args))
+        training_file = await _training_file(client, args.training_file)
+        result = await client.call("POST", "/fine_tuning/jobs", _create_body(args, training_file))
     elif args.action == "list":
-        result = await client.call("GET", "/fine_tuning/jobs", limit=100)
+        jobs = await client.every_page("/fine_tuning/jobs", {"limit": str(PAGE)})
+        result = {"object": "list", "data": jobs, "has_more": False}
     elif args.action in ("cancel", "pause", "resume"):
         path = f"/fine_tuning/jobs/{segment(args.job_id)}/{args.action}"
         result = await client.call("POST", path)
@@ -141,7 +149,21 @@ async def _jobs(client: TenantClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def _create_body(args: argparse.Namespace) -> dict[str, Any]:
+async def _training_file(client: TenantClient, given: str) -> str:
+    """The file id to train on: `given`, or the id of `given` uploaded if it is a local file."""
+    path = Path(given)
+    if not await asyncio.to_thread(path.is_file):
+        return given
+    progress = UploadProgress(path.name, (await asyncio.to_thread(path.stat)).st_size)
+    try:
+        uploaded = await client.upload(path, "fine-tune", progress.sent)
+    finally:
+        progress.close()
+    print(f"uploaded {path.name}: {uploaded['id']}", file=sys.stderr)
+    return str(uploaded["id"])
+
+
+def _create_body(args: argparse.Namespace, training_file: str) -> dict[str, Any]:
     hyper = {
         name: value
         for name, value in (
@@ -152,7 +174,7 @@ def _create_body(args: argparse.Namespace) -> dict[str, Any]:
         )
         if value is not None
     }
-    body: dict[str, Any] = {"model": args.model, "training_file": args.training_file}
+    body: dict[str, Any] = {"model": args.model, "training_file": training_file}
     if args.suffix:
         body["suffix"] = args.suffix
     if hyper:

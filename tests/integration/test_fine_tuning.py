@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -492,23 +491,6 @@ async def test_a_run_that_prints_nothing_for_the_stall_timeout_is_stopped(
     assert (ended.status, ended.trained_tokens) == ("succeeded", 16)
 
 
-async def test_jobs_pause_and_resume_commands(ft: TenantStack) -> None:
-    key = await ft.key("ft-cli-pause")
-    client = ft.client(key)
-    job = await client.fine_tuning.jobs.create(
-        model=BASE, training_file=await _training_file(client)
-    )
-    auth = ("--url", ft.gateway, "--api-key", key)
-    for action, status in (("pause", "paused"), ("resume", "queued")):
-        code, out, err = await run_cli("jobs", action, job.id, *auth, "--json")
-        assert code == 0, err
-        assert json.loads(out)["status"] == status
-    code, _, err = await run_cli("jobs", "resume", job.id, *auth)
-    assert code == 1
-    assert "only a paused job can be resumed" in err
-    await client.fine_tuning.jobs.cancel(job.id)
-
-
 async def test_a_job_is_not_resumed_while_its_training_stops(ft: TenantStack) -> None:
     """Paused while running, a job is held by its trainer until that has let it go (stopped
     the child, removed what it wrote): resuming before is a 409 to retry."""
@@ -565,81 +547,6 @@ def _error(exc: openai.APIStatusError) -> dict[str, Any]:
     assert isinstance(body, dict)
     error: dict[str, Any] = body.get("error", body)
     return error
-
-
-async def test_a_large_upload_shows_its_progress(ft: TenantStack, tmp_path: Path) -> None:
-    auth = ("--url", ft.gateway, "--api-key", await ft.key("ft-cli-big"))
-    big = tmp_path / "big.bin"
-    big.write_bytes(b"z" * (9 << 20))
-    code, out, err = await run_cli("files", "upload", str(big), *auth, "--purpose", "batch")
-    assert code == 0, err
-    shown = [line for line in err.splitlines() if line.startswith("uploading big.bin: ")]
-    assert [line.split()[2] for line in shown] == [f"{10 * i}%" for i in range(1, 11)], err
-    assert shown[-1].endswith("(9.0 MiB)")
-    big_id = next(word for word in out.split() if word.startswith("file-"))
-    code, out, err = await run_cli("files", "delete", big_id, *auth)
-    assert code == 0, err
-
-
-async def test_the_files_and_jobs_commands(ft: TenantStack, tmp_path: Path) -> None:
-    auth = ("--url", ft.gateway, "--api-key", await ft.key("ft-cli"))
-    data = tmp_path / "train.jsonl"
-    data.write_bytes(DATASET)
-    code, out, err = await run_cli("files", "upload", str(data), *auth, "--json")
-    assert code == 0, err
-    assert "uploading" not in err  # a small file's upload shows no progress
-    file_id = json.loads(out)["id"]
-    code, out, err = await run_cli("files", "list", *auth)
-    assert code == 0, err
-    assert file_id in out
-    assert "train.jsonl" in out
-    row = next(line for line in out.splitlines() if file_id in line).split()
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row[-1])  # created_at, UTC
-    bad = tmp_path / "bad.jsonl"
-    bad.write_bytes(b'{"messages": []}\n')
-    code, out, err = await run_cli("files", "upload", str(bad), *auth)
-    assert code == 1
-    assert "Line 1" in err
-    assert "(file)" in err
-
-    code, out, err = await run_cli(
-        "jobs",
-        "create",
-        "--model",
-        BASE,
-        "--training-file",
-        file_id,
-        "--epochs",
-        "2",
-        *auth,
-        "--suffix",
-        "cli",
-        "--json",
-    )
-    assert code == 0, err
-    job = json.loads(out)
-    assert (job["status"], job["hyperparameters"]["n_epochs"]) == ("queued", 2)
-    code, out, err = await run_cli("jobs", "list", *auth)
-    assert code == 0, err
-    assert job["id"] in out
-    code, out, err = await run_cli("jobs", "events", job["id"], *auth)
-    assert code == 0, err
-    assert "Created fine-tuning job" in out
-    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ  ", out)
-    code, out, err = await run_cli("jobs", "cancel", job["id"], *auth)
-    assert code == 0, err
-    assert "cancelled" in out
-    code, out, err = await run_cli("jobs", "follow", job["id"], *auth)
-    assert code == 1  # it ended, but not succeeded
-    assert "The job was cancelled" in out
-    assert f"{job['id']}: cancelled" in err
-    code, out, err = await run_cli("files", "delete", file_id, *auth)
-    assert code == 0, err
-    code, out, err = await run_cli(
-        "jobs", "show", job["id"], "--url", ft.gateway, "--api-key", "sk-nope"
-    )
-    assert code == 1
-    assert "HTTP 401" in err
 
 
 async def test_the_trainer_refuses_a_config_it_cannot_run(tmp_path: Path) -> None:
