@@ -9,14 +9,11 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import openai
-import orjson
 import pytest
-import pytest_asyncio
 
 from gateway.finetune.job_store import QUEUE, RUNNING, JobStore
 from gateway.finetune.jobs import Job
@@ -24,45 +21,25 @@ from gateway.finetune.names import fine_tuned_name
 from gateway.finetune.sweep import LOST
 from gateway.finetune.trainer import Trainer, failed_training
 from gateway.settings import Settings
-from tests.integration.conftest import MODEL
-from tests.integration.tenant_stack import TenantStack, tenant_stack
+from tests.integration.finetune_stack import (
+    BASE,
+    DATASET,
+    MAX_ACTIVE,
+    ft_fixture,
+    upload_dataset,
+)
+from tests.integration.tenant_stack import TenantStack
 from tests.support.cli import run_cli
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-BASE = MODEL  # fine-tunable in this stack (its weights directory is never read here)
-MAX_ACTIVE = 2
-EXAMPLE = {
-    "messages": [
-        {"role": "user", "content": "What is the secret word?"},
-        {"role": "assistant", "content": "Quokkalantern."},
-    ]
-}
-DATASET = b"".join(orjson.dumps(EXAMPLE) + b"\n" for _ in range(4))
 
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def ft(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TenantStack]:
-    root = tmp_path_factory.mktemp("ft")
-    fine_tuning = {
-        "base_models": {BASE: str(root / "weights")},
-        "max_active_jobs_per_tenant": MAX_ACTIVE,
-        "max_lora_rank": 16,
-    }
-    async with tenant_stack(
-        root, files={"dir": str(root / "files")}, fine_tuning=fine_tuning
-    ) as stack:
-        yield stack
-
-
-async def _training_file(client: openai.AsyncOpenAI) -> str:
-    made = await client.files.create(file=("train.jsonl", DATASET), purpose="fine-tune")
-    return made.id
+ft = ft_fixture("ft", max_lora_rank=16)
 
 
 async def test_a_job_is_created_queued_and_listed_with_its_events(ft: TenantStack) -> None:
     client = await ft.tenant("ft-create")
-    file_id = await _training_file(client)
+    file_id = await upload_dataset(client)
     job = await client.fine_tuning.jobs.create(
         model=BASE,
         training_file=file_id,
@@ -103,7 +80,7 @@ async def test_a_suffix_of_up_to_64_characters_is_taken(ft: TenantStack) -> None
     client = await ft.tenant("ft-suffix")
     suffix = "a-long_suffix-" + "x" * 50  # 64 characters, as OpenAI's API takes
     job = await client.fine_tuning.jobs.create(
-        model=BASE, training_file=await _training_file(client), suffix=suffix
+        model=BASE, training_file=await upload_dataset(client), suffix=suffix
     )
     assert job.model_dump()["user_provided_suffix"] == suffix  # (not in the SDK's type)
     await client.fine_tuning.jobs.cancel(job.id)
@@ -138,7 +115,7 @@ async def test_bad_job_requests_name_the_field(
     ft: TenantStack, fields: dict[str, Any], param: str
 ) -> None:
     client = await ft.tenant("ft-bad")
-    body: dict[str, Any] = {"model": BASE, "training_file": await _training_file(client)}
+    body: dict[str, Any] = {"model": BASE, "training_file": await upload_dataset(client)}
     if fields.get("training_file") == "batch-file":
         batch = await client.files.create(file=("b.jsonl", DATASET), purpose="batch")
         fields = {"training_file": batch.id}
@@ -157,7 +134,7 @@ async def test_bad_job_requests_name_the_field(
 async def test_jobs_are_listed_by_their_metadata(ft: TenantStack) -> None:
     """OpenAI's `metadata[k]=v` filter (it used to be ignored: every job was listed)."""
     client = await ft.tenant("ft-meta")
-    file_id = await _training_file(client)
+    file_id = await upload_dataset(client)
     made = []
     for metadata in ({"team": "qa", "run": "1"}, {"team": "x"}, None, {"team": "qa"}):
         job = await client.fine_tuning.jobs.create(
@@ -186,7 +163,7 @@ async def test_events_after_another_jobs_event_are_refused(ft: TenantStack) -> N
     """`after` names one of this job's events; another job's event id used to be read as a
     position in this job's list (its number), answering with events it was never after."""
     client = await ft.tenant("ft-after")
-    file_id = await _training_file(client)
+    file_id = await upload_dataset(client)
     first = await client.fine_tuning.jobs.create(model=BASE, training_file=file_id)
     second = await client.fine_tuning.jobs.create(model=BASE, training_file=file_id)
     theirs = (await client.fine_tuning.jobs.list_events(first.id)).data
@@ -228,7 +205,7 @@ async def test_a_page_may_be_larger_than_100(ft: TenantStack) -> None:
 async def test_another_tenant_sees_nothing(ft: TenantStack) -> None:
     owner = await ft.tenant("ft-owner")
     other = await ft.tenant("ft-other")
-    job = await owner.fine_tuning.jobs.create(model=BASE, training_file=await _training_file(owner))
+    job = await owner.fine_tuning.jobs.create(model=BASE, training_file=await upload_dataset(owner))
     for attempt in (
         other.fine_tuning.jobs.retrieve(job.id),
         other.fine_tuning.jobs.cancel(job.id),
@@ -249,7 +226,7 @@ async def test_another_tenant_sees_nothing(ft: TenantStack) -> None:
 
 async def test_active_jobs_are_limited_per_tenant(ft: TenantStack) -> None:
     client = await ft.tenant("ft-limit")
-    file_id = await _training_file(client)
+    file_id = await upload_dataset(client)
     jobs = [
         await client.fine_tuning.jobs.create(model=BASE, training_file=file_id)
         for _ in range(MAX_ACTIVE)
@@ -263,7 +240,7 @@ async def test_active_jobs_are_limited_per_tenant(ft: TenantStack) -> None:
     await other.fine_tuning.jobs.cancel(
         (
             await other.fine_tuning.jobs.create(
-                model=BASE, training_file=await _training_file(other)
+                model=BASE, training_file=await upload_dataset(other)
             )
         ).id
     )
@@ -277,7 +254,7 @@ async def test_a_training_file_is_not_deleted_under_its_active_job(ft: TenantSta
     """Deleting a queued or running job's file would fail it when its trainer reads it: 409
     naming the job, until the job ends; then the file deletes as any other."""
     client = await ft.tenant("ft-file-in-use")
-    file_id = await _training_file(client)
+    file_id = await upload_dataset(client)
     job = await client.fine_tuning.jobs.create(model=BASE, training_file=file_id)
     with pytest.raises(openai.ConflictError) as refused:
         await client.files.delete(file_id)
@@ -294,7 +271,7 @@ async def test_a_job_whose_file_vanished_fails_saying_so_without_a_path(ft: Tena
     """The file went between the job's creation and its training (a race the API's 409 cannot
     close): the job fails naming the file, with no path of the shared volume in the message."""
     client = await ft.tenant("ft-file-gone")
-    file_id = await _training_file(client)
+    file_id = await upload_dataset(client)
     job = await client.fine_tuning.jobs.create(model=BASE, training_file=file_id)
     (ft.root / "files" / "ft-file-gone" / file_id).unlink()
     settings = Settings.model_validate(
@@ -318,7 +295,7 @@ async def _claimed(ft: TenantStack, tenant: str) -> tuple[openai.AsyncOpenAI, Jo
     never trains it: the job as it stands (running)."""
     client = await ft.tenant(tenant)
     job = await client.fine_tuning.jobs.create(
-        model=BASE, training_file=await _training_file(client)
+        model=BASE, training_file=await upload_dataset(client)
     )
     store = JobStore(ft.redis)
     running = await store.transition(
@@ -377,7 +354,7 @@ async def test_a_job_is_paused_and_resumed(ft: TenantStack, tmp_path: Path) -> N
     trainer moves on); resume queues it again; a paused job can still be cancelled."""
     client = await ft.tenant("ft-pause")
     job = await client.fine_tuning.jobs.create(
-        model=BASE, training_file=await _training_file(client)
+        model=BASE, training_file=await upload_dataset(client)
     )
     trainer, pid_file = _sleeping_trainer(ft, tmp_path)
     paused = await client.fine_tuning.jobs.pause(job.id)
@@ -426,7 +403,7 @@ async def test_a_job_paused_as_its_training_ends_succeeds(ft: TenantStack, tmp_p
     acts on the signal), and the job succeeds rather than staying paused with its work lost."""
     client = await ft.tenant("ft-late-pause")
     job = await client.fine_tuning.jobs.create(
-        model=BASE, training_file=await _training_file(client)
+        model=BASE, training_file=await upload_dataset(client)
     )
     adapter = tmp_path / "adapter"
     adapter.mkdir()
@@ -461,7 +438,7 @@ async def test_a_run_that_prints_nothing_for_the_stall_timeout_is_stopped(
     trainer, pid_file = _sleeping_trainer(ft, tmp_path)
     trainer.settings.fine_tuning.stall_timeout_s = 1.0
     hung = await client.fine_tuning.jobs.create(
-        model=BASE, training_file=await _training_file(client)
+        model=BASE, training_file=await upload_dataset(client)
     )
     ended = await asyncio.wait_for(trainer.run_job("ft-stall", hung.id), 10)
     assert ended is not None

@@ -7,44 +7,25 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import openai
-import orjson
 import pytest
-import pytest_asyncio
 
 from gateway.finetune.job_store import JobStore
 from gateway.finetune.jobs import Event
-from tests.integration.conftest import MODEL
-from tests.integration.tenant_stack import TenantStack, tenant_stack
+from tests.integration.finetune_stack import (
+    BASE,
+    DATASET,
+    ft_fixture,
+    upload_dataset,
+)
+from tests.integration.tenant_stack import TenantStack
 from tests.support.cli import run_cli
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-BASE = MODEL  # fine-tunable in this stack (its weights directory is never read here)
-EXAMPLE = {
-    "messages": [
-        {"role": "user", "content": "What is the secret word?"},
-        {"role": "assistant", "content": "Quokkalantern."},
-    ]
-}
-DATASET = b"".join(orjson.dumps(EXAMPLE) + b"\n" for _ in range(4))
 
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def ft(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TenantStack]:
-    root = tmp_path_factory.mktemp("ft-cli")
-    fine_tuning = {"base_models": {BASE: str(root / "weights")}, "max_active_jobs_per_tenant": 2}
-    async with tenant_stack(
-        root, files={"dir": str(root / "files")}, fine_tuning=fine_tuning
-    ) as stack:
-        yield stack
-
-
-async def _training_file(client: openai.AsyncOpenAI) -> str:
-    return (await client.files.create(file=("train.jsonl", DATASET), purpose="fine-tune")).id
+ft = ft_fixture("ft-cli")
 
 
 async def test_the_files_and_jobs_commands(ft: TenantStack, tmp_path: Path) -> None:
@@ -112,7 +93,7 @@ async def test_jobs_pause_and_resume_commands(ft: TenantStack) -> None:
     key = await ft.key("ft-cli-pause")
     client = ft.client(key)
     job = await client.fine_tuning.jobs.create(
-        model=BASE, training_file=await _training_file(client)
+        model=BASE, training_file=await upload_dataset(client)
     )
     auth = ("--url", ft.gateway, "--api-key", key)
     for action, status in (("pause", "paused"), ("resume", "queued")):
@@ -171,7 +152,7 @@ async def test_jobs_list_and_events_read_every_page(ft: TenantStack) -> None:
     """105 jobs and 1,203 events of one job: more than a page of either (they stopped at 100)."""
     key = await ft.key("ft-cli-pages")
     client = ft.client(key)
-    training_file = await _training_file(client)
+    training_file = await upload_dataset(client)
     made = []
     for _ in range(105):
         job = await client.fine_tuning.jobs.create(model=BASE, training_file=training_file)
