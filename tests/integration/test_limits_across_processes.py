@@ -118,8 +118,9 @@ async def test_concurrency_holds_at_the_engine_and_a_killed_gateway_frees_its_sl
             "sim": {"ttft_ms": 300},
         }
 
-        async def one(base: str) -> int:
-            async with http.post(f"{base}/v1/chat/completions", json=slow, headers=headers) as resp:
+        async def one(base: str, ttft_ms: int = 300) -> int:
+            body = {**slow, "sim": {"ttft_ms": ttft_ms}}
+            async with http.post(f"{base}/v1/chat/completions", json=body, headers=headers) as resp:
                 await resp.read()
                 return resp.status
 
@@ -130,9 +131,13 @@ async def test_concurrency_holds_at_the_engine_and_a_killed_gateway_frees_its_sl
         assert statuses[200] + statuses[429] == 50
         assert state["max_running_seen"] <= 3  # the engine never saw more than the limit
 
-        # A gateway dies holding all three slots: they return once their leases expire.
-        held = [asyncio.create_task(one(victim)) for _ in range(3)]
-        await asyncio.sleep(0.15)
+        # A gateway dies holding all three slots: they return once their leases expire. It is
+        # killed once the engine runs all three (after a fixed 0.15 s, a slow moment had only
+        # admitted two: the survivor's request was served, CI of 2026-12-04 22:40).
+        held = [asyncio.create_task(one(victim, ttft_ms=10_000)) for _ in range(3)]
+        async with asyncio.timeout(10):
+            while (await (await http.get(f"{sim}/sim/state")).json())["running"] < 3:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)  # (the engine's state: no event to await)
         doomed.process.send_signal(signal.SIGKILL)
         await doomed.process.wait()
         await asyncio.gather(*held, return_exceptions=True)
