@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,24 @@ def write_spec(tmp_path: Path, ready: Prepared, training_file: Path, **extra: An
     return path
 
 
+@contextlib.asynccontextmanager
+async def trainer_child(
+    python: Path, spec: Path, *args: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """train_lora.py running (its stdout piped), for at most HANG_GUARD_S; killed if it is
+    still running when the block ends: the child never outlives it."""
+    proc = await asyncio.create_subprocess_exec(
+        str(python), str(TRAIN_SCRIPT), "--spec", str(spec), *args, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        async with asyncio.timeout(HANG_GUARD_S):
+            yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def run_trainer(
     python: Path,
     spec: Path,
@@ -73,23 +92,15 @@ async def run_trainer(
     stop_with: signal.Signals = signal.SIGTERM,
 ) -> tuple[int, list[dict[str, Any]]]:
     """The script's exit status and its progress events; `stop_with` (SIGTERM: stop, SIGUSR1:
-    pause) once, when step `stop_after_step` is reported. The child never outlives the call."""
-    proc = await asyncio.create_subprocess_exec(
-        str(python), str(TRAIN_SCRIPT), "--spec", str(spec), *args, stdout=asyncio.subprocess.PIPE
-    )
-    assert proc.stdout is not None
+    pause) once, when step `stop_after_step` is reported."""
     events: list[dict[str, Any]] = []
-    try:
-        async with asyncio.timeout(HANG_GUARD_S):
-            async for line in proc.stdout:
-                events.append(json.loads(line))
-                if events[-1].get("type") == "step" and events[-1]["step"] == stop_after_step:
-                    proc.send_signal(stop_with)
-            return await proc.wait(), events
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    async with trainer_child(python, spec, *args) as proc:
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            events.append(json.loads(line))
+            if events[-1].get("type") == "step" and events[-1]["step"] == stop_after_step:
+                proc.send_signal(stop_with)
+        return await proc.wait(), events
 
 
 async def chat(http: aiohttp.ClientSession, url: str, model: str) -> tuple[int, str]:
@@ -257,31 +268,18 @@ async def test_a_pause_asked_as_the_program_exits_does_not_kill_it(tmp_path: Pat
     made its adapter would be taken for failed); it is ignored, the program exits 0."""
     ready = await prepare(EmbeddedPaths.resolve())
     spec = write_spec(tmp_path, ready, write_dataset(tmp_path / "t.jsonl", secret_word_examples()))
-    proc = await asyncio.create_subprocess_exec(
-        str(ready.engine_python),
-        str(TRAIN_SCRIPT),
-        "--spec",
-        str(spec),
-        "--dry-run",
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    try:
-        async with asyncio.timeout(HANG_GUARD_S):
-            lines = [await proc.stdout.readline() for _ in QUESTIONS]  # the last line is out
-            assert all(json.loads(line)["type"] == "example" for line in lines)
-            sent = 0
-            while proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGUSR1)
-                    sent += 1
-                await asyncio.sleep(0.001)
-            assert await proc.wait() == 0
-            assert sent > 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    async with trainer_child(ready.engine_python, spec, "--dry-run") as proc:
+        assert proc.stdout is not None
+        lines = [await proc.stdout.readline() for _ in QUESTIONS]  # the last line is out
+        assert all(json.loads(line)["type"] == "example" for line in lines)
+        sent = 0
+        while proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGUSR1)
+                sent += 1
+            await asyncio.sleep(0.001)
+        assert await proc.wait() == 0
+        assert sent > 0
 
 
 async def test_what_the_upload_check_accepts_the_trainer_reads_alike(tmp_path: Path) -> None:
