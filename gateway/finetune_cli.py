@@ -92,11 +92,7 @@ def run_files(args: argparse.Namespace) -> int:
 
 async def _files(client: TenantClient, args: argparse.Namespace) -> Any:
     if args.action == "upload":
-        progress = UploadProgress(args.path.name, args.path.stat().st_size)
-        try:
-            return await client.upload(args.path, args.purpose, progress.sent)
-        finally:
-            progress.close()
+        return await _upload(client, args.path, args.purpose)
     if args.action == "list":
         query = {"purpose": args.purpose} if args.purpose else {}
         return {"object": "list", "data": await client.every_page("/files", query)}
@@ -154,13 +150,18 @@ async def _training_file(client: TenantClient, given: str) -> str:
     path = Path(given)
     if not await asyncio.to_thread(path.is_file):
         return given
-    progress = UploadProgress(path.name, (await asyncio.to_thread(path.stat)).st_size)
-    try:
-        uploaded = await client.upload(path, "fine-tune", progress.sent)
-    finally:
-        progress.close()
+    uploaded = await _upload(client, path, "fine-tune")
     print(f"uploaded {path.name}: {uploaded['id']}", file=sys.stderr)
     return str(uploaded["id"])
+
+
+async def _upload(client: TenantClient, path: Path, purpose: str) -> Any:
+    """`path` uploaded, its progress shown (UploadProgress): the file object the API answers."""
+    progress = UploadProgress(path.name, (await asyncio.to_thread(path.stat)).st_size)
+    try:
+        return await client.upload(path, purpose, progress.sent)
+    finally:
+        progress.close()
 
 
 def _create_body(args: argparse.Namespace, training_file: str) -> dict[str, Any]:
