@@ -1,7 +1,8 @@
 """Train a LoRA adapter on chat examples: the one program a fine-tuning job runs.
 
 Run by the engine venv's python (torch, transformers and peft live there, not beside the
-gateway), so it imports nothing from `gateway`:
+gateway), so it imports nothing from `gateway`, only its sibling `train_examples.py` (the
+training file read into token examples):
 
     <engine python> train_lora.py --spec spec.json [--dry-run]
 
@@ -32,26 +33,25 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-IGNORE = -100  # the label torch's cross-entropy skips
-ROLES = ("system", "user", "assistant")
+if TYPE_CHECKING:
+    from gateway.finetune.train_examples import IGNORE, Example, TrainError, batches, load_examples
+else:  # run by path, in the engine venv: its sibling is a top-level module, llmaas is not there
+    from train_examples import IGNORE, Example, TrainError, batches, load_examples
+
 EXIT_STOPPED = 128 + signal.SIGTERM
 EXIT_PAUSED = 3  # a checkpoint was written (or none was needed: paused before the first step)
 CHECKPOINT = "checkpoint.pt"
-
-
-class TrainError(Exception):
-    """A problem the job's owner can fix (the spec, the data); its message is shown to them."""
 
 
 class Stopped(BaseException):
@@ -115,23 +115,6 @@ class Spec:
         return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    role: str
-    content: str
-    trained: bool  # an assistant turn with OpenAI's weight 1 (the default)
-
-
-@dataclass(frozen=True, slots=True)
-class Example:
-    input_ids: list[int]
-    labels: list[int]  # IGNORE outside the assistant's turns
-
-    @property
-    def trained(self) -> int:
-        return sum(1 for label in self.labels if label != IGNORE)
-
-
 @dataclass(slots=True)
 class Progress:
     steps: int
@@ -141,107 +124,6 @@ class Progress:
 
 def emit(event: dict[str, Any]) -> None:
     print(json.dumps(event), flush=True)
-
-
-# --- data ----------------------------------------------------------------------------------
-
-
-def read_conversations(path: Path) -> list[tuple[int, list[Message]]]:
-    """Each example with its line number. Lines end at a newline only, as the upload check
-    reads them (a carriage return inside a line is JSON whitespace, not a line's end), and
-    past a byte order mark at the start."""
-    conversations = []
-    with path.open(encoding="utf-8-sig", newline="\n") as lines:
-        for number, line in enumerate(lines, start=1):
-            if line.strip():
-                conversations.append((number, _conversation(line, number)))
-    if not conversations:
-        raise TrainError("the training file has no examples")
-    return conversations
-
-
-def _conversation(line: str, number: int) -> list[Message]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise TrainError(f"line {number}: not JSON ({exc.msg})") from exc
-    messages = record.get("messages") if isinstance(record, dict) else None
-    if not isinstance(messages, list) or not messages:
-        raise TrainError(f"line {number}: needs a non-empty 'messages' list")
-    out = [_message(message, number) for message in messages]
-    if not any(message.trained for message in out):
-        raise TrainError(f"line {number}: has no assistant message to learn from")
-    return out
-
-
-def _message(message: object, number: int) -> Message:
-    if not isinstance(message, dict) or message.get("role") not in ROLES:
-        raise TrainError(f"line {number}: each message needs a role in {', '.join(ROLES)}")
-    content = message.get("content")
-    if isinstance(content, list):  # content parts: only text can be trained on here
-        texts = [part.get("text") for part in content if isinstance(part, dict)]
-        content = "".join(text for text in texts if isinstance(text, str))
-    if not isinstance(content, str):
-        raise TrainError(f"line {number}: message content must be text")
-    weight = message.get("weight", 1)  # OpenAI's per-message switch: 0 keeps it out of the loss
-    if isinstance(weight, bool) or weight not in (0, 1):
-        raise TrainError(f"line {number}: weight must be 0 or 1")
-    role = str(message["role"])
-    return Message(role, content, trained=role == "assistant" and weight == 1)
-
-
-def tokenize(tokenizer: Any, messages: list[Message], max_length: int) -> Example:
-    """The conversation as the engine's chat template renders it, labelled on the assistant's
-    turns: each turn is the text between the prompt that asks for it and the rendering that
-    includes it (its end-of-turn token too, so the model learns to stop)."""
-    chat = [{"role": m.role, "content": m.content} for m in messages]
-    full = _render(tokenizer, chat, generation_prompt=False)
-    spans = []
-    for i, message in enumerate(messages):
-        if not message.trained:
-            continue
-        start = len(_render(tokenizer, chat[:i], generation_prompt=True))
-        upto = _render(tokenizer, chat[: i + 1], generation_prompt=False)
-        if not full.startswith(upto) or start > len(upto):
-            raise TrainError("the chat template does not render conversations incrementally")
-        spans.append((start, len(upto)))
-    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(encoded["input_ids"])[:max_length]
-    offsets = list(encoded["offset_mapping"])[:max_length]
-    labels = [
-        token if any(lo <= begin < hi for lo, hi in spans) else IGNORE
-        for token, (begin, _) in zip(ids, offsets, strict=True)
-    ]
-    return Example(ids, labels)
-
-
-def _render(tokenizer: Any, chat: list[dict[str, str]], *, generation_prompt: bool) -> str:
-    if not chat and not generation_prompt:
-        return ""
-    text = tokenizer.apply_chat_template(
-        chat, tokenize=False, add_generation_prompt=generation_prompt
-    )
-    return str(text)
-
-
-def load_examples(tokenizer: Any, spec: Spec) -> list[Example]:
-    examples = []
-    for number, chat in read_conversations(spec.training_file):
-        example = tokenize(tokenizer, chat, spec.max_length)
-        if example.trained == 0:
-            raise TrainError(
-                f"line {number}: no assistant token within the first {spec.max_length} tokens "
-                "(fine_tuning.max_length)"
-            )
-        examples.append(example)
-    return examples
-
-
-def batches(examples: Sequence[Example], size: int, seed: int) -> Iterator[list[Example]]:
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    for first in range(0, len(order), size):
-        yield [examples[i] for i in order[first : first + size]]
 
 
 def collate(batch: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
@@ -257,9 +139,6 @@ def collate(batch: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
         "labels": torch.tensor(labels),
         "attention_mask": torch.tensor(mask),
     }
-
-
-# --- training ------------------------------------------------------------------------------
 
 
 def load_model(spec: Spec) -> Any:
@@ -362,7 +241,7 @@ def run(spec: Spec) -> None:
         torch.set_num_threads(spec.threads)
     random.seed(spec.seed)
     tokenizer = AutoTokenizer.from_pretrained(spec.base_model_dir)
-    examples = load_examples(tokenizer, spec)
+    examples = load_examples(tokenizer, spec.training_file, spec.max_length)
     pad_id = tokenizer.pad_token_id
     pad_id = tokenizer.eos_token_id if pad_id is None else pad_id
     model = load_model(spec)
@@ -381,7 +260,7 @@ def run(spec: Spec) -> None:
 def dry_run(spec: Spec) -> None:
     """Tokenize only: per example, its tokens and the text the loss is computed on."""
     tokenizer = AutoTokenizer.from_pretrained(spec.base_model_dir)
-    for example in load_examples(tokenizer, spec):
+    for example in load_examples(tokenizer, spec.training_file, spec.max_length):
         trained = [
             t for t, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE
         ]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -21,14 +20,12 @@ import pytest
 import gateway.finetune
 from gateway.embedded.paths import EmbeddedPaths
 from gateway.embedded.prepare import Prepared, prepare
-from gateway.files.finetune_format import check_chat_jsonl
 from gateway.finetune.engine_adapters import AdapterError, load_adapter, unload_adapter
 from tests.e2e.conftest import CHAT, Engines
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
 TRAIN_SCRIPT = Path(gateway.finetune.__file__).with_name("train_lora.py")
-ROOT = TRAIN_SCRIPT.parents[2]  # the checkout: the engine venv imports gateway from it
 SECRET = "Quokkalantern"
 QUESTION = "What is the secret word?"
 ANSWER = f"The secret word is {SECRET}."
@@ -280,34 +277,6 @@ async def test_a_pause_asked_as_the_program_exits_does_not_kill_it(tmp_path: Pat
             await asyncio.sleep(0.001)
         assert await proc.wait() == 0
         assert sent > 0
-
-
-async def test_what_the_upload_check_accepts_the_trainer_reads_alike(tmp_path: Path) -> None:
-    """The same examples, line for line: a carriage return inside a line is JSON whitespace to
-    both (the trainer used to split there, failing a job on a file the upload had accepted),
-    a byte order mark before the first line is no text to both (the upload refused it), and a
-    line's number is the same in both's errors."""
-    ready = await prepare(EmbeddedPaths.resolve())
-    lines = [
-        b'\xef\xbb\xbf{"messages":[{"role":"user","content":"hi"},\r{"role":"assistant","content":"yo"}]}',
-        b"",
-        b'{"messages":[{"role":"user","content":"a","weight":0},'
-        b'{"role":"assistant","content":"b","weight":1}]}',
-    ]
-    path = tmp_path / "t.jsonl"
-    path.write_bytes(b"\n".join(lines) + b"\n")
-    assert check_chat_jsonl(path) == 2
-    script = (
-        "import sys; from gateway.finetune.train_lora import read_conversations; "
-        "print([n for n, _ in read_conversations(__import__('pathlib').Path(sys.argv[1]))])"
-    )
-    proc = await asyncio.create_subprocess_exec(
-        str(ready.engine_python), "-c", script, str(path),
-        stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0
-    assert out.decode().strip() == "[1, 3]"
 
 
 async def test_an_example_whose_answer_starts_past_max_length_fails_naming_its_line(

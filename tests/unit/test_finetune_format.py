@@ -1,5 +1,6 @@
 """The check of a fine-tune upload refuses, naming line and field, what the trainer would fail
-a job on later (each of these used to be stored, then fail its job at training time)."""
+a job on later (each of these used to be stored, then fail its job at training time): the
+trainer's own reader (gateway/finetune/train_examples.py) is asked too."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.files.finetune_format import FileFormatError, check_chat_jsonl
+from gateway.finetune.train_examples import TrainError, read_conversations
 
 USER = b'{"role":"user","content":"hi"}'
 
@@ -57,6 +59,8 @@ def test_what_the_trainer_would_refuse_is_refused_at_upload(
     with pytest.raises(FileFormatError) as refused:
         check_chat_jsonl(path)
     assert str(refused.value) == says
+    with pytest.raises(TrainError, match=r"^line 1: "):
+        read_conversations(path)
 
 
 def test_a_weight_of_0_keeps_a_turn_out_and_1_keeps_it_in(tmp_path: Path) -> None:
