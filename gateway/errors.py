@@ -81,6 +81,11 @@ class PayloadTooLarge(ApiError):
     type = "invalid_request_error"
 
 
+class UnsupportedMediaType(ApiError):
+    status = 415
+    type = "invalid_request_error"
+
+
 class RateLimited(ApiError):
     """OpenAI's 429: its `type` says which limit refused ("requests" or "tokens")."""
 

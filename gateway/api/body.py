@@ -12,6 +12,7 @@ import orjson
 from starlette.requests import Request
 
 from gateway import exact_json
+from gateway.api.body_encoding import decode_body
 from gateway.errors import InvalidRequest, PayloadTooLarge
 
 _TYPE_NAMES = {
@@ -26,7 +27,8 @@ _TYPE_NAMES = {
 
 
 async def read_json(request: Request, max_bytes: int) -> tuple[dict[str, Any], bytes]:
-    """The parsed body and its raw bytes; 413 past `max_bytes`, 400 when it is not a JSON object."""
+    """The parsed body and its raw bytes (decoded, if it came compressed); 413 past `max_bytes`,
+    400 when it is not a JSON object."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise too_large(max_bytes)
@@ -37,7 +39,7 @@ async def read_json(request: Request, max_bytes: int) -> tuple[dict[str, Any], b
         if size > max_bytes:
             raise too_large(max_bytes)
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    raw = decode_body(b"".join(chunks), request.headers.get("content-encoding"), max_bytes)
     if not raw:
         raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
     try:

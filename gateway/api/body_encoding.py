@@ -1,0 +1,74 @@
+"""A request body sent compressed (`Content-Encoding: gzip` or `deflate`, as HTTP clients and
+proxies may send a large prompt), decoded before it is read: the engine gets it as JSON.
+
+The bound on a body holds for what it decodes to as well as for what came over the wire, and
+decoding stops as soon as it is passed, so a small body that inflates to gigabytes costs no
+more memory than one at the bound. An encoding the gateway cannot decode is a 415 naming it
+(the body used to reach the JSON parser as it came, and be refused as text that is not UTF-8).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+_IDENTITY = ("", "identity")
+
+
+def decode_body(raw: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
+    """`raw` with its content codings undone, last applied first (RFC 9110 8.4)."""
+    if content_encoding is None:
+        return raw
+    for coding in reversed([c.strip().lower() for c in content_encoding.split(",")]):
+        if coding in _IDENTITY:
+            continue
+        wbits = _WBITS.get(coding)
+        if wbits is None:
+            raise UnsupportedMediaType(
+                f"Content-Encoding '{coding}' is not supported: send the body as gzip, deflate "
+                "or uncompressed.",
+                code="unsupported_content_encoding",
+            )
+        raw = _inflate(raw, coding, wbits, max_bytes)
+    return raw
+
+
+def _inflate(data: bytes, coding: str, wbits: int, max_bytes: int) -> bytes:
+    """Every member of a gzip body (they may be concatenated), at most `max_bytes` of them."""
+    out: list[bytes] = []
+    size = 0
+    while data:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            while data:
+                chunk = inflater.decompress(data, max_bytes + 1 - size)
+                size += len(chunk)
+                if size > max_bytes:
+                    raise PayloadTooLarge(
+                        f"The request body, decoded from {coding}, is larger than the limit of "
+                        f"{max_bytes} bytes.",
+                        code="request_too_large",
+                    )
+                out.append(chunk)
+                data = inflater.unconsumed_tail
+        except zlib.error as exc:
+            raise _broken(coding, str(exc)) from exc
+        if not inflater.eof:
+            raise _broken(coding, "it ends before its compressed stream does")
+        data = inflater.unused_data if coding != "deflate" else _no_trailer(inflater, coding)
+    return b"".join(out)
+
+
+def _no_trailer(inflater: zlib._Decompress, coding: str) -> bytes:
+    if inflater.unused_data:
+        raise _broken(coding, "bytes follow its compressed stream")
+    return b""
+
+
+def _broken(coding: str, why: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"The request body is not valid {coding} (its Content-Encoding): {why}.",
+        code="invalid_content_encoding",
+    )

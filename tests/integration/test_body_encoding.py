@@ -1,0 +1,63 @@
+"""Request bodies sent compressed, through real HTTP: a gzip or deflate body reaches the engine
+as the JSON it decodes to (no Content-Encoding of its own); what cannot be decoded is refused in
+OpenAI's shape, naming the encoding. A gzip body used to be refused as JSON that is not UTF-8."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.integration.conftest import MODEL, Stack
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "compressed hello"}]}
+
+
+async def post(stack: Stack, data: bytes, encoding: str) -> tuple[int, dict[str, Any]]:
+    headers = {"content-type": "application/json", "content-encoding": encoding}
+    url = f"{stack.gateway}/v1/chat/completions"
+    async with stack.http.post(url, data=data, headers=headers) as resp:
+        return resp.status, orjson.loads(await resp.read())
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress"),
+    [
+        ("gzip", gzip.compress),
+        ("deflate", zlib.compress),
+        ("identity, gzip", gzip.compress),
+        ("GZIP", lambda data: gzip.compress(data[:10]) + gzip.compress(data[10:])),  # 2 members
+    ],
+)
+async def test_a_compressed_body_reaches_the_engine_as_its_json(
+    stack: Stack, encoding: str, compress: Any
+) -> None:
+    status, answer = await post(stack, compress(orjson.dumps(CHAT)), encoding)
+    assert status == 200, answer
+    assert answer["choices"][0]["message"]["content"]
+    assert answer["usage"]["prompt_tokens"] > 0
+    last = (await stack.sim_state())["last_request"]
+    assert last["body"]["messages"] == CHAT["messages"]
+    assert "content-encoding" not in last["headers"]
+
+
+async def test_what_cannot_be_decoded_is_refused_naming_the_encoding(stack: Stack) -> None:
+    body = gzip.compress(orjson.dumps(CHAT))
+    bomb = gzip.compress(b'{"model": "' + b" " * 5_000_000 + b'"}')  # 5 MB from ~5 KB
+    cases = [
+        (body, "br", 415, "unsupported_content_encoding", "Content-Encoding 'br'"),
+        (body[:-12], "gzip", 400, "invalid_content_encoding", "not valid gzip"),
+        (body, "deflate", 400, "invalid_content_encoding", "not valid deflate"),
+        (bomb, "gzip", 413, "request_too_large", "decoded from gzip"),
+    ]
+    for data, encoding, want, code, says in cases:
+        status, payload = await post(stack, data, encoding)
+        error = payload["error"]
+        assert (status, error["code"], error["type"]) == (want, code, "invalid_request_error")
+        assert says in error["message"], error
+    assert len(bomb) < 65_536  # under the bound as sent: refused for what it decodes to
