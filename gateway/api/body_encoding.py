@@ -19,7 +19,7 @@ _IDENTITY = ("", "identity")
 
 def decode_body(raw: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
     """`raw` with its content codings undone, last applied first (RFC 9110 8.4)."""
-    if content_encoding is None:
+    if content_encoding is None or not raw:  # (no body: nothing was encoded)
         return raw
     for coding in reversed([c.strip().lower() for c in content_encoding.split(",")]):
         if coding in _IDENTITY:

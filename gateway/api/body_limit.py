@@ -2,13 +2,16 @@
 reads a whole body before any dependency runs, the admin token's check included, so without
 this bound anyone could make a replica hold a body of any size (200 MB: 675 MB of memory)
 before its 401. The hot routes read theirs with the same bound (api/body.py); a file upload
-has its own (files.max_file_bytes)."""
+has its own (files.max_file_bytes). A body sent compressed (gzip or deflate) is decoded here for
+them, within the same bound, as the hot routes decode theirs (api/body_encoding.py)."""
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.body import too_large
+from gateway.api.body_encoding import decode_body
+from gateway.errors import ApiError
 from gateway.proxy.asgi_send import send_error
 
 
@@ -28,8 +31,39 @@ class BodyLimit:
             await self.app(scope, receive, send)
         elif _declared_length(scope) > self.max_bytes:  # refused before a byte is read
             await send_error(send, too_large(self.max_bytes))
+        elif (encoding := _content_encoding(scope)) is not None:
+            await self._decoded(scope, encoding, receive, send)
         else:
             await _Bounded(self.max_bytes, receive, send).run(self.app, scope)
+
+    async def _decoded(self, scope: Scope, encoding: str, receive: Receive, send: Send) -> None:
+        """The body read whole (bounded), decoded (bounded), and given to the app as if it had
+        come so: one message, its length, no Content-Encoding."""
+        bounded = _Bounded(self.max_bytes, receive, send)
+        chunks: list[bytes] = []
+        try:
+            while True:
+                message = await bounded.counted()
+                if message["type"] != "http.request":
+                    return  # the client left
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            body = decode_body(b"".join(chunks), encoding, self.max_bytes)
+        except _Exceeded:
+            await bounded.refuse()
+            return
+        except ApiError as err:
+            await send_error(send, err)
+            return
+        plain = [(n, v) for n, v in scope["headers"] if n not in _RECODED]
+        headers = [*plain, (b"content-length", b"%d" % len(body))]
+        given = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def replay() -> Message:
+            return given.pop() if given else await receive()  # then: the disconnect, as sent
+
+        await self.app({**scope, "headers": headers}, replay, send)
 
 
 class _Bounded:
@@ -70,6 +104,17 @@ class _Bounded:
         if not self.started:
             self.started = True
             await send_error(self.send, too_large(self.max_bytes))
+
+
+_RECODED = (b"content-encoding", b"content-length")
+
+
+def _content_encoding(scope: Scope) -> str | None:
+    """The body's Content-Encoding, unless it is none or `identity`."""
+    for name, value in scope["headers"]:
+        if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+            return str(value.decode("latin-1"))
+    return None
 
 
 def _declared_length(scope: Scope) -> int:
