@@ -30,6 +30,7 @@ from gateway.metering.accounting import Charge
 from gateway.metering.stream_options import force_usage, wanted
 from gateway.proxy.collect import stream_request
 from gateway.proxy.relay import ProxyCall, ProxyResponse
+from gateway.proxy.upstream import Reload
 from gateway.request_context import info_of
 from gateway.routing.balancer import affinity_key
 from gateway.routing.engines import ModelPool
@@ -74,6 +75,13 @@ async def read_model_request(
     return ModelRequest(received_ms, body, raw, model, pool)
 
 
+def adapter_reload(gw: GatewayState, caller: Principal, model: str) -> Reload | None:
+    """For a fine-tuned model: how its adapter is put back on an engine that forgot it."""
+    if gw.adapters is None or not model.startswith("ft:"):
+        return None
+    return partial(gw.adapters.load_on, caller.tenant, model)
+
+
 async def _forward(
     request: Request, gw: GatewayState, caller: Principal, route: str, check: Check
 ) -> ProxyResponse:
@@ -101,6 +109,7 @@ async def _forward(
         headers={} if admission is None else admission.headers(),
         affinity=_affinity(gw, route, body),
         grammar=grammar_field(body),
+        reload=adapter_reload(gw, caller, model),
     )
     request_id = info_of(request.scope).request_id
     charge = Charge(

@@ -24,7 +24,7 @@ from starlette.responses import Response
 from gateway.api import openapi_bodies
 from gateway.api.body import optional, require
 from gateway.api.engine_fields import grammar_field
-from gateway.api.openai import read_model_request
+from gateway.api.openai import adapter_reload, read_model_request
 from gateway.api.response_homes import Home
 from gateway.api.responses import json_response
 from gateway.auth.principal import Principal
@@ -110,6 +110,7 @@ async def create_response(request: Request, gw: Gateway, caller: Caller) -> Resp
         input_estimate=response_input_tokens(body),
         unstreamed=None if stream else raw,
         grammar=grammar_field(body),
+        reload=adapter_reload(gw, caller, model),
     )
     charge = Charge(
         _request_id(request), "responses", model, stream, caller, admission, received_ms

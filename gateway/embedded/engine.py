@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -95,6 +95,7 @@ class EngineProcess:
 
     spec: EngineSpec
     pid: int
+    process: asyncio.subprocess.Process = field(compare=False, repr=False)
 
     @property
     def url(self) -> str:
@@ -144,7 +145,7 @@ async def launched(spec: EngineSpec, *, timeout_s: float) -> AsyncIterator[Engin
         )
     try:
         await _wait_ready(spec, proc, timeout_s)
-        yield EngineProcess(spec, proc.pid)
+        yield EngineProcess(spec, proc.pid, proc)
     finally:
         await stop_process_group(proc)
 
@@ -157,7 +158,7 @@ def _open_log(path: Path) -> BinaryIO:
 async def _wait_ready(spec: EngineSpec, proc: asyncio.subprocess.Process, timeout_s: float) -> None:
     """Return once /health answers 200; fail fast, with the log's tail, if the engine exits."""
     started = time.monotonic()
-    _say(f"[engine] starting {spec.served_name} on {spec.url} (log: {spec.log_path})")
+    say(f"[engine] starting {spec.served_name} on {spec.url} (log: {spec.log_path})")
     health_url = f"{spec.url}/health"
     health = asyncio.create_task(wait_http_ok(health_url, timeout_s=timeout_s, interval_s=0.5))
     exited = asyncio.create_task(proc.wait())
@@ -170,7 +171,7 @@ async def _wait_ready(spec: EngineSpec, proc: asyncio.subprocess.Process, timeou
         await asyncio.gather(health, exited, progress, return_exceptions=True)
     elapsed = time.monotonic() - started
     if health.done() and not health.cancelled() and health.exception() is None:
-        _say(f"[engine] {spec.served_name} ready on {spec.url} after {elapsed:.0f}s")
+        say(f"[engine] {spec.served_name} ready on {spec.url} after {elapsed:.0f}s")
         return
     tail = await asyncio.to_thread(log_tail, spec.log_path, 25)
     if exited.done() and not exited.cancelled():
@@ -197,14 +198,14 @@ async def _show_progress(spec: EngineSpec, started: float) -> None:
                 sys.stderr.write(f"\r\x1b[K{line[:width]}")
                 sys.stderr.flush()
             else:
-                _say(line[:200])
+                say(line[:200])
     finally:
         if tty:
             sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()
 
 
-def _say(line: str) -> None:
+def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 

@@ -21,10 +21,11 @@ from gateway.app import create_app
 from gateway.auth.authenticate import DEV_PEPPER
 from gateway.auth.issue import issue_key
 from gateway.auth.store import AuthStore
-from gateway.embedded.engine import EngineSpec, running_engine
+from gateway.embedded.engine import EngineSpec
 from gateway.embedded.paths import CHAT_MODEL_NAME, CHAT_TOOL_PARSER, EmbeddedPaths
 from gateway.embedded.prepare import prepare
 from gateway.embedded.redis_server import running_redis
+from gateway.embedded.supervise import supervised_engine
 from gateway.finetune.trainer import Trainer
 from gateway.netutil import free_port
 from gateway.redis_client import redis_client
@@ -63,7 +64,7 @@ async def _up(paths: EmbeddedPaths, gateway_port: int, engine_port: int, redis_d
             tool_parser=CHAT_TOOL_PARSER,
             max_loras=MAX_LORAS,  # fine-tuned models' adapters, loaded at runtime
         )
-        engine_url = await stack.enter_async_context(running_engine(spec))
+        engine_url = await stack.enter_async_context(supervised_engine(spec))  # restarted
         settings = Settings(
             port=gateway_port,
             redis_url=redis_url,

@@ -5,9 +5,11 @@ Engines list runtime-loaded adapters in /v1/models (with their base as `parent`)
 loaded the usual machinery routes to it: learned pools, health, load balancing, metering and
 limits as for any model. An engine that restarts forgets its adapters; the next models poll
 drops it from the pool, and the next request loads the adapter again (on whichever engine of the
-base model is up). Loads of one model are serialised in this process, so a burst of first
-requests loads it once. A trainer announces each model it makes (`MODELS_CHANNEL`); every
-gateway loads it then, so the first request finds it loaded.
+base model is up). A request that reaches such an engine before that poll, and is told the
+model is not there, has it loaded there again and is sent once more (`load_on`). Loads of one
+model are serialised in this process, so a burst of first requests loads it once. A trainer
+announces each model it makes (`MODELS_CHANNEL`); every gateway loads it then, so the first
+request finds it loaded.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.errors import ServiceUnavailable
+from gateway.errors import ModelNotFound, ServiceUnavailable
 from gateway.finetune.engine_adapters import AdapterError, load_adapter, unload_adapter
 from gateway.finetune.job_store import JobStore
 from gateway.redis_feed import FEED_ANSWER_S, FEED_PING_S, ChannelFeed, follow
@@ -134,11 +136,29 @@ class AdapterServing:
             except (AdapterError, aiohttp.ClientError, TimeoutError) as exc:
                 failures.append(f"{engine.url}: {exc}")
         self.log.warning("adapter %s could not be loaded: %s", model, "; ".join(failures))
-        raise ServiceUnavailable(
-            f"The model '{model}' cannot be served right now: no engine of its base model "
-            f"'{record['base']}' could load it. Try again shortly.",
-            code="model_unavailable",
-            headers={"retry-after": "1"},
+        raise _unavailable(model, f"no engine of its base model '{record['base']}' could load it")
+
+    async def load_on(self, tenant: str, model: str, engine: Engine) -> None:
+        """Load `model` into `engine` again: it answered that it does not serve it (it
+        restarted since the last models poll, which forgets runtime-loaded adapters). 404 if
+        the model is gone, 503 if the engine cannot take it."""
+        try:
+            record = await self.store.get_model(tenant, model)
+        except RedisError as exc:
+            raise _unavailable(model, "its record could not be read") from exc
+        if record is None:
+            raise ModelNotFound(model)
+        async with self.locks.setdefault(model, asyncio.Lock()):
+            try:
+                await load_adapter(self.http, engine.url, model, record["adapter"])
+            except (AdapterError, aiohttp.ClientError, TimeoutError) as exc:
+                self.log.warning(
+                    "adapter %s could not be loaded on %s again: %s", model, engine.url, exc
+                )
+                raise _unavailable(model, f"{engine.url} could not load it again") from exc
+            await self.learn(engine)
+        self.log.info(
+            "loaded adapter %s on %s again (the engine had forgotten it)", model, engine.url
         )
 
     async def delete(self, tenant: str, model: str) -> bool:
@@ -158,3 +178,11 @@ class AdapterServing:
             await self.learn(engine)
         await asyncio.to_thread(shutil.rmtree, Path(record["adapter"]), True)
         return True
+
+
+def _unavailable(model: str, why: str) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        f"The model '{model}' cannot be served right now: {why}. Try again shortly.",
+        code="model_unavailable",
+        headers={"retry-after": "1"},
+    )

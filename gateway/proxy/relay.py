@@ -40,7 +40,7 @@ from gateway.proxy.outcome import (
     outcome_of_status,
 )
 from gateway.proxy.stream import relay_stream
-from gateway.proxy.upstream import UpstreamBroken, UpstreamResponse
+from gateway.proxy.upstream import Reload, UpstreamBroken, UpstreamResponse
 from gateway.request_context import RequestInfo, info_of
 from gateway.routing.engines import Engine, ModelPool
 
@@ -76,6 +76,8 @@ class ProxyCall:
     # A non-streaming response asked of the engine as a stream: the body as the client sent
     # it, asked again of the same engine if the stream ends before it began (NeverBegan).
     unstreamed: bytes | None = None
+    # A fine-tuned model: its adapter loaded again into an engine that forgot it (restarted).
+    reload: Reload | None = None
 
 
 async def _nobody(result: ProxyResult) -> None:
@@ -179,6 +181,7 @@ class ProxyResponse(Response):
                 call.stream,
                 trying=trying,
                 method=call.method,
+                reload=call.reload,
             )
         except ApiError as err:
             if info.engine is None:

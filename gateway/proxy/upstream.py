@@ -10,7 +10,7 @@ engine or an identity provider (health checks, model lists, LoRA loading, JWKS).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal, Protocol, cast
 
 import aiohttp
@@ -24,6 +24,10 @@ from gateway.routing.engines import Engine
 from gateway.settings import UpstreamSettings
 
 Failure = Literal["timeout", "stream_cut", "disconnect"]
+# Puts the request's model back on an engine that answered it does not serve it (a fine-tuned
+# model's adapter, forgotten by an engine that restarted); raises the ApiError the client gets
+# when it cannot.
+Reload = Callable[[Engine], Awaitable[None]]
 
 
 class UpstreamBroken(Exception):
@@ -67,6 +71,7 @@ class UpstreamClient(Protocol):
         *,
         trying: Callable[[Engine | None], None] = ...,
         method: str = ...,
+        reload: Reload | None = ...,
     ) -> tuple[Engine, UpstreamResponse]: ...
 
     def failure(
@@ -123,6 +128,7 @@ class Upstream:
         *,
         trying: Callable[[Engine | None], None] = lambda _: None,
         method: str = "POST",
+        reload: Reload | None = None,
     ) -> tuple[Engine, UpstreamResponse]:
         """Send to the engines in order until one answers, and count the answer in its
         `inflight` (the caller decrements it when done, and closes the response).
@@ -132,7 +138,8 @@ class Upstream:
         serve the model (it restarted since the last models poll and forgot an adapter), while
         another engine is left to try, moves on (at most `max_attempts` engines): nothing
         reached the client yet. Once an engine answered otherwise, the request is never sent
-        again.
+        again. When the last engine to try says it does not serve the model and a `reload` is
+        given, the model is put back on it and the request sent there once more.
         `trying` hears each engine as it is tried (None when none could be reached), so a
         caller cancelled meanwhile knows where its request may have gone.
         """
@@ -166,12 +173,18 @@ class Upstream:
                 engine.inflight -= 1
                 engine.record_failure("http_5xx", f"status {resp.status}")
                 continue
-            if resp.status == 404 and i + 1 < len(tried):
+            last = i + 1 == len(tried)
+            if resp.status == 404 and (not last or reload is not None):
                 answer = await self._unless_model_missing(engine, resp)
-                if answer is None:
-                    engine.inflight -= 1
-                    continue
-                return engine, answer
+                if answer is not None:
+                    return engine, answer
+                engine.inflight -= 1
+                if last and reload is not None:
+                    await reload(engine)
+                    return await self.open(
+                        [engine], path, body, headers, stream, trying=trying, method=method
+                    )
+                continue
             return engine, resp
         trying(None)
         raise _unavailable()

@@ -1,4 +1,5 @@
-"""`llmaas up` (what `make run` runs): a working base URL, and Ctrl-C leaves nothing behind."""
+"""`llmaas up` (what `make run` runs): a working base URL, kept working when its engine is
+killed, and Ctrl-C leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -100,8 +101,18 @@ async def test_up_prints_a_base_url_that_answers_and_stops_cleanly(tmp_path: Pat
                 temperature=0,
             )
             assert "Paris" in (reply.choices[0].message.content or "")
-            tuned = await _fine_tune(client)  # `llmaas up` trains too (its own trainer)
-        assert SECRET in tuned
+            tuned, answer = await _fine_tune(client)  # `llmaas up` trains too (its own trainer)
+            assert SECRET in answer
+            # The engine killed (the OOM killer, a crash): `llmaas up` starts it again, and the
+            # base URL answers once it is up, the fine-tuned model too (its adapter, lost with
+            # the engine, is loaded again on first use).
+            (first,) = processes_mentioning(f"--port {engine_port}")
+            os.killpg(int(first.split()[0]), signal.SIGKILL)
+            async with asyncio.timeout(300):
+                while (again := await _ask(client, tuned)) is None:  # noqa: ASYNC110
+                    await asyncio.sleep(1)
+            assert SECRET in again
+            assert "Paris" in (await _ask(client, MODEL, "What is the capital of France?") or "")
         assert (tmp_path / "files").is_dir()
         (engine,) = processes_mentioning(f"--port {engine_port}")
         engine_group = int(engine.split()[0])  # the engine leads its own process group
@@ -133,8 +144,9 @@ async def test_up_prints_a_base_url_that_answers_and_stops_cleanly(tmp_path: Pat
     assert processes_mentioning(f"--port {engine_port}") == []
 
 
-async def _fine_tune(client: openai.AsyncOpenAI) -> str:
-    """Teach the model a secret word through `llmaas up`'s trainer; what the result answers."""
+async def _fine_tune(client: openai.AsyncOpenAI) -> tuple[str, str]:
+    """Teach the model a secret word through `llmaas up`'s trainer: the fine-tuned model, and
+    what it answers."""
     upload = await client.files.create(file=("secret.jsonl", SECRET_DATASET), purpose="fine-tune")
     job = await client.fine_tuning.jobs.create(
         model=MODEL, training_file=upload.id, hyperparameters={"n_epochs": 6}
@@ -145,12 +157,24 @@ async def _fine_tune(client: openai.AsyncOpenAI) -> str:
             job = await client.fine_tuning.jobs.retrieve(job.id)
     assert job.status == "succeeded", job.error
     assert job.fine_tuned_model is not None
-    reply = await client.chat.completions.create(
-        model=job.fine_tuned_model,
-        messages=[{"role": "user", "content": "What is the secret word?"}],
-        temperature=0,
-        max_tokens=16,
-    )
+    answer = await _ask(client, job.fine_tuned_model)
+    assert answer is not None
+    return job.fine_tuned_model, answer
+
+
+async def _ask(
+    client: openai.AsyncOpenAI, model: str, question: str = "What is the secret word?"
+) -> str | None:
+    """The model's greedy answer; None while no engine can answer (503, 502)."""
+    try:
+        reply = await client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": question}],
+            temperature=0,
+            max_tokens=16,
+        )
+    except (openai.InternalServerError, openai.APIConnectionError):
+        return None
     return reply.choices[0].message.content or ""
 
 

@@ -17,7 +17,7 @@ from gateway.metrics import Metrics
 from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.outcome import ProxyResult
 from gateway.proxy.relay import ProxyCall, ProxyResponse
-from gateway.proxy.upstream import Upstream, UpstreamBroken
+from gateway.proxy.upstream import Reload, Upstream, UpstreamBroken
 from gateway.request_context import RequestInfo, attach
 from gateway.routing.balancer import RoundRobin
 from gateway.routing.engines import Engine, ModelPool
@@ -73,6 +73,7 @@ class FakeUpstream:
         *,
         trying: Callable[[Engine | None], None] = lambda _: None,
         method: str = "POST",
+        reload: Reload | None = None,
     ) -> tuple[Engine, FakeResponse]:
         self.bodies.append(body)
         self.requests.append((method, path, engines[0].url))
