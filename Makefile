@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: run test lint engine install bench format clean
 
 run: $(STAMP)  ## Redis + one vLLM engine with the bundled model + the gateway
-	$(BIN)/llmaas up
+	$(BIN)/llmaas up $(ARGS)
 
 test: $(STAMP) engine  ## unit, integration and end-to-end tests (real Redis, real vLLM)
 	$(BIN)/pytest tests

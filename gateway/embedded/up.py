@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -21,10 +22,12 @@ from gateway.app import create_app
 from gateway.auth.authenticate import DEV_PEPPER
 from gateway.auth.issue import issue_key
 from gateway.auth.store import AuthStore
-from gateway.embedded.engine import EngineSpec
+from gateway.embedded.engine import EngineSpec, EngineStartError
+from gateway.embedded.engine_venv import EngineInstallError
+from gateway.embedded.model import ModelPrepareError
 from gateway.embedded.paths import CHAT_MODEL_NAME, CHAT_TOOL_PARSER, EmbeddedPaths
 from gateway.embedded.prepare import prepare
-from gateway.embedded.redis_server import running_redis
+from gateway.embedded.redis_server import RedisStartError, running_redis
 from gateway.embedded.supervise import supervised_engine
 from gateway.finetune.trainer import Trainer
 from gateway.netutil import free_port
@@ -33,6 +36,21 @@ from gateway.server import DrainingServer, started, uvicorn_config
 from gateway.settings import FilesSettings, FineTuningSettings, ModelRoute, Settings
 
 MAX_LORAS = 4  # adapters an engine batches together (more stay loaded and take turns)
+HOST = "127.0.0.1"  # where `llmaas up` listens (the gateway's default host)
+
+
+class PortInUse(RuntimeError):
+    pass
+
+
+# What stops `llmaas up` with one line and no traceback: each says what failed and what to do.
+UP_ERRORS = (
+    PortInUse,
+    EngineInstallError,
+    ModelPrepareError,
+    EngineStartError,
+    RedisStartError,
+)
 
 
 def run_up(
@@ -43,10 +61,32 @@ def run_up(
     paths = EmbeddedPaths.resolve(home)
     redis_dir = data_dir.expanduser().resolve() if data_dir is not None else paths.redis
     try:
+        # Before minutes of preparing and starting the engine, not after (uvicorn's bind).
+        ensure_free(HOST, gateway_port, "--port")
+        if engine_port:
+            ensure_free(HOST, engine_port, "--engine-port")
         uvloop.run(_up(paths, gateway_port, engine_port or free_port(), redis_dir))
     except KeyboardInterrupt:
         print("\nstopped.", file=sys.stderr)
+    except UP_ERRORS as exc:
+        print(f"llmaas up: error: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def ensure_free(host: str, port: int, option: str) -> None:
+    """Raise PortInUse when `port` cannot be listened on (bound as uvicorn binds it)."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise PortInUse(
+                f"port {port} on {host} is taken ({exc.strerror}): stop what listens there "
+                f"(another `llmaas up`?) or choose another with {option}"
+            ) from exc
 
 
 async def _up(paths: EmbeddedPaths, gateway_port: int, engine_port: int, redis_dir: Path) -> None:

@@ -8,6 +8,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from asyncio.subprocess import Process
@@ -200,3 +201,27 @@ async def test_a_sigkilled_up_leaves_no_engine_or_redis_behind(tmp_path: Path) -
         finally:  # a failure must not leave a 4 GiB engine behind for the rest of the run
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(engine_group, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("option", ["--port", "--engine-port"])
+async def test_a_taken_port_stops_up_at_once_saying_so(tmp_path: Path, option: str) -> None:
+    """It used to be found by uvicorn's bind, after minutes of preparing and starting the
+    engine (20 s with everything cached), as a bare `[Errno 98]` and exit status 3."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"--port": str(free_port()), "--engine-port": str(free_port()), option: str(port)}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "up", *(a for kv in ports.items() for a in kv),
+            "--home", str(tmp_path / "home"), "--data-dir", str(tmp_path / "redis"),
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    said = err.decode()
+    assert said.startswith(f"llmaas up: error: port {port} on 127.0.0.1 is taken"), said
+    assert f"choose another with {option}" in said
+    assert "Traceback" not in said
+    assert not (tmp_path / "home").exists()  # nothing was prepared
+    assert processes_mentioning(f"--port {port}") == []
