@@ -9,7 +9,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi import Path as PathParam
-from pydantic import AfterValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -69,6 +76,7 @@ AllowedModels = Annotated[
 ]
 
 
+EXAMPLE_TIME = "2027-01-01T00:00:00Z"
 KeyName = Annotated[str, Field(max_length=200), AfterValidator(_printable)]
 
 
@@ -80,11 +88,21 @@ class KeySettings(LimitFields):
     name: KeyName | None = None
     expires_at: datetime | None = None
 
+    @field_validator("expires_at", mode="wrap")
+    @classmethod
+    def _a_time(cls, value: object, read: ValidatorFunctionWrapHandler) -> datetime | None:
+        """pydantic's own refusal ("input is too short") names no format: this one does."""
+        try:
+            parsed: datetime | None = read(value)
+        except ValidationError as exc:
+            raise ValueError(f"must be RFC 3339 with a time zone, e.g. {EXAMPLE_TIME}") from exc
+        return parsed
+
     @field_validator("expires_at")
     @classmethod
     def _aware_future(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
-            raise ValueError("must be RFC 3339 with a time zone, e.g. 2027-01-01T00:00:00Z")
+            raise ValueError(f"must be RFC 3339 with a time zone, e.g. {EXAMPLE_TIME}")
         if value is not None and value.timestamp() <= time.time():
             raise ValueError("must be in the future")
         return value

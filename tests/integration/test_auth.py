@@ -270,6 +270,20 @@ async def test_bad_admin_bodies_are_400_naming_the_field(
     assert param in payload["error"]["message"]
 
 
+async def test_a_bad_expiry_says_which_format_it_takes(auth: AuthStack) -> None:
+    """pydantic's own words were "Input should be a valid datetime or date, input is too
+    short" for `llmaas keys create --expires-at yesterday`."""
+    rfc3339 = "must be RFC 3339 with a time zone, e.g. 2027-01-01T00:00:00Z"
+    for value, says in (
+        ("yesterday", rfc3339),
+        ("2099-01-01", rfc3339),
+        ("2099-01-01T00:00:00", rfc3339),
+        ("2020-01-01T00:00:00Z", "must be in the future"),
+    ):
+        status, payload = await auth.admin("POST", "/keys", {"tenant": "acme", "expires_at": value})
+        assert (status, payload["error"]["message"]) == (400, f"Invalid 'expires_at': {says}.")
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
