@@ -103,10 +103,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)command parser the command line chose: `llmaas jobs create`'s for
+    `llmaas jobs create --n-epochs 3`."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subs[0].dest, None) if subs else None
+        if name not in (subs[0].choices if subs else {}):
+            return parser
+        parser = subs[0].choices[name]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
-            args = _parser().parse_args(argv)  # (--help and usage errors exit from here)
+            parser = _parser()
+            args, extra = parser.parse_known_args(argv)  # (--help, usage errors exit here)
+            if extra:  # said by the command's own parser, with its usage, not llmaas's
+                _chosen(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
             code = int(args.func(args))
         finally:
             sys.stdout.flush()  # a reader gone shows here, not in the interpreter's exit

@@ -102,6 +102,30 @@ async def test_help_of_every_command_names_its_options(command: str) -> None:
     assert not missing, out
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        "serve",
+        "up",
+        "usage",
+        "keys list",
+        "keys revoke x",
+        "tenants set t",
+        "files show file-x",
+        "jobs create --model m --training-file f",
+        "jobs events j",
+    ],
+)
+async def test_an_unknown_option_is_refused_by_its_own_command(command: str) -> None:
+    """With the command's usage and name: `llmaas jobs create --n-epochs 3` used to print
+    `llmaas`'s own usage and 'llmaas: error: unrecognized arguments'."""
+    code, _, err = await run_cli(*command.split(), "--n-epochs", "3")
+    assert code == 2, err
+    name = " ".join(["llmaas", *[w for w in command.split()[:2] if w.isalpha()]])
+    assert err.startswith(f"usage: {name} "), err
+    assert err.rstrip().endswith(f"{name}: error: unrecognized arguments: --n-epochs 3"), err
+
+
 async def test_sim_serves_the_model_and_options_it_was_given() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
