@@ -1,7 +1,8 @@
 """Redis for the embedded default: the one in LLMAAS_REDIS_URL, else a private redis-server.
 
 The private server listens on 127.0.0.1 on a free port, keeps nothing on disk (no RDB, no AOF)
-and runs in a temporary directory of its own that is removed once the server has stopped.
+and runs in a temporary directory of its own that is removed once the server has stopped; or,
+for `llmaas up`, keeps its data in a directory of its own and is started again if it exits.
 """
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.embedded.process_group import stop_process_group, terminated_with_parent
+from gateway.embedded.supervise import kept_running
 from gateway.netutil import free_port
 
 START_TIMEOUT_S = 10.0
+LOG = "redis.log"
 
 
 class RedisStartError(RuntimeError):
@@ -70,9 +73,12 @@ async def ping(url: str, timeout_s: float = 2.0) -> bool:
 
 
 @asynccontextmanager
-async def start_redis(url_from_env: str | None, keep_in: Path | None = None) -> AsyncIterator[str]:
+async def start_redis(
+    url_from_env: str | None, keep_in: Path | None = None, *, supervised: bool = False
+) -> AsyncIterator[str]:
     """Yield a Redis URL: `url_from_env` once it answers PING, else a private server's: its
-    data kept in `keep_in` from one start to the next (`llmaas up`), or thrown away."""
+    data kept in `keep_in` from one start to the next (`llmaas up`, where it is `supervised`:
+    started again on its port, from its data, if it exits), or thrown away."""
     if url_from_env:
         if not await ping(url_from_env):
             # The URL may carry a password: name only where it points.
@@ -80,13 +86,23 @@ async def start_redis(url_from_env: str | None, keep_in: Path | None = None) -> 
             raise RedisStartError(f"Redis at {where} does not answer PING")
         yield url_from_env
         return
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
     if keep_in is not None:
         await asyncio.to_thread(keep_in.mkdir, parents=True, exist_ok=True)
-        async with _private_redis(keep_in, keep=True) as url:
-            yield url
+
+        def launch() -> AbstractAsyncContextManager[asyncio.subprocess.Process]:
+            return _redis_process(keep_in, port, keep=True)
+
+        if supervised:
+            async with kept_running("[redis]", launch, keep_in / LOG):
+                yield url
+        else:
+            async with launch():
+                yield url
         return
     with tempfile.TemporaryDirectory(prefix="llmaas-redis-") as workdir:
-        async with _private_redis(Path(workdir)) as url:
+        async with _redis_process(Path(workdir), port):
             yield url
 
 
@@ -94,11 +110,13 @@ running_redis = start_redis  # the name the tests, the bench and `llmaas up` use
 
 
 @asynccontextmanager
-async def _private_redis(workdir: Path, *, keep: bool = False) -> AsyncIterator[str]:
-    port = free_port()
+async def _redis_process(
+    workdir: Path, port: int, *, keep: bool = False
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """redis-server on `port` until the block is left, once it answers PING."""
     config = workdir / "redis.conf"
     await asyncio.to_thread(config.write_text, redis_config(port, workdir, keep=keep))
-    log_path = workdir / "redis.log"
+    log_path = workdir / LOG
     with await asyncio.to_thread(log_path.open, "wb") as log:
         proc = await asyncio.create_subprocess_exec(
             str(redis_server_binary()),
@@ -109,10 +127,9 @@ async def _private_redis(workdir: Path, *, keep: bool = False) -> AsyncIterator[
             start_new_session=True,
             preexec_fn=terminated_with_parent(),
         )
-    url = f"redis://127.0.0.1:{port}/0"
     try:
-        await _wait_answers(url, proc, log_path)
-        yield url
+        await _wait_answers(f"redis://127.0.0.1:{port}/0", proc, log_path)
+        yield proc
     finally:
         await stop_process_group(proc, grace_s=5.0)
 

@@ -93,7 +93,7 @@ async def _up(paths: EmbeddedPaths, gateway_port: int, engine_port: int, redis_d
     ready = await prepare(paths)
     async with AsyncExitStack() as stack:
         redis_url = await stack.enter_async_context(
-            running_redis(os.environ.get("LLMAAS_REDIS_URL"), keep_in=redis_dir)
+            running_redis(os.environ.get("LLMAAS_REDIS_URL"), keep_in=redis_dir, supervised=True)
         )
         spec = EngineSpec(
             python=ready.engine_python,

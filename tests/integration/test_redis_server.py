@@ -104,3 +104,32 @@ async def test_a_kept_redis_finds_its_data_again_on_the_next_start(tmp_path: Pat
         client = Redis.from_url(url)
         assert await client.get("llmaas:test:kept") is None
         await client.aclose()
+
+
+async def test_a_supervised_redis_killed_comes_back_on_its_port_with_its_data(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`llmaas up`'s Redis: killed (the OOM killer), it used to stay gone, every request a 503
+    until the whole stack was restarted. It is started again on the same URL, from its
+    append-only file, so a client reconnects to what it wrote (synced every second)."""
+    data = tmp_path / "redis"
+    async with start_redis(None, keep_in=data, supervised=True) as url:
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        client = Redis.from_url(url)
+        try:
+            await client.set("llmaas:test:kept", "yes")
+            await asyncio.sleep(1.5)  # past appendfsync everysec
+            first = (await client.info("server"))["process_id"]
+            killer = await asyncio.create_subprocess_exec("pkill", "-KILL", "-f", f":{port}")
+            await killer.wait()
+            async with asyncio.timeout(30):
+                while not await ping(url, 0.5):  # noqa: ASYNC110 (polling the server)
+                    await asyncio.sleep(0.1)
+            assert await client.get("llmaas:test:kept") == b"yes"  # the same client, reconnected
+            assert (await client.info("server"))["process_id"] != first
+        finally:
+            await client.aclose()
+    assert await redis_servers_on(port) == []
+    said = capfd.readouterr().err
+    assert "[redis] exited with status -9" in said, said
+    assert (data / "redis.previous.log").exists()
