@@ -61,6 +61,7 @@ class AdapterServing:
         self.http = http
         self.learn = learn
         self.locks: dict[str, asyncio.Lock] = {}
+        self.reloaded: dict[tuple[str, str], float] = {}  # (engine URL, model) → load_on's end
         self.preloads: set[asyncio.Task[None]] = set()
         self.log = logging.getLogger("llmaas.finetune")
 
@@ -141,7 +142,9 @@ class AdapterServing:
     async def load_on(self, tenant: str, model: str, engine: Engine) -> None:
         """Load `model` into `engine` again: it answered that it does not serve it (it
         restarted since the last models poll, which forgets runtime-loaded adapters). 404 if
-        the model is gone, 503 if the engine cannot take it."""
+        the model is gone, 503 if the engine cannot take it. A burst of requests refused alike
+        loads it once: those refused before a load finished there are sent again after it."""
+        refused = time.monotonic()
         try:
             record = await self.store.get_model(tenant, model)
         except RedisError as exc:
@@ -149,6 +152,8 @@ class AdapterServing:
         if record is None:
             raise ModelNotFound(model)
         async with self.locks.setdefault(model, asyncio.Lock()):
+            if self.reloaded.get((engine.url, model), -1.0) > refused:
+                return  # loaded there since this request was refused
             try:
                 await load_adapter(self.http, engine.url, model, record["adapter"])
             except (AdapterError, aiohttp.ClientError, TimeoutError) as exc:
@@ -157,6 +162,7 @@ class AdapterServing:
                 )
                 raise _unavailable(model, f"{engine.url} could not load it again") from exc
             await self.learn(engine)
+            self.reloaded[engine.url, model] = time.monotonic()
         self.log.info(
             "loaded adapter %s on %s again (the engine had forgotten it)", model, engine.url
         )
@@ -170,6 +176,7 @@ class AdapterServing:
         base = self.registry.pool(record["base"])
         engines = {e.url: e for p in (pool, base) if p is not None for e in p.engines}
         await self.store.delete_model(tenant, model)  # no new load starts from here on
+        self.reloaded = {at: end for at, end in self.reloaded.items() if at[1] != model}
         for engine in engines.values():
             try:
                 await unload_adapter(self.http, engine.url, model)

@@ -1,0 +1,64 @@
+"""AdapterServing.load_on (gateway/finetune/serving.py): a fine-tuned model put back on an
+engine that restarted and forgot it. A burst of requests refused by that engine loads the
+adapter there once, not once per request; a refusal after that load loads it again; a
+model that is gone is a 404. Against a real Redis and a stand-in engine's LoRA route (the
+simulator has none; the real case, vLLM killed under `llmaas up`, is tests/e2e/test_up_e2e.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from gateway.embedded.redis_server import running_redis
+from gateway.errors import ModelNotFound
+from gateway.finetune.job_store import JobStore
+from gateway.finetune.serving import AdapterServing
+from gateway.routing.engines import Engine, EngineRegistry
+from tests.support.servers import serve_asgi
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+MODEL = "ft:base:acme::job1"
+
+
+async def test_a_burst_refused_by_a_restarted_engine_loads_the_adapter_once() -> None:
+    loads: list[dict[str, Any]] = []
+    learned: list[str] = []
+
+    async def load_lora_adapter(request: Request) -> JSONResponse:
+        loads.append(await request.json())
+        await asyncio.sleep(0.2)  # the burst's other requests queue behind this load
+        return JSONResponse("Success: LoRA adapter loaded.")
+
+    async def learn(engine: Engine) -> None:
+        learned.append(engine.url)
+
+    app = Starlette(routes=[Route("/v1/load_lora_adapter", load_lora_adapter, methods=["POST"])])
+    async with (
+        running_redis(None) as redis_url,
+        serve_asgi(app, lifespan="off") as url,
+        aiohttp.ClientSession() as http,
+    ):
+        redis = Redis.from_url(redis_url)
+        try:
+            record = {"base": "base", "adapter": "/adapters/job1"}
+            await JobStore(redis).put_model("acme", MODEL, record)
+            serving = AdapterServing(EngineRegistry([]), redis, http, learn)
+            engine = Engine(url)
+            await asyncio.gather(*(serving.load_on("acme", MODEL, engine) for _ in range(8)))
+            assert [load["lora_name"] for load in loads] == [MODEL]
+            assert (loads[0]["lora_path"], learned) == ("/adapters/job1", [url])
+            await serving.load_on("acme", MODEL, engine)  # refused after that load: again
+            assert len(loads) == 2
+            with pytest.raises(ModelNotFound):
+                await serving.load_on("acme", "ft:base:acme::gone", engine)
+        finally:
+            await redis.aclose()
