@@ -94,7 +94,6 @@ class EngineProcess:
     """A running engine; its pid is also its process group id."""
 
     spec: EngineSpec
-    pid: int
     process: asyncio.subprocess.Process = field(compare=False, repr=False)
 
     @property
@@ -102,8 +101,12 @@ class EngineProcess:
         return self.spec.url
 
     @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
     def pgid(self) -> int:
-        return self.pid
+        return self.process.pid
 
 
 def start_engine(
@@ -145,7 +148,7 @@ async def launched(spec: EngineSpec, *, timeout_s: float) -> AsyncIterator[Engin
         )
     try:
         await _wait_ready(spec, proc, timeout_s)
-        yield EngineProcess(spec, proc.pid, proc)
+        yield EngineProcess(spec, proc)
     finally:
         await stop_process_group(proc)
 

@@ -87,7 +87,7 @@ async def start_redis(
         yield url_from_env
         return
     port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
+    url = _url(port)
     if keep_in is not None:
         await asyncio.to_thread(keep_in.mkdir, parents=True, exist_ok=True)
 
@@ -128,10 +128,14 @@ async def _redis_process(
             preexec_fn=terminated_with_parent(),
         )
     try:
-        await _wait_answers(f"redis://127.0.0.1:{port}/0", proc, log_path)
+        await _wait_answers(_url(port), proc, log_path)
         yield proc
     finally:
         await stop_process_group(proc, grace_s=5.0)
+
+
+def _url(port: int) -> str:
+    return f"redis://127.0.0.1:{port}/0"
 
 
 async def _wait_answers(url: str, proc: asyncio.subprocess.Process, log: Path) -> None:

@@ -36,6 +36,7 @@ from gateway.routing.engines import Engine, EngineRegistry, ModelPool
 Learn = Callable[[Engine], Awaitable[None]]  # poll one engine's /v1/models now
 MODELS_CHANNEL = "llmaas:ft:models"  # {"tenant", "model"} of each fine-tuned model made
 RETRY_S = 1.0
+ENGINE_FAILURES = (AdapterError, aiohttp.ClientError, TimeoutError)  # an engine's call failed
 
 
 async def announce(redis: Redis, tenant: str, model: str) -> None:
@@ -125,8 +126,7 @@ class AdapterServing:
         for engine in engines:
             try:
                 started = time.perf_counter()
-                await load_adapter(self.http, engine.url, model, record["adapter"])
-                await self.learn(engine)
+                await self._load(engine, model, record)
                 self.log.info(
                     "loaded adapter %s on %s in %.0f ms",
                     model,
@@ -134,7 +134,7 @@ class AdapterServing:
                     (time.perf_counter() - started) * 1000,
                 )
                 return
-            except (AdapterError, aiohttp.ClientError, TimeoutError) as exc:
+            except ENGINE_FAILURES as exc:
                 failures.append(f"{engine.url}: {exc}")
         self.log.warning("adapter %s could not be loaded: %s", model, "; ".join(failures))
         raise _unavailable(model, f"no engine of its base model '{record['base']}' could load it")
@@ -155,17 +155,21 @@ class AdapterServing:
             if self.reloaded.get((engine.url, model), -1.0) > refused:
                 return  # loaded there since this request was refused
             try:
-                await load_adapter(self.http, engine.url, model, record["adapter"])
-            except (AdapterError, aiohttp.ClientError, TimeoutError) as exc:
+                await self._load(engine, model, record)
+            except ENGINE_FAILURES as exc:
                 self.log.warning(
                     "adapter %s could not be loaded on %s again: %s", model, engine.url, exc
                 )
                 raise _unavailable(model, f"{engine.url} could not load it again") from exc
-            await self.learn(engine)
             self.reloaded[engine.url, model] = time.monotonic()
         self.log.info(
             "loaded adapter %s on %s again (the engine had forgotten it)", model, engine.url
         )
+
+    async def _load(self, engine: Engine, model: str, record: dict[str, Any]) -> None:
+        """The adapter loaded into `engine`, and the registry told at once."""
+        await load_adapter(self.http, engine.url, model, record["adapter"])
+        await self.learn(engine)
 
     async def delete(self, tenant: str, model: str) -> bool:
         """Unload `model` everywhere, forget it and remove its adapter; False if unknown."""
@@ -180,7 +184,7 @@ class AdapterServing:
         for engine in engines.values():
             try:
                 await unload_adapter(self.http, engine.url, model)
-            except (AdapterError, aiohttp.ClientError, TimeoutError) as exc:
+            except ENGINE_FAILURES as exc:
                 self.log.warning("unloading %s from %s failed: %s", model, engine.url, exc)
             await self.learn(engine)
         await asyncio.to_thread(shutil.rmtree, Path(record["adapter"]), True)
