@@ -2,6 +2,8 @@
 response's head leaves in the same write as the body that follows it, and that a request can
 be told when its client goes away without a task waiting on `receive` (ClientLink).
 
+An HTTP/1.0 request's answer is written as such a client reads it (gateway/http10.py).
+
 uvicorn writes the head (status line and headers) the moment the app sends
 `http.response.start`, and the body with the next message: two writes, two syscalls and two
 TCP segments for every non-streaming answer, and two reads for the client. `HeadWithBody`
@@ -31,6 +33,7 @@ from starlette.types import Scope
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from gateway.errors import InvalidRequest
+from gateway.http10 import Unchunked
 
 # The scope's extension that carries a request's ClientLink (ASGI: scope["extensions"]).
 CLIENT_LINK = "llmaas.client_link"
@@ -229,6 +232,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.head_bytes = None
         self._head_arrived()
         super().on_headers_complete()
+        cycle = self.cycle
+        if self.scope["http_version"] == "1.0" and cycle is not None and cycle.scope is self.scope:
+            cycle.transport = cast(asyncio.Transport, Unchunked(cycle.transport))  # no chunks
 
     def on_message_complete(self) -> None:
         self.head_bytes = 0  # the next request's head comes next
