@@ -1,5 +1,5 @@
 """`llmaas up` (what `make run` runs): a working base URL, kept working when its engine is
-killed, and Ctrl-C leaves nothing behind."""
+killed, and Ctrl-C leaves nothing behind; what stops it before it is up says so in one line."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import openai
 import orjson
 import pytest
 
+from gateway.embedded.engine_venv import STAMP, has_cuda, wanted
 from gateway.embedded.process_group import live_members
 from gateway.netutil import free_port
 
@@ -225,3 +226,55 @@ async def test_a_taken_port_stops_up_at_once_saying_so(tmp_path: Path, option: s
     assert "Traceback" not in said
     assert not (tmp_path / "home").exists()  # nothing was prepared
     assert processes_mentioning(f"--port {port}") == []
+
+
+async def up_failing(home: Path, tmp_path: Path, env: dict[str, str]) -> str:
+    """Run `llmaas up` with `home` and `env`, expecting it to fail: what it printed."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "up", "--port", str(free_port()),
+        "--home", str(home), "--data-dir", str(tmp_path / "redis"),
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, **env},
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 120)
+    said = err.decode()
+    assert proc.returncode == 1, said
+    assert "Traceback" not in said
+    return said
+
+
+async def test_a_failed_engine_install_stops_up_with_the_step_and_its_output(
+    tmp_path: Path,
+) -> None:
+    """pip finds nothing to install (no index, an empty folder of wheels): the step that failed
+    and pip's own words end the run, and nothing is taken as installed."""
+    wheels = tmp_path / "no-wheels"
+    wheels.mkdir()
+    home = tmp_path / "home"
+    pip_finds_nothing = {
+        "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": str(wheels),
+        "PIP_NO_CACHE_DIR": "1",  # nothing written under the user's home
+    }
+    said = await up_failing(home, tmp_path, pip_finds_nothing)
+    error = said[said.index("llmaas up: error: ") :]
+    assert re.match(r"llmaas up: error: engine venv: 'install [^']+' failed \(exit 1\):\n", error)
+    assert "\nERROR: " in error  # pip's own reason, in the error's tail
+    assert not (home / "engine-venv" / STAMP).exists()  # the next run installs again
+
+
+async def test_a_failed_model_conversion_stops_up_pointing_at_its_output(tmp_path: Path) -> None:
+    """The engine venv is in place (its python a stand-in that fails) but the bundled model
+    cannot be converted: one line says so, after the converter's own output."""
+    home = tmp_path / "home"
+    python = home / "engine-venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("#!/bin/sh\necho 'the converter cannot run here' >&2\nexit 3\n")
+    python.chmod(0o755)
+    (home / "engine-venv" / STAMP).write_text(wanted(has_cuda()))
+    said = await up_failing(home, tmp_path, {})
+    assert said.index("the converter cannot run here") < said.index("llmaas up: error: ")
+    model = home / "models" / MODEL
+    assert said.rstrip().endswith(
+        f"llmaas up: error: converting the bundled chat model into {model} failed (exit 3); "
+        "its output is above"
+    ), said
