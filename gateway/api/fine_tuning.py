@@ -20,6 +20,7 @@ from gateway.deps import Caller, Gateway
 from gateway.errors import InvalidRequest, NotFound, RateLimited, ServiceUnavailable
 from gateway.files.storage import DirectoryStorage
 from gateway.files.store import FileStore
+from gateway.finetune.billing import bill_cancelled
 from gateway.finetune.checkpoints import remove_checkpoint
 from gateway.finetune.job_store import JobStore, LimitReached
 from gateway.finetune.jobs import (
@@ -246,8 +247,13 @@ async def cancel_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
             param="fine_tuning_job_id",
             code="job_not_active",
         )
-    if job.status == "paused":  # no trainer holds it: its checkpoint goes from here
+    if job.status in ("paused", "queued"):  # no trainer holds it (a trainer that took it
+        # since stops and does the same: both are idempotent). A resumed job's checkpoint goes
+        # from here, and the training before its pause is billed.
         await remove_checkpoint(DirectoryStorage(gw.settings.files.dir), cancelled)
+        if gw.ledger is not None:
+            engine = f"trainer:{cancelled.worker or '-'}"
+            await bill_cancelled(gw.ledger, cancelled, 0, engine=engine)
     return json_response(cancelled.view())
 
 

@@ -24,6 +24,7 @@ class Progress:
         self.done: dict[str, Any] | None = None
         self.error: str | None = None
         self.steps = 0
+        self.tokens = 0  # trained on so far (steps before a pause included)
         self.loss: float | None = None
         self._last_event = 0.0
         self._pending: dict[str, Any] | None = None
@@ -45,6 +46,7 @@ class Progress:
             )
         elif kind == "step":
             self.steps = int(item.get("step", 0))
+            self.tokens = int(item.get("tokens", self.tokens))
             self.loss = float(item["loss"]) if "loss" in item else None
             self._pending = item
             if time.monotonic() - self._last_event >= EVENT_EVERY_S:
@@ -57,6 +59,7 @@ class Progress:
         elif kind == "paused":
             await self.flush()
             step = item.get("step")
+            self.tokens = int(item.get("tokens", self.tokens))
             self.error = "paused"
             await self._event(
                 f"Training paused after step {step}; resuming goes on from there"

@@ -7,7 +7,8 @@ events. While it trains, the worker refreshes the job's heartbeat and watches fo
 child is stopped at once), and stops a run that prints nothing for
 `fine_tuning.stall_timeout_s` (hung), failing its job. On success the adapter lies next to the
 tenant's files, the model `ft:<base>:<tenant>:<suffix>:<id>` is registered for that tenant
-only, and the trained tokens are metered as a `fine_tune` usage record. A stopped worker puts
+only, and the trained tokens are billed as a `fine_tune` usage record (a cancelled job's, those
+trained until it stopped: gateway/finetune/billing.py). A stopped worker puts
 its job back in the queue; a killed one leaves it to the heartbeat sweep, which fails it with a
 message.
 """
@@ -33,6 +34,7 @@ from redis.exceptions import RedisError
 
 from gateway.embedded.process_group import terminated_with_parent
 from gateway.files.storage import DirectoryStorage
+from gateway.finetune.billing import OK, bill_cancelled, bill_training
 from gateway.finetune.checkpoints import checkpoint_dir, remove_checkpoint
 from gateway.finetune.job_store import JobStore
 from gateway.finetune.jobs import Job, fine_tuned_name
@@ -41,13 +43,10 @@ from gateway.finetune.resolve import resolve
 from gateway.finetune.serving import announce
 from gateway.finetune.sweep import fail_overdue
 from gateway.metering.ledger import Ledger
-from gateway.metering.record import FINE_TUNE_ROUTE, UsageRecord
-from gateway.metering.settlement import Settlement
 from gateway.settings import Settings
 
 SCRIPT = Path(__file__).with_name("train_lora.py")
 POLL_S = 1.0  # how often the queue is waited on, and a running job's cancel checked
-ROUTE = FINE_TUNE_ROUTE  # the usage record of a job's training
 
 
 @dataclass(slots=True)
@@ -184,7 +183,9 @@ class Trainer:
         tail = await errors
         await progress.flush()
         if code is None:
-            return failed_training(f"no progress for {stall_s:g} s; the run was stopped")
+            return failed_training(
+                f"no progress for {stall_s:g} s; the run was stopped", progress.tokens
+            )
         done = progress.done
         if code == 0 and done is not None:
             return Outcome(
@@ -197,7 +198,7 @@ class Trainer:
         reason = progress.error or (tail.strip().splitlines() or [f"exit code {code}"])[-1]
         # the tenant reads it: the shared volume's layout stays out
         reason = reason.replace(f"{self.storage.root}{os.sep}", "")
-        return failed_training(reason)
+        return failed_training(reason, progress.tokens)
 
     async def _watch(self, job: Job, child: asyncio.subprocess.Process) -> None:
         """Refresh the heartbeat; stop the child as soon as the job is cancelled, and ask it
@@ -244,10 +245,7 @@ class Trainer:
             )
             if failed is None:  # cancelled or paused: whatever was written goes, but a pause's
                 await asyncio.to_thread(shutil.rmtree, self.storage.path(job.tenant, job.id), True)
-                now_job = await self.store.get(job.tenant, job.id)
-                if now_job is None or now_job.status != "paused":
-                    await remove_checkpoint(self.storage, job)
-                return now_job
+                return await self._stopped(job, outcome.trained_tokens)
             await remove_checkpoint(self.storage, job)
             return failed
         name = fine_tuned_name(job.model, job.tenant, job.suffix, job.id)
@@ -256,7 +254,9 @@ class Trainer:
             name,
             {"base": job.model, "adapter": str(outcome.adapter), "job": job.id, "created": now},
         )
-        await self._meter(job, outcome.trained_tokens, now)
+        engine = f"trainer:{self.worker}"
+        tokens = outcome.trained_tokens
+        await bill_training(self.ledger, job, tokens, engine=engine, outcome=OK, now=now)
         succeeded = await self.store.transition(  # paused as it ended: it is done all the same
             job.tenant,
             job.id,
@@ -279,27 +279,24 @@ class Trainer:
         await announce(self.store.redis, job.tenant, name)  # gateways load it into engines
         return succeeded
 
-    async def _meter(self, job: Job, tokens: int, now: int) -> None:
-        """The trained tokens, as one usage record (written once even if retried)."""
-        record = UsageRecord(
-            id="ft" + job.id.removeprefix("ftjob-"),
-            request_id=job.id,
-            time_ms=now * 1000,
-            tenant=job.tenant,
-            key_id=job.key_id,
-            model=job.model,
-            route=ROUTE,
-            engine=f"trainer:{self.worker}",
-            stream=False,
-            outcome="ok",
-            status=200,
-            prompt_tokens=tokens,
-            completion_tokens=0,
-            cached_tokens=0,
-            latency_ms=float((now - job.created_at) * 1000),
-            ttft_ms=None,
-        )
-        await self.ledger.write([Settlement(record.id, job.tenant, job.key_id, record, None)])
+    async def _stopped(self, job: Job, tokens: int) -> Job | None:
+        """A run its tenant paused or cancelled, `tokens` trained by then: kept on a paused job
+        (its checkpoint too), billed for a cancelled one (gateway/finetune/billing.py)."""
+        now_job = await self.store.get(job.tenant, job.id)
+        if now_job is not None and now_job.status == "paused":
+            if tokens <= (now_job.trained_tokens or 0):
+                return now_job
+            update = {"trained_tokens": tokens}
+            return await self.store.transition(job.tenant, job.id, ("paused",), update) or now_job
+        await remove_checkpoint(self.storage, job)
+        if now_job is None or now_job.status != "cancelled":
+            return now_job
+        await bill_cancelled(self.ledger, now_job, tokens, engine=f"trainer:{self.worker}")
+        trained = max(tokens, now_job.trained_tokens or 0)
+        if not trained:
+            return now_job
+        update = {"trained_tokens": trained}
+        return await self.store.transition(job.tenant, job.id, ("cancelled",), update) or now_job
 
     async def requeue(self, job: Job) -> None:
         """A job this worker stops training before it ends goes back to the queue's front."""
@@ -340,8 +337,11 @@ async def _stop(child: asyncio.subprocess.Process, grace_s: float = 5.0) -> None
         await child.wait()
 
 
-def failed_training(reason: str) -> Outcome:
-    """What a failed run says: the trainer's reason (train_lora.py names a bad example by its
-    line: the training file is at fault)."""
+def failed_training(reason: str, trained_tokens: int = 0) -> Outcome:
+    """What a run that did not end with its adapter says: the trainer's reason (train_lora.py
+    names a bad example by its line: the training file is at fault), and the tokens it trained
+    on until then (billed only if its job was cancelled)."""
     at_fault = "training_file" if reason.startswith("line ") else None
-    return Outcome(False, f"Training failed: {reason[:500]}", param=at_fault)
+    return Outcome(
+        False, f"Training failed: {reason[:500]}", trained_tokens=trained_tokens, param=at_fault
+    )

@@ -258,6 +258,11 @@ async def test_a_cancelled_job_stops_training_and_frees_the_worker(ft: FtE2E) ->
         after = await client.fine_tuning.jobs.retrieve(long.id)
         assert after.status == "cancelled"
         assert after.fine_tuned_model is None
+        assert after.trained_tokens  # what it trained until cancelled, pause included: billed
+        billed = [r for r in await _usage_records(ft, "ft-e2e") if r["request_id"] == long.id]
+        assert [(r["prompt_tokens"], r["outcome"]) for r in billed] == [
+            (after.trained_tokens, "cancelled")
+        ]
         assert await _trainings_running() == 0
         assert done.fine_tuned_model is not None
         await client.models.delete(done.fine_tuned_model)

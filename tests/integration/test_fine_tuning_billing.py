@@ -1,0 +1,139 @@
+"""What a fine-tuning job is billed, through the real `openai` client, a real Redis and a real
+trainer whose training child is a stand-in script printing train_lora.py's lines: a cancelled
+job is billed the tokens trained until it stopped (pauses included), as its `trained_tokens`
+says; a failed one nothing. A cancel used to bill nothing, however far training had gone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from gateway.finetune.jobs import Job
+from gateway.finetune.trainer import Trainer
+from gateway.settings import Settings
+from tests.integration.finetune_stack import BASE, ft_fixture, upload_dataset
+from tests.integration.tenant_stack import TenantStack
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+ft = ft_fixture("ft-billing")
+
+STEPS = [{"type": "step", "step": n, "steps": 8, "loss": 0.5, "tokens": 30 * n} for n in (1, 2)]
+TRAINED = 60  # the tokens of the two steps the stand-in trains
+PAUSED = {"type": "paused", "step": 2, "tokens": TRAINED}
+
+
+def stand_in(tmp_path: Path, *, on_pause: bool) -> Path:
+    """A training child that prints two steps, writes its pid file, then waits: for ever, or
+    until asked to pause (SIGUSR1), when it says so and exits as train_lora.py does (3)."""
+    child = tmp_path / "training-python"
+    lines = "".join(f"echo '{json.dumps(step)}'\n" for step in STEPS)
+    trap = f"trap 'echo {json.dumps(json.dumps(PAUSED))}; exit 3' USR1\n" if on_pause else ""
+    wait = "while true; do sleep 0.05; done\n" if on_pause else "exec sleep 60\n"
+    child.write_text(f"#!/bin/sh\n{trap}{lines}echo $$ > {tmp_path / 'pid'}\n{wait}")
+    child.chmod(0o755)
+    return child
+
+
+def trainer(ft: TenantStack, child: Path) -> Trainer:
+    fine_tuning = {"base_models": {BASE: str(ft.root / "weights")}, "trainer_python": str(child)}
+    settings = Settings.model_validate(
+        {"dev_mode": True, "files": {"dir": str(ft.root / "files")}, "fine_tuning": fine_tuning}
+    )
+    return Trainer(settings, ft.redis, worker="test:billing")
+
+
+async def training(ft: TenantStack, tmp_path: Path, tenant: str, *, on_pause: bool) -> tuple[
+    openai.AsyncOpenAI, str, str, asyncio.Task[Job | None]
+]:  # fmt: skip
+    """A new key of `tenant`, a job of it that a trainer runs now, until its child has printed
+    its steps: the client, the key, the job's id and the trainer's task."""
+    key = await ft.key(tenant)
+    client = ft.client(key)
+    job = await client.fine_tuning.jobs.create(
+        model=BASE, training_file=await upload_dataset(client)
+    )
+    run = asyncio.create_task(
+        trainer(ft, stand_in(tmp_path, on_pause=on_pause)).run_job(tenant, job.id)
+    )
+    async with asyncio.timeout(10):
+        while not (tmp_path / "pid").exists():  # noqa: ASYNC110 (a file, no event to await)
+            await asyncio.sleep(0.05)
+    return (
+        client,
+        key,
+        job.id,
+        run,
+    )
+
+
+async def training_records(ft: TenantStack, key: str) -> list[dict[str, Any]]:
+    """The tenant's fine_tune usage records (its own /v1/usage/records)."""
+    headers = {"authorization": f"Bearer {key}"}
+    async with ft.http.get(f"{ft.gateway}/v1/usage/records", headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+        lines = (await resp.text()).splitlines()
+    records = [orjson.loads(line) for line in lines if line.strip()]
+    return [r for r in records if r["route"] == "fine_tune"]
+
+
+async def test_a_job_cancelled_while_training_is_billed_what_it_trained(
+    ft: TenantStack, tmp_path: Path
+) -> None:
+    client, key, job_id, run = await training(ft, tmp_path, "bill-running", on_pause=False)
+    assert (await client.fine_tuning.jobs.cancel(job_id)).status == "cancelled"
+    ended = await asyncio.wait_for(run, 10)
+    assert ended is not None
+    assert (ended.status, ended.trained_tokens) == ("cancelled", TRAINED)
+    assert (await client.fine_tuning.jobs.retrieve(job_id)).trained_tokens == TRAINED
+    records = await training_records(ft, key)
+    assert [(r["prompt_tokens"], r["outcome"], r["request_id"]) for r in records] == [
+        (TRAINED, "cancelled", job_id)
+    ]
+
+
+@pytest.mark.parametrize("resumed", [False, True], ids=["paused", "resumed-and-queued"])
+async def test_a_job_cancelled_after_a_pause_is_billed_the_training_before_it(
+    ft: TenantStack, tmp_path: Path, resumed: bool
+) -> None:
+    """No trainer holds it when it is cancelled: the API bills it (and removes the checkpoint
+    a resumed job, queued again, still had)."""
+    tenant = f"bill-{'resumed' if resumed else 'paused'}"
+    client, key, job_id, run = await training(ft, tmp_path, tenant, on_pause=True)
+    assert str((await client.fine_tuning.jobs.pause(job_id)).status) == "paused"
+    ended = await asyncio.wait_for(run, 10)
+    assert ended is not None
+    assert (ended.status, ended.trained_tokens) == ("paused", TRAINED)  # so far
+    assert await training_records(ft, key) == []  # a pause bills nothing yet
+    if resumed:
+        assert (await client.fine_tuning.jobs.resume(job_id)).status == "queued"
+    kept = ft.root / "files" / tenant / f"{job_id}.checkpoint"
+    kept.mkdir(exist_ok=True)  # (as the paused run leaves it)
+    cancelled = await client.fine_tuning.jobs.cancel(job_id)
+    assert (cancelled.status, cancelled.trained_tokens) == ("cancelled", TRAINED)
+    assert not kept.exists()
+    records = await training_records(ft, key)
+    assert [(r["prompt_tokens"], r["outcome"]) for r in records] == [(TRAINED, "cancelled")]
+
+
+async def test_a_failed_job_is_billed_nothing(ft: TenantStack, tmp_path: Path) -> None:
+    child = tmp_path / "failing-python"
+    lines = "".join(f"echo '{json.dumps(step)}'\n" for step in STEPS)
+    child.write_text(f"#!/bin/sh\n{lines}echo 'out of memory' >&2\nexit 1\n")
+    child.chmod(0o755)
+    key = await ft.key("bill-failed")
+    client = ft.client(key)
+    job = await client.fine_tuning.jobs.create(
+        model=BASE, training_file=await upload_dataset(client)
+    )
+    ended = await asyncio.wait_for(trainer(ft, child).run_job("bill-failed", job.id), 10)
+    assert ended is not None
+    assert ended.status == "failed"
+    assert ended.trained_tokens is None
+    assert await training_records(ft, key) == []
