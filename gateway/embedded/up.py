@@ -12,7 +12,7 @@ import asyncio
 import os
 import socket
 import sys
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, nullcontext
 from pathlib import Path
 
 import uvloop
@@ -22,6 +22,7 @@ from gateway.app import create_app
 from gateway.auth.authenticate import DEV_PEPPER
 from gateway.auth.issue import issue_key
 from gateway.auth.store import AuthStore
+from gateway.embedded.data_dir import DataDirInUse, held
 from gateway.embedded.engine import EngineSpec, EngineStartError
 from gateway.embedded.engine_venv import EngineInstallError
 from gateway.embedded.model import ModelPrepareError
@@ -46,6 +47,7 @@ class PortInUse(RuntimeError):
 # What stops `llmaas up` with one line and no traceback: each says what failed and what to do.
 UP_ERRORS = (
     PortInUse,
+    DataDirInUse,
     EngineInstallError,
     ModelPrepareError,
     EngineStartError,
@@ -65,7 +67,11 @@ def run_up(
         ensure_free(HOST, gateway_port, "--port")
         if engine_port:
             ensure_free(HOST, engine_port, "--engine-port")
-        uvloop.run(_up(paths, gateway_port, engine_port or free_port(), redis_dir))
+        # Its private Redis's data: one run at a time (no private Redis, no data directory).
+        private = not os.environ.get("LLMAAS_REDIS_URL")
+        holder = f"the one serving http://{HOST}:{gateway_port}"
+        with held(redis_dir, holder) if private else nullcontext():
+            uvloop.run(_up(paths, gateway_port, engine_port or free_port(), redis_dir))
     except KeyboardInterrupt:
         print("\nstopped.", file=sys.stderr)
     except UP_ERRORS as exc:

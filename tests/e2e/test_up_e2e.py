@@ -20,6 +20,7 @@ import openai
 import orjson
 import pytest
 
+from gateway.embedded.data_dir import held
 from gateway.embedded.engine_venv import STAMP, has_cuda, wanted
 from gateway.embedded.process_group import live_members
 from gateway.netutil import free_port
@@ -226,6 +227,28 @@ async def test_a_taken_port_stops_up_at_once_saying_so(tmp_path: Path, option: s
     assert "Traceback" not in said
     assert not (tmp_path / "home").exists()  # nothing was prepared
     assert processes_mentioning(f"--port {port}") == []
+
+
+async def test_a_data_directory_in_use_stops_up_at_once_naming_its_holder(tmp_path: Path) -> None:
+    """Two runs on one data directory ran two redis-servers appending to one file, each with
+    its own copy of the keys, jobs and usage (a second `make run` on another port did)."""
+    data = tmp_path / "redis"
+    env = {k: v for k, v in os.environ.items() if k != "LLMAAS_REDIS_URL"}  # a private Redis
+    with held(data, "the one serving http://127.0.0.1:1234"):  # as a run holds it
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "up", "--port", str(free_port()),
+            "--home", str(tmp_path / "home"), "--data-dir", str(data),
+            stderr=asyncio.subprocess.PIPE, env=env,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    said = err.decode()
+    assert proc.returncode == 1, said
+    assert said == (
+        f"llmaas up: error: the data directory {data} is in use by another `llmaas up` (the one"
+        f" serving http://127.0.0.1:1234, pid {os.getpid()}): stop it, or give this one its own"
+        " with --data-dir\n"
+    )
+    assert not (tmp_path / "home").exists()  # nothing was prepared
 
 
 async def up_failing(home: Path, tmp_path: Path, env: dict[str, str]) -> str:
