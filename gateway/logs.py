@@ -97,3 +97,16 @@ def configure_logging(level: str) -> logging.handlers.QueueListener:
     logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
     listener.start()
     return listener
+
+
+def configure_logging_single_threaded(level: str) -> None:
+    """The same JSON lines, written by the caller's own thread: for a process that must stay
+    single-threaded (the supervisor of `--workers N`: the kernel sends a child its parent-death
+    signal again for every thread of the dying parent it is handed to, and a worker's second
+    SIGTERM ends its drain at once)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("llmaas")
+    root.handlers = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False

@@ -18,12 +18,14 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from gateway.api.drain import Drain
 from gateway.app import create_app
 from gateway.embedded.process_group import terminate_with_parent
 from gateway.http_protocol import GatewayHttpProtocol
+from gateway.logs import configure_logging_single_threaded
 from gateway.settings import Settings
 from gateway.settings_load import load_settings
 
@@ -83,15 +85,15 @@ def run_server(settings: Settings, config_path: Path | None) -> None:
         factory=settings.workers > 1,
         workers=settings.workers,
         # DrainingServer sets this to what is left of the grace when it exits; a float, which
-        # uvicorn's asyncio.wait_for takes (its annotation says int). It stands as is for a
-        # worker uvicorn replaces after a crash or SIGHUP: that one shuts down without draining.
+        # uvicorn's asyncio.wait_for takes (its annotation says int). A worker replaced after a
+        # crash or at SIGHUP is a DrainingServer too (DrainingWorkers).
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
     if settings.workers > 1:
         # Each worker drains the same way; the grace reaches them through the environment
         # (the same variable the settings read, so a worker's own settings agree).
         os.environ[GRACE_ENV] = repr(settings.shutdown_grace_s)
-        DrainingWorkers(config, sockets=[config.bind_socket()]).run()
+        DrainingWorkers(config, [config.bind_socket()], settings.log_level).run()
     else:
         DrainingServer(config, settings.shutdown_grace_s).run()
 
@@ -204,15 +206,63 @@ class _DrainingProcess(Process):
 class DrainingWorkers(Multiprocess):
     """uvicorn's supervisor with DrainingServer workers: on SIGTERM it sends each worker SIGTERM
     and waits for it, so every worker drains as a single process does. Then, as a single
-    process does (uvicorn's Server), it ends by the signal it got: exit status 143 (or 130)."""
+    process does (uvicorn's Server), it ends by the signal it got: exit status 143 (or 130).
+
+    A worker that exits (killed, crashed) or hangs is replaced by a draining one too, and the
+    supervisor says so in the JSON log: uvicorn replaced it with its plain worker, which did not
+    drain at SIGTERM and outlived a supervisor killed outright (serving the port unsupervised),
+    and logged the death at info, under the warning level it runs at, so nobody heard of it."""
 
     stopped_by: signal.Signals | None = None
 
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], log_level: str):
+        super().__init__(config, sockets)
+        self.log_level = log_level
+
     def init_processes(self) -> None:
-        for _ in range(self.processes_num):
-            process = _DrainingProcess(self.config, self.sockets)
-            process.start()
-            self.processes.append(process)
+        self.processes.extend(self._started() for _ in range(self.processes_num))
+
+    def _started(self) -> Process:
+        process = _DrainingProcess(self.config, self.sockets)
+        process.start()
+        return process
+
+    def keep_subprocess_alive(self) -> None:
+        """uvicorn's, with draining replacements and the reason logged."""
+        if self.should_exit.is_set():
+            return
+        for idx, process in enumerate(self.processes):
+            if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                continue
+            hung = process.process.is_alive()  # alive, but not answering its health check
+            process.kill()
+            process.join()
+            if process.exitcode == STARTUP_FAILURE:  # the app cannot start: nor would another
+                _log.error("worker %s failed to start: stopping", process.pid)
+                self.should_exit.set()
+                return
+            if self.should_exit.is_set():
+                return
+            why = "stopped answering (killed)" if hung else _ended(process.exitcode)
+            _log.warning("worker %s %s: starting another", process.pid, why)
+            self.processes[idx] = self._started()
+
+    def restart_all(self) -> None:
+        """SIGHUP: uvicorn's (each worker replaced once its replacement serves), with draining
+        replacements (the old worker drains as at a SIGTERM)."""
+        for idx, old in enumerate(self.processes):
+            if self.should_exit.is_set():
+                return
+            new = self._started()
+            if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
+                new.kill()
+                new.join()
+                if not self.should_exit.is_set():
+                    _log.error("worker %s was not ready in time: restart stopped", new.pid)
+                return
+            old.terminate()
+            old.join()
+            self.processes[idx] = new
 
     def handle_int(self) -> None:
         self.stopped_by = signal.SIGINT
@@ -233,10 +283,17 @@ class DrainingWorkers(Multiprocess):
                 process.process.join(0.1)
 
     def run(self) -> None:
+        configure_logging_single_threaded(self.log_level)  # no thread: see there
         super().run()
         if self.stopped_by is not None:
             signal.signal(self.stopped_by, signal.SIG_DFL)
             signal.raise_signal(self.stopped_by)
+
+
+def _ended(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        return f"was killed by {signal.Signals(-exitcode).name}"
+    return f"exited with status {exitcode}"
 
 
 @asynccontextmanager
