@@ -247,9 +247,10 @@ async def cancel_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
             param="fine_tuning_job_id",
             code="job_not_active",
         )
-    if job.status in ("paused", "queued"):  # no trainer holds it (a trainer that took it
-        # since stops and does the same: both are idempotent). A resumed job's checkpoint goes
-        # from here, and the training before its pause is billed.
+    if job.status in ("paused", "queued") and not await store.trained_now(caller.tenant, job_id):
+        # No trainer holds it (one that is still letting go of a pause, or took it since, ends
+        # it as cancelled itself; both are idempotent): its checkpoint goes from here, and the
+        # training before its pause is billed.
         await remove_checkpoint(DirectoryStorage(gw.settings.files.dir), cancelled)
         if gw.ledger is not None:
             engine = f"trainer:{cancelled.worker or '-'}"

@@ -106,12 +106,15 @@ class Trainer:
             return None
         try:
             outcome = await self._train(claimed, learning_rate)
-            return await self._finish(claimed, outcome)
+            ended = await self._finish(claimed, outcome)
         except asyncio.CancelledError:  # this worker stops: the job goes back to the queue
             await asyncio.shield(self.requeue(claimed))
             raise
         finally:
             await asyncio.shield(self.store.done(claimed))
+        if ended is not None and ended.status == "paused":  # cancelled as this worker let go
+            ended = await self._stopped(claimed, outcome.trained_tokens)  # (the API saw it held)
+        return ended
 
     async def _train(self, job: Job, learning_rate: float) -> Outcome:
         settings = self.settings.fine_tuning

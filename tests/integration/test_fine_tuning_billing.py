@@ -26,17 +26,22 @@ ft = ft_fixture("ft-billing")
 
 STEPS = [{"type": "step", "step": n, "steps": 8, "loss": 0.5, "tokens": 30 * n} for n in (1, 2)]
 TRAINED = 60  # the tokens of the two steps the stand-in trains
-PAUSED = {"type": "paused", "step": 2, "tokens": TRAINED}
 
 
-def stand_in(tmp_path: Path, *, on_pause: bool) -> Path:
-    """A training child that prints two steps, writes its pid file, then waits: for ever, or
-    until asked to pause (SIGUSR1), when it says so and exits as train_lora.py does (3)."""
-    child = tmp_path / "training-python"
-    lines = "".join(f"echo '{json.dumps(step)}'\n" for step in STEPS)
-    trap = f"trap 'echo {json.dumps(json.dumps(PAUSED))}; exit 3' USR1\n" if on_pause else ""
+def stand_in(
+    where: Path, *, on_pause: bool, pausing_s: float = 0, steps: list[dict[str, Any]] = STEPS
+) -> Path:
+    """A training child that prints `steps`, writes its pid file, then waits: for ever, or
+    until asked to pause (SIGUSR1), when it says so (after `pausing_s`, writing its checkpoint)
+    and exits as train_lora.py does (3)."""
+    where.mkdir(exist_ok=True)
+    child = where / "training-python"
+    lines = "".join(f"echo '{json.dumps(step)}'\n" for step in steps)
+    paused = {"type": "paused", "step": steps[-1]["step"], "tokens": steps[-1]["tokens"]}
+    said = json.dumps(json.dumps(paused))
+    trap = f"trap 'sleep {pausing_s}; echo {said}; exit 3' USR1\n" if on_pause else ""
     wait = "while true; do sleep 0.05; done\n" if on_pause else "exec sleep 60\n"
-    child.write_text(f"#!/bin/sh\n{trap}{lines}echo $$ > {tmp_path / 'pid'}\n{wait}")
+    child.write_text(f"#!/bin/sh\n{trap}{lines}echo $$ > {where / 'pid'}\n{wait}")
     child.chmod(0o755)
     return child
 
@@ -49,28 +54,26 @@ def trainer(ft: TenantStack, child: Path) -> Trainer:
     return Trainer(settings, ft.redis, worker="test:billing")
 
 
-async def training(ft: TenantStack, tmp_path: Path, tenant: str, *, on_pause: bool) -> tuple[
-    openai.AsyncOpenAI, str, str, asyncio.Task[Job | None]
-]:  # fmt: skip
-    """A new key of `tenant`, a job of it that a trainer runs now, until its child has printed
-    its steps: the client, the key, the job's id and the trainer's task."""
+async def training(
+    ft: TenantStack, tenant: str, job_id: str, child: Path
+) -> asyncio.Task[Job | None]:
+    """A trainer running `tenant`'s job now with `child`, until the child has printed its
+    steps (its pid file, beside it, is written): the trainer's task."""
+    run = asyncio.create_task(trainer(ft, child).run_job(tenant, job_id))
+    async with asyncio.timeout(10):
+        while not (child.parent / "pid").exists():  # noqa: ASYNC110 (a file, no event to await)
+            await asyncio.sleep(0.05)
+    return run
+
+
+async def new_job(ft: TenantStack, tenant: str) -> tuple[openai.AsyncOpenAI, str, str]:
+    """A new key of `tenant` and a job of it: the client, the key and the job's id."""
     key = await ft.key(tenant)
     client = ft.client(key)
     job = await client.fine_tuning.jobs.create(
         model=BASE, training_file=await upload_dataset(client)
     )
-    run = asyncio.create_task(
-        trainer(ft, stand_in(tmp_path, on_pause=on_pause)).run_job(tenant, job.id)
-    )
-    async with asyncio.timeout(10):
-        while not (tmp_path / "pid").exists():  # noqa: ASYNC110 (a file, no event to await)
-            await asyncio.sleep(0.05)
-    return (
-        client,
-        key,
-        job.id,
-        run,
-    )
+    return client, key, job.id
 
 
 async def training_records(ft: TenantStack, key: str) -> list[dict[str, Any]]:
@@ -86,7 +89,8 @@ async def training_records(ft: TenantStack, key: str) -> list[dict[str, Any]]:
 async def test_a_job_cancelled_while_training_is_billed_what_it_trained(
     ft: TenantStack, tmp_path: Path
 ) -> None:
-    client, key, job_id, run = await training(ft, tmp_path, "bill-running", on_pause=False)
+    client, key, job_id = await new_job(ft, "bill-running")
+    run = await training(ft, "bill-running", job_id, stand_in(tmp_path, on_pause=False))
     assert (await client.fine_tuning.jobs.cancel(job_id)).status == "cancelled"
     ended = await asyncio.wait_for(run, 10)
     assert ended is not None
@@ -105,7 +109,8 @@ async def test_a_job_cancelled_after_a_pause_is_billed_the_training_before_it(
     """No trainer holds it when it is cancelled: the API bills it (and removes the checkpoint
     a resumed job, queued again, still had)."""
     tenant = f"bill-{'resumed' if resumed else 'paused'}"
-    client, key, job_id, run = await training(ft, tmp_path, tenant, on_pause=True)
+    client, key, job_id = await new_job(ft, tenant)
+    run = await training(ft, tenant, job_id, stand_in(tmp_path, on_pause=True))
     assert str((await client.fine_tuning.jobs.pause(job_id)).status) == "paused"
     ended = await asyncio.wait_for(run, 10)
     assert ended is not None
@@ -120,6 +125,37 @@ async def test_a_job_cancelled_after_a_pause_is_billed_the_training_before_it(
     assert not kept.exists()
     records = await training_records(ft, key)
     assert [(r["prompt_tokens"], r["outcome"]) for r in records] == [(TRAINED, "cancelled")]
+
+
+async def test_a_job_cancelled_while_its_pause_is_still_being_written_is_billed_by_its_trainer(
+    ft: TenantStack, tmp_path: Path
+) -> None:
+    """Paused once (60 tokens), resumed, trained on (90), paused again and cancelled while its
+    trainer still writes the checkpoint: the API leaves the bill to the trainer, which knows
+    all 90 (the API knew the 60 of the first pause, and a bill is written once)."""
+    tenant = "bill-letting-go"
+    client, key, job_id = await new_job(ft, tenant)
+    run = await training(ft, tenant, job_id, stand_in(tmp_path / "first", on_pause=True))
+    await client.fine_tuning.jobs.pause(job_id)
+    ended = await asyncio.wait_for(run, 10)
+    assert ended is not None
+    assert ended.trained_tokens == TRAINED
+    await client.fine_tuning.jobs.resume(job_id)
+    more: list[dict[str, Any]] = [
+        *STEPS,
+        {"type": "step", "step": 3, "steps": 8, "loss": 0.3, "tokens": 90},
+    ]
+    second = stand_in(tmp_path / "second", on_pause=True, pausing_s=2, steps=more)
+    run = await training(ft, tenant, job_id, second)
+    await client.fine_tuning.jobs.pause(job_id)
+    await asyncio.sleep(1.5)  # its trainer has asked the child to pause (it polls every 1 s)
+    assert (await client.fine_tuning.jobs.cancel(job_id)).status == "cancelled"
+    assert not run.done()  # (still writing its checkpoint)
+    ended = await asyncio.wait_for(run, 10)
+    assert ended is not None
+    assert (ended.status, ended.trained_tokens) == ("cancelled", 90)
+    records = await training_records(ft, key)
+    assert [(r["prompt_tokens"], r["outcome"]) for r in records] == [(90, "cancelled")]
 
 
 async def test_a_failed_job_is_billed_nothing(ft: TenantStack, tmp_path: Path) -> None:
