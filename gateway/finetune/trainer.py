@@ -112,8 +112,10 @@ class Trainer:
             raise
         finally:
             await asyncio.shield(self.store.done(claimed))
-        if ended is not None and ended.status == "paused":  # cancelled as this worker let go
-            ended = await self._stopped(claimed, outcome.trained_tokens)  # (the API saw it held)
+        if ended is not None and ended.status == "paused":  # cancelled as this worker let go?
+            now_job = await self.store.get(tenant, job_id)  # (then the API saw it held)
+            if now_job is not None and now_job.status == "cancelled":
+                ended = await self._cancelled(claimed, now_job, outcome.trained_tokens)
         return ended
 
     async def _train(self, job: Job, learning_rate: float) -> Outcome:
@@ -291,6 +293,10 @@ class Trainer:
                 return now_job
             update = {"trained_tokens": tokens}
             return await self.store.transition(job.tenant, job.id, ("paused",), update) or now_job
+        return await self._cancelled(job, now_job, tokens)
+
+    async def _cancelled(self, job: Job, now_job: Job | None, tokens: int) -> Job | None:
+        """`job` ended, and not by a pause: its checkpoint goes; cancelled, it is billed."""
         await remove_checkpoint(self.storage, job)
         if now_job is None or now_job.status != "cancelled":
             return now_job
