@@ -134,7 +134,15 @@ async def test_concurrency_holds_at_the_engine_and_a_killed_gateway_frees_its_sl
         # A gateway dies holding all three slots: they return once their leases expire. It is
         # killed once the engine runs all three (after a fixed 0.15 s, a slow moment had only
         # admitted two: the survivor's request was served, CI of 2026-12-04 22:40).
-        held = [asyncio.create_task(one(victim, ttft_ms=10_000)) for _ in range(3)]
+        async def hold() -> int:
+            # A slot the burst's last requests held comes back once their settlement reaches
+            # Redis, just after their answers (off the client's path): until then, a 429 (CI of
+            # 2026-12-05 03:11: none of the three ran, and the wait below timed out).
+            while (status := await one(victim, ttft_ms=10_000)) == 429:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            return status
+
+        held = [asyncio.create_task(hold()) for _ in range(3)]
         async with asyncio.timeout(10):
             while (await (await http.get(f"{sim}/sim/state")).json())["running"] < 3:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)  # (the engine's state: no event to await)
