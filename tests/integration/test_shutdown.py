@@ -375,3 +375,35 @@ async def test_a_worker_that_dies_is_logged_and_replaced_by_one_that_stops_with_
             for pid in workers:
                 if running(pid):
                     os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers in /proc (Linux)")
+async def test_workers_restarted_at_sighup_stop_with_their_supervisor(tmp_path: Path) -> None:
+    """SIGHUP replaces every worker (uvicorn's restart), and uvicorn's replacements were its
+    plain workers too: they outlived a supervisor killed outright."""
+    sim = SimConfig(models=[MODEL])
+    async with fleet(tmp_path, sim, 10, "--workers", "2") as f:
+        supervisor = f.gw.process.pid
+        first = set(worker_pids(supervisor))
+        workers = set(first)
+        try:
+            assert len(first) == 2
+            f.gw.process.send_signal(signal.SIGHUP)
+            async with asyncio.timeout(60):
+                while True:
+                    alive = {pid for pid in worker_pids(supervisor) if running(pid)}
+                    workers |= alive
+                    if len(alive) == 2 and not alive & first:
+                        break
+                    await asyncio.sleep(0.1)
+            async with f.http.get(f"{f.gw.url}/healthz") as resp:
+                assert resp.status == 200
+            f.gw.process.send_signal(signal.SIGKILL)
+            await f.gw.process.wait()
+            async with asyncio.timeout(30):
+                while any(running(pid) for pid in workers):  # noqa: ASYNC110 (no event: /proc)
+                    await asyncio.sleep(0.05)
+        finally:
+            for pid in workers:
+                if running(pid):
+                    os.kill(pid, signal.SIGKILL)
