@@ -333,6 +333,39 @@ async def test_workers_of_a_supervisor_killed_outright_drain_and_stop(tmp_path: 
     assert [(r.outcome, r.completion_tokens) for r in billed] == [("ok", 20)]
 
 
+@asynccontextmanager
+async def replacing_workers(f: Fleet) -> AsyncIterator[set[int]]:
+    """The two workers of `f`'s supervisor as the block begins, in a set the block adds the
+    workers it starts to (`replaced`); on leaving, the supervisor is killed outright and every
+    worker, the replacements too, must stop within 30 s (any still running is killed)."""
+    workers = set(worker_pids(f.gw.process.pid))
+    assert len(workers) == 2
+    try:
+        yield workers
+        async with f.http.get(f"{f.gw.url}/healthz") as resp:
+            assert resp.status == 200
+        f.gw.process.send_signal(signal.SIGKILL)
+        await f.gw.process.wait()
+        async with asyncio.timeout(30):
+            while any(running(pid) for pid in workers):  # noqa: ASYNC110 (no event: /proc)
+                await asyncio.sleep(0.05)
+    finally:
+        for pid in workers:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def replaced(f: Fleet, workers: set[int], gone: set[int], timeout_s: float) -> None:
+    """Until two workers run and none of `gone` is among them; each seen joins `workers`."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            alive = {pid for pid in worker_pids(f.gw.process.pid) if running(pid)}
+            workers |= alive
+            if len(alive) == 2 and not alive & gone:
+                return
+            await asyncio.sleep(0.1)
+
+
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers in /proc (Linux)")
 async def test_a_worker_that_dies_is_logged_and_replaced_by_one_that_stops_with_the_rest(
     tmp_path: Path,
@@ -340,70 +373,30 @@ async def test_a_worker_that_dies_is_logged_and_replaced_by_one_that_stops_with_
     """uvicorn replaced a dead worker with its plain one, which did not drain and outlived a
     supervisor killed outright (serving the port unsupervised, as the test above once found
     of every worker), and said so only at info, below the gateway's log level."""
-    sim = SimConfig(models=[MODEL], max_tokens=20, itl_ms=50)
-    async with fleet(tmp_path, sim, 10, "--workers", "2") as f:
-        supervisor = f.gw.process.pid
-        first = worker_pids(supervisor)
-        workers: set[int] = set(first)
-        try:
-            assert len(first) == 2
-            os.kill(first[0], signal.SIGKILL)
-            async with asyncio.timeout(30):
-                while True:
-                    alive = {pid for pid in worker_pids(supervisor) if running(pid)}
-                    workers |= alive
-                    if len(alive) == 2 and first[0] not in alive:
-                        break
-                    await asyncio.sleep(0.1)
-            async with f.http.get(f"{f.gw.url}/healthz") as resp:
-                assert resp.status == 200
-            logged = (tmp_path / "gw.log").read_bytes().splitlines()
-            said = [orjson.loads(line) for line in logged]
-            deaths = [
-                (line["level"], line["logger"], line["msg"])
-                for line in said
-                if line["msg"].startswith("worker ")
-            ]
-            message = f"worker {first[0]} was killed by SIGKILL: starting another"
-            assert deaths == [("warning", "llmaas.server", message)]
-            f.gw.process.send_signal(signal.SIGKILL)
-            await f.gw.process.wait()
-            async with asyncio.timeout(30):  # the replacement too
-                while any(running(pid) for pid in workers):  # noqa: ASYNC110 (no event: /proc)
-                    await asyncio.sleep(0.05)
-        finally:
-            for pid in workers:
-                if running(pid):
-                    os.kill(pid, signal.SIGKILL)
+    async with (
+        fleet(tmp_path, SimConfig(models=[MODEL]), 10, "--workers", "2") as f,
+        replacing_workers(f) as workers,
+    ):
+        killed = min(workers)
+        os.kill(killed, signal.SIGKILL)
+        await replaced(f, workers, {killed}, 30)
+        said = [orjson.loads(line) for line in (tmp_path / "gw.log").read_bytes().splitlines()]
+        deaths = [
+            (line["level"], line["logger"], line["msg"])
+            for line in said
+            if line["msg"].startswith("worker ")
+        ]
+        message = f"worker {killed} was killed by SIGKILL: starting another"
+        assert deaths == [("warning", "llmaas.server", message)]
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers in /proc (Linux)")
 async def test_workers_restarted_at_sighup_stop_with_their_supervisor(tmp_path: Path) -> None:
     """SIGHUP replaces every worker (uvicorn's restart), and uvicorn's replacements were its
     plain workers too: they outlived a supervisor killed outright."""
-    sim = SimConfig(models=[MODEL])
-    async with fleet(tmp_path, sim, 10, "--workers", "2") as f:
-        supervisor = f.gw.process.pid
-        first = set(worker_pids(supervisor))
-        workers = set(first)
-        try:
-            assert len(first) == 2
-            f.gw.process.send_signal(signal.SIGHUP)
-            async with asyncio.timeout(60):
-                while True:
-                    alive = {pid for pid in worker_pids(supervisor) if running(pid)}
-                    workers |= alive
-                    if len(alive) == 2 and not alive & first:
-                        break
-                    await asyncio.sleep(0.1)
-            async with f.http.get(f"{f.gw.url}/healthz") as resp:
-                assert resp.status == 200
-            f.gw.process.send_signal(signal.SIGKILL)
-            await f.gw.process.wait()
-            async with asyncio.timeout(30):
-                while any(running(pid) for pid in workers):  # noqa: ASYNC110 (no event: /proc)
-                    await asyncio.sleep(0.05)
-        finally:
-            for pid in workers:
-                if running(pid):
-                    os.kill(pid, signal.SIGKILL)
+    async with (
+        fleet(tmp_path, SimConfig(models=[MODEL]), 10, "--workers", "2") as f,
+        replacing_workers(f) as workers,
+    ):
+        f.gw.process.send_signal(signal.SIGHUP)
+        await replaced(f, workers, set(workers), 60)
