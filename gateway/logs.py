@@ -89,12 +89,7 @@ def configure_logging(level: str) -> logging.handlers.QueueListener:
     """Route the `llmaas` loggers through a queue to stderr; the caller stops the listener."""
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     listener = BatchingListener(records, sys.stderr, JsonFormatter())
-    root = logging.getLogger("llmaas")
-    root.handlers = [logging.handlers.QueueHandler(records)]
-    root.setLevel(level.upper())
-    root.propagate = False
-    # The access log has its own switch (access_log): log_level warning must not silence it.
-    logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
+    _route(logging.handlers.QueueHandler(records), level)
     listener.start()
     return listener
 
@@ -106,7 +101,14 @@ def configure_logging_single_threaded(level: str) -> None:
     SIGTERM ends its drain at once)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    _route(handler, level)
+
+
+def _route(handler: logging.Handler, level: str) -> None:
+    """The `llmaas` loggers to `handler` alone, at `level`."""
     root = logging.getLogger("llmaas")
     root.handlers = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    # The access log has its own switch (access_log): log_level warning must not silence it.
+    logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)

@@ -253,8 +253,7 @@ async def cancel_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
         # training before its pause is billed.
         await remove_checkpoint(DirectoryStorage(gw.settings.files.dir), cancelled)
         if gw.ledger is not None:
-            engine = f"trainer:{cancelled.worker or '-'}"
-            await bill_cancelled(gw.ledger, cancelled, 0, engine=engine)
+            await bill_cancelled(gw.ledger, cancelled, 0, worker=cancelled.worker or "-")
     return json_response(cancelled.view())
 
 

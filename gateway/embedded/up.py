@@ -68,10 +68,11 @@ def run_up(
         if engine_port:
             ensure_free(HOST, engine_port, "--engine-port")
         # Its private Redis's data: one run at a time (no private Redis, no data directory).
-        private = not os.environ.get("LLMAAS_REDIS_URL")
+        shared_redis = os.environ.get("LLMAAS_REDIS_URL")
         holder = f"the one serving http://{HOST}:{gateway_port}"
-        with held(redis_dir, holder) if private else nullcontext():
-            uvloop.run(_up(paths, gateway_port, engine_port or free_port(), redis_dir))
+        with nullcontext() if shared_redis else held(redis_dir, holder):
+            engine_port = engine_port or free_port()
+            uvloop.run(_up(paths, gateway_port, engine_port, shared_redis, redis_dir))
     except KeyboardInterrupt:
         print("\nstopped.", file=sys.stderr)
     except UP_ERRORS as exc:
@@ -95,11 +96,18 @@ def ensure_free(host: str, port: int, option: str) -> None:
             ) from exc
 
 
-async def _up(paths: EmbeddedPaths, gateway_port: int, engine_port: int, redis_dir: Path) -> None:
+async def _up(
+    paths: EmbeddedPaths,
+    gateway_port: int,
+    engine_port: int,
+    shared_redis: str | None,
+    redis_dir: Path,
+) -> None:
+    """`shared_redis`: LLMAAS_REDIS_URL, used instead of a private Redis in `redis_dir`."""
     ready = await prepare(paths)
     async with AsyncExitStack() as stack:
         redis_url = await stack.enter_async_context(
-            running_redis(os.environ.get("LLMAAS_REDIS_URL"), keep_in=redis_dir, supervised=True)
+            running_redis(shared_redis, keep_in=redis_dir, supervised=True)
         )
         spec = EngineSpec(
             python=ready.engine_python,

@@ -28,7 +28,8 @@ OK = "ok"
 CANCELLED = "cancelled"  # the outcome of a cancelled job's record
 
 
-def training_record(job: Job, tokens: int, *, engine: str, outcome: str, now: int) -> UsageRecord:
+def training_record(job: Job, tokens: int, *, worker: str, outcome: str, now: int) -> UsageRecord:
+    """The record of `job`'s training, done by the trainer `worker` (its engine column)."""
     return UsageRecord(
         id="ft" + job.id.removeprefix("ftjob-"),
         request_id=job.id,
@@ -37,7 +38,7 @@ def training_record(job: Job, tokens: int, *, engine: str, outcome: str, now: in
         key_id=job.key_id,
         model=job.model,
         route=FINE_TUNE_ROUTE,
-        engine=engine,
+        engine=f"trainer:{worker}",
         stream=False,
         outcome=outcome,
         status=200,
@@ -50,18 +51,18 @@ def training_record(job: Job, tokens: int, *, engine: str, outcome: str, now: in
 
 
 async def bill_training(
-    ledger: Ledger, job: Job, tokens: int, *, engine: str, outcome: str, now: int | None = None
+    ledger: Ledger, job: Job, tokens: int, *, worker: str, outcome: str, now: int | None = None
 ) -> None:
     """Write the job's record (once: a second write of the same job's changes nothing)."""
     record = training_record(
-        job, tokens, engine=engine, outcome=outcome, now=int(time.time()) if now is None else now
+        job, tokens, worker=worker, outcome=outcome, now=int(time.time()) if now is None else now
     )
     await ledger.write([Settlement(record.id, job.tenant, job.key_id, record, None)])
 
 
-async def bill_cancelled(ledger: Ledger, job: Job, tokens: int, *, engine: str) -> None:
+async def bill_cancelled(ledger: Ledger, job: Job, tokens: int, *, worker: str) -> None:
     """A cancelled job's training until it stopped (`tokens`, or what its pauses recorded);
     nothing when it never trained."""
     trained = max(tokens, job.trained_tokens or 0)
     if trained > 0:
-        await bill_training(ledger, job, trained, engine=engine, outcome=CANCELLED)
+        await bill_training(ledger, job, trained, worker=worker, outcome=CANCELLED)

@@ -259,9 +259,8 @@ class Trainer:
             name,
             {"base": job.model, "adapter": str(outcome.adapter), "job": job.id, "created": now},
         )
-        engine = f"trainer:{self.worker}"
         tokens = outcome.trained_tokens
-        await bill_training(self.ledger, job, tokens, engine=engine, outcome=OK, now=now)
+        await bill_training(self.ledger, job, tokens, worker=self.worker, outcome=OK, now=now)
         succeeded = await self.store.transition(  # paused as it ended: it is done all the same
             job.tenant,
             job.id,
@@ -300,7 +299,7 @@ class Trainer:
         await remove_checkpoint(self.storage, job)
         if now_job is None or now_job.status != "cancelled":
             return now_job
-        await bill_cancelled(self.ledger, now_job, tokens, engine=f"trainer:{self.worker}")
+        await bill_cancelled(self.ledger, now_job, tokens, worker=self.worker)
         trained = max(tokens, now_job.trained_tokens or 0)
         if not trained:
             return now_job
