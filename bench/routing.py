@@ -387,17 +387,17 @@ def machine_note() -> str:
 
 
 @asynccontextmanager
-async def two_engines(extra_args: tuple[str, ...]) -> AsyncIterator[list[str]]:
+async def two_engines(extra_args: tuple[str, ...], tmp: Path) -> AsyncIterator[list[str]]:
+    """Their logs in `tmp` (engine-0.log, engine-1.log)."""
     os.environ["VLLM_SERVER_DEV_MODE"] = "1"  # for /reset_prefix_cache; reaches the engines only
-    paths = EmbeddedPaths.resolve()
-    ready = await prepare(paths)
+    ready = await prepare(EmbeddedPaths.resolve())
     async with AsyncExitStack() as stack:
         engines = []
         for i in range(2):  # one after the other: two at once starve each other of CPU
             # One core each (like two GPU servers): vLLM's default binds every engine's
             # OpenMP threads to all cores, and two engines then spin against each other.
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(i % (os.cpu_count() or 1))
-            log = paths.logs / f"bench-routing-{i}.log"
+            log = tmp / f"engine-{i}.log"
             spec = EngineSpec(
                 ready.engine_python,
                 ready.chat_model,
@@ -422,7 +422,7 @@ async def bench(args: argparse.Namespace) -> None:
     timeout = aiohttp.ClientTimeout(total=300)
     with tempfile.TemporaryDirectory() as tmp:
         async with (
-            two_engines(extra_args) as engines,
+            two_engines(extra_args, Path(tmp)) as engines,
             aiohttp.ClientSession(timeout=timeout) as http,
         ):
             for number in range(args.rounds):

@@ -95,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--data-dir",
         type=Path,
-        help="where Redis keeps keys, files, jobs and usage between runs (default: HOME/redis)",
+        help="what a run keeps for the next: Redis's data (keys, jobs, usage) in redis/, "
+        "uploads and fine-tuned adapters in files/, the engine's log in logs/ (default: HOME)",
     )
     up.set_defaults(func=_up)
     for name in ("keys", "tenants"):

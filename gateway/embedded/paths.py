@@ -1,4 +1,5 @@
-"""Where the embedded default keeps what it prepares once: the engine venv, models, logs."""
+"""Where the embedded default keeps what it prepares once: the engine venv and the models
+(what a run keeps, `llmaas up`'s data directory, is in data_dir.py)."""
 
 from __future__ import annotations
 
@@ -47,16 +48,3 @@ class EmbeddedPaths:
     @property
     def chat_model(self) -> Path:
         return self.models / CHAT_MODEL_NAME
-
-    @property
-    def redis(self) -> Path:
-        """`llmaas up`'s Redis keeps its data here (keys, files, jobs, usage), from one run to
-        the next, beside the files and adapters under files/."""
-        return self.home / "redis"
-
-    @property
-    def logs(self) -> Path:
-        return self.home / "logs"
-
-    def engine_log(self, name: str) -> Path:
-        return self.logs / f"engine-{name}.log"

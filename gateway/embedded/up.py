@@ -22,7 +22,7 @@ from gateway.app import create_app
 from gateway.auth.authenticate import DEV_PEPPER
 from gateway.auth.issue import issue_key
 from gateway.auth.store import AuthStore
-from gateway.embedded.data_dir import DataDirInUse, held
+from gateway.embedded.data_dir import DataDir, DataDirInUse, DataDirLayoutError, held
 from gateway.embedded.engine import EngineSpec, EngineStartError
 from gateway.embedded.engine_venv import EngineInstallError
 from gateway.embedded.model import ModelPrepareError
@@ -48,6 +48,7 @@ class PortInUse(RuntimeError):
 UP_ERRORS = (
     PortInUse,
     DataDirInUse,
+    DataDirLayoutError,
     EngineInstallError,
     ModelPrepareError,
     EngineStartError,
@@ -58,21 +59,23 @@ UP_ERRORS = (
 def run_up(
     *, gateway_port: int, engine_port: int, home: Path | None, data_dir: Path | None = None
 ) -> int:
-    """`data_dir`: where its Redis keeps keys, jobs, files' records and usage from one run to
-    the next (default: the home's redis/)."""
+    """`data_dir`: what it keeps from one run to the next (Redis's data, files, engine logs;
+    default: the home)."""
     paths = EmbeddedPaths.resolve(home)
-    redis_dir = data_dir.expanduser().resolve() if data_dir is not None else paths.redis
+    data = DataDir(data_dir.expanduser().resolve() if data_dir is not None else paths.home)
     try:
         # Before minutes of preparing and starting the engine, not after (uvicorn's bind).
         ensure_free(HOST, gateway_port, "--port")
         if engine_port:
             ensure_free(HOST, engine_port, "--engine-port")
-        # Its private Redis's data: one run at a time (no private Redis, no data directory).
+        data.check_layout()
+        # Its private Redis's data: one run at a time. With a shared Redis, runs share the
+        # directory as they share the records of its files.
         shared_redis = os.environ.get("LLMAAS_REDIS_URL")
         holder = f"the one serving http://{HOST}:{gateway_port}"
-        with nullcontext() if shared_redis else held(redis_dir, holder):
+        with nullcontext() if shared_redis else held(data.root, holder):
             engine_port = engine_port or free_port()
-            uvloop.run(_up(paths, gateway_port, engine_port, shared_redis, redis_dir))
+            uvloop.run(_up(paths, data, gateway_port, engine_port, shared_redis))
     except KeyboardInterrupt:
         print("\nstopped.", file=sys.stderr)
     except UP_ERRORS as exc:
@@ -98,23 +101,23 @@ def ensure_free(host: str, port: int, option: str) -> None:
 
 async def _up(
     paths: EmbeddedPaths,
+    data: DataDir,
     gateway_port: int,
     engine_port: int,
     shared_redis: str | None,
-    redis_dir: Path,
 ) -> None:
-    """`shared_redis`: LLMAAS_REDIS_URL, used instead of a private Redis in `redis_dir`."""
+    """`shared_redis`: LLMAAS_REDIS_URL, used instead of a private Redis in `data`."""
     ready = await prepare(paths)
     async with AsyncExitStack() as stack:
         redis_url = await stack.enter_async_context(
-            running_redis(shared_redis, keep_in=redis_dir, supervised=True)
+            running_redis(shared_redis, keep_in=data.redis, supervised=True)
         )
         spec = EngineSpec(
             python=ready.engine_python,
             model_dir=ready.chat_model,
             served_name=CHAT_MODEL_NAME,
             port=engine_port,
-            log_path=paths.logs / f"engine-{engine_port}.log",
+            log_path=data.engine_log(gateway_port),
             tool_parser=CHAT_TOOL_PARSER,
             max_loras=MAX_LORAS,  # fine-tuned models' adapters, loaded at runtime
         )
@@ -124,7 +127,7 @@ async def _up(
             redis_url=redis_url,
             dev_mode=True,
             models=[ModelRoute(name=CHAT_MODEL_NAME, engines=[engine_url])],
-            files=FilesSettings(dir=paths.home / "files"),
+            files=FilesSettings(dir=data.files),
             fine_tuning=FineTuningSettings(
                 base_models={CHAT_MODEL_NAME: ready.chat_model},
                 trainer_python=ready.engine_python,

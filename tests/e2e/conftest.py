@@ -7,6 +7,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import openai
@@ -71,30 +72,31 @@ class E2E:
         assert await self.running() == expected
 
 
-def chat_engine(ready: Prepared, paths: EmbeddedPaths, log_name: str) -> EngineSpec:
-    """The bundled chat model as the e2e tests run it, on a free port."""
+def chat_engine(ready: Prepared, log: Path) -> EngineSpec:
+    """The bundled chat model as the e2e tests run it, on a free port, logging to `log` (in the
+    test's temporary directory, never under the home)."""
     return EngineSpec(
         ready.engine_python,
         ready.chat_model,
         CHAT,
         free_port(),
-        paths.logs / log_name,
+        log,
         tool_parser=CHAT_TOOL_PARSER,
         max_loras=4,  # fine-tuned models' adapters are loaded at runtime (test_fine_tuning_e2e)
     )
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def engines() -> AsyncIterator[Engines]:
-    paths = EmbeddedPaths.resolve()
-    ready = await prepare(paths)
-    chat = chat_engine(ready, paths, "e2e-chat.log")
+async def engines(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Engines]:
+    logs = tmp_path_factory.mktemp("engine-logs")
+    ready = await prepare(EmbeddedPaths.resolve())
+    chat = chat_engine(ready, logs / "chat.log")
     embed = EngineSpec(
         ready.engine_python,
         ready.embedding_model,
         EMBED,
         free_port(),
-        paths.logs / "e2e-embed.log",
+        logs / "embed.log",
         pooling=True,
     )
     async with running_engine(chat) as chat_url, running_engine(embed) as embed_url:

@@ -30,10 +30,12 @@ FRANCE: Any = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def second_chat(engines: Engines) -> AsyncIterator[EngineProcess]:
+async def second_chat(
+    engines: Engines, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[EngineProcess]:
     """Another engine with the same model, started after the session's (one after the other)."""
-    paths = EmbeddedPaths.resolve()
-    spec = chat_engine(await prepare(paths), paths, "e2e-chat-2.log")
+    log = tmp_path_factory.mktemp("engine-logs") / "chat-2.log"
+    spec = chat_engine(await prepare(EmbeddedPaths.resolve()), log)
     async with launched(spec, timeout_s=600) as engine:
         yield engine
 

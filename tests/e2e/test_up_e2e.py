@@ -15,6 +15,7 @@ from asyncio.subprocess import Process
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import openai
 import orjson
@@ -58,7 +59,6 @@ async def llmaas_up(tmp_path: Path, engine_port: int) -> AsyncIterator[tuple[Pro
     env = {
         **os.environ,
         "LLMAAS_METERING__SPILL_DIR": str(tmp_path / "usage-spill"),
-        "LLMAAS_FILES__DIR": str(tmp_path / "files"),  # uploads and adapters
         "LLMAAS_SHUTDOWN_GRACE_S": str(GRACE_S),
     }
     proc = await asyncio.create_subprocess_exec(
@@ -70,8 +70,8 @@ async def llmaas_up(tmp_path: Path, engine_port: int) -> AsyncIterator[tuple[Pro
         str(free_port()),
         "--engine-port",
         str(engine_port),
-        "--data-dir",  # its Redis's data: never under the home
-        str(tmp_path / "redis"),
+        "--data-dir",  # what it keeps (Redis's data, files, logs): never under the home
+        str(tmp_path / "data"),
         stdout=asyncio.subprocess.PIPE,
         env=env,
     )
@@ -116,7 +116,17 @@ async def test_up_prints_a_base_url_that_answers_and_stops_cleanly(tmp_path: Pat
                     await asyncio.sleep(1)
             assert SECRET in again
             assert "Paris" in (await _ask(client, MODEL, "What is the capital of France?") or "")
-        assert (tmp_path / "files").is_dir()
+        # All it keeps is in its data directory: Redis's data, the upload and the adapter, and
+        # the engine's log, named after the gateway's port (its earlier run's log beside it).
+        data = tmp_path / "data"
+        assert {"redis.conf", "redis.log"} <= {p.name for p in (data / "redis").iterdir()}
+        kept = {p.name.split("-")[0] for p in (data / "files" / "dev").iterdir()}
+        assert kept == {"file", "ftjob"}  # the upload; the adapter in its job's directory
+        gateway_port = urlsplit(match.group(1)).port
+        log = data / "logs" / f"engine-{gateway_port}.log"
+        assert f"log {log})" in printed
+        assert "Application startup complete" in log.read_text()
+        assert (data / "logs" / f"engine-{gateway_port}.previous.log").is_file()
         (engine,) = processes_mentioning(f"--port {engine_port}")
         engine_group = int(engine.split()[0])  # the engine leads its own process group
         assert len(live_members(engine_group)) >= 2  # the API server and its EngineCore
@@ -249,6 +259,28 @@ async def test_a_data_directory_in_use_stops_up_at_once_naming_its_holder(tmp_pa
         " with --data-dir\n"
     )
     assert not (tmp_path / "home").exists()  # nothing was prepared
+
+
+async def test_a_data_directory_of_the_earlier_layout_stops_up_saying_what_to_move(
+    tmp_path: Path,
+) -> None:
+    """Redis's data straight in --data-dir, where it was kept until 2026-12-05: started there,
+    Redis would begin empty in redis/ and the keys, jobs and usage would seem gone."""
+    data = tmp_path / "data"
+    (data / "appendonlydir").mkdir(parents=True)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "up", "--port", str(free_port()),
+        "--home", str(tmp_path / "home"), "--data-dir", str(data),
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    said = err.decode()
+    assert proc.returncode == 1, said
+    assert said.startswith(f"llmaas up: error: {data} holds Redis data as `llmaas up` kept it")
+    assert f"move appendonlydir into {data}/redis/" in said
+    assert "Traceback" not in said
+    assert not (tmp_path / "home").exists()  # nothing was prepared
+    assert sorted(p.name for p in data.iterdir()) == ["appendonlydir"]  # nor anything made
 
 
 async def up_failing(home: Path, tmp_path: Path, env: dict[str, str]) -> str:

@@ -34,7 +34,6 @@ def test_layout_under_home(tmp_path: Path) -> None:
     paths = EmbeddedPaths.resolve(tmp_path, env={})
     assert paths.engine_python == tmp_path / "engine-venv" / "bin" / "python"
     assert paths.chat_model == tmp_path / "models" / "smollm2-135m-instruct"
-    assert paths.engine_log("chat") == tmp_path / "logs" / "engine-chat.log"
 
 
 def test_engine_command_is_cpu_safe_and_names_the_model(tmp_path: Path) -> None:
