@@ -249,6 +249,11 @@ class FineTuningSettings(Section):
     # A training run that prints no line (its start, a step) for this long has hung: it is
     # stopped and its job failed, and the worker moves on. Loading the base model counts.
     stall_timeout_s: float = Field(default=1800.0, gt=0)
+    # A trainer that stops (SIGTERM, Ctrl-C) gives the job in training this long to write a
+    # checkpoint at the end of its step, as a pause does; the job, queued again, goes on from
+    # it. Past it (or 0) the run is cut, and the job starts over. Keep it under the trainer
+    # pod's terminationGracePeriodSeconds.
+    stop_checkpoint_s: float = Field(default=30.0, ge=0)
     # The Python that has torch, transformers and peft (the engine venv); None: this one.
     trainer_python: Path | None = None
     learning_rate: float = Field(default=3e-3, gt=0)  # times the job's learning_rate_multiplier

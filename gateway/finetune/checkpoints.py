@@ -10,6 +10,8 @@ from pathlib import Path
 from gateway.files.storage import DirectoryStorage
 from gateway.finetune.jobs import Job
 
+CHECKPOINT = "checkpoint.pt"  # train_lora.py's file in the directory (it runs in the engine venv)
+
 
 def checkpoint_dir(storage: DirectoryStorage, job: Job) -> Path:
     return storage.path(job.tenant, f"{job.id}.checkpoint")

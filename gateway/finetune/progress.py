@@ -26,6 +26,8 @@ class Progress:
         self.steps = 0
         self.tokens = 0  # trained on so far (steps before a pause included)
         self.loss: float | None = None
+        self.stopping = False  # the trainer stops: a pause is its checkpoint before it goes
+        self.checkpointed = False  # the run said it paused after a step: its checkpoint is kept
         self._last_event = 0.0
         self._pending: dict[str, Any] | None = None
 
@@ -61,6 +63,14 @@ class Progress:
             step = item.get("step")
             self.tokens = int(item.get("tokens", self.tokens))
             self.error = "paused"
+            self.checkpointed = bool(step)
+            if self.stopping:
+                await self._event(
+                    f"Training stopped after step {step}, its checkpoint written"
+                    if step
+                    else "Training stopped before its first step"
+                )
+                return
             await self._event(
                 f"Training paused after step {step}; resuming goes on from there"
                 if step

@@ -8,9 +8,10 @@ child is stopped at once), and stops a run that prints nothing for
 `fine_tuning.stall_timeout_s` (hung), failing its job. On success the adapter lies next to the
 tenant's files, the model `ft:<base>:<tenant>:<suffix>:<id>` is registered for that tenant
 only, and the trained tokens are billed as a `fine_tune` usage record (a cancelled job's, those
-trained until it stopped: gateway/finetune/billing.py). A stopped worker puts
-its job back in the queue; a killed one leaves it to the heartbeat sweep, which fails it with a
-message.
+trained until it stopped: gateway/finetune/billing.py). A stopped worker (SIGTERM: a
+rolling update, Ctrl-C) lets its job's run write a checkpoint, as a pause does, for at most
+`fine_tuning.stop_checkpoint_s`, and puts the job back in the queue, to go on from there; a killed
+one leaves it to the heartbeat sweep, which fails it with a message.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from redis.exceptions import RedisError
 from gateway.embedded.process_group import terminated_with_parent
 from gateway.files.storage import DirectoryStorage
 from gateway.finetune.billing import OK, bill_cancelled, bill_training
-from gateway.finetune.checkpoints import checkpoint_dir, remove_checkpoint
+from gateway.finetune.checkpoints import CHECKPOINT, checkpoint_dir, remove_checkpoint
 from gateway.finetune.job_store import JobStore
 from gateway.finetune.jobs import Job, fine_tuned_name
 from gateway.finetune.progress import Progress
@@ -180,6 +181,12 @@ class Trainer:
             if not quiet.expired():
                 raise
             self.log.warning("job %s printed nothing for %g s: stopping it", job.id, stall_s)
+        except asyncio.CancelledError:  # this worker stops: a checkpoint first, if it can
+            try:
+                await self._checkpoint_before_stop(job, child, progress)  # (a second cancel cuts)
+            finally:
+                errors.cancel()  # nobody waits for the reason now
+            raise
         finally:
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
@@ -204,6 +211,30 @@ class Trainer:
         # the tenant reads it: the shared volume's layout stays out
         reason = reason.replace(f"{self.storage.root}{os.sep}", "")
         return failed_training(reason, progress.tokens)
+
+    async def _checkpoint_before_stop(
+        self, job: Job, child: asyncio.subprocess.Process, progress: Progress
+    ) -> None:
+        """Ask the run to pause, as a tenant's pause does (a checkpoint at the end of its step,
+        then it exits), reading its last lines, for at most `stop_checkpoint_s`: its job, queued
+        again, goes on from there. A run still going past it is stopped by the caller."""
+        grace_s = self.settings.fine_tuning.stop_checkpoint_s
+        if child.returncode is not None or grace_s <= 0:
+            return
+        assert child.stdout is not None
+        self.log.info("stopping: job %s writes a checkpoint (%g s at most)", job.id, grace_s)
+        progress.stopping = True
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signal.SIGUSR1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_s):
+                async for line in child.stdout:
+                    await progress.line(line)
+                await child.wait()
+        await progress.flush()
+        if progress.checkpointed:  # kept with the job, as a pause's: what a cancel bills
+            update = {"trained_tokens": progress.tokens}
+            await self.store.transition(job.tenant, job.id, ("running",), update)
 
     async def _watch(self, job: Job, child: asyncio.subprocess.Process) -> None:
         """Refresh the heartbeat; stop the child as soon as the job is cancelled, and ask it
@@ -307,13 +338,16 @@ class Trainer:
         return await self.store.transition(job.tenant, job.id, ("cancelled",), update) or now_job
 
     async def requeue(self, job: Job) -> None:
-        """A job this worker stops training before it ends goes back to the queue's front."""
+        """A job this worker stops training before it ends goes back to the queue's front, to
+        go on from its checkpoint if it has one."""
+        kept = await asyncio.to_thread((checkpoint_dir(self.storage, job) / CHECKPOINT).is_file)
+        then = "go on from its checkpoint" if kept else "start over"
         back = await self.store.transition(
             job.tenant,
             job.id,
             ("running",),
             {"status": "queued", "worker": None},
-            message="The trainer stopped; the job is queued again",
+            message=f"The trainer stopped; the job is queued again, to {then}",
             level="warn",
         )
         if back is not None:

@@ -354,13 +354,25 @@ async def test_a_stopped_trainer_puts_its_job_back_in_the_queue(ft: FtE2E) -> No
             model=CHAT, training_file=upload.id, hyperparameters={"n_epochs": 50}
         )
         await _follow_until_training(client, job.id, [])
-        assert await ft.stop_trainer() == 0  # SIGTERM: stops training, requeues, exits
+        # SIGTERM: the run writes a checkpoint at the end of its step, the job is queued
+        # again, and the trainer exits (it used to cut the run: the job started over).
+        assert await ft.stop_trainer() == 0
         requeued = await client.fine_tuning.jobs.retrieve(job.id)
         assert requeued.status == "queued"
-        events = (await client.fine_tuning.jobs.list_events(job.id)).data
-        assert events[0].message == "The trainer stopped; the job is queued again"
+        said = [e.message for e in (await client.fine_tuning.jobs.list_events(job.id)).data]
+        assert (
+            said[0] == "The trainer stopped; the job is queued again, to go on from its checkpoint"
+        )
+        step = int(said[1].removeprefix("Training stopped after step ").split(",")[0])
+        assert said[1] == f"Training stopped after step {step}, its checkpoint written"
         assert await _trainings_running() == 0
-        await ft.start_trainer()  # the next trainer takes it up again
-        await _follow(client, job.id, ("running",), [])
-        assert (await client.fine_tuning.jobs.cancel(job.id)).status == "cancelled"
+        await ft.start_trainer()  # the next trainer takes it up again, from there
+        async with asyncio.timeout(JOB_DEADLINE_S):
+            while not any(m.endswith(f", from step {step + 1})") for m in said):
+                await asyncio.sleep(0.5)
+                events = (await client.fine_tuning.jobs.list_events(job.id, limit=100)).data
+                said = [e.message for e in events]
+        cancelled = await client.fine_tuning.jobs.cancel(job.id)
+        assert cancelled.status == "cancelled"
+        assert cancelled.trained_tokens  # the steps before the stop were trained, and billed
         assert await ft.stop_trainer() == 0

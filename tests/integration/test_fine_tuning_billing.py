@@ -10,70 +10,25 @@ import json
 from pathlib import Path
 from typing import Any
 
-import openai
 import orjson
 import pytest
 
-from gateway.finetune.jobs import Job
-from gateway.finetune.trainer import Trainer
-from gateway.settings import Settings
-from tests.integration.finetune_stack import BASE, ft_fixture, upload_dataset
+from tests.integration.finetune_stack import (
+    BASE,
+    STEPS,
+    TRAINED,
+    ft_fixture,
+    new_job,
+    stand_in,
+    trainer,
+    training,
+    upload_dataset,
+)
 from tests.integration.tenant_stack import TenantStack
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 ft = ft_fixture("ft-billing")
-
-STEPS = [{"type": "step", "step": n, "steps": 8, "loss": 0.5, "tokens": 30 * n} for n in (1, 2)]
-TRAINED = 60  # the tokens of the two steps the stand-in trains
-
-
-def stand_in(
-    where: Path, *, on_pause: bool, pausing_s: float = 0, steps: list[dict[str, Any]] = STEPS
-) -> Path:
-    """A training child that prints `steps`, writes its pid file, then waits: for ever, or
-    until asked to pause (SIGUSR1), when it says so (after `pausing_s`, writing its checkpoint)
-    and exits as train_lora.py does (3)."""
-    where.mkdir(exist_ok=True)
-    child = where / "training-python"
-    lines = "".join(f"echo '{json.dumps(step)}'\n" for step in steps)
-    paused = {"type": "paused", "step": steps[-1]["step"], "tokens": steps[-1]["tokens"]}
-    said = json.dumps(json.dumps(paused))
-    trap = f"trap 'sleep {pausing_s}; echo {said}; exit 3' USR1\n" if on_pause else ""
-    wait = "while true; do sleep 0.05; done\n" if on_pause else "exec sleep 60\n"
-    child.write_text(f"#!/bin/sh\n{trap}{lines}echo $$ > {where / 'pid'}\n{wait}")
-    child.chmod(0o755)
-    return child
-
-
-def trainer(ft: TenantStack, child: Path) -> Trainer:
-    fine_tuning = {"base_models": {BASE: str(ft.root / "weights")}, "trainer_python": str(child)}
-    settings = Settings.model_validate(
-        {"dev_mode": True, "files": {"dir": str(ft.root / "files")}, "fine_tuning": fine_tuning}
-    )
-    return Trainer(settings, ft.redis, worker="test:billing")
-
-
-async def training(
-    ft: TenantStack, tenant: str, job_id: str, child: Path
-) -> asyncio.Task[Job | None]:
-    """A trainer running `tenant`'s job now with `child`, until the child has printed its
-    steps (its pid file, beside it, is written): the trainer's task."""
-    run = asyncio.create_task(trainer(ft, child).run_job(tenant, job_id))
-    async with asyncio.timeout(10):
-        while not (child.parent / "pid").exists():  # noqa: ASYNC110 (a file, no event to await)
-            await asyncio.sleep(0.05)
-    return run
-
-
-async def new_job(ft: TenantStack, tenant: str) -> tuple[openai.AsyncOpenAI, str, str]:
-    """A new key of `tenant` and a job of it: the client, the key and the job's id."""
-    key = await ft.key(tenant)
-    client = ft.client(key)
-    job = await client.fine_tuning.jobs.create(
-        model=BASE, training_file=await upload_dataset(client)
-    )
-    return client, key, job.id
 
 
 async def training_records(ft: TenantStack, key: str) -> list[dict[str, Any]]:

@@ -339,6 +339,15 @@ config.shutdown_grace_s for requests in flight, metering.flush_timeout_s, and 10
 {{- add .Values.gateway.preStopSleepSeconds (ceil $grace) (ceil $flush) 10 | int -}}
 {{- end -}}
 
+{{/* Seconds a trainer takes to stop at most: its job's checkpoint (fine_tuning.stop_checkpoint_s),
+then 5 s for a run that did not write it, and the job queued again. */}}
+{{- define "llmaas.trainer.stopSeconds" -}}
+{{- $fineTuning := .Values.gateway.config.fine_tuning | default dict -}}
+{{- $checkpoint := 30.0 -}}
+{{- if hasKey $fineTuning "stop_checkpoint_s" }}{{ $checkpoint = $fineTuning.stop_checkpoint_s }}{{ end -}}
+{{- add (ceil $checkpoint) 15 | int -}}
+{{- end -}}
+
 {{/* Seconds from deletion to SIGKILL for gateway pods. */}}
 {{- define "llmaas.gateway.terminationGrace" -}}
 {{- if kindIs "invalid" .Values.gateway.terminationGracePeriodSeconds -}}

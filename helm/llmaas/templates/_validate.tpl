@@ -22,6 +22,15 @@ and usage records not flushed to Redis (its spill directory goes with the pod). 
 {{- fail (printf "gateway.terminationGracePeriodSeconds (%d) is shorter than a pod's drain (%d: preStopSleepSeconds + config.shutdown_grace_s + config.metering.flush_timeout_s + 10): Kubernetes would kill gateways with streams running and usage unflushed; leave it null, or lower config.shutdown_grace_s" (int $explicit) $drain) -}}
 {{- end -}}
 
+{{- /* A trainer killed before its job's checkpoint is written: the job starts over. */ -}}
+{{- if .Values.fineTuning.enabled -}}
+{{- $stop := include "llmaas.trainer.stopSeconds" . | int -}}
+{{- $trainerGrace := int .Values.fineTuning.trainer.terminationGracePeriodSeconds -}}
+{{- if lt $trainerGrace $stop -}}
+{{- fail (printf "fineTuning.trainer.terminationGracePeriodSeconds (%d) is shorter than a trainer's stop (%d: gateway.config.fine_tuning.stop_checkpoint_s + 15): Kubernetes would kill trainers before their job's checkpoint is written, and the job would start over; raise it, or lower stop_checkpoint_s" $trainerGrace $stop) -}}
+{{- end -}}
+{{- end -}}
+
 {{- $hpa := .Values.gateway.autoscaling -}}
 {{- if and $hpa.enabled (gt (int $hpa.minReplicas) (int $hpa.maxReplicas)) -}}
 {{- fail (printf "gateway.autoscaling: minReplicas (%d) is above maxReplicas (%d)" (int $hpa.minReplicas) (int $hpa.maxReplicas)) -}}
