@@ -193,8 +193,8 @@ async def list_models(gw: Gateway, caller: Caller) -> Response:
     caller's tenant's fine-tuned models, loaded in an engine or not."""
     cards = {p.name: _model_card(p) for p in gw.registry.pools() if caller.may_use(p.name)}
     for name, record in (await _fine_tuned(gw, caller)).items():
-        if caller.may_use(name):
-            cards.setdefault(name, _fine_tuned_card(name, record, caller.tenant))
+        if caller.may_use(name):  # the same card whether an engine has loaded it or not
+            cards[name] = _fine_tuned_card(gw, name, record, caller.tenant)
     return json_response({"object": "list", "data": list(cards.values())})
 
 
@@ -203,13 +203,15 @@ async def get_model(model_id: str, gw: Gateway, caller: Caller) -> Response:
     _named(model_id)
     if not caller.may_use(model_id):
         raise ModelNotFound(model_id)
+    record = None
+    if model_id.startswith("ft:") and gw.adapters is not None:
+        record = await gw.adapters.record(caller.tenant, model_id)
+    if record is not None:
+        return json_response(_fine_tuned_card(gw, model_id, record, caller.tenant))
     pool = gw.registry.pool(model_id)
-    if pool is not None:
-        return json_response(_model_card(pool))
-    record = None if gw.adapters is None else await gw.adapters.record(caller.tenant, model_id)
-    if record is None:
+    if pool is None:
         raise ModelNotFound(model_id)
-    return json_response(_fine_tuned_card(model_id, record, caller.tenant))
+    return json_response(_model_card(pool))
 
 
 @router.delete("/models/{model_id:path}", response_model=None)
@@ -247,11 +249,21 @@ async def _fine_tuned(gw: GatewayState, caller: Principal) -> dict[str, dict[str
     return await gw.adapters.store.models(caller.tenant)
 
 
-def _fine_tuned_card(name: str, record: dict[str, Any], tenant: str) -> dict[str, Any]:
-    return {
+def _fine_tuned_card(
+    gw: GatewayState, name: str, record: dict[str, Any], tenant: str
+) -> dict[str, Any]:
+    """Owned by its tenant, created when its job ended, with its base model's context length:
+    the card does not change when an engine loads the adapter (whose own listing says
+    `llmaas` and the time it was loaded; until 2026-12-05 that one was shown then)."""
+    card: dict[str, Any] = {
         "id": name,
         "object": "model",
         "created": record.get("created", 0),
         "owned_by": tenant,
-        "parent": record.get("base"),
     }
+    base = record.get("base")
+    base_pool = gw.registry.pool(base) if isinstance(base, str) else None
+    if base_pool is not None and base_pool.context_length is not None:
+        card["max_model_len"] = base_pool.context_length
+    card["parent"] = base
+    return card

@@ -164,6 +164,22 @@ async def _ask(client: openai.AsyncOpenAI, model: str) -> str:
     return reply.choices[0].message.content or ""
 
 
+async def _listed_the_same_once_loaded(ft: FtE2E, client: openai.AsyncOpenAI, model: str) -> None:
+    """The tenant's fine-tuned `model` is listed as its own, with its base model's context
+    length, before and after the gateway loads it into the engine (announced by the trainer),
+    which it waits for. Once loaded, it used to say `llmaas` and the time it was loaded."""
+    listed = {m.id: m.model_dump() for m in (await client.models.list()).data}
+    card = listed[model]
+    assert (card["owned_by"], card["parent"]) == ("ft-e2e", CHAT)
+    assert card["max_model_len"] == listed[CHAT]["max_model_len"]
+    async with asyncio.timeout(30):
+        while model not in await _engine_models(ft):  # noqa: ASYNC110 (the engine's list)
+            await asyncio.sleep(0.2)
+    assert (await client.models.retrieve(model)).model_dump() == card
+    listed = {m.id: m.model_dump() for m in (await client.models.list()).data}
+    assert listed[model] == card
+
+
 async def test_a_fine_tuned_model_learns_what_the_base_model_does_not(ft: FtE2E) -> None:
     async with ft.client("ft-e2e") as client, ft.client("ft-e2e-other") as other:
         upload = await client.files.create(file=("secret.jsonl", DATASET), purpose="fine-tune")
@@ -190,10 +206,7 @@ async def test_a_fine_tuned_model_learns_what_the_base_model_does_not(ft: FtE2E)
         assert [c.fine_tuned_model_checkpoint for c in checkpoint] == [done.fine_tuned_model]
 
         model = done.fine_tuned_model
-        assert model in {m.id for m in (await client.models.list()).data}
-        async with asyncio.timeout(30):  # announced by the trainer, loaded by the gateway
-            while model not in await _engine_models(ft):  # noqa: ASYNC110 (the engine's list)
-                await asyncio.sleep(0.2)
+        await _listed_the_same_once_loaded(ft, client, model)
         asked = time.monotonic()
         tuned = await _ask(client, model)
         first_answer_s = time.monotonic() - asked

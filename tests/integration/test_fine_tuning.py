@@ -491,11 +491,15 @@ async def test_fine_tuned_models_belong_to_their_tenant(ft: TenantStack, tmp_pat
     await JobStore(ft.redis).put_model(
         "ft-models", name, {"base": BASE, "adapter": str(adapter), "job": "x", "created": 1}
     )
-    mine = {m.id: m for m in (await owner.models.list()).data}
-    assert name in mine
-    assert mine[name].model_dump()["parent"] == BASE
+    mine = {m.id: m.model_dump() for m in (await owner.models.list()).data}
+    assert (mine[name]["owned_by"], mine[name]["created"], mine[name]["parent"]) == (
+        "ft-models",
+        1,
+        BASE,
+    )
+    assert mine[name].get("max_model_len") == mine[BASE].get("max_model_len")  # its base's
     assert name not in {m.id for m in (await other.models.list()).data}
-    assert (await owner.models.retrieve(name)).id == name
+    assert (await owner.models.retrieve(name)).model_dump() == mine[name]
     with pytest.raises(openai.InternalServerError) as unloadable:  # the simulator serves no LoRA
         await owner.with_options(max_retries=0).chat.completions.create(
             model=name, messages=[{"role": "user", "content": "hi"}]
