@@ -1,11 +1,11 @@
 """`llmaas up`'s data directory: what a run keeps for the next, held by one run at a time.
 
 It holds the private Redis's data (keys, tenants, jobs, files' records and usage, in an
-append-only file) under redis/, the uploaded files and fine-tuned adapters under files/, and the
-engine's log under logs/. By default it is the home (~/.cache/llmaas), beside the caches
-(engine venv, models); `--data-dir DIR` moves all of it, not just Redis's part (until
-2026-12-05 the files and logs stayed under the home, and each run left a new engine-<port>.log
-there).
+append-only file) under redis/, the uploaded files and fine-tuned adapters under files/, the
+engine's log under logs/, and the development key and admin token in credentials.json. By
+default it is the home (~/.cache/llmaas), beside the caches (engine venv, models);
+`--data-dir DIR` moves all of it, not just Redis's part (until 2026-12-05 the files and logs
+stayed under the home, and each run left a new engine-<port>.log there).
 
 Two runs on one directory (a second `make run` on another port, with the same default
 directory) started two redis-servers appending to one file, each with its own copy of the
@@ -53,6 +53,11 @@ class DataDir:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def credentials(self) -> Path:
+        """The development key and admin token, shown again at each run (dev_credentials.py)."""
+        return self.root / "credentials.json"
 
     def engine_log(self, gateway_port: int) -> Path:
         """Named after the gateway's port, which two runs sharing one directory (a shared

@@ -16,13 +16,11 @@ from contextlib import AsyncExitStack, nullcontext
 from pathlib import Path
 
 import uvloop
-from redis.asyncio import Redis
 
 from gateway.app import create_app
 from gateway.auth.authenticate import DEV_PEPPER
-from gateway.auth.issue import issue_key
-from gateway.auth.store import AuthStore
 from gateway.embedded.data_dir import DataDir, DataDirInUse, DataDirLayoutError, held
+from gateway.embedded.dev_credentials import DevCredentials, admin_token, dev_key, keep, kept
 from gateway.embedded.engine import EngineSpec, EngineStartError
 from gateway.embedded.engine_venv import EngineInstallError
 from gateway.embedded.model import ModelPrepareError
@@ -122,10 +120,13 @@ async def _up(
             max_loras=MAX_LORAS,  # fine-tuned models' adapters, loaded at runtime
         )
         engine_url = await stack.enter_async_context(supervised_engine(spec))  # restarted
+        earlier = kept(data.credentials)
+        kept_token = admin_token(earlier)
         settings = Settings(
             port=gateway_port,
             redis_url=redis_url,
             dev_mode=True,
+            admin_token=kept_token,  # LLMAAS_ADMIN_TOKEN wins
             models=[ModelRoute(name=CHAT_MODEL_NAME, engines=[engine_url])],
             files=FilesSettings(dir=data.files),
             fine_tuning=FineTuningSettings(
@@ -133,7 +134,9 @@ async def _up(
                 trainer_python=ready.engine_python,
             ),
         )
-        dev_key = await _dev_key(redis_url, (settings.key_pepper or DEV_PEPPER).encode())
+        pepper = (settings.key_pepper or DEV_PEPPER).encode()
+        key = await dev_key(redis_url, pepper, earlier)
+        keep(data.credentials, DevCredentials(key, kept_token))  # shown again next run
         config = uvicorn_config(
             create_app(settings),
             settings,
@@ -150,23 +153,13 @@ async def _up(
         stack.push_async_callback(_stopped, training)
         async with started(server) as serving:  # DrainingServer froze the startup objects
             base = f"http://{settings.host}:{gateway_port}"
-            print(banner(base, redis_url, spec, dev_key, settings.admin_token or ""), flush=True)
+            print(banner(base, redis_url, spec, key, settings.admin_token or ""), flush=True)
             await serving
 
 
 async def _stopped(task: asyncio.Task[None]) -> None:
     task.cancel()  # a job in training goes back to the queue
     await asyncio.gather(task, return_exceptions=True)
-
-
-async def _dev_key(redis_url: str, pepper: bytes) -> str:
-    """A key for the tenant `dev`, shown once in the banner."""
-    redis = Redis.from_url(redis_url)
-    try:
-        _, key = await issue_key(AuthStore(redis), pepper, tenant="dev", name="llmaas up")
-    finally:
-        await redis.aclose()
-    return key
 
 
 def banner(base: str, redis_url: str, spec: EngineSpec, key: str, admin_token: str) -> str:

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import openai
 import orjson
 import pytest
@@ -213,6 +214,29 @@ async def test_a_sigkilled_up_leaves_no_engine_or_redis_behind(tmp_path: Path) -
         finally:  # a failure must not leave a 4 GiB engine behind for the rest of the run
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(engine_group, signal.SIGKILL)
+    # The next run on its data directory (let go by the kernel) shows the same key and admin
+    # token, which work: an app's .env and an exported token outlive a restart, and keys do
+    # not pile up (each run used to issue one, and make up a new token).
+    async with llmaas_up(tmp_path, free_port()) as (_, again):
+        key, token = _shown(r"api key\s+(\S+)", again), _shown(r"ADMIN_TOKEN=(\S+)", again)
+        assert (key, token) == (
+            _shown(r"api key\s+(\S+)", printed),
+            _shown(r"ADMIN_TOKEN=(\S+)", printed),
+        )
+        base = _shown(r"base URL\s+(\S+)", again)
+        async with openai.AsyncOpenAI(base_url=base, api_key=key) as client:
+            assert MODEL in {m.id for m in (await client.models.list()).data}
+        async with httpx.AsyncClient(headers={"authorization": f"Bearer {token}"}) as admin:
+            keys = await admin.get(base.removesuffix("/v1") + "/admin/v1/keys?tenant=dev")
+        assert [k["name"] for k in keys.raise_for_status().json()["data"]] == ["llmaas up"]
+    assert oct((tmp_path / "data" / "credentials.json").stat().st_mode & 0o777) == "0o600"
+
+
+def _shown(pattern: str, banner: str) -> str:
+    """What `llmaas up`'s banner shows where `pattern`'s group is."""
+    found = re.search(pattern, banner)
+    assert found is not None, banner
+    return found.group(1)
 
 
 @pytest.mark.parametrize("option", ["--port", "--engine-port"])
