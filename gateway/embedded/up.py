@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import sys
 from contextlib import AsyncExitStack, nullcontext
@@ -149,17 +150,36 @@ async def _up(
         server = DrainingServer(config, settings.shutdown_grace_s)
         trainer_redis = redis_client(redis_url, 5.0, 4)
         stack.push_async_callback(trainer_redis.aclose)
-        training = asyncio.create_task(Trainer(settings, trainer_redis, "llmaas-up").run())
-        stack.push_async_callback(_stopped, training)
+        trainer = Trainer(settings, trainer_redis, "llmaas-up")
+        training = asyncio.create_task(trainer.run())
+        stack.push_async_callback(_stopped, trainer, training)
         async with started(server) as serving:  # DrainingServer froze the startup objects
             base = f"http://{settings.host}:{gateway_port}"
             print(banner(base, redis_url, spec, key, settings.admin_token or ""), flush=True)
             await serving
 
 
-async def _stopped(task: asyncio.Task[None]) -> None:
-    task.cancel()  # a job in training goes back to the queue
-    await asyncio.gather(task, return_exceptions=True)
+async def _stopped(trainer: Trainer, task: asyncio.Task[object]) -> None:
+    """Stop the trainer: a job in training writes its checkpoint (for at most
+    `stop_checkpoint_s`, said on stderr, as the gateway's log has stopped by now) and goes back
+    to the queue. Ctrl-C again (or SIGTERM) cuts the checkpoint short: the job starts over."""
+    job, grace_s = trainer.training, trainer.settings.fine_tuning.stop_checkpoint_s
+    if job is not None and grace_s > 0:
+        print(
+            f"[trainer] stopping: {job.id} writes a checkpoint to go on from next time "
+            f"({grace_s:g} s at most; Ctrl-C again cuts it short, and the job starts over)",
+            file=sys.stderr,
+            flush=True,
+        )
+    task.cancel()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # (not the interpreter's KeyboardInterrupt:
+        loop.add_signal_handler(signum, task.cancel)  # the job would be left `running`)
+    try:
+        await asyncio.gather(task, return_exceptions=True)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
 
 
 def banner(base: str, redis_url: str, spec: EngineSpec, key: str, admin_token: str) -> str:

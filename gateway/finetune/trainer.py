@@ -70,6 +70,7 @@ class Trainer:
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"
         self.log = logging.getLogger("llmaas.trainer")
         self.stopping = asyncio.Event()
+        self.training: Job | None = None  # the job it trains now, if any
 
     async def run(self) -> None:
         """Take and train jobs until `stopping` is set."""
@@ -105,6 +106,7 @@ class Trainer:
         if claimed is None:
             await self.store.done(job)
             return None
+        self.training = claimed
         try:
             outcome = await self._train(claimed, learning_rate)
             ended = await self._finish(claimed, outcome)
@@ -112,6 +114,7 @@ class Trainer:
             await asyncio.shield(self.requeue(claimed))
             raise
         finally:
+            self.training = None
             await asyncio.shield(self.store.done(claimed))
         if ended is not None and ended.status == "paused":  # cancelled as this worker let go?
             now_job = await self.store.get(tenant, job_id)  # (then the API saw it held)
