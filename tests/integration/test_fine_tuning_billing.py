@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.finetune.jobs import Job
 from tests.integration.finetune_stack import (
     BASE,
     STEPS,
@@ -128,3 +129,32 @@ async def test_a_failed_job_is_billed_nothing(ft: TenantStack, tmp_path: Path) -
     assert ended.status == "failed"
     assert ended.trained_tokens is None
     assert await training_records(ft, key) == []
+
+
+async def test_a_cancel_as_the_trainer_lets_go_of_a_paused_job_is_billed_by_that_trainer(
+    ft: TenantStack, tmp_path: Path
+) -> None:
+    """The cancel lands after the trainer's last look at the paused job and before it lets go:
+    the API sees the job still held and leaves the bill to the trainer, which looks again once
+    it has let go (without that second look, nobody bills it)."""
+    tenant = "bill-let-go"
+    client, key, job_id = await new_job(ft, tenant)
+    worker = trainer(ft, stand_in(tmp_path, on_pause=True))
+    letting_go = worker.store.done
+
+    async def cancelled_then_let_go(job: Job) -> None:
+        assert (await client.fine_tuning.jobs.cancel(job_id)).status == "cancelled"
+        await letting_go(job)
+
+    worker.store.done = cancelled_then_let_go  # type: ignore[method-assign]
+    run = asyncio.create_task(worker.run_job(tenant, job_id))
+    async with asyncio.timeout(10):
+        while not (tmp_path / "pid").exists():  # noqa: ASYNC110 (a file, no event to await)
+            await asyncio.sleep(0.05)
+    await client.fine_tuning.jobs.pause(job_id)
+    ended = await asyncio.wait_for(run, 10)
+    assert ended is not None
+    assert (ended.status, ended.trained_tokens) == ("cancelled", TRAINED)
+    records = await training_records(ft, key)
+    assert [(r["prompt_tokens"], r["outcome"]) for r in records] == [(TRAINED, "cancelled")]
+    assert not (ft.root / "files" / tenant / f"{job_id}.checkpoint").exists()
