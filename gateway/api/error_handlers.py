@@ -141,4 +141,6 @@ def _said(error: Any) -> str:
     message = str(error.get("msg", "invalid value"))
     if error.get("type") == "none_required":
         return "not supported here; leave it out"
+    if error.get("type") == "too_long" and (error.get("ctx") or {}).get("max_length") == 0:
+        return "none are supported here; leave it out"  # (pydantic: "at most 0 items")
     return message.removeprefix("Value error, ")
