@@ -53,11 +53,16 @@ def job_not_found(job_id: str) -> NotFound:
     )
 
 
-async def _own(store: JobStore, caller: Principal, job_id: str) -> Job:
+async def _own(gw: GatewayState, store: JobStore, caller: Principal, job_id: str) -> Job:
     job = await store.get(caller.tenant, job_id)
     if job is None:
         raise job_not_found(job_id)
-    return await fail_if_lost(store, job)
+    return await fail_if_lost(store, _storage(gw), job)
+
+
+def _storage(gw: GatewayState) -> DirectoryStorage:
+    """Where adapters and checkpoints lie (beside the tenants' files)."""
+    return DirectoryStorage(gw.settings.files.dir)
 
 
 @router.post("", response_model=None)
@@ -111,7 +116,7 @@ async def create_job(body: JobCreate, gw: Gateway, caller: Caller) -> Response:
         message=f"Validated the training file ({examples} examples); the job is queued",
     )
     if queued is None:  # cancelled in between
-        queued = await _own(store, caller, job.id)
+        queued = await _own(gw, store, caller, job.id)
     else:
         await store.enqueue(queued)
     return json_response(queued.view())
@@ -186,7 +191,7 @@ async def list_jobs(
             jobs, more = await _filtered_page(store, caller.tenant, limit, after, wanted)
     except AfterNotFound:
         raise unknown_cursor(after, "job") from None
-    data = [(await fail_if_lost(store, j)).view() for j in jobs]
+    data = [(await fail_if_lost(store, _storage(gw), j)).view() for j in jobs]
     return json_response({"object": "list", "data": data, "has_more": more})
 
 
@@ -225,13 +230,13 @@ def _has(metadata: dict[str, str] | None, wanted: dict[str, str]) -> bool:
 
 @router.get("/{job_id}", response_model=None)
 async def retrieve_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
-    return json_response((await _own(_store(gw), caller, job_id)).view())
+    return json_response((await _own(gw, _store(gw), caller, job_id)).view())
 
 
 @router.post("/{job_id}/cancel", response_model=None)
 async def cancel_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
     store = _store(gw)
-    job = await _own(store, caller, job_id)
+    job = await _own(gw, store, caller, job_id)
     cancelled = await store.transition(
         caller.tenant,
         job_id,
@@ -240,7 +245,7 @@ async def cancel_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
         message="The job was cancelled",
     )
     if cancelled is None:
-        job = await _own(store, caller, job_id)
+        job = await _own(gw, store, caller, job_id)
         raise InvalidRequest(
             f"The job is already {job.status}; only a queued, running or paused job can be"
             " cancelled.",
@@ -251,7 +256,7 @@ async def cancel_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
         # No trainer holds it (one that is still letting go of a pause, or took it since, ends
         # it as cancelled itself; both are idempotent): its checkpoint goes from here, and the
         # training before its pause is billed.
-        await remove_checkpoint(DirectoryStorage(gw.settings.files.dir), cancelled)
+        await remove_checkpoint(_storage(gw), cancelled)
         if gw.ledger is not None:
             await bill_cancelled(gw.ledger, cancelled, 0, worker=cancelled.worker or "-")
     return json_response(cancelled.view())
@@ -263,7 +268,7 @@ async def pause_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
     of the step under way and stops, and its trainer moves on to the next job. It stays among
     the tenant's active jobs until it is resumed or cancelled."""
     store = _store(gw)
-    await _own(store, caller, job_id)
+    await _own(gw, store, caller, job_id)
     paused = await store.transition(
         caller.tenant,
         job_id,
@@ -272,7 +277,7 @@ async def pause_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
         message="The job was paused",
     )
     if paused is None:
-        raise await _not_now(store, caller, job_id, "paused", "a queued or running")
+        raise await _not_now(gw, store, caller, job_id, done="paused", only="a queued or running")
     return json_response(paused.view())
 
 
@@ -282,7 +287,7 @@ async def resume_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
     (the adapter's weights and the optimizer's state after the last step it finished), or
     from the first step if it was paused before its training began."""
     store = _store(gw)
-    await _own(store, caller, job_id)
+    await _own(gw, store, caller, job_id)
     if await store.trained_now(caller.tenant, job_id):  # its trainer is still letting go
         raise InvalidRequest(
             "The job's training is still stopping; resume it in a few seconds.",
@@ -298,15 +303,15 @@ async def resume_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
         message="The job was resumed and queued",
     )
     if resumed is None:
-        raise await _not_now(store, caller, job_id, "resumed", "a paused")
+        raise await _not_now(gw, store, caller, job_id, done="resumed", only="a paused")
     await store.enqueue(resumed)
     return json_response(resumed.view())
 
 
 async def _not_now(
-    store: JobStore, caller: Principal, job_id: str, done: str, only: str
+    gw: GatewayState, store: JobStore, caller: Principal, job_id: str, *, done: str, only: str
 ) -> InvalidRequest:
-    job = await _own(store, caller, job_id)
+    job = await _own(gw, store, caller, job_id)
     return InvalidRequest(
         f"The job is {job.status}; only {only} job can be {done}.",
         param="fine_tuning_job_id",
@@ -324,7 +329,7 @@ async def list_events(
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
     store = _store(gw)
-    job = await _own(store, caller, job_id)
+    job = await _own(gw, store, caller, job_id)
     try:
         events, more = await store.events(job, limit, after)
     except KeyError:
@@ -337,7 +342,7 @@ async def list_events(
 @router.get("/{job_id}/checkpoints", response_model=None)
 async def list_checkpoints(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
     """The adapter a succeeded job made is its one checkpoint (the final step)."""
-    job = await _own(_store(gw), caller, job_id)
+    job = await _own(gw, _store(gw), caller, job_id)
     data = []
     if job.status == "succeeded" and job.fine_tuned_model is not None:
         data.append(

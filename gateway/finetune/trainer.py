@@ -78,7 +78,7 @@ class Trainer:
         try:
             while not self.stopping.is_set():
                 try:
-                    await fail_overdue(self.store)
+                    await fail_overdue(self.store, self.storage)
                     item = await self.store.next_queued(POLL_S)
                     if item is not None:
                         await self.run_job(*item)
@@ -278,6 +278,7 @@ class Trainer:
                     "message": outcome.message,
                     "param": outcome.param,
                 },
+                "trained_tokens": None,  # billed nothing (a pause or stop had kept a count)
             }
             failed = await self.store.transition(
                 job.tenant, job.id, ("running",), update, message=outcome.message, level="error"

@@ -15,10 +15,11 @@ from typing import Any
 import openai
 import pytest
 
+from gateway.files.storage import DirectoryStorage
 from gateway.finetune.job_store import QUEUE, RUNNING, JobStore
 from gateway.finetune.jobs import Job
 from gateway.finetune.names import fine_tuned_name
-from gateway.finetune.sweep import LOST
+from gateway.finetune.sweep import LOST, fail_overdue
 from gateway.finetune.trainer import Trainer, failed_training
 from gateway.settings import Settings
 from tests.integration.finetune_stack import (
@@ -306,18 +307,31 @@ async def _claimed(ft: TenantStack, tenant: str) -> tuple[openai.AsyncOpenAI, Jo
     return client, store, running
 
 
-async def test_a_running_job_whose_trainer_vanished_is_failed(ft: TenantStack) -> None:
-    client, store, running = await _claimed(ft, "ft-lost")
-    job = running
+@pytest.mark.parametrize("found_by", ["the API", "a trainer"])
+async def test_a_running_job_whose_trainer_vanished_is_failed(
+    ft: TenantStack, tmp_path: Path, found_by: str
+) -> None:
+    """Failed, billed nothing, and the checkpoint an earlier pause or stop left it is removed
+    (it stayed on the files volume for good, and the job said what that run had trained)."""
+    tenant = f"ft-lost-{found_by.rsplit(maxsplit=1)[-1]}"
+    client, store, running = await _claimed(ft, tenant)
+    job = await store.transition(tenant, running.id, ("running",), {"trained_tokens": 60})
+    assert job is not None
+    kept = ft.root / "files" / tenant / f"{job.id}.checkpoint"
+    kept.mkdir(parents=True)
     assert (await client.fine_tuning.jobs.retrieve(job.id)).status == "running"  # alive
     await store.heartbeat(running, int(time.time() * 1000) - 1)  # its deadline passed
+    if found_by == "a trainer":  # its loop sweeps the overdue before it takes a job
+        await fail_overdue(store, DirectoryStorage(ft.root / "files"))
     failed = await client.fine_tuning.jobs.retrieve(job.id)
     assert failed.status == "failed"
     assert failed.error is not None
     assert (failed.error.code, failed.error.message) == ("trainer_lost", LOST)
+    assert failed.trained_tokens is None
+    assert not kept.exists()
     events = (await client.fine_tuning.jobs.list_events(job.id)).data
     assert (events[0].level, events[0].message) == ("error", LOST)
-    await ft.redis.zrem(RUNNING, f"ft-lost/{job.id}")
+    await ft.redis.zrem(RUNNING, f"{tenant}/{job.id}")
     second = await client.fine_tuning.jobs.create(  # the failed job no longer counts
         model=BASE, training_file=job.training_file
     )

@@ -108,3 +108,23 @@ async def test_a_second_stop_cuts_the_checkpoint_short(ft: TenantStack, tmp_path
 
 async def test_the_checkpoint_file_looked_for_is_the_one_train_lora_writes() -> None:
     assert f'\nCHECKPOINT = "{CHECKPOINT}"\n' in SCRIPT.read_text()
+
+
+async def test_a_job_that_fails_after_a_stop_says_it_trained_nothing_billed(
+    ft: TenantStack, tmp_path: Path
+) -> None:
+    """The stop kept its count (60) with the job; the next run fails: the job is billed
+    nothing, and says so (trained_tokens null), and its checkpoint goes."""
+    client, job_id, kept, run = await stopped_while_training(
+        ft, "stop-then-fail", tmp_path / "first", pausing_s=0, grace_s=10
+    )
+    await queued_again(client, run, job_id)
+    assert kept.is_file()
+    failing = tmp_path / "failing-python"
+    failing.write_text("#!/bin/sh\necho 'out of memory' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    ended = await asyncio.wait_for(trainer(ft, failing).run_job("stop-then-fail", job_id), 10)
+    assert ended is not None
+    assert (ended.status, ended.trained_tokens) == ("failed", None)
+    assert (await client.fine_tuning.jobs.retrieve(job_id)).trained_tokens is None
+    assert not kept.exists()
