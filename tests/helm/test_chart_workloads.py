@@ -22,6 +22,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from gateway import admin_cli, cli
+from gateway.embedded.engine import PROBED_PATHS
 from gateway.embedded.redis_server import redis_server_binary
 from gateway.netutil import free_port
 from tests.helm.chart import (
@@ -73,6 +74,11 @@ def test_gpu_engines_request_gpus_and_run_vllm(rendered: Rendered) -> None:
             assert arg_after(c["args"], "--scheduling-policy") == "priority"
         else:
             assert "--scheduling-policy" not in c["args"]
+        if _setting(rendered, engine, "logProbes"):
+            assert "--disable-access-log-for-endpoints" not in c["args"]
+        else:  # the gateway's polls stay out of vLLM's access log
+            probes = arg_after(c["args"], "--disable-access-log-for-endpoints")
+            assert probes == PROBED_PATHS
         env = env_of(engine)
         assert env["VLLM_ENABLE_RESPONSES_API_STORE"]["value"] == "1"
         assert env["HF_HOME"]["value"].startswith(_mount_of(engine, "model-cache"))

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.embedded.engine import EngineSpec, engine_env
+from gateway.embedded.engine import PROBED_PATHS, EngineSpec, engine_env
 from gateway.embedded.engine_venv import (
     MODEL_PACKAGES,
     STAMP,
@@ -43,6 +43,7 @@ def test_engine_command_is_cpu_safe_and_names_the_model(tmp_path: Path) -> None:
     assert argv[argv.index("--dtype") + 1] == "float32"  # bfloat16 gives wrong text on CPU
     assert argv[argv.index("--served-model-name") + 1] == "m-name"
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert argv[argv.index("--disable-access-log-for-endpoints") + 1] == PROBED_PATHS
     assert "--runner" not in argv
     pooling = EngineSpec(
         tmp_path / "python", tmp_path / "m", "e", 1, tmp_path / "log", pooling=True
