@@ -96,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
         "--data-dir",
         type=Path,
         help="what a run keeps for the next: Redis's data (keys, jobs, usage) in redis/, "
-        "uploads and fine-tuned adapters in files/, the engine's log in logs/ (default: HOME)",
+        "uploads and fine-tuned adapters in files/, the engine's log in logs/, the development "
+        "key and admin token in credentials.json (default: HOME)",
     )
     up.set_defaults(func=_up)
     for name in ("keys", "tenants"):
