@@ -15,6 +15,7 @@ import socket
 import sys
 from contextlib import AsyncExitStack, nullcontext
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
@@ -26,14 +27,14 @@ from gateway.embedded.engine import EngineSpec, EngineStartError
 from gateway.embedded.engine_venv import EngineInstallError
 from gateway.embedded.model import ModelPrepareError
 from gateway.embedded.paths import CHAT_MODEL_NAME, CHAT_TOOL_PARSER, EmbeddedPaths
-from gateway.embedded.prepare import prepare
+from gateway.embedded.prepare import Prepared, prepare
 from gateway.embedded.redis_server import RedisStartError, running_redis
 from gateway.embedded.supervise import supervised_engine
 from gateway.finetune.trainer import Trainer
 from gateway.netutil import free_port
 from gateway.redis_client import redis_client
 from gateway.server import DrainingServer, started, uvicorn_config
-from gateway.settings import FilesSettings, FineTuningSettings, ModelRoute, Settings
+from gateway.settings import Settings
 
 MAX_LORAS = 4  # adapters an engine batches together (more stay loaded and take turns)
 HOST = "127.0.0.1"  # where `llmaas up` listens (the gateway's default host)
@@ -123,17 +124,13 @@ async def _up(
         engine_url = await stack.enter_async_context(supervised_engine(spec))  # restarted
         earlier = kept(data.credentials)
         kept_token = admin_token(earlier)
-        settings = Settings(
-            port=gateway_port,
+        settings = up_settings(
+            gateway_port=gateway_port,
             redis_url=redis_url,
-            dev_mode=True,
-            admin_token=kept_token,  # LLMAAS_ADMIN_TOKEN wins
-            models=[ModelRoute(name=CHAT_MODEL_NAME, engines=[engine_url])],
-            files=FilesSettings(dir=data.files),
-            fine_tuning=FineTuningSettings(
-                base_models={CHAT_MODEL_NAME: ready.chat_model},
-                trainer_python=ready.engine_python,
-            ),
+            admin_token=kept_token,
+            engine_url=engine_url,
+            data=data,
+            ready=ready,
         )
         pepper = (settings.key_pepper or DEV_PEPPER).encode()
         key = await dev_key(redis_url, pepper, earlier)
@@ -157,6 +154,35 @@ async def _up(
             base = f"http://{settings.host}:{gateway_port}"
             print(banner(base, redis_url, spec, key, settings.admin_token or ""), flush=True)
             await serving
+
+
+def up_settings(
+    *,
+    gateway_port: int,
+    redis_url: str,
+    admin_token: str,
+    engine_url: str,
+    data: DataDir,
+    ready: Prepared,
+) -> Settings:
+    """The gateway's settings under `llmaas up`; LLMAAS_* variables still win, field by field.
+    Sections are given as dicts, which the environment's are merged into: given as models, a
+    section was replaced whole by any variable of it (LLMAAS_FINE_TUNING__STOP_CHECKPOINT_S=60
+    turned fine-tuning off; LLMAAS_FILES__MAX_FILE_BYTES put the files outside the data
+    directory)."""
+    values: dict[str, Any] = {
+        "port": gateway_port,
+        "redis_url": redis_url,
+        "dev_mode": True,
+        "admin_token": admin_token,  # LLMAAS_ADMIN_TOKEN wins
+        "models": [{"name": CHAT_MODEL_NAME, "engines": [engine_url]}],
+        "files": {"dir": str(data.files)},
+        "fine_tuning": {
+            "base_models": {CHAT_MODEL_NAME: str(ready.chat_model)},
+            "trainer_python": str(ready.engine_python),
+        },
+    }
+    return Settings(**values)  # (not model_validate: that reads no environment)
 
 
 async def _stopped(trainer: Trainer, task: asyncio.Task[object]) -> None:
