@@ -152,7 +152,11 @@ async def _up(
         stack.push_async_callback(_stopped, trainer, training)
         async with started(server) as serving:  # DrainingServer froze the startup objects
             base = f"http://{settings.host}:{gateway_port}"
-            print(banner(base, redis_url, spec, key, settings.admin_token or ""), flush=True)
+            token = settings.admin_token or ""
+            shown = banner(
+                base, redis_url=redis_url, spec=spec, key=key, admin_token=token, data=data
+            )
+            print(shown, flush=True)
             await serving
 
 
@@ -208,7 +212,9 @@ async def _stopped(trainer: Trainer, task: asyncio.Task[object]) -> None:
             loop.remove_signal_handler(signum)
 
 
-def banner(base: str, redis_url: str, spec: EngineSpec, key: str, admin_token: str) -> str:
+def banner(
+    base: str, *, redis_url: str, spec: EngineSpec, key: str, admin_token: str, data: DataDir
+) -> str:
     return f"""
 llmaas is up.
   base URL   {base}/v1
@@ -216,6 +222,7 @@ llmaas is up.
   redis      {redis_url}
   api key    {key}   (tenant "dev")
   admin      LLMAAS_ADMIN_TOKEN={admin_token}   (llmaas keys create --tenant NAME)
+  data       {data.root}   (keys, files, jobs, usage; this key and token again next run)
   fine-tune  on: a trainer runs here (client.files.create + client.fine_tuning.jobs.create)
 
   curl -s {base}/v1/chat/completions -H 'authorization: Bearer {key}' \\

@@ -120,6 +120,7 @@ async def test_up_prints_a_base_url_that_answers_and_stops_cleanly(tmp_path: Pat
         # All it keeps is in its data directory: Redis's data, the upload and the adapter, and
         # the engine's log, named after the gateway's port (its earlier run's log beside it).
         data = tmp_path / "data"
+        assert _shown(r"data\s+(\S+)\s+\(keys, files", printed) == str(data)
         assert {"redis.conf", "redis.log"} <= {p.name for p in (data / "redis").iterdir()}
         kept = {p.name.split("-")[0] for p in (data / "files" / "dev").iterdir()}
         assert kept == {"file", "ftjob"}  # the upload; the adapter in its job's directory
