@@ -19,6 +19,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from gateway.finetune_settings import FilesSettings, FineTuningSettings
 from gateway.jwt_settings import JwtSettings
 from gateway.netutil import media_host
 from gateway.routing.entries import StaticEntry, parse_entry
@@ -211,58 +212,6 @@ class RequestPolicySettings(Section):
     @classmethod
     def _lower_case(cls, hosts: list[str]) -> list[str]:
         return [media_host(h) for h in hosts if h.strip()]
-
-
-def _default_files_dir() -> Path:
-    return Path.home() / ".local" / "share" / "llmaas" / "files"
-
-
-class FilesSettings(Section):
-    """The Files API (`/v1/files`): contents in a directory, metadata in Redis."""
-
-    # Contents live at <dir>/<tenant>/<file id>. On a cluster: a ReadWriteMany volume shared by
-    # the gateways, the trainer and the engines (they load adapters from it by path).
-    dir: Path = Field(default_factory=_default_files_dir)
-    # False: /v1/files is not served (404), as where no storage is shared with a trainer (the
-    # Helm chart without fine-tuning: uploads would fail, or land on one replica's disk only).
-    enabled: bool = True
-    max_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1)  # OpenAI's limit per file
-    max_files_per_tenant: int = Field(default=10_000, ge=1)
-
-    @field_validator("dir")
-    @classmethod
-    def _expand_home(cls, path: Path) -> Path:
-        return path.expanduser()
-
-
-class FineTuningSettings(Section):
-    """Fine-tuning jobs (`/v1/fine_tuning/jobs`) and the worker that runs them (`llmaas
-    trainer`). Adapters are written next to the tenant's files (`files.dir`), where engines
-    serving the base model load them from."""
-
-    # Models a tenant may fine-tune: name (as served) → directory of its weights in Hugging Face
-    # format, the same the engines load. Empty: fine-tuning is off.
-    base_models: dict[str, Path] = Field(default_factory=dict)
-    max_active_jobs_per_tenant: int = Field(default=2, ge=1)
-    # A running job whose trainer has not reported for this long is failed (trainer gone).
-    heartbeat_timeout_s: float = Field(default=60.0, gt=0)
-    # A training run that prints no line (its start, a step) for this long has hung: it is
-    # stopped and its job failed, and the worker moves on. Loading the base model counts.
-    stall_timeout_s: float = Field(default=1800.0, gt=0)
-    # A trainer that stops (SIGTERM, Ctrl-C) gives the job in training this long to write a
-    # checkpoint at the end of its step, as a pause does; the job, queued again, goes on from
-    # it. Past it (or 0) the run is cut, and the job starts over. Keep it under the trainer
-    # pod's terminationGracePeriodSeconds.
-    stop_checkpoint_s: float = Field(default=30.0, ge=0)
-    # The Python that has torch, transformers and peft (the engine venv); None: this one.
-    trainer_python: Path | None = None
-    learning_rate: float = Field(default=3e-3, gt=0)  # times the job's learning_rate_multiplier
-    lora_rank: int = Field(default=8, ge=1)  # a job's default rank
-    max_lora_rank: int = Field(default=8, ge=1)  # the engines' --max-lora-rank
-    threads: int | None = Field(default=None, ge=1)  # torch threads per job (None: every core)
-    # Tokens of an example trained on (its chat template included): the rest is cut; one whose
-    # assistant turn starts past it fails the job, naming its line. Memory grows with it.
-    max_length: int = Field(default=1024, ge=16)
 
 
 def _origin(origin: str) -> str:

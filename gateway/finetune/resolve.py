@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from gateway.finetune.jobs import Hyperparameters
-from gateway.settings import FineTuningSettings
+from gateway.finetune_settings import FineTuningSettings
 
 TARGET_STEPS = 30  # small datasets get enough epochs to learn from (4 examples: 25 steps do)
 MAX_AUTO_EPOCHS = 10

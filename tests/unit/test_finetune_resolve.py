@@ -8,7 +8,7 @@ from gateway.auth.principal import Principal
 from gateway.finetune.jobs import Hyperparameters
 from gateway.finetune.names import fine_tuned_name, owner_of
 from gateway.finetune.resolve import resolve
-from gateway.settings import FineTuningSettings
+from gateway.finetune_settings import FineTuningSettings
 
 SETTINGS = FineTuningSettings(learning_rate=0.002, lora_rank=4)
 
