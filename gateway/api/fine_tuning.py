@@ -53,7 +53,8 @@ def job_not_found(job_id: str) -> NotFound:
     )
 
 
-async def _own(gw: GatewayState, store: JobStore, caller: Principal, job_id: str) -> Job:
+async def _own(gw: GatewayState, caller: Principal, job_id: str) -> Job:
+    store = _store(gw)
     job = await store.get(caller.tenant, job_id)
     if job is None:
         raise job_not_found(job_id)
@@ -116,7 +117,7 @@ async def create_job(body: JobCreate, gw: Gateway, caller: Caller) -> Response:
         message=f"Validated the training file ({examples} examples); the job is queued",
     )
     if queued is None:  # cancelled in between
-        queued = await _own(gw, store, caller, job.id)
+        queued = await _own(gw, caller, job.id)
     else:
         await store.enqueue(queued)
     return json_response(queued.view())
@@ -230,13 +231,13 @@ def _has(metadata: dict[str, str] | None, wanted: dict[str, str]) -> bool:
 
 @router.get("/{job_id}", response_model=None)
 async def retrieve_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
-    return json_response((await _own(gw, _store(gw), caller, job_id)).view())
+    return json_response((await _own(gw, caller, job_id)).view())
 
 
 @router.post("/{job_id}/cancel", response_model=None)
 async def cancel_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
     store = _store(gw)
-    job = await _own(gw, store, caller, job_id)
+    job = await _own(gw, caller, job_id)
     cancelled = await store.transition(
         caller.tenant,
         job_id,
@@ -245,7 +246,7 @@ async def cancel_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
         message="The job was cancelled",
     )
     if cancelled is None:
-        job = await _own(gw, store, caller, job_id)
+        job = await _own(gw, caller, job_id)
         raise InvalidRequest(
             f"The job is already {job.status}; only a queued, running or paused job can be"
             " cancelled.",
@@ -268,7 +269,7 @@ async def pause_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
     of the step under way and stops, and its trainer moves on to the next job. It stays among
     the tenant's active jobs until it is resumed or cancelled."""
     store = _store(gw)
-    await _own(gw, store, caller, job_id)
+    await _own(gw, caller, job_id)
     paused = await store.transition(
         caller.tenant,
         job_id,
@@ -277,7 +278,7 @@ async def pause_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
         message="The job was paused",
     )
     if paused is None:
-        raise await _not_now(gw, store, caller, job_id, done="paused", only="a queued or running")
+        raise await _not_now(gw, caller, job_id, done="paused", only="a queued or running")
     return json_response(paused.view())
 
 
@@ -287,7 +288,7 @@ async def resume_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
     (the adapter's weights and the optimizer's state after the last step it finished), or
     from the first step if it was paused before its training began."""
     store = _store(gw)
-    await _own(gw, store, caller, job_id)
+    await _own(gw, caller, job_id)
     if await store.trained_now(caller.tenant, job_id):  # its trainer is still letting go
         raise InvalidRequest(
             "The job's training is still stopping; resume it in a few seconds.",
@@ -303,15 +304,15 @@ async def resume_job(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
         message="The job was resumed and queued",
     )
     if resumed is None:
-        raise await _not_now(gw, store, caller, job_id, done="resumed", only="a paused")
+        raise await _not_now(gw, caller, job_id, done="resumed", only="a paused")
     await store.enqueue(resumed)
     return json_response(resumed.view())
 
 
 async def _not_now(
-    gw: GatewayState, store: JobStore, caller: Principal, job_id: str, *, done: str, only: str
+    gw: GatewayState, caller: Principal, job_id: str, *, done: str, only: str
 ) -> InvalidRequest:
-    job = await _own(gw, store, caller, job_id)
+    job = await _own(gw, caller, job_id)
     return InvalidRequest(
         f"The job is {job.status}; only {only} job can be {done}.",
         param="fine_tuning_job_id",
@@ -329,7 +330,7 @@ async def list_events(
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
     store = _store(gw)
-    job = await _own(gw, store, caller, job_id)
+    job = await _own(gw, caller, job_id)
     try:
         events, more = await store.events(job, limit, after)
     except KeyError:
@@ -342,7 +343,7 @@ async def list_events(
 @router.get("/{job_id}/checkpoints", response_model=None)
 async def list_checkpoints(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
     """The adapter a succeeded job made is its one checkpoint (the final step)."""
-    job = await _own(gw, _store(gw), caller, job_id)
+    job = await _own(gw, caller, job_id)
     data = []
     if job.status == "succeeded" and job.fine_tuned_model is not None:
         data.append(
