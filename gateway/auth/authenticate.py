@@ -130,8 +130,7 @@ class Authenticator:
             found
             and record is not None
             and self._known(key_id, secret, record) is not None
-            and not record.revoked
-            and not record.expired(time.time())
+            and record.usable(time.time())
         )
 
     async def _api_key(self, token: str) -> Principal:

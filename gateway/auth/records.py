@@ -80,6 +80,10 @@ class KeyRecord(LimitFields):
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
 
+    def usable(self, now: float) -> bool:
+        """Neither revoked nor expired at `now` (its secret checked apart)."""
+        return not self.revoked and not self.expired(now)
+
     def view(self) -> dict[str, object]:
         """What the admin API shows: never the hash."""
         data = self.model_dump(exclude={"secret_hash"})

@@ -79,7 +79,6 @@ async def _works(store: AuthStore, pepper: bytes, key: str) -> bool:
     record = await store.get_key(key_id)
     return (
         record is not None
-        and not record.revoked
-        and not record.expired(time.time())
+        and record.usable(time.time())
         and secret_matches(pepper, secret, record.secret_hash)
     )
