@@ -56,7 +56,9 @@ async def test_up_says_its_trainer_writes_a_checkpoint_and_ctrl_c_again_cuts_it(
     )
     if again:  # its handler is in place once that is printed (nothing awaited in between)
         await asyncio.sleep(0.3)
-        assert not stopping.done()
+        if stopping.done():  # (seen once in CI, not reproduced: say what the job went through)
+            events = (await client.fine_tuning.jobs.list_events(job_id, limit=20)).data
+            pytest.fail(f"the stop ended by itself: {[e.message for e in reversed(events)]}")
         os.kill(os.getpid(), signal.SIGINT)
     await asyncio.wait_for(stopping, 10)
     assert running.cancelled()
