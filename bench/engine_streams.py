@@ -28,7 +28,7 @@ Each round has three passes:
   moves by a whole engine step, ~100 ms, with that; whole-pass TTFTs by hundreds of ms between
   passes). The added TTFT is the median of those differences, with a 95% interval
   (bootstrap over the pairs).
-The gateway's CPU seconds in each pass are printed too (what it takes from the engine's cores).
+The gateway's CPU milliseconds in each pass are printed too (what it takes from the engine's cores).
 """
 
 from __future__ import annotations
@@ -384,7 +384,7 @@ def render(figures: Figures) -> str:
         f"ignore_eos: {str(figures.ignore_eos).lower()}",
         f"{'side':<8} {'round':>5} {'pass':>6} {'streams':>7} {'errors':>6} {'tokens':>7} "
         f"{'seconds':>8} {'tokens/s':>9} {'TTFT p50 ms':>11} {'TTFT p99 ms':>11} "
-        f"{'gw CPU s':>8}",
+        f"{'gw CPU ms':>9}",
     ]
     for p in figures.passes:
         rate = "-" if p.paired else f"{p.tokens_per_s:.1f}"
@@ -392,7 +392,7 @@ def render(figures: Figures) -> str:
             f"{p.side:<8} {p.round:>5} {PAIRED if p.paired else 'alone':>6} {p.streams:>7} "
             f"{p.errors:>6} {p.tokens:>7} {p.seconds:>8.2f} {rate:>9} "
             f"{percentile(p.ttft_ms, 0.5):>11.1f} {percentile(p.ttft_ms, 0.99):>11.1f} "
-            f"{p.gateway_cpu_s:>8.2f}"
+            f"{p.gateway_cpu_s * 1000:>9.1f}"
         )
     for s in (figures.direct, figures.gateway):
         lines.append(
