@@ -16,6 +16,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
+from gateway.finetune.job_store import JobStore
 from gateway.finetune.jobs import Job
 from gateway.finetune.trainer import Trainer
 from gateway.settings import Settings
@@ -113,10 +114,31 @@ async def training(
     """A trainer running `tenant`'s job now with `child`, until the child has printed its
     steps (its pid file, beside it, is written): the trainer's task."""
     run = asyncio.create_task(trainer(ft, child).run_job(tenant, job_id))
-    async with asyncio.timeout(10):
-        while not (child.parent / "pid").exists():  # noqa: ASYNC110 (a file, no event to await)
-            await asyncio.sleep(0.05)
+    await reading_its_run(ft, tenant, job_id, child.parent)
     return run
+
+
+async def reading_its_run(ft: TenantStack, tenant: str, job_id: str, where: Path) -> None:
+    """Until the stand-in child in `where` runs (its pid file) and its trainer has read the
+    run's first step (a "Step 1/" event newer than the job's latest start): a stop or a pause
+    from then on finds the trainer reading the run. The pid file alone was once too early
+    (CI30): the child ran while the trainer still awaited its pipes (asyncio's subprocess
+    start), and a stop there cuts the start (the child killed, the job queued to start over),
+    not the run."""
+    store = JobStore(ft.redis)
+    async with asyncio.timeout(10):
+        while not (where / "pid").exists():  # noqa: ASYNC110 (a file, no event to await)
+            await asyncio.sleep(0.05)
+        while True:
+            job = await store.get(tenant, job_id)
+            assert job is not None
+            events, _ = await store.events(job, 100, None)  # newest first
+            for event in events:
+                if event.message.startswith("Step 1/"):
+                    return
+                if event.message.startswith("Fine-tuning job started"):
+                    break  # (an earlier run's steps are older)
+            await asyncio.sleep(0.02)
 
 
 async def new_job(ft: TenantStack, tenant: str) -> tuple[openai.AsyncOpenAI, str, str]:

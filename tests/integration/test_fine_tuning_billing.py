@@ -20,6 +20,7 @@ from tests.integration.finetune_stack import (
     TRAINED,
     ft_fixture,
     new_job,
+    reading_its_run,
     stand_in,
     trainer,
     training,
@@ -148,9 +149,7 @@ async def test_a_cancel_as_the_trainer_lets_go_of_a_paused_job_is_billed_by_that
 
     worker.store.done = cancelled_then_let_go  # type: ignore[method-assign]
     run = asyncio.create_task(worker.run_job(tenant, job_id))
-    async with asyncio.timeout(10):
-        while not (tmp_path / "pid").exists():  # noqa: ASYNC110 (a file, no event to await)
-            await asyncio.sleep(0.05)
+    await reading_its_run(ft, tenant, job_id, tmp_path)
     await client.fine_tuning.jobs.pause(job_id)
     ended = await asyncio.wait_for(run, 10)
     assert ended is not None

@@ -15,7 +15,14 @@ import pytest
 
 from gateway.finetune.checkpoints import CHECKPOINT
 from gateway.finetune.trainer import SCRIPT
-from tests.integration.finetune_stack import TRAINED, ft_fixture, new_job, stand_in, trainer
+from tests.integration.finetune_stack import (
+    TRAINED,
+    ft_fixture,
+    new_job,
+    reading_its_run,
+    stand_in,
+    trainer,
+)
 from tests.integration.tenant_stack import TenantStack
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -40,9 +47,7 @@ async def stopped_while_training(
     child = stand_in(tmp_path, on_pause=True, pausing_s=pausing_s, checkpoint=kept)
     worker = trainer(ft, child, stop_checkpoint_s=grace_s)
     run: asyncio.Task[object] = asyncio.create_task(worker.run_job(tenant, job_id))
-    async with asyncio.timeout(10):
-        while not (tmp_path / "pid").exists():  # noqa: ASYNC110 (a file, no event to await)
-            await asyncio.sleep(0.05)
+    await reading_its_run(ft, tenant, job_id, tmp_path)
     run.cancel()  # as `llmaas up` and `llmaas trainer` stop it
     return client, job_id, kept, run
 

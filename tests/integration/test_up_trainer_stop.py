@@ -18,7 +18,7 @@ import pytest
 
 from gateway.embedded.up import _stopped
 from gateway.finetune.checkpoints import CHECKPOINT
-from tests.integration.finetune_stack import ft_fixture, new_job, stand_in, trainer
+from tests.integration.finetune_stack import ft_fixture, new_job, reading_its_run, stand_in, trainer
 from tests.integration.tenant_stack import TenantStack
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -43,9 +43,7 @@ async def test_up_says_its_trainer_writes_a_checkpoint_and_ctrl_c_again_cuts_it(
     child = stand_in(tmp_path, on_pause=True, pausing_s=pausing_s, checkpoint=kept)
     worker = trainer(ft, child, stop_checkpoint_s=60)
     running = asyncio.create_task(worker.run_job(tenant, job_id))
-    async with asyncio.timeout(10):
-        while not (tmp_path / "pid").exists():  # noqa: ASYNC110 (a file, no event to await)
-            await asyncio.sleep(0.05)
+    await reading_its_run(ft, tenant, job_id, tmp_path)
     stopping = asyncio.create_task(_stopped(worker, running))
     async with asyncio.timeout(10):
         while "[trainer]" not in (said := capsys.readouterr().err):  # noqa: ASYNC110
@@ -56,7 +54,7 @@ async def test_up_says_its_trainer_writes_a_checkpoint_and_ctrl_c_again_cuts_it(
     )
     if again:  # its handler is in place once that is printed (nothing awaited in between)
         await asyncio.sleep(0.3)
-        if stopping.done():  # (seen once in CI, not reproduced: say what the job went through)
+        if stopping.done():  # (CI30: a stop during the child's start, before reading_its_run)
             events = (await client.fine_tuning.jobs.list_events(job_id, limit=20)).data
             pytest.fail(f"the stop ended by itself: {[e.message for e in reversed(events)]}")
         os.kill(os.getpid(), signal.SIGINT)
