@@ -102,7 +102,9 @@ def normalize_error(
             message, param = _content_part_error(message, head.end(), route)
     if status == 400 and param is not None:
         message, param = _validation(message, param)
-        param = _RENAMED.get((route, param), param)
+        if (route, param) in _RENAMED:  # the client's name, in `param` and in the message
+            named, param = param, _RENAMED[(route, param)]
+            message = re.sub(rf"\b{named}\b", param, message)
         if param in _CONTEXT_PARAMS:  # vLLM's context-length refusal: OpenAI's code, the field
             param, code = _PROMPT_FIELDS.get(route or "", "messages"), "context_length_exceeded"
     if status == 404:
@@ -200,6 +202,12 @@ def _validation(message: str, param: str) -> tuple[str, str]:
         deeper = _deeper(error, lines[1:])
         if deeper is not None:
             error, field = deeper, _field_path(deeper["loc"])
+    elif _other_branch(error) is not None:
+        taken = _taken_branch(_other_branch(error) or "", lines[1:])
+        if taken is not None:
+            error, field = taken, _field_path(taken["loc"])
+    if error.get("type") == "missing":
+        return f"Missing required parameter: '{field}'.", field
     got = error.get("input")
     shown = f" (got {got!r})" if isinstance(got, (str, int, float)) and len(repr(got)) <= 60 else ""
     return f"Invalid value for '{field}': {error['msg']}{shown}.", field
@@ -230,6 +238,32 @@ def _deeper(first: dict[str, Any], lines: list[str]) -> dict[str, Any] | None:
     for line in lines:
         error = _complaint(line)
         if error is not None and str(error.get("loc", "")).startswith(loc + "."):
+            return error
+    return None
+
+
+def _other_branch(error: dict[str, Any]) -> str | None:
+    """The union's location, if `error` is one branch refusing the value's `type` (as
+    'body.text.format.ResponseFormatText.type' refuses "json_schema"): another branch, the one
+    of that type, says what is wrong with the value."""
+    loc = error.get("loc")
+    if error.get("type") != "literal_error" or not isinstance(loc, str):
+        return None
+    union, _, tail = loc.rpartition(".")
+    union, _, branch = union.rpartition(".")
+    return union if tail == "type" and branch[:1].isupper() else None
+
+
+def _taken_branch(union: str, lines: list[str]) -> dict[str, Any] | None:
+    """The first complaint of the union at `union` that is not a branch refusing the type: the
+    branch of the value's type, and what it found wrong ("text.format.name" missing)."""
+    for line in lines:
+        error = _complaint(line)
+        if error is None or _other_branch(error) is not None:
+            continue
+        loc = str(error.get("loc", ""))
+        branch = loc[len(union) + 1 :] if loc.startswith(union + ".") else ""
+        if branch[:1].isupper():
             return error
     return None
 

@@ -176,11 +176,13 @@ async def test_a_field_vllm_refuses_only_as_generation_starts_is_a_400(
             top_logprobs=30,
             include=["message.output_text.logprobs"],
         )
-    assert "greater than max allowed: 20" in info.value.message
+    assert "top_logprobs of 30, which is greater than max allowed: 20" in info.value.message
     assert info.value.param == "top_logprobs"  # (vLLM names its own `logprobs`)
     with pytest.raises(openai.BadRequestError) as info:
         await oai.responses.create(model=CHAT, input="hi", max_output_tokens=0)
     assert info.value.param == "max_output_tokens"  # (vLLM names its own `max_tokens`)
+    assert "max_output_tokens must be at least 1, got 0" in info.value.message
+    assert " max_tokens" not in info.value.message
 
 
 async def test_a_stream_vllm_refuses_as_generation_starts_leaves_the_engine_up(
@@ -219,3 +221,17 @@ async def test_a_malformed_input_item_is_named(oai: openai.AsyncOpenAI) -> None:
             model=CHAT, input=cast(Any, [{"role": "user", "content": 5}]), max_output_tokens=3
         )
     assert info.value.param == "input[0].content"
+
+
+async def test_a_json_schema_format_without_its_name_is_named(oai: openai.AsyncOpenAI) -> None:
+    """vLLM's first complaint is the plain-text branch: "Input should be 'text'" of
+    text.format.type, which the client had right (json_schema)."""
+    with pytest.raises(openai.BadRequestError) as info:
+        await oai.responses.create(
+            model=CHAT,
+            input="hi",
+            max_output_tokens=3,
+            text=cast(Any, {"format": {"type": "json_schema", "schema": {"type": "object"}}}),
+        )
+    assert info.value.param == "text.format.name"
+    assert info.value.message.endswith("Missing required parameter: 'text.format.name'.")

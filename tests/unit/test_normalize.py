@@ -325,15 +325,65 @@ def test_chats_logprobs_count_is_named_top_logprobs() -> None:
 
 def test_responses_fields_vllm_checks_under_its_names_are_named_as_sent() -> None:
     """vLLM 0.32 turns a response's max_output_tokens and top_logprobs into its sampling
-    `max_tokens` and `logprobs`, and names those when it refuses them."""
-    for message, vllm, sent in (
-        ("max_tokens must be at least 1, got 0.", "max_tokens", "max_output_tokens"),
+    `max_tokens` and `logprobs`, and names those when it refuses them: in `param` and in the
+    message ("max_tokens must be at least 1" of a max_output_tokens of -1 until 2026-12-05)."""
+    for message, vllm, sent, said in (
+        (
+            "max_tokens must be at least 1, got -1. (parameter=max_tokens, value=-1)",
+            "max_tokens",
+            "max_output_tokens",
+            "max_output_tokens must be at least 1, got -1. (parameter=max_output_tokens, value=-1)",
+        ),
         (
             "Requested sample logprobs of 30, which is greater than max allowed: 20",
             "logprobs",
             "top_logprobs",
+            "Requested sample top_logprobs of 30, which is greater than max allowed: 20",
         ),
     ):
         refusal = _vllm_400(message, vllm)
         error = orjson.loads(normalize_error(400, refusal, "responses"))["error"]
-        assert (error["param"], error["message"]) == (sent, message)
+        assert (error["param"], error["message"]) == (sent, said)
+    said = "Requested sample logprobs of 50, which is greater than max allowed: 20"
+    refusal = _vllm_400(said, "logprobs")
+    error = orjson.loads(normalize_error(400, refusal, "chat/completions"))["error"]
+    assert error["message"] == said.replace("logprobs", "top_logprobs")
+    error = orjson.loads(normalize_error(400, refusal, "completions"))["error"]  # (its own name)
+    assert (error["param"], error["message"]) == ("logprobs", said)
+
+
+def test_a_union_branch_refusing_the_type_gives_way_to_the_branch_of_that_type() -> None:
+    """vLLM 0.32's answer to a response's `"text": {"format": {"type": "json_schema"}}` (no name,
+    no schema): its first complaint is the `text` branch saying "Input should be 'text'", which
+    named the type the client had right. The json_schema branch's complaint is named."""
+    dump = (
+        "4 validation errors:\n"
+        "  {'type': 'literal_error', 'loc': 'body.text.format.ResponseFormatText.type', 'msg': "
+        "\"Input should be 'text'\", 'input': 'json_schema', 'ctx': {'expected': \"'text'\"}}\n"
+        "  {'type': 'missing', 'loc': 'body.text.format.ResponseFormatTextJSONSchemaConfig.name', "
+        "'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+        "  {'type': 'missing', 'loc': 'body.text.format.ResponseFormatTextJSONSchemaConfig.schema',"
+        " 'msg': 'Field required', 'input': '<dict of 1 items>'}\n"
+        "  {'type': 'literal_error', 'loc': 'body.text.format.ResponseFormatJSONObject.type', "
+        "'msg': \"Input should be 'json_object'\", 'input': 'json_schema', 'ctx': {'expected': "
+        "\"'json_object'\"}}"
+    )
+    refusal = _vllm_400(dump, "body.text.format.ResponseFormatText.type")
+    error = orjson.loads(normalize_error(400, refusal, "responses"))["error"]
+    assert (error["param"], error["message"]) == (
+        "text.format.name",
+        "Missing required parameter: 'text.format.name'.",
+    )
+    unknown = (  # a type no branch has: every complaint refuses it, the first stands
+        "2 validation errors:\n"
+        "  {'type': 'literal_error', 'loc': 'body.text.format.ResponseFormatText.type', 'msg': "
+        "\"Input should be 'text'\", 'input': 'yaml'}\n"
+        "  {'type': 'literal_error', 'loc': 'body.text.format.ResponseFormatJSONObject.type', "
+        "'msg': \"Input should be 'json_object'\", 'input': 'yaml'}"
+    )
+    refusal = _vllm_400(unknown, "body.text.format.ResponseFormatText.type")
+    error = orjson.loads(normalize_error(400, refusal, "responses"))["error"]
+    assert (error["param"], error["message"]) == (
+        "text.format.type",
+        "Invalid value for 'text.format.type': Input should be 'text' (got 'yaml').",
+    )
