@@ -209,10 +209,19 @@ def _validation(message: str, param: str) -> tuple[str, str]:
     if error.get("type") == "missing":
         return f"Missing required parameter: '{field}'.", field
     got = error.get("input")
-    shown = f" (got {got!r})" if isinstance(got, (str, int, float)) and len(repr(got)) <= 60 else ""
+    shown = f" (got {got!r})" if _shown(got) else ""
     return f"Invalid value for '{field}': {error['msg']}{shown}.", field
 
 
+def _shown(got: object) -> bool:
+    """Whether a complaint's `input` is worth quoting: a short value, not vLLM's stand-in for
+    a list or an object ("<list of 5 items>")."""
+    if not isinstance(got, (str, int, float)) or len(repr(got)) > 60:
+        return False
+    return not (isinstance(got, str) and _STAND_IN.fullmatch(got))
+
+
+_STAND_IN = re.compile(r"<(?:list|dict) of \d+ items?>")
 # Complaints read for one inside the first's field (vLLM lists every branch of every union).
 _COMPLAINTS_READ = 64
 
@@ -230,14 +239,20 @@ def _complaint(line: str) -> dict[str, Any] | None:
 
 def _deeper(first: dict[str, Any], lines: list[str]) -> dict[str, Any] | None:
     """The first complaint inside the field of `first`, a value of the wrong type for one
-    branch of a union (`input` is not a string) when another branch took it and found what
-    is wrong inside (`input[0].content` is missing)."""
+    branch of a union (`input` is not a string), when another branch took it and found what
+    is wrong inside (`input[0].content` is missing) or with it (`stop`, a list, has more than
+    4 items)."""
     loc = first.get("loc")
     if not isinstance(loc, str):
         return None
     for line in lines:
         error = _complaint(line)
-        if error is not None and str(error.get("loc", "")).startswith(loc + "."):
+        if error is None:
+            continue
+        at = str(error.get("loc", ""))
+        if at.startswith(loc + ".") or (
+            at == loc and not str(error.get("type", "")).endswith("_type")
+        ):
             return error
     return None
 

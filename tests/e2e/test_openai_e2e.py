@@ -107,6 +107,7 @@ async def test_engine_validation_error_passes_through_in_openai_shape(
     [
         ({"max_tokens": "ten"}, "max_tokens", "(got 'ten')"),
         ({"messages": ["hi"]}, "messages[0]", "valid dictionary"),
+        ({"stop": list("abcde")}, "stop", "List should have at most 4 items"),  # (not "a string")
     ],
 )
 async def test_a_body_vllm_refuses_names_the_field_as_openai_does(

@@ -215,6 +215,19 @@ def test_a_union_the_value_is_not_the_type_of_names_what_is_wrong_inside_it() ->
     )
     error = orjson.loads(normalize_error(400, _vllm_400(stop, "body.stop")))["error"]
     assert error["param"] == "stop"  # no branch took it: the first complaint stands
+    assert error["message"] == "Invalid value for 'stop': Input should be a valid string (got '5')."
+    five = (  # the list branch took it, and found it too long (said "a valid string" until
+        "2 validation errors:\n"  # 2026-12-05, of a list, quoting vLLM's stand-in for it)
+        "  {'type': 'string_type', 'loc': 'body.stop', 'msg': 'Input should be a valid string', "
+        "'input': '<list of 5 items>'}\n"
+        "  {'type': 'too_long', 'loc': 'body.stop', 'msg': 'List should have at most 4 items "
+        "after validation, not 5', 'input': '<list of 5 items>', 'ctx': {'max_length': 4}}"
+    )
+    error = orjson.loads(normalize_error(400, _vllm_400(five, "body.stop")))["error"]
+    assert (error["param"], error["message"]) == (
+        "stop",
+        "Invalid value for 'stop': List should have at most 4 items after validation, not 5.",
+    )
 
 
 def test_a_prompt_over_the_context_is_context_length_exceeded_on_the_prompts_field() -> None:
