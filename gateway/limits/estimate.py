@@ -98,7 +98,8 @@ def reserved_tokens(
     body: dict[str, Any], default_max_tokens: int, context_length: int | None = None
 ) -> int:
     """Every prompt's estimate plus the most the engine may generate for it, times `n`. Without
-    max_tokens the default applies, capped by what the model's context leaves after the prompt."""
+    max_tokens the default applies (or min_tokens, if more), capped by what the model's context
+    leaves after the prompt, which is all reserved with ignore_eos: nothing stops it sooner."""
     prompts = _prompts(body)
     if "input" in body and "messages" not in body and "prompt" not in body:
         return sum(prompts)  # embeddings generate nothing
@@ -108,11 +109,26 @@ def reserved_tokens(
     limit = positive_int(renamed or body.get("max_tokens"))
     if limit is not None:
         completion = limit * len(prompts)
-    elif context_length is not None:
-        completion = sum(min(default_max_tokens, max(1, context_length - p)) for p in prompts)
-    else:
-        completion = default_max_tokens * len(prompts)
+    else:  # the engine goes on to the context's end: at least min_tokens, all with ignore_eos
+        least = max(default_max_tokens, positive_int(body.get("min_tokens")) or 0)
+        if context_length is None:
+            completion = least * len(prompts)
+        elif _lax_true(body.get("ignore_eos")):
+            completion = sum(max(1, context_length - p) for p in prompts)
+        else:
+            completion = sum(min(least, max(1, context_length - p)) for p in prompts)
     return sum(prompts) + completion * (positive_int(body.get("n")) or 1)
+
+
+_LAX_BOOL: TypeAdapter[bool] = TypeAdapter(bool)
+
+
+def _lax_true(value: Any) -> bool:
+    """Whether the engine reads `value` as true (true, 1, "true", "yes", ... as pydantic)."""
+    try:
+        return value is not None and _LAX_BOOL.validate_python(value)
+    except ValidationError:
+        return False
 
 
 def _item_chars(item: Any) -> int:

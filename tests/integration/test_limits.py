@@ -135,6 +135,23 @@ async def test_a_completion_is_reserved_what_its_engine_generates(auth: AuthStac
     assert "Request too large" in info.value.message
 
 
+async def test_a_request_the_engine_keeps_generating_is_reserved_to_the_context_end(
+    auth: AuthStack,
+) -> None:
+    """ignore_eos without max_tokens runs to the context's end (2,048 on the simulator): it
+    was reserved the default 1,024, and admitted on a tpm of 1,500. min_tokens likewise."""
+    key = await auth.new_key(tpm=1500)
+    async with auth.client(key) as oai:
+        for extra in ({"ignore_eos": True}, {"min_tokens": 1600}):
+            with pytest.raises(openai.RateLimitError) as info:
+                await oai.completions.create(model=MODEL, prompt="hi", extra_body=extra)
+            assert "Request too large" in info.value.message
+        answer = await oai.completions.create(  # the default alone fits
+            model=MODEL, prompt="hi", extra_body={"ignore_eos": False}
+        )
+    assert answer.choices
+
+
 async def test_stream_usage_settles_too_and_engine_refusals_are_refunded(auth: AuthStack) -> None:
     """Exact figures in the third request's headers: this gateway asks Redis for every request
     (an admission fetched ahead carries the figures Redis answered when it was fetched)."""

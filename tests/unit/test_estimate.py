@@ -56,6 +56,28 @@ def test_default_completion_is_capped_by_the_context_left() -> None:
     assert reserved_tokens({**body, "max_tokens": 2000}, 256, context_length=612) == 2100
 
 
+def test_what_keeps_the_engine_generating_without_max_tokens_is_reserved() -> None:
+    """Without max_tokens vLLM generates to the context's end unless the model stops: with
+    ignore_eos it never does, and min_tokens holds it that long (both were reserved the
+    default, 1024, until 2026-12-05: a request that ran to 8,000 tokens was admitted on a
+    tpm limit with room for 1,124)."""
+    body = {"prompt": "x" * 396}  # 100 tokens estimated
+    for yes in (True, "true", 1, "yes"):
+        ignoring = {**body, "ignore_eos": yes}
+        assert reserved_tokens(ignoring, 1024, context_length=8192) == 8192
+        assert reserved_tokens({**ignoring, "n": 2}, 1024, context_length=8192) == 100 + 2 * 8092
+    for no in (False, "false", 0, None, "maybe"):
+        assert reserved_tokens({**body, "ignore_eos": no}, 1024, context_length=8192) == 1124
+    ignoring = {**body, "ignore_eos": True, "max_tokens": 50}
+    assert reserved_tokens(ignoring, 1024, context_length=8192) == 150  # max_tokens bounds it
+    assert reserved_tokens({**body, "min_tokens": 3000}, 1024, context_length=8192) == 3100
+    assert reserved_tokens({**body, "min_tokens": 3000}, 1024, context_length=612) == 612
+    assert reserved_tokens({**body, "min_tokens": 3000}, 1024) == 3100  # context unknown
+    assert reserved_tokens({**body, "min_tokens": 10}, 1024, context_length=8192) == 1124
+    chat = {"messages": [{"role": "user", "content": "x" * 40}], "ignore_eos": True}
+    assert reserved_tokens(chat, 1024, context_length=8192) == 8192
+
+
 TOKEN_BATCH = [list(range(20)) for _ in range(200)]  # 200 prompts of 20 token ids
 
 
