@@ -5,7 +5,8 @@ something only vLLM's non-streaming path returns: prompt logprobs (also implied 
 /v1/chat/completions, and by `echo` with `logprobs` on /v1/completions), beam search,
 KV-transfer parameters, or its own `stream_options` (vLLM refuses those on a non-streaming
 request, and its 400 should reach the client). Those pass through unchanged, and a client
-that abandons one is billed 0 tokens.
+that abandons one is billed its prompt as estimated (metering/accounting.py), none of what the
+engine generated.
 """
 
 from __future__ import annotations

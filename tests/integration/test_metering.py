@@ -206,12 +206,18 @@ async def test_a_request_left_before_its_first_token_is_billed_its_prompt(meter:
     headers = {"authorization": f"Bearer {key}"}
     url = f"{meter.gateway}/v1/chat/completions"
     long_prompt = [{"role": "user", "content": "tell me " * 200}]
-    for request_id, stream in (("stream-left", True), ("plain-left", False)):
+    passed = {"use_beam_search": True}  # (what the engine's non-streaming path alone does)
+    for request_id, stream, extra in (
+        ("stream-left", True, {}),
+        ("plain-left", False, {}),
+        ("passed-left", False, passed),  # (sent as it is: no usage until the end)
+    ):
         body = {"model": MODEL, "messages": long_prompt, "stream": stream, "sim": {"ttft_ms": 3000}}
+        body |= extra
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(_read(meter, url, body, {**headers, **rid(request_id)}), 0.5)
-    records = {r.request_id: r for r in await meter.wait_records("left-early", 2)}
-    for request_id in ("stream-left", "plain-left"):
+    records = {r.request_id: r for r in await meter.wait_records("left-early", 3)}
+    for request_id in ("stream-left", "plain-left", "passed-left"):
         left = records[request_id]
         assert (left.outcome, left.status) == ("client_disconnected", 499)
         assert left.prompt_tokens == prompt_tokens({"messages": long_prompt}), left
