@@ -227,7 +227,10 @@ def _refusal(reply: list[bytes], tokens: int) -> RateLimited:
             f"Rate limit reached for {kind} per minute at the {scope} scope: limit {limit}. "
             f"Please try again in {duration(retry_ms)}."
         )
-        headers = {"retry-after": str(max(1, math.ceil(retry_ms / 1000)))}
+        # Retry-After in whole seconds; retry-after-ms exact, which OpenAI's SDKs read first (a
+        # tpm bucket short of a few tokens has room again in ms, not the 1 s they waited)
+        wait_ms = max(1, math.ceil(retry_ms))
+        headers = {"retry-after": str(math.ceil(wait_ms / 1000)), "retry-after-ms": str(wait_ms)}
         # as OpenAI's 429s: the refusing limit's figures, none left
         _figures(
             headers,

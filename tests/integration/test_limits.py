@@ -17,7 +17,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.embedded.redis_server import running_redis
-from gateway.limits.estimate import reserved_tokens
+from gateway.limits.estimate import prompt_tokens, reserved_tokens
 from gateway.limits.prefetch import HEADROOM
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import ADMIN, MODEL, OTHER, AuthStack, auth_settings
@@ -46,6 +46,9 @@ async def test_rpm_headers_count_down_then_429(auth: AuthStack) -> None:
     assert error.code == "rate_limit_exceeded"
     assert error.type == "requests"
     assert int(error.response.headers["retry-after"]) >= 1
+    wait_ms = int(error.response.headers["retry-after-ms"])  # the rpm window: most of a minute
+    assert 0 < wait_ms <= 60_000
+    assert int(error.response.headers["retry-after"]) == math.ceil(wait_ms / 1000)
     assert error.response.headers["x-ratelimit-limit-requests"] == "3"  # on the 429 as well
     assert error.response.headers["x-ratelimit-remaining-requests"] == "0"
     assert "key scope" in error.message
@@ -150,6 +153,26 @@ async def test_a_request_the_engine_keeps_generating_is_reserved_to_the_context_
             model=MODEL, prompt="hi", extra_body={"ignore_eos": False}
         )
     assert answer.choices
+
+
+async def test_a_token_bucket_a_few_tokens_short_says_to_retry_in_ms(auth: AuthStack) -> None:
+    """A refusal by tpm says when the bucket has room to the millisecond (`retry-after-ms`,
+    which the SDK reads first): Retry-After alone made the SDK wait a whole second for a few
+    tokens, ~60 ms each at this tpm. The SDK's retry after it then gets through."""
+    key = await auth.new_key(tpm=TPM)
+    body: dict[str, Any] = {"model": MODEL, "messages": HELLO, "max_tokens": 8}
+    async with auth.client(key) as oai:
+        first = await oai.chat.completions.create(**body)
+        assert first.usage is not None
+        left = TPM - first.usage.total_tokens  # (and a token back every 60 ms since)
+        over = {**body, "max_tokens": left - prompt_tokens(body) + 10}  # ~10 tokens short
+        with pytest.raises(openai.RateLimitError) as info:
+            await oai.with_options(max_retries=0).chat.completions.create(**over)
+        headers = info.value.response.headers
+        wait_ms = int(headers["retry-after-ms"])
+        assert 0 < wait_ms < 1000, headers  # a few tokens' worth, not a second
+        assert headers["retry-after"] == "1"
+        assert (await oai.with_options(max_retries=2).chat.completions.create(**over)).choices
 
 
 async def test_stream_usage_settles_too_and_engine_refusals_are_refunded(auth: AuthStack) -> None:
