@@ -104,7 +104,7 @@ def normalize_error(
         message, param = _validation(message, param)
         if (route, param) in _RENAMED:  # the client's name, in `param` and in the message
             named, param = param, _RENAMED[(route, param)]
-            message = re.sub(rf"\b{named}\b", param, message)
+            message = re.sub(rf"\b{re.escape(named)}\b", param, message)
         if param in _CONTEXT_PARAMS:  # vLLM's context-length refusal: OpenAI's code, the field
             param, code = _PROMPT_FIELDS.get(route or "", "messages"), "context_length_exceeded"
     if status == 404:
@@ -202,8 +202,8 @@ def _validation(message: str, param: str) -> tuple[str, str]:
         deeper = _deeper(error, lines[1:])
         if deeper is not None:
             error, field = deeper, _field_path(deeper["loc"])
-    elif _other_branch(error) is not None:
-        taken = _taken_branch(_other_branch(error) or "", lines[1:])
+    elif (union := _other_branch(error)) is not None:
+        taken = _taken_branch(union, lines[1:])
         if taken is not None:
             error, field = taken, _field_path(taken["loc"])
     if error.get("type") == "missing":
@@ -222,6 +222,7 @@ def _shown(got: object) -> bool:
 
 
 _STAND_IN = re.compile(r"<(?:list|dict) of \d+ items?>")
+
 # Complaints read for one inside the first's field (vLLM lists every branch of every union).
 _COMPLAINTS_READ = 64
 
