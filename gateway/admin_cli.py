@@ -1,5 +1,5 @@
-"""`llmaas keys create|list|update|revoke|rotate`, `llmaas tenants set|list`, `llmaas engines`:
-tables, or --json."""
+"""`llmaas keys create|list|update|revoke|rotate`, `llmaas tenants set|update|list`,
+`llmaas engines`: tables, or --json."""
 
 from __future__ import annotations
 
@@ -103,21 +103,7 @@ def add_admin_commands(sub: Any) -> None:
         "replica applies them to the key's next request. Options left out stay as they are.",
     )
     update.add_argument("key_id", type=_given, help="the key's id, as keys list shows it")
-    for flag, what in (
-        ("--rpm", "requests per minute"),
-        ("--tpm", "tokens per minute"),
-        ("--max-concurrency", "requests in flight"),
-    ):
-        update.add_argument(
-            flag,
-            type=_limit_or_none,
-            default=argparse.SUPPRESS,  # left out: absent, where `none` is None
-            metavar="N|none",
-            help=f"limit of {what}; none: the gateway's limits.key_defaults (none there: no limit)",
-        )
-    models = update.add_mutually_exclusive_group()
-    models.add_argument("--models", help='comma-separated allow-list ("" allows none)')
-    models.add_argument("--every-model", action="store_true", help="lift the allow-list")
+    _change_options(update, "key")
     update.add_argument("--name", help='a label for the key ("" removes it)')
     update.add_argument(
         "--expires-at", metavar="TIME|never", help="RFC 3339, e.g. 2027-01-01T00:00:00Z"
@@ -146,6 +132,31 @@ def add_admin_commands(sub: Any) -> None:
         "--media-hosts",
         help="comma-separated hosts its media URLs may name ('' for none; omitted: the default)",
     )
+    tenant_update = tenants.add_parser(
+        "update",
+        parents=[common],
+        help="change some of a tenant's settings (what is left out stays)",
+        description="Change a tenant's settings in place; every gateway replica applies them "
+        "to its next request. Options left out stay as they are (`tenants set` replaces them "
+        "all).",
+    )
+    tenant_update.add_argument(
+        "tenant_id", type=_given, help="the tenant, as tenants list shows it"
+    )
+    _change_options(tenant_update, "tenant")
+    tenant_update.add_argument(
+        "--priority",
+        type=_limit_or_none,
+        default=argparse.SUPPRESS,
+        metavar="N|none",
+        help="vLLM request priority of all its requests (lower first); none: the engines' default",
+    )
+    tenant_update.add_argument(
+        "--media-hosts",
+        metavar="HOSTS|default",
+        help="comma-separated hosts its media URLs may name ('' for none; default: the "
+        "gateway's request_policy.media_hosts)",
+    )
     tenants.add_parser("list", parents=[common], help="list tenants and their settings")
 
     engines = sub.add_parser(
@@ -155,6 +166,27 @@ def add_admin_commands(sub: Any) -> None:
         description="Every engine the gateway routes to, as this gateway replica sees it.",
     )
     engines.set_defaults(func=run_engines, action="list")
+
+
+def _change_options(parser: argparse.ArgumentParser, scope: str) -> None:
+    """The options of `keys update` and `tenants update` that both have: each limit (N, or none
+    to lift it) and the model allow-list; an option left out changes nothing."""
+    for flag, what in (
+        ("--rpm", "requests per minute"),
+        ("--tpm", "tokens per minute"),
+        ("--max-concurrency", "requests in flight"),
+    ):
+        parser.add_argument(
+            flag,
+            type=_limit_or_none,
+            default=argparse.SUPPRESS,  # left out: absent, where `none` is None
+            metavar="N|none",
+            help=f"limit of {what}; none: the gateway's limits.{scope}_defaults (none there: "
+            "no limit)",
+        )
+    models = parser.add_mutually_exclusive_group()
+    models.add_argument("--models", help='comma-separated allow-list ("" allows none)')
+    models.add_argument("--every-model", action="store_true", help="lift the allow-list")
 
 
 def _given(value: str) -> str:
@@ -195,8 +227,11 @@ async def _call(client: AdminClient, args: argparse.Namespace) -> Any:
     if args.command == "tenants":
         if args.action == "list":
             return {"object": "list", "data": await client.every_page("/tenants")}
+        path = f"/tenants/{segment(args.tenant_id)}"
+        if args.action == "update":
+            return await client.call("PATCH", path, _tenant_changes(args))
         body = {**_limits(args), "priority": args.priority, "media_hosts": _hosts(args)}
-        return await client.call("PUT", f"/tenants/{segment(args.tenant_id)}", body)
+        return await client.call("PUT", path, body)
     if args.action == "list":
         keys = await client.every_page("/keys", {"tenant": args.tenant} if args.tenant else {})
         return {"object": "list", "data": keys}
@@ -221,8 +256,9 @@ def _key_request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | N
     return "POST", f"{path}/rotate", None
 
 
-def _key_changes(args: argparse.Namespace) -> dict[str, Any]:
-    """The PATCH body of `keys update`: only what its options name (null lifts or clears)."""
+def _changes(args: argparse.Namespace) -> dict[str, Any]:
+    """What `keys update` and `tenants update` change alike: the limits and the models their
+    options name (null lifts a limit or the allow-list)."""
     given = vars(args)
     body: dict[str, Any] = {
         field: given[field] for field in ("rpm", "tpm", "max_concurrency") if field in given
@@ -231,6 +267,23 @@ def _key_changes(args: argparse.Namespace) -> dict[str, Any]:
         body["models"] = _model_list(args.models)
     if args.every_model:
         body["models"] = None
+    return body
+
+
+def _tenant_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The PATCH body of `tenants update`: only what its options name."""
+    body = _changes(args)
+    if "priority" in vars(args):
+        body["priority"] = args.priority
+    if args.media_hosts is not None:
+        default = args.media_hosts.strip().lower() == "default"
+        body["media_hosts"] = None if default else _hosts(args)
+    return body
+
+
+def _key_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The PATCH body of `keys update`: only what its options name (null lifts or clears)."""
+    body = _changes(args)
     if args.name is not None:
         body["name"] = args.name or None
     if args.expires_at is not None:

@@ -32,7 +32,7 @@ from gateway.auth.records import (
     TenantRecord,
     rfc3339,
 )
-from gateway.auth.store import AuthStore, key_revoked
+from gateway.auth.store import AuthStore, key_revoked, tenant_not_found
 from gateway.deps import Gateway
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
 from gateway.redis_pages import AfterNotFound
@@ -120,6 +120,8 @@ class KeyCreate(KeySettings):
 
 
 class TenantPut(TenantFields):
+    """A tenant's settings as an admin sets them: all of them (PUT), or those a PATCH names."""
+
     model_config = ConfigDict(extra="forbid")
     models: AllowedModels = None
 
@@ -230,11 +232,28 @@ async def put_tenant(tenant_id: TenantId, body: TenantPut, gw: Gateway) -> Respo
     return json_response(_tenant_view(record))
 
 
+@router.patch("/tenants/{tenant_id}", response_model=None)
+async def update_tenant(tenant_id: TenantId, body: TenantPut, gw: Gateway) -> Response:
+    """Change some of a tenant's settings: what the body leaves out stays as it is, and null
+    clears (a limit falls back to limits.tenant_defaults; every model; the engines' priority;
+    the gateway's media hosts). PUT replaces them all: raising a tenant's tpm so dropped its
+    model allow-list."""
+    store = store_of(gw)
+    found = await store.get_tenant_version(tenant_id)
+    if found is None:
+        raise tenant_not_found(tenant_id)
+    old, read = found
+    record = old.model_copy(update=body.model_dump(include=body.model_fields_set))
+    if record != old:
+        await store.change_tenant(record, read)  # 409 if changed since the read
+    return json_response(_tenant_view(record))
+
+
 @router.get("/tenants/{tenant_id}", response_model=None)
 async def get_tenant(tenant_id: TenantId, gw: Gateway) -> Response:
     record = await store_of(gw).get_tenant(tenant_id)
     if record is None:
-        raise NotFound(f"No tenant '{tenant_id}'.", param="id", code="tenant_not_found")
+        raise tenant_not_found(tenant_id)
     return json_response(_tenant_view(record))
 
 

@@ -56,6 +56,17 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 'ok'
 """
 
+# A tenant's change made from the record read earlier (ARGV[4], its stored JSON): written only
+# if the tenant still holds it, so of two changes sent at once neither undoes the other.
+_CHANGE_TENANT = """
+local current = redis.call('GET', KEYS[1])
+if not current then return 'missing' end
+if current ~= ARGV[4] then return 'changed' end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 'ok'
+"""
+
 
 def key_key(key_id: str) -> str:
     return f"llmaas:apikey:{key_id}"
@@ -78,6 +89,7 @@ class AuthStore:
         self.redis = redis
         self.on_write = on_write  # this replica's cache: dropped at once, not when pub/sub says
         self._write_key = redis.register_script(_WRITE_KEY)
+        self._change_tenant = redis.register_script(_CHANGE_TENANT)
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         found = await self.get_key_version(key_id)
@@ -92,8 +104,16 @@ class AuthStore:
         return KeyRecord.model_validate_json(stored), stored
 
     async def get_tenant(self, tenant: str) -> TenantRecord | None:
+        found = await self.get_tenant_version(tenant)
+        return None if found is None else found[0]
+
+    async def get_tenant_version(self, tenant: str) -> tuple[TenantRecord, bytes] | None:
+        """The record and its stored JSON, to change it only if nobody changed it since."""
         raw = await self.redis.get(tenant_key(tenant))
-        return None if raw is None else TenantRecord.model_validate_json(raw)
+        if raw is None:
+            return None
+        stored = raw if isinstance(raw, bytes) else raw.encode()
+        return TenantRecord.model_validate_json(stored), stored
 
     async def create_key(self, record: KeyRecord) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:  # one slot: the tenant's tag
@@ -139,6 +159,24 @@ class AuthStore:
             pipe.publish(CHANNEL, message)
             await pipe.execute()
         self._written(message)
+
+    async def change_tenant(self, record: TenantRecord, read: bytes) -> None:
+        """Write an existing tenant's changed record, if it still holds `read` (409 if another
+        write came in between, 404 if it is gone)."""
+        message = f"tenant:{record.id}"
+        args: list[str | bytes] = [record.model_dump_json(), CHANNEL, message, read]
+        outcome = _text(await self._change_tenant(keys=[tenant_key(record.id)], args=args))
+        self._written(message)
+        if outcome == "missing":
+            raise tenant_not_found(record.id)
+        if outcome == "changed":
+            raise InvalidRequest(
+                f"The tenant '{record.id}' was changed by another request at the same time; "
+                "nothing was written. Read it again and retry.",
+                param="id",
+                code="tenant_changed",
+                status=409,
+            )
 
     async def ensure_tenant(self, tenant: str) -> TenantRecord:
         existing = await self.get_tenant(tenant)
@@ -262,6 +300,10 @@ class AuthStore:
     def _written(self, message: str) -> None:
         if self.on_write is not None:
             self.on_write(message)
+
+
+def tenant_not_found(tenant: str) -> NotFound:
+    return NotFound(f"No tenant '{tenant}'.", param="id", code="tenant_not_found")
 
 
 def key_revoked(key_id: str) -> InvalidRequest:

@@ -120,6 +120,46 @@ async def test_tenants_through_the_cli(auth: AuthStack) -> None:
     assert "1000" in table
 
 
+async def test_tenants_update_changes_only_what_it_names(auth: AuthStack) -> None:
+    """`tenants set` replaces every setting: raising a tenant's tpm with it dropped the
+    tenant's model allow-list (every model, at once) and its other limits. `tenants update`
+    changes what its options name; none lifts, default gives the media hosts back."""
+    await llmaas_json(
+        auth, "tenants", "set", "cli-u", "--models", "a,b", "--rpm", "60", "--media-hosts", "x.io"
+    )
+    changed = await llmaas_json(auth, "tenants", "update", "cli-u", "--tpm", "5000")
+    assert (changed["tpm"], changed["rpm"], changed["models"]) == (5000, 60, ["a", "b"])
+    assert changed["media_hosts"] == ["x.io"]
+    changed = await llmaas_json(
+        auth,
+        "tenants",
+        "update",
+        "cli-u",
+        "--rpm",
+        "none",
+        "--priority",
+        "-1",
+        "--media-hosts",
+        "default",
+        "--every-model",
+    )
+    assert (changed["rpm"], changed["priority"], changed["media_hosts"]) == (None, -1, None)
+    assert (changed["models"], changed["tpm"]) == (None, 5000)
+    changed = await llmaas_json(
+        auth, "tenants", "update", "cli-u", "--priority", "none", "--media-hosts", ""
+    )
+    assert (changed["priority"], changed["media_hosts"], changed["tpm"]) == (None, [], 5000)
+    code, table, _ = await llmaas(auth, "tenants", "update", "cli-u", "--models", "c")
+    assert code == 0
+    assert "cli-u" in table.splitlines()[1]
+    code, _, err = await llmaas(auth, "tenants", "update", "nobody-here", "--tpm", "5")
+    assert code == 1
+    assert "No tenant 'nobody-here'" in err  # (update creates no tenant; set does)
+    code, _, err = await llmaas(auth, "tenants", "update", "cli-u", "--tpm", "lots")
+    assert code == 2
+    assert "argument --tpm: 'lots' is neither a whole number nor none" in err
+
+
 async def test_cli_errors_are_clear(auth: AuthStack) -> None:
     code, _, err = await llmaas(auth, "keys", "list", token="wrong-token")
     assert code == 1

@@ -270,6 +270,51 @@ async def test_a_write_from_a_stale_read_is_refused_not_lost(secured: Secured) -
     assert revoked.value.code == "key_revoked"
 
 
+async def test_concurrent_tenant_changes_are_kept_or_refused_never_lost(secured: Secured) -> None:
+    """PATCH /admin/v1/tenants/{id} reads the record, changes the fields its body names and
+    writes it back: of changes sent at once, each is kept (200, and in the record after) or
+    refused 409 tenant_changed, never answered 200 and overwritten by another's."""
+    assert (await secured.admin("PUT", "/tenants/racing", {"models": ["m"]}))[0] == 200
+    refused = 0
+    for round_no in range(ROTATION_ROUNDS):
+        changes = [
+            ("rpm", 10 + round_no),
+            ("tpm", 1000 + round_no),
+            ("max_concurrency", 3 + round_no),
+            ("priority", round_no),
+        ]
+        answers = await asyncio.gather(
+            *(secured.admin("PATCH", "/tenants/racing", {f: v}) for f, v in changes)
+        )
+        status, now = await secured.admin("GET", "/tenants/racing")
+        assert status == 200
+        assert now["models"] == ["m"]  # named by none of them: kept
+        for (field, value), (status, body) in zip(changes, answers, strict=True):
+            if status == 200:
+                assert now[field] == value, (field, now)
+            else:
+                assert (status, body["error"]["code"]) == (409, "tenant_changed"), body
+                refused += 1
+    print(f"{ROTATION_ROUNDS} x 4 concurrent tenant changes: {refused} refused 409")
+    status, body = await secured.admin("PATCH", "/tenants/never-made", {"rpm": 5})
+    assert (status, body["error"]["code"]) == (404, "tenant_not_found")
+
+
+async def test_a_tenant_change_from_a_stale_read_is_refused(secured: Secured) -> None:
+    store = AuthStore(secured.redis)
+    await store.ensure_tenant("stale-t")
+    found = await store.get_tenant_version("stale-t")
+    assert found is not None
+    first, read = found
+    await store.change_tenant(first.model_copy(update={"rpm": 5}), read)
+    with pytest.raises(InvalidRequest) as changed:  # made from what the first write replaced
+        await store.change_tenant(first.model_copy(update={"tpm": 50}), read)
+    assert (changed.value.status_code, changed.value.code) == (409, "tenant_changed")
+    now = await store.get_tenant("stale-t")
+    assert now is not None
+    assert (now.rpm, now.tpm) == (5, None)
+
+
 async def test_concurrent_rotations_never_hand_out_a_dead_secret(secured: Secured) -> None:
     """Every 200 from a rotation is a secret that worked when it was written: of rotations
     that read the same record, one wins and the others get 409 key_changed."""
