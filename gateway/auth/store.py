@@ -139,13 +139,7 @@ class AuthStore:
         if outcome == "revoked":
             raise key_revoked(record.id)
         if outcome == "changed":
-            raise InvalidRequest(
-                f"The API key '{record.id}' was changed by another request at the same time; "
-                "nothing was written. Read it again and retry.",
-                param="id",
-                code="key_changed",
-                status=409,
-            )
+            raise _changed_meanwhile(f"The API key '{record.id}'", "key_changed")
         if outcome == "exists":
             raise InvalidRequest(
                 f"An API key with id '{record.id}' already exists.", code="key_exists", status=409
@@ -170,13 +164,7 @@ class AuthStore:
         if outcome == "missing":
             raise tenant_not_found(record.id)
         if outcome == "changed":
-            raise InvalidRequest(
-                f"The tenant '{record.id}' was changed by another request at the same time; "
-                "nothing was written. Read it again and retry.",
-                param="id",
-                code="tenant_changed",
-                status=409,
-            )
+            raise _changed_meanwhile(f"The tenant '{record.id}'", "tenant_changed")
 
     async def ensure_tenant(self, tenant: str) -> TenantRecord:
         existing = await self.get_tenant(tenant)
@@ -300,6 +288,17 @@ class AuthStore:
     def _written(self, message: str) -> None:
         if self.on_write is not None:
             self.on_write(message)
+
+
+def _changed_meanwhile(what: str, code: str) -> InvalidRequest:
+    """409: a write made from a record read before another write of it."""
+    return InvalidRequest(
+        f"{what} was changed by another request at the same time; nothing was written. Read "
+        "it again and retry.",
+        param="id",
+        code=code,
+        status=409,
+    )
 
 
 def tenant_not_found(tenant: str) -> NotFound:
