@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from gateway.settings_section import Section
+from gateway.settings_section import HomePath, Section
 
 
 def _default_files_dir() -> Path:
@@ -19,17 +19,12 @@ class FilesSettings(Section):
 
     # Contents live at <dir>/<tenant>/<file id>. On a cluster: a ReadWriteMany volume shared by
     # the gateways, the trainer and the engines (they load adapters from it by path).
-    dir: Path = Field(default_factory=_default_files_dir)
+    dir: HomePath = Field(default_factory=_default_files_dir)
     # False: /v1/files is not served (404), as where no storage is shared with a trainer (the
     # Helm chart without fine-tuning: uploads would fail, or land on one replica's disk only).
     enabled: bool = True
     max_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1)  # OpenAI's limit per file
     max_files_per_tenant: int = Field(default=10_000, ge=1)
-
-    @field_validator("dir")
-    @classmethod
-    def _expand_home(cls, path: Path) -> Path:
-        return path.expanduser()
 
 
 class FineTuningSettings(Section):

@@ -23,7 +23,7 @@ from gateway.finetune_settings import FilesSettings, FineTuningSettings
 from gateway.jwt_settings import JwtSettings
 from gateway.netutil import media_host
 from gateway.routing.entries import StaticEntry, parse_entry
-from gateway.settings_section import Section
+from gateway.settings_section import HomePath, Section
 
 
 def _engine_entry(entry: str) -> str:
@@ -160,15 +160,10 @@ class MeteringSettings(Section):
     # Where settlements that Redis could not take are kept across restarts (replayed on start).
     # In Kubernetes, mount a volume here that outlives the pod. Files name their ledger (the id
     # in Redis at llmaas:ledger:id); a gateway replays only its own ledger's and reports others.
-    spill_dir: Path = Field(default_factory=_default_spill_dir)
+    spill_dir: HomePath = Field(default_factory=_default_spill_dir)
     # On shutdown, how long to keep trying Redis before spilling what is left.
     flush_timeout_s: float = Field(default=10.0, ge=0)
     retry_max_interval_s: float = Field(default=5.0, gt=0)
-
-    @field_validator("spill_dir")
-    @classmethod
-    def _expand_home(cls, path: Path) -> Path:
-        return path.expanduser()
 
 
 class AuthSettings(Section):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+# A directory of the config: `~` is the home of the user the gateway runs as.
+HomePath = Annotated[Path, AfterValidator(Path.expanduser)]
 
 
 class Section(BaseModel):
