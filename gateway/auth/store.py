@@ -97,11 +97,8 @@ class AuthStore:
 
     async def get_key_version(self, key_id: str) -> tuple[KeyRecord, bytes] | None:
         """The record and its stored JSON, to write it back only if nobody changed it since."""
-        raw = await self.redis.get(key_key(key_id))
-        if raw is None:
-            return None
-        stored = raw if isinstance(raw, bytes) else raw.encode()
-        return KeyRecord.model_validate_json(stored), stored
+        stored = await self._stored(key_key(key_id))
+        return None if stored is None else (KeyRecord.model_validate_json(stored), stored)
 
     async def get_tenant(self, tenant: str) -> TenantRecord | None:
         found = await self.get_tenant_version(tenant)
@@ -109,11 +106,13 @@ class AuthStore:
 
     async def get_tenant_version(self, tenant: str) -> tuple[TenantRecord, bytes] | None:
         """The record and its stored JSON, to change it only if nobody changed it since."""
-        raw = await self.redis.get(tenant_key(tenant))
-        if raw is None:
-            return None
-        stored = raw if isinstance(raw, bytes) else raw.encode()
-        return TenantRecord.model_validate_json(stored), stored
+        stored = await self._stored(tenant_key(tenant))
+        return None if stored is None else (TenantRecord.model_validate_json(stored), stored)
+
+    async def _stored(self, name: str) -> bytes | None:
+        """A record's JSON as stored: the bytes a compare-and-set script compares."""
+        raw = await self.redis.get(name)
+        return raw if raw is None or isinstance(raw, bytes) else raw.encode()
 
     async def create_key(self, record: KeyRecord) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:  # one slot: the tenant's tag
