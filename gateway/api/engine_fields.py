@@ -24,9 +24,16 @@ REFUSED = {
     # gone) would be billed, and charged to its token limits, as if up to N - 1 fewer were made.
     "stream_interval": "it holds back the usage reports a stream cut short is billed by",
 }
-# Schemas and grammars the engine compiles for structured output.
-SCHEMA_FIELDS = ("structured_outputs", "guided_json", "guided_regex", "guided_grammar")
-SCHEMA_FIELDS_LISTED = ("guided_choice",)
+# vLLM's guided-decoding fields before `structured_outputs`: vLLM 0.32 ignores them (a warning
+# in its log), so a request that sends one would come back unconstrained. Each with what says
+# the same now.
+REMOVED = {
+    "guided_json": "'structured_outputs': {'json': …} or 'response_format'",
+    "guided_regex": "'structured_outputs': {'regex': …}",
+    "guided_choice": "'structured_outputs': {'choice': […]}",
+    "guided_grammar": "'structured_outputs': {'grammar': …}",
+    "guided_whitespace_pattern": "'structured_outputs': {'whitespace_pattern': …}",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +50,15 @@ def check_engine_fields(body: dict[str, Any], bounds: FieldBounds) -> None:
             raise InvalidRequest(
                 f"'{name}' is not accepted: {why}.", param=name, code="unsupported_parameter"
             )
-    for name in (*SCHEMA_FIELDS, *SCHEMA_FIELDS_LISTED):
-        _cap_size(body.get(name), name, bounds.max_schema_bytes)
+    for name, instead in REMOVED.items():
+        if body.get(name) is not None:
+            raise InvalidRequest(
+                f"'{name}' is no longer read by the engine (vLLM removed it), so the output would"
+                f" not be constrained; use {instead} instead.",
+                param=name,
+                code="unsupported_parameter",
+            )
+    _cap_size(body.get("structured_outputs"), "structured_outputs", bounds.max_schema_bytes)
     response_format = body.get("response_format")
     if isinstance(response_format, dict):
         _cap_size(response_format, "response_format", bounds.max_schema_bytes)
@@ -66,9 +80,6 @@ def grammar_field(body: dict[str, Any]) -> str | None:
     if isinstance(outputs, dict):
         named = next((k for k in _STRUCTURED_KINDS if outputs.get(k) is not None), None)
         return "structured_outputs" if named is None else f"structured_outputs.{named}"
-    legacy = next((k for k in _GUIDED if body.get(k) is not None), None)
-    if legacy is not None:
-        return legacy
     response_format = body.get("response_format")
     if isinstance(response_format, dict) and response_format.get("type") in _COMPILED_FORMATS:
         return "response_format"
@@ -84,7 +95,6 @@ def grammar_field(body: dict[str, Any]) -> str | None:
 
 # vLLM 0.32's StructuredOutputsParams: the kinds of constraint, one per request.
 _STRUCTURED_KINDS = ("json", "regex", "choice", "grammar", "structural_tag", "json_object")
-_GUIDED = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
 _COMPILED_FORMATS = ("json_schema", "json_object", "structural_tag")
 
 

@@ -209,6 +209,29 @@ async def _drain(stream: Any) -> None:
         pass
 
 
+async def test_a_guided_decoding_field_vllm_ignores_is_refused_and_its_successor_works(
+    oai: openai.AsyncOpenAI,
+) -> None:
+    """vLLM 0.32 ignores `guided_choice` and its kin (a warning in its log): the answer would be
+    free text. The gateway refuses them by name, and what its message says to use instead
+    constrains the real engine's answer."""
+    question: Any = [{"role": "user", "content": "Is Paris in France? Answer yes or no."}]
+    with pytest.raises(openai.BadRequestError) as info:
+        await oai.chat.completions.create(
+            model=CHAT, messages=question, max_tokens=8, extra_body={"guided_choice": ["yes", "no"]}
+        )
+    assert (info.value.param, info.value.code) == ("guided_choice", "unsupported_parameter")
+    assert "'structured_outputs': {'choice'" in info.value.message
+    reply = await oai.chat.completions.create(
+        model=CHAT,
+        messages=question,
+        max_tokens=8,
+        temperature=0,
+        extra_body={"structured_outputs": {"choice": ["maybe", "never"]}},
+    )
+    assert reply.choices[0].message.content in ("maybe", "never")
+
+
 async def test_a_prompt_over_the_context_is_context_length_exceeded(
     oai: openai.AsyncOpenAI,
 ) -> None:

@@ -9,7 +9,13 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from gateway.api.engine_fields import REFUSED, FieldBounds, check_engine_fields, grammar_field
+from gateway.api.engine_fields import (
+    REFUSED,
+    REMOVED,
+    FieldBounds,
+    check_engine_fields,
+    grammar_field,
+)
 from gateway.api.media_ids import media_id
 from gateway.api.policy import SALTS_KEPT, TenantPolicy, cache_salt, salt_key_from
 from gateway.auth.principal import Principal
@@ -35,6 +41,16 @@ def test_engine_internal_fields_are_refused_by_name(field: str) -> None:
     assert err.code == "unsupported_parameter"
 
 
+@pytest.mark.parametrize("field", sorted(REMOVED))
+def test_guided_decoding_fields_the_engine_ignores_are_refused_by_name(field: str) -> None:
+    """vLLM 0.32 ignores them (the output would come back unconstrained): the 400 says what
+    asks for the same now."""
+    err = refusal({**CHAT, field: "[0-9]+"})
+    assert (err.param, err.code) == (field, "unsupported_parameter")
+    assert "'structured_outputs': {'" in err.message
+    check_engine_fields({**CHAT, field: None}, BOUNDS)  # null asks for nothing
+
+
 def test_every_field_that_steers_engine_internals_is_refused() -> None:
     """vLLM 0.32's chat, completions and responses fields that reach past the request: the
     connectors moving KV and encoder caches between engines, plugins, templates, tensors."""
@@ -56,8 +72,8 @@ def test_every_field_that_steers_engine_internals_is_refused() -> None:
     ("field", "value"),
     [
         ("structured_outputs", {"json": {"description": "x" * 200}}),
-        ("guided_regex", "a" * 200),
-        ("guided_choice", ["x" * 100, "y" * 100]),
+        ("structured_outputs", {"regex": "a" * 200}),
+        ("structured_outputs", {"choice": ["x" * 100, "y" * 100]}),
         ("response_format", {"type": "json_schema", "json_schema": {"d": "x" * 200}}),
         ("logit_bias", {"1": 1, "2": 1, "3": 1, "4": 1}),
         ("stop", ["a", "b", "c"]),
@@ -210,7 +226,7 @@ def test_configured_hosts_are_normalised() -> None:
     [
         ({"structured_outputs": {"regex": "[0-9]+", "json": None}}, "structured_outputs.regex"),
         ({"structured_outputs": {"json": {"type": "object"}}}, "structured_outputs.json"),
-        ({"guided_choice": ["a", "b"]}, "guided_choice"),
+        ({"structured_outputs": {"choice": ["a", "b"]}}, "structured_outputs.choice"),
         ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format"),
         ({"response_format": {"type": "text"}}, None),
         ({"text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format"),
