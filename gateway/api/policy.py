@@ -5,8 +5,9 @@ re-serialised once. vLLM's request `priority` is the tenant's (admin API), never
 client's: a client that could set it would jump every other tenant's queue. `cache_salt` is
 a keyed hash of the tenant (and of the client's own salt, if any): prefix-cache hits, and
 the timing they leak, stay within a tenant; so do the media ids clients give content parts
-(media_ids.py). Engine-internal fields are refused (engine_fields.py) and media URLs checked
-(media.py).
+(media_ids.py). Engine-internal fields are refused (engine_fields.py), as are OpenAI fields
+the engine would drop unread when that changes the answer (ignored_fields.py), and media URLs
+checked (media.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from gateway.api.body import dump_json
 from gateway.api.engine_fields import FieldBounds, check_engine_fields
+from gateway.api.ignored_fields import check_ignored_fields
 from gateway.api.media import HostResolver, MediaRules, check_media, system_resolve
 from gateway.api.media_ids import media_id, tenant_media_ids
 from gateway.auth.principal import Principal
@@ -49,6 +51,7 @@ class TenantPolicy:
         """The body as the engine may see it, or a 400 naming the field it may not."""
         s = self.settings
         check_engine_fields(body, FieldBounds(s.max_schema_bytes, s.max_logit_bias, s.max_stop))
+        check_ignored_fields(route, body)
         hosts = s.media_hosts if caller.media_hosts is None else caller.media_hosts
         await check_media(body, MediaRules(frozenset(hosts), s.max_data_url_bytes, self.resolve))
         changed = dict(body)

@@ -232,6 +232,43 @@ async def test_a_guided_decoding_field_vllm_ignores_is_refused_and_its_successor
     assert reply.choices[0].message.content in ("maybe", "never")
 
 
+@pytest.mark.parametrize(
+    ("route", "fields", "param"),
+    [
+        (
+            "chat/completions",
+            {"functions": [{"name": "weather", "parameters": {"type": "object"}}]},
+            "functions",
+        ),
+        ("chat/completions", {"function_call": {"name": "weather"}}, "function_call"),
+        ("chat/completions", {"modalities": ["text", "audio"]}, "modalities[1]"),
+        ("chat/completions", {"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+        ("chat/completions", {"web_search_options": {}}, "web_search_options"),
+        ("completions", {"best_of": 3}, "best_of"),
+        ("responses", {"conversation": "conv_1"}, "conversation"),
+    ],
+)
+async def test_a_field_vllm_would_drop_unread_is_refused_by_name(
+    e2e: E2E, oai: openai.AsyncOpenAI, route: str, fields: dict[str, Any], param: str
+) -> None:
+    """vLLM answers these requests as if the field were not there (the first request, straight
+    to the engine): the gateway refuses them by name instead. Should a vLLM upgrade start
+    reading one, the first assertion fails, and the gateway should let it through."""
+    body: dict[str, Any] = {"model": CHAT, **fields}
+    if route == "chat/completions":
+        body |= {"messages": FRANCE, "max_tokens": 2}
+    elif route == "completions":
+        body |= {"prompt": "x", "max_tokens": 2}
+    else:
+        body |= {"input": "x", "max_output_tokens": 2}
+    async with e2e.http.post(f"{e2e.engines.chat}/v1/{route}", json=body) as direct:
+        assert direct.status == 200, await direct.text()
+    with pytest.raises(openai.BadRequestError) as info:
+        await oai.post(f"/{route}", body=body, cast_to=object)
+    assert (info.value.param, info.value.code) == (param, "unsupported_parameter")
+    assert "is not supported" in info.value.message
+
+
 async def test_a_prompt_over_the_context_is_context_length_exceeded(
     oai: openai.AsyncOpenAI,
 ) -> None:
