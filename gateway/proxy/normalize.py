@@ -208,9 +208,24 @@ def _validation(message: str, param: str) -> tuple[str, str]:
             error, field = taken, _field_path(taken["loc"])
     if error.get("type") == "missing":
         return f"Missing required parameter: '{field}'.", field
+    return f"Invalid value for '{field}': {error['msg']}{_got(error)}.", field
+
+
+# Complaints only a value that is not a string gets. vLLM writes such a value as str(value)
+# ('None', 'True', '5'), which quoted would read as a string the client never sent: it is
+# shown as the JSON the client did send (null, true, 5).
+_NOT_A_STRING = frozenset({"string_type", "int_type", "float_type", "bool_type", "int_from_float"})
+_JSON_WORDS = {"None": "null", "True": "true", "False": "false"}
+
+
+def _got(error: dict[str, Any]) -> str:
+    """ " (got …)" for the complaint's input, or nothing when it is not worth quoting."""
     got = error.get("input")
-    shown = f" (got {got!r})" if _shown(got) else ""
-    return f"Invalid value for '{field}': {error['msg']}{shown}.", field
+    if not _shown(got):
+        return ""
+    if isinstance(got, str) and error.get("type") in _NOT_A_STRING:
+        return f" (got {_JSON_WORDS.get(got, got)})"
+    return f" (got {got!r})"
 
 
 def _shown(got: object) -> bool:

@@ -107,6 +107,11 @@ async def test_engine_validation_error_passes_through_in_openai_shape(
     [
         ({"max_tokens": "ten"}, "max_tokens", "(got 'ten')"),
         ({"messages": ["hi"]}, "messages[0]", "valid dictionary"),
+        (  # vLLM writes the null it got as 'None'
+            {"messages": [{"role": "user", "content": None}]},
+            "messages[0].content",
+            "Input should be a valid string (got null)",
+        ),
         ({"stop": list("abcde")}, "stop", "List should have at most 4 items"),  # (not "a string")
     ],
 )

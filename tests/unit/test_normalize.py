@@ -189,6 +189,26 @@ def test_vllm_validation_errors_name_the_field_as_openai_does() -> None:
     assert err["message"].startswith("1 validation error:")
 
 
+def test_a_value_that_is_not_a_string_is_quoted_as_the_json_sent() -> None:
+    """vLLM writes a complaint's input as str(value): a null sent is 'None', which quoted read
+    as the string "None" (as vLLM 0.32 answers `"content": null` in a user message)."""
+    for sent, kind, shown in (
+        ("None", "string_type", "null"),
+        ("True", "string_type", "true"),
+        ("None", "int_type", "null"),
+        ("2.5", "int_from_float", "2.5"),
+        ("None", "string_too_short", "'None'"),  # (a string's own complaint: it was a string)
+        ("None", "float_parsing", "'None'"),
+    ):
+        dump = (
+            "1 validation error:\n"
+            f"  {{'type': '{kind}', 'loc': 'body.user', 'msg': 'Input is wrong',"
+            f" 'input': '{sent}'}}"
+        )
+        error = orjson.loads(normalize_error(400, _vllm_400(dump, "body.user")))["error"]
+        assert error["message"] == f"Invalid value for 'user': Input is wrong (got {shown}).", kind
+
+
 def test_a_union_the_value_is_not_the_type_of_names_what_is_wrong_inside_it() -> None:
     """vLLM 0.32's answer to a response's `"input": [{"role": "user", "content": 5}]`: its
     first complaint is the string branch of `input`, which a list is not; the message said
@@ -204,7 +224,7 @@ def test_a_union_the_value_is_not_the_type_of_names_what_is_wrong_inside_it() ->
     error = orjson.loads(normalize_error(400, _vllm_400(dump, "body.input"), "responses"))["error"]
     assert error["param"] == "input[0].content"
     assert error["message"] == (
-        "Invalid value for 'input[0].content': Input should be a valid string (got '5')."
+        "Invalid value for 'input[0].content': Input should be a valid string (got 5)."
     )
     stop = (
         "2 validation errors:\n"
@@ -215,7 +235,7 @@ def test_a_union_the_value_is_not_the_type_of_names_what_is_wrong_inside_it() ->
     )
     error = orjson.loads(normalize_error(400, _vllm_400(stop, "body.stop")))["error"]
     assert error["param"] == "stop"  # no branch took it: the first complaint stands
-    assert error["message"] == "Invalid value for 'stop': Input should be a valid string (got '5')."
+    assert error["message"] == "Invalid value for 'stop': Input should be a valid string (got 5)."
     five = (  # the list branch took it, and found it too long (said "a valid string" until
         "2 validation errors:\n"  # 2026-12-05, of a list, quoting vLLM's stand-in for it)
         "  {'type': 'string_type', 'loc': 'body.stop', 'msg': 'Input should be a valid string', "
