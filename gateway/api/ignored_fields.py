@@ -21,12 +21,13 @@ _TEXT_ONLY = "the engine answers in text only"
 IGNORED: dict[str, dict[str, str]] = {
     "chat/completions": {
         "functions": (
-            "OpenAI's deprecated function calling: the model would never see them; send them"
-            " as 'tools': [{'type': 'function', 'function': {…}}]"
+            "the engine does not read OpenAI's deprecated function calling, and the model would"
+            " never see them; send them as 'tools': [{'type': 'function', 'function': {…}}]"
         ),
         "function_call": (
-            "OpenAI's deprecated function calling; send 'tool_choice' ('auto', 'none',"
-            " 'required' or {'type': 'function', 'function': {'name': …}}) with 'tools'"
+            "the engine does not read OpenAI's deprecated function calling; send 'tool_choice'"
+            " ('auto', 'none', 'required' or {'type': 'function', 'function': {'name': …}})"
+            " with 'tools'"
         ),
         "audio": f"it asks for spoken output, and {_TEXT_ONLY}",
         "web_search_options": "it asks for a web search, and the engine answers from the model"
