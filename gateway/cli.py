@@ -102,7 +102,21 @@ def _parser() -> argparse.ArgumentParser:
     up.set_defaults(func=_up)
     for name in ("keys", "tenants"):
         sub.choices[name].set_defaults(func=run_admin)
+    _describe(parser)
     return parser
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Give every (sub)command without a description of its own the line its parent lists it
+    with, so that `llmaas up --help` says what `up` does, not only its options."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for listed in action._choices_actions:
+            child = action.choices[listed.dest]
+            if child.description is None and listed.help:
+                child.description = f"{listed.help[0].upper()}{listed.help[1:]}."
+            _describe(child)
 
 
 def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:

@@ -109,6 +109,8 @@ async def test_help_of_every_command_names_its_options(command: str) -> None:
     assert out.startswith(" ".join(["usage:", "llmaas", *command.split()]) + " ")
     missing = [name for name in HELP[command] if name not in out]
     assert not missing, out
+    said = out.split("\n\n")[1]  # after the usage: what the command does (`up` said nothing)
+    assert not said.startswith(("options:", "positional arguments:")), out
 
 
 @pytest.mark.parametrize(
