@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.engine_streams [--streams 32] [--max-tokens 64] [--rounds 2]
                                              [--waves 3] [--seed 0] [--engine URL]
+                                             [--direct-usage]
 
 One vLLM CPU engine (the bundled SmolLM2-135M, prepared by `make engine`; its start takes ~40 s)
 — or, with `--engine URL`, one already serving that model under its bundled name — and one
@@ -29,6 +30,11 @@ Each round has three passes:
   passes). The added TTFT is the median of those differences, with a 95% interval
   (bootstrap over the pairs).
 The gateway's CPU milliseconds in each pass are printed too (what it takes from the engine's cores).
+
+The gateway asks vLLM for usage in every frame of every stream (`continuous_usage_stats`: a
+stream cut short is billed by it), which costs vLLM's API server some CPU on the cores the
+engine uses. `--direct-usage` has the direct side ask for it too: the difference left between
+the sides is then the gateway's own cost, and against a run without it, the usage's.
 """
 
 from __future__ import annotations
@@ -68,6 +74,9 @@ class Options:
     waves: int = 3
     seed: int = 0
     engine: str | None = None  # an engine already serving the bundled chat model; else one starts
+    # The direct side asks vLLM for usage in every frame too, as the gateway does for metering:
+    # what is left between the sides is then the gateway's own cost, not that of the usage.
+    direct_usage: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,14 +224,18 @@ def lengths(options: Options) -> list[int]:
     return out
 
 
-def payload(max_tokens: int, ignore_eos: bool) -> bytes:
+def payload(max_tokens: int, ignore_eos: bool, every_frame: bool = False) -> bytes:
+    """A streamed chat completion; `every_frame`: with vLLM's usage in every frame (what the
+    gateway asks of it for every stream, `continuous_usage_stats`)."""
     body: dict[str, object] = {
         "model": CHAT_MODEL_NAME,
         "messages": [{"role": "user", "content": PROMPT}],
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
-        "stream_options": {"include_usage": True},
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True}
+        if every_frame
+        else {"include_usage": True},
     }
     if ignore_eos:
         body["ignore_eos"] = True
@@ -252,21 +265,27 @@ async def run_pass(
 
 
 async def run_pairs(
-    http: aiohttp.ClientSession, direct: Target, via: Target, bodies: list[bytes], pairs: int
+    http: aiohttp.ClientSession,
+    direct: Target,
+    via: Target,
+    bodies: list[tuple[bytes, bytes]],
+    pairs: int,
 ) -> tuple[list[tuple[Streamed, Streamed]], float]:
-    """Every body to both sides at the same moment, `pairs` pairs in flight; which side's
-    request is sent first alternates. The (direct, gateway) outcomes and the wall time."""
+    """Every (direct, gateway) pair of bodies to both sides at the same moment, `pairs` pairs
+    in flight; which side's request is sent first alternates. The (direct, gateway) outcomes
+    and the wall time."""
     outcomes: list[tuple[Streamed, Streamed]] = []
     queue = list(reversed(bodies))
 
     async def client(i: int) -> None:
         k = i
         while queue:
-            body = queue.pop()
-            first, second = (direct, via) if k % 2 == 0 else (via, direct)
+            to_direct, to_via = queue.pop()
+            direct_first = k % 2 == 0
             k += 1
-            a, b = await asyncio.gather(stream_to(http, first, body), stream_to(http, second, body))
-            outcomes.append((a, b) if first is direct else (b, a))
+            sends = [stream_to(http, direct, to_direct), stream_to(http, via, to_via)]
+            a, b = await asyncio.gather(*(sends if direct_first else reversed(sends)))
+            outcomes.append((a, b) if direct_first else (b, a))
 
     started = time.perf_counter()
     await asyncio.gather(*(client(i) for i in range(max(1, pairs))))
@@ -345,19 +364,31 @@ async def measure(options: Options) -> Figures:
                 bad = [o for o in outcomes if not o.ok]
                 if bad:
                     raise RuntimeError(f"warm-up failed at {target.url}: {bad[0]}")
-            bodies = [payload(n, ignore_eos) for n in lengths(options)]
+            tokens = lengths(options)
+            bodies = {
+                "direct": [payload(n, ignore_eos, options.direct_usage) for n in tokens],
+                "gateway": [payload(n, ignore_eos) for n in tokens],
+            }
             passes: list[Pass] = []
             pairs: list[tuple[float, float]] = []
 
             async def alone(target: Target, round_no: int) -> None:
                 cpu = gw.cpu_seconds()
-                outcomes, seconds = await run_pass(http, target, bodies, options.streams)
+                outcomes, seconds = await run_pass(
+                    http, target, bodies[target.side], options.streams
+                )
                 cpu = gw.cpu_seconds() - cpu
                 passes.append(summarise(target.side, round_no, outcomes, seconds, cpu))
 
             async def paired(round_no: int) -> None:
                 cpu = gw.cpu_seconds()
-                both, seconds = await run_pairs(http, direct, via, bodies, options.streams // 2)
+                both, seconds = await run_pairs(
+                    http,
+                    direct,
+                    via,
+                    list(zip(bodies["direct"], bodies["gateway"], strict=True)),
+                    options.streams // 2,
+                )
                 cpu = gw.cpu_seconds() - cpu
                 for target, mine in ((direct, [d for d, _ in both]), (via, [g for _, g in both])):
                     passes.append(summarise(target.side, round_no, mine, seconds, cpu, paired=True))
@@ -381,7 +412,8 @@ def render(figures: Figures) -> str:
     lines = [
         f"streams in flight: {o.streams}  max_tokens: {o.max_tokens} (mean; ±{o.max_tokens // 2})"
         f"  waves: {o.waves}  rounds: {o.rounds}  seed: {o.seed}  "
-        f"ignore_eos: {str(figures.ignore_eos).lower()}",
+        f"ignore_eos: {str(figures.ignore_eos).lower()}"
+        + ("  direct asks for usage in every frame" if o.direct_usage else ""),
         f"{'side':<8} {'round':>5} {'pass':>6} {'streams':>7} {'errors':>6} {'tokens':>7} "
         f"{'seconds':>8} {'tokens/s':>9} {'TTFT p50 ms':>11} {'TTFT p99 ms':>11} "
         f"{'gw CPU ms':>9}",
@@ -430,13 +462,24 @@ def main() -> None:
     parser.add_argument("--waves", type=int, default=3, help="requests per pass / streams")
     parser.add_argument("--seed", type=int, default=0, help="the lengths' and bootstrap's seed")
     parser.add_argument(
+        "--direct-usage",
+        action="store_true",
+        help="the direct side asks vLLM for usage in every frame too, as the gateway does",
+    )
+    parser.add_argument(
         "--engine",
         metavar="URL",
         help="an engine already serving the bundled chat model (default: start one)",
     )
     args = parser.parse_args()
     options = Options(
-        args.streams, args.max_tokens, args.rounds, args.waves, args.seed, args.engine
+        args.streams,
+        args.max_tokens,
+        args.rounds,
+        args.waves,
+        args.seed,
+        args.engine,
+        args.direct_usage,
     )
     print(render(asyncio.run(measure(options))), flush=True)
 

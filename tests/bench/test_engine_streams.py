@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.engine_streams import Options, Target, lengths, order
+import orjson
+
+from bench.engine_streams import Options, Target, lengths, order, payload
 from tests.bench.modules import run_module
 
 
@@ -16,7 +18,15 @@ def run(args: list[str], tmp_path: Path, timeout_s: float) -> str:
 
 def test_help_names_the_options(tmp_path: Path) -> None:
     output = run(["--help"], tmp_path, 60)
-    for option in ("--streams", "--max-tokens", "--rounds", "--waves", "--seed", "--engine"):
+    for option in (
+        "--streams",
+        "--max-tokens",
+        "--rounds",
+        "--waves",
+        "--seed",
+        "--engine",
+        "--direct-usage",
+    ):
         assert option in output
 
 
@@ -38,3 +48,12 @@ def test_each_side_goes_first_in_every_other_round() -> None:
     assert all(
         sorted(t.side for t in order(r, direct, via)) == ["direct", "gateway"] for r in (1, 2)
     )
+
+
+def test_the_direct_side_can_ask_for_usage_in_every_frame_as_the_gateway_does() -> None:
+    plain, every = orjson.loads(payload(8, True)), orjson.loads(payload(8, True, every_frame=True))
+    assert plain["stream_options"] == {"include_usage": True}
+    assert every["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
+    assert {k: v for k, v in every.items() if k != "stream_options"} == {
+        k: v for k, v in plain.items() if k != "stream_options"
+    }

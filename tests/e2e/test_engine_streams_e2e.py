@@ -32,12 +32,16 @@ def figure(output: str, name: str) -> float:
     return float(match.group(1))
 
 
+@pytest.mark.parametrize("direct_usage", [False, True])
 async def test_the_shortest_run_streams_every_token_on_both_sides(
-    engines: Engines, tmp_path: Path
+    engines: Engines, tmp_path: Path, direct_usage: bool
 ) -> None:
+    """`--direct-usage`: the direct side asks vLLM for usage in every frame too (the gateway's
+    share of the gap alone); the figures are the same, and say so."""
     args = ["--streams", "4", "--max-tokens", "8", "--rounds", "1", "--waves", "1"]
-    args += ["--engine", engines.chat]
+    args += ["--engine", engines.chat, *(["--direct-usage"] if direct_usage else [])]
     output = await asyncio.to_thread(run_module, "bench.engine_streams", args, tmp_path, 900)
+    assert ("direct asks for usage in every frame" in output) is direct_usage
     rows = {(m.group(1), m.group(2)): m.groups()[2:] for m in ROW.finditer(output)}
     assert set(rows) == {("direct", "1"), ("gateway", "1"), ("direct", "all"), ("gateway", "all")}
     ignore_eos = "ignore_eos: true" in output
