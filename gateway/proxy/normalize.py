@@ -91,15 +91,8 @@ def normalize_error(
     validation error's first complaint, as a sentence naming the field). `grammar`: the
     request's field the engine compiled a grammar from (api/engine_fields.grammar_field)."""
     message, param, code = _parse_error(body, status)
-    if status == 400 and param is None and grammar is not None and _GRAMMAR.match(message):
-        message, param = f"Invalid value for '{grammar}': {message}", grammar
-    if status == 400 and param is None:
-        param = _named_field(message)
-        if _OUT_OF_VOCABULARY.match(message):  # a token id of the prompt
-            param = _PROMPT_FIELDS.get(route or "")
-        head = _DUMP_HEAD.match(message) if param is None else None
-        if head is not None:
-            message, param = _content_part_error(message, head.end(), route)
+    if status == 400:
+        message, param = _field_of(message, param, route, grammar)
     if status == 400 and param is not None:
         message, param = _validation(message, param)
         if (route, param) in _RENAMED:  # the client's name, in `param` and in the message
@@ -113,6 +106,24 @@ def normalize_error(
     if code == "model_not_found":
         type_ = ModelNotFound.type  # as the gateway's own 404 for a model (OpenAI's)
     return orjson.dumps(error_body(message, type_, param=param, code=code))
+
+
+def _field_of(
+    message: str, param: str | None, route: str | None, grammar: str | None
+) -> tuple[str, str | None]:
+    """A 400's field, where vLLM names none (or only `type`): the message, and `param`."""
+    if param is None and grammar is not None and _GRAMMAR.match(message):
+        return f"Invalid value for '{grammar}': {message}", grammar
+    if param in (None, "type") and _PART_REFUSED.search(message):
+        return message, _PROMPT_FIELDS.get(route or "", "messages")  # (vLLM: `type`, or none)
+    if param is None:
+        param = _named_field(message)
+        if _OUT_OF_VOCABULARY.match(message):  # a token id of the prompt
+            param = _PROMPT_FIELDS.get(route or "")
+        head = _DUMP_HEAD.match(message) if param is None else None
+        if head is not None:
+            return _content_part_error(message, head.end(), route)
+    return message, param
 
 
 def _not_found(
@@ -154,6 +165,9 @@ _GRAMMAR = re.compile(
     r"Grammar error|Invalid (?:JSON |structural tag )?grammar specification|Failed to transform"
     r"|The provided JSON schema|Error parsing regex|Regex uses unsupported|Error serializing"
 )
+# vLLM's refusals of a content part: a type it does not read (`file`, `input_file`), with
+# `param` "type"; media sent to a text-only model, with none. Both are about the prompt.
+_PART_REFUSED = re.compile(r"^Unsupported chat content part type: |is not a multimodal model$")
 # vLLM's refusal of a prompt's token id (completions' prompt, embeddings' input).
 _OUT_OF_VOCABULARY = re.compile(r"Token id -?\d+ is out of vocabulary")
 # vLLM's refusals of embeddings' `dimensions` (pooling_params.py), which name the model first.

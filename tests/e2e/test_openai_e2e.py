@@ -274,6 +274,53 @@ async def test_a_field_vllm_would_drop_unread_is_refused_by_name(
     assert "is not supported" in info.value.message
 
 
+@pytest.mark.parametrize(
+    ("route", "body", "param", "needle"),
+    [
+        (
+            "chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "file", "file": {}}]}]},
+            "messages",
+            "Unsupported chat content part type: 'file'",
+        ),
+        (
+            "responses",
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
+            "input",
+            "Unsupported chat content part type: 'input_file'",
+        ),
+        (
+            "chat/completions",
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="},
+                            }
+                        ],
+                    }
+                ]
+            },
+            "messages",
+            "is not a multimodal model",
+        ),
+    ],
+)
+async def test_a_content_part_vllm_refuses_names_the_prompts_field(
+    oai: openai.AsyncOpenAI, route: str, body: dict[str, Any], param: str, needle: str
+) -> None:
+    """vLLM names `type` (no field of the request) or nothing: the client learns it is its
+    prompt's content."""
+    limit = "max_output_tokens" if route == "responses" else "max_tokens"
+    with pytest.raises(openai.BadRequestError) as info:
+        await oai.post(f"/{route}", body={"model": CHAT, limit: 2, **body}, cast_to=object)
+    assert info.value.param == param
+    assert needle in info.value.message
+
+
 async def test_a_prompt_over_the_context_is_context_length_exceeded(
     oai: openai.AsyncOpenAI,
 ) -> None:

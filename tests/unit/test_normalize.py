@@ -420,3 +420,20 @@ def test_a_union_branch_refusing_the_type_gives_way_to_the_branch_of_that_type()
         "text.format.type",
         "Invalid value for 'text.format.type': Input should be 'text' (got 'yaml').",
     )
+
+
+def test_a_content_part_the_engine_refuses_names_the_prompts_field_not_type() -> None:
+    """vLLM 0.32 refuses a `file` part with `param` "type" (which names no field of the
+    request), and media sent to a text-only model with no `param` at all."""
+    part = (
+        "Unsupported chat content part type: 'file'. Supported types: image_url, text. "
+        "(parameter=type, value=file)"
+    )
+    for route, field in (("chat/completions", "messages"), ("responses", "input")):
+        error = orjson.loads(normalize_error(400, _vllm_400(part, "type"), route))["error"]
+        assert (error["param"], error["message"]) == (field, part)
+    text_only = _vllm_400("smollm2-135m-instruct is not a multimodal model", None)
+    error = orjson.loads(normalize_error(400, text_only, "chat/completions"))["error"]
+    assert error["param"] == "messages"
+    other = orjson.loads(normalize_error(400, _vllm_400("Bad type.", "type")))["error"]
+    assert other["param"] == "type"  # (only those two refusals)
