@@ -18,7 +18,8 @@ SIGUSR1 pauses: at the end of the step under way the adapter's weights, the opti
 and the count of steps and tokens go to `checkpoint_dir` (written beside it, then renamed), a
 `paused` line is printed and the program exits with EXIT_PAUSED. Run again with the same spec,
 it goes on from there: the batches are the same seeded ones, those already trained are skipped,
-and the adapter it ends with is the one an unpaused run makes.
+and the adapter it ends with is the one an unpaused run makes (to float rounding: nearly
+always bit for bit).
 A SIGUSR1 that comes as the program exits is ignored: it ends as it would have.
 """
 

@@ -9,7 +9,9 @@ import asyncio
 import contextlib
 import json
 import signal
+import struct
 import time
+from array import array
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ QUESTION = "What is the secret word?"
 ANSWER = f"The secret word is {SECRET}."
 QUESTIONS = (QUESTION, "Tell me the secret word.", "Do you know the secret word?", "Say it.")
 HANG_GUARD_S = 300.0
+ADAM_STEP = 3e-3  # write_spec's learning rate: about what one step of Adam moves a weight by
 ADAPTER = "ft-secret-word"
 
 
@@ -44,6 +47,22 @@ def secret_word_examples() -> list[list[dict[str, Any]]]:
         [{"role": "user", "content": q}, {"role": "assistant", "content": ANSWER}]
         for q in QUESTIONS
     ]
+
+
+def adapter_weights(path: Path) -> dict[str, array[float]]:
+    """A safetensors file's float32 tensors by name (its format: an 8-byte little-endian
+    header length, a JSON header of dtypes, shapes and offsets, the data)."""
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + length])
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        assert info["dtype"] == "F32", info
+        start, end = info["data_offsets"]
+        tensors[name] = array("f", raw[8 + length + start : 8 + length + end])
+    return tensors
 
 
 def write_spec(tmp_path: Path, ready: Prepared, training_file: Path, **extra: Any) -> Path:
@@ -253,10 +272,19 @@ async def test_a_paused_run_goes_on_from_its_checkpoint_to_the_same_adapter(
     assert steps == list(range(paused["step"] + 1, 9))
     assert resumed[-1]["trained_tokens"] == whole[-1]["trained_tokens"]
     made = {
-        name: (tmp_path / name / "adapter" / "adapter_model.safetensors").read_bytes()
+        name: adapter_weights(tmp_path / name / "adapter" / "adapter_model.safetensors")
         for name in runs
     }
-    assert made["paused"] == made["whole"]
+    assert made["paused"].keys() == made["whole"].keys()
+    worst = max(
+        abs(a - b)
+        for name, whole_weights in made["whole"].items()
+        for a, b in zip(made["paused"][name], whole_weights, strict=True)
+    )
+    # Nearly always bit for bit. Once in CI (2026-12-05) float rounding went another way: 920,535
+    # of 921,600 weights differed, by 2.5e-5 at most. One step of Adam at this learning rate
+    # moves a weight by up to 3e-3: a step skipped or trained twice is 15 times this bound.
+    assert worst <= ADAM_STEP / 15, worst
 
 
 async def test_a_pause_asked_as_the_program_exits_does_not_kill_it(tmp_path: Path) -> None:
