@@ -106,28 +106,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subcommands(
+    parser: argparse.ArgumentParser,
+) -> argparse._SubParsersAction[argparse.ArgumentParser] | None:
+    """The parser's subcommands, if it has any (argparse keeps them among its private
+    `_actions`: the one place this module reads them)."""
+    return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+
+
 def _describe(parser: argparse.ArgumentParser) -> None:
     """Give every (sub)command without a description of its own the line its parent lists it
     with, so that `llmaas up --help` says what `up` does, not only its options."""
-    for action in parser._actions:
-        if not isinstance(action, argparse._SubParsersAction):
-            continue
-        for listed in action._choices_actions:
-            child = action.choices[listed.dest]
-            if child.description is None and listed.help:
-                child.description = f"{listed.help[0].upper()}{listed.help[1:]}."
-            _describe(child)
+    subs = _subcommands(parser)
+    if subs is None:
+        return
+    for listed in subs._choices_actions:
+        child = subs.choices[listed.dest]
+        if child.description is None and listed.help:
+            child.description = f"{listed.help[0].upper()}{listed.help[1:]}."
+        _describe(child)
 
 
 def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
     """The (sub)command parser the command line chose: `llmaas jobs create`'s for
     `llmaas jobs create --n-epochs 3`."""
     while True:
-        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-        name = getattr(args, subs[0].dest, None) if subs else None
-        if name not in (subs[0].choices if subs else {}):
+        subs = _subcommands(parser)
+        name = None if subs is None else getattr(args, subs.dest, None)
+        if subs is None or name not in subs.choices:
             return parser
-        parser = subs[0].choices[name]
+        parser = subs.choices[name]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
