@@ -15,6 +15,7 @@ from tqdm import tqdm
 from gateway.admin_cli import table, utc_time
 from gateway.admin_client import AdminError, segment
 from gateway.cli_options import add_gateway_options
+from gateway.files.records import PURPOSES
 from gateway.tenant_client import TenantClient
 
 FILE_COLUMNS = ("id", "filename", "purpose", "bytes", "created_at")
@@ -38,12 +39,18 @@ def add_finetune_commands(sub: Any) -> None:
     files_sub = files.add_subparsers(dest="action", required=True)
     upload = files_sub.add_parser("upload", parents=[common], help="upload a file")
     upload.add_argument("path", type=Path, help="a JSONL file of chat examples")
-    upload.add_argument("--purpose", default="fine-tune", help="(default: fine-tune)")
+    upload.add_argument(
+        "--purpose",
+        default="fine-tune",
+        help=f"what the file is for: {', '.join(PURPOSES)} (default: fine-tune)",
+    )
     files_sub.add_parser("list", parents=[common], help="list your files").add_argument(
         "--purpose", help="only files of this purpose"
     )
     for action, what in (("show", "one file's details"), ("delete", "delete a file")):
-        files_sub.add_parser(action, parents=[common], help=what).add_argument("file_id")
+        files_sub.add_parser(action, parents=[common], help=what).add_argument(
+            "file_id", help="the file's id (file-…), as files list shows it"
+        )
     files.set_defaults(func=run_files)
 
     jobs = sub.add_parser("jobs", help="your tenant's fine-tuning jobs (/v1/fine_tuning/jobs)")
@@ -72,7 +79,9 @@ def add_finetune_commands(sub: Any) -> None:
         ("events", "a job's events (progress, loss, errors)"),
         ("follow", "print a job's events as they come, until it ends"),
     ):
-        jobs_sub.add_parser(action, parents=[common], help=what).add_argument("job_id")
+        jobs_sub.add_parser(action, parents=[common], help=what).add_argument(
+            "job_id", help="the job's id (ftjob-…), as jobs list shows it"
+        )
     jobs.set_defaults(func=run_jobs)
 
 

@@ -46,9 +46,9 @@ def add_usage_command(sub: Any) -> None:
         token_env="LLMAAS_ADMIN_TOKEN",
         token_help="the admin token",
     )
-    usage.add_argument("--tenant")
-    usage.add_argument("--key-id")
-    usage.add_argument("--model")
+    usage.add_argument("--tenant", help="only this tenant's usage")
+    usage.add_argument("--key-id", help="only this key's usage (its id, as keys list shows it)")
+    usage.add_argument("--model", help="only this model's usage")
     usage.add_argument(
         "--start",
         help="YYYY-MM-DD, RFC 3339 or Unix seconds (default: totals 30 days back, --records "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -52,7 +53,7 @@ async def running(*args: str, ready: str) -> AsyncIterator[asyncio.subprocess.Pr
 
 # Every documented command and what its --help must name.
 HELP: dict[str, tuple[str, ...]] = {
-    "": ("serve", "sim", "up", "keys", "tenants", "usage", "trainer", "files", "jobs"),
+    "": ("serve", "sim", "up", "keys", "tenants", "engines", "usage", "trainer", "files", "jobs"),
     "serve": ("--config", "--host", "--port", "--workers"),
     "sim": ("--model", "--host", "--port", "--ttft-ms", "--itl-ms", "--max-tokens"),
     "up": ("--port", "--engine-port", "--home", "--data-dir"),
@@ -73,6 +74,7 @@ HELP: dict[str, tuple[str, ...]] = {
         *ADMIN_OPTIONS,
     ),
     "tenants list": ADMIN_OPTIONS,
+    "engines": ADMIN_OPTIONS,
     "usage": ("--tenant", "--key-id", "--model", "--start", "--end", "--group-by", "--records"),
     "trainer": ("--config", "--worker"),
     "files": ("upload", "list", "show", "delete"),
@@ -102,6 +104,31 @@ HELP: dict[str, tuple[str, ...]] = {
 }
 
 
+def undocumented(help_text: str) -> list[str]:
+    """The options and arguments a --help lists without a word about them. argparse writes
+    each at an indent of two, its help after two spaces or on the lines below, deeper."""
+    lines = help_text.splitlines()
+    found = []
+    for entry, below in zip(lines, [*lines[1:], ""], strict=True):
+        if not entry.startswith("  ") or entry.startswith("   ") or "  " in entry.strip():
+            continue
+        if not below.startswith("   "):
+            found.append(entry.strip())
+    return found
+
+
+def subcommands(help_text: str) -> list[str]:
+    """The subcommands a --help's usage offers: `{create,list,…}`."""
+    usage = help_text.split("\n\n", maxsplit=1)[0]
+    offered = re.search(r"\{([a-z,-]+)\}", usage)
+    return offered.group(1).split(",") if offered else []
+
+
+async def test_undocumented_finds_an_option_without_help() -> None:
+    text = "options:\n  -h, --help  show this\n  --tenant TENANT\n  --url URL\n      the gateway\n"
+    assert undocumented(text) == ["--tenant TENANT"]
+
+
 @pytest.mark.parametrize("command", list(HELP))
 async def test_help_of_every_command_names_its_options(command: str) -> None:
     code, out, err = await run_cli(*command.split(), "--help")
@@ -111,6 +138,10 @@ async def test_help_of_every_command_names_its_options(command: str) -> None:
     assert not missing, out
     said = out.split("\n\n")[1]  # after the usage: what the command does (`up` said nothing)
     assert not said.startswith(("options:", "positional arguments:")), out
+    assert not undocumented(out), out
+    # Every subcommand is in HELP, so none goes unchecked.
+    unchecked = [c for c in subcommands(out) if f"{command} {c}".strip() not in HELP]
+    assert not unchecked, out
 
 
 @pytest.mark.parametrize(
