@@ -270,3 +270,22 @@ async def test_serve_runs_a_gateway_in_front_of_an_engine(tmp_path: Path) -> Non
                 assert (await resp.json())["usage"]["completion_tokens"] == 3
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), 30) in STOPPED
+
+
+async def test_serve_says_when_its_configuration_names_no_models(tmp_path: Path) -> None:
+    """A config without `models` served a gateway that answered 404 to every request, and
+    said nothing about it."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"admin_token: {ADMIN_TOKEN}\nauth: {{required: false}}\n"
+        f"metering: {{spill_dir: {tmp_path / 'spill'}}}\n"
+    )
+    port = free_port()
+    serve = ("serve", "--config", str(config), "--port", str(port))
+    proc = await asyncio.create_subprocess_exec(llmaas(), *serve, stderr=asyncio.subprocess.PIPE)
+    try:
+        await _ready(proc, f"http://127.0.0.1:{port}/healthz")
+    finally:
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert b"no models configured" in err, err
