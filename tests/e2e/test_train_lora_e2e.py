@@ -283,7 +283,10 @@ async def test_a_paused_run_goes_on_from_its_checkpoint_to_the_same_adapter(
     )
     # Nearly always bit for bit. Once in CI (2026-12-05) float rounding went another way: 920,535
     # of 921,600 weights differed, by 2.5e-5 at most. One step of Adam at this learning rate
-    # moves a weight by up to 3e-3: a step skipped or trained twice is 15 times this bound.
+    # moves a weight by up to 3e-3. Run against the trainer broken on purpose (2026-12-05), the
+    # worst difference was 0.011 with the last step before the pause trained twice, 0.011 with
+    # the first step after it not applied, 0.025 with Adam's state not restored: 55 to 120
+    # times this bound (2e-4), which is 8 times the rounding seen.
     assert worst <= ADAM_STEP / 15, worst
 
 
