@@ -169,6 +169,48 @@ async def test_every_outcome_is_one_record_with_the_tokens_it_used(meter: Meter)
     assert 3 <= left.completion_tokens <= 6, left
 
 
+async def _read_into(stream: Any, chunks: list[Any]) -> None:
+    async for chunk in stream:
+        chunks.append(chunk)
+
+
+async def test_a_timeout_bills_what_reached_the_client_and_nothing_more(meter: Meter) -> None:
+    """The engine generates, slowly, past the gateway's timeouts (1 s here). A non-streaming
+    answer is a 504, billed nothing though the engine had made tokens (the client got an error,
+    and its SDK retries); a stream that fell silent midway ends with a timeout frame, billed
+    the tokens it carried."""
+    key = await meter.new_key("timeouts")
+    async with meter.client(key) as oai:
+        with pytest.raises(openai.APIStatusError) as timed_out:
+            await oai.chat.completions.create(
+                model=MODEL,
+                messages=HELLO,
+                extra_body={"sim": {"itl_ms": 300}},  # 8 tokens in ~2.4 s
+                extra_headers=rid("slow-plain"),
+            )
+        assert timed_out.value.status_code == 504
+        silent = await oai.chat.completions.create(
+            model=MODEL,
+            messages=HELLO,
+            stream=True,
+            extra_body={"sim": {"itl_ms": 4000}},  # silent after its first token
+            extra_headers=rid("silent-stream"),
+        )
+        chunks: list[Any] = []
+        with pytest.raises(openai.APIError, match="engine"):
+            await _read_into(silent, chunks)
+        carried = sum(bool(c.delta.content) for chunk in chunks for c in chunk.choices)
+    records = {r.request_id: r for r in await meter.wait_records("timeouts", 2)}
+    plain = records["slow-plain"]
+    assert (plain.outcome, plain.status, plain.total_tokens) == ("timeout", 504, 0)
+    stream = records["silent-stream"]
+    assert carried >= 1
+    assert (stream.outcome, stream.status, stream.completion_tokens) == ("timeout", 200, carried), (
+        stream
+    )
+    assert stream.prompt_tokens > 0
+
+
 async def test_non_streaming_requests_left_are_billed_what_the_engine_generated(
     meter: Meter,
 ) -> None:
