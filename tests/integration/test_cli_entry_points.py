@@ -118,9 +118,10 @@ def undocumented(help_text: str) -> list[str]:
 
 
 def subcommands(help_text: str) -> list[str]:
-    """The subcommands a --help's usage offers: `{create,list,…}`."""
+    """The subcommands a --help's usage offers: `{create,list,…} ...` (an option's choices
+    have no `...` after them)."""
     usage = help_text.split("\n\n", maxsplit=1)[0]
-    offered = re.search(r"\{([a-z,-]+)\}", usage)
+    offered = re.search(r"\{([a-z,-]+)\} \.\.\.", usage)
     return offered.group(1).split(",") if offered else []
 
 
