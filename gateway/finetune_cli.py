@@ -38,7 +38,9 @@ def add_finetune_commands(sub: Any) -> None:
     files = sub.add_parser("files", help="your tenant's files (/v1/files)")
     files_sub = files.add_subparsers(dest="action", required=True)
     upload = files_sub.add_parser("upload", parents=[common], help="upload a file")
-    upload.add_argument("path", type=Path, help="a JSONL file of chat examples")
+    upload.add_argument(
+        "path", type=Path, help="the file to upload (for fine-tune: a JSONL file of chat examples)"
+    )
     upload.add_argument(
         "--purpose",
         default="fine-tune",
