@@ -5,9 +5,10 @@ re-serialised once. vLLM's request `priority` is the tenant's (admin API), never
 client's: a client that could set it would jump every other tenant's queue. `cache_salt` is
 a keyed hash of the tenant (and of the client's own salt, if any): prefix-cache hits, and
 the timing they leak, stay within a tenant; so do the media ids clients give content parts
-(media_ids.py). Engine-internal fields are refused (engine_fields.py), as are OpenAI fields
-the engine would drop unread when that changes the answer (ignored_fields.py), and media URLs
-checked (media.py).
+(media_ids.py), and a client's `session_id`, which vLLM publishes with its KV-cache events.
+Engine-internal fields are refused (engine_fields.py), as are OpenAI fields the engine would
+drop unread when that changes the answer (ignored_fields.py), and media URLs checked
+(media.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from gateway.settings import RequestPolicySettings
 # vLLM 0.32 salts the prefix cache of all four (a decoder embedding model, last-token pooled,
 # caches prefixes too).
 SALTED_ROUTES = frozenset({"chat/completions", "completions", "responses", "embeddings"})
-POLICY_FIELDS = ("priority", "cache_salt")  # the only fields policy sets
+POLICY_FIELDS = ("priority", "cache_salt", "session_id")  # the only fields policy sets
 # Only when no key_pepper is configured, which the settings allow in dev mode alone.
 DEV_SALT_SECRET = b"llmaas-development-only-cache-salt"
 # Salts a process remembers (an HMAC per request otherwise); clients' own salts are unbounded
@@ -58,6 +59,9 @@ class TenantPolicy:
         _set_priority(changed, caller.priority)
         if route in SALTED_ROUTES:
             changed["cache_salt"] = self.salt(caller.tenant, _client_salt(body))
+        client_session = body.get("session_id")
+        if isinstance(client_session, str) and client_session:  # (vLLM refuses a non-string)
+            changed["session_id"] = session_id(self.salt_key, caller.tenant, client_session)
         renamed = self._media_ids(raw, changed, caller.tenant)
         if not renamed and _same(changed, body):
             return raw, body
@@ -98,6 +102,14 @@ def cache_salt(key: bytes, tenant: str, client_salt: str | None) -> str:
     message = f"cache_salt:{len(tenant)}:{tenant}"
     if client_salt is not None:
         message += f":{client_salt}"
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+
+def session_id(key: bytes, tenant: str, client_id: str) -> str:
+    """The `session_id` the engine sees for a client's own (64 hex characters). vLLM tags the
+    KV-cache events it publishes (to a KV-aware router, say) with it: within a tenant the same
+    id is the same session, and one tenant's ids never name another's sessions."""
+    message = f"session_id:{len(tenant)}:{tenant}:{client_id}"
     return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 

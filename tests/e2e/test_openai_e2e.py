@@ -38,6 +38,22 @@ async def test_greedy_answer_names_paris(oai: openai.AsyncOpenAI) -> None:
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
 
 
+async def test_a_session_id_renamed_within_the_tenant_is_taken_by_vllm(
+    oai: openai.AsyncOpenAI,
+) -> None:
+    """The gateway sends vLLM its own id for a client's `session_id` (policy.session_id): the
+    engine takes it, on chat and on the Responses API, and answers as without one."""
+    extra = {"session_id": "agent-run-7"}
+    reply = await oai.chat.completions.create(
+        model=CHAT, messages=FRANCE, temperature=0, max_tokens=12, extra_body=extra
+    )
+    assert "Paris" in (reply.choices[0].message.content or "")
+    answer = await oai.responses.create(
+        model=CHAT, input=FRANCE, temperature=0, max_output_tokens=12, extra_body=extra
+    )
+    assert "Paris" in answer.output_text
+
+
 async def test_stream_without_usage(oai: openai.AsyncOpenAI) -> None:
     stream = await oai.chat.completions.create(
         model=CHAT, messages=FRANCE, temperature=0, stream=True

@@ -15,7 +15,7 @@ import openai
 import pytest
 from aiohttp import web
 
-from gateway.api.policy import cache_salt, salt_key_from
+from gateway.api.policy import cache_salt, salt_key_from, session_id
 from gateway.app import create_app
 from gateway.embedded.redis_server import running_redis
 from gateway.netutil import free_port
@@ -269,6 +269,27 @@ async def test_tenants_get_different_cache_salts_that_clients_cannot_choose(setu
         embedded.add((await setup.last_body())["cache_salt"])
     assert len(embedded) == 2
     assert not embedded & {acme_salt, other_salt, "same"}
+
+
+async def test_session_ids_never_meet_across_tenants(setup: Setup) -> None:
+    """vLLM tags the KV-cache events it publishes with a request's `session_id`: the same id
+    from two tenants must reach the engine apart, and stay one session within a tenant."""
+    acme, other = setup.client(await setup.key("acme")), setup.client(await setup.key("other"))
+    hello: Any = [{"role": "user", "content": "hi"}]
+    extra = {"session_id": "agent-run-7"}
+
+    async def sent_id(oai: openai.AsyncOpenAI) -> str:
+        await oai.chat.completions.create(
+            model=MODEL, messages=hello, max_tokens=1, extra_body=extra
+        )
+        return str((await setup.last_body())["session_id"])
+
+    acme_id, other_id = await sent_id(acme), await sent_id(other)
+    assert acme_id == session_id(salt_key_from(PEPPER), "acme", "agent-run-7")
+    assert len({acme_id, other_id, "agent-run-7"}) == 3
+    assert await sent_id(acme) == acme_id
+    await acme.responses.create(model=MODEL, input="hi", max_output_tokens=1, extra_body=extra)
+    assert (await setup.last_body())["session_id"] == acme_id
 
 
 async def test_media_ids_never_meet_across_tenants(setup: Setup) -> None:

@@ -17,7 +17,7 @@ from gateway.api.engine_fields import (
     grammar_field,
 )
 from gateway.api.media_ids import media_id
-from gateway.api.policy import SALTS_KEPT, TenantPolicy, cache_salt, salt_key_from
+from gateway.api.policy import SALTS_KEPT, TenantPolicy, cache_salt, salt_key_from, session_id
 from gateway.auth.principal import Principal
 from gateway.errors import InvalidRequest
 from gateway.settings import RequestPolicySettings
@@ -124,6 +124,33 @@ async def test_apply_sets_salt_and_priority_and_re_serialises_once() -> None:
     assert out["cache_salt"] == cache_salt(KEY, "acme", "mine")
     assert orjson.loads(raw) == out
     assert body["cache_salt"] == "mine"  # the caller's dict is not changed
+
+
+@pytest.mark.parametrize("route", ["chat/completions", "completions", "responses"])
+async def test_a_session_id_reaches_the_engine_as_the_tenants_own(route: str) -> None:
+    """vLLM tags its KV-cache events with a request's `session_id`: a client's id is renamed
+    within its tenant, so another tenant cannot send (or be taken for) the same session."""
+    policy = TenantPolicy(RequestPolicySettings(), KEY)
+    other = Principal(tenant="other", key_id="k2", source="api_key")
+    sent = {}
+    for caller in (ACME, other):
+        body = {**CHAT, "session_id": "chat-42"}
+        raw, out = await policy.apply(route, orjson.dumps(body), body, caller)
+        assert orjson.loads(raw) == out
+        assert body["session_id"] == "chat-42"  # the caller's dict is not changed
+        sent[caller.tenant] = out["session_id"]
+    assert sent["acme"] == session_id(KEY, "acme", "chat-42")
+    assert len({sent["acme"], sent["other"], "chat-42"}) == 3
+    assert session_id(KEY, "acme", "chat-43") != sent["acme"]
+
+
+@pytest.mark.parametrize("value", ["", 5, None])
+async def test_a_session_id_that_names_no_session_is_left_to_the_engine(value: object) -> None:
+    """vLLM reads an empty one as none and refuses a non-string itself (naming the field)."""
+    policy = TenantPolicy(RequestPolicySettings(), KEY)
+    body = {**CHAT, "session_id": value}
+    _, out = await policy.apply("chat/completions", orjson.dumps(body), body, ACME)
+    assert out["session_id"] == value
 
 
 def test_salts_are_remembered_within_a_bound_and_stay_the_same() -> None:
