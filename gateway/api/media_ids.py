@@ -20,10 +20,16 @@ from gateway.api.media import PART_LISTS
 Rename = Callable[[str], str]
 
 
-def media_id(key: bytes, tenant: str, client_id: str) -> str:
-    """The id the engine sees for a client's `uuid` (64 hex characters)."""
-    message = f"media_uuid:{len(tenant)}:{tenant}:{client_id}"
+def scoped_id(key: bytes, kind: str, tenant: str, client_id: str) -> str:
+    """A client's id of `kind` kept within its tenant: a keyed hash (64 hex characters) that is
+    the same for the same id within the tenant, and never meets another tenant's."""
+    message = f"{kind}:{len(tenant)}:{tenant}:{client_id}"
     return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+
+def media_id(key: bytes, tenant: str, client_id: str) -> str:
+    """The id the engine sees for a client's `uuid`."""
+    return scoped_id(key, "media_uuid", tenant, client_id)
 
 
 def tenant_media_ids(items: object, rename: Rename) -> list[Any] | None:

@@ -23,7 +23,7 @@ from gateway.api.body import dump_json
 from gateway.api.engine_fields import FieldBounds, check_engine_fields
 from gateway.api.ignored_fields import check_ignored_fields
 from gateway.api.media import HostResolver, MediaRules, check_media, system_resolve
-from gateway.api.media_ids import media_id, tenant_media_ids
+from gateway.api.media_ids import media_id, scoped_id, tenant_media_ids
 from gateway.auth.principal import Principal
 from gateway.errors import InvalidRequest
 from gateway.settings import RequestPolicySettings
@@ -109,8 +109,7 @@ def session_id(key: bytes, tenant: str, client_id: str) -> str:
     """The `session_id` the engine sees for a client's own (64 hex characters). vLLM tags the
     KV-cache events it publishes (to a KV-aware router, say) with it: within a tenant the same
     id is the same session, and one tenant's ids never name another's sessions."""
-    message = f"session_id:{len(tenant)}:{tenant}:{client_id}"
-    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+    return scoped_id(key, "session_id", tenant, client_id)
 
 
 def _client_salt(body: dict[str, Any]) -> str | None:
