@@ -8,10 +8,11 @@ on, and LiteLLM's proxy, all in front of the same zero-delay simulator.
   (far too high to refuse), Redis, the metering ledger, the access log.
 - LiteLLM: its proxy (pinned version, own venv, no database) with a master key.
 
-Targets are measured one after the other, never at once, each warmed up first: direct, bare
-and all on in turn for each cell, `--rounds` times (the machine's speed drifts by tens of
-percent within minutes; taking turns makes the drift hit all three alike), and each cell is
-the round with its median requests/s; LiteLLM after them, one round. Per cell:
+Targets are measured one after the other, never at once, each warmed up first: the four in
+turn for each cell, `--rounds` times (the machine's speed drifts by tens of percent within
+minutes; taking turns makes the drift hit them alike, LiteLLM too, so that the ratio to it is
+of measurements taken seconds apart), and each cell is the round with its median requests/s.
+All four run throughout; an idle LiteLLM takes ~0.3% of a core. Per cell:
 requests/s, p50/p99 and what each adds to direct's, the server's CPU per request (process and
 children) and its peak resident memory so far. LiteLLM serves ~1/10 of the gateway's rate here,
 so it gets fewer requests per cell (--peer-requests); the table says how many each target got.
@@ -221,9 +222,10 @@ async def run(
     rounds: int = 3,
     report: Callable[[Cell], None] | None = None,
 ) -> SideBySide:
-    """Direct, bare and all on: every mode and concurrency, `rounds` times, the three targets
-    in turn within each (so a drift of the machine's speed hits them alike); each cell is the
-    round with its median requests/s. LiteLLM after, one round. `report` sees each cell."""
+    """Direct, bare, all on and LiteLLM (unless `litellm` is false): every mode and
+    concurrency, `rounds` times, the targets in turn within each (so a drift of the machine's
+    speed hits them alike); each cell is the round with its median requests/s. `report` sees
+    each cell."""
     grid = [(mode, conc) for mode in modes for conc in levels]
     cells: list[Cell] = []
 
@@ -233,22 +235,18 @@ async def run(
             report(cells[-1])
 
     with tempfile.TemporaryDirectory() as tmp:
-        async with simulator_server(MODEL) as sim:
-            async with AsyncExitStack() as stack:
-                targets = [
-                    await stack.enter_async_context(
-                        _started(name, sim, Path(tmp), requests, peer_requests)
-                    )
-                    for name in (DIRECT, BARE, ALL_ON)
-                ]
-                taken = await _turns(targets, grid, rounds)
-                for target in targets:
-                    for mode, conc in grid:
-                        add(target, mode, conc, _median(taken[target.name, mode, conc]))
-            if litellm:  # the others are stopped by now
-                async with _started(LITELLM, sim, Path(tmp), requests, peer_requests) as peer:
-                    for mode, conc in grid:
-                        add(peer, mode, conc, await measure(peer, mode, conc))
+        async with simulator_server(MODEL) as sim, AsyncExitStack() as stack:
+            names = (DIRECT, BARE, ALL_ON, LITELLM) if litellm else (DIRECT, BARE, ALL_ON)
+            targets = [
+                await stack.enter_async_context(
+                    _started(name, sim, Path(tmp), requests, peer_requests)
+                )
+                for name in names
+            ]
+            taken = await _turns(targets, grid, rounds)
+            for target in targets:
+                for mode, conc in grid:
+                    add(target, mode, conc, _median(taken[target.name, mode, conc]))
     return SideBySide(cells, [_ratios(cells, m, c) for m in modes for c in levels])
 
 
@@ -260,7 +258,8 @@ async def _turns(
         for mode, conc in grid:
             for target in targets:  # one at a time, never at once
                 taken[target.name, mode, conc].append(await measure(target, mode, conc))
-        print(f"round {done}/{rounds} measured", file=sys.stderr, flush=True)
+        names = ", ".join(target.name for target in targets)
+        print(f"round {done}/{rounds} measured: {names}", file=sys.stderr, flush=True)
     return taken
 
 

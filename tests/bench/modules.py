@@ -12,6 +12,13 @@ from bench.harness import ROOT
 
 def run_module(module: str, args: list[str], tmp_path: Path, timeout_s: float) -> str:
     """Its stdout; it must exit 0. Its temporary files go under tmp_path."""
+    return run_module_streams(module, args, tmp_path, timeout_s)[0]
+
+
+def run_module_streams(
+    module: str, args: list[str], tmp_path: Path, timeout_s: float
+) -> tuple[str, str]:
+    """Its stdout and stderr (where progress goes); it must exit 0."""
     done = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=ROOT,
@@ -22,4 +29,4 @@ def run_module(module: str, args: list[str], tmp_path: Path, timeout_s: float) -
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    return done.stdout, done.stderr

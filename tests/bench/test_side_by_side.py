@@ -1,13 +1,13 @@
 """bench.side_by_side as a user runs it: `--help`, and its shortest run with all four targets
 (LiteLLM's proxy included, installed once into its cached venv), every cell answered, in two
-rounds (the median kept: one row per cell)."""
+rounds (the median kept: one row per cell), LiteLLM taking its turn in each round."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from tests.bench.modules import run_module
+from tests.bench.modules import run_module, run_module_streams
 
 NUMBER = r"(-|[0-9.-]+)"
 CELL = re.compile(
@@ -35,7 +35,13 @@ def test_help_names_the_options(tmp_path: Path) -> None:
 
 def test_every_target_answers_every_cell_and_the_ratios_are_printed(tmp_path: Path) -> None:
     args = ["--requests", "100", "--peer-requests", "20", "--concurrency", "1,4", "--rounds", "2"]
-    output = run(args, tmp_path, 900)
+    output, progress = run_module_streams("bench.side_by_side", args, tmp_path, 900)
+    # every target in every round, LiteLLM too: its ratio is of measurements seconds apart
+    every = "direct, gateway bare, gateway all on, litellm"
+    assert re.findall(r"^round (\d)/2 measured: (.*)$", progress, re.M) == [
+        ("1", every),
+        ("2", every),
+    ]
     rows = CELL.findall(output)
     cells = {(m[0], m[1], int(m[2])): m[3:] for m in rows}
     assert len(rows) == len(cells)  # one row per cell: the median round, not every round
