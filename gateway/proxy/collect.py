@@ -23,7 +23,7 @@ from gateway.metering.stream_options import FORCED_USAGE
 from gateway.metering.usage import StreamUsage
 from gateway.proxy.assemble import Assembler, assembler_for
 from gateway.proxy.deps import ProxyDeps
-from gateway.proxy.normalize import normalize_error, normalize_success, stream_error_status
+from gateway.proxy.normalize import normalize_error, stream_error_status, strip_forbidden_nulls
 from gateway.proxy.sse import FrameSplitter, data_array, frame_data, split_frames
 from gateway.proxy.upstream import UpstreamBroken, UpstreamResponse
 from gateway.request_context import RequestInfo
@@ -99,7 +99,9 @@ async def collect_stream(
     if tap.final is None:  # vLLM's last frame before [DONE] carries the total usage
         deps.metrics.upstream_errors.labels(engine.url, "stream_cut").inc()
         raise _cut()
-    return 200, normalize_success(orjson.dumps(assembler.body()))
+    body = assembler.body()
+    strip_forbidden_nulls(body)  # the body vLLM would send, with the nulls OpenAI forbids
+    return 200, orjson.dumps(body)
 
 
 async def _read(

@@ -84,6 +84,11 @@ def normalize_success(body: bytes) -> bytes:
     return body
 
 
+def strip_forbidden_nulls(data: dict[str, Any]) -> None:
+    """normalize_success for a body not yet serialised (a collected answer): in place."""
+    _strip(data, _BODY_PLAN)
+
+
 def normalize_error(
     status: int, body: bytes, route: str | None = None, grammar: str | None = None
 ) -> bytes:

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
-from gateway.proxy.normalize import normalize_error, normalize_success
+from gateway.proxy.normalize import normalize_error, normalize_success, strip_forbidden_nulls
 from gateway.proxy.stream import transform_frame
 
 
@@ -43,6 +45,23 @@ def test_forbidden_nulls_are_dropped_and_allowed_ones_kept() -> None:
     assert out["usage"] == {"prompt_tokens": 1}
     # Fields the spec does not know pass through untouched.
     assert out["kv_transfer_params"] is None
+
+
+def test_a_body_stripped_before_it_is_serialised_is_the_same_bytes_as_one_normalised() -> None:
+    """A collected answer is stripped as a dict (one serialisation, no scan): the bytes must be
+    normalize_success's, with forbidden nulls or without."""
+    message = {"role": "assistant", "content": "hi", "function_call": None, "annotations": None}
+    usage = {"prompt_tokens": 1, "completion_tokens": 2, "prompt_tokens_details": None}
+    bodies: list[dict[str, Any]] = [
+        {"id": "c", "choices": [{"index": 0, "message": message}], "usage": usage},
+        {"id": "c", "system_fingerprint": None, "choices": [], "usage": None},
+        {"id": "c", "choices": [{"index": 0, "text": "t", "logprobs": None}], "usage": {}},
+    ]
+    for body in bodies:
+        normalized = normalize_success(orjson.dumps(body))
+        strip_forbidden_nulls(body)
+        assert orjson.dumps(body) == normalized
+    assert bodies[0]["choices"][0]["message"] == {"role": "assistant", "content": "hi"}
 
 
 def test_stream_chunk_usage_null_is_dropped() -> None:
