@@ -14,10 +14,11 @@ minutes; taking turns makes the drift hit them alike, LiteLLM too, so that the r
 of measurements taken seconds apart), and each cell is the round with its median requests/s.
 All four run throughout; an idle LiteLLM takes ~0.3% of a core. Per cell:
 requests/s, p50/p99 and what each adds to direct's, the server's CPU per request (process and
-children) and its peak resident memory so far. LiteLLM serves ~1/10 of the gateway's rate here,
-so it gets fewer requests per cell (--peer-requests); the table says how many each target got.
+children) and its peak resident memory so far. LiteLLM serves 1/6 to 1/50 of the gateway's rate
+here, so it gets fewer requests per cell (--peer-requests); the table says how many each target
+got.
 
-    .venv/bin/python -m bench.side_by_side [--requests 3000] [--peer-requests 600]
+    .venv/bin/python -m bench.side_by_side [--requests 3000] [--peer-requests 400]
         [--concurrency 1,16,64] [--modes non-stream,stream] [--rounds 3] [--no-litellm]
 """
 
