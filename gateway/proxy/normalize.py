@@ -135,7 +135,7 @@ def _not_found(
     message: str, param: str | None, code: str | None, route: str | None
 ) -> tuple[str, str | None, str | None]:
     if route is not None and message == _NOT_SERVED:
-        return f"The model's engine does not serve /v1/{route}.", param, code
+        return f"The model's engine does not serve /v1/{route}.", "model", code  # the field
     named = _MODEL_MISSING.match(message)
     if named is not None:  # the gateway's own words: nothing of what else the engine serves
         return ModelNotFound(named.group(1)).message, "model", code or "model_not_found"

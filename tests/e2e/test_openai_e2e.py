@@ -461,7 +461,7 @@ async def test_endpoint_a_model_does_not_serve_is_openai_shaped(oai: openai.Asyn
     assert info.value.body == {
         "message": "The model's engine does not serve /v1/embeddings.",
         "type": "not_found_error",
-        "param": None,
+        "param": "model",
         "code": None,
     }
 

@@ -119,6 +119,7 @@ def test_fastapi_detail_bodies_are_rewritten() -> None:
     err = orjson.loads(normalize_error(404, b'{"detail":"Not Found"}', "embeddings"))["error"]
     assert err["message"] == "The model's engine does not serve /v1/embeddings."
     assert err["type"] == "not_found_error"
+    assert err["param"] == "model"  # the field to change: this route's model is another
     detail = b'{"detail":[{"loc":["body","messages"],"msg":"Field required"}]}'
     err = orjson.loads(normalize_error(422, detail))["error"]
     assert err["message"] == "messages: Field required"
