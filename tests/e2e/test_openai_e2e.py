@@ -460,7 +460,7 @@ async def test_endpoint_a_model_does_not_serve_is_openai_shaped(oai: openai.Asyn
         await oai.embeddings.create(model=CHAT, input="hello")
     assert info.value.body == {
         "message": "The model's engine does not serve /v1/embeddings.",
-        "type": "not_found_error",
+        "type": "invalid_request_error",
         "param": "model",
         "code": None,
     }

@@ -118,8 +118,8 @@ def test_an_engines_model_not_found_reads_as_the_gateways_own() -> None:
 def test_fastapi_detail_bodies_are_rewritten() -> None:
     err = orjson.loads(normalize_error(404, b'{"detail":"Not Found"}', "embeddings"))["error"]
     assert err["message"] == "The model's engine does not serve /v1/embeddings."
-    assert err["type"] == "not_found_error"
-    assert err["param"] == "model"  # the field to change: this route's model is another
+    # OpenAI's shape for a model on a route it does not serve: the field, no code
+    assert (err["type"], err["param"], err["code"]) == ("invalid_request_error", "model", None)
     detail = b'{"detail":[{"loc":["body","messages"],"msg":"Field required"}]}'
     err = orjson.loads(normalize_error(422, detail))["error"]
     assert err["message"] == "messages: Field required"
