@@ -108,8 +108,8 @@ def normalize_error(
     if status == 404:
         message, param, code = _not_found(message, param, code, route)
     type_ = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    if status == 404 and param == "model":  # OpenAI's type for a model missing or on the
-        type_ = ModelNotFound.type  # wrong route (as the gateway's own 404 for a model)
+    if code == "model_not_found" or (status == 404 and param == "model"):
+        type_ = ModelNotFound.type  # OpenAI's, for a model missing or on a route it lacks
     return orjson.dumps(error_body(message, type_, param=param, code=code))
 
 
