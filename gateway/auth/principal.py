@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gateway.finetune.names import owner_of
+from gateway.finetune.names import base_of, owner_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +38,20 @@ class Principal:
 
     def may_use(self, model: str) -> bool:
         """Both allow-lists apply: the key's and its tenant's. A fine-tuned model (`ft:...`) is
-        its own tenant's only, whatever the lists say."""
-        if model.startswith("ft:") and owner_of(model) != self.tenant:
-            return False
-        return (self.key_models is None or model in self.key_models) and (
-            self.tenant_models is None or model in self.tenant_models
-        )
+        its own tenant's only, whatever the lists say; a list allows it by its own name or by
+        its base model's (a key allowed a base model uses what its tenant fine-tuned on it:
+        the adapter runs on that model's engines, and its name exists only once the job ends,
+        too late to be put on a list before)."""
+        base = None
+        if model.startswith("ft:"):
+            if owner_of(model) != self.tenant:
+                return False
+            base = base_of(model)
+        return _allows(self.key_models, model, base) and _allows(self.tenant_models, model, base)
+
+
+def _allows(models: frozenset[str] | None, model: str, base: str | None) -> bool:
+    return models is None or model in models or (base is not None and base in models)
 
 
 ANONYMOUS = Principal(tenant="anonymous", key_id="anonymous", source="anonymous")

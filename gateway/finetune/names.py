@@ -15,3 +15,12 @@ def owner_of(model: str) -> str | None:
         return None
     parts = model[3:].rsplit(":", 3)
     return parts[1] if len(parts) == 4 and parts[0] else ""
+
+
+def base_of(model: str) -> str | None:
+    """The base model a fine-tuned model was trained on; None for any other model name (and
+    for an `ft:` name that is malformed)."""
+    if not model.startswith("ft:"):
+        return None
+    parts = model[3:].rsplit(":", 3)
+    return parts[0] if len(parts) == 4 and parts[0] else None

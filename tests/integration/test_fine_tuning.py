@@ -537,6 +537,31 @@ async def test_fine_tuned_models_belong_to_their_tenant(ft: TenantStack, tmp_pat
     assert name not in {m.id for m in (await owner.models.list()).data}
 
 
+async def test_a_key_allowed_the_base_model_uses_its_tenants_fine_tuned_model(
+    ft: TenantStack, tmp_path: Path
+) -> None:
+    """The model's name exists only once its job ends: a key whose allow-list names the base
+    model (and so could fine-tune it) sees, uses and deletes what its tenant made of it."""
+    restricted = ft.client(await ft.key("ft-listed", models=[BASE]))
+    elsewhere = ft.client(await ft.key("ft-listed", models=["another-model"]))
+    job = await restricted.fine_tuning.jobs.create(
+        model=BASE, training_file=await upload_dataset(restricted)
+    )
+    name = fine_tuned_name(BASE, "ft-listed", None, job.id)
+    await restricted.fine_tuning.jobs.cancel(job.id)  # (the test has no trainer)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    await JobStore(ft.redis).put_model(
+        "ft-listed", name, {"base": BASE, "adapter": str(adapter), "job": job.id, "created": 1}
+    )
+    assert {m.id for m in (await restricted.models.list()).data} == {BASE, name}
+    assert (await restricted.models.retrieve(name)).parent == BASE  # type: ignore[attr-defined]
+    assert [m.id for m in (await elsewhere.models.list()).data] == []
+    with pytest.raises(openai.NotFoundError):
+        await elsewhere.models.retrieve(name)
+    assert (await restricted.models.delete(name)).deleted
+
+
 def _error(exc: openai.APIStatusError) -> dict[str, Any]:
     body = exc.body
     assert isinstance(body, dict)

@@ -6,7 +6,7 @@ import pytest
 
 from gateway.auth.principal import Principal
 from gateway.finetune.jobs import Hyperparameters
-from gateway.finetune.names import fine_tuned_name, owner_of
+from gateway.finetune.names import base_of, fine_tuned_name, owner_of
 from gateway.finetune.resolve import resolve
 from gateway.finetune_settings import FineTuningSettings
 
@@ -40,11 +40,13 @@ def test_the_owner_is_read_back_from_the_name(base: str, tenant: str, suffix: st
     name = fine_tuned_name(base, tenant, suffix, "ftjob-0123456789abcdef01234567")
     assert name.startswith(f"ft:{base}:{tenant}:")
     assert owner_of(name) == tenant
+    assert base_of(name) == base
 
 
 @pytest.mark.parametrize("name", ["ft:", "ft:a:b", "ft::acme:s:id", "ft:acme"])
 def test_malformed_fine_tuned_names_belong_to_nobody(name: str) -> None:
     assert owner_of(name) == ""
+    assert base_of(name) is None
     caller = Principal(tenant="acme", key_id="k", source="api_key")
     assert not caller.may_use(name)
 
@@ -60,3 +62,25 @@ def test_only_the_owner_may_use_a_fine_tuned_model_whatever_its_allow_list() -> 
         True,
     )
     assert owner_of("smollm2") is None
+
+
+def test_a_list_that_allows_the_base_model_allows_the_tenants_fine_tuned_models_of_it() -> None:
+    """A key or tenant restricted to a base model fine-tunes it, then uses what it made: the
+    model's name cannot be on a list before its job ends."""
+    name = fine_tuned_name("base", "acme", "s", "ftjob-" + "a" * 24)
+    other = fine_tuned_name("other-base", "acme", "s", "ftjob-" + "b" * 24)
+
+    def caller(key: set[str] | None, tenant: set[str] | None, who: str = "acme") -> Principal:
+        key_models = None if key is None else frozenset(key)
+        tenant_models = None if tenant is None else frozenset(tenant)
+        return Principal(who, "k", "api_key", key_models=key_models, tenant_models=tenant_models)
+
+    assert caller({"base"}, None).may_use(name)
+    assert caller(None, {"base"}).may_use(name)
+    assert caller({"base"}, {"base", "x"}).may_use(name)
+    assert caller({name}, None).may_use(name)  # listed by its own name
+    assert not caller({"base"}, None).may_use(other)  # another base model's
+    assert not caller({"base"}, {"x"}).may_use(name)  # the tenant's list does not allow it
+    assert not caller(set(), None).may_use(name)  # an empty list allows nothing
+    assert not caller({"base"}, None, who="other").may_use(name)  # another tenant's
+    assert base_of("smollm2") is None
