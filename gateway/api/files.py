@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -174,10 +175,20 @@ async def retrieve_file(file_id: FileId, gw: Gateway, caller: Caller) -> Respons
 async def file_content(file_id: FileId, gw: Gateway, caller: Caller) -> Response:
     store, storage = _parts(gw)
     record = await _own(store, caller, file_id)
+    try:
+        contents = await storage.open(caller.tenant, record.id)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            await _own(store, caller, file_id)  # deleted meanwhile: 404, as after the delete
+        raise ServiceUnavailable(
+            "File storage is unavailable right now: the file's contents cannot be read.",
+            code="file_storage_unavailable",
+        ) from exc
     return StreamingResponse(
-        storage.read(caller.tenant, record.id),
+        contents.chunks(),
         media_type="application/octet-stream",
-        headers={"content-length": str(record.bytes)},
+        headers={"content-length": str(contents.size)},
+        background=BackgroundTask(contents.close),  # (also when the client left before its end)
     )
 
 

@@ -34,10 +34,29 @@ class PartialFile(Protocol):
     async def discard(self) -> None: ...
 
 
+class Contents:
+    """A file opened for reading: its size, then its chunks; closed once read to the end (or
+    by `close`, which may be called again)."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.size = os.fstat(handle.fileno()).st_size
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            while chunk := await asyncio.to_thread(self.handle.read, CHUNK):
+                yield chunk
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
 class FileStorage(Protocol):
     def create(self, tenant: str, name: str) -> PartialFile: ...
     def path(self, tenant: str, name: str) -> Path: ...
-    def read(self, tenant: str, name: str) -> AsyncIterator[bytes]: ...
+    async def open(self, tenant: str, name: str) -> Contents: ...
     async def delete(self, tenant: str, name: str) -> None: ...
 
 
@@ -55,13 +74,15 @@ class DirectoryStorage:
     def create(self, tenant: str, name: str) -> PartialFile:
         return _DirectoryPartial(self.path(tenant, name))
 
-    async def read(self, tenant: str, name: str) -> AsyncIterator[bytes]:
+    async def open(self, tenant: str, name: str) -> Contents:
+        """Open the contents before anything is answered: a file that is gone, or storage that
+        cannot be read, raises OSError here, not halfway through a response."""
         handle = await asyncio.to_thread(self.path(tenant, name).open, "rb")
         try:
-            while chunk := await asyncio.to_thread(handle.read, CHUNK):
-                yield chunk
-        finally:
+            return Contents(handle)
+        except BaseException:
             handle.close()
+            raise
 
     async def delete(self, tenant: str, name: str) -> None:
         await asyncio.to_thread(self.path(tenant, name).unlink, missing_ok=True)

@@ -75,6 +75,22 @@ async def test_upload_list_retrieve_download_delete(files: TenantStack) -> None:
     assert _stored(files) == []
 
 
+async def test_contents_storage_lost_are_a_503_before_any_byte(files: TenantStack) -> None:
+    """The contents are opened before the answer starts: a file storage lost (a volume gone,
+    a blob removed under the gateway) answers an error, not a 200 cut after its head."""
+    client = await files.tenant("files-lost")
+    made = await client.files.create(file=("data.jsonl", DATASET), purpose="fine-tune")
+    (files.root / "store" / "files-lost" / made.id).unlink()
+    with pytest.raises(openai.InternalServerError) as lost:
+        await client.files.content(made.id)
+    assert (lost.value.status_code, lost.value.code) == (503, "file_storage_unavailable")
+    assert (await client.files.retrieve(made.id)).id == made.id  # the record is kept
+    await client.files.delete(made.id)
+    with pytest.raises(openai.NotFoundError) as gone:  # deleted: no longer the storage's doing
+        await client.files.content(made.id)
+    assert gone.value.code == "file_not_found"
+
+
 async def test_another_tenant_cannot_see_or_touch_a_file(files: TenantStack) -> None:
     owner = await files.tenant("files-owner")
     other = await files.tenant("files-other")

@@ -35,9 +35,19 @@ async def test_contents_appear_only_once_committed(tmp_path: Path) -> None:
     await partial.finish()
     assert not storage.path("acme", "file-1").exists()
     await partial.commit()
-    assert b"".join([c async for c in storage.read("acme", "file-1")]) == b"abc"
+    contents = await storage.open("acme", "file-1")
+    assert contents.size == 3
+    assert b"".join([c async for c in contents.chunks()]) == b"abc"
+    assert contents.handle.closed
     await storage.delete("acme", "file-1")
     assert await asyncio.to_thread(_files_under, tmp_path) == []
+
+
+@ON_LOOP
+async def test_contents_gone_raise_when_opened_not_when_read(tmp_path: Path) -> None:
+    storage = DirectoryStorage(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        await storage.open("acme", "file-3")
 
 
 @ON_LOOP
