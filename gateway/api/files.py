@@ -27,7 +27,7 @@ from gateway.files.records import FILE_ID_PATTERN, PURPOSES, FileRecord, new_fil
 from gateway.files.storage import DirectoryStorage, FileStorage
 from gateway.files.store import FileStore
 from gateway.files.upload import MULTIPART_OVERHEAD, boundary_of, receive_upload, too_large
-from gateway.finetune.job_store import JobStore
+from gateway.finetune.job_store import JobStore, active_key
 from gateway.finetune.jobs import FINAL
 from gateway.redis_pages import AfterNotFound
 from gateway.state import GatewayState
@@ -195,17 +195,25 @@ async def file_content(file_id: FileId, gw: Gateway, caller: Caller) -> Response
 @router.delete("/{file_id}", response_model=None)
 async def delete_file(file_id: FileId, gw: Gateway, caller: Caller) -> Response:
     store, storage = _parts(gw)
-    # (an unknown file is no active job's: store.delete's 404 below answers it)
-    for job in await JobStore(store.redis).active(caller.tenant):
-        if job.training_file == file_id and job.status not in FINAL:
-            raise InvalidRequest(
-                f"The file {file_id} is the training file of fine-tuning job {job.id}, which "
-                f"is {job.status}: cancel the job or wait until it ends, then delete the file.",
-                param="id",
-                code="file_in_use",
-                status=409,
-            )
-    record = await store.delete(caller.tenant, file_id)
+    jobs = JobStore(store.redis)
+
+    async def not_in_use(_: FileRecord) -> None:
+        for job in await jobs.active(caller.tenant):
+            if job.training_file == file_id and job.status not in FINAL:
+                raise InvalidRequest(
+                    f"The file {file_id} is the training file of fine-tuning job {job.id}, "
+                    f"which is {job.status}: cancel the job or wait until it ends, then delete "
+                    "the file.",
+                    param="id",
+                    code="file_in_use",
+                    status=409,
+                )
+
+    # One step with the check: a job created on the file meanwhile changes the active set
+    # (watched), and its creation fails if the file's record is gone (JobStore.create).
+    record = await store.delete(
+        caller.tenant, file_id, watch=[active_key(caller.tenant)], unless=not_in_use
+    )
     if record is None:
         raise file_not_found(file_id)
     await storage.delete(caller.tenant, file_id)

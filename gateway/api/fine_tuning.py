@@ -19,10 +19,10 @@ from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
 from gateway.errors import InvalidRequest, NotFound, RateLimited, ServiceUnavailable
 from gateway.files.storage import DirectoryStorage
-from gateway.files.store import FileStore
+from gateway.files.store import FileStore, file_key
 from gateway.finetune.billing import bill_cancelled
 from gateway.finetune.checkpoints import remove_checkpoint
-from gateway.finetune.job_store import JobStore, LimitReached
+from gateway.finetune.job_store import JobStore, LimitReached, RequiredKeyGone
 from gateway.finetune.jobs import (
     ACTIVE,
     JOB_ID_PATTERN,
@@ -97,8 +97,13 @@ async def create_job(body: JobCreate, gw: Gateway, caller: Caller) -> Response:
     )
     try:
         await store.create(
-            job, settings.max_active_jobs_per_tenant, f"Created fine-tuning job: {job.id}"
+            job,
+            settings.max_active_jobs_per_tenant,
+            f"Created fine-tuning job: {job.id}",
+            requires=file_key(caller.tenant, body.training_file),  # not deleted meanwhile
         )
+    except RequiredKeyGone:
+        raise _no_training_file(body.training_file) from None
     except LimitReached:
         raise RateLimited(
             f"Your tenant has {settings.max_active_jobs_per_tenant} fine-tuning jobs queued or "
@@ -152,15 +157,19 @@ def _hyperparameters(body: JobCreate, max_rank: int) -> Hyperparameters:
     return Hyperparameters(**given)
 
 
+def _no_training_file(file_id: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"No file '{file_id}' to train on: upload it with purpose 'fine-tune' first.",
+        param="training_file",
+        code="file_not_found",
+    )
+
+
 async def _training_examples(gw: GatewayState, caller: Principal, file_id: str) -> int:
     assert gw.redis is not None
     record = await FileStore(gw.redis).get(caller.tenant, file_id)
     if record is None:
-        raise InvalidRequest(
-            f"No file '{file_id}' to train on: upload it with purpose 'fine-tune' first.",
-            param="training_file",
-            code="file_not_found",
-        )
+        raise _no_training_file(file_id)
     if record.purpose != "fine-tune" or not record.lines:
         raise InvalidRequest(
             f"The file '{file_id}' was uploaded with purpose '{record.purpose}'; a training "

@@ -10,9 +10,11 @@ paged `after` it (deleting each file while auto-paginating) goes on where it sto
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal
 
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from gateway.files.records import FileRecord
 from gateway.redis_pages import AfterNotFound, index_page
@@ -66,20 +68,41 @@ class FileStore:
         raw = await self.redis.get(file_key(tenant, file_id))
         return None if raw is None else FileRecord.model_validate_json(raw)
 
-    async def delete(self, tenant: str, file_id: str) -> FileRecord | None:
-        """The record removed, or None when there was none (another delete won)."""
-        record = await self.get(tenant, file_id)
-        if record is None:
-            return None
-        score = await self.redis.zscore(index_key(tenant), file_id)
+    async def delete(
+        self,
+        tenant: str,
+        file_id: str,
+        *,
+        watch: Sequence[str] = (),
+        unless: Callable[[FileRecord], Awaitable[None]] | None = None,
+    ) -> FileRecord | None:
+        """The record removed, or None when there was none (another delete won).
+
+        `unless` may refuse the delete by raising; it reads what it needs after the record and
+        the keys in `watch` are watched, and the delete happens only if none of them changed
+        in between (else it is read again): a check and the delete are one step."""
+        key = file_key(tenant, file_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(file_key(tenant, file_id))
-            pipe.zrem(index_key(tenant), file_id)
-            pipe.zrem(index_key(tenant, record.purpose), file_id)
-            if score is not None:
-                pipe.set(gone_key(tenant, file_id), repr(float(score)), ex=GONE_TTL_S)
-            deleted = (await pipe.execute())[0]
-        return record if deleted else None
+            while True:
+                try:
+                    await pipe.watch(key, *watch)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        return None
+                    record = FileRecord.model_validate_json(raw)
+                    if unless is not None:
+                        await unless(record)
+                    score = await pipe.zscore(index_key(tenant), file_id)
+                    pipe.multi()  # type: ignore[no-untyped-call, unused-ignore]
+                    pipe.delete(key)
+                    pipe.zrem(index_key(tenant), file_id)
+                    pipe.zrem(index_key(tenant, record.purpose), file_id)
+                    if score is not None:
+                        pipe.set(gone_key(tenant, file_id), repr(float(score)), ex=GONE_TTL_S)
+                    await pipe.execute()
+                    return record
+                except WatchError:
+                    continue
 
     async def page(
         self, tenant: str, purpose: str | None, limit: int, order: Order, after: str | None

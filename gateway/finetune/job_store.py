@@ -47,6 +47,15 @@ class LimitReached(Exception):
     """The tenant already has as many active jobs as it may."""
 
 
+class RequiredKeyGone(Exception):
+    """A key a new job needs (its training file's record) was gone when the job was stored."""
+
+
+def active_key(tenant: str) -> str:
+    """The set of the tenant's job ids counted as active (queued, running, paused, ...)."""
+    return f"{_tag(tenant)}:ftjobs:active"
+
+
 def _member(tenant: str, job_id: str) -> str:
     return f"{tenant}/{job_id}"
 
@@ -64,14 +73,21 @@ class JobStore:
 
     # -- jobs ---------------------------------------------------------------------------------
 
-    async def create(self, job: Job, max_active: int, message: str) -> None:
-        """Store a new job, counted as active; LimitReached when the tenant is at its limit."""
+    async def create(
+        self, job: Job, max_active: int, message: str, *, requires: str | None = None
+    ) -> None:
+        """Store a new job, counted as active; LimitReached when the tenant is at its limit.
+        `requires`: a key of the tenant's (its training file's record) that must still exist
+        when the job is stored, else RequiredKeyGone: a delete of that file checks the active
+        jobs and deletes in one step too (FileStore.delete), so one of the two wins."""
         t = job.tenant
-        active = f"{_tag(t)}:ftjobs:active"
+        active = active_key(t)
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    await pipe.watch(active)
+                    await pipe.watch(active, *([] if requires is None else [requires]))
+                    if requires is not None and not await pipe.exists(requires):
+                        raise RequiredKeyGone(requires)
                     if int(await pipe.scard(active)) >= max_active:
                         raise LimitReached(t)
                     pipe.multi()  # type: ignore[no-untyped-call, unused-ignore]
@@ -95,7 +111,7 @@ class JobStore:
 
     async def active(self, tenant: str) -> list[Job]:
         """The tenant's jobs counted as active (queued or running; a few at most)."""
-        members = await self.redis.smembers(f"{_tag(tenant)}:ftjobs:active")
+        members = await self.redis.smembers(active_key(tenant))
         ids = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
         if not ids:
             return []
@@ -139,7 +155,7 @@ class JobStore:
                     pipe.multi()  # type: ignore[no-untyped-call, unused-ignore]
                     pipe.set(key, new.model_dump_json())
                     if new.status in FINAL:
-                        pipe.srem(f"{_tag(tenant)}:ftjobs:active", job_id)
+                        pipe.srem(active_key(tenant), job_id)
                     if message is not None:
                         event = Event(id="", created_at=int(time.time()), message=message)
                         await self._event(pipe, new, event.model_copy(update={"level": level}))

@@ -268,6 +268,34 @@ async def test_a_training_file_is_not_deleted_under_its_active_job(ft: TenantSta
     assert (await client.files.delete(file_id)).deleted
 
 
+async def test_a_job_created_as_its_file_is_deleted_leaves_one_winner(ft: TenantStack) -> None:
+    """Sent at the same moment, the job's creation and the file's delete never both succeed
+    (which left a queued job on a file that is gone): the job wins and the delete is a 409,
+    or the delete wins and the creation is a 400 naming the file."""
+    client = await ft.tenant("ft-race")
+    outcomes: set[str] = set()
+    for _ in range(20):
+        file_id = await upload_dataset(client)
+        job, deleted = await asyncio.gather(
+            client.fine_tuning.jobs.create(model=BASE, training_file=file_id),
+            client.files.delete(file_id),
+            return_exceptions=True,
+        )
+        if isinstance(job, BaseException):
+            assert isinstance(job, openai.BadRequestError), job
+            assert (job.code, job.param) == ("file_not_found", "training_file")
+            assert not isinstance(deleted, BaseException)
+            outcomes.add("delete won")
+        else:
+            assert isinstance(deleted, openai.ConflictError), deleted
+            assert deleted.code == "file_in_use"
+            assert (await client.files.retrieve(file_id)).id == file_id
+            await client.fine_tuning.jobs.cancel(job.id)
+            await client.files.delete(file_id)
+            outcomes.add("job won")
+    assert outcomes  # (which wins depends on the timing; neither may lose both ways)
+
+
 async def test_a_job_whose_file_vanished_fails_saying_so_without_a_path(ft: TenantStack) -> None:
     """The file went between the job's creation and its training (a race the API's 409 cannot
     close): the job fails naming the file, with no path of the shared volume in the message."""
