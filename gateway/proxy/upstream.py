@@ -193,13 +193,19 @@ class Upstream:
         self, engine: Engine, resp: H1Response
     ) -> UpstreamResponse | None:
         """A 404 (read whole: a small error body). None when the engine said it does not serve
-        the model (another engine may: the request is tried there); else the answer, as read."""
+        the model (another engine may: the request is tried there); else the answer, as read.
+        Cancelled meanwhile (the client left), it gives back the response and the engine's
+        count, which its caller would have kept."""
         try:
             body = await resp.read()
         except UpstreamBroken as exc:  # refused, then cut: nothing generated, try another
             resp.close()
             self.failure(engine, exc.kind, exc.cause)
             return None
+        except BaseException:
+            resp.close()
+            engine.inflight -= 1
+            raise
         if not model_missing(body):
             return _Read(resp, body)
         resp.release()
