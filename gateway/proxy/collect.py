@@ -4,7 +4,8 @@ A request is asked of the engine as a stream (with usage in every chunk) unless 
 something only vLLM's non-streaming path returns: prompt logprobs (also implied by `echo` on
 /v1/chat/completions, and by `echo` with `logprobs` on /v1/completions), beam search,
 KV-transfer parameters, or its own `stream_options` (vLLM refuses those on a non-streaming
-request, and its 400 should reach the client). Those pass through unchanged, and a client
+request, and its 400 should reach the client; a null or empty one it takes, and so is it
+asked as a stream). Those pass through unchanged, and a client
 that abandons one is billed its prompt as estimated (metering/accounting.py), none of what the
 engine generated.
 """
@@ -37,7 +38,9 @@ _SPLICE = b'"stream":true,"stream_options":' + orjson.dumps(FORCED_USAGE) + b","
 
 
 def _passes_through(route: str, body: dict[str, Any]) -> bool:
-    if route not in COLLECTED_ROUTES or "stream_options" in body:
+    # vLLM refuses `stream_options` on a non-streaming request (its 400 reaches the client)
+    # unless it is null or empty, as this test reads it: those are asked as a stream too.
+    if route not in COLLECTED_ROUTES or body.get("stream_options"):
         return True
     if body.get("prompt_logprobs") is not None or body.get("use_beam_search"):
         return True
@@ -54,7 +57,7 @@ def stream_request(route: str, raw: bytes, body: dict[str, Any]) -> bytes | None
     opening brace (the rest stays byte for byte); with one, the body is re-serialised."""
     if _passes_through(route, body):
         return None
-    if "stream" not in body:
+    if "stream" not in body and "stream_options" not in body:
         start = raw.find(b"{")
         return raw[: start + 1] + _SPLICE + raw[start + 1 :]
     return exact_json.dumps({**body, "stream": True, "stream_options": FORCED_USAGE})

@@ -166,6 +166,20 @@ def test_a_stream_body_is_spliced_when_the_client_sent_no_stream_member() -> Non
     assert {k: v for k, v in parsed.items() if k not in ("stream", "stream_options")} == body
 
 
+@pytest.mark.parametrize("given", [None, {}])
+def test_stream_options_vllm_takes_without_a_stream_are_replaced(given: Any) -> None:
+    """vLLM takes a null or empty `stream_options` on a non-streaming request (it refuses only
+    one that asks something): asked as a stream, with the usage an abandoned one is billed by,
+    and no second `stream_options` member for vLLM's parser to pick the client's from."""
+    raw = orjson.dumps({"model": "m", "messages": [], "stream_options": given})
+    sent = stream_request("chat/completions", raw, orjson.loads(raw))
+    assert sent is not None
+    assert sent.count(b'"stream_options"') == 1
+    parsed = orjson.loads(sent)
+    assert parsed["stream"] is True
+    assert parsed["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
+
+
 def test_stream_false_is_rewritten() -> None:
     body = {"model": "m", "prompt": "x", "stream": False}
     sent = stream_request("completions", orjson.dumps(body), body)
