@@ -92,6 +92,7 @@ class Connection(asyncio.Protocol):
         self.last_read = self.loop.time()
         self.busy = False  # a request is on it (an idle connection that hears data is broken)
         self.heard = False  # a byte of this answer arrived
+        self.stray = False  # bytes past this answer's end began another one: ignored, not kept
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -120,7 +121,14 @@ class Connection(asyncio.Protocol):
             self._wake()
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.complete:  # an answer the engine sent after the one asked (past its length)
+            self.stray = True
+            self.keep_alive = False  # so the connection is not used again
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.stray:
+            return
         lower = name.lower()
         if lower == b"content-type":
             self.content_type = value.decode("latin-1").split(";", 1)[0].strip().lower()
@@ -130,12 +138,16 @@ class Connection(asyncio.Protocol):
             self.framed = True
 
     def on_headers_complete(self) -> None:
+        if self.stray:
+            return
         self.status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()
         self.headers_done = True
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.stray:
+            return
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > HIGH_WATER and not self.paused and self.transport is not None:

@@ -111,6 +111,28 @@ async def test_answers_are_read_and_connections_kept_alive() -> None:
         pool.close()
 
 
+async def test_an_answer_past_its_length_is_cut_there_and_its_connection_not_kept() -> None:
+    """An engine (or a proxy between) that sends a second answer in the write of the first:
+    the first is what its content-length says, and the second is not taken for the next
+    request's answer (it was appended to the first, and the connection kept)."""
+
+    async def twice(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
+    ) -> None:
+        while await read_request(reader, server):
+            writer.write(sized(b"{}") + sized(b'{"stale":true}'))
+            await writer.drain()
+
+    async with serving(twice) as server:
+        pool = H1Pool(connect_timeout_s=2)
+        for _ in range(2):
+            resp = await ask(pool, server.url)
+            assert (resp.status, await resp.read()) == (200, b"{}")
+            resp.release()
+        assert server.connections == 2  # the first was not used again
+        pool.close()
+
+
 async def test_a_stream_arrives_chunk_by_chunk() -> None:
     go_on = asyncio.Event()
 
