@@ -32,10 +32,15 @@
 --     or {2, marker}: this lease was seen before (tokens: admitted then; "x": released)
 --
 -- Cost: this runs for every request, so it is written for Redis's Lua: every number that
--- becomes a string (tostring, a number passed to redis.call) goes through printf("%.17g"),
--- ~1 µs each on a 2-core VM, as much as a whole GET. So times are whole milliseconds formatted
--- once with %d, and the admitted reply is integers (no conversion at all). Scores and expiries
--- of the request logs and lease sets are in ms.
+-- becomes a string (a number passed to redis.call goes through printf("%.17g")) costs ~1 µs
+-- on a 2-core VM, as much as a whole GET. So times are whole milliseconds formatted once with
+-- %d, and the admitted reply is integers (no conversion at all). Scores and expiries of the
+-- request logs and lease sets are in ms. A TAT keeps its fraction of a ms, written with %.17g:
+-- Lua's own tostring keeps 14 digits, which at ~1.7e12 ms is 0.1 ms, and under a large tpm a
+-- small request moves the TAT by less (it was rounded away, or up).
+--
+-- A request log's times are whole ms (Redis's TIME cut down): an entry stamped T may have come
+-- up to 1 ms after T, so it leaves once now - T > window, never at exactly a window.
 
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -56,7 +61,7 @@ local admitted = 0
 local function log_used(scope)
   if used[scope] == nil then
     local log = KEYS[scope * 3 - 2]
-    redis.call('ZREMRANGEBYSCORE', log, '-inf', string.format('%d', now - PERIOD))
+    redis.call('ZREMRANGEBYSCORE', log, '-inf', string.format('(%d', now - PERIOD))
     used[scope] = redis.call('ZCARD', log)
   end
   return used[scope]
@@ -79,7 +84,7 @@ local function leases_held(scope)
 end
 
 local function refuse(scope, kind, retry, limit)
-  return {0, tostring(scope), kind, tostring(retry), tostring(limit)}
+  return {0, tostring(scope), kind, tostring(retry), string.format('%d', limit)}
 end
 
 local function admit(charge, lease, marker)
@@ -95,9 +100,10 @@ local function admit(charge, lease, marker)
     local r, tp, c = rpm[scope], tpm[scope], conc[scope]
     if r > 0 then
       local n = log_used(scope)
-      if n >= r then
-        local oldest = redis.call('ZRANGE', KEYS[scope * 3 - 2], 0, 0, 'WITHSCORES')
-        return refuse(scope, 'requests', oldest[2] + PERIOD - now, r)
+      if n >= r then  -- room once n - r + 1 entries left (more than one: the limit was lowered)
+        local log = KEYS[scope * 3 - 2]
+        local leaving = redis.call('ZRANGE', log, n - r, n - r, 'WITHSCORES')
+        return refuse(scope, 'requests', leaving[2] + PERIOD + 1 - now, r)
       end
       if req_left == '' or r - n - 1 < req_left then
         req_limit, req_left = r, r - n - 1  -- this request is now the newest entry
@@ -161,7 +167,7 @@ for scope = 1, 2 do
   if tpm[scope] > 0 then
     local at = tat[scope]
     local ttl = string.format('%d', math.ceil(at - now) + 1000)
-    redis.call('SET', KEYS[scope * 3 - 1], tostring(at), 'PX', ttl)
+    redis.call('SET', KEYS[scope * 3 - 1], string.format('%.17g', at), 'PX', ttl)
   end
 end
 return replies

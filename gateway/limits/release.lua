@@ -30,7 +30,8 @@ for scope = 1, 2 do
   if tat then
     local new_tat = tat - tokens * period / limit
     if new_tat > now then
-      redis.call('SET', bucket, tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+      local ttl = math.ceil(new_tat - now) + 1000
+      redis.call('SET', bucket, string.format('%.17g', new_tat), 'PX', ttl)  -- (admission.lua)
     else
       redis.call('DEL', bucket)
     end

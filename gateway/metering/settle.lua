@@ -46,10 +46,10 @@ for i = 1, n do
             tat[scope] = tonumber(redis.call('GET', KEYS[1 + scope * 2])) or false
           end
           local was, after = tat[scope], false
-          if was then
+          if delta > 0 then  -- used more than reserved: charged from now, as a new cost is
+            after = math.max(was or now, now) + delta * period / limit
+          elseif was then
             after = was + delta * period / limit
-          elseif delta > 0 then
-            after = now + delta * period / limit
           end
           if after then  -- a bucket moved: set while ahead of now, else emptied
             dirty[scope] = true
@@ -78,7 +78,7 @@ for scope = 1, 2 do
     local after = tat[scope]
     if after then
       local ttl = string.format('%d', math.ceil(after - now) + 1000)
-      redis.call('SET', bucket, tostring(after), 'PX', ttl)
+      redis.call('SET', bucket, string.format('%.17g', after), 'PX', ttl)  -- (admission.lua)
     else
       redis.call('DEL', bucket)
     end

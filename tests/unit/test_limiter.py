@@ -248,6 +248,56 @@ async def test_token_capacity_returns_smoothly(redis: Redis) -> None:
         await limiter.admit(principal, 30)
 
 
+async def test_small_charges_under_a_large_tpm_move_the_bucket_exactly(redis: Redis) -> None:
+    """A TAT near 1.7e12 ms written with Lua's tostring kept 0.1 ms: at tpm 2M a 1-token
+    request (0.03 ms) moved nothing and a 2-token one 0.1 ms (3.3 tokens)."""
+    limiter, principal = Limiter(redis), who(Limits(tpm=2_000_000))  # 0.03 ms per token
+    await limiter.admit(principal, 1_000_000)  # the TAT 30 s ahead: nothing drains meanwhile
+    bucket = scope_keys(principal.tenant, principal.scope_id)[0][1]
+    before = float(await redis.get(bucket) or 0)
+    for tokens in [1] * 500 + [2] * 250:
+        await limiter.admit(principal, tokens)
+    moved = float(await redis.get(bucket) or 0) - before
+    # 1,000 tokens (within what a double near 1.7e12 holds: 2.4e-4 ms per addition, at most)
+    assert moved == pytest.approx(1000 * 0.03, abs=750 * 2.5e-4)
+
+
+async def test_usage_above_the_reservation_is_charged_from_now(redis: Redis) -> None:
+    """A request that used more than it reserved, settled once its reservation drained: the
+    excess is charged as a new cost from now, not added to a TAT in the past (which let it
+    go uncharged)."""
+    limiter, principal = Limiter(redis, window_s=1.0), who(Limits(tpm=6000))
+    admission = await limiter.admit(principal, 100)  # ~17 ms of the bucket
+    await asyncio.sleep(0.2)  # drained
+    limits = LimitSettlement(admission.lease, 1000, 6000, 0)  # used 1,100
+    settlement = Settlement(new_record_id(), principal.tenant, principal.scope_id, None, limits)
+    await Ledger(redis, MeteringSettings(), window_s=1.0).write([settlement])
+    with pytest.raises(RateLimited):
+        await limiter.admit(principal, 5500)  # 1,000 of the 6,000 are used for a while
+    await limiter.admit(principal, 4500)
+
+
+async def test_after_rpm_is_lowered_the_retry_waits_for_enough_entries_to_leave(
+    redis: Redis,
+) -> None:
+    """At 10 entries a lowered limit of 5 has room once 6 of them left: the refusal says when
+    the sixth leaves, not the first (a client that waited that long was refused again)."""
+    limiter = Limiter(redis, window_s=1.0)
+    principal = who(Limits(rpm=10))
+    for _ in range(5):
+        await limiter.admit(principal, 1)
+    await asyncio.sleep(0.3)
+    for _ in range(5):
+        await limiter.admit(principal, 1)
+    lowered = Principal(principal.tenant, "k", "api_key", key_limits=Limits(rpm=5))
+    with pytest.raises(RateLimited) as refused:
+        await limiter.admit(lowered, 1)
+    wait = int(refused.value.headers["retry-after-ms"])
+    assert wait > 900  # the sixth came ~0.3 s after the first: ~1 s, not ~0.7
+    await asyncio.sleep(wait / 1000 + 0.02)
+    await limiter.admit(lowered, 1)
+
+
 @pytest.mark.asyncio(loop_scope="session")
 async def test_duration_format() -> None:
     assert [duration(ms) for ms in (17.2, 999, 1000, 1200, 59_500, 360_000)] == [
