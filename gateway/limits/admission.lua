@@ -25,8 +25,9 @@
 -- ARGV: lease ttl ms, window ms (60000 in production), then per scope (key, tenant): rpm, tpm,
 --       max concurrency (0 = no limit at that scope); then per request: tokens, lease id
 -- Reply: one per request, in order:
---        {1, req_limit, req_remaining, req_reset_ms, tok_limit, tok_remaining, tok_reset_ms}
---        (integers; "" for a kind no scope limits)
+--        {1, req_limit, req_remaining, req_reset_ms, tok_limit, tok_remaining, tok_reset_ms,
+--         slots_free} (integers; "" for a kind no scope limits; slots_free: of the scope with the
+--        fewest concurrency slots left, after this one)
 --     or {0, scope (1 key, 2 tenant), kind ("requests"|"tokens"|"concurrency"), retry_ms, limit}
 --        (numbers as strings: Redis would truncate fractions)
 --     or {2, marker}: this lease was seen before (tokens: admitted then; "x": released)
@@ -94,7 +95,7 @@ local function admit(charge, lease, marker)
     return {2, seen}
   end
   -- Check every limit of both scopes; charge nothing until all of them admit.
-  local req_limit, req_left, tok_limit, tok_left, tok_reset = '', '', '', '', 0
+  local req_limit, req_left, tok_limit, tok_left, tok_reset, free = '', '', '', '', 0, ''
   local after = {}
   for scope = 1, 2 do
     local r, tp, c = rpm[scope], tpm[scope], conc[scope]
@@ -121,9 +122,15 @@ local function admit(charge, lease, marker)
         tok_limit, tok_left, tok_reset = tp, left, math.ceil(next_tat - now)
       end
     end
-    if c > 0 and leases_held(scope) >= c then
-      local first = redis.call('ZRANGE', KEYS[scope * 3], 0, 0, 'WITHSCORES')
-      return refuse(scope, 'concurrency', first[2] - now, c)
+    if c > 0 then
+      local h = leases_held(scope)
+      if h >= c then
+        local first = redis.call('ZRANGE', KEYS[scope * 3], 0, 0, 'WITHSCORES')
+        return refuse(scope, 'concurrency', first[2] - now, c)
+      end
+      if free == '' or c - h - 1 < free then
+        free = c - h - 1
+      end
     end
   end
   for scope = 1, 2 do
@@ -141,7 +148,7 @@ local function admit(charge, lease, marker)
   end
   redis.call('SET', marker, charge, 'PX', ARGV[2])
   admitted = admitted + 1
-  return {1, req_limit, req_left, req_limit == '' and 0 or PERIOD, tok_limit, tok_left, tok_reset}
+  return {1, req_limit, req_left, req_limit == '' and 0 or PERIOD, tok_limit, tok_left, tok_reset, free}
 end
 
 local replies = {}

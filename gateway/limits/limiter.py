@@ -74,6 +74,7 @@ class Admission:
     reserved_tokens: int
     requests: tuple[int, int, float] | None  # limit, remaining, reset ms (tightest scope)
     tokens: tuple[int, int, float] | None
+    slots_free: int | None = None  # concurrency slots left at the tightest scope (None: no limit)
 
     def headers(self) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -180,7 +181,9 @@ def _answer(
 ) -> Admission | RateLimited | AdmissionCancelled:
     status = int(reply[0])
     if status == 1:
-        return Admission(lease, tokens, _triple(*reply[1:4]), _triple(*reply[4:7]))
+        free = reply[7]
+        slots = None if free == b"" else int(free)
+        return Admission(lease, tokens, _triple(*reply[1:4]), _triple(*reply[4:7]), slots)
     if status == 2:
         if reply[1] == b"x":
             return AdmissionCancelled(lease)

@@ -15,8 +15,8 @@ What fetching ahead changes, and why it is bounded:
 
 - A fetched admission waiting in one replica counts against the limits everywhere, so another
   replica may be refused a little early. A key is fetched for only while far from its limits:
-  at most 1/HEADROOM of what the last reply said remains (requests, tokens) and of its
-  concurrency limits. Near a limit every request asks Redis, exactly as without fetching.
+  at most 1/HEADROOM of what the last reply said remains (requests, tokens, concurrency
+  slots). Near a limit every request asks Redis, exactly as without fetching.
 - A request's entry in the rpm log bears the time it was charged, up to `ttl_s` before it ran.
 - x-ratelimit-remaining-* count the fetched admissions as used (the headers a fetched
   admission carries are the figures Redis answered for it).
@@ -269,7 +269,9 @@ def _room(caller: Principal, tokens: int, last: Admission | None) -> int:
         if limited:
             remaining = figures[1] if figures is not None else 0  # none: an answer seen before
             room = min(room, remaining // (HEADROOM * cost))
-    for concurrency in (keys.max_concurrency, tenants.max_concurrency):
-        if concurrency:
-            room = min(room, concurrency // HEADROOM)
+    if keys.max_concurrency or tenants.max_concurrency:
+        # What is free, not the limit: each admission fetched holds a slot, so near the limit
+        # (the tenant's slots taken by its other keys' requests and shelves too) none is fetched.
+        free = last.slots_free if last.slots_free is not None else 0
+        room = min(room, free // HEADROOM)
     return max(0, room)

@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from gateway.auth.principal import Limits, Principal
 from gateway.errors import RateLimited
 from gateway.limits.control import AdmissionControl
-from gateway.limits.limiter import Admission, Limiter
+from gateway.limits.limiter import Admission, Limiter, scope_keys
 from gateway.limits.prefetch import HEADROOM
 from gateway.metrics import Metrics
 from gateway.settings import LimitsSettings
@@ -167,6 +167,21 @@ async def test_a_small_concurrency_limit_is_never_fetched_for(redis: Redis) -> N
             await admitted(admission, caller)
         assert trips(admission) == 5
         assert shelved(admission) == 0
+
+
+async def test_no_admission_is_fetched_once_fewer_slots_are_free_than_headroom(
+    redis: Redis,
+) -> None:
+    """Each admission fetched holds a concurrency slot: with 40 allowed and 30 of them
+    running, what is free (10) is too little to fetch for. (Judged by the limit, 40, a shelf
+    held 2 of the last slots while another replica was refused.)"""
+    caller = who(Limits(rpm=10**6, max_concurrency=2 * HEADROOM))
+    async with control(redis) as admission:
+        for _ in range(35):  # admitted, never settled: all still running
+            await admitted(admission, caller)
+        assert shelved(admission) == 0
+        leases = scope_keys(caller.tenant, caller.scope_id)[0][2]
+        assert await redis.zcard(leases) == 35  # no slot held idle
 
 
 async def test_concurrent_requests_fetch_once(redis: Redis) -> None:
