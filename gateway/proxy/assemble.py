@@ -116,10 +116,13 @@ class _ChatChoice:
         if function.get("arguments"):
             tool["args"].append(function["arguments"])
 
-    def body(self, index: int, want_logprobs: bool, want_token_ids: bool) -> Json:
+    def body(self, index: int, want_logprobs: bool, want_token_ids: bool, auto_tools: bool) -> Json:
+        content = "".join(self.content) if self.content else None
+        if auto_tools and self.tools and not content:
+            content = None  # only tool calls: vLLM's parser says no content, its stream ""
         message: Json = {
             "role": self.role,
-            "content": "".join(self.content) if self.content else None,
+            "content": content,
             "refusal": None,
             "annotations": None,
             "audio": None,
@@ -153,6 +156,12 @@ class ChatAssembler(_Common):
         super().__init__()
         self.want_logprobs = bool(request.get("logprobs"))
         self.want_token_ids = bool(request.get("return_token_ids"))
+        # tools the model may call or not ("auto", the default with tools): vLLM's tool parser
+        # decides, and says "no content" as null
+        self.auto_tools = bool(request.get("tools")) and request.get("tool_choice") in (
+            None,
+            "auto",
+        )
         self.choices: dict[int, _ChatChoice] = {}
         self.prompt_token_ids: Any = None
         self.prompt_text: Any = None
@@ -168,7 +177,7 @@ class ChatAssembler(_Common):
 
     def body(self) -> Json:
         choices = [
-            c.body(i, self.want_logprobs, self.want_token_ids)
+            c.body(i, self.want_logprobs, self.want_token_ids, self.auto_tools)
             for i, c in sorted(self.choices.items())
         ]
         return {

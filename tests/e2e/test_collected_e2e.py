@@ -63,6 +63,23 @@ CHAT_CASES: dict[str, Any] = {
         "tools": [WEATHER_TOOL],
         "tool_choice": "auto",
     },
+    # the model chooses to call (greedy, after a call it made in the same conversation):
+    # vLLM's own answer has content null, its stream content ""
+    "auto-tool-called": {
+        "temperature": 0,
+        "max_tokens": 60,
+        "tools": [WEATHER_TOOL],
+        "tool_choice": "auto",
+        "messages": [
+            {"role": "user", "content": "weather Paris"},
+            {
+                "role": "assistant",
+                "content": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}'
+                "\n</tool_call>",
+            },
+            {"role": "user", "content": "And London?"},
+        ],
+    },
 }
 COMPLETION_CASES: dict[str, Any] = {
     "plain": {"temperature": 0, "max_tokens": 16},
@@ -153,6 +170,18 @@ async def test_non_streaming_bodies_equal_vllms_field_by_field(e2e: E2E) -> None
     assert len(found) == len(CHAT_CASES) + len(COMPLETION_CASES)
     print("\n" + "\n".join(f"{case}: {m or 'identical'}" for case, m in found.items()))
     assert {case: m for case, m in found.items() if m} == {}
+
+
+async def test_a_reply_of_only_a_tool_call_has_no_content_as_vllms_own(e2e: E2E) -> None:
+    """The case above where the model calls the tool by its own choice: vLLM's answer has
+    content null (its stream begins with content ""), and so has the gateway's."""
+    case = CHAT_CASES["auto-tool-called"]
+    pair = Pair(e2e.http, e2e.engines.chat, e2e.gateway, e2e.auth)
+    direct, through = await direct_and_gateway(pair, "chat/completions", {"model": CHAT, **case})
+    for body in (direct, through):
+        message = body["choices"][0]["message"]
+        assert [c["function"]["name"] for c in message["tool_calls"]] == ["get_weather"]
+        assert message["content"] is None
 
 
 async def test_an_abandoned_non_streaming_request_is_billed_what_vllm_generated(

@@ -154,6 +154,34 @@ def test_completion_choices_join_text_and_logprob_lists() -> None:
     assert body["usage"]["total_tokens"] == 8
 
 
+@pytest.mark.parametrize(
+    ("request_fields", "content"),
+    [
+        ({"tools": [{"type": "function"}]}, None),  # tool_choice "auto" by default
+        ({"tools": [{"type": "function"}], "tool_choice": "auto"}, None),
+        ({"tools": [{"type": "function"}], "tool_choice": "required"}, ""),
+        ({"tools": [{"type": "function"}], "tool_choice": {"type": "function"}}, ""),
+    ],
+)
+def test_a_reply_of_only_tool_calls_has_the_content_vllm_gives_it(
+    request_fields: dict[str, Any], content: str | None
+) -> None:
+    """vLLM's stream begins every choice with content "": a reply the tool parser turned into
+    calls alone has content null when the model chose to call ("auto"), as vLLM's own
+    non-streaming answer (and OpenAI's) has it, and "" when the request made it call."""
+    call = {"id": "call-1", "type": "function", "index": 0}
+    chunks = [
+        chat_chunk(0, {"role": "assistant", "content": ""}),
+        chat_chunk(0, {"tool_calls": [{**call, "function": {"name": "f", "arguments": "{}"}}]}),
+        chat_chunk(0, {}, finish_reason="tool_calls"),
+        usage_chunk(2, 3),
+    ]
+    assembler = ChatAssembler(request_fields)
+    for chunk in chunks:
+        assembler.feed(chunk)
+    assert assembler.body()["choices"][0]["message"]["content"] == content
+
+
 def test_a_stream_body_is_spliced_when_the_client_sent_no_stream_member() -> None:
     raw = b'{"model": "m",  "messages": [{"role": "user", "content": "hi"}], "top_k": 3}'
     body = orjson.loads(raw)
