@@ -26,8 +26,10 @@
 --       max concurrency (0 = no limit at that scope); then per request: tokens, lease id
 -- Reply: one per request, in order:
 --        {1, req_limit, req_remaining, req_reset_ms, tok_limit, tok_remaining, tok_reset_ms,
---         slots_free} (integers; "" for a kind no scope limits; slots_free: of the scope with the
---        fewest concurrency slots left, after this one)
+--         slots_free, key_tat, tenant_tat} (integers; "" for a kind no scope limits; slots_free:
+--        of the scope with the fewest concurrency slots left, after this one; *_tat: the
+--        scope's token bucket's TAT once this one is charged, ms rounded up, 0 = no tpm there:
+--        settle.lua gives back no more of the reservation than the bucket still holds)
 --     or {0, scope (1 key, 2 tenant), kind ("requests"|"tokens"|"concurrency"), retry_ms, limit}
 --        (numbers as strings: Redis would truncate fractions)
 --     or {2, marker}: this lease was seen before (tokens: admitted then; "x": released)
@@ -148,7 +150,9 @@ local function admit(charge, lease, marker)
   end
   redis.call('SET', marker, charge, 'PX', ARGV[2])
   admitted = admitted + 1
-  return {1, req_limit, req_left, req_limit == '' and 0 or PERIOD, tok_limit, tok_left, tok_reset, free}
+  local key_tat, tenant_tat = after[1] and math.ceil(after[1]) or 0, after[2] and math.ceil(after[2]) or 0
+  return {1, req_limit, req_left, req_limit == '' and 0 or PERIOD, tok_limit, tok_left, tok_reset, free,
+          key_tat, tenant_tat}
 end
 
 local replies = {}

@@ -75,6 +75,9 @@ class Admission:
     requests: tuple[int, int, float] | None  # limit, remaining, reset ms (tightest scope)
     tokens: tuple[int, int, float] | None
     slots_free: int | None = None  # concurrency slots left at the tightest scope (None: no limit)
+    # The key's and the tenant's token bucket right after this was charged (Redis ms; 0: no
+    # tpm there, or not known): what of its reservation a settlement may give back.
+    charged_until: tuple[int, int] = (0, 0)
 
     def headers(self) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -183,7 +186,8 @@ def _answer(
     if status == 1:
         free = reply[7]
         slots = None if free == b"" else int(free)
-        return Admission(lease, tokens, _triple(*reply[1:4]), _triple(*reply[4:7]), slots)
+        until = (int(reply[8]), int(reply[9]))
+        return Admission(lease, tokens, _triple(*reply[1:4]), _triple(*reply[4:7]), slots, until)
     if status == 2:
         if reply[1] == b"x":
             return AdmissionCancelled(lease)

@@ -57,6 +57,8 @@ def settlement_of(charge: Charge, result: ProxyResult) -> Settlement | None:
             delta=used_tokens(result, admission) - admission.reserved_tokens,
             key_tpm=charge.caller.key_limits.tpm or 0,
             tenant_tpm=charge.caller.tenant_limits.tpm or 0,
+            key_until_ms=admission.charged_until[0],
+            tenant_until_ms=admission.charged_until[1],
         )
     return Settlement(record_id, charge.caller.tenant, charge.caller.scope_id, record, limits)
 

@@ -161,9 +161,10 @@ class Ledger:
         for s in group:
             limits = s.limits
             if limits is None:
-                args += (0, 0, "", 0, 0)
+                args += (0, 0, "", 0, 0, 0, 0)
             else:
                 args += (1, limits.delta, limits.lease, limits.key_tpm, limits.tenant_tpm)
+                args += (limits.key_until_ms, limits.tenant_until_ms)
             if records:
                 record = s.record
                 assert record is not None  # a group's settlements all carry one, or none does

@@ -13,7 +13,8 @@
 --       5..8 day hash fields (requests, prompt, completion, cached),
 --       9 record fields per settlement (field/value strings; 0: the group has no records),
 --       then per settlement: has limits (0/1), token delta (real - reserved), lease,
---       key tpm limit, tenant tpm limit (0 = none); and, if the group has records,
+--       key tpm limit, tenant tpm limit (0 = none), key and tenant bucket's TAT right after
+--       its admission charged it (ms; 0 = unknown); and, if the group has records,
 --       prompt, completion, cached tokens and the record's field/value strings
 -- Reply: how many settlements were applied (the rest had been before).
 --
@@ -23,7 +24,7 @@
 
 local n = #KEYS - 6
 local nf = tonumber(ARGV[9])
-local stride = nf > 0 and 8 + nf or 5
+local stride = nf > 0 and 10 + nf or 7
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local period = tonumber(ARGV[2])
@@ -49,7 +50,14 @@ for i = 1, n do
           if delta > 0 then  -- used more than reserved: charged from now, as a new cost is
             after = math.max(was or now, now) + delta * period / limit
           elseif was then
-            after = was + delta * period / limit
+            -- Given back: no more of the reservation than the bucket still holds of it (its
+            -- TAT then, less the time since); one that outlived it drained out already, and
+            -- giving it back again would make room that was never taken.
+            local back, charged = -delta * period / limit, tonumber(ARGV[at + 5 + scope])
+            if charged > 0 then
+              back = math.min(back, math.max(0, charged - now))
+            end
+            after = was - back
           end
           if after then  -- a bucket moved: set while ahead of now, else emptied
             dirty[scope] = true
@@ -63,9 +71,9 @@ for i = 1, n do
     if nf > 0 then
       if #logged == 0 then  -- the first XADD trims the log to the retention
         local trim = string.format('%d', now - ARGV[3])
-        redis.call('XADD', KEYS[1], 'MINID', '~', trim, '*', unpack(ARGV, at + 9, at + 8 + nf))
+        redis.call('XADD', KEYS[1], 'MINID', '~', trim, '*', unpack(ARGV, at + 11, at + 10 + nf))
       else
-        redis.call('XADD', KEYS[1], '*', unpack(ARGV, at + 9, at + 8 + nf))
+        redis.call('XADD', KEYS[1], '*', unpack(ARGV, at + 11, at + 10 + nf))
       end
       logged[#logged + 1] = at
     end
@@ -92,13 +100,13 @@ if #logged > 0 then
   local counts  -- the day's totals grow by: requests, prompt, completion, cached tokens
   if #logged == 1 then  -- one record (a quiet moment): its own strings, nothing to format
     local at = logged[1]
-    counts = {'1', ARGV[at + 6], ARGV[at + 7], ARGV[at + 8]}
+    counts = {'1', ARGV[at + 8], ARGV[at + 9], ARGV[at + 10]}
   else
     local prompt, completion, cached = 0, 0, 0
     for _, at in ipairs(logged) do
-      prompt = prompt + ARGV[at + 6]
-      completion = completion + ARGV[at + 7]
-      cached = cached + ARGV[at + 8]
+      prompt = prompt + ARGV[at + 8]
+      completion = completion + ARGV[at + 9]
+      cached = cached + ARGV[at + 10]
     end
     counts = {string.format('%d', #logged), string.format('%d', prompt),
               string.format('%d', completion), string.format('%d', cached)}

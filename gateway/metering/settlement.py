@@ -23,6 +23,10 @@ class LimitSettlement:
     delta: int
     key_tpm: int  # 0: no tokens-per-minute limit at this scope
     tenant_tpm: int
+    # Each bucket's TAT right after the admission charged it (Redis ms; 0: not known, as in
+    # spill files written before these were): a refund gives back no more than it still holds.
+    key_until_ms: int = 0
+    tenant_until_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,14 +33,21 @@ _tenants = count()
 
 async def settle(redis: Redis, principal: Principal, admission: Admission, used: int) -> None:
     """Settle as the gateway does after an answer: charge real usage, release the lease."""
+    await settle_in(redis, principal, admission, used, window_s=60)
+
+
+async def settle_in(
+    redis: Redis, principal: Principal, admission: Admission, used: int, *, window_s: float
+) -> None:
     limits = LimitSettlement(
         admission.lease,
         used - admission.reserved_tokens,
         principal.key_limits.tpm or 0,
         principal.tenant_limits.tpm or 0,
+        *admission.charged_until,
     )
     settlement = Settlement(new_record_id(), principal.tenant, principal.scope_id, None, limits)
-    await Ledger(redis, MeteringSettings(), window_s=60).write([settlement])
+    await Ledger(redis, MeteringSettings(), window_s=window_s).write([settlement])
 
 
 def who(key: Limits | None = None, tenant: Limits | None = None) -> Principal:
@@ -269,12 +276,30 @@ async def test_usage_above_the_reservation_is_charged_from_now(redis: Redis) -> 
     limiter, principal = Limiter(redis, window_s=1.0), who(Limits(tpm=6000))
     admission = await limiter.admit(principal, 100)  # ~17 ms of the bucket
     await asyncio.sleep(0.2)  # drained
-    limits = LimitSettlement(admission.lease, 1000, 6000, 0)  # used 1,100
-    settlement = Settlement(new_record_id(), principal.tenant, principal.scope_id, None, limits)
-    await Ledger(redis, MeteringSettings(), window_s=1.0).write([settlement])
+    await settle_in(redis, principal, admission, 1100, window_s=1.0)
     with pytest.raises(RateLimited):
         await limiter.admit(principal, 5500)  # 1,000 of the 6,000 are used for a while
     await limiter.admit(principal, 4500)
+
+
+async def test_a_reservation_that_drained_out_is_not_given_back_again(redis: Redis) -> None:
+    """A request that outlived its reservation (a long stream, a settlement replayed after an
+    outage) gives back none of it: it left the bucket as time passed, and a refund then made
+    room nobody had taken (1,990 tokens admitted within a window of 1,000)."""
+    limiter, principal = Limiter(redis, window_s=1.0), who(Limits(tpm=1000))
+    long_one = await limiter.admit(principal, 1000)
+    await asyncio.sleep(1.1)  # its reservation drained out
+    await limiter.admit(principal, 1000)  # another request takes the whole window
+    await settle_in(redis, principal, long_one, 10, window_s=1.0)  # used 10 of its 1,000
+    with pytest.raises(RateLimited):
+        await limiter.admit(principal, 500)
+
+
+async def test_a_reservation_given_back_early_makes_its_room_at_once(redis: Redis) -> None:
+    limiter, principal = Limiter(redis, window_s=1.0), who(Limits(tpm=1000))
+    short_one = await limiter.admit(principal, 900)
+    await settle_in(redis, principal, short_one, 100, window_s=1.0)  # used 100 of its 900
+    await limiter.admit(principal, 850)  # what it did not use is there again
 
 
 async def test_after_rpm_is_lowered_the_retry_waits_for_enough_entries_to_leave(

@@ -75,6 +75,11 @@ def test_settlements_round_trip_through_json() -> None:
     # a spill written before the field was named scope_id (2026-12-04) still reads
     older = b'{"id":"id","tenant":"t","key_id":"k","record":null,"limits":null}'
     assert Settlement.from_json(older) == bare
+    # one written before settlements carried their buckets' TATs: not known (0), no bound
+    limits = b'{"lease":"l","delta":-5,"key_tpm":10,"tenant_tpm":0}'
+    read = Settlement.from_json(older.replace(b'"limits":null', b'"limits":' + limits))
+    assert read.limits is not None
+    assert (read.limits.delta, read.limits.key_until_ms, read.limits.tenant_until_ms) == (-5, 0, 0)
 
 
 LEDGER = "0123456789abcdef"
