@@ -99,6 +99,13 @@ class Prefetch:
                 shelf.expiry.cancel()
                 shelf.expiry = None
             return None
+        if shelf.due[0] <= _now():  # its timer is late (a busy loop): over ttl_s, not handed out
+            if shelf.expiry is not None:
+                shelf.expiry.cancel()
+                shelf.expiry = None
+            del self.shelves[_name(caller)]
+            self._release(shelf)
+            return None
         ready = shelf.ready
         if ready[0].reserved_tokens >= tokens:  # (the oldest: nearly always)
             shelf.due.popleft()

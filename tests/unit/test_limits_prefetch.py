@@ -5,6 +5,7 @@ not used goes back, and that near a limit (or across two replicas) nothing is ov
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -134,6 +135,27 @@ async def test_what_is_not_used_goes_back_when_it_expires(redis: Redis) -> None:
         assert shelved(admission) == 0
     assert state["requests"] == [8, 0]
     assert state["leases"] == [8, 0]
+
+
+def block_the_loop(seconds: float) -> None:
+    """What a busy process does to its timers: nothing runs meanwhile."""
+    time.sleep(seconds)
+
+
+async def test_one_past_its_time_is_not_handed_out_when_its_timer_is_late(redis: Redis) -> None:
+    """A loop too busy to run the expiry timer on time: an admission over prefetch_ttl_s old
+    (its rpm entry that old, its lease too) goes back instead of to a request."""
+    caller = who(BIG)
+    async with control(redis, prefetch_ttl_s=0.05) as admission:
+        for _ in range(8):
+            await admitted(admission, caller)
+        waiting = shelved(admission)
+        assert waiting > 0
+        block_the_loop(0.1)  # the expiry timer has not run
+        before = trips(admission)
+        await admission.admit(caller, BODY)
+        assert trips(admission) > before  # it asked Redis: nothing old was handed out
+        assert counted(admission, "expired") == waiting
 
 
 async def test_closing_gives_back_what_is_shelved(redis: Redis) -> None:
