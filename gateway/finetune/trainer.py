@@ -104,7 +104,9 @@ class Trainer:
             message=f"Fine-tuning job started on {self.worker}",
         )
         if claimed is None:
-            await self.store.done(job)
+            # Not removed: another trainer that claimed it (the job queued twice: paused and
+            # resumed) beats under the same name, and a job left without a heartbeat is failed
+            # as lost. One nobody claimed (cancelled, paused) is forgotten once it is overdue.
             return None
         self.training = claimed
         try:

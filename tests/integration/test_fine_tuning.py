@@ -335,6 +335,45 @@ async def _claimed(ft: TenantStack, tenant: str) -> tuple[openai.AsyncOpenAI, Jo
     return client, store, running
 
 
+async def test_a_trainer_that_loses_the_claim_leaves_the_winners_heartbeat(
+    ft: TenantStack,
+) -> None:
+    """A job queued twice (paused and resumed while queued) read as queued by two trainers:
+    the one whose claim failed removed the heartbeat the job's name shares with the winner's,
+    and the next look at the job failed it as lost while it trained."""
+    client = await ft.tenant("ft-claim-race")
+    created = await client.fine_tuning.jobs.create(
+        model=BASE, training_file=await upload_dataset(client)
+    )
+    store = JobStore(ft.redis)
+    as_read = await store.get("ft-claim-race", created.id)  # what the loser read: queued
+    assert as_read is not None
+    assert as_read.status == "queued"
+    running = await store.transition(  # the winner's claim, with its heartbeat
+        "ft-claim-race", created.id, ("queued",), {"status": "running", "worker": "winner:1"}
+    )
+    assert running is not None
+    await store.heartbeat(running, int(time.time() * 1000) + 60_000)
+    settings = Settings.model_validate(
+        {
+            "dev_mode": True,  # (the trainer needs no secrets here)
+            "files": {"dir": str(ft.root / "files")},
+            "fine_tuning": {"base_models": {BASE: str(ft.root / "weights")}},
+        }
+    )
+    loser = Trainer(settings, ft.redis, worker="loser:1")
+
+    async def read_before_the_claim(tenant: str, job_id: str) -> Job | None:
+        return as_read
+
+    loser.store.get = read_before_the_claim  # type: ignore[method-assign]
+    assert await loser.run_job("ft-claim-race", created.id) is None
+    assert await store.trained_now("ft-claim-race", created.id)
+    assert (await client.fine_tuning.jobs.retrieve(created.id)).status == "running"
+    await client.fine_tuning.jobs.cancel(created.id)
+    await ft.redis.zrem(RUNNING, f"ft-claim-race/{created.id}")
+
+
 @pytest.mark.parametrize("found_by", ["the API", "a trainer"])
 async def test_a_running_job_whose_trainer_vanished_is_failed(
     ft: TenantStack, tmp_path: Path, found_by: str
