@@ -207,7 +207,12 @@ class JobStore:
     # -- the queue and the trainers' heartbeats ------------------------------------------------
 
     async def enqueue(self, job: Job) -> None:
-        await self.redis.lpush(QUEUE, _member(job.tenant, job.id))
+        """Put the job in the queue, unless it still is (paused while queued, then resumed): a
+        trainer takes it once. (A second entry is harmless, only wasted: whoever takes it finds
+        the job no longer queued, or loses its claim.)"""
+        member = _member(job.tenant, job.id)
+        if await self.redis.lpos(QUEUE, member) is None:
+            await self.redis.lpush(QUEUE, member)
 
     async def next_queued(self, timeout_s: float) -> tuple[str, str] | None:
         popped = await self.redis.brpop([QUEUE], timeout=timeout_s)

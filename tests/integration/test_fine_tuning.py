@@ -549,6 +549,21 @@ async def test_a_run_that_prints_nothing_for_the_stall_timeout_is_stopped(
     assert (ended.status, ended.trained_tokens) == ("succeeded", 16)
 
 
+async def test_a_queued_job_paused_and_resumed_is_queued_once(ft: TenantStack) -> None:
+    """Its entry stays in the queue while it is paused: resumed, it is not put there twice
+    (two trainers would both read it queued, and one lose its claim)."""
+    client = await ft.tenant("ft-requeue")
+    job = await client.fine_tuning.jobs.create(
+        model=BASE, training_file=await upload_dataset(client)
+    )
+    for _ in range(2):
+        assert str((await client.fine_tuning.jobs.pause(job.id)).status) == "paused"
+        assert (await client.fine_tuning.jobs.resume(job.id)).status == "queued"
+    entries = await ft.redis.lrange(QUEUE, 0, -1)
+    assert entries.count(f"ft-requeue/{job.id}".encode()) == 1
+    await client.fine_tuning.jobs.cancel(job.id)
+
+
 async def test_a_job_is_not_resumed_while_its_training_stops(ft: TenantStack) -> None:
     """Paused while running, a job is held by its trainer until that has let it go (stopped
     the child, removed what it wrote): resuming before is a 409 to retry."""
