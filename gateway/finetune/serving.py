@@ -113,10 +113,13 @@ class AdapterServing:
             pool = self.registry.pool(model)
             if pool is not None and any(e.is_up(time.monotonic()) for e in pool.engines):
                 return pool
-            await self._load_somewhere(model, record)
+            if not await self._load_somewhere(tenant, model, record):
+                return None
             return self.registry.pool(model)
 
-    async def _load_somewhere(self, model: str, record: dict[str, Any]) -> None:
+    async def _load_somewhere(self, tenant: str, model: str, record: dict[str, Any]) -> bool:
+        """Load it into the least busy engine of its base model that can; False if the model
+        was deleted meanwhile (and is not left loaded)."""
         base = self.registry.pool(record["base"])
         now = time.monotonic()
         engines = sorted(
@@ -126,14 +129,15 @@ class AdapterServing:
         for engine in engines:
             try:
                 started = time.perf_counter()
-                await self._load(engine, model, record)
+                if not await self._load(engine, tenant, model, record):
+                    return False
                 self.log.info(
                     "loaded adapter %s on %s in %.0f ms",
                     model,
                     engine.url,
                     (time.perf_counter() - started) * 1000,
                 )
-                return
+                return True
             except ENGINE_FAILURES as exc:
                 failures.append(f"{engine.url}: {exc}")
         self.log.warning("adapter %s could not be loaded: %s", model, "; ".join(failures))
@@ -155,21 +159,33 @@ class AdapterServing:
             if self.reloaded.get((engine.url, model), -1.0) > refused:
                 return  # loaded there since this request was refused
             try:
-                await self._load(engine, model, record)
+                loaded = await self._load(engine, tenant, model, record)
             except ENGINE_FAILURES as exc:
                 self.log.warning(
                     "adapter %s could not be loaded on %s again: %s", model, engine.url, exc
                 )
                 raise _unavailable(model, f"{engine.url} could not load it again") from exc
+            if not loaded:
+                raise ModelNotFound(model)
             self.reloaded[engine.url, model] = time.monotonic()
         self.log.info(
             "loaded adapter %s on %s again (the engine had forgotten it)", model, engine.url
         )
 
-    async def _load(self, engine: Engine, model: str, record: dict[str, Any]) -> None:
-        """The adapter loaded into `engine`, and the registry told at once."""
+    async def _load(self, engine: Engine, tenant: str, model: str, record: dict[str, Any]) -> bool:
+        """The adapter loaded into `engine`, and the registry told at once. False when the
+        model was deleted while it loaded (on any replica): that delete's unload may have
+        reached the engine first, so it is unloaded again, not served until a restart."""
         await load_adapter(self.http, engine.url, model, record["adapter"])
+        if await self.store.get_model(tenant, model) is None:
+            try:
+                await unload_adapter(self.http, engine.url, model)
+            except ENGINE_FAILURES as exc:
+                self.log.warning("unloading deleted %s from %s failed: %s", model, engine.url, exc)
+            await self.learn(engine)
+            return False
         await self.learn(engine)
+        return True
 
     async def delete(self, tenant: str, model: str) -> bool:
         """Unload `model` everywhere, forget it and remove its adapter; False if unknown."""

@@ -62,3 +62,48 @@ async def test_a_burst_refused_by_a_restarted_engine_loads_the_adapter_once() ->
                 await serving.load_on("acme", "ft:base:acme::gone", engine)
         finally:
             await redis.aclose()
+
+
+async def test_a_model_deleted_while_it_loads_is_not_left_served() -> None:
+    """Another replica deletes the model as this one loads it: that delete's unload may reach
+    the engine before the load does, so the load is undone here (it stayed served, and
+    listed, until the engine restarted)."""
+    calls: list[str] = []
+    loading_now, deleted = asyncio.Event(), asyncio.Event()
+
+    async def load_lora_adapter(request: Request) -> JSONResponse:
+        calls.append("load")
+        loading_now.set()
+        await deleted.wait()  # the delete happens while this load runs
+        return JSONResponse("Success: LoRA adapter loaded.")
+
+    async def unload_lora_adapter(request: Request) -> JSONResponse:
+        calls.append("unload")
+        return JSONResponse("Success: LoRA adapter unloaded.")
+
+    async def learn(engine: Engine) -> None:
+        pass
+
+    routes = [
+        Route("/v1/load_lora_adapter", load_lora_adapter, methods=["POST"]),
+        Route("/v1/unload_lora_adapter", unload_lora_adapter, methods=["POST"]),
+    ]
+    async with (
+        running_redis(None) as redis_url,
+        serve_asgi(Starlette(routes=routes), lifespan="off") as url,
+        aiohttp.ClientSession() as http,
+    ):
+        redis = Redis.from_url(redis_url)
+        try:
+            store = JobStore(redis)
+            await store.put_model("acme", MODEL, {"base": "base", "adapter": "/adapters/job1"})
+            serving = AdapterServing(EngineRegistry([]), redis, http, learn)
+            loading = asyncio.create_task(serving.load_on("acme", MODEL, Engine(url)))
+            await asyncio.wait_for(loading_now.wait(), 5)
+            assert await store.delete_model("acme", MODEL)
+            deleted.set()
+            with pytest.raises(ModelNotFound):
+                await loading
+            assert calls == ["load", "unload"]
+        finally:
+            await redis.aclose()
