@@ -17,6 +17,7 @@ import json
 import math
 import time
 from array import array
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from prometheus_client import Counter
@@ -137,30 +138,45 @@ def engine_load(engine: Engine, now: float) -> float:
     return engine.inflight + others
 
 
-def _healthy_first(engines: list[Engine], now: float) -> list[Engine]:
-    up = [e for e in engines if e.is_up(now)]
-    if len(up) == len(engines):
-        return engines
-    return up + [e for e in engines if not e.is_up(now)]
+Order = Callable[[Engine], float]  # a sort key: lower first
 
 
 class RoundRobin:
+    """The engines that are up in turn, then those that are not (tried last). One turn per
+    pool: with one count for all, a steady mix of models (an embedding, then a chat) gave each
+    model the same engine every time. The turn goes round the engines that are up, so an
+    ejected engine's share is spread over all the others, not handed to the one after it."""
+
     def __init__(self) -> None:
-        self._counter = itertools.count()
+        self._turns: dict[str, itertools.count[int]] = {}
 
     def candidates(self, pool: ModelPool, affinity: bytes = b"") -> list[Engine]:
         engines = pool.engines
         if len(engines) <= 1:  # none: a dns:// entry that resolves to nothing (yet)
             return engines
-        return _healthy_first(self.rotated(engines), time.monotonic())
+        return self.in_turn(engines, pool.name, time.monotonic())
 
-    def rotated(self, engines: list[Engine]) -> list[Engine]:
-        start = next(self._counter) % len(engines)
-        return engines[start:] + engines[:start]
+    def in_turn(
+        self, engines: list[Engine], pool: str, now: float, order: Order | None = None
+    ) -> list[Engine]:
+        """`engines` that are up, rotated by the pool's turn (then sorted by `order`, which
+        keeps the rotation among equals), followed by those that are down."""
+        up = [e for e in engines if e.is_up(now)]
+        first = up or engines  # (all down: every one in turn still)
+        turn = self._turns.get(pool)
+        if turn is None:
+            turn = self._turns[pool] = itertools.count()
+        start = next(turn) % len(first)
+        ranked = first[start:] + first[:start]
+        if order is not None:
+            ranked.sort(key=order)
+        if len(first) == len(engines):
+            return ranked
+        return ranked + [e for e in engines if not e.is_up(now)]
 
 
 class LeastLoaded:
-    """Fewest requests at the engine; ties broken by rotation."""
+    """Fewest requests at the engine; ties broken by the pool's rotation."""
 
     def __init__(self) -> None:
         self._rotate = RoundRobin()
@@ -168,11 +184,10 @@ class LeastLoaded:
     def candidates(self, pool: ModelPool, affinity: bytes = b"") -> list[Engine]:
         if len(pool.engines) <= 1:
             return pool.engines
-        return self.ordered(pool.engines, time.monotonic())
+        return self.ordered(pool.engines, time.monotonic(), pool.name)
 
-    def ordered(self, engines: list[Engine], now: float) -> list[Engine]:
-        rotated = self._rotate.rotated(engines)
-        return _healthy_first(sorted(rotated, key=lambda e: engine_load(e, now)), now)
+    def ordered(self, engines: list[Engine], now: float, pool: str = "") -> list[Engine]:
+        return self._rotate.in_turn(engines, pool, now, lambda e: engine_load(e, now))
 
 
 class PrefixAffinity:
@@ -194,7 +209,7 @@ class PrefixAffinity:
         if len(pool.engines) <= 1:
             return pool.engines
         now = time.monotonic()
-        ranked = self._least_loaded.ordered(pool.engines, now)
+        ranked = self._least_loaded.ordered(pool.engines, now, pool.name)
         blocks = block_hashes(affinity)
         if not blocks:
             return ranked

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 from gateway.routing.balancer import (
     STALE_AFTER_S,
@@ -47,6 +48,37 @@ def test_down_engines_go_last() -> None:
     pool.engines[0].mark_down()
     for _ in range(3):
         assert RoundRobin().candidates(pool)[-1].url == "http://e1"
+
+
+def test_each_pool_takes_its_own_turns() -> None:
+    """A steady mix of models (a client that embeds, then chats): with one turn for all
+    pools every chat went to the same engine, under every strategy."""
+    reg = EngineRegistry(
+        [
+            ModelRoute(name="chat", engines=["http://c1", "http://c2"]),
+            ModelRoute(name="embed", engines=["http://m1", "http://m2"]),
+        ]
+    )
+    chat, embed = reg.pool("chat"), reg.pool("embed")
+    assert chat is not None
+    assert embed is not None
+    for strategy in (RoundRobin(), LeastLoaded(), PrefixAffinity()):
+        firsts = []
+        for _ in range(100):
+            firsts.append(strategy.candidates(chat)[0].url)
+            strategy.candidates(embed)
+        assert Counter(firsts) == {"http://c1": 50, "http://c2": 50}, type(strategy).__name__
+
+
+def test_an_ejected_engines_share_is_spread_over_the_others() -> None:
+    """The turn goes round the engines that are up: the one after an ejected engine took its
+    share too (200 of 300 against 100)."""
+    pool = _registry().pool("a")
+    assert pool is not None
+    pool.engines[0].mark_down()
+    for strategy in (RoundRobin(), LeastLoaded()):
+        firsts = Counter(strategy.candidates(pool)[0].url for _ in range(300))
+        assert firsts == {"http://e2": 150, "http://e3": 150}, type(strategy).__name__
 
 
 def test_least_loaded_prefers_fewest_in_flight() -> None:
