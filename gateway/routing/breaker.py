@@ -58,8 +58,11 @@ class Breaker:
         return not self.ejected or now >= self.until
 
     def probe_ok(self, now: float) -> bool:
-        """/health answered 200; True when that brought the engine back."""
+        """/health answered 200; True when that brought the engine back. An engine that is
+        up starts its failures in a row again: three failed checks hours apart, thousands of
+        good ones between them, are not three in a row."""
         if not self.ejected:
+            self.consecutive_failures = 0
             return False
         if now < self.until:  # still backing off; the next probe after `until` decides
             return False

@@ -68,3 +68,14 @@ def test_health_failures_of_an_up_engine_count_like_other_failures() -> None:
     assert breaker.is_up()
     breaker.probe_failed("health", 2.0)
     assert not breaker.is_up()
+
+
+def test_a_good_health_check_ends_a_row_of_failures() -> None:
+    """An idle engine whose checks fail now and then, with good ones between: not ejected."""
+    breaker = Breaker(BreakerPolicy(failures_to_eject=3))
+    for hour in range(5):
+        breaker.probe_failed("health", hour * 3600.0)
+        for second in range(2, 10, 2):
+            breaker.probe_ok(hour * 3600.0 + second)
+    assert breaker.is_up()
+    assert breaker.ejections == 0
