@@ -80,10 +80,13 @@ def admit(pool: ModelPool, max_waiting: int, retry_after: int, shed: Counter) ->
     when none is. An empty pool is passed on as it is (no engine at all is no overload)."""
     if not pool.engines:
         return pool
-    engines = below(pool.engines, max_waiting, time.monotonic())
+    now = time.monotonic()
+    engines = below(pool.engines, max_waiting, now)
     if engines is pool.engines:
         return pool
-    if not engines:
+    # Some engine that is up is full. Left with none that is up (an ejected engine answers no
+    # scrape, so its queue is not known, not short): every engine that could take it is full.
+    if not any(e.is_up(now) for e in engines):
         shed.labels(pool.name).inc()
         raise EnginesOverloaded(pool.name, retry_after)
     return dataclasses.replace(pool, engines=engines)

@@ -87,6 +87,21 @@ def test_a_pool_with_every_engine_over_the_bound_is_refused_and_counted() -> Non
     assert [a.health.ejected, b.health.ejected] == [False, False]  # shedding marks none down
 
 
+def test_full_engines_and_ejected_ones_are_an_overload() -> None:
+    """An ejected engine answers no scrape, so its queue is not known: that is not room. With
+    every engine that is up over the bound, the request is shed, not sent to a down engine
+    (after its limits were charged) to fail there."""
+    full, down = engine("http://full", 300), engine("http://down", 0, age_s=STALE_AFTER_S + 1)
+    down.mark_down()
+    counter = shed_counter()
+    pool = ModelPool(MODEL, [full, down])
+    with pytest.raises(EnginesOverloaded):
+        refuse_if_overloaded(pool, RoutingSettings(max_waiting_per_engine=256), counter)
+    assert shed_count(counter) == 1
+    everything_down = ModelPool(MODEL, [down])  # no engine up: unavailable, not overloaded
+    refuse_if_overloaded(everything_down, RoutingSettings(max_waiting_per_engine=256), counter)
+
+
 def test_an_empty_pool_is_not_an_overload() -> None:
     pool = ModelPool(MODEL, [])
     assert QueueBound(0, 1, shed_counter()).admit(pool) is pool
