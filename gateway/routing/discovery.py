@@ -22,13 +22,27 @@ class Resolver(Protocol):
         ...
 
 
+# The resolver's "this name has no address" (NXDOMAIN, or a name without A/AAAA records): what
+# cluster DNS answers for a headless Service with no ready pod (scaled to zero). An answer,
+# not a failure: the pool empties, where keeping the last pods' addresses for ever sent
+# requests to whatever came to hold them.
+_NO_ADDRESS = frozenset(
+    code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)) if code is not None
+)
+
+
 class SystemResolver:
     """loop.getaddrinfo: the system resolver (/etc/hosts, cluster DNS), off the event loop."""
 
     async def resolve(self, host: str) -> list[str]:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, None, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM
-        )
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, None, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM
+            )
+        except socket.gaierror as exc:
+            if exc.errno in _NO_ADDRESS:
+                return []
+            raise  # (EAI_AGAIN, a server that failed: it cannot say; the last engines stay)
         return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import pytest
@@ -139,5 +140,25 @@ async def test_a_failed_resolution_keeps_the_last_engines_and_counts_it() -> Non
 async def test_the_system_resolver_answers_for_localhost() -> None:
     addresses = await SystemResolver().resolve("localhost")
     assert "127.0.0.1" in addresses or "::1" in addresses
-    with pytest.raises(socket.gaierror):
-        await SystemResolver().resolve("no-such-host.invalid")
+
+
+@pytest.mark.parametrize(
+    ("code", "answer"),
+    [(socket.EAI_NONAME, []), (socket.EAI_NODATA, []), (socket.EAI_AGAIN, None)],
+)
+async def test_a_name_without_addresses_is_an_answer_and_a_failed_lookup_is_not(
+    monkeypatch: pytest.MonkeyPatch, code: int, answer: list[str] | None
+) -> None:
+    """NXDOMAIN or no records (a headless Service scaled to zero) empties the pool; a lookup
+    that failed (EAI_AGAIN: no server answered) says nothing, and the last engines stay."""
+    loop = asyncio.get_running_loop()
+
+    async def getaddrinfo(*args: object, **kwargs: object) -> list[object]:
+        raise socket.gaierror(code, "from the resolver")
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    if answer is None:
+        with pytest.raises(socket.gaierror):
+            await SystemResolver().resolve("engines.test")
+    else:
+        assert await SystemResolver().resolve("engines.test") == answer
