@@ -114,9 +114,13 @@ class Authenticator:
         raise _invalid()
 
     def recognises(self, headers: Headers) -> bool:
-        """Whether the request carries an API key that this process has verified and still
-        holds as valid, answered from memory alone (no Redis, no HMAC): what lets a known key
-        through while its client address is turned away for others' failed attempts."""
+        """Whether the request carries an API key that this process has verified, answered
+        from memory alone (no Redis, no HMAC): what lets a known key through while its client
+        address is turned away for others' failed attempts. While its record is cached, only
+        if that record is still valid; once the record has aged out of the cache (or an admin
+        write dropped it), the key goes on to be read again, once: a key in use was locked out
+        `cache_ttl_s` after its last read, for as long as its address stayed turned away, and
+        a key found revoked then is cached as such and turned away with the others."""
         try:
             token = credentials(headers)
         except Unauthorized:
@@ -126,9 +130,11 @@ class Authenticator:
             return False
         key_id, secret = parsed
         found, record = self.cache.keys.get(key_id)
+        if not found:
+            known = self.verified.get(key_id)
+            return known is not None and hmac.compare_digest(known.tag, self._tag(secret))
         return (
-            found
-            and record is not None
+            record is not None
             and self._known(key_id, secret, record) is not None
             and record.usable(time.time())
         )

@@ -447,7 +447,30 @@ async def test_a_key_is_recognised_from_memory_only_once_verified_and_while_vali
     assert await _get_calls(secured.redis) == gets  # all of it from memory
     await store.put_key(record.model_copy(update={"revoked": True}))
     cache.invalidate(f"key:{record.id}")  # what the pub/sub message does
-    assert not auth.recognises(_bearer(key))
+    assert auth.recognises(_bearer(key))  # not cached now: it goes on to be read, once
+    with pytest.raises(Unauthorized, match="revoked"):
+        await auth.principal(_bearer(key))
+    assert not auth.recognises(_bearer(key))  # found revoked, and cached as such
+
+
+async def test_a_key_in_use_is_recognised_after_its_cache_entry_aged(secured: Secured) -> None:
+    """Its record ages out of the cache (cache_ttl_s) while its address is turned away for
+    others' failures: it goes on to be read again, and is recognised from memory after that
+    (it was turned away for as long as the others kept failing)."""
+    store = AuthStore(secured.redis)
+    _, key = await issue_key(store, PEPPER.encode(), tenant="aged")
+    cache = AuthCache(ttl_s=0.05)
+    auth = Authenticator(required=True, pepper=PEPPER, store=store, cache=cache, jwt=None)
+    await auth.principal(_bearer(key))
+    await asyncio.sleep(0.1)  # aged out
+    assert auth.recognises(_bearer(key))
+    gets = await _get_calls(secured.redis)
+    await auth.principal(_bearer(key))
+    assert await _get_calls(secured.redis) > gets  # read again (and cached again)
+    assert auth.recognises(_bearer(key))
+    key_id, secret = parse_key(key) or ("", "")
+    await asyncio.sleep(0.1)
+    assert not auth.recognises(_bearer(f"{PREFIX}{key_id}-{secret[::-1]}"))  # not its secret
 
 
 async def test_junk_keys_cannot_grow_the_auth_cache(secured: Secured) -> None:
