@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.admin_client import AdminClient, AdminError, segment
+from gateway.auth.api_keys import PREFIX, parse_key
 from gateway.cli_options import add_gateway_options
 
 KEY_COLUMNS = (
@@ -102,7 +103,7 @@ def add_admin_commands(sub: Any) -> None:
         description="Change a key's settings in place (same id and secret); every gateway "
         "replica applies them to the key's next request. Options left out stay as they are.",
     )
-    update.add_argument("key_id", type=_given, help="the key's id, as keys list shows it")
+    update.add_argument("key_id", type=_key_id, help=_KEY_ID_HELP)
     _change_options(update, "key")
     update.add_argument("--name", help='a label for the key ("" removes it)')
     update.add_argument(
@@ -113,7 +114,7 @@ def add_admin_commands(sub: Any) -> None:
         ("rotate", "a new secret for a key (same id); shows it once, the old one stops at once"),
     ):
         keys.add_parser(action, parents=[common], help=what).add_argument(
-            "key_id", type=_given, help="the key's id: sk-llmaas-<id>-…, as keys list shows it"
+            "key_id", type=_key_id, help=_KEY_ID_HELP
         )
 
     tenants = sub.add_parser("tenants", help="tenants (admin API)").add_subparsers(
@@ -187,6 +188,23 @@ def _change_options(parser: argparse.ArgumentParser, scope: str) -> None:
     models = parser.add_mutually_exclusive_group()
     models.add_argument("--models", help='comma-separated allow-list ("" allows none)')
     models.add_argument("--every-model", action="store_true", help="lift the allow-list")
+
+
+_KEY_ID_HELP = "the key's id, as keys list shows it (or the whole key: only its id is sent)"
+
+
+def _key_id(value: str) -> str:
+    """A key's id; a whole key (sk-llmaas-<id>-<secret>) gives its id, so that its secret never
+    goes into a URL (an access log, a proxy's log) or an error message."""
+    if value.startswith(PREFIX):
+        parsed = parse_key(value)
+        if parsed is None:
+            raise argparse.ArgumentTypeError(
+                "is not a whole key (sk-llmaas-<id>-<secret>): give the key's id, as keys list "
+                "shows it"
+            )
+        return parsed[0]
+    return _given(value)
 
 
 def _given(value: str) -> str:

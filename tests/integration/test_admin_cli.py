@@ -103,8 +103,15 @@ async def test_key_lifecycle_through_the_cli(auth: AuthStack) -> None:
 
     rotated = await llmaas_json(auth, "keys", "rotate", created["id"])
     assert rotated["key"] != created["key"]
-    revoked = await llmaas_json(auth, "keys", "revoke", created["id"])
-    assert revoked["revoked"] is True
+    # the whole key, pasted as a leaked one is: its id is sent, never its secret
+    code, out, err = await llmaas(auth, "keys", "revoke", rotated["key"], "--json")
+    assert code == 0, err
+    assert json.loads(out)["revoked"] is True
+    secret = rotated["key"].rsplit("-", 1)[1]
+    assert secret not in out + err
+    code, _, err = await llmaas(auth, "keys", "rotate", "sk-llmaas-not-whole")
+    assert code == 2
+    assert "is not a whole key" in err
 
 
 async def test_tenants_through_the_cli(auth: AuthStack) -> None:
