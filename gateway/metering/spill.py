@@ -95,9 +95,13 @@ class SpillDir:
         )
 
     def append(self, settlements: Sequence[Settlement]) -> None:
-        """Write settlements to this process's spill file and make them durable (fsync)."""
+        """Write settlements to this process's spill file and make them durable (fsync).
+        Each write begins a line of its own: one that failed halfway (a full disk) left a torn
+        line, which the next write's first settlement joined, and both were lost as one
+        unreadable line. (What the failed write held is written again from memory; a
+        settlement that reached the file twice is applied once.)"""
         self.path.mkdir(parents=True, exist_ok=True)
-        data = b"".join(s.to_json() + b"\n" for s in settlements)
+        data = b"\n" + b"".join(s.to_json() + b"\n" for s in settlements)
         fd = os.open(self.own, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             view = memoryview(data)

@@ -180,6 +180,28 @@ def test_read_spill_yields_batches_and_skips_a_torn_last_line(
     assert caplog.records[-1].levelno == logging.ERROR
 
 
+def test_a_write_after_a_failed_one_is_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that filled up halfway through a write left a torn line; the next write, once
+    there was room, joined it, and its first settlement was lost with it."""
+    spill = spill_dir(tmp_path)
+    first, second, third = settlement(1), settlement(2), settlement(3)
+    spill.append([first])
+    real_write = os.write
+
+    def full_disk(fd: int, data: memoryview | bytes) -> int:
+        real_write(fd, bytes(data)[:30])  # what got through before the disk was full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        spill.append([second])
+    monkeypatch.setattr(os, "write", real_write)
+    spill.append([second, third])  # (the failed one's, written again)
+    assert read_all(spill.own) == [first, second, third]
+
+
 def test_a_torn_line_in_the_middle_loses_only_itself(tmp_path: Path) -> None:
     good = [settlement(1), settlement(2)]
     file = tmp_path / "spill-1-x.jsonl"
