@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 
 from gateway.metrics import Metrics
 from gateway.routing.engines import Engine
@@ -21,8 +22,14 @@ class EngineMetrics:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self.log = logging.getLogger("llmaas.routing")
+        # Engines that left: what is still under way on them (a health check, a request that
+        # fails) writes no series of theirs again (an engine_up 0 for a pod that no longer
+        # exists fired its alert for good). One that comes back is a new Engine object.
+        self.gone: weakref.WeakSet[Engine] = weakref.WeakSet()
 
     def ejected(self, engine: Engine) -> None:
+        if engine in self.gone:
+            return
         self.metrics.engine_up.labels(engine.url).set(0)
         self.metrics.engine_ejections.labels(engine.url).inc()
         health = engine.health
@@ -38,10 +45,13 @@ class EngineMetrics:
         )
 
     def returned(self, engine: Engine) -> None:
+        if engine in self.gone:
+            return
         self.metrics.engine_up.labels(engine.url).set(1)
         self.log.info("engine %s is back: /health answered 200", engine.url)
 
     def removed(self, engine: Engine) -> None:
+        self.gone.add(engine)
         m = self.metrics
         for metric in (m.engine_up, m.engine_ejections):
             with contextlib.suppress(KeyError):  # never had a series
@@ -56,9 +66,14 @@ class EngineMetrics:
 
     def publish(self, engines: list[Engine]) -> None:
         for engine in engines:
+            if engine in self.gone:
+                continue
             self.metrics.engine_up.labels(engine.url).set(1 if engine.health.is_up() else 0)
             self.metrics.engine_ejections.labels(engine.url)  # 0 until the first: increase()
             # over the alert's window counts that one too (a series born at 1 is not counted)
 
-    def check_failed(self, target: str, check: str) -> None:
+    def check_failed(self, target: str, check: str, engine: Engine | None = None) -> None:
+        """A background check of `target` failed (`engine`: the engine it is, if one)."""
+        if engine is not None and engine in self.gone:
+            return
         self.metrics.engine_check_failures.labels(target, check).inc()

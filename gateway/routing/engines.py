@@ -48,7 +48,7 @@ class EngineObserver(Protocol):
     def removed(self, engine: Engine) -> None: ...
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, weakref_slot=True)
 class Engine:
     url: str
     inflight: int = 0  # requests this replica has sent to it and not yet finished

@@ -23,7 +23,7 @@ class HealthChecker:
         now = time.monotonic()
         due = [e for e in engines if e.health.probe_due(now)]
         await asyncio.gather(*(self.check(session, e) for e in due))
-        self.metrics.publish(engines)
+        self.metrics.publish(self.registry.engines())  # (those that left meanwhile: not theirs)
 
     async def check(self, session: aiohttp.ClientSession, engine: Engine) -> None:
         try:
@@ -43,5 +43,5 @@ class HealthChecker:
         engine.probe_ok(time.monotonic())
 
     def _failed(self, engine: Engine, kind: str, detail: str) -> None:
-        self.metrics.check_failed(engine.url, "health")
+        self.metrics.check_failed(engine.url, "health", engine)
         engine.probe_failed("connect" if kind == "connect" else "health", detail, time.monotonic())

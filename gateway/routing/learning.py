@@ -38,7 +38,7 @@ class ModelLearner:
                 body = await _read_bounded(resp)
             served = parse_model_list(orjson.loads(body))
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:  # JSONDecodeError too
-            self.metrics.check_failed(engine.url, "models")
+            self.metrics.check_failed(engine.url, "models", engine)
             if engine.url not in self._failing:
                 self._failing.add(engine.url)
                 self.log.warning(

@@ -33,6 +33,26 @@ def test_an_engine_that_left_leaves_no_series_behind() -> None:
     assert len([line for line in series if STAYS in line]) > 6
 
 
+def test_what_an_engine_that_left_still_had_under_way_writes_no_series() -> None:
+    """A health check or a request under way when its engine left DNS: its failure, its
+    ejection and the round's publishing wrote engine_up 0 again, for good (its alert fired
+    for a pod that no longer exists)."""
+    metrics = Metrics()
+    observer = EngineMetrics(metrics)
+    gone, stays = Engine(GONE), Engine(STAYS)
+    observer.publish([gone, stays])
+    observer.removed(gone)
+    observer.check_failed(gone.url, "health", gone)  # its last check, failing as it stopped
+    observer.ejected(gone)  # a request on it that failed
+    observer.returned(gone)
+    observer.publish([gone, stays])  # a health round that listed it before it left
+    series = [line for line in metrics.render().decode().splitlines() if "engine=" in line]
+    assert not [line for line in series if GONE in line]
+    assert [line for line in series if STAYS in line and "engine_up" in line]
+    observer.ejected(Engine(GONE))  # the same address back as a new engine: its own series
+    assert GONE in metrics.render().decode()
+
+
 SCENARIO = f"""
 from gateway.metrics import Metrics
 from gateway.routing.engine_metrics import EngineMetrics
