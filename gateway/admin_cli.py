@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway.admin_client import AdminClient, AdminError, segment
 from gateway.auth.api_keys import PREFIX, parse_key
-from gateway.cli_options import add_gateway_options
+from gateway.cli_options import add_gateway_options, given
 
 KEY_COLUMNS = (
     "id",
@@ -94,7 +94,7 @@ def add_admin_commands(sub: Any) -> None:
     create.add_argument("--name", help="a label for the key (shown in lists)")
     create.add_argument("--expires-at", help="RFC 3339, e.g. 2027-01-01T00:00:00Z")
     keys.add_parser("list", parents=[common], help="list keys (no secrets)").add_argument(
-        "--tenant", help="only this tenant's"
+        "--tenant", type=given, help="only this tenant's"
     )
     update = keys.add_parser(
         "update",
@@ -125,7 +125,7 @@ def add_admin_commands(sub: Any) -> None:
         parents=[common, tenant_limits],
         help="replace a tenant's limits and priority (what is left out is no longer set)",
     )
-    tenant_set.add_argument("tenant_id", type=_given, help="the tenant (created if new)")
+    tenant_set.add_argument("tenant_id", type=given, help="the tenant (created if new)")
     tenant_set.add_argument(
         "--priority", type=int, help="vLLM request priority of all its requests (lower first)"
     )
@@ -141,9 +141,7 @@ def add_admin_commands(sub: Any) -> None:
         "to its next request. Options left out stay as they are (`tenants set` replaces them "
         "all).",
     )
-    tenant_update.add_argument(
-        "tenant_id", type=_given, help="the tenant, as tenants list shows it"
-    )
+    tenant_update.add_argument("tenant_id", type=given, help="the tenant, as tenants list shows it")
     _change_options(tenant_update, "tenant")
     tenant_update.add_argument(
         "--priority",
@@ -204,14 +202,7 @@ def _key_id(value: str) -> str:
                 "shows it"
             )
         return parsed[0]
-    return _given(value)
-
-
-def _given(value: str) -> str:
-    """An id that names something: an empty one was an 'Unknown path' from the gateway."""
-    if not value.strip():
-        raise argparse.ArgumentTypeError("cannot be empty")
-    return value
+    return given(value)
 
 
 def _limit_or_none(value: str) -> int | None:

@@ -24,6 +24,14 @@ def add_gateway_options(
     )
 
 
+def given(value: str) -> str:
+    """A name that names something: an empty one (an unset shell variable) was taken as none
+    given (a listing of every tenant) or as an unknown path."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("cannot be empty")
+    return value
+
+
 def port_number(value: str) -> int:
     """A TCP port, 0 to 65535 (0: any free port)."""
     return _int_within(value, 0, 65535)

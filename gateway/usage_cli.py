@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 
 from gateway.admin_cli import table
 from gateway.admin_client import AdminClient, AdminError
-from gateway.cli_options import add_gateway_options
+from gateway.cli_options import add_gateway_options, given
 
 NUMBERS = (
     "requests",
@@ -46,9 +46,11 @@ def add_usage_command(sub: Any) -> None:
         token_env="LLMAAS_ADMIN_TOKEN",
         token_help="the admin token",
     )
-    usage.add_argument("--tenant", help="only this tenant's usage")
-    usage.add_argument("--key-id", help="only this key's usage (its id, as keys list shows it)")
-    usage.add_argument("--model", help="only this model's usage")
+    usage.add_argument("--tenant", type=given, help="only this tenant's usage")
+    usage.add_argument(
+        "--key-id", type=given, help="only this key's usage (its id, as keys list shows it)"
+    )
+    usage.add_argument("--model", type=given, help="only this model's usage")
     usage.add_argument(
         "--start",
         help="YYYY-MM-DD, RFC 3339 or Unix seconds (default: totals 30 days back, --records "

@@ -184,11 +184,22 @@ async def test_cli_errors_are_clear(auth: AuthStack) -> None:
     code, _, err = await llmaas(auth, "keys", "update", "000000000000", "--rpm", "5")
     assert code == 1
     assert "000000000000" in err
-    empty_ids = ("keys", "rotate", ""), ("keys", "revoke", " "), ("keys", "update", "")
-    for args in (*empty_ids, ("tenants", "set", "")):
-        code, _, err = await llmaas(auth, *args)  # was the gateway's 404 'Unknown path'
-        assert code == 2, args
-        assert f"argument {'key_id' if args[0] == 'keys' else 'tenant_id'}: cannot be empty" in err
+    # the ids were the gateway's 404 'Unknown path'; an empty filter (an unset variable)
+    # filtered nothing: every tenant's keys or usage
+    empty: list[tuple[tuple[str, ...], str]] = [
+        (("keys", "rotate", ""), "key_id"),
+        (("keys", "revoke", " "), "key_id"),
+        (("keys", "update", ""), "key_id"),
+        (("tenants", "set", ""), "tenant_id"),
+        (("keys", "list", "--tenant", ""), "--tenant"),
+        (("usage", "--tenant", ""), "--tenant"),
+        (("usage", "--key-id", ""), "--key-id"),
+        (("usage", "--model", " "), "--model"),
+    ]
+    for words, name in empty:
+        code, _, err = await llmaas(auth, *words)
+        assert code == 2, words
+        assert f"argument {name}: cannot be empty" in err
 
 
 def _html(status: int) -> Any:
