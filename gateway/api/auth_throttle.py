@@ -4,8 +4,11 @@ The client is the TCP peer address (X-Forwarded-For is not trusted: behind a pro
 is the one client). Its requests are refused before any route runs, so they touch no Redis,
 except those carrying an API key this process has already verified and still holds as valid
 (`Authenticator.recognises`, from memory alone): one client sending bad keys through a shared
-address or proxy does not lock out the keys in use behind it. It sits inside the request
-context (gateway/api/middleware.py), whose info tells it the status.
+address or proxy does not lock out the keys in use behind it. A client may also have no more
+distinct credentials being checked at once than its failures leave room for (the same one
+sent many times counts once; a recognised key is let through past that too): a burst of bad
+keys sent together passed the limit whole, since a 401 is known only once answered. It sits
+inside the request context (gateway/api/middleware.py), whose info tells it the status.
 
 The ops routes take part too, since the admin token opens them: a wrong token on /metrics is a
 401 like any other, and a throttled client gets 429 there. Readiness is never refused (a
@@ -30,6 +33,7 @@ from gateway.proxy.asgi_send import send_error
 from gateway.request_context import info_of
 
 _READINESS = "/readyz"
+_CREDENTIAL_HEADERS = frozenset({b"authorization", b"api-key"})
 
 
 class AuthFailureThrottle:
@@ -49,10 +53,16 @@ class AuthFailureThrottle:
         if wait is not None and not _recognised(scope):
             await send_error(send, _refusal(math.ceil(wait)))
             return
-
+        credential = _credential(scope)
+        checked = self.throttle.begin(client, credential)
+        if not checked and not _recognised(scope):  # too many others being checked at once
+            await send_error(send, _refusal(1))
+            return
         try:
             await self.app(scope, receive, send)
         finally:  # the status the request context saw go out (middleware.py)
+            if checked:
+                self.throttle.end(client, credential)
             if info_of(scope).status == 401:
                 self.throttle.failed(client)
 
@@ -70,6 +80,14 @@ class AuthFailureThrottle:
         ):
             self.throttle.failed(client)
         await self.app(scope, receive, send)
+
+
+def _credential(scope: Scope) -> bytes:
+    """What the request presents to be checked (b"": nothing)."""
+    for name, value in scope["headers"]:
+        if name in _CREDENTIAL_HEADERS:
+            return bytes(value)
+    return b""
 
 
 def _recognised(scope: Scope) -> bool:

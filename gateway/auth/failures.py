@@ -24,6 +24,10 @@ class FailureThrottle:
         self.max_clients = max_clients
         self.clock = clock
         self.failures: OrderedDict[str, deque[float]] = OrderedDict()
+        # Per client, the credentials being checked now (each with how many requests carry
+        # it): 401s are known only once answered, so a burst of bad keys sent at once passed
+        # the limit whole, each one read from Redis.
+        self.checking: dict[str, dict[bytes, int]] = {}
 
     def __len__(self) -> int:
         return len(self.failures)
@@ -42,3 +46,38 @@ class FailureThrottle:
         self.failures[client] = recent  # now the most recent
         while len(self.failures) > self.max_clients:
             self.failures.popitem(last=False)
+
+    def begin(self, client: str, credential: bytes) -> bool:
+        """A request of `client`'s carrying `credential` starts; False (nothing noted) when the
+        client already has as many other credentials being checked as its failures leave room
+        for: at most `limit` distinct credentials of one client fail together. The same
+        credential sent many times at once counts once. `end` follows a True."""
+        checking = self.checking.get(client)
+        if checking is None:
+            self.checking[client] = {credential: 1}
+            return True
+        count = checking.get(credential)
+        if count is not None:
+            checking[credential] = count + 1
+            return True
+        if len(checking) + self._recent(client) >= self.limit:
+            return False
+        checking[credential] = 1
+        return True
+
+    def end(self, client: str, credential: bytes) -> None:
+        checking = self.checking[client]
+        count = checking[credential] - 1
+        if count:
+            checking[credential] = count
+        elif len(checking) > 1:
+            del checking[credential]
+        else:
+            del self.checking[client]
+
+    def _recent(self, client: str) -> int:
+        recent = self.failures.get(client)
+        if recent is None:
+            return 0
+        since = self.clock() - self.window_s
+        return sum(1 for at in recent if at > since)

@@ -525,6 +525,30 @@ async def test_repeated_401s_from_one_address_are_throttled(secured: Secured) ->
             assert resp.status == 200
 
 
+async def _from(address: str, base: str, keys: list[str]) -> list[int]:
+    """The statuses of `keys` sent all at once from the local `address`."""
+    connector = aiohttp.TCPConnector(local_addr=(address, 0), limit=0)
+    async with aiohttp.ClientSession(connector=connector) as client:
+
+        async def one(key: str) -> int:
+            headers = {"authorization": f"Bearer {key}"}
+            async with client.get(f"{base}/v1/models", headers=headers) as resp:
+                return resp.status
+
+        return list(await asyncio.gather(*(one(key) for key in keys)))
+
+
+async def test_bad_keys_sent_at_once_are_held_to_the_limit_too(secured: Secured) -> None:
+    """A 401 is known once answered: 100 bad keys sent together all passed the limit (each a
+    Redis read). Now a client has no more distinct credentials checked at once than its
+    failures leave room for; the same key sent many times at once counts once."""
+    statuses = await _from("127.0.0.13", secured.strict, [_junk_key() for _ in range(100)])
+    assert statuses.count(401) <= THROTTLE_LIMIT
+    assert statuses.count(401) + statuses.count(429) == 100
+    _, good = await secured.new_key()
+    assert await _from("127.0.0.14", secured.strict, [good] * 50) == [200] * 50
+
+
 _REQUEST_ID = re.compile(r"\b[0-9a-f]{32}\b")
 
 

@@ -46,3 +46,24 @@ def test_at_most_max_clients_are_remembered_least_recent_first_forgotten() -> No
     assert len(throttle) == 100
     assert throttle.retry_after("client-9999") is not None
     assert throttle.retry_after("client-0") is None
+
+
+def test_distinct_credentials_checked_at_once_are_held_to_what_failures_leave() -> None:
+    now = [0.0]
+    throttle = FailureThrottle(limit=3, window_s=10.0, max_clients=10, clock=lambda: now[0])
+    assert all(throttle.begin("a", b"same") for _ in range(50))  # one credential, many times
+    assert throttle.begin("a", b"two")
+    assert throttle.begin("a", b"three")
+    assert not throttle.begin("a", b"four")  # three distinct ones being checked already
+    assert throttle.begin("b", b"four")  # another client's own room
+    throttle.end("a", b"three")
+    throttle.failed("a")  # ... and it failed: two being checked, one failure
+    assert not throttle.begin("a", b"four")
+    now[0] = 11.0  # the failure is out of the window
+    assert throttle.begin("a", b"four")
+    for _ in range(50):
+        throttle.end("a", b"same")
+    for credential in (b"two", b"four"):
+        throttle.end("a", credential)
+    throttle.end("b", b"four")
+    assert throttle.checking == {}  # nothing kept once nothing is being checked
