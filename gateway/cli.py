@@ -28,7 +28,14 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"llmaas serve: invalid configuration: {exc}", file=sys.stderr)
         return 2
     jwt = settings.auth.jwt
-    errors = key_file_errors(jwt.public_key_file, jwt.jwks_file, jwt.jwks_ca_file)
+    hmac = jwt.hmac_secret is not None and any(a.startswith("HS") for a in jwt.algorithms)
+    errors = key_file_errors(
+        jwt.public_key_file,
+        jwt.jwks_file,
+        jwt.jwks_ca_file,
+        algorithms=jwt.algorithms,
+        other_keys=hmac or jwt.jwks_url is not None,
+    )
     if errors:
         where = "\n  ".join(["", *errors]) if len(errors) > 1 else " " + errors[0]
         print(f"llmaas serve: invalid configuration:{where}", file=sys.stderr)

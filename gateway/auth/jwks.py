@@ -39,6 +39,11 @@ def family(alg: str) -> str | None:
     return FAMILIES.get(alg[:2])
 
 
+def fits(key: Key, alg: str) -> bool:
+    """Whether `key` verifies tokens signed with `alg` (its family's, and its declared one)."""
+    return key.family == family(alg) and (key.alg is None or key.alg == alg)
+
+
 def tls_context(ca_file: Path | None) -> ssl.SSLContext:
     """Verifies the JWKS server against `ca_file` if given, else the system's trust store."""
     return ssl.create_default_context(cafile=ca_file)
@@ -74,31 +79,54 @@ async def fetch_jwks(
 
 
 def key_file_errors(
-    public_key_file: Path | None, jwks_file: Path | None, ca_file: Path | None
+    public_key_file: Path | None,
+    jwks_file: Path | None,
+    ca_file: Path | None,
+    *,
+    algorithms: list[str] | None = None,
+    other_keys: bool = False,
 ) -> list[str]:
     """What is wrong with the JWT key files a config names, each as `field (path): reason`:
     checked before the gateway starts, which would otherwise fail in its startup with a
-    traceback that names no setting."""
+    traceback that names no setting. `algorithms`: the listed ones, which some key must
+    verify unless `other_keys` (an HMAC secret for a listed HS*, or a JWKS URL: keys not known
+    before the gateway starts) may."""
     errors: list[str] = []
+    keys: list[Key] = []
     if public_key_file is not None:
         try:
-            pem_key(public_key_file)
+            keys.append(pem_key(public_key_file))
         except (OSError, ValueError, TypeError) as exc:
             errors.append(f"auth.jwt.public_key_file ({public_key_file}): {_reason(exc)}")
     if jwks_file is not None:
         try:
-            if not jwks_keys(json.loads(jwks_file.read_bytes())):
+            found = jwks_keys(json.loads(jwks_file.read_bytes()))
+            if not found:
                 errors.append(
                     f"auth.jwt.jwks_file ({jwks_file}): no signing key this gateway can use"
                 )
+            keys += found
         except (OSError, ValueError) as exc:
             errors.append(f"auth.jwt.jwks_file ({jwks_file}): {_reason(exc)}")
+    if keys and algorithms and not errors and not other_keys:
+        errors += _unverifiable(keys, algorithms)
     if ca_file is not None:
         try:
             tls_context(ca_file)
         except (OSError, ssl.SSLError) as exc:
             errors.append(f"auth.jwt.jwks_ca_file ({ca_file}): {_reason(exc)}")
     return errors
+
+
+def _unverifiable(keys: list[Key], algorithms: list[str]) -> list[str]:
+    """The error when no key verifies any of `algorithms` (every token would be a 401)."""
+    if any(fits(key, alg) for key in keys for alg in algorithms):
+        return []
+    have = ", ".join(sorted({f"{k.family}{f' ({k.alg})' if k.alg else ''}" for k in keys}))
+    return [
+        f"auth.jwt.algorithms ({', '.join(algorithms)}): no key of public_key_file or "
+        f"jwks_file verifies any of them (keys: {have}); every token would be refused"
+    ]
 
 
 def _reason(exc: BaseException) -> str:

@@ -26,6 +26,7 @@ from gateway.auth.jwks import (
     Key,
     family,
     fetch_jwks,
+    fits,
     jwks_keys,
     pem_key,
     tls_context,
@@ -122,7 +123,7 @@ class JwtVerifier:
         return self.static_keys + self.fetched_keys
 
     def _select(self, alg: str, kid: str | None) -> Key:
-        usable = [k for k in self._keys() if k.family == family(alg) and k.alg in (None, alg)]
+        usable = [k for k in self._keys() if fits(k, alg)]
         if kid is not None:
             named = [k for k in usable if k.kid == kid]
             if named:

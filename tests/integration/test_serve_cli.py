@@ -257,3 +257,28 @@ async def test_unusable_jwt_key_files_are_config_errors_not_a_startup_traceback(
         f"  auth.jwt.jwks_file ({jwks}): not JSON (line 1, column 2: Expecting property name "
         "enclosed in double quotes)",
     ]
+
+
+async def test_jwt_keys_that_verify_none_of_the_algorithms_are_a_config_error(
+    tmp_path: Path,
+) -> None:
+    """An RSA key with only ES256 listed: every token would have been a 401 while the gateway
+    ran as if set up (the README says such a setup does not start)."""
+    public = tmp_path / "rsa.pem"
+    public.write_bytes(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "dev_mode: true\nauth:\n  jwt:\n    issuer: i\n    audience: a\n"
+        f"    public_key_file: {public}\n    algorithms: [ES256]\n"
+    )
+    code, err = await serve_fails(config)
+    assert code == 2
+    assert err.decode().splitlines() == [
+        "llmaas serve: invalid configuration: auth.jwt.algorithms (ES256): no key of "
+        "public_key_file or jwks_file verifies any of them (keys: RSA); every token would be "
+        "refused",
+    ]
