@@ -230,6 +230,15 @@ async def test_a_port_in_use_ends_serve_at_once_with_redis_feeds_starting(tmp_pa
     assert b"Traceback" not in err
 
 
+async def serve_with_jwt(tmp_path: Path, **jwt: object) -> tuple[int | None, bytes]:
+    """`llmaas serve` of a config whose auth.jwt has an issuer, an audience and `jwt`, which
+    should refuse to start: its exit code and stderr."""
+    fields = "".join(f"    {name}: {value}\n" for name, value in jwt.items())
+    config = tmp_path / "gw.yaml"
+    config.write_text(f"dev_mode: true\nauth:\n  jwt:\n    issuer: i\n    audience: a\n{fields}")
+    return await serve_fails(config)
+
+
 async def test_unusable_jwt_key_files_are_config_errors_not_a_startup_traceback(
     tmp_path: Path,
 ) -> None:
@@ -243,12 +252,7 @@ async def test_unusable_jwt_key_files_are_config_errors_not_a_startup_traceback(
     )
     jwks = tmp_path / "jwks.json"
     jwks.write_text("{nope")
-    config = tmp_path / "gw.yaml"
-    config.write_text(
-        "dev_mode: true\nauth:\n  jwt:\n    issuer: i\n    audience: a\n"
-        f"    public_key_file: {private}\n    jwks_file: {jwks}\n"
-    )
-    code, err = await serve_fails(config)
+    code, err = await serve_with_jwt(tmp_path, public_key_file=private, jwks_file=jwks)
     assert code == 2
     lines = err.decode().splitlines()
     assert lines == [
@@ -270,12 +274,7 @@ async def test_jwt_keys_that_verify_none_of_the_algorithms_are_a_config_error(
         .public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
-    config = tmp_path / "gw.yaml"
-    config.write_text(
-        "dev_mode: true\nauth:\n  jwt:\n    issuer: i\n    audience: a\n"
-        f"    public_key_file: {public}\n    algorithms: [ES256]\n"
-    )
-    code, err = await serve_fails(config)
+    code, err = await serve_with_jwt(tmp_path, public_key_file=public, algorithms="[ES256]")
     assert code == 2
     assert err.decode().splitlines() == [
         "llmaas serve: invalid configuration: auth.jwt.algorithms (ES256): no key of "

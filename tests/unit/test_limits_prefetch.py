@@ -119,13 +119,19 @@ async def test_a_shelf_is_refilled_in_the_background_before_it_runs_out(redis: R
     assert calls <= 2 + 1 + 10, calls  # the script load, two on the path, fills up to 128
 
 
+async def eight_and_a_shelf(admission: AdmissionControl, caller: Principal) -> int:
+    """Eight requests of a busy key, and how many admissions they left fetched ahead."""
+    for _ in range(8):
+        await admitted(admission, caller)
+    waiting = shelved(admission)
+    assert waiting > 0
+    return waiting
+
+
 async def test_what_is_not_used_goes_back_when_it_expires(redis: Redis) -> None:
     caller = who(BIG)
     async with control(redis, prefetch_ttl_s=0.2) as admission:
-        for _ in range(8):
-            await admitted(admission, caller)
-        waiting = shelved(admission)
-        assert waiting > 0
+        waiting = await eight_and_a_shelf(admission, caller)
         assert (await charges(redis, caller))["requests"] == [8 + waiting, 0]
         await asyncio.sleep(0.3)  # expired: queued for release
         assert admission.releases is not None
@@ -147,10 +153,7 @@ async def test_one_past_its_time_is_not_handed_out_when_its_timer_is_late(redis:
     (its rpm entry that old, its lease too) goes back instead of to a request."""
     caller = who(BIG)
     async with control(redis, prefetch_ttl_s=0.05) as admission:
-        for _ in range(8):
-            await admitted(admission, caller)
-        waiting = shelved(admission)
-        assert waiting > 0
+        waiting = await eight_and_a_shelf(admission, caller)
         block_the_loop(0.1)  # the expiry timer has not run
         before = trips(admission)
         await admission.admit(caller, BODY)
