@@ -34,12 +34,15 @@ class Breaker:
     ejections: int = 0  # in all, for operators and metrics
     level: int = 0  # back-off exponent of the next ejection
     returned_at: float | None = None  # when it last came back from an ejection
+    checks_only: bool = True  # every failure of the row so far was a failed health check
 
     def is_up(self) -> bool:
         return not self.ejected
 
     def failure(self, kind: FailureKind, now: float) -> bool:
         """A failure was observed; True when it ejected the engine just now."""
+        first = self.consecutive_failures == 0
+        self.checks_only = (first or self.checks_only) and kind == "health"
         self.consecutive_failures += 1
         if self.ejected:
             return False
@@ -58,11 +61,13 @@ class Breaker:
         return not self.ejected or now >= self.until
 
     def probe_ok(self, now: float) -> bool:
-        """/health answered 200; True when that brought the engine back. An engine that is
-        up starts its failures in a row again: three failed checks hours apart, thousands of
-        good ones between them, are not three in a row."""
+        """/health answered 200; True when that brought the engine back. For an engine that
+        is up, it ends a row of failed checks (three hours apart, thousands of good ones
+        between them, are not three in a row), not one of failed requests: an engine whose
+        answers time out may well answer /health."""
         if not self.ejected:
-            self.consecutive_failures = 0
+            if self.checks_only:
+                self.consecutive_failures = 0
             return False
         if now < self.until:  # still backing off; the next probe after `until` decides
             return False

@@ -79,3 +79,14 @@ def test_a_good_health_check_ends_a_row_of_failures() -> None:
             breaker.probe_ok(hour * 3600.0 + second)
     assert breaker.is_up()
     assert breaker.ejections == 0
+
+
+def test_good_health_checks_do_not_end_a_row_of_failed_requests() -> None:
+    """An engine whose answers time out may well answer /health: its row of failed requests
+    goes on across the checks."""
+    breaker = Breaker(BreakerPolicy(failures_to_eject=3))
+    for second in range(3):
+        breaker.failure("timeout", float(second))
+        breaker.probe_ok(second + 0.5)
+    assert not breaker.is_up()
+    assert breaker.ejections == 1
