@@ -145,7 +145,24 @@ def _remembering(gw: GatewayState, tenant: str, model: str, report: Reporter) ->
 async def retrieve_response(
     response_id: str, request: Request, gw: Gateway, caller: Caller
 ) -> Response:
+    _refuse_restream(request.query_params.get("stream"))
     return await _at_home(request, gw, caller, response_id, method="GET")
+
+
+def _refuse_restream(stream: str | None) -> None:
+    """`?stream=true` replays a background response's events; without background responses
+    (refused at create) there are none to replay, and vLLM would answer a stored response's
+    JSON to a client reading events. Refused, naming the parameter; `false` is the default."""
+    if stream is None or stream.lower() in ("false", "0"):
+        return
+    if stream.lower() in ("true", "1"):
+        raise InvalidRequest(
+            "'stream' replays the events of a background response, and this gateway runs "
+            "none; retrieve the response without 'stream'.",
+            param="stream",
+            code="unsupported_parameter",
+        )
+    raise InvalidRequest(f"'stream' must be true or false, not {stream!r}.", param="stream")
 
 
 @router.post("/responses/{response_id}/cancel", response_model=None)

@@ -257,6 +257,19 @@ async def test_retrieve_and_cancel_are_recorded_without_tokens(fleet: Fleet) -> 
     ]
 
 
+async def test_retrieving_as_a_stream_is_refused_by_name(fleet: Fleet) -> None:
+    """Only a background response (refused at create) has events to stream again; vLLM would
+    answer JSON to a client reading events."""
+    client = await fleet.client("replay")
+    made = await client.responses.create(model=MODEL, input="keep this")
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.responses.retrieve(made.id, stream=True)
+    assert (refused.value.param, refused.value.code) == ("stream", "unsupported_parameter")
+    assert (await fleet.call(client, "GET", f"/responses/{made.id}?stream=false"))[0] == 200
+    status, body = await fleet.call(client, "GET", f"/responses/{made.id}?stream=maybe")
+    assert (status, body["error"]["param"]) == (400, "stream")
+
+
 async def test_a_deleted_response_is_gone_for_good(fleet: Fleet) -> None:
     client = await fleet.client("tidy")
     made = await client.responses.create(model=MODEL, input="forget me")
