@@ -7,8 +7,10 @@ as soon as it crosses it. Any failure discards what was written.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -164,11 +166,44 @@ def _part_name(headers: dict[bytes, bytes]) -> str:
 
 
 def _filename(headers: dict[bytes, bytes]) -> str:
-    _, options = parse_options_header(headers.get(b"content-disposition", b""))
-    raw = options.get(b"filename", b"").decode("utf-8", "replace")
+    disposition = headers.get(b"content-disposition", b"")
+    _, options = parse_options_header(disposition)
+    extended = _extended_filename(disposition)
+    raw = (
+        extended
+        if extended is not None
+        else options.get(b"filename", b"").decode("utf-8", "replace")
+    )
     name = raw.replace("\\", "/").rsplit("/", 1)[-1].strip()  # a name, never a path
     if not name:
         raise InvalidRequest(
             "The 'file' part needs a filename.", param="file", code="invalid_multipart"
         )
     return name[:255]
+
+
+_EXTENDED = re.compile(rb"""(?:^|;)\s*filename\*\s*=\s*([^;\s]*)""", re.IGNORECASE)
+
+
+def _extended_filename(disposition: bytes) -> str | None:
+    """RFC 5987's `filename*=UTF-8''na%C3%AFve.jsonl`, which some clients send for a name
+    that is not ASCII, alone or beside `filename` (which it then overrides, as RFC 6266 says)."""
+    found = _EXTENDED.search(disposition)
+    if found is None:
+        return None
+    charset, quote, encoded = found.group(1).decode("ascii", "replace").partition("'")
+    _, quote, encoded = encoded.partition("'") if quote else ("", "", "")
+    if not quote:
+        raise InvalidRequest(
+            "The 'file' part's filename* must be charset'language'percent-encoded-name.",
+            param="file",
+            code="invalid_multipart",
+        )
+    try:
+        return unquote(encoded, encoding=charset or "utf-8", errors="replace")
+    except LookupError:
+        raise InvalidRequest(
+            f"The 'file' part's filename* names an unknown charset '{charset}'.",
+            param="file",
+            code="invalid_multipart",
+        ) from None

@@ -204,6 +204,31 @@ async def test_raw_requests_that_are_not_uploads(files: TenantStack) -> None:
         assert resp.status == 401
 
 
+async def test_a_filename_sent_as_rfc_5987_is_kept_decoded(files: TenantStack) -> None:
+    """`filename*=` alone, beside `filename` (which it overrides), and a broken one."""
+    key = await files.key("files-rfc5987")
+    url = f"{files.gateway}/v1/files"
+    headers = {"authorization": f"Bearer {key}", "content-type": "multipart/form-data; boundary=b"}
+    cases = (
+        (b"filename*=UTF-8''na%C3%AFve%20set.jsonl", 200, "na\u00efve set.jsonl"),
+        (b"filename=\"plain.jsonl\"; filename*=utf-8'en'caf%C3%A9.jsonl", 200, "caf\u00e9.jsonl"),
+        (b"filename*=naive.jsonl", 400, "invalid_multipart"),
+    )
+    for disposition, status, expected in cases:
+        body = (
+            b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="file"; %s\r\n\r\nabc\r\n--b--\r\n'
+            % disposition
+        )
+        async with files.http.post(url, data=body, headers=headers) as resp:
+            answer = await resp.json()
+            assert resp.status == status, answer
+            if status == 200:
+                assert answer["filename"] == expected
+            else:
+                assert (answer["error"]["param"], answer["error"]["code"]) == ("file", expected)
+
+
 async def test_listing_pages_in_both_orders_and_by_purpose(files: TenantStack) -> None:
     client = await files.tenant("files-pages")
     made = []
