@@ -199,7 +199,11 @@ def _check_renamed_bounds(body: dict[str, Any]) -> None:
 
 def stream_flag(body: dict[str, Any]) -> bool:
     stream = optional(body, "stream", bool)
-    optional(body, "stream_options", dict)
+    options = optional(body, "stream_options", dict)
+    if options is not None:  # read to meter the stream: a flag must be what it says
+        for flag in ("include_usage", "continuous_usage_stats"):
+            if options.get(flag) is not None:
+                check_type(options, flag, bool, path=f"stream_options.{flag}")
     return bool(stream)
 
 

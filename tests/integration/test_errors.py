@@ -48,6 +48,18 @@ def assert_openai_error(payload: dict[str, Any]) -> dict[str, Any]:
         ("/v1/chat/completions", {"model": MODEL, "messages": "hi"}, "messages", "an array"),
         ("/v1/chat/completions", {"model": 7, "messages": []}, "model", "a string"),
         ("/v1/chat/completions", {**CHAT, "stream": "yes"}, "stream", "a boolean"),
+        (  # vLLM would read "true" as true: the gateway, which meters by it, says so
+            "/v1/chat/completions",
+            {**CHAT, "stream": True, "stream_options": {"include_usage": "true"}},
+            "stream_options.include_usage",
+            "a boolean",
+        ),
+        (
+            "/v1/completions",
+            {"model": MODEL, "prompt": "a", "stream_options": {"continuous_usage_stats": 1}},
+            "stream_options.continuous_usage_stats",
+            "a boolean",
+        ),
         (
             "/v1/chat/completions",
             {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "text"}]}]},

@@ -57,6 +57,9 @@ def test_stream_flag_checks_types() -> None:
     assert stream_flag({}) is False
     assert _error(stream_flag, {"stream": "yes"}).param == "stream"
     assert _error(stream_flag, {"stream_options": 1}).param == "stream_options"
+    assert stream_flag({"stream": True, "stream_options": {"include_usage": None}}) is True
+    bad = _error(stream_flag, {"stream": True, "stream_options": {"include_usage": "garbage"}})
+    assert (bad.param, bad.code) == ("stream_options.include_usage", "invalid_type")
 
 
 def test_content_parts_of_openais_types_carry_their_field() -> None:
