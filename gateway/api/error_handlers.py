@@ -132,7 +132,15 @@ def _first_validation_error(exc: RequestValidationError) -> ApiError:
         return InvalidRequest(
             "The request body is missing or not a JSON object.", code="invalid_json"
         )
-    return InvalidRequest(f"Invalid '{param}': {_said(first)}.", param=param, code="invalid_value")
+    kind = str(first.get("type", ""))
+    if kind == "missing":  # the codes and words of the routes that check by hand (body.py)
+        return InvalidRequest(
+            f"Missing required parameter: '{param}'.",
+            param=param,
+            code="missing_required_parameter",
+        )
+    code = "invalid_type" if kind.endswith(("_type", "_parsing")) else "invalid_value"
+    return InvalidRequest(f"Invalid '{param}': {_said(first)}.", param=param, code=code)
 
 
 def _said(error: Any) -> str:

@@ -183,6 +183,27 @@ async def test_events_after_another_jobs_event_are_refused(ft: TenantStack) -> N
         await client.fine_tuning.jobs.cancel(job.id)
 
 
+async def test_a_missing_or_mistyped_field_has_the_codes_of_the_inference_routes(
+    ft: TenantStack,
+) -> None:
+    """Routes whose bodies FastAPI validates answer as chat does (body.py): a missing field is
+    `missing_required_parameter`, a value of the wrong type `invalid_type`."""
+    headers = {"authorization": f"Bearer {await ft.key('ft-codes')}"}
+    jobs = f"{ft.gateway}/v1/fine_tuning/jobs"
+    cases = (
+        ("POST", jobs, {"training_file": "file-x"}, "model", "missing_required_parameter"),
+        ("POST", jobs, {"model": 7, "training_file": "file-x"}, "model", "invalid_type"),
+        ("GET", f"{jobs}?limit=abc", None, "limit", "invalid_type"),
+        ("GET", f"{ft.gateway}/v1/files?limit=abc", None, "limit", "invalid_type"),
+    )
+    for method, url, body, param, code in cases:
+        async with ft.http.request(method, url, json=body, headers=headers) as resp:
+            error = (await resp.json())["error"]
+            assert (resp.status, error["param"], error["code"]) == (400, param, code), error
+            if code == "missing_required_parameter":
+                assert error["message"] == f"Missing required parameter: '{param}'."
+
+
 async def test_a_page_after_an_unknown_job_is_refused_naming_the_cursor(ft: TenantStack) -> None:
     client = await ft.tenant("ft-cursor")
     with pytest.raises(openai.BadRequestError) as refused:
