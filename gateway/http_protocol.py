@@ -39,8 +39,8 @@ from gateway.http10 import Unchunked
 CLIENT_LINK = "llmaas.client_link"
 _STATUS_LINE = b"HTTP/1.1 "
 _END_OF_HEAD = b"\r\n\r\n"
-# A request's URL and headers together, counted in whole reads (so up to one read more): room
-# for large JWTs and cookies (nginx takes 4 x 8 KiB, uvicorn's h11 protocol 16 KiB).
+# A request's URL and headers together, to the byte: room for large JWTs and cookies (nginx
+# takes 4 x 8 KiB, uvicorn's h11 protocol 16 KiB).
 MAX_HEAD_BYTES = 64 * 1024
 LINGER_S = 2.0  # how long a connection refused for its head is read (and dropped) before closing
 # A body's deadline moves a second later for every BODY_MIN_RATE bytes received: an upload of
@@ -161,7 +161,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self.refused:
             return  # what the client sent on before it read the 431
         if self.head_bytes is not None:
+            before = self.head_bytes
             self.head_bytes += len(data)  # (the head's end resets it, in this feed)
+            if self.head_bytes > MAX_HEAD_BYTES and not _ends_head(data, MAX_HEAD_BYTES - before):
+                self.head_bytes = None  # refused before httptools holds more of it
+                if not self.transport.is_closing():
+                    self._refuse_head()
+                return
         else:
             self.body_bytes += len(data)
         super().data_received(data)
@@ -252,6 +258,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._body_arrived()
         super().connection_lost(exc)
         self.link.lost()
+
+
+def _ends_head(data: bytes, room: int) -> bool:
+    """Whether the head being read may end within the first `room` bytes of `data`: its blank
+    line there, or the rest of one the last read began. Counted to the byte, a head of 64 KiB
+    and a little more is refused however the reads split it, and httptools never meets a URL
+    past its own limit (65,535 bytes: uvicorn's plain-text 400, not this 431)."""
+    end = data.find(_END_OF_HEAD, 0, room + len(_END_OF_HEAD))
+    if end != -1 and end + len(_END_OF_HEAD) <= room:
+        return True
+    return any(data[:k] == _END_OF_HEAD[-k:] for k in (1, 2, 3) if k <= room)
 
 
 def _closing_answer(status: int, body: bytes) -> bytes:

@@ -237,6 +237,40 @@ async def test_a_request_head_past_the_limit_is_431_before_it_is_held() -> None:
     assert seen == [len(body)]  # the app never saw the refused request
 
 
+async def test_the_head_limit_is_counted_to_the_byte_however_the_reads_split_it() -> None:
+    """Counted in whole reads, a head of 64-128 KiB that ended within its second read passed,
+    and a URL past httptools' 65,535 bytes got uvicorn's plain-text 400."""
+    port = free_port()
+
+    async def head_of(parts: list[bytes]) -> tuple[bytes, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for part in parts:
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(0.05)  # a read each
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        rest = await asyncio.wait_for(reader.read(), 5) if b" 431 " in head else b""
+        writer.close()
+        return head, rest
+
+    def header_of(size: int) -> list[bytes]:
+        start = b"GET /h HTTP/1.1\r\nhost: test\r\nx-big: "
+        filler = b"a" * (size - len(start) - 4)
+        return [start + filler[:40_000], filler[40_000:] + b"\r\n\r\n"]
+
+    async with serve_asgi(body_counter([], []), port, lifespan="off"):
+        fits, _ = await head_of(header_of(MAX_HEAD_BYTES))
+        assert fits.startswith(b"HTTP/1.1 200 ")
+        for parts in (
+            header_of(MAX_HEAD_BYTES + 1),
+            header_of(100_000),
+            [b"GET /" + b"u" * 66_000 + b" HTTP/1.1\r\nhost: test\r\n\r\n"],
+        ):
+            head, rest = await head_of(parts)
+            assert head.startswith(b"HTTP/1.1 431 "), head
+            assert orjson.loads(rest)["error"]["code"] == "request_headers_too_large"
+
+
 def keep_alive_1s(app: ASGIApp, port: int) -> uvicorn.Config:
     """The gateway's protocol with a keep-alive time of 1 s, the deadline of heads and bodies."""
     return uvicorn.Config(
