@@ -350,10 +350,18 @@ async def list_events(
 
 
 @router.get("/{job_id}/checkpoints", response_model=None)
-async def list_checkpoints(job_id: JobId, gw: Gateway, caller: Caller) -> Response:
-    """The adapter a succeeded job made is its one checkpoint (the final step)."""
+async def list_checkpoints(
+    job_id: JobId,
+    gw: Gateway,
+    caller: Caller,
+    *,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 10,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    """The adapter a succeeded job made is its one checkpoint (the final step): `limit` and
+    `after` are checked as in any listing; after that one checkpoint there is none."""
     job = await _own(gw, caller, job_id)
-    data = []
+    data: list[dict[str, object]] = []
     if job.status == "succeeded" and job.fine_tuned_model is not None:
         data.append(
             {
@@ -366,6 +374,14 @@ async def list_checkpoints(job_id: JobId, gw: Gateway, caller: Caller) -> Respon
                 "metrics": {"step": job.steps, "train_loss": job.train_loss},
             }
         )
+    if after is not None:
+        if after not in [c["id"] for c in data]:
+            raise InvalidRequest(
+                "Invalid 'after': no such checkpoint of this job.",
+                param="after",
+                code="invalid_value",
+            )
+        data = []  # nothing follows the one checkpoint
     first = data[0]["id"] if data else None
     return json_response(
         {"object": "list", "data": data, "has_more": False, "first_id": first, "last_id": first}

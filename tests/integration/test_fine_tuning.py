@@ -75,6 +75,10 @@ async def test_a_job_is_created_queued_and_listed_with_its_events(ft: TenantStac
     assert _error(again.value)["code"] == "job_not_active"
     checkpoints = await client.fine_tuning.jobs.checkpoints.list(job.id)
     assert checkpoints.data == []
+    for query, param in (({"limit": 0}, "limit"), ({"after": "ftckpt-none"}, "after")):
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.fine_tuning.jobs.checkpoints.list(job.id, **query)
+        assert _error(refused.value)["param"] == param  # were ignored (200)
 
 
 async def test_a_suffix_of_up_to_64_characters_is_taken(ft: TenantStack) -> None:
