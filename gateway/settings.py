@@ -251,7 +251,9 @@ class Settings(BaseSettings):
     metrics_token: str | None = None
     key_pepper: str | None = None  # LLMAAS_KEY_PEPPER: HMAC key under which key secrets are hashed
     dev_mode: bool = False
-    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Above request_policy.max_data_url_bytes (8 MiB), which a request's inline image must
+    # also fit in.
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     # Requests under /v1 this process serves at once, at every stage (body, auth, admission,
     # engine). Past it: 503 gateway_busy with Retry-After at once, never queued. It bounds what
     # upstream.max_connections does not: requests before they reach an engine. The default

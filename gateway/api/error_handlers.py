@@ -121,26 +121,43 @@ def _first_validation_error(exc: RequestValidationError) -> ApiError:
             f"We could not parse the JSON body of your request: {first.get('msg')}.",
             code="invalid_json",
         )
-    param = field_path(p for p in where if p not in ("body", "query", "path")) or None
-    if param is None and isinstance(first.get("input"), bytes):
+    where = tuple(p for p in where if p not in ("body", "query", "path"))
+    if where[-1:] == ("[key]",) and len(where) >= 3:
+        return _bad_key(where, first)
+    param = field_path(where) or None
+    if param is None:
         # FastAPI reads a body as JSON only under a JSON content type (curl -d sends a form's)
+        as_form = isinstance(first.get("input"), bytes)
         return InvalidRequest(
-            "The request body must be a JSON object sent with 'Content-Type: application/json'.",
+            "The request body must be a JSON object sent with 'Content-Type: application/json'."
+            if as_form
+            else "The request body is missing or not a JSON object.",
             code="invalid_json",
         )
-    if param is None:
-        return InvalidRequest(
-            "The request body is missing or not a JSON object.", code="invalid_json"
-        )
-    kind = str(first.get("type", ""))
-    if kind == "missing":  # the codes and words of the routes that check by hand (body.py)
+    return _bad_field(param, first)
+
+
+def _bad_field(param: str, error: Any) -> ApiError:
+    """With the codes and words of the routes that check by hand (body.py)."""
+    kind = str(error.get("type", ""))
+    if kind == "missing":
         return InvalidRequest(
             f"Missing required parameter: '{param}'.",
             param=param,
             code="missing_required_parameter",
         )
     code = "invalid_type" if kind.endswith(("_type", "_parsing")) else "invalid_value"
-    return InvalidRequest(f"Invalid '{param}': {_said(first)}.", param=param, code=code)
+    return InvalidRequest(f"Invalid '{param}': {_said(error)}.", param=param, code=code)
+
+
+def _bad_key(where: tuple[Any, ...], error: Any) -> ApiError:
+    """A dict's key refused (`metadata`'s, too long): the dict is the param, the key said."""
+    param = field_path(where[:-2])
+    key = str(where[-2])
+    shown = key if len(key) <= 40 else key[:40] + "…"
+    return InvalidRequest(
+        f"Invalid '{param}': the key '{shown}': {_said(error)}.", param=param, code="invalid_value"
+    )
 
 
 def _said(error: Any) -> str:

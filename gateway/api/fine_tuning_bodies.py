@@ -59,6 +59,10 @@ class JobCreate(BaseModel):
     suffix: Annotated[str, Field(pattern=SUFFIX_PATTERN)] | None = None
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
     metadata: (
-        Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None
+        Annotated[
+            dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
+            Field(max_length=16),
+        ]
+        | None
     ) = None
     integrations: Annotated[list[Any], Field(max_length=0)] | None = None  # none supported

@@ -183,7 +183,8 @@ def _check_data_url(path: str, url: str, kind: str | None, max_bytes: int) -> No
         raise _refused(path, f"data: URLs are capped at {max_bytes} bytes.")
     media_type = header.split(";", 1)[0].strip().lower()
     if kind is not None and not media_type.startswith(f"{kind}/"):
-        raise _refused(path, f"A {kind} data: URL must have an {kind}/* media type.")
+        article = "An" if kind[0] in "aeiou" else "A"
+        raise _refused(path, f"{article} {kind} data: URL's media type must be {kind}/*.")
 
 
 def _refused(path: str, message: str) -> InvalidRequest:

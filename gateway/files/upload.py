@@ -116,6 +116,10 @@ class _Reader:
     def begin(self, headers: dict[bytes, bytes]) -> None:
         self.part = _part_name(headers)
         if self.part != "file":
+            if self.part in self.upload.fields:  # which one was meant? (the last won, silently)
+                raise InvalidRequest(
+                    f"Send one '{self.part}' field.", param=self.part, code="invalid_multipart"
+                )
             self.upload.fields[self.part] = ""
             return
         if self.seen_file:

@@ -181,6 +181,15 @@ async def test_raw_requests_that_are_not_uploads(files: TenantStack) -> None:
         assert resp.status == 400
         error = (await resp.json())["error"]
         assert (error["param"], error["code"]) == ("purpose", "missing_required_parameter")
+    twice = (  # the last purpose won, silently
+        b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nabc\r\n--b--\r\n'
+    )
+    multipart = {**auth, "content-type": "multipart/form-data; boundary=b"}
+    async with files.http.post(url, data=twice, headers=multipart) as resp:
+        error = (await resp.json())["error"]
+        assert (resp.status, error["param"], error["code"]) == (400, "purpose", "invalid_multipart")
     two = b'name="file"; filename="a.txt"', b'name="file"; filename="b.txt"'
     for dispositions in (two, (b'name="file"',)):  # two files; a file without a filename
         body = (

@@ -114,6 +114,7 @@ async def test_a_suffix_of_up_to_64_characters_is_taken(ft: TenantStack) -> None
             "method.supervised.hyperparameters.n_epochs",
         ),
         ({"integrations": [{"type": "wandb", "wandb": {"project": "p"}}]}, "integrations"),
+        ({"metadata": {"k" * 65: "v"}}, "metadata"),  # OpenAI's keys: 64 characters at most
     ],
 )
 async def test_bad_job_requests_name_the_field(

@@ -3,6 +3,7 @@ that must never be fetched), engine-internal fields, and per-tenant cache salts.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,7 +36,7 @@ NAMES = {
     "canary.test": ["127.0.0.1"],  # a name that resolves to loopback
     "localhost": ["127.0.0.1", "::1"],
 }
-MAX_DATA = 16 * 1024  # the gateway's cap on data: URLs here (the body cap is 4 MiB)
+MAX_DATA = 16 * 1024  # the gateway's cap on data: URLs here (the body cap is 16 MiB)
 LITERALS = ["127.0.0.1", "::1", "::ffff:127.0.0.1", "169.254.169.254", "10.0.0.1"]
 
 
@@ -149,7 +150,7 @@ async def test_media_urls_to_private_places_never_reach_the_engine(setup: Setup)
         f"https://user:pass@{setup.canary}/x.png": "credentials",
         "https://not-listed.example/x.png": "not allowed",
         "data:image/png;base64," + "A" * (MAX_DATA + 1): "capped",
-        "data:text/html;base64,PGgxPmhpPC9oMT4=": "image/*",
+        "data:text/html;base64,PGgxPmhpPC9oMT4=": "An image data: URL's media type must be image/*",
     }
     before = (await sim_state(setup.http, setup.sim))["total_requests"]
     for url, words in refused.items():
@@ -166,6 +167,27 @@ async def test_media_urls_to_private_places_never_reach_the_engine(setup: Setup)
     url = "https://public.example/cat.png"
     await oai.chat.completions.create(model=MODEL, messages=image(url), max_tokens=1)
     assert (await setup.last_body())["messages"][0]["content"][1]["image_url"]["url"] == url
+
+
+async def test_a_data_url_of_the_default_limit_fits_the_default_body(tmp_path: Path) -> None:
+    """The body cap (4 MiB) was below the data: URL cap (8 MiB) it comes first to: an image of
+    3 MiB got a 413. With the defaults, an image of 5 MiB (a 6.7 MiB URL) reaches the engine."""
+    async with running_redis(None) as redis_url, running_sim(SimConfig(models=[MODEL])) as sim:
+        settings = auth_settings(sim, redis_url, tmp_path / "spill")
+        async with serve_asgi(create_app(settings)) as gateway, aiohttp.ClientSession() as http:
+            url = f"{gateway}/admin/v1/keys"
+            async with http.post(url, json={"tenant": "media"}, headers=ADMIN) as resp:
+                key = (await resp.json())["key"]
+            picture = base64.b64encode(b"\x89PNG" + b"\0" * (5 * 1024 * 1024)).decode()
+            async with openai.AsyncOpenAI(
+                base_url=f"{gateway}/v1", api_key=key, max_retries=0
+            ) as client:
+                answer = await client.chat.completions.create(
+                    model=MODEL, messages=image(f"data:image/png;base64,{picture}"), max_tokens=2
+                )
+            assert answer.choices[0].message.content
+            body = (await sim_state(http, sim))["last_request"]["body"]
+            assert len(body["messages"][0]["content"][1]["image_url"]["url"]) > 6 * 1024 * 1024
 
 
 async def test_remote_media_is_off_by_default(setup: Setup) -> None:

@@ -296,6 +296,9 @@ async def test_unsupported_fields_are_refused_by_name(fleet: Fleet) -> None:
     with pytest.raises(openai.BadRequestError) as missing:
         await client.responses.create(model=MODEL, extra_body={"input": None})
     assert missing.value.param == "input"
+    with pytest.raises(openai.BadRequestError) as empty:  # was sent on (200), as chat's is not
+        await client.responses.create(model=MODEL, input=[])
+    assert (empty.value.param, empty.value.code) == ("input", "empty_array")
 
 
 async def test_a_store_that_cannot_answer_is_a_retryable_503(fleet: Fleet) -> None:
