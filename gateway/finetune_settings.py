@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from gateway.settings_section import HomePath, Section
 
@@ -55,3 +55,15 @@ class FineTuningSettings(Section):
     # Tokens of an example trained on (its chat template included): the rest is cut; one whose
     # assistant turn starts past it fails the job, naming its line. Memory grows with it.
     max_length: int = Field(default=1024, ge=16)
+
+    @model_validator(mode="after")
+    def _default_rank_loads(self) -> FineTuningSettings:
+        """A job left on "auto" trains at `lora_rank`: above the engines' `max_lora_rank` it
+        would train to the end and then be refused by every engine."""
+        if self.lora_rank > self.max_lora_rank:
+            raise ValueError(
+                f"fine_tuning.lora_rank ({self.lora_rank}) is above fine_tuning.max_lora_rank "
+                f"({self.max_lora_rank}, the engines' --max-lora-rank): an adapter of a job "
+                'left on lora_rank "auto" could not be loaded'
+            )
+        return self

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm
 import pytest
 import yaml
 from pydantic import BaseModel
@@ -27,6 +28,7 @@ from tests.helm.chart import (
     container,
     env_of,
     pod_labels,
+    render_values,
     render_values_as,
     selects,
 )
@@ -67,13 +69,19 @@ def _secret_stand_ins(gateway: Obj) -> dict[str, str]:
     return env
 
 
-def _load(rendered: Rendered, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """The rendered config file loaded by the gateway's own loader, as `llmaas serve` would."""
+def _load(
+    rendered: Rendered,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    secrets: dict[str, str] | None = None,
+) -> Settings:
+    """The rendered config file loaded by the gateway's own loader, as `llmaas serve` would;
+    `secrets`: real values for some of the stand-ins (by environment variable)."""
     path = tmp_path / "config.yaml"
     path.write_text(rendered.config_text())
     for name in [n for n in os.environ if n.startswith("LLMAAS_")]:
         monkeypatch.delenv(name)
-    for name, value in _secret_stand_ins(rendered.gateway()).items():
+    for name, value in {**_secret_stand_ins(rendered.gateway()), **(secrets or {})}.items():
         monkeypatch.setenv(name, value)
     return load_settings(path)
 
@@ -244,7 +252,6 @@ def test_external_redis_password_comes_from_its_secret_not_the_url(renders: Rend
     ("url", "expected"),
     [
         ("rediss://default@redis.example:6380/2", "rediss://default@redis.example:6380/2"),
-        ("redis://app:old-secret@redis.example:6379/0", "redis://app@redis.example:6379/0"),
         (
             "rediss://redis.example:6380/0?ssl_ca_certs=/etc/llmaas/ca/ca.crt",
             "rediss://redis.example:6380/0?ssl_ca_certs=/etc/llmaas/ca/ca.crt",
@@ -268,6 +275,33 @@ def test_external_redis_url_keeps_its_user_name_and_never_a_password(
     assert _load(rendered, tmp_path, monkeypatch).redis_url == expected
     monkeypatch.setenv("LLMAAS_REDIS_PASSWORD", given)  # the real value, not a stand-in
     assert load_settings(tmp_path / "config.yaml").redis_password == given
+
+
+@pytest.mark.parametrize(
+    "external",
+    [
+        {"url": "rediss://default:S3cr3t-pw@redis.example:6380/0"},
+        {"url": "redis://:S3cr3t-pw@redis.example:6379/0"},
+        {"url": "redis://app:S3cr3t-pw@redis.example:6379/0", "password": {"existingSecret": "r"}},
+    ],
+)
+def test_a_password_in_the_external_redis_url_is_refused_never_shown(external: Obj) -> None:
+    """LLMAAS_REDIS_URL is a plain env value: a password in it would be readable by anyone who
+    can read the Deployments. Refused, pointing to redis.external.password, without echoing it."""
+    with pytest.raises(
+        helm.HelmRenderError, match=r"redis\.external\.url: has a password in it"
+    ) as e:
+        render_values({"redis": {"enabled": False, "external": external}})
+    assert "redis.external.password" in str(e.value)
+    assert "S3cr3t-pw" not in str(e.value)
+
+
+def test_an_external_redis_url_with_a_user_name_only_is_kept_as_given() -> None:
+    url = "rediss://default@redis.example:6380/0"
+    rendered = render_values_as({"redis": {"enabled": False, "external": {"url": url}}})
+    env = env_of(rendered.gateway())
+    assert env["LLMAAS_REDIS_URL"]["value"] == url
+    assert "LLMAAS_REDIS_PASSWORD" not in env
 
 
 def test_the_builtin_redis_url_has_no_password(rendered: Rendered) -> None:

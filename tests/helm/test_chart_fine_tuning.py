@@ -325,6 +325,24 @@ def test_bad_fine_tuning_values_are_refused_naming_the_field(case: str) -> None:
         assert fragment in str(refused.value)
 
 
+def test_a_jobs_default_rank_is_one_the_engines_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job left on lora_rank "auto" trains at fine_tuning.lora_rank (8): with a lower
+    fineTuning.maxLoraRank the adapter trained to the end and no engine loaded it (now the
+    gateway refuses to start with it), and one set above it is refused at render."""
+    low = render_values_as({"engines": [ENGINE], "fineTuning": {**ON, "maxLoraRank": 1}})
+    settings = _load(low, tmp_path, monkeypatch)
+    assert (settings.fine_tuning.lora_rank, settings.fine_tuning.max_lora_rank) == (1, 1)
+    engine = container(low.get("Deployment", "demo-llmaas-engine-llama"))
+    assert arg_after(engine["args"], "--max-lora-rank") == "1"
+    high = {"gateway": {"config": {"fine_tuning": {"lora_rank": 32}}}}
+    with pytest.raises(
+        helm.HelmRenderError, match=r"lora_rank 32 is above fineTuning\.maxLoraRank 16"
+    ):
+        render_values({"engines": [ENGINE], "fineTuning": ON, **high})
+
+
 @pytest.mark.parametrize(
     ("base_models", "message"),
     [

@@ -12,6 +12,7 @@ import helm_python as helm
 import pytest
 import yaml
 
+from gateway.settings_load import ConfigError
 from tests.helm.chart import CHART, NAMESPACE, env_of, render_values, render_values_as
 from tests.helm.test_chart_config import _load
 
@@ -88,7 +89,9 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], list[str]]] = {
 
 RWX = {"accessModes": ["ReadWriteMany"]}
 LONG = "x" * 40  # fullnameOverride at its longest: engine names keep 15 characters
-JWT_KEY = {"jwt": {"hmacSecret": {"value": "hmac-secret-0123456789abcdef"}}}
+JWT_KEY = {"jwt": {"hmacSecret": {"value": "hmac-secret-0123456789abcdef0123"}}}  # 32 bytes
+ISSUED = {"issuer": "https://idp/", "audience": "llmaas"}
+BASE = {"enabled": True, "baseModels": [{"name": ENGINE["model"], "path": "/models/llama"}]}
 
 # Values the schema lets through but that would not work: refused when rendering (`fail`).
 REFUSED: dict[str, tuple[dict[str, Any], str]] = {
@@ -143,11 +146,28 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "fewer GPUs than tensor-parallel shards": (
         {"engines": [{**ENGINE, "tensorParallelSize": 4, "gpu": {"count": 2}}]},
-        r"engines\[llama\].gpu.count: 2 GPU\(s\) for 4 shards \(tensorParallelSize 4",
+        r"engines\[llama\].gpu.count: 2 GPU\(s\) for 4 workers \(tensor parallel 4 x "
+        r"pipeline parallel 1 x data parallel 1",
     ),
     "fewer GPUs than pipeline-parallel shards": (
         {"engines": [{**ENGINE, "gpu": {"count": 1}, "extraArgs": ["-pp", "2"]}]},
-        r"engines\[llama\].gpu.count: 1 GPU\(s\) for 2 shards",
+        r"engines\[llama\].gpu.count: 1 GPU\(s\) for 2 workers",
+    ),
+    "fewer GPUs than tensor x pipeline shards, -pp=N": (
+        {
+            "engines": [
+                {**ENGINE, "tensorParallelSize": 2, "gpu": {"count": 2}, "extraArgs": ["-pp=2"]}
+            ]
+        },
+        r"gpu.count: 2 GPU\(s\) for 4 workers \(tensor parallel 2 x pipeline parallel 2 x ",
+    ),
+    "fewer GPUs than the -tp of extraArgs": (
+        {"engines": [{**ENGINE, "gpu": {"count": 1}, "extraArgs": ["-tp", "2"]}]},
+        r"gpu.count: 1 GPU\(s\) for 2 workers \(tensor parallel 2 x pipeline parallel 1 x ",
+    ),
+    "fewer GPUs than data-parallel ranks": (
+        {"engines": [{**ENGINE, "gpu": {"count": 1}, "extraArgs": ["--data-parallel-size", "2"]}]},
+        r"gpu.count: 1 GPU\(s\) for 2 workers \(.* x data parallel 2, from tensorParallelSize",
     ),
     "engines stopped before the gateway resolves them away": (
         {"engines": [ENGINE], "gateway": {"config": {"routing": {"dns_refresh_s": 30}}}},
@@ -157,6 +177,29 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "an engine with no preStop sleep": (
         {"engines": [{**ENGINE, "preStopSleepSeconds": 0}]},
         r"engines\[llama\].preStopSleepSeconds \(0\) is below .*dns_refresh_s \(10\)",
+    ),
+    "an external Redis URL with its password in it": (
+        {"redis": {"enabled": False, "external": {"url": "rediss://default:S3cr3t@redis:6380/0"}}},
+        r"redis.external.url: has a password in it, .* give it as redis.external.password",
+    ),
+    "gateway podLabels that would change a selector label": (
+        {"gateway": {"podLabels": {"team": "ml", "app.kubernetes.io/name": "my-gateway"}}},
+        r'gateway.podLabels: "app.kubernetes.io/name" is a selector label of the pods',
+    ),
+    "engine podLabels that would change the engine's selector label": (
+        {"engines": [{**ENGINE, "podLabels": {"llmaas.io/engine": "other"}}]},
+        r'engines\[llama\].podLabels: "llmaas.io/engine" is a selector label of the pods',
+    ),
+    "engineDefaults podLabels that would change a selector label": (
+        {"engines": [ENGINE], "engineDefaults": {"podLabels": {"app.kubernetes.io/instance": "x"}}},
+        r'engines\[llama\].podLabels: "app.kubernetes.io/instance" is a selector label',
+    ),
+    "trainer podLabels that would change a selector label": (
+        {
+            "engines": [ENGINE],
+            "fineTuning": {**BASE, "trainer": {"podLabels": {"app.kubernetes.io/component": "x"}}},
+        },
+        r'fineTuning.trainer.podLabels: "app.kubernetes.io/component" is a selector label',
     ),
     "an external Redis with the chart's own still on": (
         {"redis": {"external": {"url": "rediss://redis.example:6380/0"}}},
@@ -222,6 +265,15 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         r"gateway.config.auth.jwt.algorithms \[RS256 ES256\]: no key for any of them "
         r"\(gateway.jwt.hmacSecret set\)",
     ),
+    "an inline HMAC secret shorter than HS256 needs": (
+        {
+            "gateway": {
+                "jwt": {"hmacSecret": {"value": "my-idp-shared-secret"}},
+                "config": {"auth": {"jwt": {**ISSUED, "algorithms": ["HS256"]}}},
+            }
+        },
+        r"gateway.jwt.hmacSecret.value: 20 bytes, but HS256 needs at least 32",
+    ),
     "Redis without a memory limit": (
         {"redis": {"resources": {"limits": None}}},
         r"redis.resources.limits.memory: needed",
@@ -258,6 +310,67 @@ def test_jwt_values_the_chart_renders_are_ones_the_gateway_starts_with(
     jwt = {"issuer": "https://idp/", "audience": "llmaas", "algorithms": ["HS256"]}
     rendered = render_values_as({"gateway": {**JWT_KEY, "config": {"auth": {"jwt": jwt}}}})
     assert _load(rendered, tmp_path, monkeypatch).auth.jwt.enabled
+
+
+def _hmac_values(secret: str, algorithms: list[str]) -> dict[str, Any]:
+    jwt = {**ISSUED, "algorithms": algorithms}
+    return {"gateway": {"jwt": {"hmacSecret": {"value": secret}}, "config": {"auth": {"jwt": jwt}}}}
+
+
+@pytest.mark.parametrize(
+    ("algorithms", "strongest", "needed"),
+    [
+        (["HS256"], "HS256", 32),
+        (["HS384", "RS256"], "HS384", 48),
+        (["HS512", "HS256"], "HS512", 64),
+    ],
+)
+def test_an_inline_hmac_secret_is_as_long_as_its_algorithms_need(
+    algorithms: list[str],
+    strongest: str,
+    needed: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gateway's rule (RFC 7518 3.2: the hash's size, in bytes): a byte short is refused at
+    render, naming the value; just long enough renders, and the gateway starts with that very
+    secret and refuses the shorter one. "é" is two bytes: bytes are counted, not characters."""
+    secret = "é" * (needed // 2)
+    short = "x" + "é" * (needed // 2 - 1)
+    with pytest.raises(
+        helm.HelmRenderError,
+        match=rf"gateway.jwt.hmacSecret.value: {needed - 1} bytes, but {strongest} needs at "
+        rf"least {needed}",
+    ):
+        render_values(_hmac_values(short, algorithms))
+    rendered = render_values_as(_hmac_values(secret, algorithms))
+    hmac = "LLMAAS_AUTH__JWT__HMAC_SECRET"
+    assert _load(rendered, tmp_path, monkeypatch, {hmac: secret}).auth.jwt.enabled
+    with pytest.raises(ConfigError, match=f"at least {needed} bytes"):
+        _load(rendered, tmp_path, monkeypatch, {hmac: short})
+
+
+def test_an_hmac_secret_in_an_existing_secret_is_not_measured() -> None:
+    """The chart cannot read it: its length is the operator's to get right (deploy.md)."""
+    existing = {"jwt": {"hmacSecret": {"existingSecret": "idp", "key": "hmac"}}}
+    config = {"auth": {"jwt": {**ISSUED, "algorithms": ["HS512"]}}}
+    render_values({"gateway": {**existing, "config": config}})
+    guide = DEPLOY_DOC.read_text()
+    assert "32, 48 or 64 bytes for HS256, HS384 or HS512" in guide
+
+
+def test_the_deploy_guide_checks_values_with_a_render_not_helm_lint() -> None:
+    """Helm's lint turns the chart's `fail` into an INFO log line: values the chart refuses
+    (a ReadWriteOnce cache for two pods) lint clean. The guide's check renders them instead."""
+    values, message = REFUSED["ReadWriteOnce cache, two replicas"]
+    report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE)
+    assert report["errors"] == []
+    assert not [m for m in report["messages"] if m["severity"] > 1]
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render_values(values)
+    guide = DEPLOY_DOC.read_text()
+    assert "helm template llmaas ./helm/llmaas -n llm -f my-values.yaml > /dev/null" in guide
+    assert "`helm lint` does not run the chart's own refusals" in guide
 
 
 @pytest.mark.parametrize("case", list(BAD_VALUES))

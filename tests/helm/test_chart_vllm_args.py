@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from gateway.embedded.paths import EmbeddedPaths
-from tests.helm.chart import CASES, Renders, container
+from tests.helm.chart import CASES, Renders, container, render_values_as
 
 # Run by the engine venv's Python: parses each argv as `vllm serve` does and prints what the
 # chart relies on, or the parser's refusal.
@@ -27,7 +28,9 @@ for argv in json.load(sys.stdin):
         out.append({"refused": err.getvalue()})
         continue
     out.append({"model": ns.model_tag, "served": ns.served_model_name, "port": ns.port,
-                "shutdown_timeout": ns.shutdown_timeout})
+                "shutdown_timeout": ns.shutdown_timeout,
+                "workers": ns.tensor_parallel_size * ns.pipeline_parallel_size
+                * ns.data_parallel_size})
 print(json.dumps(out))
 """
 
@@ -44,6 +47,20 @@ def _installed_vllm(python: Path) -> str:
     return subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout
 
 
+def _parse(python: Path, argvs: list[list[str]]) -> list[dict[str, Any]]:
+    """What vLLM's parser makes of each argv (_PARSE's fields), or its refusal."""
+    parsed = subprocess.run(
+        [python, "-c", _PARSE],
+        input=json.dumps(argvs),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    results: list[dict[str, Any]] = json.loads(parsed.stdout.strip().splitlines()[-1])
+    return results
+
+
 def test_every_vllm_argument_the_chart_renders_is_one_vllm_takes(renders: Renders) -> None:
     argvs: list[list[str]] = []
     images: set[str] = set()
@@ -55,15 +72,7 @@ def test_every_vllm_argument_the_chart_renders_is_one_vllm_takes(renders: Render
                 images.add(c["image"])
     python = _engine_python()
     assert images == {f"vllm/vllm-openai:v{_installed_vllm(python).strip()}"}
-    parsed = subprocess.run(
-        [python, "-c", _PARSE],
-        input=json.dumps(argvs),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    results = json.loads(parsed.stdout.strip().splitlines()[-1])
+    results = _parse(python, argvs)
     assert len(results) == len(argvs) >= 5
     for argv, got in zip(argvs, results, strict=True):
         assert "refused" not in got, f"{argv}: {got.get('refused')}"
@@ -71,3 +80,31 @@ def test_every_vllm_argument_the_chart_renders_is_one_vllm_takes(renders: Render
         assert got["served"] == [argv[argv.index("--served-model-name") + 1]]
         assert got["port"] == 8000
         assert got["shutdown_timeout"] > 0
+
+
+# extraArgs that change how many workers (one per GPU) vLLM starts: after the chart's own
+# --tensor-parallel-size, in each spelling vLLM takes, the last of a flag winning.
+PARALLEL_ARGS = [
+    [],
+    ["-pp=2"],
+    ["--pipeline-parallel-size", "3"],
+    ["-tp", "1"],
+    ["-tp=4", "--tensor_parallel_size", "3"],
+    ["--tensor-parallel-size=1", "-dp", "2"],
+    ["--data-parallel-size=2", "-pp", "2", "--data-parallel-size", "3"],
+    ["--tensor-parallel", "4"],
+]
+
+
+def test_engine_pods_get_a_gpu_for_every_worker_vllm_starts() -> None:
+    """The GPUs the chart gives a pod are the tensor x pipeline x data parallel workers vLLM's
+    own parser makes of its arguments: fewer and vLLM would never start."""
+    engines = [
+        {"name": f"e{i}", "model": "org/m", "tensorParallelSize": 2, "extraArgs": args}
+        for i, args in enumerate(PARALLEL_ARGS)
+    ]
+    deployments = render_values_as({"engines": engines}).engines()
+    argvs = [container(d)["args"] for d in deployments]
+    gpus = [container(d)["resources"]["limits"]["nvidia.com/gpu"] for d in deployments]
+    results = _parse(_engine_python(), argvs)
+    assert [r.get("workers", r.get("refused")) for r in results] == gpus

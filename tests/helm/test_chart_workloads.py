@@ -177,11 +177,18 @@ def test_gpu_type_runtime_class_and_cache_claim(renders: Renders) -> None:
         (["--pipeline-parallel-size", "2"], 4),
         (["--pipeline-parallel-size=3"], 6),
         (["--dtype", "bfloat16", "-pp", "2"], 4),
+        (["-pp=2"], 4),
+        (["--data-parallel-size", "2"], 4),
+        (["-dp=3", "--pipeline-parallel-size=2"], 12),
+        (["-tp", "1"], 1),
+        (["-tp=4", "--tensor_parallel_size", "3"], 3),
+        (["--tensor-parallel-size=8", "-pp", "2", "-pp", "1"], 8),
     ],
 )
 def test_engine_pods_get_a_gpu_per_shard(args: list[str], gpus: int) -> None:
-    """vLLM runs tensorParallelSize x pipeline stages workers, one per GPU: fewer GPUs in the
-    pod and it never starts."""
+    """vLLM runs tensor x pipeline x data parallel workers, one per GPU: fewer GPUs in the pod
+    and it never starts. extraArgs come after --tensor-parallel-size, and the last of a flag
+    wins (test_chart_vllm_args checks the same against vLLM's own parser)."""
     engine = {"name": "big", "model": "org/big", "tensorParallelSize": 2, "extraArgs": args}
     (deployment,) = render_values_as({"engines": [engine]}).engines()
     resources = container(deployment)["resources"]
@@ -336,6 +343,13 @@ def test_gateway_drains_streams_before_it_is_killed(rendered: Rendered) -> None:
     assert pod_spec(gateway)["terminationGracePeriodSeconds"] >= pre_stop + grace + flush
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+
+
+def test_a_gateway_without_a_prestop_sleep_has_no_prestop_hook() -> None:
+    """Kubernetes before 1.33 refuses `sleep: {seconds: 0}` (PodLifecycleSleepActionAllowZero),
+    and the chart supports 1.30: 0 leaves the hook out, as for engines."""
+    rendered = render_values_as({"gateway": {"preStopSleepSeconds": 0}})
+    assert "lifecycle" not in container(rendered.gateway())
 
 
 def test_redis_keeps_an_append_only_file_behind_a_password(rendered: Rendered) -> None:
@@ -557,6 +571,20 @@ def test_recreate_strategy_renders_without_rolling_update() -> None:
     engine["modelCache"] = {"accessModes": ["ReadWriteMany"]}
     (deployment,) = render_values_as({"engines": [engine]}).engines()
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_notes_list_each_model_the_gateway_routes_once(rendered: Rendered) -> None:
+    """Engines pooled under one name, adapters and extraModels: the models of the gateway's
+    config, each once, a simulator's marked."""
+    routed = [m["name"] for m in yaml.safe_load(rendered.config_text())["models"]]
+    simulated = {
+        arg_after(container(e)["args"], "--model")
+        for e in rendered.engines()
+        if container(e)["command"] == ["llmaas", "sim"]
+    }
+    (line,) = [line for line in rendered.notes.splitlines() if line.startswith("Models: ")]
+    listed = line.removeprefix("Models: ").split(", ")
+    assert listed == [f"{m} (simulator)" if m in simulated else m for m in routed]
 
 
 def test_notes_set_every_variable_they_use(rendered: Rendered) -> None:

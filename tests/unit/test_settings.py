@@ -36,6 +36,8 @@ def test_typos_and_bad_values_are_refused(tmp_path: Path) -> None:
         load_settings(
             None, dev_mode=True, files={"enabled": False}, fine_tuning={"base_models": {"m": "/w"}}
         )
+    with pytest.raises(ConfigError, match=r"lora_rank \(16\) is above fine_tuning\.max_lora_rank"):
+        load_settings(None, dev_mode=True, fine_tuning={"lora_rank": 16, "max_lora_rank": 8})
     for origin in ("https://app.example.com/", "app.example.com", " https://a.example"):
         with pytest.raises(ConfigError, match=r"cors\.allow_origins\[0\]: not an origin"):
             load_settings(None, dev_mode=True, cors={"allow_origins": [origin]})

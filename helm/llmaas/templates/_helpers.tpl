@@ -42,9 +42,16 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* Labels of a pod template: the selector's and the user's podLabels, nothing that changes with
 the chart's version (helm.sh/chart, app.kubernetes.io/version) or with commonLabels: a new pod
-template rolls every pod, GPU engines and Redis included. Call with
-(dict "ctx" $ "component" "engine" "extra" (dict "llmaas.io/engine" "x") "podLabels" $podLabels). */}}
+template rolls every pod, GPU engines and Redis included. podLabels naming a selector label are
+refused (where: the value's path, for the message). Call with (dict "ctx" $ "component" "engine"
+"extra" (dict "llmaas.io/engine" "x") "podLabels" $podLabels "where" "engines[x].podLabels"). */}}
 {{- define "llmaas.podLabels" -}}
+{{- $selector := include "llmaas.selectorLabels" . | fromYaml -}}
+{{- range $key, $_ := .podLabels -}}
+{{- if or (hasKey $selector $key) (hasKey ($.extra | default dict) $key) -}}
+{{- fail (printf "%s: %q is a selector label of the pods, set by the chart: the pods would no longer match their Deployment's selector (Kubernetes refuses it); use another key" $.where $key) -}}
+{{- end -}}
+{{- end -}}
 {{ include "llmaas.selectorLabels" . }}
 {{- with .extra }}
 {{ toYaml . }}
@@ -97,20 +104,41 @@ ClusterIP Service llmaas.redis.fullname. */}}
 {{- .servedModelName | default .model -}}
 {{- end -}}
 
-{{/* The GPUs one vLLM pod shards its model over: tensorParallelSize times the pipeline stages
-an extraArgs --pipeline-parallel-size (or -pp) asks for. Call with a merged engine entry. */}}
-{{- define "llmaas.engine.shards" -}}
-{{- $stages := 1 -}}
+{{/* The parallelism one vLLM pod runs with, as YAML {tp, pp, dp}: tensorParallelSize (rendered
+as --tensor-parallel-size before extraArgs), then each -tp, -pp, -dp of extraArgs as vLLM's
+parser reads them: --tensor-parallel-size, --pipeline-parallel-size, --data-parallel-size, with
+the value next or after "=", "_" for "-" in long flags, a long flag cut short (argparse
+completes --tensor-parallel), and the last of each winning. Call with a merged engine entry. */}}
+{{- define "llmaas.engine.parallel" -}}
+{{- $sizes := dict "tp" (.tensorParallelSize | int) "pp" 1 "dp" 1 -}}
+{{- $short := dict "-tp" "tp" "-pp" "pp" "-dp" "dp" -}}
+{{- $long := dict "tp" "--tensor-parallel-size" "pp" "--pipeline-parallel-size" "dp" "--data-parallel-size" -}}
 {{- $args := .extraArgs | default list -}}
 {{- range $i, $arg := $args -}}
-{{- $a := toString $arg -}}
-{{- if and (has $a (list "--pipeline-parallel-size" "-pp")) (lt (add1 $i) (len $args)) -}}
-{{- $stages = index $args (add1 $i) | int -}}
-{{- else if hasPrefix "--pipeline-parallel-size=" $a -}}
-{{- $stages = trimPrefix "--pipeline-parallel-size=" $a | int -}}
+{{- $flag := toString $arg -}}
+{{- $value := "" -}}
+{{- if contains "=" $flag -}}
+{{- $parts := splitn "=" 2 $flag -}}
+{{- $flag = $parts._0 -}}
+{{- $value = $parts._1 -}}
+{{- else if lt (add1 $i) (len $args) -}}
+{{- $value = index $args (add1 $i) | toString -}}
 {{- end -}}
+{{- if hasPrefix "--" $flag }}{{ $flag = replace "_" "-" $flag }}{{ end -}}
+{{- $which := get $short $flag -}}
+{{- range $key, $name := $long -}}
+{{- if and (ge (len $flag) 4) (hasPrefix $flag $name) }}{{ $which = $key }}{{ end -}}
 {{- end -}}
-{{- mul (.tensorParallelSize | int) (max $stages 1) -}}
+{{- if $which }}{{ $_ := set $sizes $which (max ($value | int) 1) }}{{ end -}}
+{{- end -}}
+{{- toYaml $sizes -}}
+{{- end -}}
+
+{{/* The GPUs one vLLM pod needs: a worker per GPU, tensor x pipeline x data parallel
+(llmaas.engine.parallel). Call with a merged engine entry. */}}
+{{- define "llmaas.engine.shards" -}}
+{{- $p := include "llmaas.engine.parallel" . | fromYaml -}}
+{{- mul $p.tp $p.pp $p.dp -}}
 {{- end -}}
 
 {{/* How the gateway names an engine: every address of its headless Service. */}}
@@ -202,16 +230,17 @@ true
 {{- end -}}
 
 {{/* LLMAAS_REDIS_URL, never with the password: that reaches the gateway as LLMAAS_REDIS_PASSWORD
-(any character allowed; in a URL, / @ # % ? would break it). An ACL user name in
-redis.external.url is kept. */}}
+(any character allowed; in a URL, / @ # % ? would break it), from a Secret. The URL is a plain
+env value of the Deployments, so redis.external.url with a password is refused; an ACL user
+name in it is kept. */}}
 {{- define "llmaas.redis.url" -}}
 {{- if .Values.redis.enabled -}}
 {{- printf "redis://%s.%s.svc.%s:6379/0" (include "llmaas.redis.fullname" .) .Release.Namespace .Values.clusterDomain -}}
-{{- else if include "llmaas.redis.hasPassword" . -}}
-{{- $url := urlParse .Values.redis.external.url -}}
-{{- $_ := set $url "userinfo" (first (splitList ":" $url.userinfo)) -}}
-{{- urlJoin $url -}}
 {{- else -}}
+{{- $userinfo := (urlParse .Values.redis.external.url).userinfo -}}
+{{- if and (contains ":" $userinfo) (splitn ":" 2 $userinfo)._1 -}}
+{{- fail "redis.external.url: has a password in it, which would be readable by anyone who can read the Deployments (it is their LLMAAS_REDIS_URL): give it as redis.external.password (value or existingSecret) and the URL without it; an ACL user name may stay (rediss://default@host:6380/0)" -}}
+{{- end -}}
 {{- .Values.redis.external.url -}}
 {{- end -}}
 {{- end -}}
@@ -300,6 +329,22 @@ HMAC secret, the others a public key, a JWKS file or jwks_url. */ -}}
 {{- if not $usable -}}
 {{- fail (printf "gateway.config.auth.jwt.algorithms %v: no key for any of them (%s set): HS* need gateway.jwt.hmacSecret, the others gateway.jwt.publicKey, gateway.jwt.jwks or jwks_url; the gateway refuses to start without one" $algorithms (join ", " $sources)) -}}
 {{- end -}}
+{{- /* As the gateway (RFC 7518 3.2): an HMAC key at least as long as the hash of the strongest
+HS* listed, in bytes. A secret in an existingSecret cannot be read here (deploy.md says so). */ -}}
+{{- $secret := .Values.gateway.jwt.hmacSecret.value -}}
+{{- if $secret -}}
+{{- $needed := 0 -}}
+{{- $strongest := "" -}}
+{{- range $alg := $algorithms -}}
+{{- if hasPrefix "HS" $alg -}}
+{{- $bytes := div (trimPrefix "HS" $alg | int) 8 | int -}}
+{{- if gt $bytes $needed }}{{ $needed = $bytes }}{{ $strongest = $alg }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- if lt (len $secret) $needed -}}
+{{- fail (printf "gateway.jwt.hmacSecret.value: %d bytes, but %s needs at least %d (gateway.config.auth.jwt.algorithms %v): the gateway refuses to start with a shorter HMAC secret; give a longer one" (len $secret) $strongest $needed $algorithms) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- if $jwt -}}
 {{- $auth := $config.auth | default dict -}}
@@ -317,6 +362,15 @@ HMAC secret, the others a public key, a JWKS file or jwks_url. */ -}}
 {{- range $ft.baseModels }}{{ $_ := set $bases .name .path }}{{ end -}}
 {{- $_ := set $tuning "base_models" $bases -}}
 {{- $_ := set $tuning "max_lora_rank" $ft.maxLoraRank -}}
+{{- /* A job left on lora_rank "auto" trains at fine_tuning.lora_rank (8 by default): never
+above what the engines load (the gateway refuses to start with it higher). */ -}}
+{{- if hasKey $tuning "lora_rank" -}}
+{{- if gt (int $tuning.lora_rank) (int $ft.maxLoraRank) -}}
+{{- fail (printf "gateway.config.fine_tuning.lora_rank %v is above fineTuning.maxLoraRank %v (the engines' --max-lora-rank): the adapter of a job left on lora_rank \"auto\" could not be loaded" $tuning.lora_rank $ft.maxLoraRank) -}}
+{{- end -}}
+{{- else -}}
+{{- $_ := set $tuning "lora_rank" (min 8 (int $ft.maxLoraRank)) -}}
+{{- end -}}
 {{- $_ := set $config "fine_tuning" $tuning -}}
 {{- end -}}
 {{- toYaml $config -}}

@@ -93,10 +93,12 @@ requests the gateway still sends it. */ -}}
 {{- fail (printf "engines[%s].terminationGracePeriodSeconds (%d) leaves vLLM no time to finish the requests in flight after the preStopSleepSeconds (%v) and 10 s to exit: it would abort them; raise it" $e.name $grace ($e.preStopSleepSeconds | default 0)) -}}
 {{- end -}}
 
-{{- /* vLLM puts one shard of the model on each GPU: a pod given fewer never starts. */ -}}
+{{- /* vLLM runs a worker on each GPU (a shard of the model, of a pipeline stage, of a data
+parallel rank): a pod given fewer never starts. */ -}}
 {{- $shards := include "llmaas.engine.shards" $e | int -}}
 {{- if and (not $e.simulator) $e.gpu.count (lt (int $e.gpu.count) $shards) -}}
-{{- fail (printf "engines[%s].gpu.count: %d GPU(s) for %d shards (tensorParallelSize %d, times the pipeline stages of extraArgs): vLLM needs a GPU per shard and would not start; raise gpu.count or leave it null (one per shard)" $e.name (int $e.gpu.count) $shards (int $e.tensorParallelSize)) -}}
+{{- $p := include "llmaas.engine.parallel" $e | fromYaml -}}
+{{- fail (printf "engines[%s].gpu.count: %d GPU(s) for %d workers (tensor parallel %d x pipeline parallel %d x data parallel %d, from tensorParallelSize and the last -tp, -pp, -dp of extraArgs): vLLM needs a GPU per worker and would not start; raise gpu.count or leave it null (one per worker)" $e.name (int $e.gpu.count) $shards (int $p.tp) (int $p.pp) (int $p.dp)) -}}
 {{- end -}}
 
 {{- $a := $e.autoscaling -}}
