@@ -44,6 +44,7 @@ class Progress:
             resumed = f", from step {item['resumed_at'] + 1}" if item.get("resumed_at") else ""
             await self._event(
                 f"Training {_counted(examples, 'example')} for {_counted(epochs, 'epoch')} "
+                f"on the {str(item.get('device', 'cpu')).upper()} "
                 f"({_counted(steps, 'step')}{resumed})"
             )
         elif kind == "step":

@@ -142,9 +142,16 @@ def collate(batch: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
     }
 
 
-def load_model(spec: Spec) -> Any:
+def device() -> torch.device:
+    """A GPU when the process sees one (the trainer pod's `nvidia.com/gpu`), else the CPU.
+    float32 on either: the adapter a paused run ends with is an unpaused run's."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(spec: Spec, on: torch.device) -> Any:
     torch.manual_seed(spec.seed)  # the adapter's initial weights
     base = AutoModelForCausalLM.from_pretrained(spec.base_model_dir, dtype=torch.float32)
+    base.to(on)
     base.config.use_cache = False
     config = LoraConfig(
         r=spec.lora_rank,
@@ -154,16 +161,21 @@ def load_model(spec: Spec) -> Any:
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(base, config)
+    return get_peft_model(base, config).to(on)
 
 
-def train(model: Any, examples: list[Example], spec: Spec, pad_id: int) -> int:
+def train(model: Any, examples: list[Example], spec: Spec, pad_id: int, on: torch.device) -> int:
     per_epoch = math.ceil(len(examples) / spec.batch_size)
     progress = Progress(steps=per_epoch * spec.n_epochs)
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(trainable.values(), lr=spec.learning_rate)
-    done = restore(spec, trainable, optimizer, progress)
-    start = {"examples": len(examples), "steps": progress.steps, "epochs": spec.n_epochs}
+    done = restore(spec, trainable, optimizer, progress, on)
+    start = {
+        "examples": len(examples),
+        "steps": progress.steps,
+        "epochs": spec.n_epochs,
+        "device": on.type,
+    }
     emit({"type": "start", **start, **({"resumed_at": done} if done else {})})
     model.train()
     for epoch in range(1, spec.n_epochs + 1):
@@ -174,7 +186,8 @@ def train(model: Any, examples: list[Example], spec: Spec, pad_id: int) -> int:
             if PAUSE["asked"]:
                 checkpoint(spec, trainable, optimizer, progress)
                 raise Paused
-            loss = model(**collate(batch, pad_id)).loss
+            inputs = {name: t.to(on) for name, t in collate(batch, pad_id).items()}
+            loss = model(**inputs).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
@@ -193,11 +206,13 @@ def train(model: Any, examples: list[Example], spec: Spec, pad_id: int) -> int:
     return progress.tokens
 
 
-def restore(spec: Spec, trainable: dict[str, Any], optimizer: Any, progress: Progress) -> int:
+def restore(
+    spec: Spec, trainable: dict[str, Any], optimizer: Any, progress: Progress, on: torch.device
+) -> int:
     """Load a pause's checkpoint, if the spec names one that exists: the steps it trained."""
     if spec.checkpoint_dir is None or not (spec.checkpoint_dir / CHECKPOINT).is_file():
         return 0
-    saved = torch.load(spec.checkpoint_dir / CHECKPOINT, weights_only=True)
+    saved = torch.load(spec.checkpoint_dir / CHECKPOINT, weights_only=True, map_location=on)
     with torch.no_grad():
         for name, value in saved["adapter"].items():
             trainable[name].copy_(value)
@@ -245,8 +260,9 @@ def run(spec: Spec) -> None:
     examples = load_examples(tokenizer, spec.training_file, spec.max_length)
     pad_id = tokenizer.pad_token_id
     pad_id = tokenizer.eos_token_id if pad_id is None else pad_id
-    model = load_model(spec)
-    tokens = train(model, examples, spec, int(pad_id))
+    on = device()
+    model = load_model(spec, on)
+    tokens = train(model, examples, spec, int(pad_id), on)
     save_atomically(model, spec.output_dir)
     emit(
         {

@@ -261,6 +261,7 @@ async def test_a_cancelled_job_stops_training_and_frees_the_worker(ft: FtE2E) ->
         paused_at = next(m for m in said if m.startswith("Training paused"))
         step = int(paused_at.removeprefix("Training paused after step ").split(";")[0])
         assert any(m.endswith(f", from step {step + 1})") for m in said), said  # not from 1
+        assert any(" on the CPU (" in m for m in said), said  # no GPU here: the trainer says so
         cancelled = await client.fine_tuning.jobs.cancel(long.id)
         assert cancelled.status == "cancelled"
         short = await client.fine_tuning.jobs.create(
