@@ -44,7 +44,7 @@ class Progress:
             resumed = f", from step {item['resumed_at'] + 1}" if item.get("resumed_at") else ""
             await self._event(
                 f"Training {_counted(examples, 'example')} for {_counted(epochs, 'epoch')} "
-                f"on the {str(item.get('device', 'cpu')).upper()} "
+                f"on the {_device(item.get('device'))} "
                 f"({_counted(steps, 'step')}{resumed})"
             )
         elif kind == "step":
@@ -102,3 +102,9 @@ class Progress:
 def _counted(number: object, noun: str) -> str:
     """'1 epoch', '3 epochs'."""
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _device(kind: object) -> str:
+    """torch's device type as an event says it: the CPU, the GPU (`cuda`), …"""
+    kind = str(kind or "cpu")
+    return "GPU" if kind == "cuda" else kind.upper()
