@@ -19,7 +19,7 @@ from gateway.errors import ApiError, BadGateway, GatewayTimeout, ServiceUnavaila
 from gateway.metrics import Metrics
 from gateway.proxy.h1 import ConnectFailed, Disconnected, H1Response
 from gateway.proxy.h1_pool import H1Pool
-from gateway.proxy.normalize import model_missing
+from gateway.proxy.normalize import model_missing, stream_error_status
 from gateway.routing.engines import Engine
 from gateway.settings import UpstreamSettings
 
@@ -134,14 +134,17 @@ class Upstream:
         `inflight` (the caller decrements it when done, and closes the response).
 
         A refused connection, a connection that broke before any answer (an engine that died
-        under a pooled keep-alive connection), a 5xx answer, or a 404 saying the engine does not
-        serve the model (it restarted since the last models poll and forgot an adapter), while
-        another engine is left to try, moves on (at most `max_attempts` engines): nothing
-        reached the client yet. Once an engine answered otherwise, the request is never sent
-        again. When the last engine to try says it does not serve the model and a `reload` is
-        given, the model is put back on it and the request sent there once more.
-        `trying` hears each engine as it is tried (None when none could be reached), so a
-        caller cancelled meanwhile knows where its request may have gone.
+        under a pooled keep-alive connection), a 5xx answer, a stream that broke or sent a 5xx
+        error frame before its first frame (vLLM answers 200 as it takes a request and sends
+        the first frame with the first token: an engine killed while the request waited), or
+        a 404 saying the engine does not serve the model (it restarted since the last models
+        poll and forgot an adapter), while another engine is left to try, moves on (at most
+        `max_attempts` engines): nothing reached the client yet, and nothing was generated.
+        Once an engine answered otherwise, the request is never sent again. When the last
+        engine to try says it does not serve the model and a `reload` is given, the model is
+        put back on it and the request sent there once more. `trying` hears each engine as it
+        is tried (None when none could be reached), so a caller cancelled meanwhile knows where
+        its request may have gone.
         """
         if not engines:  # (a dns:// name that resolves to nothing yet, say)
             trying(None)
@@ -167,15 +170,13 @@ class Upstream:
                 engine.inflight -= 1
                 self.open_requests -= 1
                 continue
-            if resp.status >= 500 and i + 1 < len(tried):
-                self._metrics.upstream_errors.labels(engine.url, f"http_{resp.status}").inc()
-                resp.close()
-                engine.inflight -= 1
-                engine.record_failure("http_5xx", f"status {resp.status}")
-                continue
             last = i + 1 == len(tried)
-            if resp.status == 404 and (not last or reload is not None):
-                answer = await self._unless_model_missing(engine, resp)
+            answered = resp if last else await self._unless_failed(engine, resp)
+            if answered is None:
+                engine.inflight -= 1
+                continue
+            if answered.status == 404 and (not last or reload is not None):
+                answer = await self._unless_model_missing(engine, answered)
                 if answer is not None:
                     return engine, answer
                 engine.inflight -= 1
@@ -185,12 +186,51 @@ class Upstream:
                         [engine], path, body, headers, stream, trying=trying, method=method
                     )
                 continue
-            return engine, resp
+            return engine, answered
         trying(None)
         raise _unavailable()
 
+    async def _unless_failed(self, engine: Engine, resp: H1Response) -> UpstreamResponse | None:
+        """None for a 5xx, or a stream that failed before its first frame (_first_frame): the
+        request may go to another engine. Else the answer."""
+        if resp.status >= 500:
+            self._metrics.upstream_errors.labels(engine.url, f"http_{resp.status}").inc()
+            resp.close()
+            engine.record_failure("http_5xx", f"status {resp.status}")
+            return None
+        if resp.status == 200 and resp.content_type == "text/event-stream":
+            return await self._first_frame(engine, resp)
+        return resp
+
+    async def _first_frame(self, engine: Engine, resp: H1Response) -> UpstreamResponse | None:
+        """A stream, once its first bytes came; None when it broke before them, or they are an
+        error frame of a 5xx (vLLM's engine core gone): the request may go to another engine.
+        Silent past the idle timeout, it is handed on with that failure, as before. Cancelled
+        meanwhile (the client left), it gives back the response and the engine's count."""
+        frames = resp.chunks()
+        try:
+            first = await anext(frames, b"")
+        except UpstreamBroken as exc:
+            if exc.kind == "timeout":  # slow, not gone: the relay answers it as it would
+                return _Begun(resp, frames, b"", exc)
+            resp.close()
+            self.failure(engine, exc.kind, exc.cause)
+            return None
+        except BaseException:
+            resp.close()
+            engine.inflight -= 1
+            raise
+        if first.startswith(b'data: {"error"'):
+            status = stream_error_status(first[6:].split(b"\n", 1)[0])
+            if status >= 500:
+                resp.close()
+                self._metrics.upstream_errors.labels(engine.url, f"http_{status}").inc()
+                engine.record_failure("http_5xx", f"error frame {status}")
+                return None
+        return _Begun(resp, frames, first)
+
     async def _unless_model_missing(
-        self, engine: Engine, resp: H1Response
+        self, engine: Engine, resp: UpstreamResponse
     ) -> UpstreamResponse | None:
         """A 404 (read whole: a small error body). None when the engine said it does not serve
         the model (another engine may: the request is tried there); else the answer, as read.
@@ -297,6 +337,42 @@ class _Read:
 
     async def read(self) -> bytes:
         return self._body
+
+    def release(self) -> None:
+        self._resp.release()
+
+    def close(self) -> None:
+        self._resp.close()
+
+
+class _Begun:
+    """A stream whose first bytes Upstream.open read to see that it began: those bytes (or
+    the failure that came instead), then the rest as it arrives."""
+
+    def __init__(
+        self,
+        resp: H1Response,
+        frames: AsyncIterator[bytes],
+        first: bytes,
+        failed: UpstreamBroken | None = None,
+    ) -> None:
+        self._resp = resp
+        self._frames = frames
+        self._first = first
+        self._failed = failed
+        self.status = resp.status
+        self.content_type = resp.content_type
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self._failed is not None:
+            raise self._failed
+        if self._first:
+            yield self._first
+        async for chunk in self._frames:
+            yield chunk
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.chunks()])
 
     def release(self) -> None:
         self._resp.release()

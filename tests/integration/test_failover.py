@@ -149,3 +149,44 @@ async def test_an_engine_killed_under_kept_alive_connections_loses_no_request(
             assert await asyncio.gather(*(ask() for _ in range(8))) == [200] * 8
             await a.kill()
             assert (await sim_state(http, b.url))["total_requests"] >= 8 + 4
+
+
+async def test_an_engine_killed_before_the_first_token_loses_no_request(tmp_path: Path) -> None:
+    """vLLM answers 200 as it takes a request and sends the first frame with the first token:
+    requests waiting for it on an engine killed then (queued, prefilling) broke after the
+    headers, and failed (a stream: 200 and an error frame; a plain request: 502) while the
+    other engine was idle. Nothing had been generated, and nothing reached the clients: they
+    go to the next engine."""
+    a, b = SimProcess((MODEL,)), SimProcess((MODEL,))
+    async with sim_processes(a, b):
+        settings = gateway_settings(
+            a.url,
+            tmp_path / "spill",
+            models=[{"name": MODEL, "engines": [a.url, b.url]}],
+            routing={"strategy": "round_robin", "health_interval_s": 60},
+        )
+        async with (
+            serve_asgi(create_app(settings)) as gateway,
+            aiohttp.ClientSession() as http,
+            openai.AsyncOpenAI(base_url=f"{gateway}/v1", api_key="x", max_retries=0) as oai,
+        ):
+            slow = {"sim": {"ttft_ms": 500}}
+
+            async def plain() -> str | None:
+                reply = await oai.chat.completions.create(
+                    model=MODEL, messages=HELLO, extra_body=slow
+                )
+                return reply.choices[0].finish_reason
+
+            async def streamed() -> str | None:
+                stream = await oai.chat.completions.create(
+                    model=MODEL, messages=HELLO, stream=True, extra_body=slow
+                )
+                return [c async for c in stream if c.choices][-1].choices[0].finish_reason
+
+            asked = [asyncio.create_task(f()) for f in (plain, streamed) * 4]
+            await wait_running(http, a.url, 4)  # half of them wait on `a` for their first token
+            assert a.process is not None
+            a.process.send_signal(signal.SIGKILL)
+            assert all(await asyncio.gather(*asked))  # every one answered whole
+            assert (await sim_state(http, b.url))["total_requests"] == 8
