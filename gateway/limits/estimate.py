@@ -97,9 +97,11 @@ def positive_int(value: Any) -> int | None:
 def reserved_tokens(
     body: dict[str, Any], default_max_tokens: int, context_length: int | None = None
 ) -> int:
-    """Every prompt's estimate plus the most the engine may generate for it, times `n`. Without
-    max_tokens the default applies (or min_tokens, if more), capped by what the model's context
-    leaves after the prompt, which is all reserved with ignore_eos: nothing stops it sooner."""
+    """Every prompt's estimate plus the most the engine may generate for it, times `n`: its
+    max_tokens, or without one the default (or min_tokens, if more), capped by what the model's
+    context leaves after the prompt, which is all reserved with ignore_eos: nothing stops it
+    sooner. A max_tokens past the context is capped too: the engine refuses it (400), and a
+    tpm limit must not refuse it first as too large (429)."""
     prompts = _prompts(body)
     if "input" in body and "messages" not in body and "prompt" not in body:
         return sum(prompts)  # embeddings generate nothing
@@ -107,8 +109,11 @@ def reserved_tokens(
     # has only max_tokens (vLLM ignores the other there: reserved by it, 5 became 50).
     renamed = body.get("max_completion_tokens") if "messages" in body else None
     limit = positive_int(renamed or body.get("max_tokens"))
-    if limit is not None:
-        completion = limit * len(prompts)
+    if limit is not None:  # no more than the context leaves (more is the engine's 400)
+        if context_length is None:
+            completion = limit * len(prompts)
+        else:
+            completion = sum(min(limit, max(1, context_length - p)) for p in prompts)
     else:  # the engine goes on to the context's end: at least min_tokens, all with ignore_eos
         least = max(default_max_tokens, positive_int(body.get("min_tokens")) or 0)
         if context_length is None:

@@ -138,6 +138,19 @@ async def test_a_completion_is_reserved_what_its_engine_generates(auth: AuthStac
     assert "Request too large" in info.value.message
 
 
+async def test_max_tokens_past_the_context_is_the_engines_400_not_too_large(
+    auth: AuthStack,
+) -> None:
+    """A max_tokens the model's context cannot hold (2,048 on the simulator) was reserved
+    whole: on a tpm that fits the context, a 429 "Request too large" (the SDK's
+    RateLimitError, never retried) for what vLLM refuses as a bad request."""
+    key = await auth.new_key(tpm=3000)
+    async with auth.client(key) as oai:
+        with pytest.raises(openai.BadRequestError) as info:
+            await oai.completions.create(model=MODEL, prompt="hi", max_tokens=50_000)
+    assert info.value.param == "max_tokens"
+
+
 async def test_a_request_the_engine_keeps_generating_is_reserved_to_the_context_end(
     auth: AuthStack,
 ) -> None:

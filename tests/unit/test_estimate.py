@@ -53,7 +53,10 @@ def test_default_completion_is_capped_by_the_context_left() -> None:
     body = {"prompt": "x" * 396}  # 100 tokens estimated
     assert reserved_tokens(body, 1024, context_length=612) == 100 + 512
     assert reserved_tokens(body, 256, context_length=8192) == 100 + 256
-    assert reserved_tokens({**body, "max_tokens": 2000}, 256, context_length=612) == 2100
+    # A max_tokens past what the context leaves: the engine's 400, not a reservation of 2,100
+    assert reserved_tokens({**body, "max_tokens": 2000}, 256, context_length=612) == 100 + 512
+    assert reserved_tokens({**body, "max_tokens": 2000}, 256) == 2100  # context unknown
+    assert reserved_tokens({**body, "max_tokens": 300}, 256, context_length=612) == 400
 
 
 def test_what_keeps_the_engine_generating_without_max_tokens_is_reserved() -> None:

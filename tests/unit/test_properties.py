@@ -104,7 +104,8 @@ def test_a_reservation_covers_the_prompt_and_every_completion(
     chars = sum(len(m["content"]) for m in messages)
     assert prompt >= 1
     assert prompt >= chars // 4  # never under the estimate's own rate
-    if max_tokens is not None:
-        assert reserved == prompt + max_tokens * (n or 1)
+    if max_tokens is not None:  # no more than the context leaves, if it is known
+        room = max_tokens if context is None else min(max_tokens, max(1, context - prompt))
+        assert reserved == prompt + room * (n or 1)
     else:
         assert prompt + (n or 1) <= reserved <= prompt + default * (n or 1)
