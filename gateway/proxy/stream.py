@@ -272,9 +272,9 @@ async def relay_stream(
             return Outcome.REJECTED
         error = deps.upstream.failure(engine, broken.kind, broken.cause, stream=True, midway=True)
     except asyncio.CancelledError:
-        refused = shown.engine_error
-        if refused is not None and refused < 500 and cut is not None and cut.client_gone():
-            return outcome_of_status(refused)  # it left after the refusal, its whole answer
+        whole = _whole_answer(shown)
+        if whole is not None and cut is not None and cut.client_gone():
+            return whole  # it left after its whole answer
         if cut is None or not cut.shutting_down():
             raise  # the client left, or uvicorn cancels: nobody to answer
         error, shut = shutdown_error(), True
@@ -287,6 +287,16 @@ async def relay_stream(
     if shown.engine_error is not None:  # the engine ended it with its own error
         return outcome_of_status(shown.engine_error)
     return Outcome.OK
+
+
+def _whole_answer(shown: Frames) -> Outcome | None:
+    """How a stream whose client left ended, if the client had its whole answer by then: the
+    engine's refusal frame (the SDK raises at it and closes), or a Responses stream's terminal
+    event (the SDK's `break` on response.completed; vLLM has stored the response); else None."""
+    refused = shown.engine_error
+    if refused is not None:
+        return outcome_of_status(refused) if refused < 500 else None
+    return Outcome.OK if shown.finished else None
 
 
 async def _relay_frames(

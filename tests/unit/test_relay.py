@@ -316,3 +316,15 @@ async def test_a_grammar_the_engine_cannot_compile_names_the_field_it_came_from(
         error = orjson.loads(run.body.split(b"\n\n")[0].removeprefix(b"data: "))["error"]
         assert error["param"] == call(ModelPool("m", [])).grammar
         assert error["message"].startswith(f"Invalid value for '{error['param']}': Grammar")
+
+
+async def test_a_response_stream_left_at_its_terminal_event_is_whole() -> None:
+    """The SDK's `break` on response.completed closes the connection before vLLM ends its
+    stream: recorded client_disconnected (499), the response's home was not remembered, and
+    the stored response answered 404 for good. The client had the whole answer."""
+    steps: list[Any] = [*OPENING, text_delta("Hi", 2), COMPLETED, 0.5]
+    upstream = FakeUpstream(FakeResponse(steps=steps))
+    run = await run_proxy(upstream, response_stream_call, leave_after_s=0.05)
+    assert run.body.rstrip().endswith(b'"sequence_number":5}')
+    assert (run.result.status, run.result.outcome) == (200, Outcome.OK)
+    assert (run.result.response_id, run.result.usage) == ("resp_1", Usage(7, 2))
