@@ -10,41 +10,34 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.admin_cli import add_admin_commands, run_admin
-from gateway.auth.jwks import key_file_errors
 from gateway.cli_options import at_least_one, port_number
 from gateway.embedded.up import run_up
 from gateway.finetune.trainer_cli import add_trainer_command
 from gateway.finetune_cli import add_finetune_commands
 from gateway.server import run_server
-from gateway.settings_load import ConfigError, load_settings
+from gateway.settings_load import ConfigError, usable_settings
 from gateway.sim.server import add_sim_arguments, from_args, run
 from gateway.usage_cli import add_usage_command
 
 
 def _serve(args: argparse.Namespace) -> int:
     try:
-        settings = load_settings(args.config)
+        settings = usable_settings(args.config)
     except (ConfigError, OSError) as exc:
-        print(f"llmaas serve: invalid configuration: {exc}", file=sys.stderr)
-        return 2
-    jwt = settings.auth.jwt
-    hmac = jwt.hmac_secret is not None and any(a.startswith("HS") for a in jwt.algorithms)
-    errors = key_file_errors(
-        jwt.public_key_file,
-        jwt.jwks_file,
-        jwt.jwks_ca_file,
-        algorithms=jwt.algorithms,
-        other_keys=hmac or jwt.jwks_url is not None,
-    )
-    if errors:
-        where = "\n  ".join(["", *errors]) if len(errors) > 1 else " " + errors[0]
-        print(f"llmaas serve: invalid configuration:{where}", file=sys.stderr)
+        print(f"llmaas serve: invalid configuration:{_said(exc)}", file=sys.stderr)
         return 2
     # A flag given wins over the file and the environment (argparse checked its range).
     flags = {"host": args.host, "port": args.port, "workers": args.workers}
     settings = settings.model_copy(update={k: v for k, v in flags.items() if v is not None})
     run_server(settings, args.config)
     return 0
+
+
+def _said(exc: BaseException) -> str:
+    """A config error after its command's "invalid configuration:": on its line, or (several
+    lines, each indented) below it."""
+    text = str(exc)
+    return text if text.startswith("\n") else " " + text
 
 
 def _sim(args: argparse.Namespace) -> int:

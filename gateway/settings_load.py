@@ -3,8 +3,10 @@ them said for a person, one line per field by its path, never a value (it may be
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
@@ -13,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import SettingsError
 
+from gateway.auth.jwks import key_file_errors
 from gateway.errors import field_path
 from gateway.settings import Settings
 
@@ -28,7 +31,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     if path is not None:
         try:
             with path.open(encoding="utf-8") as file:  # (YAML's errors then name the file)
-                loaded = yaml.safe_load(file) or {}
+                loaded = yaml.load(file, Loader=_UniqueKeys) or {}  # (a SafeLoader)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(loaded, dict):
@@ -36,6 +39,13 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         data.update(loaded)
     data.update(overrides)
     where = str(path) if path is not None else "settings"
+    unknown = unknown_variables(os.environ)
+    if unknown:
+        raise ConfigError(
+            "\n  ".join(["environment:", *unknown])
+            if len(unknown) > 1
+            else f"environment: {unknown[0]}"
+        )
     try:
         return Settings(**data)
     except SettingsError as exc:
@@ -45,6 +55,77 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         if len(lines) == 1:
             raise ConfigError(f"{where}: {lines[0]}") from None
         raise ConfigError("\n  ".join([f"{where}:", *lines])) from None
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: the second `limits:` of a
+    file took the place of the first, whose settings were dropped without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def usable_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """load_settings, and the JWT key files it names read and checked: what `llmaas serve` and
+    `llmaas up` check before they start anything. Raises ConfigError (one line per wrong
+    field, never a value) or OSError."""
+    settings = load_settings(path, **overrides)
+    jwt = settings.auth.jwt
+    hmac = jwt.hmac_secret is not None and any(a.startswith("HS") for a in jwt.algorithms)
+    errors = key_file_errors(
+        jwt.public_key_file,
+        jwt.jwks_file,
+        jwt.jwks_ca_file,
+        algorithms=jwt.algorithms,
+        other_keys=hmac or jwt.jwks_url is not None,
+    )
+    if errors:
+        raise ConfigError("\n  ".join(["", *errors]) if len(errors) > 1 else errors[0])
+    return settings
+
+
+# LLMAAS_* names read by the tools beside the gateway's settings: the client commands' gateway
+# and key, the engine home, the config file handed to workers, the disconnect test's seed.
+NOT_SETTINGS = frozenset(
+    {"LLMAAS_URL", "LLMAAS_API_KEY", "LLMAAS_HOME", "LLMAAS_CONFIG_FILE", "LLMAAS_DISCONNECT_SEED"}
+)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """LLMAAS_* variables that name no setting, each with what it may have meant: pydantic
+    reads only the names of fields, so a misspelt top-level one (LLMAAS_UPSTREAM_TIMEOUT_S for
+    LLMAAS_UPSTREAM__…) was ignored without a word, while one inside a section is refused."""
+    fields = {name.upper(): info for name, info in Settings.model_fields.items()}
+    sections = [n for n, info in fields.items() if _is_section(info.annotation)]
+    said = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith("LLMAAS_") or upper in NOT_SETTINGS:
+            continue
+        top = upper.removeprefix("LLMAAS_").split("__", 1)[0]
+        if top in fields:
+            continue
+        section = next((s for s in sections if top.startswith(s + "_")), None)
+        if section is not None:
+            guess = f"LLMAAS_{section}__{upper.removeprefix(f'LLMAAS_{section}_')}"
+        else:
+            close = difflib.get_close_matches(top, list(fields), n=1)
+            guess = f"LLMAAS_{close[0]}" if close else ""
+        hint = f" (did you mean {guess}?)" if guess else ""
+        said.append(f"{name}: not a setting{hint}")
+    return said
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def environment_error(exc: SettingsError) -> str:

@@ -35,6 +35,7 @@ from gateway.netutil import free_port
 from gateway.redis_client import redis_client
 from gateway.server import DrainingServer, started, uvicorn_config
 from gateway.settings import Settings
+from gateway.settings_load import ConfigError, usable_settings
 
 MAX_LORAS = 4  # adapters an engine batches together (more stay loaded and take turns)
 HOST = "127.0.0.1"  # where `llmaas up` listens (the gateway's default host)
@@ -63,6 +64,15 @@ def run_up(
     default: the home)."""
     paths = EmbeddedPaths.resolve(home)
     data = DataDir(data_dir.expanduser().resolve() if data_dir is not None else paths.home)
+    try:  # LLMAAS_* settings, before minutes of preparing and starting anything
+        _preflight_settings(gateway_port, data, paths)
+    except (ConfigError, OSError) as exc:
+        text = str(exc)
+        print(
+            f"llmaas up: invalid configuration:{text if text.startswith(chr(10)) else ' ' + text}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         # Before minutes of preparing and starting the engine, not after (uvicorn's bind).
         ensure_free(HOST, gateway_port, "--port")
@@ -82,6 +92,20 @@ def run_up(
         print(f"llmaas up: error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _preflight_settings(gateway_port: int, data: DataDir, paths: EmbeddedPaths) -> None:
+    """The settings `llmaas up` will run with, built with stand-ins for what it starts (Redis,
+    the engine, the prepared model): a wrong LLMAAS_* variable fails here, said as `llmaas
+    serve` says it, not minutes later in a traceback that quotes its value."""
+    up_settings(
+        gateway_port=gateway_port,
+        redis_url="redis://127.0.0.1:6379/0",
+        admin_token="stand-in-admin-token-of-24",
+        engine_url="http://127.0.0.1:8000",
+        data=data,
+        ready=Prepared(paths.home / "python", paths.home / "model", paths.home / "embedding"),
+    )
 
 
 def ensure_free(host: str, port: int, option: str) -> None:
@@ -186,7 +210,7 @@ def up_settings(
             "trainer_python": str(ready.engine_python),
         },
     }
-    return Settings(**values)  # (not model_validate: that reads no environment)
+    return usable_settings(None, **values)  # (LLMAAS_* read, errors said as `serve` says them)
 
 
 async def _stopped(trainer: Trainer, task: asyncio.Task[object]) -> None:

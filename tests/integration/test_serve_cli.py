@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from gateway.embedded.redis_server import running_redis
 from gateway.sim.config import SimConfig
 from tests.integration.sim_fixture import running_sim_process
+from tests.support.cli import llmaas
 from tests.support.gateways import admin_request, gateway_process, serve_command, shared_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -106,6 +107,48 @@ async def serve_fails(config: Path, env: dict[str, str] | None = None) -> tuple[
     )
     _, err = await proc.communicate()
     return proc.returncode, err
+
+
+async def test_a_misspelt_variable_or_a_key_given_twice_is_refused(tmp_path: Path) -> None:
+    """A top-level LLMAAS_* name that is no setting (one `_` for `__`) was ignored, the default
+    kept; a second `limits:` in a file replaced the first. Both started the gateway."""
+    config = tmp_path / "gw.yaml"
+    config.write_text("dev_mode: true\n")
+    env = {"PATH": "/usr/bin:/bin", "LLMAAS_UPSTREAM_RESPONSE_TIMEOUT_S": "30", "LLMAAS_URL": "x"}
+    code, err = await serve_fails(config, env=env)
+    assert (code, err.decode()) == (
+        2,
+        "llmaas serve: invalid configuration: environment: LLMAAS_UPSTREAM_RESPONSE_TIMEOUT_S: "
+        "not a setting (did you mean LLMAAS_UPSTREAM__RESPONSE_TIMEOUT_S?)\n",
+    )
+    config.write_text("limits: {failure_mode: open}\ndev_mode: true\nlimits: {timeout_s: 2}\n")
+    code, err = await serve_fails(config)
+    assert code == 2
+    assert b"'limits' is given twice" in err
+    assert f'in "{config}", line 3'.encode() in err
+
+
+async def test_up_refuses_a_bad_setting_before_it_starts_anything(tmp_path: Path) -> None:
+    """`llmaas up` built its settings once Redis and the engine were up (minutes), then ended
+    in a traceback quoting the value: the tail of an HMAC secret was printed."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LLMAAS_AUTH__JWT__HMAC_SECRET": "supersecretvalue123",
+        "LLMAAS_AUTH__JWT__ALGORITHMS": '["HS256"]',
+        "LLMAAS_AUTH__JWT__ISSUER": "i",
+        "LLMAAS_AUTH__JWT__AUDIENCE": "a",
+    }
+    home, data = tmp_path / "home", tmp_path / "data"
+    up = [llmaas(), "up", "--home", str(home), "--data-dir", str(data)]
+    proc = await asyncio.create_subprocess_exec(*up, stderr=asyncio.subprocess.PIPE, env=env)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert (proc.returncode, err.decode()) == (
+        2,
+        "llmaas up: invalid configuration: settings: auth.jwt: auth.jwt.hmac_secret must be at "
+        "least 32 bytes for HS256\n",
+    )
+    assert not home.exists()  # nothing prepared, started or written
+    assert not data.exists()
 
 
 async def test_invalid_config_exits_2_naming_the_field(tmp_path: Path) -> None:
