@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.admin_cli import add_admin_commands, run_admin
-from gateway.cli_options import at_least_one, port_number
+from gateway.cli_options import at_least_one, fixed_port, port_number
 from gateway.embedded.up import run_up
 from gateway.finetune.trainer_cli import add_trainer_command
 from gateway.finetune_cli import add_finetune_commands
@@ -51,6 +51,13 @@ def _sim(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
+    if args.engine_port == args.port:
+        print(
+            f"llmaas up: error: --engine-port {args.port} is the gateway's --port: "
+            "give each its own",
+            file=sys.stderr,
+        )
+        return 2
     return run_up(
         gateway_port=args.port, engine_port=args.engine_port, home=args.home, data_dir=args.data_dir
     )
@@ -85,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     add_finetune_commands(sub)
 
     up = sub.add_parser("up", help="Redis + one local vLLM engine + the gateway (make run)")
-    up.add_argument("--port", type=port_number, default=8080, help="gateway port (default 8080)")
+    up.add_argument("--port", type=fixed_port, default=8080, help="gateway port (default 8080)")
     up.add_argument(
         "--engine-port", type=port_number, default=0, help="engine port (default: free)"
     )

@@ -37,6 +37,11 @@ def port_number(value: str) -> int:
     return _int_within(value, 0, 65535)
 
 
+def fixed_port(value: str) -> int:
+    """A TCP port, 1 to 65535: one a client is told (`llmaas up` prints its address)."""
+    return _int_within(value, 1, 65535)
+
+
 def at_least_one(value: str) -> int:
     return _int_within(value, 1, None)
 

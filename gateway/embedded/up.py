@@ -21,6 +21,7 @@ import uvloop
 
 from gateway.app import create_app
 from gateway.auth.authenticate import DEV_PEPPER
+from gateway.cli_options import DEFAULT_URL
 from gateway.embedded.data_dir import DataDir, DataDirInUse, DataDirLayoutError, held
 from gateway.embedded.dev_credentials import DevCredentials, admin_token, dev_key, keep, kept
 from gateway.embedded.engine import EngineSpec, EngineStartError
@@ -236,6 +237,12 @@ async def _stopped(trainer: Trainer, task: asyncio.Task[object]) -> None:
             loop.remove_signal_handler(signum)
 
 
+def _admin_hint(base: str) -> str:
+    """The admin command as it reaches this gateway: the client commands' default is :8080."""
+    url = "" if base == DEFAULT_URL else f"LLMAAS_URL={base} "
+    return f"{url}llmaas keys create --tenant NAME"
+
+
 def banner(
     base: str, *, redis_url: str, spec: EngineSpec, key: str, admin_token: str, data: DataDir
 ) -> str:
@@ -245,7 +252,7 @@ llmaas is up.
   model      {CHAT_MODEL_NAME}  (vLLM on {spec.url}, log {spec.log_path})
   redis      {redis_url}
   api key    {key}   (tenant "dev")
-  admin      LLMAAS_ADMIN_TOKEN={admin_token}   (llmaas keys create --tenant NAME)
+  admin      LLMAAS_ADMIN_TOKEN={admin_token}   ({_admin_hint(base)})
   data       {data.root}   (keys, files, jobs, usage; this key and token again next run)
   fine-tune  on: a trainer runs here (client.files.create + client.fine_tuning.jobs.create)
 

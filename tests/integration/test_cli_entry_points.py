@@ -238,15 +238,25 @@ async def test_help_says_the_defaults_a_user_gets(command: str, defaults: tuple[
     assert not missing, out
 
 
-@pytest.mark.parametrize("option", ["--port", "--engine-port"])
-async def test_up_refuses_a_port_out_of_range_before_preparing_anything(
-    option: str, tmp_path: Path
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--port", "70000"], "argument --port: must be 1 to 65535, got 70000"),
+        (["--engine-port", "70000"], "argument --engine-port: must be 0 to 65535, got 70000"),
+        # 0 was taken: the banner, its examples and the lock then named port 0
+        (["--port", "0"], "argument --port: must be 1 to 65535, got 0"),
+        # the engine started on it, then the gateway failed to bind, in a traceback
+        (["--port", "8123", "--engine-port", "8123"], "--engine-port 8123 is the gateway's"),
+    ],
+)
+async def test_up_refuses_ports_it_cannot_use_before_preparing_anything(
+    args: list[str], said: str, tmp_path: Path
 ) -> None:
     """They were plain ints: `up --port 70000` prepared the engine venv and the model, started
     Redis and vLLM, then died in a traceback (the engine's port: vLLM failed to bind)."""
-    code, _, err = await run_cli("up", option, "70000", "--home", str(tmp_path / "home"))
+    code, _, err = await run_cli("up", *args, "--home", str(tmp_path / "home"))
     assert code == 2
-    assert f"llmaas up: error: argument {option}: must be 0 to 65535, got 70000" in err
+    assert f"llmaas up: error: {said}" in err
     assert not (tmp_path / "home").exists()
 
 
