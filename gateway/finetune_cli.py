@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -139,8 +140,7 @@ async def _jobs(client: TenantClient, args: argparse.Namespace) -> int:
             print(f"{utc_time(event['created_at'])}  {event['level']:5}  {event['message']}")
         return 0
     if args.action == "create":
-        training_file = await _training_file(client, args.training_file)
-        result = await client.call("POST", "/fine_tuning/jobs", _create_body(args, training_file))
+        result = await _create(client, args)
     elif args.action == "list":
         jobs = await client.every_page("/fine_tuning/jobs", {"limit": str(PAGE)})
         result = {"object": "list", "data": jobs, "has_more": False}
@@ -156,14 +156,24 @@ async def _jobs(client: TenantClient, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _training_file(client: TenantClient, given: str) -> str:
-    """The file id to train on: `given`, or the id of `given` uploaded if it is a local file."""
-    path = Path(given)
+async def _create(client: TenantClient, args: argparse.Namespace) -> Any:
+    """The job, on a file id or on a local file uploaded first; a job refused leaves no file
+    it uploaded behind (retries with a typo piled them up towards the tenant's limit)."""
+    path = Path(args.training_file)
     if not await asyncio.to_thread(path.is_file):
-        return given
+        return await client.call(
+            "POST", "/fine_tuning/jobs", _create_body(args, args.training_file)
+        )
     uploaded = await _upload(client, path, "fine-tune")
-    print(f"uploaded {path.name}: {uploaded['id']}", file=sys.stderr)
-    return str(uploaded["id"])
+    file_id = str(uploaded["id"])
+    print(f"uploaded {path.name}: {file_id}", file=sys.stderr)
+    try:
+        return await client.call("POST", "/fine_tuning/jobs", _create_body(args, file_id))
+    except AdminError:
+        with contextlib.suppress(AdminError):
+            await client.call("DELETE", f"/files/{segment(file_id)}")
+            print(f"deleted {file_id}: the job was not created", file=sys.stderr)
+        raise
 
 
 async def _upload(client: TenantClient, path: Path, purpose: str) -> Any:

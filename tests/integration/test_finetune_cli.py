@@ -145,6 +145,13 @@ async def test_a_local_training_file_is_uploaded_before_its_job_is_created(
     assert code == 1  # neither a local file nor an id of the tenant's: the API's refusal
     assert "No file 'file-nope' to train on" in err
     assert "(training_file)" in err
+    before = [f.id async for f in ft.client(key).files.list()]
+    code, _, err = await run_cli(  # refused after the upload: the file it made is deleted
+        "jobs", "create", "--model", "no-such-base", "--training-file", str(data), *auth
+    )
+    assert code == 1
+    assert "deleted file-" in err
+    assert [f.id async for f in ft.client(key).files.list()] == before
     await ft.client(key).fine_tuning.jobs.cancel(job["id"])
 
 
