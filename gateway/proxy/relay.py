@@ -20,7 +20,7 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import ApiError
+from gateway.errors import ApiError, ServiceUnavailable
 from gateway.metering.stream_options import UsageWanted
 from gateway.metering.usage import usage_of
 from gateway.proxy.asgi_send import WriteDeadline, send_bytes, send_error
@@ -268,12 +268,20 @@ class ProxyResponse(Response):
                 return
             await send_bytes(send, 200, normalize_success(body))
             return
-        self._refused(engine, resp.status)
+        await self._engine_error(send, engine, resp.status, body)
+
+    async def _engine_error(self, send: Send, engine: Engine, status: int, body: bytes) -> None:
+        """The engine's error answer, as OpenAI's (normalize_error)."""
+        self._refused(engine, status)
+        if status == 500 and _ENGINE_DEAD in body:  # it answers so until it is restarted
+            await self._send_error(send, _engine_dead())
+            return
+        call = self.call
         await send_bytes(
             send,
-            resp.status,
-            normalize_error(resp.status, body, call.route, call.grammar),
-            extra=engine_refusal_headers(resp.status),
+            status,
+            normalize_error(status, body, call.route, call.grammar),
+            extra=engine_refusal_headers(status),
         )
 
     async def _collected(
@@ -305,6 +313,21 @@ class ProxyResponse(Response):
     async def _send_error(self, send: Send, err: ApiError) -> None:
         self.status_code = err.status_code
         await send_error(send, err)
+
+
+# vLLM's answer once its engine core process died (the OOM killer, a crash): "EngineCore
+# encountered an issue. See stack trace (above) for the root cause." A stack trace the client
+# cannot see, and no Retry-After, for what is the gateway's 503 while the engine is replaced.
+_ENGINE_DEAD = b"EngineCore encountered an issue"
+
+
+def _engine_dead() -> ApiError:
+    return ServiceUnavailable(
+        "The model's engine stopped working (its engine core exited) and cannot answer until it "
+        "is restarted; try again shortly.",
+        code="engine_unavailable",
+        headers={"retry-after": "1"},
+    )
 
 
 def engine_refusal_headers(status: int) -> tuple[tuple[bytes, bytes], ...]:

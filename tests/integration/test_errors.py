@@ -216,6 +216,20 @@ async def test_engine_errors_keep_status_and_message(stack: Stack, status: int) 
     assert error["message"] == f"engine said {status}"
 
 
+async def test_an_engine_whose_core_died_is_a_retryable_503(stack: Stack) -> None:
+    """vLLM answers every request 500 "EngineCore encountered an issue. See stack trace (above)
+    …" once its engine core is gone, until it is restarted: relayed as it was, with no
+    Retry-After and a stack trace the client cannot see."""
+    said = "EngineCore encountered an issue. See stack trace (above) for the root cause."
+    for stream in (False, True):
+        body = {**CHAT, "stream": stream, "sim": {"fail_status": 500, "fail_message": said}}
+        async with stack.http.post(f"{stack.gateway}/v1/chat/completions", json=body) as resp:
+            error = assert_openai_error(await resp.json())
+            assert (resp.status, error["code"]) == (503, "engine_unavailable")
+            assert resp.headers["retry-after"] == "1"
+            assert "stack trace" not in error["message"]
+
+
 async def test_engine_detail_body_is_normalised(stack: Stack) -> None:
     body = {**CHAT, "sim": {"fail_status": 404, "fail_body": "detail"}}
     status, payload = await post(stack, "/v1/chat/completions", body)
