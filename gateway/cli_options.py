@@ -16,7 +16,9 @@ def add_gateway_options(
     parser.add_argument(
         "--url",
         type=gateway_url,
-        default=os.environ.get("LLMAAS_URL", DEFAULT_URL),
+        default=_FromEnvironment(os.environ["LLMAAS_URL"])
+        if "LLMAAS_URL" in os.environ
+        else DEFAULT_URL,
         help=f"the gateway, with or without /v1 (default: $LLMAAS_URL, else {DEFAULT_URL})",
     )
     parser.add_argument(
@@ -57,9 +59,25 @@ def _int_within(value: str, low: int, high: int | None) -> int:
     return number
 
 
+class _FromEnvironment(str):
+    """`--url`'s default as LLMAAS_URL gave it: its error names the variable (argparse names
+    `--url`, which was not given)."""
+
+    __slots__ = ()
+
+
 def gateway_url(value: str) -> str:
     """The gateway's address as the clients add paths to it: the base URL that `llmaas up`
     prints (ending in /v1, what OpenAI clients take) is accepted too."""
+    try:
+        return _gateway_url(value)
+    except argparse.ArgumentTypeError as exc:
+        if isinstance(value, _FromEnvironment):
+            raise argparse.ArgumentTypeError(f"LLMAAS_URL (no --url given): {exc}") from None
+        raise
+
+
+def _gateway_url(value: str) -> str:
     parts = urlsplit(value.strip())
     if "@" in parts.netloc:  # the value is not repeated: it holds a password
         raise argparse.ArgumentTypeError(

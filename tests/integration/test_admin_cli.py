@@ -285,3 +285,10 @@ async def test_ids_stay_in_their_segment_and_the_printed_v1_url_is_taken(auth: A
     assert code == 2
     assert "carries no user or password" in err
     assert "pw-secret" not in err
+    # From LLMAAS_URL, the error named --url, which was not given
+    proc = await asyncio.create_subprocess_exec(
+        entry_point(), *listed, stderr=asyncio.subprocess.PIPE, env={"LLMAAS_URL": "notaurl"}
+    )
+    _, said = await proc.communicate()
+    assert proc.returncode == 2
+    assert b"LLMAAS_URL (no --url given): not an http:// or https:// address" in said
