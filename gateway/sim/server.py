@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from collections.abc import Sequence
 
 import uvicorn
@@ -92,19 +93,34 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def from_args(args: argparse.Namespace) -> tuple[SimConfig, str, int]:
-    """What the parsed options describe: config, host, port. ValueError names a bad value."""
-    config = SimConfig(
-        models=args.model or ["sim-model"],
-        ttft_ms=args.ttft_ms,
-        itl_ms=args.itl_ms,
-        max_tokens=args.max_tokens,
-        embedding_dim=args.embedding_dim,
-        max_model_len=args.max_model_len,
-        kv_cache_tokens=args.kv_cache_tokens,
-        fail_rate=args.fail_rate,
-        fail_status=args.fail_status,
-    )
+    """What the parsed options describe: config, host, port. ValueError names a bad value by
+    its option (`--max-tokens`, not SimConfig's `max_tokens`)."""
+    try:
+        config = SimConfig(
+            models=args.model or ["sim-model"],
+            ttft_ms=args.ttft_ms,
+            itl_ms=args.itl_ms,
+            max_tokens=args.max_tokens,
+            embedding_dim=args.embedding_dim,
+            max_model_len=args.max_model_len,
+            kv_cache_tokens=args.kv_cache_tokens,
+            fail_rate=args.fail_rate,
+            fail_status=args.fail_status,
+        )
+    except ValueError as exc:
+        raise ValueError(_FIELD.sub(_option, str(exc))) from None
     return config, args.host, args.port
+
+
+_FIELD = re.compile(
+    r"\b(models|ttft_ms|itl_ms|max_tokens|embedding_dim|max_model_len|kv_cache_tokens|"
+    r"fail_rate|fail_status)\b"
+)
+
+
+def _option(field: re.Match[str]) -> str:
+    name = field.group(1)
+    return "--model" if name == "models" else "--" + name.replace("_", "-")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

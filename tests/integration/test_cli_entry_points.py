@@ -198,7 +198,7 @@ async def test_sim_refuses_an_unknown_option_by_name() -> None:
 async def test_sim_refuses_a_bad_value_by_name() -> None:
     code, _, err = await run_cli("sim", "--ttft-ms", "-1")
     assert code == 2
-    assert "ttft_ms" in err
+    assert "--ttft-ms" in err
 
 
 @pytest.mark.parametrize(
@@ -206,7 +206,8 @@ async def test_sim_refuses_a_bad_value_by_name() -> None:
     [
         ("--port", "70000", "argument --port: must be 0 to 65535, got 70000"),
         ("--port", "-1", "argument --port: must be 0 to 65535, got -1"),
-        ("--itl-ms", "nan", "ttft_ms and itl_ms must be >= 0 (and finite)"),
+        ("--itl-ms", "nan", "--ttft-ms and --itl-ms must be >= 0 (and finite)"),
+        ("--max-tokens", "-1", "--max-tokens and --embedding-dim must be >= 1"),  # not SimConfig's
     ],
 )
 async def test_sim_refuses_a_port_out_of_range_and_a_latency_not_a_number(
