@@ -18,6 +18,9 @@ _STATE_KEY = "llmaas"
 @dataclass(slots=True)
 class RequestInfo:
     request_id: str
+    # The id the engine is sent (vLLM names its request by it, before a body's `request_id`):
+    # the gateway's own, never a client's; None when request_id is the gateway's already.
+    engine_request_id: str | None = None
     status: int = 0
     model: str | None = None
     engine: str | None = None
@@ -31,12 +34,18 @@ class RequestInfo:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
-def request_id_from(header: bytes | None) -> str:
-    """Keep a client's id when it is short and plain (it ends up in logs); else make one."""
+def request_info(header: bytes | None) -> RequestInfo:
+    """Keep a client's id when it is short and plain (it ends up in logs), and make one for the
+    engine (tenants could otherwise name engine requests, the same name in two tenants);
+    else make one, for both."""
     if header is not None:
         text = header.decode("latin-1")
         if _SANE_ID.fullmatch(text):
-            return text
+            return RequestInfo(text, engine_request_id=_new_id())
+    return RequestInfo(_new_id())
+
+
+def _new_id() -> str:
     return os.urandom(16).hex()  # as unique as uuid4().hex, a fifth of the cost
 
 

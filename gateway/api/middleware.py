@@ -26,7 +26,7 @@ from gateway.errors import ApiError, InternalError
 from gateway.logs import ACCESS_LOGGER
 from gateway.proxy.asgi_send import send_error
 from gateway.proxy.outcome import Outcome
-from gateway.request_context import RequestInfo, attach, request_id_from
+from gateway.request_context import RequestInfo, attach, request_info
 
 _REQUEST_ID = b"x-request-id"
 _ORIGIN = b"origin"
@@ -61,7 +61,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         header, origin = _request_id_and_origin(scope["headers"])
-        info = RequestInfo(request_id_from(header))
+        info = request_info(header)
         attach(scope, info)
         rid_header = (_REQUEST_ID, info.request_id.encode())
         started = time.perf_counter()
@@ -123,6 +123,8 @@ class RequestContextMiddleware:
             "outcome": info.outcome,
             "ttft_ms": None if info.ttft_ms is None else round(info.ttft_ms, 3),
         }
+        if info.engine_request_id is not None:  # the client named the request: the engine's
+            fields["engine_request_id"] = info.engine_request_id
         self.log.info("request", extra={"fields": fields})
 
 

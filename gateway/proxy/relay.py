@@ -163,7 +163,8 @@ class ProxyResponse(Response):
     async def _forward(self, info: RequestInfo, send: Send, again: Engine | None = None) -> None:
         """Ask an engine and answer; `again`: ask this engine for `call.unstreamed`."""
         call, deps = self.call, self.deps
-        headers = {"content-type": "application/json", "x-request-id": info.request_id}
+        engine_id = info.engine_request_id or info.request_id
+        headers = {"content-type": "application/json", "x-request-id": engine_id}
 
         def trying(engine: Engine | None) -> None:
             info.engine = None if engine is None else engine.url

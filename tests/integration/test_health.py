@@ -103,6 +103,9 @@ async def test_access_log_is_json_with_request_id_and_no_prompt(stack: Stack) ->
     assert len(records) == 1
     line = JsonFormatter().format(records[0])
     assert '"request_id":"log-1"' in line
+    engine_id = getattr(records[0], "fields", {})["engine_request_id"]  # what the engine logs
+    assert f'"engine_request_id":"{engine_id}"' in line
+    assert (await stack.sim_state())["last_request"]["headers"]["x-request-id"] == engine_id
     assert '"status":200' in line
     assert f'"model":"{MODEL}"' in line
     assert secret_prompt not in line
