@@ -99,8 +99,7 @@ def media_urls(body: dict[str, Any]) -> Iterator[tuple[str, str, object]]:
 
 
 def _part_fields(path: str, part: dict[str, Any]) -> Iterator[tuple[str, str, object]]:
-    if part.get("type") == TENSOR_PART:
-        yield f"{path}.data", TENSOR_PART, part.get("data")
+    yield from _tensor_part(path, part)
     for name in (*URL_FIELDS, *TENSOR_FIELDS, "input_audio", "file"):
         if name not in part:
             continue
@@ -116,6 +115,15 @@ def _part_fields(path: str, part: dict[str, Any]) -> Iterator[tuple[str, str, ob
     for name in INLINE_FIELDS:
         if name in part:
             yield f"{path}.{name}", name, part[name]
+
+
+def _tensor_part(path: str, part: dict[str, Any]) -> Iterator[tuple[str, str, object]]:
+    """A `prompt_embeds` part: by its type, or by its key under another type (vLLM reads a
+    part with a uuid by its keys, whatever its type)."""
+    if part.get("type") == TENSOR_PART:
+        yield f"{path}.data", TENSOR_PART, part.get("data")
+    elif TENSOR_PART in part:
+        yield f"{path}.{TENSOR_PART}", TENSOR_PART, part[TENSOR_PART]
 
 
 async def check_media(body: dict[str, Any], rules: MediaRules) -> None:

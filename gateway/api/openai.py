@@ -152,6 +152,7 @@ async def embeddings(request: Request, gw: Gateway, caller: Caller) -> Response:
     def check(body: dict[str, Any]) -> None:
         require_prompts(body, "input", batch)
         _json_encoding(body)
+        _one_conversation(body)
 
     return await _forward(request, gw, caller, "embeddings", check)
 
@@ -159,6 +160,23 @@ async def embeddings(request: Request, gw: Gateway, caller: Caller) -> Response:
 # vLLM's binary embeddings: raw floats, with their shapes and usage in a response header
 # ("bytes") or nowhere ("bytes_only"). The gateway relays and meters JSON bodies only.
 _BINARY_ENCODINGS = ("bytes", "bytes_only")
+
+
+def _one_conversation(body: dict[str, Any]) -> None:
+    """vLLM's embeddings also take `messages` as a list of conversations, each rendered like a
+    chat (its media fetched): the tenant policy reads one conversation, so a batch of them
+    passed its media checks unread (an http:// metadata address reached the engine)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return
+    for i, message in enumerate(messages):
+        if isinstance(message, list):
+            raise InvalidRequest(
+                "A batch of conversations in 'messages' is not accepted: send one conversation "
+                "per request.",
+                param=f"messages[{i}]",
+                code="unsupported_value",
+            )
 
 
 def _json_encoding(body: dict[str, Any]) -> None:

@@ -190,6 +190,26 @@ async def test_a_data_url_of_the_default_limit_fits_the_default_body(tmp_path: P
             assert len(body["messages"][0]["content"][1]["image_url"]["url"]) > 6 * 1024 * 1024
 
 
+async def test_media_the_policy_did_not_read_is_refused(setup: Setup) -> None:
+    """Two shapes vLLM reads and the policy walked past: embeddings' `messages` as a batch of
+    conversations (each rendered as a chat, its media fetched: an http:// metadata address
+    reached the engine), and a part that carries `prompt_embeds` under another `type` (vLLM
+    classifies a part with a uuid by its keys)."""
+    oai = setup.client(await setup.key("unread"))
+    metadata = image("http://169.254.169.254/latest/meta-data/")
+    before = (await sim_state(setup.http, setup.sim))["total_requests"]
+    with pytest.raises(openai.BadRequestError) as batched:
+        await oai.embeddings.create(model=MODEL, input="x", extra_body={"messages": [metadata]})
+    assert (batched.value.param, batched.value.code) == ("messages[0]", "unsupported_value")
+    sneaky = {"type": "text", "text": "hi", "uuid": "u1", "prompt_embeds": 1, "data": "QUFBQQ=="}
+    messages: Any = [{"role": "user", "content": [sneaky]}]
+    with pytest.raises(openai.BadRequestError) as tensor:
+        await oai.chat.completions.create(model=MODEL, messages=messages, max_tokens=1)
+    assert tensor.value.param == "messages[0].content[0].prompt_embeds"
+    assert (await sim_state(setup.http, setup.sim))["total_requests"] == before
+    assert setup.canary_hits == []
+
+
 async def test_remote_media_is_off_by_default(setup: Setup) -> None:
     oai = setup.client(await setup.key("plain"))  # a tenant without media_hosts: the default
     with pytest.raises(openai.BadRequestError) as info:
