@@ -1,7 +1,10 @@
 """Per-replica cache of key and tenant records, so a repeated key costs no Redis round trip.
 
 Entries are dropped by pub/sub invalidation (see invalidation.py) as soon as an admin writes,
-and in any case after `ttl_s`, which bounds staleness should the subscription break. Each kind
+and in any case after `ttl_s`, which bounds staleness should the subscription break. While
+Redis cannot be read, an expired record (never an "absent") still answers for up to
+STALE_MAX_S: every request was a 503 `auth_store_unavailable` once the cache aged out, in
+`limits.failure_mode: open` too. Each kind
 holds at most `max_entries` (least recently used go first), so junk ids cannot grow it.
 
 `generation` counts invalidations: a lookup notes it before reading Redis and caches its answer
@@ -19,6 +22,7 @@ from gateway.auth.records import KeyRecord, TenantRecord
 
 T = TypeVar("T")
 MISSING_TTL_S = 1.0  # unknown ids are remembered briefly so junk keys cannot hammer Redis
+STALE_MAX_S = 3600.0  # how long past its ttl a record answers while Redis cannot be read
 
 
 class Timed(Generic[T]):
@@ -31,16 +35,26 @@ class Timed(Generic[T]):
         return len(self.entries)
 
     def get(self, name: str) -> tuple[bool, T | None]:
-        """(found, value); a cached "absent" is (True, None)."""
+        """(found, value); a cached "absent" is (True, None). An expired record stays (until
+        it is read again, dropped or evicted) for `stale`."""
         entry = self.entries.get(name)
         if entry is None:
             return False, None
         value, expires = entry
         if time.monotonic() >= expires:
-            del self.entries[name]
+            if value is None:
+                del self.entries[name]
             return False, None
         self.entries.move_to_end(name)
         return True, value
+
+    def stale(self, name: str, max_age_s: float) -> T | None:
+        """A record past its ttl by at most `max_age_s`, for when the store cannot be read:
+        nothing has said it changed (an admin's write drops it at once, through the feed)."""
+        entry = self.entries.get(name)
+        if entry is None or entry[0] is None or time.monotonic() >= entry[1] + max_age_s:
+            return None
+        return entry[0]
 
     def put(self, name: str, value: T | None) -> None:
         ttl = self.ttl_s if value is not None else min(self.ttl_s, MISSING_TTL_S)

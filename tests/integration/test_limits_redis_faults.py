@@ -81,6 +81,7 @@ async def faulty_stack(
     proxied: bool = True,
     limits_timeout_s: float = 1.0,
     sim: SimConfig | None = None,
+    cache_ttl_s: float | None = None,
 ) -> AsyncIterator[Faulty]:
     """A gateway whose Redis sits behind a proxy (or not), and a key limited at both scopes."""
     redis_server = RestartableRedis(tmp_path)
@@ -94,6 +95,8 @@ async def faulty_stack(
             settings = auth_settings(sim_url, redis_url, tmp_path / "spill").model_copy(deep=True)
             settings.limits.failure_mode = failure_mode  # type: ignore[assignment]
             settings.limits.timeout_s = limits_timeout_s
+            if cache_ttl_s is not None:
+                settings.auth.cache_ttl_s = cache_ttl_s
             app = create_app(settings)
             async with (
                 serve_asgi(app) as gateway,
@@ -182,6 +185,25 @@ async def test_an_unreachable_redis_answers_at_once(tmp_path: Path, fault: str) 
     assert status == 503
     assert body["error"]["code"] == "rate_limiter_unavailable"
     assert elapsed < bound_s / 3  # no waiting for the bound meant for a slow Redis
+
+
+@pytest.mark.parametrize(("failure_mode", "status"), [("closed", 503), ("open", 200)])
+async def test_an_outage_longer_than_the_key_cache_keeps_the_failure_mode(
+    tmp_path: Path, failure_mode: str, status: int
+) -> None:
+    """Once the cached key aged out (auth.cache_ttl_s) in an outage, every request was a 503
+    auth_store_unavailable, with failure_mode open too, and the limiter's metric (the alerts'
+    input) stopped counting. The key's last record answers while Redis cannot be read."""
+    async with faulty_stack(tmp_path, failure_mode, cache_ttl_s=0.3) as stack:
+        await stack.complete_with_the_key_cached()
+        stack.proxy.set_mode("refuse")
+        await asyncio.sleep(0.5)  # past the cache's ttl
+        answered, body, _ = await stack.complete()
+        assert answered == status, body
+        if status == 503:
+            assert body["error"]["code"] == "rate_limiter_unavailable"
+        unavailable = f'llmaas_ratelimit_unavailable_total{{failure_mode="{failure_mode}"}}'
+        assert await stack.metric(unavailable) == 1
 
 
 async def test_an_outage_is_logged_once_not_once_per_refused_request(tmp_path: Path) -> None:
