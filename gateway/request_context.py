@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass, field
 
 from starlette.types import Scope
@@ -21,6 +22,8 @@ class RequestInfo:
     # The id the engine is sent (vLLM names its request by it, before a body's `request_id`):
     # the gateway's own, never a client's; None when request_id is the gateway's already.
     engine_request_id: str | None = None
+    # time.perf_counter() as the request arrived: what time to first token is counted from
+    arrived: float = field(default_factory=time.perf_counter)
     status: int = 0
     model: str | None = None
     engine: str | None = None

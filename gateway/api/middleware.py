@@ -64,7 +64,7 @@ class RequestContextMiddleware:
         info = request_info(header)
         attach(scope, info)
         rid_header = (_REQUEST_ID, info.request_id.encode())
-        started = time.perf_counter()
+        started = info.arrived
         app = self.app
         if origin is not None and self.cors is not None:
             app = self._cors(self.cors, origin, scope, info)

@@ -81,7 +81,7 @@ async def collect_stream(
     engine goes silent or away, or has not finished within `deps.response_timeout_s` (504, as
     a non-streaming answer the engine takes longer for).
     """
-    started = time.perf_counter()
+    started = info.arrived  # time to first token, as the client waits it
     tap = StreamUsage(n)
     assembler = assembler_for(route, request)
     try:

@@ -60,7 +60,7 @@ async def collect_events(
     answered. What `events` counted is kept in `info.usage` however this ends (cancelled
     included). Raises ApiError when the engine goes silent or away, or has not finished within
     `deps.response_timeout_s`; NeverBegan when it went away before it began."""
-    started = time.perf_counter()
+    started = info.arrived  # time to first token, as the client waits it
     try:
         async with asyncio.timeout(deps.response_timeout_s):
             final = await _read(resp, events, info, started)

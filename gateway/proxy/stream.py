@@ -311,7 +311,7 @@ async def _relay_frames(
     """The engine's frames, as `shown` shows them, until its stream ends. `plain`: the last
     frame ends the response; the rest of the engine's stream is read and dropped (its break
     no longer matters)."""
-    started = time.perf_counter()
+    started = info.arrived  # time to first token, as the client waits it
     splitter = FrameSplitter()
     ended = False  # the client has the whole stream; what follows is the engine's end of it
     try:

@@ -3,6 +3,7 @@ proxy reports, for streams, collected answers, failures and a client that leaves
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -328,3 +329,26 @@ async def test_a_response_stream_left_at_its_terminal_event_is_whole() -> None:
     assert run.body.rstrip().endswith(b'"sequence_number":5}')
     assert (run.result.status, run.result.outcome) == (200, Outcome.OK)
     assert (run.result.response_id, run.result.usage) == ("resp_1", Usage(7, 2))
+
+
+class _LateHeaders(FakeUpstream):
+    """An engine whose answer begins 0.1 s after it was asked (vLLM renders the template,
+    tokenises and fetches media before its 200; a failover or a wait for a connection too)."""
+
+    async def open(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.1)
+        return await super().open(*args, **kwargs)
+
+
+async def test_time_to_first_token_counts_from_the_request() -> None:
+    """It was counted from the engine's headers: 0.18 ms recorded for a first token the
+    client waited 838 ms for."""
+    cases: list[tuple[Any, list[Any]]] = [
+        (stream_call, [delta("Hi", 1, "stop"), FINAL + DONE]),
+        (collected_call, [delta("Hi", 1, "stop"), FINAL + DONE]),
+        (response_stream_call, [*OPENING, text_delta("Hi", 2), COMPLETED]),
+    ]
+    for call, steps in cases:
+        run = await run_proxy(_LateHeaders(FakeResponse(steps=steps)), call)
+        assert run.result.ttft_ms is not None
+        assert run.result.ttft_ms >= 100, call
