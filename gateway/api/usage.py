@@ -73,8 +73,8 @@ def _parse_time(value: str, param: str) -> datetime:
 
 def _days(start: str | None, end: str | None) -> tuple[date, date]:
     today = datetime.now(UTC).date()
-    last = _parse_time(end, "end").date() if end else today
-    first = _parse_time(start, "start").date() if start else last - timedelta(DEFAULT_DAYS - 1)
+    last = _day(end, "end") if end else today
+    first = _day(start, "start") if start else last - timedelta(DEFAULT_DAYS - 1)
     if not end and first > last:  # a start past today (a client's own date ahead of UTC's)
         last = first  # is its day, with no usage yet: not an 'end' the client never gave
     if first > last:
@@ -86,6 +86,24 @@ def _days(start: str | None, end: str | None) -> tuple[date, date]:
             code="invalid_value",
         )
     return first, last
+
+
+def _day(value: str, param: str) -> date:
+    """A bound of usage totals, which are kept per UTC day: a date (an `end` day counted
+    whole), or a moment at a day's start (an `end` there ends the day before, as on
+    /usage/records, which does not reach past it). A moment within a day is refused: it was
+    widened to the whole day, so a month given as [Nov 1 00:00, Dec 1 00:00) billed Dec 1."""
+    moment = _parse_time(value, param)
+    if _DAY.fullmatch(value):
+        return moment.date()
+    if moment != datetime.combine(moment.date(), datetime.min.time(), UTC):
+        raise InvalidRequest(
+            f"Invalid '{param}': usage totals are per UTC day; give a date (YYYY-MM-DD) or a "
+            "time at 00:00:00Z (/usage/records takes any time).",
+            param=param,
+            code="invalid_value",
+        )
+    return moment.date() - timedelta(1) if param == "end" else moment.date()
 
 
 def _group_by(value: str | None) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import openai
@@ -482,6 +482,34 @@ async def test_empty_usage_filters_are_no_filters(meter: Meter) -> None:
     assert [row["requests"] for row in orjson.loads(body)["data"]] == [1]
     status, body, _ = await _get(meter, "/v1/usage/records?key_id=&model=", own)
     assert [orjson.loads(line)["id"] for line in body.splitlines()] == [record.id]
+
+
+async def test_usage_totals_take_days_and_day_starts_not_moments_within_a_day(
+    meter: Meter,
+) -> None:
+    """Totals are per UTC day: a moment within a day was widened to the whole day, and an end
+    at a day's start counted that day too (a month as [Nov 1, Dec 1) billed all of Dec 1)."""
+    key = await meter.new_key("days")
+    async with meter.client(key) as oai:
+        await oai.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
+    [record] = await meter.wait_records("days", 1)
+    own = {"authorization": f"Bearer {key}"}
+    day = date.fromisoformat(record.day)
+
+    async def requests(query: str) -> list[int]:
+        status, body, _ = await _get(meter, f"/v1/usage?{query}", own)
+        assert status == 200, body
+        return [row["requests"] for row in orjson.loads(body)["data"]]
+
+    assert await requests(f"end={record.day}") == [1]  # a date: the whole day
+    assert await requests(f"end={day + timedelta(1)}T00:00:00Z") == [1]
+    assert await requests(f"end={record.day}T00:00:00Z") == []  # ends the day before
+    assert await requests(f"start={record.day}T00:00:00Z&end={record.day}") == [1]
+    for query in (f"start={record.day}T09:30:00Z", f"end={record.day}T23:59:59Z"):
+        status, body, _ = await _get(meter, f"/v1/usage?{query}", own)
+        error = orjson.loads(body)["error"]
+        assert (status, error["param"]) == (400, query.split("=")[0]), query
+        assert "per UTC day" in error["message"]
 
 
 async def test_a_usage_query_without_redis_is_a_retryable_503_that_names_the_ledger(
