@@ -120,12 +120,20 @@ class RequestContextMiddleware:
             "duration_ms": round(elapsed * 1000, 3),
             "model": info.model,
             "engine": info.engine,
-            "outcome": info.outcome,
+            "outcome": _outcome(info),
             "ttft_ms": None if info.ttft_ms is None else round(info.ttft_ms, 3),
         }
         if info.engine_request_id is not None:  # the client named the request: the engine's
             fields["engine_request_id"] = info.engine_request_id
         self.log.info("request", extra={"fields": fields})
+
+
+def _outcome(info: RequestInfo) -> Outcome:
+    """The proxy's word for how the request ended; an error the gateway answered before any
+    engine was asked (the proxy never ran) is `refused`, not the default `ok`."""
+    if info.outcome is Outcome.OK and info.engine is None and info.status >= 400:
+        return Outcome.REFUSED
+    return info.outcome
 
 
 def _request_id_and_origin(

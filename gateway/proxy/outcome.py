@@ -20,6 +20,9 @@ class Outcome(StrEnum):
     TIMEOUT = "timeout"  # the engine went silent past upstream.*_timeout_s
     GATEWAY_SHUTDOWN = "gateway_shutdown"  # cancelled after the shutdown grace period
     ENGINE_UNAVAILABLE = "engine_unavailable"  # no engine of the model could be reached
+    # The access log only: the gateway answered an error itself (auth, limits, the tenant
+    # policy, an unknown model, a body it refused) and asked no engine; no record is written.
+    REFUSED = "refused"
 
 
 # The client went away (left, or stopped reading): what the engine did for it until then is

@@ -108,7 +108,19 @@ async def test_access_log_is_json_with_request_id_and_no_prompt(stack: Stack) ->
     assert (await stack.sim_state())["last_request"]["headers"]["x-request-id"] == engine_id
     assert '"status":200' in line
     assert f'"model":"{MODEL}"' in line
+    assert '"outcome":"ok"' in line
     assert secret_prompt not in line
+    with collected(ACCESS_LOGGER) as collect:  # answered by the gateway alone: was "ok"
+        unknown = {**body, "model": "no-such-model"}
+        headers = {"x-request-id": "log-2"}
+        async with stack.http.post(
+            f"{stack.gateway}/v1/chat/completions", json=unknown, headers=headers
+        ) as resp:
+            assert resp.status == 404
+        (refused,) = await collect.wait_for(
+            lambda r: getattr(r, "fields", {}).get("request_id") == "log-2"
+        )
+    assert getattr(refused, "fields", {})["outcome"] == "refused"
 
 
 async def test_probes_answered_well_stay_out_of_the_access_log_unless_asked(
