@@ -321,6 +321,16 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _header_tokens(self) -> Settings:
+        """Tokens a client sends in a header: HTTP reads a header's bytes as Latin-1, and
+        clients (llmaas, curl, the SDKs) write UTF-8, so a token with ö in it never matched."""
+        for name in ("admin_token", "metrics_token"):
+            value = getattr(self, name)
+            if value is not None and not (value.isascii() and value.isprintable()):
+                raise ValueError(f"{name} must be printable ASCII: it is sent in a header")
+        return self
+
+    @model_validator(mode="after")
     def _fine_tuning_needs_files(self) -> Settings:
         if self.fine_tuning.base_models and not self.files.enabled:
             raise ValueError(

@@ -38,6 +38,9 @@ def test_typos_and_bad_values_are_refused(tmp_path: Path) -> None:
         )
     with pytest.raises(ConfigError, match=r"lora_rank \(16\) is above fine_tuning\.max_lora_rank"):
         load_settings(None, dev_mode=True, fine_tuning={"lora_rank": 16, "max_lora_rank": 8})
+    for token in ("admin-tökén-0123456789", "admin token\twith a tab"):  # never matched
+        with pytest.raises(ConfigError, match="admin_token must be printable ASCII"):
+            load_settings(None, dev_mode=True, admin_token=token)
     for origin in ("https://app.example.com/", "app.example.com", " https://a.example"):
         with pytest.raises(ConfigError, match=r"cors\.allow_origins\[0\]: not an origin"):
             load_settings(None, dev_mode=True, cors={"allow_origins": [origin]})
