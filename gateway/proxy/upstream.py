@@ -11,7 +11,7 @@ engine or an identity provider (health checks, model lists, LoRA loading, JWKS).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Literal, Protocol, cast
+from typing import Literal, Protocol, TypeVar, cast
 
 import aiohttp
 
@@ -24,6 +24,7 @@ from gateway.routing.engines import Engine
 from gateway.settings import UpstreamSettings
 
 Failure = Literal["timeout", "stream_cut", "disconnect"]
+_T = TypeVar("_T")
 # Puts the request's model back on an engine that answered it does not serve it (a fine-tuned
 # model's adapter, forgotten by an engine that restarted); raises the ApiError the client gets
 # when it cannot.
@@ -208,18 +209,11 @@ class Upstream:
         Silent past the idle timeout, it is handed on with that failure, as before. Cancelled
         meanwhile (the client left), it gives back the response and the engine's count."""
         frames = resp.chunks()
-        try:
-            first = await anext(frames, b"")
-        except UpstreamBroken as exc:
-            if exc.kind == "timeout":  # slow, not gone: the relay answers it as it would
-                return _Begun(resp, frames, b"", exc)
-            resp.close()
-            self.failure(engine, exc.kind, exc.cause)
+        first = await self._looked_at(engine, resp, _first_bytes(frames))
+        if first is None:
             return None
-        except BaseException:
-            resp.close()
-            engine.inflight -= 1
-            raise
+        if isinstance(first, UpstreamBroken):  # slow, not gone: the relay answers it as it would
+            return _Begun(resp, frames, b"", first)
         if first.startswith(b'data: {"error"'):
             status = stream_error_status(first[6:].split(b"\n", 1)[0])
             if status >= 500:
@@ -229,16 +223,15 @@ class Upstream:
                 return None
         return _Begun(resp, frames, first)
 
-    async def _unless_model_missing(
-        self, engine: Engine, resp: UpstreamResponse
-    ) -> UpstreamResponse | None:
-        """A 404 (read whole: a small error body). None when the engine said it does not serve
-        the model (another engine may: the request is tried there); else the answer, as read.
-        Cancelled meanwhile (the client left), it gives back the response and the engine's
-        count, which its caller would have kept."""
+    async def _looked_at(
+        self, engine: Engine, resp: UpstreamResponse, read: Awaitable[_T]
+    ) -> _T | None:
+        """`read` of an answer `open` looks at before it hands it on: None when the engine
+        broke off (its failure counted). Cancelled meanwhile (the client left), it gives back
+        the response and the engine's count, which its caller would have kept."""
         try:
-            body = await resp.read()
-        except UpstreamBroken as exc:  # refused, then cut: nothing generated, try another
+            return await read
+        except UpstreamBroken as exc:
             resp.close()
             self.failure(engine, exc.kind, exc.cause)
             return None
@@ -246,6 +239,17 @@ class Upstream:
             resp.close()
             engine.inflight -= 1
             raise
+
+    async def _unless_model_missing(
+        self, engine: Engine, resp: UpstreamResponse
+    ) -> UpstreamResponse | None:
+        """A 404 (read whole: a small error body). None when the engine said it does not serve
+        the model (another engine may: the request is tried there); else the answer, as read.
+        Cancelled meanwhile (the client left), it gives back the response and the engine's
+        count, which its caller would have kept."""
+        body = await self._looked_at(engine, resp, resp.read())
+        if body is None:  # refused, then cut: nothing generated, try another
+            return None
         if not model_missing(body):
             return _Read(resp, body)
         resp.release()
@@ -343,6 +347,17 @@ class _Read:
 
     def close(self) -> None:
         self._resp.close()
+
+
+async def _first_bytes(frames: AsyncIterator[bytes]) -> bytes | UpstreamBroken:
+    """A stream's first bytes (b"" if it ended at once), or its timeout: silent past the
+    idle timeout, it is slow, not gone."""
+    try:
+        return await anext(frames, b"")
+    except UpstreamBroken as exc:
+        if exc.kind == "timeout":
+            return exc
+        raise
 
 
 class _Begun:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -122,11 +123,10 @@ async def test_requests_still_waiting_for_their_headers_count_against_max_connec
             assert (await sim_state(http, sim))["total_requests"] == 3
 
 
-async def test_an_engine_killed_under_kept_alive_connections_loses_no_request(
-    tmp_path: Path,
-) -> None:
-    # Engines started through the real CLI; the gateway holds pooled keep-alive connections to
-    # both when one is SIGKILLed. Requests sent at once must fail over, not answer 502.
+@asynccontextmanager
+async def two_engine_processes(tmp_path: Path) -> AsyncIterator[tuple[str, SimProcess, SimProcess]]:
+    """A gateway (round robin, health checks far apart) in front of two simulator engines
+    started through the real CLI, to be killed: the gateway's URL and the two engines."""
     a, b = SimProcess((MODEL,)), SimProcess((MODEL,))
     async with sim_processes(a, b):
         settings = gateway_settings(
@@ -135,20 +135,29 @@ async def test_an_engine_killed_under_kept_alive_connections_loses_no_request(
             models=[{"name": MODEL, "engines": [a.url, b.url]}],
             routing={"strategy": "round_robin", "health_interval_s": 60},
         )
-        async with serve_asgi(create_app(settings)) as gateway, aiohttp.ClientSession() as http:
-            url = f"{gateway}/v1/chat/completions"
+        async with serve_asgi(create_app(settings)) as gateway:
+            yield gateway, a, b
 
-            async def ask() -> int:
-                async with http.post(url, json={"model": MODEL, "messages": HELLO}) as resp:
-                    await resp.read()
-                    return resp.status
 
-            assert await asyncio.gather(*(ask() for _ in range(8))) == [200] * 8
-            assert a.process is not None
-            a.process.send_signal(signal.SIGKILL)  # no await: the pool has not noticed yet
-            assert await asyncio.gather(*(ask() for _ in range(8))) == [200] * 8
-            await a.kill()
-            assert (await sim_state(http, b.url))["total_requests"] >= 8 + 4
+async def test_an_engine_killed_under_kept_alive_connections_loses_no_request(
+    tmp_path: Path,
+) -> None:
+    # Engines started through the real CLI; the gateway holds pooled keep-alive connections to
+    # both when one is SIGKILLed. Requests sent at once must fail over, not answer 502.
+    async with two_engine_processes(tmp_path) as (gateway, a, b), aiohttp.ClientSession() as http:
+        url = f"{gateway}/v1/chat/completions"
+
+        async def ask() -> int:
+            async with http.post(url, json={"model": MODEL, "messages": HELLO}) as resp:
+                await resp.read()
+                return resp.status
+
+        assert await asyncio.gather(*(ask() for _ in range(8))) == [200] * 8
+        assert a.process is not None
+        a.process.send_signal(signal.SIGKILL)  # no await: the pool has not noticed yet
+        assert await asyncio.gather(*(ask() for _ in range(8))) == [200] * 8
+        await a.kill()
+        assert (await sim_state(http, b.url))["total_requests"] >= 8 + 4
 
 
 async def test_an_engine_killed_before_the_first_token_loses_no_request(tmp_path: Path) -> None:
@@ -157,36 +166,26 @@ async def test_an_engine_killed_before_the_first_token_loses_no_request(tmp_path
     headers, and failed (a stream: 200 and an error frame; a plain request: 502) while the
     other engine was idle. Nothing had been generated, and nothing reached the clients: they
     go to the next engine."""
-    a, b = SimProcess((MODEL,)), SimProcess((MODEL,))
-    async with sim_processes(a, b):
-        settings = gateway_settings(
-            a.url,
-            tmp_path / "spill",
-            models=[{"name": MODEL, "engines": [a.url, b.url]}],
-            routing={"strategy": "round_robin", "health_interval_s": 60},
-        )
-        async with (
-            serve_asgi(create_app(settings)) as gateway,
-            aiohttp.ClientSession() as http,
-            openai.AsyncOpenAI(base_url=f"{gateway}/v1", api_key="x", max_retries=0) as oai,
-        ):
-            slow = {"sim": {"ttft_ms": 500}}
+    async with (
+        two_engine_processes(tmp_path) as (gateway, a, b),
+        aiohttp.ClientSession() as http,
+        openai.AsyncOpenAI(base_url=f"{gateway}/v1", api_key="x", max_retries=0) as oai,
+    ):
+        slow = {"sim": {"ttft_ms": 500}}
 
-            async def plain() -> str | None:
-                reply = await oai.chat.completions.create(
-                    model=MODEL, messages=HELLO, extra_body=slow
-                )
-                return reply.choices[0].finish_reason
+        async def plain() -> str | None:
+            reply = await oai.chat.completions.create(model=MODEL, messages=HELLO, extra_body=slow)
+            return reply.choices[0].finish_reason
 
-            async def streamed() -> str | None:
-                stream = await oai.chat.completions.create(
-                    model=MODEL, messages=HELLO, stream=True, extra_body=slow
-                )
-                return [c async for c in stream if c.choices][-1].choices[0].finish_reason
+        async def streamed() -> str | None:
+            stream = await oai.chat.completions.create(
+                model=MODEL, messages=HELLO, stream=True, extra_body=slow
+            )
+            return [c async for c in stream if c.choices][-1].choices[0].finish_reason
 
-            asked = [asyncio.create_task(f()) for f in (plain, streamed) * 4]
-            await wait_running(http, a.url, 4)  # half of them wait on `a` for their first token
-            assert a.process is not None
-            a.process.send_signal(signal.SIGKILL)
-            assert all(await asyncio.gather(*asked))  # every one answered whole
-            assert (await sim_state(http, b.url))["total_requests"] == 8
+        asked = [asyncio.create_task(f()) for f in (plain, streamed) * 4]
+        await wait_running(http, a.url, 4)  # half of them wait on `a` for their first token
+        assert a.process is not None
+        a.process.send_signal(signal.SIGKILL)
+        assert all(await asyncio.gather(*asked))  # every one answered whole
+        assert (await sim_state(http, b.url))["total_requests"] == 8
