@@ -167,6 +167,17 @@ class Limiter:
         outcome = await self._release(keys=keys, args=[lease, self.window_ms, *tpm])
         return _OUTCOMES[outcome]
 
+    async def release_many(self, leases: list[tuple[Principal, str]]) -> list[ReleaseOutcome]:
+        """`release` for each lease, in one round trip on one connection (a pipeline)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for principal, lease in leases:
+                key_keys, tenant_keys = scope_keys(principal.tenant, principal.scope_id)
+                keys = [marker_key(principal.tenant, lease), *key_keys, *tenant_keys]
+                tpm = [principal.key_limits.tpm or 0, principal.tenant_limits.tpm or 0]
+                await self._release(keys=keys, args=[lease, self.window_ms, *tpm], client=pipe)
+            replies = await pipe.execute()
+        return [_OUTCOMES[reply] for reply in replies]
+
     async def renew(self, leases: list[tuple[Principal, str]]) -> int:
         """Move the expiry of these leases to a ttl from now (renew.lua), in one round trip;
         the number of lease-set entries still held (a settled lease is not added back)."""

@@ -28,7 +28,7 @@ from gateway.metrics import Metrics
 FIRST_RETRY_S = 0.05
 MAX_RETRY_S = 2.0
 MAX_PENDING = 10_000
-BATCH = 256  # releases sent at once once Redis takes them again
+BATCH = 256  # releases sent in one round trip once Redis takes them again
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 
@@ -123,27 +123,24 @@ class Releases:
         return True
 
     async def _release_batch(self) -> None:
-        """Up to BATCH of the oldest sent at once (one pipelined round trip, not one each):
-        after an outage, hundreds queued freed their slots one round trip at a time while new
-        admissions counted them, and a key far under its max_concurrency got 429s. Those Redis
-        did not take stay queued, in order, for the next retry."""
+        """Up to BATCH of the oldest in one pipelined round trip, not one each: after an
+        outage, hundreds queued freed their slots one round trip at a time while new
+        admissions counted them, and a key far under its max_concurrency got 429s. If Redis
+        does not take them, they stay queued, in order, for the next retry."""
         batch = [self.queue.popleft() for _ in range(min(BATCH, len(self.queue)))]
         now = time.monotonic()
         live = [p for p in batch if p.until >= now]
         for _ in range(len(batch) - len(live)):
             self._count("expired")
-        outcomes = await asyncio.gather(
-            *(self.limiter.release(p.caller, p.lease) for p in live), return_exceptions=True
-        )
-        failed = []
-        for pending, outcome in zip(live, outcomes, strict=True):
-            if isinstance(outcome, str):
-                self._count(outcome)
-            elif isinstance(outcome, _REDIS_ERRORS):
-                failed.append(pending)
-            else:
-                raise outcome  # a bug: the worker logs it (_stopped)
-        self.queue.extendleft(reversed(failed))
+        if not live:
+            return
+        try:
+            outcomes = await self.limiter.release_many([(p.caller, p.lease) for p in live])
+        except _REDIS_ERRORS:
+            self.queue.extendleft(reversed(live))
+            return
+        for outcome in outcomes:
+            self._count(outcome)
 
     def _stopped(self, task: asyncio.Task[None]) -> None:
         """A worker that died of a bug: log it; the next release starts a new one."""
