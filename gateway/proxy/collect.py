@@ -26,7 +26,7 @@ from gateway.proxy.assemble import Assembler, assembler_for
 from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.normalize import normalize_error, stream_error_status, strip_forbidden_nulls
 from gateway.proxy.sse import FrameSplitter, data_array, frame_data, split_frames
-from gateway.proxy.upstream import UpstreamBroken, UpstreamResponse
+from gateway.proxy.upstream_answers import UpstreamBroken, UpstreamResponse
 from gateway.request_context import RequestInfo
 from gateway.routing.engines import Engine
 

@@ -21,7 +21,7 @@ from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.events import DELTAS, ERROR, TERMINAL, ResponseEvents, event_response
 from gateway.proxy.normalize import normalize_error, stream_error_status
 from gateway.proxy.sse import FrameSplitter, frame_event
-from gateway.proxy.upstream import UpstreamBroken, UpstreamResponse
+from gateway.proxy.upstream_answers import UpstreamBroken, UpstreamResponse
 from gateway.request_context import RequestInfo
 from gateway.routing.engines import Engine
 

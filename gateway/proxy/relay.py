@@ -40,7 +40,8 @@ from gateway.proxy.outcome import (
     outcome_of_status,
 )
 from gateway.proxy.stream import relay_stream
-from gateway.proxy.upstream import Reload, UpstreamBroken, UpstreamResponse
+from gateway.proxy.upstream import Reload
+from gateway.proxy.upstream_answers import UpstreamBroken, UpstreamResponse
 from gateway.request_context import RequestInfo, info_of
 from gateway.routing.engines import Engine, ModelPool
 

@@ -33,7 +33,7 @@ from gateway.proxy.normalize import (
 )
 from gateway.proxy.outcome import Outcome, outcome_of_failure, outcome_of_status
 from gateway.proxy.sse import DONE_FRAME, FrameSplitter, error_frame, frame_data, with_data
-from gateway.proxy.upstream import UpstreamBroken, UpstreamResponse
+from gateway.proxy.upstream_answers import UpstreamBroken, UpstreamResponse
 from gateway.request_context import RequestInfo
 from gateway.routing.engines import Engine
 

@@ -1,17 +1,18 @@
 """The HTTP client to the engines, behind a protocol: kept-alive connections per engine,
 failover before the first byte, and error mapping.
 
-The relay sees only `UpstreamClient` and `UpstreamResponse`, so it runs as well on an
-in-memory engine (tests/support/fake_upstream.py) as on a socket. Proxied requests go through
-the gateway's own HTTP/1.1 client (gateway/proxy/h1.py: a quarter of aiohttp's CPU per
-request, bench/README.md); the aiohttp session is kept for everything else that talks to an
-engine or an identity provider (health checks, model lists, LoRA loading, JWKS).
+The relay sees only `UpstreamClient` and `UpstreamResponse` (upstream_answers.py), so it runs
+as well on an in-memory engine (tests/support/fake_upstream.py) as on a socket. Proxied
+requests go through the gateway's own HTTP/1.1 client (gateway/proxy/h1.py: a quarter of
+aiohttp's CPU per request, bench/README.md); the aiohttp session is kept for everything else
+that talks to an engine or an identity provider (health checks, model lists, LoRA loading,
+JWKS).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Literal, Protocol, TypeVar, cast
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar, cast
 
 import aiohttp
 
@@ -20,45 +21,22 @@ from gateway.metrics import Metrics
 from gateway.proxy.h1 import ConnectFailed, Disconnected, H1Response
 from gateway.proxy.h1_pool import H1Pool
 from gateway.proxy.normalize import model_missing, stream_error_status
+from gateway.proxy.upstream_answers import (
+    Begun,
+    Failure,
+    Read,
+    UpstreamBroken,
+    UpstreamResponse,
+    first_bytes,
+)
 from gateway.routing.engines import Engine
 from gateway.settings import UpstreamSettings
 
-Failure = Literal["timeout", "stream_cut", "disconnect"]
 _T = TypeVar("_T")
 # Puts the request's model back on an engine that answered it does not serve it (a fine-tuned
 # model's adapter, forgotten by an engine that restarted); raises the ApiError the client gets
 # when it cannot.
 Reload = Callable[[Engine], Awaitable[None]]
-
-
-class UpstreamBroken(Exception):
-    """The engine went silent (`timeout`) or away (`stream_cut`) while answering."""
-
-    def __init__(self, kind: Failure, cause: BaseException) -> None:
-        super().__init__(f"{kind}: {type(cause).__name__}")
-        self.kind: Failure = kind
-        self.cause = cause
-
-
-class UpstreamResponse(Protocol):
-    status: int
-    content_type: str
-
-    def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives; raises UpstreamBroken."""
-        ...
-
-    async def read(self) -> bytes:
-        """The whole body; raises UpstreamBroken."""
-        ...
-
-    def release(self) -> None:
-        """Done with it, read to the end: the connection may be reused."""
-        ...
-
-    def close(self) -> None:
-        """Done with it: the connection is closed (the engine aborts what it was doing)."""
-        ...
 
 
 class UpstreamClient(Protocol):
@@ -209,11 +187,11 @@ class Upstream:
         Silent past the idle timeout, it is handed on with that failure, as before. Cancelled
         meanwhile (the client left), it gives back the response and the engine's count."""
         frames = resp.chunks()
-        first = await self._looked_at(engine, resp, _first_bytes(frames))
+        first = await self._looked_at(engine, resp, first_bytes(frames))
         if first is None:
             return None
         if isinstance(first, UpstreamBroken):  # slow, not gone: the relay answers it as it would
-            return _Begun(resp, frames, b"", first)
+            return Begun(resp, frames, b"", first)
         if first.startswith(b'data: {"error"'):
             status = stream_error_status(first[6:].split(b"\n", 1)[0])
             if status >= 500:
@@ -221,7 +199,7 @@ class Upstream:
                 self._metrics.upstream_errors.labels(engine.url, f"http_{status}").inc()
                 engine.record_failure("http_5xx", f"error frame {status}")
                 return None
-        return _Begun(resp, frames, first)
+        return Begun(resp, frames, first)
 
     async def _looked_at(
         self, engine: Engine, resp: UpstreamResponse, read: Awaitable[_T]
@@ -251,7 +229,7 @@ class Upstream:
         if body is None:  # refused, then cut: nothing generated, try another
             return None
         if not model_missing(body):
-            return _Read(resp, body)
+            return Read(resp, body)
         resp.release()
         self._metrics.upstream_errors.labels(engine.url, "model_missing").inc()
         self.on_model_missing(engine)
@@ -324,76 +302,6 @@ class Upstream:
             f"The engine closed the connection {when} ({type(exc).__name__}).",
             code="engine_disconnected",
         )
-
-
-class _Read:
-    """An answer whose body was read already (a 404 looked at by Upstream.open)."""
-
-    def __init__(self, resp: UpstreamResponse, body: bytes) -> None:
-        self._resp = resp
-        self._body = body
-        self.status = resp.status
-        self.content_type = resp.content_type
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        if self._body:
-            yield self._body
-
-    async def read(self) -> bytes:
-        return self._body
-
-    def release(self) -> None:
-        self._resp.release()
-
-    def close(self) -> None:
-        self._resp.close()
-
-
-async def _first_bytes(frames: AsyncIterator[bytes]) -> bytes | UpstreamBroken:
-    """A stream's first bytes (b"" if it ended at once), or its timeout: silent past the
-    idle timeout, it is slow, not gone."""
-    try:
-        return await anext(frames, b"")
-    except UpstreamBroken as exc:
-        if exc.kind == "timeout":
-            return exc
-        raise
-
-
-class _Begun:
-    """A stream whose first bytes Upstream.open read to see that it began: those bytes (or
-    the failure that came instead), then the rest as it arrives."""
-
-    def __init__(
-        self,
-        resp: H1Response,
-        frames: AsyncIterator[bytes],
-        first: bytes,
-        failed: UpstreamBroken | None = None,
-    ) -> None:
-        self._resp = resp
-        self._frames = frames
-        self._first = first
-        self._failed = failed
-        self.status = resp.status
-        self.content_type = resp.content_type
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        if self._failed is not None:
-            raise self._failed
-        if self._first:
-            yield self._first
-        async for chunk in self._frames:
-            yield chunk
-
-    async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self.chunks()])
-
-    def release(self) -> None:
-        self._resp.release()
-
-    def close(self) -> None:
-        self._resp.close()
 
 
 def _broken(kind: str, cause: BaseException) -> UpstreamBroken:

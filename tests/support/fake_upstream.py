@@ -17,7 +17,8 @@ from gateway.metrics import Metrics
 from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.outcome import ProxyResult
 from gateway.proxy.relay import ProxyCall, ProxyResponse
-from gateway.proxy.upstream import Reload, Upstream, UpstreamBroken
+from gateway.proxy.upstream import Reload, Upstream
+from gateway.proxy.upstream_answers import UpstreamBroken
 from gateway.request_context import RequestInfo, attach
 from gateway.routing.balancer import RoundRobin
 from gateway.routing.engines import Engine, ModelPool

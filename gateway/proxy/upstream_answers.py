@@ -1,0 +1,112 @@
+"""What an engine's answer is to the relay (`UpstreamResponse`, `UpstreamBroken`), and the
+answers `Upstream.open` hands on after it looked at their first bytes: a 404's body read whole
+(`Read`), a stream's first bytes read to see that it began (`Begun`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Literal, Protocol
+
+from gateway.proxy.h1 import H1Response
+
+Failure = Literal["timeout", "stream_cut", "disconnect"]
+
+
+class UpstreamBroken(Exception):
+    """The engine went silent (`timeout`) or away (`stream_cut`) while answering."""
+
+    def __init__(self, kind: Failure, cause: BaseException) -> None:
+        super().__init__(f"{kind}: {type(cause).__name__}")
+        self.kind: Failure = kind
+        self.cause = cause
+
+
+class UpstreamResponse(Protocol):
+    status: int
+    content_type: str
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; raises UpstreamBroken."""
+        ...
+
+    async def read(self) -> bytes:
+        """The whole body; raises UpstreamBroken."""
+        ...
+
+    def release(self) -> None:
+        """Done with it, read to the end: the connection may be reused."""
+        ...
+
+    def close(self) -> None:
+        """Done with it: the connection is closed (the engine aborts what it was doing)."""
+        ...
+
+
+class Read:
+    """An answer whose body was read already (a 404 looked at by Upstream.open)."""
+
+    def __init__(self, resp: UpstreamResponse, body: bytes) -> None:
+        self._resp = resp
+        self._body = body
+        self.status = resp.status
+        self.content_type = resp.content_type
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self._body:
+            yield self._body
+
+    async def read(self) -> bytes:
+        return self._body
+
+    def release(self) -> None:
+        self._resp.release()
+
+    def close(self) -> None:
+        self._resp.close()
+
+
+async def first_bytes(frames: AsyncIterator[bytes]) -> bytes | UpstreamBroken:
+    """A stream's first bytes (b"" if it ended at once), or its timeout: silent past the
+    idle timeout, it is slow, not gone."""
+    try:
+        return await anext(frames, b"")
+    except UpstreamBroken as exc:
+        if exc.kind == "timeout":
+            return exc
+        raise
+
+
+class Begun:
+    """A stream whose first bytes Upstream.open read to see that it began: those bytes (or
+    the failure that came instead), then the rest as it arrives."""
+
+    def __init__(
+        self,
+        resp: H1Response,
+        frames: AsyncIterator[bytes],
+        first: bytes,
+        failed: UpstreamBroken | None = None,
+    ) -> None:
+        self._resp = resp
+        self._frames = frames
+        self._first = first
+        self._failed = failed
+        self.status = resp.status
+        self.content_type = resp.content_type
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self._failed is not None:
+            raise self._failed
+        if self._first:
+            yield self._first
+        async for chunk in self._frames:
+            yield chunk
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.chunks()])
+
+    def release(self) -> None:
+        self._resp.release()
+
+    def close(self) -> None:
+        self._resp.close()
