@@ -15,7 +15,7 @@ from gateway.embedded.up import run_up
 from gateway.finetune.trainer_cli import add_trainer_command
 from gateway.finetune_cli import add_finetune_commands
 from gateway.server import run_server
-from gateway.settings_load import ConfigError, usable_settings
+from gateway.settings_load import ConfigError, invalid_configuration, usable_settings
 from gateway.sim.server import add_sim_arguments, from_args, run
 from gateway.usage_cli import add_usage_command
 
@@ -24,20 +24,13 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = usable_settings(args.config)
     except (ConfigError, OSError) as exc:
-        print(f"llmaas serve: invalid configuration:{_said(exc)}", file=sys.stderr)
+        print(invalid_configuration("serve", exc), file=sys.stderr)
         return 2
     # A flag given wins over the file and the environment (argparse checked its range).
     flags = {"host": args.host, "port": args.port, "workers": args.workers}
     settings = settings.model_copy(update={k: v for k, v in flags.items() if v is not None})
     run_server(settings, args.config)
     return 0
-
-
-def _said(exc: BaseException) -> str:
-    """A config error after its command's "invalid configuration:": on its line, or (several
-    lines, each indented) below it."""
-    text = str(exc)
-    return text if text.startswith("\n") else " " + text
 
 
 def _sim(args: argparse.Namespace) -> int:

@@ -73,6 +73,14 @@ class _UniqueKeys(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def invalid_configuration(command: str, exc: BaseException) -> str:
+    """The line a command prints for a config error: on the line after "invalid
+    configuration:", or (several lines, each indented) below it."""
+    text = str(exc)
+    said = text if text.startswith("\n") else " " + text
+    return f"llmaas {command}: invalid configuration:{said}"
+
+
 def usable_settings(path: Path | None = None, **overrides: Any) -> Settings:
     """load_settings, and the JWT key files it names read and checked: what `llmaas serve` and
     `llmaas up` check before they start anything. Raises ConfigError (one line per wrong

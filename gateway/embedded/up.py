@@ -36,7 +36,7 @@ from gateway.netutil import free_port
 from gateway.redis_client import redis_client
 from gateway.server import DrainingServer, started, uvicorn_config
 from gateway.settings import Settings
-from gateway.settings_load import ConfigError, usable_settings
+from gateway.settings_load import ConfigError, invalid_configuration, usable_settings
 
 MAX_LORAS = 4  # adapters an engine batches together (more stay loaded and take turns)
 HOST = "127.0.0.1"  # where `llmaas up` listens (the gateway's default host)
@@ -68,11 +68,7 @@ def run_up(
     try:  # LLMAAS_* settings, before minutes of preparing and starting anything
         _preflight_settings(gateway_port, data, paths)
     except (ConfigError, OSError) as exc:
-        text = str(exc)
-        print(
-            f"llmaas up: invalid configuration:{text if text.startswith(chr(10)) else ' ' + text}",
-            file=sys.stderr,
-        )
+        print(invalid_configuration("up", exc), file=sys.stderr)
         return 2
     try:
         # Before minutes of preparing and starting the engine, not after (uvicorn's bind).

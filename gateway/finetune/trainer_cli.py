@@ -13,7 +13,7 @@ from gateway.finetune.trainer import Trainer
 from gateway.logs import configure_logging
 from gateway.redis_client import redis_client
 from gateway.settings import Settings
-from gateway.settings_load import ConfigError, load_settings
+from gateway.settings_load import ConfigError, invalid_configuration, load_settings
 
 
 def add_trainer_command(sub: Any) -> None:
@@ -32,7 +32,7 @@ def run_trainer(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
     except (ConfigError, OSError) as exc:
-        print(f"llmaas trainer: invalid configuration: {exc}", file=sys.stderr)
+        print(invalid_configuration("trainer", exc), file=sys.stderr)
         return 2
     if not settings.redis_url:
         print("llmaas trainer: redis_url is required (jobs are queued in Redis)", file=sys.stderr)
