@@ -161,22 +161,24 @@ class Limiter:
 
     async def release(self, principal: Principal, lease: str) -> ReleaseOutcome:
         """Give back what admitting `lease` charged, once, and cancel it if it has not run."""
-        key_keys, tenant_keys = scope_keys(principal.tenant, principal.scope_id)
-        keys = [marker_key(principal.tenant, lease), *key_keys, *tenant_keys]
-        tpm = [principal.key_limits.tpm or 0, principal.tenant_limits.tpm or 0]
-        outcome = await self._release(keys=keys, args=[lease, self.window_ms, *tpm])
-        return _OUTCOMES[outcome]
+        keys, args = self._release_call(principal, lease)
+        return _OUTCOMES[await self._release(keys=keys, args=args)]
 
     async def release_many(self, leases: list[tuple[Principal, str]]) -> list[ReleaseOutcome]:
         """`release` for each lease, in one round trip on one connection (a pipeline)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for principal, lease in leases:
-                key_keys, tenant_keys = scope_keys(principal.tenant, principal.scope_id)
-                keys = [marker_key(principal.tenant, lease), *key_keys, *tenant_keys]
-                tpm = [principal.key_limits.tpm or 0, principal.tenant_limits.tpm or 0]
-                await self._release(keys=keys, args=[lease, self.window_ms, *tpm], client=pipe)
+                keys, args = self._release_call(principal, lease)
+                await self._release(keys=keys, args=args, client=pipe)
             replies = await pipe.execute()
         return [_OUTCOMES[reply] for reply in replies]
+
+    def _release_call(self, principal: Principal, lease: str) -> tuple[list[str], list[Any]]:
+        """release.lua's keys and arguments for `lease`."""
+        key_keys, tenant_keys = scope_keys(principal.tenant, principal.scope_id)
+        keys = [marker_key(principal.tenant, lease), *key_keys, *tenant_keys]
+        tpm = [principal.key_limits.tpm or 0, principal.tenant_limits.tpm or 0]
+        return keys, [lease, self.window_ms, *tpm]
 
     async def renew(self, leases: list[tuple[Principal, str]]) -> int:
         """Move the expiry of these leases to a ttl from now (renew.lua), in one round trip;
