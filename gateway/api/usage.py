@@ -25,6 +25,7 @@ from gateway.api.admin import require_admin
 from gateway.api.responses import json_response
 from gateway.deps import Caller, Gateway
 from gateway.errors import InvalidRequest, ServiceUnavailable
+from gateway.metering.ledger import DAY_MS
 from gateway.metering.query import (
     DEFAULT_GROUP_BY,
     GROUPS,
@@ -174,7 +175,9 @@ async def _totals(
     groups = _group_by(group)
     redis = _redis(gw)
     try:
-        rows = await usage_totals(redis, selection.where(tenant), first, last, groups)
+        rows = await usage_totals(
+            redis, selection.where(tenant), first, last, groups, retention_ms=_retention_ms(gw)
+        )
     except RedisError as exc:
         raise _ledger_unreachable(exc) from exc
     return json_response(
@@ -214,6 +217,7 @@ async def _records(
             end_ms=end_ms,
             after=cursor,
             limit=page.limit,
+            retention_ms=_retention_ms(gw),
         )
     except RedisError as exc:
         raise _ledger_unreachable(exc) from exc
@@ -222,6 +226,10 @@ async def _records(
         return Response(_csv(records, columns), headers=headers, media_type="text/csv")
     body = b"".join(orjson.dumps(r.view(columns)) + b"\n" for r in records)
     return Response(body, headers=headers, media_type="application/x-ndjson")
+
+
+def _retention_ms(gw: GatewayState) -> int:
+    return int(gw.settings.metering.retention_days * DAY_MS)
 
 
 def _csv(records: list[UsageRecord], columns: tuple[str, ...]) -> str:

@@ -4,7 +4,12 @@ Layout (every key of a tenant under its hash tag, so one script touches them tog
   llmaas:{t:<tenant>}:usage:log            stream of records, trimmed to the retention
   llmaas:{t:<tenant>}:usage:day:<date>     hash of daily totals; field JSON [key_id, model, metric]
   llmaas:{t:<tenant>}:usage:seen:<id>      marks a settled record id for `dedupe_window_s`
-  llmaas:usage:tenants                     set of tenants that have usage (for admin queries)
+  llmaas:{usage:tenants}:last              sorted sets of the tenants with usage, for admin
+  llmaas:{usage:tenants}:first             queries: the time of a tenant's last write (the
+                                           gateway's clock, ms) and its earliest record's
+                                           time; metering/query.py prunes them with the
+                                           retention and moves over llmaas:usage:tenants, the
+                                           set gateways before 2026-12-06 wrote
   llmaas:ledger:id                         this ledger's id (random, set once): spill files
                                            carry it so they replay into their own ledger only
 """
@@ -12,6 +17,7 @@ Layout (every key of a tenant under its hash tag, so one script touches them tog
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +33,9 @@ from gateway.redis_pipe import PipeScript, RedisPipe
 from gateway.redis_wire import Command
 from gateway.settings import MeteringSettings
 
-TENANTS = "llmaas:usage:tenants"
+TENANTS = "llmaas:{usage:tenants}:last"  # (one hash slot: query.py prunes both in one script)
+TENANTS_FIRST = "llmaas:{usage:tenants}:first"
+LEGACY_TENANTS = "llmaas:usage:tenants"  # a set, as gateways before 2026-12-06 wrote it
 LEDGER_ID = "llmaas:ledger:id"
 METRICS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens")
 # A fine-tuning job's record adds to its own daily totals, apart from the model's inference: its
@@ -128,7 +136,8 @@ class Ledger:
     def commands(self, batch: Sequence[Settlement]) -> list[Command]:
         """What writing `batch` sends: one EVALSHA of settle.lua per group of settlements that
         share a key, model and UTC day (in the batch's order within each, at most GROUP_MAX),
-        then the tenants' SADD."""
+        then the tenants' last write and earliest record (ZADD GT / LT: a clock behind another
+        replica's, or a spill file replayed late, never moves them the wrong way)."""
         commands: list[Command] = []
         groups: dict[int, tuple[_Fixed, list[Settlement]]] = {}
         for settlement in batch:
@@ -140,9 +149,15 @@ class Ledger:
             if len(group[1]) == GROUP_MAX:
                 commands.append(self._command(*groups.pop(id(fixed))))
         commands += [self._command(fixed, group) for fixed, group in groups.values()]
-        tenants = {s.tenant for s in batch if s.record is not None}
-        if tenants:
-            commands.append(("SADD", TENANTS, *tenants))
+        first: dict[str, int] = {}
+        for s in batch:
+            if s.record is not None:
+                first[s.tenant] = min(first.get(s.tenant, s.record.time_ms), s.record.time_ms)
+        if first:
+            now = int(time.time() * 1000)
+            commands.append(("ZADD", TENANTS, "GT", *[x for t in first for x in (now, t)]))
+            scored = [x for tenant, ms in first.items() for x in (ms, tenant)]
+            commands.append(("ZADD", TENANTS_FIRST, "LT", *scored))
         return commands
 
     def _fixed_of(self, s: Settlement) -> _Fixed:

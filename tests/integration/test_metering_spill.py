@@ -41,7 +41,7 @@ async def _redis(url: str) -> tuple[int, set[bytes], bytes | None]:
     redis = Redis.from_url(url)
     try:
         size = int(await redis.xlen(log_key("spilled")))
-        tenants = cast("set[bytes]", await redis.smembers(TENANTS))
+        tenants = set(cast("list[bytes]", await redis.zrange(TENANTS, 0, -1)))
         return size, tenants, cast("bytes | None", await redis.get(LEDGER_ID))
     finally:
         await redis.aclose()
