@@ -131,7 +131,9 @@ def add_admin_commands(sub: Any) -> None:
     )
     tenant_set.add_argument(
         "--media-hosts",
-        help="comma-separated hosts its media URLs may name ('' for none; omitted: the default)",
+        metavar="HOSTS|default",
+        help="comma-separated hosts its media URLs may name ('' for none; default or omitted: "
+        "the gateway's request_policy.media_hosts)",
     )
     tenant_update = tenants.add_parser(
         "update",
@@ -285,8 +287,7 @@ def _tenant_changes(args: argparse.Namespace) -> dict[str, Any]:
     if "priority" in vars(args):
         body["priority"] = args.priority
     if args.media_hosts is not None:
-        default = args.media_hosts.strip().lower() == "default"
-        body["media_hosts"] = None if default else _hosts(args)
+        body["media_hosts"] = _hosts(args)
     return body
 
 
@@ -301,7 +302,9 @@ def _key_changes(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _hosts(args: argparse.Namespace) -> list[str] | None:
-    if args.media_hosts is None:
+    """--media-hosts as the API takes it: None for "default" (the gateway's list, as for
+    `set` without the option)."""
+    if args.media_hosts is None or args.media_hosts.strip().lower() == "default":
         return None
     return [h.strip() for h in args.media_hosts.split(",") if h.strip()]
 

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 import time
 
 import aiohttp
+
+# A DNS name: dot-separated labels of letters, digits, hyphens (and the underscores some
+# names carry), none empty or over 63 characters, none starting or ending with a hyphen.
+_NAME = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*")
 
 
 def media_host(host: str) -> str:
@@ -18,6 +23,8 @@ def media_host(host: str) -> str:
     try:
         literal = ipaddress.ip_address(host)
     except ValueError:
+        if not _NAME.fullmatch(host):
+            raise ValueError(f"'{host}' is neither a host name nor an IP address") from None
         return host  # a name: its addresses are checked when a request uses it
     if not literal.is_global:
         raise ValueError(f"'{host}' is not a public address: media from it is always refused")

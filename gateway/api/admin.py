@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import unicodedata
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from gateway.api.credential_gate import admin_token_ok, admin_unauthorized
 from gateway.api.responses import json_response, page_response, unknown_cursor
-from gateway.auth.api_keys import format_key, hash_secret, new_secret
+from gateway.auth.api_keys import PREFIX, format_key, hash_secret, new_secret, parse_key
 from gateway.auth.issue import issue_key
 from gateway.auth.records import (
     ID_PATTERN,
@@ -51,12 +51,39 @@ router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)])
 TenantId = Annotated[str, PathParam(pattern=ID_PATTERN)]
 
 
+# Control characters, invisible format characters (bidi overrides, zero-width spaces, a byte
+# order mark), surrogates and private-use characters.
+_UNPRINTABLE = frozenset(("Cc", "Cf", "Cs", "Co"))
+
+
 def _printable(value: str) -> str:
-    """No control characters: a newline or a terminal escape in a label reached every
-    `llmaas keys list` table (and the terminal reading it) as it was."""
-    if any(unicodedata.category(c) == "Cc" for c in value):
-        raise ValueError("cannot contain control characters (newlines, tabs, escapes)")
+    """No control or invisible characters: a newline or a terminal escape in a label reached
+    every `llmaas keys list` table (and the terminal reading it) as it was; a right-to-left
+    override turned the rest of its row around, and a zero-width space made a model name that
+    looks like another and allows nothing."""
+    if any(unicodedata.category(c) in _UNPRINTABLE for c in value):
+        raise ValueError(
+            "cannot contain control or invisible characters (newlines, tabs, escapes, "
+            "zero-width or bidirectional formatting characters)"
+        )
     return value
+
+
+def _no_name(value: str | None) -> str | None:
+    """An empty name is no name, at a key's creation as in an update (where it removes one)."""
+    return value or None
+
+
+def _id_of_key(value: str) -> str:
+    """A key id in a path; a whole key (sk-llmaas-<id>-<secret>) stands for its id, so that its
+    secret goes into no error message (and the access log masks it: middleware.py)."""
+    if not value.startswith(PREFIX):
+        return value
+    parsed = parse_key(value)
+    return parsed[0] if parsed is not None else f"{PREFIX}…"  # found by no id: a 404
+
+
+KeyId = Annotated[str, AfterValidator(_id_of_key)]
 
 
 def _model_name(value: str) -> str:
@@ -78,6 +105,8 @@ AllowedModels = Annotated[
 
 EXAMPLE_TIME = "2027-01-01T00:00:00Z"
 KeyName = Annotated[str, Field(max_length=200), AfterValidator(_printable)]
+# The last moment a datetime (and so an RFC 3339 answer) can say, in UTC.
+LAST_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
 class KeySettings(LimitFields):
@@ -85,7 +114,7 @@ class KeySettings(LimitFields):
 
     model_config = ConfigDict(extra="forbid")
     models: AllowedModels = None
-    name: KeyName | None = None
+    name: Annotated[KeyName | None, AfterValidator(_no_name)] = None
     expires_at: datetime | None = None
 
     @field_validator("expires_at", mode="wrap")
@@ -105,6 +134,8 @@ class KeySettings(LimitFields):
             raise ValueError(f"must be RFC 3339 with a time zone, e.g. {EXAMPLE_TIME}")
         if value is not None and value.timestamp() <= time.time():
             raise ValueError("must be in the future")
+        if value is not None and value.timestamp() > LAST_TIME.timestamp():
+            raise ValueError("must be at the latest 9999-12-31T23:59:59Z (in UTC)")
         return value
 
     def record_fields(self, fields: set[str]) -> dict[str, Any]:
@@ -168,12 +199,12 @@ async def list_keys(
 
 
 @router.get("/keys/{key_id}", response_model=None)
-async def get_key(key_id: str, gw: Gateway) -> Response:
+async def get_key(key_id: KeyId, gw: Gateway) -> Response:
     return json_response((await key_or_404(store_of(gw), key_id)).view())
 
 
 @router.patch("/keys/{key_id}", response_model=None)
-async def update_key(key_id: str, body: KeySettings, gw: Gateway) -> Response:
+async def update_key(key_id: KeyId, body: KeySettings, gw: Gateway) -> Response:
     """Change a key's limits, models, name or expiry; what the body leaves out stays as it
     is, and null clears (a limit falls back to limits.key_defaults; every model, no name,
     never expires). Every replica drops its cached copy at once: the next request goes by the
@@ -189,7 +220,7 @@ async def update_key(key_id: str, body: KeySettings, gw: Gateway) -> Response:
 
 
 @router.delete("/keys/{key_id}", response_model=None)
-async def revoke_key(key_id: str, gw: Gateway) -> Response:
+async def revoke_key(key_id: KeyId, gw: Gateway) -> Response:
     store = store_of(gw)
     record = (await key_or_404(store, key_id)).model_copy(update={"revoked": True})
     await store.put_key(record)
@@ -197,15 +228,16 @@ async def revoke_key(key_id: str, gw: Gateway) -> Response:
 
 
 @router.post("/keys/{key_id}/rotate", response_model=None)
-async def rotate_key(key_id: str, gw: Gateway) -> Response:
+async def rotate_key(key_id: KeyId, gw: Gateway) -> Response:
     """A new secret for the same key id; the old secret stops working on every replica."""
     store = store_of(gw)
     secret = new_secret()
     old, read = await key_version_or_404(store, key_id)
     if old.expired(time.time()):  # a new secret for it would be refused from the start
         raise InvalidRequest(
-            f"The API key '{key_id}' expired at {rfc3339(old.expires_at or 0)}; "
-            "create a new key instead.",
+            f"The API key '{key_id}' expired at {rfc3339(old.expires_at or 0)}; renew it "
+            "first (PATCH with a later expires_at: llmaas keys update --expires-at), or "
+            "create a new key.",
             param="id",
             code="key_expired",
             status=409,

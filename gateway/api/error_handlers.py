@@ -18,6 +18,7 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from gateway.api import files, fine_tuning
+from gateway.auth.api_keys import masked
 from gateway.errors import (
     ApiError,
     InternalError,
@@ -42,7 +43,9 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, HTTPException)
         err: ApiError
         if exc.status_code == 404:
-            err = NotFound(f"Unknown path: {request.method} {request.url.path}", code="unknown_url")
+            err = NotFound(
+                f"Unknown path: {request.method} {masked(request.url.path)}", code="unknown_url"
+            )
         elif exc.status_code == 405:
             allowed = _allowed_methods(request)
             err = MethodNotAllowed(

@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.cors import Cors, is_preflight
+from gateway.auth.api_keys import masked
 from gateway.errors import ApiError, InternalError
 from gateway.logs import ACCESS_LOGGER
 from gateway.proxy.asgi_send import send_error
@@ -115,7 +116,7 @@ class RequestContextMiddleware:
         fields = {
             "request_id": info.request_id,
             "method": scope["method"],
-            "path": scope["path"],
+            "path": masked(scope["path"]),
             "status": info.status,
             "duration_ms": round(elapsed * 1000, 3),
             "model": info.model,

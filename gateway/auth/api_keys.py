@@ -34,6 +34,14 @@ def parse_key(text: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
+_SECRET_AFTER_ID = re.compile(rf"({PREFIX}[0-9a-f]{{{2 * _ID_BYTES}}}-)[^/?#\s]+")
+
+
+def masked(text: str) -> str:
+    """`text` (a URL path, a message) with the secret of any key in it cut to "…"."""
+    return _SECRET_AFTER_ID.sub(r"\1…", text) if PREFIX in text else text
+
+
 def hash_secret(pepper: bytes, secret: str) -> str:
     """HMAC-SHA256 of the secret under the pepper, hex (what key records store)."""
     return hmac.digest(pepper, secret.encode(), "sha256").hex()

@@ -26,15 +26,17 @@ Host = Annotated[
 MAX_LIMIT = 2**53 - 1
 
 
-def _not_a_bool(value: object) -> object:
+def _a_number(value: object) -> object:
     """JSON's true and false are no numbers here (pydantic would store them as 1 and 0: a
-    limit of one request a minute)."""
+    limit of one request a minute), nor are strings ("1_000" and " 7 " were read as numbers)."""
     if isinstance(value, bool):
         raise ValueError("must be a whole number, not true or false")
+    if isinstance(value, str):
+        raise ValueError("must be a whole number, not a string")
     return value
 
 
-Whole = Annotated[int, BeforeValidator(_not_a_bool)]
+Whole = Annotated[int, BeforeValidator(_a_number)]
 Limit = Annotated[Whole, Field(ge=1, le=MAX_LIMIT)]
 
 
@@ -92,5 +94,10 @@ class KeyRecord(LimitFields):
         return data
 
 
+# The last second a datetime can say: a record stored past it (an expiry the API took before
+# 2026-12-06) is shown as this, not a 500 for every listing it is in.
+_LAST_TS = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+
+
 def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(min(ts, _LAST_TS), UTC).isoformat().replace("+00:00", "Z")

@@ -125,6 +125,9 @@ async def test_tenants_through_the_cli(auth: AuthStack) -> None:
     assert code == 0
     assert "cli-t" in table
     assert "1000" in table
+    # as update takes it: the gateway's list, not a host named "default"
+    tenant = await llmaas_json(auth, "tenants", "set", "cli-t", "--media-hosts", "default")
+    assert tenant["media_hosts"] is None
 
 
 async def test_tenants_update_changes_only_what_it_names(auth: AuthStack) -> None:

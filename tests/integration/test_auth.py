@@ -259,6 +259,13 @@ async def test_admin_api_refuses_everyone_but_the_admin(auth: AuthStack) -> None
         ({"tenant": "acme", "models": ["m\x00"]}, "models[0]"),
         ({"tenant": "acme", "expires_at": "2020-01-01T00:00:00Z"}, "expires_at"),
         ({"tenant": "acme", "expires_at": "2099-01-01T00:00:00"}, "expires_at"),
+        # past year 9999 in UTC: stored, then a 500 for its creation and every listing
+        ({"tenant": "acme", "expires_at": "9999-12-31T23:59:59-12:00"}, "expires_at"),
+        ({"tenant": "acme", "name": "\u202eevil"}, "name"),  # turned a keys list row around
+        ({"tenant": "acme", "models": ["m\u200b"]}, "models[0]"),  # looks like "m"
+        ({"tenant": "acme", "rpm": "10"}, "rpm"),  # a string was read as a number
+        ({"tenant": "acme", "tpm": "1_000"}, "tpm"),
+        ({"tenant": "acme", "max_concurrency": " 7 "}, "max_concurrency"),
     ],
 )
 async def test_bad_admin_bodies_are_400_naming_the_field(
@@ -279,6 +286,7 @@ async def test_a_bad_expiry_says_which_format_it_takes(auth: AuthStack) -> None:
         ("2099-01-01", rfc3339),
         ("2099-01-01T00:00:00", rfc3339),
         ("2020-01-01T00:00:00Z", "must be in the future"),
+        ("9999-12-31T23:59:59-12:00", "must be at the latest 9999-12-31T23:59:59Z (in UTC)"),
     ):
         status, payload = await auth.admin("POST", "/keys", {"tenant": "acme", "expires_at": value})
         assert (status, payload["error"]["message"]) == (400, f"Invalid 'expires_at': {says}.")
@@ -302,6 +310,53 @@ async def test_blank_names_in_a_tenants_lists_are_400_naming_the_item(
     assert f"'{param}'" in payload["error"]["message"]
     status, _ = await auth.admin("GET", "/tenants/blanks")
     assert status == 404  # nothing stored
+
+
+async def test_a_stored_expiry_past_year_9999_is_still_listed(auth: AuthStack) -> None:
+    """One the API took before 2026-12-06 made every listing it was in a 500."""
+    key_id = (await auth.new_key(tenant="far-future")).split("-")[2]
+    raw = await auth.redis.get(f"llmaas:apikey:{key_id}")
+    assert raw is not None
+    record = KeyRecord.model_validate_json(raw).model_copy(update={"expires_at": 253402343999.0})
+    await auth.redis.set(f"llmaas:apikey:{key_id}", record.model_dump_json())
+    status, page = await auth.admin("GET", "/keys?tenant=far-future")
+    assert status == 200, page
+    assert [k["expires_at"] for k in page["data"]] == ["9999-12-31T23:59:59Z"]
+    status, renewed = await auth.admin("PATCH", f"/keys/{key_id}", {"expires_at": None})
+    assert (status, renewed["expires_at"]) == (200, None)
+
+
+async def test_a_whole_key_in_an_admin_path_stands_for_its_id(auth: AuthStack) -> None:
+    """As the CLI sends it: the secret goes into no message and no access log line."""
+    key = await auth.new_key(tenant="whole")
+    key_id, secret = key.split("-")[2], key.split("-")[3]
+    with collected() as logs:
+        status, shown = await auth.admin("GET", f"/keys/{key}")
+        assert (status, shown["id"]) == (200, key_id)
+        unknown = f"sk-llmaas-{'0' * 12}-{'ab' * 24}"
+        status, payload = await auth.admin("DELETE", f"/keys/{unknown}")
+        assert status == 404
+        assert "ab" * 24 not in payload["error"]["message"]
+        status, payload = await auth.admin("GET", f"/no-such/{key}")
+        assert status == 404
+        assert secret not in payload["error"]["message"]
+        status, revoked = await auth.admin("DELETE", f"/keys/{key}")
+        assert (status, revoked["id"], revoked["revoked"]) == (200, key_id, True)
+    lines = [JsonFormatter().format(r) for r in logs.records]
+    assert any(f"/admin/v1/keys/sk-llmaas-{key_id}-…" in line for line in lines), lines
+    assert not any(secret[:16] in line for line in lines)
+
+
+async def test_an_empty_key_name_is_no_name(auth: AuthStack) -> None:
+    status, made = await auth.admin("POST", "/keys", {"tenant": "acme", "name": ""})
+    assert (status, made["name"]) == (201, None)
+
+
+async def test_media_hosts_that_are_no_host_are_400_naming_the_item(auth: AuthStack) -> None:
+    for hosts, param in ((["ok.example", ":::"], "media_hosts[1]"), (["..."], "media_hosts[0]")):
+        status, payload = await auth.admin("PUT", "/tenants/hosts", {"media_hosts": hosts})
+        assert (status, payload["error"]["param"]) == (400, param), payload
+        assert "neither a host name nor an IP address" in payload["error"]["message"]
 
 
 async def test_malformed_admin_json_and_unknown_ids(auth: AuthStack) -> None:
