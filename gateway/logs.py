@@ -112,3 +112,10 @@ def _route(handler: logging.Handler, level: str) -> None:
     root.propagate = False
     # The access log has its own switch (access_log): log_level warning must not silence it.
     logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
+    # python-multipart warns of every malformed body a client sends (its 400 says so already),
+    # and with no handler of its own that went to stderr as a line of plain text: a client
+    # wrote into the JSON log. Its errors only, as JSON.
+    multipart = logging.getLogger("python_multipart")
+    multipart.handlers = [handler]
+    multipart.setLevel(logging.ERROR)
+    multipart.propagate = False

@@ -207,6 +207,7 @@ async def delete_file(file_id: FileId, gw: Gateway, caller: Caller) -> Response:
                     param="id",
                     code="file_in_use",
                     status=409,
+                    headers={"x-should-retry": "false"},  # a retry soon finds it in use (SDKs)
                 )
 
     # One step with the check: a job created on the file meanwhile changes the active set

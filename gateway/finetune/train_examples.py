@@ -70,10 +70,16 @@ def _conversation(line: str, number: int) -> list[Message]:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise TrainError(f"line {number}: not JSON ({exc.msg})") from exc
+    except RecursionError:
+        raise TrainError(f"line {number}: nested too deeply") from None
+    if isinstance(record, dict) and (record.get("tools") or record.get("functions")):
+        raise TrainError(f"line {number}: tool and function calls are not trained yet")
     messages = record.get("messages") if isinstance(record, dict) else None
     if not isinstance(messages, list) or not messages:
         raise TrainError(f"line {number}: needs a non-empty 'messages' list")
     out = [_message(message, number) for message in messages]
+    if out[0].trained:  # (its chat template renders no prompt before it)
+        raise TrainError(f"line {number}: an assistant message to learn from cannot come first")
     if not any(message.trained for message in out):
         raise TrainError(f"line {number}: has no assistant message to learn from")
     return out
@@ -82,6 +88,8 @@ def _conversation(line: str, number: int) -> list[Message]:
 def _message(message: object, number: int) -> Message:
     if not isinstance(message, dict) or message.get("role") not in ROLES:
         raise TrainError(f"line {number}: each message needs a role in {', '.join(ROLES)}")
+    if message.get("tool_calls") or message.get("function_call"):
+        raise TrainError(f"line {number}: tool and function calls are not trained yet")
     content = message.get("content")
     if isinstance(content, list):  # content parts: only text can be trained on here
         texts = [part.get("text") for part in content if isinstance(part, dict)]

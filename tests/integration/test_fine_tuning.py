@@ -287,6 +287,7 @@ async def test_a_training_file_is_not_deleted_under_its_active_job(ft: TenantSta
         await client.files.delete(file_id)
     error = _error(refused.value)
     assert (error["code"], error["param"]) == ("file_in_use", "id")
+    assert refused.value.response.headers["x-should-retry"] == "false"  # SDKs tried it 3 times
     assert job.id in error["message"]
     assert "queued" in error["message"]
     assert (await client.files.retrieve(file_id)).id == file_id  # kept

@@ -12,6 +12,7 @@ from gateway.files.finetune_format import FileFormatError, check_chat_jsonl
 from gateway.finetune.train_examples import TrainError, read_conversations
 
 USER = b'{"role":"user","content":"hi"}'
+ASSISTANT = b'{"role":"assistant","content":"x"}'
 
 
 def example(*messages: bytes) -> bytes:
@@ -49,6 +50,21 @@ def example(*messages: bytes) -> bytes:
             b'{"messages": [}\n',
             "Line 1 is not valid JSON (column 15: unexpected character, expected a JSON value).",
         ),
+        (  # the trainer's chat template renders nothing before it: the job failed
+            example(b'{"role":"assistant","content":"Hello!"}', USER, ASSISTANT),
+            "Line 1, messages[0]: an assistant message to learn from cannot come first (nothing "
+            "asks for it): start with a system or user message, or give it 'weight': 0.",
+        ),
+        (  # it was trained as an empty answer (content "") or refused (content null)
+            example(USER, b'{"role":"assistant","content":"","tool_calls":[{"id":"c"}]}'),
+            "Line 1, messages[1]: 'tool_calls': tool and function calls are not trained yet (an "
+            "assistant turn that calls one would be learnt as its text alone).",
+        ),
+        (
+            b'{"tools":[{"type":"function"}],"messages":[' + USER + b"," + ASSISTANT + b"]}\n",
+            "Line 1: 'tools': tool and function calls are not trained yet (an assistant turn "
+            "that calls one would be learnt as its text alone).",
+        ),
     ],
 )
 def test_what_the_trainer_would_refuse_is_refused_at_upload(
@@ -61,6 +77,22 @@ def test_what_the_trainer_would_refuse_is_refused_at_upload(
     assert str(refused.value) == says
     with pytest.raises(TrainError, match=r"^line 1: "):
         read_conversations(path)
+
+
+def test_a_line_nested_past_what_the_trainer_reads_is_refused(tmp_path: Path) -> None:
+    """orjson reads 1,024 levels, the trainer's json fewer: the job failed in a RecursionError
+    naming no line."""
+    path = tmp_path / "t.jsonl"
+    deep = b"[" * 999 + b"]" * 999
+    path.write_bytes(b'{"extra":' + deep + b',"messages":[' + USER + b"," + ASSISTANT + b"]}\n")
+    with pytest.raises(FileFormatError, match=r"^Line 1 is nested deeper than 100 levels\.$"):
+        check_chat_jsonl(path)
+    with pytest.raises(TrainError, match=r"^line 1: nested too deeply$"):
+        read_conversations(path)
+    path.write_bytes(
+        b'{"extra":' + b"[" * 98 + b"]" * 98 + b',"messages":[' + USER + b"," + ASSISTANT + b"]}\n"
+    )
+    assert check_chat_jsonl(path) == 1  # 100 levels: the object, "extra"'s 98, none deeper
 
 
 def test_a_weight_of_0_keeps_a_turn_out_and_1_keeps_it_in(tmp_path: Path) -> None:

@@ -55,3 +55,13 @@ def test_the_access_log_is_written_whatever_the_log_level(
     listener.stop()
     lines = [orjson.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert [(line["logger"], line["msg"]) for line in lines] == [(ACCESS_LOGGER, "request")]
+
+
+def test_a_malformed_upload_writes_no_plain_text_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """python-multipart's warning of a body a client sent went to stderr as plain text."""
+    listener = configure_logging("info")
+    logging.getLogger("python_multipart.multipart").warning("Expected boundary character 45")
+    logging.getLogger("python_multipart.multipart").error("a failure of its own")
+    listener.stop()
+    lines = [orjson.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [line["msg"] for line in lines] == ["a failure of its own"]
