@@ -292,7 +292,9 @@ def _homes(settings: Settings, redis: Redis | None) -> ResponseHomes:
 def _auth(
     settings: Settings, redis: Redis | None, upstream: Upstream
 ) -> tuple[Authenticator, InvalidationListener | None]:
-    cache = AuthCache(settings.auth.cache_ttl_s, settings.auth.cache_max_entries)
+    cache = AuthCache(
+        settings.auth.cache_ttl_s, settings.auth.cache_max_entries, settings.auth.stale_max_s
+    )
     jwt = JwtVerifier(settings.auth.jwt, upstream.session) if settings.auth.jwt.enabled else None
     auth = Authenticator(
         required=settings.auth.required,

@@ -170,6 +170,11 @@ class AuthSettings(Section):
     # false: every request acts as the tenant "anonymous" (a closed network, tests); say so loudly.
     required: bool = True
     cache_ttl_s: float = Field(default=30.0, gt=0)  # upper bound on staleness if pub/sub breaks
+    # While this process cannot read Redis, a key or tenant it has cached answers from its last
+    # record for this long past cache_ttl_s (0: a 503 auth_store_unavailable at once). It is
+    # also how long a key revoked through another replica still works on this one if only this
+    # one is cut off from Redis.
+    stale_max_s: float = Field(default=300.0, ge=0)
     # Records (and briefly, unknown ids) cached per process and kind; least recently used go first.
     cache_max_entries: int = Field(default=10_000, ge=1)
     # More than `failure_limit` 401s from one peer address within `failure_window_s`: its further

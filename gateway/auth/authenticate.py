@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from starlette.datastructures import Headers
 
 from gateway.auth.api_keys import PREFIX, parse_key, secret_matches
-from gateway.auth.cache import STALE_MAX_S, AuthCache, Timed
+from gateway.auth.cache import AuthCache, Timed
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.principal import ANONYMOUS, Limits, Principal
 from gateway.auth.records import KeyRecord, TenantRecord
@@ -214,7 +214,7 @@ class Authenticator:
         try:  # shielded: a client that leaves does not cancel the read the others wait for
             return cast("T | None", await asyncio.shield(pending.task))
         except ServiceUnavailable:  # the store cannot be read: its last answer, if recent
-            stale = entries.stale(name, STALE_MAX_S)
+            stale = entries.stale(name, self.cache.stale_s) if self.cache.stale_s else None
             if stale is None:
                 raise
             return stale

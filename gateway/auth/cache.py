@@ -2,9 +2,11 @@
 
 Entries are dropped by pub/sub invalidation (see invalidation.py) as soon as an admin writes,
 and in any case after `ttl_s`, which bounds staleness should the subscription break. While
-Redis cannot be read, an expired record (never an "absent") still answers for up to
-STALE_MAX_S: every request was a 503 `auth_store_unavailable` once the cache aged out, in
-`limits.failure_mode: open` too. Each kind
+Redis cannot be read, an expired record (never an "absent") still answers for up to `stale_s`
+past its ttl (auth.stale_max_s): every request was a 503 `auth_store_unavailable` once the
+cache aged out, in `limits.failure_mode: open` too. That is also how long a key revoked through
+another replica works on this one while only this one cannot reach Redis (a partition), hence a
+bound of minutes, not hours. Each kind
 holds at most `max_entries` (least recently used go first), so junk ids cannot grow it.
 
 `generation` counts invalidations: a lookup notes it before reading Redis and caches its answer
@@ -22,7 +24,6 @@ from gateway.auth.records import KeyRecord, TenantRecord
 
 T = TypeVar("T")
 MISSING_TTL_S = 1.0  # unknown ids are remembered briefly so junk keys cannot hammer Redis
-STALE_MAX_S = 3600.0  # how long past its ttl a record answers while Redis cannot be read
 
 
 class Timed(Generic[T]):
@@ -68,7 +69,9 @@ class Timed(Generic[T]):
 
 
 class AuthCache:
-    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
+    def __init__(self, ttl_s: float, max_entries: int = 10_000, stale_s: float = 0.0) -> None:
+        """`stale_s`: how long past its ttl a record answers while Redis cannot be read."""
+        self.stale_s = stale_s
         self.keys: Timed[KeyRecord] = Timed(ttl_s, max_entries)
         self.tenants: Timed[TenantRecord] = Timed(ttl_s, max_entries)
         self.generation = 0

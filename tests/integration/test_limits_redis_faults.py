@@ -82,6 +82,7 @@ async def faulty_stack(
     limits_timeout_s: float = 1.0,
     sim: SimConfig | None = None,
     cache_ttl_s: float | None = None,
+    stale_max_s: float | None = None,
 ) -> AsyncIterator[Faulty]:
     """A gateway whose Redis sits behind a proxy (or not), and a key limited at both scopes."""
     redis_server = RestartableRedis(tmp_path)
@@ -97,6 +98,8 @@ async def faulty_stack(
             settings.limits.timeout_s = limits_timeout_s
             if cache_ttl_s is not None:
                 settings.auth.cache_ttl_s = cache_ttl_s
+            if stale_max_s is not None:
+                settings.auth.stale_max_s = stale_max_s
             app = create_app(settings)
             async with (
                 serve_asgi(app) as gateway,
@@ -204,6 +207,28 @@ async def test_an_outage_longer_than_the_key_cache_keeps_the_failure_mode(
             assert body["error"]["code"] == "rate_limiter_unavailable"
         unavailable = f'llmaas_ratelimit_unavailable_total{{failure_mode="{failure_mode}"}}'
         assert await stack.metric(unavailable) == 1
+
+
+async def test_a_cached_key_answers_from_its_last_record_for_stale_max_s_only(
+    tmp_path: Path,
+) -> None:
+    """Served for an hour, whatever the operator wanted: a key revoked through another replica
+    kept working on one cut off from Redis (a partition) for that long."""
+    async with faulty_stack(tmp_path, "open", cache_ttl_s=0.3, stale_max_s=1.0) as stack:
+        await stack.complete_with_the_key_cached()
+        stack.proxy.set_mode("refuse")
+        await asyncio.sleep(0.5)  # past the ttl, within the stale bound
+        assert (await stack.complete())[0] == 200
+        await asyncio.sleep(1.0)  # past both
+        status, body, _ = await stack.complete()
+        assert (status, body["error"]["code"]) == (503, "auth_store_unavailable")
+    (tmp_path / "none").mkdir()
+    async with faulty_stack(tmp_path / "none", "open", cache_ttl_s=0.3, stale_max_s=0) as stack:
+        await stack.complete_with_the_key_cached()
+        stack.proxy.set_mode("refuse")
+        await asyncio.sleep(0.5)
+        status, body, _ = await stack.complete()
+        assert (status, body["error"]["code"]) == (503, "auth_store_unavailable")
 
 
 async def test_an_outage_is_logged_once_not_once_per_refused_request(tmp_path: Path) -> None:
