@@ -119,6 +119,16 @@ class ServiceUnavailable(ApiError):
     type = "service_unavailable"
 
 
+def no_redis(subject: str) -> ServiceUnavailable:
+    """What a route that keeps its state in Redis answers on a gateway configured without one:
+    `x-should-retry: false`, as no wait makes one (the SDKs retried it)."""
+    return ServiceUnavailable(
+        f"{subject} needs Redis (redis_url), and none is configured.",
+        code="no_redis",
+        headers={"x-should-retry": "false"},
+    )
+
+
 class GatewayTimeout(ApiError):
     status = 504
     type = "timeout"

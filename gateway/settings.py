@@ -336,6 +336,19 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _a_body_holds_an_image(self) -> Settings:
+        """A body limit under the data: URL limit made a 413 of an image the policy accepts
+        (the example config had 4 MiB against 8 MiB)."""
+        image = self.request_policy.max_data_url_bytes
+        if self.max_body_bytes < image:
+            raise ValueError(
+                f"max_body_bytes ({self.max_body_bytes}) is below "
+                f"request_policy.max_data_url_bytes ({image}): a request with an image that "
+                "policy accepts would be refused 413; raise the one or lower the other"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _fine_tuning_needs_files(self) -> Settings:
         if self.fine_tuning.base_models and not self.files.enabled:
             raise ValueError(

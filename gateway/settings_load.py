@@ -49,12 +49,31 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     try:
         return Settings(**data)
     except SettingsError as exc:
-        raise ConfigError(f"{where}: {environment_error(exc)}") from None
+        raise ConfigError(f"environment: {environment_error(exc)}") from None
     except ValidationError as exc:
-        lines = config_errors(exc)
-        if len(lines) == 1:
-            raise ConfigError(f"{where}: {lines[0]}") from None
-        raise ConfigError("\n  ".join([f"{where}:", *lines])) from None
+        said = [(_source(loc, where), line) for loc, line in config_errors(exc)]
+        sources = {source for source, _ in said}
+        if len(sources) > 1:  # each line says where its value came from
+            raise ConfigError("\n  ".join(["", *[f"{s}: {line}" for s, line in said]])) from None
+        source = sources.pop()
+        if len(said) == 1:
+            raise ConfigError(f"{source}: {said[0][1]}") from None
+        raise ConfigError("\n  ".join([f"{source}:", *[line for _, line in said]])) from None
+
+
+def _source(loc: tuple[str | int, ...], where: str) -> str:
+    """Where a wrong value came from: the LLMAAS_* variable that sets it (or a section of it),
+    else `where` (the file). `LLMAAS_PORT=99999` was said as the file's `port`."""
+    names = [part for part in loc if isinstance(part, str)]
+    if loc and not isinstance(loc[0], str):
+        return where
+    upto = next((i for i, part in enumerate(loc) if not isinstance(part, str)), len(loc))
+    set_ = {name.upper() for name in os.environ}
+    for end in range(upto, 0, -1):
+        variable = "LLMAAS_" + "__".join(names[:end]).upper()
+        if variable in set_:
+            return f"environment ({variable})"
+    return where
 
 
 class _UniqueKeys(yaml.SafeLoader):
@@ -169,9 +188,9 @@ def _json_setting(path: list[str]) -> bool:
     )
 
 
-def config_errors(exc: ValidationError) -> list[str]:
-    """Each error as `field.path: message` (`models[0].engines[1]`; a LLMAAS_* variable is
-    named by the same path), never with the value given: it may be a secret."""
+def config_errors(exc: ValidationError) -> list[tuple[tuple[str | int, ...], str]]:
+    """Each error's place and line, `field.path: message` (`models[0].engines[1]`), never
+    with the value given: it may be a secret."""
     lines = []
     for error in exc.errors(include_url=False, include_input=False):
         path = field_path(error["loc"])
@@ -179,5 +198,5 @@ def config_errors(exc: ValidationError) -> list[str]:
             message = "not a setting (misspelt, or in the wrong section?)"
         else:
             message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"{path}: {message}" if path else message)
+        lines.append((tuple(error["loc"]), f"{path}: {message}" if path else message))
     return lines

@@ -34,7 +34,7 @@ from gateway.auth.records import (
 )
 from gateway.auth.store import AuthStore, key_revoked, tenant_not_found
 from gateway.deps import Gateway
-from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
+from gateway.errors import InvalidRequest, NotFound, no_redis
 from gateway.redis_pages import AfterNotFound
 from gateway.routing.status import engines_status
 from gateway.state import GatewayState
@@ -159,7 +159,7 @@ class TenantPut(TenantFields):
 
 def store_of(gw: GatewayState) -> AuthStore:
     if gw.auth.store is None:
-        raise ServiceUnavailable("The admin API needs Redis (redis_url), and none is configured.")
+        raise no_redis("The admin API")
     return gw.auth.store
 
 

@@ -11,7 +11,9 @@ keys sent together passed the limit whole, since a 401 is known only once answer
 inside the request context (gateway/api/middleware.py), whose info tells it the status.
 
 The ops routes take part too, since the admin token opens them: a wrong token on /metrics is a
-401 like any other, and a throttled client gets 429 there. Readiness is never refused (a
+401 like any other, and a throttled client gets 429 there. Their failures are counted apart
+from the other routes' (`_client`): bad API keys from an address do not turn its operator away
+from the admin API, nor admin token guesses its API keys. Readiness is never refused (a
 probe from a throttled address still learns whether the pod is ready): a wrong token on
 /readyz counts as a failure, and a throttled client's token is not read (the bare status).
 /healthz reads no token.
@@ -33,6 +35,8 @@ from gateway.proxy.asgi_send import send_error
 from gateway.request_context import info_of
 
 _READINESS = "/readyz"
+_OPS_PATHS = frozenset({"/metrics", _READINESS})
+_ADMIN = "/admin/"
 _CREDENTIAL_HEADERS = frozenset({b"authorization", b"api-key"})
 
 
@@ -45,7 +49,7 @@ class AuthFailureThrottle:
         if scope["type"] != "http" or scope["path"] == "/healthz":
             await self.app(scope, receive, send)
             return
-        client = scope["client"][0] if scope.get("client") else "unknown"
+        client = _client(scope)
         wait = self.throttle.retry_after(client)
         if scope["path"] == _READINESS:
             await self._readiness(scope, receive, send, client, throttled=wait is not None)
@@ -80,6 +84,17 @@ class AuthFailureThrottle:
         ):
             self.throttle.failed(client)
         await self.app(scope, receive, send)
+
+
+def _client(scope: Scope) -> str:
+    """Whose failures a request counts with: its peer address's, apart for the routes the
+    admin and metrics tokens open (/admin, /metrics, /readyz) and for the others, so that bad
+    API keys sent through a shared address or proxy do not lock the operator out of revoking
+    them (and guesses of the admin token do not lock out the keys in use there)."""
+    peer = scope["client"][0] if scope.get("client") else "unknown"
+    path: str = scope["path"]
+    ops = path in _OPS_PATHS or path.startswith(_ADMIN)
+    return f"{peer} ops" if ops else peer
 
 
 def _credential(scope: Scope) -> bytes:

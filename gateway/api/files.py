@@ -21,7 +21,7 @@ from starlette.responses import Response, StreamingResponse
 from gateway.api.responses import json_response, page_response, unknown_cursor
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
-from gateway.errors import InvalidRequest, NotFound, RateLimited, ServiceUnavailable
+from gateway.errors import InvalidRequest, NotFound, RateLimited, ServiceUnavailable, no_redis
 from gateway.files.finetune_format import FileFormatError, check_chat_jsonl
 from gateway.files.records import FILE_ID_PATTERN, PURPOSES, FileRecord, new_file_id
 from gateway.files.storage import DirectoryStorage, FileStorage
@@ -43,7 +43,7 @@ def file_not_found(file_id: str) -> NotFound:
 
 def _parts(gw: GatewayState) -> tuple[FileStore, FileStorage]:
     if gw.redis is None:
-        raise ServiceUnavailable("The Files API needs Redis (redis_url), and none is configured.")
+        raise no_redis("The Files API")
     return FileStore(gw.redis), DirectoryStorage(gw.settings.files.dir)
 
 

@@ -17,7 +17,7 @@ from gateway.api.fine_tuning_bodies import JobCreate
 from gateway.api.responses import json_response, unknown_cursor
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
-from gateway.errors import InvalidRequest, NotFound, RateLimited, ServiceUnavailable
+from gateway.errors import InvalidRequest, NotFound, RateLimited, no_redis
 from gateway.files.storage import DirectoryStorage
 from gateway.files.store import FileStore, file_key
 from gateway.finetune.billing import bill_cancelled
@@ -40,9 +40,7 @@ JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN)]
 
 def _store(gw: GatewayState) -> JobStore:
     if gw.redis is None:
-        raise ServiceUnavailable(
-            "The Fine-tuning API needs Redis (redis_url), and none is configured."
-        )
+        raise no_redis("The Fine-tuning API")
     return JobStore(gw.redis)
 
 
@@ -106,8 +104,9 @@ async def create_job(body: JobCreate, gw: Gateway, caller: Caller) -> Response:
         raise _no_training_file(body.training_file) from None
     except LimitReached:
         raise RateLimited(
-            f"Your tenant has {settings.max_active_jobs_per_tenant} fine-tuning jobs queued or "
-            "running, the most it may; wait for one to finish or cancel one.",
+            f"Your tenant has {settings.max_active_jobs_per_tenant} fine-tuning jobs queued, "
+            "running or paused, the most it may; wait for one to finish, or cancel one (a "
+            "paused job does not finish by itself).",
             kind="requests",
             scope="tenant",
             limit_kind="fine_tuning_jobs",

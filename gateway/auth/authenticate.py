@@ -26,7 +26,7 @@ from gateway.auth.jwt import JwtVerifier
 from gateway.auth.principal import ANONYMOUS, Limits, Principal
 from gateway.auth.records import KeyRecord, TenantRecord
 from gateway.auth.store import AuthStore
-from gateway.errors import ServiceUnavailable, Unauthorized
+from gateway.errors import ServiceUnavailable, Unauthorized, no_redis
 
 # Used only in dev mode when no pepper is configured (the settings refuse that elsewhere).
 DEV_PEPPER = "llmaas-development-only-pepper"
@@ -227,7 +227,7 @@ class Authenticator:
 
     def _store(self) -> AuthStore:
         if self.store is None:
-            raise ServiceUnavailable("Authentication needs Redis, and none is configured.")
+            raise no_redis("Authentication")
         return self.store
 
     @staticmethod

@@ -233,12 +233,26 @@ def _sequences(body: dict[str, Any]) -> int:
 
 
 def _positive_int(body: dict[str, Any], field: str) -> int | None:
+    """As vLLM's pydantic reads an int: "20" and 20.0 are 20 (not 20.5, not true)."""
     value = body.get(field)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    number = _lax_int(value)
+    if number is None or number < 1:
         raise RequestError(400, f"{field}: expected an integer >= 1, got {value!r}", field)
-    return value
+    return number
+
+
+def _lax_int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value)
+    return None
 
 
 def _flag(body: dict[str, Any], field: str) -> bool:

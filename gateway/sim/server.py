@@ -76,20 +76,45 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         default=8001,
         help="port (default %(default)s; 0: any free port)",
     )
-    parser.add_argument("--ttft-ms", type=float, default=0.0, help="time to first token")
-    parser.add_argument("--itl-ms", type=float, default=0.0, help="inter-token latency")
     parser.add_argument(
-        "--max-tokens", type=int, default=16, help="completion length without max_tokens"
-    )
-    parser.add_argument("--embedding-dim", type=int, default=8, help="embedding vector length")
-    parser.add_argument(
-        "--max-model-len", type=int, default=2048, help="context: prompt + completion tokens"
+        "--ttft-ms", type=float, default=0.0, help="time to first token (default %(default)s)"
     )
     parser.add_argument(
-        "--kv-cache-tokens", type=int, default=65536, help="capacity behind kv_cache_usage_perc"
+        "--itl-ms", type=float, default=0.0, help="inter-token latency (default %(default)s)"
     )
-    parser.add_argument("--fail-rate", type=float, default=0.0, help="fraction of requests to fail")
-    parser.add_argument("--fail-status", type=int, default=500, help="status of those failures")
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=16,
+        help="completion length without max_tokens (default %(default)s)",
+    )
+    parser.add_argument(
+        "--embedding-dim", type=int, default=8, help="embedding vector length (default %(default)s)"
+    )
+    parser.add_argument(
+        "--max-model-len",
+        type=int,
+        default=2048,
+        help="context: prompt + completion tokens (default %(default)s)",
+    )
+    parser.add_argument(
+        "--kv-cache-tokens",
+        type=int,
+        default=65536,
+        help="capacity behind kv_cache_usage_perc (default %(default)s)",
+    )
+    parser.add_argument(
+        "--fail-rate",
+        type=float,
+        default=0.0,
+        help="fraction of requests to fail (default %(default)s)",
+    )
+    parser.add_argument(
+        "--fail-status",
+        type=int,
+        default=500,
+        help="status of those failures (default %(default)s)",
+    )
 
 
 def from_args(args: argparse.Namespace) -> tuple[SimConfig, str, int]:

@@ -43,6 +43,7 @@ def gateway_settings(sim_url: str, spill_dir: Path, **overrides: object) -> Sett
             {"name": DEAD_MODEL, "engines": [f"http://127.0.0.1:{free_port()}"]},
         ],
         "max_body_bytes": 64 * 1024,
+        "request_policy": {"max_data_url_bytes": 32 * 1024},  # (within the body)
         "upstream": {"response_timeout_s": 1.5, "stream_idle_timeout_s": 1.5},
         "access_log": True,
         "admin_token": ADMIN_TOKEN,

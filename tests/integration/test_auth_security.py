@@ -513,6 +513,15 @@ async def test_repeated_401s_from_one_address_are_throttled(secured: Secured) ->
     # A key this process has verified is let through from the same address: bad keys sent
     # through a shared address or proxy do not lock out the keys in use behind it.
     assert await secured.status(in_use, secured.strict) == 200
+    # The admin API counts its failures apart: the operator who would revoke the bad keys
+    # got 429 as well (and admin token guesses are throttled on their own: below).
+    admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with secured.http.get(f"{secured.strict}/admin/v1/keys", headers=admin) as resp:
+        assert resp.status == 200
+    async with secured.http.get(
+        f"{secured.strict}/admin/v1/keys", headers={"authorization": "Bearer not-the-token"}
+    ) as resp:
+        assert resp.status == 401
     # A header cannot make the same peer another client: X-Forwarded-For is not trusted.
     spoofed = {"authorization": f"Bearer {good}", "x-forwarded-for": "203.0.113.7"}
     async with secured.http.get(f"{secured.strict}/v1/models", headers=spoofed) as resp:
@@ -618,6 +627,14 @@ async def test_ops_token_guesses_are_throttled_and_probes_still_answered(secured
             status, body = await _ops(http, f"{secured.strict}/metrics", ADMIN_TOKEN)
             assert status == 429
             assert b"too_many_auth_failures" in body
+            admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+            async with http.get(f"{secured.strict}/admin/v1/keys", headers=admin) as resp:
+                assert resp.status == 429  # the admin API is an ops route: the same count
+            _, key = await secured.new_key()
+            async with http.get(  # the API keys used from there are not turned away
+                f"{secured.strict}/v1/models", headers={"authorization": f"Bearer {key}"}
+            ) as resp:
+                assert resp.status == 200
             status, bare = await _ops(http, f"{secured.strict}/readyz", ADMIN_TOKEN)
             assert (status, bare) == (200, b'{"status":"ready"}')  # the right token, not read
             async with http.get(f"{secured.strict}/healthz") as resp:

@@ -201,6 +201,22 @@ async def test_usage_without_redis_is_a_503_no_wait_mends(stack: Stack) -> None:
         assert assert_openai_error(await resp.json())["code"] == "no_ledger"
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/admin/v1/keys"), ("GET", "/v1/files"), ("GET", "/v1/fine_tuning/jobs")],
+)
+async def test_every_api_that_keeps_its_state_in_redis_says_no_wait_mends(
+    stack: Stack, method: str, path: str
+) -> None:
+    """They answered code null and no x-should-retry: the SDKs retried them."""
+    async with stack.http.request(method, f"{stack.gateway}{path}", headers=ADMIN) as resp:
+        assert resp.status == 503
+        assert resp.headers["x-should-retry"] == "false"
+        error = assert_openai_error(await resp.json())
+        assert error["code"] == "no_redis"
+        assert "needs Redis (redis_url), and none is configured" in error["message"]
+
+
 async def test_engine_that_does_not_answer_in_time_is_504(stack: Stack) -> None:
     status, payload = await post(stack, "/v1/chat/completions", {**CHAT, "sim": {"hang": True}})
     assert status == 504

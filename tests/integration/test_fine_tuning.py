@@ -258,9 +258,11 @@ async def test_active_jobs_are_limited_per_tenant(ft: TenantStack) -> None:
         await client.fine_tuning.jobs.create(model=BASE, training_file=file_id)
         for _ in range(MAX_ACTIVE)
     ]
+    await client.fine_tuning.jobs.pause(jobs[0].id)  # a paused job is one of them
     with pytest.raises(openai.RateLimitError) as refused:
         await client.fine_tuning.jobs.create(model=BASE, training_file=file_id)
     assert _error(refused.value)["code"] == "too_many_active_jobs"
+    assert "(a paused job does not finish by itself)" in _error(refused.value)["message"]
     # no retry makes room: the SDK must not send it again (an upload: the whole file again)
     assert refused.value.response.headers["x-should-retry"] == "false"
     other = await ft.tenant("ft-limit-other")  # another tenant is not affected

@@ -81,6 +81,7 @@ async def gateway_fixture(tmp_path_factory: pytest.TempPathFactory) -> AsyncIter
         "access_log": True,
         "log_level": "debug",
         "max_body_bytes": 64 * 1024,
+        "request_policy": {"max_data_url_bytes": 32 * 1024},  # (within the body)
         "auth": {"failure_limit": 100_000},  # the 401s below never throttle the admin's calls
         "files": {"dir": str(tmp / "files")},
     }

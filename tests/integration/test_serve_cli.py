@@ -196,9 +196,23 @@ async def test_an_environment_variable_that_is_not_json_exits_2_naming_it(tmp_pa
     code, err = await serve_fails(config, env=env)
     assert code == 2
     assert err.decode() == (
-        f"llmaas serve: invalid configuration: {config}: models: LLMAAS_MODELS is not valid JSON "
-        "(an environment variable gives a list or a mapping as JSON: "
+        "llmaas serve: invalid configuration: environment: models: LLMAAS_MODELS is not valid "
+        "JSON (an environment variable gives a list or a mapping as JSON: "
         "LLMAAS_AUTH__JWT__ALGORITHMS='[\"RS256\"]')\n"
+    )
+
+
+async def test_a_wrong_value_from_an_environment_variable_names_the_variable(
+    tmp_path: Path,
+) -> None:
+    """LLMAAS_PORT=99999 was said as the file's `port` (which held a good one)."""
+    config = tmp_path / "ok.yaml"
+    config.write_text("dev_mode: true\nport: 9000\n")
+    code, err = await serve_fails(config, env={"PATH": "/usr/bin:/bin", "LLMAAS_PORT": "99999"})
+    assert code == 2
+    assert err.decode() == (
+        "llmaas serve: invalid configuration: environment (LLMAAS_PORT): port: Input should be "
+        "less than or equal to 65535\n"
     )
 
 

@@ -41,6 +41,8 @@ def test_typos_and_bad_values_are_refused(tmp_path: Path) -> None:
     for token in ("admin-tökén-0123456789", "admin token\twith a tab"):  # never matched
         with pytest.raises(ConfigError, match="admin_token must be printable ASCII"):
             load_settings(None, dev_mode=True, admin_token=token)
+    with pytest.raises(ConfigError, match=r"max_body_bytes \(4194304\) is below request_polic"):
+        load_settings(None, dev_mode=True, max_body_bytes=4 * 1024 * 1024)  # the example had it
     for origin in ("https://app.example.com/", "app.example.com", " https://a.example"):
         with pytest.raises(ConfigError, match=r"cors\.allow_origins\[0\]: not an origin"):
             load_settings(None, dev_mode=True, cors={"allow_origins": [origin]})
@@ -80,7 +82,7 @@ def test_an_environment_variable_that_is_not_json_is_a_config_error_naming_it(
     with pytest.raises(ConfigError) as refused:
         load_settings(None, dev_mode=True)
     message = str(refused.value)
-    assert message.startswith("settings: auth: LLMAAS_AUTH__JWT__ALGORITHMS is not valid JSON")
+    assert message.startswith("environment: auth: LLMAAS_AUTH__JWT__ALGORITHMS is not valid JSON")
     assert "HMAC_SECRET" not in message
     assert "s3cr3t" not in message
 
@@ -117,3 +119,28 @@ def test_null_in_an_environment_variable_unsets_the_field(monkeypatch: pytest.Mo
     settings = load_settings(None, dev_mode=True)
     assert settings.routing.max_waiting_per_engine is None
     assert settings.fine_tuning.threads is None
+
+
+def test_a_wrong_value_from_the_environment_is_said_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LLMAAS_PORT=99999 was said as the file's `port`, which held a good one."""
+    path = tmp_path / "ok.yaml"
+    path.write_text("dev_mode: true\nport: 9000\nupstream:\n  connect_timeout_s: -1\n")
+    monkeypatch.setenv("LLMAAS_PORT", "99999")
+    monkeypatch.setenv("LLMAAS_UPSTREAM__RESPONSE_TIMEOUT_S", "-5")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(path)
+    assert str(refused.value).splitlines() == [
+        "",
+        "  environment (LLMAAS_PORT): port: Input should be less than or equal to 65535",
+        f"  {path}: upstream.connect_timeout_s: Input should be greater than 0",
+        "  environment (LLMAAS_UPSTREAM__RESPONSE_TIMEOUT_S): upstream.response_timeout_s: "
+        "Input should be greater than 0",
+    ]
+    monkeypatch.delenv("LLMAAS_UPSTREAM__RESPONSE_TIMEOUT_S")
+    monkeypatch.delenv("LLMAAS_PORT")
+    path.write_text("dev_mode: true\n")
+    monkeypatch.setenv("LLMAAS_MODELS", '[{"name": "m", "engines": ["ftp://x"]}]')
+    with pytest.raises(ConfigError, match=r"^environment \(LLMAAS_MODELS\): models\[0\]\.engines"):
+        load_settings(path)

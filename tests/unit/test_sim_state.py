@@ -114,7 +114,7 @@ def test_a_request_without_model_gets_the_default_model() -> None:
     [
         {"n": 0},
         {"max_tokens": 0},
-        {"max_tokens": "5"},
+        {"max_tokens": "5.5"},  # ("5" is 5, as vLLM reads it)
         {"stream": "yes"},
         {"stream": True, "stream_options": 1},
         {"stream_options": {"include_usage": True}},  # only with stream=True, as vLLM says
