@@ -17,6 +17,7 @@ from gateway.api.body import (
     read_json,
     require_messages,
     require_model,
+    require_nonempty_list,
     require_prompts,
     stream_flag,
 )
@@ -25,7 +26,7 @@ from gateway.api.responses import json_response
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
 from gateway.errors import Forbidden, InvalidRequest, ModelNotFound
-from gateway.limits.estimate import positive_int, prompt_tokens
+from gateway.limits.estimate import is_conversation, positive_int, prompt_tokens
 from gateway.metering.accounting import Charge
 from gateway.metering.stream_options import force_usage, wanted
 from gateway.proxy.collect import stream_request
@@ -91,7 +92,9 @@ async def _forward(
     )
     stream = stream_flag(body)
     caller = gw.admission.with_defaults(caller)
-    admission = await gw.admission.admit(caller, body, pool.context_length)
+    # (embeddings generate nothing: the prompt alone, in `messages` too)
+    tokens = prompt_tokens(body) if route == "embeddings" else None
+    admission = await gw.admission.admit(caller, body, pool.context_length, tokens=tokens)
     want, collected = None, None
     if stream:  # the engine always reports usage; the client sees only what it asked for
         want = wanted(body)
@@ -150,11 +153,21 @@ async def embeddings(request: Request, gw: Gateway, caller: Caller) -> Response:
     batch = gw.settings.limits.max_prompts_per_request
 
     def check(body: dict[str, Any]) -> None:
-        require_prompts(body, "input", batch)
-        _json_encoding(body)
         _one_conversation(body)
+        if not _chat_style(body):
+            require_prompts(body, "input", batch)
+        _json_encoding(body)
 
     return await _forward(request, gw, caller, "embeddings", check)
+
+
+def _chat_style(body: dict[str, Any]) -> bool:
+    """vLLM's embeddings of one chat conversation, in `messages` (without `input`) or in
+    `input` itself: rendered with the chat template, as a chat's prompt."""
+    if "messages" in body and "input" not in body:
+        require_nonempty_list(body, "messages")
+        return True
+    return is_conversation(body.get("input"))
 
 
 # vLLM's binary embeddings: raw floats, with their shapes and usage in a response header
@@ -163,20 +176,22 @@ _BINARY_ENCODINGS = ("bytes", "bytes_only")
 
 
 def _one_conversation(body: dict[str, Any]) -> None:
-    """vLLM's embeddings also take `messages` as a list of conversations, each rendered like a
-    chat (its media fetched): the tenant policy reads one conversation, so a batch of them
-    passed its media checks unread (an http:// metadata address reached the engine)."""
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        return
-    for i, message in enumerate(messages):
-        if isinstance(message, list):
-            raise InvalidRequest(
-                "A batch of conversations in 'messages' is not accepted: send one conversation "
-                "per request.",
-                param=f"messages[{i}]",
-                code="unsupported_value",
-            )
+    """vLLM's embeddings also take `messages` (or `input`) as a list of conversations, each
+    rendered like a chat (its media fetched): the tenant policy reads one conversation, so a
+    batch of them passed its media checks unread (an http:// metadata address reached the
+    engine)."""
+    for field in ("messages", "input"):
+        value = body.get(field)
+        if not isinstance(value, list):
+            continue
+        for i, item in enumerate(value):
+            if isinstance(item, list) and any(isinstance(m, dict) for m in item):
+                raise InvalidRequest(
+                    f"A batch of conversations in '{field}' is not accepted: send one "
+                    "conversation per request.",
+                    param=f"{field}[{i}]",
+                    code="unsupported_value",
+                )
 
 
 def _json_encoding(body: dict[str, Any]) -> None:

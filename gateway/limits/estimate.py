@@ -62,9 +62,21 @@ def chat_tokens(messages: Any) -> int:
     return chars // CHARS_PER_TOKEN + 1 + MESSAGE_TOKENS * len(messages) + REPLY_TOKENS
 
 
+def is_conversation(value: Any) -> bool:
+    """Whether `value` is one chat conversation (a non-empty list of messages with a role), as
+    vLLM's embeddings take one in `input` too."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(m, dict) and "role" in m for m in value)
+    )
+
+
 def _prompts(body: dict[str, Any]) -> list[int]:
     if "messages" in body:
         return [chat_tokens(body["messages"])]
+    if is_conversation(body.get("input")):  # embeddings of one conversation
+        return [chat_tokens(body["input"])]
     for field in ("prompt", "input"):
         if field in body:
             return prompt_sizes(body[field])

@@ -148,7 +148,7 @@ def plan_embeddings(
     body: dict[str, Any], model: str, faults: Faults, config: SimConfig
 ) -> EmbeddingPlan:
     try:
-        prompts = tuple(text_prompts(body.get("input"), "input"))
+        prompts = tuple(_embedding_prompts(body))
     except PromptError as exc:
         raise RequestError(400, str(exc), exc.param) from exc
     encoding = body.get("encoding_format") or "float"
@@ -162,6 +162,17 @@ def plan_embeddings(
             f"got {dim}.",
         )
     return EmbeddingPlan(model, prompts, dim, encoding == "base64", timing(config, faults), faults)
+
+
+def _embedding_prompts(body: dict[str, Any]) -> list[Prompt]:
+    """`input`'s prompts; or one conversation, in `messages` (without `input`) or in `input`,
+    rendered as a chat's prompt (vLLM's EmbeddingChatRequest / EmbeddingChatInputRequest)."""
+    value = body.get("input")
+    if "messages" in body and "input" not in body:
+        return [chat_prompt(body["messages"])]
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        return [chat_prompt(value)]
+    return text_prompts(value, "input")
 
 
 def _prompts(kind: Kind, body: dict[str, Any]) -> list[Prompt]:

@@ -210,6 +210,36 @@ async def test_media_the_policy_did_not_read_is_refused(setup: Setup) -> None:
     assert setup.canary_hits == []
 
 
+async def test_embeddings_of_one_conversation_as_vllm_takes_them(setup: Setup) -> None:
+    """vLLM embeds one conversation given in `messages` (without `input`) or in `input`: both
+    were refused ("Missing required parameter: 'input'"), though the README refused only a
+    batch of them. The policy reads the conversation wherever it is; a batch stays refused."""
+    key = await setup.key("chat-embed")
+    headers = {"authorization": f"Bearer {key}"}
+    hello = [{"role": "user", "content": "hello there"}]
+    for body in ({"model": MODEL, "messages": hello}, {"model": MODEL, "input": hello}):
+        async with setup.http.post(
+            f"{setup.gateway}/v1/embeddings", json=body, headers=headers
+        ) as resp:
+            answer = await resp.json()
+            assert resp.status == 200, answer
+        assert answer["object"] == "list"
+        assert len(answer["data"]) == 1
+        assert answer["usage"]["prompt_tokens"] > 0
+        sent = await setup.last_body()
+        assert {k: v for k, v in sent.items() if k != "cache_salt"} == body  # as sent
+    oai = setup.client(key)
+    before = (await sim_state(setup.http, setup.sim))["total_requests"]
+    metadata: Any = image("http://169.254.169.254/latest/meta-data/")
+    with pytest.raises(openai.BadRequestError) as unread:
+        await oai.embeddings.create(model=MODEL, input=metadata)
+    assert unread.value.param == "input[0].content[1].image_url.url"
+    with pytest.raises(openai.BadRequestError) as batched:
+        await oai.embeddings.create(model=MODEL, input=[hello, hello])  # type: ignore[arg-type]
+    assert (batched.value.param, batched.value.code) == ("input[0]", "unsupported_value")
+    assert (await sim_state(setup.http, setup.sim))["total_requests"] == before
+
+
 async def test_remote_media_is_off_by_default(setup: Setup) -> None:
     oai = setup.client(await setup.key("plain"))  # a tenant without media_hosts: the default
     with pytest.raises(openai.BadRequestError) as info:
