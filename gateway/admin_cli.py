@@ -33,6 +33,7 @@ TENANT_COLUMNS = (
     "max_concurrency",
     "priority",
     "media_hosts",
+    "disabled",
     "created_at",
 )
 ENGINE_COLUMNS = (
@@ -135,6 +136,11 @@ def add_admin_commands(sub: Any) -> None:
         help="comma-separated hosts its media URLs may name ('' for none; default or omitted: "
         "the gateway's request_policy.media_hosts)",
     )
+    tenant_set.add_argument(
+        "--disabled",
+        action="store_true",
+        help="refuse every request of its keys and tokens (403 tenant_disabled)",
+    )
     tenant_update = tenants.add_parser(
         "update",
         parents=[common],
@@ -157,6 +163,18 @@ def add_admin_commands(sub: Any) -> None:
         metavar="HOSTS|default",
         help="comma-separated hosts its media URLs may name ('' for none; default: the "
         "gateway's request_policy.media_hosts)",
+    )
+    switch = tenant_update.add_mutually_exclusive_group()
+    switch.add_argument(
+        "--disable",
+        dest="disabled",
+        action="store_const",
+        const=True,
+        help="refuse every request of its keys and tokens (403 tenant_disabled), at once on "
+        "every replica; its keys, files and usage are kept",
+    )
+    switch.add_argument(
+        "--enable", dest="disabled", action="store_const", const=False, help="serve it again"
     )
     tenants.add_parser("list", parents=[common], help="list tenants and their settings")
 
@@ -242,7 +260,7 @@ async def _call(client: AdminClient, args: argparse.Namespace) -> Any:
         if args.action == "update":
             return await client.call("PATCH", path, _tenant_changes(args))
         body = {**_limits(args), "priority": args.priority, "media_hosts": _hosts(args)}
-        return await client.call("PUT", path, body)
+        return await client.call("PUT", path, {**body, "disabled": args.disabled})
     if args.action == "list":
         keys = await client.every_page("/keys", {"tenant": args.tenant} if args.tenant else {})
         return {"object": "list", "data": keys}
@@ -288,6 +306,8 @@ def _tenant_changes(args: argparse.Namespace) -> dict[str, Any]:
         body["priority"] = args.priority
     if args.media_hosts is not None:
         body["media_hosts"] = _hosts(args)
+    if args.disabled is not None:
+        body["disabled"] = args.disabled
     return body
 
 

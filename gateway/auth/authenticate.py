@@ -26,7 +26,7 @@ from gateway.auth.jwt import JwtVerifier
 from gateway.auth.principal import ANONYMOUS, Limits, Principal
 from gateway.auth.records import KeyRecord, TenantRecord
 from gateway.auth.store import AuthStore
-from gateway.errors import ServiceUnavailable, Unauthorized, no_redis
+from gateway.errors import Forbidden, ServiceUnavailable, Unauthorized, no_redis
 
 # Used only in dev mode when no pepper is configured (the settings refuse that elsewhere).
 DEV_PEPPER = "llmaas-development-only-pepper"
@@ -104,6 +104,7 @@ class Authenticator:
         if self.jwt is not None and token.count(".") == 2:
             principal = await self.jwt.verify(token)
             tenant = await self._tenant(principal.tenant)
+            _refuse_if_disabled(tenant)
             return dataclasses.replace(
                 principal,
                 tenant_models=None if tenant is None else tenant.model_set(),
@@ -155,6 +156,7 @@ class Authenticator:
         if record.expired(time.time()):
             raise Unauthorized("This API key has expired.", code="invalid_api_key")
         tenant = await self._tenant(record.tenant)
+        _refuse_if_disabled(tenant)
         if known is not None and known.tenant is tenant:
             return known.principal
         principal = Principal(
@@ -240,3 +242,12 @@ class Authenticator:
                 code="auth_store_unavailable",
                 headers={"retry-after": "1"},
             ) from exc
+
+
+def _refuse_if_disabled(tenant: TenantRecord | None) -> None:
+    if tenant is not None and tenant.disabled:
+        raise Forbidden(
+            f"The tenant '{tenant.id}' is disabled: its requests are refused until an "
+            "administrator enables it again.",
+            code="tenant_disabled",
+        )

@@ -6,7 +6,7 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StrictBool
 
 from gateway.auth.principal import Limits
 from gateway.netutil import media_host
@@ -60,6 +60,9 @@ class TenantFields(LimitFields):
     # Hosts the engines may fetch this tenant's media URLs from (gateway/api/media.py).
     # None: the gateway's request_policy.media_hosts; []: no remote media at all.
     media_hosts: list[Host] | None = Field(default=None, max_length=100)
+    # Every request of the tenant's keys and tokens is refused (403 tenant_disabled) while true:
+    # an off-boarded or suspended customer, in one write, its keys and data kept.
+    disabled: StrictBool = False
 
     def media_host_set(self) -> frozenset[str] | None:
         return None if self.media_hosts is None else frozenset(self.media_hosts)

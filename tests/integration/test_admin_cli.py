@@ -125,6 +125,15 @@ async def test_tenants_through_the_cli(auth: AuthStack) -> None:
     assert code == 0
     assert "cli-t" in table
     assert "1000" in table
+    disabled = await llmaas_json(auth, "tenants", "update", "cli-t", "--disable")
+    assert (disabled["disabled"], disabled["tpm"]) == (True, 1000)
+    code, table, _ = await llmaas(auth, "tenants", "list")
+    assert "disabled" in table.splitlines()[0]
+    enabled = await llmaas_json(auth, "tenants", "update", "cli-t", "--enable")
+    assert enabled["disabled"] is False
+    code, _, err = await llmaas(auth, "tenants", "update", "cli-t", "--disable", "--enable")
+    assert code == 2
+    assert "not allowed with argument" in err
     # as update takes it: the gateway's list, not a host named "default"
     tenant = await llmaas_json(auth, "tenants", "set", "cli-t", "--media-hosts", "default")
     assert tenant["media_hosts"] is None

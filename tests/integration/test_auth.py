@@ -347,6 +347,31 @@ async def test_a_whole_key_in_an_admin_path_stands_for_its_id(auth: AuthStack) -
     assert not any(secret[:16] in line for line in lines)
 
 
+async def test_a_disabled_tenant_is_refused_everywhere_until_enabled(auth: AuthStack) -> None:
+    """There was no way to suspend a tenant: its keys were revoked one at a time, and an empty
+    allow-list left its files and usage open."""
+    key = await auth.new_key(tenant="suspended")
+    async with auth.client(key) as oai:
+        await oai.chat.completions.create(model=MODEL, messages=HELLO)  # verified, cached
+        status, tenant = await auth.admin("PATCH", "/tenants/suspended", {"disabled": True})
+        assert (status, tenant["disabled"]) == (200, True)
+        with pytest.raises(openai.PermissionDeniedError) as refused:
+            await oai.chat.completions.create(model=MODEL, messages=HELLO)
+        assert refused.value.code == "tenant_disabled"
+        assert "The tenant 'suspended' is disabled" in refused.value.message
+        with pytest.raises(openai.PermissionDeniedError):
+            await oai.files.list()
+        with pytest.raises(openai.PermissionDeniedError):
+            await oai.models.list()
+        status, usage = await auth.admin("GET", "/usage?tenant=suspended")
+        assert status == 200, usage  # the admin still reads it
+        status, payload = await auth.admin("PATCH", "/tenants/suspended", {"disabled": "yes"})
+        assert (status, payload["error"]["param"]) == (400, "disabled")
+        status, tenant = await auth.admin("PATCH", "/tenants/suspended", {"disabled": False})
+        assert (status, tenant["disabled"]) == (200, False)
+        await oai.chat.completions.create(model=MODEL, messages=HELLO)
+
+
 async def test_an_empty_key_name_is_no_name(auth: AuthStack) -> None:
     status, made = await auth.admin("POST", "/keys", {"tenant": "acme", "name": ""})
     assert (status, made["name"]) == (201, None)
