@@ -25,6 +25,19 @@ class FilesSettings(Section):
     enabled: bool = True
     max_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1)  # OpenAI's limit per file
     max_files_per_tenant: int = Field(default=10_000, ge=1)
+    # What one tenant's files may hold in all, so that no tenant fills the volume every tenant
+    # (and the trainers' adapters and checkpoints) share. At least max_file_bytes.
+    max_bytes_per_tenant: int = Field(default=10 * 1024**3, ge=1)
+
+    @model_validator(mode="after")
+    def _one_file_fits(self) -> FilesSettings:
+        if self.max_bytes_per_tenant < self.max_file_bytes:
+            raise ValueError(
+                f"files.max_bytes_per_tenant ({self.max_bytes_per_tenant}) is below "
+                f"files.max_file_bytes ({self.max_file_bytes}): a file the limit takes could "
+                "never be stored"
+            )
+        return self
 
 
 class FineTuningSettings(Section):

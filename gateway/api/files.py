@@ -76,6 +76,10 @@ async def _create_file(request: Request, gw: GatewayState, caller: Principal) ->
         raise too_large(limits.max_file_bytes)
     if await store.count(caller.tenant) >= limits.max_files_per_tenant:  # before the upload
         raise _too_many_files(limits.max_files_per_tenant)
+    used = await store.bytes_used(caller.tenant)
+    coming = max(0, int(declared) - MULTIPART_OVERHEAD) if declared.isdigit() else 1
+    if used is not None and used + coming > limits.max_bytes_per_tenant:
+        raise _too_many_bytes(used, limits.max_bytes_per_tenant)
     file_id = new_file_id()
     partial = storage.create(caller.tenant, file_id)
     try:
@@ -103,8 +107,13 @@ async def _create_file(request: Request, gw: GatewayState, caller: Principal) ->
         await asyncio.shield(partial.discard())
         raise
     try:  # (counted again as it is listed: concurrent uploads passed the first count)
-        if not await store.put(record, int(time.time() * 1000), limits.max_files_per_tenant):
+        most = (limits.max_files_per_tenant, limits.max_bytes_per_tenant)
+        stored = await store.put(record, int(time.time() * 1000), *most)
+        if stored == "too_many_files":
             raise _too_many_files(limits.max_files_per_tenant)
+        if stored == "too_many_bytes":
+            used = await store.bytes_used(caller.tenant) or 0
+            raise _too_many_bytes(used, limits.max_bytes_per_tenant, record.bytes)
     except BaseException:  # not listed, so not kept
         await asyncio.shield(storage.delete(caller.tenant, file_id))
         raise
@@ -118,6 +127,19 @@ def _too_many_files(most: int) -> RateLimited:
         scope="tenant",
         limit_kind="files",
         code="too_many_files",
+        headers={"x-should-retry": "false"},  # no retry makes room (OpenAI SDKs)
+    )
+
+
+def _too_many_bytes(used: int, most: int, size: int | None = None) -> RateLimited:
+    upload = "this upload" if size is None else f"this file ({size} bytes)"
+    return RateLimited(
+        f"Your tenant's files hold {used} bytes; with {upload} they would pass {most}, the "
+        "most they may hold; delete some first.",
+        kind="requests",
+        scope="tenant",
+        limit_kind="file_bytes",
+        code="too_many_file_bytes",
         headers={"x-should-retry": "false"},  # no retry makes room (OpenAI SDKs)
     )
 

@@ -1,6 +1,7 @@
 """Files' metadata in Redis, under the tenant's hash tag (one slot per tenant).
 
-`llmaas:{t:<tenant>}:file:<id>` holds a file's JSON; `llmaas:{t:<tenant>}:files` and
+`llmaas:{t:<tenant>}:file:<id>` holds a file's JSON, `llmaas:{t:<tenant>}:files:bytes` the
+bytes of them all (files.max_bytes_per_tenant); `llmaas:{t:<tenant>}:files` and
 `llmaas:{t:<tenant>}:files:<purpose>` order its ids by creation, so a page of a listing, with or
 without a purpose filter, reads only that page (no scan that grows with what is filtered out).
 A file id is looked up only under the caller's tenant: another tenant's file is simply absent.
@@ -11,7 +12,7 @@ paged `after` it (deleting each file while auto-paginating) goes on where it sto
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Literal
+from typing import Literal, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
@@ -39,13 +40,28 @@ def index_key(tenant: str, purpose: str | None = None) -> str:
     return f"{_tag(tenant)}:files" + ("" if purpose is None else f":{purpose}")
 
 
+def bytes_key(tenant: str) -> str:
+    """The bytes the tenant's files hold, in all (absent before 2026-12-06: counted once)."""
+    return f"{_tag(tenant)}:files:bytes"
+
+
+# 1: stored; 0: the tenant has max_files; -2: it would pass max_bytes; -1: its files were
+# stored before their bytes were counted (count them, then try again).
 _PUT_FILE = """
 if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then return 0 end
+local used = redis.call('GET', KEYS[4])
+if not used then
+  if redis.call('ZCARD', KEYS[2]) > 0 then return -1 end
+  used = 0
+end
+if tonumber(used) + tonumber(ARGV[5]) > tonumber(ARGV[6]) then return -2 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
+redis.call('INCRBY', KEYS[4], ARGV[5])
 return 1
 """
+Stored = Literal["stored", "too_many_files", "too_many_bytes"]
 
 
 class FileStore:
@@ -56,13 +72,38 @@ class FileStore:
     async def count(self, tenant: str) -> int:
         return int(await self.redis.zcard(index_key(tenant)))
 
-    async def put(self, record: FileRecord, created_ms: int, max_files: int) -> bool:
-        """Store and list the record, unless its tenant already has `max_files` (False): the
-        count and the write are one step, so concurrent uploads cannot pass the limit."""
+    async def bytes_used(self, tenant: str) -> int | None:
+        """The bytes the tenant's files hold (None: not counted yet)."""
+        used = await self.redis.get(bytes_key(tenant))
+        return None if used is None else int(used)
+
+    async def put(
+        self, record: FileRecord, created_ms: int, max_files: int, max_bytes: int
+    ) -> Stored:
+        """Store and list the record, unless its tenant already has `max_files`, or its files
+        and this one would hold more than `max_bytes`: the counts and the write are one step,
+        so concurrent uploads cannot pass the limits."""
         t = record.tenant
-        keys = [file_key(t, record.id), index_key(t), index_key(t, record.purpose)]
+        keys = [file_key(t, record.id), index_key(t), index_key(t, record.purpose), bytes_key(t)]
         args: list[str | int] = [record.model_dump_json(), created_ms, max_files, record.id]
-        return bool(await self._put(keys=keys, args=args))
+        args += [record.bytes, max_bytes]
+        answer = await self._put(keys=keys, args=args)
+        if answer == -1:
+            await self._count_bytes(t)
+            answer = await self._put(keys=keys, args=args)
+        return "stored" if answer == 1 else "too_many_files" if answer == 0 else "too_many_bytes"
+
+    async def _count_bytes(self, tenant: str) -> None:
+        """Count the bytes of files stored before they were counted (SET NX: another gateway
+        may have counted them meanwhile; a file deleted in between is counted, a little too
+        much, never too little)."""
+        ids = cast("list[bytes]", await self.redis.zrange(index_key(tenant), 0, -1))
+        total = 0
+        for offset in range(0, len(ids), 1000):
+            chunk = ids[offset : offset + 1000]
+            raws = await self.redis.mget([file_key(tenant, i.decode()) for i in chunk])
+            total += sum(FileRecord.model_validate_json(r).bytes for r in raws if r is not None)
+        await self.redis.set(bytes_key(tenant), total, nx=True)
 
     async def get(self, tenant: str, file_id: str) -> FileRecord | None:
         raw = await self.redis.get(file_key(tenant, file_id))
@@ -85,7 +126,7 @@ class FileStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    await pipe.watch(key, *watch)
+                    await pipe.watch(key, bytes_key(tenant), *watch)
                     raw = await pipe.get(key)
                     if raw is None:
                         return None
@@ -93,7 +134,10 @@ class FileStore:
                     if unless is not None:
                         await unless(record)
                     score = await pipe.zscore(index_key(tenant), file_id)
+                    counted = await pipe.exists(bytes_key(tenant))
                     pipe.multi()  # type: ignore[no-untyped-call, unused-ignore]
+                    if counted:
+                        pipe.decrby(bytes_key(tenant), record.bytes)
                     pipe.delete(key)
                     pipe.zrem(index_key(tenant), file_id)
                     pipe.zrem(index_key(tenant, record.purpose), file_id)

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 MAX_FILE_BYTES = 64 * 1024
 MAX_FILES = 8
+MAX_TENANT_BYTES = 6 * MAX_FILE_BYTES
 EXAMPLE = {
     "messages": [
         {"role": "system", "content": "You are terse."},
@@ -37,7 +38,11 @@ DATASET = b"".join(orjson.dumps(EXAMPLE) + b"\n" for _ in range(4))
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def files(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TenantStack]:
     root = tmp_path_factory.mktemp("files")
-    limits = {"max_file_bytes": MAX_FILE_BYTES, "max_files_per_tenant": MAX_FILES}
+    limits = {
+        "max_file_bytes": MAX_FILE_BYTES,
+        "max_files_per_tenant": MAX_FILES,
+        "max_bytes_per_tenant": MAX_TENANT_BYTES,
+    }
     async with tenant_stack(root, files={"dir": str(root / "store"), **limits}) as stack:
         yield stack
 
@@ -296,6 +301,36 @@ async def test_a_tenant_over_its_file_count_is_refused(files: TenantStack) -> No
     again = await client.files.create(file=("now.txt", b"x"), purpose="user_data")
     for m in [*made[1:], again]:
         await client.files.delete(m.id)
+
+
+async def test_a_tenant_over_its_bytes_is_refused(files: TenantStack) -> None:
+    """Only a file's size and the count were bounded: one tenant could fill the volume every
+    tenant's files, adapters and checkpoints share (10,000 files of 512 MiB)."""
+    client = await files.tenant("files-big")
+    full = b"x" * MAX_FILE_BYTES
+    made = [
+        await client.files.create(file=(f"{i}.txt", full), purpose="user_data")
+        for i in range(MAX_TENANT_BYTES // MAX_FILE_BYTES)
+    ]
+    with pytest.raises(openai.RateLimitError) as refused:
+        await client.files.create(file=("one-more.txt", b"x"), purpose="user_data")
+    error = _error(refused.value)
+    assert error["code"] == "too_many_file_bytes"
+    assert f"hold {MAX_TENANT_BYTES} bytes" in error["message"]
+    assert refused.value.response.headers["x-should-retry"] == "false"
+    assert not [p for p in _stored(files) if p.startswith("files-big/") and "one-more" in p]
+    await client.files.delete(made[0].id)  # room again
+    again = await client.files.create(file=("now.txt", full), purpose="user_data")
+    # Files stored before their bytes were counted (a gateway of before 2026-12-06) are
+    # counted at the next upload.
+    await files.redis.delete("llmaas:{t:files-big}:files:bytes")
+    with pytest.raises(openai.RateLimitError) as counted:
+        await client.files.create(file=("late.txt", b"x"), purpose="user_data")
+    assert _error(counted.value)["code"] == "too_many_file_bytes"
+    assert await files.redis.get("llmaas:{t:files-big}:files:bytes") == b"%d" % MAX_TENANT_BYTES
+    for m in [*made[1:], again]:
+        await client.files.delete(m.id)
+    assert await files.redis.get("llmaas:{t:files-big}:files:bytes") == b"0"
 
 
 async def test_concurrent_uploads_cannot_pass_the_file_count(files: TenantStack) -> None:

@@ -43,6 +43,8 @@ def test_typos_and_bad_values_are_refused(tmp_path: Path) -> None:
             load_settings(None, dev_mode=True, admin_token=token)
     with pytest.raises(ConfigError, match=r"max_body_bytes \(4194304\) is below request_polic"):
         load_settings(None, dev_mode=True, max_body_bytes=4 * 1024 * 1024)  # the example had it
+    with pytest.raises(ConfigError, match=r"max_bytes_per_tenant \(100\) is below files\.max_f"):
+        load_settings(None, dev_mode=True, files={"max_bytes_per_tenant": 100})
     for origin in ("https://app.example.com/", "app.example.com", " https://a.example"):
         with pytest.raises(ConfigError, match=r"cors\.allow_origins\[0\]: not an origin"):
             load_settings(None, dev_mode=True, cors={"allow_origins": [origin]})
