@@ -119,7 +119,7 @@ def create_app(
         upstream = Upstream(settings.upstream, metrics)
         await upstream.start()
         redis = _redis(settings)
-        auth, listener = _auth(settings, redis, upstream)
+        auth, listener = _auth(settings, redis, upstream, metrics)
         pipe, limiter, ledger = _request_path_redis(settings, redis)
         settler = Settler(ledger, settings.metering, metrics)
         admission = AdmissionControl(
@@ -290,7 +290,7 @@ def _homes(settings: Settings, redis: Redis | None) -> ResponseHomes:
 
 
 def _auth(
-    settings: Settings, redis: Redis | None, upstream: Upstream
+    settings: Settings, redis: Redis | None, upstream: Upstream, metrics: Metrics
 ) -> tuple[Authenticator, InvalidationListener | None]:
     cache = AuthCache(
         settings.auth.cache_ttl_s, settings.auth.cache_max_entries, settings.auth.stale_max_s
@@ -302,6 +302,7 @@ def _auth(
         store=None if redis is None else AuthStore(redis, on_write=cache.invalidate),
         cache=cache,
         jwt=jwt,
+        on_unavailable=metrics.auth_store_unavailable.inc,
     )
     listener = InvalidationListener(redis, cache) if redis is not None else None
     return auth, listener

@@ -102,6 +102,12 @@ class Metrics:
         )
         for mode in ("open", "closed"):  # 0 from the start: an alert's increase() or rate()
             self.ratelimit_unavailable.labels(mode)  # counts the first outage's first refusal
+        self.auth_store_unavailable = Counter(
+            "llmaas_auth_store_unavailable",
+            "Requests refused with 503 auth_store_unavailable: their key or tenant was not "
+            "cached (or past auth.stale_max_s) and Redis could not be read",
+            registry=reg,
+        )
         self.ratelimit_releases = Counter(
             "llmaas_ratelimit_releases",
             "Admissions given up on (answered by failure_mode) or fetched ahead and not used, "

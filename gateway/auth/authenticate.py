@@ -78,12 +78,15 @@ class Authenticator:
         store: AuthStore | None,
         cache: AuthCache,
         jwt: JwtVerifier | None,
+        on_unavailable: Callable[[], None] = lambda: None,
     ) -> None:
+        """`on_unavailable`: called for each request refused because Redis cannot be read."""
         self.required = required
         self.pepper = (pepper or DEV_PEPPER).encode()
         self.store = store
         self.cache = cache
         self.jwt = jwt
+        self.on_unavailable = on_unavailable
         # Per key id, the last secret that passed the HMAC check and the principal built for it:
         # while the cache hands out the same records (an invalidation or expiry replaces them),
         # the same secret is recognised by a keyed BLAKE2b tag (this process's random key; no
@@ -218,6 +221,7 @@ class Authenticator:
         except ServiceUnavailable:  # the store cannot be read: its last answer, if recent
             stale = entries.stale(name, self.cache.stale_s) if self.cache.stale_s else None
             if stale is None:
+                self.on_unavailable()
                 raise
             return stale
 

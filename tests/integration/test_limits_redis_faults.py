@@ -222,6 +222,8 @@ async def test_a_cached_key_answers_from_its_last_record_for_stale_max_s_only(
         await asyncio.sleep(1.0)  # past both
         status, body, _ = await stack.complete()
         assert (status, body["error"]["code"]) == (503, "auth_store_unavailable")
+        # counted, for LlmaasAuthStoreUnavailable (no metric said it before)
+        assert await stack.metric("llmaas_auth_store_unavailable_total") == 1
     (tmp_path / "none").mkdir()
     async with faulty_stack(tmp_path / "none", "open", cache_ttl_s=0.3, stale_max_s=0) as stack:
         await stack.complete_with_the_key_cached()

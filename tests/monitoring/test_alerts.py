@@ -19,6 +19,8 @@ COVERED = {
     "high 5xx ratio": "llmaas_requests_total",
     "engine queue depth": "vllm:num_requests_waiting",
     "rate limiter without Redis": "llmaas_ratelimit_unavailable_total",
+    "key store without Redis": "llmaas_auth_store_unavailable_total",
+    "streams an engine breaks off": "llmaas_upstream_errors_total",
     "usage records pending": "llmaas_usage_pending_records",
     "usage records lost": "llmaas_usage_lost_records_total",
 }
@@ -92,4 +94,5 @@ def test_refusing_requests_is_critical(rules: list[dict[str, Any]]) -> None:
     severity = {rule["alert"]: rule["labels"]["severity"] for rule in rules}
     assert severity["LlmaasEngineDown"] == "critical"
     assert severity["LlmaasRateLimiterUnavailable"] == "critical"  # failure_mode closed: 503s
+    assert severity["LlmaasAuthStoreUnavailable"] == "critical"  # 503s whatever the mode
     assert severity["LlmaasUsageRecordsLost"] == "critical"
