@@ -56,12 +56,14 @@ class Forbidden(ApiError):
 
 
 class NotFound(ApiError):
+    """A 404, of OpenAI's type for it (its "No such File object" is an invalid_request_error;
+    the gateway's files and jobs said not_found_error, its models the other)."""
+
     status = 404
-    type = "not_found_error"
+    type = "invalid_request_error"
 
 
 class ModelNotFound(NotFound):
-    type = "invalid_request_error"
 
     def __init__(self, model: str) -> None:
         super().__init__(

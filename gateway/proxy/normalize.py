@@ -45,7 +45,7 @@ _OPENAI_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
-    404: "not_found_error",
+    404: "invalid_request_error",  # OpenAI's, for a 404 too
     409: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
