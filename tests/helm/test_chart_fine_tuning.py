@@ -146,6 +146,25 @@ def test_trainer_runs_in_the_runtime_class_given_when_it_has_gpus(
     assert pod_spec(_trainer(rendered)).get("runtimeClassName") == expected
 
 
+def test_the_trainer_rolls_only_for_what_it_reads_of_the_config() -> None:
+    """Its checksum hashed the whole gateway config: a routing change restarted the trainers,
+    interrupting their jobs."""
+
+    def checksums(config: dict[str, Any]) -> tuple[str, str]:
+        values = {"engines": [ENGINE], "fineTuning": ON, "gateway": {"config": config}}
+        rendered = render_values_as(values)
+        gateway = rendered.gateway()["spec"]["template"]["metadata"]["annotations"]
+        trainer = _trainer(rendered)["spec"]["template"]["metadata"]["annotations"]
+        return gateway["checksum/config"], trainer["checksum/config"]
+
+    gateway, trainer = checksums({})
+    routed = checksums({"routing": {"strategy": "least_loaded"}})
+    assert routed[0] != gateway  # the gateway rolls
+    assert routed[1] == trainer  # the trainer does not
+    tuned = checksums({"fine_tuning": {"learning_rate": 0.001}})
+    assert tuned[1] != trainer
+
+
 def test_trainer_defaults_to_the_gateway_image() -> None:
     rendered = render_values_as({"engines": [ENGINE], "fineTuning": ON})
     assert container(_trainer(rendered))["image"] == container(rendered.gateway())["image"]
