@@ -147,7 +147,7 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "fewer GPUs than tensor-parallel shards": (
         {"engines": [{**ENGINE, "tensorParallelSize": 4, "gpu": {"count": 2}}]},
         r"engines\[llama\].gpu.count: 2 GPU\(s\) for 4 workers \(tensor parallel 4 x "
-        r"pipeline parallel 1 x data parallel 1",
+        r"pipeline parallel 1 x prefill context parallel 1 x data parallel ranks here 1",
     ),
     "fewer GPUs than pipeline-parallel shards": (
         {"engines": [{**ENGINE, "gpu": {"count": 1}, "extraArgs": ["-pp", "2"]}]},
@@ -167,7 +167,7 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "fewer GPUs than data-parallel ranks": (
         {"engines": [{**ENGINE, "gpu": {"count": 1}, "extraArgs": ["--data-parallel-size", "2"]}]},
-        r"gpu.count: 1 GPU\(s\) for 2 workers \(.* x data parallel 2, from tensorParallelSize",
+        r"gpu.count: 1 GPU\(s\) for 2 workers \(.* x data parallel ranks here 2, from tensorParallelSize",
     ),
     "engines stopped before the gateway resolves them away": (
         {"engines": [ENGINE], "gateway": {"config": {"routing": {"dns_refresh_s": 30}}}},

@@ -30,7 +30,8 @@ for argv in json.load(sys.stdin):
     out.append({"model": ns.model_tag, "served": ns.served_model_name, "port": ns.port,
                 "shutdown_timeout": ns.shutdown_timeout,
                 "workers": ns.tensor_parallel_size * ns.pipeline_parallel_size
-                * ns.data_parallel_size})
+                * ns.prefill_context_parallel_size
+                * (ns.data_parallel_size_local or ns.data_parallel_size)})
 print(json.dumps(out))
 """
 
@@ -93,6 +94,11 @@ PARALLEL_ARGS = [
     ["--tensor-parallel-size=1", "-dp", "2"],
     ["--data-parallel-size=2", "-pp", "2", "--data-parallel-size", "3"],
     ["--tensor-parallel", "4"],
+    ["-pcp", "2"],  # prefill context parallel: workers of their own
+    ["--prefill-context-parallel-size=2", "-dp", "2"],
+    ["--data-parallel-size", "4", "--data-parallel-size-local", "2"],  # the ranks on this pod
+    ["-dp", "4", "-dpl", "1"],
+    ["--data-parallel-size-local", "2", "--data-parallel-size", "2"],  # the whole flag, not local
 ]
 
 

@@ -104,15 +104,18 @@ ClusterIP Service llmaas.redis.fullname. */}}
 {{- .servedModelName | default .model -}}
 {{- end -}}
 
-{{/* The parallelism one vLLM pod runs with, as YAML {tp, pp, dp}: tensorParallelSize (rendered
-as --tensor-parallel-size before extraArgs), then each -tp, -pp, -dp of extraArgs as vLLM's
-parser reads them: --tensor-parallel-size, --pipeline-parallel-size, --data-parallel-size, with
-the value next or after "=", "_" for "-" in long flags, a long flag cut short (argparse
-completes --tensor-parallel), and the last of each winning. Call with a merged engine entry. */}}
+{{/* The parallelism one vLLM pod runs with, as YAML {tp, pp, pcp, dp, dpl}: tensorParallelSize
+(rendered as --tensor-parallel-size before extraArgs), then each -tp, -pp, -pcp, -dp, -dpl of
+extraArgs as vLLM's parser reads them: --tensor-parallel-size, --pipeline-parallel-size,
+--prefill-context-parallel-size, --data-parallel-size, --data-parallel-size-local, with the
+value next or after "=", "_" for "-" in long flags, a long flag cut short (argparse completes
+--tensor-parallel; a whole flag wins over one it begins: --data-parallel-size is not
+--data-parallel-size-local), and the last of each winning. dpl 0: not given. Call with a merged
+engine entry. */}}
 {{- define "llmaas.engine.parallel" -}}
-{{- $sizes := dict "tp" (.tensorParallelSize | int) "pp" 1 "dp" 1 -}}
-{{- $short := dict "-tp" "tp" "-pp" "pp" "-dp" "dp" -}}
-{{- $long := dict "tp" "--tensor-parallel-size" "pp" "--pipeline-parallel-size" "dp" "--data-parallel-size" -}}
+{{- $sizes := dict "tp" (.tensorParallelSize | int) "pp" 1 "pcp" 1 "dp" 1 "dpl" 0 -}}
+{{- $short := dict "-tp" "tp" "-pp" "pp" "-pcp" "pcp" "-dp" "dp" "-dpl" "dpl" -}}
+{{- $long := dict "tp" "--tensor-parallel-size" "pp" "--pipeline-parallel-size" "pcp" "--prefill-context-parallel-size" "dp" "--data-parallel-size" "dpl" "--data-parallel-size-local" -}}
 {{- $args := .extraArgs | default list -}}
 {{- range $i, $arg := $args -}}
 {{- $flag := toString $arg -}}
@@ -126,19 +129,23 @@ completes --tensor-parallel), and the last of each winning. Call with a merged e
 {{- end -}}
 {{- if hasPrefix "--" $flag }}{{ $flag = replace "_" "-" $flag }}{{ end -}}
 {{- $which := get $short $flag -}}
+{{- $begun := list -}}
 {{- range $key, $name := $long -}}
-{{- if and (ge (len $flag) 4) (hasPrefix $flag $name) }}{{ $which = $key }}{{ end -}}
+{{- if eq $flag $name }}{{ $which = $key }}{{ end -}}
+{{- if and (ge (len $flag) 4) (hasPrefix $flag $name) }}{{ $begun = append $begun $key }}{{ end -}}
 {{- end -}}
+{{- if and (not $which) (eq (len $begun) 1) }}{{ $which = first $begun }}{{ end -}}
 {{- if $which }}{{ $_ := set $sizes $which (max ($value | int) 1) }}{{ end -}}
 {{- end -}}
 {{- toYaml $sizes -}}
 {{- end -}}
 
-{{/* The GPUs one vLLM pod needs: a worker per GPU, tensor x pipeline x data parallel
-(llmaas.engine.parallel). Call with a merged engine entry. */}}
+{{/* The GPUs one vLLM pod needs: a worker per GPU, tensor x pipeline x prefill context parallel
+x the data parallel ranks it runs (--data-parallel-size-local if given, else
+--data-parallel-size) (llmaas.engine.parallel). Call with a merged engine entry. */}}
 {{- define "llmaas.engine.shards" -}}
 {{- $p := include "llmaas.engine.parallel" . | fromYaml -}}
-{{- mul $p.tp $p.pp $p.dp -}}
+{{- mul $p.tp $p.pp $p.pcp (ternary $p.dpl $p.dp (gt (int $p.dpl) 0)) -}}
 {{- end -}}
 
 {{/* How the gateway names an engine: every address of its headless Service. */}}

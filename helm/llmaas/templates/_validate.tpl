@@ -98,7 +98,8 @@ parallel rank): a pod given fewer never starts. */ -}}
 {{- $shards := include "llmaas.engine.shards" $e | int -}}
 {{- if and (not $e.simulator) $e.gpu.count (lt (int $e.gpu.count) $shards) -}}
 {{- $p := include "llmaas.engine.parallel" $e | fromYaml -}}
-{{- fail (printf "engines[%s].gpu.count: %d GPU(s) for %d workers (tensor parallel %d x pipeline parallel %d x data parallel %d, from tensorParallelSize and the last -tp, -pp, -dp of extraArgs): vLLM needs a GPU per worker and would not start; raise gpu.count or leave it null (one per worker)" $e.name (int $e.gpu.count) $shards (int $p.tp) (int $p.pp) (int $p.dp)) -}}
+{{- $dp := ternary $p.dpl $p.dp (gt (int $p.dpl) 0) -}}
+{{- fail (printf "engines[%s].gpu.count: %d GPU(s) for %d workers (tensor parallel %d x pipeline parallel %d x prefill context parallel %d x data parallel ranks here %d, from tensorParallelSize and the last -tp, -pp, -pcp, -dp, -dpl of extraArgs): vLLM needs a GPU per worker and would not start; raise gpu.count or leave it null (one per worker)" $e.name (int $e.gpu.count) $shards (int $p.tp) (int $p.pp) (int $p.pcp) (int $dp)) -}}
 {{- end -}}
 
 {{- $a := $e.autoscaling -}}
