@@ -64,7 +64,6 @@ class NotFound(ApiError):
 
 
 class ModelNotFound(NotFound):
-
     def __init__(self, model: str) -> None:
         super().__init__(
             f"The model '{model}' does not exist or you do not have access to it.",
