@@ -167,7 +167,8 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "fewer GPUs than data-parallel ranks": (
         {"engines": [{**ENGINE, "gpu": {"count": 1}, "extraArgs": ["--data-parallel-size", "2"]}]},
-        r"gpu.count: 1 GPU\(s\) for 2 workers \(.* x data parallel ranks here 2, from tensorParallelSize",
+        r"gpu.count: 1 GPU\(s\) for 2 workers \(.* x data parallel ranks here 2, from "
+        r"tensorParallelSize",
     ),
     "engines stopped before the gateway resolves them away": (
         {"engines": [ENGINE], "gateway": {"config": {"routing": {"dns_refresh_s": 30}}}},
