@@ -91,7 +91,12 @@ def add_admin_commands(sub: Any) -> None:
     create = keys.add_parser(
         "create", parents=[common, key_limits], help="create a key; shows it once"
     )
-    create.add_argument("--tenant", required=True, help="the tenant the key belongs to")
+    create.add_argument(
+        "--tenant",
+        required=True,
+        help="the tenant the key belongs to (created, with no limits of its own, if new: "
+        "check its spelling; tenants list shows them)",
+    )
     create.add_argument("--name", help="a label for the key (shown in lists)")
     create.add_argument("--expires-at", help="RFC 3339, e.g. 2027-01-01T00:00:00Z")
     keys.add_parser("list", parents=[common], help="list keys (no secrets)").add_argument(

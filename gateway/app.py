@@ -114,7 +114,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Drain]]:
-        log_listener = configure_logging(settings.log_level)
+        log_listener = _start_logging(settings)
         metrics = Metrics()
         upstream = Upstream(settings.upstream, metrics)
         await upstream.start()
@@ -287,6 +287,17 @@ def _homes(settings: Settings, redis: Redis | None) -> ResponseHomes:
     return (
         MemoryHomes(s.ttl_s, s.local_max_entries) if redis is None else RedisHomes(redis, s.ttl_s)
     )
+
+
+def _start_logging(settings: Settings) -> logging.handlers.QueueListener:
+    """JSON lines from here on; then what the settings leave the operator to hear about."""
+    listener = configure_logging(settings.log_level)
+    if not settings.models:  # (a JSON line: said before logging was set, it was plain text)
+        _log.warning(
+            "no models configured (`models`, in the config file or LLMAAS_MODELS, is empty): "
+            "every request for a model will be answered 404 model_not_found"
+        )
+    return listener
 
 
 def _auth(

@@ -89,11 +89,6 @@ def run_server(settings: Settings, config_path: Path | None) -> None:
         # crash or at SIGHUP is a DrainingServer too (DrainingWorkers).
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
-    if not settings.models:  # (logged once uvicorn's config has set up logging)
-        _log.warning(
-            "no models configured (`models`, in the config file or LLMAAS_MODELS, is empty): "
-            "every request for a model will be answered 404 model_not_found"
-        )
     if settings.workers > 1:
         # Each worker drains the same way; the grace reaches them through the environment
         # (the same variable the settings read, so a worker's own settings agree).

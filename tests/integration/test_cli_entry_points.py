@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 
 from gateway.netutil import free_port, wait_http_ok
@@ -300,4 +301,5 @@ async def test_serve_says_when_its_configuration_names_no_models(tmp_path: Path)
     finally:
         proc.terminate()
         _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert b"no models configured" in err, err
+    [line] = [line for line in err.splitlines() if b"no models configured" in line]
+    assert orjson.loads(line)["level"] == "warning"  # a JSON line, as the rest of the log
