@@ -235,6 +235,11 @@ class CorsSettings(Section):
     max_age_s: int = Field(default=600, ge=0)  # how long a browser may reuse a preflight
 
 
+# What a request with an image at max_data_url_bytes needs beside it within max_body_bytes:
+# its JSON, the model, some text.
+_AROUND_AN_IMAGE = 16 * 1024
+
+
 class Settings(BaseSettings):
     # LLMAAS_ROUTING__MAX_WAITING_PER_ENGINE=null: None, as `null` in the file.
     model_config = SettingsConfigDict(
@@ -340,11 +345,12 @@ class Settings(BaseSettings):
         """A body limit under the data: URL limit made a 413 of an image the policy accepts
         (the example config had 4 MiB against 8 MiB)."""
         image = self.request_policy.max_data_url_bytes
-        if self.max_body_bytes < image:
+        if self.max_body_bytes < image + _AROUND_AN_IMAGE:
             raise ValueError(
-                f"max_body_bytes ({self.max_body_bytes}) is below "
-                f"request_policy.max_data_url_bytes ({image}): a request with an image that "
-                "policy accepts would be refused 413; raise the one or lower the other"
+                f"max_body_bytes ({self.max_body_bytes}) leaves less than "
+                f"{_AROUND_AN_IMAGE} bytes above request_policy.max_data_url_bytes ({image}) "
+                "for the rest of a request: one with an image that policy accepts would be "
+                "refused 413; raise the one or lower the other"
             )
         return self
 

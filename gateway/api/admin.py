@@ -26,6 +26,7 @@ from gateway.auth.api_keys import PREFIX, format_key, hash_secret, new_secret, p
 from gateway.auth.issue import issue_key
 from gateway.auth.records import (
     ID_PATTERN,
+    Host,
     KeyRecord,
     LimitFields,
     TenantFields,
@@ -155,6 +156,7 @@ class TenantPut(TenantFields):
 
     model_config = ConfigDict(extra="forbid")
     models: AllowedModels = None
+    media_hosts: list[Host] | None = Field(default=None, max_length=100)
 
 
 def store_of(gw: GatewayState) -> AuthStore:

@@ -49,7 +49,7 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             allowed = _allowed_methods(request)
             err = MethodNotAllowed(
-                f"Method {request.method} is not allowed on {request.url.path}; "
+                f"Method {request.method} is not allowed on {masked(request.url.path)}; "
                 f"allowed: {allowed}.",
                 code="method_not_allowed",
                 headers={"allow": allowed},  # RFC 9110: a 405 lists what the path serves

@@ -37,6 +37,13 @@ def _a_number(value: object) -> object:
 
 
 Whole = Annotated[int, BeforeValidator(_a_number)]
+
+
+def _null_is_false(value: object) -> object:
+    """A switch's null (a merge patch's "clear") is its default, off."""
+    return False if value is None else value
+
+
 Limit = Annotated[Whole, Field(ge=1, le=MAX_LIMIT)]
 
 
@@ -59,10 +66,12 @@ class TenantFields(LimitFields):
     priority: Annotated[Whole, Field(ge=-(2**31), le=2**31 - 1)] | None = None
     # Hosts the engines may fetch this tenant's media URLs from (gateway/api/media.py).
     # None: the gateway's request_policy.media_hosts; []: no remote media at all.
-    media_hosts: list[Host] | None = Field(default=None, max_length=100)
+    # (As stored: an admin's are checked as Host when set, api/admin.py; one the API took
+    # before, a host:port, is read as it is, not a 500 for the tenant and every listing.)
+    media_hosts: list[str] | None = None
     # Every request of the tenant's keys and tokens is refused (403 tenant_disabled) while true:
     # an off-boarded or suspended customer, in one write, its keys and data kept.
-    disabled: StrictBool = False
+    disabled: Annotated[StrictBool, BeforeValidator(_null_is_false)] = False
 
     def media_host_set(self) -> frozenset[str] | None:
         return None if self.media_hosts is None else frozenset(self.media_hosts)

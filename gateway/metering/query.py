@@ -112,6 +112,9 @@ async def tenants_of(
     last: dict[bytes, int | None] = {t: int(score) for t, score in scored}
     if legacy:  # (SREM, not DEL: a gateway of before may add to it meanwhile)
         await redis.zadd(TENANTS, dict.fromkeys(legacy, now), gt=True)
+        # Their usage may go back to the retention's start: a first write through a gateway
+        # of today, before or after this, must not hide the days before it.
+        await redis.zadd(TENANTS_FIRST, dict.fromkeys(legacy, 0), lt=True)
         await redis.srem(LEGACY_TENANTS, *legacy)
         last.update(dict.fromkeys(legacy))
     names = sorted(last)

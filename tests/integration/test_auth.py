@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.app import create_app
 from gateway.auth.api_keys import hash_secret, parse_key
-from gateway.auth.records import KeyRecord
+from gateway.auth.records import KeyRecord, TenantRecord
 from gateway.auth.store import AuthStore
 from gateway.embedded.redis_server import running_redis
 from gateway.jwt_settings import JwtSettings
@@ -340,6 +340,9 @@ async def test_a_whole_key_in_an_admin_path_stands_for_its_id(auth: AuthStack) -
         status, payload = await auth.admin("GET", f"/no-such/{key}")
         assert status == 404
         assert secret not in payload["error"]["message"]
+        status, payload = await auth.admin("PUT", f"/keys/{key}")
+        assert status == 405
+        assert secret not in payload["error"]["message"]
         status, revoked = await auth.admin("DELETE", f"/keys/{key}")
         assert (status, revoked["id"], revoked["revoked"]) == (200, key_id, True)
     lines = [JsonFormatter().format(r) for r in logs.records]
@@ -367,9 +370,26 @@ async def test_a_disabled_tenant_is_refused_everywhere_until_enabled(auth: AuthS
         assert status == 200, usage  # the admin still reads it
         status, payload = await auth.admin("PATCH", "/tenants/suspended", {"disabled": "yes"})
         assert (status, payload["error"]["param"]) == (400, "disabled")
-        status, tenant = await auth.admin("PATCH", "/tenants/suspended", {"disabled": False})
-        assert (status, tenant["disabled"]) == (200, False)
+        status, tenant = await auth.admin("PATCH", "/tenants/suspended", {"disabled": None})
+        assert (status, tenant["disabled"]) == (200, False)  # null: the default, as for limits
         await oai.chat.completions.create(model=MODEL, messages=HELLO)
+
+
+async def test_a_media_host_stored_before_its_check_is_read_as_it_is(auth: AuthStack) -> None:
+    """A host:port the API took before 2026-12-06 made the check, run on the stored record,
+    a 500 for every request of the tenant and every tenant listing, and no PATCH could mend
+    it."""
+    key = await auth.new_key(tenant="old-hosts")
+    record = TenantRecord(id="old-hosts", media_hosts=["cdn.example.com:8443"])
+    await AuthStore(auth.redis).put_tenant(record)
+    async with auth.client(key) as oai:
+        await oai.chat.completions.create(model=MODEL, messages=HELLO)
+    status, page = await auth.admin("GET", "/tenants")
+    assert status == 200, page
+    status, mended = await auth.admin("PATCH", "/tenants/old-hosts", {"media_hosts": None})
+    assert (status, mended["media_hosts"]) == (200, None)
+    status, refused = await auth.admin("PATCH", "/tenants/old-hosts", {"media_hosts": ["a:1"]})
+    assert (status, refused["error"]["param"]) == (400, "media_hosts[0]")
 
 
 async def test_an_empty_key_name_is_no_name(auth: AuthStack) -> None:

@@ -165,3 +165,19 @@ async def test_totals_skip_the_days_before_a_tenants_first_record(redis: Redis) 
     )
     assert [(r["tenant"], r["requests"]) for r in rows] == [("newcomer", 1)]
     assert await calls(redis, "hgetall") <= 3  # its first day, a day of slack either side
+
+
+async def test_a_tenant_moved_over_keeps_its_days_before_a_write_of_today(redis: Redis) -> None:
+    """Its first write through a gateway of today set its first record to today: totals over
+    every tenant skipped its earlier days (billed low for the month of the upgrade)."""
+    await redis.flushall()
+    ten_days_ago = int(time.time() * 1000) - 10 * DAY_MS
+    earlier = usage_record(tenant="upgraded", time_ms=ten_days_ago, prompt_tokens=5)
+    await Ledger(redis, MeteringSettings(), window_s=60.0).write([settlement_of(earlier)])
+    await redis.delete(TENANTS, TENANTS_FIRST)  # as a gateway of before 2026-12-06 left it
+    await redis.sadd(LEGACY_TENANTS, "upgraded")
+    await write(redis, "upgraded", prompt=7)  # a gateway of today, before any query
+    day = datetime.fromtimestamp(ten_days_ago / 1000, UTC).date()
+    rows = await usage_totals(redis, EVERYONE, day, day, ("tenant",), retention_ms=RETENTION_MS)
+    assert [(r["tenant"], r["prompt_tokens"]) for r in rows] == [("upgraded", 5)]
+    assert await redis.zscore(TENANTS_FIRST, "upgraded") == 0

@@ -41,8 +41,9 @@ def test_typos_and_bad_values_are_refused(tmp_path: Path) -> None:
     for token in ("admin-tökén-0123456789", "admin token\twith a tab"):  # never matched
         with pytest.raises(ConfigError, match="admin_token must be printable ASCII"):
             load_settings(None, dev_mode=True, admin_token=token)
-    with pytest.raises(ConfigError, match=r"max_body_bytes \(4194304\) is below request_polic"):
-        load_settings(None, dev_mode=True, max_body_bytes=4 * 1024 * 1024)  # the example had it
+    for body in (4 * 1024 * 1024, 8 * 1024 * 1024):  # the example's, and one an image filled
+        with pytest.raises(ConfigError, match=rf"max_body_bytes \({body}\) leaves less than"):
+            load_settings(None, dev_mode=True, max_body_bytes=body)
     with pytest.raises(ConfigError, match=r"max_bytes_per_tenant \(100\) is below files\.max_f"):
         load_settings(None, dev_mode=True, files={"max_bytes_per_tenant": 100})
     for origin in ("https://app.example.com/", "app.example.com", " https://a.example"):
