@@ -143,7 +143,7 @@ def create_app(
                 response_timeout_s=settings.upstream.response_timeout_s,
                 cuts=drain.cuts,
             ),
-            accounting=Accounting(settler, admission.done),
+            accounting=Accounting(settler, admission.done, admission.give_back),
             http=upstream.session,
             redis=redis,
             auth=auth,

@@ -256,6 +256,12 @@ class AdmissionControl:
         if limited and self.renewals is not None:
             self.renewals.hold(caller, admission.lease)
 
+    def give_back(self, caller: Principal, admission: Admission) -> None:
+        """A request admitted, then refused before any engine took it (shed): its admission is
+        released as one given up on (its rpm entry, tokens and slot), not settled."""
+        self.done(admission)
+        self._give_back(caller, [admission.lease])
+
     def done(self, admission: Admission) -> None:
         """The request is settled: its lease is no longer renewed."""
         if self.renewals is not None:

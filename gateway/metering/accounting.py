@@ -112,18 +112,33 @@ def _nothing(admission: Admission) -> None:
     pass
 
 
+def _kept(caller: Principal, admission: Admission) -> None:
+    pass
+
+
 class Accounting:
-    def __init__(self, settler: Settler, done: Callable[[Admission], None] = _nothing) -> None:
+    def __init__(
+        self,
+        settler: Settler,
+        done: Callable[[Admission], None] = _nothing,
+        give_back: Callable[[Principal, Admission], None] = _kept,
+    ) -> None:
         """`done`: told that an admission is being settled (its lease need not be renewed
-        any longer: AdmissionControl.done)."""
+        any longer: AdmissionControl.done). `give_back`: releases the admission of a request
+        shed before any engine took it (AdmissionControl.give_back), which no rate limit
+        counts."""
         self.settler = settler
         self.done = done
+        self.give_back = give_back
 
     def reporter(self, charge: Charge) -> Reporter:
         """What the proxy calls with its result: settle it (never raises)."""
         frees_slot = charge.admission is not None and _tight(charge.caller)
 
         async def report(result: ProxyResult) -> None:
+            if charge.admission is not None and result.outcome is Outcome.SHED:
+                self.give_back(charge.caller, charge.admission)
+                return  # (no engine: no record either)
             if charge.admission is not None:
                 self.done(charge.admission)
             settlement = settlement_of(charge, result)

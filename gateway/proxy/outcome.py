@@ -20,6 +20,9 @@ class Outcome(StrEnum):
     TIMEOUT = "timeout"  # the engine went silent past upstream.*_timeout_s
     GATEWAY_SHUTDOWN = "gateway_shutdown"  # cancelled after the shutdown grace period
     ENGINE_UNAVAILABLE = "engine_unavailable"  # no engine of the model could be reached
+    # Every engine of the model had routing.max_waiting_per_engine waiting as one was chosen,
+    # after admission: nothing was sent; the admission is given back whole, rpm entry too.
+    SHED = "shed"
     # The access log only: the gateway answered an error itself (auth, limits, the tenant
     # policy, an unknown model, a body it refused) and asked no engine; no record is written.
     REFUSED = "refused"

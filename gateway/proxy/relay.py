@@ -44,6 +44,7 @@ from gateway.proxy.upstream import Reload
 from gateway.proxy.upstream_answers import UpstreamBroken, UpstreamResponse
 from gateway.request_context import RequestInfo, info_of
 from gateway.routing.engines import Engine, ModelPool
+from gateway.routing.overload import EnginesOverloaded
 
 CLIENT_CLOSED = 499  # nginx's status for "client closed request"; only in metrics and logs
 
@@ -186,7 +187,9 @@ class ProxyResponse(Response):
                 reload=call.reload,
             )
         except ApiError as err:
-            if info.engine is None:
+            if isinstance(err, EnginesOverloaded):
+                info.outcome = Outcome.SHED
+            elif info.engine is None:
                 info.outcome = Outcome.ENGINE_UNAVAILABLE
             else:
                 info.outcome = outcome_of_failure(err.status_code)

@@ -234,6 +234,8 @@ async def test_a_request_shed_after_admission_is_released_and_not_billed(fleet: 
     assert retry_after == "1"
     assert (await fleet.served(fleet.a), await fleet.served(fleet.b)) == (0, 0)
     await until(lambda: fleet.leases(key_id), 0)  # its concurrency slot is free again
+    # nor does it count against requests per minute (it did: a settlement keeps the entry)
+    await until(lambda: fleet.requests_counted(key_id), 0)
     assert await fleet.metric('llmaas_requests_shed_total{model="sim-model"}') == 1
 
     await fleet.queue(fleet.a, 0)
