@@ -105,6 +105,20 @@ class RateLimited(ApiError):
         return error_body(self.message, self.kind, param=self.param, code=self.code)
 
 
+def tenant_at_most(message: str, *, limit_kind: str, code: str) -> RateLimited:
+    """A tenant holds as many of something as it may (files, their bytes, active jobs): a 429
+    that no retry mends, so `x-should-retry: false` (OpenAI's SDKs retry a 429 otherwise: an
+    upload would be sent whole again)."""
+    return RateLimited(
+        message,
+        kind="requests",
+        scope="tenant",
+        limit_kind=limit_kind,
+        code=code,
+        headers={"x-should-retry": "false"},
+    )
+
+
 class InternalError(ApiError):
     status = 500
     type = "server_error"

@@ -21,7 +21,14 @@ from starlette.responses import Response, StreamingResponse
 from gateway.api.responses import json_response, page_response, unknown_cursor
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
-from gateway.errors import InvalidRequest, NotFound, RateLimited, ServiceUnavailable, no_redis
+from gateway.errors import (
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+    no_redis,
+    tenant_at_most,
+)
 from gateway.files.finetune_format import FileFormatError, check_chat_jsonl
 from gateway.files.records import FILE_ID_PATTERN, PURPOSES, FileRecord, new_file_id
 from gateway.files.storage import DirectoryStorage, FileStorage
@@ -121,26 +128,20 @@ async def _create_file(request: Request, gw: GatewayState, caller: Principal) ->
 
 
 def _too_many_files(most: int) -> RateLimited:
-    return RateLimited(
+    return tenant_at_most(
         f"Your tenant has {most} files, the most it may keep; delete some first.",
-        kind="requests",
-        scope="tenant",
         limit_kind="files",
         code="too_many_files",
-        headers={"x-should-retry": "false"},  # no retry makes room (OpenAI SDKs)
     )
 
 
 def _too_many_bytes(used: int, most: int, size: int | None = None) -> RateLimited:
     upload = "this upload" if size is None else f"this file ({size} bytes)"
-    return RateLimited(
+    return tenant_at_most(
         f"Your tenant's files hold {used} bytes; with {upload} they would pass {most}, the "
         "most they may hold; delete some first.",
-        kind="requests",
-        scope="tenant",
         limit_kind="file_bytes",
         code="too_many_file_bytes",
-        headers={"x-should-retry": "false"},  # no retry makes room (OpenAI SDKs)
     )
 
 

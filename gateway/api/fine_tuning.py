@@ -17,7 +17,7 @@ from gateway.api.fine_tuning_bodies import JobCreate
 from gateway.api.responses import json_response, unknown_cursor
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
-from gateway.errors import InvalidRequest, NotFound, RateLimited, no_redis
+from gateway.errors import InvalidRequest, NotFound, no_redis, tenant_at_most
 from gateway.files.storage import DirectoryStorage
 from gateway.files.store import FileStore, file_key
 from gateway.finetune.billing import bill_cancelled
@@ -103,15 +103,12 @@ async def create_job(body: JobCreate, gw: Gateway, caller: Caller) -> Response:
     except RequiredKeyGone:
         raise _no_training_file(body.training_file) from None
     except LimitReached:
-        raise RateLimited(
+        raise tenant_at_most(
             f"Your tenant has {settings.max_active_jobs_per_tenant} fine-tuning jobs queued, "
             "running or paused, the most it may; wait for one to finish, or cancel one (a "
             "paused job does not finish by itself).",
-            kind="requests",
-            scope="tenant",
             limit_kind="fine_tuning_jobs",
             code="too_many_active_jobs",
-            headers={"x-should-retry": "false"},  # no retry makes room (OpenAI SDKs)
         ) from None
     queued = await store.transition(
         caller.tenant,
