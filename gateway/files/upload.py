@@ -183,7 +183,21 @@ def _filename(headers: dict[bytes, bytes]) -> str:
         raise InvalidRequest(
             "The 'file' part needs a filename.", param="file", code="invalid_multipart"
         )
-    return name[:255]
+    return _shortened(name)
+
+
+MAX_FILENAME = 255  # characters, as file systems take a name
+
+
+def _shortened(name: str) -> str:
+    """`name` within MAX_FILENAME characters, its extension kept (a `.jsonl` cut off left a
+    file that no longer says what it holds)."""
+    if len(name) <= MAX_FILENAME:
+        return name
+    stem, dot, extension = name.rpartition(".")
+    if stem and dot and len(extension) < 16:
+        return stem[: MAX_FILENAME - len(extension) - 1] + "." + extension
+    return name[:MAX_FILENAME]
 
 
 _EXTENDED = re.compile(rb"""(?:^|;)\s*filename\*\s*=\s*([^;\s]*)""", re.IGNORECASE)

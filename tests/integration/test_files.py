@@ -286,6 +286,18 @@ async def test_deleting_each_file_while_auto_paginating_sees_every_file_once(
     await client.files.delete(other.id)
 
 
+async def test_a_long_filename_is_cut_keeping_its_extension(files: TenantStack) -> None:
+    """Cut at 255 characters, a `.jsonl` lost its extension."""
+    client = await files.tenant("files-long-name")
+    long = "d" * 300
+    made = await client.files.create(file=(f"{long}.jsonl", DATASET), purpose="fine-tune")
+    assert (len(made.filename), made.filename[-7:]) == (255, "d.jsonl")
+    bare = await client.files.create(file=(long, b"x"), purpose="user_data")
+    assert bare.filename == "d" * 255  # no extension to keep
+    for file_id in (made.id, bare.id):
+        await client.files.delete(file_id)
+
+
 async def test_a_tenant_over_its_file_count_is_refused(files: TenantStack) -> None:
     client = await files.tenant("files-many")
     made = [
