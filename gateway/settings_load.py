@@ -39,26 +39,24 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         data.update(loaded)
     data.update(overrides)
     where = str(path) if path is not None else "settings"
-    unknown = unknown_variables(os.environ)
-    if unknown:
-        raise ConfigError(
-            "\n  ".join(["environment:", *unknown])
-            if len(unknown) > 1
-            else f"environment: {unknown[0]}"
-        )
+    # An unknown variable is said with every other wrong field, not alone first (a second run
+    # found the next one).
+    said = [("environment", line) for line in unknown_variables(os.environ)]
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except SettingsError as exc:
-        raise ConfigError(f"environment: {environment_error(exc)}") from None
+        said.append(("environment", environment_error(exc)))
     except ValidationError as exc:
-        said = [(_source(loc, where), line) for loc, line in config_errors(exc)]
-        sources = {source for source, _ in said}
-        if len(sources) > 1:  # each line says where its value came from
-            raise ConfigError("\n  ".join(["", *[f"{s}: {line}" for s, line in said]])) from None
-        source = sources.pop()
-        if len(said) == 1:
-            raise ConfigError(f"{source}: {said[0][1]}") from None
-        raise ConfigError("\n  ".join([f"{source}:", *[line for _, line in said]])) from None
+        said += [(_source(loc, where), line) for loc, line in config_errors(exc)]
+    if not said:
+        return settings
+    sources = {source for source, _ in said}
+    if len(sources) > 1:  # each line says where its value came from
+        raise ConfigError("\n  ".join(["", *[f"{s}: {line}" for s, line in said]]))
+    source = sources.pop()
+    if len(said) == 1:
+        raise ConfigError(f"{source}: {said[0][1]}")
+    raise ConfigError("\n  ".join([f"{source}:", *[line for _, line in said]]))
 
 
 def _source(loc: tuple[str | int, ...], where: str) -> str:

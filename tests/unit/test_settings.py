@@ -147,3 +147,19 @@ def test_a_wrong_value_from_the_environment_is_said_as_such(
     monkeypatch.setenv("LLMAAS_MODELS", '[{"name": "m", "engines": ["ftp://x"]}]')
     with pytest.raises(ConfigError, match=r"^environment \(LLMAAS_MODELS\): models\[0\]\.engines"):
         load_settings(path)
+
+
+def test_an_unknown_variable_is_said_with_the_other_wrong_fields(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It stopped the check alone: the file's wrong field came out only at the next run."""
+    path = tmp_path / "gw.yaml"
+    path.write_text("dev_mode: true\nport: 99999\n")
+    monkeypatch.setenv("LLMAAS_PROT", "9000")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(path)
+    lines = str(refused.value).splitlines()
+    assert lines[0] == ""
+    assert lines[1].startswith("  environment: LLMAAS_PROT")
+    assert lines[2] == f"  {path}: port: Input should be less than or equal to 65535"
+    assert len(lines) == 3
