@@ -7,12 +7,12 @@ import argparse
 import asyncio
 import json
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 from gateway.admin_client import AdminClient, AdminError, segment
 from gateway.auth.api_keys import PREFIX, parse_key
 from gateway.cli_options import add_gateway_options, given
+from gateway.cli_table import table
 
 KEY_COLUMNS = (
     "id",
@@ -374,30 +374,3 @@ def _engine_row(engine: dict[str, Any]) -> dict[str, Any]:
         "adapters": [a["id"] for a in engine["adapters"]],
         "last_error": None if last is None else f"{last['at']} {last['kind']}",
     }
-
-
-# Columns that hold Unix seconds (as the API gives them; --json keeps them so): a table shows
-# them as UTC times.
-TIME_COLUMNS = frozenset({"created_at", "expires_at", "finished_at"})
-
-
-def utc_time(seconds: int) -> str:
-    """Unix seconds as a table shows them: 2026-12-03T12:00:00Z."""
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
-    def cell(value: Any, column: str = "") -> str:
-        if value is None:
-            return "-"
-        if column in TIME_COLUMNS and type(value) is int:
-            return utc_time(value)
-        if value == []:  # an allow-list of nothing: not the "-" of no list (everything)
-            return "(none)"
-        return ",".join(value) if isinstance(value, list) else str(value)
-
-    grid = [list(columns)] + [[cell(row.get(c), c) for c in columns] for row in rows]
-    widths = [max(len(r[i]) for r in grid) for i in range(len(columns))]
-    return "\n".join(
-        "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in grid
-    )

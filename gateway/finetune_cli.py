@@ -13,9 +13,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from gateway.admin_cli import table, utc_time
 from gateway.admin_client import AdminError, segment
 from gateway.cli_options import add_gateway_options
+from gateway.cli_table import table, utc_time
 from gateway.files.records import PURPOSES
 from gateway.tenant_client import TenantClient
 

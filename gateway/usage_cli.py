@@ -11,9 +11,9 @@ import sys
 from typing import Any
 from urllib.parse import urlencode
 
-from gateway.admin_cli import table
 from gateway.admin_client import AdminClient, AdminError
 from gateway.cli_options import add_gateway_options, given
+from gateway.cli_table import table
 
 NUMBERS = (
     "requests",
