@@ -219,7 +219,7 @@ class Authenticator:
         try:  # shielded: a client that leaves does not cancel the read the others wait for
             return cast("T | None", await asyncio.shield(pending.task))
         except ServiceUnavailable:  # the store cannot be read: its last answer, if recent
-            stale = entries.stale(name, self.cache.stale_s) if self.cache.stale_s else None
+            stale = entries.stale(name, self.cache.stale_s)  # (0: none, as it has expired)
             if stale is None:
                 self.on_unavailable()
                 raise

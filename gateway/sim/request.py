@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.limits.estimate import is_conversation, positive_int
 from gateway.sim.config import SimConfig
 from gateway.sim.faults import Faults, FaultSpecError, parse_faults
 from gateway.sim.protocol import Kind, detail_error, vllm_error
@@ -170,7 +171,7 @@ def _embedding_prompts(body: dict[str, Any]) -> list[Prompt]:
     value = body.get("input")
     if "messages" in body and "input" not in body:
         return [chat_prompt(body["messages"])]
-    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+    if is_conversation(value):
         return [chat_prompt(value)]
     return text_prompts(value, "input")
 
@@ -244,26 +245,15 @@ def _sequences(body: dict[str, Any]) -> int:
 
 
 def _positive_int(body: dict[str, Any], field: str) -> int | None:
-    """As vLLM's pydantic reads an int: "20" and 20.0 are 20 (not 20.5, not true)."""
+    """As vLLM's pydantic reads an int (limits/estimate.py models it for the gateway): "20"
+    and 20.0 are 20 (not 20.5, not true)."""
     value = body.get(field)
     if value is None:
         return None
-    number = _lax_int(value)
-    if number is None or number < 1:
+    number = positive_int(value)
+    if number is None:
         raise RequestError(400, f"{field}: expected an integer >= 1, got {value!r}", field)
     return number
-
-
-def _lax_int(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-        return int(value)
-    return None
 
 
 def _flag(body: dict[str, Any], field: str) -> bool:
