@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
@@ -28,10 +28,17 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     """Build Settings from an optional YAML file; LLMAAS_* variables override it. Raises
     ConfigError (a file that cannot be read or parsed, or a wrong value) or OSError."""
     data: dict[str, Any] = {}
+    loaded: Any = {}
+    twice: list[str] = []  # keys given twice in the file, said with its other wrong fields
     if path is not None:
         try:
             with path.open(encoding="utf-8") as file:  # (YAML's errors then name the file)
-                loaded = yaml.load(file, Loader=_UniqueKeys) or {}  # (a SafeLoader)
+                loader = _UniqueKeys(file)  # (a SafeLoader)
+                try:
+                    loaded = loader.get_single_data() or {}
+                    twice = loader.twice
+                finally:
+                    loader.dispose()
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(loaded, dict):
@@ -42,12 +49,13 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     # An unknown variable is said with every other wrong field, not alone first (a second run
     # found the next one).
     said = [("environment", line) for line in unknown_variables(os.environ)]
+    said += [(where, line) for line in twice]
     try:
         settings = Settings(**data)
     except SettingsError as exc:
         said.append(("environment", environment_error(exc)))
     except ValidationError as exc:
-        said += [(_source(loc, where), line) for loc, line in config_errors(exc)]
+        said += [(_source(loc, where, line, loaded), line) for loc, line in config_errors(exc)]
     if not said:
         return settings
     sources = {source for source, _ in said}
@@ -59,33 +67,91 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     raise ConfigError("\n  ".join([f"{source}:", *[line for _, line in said]]))
 
 
-def _source(loc: tuple[str | int, ...], where: str) -> str:
+def _source(loc: tuple[str | int, ...], where: str, line: str, data: Mapping[str, Any]) -> str:
     """Where a wrong value came from: the LLMAAS_* variable that sets it (or a section of it),
-    else `where` (the file). `LLMAAS_PORT=99999` was said as the file's `port`."""
-    names = [part for part in loc if isinstance(part, str)]
+    else `where` (the file). `LLMAAS_PORT=99999` was said as the file's `port`. A check across
+    fields (`max_body_bytes` against `request_policy.max_data_url_bytes`) names the settings
+    its line names that variables set, and the file if it set one of the others."""
     if loc and not isinstance(loc[0], str):
         return where
     upto = next((i for i, part in enumerate(loc) if not isinstance(part, str)), len(loc))
+    names = [str(part) for part in loc[:upto]]
     set_ = {name.upper() for name in os.environ}
-    for end in range(upto, 0, -1):
-        variable = "LLMAAS_" + "__".join(names[:end]).upper()
+    for end in range(len(names), 0, -1):
+        variable = _variable(names[:end])
         if variable in set_:
             return f"environment ({variable})"
-    return where
+    if _field(names) is not Settings and not _is_section(_field(names)):
+        return where  # a field's own check: its value is the file's
+    variables, in_file = [], False
+    for named in _named_settings(names, line):
+        if (variable := _variable(named)) in set_:
+            variables += [variable] if variable not in variables else []
+        else:
+            in_file = in_file or _given(data, named)
+    if not variables:
+        return where
+    environment = f"environment ({', '.join(variables)})"
+    return f"{where} and {environment}" if in_file else environment
+
+
+def _variable(path: list[str]) -> str:
+    return "LLMAAS_" + "__".join(path).upper()
+
+
+def _field(path: list[str]) -> Any:
+    """The annotation at a path of settings (Settings itself for []), or None for no setting."""
+    kind: Any = Settings
+    for part in path:
+        info = getattr(kind, "model_fields", {}).get(part)
+        if info is None:
+            return None
+        kind = info.annotation
+    return kind
+
+
+def _named_settings(section: list[str], line: str) -> list[list[str]]:
+    """The settings (not sections) a line names, dotted from the top (`files.max_file_bytes`)
+    or from its section (`hmac_secret` in `auth.jwt`)."""
+    named = []
+    for word in re.findall(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*", line):
+        parts = word.split(".")
+        for path in (parts, [*section, *parts]):
+            kind = _field(path)
+            if kind is not None and not _is_section(kind) and path not in named:
+                named.append(path)
+                break
+    return named
+
+
+def _given(data: Mapping[str, Any], path: list[str]) -> bool:
+    """Whether the file's mapping sets this path."""
+    value: Any = data
+    for part in path:
+        if not isinstance(value, Mapping) or part not in value:
+            return False
+        value = value[part]
+    return True
 
 
 class _UniqueKeys(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping: the second `limits:` of a
-    file took the place of the first, whose settings were dropped without a word."""
+    """YAML's safe loader, noting each key given twice in one mapping (`twice`, one line each):
+    the second `limits:` of a file took the place of the first, whose settings were dropped
+    without a word. The file is read on, so that its other wrong fields are said with it."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self.twice: list[str] = []
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # (SafeLoader refuses it below, naming the line)
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"{key!r} is given twice", key_node.start_mark
-                )
+                line = key_node.start_mark.line + 1
+                self.twice.append(f"line {line}: {key!r} is given twice")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,31 @@ def test_an_unknown_variable_is_said_with_the_other_wrong_fields(
     assert lines[1].startswith("  environment: LLMAAS_PROT")
     assert lines[2] == f"  {path}: port: Input should be less than or equal to 65535"
     assert len(lines) == 3
+
+
+def test_a_check_across_fields_names_the_variables_that_set_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The body limit against the data: URL limit was said as the file's even when
+    LLMAAS_MAX_BODY_BYTES had set the body limit (the file had neither)."""
+    path = tmp_path / "gw.yaml"
+    path.write_text("dev_mode: true\n")
+    monkeypatch.setenv("LLMAAS_MAX_BODY_BYTES", "2000")
+    with pytest.raises(
+        ConfigError, match=r"^environment \(LLMAAS_MAX_BODY_BYTES\): max_body_bytes \(2000\) leaves"
+    ):
+        load_settings(path)
+    path.write_text("dev_mode: true\nrequest_policy:\n  max_data_url_bytes: 900\n")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(path)
+    assert str(refused.value).startswith(f"{path} and environment (LLMAAS_MAX_BODY_BYTES): ")
+    monkeypatch.delenv("LLMAAS_MAX_BODY_BYTES")
+    path.write_text("dev_mode: true\nmax_body_bytes: 2000\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: max_body_bytes \(2000\)"):
+        load_settings(path)
+    path.write_text("dev_mode: true\nfiles:\n  enabled: true\n")
+    monkeypatch.setenv("LLMAAS_FILES__MAX_BYTES_PER_TENANT", "10")
+    with pytest.raises(
+        ConfigError, match=r"^environment \(LLMAAS_FILES__MAX_BYTES_PER_TENANT\): files"
+    ):
+        load_settings(path)
