@@ -85,7 +85,7 @@ async def create_job(body: JobCreate, gw: Gateway, caller: Caller) -> Response:
         key_id=caller.key_id,
         model=body.model,
         training_file=body.training_file,
-        status="validating_files",
+        status="queued",  # (its file was checked above: OpenAI's validating_files is past)
         created_at=now,
         hyperparameters=hyper,
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
@@ -97,7 +97,10 @@ async def create_job(body: JobCreate, gw: Gateway, caller: Caller) -> Response:
         await store.create(
             job,
             settings.max_active_jobs_per_tenant,
-            f"Created fine-tuning job: {job.id}",
+            [
+                f"Created fine-tuning job: {job.id}",
+                f"Validated the training file ({examples} examples); the job is queued",
+            ],
             requires=file_key(caller.tenant, body.training_file),  # not deleted meanwhile
         )
     except RequiredKeyGone:
@@ -110,18 +113,7 @@ async def create_job(body: JobCreate, gw: Gateway, caller: Caller) -> Response:
             limit_kind="fine_tuning_jobs",
             code="too_many_active_jobs",
         ) from None
-    queued = await store.transition(
-        caller.tenant,
-        job.id,
-        ("validating_files",),
-        {"status": "queued"},
-        message=f"Validated the training file ({examples} examples); the job is queued",
-    )
-    if queued is None:  # cancelled in between
-        queued = await _own(gw, caller, job.id)
-    else:
-        await store.enqueue(queued)
-    return json_response(queued.view())
+    return json_response(job.view())
 
 
 def _hyperparameters(body: JobCreate, max_rank: int) -> Hyperparameters:

@@ -25,6 +25,11 @@ from gateway.redis_pages import index_page
 
 QUEUE = "llmaas:ft:queue"
 RUNNING = "llmaas:ft:running"
+# Jobs being created, scored by when a sweep may put them in the queue: a job is stored under
+# its tenant's hash tag and queued in QUEUE, two steps (no one MULTI spans both slots on Redis
+# Cluster); a gateway that died between them left a queued job no trainer would ever take.
+PENDING = "llmaas:ft:pending"
+PENDING_GRACE_MS = 60_000
 MAX_EVENTS = 10_000  # per job; older ones are dropped first
 
 _PUSH_EVENT = """
@@ -74,12 +79,39 @@ class JobStore:
     # -- jobs ---------------------------------------------------------------------------------
 
     async def create(
-        self, job: Job, max_active: int, message: str, *, requires: str | None = None
+        self, job: Job, max_active: int, messages: list[str], *, requires: str | None = None
     ) -> None:
-        """Store a new job, counted as active; LimitReached when the tenant is at its limit.
-        `requires`: a key of the tenant's (its training file's record) that must still exist
-        when the job is stored, else RequiredKeyGone: a delete of that file checks the active
-        jobs and deletes in one step too (FileStore.delete), so one of the two wins."""
+        """Store a new (queued) job, counted as active, with its first events, and queue it;
+        LimitReached when the tenant is at its limit. `requires`: a key of the tenant's (its
+        training file's record) that must still exist when the job is stored, else
+        RequiredKeyGone: a delete of that file checks the active jobs and deletes in one step
+        too (FileStore.delete), so one of the two wins. Noted in PENDING first, so that a
+        gateway dying before the job is queued leaves it to `queue_stranded`."""
+        member = _member(job.tenant, job.id)
+        await self.redis.zadd(PENDING, {member: time.time_ns() // 1_000_000 + PENDING_GRACE_MS})
+        try:
+            await self._store(job, max_active, messages, requires)
+        except (LimitReached, RequiredKeyGone):
+            await self.redis.zrem(PENDING, member)
+            raise
+        await self.enqueue(job)
+        await self.redis.zrem(PENDING, member)
+
+    async def queue_stranded(self, now_ms: int) -> int:
+        """Queue the jobs whose creation stopped between being stored and being queued (past
+        their grace); how many were queued."""
+        members = cast("list[bytes]", await self.redis.zrangebyscore(PENDING, "-inf", now_ms))
+        queued = 0
+        for member in members:
+            job = await self.get(*parse_member(member))
+            if job is not None and job.status == "queued":
+                queued += await self.enqueue(job)
+            await self.redis.zrem(PENDING, member)
+        return queued
+
+    async def _store(
+        self, job: Job, max_active: int, messages: list[str], requires: str | None
+    ) -> None:
         t = job.tenant
         active = active_key(t)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -97,9 +129,9 @@ class JobStore:
                     made_ms = max(job.created_at * 1000, time.time_ns() // 1_000_000)
                     pipe.zadd(f"{_tag(t)}:ftjobs", {job.id: made_ms})
                     pipe.sadd(active, job.id)
-                    await self._event(
-                        pipe, job, Event(id="", created_at=job.created_at, message=message)
-                    )
+                    for message in messages:
+                        event = Event(id="", created_at=job.created_at, message=message)
+                        await self._event(pipe, job, event)
                     await pipe.execute()
                     return
                 except WatchError:
@@ -206,13 +238,15 @@ class JobStore:
 
     # -- the queue and the trainers' heartbeats ------------------------------------------------
 
-    async def enqueue(self, job: Job) -> None:
+    async def enqueue(self, job: Job) -> bool:
         """Put the job in the queue, unless it still is (paused while queued, then resumed): a
         trainer takes it once. (A second entry is harmless, only wasted: whoever takes it finds
-        the job no longer queued, or loses its claim.)"""
+        the job no longer queued, or loses its claim.) Whether it was put there."""
         member = _member(job.tenant, job.id)
-        if await self.redis.lpos(QUEUE, member) is None:
-            await self.redis.lpush(QUEUE, member)
+        if await self.redis.lpos(QUEUE, member) is not None:
+            return False
+        await self.redis.lpush(QUEUE, member)
+        return True
 
     async def next_queued(self, timeout_s: float) -> tuple[str, str] | None:
         popped = await self.redis.brpop([QUEUE], timeout=timeout_s)

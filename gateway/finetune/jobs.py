@@ -1,8 +1,9 @@
 """A fine-tuning job's record, its states, and the names it gives what it makes.
 
-States: validating_files → queued → running → succeeded | failed | cancelled, and paused
-(from queued or running) → queued again on resume. The first three and paused are active (they
-count against the tenant's limit); the last three are final.
+States: queued → running → succeeded | failed | cancelled, and paused (from queued or running)
+→ queued again on resume. A new job's file is checked before the job is stored, so OpenAI's
+validating_files is past (older gateways stored it first). validating_files, queued, running
+and paused are active (they count against the tenant's limit); the last three are final.
 """
 
 from __future__ import annotations

@@ -79,6 +79,7 @@ class Trainer:
             while not self.stopping.is_set():
                 try:
                     await fail_overdue(self.store, self.storage)
+                    await self.store.queue_stranded(time.time_ns() // 1_000_000)
                     item = await self.store.next_queued(POLL_S)
                     if item is not None:
                         await self.run_job(*item)

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from gateway.files.storage import DirectoryStorage
-from gateway.finetune.job_store import QUEUE, RUNNING, JobStore
+from gateway.finetune.job_store import PENDING, QUEUE, RUNNING, JobStore
 from gateway.finetune.jobs import Job
 from gateway.finetune.names import fine_tuned_name
 from gateway.finetune.sweep import LOST, fail_overdue
@@ -362,6 +362,48 @@ async def _claimed(ft: TenantStack, tenant: str) -> tuple[openai.AsyncOpenAI, Jo
     assert running is not None
     await store.heartbeat(running, int(time.time() * 1000) + 60_000)
     return client, store, running
+
+
+async def test_a_job_whose_creation_stopped_before_its_queue_entry_is_queued_by_a_trainer(
+    ft: TenantStack,
+) -> None:
+    """A job is stored under its tenant's hash tag and queued in the shared queue, two steps:
+    a gateway dying between them left a queued job no trainer ever took, holding one of the
+    tenant's active slots. A trainer's loop queues it once its grace has passed."""
+    client = await ft.tenant("ft-stranded")
+    job = await client.fine_tuning.jobs.create(
+        model=BASE, training_file=await upload_dataset(client)
+    )
+    member = f"ft-stranded/{job.id}"
+    assert await ft.redis.zscore(PENDING, member) is None  # done: nothing left pending
+    # The state a gateway dying between the two steps leaves: stored, pending, not queued.
+    await ft.redis.lrem(QUEUE, 0, member)
+    now_ms = int(time.time() * 1000)
+    await ft.redis.zadd(PENDING, {member: now_ms + 60_000, "ft-stranded/ftjob-never": now_ms})
+    settings = Settings.model_validate(
+        {
+            "dev_mode": True,
+            "files": {"dir": str(ft.root / "files")},
+            "fine_tuning": {"base_models": {BASE: str(ft.root / "weights")}},
+        }
+    )
+    trainer = Trainer(settings, ft.redis, worker="sweeper:1")
+
+    async def one_look(timeout_s: float) -> tuple[str, str] | None:
+        trainer.stopping.set()  # one turn of the loop, taking nothing
+        return None
+
+    trainer.store.next_queued = one_look  # type: ignore[method-assign]
+    await trainer.run()  # within its grace: left to the gateway creating it
+    assert await ft.redis.lpos(QUEUE, member) is None
+    assert await ft.redis.zscore(PENDING, "ft-stranded/ftjob-never") is None  # never stored
+    await ft.redis.zadd(PENDING, {member: now_ms - 1})  # the grace has passed
+    trainer.stopping.clear()
+    await trainer.run()
+    assert await ft.redis.lpos(QUEUE, member) is not None
+    assert await ft.redis.zscore(PENDING, member) is None
+    assert (await client.fine_tuning.jobs.retrieve(job.id)).status == "queued"
+    await client.fine_tuning.jobs.cancel(job.id)
 
 
 async def test_a_trainer_that_loses_the_claim_leaves_the_winners_heartbeat(
