@@ -16,9 +16,16 @@
 -- arrives after the gateway gave up on it.
 --
 -- Concurrent requests of one key share a call (gateway/redis_pipe.py gathers them while the
--- previous batch is on the wire): what they share (trimming the logs and lease sets, counting
--- them, the token buckets, the expiries) is read and written once per call; each request costs
--- its marker, its log and lease entries.
+-- previous batch is on the wire): what they share (counting the logs and lease sets, the token
+-- buckets, the trims and expiries) is read and written once per call; each request costs its
+-- marker, its log and lease entries.
+--
+-- Out of memory: a script's first write decides. Redis refuses a command that may grow memory
+-- (ZADD, SET) while a script has not written yet, and lets every later one through. So nothing
+-- is written before the first admission's ZADD or SET: the logs and lease sets are counted in
+-- their live range (ZCOUNT) and trimmed only once something was admitted. (They were trimmed
+-- first, a write that frees memory: past maxmemory every admission then went through, where
+-- failure_mode should decide.)
 --
 -- KEYS: key rpm, key tpm, key leases, tenant rpm, tenant tpm, tenant leases,
 --       then one marker per request
@@ -61,11 +68,11 @@ end
 -- each token bucket's TAT.
 local used, tat, held = {}, {}, {}
 local admitted = 0
+local live_from = string.format('%d', now - PERIOD)  -- a request log's entries still in the window
+local live_leases = '(' .. now_ms  -- a lease set's entries not yet expired
 local function log_used(scope)
   if used[scope] == nil then
-    local log = KEYS[scope * 3 - 2]
-    redis.call('ZREMRANGEBYSCORE', log, '-inf', string.format('(%d', now - PERIOD))
-    used[scope] = redis.call('ZCARD', log)
+    used[scope] = redis.call('ZCOUNT', KEYS[scope * 3 - 2], live_from, '+inf')
   end
   return used[scope]
 end
@@ -79,9 +86,7 @@ local function bucket(scope)
 end
 local function leases_held(scope)
   if held[scope] == nil then
-    local leases = KEYS[scope * 3]
-    redis.call('ZREMRANGEBYSCORE', leases, '-inf', now_ms)
-    held[scope] = redis.call('ZCARD', leases)
+    held[scope] = redis.call('ZCOUNT', KEYS[scope * 3], live_leases, '+inf')
   end
   return held[scope]
 end
@@ -105,7 +110,7 @@ local function admit(charge, lease, marker)
       local n = log_used(scope)
       if n >= r then  -- room once n - r + 1 entries left (more than one: the limit was lowered)
         local log = KEYS[scope * 3 - 2]
-        local leaving = redis.call('ZRANGE', log, n - r, n - r, 'WITHSCORES')
+        local leaving = redis.call('ZRANGEBYSCORE', log, live_from, '+inf', 'WITHSCORES', 'LIMIT', n - r, 1)
         return refuse(scope, 'requests', leaving[2] + PERIOD + 1 - now, r)
       end
       if req_left == '' or r - n - 1 < req_left then
@@ -127,7 +132,7 @@ local function admit(charge, lease, marker)
     if c > 0 then
       local h = leases_held(scope)
       if h >= c then
-        local first = redis.call('ZRANGE', KEYS[scope * 3], 0, 0, 'WITHSCORES')
+        local first = redis.call('ZRANGEBYSCORE', KEYS[scope * 3], live_leases, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
         return refuse(scope, 'concurrency', first[2] - now, c)
       end
       if free == '' or c - h - 1 < free then
@@ -161,18 +166,20 @@ for i = 1, #KEYS - 6 do
   replies[i] = admit(ARGV[at], ARGV[at + 1], KEYS[6 + i])
 end
 
--- Expiries, once, if any request was admitted (each admitted one added to every log and lease
--- set and moved every bucket its scope limits): the logs a window on, the lease sets a ttl
--- on, each bucket until it is empty.
+-- Trims and expiries, once, if any request was admitted (each admitted one added to every log
+-- and lease set and moved every bucket its scope limits): what left the window or expired out,
+-- the logs a window on, the lease sets a ttl on, each bucket until it is empty.
 if admitted == 0 then
   return replies
 end
 local log_ttl, leases_ttl = string.format('%d', PERIOD + 1000), string.format('%d', lease_ttl + 1000)
 for scope = 1, 2 do
   if rpm[scope] > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[scope * 3 - 2], '-inf', '(' .. live_from)
     redis.call('PEXPIRE', KEYS[scope * 3 - 2], log_ttl)
   end
   if conc[scope] > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[scope * 3], '-inf', now_ms)
     redis.call('PEXPIRE', KEYS[scope * 3], leases_ttl)
   end
   if tpm[scope] > 0 then

@@ -13,6 +13,13 @@
 -- Reply: "refunded" (the admission had run), "cancelled" (it had not), "released" (done before)
 
 local lease, period = ARGV[1], tonumber(ARGV[2])
+-- The lease leaves first: a write that frees memory, so that past maxmemory (where Redis
+-- refuses a script's first write that may grow memory, and no later one) a release still frees
+-- its slot and marks its lease.
+for scope = 1, 2 do
+  redis.call('ZREM', KEYS[scope * 3 - 1], lease)
+  redis.call('ZREM', KEYS[scope * 3 + 1], lease)
+end
 local marker = redis.call('SET', KEYS[1], 'x', 'GET', 'PX', period)
 if marker == 'x' then
   return 'released'
@@ -22,9 +29,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local tokens = tonumber(marker)
 for scope = 1, 2 do
-  local log, bucket, leases = KEYS[scope * 3 - 1], KEYS[scope * 3], KEYS[scope * 3 + 1]
-  redis.call('ZREM', log, lease)
-  redis.call('ZREM', leases, lease)
+  local bucket = KEYS[scope * 3]
   local limit = tonumber(ARGV[2 + scope])
   local tat = tokens and limit > 0 and tonumber(redis.call('GET', bucket))
   if tat then

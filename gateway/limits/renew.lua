@@ -13,8 +13,8 @@ local lease, ttl = ARGV[1], tonumber(ARGV[2])
 local held = 0
 for i = 1, 2 do
   if redis.call('ZSCORE', KEYS[i], lease) then
-    redis.call('ZADD', KEYS[i], 'XX', now + ttl, lease)
-    redis.call('PEXPIRE', KEYS[i], ttl + 1000)
+    redis.call('PEXPIRE', KEYS[i], ttl + 1000)  -- first: past maxmemory a script's first
+    redis.call('ZADD', KEYS[i], 'XX', now + ttl, lease)  -- write may not be one that grows
     held = held + 1
   end
 end

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from gateway.app import create_app
 from gateway.auth.authenticate import Authenticator
@@ -319,3 +320,32 @@ async def test_a_release_redis_never_took_is_spilled_at_shutdown_and_replayed(
                         await asyncio.sleep(0.05)
     finally:
         await redis_server.stop()
+
+
+async def test_a_full_redis_gets_the_failure_mode_and_still_frees_slots(tmp_path: Path) -> None:
+    """Past maxmemory (noeviction) Redis refuses a script's first write that may grow memory,
+    and none after it. admission.lua trimmed its request logs first, a write that frees: every
+    limited request went on being admitted and served there, where the documented failure_mode
+    should decide. A release (and a renewal) must still go through: it frees."""
+    async with faulty_stack(tmp_path, "closed", proxied=False) as stack:
+        await stack.complete_with_the_key_cached()
+        caller = Principal(TENANT, stack.key_id, "api_key", key_limits=Limits(max_concurrency=5))
+        (_, _, leases), _ = scope_keys(TENANT, stack.key_id)
+        limiter = Limiter(stack.redis)
+        held = await limiter.admit(caller, 10)  # a request in flight when Redis fills up
+        assert await limiter.renew([(caller, held.lease)]) == 1
+        used = int((await stack.redis.info("memory"))["used_memory"])
+        await stack.redis.config_set("maxmemory-policy", "noeviction")
+        await stack.redis.config_set("maxmemory", str(max(1, used // 2)))
+        try:
+            status, body, _ = await stack.complete()
+            assert status == 503, body
+            assert body["error"]["code"] == "rate_limiter_unavailable"
+            with pytest.raises(RedisError, match="OOM"):
+                await limiter.admit(caller, 10)
+            assert await limiter.renew([(caller, held.lease)]) == 1
+            assert await limiter.release(caller, held.lease) == "refunded"
+            assert await stack.redis.zscore(leases, held.lease) is None  # its slot is free
+        finally:
+            await stack.redis.config_set("maxmemory", "0")
+        assert (await stack.complete())[0] == 200
