@@ -63,6 +63,10 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 
 class Metrics:
     def __init__(self) -> None:
+        # No `*_created` series (a counter's or histogram's start time, one more series each:
+        # a quarter of a scrape with many tenant-model pairs; Prometheus reads resets without
+        # them). prometheus_client keeps this switch process-wide.
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
         self.requests = Counter(

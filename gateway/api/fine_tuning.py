@@ -17,7 +17,7 @@ from gateway.api.fine_tuning_bodies import JobCreate
 from gateway.api.responses import json_response, unknown_cursor
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
-from gateway.errors import InvalidRequest, NotFound, no_redis, tenant_at_most
+from gateway.errors import InvalidRequest, ModelNotFound, NotFound, no_redis, tenant_at_most
 from gateway.files.storage import DirectoryStorage
 from gateway.files.store import FileStore, file_key
 from gateway.finetune.billing import bill_cancelled
@@ -68,11 +68,14 @@ def _storage(gw: GatewayState) -> DirectoryStorage:
 async def create_job(body: JobCreate, gw: Gateway, caller: Caller) -> Response:
     store = _store(gw)
     settings = gw.settings.fine_tuning
-    if body.model not in settings.base_models or not caller.may_use(body.model):
+    if not caller.may_use(body.model):  # as on every route: a model outside the allow-list
+        raise ModelNotFound(body.model)
+    if body.model not in settings.base_models:
         offered = ", ".join(sorted(m for m in settings.base_models if caller.may_use(m)))
+        none = "none is configured" if not settings.base_models else "none is open to this key"
         raise InvalidRequest(
             f"The model '{body.model}' is not available for fine-tuning"
-            + (f"; available: {offered}." if offered else "; none is configured."),
+            + (f"; available: {offered}." if offered else f"; {none}."),
             param="model",
             code="model_not_available",
         )

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -94,7 +95,7 @@ async def create_response(request: Request, gw: Gateway, caller: Caller) -> Resp
         home = await _find(gw, caller, previous, "previous_response_id")
         if not caller.may_use(home.model):  # made with a model this key may not use
             raise ResponseNotFound(previous, "previous_response_id")
-        engines = [_engine_of(pool, home, previous, "previous_response_id")]
+        engines = [_engine_continuing(gw, pool, home, previous)]
     caller = gw.admission.with_defaults(caller)
     limits = gw.settings.limits
     tokens = response_tokens(body, limits.default_max_tokens, pool.context_length)
@@ -173,10 +174,23 @@ async def cancel_response(
     return await _at_home(request, gw, caller, response_id, method="POST", tail="/cancel")
 
 
+@router.post("/responses/compact", response_model=None)
+@router.post("/responses/input_tokens", response_model=None)
+async def unserved_responses_route(request: Request) -> Response:
+    """OpenAI's routes beside /responses/{id} that vLLM 0.32 does not serve: unknown here, as
+    any route the gateway does not serve (they were a 405 of /responses/{id}, which the SDKs
+    do not read as NotFound)."""
+    raise HTTPException(404)  # (answered as every unknown route: 404 unknown_url)
+
+
 @router.delete("/responses/{response_id}", response_model=None)
 async def delete_response(response_id: str, gw: Gateway, caller: Caller) -> Response:
     """vLLM cannot delete a stored response; the gateway forgets where it is, which makes it
-    unreachable for good (the engine frees it only when it restarts)."""
+    unreachable for good (the engine frees it only when it restarts). A key may delete only
+    what it may read: a response made with a model outside its allow-list is not found."""
+    home = await _find(gw, caller, response_id, "response_id")
+    if not caller.may_use(home.model):
+        raise ResponseNotFound(response_id, "response_id")
     try:
         known = await gw.homes.forget(caller.tenant, response_id)
     except _STORE_ERRORS as exc:
@@ -200,8 +214,10 @@ async def _at_home(
     was billed when it was made)."""
     received_ms = int(time.time() * 1000)
     home = await _find(gw, caller, response_id, "response_id")
+    if not caller.may_use(home.model):  # as for an id never made: its engine is not at fault
+        raise ResponseNotFound(response_id, "response_id")
     pool = gw.registry.pool(home.model)
-    if pool is None or not caller.may_use(home.model):
+    if pool is None:
         raise ResponseNotFound(response_id, "response_id", _GONE)
     engine = _engine_of(pool, home, response_id, "response_id")
     caller = gw.admission.with_defaults(caller)
@@ -246,6 +262,30 @@ def _engine_of(pool: ModelPool, home: Home, response_id: str, param: str) -> Eng
         if engine.url == home.engine:
             return engine
     raise ResponseNotFound(response_id, param, _GONE)
+
+
+def _engine_continuing(gw: GatewayState, pool: ModelPool, home: Home, previous: str) -> Engine:
+    """The engine that holds `previous`, if it serves the model asked for. A conversation
+    moved to a model its engine does not serve (OpenAI allows it: its responses live in one
+    store) is a 400 naming the model it can go on with, not a 404 blaming its engine."""
+    for engine in pool.engines:
+        if engine.url == home.engine:
+            return engine
+    home_pool = gw.registry.pool(home.model)
+    if (
+        home.model != pool.name
+        and home_pool is not None
+        and any(engine.url == home.engine for engine in home_pool.engines)
+    ):
+        raise InvalidRequest(
+            f"Response '{previous}' was made with model '{home.model}' and is stored by "
+            f"the engine that serves it, which does not serve '{pool.name}': continue "
+            f"this conversation with model '{home.model}', or start a new one (without "
+            "previous_response_id).",
+            param="previous_response_id",
+            code="previous_response_model",
+        )
+    raise ResponseNotFound(previous, "previous_response_id", _GONE)
 
 
 def _store_unavailable() -> ServiceUnavailable:

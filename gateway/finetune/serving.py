@@ -164,7 +164,8 @@ class AdapterServing:
                 self.log.warning(
                     "adapter %s could not be loaded on %s again: %s", model, engine.url, exc
                 )
-                raise _unavailable(model, f"{engine.url} could not load it again") from exc
+                raise _unavailable(model, "its engine could not load it again") from exc  # (the
+                # engine's address is the operator's: it is in the log line above)
             if not loaded:
                 raise ModelNotFound(model)
             self.reloaded[engine.url, model] = time.monotonic()

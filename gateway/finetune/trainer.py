@@ -102,7 +102,8 @@ class Trainer:
             job_id,
             ("queued",),
             {"status": "running", "worker": self.worker, "hyperparameters": hyper},
-            message=f"Fine-tuning job started on {self.worker}",
+            message="Fine-tuning job started",  # (the worker, a pod's name, is the operator's: in
+            # the job's record and the trainer's log)
         )
         if claimed is None:
             # Not removed: another trainer that claimed it (the job queued twice: paused and
@@ -110,6 +111,7 @@ class Trainer:
             # as lost. One nobody claimed (cancelled, paused) is forgotten once it is overdue.
             return None
         self.training = claimed
+        self.log.info("trainer %s started job %s of tenant %s", self.worker, job_id, tenant)
         try:
             outcome = await self._train(claimed, learning_rate)
             ended = await self._finish(claimed, outcome)

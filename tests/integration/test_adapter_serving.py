@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.embedded.redis_server import running_redis
-from gateway.errors import ModelNotFound
+from gateway.errors import ModelNotFound, ServiceUnavailable
 from gateway.finetune.job_store import JobStore
 from gateway.finetune.serving import AdapterServing
 from gateway.routing.engines import Engine, EngineRegistry
@@ -105,5 +105,36 @@ async def test_a_model_deleted_while_it_loads_is_not_left_served() -> None:
             with pytest.raises(ModelNotFound):
                 await loading
             assert calls == ["load", "unload"]
+        finally:
+            await redis.aclose()
+
+
+async def test_an_engine_that_cannot_load_an_adapter_again_is_not_named_to_the_tenant() -> None:
+    """The 503 said "http://10.0.3.7:8000 could not load it again": an engine's address is the
+    operator's (usage records leave it out too); the gateway's log names it."""
+
+    async def load_lora_adapter(request: Request) -> JSONResponse:
+        return JSONResponse({"error": {"message": "no room"}}, status_code=500)
+
+    app = Starlette(routes=[Route("/v1/load_lora_adapter", load_lora_adapter, methods=["POST"])])
+    async with (
+        running_redis(None) as redis_url,
+        serve_asgi(app, lifespan="off") as url,
+        aiohttp.ClientSession() as http,
+    ):
+        redis = Redis.from_url(redis_url)
+        try:
+            record = {"base": "base", "adapter": "/adapters/job1"}
+            await JobStore(redis).put_model("acme", MODEL, record)
+
+            async def learn(engine: Engine) -> None:
+                pass
+
+            serving = AdapterServing(EngineRegistry([]), redis, http, learn)
+            with pytest.raises(ServiceUnavailable) as refused:
+                await serving.load_on("acme", MODEL, Engine(url))
+            assert refused.value.code == "model_unavailable"
+            assert "its engine could not load it again" in refused.value.message
+            assert url.split("//")[1] not in refused.value.message
         finally:
             await redis.aclose()

@@ -538,6 +538,8 @@ async def test_a_job_is_paused_and_resumed(ft: TenantStack, tmp_path: Path) -> N
         "The job was paused",
         "The job was resumed and queued",
     ]
+    assert "Fine-tuning job started" in messages
+    assert not any("test:pause" in m for m in messages)  # its trainer (a pod's name): not theirs
     kept = ft.root / "files" / "ft-pause" / f"{job.id}.checkpoint"  # as a paused run leaves it
     kept.mkdir()
     (kept / "checkpoint.pt").write_bytes(b"weights")
@@ -712,6 +714,15 @@ async def test_a_key_allowed_the_base_model_uses_its_tenants_fine_tuned_model(
     assert [m.id for m in (await elsewhere.models.list()).data] == []
     with pytest.raises(openai.NotFoundError):
         await elsewhere.models.retrieve(name)
+    # Fine-tuning the base model outside its allow-list: as on every route (it was a 400
+    # saying "none is configured", where one is).
+    with pytest.raises(openai.NotFoundError) as not_its:
+        await elsewhere.fine_tuning.jobs.create(model=BASE, training_file="file-x")
+    assert (not_its.value.code, not_its.value.param) == ("model_not_found", "model")
+    with pytest.raises(openai.BadRequestError) as allowed_none:
+        await elsewhere.fine_tuning.jobs.create(model="another-model", training_file="file-x")
+    assert allowed_none.value.code == "model_not_available"
+    assert "none is open to this key" in allowed_none.value.message
     assert (await restricted.models.delete(name)).deleted
 
 

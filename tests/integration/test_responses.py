@@ -82,7 +82,10 @@ async def fleet(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fleet
     ):
         settings = Settings.model_validate(
             {
-                "models": [{"name": MODEL, "engines": [one, two]}],
+                "models": [
+                    {"name": MODEL, "engines": [one, two]},
+                    {"name": "on-two", "engines": [two]},  # (a pool without `one`)
+                ],
                 "routing": {"strategy": "round_robin"},
                 "redis_url": redis_url,
                 "admin_token": ADMIN_TOKEN,
@@ -333,3 +336,46 @@ async def test_a_response_made_with_a_model_the_key_may_not_use_is_not_found(fle
         "previous_response_id",
     )
     assert await fleet.requests() == before  # no engine was asked
+    # Read, cancelled or deleted by this key: as an id never made (it said its engine was
+    # gone, and a DELETE went through: the key could destroy what it may not read).
+    for method, path in (
+        ("GET", "/responses/resp_adapter"),
+        ("POST", "/responses/resp_adapter/cancel"),
+        ("DELETE", "/responses/resp_adapter"),
+    ):
+        status, answer = await fleet.call(client, method, path)
+        assert (status, answer["error"]["code"]) == (404, "response_not_found"), (method, path)
+        assert answer["error"]["message"] == "Response with id 'resp_adapter' not found."
+    assert await fleet.redis.exists(home_key("narrow", "resp_adapter"))  # still there
+    assert await fleet.requests() == before
+
+
+async def test_a_conversation_moved_to_a_model_its_engine_does_not_serve_is_told_which(
+    fleet: Fleet,
+) -> None:
+    """OpenAI lets a conversation go on with another model; here a response lives on the
+    engine that made it. It was a 404 saying that engine no longer serves it, which it does."""
+    client = await fleet.client("switch")
+    await fleet.redis.set(home_key("switch", "resp_one"), orjson.dumps([MODEL, fleet.sims[0]]))
+    before = await fleet.requests()
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.responses.create(
+            model="on-two", input="go on", previous_response_id="resp_one"
+        )
+    assert (refused.value.code, refused.value.param) == (
+        "previous_response_model",
+        "previous_response_id",
+    )
+    assert f"continue this conversation with model '{MODEL}'" in refused.value.message
+    assert await fleet.requests() == before
+
+
+async def test_openais_other_responses_routes_are_unknown_urls(fleet: Fleet) -> None:
+    """POST /v1/responses/compact and /input_tokens (the SDK's responses.compact and
+    input_tokens.count) were a 405 of /responses/{id}, which the SDK raises as a bare
+    APIStatusError, not NotFoundError."""
+    client = await fleet.client("compact")
+    for route in ("compact", "input_tokens"):
+        with pytest.raises(openai.NotFoundError) as unknown:
+            await client.post(f"/responses/{route}", body={"model": MODEL}, cast_to=object)
+        assert unknown.value.code == "unknown_url"

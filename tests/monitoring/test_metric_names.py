@@ -180,6 +180,7 @@ async def test_labels_queried_are_on_the_gateway_series(exposition: Exposition) 
 
 async def test_traffic_shows_in_the_series_the_dashboard_reads(exposition: Exposition) -> None:
     samples = exposition.samples
+    assert [name for name in samples if name.endswith("_created")] == []  # a quarter of a scrape
     statuses = {labels["status"] for labels in samples["llmaas_requests_total"]}
     assert {"200"} <= statuses
     assert any(
