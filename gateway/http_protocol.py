@@ -19,7 +19,9 @@ credential is read. A head past MAX_HEAD_BYTES is answered 431 and the connectio
 A head must arrive whole within keep_alive_s, and a body as well, plus a second for every
 BODY_MIN_RATE bytes of it received (Apache's mod_reqtimeout rule): a client that sent a head
 and then part of its body, or its body a byte at a time, held its request's slot (one of
-max_inflight_requests) for ever. A body late is answered 408 and the connection closed; the
+max_inflight_requests) for ever. Nor may a body stop for keep_alive_s (nginx's
+client_body_timeout): a burst earned it days (512 MiB at once: 12 days), in which an upload
+kept its part on the files volume. A body late is answered 408 and the connection closed; the
 request waiting on it hears that its client is gone (499, nothing reaches an engine).
 """
 
@@ -136,6 +138,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.body_deadline: asyncio.TimerHandle | None = None
         self.body_started = 0.0  # when the current request's body was first awaited
         self.body_bytes = 0  # received since then
+        self.body_last = 0.0  # when the last of them came
         super().connection_made(cast(asyncio.Transport, wrapped))
         self._await_head()
 
@@ -170,6 +173,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 return
         else:
             self.body_bytes += len(data)
+            self.body_last = self.loop.time()
         super().data_received(data)
         if self.head_bytes is not None and self.head_bytes > MAX_HEAD_BYTES:
             self.head_bytes = None
@@ -181,7 +185,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def _await_body(self) -> None:
         if self.transport.is_closing():
             return
-        self.body_started = self.loop.time()
+        self.body_started = self.body_last = self.loop.time()
         self.body_bytes = 0
         self.body_deadline = self.loop.call_later(self.timeout_keep_alive, self._body_due)
 
@@ -192,7 +196,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self.body_deadline = None
             self._await_body()
             return
-        due = self.body_started + self.timeout_keep_alive + self.body_bytes / BODY_MIN_RATE
+        at_rate = self.body_started + self.body_bytes / BODY_MIN_RATE
+        due = min(at_rate, self.body_last) + self.timeout_keep_alive
         if due > self.loop.time():
             self.body_deadline = self.loop.call_at(due, self._body_due)
             return
@@ -203,7 +208,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if cycle is not None and not cycle.response_started:
             error = InvalidRequest(
                 f"The request's body did not arrive within {self.timeout_keep_alive:g} s and"
-                f" a second more for every {BODY_MIN_RATE} bytes received.",
+                f" a second more for every {BODY_MIN_RATE} bytes received, or stopped for"
+                f" {self.timeout_keep_alive:g} s.",
                 status=408,
                 code="request_timeout",
             )

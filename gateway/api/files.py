@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -31,7 +32,7 @@ from gateway.errors import (
 )
 from gateway.files.finetune_format import FileFormatError, check_chat_jsonl
 from gateway.files.records import FILE_ID_PATTERN, PURPOSES, FileRecord, new_file_id
-from gateway.files.storage import DirectoryStorage, FileStorage
+from gateway.files.storage import DirectoryStorage, FileStorage, PartialFile
 from gateway.files.store import FileStore
 from gateway.files.upload import MULTIPART_OVERHEAD, boundary_of, receive_upload, too_large
 from gateway.finetune.job_store import JobStore, active_key
@@ -83,14 +84,14 @@ async def _create_file(request: Request, gw: GatewayState, caller: Principal) ->
         raise too_large(limits.max_file_bytes)
     if await store.count(caller.tenant) >= limits.max_files_per_tenant:  # before the upload
         raise _too_many_files(limits.max_files_per_tenant)
-    used = await store.bytes_used(caller.tenant)
-    coming = max(0, int(declared) - MULTIPART_OVERHEAD) if declared.isdigit() else 1
-    if used is not None and used + coming > limits.max_bytes_per_tenant:
-        raise _too_many_bytes(used, limits.max_bytes_per_tenant)
     file_id = new_file_id()
     partial = storage.create(caller.tenant, file_id)
+    room = _room(store, storage, caller.tenant, partial, limits.max_bytes_per_tenant)
+    await room(max(0, int(declared) - MULTIPART_OVERHEAD) if declared.isdigit() else 1)
     try:
-        upload = await receive_upload(request.stream(), boundary, partial, limits.max_file_bytes)
+        upload = await receive_upload(
+            request.stream(), boundary, partial, limits.max_file_bytes, room
+        )
         purpose = _purpose(upload.fields.get("purpose"))
         await partial.finish()
         lines = await _checked(partial.path, purpose)
@@ -127,6 +128,24 @@ async def _create_file(request: Request, gw: GatewayState, caller: Principal) ->
     return json_response(record.view())
 
 
+def _room(
+    store: FileStore, storage: FileStorage, tenant: str, partial: PartialFile, most: int
+) -> Callable[[int], Awaitable[None]]:
+    """What refuses an upload of `size` bytes so far that would take its tenant past `most`
+    with its files and its other uploads in progress (they counted only once stored: six
+    stalled uploads held six times a tenant's bytes on the volume all share)."""
+
+    async def room(size: int) -> None:
+        used = await store.bytes_used(tenant)
+        if used is None:
+            return  # not counted yet: the store counts them as it lists the file
+        uploading = await storage.uploading(tenant, partial)
+        if used + uploading + size > most:
+            raise _too_many_bytes(used, most, uploading=uploading)
+
+    return room
+
+
 def _too_many_files(most: int) -> RateLimited:
     return tenant_at_most(
         f"Your tenant has {most} files, the most it may keep; delete some first.",
@@ -135,11 +154,16 @@ def _too_many_files(most: int) -> RateLimited:
     )
 
 
-def _too_many_bytes(used: int, most: int, size: int | None = None) -> RateLimited:
+def _too_many_bytes(
+    used: int, most: int, size: int | None = None, *, uploading: int = 0
+) -> RateLimited:
     upload = "this upload" if size is None else f"this file ({size} bytes)"
+    held = f"files hold {used} bytes"
+    if uploading:
+        held = f"files and uploads in progress hold {used + uploading} bytes"
     return tenant_at_most(
-        f"Your tenant's files hold {used} bytes; with {upload} they would pass {most}, the "
-        "most they may hold; delete some first.",
+        f"Your tenant's {held}; with {upload} they would pass {most}, the most they may "
+        "hold; delete some first.",
         limit_kind="file_bytes",
         code="too_many_file_bytes",
     )

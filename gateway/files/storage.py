@@ -4,6 +4,11 @@ On a cluster the directory is a ReadWriteMany volume shared by the gateway, the 
 engines, so a trainer reads a dataset, and an engine loads an adapter, by path. Contents are
 written to a temporary name and renamed into place once whole and checked: a reader never sees
 half a file, and an upload that fails leaves nothing behind.
+
+Uploads in progress are the tenant's `.*.part` files: counted against its bytes (on any
+replica, the volume being shared), and, once untouched for STALE_PART_S, removed (a gateway
+that stopped mid-upload left them on the volume for good; a live upload writes at least every
+keep_alive_s, or is cut).
 """
 
 from __future__ import annotations
@@ -13,12 +18,15 @@ import contextlib
 import os
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 CHUNK = 256 * 1024
+_PART = re.compile(r"^\..+\.[0-9a-f]{8}\.part$")  # _DirectoryPartial's names
+STALE_PART_S = 600.0
 
 
 class PartialFile(Protocol):
@@ -58,6 +66,7 @@ class FileStorage(Protocol):
     def path(self, tenant: str, name: str) -> Path: ...
     async def open(self, tenant: str, name: str) -> Contents: ...
     async def delete(self, tenant: str, name: str) -> None: ...
+    async def uploading(self, tenant: str, but: PartialFile) -> int: ...
 
 
 class DirectoryStorage:
@@ -86,6 +95,32 @@ class DirectoryStorage:
 
     async def delete(self, tenant: str, name: str) -> None:
         await asyncio.to_thread(self.path(tenant, name).unlink, missing_ok=True)
+
+    async def uploading(self, tenant: str, but: PartialFile) -> int:
+        """The bytes the tenant's other uploads in progress hold so far (those of every
+        replica); their part files untouched for STALE_PART_S are removed instead."""
+        return await asyncio.to_thread(self._uploading, self.path(tenant, "x").parent, but.path)
+
+    @staticmethod
+    def _uploading(directory: Path, own: Path) -> int:
+        held = 0
+        stale_before = time.time() - STALE_PART_S
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:  # no file yet
+            return 0
+        for entry in entries:
+            if not _PART.match(entry.name) or entry.path == str(own):
+                continue
+            try:
+                stat = entry.stat()
+                if stat.st_mtime < stale_before:
+                    os.unlink(entry.path)  # a gateway that stopped mid-upload left it
+                    continue
+            except FileNotFoundError:  # committed or discarded meanwhile
+                continue
+            held += stat.st_size
+        return held
 
 
 class _DirectoryPartial:

@@ -8,7 +8,7 @@ as soon as it crosses it. Any failure discards what was written.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -20,6 +20,8 @@ from gateway.files.storage import PartialFile
 
 MAX_FIELD_BYTES = 1024  # `purpose` and any other text field
 MULTIPART_OVERHEAD = 64 * 1024  # allowed on top of the file in a declared Content-Length
+# A file's growth between two looks at its tenant's bytes (an eighth of the largest, if less).
+ROOM_EVERY = 8 * 1024 * 1024
 _FIELDS = ("file", "purpose")
 
 
@@ -79,12 +81,18 @@ def boundary_of(content_type: str | None) -> bytes:
 
 
 async def receive_upload(
-    chunks: AsyncIterator[bytes], boundary: bytes, partial: PartialFile, max_bytes: int
+    chunks: AsyncIterator[bytes],
+    boundary: bytes,
+    partial: PartialFile,
+    max_bytes: int,
+    room: Callable[[int], Awaitable[None]] | None = None,
 ) -> Upload:
-    """Write the `file` part to `partial` (not finished: the caller checks and commits it)."""
+    """Write the `file` part to `partial` (not finished: the caller checks and commits it).
+    `room(size)`, awaited each time the file grows past another step (ROOM_EVERY), may refuse
+    it from there on by raising (the tenant's bytes in all)."""
     events = _Events()
     parser = MultipartParser(boundary, events.callbacks())  # type: ignore[arg-type, unused-ignore]
-    reader = _Reader(Upload(partial), max_bytes)
+    reader = _Reader(Upload(partial), max_bytes, room)
     async for chunk in chunks:
         try:
             parser.write(chunk)
@@ -107,9 +115,14 @@ async def receive_upload(
 class _Reader:
     """Where each part's bytes go: the file's to storage, text fields' to memory (bounded)."""
 
-    def __init__(self, upload: Upload, max_bytes: int) -> None:
+    def __init__(
+        self, upload: Upload, max_bytes: int, room: Callable[[int], Awaitable[None]] | None
+    ) -> None:
         self.upload = upload
         self.max_bytes = max_bytes
+        self.room = room
+        self.step = min(ROOM_EVERY, max(1, max_bytes // 8))
+        self.roomy_to = self.step  # the size up to which room was last found
         self.part: str | None = None
         self.seen_file = False
 
@@ -130,8 +143,12 @@ class _Reader:
     async def data(self, payload: bytes) -> None:
         partial = self.upload.partial
         if self.part == "file":
-            if partial.size + len(payload) > self.max_bytes:
+            size = partial.size + len(payload)
+            if size > self.max_bytes:
                 raise too_large(self.max_bytes)
+            if self.room is not None and size > self.roomy_to:
+                self.roomy_to = size + self.step  # (past the tenant's bytes by a step at most)
+                await self.room(size)
             await partial.write(payload)
         elif self.part is not None:
             value = self.upload.fields[self.part] + payload.decode("utf-8", "replace")

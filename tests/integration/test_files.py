@@ -5,6 +5,8 @@ and nothing left behind by a refused or broken upload (issue 14)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +18,7 @@ import pytest
 import pytest_asyncio
 from openai.types import FileObject
 
+from gateway.files.storage import STALE_PART_S
 from tests.integration.conftest import MODEL, Stack
 from tests.integration.tenant_stack import TenantStack, tenant_stack
 
@@ -343,6 +346,77 @@ async def test_a_tenant_over_its_bytes_is_refused(files: TenantStack) -> None:
     for m in [*made[1:], again]:
         await client.files.delete(m.id)
     assert await files.redis.get("llmaas:{t:files-big}:files:bytes") == b"0"
+
+
+async def test_uploads_in_progress_count_against_the_tenants_bytes(files: TenantStack) -> None:
+    """Bytes counted only once a file was stored: stalled uploads held many times a tenant's
+    bytes on the volume every tenant shares (six of 990 KB against a 1 MiB bound). An upload
+    in progress on any replica (its part file) counts; one a stopped gateway left is removed
+    once it is STALE_PART_S old."""
+    key = await files.key("files-held")
+    client = files.client(key)
+    full = b"x" * MAX_FILE_BYTES
+    made = [
+        await client.files.create(file=(f"{i}.txt", full), purpose="user_data")
+        for i in range(MAX_TENANT_BYTES // MAX_FILE_BYTES - 1)
+    ]  # room for one file more
+    host, port = files.gateway.removeprefix("http://").split(":")
+    boundary = "heldheld"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    part = b"y" * (MAX_FILE_BYTES * 3 // 4)
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST /v1/files HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(head) + MAX_FILE_BYTES}\r\n\r\n".encode()
+        + head
+        + part  # then nothing: it stalls
+    )
+    await writer.drain()
+    directory = files.root / "store" / "files-held"
+    try:
+        async with asyncio.timeout(10):
+            while sum(p.stat().st_size for p in directory.glob(".*.part")) < len(part):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        half = b"z" * (MAX_FILE_BYTES // 2)
+        with pytest.raises(openai.RateLimitError) as refused:  # declared: refused at once
+            await client.files.create(file=("more.txt", half), purpose="user_data")
+        error = _error(refused.value)
+        assert error["code"] == "too_many_file_bytes"
+        assert "files and uploads in progress hold" in error["message"]
+
+        async def chunked() -> AsyncIterator[bytes]:  # no length declared: refused as it grows
+            yield head
+            for _ in range(4):
+                yield b"w" * (MAX_FILE_BYTES // 8)
+                await asyncio.sleep(0.05)
+            yield f"\r\n--{boundary}--\r\n".encode()
+
+        headers = {
+            "authorization": f"Bearer {key}",
+            "content-type": f"multipart/form-data; boundary={boundary}",
+        }
+        url = f"{files.gateway}/v1/files"
+        async with files.http.post(url, data=chunked(), headers=headers) as resp:
+            assert resp.status == 429, await resp.text()
+            assert (await resp.json())["error"]["code"] == "too_many_file_bytes"
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    async with asyncio.timeout(10):  # the stalled upload's part file goes with its connection
+        while list(directory.glob(".*.part")):  # noqa: ASYNC110 (a directory, no event)
+            await asyncio.sleep(0.05)
+    left = directory / f".file-left.{'ab' * 4}.part"  # as a gateway that stopped leaves one
+    left.write_bytes(full)
+    os.utime(left, (time.time() - STALE_PART_S - 1,) * 2)
+    last = await client.files.create(file=("last.txt", full), purpose="user_data")
+    assert not left.exists()
+    for m in [*made, last]:
+        await client.files.delete(m.id)
 
 
 async def test_concurrent_uploads_cannot_pass_the_file_count(files: TenantStack) -> None:

@@ -377,6 +377,8 @@ async def test_a_body_that_does_not_come_in_time_is_408_and_closed() -> None:
         stalled[1].write(post_head("/stalled", 1000) + b"x" * 10)
         trickled = await asyncio.open_connection("127.0.0.1", port)
         trickled[1].write(post_head("/trickled", 1000))
+        burst = await asyncio.open_connection("127.0.0.1", port)  # then nothing: it earned
+        burst[1].write(post_head("/burst", 100_000) + b"z" * 90_000)  # 180 s at the rate
         at_rate = await asyncio.open_connection("127.0.0.1", port)
         at_rate[1].write(post_head("/at-rate", 8 * BODY_MIN_RATE))
         senders = [
@@ -384,7 +386,7 @@ async def test_a_body_that_does_not_come_in_time_is_408_and_closed() -> None:
             asyncio.ensure_future(send_slowly(at_rate[1], b"y" * BODY_MIN_RATE, 8)),  # 2 s
         ]
         try:
-            for reader, _ in (stalled, trickled):
+            for reader, _ in (stalled, trickled, burst):
                 answer = await asyncio.wait_for(reader.read(), 10)  # then closed
                 assert answer.startswith(b"HTTP/1.1 408 "), answer
                 error = orjson.loads(answer.partition(b"\r\n\r\n")[2])["error"]
@@ -394,11 +396,11 @@ async def test_a_body_that_does_not_come_in_time_is_408_and_closed() -> None:
             assert answer.startswith(b"HTTP/1.1 200 OK")
             assert await at_rate[0].readexactly(4) == b"%d" % (8 * BODY_MIN_RATE)
             async with asyncio.timeout(5):
-                while len(heard) < 2:  # noqa: ASYNC110 (the app's list has no event)
+                while len(heard) < 3:  # noqa: ASYNC110 (the app's list has no event)
                     await asyncio.sleep(0.02)
-            assert sorted(heard) == ["/stalled", "/trickled"]
+            assert sorted(heard) == ["/burst", "/stalled", "/trickled"]
         finally:
             for task in senders:
                 task.cancel()
-            for _, writer in (stalled, trickled, at_rate):
+            for _, writer in (stalled, trickled, burst, at_rate):
                 writer.close()
