@@ -96,3 +96,11 @@ def redis_client(
     )
     pool.connection_class = _PACKED.get(pool.connection_class, pool.connection_class)
     return Redis.from_pool(pool)  # the client owns the pool: closing it closes every connection
+
+
+def redis_error(exc: BaseException) -> str:
+    """An error of Redis's for the log: its class, and Redis's own words where it answered
+    ("OOM command not allowed when used memory > 'maxmemory'"): the class alone said
+    `ResponseError`, and the log called a full Redis unreachable."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__

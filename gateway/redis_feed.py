@@ -22,6 +22,8 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from gateway.redis_client import redis_error
+
 FEED_PING_S = 5.0  # a channel quiet this long is asked whether its connection lives
 FEED_ANSWER_S = 2.0  # how long the PONG may take (a busy Redis answers in milliseconds)
 
@@ -116,7 +118,7 @@ async def follow(
                     "%s lost (retried every %gs until it is back)",
                     name,
                     retry_s,
-                    extra={"fields": {"error": type(exc).__name__}},
+                    extra={"fields": {"error": redis_error(exc)}},
                 )
             lost = True
             await asyncio.sleep(retry_s)

@@ -4,6 +4,7 @@ JSON), Redis away under a route that uses it directly, and the last resort."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,9 @@ from gateway.errors import (
     ServiceUnavailable,
     field_path,
 )
+from gateway.redis_client import redis_error
+
+log = logging.getLogger("llmaas.errors")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -69,10 +73,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return await api_error(request, InternalError("The gateway failed unexpectedly."))
 
     async def store_unavailable(request: Request, exc: Exception) -> Response:
-        """Redis too slow or gone under a route that reads or writes it directly (files,
-        fine-tuning, usage, admin): a retryable 503, not a 500."""
+        """Redis too slow, gone or refusing (full) under a route that reads or writes it
+        directly (files, fine-tuning, usage, admin): a retryable 503, not a 500, and a line in
+        the log saying which (nothing was logged: a full Redis looked like a slow one)."""
+        log.warning(
+            "store (Redis) unavailable",
+            extra={"fields": {"path": masked(request.url.path), "error": redis_error(exc)}},
+        )
         err = ServiceUnavailable(
-            "The gateway's store (Redis) did not answer in time; try again shortly.",
+            "The gateway's store (Redis) could not be used right now; try again shortly.",
             code="store_unavailable",
             headers={"retry-after": "1"},
         )

@@ -37,6 +37,7 @@ from gateway.metering.usage import Usage
 from gateway.proxy.collect_events import stream_response_request
 from gateway.proxy.outcome import Outcome, ProxyResult, Reporter
 from gateway.proxy.relay import ProxyCall, ProxyResponse
+from gateway.redis_client import redis_error
 from gateway.request_context import info_of
 from gateway.routing.engines import Engine, ModelPool
 from gateway.state import GatewayState
@@ -137,7 +138,7 @@ def _remembering(gw: GatewayState, tenant: str, model: str, report: Reporter) ->
             except _STORE_ERRORS as exc:
                 log.warning(
                     "response home not stored",
-                    extra={"fields": {"engine": result.engine, "error": type(exc).__name__}},
+                    extra={"fields": {"engine": result.engine, "error": redis_error(exc)}},
                 )
 
     return remember

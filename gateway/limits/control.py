@@ -21,6 +21,7 @@ from gateway.limits.prefetch import Prefetch
 from gateway.limits.releases import Releases
 from gateway.limits.renewals import Renewals
 from gateway.metrics import Metrics
+from gateway.redis_client import redis_error
 from gateway.settings import LimitsSettings
 
 _NONE = Limits()
@@ -276,7 +277,7 @@ class AdmissionControl:
                 extra={
                     "fields": {
                         "reason": failure.kind,
-                        "error": type(exc).__name__,
+                        "error": redis_error(exc),
                         "failure_mode": self.settings.failure_mode,
                     }
                 },

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from gateway.auth.principal import Principal
 from gateway.limits.limiter import Limiter
 from gateway.metrics import Metrics
+from gateway.redis_client import redis_error
 
 FIRST_RETRY_S = 0.05
 MAX_RETRY_S = 2.0
@@ -115,7 +116,7 @@ class Releases:
         except _REDIS_ERRORS as exc:
             self.log.warning(
                 "lease release failed, will retry",
-                extra={"fields": {"error": type(exc).__name__, "pending": len(self.queue)}},
+                extra={"fields": {"error": redis_error(exc), "pending": len(self.queue)}},
             )
             return False
         self.queue.popleft()

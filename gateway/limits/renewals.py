@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from gateway.auth.principal import Principal
 from gateway.limits.limiter import Limiter
+from gateway.redis_client import redis_error
 
 BATCH = 500  # leases per pipelined round trip
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
@@ -68,7 +69,7 @@ class Renewals:
             self.failures += 1
             self.log.warning(
                 "lease renewal failed, will retry",
-                extra={"fields": {"error": type(exc).__name__, "leases": len(batch)}},
+                extra={"fields": {"error": redis_error(exc), "leases": len(batch)}},
             )
 
     def _stopped(self, task: asyncio.Task[None]) -> None:

@@ -30,6 +30,7 @@ from gateway.metering.ledger import Ledger
 from gateway.metering.settlement import Settlement
 from gateway.metering.spill import SpillDir, count_lines, read_spill
 from gateway.metrics import Metrics
+from gateway.redis_client import redis_error
 from gateway.settings import MeteringSettings
 
 BATCH = 200
@@ -330,7 +331,7 @@ class Settler:
             self.unreachable = True
             self.log.warning(
                 "usage ledger unreachable; settlements wait in the retry queue",
-                extra={"fields": {"error": type(exc).__name__, "pending": self.pending}},
+                extra={"fields": {"error": redis_error(exc), "pending": self.pending}},
             )
 
     def _reached(self) -> None:
