@@ -258,11 +258,20 @@ class H1Response:
                 await self._more(conn, "stream_cut")
 
     async def read(self) -> bytes:
+        """The whole answer. What came is taken as it piles up: reading pauses past HIGH_WATER
+        until it is taken, so an answer larger than that (six embeddings of 4,096 dimensions)
+        stalled until the idle timeout, a 504 that ejected a healthy engine."""
         conn = self._conn
         assert conn is not None
+        parts: list[bytes] = []
         while not conn.complete:
+            if conn.paused:
+                parts.append(conn.take())  # (resumes reading)
             await self._more(conn, "disconnect")
-        return conn.take()
+        if not parts:
+            return conn.take()
+        parts.append(conn.take())
+        return b"".join(parts)
 
     async def _more(self, conn: Connection, cut: str) -> None:
         """Wait for more of the answer; a failure raises what `broken` makes of it."""

@@ -80,6 +80,20 @@ async def test_legacy_completions_and_embeddings(stack: Stack) -> None:
     assert len(embedding.data[0].embedding) > 0
 
 
+async def test_an_answer_larger_than_the_read_buffer_arrives_whole(stack: Stack) -> None:
+    """A whole (non-streamed) answer past the connection's read buffer (256 KiB) paused
+    reading and was never taken: the client got a 504 after the response timeout, and the
+    healthy engine was ejected (six embeddings of 4,096 dimensions)."""
+    inputs = [f"item {i}" for i in range(2048)]  # the sim's vectors: ~420 KiB of JSON in all
+    async with client(stack) as oai:
+        raw = await oai.embeddings.with_raw_response.create(
+            model=MODEL, input=inputs, encoding_format="float"
+        )
+    assert len(raw.content) > 320 * 1024  # past the buffer
+    embedding = raw.parse()
+    assert [d.index for d in embedding.data] == list(range(2048))
+
+
 async def test_vllm_extra_fields_and_request_id_reach_the_engine_untouched(stack: Stack) -> None:
     extra = {
         "top_k": 5,
