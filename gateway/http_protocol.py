@@ -28,7 +28,11 @@ request waiting on it hears that its client is gone (499, nothing reaches an eng
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from collections.abc import Callable
+from functools import partial
 from typing import Any, cast
 
 from starlette.types import Scope
@@ -100,11 +104,14 @@ class ClientLink:
     (uvicorn serves a connection's requests one after the other).
     """
 
-    __slots__ = ("gone", "listener")
+    __slots__ = ("abort", "gone", "listener")
 
-    def __init__(self) -> None:
+    def __init__(self, abort: Callable[[], None] = lambda: None) -> None:
         self.gone = False
         self.listener: Callable[[], None] | None = None
+        # Drop the connection now, unsent bytes and all: a client cut for not reading (a
+        # graceful close waits for it to read what is queued, which it never does).
+        self.abort = abort
 
     def listen(self, listener: Callable[[], None] | None) -> None:
         """Call `listener` when the connection is lost (None: call nothing)."""
@@ -129,7 +136,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         wrapped = HeadWithBody(cast(asyncio.Transport, transport), self.loop)
-        self.link = ClientLink()
+        self.link = ClientLink(partial(_reset, cast(asyncio.Transport, transport)))
         # One dict for the connection's requests: nobody writes to a scope's extensions.
         self.extensions: dict[str, dict[object, object]] = {CLIENT_LINK: {"link": self.link}}
         self.head_bytes: int | None = 0  # read of the current request's head; None: in its body
@@ -264,6 +271,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._body_arrived()
         super().connection_lost(exc)
         self.link.lost()
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Drop the connection with a reset (nginx's reset_timedout_connection): a plain close
+    still sends what the kernel holds for the client (megabytes on loopback) before its FIN,
+    to a client that reads nothing."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def _ends_head(data: bytes, room: int) -> bool:

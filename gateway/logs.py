@@ -119,3 +119,8 @@ def _route(handler: logging.Handler, level: str) -> None:
     multipart.handlers = [handler]
     multipart.setLevel(logging.ERROR)
     multipart.propagate = False
+    # uvicorn's own warnings and errors (a worker's death, an app error it caught) as JSON
+    # too: its default config wrote them as plain text into the JSON log.
+    server = logging.getLogger("uvicorn")
+    server.handlers = [handler]
+    server.propagate = False

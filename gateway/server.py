@@ -59,6 +59,7 @@ def uvicorn_config(
         http=GatewayHttpProtocol,
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type, unused-ignore]
         log_level="warning",
+        log_config=None,  # its loggers write our JSON lines (gateway/logs.py), not plain text
         access_log=False,
         proxy_headers=False,
         **more,

@@ -17,8 +17,9 @@ from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
+from gateway.api.download import DownloadResponse
 from gateway.api.responses import json_response, page_response, unknown_cursor
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
@@ -231,11 +232,12 @@ async def file_content(file_id: FileId, gw: Gateway, caller: Caller) -> Response
             "File storage is unavailable right now: the file's contents cannot be read.",
             code="file_storage_unavailable",
         ) from exc
-    return StreamingResponse(
+    return DownloadResponse(
         contents.chunks(),
         media_type="application/octet-stream",
         headers={"content-length": str(contents.size)},
         background=BackgroundTask(contents.close),  # (also when the client left before its end)
+        write_timeout_s=gw.settings.upstream.write_timeout_s,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -97,6 +98,49 @@ async def test_contents_storage_lost_are_a_503_before_any_byte(files: TenantStac
     with pytest.raises(openai.NotFoundError) as gone:  # deleted: no longer the storage's doing
         await client.files.content(made.id)
     assert gone.value.code == "file_not_found"
+
+
+async def test_a_download_the_client_stops_reading_is_cut(tmp_path: Path) -> None:
+    """A download waited on its client for as long as the connection lasted: paused ones held
+    request slots (a replica of 3 answered 503 to everyone) and their files open. Each write
+    now has upstream.write_timeout_s, as a proxied answer's; then the connection is reset."""
+    big = 16 * 1024 * 1024  # far more than the sockets' buffers hold
+    async with tenant_stack(
+        tmp_path,
+        files={"dir": str(tmp_path / "store"), "max_file_bytes": big},
+        upstream={"write_timeout_s": 1.0},
+    ) as stack:
+        key = await stack.key("files-paused")
+        client = stack.client(key)
+        made = await client.files.create(file=("big.bin", b"b" * big), purpose="user_data")
+        host, port = stack.gateway.removeprefix("http://").split(":")
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, (host, int(port)))
+            request = (
+                f"GET /v1/files/{made.id}/content HTTP/1.1\r\nHost: {host}\r\n"
+                f"Authorization: Bearer {key}\r\n\r\n"
+            )
+            await loop.sock_sendall(sock, request.encode())  # and reads nothing for a while
+            await asyncio.sleep(3)
+            received = 0
+            async with asyncio.timeout(10):
+                while True:
+                    try:
+                        data = await loop.sock_recv(sock, 1 << 20)
+                    except ConnectionResetError:
+                        break
+                    if not data:
+                        break
+                    received += len(data)
+        finally:
+            sock.close()
+        assert received < big // 2, received  # cut: not the whole file
+        again = await client.files.content(made.id)  # a reader that reads gets it all
+        assert len(again.read()) == big
 
 
 async def test_another_tenant_cannot_see_or_touch_a_file(files: TenantStack) -> None:

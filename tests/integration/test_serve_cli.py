@@ -149,8 +149,8 @@ async def test_up_refuses_a_bad_setting_before_it_starts_anything(tmp_path: Path
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert (proc.returncode, err.decode()) == (
         2,
-        "llmaas up: invalid configuration: settings: auth.jwt: auth.jwt.hmac_secret must be at "
-        "least 32 bytes for HS256\n",
+        "llmaas up: invalid configuration: environment (LLMAAS_AUTH__JWT__HMAC_SECRET): "
+        "auth.jwt: auth.jwt.hmac_secret must be at least 32 bytes for HS256\n",
     )
     assert not home.exists()  # nothing prepared, started or written
     assert not data.exists()

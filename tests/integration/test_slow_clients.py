@@ -49,8 +49,21 @@ async def test_a_client_that_stops_reading_is_cut_and_its_engine_request_aborted
                 await asyncio.sleep(0.05)
         state = await leases.sim_state()
         held = await leases_held(leases.redis)
+        # Its connection is dropped with what was queued for it: a graceful close waited for
+        # it to read megabytes it never would, the socket kept as long as the client kept it.
+        received = 0
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    data = await loop.sock_recv(sock, 1 << 20)
+                except ConnectionResetError:
+                    break
+                if not data:
+                    break
+                received += len(data)
     finally:
         sock.close()
+    assert received < 1 << 20, received  # the window's worth, not the queued answer
     [record] = records
     generated = state["generation_tokens_total"]
     print(f"cut: {record.completion_tokens} tokens billed, {generated} generated, lease {held}")
