@@ -228,6 +228,16 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self.body_deadline.cancel()
             self.body_deadline = None
 
+    def send_400_response(self, msg: str) -> None:
+        """A request httptools cannot parse, in OpenAI's error shape (uvicorn's is plain text):
+        every error the gateway answers has the one shape."""
+        error = InvalidRequest(
+            "The request is not valid HTTP/1.1 (its request line or a header could not be parsed).",
+            code="invalid_http_request",
+        )
+        self.transport.write(_closing_answer(400, error.json()))
+        self.transport.close()
+
     def _refuse_head(self) -> None:
         error = InvalidRequest(
             f"The request's URL and headers are larger than the limit of {MAX_HEAD_BYTES} bytes.",

@@ -117,7 +117,7 @@ class RequestContextMiddleware:
             "request_id": info.request_id,
             "method": scope["method"],
             "path": masked(scope["path"]),
-            "status": info.status,
+            "status": info.status or 499,  # nothing sent: the client left first (as counted)
             "duration_ms": round(elapsed * 1000, 3),
             "model": info.model,
             "engine": info.engine,

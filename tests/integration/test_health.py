@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,21 @@ async def test_access_log_is_json_with_request_id_and_no_prompt(stack: Stack) ->
             lambda r: getattr(r, "fields", {}).get("request_id") == "log-2"
         )
     assert getattr(refused, "fields", {})["outcome"] == "refused"
+    with collected(ACCESS_LOGGER) as collect:  # gone before the answer began: was status 0
+        late = {**body, "sim": {"ttft_ms": 3000}}
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                async with stack.http.post(
+                    f"{stack.gateway}/v1/chat/completions",
+                    json=late,
+                    headers={"x-request-id": "log-3"},
+                ) as resp:
+                    await resp.read()
+        (left,) = await collect.wait_for(
+            lambda r: getattr(r, "fields", {}).get("request_id") == "log-3"
+        )
+    fields = getattr(left, "fields", {})
+    assert (fields["status"], fields["outcome"]) == (499, "client_disconnected")
 
 
 async def test_probes_answered_well_stay_out_of_the_access_log_unless_asked(

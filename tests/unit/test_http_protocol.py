@@ -237,6 +237,22 @@ async def test_a_request_head_past_the_limit_is_431_before_it_is_held() -> None:
     assert seen == [len(body)]  # the app never saw the refused request
 
 
+async def test_a_request_that_is_not_http_is_answered_in_the_one_error_shape() -> None:
+    """uvicorn answered it in plain text ("Invalid HTTP request received.")."""
+    seen: list[int] = []
+    port = free_port()
+    async with serve_asgi(body_counter([], seen), port, lifespan="off"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /x HTTP/1.1\r\nHo st: test\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 400 ")
+        assert b"content-type: application/json" in head
+        error = orjson.loads(await asyncio.wait_for(reader.read(), 5))["error"]
+        assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_http_request")
+        writer.close()
+    assert seen == []
+
+
 async def test_the_head_limit_is_counted_to_the_byte_however_the_reads_split_it() -> None:
     """Counted in whole reads, a head of 64-128 KiB that ended within its second read passed,
     and a URL past httptools' 65,535 bytes got uvicorn's plain-text 400."""
