@@ -189,7 +189,12 @@ def create_app(
         app: ASGIApp = HotRoutes(
             BodyLimit(framework, max_bytes=settings.max_body_bytes, exempt=OWN_BOUNDS), HOT_ROUTES
         )
-        app = InflightBound(app, limit=settings.max_inflight_requests)
+        app = InflightBound(
+            app,
+            limit=settings.max_inflight_requests,
+            body_bytes=settings.max_inflight_body_bytes,
+            max_body_bytes=settings.max_body_bytes,
+        )
         app = AuthFailureThrottle(  # credentials checked before a body is read
             CredentialGate(app, admin_token=settings.admin_token), throttle=throttle
         )

@@ -306,3 +306,45 @@ async def test_the_gateway_bounds_its_own_requests_at_every_stage(tmp_path: Path
             await until(models, 200)
             async with http.post(f"{gateway}/v1/chat/completions", json=CHAT) as resp:
                 assert resp.status == 200, await resp.text()
+
+
+async def test_the_gateway_bounds_the_bodies_it_holds(tmp_path: Path) -> None:
+    """7 concurrent requests of 14 MiB took a gateway past its pod's 1 GiB: a request holds
+    several times its body as it is parsed and sent on. A body stuck on its way counts its
+    declared length; past max_inflight_body_bytes, 503 gateway_busy; small ones pass."""
+    async with running_sim(SimConfig(models=[MODEL])) as sim:
+        settings = Settings.model_validate(
+            {
+                "models": [{"name": MODEL, "engines": [sim]}],
+                "admin_token": ADMIN_TOKEN,
+                "auth": {"required": False},
+                "max_body_bytes": 1024 * 1024,
+                "max_inflight_body_bytes": 1024 * 1024,
+                "request_policy": {"max_data_url_bytes": 512 * 1024},
+                "metering": {"spill_dir": str(tmp_path / "spill")},
+            }
+        )
+        async with serve_asgi(create_app(settings)) as gateway, aiohttp.ClientSession() as http:
+            host, port = gateway.removeprefix("http://").split(":")
+            _, writer = await asyncio.open_connection(host, int(port))
+            writer.write(  # 900 KB declared, one byte sent
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\n"
+                b"content-type: application/json\r\ncontent-length: 900000\r\n\r\n{"
+            )
+            await writer.drain()
+            big = {**CHAT, "messages": [{"role": "user", "content": "x" * 200_000}]}
+
+            async def big_one() -> int:
+                async with http.post(f"{gateway}/v1/chat/completions", json=big) as resp:
+                    await resp.read()
+                    return resp.status
+
+            await until(big_one, 503)  # the stuck body is counted now
+            async with http.post(f"{gateway}/v1/chat/completions", json=big) as resp:
+                assert resp.headers["retry-after"] == "1"
+                assert (await resp.json())["error"]["code"] == "gateway_busy"
+            async with http.post(f"{gateway}/v1/chat/completions", json=CHAT) as resp:
+                assert resp.status == 200, await resp.text()  # a small one fits beside it
+            writer.close()
+            await writer.wait_closed()
+            await until(big_one, 200)  # its bytes are free once it is gone

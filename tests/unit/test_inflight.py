@@ -36,11 +36,28 @@ class NoState:
     state = object()  # before the lifespan built the gateway's state: nothing to count in
 
 
-def http(path: str) -> dict[str, Any]:
-    return {"type": "http", "path": path, "app": NoState()}
+def http(
+    path: str, method: str = "POST", headers: list[tuple[bytes, bytes]] | None = None
+) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "path": path,
+        "method": method,
+        "headers": [(b"content-length", b"2")] if headers is None else headers,
+        "app": NoState(),
+    }
 
 
-async def call(bound: InflightBound, path: str) -> list[Message]:
+def bounded(app: App, limit: int, body_bytes: int = 1 << 30) -> InflightBound:
+    return InflightBound(app, limit=limit, body_bytes=body_bytes, max_body_bytes=1 << 20)
+
+
+async def call(
+    bound: InflightBound,
+    path: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    method: str = "POST",
+) -> list[Message]:
     sent: list[Message] = []
 
     async def send(message: Message) -> None:
@@ -49,13 +66,13 @@ async def call(bound: InflightBound, path: str) -> list[Message]:
     async def receive() -> Message:
         return {"type": "http.disconnect"}
 
-    await bound(http(path), receive, send)
+    await bound(http(path, method, headers), receive, send)
     return sent
 
 
 async def test_past_the_bound_a_request_is_refused_at_once_and_never_queued() -> None:
     app = App(hold=2)
-    bound = InflightBound(app, limit=2)
+    bound = bounded(app, limit=2)
     held = [asyncio.create_task(call(bound, "/v1/chat/completions")) for _ in range(2)]
     await asyncio.wait_for(app.holding.wait(), 10)
     assert bound.inflight == 2
@@ -74,9 +91,41 @@ async def test_past_the_bound_a_request_is_refused_at_once_and_never_queued() ->
 
 async def test_a_request_that_fails_gives_its_place_back() -> None:
     app = App()
-    bound = InflightBound(app, limit=1)
+    bound = bounded(app, limit=1)
     with pytest.raises(RuntimeError):
         await call(bound, "/v1/boom")
     assert bound.inflight == 0
     assert await call(bound, "/v1/models") == []  # its place was free
     assert app.served == 2
+
+
+async def test_bodies_past_their_bytes_are_refused_and_one_alone_always_passes() -> None:
+    """7 requests of 14 MiB took a gateway past its pod's 1 GiB (each holds 5-10 times its
+    body as it is parsed): the bodies in flight have a bound of their own."""
+    app = App(hold=2)
+    bound = bounded(app, limit=100, body_bytes=1000)
+    big = [(b"content-length", b"600")]
+    first = asyncio.create_task(call(bound, "/v1/chat/completions", big))
+    chunked = [(b"transfer-encoding", b"chunked")]  # no length: counted as the most a body is
+    second = asyncio.create_task(call(bound, "/v1/chat/completions", [(b"content-length", b"300")]))
+    await asyncio.wait_for(app.holding.wait(), 10)
+    assert bound.holding == 900
+    start, body = await call(bound, "/v1/embeddings", big)
+    assert start["status"] == 503
+    assert orjson.loads(body["body"])["error"]["code"] == "gateway_busy"
+    assert (await call(bound, "/v1/embeddings", chunked))[0]["status"] == 503
+    gzip = [(b"content-length", b"10"), (b"content-encoding", b"gzip")]  # decodes to the most
+    assert (await call(bound, "/v1/embeddings", gzip))[0]["status"] == 503
+    assert await call(bound, "/v1/files", [(b"content-length", b"99999")]) == []  # to disk
+    assert await call(bound, "/v1/models", [], "GET") == []  # no body
+    app.release.set()
+    await asyncio.gather(first, second)
+    assert bound.holding == 0
+    app.release.clear()
+    app.hold, app.holding = 1, asyncio.Event()
+    alone = asyncio.create_task(call(bound, "/v1/chat/completions", chunked))
+    await asyncio.wait_for(app.holding.wait(), 10)  # past the bound, but alone: served
+    assert bound.holding == 1 << 20
+    app.release.set()
+    await alone
+    assert bound.holding == 0
