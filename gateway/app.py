@@ -44,6 +44,7 @@ from gateway.metrics import Metrics
 from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.upstream import Upstream
 from gateway.redis_client import redis_client
+from gateway.redis_memory import watch_redis_memory
 from gateway.redis_pipe import RedisPipe
 from gateway.routing.balancer import make_balancer
 from gateway.routing.discovery import Resolver
@@ -157,9 +158,7 @@ def create_app(
             adapters=_adapters(registry, redis, upstream, monitor),
             auth_feed=listener,
         )
-        adapters = app.state.gateway.adapters
-        feeds = [f for f in (listener, adapters) if f is not None]
-        listening = [asyncio.create_task(feed.run()) for feed in feeds]
+        listening = _background(app.state.gateway, listener)
         try:
             yield {"drain": drain}  # lifespan state: how the server (gateway/server.py) finds it
         finally:
@@ -225,6 +224,17 @@ def create_app(
 def _routers(settings: Settings) -> list[APIRouter]:
     """The routers this gateway serves: /v1/files only where files.enabled."""
     return [r for r in ROUTERS if r is not files.router or settings.files.enabled]
+
+
+def _background(
+    gw: GatewayState, listener: InvalidationListener | None
+) -> list[asyncio.Task[None]]:
+    """The tasks beside the requests: the key and adapter feeds, Redis's memory watch."""
+    feeds = [f for f in (listener, gw.adapters) if f is not None]
+    tasks = [asyncio.create_task(feed.run()) for feed in feeds]
+    if gw.redis is not None:
+        tasks.append(asyncio.create_task(watch_redis_memory(gw.redis, gw.metrics)))
+    return tasks
 
 
 async def _stop(tasks: list[asyncio.Task[None]]) -> None:

@@ -184,6 +184,18 @@ class Metrics:
             ["tenant", "model", "kind"],
             registry=reg,
         )
+        self.redis_memory_used = Gauge(
+            "llmaas_redis_memory_used_bytes",
+            "Redis's used_memory, as this gateway last read it (INFO memory)",
+            registry=reg,
+            multiprocess_mode="livemax",  # every worker reads the same Redis
+        )
+        self.redis_maxmemory = Gauge(
+            "llmaas_redis_maxmemory_bytes",
+            "Redis's maxmemory (0: none set), as this gateway last read it",
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
         self.usage_pending = Gauge(
             "llmaas_usage_pending_records",
             "Usage settlements not yet in Redis (retry queue and this process's spill files)",

@@ -329,6 +329,10 @@ async def test_a_full_redis_gets_the_failure_mode_and_still_frees_slots(tmp_path
     should decide. A release (and a renewal) must still go through: it frees."""
     async with faulty_stack(tmp_path, "closed", proxied=False) as stack:
         await stack.complete_with_the_key_cached()
+        async with asyncio.timeout(10):  # what LlmaasRedisMemoryHigh reads, from INFO memory
+            while await stack.metric("llmaas_redis_memory_used_bytes") <= 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        assert await stack.metric("llmaas_redis_maxmemory_bytes") == 0  # none set yet
         caller = Principal(TENANT, stack.key_id, "api_key", key_limits=Limits(max_concurrency=5))
         (_, _, leases), _ = scope_keys(TENANT, stack.key_id)
         limiter = Limiter(stack.redis)
