@@ -99,8 +99,10 @@ def add_admin_commands(sub: Any) -> None:
     )
     create.add_argument("--name", help="a label for the key (shown in lists)")
     create.add_argument("--expires-at", help="RFC 3339, e.g. 2027-01-01T00:00:00Z")
-    keys.add_parser("list", parents=[common], help="list keys (no secrets)").add_argument(
-        "--tenant", type=given, help="only this tenant's"
+    listing = keys.add_parser("list", parents=[common], help="list keys (no secrets)")
+    listing.add_argument("--tenant", type=given, help="only this tenant's")
+    listing.add_argument(
+        "--active", action="store_true", help="only keys that work (not revoked, not expired)"
     )
     update = keys.add_parser(
         "update",
@@ -267,7 +269,10 @@ async def _call(client: AdminClient, args: argparse.Namespace) -> Any:
         body = {**_limits(args), "priority": args.priority, "media_hosts": _hosts(args)}
         return await client.call("PUT", path, {**body, "disabled": args.disabled})
     if args.action == "list":
-        keys = await client.every_page("/keys", {"tenant": args.tenant} if args.tenant else {})
+        query = {"tenant": args.tenant} if args.tenant else {}
+        keys = await client.every_page(
+            "/keys", {**query, **({"active": "true"} if args.active else {})}
+        )
         return {"object": "list", "data": keys}
     return await client.call(*_key_request(args))
 

@@ -190,14 +190,39 @@ async def list_keys(
     tenant: Annotated[str | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     after: Annotated[str | None, Query(max_length=64)] = None,
+    active: Annotated[bool, Query()] = False,
 ) -> Response:
     """A page of keys, by tenant then creation time: `after` the last id of the page before
-    (OpenAI's cursor), `has_more` whether another page follows."""
+    (OpenAI's cursor), `has_more` whether another page follows. `active`: only keys that can
+    authenticate (neither revoked nor expired): the others stay listed for good otherwise."""
+    store = store_of(gw)
     try:
-        records, more = await store_of(gw).page_keys(tenant or None, limit, after)
+        if not active:
+            records, more = await store.page_keys(tenant or None, limit, after)
+        else:
+            records, more = await _active_page(store, tenant or None, limit, after)
     except AfterNotFound:
         raise unknown_cursor(after, "API key") from None
     return page_response([r.view() for r in records], more)
+
+
+async def _active_page(
+    store: AuthStore, tenant: str | None, limit: int, after: str | None
+) -> tuple[list[KeyRecord], bool]:
+    """Up to `limit` usable keys after `after`, reading pages of every key until they are
+    found (a page whose keys are all revoked is passed over, not answered empty)."""
+    now = time.time()
+    found: list[KeyRecord] = []
+    while True:
+        records, more = await store.page_keys(tenant, limit, after)
+        for at, record in enumerate(records):
+            if record.usable(now):
+                found.append(record)
+                if len(found) == limit:
+                    return found, more or at + 1 < len(records)
+        if not more or not records:
+            return found, False
+        after = records[-1].id
 
 
 @router.get("/keys/{key_id}", response_model=None)

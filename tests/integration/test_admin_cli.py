@@ -6,6 +6,8 @@ import asyncio
 import json
 import os
 import signal
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -39,6 +41,29 @@ async def test_keys_list_reads_every_page(auth: AuthStack) -> None:
     listed = await llmaas_json(auth, "keys", "list", "--tenant", "cli-many")
     ids = [k["id"] for k in listed["data"]]
     assert sorted(ids) == sorted(k.split("-")[2] for k in made)  # each once
+
+
+async def test_keys_list_active_leaves_out_revoked_and_expired_keys(auth: AuthStack) -> None:
+    """Revoked and expired keys stay listed for good: after months of rotations a listing was
+    mostly dead keys, with no way to leave them out. A page of only dead keys is passed over,
+    not answered empty (its cursor would be lost)."""
+    made = [(await auth.new_key(tenant="cli-active")).split("-")[2] for _ in range(3)]
+    soon = datetime.fromtimestamp(time.time() + 1.5, UTC).isoformat()
+    made.append((await auth.new_key(tenant="cli-active", expires_at=soon)).split("-")[2])
+    made.append((await auth.new_key(tenant="cli-active")).split("-")[2])
+    for key_id in made[:3]:
+        assert (await auth.admin("DELETE", f"/keys/{key_id}"))[0] == 200
+    await asyncio.sleep(max(0.0, datetime.fromisoformat(soon).timestamp() - time.time()) + 0.1)
+    listed = await llmaas_json(auth, "keys", "list", "--tenant", "cli-active", "--active")
+    assert [k["id"] for k in listed["data"]] == made[4:]
+    everything = await llmaas_json(auth, "keys", "list", "--tenant", "cli-active")
+    assert [k["id"] for k in everything["data"]] == made
+    status, page = await auth.admin("GET", "/keys?tenant=cli-active&active=true&limit=1")
+    assert status == 200, page
+    assert ([k["id"] for k in page["data"]], page["has_more"]) == (made[4:], False)
+    code, out, _ = await llmaas(auth, "keys", "list", "--help")
+    assert code == 0
+    assert "--active" in out
 
 
 async def test_tenants_list_reads_every_page(auth: AuthStack) -> None:
