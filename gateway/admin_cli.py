@@ -24,6 +24,7 @@ KEY_COLUMNS = (
     "max_concurrency",
     "expires_at",
     "revoked",
+    "created_at",  # (the listing's order within a tenant)
 )
 TENANT_COLUMNS = (
     "id",

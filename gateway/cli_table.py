@@ -20,6 +20,8 @@ def table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     def cell(value: Any, column: str = "") -> str:
         if value is None:
             return "-"
+        if isinstance(value, bool):  # as --json says it (Python's True/False was shown)
+            return "true" if value else "false"
         if column in TIME_COLUMNS and type(value) is int:
             return utc_time(value)
         if value == []:  # an allow-list of nothing: not the "-" of no list (everything)

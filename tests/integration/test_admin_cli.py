@@ -97,6 +97,8 @@ async def test_key_lifecycle_through_the_cli(auth: AuthStack) -> None:
     code, table, _ = await llmaas(auth, "keys", "list", "--tenant", "cli")
     assert code == 0
     assert table.splitlines()[0].split()[:3] == ["id", "tenant", "name"]
+    assert table.splitlines()[0].split()[-2:] == ["revoked", "created_at"]
+    assert table.splitlines()[1].split()[-2] == "false"  # as --json says (it was False)
     assert created["id"] in table
     assert "laptop" in table
     assert "a,b" in table
