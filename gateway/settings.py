@@ -269,10 +269,10 @@ class Settings(BaseSettings):
     # upstream.max_connections does not: requests before they reach an engine. The default
     # leaves upstream.max_connections (1000) as much room again for requests not yet sent.
     max_inflight_requests: int = Field(default=2000, ge=1)
-    # The bytes of those requests' bodies held at once (as declared; uploads, streamed to
-    # disk, count none). A request holds 5-10 times its body in memory as it is parsed and
-    # sent on: 64 MiB of bodies is up to ~640 MiB. Past it: 503 gateway_busy; one request
-    # alone always passes.
+    # The bytes of those requests' bodies held at once (as declared, or as received without a
+    # length; uploads, streamed to disk, count none). A request holds 5-10 times its body in
+    # memory as it is parsed and sent on: 64 MiB of bodies is up to ~640 MiB. Past it: 503
+    # gateway_busy; one request alone always passes.
     max_inflight_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False

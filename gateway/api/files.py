@@ -33,7 +33,7 @@ from gateway.errors import (
 )
 from gateway.files.finetune_format import FileFormatError, check_chat_jsonl
 from gateway.files.records import FILE_ID_PATTERN, PURPOSES, FileRecord, new_file_id
-from gateway.files.storage import DirectoryStorage, FileStorage, PartialFile
+from gateway.files.storage import STALE_PART_S, DirectoryStorage, FileStorage, PartialFile
 from gateway.files.store import FileStore
 from gateway.files.upload import MULTIPART_OVERHEAD, boundary_of, receive_upload, too_large
 from gateway.finetune.job_store import JobStore, active_key
@@ -87,9 +87,12 @@ async def _create_file(request: Request, gw: GatewayState, caller: Principal) ->
         raise _too_many_files(limits.max_files_per_tenant)
     file_id = new_file_id()
     partial = storage.create(caller.tenant, file_id)
-    room = _room(store, storage, caller.tenant, partial, limits.max_bytes_per_tenant)
-    await room(max(0, int(declared) - MULTIPART_OVERHEAD) if declared.isdigit() else 1)
+    stale_s = max(STALE_PART_S, 2 * gw.settings.keep_alive_s)
+    room = _room(
+        store, storage, caller.tenant, partial, most=limits.max_bytes_per_tenant, stale_s=stale_s
+    )
     try:
+        await room(max(0, int(declared) - MULTIPART_OVERHEAD) if declared.isdigit() else 1)
         upload = await receive_upload(
             request.stream(), boundary, partial, limits.max_file_bytes, room
         )
@@ -130,7 +133,13 @@ async def _create_file(request: Request, gw: GatewayState, caller: Principal) ->
 
 
 def _room(
-    store: FileStore, storage: FileStorage, tenant: str, partial: PartialFile, most: int
+    store: FileStore,
+    storage: FileStorage,
+    tenant: str,
+    partial: PartialFile,
+    *,
+    most: int,
+    stale_s: float,
 ) -> Callable[[int], Awaitable[None]]:
     """What refuses an upload of `size` bytes so far that would take its tenant past `most`
     with its files and its other uploads in progress (they counted only once stored: six
@@ -140,7 +149,7 @@ def _room(
         used = await store.bytes_used(tenant)
         if used is None:
             return  # not counted yet: the store counts them as it lists the file
-        uploading = await storage.uploading(tenant, partial)
+        uploading = await storage.uploading(tenant, partial, stale_s)
         if used + uploading + size > most:
             raise _too_many_bytes(used, most, uploading=uploading)
 

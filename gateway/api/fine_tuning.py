@@ -81,6 +81,7 @@ async def create_job(body: JobCreate, gw: Gateway, caller: Caller) -> Response:
         )
     hyper = _hyperparameters(body, settings.max_lora_rank)
     examples = await _training_examples(gw, caller, body.training_file)
+    await _room_for_a_model(gw, caller.tenant)
     now = int(time.time())
     job = Job(
         id=new_job_id(),
@@ -154,6 +155,23 @@ def _no_training_file(file_id: str) -> InvalidRequest:
         param="training_file",
         code="file_not_found",
     )
+
+
+async def _room_for_a_model(gw: GatewayState, tenant: str) -> None:
+    """A job makes an adapter on the volume every tenant shares, counted in the tenant's
+    bytes with its files: none is started for a tenant already at files.max_bytes_per_tenant
+    (its models were not counted at all: fine-tuning grew a tenant's share without bound)."""
+    assert gw.redis is not None
+    used = await FileStore(gw.redis).bytes_used(tenant)
+    most = gw.settings.files.max_bytes_per_tenant
+    if used is not None and used >= most:
+        raise tenant_at_most(
+            f"Your tenant's files and fine-tuned models hold {used} bytes, the most they may "
+            f"({most}); delete some files or fine-tuned models first: a new job's model would "
+            "hold more.",
+            limit_kind="file_bytes",
+            code="too_many_file_bytes",
+        )
 
 
 async def _training_examples(gw: GatewayState, caller: Principal, file_id: str) -> int:

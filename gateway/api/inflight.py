@@ -10,15 +10,16 @@ and operators still get through a saturated gateway.
 Beside the count, the bytes of their bodies (`max_inflight_body_bytes`): a request holds about
 5-10 times its body while it is read, parsed and sent on, so 7 requests of 14 MiB took a
 gateway past 1 GiB (the chart's memory limit: killed, with every stream on it). A body counts
-its declared length from the start (the most, max_body_bytes, without one, or compressed);
-one alone always passes. Uploads (/v1/files), streamed to disk, count none.
+its declared length from the start, for the request's life (its bytes are kept for a
+failover); a body without one (chunked) counts what has come of it, as it comes, and is not
+refused itself. One alone always passes. Uploads (/v1/files), streamed to disk, count none.
 
 Two ints per process on the hot path, touched only by the event loop's thread: no lock.
 """
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import ServiceUnavailable
 from gateway.proxy.asgi_send import send_error
@@ -47,32 +48,48 @@ class InflightBound:
             _count(scope)
             await send_error(send, _busy())
             return
-        if weight and self.holding and self.holding + weight > self.body_bytes:
+        if weight > 0 and self.holding and self.holding + weight > self.body_bytes:
             _count(scope)
             await send_error(send, _busy_with_bodies())
             return
         self.inflight += 1
+        counted = _Counted(self, receive) if weight < 0 else None
+        weight = max(weight, 0)
         self.holding += weight
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive if counted is None else counted, send)
         finally:
             self.inflight -= 1
-            self.holding -= weight
+            self.holding -= weight + (0 if counted is None else counted.received)
 
     def _weight(self, scope: Scope) -> int:
-        """The body's bytes as declared; the most a body may be without a length (chunked),
-        or compressed (it decodes to up to that)."""
-        if scope["method"] in ("GET", "HEAD", "DELETE"):
+        """The body's bytes as declared (at most max_body_bytes); -1 for a body with no
+        length (chunked), counted as it comes; 0 for none."""
+        if scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS"):
             return 0
-        length = None
         for name, value in scope["headers"]:
             if name == b"content-length":
-                length = value
-            elif name == b"content-encoding" and value.strip().lower() != b"identity":
-                return self.max_body_bytes
-        if length is None or not length.isdigit():
-            return self.max_body_bytes
-        return min(int(length), self.max_body_bytes)
+                return min(int(value), self.max_body_bytes) if value.isdigit() else -1
+        return -1
+
+
+class _Counted:
+    """A request's `receive`, its body's bytes counted into the bound's as they come."""
+
+    __slots__ = ("bound", "receive", "received")
+
+    def __init__(self, bound: InflightBound, receive: Receive) -> None:
+        self.bound = bound
+        self.receive = receive
+        self.received = 0
+
+    async def __call__(self) -> Message:
+        message = await self.receive()
+        size = len(message.get("body", b""))
+        if size:
+            self.received += size
+            self.bound.holding += size
+        return message
 
 
 def _count(scope: Scope) -> None:

@@ -6,9 +6,9 @@ written to a temporary name and renamed into place once whole and checked: a rea
 half a file, and an upload that fails leaves nothing behind.
 
 Uploads in progress are the tenant's `.*.part` files: counted against its bytes (on any
-replica, the volume being shared), and, once untouched for STALE_PART_S, removed (a gateway
-that stopped mid-upload left them on the volume for good; a live upload writes at least every
-keep_alive_s, or is cut).
+replica, the volume being shared), and, once untouched for STALE_PART_S (or twice
+keep_alive_s, if longer), removed (a gateway that stopped mid-upload left them on the volume
+for good; a live upload writes at least every keep_alive_s, or is cut).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class FileStorage(Protocol):
     def path(self, tenant: str, name: str) -> Path: ...
     async def open(self, tenant: str, name: str) -> Contents: ...
     async def delete(self, tenant: str, name: str) -> None: ...
-    async def uploading(self, tenant: str, but: PartialFile) -> int: ...
+    async def uploading(self, tenant: str, but: PartialFile, stale_s: float) -> int: ...
 
 
 class DirectoryStorage:
@@ -96,15 +96,17 @@ class DirectoryStorage:
     async def delete(self, tenant: str, name: str) -> None:
         await asyncio.to_thread(self.path(tenant, name).unlink, missing_ok=True)
 
-    async def uploading(self, tenant: str, but: PartialFile) -> int:
+    async def uploading(self, tenant: str, but: PartialFile, stale_s: float) -> int:
         """The bytes the tenant's other uploads in progress hold so far (those of every
-        replica); their part files untouched for STALE_PART_S are removed instead."""
-        return await asyncio.to_thread(self._uploading, self.path(tenant, "x").parent, but.path)
+        replica); their part files untouched for `stale_s` are removed instead (or, where
+        they cannot be, passed over)."""
+        directory = self.path(tenant, "x").parent
+        return await asyncio.to_thread(self._uploading, directory, but.path, stale_s)
 
     @staticmethod
-    def _uploading(directory: Path, own: Path) -> int:
+    def _uploading(directory: Path, own: Path, stale_s: float) -> int:
         held = 0
-        stale_before = time.time() - STALE_PART_S
+        stale_before = time.time() - stale_s
         try:
             entries = list(os.scandir(directory))
         except FileNotFoundError:  # no file yet
@@ -114,10 +116,11 @@ class DirectoryStorage:
                 continue
             try:
                 stat = entry.stat()
-                if stat.st_mtime < stale_before:
-                    os.unlink(entry.path)  # a gateway that stopped mid-upload left it
-                    continue
             except FileNotFoundError:  # committed or discarded meanwhile
+                continue
+            if stat.st_mtime < stale_before:
+                with contextlib.suppress(OSError):  # (a read-only volume keeps it: not counted)
+                    os.unlink(entry.path)  # a gateway that stopped mid-upload left it
                 continue
             held += stat.st_size
         return held

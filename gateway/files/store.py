@@ -63,14 +63,31 @@ return 1
 """
 Stored = Literal["stored", "too_many_files", "too_many_bytes"]
 
+# A fine-tuned model's adapter counted in (or, deleted, out of) its tenant's bytes, once they
+# are counted at all (else the tenant's next upload counts its files, and the adapters made
+# before are not counted); never below 0.
+_ADD_BYTES = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+local n = redis.call('INCRBY', KEYS[1], ARGV[1])
+if n < 0 then redis.call('SET', KEYS[1], 0) return 0 end
+return n
+"""
+
 
 class FileStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._put = redis.register_script(_PUT_FILE)
+        self._add = redis.register_script(_ADD_BYTES)
 
     async def count(self, tenant: str) -> int:
         return int(await self.redis.zcard(index_key(tenant)))
+
+    async def add_bytes(self, tenant: str, delta: int) -> None:
+        """Count `delta` bytes more (a fine-tuned model's adapter) or fewer (one deleted) in
+        the tenant's bytes, if they are counted yet."""
+        if delta:
+            await self._add(keys=[bytes_key(tenant)], args=[delta])
 
     async def bytes_used(self, tenant: str) -> int | None:
         """The bytes the tenant's files hold (None: not counted yet)."""

@@ -12,17 +12,19 @@ claim can race, and exactly one of them wins.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError, WatchError
 
 from gateway.finetune.jobs import FINAL, Event, Job, Status
 from gateway.redis_pages import index_page
 
+log = logging.getLogger("llmaas.finetune")
 QUEUE = "llmaas:ft:queue"
 RUNNING = "llmaas:ft:running"
 # Jobs being created, scored by when a sweep may put them in the queue: a job is stored under
@@ -94,8 +96,13 @@ class JobStore:
         except (LimitReached, RequiredKeyGone):
             await self.redis.zrem(PENDING, member)
             raise
-        await self.enqueue(job)
-        await self.redis.zrem(PENDING, member)
+        try:
+            await self.enqueue(job)
+            await self.redis.zrem(PENDING, member)
+        except RedisError:  # stored: a trainer's sweep queues it once its grace has passed
+            log.warning(  # (a 503 here made the SDK retry the create: two jobs, both trained)
+                "job %s stored but not queued yet; the trainers' sweep queues it", job.id
+            )
 
     async def queue_stranded(self, now_ms: int) -> int:
         """Queue the jobs whose creation stopped between being stored and being queued (past

@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.errors import ModelNotFound, ServiceUnavailable
+from gateway.files.store import FileStore
 from gateway.finetune.engine_adapters import AdapterError, load_adapter, unload_adapter
 from gateway.finetune.job_store import JobStore
 from gateway.redis_feed import FEED_ANSWER_S, FEED_PING_S, ChannelFeed, follow
@@ -205,6 +206,7 @@ class AdapterServing:
                 self.log.warning("unloading %s from %s failed: %s", model, engine.url, exc)
             await self.learn(engine)
         await asyncio.to_thread(shutil.rmtree, Path(record["adapter"]), True)
+        await FileStore(self.store.redis).add_bytes(tenant, -int(record.get("bytes", 0)))
         return True
 
 

@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 
 from gateway.embedded.process_group import terminated_with_parent
 from gateway.files.storage import DirectoryStorage
+from gateway.files.store import FileStore
 from gateway.finetune.billing import OK, bill_cancelled, bill_training
 from gateway.finetune.checkpoints import CHECKPOINT, checkpoint_dir, remove_checkpoint
 from gateway.finetune.job_store import JobStore
@@ -294,11 +295,10 @@ class Trainer:
             await remove_checkpoint(self.storage, job)
             return failed
         name = fine_tuned_name(job.model, job.tenant, job.suffix, job.id)
-        await self.store.put_model(
-            job.tenant,
-            name,
-            {"base": job.model, "adapter": str(outcome.adapter), "job": job.id, "created": now},
-        )
+        assert outcome.adapter is not None  # (a run that succeeded made one)
+        size = await asyncio.to_thread(_bytes_under, outcome.adapter)
+        record = {"base": job.model, "adapter": str(outcome.adapter), "job": job.id}
+        await self.store.put_model(job.tenant, name, {**record, "created": now, "bytes": size})
         tokens = outcome.trained_tokens
         await bill_training(self.ledger, job, tokens, worker=self.worker, outcome=OK, now=now)
         succeeded = await self.store.transition(  # paused as it ended: it is done all the same
@@ -320,6 +320,9 @@ class Trainer:
             await asyncio.to_thread(shutil.rmtree, self.storage.path(job.tenant, job.id), True)
             return await self.store.get(job.tenant, job.id)
         await remove_checkpoint(self.storage, job)
+        # On the volume every tenant shares, as its files are: counted in its bytes
+        # (files.max_bytes_per_tenant) until the model is deleted.
+        await FileStore(self.store.redis).add_bytes(job.tenant, size)
         await announce(self.store.redis, job.tenant, name)  # gateways load it into engines
         return succeeded
 
@@ -396,3 +399,8 @@ def failed_training(reason: str, trained_tokens: int = 0) -> Outcome:
     return Outcome(
         False, f"Training failed: {reason[:500]}", trained_tokens=trained_tokens, param=at_fault
     )
+
+
+def _bytes_under(path: Path) -> int:
+    """The bytes of the files under `path` (an adapter's directory)."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

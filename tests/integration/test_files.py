@@ -593,6 +593,13 @@ async def test_unwritable_storage_is_a_503_not_a_500(tmp_path: Path) -> None:
         assert refused.value.status_code == 503
         assert _error(refused.value)["code"] == "file_storage_unavailable"
         assert (await client.files.list()).data == []
+        # A tenant whose bytes are counted: its uploads in progress are looked for first on
+        # the storage, where the same failure was a 500.
+        await stack.redis.set("llmaas:{t:t}:files:bytes", 0)
+        with pytest.raises(openai.InternalServerError) as counted:
+            await client.files.create(file=("a.jsonl", DATASET), purpose="fine-tune")
+        assert counted.value.status_code == 503
+        assert _error(counted.value)["code"] == "file_storage_unavailable"
 
 
 async def test_files_turned_off_are_not_served(tmp_path: Path) -> None:

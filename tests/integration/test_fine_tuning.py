@@ -14,6 +14,7 @@ from typing import Any
 
 import openai
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.files.storage import DirectoryStorage
 from gateway.finetune.job_store import PENDING, QUEUE, RUNNING, JobStore
@@ -406,6 +407,31 @@ async def test_a_job_whose_creation_stopped_before_its_queue_entry_is_queued_by_
     await client.fine_tuning.jobs.cancel(job.id)
 
 
+async def test_a_job_stored_whose_queueing_failed_is_created_not_refused(
+    ft: TenantStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis failing between storing a job and queuing it answered 503, which the SDK retries:
+    two jobs, both trained (the first queued by the sweep). It is created; the sweep queues it."""
+    client = await ft.tenant("ft-enqueue-failed")
+
+    async def fails(self: JobStore, job: Job) -> bool:
+        raise RedisConnectionError("connection lost")
+
+    monkeypatch.setattr(JobStore, "enqueue", fails)
+    job = await client.fine_tuning.jobs.create(
+        model=BASE, training_file=await upload_dataset(client)
+    )
+    monkeypatch.undo()
+    assert job.status == "queued"
+    assert [j.id for j in (await client.fine_tuning.jobs.list()).data] == [job.id]
+    member = f"ft-enqueue-failed/{job.id}"
+    assert await ft.redis.lpos(QUEUE, member) is None
+    assert await ft.redis.zscore(PENDING, member) is not None  # left to the sweep
+    assert await JobStore(ft.redis).queue_stranded(int(time.time() * 1000) + 120_000) >= 1
+    assert await ft.redis.lpos(QUEUE, member) is not None
+    await client.fine_tuning.jobs.cancel(job.id)
+
+
 async def test_a_trainer_that_loses_the_claim_leaves_the_winners_heartbeat(
     ft: TenantStack,
 ) -> None:
@@ -561,6 +587,9 @@ async def test_a_job_paused_as_its_training_ends_succeeds(ft: TenantStack, tmp_p
     )
     adapter = tmp_path / "adapter"
     adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"w" * 5000)
+    counted = "llmaas:{t:ft-late-pause}:files:bytes"
+    before = int(await ft.redis.get(counted) or 0)  # its training file
     child = tmp_path / "finishing-python"
     done = {"type": "done", "trained_tokens": 12, "adapter_dir": str(adapter)}
     child.write_text(
@@ -581,6 +610,17 @@ async def test_a_job_paused_as_its_training_ends_succeeds(ft: TenantStack, tmp_p
     assert retrieved.status == "succeeded"
     assert retrieved.fine_tuned_model is not None
     assert adapter.exists()  # kept: the model is served from it
+    # On the volume every tenant shares: counted in the tenant's bytes with its files (the
+    # models were not: fine-tuning grew a tenant's share without bound), until deleted.
+    assert int(await ft.redis.get(counted) or 0) == before + 5000
+    most = 10 * 1024**3  # files.max_bytes_per_tenant
+    await ft.redis.set(counted, most)  # as a tenant whose files and models fill its share
+    with pytest.raises(openai.RateLimitError) as full:
+        await client.fine_tuning.jobs.create(model=BASE, training_file=job.training_file)
+    assert full.value.code == "too_many_file_bytes"
+    await ft.redis.set(counted, before + 5000)
+    await client.models.delete(retrieved.fine_tuned_model)
+    assert int(await ft.redis.get(counted) or 0) == before
 
 
 async def test_a_run_that_prints_nothing_for_the_stall_timeout_is_stopped(

@@ -101,21 +101,22 @@ async def test_a_request_that_fails_gives_its_place_back() -> None:
 
 async def test_bodies_past_their_bytes_are_refused_and_one_alone_always_passes() -> None:
     """7 requests of 14 MiB took a gateway past its pod's 1 GiB (each holds 5-10 times its
-    body as it is parsed): the bodies in flight have a bound of their own."""
+    body as it is parsed): the bodies in flight have a bound of their own, each by its
+    declared length; a body without one counts what has come, as it comes."""
     app = App(hold=2)
     bound = bounded(app, limit=100, body_bytes=1000)
     big = [(b"content-length", b"600")]
     first = asyncio.create_task(call(bound, "/v1/chat/completions", big))
-    chunked = [(b"transfer-encoding", b"chunked")]  # no length: counted as the most a body is
     second = asyncio.create_task(call(bound, "/v1/chat/completions", [(b"content-length", b"300")]))
     await asyncio.wait_for(app.holding.wait(), 10)
     assert bound.holding == 900
     start, body = await call(bound, "/v1/embeddings", big)
     assert start["status"] == 503
     assert orjson.loads(body["body"])["error"]["code"] == "gateway_busy"
-    assert (await call(bound, "/v1/embeddings", chunked))[0]["status"] == 503
-    gzip = [(b"content-length", b"10"), (b"content-encoding", b"gzip")]  # decodes to the most
-    assert (await call(bound, "/v1/embeddings", gzip))[0]["status"] == 503
+    gzip = [(b"content-length", b"10"), (b"content-encoding", b"gzip")]  # its 10 bytes
+    assert await call(bound, "/v1/embeddings", gzip) == []
+    chunked = [(b"transfer-encoding", b"chunked")]  # not refused: counted as it comes
+    assert await call(bound, "/v1/embeddings", chunked) == []
     assert await call(bound, "/v1/files", [(b"content-length", b"99999")]) == []  # to disk
     assert await call(bound, "/v1/models", [], "GET") == []  # no body
     app.release.set()
@@ -123,9 +124,32 @@ async def test_bodies_past_their_bytes_are_refused_and_one_alone_always_passes()
     assert bound.holding == 0
     app.release.clear()
     app.hold, app.holding = 1, asyncio.Event()
-    alone = asyncio.create_task(call(bound, "/v1/chat/completions", chunked))
+    alone = asyncio.create_task(call(bound, "/v1/chat/completions", [(b"content-length", b"5000")]))
     await asyncio.wait_for(app.holding.wait(), 10)  # past the bound, but alone: served
-    assert bound.holding == 1 << 20
+    assert bound.holding == 5000
     app.release.set()
     await alone
+    assert bound.holding == 0
+
+
+async def test_a_body_without_a_length_counts_what_has_come() -> None:
+    received: list[int] = []
+
+    async def reader(scope: Scope, receive: Receive, send: Send) -> None:
+        for _ in range(3):
+            await receive()
+            received.append(bound.holding)
+
+    bound = InflightBound(reader, limit=10, body_bytes=1000, max_body_bytes=1 << 20)
+    parts = iter([b"x" * 100, b"y" * 200, b""])
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": next(parts), "more_body": True}
+
+    async def send(message: Message) -> None:
+        pass
+
+    scope = http("/v1/chat/completions", "POST", [(b"transfer-encoding", b"chunked")])
+    await bound(scope, receive, send)
+    assert received == [100, 300, 300]
     assert bound.holding == 0
