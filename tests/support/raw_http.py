@@ -3,8 +3,10 @@ mid-body), and the counters that must come back to zero afterwards."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import socket
 from typing import Any
 
 from redis.asyncio import Redis
@@ -35,3 +37,18 @@ _INFLIGHT = re.compile(r'^llmaas_inflight_requests\{engine="([^"]+)"\} (\S+)$', 
 def inflight_gauges(metrics_text: str) -> dict[str, float]:
     """The gateway's llmaas_inflight_requests gauge of each engine."""
     return {engine: float(value) for engine, value in _INFLIGHT.findall(metrics_text)}
+
+
+async def read_until_closed(sock: socket.socket, timeout_s: float = 10.0) -> int:
+    """The bytes a non-blocking socket still receives until its peer closes or resets it."""
+    loop = asyncio.get_running_loop()
+    received = 0
+    async with asyncio.timeout(timeout_s):
+        while True:
+            try:
+                data = await loop.sock_recv(sock, 1 << 20)
+            except ConnectionResetError:
+                return received
+            if not data:
+                return received
+            received += len(data)
