@@ -94,6 +94,9 @@ def run_server(settings: Settings, config_path: Path | None) -> None:
         # Each worker drains the same way; the grace reaches them through the environment
         # (the same variable the settings read, so a worker's own settings agree).
         os.environ[GRACE_ENV] = repr(settings.shutdown_grace_s)
+        # JSON lines from here on: a port already taken is said as the one worker says it
+        # (the supervisor set its logging up only once the socket was bound)
+        configure_logging_single_threaded(settings.log_level)
         DrainingWorkers(config, [config.bind_socket()], settings.log_level).run()
     else:
         DrainingServer(config, settings.shutdown_grace_s).run()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import socket
@@ -265,10 +266,14 @@ async def test_refuses_to_start_without_secrets_outside_dev_mode(tmp_path: Path)
         assert name in err
 
 
-async def test_a_port_in_use_ends_serve_at_once_with_redis_feeds_starting(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_port_in_use_ends_serve_at_once_with_redis_feeds_starting(
+    tmp_path: Path, workers: str
+) -> None:
     """The bind fails a moment after the app started, its Redis feeds still subscribing: a
     cancel that lands in redis-py's connect is lost, and the process used to wait for ever
-    (a SIGTERM too). It exits, saying why."""
+    (a SIGTERM too). It exits, saying why, in a JSON line (with --workers 2 it was plain
+    text: the supervisor bound the socket before it set its logging up)."""
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
@@ -277,7 +282,8 @@ async def test_a_port_in_use_ends_serve_at_once_with_redis_feeds_starting(tmp_pa
         async with running_redis(None) as url:
             config = shared_config(tmp_path / "gw.yaml", redis_url=url, model="m", sim="http://a")
             proc = await asyncio.create_subprocess_exec(
-                *serve_command(config, "--port", str(port)), stderr=asyncio.subprocess.PIPE
+                *serve_command(config, "--port", str(port), "--workers", workers),
+                stderr=asyncio.subprocess.PIPE,
             )
             try:
                 _, err = await asyncio.wait_for(proc.communicate(), 30)
@@ -288,8 +294,10 @@ async def test_a_port_in_use_ends_serve_at_once_with_redis_feeds_starting(tmp_pa
     finally:
         taken.close()
     assert proc.returncode not in (0, None)
-    assert b"address already in use" in err
+    assert b"address already in use" in err.lower()
     assert b"Traceback" not in err
+    (said,) = [line for line in err.splitlines() if b"address already in use" in line.lower()]
+    assert json.loads(said)["level"] == "error", said
 
 
 async def serve_with_jwt(tmp_path: Path, **jwt: object) -> tuple[int | None, bytes]:
