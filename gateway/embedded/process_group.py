@@ -1,4 +1,5 @@
-"""Child processes started in their own process group and stopped as a whole group.
+"""Child processes started in their own process group and stopped as a whole group (or, a
+single process, alone: stop_process).
 
 vLLM's API server forks an EngineCore and a resource tracker; stopping only the leader would
 orphan them. Every member of the group gets SIGTERM, then SIGKILL after a grace period.
@@ -91,6 +92,22 @@ async def _group_gone(pgid: int, timeout_s: float) -> bool:
             return False
         await asyncio.sleep(0.1)
     return True
+
+
+async def stop_process(child: asyncio.subprocess.Process, grace_s: float = 5.0) -> None:
+    """SIGTERM one child, wait up to `grace_s`, then SIGKILL it (a process of its own, with
+    no group to stop: a trainer's training run)."""
+    if child.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        child.send_signal(signal.SIGTERM)
+    try:
+        async with asyncio.timeout(grace_s):
+            await child.wait()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
+        await child.wait()
 
 
 async def stop_process_group(

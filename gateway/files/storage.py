@@ -126,6 +126,11 @@ class DirectoryStorage:
         return held
 
 
+def bytes_under(path: Path) -> int:
+    """The bytes of the files under `path` (a fine-tuned model's adapter directory)."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
 class _DirectoryPartial:
     def __init__(self, final: Path) -> None:
         self.final = final

@@ -255,6 +255,11 @@ class JobStore:
         await self.redis.lpush(QUEUE, member)
         return True
 
+    async def put_first(self, job: Job) -> None:
+        """Put the job at the queue's front (a run its trainer stopped before the end: the next
+        trainer goes on with it first)."""
+        await self.redis.rpush(QUEUE, _member(job.tenant, job.id))
+
     async def next_queued(self, timeout_s: float) -> tuple[str, str] | None:
         popped = await self.redis.brpop([QUEUE], timeout=timeout_s)
         return None if popped is None else parse_member(popped[1])

@@ -33,8 +33,8 @@ from pathlib import Path
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.embedded.process_group import terminated_with_parent
-from gateway.files.storage import DirectoryStorage
+from gateway.embedded.process_group import stop_process, terminated_with_parent
+from gateway.files.storage import DirectoryStorage, bytes_under
 from gateway.files.store import FileStore
 from gateway.finetune.billing import OK, bill_cancelled, bill_training
 from gateway.finetune.checkpoints import CHECKPOINT, checkpoint_dir, remove_checkpoint
@@ -200,7 +200,7 @@ class Trainer:
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
             if child.returncode is None:  # hung, or we are being cancelled (the trainer stops)
-                await _stop(child)
+                await stop_process(child)
         tail = await errors
         await progress.flush()
         if code is None:
@@ -268,7 +268,7 @@ class Trainer:
                     pausing = True
                 continue
             self.log.info("job %s is %s: stopping its training", job.id, status)
-            await _stop(child)
+            await stop_process(child)
             return
 
     async def _finish(self, job: Job, outcome: Outcome) -> Job | None:
@@ -296,7 +296,7 @@ class Trainer:
             return failed
         name = fine_tuned_name(job.model, job.tenant, job.suffix, job.id)
         assert outcome.adapter is not None  # (a run that succeeded made one)
-        size = await asyncio.to_thread(_bytes_under, outcome.adapter)
+        size = await asyncio.to_thread(bytes_under, outcome.adapter)
         record = {"base": job.model, "adapter": str(outcome.adapter), "job": job.id}
         await self.store.put_model(job.tenant, name, {**record, "created": now, "bytes": size})
         tokens = outcome.trained_tokens
@@ -363,7 +363,7 @@ class Trainer:
             level="warn",
         )
         if back is not None:
-            await self.store.redis.rpush("llmaas:ft:queue", f"{job.tenant}/{job.id}")
+            await self.store.put_first(back)
 
     def _deadline_ms(self) -> int:
         return int((time.time() + self.settings.fine_tuning.heartbeat_timeout_s) * 1000)
@@ -377,20 +377,6 @@ async def _tail(stream: asyncio.StreamReader, keep: int = 8192) -> str:
     return buffer.decode("utf-8", "replace")
 
 
-async def _stop(child: asyncio.subprocess.Process, grace_s: float = 5.0) -> None:
-    if child.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        child.send_signal(signal.SIGTERM)
-    try:
-        async with asyncio.timeout(grace_s):
-            await child.wait()
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            child.kill()
-        await child.wait()
-
-
 def failed_training(reason: str, trained_tokens: int = 0) -> Outcome:
     """What a run that did not end with its adapter says: the trainer's reason (train_lora.py
     names a bad example by its line: the training file is at fault), and the tokens it trained
@@ -399,8 +385,3 @@ def failed_training(reason: str, trained_tokens: int = 0) -> Outcome:
     return Outcome(
         False, f"Training failed: {reason[:500]}", trained_tokens=trained_tokens, param=at_fault
     )
-
-
-def _bytes_under(path: Path) -> int:
-    """The bytes of the files under `path` (an adapter's directory)."""
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
