@@ -130,6 +130,19 @@ def client_link(scope: Scope) -> ClientLink | None:
     return None if extension is None else cast(ClientLink, extension["link"])
 
 
+async def drop_client(scope: Scope) -> bool:
+    """Reset the connection of a client cut for not reading (a graceful close waits for it to
+    read what is queued: its socket and megabytes of unsent answer stayed as long as it kept
+    the connection), and let the server hear it gone before the request returns (else it logs
+    the unfinished answer as an error). False under another server: nothing to drop."""
+    link = client_link(scope)
+    if link is None:
+        return False
+    link.abort()
+    await asyncio.sleep(0)  # connection_lost runs
+    return True
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol writing through HeadWithBody, its requests linked to the
     connection (ClientLink)."""

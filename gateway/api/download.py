@@ -13,7 +13,7 @@ import asyncio
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.http_protocol import client_link
+from gateway.http_protocol import drop_client
 from gateway.proxy.outcome import Outcome
 from gateway.request_context import info_of
 
@@ -33,10 +33,7 @@ class DownloadResponse(StreamingResponse):
                     await send(message)
             except TimeoutError:
                 info_of(scope).outcome = Outcome.SLOW_CLIENT
-                link = client_link(scope)
-                if link is None:
+                if not await drop_client(scope):  # (it hears its client gone: cancelled)
                     raise
-                link.abort()  # the server hears its client gone: the download is cancelled
-                await asyncio.sleep(0)
 
         await super().__call__(scope, receive, timed)

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import ApiError, ServiceUnavailable
-from gateway.http_protocol import client_link
+from gateway.http_protocol import drop_client
 from gateway.metering.stream_options import UsageWanted
 from gateway.metering.usage import usage_of
 from gateway.proxy.asgi_send import WriteDeadline, send_bytes, send_error
@@ -144,9 +144,8 @@ class ProxyResponse(Response):
             # Not shielded (a task per request): reporters do not suspend before they have
             # accounted for the request (outcome.Reporter).
             await self._done(info, time.perf_counter() - started)
-            if cut.outcome is Outcome.SLOW_CLIENT and _drop_connection(scope):
-                await asyncio.sleep(0)  # connection_lost runs: the server sees its client
-                # gone before this request returns (else it logs the unfinished answer)
+            if cut.outcome is Outcome.SLOW_CLIENT:
+                await drop_client(scope)
 
     async def _done(self, info: RequestInfo, elapsed: float) -> None:
         metrics, model, route = self.deps.metrics, self.call.pool.name, self.call.route
@@ -344,14 +343,3 @@ def engine_refusal_headers(status: int) -> tuple[tuple[bytes, bytes], ...]:
     answer says when to try again, as the gateway's own 429s and 503s do: OpenAI's SDKs wait
     that long before their retry instead of their own backoff."""
     return ((b"retry-after", b"1"),) if status in (429, 503) else ()
-
-
-def _drop_connection(scope: Scope) -> bool:
-    """A client cut for not reading: its connection is dropped, not closed gracefully (a close
-    waits for the client to read what is queued: its socket and megabytes of unsent answer
-    stayed as long as the client kept it open). Whether there was one to drop."""
-    link = client_link(scope)
-    if link is None:
-        return False
-    link.abort()
-    return True
