@@ -259,25 +259,26 @@ async def _find(gw: GatewayState, caller: Principal, response_id: str, param: st
 
 def _engine_of(pool: ModelPool, home: Home, response_id: str, param: str) -> Engine:
     """The engine that holds the response, if it still serves this model."""
-    for engine in pool.engines:
-        if engine.url == home.engine:
-            return engine
-    raise ResponseNotFound(response_id, param, _GONE)
+    engine = _home_in(pool, home)
+    if engine is None:
+        raise ResponseNotFound(response_id, param, _GONE)
+    return engine
+
+
+def _home_in(pool: ModelPool, home: Home) -> Engine | None:
+    """The pool's engine that holds the response, if it is one of the pool's."""
+    return next((engine for engine in pool.engines if engine.url == home.engine), None)
 
 
 def _engine_continuing(gw: GatewayState, pool: ModelPool, home: Home, previous: str) -> Engine:
     """The engine that holds `previous`, if it serves the model asked for. A conversation
     moved to a model its engine does not serve (OpenAI allows it: its responses live in one
     store) is a 400 naming the model it can go on with, not a 404 blaming its engine."""
-    for engine in pool.engines:
-        if engine.url == home.engine:
-            return engine
+    engine = _home_in(pool, home)
+    if engine is not None:
+        return engine
     home_pool = gw.registry.pool(home.model)
-    if (
-        home.model != pool.name
-        and home_pool is not None
-        and any(engine.url == home.engine for engine in home_pool.engines)
-    ):
+    if home.model != pool.name and home_pool is not None and _home_in(home_pool, home) is not None:
         raise InvalidRequest(
             f"Response '{previous}' was made with model '{home.model}' and is stored by "
             f"the engine that serves it, which does not serve '{pool.name}': continue "
