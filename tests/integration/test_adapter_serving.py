@@ -7,6 +7,9 @@ simulator has none; the real case, vLLM killed under `llmaas up`, is tests/e2e/t
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -29,6 +32,38 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 MODEL = "ft:base:acme::job1"
 
 
+@dataclass(frozen=True, slots=True)
+class StandIn:
+    serving: AdapterServing
+    store: JobStore  # holding MODEL, an adapter of the tenant "acme"
+    engine: Engine  # the stand-in engine's LoRA routes
+
+
+@asynccontextmanager
+async def stand_in(
+    routes: list[Route], learn: Callable[[Engine], Awaitable[None]] | None = None
+) -> AsyncIterator[StandIn]:
+    """A real Redis holding MODEL's record, a stand-in engine serving `routes`, and the
+    AdapterServing that loads adapters on it."""
+
+    async def learned_nothing(engine: Engine) -> None:
+        pass
+
+    async with (
+        running_redis(None) as redis_url,
+        serve_asgi(Starlette(routes=routes), lifespan="off") as url,
+        aiohttp.ClientSession() as http,
+    ):
+        redis = Redis.from_url(redis_url)
+        try:
+            store = JobStore(redis)
+            await store.put_model("acme", MODEL, {"base": "base", "adapter": "/adapters/job1"})
+            serving = AdapterServing(EngineRegistry([]), redis, http, learn or learned_nothing)
+            yield StandIn(serving, store, Engine(url))
+        finally:
+            await redis.aclose()
+
+
 async def test_a_burst_refused_by_a_restarted_engine_loads_the_adapter_once() -> None:
     loads: list[dict[str, Any]] = []
     learned: list[str] = []
@@ -41,27 +76,16 @@ async def test_a_burst_refused_by_a_restarted_engine_loads_the_adapter_once() ->
     async def learn(engine: Engine) -> None:
         learned.append(engine.url)
 
-    app = Starlette(routes=[Route("/v1/load_lora_adapter", load_lora_adapter, methods=["POST"])])
-    async with (
-        running_redis(None) as redis_url,
-        serve_asgi(app, lifespan="off") as url,
-        aiohttp.ClientSession() as http,
-    ):
-        redis = Redis.from_url(redis_url)
-        try:
-            record = {"base": "base", "adapter": "/adapters/job1"}
-            await JobStore(redis).put_model("acme", MODEL, record)
-            serving = AdapterServing(EngineRegistry([]), redis, http, learn)
-            engine = Engine(url)
-            await asyncio.gather(*(serving.load_on("acme", MODEL, engine) for _ in range(8)))
-            assert [load["lora_name"] for load in loads] == [MODEL]
-            assert (loads[0]["lora_path"], learned) == ("/adapters/job1", [url])
-            await serving.load_on("acme", MODEL, engine)  # refused after that load: again
-            assert len(loads) == 2
-            with pytest.raises(ModelNotFound):
-                await serving.load_on("acme", "ft:base:acme::gone", engine)
-        finally:
-            await redis.aclose()
+    routes = [Route("/v1/load_lora_adapter", load_lora_adapter, methods=["POST"])]
+    async with stand_in(routes, learn) as it:
+        serving, engine = it.serving, it.engine
+        await asyncio.gather(*(serving.load_on("acme", MODEL, engine) for _ in range(8)))
+        assert [load["lora_name"] for load in loads] == [MODEL]
+        assert (loads[0]["lora_path"], learned) == ("/adapters/job1", [engine.url])
+        await serving.load_on("acme", MODEL, engine)  # refused after that load: again
+        assert len(loads) == 2
+        with pytest.raises(ModelNotFound):
+            await serving.load_on("acme", "ft:base:acme::gone", engine)
 
 
 async def test_a_model_deleted_while_it_loads_is_not_left_served() -> None:
@@ -81,32 +105,18 @@ async def test_a_model_deleted_while_it_loads_is_not_left_served() -> None:
         calls.append("unload")
         return JSONResponse("Success: LoRA adapter unloaded.")
 
-    async def learn(engine: Engine) -> None:
-        pass
-
     routes = [
         Route("/v1/load_lora_adapter", load_lora_adapter, methods=["POST"]),
         Route("/v1/unload_lora_adapter", unload_lora_adapter, methods=["POST"]),
     ]
-    async with (
-        running_redis(None) as redis_url,
-        serve_asgi(Starlette(routes=routes), lifespan="off") as url,
-        aiohttp.ClientSession() as http,
-    ):
-        redis = Redis.from_url(redis_url)
-        try:
-            store = JobStore(redis)
-            await store.put_model("acme", MODEL, {"base": "base", "adapter": "/adapters/job1"})
-            serving = AdapterServing(EngineRegistry([]), redis, http, learn)
-            loading = asyncio.create_task(serving.load_on("acme", MODEL, Engine(url)))
-            await asyncio.wait_for(loading_now.wait(), 5)
-            assert await store.delete_model("acme", MODEL)
-            deleted.set()
-            with pytest.raises(ModelNotFound):
-                await loading
-            assert calls == ["load", "unload"]
-        finally:
-            await redis.aclose()
+    async with stand_in(routes) as it:
+        loading = asyncio.create_task(it.serving.load_on("acme", MODEL, it.engine))
+        await asyncio.wait_for(loading_now.wait(), 5)
+        assert await it.store.delete_model("acme", MODEL)
+        deleted.set()
+        with pytest.raises(ModelNotFound):
+            await loading
+        assert calls == ["load", "unload"]
 
 
 async def test_an_engine_that_cannot_load_an_adapter_again_is_not_named_to_the_tenant() -> None:
@@ -116,25 +126,11 @@ async def test_an_engine_that_cannot_load_an_adapter_again_is_not_named_to_the_t
     async def load_lora_adapter(request: Request) -> JSONResponse:
         return JSONResponse({"error": {"message": "no room"}}, status_code=500)
 
-    app = Starlette(routes=[Route("/v1/load_lora_adapter", load_lora_adapter, methods=["POST"])])
-    async with (
-        running_redis(None) as redis_url,
-        serve_asgi(app, lifespan="off") as url,
-        aiohttp.ClientSession() as http,
-    ):
-        redis = Redis.from_url(redis_url)
-        try:
-            record = {"base": "base", "adapter": "/adapters/job1"}
-            await JobStore(redis).put_model("acme", MODEL, record)
-
-            async def learn(engine: Engine) -> None:
-                pass
-
-            serving = AdapterServing(EngineRegistry([]), redis, http, learn)
-            with pytest.raises(ServiceUnavailable) as refused:
-                await serving.load_on("acme", MODEL, Engine(url))
-            assert refused.value.code == "model_unavailable"
-            assert "its engine could not load it again" in refused.value.message
-            assert url.split("//")[1] not in refused.value.message
-        finally:
-            await redis.aclose()
+    async with stand_in(
+        [Route("/v1/load_lora_adapter", load_lora_adapter, methods=["POST"])]
+    ) as it:
+        with pytest.raises(ServiceUnavailable) as refused:
+            await it.serving.load_on("acme", MODEL, it.engine)
+        assert refused.value.code == "model_unavailable"
+        assert "its engine could not load it again" in refused.value.message
+        assert it.engine.url.split("//")[1] not in refused.value.message
