@@ -239,12 +239,9 @@ def environment_error(exc: SettingsError) -> str:
 def _json_setting(path: list[str]) -> bool:
     """Whether the setting of LLMAAS_A__B (path ["LLMAAS_A", "B"]) is a list, a mapping or a
     section: what the environment gives as JSON."""
-    kind: Any = Settings
-    for part in [path[0].removeprefix("LLMAAS_"), *path[1:]]:
-        fields = {name.upper(): f for name, f in getattr(kind, "model_fields", {}).items()}
-        if part not in fields:
-            return False
-        kind = fields[part].annotation
+    kind = _field([part.lower() for part in [path[0].removeprefix("LLMAAS_"), *path[1:]]])
+    if kind is None:
+        return False
     kinds = get_args(kind) if get_origin(kind) in (Union, UnionType) else (kind,)
     return any(
         get_origin(k) in (list, dict) or (isinstance(k, type) and issubclass(k, BaseModel))
