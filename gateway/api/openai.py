@@ -26,7 +26,7 @@ from gateway.api.responses import json_response
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
 from gateway.errors import Forbidden, InvalidRequest, ModelNotFound
-from gateway.limits.estimate import is_conversation, positive_int, prompt_tokens
+from gateway.limits.estimate import is_conversation, positive_int, prompt_estimates, prompt_tokens
 from gateway.metering.accounting import Charge
 from gateway.metering.stream_options import force_usage, wanted
 from gateway.proxy.collect import stream_request
@@ -123,7 +123,7 @@ async def _forward(
         caller,
         admission,
         received_ms,
-        partial(prompt_tokens, body),
+        partial(prompt_estimates, body),
     )
     return ProxyResponse(gw.proxy, call, gw.accounting.reporter(charge))
 

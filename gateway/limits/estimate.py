@@ -72,7 +72,9 @@ def is_conversation(value: Any) -> bool:
     )
 
 
-def _prompts(body: dict[str, Any]) -> list[int]:
+def prompt_estimates(body: dict[str, Any]) -> list[int]:
+    """An estimate of each prompt's tokens, in the order the engine numbers them (one for a
+    chat's messages or a conversation)."""
     if "messages" in body:
         return [chat_tokens(body["messages"])]
     if is_conversation(body.get("input")):  # embeddings of one conversation
@@ -85,7 +87,7 @@ def _prompts(body: dict[str, Any]) -> list[int]:
 
 def prompt_tokens(body: dict[str, Any]) -> int:
     """An estimate of the prompt's tokens (messages, or every prompt of a prompt/input batch)."""
-    return sum(_prompts(body))
+    return sum(prompt_estimates(body))
 
 
 # vLLM's request models read integer fields with pydantic's lax rules: 3, 3.0, "3" and "3.0"
@@ -114,7 +116,7 @@ def reserved_tokens(
     context leaves after the prompt, which is all reserved with ignore_eos: nothing stops it
     sooner. A max_tokens past the context is capped too: the engine refuses it (400), and a
     tpm limit must not refuse it first as too large (429)."""
-    prompts = _prompts(body)
+    prompts = prompt_estimates(body)
     if "input" in body and "messages" not in body and "prompt" not in body:
         return sum(prompts)  # embeddings generate nothing
     # Chat's max_completion_tokens wins over its max_tokens, as in vLLM; a text completion

@@ -6,6 +6,7 @@ happened (a `ProxyResult`). Here the two meet, once per request, and go to the s
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,10 +37,11 @@ class Charge:
     caller: Principal
     admission: Admission | None  # charged limits, settled when the answer is done
     received_ms: int  # when the request arrived, Unix ms (the record's time)
-    # The prompt's tokens as estimated from the body, asked only of a request its client left
-    # before the engine reported any usage (vLLM reports none before the first token, though
-    # the prompt was read): else hanging up just before the first token made prefill free.
-    prompt_estimate: Callable[[], int] | None = None
+    # Each prompt's tokens as estimated from the body (estimate.prompt_estimates), asked only of
+    # a request its client left before the engine reported usage for every prompt (vLLM reports
+    # a prompt with its first token, though it was read before): else hanging up just before
+    # the first token made prefill free, and a batch's long prompt behind a short one too.
+    prompt_estimates: Callable[[], list[int]] | None = None
 
 
 def settlement_of(charge: Charge, result: ProxyResult) -> Settlement | None:
@@ -47,14 +49,14 @@ def settlement_of(charge: Charge, result: ProxyResult) -> Settlement | None:
     admission = charge.admission
     if result.engine is None and admission is None:
         return None
-    usage = result.usage or _unreported(charge, result)
+    usage = billed(charge, result)
     record_id = new_record_id()
     record = None if result.engine is None else _record(record_id, charge, result, usage)
     limits = None
     if admission is not None:
         limits = LimitSettlement(
             lease=admission.lease,
-            delta=used_tokens(result, admission) - admission.reserved_tokens,
+            delta=used_tokens(result, usage, admission) - admission.reserved_tokens,
             key_tpm=charge.caller.key_limits.tpm or 0,
             tenant_tpm=charge.caller.tenant_limits.tpm or 0,
             key_until_ms=admission.charged_until[0],
@@ -63,19 +65,28 @@ def settlement_of(charge: Charge, result: ProxyResult) -> Settlement | None:
     return Settlement(record_id, charge.caller.tenant, charge.caller.scope_id, record, limits)
 
 
-def _unreported(charge: Charge, result: ProxyResult) -> Usage:
-    """The usage of a request the engine reported none for: its prompt's estimate if its client
-    left after the engine took it, else nothing."""
+def billed(charge: Charge, result: ProxyResult) -> Usage:
+    """What the request is billed: the engine's report, and if its client left before the
+    engine reported every prompt, the estimate of each prompt not reported (only the client's
+    leaving: a request the engine or the gateway cut pays no more than was reported)."""
+    usage = result.usage
+    if usage is not None and usage.prompts is None:
+        return usage
     if result.engine is None or result.outcome not in CLIENT_GONE:
-        return Usage()
-    return Usage(0 if charge.prompt_estimate is None else charge.prompt_estimate())
+        return usage or Usage()
+    estimates = [] if charge.prompt_estimates is None else charge.prompt_estimates()
+    if usage is None:
+        return Usage(sum(estimates))
+    reported = set(usage.prompts or ())
+    unreported = sum(tokens for i, tokens in enumerate(estimates) if i not in reported)
+    return dataclasses.replace(usage, prompt_tokens=usage.prompt_tokens + unreported)
 
 
-def used_tokens(result: ProxyResult, admission: Admission) -> int:
-    """What to charge the token limits: the engine's report; nothing if no engine answered or
-    it refused; else (cut short before any report) the reservation."""
+def used_tokens(result: ProxyResult, usage: Usage, admission: Admission) -> int:
+    """What to charge the token limits: what is billed if the engine reported; nothing if no
+    engine answered or it refused; else (cut short before any report) the reservation."""
     if result.usage is not None:
-        return result.usage.total_tokens
+        return usage.total_tokens
     if result.engine is None or result.outcome in _REFUNDED:
         return 0
     return admission.reserved_tokens

@@ -14,7 +14,7 @@ are loaded anyway to assemble its body: StreamUsage.feed_chunk reads their loade
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*(\{(?:[^{}]|\{[^{}]*\})*\})')
@@ -32,6 +32,10 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens served from the prefix cache, when reported
+    # A stream cut before its final usage: the prompts (by index) some choice of which had
+    # reported, the only ones in prompt_tokens. None: every prompt is in (a final report).
+    # Not compared: two usages are equal when they count the same tokens.
+    prompts: tuple[int, ...] | None = field(default=None, compare=False)
 
     @property
     def total_tokens(self) -> int:
@@ -148,6 +152,7 @@ class StreamUsage:
             prompt_tokens=sum(u.prompt_tokens for u in prompts.values()),
             completion_tokens=sum(u.completion_tokens for u in parsed.values()),
             cached_tokens=sum(u.cached_tokens for u in prompts.values()),
+            prompts=tuple(sorted(prompts)),
         )
 
 

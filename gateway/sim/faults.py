@@ -17,6 +17,9 @@ optional and unknown keys are refused with a 400, so a typo never silently tests
   connection without the last chunk, the usage chunk or ``[DONE]``; the chunked transfer is
   left unterminated.
 * ``hang: true``: accept the request and never answer, until the client goes away.
+* ``stagger`` (int >= 0, streamed completions of several prompts): each prompt's choices begin
+  that many token times after the prompt's before it, as vLLM streams a short prompt's tokens
+  while it still reads (and has not yet reported) a long prompt behind it.
 
 Precedence: ``fail_status`` (answered before even the model is checked), then the
 process-wide ``fail_rate``, then ``hang``, then ``drop: "before_headers"``; ``cut_after`` is
@@ -39,7 +42,17 @@ _DROP_MODES: Final[Mapping[str, DropMode]] = {
 }
 _FAIL_BODIES: Final[Mapping[str, FailBody]] = {"error": "error", "detail": "detail"}
 _FIELDS: Final = frozenset(
-    ("fail_status", "fail_message", "fail_body", "ttft_ms", "itl_ms", "drop", "cut_after", "hang")
+    (
+        "fail_status",
+        "fail_message",
+        "fail_body",
+        "ttft_ms",
+        "itl_ms",
+        "drop",
+        "cut_after",
+        "hang",
+        "stagger",
+    )
 )
 _PPM: Final = 1_000_000
 
@@ -58,6 +71,7 @@ class Faults:
     drop: DropMode | None = None
     cut_after: int | None = None
     hang: bool = False
+    stagger: int = 0
 
 
 NO_FAULTS: Final = Faults()
@@ -81,6 +95,7 @@ def parse_faults(raw: object) -> Faults:
         drop=_choice(raw, "drop", _DROP_MODES),
         cut_after=_count(raw, "cut_after"),
         hang=_flag(raw, "hang"),
+        stagger=_count(raw, "stagger") or 0,
     )
 
 

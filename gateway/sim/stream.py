@@ -17,7 +17,8 @@ async def sleep_until(deadline: float) -> None:
 
 
 class StreamRun:
-    """Token k of every choice goes out at ttft + k * itl; frames due together share a write."""
+    """Token k of every choice goes out at ttft + k * itl (a later prompt's `stagger` steps
+    later per prompt before it); frames due together share a write."""
 
     def __init__(self, plan: Plan, reply: Reply, generation: Generation) -> None:
         self.plan = plan
@@ -33,7 +34,8 @@ class StreamRun:
         if plan.kind == "chat":
             for index in range(plan.choices):
                 self.pending.append(self.chunks.role(index, plan.choice_prompt_tokens(index)))
-        for step in range(plan.tokens):
+        steps = plan.tokens + plan.faults.stagger * (len(plan.prompts) - 1)
+        for step in range(steps):
             if step == cut_after:
                 await self._cut()
             if step and timing.itl_s > 0:
@@ -48,11 +50,15 @@ class StreamRun:
         await self.reply.body(b"".join(self.pending))
 
     def _emit(self, step: int, choices: list[list[str]]) -> None:
-        self.generation.generated(len(choices))
-        finish = self.plan.finish_reason if step == self.plan.tokens - 1 else None
+        plan = self.plan
         for index, tokens in enumerate(choices):
-            prompt_tokens = self.plan.choice_prompt_tokens(index)
-            frame = self.chunks.token(index, tokens[step], finish, prompt_tokens, step + 1)
+            at = step - plan.faults.stagger * (index // plan.n)  # this choice's own step
+            if not 0 <= at < plan.tokens:
+                continue
+            self.generation.generated(1)
+            finish = plan.finish_reason if at == plan.tokens - 1 else None
+            prompt_tokens = plan.choice_prompt_tokens(index)
+            frame = self.chunks.token(index, tokens[at], finish, prompt_tokens, at + 1)
             self.pending.append(frame)
 
     async def _flush(self) -> None:

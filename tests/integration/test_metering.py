@@ -13,7 +13,8 @@ import openai
 import orjson
 import pytest
 
-from gateway.limits.estimate import prompt_tokens
+from gateway.limits.estimate import prompt_estimates, prompt_tokens
+from gateway.sim.text import text_prompts
 from tests.integration.conftest import ADMIN, DEAD_MODEL, MODEL
 from tests.integration.metering_fixture import TOKENS, Meter, meter_fixture  # noqa: F401 (the fixture)
 
@@ -264,6 +265,34 @@ async def test_a_request_left_before_its_first_token_is_billed_its_prompt(meter:
         assert (left.outcome, left.status) == ("client_disconnected", 499)
         assert left.prompt_tokens == prompt_tokens({"messages": long_prompt}), left
         assert left.completion_tokens == 0
+
+
+async def test_a_batch_left_before_a_long_prompt_was_reported_is_billed_its_estimate(
+    meter: Meter,
+) -> None:
+    # vLLM reports each prompt of a batch with its first token: a short prompt streams while a
+    # long one behind it is still being read. Left then, the long prompt was billed nothing.
+    key = await meter.new_key("batch-left")
+    headers = {"authorization": f"Bearer {key}"}
+    url = f"{meter.gateway}/v1/completions"
+    prompts = ["Hi", "tell me " * 300]
+    for request_id, stream in (("batch-stream-left", True), ("batch-plain-left", False)):
+        body = {
+            "model": MODEL,
+            "prompt": prompts,
+            "max_tokens": 50,
+            "stream": stream,
+            "sim": {"itl_ms": 40, "stagger": 40},  # the long prompt's first token after 1.6 s
+        }
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(_read(meter, url, body, {**headers, **rid(request_id)}), 0.6)
+    short = text_prompts(prompts[:1], "prompt")[0].tokens  # what the engine reported of it
+    records = {r.request_id: r for r in await meter.wait_records("batch-left", 2)}
+    for request_id in ("batch-stream-left", "batch-plain-left"):
+        left = records[request_id]
+        assert (left.outcome, left.status) == ("client_disconnected", 499)
+        assert left.prompt_tokens == short + prompt_estimates({"prompt": prompts})[1], left
+        assert 5 <= left.completion_tokens < 50, left  # the short prompt's tokens so far
 
 
 async def _read(meter: Meter, url: str, body: dict[str, Any], headers: dict[str, str]) -> bytes:

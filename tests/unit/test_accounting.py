@@ -87,7 +87,7 @@ def test_refusals_cost_nothing_and_a_cut_before_any_report_keeps_the_reservation
 
 
 def test_a_request_its_client_left_before_any_report_is_billed_its_prompt_estimate() -> None:
-    estimated = dataclasses.replace(CHARGE, prompt_estimate=lambda: 42)
+    estimated = dataclasses.replace(CHARGE, prompt_estimates=lambda: [42])
     for outcome in (Outcome.CLIENT_DISCONNECTED, Outcome.SLOW_CLIENT):
         left = dataclasses.replace(OK, outcome=outcome, usage=None, status=499)
         settlement = settlement_of(estimated, left)
@@ -144,3 +144,28 @@ async def test_a_settlement_that_frees_a_tight_concurrency_slot_is_submitted_as_
         ("roomy", False),  # a slot among many: it may linger
         ("key-slot", False),
     ]
+
+
+def test_a_batch_left_before_every_prompt_reported_is_billed_the_estimate_of_the_others() -> None:
+    # vLLM reports a batch's prompts one by one, each with its first token: a client that left
+    # while a long prompt behind a short one was still being read paid for the short one alone.
+    estimated = dataclasses.replace(CHARGE, prompt_estimates=lambda: [2, 3000, 40])
+    partial_usage = Usage(prompt_tokens=1, completion_tokens=2, prompts=(0,))
+    left = dataclasses.replace(
+        OK, outcome=Outcome.CLIENT_DISCONNECTED, status=499, usage=partial_usage
+    )
+    settlement = settlement_of(estimated, left)
+    assert settlement is not None
+    assert settlement.record is not None
+    assert (settlement.record.prompt_tokens, settlement.record.completion_tokens) == (3041, 2)
+    assert settlement.limits is not None
+    assert settlement.limits.delta == 3043 - ADMISSION.reserved_tokens  # the limits too
+    cut = settlement_of(estimated, dataclasses.replace(left, outcome=Outcome.ENGINE_ERROR))
+    assert cut is not None
+    assert cut.record is not None
+    assert cut.record.prompt_tokens == 1  # the engine's doing: what it reported
+    whole = dataclasses.replace(partial_usage, prompts=None)  # a final report: every prompt
+    final = settlement_of(estimated, dataclasses.replace(left, usage=whole))
+    assert final is not None
+    assert final.record is not None
+    assert final.record.prompt_tokens == 1

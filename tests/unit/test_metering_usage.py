@@ -215,6 +215,16 @@ def test_cut_completions_stream_two_prompts_n2_groups_choices_by_prompt() -> Non
     tap.feed(text_chunk(3, 9, 4))
     tap.feed(text_chunk(0, 4, 5))
     assert tap.usage == Usage(prompt_tokens=4 + 9, completion_tokens=5 + 2 + 3 + 4)
+    assert tap.usage.prompts == (0, 1)  # the prompts in it (accounting estimates the rest)
+
+
+def test_a_cut_stream_names_the_prompts_its_reports_cover() -> None:
+    tap = StreamUsage(n=2)
+    tap.feed(text_chunk(3, 9, 1))  # prompt 1's second choice: prompt 0 not reported yet
+    assert tap.usage is not None
+    assert (tap.usage.prompt_tokens, tap.usage.prompts) == (9, (1,))
+    tap.feed(b'{"choices":[],"usage":{"prompt_tokens":13,"completion_tokens":9}}')
+    assert tap.usage.prompts is None  # the final report: every prompt
 
 
 def test_cut_completions_stream_two_prompts_n1_sums_prompts() -> None:

@@ -20,6 +20,7 @@ def test_every_field_is_parsed() -> None:
         "drop": "after_headers",
         "cut_after": 3,
         "hang": True,
+        "stagger": 40,
     }
     assert parse_faults(raw) == Faults(
         fail_status=503,
@@ -30,6 +31,7 @@ def test_every_field_is_parsed() -> None:
         drop="after_headers",
         cut_after=3,
         hang=True,
+        stagger=40,
     )
 
 
@@ -58,6 +60,7 @@ def test_defaults_of_the_optional_fields() -> None:
         ({"cut_after": -1}, "cut_after"),
         ({"cut_after": 1.5}, "cut_after"),
         ({"hang": 1}, "hang"),
+        ({"stagger": -2}, "stagger"),
         ({"hangs": True}, "hangs"),
     ],
 )
