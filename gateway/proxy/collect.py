@@ -88,7 +88,11 @@ async def collect_stream(
         async with asyncio.timeout(deps.response_timeout_s):
             error = await _read(resp, tap, assembler, info, started)
     except TimeoutError as exc:  # the whole answer's deadline (a silence raises UpstreamBroken)
-        deps.upstream.failure(engine, "timeout", exc)  # counted towards the engine's ejection
+        if info.ttft_ms is None:  # nothing came: counted towards the engine's ejection
+            deps.upstream.failure(engine, "timeout", exc)
+        # else the engine was generating all along (a silence is cut sooner): the answer asked
+        # for is longer than the deadline, the request's doing, not the engine's failure (three
+        # such ejected a healthy engine: any tenant could move traffic off it at will)
         raise GatewayTimeout(
             f"The engine did not finish its answer within {deps.response_timeout_s:g}s.",
             code="engine_timeout",

@@ -381,7 +381,8 @@ async def test_a_non_streaming_answer_is_cut_at_response_timeout_s_however_it_fl
     tmp_path: Path,
 ) -> None:
     """upstream.response_timeout_s bounds a whole non-streaming answer, which the gateway
-    reads from the engine as a stream: tokens that keep coming do not stretch it."""
+    reads from the engine as a stream: tokens that keep coming do not stretch it, nor count
+    against the engine."""
     async with one_engine(tmp_path, 0.5) as (engine, gw, http):
         body = {"model": "m", "prompt": "hello", "max_tokens": 40, "sim": {"itl_ms": 100}}
         started = time.monotonic()
@@ -391,7 +392,16 @@ async def test_a_non_streaming_answer_is_cut_at_response_timeout_s_however_it_fl
         assert error["code"] == "engine_timeout"
         assert error["message"] == "The engine did not finish its answer within 0.5s."
         assert time.monotonic() - started < 4  # not the 4 s the 40 tokens take
+        for _ in range(2):  # three in all: an engine that sends nothing would be ejected now
+            async with http.post(f"{gw}/v1/completions", json=body) as resp:
+                assert resp.status == 504
         await until(http, gw, lambda e: e[engine.url]["inflight"] == 0)
+        seen = (await engines(http, gw))[engine.url]
+        # It generated all along: the answer asked for outlasts the deadline, the request's
+        # doing. Counted against the engine, three such ejected a healthy engine.
+        assert (seen["state"], seen["consecutive_failures"], seen["ejections"]) == ("up", 0, 0), (
+            seen
+        )
 
 
 async def test_llmaas_engines_shows_every_engine(tmp_path: Path) -> None:
