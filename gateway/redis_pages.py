@@ -2,8 +2,11 @@
 
 The Files and Fine-tuning APIs list a tenant's objects from such an index (scored by creation
 time) and page with OpenAI's `after=<id>` cursor: the id's rank is looked up, then the next
-`limit` + 1 members are read (the extra one says whether more follow). A cursor no longer in
-the index (its object deleted between two pages, as deleting while auto-paginating does) still
+`limit` + 1 members are read (the extra one says whether more follow), in one script: the
+index may change between a page and the next (a page starts right after its cursor however
+many were added or removed before it), never between the rank and the range (two calls let an
+upload in between repeat the cursor, and a delete skip a member). A cursor no longer in the
+index (its object deleted between two pages, as deleting while auto-paginating does) still
 pages on when its caller knows the score it had: the listing resumes where it stood.
 """
 
@@ -12,6 +15,33 @@ from __future__ import annotations
 from typing import cast
 
 from redis.asyncio import Redis
+
+# KEYS: the index; ARGV: after ('' = from the start), its score ('' = unknown), limit, desc (0/1).
+# Reply: the ids (up to limit + 1), or false when `after` is not in the index and its score is
+# unknown. A gone cursor stands where its score puts it (equal scores order by member, bytewise,
+# as Redis orders them).
+_PAGE = """
+local index, after, score = KEYS[1], ARGV[1], ARGV[2]
+local limit, desc = tonumber(ARGV[3]), ARGV[4] == '1'
+local start = 0
+if after ~= '' then
+  local rank
+  if desc then rank = redis.call('ZREVRANK', index, after) else rank = redis.call('ZRANK', index, after) end
+  if rank then
+    start = rank + 1
+  elseif score == '' then
+    return false
+  else
+    local before = redis.call('ZCOUNT', index, '-inf', '(' .. score)
+    for _, tie in ipairs(redis.call('ZRANGEBYSCORE', index, score, score)) do
+      if tie < after then before = before + 1 end
+    end
+    if desc then start = redis.call('ZCARD', index) - before else start = before end
+  end
+end
+if desc then return redis.call('ZREVRANGE', index, start, start + limit) end
+return redis.call('ZRANGE', index, start, start + limit)
+"""
 
 
 class AfterNotFound(LookupError):
@@ -30,24 +60,10 @@ async def index_page(
     """Up to `limit` ids after `after` (or from the start), and whether more follow.
 
     `after_score` is the score `after` had, for a cursor that may have left the index."""
-    start = 0
-    if after is not None:
-        rank = cast("int | None", await (redis.zrevrank if desc else redis.zrank)(index, after))
-        if rank is not None:
-            start = rank + 1
-        elif after_score is None:
-            raise AfterNotFound(after)
-        else:
-            start = await _insertion_rank(redis, index, after, after_score, desc=desc)
-    ids = cast("list[bytes]", await redis.zrange(index, start, start + limit, desc=desc))
+    score = "" if after_score is None else repr(float(after_score))
+    args = (after or "", score, limit, 1 if desc else 0)
+    ids = cast("list[bytes] | None", await redis.eval(_PAGE, 1, index, *args))
+    if ids is None:
+        assert after is not None
+        raise AfterNotFound(after)
     return [i.decode() for i in ids[:limit]], len(ids) > limit
-
-
-async def _insertion_rank(
-    redis: Redis, index: str, member: str, score: float, *, desc: bool
-) -> int:
-    """Where `member` with `score` would stand in the index (equal scores order by member)."""
-    below = int(await redis.zcount(index, "-inf", f"({score!r}"))
-    ties = cast("list[bytes]", await redis.zrangebyscore(index, score, score))
-    rank = below + sum(1 for t in ties if t < member.encode())
-    return int(await redis.zcard(index)) - rank if desc else rank

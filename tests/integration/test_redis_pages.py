@@ -3,6 +3,7 @@ deleted between two pages) resumes where it stood, equal scores included."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import cast
 
@@ -43,3 +44,35 @@ async def test_a_removed_cursor_pages_on_from_where_it_stood(
         assert first == (rest[:1], len(rest) > 1)
     with pytest.raises(AfterNotFound):
         await index_page(redis, index, 10, desc=desc, after=gone)
+
+
+@pytest.mark.parametrize("desc", [False, True])
+async def test_pages_taken_while_others_add_and_remove_see_each_member_once(
+    redis: Redis, desc: bool
+) -> None:
+    # The cursor's rank and the page were two calls: an upload between them (a new member at
+    # the head of a newest-first listing) repeated the cursor, a delete before it skipped one.
+    index = f"pages:busy:{desc}"
+    made = {f"m{i:03d}": float(i) for i in range(120)}
+    await redis.zadd(index, made)
+
+    async def others() -> None:  # new members at either end while the pages are taken
+        for n in range(150):
+            await redis.zadd(index, {f"new-{n:04d}": 1000.0 + n, f"old-{n:04d}": -float(n)})
+            await asyncio.sleep(0)
+
+    busy = asyncio.create_task(others())
+    seen: list[str] = []
+    after, score = None, None
+    while True:
+        ids, more = await index_page(redis, index, 1, desc=desc, after=after, after_score=score)
+        seen += ids
+        if ids:
+            after, score = ids[-1], cast(float, await redis.zscore(index, ids[-1]))
+            await redis.zrem(index, ids[-1])  # deleting each as it is listed
+        if not more:
+            break
+    await busy
+    listed = [m for m in seen if m in made]
+    assert len(seen) == len(set(seen))  # none twice
+    assert listed == sorted(made, reverse=desc)  # none skipped, in order
