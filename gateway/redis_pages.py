@@ -25,8 +25,7 @@ local index, after, score = KEYS[1], ARGV[1], ARGV[2]
 local limit, desc = tonumber(ARGV[3]), ARGV[4] == '1'
 local start = 0
 if after ~= '' then
-  local rank
-  if desc then rank = redis.call('ZREVRANK', index, after) else rank = redis.call('ZRANK', index, after) end
+  local rank = redis.call(desc and 'ZREVRANK' or 'ZRANK', index, after)
   if rank then
     start = rank + 1
   elseif score == '' then
