@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.files.storage import PartialFile
@@ -107,6 +107,11 @@ async def receive_upload(
                 await reader.data(payload)
         events.items.clear()
     parser.finalize()
+    if parser.state != MultipartState.END:  # (finalize() says nothing of a body cut short)
+        raise InvalidRequest(
+            "The multipart body ends before its closing boundary: the upload was cut short.",
+            code="invalid_multipart",
+        )
     if not reader.seen_file:
         raise InvalidRequest("The upload has no 'file' part.", param="file", code="missing_file")
     return reader.upload

@@ -257,6 +257,31 @@ async def test_raw_requests_that_are_not_uploads(files: TenantStack) -> None:
         assert resp.status == 401
 
 
+async def test_an_upload_cut_before_its_closing_boundary_leaves_nothing(
+    files: TenantStack,
+) -> None:
+    # Cut at a line's end, half a training file was stored whole (200) and would be trained on.
+    key = await files.key("files-cut-short")
+    client = await files.tenant("files-cut-short")
+    url = f"{files.gateway}/v1/files"
+    headers = {"authorization": f"Bearer {key}", "content-type": "multipart/form-data; boundary=b"}
+    head = (
+        b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="t.jsonl"\r\n\r\n'
+    )
+    before = _stored(files)
+    for tail in (b"", b"\r\n--b", b"\r\n--b-"):  # no closing delimiter `--b--`
+        async with files.http.post(url, data=head + DATASET + tail, headers=headers) as resp:
+            error = (await resp.json())["error"]
+            assert (resp.status, error["code"]) == (400, "invalid_multipart"), error
+            assert "closing boundary" in error["message"]
+    assert _stored(files) == before
+    assert [f async for f in await client.files.list()] == []
+    async with files.http.post(url, data=head + DATASET + b"\r\n--b--", headers=headers) as resp:
+        assert resp.status == 200  # (closed without the last CRLF: whole)
+        await client.files.delete((await resp.json())["id"])
+
+
 async def test_a_filename_sent_as_rfc_5987_is_kept_decoded(files: TenantStack) -> None:
     """`filename*=` alone, beside `filename` (which it overrides), and a broken one."""
     key = await files.key("files-rfc5987")
