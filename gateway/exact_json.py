@@ -2,9 +2,10 @@
 
 orjson reads an integer beyond 64 bits as a float (2**64 comes back as 1.8446744073709552e19)
 and cannot write one, while vLLM's own parser keeps every integer exact. A body whose bytes hold
-a run of 20 digits (the longest 64-bit integer has 20) is therefore read by the standard
-library, which keeps them as Python ints, and written by it when orjson cannot; every other
-body (all but a few) stays on orjson. Depth: orjson writes at most 254 levels of nesting.
+a run of 19 digits (an integer below -2**63 has 19 or more, one above 2**64 20) is therefore
+read by the standard library, which keeps them as Python ints, and written by it when orjson
+cannot; every other body (all but a few) stays on orjson. Depth: orjson writes at most 254
+levels of nesting.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import orjson
 
 MAX_DEPTH = 254  # of nested arrays and objects, the whole body counted: what orjson writes
-_LONG_DIGITS = re.compile(rb"\d{20}")
+_LONG_DIGITS = re.compile(rb"\d{19}")
 
 
 class TooDeep(ValueError):

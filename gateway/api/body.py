@@ -26,6 +26,10 @@ _TYPE_NAMES = {
 }
 
 
+# A UTF-8 byte order mark before the JSON (Windows tools write one): skipped, as vLLM does.
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 async def read_json(request: Request, max_bytes: int) -> tuple[dict[str, Any], bytes]:
     """The parsed body and its raw bytes (decoded, if it came compressed); 413 past `max_bytes`,
     400 when it is not a JSON object."""
@@ -40,11 +44,18 @@ async def read_json(request: Request, max_bytes: int) -> tuple[dict[str, Any], b
             raise too_large(max_bytes)
         chunks.append(chunk)
     raw = decode_body(b"".join(chunks), request.headers.get("content-encoding"), max_bytes)
+    if raw.startswith(UTF8_BOM):  # (what vLLM, the admin API and RFC 8259 parsers accept)
+        raw = raw[len(UTF8_BOM) :]
     if not raw:
         raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
     try:
         body = exact_json.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if "not valid UTF-8" in str(exc):  # orjson spoke of surrogates for Latin-1 or UTF-16
+            raise InvalidRequest(
+                "The request body is not UTF-8 text: JSON bodies must be encoded as UTF-8.",
+                code="invalid_json",
+            ) from exc
         raise InvalidRequest(
             f"We could not parse the JSON body of your request: {exc}.", code="invalid_json"
         ) from exc

@@ -50,16 +50,23 @@ Limit = Annotated[int, Query(ge=1, le=10_000)]
 # A whole UTC day: as an end, it runs to the day's last millisecond (Unix seconds, also ten
 # characters these years, are one moment).
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+# Eight digits (YYYYMMDD, ISO 8601's basic form) read as Unix seconds were a moment of 1970:
+# refused, naming the forms taken. Unix seconds of these years have ten digits.
+_BASIC_DAY = re.compile(r"(19|20)\d{6}")
 
 
 def _parse_time(value: str, param: str) -> datetime:
     """YYYY-MM-DD, RFC 3339 (with a zone; `t` and `z` as RFC 3339 allows), or Unix seconds."""
+    parsed: datetime | None = None
     try:
-        if value.replace(".", "", 1).isdigit():
+        if _BASIC_DAY.fullmatch(value):  # 20261206: a day written without dashes, not 1970
+            pass
+        elif value.replace(".", "", 1).isdigit():
             return datetime.fromtimestamp(float(value), UTC)
-        if _DAY.fullmatch(value):
+        elif _DAY.fullmatch(value):
             return datetime.fromisoformat(value).replace(tzinfo=UTC)
-        parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+        else:
+            parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
     except (ValueError, OverflowError, OSError):  # also a number past the year 9999
         parsed = None
     if parsed is None or parsed.tzinfo is None:

@@ -57,9 +57,9 @@ class _Read:
 def credentials(headers: Headers) -> str:
     auth = headers.get("authorization")
     if auth is not None:
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
+        parts = auth.split(None, 1)  # any whitespace after the scheme (a tab too)
+        if len(parts) == 2 and parts[0].lower() == "bearer":
+            return parts[1].strip()
     api_key = headers.get("api-key")
     if api_key and api_key.strip():
         return api_key.strip()

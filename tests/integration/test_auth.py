@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import jwt
 import openai
+import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -97,6 +99,31 @@ async def test_bad_credentials_are_401(auth: AuthStack, headers: dict[str, str],
         error = (await resp.json())["error"]
     assert error["code"] == code
     assert error["type"] == "authentication_error"
+
+
+async def test_a_key_after_any_whitespace_and_a_body_after_a_bom_are_read(
+    auth: AuthStack,
+) -> None:
+    # `Bearer<TAB>key` was "You didn't provide an API key"; a UTF-8 BOM before the JSON (what
+    # Windows tools write) was a 400 on inference routes, which vLLM and the admin API accept.
+    key = await auth.new_key()
+    url = f"{auth.gateway}/v1/chat/completions"
+    body = orjson.dumps({"model": MODEL, "messages": HELLO, "max_tokens": 2})
+    for authorization, data in (
+        (f"Bearer\t{key}", body),
+        (f"bearer   {key} ", body),
+        (f"Bearer {key}", b"\xef\xbb\xbf" + body),
+    ):
+        headers = {"authorization": authorization, "content-type": "application/json"}
+        async with auth.http.post(url, data=data, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+    message = {"model": MODEL, "messages": [{"role": "user", "content": "h\u00e9"}]}
+    latin1 = json.dumps(message, ensure_ascii=False)
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+    async with auth.http.post(url, data=latin1.encode("latin-1"), headers=headers) as resp:
+        error = (await resp.json())["error"]
+        assert (resp.status, error["code"]) == (400, "invalid_json")
+        assert "not UTF-8" in error["message"], error  # (orjson spoke of surrogates)
 
 
 async def test_wrong_secret_and_unknown_id_look_the_same(auth: AuthStack) -> None:

@@ -455,6 +455,7 @@ async def test_usage_queries_name_the_bad_parameter(meter: Meter) -> None:
         ("after=nonsense", "after"),
         ("start=2026-02-01&end=2026-01-01", "start"),  # was 200 and an empty page
         ("group_by=model", "group_by"),  # was ignored: raw records for the totals asked
+        ("start=20261206", "start"),  # a day without dashes was Unix seconds: 1970-08-23
     ):
         status, body, _ = await _get(meter, f"/admin/v1/usage/records?{query}", ADMIN)
         assert (status, orjson.loads(body)["error"]["param"]) == (400, param), query

@@ -22,6 +22,13 @@ def test_integers_past_64_bits_survive_a_read_and_a_write() -> None:
     assert json.loads(exact_json.dumps({**body, "stream": True})) == {**body, "stream": True}
 
 
+def test_a_negative_integer_of_19_digits_below_64_bits_survives_alone() -> None:
+    for value in (NEGATIVE, -9_999_999_999_999_999_999):  # no run of 20 digits: was a float
+        raw = json.dumps({"seed": value}).encode()
+        assert exact_json.loads(raw) == {"seed": value}
+        assert exact_json.dumps(exact_json.loads(raw)) == raw.replace(b" ", b"")
+
+
 def test_the_longest_64_bit_integers_and_other_bodies_stay_as_orjson_has_them() -> None:
     for value in (2**64 - 1, -(2**63), 1.5, "12345678901234567890123 in a string"):
         raw = orjson.dumps({"v": value, "text": "é"})
