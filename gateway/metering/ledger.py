@@ -91,6 +91,7 @@ class Ledger:
         self.seen_ttl_ms = int(settings.dedupe_window_s * 1000)
         self.window_ms = int(window_s * 1000)
         self.fixed: dict[tuple[str, str, tuple[str, str], int | None, tuple[str, ...]], _Fixed] = {}
+        self.id: str | None = None  # identity()'s answer, once asked
 
     @property
     def location(self) -> str:
@@ -105,7 +106,8 @@ class Ledger:
             pipe.set(LEDGER_ID, secrets.token_hex(8), nx=True)
             pipe.get(LEDGER_ID)
             _, found = await pipe.execute()
-        return found.decode() if isinstance(found, bytes) else str(found)
+        self.id = found.decode() if isinstance(found, bytes) else str(found)
+        return self.id
 
     async def close(self) -> None:
         """Close the connection settlements go out on (the gateway's shared one, at shutdown)."""
@@ -158,6 +160,9 @@ class Ledger:
             commands.append(("ZADD", TENANTS, "GT", *[x for t in first for x in (now, t)]))
             scored = [x for tenant, ms in first.items() for x in (ms, tenant)]
             commands.append(("ZADD", TENANTS_FIRST, "LT", *scored))
+        if self.id is not None:  # a Redis that lost its data (restarted empty, flushed) gets
+            # the id back: this process's spills, tagged with it, stay this ledger's to replay
+            commands.append(("SET", LEDGER_ID, self.id, "NX"))
         return commands
 
     def _fixed_of(self, s: Settlement) -> _Fixed:

@@ -303,6 +303,19 @@ async def test_the_ledger_id_is_created_once_and_shared(redis: Redis, tmp_path: 
     assert ledgers[0].location == f"127.0.0.1:{redis.connection_pool.connection_kwargs['port']}/0"
 
 
+async def test_a_redis_that_lost_its_data_gets_the_ledger_id_back_with_the_next_write(
+    redis: Redis, tmp_path: Path
+) -> None:
+    # A running gateway kept the id it had learnt; the next one to start made another, and
+    # everything the first spilled from then on was "another ledger's", never replayed.
+    ledger = Ledger(redis, settings(tmp_path), window_s=60)
+    known = await ledger.identity()
+    await redis.flushall()  # Redis restarted empty
+    await ledger.write(settlements(tenant(), 1))
+    assert await redis.get(LEDGER_ID) == known.encode()
+    assert await Ledger(redis, settings(tmp_path), window_s=60).identity() == known
+
+
 async def test_another_ledgers_spill_files_are_reported_and_left_alone(
     redis: Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
