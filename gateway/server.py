@@ -113,11 +113,17 @@ class DrainingServer(uvicorn.Server):
     `[DONE]`), and uvicorn's own shutdown gives them ANSWER_END_S before it cancels whatever
     still runs, and runs the lifespan's shutdown (usage flush). A second signal ends the grace
     at once: what still runs is cut then, as at the grace's end.
+
+    A worker of `--workers N` (`supervised`) ignores SIGINT: a terminal's Ctrl-C reaches every
+    process of its group, and the supervisor then relays SIGTERM, which the worker took for a
+    second signal (its streams were cut at once, without the grace). The supervisor's SIGTERMs
+    drive it: the first relayed, and a second at a second Ctrl-C.
     """
 
-    def __init__(self, config: uvicorn.Config, grace_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, grace_s: float, *, supervised: bool = False):
         super().__init__(config)
         self.grace_s = grace_s
+        self.supervised = supervised
         self.deadline: float | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -129,6 +135,8 @@ class DrainingServer(uvicorn.Server):
                 _log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.supervised and sig == signal.SIGINT:
+            return
         drain = self.drain()
         if self.deadline is None and drain is not None:
             self._captured_signals.append(sig)  # re-raised after shutdown, as uvicorn does
@@ -203,7 +211,9 @@ class _DrainingProcess(Process):
     @property
     def server(self) -> uvicorn.Server:
         if self._server is None:
-            self._server = DrainingServer(self.config, float(os.environ[GRACE_ENV]))
+            self._server = DrainingServer(
+                self.config, float(os.environ[GRACE_ENV]), supervised=True
+            )
         return self._server
 
 
