@@ -8,11 +8,15 @@ and the cuts of the proxied ones, and guards the door.
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import ServiceUnavailable
 from gateway.proxy.asgi_send import send_error
-from gateway.proxy.cut import Cut
+from gateway.proxy.cut import Cut, shutdown_error
+from gateway.proxy.outcome import Outcome
+from gateway.request_context import info_of
 
 # Still answered while draining: the probes must see "draining", Prometheus its last scrape.
 _ALWAYS_SERVED = ("/healthz", "/readyz", "/metrics")
@@ -27,6 +31,11 @@ class Drain:
         self.draining = False
         self.in_flight = 0
         self.cuts: set[Cut] = set()  # of the proxied requests in flight (the same ProxyDeps.cuts)
+        # The task of every request in flight (DrainGuard's), proxied or not; those cut at the
+        # grace's end by the drain itself, not by their proxied Cut (still reading a body, an
+        # upload, a download...).
+        self.tasks: set[asyncio.Task[object]] = set()
+        self.shut: set[asyncio.Task[object]] = set()
 
     def begin(self) -> None:
         self.draining = True
@@ -37,7 +46,11 @@ class Drain:
         cuts = list(self.cuts)
         for cut in cuts:
             cut.shutdown()
-        return len(cuts)
+        proxied = {cut.task for cut in cuts}
+        for task in self.tasks - proxied:  # not proxied (yet): DrainGuard answers it
+            self.shut.add(task)
+            task.cancel()
+        return len(self.tasks | proxied)
 
     @property
     def idle(self) -> bool:
@@ -60,11 +73,31 @@ class DrainGuard:
         if self.drain.draining:
             await send_error(send, draining_error())
             return
-        self.drain.in_flight += 1
+        drain = self.drain
+        task = asyncio.current_task()
+        assert task is not None
+        drain.in_flight += 1
+        drain.tasks.add(task)
         try:
             await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            if task not in drain.shut or task.uncancel() > 0:  # (someone else's cancel too)
+                raise
+            await _shut(scope, send)  # cut at the grace's end before it was proxied
         finally:
-            self.drain.in_flight -= 1
+            drain.in_flight -= 1
+            drain.tasks.discard(task)
+            drain.shut.discard(task)
+
+
+async def _shut(scope: Scope, send: Send) -> None:
+    """A request the grace's end cut before it reached an engine (still reading its body, an
+    upload): answered 503 `gateway_shutdown`, as a proxied one is; uvicorn cancelled it later
+    and answered its own plain-text 500. One whose answer had begun (a download) just ends."""
+    info = info_of(scope)
+    info.outcome = Outcome.GATEWAY_SHUTDOWN
+    if info.status == 0:
+        await send_error(send, shutdown_error())
 
 
 def draining_error() -> ServiceUnavailable:

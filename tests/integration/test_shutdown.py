@@ -302,6 +302,51 @@ async def test_ctrl_c_drains_every_worker_within_the_grace(tmp_path: Path, worke
     assert {r.outcome for r in billed} == {"ok"}, billed
 
 
+async def test_a_request_still_sending_its_body_at_the_grace_is_answered_503(
+    tmp_path: Path,
+) -> None:
+    """Not proxied yet (its body, or an upload, still coming), it was left to uvicorn, which
+    cancelled it and answered a plain-text 500 with a traceback in the log."""
+    sim = SimConfig(models=[MODEL])
+    async with fleet(tmp_path, sim, 1.0) as f:
+        host, port = f.gw.url.removeprefix("http://").split(":")
+        heads = {
+            "chat": b"POST /v1/chat/completions HTTP/1.1\r\ncontent-type: application/json\r\n",
+            "upload": b"POST /v1/files HTTP/1.1\r\n"
+            b"content-type: multipart/form-data; boundary=b\r\n",
+        }
+        connections = {}
+        for name, request_line in heads.items():
+            reader, writer = await asyncio.open_connection(host, int(port))
+            key = f.key["authorization"].encode()
+            writer.write(request_line + b"host: gw\r\nauthorization: " + key)
+            writer.write(b"\r\ncontent-length: 4000\r\n\r\n")
+            writer.write(  # part of the body, then silence
+                b'{"model": "'
+                if name == "chat"
+                else b'--b\r\ncontent-disposition: form-data; name="file"; filename="a"\r\n\r\n'
+            )
+            await writer.drain()
+            connections[name] = reader, writer
+        await asyncio.sleep(0.3)  # both inside the gateway, reading
+        f.gw.process.send_signal(signal.SIGTERM)
+        replies = {}
+        for name, (reader, writer) in connections.items():
+            head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)).decode()
+            status_line, *lines = head.strip().split("\r\n")
+            headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines)}
+            body = orjson.loads(await reader.readexactly(int(headers["content-length"])))
+            replies[name] = int(status_line.split()[1]), headers, body
+            writer.close()
+        await asyncio.wait_for(f.gw.process.wait(), 30)
+    for name, (status, headers, body) in replies.items():
+        assert (status, body["error"]["code"]) == (503, "gateway_shutdown"), (name, body)
+        assert headers["retry-after"] == "1"
+    logged = (tmp_path / "gw.log").read_text()
+    assert "Exception in ASGI application" not in logged, logged
+    assert "grace over: 2 requests in flight, 2 cut" in logged, logged
+
+
 def worker_pids(supervisor: int) -> list[int]:
     """The uvicorn workers of `llmaas serve --workers N` (multiprocessing's spawned children;
     its resource tracker is not one)."""
