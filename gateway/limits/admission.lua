@@ -101,9 +101,14 @@ local function admit(charge, lease, marker)
   if seen then
     return {2, seen}
   end
-  -- Check every limit of both scopes; charge nothing until all of them admit.
+  -- Check every limit of both scopes; charge nothing until all of them admit. Refused, the
+  -- answer is the limit that frees last (its wait is the one that admits a retry): the first
+  -- refusal found said an rpm's 10 s where a tpm needed 47 more, so a client that waited as
+  -- told was refused again. A full concurrency limit's wait (its first lease's expiry) is an
+  -- upper bound, not a time a slot frees: it is the answer only if nothing else refuses.
   local req_limit, req_left, tok_limit, tok_left, tok_reset, free = '', '', '', '', 0, ''
   local after = {}
+  local refused, full  -- {scope, kind, wait, limit}: the longest rpm / tpm wait; a full slot set
   for scope = 1, 2 do
     local r, tp, c = rpm[scope], tpm[scope], conc[scope]
     if r > 0 then
@@ -111,9 +116,9 @@ local function admit(charge, lease, marker)
       if n >= r then  -- room once n - r + 1 entries left (more than one: the limit was lowered)
         local log = KEYS[scope * 3 - 2]
         local leaving = redis.call('ZRANGEBYSCORE', log, live_from, '+inf', 'WITHSCORES', 'LIMIT', n - r, 1)
-        return refuse(scope, 'requests', leaving[2] + PERIOD + 1 - now, r)
-      end
-      if req_left == '' or r - n - 1 < req_left then
+        local wait = leaving[2] + PERIOD + 1 - now
+        if not refused or wait > refused[3] then refused = {scope, 'requests', wait, r} end
+      elseif req_left == '' or r - n - 1 < req_left then
         req_limit, req_left = r, r - n - 1  -- this request is now the newest entry
       end
     end
@@ -121,24 +126,31 @@ local function admit(charge, lease, marker)
       local interval = PERIOD / tp
       local next_tat = bucket(scope) + tokens * interval
       if next_tat - now > PERIOD then
-        return refuse(scope, 'tokens', next_tat - now - PERIOD, tp)
-      end
-      after[scope] = next_tat
-      local left = math.floor((PERIOD - (next_tat - now)) / interval)
-      if tok_left == '' or left < tok_left then
-        tok_limit, tok_left, tok_reset = tp, left, math.ceil(next_tat - now)
+        local wait = next_tat - now - PERIOD
+        if not refused or wait > refused[3] then refused = {scope, 'tokens', wait, tp} end
+      else
+        after[scope] = next_tat
+        local left = math.floor((PERIOD - (next_tat - now)) / interval)
+        if tok_left == '' or left < tok_left then
+          tok_limit, tok_left, tok_reset = tp, left, math.ceil(next_tat - now)
+        end
       end
     end
     if c > 0 then
       local h = leases_held(scope)
       if h >= c then
-        local first = redis.call('ZRANGEBYSCORE', KEYS[scope * 3], live_leases, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-        return refuse(scope, 'concurrency', first[2] - now, c)
-      end
-      if free == '' or c - h - 1 < free then
+        if not full then
+          local first = redis.call('ZRANGEBYSCORE', KEYS[scope * 3], live_leases, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+          full = {scope, 'concurrency', first[2] - now, c}
+        end
+      elseif free == '' or c - h - 1 < free then
         free = c - h - 1
       end
     end
+  end
+  refused = refused or full
+  if refused then
+    return refuse(refused[1], refused[2], refused[3], refused[4])
   end
   for scope = 1, 2 do
     if rpm[scope] > 0 then

@@ -244,6 +244,25 @@ async def test_no_burst_at_a_window_edge_and_capacity_returns_at_the_reset(redis
     assert len(refused) == 5
 
 
+async def test_refused_by_two_limits_the_wait_told_is_the_longer_and_then_admits(
+    redis: Redis,
+) -> None:
+    # The first limit found refusing answered: an rpm's short wait where the tpm needed longer,
+    # so a client that waited as told was refused again (by the tpm, with a new wait).
+    limiter, principal = Limiter(redis, window_s=1.0), who(Limits(rpm=2, tpm=100))
+    await limiter.admit(principal, 1)
+    await asyncio.sleep(0.6)
+    await limiter.admit(principal, 90)  # the rpm full until ~0.4 s from now, the bucket ~0.9
+    with pytest.raises(RateLimited) as refused:
+        await limiter.admit(principal, 90)  # both refuse: the tpm's wait (~0.8 s) is longer
+    assert refused.value.kind == "tokens", refused.value.message
+    advertised = re.search(r"try again in (\d+)ms", refused.value.message)
+    assert advertised is not None, refused.value.message
+    assert int(advertised.group(1)) > 600
+    await asyncio.sleep(int(advertised.group(1)) / 1000 + 0.05)
+    await limiter.admit(principal, 90)  # waited as told: admitted
+
+
 async def test_token_capacity_returns_smoothly(redis: Redis) -> None:
     limiter, principal = Limiter(redis, window_s=1.0), who(Limits(tpm=100))  # 1 token per 10 ms
     await limiter.admit(principal, 100)
