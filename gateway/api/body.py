@@ -171,15 +171,39 @@ def require_messages(body: dict[str, Any]) -> list[Any]:
     the fields vLLM renames before it checks them (its refusal would name its own field)."""
     _check_renamed_bounds(body)
     messages = require_nonempty_list(body, "messages")
+    check_parts(messages, "messages")
+    return messages
+
+
+def check_parts(messages: list[Any], field: str) -> None:
+    """The content parts of chat-style `messages` (chat's, or a conversation embeddings take)
+    carry the field their type names: a 400 naming `<field>[i].content[j].<type>`."""
     for i, message in enumerate(messages):
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):
             for j, part in enumerate(content):
                 kind = part.get("type") if isinstance(part, dict) else None
                 if isinstance(kind, str) and kind in _PART_FIELDS:  # (a list is unhashable)
-                    path = f"messages[{i}].content[{j}].{kind}"
+                    path = f"{field}[{i}].content[{j}].{kind}"
                     require(part, kind, *_PART_FIELDS[kind], path=path)
-    return messages
+
+
+# The Responses API's text parts, whose `text` is a string (vLLM's refusal of another named no
+# field; the simulator answered 500).
+_RESPONSE_TEXT_PARTS = frozenset(("input_text", "output_text", "refusal", "reasoning_text"))
+
+
+def check_response_parts(items: list[Any]) -> None:
+    """The text parts of a Responses `input`'s items hold a string `text`: a 400 naming
+    `input[i].content[j].text`."""
+    for i, item in enumerate(items):
+        content = item.get("content") if isinstance(item, dict) else None
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if isinstance(kind, str) and kind in _RESPONSE_TEXT_PARTS:
+                    field = "refusal" if kind == "refusal" else "text"
+                    require(part, field, str, path=f"input[{i}].content[{j}].{field}")
 
 
 # Chat fields vLLM checks under another name: `max_completion_tokens` as its `max_tokens`, and

@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from gateway.api import openapi_bodies
 from gateway.api.body import (
+    check_parts,
     read_json,
     require_messages,
     require_model,
@@ -154,7 +155,10 @@ async def embeddings(request: Request, gw: Gateway, caller: Caller) -> Response:
 
     def check(body: dict[str, Any]) -> None:
         _one_conversation(body)
-        if not _chat_style(body):
+        if _chat_style(body):  # its parts checked as chat's are
+            field = "messages" if "messages" in body and "input" not in body else "input"
+            check_parts(body[field], field)
+        else:
             require_prompts(body, "input", batch)
         _json_encoding(body)
 

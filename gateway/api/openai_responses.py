@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api import openapi_bodies
-from gateway.api.body import optional, require, require_nonempty_list
+from gateway.api.body import check_response_parts, optional, require, require_nonempty_list
 from gateway.api.engine_fields import grammar_field
 from gateway.api.openai import adapter_reload, read_model_request
 from gateway.api.response_homes import Home
@@ -62,7 +62,7 @@ def check_create(body: dict[str, Any]) -> None:
     """The fields the gateway relies on: `input` (to reserve tokens), `stream`, `store`,
     `previous_response_id`, `max_output_tokens`; and two it refuses."""
     if isinstance(require(body, "input", str, list), list):
-        require_nonempty_list(body, "input")  # as OpenAI does: nothing to respond to
+        check_response_parts(require_nonempty_list(body, "input"))  # (empty: as OpenAI does)
     for field, kind in (
         ("stream", bool),
         ("store", bool),

@@ -272,12 +272,18 @@ def _input_text(value: object) -> str:
     if not isinstance(value, list):
         raise RequestError(400, "input: expected a string or a list of items", "input")
     texts: list[str] = []
-    for item in value:
+    for i, item in enumerate(value):
         content = item.get("content") if isinstance(item, dict) else None
         if isinstance(content, str):
             texts.append(content)
         elif isinstance(content, list):
-            texts += [p["text"] for p in content if isinstance(p, dict) and "text" in p]
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or "text" not in part:
+                    continue
+                if not isinstance(part["text"], str):  # vLLM's pydantic answers a 400
+                    param = f"input[{i}].content[{j}].text"
+                    raise RequestError(400, f"{param}: expected a string", param)
+                texts.append(part["text"])
     return " ".join(texts)
 
 

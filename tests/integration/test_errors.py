@@ -82,6 +82,33 @@ def assert_openai_error(payload: dict[str, Any]) -> dict[str, Any]:
             "Missing required parameter",
         ),
         ("/v1/completions", {"model": MODEL}, "prompt", "'prompt'"),
+        (  # the same parts of a conversation embeddings take were sent on unchecked
+            "/v1/embeddings",
+            {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+            "messages[0].content[0].text",
+            "Missing required parameter",
+        ),
+        (
+            "/v1/embeddings",
+            {"model": MODEL, "input": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+            "input[0].content[0].text",
+            "a string",
+        ),
+        (  # the simulator answered 500 (three ejected its engine), vLLM a 400 naming nothing
+            "/v1/responses",
+            {"model": MODEL, "input": [{"role": "user", "content": [{"type": "input_text"}]}]},
+            "input[0].content[0].text",
+            "Missing required parameter",
+        ),
+        (
+            "/v1/responses",
+            {
+                "model": MODEL,
+                "input": [{"role": "user", "content": [{"type": "input_text", "text": ["a"]}]}],
+            },
+            "input[0].content[0].text",
+            "a string",
+        ),
         ("/v1/embeddings", {"model": MODEL, "input": 3}, "input", "string or an array"),
         (  # vLLM's binary embeddings: the body has no usage (it was recorded as 0 tokens)
             "/v1/embeddings",

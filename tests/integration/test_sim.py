@@ -209,6 +209,11 @@ async def test_continuous_usage_stats_put_running_usage_on_every_chunk(
         ("/v1/completions", b'{"model": "sim-model", "prompt": 5}', "prompt"),
         ("/v1/embeddings", b'{"model": "sim-model"}', "input"),
         ("/v1/chat/completions", b'{"messages": [], "sim": {"drop": 1}}', "sim"),
+        (  # (a 500 before: three from one tenant ejected the engine)
+            "/v1/responses",
+            b'{"input": [{"role": "user", "content": [{"type": "input_text", "text": 5}]}]}',
+            "input[0].content[0].text",
+        ),
     ],
 )
 async def test_bad_requests_are_vllms_400(
