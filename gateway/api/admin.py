@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -39,6 +38,7 @@ from gateway.errors import InvalidRequest, NotFound, no_redis
 from gateway.redis_pages import AfterNotFound
 from gateway.routing.status import engines_status
 from gateway.state import GatewayState
+from gateway.unprintable import has_unprintable
 
 
 async def require_admin(request: Request) -> None:
@@ -52,17 +52,12 @@ router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)])
 TenantId = Annotated[str, PathParam(pattern=ID_PATTERN)]
 
 
-# Control characters, invisible format characters (bidi overrides, zero-width spaces, a byte
-# order mark), surrogates and private-use characters.
-_UNPRINTABLE = frozenset(("Cc", "Cf", "Cs", "Co"))
-
-
 def _printable(value: str) -> str:
     """No control or invisible characters: a newline or a terminal escape in a label reached
     every `llmaas keys list` table (and the terminal reading it) as it was; a right-to-left
     override turned the rest of its row around, and a zero-width space made a model name that
     looks like another and allows nothing."""
-    if any(unicodedata.category(c) in _UNPRINTABLE for c in value):
+    if has_unprintable(value):
         raise ValueError(
             "cannot contain control or invisible characters (newlines, tabs, escapes, "
             "zero-width or bidirectional formatting characters)"

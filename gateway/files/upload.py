@@ -17,6 +17,7 @@ from python_multipart.multipart import MultipartParser, MultipartState, parse_op
 
 from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.files.storage import PartialFile
+from gateway.unprintable import printable
 
 MAX_FIELD_BYTES = 1024  # `purpose` and any other text field
 MULTIPART_OVERHEAD = 64 * 1024  # allowed on top of the file in a declared Content-Length
@@ -201,6 +202,9 @@ def _filename(headers: dict[bytes, bytes]) -> str:
         else options.get(b"filename", b"").decode("utf-8", "replace")
     )
     name = raw.replace("\\", "/").rsplit("/", 1)[-1].strip()  # a name, never a path
+    # (an escape or a bell reached `llmaas files list`'s terminal; a bidi override turned its
+    # row around)
+    name = printable(name)
     if not name:
         raise InvalidRequest(
             "The 'file' part needs a filename.", param="file", code="invalid_multipart"

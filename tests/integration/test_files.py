@@ -362,6 +362,19 @@ async def test_a_long_filename_is_cut_keeping_its_extension(files: TenantStack) 
         await client.files.delete(file_id)
 
 
+async def test_control_and_invisible_characters_of_a_filename_become_underscores(
+    files: TenantStack,
+) -> None:
+    # `llmaas files list` printed an escape and a bell to the terminal as they were
+    client = await files.tenant("files-odd-name")
+    made = await client.files.create(
+        file=("a\x1b[31mred\u200b\u202e.txt", b"x"), purpose="user_data"
+    )
+    assert made.filename == "a_[31mred__.txt"
+    assert (await client.files.retrieve(made.id)).filename == made.filename
+    await client.files.delete(made.id)
+
+
 async def test_a_tenant_over_its_file_count_is_refused(files: TenantStack) -> None:
     client = await files.tenant("files-many")
     made = [
