@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -25,6 +25,7 @@ from gateway.api.inflight import InflightBound
 from gateway.api.media import HostResolver, system_resolve
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.api.policy import TenantPolicy, salt_key_from
+from gateway.api.query_params import single_valued_query
 from gateway.api.response_homes import MemoryHomes, RedisHomes, ResponseHomes
 from gateway.auth.authenticate import Authenticator
 from gateway.auth.cache import AuthCache
@@ -208,6 +209,7 @@ def create_app(
 
     app = GatewayApp(
         gates,
+        dependencies=[Depends(single_valued_query)],
         title="llmaas",
         redirect_slashes=False,  # a path with a trailing slash is unknown (404), not a 307
         lifespan=lifespan,

@@ -215,10 +215,23 @@ async def list_jobs(
 
 
 def _metadata_filter(request: Request) -> dict[str, str] | Literal["null"] | None:
-    query = request.query_params
-    if query.get("metadata") == "null":
-        return "null"
-    wanted = {k[9:-1]: v for k, v in query.items() if k.startswith("metadata[") and k[-1] == "]"}
+    """`metadata[k]=v` pairs, or `metadata=null`; any other `metadata…` parameter is a 400
+    naming it (a typo, `metadata[team=x`, listed every job)."""
+    wanted: dict[str, str] = {}
+    for name, value in request.query_params.items():
+        if not name.startswith("metadata"):
+            continue
+        if name == "metadata" and value == "null":
+            return "null"
+        if len(name) > 10 and name.startswith("metadata[") and name.endswith("]"):
+            wanted[name[9:-1]] = value
+            continue
+        raise InvalidRequest(
+            f"Invalid query parameter '{name}': filter by `metadata[<key>]=<value>`, or "
+            "`metadata=null` for jobs without metadata.",
+            param=name,
+            code="invalid_value",
+        )
     return wanted or None
 
 

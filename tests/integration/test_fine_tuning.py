@@ -164,6 +164,19 @@ async def test_jobs_are_listed_by_their_metadata(ft: TenantStack) -> None:
         "/fine_tuning/jobs", options={"params": {"metadata": "null"}}, cast_to=object
     )
     assert [j["id"] for j in bare["data"]] == [made[2]]  # type: ignore[index]
+    for params, param in (  # a typo in a filter listed every job
+        ({"metadata[team": "qa"}, "metadata[team"),
+        ({"metadata": "team"}, "metadata"),
+        ({"metadata[]": "qa"}, "metadata[]"),
+    ):
+        with pytest.raises(openai.BadRequestError) as typo:
+            await client.get("/fine_tuning/jobs", options={"params": params}, cast_to=object)
+        assert typo.value.body["param"] == param, typo.value.body  # type: ignore[index]
+    key = {"authorization": f"Bearer {await ft.key('ft-meta')}"}
+    url = f"{ft.gateway}/v1/fine_tuning/jobs?limit=1&limit=2"  # which counted was FastAPI's pick
+    async with ft.http.get(url, headers=key) as resp:
+        error = (await resp.json())["error"]
+        assert (resp.status, error["param"], error["code"]) == (400, "limit", "duplicate_parameter")
 
 
 async def test_events_after_another_jobs_event_are_refused(ft: TenantStack) -> None:

@@ -447,6 +447,7 @@ async def test_usage_queries_name_the_bad_parameter(meter: Meter) -> None:
         ("start=yesterday", "start"),
         ("start=2026-02-01&end=2026-01-01", "start"),
         ("start=2020-01-01&end=2026-01-01", "start"),
+        ("group_by=day&group_by=model", "group_by"),  # was grouped by model alone
     ):
         status, body, _ = await _get(meter, f"/admin/v1/usage?{query}", ADMIN)
         assert status == 400, query
