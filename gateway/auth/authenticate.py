@@ -55,7 +55,13 @@ class _Read:
 
 
 def credentials(headers: Headers) -> str:
-    auth = headers.get("authorization")
+    found = headers.getlist("authorization")
+    if len(found) > 1:  # which one counts would be this gateway's pick, and a proxy's another
+        raise Unauthorized(
+            "The request carries more than one Authorization header; send one.",
+            code="invalid_authorization_header",
+        )
+    auth = found[0] if found else None
     if auth is not None:
         parts = auth.split(None, 1)  # any whitespace after the scheme (a tab too)
         if len(parts) == 2 and parts[0].lower() == "bearer":

@@ -124,6 +124,10 @@ async def test_a_key_after_any_whitespace_and_a_body_after_a_bom_are_read(
         error = (await resp.json())["error"]
         assert (resp.status, error["code"]) == (400, "invalid_json")
         assert "not UTF-8" in error["message"], error  # (orjson spoke of surrogates)
+    twice = [("authorization", f"Bearer {key}"), ("authorization", "Bearer other")]
+    async with auth.http.post(url, data=body, headers=twice) as resp:  # first one won
+        error = (await resp.json())["error"]
+        assert (resp.status, error["code"]) == (401, "invalid_authorization_header"), error
 
 
 async def test_wrong_secret_and_unknown_id_look_the_same(auth: AuthStack) -> None:
