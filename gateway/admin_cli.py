@@ -99,7 +99,9 @@ def add_admin_commands(sub: Any) -> None:
         "check its spelling; tenants list shows them)",
     )
     create.add_argument("--name", help="a label for the key (shown in lists)")
-    create.add_argument("--expires-at", help="RFC 3339, e.g. 2027-01-01T00:00:00Z")
+    create.add_argument(
+        "--expires-at", help="RFC 3339 with a time zone (e.g. 2027-01-01T00:00:00Z) or Unix seconds"
+    )
     listing = keys.add_parser("list", parents=[common], help="list keys (no secrets)")
     listing.add_argument("--tenant", type=given, help="only this tenant's")
     listing.add_argument(
@@ -116,7 +118,9 @@ def add_admin_commands(sub: Any) -> None:
     _change_options(update, "key")
     update.add_argument("--name", help='a label for the key ("" removes it)')
     update.add_argument(
-        "--expires-at", metavar="TIME|never", help="RFC 3339, e.g. 2027-01-01T00:00:00Z"
+        "--expires-at",
+        metavar="TIME|never",
+        help="RFC 3339 with a time zone (e.g. 2027-01-01T00:00:00Z) or Unix seconds",
     )
     for action, what in (
         ("revoke", "revoke a key: refused at once on every replica"),

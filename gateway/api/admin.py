@@ -120,14 +120,18 @@ class KeySettings(LimitFields):
         try:
             parsed: datetime | None = read(value)
         except ValidationError as exc:
-            raise ValueError(f"must be RFC 3339 with a time zone, e.g. {EXAMPLE_TIME}") from exc
+            raise ValueError(
+                f"must be RFC 3339 with a time zone (e.g. {EXAMPLE_TIME}) or Unix seconds"
+            ) from exc
         return parsed
 
     @field_validator("expires_at")
     @classmethod
     def _aware_future(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
-            raise ValueError(f"must be RFC 3339 with a time zone, e.g. {EXAMPLE_TIME}")
+            raise ValueError(
+                f"must be RFC 3339 with a time zone (e.g. {EXAMPLE_TIME}) or Unix seconds"
+            )
         if value is not None and value.timestamp() <= time.time():
             raise ValueError("must be in the future")
         if value is not None and value.timestamp() > LAST_TIME.timestamp():

@@ -311,7 +311,7 @@ async def test_bad_admin_bodies_are_400_naming_the_field(
 async def test_a_bad_expiry_says_which_format_it_takes(auth: AuthStack) -> None:
     """pydantic's own words were "Input should be a valid datetime or date, input is too
     short" for `llmaas keys create --expires-at yesterday`."""
-    rfc3339 = "must be RFC 3339 with a time zone, e.g. 2027-01-01T00:00:00Z"
+    rfc3339 = "must be RFC 3339 with a time zone (e.g. 2027-01-01T00:00:00Z) or Unix seconds"
     for value, says in (
         ("yesterday", rfc3339),
         ("2099-01-01", rfc3339),
@@ -321,6 +321,8 @@ async def test_a_bad_expiry_says_which_format_it_takes(auth: AuthStack) -> None:
     ):
         status, payload = await auth.admin("POST", "/keys", {"tenant": "acme", "expires_at": value})
         assert (status, payload["error"]["message"]) == (400, f"Invalid 'expires_at': {says}.")
+    status, made = await auth.admin("POST", "/keys", {"tenant": "acme", "expires_at": 4102444800})
+    assert (status, made["expires_at"]) == (201, "2100-01-01T00:00:00Z")  # (Unix seconds)
 
 
 @pytest.mark.parametrize(
