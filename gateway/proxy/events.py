@@ -10,7 +10,9 @@ API's own way of saying so, numbered after the last event the client saw.
 
 vLLM reports a response's usage only in its terminal event. A stream that ends before it (the
 client left, the engine broke off) is billed what the gateway saw: one output token per delta
-event (vLLM sends one per generated token) and the input as estimated at admission.
+event and the input as estimated at admission. vLLM sends a delta event per generated token for
+plain text; a tool call's arguments and text whose characters span tokens come in fewer events,
+so those are under-billed when cut (README, "Responses API").
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ TERMINAL = frozenset({b"response.completed", b"response.incomplete", b"response.
 ERROR = b"error"
 # What vLLM sends before it hands the request to the engine (whose checks may still refuse it).
 OPENING = frozenset({b"response.created", b"response.in_progress"})
-# Events that carry generated text, one per token vLLM generated (see the module docstring).
+# Events that carry generated text, one per token of plain text (see the module docstring).
 DELTAS = frozenset(
     {
         b"response.output_text.delta",
