@@ -61,7 +61,8 @@ async def index_page(
     `after_score` is the score `after` had, for a cursor that may have left the index."""
     score = "" if after_score is None else repr(float(after_score))
     args = (after or "", score, limit, 1 if desc else 0)
-    ids = cast("list[bytes] | None", await redis.eval(_PAGE, 1, index, *args))
+    page = redis.register_script(_PAGE)  # EVALSHA (loaded on the first NOSCRIPT)
+    ids = cast("list[bytes] | None", await page(keys=[index], args=args))
     if ids is None:
         assert after is not None
         raise AfterNotFound(after)
