@@ -32,6 +32,7 @@ from gateway.metering.accounting import Charge
 from gateway.metering.stream_options import force_usage, wanted
 from gateway.proxy.collect import stream_request
 from gateway.proxy.relay import ProxyCall, ProxyResponse
+from gateway.proxy.tool_ids import asks_token_ids, with_token_ids
 from gateway.proxy.upstream import Reload
 from gateway.request_context import info_of
 from gateway.routing.balancer import affinity_key
@@ -97,11 +98,13 @@ async def _forward(
     tokens = prompt_tokens(body) if route == "embeddings" else None
     admission = await gw.admission.admit(caller, body, pool.context_length, tokens=tokens)
     want, collected = None, None
+    ids = asks_token_ids(route, body)  # (usage while a tool parser holds tokens: tool_ids.py)
+    engine_raw, engine_body = with_token_ids(body) if ids else (raw, body)
     if stream:  # the engine always reports usage; the client sees only what it asked for
         want = wanted(body)
-        raw = force_usage(raw, body)
+        raw = force_usage(engine_raw, engine_body)
     else:  # streamed from the engine too, so that an abandoned request is billed exactly
-        collected = stream_request(route, raw, body)
+        collected = stream_request(route, engine_raw, engine_body)  # None: sent as it came
     call = ProxyCall(
         route,
         pool,
@@ -114,6 +117,7 @@ async def _forward(
         affinity=_affinity(gw, route, body),
         grammar=grammar_field(body),
         reload=adapter_reload(gw, caller, model),
+        token_ids_asked=ids and stream,  # (a collected body holds what the client asked)
     )
     request_id = info_of(request.scope).request_id
     charge = Charge(

@@ -187,7 +187,8 @@ class ChatAssembler(_Common):
             "system_fingerprint": self.fingerprint,
             "usage": self.usage_body(),
             "prompt_logprobs": None,
-            "prompt_token_ids": self.prompt_token_ids,
+            # (the gateway may have asked for ids the client did not: proxy/tool_ids.py)
+            "prompt_token_ids": self.prompt_token_ids if self.want_token_ids else None,
             "prompt_text": self.prompt_text,
             "kv_transfer_params": None,
             "ec_transfer_params": None,

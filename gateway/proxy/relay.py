@@ -81,6 +81,8 @@ class ProxyCall:
     unstreamed: bytes | None = None
     # A fine-tuned model: its adapter loaded again into an engine that forgot it (restarted).
     reload: Reload | None = None
+    # A stream the gateway asked token ids of that its client did not (proxy/tool_ids.py).
+    token_ids_asked: bool = False
 
 
 async def _nobody(result: ProxyResult) -> None:
@@ -235,6 +237,7 @@ class ProxyResponse(Response):
                 cut=self.cut,
                 route=self.call.route,
                 grammar=self.call.grammar,
+                token_ids_asked=self.call.token_ids_asked,
             )
             info.response_id = None if events is None else events.response_id
             return

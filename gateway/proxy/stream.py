@@ -33,6 +33,7 @@ from gateway.proxy.normalize import (
 )
 from gateway.proxy.outcome import Outcome, outcome_of_failure, outcome_of_status
 from gateway.proxy.sse import DONE_FRAME, FrameSplitter, error_frame, frame_data, with_data
+from gateway.proxy.tool_ids import without_token_ids
 from gateway.proxy.upstream_answers import UpstreamBroken, UpstreamResponse
 from gateway.request_context import RequestInfo
 from gateway.routing.engines import Engine
@@ -111,6 +112,7 @@ class FrameFilter:
         "known",
         "route",
         "tap",
+        "token_ids_asked",
         "want",
     )
 
@@ -123,6 +125,7 @@ class FrameFilter:
         *,
         route: str | None = None,
         grammar: str | None = None,
+        token_ids_asked: bool = False,
     ) -> None:
         self.tap = StreamUsage(n)
         self.want = want
@@ -134,6 +137,9 @@ class FrameFilter:
         self.engine_error: int | None = None  # the status of the engine's error frame, if sent
         self.route = route  # "completions", …: what an error frame's field names belong to
         self.grammar = grammar  # the field a grammar error is about (normalize_error)
+        # The gateway asked the engine for token ids the client did not (tool_ids.py): they are
+        # cut out, and the frames vLLM sent only for them are tapped for usage and dropped.
+        self.token_ids_asked = token_ids_asked
 
     @property
     def usage(self) -> Usage | None:
@@ -150,6 +156,14 @@ class FrameFilter:
         return None  # vLLM refuses chat and completions with an error frame
 
     def __call__(self, frame: bytes) -> bytes:
+        if self.token_ids_asked:
+            kept = without_token_ids(frame, self.tap)
+            if kept is None:  # sent only for its ids: its usage noted, nothing shown
+                return b""
+            frame = kept
+        return self._relayed(frame)
+
+    def _relayed(self, frame: bytes) -> bytes:
         if self.cut_usage and not self.held:
             token = self.token_frame(frame)
             if token is not None:
@@ -245,17 +259,27 @@ async def relay_stream(
     cut: Cut | None = None,
     route: str | None = None,
     grammar: str | None = None,
+    token_ids_asked: bool = False,
 ) -> Outcome:
     """Send the stream; return the outcome. `want`: the usage the client asked for (None: pass
     usage on as the engine sent it); the engine's usage is noted in `info.usage` as it comes.
     `frames_filter`: another protocol's filter (the Responses API's); default `FrameFilter`.
     `cut`: the request's; cut by the end of a drain, the stream ends with an error frame.
     `route`: the request's ("completions", …), whose fields an engine's error frame names;
-    `grammar`: its field a grammar error is about (normalize_error)."""
+    `grammar`: its field a grammar error is about (normalize_error); `token_ids_asked`: the
+    gateway asked the engine for token ids the client did not (proxy/tool_ids.py)."""
     await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
     shown = frames_filter
     if shown is None:
-        shown = FrameFilter(want, n, engine.url, deps.fingerprints, route=route, grammar=grammar)
+        shown = FrameFilter(
+            want,
+            n,
+            engine.url,
+            deps.fingerprints,
+            route=route,
+            grammar=grammar,
+            token_ids_asked=token_ids_asked,
+        )
     # Chat and completions: the end of the response goes with the last frame. Not a Responses
     # stream: vLLM stores the response after its last event, and a client told the end before
     # that could ask for it before it is there.

@@ -8,6 +8,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import openai
@@ -35,6 +36,19 @@ from tests.support.servers import serve_asgi
 CHAT = CHAT_MODEL_NAME
 EMBED = EMBEDDING_MODEL_NAME
 PEPPER = "e2e-pepper-0123456789abcdef"
+# A tool the bundled model calls (vLLM parses its calls with CHAT_TOOL_PARSER).
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,24 +13,12 @@ import orjson
 import pytest
 
 from gateway.proxy.normalize import normalize_success
-from tests.e2e.conftest import CHAT, E2E
+from tests.e2e.conftest import CHAT, E2E, WEATHER_TOOL
 from tests.e2e.metering import MAX_ABANDON_GAP, STORY, LedgerView, new_rid, settled_vllm_tokens
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
 FRANCE: Any = [{"role": "user", "content": "What is the capital of France?"}]
-WEATHER_TOOL: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 CHAT_CASES: dict[str, Any] = {
     "plain": {"temperature": 0, "max_tokens": 24},
     "finish-length": {"temperature": 0, "max_tokens": 3},

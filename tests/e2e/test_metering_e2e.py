@@ -16,7 +16,7 @@ import pytest
 
 from gateway.metering.record import UsageRecord
 from gateway.proxy.normalize import normalize_success
-from tests.e2e.conftest import CHAT, E2E
+from tests.e2e.conftest import CHAT, E2E, WEATHER_TOOL
 from tests.e2e.metering import (
     MAX_ABANDON_GAP,
     STORY,
@@ -316,11 +316,36 @@ async def _abandon_raw_completion(e2e: E2E, oai: openai.AsyncOpenAI, rid: str) -
     await _abandon_raw(e2e, "completions", body, rid)
 
 
+async def _abandon_raw_tool_call(e2e: E2E, oai: openai.AsyncOpenAI, rid: str) -> None:
+    """Cut while vLLM's tool parser holds the call's first tokens back: it sends no chunk
+    then (so no usage) unless asked for token ids, which the gateway does (tool_ids.py)."""
+    body = {
+        "model": CHAT,
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [WEATHER_TOOL],
+        "tool_choice": "required",
+        "temperature": 0,
+        "max_tokens": 200,
+        "stream": True,
+    }
+    headers = {**e2e.auth, **_rid_header(rid)}
+    resp = await e2e.http.post(f"{e2e.gateway}/v1/chat/completions", json=body, headers=headers)
+    try:
+        assert resp.status == 200
+        role = await resp.content.readline()  # the role chunk comes at once
+        assert role.startswith(b"data: "), role
+        assert b'token_ids":[' not in role  # (asked by the gateway, not shown)
+        await asyncio.sleep(0.5)
+    finally:
+        resp.close()
+
+
 Abandon = Callable[[E2E, openai.AsyncOpenAI, str], Awaitable[None]]
 ABANDONS: list[tuple[str, str, Abandon]] = [
     ("openai-chat-close", "chat/completions", _abandon_openai_chat),
     ("raw-chat-include-usage", "chat/completions", _abandon_raw_chat),
     ("raw-completions", "completions", _abandon_raw_completion),
+    ("raw-tool-call", "chat/completions", _abandon_raw_tool_call),  # (billed 0 before)
 ]
 
 
