@@ -44,7 +44,7 @@ from gateway.unprintable import has_unprintable
 async def require_admin(request: Request) -> None:
     """The check CredentialGate makes before the body is read, again for the route itself."""
     expected: str | None = request.app.state.gateway.settings.admin_token
-    if not admin_token_ok(request.headers.get("authorization"), expected):
+    if not admin_token_ok(request.headers, expected):
         raise admin_unauthorized()
 
 

@@ -16,6 +16,7 @@ import hmac
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.auth.authenticate import bearer
 from gateway.errors import ApiError, Unauthorized
 from gateway.proxy.asgi_send import send_error
 
@@ -23,13 +24,14 @@ ADMIN = "/admin/v1/"
 TENANT_BODIES = "/v1/fine_tuning/"  # FastAPI routes under /v1 that take a JSON body
 
 
-def admin_token_ok(authorization: str | None, expected: str | None) -> bool:
-    """Whether an Authorization header carries the admin token (never, if none is set)."""
-    scheme, _, token = (authorization or "").partition(" ")
+def admin_token_ok(headers: Headers, expected: str | None) -> bool:
+    """Whether the request's Authorization header carries the admin token (never, if none is
+    set); two such headers are a 401 (authenticate.bearer)."""
+    token = bearer(headers)
     return (
         expected is not None
-        and scheme.lower() == "bearer"
-        and hmac.compare_digest(token.strip().encode(), expected.encode())
+        and token is not None
+        and hmac.compare_digest(token.encode(), expected.encode())
     )
 
 
@@ -48,7 +50,7 @@ class CredentialGate:
         path = scope["path"] if scope["type"] == "http" else ""
         try:
             if path.startswith(ADMIN):
-                if not admin_token_ok(Headers(scope=scope).get("authorization"), self.admin_token):
+                if not admin_token_ok(Headers(scope=scope), self.admin_token):
                     raise admin_unauthorized()
             elif path.startswith(TENANT_BODIES) and scope["method"] == "POST":
                 state = getattr(scope["app"].state, "gateway", None)

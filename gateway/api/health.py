@@ -17,6 +17,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.auth.authenticate import bearer
 from gateway.deps import Gateway
 from gateway.errors import Unauthorized
 from gateway.settings import Settings
@@ -74,8 +75,11 @@ async def metrics(request: Request, gw: Gateway) -> Response:
 def ops_token_given(request: Request, settings: Settings) -> bool:
     """Whether the request carries the admin or the metrics token (compared in constant time;
     both are checked, so the time does not tell which one was close)."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    given = token.strip().encode()
+    try:
+        token = bearer(request.headers)
+    except Unauthorized:  # two Authorization headers: neither counts
+        return False
+    given = (token or "").encode()
     expected = (settings.admin_token, settings.metrics_token)
     matches = [hmac.compare_digest(given, t.encode()) for t in expected if t]
-    return scheme.lower() == "bearer" and any(matches)
+    return token is not None and any(matches)

@@ -54,18 +54,26 @@ class _Read:
     task: asyncio.Future[Any]  # the record (a KeyRecord or a TenantRecord) or None
 
 
-def credentials(headers: Headers) -> str:
+def bearer(headers: Headers) -> str | None:
+    """The token of the request's one `Authorization: Bearer` header (any whitespace after
+    the scheme, a tab too); None without one. Two Authorization headers are a 401: which one
+    counts would be this gateway's pick, and a proxy in front may act on the other."""
     found = headers.getlist("authorization")
-    if len(found) > 1:  # which one counts would be this gateway's pick, and a proxy's another
+    if len(found) > 1:
         raise Unauthorized(
             "The request carries more than one Authorization header; send one.",
             code="invalid_authorization_header",
         )
-    auth = found[0] if found else None
-    if auth is not None:
-        parts = auth.split(None, 1)  # any whitespace after the scheme (a tab too)
-        if len(parts) == 2 and parts[0].lower() == "bearer":
-            return parts[1].strip()
+    parts = found[0].split(None, 1) if found else ()
+    if len(parts) == 2 and parts[0].lower() == "bearer":
+        return parts[1].strip() or None
+    return None
+
+
+def credentials(headers: Headers) -> str:
+    token = bearer(headers)
+    if token is not None:
+        return token
     api_key = headers.get("api-key")
     if api_key and api_key.strip():
         return api_key.strip()

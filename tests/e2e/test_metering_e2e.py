@@ -113,6 +113,32 @@ async def test_chat_stream_with_include_usage_is_vllms_stream(e2e: E2E) -> None:
     assert gateway == direct
 
 
+def _without_call_ids(frames: list[Any]) -> list[Any]:
+    """Frames without their tool calls' ids (vLLM draws a new one per request)."""
+    for frame in frames:
+        for choice in frame.get("choices", ()) if isinstance(frame, dict) else ():
+            for call in (choice.get("delta") or {}).get("tool_calls") or ():
+                call.pop("id", None)
+    return frames
+
+
+async def test_a_tool_call_stream_is_vllms_stream(e2e: E2E) -> None:
+    # The gateway asks vLLM for token ids on requests with tools (a chunk for every token its
+    # tool parser holds back: usage all along), and shows the client what vLLM sends without.
+    body = {
+        **CHAT_STREAM,
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [WEATHER_TOOL],
+        "tool_choice": "required",
+        "max_tokens": 60,
+    }
+    direct, gateway = await _direct_and_gateway(e2e, "chat/completions", body)
+    assert _without_call_ids(gateway) == _without_call_ids(direct)
+    deltas = [c["delta"] for f in gateway[:-1] for c in f["choices"]]
+    assert any(d.get("tool_calls") for d in deltas), gateway
+    assert all(d for d in deltas[1:-1]), deltas  # no chunk sent only for the ids
+
+
 async def test_completions_stream_without_usage_is_vllms_stream(e2e: E2E) -> None:
     body = {
         "model": CHAT,

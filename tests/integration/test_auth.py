@@ -128,6 +128,14 @@ async def test_a_key_after_any_whitespace_and_a_body_after_a_bom_are_read(
     async with auth.http.post(url, data=body, headers=twice) as resp:  # first one won
         error = (await resp.json())["error"]
         assert (resp.status, error["code"]) == (401, "invalid_authorization_header"), error
+    admin_token = ADMIN["authorization"].split()[1]
+    keys = f"{auth.gateway}/admin/v1/keys?tenant=acme"
+    async with auth.http.get(keys, headers={"authorization": f"Bearer\t{admin_token}"}) as resp:
+        assert resp.status == 200  # the admin API reads the header as the rest of the gateway
+    twice = [("authorization", f"Bearer {admin_token}"), ("authorization", "Bearer x")]
+    async with auth.http.get(keys, headers=twice) as resp:
+        error = (await resp.json())["error"]
+        assert (resp.status, error["code"]) == (401, "invalid_authorization_header"), error
 
 
 async def test_wrong_secret_and_unknown_id_look_the_same(auth: AuthStack) -> None:

@@ -177,6 +177,9 @@ async def test_jobs_are_listed_by_their_metadata(ft: TenantStack) -> None:
     async with ft.http.get(url, headers=key) as resp:
         error = (await resp.json())["error"]
         assert (resp.status, error["param"], error["code"]) == (400, "limit", "duplicate_parameter")
+    listed = f"{ft.gateway}/v1/fine_tuning/jobs?limit=1&x[]=a&x[]=b"  # a list, item by item
+    async with ft.http.get(listed, headers=key) as resp:
+        assert resp.status == 200
 
 
 async def test_events_after_another_jobs_event_are_refused(ft: TenantStack) -> None:
