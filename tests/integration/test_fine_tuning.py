@@ -177,8 +177,8 @@ async def test_jobs_are_listed_by_their_metadata(ft: TenantStack) -> None:
     async with ft.http.get(url, headers=key) as resp:
         error = (await resp.json())["error"]
         assert (resp.status, error["param"], error["code"]) == (400, "limit", "duplicate_parameter")
-    listed = f"{ft.gateway}/v1/fine_tuning/jobs?limit=1&x[]=a&x[]=b"  # a list, item by item
-    async with ft.http.get(listed, headers=key) as resp:
+    as_list = f"{ft.gateway}/v1/fine_tuning/jobs?limit=1&x[]=a&x[]=b"  # a list, item by item
+    async with ft.http.get(as_list, headers=key) as resp:
         assert resp.status == 200
 
 
