@@ -130,6 +130,10 @@ class Ledger:
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
+        if self.id is not None:  # the id Redis holds now: another process's, if it made one
+            held = replies[-1]  # after Redis lost ours and before this write put it back
+            if isinstance(held, bytes) and held.decode() != self.id:
+                self.id = held.decode()
 
     def hasten(self, linger_s: float) -> None:
         """A write lingering for company goes within `linger_s` at the latest."""
@@ -161,8 +165,9 @@ class Ledger:
             scored = [x for tenant, ms in first.items() for x in (ms, tenant)]
             commands.append(("ZADD", TENANTS_FIRST, "LT", *scored))
         if self.id is not None:  # a Redis that lost its data (restarted empty, flushed) gets
-            # the id back: this process's spills, tagged with it, stay this ledger's to replay
-            commands.append(("SET", LEDGER_ID, self.id, "NX"))
+            # the id back: this process's spills, tagged with it, stay this ledger's to replay;
+            # and if another process made a new one meanwhile, this one takes it (write())
+            commands += [("SET", LEDGER_ID, self.id, "NX"), ("GET", LEDGER_ID)]
         return commands
 
     def _fixed_of(self, s: Settlement) -> _Fixed:

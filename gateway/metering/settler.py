@@ -219,6 +219,8 @@ class Settler:
 
     async def _spill(self, settlements: list[Settlement]) -> bool:
         """Append to this process's spill file; False (and an error logged) if the disk fails."""
+        if self.ledger is not None and self.ledger.id is not None:
+            self.spill.ledger = self.ledger.id  # (Redis lost its data and another made a new id)
         try:
             async with self.spill_lock:
                 await asyncio.to_thread(self.spill.append, settlements)

@@ -314,6 +314,11 @@ async def test_a_redis_that_lost_its_data_gets_the_ledger_id_back_with_the_next_
     await ledger.write(settlements(tenant(), 1))
     assert await redis.get(LEDGER_ID) == known.encode()
     assert await Ledger(redis, settings(tmp_path), window_s=60).identity() == known
+    await redis.flushall()  # lost again, and another process starts before this one writes
+    other = await Ledger(redis, settings(tmp_path), window_s=60).identity()
+    assert other != known
+    await ledger.write(settlements(tenant(), 1))
+    assert ledger.id == other  # its next spill file is the ledger's now in Redis
 
 
 async def test_another_ledgers_spill_files_are_reported_and_left_alone(
