@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -10,7 +11,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import FrameType
@@ -34,6 +35,9 @@ GRACE_ENV = "LLMAAS_SHUTDOWN_GRACE_S"
 # Past the grace, how long the requests cut then have to send their answers' ends before
 # uvicorn cancels them (an answer's end is one write; a client that takes nothing is cut).
 ANSWER_END_S = 2.0
+# What the supervisor of `--workers N` stops its workers with (DrainingServer): not a signal
+# a terminal or systemd sends the whole process group.
+RELAY = signal.SIGUSR1
 _log = logging.getLogger("llmaas.server")
 
 
@@ -114,10 +118,13 @@ class DrainingServer(uvicorn.Server):
     still runs, and runs the lifespan's shutdown (usage flush). A second signal ends the grace
     at once: what still runs is cut then, as at the grace's end.
 
-    A worker of `--workers N` (`supervised`) ignores SIGINT: a terminal's Ctrl-C reaches every
-    process of its group, and the supervisor then relays SIGTERM, which the worker took for a
-    second signal (its streams were cut at once, without the grace). The supervisor's SIGTERMs
-    drive it: the first relayed, and a second at a second Ctrl-C.
+    A worker of `--workers N` (`supervised`) is driven by its supervisor alone, with SIGUSR1
+    (RELAY): a terminal's Ctrl-C reaches every process of its group, and so does systemd's
+    SIGTERM, and the supervisor then relays the signal, which the worker took for a second one
+    (its streams were cut at once, without the grace). So it ignores SIGINT and SIGTERM; the
+    supervisor's first SIGUSR1 starts the drain, a second (a second signal to the supervisor)
+    ends it; the kernel sends SIGUSR1 too when the supervisor dies. It still ends as by
+    SIGTERM (exit status 143), as it did.
     """
 
     def __init__(self, config: uvicorn.Config, grace_s: float, *, supervised: bool = False):
@@ -134,9 +141,25 @@ class DrainingServer(uvicorn.Server):
                 host, port = bound.getsockname()[:2]
                 _log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.supervised and sig == signal.SIGINT:
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """uvicorn's, and a supervised worker's RELAY too."""
+        if not self.supervised:
+            with super().capture_signals():
+                yield
             return
+        previous = signal.signal(RELAY, self.handle_exit)
+        try:
+            with super().capture_signals():
+                yield
+        finally:
+            signal.signal(RELAY, previous)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.supervised:
+            if sig != RELAY:  # the group's SIGINT or SIGTERM: the supervisor relays it
+                return
+            sig = signal.SIGTERM  # (re-raised after shutdown: the exit status says SIGTERM)
         drain = self.drain()
         if self.deadline is None and drain is not None:
             self._captured_signals.append(sig)  # re-raised after shutdown, as uvicorn does
@@ -197,7 +220,7 @@ class _DrainingProcess(Process):
 
     A worker outlives a supervisor killed outright (SIGKILL, the OOM killer) unless told: it
     went on serving on the port, unsupervised, and a new `llmaas serve` could not bind it. So
-    the kernel sends each worker SIGTERM when its supervisor dies, and it drains as it would
+    the kernel sends each worker RELAY when its supervisor dies, and it drains as it would
     at a SIGTERM relayed by the supervisor (usage flushed, then exit)."""
 
     def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
@@ -205,8 +228,13 @@ class _DrainingProcess(Process):
         super().__init__(config, sockets)
 
     def target(self, sockets: list[socket.socket] | None = None) -> None:
-        terminate_with_parent(self.supervisor)
+        terminate_with_parent(self.supervisor, RELAY)
         super().target(sockets)
+
+    def terminate(self) -> None:
+        """What the supervisor sends to stop it: RELAY (DrainingServer), not SIGTERM."""
+        if self.process.exitcode is None and self.process.pid is not None:
+            os.kill(self.process.pid, RELAY)
 
     @property
     def server(self) -> uvicorn.Server:
@@ -218,7 +246,7 @@ class _DrainingProcess(Process):
 
 
 class DrainingWorkers(Multiprocess):
-    """uvicorn's supervisor with DrainingServer workers: on SIGTERM it sends each worker SIGTERM
+    """uvicorn's supervisor with DrainingServer workers: on SIGTERM it sends each worker RELAY
     and waits for it, so every worker drains as a single process does. Then, as a single
     process does (uvicorn's Server), it ends by the signal it got: exit status 143 (or 130).
 

@@ -40,23 +40,25 @@ def terminated_with_parent() -> Callable[[], None]:
     return in_child
 
 
-def terminate_with_parent(parent: int) -> None:
-    """Called in a child process (one started by `multiprocessing`, say): SIGTERM it when
+def terminate_with_parent(parent: int, sig: signal.Signals = signal.SIGTERM) -> None:
+    """Called in a child process (one started by `multiprocessing`, say): send it `sig` when
     `parent`, the process that started it, dies, however it dies; at once if it already has.
     Does nothing where `prctl` is missing (not Linux)."""
-    _terminate_with(_prctl(), parent)
+    _terminate_with(_prctl(), parent, sig)
 
 
 def _prctl() -> Callable[..., int] | None:
     return getattr(ctypes.CDLL(None), "prctl", None)  # this process's symbols: libc's, if Linux
 
 
-def _terminate_with(prctl: Callable[..., int] | None, parent: int) -> None:
+def _terminate_with(
+    prctl: Callable[..., int] | None, parent: int, sig: signal.Signals = signal.SIGTERM
+) -> None:
     if prctl is None:
         return
-    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    prctl(PR_SET_PDEATHSIG, sig)
     if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sig)
 
 
 def live_members(pgid: int) -> list[int]:
