@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.fine_tuning_bodies import JobCreate
+from gateway.api.job_filter import filtered_page, metadata_filter
 from gateway.api.responses import json_response, unknown_cursor
 from gateway.auth.principal import Principal
 from gateway.deps import Caller, Gateway
@@ -202,62 +203,16 @@ async def list_jobs(
     `metadata[k]=v` keeps the jobs whose metadata has k = v (all of them, when several are
     given); `metadata=null` those without metadata."""
     store = _store(gw)
-    wanted = _metadata_filter(request)
+    wanted = metadata_filter(request)
     try:
         if wanted is None:
             jobs, more = await store.page(caller.tenant, limit, after)
         else:
-            jobs, more = await _filtered_page(store, caller.tenant, limit, after, wanted)
+            jobs, more = await filtered_page(store, caller.tenant, limit, after, wanted)
     except AfterNotFound:
         raise unknown_cursor(after, "job") from None
     data = [(await fail_if_lost(store, _storage(gw), j)).view() for j in jobs]
     return json_response({"object": "list", "data": data, "has_more": more})
-
-
-def _metadata_filter(request: Request) -> dict[str, str] | Literal["null"] | None:
-    """`metadata[k]=v` pairs, or `metadata=null`; any other `metadata…` parameter is a 400
-    naming it (a typo, `metadata[team=x`, listed every job)."""
-    wanted: dict[str, str] = {}
-    for name, value in request.query_params.items():
-        if not name.startswith("metadata"):
-            continue
-        if name == "metadata" and value == "null":
-            return "null"
-        if len(name) > 10 and name.startswith("metadata[") and name.endswith("]"):
-            wanted[name[9:-1]] = value
-            continue
-        raise InvalidRequest(
-            f"Invalid query parameter '{name}': filter by `metadata[<key>]=<value>`, or "
-            "`metadata=null` for jobs without metadata.",
-            param=name,
-            code="invalid_value",
-        )
-    return wanted or None
-
-
-async def _filtered_page(
-    store: JobStore,
-    tenant: str,
-    limit: int,
-    after: str | None,
-    wanted: dict[str, str] | Literal["null"],
-) -> tuple[list[Job], bool]:
-    """Up to `limit` matching jobs after `after`, read a page of the index at a time."""
-    found: list[Job] = []
-    while True:
-        jobs, more = await store.page(tenant, 100, after)
-        for job in jobs:
-            if (not job.metadata) if wanted == "null" else _has(job.metadata, wanted):
-                if len(found) == limit:
-                    return found, True
-                found.append(job)
-        if not more or not jobs:
-            return found, False
-        after = jobs[-1].id
-
-
-def _has(metadata: dict[str, str] | None, wanted: dict[str, str]) -> bool:
-    return metadata is not None and all(metadata.get(k) == v for k, v in wanted.items())
 
 
 @router.get("/{job_id}", response_model=None)
