@@ -156,12 +156,12 @@ def require_nonempty_list(body: dict[str, Any], field: str) -> list[Any]:
 # The content parts OpenAI defines, and what the field named by their type holds. vLLM reads
 # parts only when it renders the prompt, and answers a broken one with pydantic's dump of every
 # union member it tried, naming no message; other part types are vLLM's to judge.
-_PART_FIELDS: dict[str, tuple[type, ...]] = {
-    "text": (str,),
-    "refusal": (str,),
-    "image_url": (dict, str),
-    "input_audio": (dict,),
-    "file": (dict,),
+_PART_FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
+    "text": ("text", (str,)),
+    "refusal": ("refusal", (str,)),
+    "image_url": ("image_url", (dict, str)),
+    "input_audio": ("input_audio", (dict,)),
+    "file": ("file", (dict,)),
 }
 
 
@@ -178,32 +178,38 @@ def require_messages(body: dict[str, Any]) -> list[Any]:
 def check_parts(messages: list[Any], field: str) -> None:
     """The content parts of chat-style `messages` (chat's, or a conversation embeddings take)
     carry the field their type names: a 400 naming `<field>[i].content[j].<type>`."""
-    for i, message in enumerate(messages):
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list):
-            for j, part in enumerate(content):
-                kind = part.get("type") if isinstance(part, dict) else None
-                if isinstance(kind, str) and kind in _PART_FIELDS:  # (a list is unhashable)
-                    path = f"{field}[{i}].content[{j}].{kind}"
-                    require(part, kind, *_PART_FIELDS[kind], path=path)
+    _check_parts(messages, field, _PART_FIELDS)
 
 
-# The Responses API's text parts, whose `text` is a string (vLLM's refusal of another named no
-# field; the simulator answered 500).
-_RESPONSE_TEXT_PARTS = frozenset(("input_text", "output_text", "refusal", "reasoning_text"))
+# The Responses API's text parts and the field that holds their string (vLLM's refusal of
+# another named no field; the simulator answered 500).
+_RESPONSE_PART_FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
+    "input_text": ("text", (str,)),
+    "output_text": ("text", (str,)),
+    "reasoning_text": ("text", (str,)),
+    "refusal": ("refusal", (str,)),
+}
 
 
 def check_response_parts(items: list[Any]) -> None:
-    """The text parts of a Responses `input`'s items hold a string `text`: a 400 naming
+    """The text parts of a Responses `input`'s items hold a string: a 400 naming
     `input[i].content[j].text`."""
+    _check_parts(items, "input", _RESPONSE_PART_FIELDS)
+
+
+def _check_parts(
+    items: list[Any], field: str, fields: dict[str, tuple[str, tuple[type, ...]]]
+) -> None:
+    """Each content part of `items` whose type `fields` names carries that type's field, of
+    its types."""
     for i, item in enumerate(items):
         content = item.get("content") if isinstance(item, dict) else None
         if isinstance(content, list):
             for j, part in enumerate(content):
                 kind = part.get("type") if isinstance(part, dict) else None
-                if isinstance(kind, str) and kind in _RESPONSE_TEXT_PARTS:
-                    field = "refusal" if kind == "refusal" else "text"
-                    require(part, field, str, path=f"input[{i}].content[{j}].{field}")
+                if isinstance(kind, str) and kind in fields:  # (a list is unhashable)
+                    name, types = fields[kind]
+                    require(part, name, *types, path=f"{field}[{i}].content[{j}].{name}")
 
 
 # Chat fields vLLM checks under another name: `max_completion_tokens` as its `max_tokens`, and
