@@ -159,9 +159,9 @@ async def embeddings(request: Request, gw: Gateway, caller: Caller) -> Response:
 
     def check(body: dict[str, Any]) -> None:
         _one_conversation(body)
-        if _chat_style(body):  # its parts checked as chat's are
-            field = "messages" if "messages" in body and "input" not in body else "input"
-            check_parts(body[field], field)
+        conversation = _conversation_field(body)
+        if conversation is not None:  # its parts checked as chat's are
+            check_parts(body[conversation], conversation)
         else:
             require_prompts(body, "input", batch)
         _json_encoding(body)
@@ -169,13 +169,13 @@ async def embeddings(request: Request, gw: Gateway, caller: Caller) -> Response:
     return await _forward(request, gw, caller, "embeddings", check)
 
 
-def _chat_style(body: dict[str, Any]) -> bool:
-    """vLLM's embeddings of one chat conversation, in `messages` (without `input`) or in
-    `input` itself: rendered with the chat template, as a chat's prompt."""
+def _conversation_field(body: dict[str, Any]) -> str | None:
+    """Where vLLM's embeddings of one chat conversation hold it: `messages` (without `input`)
+    or `input` itself (rendered with the chat template, as a chat's prompt); None for prompts."""
     if "messages" in body and "input" not in body:
         require_nonempty_list(body, "messages")
-        return True
-    return is_conversation(body.get("input"))
+        return "messages"
+    return "input" if is_conversation(body.get("input")) else None
 
 
 # vLLM's binary embeddings: raw floats, with their shapes and usage in a response header
