@@ -122,6 +122,7 @@ class Ledger:
         """
         if not batch:
             return
+        asks_id = self.id is not None  # (commands() then ends with a GET of it)
         commands = self.commands(batch)
         replies = await self.pipe.calls(commands, linger_s=linger_s)
         if any(isinstance(reply, NoScriptError) for reply in replies):  # Redis restarted (or
@@ -130,8 +131,8 @@ class Ledger:
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        if self.id is not None:  # the id Redis holds now: another process's, if it made one
-            held = replies[-1]  # after Redis lost ours and before this write put it back
+        if asks_id:  # the id Redis holds now: another process's, if it made one after Redis
+            held = replies[-1]  # lost ours and before this write put it back
             if isinstance(held, bytes) and held.decode() != self.id:
                 self.id = held.decode()
 
