@@ -47,23 +47,28 @@ class AfterNotFound(LookupError):
     """The `after` cursor names no member of the index."""
 
 
-async def index_page(
-    redis: Redis,
-    index: str,
-    limit: int,
-    *,
-    desc: bool,
-    after: str | None,
-    after_score: float | None = None,
-) -> tuple[list[str], bool]:
-    """Up to `limit` ids after `after` (or from the start), and whether more follow.
+class IndexPages:
+    """Pages of the sorted-set indexes in one Redis: the page script registered once."""
 
-    `after_score` is the score `after` had, for a cursor that may have left the index."""
-    score = "" if after_score is None else repr(float(after_score))
-    args = (after or "", score, limit, 1 if desc else 0)
-    page = redis.register_script(_PAGE)  # EVALSHA (loaded on the first NOSCRIPT)
-    ids = cast("list[bytes] | None", await page(keys=[index], args=args))
-    if ids is None:
-        assert after is not None
-        raise AfterNotFound(after)
-    return [i.decode() for i in ids[:limit]], len(ids) > limit
+    def __init__(self, redis: Redis) -> None:
+        self._page = redis.register_script(_PAGE)  # EVALSHA (loaded on the first NOSCRIPT)
+
+    async def page(
+        self,
+        index: str,
+        limit: int,
+        *,
+        desc: bool,
+        after: str | None,
+        after_score: float | None = None,
+    ) -> tuple[list[str], bool]:
+        """Up to `limit` ids after `after` (or from the start), and whether more follow.
+
+        `after_score` is the score `after` had, for a cursor that may have left the index."""
+        score = "" if after_score is None else repr(float(after_score))
+        args = (after or "", score, limit, 1 if desc else 0)
+        ids = cast("list[bytes] | None", await self._page(keys=[index], args=args))
+        if ids is None:
+            assert after is not None
+            raise AfterNotFound(after)
+        return [i.decode() for i in ids[:limit]], len(ids) > limit

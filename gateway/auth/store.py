@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from gateway.auth.records import KeyRecord, TenantRecord
 from gateway.errors import InvalidRequest, NotFound
-from gateway.redis_pages import AfterNotFound, index_page
+from gateway.redis_pages import AfterNotFound, IndexPages
 
 CHANNEL = "llmaas:auth:invalidate"
 TENANTS = "llmaas:tenants"
@@ -90,6 +90,7 @@ class AuthStore:
         self.on_write = on_write  # this replica's cache: dropped at once, not when pub/sub says
         self._write_key = redis.register_script(_WRITE_KEY)
         self._change_tenant = redis.register_script(_CHANGE_TENANT)
+        self._pages = IndexPages(redis)
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         found = await self.get_key_version(key_id)
@@ -217,8 +218,7 @@ class AuthStore:
         ids: list[str] = []
         if cursor is not None:  # (its tenant is the first of `tenants`)
             await self._count_by_time(tenants[:1])  # (adds keys made before the index)
-            ids, _ = await index_page(
-                self.redis,
+            ids, _ = await self._pages.page(
                 tenant_keys_by_time_key(cursor.tenant),
                 need,
                 desc=False,

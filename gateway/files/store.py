@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from gateway.files.records import FileRecord
-from gateway.redis_pages import AfterNotFound, index_page
+from gateway.redis_pages import AfterNotFound, IndexPages
 
 Order = Literal["asc", "desc"]
 GONE_TTL_S = 86_400  # how long a deleted file still serves as an `after` cursor
@@ -79,6 +79,7 @@ class FileStore:
         self.redis = redis
         self._put = redis.register_script(_PUT_FILE)
         self._add = redis.register_script(_ADD_BYTES)
+        self._pages = IndexPages(redis)
 
     async def count(self, tenant: str) -> int:
         return int(await self.redis.zcard(index_key(tenant)))
@@ -171,16 +172,14 @@ class FileStore:
         """Up to `limit` files after the one named `after`, and whether more follow."""
         index = index_key(tenant, purpose)
         try:
-            ids, more = await index_page(
-                self.redis, index, limit, desc=order == "desc", after=after
-            )
+            ids, more = await self._pages.page(index, limit, desc=order == "desc", after=after)
         except AfterNotFound:  # deleted since the last page? resume where it stood
             assert after is not None
             gone = await self.redis.get(gone_key(tenant, after))
             if gone is None:
                 raise
-            ids, more = await index_page(
-                self.redis, index, limit, desc=order == "desc", after=after, after_score=float(gone)
+            ids, more = await self._pages.page(
+                index, limit, desc=order == "desc", after=after, after_score=float(gone)
             )
         if not ids:
             return [], False

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
 from gateway.finetune.jobs import FINAL, Event, Job, Status
-from gateway.redis_pages import index_page
+from gateway.redis_pages import IndexPages
 
 log = logging.getLogger("llmaas.finetune")
 QUEUE = "llmaas:ft:queue"
@@ -77,6 +77,7 @@ class JobStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._push = redis.register_script(_PUSH_EVENT)
+        self._pages = IndexPages(redis)
 
     # -- jobs ---------------------------------------------------------------------------------
 
@@ -159,9 +160,8 @@ class JobStore:
 
     async def page(self, tenant: str, limit: int, after: str | None) -> tuple[list[Job], bool]:
         """Newest first, up to `limit` after the job named `after`."""
-        ids, more = await index_page(
-            self.redis, f"{_tag(tenant)}:ftjobs", limit, desc=True, after=after
-        )
+        index = f"{_tag(tenant)}:ftjobs"
+        ids, more = await self._pages.page(index, limit, desc=True, after=after)
         if not ids:
             return [], False
         raws = await self.redis.mget([job_key(tenant, i) for i in ids])

@@ -218,13 +218,10 @@ async def test_non_streaming_requests_left_are_billed_what_the_engine_generated(
     # The engine is asked for a stream behind the client's back, so a hang-up in the middle of
     # a plain JSON request still leaves the tokens generated until then; a cut by the engine
     # is answered 502 with no part of the answer, and billed nothing (the SDK retries it).
-    key = await meter.new_key("plain-cut")
-    headers = {"authorization": f"Bearer {key}"}
+    headers = await _bearer(meter, "plain-cut")
     url = f"{meter.gateway}/v1/chat/completions"
     slow = {"model": MODEL, "messages": HELLO, "max_tokens": 200, "sim": {"itl_ms": 20}}
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.6):
-            await meter.http.post(url, json=slow, headers={**headers, **rid("plain-left")})
+    await _hang_up(meter, url, slow, {**headers, **rid("plain-left")}, 0.6)
     cut = {"model": MODEL, "messages": HELLO, "sim": {"cut_after": 3}}
     async with meter.http.post(url, json=cut, headers={**headers, **rid("plain-cut")}) as resp:
         assert resp.status == 502
@@ -245,8 +242,7 @@ async def test_non_streaming_requests_left_are_billed_what_the_engine_generated(
 async def test_a_request_left_before_its_first_token_is_billed_its_prompt(meter: Meter) -> None:
     # vLLM reports usage with the first token; the prompt was read before it. A client that
     # hung up in between paid nothing, so a long prompt's prefill was free.
-    key = await meter.new_key("left-early")
-    headers = {"authorization": f"Bearer {key}"}
+    headers = await _bearer(meter, "left-early")
     url = f"{meter.gateway}/v1/chat/completions"
     long_prompt = [{"role": "user", "content": "tell me " * 200}]
     passed = {"use_beam_search": True}  # (what the engine's non-streaming path alone does)
@@ -257,8 +253,7 @@ async def test_a_request_left_before_its_first_token_is_billed_its_prompt(meter:
     ):
         body = {"model": MODEL, "messages": long_prompt, "stream": stream, "sim": {"ttft_ms": 3000}}
         body |= extra
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(_read(meter, url, body, {**headers, **rid(request_id)}), 0.5)
+        await _hang_up(meter, url, body, {**headers, **rid(request_id)}, 0.5)
     records = {r.request_id: r for r in await meter.wait_records("left-early", 3)}
     for request_id in ("stream-left", "plain-left", "passed-left"):
         left = records[request_id]
@@ -272,8 +267,7 @@ async def test_a_batch_left_before_a_long_prompt_was_reported_is_billed_its_esti
 ) -> None:
     # vLLM reports each prompt of a batch with its first token: a short prompt streams while a
     # long one behind it is still being read. Left then, the long prompt was billed nothing.
-    key = await meter.new_key("batch-left")
-    headers = {"authorization": f"Bearer {key}"}
+    headers = await _bearer(meter, "batch-left")
     url = f"{meter.gateway}/v1/completions"
     prompts = ["Hi", "tell me " * 300]
     for request_id, stream in (("batch-stream-left", True), ("batch-plain-left", False)):
@@ -284,8 +278,7 @@ async def test_a_batch_left_before_a_long_prompt_was_reported_is_billed_its_esti
             "stream": stream,
             "sim": {"itl_ms": 40, "stagger": 40},  # the long prompt's first token after 1.6 s
         }
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(_read(meter, url, body, {**headers, **rid(request_id)}), 0.6)
+        await _hang_up(meter, url, body, {**headers, **rid(request_id)}, 0.6)
     short = text_prompts(prompts[:1], "prompt")[0].tokens  # what the engine reported of it
     records = {r.request_id: r for r in await meter.wait_records("batch-left", 2)}
     for request_id in ("batch-stream-left", "batch-plain-left"):
@@ -293,6 +286,19 @@ async def test_a_batch_left_before_a_long_prompt_was_reported_is_billed_its_esti
         assert (left.outcome, left.status) == ("client_disconnected", 499)
         assert left.prompt_tokens == short + prompt_estimates({"prompt": prompts})[1], left
         assert 5 <= left.completion_tokens < 50, left  # the short prompt's tokens so far
+
+
+async def _bearer(meter: Meter, tenant: str) -> dict[str, str]:
+    """A new key of `tenant`, in the header that carries it."""
+    return {"authorization": f"Bearer {await meter.new_key(tenant)}"}
+
+
+async def _hang_up(
+    meter: Meter, url: str, body: dict[str, Any], headers: dict[str, str], after_s: float
+) -> None:
+    """Send `body` and hang up `after_s` seconds in, before the answer has all come."""
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(_read(meter, url, body, headers), after_s)
 
 
 async def _read(meter: Meter, url: str, body: dict[str, Any], headers: dict[str, str]) -> bytes:

@@ -12,7 +12,7 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from gateway.embedded.redis_server import running_redis
-from gateway.redis_pages import AfterNotFound, index_page
+from gateway.redis_pages import AfterNotFound, IndexPages
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -37,13 +37,15 @@ async def test_a_removed_cursor_pages_on_from_where_it_stood(
     ordered = [m.decode() for m in cast("list[bytes]", await redis.zrange(index, 0, -1, desc=desc))]
     await redis.zrem(index, gone)
     rest = ordered[ordered.index(gone) + 1 :]
-    page = await index_page(redis, index, 10, desc=desc, after=gone, after_score=SCORES[gone])
+    page = await IndexPages(redis).page(index, 10, desc=desc, after=gone, after_score=SCORES[gone])
     assert page == (rest, False)
     if rest:
-        first = await index_page(redis, index, 1, desc=desc, after=gone, after_score=SCORES[gone])
+        first = await IndexPages(redis).page(
+            index, 1, desc=desc, after=gone, after_score=SCORES[gone]
+        )
         assert first == (rest[:1], len(rest) > 1)
     with pytest.raises(AfterNotFound):
-        await index_page(redis, index, 10, desc=desc, after=gone)
+        await IndexPages(redis).page(index, 10, desc=desc, after=gone)
 
 
 @pytest.mark.parametrize("desc", [False, True])
@@ -65,7 +67,9 @@ async def test_pages_taken_while_others_add_and_remove_see_each_member_once(
     seen: list[str] = []
     after, score = None, None
     while True:
-        ids, more = await index_page(redis, index, 1, desc=desc, after=after, after_score=score)
+        ids, more = await IndexPages(redis).page(
+            index, 1, desc=desc, after=after, after_score=score
+        )
         seen += ids
         if ids:
             after, score = ids[-1], cast(float, await redis.zscore(index, ids[-1]))
