@@ -243,6 +243,13 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def forget_process(pid: int) -> None:
+    """Under --workers N: the gauges of worker `pid`, which has exited, leave the aggregate
+    (its counters stay: what it counted happened)."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call, unused-ignore]
+
+
 # What EngineMetrics.removed removes: every series of these families by its engine label, and
 # llmaas_engine_check_failures's of the checks made on an engine (a DNS name's are not).
 _PER_ENGINE = frozenset(

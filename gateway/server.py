@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -27,6 +28,7 @@ from gateway.app import create_app
 from gateway.embedded.process_group import terminate_with_parent
 from gateway.http_protocol import GatewayHttpProtocol
 from gateway.logs import configure_logging_single_threaded
+from gateway.metrics import forget_process
 from gateway.settings import Settings
 from gateway.settings_load import load_settings
 
@@ -74,13 +76,14 @@ def run_server(settings: Settings, config_path: Path | None) -> None:
     """Serve until SIGINT/SIGTERM, then drain (DrainingServer). Several workers re-read the
     config file in each process."""
     target: str | FastAPI = create_app(settings)
+    made: Path | None = None  # the metrics directory made here (removed at the end)
     if settings.workers > 1:
         if config_path is not None:
             os.environ[CONFIG_ENV] = str(config_path.resolve())
         # Metrics from every worker are aggregated through files in this directory.
-        os.environ.setdefault(
-            "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="llmaas-metrics-")
-        )
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            made = Path(tempfile.mkdtemp(prefix="llmaas-metrics-"))
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(made)
         target = "gateway.server:app_from_env"
     config = uvicorn_config(
         target,
@@ -101,7 +104,7 @@ def run_server(settings: Settings, config_path: Path | None) -> None:
         # JSON lines from here on: a port already taken is said as the one worker says it
         # (the supervisor set its logging up only once the socket was bound)
         configure_logging_single_threaded(settings.log_level)
-        DrainingWorkers(config, [config.bind_socket()], settings.log_level).run()
+        DrainingWorkers(config, [config.bind_socket()], settings.log_level, made).run()
     else:
         DrainingServer(config, settings.shutdown_grace_s).run()
 
@@ -257,9 +260,17 @@ class DrainingWorkers(Multiprocess):
 
     stopped_by: signal.Signals | None = None
 
-    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], log_level: str):
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        sockets: list[socket.socket],
+        log_level: str,
+        metrics_dir: Path | None = None,
+    ):
+        """`metrics_dir`: the workers' metrics directory, if this supervisor's to remove."""
         super().__init__(config, sockets)
         self.log_level = log_level
+        self.metrics_dir = metrics_dir
 
     def init_processes(self) -> None:
         self.processes.extend(self._started() for _ in range(self.processes_num))
@@ -279,6 +290,7 @@ class DrainingWorkers(Multiprocess):
             hung = process.process.is_alive()  # alive, but not answering its health check
             process.kill()
             process.join()
+            _forget(process)
             if process.exitcode == STARTUP_FAILURE:  # the app cannot start: nor would another
                 _log.error("worker %s failed to start: stopping", process.pid)
                 self.should_exit.set()
@@ -304,6 +316,7 @@ class DrainingWorkers(Multiprocess):
                 return
             old.terminate()
             old.join()
+            _forget(old)
             self.processes[idx] = new
 
     def handle_int(self) -> None:
@@ -326,10 +339,22 @@ class DrainingWorkers(Multiprocess):
 
     def run(self) -> None:
         configure_logging_single_threaded(self.log_level)  # no thread: see there
-        super().run()
+        try:
+            super().run()
+        finally:
+            if self.metrics_dir is not None:
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
         if self.stopped_by is not None:
             signal.signal(self.stopped_by, signal.SIG_DFL)
             signal.raise_signal(self.stopped_by)
+
+
+def _forget(process: Process) -> None:
+    """A worker gone (replaced, or its replacement is on its way): its gauges leave /metrics,
+    or its last values stay in the sums and minima for good (an engine it had ejected stayed
+    `llmaas_engine_up 0`, its streams in flight in `llmaas_inflight_requests`)."""
+    if process.pid is not None:
+        forget_process(process.pid)
 
 
 def _ended(exitcode: int | None) -> str:

@@ -25,6 +25,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def test_two_workers_serve_and_metrics_add_up(tmp_path: Path) -> None:
+    temporary = tmp_path / "tmp"  # where the supervisor makes its metrics directory
+    temporary.mkdir()
     async with running_sim_process(SimConfig(models=["m"])) as sim:
         config = tmp_path / "gw.yaml"
         config.write_text(
@@ -32,7 +34,9 @@ async def test_two_workers_serve_and_metrics_add_up(tmp_path: Path) -> None:
             f"models:\n  - name: m\n    engines: [{sim}]\n"
             f"metering: {{spill_dir: {tmp_path / 'spill'}}}\n"  # never the one under the home
         )
-        async with gateway_process(config, "--workers", "2") as served:
+        workers = gateway_process(config, "--workers", "2", env={"TMPDIR": str(temporary)})
+        async with workers as served:
+            assert [p.name[:15] for p in temporary.iterdir()] == ["llmaas-metrics-"]
             base = served.url
             body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
             async with aiohttp.ClientSession() as http:
@@ -49,6 +53,7 @@ async def test_two_workers_serve_and_metrics_add_up(tmp_path: Path) -> None:
                     text = await resp.text()
             served.process.send_signal(signal.SIGTERM)  # a clean stop of every worker
             assert await asyncio.wait_for(served.process.wait(), 30) == -signal.SIGTERM
+    assert list(temporary.iterdir()) == []  # (each run left its directory behind)
     line = re.search(
         r'^llmaas_requests_total\{model="m",route="chat/completions",status="200"\} (\S+)$',
         text,

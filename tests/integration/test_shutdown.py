@@ -27,7 +27,13 @@ from gateway.metering.record import UsageRecord
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import MODEL
 from tests.integration.sim_fixture import running_sim, sim_state
-from tests.support.gateways import GatewayProcess, gateway_process, shared_config, tenant_key
+from tests.support.gateways import (
+    OPS,
+    GatewayProcess,
+    gateway_process,
+    shared_config,
+    tenant_key,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -470,3 +476,25 @@ async def test_workers_restarted_at_sighup_stop_with_their_supervisor(tmp_path: 
     ):
         f.gw.process.send_signal(signal.SIGHUP)
         await replaced(f, workers, set(workers), 60)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers in /proc (Linux)")
+async def test_the_gauges_of_workers_that_died_leave_metrics(tmp_path: Path) -> None:
+    """A dead worker's gauge files stayed in the metrics directory and in /metrics' sums for
+    good: its streams were `llmaas_inflight_requests` (and an engine it had ejected
+    `llmaas_engine_up 0`, firing LlmaasEngineDown) until the gateway restarted."""
+    sim = SimConfig(models=[MODEL], max_tokens=400, itl_ms=50)  # ~20 s per stream
+    async with (
+        fleet(tmp_path, sim, 10, "--workers", "2") as f,
+        replacing_workers(f) as workers,
+    ):
+        tasks = await streams_in_flight(f, 2)
+        first = set(workers)
+        for pid in first:
+            os.kill(pid, signal.SIGKILL)
+        await replaced(f, workers, first, 30)
+        assert set(await asyncio.gather(*tasks)) == {"cut"}
+        async with f.http.get(f"{f.gw.url}/metrics", headers=OPS) as resp:
+            text = await resp.text()
+    inflight = re.findall(r"^llmaas_inflight_requests\{[^}]*\} (\S+)$", text, re.M)
+    assert [float(v) for v in inflight] in ([], [0.0]), text

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,15 +54,16 @@ class GatewayProcess:
 
 @asynccontextmanager
 async def gateway_process(
-    config: Path, *args: str, log: Path | None = None
+    config: Path, *args: str, log: Path | None = None, env: Mapping[str, str] | None = None
 ) -> AsyncIterator[GatewayProcess]:
     """A gateway on a free port, healthy on entry, stopped (if still running) on exit; its
-    stderr (the JSON log lines) goes to `log` when given."""
+    stderr (the JSON log lines) goes to `log` when given; `env` adds to the environment."""
     port = free_port()
     command = serve_command(config, "--port", str(port), *args)
     stderr = await asyncio.to_thread(log.open, "ab") if log is not None else None
+    environment = None if env is None else {**os.environ, **env}
     try:
-        proc = await asyncio.create_subprocess_exec(*command, stderr=stderr)
+        proc = await asyncio.create_subprocess_exec(*command, stderr=stderr, env=environment)
     finally:
         if stderr is not None:
             stderr.close()
