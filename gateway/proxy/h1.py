@@ -44,6 +44,10 @@ class Disconnected(Exception):
     """The engine closed the connection, or sent what is not HTTP, before the answer ended."""
 
 
+class NotHttp(Disconnected):
+    """What the engine sent is not HTTP (the connection is closed for it)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Origin:
     """Where an engine URL points: host, port, TLS, and the path its routes sit under."""
@@ -80,6 +84,8 @@ class Connection(asyncio.Protocol):
         self._disarm()
         self.status = 0
         self.content_type = ""
+        self.content_encoding = ""  # "" (identity) unless the engine encoded the body
+        self.interim = False  # the head read is a 1xx one: the answer's own comes after it
         self.headers_done = False
         self.complete = False
         self.framed = False  # sized or chunked (else the body ends when the connection does)
@@ -99,7 +105,11 @@ class Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
-        self.last_read = self.loop.time()
+        # The head is awaited from the request's write (`last_read` stays there until it
+        # ends): an engine that trickled its head a line at a time was never timed out.
+        head = self.headers_done
+        if head:
+            self.last_read = self.loop.time()
         self.heard = True
         if not self.busy:
             self._fail(Disconnected("data on an idle connection"))
@@ -107,7 +117,9 @@ class Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(Disconnected(f"not HTTP: {exc}"))
+            self._fail(NotHttp(str(exc)))
+        if not head and self.headers_done:  # the head ended here: silences count from now
+            self.last_read = self.loop.time()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -125,6 +137,9 @@ class Connection(asyncio.Protocol):
         if self.complete:  # an answer the engine sent after the one asked (past its length)
             self.stray = True
             self.keep_alive = False  # so the connection is not used again
+        elif self.interim:  # the answer after a 100 Continue or 103 Early Hints: its own head
+            self.interim = False
+            self.content_type, self.content_encoding, self.framed = "", "", False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.stray:
@@ -132,6 +147,8 @@ class Connection(asyncio.Protocol):
         lower = name.lower()
         if lower == b"content-type":
             self.content_type = value.decode("latin-1").split(";", 1)[0].strip().lower()
+        elif lower == b"content-encoding" and value.strip().lower() != b"identity":
+            self.content_encoding = value.decode("latin-1").strip()
         elif lower == b"content-length" or (
             lower == b"transfer-encoding" and b"chunked" in value.lower()
         ):
@@ -141,6 +158,12 @@ class Connection(asyncio.Protocol):
         if self.stray:
             return
         self.status = self.parser.get_status_code()
+        if 100 <= self.status < 200 and self.status != 101:
+            # An interim answer (RFC 9110 15.2): the final one follows on this connection.
+            # Taken for the answer, its end made the connection look free, and the real
+            # answer went to the next request sent on it (another tenant's).
+            self.interim = True
+            return
         self.keep_alive = self.parser.should_keep_alive()
         self.headers_done = True
         self._wake()
@@ -156,6 +179,8 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            return
         self.complete = True
         self._wake()
 
@@ -228,7 +253,16 @@ class H1Response:
     """The engine's answer on one connection. A read that fails raises what `broken` makes
     of the failure's kind and cause (gateway/proxy/upstream.py: UpstreamBroken)."""
 
-    __slots__ = ("_broken", "_conn", "_idle_s", "_on_done", "_pool", "content_type", "status")
+    __slots__ = (
+        "_broken",
+        "_conn",
+        "_idle_s",
+        "_on_done",
+        "_pool",
+        "content_encoding",
+        "content_type",
+        "status",
+    )
 
     def __init__(
         self,
@@ -245,6 +279,7 @@ class H1Response:
         self._on_done: Callable[[bool], None] | None = on_done
         self.status = conn.status
         self.content_type = conn.content_type
+        self.content_encoding = conn.content_encoding
 
     async def chunks(self) -> AsyncIterator[bytes]:
         conn = self._conn

@@ -18,7 +18,7 @@ import aiohttp
 
 from gateway.errors import ApiError, BadGateway, GatewayTimeout, ServiceUnavailable
 from gateway.metrics import Metrics
-from gateway.proxy.h1 import ConnectFailed, Disconnected, H1Response
+from gateway.proxy.h1 import ConnectFailed, Disconnected, H1Response, NotHttp
 from gateway.proxy.h1_pool import H1Pool
 from gateway.proxy.normalize import model_missing, stream_error_status
 from gateway.proxy.upstream_answers import (
@@ -113,7 +113,8 @@ class Upstream:
         `inflight` (the caller decrements it when done, and closes the response).
 
         A refused connection, a connection that broke before any answer (an engine that died
-        under a pooled keep-alive connection), a 5xx answer, a stream that broke or sent a 5xx
+        under a pooled keep-alive connection), a 5xx or 429 answer, an answer the OpenAI API
+        never gives (`_odd`), a stream that broke or sent a 5xx
         error frame before its first frame (vLLM answers 200 as it takes a request and sends
         the first frame with the first token: an engine killed while the request waited), or
         a 404 saying the engine does not serve the model (it restarted since the last models
@@ -150,7 +151,7 @@ class Upstream:
                 self.open_requests -= 1
                 continue
             last = i + 1 == len(tried)
-            answered = resp if last else await self._unless_failed(engine, resp)
+            answered = await self._answered(engine, resp, last=last)
             if answered is None:
                 engine.inflight -= 1
                 continue
@@ -169,13 +170,37 @@ class Upstream:
         trying(None)
         raise _unavailable()
 
+    async def _answered(
+        self, engine: Engine, resp: H1Response, *, last: bool
+    ) -> UpstreamResponse | None:
+        """The answer to hand on; None when the request may go to another engine: an answer
+        the OpenAI API never gives (`_odd`: a 502 from the `last` engine), counted as the
+        engine's failure, or what `_unless_failed` says of the others'."""
+        odd = _odd(resp)
+        if odd is not None:
+            resp.close()
+            self._metrics.upstream_errors.labels(engine.url, "bad_answer").inc()
+            engine.record_failure("http_5xx", odd)
+            if last:
+                engine.inflight -= 1
+                raise BadGateway(
+                    f"The engine answered with {odd}, which is not an answer of the OpenAI API.",
+                    code="engine_bad_answer",
+                )
+            return None
+        return resp if last else await self._unless_failed(engine, resp)
+
     async def _unless_failed(self, engine: Engine, resp: H1Response) -> UpstreamResponse | None:
-        """None for a 5xx, or a stream that failed before its first frame (_first_frame): the
-        request may go to another engine. Else the answer."""
+        """None for a 5xx or a 429, or a stream that failed before its first frame
+        (_first_frame): the request may go to another engine. Else the answer."""
         if resp.status >= 500:
             self._metrics.upstream_errors.labels(engine.url, f"http_{resp.status}").inc()
             resp.close()
             engine.record_failure("http_5xx", f"status {resp.status}")
+            return None
+        if resp.status == 429:  # overloaded: the next engine may not be (no step to ejection)
+            self._metrics.upstream_errors.labels(engine.url, "http_429").inc()
+            resp.close()
             return None
         if resp.status == 200 and resp.content_type == "text/event-stream":
             return await self._first_frame(engine, resp)
@@ -297,11 +322,28 @@ class Upstream:
             s = self._settings
             wait = s.stream_idle_timeout_s if stream else s.response_timeout_s
             return GatewayTimeout(f"The engine sent nothing for {wait:g}s.", code="engine_timeout")
+        if isinstance(exc, NotHttp):  # (it did not close: the gateway did, for this)
+            return BadGateway(
+                f"The engine's answer was not valid HTTP ({exc}).", code="engine_bad_answer"
+            )
         when = "before its answer was complete" if midway else "before answering"
         return BadGateway(
             f"The engine closed the connection {when} ({type(exc).__name__}).",
             code="engine_disconnected",
         )
+
+
+def _odd(resp: H1Response) -> str | None:
+    """What makes an engine's answer one the gateway cannot pass on (None: nothing): a status
+    the OpenAI API never answers (2xx but 200, 3xx, 101), relayed with its status and a JSON
+    body, broke the client's connection (a 204 or 304 has no body: the body was read as the
+    next answer) or an SDK took it for a success; a body encoded (gzip) reached the client
+    as a 200 `application/json` it could not read, and was billed nothing."""
+    if resp.status != 200 and resp.status < 400:
+        return f"HTTP {resp.status}"
+    if resp.content_encoding:
+        return f"a body in content-encoding {resp.content_encoding!r}"
+    return None
 
 
 def _broken(kind: str, cause: BaseException) -> UpstreamBroken:

@@ -17,7 +17,7 @@ import pytest
 from gateway.app import create_app
 from gateway.netutil import free_port
 from gateway.sim.config import SimConfig
-from tests.integration.conftest import MODEL, gateway_settings
+from tests.integration.conftest import ADMIN, MODEL, gateway_settings
 from tests.integration.sim_fixture import running_sim, sim_state, wait_running
 from tests.support.servers import serve_asgi
 from tests.support.sim_processes import SimProcess, sim_processes
@@ -58,6 +58,36 @@ async def test_every_request_lands_on_the_healthy_engine(fleet: tuple[str, str, 
         refused = (await sim_state(http, bad))["total_requests"]
     assert served == 9  # each request once: nothing was sent twice to an engine that answered
     assert refused >= 1  # tried while it was not yet marked down, then skipped
+
+
+async def test_an_engine_that_says_it_is_overloaded_hands_its_requests_on(tmp_path: Path) -> None:
+    """An engine's 429 went to the client while the model's other engine was free; it is not
+    a failure of the engine either (never a step towards its ejection)."""
+    busy = SimConfig(models=[MODEL], fail_rate=1.0, fail_status=429)
+    async with running_sim(busy) as full, running_sim(SimConfig(models=[MODEL])) as free:
+        settings = gateway_settings(
+            free,
+            tmp_path / "spill",
+            models=[{"name": MODEL, "engines": [full, free]}],
+            routing={"strategy": "round_robin"},
+        )
+        async with (
+            serve_asgi(create_app(settings)) as gateway,
+            openai.AsyncOpenAI(base_url=f"{gateway}/v1", api_key="k", max_retries=0) as oai,
+        ):
+            for stream in (False, True) * 4:
+                reply = await oai.chat.completions.with_raw_response.create(
+                    model=MODEL, messages=HELLO, stream=stream
+                )
+                assert reply.http_response.status_code == 200
+            async with aiohttp.ClientSession() as http:
+                asked = (await sim_state(http, full))["total_requests"]
+                engines = await (
+                    await http.get(f"{gateway}/admin/v1/engines", headers=ADMIN)
+                ).json()
+    assert asked >= 4  # its turns, every one: never ejected
+    state = next(e for e in engines["data"] if e["url"] == full)
+    assert (state["state"], state["ejections"]) == ("up", 0), state
 
 
 async def test_a_5xx_from_the_last_engine_left_is_the_answer(tmp_path: Path) -> None:

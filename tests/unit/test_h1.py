@@ -357,3 +357,71 @@ async def test_a_reader_that_falls_behind_pauses_the_socket() -> None:
             total += len(chunk)
         assert total == size
         resp.release()
+
+
+async def test_an_interim_answer_is_skipped_and_the_final_one_is_this_requests() -> None:
+    """A 100 Continue or 103 Early Hints before the answer (a proxy in front of an engine
+    sends them): it was taken for the answer, its end left the connection free, and the real
+    answer, coming after, was read as the next request's (another tenant's)."""
+
+    async def interim(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
+        while await read_request(r, s):
+            n = len(s.requests)
+            w.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n")
+            await w.drain()
+            await asyncio.sleep(0.05)  # the final answer in a later read
+            w.write(sized(b'{"n":%d}' % n))
+            await w.drain()
+
+    async with serving(interim) as server:
+        pool = H1Pool(connect_timeout_s=2)
+        for n in (1, 2):
+            resp = await ask(pool, server.url)
+            assert resp.status == 200
+            assert resp.content_type == "application/json"
+            assert await resp.read() == b'{"n":%d}' % n
+            resp.release()
+        assert server.connections == 1
+        pool.close()
+
+
+async def test_a_head_trickled_past_the_timeout_is_a_timeout() -> None:
+    """The wait for the head counts from the request's write, not from the last byte: an
+    engine sending a header line now and then held the request for ever."""
+
+    async def trickle(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
+        await read_request(r, s)
+        w.write(b"HTTP/1.1 200 OK\r\n")
+        for _ in range(40):
+            w.write(b"x-wait: 1\r\n")
+            await w.drain()
+            await asyncio.sleep(0.05)
+
+    async with serving(trickle) as server:
+        pool = H1Pool(connect_timeout_s=2)
+        async with asyncio.timeout(1.5):  # (2 s of header lines)
+            with pytest.raises(TimeoutError):
+                await ask(pool, server.url, idle_s=0.3)
+        pool.close()
+
+
+async def test_an_encoded_body_and_what_is_not_http_are_told_apart() -> None:
+    async def answer(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
+        while await read_request(r, s):
+            if len(s.requests) == 1:
+                w.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"content-encoding: gzip\r\ncontent-length: 2\r\n\r\nxx"
+                )
+            else:
+                w.write(b"HTTP/1.1 2000 OK\r\n\r\n")
+            await w.drain()
+
+    async with serving(answer) as server:
+        pool = H1Pool(connect_timeout_s=2)
+        resp = await ask(pool, server.url)
+        assert (resp.status, resp.content_encoding) == (200, "gzip")
+        resp.close()
+        with pytest.raises(h1.NotHttp):
+            await ask(pool, server.url)
+        pool.close()

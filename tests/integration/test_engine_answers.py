@@ -1,0 +1,91 @@
+"""Engine answers the OpenAI API never gives, from an engine whose every byte the test writes:
+they reach the client as the gateway's 502, never with the engine's status, and the client's
+connection stays usable."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from gateway.app import create_app
+from gateway.netutil import free_port
+from tests.integration.conftest import MODEL, gateway_settings
+from tests.support.servers import serve_asgi
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+MODELS = orjson.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+# What the engine answers a chat request whose message says which (the rest: a plain error)
+ODD = {
+    "s204": b"HTTP/1.1 204 No Content\r\n\r\n",
+    "s304": b"HTTP/1.1 304 Not Modified\r\n\r\n",
+    "s201": b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\n"
+    b"content-length: 2\r\n\r\n{}",
+    "gzip": b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(gzip.compress(b"{}")), gzip.compress(b"{}")),
+}
+
+
+def answer(body: bytes, content_type: bytes = b"application/json") -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s" % (
+        content_type,
+        len(body),
+        body,
+    )
+
+
+async def engine(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            lines = head.lower().split(b"\r\n")
+            size = next((int(x[15:]) for x in lines if x.startswith(b"content-length:")), 0)
+            body: Any = orjson.loads(await reader.readexactly(size)) if size else {}
+            if head.startswith(b"GET /v1/models"):
+                writer.write(answer(MODELS))
+            elif head.startswith(b"GET "):
+                writer.write(answer(b"{}"))
+            else:
+                writer.write(ODD[body["messages"][0]["content"]])
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[str]:
+    port = free_port()
+    listener = await asyncio.start_server(engine, "127.0.0.1", port)
+    settings = gateway_settings(f"http://127.0.0.1:{port}", tmp_path / "spill")
+    try:
+        async with serve_asgi(create_app(settings)) as url:
+            yield url
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("odd", list(ODD))
+async def test_an_answer_of_a_status_or_encoding_outside_the_api_is_a_502(
+    gateway: str, odd: str
+) -> None:
+    # A 204 or 304 relayed with a JSON body desynchronised the client's connection (its next
+    # request failed); a 201 was an SDK's success; a gzip body a 200 no client could read.
+    messages: Any = [{"role": "user", "content": odd}]
+    async with openai.AsyncOpenAI(base_url=f"{gateway}/v1", api_key="k", max_retries=0) as oai:
+        for stream in (False, True, False):  # the same connection, again
+            with pytest.raises(openai.APIStatusError) as refused:
+                await oai.chat.completions.create(model=MODEL, messages=messages, stream=stream)
+            assert refused.value.status_code == 502
+            error = refused.value.body
+            assert isinstance(error, dict)
+            assert error["code"] == "engine_bad_answer", error
+            said = "content-encoding 'gzip'" if odd == "gzip" else f"HTTP {odd[1:]}"
+            assert said in error["message"]
