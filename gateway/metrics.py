@@ -231,16 +231,19 @@ class Metrics:
 
     def render(self, engines: Collection[str] | None = None) -> bytes:
         """`engines`: the URLs of the engines the registry has now (None: every series).
-        Under --workers N the series of an engine that left (EngineMetrics.removed) stay in
-        the workers' files, where prometheus_client cannot remove them: they are left out
-        here instead, or a pod gone since would be `llmaas_engine_up 0` (EngineDown) until
-        the gateway restarts."""
+        The series of an engine that left (EngineMetrics.removed) are left out: under
+        --workers N they stay in the workers' files, where prometheus_client cannot remove
+        them (a pod gone since was `llmaas_engine_up 0`, EngineDown, until the gateway
+        restarted), and a request still under way on it as it left writes its series again
+        as it ends (one more label set per pod replaced, for good)."""
+        source: prometheus_client.registry.Collector = self.registry
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-            collecting = CollectorRegistry()
-            workers = multiprocess.MultiProcessCollector(None)  # type: ignore[no-untyped-call, unused-ignore]
-            collecting.register(workers if engines is None else _EnginesNow(workers, engines))
-            return generate_latest(collecting)
-        return generate_latest(self.registry)
+            source = multiprocess.MultiProcessCollector(None)  # type: ignore[no-untyped-call, unused-ignore]
+        elif engines is None:
+            return generate_latest(self.registry)
+        collecting = CollectorRegistry()
+        collecting.register(source if engines is None else _EnginesNow(source, engines))
+        return generate_latest(collecting)
 
 
 def forget_process(pid: int) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from starlette.types import Scope
 
+from gateway.auth.api_keys import PREFIX
 from gateway.metering.usage import Usage
 from gateway.proxy.outcome import Outcome
 
@@ -40,10 +41,11 @@ class RequestInfo:
 def request_info(header: bytes | None) -> RequestInfo:
     """Keep a client's id when it is short and plain (it ends up in logs), and make one for the
     engine (tenants could otherwise name engine requests, the same name in two tenants);
-    else make one, for both."""
+    else make one, for both. An id holding an API key (a client or proxy that copied the key
+    into it) is never kept: it went whole into the access log and the usage records."""
     if header is not None:
         text = header.decode("latin-1")
-        if _SANE_ID.fullmatch(text):
+        if _SANE_ID.fullmatch(text) and PREFIX not in text:
             return RequestInfo(text, engine_request_id=_new_id())
     return RequestInfo(_new_id())
 

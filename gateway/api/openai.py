@@ -63,6 +63,9 @@ async def read_model_request(
     received_ms = int(time.time() * 1000)
     body, raw = await read_json(request, gw.settings.max_body_bytes)
     model = require_model(body)
+    served = gw.registry.pool(model)
+    if served is not None:  # named before the route's checks: their 400s are the model's too
+        info_of(request.scope).model = served.name
     check(body)
     if not caller.may_use(model):
         raise ModelNotFound(model)

@@ -313,6 +313,9 @@ class ProxyResponse(Response):
         info.outcome = outcome_of_status(status)
         if status != 200:
             self._refused(engine, status)
+        if status == 500 and _ENGINE_DEAD in body:  # (in the stream's error frame)
+            await self._send_error(send, _engine_dead())
+            return
         await send_bytes(send, status, body, extra=engine_refusal_headers(status))
 
     def _refused(self, engine: Engine, status: int) -> None:

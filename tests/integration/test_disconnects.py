@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import aiohttp
@@ -84,6 +85,20 @@ async def test_gateway_metrics_count_requests_and_upstream_errors(stack: Stack) 
     assert 'llmaas_upstream_errors_total{engine="http://127.0.0.1:' in text
     assert 'kind="connect"' in text
     assert "llmaas_inflight_requests" in text
+
+
+async def test_a_stream_silent_midway_is_counted_as_its_clients_cut_stream(stack: Stack) -> None:
+    # Counted `timeout`, as a 504 is, LlmaasEngineStreamsCut missed the 200s it cut.
+    body = {**CHAT, "stream": True, "max_tokens": 5, "sim": {"itl_ms": 4000}}
+    async with stack.http.post(f"{stack.gateway}/v1/chat/completions", json=body) as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    assert '"code":"engine_timeout"' in text
+    async with stack.http.get(f"{stack.gateway}/metrics", headers=ADMIN) as resp:
+        metrics = await resp.text()
+    assert re.search(
+        r'^llmaas_upstream_errors_total\{[^}]*kind="stream_timeout"\} 1\.0$', metrics, re.M
+    )
 
 
 async def test_a_client_gone_while_admitted_is_sent_to_no_engine(meter: Meter) -> None:

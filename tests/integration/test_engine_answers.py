@@ -1,4 +1,5 @@
-"""Engine answers the OpenAI API never gives, from an engine whose every byte the test writes:
+"""Engine answers the OpenAI API never gives (and vLLM's word that its engine core died, in
+a stream's error frame), from an engine whose every byte the test writes:
 they reach the client as the gateway's 502, never with the engine's status, and the client's
 connection stays usable."""
 
@@ -32,6 +33,13 @@ ODD = {
     b"content-length: %d\r\n\r\n%s" % (len(gzip.compress(b"{}")), gzip.compress(b"{}")),
 }
 
+# vLLM once its engine core died, to a request it had taken as a stream (an error frame)
+CORE_GONE = b'data: {"error": {"message": "EngineCore encountered an issue.", "code": 500}}\n\n'
+ANSWERS = ODD | {
+    "core_gone": b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(CORE_GONE), CORE_GONE)
+}
+
 
 def answer(body: bytes, content_type: bytes = b"application/json") -> bytes:
     return b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s" % (
@@ -52,7 +60,7 @@ async def engine(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             elif head.startswith(b"GET "):
                 writer.write(answer(b"{}"))
             else:
-                writer.write(ODD[body["messages"][0]["content"]])
+                writer.write(ANSWERS[body["messages"][0]["content"]])
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         pass
@@ -89,3 +97,18 @@ async def test_an_answer_of_a_status_or_encoding_outside_the_api_is_a_502(
             assert error["code"] == "engine_bad_answer", error
             said = "content-encoding 'gzip'" if odd == "gzip" else f"HTTP {odd[1:]}"
             assert said in error["message"]
+
+
+async def test_an_engine_core_gone_while_a_plain_request_streamed_is_a_retryable_503(
+    gateway: str,
+) -> None:
+    # (its HTTP 500 was one already; the same said in a stream's error frame was a 500)
+    messages: Any = [{"role": "user", "content": "core_gone"}]
+    async with openai.AsyncOpenAI(base_url=f"{gateway}/v1", api_key="k", max_retries=0) as oai:
+        raw = oai.chat.completions.with_raw_response
+        with pytest.raises(openai.APIStatusError) as refused:
+            await raw.create(model=MODEL, messages=messages)
+    assert refused.value.status_code == 503
+    assert refused.value.response.headers["retry-after"] == "1"
+    assert isinstance(refused.value.body, dict)
+    assert refused.value.body["code"] == "engine_unavailable"

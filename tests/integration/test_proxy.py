@@ -144,6 +144,20 @@ async def test_generated_request_id_when_client_sends_none(stack: Stack) -> None
     assert len(first) == 32
 
 
+async def test_a_request_id_holding_an_api_key_is_replaced(stack: Stack) -> None:
+    # (a client or proxy that copied the key into it: echoed, logged and billed under it whole)
+    key = "sk-llmaas-0123456789ab-" + "5" * 48
+    async with client(stack) as oai:
+        raw = await oai.chat.completions.with_raw_response.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "x"}],
+            extra_headers={"x-request-id": key},
+        )
+    kept = raw.headers["x-request-id"]
+    assert "sk-llmaas-" not in kept
+    assert len(kept) == 32
+
+
 async def test_stream_frames_reach_the_client_while_the_engine_still_generates(
     stack: Stack,
 ) -> None:

@@ -72,7 +72,7 @@ async def test_refused_and_gateway_served_requests_are_counted_once(
     assert await counts(http, url) == {
         ("", "chat/completions", "401"): 1,
         ("", "chat/completions", "404"): 1,
-        ("", "chat/completions", "400"): 1,
+        (MODEL, "chat/completions", "400"): 1,  # (a served model: its label, though refused)
         (MODEL, "chat/completions", "200"): 1,  # counted by the proxy, not twice
         (MODEL, "chat/completions", "429"): 1,
         ("", "models", "200"): 1,

@@ -53,6 +53,21 @@ def test_what_an_engine_that_left_still_had_under_way_writes_no_series() -> None
     assert GONE in metrics.render().decode()
 
 
+def test_a_request_that_ends_after_its_engine_left_brings_no_series_back() -> None:
+    """A request still on an engine as it left DNS counted itself as it ended: the engine's
+    requests' and errors' series came back, for good (one label set more per pod replaced)."""
+    metrics = Metrics()
+    observer = EngineMetrics(metrics)
+    observer.publish([Engine(GONE), Engine(STAYS)])
+    observer.removed(Engine(GONE))
+    for url in (GONE, STAYS):  # (relay._done, upstream failures: engine URLs, not engines)
+        metrics.engine_requests.labels(url, "200").inc()
+        metrics.upstream_errors.labels(url, "stream_cut").inc()
+    text = metrics.render(engines=[STAYS]).decode()
+    assert GONE not in text
+    assert f'llmaas_engine_requests_total{{engine="{STAYS}",status="200"}} 1.0' in text
+
+
 SCENARIO = f"""
 from gateway.metrics import Metrics
 from gateway.routing.engine_metrics import EngineMetrics
