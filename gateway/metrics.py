@@ -145,7 +145,8 @@ class Metrics:
         )
         self.engine_requests = Counter(
             "llmaas_engine_requests",
-            "Requests answered, by the engine that answered them (its HTTP status)",
+            "Requests answered, by the engine that answered them and the status their client "
+            "got (499: the client left before the answer's end)",
             ["engine", "status"],
             registry=reg,
         )

@@ -153,6 +153,8 @@ class ProxyResponse(Response):
         metrics, model, route = self.deps.metrics, self.call.pool.name, self.call.route
         metrics.requests.labels(model, route, str(self.status_code)).inc()
         info.counted = True
+        if self.status_code == CLIENT_CLOSED:  # (left midway: the access log says so too)
+            info.status = CLIENT_CLOSED
         metrics.duration.labels(model, route).observe(elapsed)
         if info.engine is not None:
             metrics.engine_requests.labels(info.engine, str(self.status_code)).inc()

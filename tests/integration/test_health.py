@@ -137,6 +137,20 @@ async def test_access_log_is_json_with_request_id_and_no_prompt(stack: Stack) ->
         )
     fields = getattr(left, "fields", {})
     assert (fields["status"], fields["outcome"]) == (499, "client_disconnected")
+    with collected(ACCESS_LOGGER) as collect:  # gone midway: was 200, where it was counted 499
+        streamed = {**body, "stream": True, "max_tokens": 50, "sim": {"itl_ms": 50}}
+        async with stack.http.post(
+            f"{stack.gateway}/v1/chat/completions",
+            json=streamed,
+            headers={"x-request-id": "log-4"},
+        ) as resp:
+            assert resp.status == 200
+            await resp.content.readline()  # the first frame's line, then gone
+        (cut,) = await collect.wait_for(
+            lambda r: getattr(r, "fields", {}).get("request_id") == "log-4"
+        )
+    fields = getattr(cut, "fields", {})
+    assert (fields["status"], fields["outcome"]) == (499, "client_disconnected")
 
 
 async def test_probes_answered_well_stay_out_of_the_access_log_unless_asked(
