@@ -73,6 +73,8 @@ class EngineSpec:
         argv += ["--dtype", "float32", "--enforce-eager", "--host", "127.0.0.1"]
         argv += ["--port", str(self.port)]
         argv += ["--scheduling-policy", "priority"]  # tenants' priorities (gateway/api/policy.py)
+        # Without it vLLM reports no prompt_tokens_details: cached_tokens metered 0, always
+        argv += ["--enable-prompt-tokens-details"]
         argv += ["--disable-access-log-for-endpoints", PROBED_PATHS]
         if self.lora:
             argv += ["--enable-lora", "--max-lora-rank", str(self.max_lora_rank)]

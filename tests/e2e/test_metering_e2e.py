@@ -282,6 +282,31 @@ async def test_ledger_of_completed_requests_equals_vllm_counters(
     assert ledger_total == vllm_delta
 
 
+async def test_a_prompt_read_again_from_the_prefix_cache_is_metered_as_cached(
+    e2e: E2E, oai: openai.AsyncOpenAI, ledger: LedgerView
+) -> None:
+    # vLLM reports cached prompt tokens only when started with --enable-prompt-tokens-details:
+    # without it every record said cached_tokens 0 while its prefix cache served the prompt.
+    count_before = await ledger.count()
+    long: Any = [{"role": "user", "content": "Remember this list: " + "apple pear plum " * 40}]
+    sent: list[tuple[str, int]] = []
+    for label in ("cache-first", "cache-again"):
+        rid = new_rid(label)
+        reply = await oai.chat.completions.create(
+            model=CHAT, messages=long, max_tokens=2, temperature=0, extra_headers=_rid_header(rid)
+        )
+        assert reply.usage is not None
+        assert reply.usage.prompt_tokens_details is not None
+        cached = reply.usage.prompt_tokens_details.cached_tokens
+        assert cached is not None
+        sent.append((rid, cached))
+    by_rid = _byrid(await ledger.new_since(count_before, 2))
+    (_, first), (again, cached) = sent
+    assert cached > 100, sent  # (the prompt is ~170 tokens; blocks of 16 are cached)
+    assert by_rid[again].cached_tokens == cached
+    assert by_rid[sent[0][0]].cached_tokens == first
+
+
 # --- abandoned streams: the client reads a few chunks and hangs up ---
 
 

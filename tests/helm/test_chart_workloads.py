@@ -70,6 +70,7 @@ def test_gpu_engines_request_gpus_and_run_vllm(rendered: Rendered) -> None:
         assert gpus >= int(arg_after(c["args"], "--tensor-parallel-size"))
         assert c["image"].startswith("vllm/vllm-openai:")
         assert arg_after(c["args"], "--port") == "8000"
+        assert "--enable-prompt-tokens-details" in c["args"]  # (else cached_tokens metered 0)
         if _setting(rendered, engine, "priorityScheduling"):
             assert arg_after(c["args"], "--scheduling-policy") == "priority"
         else:
