@@ -328,7 +328,10 @@ class Settings(BaseSettings):
             missing += [] if self.key_pepper else ["key_pepper (LLMAAS_KEY_PEPPER)"]
             missing += [] if self.redis_url else ["redis_url (LLMAAS_REDIS_URL)"]
         if missing:
-            raise ValueError("required outside dev mode: " + ", ".join(missing))
+            raise ValueError(
+                "required outside dev mode (set in the environment, never in a config file): "
+                + ", ".join(missing)
+            )
         for name in ("admin_token", "key_pepper", "metrics_token"):
             value = getattr(self, name)
             if value is not None and len(value) < 16:

@@ -178,9 +178,29 @@ def usable_settings(path: Path | None = None, **overrides: Any) -> Settings:
         algorithms=jwt.algorithms,
         other_keys=hmac or jwt.jwks_url is not None,
     )
+    if settings.redis_url is not None:  # (metering on: what Redis does not take is spilled)
+        errors += spill_dir_errors(settings.metering.spill_dir)
     if errors:
         raise ConfigError("\n  ".join(["", *errors]) if len(errors) > 1 else errors[0])
     return settings
+
+
+def spill_dir_errors(path: Path) -> list[str]:
+    """Why `metering.spill_dir` could not take a spill file (nothing made to find out): found
+    only at the first spill, with Redis away, its settlements were lost (usage never billed)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        why = f"{existing} is not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        why = f"{existing} is not writable by this process"
+    else:
+        return []
+    return [
+        f"metering.spill_dir: {path} cannot hold spill files ({why}); usage Redis does not "
+        "take would be lost"
+    ]
 
 
 # LLMAAS_* names read by the tools beside the gateway's settings: the client commands' gateway

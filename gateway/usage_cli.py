@@ -53,8 +53,8 @@ def add_usage_command(sub: Any) -> None:
     usage.add_argument("--model", type=given, help="only this model's usage")
     usage.add_argument(
         "--start",
-        help="YYYY-MM-DD, RFC 3339 or Unix seconds (default: totals 30 days back, --records "
-        "the first record kept)",
+        help="totals: a day, YYYY-MM-DD (or a time at 00:00:00Z); --records: also any RFC 3339 "
+        "time or Unix seconds (default: totals 30 days back, --records the first record kept)",
     )
     usage.add_argument("--end", help="as --start (default: today; --records: the latest record)")
     usage.add_argument(

@@ -254,14 +254,16 @@ llmaas is up.
 
   curl -s {base}/v1/chat/completions -H 'authorization: Bearer {key}' \\
     -H 'content-type: application/json' -d '{{
-    "model": "{CHAT_MODEL_NAME}",
+    "model": "{CHAT_MODEL_NAME}", "max_tokens": 64,
     "messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}'
 
   python - <<'PY'
 from openai import OpenAI
 client = OpenAI(base_url="{base}/v1", api_key="{key}")
 question = [{{"role": "user", "content": "What is the capital of France?"}}]
-reply = client.chat.completions.create(model="{CHAT_MODEL_NAME}", messages=question)
+reply = client.chat.completions.create(
+    model="{CHAT_MODEL_NAME}", messages=question, max_tokens=64
+)
 print(reply.choices[0].message.content)
 PY
 

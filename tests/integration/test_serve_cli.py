@@ -172,6 +172,21 @@ async def test_invalid_config_exits_2_naming_the_field(tmp_path: Path) -> None:
     assert b"Traceback" not in err
 
 
+async def test_a_spill_dir_that_cannot_be_made_is_refused_before_serving(tmp_path: Path) -> None:
+    # Found at the first spill (Redis away), its settlements were lost: usage never billed.
+    (tmp_path / "a-file").write_text("")
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "dev_mode: true\nredis_url: redis://127.0.0.1:1/0\n"
+        f"metering: {{spill_dir: {tmp_path / 'a-file' / 'spill'}}}\n"
+    )
+    code, err = await serve_fails(config)
+    assert code == 2, err
+    assert b"metering.spill_dir" in err
+    assert b"is not a directory" in err
+    assert b"Traceback" not in err
+
+
 async def test_config_errors_are_one_line_per_field_and_never_show_a_secret(
     tmp_path: Path,
 ) -> None:
