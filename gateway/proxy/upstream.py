@@ -11,7 +11,7 @@ JWKS).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol, TypeVar, cast
 
 import aiohttp
@@ -28,6 +28,8 @@ from gateway.proxy.upstream_answers import (
     UpstreamBroken,
     UpstreamResponse,
     first_bytes,
+    only_opening,
+    past_opening,
 )
 from gateway.routing.engines import Engine
 from gateway.settings import UpstreamSettings
@@ -217,6 +219,8 @@ class Upstream:
             return None
         if isinstance(first, UpstreamBroken):  # slow, not gone: the relay answers it as it would
             return Begun(resp, frames, b"", first)
+        if only_opening(first):  # a Responses API stream: has it begun to generate?
+            return await self._past_opening(engine, resp, frames, first)
         if first.startswith(b'data: {"error"'):
             status = stream_error_status(first[6:].split(b"\n", 1)[0])
             if status >= 500:
@@ -225,6 +229,24 @@ class Upstream:
                 engine.record_failure("http_5xx", f"error frame {status}")
                 return None
         return Begun(resp, frames, first)
+
+    async def _past_opening(
+        self, engine: Engine, resp: H1Response, frames: AsyncIterator[bytes], first: bytes
+    ) -> UpstreamResponse | None:
+        """A Responses API stream, read past its opening events (sent as vLLM takes the
+        request); None when it ended before its first event past them: an engine killed while
+        the request waited in its queue (taken for a refusal of a field, the request failed
+        while the model's other engines were free), or vLLM refusing a field it checks only as
+        generation starts. Either way nothing was generated, and the request may go to another
+        engine: no step towards this one's ejection (a refusal is the request's, and the next
+        engine says the same; the last one's is answered as such, RelayResponse)."""
+        read = await self._looked_at(engine, resp, past_opening(frames, first))
+        if read is None:
+            resp.close()
+            self._metrics.upstream_errors.labels(engine.url, "never_began").inc()
+            return None
+        head, failed = read
+        return Begun(resp, frames, head, failed)
 
     async def _looked_at(
         self, engine: Engine, resp: UpstreamResponse, read: Awaitable[_T]

@@ -4,6 +4,7 @@ answers `Upstream.open` hands on after it looked at their first bytes: a 404's b
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Literal, Protocol
 
@@ -76,6 +77,38 @@ async def first_bytes(frames: AsyncIterator[bytes]) -> bytes | UpstreamBroken:
         raise
 
 
+# The events vLLM sends as it takes a Responses API request, before it generates (and before
+# the engine core has it: an engine killed while the request waits in its queue sent them).
+_OPENING = frozenset({b"response.created", b"response.in_progress"})
+_EVENT = re.compile(rb"^event: ?([^\r\n]*)", re.M)
+
+
+def only_opening(first: bytes) -> bool:
+    """Whether a Responses API stream's bytes so far are only its opening events."""
+    names = _EVENT.findall(first)
+    return bool(names) and all(name.strip() in _OPENING for name in names)
+
+
+async def past_opening(
+    frames: AsyncIterator[bytes], first: bytes
+) -> tuple[bytes, UpstreamBroken | None] | None:
+    """A Responses API stream's bytes up to its first event past the opening ones (with its
+    timeout, if it fell silent first: slow, not gone); None when it ended or broke before it.
+    (vLLM sends a first frame only with the first token on the other routes.)"""
+    read = [first]
+    while only_opening(b"".join(read)):
+        try:
+            more = await anext(frames, None)
+        except UpstreamBroken as exc:
+            if exc.kind == "timeout":
+                return b"".join(read), exc
+            return None
+        if more is None:
+            return None
+        read.append(more)
+    return b"".join(read), None
+
+
 class Begun:
     """A stream whose first bytes Upstream.open read to see that it began: those bytes (or
     the failure that came instead), then the rest as it arrives."""
@@ -95,10 +128,10 @@ class Begun:
         self.content_type = resp.content_type
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        if self._failed is not None:
-            raise self._failed
         if self._first:
             yield self._first
+        if self._failed is not None:
+            raise self._failed
         async for chunk in self._frames:
             yield chunk
 

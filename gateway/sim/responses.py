@@ -118,13 +118,14 @@ class ResponsesApi:
             await reply.start(200, SSE_HEADERS)
             started = asyncio.get_running_loop().time()
             created = response_object(turn, "in_progress")
-            await reply.body(events.frames(turn, created), more=True)
+            await reply.body(events.opening(created), more=True)
             await sleep_until(started + turn.timing.ttft_s)
             generation.prefilled(turn.input_tokens)
             for k, token in enumerate(turn.output):
                 await sleep_until(started + turn.timing.ttft_s + k * turn.timing.itl_s)
                 generation.generated(1)
-                await reply.body(events.delta(turn, token), more=True)
+                first = events.item_added(turn) if k == 0 else b""  # with the first token
+                await reply.body(first + events.delta(turn, token), more=True)
         await reply.body(events.closing(turn, self._done(turn)))
 
     async def retrieve(self, request: Request) -> Response:
@@ -156,7 +157,17 @@ class Events:
         self.sequence += 1
         return f"event: {kind}\ndata: ".encode() + orjson.dumps(payload) + b"\n\n"
 
-    def frames(self, turn: Turn, created: dict[str, Any]) -> bytes:
+    def opening(self, created: dict[str, Any]) -> bytes:
+        """What vLLM sends as it takes the request, before the engine core has it."""
+        return b"".join(
+            [
+                self.event("response.created", {"response": created}),
+                self.event("response.in_progress", {"response": created}),
+            ]
+        )
+
+    def item_added(self, turn: Turn) -> bytes:
+        """What vLLM sends with the first token, before its delta."""
         item = _message(turn, "", "in_progress") | {"content": []}
         part: dict[str, Any] = {
             "annotations": [],
@@ -167,8 +178,6 @@ class Events:
         place = {"item_id": _item_id(turn), "output_index": 0}
         return b"".join(
             [
-                self.event("response.created", {"response": created}),
-                self.event("response.in_progress", {"response": created}),
                 self.event("response.output_item.added", {"item": item, "output_index": 0}),
                 self.event(
                     "response.content_part.added", {"content_index": 0, **place, "part": part}

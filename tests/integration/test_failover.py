@@ -219,3 +219,35 @@ async def test_an_engine_killed_before_the_first_token_loses_no_request(tmp_path
         a.process.send_signal(signal.SIGKILL)
         assert all(await asyncio.gather(*asked))  # every one answered whole
         assert (await sim_state(http, b.url))["total_requests"] == 8
+
+
+async def test_a_responses_request_on_an_engine_killed_before_its_first_token_goes_on(
+    tmp_path: Path,
+) -> None:
+    """vLLM sends a Responses stream's first two events as it takes the request: an engine
+    killed while requests waited for their first token dropped them after those, which was
+    taken for a refusal of a field (a stream: 200 and an `engine_refused` event; a plain
+    request: asked again of the dead engine, 502) while the other engine was idle."""
+    async with (
+        two_engine_processes(tmp_path) as (gateway, a, b),
+        aiohttp.ClientSession() as http,
+        openai.AsyncOpenAI(base_url=f"{gateway}/v1", api_key="x", max_retries=0) as oai,
+    ):
+        slow = {"sim": {"ttft_ms": 500}}
+
+        async def plain() -> str:
+            reply = await oai.responses.create(model=MODEL, input="hello", extra_body=slow)
+            return reply.status or ""
+
+        async def streamed() -> str:
+            stream = await oai.responses.create(
+                model=MODEL, input="hello", stream=True, extra_body=slow
+            )
+            return [e.type async for e in stream][-1]
+
+        asked = [asyncio.create_task(f()) for f in (plain, streamed) * 4]
+        await wait_running(http, a.url, 4)  # half of them wait on `a` for their first token
+        assert a.process is not None
+        a.process.send_signal(signal.SIGKILL)
+        assert await asyncio.gather(*asked) == ["completed", "response.completed"] * 4
+        assert (await sim_state(http, b.url))["total_requests"] == 8
