@@ -42,6 +42,20 @@ def test_round_robin_rotates_the_first_choice() -> None:
     assert firsts == ["http://e1", "http://e2", "http://e3"] * 2
 
 
+def test_what_fails_over_from_each_engine_is_spread_over_the_others() -> None:
+    pool = _registry().pool("a")
+    assert pool is not None
+    rr = RoundRobin()
+    seconds = Counter((o[0].url, o[1].url) for o in (rr.candidates(pool) for _ in range(60)))
+    for first in ("http://e1", "http://e2", "http://e3"):
+        nexts = {second: n for (f, second), n in seconds.items() if f == first}
+        assert nexts == {u: 10 for u in ("http://e1", "http://e2", "http://e3") if u != first}
+    assert all(
+        sorted(e.url for e in rr.candidates(pool)) == ["http://e1", "http://e2", "http://e3"]
+        for _ in range(6)
+    )
+
+
 def test_down_engines_go_last() -> None:
     pool = _registry().pool("a")
     assert pool is not None
