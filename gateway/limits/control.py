@@ -20,6 +20,7 @@ from gateway.limits.patience import Patience
 from gateway.limits.prefetch import Prefetch
 from gateway.limits.releases import Releases
 from gateway.limits.renewals import Renewals
+from gateway.limits.tight import tight
 from gateway.metrics import Metrics
 from gateway.redis_client import redis_error
 from gateway.settings import LimitsSettings
@@ -27,7 +28,22 @@ from gateway.settings import LimitsSettings
 _NONE = Limits()
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 BUSY_FACTOR = 10  # a busy process waits for Redis up to this many timeouts in all
+# How long a tight limit's refusal waits before it is asked once more: a settlement another
+# replica gives back lingers 2 ms (settler.SLOT_LINGER_S) and takes a round trip to Redis.
+SETTLING_S = 0.025
 DEFAULTED_MAX = 10_000  # API-key principals whose limits with defaults are remembered
+
+
+def _may_be_given_back(
+    caller: Principal, answer: Admission | RateLimited | AdmissionCancelled, tokens: int
+) -> bool:
+    """A refusal by a tight limit (limits/tight.py) for tokens or a slot, which a settlement
+    lingering in another replica may be giving back: asked once more, SETTLING_S later."""
+    if not isinstance(answer, RateLimited) or answer.limit_kind == "requests":
+        return False
+    if answer.headers.get("x-should-retry") == "false":  # larger than the limit: no wait helps
+        return False
+    return tight(caller, tokens)
 
 
 class AdmissionControl:
@@ -124,7 +140,7 @@ class AdmissionControl:
         wanted, each = (0, tokens) if prefetch is None else prefetch.wanted(caller, tokens)
         requests = [(tokens, new_lease())] + [(each, new_lease()) for _ in range(wanted)]
         try:
-            answers = await self._ask(caller, requests)
+            answers = await self._ask_settled(caller, requests)
         finally:
             if prefetch is not None:
                 prefetch.arrived(caller, wanted)
@@ -139,6 +155,19 @@ class AdmissionControl:
             prefetch.fetched(caller, [answer, *more])
         self._hold(caller, answer)
         return answer
+
+    async def _ask_settled(
+        self, caller: Principal, requests: list[tuple[int, str]]
+    ) -> list[Admission | RateLimited | AdmissionCancelled] | None:
+        """`_ask`; a tight limit's refusal of the first request, which another replica may be
+        giving back (`_may_be_given_back`), is asked once more SETTLING_S later, alone."""
+        answers = await self._ask(caller, requests)
+        tokens = requests[0][0]
+        if answers is None or not _may_be_given_back(caller, answers[0], tokens):
+            return answers
+        self._give_back(caller, [a.lease for a in answers[1:] if isinstance(a, Admission)])
+        await asyncio.sleep(SETTLING_S)
+        return await self._ask(caller, [(tokens, new_lease())])
 
     async def _take_coming(
         self, caller: Principal, prefetch: Prefetch, tokens: int

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from gateway.auth.principal import Principal
 from gateway.limits.limiter import Admission
+from gateway.limits.tight import tight
 from gateway.metering.record import UsageRecord, new_record_id
 from gateway.metering.settlement import LimitSettlement, Settlement
 from gateway.metering.settler import Settler
@@ -19,11 +20,6 @@ from gateway.metering.usage import Usage
 from gateway.proxy.outcome import CLIENT_GONE, Outcome, ProxyResult, Reporter
 
 _REFUNDED = (Outcome.ENGINE_ERROR, Outcome.REJECTED, Outcome.TIMEOUT, Outcome.GATEWAY_SHUTDOWN)
-# A slot under a concurrency limit this small is freed in Redis at once (Settler.submit's
-# frees_slot): few requests share it, so the next one may be waiting for this very slot. Under a
-# larger limit the release may linger a few ms for company, like any settlement: a busy key's
-# replica writes to Redis often anyway, and a quiet one is far from its limit.
-TIGHT_CONCURRENCY = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,12 +109,6 @@ def _record(record_id: str, charge: Charge, result: ProxyResult, usage: Usage) -
     )
 
 
-def _tight(caller: Principal) -> bool:
-    """Whether a concurrency limit of the caller's is under TIGHT_CONCURRENCY."""
-    limits = (caller.key_limits.max_concurrency, caller.tenant_limits.max_concurrency)
-    return any(limit and limit < TIGHT_CONCURRENCY for limit in limits)
-
-
 def _nothing(admission: Admission) -> None:
     pass
 
@@ -144,7 +134,9 @@ class Accounting:
 
     def reporter(self, charge: Charge) -> Reporter:
         """What the proxy calls with its result: settle it (never raises)."""
-        frees_slot = charge.admission is not None and _tight(charge.caller)
+        frees_slot = charge.admission is not None and tight(
+            charge.caller, charge.admission.reserved_tokens
+        )
 
         async def report(result: ProxyResult) -> None:
             if charge.admission is not None and result.outcome is Outcome.SHED:

@@ -37,7 +37,7 @@ BATCH = 200
 # How long a batch may wait to go in the write of an admission (or of any call that is not
 # lazy) before it goes alone: no request waits for it, and at a low rate several requests'
 # settlements then share one write. A batch that frees a slot under a tight concurrency limit
-# (accounting.TIGHT_CONCURRENCY) waits the least: the key's next request, on this replica or
+# (limits/tight.py) waits the least: the key's next request, on this replica or
 # another, may be waiting for that slot.
 LINGER_S = 0.010
 SLOT_LINGER_S = 0.002

@@ -9,7 +9,8 @@ import pytest
 
 from gateway.auth.principal import Limits, Principal
 from gateway.limits.limiter import Admission
-from gateway.metering.accounting import TIGHT_CONCURRENCY, Accounting, Charge, settlement_of
+from gateway.limits.tight import TIGHT_CONCURRENCY, TIGHT_TOKEN_SHARE
+from gateway.metering.accounting import Accounting, Charge, settlement_of
 from gateway.metering.settlement import Settlement
 from gateway.metering.settler import Settler
 from gateway.metering.usage import Usage
@@ -121,17 +122,24 @@ class Recording(Settler):
 
 
 @pytest.mark.asyncio(loop_scope="session")
-async def test_a_settlement_that_frees_a_tight_concurrency_slot_is_submitted_as_one(
+async def test_a_settlement_that_frees_a_tight_slot_or_many_tokens_is_submitted_as_one(
     tmp_path: Path,
 ) -> None:
     settler = Recording(tmp_path)
     accounting = Accounting(settler)
     slot, roomy = Limits(max_concurrency=4), Limits(max_concurrency=TIGHT_CONCURRENCY)
+    # (a reservation of a twentieth of a tpm limit or more gives back tokens another replica's
+    # next request may be refused for: at once too)
+    near = Limits(tpm=ADMISSION.reserved_tokens * TIGHT_TOKEN_SHARE)
+    far = Limits(tpm=ADMISSION.reserved_tokens * TIGHT_TOKEN_SHARE + 1)
+    free = dataclasses.replace(CALLER, key_limits=Limits(), tenant_limits=Limits())
     callers = {
-        "no-slot": CALLER,
-        "key-slot": dataclasses.replace(CALLER, key_id="key-slot", key_limits=slot),
-        "tenant-slot": dataclasses.replace(CALLER, key_id="tenant-slot", tenant_limits=slot),
-        "roomy": dataclasses.replace(CALLER, key_id="roomy", key_limits=roomy, tenant_limits=roomy),
+        "no-slot": free,
+        "key-slot": dataclasses.replace(free, key_id="key-slot", key_limits=slot),
+        "tenant-slot": dataclasses.replace(free, key_id="tenant-slot", tenant_limits=slot),
+        "roomy": dataclasses.replace(free, key_id="roomy", key_limits=roomy, tenant_limits=roomy),
+        "tpm-near": dataclasses.replace(free, key_id="tpm-near", tenant_limits=near),
+        "tpm-far": dataclasses.replace(free, key_id="tpm-far", key_limits=far),
     }
     for caller in callers.values():
         await accounting.reporter(dataclasses.replace(CHARGE, caller=caller))(OK)
@@ -142,6 +150,8 @@ async def test_a_settlement_that_frees_a_tight_concurrency_slot_is_submitted_as_
         ("key-slot", True),
         ("tenant-slot", True),
         ("roomy", False),  # a slot among many: it may linger
+        ("tpm-near", True),
+        ("tpm-far", False),
         ("key-slot", False),
     ]
 
