@@ -7,6 +7,7 @@ worker then writes its values to files there and /metrics aggregates all of them
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Collection, Iterable
 from typing import Any, Self
 
@@ -252,6 +253,32 @@ def forget_process(pid: int) -> None:
     (its counters stay: what it counted happened)."""
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call, unused-ignore]
+
+
+def forget_gone_processes() -> None:
+    """The gauges of every process gone that left them in PROMETHEUS_MULTIPROC_DIR (an
+    operator's directory outlives a run: a stopped or killed run's `llmaas_engine_up 0`
+    stayed in the next run's minima)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory is None:
+        return
+    pids = {int(m.group(1)) for f in os.listdir(directory) if (m := _LIVE_GAUGE.fullmatch(f))}
+    for pid in pids:
+        if not _running(pid):
+            forget_process(pid)
+
+
+_LIVE_GAUGE = re.compile(r"gauge_live\w+_(\d+)\.db")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # (another user's)
+        return True
+    return True
 
 
 # What EngineMetrics.removed removes: every series of these families by its engine label, and

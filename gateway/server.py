@@ -28,7 +28,7 @@ from gateway.app import create_app
 from gateway.embedded.process_group import terminate_with_parent
 from gateway.http_protocol import GatewayHttpProtocol
 from gateway.logs import configure_logging_single_threaded
-from gateway.metrics import forget_process
+from gateway.metrics import forget_gone_processes, forget_process
 from gateway.settings import Settings
 from gateway.settings_load import load_settings
 
@@ -85,6 +85,7 @@ def run_server(settings: Settings, config_path: Path | None) -> None:
             made = Path(tempfile.mkdtemp(prefix="llmaas-metrics-"))
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(made)
         target = "gateway.server:app_from_env"
+    forget_gone_processes()  # (an operator's directory: what an earlier run left)
     config = uvicorn_config(
         target,
         settings,
@@ -104,7 +105,13 @@ def run_server(settings: Settings, config_path: Path | None) -> None:
         # JSON lines from here on: a port already taken is said as the one worker says it
         # (the supervisor set its logging up only once the socket was bound)
         configure_logging_single_threaded(settings.log_level)
-        DrainingWorkers(config, [config.bind_socket()], settings.log_level, made).run()
+        try:
+            sockets = [config.bind_socket()]  # (exits if the port is taken)
+        except BaseException:
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
+            raise
+        DrainingWorkers(config, sockets, settings.log_level, made).run()
     else:
         DrainingServer(config, settings.shutdown_grace_s).run()
 

@@ -329,8 +329,8 @@ class Settings(BaseSettings):
             missing += [] if self.redis_url else ["redis_url (LLMAAS_REDIS_URL)"]
         if missing:
             raise ValueError(
-                "required outside dev mode (set in the environment, never in a config file): "
-                + ", ".join(missing)
+                "required outside dev mode (dev_mode is for a machine of your own; keep the "
+                "admin token and the key pepper in the environment): " + ", ".join(missing)
             )
         for name in ("admin_token", "key_pepper", "metrics_token"):
             value = getattr(self, name)

@@ -294,7 +294,8 @@ async def relay_stream(
             await _end(send, shown, error, deps, engine)
             info.usage = None
             return Outcome.REJECTED
-        error = deps.upstream.failure(engine, broken.kind, broken.cause, stream=True, midway=True)
+        midway = info.ttft_ms is not None  # (a first token's wait past it: a `timeout`)
+        error = deps.upstream.failure(engine, broken.kind, broken.cause, stream=True, midway=midway)
     except asyncio.CancelledError:
         whole = _whole_answer(shown)
         if whole is not None and cut is not None and cut.client_gone():

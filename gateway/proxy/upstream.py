@@ -31,6 +31,7 @@ from gateway.proxy.upstream_answers import (
     only_opening,
     past_opening,
 )
+from gateway.routing.breaker import FailureKind
 from gateway.routing.engines import Engine
 from gateway.settings import UpstreamSettings
 
@@ -182,7 +183,7 @@ class Upstream:
         if odd is not None:
             resp.close()
             self._metrics.upstream_errors.labels(engine.url, "bad_answer").inc()
-            engine.record_failure("http_5xx", odd)
+            engine.record_failure("bad_answer", odd)
             if last:
                 engine.inflight -= 1
                 raise BadGateway(
@@ -308,9 +309,10 @@ class Upstream:
         except TimeoutError as exc:
             raise self.failure(engine, "timeout", exc, stream=stream) from exc
         except (Disconnected, OSError) as exc:
+            kind: Failure = "bad_answer" if isinstance(exc, NotHttp) else "disconnect"
             if last:
-                raise self.failure(engine, "disconnect", exc) from exc
-            self.failure(engine, "disconnect", exc)  # counted; the next engine is tried
+                raise self.failure(engine, kind, exc) from exc
+            self.failure(engine, kind, exc)  # counted; the next engine is tried
             return None
         return H1Response(conn, self._engines, idle_s, _broken, self._ended(engine, conn.status))
 
@@ -342,7 +344,7 @@ class Upstream:
         as for a `stream_cut` (LlmaasEngineStreamsCut), not the 504 of a `timeout`."""
         label = "stream_timeout" if kind == "timeout" and stream and midway else kind
         self._metrics.upstream_errors.labels(engine.url, label).inc()
-        engine.record_failure("timeout" if kind == "timeout" else "disconnect", type(exc).__name__)
+        engine.record_failure(_BREAKER_KINDS.get(kind, "disconnect"), type(exc).__name__)
         if kind == "timeout":
             s = self._settings
             wait = s.stream_idle_timeout_s if stream else s.response_timeout_s
@@ -356,6 +358,9 @@ class Upstream:
             f"The engine closed the connection {when} ({type(exc).__name__}).",
             code="engine_disconnected",
         )
+
+
+_BREAKER_KINDS: dict[str, FailureKind] = {"timeout": "timeout", "bad_answer": "bad_answer"}
 
 
 def _odd(resp: H1Response) -> str | None:

@@ -10,7 +10,7 @@ from typing import Literal, Protocol
 
 from gateway.proxy.h1 import H1Response
 
-Failure = Literal["timeout", "stream_cut", "disconnect"]
+Failure = Literal["timeout", "stream_cut", "disconnect", "bad_answer"]
 
 
 class UpstreamBroken(Exception):

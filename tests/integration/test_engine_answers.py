@@ -29,10 +29,11 @@ ODD = {
     "s304": b"HTTP/1.1 304 Not Modified\r\n\r\n",
     "s201": b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\n"
     b"content-length: 2\r\n\r\n{}",
+    "nothttp": b"HTTP/1.1 2000 OK\r\n\r\n",
     "gzip": b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
     b"content-length: %d\r\n\r\n%s" % (len(gzip.compress(b"{}")), gzip.compress(b"{}")),
 }
-
+SAID = {"gzip": "content-encoding 'gzip'", "nothttp": "not valid HTTP"}
 # vLLM once its engine core died, to a request it had taken as a stream (an error frame)
 CORE_GONE = b'data: {"error": {"message": "EngineCore encountered an issue.", "code": 500}}\n\n'
 ANSWERS = ODD | {
@@ -95,7 +96,7 @@ async def test_an_answer_of_a_status_or_encoding_outside_the_api_is_a_502(
             error = refused.value.body
             assert isinstance(error, dict)
             assert error["code"] == "engine_bad_answer", error
-            said = "content-encoding 'gzip'" if odd == "gzip" else f"HTTP {odd[1:]}"
+            said = SAID.get(odd, f"HTTP {odd[1:]}")
             assert said in error["message"]
 
 

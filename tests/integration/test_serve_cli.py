@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import socket
@@ -160,6 +161,27 @@ async def test_up_refuses_a_bad_setting_before_it_starts_anything(tmp_path: Path
     )
     assert not home.exists()  # nothing prepared, started or written
     assert not data.exists()
+
+
+async def test_workers_that_cannot_bind_their_port_leave_no_metrics_directory(
+    tmp_path: Path,
+) -> None:
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    config = tmp_path / "gw.yaml"
+    config.write_text(f"dev_mode: true\nmetering: {{spill_dir: {tmp_path / 'spill'}}}\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        proc = await asyncio.create_subprocess_exec(
+            *serve_command(config, "--port", port, "--workers", "2"),
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "TMPDIR": str(temporary)},
+        )
+        _, err = await proc.communicate()
+    assert proc.returncode != 0, err
+    assert list(temporary.iterdir()) == []  # (one was left per attempt)
 
 
 async def test_invalid_config_exits_2_naming_the_field(tmp_path: Path) -> None:

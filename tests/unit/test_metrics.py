@@ -1,6 +1,11 @@
 from __future__ import annotations
 
-from gateway.metrics import Metrics
+import os
+from pathlib import Path
+
+import pytest
+
+from gateway.metrics import Metrics, forget_gone_processes
 
 
 def _series(metrics: Metrics, line: str) -> bool:
@@ -40,3 +45,19 @@ def test_the_ejections_help_names_every_failure_that_ejects() -> None:
     (ejections,) = [h for h in helps if h.startswith("# HELP llmaas_engine_ejections_total ")]
     for cause in ("refused connection", "5xx", "timeouts", "broken connections", "/health"):
         assert cause in ejections
+
+
+def test_gauges_a_gone_process_left_in_the_directory_are_forgotten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's PROMETHEUS_MULTIPROC_DIR outlives a run: a stopped run's `engine_up 0`
+    stayed in the next run's minima (LlmaasEngineDown firing for an engine that was up)."""
+    gone = 2**22 + 12345  # above the default pid_max: no such process
+    for name in (f"gauge_livemin_{gone}.db", f"gauge_livesum_{gone}.db", f"counter_{gone}.db"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / f"gauge_livemin_{os.getpid()}.db").write_bytes(b"")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    forget_gone_processes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"counter_{gone}.db", f"gauge_livemin_{os.getpid()}.db"]  # (what it counted stays)
+    )
