@@ -163,6 +163,13 @@ def test_the_trainer_rolls_only_for_what_it_reads_of_the_config() -> None:
     assert routed[1] == trainer  # the trainer does not
     tuned = checksums({"fine_tuning": {"learning_rate": 0.001}})
     assert tuned[1] != trainer
+    # Tenant defaults and file quotas (routine admin changes) left no job running either
+    for unread in (
+        {"limits": {"tenant_defaults": {"rpm": 60}}},
+        {"files": {"max_files_per_tenant": 9}},
+    ):
+        assert checksums(unread)[1] == trainer, unread
+    assert checksums({"limits": {"window_s": 120}})[1] != trainer  # (the ledger reads it)
 
 
 def test_trainer_defaults_to_the_gateway_image() -> None:

@@ -144,6 +144,51 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         {"gateway": {"env": [{"name": "LLMAAS_PORT", "value": "9000"}]}},
         r"gateway.env: LLMAAS_PORT would override a setting the chart sets from the chart \(8080",
     ),
+    "the DNS refresh the engines' preStop sleep is checked against, in gateway.env": (
+        {"gateway": {"env": [{"name": "LLMAAS_ROUTING__DNS_REFRESH_S", "value": "60"}]}},
+        r"gateway.env: LLMAAS_ROUTING__DNS_REFRESH_S would override a setting the chart sets "
+        r"from gateway.config.routing.dns_refresh_s",
+    ),
+    "the LoRA rank the engines load, in gateway.env": (
+        {"gateway": {"env": [{"name": "LLMAAS_FINE_TUNING__MAX_LORA_RANK", "value": "64"}]}},
+        r"LLMAAS_FINE_TUNING__MAX_LORA_RANK would override a setting the chart sets from "
+        r"fineTuning.loraRank",
+    ),
+    "a whole config section in gateway.env": (
+        {"gateway": {"env": [{"name": "LLMAAS_FILES", "value": '{"enabled": true}'}]}},
+        r"gateway.env: LLMAAS_FILES would replace a whole section of the config",
+    ),
+    "two of the gateway Secret's values under one key": (
+        {
+            "gateway": {
+                "jwt": {"hmacSecret": {"value": "h" * 40, "key": "admin-token"}},
+                "config": {"auth": {"jwt": {**ISSUED, "algorithms": ["HS256"]}}},
+            }
+        },
+        r'gateway.jwt.hmacSecret.key and gateway.secrets.adminToken.key are both "admin-token"',
+    ),
+    "a JWT public key and a JWKS under one key": (
+        {
+            "gateway": {
+                "jwt": {
+                    "publicKey": {"value": "pem", "key": "k"},
+                    "jwks": {"value": "{}", "key": "k"},
+                },
+                "config": {"auth": {"jwt": ISSUED}},
+            }
+        },
+        r'gateway.jwt.jwks.key and gateway.jwt.publicKey.key are both "k"',
+    ),
+    "an autoscaler without a CPU request": (
+        {
+            "gateway": {
+                "autoscaling": {"enabled": True},
+                "resources": {"requests": {"cpu": None}},
+            }
+        },
+        r"gateway.autoscaling: targetCPUUtilizationPercentage is a share of "
+        r"gateway.resources.requests.cpu, which is not set",
+    ),
     "fewer GPUs than tensor-parallel shards": (
         {"engines": [{**ENGINE, "tensorParallelSize": 4, "gpu": {"count": 2}}]},
         r"engines\[llama\].gpu.count: 2 GPU\(s\) for 4 workers \(tensor parallel 4 x "

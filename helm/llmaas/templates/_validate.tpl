@@ -35,6 +35,17 @@ and usage records not flushed to Redis (its spill directory goes with the pod). 
 {{- if and $hpa.enabled (gt (int $hpa.minReplicas) (int $hpa.maxReplicas)) -}}
 {{- fail (printf "gateway.autoscaling: minReplicas (%d) is above maxReplicas (%d)" (int $hpa.minReplicas) (int $hpa.maxReplicas)) -}}
 {{- end -}}
+{{- /* A Utilization target is a share of the pods' request: without one the HPA reports
+FailedGetResourceMetric and never scales. */ -}}
+{{- if $hpa.enabled -}}
+{{- $requests := dig "requests" dict (.Values.gateway.resources | default dict) -}}
+{{- if and $hpa.targetCPUUtilizationPercentage (not (get $requests "cpu")) -}}
+{{- fail "gateway.autoscaling: targetCPUUtilizationPercentage is a share of gateway.resources.requests.cpu, which is not set: the HPA would never scale; set it" -}}
+{{- end -}}
+{{- if and (get $hpa "targetMemoryUtilizationPercentage") (not (get $requests "memory")) -}}
+{{- fail "gateway.autoscaling: targetMemoryUtilizationPercentage is a share of gateway.resources.requests.memory, which is not set: the HPA would never scale; set it" -}}
+{{- end -}}
+{{- end -}}
 
 {{- /* gateway.env wins over the config file (the environment comes first in the gateway's
 Settings), but some settings the chart sets itself (the probes and the Service reach port 8080,
@@ -42,14 +53,37 @@ the spill directory is the pod's volume, secrets come from Secrets), and from tw
 pod: a longer grace in the environment than in gateway.config would have Kubernetes kill a pod
 still draining, its usage records unflushed. */ -}}
 {{- $derived := dict "LLMAAS_SHUTDOWN_GRACE_S" "gateway.config.shutdown_grace_s" "LLMAAS_METERING__FLUSH_TIMEOUT_S" "gateway.config.metering.flush_timeout_s" -}}
-{{- $managed := dict "LLMAAS_HOST" "the chart (0.0.0.0)" "LLMAAS_PORT" "the chart (8080, where the probes and the Service reach it)" "LLMAAS_MODELS" "engines and gateway.extraModels" "LLMAAS_REDIS_URL" "redis" "LLMAAS_REDIS_PASSWORD" "redis" "LLMAAS_ADMIN_TOKEN" "gateway.secrets.adminToken" "LLMAAS_KEY_PEPPER" "gateway.secrets.keyPepper" "LLMAAS_METRICS_TOKEN" "gateway.secrets.metricsToken" "LLMAAS_AUTH__JWT__HMAC_SECRET" "gateway.jwt.hmacSecret" "LLMAAS_METERING__SPILL_DIR" "gateway.spill (the pod's spill volume)" "LLMAAS_FILES__DIR" "fineTuning.storage.mountPath" "LLMAAS_DEV_MODE" "the chart (off)" -}}
+{{- $managed := dict "LLMAAS_HOST" "the chart (0.0.0.0)" "LLMAAS_PORT" "the chart (8080, where the probes and the Service reach it)" "LLMAAS_MODELS" "engines and gateway.extraModels" "LLMAAS_REDIS_URL" "redis" "LLMAAS_REDIS_PASSWORD" "redis" "LLMAAS_ADMIN_TOKEN" "gateway.secrets.adminToken" "LLMAAS_KEY_PEPPER" "gateway.secrets.keyPepper" "LLMAAS_METRICS_TOKEN" "gateway.secrets.metricsToken" "LLMAAS_AUTH__JWT__HMAC_SECRET" "gateway.jwt.hmacSecret" "LLMAAS_METERING__SPILL_DIR" "gateway.spill (the pod's spill volume)" "LLMAAS_FILES__DIR" "fineTuning.storage.mountPath" "LLMAAS_DEV_MODE" "the chart (off)" "LLMAAS_FILES__ENABLED" "fineTuning.enabled" "LLMAAS_FINE_TUNING__BASE_MODELS" "fineTuning.baseModels" "LLMAAS_FINE_TUNING__MAX_LORA_RANK" "fineTuning.loraRank (the engines' --max-lora-rank)" "LLMAAS_AUTH__JWT__PUBLIC_KEY_FILE" "gateway.jwt.publicKey" "LLMAAS_AUTH__JWT__JWKS_FILE" "gateway.jwt.jwks" "LLMAAS_ROUTING__DNS_REFRESH_S" "gateway.config.routing.dns_refresh_s (the engines' preStopSleepSeconds are checked against it)" -}}
+{{- /* A whole section as JSON would set the fields above too. */ -}}
+{{- $sections := list "LLMAAS_FILES" "LLMAAS_FINE_TUNING" "LLMAAS_ROUTING" "LLMAAS_METERING" "LLMAAS_AUTH" "LLMAAS_REDIS" -}}
 {{- range .Values.gateway.env -}}
 {{- $name := upper .name -}}
-{{- if hasKey $derived $name -}}
+{{- if has $name $sections -}}
+{{- fail (printf "gateway.env: %s would replace a whole section of the config, fields the chart sets among them: set its fields one by one (%s__FIELD) or in gateway.config" .name .name) -}}
+{{- else if hasKey $derived $name -}}
 {{- fail (printf "gateway.env: %s would override %s, from which the chart derives the pods' terminationGracePeriodSeconds (Kubernetes would kill a pod still draining): set %s instead" .name (get $derived $name) (get $derived $name)) -}}
 {{- else if hasKey $managed $name -}}
 {{- fail (printf "gateway.env: %s would override a setting the chart sets from %s: set that instead" .name (get $managed $name)) -}}
 {{- end -}}
+{{- end -}}
+
+{{- /* The chart's gateway Secret holds each secret under its `key`: two under one key were a
+duplicate key in its data (one value silently taking the other's place: the admin token could
+be the JWT signing secret). Key files are projected under their `key`s too. */ -}}
+{{- $s := .Values.gateway.secrets -}}
+{{- $j := .Values.gateway.jwt -}}
+{{- $kept := dict -}}
+{{- range $name, $ref := dict "gateway.secrets.adminToken" $s.adminToken "gateway.secrets.keyPepper" $s.keyPepper "gateway.secrets.metricsToken" $s.metricsToken "gateway.jwt.publicKey" $j.publicKey "gateway.jwt.jwks" $j.jwks "gateway.jwt.hmacSecret" $j.hmacSecret -}}
+{{- $inChart := and (not $ref.existingSecret) (or (hasPrefix "gateway.secrets." $name) $ref.value) -}}
+{{- if $inChart -}}
+{{- if hasKey $kept $ref.key -}}
+{{- fail (printf "%s.key and %s.key are both %q: the chart's gateway Secret would hold two values under one key; give them different keys" (get $kept $ref.key) $name $ref.key) -}}
+{{- end -}}
+{{- $_ := set $kept $ref.key $name -}}
+{{- end -}}
+{{- end -}}
+{{- if and (or $j.publicKey.value $j.publicKey.existingSecret) (or $j.jwks.value $j.jwks.existingSecret) (eq $j.publicKey.key $j.jwks.key) -}}
+{{- fail (printf "gateway.jwt.publicKey.key and gateway.jwt.jwks.key are both %q: both files would be projected to one path; give them different keys" $j.jwks.key) -}}
 {{- end -}}
 
 {{- $r := .Values.redis -}}
