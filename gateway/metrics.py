@@ -168,8 +168,8 @@ class Metrics:
         self.engine_ejections = Counter(
             "llmaas_engine_ejections",
             "Times the engine was ejected: at a refused connection, or after "
-            "routing.failures_to_eject in a row of 5xx answers, timeouts, broken connections "
-            "and failed /health checks",
+            "routing.failures_to_eject in a row of 5xx answers, answers the OpenAI API never "
+            "gives, timeouts, broken connections and failed /health checks",
             ["engine"],
             registry=reg,
         )
@@ -251,7 +251,7 @@ class Metrics:
 def forget_process(pid: int) -> None:
     """Under --workers N: the gauges of worker `pid`, which has exited, leave the aggregate
     (its counters stay: what it counted happened)."""
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+    if os.path.isdir(os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")):
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call, unused-ignore]
 
 
@@ -262,7 +262,11 @@ def forget_gone_processes() -> None:
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory is None:
         return
-    pids = {int(m.group(1)) for f in os.listdir(directory) if (m := _LIVE_GAUGE.fullmatch(f))}
+    try:
+        names = os.listdir(directory)
+    except OSError:  # (missing: prometheus_client says so as the app starts)
+        return
+    pids = {int(m.group(1)) for f in names if (m := _LIVE_GAUGE.fullmatch(f))}
     for pid in pids:
         if not _running(pid):
             forget_process(pid)

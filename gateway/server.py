@@ -75,6 +75,10 @@ def uvicorn_config(
 def run_server(settings: Settings, config_path: Path | None) -> None:
     """Serve until SIGINT/SIGTERM, then drain (DrainingServer). Several workers re-read the
     config file in each process."""
+    # What an earlier run left in an operator's metrics directory, before this process makes
+    # its own gauges: its own pid's too (a container's gateway is pid 1 on every run)
+    forget_process(os.getpid())
+    forget_gone_processes()
     target: str | FastAPI = create_app(settings)
     made: Path | None = None  # the metrics directory made here (removed at the end)
     if settings.workers > 1:
@@ -85,7 +89,6 @@ def run_server(settings: Settings, config_path: Path | None) -> None:
             made = Path(tempfile.mkdtemp(prefix="llmaas-metrics-"))
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(made)
         target = "gateway.server:app_from_env"
-    forget_gone_processes()  # (an operator's directory: what an earlier run left)
     config = uvicorn_config(
         target,
         settings,

@@ -316,6 +316,8 @@ class H1Response:
             await conn.wait(self._idle_s)
         except TimeoutError as exc:
             raise self._broken("timeout", exc) from exc
+        except NotHttp as exc:  # (garbage midway: the engine's fault, not a cut)
+            raise self._broken("bad_answer", exc) from exc
         except Disconnected as exc:
             raise self._broken(cut, exc) from exc
 

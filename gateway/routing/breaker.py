@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 # connect: the TCP connection failed (ejects at once). The others count towards
-# `failures_to_eject` consecutive failures: http_5xx (the engine answered 5xx), timeout (no
-# answer in time), disconnect (it closed the connection), health (its /health was not 200).
+# `failures_to_eject` consecutive failures: http_5xx (the engine answered 5xx), bad_answer (an
+# answer the OpenAI API never gives, or not HTTP), timeout (no answer in time), disconnect (it
+# closed the connection), health (its /health was not 200).
 FailureKind = Literal["connect", "http_5xx", "bad_answer", "timeout", "disconnect", "health"]
 IMMEDIATE: frozenset[str] = frozenset({"connect"})
 

@@ -154,6 +154,10 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         r"LLMAAS_FINE_TUNING__MAX_LORA_RANK would override a setting the chart sets from "
         r"fineTuning.loraRank",
     ),
+    "a config sub-section holding fields the chart sets, in gateway.env": (
+        {"gateway": {"env": [{"name": "LLMAAS_AUTH__JWT", "value": '{"public_key_file": "/x"}'}]}},
+        r"gateway.env: LLMAAS_AUTH__JWT would replace a whole section of the config",
+    ),
     "a whole config section in gateway.env": (
         {"gateway": {"env": [{"name": "LLMAAS_FILES", "value": '{"enabled": true}'}]}},
         r"gateway.env: LLMAAS_FILES would replace a whole section of the config",
@@ -509,3 +513,18 @@ def _value_keys(values: dict[str, Any], prefix: str = "") -> Iterator[tuple[str,
         yield prefix + key, key
         if isinstance(value, dict) and value and key not in _PASSED_THROUGH:
             yield from _value_keys(value, f"{prefix}{key}.")
+
+
+def test_an_autoscaler_on_memory_alone_renders_no_empty_cpu_target() -> None:
+    """The CPU metric was rendered without a value (the API server refuses the HPA); a CPU
+    limit without a request counts (Kubernetes makes the request the limit)."""
+    autoscaling = {
+        "enabled": True,
+        "targetCPUUtilizationPercentage": None,
+        "targetMemoryUtilizationPercentage": 80,
+    }
+    rendered = render_values_as({"gateway": {"autoscaling": autoscaling}})
+    (hpa,) = rendered.kind("HorizontalPodAutoscaler")
+    assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["memory"]
+    limited = {"requests": {"cpu": None}, "limits": {"cpu": "1", "memory": "1Gi"}}
+    render_values({"gateway": {"autoscaling": {"enabled": True}, "resources": limited}})

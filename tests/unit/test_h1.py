@@ -425,3 +425,23 @@ async def test_an_encoded_body_and_what_is_not_http_are_told_apart() -> None:
         with pytest.raises(h1.NotHttp):
             await ask(pool, server.url)
         pool.close()
+
+
+async def test_what_is_not_http_midway_is_a_bad_answer_not_a_cut() -> None:
+    """Garbage after a valid head was counted a stream cut (LlmaasEngineStreamsCut)."""
+
+    async def garbage(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
+        await read_request(r, s)
+        w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n")
+        await w.drain()
+        await r.read()
+
+    async with serving(garbage) as server:
+        pool = H1Pool(connect_timeout_s=2)
+        resp = await ask(pool, server.url)
+        got: list[bytes] = []
+        with pytest.raises(Broken) as broken:
+            await collect(resp, got)
+        assert broken.value.kind == "bad_answer"
+        resp.close()
+        pool.close()

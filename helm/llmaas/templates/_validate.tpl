@@ -38,12 +38,16 @@ and usage records not flushed to Redis (its spill directory goes with the pod). 
 {{- /* A Utilization target is a share of the pods' request: without one the HPA reports
 FailedGetResourceMetric and never scales. */ -}}
 {{- if $hpa.enabled -}}
-{{- $requests := dig "requests" dict (.Values.gateway.resources | default dict) -}}
+{{- $res := .Values.gateway.resources | default dict -}}
+{{- $requests := merge (dig "requests" dict $res) (dig "limits" dict $res) -}}
+{{- if not (or $hpa.targetCPUUtilizationPercentage (get $hpa "targetMemoryUtilizationPercentage")) -}}
+{{- fail "gateway.autoscaling: neither targetCPUUtilizationPercentage nor targetMemoryUtilizationPercentage is set: the HPA would have nothing to scale on" -}}
+{{- end -}}
 {{- if and $hpa.targetCPUUtilizationPercentage (not (get $requests "cpu")) -}}
-{{- fail "gateway.autoscaling: targetCPUUtilizationPercentage is a share of gateway.resources.requests.cpu, which is not set: the HPA would never scale; set it" -}}
+{{- fail "gateway.autoscaling: targetCPUUtilizationPercentage is a share of gateway.resources.requests.cpu, which is not set (nor a limit it defaults to): the HPA would never scale; set it" -}}
 {{- end -}}
 {{- if and (get $hpa "targetMemoryUtilizationPercentage") (not (get $requests "memory")) -}}
-{{- fail "gateway.autoscaling: targetMemoryUtilizationPercentage is a share of gateway.resources.requests.memory, which is not set: the HPA would never scale; set it" -}}
+{{- fail "gateway.autoscaling: targetMemoryUtilizationPercentage is a share of gateway.resources.requests.memory, which is not set (nor a limit it defaults to): the HPA would never scale; set it" -}}
 {{- end -}}
 {{- end -}}
 
@@ -55,10 +59,14 @@ still draining, its usage records unflushed. */ -}}
 {{- $derived := dict "LLMAAS_SHUTDOWN_GRACE_S" "gateway.config.shutdown_grace_s" "LLMAAS_METERING__FLUSH_TIMEOUT_S" "gateway.config.metering.flush_timeout_s" -}}
 {{- $managed := dict "LLMAAS_HOST" "the chart (0.0.0.0)" "LLMAAS_PORT" "the chart (8080, where the probes and the Service reach it)" "LLMAAS_MODELS" "engines and gateway.extraModels" "LLMAAS_REDIS_URL" "redis" "LLMAAS_REDIS_PASSWORD" "redis" "LLMAAS_ADMIN_TOKEN" "gateway.secrets.adminToken" "LLMAAS_KEY_PEPPER" "gateway.secrets.keyPepper" "LLMAAS_METRICS_TOKEN" "gateway.secrets.metricsToken" "LLMAAS_AUTH__JWT__HMAC_SECRET" "gateway.jwt.hmacSecret" "LLMAAS_METERING__SPILL_DIR" "gateway.spill (the pod's spill volume)" "LLMAAS_FILES__DIR" "fineTuning.storage.mountPath" "LLMAAS_DEV_MODE" "the chart (off)" "LLMAAS_FILES__ENABLED" "fineTuning.enabled" "LLMAAS_FINE_TUNING__BASE_MODELS" "fineTuning.baseModels" "LLMAAS_FINE_TUNING__MAX_LORA_RANK" "fineTuning.loraRank (the engines' --max-lora-rank)" "LLMAAS_AUTH__JWT__PUBLIC_KEY_FILE" "gateway.jwt.publicKey" "LLMAAS_AUTH__JWT__JWKS_FILE" "gateway.jwt.jwks" "LLMAAS_ROUTING__DNS_REFRESH_S" "gateway.config.routing.dns_refresh_s (the engines' preStopSleepSeconds are checked against it)" -}}
 {{- /* A whole section as JSON would set the fields above too. */ -}}
-{{- $sections := list "LLMAAS_FILES" "LLMAAS_FINE_TUNING" "LLMAAS_ROUTING" "LLMAAS_METERING" "LLMAAS_AUTH" "LLMAAS_REDIS" -}}
+{{- $covered := false -}}
 {{- range .Values.gateway.env -}}
 {{- $name := upper .name -}}
-{{- if has $name $sections -}}
+{{- $covered = false -}}
+{{- range $set := concat (keys $managed) (keys $derived) -}}
+{{- if hasPrefix (printf "%s__" $name) $set }}{{ $covered = true }}{{ end -}}
+{{- end -}}
+{{- if $covered -}}
 {{- fail (printf "gateway.env: %s would replace a whole section of the config, fields the chart sets among them: set its fields one by one (%s__FIELD) or in gateway.config" .name .name) -}}
 {{- else if hasKey $derived $name -}}
 {{- fail (printf "gateway.env: %s would override %s, from which the chart derives the pods' terminationGracePeriodSeconds (Kubernetes would kill a pod still draining): set %s instead" .name (get $derived $name) (get $derived $name)) -}}
