@@ -13,6 +13,7 @@ from starlette.requests import Request
 
 from gateway import exact_json
 from gateway.api.body_encoding import decode_body
+from gateway.api.inflight import charge_decoded
 from gateway.errors import InvalidRequest, PayloadTooLarge
 
 _TYPE_NAMES = {
@@ -33,17 +34,7 @@ UTF8_BOM = b"\xef\xbb\xbf"
 async def read_json(request: Request, max_bytes: int) -> tuple[dict[str, Any], bytes]:
     """The parsed body and its raw bytes (decoded, if it came compressed); 413 past `max_bytes`,
     400 when it is not a JSON object."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise too_large(max_bytes)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_large(max_bytes)
-        chunks.append(chunk)
-    raw = decode_body(b"".join(chunks), request.headers.get("content-encoding"), max_bytes)
+    raw = await _read_body(request, max_bytes)
     if raw.startswith(UTF8_BOM):  # (what vLLM, the admin API and RFC 8259 parsers accept)
         raw = raw[len(UTF8_BOM) :]
     if not raw:
@@ -66,6 +57,25 @@ async def read_json(request: Request, max_bytes: int) -> tuple[dict[str, Any], b
             f"The request body must be a JSON object, not {_describe(body)}.", code="invalid_json"
         )
     return body, raw
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    """The body's bytes, decoded if it came compressed; 413 past `max_bytes`."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise too_large(max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large(max_bytes)
+        chunks.append(chunk)
+    wire = b"".join(chunks)
+    raw = decode_body(wire, request.headers.get("content-encoding"), max_bytes)
+    if raw is not wire:  # (decoded: the bodies in flight count what it decoded to)
+        charge_decoded(request.scope, len(raw) - len(wire))
+    return raw
 
 
 def dump_json(value: object, param: str | None = None) -> bytes:

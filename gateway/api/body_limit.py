@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.body import too_large
 from gateway.api.body_encoding import decode_body
+from gateway.api.inflight import charge_decoded
 from gateway.errors import ApiError
 from gateway.proxy.asgi_send import send_error
 
@@ -49,7 +50,9 @@ class BodyLimit:
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
                     break
-            body = decode_body(b"".join(chunks), encoding, self.max_bytes)
+            wire = b"".join(chunks)
+            body = decode_body(wire, encoding, self.max_bytes)
+            charge_decoded(scope, len(body) - len(wire))  # (the bodies in flight count it)
         except _Exceeded:
             await bounded.refuse()
             return

@@ -13,6 +13,9 @@ gateway past 1 GiB (the chart's memory limit: killed, with every stream on it). 
 its declared length from the start, for the request's life (its bytes are kept for a
 failover); a body without one (chunked) counts what has come of it, as it comes, and is not
 refused itself. One alone always passes. Uploads (/v1/files), streamed to disk, count none.
+A compressed body counts what it decodes to as well, once decoded (`charge_decoded`): counted
+at its wire size alone, 16 gzip bodies of 16 KB decoding to 16 MiB each took a gateway past
+1 GiB.
 
 Two ints per process on the hot path, touched only by the event loop's thread: no lock.
 """
@@ -28,6 +31,8 @@ BOUNDED_PREFIX = "/v1/"
 
 
 UNWEIGHED_PREFIX = "/v1/files"  # uploads go to disk as they come
+_BOUND = "llmaas.bodies"  # scope["state"]: the bound, for charge_decoded
+_DECODED = "llmaas.decoded"  # scope["state"]: the bytes charge_decoded added
 
 
 class InflightBound:
@@ -56,11 +61,14 @@ class InflightBound:
         counted = _Counted(self, receive) if weight < 0 else None
         weight = max(weight, 0)
         self.holding += weight
+        state = scope.setdefault("state", {})
+        state[_BOUND] = self
         try:
             await self.app(scope, receive if counted is None else counted, send)
         finally:
             self.inflight -= 1
-            self.holding -= weight + (0 if counted is None else counted.received)
+            decoded = state.get(_DECODED, 0)
+            self.holding -= weight + decoded + (0 if counted is None else counted.received)
 
     def _weight(self, scope: Scope) -> int:
         """The body's bytes as declared (at most max_body_bytes); -1 for a body with no
@@ -90,6 +98,22 @@ class _Counted:
             self.received += size
             self.bound.holding += size
         return message
+
+
+def charge_decoded(scope: Scope, more: int) -> None:
+    """A compressed body decoded: the `more` bytes it grew by count in the bound too, for the
+    request's life; 503 gateway_busy past it (unless this request's are the only bytes held)."""
+    state = scope.get("state", {})
+    bound: InflightBound | None = state.get(_BOUND)
+    if bound is None or more <= 0:
+        return
+    held = state.get(_DECODED, 0)
+    own = max(bound._weight(scope), 0) + held  # (its wire bytes and what it decoded so far)
+    if bound.holding + more > bound.body_bytes and bound.holding > own:
+        _count(scope)
+        raise _busy_with_bodies()
+    bound.holding += more
+    state[_DECODED] = held + more
 
 
 def _count(scope: Scope) -> None:

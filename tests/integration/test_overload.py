@@ -10,6 +10,7 @@ the tests drive what the gateway scrapes instead of racing load against the scra
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -348,3 +349,30 @@ async def test_the_gateway_bounds_the_bodies_it_holds(tmp_path: Path) -> None:
             writer.close()
             await writer.wait_closed()
             await until(big_one, 200)  # its bytes are free once it is gone
+
+            # A gzip body counts what it decodes to: at its wire size alone (a few KB), many
+            # bodies of max_body_bytes each were held at once (16 took a gateway past 1 GiB)
+            _, held = await asyncio.open_connection(host, int(port))
+            held.write(  # 900 KB declared, held: the decoded one does not fit beside it
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\n"
+                b"content-type: application/json\r\ncontent-length: 900000\r\n\r\n{"
+            )
+            await held.drain()
+            packed = gzip.compress(orjson.dumps(big))
+            headers = {"content-type": "application/json", "content-encoding": "gzip"}
+            statuses = []
+            for _ in range(20):
+                async with http.post(
+                    f"{gateway}/v1/chat/completions", data=packed, headers=headers
+                ) as resp:
+                    statuses.append((resp.status, (await resp.json()).get("error", {}).get("code")))
+                if statuses[-1][0] == 503:
+                    break
+                await asyncio.sleep(0.05)
+            assert statuses[-1] == (503, "gateway_busy"), statuses
+            held.close()
+            await held.wait_closed()
+            async with http.post(
+                f"{gateway}/v1/chat/completions", data=packed, headers=headers
+            ) as resp:
+                assert resp.status == 200, await resp.text()  # decoded, and nothing else held
