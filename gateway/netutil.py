@@ -23,12 +23,33 @@ def media_host(host: str) -> str:
     try:
         literal = ipaddress.ip_address(host)
     except ValueError:
+        legacy = _legacy_ipv4(host)  # 2130706433, 0x7f000001, 127.1: what resolvers take
+        if legacy is not None:
+            literal = legacy
+            if not literal.is_global:
+                raise ValueError(
+                    f"'{host}' is {literal}, not a public address: media from it is always refused"
+                ) from None
+            raise ValueError(
+                f"'{host}' is {literal} written another way: list it as {literal}"
+            ) from None
         if not _NAME.fullmatch(host):
             raise ValueError(f"'{host}' is neither a host name nor an IP address") from None
         return host  # a name: its addresses are checked when a request uses it
     if not literal.is_global:
         raise ValueError(f"'{host}' is not a public address: media from it is always refused")
     return host
+
+
+def _legacy_ipv4(host: str) -> ipaddress.IPv4Address | None:
+    """The address an IPv4 literal in a form inet_aton takes (a number, hex or octal parts,
+    fewer than four parts) stands for; None for a name."""
+    if not re.fullmatch(r"(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}", host):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
 
 
 def free_port(host: str = "127.0.0.1") -> int:

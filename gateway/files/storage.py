@@ -145,8 +145,10 @@ class _DirectoryPartial:
         self.size += len(data)
 
     def _open(self) -> BinaryIO:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        return self.path.open("wb")
+        """Owner only (0700 directories, 0600 files): a tenant's data is no local user's."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        return os.fdopen(fd, "wb")
 
     async def finish(self) -> None:
         if self.handle is None:  # nothing was written: an empty file

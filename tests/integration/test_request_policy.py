@@ -132,6 +132,10 @@ async def test_media_urls_to_private_places_never_reach_the_engine(setup: Setup)
     status, refused_list = await _put_tenant(setup, "media", {"media_hosts": LITERALS[:1]})
     assert status == 400  # a private literal in the list is refused where it is listed
     assert "is not a public address" in refused_list["error"]["message"]
+    for other_way in ("2130706433", "0x7f000001", "127.1"):  # (inet_aton's: still loopback)
+        status, refused = await _put_tenant(setup, "media", {"media_hosts": [other_way]})
+        assert status == 400, refused
+        assert "127.0.0.1, not a public address" in refused["error"]["message"]
     hosts = ["public.example", "canary.test", "localhost"]  # names: checked as requests use them
     status, _ = await _put_tenant(setup, "media", {"media_hosts": hosts})
     assert status == 200

@@ -44,6 +44,19 @@ async def test_contents_appear_only_once_committed(tmp_path: Path) -> None:
 
 
 @ON_LOOP
+async def test_a_tenants_contents_are_the_owners_alone(tmp_path: Path) -> None:
+    # (files were 0644 in 0755 directories: any local user could read every tenant's uploads)
+    storage = DirectoryStorage(tmp_path)
+    partial = storage.create("acme", "file-4")
+    await partial.write(b"secret")
+    await partial.finish()
+    await partial.commit()
+    stored = storage.path("acme", "file-4")
+    assert stored.stat().st_mode & 0o777 == 0o600
+    assert stored.parent.stat().st_mode & 0o777 == 0o700
+
+
+@ON_LOOP
 async def test_contents_gone_raise_when_opened_not_when_read(tmp_path: Path) -> None:
     storage = DirectoryStorage(tmp_path)
     with pytest.raises(FileNotFoundError):
