@@ -74,7 +74,7 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
     wire = b"".join(chunks)
     raw = decode_body(wire, request.headers.get("content-encoding"), max_bytes)
     if raw is not wire:  # (decoded: the bodies in flight count what it decoded to)
-        charge_decoded(request.scope, len(raw) - len(wire))
+        charge_decoded(request.scope, len(wire), len(raw))
     return raw
 
 

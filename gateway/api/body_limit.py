@@ -52,7 +52,7 @@ class BodyLimit:
                     break
             wire = b"".join(chunks)
             body = decode_body(wire, encoding, self.max_bytes)
-            charge_decoded(scope, len(body) - len(wire))  # (the bodies in flight count it)
+            charge_decoded(scope, len(wire), len(body))  # (the bodies in flight count it)
         except _Exceeded:
             await bounded.refuse()
             return

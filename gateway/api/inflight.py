@@ -100,15 +100,17 @@ class _Counted:
         return message
 
 
-def charge_decoded(scope: Scope, more: int) -> None:
-    """A compressed body decoded: the `more` bytes it grew by count in the bound too, for the
-    request's life; 503 gateway_busy past it (unless this request's are the only bytes held)."""
+def charge_decoded(scope: Scope, wire: int, decoded: int) -> None:
+    """A compressed body of `wire` bytes decoded to `decoded`: what it grew by counts in the
+    bound too, for the request's life; 503 gateway_busy past it (unless this request's are the
+    only bytes held: its wire bytes, declared or counted as they came)."""
     state = scope.get("state", {})
     bound: InflightBound | None = state.get(_BOUND)
+    more = decoded - wire
     if bound is None or more <= 0:
         return
     held = state.get(_DECODED, 0)
-    own = max(bound._weight(scope), 0) + held  # (its wire bytes and what it decoded so far)
+    own = wire + held
     if bound.holding + more > bound.body_bytes and bound.holding > own:
         _count(scope)
         raise _busy_with_bodies()

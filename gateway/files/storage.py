@@ -145,8 +145,10 @@ class _DirectoryPartial:
         self.size += len(data)
 
     def _open(self) -> BinaryIO:
-        """Owner only (0700 directories, 0600 files): a tenant's data is no local user's."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """Files for the owner only (0600): a tenant's data is no local user's. Directories
+        0711: the engines (root without capabilities, in the chart) go through them to the
+        adapters the trainer writes, and list none."""
+        self.path.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         return os.fdopen(fd, "wb")
 

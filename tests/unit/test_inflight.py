@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.api.inflight import InflightBound
+from gateway.api.inflight import InflightBound, charge_decoded
+from gateway.errors import ServiceUnavailable
 
 
 class App:
@@ -153,3 +155,29 @@ async def test_a_body_without_a_length_counts_what_has_come() -> None:
     await bound(scope, receive, send)
     assert received == [100, 300, 300]
     assert bound.holding == 0
+
+
+def _decoding(bound: InflightBound) -> dict[str, Any]:
+    """The scope of a request whose body is being decoded, `bound` its in-flight bound."""
+    app = SimpleNamespace(state=SimpleNamespace())
+    state = {"llmaas.bodies": bound}
+    return {"state": state, "headers": [], "method": "POST", "path": "/v1/x", "app": app}
+
+
+def test_a_decoded_body_alone_passes_and_counts() -> None:
+    # (a chunked body, its 30 bytes counted as they came, was refused alone: its own bytes were
+    # taken for another request's)
+    bound = InflightBound(App(), limit=10, body_bytes=100, max_body_bytes=1000)
+    bound.holding = 30
+    scope = _decoding(bound)
+    charge_decoded(scope, 30, 500)
+    assert bound.holding == 500
+    assert scope["state"]["llmaas.decoded"] == 470
+
+
+def test_a_decoded_body_past_the_bound_beside_others_is_refused() -> None:
+    bound = InflightBound(App(), limit=10, body_bytes=100, max_body_bytes=1000)
+    bound.holding = 30 + 50  # its own 30 and another request's 50
+    with pytest.raises(ServiceUnavailable):
+        charge_decoded(_decoding(bound), 30, 500)
+    assert bound.holding == 80  # nothing charged
