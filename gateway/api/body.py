@@ -72,7 +72,8 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
             raise too_large(max_bytes)
         chunks.append(chunk)
     wire = b"".join(chunks)
-    raw = decode_body(wire, request.headers.get("content-encoding"), max_bytes)
+    codings = request.headers.getlist("content-encoding")  # (its lines are one list: RFC 9110)
+    raw = decode_body(wire, ", ".join(codings) if codings else None, max_bytes)
     if raw is not wire:  # (decoded: the bodies in flight count what it decoded to)
         charge_decoded(request.scope, len(wire), len(raw))
     return raw

@@ -113,11 +113,13 @@ _RECODED = (b"content-encoding", b"content-length")
 
 
 def _content_encoding(scope: Scope) -> str | None:
-    """The body's Content-Encoding, unless it is none or `identity`."""
-    for name, value in scope["headers"]:
-        if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
-            return str(value.decode("latin-1"))
-    return None
+    """The body's Content-Encoding, its lines joined (RFC 9110 5.3: a gzip on a second line
+    was left encoded), unless it is none or `identity`."""
+    lines = [v.decode("latin-1") for n, v in scope["headers"] if n == b"content-encoding"]
+    joined = ", ".join(lines)
+    if all(c.strip().lower() in ("", "identity") for c in joined.split(",")):
+        return None
+    return joined
 
 
 def _declared_length(scope: Scope) -> int:

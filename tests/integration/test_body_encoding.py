@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
+from multidict import CIMultiDict
 
 from tests.integration.conftest import ADMIN, MODEL, AuthStack, Stack
 
@@ -93,3 +94,14 @@ async def test_the_routes_the_framework_reads_decode_alike(auth: AuthStack) -> N
     ) as resp:
         error = orjson.loads(await resp.read())["error"]
     assert (error["param"], error["code"]) == ("model", "model_not_available"), error  # read
+
+
+async def test_content_encoding_on_two_lines_is_one_list(stack: Stack) -> None:
+    # RFC 9110 5.3: `identity` then `gzip` on a second line was read as identity alone, the
+    # gzip body then refused as JSON that is not UTF-8
+    headers = [("content-type", "application/json")]
+    headers += [("content-encoding", "identity"), ("content-encoding", "gzip")]
+    url = f"{stack.gateway}/v1/chat/completions"
+    data = gzip.compress(orjson.dumps(CHAT))
+    async with stack.http.post(url, data=data, headers=CIMultiDict(headers)) as resp:
+        assert resp.status == 200, await resp.text()
