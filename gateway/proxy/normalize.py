@@ -19,8 +19,13 @@ from gateway.errors import ModelNotFound, error_body, field_path
 # Keys whose value may not be null per openai/openai-openapi (CreateChatCompletionResponse,
 # CreateChatCompletionStreamResponse, CreateCompletionResponse, CompletionUsage). A nested
 # mapping is walked; a one-element list means "each item of this array, with this plan".
+# Also vLLM's own `prompt_tokens_details.multimodal_tokens` and `created_cache_tokens` (no OpenAI
+# fields): its plain answers send them null, its streams leave them out (exclude_none), so a
+# collected answer had none; left out of both, an answer is the body vLLM sends whichever way
+# it was asked for.
 _Plan = dict[str, Any]
-_USAGE: _Plan = {"completion_tokens_details": {}, "prompt_tokens_details": {}}
+_VLLM_DETAILS: _Plan = {"multimodal_tokens": {}, "created_cache_tokens": {}}
+_USAGE: _Plan = {"completion_tokens_details": {}, "prompt_tokens_details": _VLLM_DETAILS}
 _CHOICE: _Plan = {
     "message": {"tool_calls": {}, "function_call": {}, "annotations": {}},
     "delta": {"tool_calls": {}, "function_call": {}, "role": {}},
@@ -36,7 +41,7 @@ _BODY_PLAN: _Plan = {
 # frames, which carry only allowed nulls, cost one regex scan).
 FORBIDDEN_NULL = re.compile(
     rb'"(?:system_fingerprint|obfuscation|usage|completion_tokens_details|prompt_tokens_details'
-    rb'|tool_calls|function_call|annotations|role)"\s*:\s*null'
+    rb'|tool_calls|function_call|annotations|role|multimodal_tokens|created_cache_tokens)"\s*:\s*null'
 )
 
 _NOT_SERVED = "The engine serving this model does not support this endpoint."

@@ -64,6 +64,25 @@ def test_a_body_stripped_before_it_is_serialised_is_the_same_bytes_as_one_normal
     assert bodies[0]["choices"][0]["message"] == {"role": "assistant", "content": "hi"}
 
 
+def test_a_null_multimodal_count_is_left_out_as_vllms_streams_leave_it() -> None:
+    # (vLLM's plain answer has it null, its stream's usage has it not: a collected answer was
+    # then not the body vLLM sends; with --enable-prompt-tokens-details on every answer)
+    usage = {"prompt_tokens": 3, "prompt_tokens_details": {"cached_tokens": 0}}
+    plain = {
+        "usage": {
+            **usage,
+            "prompt_tokens_details": {
+                "cached_tokens": 0,
+                "multimodal_tokens": None,
+                "created_cache_tokens": None,
+            },
+        }
+    }
+    assert orjson.loads(normalize_success(orjson.dumps(plain))) == {"usage": usage}
+    counted = {"usage": {"prompt_tokens_details": {"multimodal_tokens": {"image": 5}}}}
+    assert normalize_success(orjson.dumps(counted)) == orjson.dumps(counted)  # (kept)
+
+
 def test_stream_chunk_usage_null_is_dropped() -> None:
     frame = (
         b'data: {"id":"c","choices":[{"index":0,"delta":{"role":null,"content":"a"}}],'
