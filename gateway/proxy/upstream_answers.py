@@ -8,6 +8,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Literal, Protocol
 
+from gateway.proxy.events import OPENING
 from gateway.proxy.h1 import H1Response
 
 Failure = Literal["timeout", "stream_cut", "disconnect", "bad_answer"]
@@ -77,16 +78,16 @@ async def first_bytes(frames: AsyncIterator[bytes]) -> bytes | UpstreamBroken:
         raise
 
 
-# The events vLLM sends as it takes a Responses API request, before it generates (and before
-# the engine core has it: an engine killed while the request waits in its queue sent them).
-_OPENING = frozenset({b"response.created", b"response.in_progress"})
+# The events vLLM sends as it takes a Responses API request (events.OPENING) come before it
+# generates, and before the engine core has it: an engine killed while the request waits in its
+# queue sent them.
 _EVENT = re.compile(rb"^event: ?([^\r\n]*)", re.M)
 
 
 def only_opening(first: bytes) -> bool:
     """Whether a Responses API stream's bytes so far are only its opening events."""
     names = _EVENT.findall(first)
-    return bool(names) and all(name.strip() in _OPENING for name in names)
+    return bool(names) and all(name.strip() in OPENING for name in names)
 
 
 async def past_opening(
