@@ -20,24 +20,24 @@ def media_host(host: str) -> str:
     dot). An IP literal must be a public address (the media check refuses every other, so
     listing one could only be a mistake): ValueError names it."""
     host = host.strip().lower().strip("[]").rstrip(".")
+    written = ""  # how an address written another way reads in the usual form
     try:
-        literal = ipaddress.ip_address(host)
+        literal: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
     except ValueError:
         legacy = _legacy_ipv4(host)  # 2130706433, 0x7f000001, 127.1: what resolvers take
-        if legacy is not None:
-            literal = legacy
-            if not literal.is_global:
-                raise ValueError(
-                    f"'{host}' is {literal}, not a public address: media from it is always refused"
-                ) from None
+        if legacy is None:
+            if not _NAME.fullmatch(host):
+                raise ValueError(f"'{host}' is neither a host name nor an IP address") from None
+            return host  # a name: its addresses are checked when a request uses it
+        if legacy.is_global:
             raise ValueError(
-                f"'{host}' is {literal} written another way: list it as {literal}"
+                f"'{host}' is {legacy} written another way: list it as {legacy}"
             ) from None
-        if not _NAME.fullmatch(host):
-            raise ValueError(f"'{host}' is neither a host name nor an IP address") from None
-        return host  # a name: its addresses are checked when a request uses it
+        literal, written = legacy, f" {legacy},"
     if not literal.is_global:
-        raise ValueError(f"'{host}' is not a public address: media from it is always refused")
+        raise ValueError(
+            f"'{host}' is{written} not a public address: media from it is always refused"
+        )
     return host
 
 
