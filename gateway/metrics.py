@@ -255,10 +255,11 @@ def forget_process(pid: int) -> None:
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call, unused-ignore]
 
 
-def forget_gone_processes() -> None:
-    """The gauges of every process gone that left them in PROMETHEUS_MULTIPROC_DIR (an
-    operator's directory outlives a run: a stopped or killed run's `llmaas_engine_up 0`
-    stayed in the next run's minima)."""
+def forget_earlier_runs() -> None:
+    """At start, before this process makes a gauge: the gauges of every process gone that
+    left them in PROMETHEUS_MULTIPROC_DIR, and of this pid (an operator's directory outlives
+    a run: a stopped or killed run's `llmaas_engine_up 0` stayed in the next run's minima; a
+    container's gateway is pid 1 on every run)."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory is None:
         return
@@ -268,7 +269,7 @@ def forget_gone_processes() -> None:
         return
     pids = {int(m.group(1)) for f in names if (m := _LIVE_GAUGE.fullmatch(f))}
     for pid in pids:
-        if not _running(pid):
+        if pid == os.getpid() or not _running(pid):
             forget_process(pid)
 
 

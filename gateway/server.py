@@ -28,7 +28,7 @@ from gateway.app import create_app
 from gateway.embedded.process_group import terminate_with_parent
 from gateway.http_protocol import GatewayHttpProtocol
 from gateway.logs import configure_logging_single_threaded
-from gateway.metrics import forget_gone_processes, forget_process
+from gateway.metrics import forget_earlier_runs, forget_process
 from gateway.settings import Settings
 from gateway.settings_load import load_settings
 
@@ -75,10 +75,7 @@ def uvicorn_config(
 def run_server(settings: Settings, config_path: Path | None) -> None:
     """Serve until SIGINT/SIGTERM, then drain (DrainingServer). Several workers re-read the
     config file in each process."""
-    # What an earlier run left in an operator's metrics directory, before this process makes
-    # its own gauges: its own pid's too (a container's gateway is pid 1 on every run)
-    forget_process(os.getpid())
-    forget_gone_processes()
+    forget_earlier_runs()  # (in an operator's metrics directory)
     target: str | FastAPI = create_app(settings)
     made: Path | None = None  # the metrics directory made here (removed at the end)
     if settings.workers > 1:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.metrics import Metrics, forget_gone_processes
+from gateway.metrics import Metrics, forget_earlier_runs
 
 
 def _series(metrics: Metrics, line: str) -> bool:
@@ -56,9 +56,10 @@ def test_gauges_a_gone_process_left_in_the_directory_are_forgotten(
     gone = 2**22 + 12345  # above the default pid_max: no such process
     for name in (f"gauge_livemin_{gone}.db", f"gauge_livesum_{gone}.db", f"counter_{gone}.db"):
         (tmp_path / name).write_bytes(b"")
-    (tmp_path / f"gauge_livemin_{os.getpid()}.db").write_bytes(b"")
+    (tmp_path / f"gauge_livemin_{os.getppid()}.db").write_bytes(b"")  # a process still running
+    (tmp_path / f"gauge_livesum_{os.getpid()}.db").write_bytes(b"")  # this pid's, a run before
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    forget_gone_processes()
+    forget_earlier_runs()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [f"counter_{gone}.db", f"gauge_livemin_{os.getpid()}.db"]  # (what it counted stays)
+        [f"counter_{gone}.db", f"gauge_livemin_{os.getppid()}.db"]  # (what it counted stays)
     )
