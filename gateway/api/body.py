@@ -29,11 +29,21 @@ _TYPE_NAMES = {
 
 # A UTF-8 byte order mark before the JSON (Windows tools write one): skipped, as vLLM does.
 UTF8_BOM = b"\xef\xbb\xbf"
+# Content types of a form: a body sent as one is not read as JSON (any other type is, as a
+# missing one: clients that send JSON as text/plain are served).
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 
 
 async def read_json(request: Request, max_bytes: int) -> tuple[dict[str, Any], bytes]:
     """The parsed body and its raw bytes (decoded, if it came compressed); 413 past `max_bytes`,
-    400 when it is not a JSON object."""
+    400 when it is not a JSON object, or comes as a form (`curl -d` without a JSON content
+    type, as the FastAPI routes refuse it: error_handlers.py)."""
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind in FORM_TYPES:
+        raise InvalidRequest(
+            "The request body must be a JSON object sent with 'Content-Type: application/json'.",
+            code="invalid_json",
+        )
     raw = await _read_body(request, max_bytes)
     if raw.startswith(UTF8_BOM):  # (what vLLM, the admin API and RFC 8259 parsers accept)
         raw = raw[len(UTF8_BOM) :]

@@ -73,19 +73,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return await api_error(request, InternalError("The gateway failed unexpectedly."))
 
     async def store_unavailable(request: Request, exc: Exception) -> Response:
-        """Redis too slow, gone or refusing (full) under a route that reads or writes it
-        directly (files, fine-tuning, usage, admin): a retryable 503, not a 500, and a line in
-        the log saying which (nothing was logged: a full Redis looked like a slow one)."""
-        log.warning(
-            "store (Redis) unavailable",
-            extra={"fields": {"path": masked(request.url.path), "error": redis_error(exc)}},
-        )
-        err = ServiceUnavailable(
-            "The gateway's store (Redis) could not be used right now; try again shortly.",
-            code="store_unavailable",
-            headers={"retry-after": "1"},
-        )
-        return await api_error(request, err)
+        assert isinstance(exc, RedisError)
+        return await api_error(request, store_unavailable_error(request.url.path, exc))
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RedisError, store_unavailable)
@@ -181,3 +170,19 @@ def _said(error: Any) -> str:
     if error.get("type") == "too_long" and (error.get("ctx") or {}).get("max_length") == 0:
         return "none are supported here; leave it out"  # (pydantic: "at most 0 items")
     return message.removeprefix("Value error, ")
+
+
+def store_unavailable_error(path: str, exc: RedisError) -> ServiceUnavailable:
+    """Redis too slow, gone or refusing (full) under a route that reads or writes it directly
+    (files, fine-tuning, usage, admin, a fine-tuned model's record): a retryable 503, not a
+    500, and a line in the log saying which (nothing was logged: a full Redis looked like a
+    slow one). The hot routes (hot_routes.py) answer it alike."""
+    log.warning(
+        "store (Redis) unavailable",
+        extra={"fields": {"path": masked(path), "error": redis_error(exc)}},
+    )
+    return ServiceUnavailable(
+        "The gateway's store (Redis) could not be used right now; try again shortly.",
+        code="store_unavailable",
+        headers={"retry-after": "1"},
+    )

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.api.error_handlers import store_unavailable_error
 from gateway.auth.principal import Principal
 from gateway.deps import authenticate, get_state
 from gateway.errors import ApiError
@@ -53,6 +55,9 @@ class HotRoutes:
                 response = await handler(request, gw, caller)
             except ApiError as err:
                 await send_error(send, err)
+                return
+            except RedisError as exc:  # (a route's own reads: FastAPI's handler answers alike)
+                await send_error(send, store_unavailable_error(scope["path"], exc))
                 return
             await response(scope, receive, send)
         finally:
