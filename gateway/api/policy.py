@@ -35,8 +35,11 @@ POLICY_FIELDS = ("priority", "cache_salt", "session_id")  # the only fields poli
 # Only when no key_pepper is configured, which the settings allow in dev mode alone.
 DEV_SALT_SECRET = b"llmaas-development-only-cache-salt"
 # Salts a process remembers (an HMAC per request otherwise); clients' own salts are unbounded
-# in number, so the memo is emptied when it reaches this many.
+# in number, so the memo is emptied when it reaches this many, and in size: a client's salt
+# longer than this is hashed each time, not kept (4,096 salts of a 16 MiB body each would be
+# 64 GiB held past their requests).
 SALTS_KEPT = 4096
+SALT_KEPT_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,8 @@ class TenantPolicy:
 
     def salt(self, tenant: str, client_salt: str | None) -> str:
         """cache_salt(...) under this policy's key, remembered."""
+        if client_salt is not None and len(client_salt) > SALT_KEPT_CHARS:
+            return cache_salt(self.salt_key, tenant, client_salt)
         kept = self.salts.get((tenant, client_salt))
         if kept is None:
             if len(self.salts) >= SALTS_KEPT:
