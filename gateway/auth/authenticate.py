@@ -74,9 +74,14 @@ def credentials(headers: Headers) -> str:
     token = bearer(headers)
     if token is not None:
         return token
-    api_key = headers.get("api-key")
-    if api_key and api_key.strip():
-        return api_key.strip()
+    keys = headers.getlist("api-key")
+    if len(keys) > 1:  # (as two Authorization headers)
+        raise Unauthorized(
+            "The request carries more than one api-key header; send one.",
+            code="invalid_authorization_header",
+        )
+    if keys and keys[0].strip():
+        return keys[0].strip()
     raise Unauthorized(
         "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
         code="missing_api_key",

@@ -156,6 +156,14 @@ async def test_azure_style_api_key_header(auth: AuthStack) -> None:
     key = await auth.new_key()
     async with auth.http.get(f"{auth.gateway}/v1/models", headers={"api-key": key}) as resp:
         assert resp.status == 200
+    url = f"{auth.gateway}/v1/chat/completions"
+    body = orjson.dumps({"model": MODEL, "messages": HELLO, "max_tokens": 2})
+    async with auth.http.post(url, data=body, headers=[("api-key", key)]) as resp:
+        assert resp.status == 200, await resp.text()
+    twice = [("api-key", key), ("api-key", "other")]  # the first one won, silently
+    async with auth.http.post(url, data=body, headers=twice) as resp:
+        error = (await resp.json())["error"]
+        assert (resp.status, error["code"]) == (401, "invalid_authorization_header"), error
 
 
 async def _expired_key(auth: AuthStack) -> tuple[str, str]:
