@@ -15,15 +15,25 @@ from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 _IDENTITY = ("", "identity")
+# Codings one body may carry: clients send one. Each is inflated in turn up to the body's
+# bound, so a few KB of `gzip, gzip, …` over a body nested as deep held the event loop for
+# each of them.
+MAX_CODINGS = 2
 
 
 def decode_body(raw: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
     """`raw` with its content codings undone, last applied first (RFC 9110 8.4)."""
     if content_encoding is None or not raw:  # (no body: nothing was encoded)
         return raw
-    for coding in reversed([c.strip().lower() for c in content_encoding.split(",")]):
-        if coding in _IDENTITY:
-            continue
+    codings = [c for c in (c.strip().lower() for c in content_encoding.split(",")) if c]
+    codings = [c for c in codings if c not in _IDENTITY]
+    if len(codings) > MAX_CODINGS:
+        raise UnsupportedMediaType(
+            f"The request body carries {len(codings)} content codings; send it compressed "
+            f"once (at most {MAX_CODINGS} codings).",
+            code="unsupported_content_encoding",
+        )
+    for coding in reversed(codings):
         wbits = _WBITS.get(coding)
         if wbits is None:
             raise UnsupportedMediaType(

@@ -56,6 +56,14 @@ async def test_what_cannot_be_decoded_is_refused_naming_the_encoding(stack: Stac
         (body[:-12], "gzip", 400, "invalid_content_encoding", "not valid gzip"),
         (body, "deflate", 400, "invalid_content_encoding", "not valid deflate"),
         (bomb, "gzip", 413, "request_too_large", "decoded from gzip"),
+        # each coding inflated in turn: a few KB of them held the event loop for each
+        (
+            gzip.compress(body),
+            "gzip, identity, gzip, gzip",
+            415,
+            "unsupported_content_encoding",
+            "3 content codings",
+        ),
     ]
     for data, encoding, want, code, says in cases:
         status, payload = await post(stack, data, encoding)
