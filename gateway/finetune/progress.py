@@ -50,7 +50,8 @@ class Progress:
         elif kind == "step":
             self.steps = int(item.get("step", 0))
             self.tokens = int(item.get("tokens", self.tokens))
-            self.loss = float(item["loss"]) if "loss" in item else None
+            loss = item.get("loss")  # (null: not a number, the run diverged and stops)
+            self.loss = None if loss is None else float(loss)
             self._pending = item
             if time.monotonic() - self._last_event >= EVENT_EVERY_S:
                 await self.flush()
@@ -90,7 +91,8 @@ class Progress:
             "train_loss": loss,
             "tokens": item.get("tokens"),
         }
-        await self._event(f"Step {step}/{steps}: training loss={loss:.4f}", "metrics", data)
+        said = "not a number" if loss is None else f"{loss:.4f}"
+        await self._event(f"Step {step}/{steps}: training loss={said}", "metrics", data)
 
     async def _event(
         self, message: str, kind: Literal["message", "metrics"] = "message", data: Any = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,18 @@ ROLES = ("system", "user", "assistant")
 
 class TrainError(Exception):
     """A problem the job's owner can fix (the spec, the data); its message is shown to them."""
+
+
+def finite_loss(loss: float, step: int) -> float:
+    """A step's loss, or the run stops: a loss that is no longer a number (a learning rate
+    too high makes it NaN or infinite, and it stays so) leaves an adapter of NaN weights.
+    The step's line says so before (its loss null: JSON has no NaN)."""
+    if not math.isfinite(loss):
+        raise TrainError(
+            f"training diverged at step {step}: its loss is {loss} (try a lower "
+            "hyperparameters.learning_rate_multiplier)"
+        )
+    return loss
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,9 +46,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 if TYPE_CHECKING:
-    from gateway.finetune.train_examples import IGNORE, Example, TrainError, batches, load_examples
+    from gateway.finetune.train_examples import (
+        IGNORE,
+        Example,
+        TrainError,
+        batches,
+        finite_loss,
+        load_examples,
+    )
 else:  # run by path, in the engine venv: its sibling is a top-level module, llmaas is not there
-    from train_examples import IGNORE, Example, TrainError, batches, load_examples
+    from train_examples import IGNORE, Example, TrainError, batches, finite_loss, load_examples
 
 EXIT_STOPPED = 128 + signal.SIGTERM
 EXIT_PAUSED = 3  # a checkpoint was written (or none was needed: paused before the first step)
@@ -124,7 +131,9 @@ class Progress:
 
 
 def emit(event: dict[str, Any]) -> None:
-    print(json.dumps(event), flush=True)
+    """One JSON line to the trainer (progress.py), strict JSON: a NaN printed as `NaN` was a
+    line the trainer could not read, dropped with the step it carried."""
+    print(json.dumps(event, allow_nan=False), flush=True)
 
 
 def collate(batch: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
@@ -193,16 +202,18 @@ def train(model: Any, examples: list[Example], spec: Spec, pad_id: int, on: torc
             optimizer.zero_grad()
             progress.step += 1
             progress.tokens += sum(len(example.input_ids) for example in batch)
+            value = loss.item()
             emit(
                 {
                     "type": "step",
                     "step": progress.step,
                     "steps": progress.steps,
                     "epoch": epoch,
-                    "loss": round(loss.item(), 6),
+                    "loss": round(value, 6) if math.isfinite(value) else None,
                     "tokens": progress.tokens,
                 }
             )
+            finite_loss(value, progress.step)
     return progress.tokens
 
 

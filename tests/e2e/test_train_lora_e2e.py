@@ -234,6 +234,28 @@ async def test_a_stopped_or_failed_run_leaves_no_adapter(tmp_path: Path) -> None
     assert not (tmp_path / "adapters").exists()
 
 
+async def test_a_diverged_run_fails_saying_so_and_leaves_no_adapter(tmp_path: Path) -> None:
+    """Found by review: a loss turned NaN was printed as `NaN`, a line the trainer cannot read
+    (it dropped the step with it): events stopped, the job succeeded with NaN weights. The
+    step is sent (its loss null) and the run fails naming the hyperparameter to lower."""
+    ready = await prepare(EmbeddedPaths.resolve())
+    dataset = write_dataset(tmp_path / "t.jsonl", secret_word_examples())
+    spec = write_spec(tmp_path, ready, dataset, learning_rate=1e6, n_epochs=2)
+
+    status, events = await run_trainer(ready.engine_python, spec)
+
+    assert status == 1
+    steps = [e for e in events if e["type"] == "step"]
+    assert steps, events
+    assert steps[-1]["loss"] is None, events
+    assert all(isinstance(s["loss"], float) for s in steps[:-1]), events
+    said = events[-1]["message"]
+    assert events[-1]["type"] == "error", events
+    assert said.startswith(f"training diverged at step {steps[-1]['step']}: its loss is "), said
+    assert said.endswith("(try a lower hyperparameters.learning_rate_multiplier)"), said
+    assert not (tmp_path / "adapters").exists()
+
+
 async def test_a_paused_run_goes_on_from_its_checkpoint_to_the_same_adapter(
     tmp_path: Path,
 ) -> None:

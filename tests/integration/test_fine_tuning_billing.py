@@ -132,6 +132,34 @@ async def test_a_failed_job_is_billed_nothing(ft: TenantStack, tmp_path: Path) -
     assert await training_records(ft, key) == []
 
 
+async def test_a_diverged_run_fails_with_its_steps_shown(ft: TenantStack, tmp_path: Path) -> None:
+    """Found by review: train_lora.py printed a NaN loss as `NaN`, which the trainer could not
+    read: the step was dropped, events stopped at the last finite one. It sends the step with
+    its loss null, then fails (train_lora.finite_loss): the step is an event, the job failed
+    with the reason, billed nothing."""
+    diverged = {"type": "step", "step": 3, "steps": 8, "loss": None, "tokens": 90}
+    error = {"type": "error", "message": "training diverged at step 3: its loss is nan (…)"}
+    child = tmp_path / "diverging-python"
+    lines = "".join(f"echo '{json.dumps(line)}'\n" for line in [*STEPS, diverged, error])
+    child.write_text(f"#!/bin/sh\n{lines}exit 1\n")
+    child.chmod(0o755)
+    key = await ft.key("bill-diverged")
+    client = ft.client(key)
+    job = await client.fine_tuning.jobs.create(
+        model=BASE, training_file=await upload_dataset(client)
+    )
+    ended = await asyncio.wait_for(trainer(ft, child).run_job("bill-diverged", job.id), 10)
+    assert ended is not None
+    assert ended.status == "failed"
+    assert ended.error is not None
+    assert ended.error.message == f"Training failed: {error['message']}"
+    events = (await client.fine_tuning.jobs.list_events(job.id, limit=50)).data
+    last_step = next(e for e in events if e.type == "metrics")
+    assert last_step.message == "Step 3/8: training loss=not a number"
+    assert last_step.data == {"step": 3, "total_steps": 8, "train_loss": None, "tokens": 90}
+    assert await training_records(ft, key) == []
+
+
 async def test_a_cancel_as_the_trainer_lets_go_of_a_paused_job_is_billed_by_that_trainer(
     ft: TenantStack, tmp_path: Path
 ) -> None:

@@ -5,6 +5,7 @@ tested through train_lora.py's dry run in tests/e2e/test_train_lora_e2e.py."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from gateway.finetune.train_examples import (
     Message,
     TrainError,
     batches,
+    finite_loss,
     read_conversations,
 )
 
@@ -109,3 +111,10 @@ def test_batches_are_the_same_seeded_permutation_every_time() -> None:
     assert [len(batch) for batch in first] == [3, 3, 3, 1]
     assert sorted(i for batch in first for i in batch) == list(range(10))
     assert Example([1, 2, 3], [-100, 2, 3]).trained == 2
+
+
+def test_a_loss_that_is_no_longer_a_number_stops_the_run_naming_the_step() -> None:
+    assert finite_loss(0.25, 3) == 0.25
+    for loss in (math.nan, math.inf, -math.inf):
+        with pytest.raises(TrainError, match=r"^training diverged at step 4: its loss is "):
+            finite_loss(loss, 4)
