@@ -24,6 +24,7 @@ from gateway.api.hot_routes import Handler, HotRoutes
 from gateway.api.inflight import InflightBound
 from gateway.api.media import HostResolver, system_resolve
 from gateway.api.middleware import RequestContextMiddleware
+from gateway.api.openapi_errors import declare_errors
 from gateway.api.policy import TenantPolicy, salt_key_from
 from gateway.api.query_params import single_valued_query
 from gateway.api.response_homes import MemoryHomes, RedisHomes, ResponseHomes
@@ -220,6 +221,7 @@ def create_app(
     for router in _routers(settings):
         app.include_router(router)
     install_error_handlers(app)
+    declare_errors(app)
     return app
 
 

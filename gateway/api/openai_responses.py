@@ -175,8 +175,8 @@ async def cancel_response(
     return await _at_home(request, gw, caller, response_id, method="POST", tail="/cancel")
 
 
-@router.post("/responses/compact", response_model=None)
-@router.post("/responses/input_tokens", response_model=None)
+@router.post("/responses/compact", response_model=None, include_in_schema=False)
+@router.post("/responses/input_tokens", response_model=None, include_in_schema=False)
 async def unserved_responses_route(request: Request) -> Response:
     """OpenAI's routes beside /responses/{id} that vLLM 0.32 does not serve: unknown here, as
     any route the gateway does not serve (they were a 405 of /responses/{id}, which the SDKs

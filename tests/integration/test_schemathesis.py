@@ -149,3 +149,27 @@ async def test_limits_beyond_what_json_and_lua_hold_are_refused_not_stored(targe
             assert resp.status == 404
         async with http.put(url, json={"rpm": 2**53 - 1}) as resp:
             assert (resp.status, (await resp.json())["rpm"]) == (200, 2**53 - 1)
+
+
+async def test_the_document_declares_the_errors_the_gateway_gives(target: Target) -> None:
+    """Found by review: every operation declared FastAPI's 422 `{"detail": [...]}`, which the
+    gateway never sends, and no error it does send (so the fuzzing above checked no error's
+    body); OpenAI's routes vLLM does not serve were listed as 200s."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{target.gateway}/openapi.json") as resp,
+    ):
+        document = await resp.json()
+    api = {p: ops for p, ops in document["paths"].items() if p.startswith(("/v1/", "/admin/v1/"))}
+    assert len(api) >= 25, sorted(api)
+    for path, operations in api.items():
+        for method, operation in operations.items():
+            answers = operation["responses"]
+            assert "422" not in answers, (method, path)
+            schema = answers["default"]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (method, path)
+    error = document["components"]["schemas"]["ErrorResponse"]["properties"]["error"]
+    assert error["required"] == ["message", "type", "param", "code"]
+    assert "HTTPValidationError" not in document["components"]["schemas"]
+    assert "/v1/responses/compact" not in api
+    assert "/v1/responses/input_tokens" not in api
