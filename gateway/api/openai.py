@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
 from fastapi import APIRouter
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -34,6 +36,7 @@ from gateway.proxy.collect import stream_request
 from gateway.proxy.relay import ProxyCall, ProxyResponse
 from gateway.proxy.tool_ids import asks_token_ids, with_token_ids
 from gateway.proxy.upstream import Reload
+from gateway.redis_client import redis_error
 from gateway.request_context import info_of
 from gateway.routing.balancer import affinity_key
 from gateway.routing.engines import ModelPool
@@ -41,6 +44,7 @@ from gateway.routing.overload import refuse_if_overloaded
 from gateway.state import GatewayState
 
 router = APIRouter(prefix="/v1")
+_log = logging.getLogger("llmaas.api")
 Check = Callable[[dict[str, Any]], object]
 
 
@@ -288,9 +292,19 @@ def _named(model_id: str) -> None:
 
 
 async def _fine_tuned(gw: GatewayState, caller: Principal) -> dict[str, dict[str, Any]]:
+    """The tenant's fine-tuned models' records; none while Redis cannot be read (the list is
+    then the served models, the tenant's loaded adapters among them: it was a 503 while the
+    same key's chat requests were served, and clients list models before they chat)."""
     if gw.adapters is None:
         return {}
-    return await gw.adapters.store.models(caller.tenant)
+    try:
+        return await gw.adapters.store.models(caller.tenant)
+    except RedisError as exc:
+        _log.warning(
+            "fine-tuned models left out of a model list: store (Redis) unavailable",
+            extra={"fields": {"tenant": caller.tenant, "error": redis_error(exc)}},
+        )
+        return {}
 
 
 def _fine_tuned_card(

@@ -67,6 +67,15 @@ class Timed(Generic[T]):
     def drop(self, name: str) -> None:
         self.entries.pop(name, None)
 
+    def expire(self) -> None:
+        """Every record read again at its next use, each kept for `stale` from now."""
+        now = time.monotonic()
+        for name, (value, expires) in list(self.entries.items()):
+            if value is None:
+                del self.entries[name]
+            elif expires > now:
+                self.entries[name] = (value, now)
+
 
 class AuthCache:
     def __init__(self, ttl_s: float, max_entries: int = 10_000, stale_s: float = 0.0) -> None:
@@ -91,3 +100,12 @@ class AuthCache:
         self.generation += 1
         self.keys.entries.clear()
         self.tenants.entries.clear()
+
+    def expire(self) -> None:
+        """What a (re)subscription does: whatever changed while nobody listened is unknown, so
+        every record is read again at its next use, but kept as the stale answer while Redis
+        cannot be read (emptied, a second outage soon after a first was a 503 for every key,
+        with `stale_s` of cover documented)."""
+        self.generation += 1
+        self.keys.expire()
+        self.tenants.expire()

@@ -43,9 +43,10 @@ class InvalidationListener:
 
     def _message(self, message: dict[str, Any]) -> None:
         if message.get("type") == "subscribe":
-            # Whatever changed while nobody listened is unknown: start from nothing. Only
-            # now, confirmed: a Redis that is down must not empty the cache.
-            self.cache.clear()
+            # Whatever changed while nobody listened is unknown: every record is read again
+            # (kept, expired, as the stale answer should Redis go away again). Only now,
+            # confirmed: a Redis that is down must not expire the cache.
+            self.cache.expire()
             self.subscribed.set()
             return
         data = message.get("data")

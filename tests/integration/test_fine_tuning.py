@@ -707,6 +707,25 @@ async def test_a_job_is_not_resumed_while_its_training_stops(ft: TenantStack) ->
     await client.fine_tuning.jobs.cancel(job.id)
 
 
+async def test_the_model_list_is_served_while_redis_cannot_be_read(ft: TenantStack) -> None:
+    """Found by review: GET /v1/models read the tenant's fine-tuned models from Redis and was
+    a 503 store_unavailable while the same key's chat requests were served (clients list
+    models before they chat). The served models are listed; fine-tuned ones come back after."""
+    client = await ft.tenant("ft-models-outage")
+    await ft.cache_key(client, "ft-models-outage")
+    name = fine_tuned_name(BASE, "ft-models-outage", "demo", "ftjob-" + "b" * 24)
+    await JobStore(ft.redis).put_model("ft-models-outage", name, {"base": BASE, "created": 1})
+    served = {m.id for m in (await client.models.list()).data}
+    assert {BASE, name} <= served
+    await ft.redis.client_pause(2000)  # Redis takes no command for 2 s
+    try:
+        listed = await client.with_options(max_retries=0).models.list()
+    finally:
+        await ft.redis.client_unpause()
+    assert {m.id for m in listed.data} == served - {name}
+    assert {m.id for m in (await client.models.list()).data} == served
+
+
 async def test_fine_tuned_models_belong_to_their_tenant(ft: TenantStack, tmp_path: Path) -> None:
     owner = await ft.tenant("ft-models")
     other = await ft.tenant("ft-models-other")

@@ -234,6 +234,26 @@ async def test_a_cached_key_answers_from_its_last_record_for_stale_max_s_only(
         assert (status, body["error"]["code"]) == (503, "auth_store_unavailable")
 
 
+async def test_a_second_outage_soon_after_a_first_still_answers_from_the_last_record(
+    tmp_path: Path,
+) -> None:
+    """Found by review: the invalidation feed, subscribed again after a first outage, emptied
+    the key cache; Redis gone again soon after, every key was a 503 auth_store_unavailable
+    (stale_max_s of cover documented). The records are expired, kept as the stale answer."""
+    async with faulty_stack(tmp_path, "open") as stack:
+        await stack.complete_with_the_key_cached()
+        keys = stack.auth.cache.keys.entries
+        stack.proxy.set_mode("refuse")  # the feed's connection is cut with the others
+        await asyncio.sleep(0.5)
+        stack.proxy.set_mode("pass")
+        async with asyncio.timeout(20):  # the feed back: the key's record read again next time
+            while stack.key_id in keys and keys[stack.key_id][1] > time.monotonic():  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        stack.proxy.set_mode("refuse")
+        status, body, _ = await stack.complete()
+        assert status == 200, body
+
+
 async def test_an_outage_is_logged_once_not_once_per_refused_request(tmp_path: Path) -> None:
     # Every request refused while Redis was away logged a warning: thousands of lines a second
     # under load, the same line each time. Once per outage now, and once when it is back.
