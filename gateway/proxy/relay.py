@@ -20,7 +20,7 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import ApiError, ServiceUnavailable
+from gateway.errors import ApiError
 from gateway.http_protocol import drop_client
 from gateway.metering.stream_options import UsageWanted
 from gateway.metering.usage import usage_of
@@ -30,6 +30,7 @@ from gateway.proxy.collect_events import NeverBegan, collect_events
 from gateway.proxy.cut import Cut, shutdown_error
 from gateway.proxy.departure import Departure
 from gateway.proxy.deps import ProxyDeps
+from gateway.proxy.engine_dead import ENGINE_DEAD, engine_dead
 from gateway.proxy.events import ResponseEvents, response_id_of
 from gateway.proxy.normalize import normalize_error, normalize_success
 from gateway.proxy.outcome import (
@@ -286,8 +287,8 @@ class ProxyResponse(Response):
     async def _engine_error(self, send: Send, engine: Engine, status: int, body: bytes) -> None:
         """The engine's error answer, as OpenAI's (normalize_error)."""
         self._refused(engine, status)
-        if status == 500 and _ENGINE_DEAD in body:  # it answers so until it is restarted
-            await self._send_error(send, _engine_dead())
+        if status == 500 and ENGINE_DEAD in body:  # it answers so until it is restarted
+            await self._send_error(send, engine_dead())
             return
         call = self.call
         await send_bytes(
@@ -315,8 +316,8 @@ class ProxyResponse(Response):
         info.outcome = outcome_of_status(status)
         if status != 200:
             self._refused(engine, status)
-        if status == 500 and _ENGINE_DEAD in body:  # (in the stream's error frame)
-            await self._send_error(send, _engine_dead())
+        if status == 500 and ENGINE_DEAD in body:  # (in the stream's error frame)
+            await self._send_error(send, engine_dead())
             return
         await send_bytes(send, status, body, extra=engine_refusal_headers(status))
 
@@ -329,21 +330,6 @@ class ProxyResponse(Response):
     async def _send_error(self, send: Send, err: ApiError) -> None:
         self.status_code = err.status_code
         await send_error(send, err)
-
-
-# vLLM's answer once its engine core process died (the OOM killer, a crash): "EngineCore
-# encountered an issue. See stack trace (above) for the root cause." A stack trace the client
-# cannot see, and no Retry-After, for what is the gateway's 503 while the engine is replaced.
-_ENGINE_DEAD = b"EngineCore encountered an issue"
-
-
-def _engine_dead() -> ApiError:
-    return ServiceUnavailable(
-        "The model's engine stopped working (its engine core exited) and cannot answer until it "
-        "is restarted; try again shortly.",
-        code="engine_unavailable",
-        headers={"retry-after": "1"},
-    )
 
 
 def engine_refusal_headers(status: int) -> tuple[tuple[bytes, bytes], ...]:

@@ -25,6 +25,7 @@ from gateway.metering.stream_options import (
 from gateway.metering.usage import StreamUsage, Usage, choice_of, find_usage
 from gateway.proxy.cut import Cut, shutdown_error
 from gateway.proxy.deps import ProxyDeps
+from gateway.proxy.engine_dead import ENGINE_DEAD, engine_dead
 from gateway.proxy.normalize import (
     FORBIDDEN_NULL,
     normalize_error,
@@ -174,8 +175,7 @@ class FrameFilter:
             if data == b"[DONE]":
                 self.finished = True
             elif data is not None and data.startswith(b'{"error"'):
-                self.engine_error = stream_error_status(data)
-                return self.release() + transform_frame(frame, self.route, self.grammar)
+                return self.release() + self._engine_error(frame, data)
             return self.release() + transform_frame(frame)
         final = self.tap.feed(data, span)
         want = self.want
@@ -184,6 +184,14 @@ class FrameFilter:
         if want.include_usage:
             return _shown(for_client(data, want, span) or data)
         return self._without_usage(data, span, final)
+
+    def _engine_error(self, frame: bytes, data: bytes) -> bytes:
+        """The engine's error frame, as the client gets it; its status noted."""
+        if ENGINE_DEAD in data:  # (the gateway's 503, as before a stream: engine_dead.py)
+            self.engine_error = 503
+            return error_frame(engine_dead())
+        self.engine_error = stream_error_status(data)
+        return transform_frame(frame, self.route, self.grammar)
 
     def token_frame(self, frame: bytes) -> bytes | None:
         """A token frame as vLLM sends it (`data: {…,"usage":{…}}`, one line, a choice that
@@ -316,11 +324,12 @@ async def relay_stream(
 
 def _whole_answer(shown: Frames) -> Outcome | None:
     """How a stream whose client left ended, if the client had its whole answer by then: the
-    engine's refusal frame (the SDK raises at it and closes), or a Responses stream's terminal
-    event (the SDK's `break` on response.completed; vLLM has stored the response); else None."""
+    engine's error frame (the SDK raises at it and closes: a 5xx one was counted the client
+    leaving, 499, where the engine had failed), or a Responses stream's terminal event (the
+    SDK's `break` on response.completed; vLLM has stored the response); else None."""
     refused = shown.engine_error
     if refused is not None:
-        return outcome_of_status(refused) if refused < 500 else None
+        return outcome_of_status(refused)
     return Outcome.OK if shown.finished else None
 
 

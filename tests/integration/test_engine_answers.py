@@ -18,6 +18,7 @@ import pytest
 from gateway.app import create_app
 from gateway.netutil import free_port
 from tests.integration.conftest import MODEL, gateway_settings
+from tests.support.logs import collected
 from tests.support.servers import serve_asgi
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -36,9 +37,20 @@ ODD = {
 SAID = {"gzip": "content-encoding 'gzip'", "nothttp": "not valid HTTP"}
 # vLLM once its engine core died, to a request it had taken as a stream (an error frame)
 CORE_GONE = b'data: {"error": {"message": "EngineCore encountered an issue.", "code": 500}}\n\n'
+CHUNK = {
+    "id": "c",
+    "object": "chat.completion.chunk",
+    "created": 1,
+    "model": MODEL,
+    "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}],
+}
+TOKEN = b"data: " + orjson.dumps(CHUNK) + b"\n\n"
+MIDWAY = TOKEN + CORE_GONE + b"data: [DONE]\n\n"
 ANSWERS = ODD | {
     "core_gone": b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-    b"content-length: %d\r\n\r\n%s" % (len(CORE_GONE), CORE_GONE)
+    b"content-length: %d\r\n\r\n%s" % (len(CORE_GONE), CORE_GONE),
+    "core_gone_midway": b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(MIDWAY), MIDWAY),
 }
 
 
@@ -113,3 +125,26 @@ async def test_an_engine_core_gone_while_a_plain_request_streamed_is_a_retryable
     assert refused.value.response.headers["retry-after"] == "1"
     assert isinstance(refused.value.body, dict)
     assert refused.value.body["code"] == "engine_unavailable"
+
+
+async def test_an_engine_core_gone_midway_through_a_stream_is_the_engines_failure(
+    gateway: str,
+) -> None:
+    """Found by review: the SDK closes a stream at the engine's error frame; one of 5xx (vLLM's
+    engine core gone midway) was then counted and recorded as the client leaving (499,
+    client_disconnected), and its frame kept vLLM's "see stack trace (above)". It is the
+    gateway's 503 engine_unavailable frame, and the engine's failure."""
+    messages: Any = [{"role": "user", "content": "core_gone_midway"}]
+    with collected("llmaas.access") as logs:
+        async with openai.AsyncOpenAI(base_url=f"{gateway}/v1", api_key="k", max_retries=0) as oai:
+            stream = await oai.chat.completions.create(model=MODEL, messages=messages, stream=True)
+            first = await anext(stream)
+            with pytest.raises(openai.APIError) as failed:
+                await anext(stream)
+        assert first.choices[0].delta.content == "Hi"
+        assert isinstance(failed.value.body, dict)
+        assert failed.value.body["code"] == "engine_unavailable", failed.value.body
+        lines = await logs.wait_for(lambda r: r.getMessage() == "request")
+    fields = lines[0].fields  # type: ignore[attr-defined]
+    # (the status it was answered: its stream's, as for a client that reads on to the end)
+    assert (fields["outcome"], fields["status"]) == ("engine_error", 200), fields
