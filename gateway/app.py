@@ -172,7 +172,9 @@ def create_app(
             # (and spilled with the usage if Redis is away), not left to their TTL
             for caller, lease in await admission.close():
                 settler.submit(lease_release(caller.tenant, caller.scope_id, lease))
-            await settler.close()  # requests are done: flush what waits for Redis, spill the rest
+            # requests are done: flush what waits for Redis (in a hurry after a second Ctrl-C),
+            # spill the rest
+            await settler.close(hurry=drain.hurried)
             await upstream.close()
             if pipe is not None:
                 await pipe.close()

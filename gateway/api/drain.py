@@ -36,9 +36,13 @@ class Drain:
         # upload, a download...).
         self.tasks: set[asyncio.Task[object]] = set()
         self.shut: set[asyncio.Task[object]] = set()
+        self.hurried = False  # a signal once stopping (a second Ctrl-C): shut down at once
 
     def begin(self) -> None:
         self.draining = True
+
+    def hurry(self) -> None:
+        self.hurried = True
 
     def cut(self) -> int:
         """The grace is over: every proxied request in flight ends now, answered (a 503, or

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ BATCH = 200
 LINGER_S = 0.010
 SLOT_LINGER_S = 0.002
 FIRST_RETRY_S = 0.05
+# A second Ctrl-C: Redis gets this long at most (not flush_timeout_s) before the rest spills.
+HURRIED_FLUSH_S = 1.0
 SPILL_LOOK_S = 30.0  # how often an idle settler looks for spill files of processes now gone
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
@@ -153,6 +156,9 @@ class Settler:
                 except _REDIS_ERRORS as exc:
                     self._failed(exc)
                     await self._enqueue(batch.settlements)
+                except asyncio.CancelledError:  # (close() gave up waiting): queued, not lost
+                    self.queue.extend(batch.settlements)
+                    raise
                 else:
                     self._reached()
                 finally:
@@ -161,21 +167,37 @@ class Settler:
         finally:
             self.writer = None
 
+    async def _stop_writer(self) -> None:
+        """The batch being written when the flush's time ran out, and the one gathering behind
+        it, go to the queue (to Redis or the spill file), not away with the writer: a second
+        Ctrl-C lost them, silently."""
+        if self.writer is not None:
+            self.writer.cancel()
+            await asyncio.gather(self.writer, return_exceptions=True)
+        if self.gathering is not None:
+            batch, self.gathering = self.gathering, None
+            self.queue.extend(batch.settlements)
+            if not batch.done.done():
+                batch.done.set_result(None)
+
     @property
     def pending(self) -> int:
         """Settlements not yet in Redis: queued in memory, or in spill files this process owns."""
         return len(self.queue) + self.spilled
 
-    async def close(self) -> None:
-        """Flush the queue within `flush_timeout_s`; spill what is left. Call after the last
-        request finished (uvicorn runs the lifespan's shutdown after its graceful period)."""
+    async def close(self, *, hurry: bool = False) -> None:
+        """Flush the queue within `flush_timeout_s` (HURRIED_FLUSH_S at most when `hurry`: a
+        second Ctrl-C); spill what is left. Call after the last request finished (uvicorn runs
+        the lifespan's shutdown after its graceful period)."""
         self.closed = True
-        deadline = time.monotonic() + self.settings.flush_timeout_s
+        flush_s = min(self.settings.flush_timeout_s, HURRIED_FLUSH_S if hurry else math.inf)
+        deadline = time.monotonic() + flush_s
         with contextlib.suppress(TimeoutError):  # settlements under way end in Redis or the queue
-            async with asyncio.timeout(self.settings.flush_timeout_s):
+            async with asyncio.timeout(flush_s):
                 while self.writer is not None or self.side:
                     under_way = [*self.side, *([self.writer] if self.writer else [])]
                     await asyncio.gather(*under_way, return_exceptions=True)
+        await self._stop_writer()
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)

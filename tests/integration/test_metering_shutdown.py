@@ -144,3 +144,53 @@ async def test_a_ledger_unreachable_at_shutdown_is_spilled_then_replayed(tmp_pat
                 await asyncio.sleep(0.3)
                 assert await _ledger_size(redis_url, "spill") == 6
                 assert not list((tmp_path / "spill").glob("*.jsonl"))
+
+
+async def test_a_ctrl_c_once_stopping_still_spills_what_was_on_its_way_to_redis(
+    tmp_path: Path,
+) -> None:
+    """Found by review: a SIGINT once the gateway was stopping (uvicorn's force exit: a second
+    Ctrl-C) skipped the app's shutdown: the settlements being written to a Redis that did not
+    answer, and those gathering behind them, were lost with no spill, no line and no lost
+    count. The shutdown runs, in a hurry: they are spilled. (Stopping is held open here by a
+    stream whose client reads nothing: its end cannot be written for ANSWER_END_S.)"""
+    async with (
+        running_redis(None) as redis_url,
+        running_sim(SimConfig(models=[MODEL], max_model_len=1_000_000)) as sim,
+        aiohttp.ClientSession() as http,
+    ):
+        port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+        async with redis_proxy(port) as proxy:
+            extra = f"metering:\n  spill_dir: {tmp_path}/spill\n  write_timeout_s: 30\n"
+            config = shared_config(
+                tmp_path / "gw.yaml", redis_url=proxy.url, model=MODEL, sim=sim, extra=extra
+            )
+            url = "/v1/chat/completions"
+            body = {"model": MODEL, "messages": HELLO}
+            async with gateway_process(config) as gw:
+                await _auth_feed_subscribed(redis_url)
+                headers = await tenant_key(http, gw.url, "hurried")
+                async with http.post(gw.url + url, json=body, headers=headers) as resp:
+                    assert resp.status == 200  # caches the key and its tenant
+                async with asyncio.timeout(5):
+                    while await _ledger_size(redis_url, "hurried") < 1:  # noqa: ASYNC110
+                        await asyncio.sleep(0.02)
+                proxy.set_mode("stall")  # Redis takes the writes and never answers
+                served = []
+                for i in range(4):
+                    said = {**headers, "x-request-id": f"hurried-{i}"}
+                    async with http.post(gw.url + url, json=body, headers=said) as resp:
+                        assert resp.status == 200  # served, its settlement on its way
+                        served.append(resp.headers["x-request-id"])
+                flood = {**body, "stream": True, "max_tokens": 200_000, "sim": {"itl_ms": 0}}
+                async with http.post(gw.url + url, json=flood, headers=headers) as unread:
+                    assert unread.status == 200, await unread.text()
+                    await asyncio.sleep(2)  # the socket's buffers fill: its writes wait
+                    gw.process.send_signal(signal.SIGINT)  # a drain, the stream in flight
+                    await asyncio.sleep(0.3)
+                    gw.process.send_signal(signal.SIGINT)  # the grace ends: the stream is cut
+                    await asyncio.sleep(0.5)  # (uvicorn waits ANSWER_END_S for its end)
+                    gw.process.send_signal(signal.SIGINT)  # stop now
+                    await asyncio.wait_for(gw.process.wait(), 30)
+            spilled = "".join(f.read_text() for f in (tmp_path / "spill").glob("*.jsonl"))
+            assert all(request_id in spilled for request_id in served), spilled[:500]
