@@ -207,6 +207,10 @@ class RequestPolicySettings(Section):
     max_schema_bytes: int = Field(default=64 * 1024, ge=1)  # structured output, serialised
     max_logit_bias: int = Field(default=300, ge=0)  # entries
     max_stop: int = Field(default=16, ge=0)  # stop sequences (and bad_words)
+    # False: requests that make the engines compute prompt logprobs (`prompt_logprobs`, `echo`
+    # with logprobs) are a 400: vLLM's CPU build with LoRA crashes on them (`llmaas up` sets
+    # it; gateway/api/prompt_logprobs.py).
+    prompt_logprobs: bool = True
 
     @field_validator("media_hosts")
     @classmethod

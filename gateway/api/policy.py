@@ -24,6 +24,7 @@ from gateway.api.engine_fields import FieldBounds, check_engine_fields
 from gateway.api.ignored_fields import check_ignored_fields
 from gateway.api.media import HostResolver, MediaRules, check_media, system_resolve
 from gateway.api.media_ids import media_id, scoped_id, tenant_media_ids
+from gateway.api.prompt_logprobs import check_prompt_logprobs
 from gateway.auth.principal import Principal
 from gateway.errors import InvalidRequest
 from gateway.settings import RequestPolicySettings
@@ -56,6 +57,8 @@ class TenantPolicy:
         s = self.settings
         check_engine_fields(body, FieldBounds(s.max_schema_bytes, s.max_logit_bias, s.max_stop))
         check_ignored_fields(route, body)
+        if not s.prompt_logprobs:
+            check_prompt_logprobs(route, body)
         hosts = s.media_hosts if caller.media_hosts is None else caller.media_hosts
         await check_media(body, MediaRules(frozenset(hosts), s.max_data_url_bytes, self.resolve))
         changed = dict(body)

@@ -202,6 +202,8 @@ def up_settings(
         "admin_token": admin_token,  # LLMAAS_ADMIN_TOKEN wins
         "models": [{"name": CHAT_MODEL_NAME, "engines": [engine_url]}],
         "files": {"dir": str(data.files)},
+        # its CPU engine runs with LoRA, whose vLLM crashes on prompt logprobs
+        "request_policy": {"prompt_logprobs": False},
         "fine_tuning": {
             "base_models": {CHAT_MODEL_NAME: str(ready.chat_model)},
             "trainer_python": str(ready.engine_python),

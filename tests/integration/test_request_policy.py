@@ -523,3 +523,60 @@ async def test_integers_past_64_bits_reach_the_engine_as_sent(setup: Setup) -> N
             await resp.read()  # a stream to its end
         sent = json.loads((await sim_state(setup.http, setup.sim))["last_request"]["raw"])
         assert (sent["extra_numbers"]["big"], sent["schema"]) == (big, schema), route
+
+
+async def test_prompt_logprobs_are_refused_where_the_engines_cannot_compute_them(
+    tmp_path: Path,
+) -> None:
+    """Found by review: vLLM's CPU build with LoRA (llmaas up's engine) crashes its engine core
+    on prompt logprobs for more than one sequence in a batch: one completions request of two
+    prompts with echo and logprobs took the shared engine down for every tenant. With
+    request_policy.prompt_logprobs false (what llmaas up sets) every way of asking is a 400
+    naming the field, and the rest is served."""
+    async with running_redis(None) as redis_url, running_sim(SimConfig(models=[MODEL])) as sim:
+        settings = auth_settings(sim, redis_url, tmp_path / "spill").model_copy(deep=True)
+        settings.request_policy.prompt_logprobs = False
+        async with serve_asgi(create_app(settings)) as gateway, aiohttp.ClientSession() as http:
+            url = f"{gateway}/admin/v1/keys"
+            async with http.post(url, json={"tenant": "logprobs"}, headers=ADMIN) as resp:
+                key = (await resp.json())["key"]
+            async with openai.AsyncOpenAI(
+                base_url=f"{gateway}/v1", api_key=key, max_retries=0
+            ) as client:
+                hi: Any = [{"role": "user", "content": "hi"}]
+                refused: list[tuple[str, Any, dict[str, Any]]] = [
+                    (
+                        "echo",
+                        client.completions.create,
+                        {"prompt": ["a", "b"], "echo": True, "logprobs": 1},
+                    ),
+                    (
+                        "prompt_logprobs",
+                        client.completions.create,
+                        {"prompt": "a", "extra_body": {"prompt_logprobs": 1}},
+                    ),
+                    (
+                        "echo",
+                        client.chat.completions.create,
+                        {"messages": hi, "extra_body": {"echo": True}},
+                    ),
+                    (
+                        "prompt_logprobs",
+                        client.chat.completions.create,
+                        {"messages": hi, "extra_body": {"prompt_logprobs": 0}},
+                    ),
+                ]
+                for param, create, fields in refused:
+                    with pytest.raises(openai.BadRequestError) as error:
+                        await create(model=MODEL, max_tokens=1, **fields)
+                    assert error.value.body is not None
+                    assert (error.value.param, error.value.code) == (param, "unsupported_parameter")
+                    assert "prompt logprobs" in error.value.message
+                served = await client.completions.create(
+                    model=MODEL, prompt=["a", "b"], max_tokens=1, echo=True, logprobs=None
+                )
+                assert len(served.choices) == 2
+                chat = await client.chat.completions.create(
+                    model=MODEL, messages=hi, max_tokens=1, logprobs=True, top_logprobs=2
+                )
+                assert chat.choices[0].logprobs is not None

@@ -25,6 +25,7 @@ from gateway.api.policy import (
     salt_key_from,
     session_id,
 )
+from gateway.api.prompt_logprobs import check_prompt_logprobs
 from gateway.auth.principal import Principal
 from gateway.errors import InvalidRequest
 from gateway.settings import RequestPolicySettings
@@ -284,3 +285,27 @@ def test_configured_hosts_are_normalised() -> None:
 )
 def test_the_field_a_grammar_is_compiled_from_is_found(body: Any, field: str | None) -> None:
     assert grammar_field(body) == field
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "param"),
+    [
+        ("completions", {"prompt_logprobs": 0}, "prompt_logprobs"),
+        ("completions", {"echo": True, "logprobs": 0}, "echo"),
+        ("completions", {"echo": True}, None),  # no logprobs: vLLM computes none
+        ("completions", {"echo": False, "logprobs": 3}, None),
+        ("chat/completions", {"echo": True}, "echo"),  # top_logprobs 0 by default: computed
+        ("chat/completions", {"echo": True, "top_logprobs": None}, None),
+        ("chat/completions", {"prompt_logprobs": None, "logprobs": True}, None),
+        ("embeddings", {"prompt_logprobs": 1}, "prompt_logprobs"),
+    ],
+)
+def test_what_makes_vllm_compute_prompt_logprobs_is_found(
+    route: str, body: dict[str, Any], param: str | None
+) -> None:
+    if param is None:
+        check_prompt_logprobs(route, body)
+        return
+    with pytest.raises(InvalidRequest) as refused:
+        check_prompt_logprobs(route, body)
+    assert refused.value.param == param

@@ -37,6 +37,8 @@ def test_up_sets_its_engine_files_and_fine_tuning(tmp_path: Path) -> None:
     assert settings.fine_tuning.base_models == {CHAT_MODEL_NAME: tmp_path / "chat"}
     assert settings.fine_tuning.trainer_python == tmp_path / "python"
     assert settings.admin_token == "kept-admin-token-0123"
+    # its engine runs with LoRA on CPU, where vLLM crashes on prompt logprobs (review7)
+    assert settings.request_policy.prompt_logprobs is False
 
 
 def test_variables_of_a_section_up_sets_are_merged_into_it(
