@@ -47,7 +47,7 @@ class InvalidRequest(ApiError):
 
 class Unauthorized(ApiError):
     status = 401
-    type = "authentication_error"
+    type = "invalid_request_error"  # OpenAI's own, for its 401 invalid_api_key too
 
 
 class Forbidden(ApiError):

@@ -48,7 +48,7 @@ _NOT_SERVED = "The engine serving this model does not support this endpoint."
 
 _OPENAI_TYPES = {
     400: "invalid_request_error",
-    401: "authentication_error",
+    401: "invalid_request_error",  # OpenAI's (its 401 invalid_api_key)
     403: "permission_error",
     404: "invalid_request_error",  # OpenAI's, for a 404 too
     409: "invalid_request_error",

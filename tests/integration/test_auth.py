@@ -98,7 +98,9 @@ async def test_bad_credentials_are_401(auth: AuthStack, headers: dict[str, str],
         assert resp.status == 401
         error = (await resp.json())["error"]
     assert error["code"] == code
-    assert error["type"] == "authentication_error"
+    # OpenAI's: its 401 invalid_api_key is an invalid_request_error (authentication_error
+    # until review7: code that matched on the type saw a difference)
+    assert error["type"] == "invalid_request_error"
 
 
 async def test_a_key_after_any_whitespace_and_a_body_after_a_bom_are_read(

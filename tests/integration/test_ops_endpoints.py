@@ -97,7 +97,7 @@ async def test_without_a_token_nothing_names_an_engine_or_a_tenant(
     headers = None if authorization is None else {"authorization": authorization}
     status, metrics = await fetch(ops, "/metrics", headers)
     assert status == 401
-    assert '"type":"authentication_error"' in metrics
+    assert '"type":"invalid_request_error"' in metrics
     assert not [s for s in ("wrong-token", PEPPER) if s in metrics]  # never echoed
     status, ready = await fetch(ops, "/readyz", headers)
     assert (status, ready) == (200, '{"status":"ready"}')
