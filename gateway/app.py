@@ -306,7 +306,9 @@ def _request_path_redis(
 def _homes(settings: Settings, redis: Redis | None) -> ResponseHomes:
     s = settings.responses
     return (
-        MemoryHomes(s.ttl_s, s.local_max_entries) if redis is None else RedisHomes(redis, s.ttl_s)
+        MemoryHomes(s.ttl_s, s.local_max_entries)
+        if redis is None
+        else RedisHomes(redis, s.ttl_s, s.local_max_entries)
     )
 
 

@@ -193,6 +193,7 @@ class ResponsesSettings(Section):
     # How long a response id stays routable (to its engine) after it was made.
     ttl_s: float = Field(default=7 * 86400.0, gt=0)
     # Without Redis: ids remembered in this process at most (the oldest are forgotten first).
+    # With Redis: ids kept in this process while Redis cannot take them, at most.
     local_max_entries: int = Field(default=100_000, ge=1)
 
 

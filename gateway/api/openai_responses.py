@@ -135,9 +135,9 @@ def _remembering(gw: GatewayState, tenant: str, model: str, report: Reporter) ->
             home = Home(model, result.engine)
             try:
                 await asyncio.shield(gw.homes.remember(tenant, result.response_id, home))
-            except _STORE_ERRORS as exc:
+            except _STORE_ERRORS as exc:  # kept in this process until Redis takes it
                 log.warning(
-                    "response home not stored",
+                    "response home kept in this process only: Redis could not store it",
                     extra={"fields": {"engine": result.engine, "error": redis_error(exc)}},
                 )
 

@@ -6,7 +6,10 @@ The gateway notes the engine when the engine's answer names the id, under the te
 finds only its own ids, so it can never read, continue or delete another tenant's response.
 
 With Redis: `llmaas:{t:<tenant>}:resp:<id>` holds JSON `[model, engine URL]` and expires
-after `responses.ttl_s`. Without Redis (no `redis_url`): a bounded dict in this process.
+after `responses.ttl_s`. Without Redis (no `redis_url`): a bounded dict in this process. With
+Redis, a home Redis could not take (down, full, read-only) waits in that dict, where this
+process finds it, and goes to Redis once a later call to Redis succeeds: the client was
+answered 200 with the response, so it must be able to read and continue it.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from typing import Protocol
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 MAX_ID_CHARS = 256  # longer ids are never looked up (vLLM's are "resp_" + 32 hex digits)
+_FLUSH_BATCH = 100  # homes waiting for Redis written per successful call, at most
+_STORE_ERRORS = (RedisError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,27 +49,60 @@ def home_key(tenant: str, response_id: str) -> str:
 
 
 class RedisHomes:
-    def __init__(self, redis: Redis, ttl_s: float) -> None:
+    """Homes in Redis; those Redis could not take wait in `pending` (bounded as without Redis)."""
+
+    def __init__(self, redis: Redis, ttl_s: float, pending_max: int) -> None:
         self.redis = redis
         self.ttl_ms = int(ttl_s * 1000)
+        self.pending = MemoryHomes(ttl_s, pending_max)
 
     async def remember(self, tenant: str, response_id: str, home: Home) -> None:
-        value = orjson.dumps([home.model, home.engine])
-        await self.redis.set(home_key(tenant, response_id), value, px=self.ttl_ms)
+        """Raises the store's error when Redis could not take it, after keeping it here."""
+        try:
+            await self._write(tenant, response_id, home, self.ttl_ms)
+        except _STORE_ERRORS:
+            await self.pending.remember(tenant, response_id, home)
+            raise
+        await self._flush()
 
     async def find(self, tenant: str, response_id: str) -> Home | None:
         if len(response_id) > MAX_ID_CHARS:
             return None
-        raw = await self.redis.get(home_key(tenant, response_id))
+        try:
+            raw = await self.redis.get(home_key(tenant, response_id))
+        except _STORE_ERRORS:
+            waiting = await self.pending.find(tenant, response_id)
+            if waiting is None:
+                raise
+            return waiting
+        waiting = None if raw is not None else await self.pending.find(tenant, response_id)
+        await self._flush()  # (after the look-up: it takes what it writes out of `pending`)
         if raw is None:
-            return None
+            return waiting
         model, engine = orjson.loads(raw)
         return Home(str(model), str(engine))
 
     async def forget(self, tenant: str, response_id: str) -> bool:
         if len(response_id) > MAX_ID_CHARS:
             return False
-        return bool(await self.redis.delete(home_key(tenant, response_id)))
+        deleted = bool(await self.redis.delete(home_key(tenant, response_id)))
+        return await self.pending.forget(tenant, response_id) or deleted
+
+    async def _write(self, tenant: str, response_id: str, home: Home, ttl_ms: int) -> None:
+        value = orjson.dumps([home.model, home.engine])
+        await self.redis.set(home_key(tenant, response_id), value, px=ttl_ms)
+
+    async def _flush(self) -> None:
+        """Redis answers again: the homes waiting here go there (a few per call), each with
+        the time it has left; one it still refuses waits for the next call."""
+        for (tenant, response_id), expires, home in self.pending.oldest(_FLUSH_BATCH):
+            left_ms = int((expires - time.monotonic()) * 1000)
+            if left_ms > 0:
+                try:
+                    await self._write(tenant, response_id, home, left_ms)
+                except _STORE_ERRORS:
+                    return
+            self.pending.drop(tenant, response_id, home)
 
 
 class MemoryHomes:
@@ -95,3 +134,18 @@ class MemoryHomes:
         return await self.find(tenant, response_id) is not None and bool(
             self._homes.pop((tenant, response_id), None)
         )
+
+    def oldest(self, count: int) -> list[tuple[tuple[str, str], float, Home]]:
+        """Up to `count` entries, the oldest first: ((tenant, id), expiry (monotonic), home)."""
+        entries: list[tuple[tuple[str, str], float, Home]] = []
+        for key, (expires, home) in self._homes.items():
+            if len(entries) == count:
+                break
+            entries.append((key, expires, home))
+        return entries
+
+    def drop(self, tenant: str, response_id: str, home: Home) -> None:
+        """Forget the id if it still names `home` (it may have been remembered again since)."""
+        found = self._homes.get((tenant, response_id))
+        if found is not None and found[1] == home:
+            del self._homes[(tenant, response_id)]

@@ -379,3 +379,27 @@ async def test_openais_other_responses_routes_are_unknown_urls(fleet: Fleet) -> 
         with pytest.raises(openai.NotFoundError) as unknown:
             await client.post(f"/responses/{route}", body={"model": MODEL}, cast_to=object)
         assert unknown.value.code == "unknown_url"
+
+
+async def test_a_response_made_while_redis_refuses_writes_can_be_read_and_continued(
+    fleet: Fleet,
+) -> None:
+    """Found by review: a stored response made while Redis could not be written was a 200, then
+    404 for good to GET and previous_response_id (its home's write was logged and dropped). Its
+    home waits in this process, then goes to Redis once Redis takes writes again."""
+    client = await fleet.client("home-waits")
+    await fleet.redis.config_set("min-replicas-to-write", "1")  # every write: NOREPLICAS
+    try:
+        made = await client.responses.create(model=MODEL, input="hello")
+        assert made.status == "completed"
+        assert (await client.responses.retrieve(made.id)).id == made.id
+        turn = await client.responses.create(
+            model=MODEL, input="and?", previous_response_id=made.id
+        )
+        assert await fleet.redis.get(home_key("home-waits", made.id)) is None
+    finally:
+        await fleet.redis.config_set("min-replicas-to-write", "0")
+    assert (await client.responses.retrieve(turn.id)).id == turn.id  # (Redis answers: it flushes)
+    assert await fleet.redis.get(home_key("home-waits", made.id)) is not None
+    assert await fleet.redis.get(home_key("home-waits", turn.id)) is not None
+    assert (await client.responses.retrieve(made.id)).id == made.id
