@@ -165,7 +165,8 @@ def create_app(
             yield {"drain": drain}  # lifespan state: how the server (gateway/server.py) finds it
         finally:
             _log.info("shutdown: closing the feeds, releasing admissions, flushing usage")
-            await _stop(listening)
+            # (uploads whose record is unknown: their bytes stay parts, removed when stale)
+            await _stop([*listening, *app.state.gateway.unsure_uploads])
             await scraper.close()
             await monitor.close()
             # admissions given up on: a last try at releasing them; the leases left are settled

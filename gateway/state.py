@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 import aiohttp
 from redis.asyncio import Redis
@@ -41,3 +42,6 @@ class GatewayState:
     # The key cache's invalidation feed (None without Redis); it empties the cache once its
     # subscription is confirmed, so `subscribed` tells when cached keys stay cached.
     auth_feed: InvalidationListener | None = None
+    # Uploads whose record's write may have run (gateway/api/files.py): each task reads the
+    # record once Redis answers, and keeps or removes the bytes.
+    unsure_uploads: set[asyncio.Task[None]] = field(default_factory=set)

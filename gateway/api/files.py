@@ -8,6 +8,7 @@ before it is stored (a 400 names the first bad line), so what is listed is alway
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
+from redis.exceptions import RedisError
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
@@ -38,10 +40,16 @@ from gateway.files.store import FileStore
 from gateway.files.upload import MULTIPART_OVERHEAD, boundary_of, receive_upload, too_large
 from gateway.finetune.job_store import JobStore, active_key
 from gateway.finetune.jobs import FINAL
+from gateway.limits.failures import classify
+from gateway.redis_client import redis_error
 from gateway.redis_pages import AfterNotFound
 from gateway.state import GatewayState
 
 router = APIRouter(prefix="/v1/files")
+log = logging.getLogger("llmaas.files")
+_STORE_ERRORS = (RedisError, OSError, TimeoutError)
+_UNSURE_FIRST_S = 0.5  # the first look at an upload's record after its write's reply was lost
+_UNSURE_MOST_S = 10.0  # the longest wait between looks
 FileId = Annotated[str, PathParam(pattern=FILE_ID_PATTERN)]
 
 
@@ -126,10 +134,81 @@ async def _create_file(request: Request, gw: GatewayState, caller: Principal) ->
         if stored == "too_many_bytes":
             used = await store.bytes_used(caller.tenant) or 0
             raise _too_many_bytes(used, limits.max_bytes_per_tenant, record.bytes)
-    except BaseException:  # not listed, so not kept
-        await asyncio.shield(storage.delete(caller.tenant, file_id))
+    except BaseException as exc:
+        if _may_have_run(exc):  # listed or not: Redis will tell, once it answers again
+            unsure = (caller.tenant, file_id, stale_s / 2)  # (half: no upload removes them)
+            await asyncio.shield(_settle_unsure(gw, store, storage, partial, unsure))
+        else:  # not listed, so not kept
+            await asyncio.shield(storage.delete(caller.tenant, file_id))
         raise
     return json_response(record.view())
+
+
+def _may_have_run(exc: BaseException) -> bool:
+    """The record's write may have run: its reply is late or lost (or its client left)."""
+    if isinstance(exc, asyncio.CancelledError):
+        return True
+    return isinstance(exc, _STORE_ERRORS) and classify(exc).may_have_run
+
+
+async def _settle_unsure(
+    gw: GatewayState,
+    store: FileStore,
+    storage: FileStorage,
+    partial: PartialFile,
+    unsure: tuple[str, str, float],
+) -> None:
+    """An upload whose record's write timed out or lost its connection may be listed (it was
+    deleted as not listed: a listed file with no bytes, for good). Its bytes go back under
+    their part name (hidden), and a task reads the record once Redis answers: listed, they
+    are put back; not, removed. The client is answered 503 all the same."""
+    try:
+        await partial.uncommit()
+    except OSError as exc:  # (the task then removes them under their name if not listed)
+        log.warning("upload's bytes not hidden", extra={"fields": {"error": repr(exc)}})
+    task = asyncio.create_task(_look_again(store, storage, partial, unsure))
+    gw.unsure_uploads.add(task)
+    task.add_done_callback(gw.unsure_uploads.discard)
+
+
+async def _look_again(
+    store: FileStore,
+    storage: FileStorage,
+    partial: PartialFile,
+    unsure: tuple[str, str, float],
+) -> None:
+    """Read the record until Redis answers, for `within_s` at most: Redis away longer, the
+    bytes stay a part, which the tenant's next upload removes as stale (`within_s` is half
+    the stale age: no upload removes them while they may still be put back)."""
+    tenant, file_id, within_s = unsure
+    fields: dict[str, object] = {"tenant": tenant, "file": file_id}
+    deadline = time.monotonic() + within_s
+    wait_s = _UNSURE_FIRST_S
+    while True:
+        await asyncio.sleep(wait_s)
+        try:
+            listed = await store.get(tenant, file_id) is not None
+            break
+        except _STORE_ERRORS as exc:
+            if time.monotonic() + wait_s > deadline:
+                fields["error"] = redis_error(exc)
+                log.warning(
+                    "upload's record unknown: its bytes left as stale", extra={"fields": fields}
+                )
+                return
+            wait_s = min(2 * wait_s, _UNSURE_MOST_S)
+    fields["listed"] = listed
+    try:
+        if listed:
+            await partial.commit()
+        else:
+            await partial.discard()
+            await storage.delete(tenant, file_id)
+    except OSError as exc:
+        fields["error"] = repr(exc)
+        log.warning("upload's bytes not settled", extra={"fields": fields})
+        return
+    log.info("upload answered 503: its bytes settled", extra={"fields": fields})
 
 
 def _room(

@@ -4,10 +4,11 @@ the tenant-owned APIs (files, fine-tuning jobs): one tenant per test keeps tests
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import openai
@@ -23,6 +24,7 @@ from tests.integration.conftest import MODEL, auth_settings
 from tests.integration.sim_fixture import running_sim
 from tests.support.gateways import admin_request
 from tests.support.key_cache import request_until_cached
+from tests.support.redis_control import RedisProxy, redis_proxy
 from tests.support.servers import serve_asgi
 
 
@@ -34,6 +36,7 @@ class TenantStack:
     http: aiohttp.ClientSession
     auth: Authenticator  # the gateway's own, to see what its key cache holds
     clients: list[openai.AsyncOpenAI] = field(default_factory=list)  # closed at the end
+    proxy: RedisProxy | None = None  # between the gateway and Redis, if asked for
 
     async def key(self, tenant: str, **fields: Any) -> str:
         """A new API key of `tenant` (created through the admin API), with `fields` (limits)."""
@@ -61,15 +64,29 @@ class TenantStack:
 
 
 @asynccontextmanager
-async def tenant_stack(root: Path, **settings: Any) -> AsyncIterator[TenantStack]:
-    """`settings` (top-level sections) on top of the keys-on defaults; files under `root`."""
-    async with running_redis(None) as redis_url, running_sim(SimConfig(models=[MODEL])) as sim:
-        values = auth_settings(sim, redis_url, root / "spill").model_dump()
+async def tenant_stack(
+    root: Path, *, proxied: bool = False, **settings: Any
+) -> AsyncIterator[TenantStack]:
+    """`settings` (top-level sections) on top of the keys-on defaults; files under `root`.
+    `proxied`: the gateway reaches Redis through a RedisProxy (`stack.proxy`); tests do not."""
+    async with (
+        running_redis(None) as redis_url,
+        running_sim(SimConfig(models=[MODEL])) as sim,
+        AsyncExitStack() as exits,
+    ):
+        proxy = None
+        gateway_url = redis_url
+        if proxied:
+            port = urlsplit(redis_url).port
+            assert port is not None
+            proxy = await exits.enter_async_context(redis_proxy(port))
+            gateway_url = proxy.url
+        values = auth_settings(sim, gateway_url, root / "spill").model_dump()
         values.update(settings)
         app = create_app(Settings.model_validate(values))
         async with serve_asgi(app) as gateway, aiohttp.ClientSession() as http:
             redis = Redis.from_url(redis_url)
-            stack = TenantStack(gateway, root, redis, http, app.state.gateway.auth)
+            stack = TenantStack(gateway, root, redis, http, app.state.gateway.auth, proxy=proxy)
             try:
                 yield stack
             finally:

@@ -20,6 +20,7 @@ import pytest_asyncio
 from openai.types import FileObject
 
 from gateway.files.storage import STALE_PART_S
+from gateway.files.store import index_key
 from tests.integration.conftest import MODEL, Stack
 from tests.integration.tenant_stack import TenantStack, tenant_stack
 from tests.support.raw_http import read_until_closed
@@ -663,3 +664,78 @@ async def test_a_redis_too_slow_to_answer_is_a_retryable_503_not_a_500(tmp_path:
         assert refused.value.response.headers["retry-after"] == "1"
         await stack.redis.client_unpause()
         assert (await client.files.list()).data == []
+
+
+async def _settled(stack: TenantStack, tenant: str) -> list[str]:
+    """The tenant's stored files once no part is left (an upload answered 503 settles late)."""
+    async with asyncio.timeout(20):
+        while any(name.startswith(f"{tenant}/.") for name in _stored(stack)):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    return _stored(stack)
+
+
+async def test_an_upload_whose_record_was_written_late_keeps_its_bytes(tmp_path: Path) -> None:
+    """Found by review: an upload whose record's write (one script) ran but answered after
+    redis_timeout_s was a 503, and its bytes were deleted: a listed, "processed" file whose
+    contents were a 503 for good, counted in the tenant's files and bytes. The client is
+    still told 503; once Redis answers, the record is read and, listed, the bytes kept."""
+    async with tenant_stack(
+        tmp_path, proxied=True, files={"dir": str(tmp_path / "store")}
+    ) as stack:
+        assert stack.proxy is not None
+        client = await stack.tenant("late-record")
+        first = await client.files.create(file=("first.txt", b"1"), purpose="user_data")
+        stack.proxy.set_mode("delay", delay_s=2.0)  # every script runs; its reply comes late
+        try:
+            with pytest.raises(openai.InternalServerError) as refused:
+                await client.files.create(file=("late.jsonl", DATASET), purpose="fine-tune")
+            assert _error(refused.value)["code"] == "store_unavailable"
+        finally:
+            stack.proxy.set_mode("pass")
+        assert stack.proxy.delayed >= 1
+        [listed] = [f for f in (await client.files.list()).data if f.id != first.id]  # it ran
+        assert await _settled(stack, "late-record") == sorted(
+            f"late-record/{f}" for f in (first.id, listed.id)
+        )
+        assert (await client.files.content(listed.id)).read() == DATASET
+
+
+async def test_an_upload_whose_record_was_not_written_leaves_nothing(tmp_path: Path) -> None:
+    """The other side: the record's script ran late but stored nothing (the tenant reached
+    max_files meanwhile): once Redis answers, the bytes of the upload told 503 are removed."""
+    files = {"dir": str(tmp_path / "store"), "max_files_per_tenant": 2}
+    async with tenant_stack(tmp_path, proxied=True, files=files) as stack:
+        assert stack.proxy is not None
+        key = await stack.key("no-record")
+        client = stack.client(key)
+        first = await client.files.create(file=("first.txt", b"1"), purpose="user_data")
+        boundary = "latelate"
+        directory = tmp_path / "store" / "no-record"
+
+        async def body() -> AsyncIterator[bytes]:
+            yield (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n'
+                f"user_data\r\n--{boundary}\r\nContent-Disposition: form-data; "
+                'name="file"; filename="a.txt"\r\nContent-Type: text/plain\r\n\r\n'
+                "first half "
+            ).encode()
+            async with asyncio.timeout(10):  # counted and under way: its part is written
+                while not list(directory.glob(".*.part")):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            await stack.redis.zadd(index_key("no-record"), {"file-x": 1})  # (now 2 of 2)
+            stack.proxy.set_mode("delay", delay_s=2.0)  # type: ignore[union-attr]
+            yield f"second half\r\n--{boundary}--\r\n".encode()
+
+        headers = {
+            "authorization": f"Bearer {key}",
+            "content-type": f"multipart/form-data; boundary={boundary}",
+        }
+        try:
+            async with stack.http.post(
+                f"{stack.gateway}/v1/files", data=body(), headers=headers
+            ) as resp:
+                assert resp.status == 503, await resp.text()
+        finally:
+            stack.proxy.set_mode("pass")
+        assert stack.proxy.delayed >= 1
+        assert await _settled(stack, "no-record") == [f"no-record/{first.id}"]
