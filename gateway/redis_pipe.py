@@ -25,8 +25,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
+from redis.exceptions import AuthenticationError, NoScriptError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.redis_wire import Build, Command, Wire
@@ -147,6 +147,7 @@ class RedisPipe:
                     transport, _ = await loop.create_connection(lambda: wire, host, port, ssl=ssl)
                 wire.transport = transport  # uvloop may tell connection_made a moment later
                 await self._hello(wire)
+                wire.trips = 0  # the calls' trips: the setup's are no call's
         except BaseException as exc:
             if wire.lost is None:
                 wire.fail(RedisConnectionError("The connection failed while being set up."))
@@ -160,18 +161,29 @@ class RedisPipe:
         return wire
 
     async def _hello(self, wire: Wire) -> None:
-        """AUTH and SELECT, as the URL asks; an error reply (a wrong password) is raised."""
+        """AUTH and SELECT, as the URL asks; an error reply (a wrong password) is raised.
+        Without a password, a PING: a Redis that asks for one answers NOAUTH, raised as
+        AuthenticationError in Redis's words (the first call's own error was a protocol
+        error, "unauthenticated multibulk length", for a script call's many arguments)."""
         commands: list[Command] = []
         password, username = self.kwargs.get("password"), self.kwargs.get("username")
         if password:
             commands.append(("AUTH", username, password) if username else ("AUTH", password))
+        else:
+            commands.append(("PING",))
         db = int(self.kwargs.get("db") or 0)
         if db:
             commands.append(("SELECT", db))
-        if not commands:
-            return
-        for future in wire.send(commands):
-            await future
+        try:
+            for future in wire.send(commands):
+                await future
+        except AuthenticationError as exc:
+            if password:
+                raise
+            raise AuthenticationError(
+                f"NOAUTH {exc} Redis asks for a password, and none is configured "
+                "(redis_password, LLMAAS_REDIS_PASSWORD, or in redis_url)"
+            ) from exc
 
 
 class PipeScript:

@@ -56,7 +56,7 @@ async def test_concurrent_calls_share_round_trips_and_each_gets_its_reply(redis:
     await pipe.close()
     assert pipe.trips == written  # closing forgets no round trip
     assert await script(["pipe:alone"], ["ok", 1]) >= 6  # a call after close connects again
-    assert pipe.trips == written + 1
+    assert pipe.trips == written + 1  # (the new connection's PING is no call's trip)
     await pipe.close()
 
 
@@ -261,12 +261,33 @@ async def test_a_unix_socket_url_is_reached(tmp_path: Path) -> None:
         await client.aclose()
 
 
+async def test_a_redis_asking_for_a_password_none_gives_is_named_noauth(tmp_path: Path) -> None:
+    """Found by review: a Redis whose password was set after the gateway connected without
+    one answered the pipe's next connection's first script call with a protocol error
+    ("unauthenticated multibulk length"), all the log said. The connection's PING now
+    raises Redis's NOAUTH as an AuthenticationError: an error reply, in Redis's words."""
+    port = free_port()
+    async with _redis_server(tmp_path, port=port, password=secrets.token_hex(8)):
+        client = redis_client(f"redis://127.0.0.1:{port}/0", 1.0, 4)
+        pipe = RedisPipe(client)
+        script = PipeScript(pipe, SCRIPT)
+        with pytest.raises(AuthenticationError) as refused:
+            await script([f"k{i}" for i in range(20)], ["ok", 1])  # many arguments
+        assert "NOAUTH Authentication required." in str(refused.value)
+        assert "none is configured" in str(refused.value)
+        assert classify(refused.value).kind == "error"
+        await pipe.close()
+        await client.aclose()
+
+
 @contextlib.asynccontextmanager
 async def _redis_server(
-    workdir: Path, *, port: int = 0, unix: Path | None = None
+    workdir: Path, *, port: int = 0, unix: Path | None = None, password: str | None = None
 ) -> AsyncIterator[None]:
     args = [str(redis_server_binary()), "--port", str(port), "--save", "", "--appendonly", "no"]
     args += ["--dir", str(workdir), "--bind", "127.0.0.1"]
+    if password is not None:
+        args += ["--requirepass", password]
     if unix is not None:
         args += ["--unixsocket", str(unix)]
     process = await asyncio.create_subprocess_exec(
