@@ -14,16 +14,20 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter
+from redis.exceptions import ResponseError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.auth.authenticate import bearer
 from gateway.deps import Gateway
 from gateway.errors import Unauthorized
+from gateway.redis_client import redis_error
 from gateway.settings import Settings
 from gateway.state import GatewayState
 
 router = APIRouter()
+# Written by /readyz's detail, to tell whether Redis takes writes; gone a second later.
+PROBE_KEY = "llmaas:readyz:probe"
 
 
 @router.get("/healthz", response_model=None)
@@ -38,27 +42,34 @@ async def readyz(request: Request, gw: Gateway) -> Response:
     every replica out of its Service at once, and clients would get the load balancer's error
     page instead of the gateway's 503 (OpenAI's shape, `Retry-After`, the reason) that their
     SDK retries. The detail (Redis, each model and engine, by the registry's health checks and
-    ejections; nothing is probed but Redis) says what is down, to token holders only."""
+    ejections; nothing is probed but Redis) says what is down, to token holders only. Redis
+    is probed with a write: one that answers PING but refuses writes (maxmemory reached, too
+    few replicas, a read-only replica) refuses every limited request and every settlement."""
     status = "draining" if gw.drain.draining else "ready"
     body: dict[str, Any] = {"status": status}
     if ops_token_given(request, gw.settings):
         now = time.monotonic()
         models = {p.name: any(e.is_up(now) for e in p.engines) for p in gw.registry.pools()}
         engines = {e.url: e.is_up(now) for e in gw.registry.engines()}
-        body.update(redis=await _redis_state(gw), models=models, engines=engines)
+        body.update(await _redis_state(gw))
+        body.update(models=models, engines=engines)
     code = 200 if status == "ready" else 503
     return Response(orjson.dumps(body), status_code=code, media_type="application/json")
 
 
-async def _redis_state(gw: GatewayState) -> str:
+async def _redis_state(gw: GatewayState) -> dict[str, str]:
+    """`redis`: not_configured, unreachable, refusing_writes (with `redis_error`, Redis's own
+    words: OOM, NOREPLICAS, READONLY) or ok."""
     if gw.redis is None:
-        return "not_configured"
+        return {"redis": "not_configured"}
     try:
         async with asyncio.timeout(1):
-            await gw.redis.ping()
-    except Exception:  # any failure means "not reachable" here; the kind is logged elsewhere
-        return "unreachable"
-    return "ok"
+            await gw.redis.set(PROBE_KEY, b"1", px=1000)
+    except ResponseError as exc:  # it answers: with an error
+        return {"redis": "refusing_writes", "redis_error": redis_error(exc)}
+    except Exception:  # any other failure means "not reachable" here; the kind is logged elsewhere
+        return {"redis": "unreachable"}
+    return {"redis": "ok"}
 
 
 @router.get("/metrics", response_model=None)

@@ -10,8 +10,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
 
 from gateway.app import create_app
+from gateway.embedded.redis_server import running_redis
 from gateway.logs import ACCESS_LOGGER, JsonFormatter
 from gateway.netutil import free_port
 from gateway.settings import Settings
@@ -87,6 +89,40 @@ async def test_readyz_stays_ready_when_no_engine_is_up_or_redis_is_gone(tmp_path
             if "models" in overrides:
                 assert body["models"] == {DEAD_MODEL: False}
                 assert body["engines"] == {dead: False}
+
+
+async def test_readyz_tells_a_redis_that_refuses_writes_and_stays_ready(tmp_path: Path) -> None:
+    """Found by review: the detail said "redis":"ok" (PING answered) while Redis refused every
+    write (maxmemory, NOREPLICAS, READONLY): every limited request was a 503 and every
+    settlement waited. It now probes with a write and names the refusal in Redis's words."""
+    async with (
+        running_redis(None) as redis_url,
+        running_sim(SimConfig(models=[MODEL])) as sim,
+        aiohttp.ClientSession() as http,
+    ):
+        settings = {
+            "models": [{"name": MODEL, "engines": [sim]}],
+            "redis_url": redis_url,
+            "admin_token": ADMIN_TOKEN,
+            "auth": {"required": False},
+            "metering": {"spill_dir": str(tmp_path / "spill")},
+        }
+        redis = Redis.from_url(redis_url)
+        try:
+            async with serve_asgi(create_app(Settings.model_validate(settings))) as gateway:
+                assert (await ready(http, gateway))[1]["redis"] == "ok"
+                await redis.config_set("min-replicas-to-write", "1")
+                try:
+                    status, body = await ready(http, gateway)
+                finally:
+                    await redis.config_set("min-replicas-to-write", "0")
+                assert (status, body["status"]) == (200, "ready")
+                assert body["redis"] == "refusing_writes"
+                assert "NOREPLICAS" in body["redis_error"]
+                after = (await ready(http, gateway))[1]
+                assert (after["redis"], "redis_error" in after) == ("ok", False)
+        finally:
+            await redis.aclose()
 
 
 async def test_access_log_is_json_with_request_id_and_no_prompt(stack: Stack) -> None:
