@@ -14,13 +14,16 @@ in their own commands, so a record is never live without being listed.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from collections.abc import Callable
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from gateway.auth.records import KeyRecord, TenantRecord
 from gateway.errors import InvalidRequest, NotFound
+from gateway.limits.failures import classify
 from gateway.redis_pages import AfterNotFound, IndexPages
 
 CHANNEL = "llmaas:auth:invalidate"
@@ -31,6 +34,12 @@ TENANTS = "llmaas:tenants"
 # record read earlier (ARGV[5], its stored JSON) goes through only if the key still holds it:
 # of two rotations racing, one wins and the other is told, so no caller is handed a secret
 # that a concurrent write has already replaced.
+_STORE_ERRORS = (RedisError, OSError, TimeoutError)
+# A key's write whose reply was late or lost: its record read again (until Redis answers, this
+# long at most, every _CONFIRM_EVERY_S) to tell whether it was written.
+_CONFIRM_S = 5.0
+_CONFIRM_EVERY_S = 0.2
+
 _WRITE_KEY = """
 local current = redis.call('GET', KEYS[1])
 if ARGV[4] == 'create' then
@@ -110,6 +119,18 @@ class AuthStore:
         stored = await self._stored(tenant_key(tenant))
         return None if stored is None else (TenantRecord.model_validate_json(stored), stored)
 
+    async def _holds(self, name: str, written: bytes) -> bool:
+        """Whether `name` holds `written`, read once Redis answers (within _CONFIRM_S)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _CONFIRM_S
+        while True:
+            try:
+                return await self._stored(name) == written
+            except _STORE_ERRORS:
+                if loop.time() + _CONFIRM_EVERY_S > deadline:
+                    return False
+                await asyncio.sleep(_CONFIRM_EVERY_S)
+
     async def _stored(self, name: str) -> bytes | None:
         """A record's JSON as stored: the bytes a compare-and-set script compares."""
         raw = await self.redis.get(name)
@@ -132,7 +153,14 @@ class AuthStore:
     async def _put_key(self, record: KeyRecord, mode: str, read: bytes = b"") -> None:
         message = f"key:{record.id}"
         args: list[str | bytes] = [record.model_dump_json(), CHANNEL, message, mode, read]
-        outcome = _text(await self._write_key(keys=[key_key(record.id)], args=args))
+        try:
+            outcome = _text(await self._write_key(keys=[key_key(record.id)], args=args))
+        except _STORE_ERRORS as exc:  # the script may have run: a 503 "try again" was a lie
+            if not classify(exc).may_have_run:
+                raise
+            if not await self._holds(key_key(record.id), record.model_dump_json().encode()):
+                raise
+            outcome = "ok"  # written (a rotation's new secret is the one that works now)
         self._written(message)
         if outcome == "missing":
             raise NotFound(f"No API key with id '{record.id}'.", param="id", code="key_not_found")

@@ -26,7 +26,8 @@ from gateway.settings import AuthSettings
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import ADMIN, MODEL, OTHER, AuthStack, auth_settings
 from tests.integration.sim_fixture import running_sim
-from tests.support.gateways import PEPPER
+from tests.integration.tenant_stack import tenant_stack
+from tests.support.gateways import PEPPER, admin_request
 from tests.support.logs import collected
 from tests.support.servers import serve_asgi
 
@@ -657,3 +658,34 @@ async def test_unreachable_key_store_is_503_not_500(tmp_path: Path) -> None:
     assert info.value.status_code == 503
     assert info.value.code == "auth_store_unavailable"
     assert info.value.response.headers["retry-after"] == "1"  # as the limiter's and usage's
+
+
+async def test_a_key_write_whose_reply_came_late_is_answered_as_written(tmp_path: Path) -> None:
+    """Found by review: a rotation (or a creation) whose script ran but answered after
+    redis_timeout_s was a 503 "try again": the old secret was dead and the new one never
+    shown; a creation's retry made a second key. The record is read again once Redis
+    answers, and a write that landed is answered as one."""
+    async with tenant_stack(tmp_path, proxied=True) as stack:
+        assert stack.proxy is not None
+        key = await stack.key("late-admin")
+        key_id = parse_key(key)
+        assert key_id is not None
+        stack.proxy.set_mode("delay", delay_s=1.5)  # every script runs; its reply comes late
+        try:
+            status, rotated = await admin_request(
+                stack.http, stack.gateway, "POST", f"/keys/{key_id[0]}/rotate"
+            )
+            assert status == 200, rotated
+            status, made = await admin_request(
+                stack.http, stack.gateway, "POST", "/keys", {"tenant": "late-admin", "name": "x"}
+            )
+            assert status == 201, made
+        finally:
+            stack.proxy.set_mode("pass")
+        assert stack.proxy.delayed >= 2
+        assert (await stack.client(rotated["key"]).models.list()).data  # the new secret works
+        assert (await stack.client(made["key"]).models.list()).data
+        status, listed = await admin_request(
+            stack.http, stack.gateway, "GET", "/keys?tenant=late-admin"
+        )
+        assert [k["name"] for k in listed["data"]].count("x") == 1
