@@ -109,4 +109,9 @@ class Event(BaseModel):
     data: dict[str, Any] | None = None
 
     def view(self) -> dict[str, Any]:
-        return {"object": "fine_tuning.job.event", **self.model_dump()}
+        """OpenAI's event object: `data` an object, `{}` for a message (null broke the spec's
+        `type: object`, which a client generated from it trusts)."""
+        view = {"object": "fine_tuning.job.event", **self.model_dump()}
+        if view["data"] is None:
+            view["data"] = {}
+        return view

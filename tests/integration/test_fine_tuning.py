@@ -65,6 +65,8 @@ async def test_a_job_is_created_queued_and_listed_with_its_events(ft: TenantStac
         "Created fine-tuning job",
     ]
     assert events[0].id != events[1].id
+    # a message's data is an object, as the spec types it (it was null: review7)
+    assert [(e.type, e.data) for e in events] == [("message", {}), ("message", {})]
     older = await client.fine_tuning.jobs.list_events(job.id, after=events[0].id, limit=5)
     assert [e.id for e in older.data] == [events[1].id]
     assert f"ft-create/{job.id}".encode() in await ft.redis.lrange(QUEUE, 0, -1)
