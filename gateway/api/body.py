@@ -12,7 +12,7 @@ import orjson
 from starlette.requests import Request
 
 from gateway import exact_json
-from gateway.api.body_encoding import decode_body
+from gateway.api.body_encoding import content_encoding, decode_body
 from gateway.api.inflight import charge_decoded
 from gateway.errors import InvalidRequest, PayloadTooLarge
 
@@ -82,8 +82,7 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
             raise too_large(max_bytes)
         chunks.append(chunk)
     wire = b"".join(chunks)
-    codings = request.headers.getlist("content-encoding")  # (its lines are one list: RFC 9110)
-    raw = decode_body(wire, ", ".join(codings) if codings else None, max_bytes)
+    raw = decode_body(wire, content_encoding(request.scope["headers"]), max_bytes)
     if raw is not wire:  # (decoded: the bodies in flight count what it decoded to)
         charge_decoded(request.scope, len(wire), len(raw))
     return raw

@@ -10,6 +10,7 @@ more memory than one at the bound. An encoding the gateway cannot decode is a 41
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable
 
 from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
@@ -19,6 +20,16 @@ _IDENTITY = ("", "identity")
 # bound, so a few KB of `gzip, gzip, …` over a body nested as deep held the event loop for
 # each of them.
 MAX_CODINGS = 2
+
+
+def content_encoding(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """A request's Content-Encoding, its lines joined (RFC 9110 5.3: a gzip on a second line
+    was left encoded), unless it is none or `identity`."""
+    lines = [v.decode("latin-1") for n, v in headers if n == b"content-encoding"]
+    joined = ", ".join(lines)
+    if all(c.strip().lower() in _IDENTITY for c in joined.split(",")):
+        return None
+    return joined
 
 
 def decode_body(raw: bytes, content_encoding: str | None, max_bytes: int) -> bytes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.body import too_large
-from gateway.api.body_encoding import decode_body
+from gateway.api.body_encoding import content_encoding, decode_body
 from gateway.api.inflight import charge_decoded
 from gateway.errors import ApiError
 from gateway.proxy.asgi_send import send_error
@@ -32,7 +32,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
         elif _declared_length(scope) > self.max_bytes:  # refused before a byte is read
             await send_error(send, too_large(self.max_bytes))
-        elif (encoding := _content_encoding(scope)) is not None:
+        elif (encoding := content_encoding(scope["headers"])) is not None:
             await self._decoded(scope, encoding, receive, send)
         else:
             await _Bounded(self.max_bytes, receive, send).run(self.app, scope)
@@ -110,16 +110,6 @@ class _Bounded:
 
 
 _RECODED = (b"content-encoding", b"content-length")
-
-
-def _content_encoding(scope: Scope) -> str | None:
-    """The body's Content-Encoding, its lines joined (RFC 9110 5.3: a gzip on a second line
-    was left encoded), unless it is none or `identity`."""
-    lines = [v.decode("latin-1") for n, v in scope["headers"] if n == b"content-encoding"]
-    joined = ", ".join(lines)
-    if all(c.strip().lower() in ("", "identity") for c in joined.split(",")):
-        return None
-    return joined
 
 
 def _declared_length(scope: Scope) -> int:
