@@ -23,10 +23,11 @@ _WHY = (
 
 
 def check_prompt_logprobs(route: str, body: dict[str, Any]) -> None:
-    """A 400 naming the field that would make the engine compute prompt logprobs."""
+    """A 400 naming the field that would make the engine compute prompt logprobs. `echo` is
+    set unless it is absent, null or false: vLLM's pydantic reads 1, "true" or "yes" as true."""
     if body.get("prompt_logprobs") is not None:
         raise _refused("prompt_logprobs")
-    if body.get("echo") is not True:
+    if body.get("echo") in (None, False):
         return
     if route == "completions" and body.get("logprobs") is not None:
         raise _refused("echo", "with 'logprobs'")

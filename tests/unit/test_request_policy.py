@@ -293,6 +293,11 @@ def test_the_field_a_grammar_is_compiled_from_is_found(body: Any, field: str | N
         ("completions", {"prompt_logprobs": 0}, "prompt_logprobs"),
         ("completions", {"echo": True, "logprobs": 0}, "echo"),
         ("completions", {"echo": True}, None),  # no logprobs: vLLM computes none
+        # vLLM's pydantic reads these as true (found by review: they passed)
+        ("completions", {"echo": 1, "logprobs": 1}, "echo"),
+        ("completions", {"echo": "yes", "logprobs": 1}, "echo"),
+        ("chat/completions", {"echo": "true"}, "echo"),
+        ("chat/completions", {"echo": False}, None),
         ("completions", {"echo": False, "logprobs": 3}, None),
         ("chat/completions", {"echo": True}, "echo"),  # top_logprobs 0 by default: computed
         ("chat/completions", {"echo": True, "top_logprobs": None}, None),
