@@ -125,6 +125,7 @@ def create_app(
         auth, listener = _auth(settings, redis, upstream, metrics)
         pipe, limiter, ledger = _request_path_redis(settings, redis)
         settler = Settler(ledger, settings.metering, metrics)
+        drain.on_hurry.append(settler.hurry)  # a signal once stopping cuts the usage flush short
         admission = AdmissionControl(
             limiter, settings.limits, metrics, redis_back=[settler.redis_back]
         )

@@ -184,6 +184,8 @@ class DrainingServer(uvicorn.Server):
         if self.deadline is not None and not self.should_exit:
             self.deadline = time.monotonic()  # the grace ends now: the next tick cuts the rest
             return
+        if self.should_exit and drain is not None:  # stopping already: no more waiting on Redis
+            asyncio.get_running_loop().call_soon_threadsafe(drain.hurry)  # (a signal handler)
         self._exit_with_what_is_left()
         super().handle_exit(sig, frame)
 
@@ -207,8 +209,8 @@ class DrainingServer(uvicorn.Server):
         on their way to Redis were lost with no spill and no line."""
         await super().shutdown(sockets)
         lifespan = getattr(self, "lifespan", None)
-        if self.force_exit and lifespan is not None:
-            drain = self.drain()
+        if self.force_exit and lifespan is not None and not lifespan.shutdown_event.is_set():
+            drain = self.drain()  # (skipped by uvicorn: run here, in a hurry)
             if drain is not None:
                 drain.hurry()
             await lifespan.shutdown()

@@ -9,6 +9,7 @@ and the cuts of the proxied ones, and guards the door.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -37,12 +38,15 @@ class Drain:
         self.tasks: set[asyncio.Task[object]] = set()
         self.shut: set[asyncio.Task[object]] = set()
         self.hurried = False  # a signal once stopping (a second Ctrl-C): shut down at once
+        self.on_hurry: list[Callable[[], None]] = []  # told so (the usage flush)
 
     def begin(self) -> None:
         self.draining = True
 
     def hurry(self) -> None:
         self.hurried = True
+        for told in self.on_hurry:
+            told()
 
     def cut(self) -> int:
         """The grace is over: every proxied request in flight ends now, answered (a 503, or

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import islice
@@ -88,6 +87,8 @@ class Settler:
         self.writer: asyncio.Task[None] | None = None  # the group committer, while it has work
         self.side: set[asyncio.Future[None]] = set()  # settlements going behind the queue
         self.closed = False
+        self.flush_ends: float | None = None  # (loop time) once closing: when the flush gives up
+        self.flushing: asyncio.Timeout | None = None  # the flush's wait on Redis, while it waits
         self.unreachable = False  # logged once per outage, not once per attempt
         self.log = logging.getLogger("llmaas.metering")
 
@@ -167,6 +168,15 @@ class Settler:
         finally:
             self.writer = None
 
+    def hurry(self) -> None:
+        """A signal once stopping (a second Ctrl-C): the flush gives Redis HURRIED_FLUSH_S more
+        at most, then spills what is left (also when it is waiting on Redis already)."""
+        if self.flush_ends is None:
+            return
+        self.flush_ends = min(self.flush_ends, asyncio.get_running_loop().time() + HURRIED_FLUSH_S)
+        if self.flushing is not None:
+            self.flushing.reschedule(min(self.flushing.when() or math.inf, self.flush_ends))
+
     async def _stop_writer(self) -> None:
         """The batch being written when the flush's time ran out, and the one gathering behind
         it, go to the queue (to Redis or the spill file), not away with the writer: a second
@@ -190,10 +200,12 @@ class Settler:
         second Ctrl-C); spill what is left. Call after the last request finished (uvicorn runs
         the lifespan's shutdown after its graceful period)."""
         self.closed = True
-        flush_s = min(self.settings.flush_timeout_s, HURRIED_FLUSH_S if hurry else math.inf)
-        deadline = time.monotonic() + flush_s
+        loop = asyncio.get_running_loop()
+        self.flush_ends = loop.time() + self.settings.flush_timeout_s
+        if hurry:
+            self.hurry()
         with contextlib.suppress(TimeoutError):  # settlements under way end in Redis or the queue
-            async with asyncio.timeout(flush_s):
+            async with asyncio.timeout_at(self.flush_ends) as self.flushing:
                 while self.writer is not None or self.side:
                     under_way = [*self.side, *([self.writer] if self.writer else [])]
                     await asyncio.gather(*under_way, return_exceptions=True)
@@ -201,13 +213,16 @@ class Settler:
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
-        while self.queue and self.ledger is not None and time.monotonic() < deadline:
+        while self.queue and self.ledger is not None and loop.time() < self.flush_ends:
             try:
-                async with asyncio.timeout(max(0.01, deadline - time.monotonic())):
+                async with asyncio.timeout_at(
+                    max(loop.time() + 0.01, self.flush_ends)
+                ) as self.flushing:
                     await self._write_queue()
             except _REDIS_ERRORS as exc:
                 self._failed(exc)
-                await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+                await asyncio.sleep(min(0.2, max(0.0, self.flush_ends - loop.time())))
+        self.flushing = None
         if self.queue:
             left = list(self.queue)
             self.queue.clear()

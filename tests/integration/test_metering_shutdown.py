@@ -194,3 +194,46 @@ async def test_a_ctrl_c_once_stopping_still_spills_what_was_on_its_way_to_redis(
                     await asyncio.wait_for(gw.process.wait(), 30)
             spilled = "".join(f.read_text() for f in (tmp_path / "spill").glob("*.jsonl"))
             assert all(request_id in spilled for request_id in served), spilled[:500]
+
+
+async def test_a_ctrl_c_while_the_usage_flush_waits_on_redis_cuts_it_short(
+    tmp_path: Path,
+) -> None:
+    """Found by review: a signal while the shutdown's usage flush waited on a Redis that did
+    not answer left it waiting the whole flush_timeout_s (here 60 s); it gives Redis
+    HURRIED_FLUSH_S more, then spills."""
+    async with (
+        running_redis(None) as redis_url,
+        running_sim(SimConfig(models=[MODEL])) as sim,
+        aiohttp.ClientSession() as http,
+    ):
+        port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+        async with redis_proxy(port) as proxy:
+            extra = f"metering:\n  spill_dir: {tmp_path}/spill\n  flush_timeout_s: 60\n"
+            config = shared_config(
+                tmp_path / "gw.yaml", redis_url=proxy.url, model=MODEL, sim=sim, extra=extra
+            )
+            url = "/v1/chat/completions"
+            body = {"model": MODEL, "messages": HELLO}
+            log = tmp_path / "gw.log"
+            async with gateway_process(config, log=log) as gw:
+                await _auth_feed_subscribed(redis_url)
+                headers = await tenant_key(http, gw.url, "flushing")
+                async with http.post(gw.url + url, json=body, headers=headers) as resp:
+                    assert resp.status == 200  # caches the key and its tenant
+                async with asyncio.timeout(5):
+                    while await _ledger_size(redis_url, "flushing") < 1:  # noqa: ASYNC110
+                        await asyncio.sleep(0.02)
+                proxy.set_mode("stall")  # Redis takes the writes and never answers
+                for _ in range(3):
+                    async with http.post(gw.url + url, json=body, headers=headers) as resp:
+                        assert resp.status == 200
+                gw.process.send_signal(signal.SIGINT)  # nothing in flight: the flush begins
+                async with asyncio.timeout(10):
+                    while b"flushing usage" not in log.read_bytes():  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+                await asyncio.sleep(0.5)  # (the flush waits on Redis)
+                gw.process.send_signal(signal.SIGINT)
+                await asyncio.wait_for(gw.process.wait(), 20)  # (not the flush's 60 s)
+            spilled = list((tmp_path / "spill").glob("*.jsonl"))
+            assert sum(count_lines(f) for f in spilled) == 3
