@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager
@@ -40,6 +41,10 @@ ANSWER_END_S = 2.0
 # What the supervisor of `--workers N` stops its workers with (DrainingServer): not a signal
 # a terminal or systemd sends the whole process group.
 RELAY = signal.SIGUSR1
+# What the supervisor of `--workers N` acts on (a reload, a worker more or fewer): the same
+# signal to the whole process group (a terminal's hangup) must not stop its workers, which
+# SIGHUP's default action did, and SIGTTIN's and SIGTTOU's suspend.
+SUPERVISOR_SIGNALS = frozenset({signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU})
 _log = logging.getLogger("llmaas.server")
 
 
@@ -153,17 +158,29 @@ class DrainingServer(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        """uvicorn's, and a supervised worker's RELAY too."""
-        if not self.supervised:
-            with super().capture_signals():
+        """uvicorn's, a single process's SIGHUP (`hangup`), and a supervised worker's RELAY.
+        (A supervised worker ignores SUPERVISOR_SIGNALS from its start: _DrainingProcess.)"""
+        if threading.current_thread() is not threading.main_thread():
+            with super().capture_signals():  # (it captures nothing there either)
                 yield
             return
-        previous = signal.signal(RELAY, self.handle_exit)
+        own = {RELAY: self.handle_exit} if self.supervised else {signal.SIGHUP: self.hangup}
+        previous = {sig: signal.signal(sig, handler) for sig, handler in own.items()}
         try:
             with super().capture_signals():
                 yield
         finally:
-            signal.signal(RELAY, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def hangup(self, sig: int, frame: FrameType | None) -> None:
+        """SIGHUP to a single process: its default action killed the gateway at once (streams
+        cut unbilled, no flush), at a terminal's hangup or a `systemctl reload`. Only the
+        supervisor of `--workers N` reloads (new workers read the file again); this process
+        could not rebuild itself, so it goes on as it is and says so."""
+        _log.warning(
+            "SIGHUP ignored: a reload needs --workers N (N > 1); SIGTERM stops the gateway"
+        )
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.supervised:
@@ -252,6 +269,9 @@ class _DrainingProcess(Process):
         super().__init__(config, sockets)
 
     def target(self, sockets: list[socket.socket] | None = None) -> None:
+        for sig in SUPERVISOR_SIGNALS:  # (blocked until now: DrainingWorkers._started)
+            signal.signal(sig, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
         terminate_with_parent(self.supervisor, RELAY)
         super().target(sockets)
 
@@ -297,8 +317,15 @@ class DrainingWorkers(Multiprocess):
         self.processes.extend(self._started() for _ in range(self.processes_num))
 
     def _started(self) -> Process:
+        """A new draining worker. It is born with SUPERVISOR_SIGNALS blocked (a signal mask is
+        inherited through fork and exec, a handler is not) until it ignores them, so that one
+        sent to the group while it imports does not kill it; here they wait until it is born."""
         process = _DrainingProcess(self.config, self.sockets)
-        process.start()
+        signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
         return process
 
     def keep_subprocess_alive(self) -> None:

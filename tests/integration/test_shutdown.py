@@ -498,3 +498,41 @@ async def test_the_gauges_of_workers_that_died_leave_metrics(tmp_path: Path) -> 
             text = await resp.text()
     inflight = re.findall(r"^llmaas_inflight_requests\{[^}]*\} (\S+)$", text, re.M)
     assert [float(v) for v in inflight] in ([], [0.0]), text
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers in /proc (Linux)")
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_hangup_to_the_whole_group_stops_nothing(tmp_path: Path, workers: str) -> None:
+    """Found by review: SIGHUP (a terminal's hangup, a `systemctl reload`) killed a single
+    `llmaas serve` on its default action, and every worker of `--workers N` when the group
+    got it: streams cut without an error frame, never billed. Now a single process goes on
+    and says that it reloads nothing; the workers leave it to their supervisor, which reloads
+    (each old worker drains: the streams finish whole)."""
+    sim = SimConfig(models=[MODEL], max_tokens=60, itl_ms=50)  # ~3 s per stream
+    async with fleet(tmp_path, sim, 10, "--workers", workers) as f:
+        tasks = await streams_in_flight(f, 2)
+        before = set(worker_pids(f.gw.process.pid))
+        for pid in [f.gw.process.pid, *before]:  # what a terminal's hangup does
+            os.kill(pid, signal.SIGHUP)
+        texts = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        if workers == "2":  # reloaded: new workers, the old ones drained
+            async with asyncio.timeout(60):
+                while before & set(worker_pids(f.gw.process.pid)):  # noqa: ASYNC110 (/proc)
+                    await asyncio.sleep(0.1)
+        async with f.http.get(f"{f.gw.url}/v1/models", headers=f.key) as resp:
+            assert resp.status == 200
+        assert f.gw.process.returncode is None
+        f.gw.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(f.gw.process.wait(), 30) == STOPPED_BY_SIGTERM
+        billed = await records(f.redis_url)
+    assert all(text.endswith(DONE) for text in texts), texts
+    assert not any(cut_with_an_error_frame(text) for text in texts), texts
+    assert [r.outcome for r in billed] == ["ok", "ok"], billed
+    said = [orjson.loads(line) for line in (tmp_path / "gw.log").read_bytes().splitlines()]
+    hangups = [line["msg"] for line in said if "SIGHUP" in line["msg"]]
+    if workers == "1":
+        assert hangups == [
+            "SIGHUP ignored: a reload needs --workers N (N > 1); SIGTERM stops the gateway"
+        ]
+    else:
+        assert hangups == [], hangups  # (not one "worker N was killed by SIGHUP")
