@@ -367,6 +367,26 @@ class DrainingWorkers(Multiprocess):
             _forget(old)
             self.processes[idx] = new
 
+    def handle_ttin(self) -> None:
+        """SIGTTIN: one worker more, a draining one (uvicorn's added its plain worker, which did
+        not drain and outlived a supervisor killed outright, serving the port)."""
+        self.processes_num += 1
+        self.processes.append(self._started())
+        _log.warning("SIGTTIN: one worker more (%d)", self.processes_num)
+
+    def handle_ttou(self) -> None:
+        """SIGTTOU: one worker fewer, drained as at SIGTERM, and its gauges leave /metrics
+        (uvicorn's left them in the sums for good)."""
+        if self.processes_num <= 1:
+            _log.warning("SIGTTOU: one worker left: not stopped")
+            return
+        self.processes_num -= 1
+        process = self.processes.pop()
+        process.terminate()
+        process.join()
+        _forget(process)
+        _log.warning("SIGTTOU: one worker fewer (%d)", self.processes_num)
+
     def handle_int(self) -> None:
         self.stopped_by = signal.SIGINT
         super().handle_int()

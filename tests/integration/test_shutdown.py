@@ -10,7 +10,7 @@ import asyncio
 import os
 import re
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +52,13 @@ class Fleet:
 
 
 @asynccontextmanager
-async def fleet(tmp_path: Path, sim: SimConfig, grace_s: float, *args: str) -> AsyncIterator[Fleet]:
+async def fleet(
+    tmp_path: Path,
+    sim: SimConfig,
+    grace_s: float,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+) -> AsyncIterator[Fleet]:
     async with (
         running_redis(None) as redis_url,
         running_sim(sim) as sim_url,
@@ -62,7 +68,7 @@ async def fleet(tmp_path: Path, sim: SimConfig, grace_s: float, *args: str) -> A
         config = shared_config(
             tmp_path / "gw.yaml", redis_url=redis_url, model=MODEL, sim=sim_url, extra=extra
         )
-        async with gateway_process(config, *args, log=tmp_path / "gw.log") as gw:
+        async with gateway_process(config, *args, log=tmp_path / "gw.log", env=env) as gw:
             key = await tenant_key(http, gw.url, TENANT)
             yield Fleet(gw, sim_url, redis_url, key, http)
 
@@ -536,3 +542,47 @@ async def test_a_hangup_to_the_whole_group_stops_nothing(tmp_path: Path, workers
         ]
     else:
         assert hangups == [], hangups  # (not one "worker N was killed by SIGHUP")
+
+
+def alive_workers(f: Fleet) -> set[int]:
+    return {pid for pid in worker_pids(f.gw.process.pid) if running(pid)}
+
+
+async def workers_become(f: Fleet, count: int) -> set[int]:
+    async with asyncio.timeout(60):
+        while len(alive := alive_workers(f)) != count:  # noqa: ASYNC110 (no event: /proc)
+            await asyncio.sleep(0.1)
+    return alive
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers in /proc (Linux)")
+async def test_sigttou_forgets_the_worker_it_stops_and_sigttin_adds_a_draining_one(
+    tmp_path: Path,
+) -> None:
+    """Found by review: SIGTTIN added uvicorn's plain worker (it did not drain, and outlived a
+    supervisor killed outright, serving the port), and SIGTTOU left the gauges of the worker
+    it stopped in /metrics' sums for good."""
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    async with (
+        fleet(
+            tmp_path,
+            SimConfig(models=[MODEL]),
+            10,
+            "--workers",
+            "2",
+            env={"PROMETHEUS_MULTIPROC_DIR": str(metrics)},
+        ) as f,
+        replacing_workers(f) as workers,
+    ):
+        f.gw.process.send_signal(signal.SIGTTOU)
+        [left] = await workers_become(f, 1)
+        gauges = {int(p.stem.rsplit("_", 1)[1]) for p in metrics.glob("gauge_live*_*.db")}
+        assert gauges == {left}, gauges
+        f.gw.process.send_signal(signal.SIGTTIN)
+        workers.update(await workers_become(f, 2))  # (each must stop with the supervisor)
+    said = [orjson.loads(line)["msg"] for line in (tmp_path / "gw.log").read_bytes().splitlines()]
+    assert [m for m in said if m.startswith("SIGTT")] == [
+        "SIGTTOU: one worker fewer (1)",
+        "SIGTTIN: one worker more (2)",
+    ]
