@@ -45,6 +45,10 @@ RELAY = signal.SIGUSR1
 # signal to the whole process group (a terminal's hangup) must not stop its workers, which
 # SIGHUP's default action did, and SIGTTIN's and SIGTTOU's suspend.
 SUPERVISOR_SIGNALS = frozenset({signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU})
+# How long the supervisor of `--workers N` waits for a worker's answer to its health check,
+# and for a new worker to serve (at SIGHUP): uvicorn's 5 s killed workers still importing on
+# a busy or CPU-limited machine (8 workers on one core took 12 s) as "stopped answering".
+WORKER_ANSWER_S = 30
 _log = logging.getLogger("llmaas.server")
 
 
@@ -102,6 +106,7 @@ def run_server(settings: Settings, config_path: Path | None) -> None:
         # uvicorn's asyncio.wait_for takes (its annotation says int). A worker replaced after a
         # crash or at SIGHUP is a DrainingServer too (DrainingWorkers).
         timeout_graceful_shutdown=settings.shutdown_grace_s,
+        timeout_worker_healthcheck=WORKER_ANSWER_S,
     )
     if settings.workers > 1:
         # Each worker drains the same way; the grace reaches them through the environment
@@ -280,6 +285,13 @@ class _DrainingProcess(Process):
         if self.process.exitcode is None and self.process.pid is not None:
             os.kill(self.process.pid, RELAY)
 
+    answered = False  # its health check, once at least: it has started
+
+    def ping(self, timeout: float = 5) -> bool:
+        answers = super().ping(timeout)
+        self.answered = self.answered or answers
+        return answers
+
     @property
     def server(self) -> uvicorn.Server:
         if self._server is None:
@@ -345,7 +357,11 @@ class DrainingWorkers(Multiprocess):
                 return
             if self.should_exit.is_set():
                 return
-            why = "stopped answering (killed)" if hung else _ended(process.exitcode)
+            why = _ended(process.exitcode)
+            if hung:
+                started = isinstance(process, _DrainingProcess) and process.answered
+                why = "stopped answering" if started else f"did not start within {WORKER_ANSWER_S}s"
+                why += " (killed)"
             _log.warning("worker %s %s: starting another", process.pid, why)
             self.processes[idx] = self._started()
 

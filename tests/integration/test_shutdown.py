@@ -7,6 +7,7 @@ not answered yet, a 503), and every request the engine saw is billed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -586,3 +587,25 @@ async def test_sigttou_forgets_the_worker_it_stops_and_sigttin_adds_a_draining_o
         "SIGTTOU: one worker fewer (1)",
         "SIGTTIN: one worker more (2)",
     ]
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers in /proc (Linux)")
+async def test_a_worker_slow_to_answer_its_health_check_is_not_killed(tmp_path: Path) -> None:
+    """Found by review: the supervisor waited 5 s (uvicorn's default) for a worker's answer,
+    and killed workers still importing on a busy machine as "stopped answering". A worker
+    stopped for 7 s (SIGSTOP: what a starved one looks like) now comes back and goes on."""
+    async with (
+        fleet(tmp_path, SimConfig(models=[MODEL]), 10, "--workers", "2") as f,
+        replacing_workers(f) as workers,
+    ):
+        slow = min(workers)
+        os.kill(slow, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(7)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # (the old code killed it)
+                os.kill(slow, signal.SIGCONT)
+        await asyncio.sleep(1)  # (the supervisor's next round of checks)
+        assert alive_workers(f) == workers
+    said = [orjson.loads(line)["msg"] for line in (tmp_path / "gw.log").read_bytes().splitlines()]
+    assert not [m for m in said if m.startswith("worker ")], said
