@@ -9,7 +9,7 @@ import json
 import sys
 from typing import Any
 
-from gateway.admin_client import AdminClient, AdminError, segment
+from gateway.admin_client import AdminClient, AdminError, LocalProblem, segment
 from gateway.auth.api_keys import PREFIX, parse_key
 from gateway.cli_options import add_gateway_options, given
 from gateway.cli_table import table
@@ -251,6 +251,9 @@ def run_admin(args: argparse.Namespace) -> int:
     try:
         client = AdminClient(args.url, args.admin_token)
         result = asyncio.run(_call(client, args))
+    except LocalProblem as exc:
+        print(f"llmaas {args.command} {args.action}: error: {exc}", file=sys.stderr)
+        return 2
     except AdminError as exc:
         print(f"llmaas {args.command} {args.action}: {exc}", file=sys.stderr)
         return 1
@@ -361,6 +364,9 @@ def run_engines(args: argparse.Namespace) -> int:
     try:
         client = AdminClient(args.url, args.admin_token)
         result = asyncio.run(client.call("GET", "/engines"))
+    except LocalProblem as exc:
+        print(f"llmaas engines: error: {exc}", file=sys.stderr)
+        return 2
     except AdminError as exc:
         print(f"llmaas engines: {exc}", file=sys.stderr)
         return 1

@@ -17,10 +17,15 @@ class AdminError(Exception):
     """The admin API refused, or could not be reached; the message says which and why."""
 
 
+class LocalProblem(AdminError):
+    """Found before anything is sent (no token or key to send, a local file that cannot be
+    read): a usage error, as a bad option is (exit 2), not the gateway's refusal (exit 1)."""
+
+
 class AdminClient:
     def __init__(self, base_url: str, token: str | None) -> None:
         if not token:
-            raise AdminError("no admin token: pass --admin-token or set LLMAAS_ADMIN_TOKEN")
+            raise LocalProblem("no admin token: pass --admin-token or set LLMAAS_ADMIN_TOKEN")
         self.base = base_url.rstrip("/") + "/admin/v1"
         self.headers = {"authorization": f"Bearer {token}"}
 

@@ -7,13 +7,14 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from gateway.admin_client import AdminError, segment
+from gateway.admin_client import AdminError, LocalProblem, segment
 from gateway.cli_options import add_gateway_options
 from gateway.cli_table import table, utc_time
 from gateway.files.records import PURPOSES
@@ -90,10 +91,15 @@ def add_finetune_commands(sub: Any) -> None:
 
 def run_files(args: argparse.Namespace) -> int:
     try:
+        if args.action == "upload" and (unusable := _unreadable(args.path)):
+            raise LocalProblem(unusable)
         client = TenantClient(args.url, args.api_key)
         result = asyncio.run(_files(client, args))
     except BrokenPipeError:  # stdout's reader went away: gateway/cli.py's main stops quietly
         raise
+    except LocalProblem as exc:
+        print(f"llmaas files {args.action}: error: {exc}", file=sys.stderr)
+        return 2
     except (AdminError, OSError) as exc:
         print(f"llmaas files {args.action}: {exc}", file=sys.stderr)
         return 1
@@ -114,12 +120,27 @@ async def _files(client: TenantClient, args: argparse.Namespace) -> Any:
     return {**deleted, "filename": "(deleted)"}
 
 
+def _unreadable(path: Path) -> str | None:
+    """Why the local file `path` cannot be uploaded, if it cannot (exit 2, not the 1 of the
+    gateway's refusals: nothing was sent)."""
+    if path.is_dir():
+        return f"{path} is a directory, not a file"
+    if not path.exists():
+        return f"{path}: no such file"
+    if not os.access(path, os.R_OK):
+        return f"{path} cannot be read (permission denied)"
+    return None
+
+
 def run_jobs(args: argparse.Namespace) -> int:
     try:
         client = TenantClient(args.url, args.api_key)
         return asyncio.run(_jobs(client, args))
     except BrokenPipeError:  # stdout's reader went away: gateway/cli.py's main stops quietly
         raise
+    except LocalProblem as exc:
+        print(f"llmaas jobs {args.action}: error: {exc}", file=sys.stderr)
+        return 2
     except (AdminError, OSError) as exc:
         print(f"llmaas jobs {args.action}: {exc}", file=sys.stderr)
         return 1

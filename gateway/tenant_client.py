@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.admin_client import AdminClient, AdminError
+from gateway.admin_client import AdminClient, LocalProblem
 
 UPLOAD_TIMEOUT_S = 3600.0
 
@@ -18,7 +18,7 @@ UPLOAD_TIMEOUT_S = 3600.0
 class TenantClient(AdminClient):
     def __init__(self, base_url: str, api_key: str | None) -> None:
         if not api_key:
-            raise AdminError("no API key: pass --api-key or set LLMAAS_API_KEY")
+            raise LocalProblem("no API key: pass --api-key or set LLMAAS_API_KEY")
         super().__init__(base_url, api_key)
         self.base = base_url.rstrip("/") + "/v1"
 
@@ -33,7 +33,7 @@ class TenantClient(AdminClient):
     ) -> Any:
         """Upload `file`; `sent` is called with the size of every piece read for sending
         (from a worker thread: aiohttp reads files there)."""
-        with CountedReader(io.FileIO(file), sent or _nothing) as handle:
+        with CountedReader(io.FileIO(str(file)), sent or _nothing) as handle:
             form = aiohttp.FormData()
             form.add_field("purpose", purpose)
             form.add_field("file", handle, filename=file.name)

@@ -11,7 +11,7 @@ import sys
 from typing import Any
 from urllib.parse import urlencode
 
-from gateway.admin_client import AdminClient, AdminError
+from gateway.admin_client import AdminClient, AdminError, LocalProblem
 from gateway.cli_options import add_gateway_options, given
 from gateway.cli_table import table
 
@@ -85,6 +85,9 @@ def run_usage(args: argparse.Namespace) -> int:
             asyncio.run(_records(client, args))
         else:
             print(_totals_text(asyncio.run(client.call("GET", _path("/usage", args))), args))
+    except LocalProblem as exc:
+        print(f"llmaas usage: error: {exc}", file=sys.stderr)
+        return 2
     except AdminError as exc:
         print(f"llmaas usage: {exc}", file=sys.stderr)
         return 1

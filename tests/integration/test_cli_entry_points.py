@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 from collections.abc import AsyncIterator
@@ -303,3 +304,41 @@ async def test_serve_says_when_its_configuration_names_no_models(tmp_path: Path)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
     [line] = [line for line in err.splitlines() if b"no models configured" in line]
     assert orjson.loads(line)["level"] == "warning"  # a JSON line, as the rest of the log
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("keys", "list"), "llmaas keys list: error: no admin token: pass --admin-token"),
+        (("tenants", "list"), "llmaas tenants list: error: no admin token"),
+        (("usage",), "llmaas usage: error: no admin token"),
+        (("engines",), "llmaas engines: error: no admin token"),
+        (("files", "list"), "llmaas files list: error: no API key: pass --api-key"),
+        (("jobs", "list"), "llmaas jobs list: error: no API key"),
+        (("files", "upload", "{tmp}/absent.jsonl", "--api-key", "k"), "absent.jsonl: no such"),
+        (("files", "upload", "{tmp}", "--api-key", "k"), "{tmp} is a directory, not a file"),
+    ],
+)
+async def test_what_is_wrong_before_anything_is_sent_exits_2(
+    tmp_path: Path, args: tuple[str, ...], said: str
+) -> None:
+    """Found by review: a missing admin token or API key, and a local file to upload that is
+    absent or a directory, exited 1 (the gateway refused, or could not be reached: a script
+    retries that) instead of 2 (a usage error: fix the command line), and a directory was
+    named `PosixPath('/tmp')`. The gateway named does not even listen."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LLMAAS_ADMIN_TOKEN", "LLMAAS_API_KEY")}
+    command = [a.format(tmp=tmp_path) for a in args]
+    proc = await asyncio.create_subprocess_exec(
+        llmaas(),
+        *command,
+        "--url",
+        f"http://127.0.0.1:{free_port()}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2, err
+    assert said.format(tmp=tmp_path) in err.decode(), err
+    assert b"PosixPath" not in err
+    assert out == b""
