@@ -29,7 +29,11 @@ def _serve(args: argparse.Namespace) -> int:
     # A flag given wins over the file and the environment (argparse checked its range).
     flags = {"host": args.host, "port": args.port, "workers": args.workers}
     settings = settings.model_copy(update={k: v for k, v in flags.items() if v is not None})
-    run_server(settings, args.config)
+    try:
+        run_server(settings, args.config)
+    except ConfigError as exc:  # (the file changed as it started: PinnedConfig)
+        print(invalid_configuration("serve", exc), file=sys.stderr)
+        return 2
     return 0
 
 

@@ -31,7 +31,12 @@ from gateway.http_protocol import GatewayHttpProtocol
 from gateway.logs import configure_logging_single_threaded
 from gateway.metrics import forget_earlier_runs, forget_process
 from gateway.settings import Settings
-from gateway.settings_load import load_settings
+from gateway.settings_load import (
+    ConfigError,
+    invalid_configuration,
+    load_settings,
+    usable_settings,
+)
 
 CONFIG_ENV = "LLMAAS_CONFIG_FILE"
 GRACE_ENV = "LLMAAS_SHUTDOWN_GRACE_S"
@@ -81,15 +86,52 @@ def uvicorn_config(
     )
 
 
+class PinnedConfig:
+    """The config file the workers of `--workers N` read: a private copy of the operator's,
+    taken when it was last found usable (at the start, then at each SIGHUP). Workers read the
+    operator's own file, so a replacement of a crashed one took any edit made since, and a
+    wrong one made it exit with a traceback, in a loop, each replacement of the last. The copy
+    is in a directory only this user can read (the file may hold a Redis password); relative
+    paths in it resolve as before: against the working directory, which workers share."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.dir = Path(tempfile.mkdtemp(prefix="llmaas-config-"))
+        self.path = self.dir / "gateway.yaml"
+
+    def take(self) -> None:
+        """Copy the operator's file and check the copy (usable_settings), then pin it. Raises
+        ConfigError (naming the operator's file, not the copy) or OSError; pins nothing then."""
+        staged = self.dir / "next.yaml"
+        shutil.copyfile(self.source, staged)
+        try:
+            usable_settings(staged)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace(str(staged), str(self.source))) from None
+        staged.replace(self.path)
+
+
 def run_server(settings: Settings, config_path: Path | None) -> None:
-    """Serve until SIGINT/SIGTERM, then drain (DrainingServer). Several workers re-read the
-    config file in each process."""
+    """Serve until SIGINT/SIGTERM, then drain (DrainingServer). Several workers read the
+    config file in each process, the copy the supervisor pinned (PinnedConfig). Raises
+    ConfigError if the file changed for the worse since `settings` were read from it."""
     forget_earlier_runs()  # (in an operator's metrics directory)
     target: str | FastAPI = create_app(settings)
     made: Path | None = None  # the metrics directory made here (removed at the end)
+    pinned: PinnedConfig | None = None
     if settings.workers > 1:
+        # (without --config the workers read no file: not one the supervisor never checked)
+        os.environ.pop(CONFIG_ENV, None)
         if config_path is not None:
-            os.environ[CONFIG_ENV] = str(config_path.resolve())
+            pinned = PinnedConfig(config_path)
+            try:
+                pinned.take()
+            except BaseException as exc:
+                shutil.rmtree(pinned.dir, ignore_errors=True)
+                if isinstance(exc, OSError):  # (gone since it was read: said as then)
+                    raise ConfigError(str(exc)) from None
+                raise
+            os.environ[CONFIG_ENV] = str(pinned.path)
         # Metrics from every worker are aggregated through files in this directory.
         if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
             made = Path(tempfile.mkdtemp(prefix="llmaas-metrics-"))
@@ -118,10 +160,11 @@ def run_server(settings: Settings, config_path: Path | None) -> None:
         try:
             sockets = [config.bind_socket()]  # (exits if the port is taken)
         except BaseException:
-            if made is not None:
-                shutil.rmtree(made, ignore_errors=True)
+            for directory in (made, None if pinned is None else pinned.dir):
+                if directory is not None:
+                    shutil.rmtree(directory, ignore_errors=True)
             raise
-        DrainingWorkers(config, sockets, settings.log_level, made).run()
+        DrainingWorkers(config, sockets, settings.log_level, made, pinned).run()
     else:
         DrainingServer(config, settings.shutdown_grace_s).run()
 
@@ -319,11 +362,14 @@ class DrainingWorkers(Multiprocess):
         sockets: list[socket.socket],
         log_level: str,
         metrics_dir: Path | None = None,
+        pinned: PinnedConfig | None = None,
     ):
-        """`metrics_dir`: the workers' metrics directory, if this supervisor's to remove."""
+        """`metrics_dir`: the workers' metrics directory, if this supervisor's to remove;
+        `pinned`: the config file they read, if any (its directory is removed too)."""
         super().__init__(config, sockets)
         self.log_level = log_level
         self.metrics_dir = metrics_dir
+        self.pinned = pinned
 
     def init_processes(self) -> None:
         self.processes.extend(self._started() for _ in range(self.processes_num))
@@ -383,6 +429,19 @@ class DrainingWorkers(Multiprocess):
             _forget(old)
             self.processes[idx] = new
 
+    def handle_hup(self) -> None:
+        """SIGHUP: the operator's config file is checked, then pinned, before any worker is
+        replaced; a file that cannot be used leaves every worker as it is, and says why (each
+        new worker exited with a traceback, and the reload ended 'not ready in time')."""
+        if self.pinned is not None:
+            try:
+                self.pinned.take()
+            except (ConfigError, OSError) as exc:
+                said = invalid_configuration("serve", exc).removeprefix("llmaas serve: ")
+                _log.error("SIGHUP: %s; no worker restarted", said)
+                return
+        self.restart_all()
+
     def handle_ttin(self) -> None:
         """SIGTTIN: one worker more, a draining one (uvicorn's added its plain worker, which did
         not drain and outlived a supervisor killed outright, serving the port)."""
@@ -426,8 +485,9 @@ class DrainingWorkers(Multiprocess):
         try:
             super().run()
         finally:
-            if self.metrics_dir is not None:
-                shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            for directory in (self.metrics_dir, None if self.pinned is None else self.pinned.dir):
+                if directory is not None:
+                    shutil.rmtree(directory, ignore_errors=True)
         if self.stopped_by is not None:
             signal.signal(self.stopped_by, signal.SIG_DFL)
             signal.raise_signal(self.stopped_by)

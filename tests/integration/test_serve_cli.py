@@ -26,7 +26,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def test_two_workers_serve_and_metrics_add_up(tmp_path: Path) -> None:
-    temporary = tmp_path / "tmp"  # where the supervisor makes its metrics directory
+    temporary = tmp_path / "tmp"  # where the supervisor makes its directories
     temporary.mkdir()
     async with running_sim_process(SimConfig(models=["m"])) as sim:
         config = tmp_path / "gw.yaml"
@@ -37,7 +37,9 @@ async def test_two_workers_serve_and_metrics_add_up(tmp_path: Path) -> None:
         )
         workers = gateway_process(config, "--workers", "2", env={"TMPDIR": str(temporary)})
         async with workers as served:
-            assert [p.name[:15] for p in temporary.iterdir()] == ["llmaas-metrics-"]
+            # (and the config file's copy its workers read: PinnedConfig)
+            made = sorted(p.name[:-8] for p in temporary.iterdir())  # (mkdtemp adds 8)
+            assert made == ["llmaas-config-", "llmaas-metrics-"]
             base = served.url
             body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
             async with aiohttp.ClientSession() as http:

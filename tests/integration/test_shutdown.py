@@ -609,3 +609,52 @@ async def test_a_worker_slow_to_answer_its_health_check_is_not_killed(tmp_path: 
         assert alive_workers(f) == workers
     said = [orjson.loads(line)["msg"] for line in (tmp_path / "gw.log").read_bytes().splitlines()]
     assert not [m for m in said if m.startswith("worker ")], said
+
+
+async def logged_line(log: Path, start: str) -> str:
+    """The first JSON line of `log` whose message starts with `start`, once it is there."""
+    async with asyncio.timeout(30):
+        while True:
+            for line in (await asyncio.to_thread(log.read_bytes)).splitlines():
+                message = str(orjson.loads(line)["msg"])
+                if message.startswith(start):
+                    return message
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers in /proc (Linux)")
+async def test_a_config_file_gone_bad_is_taken_neither_by_a_replacement_nor_at_sighup(
+    tmp_path: Path,
+) -> None:
+    """Found by review: each worker read the config file itself, so after a wrong edit the
+    replacement of a crashed worker exited 1 with a traceback, and so did its replacement, in
+    a loop; and a SIGHUP then logged the traceback and 'not ready in time'. Now replacements
+    read the copy the supervisor last found usable, and a SIGHUP checks the file first: one
+    error line naming what is wrong (never the value), and every worker kept."""
+    log = tmp_path / "gw.log"
+    async with (
+        fleet(tmp_path, SimConfig(models=[MODEL]), 10, "--workers", "2") as f,
+        replacing_workers(f) as workers,
+    ):
+        config = tmp_path / "gw.yaml"
+        good = config.read_text()
+        config.write_text(good + "keep_alive_s: hush-hush\n")  # an edit not reloaded yet
+        killed = min(workers)
+        os.kill(killed, signal.SIGKILL)
+        await replaced(f, workers, {killed}, 30)
+        serving = alive_workers(f)
+        async with f.http.get(f"{f.gw.url}/v1/models", headers=f.key) as resp:
+            assert resp.status == 200
+        f.gw.process.send_signal(signal.SIGHUP)
+        refused = await logged_line(log, "SIGHUP: ")
+        assert alive_workers(f) == serving  # none replaced
+        config.write_text(good + "keep_alive_s: 30\n")  # fixed: the reload goes ahead
+        f.gw.process.send_signal(signal.SIGHUP)
+        await replaced(f, workers, serving, 60)
+    assert refused.startswith(f"SIGHUP: invalid configuration: {config}: keep_alive_s: "), refused
+    assert refused.endswith("; no worker restarted"), refused
+    text = log.read_text()
+    assert "hush-hush" not in text
+    said = [orjson.loads(line)["msg"] for line in log.read_bytes().splitlines()]  # all JSON
+    deaths = [m for m in said if m.startswith("worker ")]
+    assert deaths == [f"worker {killed} was killed by SIGKILL: starting another"], deaths
