@@ -370,6 +370,9 @@ class DrainingWorkers(Multiprocess):
         self.log_level = log_level
         self.metrics_dir = metrics_dir
         self.pinned = pinned
+        # Workers told to stop (RELAY) at a restart, draining: reaped by keep_subprocess_alive,
+        # waited for at the end (a second SIGTERM cuts them too)
+        self.retiring: list[Process] = []
 
     def init_processes(self) -> None:
         self.processes.extend(self._started() for _ in range(self.processes_num))
@@ -388,6 +391,7 @@ class DrainingWorkers(Multiprocess):
 
     def keep_subprocess_alive(self) -> None:
         """uvicorn's, with draining replacements and the reason logged."""
+        self._reap_retired()
         if self.should_exit.is_set():
             return
         for idx, process in enumerate(self.processes):
@@ -413,21 +417,45 @@ class DrainingWorkers(Multiprocess):
 
     def restart_all(self) -> None:
         """SIGHUP: uvicorn's (each worker replaced once its replacement serves), with draining
-        replacements (the old worker drains as at a SIGTERM)."""
+        replacements. The old worker drains as at a SIGTERM, among `retiring`, while the next
+        is replaced: uvicorn waited for each drain in turn, and a SIGTERM meanwhile waited
+        with it, about N times shutdown_grace_s. A SIGTERM or SIGINT stops the restart at once."""
         for idx, old in enumerate(self.processes):
-            if self.should_exit.is_set():
+            if self._stopping():
                 return
             new = self._started()
-            if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
+            if not self._ready(new):
                 new.kill()
                 new.join()
-                if not self.should_exit.is_set():
+                if not self._stopping():
                     _log.error("worker %s was not ready in time: restart stopped", new.pid)
                 return
             old.terminate()
-            old.join()
-            _forget(old)
+            self.retiring.append(old)
             self.processes[idx] = new
+
+    def _ready(self, new: Process) -> bool:
+        """uvicorn's wait_until_ready, which also gives up at a SIGTERM or SIGINT not handled
+        yet (it is read from the signal queue only once the restart is over)."""
+        deadline = time.monotonic() + self.config.timeout_worker_healthcheck
+        while time.monotonic() < deadline and not self._stopping():
+            if not new.process.is_alive():
+                return False
+            if new.is_ready(timeout=1):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def _stopping(self) -> bool:
+        queued = (signal.SIGINT, signal.SIGTERM)
+        return self.should_exit.is_set() or any(sig in queued for sig in self.signal_queue)
+
+    def _reap_retired(self) -> None:
+        """The retiring workers that have exited leave the list, and their gauges /metrics."""
+        for process in [p for p in self.retiring if not p.process.is_alive()]:
+            process.join()
+            _forget(process)
+            self.retiring.remove(process)
 
     def handle_hup(self) -> None:
         """SIGHUP: the operator's config file is checked, then pinned, before any worker is
@@ -473,12 +501,14 @@ class DrainingWorkers(Multiprocess):
     def join_all(self) -> None:
         """Wait for every worker's drain. A second SIGTERM or SIGINT meanwhile is passed on to
         them (uvicorn's would lie unread in its queue): each then cuts what it still runs."""
-        while any(process.exitcode is None for process in self.processes):
+        while any(process.exitcode is None for process in [*self.processes, *self.retiring]):
             if self.signal_queue:
                 self.signal_queue.clear()
-                self.terminate_all()
-            for process in self.processes:
+                for process in [*self.processes, *self.retiring]:
+                    process.terminate()
+            for process in [*self.processes, *self.retiring]:
                 process.process.join(0.1)
+        self._reap_retired()
 
     def run(self) -> None:
         configure_logging_single_threaded(self.log_level)  # no thread: see there

@@ -13,7 +13,7 @@ import re
 import signal
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -658,3 +658,51 @@ async def test_a_config_file_gone_bad_is_taken_neither_by_a_replacement_nor_at_s
     said = [orjson.loads(line)["msg"] for line in log.read_bytes().splitlines()]  # all JSON
     deaths = [m for m in said if m.startswith("worker ")]
     assert deaths == [f"worker {killed} was killed by SIGKILL: starting another"], deaths
+
+
+async def streams_on_each_worker(f: Fleet, count: int) -> list[asyncio.Task[str]]:
+    """`count` streams in flight on each worker of `f`: while one worker is stopped
+    (SIGSTOP), the other accepts every connection."""
+    workers = set(worker_pids(f.gw.process.pid))
+    tasks = []
+    for pid in workers:
+        others = workers - {pid}
+        for other in others:
+            os.kill(other, signal.SIGSTOP)
+        try:
+            tasks += await streams_in_flight(f, count)
+        finally:
+            for other in others:
+                os.kill(other, signal.SIGCONT)
+    return tasks
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers in /proc (Linux)")
+async def test_a_sigterm_during_a_reload_stops_every_worker_within_the_grace(
+    tmp_path: Path,
+) -> None:
+    """Found by review: a reload (SIGHUP) waited for each old worker's drain in turn, and a
+    SIGTERM meanwhile waited for the whole reload: about N times shutdown_grace_s, past what the
+    chart's terminationGracePeriodSeconds allows. Now the old workers drain side by side and
+    a SIGTERM stops the reload: every worker, old or new, is done within about one grace."""
+    sim = SimConfig(models=[MODEL], max_tokens=600, itl_ms=50)  # ~30 s per stream
+    log = tmp_path / "gw.log"
+    async with (
+        fleet(tmp_path, sim, 8, "--workers", "2") as f,
+        aiohttp.ClientSession() as fresh,  # (no kept-alive connection to either worker)
+    ):
+        tasks = await streams_on_each_worker(replace(f, http=fresh), 2)
+        f.gw.process.send_signal(signal.SIGHUP)
+        await logged_line(log, "draining: ")  # the first old worker retires
+        loop = asyncio.get_running_loop()
+        signalled = loop.time()
+        f.gw.process.send_signal(signal.SIGTERM)
+        exit_code = await asyncio.wait_for(f.gw.process.wait(), 60)
+        exited_after_s = loop.time() - signalled
+        texts = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        billed = await records(f.redis_url)
+    assert exit_code == STOPPED_BY_SIGTERM
+    # one grace (8 s) and the answers' ends; the old code took two graces and a start (~18 s)
+    assert exited_after_s < 14, exited_after_s
+    assert all(cut_with_an_error_frame(text) for text in texts), texts
+    assert len(billed) == 4
