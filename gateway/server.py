@@ -46,6 +46,9 @@ ANSWER_END_S = 2.0
 # What the supervisor of `--workers N` stops its workers with (DrainingServer): not a signal
 # a terminal or systemd sends the whole process group.
 RELAY = signal.SIGUSR1
+# What it retires a worker with at a reload (SIGHUP): RELAY's drain, and the worker stops
+# accepting connections at once, which the workers that stay (sharing the socket) take.
+RETIRE = signal.SIGUSR2
 # What the supervisor of `--workers N` acts on (a reload, a worker more or fewer): the same
 # signal to the whole process group (a terminal's hangup) must not stop its workers, which
 # SIGHUP's default action did, and SIGTTIN's and SIGTTOU's suspend.
@@ -195,6 +198,7 @@ class DrainingServer(uvicorn.Server):
         self.grace_s = grace_s
         self.supervised = supervised
         self.deadline: float | None = None
+        self.retired = False  # RETIRE: its listener is to close (on_tick)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -212,7 +216,11 @@ class DrainingServer(uvicorn.Server):
             with super().capture_signals():  # (it captures nothing there either)
                 yield
             return
-        own = {RELAY: self.handle_exit} if self.supervised else {signal.SIGHUP: self.hangup}
+        own = (
+            {RELAY: self.handle_exit, RETIRE: self.retire}
+            if self.supervised
+            else {signal.SIGHUP: self.hangup}
+        )
         previous = {sig: signal.signal(sig, handler) for sig, handler in own.items()}
         try:
             with super().capture_signals():
@@ -229,6 +237,14 @@ class DrainingServer(uvicorn.Server):
         _log.warning(
             "SIGHUP ignored: a reload needs --workers N (N > 1); SIGTERM stops the gateway"
         )
+
+    def retire(self, sig: int, frame: FrameType | None) -> None:
+        """RETIRE, at a reload: drain as at RELAY, and stop accepting connections on the socket
+        it shares with the workers that stay (once, at the next tick: not in a signal
+        handler). It accepted new ones while it drained, and answered them 503
+        `gateway_draining` (and /readyz "draining") while its replacement served."""
+        self.retired = True
+        self.handle_exit(RELAY, frame)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.supervised:
@@ -255,6 +271,10 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
     async def on_tick(self, counter: int) -> bool:
+        if self.retired and self.servers:
+            for server in self.servers:  # (uvicorn's shutdown closes them again: harmless)
+                server.close()
+            self.servers = []
         if self.deadline is not None and not self.should_exit:
             drain = self.drain()
             if drain is None or drain.idle:
@@ -327,6 +347,11 @@ class _DrainingProcess(Process):
         """What the supervisor sends to stop it: RELAY (DrainingServer), not SIGTERM."""
         if self.process.exitcode is None and self.process.pid is not None:
             os.kill(self.process.pid, RELAY)
+
+    def retire(self) -> None:
+        """At a reload: RETIRE (DrainingServer.retire)."""
+        if self.process.exitcode is None and self.process.pid is not None:
+            os.kill(self.process.pid, RETIRE)
 
     answered = False  # its health check, once at least: it has started
 
@@ -430,7 +455,10 @@ class DrainingWorkers(Multiprocess):
                 if not self._stopping():
                     _log.error("worker %s was not ready in time: restart stopped", new.pid)
                 return
-            old.terminate()
+            if isinstance(old, _DrainingProcess):
+                old.retire()
+            else:
+                old.terminate()
             self.retiring.append(old)
             self.processes[idx] = new
 
@@ -478,14 +506,17 @@ class DrainingWorkers(Multiprocess):
         _log.warning("SIGTTIN: one worker more (%d)", self.processes_num)
 
     def handle_ttou(self) -> None:
-        """SIGTTOU: one worker fewer, drained as at SIGTERM, and its gauges leave /metrics
-        (uvicorn's left them in the sums for good)."""
+        """SIGTTOU: one worker fewer, retired as at a reload (drained, its listener closed), and
+        its gauges leave /metrics (uvicorn's left them in the sums for good)."""
         if self.processes_num <= 1:
             _log.warning("SIGTTOU: one worker left: not stopped")
             return
         self.processes_num -= 1
         process = self.processes.pop()
-        process.terminate()
+        if isinstance(process, _DrainingProcess):
+            process.retire()
+        else:
+            process.terminate()
         process.join()
         _forget(process)
         _log.warning("SIGTTOU: one worker fewer (%d)", self.processes_num)

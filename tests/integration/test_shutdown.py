@@ -706,3 +706,42 @@ async def test_a_sigterm_during_a_reload_stops_every_worker_within_the_grace(
     assert exited_after_s < 14, exited_after_s
     assert all(cut_with_an_error_frame(text) for text in texts), texts
     assert len(billed) == 4
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers in /proc (Linux)")
+async def test_a_worker_retired_at_a_reload_leaves_new_connections_to_the_others(
+    tmp_path: Path,
+) -> None:
+    """Found by review: during a reload the old worker, draining, still accepted connections
+    on the socket it shares with the others, and answered them 503 `gateway_draining` (and
+    /readyz "draining") while its replacement served. Here every other worker is stopped
+    (SIGSTOP) while a client connects: the retiring worker must leave the connection to them."""
+    sim = SimConfig(models=[MODEL], max_tokens=600, itl_ms=50)  # ~30 s per stream
+    async with (
+        fleet(tmp_path, sim, 20, "--workers", "2") as f,
+        aiohttp.ClientSession() as fresh,  # (no kept-alive connection to either worker)
+    ):
+        first = set(worker_pids(f.gw.process.pid))
+        tasks = await streams_on_each_worker(replace(f, http=fresh), 1)
+        f.gw.process.send_signal(signal.SIGHUP)
+        await logged_line(tmp_path / "gw.log", "draining: ")  # the first old worker retires
+        await asyncio.sleep(0.5)  # (it closes its listener at its next tick: 0.1 s)
+        retiring = min(first)  # (replaced first: the first started)
+        others = alive_workers(f) - {retiring}
+        for pid in others:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            async with aiohttp.ClientSession() as client:
+                probe = asyncio.create_task(client.get(f"{f.gw.url}/readyz"))
+                await asyncio.sleep(1)  # (the retiring worker took it in this time)
+                for pid in others:
+                    os.kill(pid, signal.SIGCONT)
+                async with await asyncio.wait_for(probe, 30) as resp:
+                    status, body = resp.status, await resp.json()
+        finally:
+            for pid in others:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+        for task in tasks:
+            task.cancel()
+    assert (status, body) == (200, {"status": "ready"})
