@@ -69,6 +69,10 @@ async def fleet(
         config = shared_config(
             tmp_path / "gw.yaml", redis_url=redis_url, model=MODEL, sim=sim_url, extra=extra
         )
+        # A supervisor killed outright leaves its temporary directories (metrics, config copy)
+        temporary = tmp_path / "tmp"
+        temporary.mkdir()
+        env = {"TMPDIR": str(temporary), **(env or {})}
         async with gateway_process(config, *args, log=tmp_path / "gw.log", env=env) as gw:
             key = await tenant_key(http, gw.url, TENANT)
             yield Fleet(gw, sim_url, redis_url, key, http)
