@@ -166,7 +166,7 @@ def create_app(
             yield {"drain": drain}  # lifespan state: how the server (gateway/server.py) finds it
         finally:
             _log.info("shutdown: closing the feeds, releasing admissions, flushing usage")
-            # (uploads whose record is unknown: their bytes stay parts, removed when stale)
+            # (uploads whose client left with their record unknown: their bytes stay)
             await _stop([*listening, *app.state.gateway.unsure_uploads])
             await scraper.close()
             await monitor.close()

@@ -44,4 +44,4 @@ class GatewayState:
     auth_feed: InvalidationListener | None = None
     # Uploads whose record's write may have run (gateway/api/files.py): each task reads the
     # record once Redis answers, and keeps or removes the bytes.
-    unsure_uploads: set[asyncio.Task[None]] = field(default_factory=set)
+    unsure_uploads: set[asyncio.Future[bool | None]] = field(default_factory=set)

@@ -48,8 +48,10 @@ from gateway.state import GatewayState
 router = APIRouter(prefix="/v1/files")
 log = logging.getLogger("llmaas.files")
 _STORE_ERRORS = (RedisError, OSError, TimeoutError)
-_UNSURE_FIRST_S = 0.5  # the first look at an upload's record after its write's reply was lost
-_UNSURE_MOST_S = 10.0  # the longest wait between looks
+# An upload whose record's write was answered late or not at all: its record read again until
+# Redis answers, every _UNSURE_EVERY_S, for UNSURE_S at most.
+UNSURE_S = 5.0
+_UNSURE_EVERY_S = 0.2
 FileId = Annotated[str, PathParam(pattern=FILE_ID_PATTERN)]
 
 
@@ -126,22 +128,39 @@ async def _create_file(request: Request, gw: GatewayState, caller: Principal) ->
     except BaseException:
         await asyncio.shield(partial.discard())
         raise
+    await _list(gw, store, storage, caller.tenant, record)
+    return json_response(record.view())
+
+
+async def _list(
+    gw: GatewayState, store: FileStore, storage: FileStorage, tenant: str, record: FileRecord
+) -> None:
+    """List the upload's record (its bytes are in place), or remove them and raise."""
+    limits = gw.settings.files
     try:  # (counted again as it is listed: concurrent uploads passed the first count)
         most = (limits.max_files_per_tenant, limits.max_bytes_per_tenant)
         stored = await store.put(record, int(time.time() * 1000), *most)
         if stored == "too_many_files":
             raise _too_many_files(limits.max_files_per_tenant)
         if stored == "too_many_bytes":
-            used = await store.bytes_used(caller.tenant) or 0
+            used = await store.bytes_used(tenant) or 0
             raise _too_many_bytes(used, limits.max_bytes_per_tenant, record.bytes)
     except BaseException as exc:
-        if _may_have_run(exc):  # listed or not: Redis will tell, once it answers again
-            unsure = (caller.tenant, file_id, stale_s / 2)  # (half: no upload removes them)
-            await asyncio.shield(_settle_unsure(gw, store, storage, partial, unsure))
-        else:  # not listed, so not kept
-            await asyncio.shield(storage.delete(caller.tenant, file_id))
-        raise
-    return json_response(record.view())
+        if not _may_have_run(exc):  # not listed, so not kept
+            await asyncio.shield(storage.delete(tenant, record.id))
+            raise
+        # Listed or not: Redis will say, once it answers (a 503 here, with the bytes deleted,
+        # left a listed file whose contents were a 503 for good).
+        settling = asyncio.create_task(_settle_unsure(store, storage, tenant, record.id))
+        gw.unsure_uploads.add(settling)
+        settling.add_done_callback(gw.unsure_uploads.discard)
+        if isinstance(exc, asyncio.CancelledError):  # the client left: settled in the background
+            raise
+        listed = await asyncio.shield(settling)
+        if listed is None:
+            raise _outcome_unknown(record.id) from exc
+        if not listed:
+            raise
 
 
 def _may_have_run(exc: BaseException) -> bool:
@@ -152,63 +171,43 @@ def _may_have_run(exc: BaseException) -> bool:
 
 
 async def _settle_unsure(
-    gw: GatewayState,
-    store: FileStore,
-    storage: FileStorage,
-    partial: PartialFile,
-    unsure: tuple[str, str, float],
-) -> None:
-    """An upload whose record's write timed out or lost its connection may be listed (it was
-    deleted as not listed: a listed file with no bytes, for good). Its bytes go back under
-    their part name (hidden), and a task reads the record once Redis answers: listed, they
-    are put back; not, removed. The client is answered 503 all the same."""
-    try:
-        await partial.uncommit()
-    except OSError as exc:  # (the task then removes them under their name if not listed)
-        log.warning("upload's bytes not hidden", extra={"fields": {"error": repr(exc)}})
-    task = asyncio.create_task(_look_again(store, storage, partial, unsure))
-    gw.unsure_uploads.add(task)
-    task.add_done_callback(gw.unsure_uploads.discard)
-
-
-async def _look_again(
-    store: FileStore,
-    storage: FileStorage,
-    partial: PartialFile,
-    unsure: tuple[str, str, float],
-) -> None:
-    """Read the record until Redis answers, for `within_s` at most: Redis away longer, the
-    bytes stay a part, which the tenant's next upload removes as stale (`within_s` is half
-    the stale age: no upload removes them while they may still be put back)."""
-    tenant, file_id, within_s = unsure
+    store: FileStore, storage: FileStorage, tenant: str, file_id: str
+) -> bool | None:
+    """An upload whose record's write timed out or lost its connection: its record read once
+    Redis answers (within UNSURE_S). Listed, the bytes stay (True: the upload is stored, and
+    answered so); not, they are removed (False). Still unknown (None), they stay under their
+    name: an unlisted file taking disk, never a listed one without its bytes."""
     fields: dict[str, object] = {"tenant": tenant, "file": file_id}
-    deadline = time.monotonic() + within_s
-    wait_s = _UNSURE_FIRST_S
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + UNSURE_S
     while True:
-        await asyncio.sleep(wait_s)
         try:
             listed = await store.get(tenant, file_id) is not None
             break
         except _STORE_ERRORS as exc:
-            if time.monotonic() + wait_s > deadline:
+            if loop.time() + _UNSURE_EVERY_S > deadline:
                 fields["error"] = redis_error(exc)
-                log.warning(
-                    "upload's record unknown: its bytes left as stale", extra={"fields": fields}
-                )
-                return
-            wait_s = min(2 * wait_s, _UNSURE_MOST_S)
-    fields["listed"] = listed
-    try:
-        if listed:
-            await partial.commit()
-        else:
-            await partial.discard()
+                log.warning("upload's record unknown: its bytes kept", extra={"fields": fields})
+                return None
+            await asyncio.sleep(_UNSURE_EVERY_S)
+    if not listed:
+        try:
             await storage.delete(tenant, file_id)
-    except OSError as exc:
-        fields["error"] = repr(exc)
-        log.warning("upload's bytes not settled", extra={"fields": fields})
-        return
-    log.info("upload answered 503: its bytes settled", extra={"fields": fields})
+        except OSError as exc:
+            fields["error"] = repr(exc)
+            log.warning("unlisted upload's bytes not removed", extra={"fields": fields})
+    return listed
+
+
+def _outcome_unknown(file_id: str) -> ServiceUnavailable:
+    """Not retried by the SDKs (x-should-retry: false, no Retry-After): each retry could store
+    the file once more."""
+    return ServiceUnavailable(
+        f"The file may have been stored as '{file_id}': the gateway's store (Redis) did not "
+        "say in time. List your files before uploading it again.",
+        code="store_unavailable",
+        headers={"x-should-retry": "false"},
+    )
 
 
 def _room(

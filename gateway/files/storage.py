@@ -39,7 +39,6 @@ class PartialFile(Protocol):
     async def write(self, data: bytes) -> None: ...
     async def finish(self) -> None: ...
     async def commit(self) -> None: ...
-    async def uncommit(self) -> None: ...
     async def discard(self) -> None: ...
 
 
@@ -166,10 +165,6 @@ class _DirectoryPartial:
 
     async def commit(self) -> None:
         await asyncio.to_thread(self.path.replace, self.final)
-
-    async def uncommit(self) -> None:
-        """Back under the part name: hidden again, and removed as stale if no one commits it."""
-        await asyncio.to_thread(self.final.replace, self.path)
 
     async def discard(self) -> None:
         if self.handle is None:  # never opened: nothing was written

@@ -674,11 +674,12 @@ async def _settled(stack: TenantStack, tenant: str) -> list[str]:
     return _stored(stack)
 
 
-async def test_an_upload_whose_record_was_written_late_keeps_its_bytes(tmp_path: Path) -> None:
+async def test_an_upload_whose_record_was_written_late_is_stored_once(tmp_path: Path) -> None:
     """Found by review: an upload whose record's write (one script) ran but answered after
     redis_timeout_s was a 503, and its bytes were deleted: a listed, "processed" file whose
-    contents were a 503 for good, counted in the tenant's files and bytes. The client is
-    still told 503; once Redis answers, the record is read and, listed, the bytes kept."""
+    contents were a 503 for good, counted in the tenant's files and bytes (and a 503 kept so,
+    each SDK retry stored one more file). The record is read back once Redis answers: listed,
+    the upload is answered as stored, once."""
     async with tenant_stack(
         tmp_path, proxied=True, files={"dir": str(tmp_path / "store")}
     ) as stack:
@@ -687,16 +688,56 @@ async def test_an_upload_whose_record_was_written_late_keeps_its_bytes(tmp_path:
         first = await client.files.create(file=("first.txt", b"1"), purpose="user_data")
         stack.proxy.set_mode("delay", delay_s=2.0)  # every script runs; its reply comes late
         try:
-            with pytest.raises(openai.InternalServerError) as refused:
-                await client.files.create(file=("late.jsonl", DATASET), purpose="fine-tune")
-            assert _error(refused.value)["code"] == "store_unavailable"
+            late = await client.with_options(max_retries=2).files.create(
+                file=("late.jsonl", DATASET), purpose="fine-tune"
+            )
         finally:
             stack.proxy.set_mode("pass")
         assert stack.proxy.delayed >= 1
-        [listed] = [f for f in (await client.files.list()).data if f.id != first.id]  # it ran
+        assert sorted(f.id for f in (await client.files.list()).data) == sorted([first.id, late.id])
         assert await _settled(stack, "late-record") == sorted(
-            f"late-record/{f}" for f in (first.id, listed.id)
+            f"late-record/{f}" for f in (first.id, late.id)
         )
+        assert (await client.files.content(late.id)).read() == DATASET
+
+
+async def test_an_upload_whose_record_is_unknown_keeps_its_bytes_and_is_not_retried(
+    tmp_path: Path,
+) -> None:
+    """Found by review: a gateway stopping (or Redis away for minutes) before it learnt whether
+    the record was written left the bytes hidden as a part, then removed as stale: a listed file
+    whose contents were a 503 for good. Redis silent past the read-back, the bytes stay under
+    their name and the 503 says the file may be stored, not retried by the SDK."""
+    async with tenant_stack(
+        tmp_path, proxied=True, files={"dir": str(tmp_path / "store")}
+    ) as stack:
+        proxy = stack.proxy
+        assert proxy is not None
+        client = await stack.tenant("unknown-record")
+        first = await client.files.create(file=("first.txt", b"1"), purpose="user_data")
+
+        async def cut_once_written() -> None:
+            while not proxy.delayed:  # noqa: ASYNC110 (the script went by: it runs)
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)  # (it reached Redis)
+            proxy.set_mode("refuse")  # its reply lost, and Redis gone past the read-back
+
+        proxy.set_mode("delay", delay_s=30.0)
+        cutting = asyncio.create_task(cut_once_written())
+        try:
+            with pytest.raises(openai.InternalServerError) as refused:
+                await client.with_options(max_retries=2).files.create(
+                    file=("unknown.jsonl", DATASET), purpose="fine-tune"
+                )
+        finally:
+            await cutting
+            proxy.set_mode("pass")
+        assert refused.value.response.headers["x-should-retry"] == "false"
+        assert "retry-after" not in refused.value.response.headers
+        error = _error(refused.value)
+        assert error["code"] == "store_unavailable"
+        assert "may have been stored" in error["message"]
+        [listed] = [f for f in (await client.files.list()).data if f.id != first.id]  # once
         assert (await client.files.content(listed.id)).read() == DATASET
 
 
