@@ -168,8 +168,8 @@ def create_app(
             _log.info("shutdown: closing the feeds, releasing admissions, flushing usage")
             # (uploads whose client left with their record unknown: their bytes stay)
             await _stop([*listening, *app.state.gateway.unsure_uploads])
-            await scraper.close()
-            await monitor.close()
+            for closing in (scraper.close, monitor.close, app.state.gateway.homes.close):
+                await closing()  # (homes waiting for Redis: one more try)
             # admissions given up on: a last try at releasing them; the leases left are settled
             # (and spilled with the usage if Redis is away), not left to their TTL
             for caller, lease in await admission.close():

@@ -8,12 +8,14 @@ finds only its own ids, so it can never read, continue or delete another tenant'
 With Redis: `llmaas:{t:<tenant>}:resp:<id>` holds JSON `[model, engine URL]` and expires
 after `responses.ttl_s`. Without Redis (no `redis_url`): a bounded dict in this process. With
 Redis, a home Redis could not take (down, full, read-only) waits in that dict, where this
-process finds it, and goes to Redis once a later call to Redis succeeds: the client was
+process finds it, and goes to Redis (a task tries every FLUSH_EVERY_S): the client was
 answered 200 with the response, so it must be able to read and continue it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -24,7 +26,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 MAX_ID_CHARS = 256  # longer ids are never looked up (vLLM's are "resp_" + 32 hex digits)
-_FLUSH_BATCH = 100  # homes waiting for Redis written per successful call, at most
+_FLUSH_BATCH = 100  # homes waiting for Redis looked at at once
+FLUSH_EVERY_S = 1.0  # how often homes Redis could not take are written to it again
 _STORE_ERRORS = (RedisError, OSError, TimeoutError)
 
 
@@ -36,6 +39,8 @@ class Home:
 
 class ResponseHomes(Protocol):
     async def remember(self, tenant: str, response_id: str, home: Home) -> None: ...
+
+    async def close(self) -> None: ...
 
     async def find(self, tenant: str, response_id: str) -> Home | None: ...
 
@@ -49,12 +54,14 @@ def home_key(tenant: str, response_id: str) -> str:
 
 
 class RedisHomes:
-    """Homes in Redis; those Redis could not take wait in `pending` (bounded as without Redis)."""
+    """Homes in Redis; those Redis could not take wait in `pending` (bounded as without Redis),
+    written there by a task every FLUSH_EVERY_S until none waits."""
 
     def __init__(self, redis: Redis, ttl_s: float, pending_max: int) -> None:
         self.redis = redis
         self.ttl_ms = int(ttl_s * 1000)
         self.pending = MemoryHomes(ttl_s, pending_max)
+        self.flusher: asyncio.Task[None] | None = None
 
     async def remember(self, tenant: str, response_id: str, home: Home) -> None:
         """Raises the store's error when Redis could not take it, after keeping it here."""
@@ -62,8 +69,9 @@ class RedisHomes:
             await self._write(tenant, response_id, home, self.ttl_ms)
         except _STORE_ERRORS:
             await self.pending.remember(tenant, response_id, home)
+            if self.flusher is None or self.flusher.done():
+                self.flusher = asyncio.create_task(self._flushing(), name="response-homes")
             raise
-        await self._flush()
 
     async def find(self, tenant: str, response_id: str) -> Home | None:
         if len(response_id) > MAX_ID_CHARS:
@@ -75,10 +83,8 @@ class RedisHomes:
             if waiting is None:
                 raise
             return waiting
-        waiting = None if raw is not None else await self.pending.find(tenant, response_id)
-        await self._flush()  # (after the look-up: it takes what it writes out of `pending`)
         if raw is None:
-            return waiting
+            return await self.pending.find(tenant, response_id)
         model, engine = orjson.loads(raw)
         return Home(str(model), str(engine))
 
@@ -88,21 +94,36 @@ class RedisHomes:
         deleted = bool(await self.redis.delete(home_key(tenant, response_id)))
         return await self.pending.forget(tenant, response_id) or deleted
 
+    async def close(self) -> None:
+        """At shutdown: the homes still waiting get one more try."""
+        if self.flusher is not None:
+            self.flusher.cancel()
+            await asyncio.gather(self.flusher, return_exceptions=True)
+        with contextlib.suppress(*_STORE_ERRORS):
+            async with asyncio.timeout(1.0):
+                await self._flush()
+
     async def _write(self, tenant: str, response_id: str, home: Home, ttl_ms: int) -> None:
         value = orjson.dumps([home.model, home.engine])
         await self.redis.set(home_key(tenant, response_id), value, px=ttl_ms)
 
+    async def _flushing(self) -> None:
+        """Until no home waits: every FLUSH_EVERY_S, those waiting go to Redis (other replicas
+        found them only once this replica served another Responses call)."""
+        while self.pending.oldest(1):
+            await asyncio.sleep(FLUSH_EVERY_S)
+            with contextlib.suppress(*_STORE_ERRORS):
+                await self._flush()
+
     async def _flush(self) -> None:
-        """Redis answers again: the homes waiting here go there (a few per call), each with
-        the time it has left; one it still refuses waits for the next call."""
-        for (tenant, response_id), expires, home in self.pending.oldest(_FLUSH_BATCH):
-            left_ms = int((expires - time.monotonic()) * 1000)
-            if left_ms > 0:
-                try:
+        """The homes waiting here go to Redis, each with the time it has left; raises at the
+        first Redis refuses (they wait for the next round)."""
+        while entries := self.pending.oldest(_FLUSH_BATCH):
+            for (tenant, response_id), expires, home in entries:
+                left_ms = int((expires - time.monotonic()) * 1000)
+                if left_ms > 0:
                     await self._write(tenant, response_id, home, left_ms)
-                except _STORE_ERRORS:
-                    return
-            self.pending.drop(tenant, response_id, home)
+                self.pending.drop(tenant, response_id, home)
 
 
 class MemoryHomes:
@@ -134,6 +155,9 @@ class MemoryHomes:
         return await self.find(tenant, response_id) is not None and bool(
             self._homes.pop((tenant, response_id), None)
         )
+
+    async def close(self) -> None:
+        pass  # (nothing waits for anything)
 
     def oldest(self, count: int) -> list[tuple[tuple[str, str], float, Home]]:
         """Up to `count` entries, the oldest first: ((tenant, id), expiry (monotonic), home)."""
