@@ -175,7 +175,8 @@ class Settler:
             return
         self.flush_ends = min(self.flush_ends, asyncio.get_running_loop().time() + HURRIED_FLUSH_S)
         if self.flushing is not None:
-            self.flushing.reschedule(min(self.flushing.when() or math.inf, self.flush_ends))
+            with contextlib.suppress(RuntimeError):  # (between two waits: an ended Timeout)
+                self.flushing.reschedule(min(self.flushing.when() or math.inf, self.flush_ends))
 
     async def _stop_writer(self) -> None:
         """The batch being written when the flush's time ran out, and the one gathering behind

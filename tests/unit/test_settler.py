@@ -527,3 +527,21 @@ async def test_settle_never_raises_even_when_the_spill_dir_is_unusable(
         assert logged == batch
     finally:
         await client.aclose()
+
+
+async def test_a_hurry_while_the_flush_waits_between_tries_cuts_it_short(tmp_path: Path) -> None:
+    """Found by review: a second signal while close() slept between two tries of a Redis that
+    refused connections raised in hurry() (an ended Timeout rescheduled): a traceback in the
+    log, and the flush's listeners after it skipped. It cuts the flush short, quietly."""
+    gone = redis_client(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2, max_connections=4)
+    settler = settler_on(gone, tmp_path / "spill")
+    settler.settings = settler.settings.model_copy(update={"flush_timeout_s": 30.0})
+    for s in settlements(tenant(), 3):
+        settler.queue.append(s)
+    closing = asyncio.create_task(settler.close())
+    for _ in range(10):  # between tries, and during one, alike
+        await asyncio.sleep(0.05)
+        settler.hurry()
+    await asyncio.wait_for(closing, 10)  # (not flush_timeout_s)
+    assert spilled_lines(tmp_path / "spill") == 3
+    await gone.aclose()
