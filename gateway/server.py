@@ -57,6 +57,11 @@ SUPERVISOR_SIGNALS = frozenset({signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU})
 # and for a new worker to serve (at SIGHUP): uvicorn's 5 s killed workers still importing on
 # a busy or CPU-limited machine (8 workers on one core took 12 s) as "stopped answering".
 WORKER_ANSWER_S = 30
+# Each health check waits this long for its answer; a worker is killed only once silent for
+# WORKER_ANSWER_S (one 30-s check held the supervisor's loop, and a SIGTERM, that long).
+PING_S = 1.0
+# What stops the gateway; a second one during a drain cuts what still runs.
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 _log = logging.getLogger("llmaas.server")
 
 
@@ -118,6 +123,9 @@ def run_server(settings: Settings, config_path: Path | None) -> None:
     """Serve until SIGINT/SIGTERM, then drain (DrainingServer). Several workers read the
     config file in each process, the copy the supervisor pinned (PinnedConfig). Raises
     ConfigError if the file changed for the worse since `settings` were read from it."""
+    # Until the server's own handler (a log line, or the supervisor's reload): SIGHUP's default
+    # action killed a gateway still starting.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     forget_earlier_runs()  # (in an operator's metrics directory)
     target: str | FastAPI = create_app(settings)
     made: Path | None = None  # the metrics directory made here (removed at the end)
@@ -398,6 +406,7 @@ class DrainingWorkers(Multiprocess):
         # Workers told to stop (RELAY) at a restart, draining: reaped by keep_subprocess_alive,
         # waited for at the end (a second SIGTERM cuts them too)
         self.retiring: list[Process] = []
+        self.heard: dict[int | None, float] = {}  # each worker's last answer (or birth), by pid
 
     def init_processes(self) -> None:
         self.processes.extend(self._started() for _ in range(self.processes_num))
@@ -412,17 +421,23 @@ class DrainingWorkers(Multiprocess):
             process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
+        self.heard[process.pid] = time.monotonic()  # (its silence counted from its birth)
         return process
 
     def keep_subprocess_alive(self) -> None:
         """uvicorn's, with draining replacements and the reason logged."""
         self._reap_retired()
-        if self.should_exit.is_set():
-            return
         for idx, process in enumerate(self.processes):
-            if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+            if self._stopping():  # (a SIGTERM waited behind each ping, and got a new worker)
+                return
+            now = time.monotonic()
+            if process.is_alive(timeout=PING_S):
+                self.heard[process.pid] = now
                 continue
             hung = process.process.is_alive()  # alive, but not answering its health check
+            if hung and now - self.heard.get(process.pid, now) < WORKER_ANSWER_S:
+                continue  # silent for less than WORKER_ANSWER_S: importing, or busy
+            self.heard.pop(process.pid, None)
             process.kill()
             process.join()
             _forget(process)
@@ -430,7 +445,7 @@ class DrainingWorkers(Multiprocess):
                 _log.error("worker %s failed to start: stopping", process.pid)
                 self.should_exit.set()
                 return
-            if self.should_exit.is_set():
+            if self._stopping():
                 return
             why = _ended(process.exitcode)
             if hung:
@@ -475,8 +490,7 @@ class DrainingWorkers(Multiprocess):
         return False
 
     def _stopping(self) -> bool:
-        queued = (signal.SIGINT, signal.SIGTERM)
-        return self.should_exit.is_set() or any(sig in queued for sig in self.signal_queue)
+        return self.should_exit.is_set() or any(sig in STOP_SIGNALS for sig in self.signal_queue)
 
     def _reap_retired(self) -> None:
         """The retiring workers that have exited leave the list, and their gauges /metrics."""
@@ -517,8 +531,7 @@ class DrainingWorkers(Multiprocess):
             process.retire()
         else:
             process.terminate()
-        process.join()
-        _forget(process)
+        self.retiring.append(process)  # (reaped once drained: the supervisor's loop goes on)
         _log.warning("SIGTTOU: one worker fewer (%d)", self.processes_num)
 
     def handle_int(self) -> None:
@@ -533,8 +546,9 @@ class DrainingWorkers(Multiprocess):
         """Wait for every worker's drain. A second SIGTERM or SIGINT meanwhile is passed on to
         them (uvicorn's would lie unread in its queue): each then cuts what it still runs."""
         while any(process.exitcode is None for process in [*self.processes, *self.retiring]):
-            if self.signal_queue:
-                self.signal_queue.clear()
+            stops = [sig for sig in self.signal_queue if sig in STOP_SIGNALS]
+            self.signal_queue.clear()  # (others, a terminal's hangup or resize: nothing to do)
+            if stops:
                 for process in [*self.processes, *self.retiring]:
                     process.terminate()
             for process in [*self.processes, *self.retiring]:

@@ -549,6 +549,10 @@ async def test_a_hangup_to_the_whole_group_stops_nothing(tmp_path: Path, workers
         assert hangups == [], hangups  # (not one "worker N was killed by SIGHUP")
 
 
+def gauge_pids(metrics: Path) -> set[int]:
+    return {int(p.stem.rsplit("_", 1)[1]) for p in metrics.glob("gauge_live*_*.db")}
+
+
 def alive_workers(f: Fleet) -> set[int]:
     return {pid for pid in worker_pids(f.gw.process.pid) if running(pid)}
 
@@ -582,8 +586,9 @@ async def test_sigttou_forgets_the_worker_it_stops_and_sigttin_adds_a_draining_o
     ):
         f.gw.process.send_signal(signal.SIGTTOU)
         [left] = await workers_become(f, 1)
-        gauges = {int(p.stem.rsplit("_", 1)[1]) for p in metrics.glob("gauge_live*_*.db")}
-        assert gauges == {left}, gauges
+        async with asyncio.timeout(10):  # (the retired worker is reaped by the next round)
+            while gauge_pids(metrics) != {left}:  # noqa: ASYNC110 (files)
+                await asyncio.sleep(0.1)
         f.gw.process.send_signal(signal.SIGTTIN)
         workers.update(await workers_become(f, 2))  # (each must stop with the supervisor)
     said = [orjson.loads(line)["msg"] for line in (tmp_path / "gw.log").read_bytes().splitlines()]
@@ -749,3 +754,21 @@ async def test_a_worker_retired_at_a_reload_leaves_new_connections_to_the_others
         for task in tasks:
             task.cancel()
     assert (status, body) == (200, {"status": "ready"})
+
+
+@pytest.mark.parametrize("other", [signal.SIGWINCH, signal.SIGHUP])
+async def test_a_signal_other_than_a_stop_during_a_drain_cuts_nothing(
+    tmp_path: Path, other: signal.Signals
+) -> None:
+    """Found by review: during `--workers N`'s drain, any signal to the supervisor (a terminal
+    resized: SIGWINCH; closed: SIGHUP) was taken for a second stop: every stream cut at once."""
+    sim = SimConfig(models=[MODEL], max_tokens=60, itl_ms=50)  # ~3 s per stream
+    async with fleet(tmp_path, sim, 20, "--workers", "2") as f:
+        tasks = await streams_in_flight(f, 2)
+        f.gw.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        f.gw.process.send_signal(other)
+        texts = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        assert await asyncio.wait_for(f.gw.process.wait(), 30) == STOPPED_BY_SIGTERM
+    assert not any(cut_with_an_error_frame(text) for text in texts), texts
+    assert all(text.endswith(DONE) for text in texts), texts
