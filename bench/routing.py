@@ -38,6 +38,7 @@ import aiohttp
 import uvicorn
 
 from gateway.app import create_app
+from gateway.draining_server import started
 from gateway.embedded.engine import EngineSpec, running_engine
 from gateway.embedded.paths import CHAT_MODEL_NAME, EmbeddedPaths
 from gateway.embedded.prepare import prepare
@@ -51,7 +52,6 @@ from gateway.routing.balancer import (
     block_hashes,
 )
 from gateway.routing.engines import Engine, EngineRegistry, ModelPool
-from gateway.server import started
 from gateway.settings import Settings
 from gateway.state import GatewayState
 

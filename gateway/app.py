@@ -113,7 +113,7 @@ def create_app(
 ) -> FastAPI:
     """`resolver` answers for dns:// engine entries, `media_resolver` for the hosts of media
     URLs (defaults: the system resolver; tests)."""
-    drain = Drain()  # flipped by the server on SIGTERM (gateway/server.py)
+    drain = Drain()  # flipped by the server on SIGTERM (draining_server.py)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Drain]]:
@@ -163,7 +163,7 @@ def create_app(
         )
         listening = _background(app.state.gateway, listener)
         try:
-            yield {"drain": drain}  # lifespan state: how the server (gateway/server.py) finds it
+            yield {"drain": drain}  # lifespan state: how the server (draining_server.py) finds it
         finally:
             _log.info("shutdown: closing the feeds, releasing admissions, flushing usage")
             # (uploads whose client left with their record unknown: their bytes stay)

@@ -37,7 +37,7 @@ class GatewayState:
     ledger: Ledger | None  # the usage ledger, when Redis is configured
     homes: ResponseHomes  # stored Responses: which engine holds each (per tenant)
     policy: TenantPolicy  # what a tenant may send to the engines
-    drain: Drain  # set on SIGTERM: readiness false, new requests refused (gateway/server.py)
+    drain: Drain  # set on SIGTERM: readiness false, new requests refused (draining_server.py)
     adapters: AdapterServing | None  # fine-tuned models: loaded into engines on demand
     # The key cache's invalidation feed (None without Redis); it empties the cache once its
     # subscription is confirmed, so `subscribed` tells when cached keys stay cached.

@@ -1,7 +1,7 @@
 """Draining: once the process is asked to stop, readiness goes false and new requests are
 refused, while the requests already let in finish (the server waits for them up to the grace).
 
-The server (gateway/server.py) flips the flag from its signal handler, and cuts what is still
+The server (draining_server.py) flips the flag from its signal handler, and cuts what is still
 in flight when the grace is over; this module keeps the flag, the count of requests in flight
 and the cuts of the proxied ones, and guards the door.
 """

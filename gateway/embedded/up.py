@@ -22,6 +22,7 @@ import uvloop
 from gateway.app import create_app
 from gateway.auth.authenticate import DEV_PEPPER
 from gateway.cli_options import DEFAULT_URL
+from gateway.draining_server import DrainingServer, started
 from gateway.embedded.data_dir import DataDir, DataDirInUse, DataDirLayoutError, held
 from gateway.embedded.dev_credentials import DevCredentials, admin_token, dev_key, keep, kept
 from gateway.embedded.engine import EngineSpec, EngineStartError
@@ -34,7 +35,7 @@ from gateway.embedded.supervise import supervised_engine
 from gateway.finetune.trainer import Trainer
 from gateway.netutil import free_port
 from gateway.redis_client import redis_client
-from gateway.server import DrainingServer, started, uvicorn_config
+from gateway.server import uvicorn_config
 from gateway.settings import Settings
 from gateway.settings_load import ConfigError, invalid_configuration, usable_settings
 

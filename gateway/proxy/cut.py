@@ -34,7 +34,7 @@ class Cut:
         return self._cut(Outcome.SLOW_CLIENT)
 
     def shutdown(self) -> None:
-        """The drain's grace is over (gateway/server.py): the request ends now, answered."""
+        """The drain's grace is over (draining_server.py): the request ends now, answered."""
         self._cut(Outcome.GATEWAY_SHUTDOWN)
 
     def shutting_down(self) -> bool:

@@ -9,9 +9,9 @@ from typing import Literal
 import uvicorn
 from starlette.types import ASGIApp
 
+from gateway.draining_server import started
 from gateway.http_protocol import GatewayHttpProtocol
 from gateway.netutil import free_port
-from gateway.server import started
 
 
 @asynccontextmanager

@@ -1,4 +1,4 @@
-"""gateway/server.py: what the server does once its app has started."""
+"""gateway/draining_server.py: what the server does once its app has started."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import gc
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
+from gateway.draining_server import DrainingServer, started
 from gateway.netutil import free_port
-from gateway.server import DrainingServer, started
 
 
 async def _app(scope: Scope, receive: Receive, send: Send) -> None:
