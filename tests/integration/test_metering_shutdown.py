@@ -53,6 +53,20 @@ async def _auth_feed_subscribed(redis_url: str) -> None:
         await redis.aclose()
 
 
+async def _served_once(http: aiohttp.ClientSession, url: str, redis_url: str, tenant: str) -> Any:
+    """A key of `tenant`, cached by the gateway at `url` and its first request's settlement in
+    Redis (so Redis can be taken away next): the key's headers."""
+    await _auth_feed_subscribed(redis_url)
+    headers = await tenant_key(http, url, tenant)
+    body = {"model": MODEL, "messages": HELLO}
+    async with http.post(url + "/v1/chat/completions", json=body, headers=headers) as resp:
+        assert resp.status == 200  # caches the key and its tenant
+    async with asyncio.timeout(5):
+        while await _ledger_size(redis_url, tenant) < 1:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    return headers
+
+
 async def test_sigterm_under_load_writes_a_record_for_every_request_an_engine_saw(
     tmp_path: Path,
 ) -> None:
@@ -119,13 +133,7 @@ async def test_a_ledger_unreachable_at_shutdown_is_spilled_then_replayed(tmp_pat
             url = "/v1/chat/completions"
             body = {"model": MODEL, "messages": HELLO}
             async with gateway_process(config) as gw:
-                await _auth_feed_subscribed(redis_url)
-                headers = await tenant_key(http, gw.url, "spill")
-                async with http.post(gw.url + url, json=body, headers=headers) as resp:
-                    assert resp.status == 200  # caches the key and its tenant
-                async with asyncio.timeout(5):
-                    while await _ledger_size(redis_url, "spill") < 1:  # noqa: ASYNC110
-                        await asyncio.sleep(0.02)
+                headers = await _served_once(http, gw.url, redis_url, "spill")
                 proxy.set_mode("refuse")
                 for _ in range(5):
                     async with http.post(gw.url + url, json=body, headers=headers) as resp:
@@ -168,13 +176,7 @@ async def test_a_ctrl_c_once_stopping_still_spills_what_was_on_its_way_to_redis(
             url = "/v1/chat/completions"
             body = {"model": MODEL, "messages": HELLO}
             async with gateway_process(config) as gw:
-                await _auth_feed_subscribed(redis_url)
-                headers = await tenant_key(http, gw.url, "hurried")
-                async with http.post(gw.url + url, json=body, headers=headers) as resp:
-                    assert resp.status == 200  # caches the key and its tenant
-                async with asyncio.timeout(5):
-                    while await _ledger_size(redis_url, "hurried") < 1:  # noqa: ASYNC110
-                        await asyncio.sleep(0.02)
+                headers = await _served_once(http, gw.url, redis_url, "hurried")
                 proxy.set_mode("stall")  # Redis takes the writes and never answers
                 served = []
                 for i in range(4):
@@ -217,13 +219,7 @@ async def test_a_ctrl_c_while_the_usage_flush_waits_on_redis_cuts_it_short(
             body = {"model": MODEL, "messages": HELLO}
             log = tmp_path / "gw.log"
             async with gateway_process(config, log=log) as gw:
-                await _auth_feed_subscribed(redis_url)
-                headers = await tenant_key(http, gw.url, "flushing")
-                async with http.post(gw.url + url, json=body, headers=headers) as resp:
-                    assert resp.status == 200  # caches the key and its tenant
-                async with asyncio.timeout(5):
-                    while await _ledger_size(redis_url, "flushing") < 1:  # noqa: ASYNC110
-                        await asyncio.sleep(0.02)
+                headers = await _served_once(http, gw.url, redis_url, "flushing")
                 proxy.set_mode("stall")  # Redis takes the writes and never answers
                 for _ in range(3):
                     async with http.post(gw.url + url, json=body, headers=headers) as resp:
