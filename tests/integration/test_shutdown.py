@@ -772,3 +772,23 @@ async def test_a_signal_other_than_a_stop_during_a_drain_cuts_nothing(
         assert await asyncio.wait_for(f.gw.process.wait(), 30) == STOPPED_BY_SIGTERM
     assert not any(cut_with_an_error_frame(text) for text in texts), texts
     assert all(text.endswith(DONE) for text in texts), texts
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers in /proc (Linux)")
+async def test_a_sigterm_is_not_held_behind_a_silent_workers_health_check(tmp_path: Path) -> None:
+    """Found by review: the supervisor's health check waited 30 s for a worker's answer, and a
+    SIGTERM meanwhile waited with it (then a worker was started after it): past a pod's
+    termination budget. Each check waits 1 s; the silent worker is killed only after 30 s."""
+    async with fleet(tmp_path, SimConfig(models=[MODEL]), 10, "--workers", "2") as f:
+        silent = min(worker_pids(f.gw.process.pid))
+        os.kill(silent, signal.SIGSTOP)  # (what a starved or hung worker looks like)
+        try:
+            await asyncio.sleep(2)  # the supervisor's checks meet its silence
+            f.gw.process.send_signal(signal.SIGTERM)
+            # the other worker drains now (it waited for the 30-s check to end)
+            await asyncio.wait_for(logged_line(tmp_path / "gw.log", "draining"), 10)
+        finally:
+            os.kill(silent, signal.SIGCONT)  # (it drains too, and the supervisor ends)
+        assert await asyncio.wait_for(f.gw.process.wait(), 30) == STOPPED_BY_SIGTERM
+    said = [orjson.loads(line)["msg"] for line in (tmp_path / "gw.log").read_bytes().splitlines()]
+    assert not [m for m in said if m.startswith("worker ")], said  # none killed, none started
