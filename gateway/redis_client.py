@@ -24,7 +24,7 @@ from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocket
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError
+from redis.exceptions import DataError, RedisError
 
 
 def pack_command(*args: Any) -> list[bytes]:
@@ -96,6 +96,11 @@ def redis_client(
     )
     pool.connection_class = _PACKED.get(pool.connection_class, pool.connection_class)
     return Redis.from_pool(pool)  # the client owns the pool: closing it closes every connection
+
+
+# What a call to Redis raises when Redis is away, slow or refusing: every caller that falls back
+# (a queue, a stale record, a retry) catches these.
+REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 
 
 def redis_error(exc: BaseException) -> str:

@@ -16,7 +16,6 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
-from redis.exceptions import RedisError
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
@@ -41,13 +40,12 @@ from gateway.files.upload import MULTIPART_OVERHEAD, boundary_of, receive_upload
 from gateway.finetune.job_store import JobStore, active_key
 from gateway.finetune.jobs import FINAL
 from gateway.limits.failures import classify
-from gateway.redis_client import redis_error
+from gateway.redis_client import REDIS_FAILURES, redis_error
 from gateway.redis_pages import AfterNotFound
 from gateway.state import GatewayState
 
 router = APIRouter(prefix="/v1/files")
 log = logging.getLogger("llmaas.files")
-_STORE_ERRORS = (RedisError, OSError, TimeoutError)
 # An upload whose record's write was answered late or not at all: its record read again until
 # Redis answers, every _UNSURE_EVERY_S, for UNSURE_S at most.
 UNSURE_S = 5.0
@@ -167,7 +165,7 @@ def _may_have_run(exc: BaseException) -> bool:
     """The record's write may have run: its reply is late or lost (or its client left)."""
     if isinstance(exc, asyncio.CancelledError):
         return True
-    return isinstance(exc, _STORE_ERRORS) and classify(exc).may_have_run
+    return isinstance(exc, REDIS_FAILURES) and classify(exc).may_have_run
 
 
 async def _settle_unsure(
@@ -184,7 +182,7 @@ async def _settle_unsure(
         try:
             listed = await store.get(tenant, file_id) is not None
             break
-        except _STORE_ERRORS as exc:
+        except REDIS_FAILURES as exc:
             if loop.time() + _UNSURE_EVERY_S > deadline:
                 fields["error"] = redis_error(exc)
                 log.warning("upload's record unknown: its bytes kept", extra={"fields": fields})

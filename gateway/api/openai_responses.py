@@ -17,7 +17,6 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter
-from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -37,14 +36,13 @@ from gateway.metering.usage import Usage
 from gateway.proxy.collect_events import stream_response_request
 from gateway.proxy.outcome import Outcome, ProxyResult, Reporter
 from gateway.proxy.relay import ProxyCall, ProxyResponse
-from gateway.redis_client import redis_error
+from gateway.redis_client import REDIS_FAILURES, redis_error
 from gateway.request_context import info_of
 from gateway.routing.engines import Engine, ModelPool
 from gateway.state import GatewayState
 
 router = APIRouter(prefix="/v1")
 log = logging.getLogger("llmaas.responses")
-_STORE_ERRORS = (RedisError, OSError, TimeoutError)
 
 
 class ResponseNotFound(NotFound):
@@ -135,7 +133,7 @@ def _remembering(gw: GatewayState, tenant: str, model: str, report: Reporter) ->
             home = Home(model, result.engine)
             try:
                 await asyncio.shield(gw.homes.remember(tenant, result.response_id, home))
-            except _STORE_ERRORS as exc:  # kept in this process until Redis takes it
+            except REDIS_FAILURES as exc:  # kept in this process until Redis takes it
                 log.warning(
                     "response home kept in this process only: Redis could not store it",
                     extra={"fields": {"engine": result.engine, "error": redis_error(exc)}},
@@ -194,7 +192,7 @@ async def delete_response(response_id: str, gw: Gateway, caller: Caller) -> Resp
         raise ResponseNotFound(response_id, "response_id")
     try:
         known = await gw.homes.forget(caller.tenant, response_id)
-    except _STORE_ERRORS as exc:
+    except REDIS_FAILURES as exc:
         raise _store_unavailable() from exc
     if not known:
         raise ResponseNotFound(response_id, "response_id")
@@ -250,7 +248,7 @@ _GONE = ": the engine that stored it no longer serves it"
 async def _find(gw: GatewayState, caller: Principal, response_id: str, param: str) -> Home:
     try:
         home = await gw.homes.find(caller.tenant, response_id)
-    except _STORE_ERRORS as exc:
+    except REDIS_FAILURES as exc:
         raise _store_unavailable() from exc
     if home is None:
         raise ResponseNotFound(response_id, param)

@@ -23,12 +23,12 @@ from typing import Protocol
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+
+from gateway.redis_client import REDIS_FAILURES
 
 MAX_ID_CHARS = 256  # longer ids are never looked up (vLLM's are "resp_" + 32 hex digits)
 _FLUSH_BATCH = 100  # homes waiting for Redis looked at at once
 FLUSH_EVERY_S = 1.0  # how often homes Redis could not take are written to it again
-_STORE_ERRORS = (RedisError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +67,7 @@ class RedisHomes:
         """Raises the store's error when Redis could not take it, after keeping it here."""
         try:
             await self._write(tenant, response_id, home, self.ttl_ms)
-        except _STORE_ERRORS:
+        except REDIS_FAILURES:
             await self.pending.remember(tenant, response_id, home)
             if self.flusher is None or self.flusher.done():
                 self.flusher = asyncio.create_task(self._flushing(), name="response-homes")
@@ -78,7 +78,7 @@ class RedisHomes:
             return None
         try:
             raw = await self.redis.get(home_key(tenant, response_id))
-        except _STORE_ERRORS:
+        except REDIS_FAILURES:
             waiting = await self.pending.find(tenant, response_id)
             if waiting is None:
                 raise
@@ -99,7 +99,7 @@ class RedisHomes:
         if self.flusher is not None:
             self.flusher.cancel()
             await asyncio.gather(self.flusher, return_exceptions=True)
-        with contextlib.suppress(*_STORE_ERRORS):
+        with contextlib.suppress(*REDIS_FAILURES):
             async with asyncio.timeout(1.0):
                 await self._flush()
 
@@ -112,7 +112,7 @@ class RedisHomes:
         found them only once this replica served another Responses call)."""
         while self.pending.oldest(1):
             await asyncio.sleep(FLUSH_EVERY_S)
-            with contextlib.suppress(*_STORE_ERRORS):
+            with contextlib.suppress(*REDIS_FAILURES):
                 await self._flush()
 
     async def _flush(self) -> None:

@@ -19,11 +19,11 @@ import bisect
 from collections.abc import Callable
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from gateway.auth.records import KeyRecord, TenantRecord
 from gateway.errors import InvalidRequest, NotFound
 from gateway.limits.failures import classify
+from gateway.redis_client import REDIS_FAILURES
 from gateway.redis_pages import AfterNotFound, IndexPages
 
 CHANNEL = "llmaas:auth:invalidate"
@@ -34,7 +34,6 @@ TENANTS = "llmaas:tenants"
 # record read earlier (ARGV[5], its stored JSON) goes through only if the key still holds it:
 # of two rotations racing, one wins and the other is told, so no caller is handed a secret
 # that a concurrent write has already replaced.
-_STORE_ERRORS = (RedisError, OSError, TimeoutError)
 # A key's write whose reply was late or lost: its record read again (until Redis answers, this
 # long at most, every _CONFIRM_EVERY_S) to tell whether it was written.
 _CONFIRM_S = 5.0
@@ -126,7 +125,7 @@ class AuthStore:
         while True:
             try:
                 return await self._stored(name) == written
-            except _STORE_ERRORS:
+            except REDIS_FAILURES:
                 if loop.time() + _CONFIRM_EVERY_S > deadline:
                     return False
                 await asyncio.sleep(_CONFIRM_EVERY_S)
@@ -155,7 +154,7 @@ class AuthStore:
         args: list[str | bytes] = [record.model_dump_json(), CHANNEL, message, mode, read]
         try:
             outcome = _text(await self._write_key(keys=[key_key(record.id)], args=args))
-        except _STORE_ERRORS as exc:  # the script may have run: a 503 "try again" was a lie
+        except REDIS_FAILURES as exc:  # the script may have run: a 503 "try again" was a lie
             if not classify(exc).may_have_run:
                 raise
             if not await self._holds(key_key(record.id), record.model_dump_json().encode()):

@@ -8,8 +8,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from gateway.auth.principal import Limits, Principal
 from gateway.errors import RateLimited, ServiceUnavailable
 from gateway.limits.estimate import reserved_tokens
@@ -22,11 +20,10 @@ from gateway.limits.releases import Releases
 from gateway.limits.renewals import Renewals
 from gateway.limits.tight import tight
 from gateway.metrics import Metrics
-from gateway.redis_client import redis_error
+from gateway.redis_client import REDIS_FAILURES, redis_error
 from gateway.settings import LimitsSettings
 
 _NONE = Limits()
-_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 BUSY_FACTOR = 10  # a busy process waits for Redis up to this many timeouts in all
 # How long a tight limit's refusal waits before it is asked once more: a settlement another
 # replica gives back lingers 2 ms (settler.SLOT_LINGER_S) and takes a round trip to Redis.
@@ -205,7 +202,7 @@ class AdmissionControl:
         try:
             async with Patience(self.timeout_s, self.timeout_s * BUSY_FACTOR):
                 answers = await self.limiter.admit_all(caller, [(each, lease) for lease in leases])
-        except _REDIS_ERRORS:
+        except REDIS_FAILURES:
             self._give_back(caller, leases)  # releasing one that never ran cancels it
             return
         except asyncio.CancelledError:  # closing
@@ -256,7 +253,7 @@ class AdmissionControl:
                 while True:
                     try:
                         answers = await self.limiter.admit_all(caller, requests)
-                    except _REDIS_ERRORS as exc:
+                    except REDIS_FAILURES as exc:
                         failure = classify(exc)
                         sent = sent or failure.may_have_run
                         if not failure.waits:
@@ -264,7 +261,7 @@ class AdmissionControl:
                     else:
                         self._reached()
                         return answers
-        except _REDIS_ERRORS as exc:
+        except REDIS_FAILURES as exc:
             failure = classify(exc)  # TimeoutError from the deadline: slow, maybe sent
             if sent or failure.may_have_run:
                 self._give_back(caller, [lease for _, lease in requests])

@@ -19,18 +19,15 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from redis.exceptions import RedisError
-
 from gateway.auth.principal import Principal
 from gateway.limits.limiter import Limiter
 from gateway.metrics import Metrics
-from gateway.redis_client import redis_error
+from gateway.redis_client import REDIS_FAILURES, redis_error
 
 FIRST_RETRY_S = 0.05
 MAX_RETRY_S = 2.0
 MAX_PENDING = 10_000
 BATCH = 256  # releases sent in one round trip once Redis takes them again
-_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +110,7 @@ class Releases:
             return True
         try:
             outcome = await self.limiter.release(pending.caller, pending.lease)
-        except _REDIS_ERRORS as exc:
+        except REDIS_FAILURES as exc:
             self.log.warning(
                 "lease release failed, will retry",
                 extra={"fields": {"error": redis_error(exc), "pending": len(self.queue)}},
@@ -137,7 +134,7 @@ class Releases:
             return
         try:
             outcomes = await self.limiter.release_many([(p.caller, p.lease) for p in live])
-        except _REDIS_ERRORS:
+        except REDIS_FAILURES:
             self.queue.extendleft(reversed(live))
             return
         for outcome in outcomes:

@@ -15,14 +15,11 @@ import asyncio
 import contextlib
 import logging
 
-from redis.exceptions import RedisError
-
 from gateway.auth.principal import Principal
 from gateway.limits.limiter import Limiter
-from gateway.redis_client import redis_error
+from gateway.redis_client import REDIS_FAILURES, redis_error
 
 BATCH = 500  # leases per pipelined round trip
-_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 
 class Renewals:
@@ -65,7 +62,7 @@ class Renewals:
         try:
             async with asyncio.timeout(self.interval_s):
                 self.renewed += await self.limiter.renew(batch)
-        except _REDIS_ERRORS as exc:
+        except REDIS_FAILURES as exc:
             self.failures += 1
             self.log.warning(
                 "lease renewal failed, will retry",

@@ -24,13 +24,11 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
-from redis.exceptions import RedisError
-
 from gateway.metering.ledger import Ledger
 from gateway.metering.settlement import Settlement
 from gateway.metering.spill import SpillDir, count_lines, read_spill
 from gateway.metrics import Metrics
-from gateway.redis_client import redis_error
+from gateway.redis_client import REDIS_FAILURES, redis_error
 from gateway.settings import MeteringSettings
 
 BATCH = 200
@@ -45,7 +43,6 @@ FIRST_RETRY_S = 0.05
 # A second Ctrl-C: Redis gets this long at most (not flush_timeout_s) before the rest spills.
 HURRIED_FLUSH_S = 1.0
 SPILL_LOOK_S = 30.0  # how often an idle settler looks for spill files of processes now gone
-_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 
 @dataclass(slots=True)
@@ -154,7 +151,7 @@ class Settler:
                     async with asyncio.timeout(self.settings.write_timeout_s):
                         # lazy: it goes in the write of the next admission (or `linger_s` on)
                         await self.ledger.write(batch.settlements, linger_s=batch.linger_s)
-                except _REDIS_ERRORS as exc:
+                except REDIS_FAILURES as exc:
                     self._failed(exc)
                     await self._enqueue(batch.settlements)
                 except asyncio.CancelledError:  # (close() gave up waiting): queued, not lost
@@ -220,7 +217,7 @@ class Settler:
                     max(loop.time() + 0.01, self.flush_ends)
                 ) as self.flushing:
                     await self._write_queue()
-            except _REDIS_ERRORS as exc:
+            except REDIS_FAILURES as exc:
                 self._failed(exc)
                 await asyncio.sleep(min(0.2, max(0.0, self.flush_ends - loop.time())))
         self.flushing = None
@@ -288,7 +285,7 @@ class Settler:
                 await self._identify()
                 await self._write_queue()
                 await self._replay()
-            except _REDIS_ERRORS as exc:
+            except REDIS_FAILURES as exc:
                 self._failed(exc)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
