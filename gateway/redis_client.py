@@ -15,8 +15,8 @@ shutdown waited for a feed for ever. Our connections notice the swallowed cancel
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import hiredis
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -101,6 +101,25 @@ def redis_client(
 # What a call to Redis raises when Redis is away, slow or refusing: every caller that falls back
 # (a queue, a stale record, a retry) catches these.
 REDIS_FAILURES = (RedisError, OSError, TimeoutError)
+# A write whose reply came late or was lost (it may have run): what Redis holds is read back
+# every READ_BACK_EVERY_S until Redis answers, for READ_BACK_S at most.
+READ_BACK_S = 5.0
+READ_BACK_EVERY_S = 0.2
+_T = TypeVar("_T")
+
+
+async def read_back(read: Callable[[], Awaitable[_T]]) -> _T:
+    """`read` once Redis answers (tried every READ_BACK_EVERY_S, for READ_BACK_S at most; its
+    last failure raised then): what it holds says whether a write whose reply was lost ran."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READ_BACK_S
+    while True:
+        try:
+            return await read()
+        except REDIS_FAILURES:
+            if loop.time() + READ_BACK_EVERY_S > deadline:
+                raise
+            await asyncio.sleep(READ_BACK_EVERY_S)
 
 
 def redis_error(exc: BaseException) -> str:

@@ -40,16 +40,12 @@ from gateway.files.upload import MULTIPART_OVERHEAD, boundary_of, receive_upload
 from gateway.finetune.job_store import JobStore, active_key
 from gateway.finetune.jobs import FINAL
 from gateway.limits.failures import classify
-from gateway.redis_client import REDIS_FAILURES, redis_error
+from gateway.redis_client import REDIS_FAILURES, read_back, redis_error
 from gateway.redis_pages import AfterNotFound
 from gateway.state import GatewayState
 
 router = APIRouter(prefix="/v1/files")
 log = logging.getLogger("llmaas.files")
-# An upload whose record's write was answered late or not at all: its record read again until
-# Redis answers, every _UNSURE_EVERY_S, for UNSURE_S at most.
-UNSURE_S = 5.0
-_UNSURE_EVERY_S = 0.2
 FileId = Annotated[str, PathParam(pattern=FILE_ID_PATTERN)]
 
 
@@ -172,22 +168,17 @@ async def _settle_unsure(
     store: FileStore, storage: FileStorage, tenant: str, file_id: str
 ) -> bool | None:
     """An upload whose record's write timed out or lost its connection: its record read once
-    Redis answers (within UNSURE_S). Listed, the bytes stay (True: the upload is stored, and
-    answered so); not, they are removed (False). Still unknown (None), they stay under their
-    name: an unlisted file taking disk, never a listed one without its bytes."""
+    Redis answers (redis_client.read_back, 5 s at most). Listed, the bytes stay (True: the
+    upload is stored, and answered so); not, they are removed (False). Still unknown (None),
+    they stay under their name: an unlisted file taking disk, never a listed one without its
+    bytes."""
     fields: dict[str, object] = {"tenant": tenant, "file": file_id}
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + UNSURE_S
-    while True:
-        try:
-            listed = await store.get(tenant, file_id) is not None
-            break
-        except REDIS_FAILURES as exc:
-            if loop.time() + _UNSURE_EVERY_S > deadline:
-                fields["error"] = redis_error(exc)
-                log.warning("upload's record unknown: its bytes kept", extra={"fields": fields})
-                return None
-            await asyncio.sleep(_UNSURE_EVERY_S)
+    try:
+        listed = await read_back(lambda: store.get(tenant, file_id)) is not None
+    except REDIS_FAILURES as exc:
+        fields["error"] = redis_error(exc)
+        log.warning("upload's record unknown: its bytes kept", extra={"fields": fields})
+        return None
     if not listed:
         try:
             await storage.delete(tenant, file_id)

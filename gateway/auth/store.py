@@ -14,7 +14,6 @@ in their own commands, so a record is never live without being listed.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 from collections.abc import Callable
 
@@ -23,7 +22,7 @@ from redis.asyncio import Redis
 from gateway.auth.records import KeyRecord, TenantRecord
 from gateway.errors import InvalidRequest, NotFound
 from gateway.limits.failures import classify
-from gateway.redis_client import REDIS_FAILURES
+from gateway.redis_client import REDIS_FAILURES, read_back
 from gateway.redis_pages import AfterNotFound, IndexPages
 
 CHANNEL = "llmaas:auth:invalidate"
@@ -34,10 +33,6 @@ TENANTS = "llmaas:tenants"
 # record read earlier (ARGV[5], its stored JSON) goes through only if the key still holds it:
 # of two rotations racing, one wins and the other is told, so no caller is handed a secret
 # that a concurrent write has already replaced.
-# A key's write whose reply was late or lost: its record read again (until Redis answers, this
-# long at most, every _CONFIRM_EVERY_S) to tell whether it was written.
-_CONFIRM_S = 5.0
-_CONFIRM_EVERY_S = 0.2
 
 _WRITE_KEY = """
 local current = redis.call('GET', KEYS[1])
@@ -119,16 +114,11 @@ class AuthStore:
         return None if stored is None else (TenantRecord.model_validate_json(stored), stored)
 
     async def _holds(self, name: str, written: bytes) -> bool:
-        """Whether `name` holds `written`, read once Redis answers (within _CONFIRM_S)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _CONFIRM_S
-        while True:
-            try:
-                return await self._stored(name) == written
-            except REDIS_FAILURES:
-                if loop.time() + _CONFIRM_EVERY_S > deadline:
-                    return False
-                await asyncio.sleep(_CONFIRM_EVERY_S)
+        """Whether `name` holds `written`, read once Redis answers (redis_client.read_back)."""
+        try:
+            return await read_back(lambda: self._stored(name)) == written
+        except REDIS_FAILURES:
+            return False
 
     async def _stored(self, name: str) -> bytes | None:
         """A record's JSON as stored: the bytes a compare-and-set script compares."""
