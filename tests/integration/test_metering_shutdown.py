@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ from gateway.sim.config import SimConfig
 from tests.integration.conftest import MODEL
 from tests.integration.sim_fixture import running_sim, sim_state
 from tests.support.gateways import gateway_process, shared_config, tenant_key
-from tests.support.redis_control import redis_proxy
+from tests.support.redis_control import RedisProxy, redis_proxy
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -65,6 +68,36 @@ async def _served_once(http: aiohttp.ClientSession, url: str, redis_url: str, te
         while await _ledger_size(redis_url, tenant) < 1:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
     return headers
+
+
+@dataclass(frozen=True)
+class _Proxied:
+    """A Redis behind a proxy the test can stall or make refuse, a simulator, and a gateway's
+    config file naming both (the gateway itself is started by the test)."""
+
+    redis_url: str  # Redis itself, for the test's own reads
+    proxy: RedisProxy  # what the gateway talks to
+    http: aiohttp.ClientSession
+    config: Path
+
+
+@asynccontextmanager
+async def _proxied(
+    tmp_path: Path, metering: str, sim_config: SimConfig | None = None
+) -> AsyncIterator[_Proxied]:
+    """`metering`: the config's further `metering:` lines (spill_dir is set)."""
+    async with (
+        running_redis(None) as redis_url,
+        running_sim(sim_config or SimConfig(models=[MODEL])) as sim,
+        aiohttp.ClientSession() as http,
+    ):
+        port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+        async with redis_proxy(port) as proxy:
+            extra = f"metering:\n  spill_dir: {tmp_path}/spill\n  {metering}\n"
+            config = shared_config(
+                tmp_path / "gw.yaml", redis_url=proxy.url, model=MODEL, sim=sim, extra=extra
+            )
+            yield _Proxied(redis_url, proxy, http, config)
 
 
 async def test_sigterm_under_load_writes_a_record_for_every_request_an_engine_saw(
@@ -119,39 +152,30 @@ async def test_sigterm_under_load_writes_a_record_for_every_request_an_engine_sa
 
 
 async def test_a_ledger_unreachable_at_shutdown_is_spilled_then_replayed(tmp_path: Path) -> None:
-    async with (
-        running_redis(None) as redis_url,
-        running_sim(SimConfig(models=[MODEL])) as sim,
-        aiohttp.ClientSession() as http,
-    ):
-        port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
-        async with redis_proxy(port) as proxy:
-            extra = f"metering:\n  spill_dir: {tmp_path}/spill\n  flush_timeout_s: 1\n"
-            config = shared_config(
-                tmp_path / "gw.yaml", redis_url=proxy.url, model=MODEL, sim=sim, extra=extra
-            )
-            url = "/v1/chat/completions"
-            body = {"model": MODEL, "messages": HELLO}
-            async with gateway_process(config) as gw:
-                headers = await _served_once(http, gw.url, redis_url, "spill")
-                proxy.set_mode("refuse")
-                for _ in range(5):
-                    async with http.post(gw.url + url, json=body, headers=headers) as resp:
-                        assert resp.status == 200  # served, its settlement queued
-                gw.process.send_signal(signal.SIGTERM)
-                assert await gw.process.wait() == STOPPED_BY_SIGTERM
-            spilled = list((tmp_path / "spill").glob("*.jsonl"))
-            assert sum(count_lines(f) for f in spilled) == 5  # (settlements: blank lines aside)
-            assert await _ledger_size(redis_url, "spill") == 1
+    async with _proxied(tmp_path, "flush_timeout_s: 1") as stack:
+        http, proxy, redis_url = stack.http, stack.proxy, stack.redis_url
+        url = "/v1/chat/completions"
+        body = {"model": MODEL, "messages": HELLO}
+        async with gateway_process(stack.config) as gw:
+            headers = await _served_once(http, gw.url, redis_url, "spill")
+            proxy.set_mode("refuse")
+            for _ in range(5):
+                async with http.post(gw.url + url, json=body, headers=headers) as resp:
+                    assert resp.status == 200  # served, its settlement queued
+            gw.process.send_signal(signal.SIGTERM)
+            assert await gw.process.wait() == STOPPED_BY_SIGTERM
+        spilled = list((tmp_path / "spill").glob("*.jsonl"))
+        assert sum(count_lines(f) for f in spilled) == 5  # (settlements: blank lines aside)
+        assert await _ledger_size(redis_url, "spill") == 1
 
-            proxy.set_mode("pass")
-            async with gateway_process(config):  # a new gateway replays what the last one left
-                async with asyncio.timeout(15):
-                    while await _ledger_size(redis_url, "spill") < 6:  # noqa: ASYNC110
-                        await asyncio.sleep(0.05)
-                await asyncio.sleep(0.3)
-                assert await _ledger_size(redis_url, "spill") == 6
-                assert not list((tmp_path / "spill").glob("*.jsonl"))
+        proxy.set_mode("pass")
+        async with gateway_process(stack.config):  # a new gateway replays what the last one left
+            async with asyncio.timeout(15):
+                while await _ledger_size(redis_url, "spill") < 6:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            assert await _ledger_size(redis_url, "spill") == 6
+            assert not list((tmp_path / "spill").glob("*.jsonl"))
 
 
 async def test_a_ctrl_c_once_stopping_still_spills_what_was_on_its_way_to_redis(
@@ -162,40 +186,32 @@ async def test_a_ctrl_c_once_stopping_still_spills_what_was_on_its_way_to_redis(
     answer, and those gathering behind them, were lost with no spill, no line and no lost
     count. The shutdown runs, in a hurry: they are spilled. (Stopping is held open here by a
     stream whose client reads nothing: its end cannot be written for ANSWER_END_S.)"""
-    async with (
-        running_redis(None) as redis_url,
-        running_sim(SimConfig(models=[MODEL], max_model_len=1_000_000)) as sim,
-        aiohttp.ClientSession() as http,
-    ):
-        port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
-        async with redis_proxy(port) as proxy:
-            extra = f"metering:\n  spill_dir: {tmp_path}/spill\n  write_timeout_s: 30\n"
-            config = shared_config(
-                tmp_path / "gw.yaml", redis_url=proxy.url, model=MODEL, sim=sim, extra=extra
-            )
-            url = "/v1/chat/completions"
-            body = {"model": MODEL, "messages": HELLO}
-            async with gateway_process(config) as gw:
-                headers = await _served_once(http, gw.url, redis_url, "hurried")
-                proxy.set_mode("stall")  # Redis takes the writes and never answers
-                served = []
-                for i in range(4):
-                    said = {**headers, "x-request-id": f"hurried-{i}"}
-                    async with http.post(gw.url + url, json=body, headers=said) as resp:
-                        assert resp.status == 200  # served, its settlement on its way
-                        served.append(resp.headers["x-request-id"])
-                flood = {**body, "stream": True, "max_tokens": 200_000, "sim": {"itl_ms": 0}}
-                async with http.post(gw.url + url, json=flood, headers=headers) as unread:
-                    assert unread.status == 200, await unread.text()
-                    await asyncio.sleep(2)  # the socket's buffers fill: its writes wait
-                    gw.process.send_signal(signal.SIGINT)  # a drain, the stream in flight
-                    await asyncio.sleep(0.3)
-                    gw.process.send_signal(signal.SIGINT)  # the grace ends: the stream is cut
-                    await asyncio.sleep(0.5)  # (uvicorn waits ANSWER_END_S for its end)
-                    gw.process.send_signal(signal.SIGINT)  # stop now
-                    await asyncio.wait_for(gw.process.wait(), 30)
-            spilled = "".join(f.read_text() for f in (tmp_path / "spill").glob("*.jsonl"))
-            assert all(request_id in spilled for request_id in served), spilled[:500]
+    sim_config = SimConfig(models=[MODEL], max_model_len=1_000_000)
+    async with _proxied(tmp_path, "write_timeout_s: 30", sim_config) as stack:
+        http, proxy = stack.http, stack.proxy
+        url = "/v1/chat/completions"
+        body = {"model": MODEL, "messages": HELLO}
+        async with gateway_process(stack.config) as gw:
+            headers = await _served_once(http, gw.url, stack.redis_url, "hurried")
+            proxy.set_mode("stall")  # Redis takes the writes and never answers
+            served = []
+            for i in range(4):
+                said = {**headers, "x-request-id": f"hurried-{i}"}
+                async with http.post(gw.url + url, json=body, headers=said) as resp:
+                    assert resp.status == 200  # served, its settlement on its way
+                    served.append(resp.headers["x-request-id"])
+            flood = {**body, "stream": True, "max_tokens": 200_000, "sim": {"itl_ms": 0}}
+            async with http.post(gw.url + url, json=flood, headers=headers) as unread:
+                assert unread.status == 200, await unread.text()
+                await asyncio.sleep(2)  # the socket's buffers fill: its writes wait
+                gw.process.send_signal(signal.SIGINT)  # a drain, the stream in flight
+                await asyncio.sleep(0.3)
+                gw.process.send_signal(signal.SIGINT)  # the grace ends: the stream is cut
+                await asyncio.sleep(0.5)  # (uvicorn waits ANSWER_END_S for its end)
+                gw.process.send_signal(signal.SIGINT)  # stop now
+                await asyncio.wait_for(gw.process.wait(), 30)
+        spilled = "".join(f.read_text() for f in (tmp_path / "spill").glob("*.jsonl"))
+        assert all(request_id in spilled for request_id in served), spilled[:500]
 
 
 async def test_a_ctrl_c_while_the_usage_flush_waits_on_redis_cuts_it_short(
@@ -204,32 +220,23 @@ async def test_a_ctrl_c_while_the_usage_flush_waits_on_redis_cuts_it_short(
     """Found by review: a signal while the shutdown's usage flush waited on a Redis that did
     not answer left it waiting the whole flush_timeout_s (here 60 s); it gives Redis
     HURRIED_FLUSH_S more, then spills."""
-    async with (
-        running_redis(None) as redis_url,
-        running_sim(SimConfig(models=[MODEL])) as sim,
-        aiohttp.ClientSession() as http,
-    ):
-        port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
-        async with redis_proxy(port) as proxy:
-            extra = f"metering:\n  spill_dir: {tmp_path}/spill\n  flush_timeout_s: 60\n"
-            config = shared_config(
-                tmp_path / "gw.yaml", redis_url=proxy.url, model=MODEL, sim=sim, extra=extra
-            )
-            url = "/v1/chat/completions"
-            body = {"model": MODEL, "messages": HELLO}
-            log = tmp_path / "gw.log"
-            async with gateway_process(config, log=log) as gw:
-                headers = await _served_once(http, gw.url, redis_url, "flushing")
-                proxy.set_mode("stall")  # Redis takes the writes and never answers
-                for _ in range(3):
-                    async with http.post(gw.url + url, json=body, headers=headers) as resp:
-                        assert resp.status == 200
-                gw.process.send_signal(signal.SIGINT)  # nothing in flight: the flush begins
-                async with asyncio.timeout(10):
-                    while b"flushing usage" not in log.read_bytes():  # noqa: ASYNC110
-                        await asyncio.sleep(0.05)
-                await asyncio.sleep(0.5)  # (the flush waits on Redis)
-                gw.process.send_signal(signal.SIGINT)
-                await asyncio.wait_for(gw.process.wait(), 20)  # (not the flush's 60 s)
-            spilled = list((tmp_path / "spill").glob("*.jsonl"))
-            assert sum(count_lines(f) for f in spilled) == 3
+    async with _proxied(tmp_path, "flush_timeout_s: 60") as stack:
+        http = stack.http
+        url = "/v1/chat/completions"
+        body = {"model": MODEL, "messages": HELLO}
+        log = tmp_path / "gw.log"
+        async with gateway_process(stack.config, log=log) as gw:
+            headers = await _served_once(http, gw.url, stack.redis_url, "flushing")
+            stack.proxy.set_mode("stall")  # Redis takes the writes and never answers
+            for _ in range(3):
+                async with http.post(gw.url + url, json=body, headers=headers) as resp:
+                    assert resp.status == 200
+            gw.process.send_signal(signal.SIGINT)  # nothing in flight: the flush begins
+            async with asyncio.timeout(10):
+                while b"flushing usage" not in log.read_bytes():  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)  # (the flush waits on Redis)
+            gw.process.send_signal(signal.SIGINT)
+            await asyncio.wait_for(gw.process.wait(), 20)  # (not the flush's 60 s)
+        spilled = list((tmp_path / "spill").glob("*.jsonl"))
+        assert sum(count_lines(f) for f in spilled) == 3
