@@ -118,20 +118,16 @@ class ProxyResponse(Response):
                 cut.client_left()
 
         departure = Departure(scope, receive, client_left)
+        reached = False  # a 200's bytes had begun to reach the client when a cancel came
         try:
             if await departure.gone():  # a client already gone is sent no engine
                 info.outcome, self.status_code = Outcome.CLIENT_DISCONNECTED, CLIENT_CLOSED
             else:
                 await self._forward(info, deadline)
         except asyncio.CancelledError:
-            self.status_code = CLIENT_CLOSED
-            if not cut.take_back():
-                info.outcome = Outcome.GATEWAY_SHUTDOWN  # uvicorn cancels what outlives its grace
+            reached = self.status_code == 200 and deadline.started
+            if not await self._cut_short(info, cut, deadline, reached):
                 raise
-            assert cut.outcome is not None
-            info.outcome = cut.outcome
-            if cut.outcome is Outcome.GATEWAY_SHUTDOWN and not deadline.started:
-                await self._send_error(deadline, shutdown_error())  # (a stream ends itself)
         except Exception:
             self.status_code = 500  # the middleware answers it and logs the traceback
             raise
@@ -140,15 +136,36 @@ class ProxyResponse(Response):
             cuts.discard(cut)
             departure.close()
             deadline.close()
-            if info.outcome not in PAID_FOR and (self.status_code != 200 or not deadline.started):
+            answered = reached or (self.status_code == 200 and deadline.started)
+            if info.outcome not in PAID_FOR and not answered:
                 # Answered an error (or nothing) the gateway's or the engine's side caused: no
                 # part of the answer reached the client, so it pays nothing (an SDK retries it).
+                # A stream cut midway (by uvicorn too, whose cancel comes after the drain's end
+                # could not be written) pays for what the engine generated for it.
                 info.usage = None
             # Not shielded (a task per request): reporters do not suspend before they have
             # accounted for the request (outcome.Reporter).
             await self._done(info, time.perf_counter() - started)
             if cut.outcome is Outcome.SLOW_CLIENT:
                 await drop_client(scope)
+
+    async def _cut_short(
+        self, info: RequestInfo, cut: Cut, deadline: WriteDeadline, reached: bool
+    ) -> bool:
+        """A CancelledError reached the request: True if it was its cut's (the client left or
+        stopped reading, or the drain's grace is over; answered here if nothing was yet),
+        False if uvicorn's (it cancels what outlives its grace: the error goes on up)."""
+        if not cut.take_back():
+            info.outcome = Outcome.GATEWAY_SHUTDOWN
+            if not reached:  # (else the client was answered a 200 it did not leave)
+                self.status_code = CLIENT_CLOSED
+            return False
+        self.status_code = CLIENT_CLOSED
+        assert cut.outcome is not None
+        info.outcome = cut.outcome
+        if cut.outcome is Outcome.GATEWAY_SHUTDOWN and not deadline.started:
+            await self._send_error(deadline, shutdown_error())  # (a stream ends itself)
+        return True
 
     async def _done(self, info: RequestInfo, elapsed: float) -> None:
         metrics, model, route = self.deps.metrics, self.call.pool.name, self.call.route

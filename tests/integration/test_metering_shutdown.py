@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from gateway.auth.store import CHANNEL
 from gateway.embedded.redis_server import running_redis
 from gateway.metering.ledger import log_key
+from gateway.metering.record import UsageRecord
 from gateway.metering.spill import count_lines
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import MODEL
@@ -240,3 +241,54 @@ async def test_a_ctrl_c_while_the_usage_flush_waits_on_redis_cuts_it_short(
             await asyncio.wait_for(gw.process.wait(), 20)  # (not the flush's 60 s)
         spilled = list((tmp_path / "spill").glob("*.jsonl"))
         assert sum(count_lines(f) for f in spilled) == 3
+
+
+async def _records(redis_url: str, tenant: str) -> list[UsageRecord]:
+    redis = Redis.from_url(redis_url)
+    try:
+        entries = cast(
+            "list[tuple[bytes, dict[bytes, bytes]]]", await redis.xrange(log_key(tenant))
+        )
+    finally:
+        await redis.aclose()
+    return [UsageRecord.from_fields(fields) for _, fields in entries]
+
+
+async def test_a_stream_uvicorn_cancels_at_the_end_is_billed_what_it_carried(
+    tmp_path: Path,
+) -> None:
+    """Found by review: a stream whose end (its error frame at the drain's end) could not be
+    written within ANSWER_END_S was cancelled by uvicorn itself, and that cancel was counted as
+    an answer that never reached its client: the record said 0 tokens although the client had
+    been sent tokens all along. It is billed what the engine generated for it, as a stream the
+    drain cuts is."""
+    sim_config = SimConfig(models=[MODEL], max_model_len=1_000_000)
+    async with (
+        running_redis(None) as redis_url,
+        running_sim(sim_config) as sim,
+        aiohttp.ClientSession() as http,
+    ):
+        extra = f"shutdown_grace_s: 1\nmetering:\n  spill_dir: {tmp_path}/spill\n"
+        config = shared_config(
+            tmp_path / "gw.yaml", redis_url=redis_url, model=MODEL, sim=sim, extra=extra
+        )
+        async with gateway_process(config) as gw:
+            headers = await tenant_key(http, gw.url, "unread")
+            flood = {
+                "model": MODEL,
+                "messages": HELLO,
+                "stream": True,
+                "max_tokens": 200_000,
+                "sim": {"itl_ms": 0},
+            }
+            async with http.post(
+                gw.url + "/v1/chat/completions", json=flood, headers=headers
+            ) as unread:
+                assert unread.status == 200, await unread.text()
+                await asyncio.sleep(2)  # the socket's buffers fill: its writes wait
+                gw.process.send_signal(signal.SIGTERM)  # the grace ends with the stream's end
+                # unwritten; uvicorn cancels it ANSWER_END_S later
+                await asyncio.wait_for(gw.process.wait(), 30)
+        [record] = await _records(redis_url, "unread")
+    assert (record.outcome, record.status) == ("gateway_shutdown", 200)  # it did not leave
+    assert record.completion_tokens > 1000, record  # (the buffers hold far more than that)
