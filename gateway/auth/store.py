@@ -113,6 +113,11 @@ class AuthStore:
         stored = await self._stored(tenant_key(tenant))
         return None if stored is None else (TenantRecord.model_validate_json(stored), stored)
 
+    async def _landed(self, exc: BaseException, name: str, written: bytes) -> bool:
+        """Whether a write of `written` to `name` that raised `exc` ran all the same: its reply
+        came late or was lost, and `name` holds it (a 503 "try again" would be a lie)."""
+        return classify(exc).may_have_run and await self._holds(name, written)
+
     async def _holds(self, name: str, written: bytes) -> bool:
         """Whether `name` holds `written`, read once Redis answers (redis_client.read_back)."""
         try:
@@ -141,13 +146,12 @@ class AuthStore:
 
     async def _put_key(self, record: KeyRecord, mode: str, read: bytes = b"") -> None:
         message = f"key:{record.id}"
-        args: list[str | bytes] = [record.model_dump_json(), CHANNEL, message, mode, read]
+        written = record.model_dump_json()
+        args: list[str | bytes] = [written, CHANNEL, message, mode, read]
         try:
             outcome = _text(await self._write_key(keys=[key_key(record.id)], args=args))
-        except REDIS_FAILURES as exc:  # the script may have run: a 503 "try again" was a lie
-            if not classify(exc).may_have_run:
-                raise
-            if not await self._holds(key_key(record.id), record.model_dump_json().encode()):
+        except REDIS_FAILURES as exc:
+            if not await self._landed(exc, key_key(record.id), written.encode()):
                 raise
             outcome = "ok"  # written (a rotation's new secret is the one that works now)
         self._written(message)
@@ -165,18 +169,29 @@ class AuthStore:
     async def put_tenant(self, record: TenantRecord) -> None:
         await self.redis.sadd(TENANTS, record.id)
         message = f"tenant:{record.id}"
-        async with self.redis.pipeline(transaction=True) as pipe:  # one slot: the tenant's tag
-            pipe.set(tenant_key(record.id), record.model_dump_json())
-            pipe.publish(CHANNEL, message)
-            await pipe.execute()
+        written = record.model_dump_json()
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:  # one slot: its tag
+                pipe.set(tenant_key(record.id), written)
+                pipe.publish(CHANNEL, message)
+                await pipe.execute()
+        except REDIS_FAILURES as exc:
+            if not await self._landed(exc, tenant_key(record.id), written.encode()):
+                raise
         self._written(message)
 
     async def change_tenant(self, record: TenantRecord, read: bytes) -> None:
         """Write an existing tenant's changed record, if it still holds `read` (409 if another
         write came in between, 404 if it is gone)."""
         message = f"tenant:{record.id}"
-        args: list[str | bytes] = [record.model_dump_json(), CHANNEL, message, read]
-        outcome = _text(await self._change_tenant(keys=[tenant_key(record.id)], args=args))
+        written = record.model_dump_json()
+        args: list[str | bytes] = [written, CHANNEL, message, read]
+        try:
+            outcome = _text(await self._change_tenant(keys=[tenant_key(record.id)], args=args))
+        except REDIS_FAILURES as exc:
+            if not await self._landed(exc, tenant_key(record.id), written.encode()):
+                raise
+            outcome = "ok"  # (the tenant holds what was written: this write or an equal one)
         self._written(message)
         if outcome == "missing":
             raise tenant_not_found(record.id)

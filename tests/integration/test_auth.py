@@ -29,6 +29,7 @@ from tests.integration.sim_fixture import running_sim
 from tests.integration.tenant_stack import tenant_stack
 from tests.support.gateways import PEPPER, admin_request
 from tests.support.logs import collected
+from tests.support.redis_control import TRANSACTION
 from tests.support.servers import serve_asgi
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -689,3 +690,36 @@ async def test_a_key_write_whose_reply_came_late_is_answered_as_written(tmp_path
             stack.http, stack.gateway, "GET", "/keys?tenant=late-admin"
         )
         assert [k["name"] for k in listed["data"]].count("x") == 1
+
+
+async def test_a_tenant_write_whose_reply_came_late_is_answered_as_written(
+    tmp_path: Path,
+) -> None:
+    """Found by review: a PUT or PATCH of a tenant whose write ran but answered after
+    redis_timeout_s was a 503 "try again" (a key's write was read back, a tenant's was not):
+    the tenant had its new limits and the admin was told it did not. Read back the same way."""
+    async with tenant_stack(tmp_path, proxied=True) as stack:
+        assert stack.proxy is not None
+        await stack.key("late-tenant")
+        status, _ = await admin_request(
+            stack.http, stack.gateway, "PATCH", "/tenants/late-tenant", {"rpm": 5}
+        )  # (the script: loaded)
+        assert status == 200
+        stack.proxy.set_mode("delay", delay_s=1.5, late=TRANSACTION)  # every write runs, late
+        try:
+            status, put = await admin_request(
+                stack.http, stack.gateway, "PUT", "/tenants/late-tenant", {"rpm": 7}
+            )
+            assert status == 200, put
+            status, patched = await admin_request(
+                stack.http, stack.gateway, "PATCH", "/tenants/late-tenant", {"tpm": 9000}
+            )
+            assert status == 200, patched
+        finally:
+            stack.proxy.set_mode("pass")
+        assert stack.proxy.delayed >= 2
+        status, tenant = await admin_request(
+            stack.http, stack.gateway, "GET", "/tenants/late-tenant"
+        )
+        assert (tenant["rpm"], tenant["tpm"]) == (7, 9000)
+        assert (patched["rpm"], patched["tpm"]) == (7, 9000)

@@ -18,8 +18,11 @@ from gateway.embedded.process_group import stop_process_group
 from gateway.embedded.redis_server import ping, redis_config, redis_server_binary
 from gateway.netutil import free_port
 
-# swallow and delay: the replies to script calls (EVALSHA); delay holds them `delay_s`.
+# swallow and delay: the replies to script calls (EVALSHA); delay holds them `delay_s`, and
+# with `late=TRANSACTION` the replies to transactions (MULTI … EXEC) too.
 Mode = Literal["pass", "refuse", "swallow", "delay", "stall"]
+_SCRIPT = (b"EVALSHA",)
+TRANSACTION = (*_SCRIPT, b"\r\nEXEC\r\n")  # (EXEC as sent: "$4\r\nEXEC\r\n")
 
 
 class RestartableRedis:
@@ -73,14 +76,17 @@ class RedisProxy:
         self.mode: Mode = "pass"
         self.swallowed = 0  # replies thrown away in "swallow" mode
         self.delay_s = 0.0  # how late replies come in "delay" mode
+        self.late: tuple[bytes, ...] = _SCRIPT  # the commands whose replies "delay" holds
         self.delayed = 0  # replies held back in "delay" mode
         self.links: dict[asyncio.Task[None], _Link] = {}
 
-    def set_mode(self, mode: Mode, delay_s: float = 0.0) -> None:
+    def set_mode(self, mode: Mode, delay_s: float = 0.0, late: tuple[bytes, ...] = _SCRIPT) -> None:
         """Change the mode; open connections are cut so every client reconnects into it, except
-        stalled ones: into "stall", they stay open and silent, and out of it, they stay so."""
+        stalled ones: into "stall", they stay open and silent, and out of it, they stay so.
+        `late`: in "delay" mode, the commands whose replies come late (TRANSACTION: a MULTI's)."""
         self.mode = mode
         self.delay_s = delay_s
+        self.late = late
         for task, link in list(self.links.items()):
             if mode == "stall":
                 link.frozen = True
@@ -99,7 +105,7 @@ class RedisProxy:
             return
         task = asyncio.current_task()
         assert task is not None
-        link = _Link(self.mode)
+        link = _Link(self.mode, self.late if self.mode == "delay" else _SCRIPT)
         self.links[task] = link
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
@@ -136,8 +142,9 @@ class RedisProxy:
 class _Link:
     """One client connection; in swallow or delay mode it notes when a script call goes by."""
 
-    def __init__(self, mode: Mode) -> None:
+    def __init__(self, mode: Mode, watched: tuple[bytes, ...]) -> None:
         self.mode = mode
+        self.watched = watched  # the commands (as sent, in RESP) whose replies are held
         self.script_sent = False
         self.frozen = mode == "stall"  # nothing passes, the connection stays open
 
@@ -148,7 +155,7 @@ class _Link:
         while data := await source.read(65536):
             if self.frozen:
                 await self.forever()
-            if self.mode in ("swallow", "delay") and b"EVALSHA" in data.upper():
+            if self.mode in ("swallow", "delay") and any(w in data.upper() for w in self.watched):
                 self.script_sent = True  # before the script can answer
             sink.write(data)
             await sink.drain()
