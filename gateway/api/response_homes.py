@@ -10,6 +10,13 @@ after `responses.ttl_s`. Without Redis (no `redis_url`): a bounded dict in this 
 Redis, a home Redis could not take (down, full, read-only) waits in that dict, where this
 process finds it, and goes to Redis (a task tries every FLUSH_EVERY_S): the client was
 answered 200 with the response, so it must be able to read and continue it.
+
+A delete must stay one though a home waits somewhere: DELETE replaces the home in Redis with
+`DELETED` (a tombstone, for `responses.ttl_s`, longer than any waiting home lives) instead of
+removing the key, and a waiting home is written only where the key is absent (SET NX), so no
+replica's flush brings a deleted response back; one key, no script. A delete while Redis cannot
+be written, of a home waiting here, waits here as `GONE` in the home's place (the response is
+not found here from then on) and goes to Redis as the tombstone the same way.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from gateway.redis_client import REDIS_FAILURES
 MAX_ID_CHARS = 256  # longer ids are never looked up (vLLM's are "resp_" + 32 hex digits)
 _FLUSH_BATCH = 100  # homes waiting for Redis looked at at once
 FLUSH_EVERY_S = 1.0  # how often homes Redis could not take are written to it again
+DELETED = b"deleted"  # a deleted response's key holds this, not a home (see above)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +61,9 @@ def home_key(tenant: str, response_id: str) -> str:
     return f"llmaas:{{t:{tenant}}}:resp:{response_id}"
 
 
+GONE = Home("", "")  # in RedisHomes.pending: a delete waiting for Redis (never a real home)
+
+
 class RedisHomes:
     """Homes in Redis; those Redis could not take wait in `pending` (bounded as without Redis),
     written there by a task every FLUSH_EVERY_S until none waits."""
@@ -68,31 +79,54 @@ class RedisHomes:
         try:
             await self._write(tenant, response_id, home, self.ttl_ms)
         except REDIS_FAILURES:
-            await self.pending.remember(tenant, response_id, home)
-            if self.flusher is None or self.flusher.done():
-                self.flusher = asyncio.create_task(self._flushing(), name="response-homes")
+            await self._wait(tenant, response_id, home)
             raise
 
     async def find(self, tenant: str, response_id: str) -> Home | None:
         if len(response_id) > MAX_ID_CHARS:
             return None
+        waiting = await self.pending.find(tenant, response_id)
+        if waiting == GONE:
+            return None
         try:
             raw = await self.redis.get(home_key(tenant, response_id))
         except REDIS_FAILURES:
-            waiting = await self.pending.find(tenant, response_id)
             if waiting is None:
                 raise
             return waiting
         if raw is None:
-            return await self.pending.find(tenant, response_id)
+            return waiting
+        if raw == DELETED:
+            return None
         model, engine = orjson.loads(raw)
         return Home(str(model), str(engine))
 
     async def forget(self, tenant: str, response_id: str) -> bool:
+        """A home waiting here is dropped first (no flush writes it from then on); Redis then
+        holds DELETED in its place. Redis failing, a delete of a home that waited here waits
+        in its place (it lived here only, unless Redis took it and answered late)."""
         if len(response_id) > MAX_ID_CHARS:
             return False
-        deleted = bool(await self.redis.delete(home_key(tenant, response_id)))
-        return await self.pending.forget(tenant, response_id) or deleted
+        waiting = await self.pending.find(tenant, response_id)
+        if waiting == GONE:
+            return False  # (deleted already: its tombstone waits)
+        await self.pending.forget(tenant, response_id)
+        try:
+            old = await self.redis.set(
+                home_key(tenant, response_id), DELETED, px=self.ttl_ms, get=True
+            )
+        except REDIS_FAILURES:
+            if waiting is None:
+                raise
+            await self._wait(tenant, response_id, GONE)
+            return True
+        return waiting is not None or old not in (None, DELETED)
+
+    async def _wait(self, tenant: str, response_id: str, home: Home) -> None:
+        """`home` (or GONE) waits here for Redis: the flusher runs until none waits."""
+        await self.pending.remember(tenant, response_id, home)
+        if self.flusher is None or self.flusher.done():
+            self.flusher = asyncio.create_task(self._flushing(), name="response-homes")
 
     async def close(self) -> None:
         """At shutdown: the homes still waiting get one more try."""
@@ -103,9 +137,17 @@ class RedisHomes:
             async with asyncio.timeout(1.0):
                 await self._flush()
 
-    async def _write(self, tenant: str, response_id: str, home: Home, ttl_ms: int) -> None:
-        value = orjson.dumps([home.model, home.engine])
-        await self.redis.set(home_key(tenant, response_id), value, px=ttl_ms)
+    async def _write(
+        self, tenant: str, response_id: str, home: Home, ttl_ms: int, *, late: bool = False
+    ) -> None:
+        """`late`: a home that waited, written only where the key is absent (never over a
+        DELETED); GONE, the tombstone itself."""
+        key = home_key(tenant, response_id)
+        if home == GONE:
+            await self.redis.set(key, DELETED, px=ttl_ms)
+        else:
+            value = orjson.dumps([home.model, home.engine])
+            await self.redis.set(key, value, px=ttl_ms, nx=late)
 
     async def _flushing(self) -> None:
         """Until no home waits: every FLUSH_EVERY_S, those waiting go to Redis (other replicas
@@ -122,7 +164,7 @@ class RedisHomes:
             for (tenant, response_id), expires, home in entries:
                 left_ms = int((expires - time.monotonic()) * 1000)
                 if left_ms > 0:
-                    await self._write(tenant, response_id, home, left_ms)
+                    await self._write(tenant, response_id, home, left_ms, late=True)
                 self.pending.drop(tenant, response_id, home)
 
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import aiohttp
 import openai
@@ -17,7 +18,7 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from gateway.api.response_homes import home_key
+from gateway.api.response_homes import RedisHomes, home_key
 from gateway.app import create_app
 from gateway.embedded.redis_server import running_redis
 from gateway.metering.ledger import log_key
@@ -26,7 +27,8 @@ from gateway.settings import Settings
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import ADMIN, MODEL
 from tests.integration.sim_fixture import running_sim, sim_state
-from tests.support.gateways import ADMIN_TOKEN, PEPPER
+from tests.support.gateways import ADMIN_TOKEN, PEPPER, tenant_key
+from tests.support.redis_control import redis_proxy
 from tests.support.servers import serve_asgi
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -407,3 +409,80 @@ async def test_a_response_made_while_redis_refuses_writes_can_be_read_and_contin
     assert await fleet.redis.get(home_key("home-waits", turn.id)) is not None
     assert (await client.responses.retrieve(made.id)).id == made.id
     assert (await client.responses.retrieve(turn.id)).id == turn.id
+
+
+async def test_a_response_deleted_while_its_home_waits_for_redis_stays_deleted(
+    fleet: Fleet,
+) -> None:
+    """Found by review: a stored response made and deleted while Redis could not be written
+    was a 503 to DELETE, and its home (waiting in this process) went to Redis afterwards: the
+    response the client deleted was served again. The delete waits here as the home did and
+    goes to Redis as a tombstone; the response is not found from the delete on."""
+    client = await fleet.client("home-deleted")
+    await fleet.redis.config_set("min-replicas-to-write", "1")  # every write: NOREPLICAS
+    try:
+        gone = await client.responses.create(model=MODEL, input="forget me", store=True)
+        kept = await client.responses.create(model=MODEL, input="keep me", store=True)
+        await client.responses.delete(gone.id)
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve(gone.id)
+    finally:
+        await fleet.redis.config_set("min-replicas-to-write", "0")
+    async with asyncio.timeout(10):  # the delete reached Redis (its tombstone: other replicas)
+        while not await fleet.redis.exists(home_key("home-deleted", gone.id)):  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.retrieve(gone.id)
+    assert (await client.responses.retrieve(kept.id)).id == kept.id
+
+
+async def test_a_response_deleted_on_another_replica_is_not_brought_back_by_a_flush(
+    tmp_path: Path,
+) -> None:
+    """Found by review: replica A's write of a home ran but answered late, so the home also
+    waited in A; deleted through replica B meanwhile, A's flush wrote it back and the deleted
+    response was served again. DELETE leaves a tombstone and a flush writes only where the key
+    is absent."""
+    async with (
+        running_redis(None) as redis_url,
+        running_sim(SimConfig(models=[MODEL], max_tokens=8)) as sim,
+        redis_proxy(urlsplit(redis_url).port or 0) as proxy,
+    ):
+
+        def settings(url: str) -> Settings:
+            return Settings.model_validate(
+                {
+                    "models": [{"name": MODEL, "engines": [sim]}],
+                    "redis_url": url,
+                    "admin_token": ADMIN_TOKEN,
+                    "key_pepper": PEPPER,
+                    "metering": {"spill_dir": str(tmp_path / url.rsplit(":", 1)[-1])},
+                }
+            )
+
+        app_a = create_app(settings(proxy.url))
+        async with (
+            serve_asgi(app_a) as a,
+            serve_asgi(create_app(settings(redis_url))) as b,
+            aiohttp.ClientSession() as http,
+        ):
+            homes = app_a.state.gateway.homes  # (made at startup)
+            assert isinstance(homes, RedisHomes)
+            header = (await tenant_key(http, b, "two-replicas"))["authorization"]
+            key = header.removeprefix("Bearer ")
+            on_a = openai.AsyncOpenAI(base_url=f"{a}/v1", api_key=key, max_retries=0)
+            on_b = openai.AsyncOpenAI(base_url=f"{b}/v1", api_key=key, max_retries=0)
+            async with on_a, on_b:
+                proxy.set_mode("delay", delay_s=1.5, late=(b"\r\nSET\r\n",))  # A's SETs run
+                made = await on_a.responses.create(model=MODEL, input="hello", store=True)
+                async with asyncio.timeout(10):  # A heard late: the home waits in A too
+                    while not homes.pending.oldest(1):  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+                await on_b.responses.delete(made.id)
+                proxy.set_mode("pass")
+                async with asyncio.timeout(10):  # A's flush went by
+                    while homes.pending.oldest(1):  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+                for client in (on_b, on_a):
+                    with pytest.raises(openai.NotFoundError):
+                        await client.responses.retrieve(made.id)
