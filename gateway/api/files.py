@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -46,6 +46,9 @@ from gateway.state import GatewayState
 
 router = APIRouter(prefix="/v1/files")
 log = logging.getLogger("llmaas.files")
+# An upload's record still unknown past the read-back (Redis away): read again this often, one
+# GET per such upload, until Redis answers.
+UNSURE_EVERY_S = 5.0
 FileId = Annotated[str, PathParam(pattern=FILE_ID_PATTERN)]
 
 
@@ -145,9 +148,7 @@ async def _list(
             raise
         # Listed or not: Redis will say, once it answers (a 503 here, with the bytes deleted,
         # left a listed file whose contents were a 503 for good).
-        settling = asyncio.create_task(_settle_unsure(store, storage, tenant, record.id))
-        gw.unsure_uploads.add(settling)
-        settling.add_done_callback(gw.unsure_uploads.discard)
+        settling = _unsure(gw, _settle_unsure(gw, store, storage, tenant, record.id))
         if isinstance(exc, asyncio.CancelledError):  # the client left: settled in the background
             raise
         listed = await asyncio.shield(settling)
@@ -164,28 +165,59 @@ def _may_have_run(exc: BaseException) -> bool:
     return isinstance(exc, REDIS_FAILURES) and classify(exc).may_have_run
 
 
+def _unsure(
+    gw: GatewayState, settling: Coroutine[object, object, bool | None]
+) -> asyncio.Task[bool | None]:
+    """A task settling an unsure upload, which a shutdown stops (its bytes then stay)."""
+    task = asyncio.create_task(settling)
+    gw.unsure_uploads.add(task)
+    task.add_done_callback(gw.unsure_uploads.discard)
+    return task
+
+
 async def _settle_unsure(
-    store: FileStore, storage: FileStorage, tenant: str, file_id: str
+    gw: GatewayState, store: FileStore, storage: FileStorage, tenant: str, file_id: str
 ) -> bool | None:
     """An upload whose record's write timed out or lost its connection: its record read once
     Redis answers (redis_client.read_back, 5 s at most). Listed, the bytes stay (True: the
     upload is stored, and answered so); not, they are removed (False). Still unknown (None),
-    they stay under their name: an unlisted file taking disk, never a listed one without its
-    bytes."""
-    fields: dict[str, object] = {"tenant": tenant, "file": file_id}
+    they stay under their name, never a listed file without its bytes, and the record is read
+    again later (_settle_later)."""
     try:
         listed = await read_back(lambda: store.get(tenant, file_id)) is not None
     except REDIS_FAILURES as exc:
-        fields["error"] = redis_error(exc)
+        fields = {"tenant": tenant, "file": file_id, "error": redis_error(exc)}
         log.warning("upload's record unknown: its bytes kept", extra={"fields": fields})
+        _unsure(gw, _settle_later(store, storage, tenant, file_id))
         return None
     if not listed:
-        try:
-            await storage.delete(tenant, file_id)
-        except OSError as exc:
-            fields["error"] = repr(exc)
-            log.warning("unlisted upload's bytes not removed", extra={"fields": fields})
+        await _remove_unlisted(storage, tenant, file_id)
     return listed
+
+
+async def _settle_later(
+    store: FileStore, storage: FileStorage, tenant: str, file_id: str
+) -> bool | None:
+    """An upload's record still unknown after the read-back: read every UNSURE_EVERY_S until
+    Redis answers (or the gateway stops). Not listed, its bytes are removed: they took disk for
+    good, never listed (the client, told it may be stored, finds it is not when it lists)."""
+    while True:
+        await asyncio.sleep(UNSURE_EVERY_S)
+        try:
+            listed = await store.get(tenant, file_id) is not None
+        except REDIS_FAILURES:
+            continue
+        if not listed:
+            await _remove_unlisted(storage, tenant, file_id)
+        return listed
+
+
+async def _remove_unlisted(storage: FileStorage, tenant: str, file_id: str) -> None:
+    try:
+        await storage.delete(tenant, file_id)
+    except OSError as exc:
+        fields = {"tenant": tenant, "file": file_id, "error": repr(exc)}
+        log.warning("unlisted upload's bytes not removed", extra={"fields": fields})
 
 
 def _outcome_unknown(file_id: str) -> ServiceUnavailable:

@@ -741,6 +741,64 @@ async def test_an_upload_whose_record_is_unknown_keeps_its_bytes_and_is_not_retr
         assert (await client.files.content(listed.id)).read() == DATASET
 
 
+async def test_an_upload_whose_record_stays_unknown_and_was_never_listed_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """Found by review: an upload whose record's script stored nothing (the tenant at max_files
+    meanwhile) and whose reply was lost with Redis away past the 5-s read-back kept its bytes
+    on disk for good, never listed. Its record is read again until Redis answers: not listed,
+    the bytes are removed."""
+    files = {"dir": str(tmp_path / "store"), "max_files_per_tenant": 2}
+    async with tenant_stack(tmp_path, proxied=True, files=files) as stack:
+        proxy = stack.proxy
+        assert proxy is not None
+        key = await stack.key("never-listed")
+        client = stack.client(key)
+        first = await client.files.create(file=("first.txt", b"1"), purpose="user_data")
+        boundary = "unknownunknown"
+        directory = tmp_path / "store" / "never-listed"
+
+        async def body() -> AsyncIterator[bytes]:
+            yield (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n'
+                f"user_data\r\n--{boundary}\r\nContent-Disposition: form-data; "
+                'name="file"; filename="a.txt"\r\nContent-Type: text/plain\r\n\r\n'
+                "first half "
+            ).encode()
+            async with asyncio.timeout(10):  # counted and under way: its part is written
+                while not list(directory.glob(".*.part")):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            await stack.redis.zadd(index_key("never-listed"), {"file-x": 1})  # (now 2 of 2)
+            proxy.set_mode("delay", delay_s=30.0)
+            yield f"second half\r\n--{boundary}--\r\n".encode()
+
+        async def cut_once_written() -> None:
+            while not proxy.delayed:  # noqa: ASYNC110 (the script went by: it runs)
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)  # (it reached Redis, and stored nothing)
+            proxy.set_mode("refuse")  # its reply lost, and Redis gone past the read-back
+
+        headers = {
+            "authorization": f"Bearer {key}",
+            "content-type": f"multipart/form-data; boundary={boundary}",
+        }
+        cutting = asyncio.create_task(cut_once_written())
+        try:
+            async with stack.http.post(
+                f"{stack.gateway}/v1/files", data=body(), headers=headers
+            ) as resp:
+                assert resp.status == 503, await resp.text()
+                assert "may have been stored" in (await resp.json())["error"]["message"]
+        finally:
+            await cutting
+            proxy.set_mode("pass")
+        assert len(_stored(stack)) == 2  # (kept while Redis could not say)
+        async with asyncio.timeout(30):  # Redis answers again: not listed, so removed
+            while _stored(stack) != [f"never-listed/{first.id}"]:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        assert [f.id for f in (await client.files.list()).data] == [first.id]
+
+
 async def test_an_upload_whose_record_was_not_written_leaves_nothing(tmp_path: Path) -> None:
     """The other side: the record's script ran late but stored nothing (the tenant reached
     max_files meanwhile): once Redis answers, the bytes of the upload told 503 are removed."""
