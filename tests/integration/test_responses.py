@@ -282,6 +282,10 @@ async def test_a_deleted_response_is_gone_for_good(fleet: Fleet) -> None:
     assert (status, body) == (200, {"id": made.id, "object": "response", "deleted": True})
     assert (await fleet.call(client, "GET", f"/responses/{made.id}"))[0] == 404
     assert (await fleet.call(client, "DELETE", f"/responses/{made.id}"))[0] == 404
+    # A DELETE of an id never stored leaves nothing in Redis (not a tombstone per id asked for:
+    # any number of made-up ids would each have taken a key for responses.ttl_s).
+    assert (await fleet.call(client, "DELETE", "/responses/resp_never_made"))[0] == 404
+    assert not await fleet.redis.exists(home_key("tidy", "resp_never_made"))
 
 
 async def test_a_response_whose_engine_left_is_not_found_and_says_why(fleet: Fleet) -> None:
