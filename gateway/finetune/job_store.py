@@ -22,6 +22,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
 from gateway.finetune.jobs import FINAL, Event, Job, Status
+from gateway.limits.failures import classify
+from gateway.redis_client import REDIS_FAILURES, read_back
 from gateway.redis_pages import IndexPages
 
 log = logging.getLogger("llmaas.finetune")
@@ -97,6 +99,9 @@ class JobStore:
         except (LimitReached, RequiredKeyGone):
             await self.redis.zrem(PENDING, member)
             raise
+        except REDIS_FAILURES as exc:  # (a 503 "try again": a retry made a second job)
+            if not await self._stored_all_the_same(exc, job):
+                raise
         try:
             await self.enqueue(job)
             await self.redis.zrem(PENDING, member)
@@ -104,6 +109,17 @@ class JobStore:
             log.warning(  # (a 503 here made the SDK retry the create: two jobs, both trained)
                 "job %s stored but not queued yet; the trainers' sweep queues it", job.id
             )
+
+    async def _stored_all_the_same(self, exc: BaseException, job: Job) -> bool:
+        """Whether the transaction storing `job`, which raised `exc`, ran: its reply came late
+        or was lost, and the job's record is there once Redis answers (its id is new: only
+        this write makes it)."""
+        if not classify(exc).may_have_run:
+            return False
+        try:
+            return bool(await read_back(lambda: self.redis.exists(job_key(job.tenant, job.id))))
+        except REDIS_FAILURES:
+            return False
 
     async def queue_stranded(self, now_ms: int) -> int:
         """Queue the jobs whose creation stopped between being stored and being queued (past

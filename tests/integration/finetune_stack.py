@@ -35,15 +35,18 @@ DATASET = b"".join(orjson.dumps(EXAMPLE) + b"\n" for _ in range(4))
 
 
 @asynccontextmanager
-async def finetune_stack(root: Path, **fine_tuning: Any) -> AsyncIterator[TenantStack]:
-    """A tenant stack whose files and adapters live under `root`; `fine_tuning` adds settings."""
+async def finetune_stack(
+    root: Path, *, proxied: bool = False, **fine_tuning: Any
+) -> AsyncIterator[TenantStack]:
+    """A tenant stack whose files and adapters live under `root`; `fine_tuning` adds settings;
+    `proxied`: the gateway reaches Redis through a RedisProxy (tenant_stack)."""
     settings = {
         "base_models": {BASE: str(root / "weights")},
         "max_active_jobs_per_tenant": MAX_ACTIVE,
         **fine_tuning,
     }
     async with tenant_stack(
-        root, files={"dir": str(root / "files")}, fine_tuning=settings
+        root, proxied=proxied, files={"dir": str(root / "files")}, fine_tuning=settings
     ) as stack:
         yield stack
 

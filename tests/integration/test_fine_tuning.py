@@ -27,11 +27,13 @@ from tests.integration.finetune_stack import (
     BASE,
     DATASET,
     MAX_ACTIVE,
+    finetune_stack,
     ft_fixture,
     upload_dataset,
 )
 from tests.integration.tenant_stack import TenantStack
 from tests.support.cli import run_cli
+from tests.support.redis_control import TRANSACTION
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -825,3 +827,23 @@ async def test_a_run_failed_on_its_data_names_the_training_file() -> None:
         "training_file",
     )
     assert failed_training("CUDA out of memory").param is None
+
+
+async def test_a_job_create_whose_reply_came_late_makes_one_job(tmp_path: Path) -> None:
+    """Found by review: a job whose storing transaction ran but answered after
+    redis_timeout_s was a 503 "try again" (and an SDK's retry made a second job, both trained
+    and billed). The job's record is read back once Redis answers, and a job stored is
+    answered as created (queued by the trainers' sweep if its queueing failed too)."""
+    async with finetune_stack(tmp_path, proxied=True) as stack:
+        assert stack.proxy is not None
+        client = stack.client(await stack.key("late-ft"))
+        training_file = await upload_dataset(client)
+        stack.proxy.set_mode("delay", delay_s=1.5, late=TRANSACTION)  # they run; replies late
+        try:
+            job = await client.fine_tuning.jobs.create(model=BASE, training_file=training_file)
+        finally:
+            stack.proxy.set_mode("pass")
+        assert stack.proxy.delayed >= 1
+        assert job.status == "queued"
+        listed = [j.id async for j in client.fine_tuning.jobs.list()]
+    assert listed == [job.id]
