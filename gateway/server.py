@@ -24,7 +24,13 @@ from gateway.settings_load import (
     ConfigError,
     load_settings,
 )
-from gateway.workers import GRACE_ENV, WORKER_ANSWER_S, DrainingWorkers, PinnedConfig
+from gateway.workers import (
+    GRACE_ENV,
+    WORKER_ANSWER_S,
+    DrainingWorkers,
+    PinnedConfig,
+    stop_within,
+)
 
 CONFIG_ENV = "LLMAAS_CONFIG_FILE"
 _log = logging.getLogger("llmaas.server")
@@ -115,6 +121,7 @@ def run_server(settings: Settings, config_path: Path | None) -> None:
                 if directory is not None:
                     shutil.rmtree(directory, ignore_errors=True)
             raise
-        DrainingWorkers(config, sockets, settings.log_level, made, pinned).run()
+        stop_s = stop_within(settings.shutdown_grace_s, settings.metering.flush_timeout_s)
+        DrainingWorkers(config, sockets, settings.log_level, made, pinned, stop_s=stop_s).run()
     else:
         DrainingServer(config, settings.shutdown_grace_s).run()

@@ -16,9 +16,16 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
-from gateway.draining_server import RELAY, RETIRE, SUPERVISOR_SIGNALS, DrainingServer
+from gateway.draining_server import (
+    ANSWER_END_S,
+    RELAY,
+    RETIRE,
+    SUPERVISOR_SIGNALS,
+    DrainingServer,
+)
 from gateway.embedded.process_group import terminate_with_parent
 from gateway.logs import configure_logging_single_threaded
+from gateway.metering.settler import HURRIED_FLUSH_S
 from gateway.metrics import forget_process
 from gateway.settings_load import (
     ConfigError,
@@ -36,6 +43,10 @@ WORKER_ANSWER_S = 30
 PING_S = 1.0
 # What stops the gateway; a second one during a drain cuts what still runs.
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+# Past what a worker's stop may take (stop_within), how long the supervisor still waits for it
+# before it kills it: a hung or stopped (SIGSTOP) worker kept the supervisor waiting forever,
+# past any pod's termination budget (the chart's is 10 s over the grace and the flush).
+STOP_MARGIN_S = 5.0
 _log = logging.getLogger("llmaas.server")
 
 
@@ -128,11 +139,15 @@ class DrainingWorkers(Multiprocess):
         log_level: str,
         metrics_dir: Path | None = None,
         pinned: PinnedConfig | None = None,
+        *,
+        stop_s: float,
     ):
         """`metrics_dir`: the workers' metrics directory, if this supervisor's to remove;
-        `pinned`: the config file they read, if any (its directory is removed too)."""
+        `pinned`: the config file they read, if any (its directory is removed too); `stop_s`:
+        how long a worker may take to stop (stop_within), then it is killed."""
         super().__init__(config, sockets)
         self.log_level = log_level
+        self.stop_s = stop_s
         self.metrics_dir = metrics_dir
         self.pinned = pinned
         # Workers told to stop (RELAY) at a restart, draining: reaped by keep_subprocess_alive,
@@ -276,16 +291,31 @@ class DrainingWorkers(Multiprocess):
 
     def join_all(self) -> None:
         """Wait for every worker's drain. A second SIGTERM or SIGINT meanwhile is passed on to
-        them (uvicorn's would lie unread in its queue): each then cuts what it still runs."""
+        them (uvicorn's would lie unread in its queue): each then cuts what it still runs. A
+        worker not stopped within `stop_s` (a second signal: at once, plus its hurried flush)
+        is killed and named in the log: one hung or stopped kept the supervisor waiting."""
+        began = time.monotonic()
+        deadline = began + self.stop_s
         while any(process.exitcode is None for process in [*self.processes, *self.retiring]):
             stops = [sig for sig in self.signal_queue if sig in STOP_SIGNALS]
             self.signal_queue.clear()  # (others, a terminal's hangup or resize: nothing to do)
             if stops:
                 for process in [*self.processes, *self.retiring]:
                     process.terminate()
+                hurried = ANSWER_END_S + HURRIED_FLUSH_S + STOP_MARGIN_S
+                deadline = min(deadline, time.monotonic() + hurried)
+            if time.monotonic() >= deadline:
+                self._kill_late(time.monotonic() - began)
             for process in [*self.processes, *self.retiring]:
                 process.process.join(0.1)
         self._reap_retired()
+
+    def _kill_late(self, waited_s: float) -> None:
+        for process in [*self.processes, *self.retiring]:
+            if process.exitcode is None:
+                process.kill()
+                process.process.join()
+                _log.error("worker %s killed: did not stop within %.0fs", process.pid, waited_s)
 
     def run(self) -> None:
         configure_logging_single_threaded(self.log_level)  # no thread: see there
@@ -298,6 +328,12 @@ class DrainingWorkers(Multiprocess):
         if self.stopped_by is not None:
             signal.signal(self.stopped_by, signal.SIG_DFL)
             signal.raise_signal(self.stopped_by)
+
+
+def stop_within(grace_s: float, flush_s: float) -> float:
+    """How long a worker of `--workers N` may take to stop, then its supervisor kills it: its
+    grace, the answers' ends (ANSWER_END_S), its usage flush (`flush_s`), and STOP_MARGIN_S."""
+    return grace_s + ANSWER_END_S + flush_s + STOP_MARGIN_S
 
 
 def _forget(process: Process) -> None:

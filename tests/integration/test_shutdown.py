@@ -792,3 +792,31 @@ async def test_a_sigterm_is_not_held_behind_a_silent_workers_health_check(tmp_pa
         assert await asyncio.wait_for(f.gw.process.wait(), 30) == STOPPED_BY_SIGTERM
     said = [orjson.loads(line)["msg"] for line in (tmp_path / "gw.log").read_bytes().splitlines()]
     assert not [m for m in said if m.startswith("worker ")], said  # none killed, none started
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers in /proc (Linux)")
+async def test_a_worker_that_does_not_stop_is_killed_and_the_supervisor_exits(
+    tmp_path: Path,
+) -> None:
+    """Found by review: at a SIGTERM the supervisor of `--workers N` waited for every worker's
+    drain with no end: one hung (here stopped: SIGSTOP) kept it running for good, past any
+    pod's termination budget. Past the worker's grace, answers' ends and flush (and a margin)
+    it is killed, named in the log, and the supervisor ends by its SIGTERM."""
+    env = {"LLMAAS_METERING__FLUSH_TIMEOUT_S": "1"}  # a stop is 1 + 2 + 1 s, and the margin
+    async with fleet(tmp_path, SimConfig(models=[MODEL]), 1, "--workers", "2", env=env) as f:
+        hung = min(worker_pids(f.gw.process.pid))
+        os.kill(hung, signal.SIGSTOP)
+        try:
+            f.gw.process.send_signal(signal.SIGTERM)
+            # a hang check, not a timing: the old supervisor never exited
+            exit_code = await asyncio.wait_for(f.gw.process.wait(), 60)
+            gone = not running(hung)
+        finally:
+            if running(hung):
+                os.kill(hung, signal.SIGKILL)
+    assert exit_code == STOPPED_BY_SIGTERM
+    assert gone
+    said = [orjson.loads(line)["msg"] for line in (tmp_path / "gw.log").read_bytes().splitlines()]
+    killed = [m for m in said if m.startswith("worker ")]
+    assert len(killed) == 1, said
+    assert re.fullmatch(rf"worker {hung} killed: did not stop within \d+s", killed[0]), killed
