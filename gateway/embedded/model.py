@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from gateway.embedded.paths import EmbeddedPaths
+from gateway.embedded.process_group import terminated_with_parent
 
 _CONVERTER = Path(__file__).with_name("convert_gguf.py")
 MARKER = ".llmaas-converted"  # the converter writes it last; it means "complete"
@@ -32,6 +33,10 @@ async def prepare_chat_model(paths: EmbeddedPaths, engine_python: Path) -> Path:
         str(_CONVERTER),
         *("--out", str(paths.chat_model)),
         env={**os.environ, **OFFLINE},
+        # As each step of `llmaas up`'s preparation (engine_venv._step): out of reach of a
+        # terminal's hangup, which `up` ignores, and stopped when `up` dies
+        start_new_session=True,
+        preexec_fn=terminated_with_parent(),
     )
     if await proc.wait() != 0 or not chat_model_ready(paths):
         raise ModelPrepareError(
@@ -48,6 +53,8 @@ async def embedding_model_dir(engine_python: Path) -> Path:
         *("-c", _EMBEDDING_DIR),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # (as the conversion)
+        preexec_fn=terminated_with_parent(),
     )
     out, err = await proc.communicate()
     path = Path(out.decode().strip())

@@ -14,6 +14,8 @@ import aiohttp
 import orjson
 import pytest
 
+from gateway.embedded.engine_venv import STAMP, has_cuda, wanted
+from gateway.embedded.paths import EmbeddedPaths
 from gateway.netutil import free_port, wait_http_ok
 from gateway.sim.config import SimConfig
 from tests.integration.sim_fixture import running_sim
@@ -342,3 +344,110 @@ async def test_what_is_wrong_before_anything_is_sent_exits_2(
     assert said.format(tmp=tmp_path) in err.decode(), err
     assert b"PosixPath" not in err
     assert out == b""
+
+
+def has_mapped(pid: int, library: str) -> bool:
+    """Whether process `pid` has loaded a shared library whose path holds `library`."""
+    try:
+        return library in (Path("/proc") / str(pid) / "maps").read_text()
+    except OSError:
+        return False
+
+
+async def importing_the_gateway(proc: asyncio.subprocess.Process) -> None:
+    """Until `proc` is importing the gateway's modules (pydantic's compiled core is loaded):
+    past the command's first statement, seconds before `serve` listens or `up` prepares."""
+    async with asyncio.timeout(30):
+        while not has_mapped(proc.pid, "_pydantic_core"):
+            assert proc.returncode is None
+            await asyncio.sleep(0.005)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="watches the process in /proc (Linux)")
+async def test_serve_outlives_a_sighup_before_it_listens(tmp_path: Path) -> None:
+    """Found by review: `llmaas serve` ignored SIGHUP only once run_server began, after a second
+    or more of imports: a terminal's hangup or a `systemctl reload` meanwhile killed it."""
+    async with running_sim(SimConfig(models=["m"], max_tokens=3)) as sim:
+        config = tmp_path / "gateway.yaml"
+        config.write_text(
+            f"admin_token: {ADMIN_TOKEN}\nauth: {{required: false}}\n"
+            f"metering: {{spill_dir: {tmp_path / 'spill'}}}\n"
+            f"models:\n  - name: m\n    engines: [{sim}]\n"
+        )
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        serve = ("serve", "--config", str(config), "--port", str(port))
+        proc = await asyncio.create_subprocess_exec(llmaas(), *serve)
+        try:
+            await importing_the_gateway(proc)
+            proc.send_signal(signal.SIGHUP)
+            await _ready(proc, f"{base}/healthz")  # (fails at once if it died)
+            async with aiohttp.ClientSession() as http:
+                body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+                async with http.post(f"{base}/v1/chat/completions", json=body) as resp:
+                    assert resp.status == 200
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 30) in STOPPED
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+def engine_venv_that_converts_for_good(home: Path) -> Path:
+    """An engine venv `up` takes as installed, whose python (a shell script) never ends: the
+    model's conversion, the first step `up` runs, lasts until it is stopped. The file it
+    writes its pid to is returned."""
+    python = EmbeddedPaths(home).engine_python
+    python.parent.mkdir(parents=True)
+    pid_file = home / "converting.pid"
+    python.write_text(
+        f'#!/bin/sh\necho $$ > "{pid_file}.tmp"\nmv "{pid_file}.tmp" "{pid_file}"\nexec sleep 300\n'
+    )
+    python.chmod(0o755)
+    (python.parents[1] / STAMP).write_text(wanted(has_cuda()))
+    return pid_file
+
+
+def alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="watches the process in /proc (Linux)")
+async def test_up_outlives_a_sighup_while_it_prepares_and_a_sigterm_takes_its_steps_along(
+    tmp_path: Path,
+) -> None:
+    """Found by review: `llmaas up` prepares for minutes (the engine venv, the model) before it
+    serves, and a SIGHUP meanwhile (a terminal's hangup) killed it; a SIGTERM then left the
+    step running (pip, the model's conversion), an orphan. Here the conversion never ends."""
+    home = tmp_path / "home"
+    pid_file = engine_venv_that_converts_for_good(home)
+    up = ("up", "--home", str(home), "--port", str(free_port()))
+    proc = await asyncio.create_subprocess_exec(llmaas(), *up, stderr=asyncio.subprocess.DEVNULL)
+    step = None
+    try:
+        await importing_the_gateway(proc)
+        proc.send_signal(signal.SIGHUP)
+        async with asyncio.timeout(30):
+            while not pid_file.exists():
+                assert proc.returncode is None, proc.returncode
+                await asyncio.sleep(0.05)
+        step = int(pid_file.read_text())
+        proc.send_signal(signal.SIGHUP)  # while it prepares
+        await asyncio.sleep(0.5)
+        assert proc.returncode is None
+        assert alive(step)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+        async with asyncio.timeout(30):  # a hang check: the orphan never stopped
+            while alive(step):  # noqa: ASYNC110 (no event: /proc)
+                await asyncio.sleep(0.05)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        if step is not None and alive(step):
+            os.kill(step, signal.SIGKILL)
