@@ -820,3 +820,44 @@ async def test_a_worker_that_does_not_stop_is_killed_and_the_supervisor_exits(
     killed = [m for m in said if m.startswith("worker ")]
     assert len(killed) == 1, said
     assert re.fullmatch(rf"worker {hung} killed: did not stop within \d+s", killed[0]), killed
+
+
+def workers_in_order(supervisor: int) -> list[int]:
+    """The supervisor's workers in the order it started them (the kernel lists a process's
+    children so): SIGTTOU retires the last."""
+    children = (Path("/proc") / str(supervisor) / "task" / str(supervisor) / "children").read_text()
+    workers = set(worker_pids(supervisor))
+    return [int(pid) for pid in children.split() if int(pid) in workers]
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers in /proc (Linux)")
+async def test_a_worker_that_dies_while_one_retired_at_sigttou_drains_is_replaced(
+    tmp_path: Path,
+) -> None:
+    """Found by review: at SIGTTOU the supervisor waited for the worker it retired to drain
+    (here a ~30-s stream, within a 60-s grace): its loop stood still meanwhile, no health
+    check, no replacement of a worker that died, a SIGTERM acted on only after. Now the
+    retired worker drains among the others retiring, and a worker killed meanwhile is
+    replaced while it still drains."""
+    sim = SimConfig(models=[MODEL], max_tokens=600, itl_ms=50)  # ~30 s per stream
+    async with (
+        fleet(tmp_path, sim, 60, "--workers", "2") as f,
+        aiohttp.ClientSession() as fresh,  # (no kept-alive connection to either worker)
+    ):
+        kept, retired = workers_in_order(f.gw.process.pid)
+        tasks = await streams_on_each_worker(replace(f, http=fresh), 1)
+        f.gw.process.send_signal(signal.SIGTTOU)
+        await logged_line(tmp_path / "gw.log", "draining: ")  # the retired worker's
+        os.kill(kept, signal.SIGKILL)
+        async with asyncio.timeout(60):  # until a replacement runs, or the retired worker ends
+            while not (alive_workers(f) - {kept, retired}) and running(retired):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        draining = running(retired)
+        replacements = alive_workers(f) - {kept, retired}
+        for task in tasks:  # (the drain ends with the streams)
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert replacements, "the killed worker was never replaced"
+    assert draining, "the killed worker was replaced only once the retired one had drained"
+    said = [orjson.loads(line)["msg"] for line in (tmp_path / "gw.log").read_bytes().splitlines()]
+    assert f"worker {kept} was killed by SIGKILL: starting another" in said, said
