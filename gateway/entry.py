@@ -11,7 +11,8 @@ spawn) inherit it, and keep it: only their supervisor reloads (gateway/workers.p
 children do not inherit it: uvloop (libuv) gives each child every signal's default action back.
 So each runs in its own session, which a terminal's hangup does not reach, and is sent SIGTERM
 when `up` dies (gateway/embedded/process_group.py): its preparation's steps (pip, the model's
-conversion) as Redis and the engine; Redis and vLLM then do at a SIGHUP what they do."""
+conversion) as Redis and the engine, and the trainer's training runs (gateway/finetune/trainer.py);
+Redis and vLLM then do at a SIGHUP what they do."""
 
 from __future__ import annotations
 

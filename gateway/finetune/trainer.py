@@ -171,6 +171,10 @@ class Trainer:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             preexec_fn=terminated_with_parent(),  # a killed trainer takes its child along
+            # Out of its trainer's process group: under `llmaas up` in a terminal that is the
+            # foreground group, whose Ctrl-C killed the run before it was asked to checkpoint
+            # (SIGUSR1, below) and whose hangup killed it outright. The trainer stops it.
+            start_new_session=True,
         )
         assert child.stdout is not None
         assert child.stderr is not None

@@ -8,6 +8,7 @@ stand-in script."""
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import openai
@@ -80,6 +81,28 @@ async def test_a_stopping_trainer_lets_the_job_write_its_checkpoint_and_queues_i
     cancelled = await client.fine_tuning.jobs.cancel(job_id)
     assert (cancelled.status, cancelled.trained_tokens) == ("cancelled", TRAINED)
     assert not kept.exists()
+
+
+async def test_a_terminals_signals_to_the_trainer_do_not_reach_its_training_run(
+    ft: TenantStack, tmp_path: Path
+) -> None:
+    """Found by review: the training child ran in its trainer's process group, which under
+    `llmaas up` in a terminal is the terminal's foreground group: Ctrl-C (SIGINT to the group)
+    killed the run before its trainer could ask it for a checkpoint, and a hangup (SIGHUP,
+    which `up` ignores) killed it outright, failing the job. It runs in a session of its own;
+    its trainer stops it (as above) and a dying trainer takes it along (parent-death signal)."""
+    client, job_id, kept, run = await stopped_while_training(
+        ft,
+        "own-session",
+        tmp_path,
+        pausing_s=1,
+        grace_s=10,  # (alive a second after the stop)
+    )
+    child = int((tmp_path / "pid").read_text())
+    assert os.getsid(child) == child != os.getsid(0)  # a session, and a process group, of its own
+    assert os.getpgid(child) != os.getpgid(0)
+    await queued_again(client, run, job_id)
+    assert kept.is_file()
 
 
 @pytest.mark.parametrize("grace_s", [0, 0.5], ids=["no-grace", "grace-too-short"])
