@@ -36,7 +36,10 @@ from gateway.redis_client import REDIS_FAILURES
 MAX_ID_CHARS = 256  # longer ids are never looked up (vLLM's are "resp_" + 32 hex digits)
 _FLUSH_BATCH = 100  # homes waiting for Redis looked at at once
 FLUSH_EVERY_S = 1.0  # how often homes Redis could not take are written to it again
-DELETED = b"deleted"  # a deleted response's key holds this, not a home (see above)
+# A deleted response's key holds this (see above): a home of no model on no engine, so that a
+# replica of the release before, which reads every value as [model, engine], answers 404 for it
+# in a rolling update (a value that is not JSON made it fail).
+DELETED = b'["",""]'
 
 
 @dataclass(frozen=True, slots=True)

@@ -438,6 +438,11 @@ async def test_a_response_deleted_while_its_home_waits_for_redis_stays_deleted(
     with pytest.raises(openai.NotFoundError):
         await client.responses.retrieve(gone.id)
     assert (await client.responses.retrieve(kept.id)).id == kept.id
+    # The tombstone reads as a home of no model on no engine (found by review: "deleted", not
+    # JSON, made a replica of the release before fail on it in a rolling update, not 404).
+    tombstone = await fleet.redis.get(home_key("home-deleted", gone.id))
+    assert tombstone is not None
+    assert orjson.loads(tombstone) == ["", ""]
 
 
 async def test_a_response_deleted_on_another_replica_is_not_brought_back_by_a_flush(
