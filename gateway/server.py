@@ -29,7 +29,6 @@ from gateway.workers import (
     WORKER_ANSWER_S,
     DrainingWorkers,
     PinnedConfig,
-    stop_within,
 )
 
 CONFIG_ENV = "LLMAAS_CONFIG_FILE"
@@ -122,7 +121,9 @@ def run_server(settings: Settings, config_path: Path | None) -> None:
                 if directory is not None:
                     shutil.rmtree(directory, ignore_errors=True)
             raise
-        stop_s = stop_within(settings.shutdown_grace_s, settings.metering.flush_timeout_s)
-        DrainingWorkers(config, sockets, settings.log_level, made, pinned, stop_s=stop_s).run()
+        grace_s, flush_s = settings.shutdown_grace_s, settings.metering.flush_timeout_s
+        DrainingWorkers(
+            config, sockets, settings.log_level, made, pinned, grace_s=grace_s, flush_s=flush_s
+        ).run()
     else:
         DrainingServer(config, settings.shutdown_grace_s).run()

@@ -27,6 +27,7 @@ from gateway.embedded.process_group import terminate_with_parent
 from gateway.logs import configure_logging_single_threaded
 from gateway.metering.settler import HURRIED_FLUSH_S
 from gateway.metrics import forget_process
+from gateway.settings import Settings
 from gateway.settings_load import (
     ConfigError,
     invalid_configuration,
@@ -63,16 +64,18 @@ class PinnedConfig:
         self.dir = Path(tempfile.mkdtemp(prefix="llmaas-config-"))
         self.path = self.dir / "gateway.yaml"
 
-    def take(self) -> None:
-        """Copy the operator's file and check the copy (usable_settings), then pin it. Raises
-        ConfigError (naming the operator's file, not the copy) or OSError; pins nothing then."""
+    def take(self) -> Settings:
+        """Copy the operator's file and check the copy (usable_settings), then pin it: its
+        settings. Raises ConfigError (naming the operator's file, not the copy) or OSError;
+        pins nothing then."""
         staged = self.dir / "next.yaml"
         shutil.copyfile(self.source, staged)
         try:
-            usable_settings(staged)
+            settings = usable_settings(staged)
         except ConfigError as exc:
             raise ConfigError(str(exc).replace(str(staged), str(self.source))) from None
         staged.replace(self.path)
+        return settings
 
 
 class _DrainingProcess(Process):
@@ -140,14 +143,17 @@ class DrainingWorkers(Multiprocess):
         metrics_dir: Path | None = None,
         pinned: PinnedConfig | None = None,
         *,
-        stop_s: float,
+        grace_s: float,
+        flush_s: float,
     ):
         """`metrics_dir`: the workers' metrics directory, if this supervisor's to remove;
-        `pinned`: the config file they read, if any (its directory is removed too); `stop_s`:
-        how long a worker may take to stop (stop_within), then it is killed."""
+        `pinned`: the config file they read, if any (its directory is removed too); `grace_s`
+        and `flush_s`: the workers' shutdown_grace_s and metering.flush_timeout_s, what their
+        stop may take (stop_within), then they are killed."""
         super().__init__(config, sockets)
         self.log_level = log_level
-        self.stop_s = stop_s
+        self.grace_s = grace_s  # (pinned: a reload does not change it, GRACE_ENV)
+        self.flush_s = flush_s  # the longest of the workers', which a reload may lengthen
         self.metrics_dir = metrics_dir
         self.pinned = pinned
         # Workers told to stop (RELAY) at a restart, draining: reaped by keep_subprocess_alive,
@@ -252,11 +258,15 @@ class DrainingWorkers(Multiprocess):
         new worker exited with a traceback, and the reload ended 'not ready in time')."""
         if self.pinned is not None:
             try:
-                self.pinned.take()
+                settings = self.pinned.take()
             except (ConfigError, OSError) as exc:
                 said = invalid_configuration("serve", exc).removeprefix("llmaas serve: ")
                 _log.error("SIGHUP: %s; no worker restarted", said)
                 return
+            # The new workers flush for as long as the file says now: a stop waits for that (a
+            # worker killed in its flush lost the records it held). Older ones may still drain
+            # with theirs: the longest is kept.
+            self.flush_s = max(self.flush_s, settings.metering.flush_timeout_s)
         self.restart_all()
 
     def handle_ttin(self) -> None:
@@ -292,10 +302,10 @@ class DrainingWorkers(Multiprocess):
     def join_all(self) -> None:
         """Wait for every worker's drain. A second SIGTERM or SIGINT meanwhile is passed on to
         them (uvicorn's would lie unread in its queue): each then cuts what it still runs. A
-        worker not stopped within `stop_s` (a second signal: at once, plus its hurried flush)
+        worker not stopped within stop_within (a second signal: at once, plus its hurried flush)
         is killed and named in the log: one hung or stopped kept the supervisor waiting."""
         began = time.monotonic()
-        deadline = began + self.stop_s
+        deadline = began + stop_within(self.grace_s, self.flush_s)
         while any(process.exitcode is None for process in [*self.processes, *self.retiring]):
             stops = [sig for sig in self.signal_queue if sig in STOP_SIGNALS]
             self.signal_queue.clear()  # (others, a terminal's hangup or resize: nothing to do)

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from gateway.embedded.redis_server import running_redis
 from gateway.metering.ledger import log_key
 from gateway.metering.record import UsageRecord
+from gateway.metering.spill import count_lines
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import MODEL
 from tests.integration.sim_fixture import running_sim, sim_state
@@ -35,6 +36,7 @@ from tests.support.gateways import (
     shared_config,
     tenant_key,
 )
+from tests.support.redis_control import redis_proxy
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -820,6 +822,53 @@ async def test_a_worker_that_does_not_stop_is_killed_and_the_supervisor_exits(
     killed = [m for m in said if m.startswith("worker ")]
     assert len(killed) == 1, said
     assert re.fullmatch(rf"worker {hung} killed: did not stop within \d+s", killed[0]), killed
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers in /proc (Linux)")
+async def test_a_reload_that_lengthens_the_usage_flush_is_waited_for_at_the_stop(
+    tmp_path: Path,
+) -> None:
+    """Found by review: the supervisor's wait for a worker's stop was reckoned once, from the
+    flush_timeout_s it started with; after a SIGHUP that lengthened it, a worker still flushing
+    to a Redis that did not answer, within its own flush_timeout_s, was killed at the shorter
+    wait, and the usage records it held were lost (neither written nor spilled)."""
+    async with (
+        running_redis(None) as redis_url,
+        running_sim(SimConfig(models=[MODEL])) as sim,
+        aiohttp.ClientSession() as http,
+    ):
+        port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+        async with redis_proxy(port) as proxy:
+
+            def config(flush_s: float) -> Path:
+                extra = (
+                    f"shutdown_grace_s: 1\nauth: {{required: false}}\n"
+                    f"metering: {{spill_dir: {tmp_path}/spill, flush_timeout_s: {flush_s}}}\n"
+                )
+                path = tmp_path / "gw.yaml"
+                return shared_config(path, redis_url=proxy.url, model=MODEL, sim=sim, extra=extra)
+
+            log = tmp_path / "gw.log"
+            # A stop waits 1 + 2 + 1 s and the margin (5 s) at the start; 1 + 2 + 12 + 5 after.
+            async with gateway_process(config(1), "--workers", "2", log=log) as gw:
+                first = set(worker_pids(gw.process.pid))
+                config(12)
+                gw.process.send_signal(signal.SIGHUP)
+                async with asyncio.timeout(60):  # the new workers serve, the old ones are gone
+                    while (now := set(worker_pids(gw.process.pid))) & first or len(now) < 2:  # noqa: ASYNC110
+                        await asyncio.sleep(0.1)
+                proxy.set_mode("stall")  # Redis takes the settlements and never answers
+                body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+                for _ in range(4):
+                    url = f"{gw.url}/v1/chat/completions"
+                    async with http.post(url, json=body) as resp:
+                        assert resp.status == 200
+                gw.process.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(gw.process.wait(), 90) == STOPPED_BY_SIGTERM
+    said = [orjson.loads(line)["msg"] for line in log.read_bytes().splitlines()]
+    assert not [m for m in said if " killed: " in m], said
+    spilled = list((tmp_path / "spill").glob("*.jsonl"))
+    assert sum(count_lines(f) for f in spilled) == 4  # every record, spilled after 12 s
 
 
 def workers_in_order(supervisor: int) -> list[int]:
