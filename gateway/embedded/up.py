@@ -86,6 +86,10 @@ def run_up(
             uvloop.run(_up(paths, data, gateway_port, engine_port, shared_redis))
     except KeyboardInterrupt:
         print("\nstopped.", file=sys.stderr)
+    except TerminatedWhilePreparing:
+        print("\nstopped.", file=sys.stderr)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)  # its status, as after serving (uvicorn's re-raise)
     except UP_ERRORS as exc:
         print(f"llmaas up: error: {exc}", file=sys.stderr)
         return 1
@@ -129,7 +133,7 @@ async def _up(
     shared_redis: str | None,
 ) -> None:
     """`shared_redis`: LLMAAS_REDIS_URL, used instead of a private Redis in `data`."""
-    ready = await prepare(paths)
+    ready = await _prepared(paths)
     async with AsyncExitStack() as stack:
         redis_url = await stack.enter_async_context(
             running_redis(shared_redis, keep_in=data.redis, supervised=True)
@@ -211,6 +215,35 @@ def up_settings(
         },
     }
     return usable_settings(None, **values)  # (LLMAAS_* read, errors said as `serve` says them)
+
+
+class TerminatedWhilePreparing(Exception):
+    """A SIGTERM came while `up` prepared (its steps were stopped with their children)."""
+
+
+async def _prepared(paths: EmbeddedPaths) -> Prepared:
+    """prepare(), which a SIGTERM stops as Ctrl-C does: the step running is cancelled and its
+    process group stopped (process_group.group_stopped_if_cut). SIGTERM's default action ended
+    `up` alone, and the step's children (pip under ensurepip under venv) went on installing."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    terminated = False
+
+    def on_sigterm() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await prepare(paths)
+    except asyncio.CancelledError:
+        if terminated:
+            raise TerminatedWhilePreparing from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 async def _stopped(trainer: Trainer, task: asyncio.Task[object]) -> None:

