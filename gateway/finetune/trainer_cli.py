@@ -53,8 +53,11 @@ async def _serve(settings: Settings, worker: str | None) -> None:
     trainer = Trainer(settings, redis, worker)
     running = asyncio.create_task(trainer.run())
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, running.cancel)  # a job in training is queued again
+    # A job in training writes its checkpoint and is queued again. SIGHUP too: a terminal's
+    # hangup (a closed ssh session) killed the trainer outright, its run cut with no checkpoint
+    # and the job left `running` until the sweep failed it as lost.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(signum, running.cancel)
     try:
         await running
     except asyncio.CancelledError:

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from pathlib import Path
 
 import openai
 import pytest
+import yaml
 
 from gateway.finetune.checkpoints import CHECKPOINT
 from gateway.finetune.trainer import SCRIPT
 from tests.integration.finetune_stack import (
+    BASE,
     TRAINED,
+    finetune_stack,
     ft_fixture,
     new_job,
     reading_its_run,
@@ -25,6 +29,7 @@ from tests.integration.finetune_stack import (
     trainer,
 )
 from tests.integration.tenant_stack import TenantStack
+from tests.support.cli import llmaas
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -156,3 +161,46 @@ async def test_a_job_that_fails_after_a_stop_says_it_trained_nothing_billed(
     assert (ended.status, ended.trained_tokens) == ("failed", None)
     assert (await client.fine_tuning.jobs.retrieve(job_id)).trained_tokens is None
     assert not kept.exists()
+
+
+async def test_a_hangup_stops_the_trainer_command_as_a_sigterm_does(tmp_path: Path) -> None:
+    """Found by review: `llmaas trainer` kept SIGHUP's default action, so a terminal's hangup
+    (a closed ssh session) killed it outright: its run was cut (the parent-death signal) with no
+    checkpoint, and the job, left `running`, was failed as lost once its heartbeat was overdue.
+    A hangup stops it as SIGTERM and Ctrl-C do: a checkpoint, and the job queued again."""
+    async with finetune_stack(tmp_path / "stack") as ft:  # (its own queue: no other job in it)
+        client, _, job_id = await new_job(ft, "hangup")
+        kept = ft.root / "files" / "hangup" / f"{job_id}.checkpoint" / CHECKPOINT
+        child = stand_in(tmp_path / "child", on_pause=True, checkpoint=kept)
+        where = ft.redis.connection_pool.connection_kwargs
+        config = tmp_path / "trainer.yaml"
+        settings = {
+            "dev_mode": True,  # (no admin token nor key pepper: the trainer serves no one)
+            "redis_url": f"redis://{where['host']}:{where['port']}/0",
+            "files": {"dir": str(ft.root / "files")},
+            "fine_tuning": {
+                "base_models": {BASE: str(ft.root / "weights")},
+                "trainer_python": str(child),
+            },
+        }
+        config.write_text(yaml.safe_dump(settings))
+        log = tmp_path / "trainer.log"
+        with log.open("wb") as said:
+            trainer = await asyncio.create_subprocess_exec(
+                llmaas(), "trainer", "--config", str(config), stderr=said
+            )
+        try:
+            try:
+                await reading_its_run(ft, "hangup", job_id, tmp_path / "child")
+            except TimeoutError:
+                pytest.fail(f"the trainer never ran the job; it said:\n{log.read_text()}")
+            trainer.send_signal(signal.SIGHUP)
+            stopped = await asyncio.wait_for(trainer.wait(), 30)
+        finally:
+            if trainer.returncode is None:
+                trainer.kill()
+                await trainer.wait()
+        job = await client.fine_tuning.jobs.retrieve(job_id)
+    assert stopped == 0, stopped  # (a SIGHUP's default action: -1)
+    assert (job.status, job.error) == ("queued", None)
+    assert kept.is_file()  # asked to pause (SIGUSR1), as at a SIGTERM
