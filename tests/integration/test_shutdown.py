@@ -15,15 +15,13 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import orjson
 import pytest
-from redis.asyncio import Redis
 
 from gateway.embedded.redis_server import running_redis
-from gateway.metering.ledger import log_key
 from gateway.metering.record import UsageRecord
 from gateway.metering.spill import count_lines
 from gateway.sim.config import SimConfig
@@ -37,6 +35,7 @@ from tests.support.gateways import (
     tenant_key,
 )
 from tests.support.redis_control import redis_proxy
+from tests.support.usage_records import ledger_records
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -135,14 +134,7 @@ def cut_with_an_error_frame(text: str) -> bool:
 
 
 async def records(redis_url: str) -> list[UsageRecord]:
-    redis = Redis.from_url(redis_url)
-    try:
-        entries = cast(
-            "list[tuple[bytes, dict[bytes, bytes]]]", await redis.xrange(log_key(TENANT))
-        )
-    finally:
-        await redis.aclose()
-    return [UsageRecord.from_fields(fields) for _, fields in entries]
+    return await ledger_records(redis_url, TENANT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +201,28 @@ def tokens_by_kind(billed: list[UsageRecord]) -> dict[str, Any]:
     }
 
 
+def draining(log: Path) -> int:
+    """How many gateway processes have begun to drain, by their log lines."""
+    said = [orjson.loads(line)["msg"] for line in log.read_bytes().splitlines()]
+    return sum(1 for message in said if str(message).startswith("draining: "))
+
+
+async def draining_everywhere(f: Fleet, processes: int, log: Path) -> Any:
+    """Once /readyz says draining and each of the gateway's `processes` has begun to drain
+    (the supervisor relays the signal: one worker's 503 came while the other, holding a test's
+    kept-alive connection, still served, under load in CI): /readyz's body."""
+    async with asyncio.timeout(30):
+        while True:  # the signal is handled between two bytecodes: soon, not at once
+            async with f.http.get(f"{f.gw.url}/readyz") as resp:
+                if resp.status == 503:
+                    ready = await resp.json()
+                    break
+            await asyncio.sleep(0.02)
+        while draining(log) < processes:  # noqa: ASYNC110 (a log file: no event)
+            await asyncio.sleep(0.02)
+    return ready
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 async def test_draining_refuses_cleanly_then_cuts_at_the_grace_and_bills_all(
     tmp_path: Path, workers: str
@@ -225,13 +239,7 @@ async def test_draining_refuses_cleanly_then_cuts_at_the_grace_and_bills_all(
             loop = asyncio.get_running_loop()
             signalled = loop.time()
             f.gw.process.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(30):
-                while True:  # the signal is handled between two bytecodes: soon, not at once
-                    async with f.http.get(f"{f.gw.url}/readyz") as resp:
-                        if resp.status == 503:
-                            ready = await resp.json()
-                            break
-                    await asyncio.sleep(0.02)
+            ready = await draining_everywhere(f, int(workers), tmp_path / "gw.log")
             refused = await exchange(reader, writer, post_chat(f.key))
             closed = await asyncio.wait_for(reader.read(), 30)  # the server ends the connection
         finally:
