@@ -9,15 +9,13 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import openai
 import pytest_asyncio
-from redis.asyncio import Redis
 
 from gateway.app import create_app
-from gateway.metering.ledger import log_key
 from gateway.metering.record import UsageRecord
 from gateway.settings import Settings
 from gateway.sim.config import SimConfig
@@ -26,6 +24,7 @@ from tests.integration.sim_fixture import running_sim
 from tests.support.gateways import ADMIN_TOKEN, OPS, PEPPER, admin_request
 from tests.support.redis_control import RedisProxy, RestartableRedis, redis_proxy
 from tests.support.servers import serve_asgi
+from tests.support.usage_records import ledger_records
 
 TOKENS = 8  # the simulator's completion length
 
@@ -50,14 +49,7 @@ class Meter:
 
     async def records(self, tenant: str) -> list[UsageRecord]:
         """Straight from Redis (not through the proxy, not through the API)."""
-        redis = Redis.from_url(self.redis_server.url)
-        try:
-            entries = cast(
-                "list[tuple[bytes, dict[bytes, bytes]]]", await redis.xrange(log_key(tenant))
-            )
-        finally:
-            await redis.aclose()
-        return [UsageRecord.from_fields(fields) for _, fields in entries]
+        return await ledger_records(self.redis_server.url, tenant)
 
     async def wait_records(
         self, tenant: str, count: int, timeout_s: float = 15.0

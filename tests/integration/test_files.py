@@ -741,6 +741,28 @@ async def test_an_upload_whose_record_is_unknown_keeps_its_bytes_and_is_not_retr
         assert (await client.files.content(listed.id)).read() == DATASET
 
 
+async def _filling_the_last_slot(
+    stack: TenantStack, tenant: str, boundary: str, *, delay_s: float
+) -> AsyncIterator[bytes]:
+    """An upload's body (multipart, `boundary`) of `tenant`, who has 1 file of 2: half of it,
+    then, once its part is on disk, another file takes the last slot (so its record's script
+    stores nothing) and Redis's replies to scripts come `delay_s` late; then the rest."""
+    directory = stack.root / "store" / tenant
+    yield (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n'
+        f"user_data\r\n--{boundary}\r\nContent-Disposition: form-data; "
+        'name="file"; filename="a.txt"\r\nContent-Type: text/plain\r\n\r\n'
+        "first half "
+    ).encode()
+    async with asyncio.timeout(10):  # counted and under way: its part is written
+        while not list(directory.glob(".*.part")):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    await stack.redis.zadd(index_key(tenant), {"file-x": 1})  # (now 2 of 2)
+    assert stack.proxy is not None
+    stack.proxy.set_mode("delay", delay_s=delay_s)
+    yield f"second half\r\n--{boundary}--\r\n".encode()
+
+
 async def test_an_upload_whose_record_stays_unknown_and_was_never_listed_leaves_nothing(
     tmp_path: Path,
 ) -> None:
@@ -756,21 +778,7 @@ async def test_an_upload_whose_record_stays_unknown_and_was_never_listed_leaves_
         client = stack.client(key)
         first = await client.files.create(file=("first.txt", b"1"), purpose="user_data")
         boundary = "unknownunknown"
-        directory = tmp_path / "store" / "never-listed"
-
-        async def body() -> AsyncIterator[bytes]:
-            yield (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n'
-                f"user_data\r\n--{boundary}\r\nContent-Disposition: form-data; "
-                'name="file"; filename="a.txt"\r\nContent-Type: text/plain\r\n\r\n'
-                "first half "
-            ).encode()
-            async with asyncio.timeout(10):  # counted and under way: its part is written
-                while not list(directory.glob(".*.part")):  # noqa: ASYNC110
-                    await asyncio.sleep(0.05)
-            await stack.redis.zadd(index_key("never-listed"), {"file-x": 1})  # (now 2 of 2)
-            proxy.set_mode("delay", delay_s=30.0)
-            yield f"second half\r\n--{boundary}--\r\n".encode()
+        body = _filling_the_last_slot(stack, "never-listed", boundary, delay_s=30.0)
 
         async def cut_once_written() -> None:
             while not proxy.delayed:  # noqa: ASYNC110 (the script went by: it runs)
@@ -785,7 +793,7 @@ async def test_an_upload_whose_record_stays_unknown_and_was_never_listed_leaves_
         cutting = asyncio.create_task(cut_once_written())
         try:
             async with stack.http.post(
-                f"{stack.gateway}/v1/files", data=body(), headers=headers
+                f"{stack.gateway}/v1/files", data=body, headers=headers
             ) as resp:
                 assert resp.status == 503, await resp.text()
                 assert "may have been stored" in (await resp.json())["error"]["message"]
@@ -809,21 +817,7 @@ async def test_an_upload_whose_record_was_not_written_leaves_nothing(tmp_path: P
         client = stack.client(key)
         first = await client.files.create(file=("first.txt", b"1"), purpose="user_data")
         boundary = "latelate"
-        directory = tmp_path / "store" / "no-record"
-
-        async def body() -> AsyncIterator[bytes]:
-            yield (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n'
-                f"user_data\r\n--{boundary}\r\nContent-Disposition: form-data; "
-                'name="file"; filename="a.txt"\r\nContent-Type: text/plain\r\n\r\n'
-                "first half "
-            ).encode()
-            async with asyncio.timeout(10):  # counted and under way: its part is written
-                while not list(directory.glob(".*.part")):  # noqa: ASYNC110
-                    await asyncio.sleep(0.05)
-            await stack.redis.zadd(index_key("no-record"), {"file-x": 1})  # (now 2 of 2)
-            stack.proxy.set_mode("delay", delay_s=2.0)  # type: ignore[union-attr]
-            yield f"second half\r\n--{boundary}--\r\n".encode()
+        body = _filling_the_last_slot(stack, "no-record", boundary, delay_s=2.0)
 
         headers = {
             "authorization": f"Bearer {key}",
@@ -831,7 +825,7 @@ async def test_an_upload_whose_record_was_not_written_leaves_nothing(tmp_path: P
         }
         try:
             async with stack.http.post(
-                f"{stack.gateway}/v1/files", data=body(), headers=headers
+                f"{stack.gateway}/v1/files", data=body, headers=headers
             ) as resp:
                 assert resp.status == 503, await resp.text()
         finally:

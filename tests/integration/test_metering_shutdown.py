@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import pytest
@@ -18,13 +18,13 @@ from redis.asyncio import Redis
 from gateway.auth.store import CHANNEL
 from gateway.embedded.redis_server import running_redis
 from gateway.metering.ledger import log_key
-from gateway.metering.record import UsageRecord
 from gateway.metering.spill import count_lines
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import MODEL
 from tests.integration.sim_fixture import running_sim, sim_state
 from tests.support.gateways import gateway_process, shared_config, tenant_key
 from tests.support.redis_control import RedisProxy, redis_proxy
+from tests.support.usage_records import ledger_records
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -243,17 +243,6 @@ async def test_a_ctrl_c_while_the_usage_flush_waits_on_redis_cuts_it_short(
         assert sum(count_lines(f) for f in spilled) == 3
 
 
-async def _records(redis_url: str, tenant: str) -> list[UsageRecord]:
-    redis = Redis.from_url(redis_url)
-    try:
-        entries = cast(
-            "list[tuple[bytes, dict[bytes, bytes]]]", await redis.xrange(log_key(tenant))
-        )
-    finally:
-        await redis.aclose()
-    return [UsageRecord.from_fields(fields) for _, fields in entries]
-
-
 async def test_a_stream_uvicorn_cancels_at_the_end_is_billed_what_it_carried(
     tmp_path: Path,
 ) -> None:
@@ -289,6 +278,6 @@ async def test_a_stream_uvicorn_cancels_at_the_end_is_billed_what_it_carried(
                 gw.process.send_signal(signal.SIGTERM)  # the grace ends with the stream's end
                 # unwritten; uvicorn cancels it ANSWER_END_S later
                 await asyncio.wait_for(gw.process.wait(), 30)
-        [record] = await _records(redis_url, "unread")
+        [record] = await ledger_records(redis_url, "unread")
     assert (record.outcome, record.status) == ("gateway_shutdown", 200)  # it did not leave
     assert record.completion_tokens > 1000, record  # (the buffers hold far more than that)
