@@ -265,14 +265,20 @@ async def test_up_refuses_ports_it_cannot_use_before_preparing_anything(
     assert not (tmp_path / "home").exists()
 
 
+def open_gateway_config(tmp_path: Path, sim: str) -> Path:
+    """A config file of a gateway without keys in front of the simulator `sim` (model m)."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"admin_token: {ADMIN_TOKEN}\nauth: {{required: false}}\n"
+        f"metering: {{spill_dir: {tmp_path / 'spill'}}}\n"
+        f"models:\n  - name: m\n    engines: [{sim}]\n"
+    )
+    return config
+
+
 async def test_serve_runs_a_gateway_in_front_of_an_engine(tmp_path: Path) -> None:
     async with running_sim(SimConfig(models=["m"], max_tokens=3)) as sim:
-        config = tmp_path / "gateway.yaml"
-        config.write_text(
-            f"admin_token: {ADMIN_TOKEN}\nauth: {{required: false}}\n"
-            f"metering: {{spill_dir: {tmp_path / 'spill'}}}\n"
-            f"models:\n  - name: m\n    engines: [{sim}]\n"
-        )
+        config = open_gateway_config(tmp_path, sim)
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         serve = ("serve", "--config", str(config), "--port", str(port))
@@ -368,12 +374,7 @@ async def test_serve_outlives_a_sighup_before_it_listens(tmp_path: Path) -> None
     """Found by review: `llmaas serve` ignored SIGHUP only once run_server began, after a second
     or more of imports: a terminal's hangup or a `systemctl reload` meanwhile killed it."""
     async with running_sim(SimConfig(models=["m"], max_tokens=3)) as sim:
-        config = tmp_path / "gateway.yaml"
-        config.write_text(
-            f"admin_token: {ADMIN_TOKEN}\nauth: {{required: false}}\n"
-            f"metering: {{spill_dir: {tmp_path / 'spill'}}}\n"
-            f"models:\n  - name: m\n    engines: [{sim}]\n"
-        )
+        config = open_gateway_config(tmp_path, sim)
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         serve = ("serve", "--config", str(config), "--port", str(port))
