@@ -347,3 +347,18 @@ def _schema_fields(node: dict[str, Any], root: dict[str, Any], prefix: str = "")
         else:
             fields.add(prefix + name)
     return fields
+
+
+def test_an_ipv6_only_cluster_has_the_gateway_and_engines_listen_on_ipv6(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Known since 2026-12-05: the gateway and the engines listened on 0.0.0.0 alone, so on an
+    IPv6-only cluster the probes and the Services reached their pods at an address nobody
+    listened on. `listenAddress: "::"` (the default stays 0.0.0.0); nothing else is taken."""
+    rendered = render_values_as({"listenAddress": "::"})
+    assert _load(rendered, tmp_path, monkeypatch).host == "::"
+    assert rendered.engines()
+    for engine in rendered.engines():
+        assert arg_after(container(engine)["args"], "--host") == "::"
+    with pytest.raises(helm.HelmValuesError, match="listenAddress"):
+        render_values({"listenAddress": "localhost"})

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from redis.asyncio import Redis
 
 from gateway.embedded.redis_server import running_redis
+from gateway.netutil import free_port, wait_http_ok
 from gateway.sim.config import SimConfig
 from tests.integration.sim_fixture import running_sim_process
 from tests.support.cli import llmaas
@@ -98,6 +99,26 @@ async def test_idle_client_connections_close_after_keep_alive_s(tmp_path: Path) 
         finally:
             for _, writer in conns:
                 writer.close()
+
+
+async def test_a_gateway_on_the_ipv6_any_address_answers_ipv6_clients(tmp_path: Path) -> None:
+    """`host: "::"`, what the chart's `listenAddress` gives on an IPv6-only cluster (IPv6
+    only: asyncio's servers set IPV6_V6ONLY)."""
+    config = tmp_path / "gw.yaml"
+    spill = tmp_path / "spill"
+    config.write_text(
+        "access_log: false\nadmin_token: serve-cli-admin-token\nauth: {required: false}\n"
+        f'host: "::"\nmetering: {{spill_dir: {spill}}}\n'
+    )
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *serve_command(config, "--port", str(port)), stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        await wait_http_ok(f"http://[::1]:{port}/healthz", timeout_s=30)
+    finally:
+        proc.terminate()
+        await proc.wait()
 
 
 async def closed_by_server(reader: asyncio.StreamReader, within_s: float) -> bool:

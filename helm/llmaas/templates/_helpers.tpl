@@ -267,7 +267,7 @@ name in it is kept. */}}
 {{/* The gateway's config file (configs/gateway.yaml's shape), from gateway.config and the engines. */}}
 {{- define "llmaas.gateway.config" -}}
 {{- $config := deepCopy .Values.gateway.config -}}
-{{- $_ := set $config "host" "0.0.0.0" -}}
+{{- $_ := set $config "host" .Values.listenAddress -}}
 {{- $_ := set $config "port" 8080 -}}
 {{- $models := list -}}
 {{- $pools := dict -}}
