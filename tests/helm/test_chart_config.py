@@ -357,6 +357,10 @@ def test_an_ipv6_only_cluster_has_the_gateway_and_engines_listen_on_ipv6(
     listened on. `listenAddress: "::"` (the default stays 0.0.0.0); nothing else is taken."""
     rendered = render_values_as({"listenAddress": "::"})
     assert _load(rendered, tmp_path, monkeypatch).host == "::"
+    # The image sets LLMAAS_HOST=0.0.0.0, which beats the config file: the container's own
+    # environment, which beats the image's, says it again.
+    assert "LLMAAS_HOST=0.0.0.0" in (CHART.parents[1] / "Dockerfile").read_text()
+    assert env_of(rendered.gateway())["LLMAAS_HOST"]["value"] == "::"
     assert rendered.engines()
     for engine in rendered.engines():
         assert arg_after(container(engine)["args"], "--host") == "::"
