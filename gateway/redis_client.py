@@ -26,6 +26,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, RedisError
 
+from gateway.limits.failures import classify
+
 
 def pack_command(*args: Any) -> list[bytes]:
     """One command in RESP, as redis-py's `pack_command` would produce it."""
@@ -120,6 +122,18 @@ async def read_back(read: Callable[[], Awaitable[_T]]) -> _T:
             if loop.time() + READ_BACK_EVERY_S > deadline:
                 raise
             await asyncio.sleep(READ_BACK_EVERY_S)
+
+
+async def landed(exc: BaseException, holds: Callable[[], Awaitable[bool]]) -> bool:
+    """Whether a write that raised `exc` ran all the same: its reply came late or was lost
+    (classify: it may have run) and `holds`, read once Redis answers (read_back), says Redis
+    holds what it wrote. False while Redis stays away: the caller's 503 stands."""
+    if not classify(exc).may_have_run:
+        return False
+    try:
+        return await read_back(holds)
+    except REDIS_FAILURES:
+        return False
 
 
 def redis_error(exc: BaseException) -> str:

@@ -21,8 +21,7 @@ from redis.asyncio import Redis
 
 from gateway.auth.records import KeyRecord, TenantRecord
 from gateway.errors import InvalidRequest, NotFound
-from gateway.limits.failures import classify
-from gateway.redis_client import REDIS_FAILURES, read_back
+from gateway.redis_client import REDIS_FAILURES, landed
 from gateway.redis_pages import AfterNotFound, IndexPages
 
 CHANNEL = "llmaas:auth:invalidate"
@@ -114,16 +113,13 @@ class AuthStore:
         return None if stored is None else (TenantRecord.model_validate_json(stored), stored)
 
     async def _landed(self, exc: BaseException, name: str, written: bytes) -> bool:
-        """Whether a write of `written` to `name` that raised `exc` ran all the same: its reply
-        came late or was lost, and `name` holds it (a 503 "try again" would be a lie)."""
-        return classify(exc).may_have_run and await self._holds(name, written)
+        """Whether a write of `written` to `name` that raised `exc` ran all the same
+        (redis_client.landed: a 503 "try again" would be a lie)."""
 
-    async def _holds(self, name: str, written: bytes) -> bool:
-        """Whether `name` holds `written`, read once Redis answers (redis_client.read_back)."""
-        try:
-            return await read_back(lambda: self._stored(name)) == written
-        except REDIS_FAILURES:
-            return False
+        async def holds() -> bool:
+            return await self._stored(name) == written
+
+        return await landed(exc, holds)
 
     async def _stored(self, name: str) -> bytes | None:
         """A record's JSON as stored: the bytes a compare-and-set script compares."""

@@ -22,8 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
 from gateway.finetune.jobs import FINAL, Event, Job, Status
-from gateway.limits.failures import classify
-from gateway.redis_client import REDIS_FAILURES, read_back
+from gateway.redis_client import REDIS_FAILURES, landed
 from gateway.redis_pages import IndexPages
 
 log = logging.getLogger("llmaas.finetune")
@@ -111,15 +110,13 @@ class JobStore:
             )
 
     async def _stored_all_the_same(self, exc: BaseException, job: Job) -> bool:
-        """Whether the transaction storing `job`, which raised `exc`, ran: its reply came late
-        or was lost, and the job's record is there once Redis answers (its id is new: only
-        this write makes it)."""
-        if not classify(exc).may_have_run:
-            return False
-        try:
-            return bool(await read_back(lambda: self.redis.exists(job_key(job.tenant, job.id))))
-        except REDIS_FAILURES:
-            return False
+        """Whether the transaction storing `job`, which raised `exc`, ran all the same
+        (redis_client.landed): its record is there (its id is new: only this write makes it)."""
+
+        async def stored() -> bool:
+            return bool(await self.redis.exists(job_key(job.tenant, job.id)))
+
+        return await landed(exc, stored)
 
     async def queue_stranded(self, now_ms: int) -> int:
         """Queue the jobs whose creation stopped between being stored and being queued (past
