@@ -21,6 +21,7 @@ from gateway.sim.config import SimConfig
 from tests.integration.sim_fixture import running_sim
 from tests.support.cli import llmaas, run_cli
 from tests.support.gateways import ADMIN_TOKEN
+from tests.support.processes import process_running
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -412,13 +413,6 @@ def engine_venv_that_converts_for_good(home: Path) -> Path:
     return pid_file
 
 
-def alive(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="watches the process in /proc (Linux)")
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
 async def test_up_outlives_a_sighup_while_it_prepares_and_a_stop_takes_its_steps_along(
@@ -446,18 +440,18 @@ async def test_up_outlives_a_sighup_while_it_prepares_and_a_stop_takes_its_steps
         proc.send_signal(signal.SIGHUP)  # while it prepares
         await asyncio.sleep(0.5)
         assert proc.returncode is None
-        assert all(alive(pid) for pid in steps)
+        assert all(process_running(pid) for pid in steps)
         proc.send_signal(stop)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
         async with asyncio.timeout(30):  # a hang check: the orphans never stopped
-            while any(alive(pid) for pid in steps):  # noqa: ASYNC110 (no event: /proc)
+            while any(process_running(pid) for pid in steps):  # noqa: ASYNC110 (no event: /proc)
                 await asyncio.sleep(0.05)
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
         for pid in steps:
-            if alive(pid):
+            if process_running(pid):
                 os.kill(pid, signal.SIGKILL)
     assert proc.returncode == (-signal.SIGTERM if stop == signal.SIGTERM else 0)
     assert err.decode().rstrip().endswith("stopped."), err  # no traceback

@@ -34,6 +34,8 @@ from tests.support.gateways import (
     shared_config,
     tenant_key,
 )
+from tests.support.logs import logged_messages
+from tests.support.processes import process_running
 from tests.support.redis_control import redis_proxy
 from tests.support.usage_records import ledger_records
 
@@ -203,8 +205,7 @@ def tokens_by_kind(billed: list[UsageRecord]) -> dict[str, Any]:
 
 def draining(log: Path) -> int:
     """How many gateway processes have begun to drain, by their log lines."""
-    said = [orjson.loads(line)["msg"] for line in log.read_bytes().splitlines()]
-    return sum(1 for message in said if str(message).startswith("draining: "))
+    return sum(1 for message in logged_messages(log) if message.startswith("draining: "))
 
 
 async def draining_everywhere(f: Fleet, processes: int, log: Path) -> Any:
@@ -394,13 +395,6 @@ def worker_pids(supervisor: int) -> list[int]:
     return pids
 
 
-def running(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers in /proc (Linux)")
 async def test_workers_of_a_supervisor_killed_outright_drain_and_stop(tmp_path: Path) -> None:
     """`llmaas serve --workers 2` whose supervisor is SIGKILLed (the OOM killer, an operator's
@@ -417,14 +411,14 @@ async def test_workers_of_a_supervisor_killed_outright_drain_and_stop(tmp_path: 
             await f.gw.process.wait()
             text = await asyncio.wait_for(task, 30)
             async with asyncio.timeout(30):
-                while any(running(pid) for pid in workers):  # noqa: ASYNC110 (no event: /proc)
+                while any(process_running(pid) for pid in workers):  # noqa: ASYNC110 (no event: /proc)
                     await asyncio.sleep(0.05)
             with pytest.raises(aiohttp.ClientConnectionError):
                 await f.http.get(f"{f.gw.url}/healthz")
             billed = await records(f.redis_url)
         finally:
             for pid in workers:  # the old code's orphans: never left running
-                if running(pid):
+                if process_running(pid):
                     os.kill(pid, signal.SIGKILL)
     assert text.endswith(DONE)
     assert [(r.outcome, r.completion_tokens) for r in billed] == [("ok", 20)]
@@ -444,11 +438,11 @@ async def replacing_workers(f: Fleet) -> AsyncIterator[set[int]]:
         f.gw.process.send_signal(signal.SIGKILL)
         await f.gw.process.wait()
         async with asyncio.timeout(30):
-            while any(running(pid) for pid in workers):  # noqa: ASYNC110 (no event: /proc)
+            while any(process_running(pid) for pid in workers):  # noqa: ASYNC110 (no event: /proc)
                 await asyncio.sleep(0.05)
     finally:
         for pid in workers:
-            if running(pid):
+            if process_running(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -456,7 +450,7 @@ async def replaced(f: Fleet, workers: set[int], gone: set[int], timeout_s: float
     """Until two workers run and none of `gone` is among them; each seen joins `workers`."""
     async with asyncio.timeout(timeout_s):
         while True:
-            alive = {pid for pid in worker_pids(f.gw.process.pid) if running(pid)}
+            alive = {pid for pid in worker_pids(f.gw.process.pid) if process_running(pid)}
             workers |= alive
             if len(alive) == 2 and not alive & gone:
                 return
@@ -564,7 +558,7 @@ def gauge_pids(metrics: Path) -> set[int]:
 
 
 def alive_workers(f: Fleet) -> set[int]:
-    return {pid for pid in worker_pids(f.gw.process.pid) if running(pid)}
+    return {pid for pid in worker_pids(f.gw.process.pid) if process_running(pid)}
 
 
 async def workers_become(f: Fleet, count: int) -> set[int]:
@@ -601,7 +595,7 @@ async def test_sigttou_forgets_the_worker_it_stops_and_sigttin_adds_a_draining_o
                 await asyncio.sleep(0.1)
         f.gw.process.send_signal(signal.SIGTTIN)
         workers.update(await workers_become(f, 2))  # (each must stop with the supervisor)
-    said = [orjson.loads(line)["msg"] for line in (tmp_path / "gw.log").read_bytes().splitlines()]
+    said = logged_messages(tmp_path / "gw.log")
     assert [m for m in said if m.startswith("SIGTT")] == [
         "SIGTTOU: one worker fewer (1)",
         "SIGTTIN: one worker more (2)",
@@ -626,7 +620,7 @@ async def test_a_worker_slow_to_answer_its_health_check_is_not_killed(tmp_path: 
                 os.kill(slow, signal.SIGCONT)
         await asyncio.sleep(1)  # (the supervisor's next round of checks)
         assert alive_workers(f) == workers
-    said = [orjson.loads(line)["msg"] for line in (tmp_path / "gw.log").read_bytes().splitlines()]
+    said = logged_messages(tmp_path / "gw.log")
     assert not [m for m in said if m.startswith("worker ")], said
 
 
@@ -634,8 +628,7 @@ async def logged_line(log: Path, start: str) -> str:
     """The first JSON line of `log` whose message starts with `start`, once it is there."""
     async with asyncio.timeout(30):
         while True:
-            for line in (await asyncio.to_thread(log.read_bytes)).splitlines():
-                message = str(orjson.loads(line)["msg"])
+            for message in await asyncio.to_thread(logged_messages, log):
                 if message.startswith(start):
                     return message
             await asyncio.sleep(0.1)
@@ -674,7 +667,7 @@ async def test_a_config_file_gone_bad_is_taken_neither_by_a_replacement_nor_at_s
     assert refused.endswith("; no worker restarted"), refused
     text = log.read_text()
     assert "hush-hush" not in text
-    said = [orjson.loads(line)["msg"] for line in log.read_bytes().splitlines()]  # all JSON
+    said = logged_messages(log)  # all JSON
     deaths = [m for m in said if m.startswith("worker ")]
     assert deaths == [f"worker {killed} was killed by SIGKILL: starting another"], deaths
 
@@ -800,7 +793,7 @@ async def test_a_sigterm_is_not_held_behind_a_silent_workers_health_check(tmp_pa
         finally:
             os.kill(silent, signal.SIGCONT)  # (it drains too, and the supervisor ends)
         assert await asyncio.wait_for(f.gw.process.wait(), 30) == STOPPED_BY_SIGTERM
-    said = [orjson.loads(line)["msg"] for line in (tmp_path / "gw.log").read_bytes().splitlines()]
+    said = logged_messages(tmp_path / "gw.log")
     assert not [m for m in said if m.startswith("worker ")], said  # none killed, none started
 
 
@@ -820,13 +813,13 @@ async def test_a_worker_that_does_not_stop_is_killed_and_the_supervisor_exits(
             f.gw.process.send_signal(signal.SIGTERM)
             # a hang check, not a timing: the old supervisor never exited
             exit_code = await asyncio.wait_for(f.gw.process.wait(), 60)
-            gone = not running(hung)
+            gone = not process_running(hung)
         finally:
-            if running(hung):
+            if process_running(hung):
                 os.kill(hung, signal.SIGKILL)
     assert exit_code == STOPPED_BY_SIGTERM
     assert gone
-    said = [orjson.loads(line)["msg"] for line in (tmp_path / "gw.log").read_bytes().splitlines()]
+    said = logged_messages(tmp_path / "gw.log")
     killed = [m for m in said if m.startswith("worker ")]
     assert len(killed) == 1, said
     assert re.fullmatch(rf"worker {hung} killed: did not stop within \d+s", killed[0]), killed
@@ -873,7 +866,7 @@ async def test_a_reload_that_lengthens_the_usage_flush_is_waited_for_at_the_stop
                         assert resp.status == 200
                 gw.process.send_signal(signal.SIGTERM)
                 assert await asyncio.wait_for(gw.process.wait(), 90) == STOPPED_BY_SIGTERM
-    said = [orjson.loads(line)["msg"] for line in log.read_bytes().splitlines()]
+    said = logged_messages(log)
     assert not [m for m in said if " killed: " in m], said
     spilled = list((tmp_path / "spill").glob("*.jsonl"))
     assert sum(count_lines(f) for f in spilled) == 4  # every record, spilled after 12 s
@@ -907,14 +900,14 @@ async def test_a_worker_that_dies_while_one_retired_at_sigttou_drains_is_replace
         await logged_line(tmp_path / "gw.log", "draining: ")  # the retired worker's
         os.kill(kept, signal.SIGKILL)
         async with asyncio.timeout(60):  # until a replacement runs, or the retired worker ends
-            while not (alive_workers(f) - {kept, retired}) and running(retired):  # noqa: ASYNC110
+            while not (alive_workers(f) - {kept, retired}) and process_running(retired):  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
-        draining = running(retired)
+        draining = process_running(retired)
         replacements = alive_workers(f) - {kept, retired}
         for task in tasks:  # (the drain ends with the streams)
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     assert replacements, "the killed worker was never replaced"
     assert draining, "the killed worker was replaced only once the retired one had drained"
-    said = [orjson.loads(line)["msg"] for line in (tmp_path / "gw.log").read_bytes().splitlines()]
+    said = logged_messages(tmp_path / "gw.log")
     assert f"worker {kept} was killed by SIGKILL: starting another" in said, said

@@ -1,4 +1,5 @@
-"""Collect the gateway's log records in a test."""
+"""The gateway's log records in a test: collected in this process, or read from the JSON lines
+a gateway process wrote to a file."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+import orjson
 
 
 class Collect(logging.Handler):
@@ -36,3 +40,8 @@ def collected(logger_name: str = "llmaas") -> Iterator[Collect]:
         yield collect
     finally:
         logger.removeHandler(collect)
+
+
+def logged_messages(log: Path) -> list[str]:
+    """The messages of the JSON lines a gateway process wrote to `log` (its stderr)."""
+    return [str(orjson.loads(line)["msg"]) for line in log.read_bytes().splitlines()]
