@@ -104,10 +104,17 @@ def soak_goals(figures: soak.Figures) -> list[Goal]:
         Goal(
             f"soak {minutes:.0f} min: open descriptors",
             "no growth",
-            f"{fds:+d}, {figures.leases} leases left",
+            f"{fds:+d}{_kinds(figures)}, {figures.leases} leases left",
             fds <= 0 and figures.leases == 0,
         ),
     ]
+
+
+def _kinds(figures: soak.Figures) -> str:
+    """` (to 127.0.0.1:6379 ESTABLISHED 3 -> 4)`: which descriptors came or went."""
+    changed = figures.fd_kinds_changed
+    shown = "; ".join(f"{kind} {start} -> {end}" for kind, (start, end) in changed.items())
+    return f" ({shown})" if shown else ""
 
 
 def table(goals: list[Goal]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import statistics
 import sys
@@ -68,6 +69,50 @@ class Server:
     def open_fds(self) -> int:
         """File descriptors open now (sockets among them): what a connection leak grows."""
         return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def fd_targets(self) -> dict[int, str]:
+        """Each descriptor open now and what it is: a path, a pipe, or a TCP socket's two ends
+        and state, so that a descriptor more at the end of a run names its cause (a
+        connection to Redis, to an engine, from a client)."""
+        sockets = tcp_sockets(self.pid)
+        targets: dict[int, str] = {}
+        folder = Path(f"/proc/{self.pid}/fd")
+        for entry in folder.iterdir():
+            try:
+                target = os.readlink(entry)
+            except FileNotFoundError:
+                continue  # closed between the listing and the read
+            inode = target.removeprefix("socket:[").removesuffix("]")
+            targets[int(entry.name)] = sockets.get(inode, target)
+        return targets
+
+
+TCP_STATES = {"01": "ESTABLISHED", "06": "TIME_WAIT", "08": "CLOSE_WAIT", "0A": "LISTEN"}
+
+
+def tcp_sockets(pid: int) -> dict[str, str]:
+    """The TCP sockets of the process's network namespace by inode: `tcp LOCAL -> REMOTE
+    STATE` (Linux /proc/PID/net/tcp and tcp6)."""
+    sockets: dict[str, str] = {}
+    for table in ("tcp", "tcp6"):
+        lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        for line in lines:
+            cols = line.split()
+            local, remote, state, inode = cols[1], cols[2], cols[3], cols[9]
+            named = TCP_STATES.get(state, f"state {state}")
+            sockets[inode] = f"tcp {_address(local)} -> {_address(remote)} {named}"
+    return sockets
+
+
+def _address(hex_address: str) -> str:
+    """`0100007F:1F90` (the kernel's little-endian words) as `127.0.0.1:8080`."""
+    host, port = hex_address.split(":")
+    raw = b"".join(bytes.fromhex(host[i : i + 8])[::-1] for i in range(0, len(host), 8))
+    ip = ipaddress.ip_address(raw)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    shown = f"[{ip}]" if ip.version == 6 else str(ip)
+    return f"{shown}:{int(port, 16)}"
 
 
 @asynccontextmanager

@@ -6,12 +6,17 @@
 The gateway (one process) with Redis, an API key with rpm, tpm and concurrency limits far too
 high to refuse, and the usage ledger, in front of the simulator (a small per-token delay, so
 streams last a while). `--concurrency` clients keep sending, in a fixed cycle of ten:
-five non-streaming requests, four streams read to `[DONE]`, and one stream dropped by the
-client after its second content frame. After `--warmup` seconds, then every `--sample-every`
-seconds, and once more after the load stops and a settle pause, the gateway's resident memory
-(VmRSS) and open file descriptors are sampled. At the end, the concurrency leases still held in
-Redis (members of the `llmaas:{t:…}:leases` sorted sets, key and tenant scope) and the
-gateway's in-flight gauge: both should be 0 once every request has been settled.
+five non-streaming requests, four streams read to `[DONE]`, and one stream dropped by the client
+after its second content frame. After `--warmup` seconds the load pauses, its clients' connections
+closed, and after `--settle` seconds (7: longer than the engine's 5 s keep-alive, so that the
+gateway's idle connections to it are closed too) the gateway is sampled at rest; then, the load
+on again, every `--sample-every` seconds, and once more at rest after the load stops and the
+same pause. A sample is the gateway's resident memory (VmRSS) and its open file descriptors,
+these also by kind (connections from clients, to Redis, to the engine, pipes, files): a kind
+whose count differs between the first and the last sample is printed, so that a descriptor more
+names its cause. At the end, the concurrency leases still held in Redis (members of the
+`llmaas:{t:…}:leases` sorted sets, key and tenant scope) and the gateway's in-flight gauge: both
+should be 0 once every request has been settled.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ import re
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -47,7 +54,7 @@ class Options:
     concurrency: int = 16
     sample_every: float = 30.0
     warmup: float = 30.0
-    settle: float = 3.0
+    settle: float = 7.0  # longer than the engine's 5 s keep-alive: its connections close
     itl_ms: float = 1.0
 
 
@@ -56,6 +63,7 @@ class Sample:
     at_s: float  # since the load started
     rss_kib: int
     fds: int
+    fd_kinds: Counter[str]  # the same descriptors by what they are (fd_kind)
 
 
 @dataclass(slots=True)
@@ -102,12 +110,22 @@ class Figures:
     def fds_growth(self) -> int:
         return self.samples[-1].fds - self.samples[0].fds
 
+    @property
+    def fd_kinds_changed(self) -> dict[str, tuple[int, int]]:
+        """The kinds of descriptor whose count differs between the first and last samples:
+        where a descriptor more (or fewer) comes from."""
+        first, last = self.samples[0].fd_kinds, self.samples[-1].fd_kinds
+        kinds = sorted(set(first) | set(last))
+        return {k: (first[k], last[k]) for k in kinds if first[k] != last[k]}
+
 
 class Load:
     """The clients: each takes the next kind of request from the cycle until told to stop."""
 
-    def __init__(self, http: aiohttp.ClientSession, base: str, auth: dict[str, str]) -> None:
-        self.http = http
+    http: aiohttp.ClientSession  # a session of the current run of the load (_loaded_while)
+
+    def __init__(self, base: str, auth: dict[str, str], concurrency: int) -> None:
+        self.concurrency = concurrency
         self.url = f"{base}/v1/chat/completions"
         self.headers = {"content-type": "application/json", **auth}
         self.tally = Tally()
@@ -147,7 +165,28 @@ class Load:
 
 
 def sample(gw: Server, started: float) -> Sample:
-    return Sample(time.monotonic() - started, gw.rss_kib(), gw.open_fds())
+    targets = gw.fd_targets()
+    port = urlsplit(gw.url).port
+    kinds = Counter(fd_kind(target, port) for target in targets.values())
+    return Sample(time.monotonic() - started, gw.rss_kib(), len(targets), kinds)
+
+
+TCP = re.compile(r"^tcp (\S+):(\d+) -> (\S+:\d+) (\S+)$")
+
+
+def fd_kind(target: str, own_port: int | None) -> str:
+    """What a descriptor is, without what changes from one connection to the next (client
+    ports, descriptor numbers, pipe inodes): `clients of :8000 ESTABLISHED`, `to
+    127.0.0.1:6379 ESTABLISHED`, `pipe`, a file's path."""
+    tcp = TCP.match(target)
+    if tcp is None:
+        return target.split(":[", 1)[0] if ":[" in target else target
+    host, port, remote, state = tcp.groups()
+    if state == "LISTEN":
+        return f"listening on {host}:{port}"
+    if int(port) == own_port:
+        return f"clients of :{port} {state}"
+    return f"to {remote} {state}"
 
 
 async def leases_held(redis_url: str) -> int:
@@ -176,21 +215,51 @@ async def inflight(http: aiohttp.ClientSession, base: str) -> float:
 async def run_load(
     load: Load, gw: Server, options: Options, started: float
 ) -> tuple[list[Sample], float]:
-    """Keep the load on for `options.seconds` from `started`, sampling the gateway; returns the
-    samples taken under load and the load's duration."""
-    clients = [asyncio.create_task(load.client()) for _ in range(options.concurrency)]
-    samples: list[Sample] = []
-    try:
-        await asyncio.sleep(min(options.warmup, options.seconds))
-        samples.append(sample(gw, started))
-        end = started + options.seconds
-        while (left := end - time.monotonic()) > 0:
+    """Warm up for `options.warmup`, pause the load for `options.settle` and take the first
+    sample at rest, then keep the load on until `options.seconds` from `started`, sampling the
+    gateway; returns the samples and the load's duration. The first sample is taken at rest,
+    as the last one is: under load the count of client connections moves by one or two as
+    clients that hang up open new ones, which once read as a descriptor more at the end."""
+    await _loaded_for(load, min(options.warmup, options.seconds))
+    await asyncio.sleep(options.settle)
+    samples = [sample(gw, started)]
+    end = started + options.seconds
+    paused = options.settle
+
+    async def sampling() -> None:
+        while (left := end + paused - time.monotonic()) > 0:
             await asyncio.sleep(min(options.sample_every, left))
             samples.append(sample(gw, started))
-    finally:
-        load.stopping.set()
-        await asyncio.gather(*clients)
-    return samples, time.monotonic() - started
+
+    await _loaded_while(load, sampling())
+    return samples, time.monotonic() - started - paused
+
+
+async def _loaded_for(load: Load, seconds: float) -> None:
+    async def wait() -> None:
+        await asyncio.sleep(seconds)
+
+    await _loaded_while(load, wait())
+
+
+async def _loaded_while(load: Load, work: Coroutine[None, None, None]) -> None:
+    """Keep `load.concurrency` clients sending while `work` runs, then let each finish its
+    request and close their connections, so that the gateway at rest holds none of them."""
+    async with _session(load.concurrency) as load.http:
+        load.stopping.clear()
+        clients = [asyncio.create_task(load.client()) for _ in range(load.concurrency)]
+        try:
+            await work
+        finally:
+            load.stopping.set()
+            await asyncio.gather(*clients)
+
+
+def _session(concurrency: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency),
+        timeout=aiohttp.ClientTimeout(total=120),
+    )
 
 
 def config(redis_url: str, sim: str, tmp: Path) -> str:
@@ -210,19 +279,14 @@ async def soak(options: Options) -> Figures:
             simulator(MODEL, f"--itl-ms={options.itl_ms}") as sim,
         ):
             auth = AuthMode(config(redis_url, sim, Path(tmp)), None, limited=True)
-            async with (
-                gateway(auth.config, Path(tmp)) as gw,
-                aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=options.concurrency),
-                    timeout=aiohttp.ClientTimeout(total=120),
-                ) as http,
-            ):
-                load = Load(http, gw.url, await auth.headers(gw.url))
+            async with gateway(auth.config, Path(tmp)) as gw:
+                load = Load(gw.url, await auth.headers(gw.url), options.concurrency)
                 started = time.monotonic()
                 samples, seconds = await run_load(load, gw, options, started)
                 await asyncio.sleep(options.settle)
                 samples.append(sample(gw, started))
-                gauge = await inflight(http, gw.url)
+                async with _session(1) as http:
+                    gauge = await inflight(http, gw.url)
                 held = await leases_held(redis_url)
     tally = load.tally
     return Figures(
@@ -246,6 +310,7 @@ def render(f: Figures) -> str:
         f"RSS growth %: {f.rss_growth_pct:.1f}",
         f"fds start/end: {first.fds}/{last.fds}",
         f"fds growth: {f.fds_growth}",
+        *(f"  fds {kind}: {start} -> {end}" for kind, (start, end) in f.fd_kinds_changed.items()),
         f"leases held: {f.leases}",
         f"in flight: {f.inflight:g}",
     ]
@@ -260,7 +325,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="clients in flight")
     parser.add_argument("--sample-every", type=float, default=30.0, help="seconds between samples")
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds before the first one")
-    parser.add_argument("--settle", type=float, default=3.0, help="pause before the last sample")
+    parser.add_argument(
+        "--settle", type=float, default=7.0, help="pause before the first and the last sample"
+    )
     parser.add_argument("--itl-ms", type=float, default=1.0, help="simulator's per-token delay")
     args = parser.parse_args()
     options = Options(

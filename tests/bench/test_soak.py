@@ -45,3 +45,7 @@ def test_a_bounded_soak_settles_every_request_and_prints_its_figures(tmp_path: P
     assert fds_start > 0
     assert fds_end > 0
     assert int(figure(output, "fds growth")) == fds_end - fds_start
+    changed = re.findall(r"^  fds (.+): (\d+) -> (\d+)$", output, re.M)
+    assert sum(int(end) - int(start) for _, start, end in changed) == fds_end - fds_start
+    for kind, _, _ in changed:
+        assert not kind.startswith(("socket", "tcp ")), f"a descriptor left unnamed: {kind}"
