@@ -303,7 +303,15 @@ class DrainingWorkers(Multiprocess):
         """Wait for every worker's drain. A second SIGTERM or SIGINT meanwhile is passed on to
         them (uvicorn's would lie unread in its queue): each then cuts what it still runs. A
         worker not stopped within stop_within (a second signal: at once, plus its hurried flush)
-        is killed and named in the log: one hung or stopped kept the supervisor waiting."""
+        is killed and named in the log: one hung or stopped kept the supervisor waiting.
+
+        Its own copy of the listening socket is closed first: no worker is started any more,
+        and the workers close theirs as they stop, so that the port then refuses connections as
+        a single process's does. Kept open, it let the kernel take connections that no worker
+        would serve, for as long as the workers' usage flush waited on Redis, and reset them
+        at the exit."""
+        for listener in self.sockets:
+            listener.close()
         began = time.monotonic()
         deadline = began + stop_within(self.grace_s, self.flush_s)
         while any(process.exitcode is None for process in [*self.processes, *self.retiring]):

@@ -103,7 +103,7 @@ class ProxyResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         info = info_of(scope)
         info.model = self.call.pool.name
-        started = time.perf_counter()
+        started = info.arrived  # a latency, as its time to first token, counts from here
         info.headers += [(k.encode(), v.encode()) for k, v in self.call.headers.items()]
         task = asyncio.current_task()
         assert task is not None

@@ -306,6 +306,39 @@ async def _read(meter: Meter, url: str, body: dict[str, Any], headers: dict[str,
         return await resp.read()
 
 
+async def test_a_records_latency_counts_from_the_requests_arrival_as_its_ttft_does(
+    meter: Meter,
+) -> None:
+    """Found by review: a record's `latency_ms` was counted from when the request was handed
+    to the engine, its `ttft_ms` from when it arrived, so the time spent before (the body
+    read, the key check, an admission waiting) made a latency shorter than its own time to
+    first token (50 of 100 records of a burst against a limited key). Here the body comes
+    0.5 s after the head."""
+    headers = await _bearer(meter, "latency")
+    host, port = meter.gateway.removeprefix("http://").split(":")
+    body = orjson.dumps({"model": MODEL, "messages": HELLO, "stream": True})
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\n"
+        f"authorization: {headers['authorization']}\r\nx-request-id: slow-body\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    )
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head.encode())
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        writer.write(body)
+        answer = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    (record,) = await meter.wait_records("latency", 1)
+    assert record.ttft_ms is not None
+    assert record.latency_ms >= 500, record
+    assert record.latency_ms >= record.ttft_ms, record
+
+
 async def test_a_rate_limited_request_leaves_no_record(meter: Meter) -> None:
     key = await meter.new_key("limited", rpm=1)
     async with meter.client(key) as oai:

@@ -243,6 +243,55 @@ async def test_a_ctrl_c_while_the_usage_flush_waits_on_redis_cuts_it_short(
         assert sum(count_lines(f) for f in spilled) == 3
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_gateway_flushing_usage_at_shutdown_refuses_new_connections(
+    tmp_path: Path, workers: str
+) -> None:
+    """Found by review: while the workers of `--workers 2` flushed usage to a Redis that did
+    not answer (up to metering.flush_timeout_s), their supervisor still held the listening
+    socket: the kernel accepted new connections that no worker would ever serve, and reset
+    them when the process exited (clients hung ~9 s, then a read error). A single process
+    refuses them at once, which a client or load balancer retries on another replica; so do
+    the workers' now."""
+    async with _proxied(tmp_path, "flush_timeout_s: 60") as stack:
+        log = tmp_path / "gw.log"
+        async with gateway_process(stack.config, "--workers", workers, log=log) as gw:
+            headers = await _served_once(stack.http, gw.url, stack.redis_url, "closing")
+            stack.proxy.set_mode("stall")  # Redis takes the writes and never answers
+            body = {"model": MODEL, "messages": HELLO}
+            async with stack.http.post(
+                gw.url + "/v1/chat/completions", json=body, headers=headers
+            ) as resp:
+                assert resp.status == 200  # its settlement waits on Redis
+            gw.process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):  # every worker's listener closed, its flush waiting
+                while log.read_bytes().count(b"flushing usage") < int(workers):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            host, port = gw.url.removeprefix("http://").split(":")
+            try:
+                taken = await _taken(host, int(port))
+            finally:
+                gw.process.send_signal(signal.SIGINT)  # the flush gives up: spilled
+                await asyncio.wait_for(gw.process.wait(), 30)
+        assert taken is None, f"a connection was taken while stopping: {taken!r}"
+
+
+async def _taken(host: str, port: int) -> bytes | None:
+    """None if a connection to `host:port` is refused; else what a health check on it read
+    within 5 s."""
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+    except ConnectionRefusedError:
+        return None
+    writer.write(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+    try:
+        return await asyncio.wait_for(reader.read(), 5) or b"(closed)"
+    except TimeoutError:
+        return b"(nothing within 5 s)"
+    finally:
+        writer.close()
+
+
 async def test_a_stream_uvicorn_cancels_at_the_end_is_billed_what_it_carried(
     tmp_path: Path,
 ) -> None:
