@@ -102,6 +102,7 @@ def normalize_error(
     request's field the engine compiled a grammar from (api/engine_fields.grammar_field)."""
     message, param, code = _parse_error(body, status)
     if status == 400:
+        message = _OPERATOR_ADVICE.sub("", message)  # (not the client's to follow)
         message, param = _field_of(message, param, route, grammar)
     if status == 400 and param is not None:
         message, param = _validation(message, param)
@@ -128,7 +129,7 @@ def _field_of(
         return message, _PROMPT_FIELDS.get(route or "", "messages")  # (vLLM: `type`, or none)
     if param is None:
         param = _named_field(message)
-        if _OUT_OF_VOCABULARY.match(message):  # a token id of the prompt
+        if _OUT_OF_VOCABULARY.match(message) or _EMPTY_PROMPT.match(message):  # (of the prompt)
             param = _PROMPT_FIELDS.get(route or "")
         head = _DUMP_HEAD.match(message) if param is None else None
         if head is not None:
@@ -180,6 +181,13 @@ _GRAMMAR = re.compile(
 _PART_REFUSED = re.compile(r"^Unsupported chat content part type: |is not a multimodal model$")
 # vLLM's refusal of a prompt's token id (completions' prompt, embeddings' input).
 _OUT_OF_VOCABULARY = re.compile(r"Token id -?\d+ is out of vocabulary")
+# vLLM's refusal of one empty prompt among several (`prompt: ["", "hi"]`), naming no field.
+_EMPTY_PROMPT = re.compile(r"The (?:decoder |encoder )?prompt cannot be empty")
+# vLLM's advice to its operator, in refusals a client gets (`n` over VLLM_MAX_N_SEQUENCES, a
+# completions batch over VLLM_MAX_COMPLETION_PROMPTS): an engine setting no client can change.
+_OPERATOR_ADVICE = re.compile(
+    r"\s*To increase this\s+limit, set the VLLM_\w+\s+environment variable\."
+)
 # vLLM's refusals of embeddings' `dimensions` (pooling_params.py), which name the model first.
 _DIMENSIONS = re.compile(
     r"Model '[^']*' (?:does not support Matryoshka|only supports (?:Matryoshka )?dimensions)"

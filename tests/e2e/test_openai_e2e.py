@@ -378,6 +378,28 @@ async def test_a_token_id_outside_the_vocabulary_names_the_prompt(
     assert info.value.param == "input"
 
 
+async def test_an_empty_prompt_and_an_engine_bound_are_told_as_a_clients_errors(
+    oai: openai.AsyncOpenAI,
+) -> None:
+    """Found by review: vLLM names no field for one empty prompt among several, and tells the
+    client to set an environment variable of the engine's for a batch over its 1,024 prompts
+    (within the gateway's own bound, 2,048) or an `n` over 16,384."""
+    with pytest.raises(openai.BadRequestError) as info:
+        await oai.completions.create(model=CHAT, prompt=["", "hi"], max_tokens=2)
+    assert info.value.param == "prompt"
+    with pytest.raises(openai.BadRequestError) as info:
+        await oai.completions.create(model=CHAT, prompt=["hi"] * 1025, max_tokens=1)
+    assert info.value.param == "prompt"
+    assert "1024" in info.value.message
+    assert "VLLM_" not in info.value.message
+    with pytest.raises(openai.BadRequestError) as info:
+        await oai.chat.completions.create(
+            model=CHAT, messages=[{"role": "user", "content": "hi"}], n=16385, max_tokens=1
+        )
+    assert info.value.param == "n"
+    assert "VLLM_" not in info.value.message
+
+
 async def test_a_stream_vllm_refuses_with_an_error_frame_is_recorded_rejected(
     e2e: E2E, ledger: LedgerView
 ) -> None:

@@ -367,6 +367,37 @@ def test_a_token_id_outside_the_vocabulary_names_the_prompts_field() -> None:
         )
 
 
+def test_an_empty_prompt_among_several_names_the_prompts_field() -> None:
+    """vLLM 0.32's answer to `prompt: ["", "hi"]` names no field (found by review)."""
+    refusal = _vllm_400("The decoder prompt cannot be empty", None)
+    for route, field in (("completions", "prompt"), ("embeddings", "input")):
+        error = orjson.loads(normalize_error(400, refusal, route))["error"]
+        assert (error["param"], error["message"]) == (field, "The decoder prompt cannot be empty")
+
+
+def test_an_engine_limit_is_told_without_the_advice_to_its_operator() -> None:
+    """vLLM tells the client to set an environment variable of the engine's (found by review:
+    a completions batch of 1,025 to 2,048 prompts, within the gateway's own bound, or `n` over
+    16,384)."""
+    batch = (
+        "prompt list length 1500 exceeds the maximum allowed count of 1024. To increase this "
+        "limit, set the VLLM_MAX_COMPLETION_PROMPTS environment variable."
+    )
+    error = orjson.loads(normalize_error(400, _vllm_400(batch, "prompt"), "completions"))["error"]
+    assert (error["param"], error["message"]) == (
+        "prompt",
+        "prompt list length 1500 exceeds the maximum allowed count of 1024.",
+    )
+    n = (
+        "n must be at most 16384, got 20000. To increase this limit, set the "
+        "VLLM_MAX_N_SEQUENCES environment variable."
+    )
+    error = orjson.loads(normalize_error(400, _vllm_400(n, None), "chat/completions"))["error"]
+    assert "VLLM_" not in error["message"]
+    assert error["param"] == "n"
+    assert error["message"].startswith("n must be at most 16384, got 20000.")
+
+
 def test_a_content_part_vllm_cannot_read_is_one_sentence_on_the_prompts_field() -> None:
     """vLLM 0.32's answer to `{"type": "text"}` without its text (parts are read lazily)."""
     dump = (
