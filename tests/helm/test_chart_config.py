@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel
 
 from gateway.settings import Settings
-from gateway.settings_load import load_settings
+from gateway.settings_load import NOT_SETTINGS, load_settings
 from tests.helm.chart import (
     CHART,
     NAMESPACE,
@@ -158,7 +158,11 @@ def test_a_release_without_engines_routes_to_outside_engines(
 
 
 def test_environment_variables_name_real_settings(rendered: Rendered) -> None:
-    names = [n for n in env_of(rendered.gateway()) if n.startswith("LLMAAS_")]
+    """Each LLMAAS_* variable is a setting, or one the tools beside the gateway read (the CLI's
+    LLMAAS_URL), which the gateway knows not to warn about."""
+    names = [
+        n for n in env_of(rendered.gateway()) if n.startswith("LLMAAS_") and n not in NOT_SETTINGS
+    ]
     assert {"LLMAAS_ADMIN_TOKEN", "LLMAAS_KEY_PEPPER", "LLMAAS_REDIS_URL"} <= set(names)
     for name in names:
         model: type[BaseModel] = Settings
@@ -366,3 +370,19 @@ def test_an_ipv6_only_cluster_has_the_gateway_and_engines_listen_on_ipv6(
         assert arg_after(container(engine)["args"], "--host") == "::"
     with pytest.raises(helm.HelmValuesError, match="listenAddress"):
         render_values({"listenAddress": "localhost"})
+
+
+@pytest.mark.parametrize(
+    ("address", "url"), [("0.0.0.0", "http://127.0.0.1:8080"), ("::", "http://[::1]:8080")]
+)
+def test_the_cli_in_the_gateway_container_reaches_the_gateway_it_runs_beside(
+    address: str, url: str
+) -> None:
+    """Found by review 2026-12-06: with `listenAddress: "::"` the first key's documented step
+    (`kubectl exec deploy/<gateway> -- llmaas keys create`, deploy.md and NOTES.txt) failed:
+    the CLI's default, http://127.0.0.1:8080, is an address an IPv6-only listener refuses. The
+    container's LLMAAS_URL is its own loopback in the family it listens in, at its port."""
+    gateway = render_values_as({"listenAddress": address}).gateway()
+    assert env_of(gateway)["LLMAAS_URL"]["value"] == url
+    [port] = container(gateway)["ports"]
+    assert url.endswith(f":{port['containerPort']}")

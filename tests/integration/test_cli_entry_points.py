@@ -16,11 +16,12 @@ import pytest
 
 from gateway.embedded.engine_venv import STAMP, has_cuda, wanted
 from gateway.embedded.paths import EmbeddedPaths
+from gateway.embedded.redis_server import running_redis
 from gateway.netutil import free_port, wait_http_ok
 from gateway.sim.config import SimConfig
 from tests.integration.sim_fixture import running_sim
 from tests.support.cli import llmaas, run_cli
-from tests.support.gateways import ADMIN_TOKEN
+from tests.support.gateways import ADMIN_TOKEN, PEPPER
 from tests.support.processes import process_running
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -313,6 +314,42 @@ async def test_serve_says_when_its_configuration_names_no_models(tmp_path: Path)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
     [line] = [line for line in err.splitlines() if b"no models configured" in line]
     assert orjson.loads(line)["level"] == "warning"  # a JSON line, as the rest of the log
+
+
+async def keys_list_exit(url: str) -> int | None:
+    """`llmaas keys list`'s exit status with LLMAAS_URL=`url` (no --url, as in a container)."""
+    cli = await asyncio.create_subprocess_exec(
+        llmaas(),
+        *("keys", "list", "--admin-token", ADMIN_TOKEN),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "LLMAAS_URL": url},
+    )
+    return await asyncio.wait_for(cli.wait(), 60)
+
+
+async def test_the_cli_reaches_an_ipv6_only_gateway_at_its_ipv6_loopback(tmp_path: Path) -> None:
+    """Found by review 2026-12-06: the chart's gateway on `listenAddress: "::"` listens on IPv6
+    alone, and the CLI in its container defaulted to 127.0.0.1, which nothing listened on. The
+    chart now pairs LLMAAS_HOST=:: with LLMAAS_URL=http://[::1]:PORT, as here."""
+    port = free_port()
+    async with running_redis(None) as redis_url:
+        config = tmp_path / "gateway.yaml"
+        config.write_text(
+            f"redis_url: {redis_url}\nadmin_token: {ADMIN_TOKEN}\nkey_pepper: {PEPPER}\n"
+            f"metering: {{spill_dir: {tmp_path / 'spill'}}}\n"
+        )
+        serve = ("serve", "--config", str(config), "--port", str(port))
+        env = {**os.environ, "LLMAAS_HOST": "::"}
+        proc = await asyncio.create_subprocess_exec(llmaas(), *serve, env=env)
+        try:
+            await _ready(proc, f"http://[::1]:{port}/healthz")
+            assert await keys_list_exit(f"http://[::1]:{port}") == 0
+            assert await keys_list_exit(f"http://127.0.0.1:{port}") == 1  # (the CLI's default)
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+            await asyncio.wait_for(proc.wait(), 30)
 
 
 @pytest.mark.parametrize(
