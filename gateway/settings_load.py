@@ -41,6 +41,8 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
                     loader.dispose()
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text: {_first_not_utf8(path)}") from exc
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         data.update(loaded)
@@ -132,6 +134,19 @@ def _given(data: Mapping[str, Any], path: list[str]) -> bool:
             return False
         value = value[part]
     return True
+
+
+def _first_not_utf8(path: Path) -> str:
+    """Where the first byte that is not UTF-8 is (a latin-1 `é` in a comment): the decoder's
+    own offset counts from the chunk YAML read, and its message shows the byte, which is never
+    said (the file may hold a secret)."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        return f"line {line} (byte {exc.start}); save it as UTF-8"
+    return "save it as UTF-8"  # (it decodes now: rewritten meanwhile)
 
 
 class _UniqueKeys(yaml.SafeLoader):

@@ -20,7 +20,7 @@ from gateway.embedded.redis_server import running_redis
 from gateway.netutil import free_port, wait_http_ok
 from gateway.sim.config import SimConfig
 from tests.integration.sim_fixture import running_sim_process
-from tests.support.cli import llmaas
+from tests.support.cli import llmaas, run_cli
 from tests.support.gateways import admin_request, gateway_process, serve_command, shared_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -257,6 +257,23 @@ async def test_config_errors_are_one_line_per_field_and_never_show_a_secret(
     assert code == 2
     assert f'in "{config}", line 2'.encode() in err  # YAML's own error, naming the file
     assert b"Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["serve", "trainer"])
+async def test_a_config_file_that_is_not_utf8_exits_2_naming_the_file_and_line(
+    tmp_path: Path, command: str
+) -> None:
+    """Found by review 2026-12-06: a latin-1 `é` in a comment ended `llmaas serve` and `llmaas
+    trainer` in a UnicodeDecodeError's traceback, exit 1, not the one line naming the file."""
+    config = tmp_path / "gw.yaml"
+    config.write_bytes(b"key_pepper: pepper-0123456789abcdef\ndev_mode: true\n# caf\xe9\n")
+    code, out, err = await run_cli(command, "--config", str(config))
+    assert (code, out, err) == (
+        2,
+        "",
+        f"llmaas {command}: invalid configuration: {config}: not UTF-8 text: line 3 (byte 56); "
+        "save it as UTF-8\n",
+    )
 
 
 async def test_an_environment_variable_that_is_not_json_exits_2_naming_it(tmp_path: Path) -> None:
