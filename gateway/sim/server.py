@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import socket
 from collections.abc import Sequence
 
 import uvicorn
@@ -43,15 +44,29 @@ def _quiet_deliberate_drops(record: logging.LogRecord) -> bool:
     return not (isinstance(record.args, tuple) and DROPPED in record.args)
 
 
+class _SimServer(uvicorn.Server):
+    """uvicorn's Server, saying where it listens once it does: `--port 0` (any free port) was
+    never told (uvicorn's own line is below the simulator's log level), as `llmaas serve` says
+    it in its log."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        for server in self.servers:  # (none if it could not bind: uvicorn said why)
+            for bound in server.sockets:
+                host, port = bound.getsockname()[:2]
+                shown = f"[{host}]" if ":" in host else host
+                print(f"listening on http://{shown}:{port}", flush=True)
+
+
 async def serve(config: SimConfig, host: str, port: int) -> None:
     """Serve until shutdown (SIGINT/SIGTERM) in the running event loop."""
-    server = uvicorn.Server(uvicorn_config(create_sim_app(config), host, port))
+    server = _SimServer(uvicorn_config(create_sim_app(config), host, port))
     await server.serve()
 
 
 def run(config: SimConfig, host: str, port: int) -> None:
     """Serve in a fresh uvloop event loop until SIGINT/SIGTERM (a blocking entry point)."""
-    uvicorn.Server(uvicorn_config(create_sim_app(config), host, port)).run()
+    _SimServer(uvicorn_config(create_sim_app(config), host, port)).run()
 
 
 def server_args(config: SimConfig, host: str, port: int) -> list[str]:
@@ -74,7 +89,7 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         "--port",
         type=port_number,
         default=8001,
-        help="port (default %(default)s; 0: any free port)",
+        help="port (default %(default)s; 0: any free port, printed once it listens)",
     )
     parser.add_argument(
         "--ttft-ms", type=float, default=0.0, help="time to first token (default %(default)s)"

@@ -195,6 +195,25 @@ async def test_sim_serves_the_model_and_options_it_was_given() -> None:
         assert await asyncio.wait_for(proc.wait(), 30) in STOPPED
 
 
+async def test_sim_on_any_free_port_says_where_it_listens() -> None:
+    """Found by review 2026-12-06: `llmaas sim --port 0` ("0: any free port") never said which
+    port it bound. It prints its address once it listens; a client reaches it there."""
+    proc = await asyncio.create_subprocess_exec(
+        llmaas(), "sim", "--port", "0", "--model", "sim-x", stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        said = re.fullmatch(rb"listening on (http://127\.0\.0\.1:\d+)\n", line)
+        assert said, line
+        async with aiohttp.ClientSession() as http, http.get(f"{said[1].decode()}/health") as resp:
+            assert resp.status == 200
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
+
+
 async def test_sim_refuses_an_unknown_option_by_name() -> None:
     code, _, err = await run_cli("sim", "--nope")
     assert code == 2
