@@ -25,6 +25,12 @@ JOB_COLUMNS = ("id", "model", "status", "fine_tuned_model", "trained_tokens", "c
 FINAL = ("succeeded", "failed", "cancelled")
 POLL_S = 1.0
 PAGE = 1000  # items per request when a command reads a whole list
+# A job that ended otherwise is no success, and a script waiting on it must not go on as if
+# it were (1 is also a refusal by the gateway, or a gateway out of reach).
+FOLLOW_EXITS = (
+    "Print a job's events as they come, until it ends; exit 0 if it succeeded, 1 if it ended "
+    "cancelled or failed (1 too if the gateway refused or could not be reached)."
+)
 
 
 def add_finetune_commands(sub: Any) -> None:
@@ -73,7 +79,11 @@ def add_finetune_commands(sub: Any) -> None:
     create.add_argument(
         "--lora-rank", type=int, help="the adapter's rank (default: the gateway's setting)"
     )
-    create.add_argument("--follow", action="store_true", help="then follow it (as jobs follow)")
+    create.add_argument(
+        "--follow",
+        action="store_true",
+        help="then follow it, as jobs follow (exit 1 if it ends cancelled or failed)",
+    )
     jobs_sub.add_parser("list", parents=[common], help="list your jobs")
     for action, what in (
         ("show", "one job's details"),
@@ -83,9 +93,10 @@ def add_finetune_commands(sub: Any) -> None:
         ("events", "a job's events (progress, loss, errors)"),
         ("follow", "print a job's events as they come, until it ends"),
     ):
-        jobs_sub.add_parser(action, parents=[common], help=what).add_argument(
-            "job_id", help="the job's id (ftjob-…), as jobs list shows it"
-        )
+        described = FOLLOW_EXITS if action == "follow" else None
+        jobs_sub.add_parser(
+            action, parents=[common], help=what, description=described
+        ).add_argument("job_id", help="the job's id (ftjob-…), as jobs list shows it")
     jobs.set_defaults(func=run_jobs)
 
 

@@ -265,6 +265,24 @@ async def test_help_says_the_defaults_a_user_gets(command: str, defaults: tuple[
 
 
 @pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        ("jobs follow", "exit 0 if it succeeded, 1 if it ended cancelled or failed"),
+        ("jobs create", "--follow then follow it, as jobs follow (exit 1 if it ends cancelled"),
+    ],
+)
+async def test_help_says_following_a_job_that_did_not_succeed_exits_1(
+    command: str, said: str
+) -> None:
+    """Found by review 2026-12-06: README's exit codes had 1 mean the gateway refused or was out
+    of reach, and nothing said that following a job cancelled or failed exits 1 too (the exit
+    itself: test_finetune_cli.py)."""
+    code, out, err = await run_cli(*command.split(), "--help")
+    assert code == 0, err
+    assert said in " ".join(out.split()), out
+
+
+@pytest.mark.parametrize(
     ("args", "said"),
     [
         (["--port", "70000"], "argument --port: must be 1 to 65535, got 70000"),
