@@ -3,6 +3,7 @@ record, columns padded, times in UTC, nothing shown as "-"."""
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +15,19 @@ TIME_COLUMNS = frozenset({"created_at", "expires_at", "finished_at"})
 def utc_time(seconds: int) -> str:
     """Unix seconds as a table shows them: 2026-12-03T12:00:00Z."""
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def display_width(text: str) -> int:
+    """The terminal columns `text` takes, which is what a table pads to: a wide character (CJK,
+    a key named 日本語チーム) takes two, a combining mark none, so padding by len() shifted
+    every column after it. (Control and format characters are kept out of names: unprintable.)"""
+    return sum(_char_width(char) for char in text)
+
+
+def _char_width(char: str) -> int:
+    if unicodedata.category(char) in ("Mn", "Me"):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
 
 
 def table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
@@ -29,7 +43,8 @@ def table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
         return ",".join(value) if isinstance(value, list) else str(value)
 
     grid = [list(columns)] + [[cell(row.get(c), c) for c in columns] for row in rows]
-    widths = [max(len(r[i]) for r in grid) for i in range(len(columns))]
+    widths = [max(display_width(r[i]) for r in grid) for i in range(len(columns))]
     return "\n".join(
-        "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in grid
+        "  ".join(v + " " * (w - display_width(v)) for v, w in zip(r, widths, strict=True)).rstrip()
+        for r in grid
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from gateway.cli_table import display_width
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import AuthStack
 from tests.integration.sim_fixture import running_sim
@@ -64,6 +65,22 @@ async def test_keys_list_active_leaves_out_revoked_and_expired_keys(auth: AuthSt
     code, out, _ = await llmaas(auth, "keys", "list", "--help")
     assert code == 0
     assert "--active" in out
+
+
+async def test_keys_list_lines_up_a_key_named_in_wide_characters(auth: AuthStack) -> None:
+    """Found by review 2026-12-06: a key named 日本語チーム (two terminal columns a character)
+    shifted every column after it in `keys list`: the table padded by len()."""
+    for name in ("日本語チーム", "ops"):
+        code, _, err = await llmaas(auth, "keys", "create", "--tenant", "cli-wide", "--name", name)
+        assert code == 0, err
+    code, out, err = await llmaas(auth, "keys", "list", "--tenant", "cli-wide")
+    assert code == 0, err
+    lines = out.splitlines()
+    starts = {
+        display_width(line[: line.index(last)])
+        for line, last in zip(lines, ["revoked", "false", "false"], strict=True)
+    }
+    assert len(starts) == 1, out  # the revoked column starts at one place in each line
 
 
 async def test_tenants_list_reads_every_page(auth: AuthStack) -> None:
