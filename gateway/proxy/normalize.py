@@ -184,9 +184,11 @@ _OUT_OF_VOCABULARY = re.compile(r"Token id -?\d+ is out of vocabulary")
 # vLLM's refusal of one empty prompt among several (`prompt: ["", "hi"]`), naming no field.
 _EMPTY_PROMPT = re.compile(r"The (?:decoder |encoder )?prompt cannot be empty")
 # vLLM's advice to its operator, in refusals a client gets (`n` over VLLM_MAX_N_SEQUENCES, a
-# completions batch over VLLM_MAX_COMPLETION_PROMPTS): an engine setting no client can change.
+# completions batch over VLLM_MAX_COMPLETION_PROMPTS, an image over VLLM_MAX_IMAGE_PIXELS, more
+# images than `--limit-mm-per-prompt`): an engine setting no client can change.
 _OPERATOR_ADVICE = re.compile(
-    r"\s*To increase this\s+limit, set the VLLM_\w+\s+environment variable\."
+    r"\s*(?:To increase this\s+limit, set the VLLM_\w+\s+environment variable"
+    r"|Set (?:VLLM_\w+|`--[\w-]+`) to increase this limit)\."
 )
 # vLLM's refusals of embeddings' `dimensions` (pooling_params.py), which name the model first.
 _DIMENSIONS = re.compile(

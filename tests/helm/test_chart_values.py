@@ -144,6 +144,10 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         {"gateway": {"env": [{"name": "LLMAAS_PORT", "value": "9000"}]}},
         r"gateway.env: LLMAAS_PORT would override a setting the chart sets from the chart \(8080",
     ),
+    "the CLI's address in the gateway's container, in gateway.env": (
+        {"gateway": {"env": [{"name": "LLMAAS_URL", "value": "http://[::1]:8080"}]}},
+        r"gateway.env: LLMAAS_URL would override a setting the chart sets from listenAddress",
+    ),
     "the DNS refresh the engines' preStop sleep is checked against, in gateway.env": (
         {"gateway": {"env": [{"name": "LLMAAS_ROUTING__DNS_REFRESH_S", "value": "60"}]}},
         r"gateway.env: LLMAAS_ROUTING__DNS_REFRESH_S would override a setting the chart sets "

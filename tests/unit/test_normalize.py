@@ -376,26 +376,42 @@ def test_an_empty_prompt_among_several_names_the_prompts_field() -> None:
 
 
 def test_an_engine_limit_is_told_without_the_advice_to_its_operator() -> None:
-    """vLLM tells the client to set an environment variable of the engine's (found by review:
-    a completions batch of 1,025 to 2,048 prompts, within the gateway's own bound, or `n` over
-    16,384)."""
+    """vLLM tells the client to set a setting of the engine's (found by review: a completions
+    batch of 1,025 to 2,048 prompts, within the gateway's own bound, or `n` over 16,384; an
+    image over VLLM_MAX_IMAGE_PIXELS, more images than `--limit-mm-per-prompt`). The messages
+    as vLLM 0.32 sends them: str() of its VLLMValidationError adds ` (parameter=…)`."""
     batch = (
         "prompt list length 1500 exceeds the maximum allowed count of 1024. To increase this "
-        "limit, set the VLLM_MAX_COMPLETION_PROMPTS environment variable."
+        "limit, set the VLLM_MAX_COMPLETION_PROMPTS environment variable. (parameter=prompt)"
     )
     error = orjson.loads(normalize_error(400, _vllm_400(batch, "prompt"), "completions"))["error"]
     assert (error["param"], error["message"]) == (
         "prompt",
-        "prompt list length 1500 exceeds the maximum allowed count of 1024.",
+        "prompt list length 1500 exceeds the maximum allowed count of 1024. (parameter=prompt)",
     )
     n = (
         "n must be at most 16384, got 20000. To increase this limit, set the "
         "VLLM_MAX_N_SEQUENCES environment variable."
     )
     error = orjson.loads(normalize_error(400, _vllm_400(n, None), "chat/completions"))["error"]
-    assert "VLLM_" not in error["message"]
     assert error["param"] == "n"
     assert error["message"].startswith("n must be at most 16384, got 20000.")
+    for told, kept in (
+        (
+            "Image dimensions 10000x10000 (100000000 pixels) exceed the maximum of 89478485 "
+            "pixels. Set VLLM_MAX_IMAGE_PIXELS to increase this limit.",
+            "Image dimensions 10000x10000 (100000000 pixels) exceed the maximum of 89478485 "
+            "pixels.",
+        ),
+        (
+            "At most 1 image(s) may be provided in one prompt. Set `--limit-mm-per-prompt` to "
+            "increase this limit. (parameter=image)",
+            "At most 1 image(s) may be provided in one prompt. (parameter=image)",
+        ),
+    ):
+        error = orjson.loads(normalize_error(400, _vllm_400(told, None), "chat/completions"))
+        assert kept in error["error"]["message"]
+        assert "increase this limit" not in error["error"]["message"]
 
 
 def test_a_content_part_vllm_cannot_read_is_one_sentence_on_the_prompts_field() -> None:
