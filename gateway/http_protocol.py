@@ -40,6 +40,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from gateway.errors import InvalidRequest
 from gateway.http10 import Unchunked
+from gateway.http_upgrade import UpgradeDropped
 
 # The scope's extension that carries a request's ClientLink (ASGI: scope["extensions"]).
 CLIENT_LINK = "llmaas.client_link"
@@ -159,6 +160,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.body_started = 0.0  # when the current request's body was first awaited
         self.body_bytes = 0  # received since then
         self.body_last = 0.0  # when the last of them came
+        self.upgrades = UpgradeDropped()  # the head's `Upgrade` lines taken out (http_upgrade)
+        self.head_filtered = True  # every byte of the current head went through `upgrades`
+        self.completed_in_read = False  # a request ended within the read being parsed
+        self.upgrade_refused = False  # an upgrade got past `upgrades`: answered, read no more
         super().connection_made(cast(asyncio.Transport, wrapped))
         self._await_head()
 
@@ -181,8 +186,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self.refused:
-            return  # what the client sent on before it read the 431
+        if self.refused or self.upgrade_refused:
+            return  # what the client sent on before it read the 431, or after an upgrade
+        self.completed_in_read = False
         if self.head_bytes is not None:
             before = self.head_bytes
             self.head_bytes += len(data)  # (the head's end resets it, in this feed)
@@ -191,6 +197,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 if not self.transport.is_closing():
                     self._refuse_head()
                 return
+            if self.head_filtered:
+                data = self.upgrades.feed(data, begun=before > 0)
         else:
             self.body_bytes += len(data)
             self.body_last = self.loop.time()
@@ -269,6 +277,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope["extensions"] = self.extensions
+        if self.completed_in_read:  # pipelined: its head began in a read that went on unread
+            self.head_filtered = False
+
+    def _unsupported_upgrade_warning(self) -> None:
+        """httptools took a request for a switch of protocols (`CONNECT`, or an `Upgrade` in a
+        pipelined request's head, which `upgrades` did not read) and ended it at its head: the
+        request is answered as it was read, the connection closed after it, and nothing more
+        read from it. Read on, its body would have been parsed as further requests."""
+        self.upgrade_refused = True
+        if self.cycle is not None:
+            self.cycle.keep_alive = False
 
     def on_headers_complete(self) -> None:
         self.head_bytes = None
@@ -280,6 +299,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self.head_bytes = 0  # the next request's head comes next
+        self.head_filtered = True  # (unless it begins in this same read: on_message_begin)
+        self.completed_in_read = True
         self._body_arrived()
         super().on_message_complete()
 

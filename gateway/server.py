@@ -48,13 +48,15 @@ def uvicorn_config(
     protocol (a response's head and body in one write), idle connections kept `keep_alive_s`
     (a float, which uvicorn's call_later takes; its annotation says int), no access log of its
     own, and the client is the TCP peer: X-Forwarded-For is not trusted, not even from
-    localhost (the auth-failure throttle counts by the peer). `more`: further options."""
+    localhost (the auth-failure throttle counts by the peer), and no WebSocket. `more`: further
+    options."""
     return uvicorn.Config(
         target,
         host=settings.host,
         port=port,
         loop=loop,
         http=GatewayHttpProtocol,
+        ws="none",  # no WebSocket: an `Upgrade` is served as plain HTTP (http_upgrade.py)
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type, unused-ignore]
         log_level="warning",
         log_config=None,  # its loggers write our JSON lines (gateway/logs.py), not plain text

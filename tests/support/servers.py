@@ -32,6 +32,7 @@ def serve_asgi(
         port=port or free_port(),
         loop="none",
         http=GatewayHttpProtocol,  # as `llmaas serve` runs it
+        ws="none",  # (no WebSocket, as server.uvicorn_config)
         lifespan=lifespan,
         log_level="warning",
         access_log=False,
