@@ -199,9 +199,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 return
             if self.head_filtered:
                 data = self.upgrades.feed(data, begun=before > 0)
-        else:
-            self.body_bytes += len(data)
-            self.body_last = self.loop.time()
         super().data_received(data)
         if self.head_bytes is not None and self.head_bytes > MAX_HEAD_BYTES:
             self.head_bytes = None
@@ -296,6 +293,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if self.scope["http_version"] == "1.0" and cycle is not None and cycle.scope is self.scope:
             cycle.transport = cast(asyncio.Transport, Unchunked(cycle.transport))  # no chunks
+
+    def on_body(self, body: bytes) -> None:
+        """The body's own bytes are what earns it time (_body_due), not a chunked body's
+        framing: chunks of a byte each with a long extension earned ~600 bytes' worth a second
+        while the body grew by one (found by review)."""
+        self.body_bytes += len(body)
+        self.body_last = self.loop.time()
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self.head_bytes = 0  # the next request's head comes next

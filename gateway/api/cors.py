@@ -18,7 +18,7 @@ Header = tuple[bytes, bytes]
 _ALLOW_ORIGIN = b"access-control-allow-origin"
 _EXPOSE = (b"access-control-expose-headers", b"*")
 _VARY = (b"vary", b"Origin")
-_METHODS = (b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS")
+_METHODS = (b"access-control-allow-methods", b"GET, POST, PUT, PATCH, DELETE, OPTIONS")
 _REQUEST_METHOD = b"access-control-request-method"
 _REQUEST_HEADERS = b"access-control-request-headers"
 

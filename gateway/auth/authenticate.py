@@ -71,17 +71,26 @@ def bearer(headers: Headers) -> str | None:
 
 
 def credentials(headers: Headers) -> str:
+    """The request's one credential: its Bearer token or its `api-key` (as Azure-style
+    clients send it). Two of them that differ are a 401, as two Authorization headers are (a
+    Bearer token and a different `api-key` were served as the token, the other ignored)."""
     token = bearer(headers)
-    if token is not None:
-        return token
     keys = headers.getlist("api-key")
     if len(keys) > 1:  # (as two Authorization headers)
         raise Unauthorized(
             "The request carries more than one api-key header; send one.",
             code="invalid_authorization_header",
         )
-    if keys and keys[0].strip():
-        return keys[0].strip()
+    key = keys[0].strip() if keys else ""
+    if token is not None:
+        if key and key != token:
+            raise Unauthorized(
+                "The request carries a Bearer token and a different api-key header; send one.",
+                code="invalid_authorization_header",
+            )
+        return token
+    if key:
+        return key
     raise Unauthorized(
         "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
         code="missing_api_key",

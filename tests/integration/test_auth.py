@@ -168,6 +168,17 @@ async def test_azure_style_api_key_header(auth: AuthStack) -> None:
     async with auth.http.post(url, data=body, headers=twice) as resp:
         error = (await resp.json())["error"]
         assert (resp.status, error["code"]) == (401, "invalid_authorization_header"), error
+    # A Bearer token and a different api-key: the token won, silently (found by review,
+    # 2026-12-06); the same key in both is one credential.
+    other = await auth.new_key()
+    for second in (other, "junk"):
+        both = [("authorization", f"Bearer {key}"), ("api-key", second)]
+        async with auth.http.post(url, data=body, headers=both) as resp:
+            error = (await resp.json())["error"]
+            assert (resp.status, error["code"]) == (401, "invalid_authorization_header"), error
+    same = [("authorization", f"Bearer {key}"), ("api-key", key)]
+    async with auth.http.post(url, data=body, headers=same) as resp:
+        assert resp.status == 200, await resp.text()
 
 
 async def _expired_key(auth: AuthStack) -> tuple[str, str]:

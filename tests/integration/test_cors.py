@@ -59,7 +59,10 @@ async def test_by_default_any_page_may_call_the_api(stack: Stack) -> None:
         async with stack.http.options(url, headers=PREFLIGHT) as resp:  # no key: none is sent
             assert resp.status == 204
             assert resp.headers["Access-Control-Allow-Origin"] == "*"
-            assert resp.headers["Access-Control-Allow-Methods"] == "GET, POST, DELETE, OPTIONS"
+            # (PUT and PATCH: the admin API's tenant and key updates; found by review)
+            assert resp.headers["Access-Control-Allow-Methods"] == (
+                "GET, POST, PUT, PATCH, DELETE, OPTIONS"
+            )
             assert resp.headers["Access-Control-Allow-Headers"] == (
                 "authorization,content-type,x-stainless-retry-count"  # "*" would not cover
             )  # Authorization: named

@@ -420,3 +420,27 @@ async def test_a_body_that_does_not_come_in_time_is_408_and_closed() -> None:
                 task.cancel()
             for _, writer in (stalled, trickled, burst, at_rate):
                 writer.close()
+
+
+async def test_chunk_extensions_earn_a_body_no_time() -> None:
+    """Found by review: the body's deadline counted the bytes read, a chunked body's framing
+    among them, so chunks of one byte each with a long extension (`1;e=…`) moved it on at
+    600 bytes a second for ever while the body grew a byte a second, never reaching
+    max_body_bytes: a keyed client held a request slot as long as it liked. Only the body's
+    own bytes count."""
+    heard: list[str] = []
+    port = free_port()
+    async with serve_uvicorn(keep_alive_1s(body_counter(heard), port)):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /extended HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n")
+        padded = b"1;e=" + b"p" * (2 * BODY_MIN_RATE) + b"\r\nx\r\n"  # two seconds' worth
+        sender = asyncio.ensure_future(send_slowly(writer, padded, 1000))
+        try:
+            answer = await asyncio.wait_for(reader.read(), 10)  # (without: never, here 10 s)
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
+            async with asyncio.timeout(5):
+                while heard != ["/extended"]:  # noqa: ASYNC110 (the app's list has no event)
+                    await asyncio.sleep(0.02)
+        finally:
+            sender.cancel()
+            writer.close()
