@@ -123,6 +123,8 @@ class Upstream:
         a 404 saying the engine does not serve the model (it restarted since the last models
         poll and forgot an adapter), while another engine is left to try, moves on (at most
         `max_attempts` engines): nothing reached the client yet, and nothing was generated.
+        The last engine's stream is looked at too: one broken before its first frame is a 502,
+        as an answer broken before its headers is (`_last_stream`).
         Once an engine answered otherwise, the request is never sent again. When the last
         engine to try says it does not serve the model and a `reload` is given, the model is
         put back on it and the request sent there once more. `trying` hears each engine as it
@@ -191,7 +193,11 @@ class Upstream:
                     code="engine_bad_answer",
                 )
             return None
-        return resp if last else await self._unless_failed(engine, resp)
+        if not last:
+            return await self._unless_failed(engine, resp)
+        if resp.status == 200 and resp.content_type == "text/event-stream":
+            return await self._last_stream(engine, resp)
+        return resp
 
     async def _unless_failed(self, engine: Engine, resp: H1Response) -> UpstreamResponse | None:
         """None for a 5xx or a 429, or a stream that failed before its first frame
@@ -229,6 +235,28 @@ class Upstream:
                 self._metrics.upstream_errors.labels(engine.url, f"http_{status}").inc()
                 engine.record_failure("http_5xx", f"error frame {status}")
                 return None
+        return Begun(resp, frames, first)
+
+    async def _last_stream(self, engine: Engine, resp: H1Response) -> UpstreamResponse:
+        """The last engine's stream, once its first bytes came (handed on at once: they reach
+        the client as they would have). One that broke before them is the 502
+        `engine_disconnected` of a connection that broke before the headers, which SDKs retry,
+        not a 200 whose only frame is that error: nothing reached the client, and nothing was
+        generated. Silent past the idle timeout, it is handed on with that failure, as the
+        others' are; an error frame, or a Responses stream's opening events, as they came."""
+        frames = resp.chunks()
+        try:
+            first = await first_bytes(frames)
+        except UpstreamBroken as exc:
+            resp.close()
+            engine.inflight -= 1
+            raise self.failure(engine, exc.kind, exc.cause) from exc
+        except BaseException:
+            resp.close()
+            engine.inflight -= 1
+            raise
+        if isinstance(first, UpstreamBroken):
+            return Begun(resp, frames, b"", first)
         return Begun(resp, frames, first)
 
     async def _past_opening(

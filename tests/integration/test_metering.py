@@ -239,6 +239,35 @@ async def test_non_streaming_requests_left_are_billed_what_the_engine_generated(
     assert (broken.prompt_tokens, broken.completion_tokens) == (0, 0)  # 3 generated
 
 
+async def test_a_stream_its_last_engine_dropped_before_its_first_frame_is_a_502(
+    meter: Meter,
+) -> None:
+    """Found 2026-12-06: a stream whose last engine answered 200 and broke before its first
+    frame (killed while the request waited in its queue) was answered 200 with one error frame,
+    recorded engine_error 200, and SDKs did not retry it; the same fault on a plain request, or
+    before the headers, is a 502 they retry. Nothing reached the client: it is that 502."""
+    key = await meter.new_key("never-began")
+    async with meter.client(key) as oai:
+        with pytest.raises(openai.APIStatusError) as broke:
+            await oai.chat.completions.create(
+                model=MODEL,
+                messages=HELLO,
+                stream=True,
+                extra_body={"sim": {"drop": "after_headers"}},
+                extra_headers=rid("never-began"),
+            )
+    assert broke.value.status_code == 502
+    assert isinstance(broke.value.body, dict)
+    assert broke.value.body["code"] == "engine_disconnected", broke.value.body
+    [record] = await meter.wait_records("never-began", 1)
+    assert (record.outcome, record.status, record.stream, record.total_tokens) == (
+        "engine_error",
+        502,
+        True,
+        0,
+    )
+
+
 async def test_a_request_left_before_its_first_token_is_billed_its_prompt(meter: Meter) -> None:
     # vLLM reports usage with the first token; the prompt was read before it. A client that
     # hung up in between paid nothing, so a long prompt's prefill was free.
