@@ -25,17 +25,36 @@ def test_other_failures_eject_after_the_threshold_and_a_success_resets_the_count
     assert not breaker.is_up()
 
 
-def test_back_off_doubles_up_to_the_maximum_while_health_keeps_failing() -> None:
+def test_failed_probes_keep_an_engine_out_for_its_ejections_period_not_a_longer_one() -> None:
+    """Found 2026-12-06: each failed probe doubled the back-off, so an engine back after a 30 s
+    restart stayed out ~33 s more (probes 1, 2, 4, 8, 16, 32 s apart), and its next ejection
+    started at 60 s. The level rises per ejection only."""
     breaker = Breaker(BreakerPolicy(base_s=1.0, max_s=60.0))
     breaker.failure("connect", 0.0)
     now, periods = 0.0, []
-    for _ in range(8):
+    for _ in range(30):  # down for 30 s
         periods.append(breaker.until - now)
         now = breaker.until
         assert breaker.probe_due(now)
         breaker.probe_failed("connect", now)
-    assert periods == [1, 2, 4, 8, 16, 32, 60, 60]
-    assert breaker.ejections == 1  # one ejection, backing off ever longer
+    assert periods == [1.0] * 30
+    assert breaker.probe_ok(now + 1.0)  # back within one period of answering again
+    assert breaker.ejections == 1
+    breaker.failure("connect", now + 5.0)  # the next ejection: the next level, 2 s
+    assert breaker.until == now + 7.0
+
+
+def test_a_later_ejection_keeps_its_own_longer_period_while_probes_fail() -> None:
+    breaker = Breaker(BreakerPolicy(base_s=1.0, max_s=60.0))
+    for start in (0.0, 2.0, 7.0, 16.0, 33.0, 66.0, 127.0):  # each soon after the last return
+        breaker.failure("connect", start)
+        breaker.probe_ok(breaker.until)
+    assert breaker.ejections == 7
+    breaker.failure("connect", 200.0)  # the eighth, within max_s of the last return: capped
+    assert breaker.until == 260.0
+    breaker.probe_failed("connect", 260.0)
+    assert breaker.until == 320.0
+    assert not breaker.is_up()
 
 
 def test_ejected_engine_returns_only_when_health_answers_after_the_back_off() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from gateway.metrics import Metrics
 from gateway.routing.engine_metrics import EngineMetrics
 from gateway.routing.engines import Engine
+from tests.support.logs import collected
 
 GONE = "http://10.0.0.7:8000"
 STAYS = "http://10.0.0.8:8000"
@@ -72,6 +73,7 @@ SCENARIO = f"""
 from gateway.metrics import Metrics
 from gateway.routing.engine_metrics import EngineMetrics
 from gateway.routing.engines import Engine
+from tests.support.logs import collected
 metrics = Metrics()
 observer = EngineMetrics(metrics)
 for url in ({GONE!r}, {STAYS!r}):
@@ -121,3 +123,19 @@ def test_counters_that_alerts_read_exist_at_0_before_their_first_event() -> None
     assert f'llmaas_engine_ejections_total{{engine="{STAYS}"}} 0.0' in series
     for mode in ("open", "closed"):
         assert f'llmaas_ratelimit_unavailable_total{{failure_mode="{mode}"}} 0.0' in series
+
+
+def test_an_engine_back_from_a_long_outage_is_next_ejected_for_its_next_period() -> None:
+    """Found 2026-12-06: failed probes raised the back-off level, so after a 30 s restart the
+    next 1 s blip logged "ejected for 60s (ejection 2"; it is the second ejection's 2 s."""
+    engine = Engine(GONE, observer=EngineMetrics(Metrics()))
+    with collected("llmaas.routing") as logs:
+        engine.mark_down()
+        for _ in range(30):  # down for 30 s of probes
+            engine.probe_failed("connect", "refused", engine.health.until)
+        engine.probe_ok(engine.health.until)
+        engine.mark_down()
+    said = [r.getMessage() for r in logs.records if "ejected" in r.getMessage()]
+    assert said[0].startswith(f"engine {GONE} ejected for 1s (ejection 1,"), said
+    assert said[1].startswith(f"engine {GONE} ejected for 2s (ejection 2,"), said
+    assert len(said) == 2, said
