@@ -66,6 +66,7 @@ class Discovery:
         self.timeout_s = timeout_s
         self.log = logging.getLogger("llmaas.routing")
         self._failing: set[DnsEntry] = set()
+        self._empty: set[DnsEntry] = set()  # names that resolved to no address, last time
 
     async def refresh(self) -> None:
         entries = self.registry.dns_entries()
@@ -87,5 +88,16 @@ class Discovery:
                 )
             return
         self._failing.discard(entry)
+        self._note_empty(entry, urls)
         if self.registry.set_members(entry, urls):
             self.log.info("engines of %s changed", entry.text, extra={"fields": {"engines": urls}})
+
+    def _note_empty(self, entry: DnsEntry, urls: list[str]) -> None:
+        """Warn, once until it has addresses again, of a name that resolves to none: a pool
+        scaled to zero, or a typo in the name, which was otherwise silent (a pool empty from
+        the start never changed, and its requests were only 503s)."""
+        if urls:
+            self._empty.discard(entry)
+        elif entry not in self._empty:
+            self._empty.add(entry)
+            self.log.warning("%s resolves to no address: its pool has no engines", entry.text)

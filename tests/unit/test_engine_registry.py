@@ -14,6 +14,7 @@ from gateway.routing.engines import Engine, EngineRegistry
 from gateway.routing.entries import DnsEntry
 from gateway.routing.model_cards import ServedModel
 from gateway.settings import ModelRoute
+from tests.support.logs import collected
 
 DNS = DnsEntry("engines.test", 8000)
 
@@ -135,6 +136,25 @@ async def test_a_failed_resolution_keeps_the_last_engines_and_counts_it() -> Non
     resolver.answer = []
     await discovery.refresh()
     assert _urls(reg, "m") == []
+
+
+async def test_a_name_that_resolves_to_nothing_is_logged_once_until_it_has_addresses() -> None:
+    """Found 2026-12-06: a dns:// name that resolved to no address (a typo) was silent: the
+    pool was empty from the start, so it never changed, and its requests were only 503s."""
+    reg = EngineRegistry([ModelRoute(name="m", engines=[DNS.text])])
+    resolver = _FlakyResolver()
+    resolver.answer = []
+    discovery = Discovery(reg, resolver, EngineMetrics(Metrics()), timeout_s=1.0)
+    said = "dns://engines.test:8000 resolves to no address: its pool has no engines"
+    with collected("llmaas.routing") as logs:
+        await discovery.refresh()
+        await discovery.refresh()
+        resolver.answer = ["10.0.0.1"]
+        await discovery.refresh()
+        resolver.answer = []
+        await discovery.refresh()
+    warned = [r.getMessage() for r in logs.records if r.levelname == "WARNING"]
+    assert warned == [said, said], warned  # once per time it became empty
 
 
 async def test_the_system_resolver_answers_for_localhost() -> None:
