@@ -36,6 +36,10 @@ class UpgradeDropped:
         `Upgrade`, and, once the head's blank line has come, the rest of `data` as it is.
         `begun`: a line of this head went to the parser already (so a read that starts with
         a line end ends the head; before the request line, an empty line is only that)."""
+        if not self.held:  # (most heads: whole in one read, without Upgrade: not copied)
+            whole = data.find(_BLANK_LINE)
+            if whole != -1 and _UPGRADE_LINE.search(data, 0, whole + 2) is None:
+                return data
         data = self.held + data
         self.held = b""
         end = data.find(_BLANK_LINE)

@@ -65,3 +65,11 @@ def test_the_blank_line_that_begins_a_read_ends_the_head_only_once_the_head_has_
     assert upgrades.feed(b"\r\nGET / HTTP/1.1\r\nupgrade: x\r\n", begun=False) == (
         b"\r\nGET / HTTP/1.1\r\n"
     )
+
+
+def test_a_whole_head_without_upgrade_is_handed_on_as_it_came() -> None:
+    """The common case, on every request: nothing copied."""
+    read = WITHOUT + BODY
+    assert UpgradeDropped().feed(read, begun=False) is read
+    lower = HEAD.replace(b"UPGRADE", b"upgrade") + BODY  # (a field name's case is no matter)
+    assert UpgradeDropped().feed(lower, begun=False) == WITHOUT + BODY
