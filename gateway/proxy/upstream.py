@@ -11,31 +11,21 @@ JWKS).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Protocol, TypeVar, cast
+from collections.abc import Awaitable, Callable
+from typing import Protocol, cast
 
 import aiohttp
 
 from gateway.errors import ApiError, BadGateway, GatewayTimeout, ServiceUnavailable
 from gateway.metrics import Metrics
+from gateway.proxy.first_look import FirstLook
 from gateway.proxy.h1 import ConnectFailed, Disconnected, H1Response, NotHttp
 from gateway.proxy.h1_pool import H1Pool
-from gateway.proxy.normalize import model_missing, stream_error_status
-from gateway.proxy.upstream_answers import (
-    Begun,
-    Failure,
-    Read,
-    UpstreamBroken,
-    UpstreamResponse,
-    first_bytes,
-    only_opening,
-    past_opening,
-)
+from gateway.proxy.upstream_answers import Failure, UpstreamBroken, UpstreamResponse
 from gateway.routing.breaker import FailureKind
 from gateway.routing.engines import Engine
 from gateway.settings import UpstreamSettings
 
-_T = TypeVar("_T")
 # Puts the request's model back on an engine that answered it does not serve it (a fine-tuned
 # model's adapter, forgotten by an engine that restarted); raises the ApiError the client gets
 # when it cannot.
@@ -79,6 +69,10 @@ class Upstream:
         # Hears an engine that answered 404 for a model it listed at the last models poll: the
         # app asks that engine's /v1/models again at once (gateway/routing/monitor.py).
         self.on_model_missing: Callable[[Engine], None] = lambda _: None
+        self._look = FirstLook(metrics, self.failure, self._model_missing)
+
+    def _model_missing(self, engine: Engine) -> None:
+        self.on_model_missing(engine)  # (set after construction, by the app)
 
     async def start(self) -> None:
         # No pool limit in aiohttp: a wait for a pooled connection would count as the engine's
@@ -116,15 +110,14 @@ class Upstream:
         `inflight` (the caller decrements it when done, and closes the response).
 
         A refused connection, a connection that broke before any answer (an engine that died
-        under a pooled keep-alive connection), a 5xx or 429 answer, an answer the OpenAI API
-        never gives (`_odd`), a stream that broke or sent a 5xx
-        error frame before its first frame (vLLM answers 200 as it takes a request and sends
-        the first frame with the first token: an engine killed while the request waited), or
-        a 404 saying the engine does not serve the model (it restarted since the last models
-        poll and forgot an adapter), while another engine is left to try, moves on (at most
-        `max_attempts` engines): nothing reached the client yet, and nothing was generated.
-        The last engine's stream is looked at too: one broken before its first frame is a 502,
-        as an answer broken before its headers is (`_last_stream`).
+        under a pooled keep-alive connection), or what first_look.py says of the answer (a
+        5xx or 429, an answer the OpenAI API never gives, a stream that broke or sent a 5xx
+        error frame before its first frame, a 404 saying the engine does not serve the model:
+        it restarted since the last models poll and forgot an adapter), while another engine
+        is left to try, moves on (at most `max_attempts` engines): nothing reached the client
+        yet, and nothing was generated. The last engine's stream is looked at too: one broken
+        before its first frame is a 502, as an answer broken before its headers is, and one
+        whose first frame is an error is the answer of that error's status.
         Once an engine answered otherwise, the request is never sent again. When the last
         engine to try says it does not serve the model and a `reload` is given, the model is
         put back on it and the request sent there once more. `trying` hears each engine as it
@@ -156,12 +149,12 @@ class Upstream:
                 self.open_requests -= 1
                 continue
             last = i + 1 == len(tried)
-            answered = await self._answered(engine, resp, last=last)
+            answered = await self._look.answered(engine, resp, last=last)
             if answered is None:
                 engine.inflight -= 1
                 continue
             if answered.status == 404 and (not last or reload is not None):
-                answer = await self._unless_model_missing(engine, answered)
+                answer = await self._look.unless_model_missing(engine, answered)
                 if answer is not None:
                     return engine, answer
                 engine.inflight -= 1
@@ -174,142 +167,6 @@ class Upstream:
             return engine, answered
         trying(None)
         raise _unavailable()
-
-    async def _answered(
-        self, engine: Engine, resp: H1Response, *, last: bool
-    ) -> UpstreamResponse | None:
-        """The answer to hand on; None when the request may go to another engine: an answer
-        the OpenAI API never gives (`_odd`: a 502 from the `last` engine), counted as the
-        engine's failure, or what `_unless_failed` says of the others'."""
-        odd = _odd(resp)
-        if odd is not None:
-            resp.close()
-            self._metrics.upstream_errors.labels(engine.url, "bad_answer").inc()
-            engine.record_failure("bad_answer", odd)
-            if last:
-                engine.inflight -= 1
-                raise BadGateway(
-                    f"The engine answered with {odd}, which is not an answer of the OpenAI API.",
-                    code="engine_bad_answer",
-                )
-            return None
-        if not last:
-            return await self._unless_failed(engine, resp)
-        if resp.status == 200 and resp.content_type == "text/event-stream":
-            return await self._last_stream(engine, resp)
-        return resp
-
-    async def _unless_failed(self, engine: Engine, resp: H1Response) -> UpstreamResponse | None:
-        """None for a 5xx or a 429, or a stream that failed before its first frame
-        (_first_frame): the request may go to another engine. Else the answer."""
-        if resp.status >= 500:
-            self._metrics.upstream_errors.labels(engine.url, f"http_{resp.status}").inc()
-            resp.close()
-            engine.record_failure("http_5xx", f"status {resp.status}")
-            return None
-        if resp.status == 429:  # overloaded: the next engine may not be (no step to ejection)
-            self._metrics.upstream_errors.labels(engine.url, "http_429").inc()
-            resp.close()
-            return None
-        if resp.status == 200 and resp.content_type == "text/event-stream":
-            return await self._first_frame(engine, resp)
-        return resp
-
-    async def _first_frame(self, engine: Engine, resp: H1Response) -> UpstreamResponse | None:
-        """A stream, once its first bytes came; None when it broke before them, or they are an
-        error frame of a 5xx (vLLM's engine core gone): the request may go to another engine.
-        Silent past the idle timeout, it is handed on with that failure, as before. Cancelled
-        meanwhile (the client left), it gives back the response and the engine's count."""
-        frames = resp.chunks()
-        first = await self._looked_at(engine, resp, first_bytes(frames))
-        if first is None:
-            return None
-        if isinstance(first, UpstreamBroken):  # slow, not gone: the relay answers it as it would
-            return Begun(resp, frames, b"", first)
-        if only_opening(first):  # a Responses API stream: has it begun to generate?
-            return await self._past_opening(engine, resp, frames, first)
-        if first.startswith(b'data: {"error"'):
-            status = stream_error_status(first[6:].split(b"\n", 1)[0])
-            if status >= 500:
-                resp.close()
-                self._metrics.upstream_errors.labels(engine.url, f"http_{status}").inc()
-                engine.record_failure("http_5xx", f"error frame {status}")
-                return None
-        return Begun(resp, frames, first)
-
-    async def _last_stream(self, engine: Engine, resp: H1Response) -> UpstreamResponse:
-        """The last engine's stream, once its first bytes came (handed on at once: they reach
-        the client as they would have). One that broke before them is the 502
-        `engine_disconnected` of a connection that broke before the headers, which SDKs retry,
-        not a 200 whose only frame is that error: nothing reached the client, and nothing was
-        generated. Silent past the idle timeout, it is handed on with that failure, as the
-        others' are; an error frame, or a Responses stream's opening events, as they came."""
-        frames = resp.chunks()
-        try:
-            first = await first_bytes(frames)
-        except UpstreamBroken as exc:
-            resp.close()
-            engine.inflight -= 1
-            raise self.failure(engine, exc.kind, exc.cause) from exc
-        except BaseException:
-            resp.close()
-            engine.inflight -= 1
-            raise
-        if isinstance(first, UpstreamBroken):
-            return Begun(resp, frames, b"", first)
-        return Begun(resp, frames, first)
-
-    async def _past_opening(
-        self, engine: Engine, resp: H1Response, frames: AsyncIterator[bytes], first: bytes
-    ) -> UpstreamResponse | None:
-        """A Responses API stream, read past its opening events (sent as vLLM takes the
-        request); None when it ended before its first event past them: an engine killed while
-        the request waited in its queue (taken for a refusal of a field, the request failed
-        while the model's other engines were free), or vLLM refusing a field it checks only as
-        generation starts. Either way nothing was generated, and the request may go to another
-        engine: no step towards this one's ejection (a refusal is the request's, and the next
-        engine says the same; the last one's is answered as such, RelayResponse)."""
-        read = await self._looked_at(engine, resp, past_opening(frames, first))
-        if read is None:
-            resp.close()
-            self._metrics.upstream_errors.labels(engine.url, "never_began").inc()
-            return None
-        head, failed = read
-        return Begun(resp, frames, head, failed)
-
-    async def _looked_at(
-        self, engine: Engine, resp: UpstreamResponse, read: Awaitable[_T]
-    ) -> _T | None:
-        """`read` of an answer `open` looks at before it hands it on: None when the engine
-        broke off (its failure counted). Cancelled meanwhile (the client left), it gives back
-        the response and the engine's count, which its caller would have kept."""
-        try:
-            return await read
-        except UpstreamBroken as exc:
-            resp.close()
-            self.failure(engine, exc.kind, exc.cause)
-            return None
-        except BaseException:
-            resp.close()
-            engine.inflight -= 1
-            raise
-
-    async def _unless_model_missing(
-        self, engine: Engine, resp: UpstreamResponse
-    ) -> UpstreamResponse | None:
-        """A 404 (read whole: a small error body). None when the engine said it does not serve
-        the model (another engine may: the request is tried there); else the answer, as read.
-        Cancelled meanwhile (the client left), it gives back the response and the engine's
-        count, which its caller would have kept."""
-        body = await self._looked_at(engine, resp, resp.read())
-        if body is None:  # refused, then cut: nothing generated, try another
-            return None
-        if not model_missing(body):
-            return Read(resp, body)
-        resp.release()
-        self._metrics.upstream_errors.labels(engine.url, "model_missing").inc()
-        self.on_model_missing(engine)
-        return None
 
     async def _send(
         self,
@@ -389,19 +246,6 @@ class Upstream:
 
 
 _BREAKER_KINDS: dict[str, FailureKind] = {"timeout": "timeout", "bad_answer": "bad_answer"}
-
-
-def _odd(resp: H1Response) -> str | None:
-    """What makes an engine's answer one the gateway cannot pass on (None: nothing): a status
-    the OpenAI API never answers (2xx but 200, 3xx, 101), relayed with its status and a JSON
-    body, broke the client's connection (a 204 or 304 has no body: the body was read as the
-    next answer) or an SDK took it for a success; a body encoded (gzip) reached the client
-    as a 200 `application/json` it could not read, and was billed nothing."""
-    if resp.status != 200 and resp.status < 400:
-        return f"HTTP {resp.status}"
-    if resp.content_encoding:
-        return f"a body in content-encoding {resp.content_encoding!r}"
-    return None
 
 
 def _broken(kind: str, cause: BaseException) -> UpstreamBroken:

@@ -1,6 +1,7 @@
 """What an engine's answer is to the relay (`UpstreamResponse`, `UpstreamBroken`), and the
-answers `Upstream.open` hands on after it looked at their first bytes: a 404's body read whole
-(`Read`), a stream's first bytes read to see that it began (`Begun`)."""
+answers `Upstream.open` hands on after it looked at their first bytes (first_look.py): a 404's
+body read whole, or a stream's first frame that is an error (`Read`), a stream's first bytes
+read to see that it began (`Begun`)."""
 
 from __future__ import annotations
 
@@ -45,13 +46,21 @@ class UpstreamResponse(Protocol):
 
 
 class Read:
-    """An answer whose body was read already (a 404 looked at by Upstream.open)."""
+    """An answer whose body was read already (a 404 looked at by Upstream.open), or a
+    stream's first frame that is an error, as the answer of its `status`."""
 
-    def __init__(self, resp: UpstreamResponse, body: bytes) -> None:
+    def __init__(
+        self,
+        resp: UpstreamResponse,
+        body: bytes,
+        *,
+        status: int | None = None,
+        content_type: str | None = None,
+    ) -> None:
         self._resp = resp
         self._body = body
-        self.status = resp.status
-        self.content_type = resp.content_type
+        self.status = resp.status if status is None else status
+        self.content_type = resp.content_type if content_type is None else content_type
 
     async def chunks(self) -> AsyncIterator[bytes]:
         if self._body:

@@ -400,20 +400,24 @@ async def test_an_empty_prompt_and_an_engine_bound_are_told_as_a_clients_errors(
     assert "VLLM_" not in info.value.message
 
 
-async def test_a_stream_vllm_refuses_with_an_error_frame_is_recorded_rejected(
+async def test_a_stream_vllm_refuses_with_an_error_frame_is_a_400_recorded_rejected(
     e2e: E2E, ledger: LedgerView
 ) -> None:
     """vLLM checks logit_bias against its vocabulary once the stream has begun: an error frame,
-    then [DONE]. Recorded `ok`, it was charged its whole token reservation."""
+    then [DONE]. Recorded `ok`, it was charged its whole token reservation; and until
+    2026-12-06 the client got a 200 with that frame, though nothing else had reached it: it is
+    the 400 a plain request gets, naming the field."""
     rid = new_rid("stream-refused")
     body = {"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "stream": True}
     body |= {"max_tokens": 3, "logit_bias": {"999999": 1}}
     before = await ledger.count()
     headers = {**e2e.auth, "x-request-id": rid}
     async with e2e.http.post(f"{e2e.gateway}/v1/chat/completions", json=body, headers=headers) as r:
-        text = await r.read()
-    assert b"out-of-vocab" in text
-    assert text.endswith(b"data: [DONE]\n\n")
+        assert r.status == 400
+        assert r.content_type == "application/json"
+        error = orjson.loads(await r.read())["error"]
+    assert "out-of-vocab" in error["message"], error
+    assert (error["type"], error["param"]) == ("invalid_request_error", "logit_bias"), error
     records = [r for r in await ledger.new_since(before, 1) if r.request_id == rid]
     assert [(r.outcome, r.total_tokens) for r in records] == [("rejected", 0)]
 

@@ -45,10 +45,17 @@ CHUNK = {
     "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}],
 }
 TOKEN = b"data: " + orjson.dumps(CHUNK) + b"\n\n"
+# vLLM refusing a request only as it generates it (a first frame that is an error, of a 4xx)
+REFUSED = (
+    b'data: {"error": {"message": "This request asks for too much.", "type": '
+    b'"BadRequestError", "param": null, "code": 400}}\n\ndata: [DONE]\n\n'
+)
 MIDWAY = TOKEN + CORE_GONE + b"data: [DONE]\n\n"
 ANSWERS = ODD | {
     "core_gone": b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
     b"content-length: %d\r\n\r\n%s" % (len(CORE_GONE), CORE_GONE),
+    "refused_first": b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(REFUSED), REFUSED),
     "core_gone_midway": b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
     b"content-length: %d\r\n\r\n%s" % (len(MIDWAY), MIDWAY),
 }
@@ -125,6 +132,39 @@ async def test_an_engine_core_gone_while_a_plain_request_streamed_is_a_retryable
     assert refused.value.response.headers["retry-after"] == "1"
     assert isinstance(refused.value.body, dict)
     assert refused.value.body["code"] == "engine_unavailable"
+
+
+@pytest.mark.parametrize(
+    ("said", "status", "code", "outcome"),
+    [
+        ("core_gone", 503, "engine_unavailable", "engine_error"),
+        ("refused_first", 400, None, "rejected"),
+    ],
+)
+async def test_a_stream_whose_first_frame_is_an_error_is_answered_with_its_status(
+    gateway: str, said: str, status: int, code: str | None, outcome: str
+) -> None:
+    """Found 2026-12-06: a stream whose only (last) engine opened it with an error frame (its
+    engine core gone, or a refusal it makes only as it generates) was a 200 with that one
+    frame: the SDK raised a plain APIError, never retried a 503, and the access log said 200.
+    Nothing had reached the client: it is the answer of the error's status."""
+    messages: Any = [{"role": "user", "content": said}]
+    with collected("llmaas.access") as logs:
+        async with openai.AsyncOpenAI(base_url=f"{gateway}/v1", api_key="k", max_retries=0) as oai:
+            with pytest.raises(openai.APIStatusError) as refused:
+                await oai.chat.completions.create(model=MODEL, messages=messages, stream=True)
+        lines = await logs.wait_for(lambda r: r.getMessage() == "request")
+    assert refused.value.status_code == status
+    body = refused.value.body
+    assert isinstance(body, dict)
+    assert body["code"] == code, body
+    if said == "refused_first":
+        assert body["message"] == "This request asks for too much.", body
+        assert body["type"] == "invalid_request_error", body
+    else:
+        assert refused.value.response.headers["retry-after"] == "1"
+    fields = lines[0].fields  # type: ignore[attr-defined]
+    assert (fields["outcome"], fields["status"]) == (outcome, status), fields
 
 
 async def test_an_engine_core_gone_midway_through_a_stream_is_the_engines_failure(
