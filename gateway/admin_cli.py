@@ -11,7 +11,8 @@ from typing import Any
 
 from gateway.admin_client import AdminClient, AdminError, LocalProblem, segment
 from gateway.auth.api_keys import PREFIX, parse_key
-from gateway.cli_options import add_gateway_options, given
+from gateway.auth.records import MAX_LIMIT
+from gateway.cli_options import add_gateway_options, given, int_within
 from gateway.cli_table import table
 
 KEY_COLUMNS = (
@@ -64,12 +65,14 @@ def _limit_options(scope: str) -> argparse.ArgumentParser:
     ):
         limits.add_argument(
             flag,
-            type=int,
+            type=_limit,
+            metavar="N",
             help=f"limit of {what} (default: the gateway's limits.{scope}_defaults; none there: "
             "no limit)",
         )
     limits.add_argument(
         "--models",
+        type=_model_list,
         help='comma-separated allow-list (default: every model; "" allows none)',
     )
     return limits
@@ -140,7 +143,7 @@ def add_admin_commands(sub: Any) -> None:
     )
     tenant_set.add_argument("tenant_id", type=given, help="the tenant (created if new)")
     tenant_set.add_argument(
-        "--priority", type=int, help="vLLM request priority of all its requests (lower first)"
+        "--priority", type=_priority, help="vLLM request priority of all its requests (lower first)"
     )
     tenant_set.add_argument(
         "--media-hosts",
@@ -165,7 +168,7 @@ def add_admin_commands(sub: Any) -> None:
     _change_options(tenant_update, "tenant")
     tenant_update.add_argument(
         "--priority",
-        type=_limit_or_none,
+        type=_priority_or_none,
         default=argparse.SUPPRESS,
         metavar="N|none",
         help="vLLM request priority of all its requests (lower first); none: the engines' default",
@@ -216,7 +219,9 @@ def _change_options(parser: argparse.ArgumentParser, scope: str) -> None:
             "no limit)",
         )
     models = parser.add_mutually_exclusive_group()
-    models.add_argument("--models", help='comma-separated allow-list ("" allows none)')
+    models.add_argument(
+        "--models", type=_model_list, help='comma-separated allow-list ("" allows none)'
+    )
     models.add_argument("--every-model", action="store_true", help="lift the allow-list")
 
 
@@ -239,12 +244,52 @@ def _key_id(value: str) -> str:
 
 def _limit_or_none(value: str) -> int | None:
     """A limit to set, or `none` to lift it."""
+    return None if _none(value) else _limit(value)
+
+
+def _priority_or_none(value: str) -> int | None:
+    """A priority to set, or `none` for the engines' default."""
+    return None if _none(value) else _priority(value)
+
+
+def _none(value: str) -> bool:
     if value.strip().lower() == "none":
-        return None
+        return True
     try:
-        return int(value)
+        int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is neither a whole number nor none") from None
+    return False
+
+
+def _priority(value: str) -> int:
+    """vLLM's request priority, as the admin API takes it (a 32-bit integer)."""
+    return int_within(value, -(2**31), 2**31 - 1)
+
+
+def _limit(value: str) -> int:
+    """A limit, as the admin API takes it: 1 or more (0 would refuse every request; an
+    account with no access is a disabled tenant or a revoked key)."""
+    return int_within(value, 1, MAX_LIMIT)
+
+
+def _model_list(value: str) -> list[str]:
+    """--models as the API takes it ("": none). An empty name between commas is refused here,
+    as the API refuses it: it was dropped (`a,,b` allowed a and b)."""
+    try:
+        return _names(value, "model")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _names(value: str, what: str) -> list[str]:
+    """A comma-separated list ("": empty); ValueError for an empty item."""
+    if not value.strip():
+        return []
+    names = [name.strip() for name in value.split(",")]
+    if "" in names:
+        raise ValueError(f"{value!r} has an empty {what} name (two commas, or one at an end)")
+    return names
 
 
 def run_admin(args: argparse.Namespace) -> int:
@@ -311,7 +356,7 @@ def _changes(args: argparse.Namespace) -> dict[str, Any]:
         field: given[field] for field in ("rpm", "tpm", "max_concurrency") if field in given
     }
     if args.models is not None:
-        body["models"] = _model_list(args.models)
+        body["models"] = args.models
     if args.every_model:
         body["models"] = None
     return body
@@ -344,11 +389,10 @@ def _hosts(args: argparse.Namespace) -> list[str] | None:
     `set` without the option)."""
     if args.media_hosts is None or args.media_hosts.strip().lower() == "default":
         return None
-    return [h.strip() for h in args.media_hosts.split(",") if h.strip()]
-
-
-def _model_list(models: str) -> list[str]:
-    return [m.strip() for m in models.split(",") if m.strip()]
+    try:
+        return _names(args.media_hosts, "host")
+    except ValueError as exc:
+        raise LocalProblem(f"--media-hosts: {exc}") from None
 
 
 def _limits(args: argparse.Namespace) -> dict[str, Any]:
@@ -356,7 +400,7 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
         "rpm": args.rpm,
         "tpm": args.tpm,
         "max_concurrency": args.max_concurrency,
-        "models": None if args.models is None else _model_list(args.models),
+        "models": args.models,
     }
 
 

@@ -36,19 +36,19 @@ def given(value: str) -> str:
 
 def port_number(value: str) -> int:
     """A TCP port, 0 to 65535 (0: any free port)."""
-    return _int_within(value, 0, 65535)
+    return int_within(value, 0, 65535)
 
 
 def fixed_port(value: str) -> int:
     """A TCP port, 1 to 65535: one a client is told (`llmaas up` prints its address)."""
-    return _int_within(value, 1, 65535)
+    return int_within(value, 1, 65535)
 
 
 def at_least_one(value: str) -> int:
-    return _int_within(value, 1, None)
+    return int_within(value, 1, None)
 
 
-def _int_within(value: str, low: int, high: int | None) -> int:
+def int_within(value: str, low: int, high: int | None) -> int:
     try:
         number = int(value)
     except ValueError:

@@ -227,16 +227,43 @@ async def test_cli_errors_are_clear(auth: AuthStack) -> None:
     code, _, err = await llmaas(auth, "keys", "list", token="wrong-token")
     assert code == 1
     assert "HTTP 401" in err
-    code, _, err = await llmaas(auth, "keys", "create", "--tenant", "cli", "--rpm", "0")
-    assert code == 1
-    assert "rpm" in err
-    for args, said in (
+    # a limit of 0 and an empty model name were the gateway's 400 (exit 1), or dropped (`a,,b`
+    # allowed a and b): usage errors, naming the option, before anything is sent
+    refused: list[tuple[tuple[str, ...], str]] = [
+        (("--rpm", "0"), "argument --rpm: must be 1 to 9007199254740991, got 0"),
+        (("--tpm", "-5"), "argument --tpm: must be 1 to 9007199254740991, got -5"),
+        (("--models", "a,,b"), "argument --models: 'a,,b' has an empty model name"),
+        (("--models", "a,"), "argument --models: 'a,' has an empty model name"),
+    ]
+    for args, said in refused:
+        code, _, err = await llmaas(auth, "keys", "create", "--tenant", "cli-refused", *args)
+        assert code == 2, args
+        assert said in err, err
+    refused = [
         (("--rpm", "many"), "argument --rpm: 'many' is neither a whole number nor none"),
+        (("--max-concurrency", "0"), "argument --max-concurrency: must be 1 to"),
+        (("--models", " , a"), "argument --models: ' , a' has an empty model name"),
         (("--models", "a", "--every-model"), "--every-model: not allowed with argument --models"),
-    ):
+    ]
+    for args, said in refused:
         code, _, err = await llmaas(auth, "keys", "update", "x", *args)
         assert code == 2, args
-        assert said in err
+        assert said in err, err
+    code, _, err = await llmaas(
+        auth, "tenants", "update", "cli-refused", "--priority", "2147483648"
+    )
+    assert code == 2
+    assert "argument --priority: must be -2147483648 to 2147483647, got 2147483648" in err, err
+    for action in ("set", "update"):
+        code, _, err = await llmaas(
+            auth, "tenants", action, "cli-refused", "--media-hosts", "a.test,,b"
+        )
+        assert code == 2, action
+        assert "error: --media-hosts: 'a.test,,b' has an empty host name" in err, err
+    assert await llmaas_json(auth, "keys", "list", "--tenant", "cli-refused") == {
+        "object": "list",
+        "data": [],
+    }
     code, _, err = await llmaas(auth, "keys", "update", "000000000000", "--rpm", "5")
     assert code == 1
     assert "000000000000" in err
