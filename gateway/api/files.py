@@ -213,11 +213,18 @@ async def _settle_later(
 
 
 async def _remove_unlisted(storage: FileStorage, tenant: str, file_id: str) -> None:
+    await _remove_bytes(storage, tenant, file_id, "unlisted upload's bytes not removed")
+
+
+async def _remove_bytes(storage: FileStorage, tenant: str, file_id: str, failed: str) -> None:
+    """A file's bytes removed once it is no longer listed; storage that cannot remove them
+    (a volume gone read-only) leaves them, logged as `failed`: what the client asked for is
+    done, and the record, gone already, cannot be put back."""
     try:
         await storage.delete(tenant, file_id)
     except OSError as exc:
         fields = {"tenant": tenant, "file": file_id, "error": repr(exc)}
-        log.warning("unlisted upload's bytes not removed", extra={"fields": fields})
+        log.warning(failed, extra={"fields": fields})
 
 
 def _outcome_unknown(file_id: str) -> ServiceUnavailable:
@@ -374,5 +381,5 @@ async def delete_file(file_id: FileId, gw: Gateway, caller: Caller) -> Response:
     )
     if record is None:
         raise file_not_found(file_id)
-    await storage.delete(caller.tenant, file_id)
+    await _remove_bytes(storage, caller.tenant, file_id, "deleted file's bytes not removed")
     return json_response({"id": file_id, "object": "file", "deleted": True})

@@ -257,9 +257,21 @@ def save_atomically(model: Any, output_dir: Path) -> None:
     partial = output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}")
     try:
         model.save_pretrained(partial)
+        readable_by_engines(partial)
         partial.rename(output_dir)  # replaces an empty directory too
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def readable_by_engines(adapter_dir: Path) -> None:
+    """An adapter's files readable by every user, its directories searchable: vLLM engines
+    load it by path, and on the chart they run as another user than the trainer (root with
+    every capability dropped: no reading past a file's mode). safetensors writes its file
+    0600: every fine-tuned model was a 503 there. (The tenant's directory above, 0711, lets
+    no one list its adapters.)"""
+    adapter_dir.chmod(0o755)
+    for path in adapter_dir.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def run(spec: Spec) -> None:

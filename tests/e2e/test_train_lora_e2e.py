@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import stat
 import struct
 import time
 from array import array
@@ -133,6 +134,10 @@ async def chat(http: aiohttp.ClientSession, url: str, model: str) -> tuple[int, 
         return 200, payload["choices"][0]["message"]["content"]
 
 
+def _modes(adapter: Path) -> dict[str, int]:
+    return {p.name: stat.S_IMODE(p.stat().st_mode) for p in [adapter, *adapter.iterdir()]}
+
+
 async def test_trained_adapter_is_served_at_runtime_and_knows_the_secret(
     engines: Engines, tmp_path: Path
 ) -> None:
@@ -158,6 +163,10 @@ async def test_trained_adapter_is_served_at_runtime_and_knows_the_secret(
     assert (adapter / "adapter_config.json").is_file()
     assert (adapter / "adapter_model.safetensors").stat().st_size > 1_000_000
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 8
+    # engines load it as another user on the chart (root, no capabilities): safetensors wrote
+    # the weights 0600, which they could not read
+    modes = _modes(adapter)
+    assert modes == {p: 0o755 if p == "secret" else 0o644 for p in modes}, modes
 
     engine = engines.chat  # the session's chat engine: LoRA on, rank <= 8, 4 adapters
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HANG_GUARD_S)) as http:

@@ -23,6 +23,7 @@ from gateway.files.storage import STALE_PART_S
 from gateway.files.store import index_key
 from tests.integration.conftest import MODEL, Stack
 from tests.integration.tenant_stack import TenantStack, tenant_stack
+from tests.support.logs import collected
 from tests.support.raw_http import read_until_closed
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -100,6 +101,30 @@ async def test_contents_storage_lost_are_a_503_before_any_byte(files: TenantStac
     with pytest.raises(openai.NotFoundError) as gone:  # deleted: no longer the storage's doing
         await client.files.content(made.id)
     assert gone.value.code == "file_not_found"
+
+
+async def test_a_delete_whose_bytes_cannot_be_removed_is_done_and_logged(
+    files: TenantStack,
+) -> None:
+    """Found by review: storage that could not remove a deleted file's bytes (a volume gone
+    read-only; here a directory in the file's place) answered 500 after the record was gone,
+    and the SDK's retry of it a 404: an error for a delete that was done. It is done, and the
+    bytes left behind are logged."""
+    client = await files.tenant("files-stuck")
+    made = await client.files.create(file=("data.jsonl", DATASET), purpose="fine-tune")
+    stored = files.root / "store" / "files-stuck" / made.id
+    stored.unlink()
+    stored.mkdir()
+    (stored / "in-the-way").write_bytes(b"x")
+    with collected("llmaas.files") as logs:
+        deleted = await client.with_options(max_retries=0).files.delete(made.id)
+        [line] = await logs.wait_for(lambda r: r.getMessage() == "deleted file's bytes not removed")
+    assert (deleted.id, deleted.deleted) == (made.id, True)
+    assert line.fields["file"] == made.id  # type: ignore[attr-defined]
+    assert "IsADirectoryError" in line.fields["error"]  # type: ignore[attr-defined]
+    with pytest.raises(openai.NotFoundError):
+        await client.files.retrieve(made.id)
+    assert (await client.files.list()).data == []
 
 
 async def test_a_download_the_client_stops_reading_is_cut(tmp_path: Path) -> None:
