@@ -131,6 +131,19 @@ async def _files(client: TenantClient, args: argparse.Namespace) -> Any:
     return {**deleted, "filename": "(deleted)"}
 
 
+def _not_a_training_file(value: str) -> str | None:
+    """Why --training-file is neither a file id (file-…) nor a local file that can be read,
+    if it is neither: a mistyped path was sent as a file id, and refused by the gateway
+    (exit 1) as a file it does not know."""
+    path = Path(value)
+    if value.startswith("file-") and not path.exists():
+        return None
+    unusable = _unreadable(path)
+    if unusable is not None and not path.exists():
+        return f"{unusable}, nor a file id (file-…)"
+    return unusable
+
+
 def _unreadable(path: Path) -> str | None:
     """Why the local file `path` cannot be uploaded, if it cannot (exit 2, not the 1 of the
     gateway's refusals: nothing was sent)."""
@@ -145,6 +158,8 @@ def _unreadable(path: Path) -> str | None:
 
 def run_jobs(args: argparse.Namespace) -> int:
     try:
+        if args.action == "create" and (unusable := _not_a_training_file(args.training_file)):
+            raise LocalProblem(unusable)
         client = TenantClient(args.url, args.api_key)
         return asyncio.run(_jobs(client, args))
     except BrokenPipeError:  # stdout's reader went away: gateway/cli.py's main stops quietly

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 
 from gateway.admin_client import AdminClient, LocalProblem
+from gateway.unprintable import printable
 
 UPLOAD_TIMEOUT_S = 3600.0
 
@@ -34,9 +35,12 @@ class TenantClient(AdminClient):
         """Upload `file`; `sent` is called with the size of every piece read for sending
         (from a worker thread: aiohttp reads files there)."""
         with CountedReader(io.FileIO(str(file)), sent or _nothing) as handle:
-            form = aiohttp.FormData()
+            # The name as it is (aiohttp percent-quotes it by default: `my data.jsonl` was
+            # stored as `my%20data.jsonl`), its control characters made `_` as the gateway
+            # makes them (aiohttp refuses them in a header: a traceback).
+            form = aiohttp.FormData(quote_fields=False)
             form.add_field("purpose", purpose)
-            form.add_field("file", handle, filename=file.name)
+            form.add_field("file", handle, filename=printable(file.name))
             return await self.send("POST", "/files", data=form, timeout_s=UPLOAD_TIMEOUT_S)
 
 

@@ -89,6 +89,24 @@ async def test_the_files_and_jobs_commands(ft: TenantStack, tmp_path: Path) -> N
     assert "HTTP 401" in err
 
 
+async def test_files_upload_keeps_a_files_name_as_it_is(ft: TenantStack, tmp_path: Path) -> None:
+    """Found by review: `files upload 'my data.jsonl'` was stored as `my%20data.jsonl` (aiohttp
+    percent-quotes a filename), and a name holding an escape ended in a traceback."""
+    key = await ft.key("ft-cli-names")
+    auth = ("--url", ft.gateway, "--api-key", key)
+    for name, stored in (
+        ('my data "q" naïve.jsonl', 'my data "q" naïve.jsonl'),
+        ("back\\slash.jsonl", "slash.jsonl"),  # (a name, never a path: as any client's)
+        ("esc\x1bape.jsonl", "esc_ape.jsonl"),
+    ):
+        data = tmp_path / name
+        data.write_bytes(DATASET)
+        code, out, err = await run_cli("files", "upload", str(data), *auth, "--json")
+        assert code == 0, err
+        assert json.loads(out)["filename"] == stored
+        assert (await ft.client(key).files.retrieve(json.loads(out)["id"])).filename == stored
+
+
 async def test_jobs_pause_and_resume_commands(ft: TenantStack) -> None:
     key = await ft.key("ft-cli-pause")
     client = ft.client(key)
@@ -145,6 +163,12 @@ async def test_a_local_training_file_is_uploaded_before_its_job_is_created(
     assert code == 1  # neither a local file nor an id of the tenant's: the API's refusal
     assert "No file 'file-nope' to train on" in err
     assert "(training_file)" in err
+    typo = tmp_path / "mine.jsnol"  # sent as a file id, refused as one the gateway did not know
+    code, _, err = await run_cli(
+        "jobs", "create", "--model", BASE, "--training-file", str(typo), *auth
+    )
+    assert code == 2
+    assert f"error: {typo}: no such file, nor a file id (file-…)" in err, err
     before = [f.id async for f in ft.client(key).files.list()]
     code, _, err = await run_cli(  # refused after the upload: the file it made is deleted
         "jobs", "create", "--model", "no-such-base", "--training-file", str(data), *auth
