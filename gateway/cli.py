@@ -89,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     add_finetune_commands(sub)
 
     up = sub.add_parser("up", help="Redis + one local vLLM engine + the gateway (make run)")
-    up.add_argument("--port", type=fixed_port, default=8080, help="gateway port (default 8080)")
+    up.add_argument(
+        "--port", type=fixed_port, help="gateway port (default: $LLMAAS_PORT, else 8080)"
+    )
     up.add_argument(
         "--engine-port", type=port_number, default=0, help="engine port (default: free)"
     )

@@ -83,7 +83,7 @@ async def start_redis(
         if not await ping(url_from_env):
             # The URL may carry a password: name only where it points.
             where = url_from_env.rsplit("@", 1)[-1]
-            raise RedisStartError(f"Redis at {where} does not answer PING")
+            raise RedisStartError(f"Redis at {where} (LLMAAS_REDIS_URL) does not answer PING")
         yield url_from_env
         return
     port = free_port()

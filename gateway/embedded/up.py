@@ -59,17 +59,33 @@ UP_ERRORS = (
 )
 
 
+DEFAULT_PORT = 8080
+
+
 def run_up(
-    *, gateway_port: int, engine_port: int, home: Path | None, data_dir: Path | None = None
+    *,
+    gateway_port: int | None,
+    engine_port: int,
+    home: Path | None,
+    data_dir: Path | None = None,
 ) -> int:
-    """`data_dir`: what it keeps from one run to the next (Redis's data, files, engine logs;
-    default: the home)."""
+    """`gateway_port`: None for LLMAAS_PORT, else DEFAULT_PORT. `data_dir`: what it keeps
+    from one run to the next (Redis's data, files, engine logs; default: the home)."""
     paths = EmbeddedPaths.resolve(home)
     data = DataDir(data_dir.expanduser().resolve() if data_dir is not None else paths.home)
+    for path, named in ((paths.home, "--home (or LLMAAS_HOME)"), (data.root, "--data-dir")):
+        if (unusable := _unusable_directory(path, named)) is not None:
+            print(f"llmaas up: error: {unusable}", file=sys.stderr)
+            return 2
     try:  # LLMAAS_* settings, before minutes of preparing and starting anything
-        _preflight_settings(gateway_port, data, paths)
+        # (the environment wins over what is given here: LLMAAS_PORT, unless --port was given)
+        chosen = _preflight_settings(gateway_port or DEFAULT_PORT, data, paths).port
     except (ConfigError, OSError) as exc:
         print(invalid_configuration("up", exc), file=sys.stderr)
+        return 2
+    gateway_port = chosen if gateway_port is None else gateway_port
+    if gateway_port == 0:  # (LLMAAS_PORT=0: the address it prints would name no port)
+        print("llmaas up: error: LLMAAS_PORT=0: give the port to serve on", file=sys.stderr)
         return 2
     try:
         # Before minutes of preparing and starting the engine, not after (uvicorn's bind).
@@ -96,11 +112,25 @@ def run_up(
     return 0
 
 
-def _preflight_settings(gateway_port: int, data: DataDir, paths: EmbeddedPaths) -> None:
+def _unusable_directory(path: Path, named: str) -> str | None:
+    """Why `path` cannot be the directory `named` (made later if missing), if it cannot: a
+    file in its place, or a directory that cannot be written, ended in a traceback, after
+    minutes of preparing when it was the home."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{named} {path} cannot be a directory: {existing} is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{named} {path} cannot be written ({existing}: permission denied)"
+    return None
+
+
+def _preflight_settings(gateway_port: int, data: DataDir, paths: EmbeddedPaths) -> Settings:
     """The settings `llmaas up` will run with, built with stand-ins for what it starts (Redis,
     the engine, the prepared model): a wrong LLMAAS_* variable fails here, said as `llmaas
     serve` says it, not minutes later in a traceback that quotes its value."""
-    up_settings(
+    return up_settings(
         gateway_port=gateway_port,
         redis_url="redis://127.0.0.1:6379/0",
         admin_token="stand-in-admin-token-of-24",

@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -248,7 +249,13 @@ async def test_sim_refuses_a_port_out_of_range_and_a_latency_not_a_number(
 @pytest.mark.parametrize(
     ("command", "defaults"),
     [
-        ("up", ("gateway port (default 8080)", "(default: $LLMAAS_HOME, else ~/.cache/llmaas)")),
+        (
+            "up",
+            (
+                "gateway port (default: $LLMAAS_PORT, else 8080)",
+                "(default: $LLMAAS_HOME, else ~/.cache/llmaas)",
+            ),
+        ),
         ("serve", ("the port setting, 8080", "the workers setting, 1")),
         ("keys create", ("limits.key_defaults; none there: no limit",)),
         ("tenants set", ("limits.tenant_defaults; none there: no limit",)),
@@ -301,6 +308,48 @@ async def test_up_refuses_ports_it_cannot_use_before_preparing_anything(
     code, _, err = await run_cli("up", *args, "--home", str(tmp_path / "home"))
     assert code == 2
     assert f"llmaas up: error: {said}" in err
+    assert not (tmp_path / "home").exists()
+
+
+async def test_up_refuses_a_home_or_data_directory_it_cannot_use_before_preparing(
+    tmp_path: Path,
+) -> None:
+    """Found by review: a --data-dir or --home that is a file ended in a traceback (the home's
+    after it began preparing)."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    home = ("--home", str(tmp_path / "home"))
+    for args, said in (
+        (("--data-dir", str(afile), *home), f"--data-dir {afile} cannot be a directory"),
+        (
+            ("--data-dir", str(afile / "sub"), *home),
+            f"--data-dir {afile / 'sub'} cannot be a directory: {afile} is a file",
+        ),
+        (("--home", str(afile / "sub")), f"--home (or LLMAAS_HOME) {afile / 'sub'} cannot be"),
+    ):
+        code, _, err = await run_cli("up", "--port", str(free_port()), *args)
+        assert code == 2, args
+        assert f"llmaas up: error: {said}" in err, err
+        assert "Traceback" not in err
+    assert not (tmp_path / "home").exists()
+
+
+async def test_up_serves_on_llmaas_port_unless_port_is_given(tmp_path: Path) -> None:
+    """Found by review: `LLMAAS_PORT=N llmaas up` served on 8080, though LLMAAS_* variables set
+    every setting. Seen where it checks that the port is free, before preparing anything."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"LLMAAS_PORT": str(port)}
+        code, _, err = await run_cli("up", "--home", str(tmp_path / "home"), env=env)
+        assert code == 1
+        assert f"port {port} on 127.0.0.1 is taken" in err, err
+        assert "--port" in err
+    env = {"LLMAAS_PORT": "0"}
+    code, _, err = await run_cli("up", "--home", str(tmp_path / "home"), env=env)
+    assert code == 2
+    assert "llmaas up: error: LLMAAS_PORT=0: give the port to serve on" in err, err
     assert not (tmp_path / "home").exists()
 
 

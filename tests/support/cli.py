@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -18,10 +19,15 @@ def llmaas() -> str:
     return str(LLMAAS)
 
 
-async def run_cli(*args: str) -> tuple[int, str, str]:
-    """`llmaas <args>` to completion (at most 60 s): exit status, stdout, stderr."""
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """`llmaas <args>` to completion (at most 60 s), with `env` added to the environment:
+    exit status, stdout, stderr."""
     proc = await asyncio.create_subprocess_exec(
-        llmaas(), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        llmaas(),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=None if env is None else {**os.environ, **env},
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
