@@ -61,6 +61,7 @@ class DrainingServer(uvicorn.Server):
         self.grace_s = grace_s
         self.supervised = supervised
         self.deadline: float | None = None
+        self.ended_by = "grace over"  # what ended the drain, as its log line says
         self.retired = False  # RETIRE: its listener is to close (on_tick)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -127,6 +128,7 @@ class DrainingServer(uvicorn.Server):
             return
         if self.deadline is not None and not self.should_exit:
             self.deadline = time.monotonic()  # the grace ends now: the next tick cuts the rest
+            self.ended_by = "a second signal"
             return
         if self.should_exit and drain is not None:  # stopping already: no more waiting on Redis
             asyncio.get_running_loop().call_soon_threadsafe(drain.hurry)  # (a signal handler)
@@ -145,7 +147,9 @@ class DrainingServer(uvicorn.Server):
                 self.should_exit = True
             elif time.monotonic() >= self.deadline:
                 cut = drain.cut()
-                _log.warning("grace over: %d requests in flight, %d cut", drain.in_flight, cut)
+                _log.warning(
+                    "%s: %d requests in flight, %d cut", self.ended_by, drain.in_flight, cut
+                )
                 # uvicorn hands this to asyncio.wait_for, which takes a float
                 self.config.timeout_graceful_shutdown = ANSWER_END_S  # type: ignore[assignment, unused-ignore]
                 self.should_exit = True

@@ -45,7 +45,7 @@ async def require_admin(request: Request) -> None:
     """The check CredentialGate makes before the body is read, again for the route itself."""
     expected: str | None = request.app.state.gateway.settings.admin_token
     if not admin_token_ok(request.headers, expected):
-        raise admin_unauthorized()
+        raise admin_unauthorized(request.headers, expected)
 
 
 router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)])

@@ -35,10 +35,16 @@ def admin_token_ok(headers: Headers, expected: str | None) -> bool:
     )
 
 
-def admin_unauthorized() -> Unauthorized:
-    return Unauthorized(
-        "The admin API needs 'Authorization: Bearer <admin token>'.", code="invalid_api_key"
-    )
+def admin_unauthorized(headers: Headers, expected: str | None) -> Unauthorized:
+    """The 401 of a request admin_token_ok refused, saying which of the three it was: a wrong
+    token read as a missing one ("needs 'Authorization: Bearer …'")."""
+    if bearer(headers) is None:
+        said = "The admin API needs 'Authorization: Bearer <admin token>'."
+    elif expected is None:
+        said = "The admin API is off on this gateway: it has no admin_token set."
+    else:
+        said = "Incorrect admin token provided."
+    return Unauthorized(said, code="invalid_api_key")
 
 
 class CredentialGate:
@@ -50,8 +56,9 @@ class CredentialGate:
         path = scope["path"] if scope["type"] == "http" else ""
         try:
             if path.startswith(ADMIN):
-                if not admin_token_ok(Headers(scope=scope), self.admin_token):
-                    raise admin_unauthorized()
+                headers = Headers(scope=scope)
+                if not admin_token_ok(headers, self.admin_token):
+                    raise admin_unauthorized(headers, self.admin_token)
             elif path.startswith(TENANT_BODIES) and scope["method"] == "POST":
                 state = getattr(scope["app"].state, "gateway", None)
                 if state is not None:  # (None before startup is done: the route answers)

@@ -290,16 +290,23 @@ async def test_model_allow_lists_of_key_and_tenant(auth: AuthStack) -> None:
 
 async def test_admin_api_refuses_everyone_but_the_admin(auth: AuthStack) -> None:
     tenant_key = await auth.new_key()
-    for headers in (
-        {},
-        {"authorization": "Bearer wrong"},
-        {"authorization": f"Bearer {tenant_key}"},
+    # (a wrong token was told the API "needs 'Authorization: Bearer <admin token>'", as if
+    # none had been sent: found by review)
+    needs = "The admin API needs 'Authorization: Bearer <admin token>'."
+    for headers, said in (
+        ({}, needs),
+        ({"authorization": "Basic eDp5"}, needs),
+        ({"authorization": "Bearer wrong"}, "Incorrect admin token provided."),
+        ({"authorization": f"Bearer {tenant_key}"}, "Incorrect admin token provided."),
     ):
-        async with auth.http.get(f"{auth.gateway}/admin/v1/keys", headers=headers) as resp:
-            assert resp.status == 401
-            error = (await resp.json())["error"]
+        for method, path in (("GET", "/keys"), ("POST", "/keys")):  # the gate, and the route
+            url = f"{auth.gateway}/admin/v1{path}"
+            async with auth.http.request(method, url, headers=headers, json={}) as resp:
+                assert resp.status == 401
+                error = (await resp.json())["error"]
             assert set(error) == {"message", "type", "param", "code"}
             assert error["code"] == "invalid_api_key"  # a code, as the gateway's other 401s have
+            assert error["message"] == said, (headers, error)
 
 
 @pytest.mark.parametrize(

@@ -308,6 +308,10 @@ async def test_a_second_sigterm_cuts_at_once_what_the_grace_would_have_waited_fo
     assert all(cut_with_an_error_frame(text) for text in texts), texts
     assert {r.outcome for r in billed} == {"gateway_shutdown"}
     assert len(billed) == 2
+    # (it said "grace over", 2 s into a 60-s grace: found by review)
+    cuts = re.findall(r"(.*): \d+ requests in flight, \d+ cut", (tmp_path / "gw.log").read_text())
+    assert cuts
+    assert all(said.endswith("a second signal") for said in cuts), cuts
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
