@@ -20,6 +20,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.api.body_encoding import content_encoding
 from gateway.api.download import DownloadResponse
 from gateway.api.responses import json_response, page_response, unknown_cursor
 from gateway.auth.principal import Principal
@@ -29,6 +30,7 @@ from gateway.errors import (
     NotFound,
     RateLimited,
     ServiceUnavailable,
+    UnsupportedMediaType,
     no_redis,
     tenant_at_most,
 )
@@ -87,6 +89,14 @@ async def _create_file(request: Request, gw: GatewayState, caller: Principal) ->
     store, storage = _parts(gw)
     limits = gw.settings.files
     boundary = boundary_of(request.headers.get("content-type"))
+    if (encoding := content_encoding(request.headers.raw)) is not None:
+        # (a gzip body failed as multipart that could not be parsed; one labelled gzip and
+        # sent plain was stored as it came)
+        raise UnsupportedMediaType(
+            f"A file upload is read as it arrives and cannot be sent with Content-Encoding "
+            f"'{encoding}': send the multipart body uncompressed.",
+            code="unsupported_content_encoding",
+        )
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limits.max_file_bytes + MULTIPART_OVERHEAD:
         raise too_large(limits.max_file_bytes)
