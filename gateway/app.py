@@ -34,6 +34,8 @@ from gateway.auth.failures import FailureThrottle
 from gateway.auth.invalidation import InvalidationListener
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.store import AuthStore
+from gateway.files.part_sweep import sweep_stale_parts
+from gateway.files.storage import stale_part_s
 from gateway.finetune.serving import AdapterServing
 from gateway.limits.control import AdmissionControl
 from gateway.limits.limiter import Limiter
@@ -237,11 +239,15 @@ def _routers(settings: Settings) -> list[APIRouter]:
 def _background(
     gw: GatewayState, listener: InvalidationListener | None
 ) -> list[asyncio.Task[None]]:
-    """The tasks beside the requests: the key and adapter feeds, Redis's memory watch."""
+    """The tasks beside the requests: the key and adapter feeds, Redis's memory watch, the
+    sweep of the part files stopped uploads left."""
     feeds = [f for f in (listener, gw.adapters) if f is not None]
     tasks = [asyncio.create_task(feed.run()) for feed in feeds]
     if gw.redis is not None:
         tasks.append(asyncio.create_task(watch_redis_memory(gw.redis, gw.metrics)))
+    if gw.settings.files.enabled:
+        stale_s = stale_part_s(gw.settings.keep_alive_s)
+        tasks.append(asyncio.create_task(sweep_stale_parts(gw.settings.files.dir, stale_s)))
     return tasks
 
 

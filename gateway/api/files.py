@@ -36,7 +36,7 @@ from gateway.errors import (
 )
 from gateway.files.finetune_format import FileFormatError, check_chat_jsonl
 from gateway.files.records import FILE_ID_PATTERN, PURPOSES, FileRecord, new_file_id
-from gateway.files.storage import STALE_PART_S, DirectoryStorage, FileStorage, PartialFile
+from gateway.files.storage import DirectoryStorage, FileStorage, PartialFile, stale_part_s
 from gateway.files.store import FileStore
 from gateway.files.upload import MULTIPART_OVERHEAD, boundary_of, receive_upload, too_large
 from gateway.finetune.job_store import JobStore, active_key
@@ -104,7 +104,7 @@ async def _create_file(request: Request, gw: GatewayState, caller: Principal) ->
         raise _too_many_files(limits.max_files_per_tenant)
     file_id = new_file_id()
     partial = storage.create(caller.tenant, file_id)
-    stale_s = max(STALE_PART_S, 2 * gw.settings.keep_alive_s)
+    stale_s = stale_part_s(gw.settings.keep_alive_s)
     room = _room(
         store, storage, caller.tenant, partial, most=limits.max_bytes_per_tenant, stale_s=stale_s
     )

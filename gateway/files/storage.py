@@ -29,6 +29,11 @@ _PART = re.compile(r"^\..+\.[0-9a-f]{8}\.part$")  # _DirectoryPartial's names
 STALE_PART_S = 600.0
 
 
+def stale_part_s(keep_alive_s: float) -> float:
+    """How long a part file is left untouched before it is taken for a stopped upload's."""
+    return max(STALE_PART_S, 2 * keep_alive_s)
+
+
 class PartialFile(Protocol):
     """Contents being written: whole at `path` after `finish` (to be checked there), visible
     under their name only after `commit`."""
@@ -103,27 +108,45 @@ class DirectoryStorage:
         directory = self.path(tenant, "x").parent
         return await asyncio.to_thread(self._uploading, directory, but.path, stale_s)
 
+    def remove_stale_parts(self, stale_s: float) -> int:
+        """Every tenant's part files untouched for `stale_s` removed (blocking: run it in a
+        thread); how many were. An upload looks at its own tenant's only (`uploading`): a
+        tenant that never uploaded again kept the part a stopped gateway left for good."""
+        try:
+            tenants = [e.path for e in os.scandir(self.root) if e.is_dir(follow_symlinks=False)]
+        except OSError:  # no upload yet, or storage unavailable: the next sweep looks again
+            return 0
+        return sum(self._parts(Path(t), None, stale_s)[1] for t in tenants)
+
     @staticmethod
     def _uploading(directory: Path, own: Path, stale_s: float) -> int:
-        held = 0
+        return DirectoryStorage._parts(directory, own, stale_s)[0]
+
+    @staticmethod
+    def _parts(directory: Path, own: Path | None, stale_s: float) -> tuple[int, int]:
+        """The bytes the part files in `directory` but `own` hold, and how many of those
+        untouched for `stale_s` were removed instead (a gateway that stopped mid-upload left
+        them; a read-only volume keeps them, not counted)."""
+        held = removed = 0
         stale_before = time.time() - stale_s
         try:
             entries = list(os.scandir(directory))
         except FileNotFoundError:  # no file yet
-            return 0
+            return 0, 0
         for entry in entries:
-            if not _PART.match(entry.name) or entry.path == str(own):
+            if not _PART.match(entry.name) or (own is not None and entry.path == str(own)):
                 continue
             try:
                 stat = entry.stat()
             except FileNotFoundError:  # committed or discarded meanwhile
                 continue
             if stat.st_mtime < stale_before:
-                with contextlib.suppress(OSError):  # (a read-only volume keeps it: not counted)
-                    os.unlink(entry.path)  # a gateway that stopped mid-upload left it
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed += 1
                 continue
             held += stat.st_size
-        return held
+        return held, removed
 
 
 def bytes_under(path: Path) -> int:

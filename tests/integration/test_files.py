@@ -674,6 +674,33 @@ async def test_unwritable_storage_is_a_503_not_a_500(tmp_path: Path) -> None:
         assert _error(counted.value)["code"] == "file_storage_unavailable"
 
 
+async def test_a_stopped_uploads_part_file_is_removed_whoever_uploads_next(
+    tmp_path: Path,
+) -> None:
+    """Found by review: the part file a gateway stopped mid-upload left was removed only by its
+    own tenant's next upload (README: "removed after 10 minutes untouched"); a tenant that
+    never uploaded again kept it for good. Every gateway sweeps every tenant's."""
+    store = tmp_path / "store"
+    (store / "gone-tenant").mkdir(parents=True)
+    stale = store / "gone-tenant" / ".file-abc.0123abcd.part"
+    fresh = store / "gone-tenant" / ".file-def.4567abcd.part"  # (an upload in progress)
+    kept = store / "gone-tenant" / "file-ghi"  # (a stored file, however old)
+    for path in (stale, fresh, kept):
+        path.write_bytes(b"x" * 10)
+    two_hours_ago = time.time() - 7200
+    for path in (stale, kept):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    with collected("llmaas.files") as logs:
+        async with tenant_stack(tmp_path, files={"dir": str(store)}):
+            [line] = await logs.wait_for(
+                lambda r: r.getMessage() == "stale upload part files removed"
+            )
+            assert not stale.exists()
+            assert fresh.exists()
+            assert kept.exists()
+    assert line.fields["removed"] == 1  # type: ignore[attr-defined]
+
+
 async def test_files_turned_off_are_not_served(tmp_path: Path) -> None:
     """files.enabled false (the chart without fine-tuning, no shared volume): uploads were a 503
     file_storage_unavailable that clients retried; /v1/files is now unknown, and the document
