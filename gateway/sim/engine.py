@@ -92,22 +92,7 @@ class Engine:
             await work
 
     def _faulty(self, faults: Faults) -> Coroutine[Any, Any, None] | None:
-        if faults.hang:
-            return self._hang()
-        if faults.drop == "before_headers":
-            return self._drop_before_headers(faults)
-        return None
-
-    async def _hang(self) -> None:
-        with self.state.generation():
-            await asyncio.Event().wait()  # until the client goes away and cancels us
-
-    async def _drop_before_headers(self, faults: Faults) -> None:
-        with self.state.generation():
-            ttft_ms = self.config.ttft_ms if faults.ttft_ms is None else faults.ttft_ms
-            if ttft_ms > 0:
-                await asyncio.sleep(ttft_ms / 1000.0)
-            raise DropConnection
+        return faulty(faults, self.config, self.state)
 
     async def _stream(self, plan: Plan, reply: Reply) -> None:
         with self.state.generation() as generation:
@@ -156,6 +141,29 @@ class Engine:
         vectors = [_encode(embedding(p.text, plan.dim), plan.base64) for p in plan.prompts]
         answer = embeddings_response(plan.model, vectors, plan.prompt_tokens)
         await _answer(reply, orjson.dumps(answer), plan.faults)
+
+
+def faulty(faults: Faults, config: SimConfig, state: SimState) -> Coroutine[Any, Any, None] | None:
+    """What a request asking to `hang` or `drop` its connection before the headers does
+    instead of its answer (None: it answers)."""
+    if faults.hang:
+        return _hang(state)
+    if faults.drop == "before_headers":
+        return _drop_before_headers(faults, config, state)
+    return None
+
+
+async def _hang(state: SimState) -> None:
+    with state.generation():
+        await asyncio.Event().wait()  # until the client goes away and cancels us
+
+
+async def _drop_before_headers(faults: Faults, config: SimConfig, state: SimState) -> None:
+    with state.generation():
+        ttft_ms = config.ttft_ms if faults.ttft_ms is None else faults.ttft_ms
+        if ttft_ms > 0:
+            await asyncio.sleep(ttft_ms / 1000.0)
+        raise DropConnection
 
 
 async def _answer(reply: Reply, payload: bytes, faults: Faults) -> None:

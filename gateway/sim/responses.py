@@ -7,7 +7,9 @@ responses (`store`, the default) live in this process, so `previous_response_id`
 elsewhere, like vLLM). Tokens: the input costs 1 + its words (a string, or the text of every
 item's content), plus, continuing a conversation, all of the previous response's input and
 output tokens (vLLM re-reads the conversation); the output is `max_output_tokens` tokens
-("incomplete"), else `SimConfig.max_tokens`. Faults (`sim`) and timings work as for chat.
+("incomplete"), else `SimConfig.max_tokens`. Faults (`sim`) and timings work as for chat:
+`drop: "after_headers"` sends a stream's opening events (vLLM sends them as it takes the
+request) and drops the connection at the first token, `cut_after` after that many deltas.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive
 
-from gateway.sim.asgi import SSE_HEADERS, Reply, until_disconnect
+from gateway.sim.asgi import SSE_HEADERS, DropConnection, Reply, until_disconnect
 from gateway.sim.config import SimConfig
+from gateway.sim.engine import faulty
+from gateway.sim.faults import Faults
 from gateway.sim.request import RequestError, Timing, admit, timing
 from gateway.sim.state import SimState
 from gateway.sim.stream import sleep_until
@@ -43,6 +47,7 @@ class Turn:
     store: bool
     stream: bool
     timing: Timing
+    faults: Faults
 
 
 class ResponsesApi:
@@ -54,11 +59,16 @@ class ResponsesApi:
 
     async def create(self, body: dict[str, Any], reply: Reply, receive: Receive) -> None:
         model, faults = admit(body, self.config)
-        turn = self._turn(body, model, timing(self.config, faults))
-        work = self._stream(turn, reply) if turn.stream else self._complete(turn, reply)
+        if self.state.next_fails():
+            status = self.config.fail_status
+            raise RequestError(status, f"Simulated engine failure ({status})")
+        turn = self._turn(body, model, timing(self.config, faults), faults)
+        work = faulty(faults, self.config, self.state) or (
+            self._stream(turn, reply) if turn.stream else self._complete(turn, reply)
+        )
         await until_disconnect(work, receive)
 
-    def _turn(self, body: dict[str, Any], model: str, pace: Timing) -> Turn:
+    def _turn(self, body: dict[str, Any], model: str, pace: Timing, faults: Faults) -> Turn:
         text = _input_text(body.get("input"))
         previous = body.get("previous_response_id")
         before, before_tokens = "", 0
@@ -89,6 +99,7 @@ class ResponsesApi:
             store=body.get("store") is not False,
             stream=body.get("stream") is True,
             timing=pace,
+            faults=faults,
         )
 
     async def _generate(self, turn: Turn) -> dict[str, Any]:
@@ -110,6 +121,8 @@ class ResponsesApi:
 
     async def _complete(self, turn: Turn, reply: Reply) -> None:
         response = await self._generate(turn)
+        if turn.faults.drop == "after_headers":
+            await reply.truncated_json(200, orjson.dumps(response))  # raises DropConnection
         await reply.json(200, orjson.dumps(response))
 
     async def _stream(self, turn: Turn, reply: Reply) -> None:
@@ -120,9 +133,13 @@ class ResponsesApi:
             created = response_object(turn, "in_progress")
             await reply.body(events.opening(created), more=True)
             await sleep_until(started + turn.timing.ttft_s)
+            if turn.faults.drop == "after_headers":
+                raise DropConnection  # (an engine killed while the request waited its turn)
             generation.prefilled(turn.input_tokens)
             for k, token in enumerate(turn.output):
                 await sleep_until(started + turn.timing.ttft_s + k * turn.timing.itl_s)
+                if k == turn.faults.cut_after:
+                    raise DropConnection
                 generation.generated(1)
                 first = events.item_added(turn) if k == 0 else b""  # with the first token
                 await reply.body(first + events.delta(turn, token), more=True)

@@ -134,6 +134,49 @@ async def test_hang_never_answers_and_is_released_on_disconnect(
     await wait_running(http, sim, 0)
 
 
+RESPONSE: dict[str, Any] = {"model": MODEL, "input": "tell me a story", "max_output_tokens": 8}
+
+
+async def test_the_responses_route_takes_the_same_faults(
+    http: aiohttp.ClientSession, sim: str
+) -> None:
+    """Found by review: /v1/responses took hang, drop and cut_after and answered a whole 200
+    all the same (its docstring said they worked as for chat): a test of them tested nothing."""
+    url = f"{sim}/v1/responses"
+    async with aiohttp.ClientSession() as session:
+        for stream in (False, True):
+            body = {**RESPONSE, "stream": stream, "sim": {"drop": "before_headers"}}
+            with pytest.raises(aiohttp.ServerDisconnectedError):
+                async with session.post(url, json=body):
+                    pass
+        async with session.post(url, json={**RESPONSE, "sim": {"drop": "after_headers"}}) as resp:
+            assert resp.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+        # a stream's opening events (sent as vLLM takes the request), then the drop
+        body = {**RESPONSE, "stream": True, "sim": {"drop": "after_headers"}}
+        async with session.post(url, json=body) as resp:
+            received = await read_until_broken(resp)
+        events = [line for line in received.split(b"\n") if line.startswith(b"event: ")]
+        assert events == [b"event: response.created", b"event: response.in_progress"]
+        body = {**RESPONSE, "stream": True, "sim": {"cut_after": 3, "itl_ms": 5}}
+        async with session.post(url, json=body) as resp:
+            received = await read_until_broken(resp)
+        assert received.count(b"event: response.output_text.delta") == 3
+        assert b"response.completed" not in received
+        request = asyncio.ensure_future(session.post(url, json={**RESPONSE, "sim": {"hang": True}}))
+        await wait_running(http, sim, 1)
+        done, _ = await asyncio.wait((request,), timeout=0.3)
+        assert not done
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+    await wait_running(http, sim, 0)
+    async with running_sim(SimConfig(models=[MODEL], fail_rate=0.5, fail_status=503)) as other:
+        statuses = [(await post(http, f"{other}/v1/responses", RESPONSE))[0] for _ in range(4)]
+    assert statuses == [200, 503, 200, 503]
+
+
 async def test_ttft_override_delays_the_answer(http: aiohttp.ClientSession, sim: str) -> None:
     started = time.monotonic()
     status, _ = await post(http, f"{sim}/v1/chat/completions", {**CHAT, "sim": {"ttft_ms": 150}})
