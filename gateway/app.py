@@ -155,7 +155,7 @@ def create_app(
             auth=auth,
             admission=admission,
             ledger=ledger,
-            homes=_homes(settings, redis),
+            homes=await _homes(settings, redis),
             policy=TenantPolicy(
                 settings.request_policy, salt_key_from(settings.key_pepper), media_resolver
             ),
@@ -311,13 +311,16 @@ def _request_path_redis(
     return pipe, limiter, Ledger(redis, settings.metering, window_s, pipe)
 
 
-def _homes(settings: Settings, redis: Redis | None) -> ResponseHomes:
+async def _homes(settings: Settings, redis: Redis | None) -> ResponseHomes:
+    """Started: the homes a stopped process kept on disk wait in it for Redis."""
     s = settings.responses
-    return (
+    homes: ResponseHomes = (
         MemoryHomes(s.ttl_s, s.local_max_entries)
         if redis is None
-        else RedisHomes(redis, s.ttl_s, s.local_max_entries)
+        else RedisHomes(redis, s.ttl_s, s.local_max_entries, settings.metering.spill_dir)
     )
+    await homes.start()
+    return homes
 
 
 def _start_logging(settings: Settings) -> logging.handlers.QueueListener:

@@ -160,6 +160,7 @@ class MeteringSettings(Section):
     # Where settlements that Redis could not take are kept across restarts (replayed on start).
     # In Kubernetes, mount a volume here that outlives the pod. Files name their ledger (the id
     # in Redis at llmaas:ledger:id); a gateway replays only its own ledger's and reports others.
+    # Stored responses' homes waiting for Redis at shutdown go to its `response-homes` folder.
     spill_dir: HomePath = Field(default_factory=_default_spill_dir)
     # On shutdown, how long to keep trying Redis before spilling what is left.
     flush_timeout_s: float = Field(default=10.0, ge=0)

@@ -17,21 +17,31 @@ removing the key, and a waiting home is written only where the key is absent (SE
 replica's flush brings a deleted response back; one key, no script. A delete while Redis cannot
 be written, of a home waiting here, waits here as `GONE` in the home's place (the response is
 not found here from then on) and goes to Redis as the tombstone the same way.
+
+What still waits when the process stops (Redis away longer than close's one try) is written to
+disk under `metering.spill_dir` and waits again in the next process started there, which writes
+it to Redis once Redis takes writes (gateway/api/homes_spill.py); until then only that process
+finds it, as the one that made it did.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import orjson
 from redis.asyncio import Redis
 
+from gateway.api.homes_spill import SUBDIR, SpilledHome, take_homes, write_homes
 from gateway.redis_client import REDIS_FAILURES
+
+_LOG = logging.getLogger("llmaas.responses")
 
 MAX_ID_CHARS = 256  # longer ids are never looked up (vLLM's are "resp_" + 32 hex digits)
 _FLUSH_BATCH = 100  # homes waiting for Redis looked at at once
@@ -51,6 +61,8 @@ class Home:
 class ResponseHomes(Protocol):
     async def remember(self, tenant: str, response_id: str, home: Home) -> None: ...
 
+    async def start(self) -> None: ...
+
     async def close(self) -> None: ...
 
     async def find(self, tenant: str, response_id: str) -> Home | None: ...
@@ -69,13 +81,36 @@ GONE = Home("", "")  # in RedisHomes.pending: a delete waiting for Redis (never 
 
 class RedisHomes:
     """Homes in Redis; those Redis could not take wait in `pending` (bounded as without Redis),
-    written there by a task every FLUSH_EVERY_S until none waits."""
+    written there by a task every FLUSH_EVERY_S until none waits; at close, those still waiting
+    go to a file in `spill_dir`, and `start` takes such files back."""
 
-    def __init__(self, redis: Redis, ttl_s: float, pending_max: int) -> None:
+    def __init__(self, redis: Redis, ttl_s: float, pending_max: int, spill_dir: Path) -> None:
         self.redis = redis
         self.ttl_ms = int(ttl_s * 1000)
         self.pending = MemoryHomes(ttl_s, pending_max)
+        self.spill_dir = spill_dir / SUBDIR
         self.flusher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """The homes stopped processes left on disk wait here, each with the time it has left."""
+        try:
+            spilled = await asyncio.to_thread(take_homes, self.spill_dir)
+        except OSError as exc:
+            _LOG.error(
+                "response homes on disk unreadable",
+                extra={"fields": {"error": str(exc), "dir": str(self.spill_dir)}},
+            )
+            return
+        now = time.time()
+        for s in spilled:
+            if s.expires > now:
+                home = Home(s.model, s.engine)
+                await self._wait(s.tenant, s.response_id, home, s.expires - now)
+        if spilled:
+            _LOG.info(
+                "response homes taken from disk, waiting for Redis",
+                extra={"fields": {"count": len(spilled), "dir": str(self.spill_dir)}},
+            )
 
     async def remember(self, tenant: str, response_id: str, home: Home) -> None:
         """Raises the store's error when Redis could not take it, after keeping it here."""
@@ -125,20 +160,44 @@ class RedisHomes:
             return True
         return waiting is not None or old not in (None, DELETED)
 
-    async def _wait(self, tenant: str, response_id: str, home: Home) -> None:
+    async def _wait(
+        self, tenant: str, response_id: str, home: Home, ttl_s: float | None = None
+    ) -> None:
         """`home` (or GONE) waits here for Redis: the flusher runs until none waits."""
-        await self.pending.remember(tenant, response_id, home)
+        await self.pending.remember(tenant, response_id, home, ttl_s)
         if self.flusher is None or self.flusher.done():
             self.flusher = asyncio.create_task(self._flushing(), name="response-homes")
 
     async def close(self) -> None:
-        """At shutdown: the homes still waiting get one more try."""
+        """At shutdown: the homes still waiting get one more try, then go to disk (they were
+        dropped: the responses, though their engines held them, were 404 on every replica)."""
         if self.flusher is not None:
             self.flusher.cancel()
             await asyncio.gather(self.flusher, return_exceptions=True)
         with contextlib.suppress(*REDIS_FAILURES):
             async with asyncio.timeout(1.0):
                 await self._flush()
+        await self._spill()
+
+    async def _spill(self) -> None:
+        wall = time.time() - time.monotonic()  # monotonic expiry + wall = Unix time
+        homes = [
+            SpilledHome(tenant, response_id, home.model, home.engine, expires + wall)
+            for (tenant, response_id), expires, home in self.pending.oldest(len(self.pending))
+        ]
+        if not homes:
+            return
+        fields = {"count": len(homes), "dir": str(self.spill_dir)}
+        try:
+            await asyncio.to_thread(write_homes, self.spill_dir, homes)
+        except OSError as exc:
+            _LOG.error(
+                "response homes lost at shutdown", extra={"fields": {**fields, "error": str(exc)}}
+            )
+            return
+        _LOG.warning(
+            "response homes kept on disk at shutdown (Redis unreachable)", extra={"fields": fields}
+        )
 
     async def _write(
         self, tenant: str, response_id: str, home: Home, ttl_ms: int, *, late: bool = False
@@ -179,10 +238,13 @@ class MemoryHomes:
         self.max_entries = max_entries
         self._homes: OrderedDict[tuple[str, str], tuple[float, Home]] = OrderedDict()
 
-    async def remember(self, tenant: str, response_id: str, home: Home) -> None:
+    async def remember(
+        self, tenant: str, response_id: str, home: Home, ttl_s: float | None = None
+    ) -> None:
+        """`ttl_s`: the time it has left, when not `ttl_s` (one taken back from disk)."""
         key = (tenant, response_id)
         self._homes.pop(key, None)
-        self._homes[key] = (time.monotonic() + self.ttl_s, home)
+        self._homes[key] = (time.monotonic() + (self.ttl_s if ttl_s is None else ttl_s), home)
         while len(self._homes) > self.max_entries:
             self._homes.popitem(last=False)
 
@@ -201,8 +263,14 @@ class MemoryHomes:
             self._homes.pop((tenant, response_id), None)
         )
 
+    async def start(self) -> None:
+        pass  # (nothing was kept)
+
     async def close(self) -> None:
         pass  # (nothing waits for anything)
+
+    def __len__(self) -> int:
+        return len(self._homes)
 
     def oldest(self, count: int) -> list[tuple[tuple[str, str], float, Home]]:
         """Up to `count` entries, the oldest first: ((tenant, id), expiry (monotonic), home)."""

@@ -27,8 +27,8 @@ from gateway.settings import Settings
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import ADMIN, MODEL
 from tests.integration.sim_fixture import running_sim, sim_state
-from tests.support.gateways import ADMIN_TOKEN, PEPPER, tenant_key
-from tests.support.redis_control import redis_proxy
+from tests.support.gateways import ADMIN_TOKEN, PEPPER, gateway_process, shared_config, tenant_key
+from tests.support.redis_control import redis_proxy, restartable_redis
 from tests.support.servers import serve_asgi
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -495,3 +495,43 @@ async def test_a_response_deleted_on_another_replica_is_not_brought_back_by_a_fl
                 for client in (on_b, on_a):
                     with pytest.raises(openai.NotFoundError):
                         await client.responses.retrieve(made.id)
+
+
+async def test_a_response_made_while_redis_is_down_outlives_a_restart_of_its_replica(
+    tmp_path: Path,
+) -> None:
+    """Found by review: a replica stopped while Redis was down gave the homes waiting in it one
+    try of Redis and dropped them: once Redis and the replica were back, the response (still on
+    its engine) was 404 on every replica. They go to disk at shutdown and come back at start."""
+    async with (
+        restartable_redis(tmp_path) as redis,
+        running_sim(SimConfig(models=[MODEL], max_tokens=8)) as sim,
+        aiohttp.ClientSession() as http,
+    ):
+        extra = "metering: {flush_timeout_s: 1}"
+        config = shared_config(
+            tmp_path / "gw.yaml", redis_url=redis.url, model=MODEL, sim=sim, extra=extra
+        )
+        async with gateway_process(config) as first:
+            headers = await tenant_key(http, first.url, "restarted")
+            async with http.get(f"{first.url}/v1/models", headers=headers) as r:
+                assert r.status == 200  # the key is now cached
+            await redis.stop()
+            body = {"model": MODEL, "input": "remember me"}
+            async with http.post(f"{first.url}/v1/responses", json=body, headers=headers) as r:
+                assert r.status == 200, await r.text()
+                made = (await r.json())["id"]
+            first.process.terminate()
+            await first.process.wait()
+        await redis.start()
+        async with (
+            gateway_process(config) as second,
+            http.get(f"{second.url}/v1/responses/{made}", headers=headers) as r,
+        ):
+            assert r.status == 200, await r.text()
+            assert (await r.json())["id"] == made
+        stored = Redis.from_url(redis.url)  # (for every replica, not only this process)
+        try:
+            assert await stored.get(home_key("restarted", made)) == orjson.dumps([MODEL, sim])
+        finally:
+            await stored.aclose()
