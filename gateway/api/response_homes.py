@@ -129,9 +129,12 @@ class RedisHomes:
         try:
             raw = await self.redis.get(home_key(tenant, response_id))
         except REDIS_FAILURES:
+            # Looked at again: a write that failed meanwhile (the create's own, on a Redis that
+            # hangs, gives up just before this read does) left its home here.
+            waiting = await self.pending.find(tenant, response_id)
             if waiting is None:
                 raise
-            return waiting
+            return None if waiting == GONE else waiting
         if raw is None:
             return waiting
         if raw == DELETED:

@@ -535,3 +535,38 @@ async def test_a_response_made_while_redis_is_down_outlives_a_restart_of_its_rep
             assert await stored.get(home_key("restarted", made)) == orjson.dumps([MODEL, sim])
         finally:
             await stored.aclose()
+
+
+async def test_a_response_read_right_after_its_create_on_a_hanging_redis_is_found(
+    tmp_path: Path,
+) -> None:
+    """Found by review: with Redis hanging, a GET right after a create was a 503: it looked for
+    a home waiting here before its Redis read, while the create's write was still waiting on its
+    own timeout, and not again once its read failed (the home waited here by then)."""
+    async with (
+        running_redis(None) as redis_url,
+        running_sim(SimConfig(models=[MODEL], max_tokens=8)) as sim,
+        redis_proxy(urlsplit(redis_url).port or 0) as proxy,
+    ):
+        settings = Settings.model_validate(
+            {
+                "models": [{"name": MODEL, "engines": [sim]}],
+                "redis_url": proxy.url,
+                "admin_token": ADMIN_TOKEN,
+                "key_pepper": PEPPER,
+                "metering": {"spill_dir": str(tmp_path)},
+            }
+        )
+        async with serve_asgi(create_app(settings)) as gateway, aiohttp.ClientSession() as http:
+            header = (await tenant_key(http, gateway, "hanging"))["authorization"]
+            key = header.removeprefix("Bearer ")
+            async with openai.AsyncOpenAI(
+                base_url=f"{gateway}/v1", api_key=key, max_retries=0
+            ) as client:
+                await client.models.list()  # the key is now cached
+                proxy.set_mode("stall")
+                try:
+                    made = await client.responses.create(model=MODEL, input="hello")
+                    assert (await client.responses.retrieve(made.id)).id == made.id
+                finally:
+                    proxy.set_mode("pass")
