@@ -147,8 +147,10 @@ def _not_found(
         return ModelNotFound(named.group(1)).message, "model", code or "model_not_found"
     if code is None and param == "model":
         code = "model_not_found"
-    if code is None and param == "response_id":  # the Responses API's
-        code = "response_not_found"
+    if param == "response_id":  # the Responses API's
+        code = code or "response_not_found"
+        if route == "responses":  # a create's: the id it names is the client's field's
+            param = "previous_response_id"
     return message, param, code
 
 

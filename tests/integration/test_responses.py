@@ -296,6 +296,30 @@ async def test_a_response_whose_engine_left_is_not_found_and_says_why(fleet: Fle
     assert "no longer serves it" in body["error"]["message"]
 
 
+async def test_a_previous_response_its_engine_forgot_is_not_found_by_its_field(
+    fleet: Fleet,
+) -> None:
+    """Found by review: an engine that restarted forgot the responses it made; continuing one
+    (its home still names that engine) was a 404 on `param` "response_id", vLLM's name, where
+    the field sent is `previous_response_id` (as the gateway's own refusal of an unknown id
+    says). GET keeps "response_id": its path's."""
+    client = await fleet.client("forgot")
+    await fleet.redis.set(
+        home_key("forgot", "resp_forgotten"), orjson.dumps([MODEL, fleet.sims[0]])
+    )
+    for stream in (False, True):
+        with pytest.raises(openai.NotFoundError) as refused:
+            await client.responses.create(
+                model=MODEL, input="go on", previous_response_id="resp_forgotten", stream=stream
+            )
+        assert (refused.value.code, refused.value.param) == (
+            "response_not_found",
+            "previous_response_id",
+        ), stream
+    status, body = await fleet.call(client, "GET", "/responses/resp_forgotten")
+    assert (status, body["error"]["param"]) == (404, "response_id")
+
+
 async def test_unsupported_fields_are_refused_by_name(fleet: Fleet) -> None:
     client = await fleet.client("strict")
     for extra in ({"background": True}, {"request_id": "resp_mine"}):
