@@ -98,7 +98,9 @@ async def create_response(request: Request, gw: Gateway, caller: Caller) -> Resp
     caller = gw.admission.with_defaults(caller)
     limits = gw.settings.limits
     tokens = response_tokens(body, limits.default_max_tokens, pool.context_length)
-    admission = await gw.admission.admit(caller, body, pool.context_length, tokens=tokens)
+    admission = await gw.admission.admit(
+        caller, body, pool.context_length, tokens=tokens, output_field="max_output_tokens"
+    )
     stream = body.get("stream") is True
     call = ProxyCall(
         "responses",

@@ -12,7 +12,7 @@ from gateway.auth.principal import Limits, Principal
 from gateway.errors import RateLimited, ServiceUnavailable
 from gateway.limits.estimate import reserved_tokens
 from gateway.limits.failures import Failure, classify
-from gateway.limits.limiter import Admission, AdmissionCancelled, Limiter, new_lease
+from gateway.limits.limiter import Admission, AdmissionCancelled, Limiter, TooLarge, new_lease
 from gateway.limits.local_inflight import Held, LocalInflight
 from gateway.limits.patience import Patience
 from gateway.limits.prefetch import Prefetch
@@ -112,6 +112,7 @@ class AdmissionControl:
         context_length: int | None = None,
         *,
         tokens: int | None = None,
+        output_field: str = "max_tokens",
     ) -> Admission | None:
         """None when nothing limits this caller (no Redis round trip) or when failing open.
 
@@ -119,7 +120,8 @@ class AdmissionControl:
         this process was too busy to read it (sending the same lease again charges once); an
         unreachable Redis decides at once. An admission given up on is released in the
         background, so its client is charged nothing. `tokens`: what to reserve, when the
-        caller knows better than the chat / completions / embeddings estimate.
+        caller knows better than the chat / completions / embeddings estimate. `output_field`:
+        the route's field of output tokens, which a refusal of a request too large names.
         """
         if self.limiter is None or (caller.key_limits == _NONE and caller.tenant_limits == _NONE):
             return None
@@ -145,7 +147,7 @@ class AdmissionControl:
             return None
         answer = answers[0]
         if not isinstance(answer, Admission):
-            self._not_admitted(caller, answer, answers[1:])
+            self._not_admitted(caller, answer, answers[1:], output_field)
             return None
         if prefetch is not None:
             more = [fetched for fetched in answers[1:] if isinstance(fetched, Admission)]
@@ -226,6 +228,7 @@ class AdmissionControl:
         caller: Principal,
         answer: RateLimited | AdmissionCancelled,
         fetched: list[Admission | RateLimited | AdmissionCancelled],
+        output_field: str,
     ) -> None:
         """Raises the refusal, or returns to admit without limits as failure_mode says."""
         # Those fetched after a refusal are refused too; any that was not goes back.
@@ -240,7 +243,7 @@ class AdmissionControl:
         self.metrics.ratelimit_rejections.labels(
             caller.tenant, answer.scope, answer.limit_kind
         ).inc()
-        raise answer
+        raise answer.naming(output_field) if isinstance(answer, TooLarge) else answer
 
     async def _ask(
         self, caller: Principal, requests: list[tuple[int, str]]

@@ -229,6 +229,29 @@ def concurrency_refused(scope: str, limit: int) -> RateLimited:
     )
 
 
+class TooLarge(RateLimited):
+    """A request that may use more tokens than a tokens-per-minute limit: no wait makes room.
+    The limiter does not know the route; `naming` tells the client the field it sent."""
+
+    def __init__(self, scope: str, tokens: int, limit: int, output_field: str = "max_tokens"):
+        super().__init__(
+            f"Request too large for the {scope} scope: it may use {tokens} tokens, more than "
+            f"the limit of {limit} tokens per minute. Lower {output_field} or the prompt.",
+            kind="tokens",
+            scope=scope,
+            limit_kind="tokens",
+            code="rate_limit_exceeded",
+            # OpenAI's SDKs retry a 429 unless told not to, after Retry-After if there is one
+            headers={"x-should-retry": "false", _TOKENS_HEADERS[0]: str(limit)},
+        )
+        self.tokens = tokens
+        self.limit = limit
+
+    def naming(self, output_field: str) -> TooLarge:
+        """The same refusal, telling the client to lower `output_field` (the route's)."""
+        return TooLarge(self.scope, self.tokens, self.limit, output_field)
+
+
 def _refusal(reply: list[bytes], tokens: int) -> RateLimited:
     scope = SCOPES[int(reply[1]) - 1]
     kind = reply[2].decode()
@@ -236,27 +259,21 @@ def _refusal(reply: list[bytes], tokens: int) -> RateLimited:
     if kind == "concurrency":  # (Redis's retry is when the oldest lease would expire)
         return concurrency_refused(scope, limit)
     if kind == "tokens" and tokens > limit:  # no wait makes room: not worth a retry
-        message = (
-            f"Request too large for the {scope} scope: it may use {tokens} tokens, more "
-            f"than the limit of {limit} tokens per minute. Lower max_tokens or the prompt."
-        )
-        # OpenAI's SDKs retry a 429 unless told not to, after Retry-After if there is one
-        headers = {"x-should-retry": "false", _TOKENS_HEADERS[0]: str(limit)}
-    else:
-        message = (
-            f"Rate limit reached for {kind} per minute at the {scope} scope: limit {limit}. "
-            f"Please try again in {duration(retry_ms)}."
-        )
-        # Retry-After in whole seconds; retry-after-ms exact, which OpenAI's SDKs read first (a
-        # tpm bucket short of a few tokens has room again in ms, not the 1 s they waited)
-        wait_ms = max(1, math.ceil(retry_ms))
-        headers = {"retry-after": str(math.ceil(wait_ms / 1000)), "retry-after-ms": str(wait_ms)}
-        # as OpenAI's 429s: the refusing limit's figures, none left
-        _figures(
-            headers,
-            _TOKENS_HEADERS if kind == "tokens" else _REQUESTS_HEADERS,
-            (limit, 0, retry_ms),
-        )
+        return TooLarge(scope, tokens, limit)
+    message = (
+        f"Rate limit reached for {kind} per minute at the {scope} scope: limit {limit}. "
+        f"Please try again in {duration(retry_ms)}."
+    )
+    # Retry-After in whole seconds; retry-after-ms exact, which OpenAI's SDKs read first (a
+    # tpm bucket short of a few tokens has room again in ms, not the 1 s they waited)
+    wait_ms = max(1, math.ceil(retry_ms))
+    headers = {"retry-after": str(math.ceil(wait_ms / 1000)), "retry-after-ms": str(wait_ms)}
+    # as OpenAI's 429s: the refusing limit's figures, none left
+    _figures(
+        headers,
+        _TOKENS_HEADERS if kind == "tokens" else _REQUESTS_HEADERS,
+        (limit, 0, retry_ms),
+    )
     return RateLimited(
         message,
         kind="tokens" if kind == "tokens" else "requests",

@@ -42,7 +42,7 @@ from gateway.proxy.outcome import (
     outcome_of_status,
 )
 from gateway.proxy.stream import relay_stream
-from gateway.proxy.upstream import Reload
+from gateway.proxy.upstream import Reload, home_unavailable
 from gateway.proxy.upstream_answers import UpstreamBroken, UpstreamResponse
 from gateway.request_context import RequestInfo, info_of
 from gateway.routing.engines import Engine, ModelPool
@@ -216,6 +216,8 @@ class ProxyResponse(Response):
                 info.outcome = Outcome.SHED
             elif info.engine is None:
                 info.outcome = Outcome.ENGINE_UNAVAILABLE
+                if call.engines is not None and err.code == "engine_unavailable":
+                    err = home_unavailable()  # (a stored response's: only its engine tried)
             else:
                 info.outcome = outcome_of_failure(err.status_code)
             await self._send_error(send, err)

@@ -260,6 +260,16 @@ def _unavailable() -> ApiError:
     )
 
 
+def home_unavailable() -> ApiError:
+    """`_unavailable` when the only engine tried was the one holding a stored response (its
+    model's other engines may be up, but only that one can answer for it)."""
+    return ServiceUnavailable(
+        "The engine holding this stored response is unreachable right now; try again shortly.",
+        code="engine_unavailable",
+        headers={"retry-after": "1"},
+    )
+
+
 def _busy() -> ApiError:
     return ServiceUnavailable(
         "The gateway is at its limit of requests in flight to this model's engines; try again "

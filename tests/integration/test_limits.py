@@ -151,6 +151,23 @@ async def test_max_tokens_past_the_context_is_the_engines_400_not_too_large(
     assert info.value.param == "max_tokens"
 
 
+async def test_a_request_too_large_for_the_tpm_names_the_routes_output_field(
+    auth: AuthStack,
+) -> None:
+    """Found by review: the Responses API's refusal said "Lower max_tokens", a field it does
+    not have: its own is max_output_tokens."""
+    key = await auth.new_key(tpm=100)
+    async with auth.client(key) as oai:
+        with pytest.raises(openai.RateLimitError) as responses:
+            await oai.responses.create(model=MODEL, input="hi", max_output_tokens=500)
+        with pytest.raises(openai.RateLimitError) as chat:
+            await oai.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=500
+            )
+    assert "Lower max_output_tokens or the prompt." in responses.value.message
+    assert "Lower max_tokens or the prompt." in chat.value.message
+
+
 async def test_a_request_the_engine_keeps_generating_is_reserved_to_the_context_end(
     auth: AuthStack,
 ) -> None:

@@ -23,6 +23,7 @@ from gateway.app import create_app
 from gateway.embedded.redis_server import running_redis
 from gateway.metering.ledger import log_key
 from gateway.metering.record import UsageRecord
+from gateway.netutil import free_port
 from gateway.settings import Settings
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import ADMIN, MODEL
@@ -318,6 +319,50 @@ async def test_a_previous_response_its_engine_forgot_is_not_found_by_its_field(
         ), stream
     status, body = await fleet.call(client, "GET", "/responses/resp_forgotten")
     assert (status, body["error"]["param"]) == (404, "response_id")
+
+
+async def test_a_response_whose_engine_is_down_says_that_engine_is_unreachable(
+    tmp_path: Path,
+) -> None:
+    """Found by review: GET and continuing a response whose engine was down were a 503 "No
+    engine serving this model is reachable" while the model's other engine served; only the
+    engine holding the response can answer for it, and the 503 now says so."""
+    down = f"http://127.0.0.1:{free_port()}"  # (nothing listens there)
+    async with (
+        running_redis(None) as redis_url,
+        running_sim(SimConfig(models=[MODEL], max_tokens=8)) as sim,
+    ):
+        settings = Settings.model_validate(
+            {
+                "models": [{"name": MODEL, "engines": [sim, down]}],
+                "redis_url": redis_url,
+                "admin_token": ADMIN_TOKEN,
+                "key_pepper": PEPPER,
+                "metering": {"spill_dir": str(tmp_path)},
+            }
+        )
+        redis = Redis.from_url(redis_url)
+        async with (
+            serve_asgi(create_app(settings)) as gateway,
+            aiohttp.ClientSession() as http,
+        ):
+            header = (await tenant_key(http, gateway, "down"))["authorization"]
+            await redis.set(home_key("down", "resp_on_down"), orjson.dumps([MODEL, down]))
+            await redis.aclose()
+            client = openai.AsyncOpenAI(
+                base_url=f"{gateway}/v1", api_key=header.removeprefix("Bearer "), max_retries=0
+            )
+            async with client:
+                assert (await client.responses.create(model=MODEL, input="hi")).output_text
+                with pytest.raises(openai.InternalServerError) as got:
+                    await client.responses.retrieve("resp_on_down")
+                with pytest.raises(openai.InternalServerError) as continued:
+                    await client.responses.create(
+                        model=MODEL, input="go on", previous_response_id="resp_on_down"
+                    )
+    for refused in (got.value, continued.value):
+        assert refused.status_code == 503
+        assert "The engine holding this stored response is unreachable" in refused.message
 
 
 async def test_unsupported_fields_are_refused_by_name(fleet: Fleet) -> None:
