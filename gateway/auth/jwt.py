@@ -187,6 +187,12 @@ class JwtVerifier:
             )
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise _refusal(exc, s, alg) from exc
+        for name in _TIMES:  # (pyjwt reads them with int(): "1893456000" and true passed)
+            value = claims.get(name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                raise _invalid(f"the '{name}' claim must be a number (NumericDate).")
         return claims
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
@@ -217,6 +223,8 @@ class JwtVerifier:
             ),
         )
 
+
+_TIMES = ("exp", "nbf", "iat")  # NumericDate claims: JSON numbers (RFC 7519 2)
 
 # pyjwt's refusals said for the caller, filled in with the settings' issuer and audience, the
 # claim pyjwt names and the algorithm; a message never quotes the token or its claims.

@@ -194,6 +194,11 @@ class FromNow:
     seconds: int
 
 
+@dataclass(frozen=True)
+class FromNowText(FromNow):
+    """The same, as a string of digits (RFC 7519's NumericDate is a JSON number)."""
+
+
 @pytest.mark.parametrize(
     ("overrides", "needle", "code"),
     [
@@ -210,6 +215,11 @@ class FromNow:
         ({"exp": "soon"}, "the 'exp' claim must be a number (NumericDate).", "invalid_token"),
         ({"nbf": "later"}, "the 'nbf' claim must be a number (NumericDate).", "invalid_token"),
         ({"iat": "x"}, "the 'iat' claim must be a number (NumericDate).", "invalid_token"),
+        # pyjwt reads them with int(): these passed
+        ({"exp": FromNowText(600)}, "the 'exp' claim must be a number", "invalid_token"),
+        ({"nbf": FromNowText(-60)}, "the 'nbf' claim must be a number", "invalid_token"),
+        ({"iat": FromNowText(-60)}, "the 'iat' claim must be a number", "invalid_token"),
+        ({"nbf": True}, "the 'nbf' claim must be a number", "invalid_token"),
         ({"sub": 7}, "the 'sub' claim must be a string.", "invalid_token"),
         ({"jti": 5}, "the 'jti' claim must be a string.", "invalid_token"),
     ],
@@ -218,11 +228,17 @@ async def test_claim_problems_are_401_naming_the_problem(
     rsa_pem_verifier: JwtVerifier, overrides: dict[str, Any], needle: str, code: str
 ) -> None:
     now = int(time.time())  # times are taken here, not when the module was collected
-    resolved = {k: now + v.seconds if isinstance(v, FromNow) else v for k, v in overrides.items()}
+    resolved = {k: _resolved(v, now) for k, v in overrides.items()}
     token = jwt.encode(claims(**resolved), RSA, algorithm="RS256")
     error = await rejected(rsa_pem_verifier, token)
     assert needle in error.message
     assert error.code == code
+
+
+def _resolved(value: Any, now: int) -> Any:
+    if isinstance(value, FromNowText):
+        return str(now + value.seconds)
+    return now + value.seconds if isinstance(value, FromNow) else value
 
 
 async def test_tampered_and_garbage_tokens(rsa_pem_verifier: JwtVerifier) -> None:
