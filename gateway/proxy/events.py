@@ -111,12 +111,7 @@ class ResponseEvents:
         if self.began:
             return None
         self.refused = True
-        return InvalidRequest(
-            "The engine refused the request as generation was to start (vLLM checks "
-            "top_logprobs, grammars and token ids only then); send it without 'stream' to "
-            "have the engine name the field.",
-            code="engine_refused",
-        )
+        return InvalidRequest(REFUSED, code="engine_refused")
 
     def failure(self, error: ApiError) -> bytes:
         """The `error` event that ends a stream the engine broke off."""
@@ -129,6 +124,14 @@ class ResponseEvents:
             "sequence_number": int(found.group(1)) + 1 if found else 0,
         }
         return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+# A stream vLLM dropped after its opening events, before it began to generate (refusal)
+REFUSED = (
+    "The engine refused the request as generation was to start (vLLM checks top_logprobs, "
+    "grammars and token ids only then); send it without 'stream' to have the engine name the "
+    "field."
+)
 
 
 def created_id(data: bytes) -> str | None:

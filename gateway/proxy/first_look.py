@@ -14,8 +14,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
-from gateway.errors import ApiError, BadGateway
+import orjson
+
+from gateway.errors import ApiError, BadGateway, error_body
 from gateway.metrics import Metrics
+from gateway.proxy.events import REFUSED
 from gateway.proxy.h1 import H1Response
 from gateway.proxy.normalize import model_missing, stream_error_status
 from gateway.proxy.upstream_answers import (
@@ -49,7 +52,7 @@ class FirstLook:
         self._model_missing = model_missing
 
     async def answered(
-        self, engine: Engine, resp: H1Response, *, last: bool
+        self, engine: Engine, resp: H1Response, *, last: bool, stream: bool
     ) -> UpstreamResponse | None:
         """The answer to hand on; None when the request may go to another engine: an answer
         the OpenAI API never gives (`odd`: a 502 from the `last` engine), counted as the
@@ -70,7 +73,7 @@ class FirstLook:
         if not last:
             return await self._unless_failed(engine, resp)
         if resp.status == 200 and resp.content_type == "text/event-stream":
-            return await self._last_stream(engine, resp)
+            return await self._last_stream(engine, resp, stream)
         return resp
 
     async def unless_model_missing(
@@ -125,14 +128,18 @@ class FirstLook:
             return None
         return refusal or Begun(resp, frames, first)
 
-    async def _last_stream(self, engine: Engine, resp: H1Response) -> UpstreamResponse:
+    async def _last_stream(
+        self, engine: Engine, resp: H1Response, stream: bool
+    ) -> UpstreamResponse:
         """The last engine's stream, once its first bytes came (handed on at once: they reach
         the client as they would have). One that broke before them is the 502
         `engine_disconnected` of a connection that broke before the headers, which SDKs retry,
         and one whose first frame is an error is the answer of its status (`_error_frame`), not
         a 200 whose only frame is that error: nothing reached the client, and nothing was
         generated. Silent past the idle timeout, it is handed on with that failure, as the
-        others' are; a Responses stream's opening events, as they came."""
+        others' are. A Responses stream the client asked for is read past its opening events
+        (`_last_opening`); one collected for a plain request is handed on as it came (the
+        relay asks the engine again, unstreamed, when it never began: NeverBegan)."""
         frames = resp.chunks()
         try:
             first = await _kept(engine, resp, first_bytes(frames))
@@ -141,7 +148,26 @@ class FirstLook:
             raise self._failure(engine, exc.kind, exc.cause) from exc
         if isinstance(first, UpstreamBroken):
             return Begun(resp, frames, b"", first)
+        if stream and only_opening(first):
+            return await self._last_opening(engine, resp, frames, first)
         return _error_frame(resp, first) or Begun(resp, frames, first)
+
+    async def _last_opening(
+        self, engine: Engine, resp: H1Response, frames: AsyncIterator[bytes], first: bytes
+    ) -> UpstreamResponse:
+        """The last engine's Responses stream, read past its opening events. One that went
+        away before its first event past them is vLLM refusing a field it checks only as
+        generation starts (or the engine killed while the request waited): the 400
+        `engine_refused`, not a 200 whose opening events end in an `error` event, which the
+        SDK's `responses.stream()` ended quietly on."""
+        read = await _kept(engine, resp, past_opening(frames, first))
+        if read is not None:
+            head, failed = read
+            return Begun(resp, frames, head, failed)
+        resp.close()
+        self._metrics.upstream_errors.labels(engine.url, "never_began").inc()
+        refused = error_body(REFUSED, "invalid_request_error", code="engine_refused")
+        return Read(resp, orjson.dumps(refused), status=400, content_type="application/json")
 
     async def _past_opening(
         self, engine: Engine, resp: H1Response, frames: AsyncIterator[bytes], first: bytes

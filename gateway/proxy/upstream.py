@@ -149,7 +149,7 @@ class Upstream:
                 self.open_requests -= 1
                 continue
             last = i + 1 == len(tried)
-            answered = await self._look.answered(engine, resp, last=last)
+            answered = await self._look.answered(engine, resp, last=last, stream=stream)
             if answered is None:
                 engine.inflight -= 1
                 continue

@@ -157,6 +157,37 @@ async def test_a_stream_the_client_left_is_billed_the_deltas_it_was_sent(fleet: 
     assert record.completion_tokens < 200
 
 
+async def test_a_stream_every_engine_dropped_before_it_began_is_a_400(fleet: Fleet) -> None:
+    """vLLM refuses some fields only as generation starts, by dropping the stream after its
+    opening events. On the model's last engine the client got a 200 whose opening events
+    ended in an `engine_refused` error event, which the SDK's `responses.stream()` ended on
+    quietly; nothing had reached the client: it is that 400, before any event."""
+    before = await fleet.requests()
+    client = await fleet.client("refused")
+    with pytest.raises(openai.BadRequestError) as refused:  # (both engines: tried on each)
+        await client.responses.create(
+            model=MODEL,
+            input="hi",
+            stream=True,
+            extra_body={"sim": {"drop": "after_headers"}},
+        )
+    assert refused.value.code == "engine_refused"
+    assert "without 'stream'" in refused.value.message
+    (record,) = await fleet.records("refused", 1)
+    assert (record.route, record.stream, record.outcome, record.status) == (
+        "responses",
+        True,
+        "rejected",
+        400,
+    )
+    assert (record.prompt_tokens, record.completion_tokens) == (0, 0)
+    assert [n - m for n, m in zip(await fleet.requests(), before, strict=True)] == [1, 1]
+    # the stream that begins is relayed from its first event, as before
+    stream = await client.responses.create(model=MODEL, input="hi", stream=True)
+    kinds = [event.type async for event in stream]
+    assert (kinds[0], kinds[-1]) == ("response.created", "response.completed")
+
+
 async def test_a_plain_response_the_client_left_is_billed_what_was_generated(
     fleet: Fleet,
 ) -> None:
