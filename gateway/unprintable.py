@@ -1,13 +1,14 @@
 """Characters a name must not carry to a terminal or a table: control characters, invisible
-format characters (bidi overrides, zero-width spaces, a byte order mark), surrogates and
-private-use characters. Labels the admin API takes refuse them; an uploaded file's name (the
-client's to choose) has them replaced."""
+format characters (bidi overrides, zero-width spaces, a byte order mark), surrogates,
+private-use characters and the Unicode line and paragraph separators. Labels the admin API
+takes refuse them; an uploaded file's name (the client's to choose) has them replaced."""
 
 from __future__ import annotations
 
 import unicodedata
 
-_UNPRINTABLE = frozenset(("Cc", "Cf", "Cs", "Co"))
+# (Zl, Zp: U+2028 and U+2029 end a line for Python's str.splitlines and for terminals)
+_UNPRINTABLE = frozenset(("Cc", "Cf", "Cs", "Co", "Zl", "Zp"))
 
 
 def has_unprintable(value: str) -> bool:

@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 from gateway.admin_client import AdminClient, AdminError, LocalProblem
 from gateway.cli_options import add_gateway_options, given
 from gateway.cli_table import table
+from gateway.csv_cells import safe_cell
 
 NUMBERS = (
     "requests",
@@ -118,7 +119,7 @@ def _totals_text(result: dict[str, Any], args: argparse.Namespace) -> str:
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n", restval=0)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: safe_cell(v) for k, v in row.items()} for row in rows)
         return out.getvalue().rstrip("\n")
     total = {result["group_by"][0]: "TOTAL"} | {n: sum(r.get(n, 0) for r in rows) for n in NUMBERS}
     span = f"usage from {result['start']} to {result['end']} (UTC days)"
@@ -145,7 +146,9 @@ async def _records(client: AdminClient, args: argparse.Namespace) -> None:
 
 def _print_page(text: str, args: argparse.Namespace, *, first: bool) -> None:
     """One page as the chosen format; the header only once, nothing for an empty later page."""
-    lines = text.splitlines()
+    # (not splitlines(): it also ends a line at U+2028 and other separators that orjson and
+    # the csv module leave as they are inside a value, which cut a record in two)
+    lines = text.rstrip("\n").split("\n") if text.strip() else []
     if args.csv:
         rows = lines if first else lines[1:]
     elif args.json:

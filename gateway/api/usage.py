@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from gateway.api.admin import require_admin
 from gateway.api.responses import json_response
+from gateway.csv_cells import safe_cell
 from gateway.deps import Caller, Gateway
 from gateway.errors import InvalidRequest, ServiceUnavailable
 from gateway.metering.ledger import DAY_MS
@@ -250,7 +251,7 @@ def _csv(records: list[UsageRecord], columns: tuple[str, ...]) -> str:
 
 
 def _cell(value: object) -> object:
-    return ("true" if value else "false") if isinstance(value, bool) else value
+    return ("true" if value else "false") if isinstance(value, bool) else safe_cell(value)
 
 
 @admin_router.get("/usage", response_model=None)

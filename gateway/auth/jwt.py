@@ -35,6 +35,7 @@ from gateway.auth.principal import Limits, Principal
 from gateway.auth.records import ID_PATTERN
 from gateway.errors import Unauthorized
 from gateway.jwt_settings import JwtSettings
+from gateway.unprintable import has_unprintable
 
 REFRESH_MIN_S = 10.0  # an unknown kid refetches the JWKS at most this often
 VERIFIED_MAX = 10_000  # tokens remembered as verified, oldest dropped first
@@ -204,8 +205,18 @@ class JwtVerifier:
                 "digits, '.', '_' or '-', starting with a letter or digit."
             )
         subject = claims.get(names.subject, f"jwt:{tenant}")
-        if not isinstance(subject, str) or not subject:
-            raise _invalid(f"the '{names.subject}' claim must be a non-empty string.")
+        # (it is the usage records' key_id: an escape reached operators' terminals, a line
+        # separator split `llmaas usage --records`, 5,000 characters went into every record)
+        if (
+            not isinstance(subject, str)
+            or not subject
+            or len(subject) > MAX_SUBJECT
+            or has_unprintable(subject)
+        ):
+            raise _invalid(
+                f"the '{names.subject}' claim must be a non-empty string of at most "
+                f"{MAX_SUBJECT} printable characters."
+            )
         models = claims.get(names.models)
         if models is not None and not (
             isinstance(models, list) and all(isinstance(m, str) for m in models)
@@ -224,6 +235,7 @@ class JwtVerifier:
         )
 
 
+MAX_SUBJECT = 256
 _TIMES = ("exp", "nbf", "iat")  # NumericDate claims: JSON numbers (RFC 7519 2)
 
 # pyjwt's refusals said for the caller, filled in with the settings' issuer and audience, the

@@ -78,6 +78,29 @@ async def test_csv_records_write_booleans_as_true_and_false(meter: Meter) -> Non
     assert sorted(r["stream"] for r in csv.DictReader(io.StringIO(out))) == ["false", "true"]
 
 
+async def test_csv_cells_a_spreadsheet_would_run_are_kept_as_text(meter: Meter) -> None:
+    """Found by review: a client-chosen value that starts like a formula (a request id `-A1`;
+    a JWT subject `=HYPERLINK(…)`) went into the CSV exports as it was, and a spreadsheet
+    opening them ran it."""
+    key = await meter.new_key("cli-formula")
+    async with meter.client(key) as oai:
+        await oai.chat.completions.create(
+            model=MODEL, messages=HELLO, max_tokens=2, extra_headers={"x-request-id": "-A1"}
+        )
+    await meter.wait_records("cli-formula", 1)
+    code, out, err = await usage(meter, "--tenant", "cli-formula", "--records", "--csv")
+    assert code == 0, err
+    [row] = list(csv.DictReader(io.StringIO(out)))
+    assert row["request_id"] == "'-A1"
+    url = f"{meter.gateway}/admin/v1/usage/records?tenant=cli-formula&format=csv"
+    headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with meter.http.get(url, headers=headers) as resp:
+        [row] = list(csv.DictReader(io.StringIO(await resp.text())))
+    assert row["request_id"] == "'-A1"
+    code, out, err = await usage(meter, "--tenant", "cli-formula", "--records", "--json")
+    assert json.loads(out)["request_id"] == "-A1"  # (JSON is no spreadsheet: as it was)
+
+
 async def test_usage_help_says_where_records_start(meter: Meter) -> None:
     # --records has no 30-day default: it pages through every record kept (retention_days)
     code, out, _ = await usage(meter, "--help")

@@ -221,6 +221,14 @@ class FromNowText(FromNow):
         ({"iat": FromNowText(-60)}, "the 'iat' claim must be a number", "invalid_token"),
         ({"nbf": True}, "the 'nbf' claim must be a number", "invalid_token"),
         ({"sub": 7}, "the 'sub' claim must be a string.", "invalid_token"),
+        # the usage records' key_id: an escape reached terminals, U+2028 split a CSV record
+        (
+            {"sub": "line\u2028sep"},
+            "'sub' claim must be a non-empty string of at most 256 printable",
+            "invalid_token",
+        ),
+        ({"sub": "\x1b[2Jx"}, "'sub' claim must be a non-empty string", "invalid_token"),
+        ({"sub": "s" * 257}, "'sub' claim must be a non-empty string", "invalid_token"),
         ({"jti": 5}, "the 'jti' claim must be a string.", "invalid_token"),
     ],
 )
