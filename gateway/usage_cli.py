@@ -57,7 +57,11 @@ def add_usage_command(sub: Any) -> None:
         help="totals: a day, YYYY-MM-DD (or a time at 00:00:00Z); --records: also any RFC 3339 "
         "time or Unix seconds (default: totals 30 days back, --records the first record kept)",
     )
-    usage.add_argument("--end", help="as --start (default: today; --records: the latest record)")
+    usage.add_argument(
+        "--end",
+        help="as --start; a day counts whole, a time is up to, not at, it (default: today; "
+        "--records: the latest record)",
+    )
     usage.add_argument(
         "--group-by",
         help="comma-separated: tenant,key_id,model,day (default tenant,key_id,model); totals "

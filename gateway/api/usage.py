@@ -134,7 +134,10 @@ def _ms(value: str | None, param: str, *, end: bool) -> int | None:
         return None
     moment = _parse_time(value, param)
     if end and _DAY.fullmatch(value):  # a whole day: up to its last millisecond
-        moment += timedelta(days=1, milliseconds=-1)
+        moment += timedelta(days=1)
+    if end:  # up to, not at, the moment: as totals' end=…T00:00:00Z ends the day before, so a
+        # month's records and the next month's never both hold a record of its last millisecond
+        moment -= timedelta(milliseconds=1)
     return max(0, int(moment.timestamp() * 1000))  # the ledger has nothing before 1970
 
 
@@ -214,7 +217,8 @@ async def _records(
         ) from exc
     start_ms = _ms(selection.start, "start", end=False)
     end_ms = _ms(selection.end, "end", end=True)
-    if start_ms is not None and end_ms is not None and start_ms > end_ms:  # (was an empty page)
+    # (start == end: an empty range, a page of none; start after end: a 400, was an empty page)
+    if start_ms is not None and end_ms is not None and start_ms > end_ms + 1:
         raise InvalidRequest("'start' is after 'end'.", param="start", code="invalid_value")
     redis = _redis(gw)
     try:

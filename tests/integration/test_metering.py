@@ -7,13 +7,15 @@ import asyncio
 import csv
 import io
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import openai
 import orjson
 import pytest
+from redis.asyncio import Redis
 
 from gateway.limits.estimate import prompt_estimates, prompt_tokens
+from gateway.metering.ledger import log_key
 from gateway.sim.text import text_prompts
 from tests.integration.conftest import ADMIN, DEAD_MODEL, MODEL
 from tests.integration.metering_fixture import TOKENS, Meter, meter_fixture  # noqa: F401 (the fixture)
@@ -553,6 +555,21 @@ async def test_record_ranges_take_every_documented_time_form(meter: Meter) -> No
     assert await ids("start=0001-01-01") == [record.id]  # before 1970: from the first record
     assert await ids("end=1969-12-31") == []
     assert await ids(f"start={record.day}t00:00:00z") == [record.id]  # RFC 3339's lower case
+    # Up to, not at, `end`, as totals' end=…T00:00:00Z ends the day before: a month's records
+    # and the next month's both held a record written in the millisecond between them.
+    redis = Redis.from_url(meter.redis_server.url)
+    try:
+        raw = await redis.xrange(log_key("ranges"))
+    finally:
+        await redis.aclose()
+    [(entry, _)] = cast("list[tuple[bytes, dict[bytes, bytes]]]", raw)
+    written = datetime.fromtimestamp(int(entry.split(b"-")[0]) / 1000, UTC)
+    at = written.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert await ids(f"end={at}") == []
+    assert await ids(f"start={at}") == [record.id]
+    assert await ids(f"start={at}&end={at}") == []  # (an empty range: no 400)
+    after = (written + timedelta(milliseconds=1)).isoformat(timespec="milliseconds")
+    assert await ids(f"end={after.replace('+00:00', 'Z')}") == [record.id]
     for route, param in (("usage", "start"), ("usage/records", "end")):
         path = f"/admin/v1/{route}?{param}={'9' * 20}"  # past the year 9999
         status, body, _ = await _get(meter, path, ADMIN)
