@@ -29,9 +29,9 @@ from gateway.errors import InvalidRequest, ServiceUnavailable
 from gateway.metering.ledger import DAY_MS
 from gateway.metering.query import (
     DEFAULT_GROUP_BY,
-    GROUPS,
     Cursor,
     UsageFilter,
+    parse_group_by,
     records_page,
     usage_totals,
 )
@@ -118,15 +118,12 @@ def _day(value: str, param: str) -> date:
 def _group_by(value: str | None) -> tuple[str, ...]:
     if not value:
         return DEFAULT_GROUP_BY
-    groups = tuple(g.strip() for g in value.split(",") if g.strip())
-    unknown = [g for g in groups if g not in GROUPS]
-    if unknown or len(set(groups)) != len(groups) or not groups:
+    try:
+        return parse_group_by(value)
+    except ValueError as exc:
         raise InvalidRequest(
-            f"Invalid 'group_by': {value!r}; use a comma-separated list of {', '.join(GROUPS)}.",
-            param="group_by",
-            code="invalid_value",
-        )
-    return groups
+            f"Invalid 'group_by': {exc}.", param="group_by", code="invalid_value"
+        ) from None
 
 
 def _ms(value: str | None, param: str, *, end: bool) -> int | None:

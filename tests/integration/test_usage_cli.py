@@ -123,9 +123,17 @@ async def test_usage_cli_says_what_went_wrong(meter: Meter) -> None:
         code, _, err = await usage(meter, *records, "--start", "2020-13-01")
         assert code == 1
         assert err.rstrip().endswith("got '2020-13-01'. (start)"), err
-    code, _, err = await usage(meter, "--group-by", "colour")
-    assert code == 1
-    assert "group_by" in err
+    # a bad --group-by was the gateway's 400 naming its query parameter (exit 1); an empty one
+    # (an unset shell variable) the default grouping
+    for bad, said in (
+        ("colour", "argument --group-by: 'colour'; use a comma-separated list of tenant, key_id"),
+        ("day,day", "argument --group-by: 'day,day'; use a comma-separated list"),
+        (",", "argument --group-by: ','; use"),
+        ("", "argument --group-by: cannot be empty"),
+    ):
+        code, out, err = await usage(meter, "--group-by", bad)
+        assert (code, out) == (2, ""), bad
+        assert said in err, err
     code, _, err = await usage(meter, token="wrong-token-0123456789")
     assert code == 1
     assert "HTTP 401" in err
