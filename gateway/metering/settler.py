@@ -286,7 +286,7 @@ class Settler:
                 await self._write_queue()
                 await self._replay()
             except REDIS_FAILURES as exc:
-                self._failed(exc)
+                self._failed(exc, writing=False)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self.back.wait()
@@ -362,8 +362,12 @@ class Settler:
                 )
         self.metrics.usage_foreign_spill.set(sum(f.records for f in found))
 
-    def _failed(self, exc: BaseException) -> None:
-        self.metrics.usage_write_failures.inc()
+    def _failed(self, exc: BaseException, *, writing: bool = True) -> None:
+        """A write of settlements failed (`writing`), or the retry loop's try, which counts
+        as one only with settlements waiting: with none, it only asked the ledger's id (an
+        idle gateway with Redis away fired LlmaasUsageWritesFailing)."""
+        if writing or self.pending:
+            self.metrics.usage_write_failures.inc()
         if not self.unreachable:
             self.unreachable = True
             self.log.warning(

@@ -205,6 +205,26 @@ async def test_settlements_linger_for_company_but_one_that_frees_a_slot_hurries(
     assert spilled_lines(tmp_path) == 0
 
 
+async def test_a_settler_with_nothing_to_write_counts_no_failed_write(tmp_path: Path) -> None:
+    """Found by review: a gateway started before Redis counted each failed ask of the ledger's
+    id as a failed write (7 with nothing pending): LlmaasUsageWritesFailing fired on an idle
+    gateway."""
+    client = redis_client(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2, max_connections=4)
+    settler = settler_on(client, tmp_path / "spill")
+    try:
+        await settler.start()
+        await asyncio.sleep(0.5)  # ~4 tries of the ledger's id (0.05 s, doubling)
+        assert gauge(settler, "llmaas_usage_write_failures_total") == 0
+        await settler.settle(settlements(tenant(), 1)[0])
+        await until(
+            lambda: gauge(settler, "llmaas_usage_write_failures_total") >= 1,
+            "a failed write counted once there is one",
+        )
+    finally:
+        await settler.close()
+        await client.aclose()
+
+
 async def test_settler_without_ledger_only_counts_tokens(tmp_path: Path) -> None:
     config = settings(tmp_path)
     settler = Settler(None, config, Metrics())
