@@ -87,10 +87,11 @@ class RequestContextMiddleware:
             if info.status == 0:
                 await send_error(send_with_id, InternalError("The gateway failed unexpectedly."))
         finally:
+            elapsed = time.perf_counter() - started
             if not info.counted:
-                self._count(scope, info)
+                self._count(scope, info, elapsed)
             if self.access_log and self._logged(scope, info):
-                self._log(scope, info, time.perf_counter() - started)
+                self._log(scope, info, elapsed)
 
     def _cors(self, cors: Cors, origin: bytes, scope: Scope, info: RequestInfo) -> ASGIApp:
         """The app that answers a request from a web page: the gateway's, with CORS headers;
@@ -105,12 +106,16 @@ class RequestContextMiddleware:
     def _logged(self, scope: Scope, info: RequestInfo) -> bool:
         return self.access_log_probes or scope["path"] not in _PROBES or not 0 < info.status < 400
 
-    def _count(self, scope: Scope, info: RequestInfo) -> None:
+    def _count(self, scope: Scope, info: RequestInfo, elapsed: float) -> None:
+        """A request the relay did not count (refused, or answered by the gateway itself), in
+        llmaas_requests_total and in llmaas_request_duration_seconds, as the relay counts its
+        own (the histogram saw only those: slow usage queries and refusals were missing)."""
         route = route_label(scope, self.routes)
         state = getattr(scope["app"].state, "gateway", None)  # (None before startup is done)
         if route is not None and state is not None:
             status = str(info.status or 499)  # nothing sent: the client left first
             state.metrics.requests.labels(info.model or "", route, status).inc()
+            state.metrics.duration.labels(info.model or "", route).observe(elapsed)
 
     def _log(self, scope: Scope, info: RequestInfo, elapsed: float) -> None:
         fields = {

@@ -47,6 +47,18 @@ async def counts(http: aiohttp.ClientSession, gateway: str) -> Counts:
     return found
 
 
+async def timed(http: aiohttp.ClientSession, gateway: str) -> dict[tuple[str, str], float]:
+    """llmaas_request_duration_seconds' counts, by (model, route)."""
+    async with http.get(f"{gateway}/metrics", headers=OPS) as resp:
+        text = await resp.text()
+    return {
+        (s.labels["model"], s.labels["route"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "llmaas_request_duration_seconds_count"
+    }
+
+
 async def test_refused_and_gateway_served_requests_are_counted_once(
     gateway: tuple[str, aiohttp.ClientSession],
 ) -> None:
@@ -78,6 +90,14 @@ async def test_refused_and_gateway_served_requests_are_counted_once(
         ("", "models", "200"): 1,
         ("", "responses/{id}", "404"): 1,
         ("", "other", "404"): 1,
+    }
+    # each in the latency histogram too (found by review: only the 200 the proxy served was)
+    assert await timed(http, url) == {
+        ("", "chat/completions"): 2,
+        (MODEL, "chat/completions"): 3,
+        ("", "models"): 1,
+        ("", "responses/{id}"): 1,
+        ("", "other"): 1,
     }
 
 
