@@ -41,6 +41,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from gateway.errors import InvalidRequest
 from gateway.http10 import Unchunked
 from gateway.http_upgrade import UpgradeDropped
+from gateway.request_context import new_request_id
 
 # The scope's extension that carries a request's ClientLink (ASGI: scope["extensions"]).
 CLIENT_LINK = "llmaas.client_link"
@@ -345,6 +346,8 @@ def _ends_head(data: bytes, room: int) -> bool:
 
 
 def _closing_answer(status: int, body: bytes) -> bytes:
-    """A whole JSON answer after which the connection closes."""
+    """A whole JSON answer after which the connection closes; with a request id of its own,
+    as every answer has one (this one comes before the request is read: never the client's)."""
     head = STATUS_LINE[status] + b"content-type: application/json\r\n"
-    return head + b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+    rid = b"x-request-id: %s\r\n" % new_request_id().encode()
+    return head + rid + b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Awaitable, Callable
 from typing import cast
 
@@ -229,6 +230,7 @@ async def test_a_request_head_past_the_limit_is_431_before_it_is_held() -> None:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert head.startswith(b"HTTP/1.1 431 ")
         assert b"connection: close" in head
+        assert re.search(rb"\r\nx-request-id: [0-9a-f]{32}\r\n", head), head  # (had none)
         error = orjson.loads(await asyncio.wait_for(reader.read(), 5))["error"]
         assert error["code"] == "request_headers_too_large"
         assert error["type"] == "invalid_request_error"
@@ -247,6 +249,7 @@ async def test_a_request_that_is_not_http_is_answered_in_the_one_error_shape() -
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert head.startswith(b"HTTP/1.1 400 ")
         assert b"content-type: application/json" in head
+        assert re.search(rb"\r\nx-request-id: [0-9a-f]{32}\r\n", head), head  # (had none)
         error = orjson.loads(await asyncio.wait_for(reader.read(), 5))["error"]
         assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_http_request")
         writer.close()
