@@ -153,7 +153,8 @@ class Metrics:
         )
         self.inflight = Gauge(
             "llmaas_inflight_requests",
-            "Requests in flight per engine",
+            "Requests in flight per engine, from when each is sent (waiting for its first token "
+            "included)",
             ["engine"],
             registry=reg,
             multiprocess_mode="livesum",

@@ -63,7 +63,7 @@ class FirstLook:
             self._metrics.upstream_errors.labels(engine.url, "bad_answer").inc()
             engine.record_failure("bad_answer", strange)
             if last:
-                engine.inflight -= 1
+                engine.done()
                 raise BadGateway(
                     f"The engine answered with {strange}, which is not an answer of the OpenAI "
                     "API.",
@@ -144,7 +144,7 @@ class FirstLook:
         try:
             first = await _kept(engine, resp, first_bytes(frames))
         except UpstreamBroken as exc:
-            engine.inflight -= 1
+            engine.done()
             raise self._failure(engine, exc.kind, exc.cause) from exc
         if isinstance(first, UpstreamBroken):
             return Begun(resp, frames, b"", first)
@@ -210,7 +210,7 @@ async def _kept(engine: Engine, resp: UpstreamResponse, read: Awaitable[_T]) -> 
         raise
     except BaseException:
         resp.close()
-        engine.inflight -= 1
+        engine.done()
         raise
 
 

@@ -222,8 +222,6 @@ class ProxyResponse(Response):
                 info.outcome = outcome_of_failure(err.status_code)
             await self._send_error(send, err)
             return
-        gauge = deps.metrics.inflight.labels(engine.url)
-        gauge.inc()
         never_began = False
         try:
             await self._answer(info, engine, resp, send)
@@ -234,8 +232,7 @@ class ProxyResponse(Response):
                 raise
         finally:
             resp.close()
-            engine.inflight -= 1  # counted by Upstream.open when it chose the engine
-            gauge.dec()
+            engine.done()  # counted by Upstream.open when it chose the engine
         if never_began:
             info.usage, info.ttft_ms = None, None  # nothing was generated
             await self._forward(info, send, again=engine)

@@ -134,30 +134,30 @@ class Upstream:
         tried = free[: self._settings.max_attempts]
         for i, engine in enumerate(tried):
             trying(engine)
-            engine.inflight += 1  # counted at decision time: a burst spreads at once
+            engine.sent()  # counted at decision time: a burst spreads at once
             self.open_requests += 1  # until the response is released or closed
             try:
                 resp = await self._send(
                     engine, path, body, headers, stream, method=method, last=i + 1 == len(tried)
                 )
             except BaseException:
-                engine.inflight -= 1
+                engine.done()
                 self.open_requests -= 1
                 raise
             if resp is None:
-                engine.inflight -= 1
+                engine.done()
                 self.open_requests -= 1
                 continue
             last = i + 1 == len(tried)
             answered = await self._look.answered(engine, resp, last=last, stream=stream)
             if answered is None:
-                engine.inflight -= 1
+                engine.done()
                 continue
             if answered.status == 404 and (not last or reload is not None):
                 answer = await self._look.unless_model_missing(engine, answered)
                 if answer is not None:
                     return engine, answer
-                engine.inflight -= 1
+                engine.done()
                 if last and reload is not None:
                     await reload(engine)
                     return await self.open(

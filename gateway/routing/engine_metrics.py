@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
+from typing import Any
 
 from gateway.metrics import Metrics
 from gateway.routing.engines import Engine
@@ -26,6 +27,7 @@ class EngineMetrics:
         # fails) writes no series of theirs again (an engine_up 0 for a pod that no longer
         # exists fired its alert for good). One that comes back is a new Engine object.
         self.gone: weakref.WeakSet[Engine] = weakref.WeakSet()
+        self._inflight: dict[str, Any] = {}  # llmaas_inflight_requests' child, by engine URL
 
     def ejected(self, engine: Engine) -> None:
         if engine in self.gone:
@@ -50,8 +52,21 @@ class EngineMetrics:
         self.metrics.engine_up.labels(engine.url).set(1)
         self.log.info("engine %s is back: /health answered 200", engine.url)
 
+    def inflight(self, engine: Engine) -> None:
+        """llmaas_inflight_requests follows the engine's own count, from when a request is
+        sent (it was counted once the answer began: a stream waiting for its first token, in
+        an engine's queue, was not, as the admin API's engines view and the
+        max_connections_per_engine bound count it)."""
+        if engine in self.gone:
+            return
+        child = self._inflight.get(engine.url)
+        if child is None:
+            child = self._inflight[engine.url] = self.metrics.inflight.labels(engine.url)
+        child.set(engine.inflight)
+
     def removed(self, engine: Engine) -> None:
         self.gone.add(engine)
+        self._inflight.pop(engine.url, None)
         m = self.metrics
         for metric in (m.engine_up, m.engine_ejections):
             with contextlib.suppress(KeyError):  # never had a series

@@ -39,13 +39,18 @@ class EngineError:
 
 
 class EngineObserver(Protocol):
-    """Hears an engine's health change (metrics); and when an engine leaves the registry."""
+    """Hears an engine's health change and its requests in flight (metrics); and when an
+    engine leaves the registry."""
 
     def ejected(self, engine: Engine) -> None: ...
 
     def returned(self, engine: Engine) -> None: ...
 
     def removed(self, engine: Engine) -> None: ...
+
+    def inflight(self, engine: Engine) -> None:
+        """Its count of requests in flight changed (Engine.sent, Engine.done)."""
+        ...
 
 
 @dataclass(slots=True, eq=False, weakref_slot=True)
@@ -61,6 +66,19 @@ class Engine:
     # prefix_affinity's memory of the prompt blocks sent here (LRU): it goes with the engine
     # when it leaves the registry (a pod gone from DNS), as a dict keyed by URL never did.
     prefix_blocks: OrderedDict[int, None] = field(default_factory=OrderedDict)
+
+    def sent(self) -> None:
+        """A request is on its way to it: counted from when it is chosen (a burst spreads at
+        once), not when its answer begins (a stream's first token)."""
+        self.inflight += 1
+        if self.observer is not None:
+            self.observer.inflight(self)
+
+    def done(self) -> None:
+        """A request sent to it is done with (answered, failed, or given up on)."""
+        self.inflight -= 1
+        if self.observer is not None:
+            self.observer.inflight(self)
 
     def is_up(self, now: float) -> bool:
         """Not ejected. An ejected engine comes back only once its /health answers 200."""

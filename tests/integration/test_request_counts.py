@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from gateway.app import create_app
 from gateway.embedded.redis_server import running_redis
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import MODEL, OTHER, auth_settings
-from tests.integration.sim_fixture import running_sim
+from tests.integration.sim_fixture import running_sim, wait_running
 from tests.support.gateways import OPS, admin_request
 from tests.support.servers import serve_asgi
 
@@ -131,3 +132,44 @@ async def test_requests_refused_before_routing_are_counted_by_their_route(tmp_pa
                 ("", "files/{id}", "429"): 1,
                 ("", "other", "429"): 1,
             }
+
+
+async def test_requests_waiting_for_their_first_token_are_in_flight_on_their_engine(
+    tmp_path: Path,
+) -> None:
+    """Found by review: llmaas_inflight_requests counted a request once its answer began (a
+    stream's first token), so requests queued in an overloaded engine were not in it, while
+    the admin API's engines view and max_connections_per_engine counted them."""
+    async with (
+        running_redis(None) as redis_url,
+        running_sim(SimConfig(models=[MODEL], max_tokens=2)) as sim,
+        serve_asgi(create_app(auth_settings(sim, redis_url, tmp_path))) as url,
+        aiohttp.ClientSession() as http,
+    ):
+        status, made = await admin_request(http, url, "POST", "/keys", {"tenant": "q"})
+        assert status == 201, made
+        key = {"authorization": f"Bearer {made['key']}"}
+        chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        slow = {**chat, "sim": {"ttft_ms": 3000}}
+
+        async def ask() -> int:
+            async with http.post(f"{url}/v1/chat/completions", json=slow, headers=key) as resp:
+                await resp.read()
+                return resp.status
+
+        asked = [asyncio.create_task(ask()) for _ in range(3)]
+        await wait_running(http, sim, 3)  # each waits for its first token
+        assert await in_flight(http, url) == {sim: 3}
+        assert await asyncio.gather(*asked) == [200] * 3
+        assert await in_flight(http, url) == {sim: 0}
+
+
+async def in_flight(http: aiohttp.ClientSession, gateway: str) -> dict[str, float]:
+    async with http.get(f"{gateway}/metrics", headers=OPS) as resp:
+        text = await resp.text()
+    return {
+        s.labels["engine"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "llmaas_inflight_requests"
+    }

@@ -87,6 +87,9 @@ class _Observer:
     def removed(self, engine: Engine) -> None:
         self.events.append(("removed", engine.url))
 
+    def inflight(self, engine: Engine) -> None:
+        self.events.append(("inflight", engine.url))
+
 
 def test_the_observer_hears_ejections_returns_and_removals() -> None:
     observer = _Observer()
