@@ -21,7 +21,8 @@ class Outcome(StrEnum):
     GATEWAY_SHUTDOWN = "gateway_shutdown"  # cancelled after the shutdown grace period
     ENGINE_UNAVAILABLE = "engine_unavailable"  # no engine of the model could be reached
     # Every engine of the model had routing.max_waiting_per_engine waiting as one was chosen,
-    # after admission: nothing was sent; the admission is given back whole, rpm entry too.
+    # or this replica was at upstream.max_connections(_per_engine), after admission: nothing
+    # was sent; the admission is given back whole, rpm entry too.
     SHED = "shed"
     # The access log only: the gateway answered an error itself (auth, limits, the tenant
     # policy, an unknown model, a body it refused) and asked no engine; no record is written.

@@ -212,7 +212,10 @@ class ProxyResponse(Response):
                 reload=call.reload,
             )
         except ApiError as err:
-            if isinstance(err, EnginesOverloaded):
+            if isinstance(err, EnginesOverloaded) or err.code == "gateway_busy":
+                # (past admission, refused for the fleet's or this replica's own saturation,
+                # nothing sent: its admission given back whole, rpm entry too; a gateway_busy
+                # was kept charged, and logged engine_unavailable though every engine was up)
                 info.outcome = Outcome.SHED
             elif info.engine is None:
                 info.outcome = Outcome.ENGINE_UNAVAILABLE

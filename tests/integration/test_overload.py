@@ -35,6 +35,7 @@ from gateway.sim.config import SimConfig
 from gateway.state import GatewayState
 from tests.integration.sim_fixture import running_sim, sim_state
 from tests.support.gateways import ADMIN_TOKEN, PEPPER, admin_request
+from tests.support.logs import collected
 from tests.support.servers import serve_asgi
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -376,3 +377,47 @@ async def test_the_gateway_bounds_the_bodies_it_holds(tmp_path: Path) -> None:
                 f"{gateway}/v1/chat/completions", data=packed, headers=headers
             ) as resp:
                 assert resp.status == 200, await resp.text()  # decoded, and nothing else held
+
+
+async def test_a_request_refused_busy_after_admission_is_given_back_like_a_shed_one(
+    tmp_path: Path,
+) -> None:
+    """Found by review: a 503 gateway_busy for this replica's upstream.max_connections came
+    after admission and kept its requests-per-minute entry (three with an SDK's two retries),
+    though the gateway, not the tenant, was the bottleneck, and its access line said
+    engine_unavailable with every engine up. It is shed: given back whole, logged `shed`."""
+    async with (
+        running_redis(None) as redis_url,
+        running_sim(SimConfig(models=[MODEL])) as a,
+        running_sim(SimConfig(models=[MODEL])) as b,
+    ):
+        settings = fleet_settings(a, b, redis_url, tmp_path / "spill")
+        settings.upstream.max_connections = 1
+        settings.access_log = True
+        app = create_app(settings)
+        async with serve_asgi(app) as gateway, aiohttp.ClientSession() as http:
+            redis = Redis.from_url(redis_url)
+            fleet = Fleet(gateway, app, a, b, redis, http)
+            try:
+                _, holder = await fleet.new_key()
+                key_id, key = await fleet.new_key(rpm=10, max_concurrency=2)
+                held = asyncio.create_task(
+                    post(fleet, holder, "/v1/chat/completions", {**CHAT, "sim": {"hang": True}})
+                )
+                while (await fleet.served(a)) + (await fleet.served(b)) < 1:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)  # (polling the simulators: the one place held)
+                with collected("llmaas.access") as logs:
+                    status, retry_after, body = await post(fleet, key, "/v1/chat/completions", CHAT)
+                    lines = await logs.wait_for(lambda r: r.getMessage() == "request")
+                assert (status, retry_after) == (503, "1")
+                assert body["error"]["code"] == "gateway_busy"
+                assert lines[0].fields["outcome"] == "shed"  # type: ignore[attr-defined]
+                await until(lambda: fleet.leases(key_id), 0)
+                await until(lambda: fleet.requests_counted(key_id), 0)  # (it kept 1)
+                held.cancel()
+                await asyncio.gather(held, return_exceptions=True)
+                await until(fleet.records, 1)  # the held request's (its client left) alone
+                await asyncio.sleep(0.3)
+                assert await fleet.records() == 1
+            finally:
+                await redis.aclose()
