@@ -162,6 +162,16 @@ async def test_a_plain_response_abandoned_is_billed_what_vllm_generated(
     assert record.prompt_tokens > 0  # estimated at admission, as for an abandoned stream
 
 
+# A field vLLM checks only as generation starts (its maximum is 20)
+TOO_MANY_LOGPROBS: Any = {
+    "model": CHAT,
+    "input": "hi",
+    "max_output_tokens": 3,
+    "top_logprobs": 30,
+    "include": ["message.output_text.logprobs"],
+}
+
+
 async def test_a_field_vllm_refuses_only_as_generation_starts_is_a_400(
     oai: openai.AsyncOpenAI,
 ) -> None:
@@ -169,13 +179,7 @@ async def test_a_field_vllm_refuses_only_as_generation_starts_is_a_400(
     a stream it has begun: a plain response asked as a stream is asked again unstreamed, and
     its 400 reaches the client (not a 502, which the SDK would retry)."""
     with pytest.raises(openai.BadRequestError) as info:
-        await oai.responses.create(
-            model=CHAT,
-            input="hi",
-            max_output_tokens=3,
-            top_logprobs=30,
-            include=["message.output_text.logprobs"],
-        )
+        await oai.responses.create(**TOO_MANY_LOGPROBS)
     assert "top_logprobs of 30, which is greater than max allowed: 20" in info.value.message
     assert info.value.param == "top_logprobs"  # (vLLM names its own `logprobs`)
     with pytest.raises(openai.BadRequestError) as info:
@@ -195,14 +199,7 @@ async def test_a_stream_vllm_refuses_as_generation_starts_leaves_the_engine_up(
     before = await ledger.count()
     for _ in range(3):
         with pytest.raises(openai.BadRequestError) as refused:
-            await oai.responses.create(
-                model=CHAT,
-                input="hi",
-                max_output_tokens=3,
-                top_logprobs=30,
-                include=["message.output_text.logprobs"],
-                stream=True,
-            )
+            await oai.responses.create(**TOO_MANY_LOGPROBS, stream=True)
         assert refused.value.code == "engine_refused"
         assert "without 'stream'" in refused.value.message
     headers = {"authorization": "Bearer e2e-admin-token-0123456789"}
