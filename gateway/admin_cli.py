@@ -9,10 +9,18 @@ import json
 import sys
 from typing import Any
 
+from gateway.admin_cli_values import (
+    KEY_ID_HELP,
+    key_id,
+    limit,
+    limit_or_none,
+    model_list,
+    names,
+    priority,
+    priority_or_none,
+)
 from gateway.admin_client import AdminClient, AdminError, LocalProblem, segment
-from gateway.auth.api_keys import PREFIX, parse_key
-from gateway.auth.records import MAX_LIMIT
-from gateway.cli_options import add_gateway_options, given, int_within
+from gateway.cli_options import add_gateway_options, given
 from gateway.cli_table import table
 
 KEY_COLUMNS = (
@@ -65,14 +73,14 @@ def _limit_options(scope: str) -> argparse.ArgumentParser:
     ):
         limits.add_argument(
             flag,
-            type=_limit,
+            type=limit,
             metavar="N",
             help=f"limit of {what} (default: the gateway's limits.{scope}_defaults; none there: "
             "no limit)",
         )
     limits.add_argument(
         "--models",
-        type=_model_list,
+        type=model_list,
         help='comma-separated allow-list (default: every model; "" allows none)',
     )
     return limits
@@ -117,7 +125,7 @@ def add_admin_commands(sub: Any) -> None:
         description="Change a key's settings in place (same id and secret); every gateway "
         "replica applies them to the key's next request. Options left out stay as they are.",
     )
-    update.add_argument("key_id", type=_key_id, help=_KEY_ID_HELP)
+    update.add_argument("key_id", type=key_id, help=KEY_ID_HELP)
     _change_options(update, "key")
     update.add_argument("--name", help='a label for the key ("" removes it)')
     update.add_argument(
@@ -130,7 +138,7 @@ def add_admin_commands(sub: Any) -> None:
         ("rotate", "a new secret for a key (same id); shows it once, the old one stops at once"),
     ):
         keys.add_parser(action, parents=[common], help=what).add_argument(
-            "key_id", type=_key_id, help=_KEY_ID_HELP
+            "key_id", type=key_id, help=KEY_ID_HELP
         )
 
     tenants = sub.add_parser("tenants", help="tenants (admin API)").add_subparsers(
@@ -143,7 +151,7 @@ def add_admin_commands(sub: Any) -> None:
     )
     tenant_set.add_argument("tenant_id", type=given, help="the tenant (created if new)")
     tenant_set.add_argument(
-        "--priority", type=_priority, help="vLLM request priority of all its requests (lower first)"
+        "--priority", type=priority, help="vLLM request priority of all its requests (lower first)"
     )
     tenant_set.add_argument(
         "--media-hosts",
@@ -168,7 +176,7 @@ def add_admin_commands(sub: Any) -> None:
     _change_options(tenant_update, "tenant")
     tenant_update.add_argument(
         "--priority",
-        type=_priority_or_none,
+        type=priority_or_none,
         default=argparse.SUPPRESS,
         metavar="N|none",
         help="vLLM request priority of all its requests (lower first); none: the engines' default",
@@ -212,7 +220,7 @@ def _change_options(parser: argparse.ArgumentParser, scope: str) -> None:
     ):
         parser.add_argument(
             flag,
-            type=_limit_or_none,
+            type=limit_or_none,
             default=argparse.SUPPRESS,  # left out: absent, where `none` is None
             metavar="N|none",
             help=f"limit of {what}; none: the gateway's limits.{scope}_defaults (none there: "
@@ -220,76 +228,9 @@ def _change_options(parser: argparse.ArgumentParser, scope: str) -> None:
         )
     models = parser.add_mutually_exclusive_group()
     models.add_argument(
-        "--models", type=_model_list, help='comma-separated allow-list ("" allows none)'
+        "--models", type=model_list, help='comma-separated allow-list ("" allows none)'
     )
     models.add_argument("--every-model", action="store_true", help="lift the allow-list")
-
-
-_KEY_ID_HELP = "the key's id, as keys list shows it (or the whole key: only its id is sent)"
-
-
-def _key_id(value: str) -> str:
-    """A key's id; a whole key (sk-llmaas-<id>-<secret>) gives its id, so that its secret never
-    goes into a URL (an access log, a proxy's log) or an error message."""
-    if value.startswith(PREFIX):
-        parsed = parse_key(value)
-        if parsed is None:
-            raise argparse.ArgumentTypeError(
-                "is not a whole key (sk-llmaas-<id>-<secret>): give the key's id, as keys list "
-                "shows it"
-            )
-        return parsed[0]
-    return given(value)
-
-
-def _limit_or_none(value: str) -> int | None:
-    """A limit to set, or `none` to lift it."""
-    return None if _none(value) else _limit(value)
-
-
-def _priority_or_none(value: str) -> int | None:
-    """A priority to set, or `none` for the engines' default."""
-    return None if _none(value) else _priority(value)
-
-
-def _none(value: str) -> bool:
-    if value.strip().lower() == "none":
-        return True
-    try:
-        int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is neither a whole number nor none") from None
-    return False
-
-
-def _priority(value: str) -> int:
-    """vLLM's request priority, as the admin API takes it (a 32-bit integer)."""
-    return int_within(value, -(2**31), 2**31 - 1)
-
-
-def _limit(value: str) -> int:
-    """A limit, as the admin API takes it: 1 or more (0 would refuse every request; an
-    account with no access is a disabled tenant or a revoked key)."""
-    return int_within(value, 1, MAX_LIMIT)
-
-
-def _model_list(value: str) -> list[str]:
-    """--models as the API takes it ("": none). An empty name between commas is refused here,
-    as the API refuses it: it was dropped (`a,,b` allowed a and b)."""
-    try:
-        return _names(value, "model")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _names(value: str, what: str) -> list[str]:
-    """A comma-separated list ("": empty); ValueError for an empty item."""
-    if not value.strip():
-        return []
-    names = [name.strip() for name in value.split(",")]
-    if "" in names:
-        raise ValueError(f"{value!r} has an empty {what} name (two commas, or one at an end)")
-    return names
 
 
 def run_admin(args: argparse.Namespace) -> int:
@@ -390,7 +331,7 @@ def _hosts(args: argparse.Namespace) -> list[str] | None:
     if args.media_hosts is None or args.media_hosts.strip().lower() == "default":
         return None
     try:
-        return _names(args.media_hosts, "host")
+        return names(args.media_hosts, "host")
     except ValueError as exc:
         raise LocalProblem(f"--media-hosts: {exc}") from None
 
