@@ -160,12 +160,9 @@ class FirstLook:
         generation starts (or the engine killed while the request waited): the 400
         `engine_refused`, not a 200 whose opening events end in an `error` event, which the
         SDK's `responses.stream()` ended quietly on."""
-        read = await _kept(engine, resp, past_opening(frames, first))
-        if read is not None:
-            head, failed = read
-            return Begun(resp, frames, head, failed)
-        resp.close()
-        self._metrics.upstream_errors.labels(engine.url, "never_began").inc()
+        begun = await self._past_opening(engine, resp, frames, first)
+        if begun is not None:
+            return begun
         refused = error_body(REFUSED, "invalid_request_error", code="engine_refused")
         return Read(resp, orjson.dumps(refused), status=400, content_type="application/json")
 
