@@ -21,6 +21,8 @@ from pathlib import Path
 
 import orjson
 
+from gateway.durable_write import write_durably
+
 _LOG = logging.getLogger("llmaas.responses")
 SUBDIR = "response-homes"  # under metering.spill_dir (the settler's files are *.jsonl beside it)
 
@@ -42,14 +44,7 @@ def write_homes(directory: Path, homes: Sequence[SpilledHome]) -> Path:
     lines = (
         orjson.dumps([h.tenant, h.response_id, h.model, h.engine, h.expires]) + b"\n" for h in homes
     )
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(b"".join(lines))
-        while view:  # os.write may write less than asked
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_durably(partial, b"".join(lines), append=False)
     return partial.rename(directory / name)
 
 

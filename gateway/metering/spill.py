@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
 
+from gateway.durable_write import write_durably
 from gateway.metering.settlement import Settlement
 
 _LOG = logging.getLogger("llmaas.metering")
@@ -102,14 +103,7 @@ class SpillDir:
         settlement that reached the file twice is applied once.)"""
         self.path.mkdir(parents=True, exist_ok=True)
         data = b"\n" + b"".join(s.to_json() + b"\n" for s in settlements)
-        fd = os.open(self.own, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            view = memoryview(data)
-            while view:  # os.write may write less than asked (a full disk raises instead)
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_durably(self.own, data, append=True)
 
     def claim(self) -> list[tuple[Path, bool]]:
         """Take over our own spill files and those of gone processes of our ledger, by renaming
