@@ -37,6 +37,7 @@ from gateway.auth.store import AuthStore
 from gateway.files.part_sweep import sweep_stale_parts
 from gateway.files.storage import stale_part_s
 from gateway.finetune.serving import AdapterServing
+from gateway.http_refusals import UNREAD_STATE, UnreadRefusals
 from gateway.limits.control import AdmissionControl
 from gateway.limits.limiter import Limiter
 from gateway.logs import configure_logging
@@ -118,7 +119,7 @@ def create_app(
     drain = Drain()  # flipped by the server on SIGTERM (draining_server.py)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Drain]]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Drain | UnreadRefusals]]:
         log_listener = _start_logging(settings)
         metrics = Metrics()
         upstream = Upstream(settings.upstream, metrics)
@@ -165,7 +166,9 @@ def create_app(
         )
         listening = _background(app.state.gateway, listener)
         try:
-            yield {"drain": drain}  # lifespan state: how the server (draining_server.py) finds it
+            # lifespan state: how the server (draining_server.py) finds the drain, and the HTTP
+            # protocol the count and log of what it refuses unread
+            yield {"drain": drain, UNREAD_STATE: UnreadRefusals(metrics, settings.access_log)}
         finally:
             _log.info("shutdown: closing the feeds, releasing admissions, flushing usage")
             # (uploads whose client left with their record unknown: their bytes stay)

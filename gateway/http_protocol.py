@@ -22,7 +22,9 @@ and then part of its body, or its body a byte at a time, held its request's slot
 max_inflight_requests) for ever. Nor may a body stop for keep_alive_s (nginx's
 client_body_timeout): a burst earned it days (512 MiB at once: 12 days), in which an upload
 kept its part on the files volume. A body late is answered 408 and the connection closed; the
-request waiting on it hears that its client is gone (499, nothing reaches an engine).
+request waiting on it hears that its client is gone (nothing reaches an engine), and is counted
+and logged as the 408 it was answered, under its own request id. A request refused before the
+app saw it (400, 431) is counted and logged by UnreadRefusals (http_refusals.py).
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from gateway.errors import InvalidRequest
 from gateway.http10 import Unchunked
+from gateway.http_refusals import UNREAD_STATE, UnreadRefusals
 from gateway.http_upgrade import UpgradeDropped
-from gateway.request_context import new_request_id
+from gateway.proxy.outcome import Outcome
+from gateway.request_context import found_info, new_request_id
 
 # The scope's extension that carries a request's ClientLink (ASGI: scope["extensions"]).
 CLIENT_LINK = "llmaas.client_link"
@@ -239,7 +243,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 status=408,
                 code="request_timeout",
             )
-            self.transport.write(_closing_answer(408, error.json()))
+            info = found_info(cast(Scope, cycle.scope))  # (None: the app has not begun it)
+            if info is not None:  # its access log line and count say 408, not 499
+                info.status, info.outcome = 408, Outcome.REFUSED
+            rid = new_request_id() if info is None else info.request_id
+            self.transport.write(_closing_answer(408, error.json(), rid))
         self.transport.close()
 
     def _body_arrived(self) -> None:
@@ -254,7 +262,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             "The request is not valid HTTP/1.1 (its request line or a header could not be parsed).",
             code="invalid_http_request",
         )
-        self.transport.write(_closing_answer(400, error.json()))
+        self._unread_refused(400, error)
         self.transport.close()
 
     def _refuse_head(self) -> None:
@@ -263,7 +271,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             status=431,
             code="request_headers_too_large",
         )
-        self.transport.write(_closing_answer(431, error.json()))
+        self._unread_refused(431, error)
         # Closed with the rest of the head unread, the connection would be reset, and the client
         # would lose the answer: its end is closed, what it still sends read and dropped, until
         # it closes too or LINGER_S passes.
@@ -271,6 +279,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER_S, self.transport.close)
+
+    def _unread_refused(self, status: int, error: InvalidRequest) -> None:
+        rid = new_request_id()
+        self.transport.write(_closing_answer(status, error.json(), rid))
+        unread: UnreadRefusals | None = self.app_state.get(UNREAD_STATE)
+        if unread is not None:  # (an app without the gateway's lifespan: tests)
+            unread.refused(status, rid)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -345,9 +360,9 @@ def _ends_head(data: bytes, room: int) -> bool:
     return any(data[:k] == _END_OF_HEAD[-k:] for k in (1, 2, 3) if k <= room)
 
 
-def _closing_answer(status: int, body: bytes) -> bytes:
-    """A whole JSON answer after which the connection closes; with a request id of its own,
-    as every answer has one (this one comes before the request is read: never the client's)."""
+def _closing_answer(status: int, body: bytes, request_id: str) -> bytes:
+    """A whole JSON answer after which the connection closes; with a request id, as every
+    answer has one (a 400 or 431 comes before the request is read: never the client's)."""
     head = STATUS_LINE[status] + b"content-type: application/json\r\n"
-    rid = b"x-request-id: %s\r\n" % new_request_id().encode()
+    rid = b"x-request-id: %s\r\n" % request_id.encode()
     return head + rid + b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)

@@ -58,6 +58,12 @@ def attach(scope: Scope, info: RequestInfo) -> None:
     scope.setdefault("state", {})[_STATE_KEY] = info
 
 
+def found_info(scope: Scope) -> RequestInfo | None:
+    """The request's info if the request context has attached it yet."""
+    info: RequestInfo | None = scope.get("state", {}).get(_STATE_KEY)
+    return info
+
+
 def info_of(scope: Scope) -> RequestInfo:
     info: RequestInfo = scope["state"][_STATE_KEY]
     return info

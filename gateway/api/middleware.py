@@ -79,7 +79,7 @@ class RequestContextMiddleware:
         try:
             await app(scope, receive, send_with_id)
         except ClientDisconnect:  # gone halfway through its body: nobody to answer, no error
-            info.outcome, info.status = Outcome.CLIENT_DISCONNECTED, 499
+            _client_left(info)
         except Exception:
             self.errors.exception(
                 "unhandled error", extra={"fields": {"request_id": info.request_id}}
@@ -132,6 +132,13 @@ class RequestContextMiddleware:
         if info.engine_request_id is not None:  # the client named the request: the engine's
             fields["engine_request_id"] = info.engine_request_id
         self.log.info("request", extra={"fields": fields})
+
+
+def _client_left(info: RequestInfo) -> None:
+    """499, unless the connection was closed by the gateway's HTTP layer after it answered 408
+    for a body too late (http_protocol.py): the request is then counted and logged as that."""
+    if info.outcome is not Outcome.REFUSED:
+        info.outcome, info.status = Outcome.CLIENT_DISCONNECTED, 499
 
 
 def _outcome(info: RequestInfo) -> Outcome:
