@@ -144,6 +144,16 @@ def no_redis(subject: str) -> ServiceUnavailable:
     )
 
 
+def engine_unavailable() -> ServiceUnavailable:
+    """No engine of the model is up, or none could be reached: the proxy's, and a fine-tuned
+    model's whose base model has no engine up (its adapter could not be tried anywhere)."""
+    return ServiceUnavailable(
+        "No engine serving this model is reachable right now; try again shortly.",
+        code="engine_unavailable",
+        headers={"retry-after": "1"},
+    )
+
+
 class GatewayTimeout(ApiError):
     status = 504
     type = "timeout"

@@ -27,7 +27,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.errors import ModelNotFound, ServiceUnavailable
+from gateway.errors import ModelNotFound, ServiceUnavailable, engine_unavailable
 from gateway.files.store import FileStore
 from gateway.finetune.engine_adapters import AdapterError, load_adapter, unload_adapter
 from gateway.finetune.job_store import JobStore
@@ -126,6 +126,8 @@ class AdapterServing:
         engines = sorted(
             (e for e in (base.engines if base else []) if e.is_up(now)), key=lambda e: e.inflight
         )
+        if not engines:  # none tried: not the adapter's fault (was "could not load it")
+            raise engine_unavailable()
         failures = []
         for engine in engines:
             try:

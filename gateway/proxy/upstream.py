@@ -16,7 +16,13 @@ from typing import Protocol, cast
 
 import aiohttp
 
-from gateway.errors import ApiError, BadGateway, GatewayTimeout, ServiceUnavailable
+from gateway.errors import (
+    ApiError,
+    BadGateway,
+    GatewayTimeout,
+    ServiceUnavailable,
+    engine_unavailable,
+)
 from gateway.metrics import Metrics
 from gateway.proxy.first_look import FirstLook
 from gateway.proxy.h1 import ConnectFailed, Disconnected, H1Response, NotHttp
@@ -126,7 +132,7 @@ class Upstream:
         """
         if not engines:  # (a dns:// name that resolves to nothing yet, say)
             trying(None)
-            raise _unavailable()
+            raise engine_unavailable()
         free = [e for e in engines if e.inflight < self._settings.max_connections_per_engine]
         if not free or self.open_requests >= self._settings.max_connections:
             self._metrics.gateway_busy.inc()
@@ -166,7 +172,7 @@ class Upstream:
                 continue
             return engine, answered
         trying(None)
-        raise _unavailable()
+        raise engine_unavailable()
 
     async def _send(
         self,
@@ -252,16 +258,8 @@ def _broken(kind: str, cause: BaseException) -> UpstreamBroken:
     return UpstreamBroken(cast(Failure, kind), cause)
 
 
-def _unavailable() -> ApiError:
-    return ServiceUnavailable(
-        "No engine serving this model is reachable right now; try again shortly.",
-        code="engine_unavailable",
-        headers={"retry-after": "1"},
-    )
-
-
 def home_unavailable() -> ApiError:
-    """`_unavailable` when the only engine tried was the one holding a stored response (its
+    """`engine_unavailable` when the only engine tried was the one holding a stored response (its
     model's other engines may be up, but only that one can answer for it)."""
     return ServiceUnavailable(
         "The engine holding this stored response is unreachable right now; try again shortly.",

@@ -7,6 +7,7 @@ simulator has none; the real case, vLLM killed under `llmaas up`, is tests/e2e/t
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from gateway.errors import ModelNotFound, ServiceUnavailable
 from gateway.finetune.job_store import JobStore
 from gateway.finetune.serving import AdapterServing
 from gateway.routing.engines import Engine, EngineRegistry
+from gateway.settings import ModelRoute
 from tests.support.servers import serve_asgi
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -41,10 +43,13 @@ class StandIn:
 
 @asynccontextmanager
 async def stand_in(
-    routes: list[Route], learn: Callable[[Engine], Awaitable[None]] | None = None
+    routes: list[Route],
+    learn: Callable[[Engine], Awaitable[None]] | None = None,
+    registry: EngineRegistry | None = None,
 ) -> AsyncIterator[StandIn]:
     """A real Redis holding MODEL's record, a stand-in engine serving `routes`, and the
-    AdapterServing that loads adapters on it."""
+    AdapterServing that loads adapters on it (`registry`: the engines it may load them into;
+    none by default)."""
 
     async def learned_nothing(engine: Engine) -> None:
         pass
@@ -58,7 +63,8 @@ async def stand_in(
         try:
             store = JobStore(redis)
             await store.put_model("acme", MODEL, {"base": "base", "adapter": "/adapters/job1"})
-            serving = AdapterServing(EngineRegistry([]), redis, http, learn or learned_nothing)
+            engines = registry or EngineRegistry([])
+            serving = AdapterServing(engines, redis, http, learn or learned_nothing)
             yield StandIn(serving, store, Engine(url))
         finally:
             await redis.aclose()
@@ -134,3 +140,31 @@ async def test_an_engine_that_cannot_load_an_adapter_again_is_not_named_to_the_t
         assert refused.value.code == "model_unavailable"
         assert "its engine could not load it again" in refused.value.message
         assert it.engine.url.split("//")[1] not in refused.value.message
+
+
+async def test_a_model_whose_base_has_no_engine_up_is_engine_unavailable() -> None:
+    """The base model's only engine is down: no load was tried, and the 503 said "no engine of
+    its base model could load it" as `model_unavailable`, with an empty warning in the log
+    (found 2026-12-07). It is the proxy's `engine_unavailable`, as for the base model."""
+    loads: list[Any] = []
+
+    async def load_lora_adapter(request: Request) -> JSONResponse:
+        loads.append(await request.json())
+        return JSONResponse("Success: LoRA adapter loaded.")
+
+    routes = [Route("/v1/load_lora_adapter", load_lora_adapter, methods=["POST"])]
+    async with serve_asgi(Starlette(routes=routes), lifespan="off") as url:
+        registry = EngineRegistry([ModelRoute(name="base", engines=[url])], learn_models=False)
+        async with stand_in([], registry=registry) as it:
+            (engine,) = registry.engines()
+            engine.mark_down()
+            with pytest.raises(ServiceUnavailable) as refused:
+                await it.serving.pool("acme", MODEL)
+            assert (refused.value.code, refused.value.headers) == (
+                "engine_unavailable",
+                {"retry-after": "1"},
+            )
+            assert loads == []
+            engine.probe_ok(time.monotonic() + 3600)  # its /health answers after the back-off
+            await it.serving.pool("acme", MODEL)  # (the stand-in's models poll learns nothing)
+            assert [load["lora_name"] for load in loads] == [MODEL]
