@@ -123,12 +123,15 @@ async def create_job(body: JobCreate, gw: Gateway, caller: Caller) -> Response:
 
 def _hyperparameters(body: JobCreate, max_rank: int) -> Hyperparameters:
     given: dict[str, Any] = {}
+    where = "hyperparameters"  # where the request gave lora_rank: the field its 400 names
     if body.hyperparameters is not None:
         given.update(body.hyperparameters.model_dump(exclude_unset=True))
     if body.method is not None and body.method.supervised is not None:
         method = body.method.supervised.hyperparameters
         if method is not None:
             both = method.model_dump(exclude_unset=True)
+            if "lora_rank" in both:
+                where = "method.supervised.hyperparameters"
             clash = sorted(k for k, v in both.items() if k in given and given[k] != v)
             if clash:  # (OpenAI's deprecated top-level form beside the method's)
                 raise InvalidRequest(
@@ -142,9 +145,8 @@ def _hyperparameters(body: JobCreate, max_rank: int) -> Hyperparameters:
     rank = given.get("lora_rank", "auto")
     if rank != "auto" and rank > max_rank:
         raise InvalidRequest(
-            f"Invalid 'hyperparameters.lora_rank': {rank}; the engines serve ranks up to "
-            f"{max_rank}.",
-            param="hyperparameters.lora_rank",
+            f"Invalid '{where}.lora_rank': {rank}; the engines serve ranks up to {max_rank}.",
+            param=f"{where}.lora_rank",
             code="invalid_value",
         )
     return Hyperparameters(**given)

@@ -107,6 +107,15 @@ async def test_a_suffix_of_up_to_64_characters_is_taken(ft: TenantStack) -> None
         ({"suffix": "s" * 65}, "suffix"),  # OpenAI's limit is 64
         ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
         ({"hyperparameters": {"lora_rank": 64}}, "hyperparameters.lora_rank"),
+        (  # where README tells to give it: named there (it said hyperparameters.lora_rank)
+            {
+                "method": {
+                    "type": "supervised",
+                    "supervised": {"hyperparameters": {"lora_rank": 64}},
+                }
+            },
+            "method.supervised.hyperparameters.lora_rank",
+        ),
         ({"method": {"type": "dpo"}}, "method.type"),
         (
             {
