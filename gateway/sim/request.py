@@ -188,13 +188,17 @@ def _prompts(kind: Kind, body: dict[str, Any]) -> list[Prompt]:
 def _length(
     kind: Kind, body: dict[str, Any], prompt_tokens: int, config: SimConfig
 ) -> tuple[int, str]:
+    """The tokens to generate and the finish reason, as vLLM 0.32 decides them: a prompt over
+    the context refused (`param` input_tokens, which the gateway names by the prompt's field),
+    a max_tokens over the whole context refused, any other clamped to the room left."""
     room = config.max_model_len - prompt_tokens
     if room < 1:
         raise RequestError(
             400,
             f"This model's maximum context length is {config.max_model_len} tokens. However, "
-            f"your request has {prompt_tokens} input tokens. Please reduce the length of the "
-            "input messages.",
+            f"your prompt contains {prompt_tokens} input tokens, which exceeds this limit even"
+            " without any output tokens. Please reduce the length of the input prompt.",
+            "input_tokens",
         )
     field = (
         "max_completion_tokens"
@@ -204,15 +208,14 @@ def _length(
     requested = _positive_int(body, field)
     if requested is None:
         return (config.max_tokens, "stop") if config.max_tokens <= room else (room, "length")
-    if requested > room:
+    if requested > config.max_model_len:
         raise RequestError(
             400,
-            f"'{field}' is too large: {requested}. This model's maximum context length is "
-            f"{config.max_model_len} tokens and your request has {prompt_tokens} input tokens "
-            f"({requested} > {config.max_model_len} - {prompt_tokens}).",
+            f"{field}={requested} cannot be greater than max_model_len={config.max_model_len}."
+            " Please request fewer output tokens.",
             field,
         )
-    return requested, "length"
+    return min(requested, room), "length"
 
 
 def _stream_options(body: dict[str, Any], stream: bool) -> tuple[bool, bool]:

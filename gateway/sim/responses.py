@@ -80,14 +80,22 @@ class ResponsesApi:
         count = limit if isinstance(limit, int) and limit > 0 else self.config.max_tokens
         conversation = f"{before}\n{text}" if before else text
         input_tokens = before_tokens + 1 + words(text)
-        if count > self.config.max_model_len - input_tokens:  # vLLM refuses it too
+        most = self.config.max_model_len
+        if input_tokens >= most:  # vLLM 0.32's words (responses/serving.py)
             raise RequestError(
                 400,
-                f"'max_output_tokens' is too large: {count}. This model's maximum context length "
-                f"is {self.config.max_model_len} tokens and your request has {input_tokens} "
-                "input tokens.",
+                f"The engine prompt length {input_tokens} exceeds the max_model_len {most}. "
+                "Please reduce prompt.",
+                "input",
+            )
+        if count > most:
+            raise RequestError(
+                400,
+                f"max_output_tokens={count} cannot be greater than max_model_len={most}. "
+                "Please request fewer output tokens.",
                 "max_output_tokens",
             )
+        count = min(count, most - input_tokens)  # past the room left: clamped, as vLLM does
         return Turn(
             id=f"resp_{uuid.uuid4().hex}",
             model=model,

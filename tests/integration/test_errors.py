@@ -129,6 +129,28 @@ async def test_bad_input_is_400_naming_the_field(
     assert needle in error["message"]
 
 
+async def test_a_prompt_over_the_context_is_context_length_exceeded_on_its_field(
+    stack: Stack,
+) -> None:
+    """The simulator answers vLLM 0.32's refusal (`param` input_tokens), which the gateway names
+    by the prompt's field, as tests/e2e does with the real engine; the simulator's own message
+    had no `param`, so nothing on it reached that normalisation (found 2026-12-07)."""
+    words = " ".join(["w"] * 3000)  # the simulator's context: 2,048 tokens
+    chat = {**CHAT, "messages": [{"role": "user", "content": words}]}
+    completion = {"model": MODEL, "prompt": words}
+    for path, body, field in (
+        ("/v1/chat/completions", chat, "messages"),
+        ("/v1/chat/completions", {**chat, "stream": True}, "messages"),
+        ("/v1/completions", completion, "prompt"),
+    ):
+        status, payload = await post(stack, path, body)
+        error = assert_openai_error(payload)
+        assert (status, error["param"], error["code"]) == (400, field, "context_length_exceeded")
+        assert error["message"].startswith("This model's maximum context length is 2048 tokens")
+    status, payload = await post(stack, "/v1/completions", {**completion, "prompt": "hi there"})
+    assert status == 200
+
+
 async def test_body_over_the_limit_is_413(stack: Stack) -> None:
     big = {**CHAT, "messages": [{"role": "user", "content": "x" * 70_000}]}
     status, payload = await post(stack, "/v1/chat/completions", big)

@@ -74,13 +74,22 @@ def test_no_max_tokens_gives_the_default_and_stop() -> None:
     assert (plan.tokens, plan.finish_reason) == (16, "stop")
 
 
-def test_the_context_window_caps_the_default_and_refuses_more() -> None:
+def test_the_context_window_caps_max_tokens_and_refuses_a_prompt_over_it() -> None:
+    """As vLLM 0.32 (get_max_tokens, TokenizeParams): a max_tokens past the room left is
+    clamped to it, one past the whole context refused, and so is a prompt over the context,
+    with vLLM's `param` input_tokens (the sim refused the first with a message of its own)."""
     long = {"model": "m", "prompt": " ".join(["w"] * 55)}  # 56 prompt tokens, 8 left
     plan = plan_generation("completion", long, "m", NO_FAULTS, CONFIG)
     assert (plan.tokens, plan.finish_reason) == (8, "length")
-    with pytest.raises(RequestError, match="maximum context length") as info:
-        plan_generation("completion", {**long, "max_tokens": 9}, "m", NO_FAULTS, CONFIG)
+    plan = plan_generation("completion", {**long, "max_tokens": 9}, "m", NO_FAULTS, CONFIG)
+    assert (plan.tokens, plan.finish_reason) == (8, "length")
+    with pytest.raises(RequestError, match="cannot be greater than max_model_len") as info:
+        plan_generation("completion", {**long, "max_tokens": 65}, "m", NO_FAULTS, CONFIG)
     assert (info.value.status, info.value.param) == (400, "max_tokens")
+    longer = {"model": "m", "prompt": " ".join(["w"] * 70)}
+    with pytest.raises(RequestError, match="maximum context length is 64 tokens") as info:
+        plan_generation("completion", longer, "m", NO_FAULTS, CONFIG)
+    assert (info.value.status, info.value.param) == (400, "input_tokens")
 
 
 def test_completion_choices_are_numbered_prompt_major() -> None:
