@@ -16,6 +16,7 @@ from gateway.cli_options import add_gateway_options, given
 from gateway.cli_table import table
 from gateway.csv_cells import safe_cell
 from gateway.metering.query import parse_group_by
+from gateway.metering.time_range import BoundError, check_days, day_bound, parse_time, record_range
 
 NUMBERS = (
     "requests",
@@ -55,11 +56,13 @@ def add_usage_command(sub: Any) -> None:
     usage.add_argument("--model", type=given, help="only this model's usage")
     usage.add_argument(
         "--start",
+        type=_time,
         help="totals: a day, YYYY-MM-DD (or a time at 00:00:00Z); --records: also any RFC 3339 "
         "time or Unix seconds (default: totals 30 days back, --records the first record kept)",
     )
     usage.add_argument(
         "--end",
+        type=_time,
         help="as --start; a day counts whole, a time is up to, not at, it (default: today; "
         "--records: the latest record)",
     )
@@ -87,6 +90,34 @@ def _group_by(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _time(value: str) -> str:
+    """--start / --end checked before anything is sent, by the gateway's own reading (exit 2,
+    naming the option): the gateway's 400 was exit 1 and named its query parameter. Sent as
+    given, for the gateway to read the same."""
+    try:
+        parse_time(given(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _range_refused(args: argparse.Namespace) -> BoundError | None:
+    """What the gateway would refuse of --start and --end together, for totals (days: not a
+    time within one, in order, at most 400) or --records; None if nothing. An option left out
+    is the gateway's to fill in (from its clock, not this machine's)."""
+    try:
+        if args.records:
+            record_range(args.start, args.end)
+            return None
+        first = day_bound(args.start, "start") if args.start else None
+        last = day_bound(args.end, "end") if args.end else None
+        if first is not None and last is not None:
+            check_days(first, last)
+    except BoundError as exc:
+        return exc
+    return None
+
+
 def run_usage(args: argparse.Namespace) -> int:
     if args.records and args.group_by is not None:  # a record is one request: nothing to group
         print(
@@ -94,6 +125,10 @@ def run_usage(args: argparse.Namespace) -> int:
             "(leave out --records for grouped totals)",
             file=sys.stderr,
         )
+        return 2
+    refused = _range_refused(args)
+    if refused is not None:
+        print(f"llmaas usage: error: argument --{refused.param}: {refused}", file=sys.stderr)
         return 2
     try:
         client = AdminClient(args.url, args.admin_token)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import orjson
@@ -36,83 +35,15 @@ from gateway.metering.query import (
     usage_totals,
 )
 from gateway.metering.record import CSV_COLUMNS, TENANT_COLUMNS, UsageRecord
+from gateway.metering.time_range import BoundError, record_range, total_days
 from gateway.state import GatewayState
 
 admin_router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)])
 tenant_router = APIRouter(prefix="/v1")
-MAX_DAYS = 400
-DEFAULT_DAYS = 30
 
 Text = Annotated[str | None, Query()]
 Format = Annotated[Literal["jsonl", "csv"], Query()]
 Limit = Annotated[int, Query(ge=1, le=10_000)]
-
-
-# A whole UTC day: as an end, it runs to the day's last millisecond (Unix seconds, also ten
-# characters these years, are one moment).
-_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
-# Eight digits (YYYYMMDD, ISO 8601's basic form) read as Unix seconds were a moment of 1970:
-# refused, naming the forms taken. Unix seconds of these years have ten digits.
-_BASIC_DAY = re.compile(r"(19|20)\d{6}")
-
-
-def _parse_time(value: str, param: str) -> datetime:
-    """YYYY-MM-DD, RFC 3339 (with a zone; `t` and `z` as RFC 3339 allows), or Unix seconds."""
-    parsed: datetime | None = None
-    try:
-        if _BASIC_DAY.fullmatch(value):  # 20261206: a day written without dashes, not 1970
-            pass
-        elif value.replace(".", "", 1).isdigit():
-            return datetime.fromtimestamp(float(value), UTC)
-        elif _DAY.fullmatch(value):
-            return datetime.fromisoformat(value).replace(tzinfo=UTC)
-        else:
-            parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
-    except (ValueError, OverflowError, OSError):  # also a number past the year 9999
-        parsed = None
-    if parsed is None or parsed.tzinfo is None:
-        raise InvalidRequest(
-            f"Invalid '{param}': expected YYYY-MM-DD, RFC 3339 with a time zone "
-            f"(2026-11-01T00:00:00Z) or Unix seconds; got {value!r}.",
-            param=param,
-            code="invalid_value",
-        )
-    return parsed.astimezone(UTC)
-
-
-def _days(start: str | None, end: str | None) -> tuple[date, date]:
-    today = datetime.now(UTC).date()
-    last = _day(end, "end") if end else today
-    first = _day(start, "start") if start else last - timedelta(DEFAULT_DAYS - 1)
-    if not end and first > last:  # a start past today (a client's own date ahead of UTC's)
-        last = first  # is its day, with no usage yet: not an 'end' the client never gave
-    if first > last:
-        raise InvalidRequest("'start' is after 'end'.", param="start", code="invalid_value")
-    if (last - first).days >= MAX_DAYS:
-        raise InvalidRequest(
-            f"The range covers more than {MAX_DAYS} days; narrow 'start' and 'end'.",
-            param="start",
-            code="invalid_value",
-        )
-    return first, last
-
-
-def _day(value: str, param: str) -> date:
-    """A bound of usage totals, which are kept per UTC day: a date (an `end` day counted
-    whole), or a moment at a day's start (an `end` there ends the day before, as on
-    /usage/records, which does not reach past it). A moment within a day is refused: it was
-    widened to the whole day, so a month given as [Nov 1 00:00, Dec 1 00:00) billed Dec 1."""
-    moment = _parse_time(value, param)
-    if _DAY.fullmatch(value):
-        return moment.date()
-    if moment != datetime.combine(moment.date(), datetime.min.time(), UTC):
-        raise InvalidRequest(
-            f"Invalid '{param}': usage totals are per UTC day; give a date (YYYY-MM-DD) or a "
-            "time at 00:00:00Z (/usage/records takes any time).",
-            param=param,
-            code="invalid_value",
-        )
-    return moment.date() - timedelta(1) if param == "end" else moment.date()
 
 
 def _group_by(value: str | None) -> tuple[str, ...]:
@@ -126,16 +57,8 @@ def _group_by(value: str | None) -> tuple[str, ...]:
         ) from None
 
 
-def _ms(value: str | None, param: str, *, end: bool) -> int | None:
-    if not value:
-        return None
-    moment = _parse_time(value, param)
-    if end and _DAY.fullmatch(value):  # a whole day: up to its last millisecond
-        moment += timedelta(days=1)
-    if end:  # up to, not at, the moment: as totals' end=…T00:00:00Z ends the day before, so a
-        # month's records and the next month's never both hold a record of its last millisecond
-        moment -= timedelta(milliseconds=1)
-    return max(0, int(moment.timestamp() * 1000))  # the ledger has nothing before 1970
+def _bound_refused(exc: BoundError) -> InvalidRequest:
+    return InvalidRequest(f"Invalid '{exc.param}': {exc}.", param=exc.param, code="invalid_value")
 
 
 def _redis(gw: GatewayState) -> Redis:
@@ -179,7 +102,10 @@ Paged = Annotated[Page, Depends()]
 async def _totals(
     gw: GatewayState, selection: Selection, tenant: str | None, group: str | None
 ) -> Response:
-    first, last = _days(selection.start, selection.end)
+    try:
+        first, last = total_days(selection.start, selection.end, datetime.now(UTC).date())
+    except BoundError as exc:
+        raise _bound_refused(exc) from None
     groups = _group_by(group)
     redis = _redis(gw)
     try:
@@ -212,11 +138,10 @@ async def _records(
         raise InvalidRequest(
             f"Invalid 'after': {exc}.", param="after", code="invalid_value"
         ) from exc
-    start_ms = _ms(selection.start, "start", end=False)
-    end_ms = _ms(selection.end, "end", end=True)
-    # (start == end: an empty range, a page of none; start after end: a 400, was an empty page)
-    if start_ms is not None and end_ms is not None and start_ms > end_ms + 1:
-        raise InvalidRequest("'start' is after 'end'.", param="start", code="invalid_value")
+    try:
+        start_ms, end_ms = record_range(selection.start, selection.end)
+    except BoundError as exc:
+        raise _bound_refused(exc) from None
     redis = _redis(gw)
     try:
         records, following = await records_page(

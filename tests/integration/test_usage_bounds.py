@@ -16,12 +16,12 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from gateway.api.usage import MAX_DAYS
 from gateway.app import create_app
 from gateway.embedded.redis_server import running_redis
 from gateway.metering.ledger import Ledger
 from gateway.metering.query import SCAN_PER_PAGE
 from gateway.metering.record import CSV_COLUMNS
+from gateway.metering.time_range import MAX_DAYS
 from gateway.settings import MeteringSettings, Settings
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import ADMIN, MODEL

@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from gateway.netutil import free_port
 from tests.integration.conftest import MODEL
 from tests.integration.metering_fixture import Meter, meter_fixture  # noqa: F401 (the fixture)
 from tests.support.cli import run_llmaas
@@ -119,10 +121,17 @@ async def test_group_by_with_records_is_a_usage_error(meter: Meter) -> None:
 
 
 async def test_usage_cli_says_what_went_wrong(meter: Meter) -> None:
-    for records in ([], ["--records"]):  # the records' refusal named no field
-        code, _, err = await usage(meter, *records, "--start", "2020-13-01")
-        assert code == 1
-        assert err.rstrip().endswith("got '2020-13-01'. (start)"), err
+    for records in ([], ["--records"]):  # (was the gateway's 400, exit 1)
+        code, out, err = await usage(meter, *records, "--start", "2020-13-01")
+        assert (code, out) == (2, ""), err
+        assert err.rstrip().endswith(
+            "argument --start: expected YYYY-MM-DD, RFC 3339 with a time "
+            "zone (2026-11-01T00:00:00Z) or Unix seconds; got '2020-13-01'"
+        ), err
+    # what the gateway's clock decides (a range up to its today) is its to refuse, naming it
+    code, _, err = await usage(meter, "--start", "2020-01-01")
+    assert code == 1
+    assert err.rstrip().endswith("more than 400 days; narrow it. (start)"), err
     # a bad --group-by was the gateway's 400 naming its query parameter (exit 1); an empty one
     # (an unset shell variable) the default grouping
     for bad, said in (
@@ -137,3 +146,50 @@ async def test_usage_cli_says_what_went_wrong(meter: Meter) -> None:
     code, _, err = await usage(meter, token="wrong-token-0123456789")
     assert code == 1
     assert "HTTP 401" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (("--start", "yesterday"), "--start"),
+        (("--start", "20261206"), "--start"),  # a day without dashes: not Unix seconds of 1970
+        (("--end", "9" * 20), "--end"),  # past the year 9999
+        (("--end", "2026-11-30T09:30:00Z"), "--end"),  # totals are per UTC day
+        (("--start", "2026-12-01", "--end", "2026-11-01"), "--start"),
+        (("--start", "2025-01-01", "--end", "2026-12-01"), "--start"),  # more than 400 days
+        (
+            ("--records", "--start", "2026-12-01T00:00:01Z", "--end", "2026-12-01T00:00:00Z"),
+            "--start",
+        ),
+    ],
+)
+async def test_a_start_or_end_the_gateway_would_refuse_is_a_usage_error(
+    args: tuple[str, ...], option: str
+) -> None:
+    """Found 2026-12-07: a malformed --start / --end was sent, and the gateway's 400 was exit 1
+    naming its query parameter (a script retries that); --group-by was already checked before
+    sending. Nothing listens at the --url: nothing is sent."""
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    code, out, err = await run_llmaas(nowhere, "usage", *args, token=ADMIN_TOKEN)
+    assert (code, out) == (2, ""), err
+    assert f"llmaas usage: error: argument {option}: " in err, err
+    assert "cannot reach" not in err
+
+
+async def test_a_start_and_end_the_gateway_takes_are_sent(meter: Meter) -> None:
+    """What --start / --end accept, the gateway accepts: the same reading of both."""
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+    for args in (
+        ("--start", "2026-11-01T00:00:00Z", "--end", "2026-12-01T00:00:00Z"),
+        ("--start", tomorrow),  # a client's date ahead of UTC's: an empty range
+        ("--start", "2026-11-01", "--end", "2026-11-01"),
+        ("--records", "--start", "1764547200", "--end", "2026-12-01t09:30:00z"),
+        ("--records", "--start", "2026-12-01T09:30:00Z", "--end", "2026-12-01T09:30:00Z"),
+    ):
+        code, _, err = await usage(meter, *args, "--json")
+        assert code == 0, (args, err)
+        code, _, err = await run_llmaas(
+            f"http://127.0.0.1:{free_port()}", "usage", *args, token=ADMIN_TOKEN
+        )
+        assert code == 1, err  # sent: the gateway is what was not there
+        assert "llmaas usage: cannot reach the gateway at " in err, err
