@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 from urllib.parse import quote
 
@@ -11,6 +13,7 @@ import orjson
 # What the usage records pages come as (JSON lines, CSV); anything else is not the gateway.
 TEXT_TYPES = frozenset({"application/x-ndjson", "text/csv"})
 _NOT_THE_GATEWAY = "{} answered something else than the gateway would: is --url the gateway?"
+_WHERE = " (is it running? --url / LLMAAS_URL)"
 
 
 class AdminError(Exception):
@@ -26,7 +29,8 @@ class AdminClient:
     def __init__(self, base_url: str, token: str | None) -> None:
         if not token:
             raise LocalProblem("no admin token: pass --admin-token or set LLMAAS_ADMIN_TOKEN")
-        self.base = base_url.rstrip("/") + "/admin/v1"
+        self.url = base_url.rstrip("/")  # the gateway, as --url named it
+        self.base = self.url + "/admin/v1"
         self.headers = {"authorization": f"Bearer {token}"}
 
     async def text(self, path: str) -> tuple[str, dict[str, str]]:
@@ -40,7 +44,7 @@ class AdminClient:
                 text, status, headers = await resp.text(), resp.status, dict(resp.headers)
                 kind = resp.content_type
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise AdminError(f"cannot reach the gateway at {self.base}: {exc}") from exc
+            raise self.unreachable(exc, timeout.total) from exc
         if status >= 400:
             raise AdminError(_refusal(status, text))
         if kind not in TEXT_TYPES:
@@ -61,7 +65,7 @@ class AdminClient:
             ):
                 text, status = await resp.text(), resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise AdminError(f"cannot reach the gateway at {self.base}: {exc}") from exc
+            raise self.unreachable(exc, timeout_s) from exc
         try:
             payload = orjson.loads(text)
         except orjson.JSONDecodeError:  # a proxy's error page, or --url is not the gateway
@@ -71,6 +75,15 @@ class AdminClient:
         if status >= 400:
             raise AdminError(_refusal(status, text))
         return payload
+
+    def unreachable(
+        self, exc: aiohttp.ClientError | TimeoutError, timeout_s: float | None
+    ) -> AdminError:
+        """No answer, and why in plain words: aiohttp's own text was its jargon ("Cannot
+        connect to host 127.0.0.1:1 ssl:default [Connect call failed ('127.0.0.1', 1)]")."""
+        return AdminError(
+            f"cannot reach the gateway at {self.url}: {why_unanswered(exc, timeout_s)}"
+        )
 
     async def every_page(self, path: str, params: dict[str, str] | None = None) -> list[Any]:
         """Every item of an OpenAI-style list (`data`, `has_more`; the next page starts `after`
@@ -83,6 +96,47 @@ class AdminClient:
             if not page.get("has_more") or not page["data"]:
                 return found
             query["after"] = page["data"][-1]["id"]
+
+
+def why_unanswered(exc: aiohttp.ClientError | TimeoutError, timeout_s: float | None) -> str:
+    """Why a request got no answer: "connection refused", "name not resolved", "timed out"…;
+    where the gateway was never reached, where to look (is it running, is --url right)."""
+    if isinstance(exc, aiohttp.ClientSSLError):  # (a ClientConnectorError too: first)
+        return f"TLS failed ({_tls_reason(exc)})"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        named = isinstance(exc.os_error, socket.gaierror)  # no such name: --url is wrong
+        return _os_words(exc.os_error) + (" (is --url / LLMAAS_URL right?)" if named else _WHERE)
+    if isinstance(exc, TimeoutError):  # (aiohttp's own timeouts are TimeoutErrors too)
+        within = "" if timeout_s is None else f": no answer within {timeout_s:g} s"
+        return "timed out" + within
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return "the connection closed before the whole answer came (is --url the gateway?)"
+    if isinstance(exc, OSError):
+        return _os_words(exc)
+    return str(exc) or type(exc).__name__
+
+
+def _os_words(error: OSError) -> str:
+    """An OS error as the OS says it, without the address aiohttp adds."""
+    if isinstance(error, socket.gaierror):
+        return "name not resolved"
+    if error.errno is not None and error.errno > 0:
+        return os.strerror(error.errno).lower()  # connection refused, no route to host, …
+    return str(error) or type(error).__name__
+
+
+def _tls_reason(exc: aiohttp.ClientSSLError) -> str:
+    """What TLS said, as far as words go: a certificate's fault, or an address that answered
+    without TLS (an https:// --url of a gateway serving http://)."""
+    cause = (
+        exc.certificate_error
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError)
+        else exc.os_error
+    )
+    reason = getattr(cause, "reason", None)
+    if reason == "WRONG_VERSION_NUMBER":
+        return "it answered without TLS: http://, not https://?"
+    return str(getattr(cause, "verify_message", None) or reason or cause)
 
 
 def segment(value: str) -> str:

@@ -476,6 +476,56 @@ async def test_what_is_wrong_before_anything_is_sent_exits_2(
     assert out == b""
 
 
+CLIENT_COMMANDS = [
+    ("keys", "list", "--admin-token", "t"),
+    ("tenants", "list", "--admin-token", "t"),
+    ("usage", "--admin-token", "t"),
+    ("usage", "--records", "--admin-token", "t"),
+    ("engines", "--admin-token", "t"),
+    ("files", "list", "--api-key", "k"),
+    ("jobs", "list", "--api-key", "k"),
+]
+
+
+@pytest.mark.parametrize("args", CLIENT_COMMANDS, ids=lambda args: " ".join(args[:-2]))
+async def test_a_gateway_out_of_reach_is_said_in_plain_words(args: tuple[str, ...]) -> None:
+    """Found 2026-12-07: the client commands said why the gateway could not be reached in
+    aiohttp's words ("Cannot connect to host 127.0.0.1:1 ssl:default [Connect call failed
+    ('127.0.0.1', 1)]"), after the admin API's address rather than the --url given."""
+    url = f"http://127.0.0.1:{free_port()}"  # (nothing listens there)
+    code, out, err = await run_cli(*args, "--url", url)
+    command = " ".join(a for a in args[:2] if not a.startswith("-"))
+    said = f"llmaas {command}: cannot reach the gateway at {url}: connection refused"
+    assert (code, out) == (1, ""), err
+    assert err == f"{said} (is it running? --url / LLMAAS_URL)\n"
+
+
+async def test_a_gateway_named_wrong_or_without_tls_is_said_in_plain_words() -> None:
+    """A name that resolves to nothing, and https:// to a server that speaks plain HTTP."""
+    code, _, err = await run_cli("engines", "--admin-token", "t", "--url", "http://gw.invalid")
+    assert (code, err) == (
+        1,
+        "llmaas engines: cannot reach the gateway at http://gw.invalid: name not resolved "
+        "(is --url / LLMAAS_URL right?)\n",
+    )
+
+    async def plain_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(plain_http, "127.0.0.1", 0)
+    async with server:
+        url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        code, _, err = await run_cli("keys", "list", "--admin-token", "t", "--url", url)
+    assert (code, err) == (
+        1,
+        f"llmaas keys list: cannot reach the gateway at {url}: TLS failed (it answered "
+        "without TLS: http://, not https://?)\n",
+    )
+
+
 def has_mapped(pid: int, library: str) -> bool:
     """Whether process `pid` has loaded a shared library whose path holds `library`."""
     try:
