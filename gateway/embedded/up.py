@@ -210,7 +210,13 @@ async def _up(
             base = f"http://{settings.host}:{gateway_port}"
             token = settings.admin_token or ""
             shown = banner(
-                base, redis_url=redis_url, spec=spec, key=key, admin_token=token, data=data
+                base,
+                redis_url=redis_url,
+                spec=spec,
+                key=key,
+                admin_token=token,
+                kept_token=kept_token,
+                data=data,
             )
             print(shown, flush=True)
             await serving
@@ -305,9 +311,26 @@ def _admin_hint(base: str) -> str:
     return f"{url}llmaas keys create --tenant NAME"
 
 
+def _kept_again(admin_token: str, kept_token: str) -> str:
+    """What the next run shows again: the admin token only if it is the one kept in the data
+    directory, not LLMAAS_ADMIN_TOKEN's (which wins, and is not written there)."""
+    if admin_token == kept_token:
+        return "this key and token again next run"
+    return "this key again next run; the token is LLMAAS_ADMIN_TOKEN's, not kept"
+
+
 def banner(
-    base: str, *, redis_url: str, spec: EngineSpec, key: str, admin_token: str, data: DataDir
+    base: str,
+    *,
+    redis_url: str,
+    spec: EngineSpec,
+    key: str,
+    admin_token: str,
+    kept_token: str,
+    data: DataDir,
 ) -> str:
+    """`kept_token`: the admin token written to the data directory, shown when admin_token is
+    not LLMAAS_ADMIN_TOKEN's."""
     return f"""
 llmaas is up.
   base URL   {base}/v1
@@ -315,7 +338,7 @@ llmaas is up.
   redis      {redis_url}
   api key    {key}   (tenant "dev")
   admin      LLMAAS_ADMIN_TOKEN={admin_token}   ({_admin_hint(base)})
-  data       {data.root}   (keys, files, jobs, usage; this key and token again next run)
+  data       {data.root}   (keys, files, jobs, usage; {_kept_again(admin_token, kept_token)})
   fine-tune  on: a trainer runs here (client.files.create + client.fine_tuning.jobs.create)
 
   curl -s {base}/v1/chat/completions -H 'authorization: Bearer {key}' \\
