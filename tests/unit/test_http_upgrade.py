@@ -71,5 +71,13 @@ def test_a_whole_head_without_upgrade_is_handed_on_as_it_came() -> None:
     """The common case, on every request: nothing copied."""
     read = WITHOUT + BODY
     assert UpgradeDropped().feed(read, begun=False) is read
-    lower = HEAD.replace(b"UPGRADE", b"upgrade") + BODY  # (a field name's case is no matter)
-    assert UpgradeDropped().feed(lower, begun=False) == WITHOUT + BODY
+    for name in (b"upgrade", b"uPgRaDe"):  # (a field name's case is no matter)
+        read = HEAD.replace(b"UPGRADE", name) + BODY
+        assert UpgradeDropped().feed(read, begun=False) == WITHOUT + BODY
+    second = HEAD[HEAD.index(b"UPGRADE") :]  # a read that begins with the line, the head begun
+    assert (
+        UpgradeDropped().feed(second.replace(b"UPGRADE", b"Upgrade"), begun=True)
+        == (WITHOUT[WITHOUT.index(b"http2-settings") :])
+    )
+    unlike = WITHOUT.replace(b"host: x", b"x-upgrade: 1\r\nhost: x") + BODY
+    assert UpgradeDropped().feed(unlike, begun=False) is unlike
