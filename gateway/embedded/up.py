@@ -9,10 +9,12 @@ behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import sys
+from collections.abc import Iterator
 from contextlib import AsyncExitStack, nullcontext
 from pathlib import Path
 from typing import Any
@@ -102,7 +104,7 @@ def run_up(
             uvloop.run(_up(paths, data, gateway_port, engine_port, shared_redis))
     except KeyboardInterrupt:
         print("\nstopped.", file=sys.stderr)
-    except TerminatedWhilePreparing:
+    except TerminatedBeforeServing:
         print("\nstopped.", file=sys.stderr)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.raise_signal(signal.SIGTERM)  # its status, as after serving (uvicorn's re-raise)
@@ -163,8 +165,9 @@ async def _up(
     shared_redis: str | None,
 ) -> None:
     """`shared_redis`: LLMAAS_REDIS_URL, used instead of a private Redis in `data`."""
-    ready = await _prepared(paths)
     async with AsyncExitStack() as stack:
+        stack.enter_context(_sigterm_stops())  # until the server takes the signals, just below
+        ready = await prepare(paths)
         redis_url = await stack.enter_async_context(
             running_redis(shared_redis, keep_in=data.redis, supervised=True)
         )
@@ -201,6 +204,7 @@ async def _up(
         # As `llmaas serve`: Ctrl-C lets the requests in flight finish for at most the grace
         # (new ones get a 503), then cuts the rest; a second Ctrl-C stops at once.
         server = DrainingServer(config, settings.shutdown_grace_s)
+        _sigterm_stops_no_more()  # (both at once would cancel `up` midway through the drain)
         trainer_redis = redis_client(redis_url, 5.0, 4)
         stack.push_async_callback(trainer_redis.aclose)
         trainer = Trainer(settings, trainer_redis, "llmaas-up")
@@ -253,14 +257,19 @@ def up_settings(
     return usable_settings(None, **values)  # (LLMAAS_* read, errors said as `serve` says them)
 
 
-class TerminatedWhilePreparing(Exception):
-    """A SIGTERM came while `up` prepared (its steps were stopped with their children)."""
+class TerminatedBeforeServing(Exception):
+    """A SIGTERM came before `up` served: what it had started was stopped."""
 
 
-async def _prepared(paths: EmbeddedPaths) -> Prepared:
-    """prepare(), which a SIGTERM stops as Ctrl-C does: the step running is cancelled and its
-    process group stopped (process_group.group_stopped_if_cut). SIGTERM's default action ended
-    `up` alone, and the step's children (pip under ensurepip under venv) went on installing."""
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """Until the server takes the signals, SIGTERM stops `up` as Ctrl-C does: the task is
+    cancelled, the step running (prepare's, process_group.group_stopped_if_cut) or what was
+    started (Redis, the engine: the exit stack) stopped with their children, and
+    TerminatedBeforeServing raised. SIGTERM's default action ended `up` alone: the step's
+    children (pip under ensurepip under venv) went on installing, and an engine still
+    starting, which vLLM's server does not stop for its parent's death signal, went on
+    loading (3-4 GiB) after a `timeout` or `systemctl stop` (found by review)."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -273,13 +282,17 @@ async def _prepared(paths: EmbeddedPaths) -> Prepared:
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
-        return await prepare(paths)
+        yield
     except asyncio.CancelledError:
         if terminated:
-            raise TerminatedWhilePreparing from None
+            raise TerminatedBeforeServing from None
         raise
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+        _sigterm_stops_no_more()
+
+
+def _sigterm_stops_no_more() -> None:
+    asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)  # (once more: no-op)
 
 
 async def _stopped(trainer: Trainer, task: asyncio.Task[object]) -> None:
