@@ -15,6 +15,18 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.metrics import MetricWrapperBase
 
+from gateway.finetune.names import base_of
+
+
+def model_label(model: str) -> str:
+    """A model as metrics name it: a fine-tuned model as `ft:<base>`, its base's. Its own name
+    holds its tenant and the client's suffix, one more name per job: the labels would have
+    grown without bound and carried free text, which DESIGN.md rules out (found by review)."""
+    if not model.startswith("ft:"):
+        return model
+    base = base_of(model)
+    return "ft:" if base is None else f"ft:{base}"
+
 
 class _KeptChildren(MetricWrapperBase):
     """labels() answered from a dict of the children already made: prometheus_client checks

@@ -25,6 +25,7 @@ from gateway.api.cors import Cors, is_preflight
 from gateway.auth.api_keys import masked
 from gateway.errors import ApiError, InternalError
 from gateway.logs import ACCESS_LOGGER
+from gateway.metrics import model_label
 from gateway.proxy.asgi_send import send_error
 from gateway.proxy.outcome import Outcome
 from gateway.request_context import RequestInfo, attach, request_info
@@ -114,8 +115,9 @@ class RequestContextMiddleware:
         state = getattr(scope["app"].state, "gateway", None)  # (None before startup is done)
         if route is not None and state is not None:
             status = str(info.status or 499)  # nothing sent: the client left first
-            state.metrics.requests.labels(info.model or "", route, status).inc()
-            state.metrics.duration.labels(info.model or "", route).observe(elapsed)
+            model = model_label(info.model or "")
+            state.metrics.requests.labels(model, route, status).inc()
+            state.metrics.duration.labels(model, route).observe(elapsed)
 
     def _log(self, scope: Scope, info: RequestInfo, elapsed: float) -> None:
         fields = {

@@ -27,7 +27,7 @@ from pathlib import Path
 from gateway.metering.ledger import Ledger
 from gateway.metering.settlement import Settlement
 from gateway.metering.spill import SpillDir, count_lines, read_spill
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, model_label
 from gateway.redis_client import REDIS_FAILURES, redis_error
 from gateway.settings import MeteringSettings
 
@@ -105,9 +105,9 @@ class Settler:
         `slot_linger_s`, not `linger_s`."""
         record = settlement.record
         if record is not None:
-            tokens = self.metrics.tokens
-            tokens.labels(record.tenant, record.model, "prompt").inc(record.prompt_tokens)
-            tokens.labels(record.tenant, record.model, "completion").inc(record.completion_tokens)
+            tokens, model = self.metrics.tokens, model_label(record.model)
+            tokens.labels(record.tenant, model, "prompt").inc(record.prompt_tokens)
+            tokens.labels(record.tenant, model, "completion").inc(record.completion_tokens)
         if self.ledger is None:
             return None
         if self.closed or self.queue:  # behind what waits for Redis, or to disk (rare)

@@ -24,6 +24,7 @@ from gateway.errors import ApiError
 from gateway.http_protocol import drop_client
 from gateway.metering.stream_options import UsageWanted
 from gateway.metering.usage import usage_of
+from gateway.metrics import model_label
 from gateway.proxy.asgi_send import WriteDeadline, send_bytes, send_error
 from gateway.proxy.collect import collect_stream
 from gateway.proxy.collect_events import NeverBegan, collect_events
@@ -168,7 +169,7 @@ class ProxyResponse(Response):
         return True
 
     async def _done(self, info: RequestInfo, elapsed: float) -> None:
-        metrics, model, route = self.deps.metrics, self.call.pool.name, self.call.route
+        metrics, model, route = self.deps.metrics, model_label(self.call.pool.name), self.call.route
         metrics.requests.labels(model, route, str(self.status_code)).inc()
         info.counted = True
         if self.status_code == CLIENT_CLOSED:  # (left midway: the access log says so too)

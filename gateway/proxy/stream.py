@@ -23,6 +23,7 @@ from gateway.metering.stream_options import (
     with_fingerprint,
 )
 from gateway.metering.usage import StreamUsage, Usage, choice_of, find_usage
+from gateway.metrics import model_label
 from gateway.proxy.cut import Cut, shutdown_error
 from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.engine_dead import ENGINE_DEAD, engine_dead
@@ -356,7 +357,7 @@ async def _relay_frames(
             out = b"".join([shown(f) for f in frames])
             if info.ttft_ms is None and shown.began:
                 info.ttft_ms = (time.perf_counter() - started) * 1000
-                deps.metrics.ttft.labels(info.model or "").observe(info.ttft_ms / 1000)
+                deps.metrics.ttft.labels(model_label(info.model or "")).observe(info.ttft_ms / 1000)
             if shown.finished and plain:
                 ended = True
                 await send({"type": "http.response.body", "body": out + shown.release()})

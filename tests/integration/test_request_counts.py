@@ -173,3 +173,55 @@ async def in_flight(http: aiohttp.ClientSession, gateway: str) -> dict[str, floa
         for s in family.samples
         if s.name == "llmaas_inflight_requests"
     }
+
+
+async def test_a_fine_tuned_model_is_labelled_by_its_base_not_its_name(tmp_path: Path) -> None:
+    """A fine-tuned model's name holds its tenant and the client's suffix, one more per job: it
+    was the `model` label of the request counts, durations, time to first token and tokens, a
+    label without bound carrying free text (DESIGN.md rules both out; found 2026-12-07). Its
+    label is `ft:<base>`; the access log and the usage records keep its name."""
+    tuned = f"ft:{MODEL}:acme:my-free-text:abc123"
+    async with (
+        running_redis(None) as redis_url,
+        running_sim(SimConfig(models=[MODEL, tuned], max_tokens=2)) as sim,
+        serve_asgi(create_app(auth_settings(sim, redis_url, tmp_path))) as url,
+        aiohttp.ClientSession() as http,
+    ):
+        status, made = await admin_request(http, url, "POST", "/keys", {"tenant": "acme"})
+        assert status == 201, made
+        key = {"authorization": f"Bearer {made['key']}"}
+        chat = {"model": tuned, "messages": [{"role": "user", "content": "hi"}]}
+        async with asyncio.timeout(30):
+            while True:  # the engine's models learned (its first poll)
+                async with http.post(f"{url}/v1/chat/completions", json=chat, headers=key) as r:
+                    if r.status == 200:
+                        break
+                    assert r.status == 404, await r.text()
+                await asyncio.sleep(0.1)
+        for body in ({**chat, "stream": True}, {**chat, "messages": 5}):
+            async with http.post(f"{url}/v1/chat/completions", json=body, headers=key) as resp:
+                await resp.read()
+        async with asyncio.timeout(10):
+            while True:
+                async with http.get(f"{url}/metrics", headers=OPS) as resp:
+                    text = await resp.text()
+                families = {f.name: f for f in text_string_to_metric_families(text)}
+                tokens = families["llmaas_tokens"].samples
+                if sum(s.value for s in tokens if s.labels["tenant"] == "acme") >= 4:
+                    break
+                await asyncio.sleep(0.05)
+        found = await counts(http, url)
+    labelled = [
+        s
+        for name in ("llmaas_requests", "llmaas_request_duration_seconds", "llmaas_tokens")
+        for s in families[name].samples
+        if s.labels.get("model", "").startswith("ft:")
+    ]
+    labelled += families["llmaas_time_to_first_token_seconds"].samples
+    assert labelled
+    assert {s.labels["model"] for s in labelled} == {f"ft:{MODEL}"}
+    assert "my-free-text" not in text and "abc123" not in text
+    assert {k: v for k, v in found.items() if k[0].startswith("ft:")} == {
+        (f"ft:{MODEL}", "chat/completions", "200"): 2,
+        (f"ft:{MODEL}", "chat/completions", "400"): 1,
+    }
