@@ -241,13 +241,26 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
             continue
         section = next((s for s in sections if top.startswith(s + "_")), None)
         if section is not None:
-            guess = f"LLMAAS_{section}__{upper.removeprefix(f'LLMAAS_{section}_')}"
+            guess = _in_section(section, upper.removeprefix(f"LLMAAS_{section}_"))
         else:
             close = difflib.get_close_matches(top, list(fields), n=1)
             guess = f"LLMAAS_{close[0]}" if close else ""
         hint = f" (did you mean {guess}?)" if guess else ""
         said.append(f"{name}: not a setting{hint}")
     return said
+
+
+def _in_section(section: str, rest: str) -> str:
+    """The variable of `section`'s setting `rest` meant (LLMAAS_UPSTREAM_RESPONSE_TIMEOUT_S:
+    one `_` for `__`), or the closest name it has: the guess was the name with `__`, whether
+    or not that was a setting (LLMAAS_UPSTREAM_TIMEOUT had LLMAAS_UPSTREAM__TIMEOUT, which is
+    not one either)."""
+    fields = [name.upper() for name in _field([section.lower()]).model_fields]
+    head = rest.split("__", 1)[0]
+    if head in fields:
+        return f"LLMAAS_{section}__{rest}"
+    close = difflib.get_close_matches(head, fields, n=1)
+    return f"LLMAAS_{section}__{close[0]}" if close else ""
 
 
 def _is_section(annotation: Any) -> bool:
@@ -294,5 +307,6 @@ def config_errors(exc: ValidationError) -> list[tuple[tuple[str | int, ...], str
             message = "not a setting (misspelt, or in the wrong section?)"
         else:
             message = error["msg"].removeprefix("Value error, ")
-        lines.append((tuple(error["loc"]), f"{path}: {message}" if path else message))
+        for line in message.split("\n"):  # (the checks across fields: one line each)
+            lines.append((tuple(error["loc"]), f"{path}: {line}" if path else line))
     return lines

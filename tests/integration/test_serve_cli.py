@@ -151,6 +151,15 @@ async def test_a_misspelt_variable_or_a_key_given_twice_is_refused(tmp_path: Pat
         "llmaas serve: invalid configuration: environment: LLMAAS_UPSTREAM_RESPONSE_TIMEOUT_S: "
         "not a setting (did you mean LLMAAS_UPSTREAM__RESPONSE_TIMEOUT_S?)\n",
     )
+    for given, meant in (  # a guess that is itself no setting was given (found 2026-12-07)
+        ("LLMAAS_UPSTREAM_CONECT_TIMEOUT_S", " (did you mean LLMAAS_UPSTREAM__CONNECT_TIMEOUT_S?)"),
+        ("LLMAAS_LIMITS_NOTHING_LIKE", ""),
+    ):
+        code, err = await serve_fails(config, env={"PATH": "/usr/bin:/bin", given: "1"})
+        assert (code, err.decode()) == (
+            2,
+            f"llmaas serve: invalid configuration: environment: {given}: not a setting{meant}\n",
+        )
     config.write_text(
         "limits: {failure_mode: open}\ndev_mode: true\nlimits: {timeout_s: 2}\nport: 99999\n"
     )
@@ -230,6 +239,35 @@ async def test_a_spill_dir_that_cannot_be_made_is_refused_before_serving(tmp_pat
     assert b"metering.spill_dir" in err
     assert b"is not a directory" in err
     assert b"Traceback" not in err
+
+
+async def test_every_check_across_fields_that_fails_is_said_at_once(tmp_path: Path) -> None:
+    """Each check across fields was its own validator, and pydantic stops at the first that
+    raises: a config with three such mistakes took three runs to mend (found 2026-12-07)."""
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "redis_url: redis://127.0.0.1:9/0\nmax_body_bytes: 2048\n"
+        "models: [{name: m, engines: ['http://127.0.0.1:9']},"
+        " {name: m, engines: ['http://127.0.0.1:9']}]\n"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LLMAAS_ADMIN_TOKEN": "admin-token-0123456789",
+        "LLMAAS_KEY_PEPPER": "short",
+    }
+    code, err = await serve_fails(config, env=env)
+    lines = err.decode().splitlines()
+    assert code == 2, lines
+    assert lines[0] == "llmaas serve: invalid configuration:"
+    assert [line.split(": ", 1)[0].strip() for line in lines[1:]] == [
+        "environment (LLMAAS_KEY_PEPPER)",
+        str(config),
+        str(config),
+    ]
+    assert lines[1].endswith("key_pepper must be at least 16 characters outside dev mode")
+    assert "max_body_bytes (2048) leaves less than" in lines[2]
+    assert lines[3].endswith("models: duplicate model names ['m']")
+    assert b"short" not in err
 
 
 async def test_config_errors_are_one_line_per_field_and_never_show_a_secret(
