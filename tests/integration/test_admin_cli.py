@@ -360,6 +360,12 @@ async def test_ids_stay_in_their_segment_and_the_printed_v1_url_is_taken(auth: A
     assert code == 1
     assert "HTTP 404" in err
     assert (await llmaas_json(auth, *listed))["data"][0]["revoked"] is False
+    # `..` was a segment the client resolved: `keys revoke ..` sent DELETE /admin/v1/
+    code, _, err = await llmaas(auth, "keys", "revoke", "..")
+    assert (code, err) == (1, "llmaas keys revoke: HTTP 404: No API key with id '..'. (id)\n")
+    code, _, err = await llmaas(auth, "tenants", "update", "..", "--rpm", "5")
+    assert (code, err.split(": ", 2)[1]) == (1, "HTTP 400")  # the tenant id's rule, read
+    assert err.endswith("(tenant_id)\n")
     code, _, err = await run_llmaas("notaurl", *listed, token=ADMIN_TOKEN)
     assert code == 2
     assert "not an http:// or https:// address of the gateway: 'notaurl'" in err
