@@ -20,6 +20,7 @@ from starlette.types import Scope
 
 from gateway.api import files, fine_tuning
 from gateway.auth.api_keys import masked
+from gateway.auth.records import ID_PATTERN
 from gateway.errors import (
     ApiError,
     InternalError,
@@ -29,6 +30,8 @@ from gateway.errors import (
     ServiceUnavailable,
     field_path,
 )
+from gateway.files.records import FILE_ID_PATTERN
+from gateway.finetune.jobs import JOB_ID_PATTERN
 from gateway.redis_client import redis_error
 
 log = logging.getLogger("llmaas.errors")
@@ -169,7 +172,19 @@ def _said(error: Any) -> str:
         return "not supported here; leave it out"
     if error.get("type") == "too_long" and (error.get("ctx") or {}).get("max_length") == 0:
         return "none are supported here; leave it out"  # (pydantic: "at most 0 items")
+    if error.get("type") == "string_pattern_mismatch":  # (pydantic shows its regex)
+        pattern = str((error.get("ctx") or {}).get("pattern"))
+        return _PATTERNS_SAID.get(pattern, "not of the form this field takes")
     return message.removeprefix("Value error, ")
+
+
+# The forms the admin and tenant APIs check ids against, in words (pydantic said "String should
+# match pattern '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'"; found by review).
+_PATTERNS_SAID = {
+    ID_PATTERN: "1 to 64 letters, digits, '.', '_' or '-', the first a letter or digit",
+    FILE_ID_PATTERN: "a file id: 'file-' and 24 hexadecimal digits",
+    JOB_ID_PATTERN: "a fine-tuning job id: 'ftjob-' and 24 hexadecimal digits",
+}
 
 
 def store_unavailable_error(path: str, exc: RedisError) -> ServiceUnavailable:
