@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel
 
 from gateway.settings import Settings
-from gateway.settings_load import NOT_SETTINGS, load_settings
+from gateway.settings_load import NOT_SETTINGS, load_settings, unknown_variables
 from tests.helm.chart import (
     CHART,
     NAMESPACE,
@@ -323,6 +323,32 @@ def test_schema_of_gateway_config_follows_settings() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     config = schema["properties"]["gateway"]["properties"]["config"]
     assert _schema_fields(config, schema) == _settings_fields(Settings) - MANAGED
+
+
+def test_the_charts_list_of_variables_follows_settings() -> None:
+    """files/environment.yaml, which gateway.env and fineTuning.trainer.env are checked against
+    at render, names exactly the LLMAAS_* variables the gateway reads: a setting or section of
+    Settings, or one the tools beside it read. The gateway takes each, and refuses the rest."""
+    listed = yaml.safe_load((CHART / "files" / "environment.yaml").read_text())
+    expected = {"settings": sorted(_variables(Settings)), "notSettings": sorted(NOT_SETTINGS)}
+    assert listed == expected, "write this to helm/llmaas/files/environment.yaml:\n" + yaml.dump(
+        expected, sort_keys=False
+    )
+    for name in [*listed["settings"], *listed["notSettings"]]:
+        assert unknown_variables({name: "1"}) == [], name
+    assert unknown_variables({"LLMAAS_UPSTREAM_TIMEOUT": "8"}) != []
+
+
+def _variables(model: type[BaseModel], prefix: str = "LLMAAS_") -> set[str]:
+    """Each field's variable, sections' too (a section is given whole as JSON)."""
+    names: set[str] = set()
+    for name, info in model.model_fields.items():
+        variable = prefix + name.upper()
+        names.add(variable)
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names |= _variables(annotation, f"{variable}__")
+    return names
 
 
 def _secret_values(secret: Obj) -> list[str]:

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from redis.asyncio import Redis
 
+from gateway.settings_load import load_settings
 from tests.helm.chart import (
     Obj,
     Rendered,
@@ -411,3 +412,78 @@ def test_a_trainer_grace_period_shorter_than_its_stop_is_refused(
     with pytest.raises(helm.HelmRenderError, match=message):
         render_values({"engines": [ENGINE], **values})
     render_values({"engines": [ENGINE], "fineTuning": ON})  # the defaults: 60 s for 45
+
+
+# fineTuning.trainer.env entries refused at render: (name, value, message).
+TRAINER_ENV: dict[str, tuple[str, str, str]] = {
+    "the Redis it takes jobs from": (
+        "LLMAAS_REDIS_URL",
+        "redis://elsewhere:6379/0",
+        r"fineTuning.trainer.env: LLMAAS_REDIS_URL would override a setting the chart sets from "
+        r"redis: set that instead",
+    ),
+    "the files directory": (
+        "llmaas_files__dir",
+        "/elsewhere",
+        r"llmaas_files__dir would override a setting the chart sets from "
+        r"fineTuning.storage.mountPath",
+    ),
+    "the Hugging Face cache": (
+        "HF_HOME",
+        "/data/hf",
+        r"fineTuning.trainer.env: HF_HOME would override a setting the chart sets",
+    ),
+    "the stop checkpoint its grace period is checked against": (
+        "LLMAAS_FINE_TUNING__STOP_CHECKPOINT_S",
+        "600",
+        r"would override gateway.config.fine_tuning.stop_checkpoint_s, from which the chart "
+        r"derives the check of fineTuning.trainer.terminationGracePeriodSeconds",
+    ),
+    "a whole section": (
+        "LLMAAS_FILES",
+        '{"enabled": true}',
+        r"fineTuning.trainer.env: LLMAAS_FILES would replace a whole section of the config",
+    ),
+    "a misspelt setting": (
+        "LLMAAS_FINETUNING__THREADS",
+        "2",
+        r"fineTuning.trainer.env: LLMAAS_FINETUNING__THREADS is not a setting: the trainer would "
+        r"refuse to start",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(TRAINER_ENV))
+def test_trainer_env_that_would_not_work_is_refused(case: str) -> None:
+    """Found by review 2026-12-07: fineTuning.trainer.env was not checked. A name the chart
+    sets in the trainer's container was rendered twice (Kubernetes keeps the last: the trainer
+    took jobs from another Redis, or wrote adapters where no engine looks), and a misspelt
+    LLMAAS_* name crash-looped it. Refused as gateway.env's are, naming the value to set."""
+    name, value, message = TRAINER_ENV[case]
+    trainer = {"env": [{"name": name, "value": value}]}
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render_values({"engines": [ENGINE], "fineTuning": {**ON, "trainer": trainer}})
+
+
+def test_a_setting_the_chart_leaves_alone_reaches_the_trainer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What deploy.md tells to put there: a setting only the trainer needs, and its libraries'
+    own variables. Each name once in its container, and the trainer's settings take it."""
+    env = [
+        {"name": "LLMAAS_FINE_TUNING__THREADS", "value": "2"},
+        {"name": "PYTORCH_CUDA_ALLOC_CONF", "value": "expandable_segments:True"},
+    ]
+    rendered = render_values_as(
+        {"engines": [ENGINE], "fineTuning": {**ON, "trainer": {"env": env}}}
+    )
+    trainer = _trainer(rendered)
+    names = [e["name"] for e in container(trainer)["env"]]
+    assert len(names) == len(set(names)), names
+    config = tmp_path / "config.yaml"
+    config.write_text(rendered.config_text())
+    for name in [n for n in os.environ if n.startswith("LLMAAS_")]:
+        monkeypatch.delenv(name)
+    for name, value in _secret_stand_ins(trainer).items():
+        monkeypatch.setenv(name, value)
+    assert load_settings(config).fine_tuning.threads == 2

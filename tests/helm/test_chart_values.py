@@ -158,6 +158,21 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         r"LLMAAS_FINE_TUNING__MAX_LORA_RANK would override a setting the chart sets from "
         r"fineTuning.loraRank",
     ),
+    "a misspelt setting in gateway.env": (
+        {"gateway": {"env": [{"name": "LLMAAS_UPSTREAM_TIMEOUT", "value": "8"}]}},
+        r"gateway.env: LLMAAS_UPSTREAM_TIMEOUT is not a setting: the gateway would refuse to "
+        r"start. A setting's variable is LLMAAS_ and its path in gateway.config in capitals",
+    ),
+    "a section's setting spelt with one underscore, in gateway.env": (
+        {"gateway": {"env": [{"name": "llmaas_upstream_max_connections", "value": "8"}]}},
+        r"gateway.env: llmaas_upstream_max_connections is not a setting \(did you mean "
+        r"LLMAAS_UPSTREAM__MAX_CONNECTIONS\?\)",
+    ),
+    "a base model by name, in gateway.env": (
+        {"gateway": {"env": [{"name": "LLMAAS_FINE_TUNING__BASE_MODELS__M", "value": "/m"}]}},
+        r"LLMAAS_FINE_TUNING__BASE_MODELS__M would override a setting the chart sets from "
+        r"fineTuning.baseModels",
+    ),
     "a config sub-section holding fields the chart sets, in gateway.env": (
         {"gateway": {"env": [{"name": "LLMAAS_AUTH__JWT", "value": '{"public_key_file": "/x"}'}]}},
         r"gateway.env: LLMAAS_AUTH__JWT would replace a whole section of the config",
@@ -470,11 +485,19 @@ def test_a_base_name_of_61_characters_still_names_every_object_apart() -> None:
     assert rendered.gateway()["metadata"]["name"] == f"{'r' * 53}-{'x' * 7}-g"
 
 
-def test_settings_the_chart_leaves_alone_may_come_from_gateway_env() -> None:
-    """values.yaml's own example: a setting the chart neither sets nor sizes the pod from."""
-    env = [{"name": "LLMAAS_UPSTREAM__MAX_CONNECTIONS", "value": "2000"}]
+def test_settings_the_chart_leaves_alone_may_come_from_gateway_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """values.yaml's own example: a setting the chart neither sets nor sizes the pod from; a
+    name the CLI beside the gateway reads, and one of no LLMAAS_* kind. The gateway loads them."""
+    env = [
+        {"name": "LLMAAS_UPSTREAM__MAX_CONNECTIONS", "value": "2000"},
+        {"name": "LLMAAS_API_KEY", "value": "llmaas-key"},
+        {"name": "PYTHONFAULTHANDLER", "value": "1"},
+    ]
     rendered = render_values_as({"gateway": {"env": env}})
-    assert env_of(rendered.gateway())["LLMAAS_UPSTREAM__MAX_CONNECTIONS"] == env[0]
+    assert [env_of(rendered.gateway())[e["name"]] for e in env] == env
+    assert _load(rendered, tmp_path, monkeypatch).upstream.max_connections == 2000
 
 
 def test_duplicate_engine_names_are_refused() -> None:

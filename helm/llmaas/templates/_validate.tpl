@@ -58,21 +58,15 @@ pod: a longer grace in the environment than in gateway.config would have Kuberne
 still draining, its usage records unflushed. */ -}}
 {{- $derived := dict "LLMAAS_SHUTDOWN_GRACE_S" "gateway.config.shutdown_grace_s" "LLMAAS_METERING__FLUSH_TIMEOUT_S" "gateway.config.metering.flush_timeout_s" -}}
 {{- $managed := dict "LLMAAS_HOST" "listenAddress" "LLMAAS_URL" "listenAddress (the CLI in the container reaches the gateway at its loopback in that family)" "LLMAAS_PORT" "the chart (8080, where the probes and the Service reach it)" "LLMAAS_MODELS" "engines and gateway.extraModels" "LLMAAS_REDIS_URL" "redis" "LLMAAS_REDIS_PASSWORD" "redis" "LLMAAS_ADMIN_TOKEN" "gateway.secrets.adminToken" "LLMAAS_KEY_PEPPER" "gateway.secrets.keyPepper" "LLMAAS_METRICS_TOKEN" "gateway.secrets.metricsToken" "LLMAAS_AUTH__JWT__HMAC_SECRET" "gateway.jwt.hmacSecret" "LLMAAS_METERING__SPILL_DIR" "gateway.spill (the pod's spill volume)" "LLMAAS_FILES__DIR" "fineTuning.storage.mountPath" "LLMAAS_DEV_MODE" "the chart (off)" "LLMAAS_FILES__ENABLED" "fineTuning.enabled" "LLMAAS_FINE_TUNING__BASE_MODELS" "fineTuning.baseModels" "LLMAAS_FINE_TUNING__MAX_LORA_RANK" "fineTuning.loraRank (the engines' --max-lora-rank)" "LLMAAS_AUTH__JWT__PUBLIC_KEY_FILE" "gateway.jwt.publicKey" "LLMAAS_AUTH__JWT__JWKS_FILE" "gateway.jwt.jwks" "LLMAAS_ROUTING__DNS_REFRESH_S" "gateway.config.routing.dns_refresh_s (the engines' preStopSleepSeconds are checked against it)" -}}
-{{- /* A whole section as JSON would set the fields above too. */ -}}
-{{- $covered := false -}}
-{{- range .Values.gateway.env -}}
-{{- $name := upper .name -}}
-{{- $covered = false -}}
-{{- range $set := concat (keys $managed) (keys $derived) -}}
-{{- if hasPrefix (printf "%s__" $name) $set }}{{ $covered = true }}{{ end -}}
-{{- end -}}
-{{- if $covered -}}
-{{- fail (printf "gateway.env: %s would replace a whole section of the config, fields the chart sets among them: set its fields one by one (%s__FIELD) or in gateway.config" .name .name) -}}
-{{- else if hasKey $derived $name -}}
-{{- fail (printf "gateway.env: %s would override %s, from which the chart derives the pods' terminationGracePeriodSeconds (Kubernetes would kill a pod still draining): set %s instead" .name (get $derived $name) (get $derived $name)) -}}
-{{- else if hasKey $managed $name -}}
-{{- fail (printf "gateway.env: %s would override a setting the chart sets from %s: set that instead" .name (get $managed $name)) -}}
-{{- end -}}
+{{- include "llmaas.validate.env" (dict "ctx" . "where" "gateway.env" "pod" "the gateway" "env" .Values.gateway.env "managed" $managed "derived" $derived "sizes" "the pods' terminationGracePeriodSeconds (Kubernetes would kill a pod still draining)") -}}
+{{- /* The trainer reads the same config file, with its own environment (trainer/deployment.yaml):
+the same settings are the chart's there (Kubernetes keeps the last of a name given twice: a
+trainer would quietly use another Redis or files directory), and its stop checkpoint sizes its
+pods' grace period. */ -}}
+{{- if .Values.fineTuning.enabled -}}
+{{- $trainer := merge (dict "HF_HUB_OFFLINE" "the chart (the trainer never reaches the Hugging Face Hub)" "HF_HOME" "the chart (its caches are on the writable /tmp)" "XDG_CACHE_HOME" "the chart (its caches are on the writable /tmp)") (omit $managed "LLMAAS_URL") -}}
+{{- $stop := dict "LLMAAS_FINE_TUNING__STOP_CHECKPOINT_S" "gateway.config.fine_tuning.stop_checkpoint_s" -}}
+{{- include "llmaas.validate.env" (dict "ctx" . "where" "fineTuning.trainer.env" "pod" "the trainer" "env" .Values.fineTuning.trainer.env "managed" $trainer "derived" $stop "sizes" "the check of fineTuning.trainer.terminationGracePeriodSeconds (Kubernetes would kill a trainer before its job's checkpoint is written)") -}}
 {{- end -}}
 
 {{- /* The chart's gateway Secret holds each secret under its `key`: two under one key were a
@@ -200,4 +194,43 @@ base name, and one object would overwrite another (the gateway's Service sent to
 {{- $_ := set $taken $key (index . 2) -}}
 {{- end -}}
 
+{{- end -}}
+
+{{- /* A list of environment variables for the gateway's or the trainer's container, checked
+against what the chart sets there and against the names the gateway reads: any other LLMAAS_*
+name stops it at start ("not a setting", exit 2). Call with (dict "ctx" $ "where" "gateway.env"
+"pod" "the gateway" "env" $list "managed" $nameToValue "derived" $nameToValue "sizes" "what the derived ones size"). */ -}}
+{{- define "llmaas.validate.env" -}}
+{{- $where := .where -}}
+{{- $managed := .managed -}}
+{{- $derived := .derived -}}
+{{- $known := .ctx.Files.Get "files/environment.yaml" | fromYaml -}}
+{{- $names := concat $known.settings $known.notSettings -}}
+{{- range .env -}}
+{{- $name := upper .name -}}
+{{- /* A whole section as JSON would set the fields the chart sets too. */ -}}
+{{- $covered := false -}}
+{{- $under := "" -}}
+{{- range $set := concat (keys $managed) (keys $derived) -}}
+{{- if hasPrefix (printf "%s__" $name) $set }}{{ $covered = true }}{{ end -}}
+{{- end -}}
+{{- /* A key of a mapping the chart sets (LLMAAS_FINE_TUNING__BASE_MODELS__NAME) is its too. */ -}}
+{{- range $set := keys $managed -}}
+{{- if hasPrefix (printf "%s__" $set) $name }}{{ $under = $set }}{{ end -}}
+{{- end -}}
+{{- if $covered -}}
+{{- fail (printf "%s: %s would replace a whole section of the config, fields the chart sets among them: set its fields one by one (%s__FIELD) or in gateway.config" $where .name .name) -}}
+{{- else if hasKey $derived $name -}}
+{{- fail (printf "%s: %s would override %s, from which the chart derives %s: set %s instead" $where .name (get $derived $name) $.sizes (get $derived $name)) -}}
+{{- else if or (hasKey $managed $name) $under -}}
+{{- fail (printf "%s: %s would override a setting the chart sets from %s: set that instead" $where .name (get $managed (default $name $under))) -}}
+{{- else if and (hasPrefix "LLMAAS_" $name) (not (has $name $names)) -}}
+{{- $guess := "" -}}
+{{- range $names -}}
+{{- $rest := trimPrefix (printf "%s_" .) $name -}}
+{{- if and (ne $rest $name) (has (printf "%s__%s" . $rest) $names) }}{{ $guess = printf " (did you mean %s__%s?)" . $rest }}{{ end -}}
+{{- end -}}
+{{- fail (printf "%s: %s is not a setting%s: %s would refuse to start. A setting's variable is LLMAAS_ and its path in gateway.config in capitals, sections joined by __ (LLMAAS_UPSTREAM__MAX_CONNECTIONS for upstream.max_connections)" $where .name $guess $.pod) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
