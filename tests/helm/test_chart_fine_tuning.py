@@ -18,6 +18,7 @@ import pytest
 import yaml
 from redis.asyncio import Redis
 
+from gateway.finetune_settings import FineTuningSettings
 from gateway.settings_load import load_settings
 from tests.helm.chart import (
     Obj,
@@ -368,6 +369,23 @@ def test_a_jobs_default_rank_is_one_the_engines_load(
         helm.HelmRenderError, match=r"lora_rank 32 is above fineTuning\.maxLoraRank 16"
     ):
         render_values({"engines": [ENGINE], "fineTuning": ON, **high})
+
+
+def test_a_jobs_default_rank_is_one_the_gateway_starts_with_when_fine_tuning_is_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review 2026-12-07: with fineTuning.enabled false the rank was not checked, and
+    gateway.config.fine_tuning.lora_rank 64 rendered, then every gateway refused to start (its
+    max_lora_rank left at its default, 8). Above it is refused at render; at it, it loads."""
+    top = FineTuningSettings.model_fields["max_lora_rank"].default
+    with pytest.raises(
+        helm.HelmRenderError,
+        match=rf"gateway.config.fine_tuning.lora_rank {top + 1} is above {top}, the gateway's "
+        r"fine_tuning.max_lora_rank with fineTuning.enabled false",
+    ):
+        render_values({"gateway": {"config": {"fine_tuning": {"lora_rank": top + 1}}}})
+    rendered = render_values_as({"gateway": {"config": {"fine_tuning": {"lora_rank": top}}}})
+    assert _load(rendered, tmp_path, monkeypatch).fine_tuning.lora_rank == top
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,8 @@ import helm_python as helm
 import pytest
 import yaml
 
-from gateway.settings_load import ConfigError
+from gateway.settings import RequestPolicySettings, Settings
+from gateway.settings_load import ConfigError, load_settings
 from tests.helm.chart import CHART, NAMESPACE, env_of, render_values, render_values_as
 from tests.helm.test_chart_config import _load
 
@@ -29,6 +31,10 @@ _PASSED_THROUGH = {
 }
 
 ENGINE = {"name": "llama", "model": "meta-llama/Llama-3.1-8B-Instruct"}
+# The gateway's defaults for the body and data: URL limits, and the room it wants between them.
+_BODY = Settings.model_fields["max_body_bytes"].default
+_IMAGE = RequestPolicySettings.model_fields["max_data_url_bytes"].default
+_AROUND = 16 * 1024
 
 BAD_VALUES: dict[str, tuple[dict[str, Any], list[str]]] = {
     "typo'd key": ({"gateway": {"replica": 3}}, ["at '/gateway'", "'replica' not allowed"]),
@@ -156,7 +162,7 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "the LoRA rank the engines load, in gateway.env": (
         {"gateway": {"env": [{"name": "LLMAAS_FINE_TUNING__MAX_LORA_RANK", "value": "64"}]}},
         r"LLMAAS_FINE_TUNING__MAX_LORA_RANK would override a setting the chart sets from "
-        r"fineTuning.loraRank",
+        r"fineTuning.maxLoraRank",
     ),
     "a misspelt setting in gateway.env": (
         {"gateway": {"env": [{"name": "LLMAAS_UPSTREAM_TIMEOUT", "value": "8"}]}},
@@ -355,6 +361,94 @@ def test_values_that_would_not_work_are_refused_at_render(case: str) -> None:
     values, message = REFUSED[case]
     with pytest.raises(helm.HelmRenderError, match=message):  # (helm lint only logs a fail)
         render_values(values)
+
+
+def test_each_value_a_refusal_of_env_points_to_is_a_value_of_the_chart() -> None:
+    """Found by review 2026-12-07: LLMAAS_FINE_TUNING__MAX_LORA_RANK in gateway.env was refused
+    pointing to fineTuning.loraRank, which does not exist (fineTuning.maxLoraRank). Every value
+    _validate.tpl names for a variable the chart sets is one of values.schema.json."""
+    template = (CHART / "templates" / "_validate.tpl").read_text()
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    named: dict[str, str] = {}
+    for line in re.findall(r"^\{\{- \$\w+ := (?:merge \()?dict .*$", template, re.MULTILINE):
+        named |= dict(re.findall(r'"([A-Z_]+)" "([^"]*)"', line))
+    assert named["LLMAAS_FINE_TUNING__MAX_LORA_RANK"].startswith("fineTuning.maxLoraRank ")
+    assert {"LLMAAS_REDIS_URL", "HF_HOME", "LLMAAS_FINE_TUNING__STOP_CHECKPOINT_S"} <= set(named)
+    for variable, where in named.items():
+        if not where.startswith("the chart"):
+            for path in where.split(" (")[0].split(" and "):
+                assert _in_schema(schema, path), f"{variable}: {path} is no value of the chart"
+
+
+def _in_schema(schema: dict[str, Any], path: str) -> bool:
+    node = schema
+    for part in path.split("."):
+        if "$ref" in node:
+            node = schema["$defs"][node["$ref"].rsplit("/", 1)[1]]
+        if part not in node.get("properties", {}):
+            return False
+        node = node["properties"][part]
+    return True
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"max_body_bytes": _IMAGE + _AROUND - 1}, f"max_body_bytes \\({_IMAGE + _AROUND - 1}\\)"),
+        (
+            {"request_policy": {"max_data_url_bytes": _BODY - _AROUND + 1}},
+            f"max_data_url_bytes \\({_BODY - _AROUND + 1}\\)",
+        ),
+    ],
+    ids=["body", "image"],
+)
+def test_a_body_limit_without_room_for_an_image_is_refused(
+    values: dict[str, Any], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review 2026-12-07: gateway.config.max_body_bytes 4 MiB (the gateway's 8 MiB
+    data: URL limit left as it is) rendered, and every gateway refused to start. The gateway's
+    rule, with its defaults for the one not given: a byte short is refused at render naming
+    both; just enough renders, the gateway starts with it and refuses it a byte shorter."""
+    with pytest.raises(
+        helm.HelmRenderError,
+        match=rf"gateway.config.max_body_bytes \(\d+\) leaves less than {_AROUND} bytes above "
+        r"gateway.config.request_policy.max_data_url_bytes \(\d+\) .*the gateway refuses to start",
+    ) as refused:
+        render_values({"gateway": {"config": values}})
+    assert re.search(message, str(refused.value))
+    edge = {"max_body_bytes": _IMAGE + _AROUND}
+    settings = _load(render_values_as({"gateway": {"config": edge}}), tmp_path, monkeypatch)
+    assert settings.max_body_bytes == _IMAGE + _AROUND
+    monkeypatch.setenv("LLMAAS_MAX_BODY_BYTES", str(_IMAGE + _AROUND - 1))
+    with pytest.raises(ConfigError, match=f"leaves less than {_AROUND} bytes"):
+        load_settings(tmp_path / "config.yaml")
+
+
+@pytest.mark.parametrize("token", ["adminToken", "metricsToken"])
+def test_a_header_token_that_is_not_printable_ascii_is_refused(
+    token: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review 2026-12-07: a metrics token with an ö rendered, and every gateway refused
+    to start (a client sends it in a header, read as Latin-1). Refused at render, naming the
+    value and never showing it; printable ASCII, spaces and punctuation too, renders and
+    loads; the key pepper, never sent, may hold any character."""
+    bad = "metrics-töken-0123456789abcdef"
+    with pytest.raises(
+        helm.HelmRenderError,
+        match=rf"gateway.secrets.{token}.value: has a character that is not printable ASCII",
+    ) as refused:
+        render_values({"gateway": {"secrets": {token: {"value": bad}}}})
+    assert bad not in str(refused.value)
+    good, pepper = "a token: 0123456789 ~!", "pepper-ö-0123456789abcdef"
+    secrets = {token: {"value": good}, "keyPepper": {"value": pepper}}
+    rendered = render_values_as({"gateway": {"secrets": secrets}})
+    variable = "LLMAAS_ADMIN_TOKEN" if token == "adminToken" else "LLMAAS_METRICS_TOKEN"
+    given = {variable: good, "LLMAAS_KEY_PEPPER": pepper}
+    settings = _load(rendered, tmp_path, monkeypatch, given)
+    assert (getattr(settings, variable.removeprefix("LLMAAS_").lower()), settings.key_pepper) == (
+        good,
+        pepper,
+    )
 
 
 @pytest.mark.parametrize(

@@ -379,6 +379,10 @@ above what the engines load (the gateway refuses to start with it higher). */ -}
 {{- $_ := set $tuning "lora_rank" (min 8 (int $ft.maxLoraRank)) -}}
 {{- end -}}
 {{- $_ := set $config "fine_tuning" $tuning -}}
+{{- else if gt (dig "fine_tuning" "lora_rank" 8 $config | int) 8 -}}
+{{- /* Off, the chart leaves max_lora_rank at the gateway's default (8), which it checks all the
+same at start. */ -}}
+{{- fail (printf "gateway.config.fine_tuning.lora_rank %v is above 8, the gateway's fine_tuning.max_lora_rank with fineTuning.enabled false (fineTuning.maxLoraRank is set only with fine-tuning on): the gateway refuses to start; lower it, or remove it" $config.fine_tuning.lora_rank) -}}
 {{- end -}}
 {{- toYaml $config -}}
 {{- end -}}

@@ -57,7 +57,7 @@ the spill directory is the pod's volume, secrets come from Secrets), and from tw
 pod: a longer grace in the environment than in gateway.config would have Kubernetes kill a pod
 still draining, its usage records unflushed. */ -}}
 {{- $derived := dict "LLMAAS_SHUTDOWN_GRACE_S" "gateway.config.shutdown_grace_s" "LLMAAS_METERING__FLUSH_TIMEOUT_S" "gateway.config.metering.flush_timeout_s" -}}
-{{- $managed := dict "LLMAAS_HOST" "listenAddress" "LLMAAS_URL" "listenAddress (the CLI in the container reaches the gateway at its loopback in that family)" "LLMAAS_PORT" "the chart (8080, where the probes and the Service reach it)" "LLMAAS_MODELS" "engines and gateway.extraModels" "LLMAAS_REDIS_URL" "redis" "LLMAAS_REDIS_PASSWORD" "redis" "LLMAAS_ADMIN_TOKEN" "gateway.secrets.adminToken" "LLMAAS_KEY_PEPPER" "gateway.secrets.keyPepper" "LLMAAS_METRICS_TOKEN" "gateway.secrets.metricsToken" "LLMAAS_AUTH__JWT__HMAC_SECRET" "gateway.jwt.hmacSecret" "LLMAAS_METERING__SPILL_DIR" "gateway.spill (the pod's spill volume)" "LLMAAS_FILES__DIR" "fineTuning.storage.mountPath" "LLMAAS_DEV_MODE" "the chart (off)" "LLMAAS_FILES__ENABLED" "fineTuning.enabled" "LLMAAS_FINE_TUNING__BASE_MODELS" "fineTuning.baseModels" "LLMAAS_FINE_TUNING__MAX_LORA_RANK" "fineTuning.loraRank (the engines' --max-lora-rank)" "LLMAAS_AUTH__JWT__PUBLIC_KEY_FILE" "gateway.jwt.publicKey" "LLMAAS_AUTH__JWT__JWKS_FILE" "gateway.jwt.jwks" "LLMAAS_ROUTING__DNS_REFRESH_S" "gateway.config.routing.dns_refresh_s (the engines' preStopSleepSeconds are checked against it)" -}}
+{{- $managed := dict "LLMAAS_HOST" "listenAddress" "LLMAAS_URL" "listenAddress (the CLI in the container reaches the gateway at its loopback in that family)" "LLMAAS_PORT" "the chart (8080, where the probes and the Service reach it)" "LLMAAS_MODELS" "engines and gateway.extraModels" "LLMAAS_REDIS_URL" "redis" "LLMAAS_REDIS_PASSWORD" "redis" "LLMAAS_ADMIN_TOKEN" "gateway.secrets.adminToken" "LLMAAS_KEY_PEPPER" "gateway.secrets.keyPepper" "LLMAAS_METRICS_TOKEN" "gateway.secrets.metricsToken" "LLMAAS_AUTH__JWT__HMAC_SECRET" "gateway.jwt.hmacSecret" "LLMAAS_METERING__SPILL_DIR" "gateway.spill (the pod's spill volume)" "LLMAAS_FILES__DIR" "fineTuning.storage.mountPath" "LLMAAS_DEV_MODE" "the chart (off)" "LLMAAS_FILES__ENABLED" "fineTuning.enabled" "LLMAAS_FINE_TUNING__BASE_MODELS" "fineTuning.baseModels" "LLMAAS_FINE_TUNING__MAX_LORA_RANK" "fineTuning.maxLoraRank (the engines' --max-lora-rank)" "LLMAAS_AUTH__JWT__PUBLIC_KEY_FILE" "gateway.jwt.publicKey" "LLMAAS_AUTH__JWT__JWKS_FILE" "gateway.jwt.jwks" "LLMAAS_ROUTING__DNS_REFRESH_S" "gateway.config.routing.dns_refresh_s (the engines' preStopSleepSeconds are checked against it)" -}}
 {{- include "llmaas.validate.env" (dict "ctx" . "where" "gateway.env" "pod" "the gateway" "env" .Values.gateway.env "managed" $managed "derived" $derived "sizes" "the pods' terminationGracePeriodSeconds (Kubernetes would kill a pod still draining)") -}}
 {{- /* The trainer reads the same config file, with its own environment (trainer/deployment.yaml):
 the same settings are the chart's there (Kubernetes keeps the last of a name given twice: a
@@ -67,6 +67,22 @@ pods' grace period. */ -}}
 {{- $trainer := merge (dict "HF_HUB_OFFLINE" "the chart (the trainer never reaches the Hugging Face Hub)" "HF_HOME" "the chart (its caches are on the writable /tmp)" "XDG_CACHE_HOME" "the chart (its caches are on the writable /tmp)") (omit $managed "LLMAAS_URL") -}}
 {{- $stop := dict "LLMAAS_FINE_TUNING__STOP_CHECKPOINT_S" "gateway.config.fine_tuning.stop_checkpoint_s" -}}
 {{- include "llmaas.validate.env" (dict "ctx" . "where" "fineTuning.trainer.env" "pod" "the trainer" "env" .Values.fineTuning.trainer.env "managed" $trainer "derived" $stop "sizes" "the check of fineTuning.trainer.terminationGracePeriodSeconds (Kubernetes would kill a trainer before its job's checkpoint is written)") -}}
+{{- end -}}
+
+{{- /* Settings the gateway checks against each other at start (settings.Settings), with its
+defaults for the one not given: refused here, a release's gateways would crash-loop. */ -}}
+{{- $config := .Values.gateway.config | default dict -}}
+{{- $body := dig "max_body_bytes" 16777216 $config | int64 -}}
+{{- $image := dig "request_policy" "max_data_url_bytes" 8388608 $config | int64 -}}
+{{- if lt $body (add $image 16384) -}}
+{{- fail (printf "gateway.config.max_body_bytes (%d) leaves less than 16384 bytes above gateway.config.request_policy.max_data_url_bytes (%d) for the rest of a request (one with an image that policy accepts would be refused 413): the gateway refuses to start; raise the one or lower the other" $body $image) -}}
+{{- end -}}
+{{- /* A token a client sends in a header: HTTP reads its bytes as Latin-1 and clients write
+UTF-8, so the gateway refuses one that is not printable ASCII. Never shown: it is a secret. */ -}}
+{{- range $name, $ref := dict "gateway.secrets.adminToken" .Values.gateway.secrets.adminToken "gateway.secrets.metricsToken" .Values.gateway.secrets.metricsToken -}}
+{{- if and $ref.value (not (regexMatch "^[ -~]*$" $ref.value)) -}}
+{{- fail (printf "%s.value: has a character that is not printable ASCII (letters, digits, punctuation, space): a client sends it in a header, and the gateway refuses to start with it; give another" $name) -}}
+{{- end -}}
 {{- end -}}
 
 {{- /* The chart's gateway Secret holds each secret under its `key`: two under one key were a
