@@ -522,6 +522,29 @@ def test_an_hmac_secret_in_an_existing_secret_is_not_measured() -> None:
     assert "32, 48 or 64 bytes for HS256, HS384 or HS512" in guide
 
 
+def test_the_deploy_guide_names_each_secret_the_gateway_takes_and_the_chart_generates() -> None:
+    """Found by review 2026-12-07: deploy.md's Secrets section, its "generated once" list and
+    its objects table left out the metrics token, which the gateway takes from a Secret
+    (LLMAAS_METRICS_TOKEN) and the chart generates like the admin token."""
+    guide = DEPLOY_DOC.read_text()
+    section = guide.split("\n## Secrets\n", 1)[1].split("\n## ", 1)[0]
+    jwt = {"hmacSecret": {"value": "h" * 32}}
+    config = {"auth": {"jwt": {**ISSUED, "algorithms": ["HS256"]}}}
+    rendered = render_values_as({"gateway": {"jwt": jwt, "config": config}})
+    from_secrets = [n for n, e in env_of(rendered.gateway()).items() if "valueFrom" in e]
+    assert "LLMAAS_METRICS_TOKEN" in from_secrets
+    for name in from_secrets:
+        assert f"`{name}`" in section, name
+    generated = " ".join(section.split("- neither (", 1)[1].split(")", 1)[0].split()).lower()
+    (row,) = [line for line in guide.splitlines() if line.startswith("| Gateway |")]
+    in_row = row.split("Secret `llmaas-gateway` (", 1)[1].split(")", 1)[0]
+    for secret in render_values_as({}).kind("Secret"):
+        for key in secret["data"]:
+            assert key.replace("-", " ") in generated, key
+            if secret["metadata"]["name"] == "demo-llmaas-gateway":
+                assert key.replace("-", " ") in in_row, key
+
+
 def test_the_deploy_guide_checks_values_with_a_render_not_helm_lint() -> None:
     """Helm's lint turns the chart's `fail` into an INFO log line: values the chart refuses
     (a ReadWriteOnce cache for two pods) lint clean. The guide's check renders them instead."""
