@@ -9,14 +9,13 @@ behind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator
 from contextlib import AsyncExitStack, nullcontext
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvloop
@@ -104,7 +103,7 @@ def run_up(
             uvloop.run(_up(paths, data, gateway_port, engine_port, shared_redis))
     except KeyboardInterrupt:
         print("\nstopped.", file=sys.stderr)
-    except TerminatedBeforeServing:
+    except Terminated:
         print("\nstopped.", file=sys.stderr)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.raise_signal(signal.SIGTERM)  # its status, as after serving (uvicorn's re-raise)
@@ -166,7 +165,7 @@ async def _up(
 ) -> None:
     """`shared_redis`: LLMAAS_REDIS_URL, used instead of a private Redis in `data`."""
     async with AsyncExitStack() as stack:
-        stack.enter_context(_sigterm_stops())  # until the server takes the signals, just below
+        sigterm = stack.enter_context(SigtermStops())  # the server's while it serves
         ready = await prepare(paths)
         redis_url = await stack.enter_async_context(
             running_redis(shared_redis, keep_in=data.redis, supervised=True)
@@ -204,7 +203,7 @@ async def _up(
         # As `llmaas serve`: Ctrl-C lets the requests in flight finish for at most the grace
         # (new ones get a 503), then cuts the rest; a second Ctrl-C stops at once.
         server = DrainingServer(config, settings.shutdown_grace_s)
-        _sigterm_stops_no_more()  # (both at once would cancel `up` midway through the drain)
+        sigterm.hand_to_server()
         trainer_redis = redis_client(redis_url, 5.0, 4)
         stack.push_async_callback(trainer_redis.aclose)
         trainer = Trainer(settings, trainer_redis, "llmaas-up")
@@ -257,42 +256,52 @@ def up_settings(
     return usable_settings(None, **values)  # (LLMAAS_* read, errors said as `serve` says them)
 
 
-class TerminatedBeforeServing(Exception):
-    """A SIGTERM came before `up` served: what it had started was stopped."""
+class Terminated(Exception):
+    """A SIGTERM stopped `up`: what it had started was stopped first."""
 
 
-@contextlib.contextmanager
-def _sigterm_stops() -> Iterator[None]:
-    """Until the server takes the signals, SIGTERM stops `up` as Ctrl-C does: the task is
-    cancelled, the step running (prepare's, process_group.group_stopped_if_cut) or what was
-    started (Redis, the engine: the exit stack) stopped with their children, and
-    TerminatedBeforeServing raised. SIGTERM's default action ended `up` alone: the step's
-    children (pip under ensurepip under venv) went on installing, and an engine still
-    starting, which vLLM's server does not stop for its parent's death signal, went on
-    loading (3-4 GiB) after a `timeout` or `systemctl stop` (found by review)."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    terminated = False
+class SigtermStops:
+    """SIGTERM stops `up` as Ctrl-C does, from its start to its end: the task is cancelled,
+    the step running (prepare's, process_group.group_stopped_if_cut) or what was started
+    (Redis, the engine, the trainer: the exit stack) stopped with their children, and
+    Terminated raised. SIGTERM's default action ended `up` alone: the step's children (pip
+    under ensurepip under venv) went on installing, and an engine still starting, which
+    vLLM's server does not stop for its parent's death signal, went on loading (3-4 GiB) after
+    a `timeout` or `systemctl stop`; and after serving (uvicorn raises the signal it drained
+    for again, with the handler it found) the trainer's job was left `running`, to be failed
+    by the heartbeat sweep, not queued with its checkpoint (found by review).
 
-    def on_sigterm() -> None:
-        nonlocal terminated
-        terminated = True
-        task.cancel()
+    While the server serves, the signal is its own (the drain): this handler is then the plain
+    one uvicorn finds, keeps and puts back, not the event loop's, which would hear the signal
+    beside uvicorn's and cancel `up` midway through the drain."""
 
-    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-    try:
-        yield
-    except asyncio.CancelledError:
-        if terminated:
-            raise TerminatedBeforeServing from None
-        raise
-    finally:
-        _sigterm_stops_no_more()
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.terminated = False
 
+    def stop(self) -> None:
+        self.terminated = True
+        self.task.cancel()
 
-def _sigterm_stops_no_more() -> None:
-    asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)  # (once more: no-op)
+    def __enter__(self) -> SigtermStops:
+        self.loop.add_signal_handler(signal.SIGTERM, self.stop)
+        return self
+
+    def hand_to_server(self) -> None:
+        self.loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, self._raised_again)
+
+    def _raised_again(self, signum: int, frame: FrameType | None) -> None:
+        self.loop.call_soon_threadsafe(self.stop)  # (a signal handler: not in the loop)
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        self.loop.remove_signal_handler(signal.SIGTERM)  # (the trainer's stop's, if set)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if isinstance(exc, asyncio.CancelledError) and self.terminated:
+            raise Terminated from None
 
 
 async def _stopped(trainer: Trainer, task: asyncio.Task[object]) -> None:
