@@ -23,6 +23,7 @@ from gateway.finetune_settings import FilesSettings, FineTuningSettings
 from gateway.jwt_settings import JwtSettings
 from gateway.netutil import media_host
 from gateway.routing.entries import StaticEntry, parse_entry
+from gateway.settings_checks import wrong_across_fields
 from gateway.settings_section import HomePath, Section
 
 
@@ -241,11 +242,6 @@ class CorsSettings(Section):
     max_age_s: int = Field(default=600, ge=0)  # how long a browser may reuse a preflight
 
 
-# What a request with an image at max_data_url_bytes needs beside it within max_body_bytes:
-# its JSON, the model, some text.
-_AROUND_AN_IMAGE = 16 * 1024
-
-
 class Settings(BaseSettings):
     # LLMAAS_ROUTING__MAX_WAITING_PER_ENGINE=null: None, as `null` in the file.
     model_config = SettingsConfigDict(
@@ -325,73 +321,16 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _across_fields(self) -> Settings:
-        """Every check across fields, each wrong one said on its own line (one per check:
-        pydantic stops at the first validator that raises, and a config with three such
-        mistakes took three runs to mend; found by review)."""
-        wrong = [
-            *self._secrets_outside_dev_mode(),
-            *self._header_tokens(),
-            *self._a_body_holds_an_image(),
-            *self._fine_tuning_needs_files(),
-            *self._unique_model_names(),
-        ]
+        """Every check across fields (settings_checks.py), each wrong one said on its own line
+        (one per check: pydantic stops at the first validator that raises, and a config with
+        three such mistakes took three runs to mend; found by review). In dev mode a missing
+        admin token is made up here: `llmaas up` prints it."""
+        if self.dev_mode and self.admin_token is None:
+            self.admin_token = secrets.token_urlsafe(24)
+        wrong = wrong_across_fields(self)
         if wrong:
             raise ValueError("\n".join(wrong))  # (split into lines: settings_load)
         return self
-
-    def _secrets_outside_dev_mode(self) -> list[str]:
-        if self.dev_mode:
-            if self.admin_token is None:  # `llmaas up` prints it
-                self.admin_token = secrets.token_urlsafe(24)
-            return []
-        missing = [] if self.admin_token else ["admin_token (LLMAAS_ADMIN_TOKEN)"]
-        if self.auth.required:
-            missing += [] if self.key_pepper else ["key_pepper (LLMAAS_KEY_PEPPER)"]
-            missing += [] if self.redis_url else ["redis_url (LLMAAS_REDIS_URL)"]
-        wrong = []
-        if missing:
-            wrong.append(
-                "required outside dev mode (dev_mode is for a machine of your own; keep the "
-                "admin token and the key pepper in the environment): " + ", ".join(missing)
-            )
-        for name in ("admin_token", "key_pepper", "metrics_token"):
-            value = getattr(self, name)
-            if value is not None and len(value) < 16:
-                wrong.append(f"{name} must be at least 16 characters outside dev mode")
-        return wrong
-
-    def _header_tokens(self) -> list[str]:
-        """Tokens a client sends in a header: HTTP reads a header's bytes as Latin-1, and
-        clients (llmaas, curl, the SDKs) write UTF-8, so a token with ö in it never matched."""
-        return [
-            f"{name} must be printable ASCII: it is sent in a header"
-            for name in ("admin_token", "metrics_token")
-            if (value := getattr(self, name)) is not None
-            and not (value.isascii() and value.isprintable())
-        ]
-
-    def _a_body_holds_an_image(self) -> list[str]:
-        """A body limit under the data: URL limit made a 413 of an image the policy accepts
-        (the example config had 4 MiB against 8 MiB)."""
-        image = self.request_policy.max_data_url_bytes
-        if self.max_body_bytes >= image + _AROUND_AN_IMAGE:
-            return []
-        return [
-            f"max_body_bytes ({self.max_body_bytes}) leaves less than "
-            f"{_AROUND_AN_IMAGE} bytes above request_policy.max_data_url_bytes ({image}) "
-            "for the rest of a request: one with an image that policy accepts would be "
-            "refused 413; raise the one or lower the other"
-        ]
-
-    def _fine_tuning_needs_files(self) -> list[str]:
-        if self.fine_tuning.base_models and not self.files.enabled:
-            return ["fine_tuning.base_models needs files.enabled: a job trains on an uploaded file"]
-        return []
-
-    def _unique_model_names(self) -> list[str]:
-        names = [m.name for m in self.models]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        return [f"models: duplicate model names {dupes}"] if dupes else []
 
     @classmethod
     def settings_customise_sources(
