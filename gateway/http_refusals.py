@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from gateway.api.middleware import access_fields
 from gateway.logs import ACCESS_LOGGER
 from gateway.metrics import Metrics
-from gateway.proxy.outcome import Outcome
+from gateway.request_context import RequestInfo
 
 UNREAD_STATE = "unread"  # its key in the lifespan state (what uvicorn hands the protocol)
 UNREAD_ROUTE = "unread"  # the route label of such requests: their path was never read whole
@@ -30,16 +31,6 @@ class UnreadRefusals:
         """Counted and logged without a duration (llmaas_request_duration_seconds leaves them
         out): when a head began is not taken on the path every request takes."""
         self.metrics.requests.labels("", UNREAD_ROUTE, str(status)).inc()
-        if self.access_log:
-            fields = {
-                "request_id": request_id,
-                "method": None,
-                "path": None,
-                "status": status,
-                "duration_ms": None,
-                "model": None,
-                "engine": None,
-                "outcome": Outcome.REFUSED,
-                "ttft_ms": None,
-            }
+        if self.access_log:  # (refused: no engine was asked, the status an error's)
+            fields = access_fields(RequestInfo(request_id, status=status), None, None, None)
             self.log.info("request", extra={"fields": fields})

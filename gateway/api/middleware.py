@@ -120,20 +120,29 @@ class RequestContextMiddleware:
             state.metrics.duration.labels(model, route).observe(elapsed)
 
     def _log(self, scope: Scope, info: RequestInfo, elapsed: float) -> None:
-        fields = {
-            "request_id": info.request_id,
-            "method": scope["method"],
-            "path": masked(scope["path"]),
-            "status": info.status or 499,  # nothing sent: the client left first (as counted)
-            "duration_ms": round(elapsed * 1000, 3),
-            "model": info.model,
-            "engine": info.engine,
-            "outcome": _outcome(info),
-            "ttft_ms": None if info.ttft_ms is None else round(info.ttft_ms, 3),
-        }
-        if info.engine_request_id is not None:  # the client named the request: the engine's
-            fields["engine_request_id"] = info.engine_request_id
+        fields = access_fields(info, scope["method"], masked(scope["path"]), elapsed)
         self.log.info("request", extra={"fields": fields})
+
+
+def access_fields(
+    info: RequestInfo, method: str | None, path: str | None, elapsed: float | None
+) -> dict[str, object]:
+    """An access log line's fields; `method`, `path` and `elapsed` None for a request the HTTP
+    layer refused unread (http_refusals.py), which logs its line with this too."""
+    fields: dict[str, object] = {
+        "request_id": info.request_id,
+        "method": method,
+        "path": path,
+        "status": info.status or 499,  # nothing sent: the client left first (as counted)
+        "duration_ms": None if elapsed is None else round(elapsed * 1000, 3),
+        "model": info.model,
+        "engine": info.engine,
+        "outcome": _outcome(info),
+        "ttft_ms": None if info.ttft_ms is None else round(info.ttft_ms, 3),
+    }
+    if info.engine_request_id is not None:  # the client named the request: the engine's
+        fields["engine_request_id"] = info.engine_request_id
+    return fields
 
 
 def _client_left(info: RequestInfo) -> None:
