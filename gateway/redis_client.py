@@ -10,11 +10,16 @@ Python 3.11 swallows a cancel that lands as the send completes (CPython gh-86296
 3.12): the cancelled task carries on as if nothing happened. Cancelled during Redis traffic,
 most tasks were (180 of 300 in a loop of GETs), so a stopped trainer went on training and a
 shutdown waited for a feed for ever. Our connections notice the swallowed cancel and raise it.
+
+A reply's socket timeout does not count the time this process was too busy to read it (the
+admission's Patience, gateway/limits/patience.py): on a loaded machine a reply Redis sent at
+once sat unread past redis-py's deadline, and a file's GET was answered 503.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -25,8 +30,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.limits.failures import classify
+from gateway.limits.patience import BUSY_FACTOR, Patience
 
 
 def pack_command(*args: Any) -> list[bytes]:
@@ -42,7 +49,8 @@ def pack_command(*args: Any) -> list[bytes]:
 
 
 class _Packed:
-    """hiredis packing, and the cancel `asyncio.wait_for` swallowed raised again (see above)."""
+    """hiredis packing, the cancel `asyncio.wait_for` swallowed raised again, and a read's
+    deadline that waits out this process's own busy time (see above)."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
         return pack_command(*args)
@@ -56,6 +64,35 @@ class _Packed:
         if task is not None and task.cancelling() > asked:  # cancelled, yet here: swallowed
             await self.disconnect(nowait=True)  # type: ignore[attr-defined, unused-ignore]  # (its answer unread)
             raise asyncio.CancelledError
+
+    async def read_response(  # redis-py's signature, `timeout` included
+        self,
+        disable_decoding: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109
+        *,
+        disconnect_on_error: bool = True,
+        push_request: bool | None = False,
+    ) -> Any:
+        read = super().read_response  # type: ignore[misc]
+        socket_timeout: float | None = self.socket_timeout  # type: ignore[attr-defined]
+        if timeout is not None or not socket_timeout:  # a caller's own timeout: redis-py's way
+            return await read(
+                disable_decoding,
+                timeout,
+                disconnect_on_error=disconnect_on_error,
+                push_request=push_request,
+            )
+        try:
+            async with Patience(socket_timeout, socket_timeout * BUSY_FACTOR):
+                return await read(  # math.inf: no timeout of redis-py's own
+                    disable_decoding,
+                    math.inf,
+                    disconnect_on_error=disconnect_on_error,
+                    push_request=push_request,
+                )
+        except TimeoutError:  # (redis-py disconnected it when the read was cancelled)
+            host = self._host_error()  # type: ignore[attr-defined]
+            raise RedisTimeoutError(f"Timeout reading from {host}") from None
 
 
 class PackedConnection(_Packed, Connection):

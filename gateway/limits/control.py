@@ -14,7 +14,7 @@ from gateway.limits.estimate import reserved_tokens
 from gateway.limits.failures import Failure, classify
 from gateway.limits.limiter import Admission, AdmissionCancelled, Limiter, TooLarge, new_lease
 from gateway.limits.local_inflight import Held, LocalInflight
-from gateway.limits.patience import Patience
+from gateway.limits.patience import BUSY_FACTOR, Patience
 from gateway.limits.prefetch import Prefetch
 from gateway.limits.releases import Releases
 from gateway.limits.renewals import Renewals
@@ -24,7 +24,6 @@ from gateway.redis_client import REDIS_FAILURES, redis_error
 from gateway.settings import LimitsSettings
 
 _NONE = Limits()
-BUSY_FACTOR = 10  # a busy process waits for Redis up to this many timeouts in all
 # How long a tight limit's refusal waits before it is asked once more: a settlement another
 # replica gives back lingers 2 ms (settler.SLOT_LINGER_S) and takes a round trip to Redis.
 SETTLING_S = 0.025

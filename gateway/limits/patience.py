@@ -16,6 +16,7 @@ from types import TracebackType
 
 BUSY_SHARE = 0.05  # a loop lagging more than this share of the timeout is busy, not waiting
 ROUNDS = 2  # a reply on the socket: one round reads it, the next runs its task
+BUSY_FACTOR = 10  # a busy process waits for Redis up to this many timeouts in all
 
 
 class Patience:

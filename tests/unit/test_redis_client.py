@@ -4,12 +4,14 @@ send, and the same error for what cannot be sent."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import DataError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.embedded.redis_server import running_redis
 from gateway.redis_client import PackedConnection, PackedUnixConnection, redis_client
@@ -90,3 +92,40 @@ async def test_a_cancel_during_commands_is_never_lost() -> None:
                 assert await pipe.execute() == [True, b"v"]
         finally:
             await client.aclose()
+
+
+async def test_a_reply_read_late_by_a_busy_process_is_no_timeout() -> None:
+    """CI: a file's GET was answered 503 "store (Redis) could not be used" after 659 ms, the
+    reply sitting unread while the loaded machine gave the gateway no CPU. A read's deadline
+    does not count the time this process could not listen (limits.patience)."""
+    async with running_redis(None) as url:
+        client: Redis = redis_client(url, 0.2, 4)
+        try:
+            loop = asyncio.get_running_loop()
+            # Redis answers after 0.1 s; the loop is stalled from 0.05 s to 0.65 s
+            loop.call_later(0.05, time.sleep, 0.6)
+            assert await client.blpop(["empty"], 0.1) is None
+            async with client.pipeline(transaction=False) as pipe:
+                loop.call_later(0.05, time.sleep, 0.6)
+                pipe.blpop(["empty"], 0.1)
+                assert await pipe.execute() == [None]
+        finally:
+            await client.aclose()
+
+
+async def test_a_redis_that_does_not_answer_still_times_out() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1 << 16)  # a command heard, never answered
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client: Redis = redis_client(f"redis://127.0.0.1:{port}/0", 0.2, 4)
+    try:
+        started = time.monotonic()
+        with pytest.raises(RedisTimeoutError, match="Timeout reading from"):
+            await client.get("k")
+        assert time.monotonic() - started < 1.0  # its timeout, not the busy allowance (2 s)
+    finally:
+        await client.aclose()
+        server.close()
