@@ -424,6 +424,49 @@ def test_a_body_limit_without_room_for_an_image_is_refused(
         load_settings(tmp_path / "config.yaml")
 
 
+@pytest.mark.parametrize(
+    ("env", "config", "names"),
+    [
+        (
+            {"LLMAAS_MAX_BODY_BYTES": str(_IMAGE + _AROUND - 1)},
+            {},
+            ("gateway.env LLMAAS_MAX_BODY_BYTES", "gateway.config.request_policy"),
+        ),
+        (
+            {"llmaas_request_policy__max_data_url_bytes": str(_BODY - _AROUND + 1)},
+            {"max_body_bytes": _BODY},
+            ("gateway.config.max_body_bytes", "gateway.env LLMAAS_REQUEST_POLICY__MAX_DATA"),
+        ),
+    ],
+    ids=["body", "image"],
+)
+def test_a_body_limit_set_in_the_environment_is_checked_too(
+    env: dict[str, str],
+    config: dict[str, Any],
+    names: tuple[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Left at the last stop: the chart checked the body limit against the image limit in
+    gateway.config only, and gateway.env wins over it in the gateway: a body limit too small
+    set there rendered, and every gateway refused to start. Refused, naming where each came
+    from; the environment's value just enough renders and the gateway starts with it."""
+    entries = [{"name": name, "value": value} for name, value in env.items()]
+    with pytest.raises(helm.HelmRenderError, match="the gateway refuses to start") as refused:
+        render_values({"gateway": {"config": config, "env": entries}})
+    for name in names:
+        assert name in str(refused.value)
+    fits = {"LLMAAS_MAX_BODY_BYTES": str(_IMAGE + _AROUND)}
+    rendered = render_values_as(
+        {"gateway": {"env": [{"name": n, "value": v} for n, v in fits.items()]}}
+    )
+    _load(rendered, tmp_path, monkeypatch)
+    for name, entry in env_of(rendered.gateway()).items():  # the pod's environment
+        if name.startswith("LLMAAS_") and "value" in entry:
+            monkeypatch.setenv(name, entry["value"])
+    assert load_settings(tmp_path / "config.yaml").max_body_bytes == _IMAGE + _AROUND
+
+
 @pytest.mark.parametrize("token", ["adminToken", "metricsToken"])
 def test_a_header_token_that_is_not_printable_ascii_is_refused(
     token: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

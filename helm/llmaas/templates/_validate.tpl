@@ -70,12 +70,29 @@ pods' grace period. */ -}}
 {{- end -}}
 
 {{- /* Settings the gateway checks against each other at start (settings.Settings), with its
-defaults for the one not given: refused here, a release's gateways would crash-loop. */ -}}
+defaults for the one not given, and gateway.env's value where it sets one (it wins over the
+config file): refused here, a release's gateways would crash-loop. */ -}}
 {{- $config := .Values.gateway.config | default dict -}}
+{{- $fromEnv := dict -}}
+{{- range .Values.gateway.env -}}
+{{- if and (hasKey . "value") (regexMatch "^[0-9]+$" (toString .value)) -}}
+{{- $_ := set $fromEnv (upper .name) (toString .value) -}}
+{{- end -}}
+{{- end -}}
 {{- $body := dig "max_body_bytes" 16777216 $config | int64 -}}
+{{- $bodyFrom := "gateway.config.max_body_bytes" -}}
+{{- if hasKey $fromEnv "LLMAAS_MAX_BODY_BYTES" -}}
+{{- $body = get $fromEnv "LLMAAS_MAX_BODY_BYTES" | int64 -}}
+{{- $bodyFrom = "gateway.env LLMAAS_MAX_BODY_BYTES" -}}
+{{- end -}}
 {{- $image := dig "request_policy" "max_data_url_bytes" 8388608 $config | int64 -}}
+{{- $imageFrom := "gateway.config.request_policy.max_data_url_bytes" -}}
+{{- if hasKey $fromEnv "LLMAAS_REQUEST_POLICY__MAX_DATA_URL_BYTES" -}}
+{{- $image = get $fromEnv "LLMAAS_REQUEST_POLICY__MAX_DATA_URL_BYTES" | int64 -}}
+{{- $imageFrom = "gateway.env LLMAAS_REQUEST_POLICY__MAX_DATA_URL_BYTES" -}}
+{{- end -}}
 {{- if lt $body (add $image 16384) -}}
-{{- fail (printf "gateway.config.max_body_bytes (%d) leaves less than 16384 bytes above gateway.config.request_policy.max_data_url_bytes (%d) for the rest of a request (one with an image that policy accepts would be refused 413): the gateway refuses to start; raise the one or lower the other" $body $image) -}}
+{{- fail (printf "%s (%d) leaves less than 16384 bytes above %s (%d) for the rest of a request (one with an image that policy accepts would be refused 413): the gateway refuses to start; raise the one or lower the other" $bodyFrom $body $imageFrom $image) -}}
 {{- end -}}
 {{- /* A token a client sends in a header: HTTP reads its bytes as Latin-1 and clients write
 UTF-8, so the gateway refuses one that is not printable ASCII. Never shown: it is a secret. */ -}}
