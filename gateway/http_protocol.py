@@ -25,6 +25,11 @@ kept its part on the files volume. A body late is answered 408 and the connectio
 request waiting on it hears that its client is gone (nothing reaches an engine), and is counted
 and logged as the 408 it was answered, under its own request id. A request refused before the
 app saw it (400, 431) is counted and logged by UnreadRefusals (http_refusals.py).
+
+httptools takes a request's Transfer-Encoding whatever codings come before its final
+`chunked`, and undoes the chunks only: `gzip, chunked` had its gzip dropped and the body read as
+it came. A coding the gateway does not undo is answered 501 (RFC 9112, 6.1) before the app
+sees the request; a compressed body goes with Content-Encoding, which it decodes.
 """
 
 from __future__ import annotations
@@ -169,6 +174,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.head_filtered = True  # every byte of the current head went through `upgrades`
         self.completed_in_read = False  # a request ended within the read being parsed
         self.upgrade_refused = False  # an upgrade got past `upgrades`: answered, read no more
+        self.unknown_coding: bytes | None = None  # a Transfer-Encoding not undone: 501
         super().connection_made(cast(asyncio.Transport, wrapped))
         self._await_head()
 
@@ -257,7 +263,20 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """A request httptools cannot parse, in OpenAI's error shape (uvicorn's is plain text):
-        every error the gateway answers has the one shape."""
+        every error the gateway answers has the one shape. Or one whose Transfer-Encoding has
+        a coding the gateway does not undo (on_headers_complete): 501."""
+        if self.unknown_coding is not None:
+            coding = self.unknown_coding.decode("latin-1")[:100]
+            self.unknown_coding = None
+            error = InvalidRequest(
+                f"The request's Transfer-Encoding '{coding}' is not supported: only 'chunked'"
+                " is (send a compressed body with Content-Encoding: gzip or deflate instead).",
+                status=501,
+                code="unsupported_transfer_encoding",
+            )
+            self._unread_refused(501, error)
+            self.transport.close()
+            return
         error = InvalidRequest(
             "The request is not valid HTTP/1.1 (its request line or a header could not be parsed).",
             code="invalid_http_request",
@@ -305,6 +324,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.head_bytes = None
         self._head_arrived()
+        for name, value in self.headers:
+            if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+                self.unknown_coding = value
+                raise UnknownTransferCoding  # (httptools stops: send_400_response answers)
         super().on_headers_complete()
         cycle = self.cycle
         if self.scope["http_version"] == "1.0" and cycle is not None and cycle.scope is self.scope:
@@ -336,6 +359,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._body_arrived()
         super().connection_lost(exc)
         self.link.lost()
+
+
+class UnknownTransferCoding(Exception):
+    """Raised in httptools' callback to stop its parsing of the request."""
 
 
 def _reset(transport: asyncio.Transport) -> None:
