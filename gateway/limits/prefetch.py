@@ -36,6 +36,9 @@ would be, and what it brings is handed to those waiting first, in the order they
 key's admissions go out in the order Redis charged them. What sits on a shelf stays within
 1/HEADROOM of what remains of the limits: a fill asks for no more than that, less what is
 already there.
+
+A caller (key and limits) gone quiet, with nothing on its shelf, is forgotten when the table
+grows (`_sweep`): every JWT subject and every change of a key's limits is a new caller.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from gateway.metrics import Metrics
 
 HEADROOM = 20  # fetch at most 1/HEADROOM of what remains of a limit
 QUICK = 4  # half a shelf used within ttl_s / QUICK of its fill's arrival: twice as many next
+SWEEP_MIN = 1024  # the table is swept of callers gone quiet when it reaches this (or 2x its size)
 
 _Name = tuple[str, str, Limits, Limits]
 
@@ -69,6 +73,7 @@ class _Shelf:
     filled_at: float | None = None  # when the last fill arrived (loop time)
     stocked: bool = False  # a fill arrived since the shelf last ran out
     expiry: asyncio.TimerHandle | None = None  # at the oldest one's due time, or earlier
+    answered_at: float = 0.0  # when Redis last answered for the key (loop time)
 
 
 def _name(caller: Principal) -> _Name:
@@ -81,6 +86,7 @@ class Prefetch:
         self.max_count = max_count
         self.ttl_s = ttl_s
         self.shelves: dict[_Name, _Shelf] = {}
+        self.sweep_at = SWEEP_MIN  # the table's size at which it is next swept
         self.used = metrics.ratelimit_prefetched.labels("used")
         self.expired = metrics.ratelimit_prefetched.labels("expired")
 
@@ -188,9 +194,13 @@ class Prefetch:
 
     def _shelve(self, caller: Principal, last: Admission, admissions: list[Admission]) -> None:
         name = _name(caller)
+        loop = asyncio.get_running_loop()
         shelf = self.shelves.get(name)
         if shelf is None:
+            if len(self.shelves) >= self.sweep_at:
+                self._sweep(loop.time())
             shelf = self.shelves[name] = _Shelf(caller)
+        shelf.answered_at = loop.time()
         shelf.last = last
         shelf.stocked = shelf.stocked or bool(admissions)
         handed = 0  # first to those waiting for them, in turn
@@ -204,12 +214,27 @@ class Prefetch:
             admissions = admissions[handed:]
         if not admissions:
             return
-        loop = asyncio.get_running_loop()
-        shelf.filled_at = now = loop.time()
+        shelf.filled_at = now = shelf.answered_at
         shelf.ready.extend(admissions)
         shelf.due.extend([now + self.ttl_s] * len(admissions))
         if shelf.expiry is None:
             shelf.expiry = loop.call_at(shelf.due[0], self._expire, name)
+
+    def _sweep(self, now: float) -> None:
+        """Forget the callers gone quiet: nothing on their shelf, nothing coming or awaited,
+        and no answer from Redis for ttl_s (one that comes back starts over, as after an
+        expiry). Every caller ever admitted kept its entry (each JWT subject, each change of a
+        key's limits), so the table grew for good. Swept again at twice the size it is left
+        with: a constant share of the work of adding to it."""
+        quiet = now - self.ttl_s
+        for name in [
+            name
+            for name, shelf in self.shelves.items()
+            if shelf.answered_at < quiet
+            and not (shelf.ready or shelf.coming or shelf.waiting or shelf.expiry)
+        ]:
+            del self.shelves[name]
+        self.sweep_at = max(SWEEP_MIN, 2 * len(self.shelves))
 
     def refused(self, caller: Principal) -> None:
         """The caller's key met a limit: fetch nothing until a reply shows room again."""

@@ -18,7 +18,7 @@ from gateway.auth.principal import Limits, Principal
 from gateway.errors import RateLimited
 from gateway.limits.control import AdmissionControl
 from gateway.limits.limiter import Admission, Limiter, scope_keys
-from gateway.limits.prefetch import HEADROOM
+from gateway.limits.prefetch import HEADROOM, SWEEP_MIN
 from gateway.metrics import Metrics
 from gateway.settings import LimitsSettings
 from tests.unit.test_limiter import charges, who
@@ -467,3 +467,26 @@ async def test_a_fill_redis_did_not_answer_gives_back_and_serves_on(
         assert counted(admission, "used") == 3
         state = await charges(redis, caller)
     assert state["requests"] == [5 + 8, 0]
+
+
+async def test_callers_gone_quiet_are_forgotten(redis: Redis) -> None:
+    """Found by review 2026-12-07: every caller ever admitted through Redis kept its entry for
+    good (each JWT subject, each change of a key's or tenant's limits: a new name), though
+    nothing was on it: 18,500 JWT subjects took a gateway from 94 to 176 MB. An entry with
+    nothing on it, nothing coming and no answer for prefetch_ttl_s goes when the table grows;
+    a busy key's stays, and its requests go on skipping Redis."""
+    busy = who(BIG)
+    async with control(redis, prefetch_ttl_s=0.05) as admission:
+        assert admission.prefetch is not None
+        shelves = admission.prefetch.shelves
+        await admitted(admission, busy)
+        used = counted(admission, "used")
+        most = 0
+        for n in range(4 * SWEEP_MIN):
+            await admission.admit(who(BIG), BODY)  # a caller seen once
+            if n % 8 == 0:
+                await admitted(admission, busy)
+            most = max(most, len(shelves))
+        assert most <= SWEEP_MIN
+        assert any(shelf.caller == busy for shelf in shelves.values())
+        assert counted(admission, "used") - used >= 4 * SWEEP_MIN / 8 * 0.8  # (of 512)
