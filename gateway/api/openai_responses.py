@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -34,7 +35,7 @@ from gateway.limits.estimate import response_input_tokens, response_tokens
 from gateway.metering.accounting import Charge
 from gateway.metering.usage import Usage
 from gateway.proxy.collect_events import stream_response_request
-from gateway.proxy.outcome import Outcome, ProxyResult, Reporter
+from gateway.proxy.outcome import ProxyResult
 from gateway.proxy.relay import ProxyCall, ProxyResponse
 from gateway.redis_client import REDIS_FAILURES, redis_error
 from gateway.request_context import info_of
@@ -114,34 +115,30 @@ async def create_response(request: Request, gw: Gateway, caller: Caller) -> Resp
         unstreamed=None if stream else raw,
         grammar=grammar_field(body),
         reload=adapter_reload(gw, caller, model),
+        stored=None if body.get("store") is False else _noting(gw, caller.tenant, model),
     )
     charge = Charge(
         _request_id(request), "responses", model, stream, caller, admission, received_ms
     )
-    report = gw.accounting.reporter(charge)
-    if body.get("store") is not False:
-        report = _remembering(gw, caller.tenant, model, report)
-    return ProxyResponse(gw.proxy, call, report)
+    return ProxyResponse(gw.proxy, call, gw.accounting.reporter(charge))
 
 
-def _remembering(gw: GatewayState, tenant: str, model: str, report: Reporter) -> Reporter:
-    """The reporter, then noting which engine holds a response that finished (so stored):
-    accounted for first, and the note shielded (outcome.Reporter)."""
+def _noting(gw: GatewayState, tenant: str, model: str) -> Callable[[str, str], Awaitable[None]]:
+    """Notes which engine holds a response the engine stored, before its client has it whole
+    (ProxyCall.stored): a follow-up sent the moment it arrives finds it. (Noted after the
+    answer, as until 2026-12-07, such a follow-up could be a 404.) Shielded: a client leaving
+    as it is written does not undo it."""
 
-    async def remember(result: ProxyResult) -> None:
-        await report(result)
-        made = result.outcome == Outcome.OK and result.status == 200
-        if made and result.response_id is not None and result.engine is not None:
-            home = Home(model, result.engine)
-            try:
-                await asyncio.shield(gw.homes.remember(tenant, result.response_id, home))
-            except REDIS_FAILURES as exc:  # kept in this process until Redis takes it
-                log.warning(
-                    "response home kept in this process only: Redis could not store it",
-                    extra={"fields": {"engine": result.engine, "error": redis_error(exc)}},
-                )
+    async def note(response_id: str, engine: str) -> None:
+        try:
+            await asyncio.shield(gw.homes.remember(tenant, response_id, Home(model, engine)))
+        except REDIS_FAILURES as exc:  # kept in this process until Redis takes it
+            log.warning(
+                "response home kept in this process only: Redis could not store it",
+                extra={"fields": {"engine": engine, "error": redis_error(exc)}},
+            )
 
-    return remember
+    return note
 
 
 @router.get("/responses/{response_id}", response_model=None)

@@ -18,6 +18,8 @@ so those are under-billed when cut (README, "Responses API").
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import orjson
 
@@ -50,19 +52,25 @@ class ResponseEvents:
     before vLLM reports its usage)."""
 
     __slots__ = (
+        "before_end",
         "began",
         "deltas",
         "engine_error",
         "finished",
         "input_estimate",
         "last",
+        "note",
         "refused",
         "reported",
         "response_id",
     )
 
-    def __init__(self, input_estimate: int = 0) -> None:
+    def __init__(
+        self, input_estimate: int = 0, note: Callable[[str], Awaitable[None]] | None = None
+    ) -> None:
         self.input_estimate = input_estimate
+        self.note = note  # a stored response's id noted (ProxyCall.stored), before its end
+        self.before_end: Callable[[], Awaitable[None]] | None = None
         self.finished = False
         self.response_id: str | None = None
         self.reported: Usage | None = None  # the terminal event's usage
@@ -95,6 +103,8 @@ class ResponseEvents:
             span = find_usage(data)
             self.reported = None if span is None else parse_usage(data[span[1] : span[2]])
             self.finished = True
+            if self.note is not None and self.response_id is not None:  # (stored by now)
+                self.before_end = partial(self.note, self.response_id)
         elif event == ERROR:  # vLLM's generation failed midway (its GenerationError)
             self.finished = True
             self.engine_error = 500

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +85,10 @@ class ProxyCall:
     reload: Reload | None = None
     # A stream the gateway asked token ids of that its client did not (proxy/tool_ids.py).
     token_ids_asked: bool = False
+    # The Responses API with `store`: called with the response's id and its engine's URL
+    # before the client has the response whole (a follow-up sent the moment it arrives must
+    # find where it lives), once the engine has stored it.
+    stored: Callable[[str, str], Awaitable[None]] | None = None
 
 
 async def _nobody(result: ProxyResult) -> None:
@@ -247,7 +251,11 @@ class ProxyResponse(Response):
         sse = resp.content_type == "text/event-stream"
         if resp.status == 200 and sse and self.call.stream:
             self.status_code = 200
-            events = ResponseEvents(self.call.input_estimate) if self.call.responses else None
+            events = (
+                ResponseEvents(self.call.input_estimate, self._noting(engine))
+                if self.call.responses
+                else None
+            )
             info.outcome = await relay_stream(
                 resp,
                 send,
@@ -280,8 +288,16 @@ class ProxyResponse(Response):
             return
         if resp.status == 200 and sse and call.responses:  # asked as a stream (collect_events)
             events = ResponseEvents(call.input_estimate)
+
+            async def before_answer() -> None:
+                await self._stored(events.response_id, engine)
+
             await self._collected(
-                info, engine, send, collect_events(resp, self.deps, engine, info, events)
+                info,
+                engine,
+                send,
+                collect_events(resp, self.deps, engine, info, events),
+                before_answer,
             )
             info.response_id = events.response_id
             return
@@ -298,6 +314,7 @@ class ProxyResponse(Response):
             info.usage = usage_of(body)
             if self.call.responses:  # passed on as it is
                 info.response_id = response_id_of(body)
+                await self._stored(info.response_id, engine)
                 await send_bytes(send, 200, body)
                 return
             await send_bytes(send, 200, normalize_success(body))
@@ -324,8 +341,10 @@ class ProxyResponse(Response):
         engine: Engine,
         send: Send,
         collecting: Coroutine[Any, Any, tuple[int, bytes]],
+        before_answer: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """Answer with the body `collecting` assembles from the engine's stream."""
+        """Answer with the body `collecting` assembles from the engine's stream;
+        `before_answer`: awaited before a 200 is."""
         try:
             status, body = await collecting
         except ApiError as err:
@@ -339,7 +358,21 @@ class ProxyResponse(Response):
         if status == 500 and ENGINE_DEAD in body:  # (in the stream's error frame)
             await self._send_error(send, engine_dead())
             return
+        if status == 200 and before_answer is not None:
+            await before_answer()
         await send_bytes(send, status, body, extra=engine_refusal_headers(status))
+
+    def _noting(self, engine: Engine) -> Callable[[str], Awaitable[None]] | None:
+        """A stream's ProxyCall.stored, at its engine."""
+        stored = self.call.stored
+        if stored is None:
+            return None
+        return lambda response_id: stored(response_id, engine.url)
+
+    async def _stored(self, response_id: str | None, engine: Engine) -> None:
+        """A stored response's home noted (ProxyCall.stored), before its client has it."""
+        if self.call.stored is not None and response_id is not None:
+            await self.call.stored(response_id, engine.url)
 
     def _refused(self, engine: Engine, status: int) -> None:
         """An engine's error answer: counted, and a 5xx towards the engine's ejection."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from starlette.types import Send
@@ -66,6 +67,9 @@ class Frames(Protocol):
 
     finished: bool  # the engine ended the stream as its protocol says (not cut off)
     engine_error: int | None  # the status of the error the engine ended it with, if it did
+    # Awaited (once) before the frames that finish the stream are sent: a stored response's
+    # home noted before its client can see it whole (events.py). None: nothing to wait for.
+    before_end: Callable[[], Awaitable[None]] | None
 
     @property
     def began(self) -> bool:
@@ -105,6 +109,7 @@ class FrameFilter:
     """
 
     __slots__ = (
+        "before_end",
         "cut_usage",
         "engine",
         "engine_error",
@@ -135,6 +140,7 @@ class FrameFilter:
         self.known = known  # engine URL → its system_fingerprint
         self.held: list[bytes] = []  # payloads waiting for the fingerprint, in order
         self.finished = False
+        self.before_end: Callable[[], Awaitable[None]] | None = None  # (nothing to wait for)
         self.cut_usage = want is not None and not want.continuous  # from every token frame
         self.engine_error: int | None = None  # the status of the engine's error frame, if sent
         self.route = route  # "completions", …: what an error frame's field names belong to
@@ -355,6 +361,9 @@ async def _relay_frames(
             if not frames or ended:
                 continue
             out = b"".join([shown(f) for f in frames])
+            if shown.finished and shown.before_end is not None:
+                before_end, shown.before_end = shown.before_end, None
+                await before_end()
             if info.ttft_ms is None and shown.began:
                 info.ttft_ms = (time.perf_counter() - started) * 1000
                 deps.metrics.ttft.labels(model_label(info.model or "")).observe(info.ttft_ms / 1000)

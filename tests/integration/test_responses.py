@@ -670,3 +670,26 @@ async def test_a_response_read_right_after_its_create_on_a_hanging_redis_is_foun
                     assert (await client.responses.retrieve(made.id)).id == made.id
                 finally:
                     proxy.set_mode("pass")
+
+
+async def test_a_response_is_found_the_moment_its_client_has_it(fleet: Fleet) -> None:
+    """Found by review 2026-12-07 (the Node SDK, once in 22 on the real engine): a follow-up
+    sent the moment a response arrived was 404 `response_not_found`: its home was noted after
+    the answer's last bytes had gone, and after its accounting. With Redis holding writes back
+    for 0.3 s as the response ends (CLIENT PAUSE WRITE; reads go on), the answer waits for its
+    home, and a read sent the moment it arrives finds it, streamed or not."""
+    client = await fleet.client("found-at-once")
+    await client.models.list()  # (the key cached: nothing else on the path writes)
+    for stream in (False, True):
+        await fleet.redis.client_pause(300, all=False)  # writes only
+        if stream:
+            made_id = ""
+            async with await client.responses.create(
+                model=MODEL, input="hello", stream=True
+            ) as events:
+                async for event in events:
+                    if event.type == "response.completed":
+                        made_id = event.response.id
+        else:
+            made_id = (await client.responses.create(model=MODEL, input="hello")).id
+        assert (await client.responses.retrieve(made_id)).id == made_id
