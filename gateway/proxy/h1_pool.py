@@ -7,6 +7,10 @@ closing under it (the engine's close and our write crossing: h1.CROSSING_S) is s
 on a new connection. A kept connection that closes later, still before answering, is not
 retried on the same engine: the engine may have read the request and worked on it (an engine
 that crashes on it would get it again), so the caller tries the next engine instead.
+
+Every REUSE_IDLE_S at most, a request has every engine's connections idle past it closed
+(`_sweep`): closed only when their engine was asked again, those of an engine that left (a
+pod gone from a DNS name, without a FIN) stayed open for good, up to MAX_IDLE_PER_ENGINE each.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class H1Pool:
         self.idle: dict[Origin, list[Connection]] = {}
         self.origins: dict[str, Origin] = {}
         self._tls: ssl.SSLContext | None = None
+        self.swept = 0.0  # when idle connections were last swept (loop time)
 
     def origin(self, url: str) -> Origin:
         found = self.origins.get(url)
@@ -50,6 +55,9 @@ class H1Pool:
         `idle_s`); the answer's body is read through H1Response."""
         origin = self.origin(url)
         message = _head(origin, method, path, headers, len(body)) + body
+        now = asyncio.get_running_loop().time()
+        if now - self.swept > REUSE_IDLE_S:
+            self._sweep(now)
         conn = self._idle(origin)
         if conn is not None:
             try:
@@ -72,6 +80,21 @@ class H1Pool:
                 idle.pop().close()
             conn.close()
         return None
+
+    def _sweep(self, now: float) -> None:
+        """Close every connection idle past REUSE_IDLE_S (never to be reused), of every
+        engine; forget engines with none left."""
+        self.swept = now
+        for origin, idle in list(self.idle.items()):
+            fresh = next(
+                (i for i, conn in enumerate(idle) if now - conn.last_read < REUSE_IDLE_S),
+                len(idle),
+            )
+            for conn in idle[:fresh]:  # (oldest first)
+                conn.close()
+            del idle[:fresh]
+            if not idle:
+                del self.idle[origin]
 
     async def _connect(self, origin: Origin) -> Connection:
         loop = asyncio.get_running_loop()

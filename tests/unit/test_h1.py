@@ -285,6 +285,31 @@ async def test_a_connection_idle_too_long_is_closed_not_reused(
         pool.close()
 
 
+async def test_connections_kept_to_an_engine_no_longer_asked_are_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by review 2026-12-07: a kept connection was closed only when its engine was asked
+    again. An engine that left (a pod gone from its Service's DNS name, without a FIN) kept up
+    to MAX_IDLE_PER_ENGINE descriptors open for good. Requests to the others close them once
+    they are idle past REUSE_IDLE_S."""
+    monkeypatch.setattr(h1_pool, "REUSE_IDLE_S", 0.2)
+    async with serving(keep_answering) as gone, serving(keep_answering) as other:
+        pool = H1Pool(connect_timeout_s=2)
+        answers = await asyncio.gather(*(ask(pool, gone.url) for _ in range(3)))
+        for resp in answers:
+            await resp.read()
+            resp.release()
+        assert gone.connections == 3
+        await asyncio.sleep(0.3)
+        for _ in range(2):
+            resp = await ask(pool, other.url)
+            await resp.read()
+            resp.release()
+        await asyncio.wait_for(gone.closed_by_client.wait(), 2)
+        assert pool.origin(gone.url) not in pool.idle
+        pool.close()
+
+
 async def test_silence_after_the_head_is_a_timeout_and_a_cut_is_a_stream_cut() -> None:
     async def silent(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
         await read_request(r, s)
