@@ -4,7 +4,7 @@ Run by the engine venv's python (torch, transformers and peft live there, not be
 gateway), so it imports nothing from `gateway`, only its sibling `train_examples.py` (the
 training file read into token examples):
 
-    <engine python> train_lora.py --spec spec.json [--dry-run]
+    <engine python> train_lora.py --spec spec.json [--dry-run]   (--spec -: read from stdin)
 
 Progress is one JSON object per stdout line (start, step, done, or error); the caller turns
 them into job events. Loss counts the assistant tokens only: the prompt is context, not
@@ -91,7 +91,7 @@ class Spec:
 
     @classmethod
     def load(cls, path: Path) -> Spec:
-        raw = json.loads(path.read_text())
+        raw = json.loads(sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes())
         if not isinstance(raw, dict):
             raise TrainError("the spec must be a JSON object")
         raw = {name: value for name, value in raw.items() if value is not None}  # null: default
@@ -325,7 +325,9 @@ def _pause(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", type=Path, required=True, help="the job's spec (JSON)")
+    parser.add_argument(
+        "--spec", type=Path, required=True, help="the job's spec (JSON; -: read from stdin)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="tokenize and report only")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)

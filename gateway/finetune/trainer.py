@@ -25,7 +25,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,18 +155,18 @@ class Trainer:
             "threads": settings.threads or os.cpu_count() or 1,
             "max_length": settings.max_length,
         }
-        with tempfile.TemporaryDirectory(prefix="llmaas-train-") as scratch:
-            spec_path = Path(scratch) / "spec.json"
-            spec_path.write_text(json.dumps(spec))
-            return await self._run_child(job, spec_path)
+        # Through a pipe: a file for it, in a temporary directory, stayed behind a trainer
+        # killed (SIGKILL, OOM) during the run.
+        return await self._run_child(job, json.dumps(spec).encode())
 
-    async def _run_child(self, job: Job, spec_path: Path) -> Outcome:
+    async def _run_child(self, job: Job, spec: bytes) -> Outcome:
         python = str(self.settings.fine_tuning.trainer_python or sys.executable)
         child = await asyncio.create_subprocess_exec(
             python,
             str(SCRIPT),
             "--spec",
-            str(spec_path),
+            "-",
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             preexec_fn=terminated_with_parent(),  # a killed trainer takes its child along
@@ -176,8 +175,11 @@ class Trainer:
             # (SIGUSR1, below) and whose hangup killed it outright. The trainer stops it.
             start_new_session=True,
         )
+        assert child.stdin is not None
         assert child.stdout is not None
         assert child.stderr is not None
+        child.stdin.write(spec)  # (a few hundred bytes: within the pipe's buffer)
+        child.stdin.close()
         errors = asyncio.create_task(_tail(child.stderr))
         watch = asyncio.create_task(self._watch(job, child))
         progress = Progress(self.store, job)

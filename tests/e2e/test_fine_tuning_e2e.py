@@ -70,6 +70,7 @@ class FtE2E:
     redis: Redis
     http: aiohttp.ClientSession
     keys: dict[str, str]
+    tmp: Path  # the trainer's TMPDIR
     trainer: asyncio.subprocess.Process | None = None
 
     def client(self, tenant: str) -> openai.AsyncOpenAI:
@@ -81,8 +82,16 @@ class FtE2E:
         if self.trainer is not None:  # an earlier test failed before stopping its own: it would
             await self.stop_trainer(signal.SIGKILL)  # take this test's job, and outlive the run
         log = await asyncio.to_thread(self.log.open, "ab")
+        self.tmp.mkdir(exist_ok=True)
         self.trainer = await asyncio.create_subprocess_exec(
-            llmaas(), "trainer", "--config", str(self.config), "--worker", "e2e", stderr=log
+            llmaas(),
+            "trainer",
+            "--config",
+            str(self.config),
+            "--worker",
+            "e2e",
+            stderr=log,
+            env={**os.environ, "TMPDIR": str(self.tmp)},  # what it leaves there is seen
         )
         log.close()
 
@@ -127,7 +136,9 @@ async def ft(engines: Engines, tmp_path_factory: pytest.TempPathFactory) -> Asyn
             _, keys[tenant] = await issue_key(AuthStore(redis), PEPPER.encode(), tenant=tenant)
         app = create_app(Settings.model_validate(values))
         async with serve_asgi(app) as gateway, aiohttp.ClientSession() as http:
-            stack = FtE2E(gateway, engines.chat, config, root / "trainer.log", redis, http, keys)
+            stack = FtE2E(
+                gateway, engines.chat, config, root / "trainer.log", redis, http, keys, root / "tmp"
+            )
             try:
                 yield stack
             finally:
@@ -300,6 +311,9 @@ async def test_a_killed_trainer_leaves_its_job_failed_not_running(ft: FtE2E) -> 
         assert failed.status == "failed"
         assert failed.error is not None
         assert failed.error.message == LOST
+        # Its job's spec went to its training through a pipe: nothing of it is left (a
+        # temporary directory held it, which a killed trainer never removed).
+        assert not list(ft.tmp.glob("llmaas-train-*"))
 
 
 async def _engine_models(ft: FtE2E) -> set[str]:
