@@ -87,6 +87,13 @@ async def collect_stream(
     try:
         async with asyncio.timeout(deps.response_timeout_s):
             error = await _read(resp, tap, assembler, info, started)
+    except orjson.JSONDecodeError as exc:  # an answer the OpenAI API never gives
+        deps.metrics.upstream_errors.labels(engine.url, "bad_answer").inc()
+        engine.record_failure("bad_answer", "a stream frame that is not JSON")
+        raise BadGateway(
+            "The engine's answer could not be read: a frame of its stream is not JSON.",
+            code="engine_bad_answer",
+        ) from exc
     except TimeoutError as exc:  # the whole answer's deadline (a silence raises UpstreamBroken)
         if info.ttft_ms is None:  # nothing came: counted towards the engine's ejection
             deps.upstream.failure(engine, "timeout", exc)

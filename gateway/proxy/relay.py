@@ -20,7 +20,7 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import ApiError
+from gateway.errors import ApiError, BadGateway
 from gateway.http_protocol import drop_client
 from gateway.metering.stream_options import UsageWanted
 from gateway.metering.usage import usage_of
@@ -308,18 +308,33 @@ class ProxyResponse(Response):
             info.outcome = outcome_of_failure(err.status_code)
             await self._send_error(send, err)
             return
+        if resp.status == 200:
+            await self._body(info, engine, body, send)
+            return
         self.status_code = resp.status
         info.outcome = outcome_of_status(resp.status)
-        if resp.status == 200:
-            info.usage = usage_of(body)
-            if self.call.responses:  # passed on as it is
-                info.response_id = response_id_of(body)
-                await self._stored(info.response_id, engine)
-                await send_bytes(send, 200, body)
-                return
-            await send_bytes(send, 200, normalize_success(body))
-            return
         await self._engine_error(send, engine, resp.status, body)
+
+    async def _body(self, info: RequestInfo, engine: Engine, body: bytes, send: Send) -> None:
+        """A 200 the engine answered with one body."""
+        if not _json_object(body):  # (vLLM's are, every one)
+            self._bad_answer(engine, "a 200 whose body is not JSON")
+            info.outcome = outcome_of_failure(502)
+            error = BadGateway(
+                "The engine's answer could not be read: its body is not JSON.",
+                code="engine_bad_answer",
+            )
+            await self._send_error(send, error)
+            return
+        self.status_code = 200
+        info.outcome = outcome_of_status(200)
+        info.usage = usage_of(body)
+        if self.call.responses:  # passed on as it is
+            info.response_id = response_id_of(body)
+            await self._stored(info.response_id, engine)
+            await send_bytes(send, 200, body)
+            return
+        await send_bytes(send, 200, normalize_success(body))
 
     async def _engine_error(self, send: Send, engine: Engine, status: int, body: bytes) -> None:
         """The engine's error answer, as OpenAI's (normalize_error)."""
@@ -374,6 +389,12 @@ class ProxyResponse(Response):
         if self.call.stored is not None and response_id is not None:
             await self.call.stored(response_id, engine.url)
 
+    def _bad_answer(self, engine: Engine, what: str) -> None:
+        """An answer the OpenAI API never gives: counted, and a step towards the engine's
+        ejection."""
+        self.deps.metrics.upstream_errors.labels(engine.url, "bad_answer").inc()
+        engine.record_failure("bad_answer", what)
+
     def _refused(self, engine: Engine, status: int) -> None:
         """An engine's error answer: counted, and a 5xx towards the engine's ejection."""
         self.deps.metrics.upstream_errors.labels(engine.url, f"http_{status}").inc()
@@ -390,3 +411,10 @@ def engine_refusal_headers(status: int) -> tuple[tuple[bytes, bytes], ...]:
     answer says when to try again, as the gateway's own 429s and 503s do: OpenAI's SDKs wait
     that long before their retry instead of their own backoff."""
     return ((b"retry-after", b"1"),) if status in (429, 503) else ()
+
+
+def _json_object(body: bytes) -> bool:
+    """Whether a body can be a JSON object, by its first and last bytes (a full parse of a
+    large embeddings answer would cost milliseconds)."""
+    text = body.strip()
+    return text[:1] == b"{" and text[-1:] == b"}"

@@ -51,6 +51,7 @@ REFUSED = (
     b'"BadRequestError", "param": null, "code": 400}}\n\ndata: [DONE]\n\n'
 )
 MIDWAY = TOKEN + CORE_GONE + b"data: [DONE]\n\n"
+BAD_FRAME = TOKEN + b"data: {broken\n\n" + TOKEN + b"data: [DONE]\n\n"
 ANSWERS = ODD | {
     "core_gone": b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
     b"content-length: %d\r\n\r\n%s" % (len(CORE_GONE), CORE_GONE),
@@ -58,6 +59,10 @@ ANSWERS = ODD | {
     b"content-length: %d\r\n\r\n%s" % (len(REFUSED), REFUSED),
     "core_gone_midway": b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
     b"content-length: %d\r\n\r\n%s" % (len(MIDWAY), MIDWAY),
+    "bad_frame": b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(BAD_FRAME), BAD_FRAME),
+    "not_json": b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+    b"content-length: 16\r\n\r\nthis is not json",
 }
 
 
@@ -188,3 +193,30 @@ async def test_an_engine_core_gone_midway_through_a_stream_is_the_engines_failur
     fields = lines[0].fields  # type: ignore[attr-defined]
     # (the status it was answered: its stream's, as for a client that reads on to the end)
     assert (fields["outcome"], fields["status"]) == ("engine_error", 200), fields
+
+
+@pytest.mark.parametrize(
+    ("said", "words"),
+    [("bad_frame", "a frame of its stream is not JSON"), ("not_json", "its body is not JSON")],
+)
+async def test_an_answer_that_is_not_json_is_the_engines_failure_not_a_200(
+    gateway: str, said: str, words: str
+) -> None:
+    """Found by review 2026-12-07: a frame that was not JSON in a stream the gateway reads for
+    a plain request ended in the gateway's own 500 (an unhandled error), recorded `ok` with
+    the tokens before it billed; a 200 whose body was not JSON went to the client as a 200,
+    `ok`. Both are an answer the OpenAI API never gives: a 502 `engine_bad_answer`, the
+    engine's failure, nothing billed."""
+    messages: Any = [{"role": "user", "content": said}]
+    with collected("llmaas.access") as logs:
+        async with openai.AsyncOpenAI(base_url=f"{gateway}/v1", api_key="k", max_retries=0) as oai:
+            with pytest.raises(openai.APIStatusError) as refused:
+                await oai.chat.completions.create(model=MODEL, messages=messages)
+        lines = await logs.wait_for(lambda r: r.getMessage() == "request")
+    assert refused.value.status_code == 502
+    body = refused.value.body
+    assert isinstance(body, dict)
+    assert body["code"] == "engine_bad_answer", body
+    assert words in body["message"]
+    fields = lines[0].fields  # type: ignore[attr-defined]
+    assert (fields["outcome"], fields["status"]) == ("engine_error", 502), fields
