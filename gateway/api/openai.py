@@ -57,15 +57,27 @@ class ModelRequest(NamedTuple):
     raw: bytes
     model: str
     pool: ModelPool
+    caller: Principal  # as it is once the body is in (read again if the body came slowly)
+
+
+# A body that took longer than this to come has its caller read again: an operator's change
+# made meanwhile (a revoked key, a model taken off its list, a disabled tenant) applies to it.
+RECHECK_AFTER_S = 0.01
 
 
 async def read_model_request(
     request: Request, gw: GatewayState, caller: Principal, route: str, check: Check
 ) -> ModelRequest:
     """Read and check the body (model first, then the route's own fields); 404 for a model
-    the caller may not use or nobody serves. The body comes back with tenant policy applied."""
+    the caller may not use or nobody serves. The body comes back with tenant policy applied.
+    The key was read with the request's head: a body that came later than RECHECK_AFTER_S has
+    it read again (from the cache, which an admin write empties on every replica), so that a
+    change made while it came applies to the request (found by review: a request whose body
+    came after its key's revocation, however long after, was served and billed)."""
     received_ms = int(time.time() * 1000)
     body, raw = await read_json(request, gw.settings.max_body_bytes)
+    if time.perf_counter() - info_of(request.scope).arrived > RECHECK_AFTER_S:
+        caller = await gw.auth.principal(request.headers)
     model = require_model(body)
     served = gw.registry.pool(model)
     if served is not None:  # named before the route's checks: their 400s are the model's too
@@ -82,7 +94,7 @@ async def read_model_request(
     info_of(request.scope).model = pool.name  # a served model: a bounded metrics label
     refuse_if_overloaded(pool, gw.settings.routing, gw.metrics.requests_shed)  # before admission
     raw, body = await gw.policy.apply(route, raw, body, caller)  # tenant policy, every route
-    return ModelRequest(received_ms, body, raw, model, pool)
+    return ModelRequest(received_ms, body, raw, model, pool, caller)
 
 
 def adapter_reload(gw: GatewayState, caller: Principal, model: str) -> Reload | None:
@@ -96,7 +108,7 @@ async def _forward(
     request: Request, gw: GatewayState, caller: Principal, route: str, check: Check
 ) -> ProxyResponse:
     """Read and check the body, then proxy it."""
-    received_ms, body, raw, model, pool = await read_model_request(
+    received_ms, body, raw, model, pool, caller = await read_model_request(
         request, gw, caller, route, check
     )
     stream = stream_flag(body)

@@ -86,7 +86,7 @@ def check_create(body: dict[str, Any]) -> None:
 
 @router.post("/responses", response_model=None, openapi_extra=openapi_bodies.RESPONSES)
 async def create_response(request: Request, gw: Gateway, caller: Caller) -> Response:
-    received_ms, body, raw, model, pool = await read_model_request(
+    received_ms, body, raw, model, pool, caller = await read_model_request(
         request, gw, caller, "responses", check_create
     )
     previous = body.get("previous_response_id")

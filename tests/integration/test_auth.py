@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -741,3 +743,50 @@ async def test_a_tenant_write_whose_reply_came_late_is_answered_as_written(
         )
         assert (tenant["rpm"], tenant["tpm"]) == (7, 9000)
         assert (patched["rpm"], patched["tpm"]) == (7, 9000)
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "code"),
+    [
+        (("DELETE", "", None), 401, "invalid_api_key"),
+        (("PATCH", "", {"models": [OTHER]}), 404, "model_not_found"),
+        (("PATCH", "tenant", {"disabled": True}), 403, "tenant_disabled"),
+    ],
+    ids=["revoked", "model-removed", "tenant-disabled"],
+)
+async def test_a_change_made_while_a_body_arrives_applies_to_its_request(
+    auth: AuthStack, change: tuple[str, str, Any], status: int, code: str
+) -> None:
+    """Found by review 2026-12-07: the key was read with the request's headers, and a request
+    whose body came after a revocation (however long after: a body has keep_alive_s and more)
+    was served and billed under the key as it was. Its caller is read again once the body is
+    in: the change applies to it, as to the next request."""
+    method, target, body = change
+    tenant = f"slow-body-{code}"
+    status_, _ = await auth.admin("PUT", f"/tenants/{tenant}", {})
+    assert status_ in (200, 201)
+    status_, made = await auth.admin("POST", "/keys", {"tenant": tenant})
+    assert status_ == 201, made
+    payload = orjson.dumps({"model": MODEL, "messages": HELLO, "max_tokens": 2})
+    port = int(auth.gateway.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer %s\r\n"
+            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n"
+            % (made["key"].encode(), len(payload))
+        )
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the head read, its key with it
+        path = f"/tenants/{tenant}" if target == "tenant" else f"/keys/{made['id']}"
+        changed, _ = await auth.admin(method, path, body)
+        assert changed == 200
+        writer.write(payload)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(re.search(rb"content-length: (\d+)", answer.lower()).group(1))  # type: ignore[union-attr]
+        error = orjson.loads(await reader.readexactly(length))["error"]
+    finally:
+        writer.close()
+    assert int(answer.split(b" ", 2)[1]) == status, answer
+    assert error["code"] == code, error
