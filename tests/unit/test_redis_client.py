@@ -114,9 +114,11 @@ async def test_a_reply_read_late_by_a_busy_process_is_no_timeout() -> None:
 
 
 async def test_a_redis_that_does_not_answer_still_times_out() -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(1 << 16)  # a command heard, never answered
-        await asyncio.sleep(30)
+        accepted.append(writer)  # a command heard, never answered
+        await reader.read(1 << 16)
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -129,3 +131,7 @@ async def test_a_redis_that_does_not_answer_still_times_out() -> None:
     finally:
         await client.aclose()
         server.close()
+        for writer in accepted:  # (a server's close leaves its accepted connections open)
+            writer.close()
+            await writer.wait_closed()
+        await server.wait_closed()
