@@ -113,6 +113,9 @@ async def _create_file(request: Request, gw: GatewayState, caller: Principal) ->
         upload = await receive_upload(
             request.stream(), boundary, partial, limits.max_file_bytes, room
         )
+        # The key was read with the head: read again, so that a key revoked (or a tenant
+        # disabled) while the upload came has nothing stored (found by review).
+        await gw.auth.principal(request.headers)
         purpose = _purpose(upload.fields.get("purpose"))
         await partial.finish()
         lines = await _checked(partial.path, purpose)

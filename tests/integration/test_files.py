@@ -24,6 +24,7 @@ from gateway.files.storage import STALE_PART_S
 from gateway.files.store import index_key
 from tests.integration.conftest import MODEL, Stack
 from tests.integration.tenant_stack import TenantStack, tenant_stack
+from tests.support.gateways import admin_request
 from tests.support.logs import collected
 from tests.support.raw_http import read_until_closed
 
@@ -900,3 +901,44 @@ async def test_an_upload_whose_record_was_not_written_leaves_nothing(tmp_path: P
             stack.proxy.set_mode("pass")
         assert stack.proxy.delayed >= 1
         assert await _settled(stack, "no-record") == [f"no-record/{first.id}"]
+
+
+async def test_an_upload_whose_key_is_revoked_while_it_comes_stores_nothing(
+    files: TenantStack,
+) -> None:
+    """Found by review 2026-12-07 (for inference requests; uploads read the key with their
+    head the same way): an upload whose key was revoked while its body came was stored and
+    listed. Its key is read again once the body is in: a 401, and nothing kept."""
+    key = await files.key("files-revoked")
+    boundary = "b0undary"
+    body = (
+        (
+            f'--{boundary}\r\ncontent-disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+            f'--{boundary}\r\ncontent-disposition: form-data; name="file"; filename="r.jsonl"\r\n'
+            "content-type: application/jsonl\r\n\r\n"
+        ).encode()
+        + DATASET
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    head = (
+        f"POST /v1/files HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\n"
+        f"content-type: multipart/form-data; boundary={boundary}\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(files.gateway.rsplit(":")[-1]))
+    try:
+        writer.write(head + body[: len(body) // 2])
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the head read, its key with it, and half the upload
+        revoked, _ = await admin_request(
+            files.http, files.gateway, "DELETE", f"/keys/{key.split('-')[2]}"
+        )
+        assert revoked == 200
+        writer.write(body[len(body) // 2 :])
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 401 "), answer
+    assert not [path for path in _stored(files) if path.startswith("files-revoked/")]
+    assert not (await (await files.tenant("files-revoked")).files.list()).data
