@@ -32,8 +32,9 @@ from gateway.errors import Forbidden, InvalidRequest, ModelNotFound
 from gateway.limits.estimate import is_conversation, positive_int, prompt_estimates, prompt_tokens
 from gateway.metering.accounting import Charge
 from gateway.metering.stream_options import force_usage, wanted
+from gateway.proxy.call import ProxyCall
 from gateway.proxy.collect import stream_request
-from gateway.proxy.relay import ProxyCall, ProxyResponse
+from gateway.proxy.relay import ProxyResponse
 from gateway.proxy.tool_ids import asks_token_ids, with_token_ids
 from gateway.proxy.upstream import Reload
 from gateway.redis_client import redis_error

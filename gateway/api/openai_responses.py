@@ -34,9 +34,10 @@ from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable
 from gateway.limits.estimate import response_input_tokens, response_tokens
 from gateway.metering.accounting import Charge
 from gateway.metering.usage import Usage
+from gateway.proxy.call import ProxyCall
 from gateway.proxy.collect_events import stream_response_request
 from gateway.proxy.outcome import ProxyResult
-from gateway.proxy.relay import ProxyCall, ProxyResponse
+from gateway.proxy.relay import ProxyResponse
 from gateway.redis_client import REDIS_FAILURES, redis_error
 from gateway.request_context import info_of
 from gateway.routing.engines import Engine, ModelPool

@@ -24,6 +24,7 @@ from gateway.metering.stream_options import FORCED_USAGE
 from gateway.metering.usage import StreamUsage
 from gateway.proxy.assemble import Assembler, assembler_for
 from gateway.proxy.deps import ProxyDeps
+from gateway.proxy.first_look import bad_answer
 from gateway.proxy.normalize import normalize_error, stream_error_status, strip_forbidden_nulls
 from gateway.proxy.sse import FrameSplitter, data_array, frame_data, split_frames
 from gateway.proxy.upstream_answers import UpstreamBroken, UpstreamResponse
@@ -88,8 +89,7 @@ async def collect_stream(
         async with asyncio.timeout(deps.response_timeout_s):
             error = await _read(resp, tap, assembler, info, started)
     except orjson.JSONDecodeError as exc:  # an answer the OpenAI API never gives
-        deps.metrics.upstream_errors.labels(engine.url, "bad_answer").inc()
-        engine.record_failure("bad_answer", "a stream frame that is not JSON")
+        bad_answer(deps.metrics, engine, "a stream frame that is not JSON")
         raise BadGateway(
             "The engine's answer could not be read: a frame of its stream is not JSON.",
             code="engine_bad_answer",

@@ -60,8 +60,7 @@ class FirstLook:
         strange = odd(resp)
         if strange is not None:
             resp.close()
-            self._metrics.upstream_errors.labels(engine.url, "bad_answer").inc()
-            engine.record_failure("bad_answer", strange)
+            bad_answer(self._metrics, engine, strange)
             if last:
                 engine.done()
                 raise BadGateway(
@@ -221,6 +220,13 @@ def _error_frame(resp: H1Response, first: bytes) -> Read | None:
     data = first[6:].split(b"\n", 1)[0].rstrip(b"\r")
     resp.close()
     return Read(resp, data, status=stream_error_status(data), content_type="application/json")
+
+
+def bad_answer(metrics: Metrics, engine: Engine, what: str) -> None:
+    """An answer the OpenAI API never gives: counted, and a step towards the engine's
+    ejection."""
+    metrics.upstream_errors.labels(engine.url, "bad_answer").inc()
+    engine.record_failure("bad_answer", what)
 
 
 def odd(resp: H1Response) -> str | None:

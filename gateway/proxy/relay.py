@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from starlette.responses import Response
@@ -22,10 +22,10 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.errors import ApiError, BadGateway
 from gateway.http_protocol import drop_client
-from gateway.metering.stream_options import UsageWanted
 from gateway.metering.usage import usage_of
 from gateway.metrics import model_label
 from gateway.proxy.asgi_send import WriteDeadline, send_bytes, send_error
+from gateway.proxy.call import ProxyCall
 from gateway.proxy.collect import collect_stream
 from gateway.proxy.collect_events import NeverBegan, collect_events
 from gateway.proxy.cut import Cut, shutdown_error
@@ -33,6 +33,7 @@ from gateway.proxy.departure import Departure
 from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.engine_dead import ENGINE_DEAD, engine_dead
 from gateway.proxy.events import ResponseEvents, response_id_of
+from gateway.proxy.first_look import bad_answer
 from gateway.proxy.normalize import normalize_error, normalize_success
 from gateway.proxy.outcome import (
     PAID_FOR,
@@ -43,52 +44,13 @@ from gateway.proxy.outcome import (
     outcome_of_status,
 )
 from gateway.proxy.stream import relay_stream
-from gateway.proxy.upstream import Reload, home_unavailable
+from gateway.proxy.upstream import home_unavailable
 from gateway.proxy.upstream_answers import UpstreamBroken, UpstreamResponse
 from gateway.request_context import RequestInfo, info_of
-from gateway.routing.engines import Engine, ModelPool
+from gateway.routing.engines import Engine
 from gateway.routing.overload import EnginesOverloaded
 
 CLIENT_CLOSED = 499  # nginx's status for "client closed request"; only in metrics and logs
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyCall:
-    route: str  # "chat/completions", as under /v1/
-    pool: ModelPool
-    body: bytes
-    stream: bool
-    n: int = 1  # choices per prompt (to add up a cut stream's usage)
-    # For streams: the usage the client asked for (the engine is always asked for all of it).
-    usage_wanted: UsageWanted | None = None
-    # For a non-streaming request asked of the engine as a stream: the parsed request body
-    # (what the assembled answer depends on). None: the engine answers with one body.
-    collect: dict[str, Any] | None = None
-    affinity: bytes = b""  # what the balancer may route on (the prompt's leading content)
-    grammar: str | None = None  # the field an engine's grammar error is about (normalize_error)
-    headers: dict[str, str] = field(default_factory=dict)  # added to the response's headers
-    # The Responses API: streams are event frames relayed unchanged, bodies are passed on as
-    # they are, and the id the engine gave the response is reported (ProxyResult.response_id).
-    responses: bool = False
-    method: str = "POST"
-    path: str = ""  # the engine's path when it is not "/v1/" + route (ids in it)
-    # Only these engines, in this order, instead of the balancer's choice: the engine that
-    # holds a stored response.
-    engines: list[Engine] | None = None
-    # The Responses API: input tokens estimated at admission, billed for a stream that ends
-    # before the engine reports its usage (gateway/proxy/events.py).
-    input_estimate: int = 0
-    # A non-streaming response asked of the engine as a stream: the body as the client sent
-    # it, asked again of the same engine if the stream ends before it began (NeverBegan).
-    unstreamed: bytes | None = None
-    # A fine-tuned model: its adapter loaded again into an engine that forgot it (restarted).
-    reload: Reload | None = None
-    # A stream the gateway asked token ids of that its client did not (proxy/tool_ids.py).
-    token_ids_asked: bool = False
-    # The Responses API with `store`: called with the response's id and its engine's URL
-    # before the client has the response whole (a follow-up sent the moment it arrives must
-    # find where it lives), once the engine has stored it.
-    stored: Callable[[str, str], Awaitable[None]] | None = None
 
 
 async def _nobody(result: ProxyResult) -> None:
@@ -251,11 +213,8 @@ class ProxyResponse(Response):
         sse = resp.content_type == "text/event-stream"
         if resp.status == 200 and sse and self.call.stream:
             self.status_code = 200
-            events = (
-                ResponseEvents(self.call.input_estimate, self._noting(engine))
-                if self.call.responses
-                else None
-            )
+            note = None if self.call.stored is None else partial(self._stored, engine=engine)
+            events = ResponseEvents(self.call.input_estimate, note) if self.call.responses else None
             info.outcome = await relay_stream(
                 resp,
                 send,
@@ -318,7 +277,7 @@ class ProxyResponse(Response):
     async def _body(self, info: RequestInfo, engine: Engine, body: bytes, send: Send) -> None:
         """A 200 the engine answered with one body."""
         if not _json_object(body):  # (vLLM's are, every one)
-            self._bad_answer(engine, "a 200 whose body is not JSON")
+            bad_answer(self.deps.metrics, engine, "a 200 whose body is not JSON")
             info.outcome = outcome_of_failure(502)
             error = BadGateway(
                 "The engine's answer could not be read: its body is not JSON.",
@@ -377,23 +336,10 @@ class ProxyResponse(Response):
             await before_answer()
         await send_bytes(send, status, body, extra=engine_refusal_headers(status))
 
-    def _noting(self, engine: Engine) -> Callable[[str], Awaitable[None]] | None:
-        """A stream's ProxyCall.stored, at its engine."""
-        stored = self.call.stored
-        if stored is None:
-            return None
-        return lambda response_id: stored(response_id, engine.url)
-
     async def _stored(self, response_id: str | None, engine: Engine) -> None:
         """A stored response's home noted (ProxyCall.stored), before its client has it."""
         if self.call.stored is not None and response_id is not None:
             await self.call.stored(response_id, engine.url)
-
-    def _bad_answer(self, engine: Engine, what: str) -> None:
-        """An answer the OpenAI API never gives: counted, and a step towards the engine's
-        ejection."""
-        self.deps.metrics.upstream_errors.labels(engine.url, "bad_answer").inc()
-        engine.record_failure("bad_answer", what)
 
     def _refused(self, engine: Engine, status: int) -> None:
         """An engine's error answer: counted, and a 5xx towards the engine's ejection."""

@@ -14,9 +14,10 @@ from starlette.types import Message
 
 from gateway.errors import ApiError
 from gateway.metrics import Metrics
+from gateway.proxy.call import ProxyCall
 from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.outcome import ProxyResult
-from gateway.proxy.relay import ProxyCall, ProxyResponse
+from gateway.proxy.relay import ProxyResponse
 from gateway.proxy.upstream import Reload, Upstream
 from gateway.proxy.upstream_answers import UpstreamBroken
 from gateway.request_context import RequestInfo, attach

@@ -11,8 +11,8 @@ import orjson
 from gateway.errors import ServiceUnavailable
 from gateway.metering.stream_options import UsageWanted
 from gateway.metering.usage import Usage
+from gateway.proxy.call import ProxyCall
 from gateway.proxy.outcome import Outcome
-from gateway.proxy.relay import ProxyCall
 from gateway.routing.engines import ModelPool
 from tests.support.fake_upstream import FakeResponse, FakeUpstream, broken, frame, run_proxy
 

@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 
 from gateway.metering.usage import Usage
+from gateway.proxy.call import ProxyCall
 from gateway.proxy.events import ResponseEvents
 from gateway.proxy.outcome import Outcome
-from gateway.proxy.relay import ProxyCall
 from gateway.proxy.sse import FrameSplitter
 from gateway.routing.engines import Engine, ModelPool
 from tests.support.fake_upstream import FakeResponse, FakeUpstream, broken, run_proxy
