@@ -5,8 +5,9 @@
 -- time; entries older than the window fall out, and a request is admitted while fewer than the
 -- limit remain. So no window of that length ever holds more than the limit: no edge burst.
 -- Tokens per window use GCRA (the generic cell rate algorithm), which takes variable costs and
--- refunds: one key holds the theoretical arrival time (TAT) in ms; a cost of n moves it by
--- n * window / limit, admitted while TAT - now <= window; capacity returns smoothly.
+-- refunds: one key holds the theoretical arrival time (TAT) in ms and the tpm it is kept at
+-- ("TAT:tpm"); a cost of n moves it by n * window / tpm, admitted while TAT - now <= window;
+-- capacity returns smoothly. A changed tpm moves the TAT to the new rate (bucket() below).
 -- Concurrency is a sorted set of leases scored by their expiry, so a dead gateway's slots
 -- come back by themselves. Time comes from Redis (TIME), never from a gateway's clock.
 --
@@ -76,9 +77,30 @@ local function log_used(scope)
   end
   return used[scope]
 end
+local rescaled = {}  -- per scope: the bucket was read at another tpm and moved to this one
 local function bucket(scope)
   if tat[scope] == nil then
-    tat[scope] = tonumber(redis.call('GET', KEYS[scope * 3 - 1])) or false
+    -- "TAT:tpm" (a bare TAT: written before the tpm was kept, taken as at this one). A TAT
+    -- kept at another tpm (the limit was changed since) is moved to this one: what is ahead
+    -- of now is tokens at that rate, so it takes their time at this rate, at most a window
+    -- (or what it was, if more: usage past the reservation). So a raised tpm has room at once
+    -- for what it adds, a lowered one waits for tokens used past it, as a sliding window would.
+    local value = redis.call('GET', KEYS[scope * 3 - 1])
+    local at, was = false, nil
+    if value then
+      local colon = string.find(value, ':', 1, true)
+      if colon then
+        at, was = tonumber(string.sub(value, 1, colon - 1)), tonumber(string.sub(value, colon + 1))
+      else
+        at = tonumber(value)
+      end
+    end
+    if at and was and was ~= tpm[scope] and at > now then
+      local ahead = at - now
+      at = now + math.min(ahead * was / tpm[scope], math.max(ahead, PERIOD))
+      rescaled[scope] = true
+    end
+    tat[scope] = at or false
   end
   local at = tat[scope]
   if not at or at < now then return now end
@@ -182,6 +204,16 @@ end
 -- and lease set and moved every bucket its scope limits): what left the window or expired out,
 -- the logs a window on, the lease sets a ttl on, each bucket until it is empty.
 if admitted == 0 then
+  -- A bucket moved to a changed tpm is kept so even if nothing was admitted: read again from
+  -- its old rate, it would drain at that rate. pcall: past maxmemory Redis refuses this first
+  -- write of the script, and the refusals above stand (the next call moves it again).
+  for scope = 1, 2 do
+    if rescaled[scope] then
+      local at = tat[scope]
+      local ttl = string.format('%d', math.ceil(at - now) + 1000)
+      redis.pcall('SET', KEYS[scope * 3 - 1], string.format('%.17g:%d', at, tpm[scope]), 'PX', ttl)
+    end
+  end
   return replies
 end
 local log_ttl, leases_ttl = string.format('%d', PERIOD + 1000), string.format('%d', lease_ttl + 1000)
@@ -197,7 +229,7 @@ for scope = 1, 2 do
   if tpm[scope] > 0 then
     local at = tat[scope]
     local ttl = string.format('%d', math.ceil(at - now) + 1000)
-    redis.call('SET', KEYS[scope * 3 - 1], string.format('%.17g', at), 'PX', ttl)
+    redis.call('SET', KEYS[scope * 3 - 1], string.format('%.17g:%d', at, tpm[scope]), 'PX', ttl)
   end
 end
 return replies

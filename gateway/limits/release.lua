@@ -31,12 +31,18 @@ local tokens = tonumber(marker)
 for scope = 1, 2 do
   local bucket = KEYS[scope * 3]
   local limit = tonumber(ARGV[2 + scope])
-  local tat = tokens and limit > 0 and tonumber(redis.call('GET', bucket))
-  if tat then
-    local new_tat = tat - tokens * period / limit
+  local value = tokens and limit > 0 and redis.call('GET', bucket)
+  if value then
+    -- "TAT:tpm" (admission.lua): the tokens go back at the rate the bucket is kept at
+    local colon = string.find(value, ':', 1, true)
+    local tat, rate = tonumber(value), limit
+    if colon then
+      tat, rate = tonumber(string.sub(value, 1, colon - 1)), tonumber(string.sub(value, colon + 1))
+    end
+    local new_tat = tat - tokens * period / rate
     if new_tat > now then
       local ttl = math.ceil(new_tat - now) + 1000
-      redis.call('SET', bucket, string.format('%.17g', new_tat), 'PX', ttl)  -- (admission.lua)
+      redis.call('SET', bucket, string.format('%.17g:%d', new_tat, rate), 'PX', ttl)  -- (admission.lua)
     else
       redis.call('DEL', bucket)
     end

@@ -30,6 +30,16 @@ local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local period = tonumber(ARGV[2])
 
 local tat, dirty = {}, {}  -- per scope: the bucket's TAT (false: none; nil: not read yet)
+local rate = {}  -- per scope: the tpm the bucket's TAT is kept at (admission.lua: "TAT:tpm")
+local function read_bucket(scope, limit)
+  local value = redis.call('GET', KEYS[1 + scope * 2])
+  local colon = value and string.find(value, ':', 1, true)
+  if colon then
+    tat[scope], rate[scope] = tonumber(string.sub(value, 1, colon - 1)), tonumber(string.sub(value, colon + 1))
+  else
+    tat[scope], rate[scope] = value and tonumber(value) or false, limit
+  end
+end
 local released = {{}, {}}  -- per scope: leases to remove
 local logged = {}  -- where each applied record's arguments start
 local applied = 0
@@ -44,17 +54,20 @@ for i = 1, n do
         local limit = tonumber(ARGV[at + 3 + scope])
         if limit > 0 and delta ~= 0 then
           if tat[scope] == nil then
-            tat[scope] = tonumber(redis.call('GET', KEYS[1 + scope * 2])) or false
+            read_bucket(scope, limit)
           end
-          local was, after = tat[scope], false
+          -- Tokens take time at the rate the bucket is kept at: its tpm may have been changed
+          -- since this one was admitted (admission.lua moved the bucket to the new one).
+          local was, after, per_token = tat[scope], false, period / rate[scope]
           if delta > 0 then  -- used more than reserved: charged from now, as a new cost is
-            after = math.max(was or now, now) + delta * period / limit
+            after = math.max(was or now, now) + delta * per_token
           elseif was then
             -- Given back: no more of the reservation than the bucket still holds of it (its
             -- TAT then, less the time since); one that outlived it drained out already, and
-            -- giving it back again would make room that was never taken.
-            local back, charged = -delta * period / limit, tonumber(ARGV[at + 5 + scope])
-            if charged > 0 then
+            -- giving it back again would make room that was never taken. (Its TAT then is at
+            -- the rate of its admission: not comparable once the bucket was moved to another.)
+            local back, charged = -delta * per_token, tonumber(ARGV[at + 5 + scope])
+            if charged > 0 and rate[scope] == limit then
               back = math.min(back, math.max(0, charged - now))
             end
             after = was - back
@@ -86,7 +99,7 @@ for scope = 1, 2 do
     local after = tat[scope]
     if after then
       local ttl = string.format('%d', math.ceil(after - now) + 1000)
-      redis.call('SET', bucket, string.format('%.17g', after), 'PX', ttl)  -- (admission.lua)
+      redis.call('SET', bucket, string.format('%.17g:%d', after, rate[scope]), 'PX', ttl)  -- (admission.lua)
     else
       redis.call('DEL', bucket)
     end

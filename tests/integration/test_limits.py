@@ -205,6 +205,24 @@ async def test_a_token_bucket_a_few_tokens_short_says_to_retry_in_ms(auth: AuthS
         assert (await oai.with_options(max_retries=2).chat.completions.create(**over)).choices
 
 
+async def test_a_raised_tpm_admits_at_once_what_it_adds(auth: AuthStack) -> None:
+    """Found 2026-12-07: the tokens a key had used kept the time they took at its old tpm, so
+    after `keys update --tpm` raised it tenfold, a key that had used its minute still waited
+    most of a minute: 429 for a request the new limit had ample room for."""
+    key = await auth.new_key(tpm=TPM)
+    async with auth.client(key) as oai:
+        first = await oai.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=970)
+        assert first.usage is not None
+        assert first.usage.total_tokens > 950  # its minute
+        again: dict[str, Any] = {"model": MODEL, "messages": HELLO, "max_tokens": 900}
+        with pytest.raises(openai.RateLimitError):
+            await oai.chat.completions.create(**again)
+        status, changed = await auth.admin("PATCH", f"/keys/{key.split('-')[2]}", {"tpm": 10_000})
+        assert (status, changed["tpm"]) == (200, 10_000)
+        # the ~970 tokens used are ~6 s at the new rate, this one ~5.5 s more: room at once
+        assert (await oai.chat.completions.create(**again)).choices
+
+
 async def test_stream_usage_settles_too_and_engine_refusals_are_refunded(auth: AuthStack) -> None:
     """Exact figures in the third request's headers: this gateway asks Redis for every request
     (an admission fetched ahead carries the figures Redis answered when it was fetched)."""

@@ -280,12 +280,97 @@ async def test_small_charges_under_a_large_tpm_move_the_bucket_exactly(redis: Re
     limiter, principal = Limiter(redis), who(Limits(tpm=2_000_000))  # 0.03 ms per token
     await limiter.admit(principal, 1_000_000)  # the TAT 30 s ahead: nothing drains meanwhile
     bucket = scope_keys(principal.tenant, principal.scope_id)[0][1]
-    before = float(await redis.get(bucket) or 0)
+    before = tat_of(await redis.get(bucket))
     for tokens in [1] * 500 + [2] * 250:
         await limiter.admit(principal, tokens)
-    moved = float(await redis.get(bucket) or 0) - before
+    moved = tat_of(await redis.get(bucket)) - before
     # 1,000 tokens (within what a double near 1.7e12 holds: 2.4e-4 ms per addition, at most)
     assert moved == pytest.approx(1000 * 0.03, abs=750 * 2.5e-4)
+
+
+def tat_of(value: object) -> float:
+    """A token bucket's TAT, from its "TAT:tpm" (admission.lua)."""
+    assert isinstance(value, bytes)
+    return float(value.split(b":")[0])
+
+
+def at_tpm(principal: Principal, tpm: int) -> Principal:
+    """The same key once its tpm was changed (an operator's `keys update --tpm`)."""
+    return Principal(principal.tenant, principal.key_id, "api_key", key_limits=Limits(tpm=tpm))
+
+
+async def test_a_raised_tpm_has_room_at_once_for_what_it_adds(redis: Redis) -> None:
+    """Found 2026-12-07: the bucket kept the time its tokens took at the old rate, so a key
+    that had used its minute at tpm 1,000 and was raised to 100,000 waited most of a minute
+    for its first request."""
+    limiter, principal = Limiter(redis), who(Limits(tpm=1000))
+    await limiter.admit(principal, 1000)  # its whole minute
+    with pytest.raises(RateLimited):
+        await limiter.admit(principal, 1)
+    raised = at_tpm(principal, 100_000)
+    await limiter.admit(raised, 90_000)  # the 1,000 used take 0.6 s at the new rate
+    with pytest.raises(RateLimited):
+        await limiter.admit(raised, 10_000)  # 1,000 + 90,000 + 10,000 is past the minute
+
+
+async def test_a_lowered_tpm_counts_what_was_used_at_the_new_rate(redis: Redis) -> None:
+    """Found 2026-12-07: lowered from 100,000 to 1,000 after using 50,000, a key had room for
+    500 more at once (its bucket half full at either rate)."""
+    limiter, principal = Limiter(redis), who(Limits(tpm=100_000))
+    await limiter.admit(principal, 50_000)
+    lowered = at_tpm(principal, 1000)
+    with pytest.raises(RateLimited) as refused:
+        await limiter.admit(lowered, 1)
+    # 50,000 tokens are 50 minutes at the new rate: the bucket is full, never more than a
+    # window ahead (as a sliding window forgets what was used a minute ago), so one token's
+    # time frees the first.
+    assert 0 < int(refused.value.headers["retry-after-ms"]) <= 60
+
+
+async def test_refused_after_a_lowered_tpm_the_bucket_drains_at_the_new_rate(
+    redis: Redis,
+) -> None:
+    """The moved bucket is written even when nothing was admitted: read again from the old
+    rate, it drained ten times faster at the retry, and refused it again for as long."""
+    limiter, principal = Limiter(redis, window_s=1.0), who(Limits(tpm=10_000))
+    await limiter.admit(principal, 5_000)  # half a window at 0.1 ms per token
+    lowered = at_tpm(principal, 1_000)  # 1 ms per token: the bucket is full
+    with pytest.raises(RateLimited) as refused:
+        await limiter.admit(lowered, 100)
+    wait = int(refused.value.headers["retry-after-ms"])
+    assert 90 <= wait <= 110
+    await asyncio.sleep(wait / 1000 + 0.02)
+    await limiter.admit(lowered, 100)
+
+
+async def test_usage_settled_after_a_tpm_change_moves_the_bucket_at_its_rate(
+    redis: Redis,
+) -> None:
+    """A request admitted at tpm 1,000 and settled after the tpm was raised to 100,000 gives
+    back what it did not use at the rate the bucket is kept at now."""
+    limiter, principal = Limiter(redis), who(Limits(tpm=1000))
+    early = await limiter.admit(principal, 1000)
+    raised = at_tpm(principal, 100_000)
+    await limiter.admit(raised, 99_000)  # the minute is full at the new rate
+    with pytest.raises(RateLimited):
+        await limiter.admit(raised, 500)
+    await settle(redis, principal, early, 10)  # used 10 of its 1,000
+    await limiter.admit(raised, 900)  # 990 came back
+    with pytest.raises(RateLimited):
+        await limiter.admit(raised, 200)
+
+
+async def test_a_release_after_a_tpm_change_gives_back_at_the_bucket_s_rate(
+    redis: Redis,
+) -> None:
+    limiter, principal = Limiter(redis), who(Limits(tpm=1000))
+    early = await limiter.admit(principal, 1000)
+    raised = at_tpm(principal, 100_000)
+    await limiter.admit(raised, 99_000)
+    assert await limiter.release(principal, early.lease) == "refunded"
+    await limiter.admit(raised, 900)
+    with pytest.raises(RateLimited):
+        await limiter.admit(raised, 200)
 
 
 async def test_usage_above_the_reservation_is_charged_from_now(redis: Redis) -> None:
@@ -372,7 +457,7 @@ async def charges(redis: Redis, principal: Principal) -> dict[str, object]:
 def tats(state: dict[str, object]) -> list[float]:
     values = state["tat"]
     assert isinstance(values, list)
-    return [float(v) for v in values]
+    return [tat_of(v) for v in values]
 
 
 async def test_release_after_admit_gives_everything_back_once(redis: Redis) -> None:
