@@ -12,6 +12,7 @@ tests compare it with vLLM's own non-streaming body, field by field.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -68,6 +69,22 @@ class _Common:
         }
 
 
+def _arguments(streamed: str, required: bool) -> str:
+    """A tool call's arguments as vLLM's non-streaming answer gives them. With `tool_choice`
+    "required" it parses the model's calls and writes each one's arguments again with
+    `json.dumps(..., ensure_ascii=False)`, where its stream passes on the model's own text
+    (`{\n    "city" : "paris"\n}` against `{"city": "paris"}`); named and auto calls are the
+    model's text both ways. Arguments that are not a whole JSON object (a call cut by
+    max_tokens) stay as streamed: vLLM's answer has no call then (README)."""
+    if not required:
+        return streamed
+    try:
+        parsed = json.loads(streamed)
+    except ValueError:
+        return streamed
+    return json.dumps(parsed, ensure_ascii=False) if isinstance(parsed, dict) else streamed
+
+
 class _ChatChoice:
     __slots__ = ("content", "finish", "logprobs", "reasoning", "role", "stop", "token_ids", "tools")
 
@@ -116,7 +133,14 @@ class _ChatChoice:
         if function.get("arguments"):
             tool["args"].append(function["arguments"])
 
-    def body(self, index: int, want_logprobs: bool, want_token_ids: bool, auto_tools: bool) -> Json:
+    def body(
+        self,
+        index: int,
+        want_logprobs: bool,
+        want_token_ids: bool,
+        auto_tools: bool,
+        required: bool,
+    ) -> Json:
         content = "".join(self.content) if self.content else None
         if auto_tools and self.tools and not content:
             content = None  # only tool calls: vLLM's parser says no content, its stream ""
@@ -133,7 +157,10 @@ class _ChatChoice:
                 {
                     "id": tool["id"],
                     "type": "function",
-                    "function": {"name": "".join(tool["name"]), "arguments": "".join(tool["args"])},
+                    "function": {
+                        "name": "".join(tool["name"]),
+                        "arguments": _arguments("".join(tool["args"]), required),
+                    },
                 }
                 for _, tool in sorted(self.tools.items())
             ]
@@ -162,6 +189,7 @@ class ChatAssembler(_Common):
             None,
             "auto",
         )
+        self.required_tools = request.get("tool_choice") == "required"
         self.choices: dict[int, _ChatChoice] = {}
         self.prompt_token_ids: Any = None
         self.prompt_text: Any = None
@@ -177,7 +205,7 @@ class ChatAssembler(_Common):
 
     def body(self) -> Json:
         choices = [
-            c.body(i, self.want_logprobs, self.want_token_ids, self.auto_tools)
+            c.body(i, self.want_logprobs, self.want_token_ids, self.auto_tools, self.required_tools)
             for i, c in sorted(self.choices.items())
         ]
         return {

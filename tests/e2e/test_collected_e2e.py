@@ -19,6 +19,19 @@ from tests.e2e.metering import MAX_ABANDON_GAP, STORY, LedgerView, new_rid, sett
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
 FRANCE: Any = [{"role": "user", "content": "What is the capital of France?"}]
+SPACED_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "weather",
+        "description": "get weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+        "strict": True,
+    },
+}
 CHAT_CASES: dict[str, Any] = {
     "plain": {"temperature": 0, "max_tokens": 24},
     "finish-length": {"temperature": 0, "max_tokens": 3},
@@ -36,6 +49,15 @@ CHAT_CASES: dict[str, Any] = {
         "max_tokens": 150,
         "tools": [WEATHER_TOOL],
         "tool_choice": "required",
+    },
+    # vLLM's answer writes "required" calls' arguments again; this model's are spaced out
+    # (`{\n    "city" : "paris"\n}`), the answer's not (found 2026-12-07)
+    "required-tool-spaced": {
+        "temperature": 0,
+        "max_tokens": 100,
+        "tools": [SPACED_TOOL],
+        "tool_choice": "required",
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
     },
     "echo": {
         "temperature": 0,

@@ -109,6 +109,37 @@ def test_chat_logprobs_token_ids_and_tool_calls_are_merged() -> None:
     assert body["prompt_token_ids"] == [5, 6]
 
 
+@pytest.mark.parametrize(
+    ("tool_choice", "streamed", "answered"),
+    [
+        # vLLM parses "required" calls and writes their arguments again (json.dumps)
+        ("required", '{\n    "city" : "pär is"\n}', '{"city": "pär is"}'),
+        ("required", '{"n":1.50,"deep":{"a" :[1 ,2]}}', '{"n": 1.5, "deep": {"a": [1, 2]}}'),
+        ("required", '{"city": "Pa', '{"city": "Pa'),  # cut by max_tokens: as streamed
+        # a named function's and auto's arguments are the model's text both ways
+        ({"type": "function", "function": {"name": "weather"}}, '{ "city" :1}', '{ "city" :1}'),
+        ("auto", '{ "city" :1}', '{ "city" :1}'),
+    ],
+)
+def test_tool_call_arguments_are_as_vllms_non_streaming_answer_has_them(
+    tool_choice: Any, streamed: str, answered: str
+) -> None:
+    """Found 2026-12-07: with `tool_choice` "required" the gateway's body had the stream's
+    `{\n    "city" : "paris"\n}` where vLLM's own non-streaming body has
+    `{"city": "paris"}`."""
+    call = {"id": "call-1", "type": "function", "index": 0}
+    assembler = ChatAssembler({"tools": [{"type": "function"}], "tool_choice": tool_choice})
+    for chunk in (
+        chat_chunk(0, {"role": "assistant", "content": ""}),
+        chat_chunk(0, {"tool_calls": [{**call, "function": {"name": "weather"}}]}),
+        chat_chunk(0, {"tool_calls": [{"index": 0, "function": {"arguments": streamed}}]}),
+        chat_chunk(0, {}, finish_reason="tool_calls"),
+    ):
+        assembler.feed(chunk)
+    (called,) = assembler.body()["choices"][0]["message"]["tool_calls"]
+    assert called["function"] == {"name": "weather", "arguments": answered}
+
+
 def test_completion_choices_join_text_and_logprob_lists() -> None:
     def chunk(index: int, text: str, **extra: Any) -> Any:
         return {
