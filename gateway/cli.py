@@ -48,15 +48,22 @@ def _sim(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    if args.engine_port == args.port:
-        print(
-            f"llmaas up: error: --engine-port {args.port} is the gateway's --port: "
-            "give each its own",
-            file=sys.stderr,
-        )
-        return 2
+    ports = [("--port", args.port), ("--engine-port", args.engine_port)]
+    ports.append(("--redis-port", args.redis_port))
+    for i, (option, port) in enumerate(ports):
+        for other, taken in ports[:i]:
+            if port and port == taken:
+                print(
+                    f"llmaas up: error: {option} {port} is also its {other}: give each its own",
+                    file=sys.stderr,
+                )
+                return 2
     return run_up(
-        gateway_port=args.port, engine_port=args.engine_port, home=args.home, data_dir=args.data_dir
+        gateway_port=args.port,
+        engine_port=args.engine_port,
+        home=args.home,
+        data_dir=args.data_dir,
+        redis_port=args.redis_port,
     )
 
 
@@ -94,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--engine-port", type=port_number, default=0, help="engine port (default: free)"
+    )
+    up.add_argument(
+        "--redis-port",
+        type=port_number,
+        default=0,
+        help="its private Redis's port (default: free; not with LLMAAS_REDIS_URL)",
     )
     up.add_argument(
         "--home", type=Path, help="cache directory (default: $LLMAAS_HOME, else ~/.cache/llmaas)"

@@ -74,11 +74,16 @@ async def ping(url: str, timeout_s: float = 2.0) -> bool:
 
 @asynccontextmanager
 async def start_redis(
-    url_from_env: str | None, keep_in: Path | None = None, *, supervised: bool = False
+    url_from_env: str | None,
+    keep_in: Path | None = None,
+    *,
+    supervised: bool = False,
+    port: int = 0,
 ) -> AsyncIterator[str]:
-    """Yield a Redis URL: `url_from_env` once it answers PING, else a private server's: its
-    data kept in `keep_in` from one start to the next (`llmaas up`, where it is `supervised`:
-    started again on its port, from its data, if it exits), or thrown away."""
+    """Yield a Redis URL: `url_from_env` once it answers PING, else a private server's on
+    `port` (0: a free one): its data kept in `keep_in` from one start to the next (`llmaas
+    up`, where it is `supervised`: started again on its port, from its data, if it exits), or
+    thrown away."""
     if url_from_env:
         if not await ping(url_from_env):
             # The URL may carry a password: name only where it points.
@@ -86,7 +91,7 @@ async def start_redis(
             raise RedisStartError(f"Redis at {where} (LLMAAS_REDIS_URL) does not answer PING")
         yield url_from_env
         return
-    port = free_port()
+    port = port or free_port()
     url = _url(port)
     if keep_in is not None:
         await asyncio.to_thread(keep_in.mkdir, parents=True, exist_ok=True)

@@ -69,6 +69,7 @@ def run_up(
     engine_port: int,
     home: Path | None,
     data_dir: Path | None = None,
+    redis_port: int = 0,
 ) -> int:
     """`gateway_port`: None for LLMAAS_PORT, else DEFAULT_PORT. `data_dir`: what it keeps
     from one run to the next (Redis's data, files, engine logs; default: the home)."""
@@ -91,16 +92,23 @@ def run_up(
     try:
         # Before minutes of preparing and starting the engine, not after (uvicorn's bind).
         ensure_free(HOST, gateway_port, "--port")
-        if engine_port:
-            ensure_free(HOST, engine_port, "--engine-port")
-        data.check_layout()
+        ensure_free(HOST, engine_port, "--engine-port")  # (0: a free one, later)
         # Its private Redis's data: one run at a time. With a shared Redis, runs share the
         # directory as they share the records of its files.
         shared_redis = os.environ.get("LLMAAS_REDIS_URL")
+        if redis_port and shared_redis:
+            print(
+                "llmaas up: error: --redis-port is the private Redis's port, and "
+                "LLMAAS_REDIS_URL names a shared one that is used instead: give one of them",
+                file=sys.stderr,
+            )
+            return 2
+        ensure_free(HOST, redis_port, "--redis-port")
+        data.check_layout()
         holder = f"the one serving http://{HOST}:{gateway_port}"
         with nullcontext() if shared_redis else held(data.root, holder):
             engine_port = engine_port or free_port()
-            uvloop.run(_up(paths, data, gateway_port, engine_port, shared_redis))
+            uvloop.run(_up(paths, data, gateway_port, engine_port, (shared_redis, redis_port)))
     except KeyboardInterrupt:
         print("\nstopped.", file=sys.stderr)
     except Terminated:
@@ -161,14 +169,16 @@ async def _up(
     data: DataDir,
     gateway_port: int,
     engine_port: int,
-    shared_redis: str | None,
+    redis: tuple[str | None, int],
 ) -> None:
-    """`shared_redis`: LLMAAS_REDIS_URL, used instead of a private Redis in `data`."""
+    """`redis`: LLMAAS_REDIS_URL, used instead of a private Redis in `data`, and the private
+    one's port (0: a free one)."""
+    shared_redis, redis_port = redis
     async with AsyncExitStack() as stack:
         sigterm = stack.enter_context(SigtermStops())  # the server's while it serves
         ready = await prepare(paths)
         redis_url = await stack.enter_async_context(
-            running_redis(shared_redis, keep_in=data.redis, supervised=True)
+            running_redis(shared_redis, keep_in=data.redis, supervised=True, port=redis_port)
         )
         spec = EngineSpec(
             python=ready.engine_python,

@@ -55,8 +55,11 @@ def processes_mentioning(text: str) -> list[str]:
 
 
 @asynccontextmanager
-async def llmaas_up(tmp_path: Path, engine_port: int) -> AsyncIterator[tuple[Process, str]]:
-    """`llmaas up` until its banner is printed: the process and what it printed."""
+async def llmaas_up(
+    tmp_path: Path, engine_port: int, *extra: str
+) -> AsyncIterator[tuple[Process, str]]:
+    """`llmaas up` (with `extra` arguments) until its banner is printed: the process and what
+    it printed."""
     env = {
         **os.environ,
         "LLMAAS_METERING__SPILL_DIR": str(tmp_path / "usage-spill"),
@@ -73,6 +76,7 @@ async def llmaas_up(tmp_path: Path, engine_port: int) -> AsyncIterator[tuple[Pro
         str(engine_port),
         "--data-dir",  # what it keeps (Redis's data, files, logs): never under the home
         str(tmp_path / "data"),
+        *extra,
         stdout=asyncio.subprocess.PIPE,
         env=env,
     )
@@ -92,8 +96,12 @@ async def llmaas_up(tmp_path: Path, engine_port: int) -> AsyncIterator[tuple[Pro
 
 
 async def test_up_prints_a_base_url_that_answers_and_stops_cleanly(tmp_path: Path) -> None:
-    engine_port = free_port()
-    async with llmaas_up(tmp_path, engine_port) as (proc, printed):
+    engine_port, redis_port = free_port(), free_port()
+    async with llmaas_up(tmp_path, engine_port, "--redis-port", str(redis_port)) as (
+        proc,
+        printed,
+    ):
+        assert _shown(r"redis\s+(\S+)", printed) == f"redis://127.0.0.1:{redis_port}/0"
         match = re.search(r"base URL\s+(\S+)", printed)
         assert match is not None
         key = re.search(r"api key\s+(sk-llmaas-\S+)", printed)

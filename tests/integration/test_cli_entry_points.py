@@ -63,7 +63,7 @@ HELP: dict[str, tuple[str, ...]] = {
     "": ("serve", "sim", "up", "keys", "tenants", "engines", "usage", "trainer", "files", "jobs"),
     "serve": ("--config", "--host", "--port", "--workers"),
     "sim": ("--model", "--host", "--port", "--ttft-ms", "--itl-ms", "--max-tokens"),
-    "up": ("--port", "--engine-port", "--home", "--data-dir"),
+    "up": ("--port", "--engine-port", "--redis-port", "--home", "--data-dir"),
     "keys": ("create", "list", "update", "revoke", "rotate"),
     "keys create": ("--tenant", "--name", "--expires-at", *LIMIT_OPTIONS, *ADMIN_OPTIONS),
     "keys list": ("--tenant", *ADMIN_OPTIONS),
@@ -297,7 +297,13 @@ async def test_help_says_following_a_job_that_did_not_succeed_exits_1(
         # 0 was taken: the banner, its examples and the lock then named port 0
         (["--port", "0"], "argument --port: must be 1 to 65535, got 0"),
         # the engine started on it, then the gateway failed to bind, in a traceback
-        (["--port", "8123", "--engine-port", "8123"], "--engine-port 8123 is the gateway's"),
+        (["--port", "8123", "--engine-port", "8123"], "--engine-port 8123 is also its --port"),
+        (["--redis-port", "70000"], "argument --redis-port: must be 0 to 65535, got 70000"),
+        (["--port", "8123", "--redis-port", "8123"], "--redis-port 8123 is also its --port"),
+        (
+            ["--engine-port", "8124", "--redis-port", "8124"],
+            "--redis-port 8124 is also its --engine-port",
+        ),
     ],
 )
 async def test_up_refuses_ports_it_cannot_use_before_preparing_anything(
@@ -350,6 +356,28 @@ async def test_up_serves_on_llmaas_port_unless_port_is_given(tmp_path: Path) -> 
     code, _, err = await run_cli("up", "--home", str(tmp_path / "home"), env=env)
     assert code == 2
     assert "llmaas up: error: LLMAAS_PORT=0: give the port to serve on" in err, err
+    assert not (tmp_path / "home").exists()
+
+
+async def test_up_checks_its_redis_port_before_preparing_anything(tmp_path: Path) -> None:
+    """`--redis-port` (found by review 2026-12-07: its private Redis took a free port, no way
+    to choose it): taken, or given with LLMAAS_REDIS_URL (a shared Redis used instead), it
+    says so before anything is prepared."""
+    home = str(tmp_path / "home")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["--port", str(free_port()), "--redis-port", str(port)]
+        code, _, err = await run_cli("up", "--home", home, *args)
+        assert code == 1
+        assert f"port {port} on 127.0.0.1 is taken" in err, err
+        assert "--redis-port" in err
+    env = {"LLMAAS_REDIS_URL": "redis://127.0.0.1:6390/0"}
+    args = ["--port", str(free_port()), "--redis-port", "6391"]
+    code, _, err = await run_cli("up", "--home", home, *args, env=env)
+    assert code == 2
+    assert "llmaas up: error: --redis-port is the private Redis's port" in err, err
     assert not (tmp_path / "home").exists()
 
 
