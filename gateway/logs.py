@@ -124,3 +124,14 @@ def _route(handler: logging.Handler, level: str) -> None:
     server = logging.getLogger("uvicorn")
     server.handlers = [handler]
     server.propagate = False
+    logging.getLogger("uvicorn.error").addFilter(_not_invalid_http)  # (idempotent)
+
+
+# uvicorn's warning for each request httptools cannot parse (any client's `BREW / HTTP/1.1`):
+# the access log has its line already (400 invalid_http_request, with its request id), and
+# this one, without an id, was noise any unauthenticated client could write at will.
+_INVALID_HTTP = "Invalid HTTP request received."
+
+
+def _not_invalid_http(record: logging.LogRecord) -> bool:
+    return record.msg != _INVALID_HTTP

@@ -178,6 +178,14 @@ class Metrics:
             registry=reg,
             multiprocess_mode="livemin",  # down if any worker has ejected it
         )
+        self.model_engines_up = Gauge(
+            "llmaas_model_engines_up",
+            "Engines of a configured model taking requests now (0: none, its requests get 503). "
+            "Kept when engines leave: a pod gone from DNS takes its llmaas_engine_up with it",
+            ["model"],
+            registry=reg,
+            multiprocess_mode="livemin",  # as llmaas_engine_up: fewer if any worker ejected one
+        )
         self.engine_ejections = Counter(
             "llmaas_engine_ejections",
             "Times the engine was ejected: at a refused connection, or after "

@@ -309,8 +309,9 @@ async def relay_stream(
             await _end(send, shown, error, deps, engine)
             info.usage = None
             return Outcome.REJECTED
-        midway = info.ttft_ms is not None  # (a first token's wait past it: a `timeout`)
-        error = deps.upstream.failure(engine, broken.kind, broken.cause, stream=True, midway=midway)
+        # Midway however far it got: its client has had its 200 (a first token that never
+        # came, counted `timeout`, was in no alert: neither a 5xx nor a cut stream).
+        error = deps.upstream.failure(engine, broken.kind, broken.cause, stream=True, midway=True)
     except asyncio.CancelledError:
         whole = _whole_answer(shown)
         if whole is not None and cut is not None and cut.client_gone():

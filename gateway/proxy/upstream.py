@@ -230,9 +230,10 @@ class Upstream:
         midway: bool = False,
     ) -> ApiError:
         """Count an upstream failure (towards the engine's ejection too) and turn it into the
-        error the client sees; `midway`: the engine had begun its answer. A stream that fell
-        silent midway is counted `stream_timeout`: its client got 200 and then an error frame,
-        as for a `stream_cut` (LlmaasEngineStreamsCut), not the 504 of a `timeout`."""
+        error the client sees; `midway`: the engine had begun its answer (its head came). A
+        stream that fell silent midway, before its first token too, is counted
+        `stream_timeout`: its client got 200 and then an error frame, as for a `stream_cut`
+        (LlmaasEngineStreamsCut), not the 504 of a `timeout`."""
         label = "stream_timeout" if kind == "timeout" and stream and midway else kind
         self._metrics.upstream_errors.labels(engine.url, label).inc()
         engine.record_failure(_BREAKER_KINDS.get(kind, "disconnect"), type(exc).__name__)

@@ -9,7 +9,12 @@ import weakref
 from typing import Any
 
 from gateway.metrics import Metrics
-from gateway.routing.engines import Engine
+from gateway.routing.engines import Engine, ModelPool
+
+# Upstream errors an alert reads (LlmaasEngineStreamsCut): their series exist at 0 from when
+# the engine is seen, so increase() and rate() count the first one (a series born at 1 is not
+# counted, and one removed with its engine seconds later was never seen to rise).
+STREAM_FAILURES = ("stream_cut", "stream_timeout")
 
 
 class EngineMetrics:
@@ -86,6 +91,16 @@ class EngineMetrics:
             self.metrics.engine_up.labels(engine.url).set(1 if engine.health.is_up() else 0)
             self.metrics.engine_ejections.labels(engine.url)  # 0 until the first: increase()
             # over the alert's window counts that one too (a series born at 1 is not counted)
+            for kind in STREAM_FAILURES:
+                self.metrics.upstream_errors.labels(engine.url, kind)
+
+    def publish_models(self, pools: list[ModelPool]) -> None:
+        """llmaas_model_engines_up: each configured model's engines up now. An engine that
+        leaves DNS (a crashed or unready pod of a headless Service) takes every series of its
+        own with it, so no `llmaas_engine_up 0` ever said that a model had none left."""
+        for pool in pools:
+            up = sum(1 for engine in pool.engines if engine.health.is_up())
+            self.metrics.model_engines_up.labels(pool.name).set(up)
 
     def check_failed(self, target: str, check: str, engine: Engine | None = None) -> None:
         """A background check of `target` failed (`engine`: the engine it is, if one)."""

@@ -158,6 +158,11 @@ class EngineRegistry:
     def pools(self) -> list[ModelPool]:
         return list(self._pools.values())
 
+    def configured_pools(self) -> list[ModelPool]:
+        """The pools of the models the config names: each has one, empty or not (learned
+        models come and go with the engines that list them)."""
+        return [self._pools[name] for name in dict.fromkeys(r.name for r, _ in self._routes)]
+
     def engines(self) -> list[Engine]:
         return list(self._by_url.values())
 

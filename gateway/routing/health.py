@@ -24,6 +24,7 @@ class HealthChecker:
         due = [e for e in engines if e.health.probe_due(now)]
         await asyncio.gather(*(self.check(session, e) for e in due))
         self.metrics.publish(self.registry.engines())  # (those that left meanwhile: not theirs)
+        self.metrics.publish_models(self.registry.configured_pools())
 
     async def check(self, session: aiohttp.ClientSession, engine: Engine) -> None:
         try:

@@ -129,6 +129,18 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         {"engines": [{**ENGINE, "autoscaling": {"enabled": True, "maxReplicas": 6}}]},
         r"ReadWriteOnce claim, .*\(autoscaling.maxReplicas: 6\): .*Multi-Attach",
     ),
+    # Found 2026-12-07: Prometheus shut out of the engines by their NetworkPolicy (engine
+    # alerts, dashboard panels and KEDA without data, and nothing said so).
+    "engine ServiceMonitor without networkPolicy.metricsFrom": (
+        {"monitoring": {"serviceMonitors": {"enabled": True}}},
+        r"monitoring.serviceMonitors.enabled: Prometheus would scrape the engines' /metrics, "
+        r"but .*networkPolicy.metricsFrom is empty",
+    ),
+    "KEDA without networkPolicy.metricsFrom": (
+        {"engines": [{**ENGINE, "modelCache": RWX, "autoscaling": {"enabled": True}}]},
+        r"engines\[llama\].autoscaling.enabled: .*Name your Prometheus pods in "
+        r"networkPolicy.metricsFrom",
+    ),
     "ReadWriteOnce cache, a surge pod": (
         {
             "engines": [
@@ -507,6 +519,29 @@ def test_a_header_token_that_is_not_printable_ascii_is_refused(
 def test_a_model_cache_several_pods_can_share_is_accepted(cache: dict[str, Any]) -> None:
     engine = {**ENGINE, "replicas": 2, "strategy": {"rollingUpdate": {"maxSurge": 1}}, **cache}
     render_values({"engines": [engine]})
+
+
+@pytest.mark.parametrize(
+    "network_policy",
+    [{"enabled": False}, {"metricsFrom": [{"podSelector": {"matchLabels": {"app": "prom"}}}]}],
+)
+def test_engines_scraped_through_their_network_policy_are_accepted(
+    network_policy: dict[str, Any],
+) -> None:
+    engine = {**ENGINE, "modelCache": RWX, "autoscaling": {"enabled": True}}
+    monitoring = {"serviceMonitors": {"enabled": True}}
+    render_values({"engines": [engine], "monitoring": monitoring, "networkPolicy": network_policy})
+
+
+def test_alerts_without_a_way_in_for_prometheus_are_warned_of() -> None:
+    """Alerts or the dashboard alone may read a Prometheus of the operator's own, which the
+    engines' NetworkPolicy shuts out as well: rendered, with a note saying so."""
+    shut = render_values_as({"monitoring": {"prometheusRule": {"enabled": True}}}).notes
+    assert "networkPolicy.metricsFrom is empty" in shut
+    opened = {"metricsFrom": [{"podSelector": {"matchLabels": {"app": "prom"}}}]}
+    values = {"monitoring": {"prometheusRule": {"enabled": True}}, "networkPolicy": opened}
+    assert "metricsFrom" not in render_values_as(values).notes
+    assert "metricsFrom" not in render_values_as({}).notes
 
 
 def test_jwt_values_the_chart_renders_are_ones_the_gateway_starts_with(

@@ -279,6 +279,44 @@ async def test_dns_addresses_that_come_and_go_change_the_pool(tmp_path: Path) ->
         assert (await served(http, two), await served(http, three)) == (3, 3)
 
 
+async def test_a_model_left_without_engines_says_so_in_metrics(tmp_path: Path) -> None:
+    """Found 2026-12-07: an engine that leaves DNS (a crashed or unready pod: the headless
+    Service lists Ready pods only) takes every series of its own with it, so LlmaasEngineDown
+    never fired and no metric said the model had no engine left; and its stream_cut series
+    appeared at the first cut, already 1, which rate() does not count."""
+    port = port_free_on("127.0.0.2")
+    two = SimProcess(("m",), "127.0.0.2", port)
+    hosts = Hosts(**{"engines.test": ["127.0.0.2"]})
+    models = [
+        {"name": "m", "engines": [f"dns://engines.test:{port}"]},
+        {"name": "dead", "engines": [f"http://127.0.0.1:{free_port()}"]},  # nothing listens
+    ]
+    async with (
+        sim_processes(two),
+        gateway(tmp_path, models, resolver=hosts) as gw,
+        aiohttp.ClientSession() as http,
+    ):
+        up = await metric_until(http, gw, 'llmaas_model_engines_up{model="m"}', "1.0")
+        for kind in ("stream_cut", "stream_timeout"):
+            assert f'llmaas_upstream_errors_total{{engine="{two.url}",kind="{kind}"}} 0.0' in up
+        await metric_until(http, gw, 'llmaas_model_engines_up{model="dead"}', "0.0")  # ejected
+
+        hosts.names["engines.test"] = []  # its only pod is gone from DNS
+        gone = await metric_until(http, gw, 'llmaas_model_engines_up{model="m"}', "0.0")
+        assert two.url not in gone  # (its own series went with it)
+
+
+async def metric_until(
+    http: aiohttp.ClientSession, gw: str, series: str, value: str, deadline_s: float = 20.0
+) -> str:
+    """/metrics once `series` has `value` there; fail after `deadline_s`."""
+    deadline = time.monotonic() + deadline_s
+    while f"\n{series} {value}\n" not in (text := await metrics_text(http, gw)):
+        assert time.monotonic() < deadline, f"{series} is not {value}:\n{text}"
+        await asyncio.sleep(0.05)
+    return text
+
+
 async def test_an_engine_that_does_not_list_its_configured_model_is_logged(
     tmp_path: Path,
 ) -> None:

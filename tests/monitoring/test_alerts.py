@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.monitoring.promql import ALERTS, family, load_alert_rules, parse, selectors
+from tests.monitoring.promql import ALERTS, family, groupings, load_alert_rules, parse, selectors
 
 DURATION = re.compile(r"^(0|([0-9]+(ms|s|m|h|d|w|y))+)$")  # Prometheus' (and the CRD's) form
 SEVERITIES = {"critical", "warning", "info"}
 # What must page or warn, as the series whose alert says so.
 COVERED = {
     "engine down": "llmaas_engine_up",
+    "a model without engines (gone from DNS too)": "llmaas_model_engines_up",
     "high 5xx ratio": "llmaas_requests_total",
     "engine queue depth": "vllm:num_requests_waiting",
     "rate limiter without Redis": "llmaas_ratelimit_unavailable_total",
@@ -93,6 +94,18 @@ def test_covers_what_must_alert(rules: list[dict[str, Any]]) -> None:
 def test_refusing_requests_is_critical(rules: list[dict[str, Any]]) -> None:
     severity = {rule["alert"]: rule["labels"]["severity"] for rule in rules}
     assert severity["LlmaasEngineDown"] == "critical"
+    assert severity["LlmaasModelWithoutEngines"] == "critical"  # its requests all get 503
     assert severity["LlmaasRateLimiterUnavailable"] == "critical"  # failure_mode closed: 503s
     assert severity["LlmaasAuthStoreUnavailable"] == "critical"  # 503s whatever the mode
     assert severity["LlmaasUsageRecordsLost"] == "critical"
+
+
+def test_alerts_on_failing_engines_outlive_the_engines_series(rules: list[dict[str, Any]]) -> None:
+    """Found 2026-12-07: an engine that leaves DNS (a crashed or unready pod) takes every series
+    of its own with it within seconds, so an alert that needs them by engine never fired for
+    the engine that crashed."""
+    expressions = {rule["alert"]: rule["expr"] for rule in rules}
+    for name in ("LlmaasModelWithoutEngines", "LlmaasEngineStreamsCut"):
+        grouped = [g.labels for g in groupings(expressions[name])]
+        assert grouped, name
+        assert all("engine" not in labels for labels in grouped), name

@@ -33,6 +33,7 @@ SHOWN = {
     "gateway in flight per engine": "llmaas_inflight_requests",
     "engine ejections": "llmaas_engine_ejections_total",
     "engines up": "llmaas_engine_up",
+    "engines up per model": "llmaas_model_engines_up",
     "usage records pending": "llmaas_usage_pending_records",
     "usage records lost": "llmaas_usage_lost_records_total",
 }

@@ -121,6 +121,8 @@ def test_counters_that_alerts_read_exist_at_0_before_their_first_event() -> None
     EngineMetrics(metrics).publish([Engine(STAYS)])
     series = metrics.render().decode().splitlines()
     assert f'llmaas_engine_ejections_total{{engine="{STAYS}"}} 0.0' in series
+    for kind in ("stream_cut", "stream_timeout"):  # (LlmaasEngineStreamsCut)
+        assert f'llmaas_upstream_errors_total{{engine="{STAYS}",kind="{kind}"}} 0.0' in series
     for mode in ("open", "closed"):
         assert f'llmaas_ratelimit_unavailable_total{{failure_mode="{mode}"}} 0.0' in series
 

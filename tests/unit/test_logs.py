@@ -65,3 +65,19 @@ def test_a_malformed_upload_writes_no_plain_text_line(capsys: pytest.CaptureFixt
     listener.stop()
     lines = [orjson.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert [line["msg"] for line in lines] == ["a failure of its own"]
+
+
+def test_uvicorn_says_nothing_of_a_request_the_access_log_has(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each unparsable request (any client's `BREW / HTTP/1.1`) also wrote uvicorn's warning,
+    without a request id; its other warnings still come through."""
+    listener = configure_logging("info")
+    uvicorn = logging.getLogger("uvicorn.error")
+    uvicorn.warning("Invalid HTTP request received.")
+    uvicorn.warning("Unsupported upgrade request.")
+    listener.stop()
+    lines = [orjson.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(line["logger"], line["msg"]) for line in lines] == [
+        ("uvicorn.error", "Unsupported upgrade request.")
+    ]

@@ -197,6 +197,26 @@ node (more replicas, KEDA, or a rollout's surge pod) hangs in ContainerCreating 
 {{- end -}}
 {{- end -}}
 
+{{- /* The engine ServiceMonitor and KEDA have Prometheus scrape the engines' /metrics (vllm:*),
+which the engines' NetworkPolicy closes to all but the gateway unless metricsFrom names
+Prometheus: every scrape would fail, and the engine alerts, the dashboard's engine panels and
+KEDA's scaling would have no data, with nothing to say so. */ -}}
+{{- $np := .Values.networkPolicy -}}
+{{- if and $np.enabled (not $np.metricsFrom) -}}
+{{- $scraped := list -}}
+{{- if .Values.monitoring.serviceMonitors.enabled -}}
+{{- $scraped = append $scraped "monitoring.serviceMonitors.enabled" -}}
+{{- end -}}
+{{- range $e := (include "llmaas.engines" . | fromYaml).engines -}}
+{{- if $e.autoscaling.enabled -}}
+{{- $scraped = append $scraped (printf "engines[%s].autoscaling.enabled" $e.name) -}}
+{{- end -}}
+{{- end -}}
+{{- if $scraped -}}
+{{- fail (printf "%s: Prometheus would scrape the engines' /metrics, but networkPolicy.enabled lets only the gateway reach them and networkPolicy.metricsFrom is empty: every scrape would fail, and the engine alerts, dashboard panels and KEDA would have no data. Name your Prometheus pods in networkPolicy.metricsFrom (docs/deploy.md, Monitoring)" (join ", " $scraped)) -}}
+{{- end -}}
+{{- end -}}
+
 {{- /* The other objects' names are cut to 63 characters too: from a base name (release and
 nameOverride) of 62 or more, the gateway's, Redis's, the trainer's and the engines' are all that
 base name, and one object would overwrite another (the gateway's Service sent to Redis). */ -}}
