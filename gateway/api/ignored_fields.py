@@ -16,6 +16,11 @@ from typing import Any
 from gateway.errors import InvalidRequest
 
 _TEXT_ONLY = "the engine answers in text only"
+# (vLLM 0.32's chat request has no `best_of`, its completions' one samples `n`: the same answer)
+_BEST_OF = (
+    "the engine samples 'n' completions and picks none; ask for 'n' completions (with"
+    " 'logprobs' to score them) and choose among them"
+)
 
 # route -> field -> why the answer would differ, and what to do instead
 IGNORED: dict[str, dict[str, str]] = {
@@ -32,13 +37,9 @@ IGNORED: dict[str, dict[str, str]] = {
         "audio": f"it asks for spoken output, and {_TEXT_ONLY}",
         "web_search_options": "it asks for a web search, and the engine answers from the model"
         " alone",
+        "best_of": _BEST_OF,
     },
-    "completions": {
-        "best_of": (
-            "the engine samples 'n' completions and picks none; ask for 'n' completions (with"
-            " 'logprobs' to score them) and choose among them"
-        ),
-    },
+    "completions": {"best_of": _BEST_OF},
     "responses": {
         "conversation": (
             "the engine keeps no conversations; chain responses with 'previous_response_id'"

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from gateway.api import openapi_bodies
 from gateway.api.body import (
     check_parts,
+    check_type,
     read_json,
     require_messages,
     require_model,
@@ -201,6 +202,7 @@ def _conversation_field(body: dict[str, Any]) -> str | None:
 # vLLM's binary embeddings: raw floats, with their shapes and usage in a response header
 # ("bytes") or nowhere ("bytes_only"). The gateway relays and meters JSON bodies only.
 _BINARY_ENCODINGS = ("bytes", "bytes_only")
+_JSON_ENCODINGS = ("float", "base64")
 
 
 def _one_conversation(body: dict[str, Any]) -> None:
@@ -223,13 +225,23 @@ def _one_conversation(body: dict[str, Any]) -> None:
 
 
 def _json_encoding(body: dict[str, Any]) -> None:
-    encoding = body.get("encoding_format")
+    """`encoding_format`, if sent: one of the JSON encodings. vLLM's own refusal of another
+    value listed the binary ones among those it takes, and a null as 'None'."""
+    if "encoding_format" not in body:
+        return  # (vLLM's default, float)
+    encoding = check_type(body, "encoding_format", str)  # (null: "but got null")
     if encoding in _BINARY_ENCODINGS:
         raise InvalidRequest(
             f"encoding_format '{encoding}' is not supported by this gateway: its usage could "
             "not be metered. Use 'float' or 'base64'.",
             param="encoding_format",
             code="unsupported_value",
+        )
+    if encoding not in _JSON_ENCODINGS:
+        raise InvalidRequest(
+            f"Invalid 'encoding_format': {encoding[:64]!r}; expected 'float' or 'base64'.",
+            param="encoding_format",
+            code="invalid_value",
         )
 
 

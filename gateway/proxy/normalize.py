@@ -105,10 +105,11 @@ def normalize_error(
         message = _OPERATOR_ADVICE.sub("", message)  # (not the client's to follow)
         message, param = _field_of(message, param, route, grammar)
     if status == 400 and param is not None:
+        engine_named = param  # ("logprobs": vLLM's own field; "body.logprobs": the client's)
         message, param = validation_message(message, param)
-        if (route, param) in _RENAMED:  # the client's name, in `param` and in the message
-            named, param = param, _RENAMED[(route, param)]
-            message = re.sub(rf"\b{re.escape(named)}\b", param, message)
+        if (route, engine_named) in _RENAMED:  # the client's name, in `param` and the message
+            param = _RENAMED[(route, engine_named)]
+            message = re.sub(rf"\b{re.escape(engine_named)}\b", param, message)
         if param in _CONTEXT_PARAMS:  # vLLM's context-length refusal: OpenAI's code, the field
             param, code = _PROMPT_FIELDS.get(route or "", "messages"), "context_length_exceeded"
     if status == 404:
@@ -154,7 +155,9 @@ def _not_found(
     return message, param, code
 
 
-# Fields vLLM checks under its own name: the name the client sent them by, per route.
+# Fields vLLM checks under its own name (its sampling parameters': `param` a bare name): the
+# name the client sent them by, per route. A refusal of the client's body names a location in
+# it ("body.logprobs", chat's boolean): that field is the client's own, and keeps its name.
 _RENAMED: dict[tuple[str | None, str], str] = {
     ("chat/completions", "logprobs"): "top_logprobs",  # chat's count is top_logprobs
     ("responses", "logprobs"): "top_logprobs",
@@ -193,6 +196,9 @@ _OPERATOR_ADVICE = re.compile(
 _DIMENSIONS = re.compile(
     r"Model '[^']*' (?:does not support Matryoshka|only supports (?:Matryoshka )?dimensions)"
 )
+# vLLM's refusal of a pooling request's (embeddings') `truncate_prompt_tokens` over the model's
+# length (pooling/base/serving.py), which sets no `parameter`; chat's and completions' set it.
+_TRUNCATION_OVER = re.compile(r"truncate_prompt_tokens value is greater than max_model_len")
 
 
 # vLLM's answer to a content part it cannot read (it validates parts lazily, with pydantic):
@@ -218,6 +224,8 @@ def _named_field(message: str) -> str | None:
     found = _FIELD_FIRST.match(message)
     if found is not None:
         return found.group(1)
+    if _TRUNCATION_OVER.match(message):
+        return "truncate_prompt_tokens"
     return "dimensions" if _DIMENSIONS.match(message) else None
 
 

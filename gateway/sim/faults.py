@@ -6,7 +6,8 @@ optional and unknown keys are refused with a 400, so a typo never silently tests
 * ``fail_status`` (int, 400-599): answer that status at once, before any generation, with
   vLLM's error body (integer ``code``) and ``fail_message`` (str) as its message;
   ``fail_body: "detail"`` answers FastAPI's ``{"detail": fail_message}`` instead (default
-  ``"error"``).
+  ``"error"``); ``fail_param`` (str) is the error's ``param``, as vLLM sets it (a sampling
+  field's name, ``"logprobs"``, or a location in the body, ``"body.logprobs"``).
 * ``ttft_ms`` / ``itl_ms`` (number >= 0): override the configured timings for this request.
 * ``drop: "before_headers"``: wait the time to first token, then close the connection without
   a byte of response. ``drop: "after_headers"``: send the status line and headers (for a
@@ -45,6 +46,7 @@ _FIELDS: Final = frozenset(
     (
         "fail_status",
         "fail_message",
+        "fail_param",
         "fail_body",
         "ttft_ms",
         "itl_ms",
@@ -65,6 +67,7 @@ class FaultSpecError(ValueError):
 class Faults:
     fail_status: int | None = None
     fail_message: str | None = None
+    fail_param: str | None = None
     fail_body: FailBody = "error"
     ttft_ms: float | None = None
     itl_ms: float | None = None
@@ -89,6 +92,7 @@ def parse_faults(raw: object) -> Faults:
     return Faults(
         fail_status=_status(raw),
         fail_message=_optional_str(raw, "fail_message"),
+        fail_param=_optional_str(raw, "fail_param"),
         fail_body=_choice(raw, "fail_body", _FAIL_BODIES) or "error",
         ttft_ms=_millis(raw, "ttft_ms"),
         itl_ms=_millis(raw, "itl_ms"),

@@ -93,7 +93,8 @@ def admit(body: dict[str, Any], config: SimConfig) -> tuple[str, Faults]:
         raise RequestError(400, str(exc), "sim") from exc
     if faults.fail_status is not None:
         message = faults.fail_message or f"Simulated failure ({faults.fail_status})"
-        raise RequestError(faults.fail_status, message, detail=faults.fail_body == "detail")
+        detail = faults.fail_body == "detail"
+        raise RequestError(faults.fail_status, message, faults.fail_param, detail=detail)
     model = body.get("model")
     if model is None:
         return config.models[0], faults  # vLLM serves its default model

@@ -129,6 +129,7 @@ async def test_engine_validation_error_passes_through_in_openai_shape(
             "Input should be a valid string (got null)",
         ),
         ({"stop": list("abcde")}, "stop", "List should have at most 4 items"),  # (not "a string")
+        ({"logprobs": 2}, "logprobs", "valid boolean"),  # (not top_logprobs, vLLM's `logprobs`)
     ],
 )
 async def test_a_body_vllm_refuses_names_the_field_as_openai_does(
@@ -263,6 +264,7 @@ async def test_a_guided_decoding_field_vllm_ignores_is_refused_and_its_successor
         ("chat/completions", {"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
         ("chat/completions", {"web_search_options": {}}, "web_search_options"),
         ("completions", {"best_of": 3}, "best_of"),
+        ("chat/completions", {"best_of": 3}, "best_of"),  # (vLLM 0.32's chat has none)
         ("responses", {"conversation": "conv_1"}, "conversation"),
     ],
 )

@@ -9,7 +9,7 @@ import openai
 import orjson
 import pytest
 
-from tests.integration.conftest import ADMIN, DEAD_MODEL, MODEL, Stack
+from tests.integration.conftest import ADMIN, DEAD_MODEL, MODEL, AuthStack, Stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -149,6 +149,92 @@ async def test_a_prompt_over_the_context_is_context_length_exceeded_on_its_field
         assert error["message"].startswith("This model's maximum context length is 2048 tokens")
     status, payload = await post(stack, "/v1/completions", {**completion, "prompt": "hi there"})
     assert status == 200
+
+
+# vLLM 0.32's refusals, word for word: chat's boolean `logprobs` refused by its schema
+# (serve/exception_handling/handlers/validation.py), its `top_logprobs` (the sampling `logprobs`)
+# over the engine's bound (sampling_params.py), an embedding's `truncate_prompt_tokens` over the
+# model's length (pooling/base/serving.py, no `param`).
+NOT_A_BOOLEAN = (
+    "1 validation error:\n  {'type': 'bool_parsing', 'loc': 'body.logprobs', 'msg': 'Input"
+    " should be a valid boolean, unable to interpret input', 'input': '2'}"
+)
+TOO_MANY_LOGPROBS = (  # (an engine started with --max-logprobs 5: the gateway bounds it at 20)
+    "Requested sample logprobs of 8, which is greater than max allowed: 5 (parameter=logprobs,"
+    " value=8)"
+)
+TRUNCATION_OVER = (
+    "truncate_prompt_tokens value is greater than max_model_len. Please request a smaller"
+    " truncation size."
+)
+
+
+def engine_refusal(message: str, param: str | None = None) -> dict[str, Any]:
+    """The `sim` field that has the simulator answer vLLM's 400 of `message` and `param`."""
+    return {"sim": {"fail_status": 400, "fail_message": message, "fail_param": param}}
+
+
+def said(error: openai.BadRequestError) -> tuple[str | None, str]:
+    """A refusal's `param` and its message, as the gateway wrote it."""
+    assert isinstance(error.body, dict)
+    return error.param, error.body["message"]
+
+
+async def test_an_engine_refusal_names_the_field_the_client_sent(auth: AuthStack) -> None:
+    """vLLM names chat's `top_logprobs` by its sampling `logprobs`, and chat's own boolean
+    `logprobs` by its place in the body: a client that sent `"logprobs": 2` was told 'top_logprobs'
+    should be a valid boolean; an embedding's `truncate_prompt_tokens` over the model's length was
+    refused naming no field (found 2026-12-07)."""
+    hi: Any = [{"role": "user", "content": "hi"}]
+    async with auth.client(await auth.new_key()) as oai:
+        with pytest.raises(openai.BadRequestError) as boolean:
+            await oai.chat.completions.create(
+                model=MODEL,
+                messages=hi,
+                extra_body={"logprobs": 2, **engine_refusal(NOT_A_BOOLEAN, "body.logprobs")},
+            )
+        with pytest.raises(openai.BadRequestError) as count:
+            await oai.chat.completions.create(
+                model=MODEL,
+                messages=hi,
+                logprobs=True,
+                extra_body={"top_logprobs": 8, **engine_refusal(TOO_MANY_LOGPROBS, "logprobs")},
+            )
+        with pytest.raises(openai.BadRequestError) as truncation:
+            await oai.embeddings.create(
+                model=MODEL,
+                input="hi",
+                extra_body={"truncate_prompt_tokens": 600, **engine_refusal(TRUNCATION_OVER)},
+            )
+    assert [said(error.value) for error in (boolean, count, truncation)] == [
+        (
+            "logprobs",
+            "Invalid value for 'logprobs': Input should be a valid boolean, unable to interpret"
+            " input (got '2').",
+        ),
+        ("top_logprobs", TOO_MANY_LOGPROBS.replace("logprobs", "top_logprobs")),
+        ("truncate_prompt_tokens", TRUNCATION_OVER),
+    ]
+
+
+async def test_an_encoding_format_the_gateway_does_not_relay_is_refused_as_such(
+    auth: AuthStack,
+) -> None:
+    """vLLM's refusal of an `encoding_format` it lacks listed its binary ones (which the gateway
+    refuses) among those to send, and a null as 'None' (found 2026-12-07)."""
+    async with auth.client(await auth.new_key()) as oai:
+        for value, message in (
+            ("foo", "Invalid 'encoding_format': 'foo'; expected 'float' or 'base64'."),
+            (None, "Invalid type for 'encoding_format': expected a string, but got null instead."),
+        ):
+            with pytest.raises(openai.BadRequestError) as info:
+                await oai.embeddings.create(
+                    model=MODEL, input="hi", extra_body={"encoding_format": value}
+                )
+            assert said(info.value) == ("encoding_format", message)
+        for encoding in ("float", "base64"):
+            served = await oai.embeddings.create(model=MODEL, input="hi", encoding_format=encoding)
+            assert len(served.data) == 1
 
 
 async def test_body_over_the_limit_is_413(stack: Stack) -> None:

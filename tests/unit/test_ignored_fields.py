@@ -36,11 +36,12 @@ def test_each_refusal_says_what_to_send_instead() -> None:
     assert "'previous_response_id'" in said["conversation"]
 
 
-def test_best_of_n_is_n_and_passes() -> None:
+@pytest.mark.parametrize("route", ["completions", "chat/completions"])
+def test_best_of_n_is_n_and_passes(route: str) -> None:
     for body in ({"best_of": 1}, {"best_of": 3, "n": 3}, {"best_of": 1, "n": None}):
-        check_ignored_fields("completions", body)
-    assert refusal("completions", {"best_of": 3}).param == "best_of"
-    assert refusal("completions", {"best_of": 2, "n": 3}).param == "best_of"
+        check_ignored_fields(route, body)
+    assert refusal(route, {"best_of": 3}).param == "best_of"
+    assert refusal(route, {"best_of": 2, "n": 3}).param == "best_of"
 
 
 def test_modalities_other_than_text_are_refused_naming_the_item() -> None:
@@ -54,6 +55,7 @@ def test_modalities_other_than_text_are_refused_naming_the_item() -> None:
 def test_the_fields_are_refused_on_their_route_only() -> None:
     """Each field is checked on the route whose OpenAI request has it; a route without such
     fields (embeddings) checks nothing."""
-    check_ignored_fields("chat/completions", {"best_of": 3, "conversation": "c"})
+    check_ignored_fields("chat/completions", {"conversation": "c"})
+    check_ignored_fields("completions", {"functions": [], "conversation": "c"})
     check_ignored_fields("embeddings", {"functions": [], "modalities": ["audio"]})
     check_ignored_fields("responses", {"functions": [], "best_of": 3})

@@ -442,6 +442,29 @@ def test_chats_logprobs_count_is_named_top_logprobs() -> None:
     assert completions["param"] == "logprobs"  # completions' own field
 
 
+def test_chats_own_logprobs_refused_by_its_schema_keeps_its_name() -> None:
+    """A refusal of chat's boolean `logprobs` names its place in the body ("body.logprobs"),
+    not vLLM's sampling field: the client was told 'top_logprobs' (found 2026-12-07)."""
+    said = (
+        "1 validation error:\n  {'type': 'bool_parsing', 'loc': 'body.logprobs', 'msg': 'Input"
+        " should be a valid boolean, unable to interpret input', 'input': 'maybe'}"
+    )
+    for route in ("chat/completions", "responses"):
+        error = orjson.loads(normalize_error(400, _vllm_400(said, "body.logprobs"), route))
+        assert error["error"]["param"] == "logprobs"
+        assert error["error"]["message"].startswith("Invalid value for 'logprobs': ")
+
+
+def test_an_embeddings_truncation_over_the_model_names_truncate_prompt_tokens() -> None:
+    """vLLM's pooling check sets no `param`; chat's and completions' name the field."""
+    said = (
+        "truncate_prompt_tokens value is greater than max_model_len. Please request a smaller"
+        " truncation size."
+    )
+    error = orjson.loads(normalize_error(400, _vllm_400(said, None), "embeddings"))["error"]
+    assert (error["param"], error["message"]) == ("truncate_prompt_tokens", said)
+
+
 def test_responses_fields_vllm_checks_under_its_names_are_named_as_sent() -> None:
     """vLLM 0.32 turns a response's max_output_tokens and top_logprobs into its sampling
     `max_tokens` and `logprobs`, and names those when it refuses them: in `param` and in the

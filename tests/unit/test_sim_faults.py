@@ -14,6 +14,7 @@ def test_every_field_is_parsed() -> None:
     raw = {
         "fail_status": 503,
         "fail_message": "busy",
+        "fail_param": "body.n",
         "fail_body": "detail",
         "ttft_ms": 200,
         "itl_ms": 10.5,
@@ -25,6 +26,7 @@ def test_every_field_is_parsed() -> None:
     assert parse_faults(raw) == Faults(
         fail_status=503,
         fail_message="busy",
+        fail_param="body.n",
         fail_body="detail",
         ttft_ms=200.0,
         itl_ms=10.5,
@@ -52,6 +54,7 @@ def test_defaults_of_the_optional_fields() -> None:
         ({"fail_status": "500"}, "fail_status"),
         ({"fail_status": True}, "fail_status"),
         ({"fail_message": 1}, "fail_message"),
+        ({"fail_param": 1}, "fail_param"),
         ({"fail_body": "html"}, "fail_body"),
         ({"ttft_ms": -1}, "ttft_ms"),
         ({"itl_ms": "fast"}, "itl_ms"),
