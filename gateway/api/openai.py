@@ -116,8 +116,9 @@ async def _forward(
     stream = stream_flag(body)
     caller = gw.admission.with_defaults(caller)
     # (embeddings generate nothing: the prompt alone, in `messages` too)
-    tokens = prompt_tokens(body) if route == "embeddings" else None
-    admission = await gw.admission.admit(caller, body, pool.context_length, tokens=tokens)
+    context = pool.context_length
+    tokens = prompt_tokens(body, context) if route == "embeddings" else None
+    admission = await gw.admission.admit(caller, body, context, tokens=tokens)
     want, collected = None, None
     ids = asks_token_ids(route, body)  # (usage while a tool parser holds tokens: tool_ids.py)
     engine_raw, engine_body = with_token_ids(body) if ids else (raw, body)
@@ -149,7 +150,7 @@ async def _forward(
         caller,
         admission,
         received_ms,
-        partial(prompt_estimates, body),
+        partial(prompt_estimates, body, context),
     )
     return ProxyResponse(gw.proxy, call, gw.accounting.reporter(charge))
 

@@ -112,7 +112,7 @@ async def create_response(request: Request, gw: Gateway, caller: Caller) -> Resp
         headers={} if admission is None else admission.headers(),
         responses=True,
         engines=engines,
-        input_estimate=response_input_tokens(body),
+        input_estimate=response_input_tokens(body, pool.context_length),
         unstreamed=None if stream else raw,
         grammar=grammar_field(body),
         reload=adapter_reload(gw, caller, model),

@@ -10,7 +10,7 @@ from typing import Any
 
 from gateway.auth.principal import Limits, Principal
 from gateway.errors import RateLimited, ServiceUnavailable
-from gateway.limits.estimate import reserved_tokens
+from gateway.limits.estimate import output_field_of, reserved_tokens
 from gateway.limits.failures import Failure, classify
 from gateway.limits.limiter import Admission, AdmissionCancelled, Limiter, TooLarge, new_lease
 from gateway.limits.local_inflight import Held, LocalInflight
@@ -111,7 +111,7 @@ class AdmissionControl:
         context_length: int | None = None,
         *,
         tokens: int | None = None,
-        output_field: str = "max_tokens",
+        output_field: str | None = None,
     ) -> Admission | None:
         """None when nothing limits this caller (no Redis round trip) or when failing open.
 
@@ -119,13 +119,18 @@ class AdmissionControl:
         this process was too busy to read it (sending the same lease again charges once); an
         unreachable Redis decides at once. An admission given up on is released in the
         background, so its client is charged nothing. `tokens`: what to reserve, when the
-        caller knows better than the chat / completions / embeddings estimate. `output_field`:
-        the route's field of output tokens, which a refusal of a request too large names.
+        caller knows better than the chat / completions estimate; `output_field` then names
+        the field of output tokens a refusal of a request too large tells the client to lower
+        (None: the route generates nothing). Without `tokens`, that is the field the body's
+        reservation came from (a "Lower max_tokens" to a client that sent only
+        max_completion_tokens, or min_tokens, named a field it never sent).
         """
         if self.limiter is None or (caller.key_limits == _NONE and caller.tenant_limits == _NONE):
             return None
         if tokens is None:
-            tokens = reserved_tokens(body, self.settings.default_max_tokens, context_length)
+            default = self.settings.default_max_tokens
+            tokens = reserved_tokens(body, default, context_length)
+            output_field = output_field_of(body, default)
         prefetch = self.prefetch
         if prefetch is not None:
             taken = prefetch.take(caller, tokens)
@@ -227,7 +232,7 @@ class AdmissionControl:
         caller: Principal,
         answer: RateLimited | AdmissionCancelled,
         fetched: list[Admission | RateLimited | AdmissionCancelled],
-        output_field: str,
+        output_field: str | None,
     ) -> None:
         """Raises the refusal, or returns to admit without limits as failure_mode says."""
         # Those fetched after a refusal are refused too; any that was not goes back.

@@ -231,12 +231,18 @@ def concurrency_refused(scope: str, limit: int) -> RateLimited:
 
 class TooLarge(RateLimited):
     """A request that may use more tokens than a tokens-per-minute limit: no wait makes room.
-    The limiter does not know the route; `naming` tells the client the field it sent."""
+    The limiter does not know the route; `naming` tells the client the field to lower (None:
+    a route that generates nothing, whose input alone is too large)."""
 
-    def __init__(self, scope: str, tokens: int, limit: int, output_field: str = "max_tokens"):
+    def __init__(self, scope: str, tokens: int, limit: int, output_field: str | None = None):
+        advice = (
+            "Send fewer or shorter inputs."
+            if output_field is None
+            else f"Lower {output_field} or the prompt."
+        )
         super().__init__(
             f"Request too large for the {scope} scope: it may use {tokens} tokens, more than "
-            f"the limit of {limit} tokens per minute. Lower {output_field} or the prompt.",
+            f"the limit of {limit} tokens per minute. {advice}",
             kind="tokens",
             scope=scope,
             limit_kind="tokens",
@@ -247,8 +253,8 @@ class TooLarge(RateLimited):
         self.tokens = tokens
         self.limit = limit
 
-    def naming(self, output_field: str) -> TooLarge:
-        """The same refusal, telling the client to lower `output_field` (the route's)."""
+    def naming(self, output_field: str | None) -> TooLarge:
+        """The same refusal, telling the client to lower `output_field` (the one it sent)."""
         return TooLarge(self.scope, self.tokens, self.limit, output_field)
 
 

@@ -4,6 +4,8 @@ Completion length: with ``max_tokens`` (or chat's ``max_completion_tokens``) the
 generates exactly that many tokens and finishes with "length"; without it, it generates
 `SimConfig.max_tokens` tokens and finishes with "stop" (a natural end of text). Either is capped
 by the context window (``max_model_len - prompt_tokens``), which then finishes with "length".
+A prompt is counted up to its ``truncate_prompt_tokens`` (-1: what the context takes), and one
+over the context is refused (400, ``input_tokens``) on every route, embeddings too, as vLLM does.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def timing(config: SimConfig, faults: Faults) -> Timing:
 def plan_generation(
     kind: Kind, body: dict[str, Any], model: str, faults: Faults, config: SimConfig
 ) -> Plan:
-    prompts = tuple(_prompts(kind, body))
+    prompts = tuple(_truncated(_prompts(kind, body), body, config.max_model_len - 1))
     longest = max(prompt.tokens for prompt in prompts)
     tokens, finish = _length(kind, body, longest, config)
     stream = _flag(body, "stream")
@@ -150,9 +152,12 @@ def plan_embeddings(
     body: dict[str, Any], model: str, faults: Faults, config: SimConfig
 ) -> EmbeddingPlan:
     try:
-        prompts = tuple(_embedding_prompts(body))
+        prompts = tuple(_truncated(_embedding_prompts(body), body, config.max_model_len))
     except PromptError as exc:
         raise RequestError(400, str(exc), exc.param) from exc
+    longest = max(prompt.tokens for prompt in prompts)
+    if longest > config.max_model_len:
+        raise _over_context(longest, config)
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise RequestError(400, "encoding_format: expected 'float' or 'base64'", "encoding_format")
@@ -194,13 +199,7 @@ def _length(
     a max_tokens over the whole context refused, any other clamped to the room left."""
     room = config.max_model_len - prompt_tokens
     if room < 1:
-        raise RequestError(
-            400,
-            f"This model's maximum context length is {config.max_model_len} tokens. However, "
-            f"your prompt contains {prompt_tokens} input tokens, which exceeds this limit even"
-            " without any output tokens. Please reduce the length of the input prompt.",
-            "input_tokens",
-        )
+        raise _over_context(prompt_tokens, config)
     field = (
         "max_completion_tokens"
         if kind == "chat" and "max_completion_tokens" in body
@@ -217,6 +216,26 @@ def _length(
             field,
         )
     return min(requested, room), "length"
+
+
+def _over_context(prompt_tokens: int, config: SimConfig) -> RequestError:
+    return RequestError(
+        400,
+        f"This model's maximum context length is {config.max_model_len} tokens. However, "
+        f"your prompt contains {prompt_tokens} input tokens, which exceeds this limit even"
+        " without any output tokens. Please reduce the length of the input prompt.",
+        "input_tokens",
+    )
+
+
+def _truncated(prompts: list[Prompt], body: dict[str, Any], most: int) -> list[Prompt]:
+    """vLLM's `truncate_prompt_tokens`: k keeps k tokens of each prompt, -1 the `most` the
+    context takes (a generation keeps a token of it for its output)."""
+    value = body.get("truncate_prompt_tokens")
+    keep = most if value == -1 and not isinstance(value, bool) else positive_int(value)
+    if keep is None:
+        return prompts
+    return [Prompt(prompt.text, min(prompt.tokens, keep)) for prompt in prompts]
 
 
 def _stream_options(body: dict[str, Any], stream: bool) -> tuple[bool, bool]:
