@@ -53,6 +53,7 @@ from gateway.redis_memory import watch_redis_memory
 from gateway.redis_pipe import RedisPipe
 from gateway.routing.balancer import make_balancer
 from gateway.routing.discovery import Resolver
+from gateway.routing.engine_metrics import EngineMetrics
 from gateway.routing.engines import Engine, EngineRegistry
 from gateway.routing.load import LoadScraper
 from gateway.routing.monitor import EngineMonitor, build_registry
@@ -133,8 +134,11 @@ def create_app(
             limiter, settings.limits, metrics, redis_back=[settler.redis_back]
         )
         await settler.start()
-        registry = build_registry(settings.models, settings.routing, metrics)
-        monitor = EngineMonitor(registry, settings.routing, metrics, resolver)
+        # One EngineMetrics for the registry and the monitor: it knows which engines left (their
+        # series removed), so a health check that ends after its engine left DNS writes none.
+        engine_metrics = EngineMetrics(metrics)
+        registry = build_registry(settings.models, settings.routing, engine_metrics)
+        monitor = EngineMonitor(registry, settings.routing, engine_metrics, resolver)
         await monitor.start()  # a first DNS resolution, models poll and health check
         scraper = LoadScraper(registry, settings.routing.scrape_interval_s)
         await scraper.start()

@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from gateway.metrics import Metrics
 from gateway.routing.breaker import BreakerPolicy
 from gateway.routing.discovery import Discovery, Resolver, SystemResolver
 from gateway.routing.engine_metrics import EngineMetrics
@@ -34,14 +33,14 @@ Round = Callable[[], Awaitable[None]]
 
 
 def build_registry(
-    routes: list[ModelRoute], settings: RoutingSettings, metrics: Metrics
+    routes: list[ModelRoute], settings: RoutingSettings, metrics: EngineMetrics
 ) -> EngineRegistry:
     policy = BreakerPolicy(settings.eject_base_s, settings.eject_max_s, settings.failures_to_eject)
     return EngineRegistry(
         routes,
         learn_models=settings.learn_models,
         policy=policy,
-        observer=EngineMetrics(metrics),
+        observer=metrics,
     )
 
 
@@ -50,11 +49,10 @@ class EngineMonitor:
         self,
         registry: EngineRegistry,
         settings: RoutingSettings,
-        metrics: Metrics,
+        engine_metrics: EngineMetrics,
         resolver: Resolver | None = None,
     ) -> None:
         self.settings = settings
-        engine_metrics = EngineMetrics(metrics)
         timeout = settings.health_timeout_s
         self.discovery = Discovery(registry, resolver or SystemResolver(), engine_metrics, timeout)
         self.learner = ModelLearner(registry, engine_metrics, timeout)
