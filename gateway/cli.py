@@ -48,16 +48,6 @@ def _sim(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    ports = [("--port", args.port), ("--engine-port", args.engine_port)]
-    ports.append(("--redis-port", args.redis_port))
-    for i, (option, port) in enumerate(ports):
-        for other, taken in ports[:i]:
-            if port and port == taken:
-                print(
-                    f"llmaas up: error: {option} {port} is also its {other}: give each its own",
-                    file=sys.stderr,
-                )
-                return 2
     return run_up(
         gateway_port=args.port,
         engine_port=args.engine_port,

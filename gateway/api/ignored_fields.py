@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.errors import InvalidRequest
+from gateway.limits.estimate import positive_int
 
 _TEXT_ONLY = "the engine answers in text only"
 # (vLLM 0.32's chat request has no `best_of`, its completions' one samples `n`: the same answer)
@@ -61,8 +62,8 @@ def check_ignored_fields(route: str, body: dict[str, Any]) -> None:
 
 def _asks(name: str, body: dict[str, Any]) -> bool:
     value = body.get(name)
-    if name == "best_of":  # best of n is n: the same request
-        return value is not None and value != (body.get("n") or 1)
+    if name == "best_of":  # best of n is n: the same request (numbers as vLLM reads them)
+        return value is not None and positive_int(value) != (positive_int(body.get("n")) or 1)
     return value is not None
 
 

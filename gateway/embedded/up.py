@@ -86,8 +86,8 @@ def run_up(
         print(invalid_configuration("up", exc), file=sys.stderr)
         return 2
     gateway_port = chosen if gateway_port is None else gateway_port
-    if gateway_port == 0:  # (LLMAAS_PORT=0: the address it prints would name no port)
-        print("llmaas up: error: LLMAAS_PORT=0: give the port to serve on", file=sys.stderr)
+    if (wrong := _wrong_ports(gateway_port, engine_port, redis_port)) is not None:
+        print(f"llmaas up: error: {wrong}", file=sys.stderr)
         return 2
     try:
         # Before minutes of preparing and starting the engine, not after (uvicorn's bind).
@@ -119,6 +119,21 @@ def run_up(
         print(f"llmaas up: error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _wrong_ports(gateway_port: int, engine_port: int, redis_port: int) -> str | None:
+    """What is wrong with its ports, if anything (the gateway's as it will serve: --port, else
+    LLMAAS_PORT, else 8080; the others 0 for a free one): LLMAAS_PORT=0, whose address the
+    banner would print without a port, or two of the three the same, said as the options."""
+    if gateway_port == 0:
+        return "LLMAAS_PORT=0: give the port to serve on"
+    ports = [("--port", gateway_port), ("--engine-port", engine_port)]
+    ports.append(("--redis-port", redis_port))
+    for i, (option, port) in enumerate(ports):
+        for other, taken in ports[:i]:
+            if port and port == taken:
+                return f"{option} {port} is also its {other}: give each its own"
+    return None
 
 
 def _unusable_directory(path: Path, named: str) -> str | None:

@@ -39,7 +39,9 @@ for scope = 1, 2 do
     if colon then
       tat, rate = tonumber(string.sub(value, 1, colon - 1)), tonumber(string.sub(value, colon + 1))
     end
-    local new_tat = tat - tokens * period / rate
+    -- (none back from a bucket moved to a lower tpm since: it kept at most a window of what
+    -- it held, this reservation's place in it unknown; as settle.lua)
+    local new_tat = rate < limit and tat or tat - tokens * period / rate
     if new_tat > now then
       local ttl = math.ceil(new_tat - now) + 1000
       redis.call('SET', bucket, string.format('%.17g:%d', new_tat, rate), 'PX', ttl)  -- (admission.lua)

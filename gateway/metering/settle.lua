@@ -63,14 +63,18 @@ for i = 1, n do
             after = math.max(was or now, now) + delta * per_token
           elseif was then
             -- Given back: no more of the reservation than the bucket still holds of it (its
-            -- TAT then, less the time since); one that outlived it drained out already, and
-            -- giving it back again would make room that was never taken. (Its TAT then is at
-            -- the rate of its admission: not comparable once the bucket was moved to another.)
-            local back, charged = -delta * per_token, tonumber(ARGV[at + 5 + scope])
-            if charged > 0 and rate[scope] == limit then
-              back = math.min(back, math.max(0, charged - now))
+            -- TAT then, less the time since, in tokens at the rate it was admitted at); one
+            -- that outlived it drained out already, and giving it back again would make room
+            -- that was never taken. A bucket moved to a lower tpm since kept at most a window
+            -- of what it held (admission.lua): where this reservation lies in it is not known,
+            -- and giving it back emptied a bucket still full at the new rate, so none is.
+            local back, charged = -delta, tonumber(ARGV[at + 5 + scope])
+            if rate[scope] < limit then
+              back = 0
+            elseif charged > 0 then
+              back = math.min(back, math.max(0, charged - now) * limit / period)
             end
-            after = was - back
+            after = was - back * per_token
           end
           if after then  -- a bucket moved: set while ahead of now, else emptied
             dirty[scope] = true

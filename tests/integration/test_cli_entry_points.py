@@ -304,6 +304,10 @@ async def test_help_says_following_a_job_that_did_not_succeed_exits_1(
             ["--engine-port", "8124", "--redis-port", "8124"],
             "--redis-port 8124 is also its --engine-port",
         ),
+        # the gateway's port as it will serve, given or not (found by review: only a given
+        # --port was compared, and 8080 went through to the gateway's failed bind)
+        (["--redis-port", "8080"], "--redis-port 8080 is also its --port"),
+        (["--engine-port", "8080"], "--engine-port 8080 is also its --port"),
     ],
 )
 async def test_up_refuses_ports_it_cannot_use_before_preparing_anything(
@@ -373,6 +377,10 @@ async def test_up_checks_its_redis_port_before_preparing_anything(tmp_path: Path
         assert code == 1
         assert f"port {port} on 127.0.0.1 is taken" in err, err
         assert "--redis-port" in err
+    env = {"LLMAAS_PORT": "8125"}  # the port it serves on when --port is not given
+    code, _, err = await run_cli("up", "--home", home, "--engine-port", "8125", env=env)
+    assert code == 2
+    assert "llmaas up: error: --engine-port 8125 is also its --port" in err, err
     env = {"LLMAAS_REDIS_URL": "redis://127.0.0.1:6390/0"}
     args = ["--port", str(free_port()), "--redis-port", "6391"]
     code, _, err = await run_cli("up", "--home", home, *args, env=env)

@@ -449,6 +449,12 @@ async def test_best_of_is_refused_on_chat_as_on_completions(setup: Setup) -> Non
         model=MODEL, messages=hi, max_tokens=1, n=2, extra_body={"best_of": 2}
     )
     assert len(served.choices) == 2
+    # numbers as vLLM reads them (found by review: "2" against 2 was refused)
+    for best_of, n in (("2", 2), (2, "2"), (2.0, 2)):
+        served = await oai.chat.completions.create(
+            model=MODEL, messages=hi, max_tokens=1, extra_body={"best_of": best_of, "n": n}
+        )
+        assert len(served.choices) == 2
 
 
 async def test_tools_the_engine_must_compile_are_bounded_as_schemas_are(setup: Setup) -> None:

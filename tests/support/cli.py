@@ -29,7 +29,14 @@ async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, s
         stderr=asyncio.subprocess.PIPE,
         env=None if env is None else {**os.environ, **env},
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    except TimeoutError:
+        # stopped as a user's Ctrl-C would (`llmaas up` then stops what it started: a command
+        # that went on where it should have refused left an engine and a Redis running)
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 60)
+        raise
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 

@@ -360,6 +360,45 @@ async def test_usage_settled_after_a_tpm_change_moves_the_bucket_at_its_rate(
         await limiter.admit(raised, 200)
 
 
+async def test_a_reservation_settled_after_a_raised_tpm_gives_back_only_what_is_left_of_it(
+    redis: Redis,
+) -> None:
+    """Found by review 2026-12-07: a request admitted before any change of its tpm gave back
+    its whole unused reservation, part of which had drained already and been taken by others
+    (raised by one token, 500 tokens of another request's were forgotten). What is left of it
+    is counted in tokens at the rate it was admitted at."""
+    limiter, principal = Limiter(redis, window_s=1.0), who(Limits(tpm=1200))
+    early = await limiter.admit(principal, 1000)  # 833 ms of the bucket
+    await asyncio.sleep(0.5)  # 600 of its tokens drained
+    await limiter.admit(principal, 500)  # the bucket holds its 400 left and these 500
+    raised = at_tpm(principal, 1201)
+    await limiter.admit(raised, 1)
+    await settle_in(redis, principal, early, 10, window_s=1.0)  # 400 come back, not 990
+    with pytest.raises(RateLimited):
+        await limiter.admit(raised, 900)  # 500 + 1 + 900 > 1,201
+
+
+@pytest.mark.parametrize("ended", ["settled", "released"])
+async def test_a_reservation_ended_after_a_lowered_tpm_gives_back_none(
+    redis: Redis, ended: str
+) -> None:
+    """Lowered, the bucket keeps at most a window at the new rate of what it held: where a
+    reservation from before lies in it is not known, and giving it back emptied a bucket
+    still full at the new rate (6,000 tokens used, lowered to 1,000: room at once)."""
+    limiter, principal = Limiter(redis, window_s=1.0), who(Limits(tpm=10_000))
+    early = await limiter.admit(principal, 1000)
+    await limiter.admit(principal, 5000)
+    lowered = at_tpm(principal, 1000)
+    with pytest.raises(RateLimited):
+        await limiter.admit(lowered, 1)  # full at the new rate
+    if ended == "settled":
+        await settle_in(redis, principal, early, 10, window_s=1.0)  # used 10 of its 1,000
+    else:  # its client was told the limiter was unavailable
+        assert await limiter.release(principal, early.lease) == "refunded"
+    with pytest.raises(RateLimited):
+        await limiter.admit(lowered, 900)
+
+
 async def test_a_release_after_a_tpm_change_gives_back_at_the_bucket_s_rate(
     redis: Redis,
 ) -> None:
