@@ -164,7 +164,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # One dict for the connection's requests: nobody writes to a scope's extensions.
         self.extensions: dict[str, dict[object, object]] = {CLIENT_LINK: {"link": self.link}}
         self.head_bytes: int | None = 0  # read of the current request's head; None: in its body
-        self.refused = False  # its head was too large: answered, read no more
+        self.refused = False  # answered before it was read whole (431, 408): read no more
         self.head_deadline: asyncio.TimerHandle | None = None
         self.body_deadline: asyncio.TimerHandle | None = None
         self.body_started = 0.0  # when the current request's body was first awaited
@@ -254,7 +254,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 info.status, info.outcome = 408, Outcome.REFUSED
             rid = new_request_id() if info is None else info.request_id
             self.transport.write(_closing_answer(408, error.json(), rid))
-        self.transport.close()
+        if cycle is not None:  # the request waiting on its body hears its client is gone now
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self._linger()  # (closed at once, a client still sending was reset, its 408 lost)
 
     def _body_arrived(self) -> None:
         if self.body_deadline is not None:
@@ -291,9 +294,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             code="request_headers_too_large",
         )
         self._unread_refused(431, error)
-        # Closed with the rest of the head unread, the connection would be reset, and the client
-        # would lose the answer: its end is closed, what it still sends read and dropped, until
-        # it closes too or LINGER_S passes.
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after an answer sent while the client may still be sending (a head too large,
+        a body late): closed with bytes unread, the connection would be reset, and the client
+        would lose the answer (seen: a trickled body's 408). Its end is closed, what it still
+        sends read and dropped, until it closes too or LINGER_S passes."""
         self.refused = True
         if self.transport.can_write_eof():
             self.transport.write_eof()

@@ -425,6 +425,32 @@ async def test_a_body_that_does_not_come_in_time_is_408_and_closed() -> None:
                 writer.close()
 
 
+async def test_a_408_lingers_for_a_client_still_sending_its_body() -> None:
+    """Found in CI97: the connection was closed as the 408 went out, so the bytes a client
+    still sent (a trickled body) met a closed socket, which answers with a reset, and a reset
+    that comes before the client reads takes the unread 408 with it (a ConnectionResetError
+    where the answer was due). It lingers as after a 431: the gateway's end closed after the
+    408, what the client still sends read and dropped for LINGER_S, no reset."""
+    heard: list[str] = []
+    port = free_port()
+    async with serve_uvicorn(keep_alive_1s(body_counter(heard), port)):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post_head("/late", 1000) + b"x" * 10)
+        try:
+            answer = await asyncio.wait_for(reader.read(), 10)  # the 408, then its end closed
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
+            for _ in range(5):  # the client sends on: each is read and dropped, not reset
+                writer.write(b"y")
+                await writer.drain()
+                await asyncio.sleep(0.1)
+            assert not writer.is_closing()
+            async with asyncio.timeout(5):
+                while heard != ["/late"]:  # noqa: ASYNC110 (the app's list has no event)
+                    await asyncio.sleep(0.02)  # and the request heard its client is gone
+        finally:
+            writer.close()
+
+
 async def test_chunk_extensions_earn_a_body_no_time() -> None:
     """Found by review: the body's deadline counted the bytes read, a chunked body's framing
     among them, so chunks of one byte each with a long extension (`1;e=…`) moved it on at
