@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,9 @@ from gateway.errors import Forbidden, ServiceUnavailable, Unauthorized, no_redis
 # Used only in dev mode when no pepper is configured (the settings refuse that elsewhere).
 DEV_PEPPER = "llmaas-development-only-pepper"
 T = TypeVar("T")
+# For this long after a Redis read failed, a record past its ttl (within auth.stale_max_s)
+# answers without waiting on Redis; each further failed read starts it again.
+UNAVAILABLE_BACKOFF_S = 5.0
 
 
 def _invalid() -> Unauthorized:
@@ -125,6 +129,8 @@ class Authenticator:
         # (a cold burst of one key made each request read it, emptied the Redis pool and
         # answered 503 auth_store_unavailable with Redis well).
         self.reading: dict[tuple[str, str], _Read] = {}
+        # When a Redis read last failed (monotonic), unless one succeeded since: see _cached.
+        self.failed_at = -math.inf
 
     async def principal(self, headers: Headers) -> Principal:
         if not self.required:
@@ -227,23 +233,18 @@ class Authenticator:
         self, kind: str, entries: Timed[T], name: str, load: Callable[[str], Awaitable[T | None]]
     ) -> T | None:
         """The cached record, else Redis's, cached unless an invalidation overtook the read.
-        A read begun before the last invalidation is never joined: its answer may be stale."""
+        A read begun before the last invalidation is never joined: its answer may be stale.
+        Within UNAVAILABLE_BACKOFF_S of a failed read, a record past its ttl answers at once
+        while the read goes on in the background: a hung Redis made every request wait out
+        its key's read and its tenant's, for each, before that record answered."""
         found, record = entries.get(name)
         if found:
             return record
-        generation = self.cache.generation
-        pending = self.reading.get((kind, name))
-        if pending is None or pending.generation != generation:
-
-            async def read() -> T | None:
-                record = await self._read(load(name))
-                if self.cache.generation == generation:
-                    entries.put(name, record)
-                return record
-
-            started = _Read(generation, asyncio.ensure_future(read()))
-            self.reading[(kind, name)] = pending = started
-            started.task.add_done_callback(lambda _: self._read_done(kind, name, started))
+        pending = self._reading(kind, entries, name, load)
+        if time.monotonic() < self.failed_at + UNAVAILABLE_BACKOFF_S:
+            stale = entries.stale(name, self.cache.stale_s)
+            if stale is not None:
+                return stale
         try:  # shielded: a client that leaves does not cancel the read the others wait for
             return cast("T | None", await asyncio.shield(pending.task))
         except ServiceUnavailable:  # the store cannot be read: its last answer, if recent
@@ -252,6 +253,26 @@ class Authenticator:
                 self.on_unavailable()
                 raise
             return stale
+
+    def _reading(
+        self, kind: str, entries: Timed[T], name: str, load: Callable[[str], Awaitable[T | None]]
+    ) -> _Read:
+        """The read of the record in flight, joined, or a new one."""
+        generation = self.cache.generation
+        pending = self.reading.get((kind, name))
+        if pending is not None and pending.generation == generation:
+            return pending
+
+        async def read() -> T | None:
+            record = await self._read(load(name))
+            if self.cache.generation == generation:
+                entries.put(name, record)
+            return record
+
+        started = _Read(generation, asyncio.ensure_future(read()))
+        self.reading[(kind, name)] = started
+        started.task.add_done_callback(lambda _: self._read_done(kind, name, started))
+        return started
 
     def _read_done(self, kind: str, name: str, read: _Read) -> None:
         if self.reading.get((kind, name)) is read:
@@ -264,16 +285,18 @@ class Authenticator:
             raise no_redis("Authentication")
         return self.store
 
-    @staticmethod
-    async def _read(pending: Awaitable[T]) -> T:
+    async def _read(self, pending: Awaitable[T]) -> T:
         try:
-            return await pending
+            found = await pending
         except (RedisError, OSError) as exc:
+            self.failed_at = time.monotonic()
             raise ServiceUnavailable(
                 "The key store is unreachable right now; try again shortly.",
                 code="auth_store_unavailable",
                 headers={"retry-after": "1"},
             ) from exc
+        self.failed_at = -math.inf  # Redis answers: records are read before they answer again
+        return found
 
 
 def _refuse_if_disabled(tenant: TenantRecord | None) -> None:

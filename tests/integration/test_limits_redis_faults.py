@@ -19,11 +19,13 @@ from redis.exceptions import RedisError
 from gateway.app import create_app
 from gateway.auth.authenticate import Authenticator
 from gateway.auth.principal import Limits, Principal
+from gateway.embedded.redis_server import running_redis
 from gateway.limits.limiter import Limiter, scope_keys
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import ADMIN, MODEL, auth_settings
 from tests.integration.sim_fixture import running_sim
-from tests.support.key_cache import request_until_cached
+from tests.support.gateways import gateway_process, shared_config, tenant_key
+from tests.support.key_cache import auth_feed_subscribed, request_until_cached
 from tests.support.logs import collected
 from tests.support.redis_control import RedisProxy, RestartableRedis, redis_proxy
 from tests.support.servers import serve_asgi
@@ -385,3 +387,43 @@ async def test_a_full_redis_gets_the_failure_mode_and_still_frees_slots(tmp_path
         finally:
             await stack.redis.config_set("maxmemory", "0")
         assert (await stack.complete())[0] == 200
+
+
+async def test_a_hung_redis_costs_one_slow_request_per_stale_record_not_every_request(
+    tmp_path: Path,
+) -> None:
+    """Found by review: with Redis hung (a stopped process, a lost node whose address still
+    takes packets) and a cached key past its ttl, every request waited on Redis (its key read,
+    then its tenant read, each up to redis_timeout_s) before the stale record answered, for
+    stale_max_s. A failed read now lets the stale record answer at once for a back-off."""
+    timeout_s = 2.0  # redis_timeout_s: a request that waits on Redis takes at least this
+    async with (
+        running_redis(None) as redis_url,
+        running_sim(SimConfig(models=[MODEL])) as sim,
+        aiohttp.ClientSession() as http,
+        redis_proxy(int(redis_url.rsplit(":", 1)[1].split("/")[0])) as proxy,
+    ):
+        extra = f"redis_timeout_s: {timeout_s}\nauth:\n  cache_ttl_s: 0.5\n"
+        config = shared_config(
+            tmp_path / "gw.yaml", redis_url=proxy.url, model=MODEL, sim=sim, extra=extra
+        )
+        async with gateway_process(config) as gw:
+            await auth_feed_subscribed(redis_url)
+            headers = await tenant_key(http, gw.url, "hung")  # no limits: admission needs no Redis
+
+            async def complete() -> tuple[int, float]:
+                started = time.monotonic()
+                url = f"{gw.url}/v1/chat/completions"
+                async with http.post(url, json=BODY, headers=headers) as resp:
+                    await resp.read()
+                    return resp.status, time.monotonic() - started
+
+            assert (await complete())[0] == 200  # caches the key and its tenant
+            proxy.set_mode("stall")
+            await asyncio.sleep(1.0)  # past the cache's ttl
+            answers = [await complete() for _ in range(8)]
+        assert [status for status, _ in answers] == [200] * 8, answers
+        # The first waits out one read (not its key's, its tenant's, then both again once its
+        # body was in: 4 x redis_timeout_s); the rest answer from the records at once.
+        assert answers[0][1] < 3 * timeout_s, answers
+        assert all(took < timeout_s for _, took in answers[1:]), answers

@@ -15,7 +15,6 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from gateway.auth.store import CHANNEL
 from gateway.embedded.redis_server import running_redis
 from gateway.metering.ledger import log_key
 from gateway.metering.spill import count_lines
@@ -23,6 +22,7 @@ from gateway.sim.config import SimConfig
 from tests.integration.conftest import MODEL
 from tests.integration.sim_fixture import running_sim, sim_state
 from tests.support.gateways import gateway_process, shared_config, tenant_key
+from tests.support.key_cache import auth_feed_subscribed
 from tests.support.redis_control import RedisProxy, redis_proxy
 from tests.support.usage_records import ledger_records
 
@@ -41,26 +41,10 @@ async def _ledger_size(redis_url: str, tenant: str) -> int:
         await redis.aclose()
 
 
-async def _subscribers(redis: Redis) -> int:
-    return int(dict(await redis.pubsub_numsub(CHANNEL)).get(CHANNEL.encode(), 0))
-
-
-async def _auth_feed_subscribed(redis_url: str) -> None:
-    """Until the gateway's key-cache invalidation feed is subscribed: it empties the cache once
-    confirmed, and on a busy machine that came after the request meant to cache the key."""
-    redis = Redis.from_url(redis_url)
-    try:
-        async with asyncio.timeout(10):
-            while not await _subscribers(redis):  # noqa: ASYNC110 (Redis: no event to await)
-                await asyncio.sleep(0.02)
-    finally:
-        await redis.aclose()
-
-
 async def _served_once(http: aiohttp.ClientSession, url: str, redis_url: str, tenant: str) -> Any:
     """A key of `tenant`, cached by the gateway at `url` and its first request's settlement in
     Redis (so Redis can be taken away next): the key's headers."""
-    await _auth_feed_subscribed(redis_url)
+    await auth_feed_subscribed(redis_url)
     headers = await tenant_key(http, url, tenant)
     body = {"model": MODEL, "messages": HELLO}
     async with http.post(url + "/v1/chat/completions", json=body, headers=headers) as resp:
