@@ -246,12 +246,13 @@ def _routers(settings: Settings) -> list[APIRouter]:
 def _background(
     gw: GatewayState, listener: InvalidationListener | None
 ) -> list[asyncio.Task[None]]:
-    """The tasks beside the requests: the key and adapter feeds, Redis's memory watch, the
-    sweep of the part files stopped uploads left."""
+    """The tasks beside the requests: the key and adapter feeds, Redis's memory (and data)
+    watch, the sweep of the part files stopped uploads left."""
     feeds = [f for f in (listener, gw.adapters) if f is not None]
     tasks = [asyncio.create_task(feed.run()) for feed in feeds]
     if gw.redis is not None:
-        tasks.append(asyncio.create_task(watch_redis_memory(gw.redis, gw.metrics)))
+        watch = watch_redis_memory(gw.redis, gw.metrics, gw.ledger)
+        tasks.append(asyncio.create_task(watch))
     if gw.settings.files.enabled:
         stale_s = stale_part_s(gw.settings.keep_alive_s)
         tasks.append(asyncio.create_task(sweep_stale_parts(gw.settings.files.dir, stale_s)))

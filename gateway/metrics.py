@@ -219,6 +219,12 @@ class Metrics:
             registry=reg,
             multiprocess_mode="livemax",
         )
+        self.redis_may_evict = Gauge(
+            "llmaas_redis_may_evict",
+            "1: Redis's maxmemory-policy is not noeviction, it may evict the gateway's keys",
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
         self.usage_pending = Gauge(
             "llmaas_usage_pending_records",
             "Usage settlements not yet in Redis (retry queue and this process's spill files)",

@@ -3,6 +3,13 @@ totals grow with traffic (docs/deploy.md, "Sizing Redis"), and past maxmemory Re
 writes: limited requests get `limits.failure_mode`, usage waits in the gateway. Nothing
 showed it coming (the chart ships no Redis exporter); each gateway reads `INFO memory` every
 `interval_s` into two gauges, which LlmaasRedisMemoryHigh divides.
+
+The same read tells Redis's `maxmemory-policy`: anything but noeviction lets Redis evict the
+gateway's keys without a word (volatile-lru, many managed services' default, took settlement
+de-dup markers, usage logs and daily totals; allkeys-lru took API keys too). It is logged once
+per change and kept in a gauge for LlmaasRedisMayEvict. And the ledger's id is put back if
+Redis lost it (ledger.py logs that): with every key gone no request is settled, so no write
+would have noticed.
 """
 
 from __future__ import annotations
@@ -13,18 +20,24 @@ import logging
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.metering.ledger import Ledger
 from gateway.metrics import Metrics
 from gateway.redis_client import redis_error
 
 log = logging.getLogger("llmaas.redis")
 INTERVAL_S = 30.0
+SAFE_POLICY = "noeviction"
 
 
 async def watch_redis_memory(
-    redis: Redis, metrics: Metrics, interval_s: float = INTERVAL_S
+    redis: Redis,
+    metrics: Metrics,
+    ledger: Ledger | None = None,
+    interval_s: float = INTERVAL_S,
 ) -> None:
     """Until cancelled: the gauges set from INFO memory; a failed read leaves them as they were
     (Redis away is told by the limiter's and the ledger's own metrics)."""
+    policy: str | None = None  # as last read
     while True:
         try:
             info = await redis.info("memory")
@@ -33,4 +46,29 @@ async def watch_redis_memory(
         else:
             metrics.redis_memory_used.set(float(info.get("used_memory", 0)))
             metrics.redis_maxmemory.set(float(info.get("maxmemory", 0)))
+            policy = _policy_seen(str(info.get("maxmemory_policy", SAFE_POLICY)), policy, metrics)
+        if ledger is not None:
+            await _keep_identity(ledger)
         await asyncio.sleep(interval_s)
+
+
+async def _keep_identity(ledger: Ledger) -> None:
+    """A failure is told elsewhere, as INFO's (and a full Redis refuses the SET: no matter)."""
+    try:
+        await ledger.keep_identity()
+    except (RedisError, OSError) as exc:
+        log.debug("ledger id check failed: %s", redis_error(exc))
+
+
+def _policy_seen(policy: str, before: str | None, metrics: Metrics) -> str:
+    """Set the gauge; log a policy that may evict once, not every read, and its end."""
+    metrics.redis_may_evict.set(0.0 if policy == SAFE_POLICY else 1.0)
+    if policy not in (before, SAFE_POLICY):
+        log.warning(
+            "Redis may evict the gateway's keys: its maxmemory-policy is not noeviction (API "
+            "keys, tenants, usage records and totals can be lost silently); set noeviction",
+            extra={"fields": {"maxmemory_policy": policy}},
+        )
+    elif policy != before and before is not None:
+        log.info("Redis's maxmemory-policy is noeviction again")
+    return policy

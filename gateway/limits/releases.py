@@ -51,6 +51,9 @@ class Releases:
         self.drained = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.log = logging.getLogger("llmaas.limits")
+        # Retries Redis did not take since it last took one: logged once per outage (a line per
+        # retry was 24 in 40 s of a hang), with the count when they go through again.
+        self.failed_retries = 0
 
     def add(self, caller: Principal, lease: str) -> None:
         """Release `lease` soon; never waits and never raises."""
@@ -111,13 +114,21 @@ class Releases:
         try:
             outcome = await self.limiter.release(pending.caller, pending.lease)
         except REDIS_FAILURES as exc:
-            self.log.warning(
-                "lease release failed, will retry",
-                extra={"fields": {"error": redis_error(exc), "pending": len(self.queue)}},
-            )
+            if not self.failed_retries:
+                self.log.warning(
+                    "lease release failed, will retry (logged again once it goes through)",
+                    extra={"fields": {"error": redis_error(exc), "pending": len(self.queue)}},
+                )
+            self.failed_retries += 1
             return False
         self.queue.popleft()
         self._count(outcome)
+        if self.failed_retries:
+            self.log.info(
+                "lease releases go through again",
+                extra={"fields": {"failed_retries": self.failed_retries}},
+            )
+            self.failed_retries = 0
         return True
 
     async def _release_batch(self) -> None:

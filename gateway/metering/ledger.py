@@ -16,6 +16,7 @@ Layout (every key of a tenant under its hash tag, so one script touches them tog
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Sequence
@@ -92,6 +93,7 @@ class Ledger:
         self.window_ms = int(window_s * 1000)
         self.fixed: dict[tuple[str, str, tuple[str, str], int | None, tuple[str, ...]], _Fixed] = {}
         self.id: str | None = None  # identity()'s answer, once asked
+        self.log = logging.getLogger("llmaas.metering")
 
     @property
     def location(self) -> str:
@@ -108,6 +110,17 @@ class Ledger:
             _, found = await pipe.execute()
         self.id = found.decode() if isinstance(found, bytes) else str(found)
         return self.id
+
+    async def keep_identity(self) -> None:
+        """Put the id back if Redis lost it, as a write does (commands()), for a Redis that
+        lost its data while nothing is settled: every key gone, every request a 401."""
+        if self.id is None:
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(LEDGER_ID, self.id, nx=True)
+            pipe.get(LEDGER_ID)
+            put, held = await pipe.execute()
+        self._held(put, held)
 
     async def close(self) -> None:
         """Close the connection settlements go out on (the gateway's shared one, at shutdown)."""
@@ -131,10 +144,24 @@ class Ledger:
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        if asks_id:  # the id Redis holds now: another process's, if it made one after Redis
-            held = replies[-1]  # lost ours and before this write put it back
-            if isinstance(held, bytes) and held.decode() != self.id:
-                self.id = held.decode()
+        if asks_id:
+            self._held(replies[-2], replies[-1])
+
+    def _held(self, put: object, held: object) -> None:
+        """The replies to SET NX and GET of the id. The id Redis holds now is another
+        process's if it made one after Redis lost ours and before we put it back. Either
+        way Redis lost its data: logged by the process that notices first, once per loss
+        (the operator saw every key refused 401 and not a line saying why)."""
+        other = isinstance(held, bytes) and held.decode() != self.id
+        if put or other:
+            self.log.warning(
+                "Redis lost its data (ledger id written again): keys, tenants, usage and "
+                "files' records are gone; restore Redis's data (docs/deploy.md, Redis)",
+                extra={"fields": {"ledger": self.id, "redis": self.location}},
+            )
+        if other:
+            assert isinstance(held, bytes)
+            self.id = held.decode()
 
     def hasten(self, linger_s: float) -> None:
         """A write lingering for company goes within `linger_s` at the latest."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +22,8 @@ from gateway.auth.authenticate import Authenticator
 from gateway.auth.principal import Limits, Principal
 from gateway.embedded.redis_server import running_redis
 from gateway.limits.limiter import Limiter, scope_keys
+from gateway.limits.releases import Releases
+from gateway.metering.ledger import log_key
 from gateway.sim.config import SimConfig
 from tests.integration.conftest import ADMIN, MODEL, auth_settings
 from tests.integration.sim_fixture import running_sim
@@ -46,6 +49,7 @@ class Faulty:
     headers: dict[str, str]
     key_id: str
     auth: Authenticator  # the gateway's own, to see what its key cache holds
+    releases: Releases  # the gateway's own
 
     async def complete_with_the_key_cached(self) -> None:
         """Completions (each 200) until the key and its tenant are in the gateway's cache."""
@@ -93,12 +97,15 @@ async def faulty_stack(
     cache_ttl_s: float | None = None,
     stale_max_s: float | None = None,
     tpm: bool = True,
+    maxmemory_policy: str = "noeviction",
 ) -> AsyncIterator[Faulty]:
     """A gateway whose Redis sits behind a proxy (or not), and a key limited at both scopes
     (`tpm`: in tokens too, a few requests' worth)."""
     redis_server = RestartableRedis(tmp_path)
     await redis_server.start()
     try:
+        async with Redis.from_url(redis_server.url) as redis:  # as the gateway first sees it
+            await redis.config_set("maxmemory-policy", maxmemory_policy)
         async with (
             redis_proxy(redis_server.port) as proxy,
             running_sim(sim or SimConfig(models=[MODEL])) as sim_url,
@@ -129,9 +136,17 @@ async def faulty_stack(
                 async with http.post(f"{admin}/keys", json=key, headers=ADMIN) as resp:
                     created = await resp.json()
                 headers = {"authorization": f"Bearer {created['key']}"}
-                auth = app.state.gateway.auth
+                gw = app.state.gateway
                 yield Faulty(
-                    gateway, proxy, redis_server, redis, http, headers, created["id"], auth
+                    gateway,
+                    proxy,
+                    redis_server,
+                    redis,
+                    http,
+                    headers,
+                    created["id"],
+                    gw.auth,
+                    gw.admission.releases,
                 )
     finally:
         await redis_server.stop()
@@ -427,3 +442,67 @@ async def test_a_hung_redis_costs_one_slow_request_per_stale_record_not_every_re
         # body was in: 4 x redis_timeout_s); the rest answer from the records at once.
         assert answers[0][1] < 3 * timeout_s, answers
         assert all(took < timeout_s for _, took in answers[1:]), answers
+
+
+async def test_a_redis_that_may_evict_the_gateways_keys_is_logged_and_alerted(
+    tmp_path: Path,
+) -> None:
+    # An operator's Redis with volatile-lru (many managed services' default) evicted settlement
+    # markers, usage logs and daily totals, allkeys-lru API keys too, and nothing said so.
+    with collected("llmaas.redis") as logs:
+        async with faulty_stack(tmp_path, "closed", maxmemory_policy="volatile-lru") as stack:
+            found = await logs.wait_for(
+                lambda r: r.getMessage().startswith("Redis may evict the gateway's keys")
+            )
+            assert found[0].fields == {"maxmemory_policy": "volatile-lru"}  # type: ignore[attr-defined]
+            assert found[0].levelno == logging.WARNING
+            assert await stack.metric("llmaas_redis_may_evict") == 1  # LlmaasRedisMayEvict
+            await stack.redis.config_set("maxmemory-policy", "noeviction")
+
+
+async def test_a_redis_that_lost_its_data_is_logged_once(tmp_path: Path) -> None:
+    # Redis back without its data: keys, tenants and usage gone, and not a line in the log
+    # saying so. The settlement's SET NX of the ledger id now tells it, once.
+    async with faulty_stack(tmp_path, "closed", proxied=False, tpm=False) as stack:
+        await stack.complete_with_the_key_cached()
+        await settled(stack, requests=len((await stack.limits())["requests"][0]))
+        with collected("llmaas.metering") as logs:
+            await stack.redis.flushall()
+            for served in (1, 2):  # the key is still cached here: served, and settled
+                assert (await stack.complete())[0] == 200
+                async with asyncio.timeout(10):
+                    while await stack.redis.xlen(log_key(TENANT)) < served:  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+        lost = [r for r in logs.records if r.getMessage().startswith("Redis lost its data")]
+        assert [r.levelno for r in lost] == [logging.WARNING]
+
+
+async def test_a_redis_hang_logs_failed_releases_once_not_once_per_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each retry of a release during a Redis hang logged a warning (24 in 40 s); once per
+    # outage now, as the limiter's own, and once when they go through again.
+    async with faulty_stack(tmp_path, "closed") as stack:
+        await stack.complete_with_the_key_cached()
+        caller = Principal(TENANT, stack.key_id, "api_key", key_limits=Limits(max_concurrency=5))
+        held = await Limiter(stack.redis).admit(caller, 10)
+        tries = 0
+        release = stack.releases.limiter.release
+
+        async def counted(caller: Principal, lease: str) -> str:
+            nonlocal tries
+            tries += 1
+            return await release(caller, lease)
+
+        monkeypatch.setattr(stack.releases.limiter, "release", counted)
+        with collected("llmaas.limits") as logs:
+            stack.proxy.set_mode("refuse")
+            stack.releases.add(caller, held.lease)
+            async with asyncio.timeout(30):  # retried after 50, 100, 200 ms
+                while tries < 4:  # noqa: ASYNC110 (counted by the releases' own task)
+                    await asyncio.sleep(0.05)
+            stack.proxy.set_mode("pass")
+            await logs.wait_for(lambda r: r.getMessage() == "lease releases go through again")
+        failed = [r for r in logs.records if r.getMessage().startswith("lease release failed")]
+        assert [r.levelno for r in failed] == [logging.WARNING]
+        assert await stack.redis.zscore(scope_keys(TENANT, stack.key_id)[0][2], held.lease) is None

@@ -24,6 +24,7 @@ COVERED = {
     "streams an engine breaks off": "llmaas_upstream_errors_total",
     "usage records pending": "llmaas_usage_pending_records",
     "usage records lost": "llmaas_usage_lost_records_total",
+    "a Redis that may evict keys and usage": "llmaas_redis_may_evict",
 }
 
 

@@ -1,0 +1,86 @@
+"""What the gateway's Redis watch tells the operator, against a real Redis: a maxmemory-policy
+that may evict the gateway's keys (once per change, not every read), and a Redis that lost
+its data while no request was settled."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from redis.asyncio import Redis
+
+from gateway.metering.ledger import LEDGER_ID, Ledger
+from gateway.metrics import Metrics
+from gateway.redis_memory import watch_redis_memory
+from gateway.settings import MeteringSettings
+from tests.support.logs import Collect, collected
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+EVICTS = "Redis may evict the gateway's keys"
+LOST = "Redis lost its data"
+
+
+@contextlib.asynccontextmanager
+async def watching(redis: Redis, metrics: Metrics, ledger: Ledger) -> AsyncIterator[None]:
+    """The watch reading every 10 ms (30 s in the gateway): each change below meets many reads."""
+    task = asyncio.create_task(watch_redis_memory(redis, metrics, ledger, interval_s=0.01))
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await redis.config_set("maxmemory-policy", "noeviction")
+
+
+def starting(text: str) -> Callable[[logging.LogRecord], bool]:
+    return lambda record: record.getMessage().startswith(text)
+
+
+def count(logs: Collect, text: str) -> int:
+    return len([r for r in logs.records if starting(text)(r)])
+
+
+async def test_a_policy_that_may_evict_is_logged_once_per_change_and_gauged(
+    redis: Redis,
+) -> None:
+    # volatile-lru (many managed Redis services' default) evicted usage records and totals,
+    # allkeys-lru API keys too, and nothing said so. Once per change now, not every 30 s.
+    metrics = Metrics()
+    ledger = Ledger(redis, MeteringSettings(), window_s=60.0)
+    with collected() as logs:
+        async with watching(redis, metrics, ledger):
+            await redis.config_set("maxmemory-policy", "volatile-lru")
+            await logs.wait_for(starting(EVICTS))
+            assert metrics.redis_may_evict._value.get() == 1.0
+            await redis.config_set("maxmemory-policy", "allkeys-lru")
+            await logs.wait_for(lambda r: "allkeys-lru" in str(getattr(r, "fields", "")))
+            await redis.config_set("maxmemory-policy", "noeviction")
+            async with asyncio.timeout(5):
+                while metrics.redis_may_evict._value.get() != 0.0:  # noqa: ASYNC110 (a gauge)
+                    await asyncio.sleep(0.01)
+    policies = [r.fields["maxmemory_policy"] for r in logs.records if starting(EVICTS)(r)]  # type: ignore[attr-defined]
+    assert policies == ["volatile-lru", "allkeys-lru"]
+    assert all(r.levelno == logging.WARNING for r in logs.records if starting(EVICTS)(r))
+
+
+async def test_a_redis_that_lost_its_data_is_logged_once_with_no_request_settled(
+    redis: Redis,
+) -> None:
+    # Redis back empty: every key 401 (so nothing is settled, no write sees the loss), and the
+    # operator got no line saying why. The watch puts the ledger's id back, and says so once.
+    ledger = Ledger(redis, MeteringSettings(), window_s=60.0)
+    known = await ledger.identity()
+    with collected() as logs:
+        async with watching(redis, Metrics(), ledger):
+            await redis.flushall()
+            await logs.wait_for(starting(LOST))
+            assert await redis.get(LEDGER_ID) == known.encode()  # put back, for the spills
+            await redis.config_set("maxmemory-policy", "volatile-lru")  # many reads later
+            await logs.wait_for(starting(EVICTS))
+    lost = [r for r in logs.records if starting(LOST)(r)]
+    assert [r.levelno for r in lost] == [logging.WARNING]
+    assert count(logs, EVICTS) == 1
