@@ -64,11 +64,13 @@ async def test_a_renewal_redis_refuses_is_logged_and_retried(
     try:
         with caplog.at_level(logging.WARNING, "llmaas.limits"):
             async with asyncio.timeout(10):
-                while renewals.failures < 2:  # noqa: ASYNC110
+                while renewals.failures < 4:  # noqa: ASYNC110
                     await asyncio.sleep(0.02)
         assert renewals.task is not None
         assert not renewals.task.done()  # still trying
-        assert "lease renewal failed" in caplog.text
+        # once per outage (found by review 2026-12-07: a warning every interval of a hang)
+        failed = [r for r in caplog.records if r.getMessage().startswith("lease renewal failed")]
+        assert len(failed) == 1
     finally:
         await renewals.close()
         await broken.aclose()
