@@ -219,6 +219,13 @@ class Metrics:
             registry=reg,
             multiprocess_mode="livemax",
         )
+        self.redis_up = Gauge(
+            "llmaas_redis_up",
+            "1: this gateway's last read of Redis's INFO (every 30 s) was answered; 0: it failed "
+            "(down, refusing, or silent past redis_timeout_s), or none yet",
+            registry=reg,
+            multiprocess_mode="livemin",  # any worker that cannot reach it
+        )
         self.redis_may_evict = Gauge(
             "llmaas_redis_may_evict",
             "1: Redis's maxmemory-policy is not noeviction, it may evict the gateway's keys",

@@ -36,14 +36,17 @@ async def watch_redis_memory(
     interval_s: float = INTERVAL_S,
 ) -> None:
     """Until cancelled: the gauges set from INFO memory; a failed read leaves them as they were
-    (Redis away is told by the limiter's and the ledger's own metrics)."""
+    and sets llmaas_redis_up to 0 (LlmaasRedisUnreachable: a Redis away while nothing needs it
+    moved no other metric, the limiter's and the ledger's own counting only what fails)."""
     policy: str | None = None  # as last read
     while True:
         try:
             info = await redis.info("memory")
         except (RedisError, OSError) as exc:
             log.debug("INFO memory failed: %s", redis_error(exc))
+            metrics.redis_up.set(0.0)
         else:
+            metrics.redis_up.set(1.0)
             metrics.redis_memory_used.set(float(info.get("used_memory", 0)))
             metrics.redis_maxmemory.set(float(info.get("maxmemory", 0)))
             policy = _policy_seen(str(info.get("maxmemory_policy", SAFE_POLICY)), policy, metrics)

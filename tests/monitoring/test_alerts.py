@@ -25,6 +25,7 @@ COVERED = {
     "usage records pending": "llmaas_usage_pending_records",
     "usage records lost": "llmaas_usage_lost_records_total",
     "a Redis that may evict keys and usage": "llmaas_redis_may_evict",
+    "Redis unreachable, with or without traffic": "llmaas_redis_up",
 }
 
 

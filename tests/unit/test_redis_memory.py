@@ -84,3 +84,21 @@ async def test_a_redis_that_lost_its_data_is_logged_once_with_no_request_settled
     lost = [r for r in logs.records if starting(LOST)(r)]
     assert [r.levelno for r in lost] == [logging.WARNING]
     assert count(logs, EVICTS) == 1
+
+
+async def test_a_redis_that_does_not_answer_is_gauged_down_and_up_again(redis: Redis) -> None:
+    """Found by review 2026-12-07: no metric said whether Redis could be reached, so an outage
+    while no request needed it raised no alert (LlmaasRedisUnreachable reads this)."""
+    metrics = Metrics()
+    nothing = Redis(host="127.0.0.1", port=9, socket_connect_timeout=0.2)  # nothing listens
+    for client, up in ((nothing, 0.0), (redis, 1.0)):
+        task = asyncio.create_task(watch_redis_memory(client, metrics, interval_s=0.01))
+        try:
+            metrics.redis_up.set(1.0 - up)  # (the other value: the watch must set it)
+            async with asyncio.timeout(5):
+                while metrics.redis_up._value.get() != up:  # noqa: ASYNC110 (a gauge)
+                    await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    await nothing.aclose()
