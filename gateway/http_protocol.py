@@ -38,13 +38,13 @@ import asyncio
 import contextlib
 import socket
 import struct
-from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
 
 from starlette.types import Scope
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from gateway.client_link import CLIENT_LINK, ClientLink
 from gateway.errors import InvalidRequest
 from gateway.http10 import Unchunked
 from gateway.http_refusals import UNREAD_STATE, UnreadRefusals
@@ -52,14 +52,12 @@ from gateway.http_upgrade import UpgradeDropped
 from gateway.proxy.outcome import Outcome
 from gateway.request_context import found_info, new_request_id
 
-# The scope's extension that carries a request's ClientLink (ASGI: scope["extensions"]).
-CLIENT_LINK = "llmaas.client_link"
 _STATUS_LINE = b"HTTP/1.1 "
 _END_OF_HEAD = b"\r\n\r\n"
 # A request's URL and headers together, to the byte: room for large JWTs and cookies (nginx
 # takes 4 x 8 KiB, uvicorn's h11 protocol 16 KiB).
 MAX_HEAD_BYTES = 64 * 1024
-LINGER_S = 2.0  # how long a connection refused for its head is read (and dropped) before closing
+LINGER_S = 2.0  # how long a connection answered before its request was read is read on
 # A body's deadline moves a second later for every BODY_MIN_RATE bytes received: an upload of
 # any size arrives whole at this average rate or faster.
 BODY_MIN_RATE = 500
@@ -102,56 +100,6 @@ class HeadWithBody:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
-
-
-class ClientLink:
-    """A connection's word to the request it is serving: whether its client is gone, and a
-    call the moment it goes.
-
-    The proxy must stop the engine's work when the client hangs up. An ASGI app learns that
-    from `receive`, which only a task waiting on it hears: a task per request, started and
-    cancelled, with a turn of the event loop to see whether the client had already left. The
-    connection knows first, with no task: one link per connection, one listener at a time
-    (uvicorn serves a connection's requests one after the other).
-    """
-
-    __slots__ = ("abort", "gone", "listener")
-
-    def __init__(self, abort: Callable[[], None] = lambda: None) -> None:
-        self.gone = False
-        self.listener: Callable[[], None] | None = None
-        # Drop the connection now, unsent bytes and all: a client cut for not reading (a
-        # graceful close waits for it to read what is queued, which it never does).
-        self.abort = abort
-
-    def listen(self, listener: Callable[[], None] | None) -> None:
-        """Call `listener` when the connection is lost (None: call nothing)."""
-        self.listener = listener
-
-    def lost(self) -> None:
-        self.gone = True
-        listener, self.listener = self.listener, None
-        if listener is not None:
-            listener()
-
-
-def client_link(scope: Scope) -> ClientLink | None:
-    """The request's link, when the gateway's protocol serves it (None under another server)."""
-    extension = scope.get("extensions", {}).get(CLIENT_LINK)
-    return None if extension is None else cast(ClientLink, extension["link"])
-
-
-async def drop_client(scope: Scope) -> bool:
-    """Reset the connection of a client cut for not reading (a graceful close waits for it to
-    read what is queued: its socket and megabytes of unsent answer stayed as long as it kept
-    the connection), and let the server hear it gone before the request returns (else it logs
-    the unfinished answer as an error). False under another server: nothing to drop."""
-    link = client_link(scope)
-    if link is None:
-        return False
-    link.abort()
-    await asyncio.sleep(0)  # connection_lost runs
-    return True
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):

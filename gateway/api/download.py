@@ -13,7 +13,7 @@ import asyncio
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.http_protocol import drop_client
+from gateway.client_link import drop_client
 from gateway.proxy.outcome import Outcome
 from gateway.request_context import info_of
 

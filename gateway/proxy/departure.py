@@ -1,6 +1,6 @@
 """Knowing that a request's client left before its answer was whole.
 
-Under the gateway's protocol the connection says so itself (http_protocol.ClientLink): no task.
+Under the gateway's protocol the connection says so itself (client_link.ClientLink): no task.
 Under any other server (an app called in process) a task waits on the ASGI `receive` for its
 `http.disconnect`, as the proxy did for every request before the link.
 """
@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from starlette.types import Receive, Scope
 
-from gateway.http_protocol import ClientLink, client_link
+from gateway.client_link import ClientLink, client_link
 
 
 class Departure:

@@ -20,8 +20,8 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from gateway.client_link import drop_client
 from gateway.errors import ApiError, BadGateway
-from gateway.http_protocol import drop_client
 from gateway.metering.usage import usage_of
 from gateway.metrics import model_label
 from gateway.proxy.asgi_send import WriteDeadline, send_bytes, send_error

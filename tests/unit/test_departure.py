@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from starlette.types import Message, Scope
 
-from gateway.http_protocol import CLIENT_LINK, ClientLink
+from gateway.client_link import CLIENT_LINK, ClientLink
 from gateway.proxy.departure import Departure
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

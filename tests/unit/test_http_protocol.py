@@ -17,14 +17,8 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.http_protocol import (
-    BODY_MIN_RATE,
-    MAX_HEAD_BYTES,
-    ClientLink,
-    GatewayHttpProtocol,
-    HeadWithBody,
-    client_link,
-)
+from gateway.client_link import ClientLink, client_link
+from gateway.http_protocol import BODY_MIN_RATE, MAX_HEAD_BYTES, GatewayHttpProtocol, HeadWithBody
 from gateway.netutil import free_port
 from tests.support.servers import serve_asgi, serve_uvicorn
 

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from gateway.embedded.banner import banner
 from gateway.embedded.data_dir import DataDir
 from gateway.embedded.dev_credentials import admin_token
 from gateway.embedded.engine import EngineSpec
 from gateway.embedded.prepare import Prepared
-from gateway.embedded.up import banner, up_settings
+from gateway.embedded.up import up_settings
 
 
 @pytest.mark.parametrize(
