@@ -80,27 +80,18 @@ end
 local rescaled = {}  -- per scope: the bucket was read at another tpm and moved to this one
 local function bucket(scope)
   if tat[scope] == nil then
-    -- "TAT:tpm" (a bare TAT: written before the tpm was kept, taken as at this one). A TAT
-    -- kept at another tpm (the limit was changed since) is moved to this one: what is ahead
-    -- of now is tokens at that rate, so it takes their time at this rate, at most a window
-    -- (or what it was, if more: usage past the reservation). So a raised tpm has room at once
-    -- for what it adds, a lowered one waits for tokens used past it, as a sliding window would.
-    local value = redis.call('GET', KEYS[scope * 3 - 1])
-    local at, was = false, nil
-    if value then
-      local colon = string.find(value, ':', 1, true)
-      if colon then
-        at, was = tonumber(string.sub(value, 1, colon - 1)), tonumber(string.sub(value, colon + 1))
-      else
-        at = tonumber(value)
-      end
-    end
+    -- "TAT:tpm" (bucket.lua). A TAT kept at another tpm (the limit was changed since) is
+    -- moved to this one: what is ahead of now is tokens at that rate, so it takes their time
+    -- at this rate, at most a window (or what it was, if more: usage past the reservation). So
+    -- a raised tpm has room at once for what it adds, a lowered one waits for tokens used past
+    -- it, as a sliding window would.
+    local at, was = bucket_read(redis.call('GET', KEYS[scope * 3 - 1]), tpm[scope])
     if at and was and was ~= tpm[scope] and at > now then
       local ahead = at - now
       at = now + math.min(ahead * was / tpm[scope], math.max(ahead, PERIOD))
       rescaled[scope] = true
     end
-    tat[scope] = at or false
+    tat[scope] = at
   end
   local at = tat[scope]
   if not at or at < now then return now end
@@ -209,9 +200,7 @@ if admitted == 0 then
   -- write of the script, and the refusals above stand (the next call moves it again).
   for scope = 1, 2 do
     if rescaled[scope] then
-      local at = tat[scope]
-      local ttl = string.format('%d', math.ceil(at - now) + 1000)
-      redis.pcall('SET', KEYS[scope * 3 - 1], string.format('%.17g:%d', at, tpm[scope]), 'PX', ttl)
+      bucket_write(redis.pcall, KEYS[scope * 3 - 1], tat[scope], tpm[scope], now)
     end
   end
   return replies
@@ -227,9 +216,7 @@ for scope = 1, 2 do
     redis.call('PEXPIRE', KEYS[scope * 3], leases_ttl)
   end
   if tpm[scope] > 0 then
-    local at = tat[scope]
-    local ttl = string.format('%d', math.ceil(at - now) + 1000)
-    redis.call('SET', KEYS[scope * 3 - 1], string.format('%.17g:%d', at, tpm[scope]), 'PX', ttl)
+    bucket_write(redis.call, KEYS[scope * 3 - 1], tat[scope], tpm[scope], now)
   end
 end
 return replies

@@ -20,6 +20,7 @@ from gateway.limits.releases import Releases
 from gateway.limits.renewals import Renewals
 from gateway.limits.tight import tight
 from gateway.metrics import Metrics
+from gateway.outage_log import OutageLog
 from gateway.redis_client import REDIS_FAILURES, redis_error
 from gateway.settings import LimitsSettings
 
@@ -74,9 +75,12 @@ class AdmissionControl:
         self.defaulted: dict[int, tuple[Principal, Principal]] = {}
         self.filling: set[asyncio.Task[None]] = set()  # shelves' fills asked for ahead
         self.log = logging.getLogger("llmaas.limits")
-        # Answers given without Redis since it was last reached: logged once per outage (a
-        # line per request was thousands a second), with the count when Redis answers again.
-        self.unavailable_answers = 0
+        self.outage = OutageLog(  # (a line per request was thousands a second)
+            self.log,
+            "rate limiter unavailable (logged again once it answers)",
+            "rate limiter reachable again",
+            "answered_without_it",
+        )
         # Told when an admission reaches Redis after it was away (the settler's retries).
         self.redis_back = redis_back or []
 
@@ -304,18 +308,13 @@ class AdmissionControl:
     def _unavailable(self, failure: Failure, exc: BaseException) -> None:
         """failure_mode's answer: returns to admit without limits (open), else raises 503."""
         self.metrics.ratelimit_unavailable.labels(self.settings.failure_mode).inc()
-        if not self.unavailable_answers:
-            self.log.warning(
-                "rate limiter unavailable (logged again once it answers)",
-                extra={
-                    "fields": {
-                        "reason": failure.kind,
-                        "error": redis_error(exc),
-                        "failure_mode": self.settings.failure_mode,
-                    }
-                },
-            )
-        self.unavailable_answers += 1
+        self.outage.failed(
+            {
+                "reason": failure.kind,
+                "error": redis_error(exc),
+                "failure_mode": self.settings.failure_mode,
+            }
+        )
         if self.settings.failure_mode == "closed":
             raise ServiceUnavailable(
                 "Rate limits cannot be checked right now; try again shortly.",
@@ -324,12 +323,7 @@ class AdmissionControl:
             ) from exc
 
     def _reached(self) -> None:
-        if self.unavailable_answers:
-            self.log.info(
-                "rate limiter reachable again",
-                extra={"fields": {"answered_without_it": self.unavailable_answers}},
-            )
-            self.unavailable_answers = 0
+        if self.outage.reached():
             if self.releases is not None:
                 self.releases.redis_back()
             for told in self.redis_back:

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 
 from gateway.auth.principal import Limits, Principal
 from gateway.errors import RateLimited
+from gateway.limits.lua import with_bucket
 from gateway.redis_pipe import PipeScript, RedisPipe
 from gateway.redis_wire import Command
 
@@ -121,8 +122,8 @@ class Limiter:
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
         self.window_ms = int(window_s * 1000)
         self.pipe = pipe or RedisPipe(redis)
-        self._admit = PipeScript(self.pipe, (_SCRIPTS / "admission.lua").read_text())
-        self._release = redis.register_script((_SCRIPTS / "release.lua").read_text())
+        self._admit = PipeScript(self.pipe, with_bucket(_SCRIPTS / "admission.lua"))
+        self._release = redis.register_script(with_bucket(_SCRIPTS / "release.lua"))
         self._renew = redis.register_script((_SCRIPTS / "renew.lua").read_text())
         self.redis = redis
 

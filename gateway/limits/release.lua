@@ -32,22 +32,13 @@ for scope = 1, 2 do
   local bucket = KEYS[scope * 3]
   local limit = tonumber(ARGV[2 + scope])
   local value = tokens and limit > 0 and redis.call('GET', bucket)
-  if value then
-    -- "TAT:tpm" (admission.lua): the tokens go back at the rate the bucket is kept at
-    local colon = string.find(value, ':', 1, true)
-    local tat, rate = tonumber(value), limit
-    if colon then
-      tat, rate = tonumber(string.sub(value, 1, colon - 1)), tonumber(string.sub(value, colon + 1))
-    end
-    -- (none back from a bucket moved to a lower tpm since: it kept at most a window of what
-    -- it held, this reservation's place in it unknown; as settle.lua)
-    local new_tat = rate < limit and tat or tat - tokens * period / rate
-    if new_tat > now then
-      local ttl = math.ceil(new_tat - now) + 1000
-      redis.call('SET', bucket, string.format('%.17g:%d', new_tat, rate), 'PX', ttl)  -- (admission.lua)
-    else
-      redis.call('DEL', bucket)
-    end
+  local tat, rate = bucket_read(value, limit)
+  if tat then
+    -- The tokens go back at the rate the bucket is kept at (none from a bucket moved to a
+    -- lower tpm since: it kept at most a window of what it held, this reservation's place in
+    -- it unknown; as settle.lua)
+    local back = rate < limit and 0 or tokens * period / rate
+    bucket_write(redis.call, bucket, tat - back, rate, now)
   end
 end
 return tokens and 'refunded' or 'cancelled'

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from gateway.auth.principal import Principal
 from gateway.limits.limiter import Limiter
 from gateway.metrics import Metrics
+from gateway.outage_log import OutageLog
 from gateway.redis_client import REDIS_FAILURES, redis_error
 
 FIRST_RETRY_S = 0.05
@@ -51,9 +52,12 @@ class Releases:
         self.drained = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.log = logging.getLogger("llmaas.limits")
-        # Retries Redis did not take since it last took one: logged once per outage (a line per
-        # retry was 24 in 40 s of a hang), with the count when they go through again.
-        self.failed_retries = 0
+        self.outage = OutageLog(  # (a line per retry was 24 in 40 s of a hang)
+            self.log,
+            "lease release failed, will retry (logged again once it goes through)",
+            "lease releases go through again",
+            "failed_retries",
+        )
 
     def add(self, caller: Principal, lease: str) -> None:
         """Release `lease` soon; never waits and never raises."""
@@ -114,21 +118,11 @@ class Releases:
         try:
             outcome = await self.limiter.release(pending.caller, pending.lease)
         except REDIS_FAILURES as exc:
-            if not self.failed_retries:
-                self.log.warning(
-                    "lease release failed, will retry (logged again once it goes through)",
-                    extra={"fields": {"error": redis_error(exc), "pending": len(self.queue)}},
-                )
-            self.failed_retries += 1
+            self.outage.failed({"error": redis_error(exc), "pending": len(self.queue)})
             return False
         self.queue.popleft()
         self._count(outcome)
-        if self.failed_retries:
-            self.log.info(
-                "lease releases go through again",
-                extra={"fields": {"failed_retries": self.failed_retries}},
-            )
-            self.failed_retries = 0
+        self.outage.reached()
         return True
 
     async def _release_batch(self) -> None:

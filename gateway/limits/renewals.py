@@ -17,6 +17,7 @@ import logging
 
 from gateway.auth.principal import Principal
 from gateway.limits.limiter import Limiter
+from gateway.outage_log import OutageLog
 from gateway.redis_client import REDIS_FAILURES, redis_error
 
 BATCH = 500  # leases per pipelined round trip
@@ -31,11 +32,14 @@ class Renewals:
         self.live: dict[str, Principal] = {}  # lease id → its caller (whose keys hold it)
         self.renewed = 0  # lease-set entries renewed, since start
         self.failures = 0  # batches Redis did not take
-        # Batches Redis did not take since it last took one: logged once per outage (a line
-        # every interval was the rest of a hang's log), with the count once they go through.
-        self.failed_in_a_row = 0
         self.task: asyncio.Task[None] | None = None
         self.log = logging.getLogger("llmaas.limits")
+        self.outage = OutageLog(
+            self.log,
+            "lease renewal failed, will retry (logged again once it goes through)",
+            "lease renewals go through again",
+            "failed_batches",
+        )
 
     def hold(self, caller: Principal, lease: str) -> None:
         """Renew `lease` until `drop`; never waits and never raises."""
@@ -67,19 +71,9 @@ class Renewals:
                 self.renewed += await self.limiter.renew(batch)
         except REDIS_FAILURES as exc:
             self.failures += 1
-            if not self.failed_in_a_row:
-                self.log.warning(
-                    "lease renewal failed, will retry (logged again once it goes through)",
-                    extra={"fields": {"error": redis_error(exc), "leases": len(batch)}},
-                )
-            self.failed_in_a_row += 1
+            self.outage.failed({"error": redis_error(exc), "leases": len(batch)})
             return
-        if self.failed_in_a_row:
-            self.log.info(
-                "lease renewals go through again",
-                extra={"fields": {"failed_batches": self.failed_in_a_row}},
-            )
-            self.failed_in_a_row = 0
+        self.outage.reached()
 
     def _stopped(self, task: asyncio.Task[None]) -> None:
         """A worker that died of a bug: log it; the next hold starts a new one."""

@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from gateway.limits.limiter import scope_keys
+from gateway.limits.lua import with_bucket
 from gateway.metering.record import FIELD_NAMES, FINE_TUNE_ROUTE, day_of
 from gateway.metering.settlement import Settlement
 from gateway.redis_pipe import PipeScript, RedisPipe
@@ -42,7 +43,7 @@ METRICS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens")
 # A fine-tuning job's record adds to its own daily totals, apart from the model's inference: its
 # prompt_tokens are the tokens trained on (settle.lua skips a metric named "").
 TRAINING_METRICS = ("fine_tune_jobs", "trained_tokens", "", "")
-_SCRIPT = (Path(__file__).parent / "settle.lua").read_text()
+_SCRIPT = with_bucket(Path(__file__).parent / "settle.lua")
 DAY_MS = 86_400_000
 FIXED_MAX = 10_000  # (key, model, day) entries of the per-ledger memo before it starts over
 GROUP_MAX = 64  # settlements per settle.lua call: one call holds Redis for all of its group

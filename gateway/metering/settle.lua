@@ -30,16 +30,7 @@ local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local period = tonumber(ARGV[2])
 
 local tat, dirty = {}, {}  -- per scope: the bucket's TAT (false: none; nil: not read yet)
-local rate = {}  -- per scope: the tpm the bucket's TAT is kept at (admission.lua: "TAT:tpm")
-local function read_bucket(scope, limit)
-  local value = redis.call('GET', KEYS[1 + scope * 2])
-  local colon = value and string.find(value, ':', 1, true)
-  if colon then
-    tat[scope], rate[scope] = tonumber(string.sub(value, 1, colon - 1)), tonumber(string.sub(value, colon + 1))
-  else
-    tat[scope], rate[scope] = value and tonumber(value) or false, limit
-  end
-end
+local rate = {}  -- per scope: the tpm the bucket's TAT is kept at (bucket.lua: "TAT:tpm")
 local released = {{}, {}}  -- per scope: leases to remove
 local logged = {}  -- where each applied record's arguments start
 local applied = 0
@@ -54,7 +45,7 @@ for i = 1, n do
         local limit = tonumber(ARGV[at + 3 + scope])
         if limit > 0 and delta ~= 0 then
           if tat[scope] == nil then
-            read_bucket(scope, limit)
+            tat[scope], rate[scope] = bucket_read(redis.call('GET', KEYS[1 + scope * 2]), limit)
           end
           -- Tokens take time at the rate the bucket is kept at: its tpm may have been changed
           -- since this one was admitted (admission.lua moved the bucket to the new one).
@@ -100,13 +91,7 @@ end
 for scope = 1, 2 do
   local bucket = KEYS[1 + scope * 2]
   if dirty[scope] then
-    local after = tat[scope]
-    if after then
-      local ttl = string.format('%d', math.ceil(after - now) + 1000)
-      redis.call('SET', bucket, string.format('%.17g:%d', after, rate[scope]), 'PX', ttl)  -- (admission.lua)
-    else
-      redis.call('DEL', bucket)
-    end
+    bucket_write(redis.call, bucket, tat[scope], rate[scope], now)
   end
   if #released[scope] > 0 then
     redis.call('ZREM', KEYS[2 + scope * 2], unpack(released[scope]))

@@ -28,6 +28,7 @@ from gateway.metering.ledger import Ledger
 from gateway.metering.settlement import Settlement
 from gateway.metering.spill import SpillDir, count_lines, read_spill
 from gateway.metrics import Metrics, model_label
+from gateway.outage_log import OutageLog
 from gateway.redis_client import REDIS_FAILURES, redis_error
 from gateway.settings import MeteringSettings
 
@@ -86,8 +87,13 @@ class Settler:
         self.closed = False
         self.flush_ends: float | None = None  # (loop time) once closing: when the flush gives up
         self.flushing: asyncio.Timeout | None = None  # the flush's wait on Redis, while it waits
-        self.unreachable = False  # logged once per outage, not once per attempt
         self.log = logging.getLogger("llmaas.metering")
+        self.outage = OutageLog(  # (not once per attempt)
+            self.log,
+            "usage ledger unreachable; settlements wait in the retry queue",
+            "usage ledger reachable again",
+            "failed_attempts",
+        )
 
     async def start(self) -> None:
         """Start retrying in the background; spill files left by earlier processes replay now."""
@@ -368,19 +374,10 @@ class Settler:
         idle gateway with Redis away fired LlmaasUsageWritesFailing)."""
         if writing or self.pending:
             self.metrics.usage_write_failures.inc()
-        if not self.unreachable:
-            self.unreachable = True
-            self.log.warning(
-                "usage ledger unreachable; settlements wait in the retry queue",
-                extra={"fields": {"error": redis_error(exc), "pending": self.pending}},
-            )
+        self.outage.failed({"error": redis_error(exc), "pending": self.pending})
 
     def _reached(self) -> None:
-        if self.unreachable:
-            self.unreachable = False
-            self.log.info(
-                "usage ledger reachable again", extra={"fields": {"pending": self.pending}}
-            )
+        self.outage.reached({"pending": self.pending})
 
     def _gauge(self) -> None:
         self.metrics.usage_pending.set(self.pending)
