@@ -321,14 +321,20 @@ async def test_an_engine_that_does_not_list_its_configured_model_is_logged(
     tmp_path: Path,
 ) -> None:
     """A config naming a model its engine does not serve (a typo on either side): every
-    request gets the engine's 404; the log says why at the first models poll."""
+    request gets the engine's 404; the log says why at the first models poll, and the model
+    counts no engine up (found 2026-12-07: the engine counted, so LlmaasModelWithoutEngines
+    never fired for a model whose every request failed)."""
     other = SimProcess(("m",))
+    models = [{"name": "typo", "engines": [other.url]}, {"name": "m", "engines": [other.url]}]
     with collected("llmaas.routing") as logs:
         async with (
             sim_processes(other),
-            gateway(tmp_path, [{"name": "typo", "engines": [other.url]}]) as gw,
+            gateway(tmp_path, models) as gw,
+            aiohttp.ClientSession() as http,
         ):
             found = await logs.wait_for(lambda r: "is configured for model typo" in r.getMessage())
+            await metric_until(http, gw, 'llmaas_model_engines_up{model="m"}', "1.0")
+            await metric_until(http, gw, 'llmaas_model_engines_up{model="typo"}', "0.0")
             async with openai.AsyncOpenAI(base_url=f"{gw}/v1", api_key="x") as oai:
                 with pytest.raises(openai.NotFoundError) as info:
                     await oai.completions.create(model="typo", prompt="hi", max_tokens=1)
