@@ -69,13 +69,14 @@ class _Common:
         }
 
 
-def _arguments(streamed: str, required: bool) -> str:
+def answered_arguments(streamed: str, required: bool) -> str:
     """A tool call's arguments as vLLM's non-streaming answer gives them. With `tool_choice`
     "required" it parses the model's calls and writes each one's arguments again with
     `json.dumps(..., ensure_ascii=False)`, where its stream passes on the model's own text
     (`{\n    "city" : "paris"\n}` against `{"city": "paris"}`); named and auto calls are the
     model's text both ways. Arguments that are not a whole JSON object (a call cut by
-    max_tokens) stay as streamed: vLLM's answer has no call then (README)."""
+    max_tokens) stay as streamed: vLLM's answer has no call then (README). The Responses API
+    parses the same way (collect_events.py)."""
     if not required:
         return streamed
     try:
@@ -159,7 +160,7 @@ class _ChatChoice:
                     "type": "function",
                     "function": {
                         "name": "".join(tool["name"]),
-                        "arguments": _arguments("".join(tool["args"]), required),
+                        "arguments": answered_arguments("".join(tool["args"]), required),
                     },
                 }
                 for _, tool in sorted(self.tools.items())

@@ -17,6 +17,7 @@ import orjson
 
 from gateway import exact_json
 from gateway.errors import BadGateway, GatewayTimeout
+from gateway.proxy.assemble import answered_arguments
 from gateway.proxy.deps import ProxyDeps
 from gateway.proxy.events import DELTAS, ERROR, TERMINAL, ResponseEvents, event_response
 from gateway.proxy.normalize import normalize_error, stream_error_status
@@ -107,9 +108,19 @@ async def _read(
 
 
 def _response_of(data: bytes) -> bytes | None:
-    """The terminal event's `response`, as the body."""
+    """The terminal event's `response`, as the body: with `tool_choice` "required", each
+    function call's arguments written again as vLLM's non-streaming answer writes them (its
+    stream passes on the model's own text: assemble.answered_arguments)."""
     response = event_response(data)
-    return orjson.dumps(response) if isinstance(response, dict) else None
+    if not isinstance(response, dict):
+        return None
+    if response.get("tool_choice") == "required" and isinstance(response.get("output"), list):
+        for item in response["output"]:
+            if isinstance(item, dict) and item.get("type") == "function_call":
+                arguments = item.get("arguments")
+                if isinstance(arguments, str):
+                    item["arguments"] = answered_arguments(arguments, True)
+    return orjson.dumps(response)
 
 
 def _engine_error(data: bytes) -> tuple[int, bytes]:

@@ -133,6 +133,31 @@ async def test_a_plain_response_is_the_body_vllm_answers_itself(e2e: E2E) -> Non
     assert _without_ids(through) == _without_ids(direct)
 
 
+async def test_a_required_tool_call_has_the_arguments_vllm_answers_itself(e2e: E2E) -> None:
+    """With `tool_choice` "required" vLLM's plain answer writes the call's arguments again
+    (`{"city": "paris"}`) where its stream has the model's text (`{\n    "city" : "paris"\n}`):
+    the gateway's plain answer, assembled from the stream, was the model's text (found
+    2026-12-07)."""
+    tool = {"type": "function", "name": "weather", "strict": True}
+    tool["parameters"] = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    }
+    body: dict[str, Any] = {"model": CHAT, "input": "What is the weather in Paris?"}
+    body.update(tools=[tool], tool_choice="required", max_output_tokens=60, temperature=0)
+    async with e2e.http.post(f"{e2e.engines.chat}/v1/responses", json=body) as resp:
+        assert resp.status == 200
+        direct = await resp.json()
+    async with e2e.http.post(f"{e2e.gateway}/v1/responses", json=body, headers=e2e.auth) as resp:
+        assert resp.status == 200
+        through = await resp.json()
+    calls = [item for item in direct["output"] if item["type"] == "function_call"]
+    assert calls
+    assert all("\n" not in call["arguments"] for call in calls)  # written again
+    assert _without_ids(through) == _without_ids(direct)
+
+
 async def test_a_plain_response_abandoned_is_billed_what_vllm_generated(
     e2e: E2E, ledger: LedgerView
 ) -> None:
