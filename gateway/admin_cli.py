@@ -266,8 +266,7 @@ def run_admin(args: argparse.Namespace) -> int:
 
 
 def _new_tenant(tenant: str) -> None:
-    """Said on stderr (the key and --json stay alone on stdout): `keys create --tenant acmee`
-    made a tenant of the typo without a word, its keys under none of acme's settings."""
+    """On stderr (stdout keeps the key, or --json): a typo in --tenant made a tenant unseen."""
     print(
         f"llmaas keys create: new tenant '{tenant}' created, with the default limits (the "
         "gateway's limits.tenant_defaults); if you meant an existing tenant, check the "

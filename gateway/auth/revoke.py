@@ -18,13 +18,24 @@ async def revoke(store: AuthStore, record: KeyRecord) -> KeyRecord:
 
 async def delete_tenant(store: AuthStore, tenant: str) -> tuple[TenantRecord, int] | None:
     """Delete the tenant and revoke every key it had (None: no such tenant); its record and how
-    many keys this revoked. The keys are revoked after the tenant's indexes are gone: a key
-    indexed before that is revoked here, or by its own creation if its record was not written
-    yet (issue.py); one indexed after belongs to a new tenant of the same id."""
-    deleted = await store.delete_tenant(tenant)
-    if deleted is None:
+    many keys this revoked. Its keys are revoked while its indexes still list them, so a
+    deletion cut short (Redis away) leaves the tenant to delete again, never keys that work and
+    that no listing finds; then its record and indexes go, and a key indexed meanwhile is
+    revoked too, or by its own creation if its record was not written yet (issue.py). A key
+    indexed after that belongs to a new tenant of the same id."""
+    stored, listed = await store.tenant_and_keys(tenant)
+    if stored is None:
         return None
-    record, key_ids = deleted
+    revoked = await _revoke_each(store, listed)
+    deleted = await store.delete_tenant(tenant, stored)
+    if deleted is None:  # deleted by another request meanwhile
+        return None
+    record, indexed = deleted
+    return record, revoked + await _revoke_each(store, indexed - listed)
+
+
+async def _revoke_each(store: AuthStore, key_ids: set[str]) -> int:
+    """Revoke each key not revoked yet; how many this did."""
     revoked = 0
     for key_id in sorted(key_ids):
         key = await store.get_key(key_id)
@@ -37,4 +48,4 @@ async def delete_tenant(store: AuthStore, tenant: str) -> tuple[TenantRecord, in
                 raise
             continue
         revoked += 1
-    return record, revoked
+    return revoked

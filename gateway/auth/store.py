@@ -8,10 +8,10 @@ of their tenant); `llmaas:tenants` the set of tenant ids. Writers publish on `CH
 replica drops what it cached.
 
 Redis Cluster: every command and transaction touches one hash slot. A key record is written by
-one script on its own key (compare-and-set, see `_WRITE_KEY`); the indexes are added to first,
+one script on its own key (compare-and-set, see `WRITE_KEY`); the indexes are added to first,
 by one script on the tenant's slot that also creates the tenant if it has no record, so a record
 is never live without being listed. A tenant's deletion takes its record and both indexes in one
-script on that slot (`_DELETE_TENANT`), then its id from `llmaas:tenants`; a tenant's writer
+script on that slot (`DELETE_TENANT`), then its id from `llmaas:tenants`; a tenant's writer
 adds the id before its record and again after, so a tenant written again is never left unlisted.
 """
 
@@ -23,78 +23,13 @@ from collections.abc import Awaitable, Callable
 from redis.asyncio import Redis
 
 from gateway.auth.records import KeyRecord, TenantRecord
+from gateway.auth.store_scripts import CHANGE_TENANT, DELETE_TENANT, INDEX_KEY, WRITE_KEY
 from gateway.errors import InvalidRequest, NotFound
 from gateway.redis_client import REDIS_FAILURES, landed
 from gateway.redis_pages import AfterNotFound, IndexPages
 
 CHANNEL = "llmaas:auth:invalidate"
 TENANTS = "llmaas:tenants"
-
-# A revoked key is final: it may be written again only as revoked and with the same secret, so
-# a rotation (or any edit) read before a revocation can never undo it. A write made from a
-# record read earlier (ARGV[5], its stored JSON) goes through only if the key still holds it:
-# of two rotations racing, one wins and the other is told, so no caller is handed a secret
-# that a concurrent write has already replaced.
-
-_WRITE_KEY = """
-local current = redis.call('GET', KEYS[1])
-if ARGV[4] == 'create' then
-  if current then return 'exists' end
-elseif not current then
-  return 'missing'
-else
-  if ARGV[5] ~= '' and current ~= ARGV[5] then
-    local old = cjson.decode(current)
-    if old['revoked'] then return 'revoked' end
-    return 'changed'
-  end
-  local old = cjson.decode(current)
-  if old['revoked'] then
-    local new = cjson.decode(ARGV[1])
-    if not new['revoked'] or new['secret_hash'] ~= old['secret_hash'] then
-      return 'revoked'
-    end
-  end
-end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 'ok'
-"""
-
-# A tenant's change made from the record read earlier (ARGV[4], its stored JSON): written only
-# if the tenant still holds it, so of two changes sent at once neither undoes the other.
-_CHANGE_TENANT = """
-local current = redis.call('GET', KEYS[1])
-if not current then return 'missing' end
-if current ~= ARGV[4] then return 'changed' end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 'ok'
-"""
-
-
-# A key's place in its tenant's indexes (KEYS[2], KEYS[3]), made before its record is written; the
-# tenant (KEYS[1]) is created with ARGV[1] if it has no record: in the same script, so a deletion
-# of the tenant cannot fall between the two and leave the key listed under no tenant. 1: created.
-_INDEX_KEY = """
-local created = redis.call('SET', KEYS[1], ARGV[1], 'NX')
-redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('ZADD', KEYS[3], 'NX', ARGV[3], ARGV[2])
-if created then return 1 end
-return 0
-"""
-
-# A tenant's record and its key indexes, gone at once; its record (stored JSON) and the key ids
-# the indexes held are the answer (nil: no such tenant), so that every key listed up to this
-# moment is revoked by the caller, and any listed after belongs to a new tenant of the same id.
-_DELETE_TENANT = """
-local current = redis.call('GET', KEYS[1])
-if not current then return false end
-local ids = redis.call('SMEMBERS', KEYS[2])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
-return {current, ids}
-"""
 
 
 def key_key(key_id: str) -> str:
@@ -117,10 +52,10 @@ class AuthStore:
     def __init__(self, redis: Redis, on_write: Callable[[str], None] | None = None) -> None:
         self.redis = redis
         self.on_write = on_write  # this replica's cache: dropped at once, not when pub/sub says
-        self._write_key = redis.register_script(_WRITE_KEY)
-        self._change_tenant = redis.register_script(_CHANGE_TENANT)
-        self._index_key = redis.register_script(_INDEX_KEY)
-        self._delete_tenant = redis.register_script(_DELETE_TENANT)
+        self._write_key = redis.register_script(WRITE_KEY)
+        self._change_tenant = redis.register_script(CHANGE_TENANT)
+        self._index_key = redis.register_script(INDEX_KEY)
+        self._delete_tenant = redis.register_script(DELETE_TENANT)
         self._pages = IndexPages(redis)
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
@@ -240,15 +175,19 @@ class AuthStore:
         if outcome == "changed":
             raise _changed_meanwhile(f"The tenant '{record.id}'", "tenant_changed")
 
-    async def delete_tenant(self, tenant: str) -> tuple[TenantRecord, set[str]] | None:
-        """Remove the tenant's record and key indexes (None: it has no record); its record and
-        every key id listed until then, for the caller to revoke."""
+    async def tenant_and_keys(self, tenant: str) -> tuple[bytes | None, set[str]]:
+        """The tenant's stored record (None: it has none) and the ids of the keys it lists."""
         async with self.redis.pipeline(transaction=True) as pipe:  # one slot: its tag
             pipe.get(tenant_key(tenant))
             pipe.smembers(tenant_keys_key(tenant))
             stored, listed = await pipe.execute()
-        if stored is None:
-            return None
+        return stored, set(map(_text, listed))
+
+    async def delete_tenant(
+        self, tenant: str, stored: bytes
+    ) -> tuple[TenantRecord, set[str]] | None:
+        """Remove the tenant's record and key indexes (None: another request did first); its
+        record and every key id listed at that moment. `stored`: its record as read before."""
         message = f"tenant:{tenant}"
         keys = [tenant_key(tenant), tenant_keys_key(tenant), tenant_keys_by_time_key(tenant)]
         try:
@@ -256,13 +195,13 @@ class AuthStore:
         except REDIS_FAILURES as exc:
             if not await landed(exc, self._gone(tenant_key(tenant))):
                 raise
-            removed = [stored, []]  # (gone: its keys are those listed just before)
+            removed = [stored, []]  # (gone: its keys are those listed before)
         self._written(message)
-        if removed is None:  # deleted by another request since the read
+        if removed is None:
             return None
         await self._unlist(tenant)
         record, ids = removed
-        return TenantRecord.model_validate_json(record), set(map(_text, [*listed, *ids]))
+        return TenantRecord.model_validate_json(record), set(map(_text, ids))
 
     async def _unlist(self, tenant: str) -> None:
         """Take a deleted tenant out of the set of ids, unless written again since: its writer

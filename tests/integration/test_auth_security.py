@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.datastructures import Headers
 
 from gateway.app import create_app
@@ -287,6 +288,39 @@ async def test_a_key_made_while_its_tenant_is_deleted_is_revoked(secured: Secure
     assert stored is not None
     assert stored.revoked
     assert await AuthStore(secured.redis).get_tenant("doomed") is None
+
+
+class _FailingRevocations(AuthStore):
+    """A store whose Redis goes away after `allowed` key writes."""
+
+    def __init__(self, redis: Redis, allowed: int) -> None:
+        super().__init__(redis)
+        self.allowed = allowed
+
+    async def put_key(self, record: KeyRecord, *, read: bytes | None = None) -> None:
+        if self.allowed == 0:
+            raise RedisConnectionError("Redis went away")
+        self.allowed -= 1
+        await super().put_key(record, read=read)
+
+
+async def test_a_deletion_cut_short_leaves_its_tenant_to_delete_again(secured: Secured) -> None:
+    """A deletion whose Redis went away midway took the tenant's indexes first: the keys not
+    yet revoked stayed live, listed nowhere, and deleting again answered 404. Its keys are now
+    revoked while its indexes list them, so the deletion can be sent again."""
+    store = AuthStore(secured.redis)
+    keys = [(await issue_key(store, PEPPER.encode(), tenant="cut-short"))[1] for _ in range(3)]
+    with pytest.raises(RedisConnectionError):
+        await delete_tenant(_FailingRevocations(secured.redis, allowed=1), "cut-short")
+    assert await store.get_tenant("cut-short") is not None
+    assert sorted([await secured.status(key) for key in keys]) == [200, 200, 401]
+    assert await delete_tenant(store, "cut-short") is not None
+    for _ in range(100):  # (the gateway's cache hears of the revocations by pub/sub)
+        if [await secured.status(key) for key in keys] == [401, 401, 401]:
+            break
+        await asyncio.sleep(0.05)
+    assert [await secured.status(key) for key in keys] == [401, 401, 401]
+    assert await store.get_tenant("cut-short") is None
 
 
 async def test_keys_made_while_their_tenant_is_deleted_never_outlive_it(secured: Secured) -> None:
