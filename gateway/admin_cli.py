@@ -1,4 +1,4 @@
-"""`llmaas keys create|list|update|revoke|rotate`, `llmaas tenants set|update|list`,
+"""`llmaas keys create|list|update|revoke|rotate`, `llmaas tenants set|update|list|delete`,
 `llmaas engines`: tables, or --json."""
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def add_admin_commands(sub: Any) -> None:
         "--tenant",
         required=True,
         help="the tenant the key belongs to (created, with no limits of its own, if new: "
-        "check its spelling; tenants list shows them)",
+        "a line on stderr says so; tenants list shows them)",
     )
     create.add_argument("--name", help="a label for the key (shown in lists)")
     create.add_argument(
@@ -200,6 +200,14 @@ def add_admin_commands(sub: Any) -> None:
         "--enable", dest="disabled", action="store_const", const=False, help="serve it again"
     )
     tenants.add_parser("list", parents=[common], help="list tenants and their settings")
+    tenants.add_parser(
+        "delete",
+        parents=[common],
+        help="delete a tenant: revokes every key of it (usage records are kept)",
+        description="Delete a tenant: every key of it is revoked, at once on every gateway "
+        "replica, and its settings and key listing go. Its usage records stay (llmaas usage "
+        "--tenant). Setting the id again makes a new tenant; the revoked keys stay revoked.",
+    ).add_argument("tenant_id", type=given, help="the tenant, as tenants list shows it")
 
     engines = sub.add_parser(
         "engines",
@@ -243,6 +251,8 @@ def run_admin(args: argparse.Namespace) -> int:
     except AdminError as exc:
         print(f"llmaas {args.command} {args.action}: {exc}", file=sys.stderr)
         return 1
+    if result.get("tenant_created"):
+        _new_tenant(result["tenant"])
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -250,7 +260,19 @@ def run_admin(args: argparse.Namespace) -> int:
     print(table(rows, KEY_COLUMNS if args.command == "keys" else TENANT_COLUMNS))
     if "key" in result:
         print(f"\nkey (shown once): {result['key']}")
+    if result.get("deleted"):
+        print(f"\ndeleted; keys revoked: {result['keys_revoked']} (its usage records are kept)")
     return 0
+
+
+def _new_tenant(tenant: str) -> None:
+    """On stderr (stdout keeps the key, or --json): a typo in --tenant made a tenant unseen."""
+    print(
+        f"llmaas keys create: new tenant '{tenant}' created, with the default limits (the "
+        "gateway's limits.tenant_defaults); if you meant an existing tenant, check the "
+        "spelling (llmaas tenants list)",
+        file=sys.stderr,
+    )
 
 
 async def _call(client: AdminClient, args: argparse.Namespace) -> Any:
@@ -258,6 +280,8 @@ async def _call(client: AdminClient, args: argparse.Namespace) -> Any:
         if args.action == "list":
             return {"object": "list", "data": await client.every_page("/tenants")}
         path = f"/tenants/{segment(args.tenant_id)}"
+        if args.action == "delete":
+            return await client.call("DELETE", path)
         if args.action == "update":
             return await client.call("PATCH", path, _tenant_changes(args))
         body = {**_limits(args), "priority": args.priority, "media_hosts": _hosts(args)}

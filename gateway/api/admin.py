@@ -32,6 +32,7 @@ from gateway.auth.records import (
     TenantRecord,
     rfc3339,
 )
+from gateway.auth.revoke import delete_tenant, revoke
 from gateway.auth.store import AuthStore, key_revoked, tenant_not_found
 from gateway.deps import Gateway
 from gateway.errors import InvalidRequest, NotFound, no_redis
@@ -179,8 +180,8 @@ async def key_version_or_404(store: AuthStore, key_id: str) -> tuple[KeyRecord, 
 @router.post("/keys", response_model=None, status_code=201)
 async def create_key(body: KeyCreate, gw: Gateway) -> Response:
     fields = body.record_fields(set(KeyCreate.model_fields))
-    record, key = await issue_key(store_of(gw), gw.auth.pepper, **fields)
-    return json_response({**record.view(), "key": key}, status=201)
+    record, key, created = await issue_key(store_of(gw), gw.auth.pepper, **fields)
+    return json_response({**record.view(), "key": key, "tenant_created": created}, status=201)
 
 
 @router.get("/keys", response_model=None)
@@ -248,8 +249,7 @@ async def update_key(key_id: KeyId, body: KeySettings, gw: Gateway) -> Response:
 @router.delete("/keys/{key_id}", response_model=None)
 async def revoke_key(key_id: KeyId, gw: Gateway) -> Response:
     store = store_of(gw)
-    record = (await key_or_404(store, key_id)).model_copy(update={"revoked": True})
-    await store.put_key(record)
+    record = await revoke(store, await key_or_404(store, key_id))
     return json_response(record.view())
 
 
@@ -305,6 +305,18 @@ async def update_tenant(tenant_id: TenantId, body: TenantPut, gw: Gateway) -> Re
     if record != old:
         await store.change_tenant(record, read)  # 409 if changed since the read
     return json_response(_tenant_view(record))
+
+
+@router.delete("/tenants/{tenant_id}", response_model=None)
+async def remove_tenant(tenant_id: TenantId, gw: Gateway) -> Response:
+    """Delete a tenant: every key of it is revoked (at once on every replica, as one revoked
+    alone), its record and key listings go; its usage records stay. A later PUT of the id
+    makes a new tenant, with none of these keys."""
+    deleted = await delete_tenant(store_of(gw), tenant_id)
+    if deleted is None:
+        raise tenant_not_found(tenant_id)
+    record, revoked = deleted
+    return json_response({**_tenant_view(record), "deleted": True, "keys_revoked": revoked})
 
 
 @router.get("/tenants/{tenant_id}", response_model=None)

@@ -8,66 +8,28 @@ of their tenant); `llmaas:tenants` the set of tenant ids. Writers publish on `CH
 replica drops what it cached.
 
 Redis Cluster: every command and transaction touches one hash slot. A key record is written by
-one script on its own key (compare-and-set, see `_WRITE_KEY`); the indexes are added to first,
-in their own commands, so a record is never live without being listed.
+one script on its own key (compare-and-set, see `WRITE_KEY`); the indexes are added to first,
+by one script on the tenant's slot that also creates the tenant if it has no record, so a record
+is never live without being listed. A tenant's deletion takes its record and both indexes in one
+script on that slot (`DELETE_TENANT`), then its id from `llmaas:tenants`; a tenant's writer
+adds the id before its record and again after, so a tenant written again is never left unlisted.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 
 from gateway.auth.records import KeyRecord, TenantRecord
+from gateway.auth.store_scripts import CHANGE_TENANT, DELETE_TENANT, INDEX_KEY, WRITE_KEY
 from gateway.errors import InvalidRequest, NotFound
 from gateway.redis_client import REDIS_FAILURES, landed
 from gateway.redis_pages import AfterNotFound, IndexPages
 
 CHANNEL = "llmaas:auth:invalidate"
 TENANTS = "llmaas:tenants"
-
-# A revoked key is final: it may be written again only as revoked and with the same secret, so
-# a rotation (or any edit) read before a revocation can never undo it. A write made from a
-# record read earlier (ARGV[5], its stored JSON) goes through only if the key still holds it:
-# of two rotations racing, one wins and the other is told, so no caller is handed a secret
-# that a concurrent write has already replaced.
-
-_WRITE_KEY = """
-local current = redis.call('GET', KEYS[1])
-if ARGV[4] == 'create' then
-  if current then return 'exists' end
-elseif not current then
-  return 'missing'
-else
-  if ARGV[5] ~= '' and current ~= ARGV[5] then
-    local old = cjson.decode(current)
-    if old['revoked'] then return 'revoked' end
-    return 'changed'
-  end
-  local old = cjson.decode(current)
-  if old['revoked'] then
-    local new = cjson.decode(ARGV[1])
-    if not new['revoked'] or new['secret_hash'] ~= old['secret_hash'] then
-      return 'revoked'
-    end
-  end
-end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 'ok'
-"""
-
-# A tenant's change made from the record read earlier (ARGV[4], its stored JSON): written only
-# if the tenant still holds it, so of two changes sent at once neither undoes the other.
-_CHANGE_TENANT = """
-local current = redis.call('GET', KEYS[1])
-if not current then return 'missing' end
-if current ~= ARGV[4] then return 'changed' end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 'ok'
-"""
 
 
 def key_key(key_id: str) -> str:
@@ -90,8 +52,10 @@ class AuthStore:
     def __init__(self, redis: Redis, on_write: Callable[[str], None] | None = None) -> None:
         self.redis = redis
         self.on_write = on_write  # this replica's cache: dropped at once, not when pub/sub says
-        self._write_key = redis.register_script(_WRITE_KEY)
-        self._change_tenant = redis.register_script(_CHANGE_TENANT)
+        self._write_key = redis.register_script(WRITE_KEY)
+        self._change_tenant = redis.register_script(CHANGE_TENANT)
+        self._index_key = redis.register_script(INDEX_KEY)
+        self._delete_tenant = redis.register_script(DELETE_TENANT)
         self._pages = IndexPages(redis)
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
@@ -126,14 +90,30 @@ class AuthStore:
         raw = await self.redis.get(name)
         return raw if raw is None or isinstance(raw, bytes) else raw.encode()
 
-    async def create_key(self, record: KeyRecord) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:  # one slot: the tenant's tag
-            pipe.sadd(tenant_keys_key(record.tenant), record.id)
-            pipe.zadd(
-                tenant_keys_by_time_key(record.tenant), {record.id: record.created_at}, nx=True
+    async def create_key(self, record: KeyRecord) -> bool:
+        """Store a new key, and its tenant with no settings of its own if it has no record;
+        whether the tenant was created so (a typo in a tenant's name made a new tenant unseen)."""
+        tenant = record.tenant
+        fresh = TenantRecord(id=tenant).model_dump_json()
+        await self.redis.sadd(TENANTS, tenant)
+        try:
+            created = await self._index_key(
+                keys=[tenant_key(tenant), tenant_keys_key(tenant), tenant_keys_by_time_key(tenant)],
+                args=[fresh, record.id, record.created_at],
             )
-            await pipe.execute()
+        except REDIS_FAILURES as exc:
+            if not await landed(exc, lambda: self.key_listed(record)):
+                raise
+            created = await self._stored(tenant_key(tenant)) == fresh.encode()  # (its time)
+        if created:
+            await self.redis.sadd(TENANTS, tenant)  # (again: see the module's docstring)
         await self._put_key(record, "create")
+        return bool(created)
+
+    async def key_listed(self, record: KeyRecord) -> bool:
+        """Whether the key is still in its tenant's index: false once the tenant was deleted
+        after the key was indexed (the deletion may have found no record to revoke yet)."""
+        return bool(await self.redis.sismember(tenant_keys_key(record.tenant), record.id))
 
     async def put_key(self, record: KeyRecord, *, read: bytes | None = None) -> None:
         """Replace an existing key's record; refused (409) once the key is revoked, and (with
@@ -174,6 +154,7 @@ class AuthStore:
         except REDIS_FAILURES as exc:
             if not await self._landed(exc, tenant_key(record.id), written.encode()):
                 raise
+        await self.redis.sadd(TENANTS, record.id)  # (again: see the module's docstring)
         self._written(message)
 
     async def change_tenant(self, record: TenantRecord, read: bytes) -> None:
@@ -194,16 +175,48 @@ class AuthStore:
         if outcome == "changed":
             raise _changed_meanwhile(f"The tenant '{record.id}'", "tenant_changed")
 
-    async def ensure_tenant(self, tenant: str) -> TenantRecord:
-        existing = await self.get_tenant(tenant)
-        if existing is not None:
-            return existing
-        record = TenantRecord(id=tenant)
-        await self.redis.sadd(TENANTS, tenant)
-        created = await self.redis.set(tenant_key(tenant), record.model_dump_json(), nx=True)
-        if not created:  # another writer won the race; theirs stands
-            return await self.get_tenant(tenant) or record
-        return record
+    async def tenant_and_keys(self, tenant: str) -> tuple[bytes | None, set[str]]:
+        """The tenant's stored record (None: it has none) and the ids of the keys it lists."""
+        async with self.redis.pipeline(transaction=True) as pipe:  # one slot: its tag
+            pipe.get(tenant_key(tenant))
+            pipe.smembers(tenant_keys_key(tenant))
+            stored, listed = await pipe.execute()
+        return stored, set(map(_text, listed))
+
+    async def delete_tenant(
+        self, tenant: str, stored: bytes
+    ) -> tuple[TenantRecord, set[str]] | None:
+        """Remove the tenant's record and key indexes (None: another request did first); its
+        record and every key id listed at that moment. `stored`: its record as read before."""
+        message = f"tenant:{tenant}"
+        keys = [tenant_key(tenant), tenant_keys_key(tenant), tenant_keys_by_time_key(tenant)]
+        try:
+            removed = await self._delete_tenant(keys=keys, args=[CHANNEL, message])
+        except REDIS_FAILURES as exc:
+            if not await landed(exc, self._gone(tenant_key(tenant))):
+                raise
+            removed = [stored, []]  # (gone: its keys are those listed before)
+        self._written(message)
+        if removed is None:
+            return None
+        await self._unlist(tenant)
+        record, ids = removed
+        return TenantRecord.model_validate_json(record), set(map(_text, ids))
+
+    async def _unlist(self, tenant: str) -> None:
+        """Take a deleted tenant out of the set of ids, unless written again since: its writer
+        lists it after its write, so one that wrote before this removal is listed again here."""
+        await self.redis.srem(TENANTS, tenant)
+        if await self.redis.exists(tenant_key(tenant)):
+            await self.redis.sadd(TENANTS, tenant)
+
+    def _gone(self, name: str) -> Callable[[], Awaitable[bool]]:
+        """For `landed`: whether the deletion of `name` ran."""
+
+        async def gone() -> bool:
+            return await self._stored(name) is None
+
+        return gone
 
     async def page_tenants(
         self, limit: int, after: str | None = None

@@ -65,7 +65,7 @@ async def dev_key(redis_url: str, pepper: bytes, earlier: DevCredentials | None)
         store = AuthStore(redis)
         if earlier is not None and await _works(store, pepper, earlier.api_key):
             return earlier.api_key
-        _, key = await issue_key(store, pepper, tenant=TENANT, name=KEY_NAME)
+        _, key, _ = await issue_key(store, pepper, tenant=TENANT, name=KEY_NAME)
     finally:
         await redis.aclose()
     return key

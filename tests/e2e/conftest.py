@@ -136,7 +136,7 @@ async def e2e(engines: Engines, tmp_path_factory: pytest.TempPathFactory) -> Asy
         )
         redis = Redis.from_url(redis_url)
         try:
-            _, key = await issue_key(AuthStore(redis), PEPPER.encode(), tenant="e2e")
+            _, key, _ = await issue_key(AuthStore(redis), PEPPER.encode(), tenant="e2e")
         finally:
             await redis.aclose()
         async with serve_asgi(create_app(settings)) as gateway, aiohttp.ClientSession() as http:

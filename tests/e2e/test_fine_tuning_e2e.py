@@ -133,7 +133,7 @@ async def ft(engines: Engines, tmp_path_factory: pytest.TempPathFactory) -> Asyn
         redis = Redis.from_url(redis_url)
         keys = {}
         for tenant in ("ft-e2e", "ft-e2e-other"):
-            _, keys[tenant] = await issue_key(AuthStore(redis), PEPPER.encode(), tenant=tenant)
+            _, keys[tenant], _ = await issue_key(AuthStore(redis), PEPPER.encode(), tenant=tenant)
         app = create_app(Settings.model_validate(values))
         async with serve_asgi(app) as gateway, aiohttp.ClientSession() as http:
             stack = FtE2E(

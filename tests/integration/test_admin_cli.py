@@ -14,12 +14,13 @@ import pytest
 
 from gateway.cli_table import display_width
 from gateway.sim.config import SimConfig
-from tests.integration.conftest import AuthStack
+from tests.integration.conftest import MODEL, AuthStack
 from tests.integration.sim_fixture import running_sim
 from tests.support.cli import llmaas as entry_point
 from tests.support.cli import run_llmaas
 from tests.support.gateways import ADMIN_TOKEN
 from tests.support.servers import serve_asgi
+from tests.support.usage_records import ledger_records
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -181,6 +182,81 @@ async def test_tenants_through_the_cli(auth: AuthStack) -> None:
     # as update takes it: the gateway's list, not a host named "default"
     tenant = await llmaas_json(auth, "tenants", "set", "cli-t", "--media-hosts", "default")
     assert tenant["media_hosts"] is None
+
+
+async def _works(auth: AuthStack, key: str) -> bool:
+    async with auth.http.get(
+        f"{auth.gateway}/v1/models", headers={"authorization": f"Bearer {key}"}
+    ) as resp:
+        assert resp.status in (200, 401), resp.status
+        return resp.status == 200
+
+
+async def test_a_deleted_tenant_keeps_its_usage_and_none_of_its_keys(auth: AuthStack) -> None:
+    """Found 2026-12-07: a tenant could not be deleted: a customer that left kept its keys
+    working and its record for good. `tenants delete` revokes every key, removes the tenant's
+    settings and key listing, keeps its usage records; the id set again is a new tenant."""
+    await llmaas_json(auth, "tenants", "set", "cli-gone", "--tpm", "5000")
+    keys = [await auth.new_key(tenant="cli-gone") for _ in range(3)]
+    assert (await auth.admin("DELETE", f"/keys/{keys[2].split('-')[2]}"))[0] == 200
+    async with auth.client(keys[0]) as oai:
+        await oai.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+    assert auth.settings.redis_url is not None
+    async with asyncio.timeout(30):  # (polling Redis)
+        while not await ledger_records(auth.settings.redis_url, "cli-gone"):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    code, out, err = await llmaas(auth, "tenants", "delete", "cli-gone")
+    assert code == 0, err
+    assert out.splitlines()[0].split()[:2] == ["id", "models"]  # the tenant, as it was
+    assert "5000" in out.splitlines()[1]
+    assert "keys revoked: 2 (its usage records are kept)" in out  # the third was already
+    assert [await _works(auth, k) for k in keys] == [False, False, False]
+    for key in keys:
+        status, record = await auth.admin("GET", f"/keys/{key.split('-')[2]}")
+        assert (status, record["revoked"]) == (200, True)
+    status, body = await auth.admin("GET", "/tenants/cli-gone")
+    assert (status, body["error"]["code"]) == (404, "tenant_not_found")
+    listed = await llmaas_json(auth, "tenants", "list")
+    assert "cli-gone" not in {t["id"] for t in listed["data"]}
+    assert (await llmaas_json(auth, "keys", "list", "--tenant", "cli-gone"))["data"] == []
+    code, out, err = await run_llmaas(
+        auth.gateway, "usage", "--tenant", "cli-gone", "--json", token=ADMIN_TOKEN
+    )
+    assert code == 0, err
+    assert [row["requests"] for row in json.loads(out)["data"]] == [1]
+    code, _, err = await llmaas(auth, "tenants", "delete", "cli-gone")
+    assert code == 1
+    assert "No tenant 'cli-gone'" in err
+
+    fresh = await llmaas_json(auth, "tenants", "set", "cli-gone", "--rpm", "7")
+    assert (fresh["rpm"], fresh["tpm"]) == (7, None)
+    assert [await _works(auth, k) for k in keys] == [False, False, False]  # revoked for good
+    assert (await llmaas_json(auth, "keys", "list", "--tenant", "cli-gone"))["data"] == []
+    deleted = await llmaas_json(auth, "tenants", "delete", "cli-gone")
+    assert (deleted["id"], deleted["rpm"], deleted["deleted"]) == ("cli-gone", 7, True)
+    assert deleted["keys_revoked"] == 0
+
+
+async def test_keys_create_says_when_it_creates_the_tenant(auth: AuthStack) -> None:
+    """Found 2026-12-07: `keys create --tenant acmee` (a typo) made a new tenant without a
+    word, its key under none of acme's limits. The quick start still creates tenants so; the
+    answer says `tenant_created` and the CLI a line on stderr."""
+    await llmaas_json(auth, "tenants", "set", "cli-acme", "--tpm", "1000")
+    code, out, err = await llmaas(auth, "keys", "create", "--tenant", "cli-acme", "--json")
+    assert code == 0, err
+    assert (json.loads(out)["tenant_created"], err) == (False, "")
+    code, out, err = await llmaas(auth, "keys", "create", "--tenant", "cli-acmee")
+    assert code == 0, err
+    assert "key (shown once): sk-llmaas-" in out
+    assert "new tenant 'cli-acmee' created, with the default limits" in err, err
+    assert "limits.tenant_defaults" in err
+    code, out, err = await llmaas(auth, "keys", "create", "--tenant", "cli-acmee", "--json")
+    assert (code, json.loads(out)["tenant_created"], err) == (0, False, "")
+    status, body = await auth.admin("POST", "/keys", {"tenant": "cli-new"})
+    assert (status, body["tenant_created"]) == (201, True)
 
 
 async def test_tenants_update_changes_only_what_it_names(auth: AuthStack) -> None:

@@ -684,13 +684,17 @@ async def test_unreachable_key_store_is_503_not_500(tmp_path: Path) -> None:
 async def test_a_key_write_whose_reply_came_late_is_answered_as_written(tmp_path: Path) -> None:
     """Found by review: a rotation (or a creation) whose script ran but answered after
     redis_timeout_s was a 503 "try again": the old secret was dead and the new one never
-    shown; a creation's retry made a second key. The record is read again once Redis
+    shown; a creation's retry made a second key (and a tenant's deletion, 2026-12-07, was
+    told it had not happened). The record is read again once Redis
     answers, and a write that landed is answered as one."""
     async with tenant_stack(tmp_path, proxied=True) as stack:
         assert stack.proxy is not None
         key = await stack.key("late-admin")
         key_id = parse_key(key)
         assert key_id is not None
+        await stack.key("late-loaded")
+        status, _ = await admin_request(stack.http, stack.gateway, "DELETE", "/tenants/late-loaded")
+        assert status == 200  # (the deletion's script: loaded)
         stack.proxy.set_mode("delay", delay_s=1.5)  # every script runs; its reply comes late
         try:
             status, rotated = await admin_request(
@@ -701,6 +705,14 @@ async def test_a_key_write_whose_reply_came_late_is_answered_as_written(tmp_path
                 stack.http, stack.gateway, "POST", "/keys", {"tenant": "late-admin", "name": "x"}
             )
             assert status == 201, made
+            status, fresh = await admin_request(
+                stack.http, stack.gateway, "POST", "/keys", {"tenant": "late-new"}
+            )
+            assert (status, fresh.get("tenant_created")) == (201, True), fresh
+            status, deleted = await admin_request(
+                stack.http, stack.gateway, "DELETE", "/tenants/late-new"
+            )
+            assert (status, deleted.get("keys_revoked")) == (200, 1), deleted
         finally:
             stack.proxy.set_mode("pass")
         assert stack.proxy.delayed >= 2

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.datastructures import Headers
 
 from gateway.app import create_app
@@ -23,7 +24,8 @@ from gateway.auth.authenticate import Authenticator
 from gateway.auth.cache import AuthCache
 from gateway.auth.invalidation import InvalidationListener
 from gateway.auth.issue import issue_key
-from gateway.auth.records import KeyRecord
+from gateway.auth.records import KeyRecord, TenantRecord
+from gateway.auth.revoke import delete_tenant
 from gateway.auth.store import AuthStore, key_key
 from gateway.embedded.redis_server import running_redis
 from gateway.errors import InvalidRequest, Unauthorized
@@ -193,7 +195,7 @@ async def test_an_invalidation_during_a_lookup_keeps_its_answer_out_of_the_cache
     secured: Secured, revoke_in_flight: bool
 ) -> None:
     writer = AuthStore(secured.redis)  # another replica's admin API: reaches us by pub/sub only
-    record, key = await issue_key(writer, PEPPER.encode(), tenant="race")
+    record, key, _ = await issue_key(writer, PEPPER.encode(), tenant="race")
     gated = _GatedStore(secured.redis)
     auth, cache = await _replica(secured.redis, gated)
     listener = InvalidationListener(secured.redis, cache)
@@ -251,9 +253,107 @@ async def test_a_concurrent_rotation_never_undoes_a_revocation(secured: Secured)
     assert sum(outcomes.values()) == RACE_ITERATIONS
 
 
+class _IndexedGate(AuthStore):
+    """A store whose key creations, once the key is indexed, wait for the test to let them
+    write the key's record."""
+
+    def __init__(self, redis: Redis) -> None:
+        super().__init__(redis)
+        self.indexed: asyncio.Queue[KeyRecord] = asyncio.Queue()
+        self.release = asyncio.Event()
+
+    async def _put_key(self, record: KeyRecord, mode: str, read: bytes = b"") -> None:
+        if mode == "create":
+            self.indexed.put_nowait(record)
+            await self.release.wait()
+        await super()._put_key(record, mode, read)
+
+
+async def test_a_key_made_while_its_tenant_is_deleted_is_revoked(secured: Secured) -> None:
+    """Found 2026-12-07: a tenant deleted after a key's indexing and before the write of its
+    record revoked every key it found, not that one: the key came live, of no tenant. Its
+    creation now finds itself unlisted, revokes the key and answers 409 tenant_deleted."""
+    gated = _IndexedGate(secured.redis)
+    await gated.put_tenant(TenantRecord(id="doomed"))
+    creating = asyncio.create_task(issue_key(gated, PEPPER.encode(), tenant="doomed"))
+    record = await asyncio.wait_for(gated.indexed.get(), 5)
+    deleted = await delete_tenant(AuthStore(secured.redis), "doomed")
+    assert deleted is not None
+    assert deleted[1] == 0  # its record was not written yet
+    gated.release.set()
+    with pytest.raises(InvalidRequest) as refused:
+        await creating
+    assert (refused.value.status_code, refused.value.code) == (409, "tenant_deleted")
+    stored = await AuthStore(secured.redis).get_key(record.id)
+    assert stored is not None
+    assert stored.revoked
+    assert await AuthStore(secured.redis).get_tenant("doomed") is None
+
+
+class _FailingRevocations(AuthStore):
+    """A store whose Redis goes away after `allowed` key writes."""
+
+    def __init__(self, redis: Redis, allowed: int) -> None:
+        super().__init__(redis)
+        self.allowed = allowed
+
+    async def put_key(self, record: KeyRecord, *, read: bytes | None = None) -> None:
+        if self.allowed == 0:
+            raise RedisConnectionError("Redis went away")
+        self.allowed -= 1
+        await super().put_key(record, read=read)
+
+
+async def test_a_deletion_cut_short_leaves_its_tenant_to_delete_again(secured: Secured) -> None:
+    """A deletion whose Redis went away midway took the tenant's indexes first: the keys not
+    yet revoked stayed live, listed nowhere, and deleting again answered 404. Its keys are now
+    revoked while its indexes list them, so the deletion can be sent again."""
+    store = AuthStore(secured.redis)
+    keys = [(await issue_key(store, PEPPER.encode(), tenant="cut-short"))[1] for _ in range(3)]
+    with pytest.raises(RedisConnectionError):
+        await delete_tenant(_FailingRevocations(secured.redis, allowed=1), "cut-short")
+    assert await store.get_tenant("cut-short") is not None
+    assert sorted([await secured.status(key) for key in keys]) == [200, 200, 401]
+    assert await delete_tenant(store, "cut-short") is not None
+    for _ in range(100):  # (the gateway's cache hears of the revocations by pub/sub)
+        if [await secured.status(key) for key in keys] == [401, 401, 401]:
+            break
+        await asyncio.sleep(0.05)
+    assert [await secured.status(key) for key in keys] == [401, 401, 401]
+    assert await store.get_tenant("cut-short") is None
+
+
+async def test_keys_made_while_their_tenant_is_deleted_never_outlive_it(secured: Secured) -> None:
+    """A key created at the same time as its tenant's deletion works only if its tenant is
+    there, as a new one, and lists it; otherwise it is refused (revoked by the deletion, or
+    by its own creation: 409 tenant_deleted)."""
+    outcomes: dict[int, int] = {}
+    for _ in range(RACE_ITERATIONS):
+        assert (await secured.admin("PUT", "/tenants/leaving-now", {}))[0] == 200
+        (made, key), (deleted, _) = await asyncio.gather(
+            secured.admin("POST", "/keys", {"tenant": "leaving-now"}),
+            secured.admin("DELETE", "/tenants/leaving-now"),
+        )
+        outcomes[made] = outcomes.get(made, 0) + 1
+        assert deleted == 200
+        tenant, _ = await secured.admin("GET", "/tenants/leaving-now")
+        if made == 409:
+            assert key["error"]["code"] == "tenant_deleted", key
+            assert tenant == 404
+            continue
+        assert made == 201, key
+        _, listed = await secured.admin("GET", "/keys?tenant=leaving-now")
+        live = (tenant, [k["id"] for k in listed["data"]]) == (200, [key["id"]])
+        assert await secured.status(key["key"]) == (200 if live else 401), (tenant, listed)
+        assert key["tenant_created"] is live  # a tenant of its own, made after the deletion
+        if live:
+            assert (await secured.admin("DELETE", "/tenants/leaving-now"))[0] == 200
+    print(f"{RACE_ITERATIONS} key creations racing their tenant's deletion: {outcomes}")
+
+
 async def test_a_write_from_a_stale_read_is_refused_not_lost(secured: Secured) -> None:
     store = AuthStore(secured.redis)
-    record, _ = await issue_key(store, PEPPER.encode(), tenant="stale")
+    record, _, _ = await issue_key(store, PEPPER.encode(), tenant="stale")
     found = await store.get_key_version(record.id)
     assert found is not None
     first, read = found
@@ -302,7 +402,7 @@ async def test_concurrent_tenant_changes_are_kept_or_refused_never_lost(secured:
 
 async def test_a_tenant_change_from_a_stale_read_is_refused(secured: Secured) -> None:
     store = AuthStore(secured.redis)
-    await store.ensure_tenant("stale-t")
+    await store.put_tenant(TenantRecord(id="stale-t"))
     found = await store.get_tenant_version("stale-t")
     assert found is not None
     first, read = found
@@ -362,7 +462,7 @@ class _CountingGatedStore(_GatedStore):
 async def test_a_lookup_after_an_invalidation_never_joins_a_read_begun_before_it(
     secured: Secured,
 ) -> None:
-    record, key = await issue_key(AuthStore(secured.redis), PEPPER.encode(), tenant="joined")
+    record, key, _ = await issue_key(AuthStore(secured.redis), PEPPER.encode(), tenant="joined")
     gated = _CountingGatedStore(secured.redis)
     auth, cache = await _replica(secured.redis, gated)
     first = [asyncio.create_task(auth.principal(_bearer(key))) for _ in range(5)]
@@ -378,7 +478,7 @@ async def test_a_lookup_after_an_invalidation_never_joins_a_read_begun_before_it
 
 
 async def test_a_client_leaving_does_not_cancel_the_read_others_wait_for(secured: Secured) -> None:
-    record, key = await issue_key(AuthStore(secured.redis), PEPPER.encode(), tenant="leaving")
+    record, key, _ = await issue_key(AuthStore(secured.redis), PEPPER.encode(), tenant="leaving")
     gated = _GatedStore(secured.redis)
     auth, _ = await _replica(secured.redis, gated)
     leaving = asyncio.create_task(auth.principal(_bearer(key)))
@@ -396,7 +496,7 @@ async def test_a_repeated_key_reuses_its_principal_until_its_records_change(
     secured: Secured, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = AuthStore(secured.redis)
-    record, key = await issue_key(store, PEPPER.encode(), tenant="reused", rpm=5)
+    record, key, _ = await issue_key(store, PEPPER.encode(), tenant="reused", rpm=5)
     auth, cache = await _replica(secured.redis, store)
     hmacs: list[str] = []
 
@@ -433,7 +533,7 @@ async def test_a_key_is_recognised_from_memory_only_once_verified_and_while_vali
     secured: Secured,
 ) -> None:
     store = AuthStore(secured.redis)
-    record, key = await issue_key(store, PEPPER.encode(), tenant="known")
+    record, key, _ = await issue_key(store, PEPPER.encode(), tenant="known")
     auth, cache = await _replica(secured.redis, store)
     key_id, secret = parse_key(key) or ("", "")
     assert not auth.recognises(_bearer(key))  # never verified here: it would take Redis
@@ -458,7 +558,7 @@ async def test_a_key_in_use_is_recognised_after_its_cache_entry_aged(secured: Se
     others' failures: it goes on to be read again, and is recognised from memory after that
     (it was turned away for as long as the others kept failing)."""
     store = AuthStore(secured.redis)
-    _, key = await issue_key(store, PEPPER.encode(), tenant="aged")
+    _, key, _ = await issue_key(store, PEPPER.encode(), tenant="aged")
     cache = AuthCache(ttl_s=0.05)
     auth = Authenticator(required=True, pepper=PEPPER, store=store, cache=cache, jwt=None)
     await auth.principal(_bearer(key))
@@ -475,7 +575,7 @@ async def test_a_key_in_use_is_recognised_after_its_cache_entry_aged(secured: Se
 
 async def test_junk_keys_cannot_grow_the_auth_cache(secured: Secured) -> None:
     store = AuthStore(secured.redis)
-    _, good = await issue_key(store, PEPPER.encode(), tenant="bounded")
+    _, good, _ = await issue_key(store, PEPPER.encode(), tenant="bounded")
     cache = AuthCache(ttl_s=30.0, max_entries=CACHE_BOUND)
     auth = Authenticator(required=True, pepper=PEPPER, store=store, cache=cache, jwt=None)
     assert (await auth.principal(_bearer(good))).tenant == "bounded"

@@ -73,6 +73,8 @@ async def _operate(http: aiohttp.ClientSession, base: str) -> None:
     await call("DELETE", f"/admin/v1/keys/{made[1]['id']}")
     await call("GET", "/admin/v1/keys")
     await call("GET", "/admin/v1/tenants")
+    await call("POST", "/admin/v1/keys", {"tenant": "gamma"})  # (creates the tenant)
+    await call("DELETE", "/admin/v1/tenants/gamma")
 
 
 async def test_every_redis_transaction_and_script_stays_in_one_slot(tmp_path: Path) -> None:
