@@ -9,7 +9,8 @@ gateway's keys without a word (volatile-lru, many managed services' default, too
 de-dup markers, usage logs and daily totals; allkeys-lru took API keys too). It is logged once
 per change and kept in a gauge for LlmaasRedisMayEvict. And the ledger's id is put back if
 Redis lost it (ledger.py logs that): with every key gone no request is settled, so no write
-would have noticed.
+would have noticed. A user whose ACL refuses INFO (`-@dangerous`, a common least privilege)
+is told once: Redis answered, so llmaas_redis_up is 1, but nothing here can be watched.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import asyncio
 import logging
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError
 
 from gateway.metering.ledger import Ledger
 from gateway.metrics import Metrics
@@ -39,14 +40,28 @@ async def watch_redis_memory(
     and sets llmaas_redis_up to 0 (LlmaasRedisUnreachable: a Redis away while nothing needs it
     moved no other metric, the limiter's and the ledger's own counting only what fails)."""
     policy: str | None = None  # as last read
+    refused = False  # INFO refused to the gateway's user (an ACL without it): logged once
     while True:
         try:
             info = await redis.info("memory")
+        except NoPermissionError as exc:  # answered: Redis is up, only INFO is not allowed
+            metrics.redis_up.set(1.0)
+            if not refused:
+                log.warning(
+                    "Redis refuses INFO to the gateway's user (its ACL): Redis's memory and "
+                    "maxmemory-policy go unwatched (llmaas_redis_memory_used_bytes and "
+                    "llmaas_redis_may_evict stay 0, their alerts cannot fire); allow +info",
+                    extra={"fields": {"error": redis_error(exc)}},
+                )
+            refused = True
         except (RedisError, OSError) as exc:
             log.debug("INFO memory failed: %s", redis_error(exc))
             metrics.redis_up.set(0.0)
         else:
             metrics.redis_up.set(1.0)
+            if refused:
+                log.info("Redis allows INFO again: its memory and maxmemory-policy are watched")
+                refused = False
             metrics.redis_memory_used.set(float(info.get("used_memory", 0)))
             metrics.redis_maxmemory.set(float(info.get("maxmemory", 0)))
             policy = _policy_seen(str(info.get("maxmemory_policy", SAFE_POLICY)), policy, metrics)

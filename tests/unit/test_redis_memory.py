@@ -102,3 +102,41 @@ async def test_a_redis_that_does_not_answer_is_gauged_down_and_up_again(redis: R
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     await nothing.aclose()
+
+
+async def test_a_user_refused_info_is_gauged_up_and_told_once(
+    redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by review 2026-12-07: a user whose ACL refuses INFO (`-@dangerous`, a common least
+    privilege) set llmaas_redis_up to 0, so LlmaasRedisUnreachable fired with Redis serving,
+    and no line said that Redis's memory and policy went unwatched."""
+    refused = "Redis refuses INFO to the gateway's user"
+    await redis.acl_setuser(
+        "no-info",
+        enabled=True,
+        passwords=["+pw"],
+        keys=["*"],
+        channels=["*"],
+        categories=["+@all", "-@dangerous"],
+    )
+    where = redis.connection_pool.connection_kwargs
+    narrow = Redis(host=where["host"], port=where["port"], username="no-info", password="pw")
+    metrics = Metrics()
+    metrics.redis_up.set(0.0)
+    with caplog.at_level(logging.INFO, logger="llmaas.redis"), collected() as logs:
+        task = asyncio.create_task(watch_redis_memory(narrow, metrics, interval_s=0.01))
+        try:
+            await logs.wait_for(starting(refused))
+            async with asyncio.timeout(5):
+                while metrics.redis_up._value.get() != 1.0:  # noqa: ASYNC110 (a gauge)
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # many reads refused: still one line
+            await redis.acl_setuser("no-info", commands=["+info"])
+            await logs.wait_for(starting("Redis allows INFO again"))
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await redis.acl_deluser("no-info")
+            await narrow.aclose()
+    assert count(logs, refused) == 1
+    assert [r.levelno for r in logs.records if starting(refused)(r)] == [logging.WARNING]
