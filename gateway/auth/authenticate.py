@@ -24,6 +24,7 @@ from starlette.datastructures import Headers
 from gateway.auth.api_keys import PREFIX, parse_key, secret_matches
 from gateway.auth.cache import AuthCache, Timed
 from gateway.auth.jwt import JwtVerifier
+from gateway.auth.mismatches import SecretMismatches
 from gateway.auth.principal import ANONYMOUS, Limits, Principal
 from gateway.auth.records import KeyRecord, TenantRecord
 from gateway.auth.store import AuthStore
@@ -131,6 +132,7 @@ class Authenticator:
         self.reading: dict[tuple[str, str], _Read] = {}
         # When a Redis read last failed (monotonic), unless one succeeded since: see _cached.
         self.failed_at = -math.inf
+        self.mismatches = SecretMismatches()  # (a replica with another key_pepper: logged)
 
     async def principal(self, headers: Headers) -> Principal:
         if not self.required:
@@ -187,6 +189,7 @@ class Authenticator:
             raise _invalid()
         known = self._known(key_id, secret, record)
         if known is None and not secret_matches(self.pepper, secret, record.secret_hash):
+            self.mismatches.seen(key_id)
             raise _invalid()
         if record.revoked:
             raise Unauthorized("This API key has been revoked.", code="invalid_api_key")

@@ -4,6 +4,7 @@ against a real Redis (issue 13, "Security: Keys")."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -138,6 +139,29 @@ def _secret_windows(key: str, width: int) -> list[str]:
     assert parsed is not None
     start = len(key) - len(parsed[1])
     return [key[i : i + width] for i in range(max(0, start - width + 1), len(key) - width + 1)]
+
+
+async def test_a_replica_with_another_pepper_says_so_in_its_log(
+    secured: Secured, tmp_path: Path
+) -> None:
+    """Found by review 2026-12-07: a replica started with another key_pepper turned every key
+    away (behind a load balancer, some clients at random) with nothing in its log but access
+    lines, and ready. A secret that does not match its key's digest is now logged, at most
+    once a minute, with the count, naming the pepper."""
+    _, key = await secured.new_key("peppered")  # made under the other replicas' pepper
+    settings = auth_settings("http://127.0.0.1:9", secured.redis_url, tmp_path)
+    other = settings.model_copy(update={"key_pepper": "not-the-fleets-pepper"})
+    with collected("llmaas.auth") as logs:
+        async with serve_asgi(create_app(other)) as replica:
+            for _ in range(3):
+                assert await secured.status(key, replica) == 401
+            assert await secured.status(key) == 200
+    told = [r for r in logs.records if "key_pepper" in r.getMessage()]
+    assert len(told) == 1
+    assert told[0].levelno == logging.WARNING
+    assert told[0].fields["mismatches"] == 1  # type: ignore[attr-defined]
+    _, secret = parse_key(key) or ("", "?")
+    assert secret not in str(told[0].__dict__)
 
 
 async def test_only_hmac_digests_of_secrets_are_at_rest(secured: Secured) -> None:
