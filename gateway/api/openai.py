@@ -120,8 +120,8 @@ async def _forward(
     tokens = prompt_tokens(body, context) if route == "embeddings" else None
     admission = await gw.admission.admit(caller, body, context, tokens=tokens)
     want, collected = None, None
-    ids = asks_token_ids(route, body)  # (usage while a tool parser holds tokens: tool_ids.py)
-    engine_raw, engine_body = with_token_ids(body) if ids else (raw, body)
+    ids = asks_token_ids(route, body)  # (usage while vLLM holds tokens back: tool_ids.py)
+    engine_raw, engine_body = with_token_ids(raw, body) if ids else (raw, body)
     if stream:  # the engine always reports usage; the client sees only what it asked for
         want = wanted(body)
         raw = force_usage(engine_raw, engine_body)

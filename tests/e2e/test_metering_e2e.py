@@ -391,12 +391,42 @@ async def _abandon_raw_tool_call(e2e: E2E, oai: openai.AsyncOpenAI, rid: str) ->
         resp.close()
 
 
+# A token of this model's vocabulary that is the first byte of an emoji: biased toward it, the
+# model writes only such bytes, and the text never ends in a whole character.
+LEAD_BYTE_TOKEN = "10813"
+
+
+async def _abandon_raw_partial_characters(e2e: E2E, oai: openai.AsyncOpenAI, rid: str) -> None:
+    """Cut while every token is part of a character: vLLM sends no chunk for a token that adds
+    no text (so no usage) unless asked for token ids, which the gateway now does for every
+    chat request (tool_ids.py; found by review 2026-12-07: billed 0 of 19-46 tokens)."""
+    body = {
+        "model": CHAT,
+        "messages": [{"role": "user", "content": "Write a long story about the sea."}],
+        "logit_bias": {LEAD_BYTE_TOKEN: 100},
+        "temperature": 0,
+        "max_tokens": 200,
+        "stream": True,
+    }
+    headers = {**e2e.auth, **_rid_header(rid)}
+    resp = await e2e.http.post(f"{e2e.gateway}/v1/chat/completions", json=body, headers=headers)
+    try:
+        assert resp.status == 200
+        role = await resp.content.readline()
+        assert role.startswith(b"data: "), role
+        assert b'token_ids":[' not in role  # (asked by the gateway, not shown)
+        await asyncio.sleep(0.5)
+    finally:
+        resp.close()
+
+
 Abandon = Callable[[E2E, openai.AsyncOpenAI, str], Awaitable[None]]
 ABANDONS: list[tuple[str, str, Abandon]] = [
     ("openai-chat-close", "chat/completions", _abandon_openai_chat),
     ("raw-chat-include-usage", "chat/completions", _abandon_raw_chat),
     ("raw-completions", "completions", _abandon_raw_completion),
     ("raw-tool-call", "chat/completions", _abandon_raw_tool_call),  # (billed 0 before)
+    ("raw-partial-characters", "chat/completions", _abandon_raw_partial_characters),  # (0 too)
 ]
 
 

@@ -34,17 +34,26 @@ CALL = (
 )
 
 
-def test_only_chat_requests_with_tools_ask_and_only_when_the_client_did_not() -> None:
+def test_every_chat_request_asks_unless_its_client_did() -> None:
     chat = "chat/completions"
     assert asks_token_ids(chat, {"tools": TOOLS})
-    assert asks_token_ids(chat, {"tools": TOOLS, "tool_choice": "required"})
-    assert not asks_token_ids(chat, {"tools": TOOLS, "tool_choice": "none"})
+    assert asks_token_ids(chat, {"tools": TOOLS, "tool_choice": "none"})
+    assert asks_token_ids(chat, {})  # (text held back: part of a character, a stop string)
+    assert asks_token_ids(chat, {"return_token_ids": False})
     assert not asks_token_ids(chat, {"tools": TOOLS, "return_token_ids": True})
-    assert not asks_token_ids(chat, {"tools": []})
-    assert not asks_token_ids(chat, {})
-    assert not asks_token_ids("completions", {"tools": TOOLS})
-    raw, body = with_token_ids({"model": "m", "tools": TOOLS})
-    assert orjson.loads(raw) == body == {"model": "m", "tools": TOOLS, "return_token_ids": True}
+    assert not asks_token_ids("completions", {"tools": TOOLS})  # ("text":"" chunks there)
+
+
+def test_the_ask_is_spliced_in_unless_the_field_is_there() -> None:
+    sent = b' {"model": "m",  "n": 12345678901234567890123, "tools": []}'
+    raw, body = with_token_ids(sent, orjson.loads(b'{"model": "m", "tools": []}'))
+    assert (
+        raw
+        == b' {"return_token_ids":true,"model": "m",  "n": 12345678901234567890123, "tools": []}'
+    )
+    assert body == {"model": "m", "tools": [], "return_token_ids": True}
+    raw, body = with_token_ids(b'{"return_token_ids": false}', {"return_token_ids": False})
+    assert orjson.loads(raw) == body == {"return_token_ids": True}
 
 
 def test_the_ids_become_the_nulls_vllm_writes_and_a_chunk_sent_for_them_alone_is_tapped() -> None:
