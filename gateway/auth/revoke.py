@@ -20,8 +20,9 @@ async def delete_tenant(store: AuthStore, tenant: str) -> tuple[TenantRecord, in
     """Delete the tenant and revoke every key it had (None: no such tenant); its record and how
     many keys this revoked. Its keys are revoked while its indexes still list them, so a
     deletion cut short (Redis away) leaves the tenant to delete again, never keys that work and
-    that no listing finds; then its record and indexes go, and a key indexed meanwhile is
-    revoked too, or by its own creation if its record was not written yet (issue.py). A key
+    that no listing finds; then its record and indexes go, and every key they listed is
+    looked at again (one indexed or written meanwhile is revoked too), or revoked by its own
+    creation if its record was not written yet (issue.py). A key
     indexed after that belongs to a new tenant of the same id."""
     stored, listed = await store.tenant_and_keys(tenant)
     if stored is None:
@@ -31,7 +32,10 @@ async def delete_tenant(store: AuthStore, tenant: str) -> tuple[TenantRecord, in
     if deleted is None:  # deleted by another request meanwhile
         return None
     record, indexed = deleted
-    return record, revoked + await _revoke_each(store, indexed - listed)
+    # Every id again, not only those indexed since the first pass: one listed then without a
+    # record yet (skipped) may have been written meanwhile, and its creation found itself
+    # still listed (issue.py checks only after its write)
+    return record, revoked + await _revoke_each(store, indexed | listed)
 
 
 async def _revoke_each(store: AuthStore, key_ids: set[str]) -> int:

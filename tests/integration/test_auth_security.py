@@ -347,6 +347,43 @@ async def test_a_deletion_cut_short_leaves_its_tenant_to_delete_again(secured: S
     assert await store.get_tenant("cut-short") is None
 
 
+class _HeldDeletion(AuthStore):
+    """A store whose tenant deletions wait, after revoking the keys listed, for the test to let
+    them take the tenant's record and indexes."""
+
+    def __init__(self, redis: Redis) -> None:
+        super().__init__(redis)
+        self.revoked_listed = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def delete_tenant(
+        self, tenant: str, stored: bytes
+    ) -> tuple[TenantRecord, set[str]] | None:
+        self.revoked_listed.set()
+        await self.release.wait()
+        return await super().delete_tenant(tenant, stored)
+
+
+async def test_a_key_written_between_a_deletions_two_passes_is_revoked(secured: Secured) -> None:
+    """Found by review 2026-12-07: a key indexed but not yet written when the deletion revoked
+    the keys listed was skipped, then written (still listed: its creation answered 201), and
+    the deletion's second pass looked only at keys indexed since: it stayed live, of no tenant,
+    on every replica."""
+    creator, deleter = _IndexedGate(secured.redis), _HeldDeletion(secured.redis)
+    await creator.put_tenant(TenantRecord(id="between"))
+    creating = asyncio.create_task(issue_key(creator, PEPPER.encode(), tenant="between"))
+    await asyncio.wait_for(creator.indexed.get(), 5)
+    deleting = asyncio.create_task(delete_tenant(deleter, "between"))
+    await asyncio.wait_for(deleter.revoked_listed.wait(), 5)  # it was listed, not written: skipped
+    creator.release.set()
+    _, key, _ = await creating  # written and still listed: 201
+    deleter.release.set()
+    deleted = await deleting
+    assert deleted is not None
+    assert deleted[1] == 1  # revoked by the second pass
+    assert await secured.status(key) == 401
+
+
 async def test_keys_made_while_their_tenant_is_deleted_never_outlive_it(secured: Secured) -> None:
     """A key created at the same time as its tenant's deletion works only if its tenant is
     there, as a new one, and lists it; otherwise it is refused (revoked by the deletion, or
