@@ -49,7 +49,8 @@ async def readyz(request: Request, gw: Gateway) -> Response:
     body: dict[str, Any] = {"status": status}
     if ops_token_given(request, gw.settings):
         now = time.monotonic()
-        models = {p.name: any(e.is_up(now) for e in p.engines) for p in gw.registry.pools()}
+        pools = gw.registry.pools()
+        models = {p.name: any(e.is_up(now) and e.lists(p.name) for e in p.engines) for p in pools}
         engines = {e.url: e.is_up(now) for e in gw.registry.engines()}
         body.update(await _redis_state(gw))
         body.update(models=models, engines=engines)

@@ -101,7 +101,7 @@ class EngineMetrics:
         engine whose /v1/models does not list the model (a typo in the config or in its
         --served-model-name) is not counted: it answers the model's every request 404."""
         for pool in pools:
-            up = sum(1 for e in pool.engines if e.health.is_up() and _lists(e, pool.name))
+            up = sum(1 for e in pool.engines if e.health.is_up() and e.lists(pool.name))
             self.metrics.model_engines_up.labels(pool.name).set(up)
 
     def check_failed(self, target: str, check: str, engine: Engine | None = None) -> None:
@@ -109,9 +109,3 @@ class EngineMetrics:
         if engine is not None and engine in self.gone:
             return
         self.metrics.engine_check_failures.labels(target, check).inc()
-
-
-def _lists(engine: Engine, model: str) -> bool:
-    """Whether `engine` serves `model` as far as its /v1/models said; one not polled yet (or
-    listing nothing) is taken at the config's word."""
-    return not engine.served or any(card.id == model for card in engine.served)

@@ -84,6 +84,12 @@ class Engine:
         """Not ejected. An ejected engine comes back only once its /health answers 200."""
         return self.health.is_up()
 
+    def lists(self, model: str) -> bool:
+        """Whether it serves `model` as far as its /v1/models said; one not polled yet (or
+        listing nothing) is taken at the config's word. (One configured for a model it does
+        not list answers that model's every request 404.)"""
+        return not self.served or any(card.id == model for card in self.served)
+
     def mark_down(self) -> None:
         """The proxy could not connect to it: a failure that ejects at once."""
         self.record_failure("connect")

@@ -335,6 +335,9 @@ async def test_an_engine_that_does_not_list_its_configured_model_is_logged(
             found = await logs.wait_for(lambda r: "is configured for model typo" in r.getMessage())
             await metric_until(http, gw, 'llmaas_model_engines_up{model="m"}', "1.0")
             await metric_until(http, gw, 'llmaas_model_engines_up{model="typo"}', "0.0")
+            headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+            async with http.get(f"{gw}/readyz", headers=headers) as resp:
+                assert (await resp.json())["models"] == {"m": True, "typo": False}  # (as it)
             async with openai.AsyncOpenAI(base_url=f"{gw}/v1", api_key="x") as oai:
                 with pytest.raises(openai.NotFoundError) as info:
                     await oai.completions.create(model="typo", prompt="hi", max_tokens=1)
