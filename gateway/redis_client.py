@@ -28,8 +28,8 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, DataError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.limits.failures import classify
@@ -118,7 +118,9 @@ def redis_client(
     url: str, timeout_s: float, max_connections: int, password: str | None = None
 ) -> Redis:
     """A bounded pool: beyond `max_connections` callers wait (up to the timeout) for a free one.
-    `password`, if given, is used instead of the URL's (settings.redis_password).
+    `password`, if given, is used instead of the URL's (settings.redis_password), with the
+    URL's user name. (Given to `from_url`, it lost: redis-py lets the URL's options win over
+    its keywords, so a stale password in the URL was sent and the right one ignored.)
 
     A command that meets a broken connection (every pooled one is, after Redis restarts) is
     sent once more on a fresh one; timeouts are not retried (Redis is there, but slow).
@@ -131,8 +133,9 @@ def redis_client(
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         retry_on_error=[RedisConnectionError],
-        **({} if password is None else {"password": password}),
     )
+    if password is not None:  # before any connection is made; RedisPipe copies these too
+        pool.connection_kwargs["password"] = password
     pool.connection_class = _PACKED.get(pool.connection_class, pool.connection_class)
     return Redis.from_pool(pool)  # the client owns the pool: closing it closes every connection
 
@@ -173,9 +176,20 @@ async def landed(exc: BaseException, holds: Callable[[], Awaitable[bool]]) -> bo
         return False
 
 
+NO_PASSWORD = (
+    "Redis asks for a password, and none is configured "
+    "(redis_password, LLMAAS_REDIS_PASSWORD, or in redis_url)"
+)
+
+
 def redis_error(exc: BaseException) -> str:
     """An error of Redis's for the log: its class, and Redis's own words where it answered
     ("OOM command not allowed when used memory > 'maxmemory'"): the class alone said
-    `ResponseError`, and the log called a full Redis unreachable."""
+    `ResponseError`, and the log called a full Redis unreachable. A NOAUTH (a password
+    needed and none sent) says which settings hold one first: Redis's words for it ("HELLO
+    must be called with the client already authenticated, ..." to redis-py's RESP3
+    greeting) name none of them."""
     text = str(exc).strip()
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+    if isinstance(exc, AuthenticationError) and getattr(exc, "status_code", None) == "NOAUTH":
+        text = f"{NO_PASSWORD}: {text}"
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__

@@ -25,8 +25,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
-from redis.exceptions import AuthenticationError, NoScriptError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.redis_wire import Build, Command, Wire
@@ -163,8 +163,9 @@ class RedisPipe:
     async def _hello(self, wire: Wire) -> None:
         """AUTH and SELECT, as the URL asks; an error reply (a wrong password) is raised.
         Without a password, a PING: a Redis that asks for one answers NOAUTH, raised as
-        AuthenticationError in Redis's words (the first call's own error was a protocol
-        error, "unauthenticated multibulk length", for a script call's many arguments)."""
+        AuthenticationError in Redis's words, which redis_error() logs with the settings
+        that hold a password (the first call's own error was a protocol error,
+        "unauthenticated multibulk length", for a script call's many arguments)."""
         commands: list[Command] = []
         password, username = self.kwargs.get("password"), self.kwargs.get("username")
         if password:
@@ -174,16 +175,8 @@ class RedisPipe:
         db = int(self.kwargs.get("db") or 0)
         if db:
             commands.append(("SELECT", db))
-        try:
-            for future in wire.send(commands):
-                await future
-        except AuthenticationError as exc:
-            if password:
-                raise
-            raise AuthenticationError(
-                f"NOAUTH {exc} Redis asks for a password, and none is configured "
-                "(redis_password, LLMAAS_REDIS_PASSWORD, or in redis_url)"
-            ) from exc
+        for future in wire.send(commands):
+            await future
 
 
 class PipeScript:

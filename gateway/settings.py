@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -242,6 +243,27 @@ class CorsSettings(Section):
     max_age_s: int = Field(default=600, ge=0)  # how long a browser may reuse a preflight
 
 
+_DATABASE = re.compile(r"/?[0-9]*")  # a URL's path as redis-py reads a database: "", "/", "/3"
+
+
+def _wrong_redis_url(url: str) -> str | None:
+    """What is wrong with `url` as a Redis URL, if anything, said without quoting it (it may
+    hold a password). A database that is not a number (/db3) redis-py ignores, and used
+    database 0: maybe another application's data."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:  # (the message would quote a piece of the password)
+        return "not a Redis URL: a port is a number"
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return "not a Redis URL: it begins redis://, rediss:// or unix://"
+    path = "" if parts.scheme == "unix" else parts.path  # (unix://: the socket's path)
+    given = parse_qs(parts.query).get("db", [])
+    if not _DATABASE.fullmatch(path) or not all(_DATABASE.fullmatch(db) for db in given):
+        return "its database is not a number: one goes after the port (redis://host:6379/3)"
+    return None
+
+
 class Settings(BaseSettings):
     # LLMAAS_ROUTING__MAX_WAITING_PER_ENGINE=null: None, as `null` in the file.
     model_config = SettingsConfigDict(
@@ -304,19 +326,12 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _a_redis_url(cls, url: str | None) -> str | None:
-        if url is not None:
-            parts = urlsplit(url)
-            try:
-                parts.port  # noqa: B018 - raises ValueError on a port that is not a number
-                good = parts.scheme in ("redis", "rediss", "unix")
-            except ValueError:  # (the message would quote a piece of the password)
-                good = False
-            if not good:
-                raise ValueError(
-                    "not a Redis URL: it begins redis://, rediss:// or unix://, and a port is "
-                    "a number. A password with / @ # ? or % in it goes in redis_password "
-                    "(LLMAAS_REDIS_PASSWORD), or percent-encoded in the URL"
-                )
+        wrong = None if url is None else _wrong_redis_url(url)
+        if wrong is not None:
+            raise ValueError(
+                f"{wrong}. A password with / @ # ? or % in it goes in redis_password "
+                "(LLMAAS_REDIS_PASSWORD), or percent-encoded in the URL"
+            )
         return url
 
     @model_validator(mode="after")

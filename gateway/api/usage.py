@@ -36,6 +36,7 @@ from gateway.metering.query import (
 )
 from gateway.metering.record import CSV_COLUMNS, TENANT_COLUMNS, UsageRecord
 from gateway.metering.time_range import BoundError, record_range, total_days
+from gateway.redis_client import redis_error
 from gateway.state import GatewayState
 
 admin_router = APIRouter(prefix="/admin/v1", dependencies=[Depends(require_admin)])
@@ -247,7 +248,7 @@ def _ungrouped(group_by: str | None) -> None:
 def _ledger_unreachable(exc: RedisError) -> ServiceUnavailable:
     """The retryable 503 of a usage query whose Redis read failed; the cause goes to the log."""
     logging.getLogger("llmaas.usage").warning(
-        "usage query failed", extra={"fields": {"error": type(exc).__name__, "detail": str(exc)}}
+        "usage query failed", extra={"fields": {"error": redis_error(exc)}}
     )
     return ServiceUnavailable(
         "The usage ledger is unreachable right now; try again shortly.",

@@ -18,11 +18,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from redis.asyncio import Redis
-
 from gateway.auth.api_keys import parse_key, secret_matches
 from gateway.auth.issue import issue_key
 from gateway.auth.store import AuthStore
+from gateway.redis_client import redis_client
 
 TENANT = "dev"
 KEY_NAME = "llmaas up"
@@ -58,9 +57,12 @@ def admin_token(earlier: DevCredentials | None) -> str:
     return earlier.admin_token if earlier else secrets.token_urlsafe(24)
 
 
-async def dev_key(redis_url: str, pepper: bytes, earlier: DevCredentials | None) -> str:
-    """The kept key if it still works, else a new one of the tenant `dev`."""
-    redis = Redis.from_url(redis_url)
+async def dev_key(
+    redis_url: str, pepper: bytes, earlier: DevCredentials | None, password: str | None = None
+) -> str:
+    """The kept key if it still works, else a new one of the tenant `dev`. `password`: used
+    instead of the URL's (LLMAAS_REDIS_PASSWORD, with a shared Redis), as the gateway does."""
+    redis = redis_client(redis_url, 5.0, 4, password)
     try:
         store = AuthStore(redis)
         if earlier is not None and await _works(store, pepper, earlier.api_key):

@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.embedded.process_group import stop_process_group, terminated_with_parent
 from gateway.embedded.supervise import kept_running
 from gateway.netutil import free_port
+from gateway.redis_client import redis_client
 
 START_TIMEOUT_S = 10.0
 LOG = "redis.log"
@@ -62,8 +62,9 @@ def redis_config(port: int, workdir: Path, *, keep: bool = False) -> str:
     )
 
 
-async def ping(url: str, timeout_s: float = 2.0) -> bool:
-    client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+async def ping(url: str, timeout_s: float = 2.0, password: str | None = None) -> bool:
+    """`password`: used instead of the URL's (LLMAAS_REDIS_PASSWORD), as the gateway does."""
+    client = redis_client(url, timeout_s, 1, password)
     try:
         return bool(await client.ping())
     except (RedisError, OSError):
@@ -79,13 +80,15 @@ async def start_redis(
     *,
     supervised: bool = False,
     port: int = 0,
+    password: str | None = None,
 ) -> AsyncIterator[str]:
-    """Yield a Redis URL: `url_from_env` once it answers PING, else a private server's on
+    """Yield a Redis URL: `url_from_env` once it answers PING (with `password`, if given,
+    instead of the URL's), else a private server's on
     `port` (0: a free one): its data kept in `keep_in` from one start to the next (`llmaas
     up`, where it is `supervised`: started again on its port, from its data, if it exits), or
     thrown away."""
     if url_from_env:
-        if not await ping(url_from_env):
+        if not await ping(url_from_env, password=password):
             # The URL may carry a password: name only where it points.
             where = url_from_env.rsplit("@", 1)[-1]
             raise RedisStartError(f"Redis at {where} (LLMAAS_REDIS_URL) does not answer PING")

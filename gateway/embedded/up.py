@@ -81,11 +81,11 @@ def run_up(
             return 2
     try:  # LLMAAS_* settings, before minutes of preparing and starting anything
         # (the environment wins over what is given here: LLMAAS_PORT, unless --port was given)
-        chosen = _preflight_settings(gateway_port or DEFAULT_PORT, data, paths).port
+        preflight = _preflight_settings(gateway_port or DEFAULT_PORT, data, paths)
     except (ConfigError, OSError) as exc:
         print(invalid_configuration("up", exc), file=sys.stderr)
         return 2
-    gateway_port = chosen if gateway_port is None else gateway_port
+    gateway_port = preflight.port if gateway_port is None else gateway_port
     if (wrong := _wrong_ports(gateway_port, engine_port, redis_port)) is not None:
         print(f"llmaas up: error: {wrong}", file=sys.stderr)
         return 2
@@ -108,7 +108,8 @@ def run_up(
         holder = f"the one serving http://{HOST}:{gateway_port}"
         with nullcontext() if shared_redis else held(data.root, holder):
             engine_port = engine_port or free_port()
-            uvloop.run(_up(paths, data, gateway_port, engine_port, (shared_redis, redis_port)))
+            redis = (shared_redis, redis_port, preflight.redis_password)
+            uvloop.run(_up(paths, data, gateway_port, engine_port, redis))
     except KeyboardInterrupt:
         print("\nstopped.", file=sys.stderr)
     except Terminated:
@@ -184,16 +185,24 @@ async def _up(
     data: DataDir,
     gateway_port: int,
     engine_port: int,
-    redis: tuple[str | None, int],
+    redis: tuple[str | None, int, str | None],
 ) -> None:
-    """`redis`: LLMAAS_REDIS_URL, used instead of a private Redis in `data`, and the private
-    one's port (0: a free one)."""
-    shared_redis, redis_port = redis
+    """`redis`: LLMAAS_REDIS_URL, used instead of a private Redis in `data`, the private
+    one's port (0: a free one), and LLMAAS_REDIS_PASSWORD, used instead of the shared one's
+    URL's by every connection to it (the gateway's did, the rest sent the URL's)."""
+    shared_redis, redis_port, password = redis
+    password = password if shared_redis else None  # (the private Redis has none)
     async with AsyncExitStack() as stack:
         sigterm = stack.enter_context(SigtermStops())  # the server's while it serves
         ready = await prepare(paths)
         redis_url = await stack.enter_async_context(
-            running_redis(shared_redis, keep_in=data.redis, supervised=True, port=redis_port)
+            running_redis(
+                shared_redis,
+                keep_in=data.redis,
+                supervised=True,
+                port=redis_port,
+                password=password,
+            )
         )
         spec = EngineSpec(
             python=ready.engine_python,
@@ -216,7 +225,7 @@ async def _up(
             ready=ready,
         )
         pepper = (settings.key_pepper or DEV_PEPPER).encode()
-        key = await dev_key(redis_url, pepper, earlier)
+        key = await dev_key(redis_url, pepper, earlier, password)
         keep(data.credentials, DevCredentials(key, kept_token))  # shown again next run
         config = uvicorn_config(
             create_app(settings),
@@ -229,7 +238,7 @@ async def _up(
         # (new ones get a 503), then cuts the rest; a second Ctrl-C stops at once.
         server = DrainingServer(config, settings.shutdown_grace_s)
         sigterm.hand_to_server()
-        trainer_redis = redis_client(redis_url, 5.0, 4)
+        trainer_redis = redis_client(redis_url, 5.0, 4, password)
         stack.push_async_callback(trainer_redis.aclose)
         trainer = Trainer(settings, trainer_redis, "llmaas-up")
         training = asyncio.create_task(trainer.run())

@@ -44,6 +44,7 @@ from gateway.finetune.resolve import resolve
 from gateway.finetune.serving import announce
 from gateway.finetune.sweep import fail_overdue
 from gateway.metering.ledger import Ledger
+from gateway.redis_client import redis_error
 from gateway.settings import Settings
 
 SCRIPT = Path(__file__).with_name("train_lora.py")
@@ -84,7 +85,7 @@ class Trainer:
                     if item is not None:
                         await self.run_job(*item)
                 except (RedisError, OSError) as exc:  # Redis away: its heartbeat sweep covers us
-                    self.log.warning("trainer: Redis unavailable (%s); retrying", exc)
+                    self.log.warning("trainer: Redis unavailable (%s); retrying", redis_error(exc))
                     await asyncio.sleep(POLL_S)
         finally:
             await self.ledger.close()

@@ -6,11 +6,13 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -18,10 +20,17 @@ from redis.asyncio import Redis
 
 from gateway.embedded.redis_server import running_redis
 from gateway.netutil import free_port, wait_http_ok
+from gateway.redis_client import NO_PASSWORD
 from gateway.sim.config import SimConfig
 from tests.integration.sim_fixture import running_sim_process
 from tests.support.cli import llmaas, run_cli
-from tests.support.gateways import admin_request, gateway_process, serve_command, shared_config
+from tests.support.gateways import (
+    OPS,
+    admin_request,
+    gateway_process,
+    serve_command,
+    shared_config,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -375,6 +384,93 @@ async def test_a_redis_password_given_apart_from_the_url_may_hold_any_character(
         authed = Redis.from_url(url, password=password)
         await authed.config_set("requirepass", "")  # as running_redis found it
         await authed.aclose()
+
+
+async def test_the_redis_password_is_used_instead_of_the_urls_with_the_urls_user(
+    tmp_path: Path,
+) -> None:
+    """Found by review 2026-12-07: a URL holding a stale password beat LLMAAS_REDIS_PASSWORD
+    (redis-py lets a URL's options win over its keywords): every connection failed, WRONGPASS.
+    Keys, the request path's pipelined connection and metering all use the variable's."""
+    password = secrets.token_hex(12)
+    async with running_redis(None) as url, running_sim_process(SimConfig(models=["m"])) as sim:
+        admin = Redis.from_url(url)
+        await admin.acl_setuser(
+            "gw",
+            enabled=True,
+            passwords=[f"+{password}"],
+            keys=["*"],
+            channels=["*"],
+            commands=["+@all"],
+        )
+        await admin.config_set("requirepass", secrets.token_hex(12))  # no way in without one
+        await admin.aclose()
+        stale = url.replace("redis://", "redis://gw:stale-password@", 1)
+        config = shared_config(tmp_path / "gw.yaml", redis_url=stale, model="m", sim=sim)
+        env = {"LLMAAS_REDIS_PASSWORD": password}
+        async with gateway_process(config, env=env) as served, aiohttp.ClientSession() as http:
+            async with http.get(f"{served.url}/readyz", headers=OPS) as resp:
+                assert (await resp.json())["redis"] == "ok"
+            status, made = await admin_request(
+                http, served.url, "POST", "/keys", {"tenant": "t", "rpm": 100, "tpm": 10**6}
+            )
+            assert status == 201, made
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            auth = {"authorization": f"Bearer {made['key']}"}
+            async with http.post(f"{served.url}/v1/chat/completions", json=body, headers=auth) as r:
+                assert r.status == 200, await r.text()
+                assert r.headers["x-ratelimit-remaining-requests"] == "99"
+        as_user = Redis.from_url(url, username="gw", password=password)
+        assert await as_user.acl_whoami() == "gw"  # (the user whose password it is)
+        await as_user.config_set("requirepass", "")  # as running_redis found it
+        await as_user.aclose()
+
+
+async def test_a_redis_asking_for_a_password_none_gives_is_logged_naming_the_settings(
+    tmp_path: Path,
+) -> None:
+    """Found by review 2026-12-07: redis-py 8's greeting (RESP3 HELLO) is answered "HELLO must
+    be called with the client already authenticated, ...", which names no setting; only the
+    request path's connection said which ones hold a password."""
+    log = tmp_path / "gw.log"
+    password = secrets.token_hex(12)
+    async with running_redis(None) as url, running_sim_process(SimConfig(models=["m"])) as sim:
+        admin = Redis.from_url(url)
+        await admin.config_set("requirepass", password)
+        await admin.aclose()
+        config = shared_config(tmp_path / "gw.yaml", redis_url=url, model="m", sim=sim)
+        async with gateway_process(config, log=log) as served, aiohttp.ClientSession() as http:
+            status, refused = await admin_request(http, served.url, "GET", "/keys")
+            assert status == 503, refused
+        lines = [orjson.loads(line) for line in log.read_bytes().splitlines()]
+        errors = {line["msg"]: line["error"] for line in lines if "error" in line}
+        assert "store (Redis) unavailable" in errors, errors
+        for error in errors.values():  # the store's, the feeds', the ledger's alike
+            assert error.startswith(f"AuthenticationError: {NO_PASSWORD}: "), error
+        authed = Redis.from_url(url, password=password)
+        await authed.config_set("requirepass", "")  # as running_redis found it
+        await authed.aclose()
+
+
+@pytest.mark.parametrize("command", ["serve", "trainer"])
+@pytest.mark.parametrize("database", ["/db3", "/x", "/3?db=three"])
+async def test_a_redis_url_whose_database_is_not_a_number_is_refused(
+    tmp_path: Path, command: str, database: str
+) -> None:
+    """Found by review 2026-12-07: redis-py reads a path that is not a number (/db3) as no
+    database at all, and the gateway used database 0: maybe another application's data."""
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        f"redis_url: redis://gw:Zm9v-s3cret@127.0.0.1:6379{database}\n"
+        "key_pepper: pepper-0123456789abcdef\ndev_mode: true\n"
+        "fine_tuning: {base_models: {m: /nowhere}}\n"
+    )
+    code, out, err = await run_cli(command, "--config", str(config))
+    assert (code, out) == (2, ""), err
+    assert f"llmaas {command}: invalid configuration: {config}:" in err
+    assert "redis_url: its database is not a number" in err
+    assert "Zm9v" not in err
+    assert "s3cret" not in err
 
 
 async def test_refuses_to_start_without_secrets_outside_dev_mode(tmp_path: Path) -> None:
