@@ -323,6 +323,8 @@ class AdmissionControl:
             ) from exc
 
     def _reached(self) -> None:
+        if self.renewals is not None and self.renewals.outage.failures:
+            self.renewals.redis_back()  # (its own outage: no admission may have failed)
         if self.outage.reached():
             if self.releases is not None:
                 self.releases.redis_back()

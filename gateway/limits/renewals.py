@@ -51,6 +51,14 @@ class Renewals:
     def drop(self, lease: str) -> None:
         self.live.pop(lease, None)
 
+    def redis_back(self) -> None:
+        """Redis answered an admission: the end of an outage for renewals too, unless a lease
+        waits for renewal (the next tick's will say). Only a renewal said so before, and with
+        no stream long enough to need one the outage never ended: its line came at the next
+        outage's start, and that outage's first failure was not logged."""
+        if not self.live:
+            self.outage.reached()
+
     async def close(self) -> None:
         if self.task is None:
             return

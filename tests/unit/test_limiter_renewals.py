@@ -74,3 +74,37 @@ async def test_a_renewal_redis_refuses_is_logged_and_retried(
     finally:
         await renewals.close()
         await broken.aclose()
+
+
+async def test_an_outage_of_renewals_ends_when_redis_answers_an_admission(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found by review 2026-12-07: only a renewal that went through ended a renewals outage, so
+    with no stream long enough to need one its line came at the next outage's start, and that
+    outage's first failure was not logged. Redis answering an admission ends it too, once no
+    lease waits for the next tick."""
+    broken = Redis(host="127.0.0.1", port=9, socket_connect_timeout=0.2)  # nothing listens
+    renewals = Renewals(Limiter(broken), interval_s=0.05)
+    try:
+        with caplog.at_level(logging.INFO, "llmaas.limits"):
+            for outage in range(2):
+                renewals.hold(who(Limits(max_concurrency=1)), f"lease-{outage}")
+                async with asyncio.timeout(10):
+                    while renewals.outage.failures < 2:  # noqa: ASYNC110
+                        await asyncio.sleep(0.02)
+                renewals.redis_back()  # a lease still waits: its next renewal will tell
+                assert renewals.outage.failures >= 2
+                renewals.drop(f"lease-{outage}")  # the stream ended
+                renewals.redis_back()  # Redis answered an admission
+                assert renewals.outage.failures == 0
+        lines = [r.getMessage() for r in caplog.records if r.name == "llmaas.limits"]
+        back = "lease renewals go through again"
+        assert [m.split(",")[0] if m != back else m for m in lines] == [
+            "lease renewal failed",
+            back,
+            "lease renewal failed",
+            back,
+        ]
+    finally:
+        await renewals.close()
+        await broken.aclose()
