@@ -10,7 +10,10 @@ de-dup markers, usage logs and daily totals; allkeys-lru took API keys too). It 
 per change and kept in a gauge for LlmaasRedisMayEvict. And the ledger's id is put back if
 Redis lost it (ledger.py logs that): with every key gone no request is settled, so no write
 would have noticed. A user whose ACL refuses INFO (`-@dangerous`, a common least privilege)
-is told once: Redis answered, so llmaas_redis_up is 1, but nothing here can be watched.
+is told once: Redis answered, so llmaas_redis_up is 1, but nothing here can be watched. And
+credentials Redis refuses (a password changed, an ACL user gone, while the gateway runs) are
+said once, with Redis's words: the rest of the log said only the outage's first "Connection
+refused", and requests failed with no line.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import asyncio
 import logging
 
 from redis.asyncio import Redis
-from redis.exceptions import NoPermissionError, RedisError
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
 from gateway.metering.ledger import Ledger
 from gateway.metrics import Metrics
@@ -41,6 +44,7 @@ async def watch_redis_memory(
     moved no other metric, the limiter's and the ledger's own counting only what fails)."""
     policy: str | None = None  # as last read
     refused = False  # INFO refused to the gateway's user (an ACL without it): logged once
+    denied = False  # the gateway's credentials refused (a password changed, a user gone)
     while True:
         try:
             info = await redis.info("memory")
@@ -57,8 +61,18 @@ async def watch_redis_memory(
         except (RedisError, OSError) as exc:
             log.debug("INFO memory failed: %s", redis_error(exc))
             metrics.redis_up.set(0.0)
+            if isinstance(exc, AuthenticationError) and not denied:
+                log.warning(
+                    "Redis refuses the gateway's credentials (redis_password, the user in "
+                    "redis_url): every request that needs Redis fails until they match again",
+                    extra={"fields": {"error": redis_error(exc)}},
+                )
+            denied = isinstance(exc, AuthenticationError)
         else:
             metrics.redis_up.set(1.0)
+            if denied:
+                log.info("Redis accepts the gateway's credentials again")
+                denied = False
             if refused:
                 log.info("Redis allows INFO again: its memory and maxmemory-policy are watched")
                 refused = False

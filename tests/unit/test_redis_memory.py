@@ -140,3 +140,39 @@ async def test_a_user_refused_info_is_gauged_up_and_told_once(
             await narrow.aclose()
     assert count(logs, refused) == 1
     assert [r.levelno for r in logs.records if starting(refused)(r)] == [logging.WARNING]
+
+
+async def test_credentials_refused_while_running_are_told_once(
+    redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by review 2026-12-07: a user gone (or a password changed) while the gateway ran
+    was gauged down with no line naming why (the log's last word was an outage's 'Connection
+    refused'), and its requests failed silently."""
+    denied = "Redis refuses the gateway's credentials"
+    user = {"enabled": True, "passwords": ["+pw"], "keys": ["*"], "categories": ["+@all"]}
+    await redis.acl_setuser("leaving", **user)  # type: ignore[arg-type]
+    where = redis.connection_pool.connection_kwargs
+    client = Redis(host=where["host"], port=where["port"], username="leaving", password="pw")
+    metrics = Metrics()
+    with caplog.at_level(logging.INFO, logger="llmaas.redis"), collected() as logs:
+        task = asyncio.create_task(watch_redis_memory(client, metrics, interval_s=0.01))
+        try:
+            async with asyncio.timeout(5):
+                while metrics.redis_up._value.get() != 1.0:  # noqa: ASYNC110 (a gauge)
+                    await asyncio.sleep(0.01)
+            await redis.acl_deluser("leaving")  # (its connections are closed with it)
+            await logs.wait_for(starting(denied))
+            assert metrics.redis_up._value.get() == 0.0
+            await asyncio.sleep(0.2)  # many reads refused: still one line
+            await redis.acl_setuser("leaving", **user)  # type: ignore[arg-type]
+            await logs.wait_for(starting("Redis accepts the gateway's credentials again"))
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await redis.acl_deluser("leaving")
+            await client.aclose()
+    told = [r for r in logs.records if starting(denied)(r)]
+    assert [r.levelno for r in told] == [logging.WARNING]
+    assert "WRONGPASS" in str(getattr(told[0], "fields", "")) or "invalid" in str(
+        getattr(told[0], "fields", "")
+    )
