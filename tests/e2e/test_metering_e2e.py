@@ -379,11 +379,17 @@ async def _abandon_raw_tool_call(e2e: E2E, oai: openai.AsyncOpenAI, rid: str) ->
         "max_tokens": 200,
         "stream": True,
     }
+    await _abandon_after_role(e2e, body, rid)
+
+
+async def _abandon_after_role(e2e: E2E, body: dict[str, Any], rid: str) -> None:
+    """A chat stream read to its role chunk (which comes at once), then cut 0.5 s later,
+    while vLLM holds every token back."""
     headers = {**e2e.auth, **_rid_header(rid)}
     resp = await e2e.http.post(f"{e2e.gateway}/v1/chat/completions", json=body, headers=headers)
     try:
         assert resp.status == 200
-        role = await resp.content.readline()  # the role chunk comes at once
+        role = await resp.content.readline()
         assert role.startswith(b"data: "), role
         assert b'token_ids":[' not in role  # (asked by the gateway, not shown)
         await asyncio.sleep(0.5)
@@ -408,16 +414,7 @@ async def _abandon_raw_partial_characters(e2e: E2E, oai: openai.AsyncOpenAI, rid
         "max_tokens": 200,
         "stream": True,
     }
-    headers = {**e2e.auth, **_rid_header(rid)}
-    resp = await e2e.http.post(f"{e2e.gateway}/v1/chat/completions", json=body, headers=headers)
-    try:
-        assert resp.status == 200
-        role = await resp.content.readline()
-        assert role.startswith(b"data: "), role
-        assert b'token_ids":[' not in role  # (asked by the gateway, not shown)
-        await asyncio.sleep(0.5)
-    finally:
-        resp.close()
+    await _abandon_after_role(e2e, body, rid)
 
 
 Abandon = Callable[[E2E, openai.AsyncOpenAI, str], Awaitable[None]]
