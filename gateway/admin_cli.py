@@ -1,5 +1,5 @@
-"""`llmaas keys create|list|update|revoke|rotate`, `llmaas tenants set|update|list|delete`,
-`llmaas engines`: tables, or --json."""
+"""`llmaas keys create|list|update|revoke|rotate` and `llmaas tenants set|update|list|delete`:
+the admin API's writes and lists of keys and tenants, as tables or --json."""
 
 from __future__ import annotations
 
@@ -46,20 +46,6 @@ TENANT_COLUMNS = (
     "disabled",
     "created_at",
 )
-ENGINE_COLUMNS = (
-    "url",
-    "state",
-    "failures",
-    "ejections",
-    "ejected_until",
-    "inflight",
-    "running",
-    "waiting",
-    "kv_usage",
-    "models",
-    "adapters",
-    "last_error",
-)
 
 
 def _limit_options(scope: str) -> argparse.ArgumentParser:
@@ -86,7 +72,8 @@ def _limit_options(scope: str) -> argparse.ArgumentParser:
     return limits
 
 
-def add_admin_commands(sub: Any) -> None:
+def admin_options() -> argparse.ArgumentParser:
+    """What every admin command takes: the gateway, the admin token, --json."""
     common = argparse.ArgumentParser(add_help=False)
     add_gateway_options(
         common,
@@ -95,6 +82,11 @@ def add_admin_commands(sub: Any) -> None:
         token_help="the admin token",
     )
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return common
+
+
+def add_admin_commands(sub: Any) -> None:
+    common = admin_options()
     key_limits, tenant_limits = _limit_options("key"), _limit_options("tenant")
 
     keys = sub.add_parser("keys", help="API keys (admin API)").add_subparsers(
@@ -208,14 +200,6 @@ def add_admin_commands(sub: Any) -> None:
         "replica, and its settings and key listing go. Its usage records stay (llmaas usage "
         "--tenant). Setting the id again makes a new tenant; the revoked keys stay revoked.",
     ).add_argument("tenant_id", type=given, help="the tenant, as tenants list shows it")
-
-    engines = sub.add_parser(
-        "engines",
-        parents=[common],
-        help="engines: models, adapters, health, load (admin API)",
-        description="Every engine the gateway routes to, as this gateway replica sees it.",
-    )
-    engines.set_defaults(func=run_engines, action="list")
 
 
 def _change_options(parser: argparse.ArgumentParser, scope: str) -> None:
@@ -366,36 +350,4 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
         "tpm": args.tpm,
         "max_concurrency": args.max_concurrency,
         "models": args.models,
-    }
-
-
-def run_engines(args: argparse.Namespace) -> int:
-    try:
-        client = AdminClient(args.url, args.admin_token)
-        result = asyncio.run(client.call("GET", "/engines"))
-    except LocalProblem as exc:
-        print(f"llmaas engines: error: {exc}", file=sys.stderr)
-        return 2
-    except AdminError as exc:
-        print(f"llmaas engines: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(table([_engine_row(e) for e in result["data"]], ENGINE_COLUMNS))
-    return 0
-
-
-def _engine_row(engine: dict[str, Any]) -> dict[str, Any]:
-    load, errors = engine["load"], engine["recent_errors"]
-    last = errors[-1] if errors else None
-    return {
-        **engine,
-        "failures": engine["consecutive_failures"],
-        # a load routing no longer trusts (not scraped lately) is shown as unknown, not as now
-        "running": f"{load['running']:g}" if load.get("fresh", True) else "-",
-        "waiting": f"{load['waiting']:g}" if load.get("fresh", True) else "-",
-        "kv_usage": f"{load['kv_usage']:.0%}" if load.get("fresh", True) else "-",
-        "adapters": [a["id"] for a in engine["adapters"]],
-        "last_error": None if last is None else f"{last['at']} {last['kind']}",
     }

@@ -12,6 +12,7 @@ from pathlib import Path
 from gateway.admin_cli import add_admin_commands, run_admin
 from gateway.cli_options import at_least_one, fixed_port, port_number
 from gateway.embedded.up import run_up
+from gateway.engines_cli import add_engines_command
 from gateway.finetune.trainer_cli import add_trainer_command
 from gateway.finetune_cli import add_finetune_commands
 from gateway.server import run_server
@@ -81,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_sim)
 
     add_admin_commands(sub)
+    add_engines_command(sub)
     add_usage_command(sub)
     add_trainer_command(sub)
     add_finetune_commands(sub)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from gateway.admin_cli import _engine_row
+from gateway.engines_cli import _engine_row
 from gateway.routing.balancer import STALE_AFTER_S
 from gateway.routing.engines import EngineLoad, EngineRegistry
 from gateway.routing.status import engines_status
