@@ -27,23 +27,28 @@ async def delete_tenant(store: AuthStore, tenant: str) -> tuple[TenantRecord, in
     stored, listed = await store.tenant_and_keys(tenant)
     if stored is None:
         return None
-    revoked = await _revoke_each(store, listed)
+    revoked, settled = await _revoke_each(store, listed)
     deleted = await store.delete_tenant(tenant, stored)
     if deleted is None:  # deleted by another request meanwhile
         return None
     record, indexed = deleted
-    # Every id again, not only those indexed since the first pass: one listed then without a
-    # record yet (skipped) may have been written meanwhile, and its creation found itself
-    # still listed (issue.py checks only after its write)
-    return record, revoked + await _revoke_each(store, indexed | listed)
+    # Every id not settled yet, not only those indexed since the first pass: one listed then
+    # without a record yet (skipped) may have been written meanwhile, and its creation found
+    # itself still listed (issue.py checks only after its write)
+    more, _ = await _revoke_each(store, (indexed | listed) - settled)
+    return record, revoked + more
 
 
-async def _revoke_each(store: AuthStore, key_ids: set[str]) -> int:
-    """Revoke each key not revoked yet; how many this did."""
-    revoked = 0
+async def _revoke_each(store: AuthStore, key_ids: set[str]) -> tuple[int, set[str]]:
+    """Revoke each key not revoked yet: how many this did, and the ids now revoked (by this or
+    before; not those without a record yet)."""
+    revoked, settled = 0, set()
     for key_id in sorted(key_ids):
         key = await store.get_key(key_id)
-        if key is None or key.revoked:  # not written yet (issue.py revokes it), or done before
+        if key is None:  # not written yet (issue.py revokes it if its tenant is gone)
+            continue
+        settled.add(key_id)
+        if key.revoked:  # done before
             continue
         try:
             await revoke(store, key)
@@ -52,4 +57,4 @@ async def _revoke_each(store: AuthStore, key_ids: set[str]) -> int:
                 raise
             continue
         revoked += 1
-    return revoked
+    return revoked, settled

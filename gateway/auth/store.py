@@ -18,7 +18,7 @@ adds the id before its record and again after, so a tenant written again is neve
 from __future__ import annotations
 
 import bisect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 
@@ -193,7 +193,7 @@ class AuthStore:
         try:
             removed = await self._delete_tenant(keys=keys, args=[CHANNEL, message])
         except REDIS_FAILURES as exc:
-            if not await landed(exc, self._gone(tenant_key(tenant))):
+            if not await landed(exc, lambda: self._absent(tenant_key(tenant))):
                 raise
             removed = [stored, []]  # (gone: its keys are those listed before)
         self._written(message)
@@ -210,13 +210,9 @@ class AuthStore:
         if await self.redis.exists(tenant_key(tenant)):
             await self.redis.sadd(TENANTS, tenant)
 
-    def _gone(self, name: str) -> Callable[[], Awaitable[bool]]:
-        """For `landed`: whether the deletion of `name` ran."""
-
-        async def gone() -> bool:
-            return await self._stored(name) is None
-
-        return gone
+    async def _absent(self, name: str) -> bool:
+        """Whether `name` holds nothing (for `landed`: whether a deletion of it ran)."""
+        return await self._stored(name) is None
 
     async def page_tenants(
         self, limit: int, after: str | None = None
