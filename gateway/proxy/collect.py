@@ -13,6 +13,7 @@ engine generated.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -85,9 +86,13 @@ async def collect_stream(
     started = info.arrived  # time to first token, as the client waits it
     tap = StreamUsage(n)
     assembler = assembler_for(route, request)
+    splitter = FrameSplitter()
     try:
         async with asyncio.timeout(deps.response_timeout_s):
-            error = await _read(resp, tap, assembler, info, started)
+            error = await _read(resp, tap, assembler, info, started, splitter=splitter)
+    except asyncio.CancelledError:  # the client left (or the drain's grace ended)
+        _count_received(resp, splitter, tap)
+        raise
     except orjson.JSONDecodeError as exc:  # an answer the OpenAI API never gives
         bad_answer(deps.metrics, engine, "a stream frame that is not JSON")
         raise BadGateway(
@@ -118,16 +123,26 @@ async def collect_stream(
     return 200, orjson.dumps(body)
 
 
+def _count_received(resp: UpstreamResponse, splitter: FrameSplitter, tap: StreamUsage) -> None:
+    """The chunks that arrived but were not read yet are counted too: a gateway that sees its
+    client go late (a pause, a busy loop) bills what the engine sent before the connection
+    closed."""
+    with contextlib.suppress(ValueError):  # (a frame that is not JSON: counted as far as read)
+        for one in chunks_of(splitter.feed_block(resp.received()))[0]:
+            tap.feed_chunk(one)
+
+
 async def _read(
     resp: UpstreamResponse,
     tap: StreamUsage,
     assembler: Assembler,
     info: RequestInfo,
     started: float,
+    *,
+    splitter: FrameSplitter,
 ) -> bytes | None:
     """Feed the engine's chunks to the usage tap and the assembler until the stream ends, or
     until an engine error frame, which is returned (its payload)."""
-    splitter = FrameSplitter()
     async for chunk in resp.chunks():
         block = splitter.feed_block(chunk)
         if not block:

@@ -321,6 +321,12 @@ class H1Response:
         except Disconnected as exc:
             raise self._broken(cut, exc) from exc
 
+    def received(self) -> bytes:
+        """What arrived and was not read yet, without waiting (b"" once closed): what the
+        engine sent before a client that left was noticed, to be billed."""
+        conn = self._conn
+        return conn.take() if conn is not None and conn.chunks else b""
+
     def release(self) -> None:
         """Read to the end: the connection goes back to the pool (if it may be reused)."""
         conn, self._conn = self._conn, None

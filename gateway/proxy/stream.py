@@ -301,8 +301,9 @@ async def relay_stream(
     plain = frames_filter is None
     error: ApiError | None = None
     shut = False
+    splitter = FrameSplitter()
     try:
-        await _relay_frames(resp, send, deps, info, shown, plain=plain)
+        await _relay_frames(resp, send, deps, info, shown, splitter=splitter, plain=plain)
     except UpstreamBroken as broken:
         error = None if broken.kind == "timeout" else shown.refusal()
         if error is not None:  # not the engine's failure: no step towards its ejection
@@ -317,6 +318,7 @@ async def relay_stream(
         if whole is not None and cut is not None and cut.client_gone():
             return whole  # it left after its whole answer
         if cut is None or not cut.shutting_down():
+            _count_received(resp, splitter, shown)
             raise  # the client left, or uvicorn cancels: nobody to answer
         error, shut = shutdown_error(), True
     finally:  # also when cancelled: bill what the engine generated until then
@@ -341,6 +343,14 @@ def _whole_answer(shown: Frames) -> Outcome | None:
     return Outcome.OK if shown.finished else None
 
 
+def _count_received(resp: UpstreamResponse, splitter: FrameSplitter, shown: Frames) -> None:
+    """For a client that left: the frames the engine sent that arrived but were not relayed
+    yet go through `shown` (counted, not sent). A gateway that sees the client go late (a
+    pause, a busy loop) bills what the engine sent meanwhile, before the connection closes."""
+    for frame in splitter.feed(resp.received()):
+        shown(frame)
+
+
 async def _relay_frames(
     resp: UpstreamResponse,
     send: Send,
@@ -348,13 +358,13 @@ async def _relay_frames(
     info: RequestInfo,
     shown: Frames,
     *,
+    splitter: FrameSplitter,
     plain: bool,
 ) -> None:
     """The engine's frames, as `shown` shows them, until its stream ends. `plain`: the last
     frame ends the response; the rest of the engine's stream is read and dropped (its break
     no longer matters)."""
     started = info.arrived  # time to first token, as the client waits it
-    splitter = FrameSplitter()
     ended = False  # the client has the whole stream; what follows is the engine's end of it
     try:
         async for chunk in resp.chunks():

@@ -36,6 +36,10 @@ class UpstreamResponse(Protocol):
         """The whole body; raises UpstreamBroken."""
         ...
 
+    def received(self) -> bytes:
+        """What arrived and was not read yet, without waiting."""
+        ...
+
     def release(self) -> None:
         """Done with it, read to the end: the connection may be reused."""
         ...
@@ -68,6 +72,9 @@ class Read:
 
     async def read(self) -> bytes:
         return self._body
+
+    def received(self) -> bytes:
+        return b""  # (its body is read already: chunks() has it)
 
     def release(self) -> None:
         self._resp.release()
@@ -151,6 +158,9 @@ class Begun:
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.chunks()])
+
+    def received(self) -> bytes:
+        return self._resp.received()
 
     def release(self) -> None:
         self._resp.release()

@@ -4,17 +4,24 @@ what vLLM generated until then."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import openai
 import orjson
 import pytest
 
 from gateway.proxy.normalize import normalize_success
 from tests.e2e.conftest import CHAT, E2E, WEATHER_TOOL
-from tests.e2e.metering import MAX_ABANDON_GAP, STORY, LedgerView, new_rid, settled_vllm_tokens
+from tests.e2e.metering import (
+    MAX_ABANDON_GAP,
+    STORY,
+    LedgerView,
+    new_rid,
+    settled_vllm_tokens,
+    stall_this_process,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -194,17 +201,25 @@ async def test_a_reply_of_only_a_tool_call_has_no_content_as_vllms_own(e2e: E2E)
         assert message["content"] is None
 
 
+@pytest.mark.parametrize("stall_s", [0.0, 2.0])
 async def test_an_abandoned_non_streaming_request_is_billed_what_vllm_generated(
-    e2e: E2E, ledger: LedgerView
+    e2e: E2E, oai: openai.AsyncOpenAI, ledger: LedgerView, stall_s: float
 ) -> None:
-    body = {"model": CHAT, "messages": STORY, "max_tokens": 1500, "ignore_eos": True}
+    """The SDK gives up after 2 s (its read timeout) and hangs up. `stall_s`: the gateway
+    stalls that long as it does (stall_this_process)."""
     vllm_before = await settled_vllm_tokens(e2e)
     count_before = await ledger.count()
     rid = new_rid("non-stream-abandoned")
-    headers = {**e2e.auth, "x-request-id": rid}
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(2.0):
-            await e2e.http.post(f"{e2e.gateway}/v1/chat/completions", json=body, headers=headers)
+    with pytest.raises(openai.APITimeoutError):
+        await oai.with_options(timeout=2.0).chat.completions.create(
+            model=CHAT,
+            messages=STORY,
+            max_tokens=1500,
+            extra_body={"ignore_eos": True},
+            extra_headers={"x-request-id": rid},
+        )
+    if stall_s:
+        stall_this_process(stall_s)
     await e2e.wait_running(0)  # vLLM aborted it, long before 1,500 tokens
     records = await ledger.new_since(count_before, 1)
     vllm_delta = await settled_vllm_tokens(e2e) - vllm_before

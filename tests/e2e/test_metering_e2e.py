@@ -25,6 +25,7 @@ from tests.e2e.metering import (
     Tokens,
     new_rid,
     settled_vllm_tokens,
+    stall_this_process,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
@@ -310,7 +311,9 @@ async def test_a_prompt_read_again_from_the_prefix_cache_is_metered_as_cached(
 # --- abandoned streams: the client reads a few chunks and hangs up ---
 
 
-async def _abandon_openai_chat(e2e: E2E, oai: openai.AsyncOpenAI, rid: str) -> None:
+async def _abandon_openai_chat(
+    e2e: E2E, oai: openai.AsyncOpenAI, rid: str, stall_s: float = 0.0
+) -> None:
     stream = await oai.chat.completions.create(
         model=CHAT,
         messages=STORY,
@@ -326,6 +329,13 @@ async def _abandon_openai_chat(e2e: E2E, oai: openai.AsyncOpenAI, rid: str) -> N
         if received == 4:
             break
     await stream.close()
+    if stall_s:
+        stall_this_process(stall_s)
+
+
+async def _abandon_openai_chat_stalled(e2e: E2E, oai: openai.AsyncOpenAI, rid: str) -> None:
+    """The gateway stalls for 2 s as the client hangs up (~40 tokens of vLLM's)."""
+    await _abandon_openai_chat(e2e, oai, rid, stall_s=2.0)
 
 
 async def _abandon_raw(e2e: E2E, route: str, body: dict[str, Any], rid: str) -> None:
@@ -420,6 +430,7 @@ async def _abandon_raw_partial_characters(e2e: E2E, oai: openai.AsyncOpenAI, rid
 Abandon = Callable[[E2E, openai.AsyncOpenAI, str], Awaitable[None]]
 ABANDONS: list[tuple[str, str, Abandon]] = [
     ("openai-chat-close", "chat/completions", _abandon_openai_chat),
+    ("openai-chat-close-stalled", "chat/completions", _abandon_openai_chat_stalled),  # (3 of 35)
     ("raw-chat-include-usage", "chat/completions", _abandon_raw_chat),
     ("raw-completions", "completions", _abandon_raw_completion),
     ("raw-tool-call", "chat/completions", _abandon_raw_tool_call),  # (billed 0 before)

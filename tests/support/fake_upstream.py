@@ -48,6 +48,9 @@ class FakeResponse:
     async def read(self) -> bytes:
         return b"".join([c async for c in self.chunks()])
 
+    def received(self) -> bytes:
+        return b""  # (chunks() hands each step on as it comes: nothing waits unread)
+
     def release(self) -> None:
         self.released = True
 
