@@ -56,15 +56,16 @@ def processes_mentioning(text: str) -> list[str]:
 
 @asynccontextmanager
 async def llmaas_up(
-    tmp_path: Path, engine_port: int, *extra: str
+    tmp_path: Path, engine_port: int, *extra: str, stderr: Path | None = None
 ) -> AsyncIterator[tuple[Process, str]]:
     """`llmaas up` (with `extra` arguments) until its banner is printed: the process and what
-    it printed."""
+    it printed (what it says on stderr goes to the file `stderr`, if given)."""
     env = {
         **os.environ,
         "LLMAAS_METERING__SPILL_DIR": str(tmp_path / "usage-spill"),
         "LLMAAS_SHUTDOWN_GRACE_S": str(GRACE_S),
     }
+    said = None if stderr is None else stderr.open("wb")
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -78,6 +79,7 @@ async def llmaas_up(
         str(tmp_path / "data"),
         *extra,
         stdout=asyncio.subprocess.PIPE,
+        stderr=None if said is None else said.fileno(),
         env=env,
     )
     assert proc.stdout is not None
@@ -93,6 +95,8 @@ async def llmaas_up(
         if proc.returncode is None:
             proc.send_signal(signal.SIGINT)
             await asyncio.wait_for(proc.wait(), 60)
+        if said is not None:
+            said.close()
 
 
 async def test_up_prints_a_base_url_that_answers_and_stops_cleanly(tmp_path: Path) -> None:
@@ -232,7 +236,8 @@ async def test_a_sigkilled_up_leaves_no_engine_or_redis_behind(tmp_path: Path) -
     # The next run on its data directory (let go by the kernel) shows the same key and admin
     # token, which work: an app's .env and an exported token outlive a restart, and keys do
     # not pile up (each run used to issue one, and make up a new token).
-    async with llmaas_up(tmp_path, free_port()) as (_, again):
+    engine_port, said = free_port(), tmp_path / "stderr.txt"
+    async with llmaas_up(tmp_path, engine_port, stderr=said) as (proc, again):
         key, token = _shown(r"api key\s+(\S+)", again), _shown(r"ADMIN_TOKEN=(\S+)", again)
         assert (key, token) == (
             _shown(r"api key\s+(\S+)", printed),
@@ -244,18 +249,31 @@ async def test_a_sigkilled_up_leaves_no_engine_or_redis_behind(tmp_path: Path) -
         async with httpx.AsyncClient(headers={"authorization": f"Bearer {token}"}) as admin:
             keys = await admin.get(base.removesuffix("/v1") + "/admin/v1/keys?tenant=dev")
         assert [k["name"] for k in keys.raise_for_status().json()["data"]] == ["llmaas up"]
+        # SIGTERM once serving (`systemctl stop`, a CI's kill) stops it as Ctrl-C does: see
+        # test_a_sigterm_stops_what_up_started_before_up_ends for the story.
+        (engine,) = processes_mentioning(f"--port {engine_port}")
+        engine_group = int(engine.split()[0])
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert await asyncio.wait_for(proc.wait(), 120) == -signal.SIGTERM
+            assert said.read_text().rstrip().endswith("stopped.")
+            assert live_members(engine_group) == []  # stopped before `up` ended, not after
+            assert processes_mentioning(f"--port {engine_port}") == []
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(engine_group, signal.SIGKILL)
     assert oct((tmp_path / "data" / "credentials.json").stat().st_mode & 0o777) == "0o600"
 
 
-@pytest.mark.parametrize("when", ["engine-starting", "serving"])
-async def test_a_sigterm_stops_what_up_started_before_up_ends(tmp_path: Path, when: str) -> None:
+async def test_a_sigterm_stops_what_up_started_before_up_ends(tmp_path: Path) -> None:
     """SIGTERM's default action ended `up` alone while its engine started, and vLLM's server,
     not yet serving, did not stop for its parent's death signal: it went on loading, 3-4 GiB,
     after a `timeout`, `systemctl stop` or CI kill. Once serving, uvicorn drained, then raised
     the signal again with its default action: `up` ended before its exit stack ran (its
     trainer's job left `running`, to be failed, not checkpointed and queued). Found
     2026-12-07. Both now stop as Ctrl-C does: what `up` started, stopped, then `up` ends by
-    SIGTERM."""
+    SIGTERM. (Once serving: the second run of
+    test_a_sigkilled_up_leaves_no_engine_or_redis_behind ends by SIGTERM.)"""
     engine_port = free_port()
     env = {**os.environ, "LLMAAS_METERING__SPILL_DIR": str(tmp_path / "usage-spill")}
     command = [sys.executable, "-m", "gateway", "up", "--port", str(free_port())]
@@ -274,11 +292,6 @@ async def test_a_sigterm_stops_what_up_started_before_up_ends(tmp_path: Path, wh
                 await asyncio.sleep(0.2)
                 found = processes_mentioning(f"--port {engine_port}")
                 engine_group = int(found[0].split()[0]) if found else 0
-            printed = b""
-            while when == "serving" and b"Ctrl-C stops everything" not in printed:
-                line = await proc.stdout.readline()
-                assert line, "llmaas up ended before it served"
-                printed += line
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 120) == -signal.SIGTERM
         assert (await said).decode().rstrip().endswith("stopped.")
