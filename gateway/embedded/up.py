@@ -96,12 +96,10 @@ def run_up(
         # Its private Redis's data: one run at a time. With a shared Redis, runs share the
         # directory as they share the records of its files.
         shared_redis = os.environ.get("LLMAAS_REDIS_URL")
-        if redis_port and shared_redis:
-            print(
-                "llmaas up: error: --redis-port is the private Redis's port, and "
-                "LLMAAS_REDIS_URL names a shared one that is used instead: give one of them",
-                file=sys.stderr,
-            )
+        if (
+            refused := _redis_refusal(shared_redis, redis_port, preflight.redis_password)
+        ) is not None:
+            print(f"llmaas up: error: {refused}", file=sys.stderr)
             return 2
         ensure_free(HOST, redis_port, "--redis-port")
         data.check_layout()
@@ -120,6 +118,21 @@ def run_up(
         print(f"llmaas up: error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _redis_refusal(shared_redis: str | None, redis_port: int, password: str | None) -> str | None:
+    """What makes the Redis settings given unusable by `up`, said before it starts anything."""
+    if redis_port and shared_redis:
+        return (
+            "--redis-port is the private Redis's port, and LLMAAS_REDIS_URL names a shared one "
+            "that is used instead: give one of them"
+        )
+    if password and not shared_redis:  # (it started everything, then failed on AUTH)
+        return (
+            "LLMAAS_REDIS_PASSWORD is set, but the Redis `up` starts has no password: unset "
+            "it, or set LLMAAS_REDIS_URL to the Redis it is for"
+        )
+    return None
 
 
 def _wrong_ports(gateway_port: int, engine_port: int, redis_port: int) -> str | None:

@@ -336,6 +336,38 @@ async def test_a_taken_port_stops_up_at_once_saying_so(tmp_path: Path, option: s
     assert processes_mentioning(f"--port {port}") == []
 
 
+@pytest.mark.parametrize(
+    ("env", "flags", "refusal"),
+    [
+        (
+            {"LLMAAS_REDIS_URL": "redis://127.0.0.1:1/0"},
+            ["--redis-port", "6390"],  # (never bound: refused before)
+            "--redis-port is the private Redis's port, and LLMAAS_REDIS_URL names a shared one",
+        ),
+        (  # (found 2026-12-07: it started everything, then failed on Redis's AUTH)
+            {"LLMAAS_REDIS_PASSWORD": "s3cret-password"},
+            [],
+            "LLMAAS_REDIS_PASSWORD is set, but the Redis `up` starts has no password",
+        ),
+    ],
+)
+async def test_redis_settings_up_cannot_use_stop_it_at_once(
+    tmp_path: Path, env: dict[str, str], flags: list[str], refusal: str
+) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LLMAAS_REDIS")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "up", "--port", str(free_port()), *flags,
+        "--home", str(tmp_path / "home"), "--data-dir", str(tmp_path / "data"),
+        stderr=asyncio.subprocess.PIPE, env={**environ, **env},
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    said = err.decode()
+    assert proc.returncode == 2, said
+    assert said.startswith(f"llmaas up: error: {refusal}"), said
+    assert "Traceback" not in said
+    assert not (tmp_path / "home").exists()  # nothing was prepared
+
+
 async def test_a_data_directory_in_use_stops_up_at_once_naming_its_holder(tmp_path: Path) -> None:
     """Two runs on one data directory ran two redis-servers appending to one file, each with
     its own copy of the keys, jobs and usage (a second `make run` on another port did)."""
