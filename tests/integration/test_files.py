@@ -771,12 +771,13 @@ async def test_an_upload_whose_record_was_written_late_is_stored_once(tmp_path: 
 
 
 async def test_an_upload_whose_record_is_unknown_keeps_its_bytes_and_is_not_retried(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Found by review: a gateway stopping (or Redis away for minutes) before it learnt whether
     the record was written left the bytes hidden as a part, then removed as stale: a listed file
     whose contents were a 503 for good. Redis silent past the read-back, the bytes stay under
     their name and the 503 says the file may be stored, not retried by the SDK."""
+    monkeypatch.setattr("gateway.redis_client.READ_BACK_S", 1.0)  # past it sooner than 5 s
     async with tenant_stack(
         tmp_path, proxied=True, files={"dir": str(tmp_path / "store")}
     ) as stack:
@@ -833,12 +834,16 @@ async def _filling_the_last_slot(
 
 
 async def test_an_upload_whose_record_stays_unknown_and_was_never_listed_leaves_nothing(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Found by review: an upload whose record's script stored nothing (the tenant at max_files
     meanwhile) and whose reply was lost with Redis away past the 5-s read-back kept its bytes
     on disk for good, never listed. Its record is read again until Redis answers: not listed,
     the bytes are removed."""
+    # Past the read-back sooner than 5 s, and read again every 0.5 s rather than every 5 s
+    # (read while Redis still refuses too: the record is read *until* it answers).
+    monkeypatch.setattr("gateway.redis_client.READ_BACK_S", 1.0)
+    monkeypatch.setattr("gateway.api.files.UNSURE_EVERY_S", 0.5)
     files = {"dir": str(tmp_path / "store"), "max_files_per_tenant": 2}
     async with tenant_stack(tmp_path, proxied=True, files=files) as stack:
         proxy = stack.proxy

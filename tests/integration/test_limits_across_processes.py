@@ -36,9 +36,14 @@ async def burst_of_1000_at_rpm_100(tmp_path: Path, extra: str, *, busy: bool) ->
         config = shared_config(
             tmp_path / "gw.yaml", redis_url=redis_url, model=MODEL, sim=sim, extra=extra
         )
-        gateways = [
-            (await stack.enter_async_context(gateway_process(config))).url for _ in range(4)
-        ]
+        # Started side by side, not one after the other (a failed start cancels the others;
+        # those started are stopped with the stack).
+        async with asyncio.TaskGroup() as group:
+            starting = [
+                group.create_task(stack.enter_async_context(gateway_process(config)))
+                for _ in range(4)
+            ]
+        gateways = [task.result().url for task in starting]
         connector = aiohttp.TCPConnector(limit=400)
         http = await stack.enter_async_context(aiohttp.ClientSession(connector=connector))
         async with http.post(

@@ -114,6 +114,9 @@ async def faulty_stack(
             settings = auth_settings(sim_url, redis_url, tmp_path / "spill").model_copy(deep=True)
             settings.limits.failure_mode = failure_mode  # type: ignore[assignment]
             settings.limits.timeout_s = limits_timeout_s
+            # Most tests end with Redis away: the usage flush at shutdown (10 s by default)
+            # would wait it out for nothing they check. A second, then the rest spills.
+            settings.metering.flush_timeout_s = 1.0
             if cache_ttl_s is not None:
                 settings.auth.cache_ttl_s = cache_ttl_s
             if stale_max_s is not None:
@@ -418,7 +421,11 @@ async def test_a_hung_redis_costs_one_slow_request_per_stale_record_not_every_re
         aiohttp.ClientSession() as http,
         redis_proxy(int(redis_url.rsplit(":", 1)[1].split("/")[0])) as proxy,
     ):
-        extra = f"redis_timeout_s: {timeout_s}\nauth:\n  cache_ttl_s: 0.5\n"
+        # (metering: the usage flush at its stop, Redis hung, spills after a second, not 10)
+        extra = (
+            f"redis_timeout_s: {timeout_s}\nauth:\n  cache_ttl_s: 0.5\n"
+            "metering:\n  flush_timeout_s: 1\n"
+        )
         config = shared_config(
             tmp_path / "gw.yaml", redis_url=proxy.url, model=MODEL, sim=sim, extra=extra
         )
