@@ -7,7 +7,7 @@ import argparse
 import asyncio
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.admin_cli_values import (
     KEY_ID_HELP,
@@ -19,9 +19,12 @@ from gateway.admin_cli_values import (
     priority,
     priority_or_none,
 )
-from gateway.admin_client import AdminClient, AdminError, LocalProblem, segment
 from gateway.cli_options import add_gateway_options, given
 from gateway.cli_table import table
+from gateway.client_common import AdminError, LocalProblem, segment
+
+if TYPE_CHECKING:
+    from gateway.admin_client import AdminClient
 
 KEY_COLUMNS = (
     "id",
@@ -226,6 +229,9 @@ def _change_options(parser: argparse.ArgumentParser, scope: str) -> None:
 
 
 def run_admin(args: argparse.Namespace) -> int:
+    # (imported when run: `llmaas --help` stays fast)
+    from gateway.admin_client import AdminClient  # noqa: PLC0415
+
     try:
         client = AdminClient(args.url, args.admin_token)
         result = asyncio.run(_call(client, args))

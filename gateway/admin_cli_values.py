@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from gateway.auth.api_keys import PREFIX, parse_key
-from gateway.auth.records import MAX_LIMIT
+from gateway.auth.principal import MAX_LIMIT
 from gateway.cli_options import given, int_within
 
 KEY_ID_HELP = "the key's id, as keys list shows it (or the whole key: only its id is sent)"

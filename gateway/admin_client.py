@@ -5,25 +5,17 @@ from __future__ import annotations
 import os
 import socket
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 import orjson
 from yarl import URL
 
+from gateway.client_common import AdminError, LocalProblem
+
 # What the usage records pages come as (JSON lines, CSV); anything else is not the gateway.
 TEXT_TYPES = frozenset({"application/x-ndjson", "text/csv"})
 _NOT_THE_GATEWAY = "{} answered something else than the gateway would: is --url the gateway?"
 _WHERE = " (is it running? --url / LLMAAS_URL)"
-
-
-class AdminError(Exception):
-    """The admin API refused, or could not be reached; the message says which and why."""
-
-
-class LocalProblem(AdminError):
-    """Found before anything is sent (no token or key to send, a local file that cannot be
-    read): a usage error, as a bad option is (exit 2), not the gateway's refusal (exit 1)."""
 
 
 class AdminClient:
@@ -144,13 +136,6 @@ def _tls_reason(exc: aiohttp.ClientSSLError) -> str:
     if reason == "WRONG_VERSION_NUMBER":
         return "it answered without TLS: http://, not https://?"
     return str(getattr(cause, "verify_message", None) or reason or cause)
-
-
-def segment(value: str) -> str:
-    """An id as one segment of a path: `/`, `?`, `#` and `..` in it stay in it (an id that is
-    `.` or `..` percent-encoded, which the gateway reads back as it was)."""
-    quoted = quote(value, safe="")
-    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
 def _refusal(status: int, text: str) -> str:

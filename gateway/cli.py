@@ -9,19 +9,27 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+# Building the parser imports only what options and help need; each command imports what it
+# runs when it runs (FastAPI, uvicorn, aiohttp, Redis took a second before any --help;
+# tests/integration/test_cli_entry_points.py keeps them out).
 from gateway.admin_cli import add_admin_commands, run_admin
 from gateway.cli_options import at_least_one, fixed_port, port_number
-from gateway.embedded.up import run_up
 from gateway.engines_cli import add_engines_command
 from gateway.finetune.trainer_cli import add_trainer_command
 from gateway.finetune_cli import add_finetune_commands
-from gateway.server import run_server
-from gateway.settings_load import ConfigError, invalid_configuration, usable_settings
-from gateway.sim.server import add_sim_arguments, from_args, run
+from gateway.sim.options import add_sim_arguments, from_args
 from gateway.usage_cli import add_usage_command
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # (imported when run: `llmaas --help` stays fast)
+    from gateway.server import run_server  # noqa: PLC0415
+    from gateway.settings_load import (  # noqa: PLC0415
+        ConfigError,
+        invalid_configuration,
+        usable_settings,
+    )
+
     try:
         settings = usable_settings(args.config)
     except (ConfigError, OSError) as exc:
@@ -44,11 +52,17 @@ def _sim(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"llmaas sim: error: {exc}", file=sys.stderr)
         return 2
+    # (imported when run: `llmaas --help` stays fast)
+    from gateway.sim.server import run  # noqa: PLC0415
+
     run(config, host, port)
     return 0
 
 
 def _up(args: argparse.Namespace) -> int:
+    # (imported when run: `llmaas --help` stays fast)
+    from gateway.embedded.up import run_up  # noqa: PLC0415
+
     return run_up(
         gateway_port=args.port,
         engine_port=args.engine_port,

@@ -10,8 +10,8 @@ import sys
 from typing import Any
 
 from gateway.admin_cli import admin_options
-from gateway.admin_client import AdminClient, AdminError, LocalProblem
 from gateway.cli_table import table
+from gateway.client_common import AdminError, LocalProblem
 
 ENGINE_COLUMNS = (
     "url",
@@ -40,6 +40,9 @@ def add_engines_command(sub: Any) -> None:
 
 
 def run_engines(args: argparse.Namespace) -> int:
+    # (imported when run: `llmaas --help` stays fast)
+    from gateway.admin_client import AdminClient  # noqa: PLC0415
+
     try:
         client = AdminClient(args.url, args.admin_token)
         result = asyncio.run(client.call("GET", "/engines"))

@@ -10,15 +10,17 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
-
-from gateway.admin_client import AdminError, LocalProblem, segment
 from gateway.cli_options import add_gateway_options
 from gateway.cli_table import table, utc_time
-from gateway.files.records import PURPOSES
-from gateway.tenant_client import TenantClient
+from gateway.client_common import AdminError, LocalProblem, segment
+from gateway.files.purposes import PURPOSES
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from gateway.tenant_client import TenantClient
 
 FILE_COLUMNS = ("id", "filename", "purpose", "bytes", "created_at")
 JOB_COLUMNS = ("id", "model", "status", "fine_tuned_model", "trained_tokens", "created_at")
@@ -101,6 +103,9 @@ def add_finetune_commands(sub: Any) -> None:
 
 
 def run_files(args: argparse.Namespace) -> int:
+    # (imported when run: `llmaas --help` stays fast)
+    from gateway.tenant_client import TenantClient  # noqa: PLC0415
+
     try:
         if args.action == "upload" and (unusable := _unreadable(args.path)):
             raise LocalProblem(unusable)
@@ -157,6 +162,9 @@ def _unreadable(path: Path) -> str | None:
 
 
 def run_jobs(args: argparse.Namespace) -> int:
+    # (imported when run: `llmaas --help` stays fast)
+    from gateway.tenant_client import TenantClient  # noqa: PLC0415
+
     try:
         if args.action == "create" and (unusable := _not_a_training_file(args.training_file)):
             raise LocalProblem(unusable)
@@ -264,6 +272,9 @@ class UploadProgress:
         self.bar: tqdm[Any] | None = None
         self.lines = not sys.stderr.isatty() and total >= self.LINES_FROM
         if sys.stderr.isatty() and total >= self.BAR_FROM:
+            # (imported when drawn: `llmaas --help` stays fast)
+            from tqdm import tqdm  # noqa: PLC0415
+
             self.bar = tqdm(
                 total=total, desc=f"uploading {name}", unit="B", unit_scale=True, file=sys.stderr
             )
@@ -327,6 +338,9 @@ def _show(event: dict[str, Any], bar: tqdm[Any] | None, as_json: bool) -> tqdm[A
         print(f"training: step {step}/{total}, loss {loss:.4f}", file=sys.stderr)
         return None
     if bar is None:  # from the step it first hears of: its rate counts the steps it saw
+        # (imported when drawn: `llmaas --help` stays fast)
+        from tqdm import tqdm  # noqa: PLC0415
+
         bar = tqdm(total=total, initial=step, desc="training", unit="step", file=sys.stderr)
     bar.n = step
     bar.set_postfix(loss=f"{loss:.4f}")

@@ -10,7 +10,8 @@ from typing import Any
 
 import aiohttp
 
-from gateway.admin_client import AdminClient, LocalProblem
+from gateway.admin_client import AdminClient
+from gateway.client_common import LocalProblem
 from gateway.unprintable import printable
 
 UPLOAD_TIMEOUT_S = 3600.0

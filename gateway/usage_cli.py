@@ -8,15 +8,18 @@ import csv
 import io
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from gateway.admin_client import AdminClient, AdminError, LocalProblem
 from gateway.cli_options import add_gateway_options, given
 from gateway.cli_table import table
+from gateway.client_common import AdminError, LocalProblem
 from gateway.csv_cells import safe_cell
-from gateway.metering.query import parse_group_by
+from gateway.metering.group_by import parse_group_by
 from gateway.metering.time_range import BoundError, check_days, day_bound, parse_time, record_range
+
+if TYPE_CHECKING:
+    from gateway.admin_client import AdminClient
 
 NUMBERS = (
     "requests",
@@ -130,6 +133,9 @@ def run_usage(args: argparse.Namespace) -> int:
     if refused is not None:
         print(f"llmaas usage: error: argument --{refused.param}: {refused}", file=sys.stderr)
         return 2
+    # (imported when run: `llmaas --help` stays fast)
+    from gateway.admin_client import AdminClient  # noqa: PLC0415
+
     try:
         client = AdminClient(args.url, args.admin_token)
         if args.records:

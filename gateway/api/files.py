@@ -35,7 +35,8 @@ from gateway.errors import (
     tenant_at_most,
 )
 from gateway.files.finetune_format import FileFormatError, check_chat_jsonl
-from gateway.files.records import FILE_ID_PATTERN, PURPOSES, FileRecord, new_file_id
+from gateway.files.purposes import PURPOSES
+from gateway.files.records import FILE_ID_PATTERN, FileRecord, new_file_id
 from gateway.files.storage import DirectoryStorage, FileStorage, PartialFile, stale_part_s
 from gateway.files.store import FileStore
 from gateway.files.upload import MULTIPART_OVERHEAD, boundary_of, receive_upload, too_large

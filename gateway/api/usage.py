@@ -25,15 +25,9 @@ from gateway.api.responses import json_response
 from gateway.csv_cells import safe_cell
 from gateway.deps import Caller, Gateway
 from gateway.errors import InvalidRequest, ServiceUnavailable
+from gateway.metering.group_by import DEFAULT_GROUP_BY, parse_group_by
 from gateway.metering.ledger import DAY_MS
-from gateway.metering.query import (
-    DEFAULT_GROUP_BY,
-    Cursor,
-    UsageFilter,
-    parse_group_by,
-    records_page,
-    usage_totals,
-)
+from gateway.metering.query import Cursor, UsageFilter, records_page, usage_totals
 from gateway.metering.record import CSV_COLUMNS, TENANT_COLUMNS, UsageRecord
 from gateway.metering.time_range import BoundError, record_range, total_days
 from gateway.redis_client import redis_error

@@ -7,6 +7,11 @@ from typing import Literal
 
 from gateway.finetune.names import base_of, owner_of
 
+# Limits are numbers in Lua (doubles) and in JSON replies (orjson: 64-bit): larger ones were
+# stored and then failed every reply that shows them. (Here, not in auth/records.py: the admin
+# CLI checks its options with it, without pydantic.)
+MAX_LIMIT = 2**53 - 1
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StrictBool
 
-from gateway.auth.principal import Limits
+from gateway.auth.principal import MAX_LIMIT, Limits
 from gateway.netutil import media_host
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -19,11 +19,6 @@ Host = Annotated[
     Field(pattern=HOST_PATTERN),
     AfterValidator(media_host),
 ]
-
-
-# Limits are numbers in Lua (doubles) and in JSON replies (orjson: 64-bit): larger ones were
-# stored and then failed every reply that shows them.
-MAX_LIMIT = 2**53 - 1
 
 
 def _a_number(value: object) -> object:

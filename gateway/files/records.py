@@ -7,9 +7,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-# What a client may upload for. OpenAI's `*_output` / `*-results` purposes are the service's
-# own outputs (a fine-tuning job's results), never uploads.
-PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 FILE_ID_PATTERN = r"^file-[0-9a-f]{24}$"
 
 

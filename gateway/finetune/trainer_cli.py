@@ -7,13 +7,10 @@ import asyncio
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.finetune.trainer import Trainer
-from gateway.logs import configure_logging
-from gateway.redis_client import redis_client
-from gateway.settings import Settings
-from gateway.settings_load import ConfigError, invalid_configuration, load_settings
+if TYPE_CHECKING:
+    from gateway.settings import Settings
 
 
 def add_trainer_command(sub: Any) -> None:
@@ -29,6 +26,13 @@ def add_trainer_command(sub: Any) -> None:
 
 
 def run_trainer(args: argparse.Namespace) -> int:
+    # (imported when run: `llmaas --help` stays fast)
+    from gateway.settings_load import (  # noqa: PLC0415
+        ConfigError,
+        invalid_configuration,
+        load_settings,
+    )
+
     try:
         settings = load_settings(args.config)
     except (ConfigError, OSError) as exc:
@@ -45,6 +49,11 @@ def run_trainer(args: argparse.Namespace) -> int:
 
 
 async def _serve(settings: Settings, worker: str | None) -> None:
+    # (imported when run: `llmaas --help` stays fast)
+    from gateway.finetune.trainer import Trainer  # noqa: PLC0415
+    from gateway.logs import configure_logging  # noqa: PLC0415
+    from gateway.redis_client import redis_client  # noqa: PLC0415
+
     listener = configure_logging(settings.log_level)
     assert settings.redis_url is not None
     redis = redis_client(

@@ -28,20 +28,6 @@ from gateway.metering.ledger import (
 )
 from gateway.metering.record import UsageRecord
 
-GROUPS = ("tenant", "key_id", "model", "day")
-DEFAULT_GROUP_BY = ("tenant", "key_id", "model")
-
-
-def parse_group_by(value: str) -> tuple[str, ...]:
-    """A comma-separated group_by (the API's parameter, `llmaas usage --group-by`); ValueError
-    saying what is wrong: an unknown dimension, one twice, none."""
-    groups = tuple(g.strip() for g in value.split(",") if g.strip())
-    unknown = [g for g in groups if g not in GROUPS]
-    if unknown or len(set(groups)) != len(groups) or not groups:
-        raise ValueError(f"{value!r}; use a comma-separated list of {', '.join(GROUPS)}")
-    return groups
-
-
 # Every total a row has: inference's, then fine-tuning's (jobs, and the tokens trained on).
 TOTALS = (*METRICS, *(m for m in TRAINING_METRICS if m))
 _PIPELINE = 500

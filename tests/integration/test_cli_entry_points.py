@@ -153,6 +153,56 @@ async def test_help_of_every_command_names_its_options(command: str) -> None:
     assert not unchecked, out
 
 
+# What no --help or usage error imports (python -X importtime: each 50 ms to 0.25 s, together
+# over a second before anything was said); orjson and the standard library are light.
+HEAVY = (
+    "aiohttp",
+    "fastapi",
+    "httpx",
+    "jwt",
+    "numpy",
+    "openai",
+    "pydantic",
+    "redis",
+    "starlette",
+    "tqdm",
+    "uvicorn",
+    "uvloop",
+    "yaml",
+)
+# A command that says its usage, or a usage error, and what it says.
+SAID_BEFORE_RUNNING = {
+    **{f"{command} --help".strip(): "usage: llmaas" for command in HELP if " " not in command},
+    "keys list --help": "usage: llmaas keys list",
+    "keys create": "error: the following arguments are required: --tenant",
+    "tenants set t --rpm 0": "error: argument --rpm: must be 1 to",
+    "usage --group-by week": "error: argument --group-by: 'week'",
+    "sim --max-tokens 0": "llmaas sim: error: --max-tokens",
+}
+
+
+def imports(stderr: str) -> tuple[set[str], str]:
+    """The modules a PYTHONPROFILEIMPORTTIME=1 process names on stderr, and the rest of it."""
+    profile: list[str] = []
+    said: list[str] = []
+    for line in stderr.splitlines():
+        (profile if line.startswith("import time:") else said).append(line)
+    return {line.rsplit("|", 1)[1].strip() for line in profile}, "\n".join(said)
+
+
+@pytest.mark.parametrize("command", list(SAID_BEFORE_RUNNING))
+async def test_help_and_usage_errors_import_no_server_or_client_library(command: str) -> None:
+    """Found 2026-12-07: `llmaas --help`, every command's --help and every usage error took
+    1.2 s: gateway/cli.py imported every command's implementation (FastAPI, uvicorn, aiohttp,
+    Redis, pydantic …) to build its parser. Each command imports what it runs when it runs."""
+    code, out, err = await run_cli(*command.split(), env={"PYTHONPROFILEIMPORTTIME": "1"})
+    loaded, said = imports(err)
+    assert code == (0 if command.endswith("--help") else 2), said
+    assert SAID_BEFORE_RUNNING[command] in out + said, out + said
+    assert "gateway.cli" in loaded  # (the profile was taken)
+    assert sorted({name.split(".")[0] for name in loaded} & set(HEAVY)) == []
+
+
 @pytest.mark.parametrize(
     "command",
     [

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from gateway.admin_client import AdminClient, AdminError
+from gateway.admin_client import AdminClient
+from gateway.client_common import AdminError
 
 
 async def test_a_gateway_that_never_answers_is_said_to_have_timed_out() -> None:
