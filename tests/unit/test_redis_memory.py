@@ -12,12 +12,16 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from gateway.metering.ledger import LEDGER_ID, Ledger
 from gateway.metrics import Metrics
 from gateway.redis_memory import watch_redis_memory
 from gateway.settings import MeteringSettings
 from tests.support.logs import Collect, collected
+
+NO_RETRY = Retry(NoBackoff(), 0)  # a failed read fails at once: the next one reconnects
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -91,7 +95,8 @@ async def test_a_redis_that_does_not_answer_is_gauged_down_and_up_again(redis: R
     """Found by review 2026-12-07: no metric said whether Redis could be reached, so an outage
     while no request needed it raised no alert (LlmaasRedisUnreachable reads this)."""
     metrics = Metrics()
-    nothing = Redis(host="127.0.0.1", port=9, socket_connect_timeout=0.2)  # nothing listens
+    # Nothing listens; no retries (redis-py's back-offs took ~4.5 s of the 5 s bound below).
+    nothing = Redis(host="127.0.0.1", port=9, socket_connect_timeout=0.2, retry=NO_RETRY)
     for client, up in ((nothing, 0.0), (redis, 1.0)):
         task = asyncio.create_task(watch_redis_memory(client, metrics, interval_s=0.01))
         try:
@@ -111,7 +116,9 @@ async def watched_as(redis: Redis, user: str, acl: dict[str, Any]) -> AsyncItera
     gauges; the user is deleted after."""
     await redis.acl_setuser(user, enabled=True, passwords=["+pw"], keys=["*"], **acl)
     where = redis.connection_pool.connection_kwargs
-    client = Redis(host=where["host"], port=where["port"], username=user, password="pw")
+    client = Redis(
+        host=where["host"], port=where["port"], username=user, password="pw", retry=NO_RETRY
+    )
     metrics = Metrics()
     metrics.redis_up.set(0.0)
     task = asyncio.create_task(watch_redis_memory(client, metrics, interval_s=0.01))
@@ -161,12 +168,14 @@ async def test_credentials_refused_while_running_are_told_once(
         async with watched_as(redis, "leaving", acl) as metrics:
             await gauged(metrics, 1.0)
             await redis.acl_deluser("leaving")  # (its connections are closed with it)
-            await logs.wait_for(starting(denied))
+            await logs.wait_for(starting(denied), timeout_s=30)
             assert metrics.redis_up._value.get() == 0.0
             await asyncio.sleep(0.2)  # many reads refused: still one line
             back: dict[str, Any] = {"passwords": ["+pw"], "keys": ["*"], "categories": ["+@all"]}
             await redis.acl_setuser("leaving", enabled=True, **back)
-            await logs.wait_for(starting("Redis accepts the gateway's credentials again"))
+            await logs.wait_for(
+                starting("Redis accepts the gateway's credentials again"), timeout_s=30
+            )
     told = [r for r in logs.records if starting(denied)(r)]
     assert [r.levelno for r in told] == [logging.WARNING]
     assert "invalid username-password pair" in str(getattr(told[0], "fields", ""))  # (Redis's)
