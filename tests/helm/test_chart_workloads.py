@@ -21,7 +21,7 @@ from redis import ConnectionError as RedisConnectionError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from gateway import admin_cli, cli
+from gateway import admin_client, cli
 from gateway.embedded.engine import PROBED_PATHS
 from gateway.embedded.redis_server import redis_server_binary
 from gateway.netutil import free_port
@@ -642,7 +642,7 @@ def test_notes_cut_the_key_out_of_what_the_cli_prints(
         async def call(self, *args: object) -> dict[str, str]:
             return {"id": "key_1", "tenant": "my-team", "name": "first-key", "key": "sk-llm-abc"}
 
-    monkeypatch.setattr(admin_cli, "AdminClient", Admin)
+    monkeypatch.setattr(admin_client, "AdminClient", Admin)  # (run_admin imports it when run)
     assert cli.main(["keys", "create", "--tenant", "my-team", "--name", "first-key"]) == 0
     printed = capsys.readouterr().out
     (sed,) = set(re.findall(r"\| (sed -n '[^']*')\)", renders["default"].notes))
