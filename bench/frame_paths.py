@@ -9,7 +9,7 @@ the simulator's frame builder. Two readers, each timed both ways in the same pro
   out, sliced and loaded in one array ("frame by frame"), or the run of frames turned into
   that array with one replace (`sse.data_array`); then the chunks fed to the assembler and
   the body built;
-- relayed (a stream for a client that asked for no usage, gateway/proxy/stream.py): each
+- relayed (a stream for a client that asked for no usage, gateway/proxy/frame_filter.py): each
   frame through FrameFilter's general path, or its token-frame path.
 
 Each case is read as one read (the zero-delay simulator's whole answer arrives at once) and
@@ -31,9 +31,9 @@ from gateway.metering.stream_options import FORCED_USAGE, UsageWanted
 from gateway.metering.usage import StreamUsage
 from gateway.proxy.assemble import assembler_for
 from gateway.proxy.collect import chunks_of, payloads_of
+from gateway.proxy.frame_filter import FrameFilter
 from gateway.proxy.normalize import normalize_success
 from gateway.proxy.sse import DONE_FRAME, FrameSplitter, split_frames
-from gateway.proxy.stream import FrameFilter
 from gateway.sim.protocol import Chunks
 
 REQUEST: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "Say hi"}]}

@@ -17,7 +17,7 @@ import orjson
 
 from gateway.metering.stream_options import UsageWanted, force_usage
 from gateway.metering.usage import usage_of
-from gateway.proxy.stream import FrameFilter, transform_frame
+from gateway.proxy.frame_filter import FrameFilter, transform_frame
 
 HEAD = (
     b'data: {"id":"chatcmpl-ad66c813e730ffd4","object":"chat.completion.chunk",'

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import orjson
 
+from gateway.proxy.frame_filter import transform_frame
 from gateway.proxy.normalize import normalize_error, normalize_success
-from gateway.proxy.stream import transform_frame
 
 CHAT_BODY = (
     b'{"id":"chatcmpl-92eff0f4208c4fef","object":"chat.completion","created":1795347754,'

@@ -17,7 +17,7 @@ class ProxyDeps:
     metrics: Metrics
     # Engine URL → vLLM's system_fingerprint, learnt from usage frames: metering asks every
     # stream for usage, which moves the fingerprint off the finish frames; it is put back for
-    # clients who did not ask (gateway/proxy/stream.py).
+    # clients who did not ask (gateway/proxy/frame_filter.py).
     fingerprints: dict[str, str] = field(default_factory=dict)
     # Longest wait for the client to take one write (upstream.write_timeout_s): a client that
     # stops reading is cut after it (gateway/proxy/asgi_send.py's WriteDeadline).

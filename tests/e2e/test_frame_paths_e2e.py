@@ -12,8 +12,8 @@ import pytest
 
 from gateway.metering.stream_options import FORCED_USAGE, UsageWanted
 from gateway.proxy.collect import chunks_of
+from gateway.proxy.frame_filter import FrameFilter
 from gateway.proxy.sse import DONE_FRAME, FrameSplitter, data_array
-from gateway.proxy.stream import FrameFilter
 from tests.e2e.conftest import CHAT, E2E
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]

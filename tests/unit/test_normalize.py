@@ -4,8 +4,8 @@ from typing import Any
 
 import orjson
 
+from gateway.proxy.frame_filter import transform_frame
 from gateway.proxy.normalize import normalize_error, normalize_success, strip_forbidden_nulls
-from gateway.proxy.stream import transform_frame
 
 
 def test_body_without_forbidden_nulls_is_returned_as_the_same_bytes() -> None:

@@ -18,8 +18,8 @@ from gateway.metering.stream_options import (
     with_fingerprint,
 )
 from gateway.metering.usage import Usage, find_usage, is_final_usage
+from gateway.proxy.frame_filter import FrameFilter
 from gateway.proxy.sse import DONE_FRAME, FrameSplitter, frame_data
-from gateway.proxy.stream import FrameFilter
 
 FORCED = {"include_usage": True, "continuous_usage_stats": True}
 FP = "vllm-0.32.0-abcd1234"

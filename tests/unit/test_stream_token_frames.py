@@ -1,4 +1,4 @@
-"""FrameFilter's token-frame path (gateway/proxy/stream.py): for every frame, what the client
+"""FrameFilter's token-frame path (gateway/proxy/frame_filter.py): for every frame, what the client
 gets and the usage noted are exactly what the general path gives, whichever frames take it."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.metering.stream_options import UsageWanted
+from gateway.proxy.frame_filter import FrameFilter
 from gateway.proxy.sse import DONE_FRAME
-from gateway.proxy.stream import FrameFilter
 
 PROPERTY = settings(max_examples=400, database=None)
 HEAD = b'{"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'

@@ -9,7 +9,7 @@ import orjson
 
 from gateway.metering.stream_options import UsageWanted
 from gateway.metering.usage import StreamUsage
-from gateway.proxy.stream import FrameFilter
+from gateway.proxy.frame_filter import FrameFilter
 from gateway.proxy.tool_ids import asks_token_ids, with_token_ids, without_token_ids
 
 TOOLS: Any = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
